@@ -1,0 +1,1 @@
+"""A small offload app: message classes in contracts.py, handlers in worker.py."""

@@ -1,0 +1,49 @@
+"""offload: the Web-Queue-Worker pattern for Python.
+
+Declare a typed message, enqueue it from the web tier, handle it in a worker process,
+and follow the job to its result.
+"""
+
+from __future__ import annotations
+
+from .app import App, Job
+from .contract import Envelope, JobState, Lease, Message, Outcome
+from .errors import (
+    BackendError,
+    Cancel,
+    ConfigurationError,
+    InvalidTransition,
+    JobError,
+    JobNotFound,
+    OffloadError,
+    Retry,
+    SchemaError,
+    UnknownKind,
+)
+from .settings import Settings
+from .worker.context import Context
+from .worker.retry import Backoff
+
+__all__ = [
+    "App",
+    "BackendError",
+    "Backoff",
+    "Cancel",
+    "ConfigurationError",
+    "Context",
+    "Envelope",
+    "InvalidTransition",
+    "Job",
+    "JobError",
+    "JobNotFound",
+    "JobState",
+    "Lease",
+    "Message",
+    "OffloadError",
+    "Outcome",
+    "Retry",
+    "SchemaError",
+    "Settings",
+    "UnknownKind",
+]
+__version__ = "0.1.0"

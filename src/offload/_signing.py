@@ -1,0 +1,54 @@
+"""HMAC signatures for expiring links (download URLs) and the key that makes them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+
+def sign(secret: bytes, *parts: str) -> str:
+    """URL-safe HMAC-SHA256 of the parts joined by newlines."""
+    mac = hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def verify(secret: bytes, signature: str, *parts: str) -> bool:
+    """Constant-time check of a signature made by `sign`."""
+    return hmac.compare_digest(sign(secret, *parts), signature)
+
+
+def signed_query(secret: bytes, path: str, expires: int) -> str:
+    """`expires=…&signature=…` for `path`, valid until the epoch second `expires`."""
+    return f"expires={expires}&signature={sign(secret, path, str(expires))}"
+
+
+def check_signed(secret: bytes, path: str, expires: str, signature: str, now: float) -> bool:
+    """True when the signature is valid for `path` and `expires` has not passed."""
+    if not expires.isdigit() or int(expires) < now:
+        return False
+    return verify(secret, signature, path, expires)
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The signing key kept in `path` (created once, readable by its owner only)."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex())
+    try:
+        os.link(tmp, path)  # first writer wins when processes race
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())

@@ -1,0 +1,295 @@
+"""App: the registry of message kinds and handlers, and the enqueue façade."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from .brokers import Backend, open_backend
+from .clock import Clock
+from .contract import EnqueueResult, Envelope, JobState, Message
+from .errors import ConfigurationError, JobNotFound, UnknownKind
+from .settings import Settings
+from .stores import FileBlobStore, open_blobs
+from .worker.retry import Backoff
+
+M = TypeVar("M", bound=type[Message])
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+#: Attempts a job gets when neither the message nor the handler says otherwise.
+DEFAULT_MAX_ATTEMPTS = 5
+#: Queue of a kind declared without one.
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec:
+    """A registered message kind."""
+
+    cls: type[Message]
+    kind: str
+    version: int
+    queue: str
+    max_attempts: int
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """A registered handler: how one kind is run."""
+
+    fn: Callable[..., Any]
+    message: MessageSpec
+    max_attempts: int | None
+    timeout: float | None
+    backoff: Backoff
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What `enqueue` returns: the job's id, and whether this call created it."""
+
+    id: str
+    created: bool
+    app: App
+
+    async def status(self) -> dict[str, Any]:
+        """The current status record."""
+        return await self.app.status(self.id)
+
+    async def wait(self, timeout: float = 60.0, poll_s: float = 0.05) -> dict[str, Any]:
+        """Wait for a final state and return the status record.
+
+        Raises:
+            TimeoutError: the job did not finish in time.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                record = await self.status()
+                if JobState(record["state"]).final:
+                    return record
+                await asyncio.sleep(poll_s)
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+class App:
+    """The registry of message kinds and handlers, and the way to enqueue jobs.
+
+    Args:
+        name: the application's name (logs, metrics).
+        url: backend URL; OFFLOAD_URL (default `sqlite:///offload.db`) when None.
+        settings: all settings; read from the environment when None.
+    """
+
+    def __init__(self, name: str, *, url: str | None = None,
+                 settings: Settings | None = None, clock: Clock | None = None) -> None:
+        self.name = name
+        self._settings = settings
+        self._url = url
+        self.clock = clock or Clock()
+        self.kinds: dict[str, MessageSpec] = {}
+        self.handlers: dict[str, HandlerSpec] = {}
+        self._backend: Backend | None = None
+        self._blobs: FileBlobStore | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._sync: _SyncRunner | None = None
+
+    # -- configuration ----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env(url=self._url)
+        return self._settings
+
+    def configure(self, settings: Settings) -> None:
+        """Replace the settings (before the app is opened)."""
+        if self._backend is not None:
+            raise ConfigurationError("configure() must come before the app is opened")
+        self._settings = settings
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def message(self, kind: str, *, version: int = 1, queue: str | None = None,
+                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                timeout: float | timedelta | None = None) -> Callable[[M], M]:
+        """Declare a message class as the contract of job kind `kind`."""
+
+        def register(cls: M) -> M:
+            if not (isinstance(cls, type) and issubclass(cls, Message)):
+                raise ConfigurationError(f"{cls!r} must subclass offload.Message")
+            if kind in self.kinds and self.kinds[kind].cls is not cls:
+                raise ConfigurationError(f"message kind {kind!r} is declared twice")
+            cls.__kind__, cls.__version__ = kind, version
+            cls.__queue__ = queue or DEFAULT_QUEUE
+            self.kinds[kind] = MessageSpec(cls, kind, version, cls.__queue__, max_attempts,
+                                           _seconds(timeout))
+            return cls
+
+        return register
+
+    def spec_of(self, cls_or_kind: type[Message] | str) -> MessageSpec:
+        kind = cls_or_kind if isinstance(cls_or_kind, str) else cls_or_kind.__kind__
+        try:
+            return self.kinds[kind]
+        except KeyError:
+            raise UnknownKind(f"no message kind {kind!r} is registered") from None
+
+    def handles(self, cls: type[Message], *, max_attempts: int | None = None,
+                timeout: float | timedelta | None = None,
+                backoff: Backoff | None = None) -> Callable[[F], F]:
+        """Register the handler of a message class (in the worker half)."""
+        spec = self.spec_of(cls)
+
+        def register(fn: F) -> F:
+            if spec.kind in self.handlers:
+                raise ConfigurationError(f"kind {spec.kind!r} already has a handler")
+            self.handlers[spec.kind] = HandlerSpec(
+                fn=fn, message=spec,
+                max_attempts=max_attempts,
+                timeout=_seconds(timeout) if timeout is not None else spec.timeout,
+                backoff=backoff or Backoff(),
+                is_async=inspect.iscoroutinefunction(fn),
+            )
+            return fn
+
+        return register
+
+    @property
+    def queues(self) -> list[str]:
+        """Every queue a registered kind routes to."""
+        return sorted({s.queue for s in self.kinds.values()})
+
+    # -- backends ---------------------------------------------------------------------------
+
+    async def open(self) -> App:
+        """Open the backend and blob store (idempotent)."""
+        if self._backend is not None:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:  # web lifespan and worker may open one app at once
+            if self._backend is None:
+                backend = open_backend(self.settings.url)
+                await backend.open()
+                self._backend = backend
+                self._blobs = open_blobs(self.settings.blobs_url)
+        return self
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            await backend.close()
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
+
+    async def __aenter__(self) -> App:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise ConfigurationError(f"app {self.name!r} is not open: await app.open() first")
+        return self._backend
+
+    @property
+    def blobs(self) -> FileBlobStore:
+        if self._blobs is None:
+            self._blobs = open_blobs(self.settings.blobs_url)
+        return self._blobs
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def envelope(
+        self, message: Message, *, owner: str = "local", priority: int = 0,
+        delay: float | timedelta | None = None, run_at: datetime | None = None,
+        idempotency_key: str | None = None, max_attempts: int | None = None,
+        callback_url: str | None = None, notify_email: str | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> Envelope:
+        """Stamp a validated message into an envelope (id, times, routing, budget)."""
+        from ._ids import uuid7
+
+        spec = self.spec_of(type(message))
+        now = self.clock.now()
+        when = now
+        if run_at is not None:
+            if run_at.tzinfo is None:
+                raise ValueError("run_at must be timezone-aware")
+            when = max(now, run_at.timestamp())
+        elif delay is not None:
+            when = now + max(0.0, _seconds(delay) or 0.0)
+        options = {k: v for k, v in (("callback_url", callback_url),
+                                     ("notify_email", notify_email)) if v}
+        return Envelope(
+            id=uuid7(), kind=spec.kind, version=spec.version,
+            payload=message.model_dump(mode="json"), queue=spec.queue, priority=priority,
+            attempt=0, max_attempts=max_attempts or spec.max_attempts, run_at=when,
+            enqueued_at=now, idempotency_key=idempotency_key, owner=owner, trace=trace,
+            timeout=spec.timeout, options=options,
+        )
+
+    async def enqueue(self, message: Message, **options: Any) -> Job:
+        """Validate-stamp-store one job; see `envelope` for the options."""
+        await self.open()
+        (result,) = await self.backend.enqueue([self.envelope(message, **options)])
+        return Job(result.id, result.created, self)
+
+    async def enqueue_many(self, messages: Sequence[Message], **options: Any) -> list[Job]:
+        """Enqueue many jobs in one atomic batch (all or none)."""
+        await self.open()
+        results: list[EnqueueResult] = await self.backend.enqueue(
+            [self.envelope(m, **options) for m in messages])
+        return [Job(r.id, r.created, self) for r in results]
+
+    def enqueue_sync(self, message: Message, **options: Any) -> Job:
+        """`enqueue` for synchronous code (Django, Flask): blocks until stored."""
+        if self._sync is None:
+            self._sync = _SyncRunner(self)
+        return self._sync.call(lambda app: app.enqueue(message, **options))
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        from .contract import status_record
+
+        await self.open()
+        row = await self.backend.get(job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return status_record(row)
+
+
+class _SyncRunner:
+    """A private event loop thread with its own App copy, for `enqueue_sync`."""
+
+    def __init__(self, app: App) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="offload-sync")
+        self.thread.start()
+        self.twin = App(app.name, settings=app.settings, clock=app.clock)
+        self.twin.kinds = app.kinds
+
+    def call(self, fn: Callable[[App], Coroutine[Any, Any, T] | Awaitable[T]]) -> T:
+        async def run() -> T:
+            return await fn(self.twin)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.twin.close(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()

@@ -1,0 +1,152 @@
+"""The Broker and JobStore seams (internal and unstable before 1.0).
+
+A backend moves deliveries (Broker) and keeps status records with their change feed
+(JobStore). SQL backends implement both in one class so that a transition and its status
+row commit together. Every method is async, batched where it matters, and fenced: a
+transition carrying a stale lease token changes nothing and reports so.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ..contract import EnqueueResult, Envelope, Extension, JobState, Lease, Outcome
+
+
+class Capability(enum.StrEnum):
+    """What a backend can do; backends never fall back silently."""
+
+    DELAY = "delay"
+    PRIORITY = "priority"
+    PUSH = "push"
+    DEDUP = "dedup"
+    TRANSACTIONAL_ENQUEUE = "transactional_enqueue"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One entry of the change feed: the status record after a transition."""
+
+    seq: int
+    job_id: str
+    owner: str
+    record: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        return JobState(self.record["state"]).final
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Moves jobs: enqueue, claim with a lease, settle the outcome."""
+
+    capabilities: frozenset[Capability]
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """Store the envelopes atomically (all or none).
+
+        An envelope whose (owner, idempotency_key) is already stored is not stored again;
+        its result names the first job with `created=False`.
+        """
+        ...
+
+    async def claim(
+        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to `limit` ready jobs, lowest priority value first, FIFO within one.
+
+        Each claim spends one attempt and gets a fresh lease token.
+        """
+        ...
+
+    async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
+        """Heartbeat: push the leases' expiry out. A lease no longer held reports held=False."""
+        ...
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply the outcomes of attempts in one transaction; False where the lease was stale."""
+        ...
+
+    async def rescue_expired(self) -> int:
+        """Sweep running jobs whose lease lapsed: retry them, or `dead` when no budget is left."""
+        ...
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when new work may be ready, or after `timeout` seconds."""
+        ...
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: queued, scheduled, running, dead, oldest_age_s."""
+        ...
+
+    async def purge(self, queue: str) -> int:
+        """Delete the jobs waiting in `queue`; running jobs are left alone."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise BackendError when the backend is unreachable."""
+        ...
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Status records: read, list, progress, cancel, requeue, and the change feed."""
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """The stored row of one job (owner included), or None."""
+        ...
+
+    async def list(
+        self, *, owner: str | None, state: str | None = None, kind: str | None = None,
+        before: str | None = None, limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Rows newest first; `before` is the id cursor of the previous page."""
+        ...
+
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        """Record progress of a running job; False where the lease is stale."""
+        ...
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel: a waiting job ends `cancelled`; a running one is flagged for its worker.
+
+        Raises:
+            JobNotFound, InvalidTransition (already final).
+        """
+        ...
+
+    async def requeue(self, job_id: str) -> dict[str, Any]:
+        """Put a dead, failed or cancelled job back in its queue with a fresh budget."""
+        ...
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        """Changes after `seq`, oldest first, optionally for one job or one owner."""
+        ...
+
+    async def wait_changes(self, timeout: float) -> None:
+        """Return soon after another process may have committed a change (or on timeout)."""
+        ...
+
+    async def remember(self, job_id: str, key: str, value: Any) -> None:
+        """Record the effect of a side step (`Context.once`) of a job."""
+        ...
+
+    async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
+        """(found, value) of a side step recorded by `remember`."""
+        ...
+
+
+class Backend(Broker, JobStore, Protocol):
+    """A backend that is both broker and store (the SQL engines)."""
+
+
+WAITING = (JobState.QUEUED.value, JobState.RETRYING.value)

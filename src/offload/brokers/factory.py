@@ -1,0 +1,25 @@
+"""Pick a backend by URL scheme, importing its driver only when asked for."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from .base import Backend
+
+
+def open_backend(url: str) -> Backend:
+    """A backend (not yet opened) for `url`.
+
+    Raises:
+        ConfigurationError: unknown scheme or a missing extra.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("sqlite", "memory"):
+        from .sqlite import SQLiteBackend
+
+        return SQLiteBackend.from_url(url)
+    raise ConfigurationError(
+        f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
+        "expected sqlite:// or memory://"
+    )

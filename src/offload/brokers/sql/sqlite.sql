@@ -1,0 +1,171 @@
+-- name: schema
+CREATE TABLE IF NOT EXISTS offload_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offload_jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    run_at REAL NOT NULL,
+    enqueued_at REAL NOT NULL,
+    idempotency_key TEXT,
+    owner TEXT NOT NULL,
+    trace TEXT,
+    timeout REAL,
+    options TEXT,
+    lease_token TEXT,
+    lease_expires REAL,
+    worker TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress_fraction REAL,
+    progress_message TEXT,
+    result TEXT,
+    error TEXT,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS offload_jobs_ready
+    ON offload_jobs (queue, priority, run_at, id) WHERE state IN ('queued', 'retrying');
+CREATE INDEX IF NOT EXISTS offload_jobs_state ON offload_jobs (state, queue, run_at);
+CREATE INDEX IF NOT EXISTS offload_jobs_lease
+    ON offload_jobs (lease_expires) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS offload_jobs_owner ON offload_jobs (owner, id);
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_idem
+    ON offload_jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS offload_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offload_events_job ON offload_events (job_id, seq);
+CREATE TABLE IF NOT EXISTS offload_effects (
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT,
+    PRIMARY KEY (job_id, key)
+);
+
+-- name: insert_job
+INSERT INTO offload_jobs (
+    id, kind, version, queue, priority, payload, state, attempt, max_attempts, run_at,
+    enqueued_at, idempotency_key, owner, trace, timeout, options)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+
+-- name: find_idem
+SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
+
+-- name: claim_ids
+SELECT id FROM offload_jobs
+WHERE state IN ('queued', 'retrying') AND queue IN ({queues}) AND run_at <= ?
+ORDER BY priority, run_at, id
+LIMIT ?
+
+-- name: claim
+UPDATE offload_jobs
+SET state = 'running', attempt = attempt + 1, lease_token = ?, lease_expires = ?,
+    worker = ?, started_at = ?, finished_at = NULL, cancel_requested = 0,
+    progress_fraction = NULL, progress_message = NULL
+WHERE id IN ({ids}) AND state IN ('queued', 'retrying')
+RETURNING *
+
+-- name: extend
+UPDATE offload_jobs SET lease_expires = ?
+WHERE state = 'running' AND (id, lease_token) IN (VALUES {pairs})
+RETURNING id, cancel_requested
+
+-- name: settle_final
+UPDATE offload_jobs
+SET state = ?, result = ?, error = ?, finished_at = ?, lease_token = NULL, lease_expires = NULL,
+    max_attempts = coalesce(?, max_attempts)
+WHERE id = ? AND lease_token = ? AND state = 'running'
+RETURNING *
+
+-- name: settle_again
+UPDATE offload_jobs
+SET state = ?, error = ?, run_at = ?, attempt = attempt - ?, lease_token = NULL,
+    lease_expires = NULL, max_attempts = coalesce(?, max_attempts)
+WHERE id = ? AND lease_token = ? AND state = 'running'
+RETURNING *
+
+-- name: expired
+SELECT id, attempt, max_attempts FROM offload_jobs
+WHERE state = 'running' AND lease_expires < ?
+
+-- name: rescue
+UPDATE offload_jobs
+SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'retrying' END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN ? ELSE NULL END,
+    run_at = ?, error = ?, lease_token = NULL, lease_expires = NULL
+WHERE id = ? AND state = 'running' AND lease_expires < ?
+RETURNING *
+
+-- name: progress
+UPDATE offload_jobs SET progress_fraction = ?, progress_message = ?
+WHERE id = ? AND lease_token = ? AND state = 'running'
+RETURNING *
+
+-- name: get
+SELECT * FROM offload_jobs WHERE id = ?
+
+-- name: cancel_waiting
+UPDATE offload_jobs SET state = 'cancelled', finished_at = ?
+WHERE id = ? AND state IN ('queued', 'retrying')
+RETURNING *
+
+-- name: cancel_running
+UPDATE offload_jobs SET cancel_requested = 1
+WHERE id = ? AND state = 'running'
+RETURNING *
+
+-- name: requeue
+UPDATE offload_jobs
+SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
+    finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
+    cancel_requested = 0
+WHERE id = ? AND state IN ('dead', 'failed', 'cancelled')
+RETURNING *
+
+-- name: insert_event
+INSERT INTO offload_events (job_id, owner, record) VALUES (?, ?, ?)
+
+-- name: stats
+SELECT queue, state, count(*) AS n, sum(run_at <= ?) AS ready, min(run_at) AS oldest
+FROM offload_jobs
+WHERE state IN ('queued', 'retrying', 'running', 'dead')
+GROUP BY queue, state
+
+-- name: oldest_ready
+SELECT queue, min(run_at) AS oldest FROM offload_jobs
+WHERE state IN ('queued', 'retrying') AND run_at <= ?
+GROUP BY queue
+
+-- name: purge
+DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+
+-- name: next_run_at
+SELECT min(run_at) FROM offload_jobs
+WHERE state IN ('queued', 'retrying') AND queue IN ({queues})
+
+-- name: remember
+INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
+ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
+
+-- name: recall
+SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
+
+-- name: prune_jobs
+DELETE FROM offload_jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+RETURNING id
+
+-- name: prune_events
+DELETE FROM offload_events WHERE job_id IN (SELECT value FROM json_each(?))

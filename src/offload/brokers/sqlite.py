@@ -1,0 +1,529 @@
+"""The embedded default: queue, status records and change feed in one SQLite file (WAL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from ..clock import Clock
+from ..contract import (
+    EnqueueResult,
+    Envelope,
+    Extension,
+    JobState,
+    Lease,
+    Outcome,
+    status_record,
+)
+from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from ._sql import queries
+from .base import Capability, Change
+
+T = TypeVar("T")
+
+#: Version of the SQLite schema this code writes; a newer file is refused.
+SCHEMA_VERSION = 1
+#: How often an idle waiter checks whether another process committed (seconds).
+DEFAULT_POLL_S = 0.02
+#: How long a writer waits for another process's write lock before failing (seconds).
+DEFAULT_BUSY_TIMEOUT_S = 60.0
+
+Q = queries("sqlite")
+_JSON_COLUMNS = ("payload", "trace", "options", "result", "error")
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
+    row = {d[0]: v for d, v in zip(cursor.description, values, strict=True)}
+    for name in _JSON_COLUMNS:
+        raw = row.get(name)
+        if raw is not None:
+            row[name] = orjson.loads(raw)
+    return row
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SQLiteBackend:
+    """Broker and JobStore on one SQLite database, safe for many processes on one file.
+
+    All calls run on one dedicated thread per instance (SQLite connections are not
+    shared between threads); writers take the database lock with BEGIN IMMEDIATE, so
+    claims by competing processes never hand out the same job twice.
+    """
+
+    capabilities = frozenset(
+        {Capability.DELAY, Capability.PRIORITY, Capability.DEDUP,
+         Capability.TRANSACTIONAL_ENQUEUE}
+    )
+
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", clock: Clock | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.clock = clock or Clock()
+        self.poll_s = poll_s
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._local_writes = 0
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._wake: asyncio.Future[None] | None = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteBackend:
+        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`."""
+        parts = urlsplit(url)
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if parts.scheme == "memory" or parts.path in ("", "/", "/:memory:"):
+            path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
+        else:
+            path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        return cls(path, synchronous=options.get("synchronous", "NORMAL"))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise BackendError("the SQLite backend is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise BackendError(f"SQLite: {exc}") from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def _connect(self) -> None:
+        uri = self.path.startswith("file:")
+        if not uri and os.path.dirname(self.path):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, uri=uri, isolation_level=None, check_same_thread=False,
+            timeout=DEFAULT_BUSY_TIMEOUT_S,
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        self._conn = conn
+        with self._tx():
+            for statement in Q["schema"].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute(
+                "SELECT value FROM offload_meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO offload_meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} has schema version {row[0]}; this offload expects "
+                    f"{SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
+        processes never both read the same ready rows and then race to update them."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        self._local_writes += 1
+
+    def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        conn.executemany(Q["insert_event"], [
+            (r["id"], r["owner"], orjson.dumps(status_record(r)).decode()) for r in rows])
+
+    def _returning(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]
+                   ) -> list[dict[str, Any]]:
+        cur = conn.execute(sql, args)
+        return [_row(cur, values) for values in cur.fetchall()]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload-sqlite")
+        self._wake = asyncio.get_running_loop().create_future()
+        await self._run(self._connect)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        if self._conn is not None:
+            await self._run(self.conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+        self._conn = None
+
+    async def ping(self) -> None:
+        await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+
+    # -- broker -----------------------------------------------------------------------------
+
+    def _insert(self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
+                ) -> list[EnqueueResult]:
+        results: list[EnqueueResult] = []
+        created: list[dict[str, Any]] = []
+        for e in envelopes:
+            cur = conn.execute(Q["insert_job"], (
+                e.id, e.kind, e.version, e.queue, e.priority,
+                orjson.dumps(e.payload).decode(), e.attempt, e.max_attempts, e.run_at,
+                e.enqueued_at, e.idempotency_key, e.owner, _dumps(e.trace), e.timeout,
+                _dumps(e.options or None)))
+            if cur.rowcount == 1:
+                results.append(EnqueueResult(id=e.id, created=True))
+                created.append(_row_of(e))
+            else:
+                first = conn.execute(Q["find_idem"], (e.owner, e.idempotency_key)).fetchone()
+                results.append(EnqueueResult(id=first[0], created=False))
+        self._event(conn, created)
+        return results
+
+    def _enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        with self._tx() as conn:
+            return self._insert(conn, envelopes)
+
+    async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        if not envelopes:
+            return []
+        results = await self._run(self._enqueue, envelopes)
+        self._wake_waiters()
+        return results
+
+    def enqueue_in(self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
+                   ) -> list[EnqueueResult]:
+        """Enqueue inside the caller's own open transaction on `conn` (same database file).
+
+        The jobs exist if and only if the caller's transaction commits.
+        """
+        return self._insert(conn, envelopes)
+
+    def _claim(self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
+               ) -> list[Lease]:
+        self._seen["claim"] = self._version()
+        now = self.clock.now()
+        token = secrets.token_hex(12)
+        expires = now + lease_for
+        with self._tx() as conn:
+            ids = [r[0] for r in conn.execute(
+                Q["claim_ids"].format(queues=_placeholders(len(queues))),
+                (*queues, now, limit))]
+            if not ids:
+                return []
+            rows = self._returning(conn, Q["claim"].format(ids=_placeholders(len(ids))),
+                                   (token, expires, worker_id, now, *ids))
+            self._event(conn, rows)
+        rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
+        return [Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+                for r in rows]
+
+    async def claim(
+        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
+
+    def _extend(self, leases: Sequence[Lease], lease_for: float) -> list[Extension]:
+        pairs = ", ".join(["(?, ?)"] * len(leases))
+        args: list[Any] = [self.clock.now() + lease_for]
+        for lease in leases:
+            args += [lease.job_id, lease.token]
+        with self._tx() as conn:
+            held = dict(conn.execute(Q["extend"].format(pairs=pairs), args).fetchall())
+        return [Extension(job_id=le.job_id, held=le.job_id in held,
+                          cancel_requested=bool(held.get(le.job_id))) for le in leases]
+
+    async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
+        if not leases:
+            return []
+        return await self._run(self._extend, list(leases), lease_for)
+
+    def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        now = self.clock.now()
+        applied: list[bool] = []
+        changed: list[dict[str, Any]] = []
+        with self._tx() as conn:
+            for o in outcomes:
+                if o.state.final:
+                    args: tuple[Any, ...] = (o.state.value, _dumps(o.result), _dumps(o.error),
+                                             now, o.max_attempts, o.lease.job_id,
+                                             o.lease.token)
+                    rows = self._returning(conn, Q["settle_final"], args)
+                else:
+                    run_at = o.run_at if o.run_at is not None else now
+                    args = (o.state.value, _dumps(o.error), run_at, 1 if o.refund else 0,
+                            o.max_attempts, o.lease.job_id, o.lease.token)
+                    rows = self._returning(conn, Q["settle_again"], args)
+                applied.append(bool(rows))
+                changed += rows
+            self._event(conn, changed)
+        return applied
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        applied = await self._run(self._settle, list(outcomes))
+        if any(o.state.waiting for o in outcomes):
+            self._wake_waiters()
+        return applied
+
+    def _rescue(self) -> int:
+        now = self.clock.now()
+        error = _dumps({"type": "LeaseExpired",
+                        "message": "the worker stopped heartbeating; its lease lapsed"})
+        with self._tx() as conn:
+            expired = conn.execute(Q["expired"], (now,)).fetchall()
+            changed: list[dict[str, Any]] = []
+            for job_id, _attempt, _max in expired:
+                changed += self._returning(conn, Q["rescue"], (now, now, error, job_id, now))
+            self._event(conn, changed)
+        return len(changed)
+
+    async def rescue_expired(self) -> int:
+        n = await self._run(self._rescue)
+        if n:
+            self._wake_waiters()
+        return n
+
+    def _version(self) -> tuple[int, int]:
+        """Moves whenever anyone (another process, or this instance) commits a write."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0], self._local_writes
+
+    def _wake_waiters(self) -> None:
+        """Wake this process's waiters at once after a local write (others poll)."""
+        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
+        if not wake.done():
+            wake.set_result(None)
+
+    async def _wait_change(self, timeout: float, seen: str) -> None:
+        """Return once the database moved since the version kept under `seen`, or on timeout.
+
+        `seen` names a cursor ("claim" for the claim loop, "feed" for the change feed):
+        each reader compares against what it last read, so no wake-up is lost between
+        its read and its wait, and two readers never consume each other's wake-ups.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if await self._run(self._version) != self._seen.get(seen):
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._wake), min(self.poll_s, left))
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        # Don't sleep past the next scheduled job in these queues.
+        nxt = await self._run(lambda: self.conn.execute(
+            Q["next_run_at"].format(queues=_placeholders(len(queues))), list(queues)
+        ).fetchone()[0])
+        if nxt is not None:
+            timeout = max(0.0, min(timeout, nxt - self.clock.now()))
+        await self._wait_change(timeout, "claim")
+
+    def _stats(self) -> dict[str, dict[str, Any]]:
+        now = self.clock.now()
+        out: dict[str, dict[str, Any]] = {}
+
+        def q(name: str) -> dict[str, Any]:
+            return out.setdefault(name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0,
+                                         "oldest_age_s": 0.0})
+
+        for queue, state, n, ready, _oldest in self.conn.execute(Q["stats"], (now,)):
+            s = q(queue)
+            if state in ("queued", "retrying"):
+                s["queued"] += ready or 0
+                s["scheduled"] += n - (ready or 0)
+            else:
+                s[state] += n
+        for queue, oldest in self.conn.execute(Q["oldest_ready"], (now,)):
+            q(queue)["oldest_age_s"] = max(0.0, now - oldest)
+        return out
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        return await self._run(self._stats)
+
+    def _purge(self, queue: str) -> int:
+        with self._tx() as conn:
+            return conn.execute(Q["purge"], (queue,)).rowcount
+
+    async def purge(self, queue: str) -> int:
+        return await self._run(self._purge, queue)
+
+    # -- job store --------------------------------------------------------------------------
+
+    def _get(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._returning(self.conn, Q["get"], (job_id,))
+        return rows[0] if rows else None
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await self._run(self._get, job_id)
+
+    def _list(self, owner: str | None, state: str | None, kind: str | None, before: str | None,
+              limit: int) -> list[dict[str, Any]]:
+        where, args = [], []
+        for column, value in (("owner", owner), ("state", state), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before:
+            where.append("id < ?")
+            args.append(before)
+        sql = "SELECT * FROM offload_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._returning(self.conn, sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+
+    async def list(
+        self, *, owner: str | None, state: str | None = None, kind: str | None = None,
+        before: str | None = None, limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        return await self._run(self._list, owner, state, kind, before, limit)
+
+    def _progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        with self._tx() as conn:
+            rows = self._returning(conn, Q["progress"],
+                                   (fraction, message, lease.job_id, lease.token))
+            self._event(conn, rows)
+        return bool(rows)
+
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        return await self._run(self._progress, lease, fraction, message)
+
+    def _cancel(self, job_id: str) -> dict[str, Any]:
+        with self._tx() as conn:
+            rows = self._returning(conn, Q["cancel_waiting"], (self.clock.now(), job_id))
+            if rows:
+                self._event(conn, rows)
+                return rows[0]
+            rows = self._returning(conn, Q["cancel_running"], (job_id,))
+            if rows:
+                return rows[0]
+            current = self._get(job_id)
+        if current is None:
+            raise JobNotFound(job_id)
+        raise InvalidTransition(f"job {job_id} is already {current['state']}")
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._run(self._cancel, job_id)
+
+    def _requeue(self, job_id: str) -> dict[str, Any]:
+        with self._tx() as conn:
+            rows = self._returning(conn, Q["requeue"], (self.clock.now(), job_id))
+            self._event(conn, rows)
+            if rows:
+                return rows[0]
+            current = self._get(job_id)
+        if current is None:
+            raise JobNotFound(job_id)
+        raise InvalidTransition(f"job {job_id} is {current['state']}; only dead, failed or "
+                                "cancelled jobs can be re-queued")
+
+    async def requeue(self, job_id: str) -> dict[str, Any]:
+        row = await self._run(self._requeue, job_id)
+        self._wake_waiters()
+        return row
+
+    def _changes(self, seq: int, job_id: str | None, owner: str | None, limit: int
+                 ) -> list[Change]:
+        if job_id is None and owner is None:  # the one feed reader of this instance
+            self._seen["feed"] = self._version()
+        sql, args = "SELECT seq, job_id, owner, record FROM offload_events WHERE seq > ?", [seq]
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            args.append(job_id)
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        rows = self.conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        return [Change(seq=s, job_id=j, owner=o, record=orjson.loads(r)) for s, j, o, r in rows]
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        return await self._run(self._changes, seq, job_id, owner, limit)
+
+    async def last_seq(self) -> int:
+        """The newest change-feed position (0 when empty)."""
+        return await self._run(lambda: self.conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM offload_events").fetchone()[0])
+
+    async def wait_changes(self, timeout: float) -> None:
+        await self._wait_change(timeout, "feed")
+
+    def _remember(self, job_id: str, key: str, value: Any) -> None:
+        with self._tx() as conn:
+            conn.execute(Q["remember"], (job_id, key, _dumps(value)))
+
+    async def remember(self, job_id: str, key: str, value: Any) -> None:
+        await self._run(self._remember, job_id, key, value)
+
+    def _recall(self, job_id: str, key: str) -> tuple[bool, Any]:
+        row = self.conn.execute(Q["recall"], (job_id, key)).fetchone()
+        if row is None:
+            return False, None
+        return True, None if row[0] is None else orjson.loads(row[0])
+
+    async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
+        return await self._run(self._recall, job_id, key)
+
+    def _prune(self, older_than: float) -> int:
+        with self._tx() as conn:
+            ids = [r[0] for r in conn.execute(Q["prune_jobs"], (older_than,)).fetchall()]
+            if ids:
+                conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
+                conn.execute("DELETE FROM offload_effects WHERE job_id IN "
+                             "(SELECT value FROM json_each(?))", (orjson.dumps(ids).decode(),))
+        return len(ids)
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago."""
+        return await self._run(self._prune, self.clock.now() - older_than_s)
+
+
+def _row_of(e: Envelope) -> dict[str, Any]:
+    return {"id": e.id, "kind": e.kind, "version": e.version, "queue": e.queue,
+            "state": "queued", "priority": e.priority, "attempt": e.attempt,
+            "max_attempts": e.max_attempts, "run_at": e.run_at,
+            "enqueued_at": e.enqueued_at, "owner": e.owner}
+
+
+def _envelope(row: dict[str, Any]) -> Envelope:
+    return Envelope(
+        id=row["id"], kind=row["kind"], version=row["version"], payload=row["payload"],
+        queue=row["queue"], priority=row["priority"], attempt=row["attempt"],
+        max_attempts=row["max_attempts"], run_at=row["run_at"],
+        enqueued_at=row["enqueued_at"], idempotency_key=row["idempotency_key"],
+        owner=row["owner"], trace=row["trace"], timeout=row["timeout"],
+        options=row["options"] or {},
+    )
+
+
+__all__ = ["JobState", "SQLiteBackend"]

@@ -1,0 +1,257 @@
+"""The `offload` command line: web, worker, dev, jobs, queues."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._loading import load
+from .app import App
+from .errors import ConfigurationError, OffloadError
+from .settings import Settings
+
+T = TypeVar("T")
+cli = typer.Typer(help="offload: the Web-Queue-Worker pattern for Python.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+jobs_cli = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
+cli.add_typer(jobs_cli, name="jobs")
+console = Console()
+err = Console(stderr=True)
+
+AppRef = Annotated[str, typer.Option("--app", help="package.module:attribute of the App",
+                                     envvar="OFFLOAD_APP")]
+Url = Annotated[str | None, typer.Option("--url", help="backend URL (default OFFLOAD_URL)")]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _app(ref: str | None, url: str | None) -> App:
+    if ref is None:
+        app = App("offload-cli")
+    else:
+        app = load(ref)
+        if not isinstance(app, App):
+            raise ConfigurationError(f"{ref} is a {type(app).__name__}, not an offload.App")
+    app.configure(Settings.from_env(url=url))
+    return app
+
+
+def _run(main: Callable[[], Awaitable[T]]) -> T:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.run(main())  # type: ignore[no-any-return]
+    return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except OffloadError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+
+
+def _server(api: Any, host: str, port: int) -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # we route signals ourselves
+            yield
+
+    config = uvicorn.Config(api, host=host, port=port, log_level="warning",
+                            lifespan="on", access_log=False)
+    return Server(config)
+
+
+@cli.command()
+def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None) -> None:
+    """Serve the HTTP API (never imports handler modules)."""
+    from .web import check_bind, create_app
+
+    _setup_logging()
+    with _errors():
+        offload_app = _app(app, url)
+        check_bind(host, offload_app.settings)
+        server = _server(create_app(offload_app), host, port)
+
+        async def main() -> None:
+            _stop_on_signals(lambda: setattr(server, "should_exit", True))
+            await server.serve()
+
+        console.print(f"offload web on http://{host}:{port}  (app {offload_app.name})")
+        _run(main)
+
+
+@cli.command()
+def worker(
+    app: AppRef,
+    concurrency: Annotated[int, typer.Option(min=1, help="handlers at once per process")] = 16,
+    processes: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    queues: Annotated[str | None, typer.Option(help="comma-separated queues")] = None,
+    grace: Annotated[float, typer.Option(min=0, help="seconds to finish on SIGTERM")] = 30.0,
+    lease: Annotated[float | None, typer.Option(min=0.5, help="lease seconds")] = None,
+    url: Url = None,
+) -> None:
+    """Run handlers for queued jobs."""
+    from .worker.runner import Worker
+    from .worker.supervisor import Supervisor, worker_argv
+
+    _setup_logging()
+    if processes > 1:
+        options = [f"--concurrency={concurrency}", f"--grace={grace}"]
+        options += [f"--queues={queues}"] if queues else []
+        options += [f"--lease={lease}"] if lease else []
+        options += [f"--url={url}"] if url else []
+        raise typer.Exit(Supervisor(worker_argv(app, options), processes).run())
+    with _errors():
+        offload_app = _app(app, url)
+        runner = Worker(offload_app, queues=queues.split(",") if queues else None,
+                        concurrency=concurrency, lease_s=lease, grace_s=grace)
+
+        async def main() -> None:
+            _stop_on_signals(runner.request_stop)
+            try:
+                await runner.run()
+            finally:
+                await offload_app.close()
+
+        _run(main)
+
+
+@cli.command()
+def dev(app: AppRef, host: str = "127.0.0.1", port: int = 8000,
+        concurrency: int = 16, url: Url = None) -> None:
+    """Web tier and a worker in one process, for development (imports the handlers)."""
+    from .web import check_bind, create_app
+    from .worker.runner import Worker
+
+    _setup_logging()
+    with _errors():
+        offload_app = _app(app, url)
+        check_bind(host, offload_app.settings)
+        server = _server(create_app(offload_app), host, port)
+        runner = Worker(offload_app, concurrency=concurrency)
+
+        async def main() -> None:
+            def stop() -> None:
+                server.should_exit = True
+                runner.request_stop()
+
+            _stop_on_signals(stop)
+            worker_task = asyncio.create_task(runner.run())
+            # A worker that dies takes the dev server down with it, loudly.
+            worker_task.add_done_callback(lambda _t: setattr(server, "should_exit", True))
+            await server.serve()
+            runner.request_stop()
+            await worker_task
+
+        console.print(f"offload dev on http://{host}:{port} (web + worker: {offload_app.name})")
+        _run(main)
+
+
+def _with_app(ref: str | None, url: str | None, fn: Callable[[App], Awaitable[T]]) -> T:
+    offload_app = _app(ref, url)
+
+    async def main() -> T:
+        async with offload_app:
+            return await fn(offload_app)
+
+    with _errors():
+        return _run(main)
+
+
+OptApp = Annotated[str | None, typer.Option("--app", envvar="OFFLOAD_APP",
+                                            help="package.module:attribute (optional)")]
+
+
+@jobs_cli.command("list")
+def jobs_list(app: OptApp = None, url: Url = None, state: str | None = None,
+              kind: str | None = None, owner: str | None = None, limit: int = 50,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List jobs, newest first."""
+    from .contract import status_record
+
+    rows = _with_app(app, url, lambda a: a.backend.list(owner=owner, state=state, kind=kind,
+                                                        limit=limit))
+    if as_json:
+        console.print_json(orjson.dumps([status_record(r) for r in rows]).decode())
+        return
+    table = Table("id", "kind", "queue", "state", "attempt", "owner", "created")
+    for r in rows:
+        rec = status_record(r)
+        table.add_row(r["id"], r["kind"], r["queue"], r["state"],
+                      f"{r['attempt']}/{r['max_attempts']}", r["owner"], rec["created_at"])
+    console.print(table)
+
+
+@jobs_cli.command("show")
+def jobs_show(job_id: str, app: OptApp = None, url: Url = None) -> None:
+    """Show one job's status record."""
+    record = _with_app(app, url, lambda a: a.status(job_id))
+    console.print_json(orjson.dumps(record).decode())
+
+
+@jobs_cli.command("retry")
+def jobs_retry(job_id: str, app: OptApp = None, url: Url = None) -> None:
+    """Re-queue a dead, failed or cancelled job with a fresh retry budget."""
+    row = _with_app(app, url, lambda a: a.backend.requeue(job_id))
+    console.print(f"job {row['id']} is {row['state']} again")
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(job_id: str, app: OptApp = None, url: Url = None) -> None:
+    """Cancel a job: a waiting one never runs; a running one is signalled."""
+    row = _with_app(app, url, lambda a: a.backend.cancel(job_id))
+    what = "cancelled" if row["state"] == "cancelled" else "asked to stop (running)"
+    console.print(f"job {row['id']} {what}")
+
+
+@jobs_cli.command("purge")
+def jobs_purge(queue: str, app: OptApp = None, url: Url = None,
+               yes: Annotated[bool, typer.Option("--yes", help="don't ask")] = False) -> None:
+    """Delete every job waiting in QUEUE (running jobs are left alone)."""
+    if not yes:
+        typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
+    n = _with_app(app, url, lambda a: a.backend.purge(queue))
+    console.print(f"purged {n} jobs from {queue}")
+
+
+@cli.command()
+def queues(app: OptApp = None, url: Url = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Per-queue stats: queued, scheduled, running, dead, oldest age."""
+    stats = _with_app(app, url, lambda a: a.backend.stats())
+    if as_json:
+        console.print_json(orjson.dumps(stats).decode())
+        return
+    table = Table("queue", "queued", "scheduled", "running", "dead", "oldest age (s)")
+    for name, s in sorted(stats.items()):
+        table.add_row(name, str(s["queued"]), str(s["scheduled"]), str(s["running"]),
+                      str(s["dead"]), f"{s['oldest_age_s']:.1f}")
+    console.print(table)
+
+
+def main() -> None:
+    cli()

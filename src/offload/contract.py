@@ -1,0 +1,207 @@
+"""The records passed across seams: Message, Envelope, JobState, Lease, Outcome, status records."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from .clock import iso
+
+#: Version of the envelope's JSON form (the wire contract).
+ENVELOPE_VERSION = 1
+
+
+class Message(BaseModel):
+    """Base class of every message kind: a pydantic v2 model that is the queue contract.
+
+    `App.message` stamps `__kind__`, `__version__` and `__queue__` on the subclass.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    __kind__: ClassVar[str] = ""
+    __version__: ClassVar[int] = 1
+    __queue__: ClassVar[str] = "default"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life.
+
+        queued ──claim──▶ running ──▶ succeeded
+           ▲                 │  ├───▶ failed      (a permanent error: no retry)
+           │                 │  ├───▶ cancelled   (DELETE, or the handler raised Cancel)
+           │                 │  └───▶ dead        (retry budget spent)
+           └── retrying ◀────┘        (failed attempt, budget left: queued with later run_at)
+        queued / retrying ──cancel──▶ cancelled;   dead / failed / cancelled ──requeue──▶ queued
+    """
+
+    QUEUED = "queued"
+    RETRYING = "retrying"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def waiting(self) -> bool:
+        return self in (JobState.QUEUED, JobState.RETRYING)
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
+
+
+def _ts_out(value: float | None) -> str | None:
+    return iso(value)
+
+
+def _ts_in(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One queued job: the message and everything needed to route, run and authorize it.
+
+    Timestamps are float epoch seconds inside; the JSON form carries RFC 3339 strings.
+    """
+
+    id: str
+    kind: str
+    version: int
+    payload: dict[str, Any]
+    queue: str
+    priority: int = 0
+    attempt: int = 0
+    max_attempts: int = 3
+    run_at: float
+    enqueued_at: float
+    idempotency_key: str | None = None
+    owner: str = "local"
+    trace: dict[str, str] | None = None
+    timeout: float | None = None
+    #: Delivery options (callback_url, notify_email); not part of the message.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["run_at"] = _ts_out(self.run_at)
+        data["enqueued_at"] = _ts_out(self.enqueued_at)
+        return {"v": ENVELOPE_VERSION, **data}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Envelope:
+        data = dict(data)
+        v = data.pop("v", ENVELOPE_VERSION)
+        if v != ENVELOPE_VERSION:
+            raise ValueError(f"unsupported envelope version {v!r}")
+        data["run_at"] = _ts_in(data["run_at"])
+        data["enqueued_at"] = _ts_in(data["enqueued_at"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: val for k, val in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Envelope:
+        return cls.from_dict(orjson.loads(raw))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A claimed job. `token` fences it: transitions with a stale token change nothing."""
+
+    envelope: Envelope
+    token: str
+    expires_at: float
+    worker: str
+
+    @property
+    def job_id(self) -> str:
+        return self.envelope.id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How an attempt ended, as the worker reports it to the backend in `settle`.
+
+    Args:
+        state: succeeded, failed, cancelled, dead, retrying (with `run_at`) or queued (release).
+        result: the handler's JSON result, for succeeded.
+        error: {type, message, traceback} for failures.
+        run_at: when to run again, for retrying.
+        refund: release without spending the attempt (shutdown).
+        max_attempts: the handler's retry budget, stored when it overrides the message's.
+    """
+
+    lease: Lease
+    state: JobState
+    result: Any = None
+    error: dict[str, Any] | None = None
+    run_at: float | None = None
+    refund: bool = False
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueResult:
+    """What `enqueue` did with one envelope: `created` is False for an idempotent repeat."""
+
+    id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extension:
+    """The answer of a heartbeat for one lease."""
+
+    job_id: str
+    held: bool
+    cancel_requested: bool = False
+
+
+def status_record(row: dict[str, Any], *, prefix: str = "/v1/jobs") -> dict[str, Any]:
+    """The status record as the API and every event show it, from a stored row."""
+    job_id = row["id"]
+    fraction = row.get("progress_fraction")
+    message = row.get("progress_message")
+    progress = None if fraction is None and message is None else {
+        "fraction": fraction, "message": message}
+    return {
+        "id": job_id,
+        "kind": row["kind"],
+        "version": row["version"],
+        "queue": row["queue"],
+        "state": row["state"],
+        "priority": row["priority"],
+        "attempt": row["attempt"],
+        "max_attempts": row["max_attempts"],
+        "progress": progress,
+        "result": row.get("result"),
+        "error": row.get("error"),
+        "created_at": iso(row["enqueued_at"]),
+        "run_at": iso(row["run_at"]),
+        "started_at": iso(row.get("started_at")),
+        "finished_at": iso(row.get("finished_at")),
+        "worker": row.get("worker"),
+        "links": {
+            "self": f"{prefix}/{job_id}",
+            "events": f"{prefix}/{job_id}/events",
+            "result": f"{prefix}/{job_id}/result",
+        },
+    }

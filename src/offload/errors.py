@@ -1,0 +1,74 @@
+"""The whole exception tree of offload.
+
+    OffloadError
+    ├── ConfigurationError
+    ├── BackendError
+    │   └── SchemaError
+    ├── JobError
+    │   ├── UnknownKind
+    │   ├── JobNotFound
+    │   └── InvalidTransition
+    └── HandlerSignal          (raised by handlers to steer their own job)
+        ├── Retry
+        └── Cancel
+"""
+
+from __future__ import annotations
+
+
+class OffloadError(Exception):
+    """An offload operation failed."""
+
+
+class ConfigurationError(OffloadError):
+    """offload is configured wrongly (a bad URL, a missing extra, a bad setting)."""
+
+
+class BackendError(OffloadError):
+    """The queue or store backend failed; the driver's error is kept as the cause."""
+
+
+class SchemaError(BackendError):
+    """The backend's schema is older (or newer) than this version of offload."""
+
+
+class JobError(OffloadError):
+    """A job could not be handled as asked."""
+
+
+class UnknownKind(JobError):
+    """No message class is registered for this kind."""
+
+
+class JobNotFound(JobError):
+    """No such job (or it belongs to someone else)."""
+
+
+class InvalidTransition(JobError):
+    """The job is not in a state that allows this change."""
+
+
+class HandlerSignal(Exception):
+    """Raised inside a handler to decide the job's fate."""
+
+
+class Retry(HandlerSignal):
+    """Run this job again later, spending one attempt.
+
+    Args:
+        delay: seconds to wait before the next attempt; the kind's backoff when None.
+        reason: why, recorded as the job's error.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Cancel(HandlerSignal):
+    """Stop this job for good: it ends `cancelled` and is not retried."""
+
+    def __init__(self, reason: str = "cancelled by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason

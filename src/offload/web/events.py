@@ -1,0 +1,138 @@
+"""The change-feed hub (one watcher per web process) and server-sent event streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from ..brokers.base import Change, JobStore
+from ..contract import JobState
+from ..errors import BackendError
+
+log = logging.getLogger("offload.web")
+
+#: Changes buffered per subscriber before it is dropped (it resumes with Last-Event-ID).
+DEFAULT_SUBSCRIBER_BUFFER = 1000
+#: Seconds between keep-alive comments on an idle event stream.
+DEFAULT_KEEPALIVE_S = 15.0
+#: Longest wait of the watcher for a change before it checks again (seconds).
+DEFAULT_WATCH_S = 1.0
+
+
+class Subscription:
+    """One client's view of the feed: changes for one job, or for one owner."""
+
+    def __init__(self, *, job_id: str | None = None, owner: str | None = None) -> None:
+        self.job_id = job_id
+        self.owner = owner
+        self.queue: asyncio.Queue[Change] = asyncio.Queue(DEFAULT_SUBSCRIBER_BUFFER)
+        self.overflowed = False
+
+    def offer(self, change: Change) -> None:
+        try:
+            self.queue.put_nowait(change)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class Hub:
+    """Reads the store's change feed once per process and fans it out to subscribers.
+
+    Thousands of idle clients cost one watcher task, not one query loop each.
+    """
+
+    def __init__(self, store: JobStore, last_seq: Callable[[], Any]) -> None:
+        self.store = store
+        self._last_seq = last_seq
+        self.by_job: dict[str, set[Subscription]] = {}
+        self.by_owner: dict[str, set[Subscription]] = {}
+        self.position = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.position = await self._last_seq()
+        self._task = asyncio.create_task(self._watch(), name="offload-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(self, *, job_id: str | None = None, owner: str | None = None
+                  ) -> Any:
+        sub = Subscription(job_id=job_id, owner=owner)
+        index, key = (self.by_job, job_id) if job_id is not None else (self.by_owner, owner)
+        assert key is not None
+        index.setdefault(key, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = index.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del index[key]
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                changes = await self.store.changes_since(self.position, limit=1000)
+            except BackendError as exc:
+                log.warning("change feed read failed: %s", exc, extra={"action": "feed_error"})
+                await asyncio.sleep(1.0)
+                continue
+            for change in changes:
+                self.position = change.seq
+                for sub in self.by_job.get(change.job_id, ()):
+                    sub.offer(change)
+                for sub in self.by_owner.get(change.owner, ()):
+                    sub.offer(change)
+            if len(changes) < 1000:
+                await self.store.wait_changes(DEFAULT_WATCH_S)
+
+
+def sse(change: Change, present: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
+    """One server-sent event: id = feed position, event = the job's state."""
+    data = orjson.dumps(present(change.record))
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, change.record["state"].encode(),
+                                                   data)
+
+
+async def job_stream(hub: Hub, store: JobStore, job_id: str, since: int,
+                     present: Callable[[dict[str, Any]], dict[str, Any]],
+                     keepalive_s: float = DEFAULT_KEEPALIVE_S) -> AsyncIterator[bytes]:
+    """Replay a job's changes after `since`, then follow it live until its final state."""
+    with hub.subscribe(job_id=job_id) as sub:
+        last = since
+        while True:  # replay from the store first; live changes queue up meanwhile
+            changes = await store.changes_since(last, job_id=job_id)
+            for change in changes:
+                last = change.seq
+                yield sse(change, present)
+                if change.final:
+                    return
+            if len(changes) < 500:
+                break
+        row = await store.get(job_id)
+        if row is not None and JobState(row["state"]).final:
+            return  # final state already delivered before `since`
+        yield b"retry: 1000\n\n"
+        while not sub.overflowed:
+            try:
+                change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if change.seq <= last:
+                continue
+            last = change.seq
+            yield sse(change, present)
+            if change.final:
+                return

@@ -1,0 +1,66 @@
+"""RFC 9457 problem details: every HTTP error of offload is one of these."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
+
+
+class JSONResponse(Response):
+    """JSON encoded with orjson (fast, and datetimes come out as RFC 3339)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raise inside a route to answer with a problem document.
+
+    Args:
+        status: HTTP status code.
+        detail: what went wrong, for a human.
+        slug: the last segment of the problem `type` URI (e.g. `job-not-found`).
+        headers: extra response headers.
+        extra: extension members (e.g. `errors`, `job`).
+    """
+
+    def __init__(self, status: int, detail: str, *, slug: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.headers = headers
+        self.extra = extra
+
+    def response(self, instance: str | None = None) -> ProblemResponse:
+        return problem(self.status, self.detail, slug=self.slug, headers=self.headers,
+                       instance=instance, **self.extra)
+
+
+def problem(status: int, detail: str, *, slug: str | None = None,
+            headers: dict[str, str] | None = None, instance: str | None = None,
+            **extra: Any) -> ProblemResponse:
+    """A problem document response."""
+    phrase = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + (slug or phrase.lower().replace(" ", "-").replace("'", "")),
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return ProblemResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,182 @@
+"""The /v1 HTTP API: submit, inspect, follow, fetch results of and cancel jobs."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import ValidationError
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from ..app import App
+from ..contract import JobState
+from ..errors import InvalidTransition, JobNotFound
+from .events import job_stream
+from .present import blob_refs
+from .problems import JSONResponse, Problem
+
+router = APIRouter(prefix="/v1")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+#: Seconds a client is told to wait before polling a new job.
+DEFAULT_RETRY_AFTER_S = 1
+
+
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+def _app(request: Request) -> App:
+    app: App = request.app.state.offload
+    return app
+
+
+async def _owned(request: Request, job_id: str) -> dict[str, Any]:
+    """The caller's job, or 404: another principal's job does not exist for them."""
+    principal = _state(request).auth.principal(request)
+    row = await _app(request).backend.get(job_id)
+    if row is None or row["owner"] != principal:
+        raise Problem(404, f"no job {job_id}", slug="job-not-found")
+    return row
+
+
+def _check_options(delay: float | None, run_at: datetime | None, callback_url: str | None,
+                   notify_email: str | None) -> None:
+    errors = []
+    if delay is not None and run_at is not None:
+        errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
+    if run_at is not None and run_at.tzinfo is None:
+        errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
+    if callback_url is not None and not re.match(r"^https?://[^\s/]+", callback_url):
+        errors.append({"loc": ["query", "callback_url"], "msg": "must be an http(s) URL"})
+    if notify_email is not None and not _EMAIL.match(notify_email):
+        errors.append({"loc": ["query", "notify_email"], "msg": "not an email address"})
+    if errors:
+        raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
+
+
+@router.post("/jobs/{kind}", status_code=202)
+async def submit(
+    request: Request, kind: str,
+    priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
+    delay: Annotated[float | None, Query(ge=0, le=366 * 86400)] = None,
+    run_at: datetime | None = None,
+    callback_url: Annotated[str | None, Query(max_length=2048)] = None,
+    notify_email: Annotated[str | None, Query(max_length=254)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Validate the body against the kind's message class, enqueue, answer 202."""
+    principal = _state(request).auth.principal(request)
+    app = _app(request)
+    spec = app.kinds.get(kind)
+    if spec is None:
+        raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
+    _check_options(delay, run_at, callback_url, notify_email)
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
+    try:
+        message = spec.cls.model_validate(data)
+    except ValidationError as exc:
+        errors = orjson.loads(exc.json(include_url=False))
+        raise Problem(422, f"the body is not a valid {kind} message", slug="invalid-payload",
+                      errors=errors) from None
+    job = await app.enqueue(message, owner=principal, priority=priority, delay=delay,
+                            run_at=run_at, idempotency_key=idempotency_key,
+                            callback_url=callback_url, notify_email=notify_email)
+    row = await app.backend.get(job.id)
+    assert row is not None
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
+    if not job.created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(_state(request).present.row(row), status_code=202, headers=headers)
+
+
+@router.get("/jobs/{job_id}")
+async def show(request: Request, job_id: str) -> Response:
+    row = await _owned(request, job_id)
+    return JSONResponse(_state(request).present.row(row))
+
+
+@router.get("/jobs/{job_id}/result")
+async def result(request: Request, job_id: str) -> Response:
+    """303 to the file once succeeded (one blob), the JSON result otherwise; 409 until then."""
+    row = await _owned(request, job_id)
+    present = _state(request).present
+    if row["state"] != JobState.SUCCEEDED:
+        raise Problem(409, f"job {job_id} is {row['state']}, not succeeded", slug="not-done",
+                      job=present.row(row))
+    refs = blob_refs(row["result"])
+    if len(refs) == 1:
+        return RedirectResponse(present.link(refs[0]), status_code=303)
+    return JSONResponse({"id": job_id, "result": present.sign_refs(row["result"])})
+
+
+@router.get("/jobs/{job_id}/events")
+async def events(
+    request: Request, job_id: str,
+    last_event_id: Annotated[str | None, Header()] = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """Server-sent events of every change of the job, until its final state."""
+    await _owned(request, job_id)
+    cursor = since or 0
+    if last_event_id:
+        if not last_event_id.isdigit():
+            raise Problem(400, "Last-Event-ID must be an event id of this stream",
+                          slug="bad-event-id")
+        cursor = int(last_event_id)
+    state = _state(request)
+    stream = job_stream(state.hub, _app(request).backend, job_id, cursor, state.present.record)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.delete("/jobs/{job_id}")
+async def cancel(request: Request, job_id: str) -> Response:
+    """Cancel: a waiting job never runs (200); a running one is signalled (202)."""
+    await _owned(request, job_id)
+    try:
+        row = await _app(request).backend.cancel(job_id)
+    except InvalidTransition as exc:
+        raise Problem(409, str(exc), slug="already-final") from None
+    except JobNotFound:
+        raise Problem(404, f"no job {job_id}", slug="job-not-found") from None
+    status = 200 if row["state"] == JobState.CANCELLED else 202
+    return JSONResponse(_state(request).present.row(row), status_code=status)
+
+
+@router.get("/jobs")
+async def list_jobs(
+    request: Request, state: JobState | None = None, kind: str | None = None,
+    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """The caller's jobs, newest first; follow `next` for the following page."""
+    principal = _state(request).auth.principal(request)
+    rows = await _app(request).backend.list(
+        owner=principal, state=state.value if state else None, kind=kind, before=cursor,
+        limit=limit + 1)
+    page, more = rows[:limit], len(rows) > limit
+    present = _state(request).present
+    nxt = None
+    if more:
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+        nxt = "/v1/jobs?" + urlencode([*query, ("cursor", page[-1]["id"])])
+    headers = {"Link": f'<{nxt}>; rel="next"'} if nxt else None
+    return JSONResponse({"items": [present.row(r) for r in page], "next": nxt},
+                        headers=headers)
+
+
+@router.get("/queues")
+async def queues(request: Request) -> Response:
+    """Per-queue stats: queued, scheduled, running, dead, oldest ready job's age."""
+    _state(request).auth.principal(request)
+    stats = await _app(request).backend.stats()
+    for name in _app(request).queues:
+        stats.setdefault(name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0,
+                                "oldest_age_s": 0.0})
+    return JSONResponse({"queues": stats})

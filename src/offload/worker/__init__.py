@@ -1,0 +1,1 @@
+"""The worker half: claim loop, leases, retries and the process supervisor."""

@@ -1,0 +1,328 @@
+"""The worker: a claim loop plus named side tasks (heartbeat, rescuer, settler)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ..app import App, HandlerSpec
+from ..contract import JobState, Lease, Outcome
+from ..errors import BackendError, Cancel, ConfigurationError, Retry
+from .context import Context
+from .retry import should_retry
+
+log = logging.getLogger("offload.worker")
+
+#: Handlers run at once per worker process.
+DEFAULT_CONCURRENCY = 16
+#: Seconds a stopping worker waits for running jobs before releasing them.
+DEFAULT_GRACE_S = 30.0
+#: Longest idle sleep between claim attempts when no wake-up arrives (seconds).
+DEFAULT_IDLE_POLL_S = 1.0
+#: Longest time between heartbeats (seconds); shorter leases beat at a third of the lease.
+DEFAULT_HEARTBEAT_S = 2.0
+
+_SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
+
+
+def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
+    return {"type": type_name or type(exc).__name__, "message": str(exc)[:2000],
+            "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    orjson.dumps(value)  # raises TypeError for values a status record cannot carry
+    return value
+
+
+class Worker:
+    """Runs the handlers of `app` for jobs claimed from `queues`.
+
+    Args:
+        app: the App whose handlers run (its worker module imported).
+        queues: queues to claim from; every queue with a handler when None.
+        concurrency: handlers running at once.
+        lease_s: lease length; a heartbeat renews it while the handler runs.
+        grace_s: on stop, how long running jobs may finish before they are released.
+    """
+
+    def __init__(self, app: App, *, queues: Sequence[str] | None = None,
+                 concurrency: int = DEFAULT_CONCURRENCY, lease_s: float | None = None,
+                 grace_s: float = DEFAULT_GRACE_S, idle_poll_s: float = DEFAULT_IDLE_POLL_S,
+                 worker_id: str | None = None) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        self.app = app
+        handled = sorted({h.message.queue for h in app.handlers.values()})
+        self.queues = list(queues) if queues else handled
+        if not self.queues:
+            raise ConfigurationError(f"app {app.name!r} has no handlers: import its worker module")
+        self.concurrency = concurrency
+        self.lease_s = lease_s or app.settings.lease_s
+        self.grace_s = grace_s
+        self.idle_poll_s = idle_poll_s
+        self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, Lease] = {}
+        self._contexts: dict[str, Context] = {}
+        self._reasons: dict[str, str] = {}
+        self._pending: list[Outcome] = []
+        self._pending_ready = asyncio.Event()
+        self._settling = False
+        self._slot_free = asyncio.Event()
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
+        #: Test signals: set once claiming starts; count of settled outcomes.
+        self.started = asyncio.Event()
+        self.settled = 0
+
+    def request_stop(self) -> None:
+        """Stop claiming; running jobs get `grace_s` to finish (thread-safe via the loop)."""
+        self._stop.set()
+
+    # -- main loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.app.open()
+        backend = self.app.backend
+        side = {name: asyncio.create_task(coro, name=f"offload-{name}") for name, coro in (
+            ("heartbeat", self._heartbeat()), ("rescuer", self._rescuer()),
+            ("settler", self._settler()))}
+        log.info("worker started", extra={"action": "worker_start", "worker": self.id,
+                                          "queues": self.queues})
+        try:
+            await self._claim_loop(backend, side)
+        finally:
+            await self._shutdown(side)
+        log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
+
+    async def _claim_loop(self, backend: Any, side: dict[str, asyncio.Task[None]]) -> None:
+        self.started.set()
+        stop_wait = asyncio.create_task(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                for name, task in side.items():
+                    if task.done():  # a side task died: stop loudly rather than run unsafely
+                        raise RuntimeError(f"worker side task {name} stopped") from (
+                            task.exception() if not task.cancelled() else None)
+                free = self.concurrency - len(self._tasks)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._race(self._slot_free.wait(), stop_wait)
+                    continue
+                try:
+                    leases = await backend.claim(self.queues, worker_id=self.id,
+                                                 lease_for=self.lease_s, limit=free)
+                except BackendError as exc:
+                    log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
+                    await self._race(asyncio.sleep(1.0), stop_wait)
+                    continue
+                for lease in leases:
+                    self._start(lease)
+                if not leases:
+                    await self._race(backend.wait(self.queues, self.idle_poll_s), stop_wait)
+        finally:
+            stop_wait.cancel()
+
+    @staticmethod
+    async def _race(coro: Any, stop_wait: asyncio.Task[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _start(self, lease: Lease) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = Context(lease, self.app.backend, self.app.blobs, loop)
+        self._held[lease.job_id] = lease
+        self._contexts[lease.job_id] = ctx
+        task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
+        self._tasks[lease.job_id] = task
+        task.add_done_callback(lambda _t, job_id=lease.job_id: self._finished(job_id))
+
+    def _finished(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._contexts.pop(job_id, None)
+        self._slot_free.set()
+
+    # -- one job ----------------------------------------------------------------------------
+
+    async def _execute(self, lease: Lease, ctx: Context) -> None:
+        spec = self.app.handlers.get(lease.envelope.kind)
+        try:
+            outcome = await self._attempt(lease, ctx, spec)
+        except asyncio.CancelledError:
+            outcome = self._interrupted(lease, spec)
+            if outcome is None:
+                return
+        self._pending.append(outcome)
+        self._pending_ready.set()
+
+    async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
+        env = lease.envelope
+        if spec is None:
+            return self._failed(lease, None, ConfigurationError(
+                f"this worker has no handler for kind {env.kind!r}"))
+        try:
+            message = spec.message.cls.model_validate(env.payload)
+        except ValidationError as exc:  # the payload no longer fits the contract: permanent
+            return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
+        timeout = spec.timeout if spec.timeout is not None else env.timeout
+        try:
+            if spec.is_async:
+                call = spec.fn(message, ctx)
+            else:
+                call = asyncio.get_running_loop().run_in_executor(
+                    self._threads, spec.fn, message, ctx)
+            result = await asyncio.wait_for(call, timeout) if timeout else await call
+            return Outcome(lease=lease, state=JobState.SUCCEEDED, result=_jsonable(result),
+                           max_attempts=spec.max_attempts)
+        except Retry as signal:
+            return self._failed(lease, spec, signal, delay=signal.delay)
+        except Cancel as signal:
+            return Outcome(lease=lease, state=JobState.CANCELLED,
+                           error={"type": "Cancel", "message": signal.reason})
+        except TimeoutError as exc:
+            ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
+            if timeout and not str(exc):
+                exc = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
+            return self._failed(lease, spec, exc)
+        except Exception as exc:
+            return self._failed(lease, spec, exc)
+
+    def _failed(self, lease: Lease, spec: HandlerSpec | None, exc: BaseException,
+                delay: float | None = None) -> Outcome:
+        env = lease.envelope
+        budget = (spec.max_attempts if spec and spec.max_attempts else None) or env.max_attempts
+        error = _error(exc)
+        log.warning("job %s attempt %d failed: %s", env.id, env.attempt, exc,
+                    extra={"action": "job_failed", "job_id": env.id, "kind": env.kind})
+        if not should_retry(env.attempt, budget):
+            return Outcome(lease=lease, state=JobState.DEAD, error=error, max_attempts=budget)
+        if delay is None:
+            delay = spec.backoff.delay(env.attempt) if spec else 5.0
+        return Outcome(lease=lease, state=JobState.RETRYING, error=error,
+                       run_at=self.app.clock.now() + delay, max_attempts=budget)
+
+    def _interrupted(self, lease: Lease, spec: HandlerSpec | None) -> Outcome | None:
+        reason = self._reasons.pop(lease.job_id, _SHUTDOWN)
+        if reason == _LOST:  # another worker owns the job now; report nothing
+            return None
+        if reason == _CANCEL:
+            return Outcome(lease=lease, state=JobState.CANCELLED,
+                           error={"type": "Cancelled", "message": "cancelled while running"})
+        return Outcome(lease=lease, state=JobState.QUEUED, refund=True,
+                       error={"type": "Released", "message": "worker shut down; job released"})
+
+    def _interrupt(self, job_id: str, reason: str) -> None:
+        task = self._tasks.get(job_id)
+        ctx = self._contexts.get(job_id)
+        if ctx is not None:
+            ctx.cancelled.set()
+        if task is not None and not task.done():
+            self._reasons[job_id] = reason
+            task.cancel()
+
+    # -- side tasks -------------------------------------------------------------------------
+
+    async def _settler(self) -> None:
+        """Write finished attempts in batches: one transaction for many jobs."""
+        backend = self.app.backend
+        while True:
+            await self._pending_ready.wait()
+            self._pending_ready.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            self._settling = True
+            try:
+                await backend.settle(batch)
+            except BackendError as exc:
+                # Keep the outcomes (their leases keep beating) and try again shortly.
+                log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
+                self._pending = batch + self._pending
+                self._pending_ready.set()
+                await asyncio.sleep(0.5)
+                continue
+            finally:
+                self._settling = False
+            for outcome in batch:
+                self._held.pop(outcome.lease.job_id, None)
+            self.settled += len(batch)
+
+    async def _heartbeat(self) -> None:
+        backend = self.app.backend
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            leases = list(self._held.values())
+            if not leases:
+                continue
+            try:
+                answers = await backend.extend(leases, lease_for=self.lease_s)
+            except BackendError as exc:
+                log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
+                continue
+            for answer in answers:
+                if not answer.held:
+                    log.warning("lost the lease of job %s", answer.job_id,
+                                extra={"action": "lease_lost", "job_id": answer.job_id})
+                    self._held.pop(answer.job_id, None)
+                    self._interrupt(answer.job_id, _LOST)
+                elif answer.cancel_requested:
+                    self._interrupt(answer.job_id, _CANCEL)
+
+    async def _rescuer(self) -> None:
+        backend = self.app.backend
+        every = min(5.0, max(0.2, self.lease_s / 2))
+        while True:
+            try:
+                rescued = await backend.rescue_expired()
+                if rescued:
+                    log.warning("rescued %d jobs whose lease lapsed", rescued,
+                                extra={"action": "rescue", "count": rescued})
+            except BackendError as exc:
+                log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
+            await asyncio.sleep(every)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def _shutdown(self, side: dict[str, asyncio.Task[None]]) -> None:
+        """Finish running jobs within the grace period, release the rest, flush outcomes."""
+        running = list(self._tasks.values())
+        if running:
+            log.info("waiting up to %.0fs for %d running jobs", self.grace_s, len(running),
+                     extra={"action": "drain"})
+            await asyncio.wait(running, timeout=self.grace_s)
+        for job_id in list(self._tasks):
+            self._interrupt(job_id, _SHUTDOWN)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while (self._pending or self._settling) and not side["settler"].done():
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        for task in side.values():
+            task.cancel()
+        await asyncio.gather(*side.values(), return_exceptions=True)
+        if self._pending:  # settler gone (or failing): one last direct try
+            batch, self._pending = self._pending, []
+            await self.app.backend.settle(batch)
+        self._threads.shutdown(wait=False, cancel_futures=True)

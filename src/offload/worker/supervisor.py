@@ -1,0 +1,68 @@
+"""Run N worker processes and restart any that die; forward SIGTERM/SIGINT to them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger("offload.supervisor")
+
+#: Shortest gap between two restarts of one slot (seconds), so a crash loop can't spin.
+DEFAULT_RESTART_BACKOFF_S = 1.0
+
+
+class Supervisor:
+    """Keeps `processes` copies of a worker command running until asked to stop.
+
+    Args:
+        argv: the command of one worker process (`offload worker … --processes 1`).
+        processes: how many to keep running.
+    """
+
+    def __init__(self, argv: Sequence[str], processes: int) -> None:
+        self.argv = list(argv)
+        self.processes = processes
+        self.children: list[subprocess.Popen[bytes] | None] = [None] * processes
+        self.started_at = [0.0] * processes
+        self.stopping = False
+
+    def _spawn(self, slot: int) -> None:
+        self.children[slot] = subprocess.Popen(self.argv)
+        self.started_at[slot] = time.monotonic()
+
+    def _signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        for child in self.children:
+            if child is not None and child.poll() is None:
+                child.send_signal(signum)
+
+    def run(self) -> int:
+        """Supervise until SIGTERM/SIGINT; returns the exit code (0 when all stopped cleanly)."""
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        for slot in range(self.processes):
+            self._spawn(slot)
+        while not self.stopping:
+            for slot, child in enumerate(self.children):
+                if child is None or child.poll() is None:
+                    continue
+                log.warning("worker process %d exited with %s; restarting", child.pid,
+                            child.returncode, extra={"action": "worker_restart"})
+                wait = DEFAULT_RESTART_BACKOFF_S - (time.monotonic() - self.started_at[slot])
+                if wait > 0:
+                    time.sleep(wait)
+                if not self.stopping:
+                    self._spawn(slot)
+            time.sleep(0.2)
+        codes = [child.wait() for child in self.children if child is not None]
+        return 0 if all(code == 0 for code in codes) else 1
+
+
+def worker_argv(app_ref: str, options: Sequence[str]) -> list[str]:
+    """The command line of one child worker process."""
+    return [sys.executable, "-m", "offload", "worker", "--app", app_ref, "--processes", "1",
+            *options]
