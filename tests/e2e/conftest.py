@@ -1,0 +1,127 @@
+"""End-to-end fixtures: `offload web` and `offload worker` as real OS processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+TEMPLATE = Path(__file__).parent / "project_template"
+TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """A project folder with its processes: start web and workers, stop them all."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.logs = root / "logs"
+        self.logs.mkdir()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
+            "OFFLOAD_URL": url,
+            "OFFLOAD_BLOBS_URL": str(root / "blobs"),
+            "OFFLOAD_API_TOKENS": ",".join(f"{t}={p}" for p, t in TOKENS.items()),
+            "OFFLOAD_SECRET_KEY": "e2e-secret",
+            "OFFLOAD_MAX_BODY_BYTES": "4096",
+            "E2E_LOG_DIR": str(self.logs),
+            "PYTHONPATH": str(root),
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.closing: list[Any] = []
+        self.port = 0
+
+    def offload(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        out = open(self.logs / f"proc-{len(self.procs)}.out", "wb")  # noqa: SIM115
+        self.closing.append(out)
+        proc = subprocess.Popen([sys.executable, "-m", "offload", *args], cwd=self.root,
+                                env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "offload", *args], cwd=self.root,
+                              env=self.env, capture_output=True, text=True, timeout=60)
+
+    def start_web(self) -> subprocess.Popen[bytes]:
+        self.port = free_port()
+        proc = self.offload("web", "--app", "e2eapp.contracts:app", "--port", str(self.port))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"offload web exited: {self.output()}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("offload web did not become ready")
+
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        return self.offload("worker", "--app", "e2eapp.handlers:app", *args)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, principal: str = "alice") -> httpx.Client:
+        client = httpx.Client(base_url=self.base, timeout=30,
+                              headers={"Authorization": f"Bearer {TOKENS[principal]}"})
+        self.closing.append(client)
+        return client
+
+    def output(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.out")))
+
+    def log_lines(self, name: str) -> list[str]:
+        path = self.logs / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    def wait_state(self, client: httpx.Client, job_id: str, states: set[str],
+                   timeout: float = 30) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        record: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            record = client.get(f"/v1/jobs/{job_id}").json()
+            if record["state"] in states:
+                return record
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never reached {states}: {record}\n{self.output()}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for thing in self.closing:
+            thing.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
+    s = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}")
+    yield s
+    s.stop()

@@ -1,0 +1,139 @@
+"""Crashed, stopped and competing worker processes lose no job and run none twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+from offload import App, Message, Settings
+
+from .conftest import Stack
+
+
+def wait_for(predicate: object, timeout: float, what: str, stack: Stack) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{stack.output()}")
+
+
+def test_sigkilled_worker_job_runs_again_after_lease_lapses(stack: Stack) -> None:
+    stack.start_web()
+    alice = stack.client()
+    first = stack.start_worker("--lease", "1.5")
+    job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 2.5}).json()["id"]
+
+    # Given a worker in the middle of the job,
+    wait_for(lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
+             20, "the job to start", stack)
+    # when it is killed without a chance to clean up,
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert alice.get(f"/v1/jobs/{job_id}").json()["state"] == "running"
+    # then another worker re-runs it once the lease lapses, and it succeeds.
+    stack.start_worker("--lease", "1.5")
+    record = stack.wait_state(alice, job_id, {"succeeded", "dead", "failed"}, timeout=40)
+    assert record["state"] == "succeeded"
+    assert record["attempt"] == 2
+    starts = [line for line in stack.log_lines("slow.log") if line.startswith("start")]
+    ends = [line for line in stack.log_lines("slow.log") if line.startswith("end")]
+    assert len(starts) == 2 and len(ends) == 1
+    assert ends[0].split()[2] == "2"  # the second attempt finished
+
+
+def test_failing_job_ends_dead_and_cli_retry_brings_it_back(stack: Stack) -> None:
+    stack.start_web()
+    stack.start_worker()
+    alice = stack.client()
+    job_id = alice.post("/v1/jobs/e2e.flaky", json={"flag": "fixed.flag"}).json()["id"]
+
+    # Given a handler that keeps failing, the job spends its budget and ends dead.
+    record = stack.wait_state(alice, job_id, {"dead"}, timeout=30)
+    assert record["attempt"] == 3 == record["max_attempts"]
+    assert record["error"]["type"] == "RuntimeError"
+    assert "traceback" in record["error"]
+    listed = stack.run_cli("jobs", "list", "--state", "dead", "--json")
+    assert listed.returncode == 0 and job_id in listed.stdout
+
+    # When the cause is fixed and an operator re-queues it, it runs again and succeeds.
+    (stack.logs / "fixed.flag").touch()
+    retried = stack.run_cli("jobs", "retry", job_id)
+    assert retried.returncode == 0, retried.stderr
+    record = stack.wait_state(alice, job_id, {"succeeded"}, timeout=30)
+    assert record["attempt"] == 1 and record["result"] == "fixed"
+
+    # Re-queueing a job that is not dead is refused with a clear message.
+    again = stack.run_cli("jobs", "retry", job_id)
+    assert again.returncode == 2 and "succeeded" in again.stdout + again.stderr
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(stack: Stack) -> None:
+    stack.start_web()
+    alice = stack.client()
+    worker = stack.start_worker("--grace", "20")
+    job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 1.5}).json()["id"]
+    wait_for(lambda: stack.log_lines("slow.log"), 20, "the job to start", stack)
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    record = alice.get(f"/v1/jobs/{job_id}").json()
+    assert record["state"] == "succeeded" and record["attempt"] == 1
+
+
+def test_sigterm_past_the_grace_period_releases_not_fails(stack: Stack) -> None:
+    stack.start_web()
+    alice = stack.client()
+    worker = stack.start_worker("--grace", "0.3")
+    job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 30}).json()["id"]
+    wait_for(lambda: stack.log_lines("slow.log"), 20, "the job to start", stack)
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    record = alice.get(f"/v1/jobs/{job_id}").json()
+    # Released: waiting again, the interrupted attempt given back, no failure recorded.
+    assert record["state"] == "queued"
+    assert record["attempt"] == 0
+    assert record["error"]["type"] == "Released"
+
+
+def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> None:
+    # Given 2,000 jobs already queued in the file (by a producer that shares only the contract),
+    app = App("loader", settings=Settings(url=stack.env["OFFLOAD_URL"]))
+
+    @app.message("e2e.noop", queue="bulk")
+    class Noop(Message):
+        n: int
+
+    async def load() -> None:
+        async with app:
+            for start in range(0, 2000, 500):
+                await app.enqueue_many([Noop(n=i) for i in range(start, start + 500)])
+
+    asyncio.run(load())
+    # when 4 worker processes compete for them,
+    supervisor = stack.start_worker("--processes", "4", "--concurrency", "16",
+                                    "--queues", "bulk")
+    wait_for(lambda: len(stack.log_lines("noop.log")) >= 2000, 120, "2,000 runs", stack)
+    time.sleep(0.5)  # a duplicate run would show up here
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=30) == 0
+
+    # then every job ran exactly once, by several processes, and is succeeded.
+    runs = Counter(stack.log_lines("noop.log"))
+    assert len(runs) == 2000 and set(runs.values()) == {1}
+    importers = [line for line in stack.log_lines("imports.log") if "worker" in line]
+    assert len(importers) == 4
+
+    async def states() -> dict[str, int]:
+        async with app:
+            stats = await app.backend.stats()
+            rows = await app.backend.list(owner="local", state="succeeded", limit=5000)
+            bulk = stats.get("bulk", {"queued": 0, "running": 0})
+            return {"succeeded": len(rows), "queued": bulk["queued"],
+                    "running": bulk["running"]}
+
+    assert asyncio.run(states()) == {"succeeded": 2000, "queued": 0, "running": 0}
