@@ -48,7 +48,7 @@ class Stack:
         self.port = 0
 
     def offload(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
-        out = open(self.logs / f"proc-{len(self.procs)}.out", "wb")  # noqa: SIM115
+        out = open(self.logs / f"proc-{len(self.procs)}.out", "wb")
         self.closing.append(out)
         proc = subprocess.Popen([sys.executable, "-m", "offload", *args], cwd=self.root,
                                 env=self.env, stdout=out, stderr=subprocess.STDOUT)

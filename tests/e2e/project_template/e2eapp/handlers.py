@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from e2eapp.contracts import Export, Flaky, Noop, Slow, app
-
 from offload import Backoff, Context
 
 __all__ = ["app"]
