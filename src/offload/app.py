@@ -103,6 +103,7 @@ class App:
         self._blobs: FileBlobStore | None = None
         self._open_lock: asyncio.Lock | None = None
         self._sync: _SyncRunner | None = None
+        self._users = 0
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -173,7 +174,12 @@ class App:
     # -- backends ---------------------------------------------------------------------------
 
     async def open(self) -> App:
-        """Open the backend and blob store (idempotent)."""
+        """Open the backend and blob store. Each `open` is paired with a `close`; the
+        backend closes with the last one, so a web lifespan and a worker can share an app."""
+        self._users += 1
+        return await self._ensure_open()
+
+    async def _ensure_open(self) -> App:
         if self._backend is not None:
             return self
         if self._open_lock is None:
@@ -187,6 +193,10 @@ class App:
         return self
 
     async def close(self) -> None:
+        """Release one `open`; the last one (or a lazily opened app) closes the backend."""
+        self._users = max(0, self._users - 1)
+        if self._users:
+            return
         if self._backend is not None:
             backend, self._backend = self._backend, None
             await backend.close()
@@ -245,13 +255,13 @@ class App:
 
     async def enqueue(self, message: Message, **options: Any) -> Job:
         """Validate-stamp-store one job; see `envelope` for the options."""
-        await self.open()
+        await self._ensure_open()
         (result,) = await self.backend.enqueue([self.envelope(message, **options)])
         return Job(result.id, result.created, self)
 
     async def enqueue_many(self, messages: Sequence[Message], **options: Any) -> list[Job]:
         """Enqueue many jobs in one atomic batch (all or none)."""
-        await self.open()
+        await self._ensure_open()
         results: list[EnqueueResult] = await self.backend.enqueue(
             [self.envelope(m, **options) for m in messages])
         return [Job(r.id, r.created, self) for r in results]
@@ -265,7 +275,7 @@ class App:
     async def status(self, job_id: str) -> dict[str, Any]:
         from .contract import status_record
 
-        await self.open()
+        await self._ensure_open()
         row = await self.backend.get(job_id)
         if row is None:
             raise JobNotFound(job_id)
@@ -293,3 +303,4 @@ class _SyncRunner:
         asyncio.run_coroutine_threadsafe(self.twin.close(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
+        self.loop.close()

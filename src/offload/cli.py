@@ -132,10 +132,7 @@ def worker(
 
         async def main() -> None:
             _stop_on_signals(runner.request_stop)
-            try:
-                await runner.run()
-            finally:
-                await offload_app.close()
+            await runner.run()
 
         _run(main)
 

@@ -106,7 +106,10 @@ class Worker:
         try:
             await self._claim_loop(backend, side)
         finally:
-            await self._shutdown(side)
+            try:
+                await self._shutdown(side)
+            finally:
+                await self.app.close()
         log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
     async def _claim_loop(self, backend: Any, side: dict[str, asyncio.Task[None]]) -> None:
