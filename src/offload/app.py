@@ -91,8 +91,14 @@ class App:
         settings: all settings; read from the environment when None.
     """
 
-    def __init__(self, name: str, *, url: str | None = None,
-                 settings: Settings | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.name = name
         self._settings = settings
         self._url = url
@@ -121,9 +127,15 @@ class App:
 
     # -- registry ---------------------------------------------------------------------------
 
-    def message(self, kind: str, *, version: int = 1, queue: str | None = None,
-                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                timeout: float | timedelta | None = None) -> Callable[[M], M]:
+    def message(
+        self,
+        kind: str,
+        *,
+        version: int = 1,
+        queue: str | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | timedelta | None = None,
+    ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`."""
 
         def register(cls: M) -> M:
@@ -133,8 +145,9 @@ class App:
                 raise ConfigurationError(f"message kind {kind!r} is declared twice")
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
-            self.kinds[kind] = MessageSpec(cls, kind, version, cls.__queue__, max_attempts,
-                                           _seconds(timeout))
+            self.kinds[kind] = MessageSpec(
+                cls, kind, version, cls.__queue__, max_attempts, _seconds(timeout)
+            )
             return cls
 
         return register
@@ -146,9 +159,14 @@ class App:
         except KeyError:
             raise UnknownKind(f"no message kind {kind!r} is registered") from None
 
-    def handles(self, cls: type[Message], *, max_attempts: int | None = None,
-                timeout: float | timedelta | None = None,
-                backoff: Backoff | None = None) -> Callable[[F], F]:
+    def handles(
+        self,
+        cls: type[Message],
+        *,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        backoff: Backoff | None = None,
+    ) -> Callable[[F], F]:
         """Register the handler of a message class (in the worker half)."""
         spec = self.spec_of(cls)
 
@@ -156,7 +174,8 @@ class App:
             if spec.kind in self.handlers:
                 raise ConfigurationError(f"kind {spec.kind!r} already has a handler")
             self.handlers[spec.kind] = HandlerSpec(
-                fn=fn, message=spec,
+                fn=fn,
+                message=spec,
                 max_attempts=max_attempts,
                 timeout=_seconds(timeout) if timeout is not None else spec.timeout,
                 backoff=backoff or Backoff(),
@@ -225,10 +244,17 @@ class App:
     # -- enqueue ----------------------------------------------------------------------------
 
     def envelope(
-        self, message: Message, *, owner: str = "local", priority: int = 0,
-        delay: float | timedelta | None = None, run_at: datetime | None = None,
-        idempotency_key: str | None = None, max_attempts: int | None = None,
-        callback_url: str | None = None, notify_email: str | None = None,
+        self,
+        message: Message,
+        *,
+        owner: str = "local",
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> Envelope:
         """Stamp a validated message into an envelope (id, times, routing, budget)."""
@@ -243,14 +269,25 @@ class App:
             when = max(now, run_at.timestamp())
         elif delay is not None:
             when = now + max(0.0, _seconds(delay) or 0.0)
-        options = {k: v for k, v in (("callback_url", callback_url),
-                                     ("notify_email", notify_email)) if v}
+        options = {
+            k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
+        }
         return Envelope(
-            id=uuid7(), kind=spec.kind, version=spec.version,
-            payload=message.model_dump(mode="json"), queue=spec.queue, priority=priority,
-            attempt=0, max_attempts=max_attempts or spec.max_attempts, run_at=when,
-            enqueued_at=now, idempotency_key=idempotency_key, owner=owner, trace=trace,
-            timeout=spec.timeout, options=options,
+            id=uuid7(),
+            kind=spec.kind,
+            version=spec.version,
+            payload=message.model_dump(mode="json"),
+            queue=spec.queue,
+            priority=priority,
+            attempt=0,
+            max_attempts=max_attempts or spec.max_attempts,
+            run_at=when,
+            enqueued_at=now,
+            idempotency_key=idempotency_key,
+            owner=owner,
+            trace=trace,
+            timeout=spec.timeout,
+            options=options,
         )
 
     async def enqueue(self, message: Message, **options: Any) -> Job:
@@ -263,7 +300,8 @@ class App:
         """Enqueue many jobs in one atomic batch (all or none)."""
         await self._ensure_open()
         results: list[EnqueueResult] = await self.backend.enqueue(
-            [self.envelope(m, **options) for m in messages])
+            [self.envelope(m, **options) for m in messages]
+        )
         return [Job(r.id, r.created, self) for r in results]
 
     def enqueue_sync(self, message: Message, **options: Any) -> Job:
@@ -287,8 +325,9 @@ class _SyncRunner:
 
     def __init__(self, app: App) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                       name="offload-sync")
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="offload-sync"
+        )
         self.thread.start()
         self.twin = App(app.name, settings=app.settings, clock=app.clock)
         self.twin.kinds = app.kinds

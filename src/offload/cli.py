@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -21,21 +21,28 @@ from .errors import ConfigurationError, OffloadError
 from .settings import Settings
 
 T = TypeVar("T")
-cli = typer.Typer(help="offload: the Web-Queue-Worker pattern for Python.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+cli = typer.Typer(
+    help="offload: the Web-Queue-Worker pattern for Python.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 jobs_cli = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
 console = Console()
 err = Console(stderr=True)
 
-AppRef = Annotated[str, typer.Option("--app", help="package.module:attribute of the App",
-                                     envvar="OFFLOAD_APP")]
+AppRef = Annotated[
+    str, typer.Option("--app", help="package.module:attribute of the App", envvar="OFFLOAD_APP")
+]
 Url = Annotated[str | None, typer.Option("--url", help="backend URL (default OFFLOAD_URL)")]
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _app(ref: str | None, url: str | None) -> App:
@@ -49,12 +56,13 @@ def _app(ref: str | None, url: str | None) -> App:
     return app
 
 
-def _run(main: Callable[[], Awaitable[T]]) -> T:
-    with contextlib.suppress(ImportError):
+def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the command's coroutine, on uvloop where it is installed."""
+    try:
         import uvloop
-
-        return uvloop.run(main())  # type: ignore[no-any-return]
-    return asyncio.run(main())
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
 
 
 @contextlib.contextmanager
@@ -80,8 +88,9 @@ def _server(api: Any, host: str, port: int) -> Any:
         def capture_signals(self) -> Iterator[None]:  # we route signals ourselves
             yield
 
-    config = uvicorn.Config(api, host=host, port=port, log_level="warning",
-                            lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        api, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+    )
     return Server(config)
 
 
@@ -127,8 +136,13 @@ def worker(
         raise typer.Exit(Supervisor(worker_argv(app, options), processes).run())
     with _errors():
         offload_app = _app(app, url)
-        runner = Worker(offload_app, queues=queues.split(",") if queues else None,
-                        concurrency=concurrency, lease_s=lease, grace_s=grace)
+        runner = Worker(
+            offload_app,
+            queues=queues.split(",") if queues else None,
+            concurrency=concurrency,
+            lease_s=lease,
+            grace_s=grace,
+        )
 
         async def main() -> None:
             _stop_on_signals(runner.request_stop)
@@ -138,8 +152,9 @@ def worker(
 
 
 @cli.command()
-def dev(app: AppRef, host: str = "127.0.0.1", port: int = 8000,
-        concurrency: int = 16, url: Url = None) -> None:
+def dev(
+    app: AppRef, host: str = "127.0.0.1", port: int = 8000, concurrency: int = 16, url: Url = None
+) -> None:
     """Web tier and a worker in one process, for development (imports the handlers)."""
     from .web import check_bind, create_app
     from .worker.runner import Worker
@@ -179,27 +194,43 @@ def _with_app(ref: str | None, url: str | None, fn: Callable[[App], Awaitable[T]
         return _run(main)
 
 
-OptApp = Annotated[str | None, typer.Option("--app", envvar="OFFLOAD_APP",
-                                            help="package.module:attribute (optional)")]
+OptApp = Annotated[
+    str | None,
+    typer.Option("--app", envvar="OFFLOAD_APP", help="package.module:attribute (optional)"),
+]
 
 
 @jobs_cli.command("list")
-def jobs_list(app: OptApp = None, url: Url = None, state: str | None = None,
-              kind: str | None = None, owner: str | None = None, limit: int = 50,
-              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def jobs_list(
+    app: OptApp = None,
+    url: Url = None,
+    state: str | None = None,
+    kind: str | None = None,
+    owner: str | None = None,
+    limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """List jobs, newest first."""
     from .contract import status_record
 
-    rows = _with_app(app, url, lambda a: a.backend.list(owner=owner, state=state, kind=kind,
-                                                        limit=limit))
+    rows = _with_app(
+        app, url, lambda a: a.backend.list_jobs(owner=owner, state=state, kind=kind, limit=limit)
+    )
     if as_json:
         console.print_json(orjson.dumps([status_record(r) for r in rows]).decode())
         return
     table = Table("id", "kind", "queue", "state", "attempt", "owner", "created")
     for r in rows:
         rec = status_record(r)
-        table.add_row(r["id"], r["kind"], r["queue"], r["state"],
-                      f"{r['attempt']}/{r['max_attempts']}", r["owner"], rec["created_at"])
+        table.add_row(
+            r["id"],
+            r["kind"],
+            r["queue"],
+            r["state"],
+            f"{r['attempt']}/{r['max_attempts']}",
+            r["owner"],
+            rec["created_at"],
+        )
     console.print(table)
 
 
@@ -226,8 +257,12 @@ def jobs_cancel(job_id: str, app: OptApp = None, url: Url = None) -> None:
 
 
 @jobs_cli.command("purge")
-def jobs_purge(queue: str, app: OptApp = None, url: Url = None,
-               yes: Annotated[bool, typer.Option("--yes", help="don't ask")] = False) -> None:
+def jobs_purge(
+    queue: str,
+    app: OptApp = None,
+    url: Url = None,
+    yes: Annotated[bool, typer.Option("--yes", help="don't ask")] = False,
+) -> None:
     """Delete every job waiting in QUEUE (running jobs are left alone)."""
     if not yes:
         typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
@@ -236,8 +271,9 @@ def jobs_purge(queue: str, app: OptApp = None, url: Url = None,
 
 
 @cli.command()
-def queues(app: OptApp = None, url: Url = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def queues(
+    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Per-queue stats: queued, scheduled, running, dead, oldest age."""
     stats = _with_app(app, url, lambda a: a.backend.stats())
     if as_json:
@@ -245,8 +281,14 @@ def queues(app: OptApp = None, url: Url = None,
         return
     table = Table("queue", "queued", "scheduled", "running", "dead", "oldest age (s)")
     for name, s in sorted(stats.items()):
-        table.add_row(name, str(s["queued"]), str(s["scheduled"]), str(s["running"]),
-                      str(s["dead"]), f"{s['oldest_age_s']:.1f}")
+        table.add_row(
+            name,
+            str(s["queued"]),
+            str(s["scheduled"]),
+            str(s["running"]),
+            str(s["dead"]),
+            f"{s['oldest_age_s']:.1f}",
+        )
     console.print(table)
 
 

@@ -38,6 +38,4 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds to an RFC 3339 UTC string with a `Z`."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -33,12 +33,12 @@ class Message(BaseModel):
 class JobState(enum.StrEnum):
     """Where a job is in its life.
 
-        queued ──claim──▶ running ──▶ succeeded
-           ▲                 │  ├───▶ failed      (a permanent error: no retry)
-           │                 │  ├───▶ cancelled   (DELETE, or the handler raised Cancel)
-           │                 │  └───▶ dead        (retry budget spent)
-           └── retrying ◀────┘        (failed attempt, budget left: queued with later run_at)
-        queued / retrying ──cancel──▶ cancelled;   dead / failed / cancelled ──requeue──▶ queued
+    queued ──claim──▶ running ──▶ succeeded
+       ▲                 │  ├───▶ failed      (a permanent error: no retry)
+       │                 │  ├───▶ cancelled   (DELETE, or the handler raised Cancel)
+       │                 │  └───▶ dead        (retry budget spent)
+       └── retrying ◀────┘        (failed attempt, budget left: queued with later run_at)
+    queued / retrying ──cancel──▶ cancelled;   dead / failed / cancelled ──requeue──▶ queued
     """
 
     QUEUED = "queued"
@@ -180,8 +180,9 @@ def status_record(row: dict[str, Any], *, prefix: str = "/v1/jobs") -> dict[str,
     job_id = row["id"]
     fraction = row.get("progress_fraction")
     message = row.get("progress_message")
-    progress = None if fraction is None and message is None else {
-        "fraction": fraction, "message": message}
+    progress = (
+        None if fraction is None and message is None else {"fraction": fraction, "message": message}
+    )
     return {
         "id": job_id,
         "kind": row["kind"],

@@ -1,16 +1,16 @@
 """The whole exception tree of offload.
 
-    OffloadError
-    ├── ConfigurationError
-    ├── BackendError
-    │   └── SchemaError
-    ├── JobError
-    │   ├── UnknownKind
-    │   ├── JobNotFound
-    │   └── InvalidTransition
-    └── HandlerSignal          (raised by handlers to steer their own job)
-        ├── Retry
-        └── Cancel
+OffloadError
+├── ConfigurationError
+├── BackendError
+│   └── SchemaError
+├── JobError
+│   ├── UnknownKind
+│   ├── JobNotFound
+│   └── InvalidTransition
+└── HandlerSignal          (raised by handlers to steer their own job)
+    ├── Retry
+    └── Cancel
 """
 
 from __future__ import annotations

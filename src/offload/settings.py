@@ -30,7 +30,8 @@ def parse_tokens(raw: str | None) -> dict[str, str]:
         token, sep, principal = item.partition("=")
         if not sep or not token.strip() or not principal.strip():
             raise ConfigurationError(
-                "OFFLOAD_API_TOKENS must be comma-separated token=principal pairs")
+                "OFFLOAD_API_TOKENS must be comma-separated token=principal pairs"
+            )
         tokens[token.strip()] = principal.strip()
     return tokens
 

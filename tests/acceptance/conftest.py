@@ -17,8 +17,12 @@ from offload.worker.runner import Worker
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"),
-                    secret_key=b"test-secret", lease_s=2.0)
+    return Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        secret_key=b"test-secret",
+        lease_s=2.0,
+    )
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ async def finished(app: App, job_id: str, timeout: float = 15) -> dict[str, Any]
     return await Job(job_id, True, app).wait(timeout)
 
 
-async def test_plain_function_handlers_run_in_threads(app: App, start_worker: Callable[..., Any]
-                                                      ) -> None:
+async def test_plain_function_handlers_run_in_threads(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
     app.message("t.sync")(Ping)
     seen: list[str] = []
 
@@ -44,8 +45,9 @@ async def test_plain_function_handlers_run_in_threads(app: App, start_worker: Ca
     assert seen and seen[0].startswith("offload-handler")
 
 
-async def test_timeout_spends_attempts_then_dead(app: App, start_worker: Callable[..., Any]
-                                                 ) -> None:
+async def test_timeout_spends_attempts_then_dead(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
     app.message("t.timeout", max_attempts=2)(Ping)
 
     @app.handles(Ping, timeout=0.1, backoff=FAST)
@@ -59,8 +61,9 @@ async def test_timeout_spends_attempts_then_dead(app: App, start_worker: Callabl
     assert record["error"]["type"] == "TimeoutError"
 
 
-async def test_retry_signal_schedules_the_next_attempt(app: App,
-                                                       start_worker: Callable[..., Any]) -> None:
+async def test_retry_signal_schedules_the_next_attempt(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
     app.message("t.retry")(Ping)
     attempts: list[tuple[int, float]] = []
 
@@ -78,8 +81,9 @@ async def test_retry_signal_schedules_the_next_attempt(app: App,
     assert attempts[1][1] - attempts[0][1] >= 0.35
 
 
-async def test_cancel_signal_and_permanent_errors(app: App, start_worker: Callable[..., Any]
-                                                  ) -> None:
+async def test_cancel_signal_and_permanent_errors(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
     app.message("t.cancel", max_attempts=2)(Ping)
 
     @app.handles(Ping, backoff=FAST)
@@ -100,7 +104,8 @@ async def test_cancel_signal_and_permanent_errors(app: App, start_worker: Callab
 
 
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
-        app: App, start_worker: Callable[..., Any]) -> None:
+    app: App, start_worker: Callable[..., Any]
+) -> None:
     app.message("t.contract")(Ping)
 
     @app.handles(Ping)
@@ -109,8 +114,9 @@ async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
 
     envelope = app.envelope(Ping())
     await app.open()
-    await app.backend.enqueue([type(envelope)(**{**_fields(envelope),
-                                                 "payload": {"text": 3, "extra": 1}})])
+    await app.backend.enqueue(
+        [type(envelope)(**{**_fields(envelope), "payload": {"text": 3, "extra": 1}})]
+    )
     await start_worker()
     record = await finished(app, envelope.id)
     assert record["state"] == "failed" and record["attempt"] == 1
@@ -124,7 +130,8 @@ def _fields(envelope: Any) -> dict[str, Any]:
 
 
 async def test_once_runs_a_side_step_once_across_attempts(
-        app: App, start_worker: Callable[..., Any]) -> None:
+    app: App, start_worker: Callable[..., Any]
+) -> None:
     app.message("t.once")(Ping)
     charges: list[str] = []
 
@@ -142,8 +149,9 @@ async def test_once_runs_a_side_step_once_across_attempts(
     assert charges == [job.id]
 
 
-async def test_delete_signals_a_running_handler(app: App, start_worker: Callable[..., Any],
-                                                web: httpx.AsyncClient) -> None:
+async def test_delete_signals_a_running_handler(
+    app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
+) -> None:
     app.message("t.long")(Ping)
     started, stopped = asyncio.Event(), asyncio.Event()
 
@@ -167,7 +175,8 @@ async def test_delete_signals_a_running_handler(app: App, start_worker: Callable
 
 
 async def test_dev_mode_caller_is_local_and_sees_python_enqueued_jobs(
-        app: App, web: httpx.AsyncClient) -> None:
+    app: App, web: httpx.AsyncClient
+) -> None:
     app.message("t.dev")(Ping)
     job = await app.enqueue(Ping())  # owner defaults to the principal `local`
     record = (await web.get(f"/v1/jobs/{job.id}")).json()

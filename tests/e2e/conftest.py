@@ -50,14 +50,25 @@ class Stack:
     def offload(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
         out = open(self.logs / f"proc-{len(self.procs)}.out", "wb")
         self.closing.append(out)
-        proc = subprocess.Popen([sys.executable, "-m", "offload", *args], cwd=self.root,
-                                env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offload", *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "offload", *args], cwd=self.root,
-                              env=self.env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "offload", *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def start_web(self) -> subprocess.Popen[bytes]:
         self.port = free_port()
@@ -82,8 +93,9 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, principal: str = "alice") -> httpx.Client:
-        client = httpx.Client(base_url=self.base, timeout=30,
-                              headers={"Authorization": f"Bearer {TOKENS[principal]}"})
+        client = httpx.Client(
+            base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {TOKENS[principal]}"}
+        )
         self.closing.append(client)
         return client
 
@@ -94,8 +106,9 @@ class Stack:
         path = self.logs / name
         return path.read_text().splitlines() if path.exists() else []
 
-    def wait_state(self, client: httpx.Client, job_id: str, states: set[str],
-                   timeout: float = 30) -> dict[str, object]:
+    def wait_state(
+        self, client: httpx.Client, job_id: str, states: set[str], timeout: float = 30
+    ) -> dict[str, object]:
         deadline = time.monotonic() + timeout
         record: dict[str, object] = {}
         while time.monotonic() < deadline:

@@ -28,8 +28,12 @@ def test_sigkilled_worker_job_runs_again_after_lease_lapses(stack: Stack) -> Non
     job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 2.5}).json()["id"]
 
     # Given a worker in the middle of the job,
-    wait_for(lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
-             20, "the job to start", stack)
+    wait_for(
+        lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
+        20,
+        "the job to start",
+        stack,
+    )
     # when it is killed without a chance to clean up,
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -115,8 +119,7 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
 
     asyncio.run(load())
     # when 4 worker processes compete for them,
-    supervisor = stack.start_worker("--processes", "4", "--concurrency", "16",
-                                    "--queues", "bulk")
+    supervisor = stack.start_worker("--processes", "4", "--concurrency", "16", "--queues", "bulk")
     wait_for(lambda: len(stack.log_lines("noop.log")) >= 2000, 120, "2,000 runs", stack)
     time.sleep(0.5)  # a duplicate run would show up here
     supervisor.send_signal(signal.SIGTERM)
@@ -131,9 +134,8 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
     async def states() -> dict[str, int]:
         async with app:
             stats = await app.backend.stats()
-            rows = await app.backend.list(owner="local", state="succeeded", limit=5000)
+            rows = await app.backend.list_jobs(owner="local", state="succeeded", limit=5000)
             bulk = stats.get("bulk", {"queued": 0, "running": 0})
-            return {"succeeded": len(rows), "queued": bulk["queued"],
-                    "running": bulk["running"]}
+            return {"succeeded": len(rows), "queued": bulk["queued"], "running": bulk["running"]}
 
     assert asyncio.run(states()) == {"succeeded": 2000, "queued": 0, "running": 0}

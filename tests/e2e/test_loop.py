@@ -11,8 +11,9 @@ import orjson
 from .conftest import Stack
 
 
-def read_events(client: httpx.Client, url: str, headers: dict[str, str] | None = None
-                ) -> list[tuple[int, str, dict[str, Any]]]:
+def read_events(
+    client: httpx.Client, url: str, headers: dict[str, str] | None = None
+) -> list[tuple[int, str, dict[str, Any]]]:
     """Read a server-sent event stream to its end: (id, event, data) triples."""
     events: list[tuple[int, str, dict[str, Any]]] = []
     fields: dict[str, str] = {}
@@ -22,8 +23,9 @@ def read_events(client: httpx.Client, url: str, headers: dict[str, str] | None =
         for line in response.iter_lines():
             if line == "":
                 if "data" in fields:
-                    events.append((int(fields["id"]), fields["event"],
-                                   orjson.loads(fields["data"])))
+                    events.append(
+                        (int(fields["id"]), fields["event"], orjson.loads(fields["data"]))
+                    )
                 fields = {}
             elif not line.startswith(":"):
                 name, _, value = line.partition(": ")
@@ -71,8 +73,9 @@ def test_submit_follow_and_fetch_result_over_http(stack: Stack) -> None:
     assert tampered.headers["content-type"] == "application/problem+json"
 
     # And a client that reconnects with Last-Event-ID gets only what came after it.
-    resumed = read_events(alice, f"/v1/jobs/{job_id}/events",
-                          headers={"Last-Event-ID": str(events[1][0])})
+    resumed = read_events(
+        alice, f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(events[1][0])}
+    )
     assert [e[0] for e in resumed] == [e[0] for e in events[2:]]
 
     record = alice.get(f"/v1/jobs/{job_id}").json()
@@ -86,8 +89,7 @@ def test_other_principals_see_nothing(stack: Stack) -> None:
     alice, bob = stack.client("alice"), stack.client("bob")
     job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 0}).json()["id"]
 
-    for method, path in [("GET", ""), ("GET", "/events"), ("GET", "/result"),
-                         ("DELETE", "")]:
+    for method, path in [("GET", ""), ("GET", "/events"), ("GET", "/result"), ("DELETE", "")]:
         response = bob.request(method, f"/v1/jobs/{job_id}{path}")
         assert response.status_code == 404, (method, path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
@@ -115,15 +117,17 @@ def test_rejected_requests_enqueue_nothing(stack: Stack) -> None:
     assert problem["status"] == 422 and problem["title"] and problem["type"]
     assert {tuple(e["loc"]) for e in problem["errors"]} == {("user_id",), ("steps",)}
 
-    not_json = alice.post("/v1/jobs/e2e.export", content=b"{nope",
-                          headers={"content-type": "application/json"})
+    not_json = alice.post(
+        "/v1/jobs/e2e.export", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert not_json.status_code == 422
     extra = alice.post("/v1/jobs/e2e.export", json={"user_id": "u", "admin": True})
     assert extra.status_code == 422
     bad_option = alice.post("/v1/jobs/e2e.export?priority=abc", json={"user_id": "u"})
     assert bad_option.status_code == 422
-    both = alice.post("/v1/jobs/e2e.export?delay=5&run_at=2030-01-01T00:00:00Z",
-                      json={"user_id": "u"})
+    both = alice.post(
+        "/v1/jobs/e2e.export?delay=5&run_at=2030-01-01T00:00:00Z", json={"user_id": "u"}
+    )
     assert both.status_code == 422
 
     unknown = alice.post("/v1/jobs/no.such.kind", json={})

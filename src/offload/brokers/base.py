@@ -103,9 +103,14 @@ class JobStore(Protocol):
         """The stored row of one job (owner included), or None."""
         ...
 
-    async def list(
-        self, *, owner: str | None, state: str | None = None, kind: str | None = None,
-        before: str | None = None, limit: int = 50,
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        state: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Rows newest first; `before` is the id cursor of the previous page."""
         ...

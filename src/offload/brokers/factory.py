@@ -20,6 +20,5 @@ def open_backend(url: str) -> Backend:
 
         return SQLiteBackend.from_url(url)
     raise ConfigurationError(
-        f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
-        "expected sqlite:// or memory://"
+        f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; expected sqlite:// or memory://"
     )

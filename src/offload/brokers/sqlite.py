@@ -68,12 +68,15 @@ class SQLiteBackend:
     """
 
     capabilities = frozenset(
-        {Capability.DELAY, Capability.PRIORITY, Capability.DEDUP,
-         Capability.TRANSACTIONAL_ENQUEUE}
+        {Capability.DELAY, Capability.PRIORITY, Capability.DEDUP, Capability.TRANSACTIONAL_ENQUEUE}
     )
 
     def __init__(
-        self, path: str, *, synchronous: str = "NORMAL", clock: Clock | None = None,
+        self,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Clock | None = None,
         poll_s: float = DEFAULT_POLL_S,
     ) -> None:
         self.path = path
@@ -84,7 +87,7 @@ class SQLiteBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._local_writes = 0
         self._seen: dict[str, tuple[int, int]] = {}
-        self._wake: asyncio.Future[None] | None = None  # type: ignore[assignment]
+        self._wake: asyncio.Future[None] = asyncio.Future()  # replaced in open()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
@@ -118,7 +121,10 @@ class SQLiteBackend:
         if not uri and os.path.dirname(self.path):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
-            self.path, uri=uri, isolation_level=None, check_same_thread=False,
+            self.path,
+            uri=uri,
+            isolation_level=None,
+            check_same_thread=False,
             timeout=DEFAULT_BUSY_TIMEOUT_S,
         )
         conn.execute("PRAGMA journal_mode=WAL")
@@ -130,14 +136,17 @@ class SQLiteBackend:
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute(
-                "SELECT value FROM offload_meta WHERE key = 'schema_version'").fetchone()
+                "SELECT value FROM offload_meta WHERE key = 'schema_version'"
+            ).fetchone()
             if row is None:
-                conn.execute("INSERT INTO offload_meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+                conn.execute(
+                    "INSERT INTO offload_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
             elif int(row[0]) != SCHEMA_VERSION:
                 raise SchemaError(
                     f"{self.path} has schema version {row[0]}; this offload expects "
-                    f"{SCHEMA_VERSION}")
+                    f"{SCHEMA_VERSION}"
+                )
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -154,11 +163,14 @@ class SQLiteBackend:
         self._local_writes += 1
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        conn.executemany(Q["insert_event"], [
-            (r["id"], r["owner"], orjson.dumps(status_record(r)).decode()) for r in rows])
+        conn.executemany(
+            Q["insert_event"],
+            [(r["id"], r["owner"], orjson.dumps(status_record(r)).decode()) for r in rows],
+        )
 
-    def _returning(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]
-                   ) -> list[dict[str, Any]]:
+    def _returning(
+        self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]
+    ) -> list[dict[str, Any]]:
         cur = conn.execute(sql, args)
         return [_row(cur, values) for values in cur.fetchall()]
 
@@ -185,16 +197,32 @@ class SQLiteBackend:
 
     # -- broker -----------------------------------------------------------------------------
 
-    def _insert(self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
-                ) -> list[EnqueueResult]:
+    def _insert(
+        self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
+    ) -> list[EnqueueResult]:
         results: list[EnqueueResult] = []
         created: list[dict[str, Any]] = []
         for e in envelopes:
-            cur = conn.execute(Q["insert_job"], (
-                e.id, e.kind, e.version, e.queue, e.priority,
-                orjson.dumps(e.payload).decode(), e.attempt, e.max_attempts, e.run_at,
-                e.enqueued_at, e.idempotency_key, e.owner, _dumps(e.trace), e.timeout,
-                _dumps(e.options or None)))
+            cur = conn.execute(
+                Q["insert_job"],
+                (
+                    e.id,
+                    e.kind,
+                    e.version,
+                    e.queue,
+                    e.priority,
+                    orjson.dumps(e.payload).decode(),
+                    e.attempt,
+                    e.max_attempts,
+                    e.run_at,
+                    e.enqueued_at,
+                    e.idempotency_key,
+                    e.owner,
+                    _dumps(e.trace),
+                    e.timeout,
+                    _dumps(e.options or None),
+                ),
+            )
             if cur.rowcount == 1:
                 results.append(EnqueueResult(id=e.id, created=True))
                 created.append(_row_of(e))
@@ -215,32 +243,42 @@ class SQLiteBackend:
         self._wake_waiters()
         return results
 
-    def enqueue_in(self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
-                   ) -> list[EnqueueResult]:
+    def enqueue_in(
+        self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
+    ) -> list[EnqueueResult]:
         """Enqueue inside the caller's own open transaction on `conn` (same database file).
 
         The jobs exist if and only if the caller's transaction commits.
         """
         return self._insert(conn, envelopes)
 
-    def _claim(self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
-               ) -> list[Lease]:
+    def _claim(
+        self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
         self._seen["claim"] = self._version()
         now = self.clock.now()
         token = secrets.token_hex(12)
         expires = now + lease_for
         with self._tx() as conn:
-            ids = [r[0] for r in conn.execute(
-                Q["claim_ids"].format(queues=_placeholders(len(queues))),
-                (*queues, now, limit))]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    Q["claim_ids"].format(queues=_placeholders(len(queues))), (*queues, now, limit)
+                )
+            ]
             if not ids:
                 return []
-            rows = self._returning(conn, Q["claim"].format(ids=_placeholders(len(ids))),
-                                   (token, expires, worker_id, now, *ids))
+            rows = self._returning(
+                conn,
+                Q["claim"].format(ids=_placeholders(len(ids))),
+                (token, expires, worker_id, now, *ids),
+            )
             self._event(conn, rows)
         rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
-        return [Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
-                for r in rows]
+        return [
+            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            for r in rows
+        ]
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
@@ -256,8 +294,12 @@ class SQLiteBackend:
             args += [lease.job_id, lease.token]
         with self._tx() as conn:
             held = dict(conn.execute(Q["extend"].format(pairs=pairs), args).fetchall())
-        return [Extension(job_id=le.job_id, held=le.job_id in held,
-                          cancel_requested=bool(held.get(le.job_id))) for le in leases]
+        return [
+            Extension(
+                job_id=le.job_id, held=le.job_id in held, cancel_requested=bool(held.get(le.job_id))
+            )
+            for le in leases
+        ]
 
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         if not leases:
@@ -271,14 +313,27 @@ class SQLiteBackend:
         with self._tx() as conn:
             for o in outcomes:
                 if o.state.final:
-                    args: tuple[Any, ...] = (o.state.value, _dumps(o.result), _dumps(o.error),
-                                             now, o.max_attempts, o.lease.job_id,
-                                             o.lease.token)
+                    args: tuple[Any, ...] = (
+                        o.state.value,
+                        _dumps(o.result),
+                        _dumps(o.error),
+                        now,
+                        o.max_attempts,
+                        o.lease.job_id,
+                        o.lease.token,
+                    )
                     rows = self._returning(conn, Q["settle_final"], args)
                 else:
                     run_at = o.run_at if o.run_at is not None else now
-                    args = (o.state.value, _dumps(o.error), run_at, 1 if o.refund else 0,
-                            o.max_attempts, o.lease.job_id, o.lease.token)
+                    args = (
+                        o.state.value,
+                        _dumps(o.error),
+                        run_at,
+                        1 if o.refund else 0,
+                        o.max_attempts,
+                        o.lease.job_id,
+                        o.lease.token,
+                    )
                     rows = self._returning(conn, Q["settle_again"], args)
                 applied.append(bool(rows))
                 changed += rows
@@ -295,8 +350,9 @@ class SQLiteBackend:
 
     def _rescue(self) -> int:
         now = self.clock.now()
-        error = _dumps({"type": "LeaseExpired",
-                        "message": "the worker stopped heartbeating; its lease lapsed"})
+        error = _dumps(
+            {"type": "LeaseExpired", "message": "the worker stopped heartbeating; its lease lapsed"}
+        )
         with self._tx() as conn:
             expired = conn.execute(Q["expired"], (now,)).fetchall()
             changed: list[dict[str, Any]] = []
@@ -341,9 +397,11 @@ class SQLiteBackend:
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         # Don't sleep past the next scheduled job in these queues.
-        nxt = await self._run(lambda: self.conn.execute(
-            Q["next_run_at"].format(queues=_placeholders(len(queues))), list(queues)
-        ).fetchone()[0])
+        nxt = await self._run(
+            lambda: self.conn.execute(
+                Q["next_run_at"].format(queues=_placeholders(len(queues))), list(queues)
+            ).fetchone()[0]
+        )
         if nxt is not None:
             timeout = max(0.0, min(timeout, nxt - self.clock.now()))
         await self._wait_change(timeout, "claim")
@@ -353,8 +411,9 @@ class SQLiteBackend:
         out: dict[str, dict[str, Any]] = {}
 
         def q(name: str) -> dict[str, Any]:
-            return out.setdefault(name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0,
-                                         "oldest_age_s": 0.0})
+            return out.setdefault(
+                name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0, "oldest_age_s": 0.0}
+            )
 
         for queue, state, n, ready, _oldest in self.conn.execute(Q["stats"], (now,)):
             s = q(queue)
@@ -386,9 +445,11 @@ class SQLiteBackend:
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await self._run(self._get, job_id)
 
-    def _list(self, owner: str | None, state: str | None, kind: str | None, before: str | None,
-              limit: int) -> list[dict[str, Any]]:
-        where, args = [], []
+    def _list_jobs(
+        self, owner: str | None, state: str | None, kind: str | None, before: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
         for column, value in (("owner", owner), ("state", state), ("kind", kind)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -401,16 +462,22 @@ class SQLiteBackend:
             sql += " WHERE " + " AND ".join(where)
         return self._returning(self.conn, sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
 
-    async def list(
-        self, *, owner: str | None, state: str | None = None, kind: str | None = None,
-        before: str | None = None, limit: int = 50,
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        state: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
-        return await self._run(self._list, owner, state, kind, before, limit)
+        return await self._run(self._list_jobs, owner, state, kind, before, limit)
 
     def _progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         with self._tx() as conn:
-            rows = self._returning(conn, Q["progress"],
-                                   (fraction, message, lease.job_id, lease.token))
+            rows = self._returning(
+                conn, Q["progress"], (fraction, message, lease.job_id, lease.token)
+            )
             self._event(conn, rows)
         return bool(rows)
 
@@ -443,19 +510,21 @@ class SQLiteBackend:
             current = self._get(job_id)
         if current is None:
             raise JobNotFound(job_id)
-        raise InvalidTransition(f"job {job_id} is {current['state']}; only dead, failed or "
-                                "cancelled jobs can be re-queued")
+        raise InvalidTransition(
+            f"job {job_id} is {current['state']}; only dead, failed or "
+            "cancelled jobs can be re-queued"
+        )
 
     async def requeue(self, job_id: str) -> dict[str, Any]:
         row = await self._run(self._requeue, job_id)
         self._wake_waiters()
         return row
 
-    def _changes(self, seq: int, job_id: str | None, owner: str | None, limit: int
-                 ) -> list[Change]:
+    def _changes(self, seq: int, job_id: str | None, owner: str | None, limit: int) -> list[Change]:
         if job_id is None and owner is None:  # the one feed reader of this instance
             self._seen["feed"] = self._version()
-        sql, args = "SELECT seq, job_id, owner, record FROM offload_events WHERE seq > ?", [seq]
+        sql = "SELECT seq, job_id, owner, record FROM offload_events WHERE seq > ?"
+        args: list[Any] = [seq]
         if job_id is not None:
             sql += " AND job_id = ?"
             args.append(job_id)
@@ -472,8 +541,11 @@ class SQLiteBackend:
 
     async def last_seq(self) -> int:
         """The newest change-feed position (0 when empty)."""
-        return await self._run(lambda: self.conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM offload_events").fetchone()[0])
+        return await self._run(
+            lambda: self.conn.execute(
+                "SELECT coalesce(max(seq), 0) FROM offload_events"
+            ).fetchone()[0]
+        )
 
     async def wait_changes(self, timeout: float) -> None:
         await self._wait_change(timeout, "feed")
@@ -499,8 +571,10 @@ class SQLiteBackend:
             ids = [r[0] for r in conn.execute(Q["prune_jobs"], (older_than,)).fetchall()]
             if ids:
                 conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
-                conn.execute("DELETE FROM offload_effects WHERE job_id IN "
-                             "(SELECT value FROM json_each(?))", (orjson.dumps(ids).decode(),))
+                conn.execute(
+                    "DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(ids).decode(),),
+                )
         return len(ids)
 
     async def prune(self, older_than_s: float) -> int:
@@ -509,19 +583,37 @@ class SQLiteBackend:
 
 
 def _row_of(e: Envelope) -> dict[str, Any]:
-    return {"id": e.id, "kind": e.kind, "version": e.version, "queue": e.queue,
-            "state": "queued", "priority": e.priority, "attempt": e.attempt,
-            "max_attempts": e.max_attempts, "run_at": e.run_at,
-            "enqueued_at": e.enqueued_at, "owner": e.owner}
+    return {
+        "id": e.id,
+        "kind": e.kind,
+        "version": e.version,
+        "queue": e.queue,
+        "state": "queued",
+        "priority": e.priority,
+        "attempt": e.attempt,
+        "max_attempts": e.max_attempts,
+        "run_at": e.run_at,
+        "enqueued_at": e.enqueued_at,
+        "owner": e.owner,
+    }
 
 
 def _envelope(row: dict[str, Any]) -> Envelope:
     return Envelope(
-        id=row["id"], kind=row["kind"], version=row["version"], payload=row["payload"],
-        queue=row["queue"], priority=row["priority"], attempt=row["attempt"],
-        max_attempts=row["max_attempts"], run_at=row["run_at"],
-        enqueued_at=row["enqueued_at"], idempotency_key=row["idempotency_key"],
-        owner=row["owner"], trace=row["trace"], timeout=row["timeout"],
+        id=row["id"],
+        kind=row["kind"],
+        version=row["version"],
+        payload=row["payload"],
+        queue=row["queue"],
+        priority=row["priority"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        run_at=row["run_at"],
+        enqueued_at=row["enqueued_at"],
+        idempotency_key=row["idempotency_key"],
+        owner=row["owner"],
+        trace=row["trace"],
+        timeout=row["timeout"],
         options=row["options"] or {},
     )
 

@@ -56,7 +56,8 @@ def check_bind(host: str, settings: Settings) -> None:
     if not loopback:
         raise ConfigurationError(
             f"refusing to serve on {host!r} without authentication: set OFFLOAD_API_TOKENS "
-            "(token=principal,…) or bind to 127.0.0.1")
+            "(token=principal,…) or bind to 127.0.0.1"
+        )
 
 
 def _install_error_handlers(api: FastAPI) -> None:
@@ -66,22 +67,37 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                  for e in exc.errors()]
-        return problem(422, "the request is not valid", slug="invalid-request",
-                       instance=request.url.path, errors=errors)
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return problem(
+            422,
+            "the request is not valid",
+            slug="invalid-request",
+            instance=request.url.path,
+            errors=errors,
+        )
 
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
-        return problem(exc.status_code, str(exc.detail), instance=request.url.path,
-                       headers=getattr(exc, "headers", None))
+        return problem(
+            exc.status_code,
+            str(exc.detail),
+            instance=request.url.path,
+            headers=getattr(exc, "headers", None),
+        )
 
     @api.exception_handler(BackendError)
     async def on_backend(request: Request, exc: BackendError) -> Response:
         log.error("backend error: %s", exc, extra={"action": "backend_error"})
-        return problem(503, "the job backend is unavailable; try again shortly",
-                       slug="backend-unavailable", instance=request.url.path,
-                       headers={"Retry-After": "5"})
+        return problem(
+            503,
+            "the job backend is unavailable; try again shortly",
+            slug="backend-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "5"},
+        )
 
     @api.exception_handler(OffloadError)
     async def on_offload(request: Request, exc: OffloadError) -> Response:
@@ -116,8 +132,14 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
             await hub.stop()
             await app.close()
 
-    api = FastAPI(title=f"offload: {app.name}", version="1", lifespan=lifespan,
-                  default_response_class=JSONResponse, docs_url="/docs", redoc_url=None)
+    api = FastAPI(
+        title=f"offload: {app.name}",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+        docs_url="/docs",
+        redoc_url=None,
+    )
     api.state.offload = app
     api.state.auth = TokenAuth(settings)
     secret = signing_key(settings)
@@ -150,7 +172,11 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
         local = app.blobs.path_of(key)
         if not local.is_file():
             raise Problem(404, "no such file", slug="file-not-found")
-        return FileResponse(local, media_type=content_type_of(key),
-                            filename=local.name, headers={"Cache-Control": "private"})
+        return FileResponse(
+            local,
+            media_type=content_type_of(key),
+            filename=local.name,
+            headers={"Cache-Control": "private"},
+        )
 
     return api

@@ -33,5 +33,9 @@ class TokenAuth:
             for known, principal in self.tokens.items():
                 if hmac.compare_digest(known.encode(), token.encode()):
                     return principal
-        raise Problem(401, "a valid bearer token is required", slug="unauthorized",
-                      headers={"WWW-Authenticate": 'Bearer realm="offload"'})
+        raise Problem(
+            401,
+            "a valid bearer token is required",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="offload"'},
+        )

@@ -65,8 +65,7 @@ class Hub:
                 await self._task
 
     @contextlib.contextmanager
-    def subscribe(self, *, job_id: str | None = None, owner: str | None = None
-                  ) -> Any:
+    def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
         sub = Subscription(job_id=job_id, owner=owner)
         index, key = (self.by_job, job_id) if job_id is not None else (self.by_owner, owner)
         assert key is not None
@@ -101,13 +100,17 @@ class Hub:
 def sse(change: Change, present: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
     """One server-sent event: id = feed position, event = the job's state."""
     data = orjson.dumps(present(change.record))
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, change.record["state"].encode(),
-                                                   data)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, change.record["state"].encode(), data)
 
 
-async def job_stream(hub: Hub, store: JobStore, job_id: str, since: int,
-                     present: Callable[[dict[str, Any]], dict[str, Any]],
-                     keepalive_s: float = DEFAULT_KEEPALIVE_S) -> AsyncIterator[bytes]:
+async def job_stream(
+    hub: Hub,
+    store: JobStore,
+    job_id: str,
+    since: int,
+    present: Callable[[dict[str, Any]], dict[str, Any]],
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+) -> AsyncIterator[bytes]:
     """Replay a job's changes after `since`, then follow it live until its final state."""
     with hub.subscribe(job_id=job_id) as sub:
         last = since

@@ -22,8 +22,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = problem(413, f"the request body is larger than {self.max_bytes} bytes",
-                            slug="body-too-large")
+        too_large = problem(
+            413, f"the request body is larger than {self.max_bytes} bytes", slug="body-too-large"
+        )
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:

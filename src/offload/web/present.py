@@ -13,7 +13,7 @@ from ..stores.blobs import BLOB_REF_PREFIX, blob_path
 def blob_refs(value: Any) -> list[str]:
     """Every `blob:<key>` reference inside a JSON value, in order."""
     if isinstance(value, str):
-        return [value[len(BLOB_REF_PREFIX):]] if value.startswith(BLOB_REF_PREFIX) else []
+        return [value[len(BLOB_REF_PREFIX) :]] if value.startswith(BLOB_REF_PREFIX) else []
     if isinstance(value, dict):
         return [k for v in value.values() for k in blob_refs(v)]
     if isinstance(value, list):
@@ -36,7 +36,7 @@ class Presenter:
 
     def sign_refs(self, value: Any) -> Any:
         if isinstance(value, str) and value.startswith(BLOB_REF_PREFIX):
-            return self.link(value[len(BLOB_REF_PREFIX):])
+            return self.link(value[len(BLOB_REF_PREFIX) :])
         if isinstance(value, dict):
             return {k: self.sign_refs(v) for k, v in value.items()}
         if isinstance(value, list):

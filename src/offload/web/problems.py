@@ -35,8 +35,15 @@ class Problem(Exception):
         extra: extension members (e.g. `errors`, `job`).
     """
 
-    def __init__(self, status: int, detail: str, *, slug: str | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -45,13 +52,25 @@ class Problem(Exception):
         self.extra = extra
 
     def response(self, instance: str | None = None) -> ProblemResponse:
-        return problem(self.status, self.detail, slug=self.slug, headers=self.headers,
-                       instance=instance, **self.extra)
+        return problem(
+            self.status,
+            self.detail,
+            slug=self.slug,
+            headers=self.headers,
+            instance=instance,
+            **self.extra,
+        )
 
 
-def problem(status: int, detail: str, *, slug: str | None = None,
-            headers: dict[str, str] | None = None, instance: str | None = None,
-            **extra: Any) -> ProblemResponse:
+def problem(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+    **extra: Any,
+) -> ProblemResponse:
     """A problem document response."""
     phrase = HTTPStatus(status).phrase
     body: dict[str, Any] = {

@@ -43,8 +43,9 @@ async def _owned(request: Request, job_id: str) -> dict[str, Any]:
     return row
 
 
-def _check_options(delay: float | None, run_at: datetime | None, callback_url: str | None,
-                   notify_email: str | None) -> None:
+def _check_options(
+    delay: float | None, run_at: datetime | None, callback_url: str | None, notify_email: str | None
+) -> None:
     errors = []
     if delay is not None and run_at is not None:
         errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
@@ -60,7 +61,8 @@ def _check_options(delay: float | None, run_at: datetime | None, callback_url: s
 
 @router.post("/jobs/{kind}", status_code=202)
 async def submit(
-    request: Request, kind: str,
+    request: Request,
+    kind: str,
     priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
     delay: Annotated[float | None, Query(ge=0, le=366 * 86400)] = None,
     run_at: datetime | None = None,
@@ -83,11 +85,19 @@ async def submit(
         message = spec.cls.model_validate(data)
     except ValidationError as exc:
         errors = orjson.loads(exc.json(include_url=False))
-        raise Problem(422, f"the body is not a valid {kind} message", slug="invalid-payload",
-                      errors=errors) from None
-    job = await app.enqueue(message, owner=principal, priority=priority, delay=delay,
-                            run_at=run_at, idempotency_key=idempotency_key,
-                            callback_url=callback_url, notify_email=notify_email)
+        raise Problem(
+            422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
+        ) from None
+    job = await app.enqueue(
+        message,
+        owner=principal,
+        priority=priority,
+        delay=delay,
+        run_at=run_at,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
+        notify_email=notify_email,
+    )
     row = await app.backend.get(job.id)
     assert row is not None
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
@@ -108,8 +118,12 @@ async def result(request: Request, job_id: str) -> Response:
     row = await _owned(request, job_id)
     present = _state(request).present
     if row["state"] != JobState.SUCCEEDED:
-        raise Problem(409, f"job {job_id} is {row['state']}, not succeeded", slug="not-done",
-                      job=present.row(row))
+        raise Problem(
+            409,
+            f"job {job_id} is {row['state']}, not succeeded",
+            slug="not-done",
+            job=present.row(row),
+        )
     refs = blob_refs(row["result"])
     if len(refs) == 1:
         return RedirectResponse(present.link(refs[0]), status_code=303)
@@ -118,7 +132,8 @@ async def result(request: Request, job_id: str) -> Response:
 
 @router.get("/jobs/{job_id}/events")
 async def events(
-    request: Request, job_id: str,
+    request: Request,
+    job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
@@ -127,13 +142,17 @@ async def events(
     cursor = since or 0
     if last_event_id:
         if not last_event_id.isdigit():
-            raise Problem(400, "Last-Event-ID must be an event id of this stream",
-                          slug="bad-event-id")
+            raise Problem(
+                400, "Last-Event-ID must be an event id of this stream", slug="bad-event-id"
+            )
         cursor = int(last_event_id)
     state = _state(request)
     stream = job_stream(state.hub, _app(request).backend, job_id, cursor, state.present.record)
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.delete("/jobs/{job_id}")
@@ -152,14 +171,21 @@ async def cancel(request: Request, job_id: str) -> Response:
 
 @router.get("/jobs")
 async def list_jobs(
-    request: Request, state: JobState | None = None, kind: str | None = None,
-    cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    request: Request,
+    state: JobState | None = None,
+    kind: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """The caller's jobs, newest first; follow `next` for the following page."""
     principal = _state(request).auth.principal(request)
-    rows = await _app(request).backend.list(
-        owner=principal, state=state.value if state else None, kind=kind, before=cursor,
-        limit=limit + 1)
+    rows = await _app(request).backend.list_jobs(
+        owner=principal,
+        state=state.value if state else None,
+        kind=kind,
+        before=cursor,
+        limit=limit + 1,
+    )
     page, more = rows[:limit], len(rows) > limit
     present = _state(request).present
     nxt = None
@@ -167,8 +193,7 @@ async def list_jobs(
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
         nxt = "/v1/jobs?" + urlencode([*query, ("cursor", page[-1]["id"])])
     headers = {"Link": f'<{nxt}>; rel="next"'} if nxt else None
-    return JSONResponse({"items": [present.row(r) for r in page], "next": nxt},
-                        headers=headers)
+    return JSONResponse({"items": [present.row(r) for r in page], "next": nxt}, headers=headers)
 
 
 @router.get("/queues")
@@ -177,6 +202,7 @@ async def queues(request: Request) -> Response:
     _state(request).auth.principal(request)
     stats = await _app(request).backend.stats()
     for name in _app(request).queues:
-        stats.setdefault(name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0,
-                                "oldest_age_s": 0.0})
+        stats.setdefault(
+            name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0, "oldest_age_s": 0.0}
+        )
     return JSONResponse({"queues": stats})

@@ -26,8 +26,9 @@ class Context:
     `ctx.progress(...)` without await: it blocks until the progress is stored.
     """
 
-    def __init__(self, lease: Lease, backend: Backend, blobs: FileBlobStore,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, lease: Lease, backend: Backend, blobs: FileBlobStore, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.lease = lease
         self.job_id = lease.job_id
         self.attempt = lease.envelope.attempt

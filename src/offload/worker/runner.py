@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -36,8 +37,11 @@ _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
-    return {"type": type_name or type(exc).__name__, "message": str(exc)[:2000],
-            "traceback": "".join(traceback.format_exception(exc))[-8000:]}
+    return {
+        "type": type_name or type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -58,10 +62,17 @@ class Worker:
         grace_s: on stop, how long running jobs may finish before they are released.
     """
 
-    def __init__(self, app: App, *, queues: Sequence[str] | None = None,
-                 concurrency: int = DEFAULT_CONCURRENCY, lease_s: float | None = None,
-                 grace_s: float = DEFAULT_GRACE_S, idle_poll_s: float = DEFAULT_IDLE_POLL_S,
-                 worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        lease_s: float | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
+        idle_poll_s: float = DEFAULT_IDLE_POLL_S,
+        worker_id: str | None = None,
+    ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         self.app = app
@@ -98,11 +109,18 @@ class Worker:
     async def run(self) -> None:
         await self.app.open()
         backend = self.app.backend
-        side = {name: asyncio.create_task(coro, name=f"offload-{name}") for name, coro in (
-            ("heartbeat", self._heartbeat()), ("rescuer", self._rescuer()),
-            ("settler", self._settler()))}
-        log.info("worker started", extra={"action": "worker_start", "worker": self.id,
-                                          "queues": self.queues})
+        side = {
+            name: asyncio.create_task(coro, name=f"offload-{name}")
+            for name, coro in (
+                ("heartbeat", self._heartbeat()),
+                ("rescuer", self._rescuer()),
+                ("settler", self._settler()),
+            )
+        }
+        log.info(
+            "worker started",
+            extra={"action": "worker_start", "worker": self.id, "queues": self.queues},
+        )
         try:
             await self._claim_loop(backend, side)
         finally:
@@ -120,15 +138,17 @@ class Worker:
                 for name, task in side.items():
                     if task.done():  # a side task died: stop loudly rather than run unsafely
                         raise RuntimeError(f"worker side task {name} stopped") from (
-                            task.exception() if not task.cancelled() else None)
+                            task.exception() if not task.cancelled() else None
+                        )
                 free = self.concurrency - len(self._tasks)
                 if free <= 0:
                     self._slot_free.clear()
                     await self._race(self._slot_free.wait(), stop_wait)
                     continue
                 try:
-                    leases = await backend.claim(self.queues, worker_id=self.id,
-                                                 lease_for=self.lease_s, limit=free)
+                    leases = await backend.claim(
+                        self.queues, worker_id=self.id, lease_for=self.lease_s, limit=free
+                    )
                 except BackendError as exc:
                     log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
                     await self._race(asyncio.sleep(1.0), stop_wait)
@@ -157,9 +177,9 @@ class Worker:
         self._contexts[lease.job_id] = ctx
         task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
         self._tasks[lease.job_id] = task
-        task.add_done_callback(lambda _t, job_id=lease.job_id: self._finished(job_id))
+        task.add_done_callback(functools.partial(self._finished, lease.job_id))
 
-    def _finished(self, job_id: str) -> None:
+    def _finished(self, job_id: str, _task: object = None) -> None:
         self._tasks.pop(job_id, None)
         self._contexts.pop(job_id, None)
         self._slot_free.set()
@@ -168,20 +188,22 @@ class Worker:
 
     async def _execute(self, lease: Lease, ctx: Context) -> None:
         spec = self.app.handlers.get(lease.envelope.kind)
+        outcome: Outcome | None
         try:
             outcome = await self._attempt(lease, ctx, spec)
         except asyncio.CancelledError:
             outcome = self._interrupted(lease, spec)
-            if outcome is None:
-                return
+        if outcome is None:
+            return
         self._pending.append(outcome)
         self._pending_ready.set()
 
     async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
         env = lease.envelope
         if spec is None:
-            return self._failed(lease, None, ConfigurationError(
-                f"this worker has no handler for kind {env.kind!r}"))
+            return self._failed(
+                lease, None, ConfigurationError(f"this worker has no handler for kind {env.kind!r}")
+            )
         try:
             message = spec.message.cls.model_validate(env.payload)
         except ValidationError as exc:  # the payload no longer fits the contract: permanent
@@ -192,15 +214,23 @@ class Worker:
                 call = spec.fn(message, ctx)
             else:
                 call = asyncio.get_running_loop().run_in_executor(
-                    self._threads, spec.fn, message, ctx)
+                    self._threads, spec.fn, message, ctx
+                )
             result = await asyncio.wait_for(call, timeout) if timeout else await call
-            return Outcome(lease=lease, state=JobState.SUCCEEDED, result=_jsonable(result),
-                           max_attempts=spec.max_attempts)
+            return Outcome(
+                lease=lease,
+                state=JobState.SUCCEEDED,
+                result=_jsonable(result),
+                max_attempts=spec.max_attempts,
+            )
         except Retry as signal:
             return self._failed(lease, spec, signal, delay=signal.delay)
         except Cancel as signal:
-            return Outcome(lease=lease, state=JobState.CANCELLED,
-                           error={"type": "Cancel", "message": signal.reason})
+            return Outcome(
+                lease=lease,
+                state=JobState.CANCELLED,
+                error={"type": "Cancel", "message": signal.reason},
+            )
         except TimeoutError as exc:
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
             if timeout and not str(exc):
@@ -209,29 +239,47 @@ class Worker:
         except Exception as exc:
             return self._failed(lease, spec, exc)
 
-    def _failed(self, lease: Lease, spec: HandlerSpec | None, exc: BaseException,
-                delay: float | None = None) -> Outcome:
+    def _failed(
+        self, lease: Lease, spec: HandlerSpec | None, exc: BaseException, delay: float | None = None
+    ) -> Outcome:
         env = lease.envelope
         budget = (spec.max_attempts if spec and spec.max_attempts else None) or env.max_attempts
         error = _error(exc)
-        log.warning("job %s attempt %d failed: %s", env.id, env.attempt, exc,
-                    extra={"action": "job_failed", "job_id": env.id, "kind": env.kind})
+        log.warning(
+            "job %s attempt %d failed: %s",
+            env.id,
+            env.attempt,
+            exc,
+            extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
+        )
         if not should_retry(env.attempt, budget):
             return Outcome(lease=lease, state=JobState.DEAD, error=error, max_attempts=budget)
         if delay is None:
             delay = spec.backoff.delay(env.attempt) if spec else 5.0
-        return Outcome(lease=lease, state=JobState.RETRYING, error=error,
-                       run_at=self.app.clock.now() + delay, max_attempts=budget)
+        return Outcome(
+            lease=lease,
+            state=JobState.RETRYING,
+            error=error,
+            run_at=self.app.clock.now() + delay,
+            max_attempts=budget,
+        )
 
     def _interrupted(self, lease: Lease, spec: HandlerSpec | None) -> Outcome | None:
         reason = self._reasons.pop(lease.job_id, _SHUTDOWN)
         if reason == _LOST:  # another worker owns the job now; report nothing
             return None
         if reason == _CANCEL:
-            return Outcome(lease=lease, state=JobState.CANCELLED,
-                           error={"type": "Cancelled", "message": "cancelled while running"})
-        return Outcome(lease=lease, state=JobState.QUEUED, refund=True,
-                       error={"type": "Released", "message": "worker shut down; job released"})
+            return Outcome(
+                lease=lease,
+                state=JobState.CANCELLED,
+                error={"type": "Cancelled", "message": "cancelled while running"},
+            )
+        return Outcome(
+            lease=lease,
+            state=JobState.QUEUED,
+            refund=True,
+            error={"type": "Released", "message": "worker shut down; job released"},
+        )
 
     def _interrupt(self, job_id: str, reason: str) -> None:
         task = self._tasks.get(job_id)
@@ -283,8 +331,11 @@ class Worker:
                 continue
             for answer in answers:
                 if not answer.held:
-                    log.warning("lost the lease of job %s", answer.job_id,
-                                extra={"action": "lease_lost", "job_id": answer.job_id})
+                    log.warning(
+                        "lost the lease of job %s",
+                        answer.job_id,
+                        extra={"action": "lease_lost", "job_id": answer.job_id},
+                    )
                     self._held.pop(answer.job_id, None)
                     self._interrupt(answer.job_id, _LOST)
                 elif answer.cancel_requested:
@@ -297,8 +348,11 @@ class Worker:
             try:
                 rescued = await backend.rescue_expired()
                 if rescued:
-                    log.warning("rescued %d jobs whose lease lapsed", rescued,
-                                extra={"action": "rescue", "count": rescued})
+                    log.warning(
+                        "rescued %d jobs whose lease lapsed",
+                        rescued,
+                        extra={"action": "rescue", "count": rescued},
+                    )
             except BackendError as exc:
                 log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
             await asyncio.sleep(every)
@@ -309,8 +363,12 @@ class Worker:
         """Finish running jobs within the grace period, release the rest, flush outcomes."""
         running = list(self._tasks.values())
         if running:
-            log.info("waiting up to %.0fs for %d running jobs", self.grace_s, len(running),
-                     extra={"action": "drain"})
+            log.info(
+                "waiting up to %.0fs for %d running jobs",
+                self.grace_s,
+                len(running),
+                extra={"action": "drain"},
+            )
             await asyncio.wait(running, timeout=self.grace_s)
         for job_id in list(self._tasks):
             self._interrupt(job_id, _SHUTDOWN)

@@ -50,8 +50,12 @@ class Supervisor:
             for slot, child in enumerate(self.children):
                 if child is None or child.poll() is None:
                     continue
-                log.warning("worker process %d exited with %s; restarting", child.pid,
-                            child.returncode, extra={"action": "worker_restart"})
+                log.warning(
+                    "worker process %d exited with %s; restarting",
+                    child.pid,
+                    child.returncode,
+                    extra={"action": "worker_restart"},
+                )
                 wait = DEFAULT_RESTART_BACKOFF_S - (time.monotonic() - self.started_at[slot])
                 if wait > 0:
                     time.sleep(wait)
@@ -64,5 +68,14 @@ class Supervisor:
 
 def worker_argv(app_ref: str, options: Sequence[str]) -> list[str]:
     """The command line of one child worker process."""
-    return [sys.executable, "-m", "offload", "worker", "--app", app_ref, "--processes", "1",
-            *options]
+    return [
+        sys.executable,
+        "-m",
+        "offload",
+        "worker",
+        "--app",
+        app_ref,
+        "--processes",
+        "1",
+        *options,
+    ]
