@@ -137,6 +137,10 @@ class JobStore(Protocol):
         """Changes after `seq`, oldest first, optionally for one job or one owner."""
         ...
 
+    async def last_seq(self) -> int:
+        """The newest change-feed position (0 when the feed is empty)."""
+        ...
+
     async def wait_changes(self, timeout: float) -> None:
         """Return soon after another process may have committed a change (or on timeout)."""
         ...
@@ -147,6 +151,11 @@ class JobStore(Protocol):
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         """(found, value) of a side step recorded by `remember`."""
+        ...
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete succeeded, failed and cancelled jobs (and their feed entries and steps)
+        that finished more than `older_than_s` ago; dead jobs are kept. Returns the count."""
         ...
 
 

@@ -20,12 +20,13 @@ from ..contract import (
     EnqueueResult,
     Envelope,
     Extension,
-    JobState,
     Lease,
     Outcome,
     status_record,
 )
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from ._rows import envelope_of as _envelope
+from ._rows import row_of as _row_of
 from ._sql import queries
 from .base import Capability, Change
 
@@ -582,40 +583,4 @@ class SQLiteBackend:
         return await self._run(self._prune, self.clock.now() - older_than_s)
 
 
-def _row_of(e: Envelope) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "kind": e.kind,
-        "version": e.version,
-        "queue": e.queue,
-        "state": "queued",
-        "priority": e.priority,
-        "attempt": e.attempt,
-        "max_attempts": e.max_attempts,
-        "run_at": e.run_at,
-        "enqueued_at": e.enqueued_at,
-        "owner": e.owner,
-    }
-
-
-def _envelope(row: dict[str, Any]) -> Envelope:
-    return Envelope(
-        id=row["id"],
-        kind=row["kind"],
-        version=row["version"],
-        payload=row["payload"],
-        queue=row["queue"],
-        priority=row["priority"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        run_at=row["run_at"],
-        enqueued_at=row["enqueued_at"],
-        idempotency_key=row["idempotency_key"],
-        owner=row["owner"],
-        trace=row["trace"],
-        timeout=row["timeout"],
-        options=row["options"] or {},
-    )
-
-
-__all__ = ["JobState", "SQLiteBackend"]
+__all__ = ["SQLiteBackend"]
