@@ -271,6 +271,33 @@ def jobs_purge(
 
 
 @cli.command()
+def migrate(url: Url = None) -> None:
+    """Create or upgrade the backend's schema (PostgreSQL); a no-op where none is needed."""
+    from .brokers import open_backend
+
+    settings = Settings.from_env(url=url)
+
+    async def main() -> list[int]:
+        backend: Any = open_backend(settings.url)
+        if not hasattr(backend, "migrate"):
+            await backend.open()
+            await backend.close()
+            return []
+        await backend.open(check_schema=False)
+        try:
+            return list(await backend.migrate())
+        finally:
+            await backend.close()
+
+    with _errors():
+        applied = _run(main)
+    if applied:
+        console.print(f"applied schema migrations {applied}")
+    else:
+        console.print("schema is up to date")
+
+
+@cli.command()
 def queues(
     app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:

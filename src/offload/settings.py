@@ -18,6 +18,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_LINK_TTL_S = 3600.0
 #: How long a claimed job stays leased without a heartbeat (seconds).
 DEFAULT_LEASE_S = 30.0
+#: How long succeeded, failed and cancelled jobs are kept before workers prune them (seconds).
+DEFAULT_RETENTION_S = 7 * 86400.0
 
 
 def parse_tokens(raw: str | None) -> dict[str, str]:
@@ -48,6 +50,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     link_ttl_s: float = DEFAULT_LINK_TTL_S
     lease_s: float = DEFAULT_LEASE_S
+    retention_s: float = DEFAULT_RETENTION_S
 
     @property
     def dev_mode(self) -> bool:
@@ -68,6 +71,7 @@ class Settings:
                 max_body_bytes=int(e.get("OFFLOAD_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
                 link_ttl_s=float(e.get("OFFLOAD_LINK_TTL") or DEFAULT_LINK_TTL_S),
                 lease_s=float(e.get("OFFLOAD_LEASE") or DEFAULT_LEASE_S),
+                retention_s=float(e.get("OFFLOAD_RETENTION") or DEFAULT_RETENTION_S),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

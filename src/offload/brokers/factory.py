@@ -19,6 +19,16 @@ def open_backend(url: str) -> Backend:
         from .sqlite import SQLiteBackend
 
         return SQLiteBackend.from_url(url)
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from .postgres import PostgresBackend
+        except ImportError as exc:
+            raise ConfigurationError(
+                "OFFLOAD_URL names PostgreSQL but psycopg is not installed: "
+                "pip install 'offload[postgres]'"
+            ) from exc
+        return PostgresBackend.from_url(url)
     raise ConfigurationError(
-        f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; expected sqlite:// or memory://"
+        f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
+        "expected sqlite://, memory://, postgresql:// or redis://"
     )

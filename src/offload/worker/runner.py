@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import random
 import secrets
 import socket
 import traceback
@@ -32,6 +33,9 @@ DEFAULT_GRACE_S = 30.0
 DEFAULT_IDLE_POLL_S = 1.0
 #: Longest time between heartbeats (seconds); shorter leases beat at a third of the lease.
 DEFAULT_HEARTBEAT_S = 2.0
+
+#: Seconds between two prunes of finished jobs by one worker (spread by a random start).
+DEFAULT_PRUNE_EVERY_S = 300.0
 
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 
@@ -342,8 +346,11 @@ class Worker:
                     self._interrupt(answer.job_id, _CANCEL)
 
     async def _rescuer(self) -> None:
+        """Sweep lapsed leases often, and prune old finished jobs now and then."""
         backend = self.app.backend
         every = min(5.0, max(0.2, self.lease_s / 2))
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S * random.random()
         while True:
             try:
                 rescued = await backend.rescue_expired()
@@ -353,6 +360,11 @@ class Worker:
                         rescued,
                         extra={"action": "rescue", "count": rescued},
                     )
+                if loop.time() >= next_prune:
+                    next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S
+                    pruned = await backend.prune(self.app.settings.retention_s)
+                    if pruned:
+                        log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
             except BackendError as exc:
                 log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
             await asyncio.sleep(every)

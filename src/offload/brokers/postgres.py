@@ -1,0 +1,592 @@
+"""PostgreSQL: queue, status records and change feed in one table set, woken by LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome
+from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from ._rows import envelope_of
+from ._sql import queries
+from .base import Capability, Change
+
+T = TypeVar("T")
+log = logging.getLogger("offload.postgres")
+Q = queries("postgres")
+
+#: Schema version this code needs; `offload migrate` brings a database up to it.
+SCHEMA_VERSION = 1
+#: Connections per process in the pool (override with `?pool_size=`).
+DEFAULT_POOL_SIZE = 10
+#: How long the feed reader waits for a missing position before taking it as rolled back.
+DEFAULT_GAP_WAIT_S = 2.0
+#: Arbitrary key of the advisory lock that serialises concurrent migrations.
+_MIGRATION_LOCK = 0x0FF10AD
+_TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
+
+
+def _row(raw: dict[str, Any]) -> dict[str, Any]:
+    row = dict(raw)
+    row["id"] = str(row["id"])
+    for name in _TIME_COLUMNS:
+        value = row.get(name)
+        if isinstance(value, datetime):
+            row[name] = value.timestamp()
+    if "cancel_requested" in row:
+        row["cancel_requested"] = int(row["cancel_requested"])
+    return row
+
+
+def _uuid(job_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        return None
+
+
+def _json(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
+
+
+class PostgresBackend:
+    """Broker and JobStore on PostgreSQL (psycopg 3, async pool).
+
+    Claims use `FOR UPDATE SKIP LOCKED` in batches; every transition and its change-feed
+    entry commit in one statement; one LISTEN connection per process wakes claimers and the
+    change-feed watcher.
+    """
+
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.PUSH,
+            Capability.DEDUP,
+            Capability.TRANSACTIONAL_ENQUEUE,
+        }
+    )
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        gap_wait_s: float = DEFAULT_GAP_WAIT_S,
+    ) -> None:
+        self.conninfo = conninfo
+        self.pool_size = pool_size
+        self.gap_wait_s = gap_wait_s
+        self._pool: AsyncConnectionPool | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._versions = {"work": 0, "feed": 0}
+        self._seen: dict[str, int] = {}
+        self._wake: asyncio.Future[None] = asyncio.Future()
+        self._gap_since: float | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        """`postgresql://user@host:port/db?pool_size=20&sslmode=require` (libpq options pass
+        through; `pool_size` is ours)."""
+        parts = urlsplit(url)
+        options = parse_qs(parts.query)
+        pool_size = int(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
+        query = urlencode({k: v[-1] for k, v in options.items()})
+        scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
+        return cls(urlunsplit((scheme, parts.netloc, parts.path, query, "")), pool_size=pool_size)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise BackendError("the PostgreSQL backend is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn  # type: ignore[misc]
+        except psycopg.Error as exc:
+            raise BackendError(f"PostgreSQL: {exc}") from exc
+
+    async def _retrying(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run `fn` on a pooled connection; once more on a fresh one if the first was dead
+        (server restart, `pg_terminate_backend`). Only for reads and fenced transitions,
+        whose repetition changes nothing."""
+        try:
+            async with self._conn() as conn:
+                return await fn(conn)
+        except BackendError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+            log.warning(
+                "PostgreSQL connection lost (%s); retrying once",
+                exc.__cause__,
+                extra={"action": "pg_reconnect"},
+            )
+            await self.pool.check()
+            async with self._conn() as conn:
+                return await fn(conn)
+
+    async def _fetch(
+        self, sql: str, params: dict[str, Any], *, retry: bool = True
+    ) -> list[dict[str, Any]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(sql, params)
+                return await cur.fetchall() if cur.description else []
+
+        if retry:
+            return await self._retrying(run)
+        async with self._conn() as conn:
+            return await run(conn)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self, *, check_schema: bool = True) -> None:
+        if self._pool is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        pool = AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="offload",
+            timeout=30.0,
+        )
+        try:
+            await pool.open(wait=True, timeout=10.0)
+        except Exception as exc:
+            await pool.close()
+            raise BackendError(f"cannot connect to PostgreSQL at {self._where()}: {exc}") from exc
+        self._pool = pool
+        try:
+            if check_schema:
+                await self._check_schema()
+        except BaseException:
+            await self.close()
+            raise
+        self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
+
+    def _where(self) -> str:
+        parts = urlsplit(self.conninfo)
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+    async def _schema_version(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute("SELECT to_regclass('offload_migrations') IS NOT NULL")
+        exists = (await cur.fetchone())[0]  # type: ignore[index]
+        if not exists:
+            return 0
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM offload_migrations")
+        return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def _check_schema(self) -> None:
+        async with self._conn() as conn:
+            version = await self._schema_version(conn)
+        if version < SCHEMA_VERSION:
+            raise SchemaError(
+                f"the PostgreSQL schema at {self._where()} is at version {version}, this "
+                f"offload needs {SCHEMA_VERSION}: run `offload migrate`"
+            )
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the PostgreSQL schema is at version {version}, newer than "
+                f"this offload ({SCHEMA_VERSION}): upgrade offload"
+            )
+
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations (under an advisory lock); returns those applied."""
+        applied: list[int] = []
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS offload_migrations ("
+                "version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await self._schema_version(conn)
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                await conn.execute(Q[f"migration_{version}"].encode())
+                await conn.execute(
+                    "INSERT INTO offload_migrations (version) VALUES (%s)", (version,)
+                )
+                applied.append(version)
+        return applied
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1 AS ok", {})
+
+    async def _listen(self) -> None:
+        """One LISTEN connection per process; reconnects with backoff when it drops."""
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute("LISTEN offload_work")
+                    await conn.execute("LISTEN offload_feed")
+                    delay = 0.5
+                    self._bump("work", "feed")  # anything may have happened while away
+                    async for note in conn.notifies():
+                        self._bump("work" if note.channel == "offload_work" else "feed")
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _bump(self, *names: str) -> None:
+        for name in names:
+            self._versions[name] += 1
+        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
+        if not wake.done():
+            wake.set_result(None)
+
+    async def _wait_version(self, name: str, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._versions[name] == self._seen.get(name):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._wake), left)
+
+    # -- broker -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _batch(envelopes: Sequence[Envelope]) -> str:
+        return orjson.dumps(
+            [
+                {
+                    "id": e.id,
+                    "kind": e.kind,
+                    "version": e.version,
+                    "queue": e.queue,
+                    "priority": e.priority,
+                    "payload": e.payload,
+                    "attempt": e.attempt,
+                    "max_attempts": e.max_attempts,
+                    "run_at": e.run_at,
+                    "enqueued_at": e.enqueued_at,
+                    "idempotency_key": e.idempotency_key,
+                    "owner": e.owner,
+                    "trace": e.trace,
+                    "timeout": e.timeout,
+                    "options": e.options or None,
+                    "n": n,
+                }
+                for n, e in enumerate(envelopes)
+            ]
+        ).decode()
+
+    async def enqueue_in(
+        self, conn: psycopg.AsyncConnection[Any], envelopes: Sequence[Envelope]
+    ) -> list[EnqueueResult]:
+        """Enqueue on the caller's own connection, inside their open transaction: the jobs
+        exist if and only if that transaction commits (the transactional outbox)."""
+        if not envelopes:
+            return []
+        async with conn.cursor() as cur:
+            await cur.execute(Q["enqueue"], {"batch": self._batch(envelopes)})
+            created = {str(r[0]) for r in await cur.fetchall()}
+            missing = [e for e in envelopes if e.id not in created]
+            first: dict[tuple[str, str], str] = {}
+            for owner in {e.owner for e in missing}:
+                keys = [e.idempotency_key for e in missing if e.owner == owner]
+                await cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
+                first.update({(owner, k): str(i) for k, i in await cur.fetchall()})
+        return [
+            EnqueueResult(id=e.id, created=True)
+            if e.id in created
+            else EnqueueResult(id=first[(e.owner, e.idempotency_key or "")], created=False)
+            for e in envelopes
+        ]
+
+    async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        if not envelopes:
+            return []
+        async with self._conn() as conn, conn.transaction():
+            return await self.enqueue_in(conn, envelopes)
+
+    async def claim(
+        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        self._seen["work"] = self._versions["work"]
+        token = secrets.token_hex(12)
+        rows = await self._fetch(
+            Q["claim"],
+            {
+                "queues": list(queues),
+                "limit": limit,
+                "token": token,
+                "lease_for": lease_for,
+                "worker": worker_id,
+            },
+        )
+        rows = sorted((_row(r) for r in rows), key=lambda r: (r["priority"], r["run_at"], r["id"]))
+        return [
+            Lease(
+                envelope=envelope_of(r),
+                token=token,
+                expires_at=r["lease_expires"],
+                worker=worker_id,
+            )
+            for r in rows
+        ]
+
+    async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
+        if not leases:
+            return []
+        rows = await self._fetch(
+            Q["extend"],
+            {
+                "lease_for": lease_for,
+                "ids": [le.job_id for le in leases],
+                "tokens": [le.token for le in leases],
+            },
+        )
+        held = {str(r["id"]): r["cancel_requested"] for r in rows}
+        return [
+            Extension(
+                job_id=le.job_id, held=le.job_id in held, cancel_requested=bool(held.get(le.job_id))
+            )
+            for le in leases
+        ]
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        batch = orjson.dumps(
+            [
+                {
+                    "id": o.lease.job_id,
+                    "token": o.lease.token,
+                    "state": o.state.value,
+                    "final": o.state.final,
+                    "result": o.result,
+                    "error": o.error,
+                    "run_at": o.run_at,
+                    "refund": 1 if o.refund else 0,
+                    "max_attempts": o.max_attempts,
+                }
+                for o in outcomes
+            ]
+        ).decode()
+        rows = await self._fetch(Q["settle"], {"batch": batch})
+        applied = {str(r["id"]) for r in rows}
+        return [o.lease.job_id in applied for o in outcomes]
+
+    async def rescue_expired(self) -> int:
+        error = orjson.dumps(
+            {"type": "LeaseExpired", "message": "the worker stopped heartbeating; its lease lapsed"}
+        )
+        rows = await self._fetch(Q["rescue"], {"error": error.decode()})
+        return int(rows[0]["count"])
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        rows = await self._fetch(Q["next_run_at"], {"queues": list(queues)})
+        until_next = next(iter(rows[0].values())) if rows else None
+        if until_next is not None:
+            timeout = max(0.0, min(timeout, float(until_next)))
+        await self._wait_version("work", timeout)
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        rows = await self._fetch(Q["stats"], {})
+        return {
+            r["queue"]: {
+                "queued": r["queued"],
+                "scheduled": r["scheduled"],
+                "running": r["running"],
+                "dead": r["dead"],
+                "oldest_age_s": max(0.0, float(r["oldest_age_s"])),
+            }
+            for r in rows
+        }
+
+    async def purge(self, queue: str) -> int:
+        async with self._conn() as conn:
+            cur = await conn.execute(Q["purge"], {"queue": queue})
+            return cur.rowcount
+
+    # -- job store --------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        key = _uuid(job_id)
+        if key is None:
+            return None
+        rows = await self._fetch(Q["get"], {"id": key})
+        return _row(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        state: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit}
+        for column, value in (("owner", owner), ("state", state), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = %({column})s")
+                params[column] = value
+        if before:
+            cursor = _uuid(before)
+            if cursor is None:
+                return []
+            where.append("id < %(before)s")
+            params["before"] = cursor
+        sql = "SELECT * FROM offload_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await self._fetch(sql + " ORDER BY id DESC LIMIT %(limit)s", params)
+        return [_row(r) for r in rows]
+
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        rows = await self._fetch(
+            Q["progress"],
+            {"fraction": fraction, "message": message, "id": lease.job_id, "token": lease.token},
+        )
+        return bool(rows[0]["count"])
+
+    async def _transition(
+        self, first: str, job_id: str, *, fallback: str | None, refused: str
+    ) -> dict[str, Any]:
+        key = _uuid(job_id)
+        if key is None:
+            raise JobNotFound(job_id)
+        async with self._conn() as conn, conn.transaction():
+            async with conn.cursor(row_factory=dict_row) as cur:
+                for sql in filter(None, (Q[first], fallback and Q[fallback])):
+                    await cur.execute(sql, {"id": key})
+                    rows = await cur.fetchall()
+                    if rows:
+                        return _row(rows[0])
+                await cur.execute(Q["get"], {"id": key})
+                current = await cur.fetchone()
+        if current is None:
+            raise JobNotFound(job_id)
+        raise InvalidTransition(refused.format(id=job_id, state=current["state"]))
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._transition(
+            "cancel_waiting",
+            job_id,
+            fallback="cancel_running",
+            refused="job {id} is already {state}",
+        )
+
+    async def requeue(self, job_id: str) -> dict[str, Any]:
+        return await self._transition(
+            "requeue",
+            job_id,
+            fallback=None,
+            refused="job {id} is {state}; only dead, failed or cancelled jobs can be re-queued",
+        )
+
+    async def changes_since(
+        self,
+        seq: int,
+        *,
+        job_id: str | None = None,
+        owner: str | None = None,
+        limit: int = 500,
+    ) -> list[Change]:
+        sql = "SELECT seq, job_id, owner, record FROM offload_events WHERE seq > %(seq)s"
+        params: dict[str, Any] = {"seq": seq, "limit": limit}
+        if job_id is not None:
+            key = _uuid(job_id)
+            if key is None:
+                return []
+            sql += " AND job_id = %(job_id)s"
+            params["job_id"] = key
+        if owner is not None:
+            sql += " AND owner = %(owner)s"
+            params["owner"] = owner
+        if job_id is None and owner is None:
+            self._seen["feed"] = self._versions["feed"]
+        rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
+        changes = [
+            Change(seq=r["seq"], job_id=str(r["job_id"]), owner=r["owner"], record=r["record"])
+            for r in rows
+        ]
+        if job_id is None and owner is None:
+            changes = self._contiguous(seq, changes)
+        return changes
+
+    def _contiguous(self, seq: int, changes: list[Change]) -> list[Change]:
+        """Hold back changes behind a gap in positions.
+
+        Positions come from a sequence, taken at insert time: a transaction that took a
+        lower position may commit after one that took a higher. A reader that skipped the
+        gap would never see that change, so the feed stops before a gap until it fills, or
+        until `gap_wait_s` has passed (then the position was rolled back and never comes).
+        """
+        expected = seq + 1
+        for n, change in enumerate(changes):
+            if change.seq != expected:
+                now = time.monotonic()
+                if self._gap_since is None:
+                    self._gap_since = now
+                if now - self._gap_since < self.gap_wait_s:
+                    return changes[:n]
+                self._gap_since = None  # the missing position was rolled back
+            expected = change.seq + 1
+        self._gap_since = None
+        return changes
+
+    async def last_seq(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) AS seq FROM offload_events", {})
+        return int(rows[0]["seq"])
+
+    async def wait_changes(self, timeout: float) -> None:
+        if self._gap_since is not None:  # re-read soon: a gap may have filled
+            timeout = min(timeout, 0.05)
+        await self._wait_version("feed", timeout)
+
+    async def remember(self, job_id: str, key: str, value: Any) -> None:
+        await self._fetch(Q["remember"], {"id": job_id, "key": key, "value": _json(value)})
+
+    async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
+        rows = await self._fetch(Q["recall"], {"id": job_id, "key": key})
+        return (True, rows[0]["value"]) if rows else (False, None)
+
+    async def prune(self, older_than_s: float) -> int:
+        rows = await self._fetch(Q["prune"], {"age": older_than_s})
+        return int(rows[0]["count"])
+
+
+__all__ = ["PostgresBackend"]

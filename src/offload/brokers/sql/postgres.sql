@@ -1,0 +1,270 @@
+-- name: migration_1
+CREATE TABLE IF NOT EXISTS offload_jobs (
+    id uuid PRIMARY KEY,
+    kind text NOT NULL,
+    version integer NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    payload jsonb NOT NULL,
+    state text NOT NULL,
+    attempt integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL,
+    run_at timestamptz NOT NULL,
+    enqueued_at timestamptz NOT NULL,
+    idempotency_key text,
+    owner text NOT NULL,
+    trace jsonb,
+    timeout double precision,
+    options jsonb,
+    lease_token text,
+    lease_expires timestamptz,
+    worker text,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    progress_fraction double precision,
+    progress_message text,
+    result jsonb,
+    error jsonb,
+    started_at timestamptz,
+    finished_at timestamptz
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+        autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02);
+CREATE INDEX IF NOT EXISTS offload_jobs_ready
+    ON offload_jobs (queue, priority, run_at, id) WHERE state IN ('queued', 'retrying');
+CREATE INDEX IF NOT EXISTS offload_jobs_lease
+    ON offload_jobs (lease_expires) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS offload_jobs_owner ON offload_jobs (owner, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_finished
+    ON offload_jobs (finished_at) WHERE state IN ('succeeded', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS offload_jobs_dead ON offload_jobs (queue) WHERE state = 'dead';
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_idem
+    ON offload_jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS offload_events (
+    seq bigserial PRIMARY KEY,
+    job_id uuid NOT NULL,
+    owner text NOT NULL,
+    record jsonb NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX IF NOT EXISTS offload_events_job ON offload_events (job_id, seq);
+CREATE INDEX IF NOT EXISTS offload_events_owner ON offload_events (owner, seq);
+CREATE TABLE IF NOT EXISTS offload_effects (
+    job_id uuid NOT NULL,
+    key text NOT NULL,
+    value jsonb,
+    PRIMARY KEY (job_id, key)
+);
+CREATE OR REPLACE FUNCTION offload_ts(t timestamptz) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+CREATE OR REPLACE FUNCTION offload_record(j offload_jobs) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT jsonb_build_object(
+        'id', j.id, 'kind', j.kind, 'version', j.version, 'queue', j.queue,
+        'state', j.state, 'priority', j.priority, 'attempt', j.attempt,
+        'max_attempts', j.max_attempts,
+        'progress', CASE WHEN j.progress_fraction IS NULL AND j.progress_message IS NULL
+                         THEN NULL
+                         ELSE jsonb_build_object('fraction', j.progress_fraction,
+                                                 'message', j.progress_message) END,
+        'result', j.result, 'error', j.error,
+        'created_at', offload_ts(j.enqueued_at), 'run_at', offload_ts(j.run_at),
+        'started_at', offload_ts(j.started_at), 'finished_at', offload_ts(j.finished_at),
+        'worker', j.worker,
+        'links', jsonb_build_object('self', '/v1/jobs/' || j.id,
+                                    'events', '/v1/jobs/' || j.id || '/events',
+                                    'result', '/v1/jobs/' || j.id || '/result')) $$;
+CREATE OR REPLACE FUNCTION offload_notify_work() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('offload_work', q) FROM (SELECT DISTINCT queue AS q FROM new_rows) s;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION offload_notify_feed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('offload_feed', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS offload_jobs_inserted ON offload_jobs;
+CREATE TRIGGER offload_jobs_inserted AFTER INSERT ON offload_jobs
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION offload_notify_work();
+DROP TRIGGER IF EXISTS offload_events_inserted ON offload_events;
+CREATE TRIGGER offload_events_inserted AFTER INSERT ON offload_events
+    FOR EACH STATEMENT EXECUTE FUNCTION offload_notify_feed()
+
+-- name: enqueue
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
+        id uuid, kind text, version integer, queue text, priority integer, payload jsonb,
+        attempt integer, max_attempts integer, run_at double precision,
+        enqueued_at double precision, idempotency_key text, owner text, trace jsonb,
+        timeout double precision, options jsonb, n integer)
+), ins AS (
+    INSERT INTO offload_jobs (id, kind, version, queue, priority, payload, state, attempt,
+        max_attempts, run_at, enqueued_at, idempotency_key, owner, trace, timeout, options)
+    SELECT id, kind, version, queue, priority, payload, 'queued', attempt, max_attempts,
+        to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
+        timeout, options
+    FROM input ORDER BY n
+    ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT i.id, i.owner, offload_record(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
+)
+SELECT id FROM ins
+
+-- name: find_idem
+SELECT idempotency_key, id FROM offload_jobs
+WHERE owner = %(owner)s AND idempotency_key = ANY(%(keys)s)
+
+-- name: claim
+WITH picked AS (
+    SELECT id FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s) AND run_at <= now()
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE offload_jobs j
+    SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
+        lease_expires = now() + make_interval(secs => %(lease_for)s), worker = %(worker)s,
+        started_at = now(), finished_at = NULL, cancel_requested = false,
+        progress_fraction = NULL, progress_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    ORDER BY u.priority, u.run_at, u.id
+)
+SELECT * FROM upd
+
+-- name: extend
+UPDATE offload_jobs j SET lease_expires = now() + make_interval(secs => %(lease_for)s)
+FROM unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
+WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+RETURNING j.id, j.cancel_requested
+
+-- name: settle
+WITH o AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
+        id uuid, token text, state text, final boolean, result jsonb, error jsonb,
+        run_at double precision, refund integer, max_attempts integer)
+), upd AS (
+    UPDATE offload_jobs j
+    SET state = o.state,
+        result = CASE WHEN o.final THEN o.result ELSE j.result END,
+        error = o.error,
+        finished_at = CASE WHEN o.final THEN now() ELSE j.finished_at END,
+        run_at = CASE WHEN o.final THEN j.run_at
+                      ELSE coalesce(to_timestamp(o.run_at), now()) END,
+        attempt = j.attempt - o.refund,
+        max_attempts = coalesce(o.max_attempts, j.max_attempts),
+        lease_token = NULL, lease_expires = NULL
+    FROM o
+    WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+)
+SELECT id FROM upd
+
+-- name: rescue
+WITH expired AS (
+    SELECT id FROM offload_jobs
+    WHERE state = 'running' AND lease_expires < now()
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE offload_jobs j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
+        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        run_at = now(), error = %(error)s::jsonb, lease_token = NULL, lease_expires = NULL
+    FROM expired WHERE j.id = expired.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+)
+SELECT count(*) FROM upd
+
+-- name: progress
+WITH upd AS (
+    UPDATE offload_jobs SET progress_fraction = %(fraction)s, progress_message = %(message)s
+    WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+)
+SELECT count(*) FROM upd
+
+-- name: get
+SELECT * FROM offload_jobs WHERE id = %(id)s
+
+-- name: cancel_waiting
+WITH upd AS (
+    UPDATE offload_jobs SET state = 'cancelled', finished_at = now()
+    WHERE id = %(id)s AND state IN ('queued', 'retrying')
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+)
+SELECT * FROM upd
+
+-- name: cancel_running
+UPDATE offload_jobs SET cancel_requested = true
+WHERE id = %(id)s AND state = 'running'
+RETURNING *
+
+-- name: requeue
+WITH upd AS (
+    UPDATE offload_jobs
+    SET state = 'queued', attempt = 0, run_at = now(), result = NULL, started_at = NULL,
+        finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
+        cancel_requested = false
+    WHERE id = %(id)s AND state IN ('dead', 'failed', 'cancelled')
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+)
+SELECT * FROM upd
+
+-- name: stats
+SELECT queue,
+       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at <= now()) AS queued,
+       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       coalesce(extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE state IN ('queued', 'retrying') AND run_at <= now())), 0) AS oldest_age_s
+FROM offload_jobs
+WHERE state IN ('queued', 'retrying', 'running', 'dead')
+GROUP BY queue
+
+-- name: purge
+DELETE FROM offload_jobs WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
+
+-- name: next_run_at
+SELECT extract(epoch FROM min(run_at) - now()) FROM offload_jobs
+WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
+
+-- name: remember
+INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
+ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
+
+-- name: recall
+SELECT value FROM offload_effects WHERE job_id = %(id)s AND key = %(key)s
+
+-- name: prune
+WITH gone AS (
+    DELETE FROM offload_jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at < now() - make_interval(secs => %(age)s)
+    RETURNING id
+), ev AS (
+    DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)
+), fx AS (
+    DELETE FROM offload_effects WHERE job_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone

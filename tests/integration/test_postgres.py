@@ -1,0 +1,207 @@
+"""PostgreSQL-specific behaviour: migrations, transactional enqueue, reconnects, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from offload import App, Context, Message, SchemaError, Settings
+from offload.brokers.base import Change
+from offload.brokers.postgres import PostgresBackend
+from offload.worker.runner import Worker
+
+from ..services import PG_URL, PgSchema, require_pg
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+class Ping(Message):
+    n: int = 0
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[PgSchema]:
+    require_pg()
+    s = PgSchema()
+    await s.create()
+    yield s
+    await s.drop()
+
+
+@pytest.fixture
+async def app(schema: PgSchema) -> AsyncIterator[App]:
+    app = App("pg-test", settings=Settings(url=schema.url, lease_s=2.0))
+    app.message("pg.ping")(Ping)
+    async with app:
+        yield app
+
+
+async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None:
+    require_pg()
+    empty = PgSchema(migrate=False)
+    await empty.create()
+    try:
+        backend = PostgresBackend.from_url(empty.url)
+        with pytest.raises(SchemaError, match="offload migrate"):
+            await backend.open()
+        env = {"OFFLOAD_URL": empty.url, "PATH": "/usr/bin:/bin"}
+        first = subprocess.run(
+            [sys.executable, "-m", "offload", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert first.returncode == 0, first.stderr
+        assert "applied schema migrations [1]" in first.stdout
+        again = subprocess.run(
+            [sys.executable, "-m", "offload", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "up to date" in again.stdout
+        await backend.open()  # now accepted
+        await backend.close()
+    finally:
+        await empty.drop()
+
+
+async def test_unreachable_server_is_a_clear_error_at_open() -> None:
+    backend = PostgresBackend.from_url("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1")
+    with pytest.raises(Exception, match="cannot connect to PostgreSQL at 127.0.0.1:1"):
+        await backend.open()
+
+
+async def test_transactional_enqueue_exists_only_if_the_transaction_commits(
+    app: App, schema: PgSchema
+) -> None:
+    backend = app.backend
+    assert isinstance(backend, PostgresBackend)
+    rolled_back = app.envelope(Ping(n=1))
+    committed = app.envelope(Ping(n=2))
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        # Given the user's own transaction that also writes their data,
+        async with conn.transaction(force_rollback=True):
+            await backend.enqueue_in(conn, [rolled_back])
+            # the job is invisible to everyone else until it commits,
+            assert await backend.get(rolled_back.id) is None
+        # when it rolls back, no job is left behind;
+        async with conn.transaction():
+            await backend.enqueue_in(conn, [committed])
+    assert await backend.get(rolled_back.id) is None
+    # and when it commits, the job is there and claimable.
+    row = await backend.get(committed.id)
+    assert row is not None and row["state"] == "queued"
+    leases = await backend.claim(["default"], worker_id="w", lease_for=5, limit=10)
+    assert [le.job_id for le in leases] == [committed.id]
+
+
+async def test_listen_notify_wakes_a_waiting_claimer_at_once(app: App, schema: PgSchema) -> None:
+    other = PostgresBackend.from_url(schema.url)
+    await other.open()
+    try:
+        assert await app.backend.claim(["default"], worker_id="w", lease_for=5, limit=1) == []
+        waiter = asyncio.create_task(app.backend.wait(["default"], 10.0))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await other.enqueue([app.envelope(Ping())])
+        await asyncio.wait_for(waiter, 5)
+        assert time.monotonic() - started < 0.5
+    finally:
+        await other.close()
+
+
+async def test_feed_holds_back_changes_behind_an_uncommitted_position(
+    app: App, schema: PgSchema
+) -> None:
+    backend = app.backend
+    assert isinstance(backend, PostgresBackend)
+    start = await backend.last_seq()
+    slow = app.envelope(Ping(n=1))
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        # Given a transaction that took a feed position but has not committed,
+        async with conn.transaction():
+            await backend.enqueue_in(conn, [slow])
+            # when a later position commits first,
+            fast = (await app.enqueue(Ping(n=2))).id
+            # then the feed does not run past the gap,
+            assert await backend.changes_since(start) == []
+        # and once the gap fills, both arrive in position order.
+        changes: list[Change] = await backend.changes_since(start)
+    assert [c.job_id for c in changes] == [slow.id, fast]
+
+
+async def test_workers_survive_terminated_connections_and_lose_no_job(
+    app: App, schema: PgSchema
+) -> None:
+    ran: list[int] = []
+
+    @app.handles(Ping)
+    async def handle(msg: Ping, ctx: Context) -> int:
+        await asyncio.sleep(0.002)
+        ran.append(msg.n)
+        return msg.n
+
+    jobs = await app.enqueue_many([Ping(n=i) for i in range(600)])
+    worker = Worker(app, concurrency=8, lease_s=2.0)
+    task = asyncio.create_task(worker.run())
+    killer = await psycopg.AsyncConnection.connect(PG_URL, autocommit=True)
+    killed = 0
+    try:
+        # While the worker runs, kill every server connection of this app, three times.
+        for _ in range(3):
+            await asyncio.sleep(0.3)
+            cur = await killer.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (schema.name,),
+            )
+            killed += sum(1 for (ok,) in await cur.fetchall() if ok)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = await app.backend.stats()
+            left = stats.get("default", {"queued": 0, "running": 0, "scheduled": 0})
+            if left["queued"] + left["running"] + left["scheduled"] == 0:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await killer.close()
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert killed >= 3
+    assert sum(ran.count(n) > 0 for n in range(600)) == 600
+    states = [(await app.backend.get(j.id) or {}).get("state") for j in jobs]
+    assert states.count("succeeded") == 600
+    assert set(ran) == set(range(600))  # at least once each; a lost reply may repeat one
+
+
+async def test_prune_removes_old_finished_jobs_but_keeps_dead_ones(app: App) -> None:
+    backend = app.backend
+    done, dead = app.envelope(Ping(n=1)), app.envelope(Ping(n=2))
+    await backend.enqueue([done, dead])
+    leases = {
+        le.job_id: le
+        for le in await backend.claim(["default"], worker_id="w", lease_for=5, limit=2)
+    }
+    from offload import JobState, Outcome
+
+    await backend.settle(
+        [
+            Outcome(lease=leases[done.id], state=JobState.SUCCEEDED, result=1),
+            Outcome(lease=leases[dead.id], state=JobState.DEAD, error={}),
+        ]
+    )
+    assert await backend.prune(3600) == 0  # too young
+    await asyncio.sleep(0.05)
+    assert await backend.prune(0.01) == 1
+    assert await backend.get(done.id) is None
+    assert await backend.changes_since(0, job_id=done.id) == []
+    assert (await backend.get(dead.id) or {})["state"] == "dead"

@@ -1,0 +1,88 @@
+"""Real servers for tests: probes, per-test isolation, and skip-or-fail when one is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from urllib.parse import quote
+
+import pytest
+
+#: The PostgreSQL the tests use (a database they may create schemas in).
+PG_URL = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+#: The Redis the tests use (they only touch keys under their own prefix).
+REDIS_URL = os.environ.get("OFFLOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+_probed: dict[str, str | None] = {}
+
+
+def unavailable(name: str, reason: str) -> None:
+    """Skip the test, or fail it when OFFLOAD_REQUIRE_SERVICES=1 (CI)."""
+    if os.environ.get("OFFLOAD_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required (OFFLOAD_REQUIRE_SERVICES=1) but unusable: {reason}")
+    pytest.skip(f"{name} unavailable: {reason}")
+
+
+def probe_pg() -> str | None:
+    """None when PostgreSQL answers, else why not (probed once per session)."""
+    if "pg" not in _probed:
+        try:
+            import psycopg
+
+            with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            _probed["pg"] = None
+        except Exception as exc:
+            _probed["pg"] = f"{type(exc).__name__}: {exc}"
+    return _probed["pg"]
+
+
+def require_pg() -> None:
+    reason = probe_pg()
+    if reason is not None:
+        unavailable("PostgreSQL", reason)
+
+
+def pg_schema_url(schema: str, **options: str) -> str:
+    """PG_URL with its search_path set to `schema` (a test's private namespace)."""
+    extra = "".join(f"&{k}={v}" for k, v in options.items())
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}{extra}"
+
+
+class PgSchema:
+    """A fresh schema, migrated to the current version, dropped at the end."""
+
+    def __init__(self, migrate: bool = True) -> None:
+        self.name = f"offload_t_{secrets.token_hex(5)}"
+        self.url = pg_schema_url(self.name, application_name=self.name)
+        self.migrate = migrate
+
+    async def create(self) -> str:
+        import psycopg
+
+        from offload.brokers.postgres import PostgresBackend
+
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+            await conn.execute(f'CREATE SCHEMA "{self.name}"')
+        if self.migrate:
+            backend = PostgresBackend.from_url(self.url)
+            await backend.open(check_schema=False)
+            try:
+                await backend.migrate()
+            finally:
+                await backend.close()
+        return self.url
+
+    async def drop(self) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+    def create_sync(self) -> str:
+        return asyncio.run(self.create())
+
+    def drop_sync(self) -> None:
+        asyncio.run(self.drop())
