@@ -1,0 +1,104 @@
+"""Helpers for the contract suite: envelope builder, status lookup, a claimer process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from offload._ids import uuid7
+from offload.brokers import Backend, open_backend
+from offload.contract import Envelope, JobState, Lease, Outcome, status_record
+
+KIND = "test.job"
+#: A lease long enough that it never lapses during a test unless the test wants it to.
+LONG = 60.0
+
+
+def envelope(
+    queue: str = "q",
+    *,
+    priority: int = 0,
+    delay: float = 0.0,
+    run_at: float | None = None,
+    owner: str = "local",
+    key: str | None = None,
+    max_attempts: int = 3,
+    kind: str = KIND,
+    payload: dict[str, Any] | None = None,
+    id: str | None = None,
+) -> Envelope:
+    """A queued-job envelope as the web tier would stamp it."""
+    now = time.time()
+    return Envelope(
+        id=id or uuid7(),
+        kind=kind,
+        version=1,
+        payload=payload or {"n": 1},
+        queue=queue,
+        priority=priority,
+        attempt=0,
+        max_attempts=max_attempts,
+        run_at=run_at if run_at is not None else now + delay,
+        enqueued_at=now,
+        idempotency_key=key,
+        owner=owner,
+    )
+
+
+async def status(backend: Backend, job_id: str) -> dict[str, Any]:
+    """The job's status record (as the API shows it)."""
+    row = await backend.get(job_id)
+    assert row is not None, f"job {job_id} is not stored"
+    return status_record(row)
+
+
+async def claim(
+    backend: Backend,
+    queue: str = "q",
+    *,
+    limit: int = 10,
+    lease_for: float = LONG,
+    worker: str = "w1",
+) -> list[Lease]:
+    return await backend.claim([queue], worker_id=worker, lease_for=lease_for, limit=limit)
+
+
+def done(lease: Lease, result: Any = None) -> Outcome:
+    return Outcome(lease=lease, state=JobState.SUCCEEDED, result=result)
+
+
+# -- the multi-process claimer (runs in a spawned process) ----------------------------------
+
+
+def claim_until_empty(url: str, queue: str, limit: int, barrier: Any, out: str) -> None:
+    """Claim from `queue` and settle every job as succeeded until none is waiting;
+    write the claimed ids (in claim order) as JSON to `out`."""
+    got: list[str] = []
+    try:
+        asyncio.run(_claim_until_empty(url, queue, limit, barrier, f"proc-{Path(out).stem}", got))
+    finally:
+        Path(out).write_text(json.dumps(got))
+
+
+async def _claim_until_empty(
+    url: str, queue: str, limit: int, barrier: Any, worker: str, got: list[str]
+) -> None:
+    backend = open_backend(url)
+    await backend.open()
+    try:
+        barrier.wait(30)  # start all claimers at once, so they really compete
+        while True:
+            leases = await backend.claim([queue], worker_id=worker, lease_for=LONG, limit=limit)
+            if not leases:
+                if (await backend.stats()).get(queue, {}).get("queued", 0) == 0:
+                    break
+                continue
+            got += [le.job_id for le in leases]
+            applied = await backend.settle([done(le, {"by": worker}) for le in leases])
+            if not all(applied):
+                raise AssertionError(f"{worker}: a fresh lease was refused: {applied}")
+    finally:
+        await backend.close()

@@ -1,0 +1,86 @@
+"""The contract suite's `backend` fixture: one param per backend, built by a named factory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from offload.brokers import Backend, open_backend
+
+
+@dataclass(frozen=True, slots=True)
+class BackendParam:
+    """How the contract suite reaches one backend.
+
+    Args:
+        url: a fresh, isolated backend URL for one test (a new file, database or key prefix).
+        cross_process: other OS processes can open the same URL and see the same jobs.
+        probe: for server-backed params, returns why the server is unusable (None = usable);
+            probed once per session. Unusable means skip, or fail when
+            OFFLOAD_REQUIRE_SERVICES=1 (CI).
+        marks: pytest marks for the param, e.g. `pytest.mark.postgres`, so runs can filter.
+    """
+
+    url: Callable[[Path], str]
+    cross_process: bool
+    probe: Callable[[], str | None] | None = None
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+#: Every backend the contract suite runs against. Adding PostgreSQL or Redis is one entry,
+#: e.g. "postgres": BackendParam(url=fresh_pg_database, cross_process=True,
+#: probe=probe_pg, marks=(pytest.mark.postgres,)).
+BACKENDS: dict[str, BackendParam] = {
+    # "sqlite:///" + an absolute path gives the four-slash absolute form.
+    "sqlite": BackendParam(
+        url=lambda tmp: "sqlite:///" + str(tmp / "offload.db"), cross_process=True
+    ),
+    # A private in-memory SQLite database: lives and dies with one backend object.
+    "memory": BackendParam(url=lambda tmp: "memory://", cross_process=False),
+}
+
+_probed: dict[str, str | None] = {}
+
+
+def _unusable(name: str, param: BackendParam) -> str | None:
+    if param.probe is None:
+        return None
+    if name not in _probed:
+        _probed[name] = param.probe()
+    return _probed[name]
+
+
+@pytest.fixture(params=[pytest.param(name, marks=p.marks, id=name) for name, p in BACKENDS.items()])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    reason = _unusable(name, BACKENDS[name])
+    if reason is not None:
+        if os.environ.get("OFFLOAD_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{name} is required (OFFLOAD_REQUIRE_SERVICES=1): {reason}")
+        pytest.skip(f"{name} unavailable: {reason}")
+    return name
+
+
+@pytest.fixture
+def backend_param(backend_name: str) -> BackendParam:
+    return BACKENDS[backend_name]
+
+
+@pytest.fixture
+def backend_url(backend_param: BackendParam, tmp_path: Path) -> str:
+    return backend_param.url(tmp_path)
+
+
+@pytest.fixture
+async def backend(backend_url: str) -> AsyncIterator[Backend]:
+    """An open backend (both Broker and JobStore), isolated to this test."""
+    b = open_backend(backend_url)
+    await b.open()
+    try:
+        yield b
+    finally:
+        await b.close()
