@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from ..services import PgSchema, require_pg
 
 TEMPLATE = Path(__file__).parent / "project_template"
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
@@ -46,6 +49,7 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.closing: list[Any] = []
         self.port = 0
+        self.backend = "sqlite"
 
     def offload(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
         out = open(self.logs / f"proc-{len(self.procs)}.out", "wb")
@@ -132,9 +136,35 @@ class Stack:
             thing.close()
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def backend_url(name: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, isolated backend of kind `name` for one test."""
+    if name == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+    elif name == "postgres":
+        require_pg()
+        schema = PgSchema()
+        try:
+            yield schema.create_sync()
+        finally:
+            schema.drop_sync()
+    else:
+        raise AssertionError(f"no e2e backend {name}")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """The project folder and its processes, on each backend in turn."""
     shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    s = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}")
-    yield s
-    s.stop()
+    with backend_url(request.param, tmp_path) as url:
+        s = Stack(tmp_path, url)
+        s.backend = request.param
+        try:
+            yield s
+        finally:
+            s.stop()

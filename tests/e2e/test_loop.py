@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from typing import Any
 
 import httpx
 import orjson
+
+from offload import App, Settings
 
 from .conftest import Stack
 
@@ -34,8 +36,14 @@ def read_events(
 
 
 def job_count(stack: Stack) -> int:
-    with sqlite3.connect(stack.root / "jobs.db") as conn:
-        return int(conn.execute("SELECT count(*) FROM offload_jobs").fetchone()[0])
+    """Every job in the backend, whoever owns it (read through the store, not the API)."""
+    app = App("counter", settings=Settings(url=stack.env["OFFLOAD_URL"]))
+
+    async def count() -> int:
+        async with app:
+            return len(await app.backend.list_jobs(owner=None, limit=10_000))
+
+    return asyncio.run(count())
 
 
 def test_submit_follow_and_fetch_result_over_http(stack: Stack) -> None:
