@@ -28,7 +28,18 @@ def open_backend(url: str) -> Backend:
                 "pip install 'offload[postgres]'"
             ) from exc
         return PostgresBackend.from_url(url)
+    if scheme in ("redis", "rediss"):
+        try:
+            from .redis import RedisBackend
+        except ImportError as exc:
+            if not (exc.name or "").startswith("redis"):
+                raise
+            raise ConfigurationError(
+                "OFFLOAD_URL names Redis but the redis package is not installed: "
+                "pip install 'offload[redis]'"
+            ) from exc
+        return RedisBackend.from_url(url)
     raise ConfigurationError(
         f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
-        "expected sqlite://, memory://, postgresql:// or redis://"
+        "expected sqlite://, memory://, postgresql://, redis:// or rediss://"
     )

@@ -1,0 +1,105 @@
+-- Shared by every script (prepended at load time). ARGV[1] is the key prefix K; every key
+-- the scripts touch is K .. name, and K carries the hash tag, so all keys live in the slot
+-- of KEYS[1] (K .. 'seq'), which each call declares for routing.
+--
+-- Keys: job:<id> (hash: the row), ids / own:<owner> (zsets, score 0: lexicographic id
+-- indexes), idem (hash: owner+key -> id), queues (set), waiting:<q> (zset by run_at: every
+-- queued/retrying job), ready:<q> (zset: score priority, member run_at..id, so claim order is
+-- priority, run_at, id), sched:<q> (zset by run_at: waiting jobs not yet ready),
+-- running:<q> / dead:<q> (sets), leases (zset by lease expiry), finished (zset by
+-- finished_at: succeeded, failed, cancelled), seq (counter), feed (stream, ids <seq>-0:
+-- the row after each transition), jf:<id> (zset of the job's feed positions), fx:<id> (hash:
+-- Context.once effects). Channels: work (a queue got work), changes (the feed grew).
+-- Every float arrives as a Python repr string and is stored verbatim (Lua's tostring keeps
+-- only 14 digits), so only comparisons ever turn it into a number.
+local K = ARGV[1]
+local last_seq = nil
+
+-- An optional argument: '' is nil, anything else carries a one-character '=' marker.
+local function opt(s)
+  if s == '' then return nil end
+  return string.sub(s, 2)
+end
+
+local function set_or_del(key, field, value)
+  if value == nil then
+    redis.call('HDEL', key, field)
+  else
+    redis.call('HSET', key, field, value)
+  end
+end
+
+-- Fixed width, so that within one priority Redis's byte order of members is run_at, then id.
+local function ready_member(run_at, id)
+  return string.format('%020.6f', tonumber(run_at)) .. '|' .. id
+end
+
+local function member_id(member)
+  return string.sub(member, string.find(member, '|', 1, true) + 1)
+end
+
+local function idem_field(owner, key)
+  return string.len(owner) .. ':' .. owner .. key
+end
+
+-- Index a queued or retrying job: ready now, or scheduled for later.
+local function put_waiting(id, queue, priority, run_at, now)
+  redis.call('ZADD', K .. 'waiting:' .. queue, run_at, id)
+  if tonumber(run_at) <= tonumber(now) then
+    redis.call('ZADD', K .. 'ready:' .. queue, priority, ready_member(run_at, id))
+  else
+    redis.call('ZADD', K .. 'sched:' .. queue, run_at, id)
+  end
+end
+
+local function drop_waiting(id, queue, run_at)
+  redis.call('ZREM', K .. 'waiting:' .. queue, id)
+  redis.call('ZREM', K .. 'ready:' .. queue, ready_member(run_at, id))
+  redis.call('ZREM', K .. 'sched:' .. queue, id)
+end
+
+local function hget_map(key)
+  local flat = redis.call('HGETALL', key)
+  local map = {}
+  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
+  return map, flat
+end
+
+-- Append the job's row (after its transition) to the change feed; returns the full row.
+local function event(id)
+  local flat = redis.call('HGETALL', K .. 'job:' .. id)
+  local fields = {}
+  for i = 1, #flat, 2 do
+    local name = flat[i]
+    if name ~= 'payload' and name ~= 'lease_token' then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = flat[i + 1]
+    end
+  end
+  local seq = redis.call('INCR', K .. 'seq')
+  redis.call('XADD', K .. 'feed', seq .. '-0', unpack(fields))
+  redis.call('ZADD', K .. 'jf:' .. id, seq, seq)
+  last_seq = seq
+  return flat
+end
+
+local function announce_changes()
+  if last_seq ~= nil then redis.call('PUBLISH', K .. 'changes', last_seq) end
+end
+
+local function announce_work(queues)
+  for queue, _ in pairs(queues) do redis.call('PUBLISH', K .. 'work', queue) end
+end
+
+-- Delete a job and every index entry that names it (not its feed entries or effects).
+local function forget(id, row)
+  redis.call('DEL', K .. 'job:' .. id)
+  redis.call('ZREM', K .. 'ids', id)
+  redis.call('ZREM', K .. 'own:' .. row.owner, id)
+  if row.idempotency_key ~= nil then
+    local field = idem_field(row.owner, row.idempotency_key)
+    if redis.call('HGET', K .. 'idem', field) == id then
+      redis.call('HDEL', K .. 'idem', field)
+    end
+  end
+end

@@ -1,0 +1,63 @@
+-- claim: ARGV = K, now, token, expires, worker, limit, promote_max, queue...
+-- Promotes due scheduled jobs, then leases the `limit` best ready jobs across the queues
+-- (lowest priority, then run_at, then id). Returns the claimed rows (flat HGETALL arrays).
+local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
+local queues = {}
+for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+
+for _, queue in ipairs(queues) do
+  local sched = K .. 'sched:' .. queue
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, promote_max)
+  for _, id in ipairs(due) do
+    local job = redis.call('HMGET', K .. 'job:' .. id, 'priority', 'run_at')
+    if job[1] then
+      redis.call('ZADD', K .. 'ready:' .. queue, job[1], ready_member(job[2], id))
+    end
+    redis.call('ZREM', sched, id)
+  end
+end
+
+-- The best `limit` of each queue, merged in Redis's own order (score, then member bytes).
+local picked = {}   -- member -> queue
+local merge = nil
+if #queues == 1 then
+  for _, m in ipairs(redis.call('ZRANGE', K .. 'ready:' .. queues[1], 0, limit - 1)) do
+    picked[#picked + 1] = {m, queues[1]}
+  end
+else
+  merge = K .. 'tmp:claim'
+  local origin = {}
+  for _, queue in ipairs(queues) do
+    local best = redis.call('ZRANGE', K .. 'ready:' .. queue, 0, limit - 1, 'WITHSCORES')
+    for i = 1, #best, 2 do
+      redis.call('ZADD', merge, best[i + 1], best[i])
+      origin[best[i]] = queue
+    end
+  end
+  for _, m in ipairs(redis.call('ZRANGE', merge, 0, limit - 1)) do
+    picked[#picked + 1] = {m, origin[m]}
+  end
+  redis.call('DEL', merge)
+end
+
+local out = {}
+for _, pick in ipairs(picked) do
+  local member, queue = pick[1], pick[2]
+  local id = member_id(member)
+  local jk = K .. 'job:' .. id
+  redis.call('ZREM', K .. 'ready:' .. queue, member)
+  local state = redis.call('HGET', jk, 'state')
+  if state == 'queued' or state == 'retrying' then
+    redis.call('ZREM', K .. 'waiting:' .. queue, id)
+    redis.call('HSET', jk, 'state', 'running', 'lease_token', token, 'lease_expires', expires,
+      'worker', worker, 'started_at', now, 'cancel_requested', '0')
+    redis.call('HINCRBY', jk, 'attempt', 1)
+    redis.call('HDEL', jk, 'finished_at', 'progress_fraction', 'progress_message')
+    redis.call('ZADD', K .. 'leases', expires, id)
+    redis.call('SADD', K .. 'running:' .. queue, id)
+    out[#out + 1] = event(id)
+  end
+end
+announce_changes()
+return out

@@ -1,0 +1,611 @@
+"""Redis backend: queue, status records and change feed in one Redis, moved by Lua scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ..clock import Clock
+from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome, status_record
+from ..errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
+from ._rows import envelope_of as _envelope
+from .base import Capability, Change
+
+log = logging.getLogger("offload.brokers")
+
+#: Key prefix of one application; each key starts with it wrapped in a hash tag.
+DEFAULT_PREFIX = "offload:"
+#: Connections one backend instance may hold (the pub/sub listener takes one of them).
+DEFAULT_POOL_SIZE = 20
+#: Seconds to wait for a TCP connection, and for a free pooled connection.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: Due scheduled jobs one claim promotes to ready at most (the rest on the next claim).
+DEFAULT_PROMOTE_MAX = 1000
+#: Entries one sweeping script call (rescue, purge, prune, filtered reads) handles at most,
+#: so that no single script blocks the server for long.
+_CHUNK = 500
+
+_SCRIPTS = (
+    "enqueue", "claim", "extend", "settle", "rescue", "progress", "cancel", "requeue",
+    "purge", "prune", "stats", "list", "changes",
+)  # fmt: skip
+_COLUMNS = (
+    "id", "kind", "version", "queue", "priority", "payload", "state", "attempt",
+    "max_attempts", "run_at", "enqueued_at", "idempotency_key", "owner", "trace", "timeout",
+    "options", "lease_token", "lease_expires", "worker", "cancel_requested",
+    "progress_fraction", "progress_message", "result", "error", "started_at", "finished_at",
+)  # fmt: skip
+_INT = frozenset({"version", "priority", "attempt", "max_attempts", "cancel_requested"})
+_FLOAT = frozenset(
+    {"run_at", "enqueued_at", "timeout", "lease_expires", "progress_fraction", "started_at",
+     "finished_at"}
+)  # fmt: skip
+_JSON = frozenset({"payload", "trace", "options", "result", "error"})
+_LEASE_EXPIRED = {
+    "type": "LeaseExpired",
+    "message": "the worker stopped heartbeating; its lease lapsed",
+}
+
+
+@functools.cache
+def _lua(name: str) -> str:
+    folder = resources.files(__package__).joinpath("lua")
+    return folder.joinpath("_lib.lua").read_text("utf-8") + folder.joinpath(
+        f"{name}.lua"
+    ).read_text("utf-8")
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    """A stored hash (all strings, nulls absent) as the row SQLite would return."""
+    row: dict[str, Any] = {}
+    for column in _COLUMNS:
+        value = raw.get(column)
+        if value is None:
+            row[column] = None
+        elif column in _INT:
+            row[column] = int(value)
+        elif column in _FLOAT:
+            row[column] = float(value)
+        elif column in _JSON:
+            row[column] = orjson.loads(value)
+        else:
+            row[column] = value
+    return row
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _num(value: float) -> str:
+    """Floats travel as their repr, which Redis and Lua's strtod read back exactly."""
+    return repr(float(value))
+
+
+def _opt(value: str | None) -> str:
+    """An optional script argument: '' is None; a value carries a one-character marker."""
+    return "" if value is None else "=" + value
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+@contextlib.contextmanager
+def _errors(what: str = "Redis") -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise BackendError(f"{what}: {exc}") from exc
+
+
+class RedisBackend:
+    """Broker and JobStore on one Redis (6.2 or newer), safe for any number of processes.
+
+    Every transition is one Lua script (EVALSHA), so a claim, a settle or an enqueue of
+    many jobs is one round trip and atomic; the script also appends the job's row to the
+    change feed (a stream with ids `<seq>-0`), so feed order is transition order. Key
+    layout and scripts: `brokers/lua/_lib.lua`.
+
+    All keys start with the prefix wrapped in braces (`{offload:}job:…`): the braces are a
+    Redis Cluster hash tag, so one application's keys share one slot and every script's
+    keys are co-located. A prefix that already holds a `{…}` tag is used as it is.
+
+    Wake-ups: scripts PUBLISH on `work` (queue name) and `changes`; one pub/sub connection
+    per instance counts the announcements, and `wait`/`wait_changes` compare the counts
+    with those seen at the caller's last claim or feed read, so no wake-up is lost between
+    a read and the wait that follows it.
+
+    Args:
+        url: the driver URL (`redis://` or `rediss://`), without offload's own options.
+        prefix: key prefix that isolates one application (or one test).
+        pool_size: most connections this instance holds at once.
+        clock: time source for run_at, leases and timestamps.
+    """
+
+    capabilities = frozenset(
+        {Capability.DELAY, Capability.PRIORITY, Capability.DEDUP, Capability.PUSH}
+    )
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        clock: Clock | None = None,
+        promote_max: int = DEFAULT_PROMOTE_MAX,
+    ) -> None:
+        if not prefix:
+            raise ConfigurationError("the Redis key prefix must not be empty")
+        if pool_size < 2:
+            raise ConfigurationError("pool_size must be at least 2 (pub/sub takes one)")
+        self.url = url
+        self.prefix = prefix
+        self.keyspace = prefix if "{" in prefix else "{" + prefix + "}"
+        self.pool_size = pool_size
+        self.clock = clock or Clock()
+        self.promote_max = promote_max
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._listener: asyncio.Task[None] | None = None
+        # Announcement counts: per queue for work, one for the feed; `_epoch` moves when
+        # the pub/sub connection was lost (anything may have been missed).
+        self._epoch = 0
+        self._work: dict[str, int] = {}
+        self._feed = 0
+        self._seen_work: tuple[int, dict[str, int]] | None = None
+        self._seen_feed: tuple[int, int] | None = None
+        self._wake: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """`redis://host:port/db?prefix=app:&pool_size=20`; `rediss://` for TLS.
+
+        Other query options (`socket_timeout`, `ssl_cert_reqs`, …) go to redis-py.
+
+        Raises:
+            ConfigurationError: not a redis URL, or a bad option.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigurationError(f"not a Redis URL: {parts.scheme}://")
+        ours = {"prefix": DEFAULT_PREFIX, "pool_size": str(DEFAULT_POOL_SIZE)}
+        rest: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in ours:
+                ours[key] = value
+            else:
+                rest.append((key, value))
+        try:
+            pool_size = int(ours["pool_size"])
+        except ValueError:
+            raise ConfigurationError(
+                f"pool_size must be an integer: {ours['pool_size']!r}"
+            ) from None
+        driver_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(driver_url, prefix=ours["prefix"], pool_size=pool_size)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return self.keyspace + name
+
+    @property
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BackendError("the Redis backend is not open")
+        return self._client
+
+    async def _run(self, script: str, *args: str | int) -> Any:
+        client = self._redis
+        with _errors():
+            return await self._scripts[script](
+                keys=[self._key("seq")], args=[self.keyspace, *args], client=client
+            )
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check the server answers, load the scripts and subscribe to wake-ups.
+
+        Raises:
+            BackendError: the server is unreachable (the cause is kept).
+            ConfigurationError: the URL cannot be used.
+        """
+        if self._client is not None:
+            return
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.pool_size,
+                timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                decode_responses=True,
+                # A script whose reply was lost may have run: never send it twice.
+                retry=Retry(NoBackoff(), 0),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {self._where()}: {exc}") from exc
+        client = aioredis.Redis(connection_pool=pool)
+        self._wake = asyncio.get_running_loop().create_future()
+        try:
+            with _errors(f"cannot use Redis at {self._where()}"):
+                await client.ping()
+                pubsub = await self._subscribe(client)
+                for name in _SCRIPTS:
+                    self._scripts[name] = client.register_script(_lua(name))
+                    await client.script_load(_lua(name))
+        except BaseException:
+            await client.aclose()
+            await pool.disconnect()
+            raise
+        self._client = client
+        self._listener = asyncio.create_task(self._listen(pubsub), name="offload-redis-wake")
+
+    async def close(self) -> None:
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    async def ping(self) -> None:
+        with _errors():
+            await self._redis.ping()
+
+    # -- wake-ups ---------------------------------------------------------------------------
+
+    async def _subscribe(self, client: aioredis.Redis) -> PubSub:
+        """A pub/sub connection whose subscriptions are confirmed (active) on return."""
+        pubsub = client.pubsub()
+        await pubsub.subscribe(self._key("work"), self._key("changes"))
+        confirmed = 0
+        while confirmed < 2:
+            message = await pubsub.get_message(timeout=DEFAULT_CONNECT_TIMEOUT_S)
+            if message is None:
+                raise BackendError("Redis did not confirm the wake-up subscription")
+            confirmed += message["type"] == "subscribe"
+        return pubsub
+
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        work, pause = self._key("work"), 0.05
+        while True:
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "Redis wake-up connection lost: %s", exc, extra={"action": "redis_pubsub_lost"}
+                )
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                pubsub = await self._resubscribe(pause)
+                pause = min(1.0, pause * 2)
+                continue
+            pause = 0.05
+            if message is None:
+                continue
+            if message["channel"] == work:
+                queue = message["data"]
+                self._work[queue] = self._work.get(queue, 0) + 1
+            else:
+                self._feed += 1
+            self._notify()
+
+    async def _resubscribe(self, pause: float) -> PubSub:
+        while True:
+            # Whatever was announced meanwhile is lost: let every waiter look again.
+            self._epoch += 1
+            self._notify()
+            await asyncio.sleep(pause)
+            try:
+                pubsub = await self._subscribe(self._redis)
+            except (RedisError, OSError, BackendError):
+                pause = min(1.0, pause * 2)
+                continue
+            self._epoch += 1
+            self._notify()
+            return pubsub
+
+    async def _wait_until(self, moved: Callable[[], bool], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # No await between the check and taking the future: no announcement slips through.
+        while not moved():
+            left = deadline - loop.time()
+            if left <= 0 or self._wake is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._wake), left)
+
+    def _work_moved(self, queues: Sequence[str]) -> bool:
+        if self._seen_work is None:
+            return True
+        epoch, seen = self._seen_work
+        return epoch != self._epoch or any(self._work.get(q, 0) != seen.get(q, 0) for q in queues)
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work was announced for `queues` since the last claim, when the next
+        scheduled job of these queues is due, or after `timeout` seconds."""
+        with _errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.zrange(self._key("waiting:" + queue), 0, 0, withscores=True)
+                heads = await pipe.execute()
+        due = [head[0][1] for head in heads if head]
+        if due:
+            timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
+        await self._wait_until(lambda: self._work_moved(queues), timeout)
+
+    # -- broker -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _enqueue_args(e: Envelope) -> list[str]:
+        return [
+            e.id, e.kind, str(e.version), e.queue, str(e.priority),
+            orjson.dumps(e.payload).decode(), str(e.attempt), str(e.max_attempts),
+            _num(e.run_at), _num(e.enqueued_at), _opt(e.idempotency_key), e.owner,
+            _opt(_json(e.trace)), _opt(None if e.timeout is None else _num(e.timeout)),
+            _opt(_json(e.options or None)),
+        ]  # fmt: skip
+
+    async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """Store the envelopes in one script call, all or none.
+
+        Raises:
+            BackendError: an id is already stored (or repeated in the batch): nothing is stored.
+        """
+        if not envelopes:
+            return []
+        args = [_num(self.clock.now())]
+        for e in envelopes:
+            args += self._enqueue_args(e)
+        out = await self._run("enqueue", *args)
+        return [EnqueueResult(id=out[i], created=bool(out[i + 1])) for i in range(0, len(out), 2)]
+
+    async def claim(
+        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to `limit` ready jobs in one script call (see Broker.claim)."""
+        if limit <= 0 or not queues:
+            return []
+        self._seen_work = (self._epoch, dict(self._work))
+        now = self.clock.now()
+        token = secrets.token_hex(12)
+        expires = now + lease_for
+        rows = [
+            _decode(_pairs(flat))
+            for flat in await self._run(
+                "claim", _num(now), token, _num(expires), worker_id, limit, self.promote_max,
+                *dict.fromkeys(queues),
+            )
+        ]  # fmt: skip
+        rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
+        return [
+            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            for r in rows
+        ]
+
+    async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
+        """Push the leases out in one script call; a stale lease reports held=False."""
+        if not leases:
+            return []
+        args = [_num(self.clock.now() + lease_for)]
+        for lease in leases:
+            args += [lease.job_id, lease.token]
+        answers = await self._run("extend", *args)
+        return [
+            Extension(job_id=le.job_id, held=a > 0, cancel_requested=a == 2)
+            for le, a in zip(leases, answers, strict=True)
+        ]
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply the outcomes in one script call; False where the lease was stale."""
+        if not outcomes:
+            return []
+        now = self.clock.now()
+        args = [_num(now)]
+        for o in outcomes:
+            args += [
+                o.lease.job_id, o.lease.token, o.state.value, _opt(_json(o.result)),
+                _opt(_json(o.error)), _num(o.run_at if o.run_at is not None else now),
+                "1" if o.refund else "0",
+                _opt(None if o.max_attempts is None else str(o.max_attempts)),
+            ]  # fmt: skip
+        return [bool(a) for a in await self._run("settle", *args)]
+
+    async def rescue_expired(self) -> int:
+        """Retry (or bury, when the budget is spent) running jobs whose lease lapsed."""
+        error = orjson.dumps(_LEASE_EXPIRED).decode()
+        total = 0
+        while True:
+            answer: list[int] = await self._run("rescue", _num(self.clock.now()), error, _CHUNK)
+            rescued, scanned = answer
+            total += rescued
+            if scanned < _CHUNK:
+                return total
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: queued (ready now), scheduled, running, dead, oldest_age_s; read from
+        per-queue indexes, never by scanning jobs."""
+        now = self.clock.now()
+        out: dict[str, dict[str, Any]] = {}
+        for queue, ready, later, running, dead, oldest in await self._run("stats", _num(now)):
+            out[queue] = {
+                "queued": ready,
+                "scheduled": later,
+                "running": running,
+                "dead": dead,
+                "oldest_age_s": max(0.0, now - float(oldest)) if oldest else 0.0,
+            }
+        return out
+
+    async def purge(self, queue: str) -> int:
+        """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
+        total = 0
+        while True:
+            n: int = await self._run("purge", queue, _CHUNK)
+            total += n
+            if n < _CHUNK:
+                return total
+
+    # -- job store --------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        with _errors():
+            raw = cast(dict[str, str], await self._redis.hgetall(self._key("job:" + job_id)))
+        return _decode(raw) if raw else None
+
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        state: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Rows newest first (by id), filtered; each script call reads a bounded slice."""
+        index = "ids" if owner is None else "own:" + owner
+        rows: list[dict[str, Any]] = []
+        cursor = before
+        while len(rows) < limit:
+            out = await self._run(
+                "list", index, _opt(state), _opt(kind), _opt(cursor), limit - len(rows), _CHUNK
+            )
+            rows += [_decode(_pairs(flat)) for flat in out[1:]]
+            if not out[0]:
+                break
+            cursor = out[0]
+        return rows
+
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        return bool(
+            await self._run(
+                "progress", lease.job_id, lease.token,
+                _opt(None if fraction is None else _num(fraction)), _opt(message),
+            )
+        )  # fmt: skip
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a waiting job, or flag a running one for its worker.
+
+        Raises:
+            JobNotFound, InvalidTransition (already final).
+        """
+        answer = await self._run("cancel", _num(self.clock.now()), job_id)
+        if answer[0] == "ok":
+            return _decode(_pairs(answer[1]))
+        if answer[0] == "missing":
+            raise JobNotFound(job_id)
+        raise InvalidTransition(f"job {job_id} is already {answer[1]}")
+
+    async def requeue(self, job_id: str) -> dict[str, Any]:
+        """Queue a dead, failed or cancelled job again with attempt 0.
+
+        Raises:
+            JobNotFound, InvalidTransition (any other state).
+        """
+        answer = await self._run("requeue", _num(self.clock.now()), job_id)
+        if answer[0] == "ok":
+            return _decode(_pairs(answer[1]))
+        if answer[0] == "missing":
+            raise JobNotFound(job_id)
+        raise InvalidTransition(
+            f"job {job_id} is {answer[1]}; only dead, failed or cancelled jobs can be re-queued"
+        )
+
+    @staticmethod
+    def _change(seq: int, fields: dict[str, str]) -> Change:
+        row = _decode(fields)
+        return Change(seq=seq, job_id=row["id"], owner=row["owner"], record=status_record(row))
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        """Feed entries after `seq`, oldest first; one job's come from its own index."""
+        if limit <= 0:
+            return []
+        if job_id is None and owner is None:  # the one feed reader of this instance
+            self._seen_feed = (self._epoch, self._feed)
+            with _errors():
+                entries = cast(
+                    list[tuple[str, dict[str, str]]],
+                    await self._redis.xrange(self._key("feed"), min=f"{seq + 1}-0", count=limit),
+                )
+            return [self._change(int(sid.split("-")[0]), fields) for sid, fields in entries]
+        changes: list[Change] = []
+        cursor = seq
+        while len(changes) < limit:
+            out = await self._run(
+                "changes", cursor, _opt(job_id), _opt(owner), limit - len(changes), _CHUNK
+            )
+            changes += [self._change(int(sid.split("-")[0]), _pairs(flat)) for sid, flat in out[1:]]
+            if out[0] == "":
+                break
+            cursor = int(out[0])
+        return changes
+
+    async def last_seq(self) -> int:
+        """The newest change-feed position (0 when the feed is empty)."""
+        with _errors():
+            newest = cast(
+                list[tuple[str, Any]], await self._redis.xrevrange(self._key("feed"), count=1)
+            )
+        return int(newest[0][0].split("-")[0]) if newest else 0
+
+    async def wait_changes(self, timeout: float) -> None:
+        """Return once the feed grew since this instance's last unfiltered read."""
+        await self._wait_until(lambda: self._seen_feed != (self._epoch, self._feed), timeout)
+
+    async def remember(self, job_id: str, key: str, value: Any) -> None:
+        with _errors():
+            await self._redis.hset(self._key("fx:" + job_id), key, orjson.dumps(value).decode())
+
+    async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
+        with _errors():
+            raw = await self._redis.hget(self._key("fx:" + job_id), key)
+        return (False, None) if raw is None else (True, orjson.loads(raw))
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
+        with their feed entries and effects."""
+        cutoff = _num(self.clock.now() - older_than_s)
+        total = 0
+        while True:
+            n: int = await self._run("prune", cutoff, _CHUNK)
+            total += n
+            if n < _CHUNK:
+                return total
+
+
+__all__ = ["DEFAULT_PREFIX", "RedisBackend"]
