@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import secrets
 from urllib.parse import quote
@@ -86,3 +87,67 @@ class PgSchema:
 
     def drop_sync(self) -> None:
         asyncio.run(self.drop())
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+#: Every test key prefix of this session starts with this, so cleanup never touches others'.
+REDIS_SESSION = f"offload-t-{secrets.token_hex(4)}-"
+_redis_prefixes: list[str] = []
+
+
+def probe_redis() -> str | None:
+    """None when Redis answers (and the redis package is installed), else why not."""
+    if "redis" not in _probed:
+        try:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+            try:
+                client.ping()
+            finally:
+                client.close()
+            _probed["redis"] = None
+        except Exception as exc:
+            _probed["redis"] = f"{type(exc).__name__}: {exc}"
+    return _probed["redis"]
+
+
+def require_redis() -> None:
+    reason = probe_redis()
+    if reason is not None:
+        unavailable("Redis", reason)
+
+
+def redis_prefix() -> str:
+    """A fresh key prefix for one test; `drop_redis_prefix` (or session exit) deletes it."""
+    prefix = f"{REDIS_SESSION}{secrets.token_hex(4)}:"
+    if not _redis_prefixes:
+        atexit.register(_drop_all_redis_prefixes)
+    _redis_prefixes.append(prefix)
+    return prefix
+
+
+def redis_url(prefix: str, **options: str) -> str:
+    """REDIS_URL with offload's key prefix (and any other options) in its query."""
+    query = "&".join(f"{k}={v}" for k, v in {"prefix": prefix, **options}.items())
+    return f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}{query}"
+
+
+def drop_redis_prefix(prefix: str) -> int:
+    """Delete every key of one test prefix (as RedisBackend names them: `{prefix}…`)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def _drop_all_redis_prefixes() -> None:
+    if probe_redis() is None:
+        drop_redis_prefix(REDIS_SESSION + "*")

@@ -11,6 +11,8 @@ import pytest
 
 from offload.brokers import Backend, open_backend
 
+from ..services import probe_redis, redis_prefix, redis_url
+
 
 @dataclass(frozen=True, slots=True)
 class BackendParam:
@@ -41,6 +43,13 @@ BACKENDS: dict[str, BackendParam] = {
     ),
     # A private in-memory SQLite database: lives and dies with one backend object.
     "memory": BackendParam(url=lambda tmp: "memory://", cross_process=False),
+    # A fresh key prefix per test on the shared Redis; its keys are deleted at session end.
+    "redis": BackendParam(
+        url=lambda tmp: redis_url(redis_prefix()),
+        cross_process=True,
+        probe=probe_redis,
+        marks=(pytest.mark.redis,),
+    ),
 }
 
 _probed: dict[str, str | None] = {}

@@ -1,0 +1,511 @@
+"""Redis-specific behaviour: key prefixes, script atomicity, pub/sub wake-ups, errors, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload import App, Context, Message, Settings
+from offload._ids import uuid7
+from offload.brokers import open_backend
+from offload.contract import Envelope, JobState, Outcome
+from offload.errors import BackendError, ConfigurationError
+from offload.worker.runner import Worker
+
+from ..services import REDIS_URL, drop_redis_prefix, redis_prefix, redis_url, require_redis
+
+try:
+    import redis.asyncio as aioredis
+    from redis.crc import key_slot
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+
+    from offload.brokers.redis import RedisBackend
+except ImportError as exc:  # pragma: no cover - only without the redis extra
+    if os.environ.get("OFFLOAD_REQUIRE_SERVICES") == "1":
+        raise
+    pytest.skip(f"Redis unavailable: {exc} (pip install 'offload[redis]')", allow_module_level=True)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+QUEUE = "q"
+
+
+def envelope(queue: str = QUEUE, **fields: Any) -> Envelope:
+    now = time.time()
+    return Envelope(
+        id=fields.pop("id", None) or uuid7(),
+        kind="test.job",
+        version=1,
+        payload=fields.pop("payload", {"n": 1}),
+        queue=queue,
+        run_at=fields.pop("run_at", now),
+        enqueued_at=now,
+        **fields,
+    )
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A fresh key prefix on the test Redis; every key under it is deleted afterwards."""
+    require_redis()
+    p = redis_prefix()
+    yield p
+    drop_redis_prefix(p)
+
+
+async def opened(url: str) -> RedisBackend:
+    backend = RedisBackend.from_url(url)
+    await backend.open()
+    return backend
+
+
+@pytest.fixture
+async def backend(prefix: str) -> AsyncIterator[RedisBackend]:
+    b = await opened(redis_url(prefix))
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the test Redis, to look at keys directly."""
+    require_redis()
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def keys_of(client: aioredis.Redis, prefix: str) -> list[str]:
+    return [k async for k in client.scan_iter(match=f"{{{prefix}}}*", count=1000)]
+
+
+# -- key prefixes ----------------------------------------------------------------------------
+
+
+async def test_prefixes_isolate_two_apps_on_one_redis(
+    backend: RedisBackend, raw: aioredis.Redis, prefix: str
+) -> None:
+    # Given a second app with its own prefix on the same Redis
+    other_prefix = redis_prefix()
+    other = await opened(redis_url(other_prefix))
+    try:
+        # When the first app enqueues jobs in the queue both apps use
+        env = envelope()
+        await backend.enqueue([env])
+        # Then the second app sees none of it
+        assert await other.get(env.id) is None
+        assert await other.claim([QUEUE], worker_id="w", lease_for=30, limit=10) == []
+        assert await other.stats() == {}
+        assert await other.changes_since(0) == [] and await other.last_seq() == 0
+        assert await other.list_jobs(owner=None) == []
+        assert await other.purge(QUEUE) == 0
+        # And every key the first app wrote starts with its prefix, in one cluster slot
+        keys = await keys_of(raw, prefix)
+        assert keys and all(k.startswith("{" + prefix + "}") for k in keys)
+        assert len({key_slot(k.encode()) for k in keys}) == 1
+        assert await keys_of(raw, other_prefix) == []
+        assert (await backend.stats())[QUEUE]["queued"] == 1
+    finally:
+        await other.close()
+        drop_redis_prefix(other_prefix)
+
+
+async def test_idempotency_keys_are_per_prefix(backend: RedisBackend, prefix: str) -> None:
+    other_prefix = redis_prefix()
+    other = await opened(redis_url(other_prefix))
+    try:
+        first, second = envelope(idempotency_key="once"), envelope(idempotency_key="once")
+        assert (await backend.enqueue([first]))[0].created
+        assert (await other.enqueue([second]))[0].created
+    finally:
+        await other.close()
+        drop_redis_prefix(other_prefix)
+
+
+async def test_a_prefix_with_its_own_hash_tag_is_used_as_it_is(raw: aioredis.Redis) -> None:
+    tag = "{" + redis_prefix() + "}"
+    b = await opened(redis_url(tag + "app:"))
+    try:
+        await b.enqueue([envelope()])
+        keys = [k async for k in raw.scan_iter(match=f"{tag}app:*")]
+        assert keys and len({key_slot(k.encode()) for k in keys}) == 1
+    finally:
+        await b.close()
+        async for k in raw.scan_iter(match=f"{tag}*"):
+            await raw.delete(k)
+
+
+# -- atomicity under competing claimers --------------------------------------------------------
+
+
+def _claim_in_process(url: str, limit: int, barrier: Any, out: str) -> None:
+    got: list[str] = []
+    try:
+        asyncio.run(_claim_all(url, limit, barrier, Path(out).stem, got))
+    finally:
+        Path(out).write_text(json.dumps(got))
+
+
+async def _claim_all(
+    url: str, limit: int, barrier: Any, name: str, got: list[str] | None = None
+) -> list[str]:
+    """Claim and settle until the queue is empty; returns the claimed ids (also in `got`)."""
+    b = await opened(url)
+    got = [] if got is None else got
+    try:
+        if barrier is not None:
+            barrier.wait(30)
+        while True:
+            leases = await b.claim([QUEUE], worker_id=name, lease_for=60, limit=limit)
+            if not leases:
+                if (await b.stats()).get(QUEUE, {}).get("queued", 0) == 0:
+                    break
+                continue
+            got += [le.job_id for le in leases]
+            outcomes = [Outcome(lease=le, state=JobState.SUCCEEDED, result=name) for le in leases]
+            assert all(await b.settle(outcomes)), f"{name}: a fresh lease was refused"
+            await asyncio.sleep(0)
+    finally:
+        await b.close()
+    return got
+
+
+@pytest.mark.slow
+async def test_tasks_and_processes_claiming_at_once_never_get_the_same_job(
+    backend: RedisBackend, prefix: str, tmp_path: Path
+) -> None:
+    # Given 1,000 ready jobs
+    envs = [envelope(payload={"n": i}) for i in range(1000)]
+    await backend.enqueue(envs)
+    url = redis_url(prefix)
+    # When 2 OS processes and 4 asyncio tasks (each its own connection pool) claim at once
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    outs = [tmp_path / f"proc{i}.json" for i in range(2)]
+    procs = [
+        ctx.Process(target=_claim_in_process, args=(url, limit, barrier, str(out)))
+        for limit, out in zip((5, 16), outs, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        tasks = await asyncio.gather(
+            *(_claim_all(url, limit, None, f"task{i}") for i, limit in enumerate((1, 3, 8, 32)))
+        )
+        for p in procs:
+            await asyncio.to_thread(p.join, 60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    # Then each job was claimed by exactly one claimer, and every claim was settled
+    assert [p.exitcode for p in procs] == [0, 0]
+    claimed = {f"task{i}": ids for i, ids in enumerate(tasks)}
+    claimed |= {out.stem: json.loads(out.read_text()) for out in outs}
+    counts = Counter(job_id for ids in claimed.values() for job_id in ids)
+    assert set(counts) == {e.id for e in envs}
+    assert [job_id for job_id, n in counts.items() if n > 1] == []
+    assert sum(1 for ids in claimed.values() if ids) >= 3, "the claimers did not compete"
+    rows = await backend.list_jobs(owner=None, state="succeeded", limit=2000)
+    assert {r["id"]: r["result"] for r in rows} == {
+        job_id: name for name, ids in claimed.items() for job_id in ids
+    }
+    stats = await backend.stats()
+    assert stats == {}
+
+
+# -- wake-ups ----------------------------------------------------------------------------------
+
+
+async def test_a_waiting_claimer_wakes_within_100ms_of_an_enqueue(
+    backend: RedisBackend, prefix: str
+) -> None:
+    # Given a claimer that found nothing and waits up to 10 s, and a producer elsewhere
+    producer = await opened(redis_url(prefix))
+    try:
+        assert await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
+        woke = asyncio.Event()
+        woke_at = 0.0
+
+        async def waiter() -> None:
+            nonlocal woke_at
+            await backend.wait([QUEUE], 10.0)
+            woke_at = time.monotonic()
+            woke.set()
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.2)
+        assert not woke.is_set()
+        # When the producer enqueues
+        await producer.enqueue([envelope()])
+        enqueued_at = time.monotonic()
+        await asyncio.wait_for(task, 5)
+        # Then the claimer woke within 100 ms and gets the job
+        assert woke_at - enqueued_at < 0.1
+        assert len(await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1)) == 1
+    finally:
+        await producer.close()
+
+
+async def test_work_for_another_queue_does_not_wake_a_claimer(backend: RedisBackend) -> None:
+    assert await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
+    start = time.monotonic()
+    waiting = asyncio.create_task(backend.wait([QUEUE], 0.4))
+    await asyncio.sleep(0.05)
+    await backend.enqueue([envelope("elsewhere")])
+    await waiting
+    assert time.monotonic() - start >= 0.35
+
+
+async def test_a_wake_up_between_claim_and_wait_is_not_lost(
+    backend: RedisBackend, prefix: str
+) -> None:
+    # Given a claimer that found nothing
+    producer = await opened(redis_url(prefix))
+    try:
+        assert await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
+        # When a job arrives (and its announcement is received) before the claimer waits
+        await producer.enqueue([envelope()])
+        await asyncio.sleep(0.1)
+        start = time.monotonic()
+        await backend.wait([QUEUE], 10.0)
+        # Then the wait returns at once
+        assert time.monotonic() - start < 0.1
+    finally:
+        await producer.close()
+
+
+async def test_an_idle_claimer_sleeps_the_whole_timeout(backend: RedisBackend) -> None:
+    assert await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
+    start = time.monotonic()
+    await backend.wait([QUEUE], 0.3)
+    assert time.monotonic() - start >= 0.28
+
+
+async def test_the_feed_watcher_wakes_within_100ms_of_a_change(
+    backend: RedisBackend, prefix: str
+) -> None:
+    writer = await opened(redis_url(prefix))
+    try:
+        assert await backend.changes_since(await backend.last_seq()) == []
+        task = asyncio.create_task(backend.wait_changes(10.0))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        env = envelope()
+        await writer.enqueue([env])
+        changed_at = time.monotonic()
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - changed_at < 0.1
+        (change,) = await backend.changes_since(0)
+        assert change.job_id == env.id and change.record["state"] == "queued"
+    finally:
+        await writer.close()
+
+
+async def test_waiters_recover_when_the_wake_up_connection_is_killed(
+    prefix: str, raw: aioredis.Redis
+) -> None:
+    # Given a backend whose connections carry a name we can find
+    name = "offload-kill-" + prefix.rstrip(":")
+    b = await opened(redis_url(prefix, client_name=name))
+    try:
+        assert await b.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
+        # When its pub/sub connection is killed while it waits
+        waiting = asyncio.create_task(b.wait([QUEUE], 10.0))
+        await asyncio.sleep(0.1)
+        subscribers = [
+            c for c in await raw.client_list() if c["name"] == name and int(c["sub"]) > 0
+        ]
+        assert len(subscribers) == 1
+        await raw.client_kill_filter(_id=subscribers[0]["id"])
+        # Then the waiter wakes (it may have missed an announcement) ...
+        await asyncio.wait_for(waiting, 3)
+        # ... and after resubscribing, announcements wake waiters again
+        for _ in range(50):
+            clients = await raw.client_list()
+            if any(c["name"] == name and int(c["sub"]) > 0 for c in clients):
+                break
+            await asyncio.sleep(0.05)
+        assert await b.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
+        waiting = asyncio.create_task(b.wait([QUEUE], 10.0))
+        await asyncio.sleep(0.05)
+        await b.enqueue([envelope()])
+        await asyncio.wait_for(waiting, 2)
+    finally:
+        await b.close()
+
+
+# -- chunked sweeps and indexes ----------------------------------------------------------------
+
+
+async def test_purge_and_prune_sweep_more_than_one_script_chunk(backend: RedisBackend) -> None:
+    # Given 1,200 waiting jobs and 1,200 succeeded ones (more than one script call each)
+    await backend.enqueue([envelope("done") for _ in range(1200)])
+    leases = await backend.claim(["done"], worker_id="w", lease_for=60, limit=1200)
+    assert len(leases) == 1200
+    assert all(await backend.settle([Outcome(lease=le, state=JobState.SUCCEEDED) for le in leases]))
+    waiting = [envelope() for _ in range(1200)]
+    await backend.enqueue(waiting)
+    # When the queue is purged and finished jobs are pruned
+    assert await backend.purge(QUEUE) == 1200
+    assert await backend.prune(-1) == 1200
+    # Then no job is left; the pruned jobs' feed entries are gone (purge keeps the feed, as
+    # the SQL backends do)
+    assert await backend.stats() == {}
+    assert await backend.list_jobs(owner=None, limit=5000) == []
+    feed = await backend.changes_since(0, limit=10_000)
+    assert sorted(c.job_id for c in feed) == sorted(e.id for e in waiting)
+
+
+async def test_a_filtered_listing_walks_past_many_non_matching_jobs(backend: RedisBackend) -> None:
+    dead = envelope(max_attempts=1)
+    await backend.enqueue([dead])
+    (lease,) = await backend.claim([QUEUE], worker_id="w", lease_for=60, limit=1)
+    await backend.settle([Outcome(lease=lease, state=JobState.DEAD)])
+    await backend.enqueue([envelope() for _ in range(1500)])  # newer, all queued
+    assert [r["id"] for r in await backend.list_jobs(owner=None, state="dead")] == [dead.id]
+    page = await backend.list_jobs(owner=None, limit=1000)
+    assert len(page) == 1000
+    rest = await backend.list_jobs(owner=None, before=page[-1]["id"], limit=1000)
+    assert len(rest) == 501 and rest[-1]["id"] == dead.id
+
+
+async def test_one_jobs_changes_come_from_its_own_index(backend: RedisBackend) -> None:
+    envs = [envelope() for _ in range(300)]
+    await backend.enqueue(envs)
+    target = envs[150]
+    leases = await backend.claim([QUEUE], worker_id="w", lease_for=60, limit=300)
+    lease = next(le for le in leases if le.job_id == target.id)
+    assert await backend.progress(lease, 0.5, "half")
+    changes = await backend.changes_since(0, job_id=target.id)
+    assert [c.record["state"] for c in changes] == ["queued", "running", "running"]
+    assert changes[-1].record["progress"] == {"fraction": 0.5, "message": "half"}
+    later = await backend.changes_since(changes[0].seq, job_id=target.id, limit=1)
+    assert [c.seq for c in later] == [changes[1].seq]
+
+
+async def test_an_owner_filtered_feed_read_walks_past_other_owners(backend: RedisBackend) -> None:
+    mine = envelope(owner="alice")
+    await backend.enqueue([envelope(owner="bob") for _ in range(1200)] + [mine])
+    changes = await backend.changes_since(0, owner="alice")
+    assert [c.job_id for c in changes] == [mine.id]
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_server_is_a_clear_error_at_open() -> None:
+    port = _closed_port()
+    b = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0")
+    start = time.monotonic()
+    with pytest.raises(BackendError, match=f"127.0.0.1:{port}") as info:
+        await b.open()
+    assert isinstance(info.value.__cause__, RedisConnectionError)
+    assert time.monotonic() - start < 5
+    with pytest.raises(BackendError, match="not open"):
+        await b.get("x")
+
+
+async def test_driver_errors_are_backend_errors_with_the_cause_kept(
+    backend: RedisBackend,
+) -> None:
+    env = envelope()
+    await backend.enqueue([env])
+    with pytest.raises(BackendError, match="already exists") as info:
+        await backend.enqueue([envelope(), envelope(id=env.id)])
+    assert isinstance(info.value.__cause__, ResponseError)
+
+
+# -- URLs and the factory ----------------------------------------------------------------------
+
+
+def test_url_options_are_parsed() -> None:
+    b = RedisBackend.from_url(
+        "rediss://:pw@cache.example:6380/3?prefix=shop:&pool_size=7&socket_timeout=2"
+    )
+    assert (b.prefix, b.keyspace, b.pool_size) == ("shop:", "{shop:}", 7)
+    assert b.url == "rediss://:pw@cache.example:6380/3?socket_timeout=2"
+    assert RedisBackend.from_url("redis://localhost").prefix == "offload:"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://localhost/0?pool_size=many", "redis://localhost/0?prefix=", "redis://h?pool_size=1"],
+)
+def test_bad_url_options_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        RedisBackend.from_url(url)
+
+
+def test_factory_opens_redis_and_rediss_urls() -> None:
+    assert isinstance(open_backend("redis://localhost:6379/0"), RedisBackend)
+    assert isinstance(open_backend("rediss://localhost:6379/0"), RedisBackend)
+
+
+def test_factory_names_the_extra_when_redis_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    monkeypatch.delitem(sys.modules, "offload.brokers.redis")
+    with pytest.raises(ConfigurationError, match=r"offload\[redis\]"):
+        open_backend("redis://localhost:6379/0")
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+class Step(Message):
+    n: int
+
+
+async def test_a_worker_runs_jobs_end_to_end_on_redis(prefix: str, tmp_path: Path) -> None:
+    # Given an app on Redis with a handler that reports progress and uses Context.once
+    app = App(
+        "redis-e2e", settings=Settings(url=redis_url(prefix), blobs_url=str(tmp_path), lease_s=2.0)
+    )
+    app.message("redis.step", queue="steps")(Step)
+    effects: list[int] = []
+
+    @app.handles(Step)
+    async def step(msg: Step, ctx: Context) -> dict[str, int]:
+        await ctx.progress(0.5, "half")
+        await ctx.once("effect", lambda: effects.append(msg.n))
+        return {"double": msg.n * 2}
+
+    worker = Worker(app, concurrency=8)
+    async with app:
+        jobs = await app.enqueue_many([Step(n=i) for i in range(50)])
+        running = asyncio.create_task(worker.run())
+        try:
+            # When the worker drains the queue
+            records = [await job.wait(timeout=20) for job in jobs]
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(running, 20)
+        # Then every job succeeded once, with its result and its progress in the feed
+        assert [r["state"] for r in records] == ["succeeded"] * 50
+        assert [r["result"] for r in records] == [{"double": i * 2} for i in range(50)]
+        assert sorted(effects) == list(range(50))
+        states = [c.record["state"] for c in await app.backend.changes_since(0, job_id=jobs[0].id)]
+        assert states == ["queued", "running", "running", "succeeded"]
