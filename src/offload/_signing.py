@@ -6,8 +6,11 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
+
+_EPOCH = re.compile(r"[0-9]{1,12}")
 
 
 def sign(secret: bytes, *parts: str) -> str:
@@ -17,8 +20,12 @@ def sign(secret: bytes, *parts: str) -> str:
 
 
 def verify(secret: bytes, signature: str, *parts: str) -> bool:
-    """Constant-time check of a signature made by `sign`."""
-    return hmac.compare_digest(sign(secret, *parts), signature)
+    """Constant-time check of a signature made by `sign` (False for any other text)."""
+    try:
+        given = signature.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(sign(secret, *parts).encode("ascii"), given)
 
 
 def signed_query(secret: bytes, path: str, expires: int) -> str:
@@ -28,7 +35,7 @@ def signed_query(secret: bytes, path: str, expires: int) -> str:
 
 def check_signed(secret: bytes, path: str, expires: str, signature: str, now: float) -> bool:
     """True when the signature is valid for `path` and `expires` has not passed."""
-    if not expires.isdigit() or int(expires) < now:
+    if not _EPOCH.fullmatch(expires) or int(expires) < now:
         return False
     return verify(secret, signature, path, expires)
 

@@ -154,10 +154,13 @@ class App:
 
     def spec_of(self, cls_or_kind: type[Message] | str) -> MessageSpec:
         kind = cls_or_kind if isinstance(cls_or_kind, str) else cls_or_kind.__kind__
-        try:
-            return self.kinds[kind]
-        except KeyError:
-            raise UnknownKind(f"no message kind {kind!r} is registered") from None
+        spec = self.kinds.get(kind)
+        if spec is None:
+            raise UnknownKind(f"no message kind {kind!r} is registered")
+        if not isinstance(cls_or_kind, str) and spec.cls is not cls_or_kind:
+            # A subclass inherits __kind__ but is not the registered contract.
+            raise UnknownKind(f"{cls_or_kind.__name__} is not registered (its parent is)")
+        return spec
 
     def handles(
         self,

@@ -441,13 +441,6 @@ async def test_wait_returns_soon_after_an_enqueue(backend: Backend) -> None:
     assert len(await claim(backend)) == 1
 
 
-@pytest.mark.xfail(
-    reason="brokers/sqlite.py _claim records the 'claim' cursor before its own "
-    "BEGIN IMMEDIATE/COMMIT, and _tx bumps _local_writes even when nothing was "
-    "claimed, so wait() after an empty claim returns at once: an idle worker busy-loops "
-    "(~5,000 write transactions/s)",
-    strict=True,
-)
 async def test_wait_after_an_empty_claim_sleeps_until_timeout(backend: Backend) -> None:
     # Given a claimer that found nothing
     assert await claim(backend) == []

@@ -92,12 +92,6 @@ async def test_extend_reports_cancellation_per_lease(backend: Backend) -> None:
     }
 
 
-@pytest.mark.xfail(
-    reason="brokers/sql/sqlite.sql 'rescue' retries an expired job without "
-    "looking at cancel_requested, and 'claim' resets cancel_requested = 0, so a "
-    "cancel of a running job is lost when its worker dies: the job runs again",
-    strict=True,
-)
 async def test_cancel_requested_survives_a_lapsed_lease(backend: Backend) -> None:
     # Given a running job that was cancelled, whose worker then died
     env = envelope()

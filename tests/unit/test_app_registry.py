@@ -111,11 +111,6 @@ def test_handles_on_a_class_registered_with_another_app_raises_unknown_kind() ->
         _app().handles(cls)
 
 
-@pytest.mark.xfail(
-    reason="app.py spec_of looks a class up by its inherited __kind__ ClassVar, "
-    "so an unregistered subclass of a registered message resolves to the parent's kind",
-    strict=True,
-)
 def test_handles_on_an_unregistered_subclass_raises_unknown_kind() -> None:
     app = _app()
     parent = _registered(app, "parent")

@@ -34,12 +34,6 @@ def test_memory_urls_give_a_private_in_memory_database(url: str) -> None:
     assert first.path != second.path  # two backends never share one memory database
 
 
-@pytest.mark.xfail(
-    reason="brokers/sqlite.py from_url: 'sqlite://jobs.db' puts the name in the URL's "
-    "netloc, its path is empty, so it silently becomes an in-memory database (jobs are lost "
-    "on exit) instead of a file or a ConfigurationError",
-    strict=True,
-)
 def test_two_slash_sqlite_url_does_not_silently_lose_jobs() -> None:
     try:
         backend = SQLiteBackend.from_url("sqlite://jobs.db")

@@ -70,20 +70,10 @@ def test_non_numeric_expires_fails(expires: str) -> None:
     assert check_signed(SECRET, PATH, expires, sig, NOW) is False
 
 
-@pytest.mark.xfail(
-    reason="_signing.py check_signed: str.isdigit() accepts '²', then int('²') "
-    "raises ValueError (the /files route answers 500 instead of 403)",
-    strict=True,
-)
 def test_unicode_digit_expires_fails_cleanly() -> None:
     assert check_signed(SECRET, PATH, "²", "x", NOW) is False
 
 
-@pytest.mark.xfail(
-    reason="_signing.py verify: hmac.compare_digest on str raises TypeError for a "
-    "non-ASCII signature (the /files route answers 500 instead of 403)",
-    strict=True,
-)
 def test_non_ascii_signature_fails_cleanly() -> None:
     assert check_signed(SECRET, PATH, str(EXPIRES), "é" * 43, NOW) is False
 

@@ -95,7 +95,7 @@ class PostgresBackend:
         self._listener: asyncio.Task[None] | None = None
         self._versions = {"work": 0, "feed": 0}
         self._seen: dict[str, int] = {}
-        self._wake: asyncio.Future[None] = asyncio.Future()
+        self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
         self._gap_since: float | None = None
 
     @classmethod
@@ -263,11 +263,16 @@ class PostgresBackend:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    def _wake_future(self) -> asyncio.Future[None]:
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
     def _bump(self, *names: str) -> None:
         for name in names:
             self._versions[name] += 1
         wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if not wake.done():
+        if wake is not None and not wake.done():
             wake.set_result(None)
 
     async def _wait_version(self, name: str, timeout: float) -> None:
@@ -278,7 +283,7 @@ class PostgresBackend:
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wake), left)
+                await asyncio.wait_for(asyncio.shield(self._wake_future()), left)
 
     # -- broker -----------------------------------------------------------------------------
 

@@ -24,7 +24,13 @@ from ..contract import (
     Outcome,
     status_record,
 )
-from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from ..errors import (
+    BackendError,
+    ConfigurationError,
+    InvalidTransition,
+    JobNotFound,
+    SchemaError,
+)
 from ._rows import envelope_of as _envelope
 from ._rows import row_of as _row_of
 from ._sql import queries
@@ -88,18 +94,28 @@ class SQLiteBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._local_writes = 0
         self._seen: dict[str, tuple[int, int]] = {}
-        self._wake: asyncio.Future[None] = asyncio.Future()  # replaced in open()
+        self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
-        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`."""
+        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`.
+
+        Raises:
+            ConfigurationError: `sqlite://name.db` (two slashes), which would otherwise
+                silently name a host instead of a file.
+        """
         parts = urlsplit(url)
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        if parts.scheme == "memory" or parts.path in ("", "/", "/:memory:"):
+        synchronous = options.get("synchronous", "NORMAL")
+        if parts.scheme == "memory" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
             path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
-        else:
-            path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        return cls(path, synchronous=options.get("synchronous", "NORMAL"))
+            return cls(path, synchronous=synchronous)
+        if parts.netloc:
+            raise ConfigurationError(
+                f"{url!r} names a host; an SQLite file is sqlite:///relative/path.db "
+                "(three slashes) or sqlite:////absolute/path.db (four)"
+            )
+        return cls(parts.path[1:], synchronous=synchronous)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -154,6 +170,7 @@ class SQLiteBackend:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
         processes never both read the same ready rows and then race to update them."""
         conn = self.conn
+        before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -161,7 +178,8 @@ class SQLiteBackend:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        self._local_writes += 1
+        if conn.total_changes != before:  # only real writes wake this process's waiters
+            self._local_writes += 1
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         conn.executemany(
@@ -260,13 +278,12 @@ class SQLiteBackend:
         now = self.clock.now()
         token = secrets.token_hex(12)
         expires = now + lease_for
+        ready = Q["claim_ids"].format(queues=_placeholders(len(queues)))
+        # Look before taking the write lock: idle workers then never contend with writers.
+        if not self.conn.execute(ready, (*queues, now, 1)).fetchone():
+            return []
         with self._tx() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    Q["claim_ids"].format(queues=_placeholders(len(queues))), (*queues, now, limit)
-                )
-            ]
+            ids = [r[0] for r in conn.execute(ready, (*queues, now, limit))]
             if not ids:
                 return []
             rows = self._returning(
@@ -372,10 +389,15 @@ class SQLiteBackend:
         """Moves whenever anyone (another process, or this instance) commits a write."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0], self._local_writes
 
+    def _wake_future(self) -> asyncio.Future[None]:
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
     def _wake_waiters(self) -> None:
         """Wake this process's waiters at once after a local write (others poll)."""
         wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if not wake.done():
+        if wake is not None and not wake.done():
             wake.set_result(None)
 
     async def _wait_change(self, timeout: float, seen: str) -> None:
@@ -394,7 +416,7 @@ class SQLiteBackend:
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wake), min(self.poll_s, left))
+                await asyncio.wait_for(asyncio.shield(self._wake_future()), min(self.poll_s, left))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         # Don't sleep past the next scheduled job in these queues.

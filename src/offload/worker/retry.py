@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -26,16 +27,26 @@ class Backoff:
     jitter: float = DEFAULT_JITTER
 
     def __post_init__(self) -> None:
-        if self.base_s < 0 or self.factor < 1 or self.cap_s < 0 or not 0 <= self.jitter <= 1:
-            raise ValueError("backoff needs base_s >= 0, factor >= 1, cap_s >= 0, 0<=jitter<=1")
+        # Written as "not (valid)" so that NaN, which fails every comparison, is refused too.
+        valid = (
+            0 <= self.base_s < math.inf
+            and 1 <= self.factor < math.inf
+            and 0 <= self.cap_s
+            and 0 <= self.jitter <= 1
+        )
+        if not valid:
+            raise ValueError(
+                "backoff needs 0 <= base_s, 1 <= factor (finite), 0 <= cap_s, 0 <= jitter <= 1"
+            )
 
     def ceiling(self, attempt: int) -> float:
         """The delay before attempt+1, without jitter. `attempt` counts from 1."""
         exponent = max(0, attempt - 1)
-        # Cap the exponent before computing: factor**1000 overflows a float.
-        if self.factor > 1 and exponent > 64:
+        try:
+            value: float = self.base_s * math.pow(self.factor, exponent)
+        except OverflowError:  # a float power past 1e308 is past any cap
             return self.cap_s
-        return min(self.cap_s, self.base_s * self.factor**exponent)
+        return min(self.cap_s, value)
 
     def delay(self, attempt: int, rand: random.Random | None = None) -> float:
         """The delay before the next attempt after `attempt` failed, with jitter."""

@@ -175,8 +175,10 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE offload_jobs j
-    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
-        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts
+                           THEN now() END,
         run_at = now(), error = %(error)s::jsonb, lease_token = NULL, lease_expires = NULL
     FROM expired WHERE j.id = expired.id
     RETURNING j.*

@@ -102,8 +102,9 @@ WHERE state = 'running' AND lease_expires < ?
 
 -- name: rescue
 UPDATE offload_jobs
-SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'retrying' END,
-    finished_at = CASE WHEN attempt >= max_attempts THEN ? ELSE NULL END,
+SET state = CASE WHEN cancel_requested THEN 'cancelled'
+                 WHEN attempt >= max_attempts THEN 'dead' ELSE 'retrying' END,
+    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN ? ELSE NULL END,
     run_at = ?, error = ?, lease_token = NULL, lease_expires = NULL
 WHERE id = ? AND state = 'running' AND lease_expires < ?
 RETURNING *
