@@ -147,6 +147,8 @@ class Outcome:
         run_at: when to run again, for retrying.
         refund: release without spending the attempt (shutdown).
         max_attempts: the handler's retry budget, stored when it overrides the message's.
+        follow_ups: jobs to enqueue in the same transaction if, and only if, this outcome
+            applies (the lease was still held): notifications of a final state.
     """
 
     lease: Lease
@@ -156,6 +158,7 @@ class Outcome:
     run_at: float | None = None
     refund: bool = False
     max_attempts: int | None = None
+    follow_ups: tuple[Envelope, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

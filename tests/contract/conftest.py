@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pytest
 
 from offload.brokers import Backend, open_backend
 
-from ..services import probe_redis, redis_prefix, redis_url
+from ..services import PgSchema, probe_pg, probe_redis, redis_prefix, redis_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,22 @@ class BackendParam:
     cross_process: bool
     probe: Callable[[], str | None] | None = None
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    #: Removes what `url` made (a database schema), after the test.
+    cleanup: Callable[[str], None] | None = None
+
+
+_pg_schemas: dict[str, PgSchema] = {}
+
+
+def _pg_url(tmp: Path) -> str:
+    schema = PgSchema()
+    url = schema.create_sync()
+    _pg_schemas[url] = schema
+    return url
+
+
+def _pg_cleanup(url: str) -> None:
+    _pg_schemas.pop(url).drop_sync()
 
 
 #: Every backend the contract suite runs against. Adding PostgreSQL or Redis is one entry,
@@ -43,6 +59,14 @@ BACKENDS: dict[str, BackendParam] = {
     ),
     # A private in-memory SQLite database: lives and dies with one backend object.
     "memory": BackendParam(url=lambda tmp: "memory://", cross_process=False),
+    # A fresh schema per test (search_path), migrated, dropped afterwards.
+    "postgres": BackendParam(
+        url=_pg_url,
+        cross_process=True,
+        probe=probe_pg,
+        marks=(pytest.mark.postgres,),
+        cleanup=_pg_cleanup,
+    ),
     # A fresh key prefix per test on the shared Redis; its keys are deleted at session end.
     "redis": BackendParam(
         url=lambda tmp: redis_url(redis_prefix()),
@@ -80,8 +104,13 @@ def backend_param(backend_name: str) -> BackendParam:
 
 
 @pytest.fixture
-def backend_url(backend_param: BackendParam, tmp_path: Path) -> str:
-    return backend_param.url(tmp_path)
+def backend_url(backend_param: BackendParam, tmp_path: Path) -> Iterator[str]:
+    url = backend_param.url(tmp_path)
+    try:
+        yield url
+    finally:
+        if backend_param.cleanup is not None:
+            backend_param.cleanup(url)
 
 
 @pytest.fixture

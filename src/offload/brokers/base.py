@@ -71,7 +71,10 @@ class Broker(Protocol):
         ...
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Apply the outcomes of attempts in one transaction; False where the lease was stale."""
+        """Apply the outcomes of attempts in one transaction; False where the lease was stale.
+
+        The `follow_ups` of each applied outcome are enqueued in the same transaction.
+        """
         ...
 
     async def rescue_expired(self) -> int:
@@ -119,8 +122,11 @@ class JobStore(Protocol):
         """Record progress of a running job; False where the lease is stale."""
         ...
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
         """Cancel: a waiting job ends `cancelled`; a running one is flagged for its worker.
+
+        `follow_ups` are enqueued in the same transaction when the job ends `cancelled`
+        here (not when a running job is only flagged: its worker settles it).
 
         Raises:
             JobNotFound, InvalidTransition (already final).

@@ -97,6 +97,7 @@ class PostgresBackend:
         self._seen: dict[str, int] = {}
         self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
         self._gap_since: float | None = None
+        self._listening = asyncio.Event()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -185,7 +186,11 @@ class PostgresBackend:
         except BaseException:
             await self.close()
             raise
+        self._listening = asyncio.Event()
         self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
+        # Wake-ups count from here: return once LISTEN is in place, so none is missed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 10.0)
 
     def _where(self) -> str:
         parts = urlsplit(self.conninfo)
@@ -255,7 +260,9 @@ class PostgresBackend:
                     await conn.execute("LISTEN offload_work")
                     await conn.execute("LISTEN offload_feed")
                     delay = 0.5
-                    self._bump("work", "feed")  # anything may have happened while away
+                    if self._listening.is_set():
+                        self._bump("work", "feed")  # anything may have happened while away
+                    self._listening.set()
                     async for note in conn.notifies():
                         self._bump("work" if note.channel == "offload_work" else "feed")
             except psycopg.Error as exc:
@@ -408,8 +415,16 @@ class PostgresBackend:
                 for o in outcomes
             ]
         ).decode()
-        rows = await self._fetch(Q["settle"], {"batch": batch})
-        applied = {str(r["id"]) for r in rows}
+        if not any(o.follow_ups for o in outcomes):
+            rows = await self._fetch(Q["settle"], {"batch": batch})
+            applied = {str(r["id"]) for r in rows}
+            return [o.lease.job_id in applied for o in outcomes]
+        async with self._conn() as conn, conn.transaction():
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(Q["settle"], {"batch": batch})
+                applied = {str(r["id"]) for r in await cur.fetchall()}
+            follow_ups = [e for o in outcomes if o.lease.job_id in applied for e in o.follow_ups]
+            await self.enqueue_in(conn, follow_ups)
         return [o.lease.job_id in applied for o in outcomes]
 
     async def rescue_expired(self) -> int:
@@ -488,8 +503,15 @@ class PostgresBackend:
         return bool(rows[0]["count"])
 
     async def _transition(
-        self, first: str, job_id: str, *, fallback: str | None, refused: str
+        self,
+        first: str,
+        job_id: str,
+        *,
+        fallback: str | None,
+        refused: str,
+        follow_ups: Sequence[Envelope] = (),
     ) -> dict[str, Any]:
+        """Try `first`, then `fallback`; `follow_ups` go in with `first` only."""
         key = _uuid(job_id)
         if key is None:
             raise JobNotFound(job_id)
@@ -499,6 +521,8 @@ class PostgresBackend:
                     await cur.execute(sql, {"id": key})
                     rows = await cur.fetchall()
                     if rows:
+                        if sql == Q[first]:
+                            await self.enqueue_in(conn, follow_ups)
                         return _row(rows[0])
                 await cur.execute(Q["get"], {"id": key})
                 current = await cur.fetchone()
@@ -506,12 +530,13 @@ class PostgresBackend:
             raise JobNotFound(job_id)
         raise InvalidTransition(refused.format(id=job_id, state=current["state"]))
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
         return await self._transition(
             "cancel_waiting",
             job_id,
             fallback="cancel_running",
             refused="job {id} is already {state}",
+            follow_ups=follow_ups,
         )
 
     async def requeue(self, job_id: str) -> dict[str, Any]:

@@ -355,6 +355,8 @@ class SQLiteBackend:
                     rows = self._returning(conn, Q["settle_again"], args)
                 applied.append(bool(rows))
                 changed += rows
+                if rows and o.follow_ups:
+                    self._insert(conn, o.follow_ups)
             self._event(conn, changed)
         return applied
 
@@ -362,7 +364,7 @@ class SQLiteBackend:
         if not outcomes:
             return []
         applied = await self._run(self._settle, list(outcomes))
-        if any(o.state.waiting for o in outcomes):
+        if any(o.state.waiting or o.follow_ups for o in outcomes):
             self._wake_waiters()
         return applied
 
@@ -507,11 +509,12 @@ class SQLiteBackend:
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         return await self._run(self._progress, lease, fraction, message)
 
-    def _cancel(self, job_id: str) -> dict[str, Any]:
+    def _cancel(self, job_id: str, follow_ups: Sequence[Envelope]) -> dict[str, Any]:
         with self._tx() as conn:
             rows = self._returning(conn, Q["cancel_waiting"], (self.clock.now(), job_id))
             if rows:
                 self._event(conn, rows)
+                self._insert(conn, follow_ups)
                 return rows[0]
             rows = self._returning(conn, Q["cancel_running"], (job_id,))
             if rows:
@@ -521,8 +524,11 @@ class SQLiteBackend:
             raise JobNotFound(job_id)
         raise InvalidTransition(f"job {job_id} is already {current['state']}")
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        return await self._run(self._cancel, job_id)
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
+        row = await self._run(self._cancel, job_id, follow_ups)
+        if follow_ups and row["state"] == "cancelled":
+            self._wake_waiters()
+        return row
 
     def _requeue(self, job_id: str) -> dict[str, Any]:
         with self._tx() as conn:

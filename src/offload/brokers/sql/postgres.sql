@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS offload_events (
 CREATE INDEX IF NOT EXISTS offload_events_job ON offload_events (job_id, seq);
 CREATE INDEX IF NOT EXISTS offload_events_owner ON offload_events (owner, seq);
 CREATE TABLE IF NOT EXISTS offload_effects (
-    job_id uuid NOT NULL,
+    job_id text NOT NULL,
     key text NOT NULL,
     value jsonb,
     PRIMARY KEY (job_id, key)
@@ -267,6 +267,6 @@ WITH gone AS (
 ), ev AS (
     DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)
 ), fx AS (
-    DELETE FROM offload_effects WHERE job_id IN (SELECT id FROM gone)
+    DELETE FROM offload_effects WHERE job_id IN (SELECT id::text FROM gone)
 )
 SELECT count(*) FROM gone

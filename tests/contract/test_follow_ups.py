@@ -1,0 +1,93 @@
+"""Follow-up jobs (notifications) enqueue atomically with the transition that causes them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from offload.brokers import Backend
+from offload.contract import JobState, Outcome
+
+from ._support import LONG, envelope
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_follow_ups_of_an_applied_outcome_are_enqueued(backend: Backend) -> None:
+    # Given a running job whose outcome carries a follow-up,
+    job = envelope("work")
+    await backend.enqueue([job])
+    (lease,) = await backend.claim(["work"], worker_id="w", lease_for=LONG, limit=1)
+    notify = envelope("notify", kind="offload.webhook", payload={"job_id": job.id})
+    # when the outcome applies,
+    applied = await backend.settle(
+        [Outcome(lease=lease, state=JobState.SUCCEEDED, result=1, follow_ups=(notify,))]
+    )
+    # then the follow-up is a queued job of its own.
+    assert applied == [True]
+    row = await backend.get(notify.id)
+    assert row is not None and row["state"] == "queued" and row["queue"] == "notify"
+    (follow,) = await backend.claim(["notify"], worker_id="w", lease_for=LONG, limit=5)
+    assert follow.envelope.payload == {"job_id": job.id}
+
+
+async def test_follow_ups_of_a_stale_outcome_are_not_enqueued(backend: Backend) -> None:
+    # Given a lease that lapsed and was taken over by another worker,
+    job = envelope("work")
+    await backend.enqueue([job])
+    (first,) = await backend.claim(["work"], worker_id="a", lease_for=0.05, limit=1)
+    await _lapse(backend)
+    (second,) = await backend.claim(["work"], worker_id="b", lease_for=LONG, limit=1)
+    notify = envelope("notify", kind="offload.webhook")
+    # when the first worker reports its outcome late,
+    applied = await backend.settle(
+        [Outcome(lease=first, state=JobState.SUCCEEDED, follow_ups=(notify,))]
+    )
+    # then neither the outcome nor its follow-up is stored.
+    assert applied == [False]
+    assert await backend.get(notify.id) is None
+    assert second.job_id == job.id
+
+
+async def test_cancel_of_a_waiting_job_enqueues_its_follow_ups(backend: Backend) -> None:
+    job = envelope("work")
+    await backend.enqueue([job])
+    notify = envelope("notify", kind="offload.email")
+    row = await backend.cancel(job.id, follow_ups=(notify,))
+    assert row["state"] == "cancelled"
+    stored = await backend.get(notify.id)
+    assert stored is not None and stored["state"] == "queued"
+
+
+async def test_cancel_of_a_running_job_leaves_follow_ups_to_its_worker(
+    backend: Backend,
+) -> None:
+    job = envelope("work")
+    await backend.enqueue([job])
+    await backend.claim(["work"], worker_id="w", lease_for=LONG, limit=1)
+    notify = envelope("notify", kind="offload.email")
+    row = await backend.cancel(job.id, follow_ups=(notify,))
+    assert row["state"] == "running"
+    assert await backend.get(notify.id) is None
+
+
+async def test_a_failing_follow_up_batch_rolls_back_the_outcome(backend: Backend) -> None:
+    # Given a follow-up whose id collides with an existing job (the batch must fail),
+    job, other = envelope("work"), envelope("other")
+    await backend.enqueue([job, other])
+    (lease,) = await backend.claim(["work"], worker_id="w", lease_for=LONG, limit=1)
+    clash = dataclasses.replace(envelope("notify"), id=other.id)
+    # when the outcome is settled, the whole transaction fails,
+    with pytest.raises(Exception):  # noqa: B017 - any backend error
+        await backend.settle([Outcome(lease=lease, state=JobState.SUCCEEDED, follow_ups=(clash,))])
+    # and the job is still running under its lease, to be settled again.
+    row = await backend.get(job.id)
+    assert row is not None and row["state"] == "running"
+
+
+async def _lapse(backend: Backend) -> None:
+    import asyncio
+
+    await asyncio.sleep(0.15)
+    assert await backend.rescue_expired() == 1
