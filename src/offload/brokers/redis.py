@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -369,7 +369,11 @@ class RedisBackend:
     # -- broker -----------------------------------------------------------------------------
 
     @staticmethod
-    def _enqueue_args(e: Envelope) -> list[str]:
+    def _envelope_args(envelopes: Iterable[Envelope]) -> list[str]:
+        return [arg for e in envelopes for arg in RedisBackend._envelope_fields(e)]
+
+    @staticmethod
+    def _envelope_fields(e: Envelope) -> list[str]:
         return [
             e.id, e.kind, str(e.version), e.queue, str(e.priority),
             orjson.dumps(e.payload).decode(), str(e.attempt), str(e.max_attempts),
@@ -386,10 +390,7 @@ class RedisBackend:
         """
         if not envelopes:
             return []
-        args = [_num(self.clock.now())]
-        for e in envelopes:
-            args += self._enqueue_args(e)
-        out = await self._run("enqueue", *args)
+        out = await self._run("enqueue", _num(self.clock.now()), *self._envelope_args(envelopes))
         return [EnqueueResult(id=out[i], created=bool(out[i + 1])) for i in range(0, len(out), 2)]
 
     async def claim(
@@ -429,18 +430,27 @@ class RedisBackend:
         ]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        """Apply the outcomes in one script call; False where the lease was stale."""
+        """Apply the outcomes, with the follow-ups of those that apply, in one script call.
+
+        Returns:
+            Per outcome, False where the lease was stale (its follow-ups are not stored).
+
+        Raises:
+            BackendError: a follow-up's id is already stored; nothing was applied.
+        """
         if not outcomes:
             return []
         now = self.clock.now()
-        args = [_num(now)]
+        args = [_num(now), str(len(outcomes))]
         for o in outcomes:
             args += [
                 o.lease.job_id, o.lease.token, o.state.value, _opt(_json(o.result)),
                 _opt(_json(o.error)), _num(o.run_at if o.run_at is not None else now),
                 "1" if o.refund else "0",
                 _opt(None if o.max_attempts is None else str(o.max_attempts)),
+                str(len(o.follow_ups)),
             ]  # fmt: skip
+        args += self._envelope_args(f for o in outcomes for f in o.follow_ups)
         return [bool(a) for a in await self._run("settle", *args)]
 
     async def rescue_expired(self) -> int:
@@ -516,13 +526,17 @@ class RedisBackend:
             )
         )  # fmt: skip
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a waiting job, or flag a running one for its worker.
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
+        """Cancel a waiting job (storing `follow_ups` with it), or flag a running one for
+        its worker (which settles it, with the follow-ups).
 
         Raises:
-            JobNotFound, InvalidTransition (already final).
+            JobNotFound, InvalidTransition (already final), BackendError (a follow-up's id
+            is already stored; nothing changed).
         """
-        answer = await self._run("cancel", _num(self.clock.now()), job_id)
+        answer = await self._run(
+            "cancel", _num(self.clock.now()), job_id, *self._envelope_args(follow_ups)
+        )
         if answer[0] == "ok":
             return _decode(_pairs(answer[1]))
         if answer[0] == "missing":

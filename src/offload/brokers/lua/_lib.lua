@@ -103,3 +103,68 @@ local function forget(id, row)
     end
   end
 end
+
+-- Envelopes travel as ENVELOPE_WIDTH arguments each (see RedisBackend._envelope_args).
+local ENVELOPE_WIDTH = 15
+
+-- Check envelopes ARGV[first ..] (n of them) before anything is written: returns, per
+-- envelope, true (store it) or the id of the job its idempotency key names; an id already
+-- stored (or repeated in this call) raises, so the whole call stores nothing. `seen` carries
+-- ids and idempotency keys across several checks of one call.
+local function check_envelopes(first, n, seen)
+  local plan = {}
+  for i = 1, n do
+    local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
+    local id, owner, key = ARGV[b + 1], ARGV[b + 12], opt(ARGV[b + 11])
+    local repeats = nil
+    if key ~= nil then
+      local field = idem_field(owner, key)
+      repeats = seen['idem:' .. field] or redis.call('HGET', K .. 'idem', field)
+      if not repeats then seen['idem:' .. field] = id end
+    end
+    if repeats then
+      plan[i] = repeats
+    else
+      if seen['id:' .. id] or redis.call('EXISTS', K .. 'job:' .. id) == 1 then
+        error(redis.error_reply('OFFLOAD job id ' .. id .. ' already exists; nothing was stored'))
+      end
+      seen['id:' .. id] = true
+      plan[i] = true
+    end
+  end
+  return plan
+end
+
+-- Store the envelopes a check planned; appends {id, 1 created / 0 repeat} pairs to `out`
+-- and the queues that got work to `queues`.
+local function store_envelopes(first, plan, now, out, queues)
+  for i = 1, #plan do
+    local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
+    local id = ARGV[b + 1]
+    if plan[i] == true then
+      local queue, priority, run_at, owner = ARGV[b + 4], ARGV[b + 5], ARGV[b + 9], ARGV[b + 12]
+      local key = opt(ARGV[b + 11])
+      local jk = K .. 'job:' .. id
+      redis.call('HSET', jk, 'id', id, 'kind', ARGV[b + 2], 'version', ARGV[b + 3],
+        'queue', queue, 'priority', priority, 'payload', ARGV[b + 6], 'state', 'queued',
+        'attempt', ARGV[b + 7], 'max_attempts', ARGV[b + 8], 'run_at', run_at,
+        'enqueued_at', ARGV[b + 10], 'owner', owner, 'cancel_requested', '0')
+      set_or_del(jk, 'idempotency_key', key)
+      set_or_del(jk, 'trace', opt(ARGV[b + 13]))
+      set_or_del(jk, 'timeout', opt(ARGV[b + 14]))
+      set_or_del(jk, 'options', opt(ARGV[b + 15]))
+      redis.call('ZADD', K .. 'ids', 0, id)
+      redis.call('ZADD', K .. 'own:' .. owner, 0, id)
+      if key ~= nil then redis.call('HSET', K .. 'idem', idem_field(owner, key), id) end
+      redis.call('SADD', K .. 'queues', queue)
+      put_waiting(id, queue, priority, run_at, now)
+      event(id)
+      queues[queue] = true
+      out[#out + 1] = id
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = plan[i]
+      out[#out + 1] = 0
+    end
+  end
+end
