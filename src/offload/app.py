@@ -8,15 +8,19 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .brokers import Backend, open_backend
 from .clock import Clock
 from .contract import EnqueueResult, Envelope, JobState, Message
 from .errors import ConfigurationError, JobNotFound, UnknownKind
+from .notify import base as _notify
 from .settings import Settings
 from .stores import FileBlobStore, open_blobs
 from .worker.retry import Backoff
+
+if TYPE_CHECKING:
+    from .notify.email import EmailTemplate
 
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +42,27 @@ class MessageSpec:
     queue: str
     max_attempts: int
     timeout: float | None
+    #: Webhook target of every job of this kind that names none itself.
+    callback_url: str | None = None
+
+
+def _builtin_kinds() -> dict[str, MessageSpec]:
+    """The delivery kinds every App knows (webhook, email), on the notify queue."""
+    specs = {}
+    for cls, kind in (
+        (_notify.WebhookDelivery, _notify.WEBHOOK_KIND),
+        (_notify.EmailDelivery, _notify.EMAIL_KIND),
+    ):
+        cls.__kind__, cls.__version__, cls.__queue__ = kind, 1, _notify.NOTIFY_QUEUE
+        specs[kind] = MessageSpec(
+            cls,
+            kind,
+            1,
+            _notify.NOTIFY_QUEUE,
+            _notify.DEFAULT_NOTIFY_ATTEMPTS,
+            _notify.DEFAULT_NOTIFY_TIMEOUT_S,
+        )
+    return specs
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +129,10 @@ class App:
         self._url = url
         self.clock = clock or Clock()
         self.kinds: dict[str, MessageSpec] = {}
+        #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.
+        self.internal_kinds = _builtin_kinds()
         self.handlers: dict[str, HandlerSpec] = {}
+        self.email_templates: dict[str, EmailTemplate] = {}
         self._backend: Backend | None = None
         self._blobs: FileBlobStore | None = None
         self._open_lock: asyncio.Lock | None = None
@@ -135,8 +163,18 @@ class App:
         queue: str | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | timedelta | None = None,
+        callback_url: str | None = None,
     ) -> Callable[[M], M]:
-        """Declare a message class as the contract of job kind `kind`."""
+        """Declare a message class as the contract of job kind `kind`.
+
+        Args:
+            callback_url: a webhook target notified when any job of this kind ends, unless
+                the job names its own `callback_url`.
+        """
+        if kind in self.internal_kinds:
+            raise ConfigurationError(f"message kind {kind!r} is built in")
+        if callback_url is not None and not callback_url.startswith(("http://", "https://")):
+            raise ConfigurationError("callback_url must be an http:// or https:// URL")
 
         def register(cls: M) -> M:
             if not (isinstance(cls, type) and issubclass(cls, Message)):
@@ -146,7 +184,7 @@ class App:
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
             self.kinds[kind] = MessageSpec(
-                cls, kind, version, cls.__queue__, max_attempts, _seconds(timeout)
+                cls, kind, version, cls.__queue__, max_attempts, _seconds(timeout), callback_url
             )
             return cls
 
@@ -154,7 +192,7 @@ class App:
 
     def spec_of(self, cls_or_kind: type[Message] | str) -> MessageSpec:
         kind = cls_or_kind if isinstance(cls_or_kind, str) else cls_or_kind.__kind__
-        spec = self.kinds.get(kind)
+        spec = self.kinds.get(kind) or self.internal_kinds.get(kind)
         if spec is None:
             raise UnknownKind(f"no message kind {kind!r} is registered")
         if not isinstance(cls_or_kind, str) and spec.cls is not cls_or_kind:
@@ -187,6 +225,26 @@ class App:
             return fn
 
         return register
+
+    def email_template(self, kind: str, template: EmailTemplate) -> None:
+        """Use `template` for the completion emails of jobs of `kind` ("*": every kind).
+
+        Raises:
+            ConfigurationError: the template names a field that does not exist.
+        """
+        from .notify.email import SAMPLE_CONTEXT
+
+        try:
+            template.render(SAMPLE_CONTEXT)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigurationError(f"email template for {kind!r}: bad field {exc}") from None
+        self.email_templates[kind] = template
+
+    def email_template_of(self, kind: str) -> EmailTemplate:
+        """The email template of `kind`: its own, else the app's "*", else the default."""
+        from .notify.email import DEFAULT_TEMPLATE
+
+        return self.email_templates.get(kind) or self.email_templates.get("*") or DEFAULT_TEMPLATE
 
     @property
     def queues(self) -> list[str]:
@@ -314,13 +372,41 @@ class App:
         return self._sync.call(lambda app: app.enqueue(message, **options))
 
     async def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status record, with its `deliveries` (webhook and email attempts).
+
+        Raises:
+            JobNotFound: no such job.
+        """
         from .contract import status_record
+        from .notify.ledger import deliveries
 
         await self._ensure_open()
         row = await self.backend.get(job_id)
         if row is None:
             raise JobNotFound(job_id)
-        return status_record(row)
+        return {**status_record(row), "deliveries": await deliveries(self.backend, job_id)}
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job: a waiting one ends `cancelled` (and its notifications are enqueued
+        with that change); a running one is flagged for its worker, which settles it.
+
+        Returns:
+            The stored row after the change.
+
+        Raises:
+            JobNotFound, InvalidTransition (already final).
+        """
+        from .notify.plan import follow_ups_of_row
+
+        await self._ensure_open()
+        row = await self.backend.get(job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        # The marker (the waiting row's run_at) tells this cancellation apart from a later
+        # one of the same job after a re-queue.
+        ended = {**row, "state": JobState.CANCELLED.value}
+        notes = follow_ups_of_row(self, ended, marker=f"cancel:{row['run_at']!r}")
+        return await self.backend.cancel(job_id, follow_ups=notes)
 
 
 class _SyncRunner:
@@ -334,6 +420,7 @@ class _SyncRunner:
         self.thread.start()
         self.twin = App(app.name, settings=app.settings, clock=app.clock)
         self.twin.kinds = app.kinds
+        self.twin.internal_kinds = app.internal_kinds
 
     def call(self, fn: Callable[[App], Coroutine[Any, Any, T] | Awaitable[T]]) -> T:
         async def run() -> T:

@@ -8,6 +8,8 @@ OffloadError
 │   ├── UnknownKind
 │   ├── JobNotFound
 │   └── InvalidTransition
+├── DeliveryError          (a webhook or email could not be delivered; retried)
+│   └── TargetRefused      (the target is not allowed: never retried)
 └── HandlerSignal          (raised by handlers to steer their own job)
     ├── Retry
     └── Cancel
@@ -46,6 +48,23 @@ class JobNotFound(JobError):
 
 class InvalidTransition(JobError):
     """The job is not in a state that allows this change."""
+
+
+class DeliveryError(OffloadError):
+    """A notification could not be delivered; the delivery job is retried.
+
+    Args:
+        message: what went wrong.
+        code: the receiver's answer (an HTTP status or SMTP reply code), when it gave one.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TargetRefused(DeliveryError):
+    """The notification's target is not allowed (a private address, a bad URL)."""
 
 
 class HandlerSignal(Exception):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +23,15 @@ DEFAULT_LINK_TTL_S = 3600.0
 DEFAULT_LEASE_S = 30.0
 #: How long succeeded, failed and cancelled jobs are kept before workers prune them (seconds).
 DEFAULT_RETENTION_S = 7 * 86400.0
+#: Longest wait for a webhook receiver to answer (seconds): short, a delivery is retried.
+DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
+#: Sender address of notification emails.
+DEFAULT_EMAIL_FROM = "offload@localhost"
+#: Base URL of the web tier as users reach it, for links in webhooks and emails.
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+#: Delay before the first retry of a failed webhook or email delivery (seconds); it doubles.
+DEFAULT_NOTIFY_BACKOFF_S = 5.0
+_WHSEC = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
 
 
 def parse_tokens(raw: str | None) -> dict[str, str]:
@@ -38,6 +50,27 @@ def parse_tokens(raw: str | None) -> dict[str, str]:
     return tokens
 
 
+def parse_webhook_secrets(raw: str | None) -> tuple[str, ...]:
+    """`whsec_…,whsec_…` → the secrets, each checked to be `whsec_` + base64 of a key."""
+    secrets = tuple(s.strip() for s in (raw or "").split(",") if s.strip())
+    for secret in secrets:
+        try:
+            size = len(base64.b64decode(secret[6:] + "==")) if _WHSEC.match(secret) else 0
+            ok = 24 <= size <= 64
+        except binascii.Error:
+            ok = False
+        if not ok:
+            raise ConfigurationError(
+                "OFFLOAD_WEBHOOK_SECRETS must be comma-separated whsec_<base64 key of 24 to 64 "
+                "bytes> secrets (Standard Webhooks)"
+            )
+    return secrets
+
+
+def _flag(raw: str | None) -> bool:
+    return (raw or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable, read once from the environment by `Settings.from_env()`."""
@@ -51,6 +84,15 @@ class Settings:
     link_ttl_s: float = DEFAULT_LINK_TTL_S
     lease_s: float = DEFAULT_LEASE_S
     retention_s: float = DEFAULT_RETENTION_S
+    #: Standard Webhooks secrets; each one signs every delivery (rotation).
+    webhook_secrets: tuple[str, ...] = ()
+    #: Deliver webhooks to loopback and private addresses too (development, tests).
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S
+    smtp_url: str | None = None
+    email_from: str = DEFAULT_EMAIL_FROM
+    public_url: str = DEFAULT_PUBLIC_URL
+    notify_backoff_s: float = DEFAULT_NOTIFY_BACKOFF_S
 
     @property
     def dev_mode(self) -> bool:
@@ -72,6 +114,15 @@ class Settings:
                 link_ttl_s=float(e.get("OFFLOAD_LINK_TTL") or DEFAULT_LINK_TTL_S),
                 lease_s=float(e.get("OFFLOAD_LEASE") or DEFAULT_LEASE_S),
                 retention_s=float(e.get("OFFLOAD_RETENTION") or DEFAULT_RETENTION_S),
+                webhook_secrets=parse_webhook_secrets(e.get("OFFLOAD_WEBHOOK_SECRETS")),
+                webhook_allow_private=_flag(e.get("OFFLOAD_WEBHOOK_ALLOW_PRIVATE")),
+                webhook_timeout_s=float(
+                    e.get("OFFLOAD_WEBHOOK_TIMEOUT") or DEFAULT_WEBHOOK_TIMEOUT_S
+                ),
+                smtp_url=e.get("OFFLOAD_SMTP_URL") or None,
+                email_from=e.get("OFFLOAD_EMAIL_FROM") or DEFAULT_EMAIL_FROM,
+                public_url=(e.get("OFFLOAD_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
+                notify_backoff_s=float(e.get("OFFLOAD_NOTIFY_BACKOFF") or DEFAULT_NOTIFY_BACKOFF_S),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

@@ -90,4 +90,4 @@ async def _lapse(backend: Backend) -> None:
     import asyncio
 
     await asyncio.sleep(0.15)
-    assert await backend.rescue_expired() == 1
+    assert len(await backend.rescue_expired()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import anyio
@@ -134,10 +135,10 @@ async def test_expired_lease_is_rescued_and_redelivered(backend: Backend) -> Non
     env = envelope()
     await backend.enqueue([env])
     (first,) = await claim(backend, lease_for=0.2)
-    assert await backend.rescue_expired() == 0  # not yet lapsed
+    assert await backend.rescue_expired() == []  # not yet lapsed
     # When the lease lapses and the sweeper runs
     await anyio.sleep(0.3)
-    assert await backend.rescue_expired() == 1
+    assert len(await backend.rescue_expired()) == 1
     record = await status(backend, env.id)
     assert record["state"] == "retrying" and record["error"] is not None
     # Then a second claim gets it again, as attempt 2 with a fresh token
@@ -145,7 +146,7 @@ async def test_expired_lease_is_rescued_and_redelivered(backend: Backend) -> Non
     assert second.job_id == env.id
     assert second.envelope.attempt == 2
     assert second.token != first.token
-    assert await backend.rescue_expired() == 0
+    assert await backend.rescue_expired() == []
 
 
 async def test_stale_lease_changes_nothing_after_redelivery(backend: Backend) -> None:
@@ -154,7 +155,7 @@ async def test_stale_lease_changes_nothing_after_redelivery(backend: Backend) ->
     await backend.enqueue([env])
     (first,) = await claim(backend, lease_for=0.2, worker="slow")
     await anyio.sleep(0.3)
-    assert await backend.rescue_expired() == 1
+    assert len(await backend.rescue_expired()) == 1
     (second,) = await claim(backend, worker="fresh")
     # When the slow first worker reports with its stale lease
     assert await backend.settle([done(first, "stale")]) == [False]
@@ -204,7 +205,7 @@ async def test_heartbeat_keeps_a_job_leased_past_its_first_expiry(backend: Backe
         await anyio.sleep(0.1)
         (ext,) = await backend.extend([lease], lease_for=0.3)
         assert ext.held and not ext.cancel_requested
-        assert await backend.rescue_expired() == 0
+        assert await backend.rescue_expired() == []
     # Then the job is still running under the same lease, and its ack is taken
     assert (await status(backend, env.id))["state"] == "running"
     assert await backend.settle([done(lease)]) == [True]
@@ -217,7 +218,7 @@ async def test_lease_lapses_once_heartbeats_stop(backend: Backend) -> None:
     await anyio.sleep(0.1)
     await backend.extend([lease], lease_for=0.2)
     await anyio.sleep(0.3)
-    assert await backend.rescue_expired() == 1
+    assert len(await backend.rescue_expired()) == 1
     (ext,) = await backend.extend([lease], lease_for=LONG)
     assert ext.held is False
 
@@ -229,12 +230,12 @@ async def test_expired_lease_on_the_last_attempt_goes_dead(backend: Backend) -> 
     # When both attempts lose their lease
     await claim(backend, lease_for=0.1)
     await anyio.sleep(0.2)
-    assert await backend.rescue_expired() == 1
+    assert len(await backend.rescue_expired()) == 1
     assert (await status(backend, env.id))["state"] == "retrying"
     (again,) = await claim(backend, lease_for=0.1)
     assert again.envelope.attempt == 2
     await anyio.sleep(0.2)
-    assert await backend.rescue_expired() == 1
+    assert len(await backend.rescue_expired()) == 1
     # Then the job is dead, kept, and never claimed again
     record = await status(backend, env.id)
     assert record["state"] == "dead" and record["attempt"] == 2
@@ -482,3 +483,21 @@ async def test_purge_removes_waiting_jobs_only(backend: Backend) -> None:
     assert (await status(backend, other.id))["state"] == "queued"
     assert await backend.settle([done(running)]) == [True]
     assert await backend.purge("p") == 0
+
+
+async def test_rescue_reports_the_rows_it_changed(backend: Backend) -> None:
+    # Given two lapsed jobs: one with budget left, one on its last attempt with options
+    again, last = envelope(max_attempts=3), envelope(max_attempts=1)
+    last = dataclasses.replace(last, options={"callback_url": "https://example.com/hook"})
+    await backend.enqueue([again, last])
+    await claim(backend, lease_for=0.1, limit=2)
+    await anyio.sleep(0.2)
+    # When the sweeper runs
+    rows = {row["id"]: row for row in await backend.rescue_expired()}
+    # Then it reports both rows as they are now: enough to notify the one that ended
+    assert set(rows) == {again.id, last.id}
+    assert rows[again.id]["state"] == "retrying"
+    assert rows[last.id]["state"] == "dead" and rows[last.id]["owner"] == "local"
+    assert rows[last.id]["options"] == {"callback_url": "https://example.com/hook"}
+    assert rows[last.id]["kind"] == last.kind and rows[last.id]["started_at"] is not None
+    assert await backend.rescue_expired() == []

@@ -77,8 +77,14 @@ class Broker(Protocol):
         """
         ...
 
-    async def rescue_expired(self) -> int:
-        """Sweep running jobs whose lease lapsed: retry them, or `dead` when no budget is left."""
+    async def rescue_expired(self) -> list[dict[str, Any]]:
+        """Sweep running jobs whose lease lapsed: retry them, `dead` when no budget is left,
+        `cancelled` when cancellation was requested.
+
+        Returns:
+            The stored rows of the rescued jobs after the sweep (the caller notifies those
+            that ended); empty when nothing lapsed.
+        """
         ...
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:

@@ -427,12 +427,12 @@ class PostgresBackend:
             await self.enqueue_in(conn, follow_ups)
         return [o.lease.job_id in applied for o in outcomes]
 
-    async def rescue_expired(self) -> int:
+    async def rescue_expired(self) -> list[dict[str, Any]]:
         error = orjson.dumps(
             {"type": "LeaseExpired", "message": "the worker stopped heartbeating; its lease lapsed"}
         )
         rows = await self._fetch(Q["rescue"], {"error": error.decode()})
-        return int(rows[0]["count"])
+        return [_row(r) for r in rows]
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         rows = await self._fetch(Q["next_run_at"], {"queues": list(queues)})

@@ -453,16 +453,19 @@ class RedisBackend:
         args += self._envelope_args(f for o in outcomes for f in o.follow_ups)
         return [bool(a) for a in await self._run("settle", *args)]
 
-    async def rescue_expired(self) -> int:
-        """Retry (or bury, when the budget is spent) running jobs whose lease lapsed."""
+    async def rescue_expired(self) -> list[dict[str, Any]]:
+        """Retry (or bury, when the budget is spent) running jobs whose lease lapsed; returns
+        their rows after the sweep."""
         error = orjson.dumps(_LEASE_EXPIRED).decode()
-        total = 0
+        ids: list[str] = []
         while True:
-            answer: list[int] = await self._run("rescue", _num(self.clock.now()), error, _CHUNK)
-            rescued, scanned = answer
-            total += rescued
+            answer: list[Any] = await self._run("rescue", _num(self.clock.now()), error, _CHUNK)
+            _rescued, scanned, done = answer
+            ids += done
             if scanned < _CHUNK:
-                return total
+                break
+        rows = [await self.get(job_id) for job_id in ids]
+        return [row for row in rows if row is not None]
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued (ready now), scheduled, running, dead, oldest_age_s; read from

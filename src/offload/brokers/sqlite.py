@@ -368,7 +368,7 @@ class SQLiteBackend:
             self._wake_waiters()
         return applied
 
-    def _rescue(self) -> int:
+    def _rescue(self) -> list[dict[str, Any]]:
         now = self.clock.now()
         error = _dumps(
             {"type": "LeaseExpired", "message": "the worker stopped heartbeating; its lease lapsed"}
@@ -379,13 +379,13 @@ class SQLiteBackend:
             for job_id, _attempt, _max in expired:
                 changed += self._returning(conn, Q["rescue"], (now, now, error, job_id, now))
             self._event(conn, changed)
-        return len(changed)
+        return changed
 
-    async def rescue_expired(self) -> int:
-        n = await self._run(self._rescue)
-        if n:
+    async def rescue_expired(self) -> list[dict[str, Any]]:
+        rows = await self._run(self._rescue)
+        if rows:
             self._wake_waiters()
-        return n
+        return rows
 
     def _version(self) -> tuple[int, int]:
         """Moves whenever anyone (another process, or this instance) commits a write."""

@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, Response
 
-from .._signing import check_signed, load_or_create_key
+from .._links import signing_key as signing_key  # re-exported: importers predate _links
+from .._signing import check_signed
 from ..app import App
 from ..errors import BackendError, ConfigurationError, OffloadError
 from ..settings import Settings
@@ -28,15 +28,6 @@ from .problems import JSONResponse, Problem, problem
 from .routes import router
 
 log = logging.getLogger("offload.web")
-
-
-def signing_key(settings: Settings) -> bytes:
-    """OFFLOAD_SECRET_KEY, else a key kept beside the blobs (shared by local processes)."""
-    if settings.secret_key:
-        return settings.secret_key
-    from ..stores import open_blobs
-
-    return load_or_create_key(Path(open_blobs(settings.blobs_url).root) / ".signing-key")
 
 
 def check_bind(host: str, settings: Settings) -> None:

@@ -2,51 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from .._links import Presenter, blob_refs
 
-from .._signing import signed_query
-from ..contract import status_record
-from ..stores.blobs import BLOB_REF_PREFIX, blob_path
-
-
-def blob_refs(value: Any) -> list[str]:
-    """Every `blob:<key>` reference inside a JSON value, in order."""
-    if isinstance(value, str):
-        return [value[len(BLOB_REF_PREFIX) :]] if value.startswith(BLOB_REF_PREFIX) else []
-    if isinstance(value, dict):
-        return [k for v in value.values() for k in blob_refs(v)]
-    if isinstance(value, list):
-        return [k for v in value for k in blob_refs(v)]
-    return []
-
-
-class Presenter:
-    """Turns stored rows and feed records into API records with signed, expiring links."""
-
-    def __init__(self, secret: bytes, ttl_s: float, prefix: str = "") -> None:
-        self.secret = secret
-        self.ttl_s = ttl_s
-        self.prefix = prefix
-
-    def link(self, key: str, now: float | None = None) -> str:
-        path = blob_path(key)
-        expires = int((now or time.time()) + self.ttl_s)
-        return f"{self.prefix}{path}?{signed_query(self.secret, path, expires)}"
-
-    def sign_refs(self, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(BLOB_REF_PREFIX):
-            return self.link(value[len(BLOB_REF_PREFIX) :])
-        if isinstance(value, dict):
-            return {k: self.sign_refs(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.sign_refs(v) for v in value]
-        return value
-
-    def record(self, record: dict[str, Any]) -> dict[str, Any]:
-        if record.get("result") is None:
-            return record
-        return {**record, "result": self.sign_refs(record["result"])}
-
-    def row(self, row: dict[str, Any]) -> dict[str, Any]:
-        return self.record(status_record(row))
+__all__ = ["Presenter", "blob_refs"]

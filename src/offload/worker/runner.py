@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -10,7 +11,7 @@ import random
 import secrets
 import socket
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +21,9 @@ from pydantic import BaseModel, ValidationError
 from ..app import App, HandlerSpec
 from ..contract import JobState, Lease, Outcome
 from ..errors import BackendError, Cancel, ConfigurationError, Retry
+from ..notify.base import NOTIFY_QUEUE, Notifier
+from ..notify.dispatch import Dispatcher
+from ..notify.plan import follow_ups, follow_ups_of_row
 from .context import Context
 from .retry import should_retry
 
@@ -64,6 +68,9 @@ class Worker:
         concurrency: handlers running at once.
         lease_s: lease length; a heartbeat renews it while the handler runs.
         grace_s: on stop, how long running jobs may finish before they are released.
+        notifiers: the `webhook` and `email` notifiers of delivery jobs (defaults from the
+            settings); delivery jobs are claimed from the notify queue unless `queues` is
+            given without it.
     """
 
     def __init__(
@@ -76,14 +83,17 @@ class Worker:
         grace_s: float = DEFAULT_GRACE_S,
         idle_poll_s: float = DEFAULT_IDLE_POLL_S,
         worker_id: str | None = None,
+        notifiers: Mapping[str, Notifier] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         self.app = app
         handled = sorted({h.message.queue for h in app.handlers.values()})
-        self.queues = list(queues) if queues else handled
-        if not self.queues:
+        if not (queues or handled):
             raise ConfigurationError(f"app {app.name!r} has no handlers: import its worker module")
+        self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
+        self.dispatcher = Dispatcher(app, **(notifiers or {}))
+        self.handlers = {**self.dispatcher.handlers(), **app.handlers}
         self.concurrency = concurrency
         self.lease_s = lease_s or app.settings.lease_s
         self.grace_s = grace_s
@@ -191,7 +201,7 @@ class Worker:
     # -- one job ----------------------------------------------------------------------------
 
     async def _execute(self, lease: Lease, ctx: Context) -> None:
-        spec = self.app.handlers.get(lease.envelope.kind)
+        spec = self.handlers.get(lease.envelope.kind)
         outcome: Outcome | None
         try:
             outcome = await self._attempt(lease, ctx, spec)
@@ -199,6 +209,18 @@ class Worker:
             outcome = self._interrupted(lease, spec)
         if outcome is None:
             return
+        if outcome.state.final:
+            # Notifications of the final state commit with it, and only if it applies.
+            env = lease.envelope
+            notes = follow_ups(
+                self.app,
+                job_id=env.id,
+                kind=env.kind,
+                options=env.options,
+                state=outcome.state,
+                marker=lease.token,
+            )
+            outcome = dataclasses.replace(outcome, follow_ups=notes)
         self._pending.append(outcome)
         self._pending_ready.set()
 
@@ -357,9 +379,10 @@ class Worker:
                 if rescued:
                     log.warning(
                         "rescued %d jobs whose lease lapsed",
-                        rescued,
-                        extra={"action": "rescue", "count": rescued},
+                        len(rescued),
+                        extra={"action": "rescue", "count": len(rescued)},
                     )
+                    await self._notify_rescued(rescued)
                 if loop.time() >= next_prune:
                     next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S
                     pruned = await backend.prune(self.app.settings.retention_s)
@@ -368,6 +391,24 @@ class Worker:
             except BackendError as exc:
                 log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
             await asyncio.sleep(every)
+
+    async def _notify_rescued(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Enqueue the notifications of jobs the sweep ended (dead, or cancelled).
+
+        Not in the sweep's transaction (backends sweep in one statement or script): a crash
+        between the two loses these notifications. The marker is the lapsed attempt's start,
+        so a repeat collapses on the idempotency key.
+        """
+        notes = [
+            envelope
+            for row in rows
+            if JobState(row["state"]).final
+            for envelope in follow_ups_of_row(
+                self.app, row, marker=f"rescue:{row.get('started_at')!r}"
+            )
+        ]
+        if notes:
+            await self.app.backend.enqueue(notes)
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -395,7 +436,10 @@ class Worker:
         for task in side.values():
             task.cancel()
         await asyncio.gather(*side.values(), return_exceptions=True)
-        if self._pending:  # settler gone (or failing): one last direct try
-            batch, self._pending = self._pending, []
-            await self.app.backend.settle(batch)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        try:
+            if self._pending:  # settler gone (or failing): one last direct try
+                batch, self._pending = self._pending, []
+                await self.app.backend.settle(batch)
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self.dispatcher.aclose()

@@ -1,9 +1,10 @@
 -- rescue: ARGV = K, now, error, max. Running jobs whose lease expired before `now` go back
 -- to retrying (run now); they end cancelled when cancellation was requested, dead when their
--- budget is spent. Returns {rescued, entries scanned}.
+-- budget is spent. Returns {rescued, entries scanned, {ids of the rescued jobs}}.
 local now, err, max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', K .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, max)
 local rescued = 0
+local ids = {}
 local woken = {}
 for _, id in ipairs(expired) do
   local jk = K .. 'job:' .. id
@@ -33,8 +34,9 @@ for _, id in ipairs(expired) do
     end
     event(id)
     rescued = rescued + 1
+    ids[rescued] = id
   end
 end
 announce_changes()
 announce_work(woken)
-return {rescued, #expired}
+return {rescued, #expired, ids}

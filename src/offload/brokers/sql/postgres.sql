@@ -186,7 +186,7 @@ WITH expired AS (
     INSERT INTO offload_events (job_id, owner, record)
     SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
 )
-SELECT count(*) FROM upd
+SELECT * FROM upd
 
 -- name: progress
 WITH upd AS (

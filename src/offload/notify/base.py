@@ -1,0 +1,95 @@
+"""The Notifier seam, the notification record, and the built-in delivery message kinds."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..contract import Message
+
+#: The queue every webhook and email delivery job goes to (claimed by workers by default).
+NOTIFY_QUEUE = "offload.notify"
+#: Message kind of a webhook delivery job.
+WEBHOOK_KIND = "offload.webhook"
+#: Message kind of an email delivery job.
+EMAIL_KIND = "offload.email"
+#: The principal that owns delivery jobs (so they never show in a user's job list or stream).
+NOTIFY_OWNER = "offload.notify"
+#: Attempts a delivery gets before it ends `dead` (with the default backoff: about 3 hours).
+DEFAULT_NOTIFY_ATTEMPTS = 12
+#: Longest a single delivery attempt may run, connection and all (seconds).
+DEFAULT_NOTIFY_TIMEOUT_S = 60.0
+
+
+class WebhookDelivery(Message):
+    """Deliver the final status of job `job_id` to `url` (a delivery job's payload)."""
+
+    job_id: str
+    url: str
+    state: str
+    notification_id: str
+
+
+class EmailDelivery(Message):
+    """Email the final status of job `job_id` to `to` (a delivery job's payload)."""
+
+    job_id: str
+    to: str
+    state: str
+    notification_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """One notification of a job's final state, as a notifier delivers it.
+
+    Args:
+        id: stable across retries (`msg_…`): receivers drop repeats by it.
+        channel: `webhook` or `email`.
+        target: the URL or the email address.
+        event: the event type, `job.<state>` (e.g. `job.succeeded`).
+        record: the job's status record, with signed absolute links to its files.
+        sent_at: when this attempt is made (epoch seconds).
+        links: absolute `job` and `result` URLs of the web tier.
+    """
+
+    id: str
+    channel: str
+    target: str
+    event: str
+    record: dict[str, Any]
+    sent_at: float
+    links: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """A delivery the receiver accepted: its answer code and a short description."""
+
+    code: int | None
+    detail: str = ""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers one notification over one channel."""
+
+    async def deliver(self, notification: Notification) -> Receipt:
+        """Deliver once; the caller (a delivery job) retries.
+
+        Raises:
+            TargetRefused: the target is not allowed; retrying cannot help.
+            DeliveryError: this attempt failed (with the receiver's code when it answered).
+        """
+        ...
+
+
+def notification_id(job_id: str, state: str, marker: str) -> str:
+    """The stable id of the notification of one final state of a job.
+
+    `marker` tells apart two final states of one job (it may be re-queued and end again):
+    the lease token of the attempt that settled it, or a timestamp of the transition.
+    """
+    digest = hashlib.blake2s(marker.encode(), digest_size=4).hexdigest()
+    return f"msg_{job_id.replace('-', '')}_{state}_{digest}"

@@ -1,0 +1,186 @@
+"""The handlers of the built-in delivery kinds: read the job, notify, record the attempt."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._links import Presenter, blob_refs, signing_key
+from ..errors import Cancel, DeliveryError, TargetRefused
+from ..worker.retry import Backoff
+from . import ledger
+from .base import (
+    EMAIL_KIND,
+    WEBHOOK_KIND,
+    EmailDelivery,
+    Notification,
+    Notifier,
+    WebhookDelivery,
+)
+from .plan import targets
+from .webhook import WebhookNotifier, new_client, redact
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..app import App, HandlerSpec
+    from ..worker.context import Context
+
+log = logging.getLogger("offload.notify")
+
+#: How long links in an email stay valid (seconds): mail is read later than webhooks.
+DEFAULT_EMAIL_LINK_TTL_S = 7 * 86400.0
+#: Longest delay between two delivery attempts (seconds).
+DEFAULT_NOTIFY_BACKOFF_CAP_S = 3600.0
+
+
+class Dispatcher:
+    """Runs delivery jobs for one worker: one notifier per channel, shared by all jobs.
+
+    Args:
+        app: the app whose jobs are notified (its settings and store).
+        webhook: the webhook notifier; by default a WebhookNotifier from the settings.
+        email: the email notifier; by default an EmailNotifier when OFFLOAD_SMTP_URL is set.
+    """
+
+    def __init__(
+        self, app: App, *, webhook: Notifier | None = None, email: Notifier | None = None
+    ) -> None:
+        self.app = app
+        s = app.settings
+        self._client: httpx.AsyncClient | None = None
+        if webhook is None:
+            self._client = new_client(s.webhook_timeout_s)
+            webhook = WebhookNotifier(
+                self._client,
+                secrets=s.webhook_secrets,
+                allow_private=s.webhook_allow_private,
+                timeout_s=s.webhook_timeout_s,
+            )
+            if not s.webhook_secrets:
+                log.warning(
+                    "OFFLOAD_WEBHOOK_SECRETS is not set: webhooks go out unsigned",
+                    extra={"action": "webhook_unsigned"},
+                )
+        if email is None and s.smtp_url:
+            from .email import EmailNotifier, parse_smtp_url
+
+            email = EmailNotifier(
+                parse_smtp_url(s.smtp_url),
+                sender=s.email_from,
+                templates=app.email_template_of,
+                app_name=app.name,
+            )
+        self.notifiers: dict[str, Notifier | None] = {"webhook": webhook, "email": email}
+        key = signing_key(s)
+        self.presenters = {
+            "webhook": Presenter(key, s.link_ttl_s, prefix=s.public_url),
+            "email": Presenter(key, max(s.link_ttl_s, DEFAULT_EMAIL_LINK_TTL_S), s.public_url),
+        }
+
+    def handlers(self) -> dict[str, HandlerSpec]:
+        """Handler specs of the delivery kinds, for the worker's handler table."""
+        from ..app import HandlerSpec
+
+        backoff = Backoff(
+            base_s=self.app.settings.notify_backoff_s, cap_s=DEFAULT_NOTIFY_BACKOFF_CAP_S
+        )
+        return {
+            kind: HandlerSpec(
+                fn=fn,
+                message=self.app.spec_of(kind),
+                max_attempts=None,
+                timeout=None,
+                backoff=backoff,
+                is_async=True,
+            )
+            for kind, fn in ((WEBHOOK_KIND, self.webhook), (EMAIL_KIND, self.email))
+        }
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def webhook(self, msg: WebhookDelivery, ctx: Context) -> dict[str, Any]:
+        return await self._deliver(
+            "webhook", msg.url, msg.job_id, msg.state, msg.notification_id, ctx
+        )
+
+    async def email(self, msg: EmailDelivery, ctx: Context) -> dict[str, Any]:
+        return await self._deliver("email", msg.to, msg.job_id, msg.state, msg.notification_id, ctx)
+
+    def _notification(
+        self, channel: str, target: str, row: dict[str, Any], state: str, nid: str
+    ) -> Notification:
+        """The notification, from the job's status record as it is now.
+
+        Raises:
+            Cancel: the job no longer asks for this delivery, or it moved on.
+        """
+        job_id = row["id"]
+        if targets(self.app, row["kind"], row.get("options")).get(channel) != target:
+            raise Cancel(f"job {job_id} does not ask for this {channel} delivery")
+        if row["state"] != state:
+            raise Cancel(f"job {job_id} is {row['state']} now, no longer {state}")
+        presenter = self.presenters[channel]
+        record = presenter.row(row)
+        base = presenter.prefix
+        refs = blob_refs(row.get("result")) if state == "succeeded" else []
+        result = presenter.link(refs[0]) if len(refs) == 1 else f"{base}/v1/jobs/{job_id}/result"
+        return Notification(
+            id=nid,
+            channel=channel,
+            target=target,
+            event=f"job.{state}",
+            record=record,
+            sent_at=time.time(),
+            links={"job": f"{base}/v1/jobs/{job_id}", "result": result},
+        )
+
+    async def _deliver(
+        self, channel: str, target: str, job_id: str, state: str, nid: str, ctx: Context
+    ) -> dict[str, Any]:
+        shown = redact(target) if channel == "webhook" else target
+
+        async def record(state: str, **attempt: Any) -> None:
+            await ledger.record_attempt(
+                self.app.backend,
+                job_id,
+                channel=channel,
+                notification=nid,
+                target=shown,
+                state=state,
+                at=time.time(),
+                attempt=ctx.attempt,
+                **attempt,
+            )
+
+        row = await self.app.backend.get(job_id)
+        if row is None:
+            raise Cancel(f"job {job_id} no longer exists")
+        try:
+            notification = self._notification(channel, target, row, state, nid)
+        except Cancel as stop:
+            await record("superseded", error=stop.reason)
+            raise
+        notifier = self.notifiers[channel]
+        started = time.monotonic()
+        try:
+            if notifier is None:
+                raise DeliveryError("OFFLOAD_SMTP_URL is not set: this worker cannot send email")
+            receipt = await notifier.deliver(notification)
+        except TargetRefused as exc:
+            await record("refused", error=str(exc), duration_s=time.monotonic() - started)
+            raise Cancel(f"{channel} target refused: {exc}") from None
+        except Exception as exc:
+            last = ctx.attempt >= ctx.max_attempts
+            await record(
+                "failed" if last else "retrying",
+                code=getattr(exc, "code", None),
+                error=str(exc) or type(exc).__name__,
+                duration_s=time.monotonic() - started,
+            )
+            raise
+        await record("delivered", code=receipt.code, duration_s=time.monotonic() - started)
+        return {"notification": nid, "channel": channel, "target": shown, "code": receipt.code}

@@ -1,0 +1,206 @@
+"""Email on completion: SMTP URLs, per-kind templates, and EmailNotifier (aiosmtplib)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+from ..errors import ConfigurationError, DeliveryError, TargetRefused
+from .base import Notification, Receipt
+
+#: Longest wait for the SMTP server, per command (seconds).
+DEFAULT_SMTP_TIMEOUT_S = 30.0
+
+_OUTCOMES = {
+    "succeeded": "is done",
+    "failed": "failed",
+    "dead": "failed after every retry",
+    "cancelled": "was cancelled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPConfig:
+    """Where and how to send mail, from `smtp://` or `smtps://` URLs."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False
+    start_tls: bool = False
+    timeout_s: float = DEFAULT_SMTP_TIMEOUT_S
+
+
+def parse_smtp_url(url: str) -> SMTPConfig:
+    """`smtp://user:pass@host:587?starttls=1` (STARTTLS required), `smtp://host:25` (plain),
+    `smtps://user:pass@host:465` (TLS from the start); `?timeout=` in seconds.
+
+    Raises:
+        ConfigurationError: another scheme, or no host.
+    """
+    parts = urlsplit(url)
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigurationError(
+            "OFFLOAD_SMTP_URL must look like smtp://user:pass@host:587?starttls=1 or "
+            "smtps://user:pass@host:465"
+        )
+    tls = parts.scheme == "smtps"
+    start_tls = options.get("starttls", "0").lower() in ("1", "true", "yes")
+    try:
+        timeout = float(options.get("timeout", DEFAULT_SMTP_TIMEOUT_S))
+        port = parts.port or (465 if tls else 587 if start_tls else 25)
+    except ValueError as exc:
+        raise ConfigurationError(f"bad OFFLOAD_SMTP_URL: {exc}") from None
+    return SMTPConfig(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        use_tls=tls,
+        start_tls=start_tls and not tls,
+        timeout_s=timeout,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EmailTemplate:
+    """Subject, plain-text and HTML bodies as `str.format` templates.
+
+    Fields: `{app}`, `{kind}`, `{state}`, `{outcome}` (e.g. "is done"), `{job_id}`,
+    `{job_url}`, `{result_url}`, `{finished_at}`, `{error}`. In `html` every value is
+    HTML-escaped. Subclass and override `render` for anything a format string cannot do.
+    """
+
+    subject: str = "{app}: your {kind} job {outcome}"
+    text: str = (
+        "Your {kind} job {outcome}.\n\n"
+        "Result: {result_url}\n"
+        "Status: {job_url}\n\n"
+        "{error}"
+        "Job {job_id}, finished {finished_at}.\n"
+    )
+    html: str = (
+        "<!doctype html><html><body>"
+        "<p>Your <b>{kind}</b> job {outcome}.</p>"
+        '<p><a href="{result_url}">Open the result</a> · <a href="{job_url}">Status</a></p>'
+        "<p>{error}</p>"
+        "<p><small>Job {job_id}, finished {finished_at}.</small></p>"
+        "</body></html>"
+    )
+
+    def render(self, context: Mapping[str, str]) -> tuple[str, str, str]:
+        """(subject, text, html) for one notification."""
+        escaped = {k: html.escape(v) for k, v in context.items()}
+        subject = " ".join(self.subject.format_map(context).split())  # one header line
+        return subject, self.text.format_map(context), self.html.format_map(escaped)
+
+
+#: The template of kinds the app did not give one.
+DEFAULT_TEMPLATE = EmailTemplate()
+#: Values a template is checked against when it is registered.
+SAMPLE_CONTEXT = {
+    k: k
+    for k in (
+        "app",
+        "kind",
+        "state",
+        "outcome",
+        "job_id",
+        "job_url",
+        "result_url",
+        "finished_at",
+        "error",
+    )
+}
+
+
+def template_context(n: Notification, app_name: str) -> dict[str, str]:
+    """The values a template fills in, from a notification."""
+    record = n.record
+    state = str(record["state"])
+    error = record.get("error") or {}
+    message = str(error.get("message", "")) if state != "succeeded" else ""
+    return {
+        "app": app_name,
+        "kind": str(record["kind"]),
+        "state": state,
+        "outcome": _OUTCOMES.get(state, state),
+        "job_id": str(record["id"]),
+        "job_url": n.links.get("job", ""),
+        "result_url": n.links.get("result", ""),
+        "finished_at": str(record.get("finished_at") or ""),
+        "error": f"Error: {message}\n\n" if message else "",
+    }
+
+
+class EmailNotifier:
+    """Sends a notification as a multipart (plain text and HTML) email over SMTP.
+
+    Args:
+        config: the SMTP server (see `parse_smtp_url`).
+        sender: the From address.
+        templates: the template of a kind (the app's override, else the default).
+        app_name: shown in the default subject.
+    """
+
+    def __init__(
+        self,
+        config: SMTPConfig,
+        *,
+        sender: str,
+        templates: Callable[[str], EmailTemplate] | None = None,
+        app_name: str = "offload",
+    ) -> None:
+        self.config = config
+        self.sender = sender
+        self.templates = templates or (lambda _kind: DEFAULT_TEMPLATE)
+        self.app_name = app_name
+
+    def compose(self, n: Notification) -> EmailMessage:
+        template = self.templates(str(n.record["kind"]))
+        subject, text, body = template.render(template_context(n, self.app_name))
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = n.target
+        message["Subject"] = subject
+        message["Date"] = formatdate(n.sent_at, usegmt=True)
+        domain = self.sender.rpartition("@")[2] or "offload"
+        # The notification id is the Message-ID: a stable id receivers can drop repeats by.
+        message["Message-ID"] = f"<{n.id}@{domain}>"
+        message["X-Offload-Job"] = str(n.record["id"])
+        message.set_content(text)
+        message.add_alternative(body, subtype="html")
+        return message
+
+    async def deliver(self, notification: Notification) -> Receipt:
+        c = self.config
+        try:
+            _refused, answer = await aiosmtplib.send(
+                self.compose(notification),
+                hostname=c.host,
+                port=c.port,
+                username=c.username,
+                password=c.password,
+                use_tls=c.use_tls,
+                start_tls=c.start_tls,
+                timeout=c.timeout_s,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            if codes and all(500 <= code < 600 for code in codes):
+                raise TargetRefused(f"the mail server refused {notification.target}") from None
+            code = codes[0] if codes else None
+            raise DeliveryError(f"recipient refused: {exc}", code=code) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(f"SMTP {exc.code}: {exc.message}", code=exc.code) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+        return Receipt(code=250, detail=answer[:200])

@@ -1,0 +1,276 @@
+"""Webhooks: Standard Webhooks signatures, the target address check, and WebhookNotifier.
+
+Signing follows the Standard Webhooks specification: the headers `webhook-id` (stable per
+notification), `webhook-timestamp` (epoch seconds of the attempt) and `webhook-signature`
+(`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, one per secret, space-separated).
+
+A target is resolved once, every address it resolves to is checked, and the request goes
+to the checked address (with the original Host header and TLS server name), so a DNS answer
+that changes between check and connect (rebinding) cannot reach an address that was
+refused. Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from ..errors import DeliveryError, TargetRefused
+from .base import Notification, Receipt
+
+#: Resolves a host name to IP address strings (`socket.getaddrinfo` by default).
+Resolver = Callable[[str, int], Sequence[str]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Cloud metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, Alibaba, Azure wireserver):
+#: refused even when private targets are allowed, for no webhook receiver lives there.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
+)
+#: Longest wait for the receiver (seconds) when the notifier is built without a timeout.
+DEFAULT_TIMEOUT_S = 10.0
+#: How far a receiver should accept a webhook-timestamp from its own clock (seconds).
+DEFAULT_TOLERANCE_S = 300.0
+_USER_AGENT = "offload-webhooks/1"
+
+
+# -- signing (pure) -------------------------------------------------------------------------
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret."""
+    return base64.b64decode(secret.removeprefix("whsec_") + "==")
+
+
+def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header: `v1,<signature>` for each secret, space-separated."""
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(secret_key(s), content, hashlib.sha256).digest()).decode()
+        for s in secrets
+    )
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+) -> bool:
+    """Receiver side: True when one `v1` signature in `headers` is valid for `body` and the
+    timestamp is within `tolerance_s` of `now` (replays of old requests fail)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp = lower.get("webhook-id", ""), lower.get("webhook-timestamp", "")
+    if not msg_id or not stamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(stamp)) > tolerance_s:
+        return False
+    expected = sign([secret], msg_id, int(stamp), body).encode()
+    return any(
+        hmac.compare_digest(expected, given.encode())
+        for given in lower.get("webhook-signature", "").split()
+        if given.startswith("v1,") and given.isascii()
+    )
+
+
+# -- the target check (pure, given a resolver) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A checked webhook target: where to connect (`address`) and what to call it."""
+
+    url: httpx.URL
+    address: str
+
+    @property
+    def connect_url(self) -> httpx.URL:
+        return self.url.copy_with(host=self.address)
+
+    @property
+    def host_header(self) -> str:
+        host = self.url.host
+        host = f"[{host}]" if ":" in host else host
+        return host if self.url.port is None else f"{host}:{self.url.port}"
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """TLS server name (and so certificate check) of the host name, not the address."""
+        if self.url.scheme == "https" and _literal(self.url.host) is None:
+            return {"sni_hostname": self.url.host}
+        return {}
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why a webhook may not go to `ip`, or None when it may."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if ip.is_unspecified or ip.is_multicast:
+        return "not a unicast address"
+    if allow_private:
+        return None
+    for test, what in (
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_link_local, "a link-local address"),
+        (ip.is_private, "a private address"),
+        (not ip.is_global, "not a public address"),
+    ):
+        if test:
+            return what
+    return None
+
+
+def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) -> Target:
+    """Parse and check a webhook URL; resolve its host once and check every address.
+
+    Returns:
+        The target, with the first address to connect to.
+
+    Raises:
+        TargetRefused: not http(s), no host, or an address that is not allowed.
+        DeliveryError: the host name does not resolve (perhaps for now: retried).
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise TargetRefused(f"not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise TargetRefused("a webhook target must be an http:// or https:// URL with a host")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    literal = _literal(parsed.host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            found = resolve(parsed.host, port)
+        except OSError as exc:
+            raise DeliveryError(f"cannot resolve {parsed.host}: {exc}") from None
+        addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
+        if not addresses:
+            raise DeliveryError(f"{parsed.host} resolves to no address")
+    for ip in addresses:
+        why = refusal(ip, allow_private=allow_private)
+        if why is not None:
+            raise TargetRefused(f"{parsed.host} is {why} ({ip}); webhooks go to public hosts")
+    return Target(url=parsed, address=str(addresses[0]))
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (blocking: run it in a thread)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def redact(url: str) -> str:
+    """A URL fit to show: without credentials and without its query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
+# -- the notifier ---------------------------------------------------------------------------
+
+
+def new_client(timeout_s: float = DEFAULT_TIMEOUT_S) -> httpx.AsyncClient:
+    """The HTTP client a WebhookNotifier uses by default: no redirects, no proxies from the
+    environment (they would connect on our behalf to addresses we did not check)."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(timeout_s),
+        headers={"user-agent": _USER_AGENT},
+    )
+
+
+class WebhookNotifier:
+    """POSTs signed notifications to webhook targets.
+
+    Args:
+        client: the HTTP client (tests inject transports); redirects are never followed.
+        secrets: `whsec_…` secrets; every one signs each request. None: unsigned.
+        allow_private: allow loopback, private and link-local targets.
+        timeout_s: longest wait for connect and answer.
+        resolve: host name resolver (blocking; it runs in a thread).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        secrets: Sequence[str] = (),
+        allow_private: bool = False,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        resolve: Resolver = system_resolver,
+    ) -> None:
+        self.client = client
+        self.secrets = tuple(secrets)
+        self.allow_private = allow_private
+        self.timeout_s = timeout_s
+        self.resolve = resolve
+
+    def request(self, n: Notification, target: Target) -> httpx.Request:
+        body = orjson.dumps(
+            {"type": n.event, "timestamp": n.record.get("finished_at"), "data": n.record}
+        )
+        stamp = int(n.sent_at)
+        headers = {
+            "host": target.host_header,
+            "content-type": "application/json",
+            "webhook-id": n.id,
+            "webhook-timestamp": str(stamp),
+        }
+        if self.secrets:
+            headers["webhook-signature"] = sign(self.secrets, n.id, stamp, body)
+        return self.client.build_request(
+            "POST",
+            target.connect_url,
+            content=body,
+            headers=headers,
+            extensions={**target.extensions, "timeout": httpx.Timeout(self.timeout_s).as_dict()},
+        )
+
+    async def deliver(self, notification: Notification) -> Receipt:
+        target = await asyncio.to_thread(
+            check_target,
+            notification.target,
+            resolve=self.resolve,
+            allow_private=self.allow_private,
+        )
+        request = self.request(notification, target)
+        try:
+            response = await self.client.send(request, stream=True, follow_redirects=False)
+            await response.aclose()  # the answer's body is not ours to read
+        except httpx.TimeoutException:
+            raise DeliveryError(f"no answer within {self.timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+        code = response.status_code
+        if 200 <= code < 300:
+            return Receipt(code=code, detail=response.reason_phrase)
+        raise DeliveryError(f"the receiver answered {code} {response.reason_phrase}", code=code)
