@@ -1,4 +1,4 @@
-"""The `offload` command line: web, worker, dev, jobs, queues."""
+"""The `offload` command line: web, worker, dev, demo, jobs, queues."""
 
 from __future__ import annotations
 
@@ -181,6 +181,34 @@ def dev(
 
         console.print(f"offload dev on http://{host}:{port} (web + worker: {offload_app.name})")
         _run(main)
+
+
+@cli.command()
+def demo(
+    port: Annotated[int, typer.Option(help="port of the web pages")] = 8000,
+    host: Annotated[str, typer.Option(help="address to serve on (loopback)")] = "127.0.0.1",
+    inline: Annotated[
+        bool, typer.Option("--inline", help="do the slow work inside the request, to compare")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    folder: Annotated[
+        str, typer.Option("--dir", help="working folder (jobs, files, sample data, mail)")
+    ] = ".offload-demo",
+    pace: Annotated[
+        float | None, typer.Option(min=0, help="pause per report month, seconds (default 0.2)")
+    ] = None,
+) -> None:
+    """The reference application: "Export my report", thumbnails and a confirmation email."""
+    from pathlib import Path
+
+    from .demo.launcher import run_demo
+
+    _setup_logging()
+    with _errors():
+        code = run_demo(
+            Path(folder), host=host, port=port, workers=workers, inline=inline, pace_s=pace
+        )
+    raise typer.Exit(code)
 
 
 def _with_app(ref: str | None, url: str | None, fn: Callable[[App], Awaitable[T]]) -> T:

@@ -1,0 +1,154 @@
+"""The confirmation email: SMTP settings from OFFLOAD_SMTP_URL, the message, and sending it."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import ConfigurationError
+from .config import DemoConfig
+from .data import DemoUser, money, period_label
+
+#: Where mail goes when OFFLOAD_SMTP_URL is unset (aiosmtpd's usual port on loopback).
+DEFAULT_SMTP_URL = "smtp://127.0.0.1:8025"
+#: The sender of the demo's emails, unless the URL's `from` parameter names another.
+DEFAULT_SENDER = "Tally reports <reports@tally.example>"
+#: Seconds an SMTP conversation may take.
+DEFAULT_SMTP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """How to reach the SMTP server.
+
+    `smtp://user:pass@host:587?starttls=true&from=me@example.com`: plain SMTP (STARTTLS when
+    the server offers it, or always with `starttls=true`); `smtps://…` (port 465): TLS from
+    the start. `from` sets the sender, `timeout` the seconds allowed.
+    """
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    use_tls: bool
+    start_tls: bool | None
+    sender: str
+    timeout_s: float
+
+    @classmethod
+    def from_url(cls, url: str | None) -> SmtpSettings:
+        """Raises: ConfigurationError: not an smtp:// or smtps:// URL, or a bad option."""
+        parts = urlsplit(url or DEFAULT_SMTP_URL)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ConfigurationError(
+                f"OFFLOAD_SMTP_URL must look like smtp://host:port or smtps://host, not {url!r}"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        start_tls = {"true": True, "false": False, None: None}.get(query.get("starttls"), None)
+        if query.get("starttls") not in ("true", "false", None):
+            raise ConfigurationError("OFFLOAD_SMTP_URL: starttls must be true or false")
+        try:
+            port = parts.port or (465 if parts.scheme == "smtps" else 25)
+            timeout_s = float(query.get("timeout", DEFAULT_SMTP_TIMEOUT_S))
+        except ValueError as exc:
+            raise ConfigurationError(f"OFFLOAD_SMTP_URL: {exc}") from None
+        return cls(
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            use_tls=parts.scheme == "smtps",
+            start_tls=start_tls,
+            sender=query.get("from", DEFAULT_SENDER),
+            timeout_s=timeout_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSummary:
+    """What the confirmation email says about the report."""
+
+    job_id: str
+    period: str
+    pages: int
+    revenue_cents: int
+    orders: int
+
+
+def confirmation(
+    user: DemoUser,
+    report: ReportSummary,
+    *,
+    sender: str,
+    base_url: str,
+    to: str | None = None,
+    now: datetime | None = None,
+) -> EmailMessage:
+    """The "your report is ready" email, as text and HTML.
+
+    Its Message-ID derives from the report's job id, so a re-sent copy (a retried job) is
+    recognisably the same message.
+    """
+    label = period_label(report.period)
+    link = f"{base_url.rstrip('/')}/reports"
+    message = EmailMessage()
+    message["Subject"] = f"Your sales report is ready: {label}"
+    message["From"] = sender
+    message["To"] = to or str(Address(user.name, addr_spec=user.email))
+    message["Date"] = format_datetime(now or datetime.now(UTC))
+    message["Message-ID"] = f"<report-{report.job_id}@offload-demo>"
+    text = (
+        f"Hi {user.name.split()[0]},\n\n"
+        f"your sales report for {user.shop} ({label}) is ready: {report.pages} pages, "
+        f"{report.orders:,} orders, total revenue {money(report.revenue_cents)}.\n\n"
+        f"Download it from your reports page: {link}\n\n"
+        "Tally, sales reports for small shops\n"
+    )
+    message.set_content(text)
+    message.add_alternative(
+        f"""<p>Hi {html.escape(user.name.split()[0])},</p>
+<p>your sales report for <b>{html.escape(user.shop)}</b> ({html.escape(label)}) is ready:
+{report.pages} pages, {report.orders:,} orders,
+total revenue <b>{money(report.revenue_cents)}</b>.</p>
+<p><a href="{html.escape(link)}">Open your reports page</a> to download it.</p>
+<p style="color:#64748b">Tally, sales reports for small shops</p>""",
+        subtype="html",
+    )
+    return message
+
+
+def confirmation_for(
+    config: DemoConfig, user: DemoUser, report: ReportSummary
+) -> tuple[SmtpSettings, EmailMessage]:
+    """Where to send, and the confirmation email, as the demo's settings say."""
+    smtp = SmtpSettings.from_url(config.smtp_url)
+    message = confirmation(
+        user, report, sender=smtp.sender, base_url=config.base_url, to=config.mail_to
+    )
+    return smtp, message
+
+
+async def send(message: EmailMessage, smtp: SmtpSettings) -> None:
+    """Hand `message` to the SMTP server.
+
+    Raises:
+        aiosmtplib.SMTPException: the server refused it or could not be reached (the job
+            retries).
+    """
+    import aiosmtplib
+
+    await aiosmtplib.send(
+        message,
+        hostname=smtp.host,
+        port=smtp.port,
+        username=smtp.username,
+        password=smtp.password,
+        use_tls=smtp.use_tls,
+        start_tls=smtp.start_tls,
+        timeout=smtp.timeout_s,
+    )

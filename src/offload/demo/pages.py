@@ -1,0 +1,211 @@
+"""The web half of the demo: server-rendered pages, with offload's API mounted beside them.
+
+This module never imports `handlers`: the web process only enqueues (a test proves it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..settings import Settings
+from ..web import create_app
+from ..web.app import signing_key
+from ..web.problems import problem
+from . import uploads
+from .config import DemoConfig
+from .contracts import app as demo_app
+from .data import USERS, dataset_year, order_count, period_label
+from .exports import REPORT_KIND, Exports, QueuedExports
+from .mailbox import MailboxStore
+from .session import SessionAuth, Sessions
+from .site import (
+    STATIC,
+    Site,
+    created,
+    current_user,
+    failure,
+    fragment,
+    render,
+    site_of,
+    to_login,
+)
+
+
+def _periods(site: Site) -> list[tuple[str, str]]:
+    year = dataset_year(site.config.data_path)
+    choices = [str(year), *(f"{year}-Q{q}" for q in range(1, 5))]
+    return [(p, period_label(p)) for p in choices]
+
+
+async def home(request: Request) -> Response:
+    target = "/reports" if current_user(request) else "/login"
+    return RedirectResponse(target, status_code=303)
+
+
+async def login_page(request: Request) -> Response:
+    return render(request, "login.html", current_user(request), next=_next(request))
+
+
+def _next(request: Request) -> str:
+    target = request.query_params.get("next", "/reports")
+    # Only paths on this site: never an open redirect.
+    return target if target.startswith("/") and not target.startswith("//") else "/reports"
+
+
+async def login(request: Request) -> Response:
+    form = await request.form()
+    user_id = str(form.get("user", ""))
+    if user_id not in USERS:
+        return render(request, "login.html", None, status=400, error="Pick one of the demo users.")
+    target = str(form.get("next") or "/reports")
+    if not target.startswith("/") or target.startswith("//"):
+        target = "/reports"
+    response = RedirectResponse(target, status_code=303)
+    site_of(request).sessions.sign_in(response, user_id)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    Sessions.sign_out(response)
+    return response
+
+
+async def reports_page(request: Request) -> Response:
+    user = current_user(request)
+    if user is None:
+        return to_login(request)
+    site = site_of(request)
+    return render(
+        request,
+        "reports.html",
+        user,
+        active="reports",
+        jobs=await site.exports.list(user.id, REPORT_KIND),
+        periods=_periods(site),
+        orders=order_count(site.config.data_path, user.id),
+    )
+
+
+async def export_report(request: Request) -> Response:
+    """ "Export my report": enqueue the job and answer at once (inline mode: do the work)."""
+    site = site_of(request)
+    user = current_user(request)
+    if user is None:
+        return problem(401, "sign in first", slug="signed-out", instance=request.url.path)
+    form = await request.form()
+    token = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
+    if not site.sessions.check_csrf(request, token):
+        return problem(403, "the form expired; reload the page", slug="bad-csrf-token")
+    periods = dict(_periods(site))
+    period = str(form.get("period") or next(iter(periods)))
+    if period not in periods:
+        return failure(
+            request,
+            422,
+            f"no report period {period!r}",
+            "invalid-period",
+            page="reports.html",
+            user=user,
+            jobs=[],
+            periods=list(periods.items()),
+            orders=0,
+        )
+    job = await site.exports.export_report(user, period)
+    return created(request, job)
+
+
+async def job_row(request: Request) -> Response:
+    """One export's row, re-rendered when its events say it has finished."""
+    user = current_user(request)
+    if user is None:
+        return problem(401, "sign in first", slug="signed-out", instance=request.url.path)
+    job = await site_of(request).exports.get(user.id, request.path_params["job_id"])
+    if job is None:
+        return problem(404, "no such export", slug="job-not-found", instance=request.url.path)
+    return HTMLResponse(fragment(request, job))
+
+
+async def mailbox_page(request: Request) -> Response:
+    user = current_user(request)
+    if user is None:
+        return to_login(request)
+    site = site_of(request)
+    messages = site.mailbox.for_recipient(user.email)
+    if request.query_params.get("fragment"):
+        template = site.templates.get_template("_mail.html")
+        return HTMLResponse(template.render(messages=messages))
+    smtp = urlsplit(site.config.smtp_url or "")
+    return render(
+        request,
+        "mailbox.html",
+        user,
+        active="mailbox",
+        messages=messages,
+        smtp_host=f"{smtp.hostname}:{smtp.port or 25}",
+    )
+
+
+def _exports(config: DemoConfig, api: Any) -> Exports:
+    if not config.inline:
+        return QueuedExports(demo_app, api.state.present)
+    from .inline import InlineExports  # rendering code loads only in inline mode
+
+    return InlineExports(config, demo_app.blobs, api.state.present)
+
+
+def create_demo_app(config: DemoConfig, *, catching_mail: bool = True) -> Starlette:
+    """The demo's web tier: its pages, static files, and offload's API (`create_app`).
+
+    Args:
+        config: the demo's settings (its folder holds the jobs database and blobs).
+        catching_mail: the local SMTP catcher fills the mailbox (not so with real SMTP).
+    """
+    settings = Settings.from_env(url=config.jobs_url, blobs_url=config.blobs_url)
+    demo_app.configure(settings)
+    api = create_app(demo_app)
+    sessions = Sessions(signing_key(settings))
+    # The browser follows its own jobs through the API with its session cookie.
+    api.state.auth = SessionAuth(sessions, api.state.auth)
+    site = Site.build(
+        config=config,
+        app=demo_app,
+        sessions=sessions,
+        exports=_exports(config, api),
+        mailbox=MailboxStore(config.mailbox_path),
+        catching_mail=catching_mail,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_web: Starlette) -> AsyncIterator[None]:
+        async with api.router.lifespan_context(api):  # opens the backend, starts the hub
+            yield
+
+    web = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/login", login_page, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/reports", reports_page, methods=["GET"]),
+            Route("/reports", export_report, methods=["POST"]),
+            Route("/thumbnails", uploads.thumbnails_page, methods=["GET"]),
+            Route("/thumbnails", uploads.upload, methods=["POST"]),
+            Route("/rows/{job_id}", job_row),
+            Route("/mailbox", mailbox_page),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Mount("", app=api),
+        ],
+        lifespan=lifespan,
+    )
+    web.state.site = site
+    return web
