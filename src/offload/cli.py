@@ -52,7 +52,8 @@ def _app(ref: str | None, url: str | None) -> App:
         app = load(ref)
         if not isinstance(app, App):
             raise ConfigurationError(f"{ref} is a {type(app).__name__}, not an offload.App")
-    app.configure(Settings.from_env(url=url))
+    if url is not None:  # the --url flag beats whatever the app or the environment says
+        app.configure(app.settings.with_(url=url))
     return app
 
 
