@@ -64,7 +64,7 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
     except NotAnImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise NotAnImage("the file is not an image (PNG, JPEG, GIF, WebP or BMP)") from None
+        raise NotAnImage("it is not a PNG, JPEG, GIF, WebP or BMP file") from None
     except (OSError, SyntaxError, ValueError) as exc:  # verify() reports damage as these
         raise NotAnImage(f"the image is damaged: {exc}") from None
     return info

@@ -104,7 +104,7 @@ def confirmation(
     message["Message-ID"] = f"<report-{report.job_id}@offload-demo>"
     text = (
         f"Hi {user.name.split()[0]},\n\n"
-        f"your sales report for {user.shop} ({label}) is ready: {report.pages} pages, "
+        f"Your sales report for {user.shop} ({label}) is ready: {report.pages} pages, "
         f"{report.orders:,} orders, total revenue {money(report.revenue_cents)}.\n\n"
         f"Download it from your reports page: {link}\n\n"
         "Tally, sales reports for small shops\n"
@@ -112,7 +112,7 @@ def confirmation(
     message.set_content(text)
     message.add_alternative(
         f"""<p>Hi {html.escape(user.name.split()[0])},</p>
-<p>your sales report for <b>{html.escape(user.shop)}</b> ({html.escape(label)}) is ready:
+<p>Your sales report for <b>{html.escape(user.shop)}</b> ({html.escape(label)}) is ready:
 {report.pages} pages, {report.orders:,} orders,
 total revenue <b>{money(report.revenue_cents)}</b>.</p>
 <p><a href="{html.escape(link)}">Open your reports page</a> to download it.</p>

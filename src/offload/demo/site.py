@@ -31,9 +31,8 @@ def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["money"] = money
     templates.env.filters["kb"] = lambda n: f"{(n or 0) / 1024:,.0f} KB"
-    templates.env.filters["clock"] = lambda ts: (
-        f"{datetime.fromtimestamp(ts, UTC):%d %b, %H:%M:%S} UTC"
-    )
+    templates.env.filters["clock"] = _clock
+    templates.env.filters["mb"] = lambda n: f"{n / (1 << 20):.3g} MB"
     return templates
 
 

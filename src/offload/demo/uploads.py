@@ -78,7 +78,7 @@ async def upload(request: Request) -> Response:
     if user is None:
         return problem(401, "sign in first", slug="signed-out", instance=request.url.path)
     limit = site.config.max_upload_bytes
-    megabytes = f"{limit / (1 << 20):g} MB"
+    megabytes = f"{limit / (1 << 20):.3g} MB"
 
     async def refuse(status: int, detail: str, slug: str) -> Response:
         jobs = (

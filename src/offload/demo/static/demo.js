@@ -71,7 +71,7 @@
       const file = fileInput && fileInput.files[0];
       const maxBytes = Number(form.dataset.maxBytes || 0);
       if (file && maxBytes && file.size > maxBytes) {
-        showError(`The file is too large: images up to ${+(maxBytes / 1048576).toFixed(1)} MB.`);
+        showError(`The file is too large: images up to ${+(maxBytes / 1048576).toPrecision(3)} MB.`);
         return;
       }
       const label = button.textContent;
