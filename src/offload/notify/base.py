@@ -89,7 +89,8 @@ def notification_id(job_id: str, state: str, marker: str) -> str:
     """The stable id of the notification of one final state of a job.
 
     `marker` tells apart two final states of one job (it may be re-queued and end again):
-    the lease token of the attempt that settled it, or a timestamp of the transition.
+    the lease token of the attempt that settled it, or a timestamp of the transition. The
+    id stays short, so that as an email Message-ID it fits one header line.
     """
-    digest = hashlib.blake2s(marker.encode(), digest_size=4).hexdigest()
-    return f"msg_{job_id.replace('-', '')}_{state}_{digest}"
+    digest = hashlib.blake2s(f"{state}:{marker}".encode(), digest_size=5).hexdigest()
+    return f"msg_{job_id.replace('-', '')}_{digest}"

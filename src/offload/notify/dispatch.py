@@ -58,11 +58,6 @@ class Dispatcher:
                 allow_private=s.webhook_allow_private,
                 timeout_s=s.webhook_timeout_s,
             )
-            if not s.webhook_secrets:
-                log.warning(
-                    "OFFLOAD_WEBHOOK_SECRETS is not set: webhooks go out unsigned",
-                    extra={"action": "webhook_unsigned"},
-                )
         if email is None and s.smtp_url:
             from .email import EmailNotifier, parse_smtp_url
 

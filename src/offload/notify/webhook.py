@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,8 @@ import orjson
 
 from ..errors import DeliveryError, TargetRefused
 from .base import Notification, Receipt
+
+log = logging.getLogger("offload.notify")
 
 #: Resolves a host name to IP address strings (`socket.getaddrinfo` by default).
 Resolver = Callable[[str, int], Sequence[str]]
@@ -233,6 +236,7 @@ class WebhookNotifier:
         self.allow_private = allow_private
         self.timeout_s = timeout_s
         self.resolve = resolve
+        self._warned = False
 
     def request(self, n: Notification, target: Target) -> httpx.Request:
         body = orjson.dumps(
@@ -247,6 +251,12 @@ class WebhookNotifier:
         }
         if self.secrets:
             headers["webhook-signature"] = sign(self.secrets, n.id, stamp, body)
+        elif not self._warned:
+            self._warned = True
+            log.warning(
+                "OFFLOAD_WEBHOOK_SECRETS is not set: webhooks go out unsigned",
+                extra={"action": "webhook_unsigned"},
+            )
         return self.client.build_request(
             "POST",
             target.connect_url,

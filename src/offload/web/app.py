@@ -22,6 +22,7 @@ from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of
 from .auth import TokenAuth
 from .events import Hub
+from .feeds import router as feeds_router
 from .limits import BodyLimitMiddleware
 from .present import Presenter
 from .problems import JSONResponse, Problem, problem
@@ -138,6 +139,7 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(api)
     api.include_router(router)
+    api.include_router(feeds_router)
 
     @api.get("/healthz")
     async def healthz() -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -38,6 +38,12 @@ class Subscription:
             self.queue.put_nowait(change)
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def reset(self) -> None:
+        """Forget what is queued after an overflow (the reader replays from the store)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.overflowed = False
 
 
 class Hub:
@@ -139,3 +145,64 @@ async def job_stream(
             yield sse(change, present)
             if change.final:
                 return
+
+
+async def follow_owner(
+    store: JobStore,
+    sub: Subscription,
+    owner: str,
+    last: int,
+    *,
+    replay: bool,
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+) -> AsyncGenerator[Change | None, None]:
+    """Every change of `owner`'s jobs after feed position `last`, forever.
+
+    With `replay`, changes already in the store come first; then live ones from the hub
+    subscription `sub` (made before `last` was read, so nothing falls between). A reader
+    that falls so far behind that its buffer overflowed catches up from the store. Yields
+    None after `keepalive_s` without a change (time for a keep-alive).
+    """
+    while True:
+        if replay:
+            while True:
+                changes = await store.changes_since(last, owner=owner)
+                for change in changes:
+                    last = change.seq
+                    yield change
+                if len(changes) < 500:
+                    break
+            replay = False
+        try:
+            change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+        except TimeoutError:
+            yield None
+            continue
+        if sub.overflowed:
+            sub.reset()
+            replay = True
+        elif change.seq > last:
+            last = change.seq
+            yield change
+
+
+async def owner_stream(
+    hub: Hub,
+    store: JobStore,
+    owner: str,
+    since: int | None,
+    present: Callable[[dict[str, Any]], dict[str, Any]],
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+) -> AsyncIterator[bytes]:
+    """Server-sent events of every change of `owner`'s jobs: after `since` when given
+    (resuming), else from now on. Opens with the stream's position as its event id, so a
+    client that reconnects before any event still resumes where it was."""
+    with hub.subscribe(owner=owner) as sub:
+        last = hub.position if since is None else since
+        yield b"retry: 1000\nid: %d\n\n" % last
+        changes = follow_owner(
+            store, sub, owner, last, replay=since is not None, keepalive_s=keepalive_s
+        )
+        async with contextlib.aclosing(changes):
+            async for change in changes:
+                yield b": keep-alive\n\n" if change is None else sse(change, present)

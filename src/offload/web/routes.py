@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
@@ -15,6 +16,8 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from ..app import App
 from ..contract import JobState
 from ..errors import InvalidTransition, JobNotFound
+from ..notify.ledger import deliveries
+from ..notify.webhook import refusal
 from .events import job_stream
 from .present import blob_refs
 from .problems import JSONResponse, Problem
@@ -43,8 +46,24 @@ async def _owned(request: Request, job_id: str) -> dict[str, Any]:
     return row
 
 
+def _callback_refusal(url: str, allow_private: bool) -> str | None:
+    """Why a callback URL whose host is an address literal is refused (names are checked
+    when the webhook is sent: they may resolve differently by then)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    why = refusal(ip, allow_private=allow_private)
+    return None if why is None else f"{host} is {why}; webhooks go to public hosts"
+
+
 def _check_options(
-    delay: float | None, run_at: datetime | None, callback_url: str | None, notify_email: str | None
+    request: Request,
+    delay: float | None,
+    run_at: datetime | None,
+    callback_url: str | None,
+    notify_email: str | None,
 ) -> None:
     errors = []
     if delay is not None and run_at is not None:
@@ -53,6 +72,11 @@ def _check_options(
         errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
     if callback_url is not None and not re.match(r"^https?://[^\s/]+", callback_url):
         errors.append({"loc": ["query", "callback_url"], "msg": "must be an http(s) URL"})
+    elif callback_url is not None:
+        allow = _app(request).settings.webhook_allow_private
+        why = _callback_refusal(callback_url, allow)
+        if why:
+            errors.append({"loc": ["query", "callback_url"], "msg": why})
     if notify_email is not None and not _EMAIL.match(notify_email):
         errors.append({"loc": ["query", "notify_email"], "msg": "not an email address"})
     if errors:
@@ -76,7 +100,7 @@ async def submit(
     spec = app.kinds.get(kind)
     if spec is None:
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
-    _check_options(delay, run_at, callback_url, notify_email)
+    _check_options(request, delay, run_at, callback_url, notify_email)
     try:
         data = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -108,8 +132,10 @@ async def submit(
 
 @router.get("/jobs/{job_id}")
 async def show(request: Request, job_id: str) -> Response:
+    """The status record, with `deliveries`: each webhook and email and its attempts."""
     row = await _owned(request, job_id)
-    return JSONResponse(_state(request).present.row(row))
+    sent = await deliveries(_app(request).backend, job_id)
+    return JSONResponse({**_state(request).present.row(row), "deliveries": sent})
 
 
 @router.get("/jobs/{job_id}/result")
@@ -160,7 +186,7 @@ async def cancel(request: Request, job_id: str) -> Response:
     """Cancel: a waiting job never runs (200); a running one is signalled (202)."""
     await _owned(request, job_id)
     try:
-        row = await _app(request).backend.cancel(job_id)
+        row = await _app(request).cancel(job_id)
     except InvalidTransition as exc:
         raise Problem(409, str(exc), slug="already-final") from None
     except JobNotFound:

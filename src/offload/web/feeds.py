@@ -1,0 +1,200 @@
+"""The stream of all the caller's jobs: server-sent events at /v1/events, a WebSocket at
+/v1/ws, and the short-lived tickets that let browsers open them without headers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request, WebSocket
+from starlette.requests import HTTPConnection
+from starlette.responses import Response, StreamingResponse
+
+from .._signing import sign, verify
+from ..brokers.base import Change
+from ..clock import iso
+from .events import follow_owner, owner_stream
+from .problems import JSONResponse, Problem
+
+log = logging.getLogger("offload.web")
+router = APIRouter(prefix="/v1")
+
+#: How long a WebSocket / event-stream ticket stays valid (seconds).
+DEFAULT_TICKET_TTL_S = 60
+#: Seconds a WebSocket may stay silent before the server sends a keep-alive message.
+DEFAULT_WS_KEEPALIVE_S = 30.0
+_TICKET = "ws-ticket"
+
+
+def make_ticket(secret: bytes, principal: str, expires: int) -> str:
+    """A ticket naming `principal`, valid until the epoch second `expires`."""
+    who = base64.urlsafe_b64encode(principal.encode()).rstrip(b"=").decode()
+    return f"{who}.{expires}.{sign(secret, _TICKET, principal, str(expires))}"
+
+
+def read_ticket(secret: bytes, ticket: str, now: float) -> str | None:
+    """The principal a valid, unexpired ticket names; None for anything else."""
+    who, _, rest = ticket.partition(".")
+    expires, _, signature = rest.partition(".")
+    if not expires.isdigit() or len(expires) > 12 or int(expires) < now:
+        return None
+    try:
+        principal = base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return principal if verify(secret, signature, _TICKET, principal, expires) else None
+
+
+def principal_of(conn: HTTPConnection, ticket: str | None) -> str:
+    """The caller: from a ticket (`?ticket=`) when given, else as on every /v1 route.
+
+    Raises:
+        Problem: 401 for a bad or expired ticket, or no valid credentials.
+    """
+    state = conn.app.state
+    if ticket is None:
+        principal: str = state.auth.principal(conn)
+        return principal
+    found = read_ticket(state.present.secret, ticket, time.time())
+    if found is None:
+        raise Problem(401, "the ticket is invalid or has expired", slug="bad-ticket")
+    return found
+
+
+def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
+    """The position to resume after (Last-Event-ID wins over `since`); None: from now on.
+
+    Raises:
+        Problem: 400 when either is not a feed position.
+    """
+    for name, value in (("Last-Event-ID", last_event_id), ("since", since)):
+        if value is None or value == "":
+            continue
+        if not value.isdigit() or len(value) > 18:
+            raise Problem(400, f"{name} must be an event id of this stream", slug="bad-event-id")
+        return int(value)
+    return None
+
+
+@router.post("/ws-ticket", status_code=201)
+async def ws_ticket(request: Request) -> Response:
+    """A ticket for /v1/ws or /v1/events (`?ticket=`), for clients that cannot send an
+    Authorization header (browsers' WebSocket and EventSource). Valid for 60 s."""
+    principal = request.app.state.auth.principal(request)
+    expires = int(time.time()) + DEFAULT_TICKET_TTL_S
+    ticket = make_ticket(request.app.state.present.secret, principal, expires)
+    return JSONResponse(
+        {
+            "ticket": ticket,
+            "expires_at": iso(expires),
+            "websocket": f"/v1/ws?ticket={ticket}",
+            "events": f"/v1/events?ticket={ticket}",
+        },
+        status_code=201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/events")
+async def events(
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+    since: str | None = None,
+    ticket: str | None = None,
+) -> Response:
+    """Server-sent events of every change of every job of the caller: `id` = feed position,
+    `event` = state, `data` = status record. Resumable with Last-Event-ID (or `?since=`);
+    without either it starts from now. Never closes on its own."""
+    principal = principal_of(request, ticket)
+    cursor = cursor_of(last_event_id, since)
+    state = request.app.state
+    stream = owner_stream(
+        state.hub, request.app.state.offload.backend, principal, cursor, state.present.record
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _message(change: Change, present: Any) -> str:
+    data = {
+        "type": "change",
+        "id": change.seq,
+        "event": change.record["state"],
+        "data": present(change.record),
+    }
+    return orjson.dumps(data).decode()
+
+
+async def _refuse(websocket: WebSocket, problem: Problem) -> None:
+    """Answer the handshake with the problem document (HTTP), where the server can."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(problem.response(instance=websocket.url.path))
+    else:
+        await websocket.close(code=1008, reason=problem.detail[:120])
+
+
+@router.websocket("/ws")
+async def ws(websocket: WebSocket) -> None:
+    """Every change of every job of the caller, as JSON text messages.
+
+    The first message is `{"type": "hello", "cursor": n}`; then one `{"type": "change",
+    "id": seq, "event": state, "data": record}` per change. Resume with `?since=<id>`.
+    Authenticate with `Authorization: Bearer …` or `?ticket=` from POST /v1/ws-ticket.
+    """
+    query = websocket.query_params
+    try:
+        principal = principal_of(websocket, query.get("ticket"))
+        cursor = cursor_of(None, query.get("since"))
+    except Problem as problem:
+        await _refuse(websocket, problem)
+        return
+    await websocket.accept()
+    state = websocket.app.state
+    store = state.offload.backend
+    with state.hub.subscribe(owner=principal) as sub:
+        last = state.hub.position if cursor is None else cursor
+        await websocket.send_text(orjson.dumps({"type": "hello", "cursor": last}).decode())
+
+        async def pump() -> None:
+            changes = follow_owner(
+                store,
+                sub,
+                principal,
+                last,
+                replay=cursor is not None,
+                keepalive_s=DEFAULT_WS_KEEPALIVE_S,
+            )
+            async with contextlib.aclosing(changes):
+                async for change in changes:
+                    if change is None:
+                        await websocket.send_text('{"type":"keepalive"}')
+                    else:
+                        await websocket.send_text(_message(change, state.present.record))
+
+        async def drain() -> None:  # client messages are not used; this notices the close
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+
+        tasks = [asyncio.create_task(pump()), asyncio.create_task(drain())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "websocket stream ended: %s", task.exception(), extra={"action": "ws_error"}
+                )
+    with contextlib.suppress(RuntimeError):
+        await websocket.close()

@@ -1,0 +1,187 @@
+"""Email on completion in one process: a worker sends it to a real SMTP server (aiosmtpd on
+127.0.0.1) as a retried job of its own, with a plain-text and an HTML part."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from offload import App, Context, Message, Settings
+from offload.notify import EmailTemplate
+
+from ..receivers import MailSink, parts
+
+pytestmark = pytest.mark.anyio
+
+PUBLIC = "https://jobs.example.test"
+
+
+class Report(Message):
+    user_id: str
+
+
+@pytest.fixture
+def sink() -> Iterator[MailSink]:
+    with MailSink(credentials=("mailer", "s3cret pass")) as s:
+        yield s
+
+
+@pytest.fixture
+def settings(tmp_path: Path, sink: MailSink) -> Settings:
+    host, port = "127.0.0.1", sink.controller.port
+    return Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        secret_key=b"test-secret",
+        lease_s=2.0,
+        smtp_url=f"smtp://mailer:s3cret%20pass@{host}:{port}?timeout=5",
+        email_from="reports@shop.example",
+        public_url=PUBLIC,
+        notify_backoff_s=0.05,
+    )
+
+
+def declare(app: App) -> None:
+    app.message("t.report")(Report)
+
+    @app.handles(Report)
+    async def report(msg: Report, ctx: Context) -> dict[str, str]:
+        return {"pdf": await ctx.blobs.put(f"reports/{msg.user_id}.pdf", b"%PDF-1.4 fake")}
+
+
+async def mail(sink: MailSink, count: int = 1, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sink.messages) < count:
+        assert time.monotonic() < deadline, "no email arrived"
+        await asyncio.sleep(0.02)
+
+
+async def test_completion_email_has_both_parts_and_the_result_link(
+    app: App, web: httpx.AsyncClient, start_worker: Callable[..., Any], sink: MailSink
+) -> None:
+    declare(app)
+    # Given a job submitted over HTTP with notify_email,
+    response = await web.post(
+        "/v1/jobs/t.report", params={"notify_email": "ann@example.com"}, json={"user_id": "ann"}
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    # when a worker runs it,
+    await start_worker()
+    await mail(sink)
+    # then one email arrives, sent with the URL's credentials, from and to the right people,
+    (message,) = sink.messages
+    assert sink.logins == ["mailer"]
+    assert sink.envelopes == [("reports@shop.example", ["ann@example.com"])]
+    assert message["To"] == "ann@example.com" and message["From"] == "reports@shop.example"
+    assert "t.report" in message["Subject"] and "is done" in message["Subject"]
+    # with a plain-text and an HTML part that both carry the signed link to the result file,
+    found = dict(parts(message))
+    assert set(found) == {"text/plain", "text/html"}
+    text, html = found["text/plain"], found["text/html"]
+    link = next(w for w in text.split() if w.startswith(f"{PUBLIC}/files/"))
+    assert "reports/ann.pdf" in link and "signature=" in link
+    assert f'href="{link.replace("&", "&amp;")}"' in html
+    assert f"{PUBLIC}/v1/jobs/{job_id}" in text and f"{PUBLIC}/v1/jobs/{job_id}" in html
+    # and the link serves the file.
+    served = await web.get(urlsplit(link).path + "?" + urlsplit(link).query)
+    assert served.status_code == 200 and served.content == b"%PDF-1.4 fake"
+    # The Message-ID is the notification id, recorded on the job with the server's answer.
+    record = (await web.get(f"/v1/jobs/{job_id}")).json()
+    (sent,) = record["deliveries"]
+    assert message["Message-ID"] == f"<{sent['id']}@shop.example>"
+    assert sent["channel"] == "email" and sent["target"] == "ann@example.com"
+    assert sent["state"] == "delivered" and [a["code"] for a in sent["attempts"]] == [250]
+
+
+async def test_an_app_overrides_the_template_of_a_kind(
+    app: App, start_worker: Callable[..., Any], sink: MailSink
+) -> None:
+    declare(app)
+    app.email_template(
+        "t.report",
+        EmailTemplate(
+            subject="Your report {job_id} is ready",
+            text="Download: {result_url}\n",
+            html="<p>Download <a href='{result_url}'>here</a> <i>{kind}</i></p>",
+        ),
+    )
+    job = await app.enqueue(Report(user_id="bo"), notify_email="bo@example.com")
+    await start_worker()
+    await mail(sink)
+    (message,) = sink.messages
+    assert message["Subject"] == f"Your report {job.id} is ready"
+    found = dict(parts(message))
+    assert found["text/plain"].startswith(f"Download: {PUBLIC}/files/reports/bo.pdf?")
+    assert "<i>t.report</i>" in found["text/html"]
+
+
+async def test_a_failed_job_email_tells_the_error(
+    app: App, start_worker: Callable[..., Any], sink: MailSink
+) -> None:
+    app.message("t.broken", max_attempts=1)(Report)
+
+    @app.handles(Report)
+    async def broken(msg: Report, ctx: Context) -> None:
+        raise ValueError("the <printer> is on fire")
+
+    job = await app.enqueue(Report(user_id="cy"), notify_email="cy@example.com")
+    await start_worker()
+    await mail(sink)
+    (message,) = sink.messages
+    assert "failed" in message["Subject"]
+    found = dict(parts(message))
+    assert "the <printer> is on fire" in found["text/plain"]
+    assert "the &lt;printer&gt; is on fire" in found["text/html"]
+    assert f"{PUBLIC}/v1/jobs/{job.id}/result" in found["text/plain"]
+
+
+async def test_a_temporary_smtp_refusal_is_retried(
+    app: App, start_worker: Callable[..., Any], sink: MailSink
+) -> None:
+    declare(app)
+    sink.codes = ["451 4.3.0 try again later"]
+    job = await app.enqueue(Report(user_id="di"), notify_email="di@example.com")
+    await start_worker()
+    await mail(sink)
+
+    async def delivered() -> dict[str, Any]:
+        while True:
+            (sent,) = (await app.status(job.id))["deliveries"]
+            if sent["state"] == "delivered":
+                return dict(sent)
+            await asyncio.sleep(0.02)
+
+    sent = await asyncio.wait_for(delivered(), 10)
+    assert [a["code"] for a in sent["attempts"]] == [451, 250]
+    assert len(sink.messages) == 1
+
+
+async def test_one_job_can_ask_for_a_webhook_and_an_email(
+    app: App, settings: Settings, start_worker: Callable[..., Any], sink: MailSink
+) -> None:
+    from ..receivers import Receiver
+
+    app.configure(settings.with_(webhook_allow_private=True))
+    declare(app)
+    with Receiver() as receiver:
+        job = await app.enqueue(
+            Report(user_id="ed"), callback_url=receiver.url, notify_email="ed@example.com"
+        )
+        await start_worker()
+        await mail(sink)
+        for _ in range(500):
+            sent = (await app.status(job.id))["deliveries"]
+            if [d["state"] for d in sent] == ["delivered", "delivered"]:
+                break
+            await asyncio.sleep(0.02)
+    assert [d["channel"] for d in sent] == ["webhook", "email"]
+    assert sent[0]["id"] == sent[1]["id"]  # one notification, two channels
+    assert receiver.requests[0].headers["webhook-id"] == sent[0]["id"]

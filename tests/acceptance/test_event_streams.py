@@ -1,0 +1,287 @@
+"""The stream of all of a caller's jobs, over a real socket: server-sent events at /v1/events
+and the WebSocket at /v1/ws, with two principals, disconnects and resumption."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from offload import App, Context, Message, Settings
+from offload.web import create_app
+
+pytestmark = pytest.mark.anyio
+TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
+
+
+class Task(Message):
+    name: str
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        secret_key=b"test-secret",
+        lease_s=2.0,
+        api_tokens={token: principal for principal, token in TOKENS.items()},
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> App:
+    app = App("streams", settings=settings)
+    app.message("t.task")(Task)
+
+    @app.handles(Task)
+    async def task(msg: Task, ctx: Context) -> str:
+        await ctx.progress(0.5, "half")
+        return msg.name
+
+    return app
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signals
+        yield
+
+
+@pytest.fixture
+async def base(app: App) -> AsyncIterator[str]:
+    """The web tier served by uvicorn on 127.0.0.1 (a real socket), in the test's loop."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def clients(base: str) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield {
+            who: await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=f"http://{base}", headers={"Authorization": f"Bearer {token}"}
+                )
+            )
+            for who, token in TOKENS.items()
+        }
+
+
+class EventStream:
+    """A server-sent event stream read in the background: (id, event, data) triples."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        self.client, self.url, self.headers = client, url, headers
+        self.events: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
+        self.cursor: int | None = None
+        self.opened = asyncio.Event()
+        self.status = 0
+
+    async def _read(self, response: httpx.Response) -> None:
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line == "":
+                if "data" in fields:
+                    data = orjson.loads(fields["data"])
+                    await self.events.put((int(fields["id"]), fields["event"], data))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                if name == "id":
+                    self.cursor = int(value)
+                    self.opened.set()
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[EventStream]:
+        request = self.client.build_request("GET", self.url, headers=self.headers)
+        response = await self.client.send(request, stream=True)
+        self.status = response.status_code
+        reader = asyncio.create_task(self._read(response))
+        try:
+            await asyncio.wait_for(self.opened.wait(), 10)  # the opening `id:` line
+            yield self
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await response.aclose()
+
+    async def until_final(self, job_id: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """Events up to the final state of `job_id` (every event, whichever job)."""
+        seen: list[tuple[int, str, dict[str, Any]]] = []
+        while True:
+            event = await asyncio.wait_for(self.events.get(), 15)
+            seen.append(event)
+            if event[2]["id"] == job_id and event[1] == "succeeded":
+                return seen
+
+
+async def submit(client: httpx.AsyncClient, name: str) -> str:
+    response = await client.post("/v1/jobs/t.task", json={"name": name})
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+async def done(client: httpx.AsyncClient, job_id: str) -> None:
+    for _ in range(1500):
+        if (await client.get(f"/v1/jobs/{job_id}")).json()["state"] == "succeeded":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+async def test_sse_shows_each_principal_only_their_jobs_and_resumes(
+    clients: dict[str, httpx.AsyncClient], start_worker: Callable[..., Any]
+) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    ticket = (await bob.post("/v1/ws-ticket")).json()["ticket"]
+    anonymous = httpx.AsyncClient(base_url=alice.base_url)
+    alice_feed = EventStream(alice, "/v1/events", {})
+    bob_feed = EventStream(anonymous, f"/v1/events?ticket={ticket}", {})  # as a browser would
+    await start_worker()
+    async with alice_feed.open(), bob_feed.open():
+        assert alice_feed.status == bob_feed.status == 200
+        # Given both principals follow their streams, when each submits a job,
+        a1, b1 = await submit(alice, "a1"), await submit(bob, "b1")
+        # then each stream shows that principal's job, through to its end, and nothing else.
+        seen_a = await alice_feed.until_final(a1)
+        seen_b = await bob_feed.until_final(b1)
+        assert {data["id"] for _, _, data in seen_a} == {a1}
+        assert {data["id"] for _, _, data in seen_b} == {b1}
+        assert [event for _, event, _ in seen_a] == ["queued", "running", "running", "succeeded"]
+        assert seen_a[-1][2]["result"] == "a1"
+        cursor = seen_a[-1][0]
+    await anonymous.aclose()
+    # Given alice disconnected at `cursor`, when jobs run while she is away,
+    a2, b2 = await submit(alice, "a2"), await submit(bob, "b2")
+    await done(alice, a2)
+    await done(bob, b2)
+    # then reconnecting with Last-Event-ID replays exactly what she missed, then goes on live.
+    resumed = EventStream(alice, "/v1/events", {"Last-Event-ID": str(cursor)})
+    async with resumed.open():
+        missed = await resumed.until_final(a2)
+        assert {data["id"] for _, _, data in missed} == {a2}
+        assert [event for _, event, _ in missed] == ["queued", "running", "running", "succeeded"]
+        assert all(seq > cursor for seq, _, _ in missed)
+        a3 = await submit(alice, "a3")
+        live = await resumed.until_final(a3)
+        assert {data["id"] for _, _, data in live} == {a3}
+
+
+async def test_sse_without_a_cursor_starts_now_and_tells_its_position(
+    clients: dict[str, httpx.AsyncClient], start_worker: Callable[..., Any]
+) -> None:
+    alice = clients["alice"]
+    await start_worker()
+    old = await submit(alice, "before")
+    await done(alice, old)
+    feed = EventStream(alice, "/v1/events", {})
+    async with feed.open():
+        start = feed.cursor
+        assert start is not None and start > 0  # the opening `id:` line
+        new = await submit(alice, "after")
+        seen = await feed.until_final(new)
+        assert {data["id"] for _, _, data in seen} == {new}
+        assert seen[0][0] > start
+
+
+async def test_events_need_credentials(base: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{base}") as anonymous:
+        for url in ("/v1/events", "/v1/events?ticket=bogus", "/v1/ws-ticket"):
+            method = "POST" if url.endswith("ticket") else "GET"
+            response = await anonymous.request(method, url)
+            assert response.status_code == 401, url
+            assert response.headers["content-type"] == "application/problem+json"
+        bad = await anonymous.get(
+            "/v1/events", headers={"Authorization": "Bearer tok-alice", "Last-Event-ID": "x"}
+        )
+        assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
+
+
+async def _hello(ws: ClientConnection) -> int:
+    hello = orjson.loads(await ws.recv())
+    assert hello["type"] == "hello"
+    cursor: int = hello["cursor"]
+    return cursor
+
+
+async def _changes_until_final(ws: ClientConnection, job_id: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    while True:
+        message = orjson.loads(await asyncio.wait_for(ws.recv(), 15))
+        if message["type"] != "change":
+            continue
+        seen.append(message)
+        if message["data"]["id"] == job_id and message["event"] == "succeeded":
+            return seen
+
+
+async def test_websocket_shows_each_principal_only_their_jobs_and_resumes(
+    base: str, clients: dict[str, httpx.AsyncClient], start_worker: Callable[..., Any]
+) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    await start_worker()
+    ticket = (await bob.post("/v1/ws-ticket")).json()
+    assert ticket["websocket"].startswith("/v1/ws?ticket=")
+    auth = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    # Given alice (bearer token) and bob (ticket, as a browser) on the WebSocket,
+    async with (
+        connect(f"ws://{base}/v1/ws", additional_headers=auth) as ws_a,
+        connect(f"ws://{base}{ticket['websocket']}") as ws_b,
+    ):
+        await _hello(ws_a)
+        await _hello(ws_b)
+        # when each submits a job, each sees only their own.
+        a1, b1 = await submit(alice, "a1"), await submit(bob, "b1")
+        seen_a = await _changes_until_final(ws_a, a1)
+        seen_b = await _changes_until_final(ws_b, b1)
+        assert {m["data"]["id"] for m in seen_a} == {a1}
+        assert {m["data"]["id"] for m in seen_b} == {b1}
+        assert [m["event"] for m in seen_a] == ["queued", "running", "running", "succeeded"]
+        cursor = seen_a[-1]["id"]
+    # Given alice disconnected, when her next job runs while she is away,
+    a2 = await submit(alice, "a2")
+    await submit(bob, "b2")
+    await done(alice, a2)
+    # then reconnecting with ?since= replays what she missed.
+    async with connect(f"ws://{base}/v1/ws?since={cursor}", additional_headers=auth) as ws_a:
+        assert await _hello(ws_a) == cursor
+        missed = await _changes_until_final(ws_a, a2)
+        assert {m["data"]["id"] for m in missed} == {a2}
+        assert [m["event"] for m in missed] == ["queued", "running", "running", "succeeded"]
+        assert all(m["id"] > cursor for m in missed)
+
+
+async def test_websocket_refuses_a_bad_ticket_with_a_problem_document(base: str) -> None:
+    for url in (f"ws://{base}/v1/ws", f"ws://{base}/v1/ws?ticket=abc.123.def"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url):
+                pass
+        response = refused.value.response
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert orjson.loads(response.body)["status"] == 401
