@@ -346,7 +346,9 @@ class PostgresBackend:
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         if not envelopes:
             return []
-        async with self._conn() as conn, conn.transaction():
+        # No BEGIN/COMMIT: the enqueue is one statement, atomic on its own (jobs, their feed
+        # entries and the NOTIFY), so an autocommit connection makes it one round trip.
+        async with self._conn() as conn:
             return await self.enqueue_in(conn, envelopes)
 
     async def claim(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import sqlite3
@@ -22,7 +23,6 @@ from ..contract import (
     Extension,
     Lease,
     Outcome,
-    status_record,
 )
 from ..errors import (
     BackendError,
@@ -42,6 +42,11 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
+#: How often a waiter checks while the database was busy within the last second: other
+#: processes can't push a wake-up to SQLite waiters, so polling is fast while it pays.
+DEFAULT_BUSY_POLL_S = 0.001
+#: How long after the last seen change the fast polling goes on (seconds).
+DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
 
@@ -60,6 +65,20 @@ def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+@functools.cache
+def _ready_sql(n_queues: int) -> str:
+    """Ready job ids over `n_queues` queues in claim order, each queue read off its index."""
+    union = " UNION ALL ".join([Q["claim_ids_one"]] * n_queues)
+    return f"SELECT id FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
+
+
+def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
+    args: list[Any] = []
+    for queue in queues:
+        args += [queue, now, limit]
+    return [*args, limit]
 
 
 def _placeholders(n: int) -> str:
@@ -93,6 +112,7 @@ class SQLiteBackend:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._local_writes = 0
+        self._last_change = 0.0
         self._seen: dict[str, tuple[int, int]] = {}
         self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
 
@@ -182,10 +202,12 @@ class SQLiteBackend:
             self._local_writes += 1
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        conn.executemany(
-            Q["insert_event"],
-            [(r["id"], r["owner"], orjson.dumps(status_record(r)).decode()) for r in rows],
-        )
+        """Append the current status record of each job in `rows` to the change feed."""
+        self._event_ids(conn, [r["id"] for r in rows])
+
+    def _event_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+        if ids:
+            conn.execute(Q["insert_events"], (orjson.dumps(ids).decode(),))
 
     def _returning(
         self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]
@@ -278,12 +300,12 @@ class SQLiteBackend:
         now = self.clock.now()
         token = secrets.token_hex(12)
         expires = now + lease_for
-        ready = Q["claim_ids"].format(queues=_placeholders(len(queues)))
+        ready = _ready_sql(len(queues))
         # Look before taking the write lock: idle workers then never contend with writers.
-        if not self.conn.execute(ready, (*queues, now, 1)).fetchone():
+        if not self.conn.execute(ready, _ready_args(queues, now, 1)).fetchone():
             return []
         with self._tx() as conn:
-            ids = [r[0] for r in conn.execute(ready, (*queues, now, limit))]
+            ids = [r[0] for r in conn.execute(ready, _ready_args(queues, now, limit))]
             if not ids:
                 return []
             rows = self._returning(
@@ -327,7 +349,7 @@ class SQLiteBackend:
     def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         now = self.clock.now()
         applied: list[bool] = []
-        changed: list[dict[str, Any]] = []
+        changed: list[str] = []
         with self._tx() as conn:
             for o in outcomes:
                 if o.state.final:
@@ -340,7 +362,7 @@ class SQLiteBackend:
                         o.lease.job_id,
                         o.lease.token,
                     )
-                    rows = self._returning(conn, Q["settle_final"], args)
+                    sql = Q["settle_final"]
                 else:
                     run_at = o.run_at if o.run_at is not None else now
                     args = (
@@ -352,12 +374,14 @@ class SQLiteBackend:
                         o.lease.job_id,
                         o.lease.token,
                     )
-                    rows = self._returning(conn, Q["settle_again"], args)
-                applied.append(bool(rows))
-                changed += rows
-                if rows and o.follow_ups:
-                    self._insert(conn, o.follow_ups)
-            self._event(conn, changed)
+                    sql = Q["settle_again"]
+                held = conn.execute(sql, args).fetchone() is not None
+                applied.append(held)
+                if held:
+                    changed.append(o.lease.job_id)
+                    if o.follow_ups:
+                        self._insert(conn, o.follow_ups)
+            self._event_ids(conn, changed)
         return applied
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -413,12 +437,16 @@ class SQLiteBackend:
         deadline = loop.time() + timeout
         while True:
             if await self._run(self._version) != self._seen.get(seen):
+                self._last_change = loop.time()
                 return
-            left = deadline - loop.time()
+            now = loop.time()
+            left = deadline - now
             if left <= 0:
                 return
+            busy = now - self._last_change < DEFAULT_BUSY_WINDOW_S
+            poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wake_future()), min(self.poll_s, left))
+                await asyncio.wait_for(asyncio.shield(self._wake_future()), min(poll, left))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         # Don't sleep past the next scheduled job in these queues.

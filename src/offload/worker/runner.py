@@ -356,6 +356,10 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
                 continue
             for answer in answers:
+                if not answer.held and answer.job_id not in self._tasks:
+                    # Its handler finished and the settler wrote the outcome meanwhile: the
+                    # token is gone because the job is done, not because the lease lapsed.
+                    continue
                 if not answer.held:
                     log.warning(
                         "lost the lease of job %s",

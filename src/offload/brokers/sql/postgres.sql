@@ -116,12 +116,19 @@ SELECT idempotency_key, id FROM offload_jobs
 WHERE owner = %(owner)s AND idempotency_key = ANY(%(keys)s)
 
 -- name: claim
+-- One index scan per queue (LATERAL), merged: `queue = ANY(…)` with this ORDER BY would
+-- sort every ready row of all the queues on each claim, a cost that grows with the backlog.
 WITH picked AS (
-    SELECT id FROM offload_jobs
-    WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s) AND run_at <= now()
-    ORDER BY priority, run_at, id
+    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM offload_jobs
+        WHERE state IN ('queued', 'retrying') AND queue = q.name AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE offload_jobs j
     SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,

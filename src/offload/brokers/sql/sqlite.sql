@@ -63,11 +63,16 @@ ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHIN
 -- name: find_idem
 SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
 
--- name: claim_ids
-SELECT id FROM offload_jobs
-WHERE state IN ('queued', 'retrying') AND queue IN ({queues}) AND run_at <= ?
-ORDER BY priority, run_at, id
-LIMIT ?
+-- name: claim_ids_one
+-- The ready jobs of ONE queue, in claim order, straight off offload_jobs_ready. claim_ids
+-- unions one of these per queue: a single query over several queues would sort every
+-- ready row of them all on each claim, and cost would grow with the backlog.
+SELECT id, priority, run_at FROM (
+    SELECT id, priority, run_at FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = ? AND run_at <= ?
+    ORDER BY priority, run_at, id
+    LIMIT ?
+)
 
 -- name: claim
 UPDATE offload_jobs
@@ -87,14 +92,14 @@ UPDATE offload_jobs
 SET state = ?, result = ?, error = ?, finished_at = ?, lease_token = NULL, lease_expires = NULL,
     max_attempts = coalesce(?, max_attempts)
 WHERE id = ? AND lease_token = ? AND state = 'running'
-RETURNING *
+RETURNING id
 
 -- name: settle_again
 UPDATE offload_jobs
 SET state = ?, error = ?, run_at = ?, attempt = attempt - ?, lease_token = NULL,
     lease_expires = NULL, max_attempts = coalesce(?, max_attempts)
 WHERE id = ? AND lease_token = ? AND state = 'running'
-RETURNING *
+RETURNING id
 
 -- name: expired
 SELECT id, attempt, max_attempts FROM offload_jobs
@@ -135,8 +140,28 @@ SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
 WHERE id = ? AND state IN ('dead', 'failed', 'cancelled')
 RETURNING *
 
--- name: insert_event
-INSERT INTO offload_events (job_id, owner, record) VALUES (?, ?, ?)
+-- name: insert_events
+-- The status record (contract.status_record) built in SQL, for the jobs named by the JSON
+-- array parameter, in its order: one statement per batch, no per-row Python.
+INSERT INTO offload_events (job_id, owner, record)
+SELECT j.id, j.owner, json_object(
+    'id', j.id, 'kind', j.kind, 'version', j.version, 'queue', j.queue, 'state', j.state,
+    'priority', j.priority, 'attempt', j.attempt, 'max_attempts', j.max_attempts,
+    'progress', json(CASE WHEN j.progress_fraction IS NULL AND j.progress_message IS NULL
+                          THEN NULL
+                          ELSE json_object('fraction', j.progress_fraction,
+                                           'message', j.progress_message) END),
+    'result', json(j.result), 'error', json(j.error),
+    'created_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.enqueued_at, 'unixepoch'),
+    'run_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.run_at, 'unixepoch'),
+    'started_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.started_at, 'unixepoch'),
+    'finished_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.finished_at, 'unixepoch'),
+    'worker', j.worker,
+    'links', json_object('self', '/v1/jobs/' || j.id,
+                         'events', '/v1/jobs/' || j.id || '/events',
+                         'result', '/v1/jobs/' || j.id || '/result'))
+FROM json_each(?) AS k JOIN offload_jobs AS j ON j.id = k.value
+ORDER BY k.key
 
 -- name: stats
 SELECT queue, state, count(*) AS n, sum(run_at <= ?) AS ready, min(run_at) AS oldest
