@@ -1,0 +1,86 @@
+"""What the three offload adapters share: the app, its two jobs, producer and worker commands.
+
+Loaded by the peer harness (`run.py --adapter offload_sqlite=…/offload_sqlite.py@.venv/bin/python`)
+inside offload's own interpreter; `common` is the harness's module (completion counters).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from common import record_done, record_latency  # type: ignore[import-not-found]
+
+from offload import App, Context, Message, Settings
+
+PACKAGES = ["offload", "psycopg", "redis", "orjson", "uvloop"]
+WORKER_VARIANTS = {
+    "async10": "asyncio, --concurrency 10 (as the harness's other asyncio peers)",
+    "async64": "asyncio, --concurrency 64 (offload's batched claims stretched)",
+}
+BULK_API = "App.enqueue_many() (one transaction / one script call)"
+
+
+class Noop(Message):
+    i: int
+
+
+class Lat(Message):
+    t: float
+
+
+def make_app(url: str) -> App:
+    """The benchmark app on backend `url`, with the harness's two no-op jobs."""
+    app = App("bench", settings=Settings(url=url))
+    app.message("bench.noop", queue="bench")(Noop)
+    app.message("bench.lat", queue="bench")(Lat)
+
+    @app.handles(Noop)
+    async def noop(msg: Noop, ctx: Context) -> None:
+        record_done(msg.i)
+
+    @app.handles(Lat)
+    async def lat(msg: Lat, ctx: Context) -> None:
+        record_latency(msg.t)
+
+    return app
+
+
+async def open_producer(app: App) -> App:
+    await app.open()
+    return app
+
+
+async def close_producer(app: App) -> None:
+    await app.close()
+
+
+async def enqueue(app: App, i: int) -> None:
+    await app.enqueue(Noop(i=i))
+
+
+async def enqueue_latency(app: App, t: float) -> None:
+    await app.enqueue(Lat(t=t))
+
+
+async def enqueue_bulk(app: App, items: list[int]) -> None:
+    await app.enqueue_many([Noop(i=i) for i in items])
+
+
+def worker_cmd(module: str, variant: str) -> list[str]:
+    concurrency = {"async10": "10", "async64": "64"}[variant]
+    env_url = os.environ.get("OFFLOAD_URL")
+    argv = ["offload", "worker", "--app", f"{module}:app", "--concurrency", concurrency,
+            "--grace", "1"]
+    return argv + ([f"--url={env_url}"] if env_url else [])
+
+
+def quiet() -> None:
+    """Worker logging at WARNING, like the harness's other peers."""
+    import logging
+
+    logging.getLogger("offload").setLevel(logging.WARNING)
+
+
+__all__ = ["Any", "sys"]
