@@ -21,6 +21,8 @@ from .errors import ConfigurationError, OffloadError
 from .settings import Settings
 
 T = TypeVar("T")
+#: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
 cli = typer.Typer(
     help="offload: the Web-Queue-Worker pattern for Python.",
     no_args_is_help=True,
@@ -90,7 +92,15 @@ def _server(api: Any, host: str, port: int) -> Any:
             yield
 
     config = uvicorn.Config(
-        api, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+        api,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        # Event streams never end on their own: on shutdown, give requests this long, then
+        # close the streams (clients resume elsewhere with Last-Event-ID).
+        timeout_graceful_shutdown=DEFAULT_SHUTDOWN_GRACE_S,
     )
     return Server(config)
 
@@ -119,7 +129,10 @@ def worker(
     app: AppRef,
     concurrency: Annotated[int, typer.Option(min=1, help="handlers at once per process")] = 16,
     processes: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
-    queues: Annotated[str | None, typer.Option(help="comma-separated queues")] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(help="comma-separated queues (default: every handled one + offload.notify)"),
+    ] = None,
     grace: Annotated[float, typer.Option(min=0, help="seconds to finish on SIGTERM")] = 30.0,
     lease: Annotated[float | None, typer.Option(min=0.5, help="lease seconds")] = None,
     url: Url = None,
@@ -280,7 +293,7 @@ def jobs_retry(job_id: str, app: OptApp = None, url: Url = None) -> None:
 @jobs_cli.command("cancel")
 def jobs_cancel(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Cancel a job: a waiting one never runs; a running one is signalled."""
-    row = _with_app(app, url, lambda a: a.backend.cancel(job_id))
+    row = _with_app(app, url, lambda a: a.cancel(job_id))
     what = "cancelled" if row["state"] == "cancelled" else "asked to stop (running)"
     console.print(f"job {row['id']} {what}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 
     from ..app import App, HandlerSpec
     from ..worker.context import Context
-
-log = logging.getLogger("offload.notify")
 
 #: How long links in an email stay valid (seconds): mail is read later than webhooks.
 DEFAULT_EMAIL_LINK_TTL_S = 7 * 86400.0
