@@ -152,6 +152,7 @@ class App:
         if self._backend is not None:
             raise ConfigurationError("configure() must come before the app is opened")
         self._settings = settings
+        self._blobs = None  # the blob store follows the new settings
 
     # -- registry ---------------------------------------------------------------------------
 
