@@ -182,7 +182,10 @@ async def test_export_is_enqueued_followed_live_and_ends_in_a_pdf_and_an_email(
     assert "Download PDF" in (await alice.get("/reports")).text  # a reload keeps it
 
     # The confirmation email is a job of its own, and lands in Alice's mailbox.
-    await eventually(lambda: asyncio.to_thread(demo.mailbox.count_for, "alice@example.com"))
+    async def delivered() -> bool:
+        return await asyncio.to_thread(demo.mailbox.count_for, "alice@example.com") > 0
+
+    await eventually(delivered)
     confirm = [j for j in await demo.all_jobs() if j["kind"] == "demo.confirm"]
     assert len(confirm) == 1 and confirm[0]["owner"] == "alice"
     assert confirm[0]["idempotency_key"] == f"confirm:{job_id}"
