@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ T = TypeVar("T")
 DEFAULT_MAX_ATTEMPTS = 5
 #: Queue of a kind declared without one.
 DEFAULT_QUEUE = "default"
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +322,15 @@ class App:
         notify_email: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> Envelope:
-        """Stamp a validated message into an envelope (id, times, routing, budget)."""
+        """Stamp a validated message into an envelope (id, times, routing, budget).
+
+        Args:
+            callback_url: a webhook target notified (signed, retried) when the job ends.
+            notify_email: an address emailed when the job ends.
+
+        Raises:
+            ValueError: a bad `run_at`, `callback_url` or `notify_email`.
+        """
         from ._ids import uuid7
 
         spec = self.spec_of(type(message))
@@ -331,6 +342,10 @@ class App:
             when = max(now, run_at.timestamp())
         elif delay is not None:
             when = now + max(0.0, _seconds(delay) or 0.0)
+        if callback_url and not _HTTP_URL.match(callback_url):
+            raise ValueError("callback_url must be an http:// or https:// URL")
+        if notify_email and not _EMAIL.match(notify_email):
+            raise ValueError("notify_email is not an email address")
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }

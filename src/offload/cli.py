@@ -22,7 +22,7 @@ from .settings import Settings
 
 T = TypeVar("T")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
-DEFAULT_SHUTDOWN_GRACE_S = 5.0
+DEFAULT_SHUTDOWN_GRACE_S = 5
 cli = typer.Typer(
     help="offload: the Web-Queue-Worker pattern for Python.",
     no_args_is_help=True,

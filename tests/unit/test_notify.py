@@ -263,3 +263,14 @@ def test_tickets_name_their_principal_until_they_expire() -> None:
     assert read_ticket(key, f"{forged}.{expires}.{signature}", now=999) is None
     for junk in ("", "a.b", "..", "a.1000.", "%%%.1000.x", "a.99999999999999999999.x"):
         assert read_ticket(key, junk, now=0) is None
+
+
+def test_python_enqueue_takes_and_checks_delivery_options() -> None:
+    app = _app()
+    env = app.envelope(Thing(), callback_url="https://h.example.com/x", notify_email="a@b.example")
+    assert env.options == {"callback_url": "https://h.example.com/x", "notify_email": "a@b.example"}
+    assert app.envelope(Thing()).options == {}
+    with pytest.raises(ValueError, match="callback_url"):
+        app.envelope(Thing(), callback_url="javascript:alert(1)")
+    with pytest.raises(ValueError, match="notify_email"):
+        app.envelope(Thing(), notify_email="not an address")
