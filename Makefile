@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types clean chromium
+.PHONY: demo test check lint types clean chromium bench bench-peers bench-drain bench-api bench-burst
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[speed,demo]' --group dev
+	$(BIN)/python -m pip install --quiet -e '.[all,demo]' --group dev
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,3 +36,16 @@ types: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
+bench: bench-api bench-drain bench-peers bench-burst
+
+bench-peers: $(STAMP)
+	bash bench/peers.sh
+
+bench-drain: $(STAMP)
+	$(BIN)/python bench/drain.py
+
+bench-api: $(STAMP)
+	$(BIN)/python bench/api_latency.py
+

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from ..app import App
+from ..brokers._rows import row_of
 from ..contract import JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.ledger import deliveries
@@ -112,7 +113,7 @@ async def submit(
         raise Problem(
             422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
         ) from None
-    job = await app.enqueue(
+    envelope = app.envelope(
         message,
         owner=principal,
         priority=priority,
@@ -122,7 +123,9 @@ async def submit(
         callback_url=callback_url,
         notify_email=notify_email,
     )
-    row = await app.backend.get(job.id)
+    (job,) = await app.backend.enqueue([envelope])
+    # A new job's record is the envelope itself: no second round trip on the hot path.
+    row = row_of(envelope) if job.created else await app.backend.get(job.id)
     assert row is not None
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
     if not job.created:
