@@ -48,6 +48,7 @@ class DemoProcess:
         return self.folder / "shop.db"
 
     def start(self, timeout: float = 45.0) -> DemoProcess:
+        """Start it and wait until it serves and its workers were started."""
         self._log = open(self.log_path, "wb")  # closed in stop()
         argv = [sys.executable, "-m", "offload", "demo", "--port", str(self.port)]
         self.proc = subprocess.Popen(
@@ -58,6 +59,17 @@ class DemoProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            if self.proc.poll() is None:
+                self.kill()
+            self._log.close()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -65,7 +77,7 @@ class DemoProcess:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
                     if "Press Ctrl-C" in self.output():  # the workers have been started
-                        return self
+                        return
             time.sleep(0.1)
         raise RuntimeError(f"offload demo did not come up:\n{self.output()}")
 
@@ -80,6 +92,17 @@ class DemoProcess:
             with contextlib.suppress(OSError):
                 pids += [int(p) for p in (task / "children").read_text().split()]
         return pids
+
+    def leftovers(self) -> list[int]:
+        """Live processes started for this demo (their environment names its folder)."""
+        marker = f"OFFLOAD_DEMO_DIR={self.folder.resolve()}".encode()
+        found = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError):
+                pid = int(environ.parent.name)
+                if marker in environ.read_bytes().split(b"\0") and alive(pid):
+                    found.append(pid)
+        return found
 
     def stop(self, sig: int = signal.SIGINT, *, group: bool = False, timeout: float = 40) -> int:
         """Signal the launcher (or, like a terminal's Ctrl-C, its whole process group) and

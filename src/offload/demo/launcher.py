@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -42,6 +43,8 @@ DEFAULT_WORKER_GRACE_S = 10.0
 DEFAULT_WEB_GRACE_S = 3.0
 #: Longest pause before restarting a worker that crashed (seconds).
 DEFAULT_RESTART_MAX_S = 10.0
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 #: Modules of the `demo` extra (import name: package name).
@@ -71,6 +74,12 @@ def prepare(config: DemoConfig) -> DemoConfig:
     return config
 
 
+def _die_with_parent() -> None:
+    """In a worker process, before it runs: ask Linux for SIGTERM when the launcher dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class WorkerPool:
     """`count` worker processes; one that crashes is restarted until `stop()`."""
 
@@ -97,10 +106,16 @@ class WorkerPool:
     async def _keep(self, slot: int) -> None:
         pause = 1.0
         while not self._stopping:
-            proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+            # Own session: a terminal's Ctrl-C reaches the launcher only, which stops the
+            # workers in order; if the launcher dies anyway, the kernel sends them SIGTERM.
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
             self.procs[slot] = proc
             code = await proc.wait()
-            # Exit 0 is a worker stopping on a signal (Ctrl-C reaches the whole group).
             if self._stopping or code == 0:
                 return
             log.error(
@@ -109,6 +124,10 @@ class WorkerPool:
             )  # fmt: skip
             await asyncio.sleep(pause)
             pause = min(pause * 2, DEFAULT_RESTART_MAX_S)
+
+    def stopping(self) -> None:
+        """From now on a worker that exits is not restarted."""
+        self._stopping = True
 
     async def stop(self) -> None:
         """SIGTERM every worker, wait for them to drain, kill what is left after the grace."""
@@ -208,6 +227,7 @@ async def serve_demo(
         nonlocal signals
         signals += 1
         server.should_exit = True
+        pool.stopping()
         if signals > 1:  # a second Ctrl-C: don't wait for anything
             server.force_exit = True
             pool.kill()
