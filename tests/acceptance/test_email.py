@@ -64,7 +64,7 @@ async def mail(sink: MailSink, count: int = 1, timeout: float = 15.0) -> None:
 
 
 async def test_completion_email_has_both_parts_and_the_result_link(
-    app: App, web: httpx.AsyncClient, start_worker: Callable[..., Any], sink: MailSink
+    app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient, sink: MailSink
 ) -> None:
     declare(app)
     # Given a job submitted over HTTP with notify_email,

@@ -99,7 +99,7 @@ async def delivery_jobs(app: App) -> list[dict[str, Any]]:
 
 
 async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
-    app: App, web: httpx.AsyncClient, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
 ) -> None:
     declare(app)
     with Receiver() as receiver:
@@ -168,7 +168,7 @@ async def test_a_receiver_that_fails_twice_gets_a_third_attempt(
 
 @pytest.mark.parametrize("overrides", [{"webhook_allow_private": False}])
 async def test_loopback_target_is_refused_without_allow_private(
-    app: App, web: httpx.AsyncClient, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
 ) -> None:
     declare(app)
     with Receiver() as receiver:
@@ -237,7 +237,7 @@ async def test_a_kind_default_callback_and_a_per_job_override(
 
 
 async def test_cancelling_a_waiting_job_sends_its_webhook(
-    app: App, web: httpx.AsyncClient, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
 ) -> None:
     declare(app)
     with Receiver() as receiver:

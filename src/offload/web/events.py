@@ -86,21 +86,21 @@ class Hub:
                     del index[key]
 
     async def _watch(self) -> None:
+        # A backend error must not end the watcher: every stream of the process hangs on it.
         while True:
             try:
                 changes = await self.store.changes_since(self.position, limit=1000)
+                for change in changes:
+                    self.position = change.seq
+                    for sub in self.by_job.get(change.job_id, ()):
+                        sub.offer(change)
+                    for sub in self.by_owner.get(change.owner, ()):
+                        sub.offer(change)
+                if len(changes) < 1000:
+                    await self.store.wait_changes(DEFAULT_WATCH_S)
             except BackendError as exc:
                 log.warning("change feed read failed: %s", exc, extra={"action": "feed_error"})
                 await asyncio.sleep(1.0)
-                continue
-            for change in changes:
-                self.position = change.seq
-                for sub in self.by_job.get(change.job_id, ()):
-                    sub.offer(change)
-                for sub in self.by_owner.get(change.owner, ()):
-                    sub.offer(change)
-            if len(changes) < 1000:
-                await self.store.wait_changes(DEFAULT_WATCH_S)
 
 
 def sse(change: Change, present: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
