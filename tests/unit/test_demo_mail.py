@@ -17,7 +17,7 @@ def test_smtp_url_defaults() -> None:
         "mail.example.com",
         25,
         False,
-        None,
+        False,
     )
     assert smtp.username is None and smtp.sender == DEFAULT_SENDER
 
@@ -32,8 +32,16 @@ def test_smtps_url_with_credentials_and_options() -> None:
 
 
 def test_starttls_can_be_required() -> None:
-    smtp = SmtpSettings.from_url("smtp://smtp.example.com:587?starttls=true")
+    smtp = SmtpSettings.from_url("smtp://smtp.example.com:587?starttls=1")
     assert (smtp.port, smtp.start_tls) == (587, True)
+    assert SmtpSettings.from_url("smtp://h?starttls=true").start_tls
+
+
+def test_sender_comes_from_the_url_then_the_setting() -> None:
+    assert SmtpSettings.from_url("smtp://h", "ops@shop.example").sender == "ops@shop.example"
+    assert SmtpSettings.from_url("smtp://h?from=a@b.example", "ops@x.example").sender == (
+        "a@b.example"
+    )
 
 
 @pytest.mark.parametrize(

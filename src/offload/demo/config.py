@@ -28,6 +28,7 @@ class DemoConfig:
         base_url: the address of the web pages, for links in emails.
         smtp_url: where mail goes (`OFFLOAD_SMTP_URL`); None until the launcher picks one.
         mail_to: send every email to this address instead of the demo user's.
+        mail_from: the sender of the demo's email (`OFFLOAD_EMAIL_FROM`).
         pace_s: pause per report month (seconds).
         max_upload_bytes: largest accepted image upload.
         inline: do the slow work inside the request (the problem the pattern solves).
@@ -37,6 +38,7 @@ class DemoConfig:
     base_url: str = DEFAULT_BASE_URL
     smtp_url: str | None = None
     mail_to: str | None = None
+    mail_from: str | None = None
     pace_s: float = DEFAULT_PACE_S
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     inline: bool = False
@@ -68,6 +70,7 @@ class DemoConfig:
                 base_url=e.get("OFFLOAD_DEMO_BASE_URL") or DEFAULT_BASE_URL,
                 smtp_url=e.get("OFFLOAD_SMTP_URL") or None,
                 mail_to=e.get("OFFLOAD_DEMO_MAIL_TO") or None,
+                mail_from=e.get("OFFLOAD_EMAIL_FROM") or None,
                 pace_s=float(e.get("OFFLOAD_DEMO_PACE") or DEFAULT_PACE_S),
                 max_upload_bytes=int(
                     e.get("OFFLOAD_DEMO_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD_BYTES
@@ -90,4 +93,6 @@ class DemoConfig:
             env["OFFLOAD_SMTP_URL"] = self.smtp_url
         if self.mail_to:
             env["OFFLOAD_DEMO_MAIL_TO"] = self.mail_to
+        if self.mail_from:
+            env["OFFLOAD_EMAIL_FROM"] = self.mail_from
         return env

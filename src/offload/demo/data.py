@@ -7,6 +7,7 @@ from the same file. Money is kept in integer cents.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -218,6 +219,7 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+@functools.lru_cache(maxsize=64)  # a data set never changes once written
 def order_count(path: Path, user_id: str) -> int:
     """How many orders the user's shop has in the data set."""
     with connect(path) as conn:
@@ -225,6 +227,7 @@ def order_count(path: Path, user_id: str) -> int:
     return int(n)
 
 
+@functools.lru_cache(maxsize=16)
 def dataset_year(path: Path) -> int:
     with connect(path) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'year'").fetchone()

@@ -20,15 +20,16 @@ DEFAULT_SMTP_URL = "smtp://127.0.0.1:8025"
 DEFAULT_SENDER = "Tally reports <reports@tally.example>"
 #: Seconds an SMTP conversation may take.
 DEFAULT_SMTP_TIMEOUT_S = 30.0
+_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
 
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
-    """How to reach the SMTP server.
+    """How to reach the SMTP server (the same URL forms as offload's email notifications).
 
-    `smtp://user:pass@host:587?starttls=true&from=me@example.com`: plain SMTP (STARTTLS when
-    the server offers it, or always with `starttls=true`); `smtps://…` (port 465): TLS from
-    the start. `from` sets the sender, `timeout` the seconds allowed.
+    `smtp://user:pass@host:587?starttls=1`: STARTTLS required; `smtp://host:25`: plain;
+    `smtps://user:pass@host:465`: TLS from the start. `timeout` sets the seconds allowed and
+    `from` the sender (else OFFLOAD_EMAIL_FROM, else the demo's own).
     """
 
     host: str
@@ -36,22 +37,26 @@ class SmtpSettings:
     username: str | None
     password: str | None
     use_tls: bool
-    start_tls: bool | None
+    start_tls: bool
     sender: str
     timeout_s: float
 
     @classmethod
-    def from_url(cls, url: str | None) -> SmtpSettings:
-        """Raises: ConfigurationError: not an smtp:// or smtps:// URL, or a bad option."""
+    def from_url(cls, url: str | None, sender: str | None = None) -> SmtpSettings:
+        """The settings of `url`; `sender` when the URL names none (OFFLOAD_EMAIL_FROM).
+
+        Raises:
+            ConfigurationError: not an smtp:// or smtps:// URL, or a bad option.
+        """
         parts = urlsplit(url or DEFAULT_SMTP_URL)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ConfigurationError(
                 f"OFFLOAD_SMTP_URL must look like smtp://host:port or smtps://host, not {url!r}"
             )
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        start_tls = {"true": True, "false": False, None: None}.get(query.get("starttls"), None)
-        if query.get("starttls") not in ("true", "false", None):
-            raise ConfigurationError("OFFLOAD_SMTP_URL: starttls must be true or false")
+        starttls = query.get("starttls", "0").lower()
+        if starttls not in _YES + _NO:
+            raise ConfigurationError("OFFLOAD_SMTP_URL: starttls must be 1 or 0")
         try:
             port = parts.port or (465 if parts.scheme == "smtps" else 25)
             timeout_s = float(query.get("timeout", DEFAULT_SMTP_TIMEOUT_S))
@@ -63,8 +68,8 @@ class SmtpSettings:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             use_tls=parts.scheme == "smtps",
-            start_tls=start_tls,
-            sender=query.get("from", DEFAULT_SENDER),
+            start_tls=starttls in _YES,
+            sender=query.get("from") or sender or DEFAULT_SENDER,
             timeout_s=timeout_s,
         )
 
@@ -126,7 +131,7 @@ def confirmation_for(
     config: DemoConfig, user: DemoUser, report: ReportSummary
 ) -> tuple[SmtpSettings, EmailMessage]:
     """Where to send, and the confirmation email, as the demo's settings say."""
-    smtp = SmtpSettings.from_url(config.smtp_url)
+    smtp = SmtpSettings.from_url(config.smtp_url, config.mail_from)
     message = confirmation(
         user, report, sender=smtp.sender, base_url=config.base_url, to=config.mail_to
     )

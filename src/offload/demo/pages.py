@@ -23,7 +23,7 @@ from ..web.problems import problem
 from . import uploads
 from .config import DemoConfig
 from .contracts import app as demo_app
-from .data import USERS, dataset_year, order_count, period_label
+from .data import USERS, DemoUser, dataset_year, order_count, period_label
 from .exports import REPORT_KIND, Exports, QueuedExports
 from .mailbox import MailboxStore
 from .session import SessionAuth, Sessions
@@ -37,6 +37,7 @@ from .site import (
     render,
     site_of,
     to_login,
+    wants_json,
 )
 
 
@@ -80,20 +81,21 @@ async def logout(request: Request) -> Response:
     return response
 
 
+async def _reports(site: Site, user: DemoUser) -> dict[str, Any]:
+    """What the reports page shows besides the layout."""
+    return {
+        "active": "reports",
+        "jobs": await site.exports.list(user.id, REPORT_KIND),
+        "periods": _periods(site),
+        "orders": order_count(site.config.data_path, user.id),
+    }
+
+
 async def reports_page(request: Request) -> Response:
     user = current_user(request)
     if user is None:
         return to_login(request)
-    site = site_of(request)
-    return render(
-        request,
-        "reports.html",
-        user,
-        active="reports",
-        jobs=await site.exports.list(user.id, REPORT_KIND),
-        periods=_periods(site),
-        orders=order_count(site.config.data_path, user.id),
-    )
+    return render(request, "reports.html", user, **await _reports(site_of(request), user))
 
 
 async def export_report(request: Request) -> Response:
@@ -109,16 +111,10 @@ async def export_report(request: Request) -> Response:
     periods = dict(_periods(site))
     period = str(form.get("period") or next(iter(periods)))
     if period not in periods:
+        context = {} if wants_json(request) else await _reports(site, user)
+        detail = f"no report period {period!r}"
         return failure(
-            request,
-            422,
-            f"no report period {period!r}",
-            "invalid-period",
-            page="reports.html",
-            user=user,
-            jobs=[],
-            periods=list(periods.items()),
-            orders=0,
+            request, 422, detail, "invalid-period", page="reports.html", user=user, **context
         )
     job = await site.exports.export_report(user, period)
     return created(request, job)
