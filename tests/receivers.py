@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -34,9 +35,10 @@ class Answer:
 
 class Receiver:
     """An HTTP server on 127.0.0.1 (own thread) that records every request and answers
-    from a script: `answers[i]` for the i-th request, the last one for every later one."""
+    from a script: `answers[i]` for the i-th request, the last one for every later one.
+    With `tls`, it speaks HTTPS with that server context."""
 
-    def __init__(self, *answers: Answer | int) -> None:
+    def __init__(self, *answers: Answer | int, tls: ssl.SSLContext | None = None) -> None:
         self.answers = [a if isinstance(a, Answer) else Answer(a) for a in answers] or [Answer()]
         self.requests: list[Received] = []
         self._lock = threading.Lock()
@@ -66,6 +68,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 

@@ -145,3 +145,40 @@ async def test_the_notifier_connects_to_the_resolved_address_with_the_original_h
     assert request.headers["host"] == f"hooks.example.test:{receiver.port}"
     assert "webhook-signature" not in request.headers  # no secrets configured
     assert resolve.calls == [("hooks.example.test", receiver.port)]
+
+
+@pytest.mark.anyio
+async def test_https_checks_the_certificate_of_the_name_while_connecting_to_the_address() -> None:
+    import ssl
+
+    import httpx
+    import trustme
+
+    # Given an HTTPS receiver on loopback with a certificate for hooks.example.test only,
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("hooks.example.test").configure_cert(server)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    resolve = StubResolver(
+        {"hooks.example.test": ["127.0.0.1"], "other.example.test": ["127.0.0.1"]}
+    )
+    with Receiver(tls=server) as receiver:
+        async with httpx.AsyncClient(verify=client_context, trust_env=False) as client:
+            notifier = WebhookNotifier(client, allow_private=True, resolve=resolve)
+
+            def note(host: str) -> Notification:
+                return Notification(
+                    id="msg_2", channel="webhook", target=f"https://{host}:{receiver.port}/in",
+                    event="job.succeeded", record={"id": "j", "finished_at": None}, sent_at=1.0,
+                )  # fmt: skip
+
+            # when it is named by that host (and reached at the address it resolved to),
+            receipt = await notifier.deliver(note("hooks.example.test"))
+            # then TLS verified the certificate against the name: delivered;
+            assert receipt.code == 200
+            assert receiver.requests[0].headers["host"] == f"hooks.example.test:{receiver.port}"
+            # and a name the certificate does not cover fails, at the same address.
+            with pytest.raises(DeliveryError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
+                await notifier.deliver(note("other.example.test"))
+    assert len(receiver.requests) == 1
