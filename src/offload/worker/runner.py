@@ -93,7 +93,8 @@ class Worker:
             raise ConfigurationError(f"app {app.name!r} has no handlers: import its worker module")
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
-        self.handlers = {**self.dispatcher.handlers(), **app.handlers}
+        #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
+        self.builtin = self.dispatcher.handlers()
         self.concurrency = concurrency
         self.lease_s = lease_s or app.settings.lease_s
         self.grace_s = grace_s
@@ -201,7 +202,8 @@ class Worker:
     # -- one job ----------------------------------------------------------------------------
 
     async def _execute(self, lease: Lease, ctx: Context) -> None:
-        spec = self.handlers.get(lease.envelope.kind)
+        kind = lease.envelope.kind
+        spec = self.app.handlers.get(kind) or self.builtin.get(kind)
         outcome: Outcome | None
         try:
             outcome = await self._attempt(lease, ctx, spec)
