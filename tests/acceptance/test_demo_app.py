@@ -253,6 +253,18 @@ async def test_a_file_that_is_not_an_image_is_refused_and_enqueues_nothing(demo:
     assert await demo.all_jobs() == [] and _uploads(demo) == []
 
 
+async def test_an_upload_without_the_form_token_is_refused(demo: Demo) -> None:
+    alice = await demo.signed_in("alice")
+    answer = await alice.post(
+        "/thumbnails",
+        files={"image": ("a.png", png(), "image/png")},
+        headers={"X-CSRF-Token": "forged"},
+    )
+    assert answer.status_code == 403
+    assert answer.json()["type"].endswith("/bad-csrf-token")
+    assert await demo.all_jobs() == [] and _uploads(demo) == []
+
+
 async def test_a_plain_form_upload_error_shows_the_page_with_the_message(demo: Demo) -> None:
     alice = await demo.signed_in("alice")
     answer = await alice.post(

@@ -195,6 +195,24 @@ def _announce(config: DemoConfig, workers: int, catcher: SmtpCatcher | None) -> 
     console.print("\n  Press Ctrl-C to stop.\n")
 
 
+def _stop_on_signals(server: Any, pool: WorkerPool) -> None:
+    """SIGINT/SIGTERM: stop serving and stop restarting workers; a second one: stop now."""
+    signals = 0
+
+    def stop() -> None:
+        nonlocal signals
+        signals += 1
+        server.should_exit = True
+        pool.stopping()
+        if signals > 1:  # a second Ctrl-C: don't wait for anything
+            server.force_exit = True
+            pool.kill()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+
+
 async def serve_demo(
     config: DemoConfig, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1
 ) -> int:
@@ -221,20 +239,7 @@ async def serve_demo(
         _announce(config, count, catcher)
 
     server = _server(create_demo_app(config, catching_mail=catcher is not None), host, port, ready)
-    signals = 0
-
-    def stop() -> None:
-        nonlocal signals
-        signals += 1
-        server.should_exit = True
-        pool.stopping()
-        if signals > 1:  # a second Ctrl-C: don't wait for anything
-            server.force_exit = True
-            pool.kill()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop)
+    _stop_on_signals(server, pool)
     try:
         await server.serve()
     finally:

@@ -18,8 +18,17 @@ from starlette.types import Message
 from .._ids import uuid7
 from ..web.problems import problem
 from .exports import THUMBNAILS_KIND
-from .images import NotAnImage, inspect_image
-from .site import created, current_user, failure, render, site_of, to_login
+from .images import ImageInfo, NotAnImage, inspect_image
+from .site import (
+    Site,
+    created,
+    current_user,
+    failure,
+    render,
+    site_of,
+    to_login,
+    wants_json,
+)
 
 #: Room for the multipart framing around the file (bytes).
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -71,57 +80,67 @@ def _display_name(name: str | None) -> str:
     return name.strip()[:120] or "image"
 
 
+class Refused(Exception):
+    """The upload cannot be used: answered with `status` and a message for the user."""
+
+    def __init__(self, status: int, detail: str, slug: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.slug = status, detail, slug
+
+
+def _too_large(limit: int) -> Refused:
+    detail = f"The file is too large: images up to {limit / (1 << 20):.3g} MB."
+    return Refused(413, detail, "too-large")
+
+
+async def _read_image(request: Request, site: Site) -> tuple[str, bytes, ImageInfo]:
+    """The uploaded file's display name, bytes and image header, read within the limit.
+
+    Raises:
+        Refused: too large, unreadable, a stale form, no file, or not an image.
+    """
+    limit = site.config.max_upload_bytes
+    try:
+        body = await _read_capped(request, limit + FORM_OVERHEAD_BYTES)
+    except TooLarge:
+        raise _too_large(limit) from None
+    try:
+        form = await _form_request(request, body).form(max_files=1, max_fields=10)
+    except HTTPException as exc:
+        raise Refused(400, f"The upload could not be read: {exc.detail}", "bad-upload") from None
+    try:
+        token = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
+        if not site.sessions.check_csrf(request, token):
+            raise Refused(403, "The form expired: reload the page.", "bad-csrf-token")
+        file = form.get("image")
+        if not isinstance(file, UploadFile) or not file.filename:
+            raise Refused(400, "Choose an image file to upload.", "no-file")
+        name, data = _display_name(file.filename), await file.read()
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise _too_large(limit)
+    try:
+        info = await asyncio.to_thread(inspect_image, data)
+    except NotAnImage as exc:
+        raise Refused(415, f"“{name}” is not an image we can use: {exc}.", "not-an-image") from None
+    return name, data, info
+
+
 async def upload(request: Request) -> Response:
     """Check the upload, store the original in the blob store, enqueue `demo.thumbnails`."""
     site = site_of(request)
     user = current_user(request)
     if user is None:
         return problem(401, "sign in first", slug="signed-out", instance=request.url.path)
-    limit = site.config.max_upload_bytes
-    megabytes = f"{limit / (1 << 20):.3g} MB"
-
-    async def refuse(status: int, detail: str, slug: str) -> Response:
-        jobs = (
-            []
-            if "json" in request.headers.get("accept", "")
-            else (await site.exports.list(user.id, THUMBNAILS_KIND))
-        )
+    try:
+        name, data, info = await _read_image(request, site)
+    except Refused as refused:
+        jobs = [] if wants_json(request) else await site.exports.list(user.id, THUMBNAILS_KIND)
         return failure(
-            request,
-            status,
-            detail,
-            slug,
-            page="thumbnails.html",
-            user=user,
-            active="thumbnails",
-            jobs=jobs,
-        )
-
-    try:
-        body = await _read_capped(request, limit + FORM_OVERHEAD_BYTES)
-    except TooLarge:
-        return await refuse(413, f"The file is too large: images up to {megabytes}.", "too-large")
-    try:
-        form = await _form_request(request, body).form(max_files=1, max_fields=10)
-    except HTTPException as exc:
-        return await refuse(400, f"The upload could not be read: {exc.detail}", "bad-upload")
-    try:
-        token = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
-        if not site.sessions.check_csrf(request, token):
-            return problem(403, "the form expired; reload the page", slug="bad-csrf-token")
-        file = form.get("image")
-        if not isinstance(file, UploadFile) or not file.filename:
-            return await refuse(400, "Choose an image file to upload.", "no-file")
-        name = _display_name(file.filename)
-        data = await file.read()
-    finally:
-        await form.close()
-    if len(data) > limit:
-        return await refuse(413, f"The file is too large: images up to {megabytes}.", "too-large")
-    try:
-        info = await asyncio.to_thread(inspect_image, data)
-    except NotAnImage as exc:
-        return await refuse(415, f"“{name}” is not an image we can use: {exc}.", "not-an-image")
+            request, refused.status, refused.detail, refused.slug,
+            page="thumbnails.html", user=user, active="thumbnails", jobs=jobs,
+        )  # fmt: skip
     key = f"uploads/{user.id}/{uuid7()}/original.{info.extension}"
     await site.app.blobs.put(key, data)
     try:
