@@ -156,6 +156,8 @@ class SmtpCatcher:
     async def start(self) -> SmtpCatcher:
         from aiosmtpd.smtp import SMTP
 
+        # aiosmtpd logs every SMTP command at INFO; the demo's console has better uses.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         handler = _Handler(self.store)
         self._server = await loop.create_server(
