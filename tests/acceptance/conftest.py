@@ -55,7 +55,8 @@ async def start_worker(app: App) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for r in running:
         await r.stop()
-    await app.close()
+    if not app._users:  # opened lazily (enqueue) and by no one else: close it; a web
+        await app.close()  # fixture still serving holds its own open and closes it itself
 
 
 @pytest.fixture
