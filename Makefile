@@ -49,3 +49,6 @@ bench-drain: $(STAMP)
 bench-api: $(STAMP)
 	$(BIN)/python bench/api_latency.py
 
+bench-burst: $(STAMP)
+	$(BIN)/offload bench burst --out bench
+

@@ -13,7 +13,9 @@ PACKAGES = c.PACKAGES
 BACKEND = "sqlite"
 WORKER_VARIANTS = c.WORKER_VARIANTS
 BULK_API = c.BULK_API
-DB = Path(os.environ.get("BENCH_OFFLOAD_SQLITE") or Path(tempfile.gettempdir()) / "offload-bench.db")
+DB = Path(
+    os.environ.get("BENCH_OFFLOAD_SQLITE") or Path(tempfile.gettempdir()) / "offload-bench.db"
+)
 URL = f"sqlite:///{DB}"
 app = c.make_app(URL)
 noop, lat = app.handlers["bench.noop"].fn, app.handlers["bench.lat"].fn

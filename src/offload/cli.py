@@ -312,6 +312,37 @@ def jobs_purge(
     console.print(f"purged {n} jobs from {queue}")
 
 
+bench_cli = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
+cli.add_typer(bench_cli, name="bench")
+
+
+@bench_cli.command("burst")
+def bench_burst(
+    requests: Annotated[int, typer.Option(min=1, help="concurrent export clicks")] = 100,
+    rate: Annotated[float, typer.Option(help="home-page requests per second")] = 20.0,
+    seconds: Annotated[float, typer.Option(help="length of the measured window")] = 20.0,
+    pace: Annotated[float, typer.Option(min=0, help="report pause per month (s)")] = 0.2,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes (queued)")] = 1,
+    out: Annotated[str, typer.Option(help="folder for RESULTS.md and burst.png")] = ".",
+) -> None:
+    """Queued vs inline mode of the demo under a burst of exports: home-page latency."""
+    from pathlib import Path
+
+    from .bench.burst import run_burst
+
+    body = _run(
+        lambda: run_burst(
+            requests=requests,
+            rate=rate,
+            seconds=seconds,
+            pace=pace,
+            workers=workers,
+            out=Path(out),
+        )
+    )
+    print(body)
+
+
 @cli.command()
 def migrate(url: Url = None) -> None:
     """Create or upgrade the backend's schema (PostgreSQL); a no-op where none is needed."""

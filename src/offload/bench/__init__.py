@@ -1,0 +1,1 @@
+"""Benchmarks shipped with offload: `offload bench burst` (and the helpers bench/ scripts use)."""
