@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import redis
+from _results import fmt, write_section
 from rich.console import Console
 from rich.progress import Progress
-
-from _results import fmt, write_section
 
 HERE = Path(__file__).parent
 TOP = HERE.parent
@@ -42,9 +41,24 @@ def ensure_counter() -> redis.Redis:
     try:
         r.ping()
     except redis.ConnectionError:
-        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port",
-                        str(COUNTER_PORT), "--save", "", "--appendonly", "no", "--dir",
-                        tempfile.gettempdir()], check=True)
+        subprocess.run(
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(COUNTER_PORT),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tempfile.gettempdir(),
+            ],
+            check=True,
+        )
         time.sleep(0.5)
     return r
 
@@ -101,19 +115,36 @@ async def load(url: str, n: int, progress: Progress, label: str) -> float:
     return n / (time.perf_counter() - start)
 
 
-def drain(url: str, n: int, processes: int, concurrency: int, progress: Progress,
-          label: str) -> tuple[float, float]:
+def drain(
+    url: str, n: int, processes: int, concurrency: int, progress: Progress, label: str
+) -> tuple[float, float]:
     """Start the workers, wait for n completions; returns (drain jobs/s, steady jobs/s)."""
     counter = redis.Redis.from_url(COUNTER_URL)
     counter.delete("drain:done", "drain:first", "drain:last")
-    env = {**os.environ, "OFFLOAD_URL": url, "BENCH_TARGET": str(n),
-           "BENCH_COUNTER_URL": COUNTER_URL, "PYTHONPATH": str(HERE)}
-    argv = [str(TOP / ".venv/bin/offload"), "worker", "--app", "drain_app:app", "--processes",
-            str(processes), "--concurrency", str(concurrency), "--grace", "2"]
+    env = {
+        **os.environ,
+        "OFFLOAD_URL": url,
+        "BENCH_TARGET": str(n),
+        "BENCH_COUNTER_URL": COUNTER_URL,
+        "PYTHONPATH": str(HERE),
+    }
+    argv = [
+        str(TOP / ".venv/bin/offload"),
+        "worker",
+        "--app",
+        "drain_app:app",
+        "--processes",
+        str(processes),
+        "--concurrency",
+        str(concurrency),
+        "--grace",
+        "2",
+    ]
     task = progress.add_task(f"drain {label}", total=n)
     spawn = time.time()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         while True:
             done = int(counter.get("drain:done") or 0)
@@ -152,33 +183,50 @@ async def main() -> None:
             for p in counts:
                 url = await fresh_backend(name)
                 bulk = await load(url, args.jobs, progress, f"{name} x{args.jobs:,}")
-                rate, steady = drain(url, args.jobs, p, args.concurrency, progress,
-                                     f"{name} {p} proc")
+                rate, steady = drain(
+                    url, args.jobs, p, args.concurrency, progress, f"{name} {p} proc"
+                )
                 scaling[(name, p)] = (rate, steady, bulk)
-                console.print(f"{name}: {p} process(es) drain {rate:,.0f}/s "
-                              f"(steady {steady:,.0f}/s, bulk enqueue {bulk:,.0f}/s)")
+                console.print(
+                    f"{name}: {p} process(es) drain {rate:,.0f}/s "
+                    f"(steady {steady:,.0f}/s, bulk enqueue {bulk:,.0f}/s)"
+                )
                 await cleanup(name, url)
             if args.big:
                 url = await fresh_backend(name)
                 await load(url, args.big, progress, f"{name} backlog {args.big:,}")
-                _, steady_big = drain(url, args.jobs, 1, args.concurrency, progress,
-                                      f"{name} first {args.jobs:,} of {args.big:,}")
+                _, steady_big = drain(
+                    url,
+                    args.jobs,
+                    1,
+                    args.concurrency,
+                    progress,
+                    f"{name} first {args.jobs:,} of {args.big:,}",
+                )
                 small = scaling.get((name, 1), (0.0, 0.0, 0.0))[1]
                 backlog[name] = (small, steady_big, steady_big / small if small else 0.0)
-                console.print(f"{name}: steady {small:,.0f}/s from {args.jobs:,} queued, "
-                              f"{steady_big:,.0f}/s from {args.big:,} queued")
+                console.print(
+                    f"{name}: steady {small:,.0f}/s from {args.jobs:,} queued, "
+                    f"{steady_big:,.0f}/s from {args.big:,} queued"
+                )
                 await cleanup(name, url)
     write_report(args, backends, counts, scaling, backlog)
 
 
-def write_report(args: argparse.Namespace, backends: list[str], counts: list[int],
-                 scaling: dict[tuple[str, int], tuple[float, float, float]],
-                 backlog: dict[str, tuple[float, float, float]]) -> None:
+def write_report(
+    args: argparse.Namespace,
+    backends: list[str],
+    counts: list[int],
+    scaling: dict[tuple[str, int], tuple[float, float, float]],
+    backlog: dict[str, tuple[float, float, float]],
+) -> None:
     lines = [
-        "## Drain throughput by worker processes (`make bench-drain`)", "",
+        "## Drain throughput by worker processes (`make bench-drain`)",
+        "",
         f"{args.jobs:,} no-op jobs queued in bulk, then `offload worker --processes P "
         f"--concurrency {args.concurrency}`; drain = N / (last completion - spawn), steady = "
-        "first to last completion. Ratio = rate / rate with one process.", "",
+        "first to last completion. Ratio = rate / rate with one process.",
+        "",
         "| backend | processes | drain jobs/s | steady jobs/s | vs 1 process | bulk enqueue/s |",
         "|---|---|---|---|---|---|",
     ]
@@ -186,14 +234,20 @@ def write_report(args: argparse.Namespace, backends: list[str], counts: list[int
         one = scaling.get((name, counts[0]), (0.0, 0.0, 0.0))[0]
         for p in counts:
             rate, steady, bulk = scaling[(name, p)]
-            lines.append(f"| {name} | {p} | {fmt(rate)} | {fmt(steady)} | "
-                         f"{rate / one if one else 0:.2f}x | {fmt(bulk)} |")
+            lines.append(
+                f"| {name} | {p} | {fmt(rate)} | {fmt(steady)} | "
+                f"{rate / one if one else 0:.2f}x | {fmt(bulk)} |"
+            )
     if backlog:
-        lines += ["", f"### Cost per job as the backlog grows ({args.jobs:,} vs {args.big:,} "
-                  "queued)", "",
-                  f"Steady rate of the first {args.jobs:,} completions, one worker process.", "",
-                  "| backend | from small backlog jobs/s | from big backlog jobs/s | ratio |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"### Cost per job as the backlog grows ({args.jobs:,} vs {args.big:,} queued)",
+            "",
+            f"Steady rate of the first {args.jobs:,} completions, one worker process.",
+            "",
+            "| backend | from small backlog jobs/s | from big backlog jobs/s | ratio |",
+            "|---|---|---|---|",
+        ]
         for name, (small, big, ratio) in backlog.items():
             lines.append(f"| {name} | {fmt(small)} | {fmt(big)} | {ratio:.2f}x |")
     body = "\n".join(lines)

@@ -1,6 +1,6 @@
 """Offload against the peers of one harness run: figures and ratios to the best peer.
 
-    python bench/peers_report.py OUT_DIR      # OUT_DIR holds the harness's results.json
+python bench/peers_report.py OUT_DIR      # OUT_DIR holds the harness's results.json
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ def _ratio(ours: float | None, best: dict[str, Any] | None, key: str, lowest: bo
 
 def report(results: dict[str, Any]) -> str:
     engines = {"redis": [], "postgres": []}  # type: dict[str, list[dict[str, Any]]]
-    backend_of = {name: p["meta"]["backend"] for name, p in results["peers"].items()
-                  if "meta" in p}
+    backend_of = {name: p["meta"]["backend"] for name, p in results["peers"].items() if "meta" in p}
     ours = []
     for row in results["summary"]:
         backend = backend_of.get(row["adapter"], "?")
@@ -40,17 +39,23 @@ def report(results: dict[str, Any]) -> str:
             ours.append((row, backend))
         elif row["peer"] not in REFERENCE_FLOORS and backend in engines:
             engines[backend].append(row)
-    metrics = [("enqueue_jobs_s", "enqueue/s", False), ("bulk_jobs_s", "bulk/s", False),
-               ("drain_jobs_s", "drain/s", False), ("steady_jobs_s", "steady/s", False),
-               ("p50_ms", "p50 ms", True), ("p99_ms", "p99 ms", True)]
+    metrics = [
+        ("enqueue_jobs_s", "enqueue/s", False),
+        ("bulk_jobs_s", "bulk/s", False),
+        ("drain_jobs_s", "drain/s", False),
+        ("steady_jobs_s", "steady/s", False),
+        ("p50_ms", "p50 ms", True),
+        ("p99_ms", "p99 ms", True),
+    ]
     lines = [
         f"N = {results['config']['n']:,} jobs, {results['config']['reps']} repetition(s), "
         "one worker process. Ratio = offload / best peer on the same engine (for latency: best "
         "peer / offload), so above 1.00x means offload is ahead. The SQLite rows are compared "
         "with the best Redis peer (the issue's target) and the best PostgreSQL peer.",
         "",
-        "| offload | worker | compared with | " + " | ".join(
-            f"{label} | ratio" for _, label, _ in metrics) + " |",
+        "| offload | worker | compared with | "
+        + " | ".join(f"{label} | ratio" for _, label, _ in metrics)
+        + " |",
         "|---|---|---|" + "---|---|" * len(metrics),
     ]
     for row, backend in ours:
@@ -59,26 +64,36 @@ def report(results: dict[str, Any]) -> str:
             cells = []
             for key, _, lowest in metrics:
                 best = _best(engines[engine], key, lowest)
-                cells.append(f"{fmt(row.get(key), 1 if lowest else 0)} | "
-                             f"{_ratio(row.get(key), best, key, lowest)}")
-            lines.append(f"| {row['peer']} | {row['variant']} | best {engine} peer | "
-                         + " | ".join(cells) + " |")
+                cells.append(
+                    f"{fmt(row.get(key), 1 if lowest else 0)} | "
+                    f"{_ratio(row.get(key), best, key, lowest)}"
+                )
+            lines.append(
+                f"| {row['peer']} | {row['variant']} | best {engine} peer | "
+                + " | ".join(cells)
+                + " |"
+            )
     lines += ["", "Best peer per engine and metric in this run:", ""]
     for engine, rows in engines.items():
         for key, label, lowest in metrics:
             best = _best(rows, key, lowest)
             if best is not None:
-                lines.append(f"- {engine}, {label}: {best['peer']} ({best['variant']}) "
-                             f"{fmt(best[key], 1 if lowest else 0)}")
+                lines.append(
+                    f"- {engine}, {label}: {best['peer']} ({best['variant']}) "
+                    f"{fmt(best[key], 1 if lowest else 0)}"
+                )
     lines += ["", "All rows of the run (the harness's own table):", ""]
-    lines.append("| peer | worker | enqueue/s | bulk/s | drain/s | steady/s | startup s | p50 ms "
-                 "| p99 ms |")
+    lines.append(
+        "| peer | worker | enqueue/s | bulk/s | drain/s | steady/s | startup s | p50 ms | p99 ms |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in results["summary"]:
-        lines.append(f"| {r['peer']} | {r['variant']} | {fmt(r.get('enqueue_jobs_s'))} | "
-                     f"{fmt(r.get('bulk_jobs_s'))} | {fmt(r.get('drain_jobs_s'))} | "
-                     f"{fmt(r.get('steady_jobs_s'))} | {fmt(r.get('startup_s'), 2)} | "
-                     f"{fmt(r.get('p50_ms'), 1)} | {fmt(r.get('p99_ms'), 1)} |")
+        lines.append(
+            f"| {r['peer']} | {r['variant']} | {fmt(r.get('enqueue_jobs_s'))} | "
+            f"{fmt(r.get('bulk_jobs_s'))} | {fmt(r.get('drain_jobs_s'))} | "
+            f"{fmt(r.get('steady_jobs_s'))} | {fmt(r.get('startup_s'), 2)} | "
+            f"{fmt(r.get('p50_ms'), 1)} | {fmt(r.get('p99_ms'), 1)} |"
+        )
     return "\n".join(lines)
 
 

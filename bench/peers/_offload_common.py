@@ -71,8 +71,16 @@ async def enqueue_bulk(app: App, items: list[int]) -> None:
 def worker_cmd(module: str, variant: str) -> list[str]:
     concurrency = {"async10": "10", "async64": "64"}[variant]
     env_url = os.environ.get("OFFLOAD_URL")
-    argv = ["offload", "worker", "--app", f"{module}:app", "--concurrency", concurrency,
-            "--grace", "1"]
+    argv = [
+        "offload",
+        "worker",
+        "--app",
+        f"{module}:app",
+        "--concurrency",
+        concurrency,
+        "--grace",
+        "1",
+    ]
     return argv + ([f"--url={env_url}"] if env_url else [])
 
 
