@@ -6,6 +6,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import random
 import socket
 import sys
 import time
@@ -349,6 +350,32 @@ async def test_waiters_recover_when_the_wake_up_connection_is_killed(
         await asyncio.wait_for(waiting, 2)
     finally:
         await b.close()
+
+
+async def test_a_cancelled_caller_is_never_left_running(backend: RedisBackend) -> None:
+    """redis-py bounds sends with asyncio.wait_for, which on Python 3.11 can swallow a
+    cancellation; the backend must not let that happen (a web tier's feed watcher would
+    then never stop)."""
+    swallowed = 0
+    for _ in range(200):
+
+        async def read_feed() -> bool:
+            task = asyncio.current_task()
+            assert task is not None
+            while True:
+                await backend.changes_since(0)
+                await backend.stats()
+                if task.cancelling():
+                    return True  # the cancellation was lost inside a backend call
+
+        reader = asyncio.create_task(read_feed())
+        await asyncio.sleep(random.random() * 0.003)
+        reader.cancel()
+        try:
+            swallowed += await asyncio.wait_for(reader, 5)
+        except asyncio.CancelledError:
+            pass
+    assert swallowed == 0
 
 
 # -- chunked sweeps and indexes ----------------------------------------------------------------

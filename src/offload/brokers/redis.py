@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,6 +33,8 @@ DEFAULT_PREFIX = "offload:"
 DEFAULT_POOL_SIZE = 20
 #: Seconds to wait for a TCP connection, and for a free pooled connection.
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: Seconds one call to Redis may take before it fails with BackendError.
+DEFAULT_COMMAND_TIMEOUT_S = 10.0
 #: Due scheduled jobs one claim promotes to ready at most (the rest on the next claim).
 DEFAULT_PROMOTE_MAX = 1000
 #: Entries one sweeping script call (rescue, purge, prune, filtered reads) handles at most,
@@ -105,14 +107,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-@contextlib.contextmanager
-def _errors(what: str = "Redis") -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise BackendError(f"{what}: {exc}") from exc
-
-
 class RedisBackend:
     """Broker and JobStore on one Redis (6.2 or newer), safe for any number of processes.
 
@@ -149,6 +143,7 @@ class RedisBackend:
         pool_size: int = DEFAULT_POOL_SIZE,
         clock: Clock | None = None,
         promote_max: int = DEFAULT_PROMOTE_MAX,
+        command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
     ) -> None:
         if not prefix:
             raise ConfigurationError("the Redis key prefix must not be empty")
@@ -160,6 +155,7 @@ class RedisBackend:
         self.pool_size = pool_size
         self.clock = clock or Clock()
         self.promote_max = promote_max
+        self.command_timeout_s = command_timeout_s
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -202,6 +198,18 @@ class RedisBackend:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _guard(self, what: str = "Redis") -> AsyncIterator[None]:
+        """Driver errors become BackendError (cause kept), and every call is bounded here
+        rather than by the driver's socket timeout (see `open`)."""
+        try:
+            async with asyncio.timeout(self.command_timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise BackendError(f"{what}: no answer within {self.command_timeout_s:g}s") from exc
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"{what}: {exc}") from exc
+
     def _key(self, name: str) -> str:
         return self.keyspace + name
 
@@ -213,7 +221,7 @@ class RedisBackend:
 
     async def _run(self, script: str, *args: str | int) -> Any:
         client = self._redis
-        with _errors():
+        async with self._guard():
             return await self._scripts[script](
                 keys=[self._key("seq")], args=[self.keyspace, *args], client=client
             )
@@ -239,6 +247,11 @@ class RedisBackend:
                 max_connections=self.pool_size,
                 timeout=DEFAULT_CONNECT_TIMEOUT_S,
                 socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                # No driver socket timeout (a `socket_timeout` URL option still sets one):
+                # redis-py bounds each send with asyncio.wait_for, which on Python 3.11
+                # swallows a cancellation that lands as the send completes, so a cancelled
+                # caller would carry on. `_guard` bounds calls with asyncio.timeout instead.
+                socket_timeout=None,
                 decode_responses=True,
                 # A script whose reply was lost may have run: never send it twice.
                 retry=Retry(NoBackoff(), 0),
@@ -248,7 +261,7 @@ class RedisBackend:
         client = aioredis.Redis(connection_pool=pool)
         self._wake = asyncio.get_running_loop().create_future()
         try:
-            with _errors(f"cannot use Redis at {self._where()}"):
+            async with self._guard(f"cannot use Redis at {self._where()}"):
                 await client.ping()
                 pubsub = await self._subscribe(client)
                 for name in _SCRIPTS:
@@ -275,7 +288,7 @@ class RedisBackend:
             await client.connection_pool.disconnect()
 
     async def ping(self) -> None:
-        with _errors():
+        async with self._guard():
             await self._redis.ping()
 
     # -- wake-ups ---------------------------------------------------------------------------
@@ -344,8 +357,9 @@ class RedisBackend:
             left = deadline - loop.time()
             if left <= 0 or self._wake is None:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wake), left)
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the future completes, and the waiter would never stop.
+            await asyncio.wait({self._wake}, timeout=left)
 
     def _work_moved(self, queues: Sequence[str]) -> bool:
         if self._seen_work is None:
@@ -356,7 +370,7 @@ class RedisBackend:
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work was announced for `queues` since the last claim, when the next
         scheduled job of these queues is due, or after `timeout` seconds."""
-        with _errors():
+        async with self._guard():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     pipe.zrange(self._key("waiting:" + queue), 0, 0, withscores=True)
@@ -494,7 +508,7 @@ class RedisBackend:
     # -- job store --------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        with _errors():
+        async with self._guard():
             raw = cast(dict[str, str], await self._redis.hgetall(self._key("job:" + job_id)))
         return _decode(raw) if raw else None
 
@@ -574,7 +588,7 @@ class RedisBackend:
             return []
         if job_id is None and owner is None:  # the one feed reader of this instance
             self._seen_feed = (self._epoch, self._feed)
-            with _errors():
+            async with self._guard():
                 entries = cast(
                     list[tuple[str, dict[str, str]]],
                     await self._redis.xrange(self._key("feed"), min=f"{seq + 1}-0", count=limit),
@@ -594,7 +608,7 @@ class RedisBackend:
 
     async def last_seq(self) -> int:
         """The newest change-feed position (0 when the feed is empty)."""
-        with _errors():
+        async with self._guard():
             newest = cast(
                 list[tuple[str, Any]], await self._redis.xrevrange(self._key("feed"), count=1)
             )
@@ -605,11 +619,11 @@ class RedisBackend:
         await self._wait_until(lambda: self._seen_feed != (self._epoch, self._feed), timeout)
 
     async def remember(self, job_id: str, key: str, value: Any) -> None:
-        with _errors():
+        async with self._guard():
             await self._redis.hset(self._key("fx:" + job_id), key, orjson.dumps(value).decode())
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
-        with _errors():
+        async with self._guard():
             raw = await self._redis.hget(self._key("fx:" + job_id), key)
         return (False, None) if raw is None else (True, orjson.loads(raw))
 
