@@ -13,28 +13,29 @@ from offload.demo.mail import DEFAULT_SENDER, ReportSummary, SmtpSettings, confi
 
 def test_smtp_url_defaults() -> None:
     smtp = SmtpSettings.from_url("smtp://mail.example.com")
-    assert (smtp.host, smtp.port, smtp.use_tls, smtp.start_tls) == (
+    server = smtp.server
+    assert (server.host, server.port, server.use_tls, server.start_tls) == (
         "mail.example.com",
         25,
         False,
         False,
     )
-    assert smtp.username is None and smtp.sender == DEFAULT_SENDER
+    assert server.username is None and smtp.sender == DEFAULT_SENDER
 
 
 def test_smtps_url_with_credentials_and_options() -> None:
     smtp = SmtpSettings.from_url(
         "smtps://me%40example.com:p%3Ass@smtp.example.com?from=me@example.com&timeout=5"
     )
-    assert (smtp.port, smtp.use_tls) == (465, True)
-    assert (smtp.username, smtp.password) == ("me@example.com", "p:ss")
-    assert smtp.sender == "me@example.com" and smtp.timeout_s == 5.0
+    assert (smtp.server.port, smtp.server.use_tls) == (465, True)
+    assert (smtp.server.username, smtp.server.password) == ("me@example.com", "p:ss")
+    assert smtp.sender == "me@example.com" and smtp.server.timeout_s == 5.0
 
 
 def test_starttls_can_be_required() -> None:
     smtp = SmtpSettings.from_url("smtp://smtp.example.com:587?starttls=1")
-    assert (smtp.port, smtp.start_tls) == (587, True)
-    assert SmtpSettings.from_url("smtp://h?starttls=true").start_tls
+    assert (smtp.server.port, smtp.server.start_tls) == (587, True)
+    assert SmtpSettings.from_url("smtp://h?starttls=true").server.start_tls
 
 
 def test_sender_comes_from_the_url_then_the_setting() -> None:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from ..errors import ConfigurationError
+from ..notify.email import SMTPConfig, parse_smtp_url, send_message
 from .config import DemoConfig
 from .data import DemoUser, money, period_label
 
@@ -18,28 +18,20 @@ from .data import DemoUser, money, period_label
 DEFAULT_SMTP_URL = "smtp://127.0.0.1:8025"
 #: The sender of the demo's emails, unless the URL's `from` parameter names another.
 DEFAULT_SENDER = "Tally reports <reports@tally.example>"
-#: Seconds an SMTP conversation may take.
-DEFAULT_SMTP_TIMEOUT_S = 30.0
-_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
 
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
-    """How to reach the SMTP server (the same URL forms as offload's email notifications).
+    """How to reach the SMTP server (offload's own URL forms: `notify.email.parse_smtp_url`)
+    and who the demo's mail comes from.
 
     `smtp://user:pass@host:587?starttls=1`: STARTTLS required; `smtp://host:25`: plain;
     `smtps://user:pass@host:465`: TLS from the start. `timeout` sets the seconds allowed and
     `from` the sender (else OFFLOAD_EMAIL_FROM, else the demo's own).
     """
 
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    use_tls: bool
-    start_tls: bool
+    server: SMTPConfig
     sender: str
-    timeout_s: float
 
     @classmethod
     def from_url(cls, url: str | None, sender: str | None = None) -> SmtpSettings:
@@ -48,30 +40,9 @@ class SmtpSettings:
         Raises:
             ConfigurationError: not an smtp:// or smtps:// URL, or a bad option.
         """
-        parts = urlsplit(url or DEFAULT_SMTP_URL)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ConfigurationError(
-                f"OFFLOAD_SMTP_URL must look like smtp://host:port or smtps://host, not {url!r}"
-            )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        starttls = query.get("starttls", "0").lower()
-        if starttls not in _YES + _NO:
-            raise ConfigurationError("OFFLOAD_SMTP_URL: starttls must be 1 or 0")
-        try:
-            port = parts.port or (465 if parts.scheme == "smtps" else 25)
-            timeout_s = float(query.get("timeout", DEFAULT_SMTP_TIMEOUT_S))
-        except ValueError as exc:
-            raise ConfigurationError(f"OFFLOAD_SMTP_URL: {exc}") from None
-        return cls(
-            host=parts.hostname,
-            port=port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            use_tls=parts.scheme == "smtps",
-            start_tls=starttls in _YES,
-            sender=query.get("from") or sender or DEFAULT_SENDER,
-            timeout_s=timeout_s,
-        )
+        url = url or DEFAULT_SMTP_URL
+        named = parse_qs(urlsplit(url).query).get("from", [""])[-1]
+        return cls(parse_smtp_url(url), named or sender or DEFAULT_SENDER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +116,4 @@ async def send(message: EmailMessage, smtp: SmtpSettings) -> None:
         aiosmtplib.SMTPException: the server refused it or could not be reached (the job
             retries).
     """
-    import aiosmtplib
-
-    await aiosmtplib.send(
-        message,
-        hostname=smtp.host,
-        port=smtp.port,
-        username=smtp.username,
-        password=smtp.password,
-        use_tls=smtp.use_tls,
-        start_tls=smtp.start_tls,
-        timeout=smtp.timeout_s,
-    )
+    await send_message(message, smtp.server)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
@@ -53,7 +54,10 @@ def parse_smtp_url(url: str) -> SMTPConfig:
             "smtps://user:pass@host:465"
         )
     tls = parts.scheme == "smtps"
-    start_tls = options.get("starttls", "0").lower() in ("1", "true", "yes")
+    starttls = options.get("starttls", "0").lower()
+    if starttls not in ("1", "true", "yes", "0", "false", "no"):
+        raise ConfigurationError("OFFLOAD_SMTP_URL: starttls must be 1 or 0")
+    start_tls = starttls in ("1", "true", "yes")
     try:
         timeout = float(options.get("timeout", DEFAULT_SMTP_TIMEOUT_S))
         port = parts.port or (465 if tls else 587 if start_tls else 25)
@@ -68,6 +72,25 @@ def parse_smtp_url(url: str) -> SMTPConfig:
         start_tls=start_tls and not tls,
         timeout_s=timeout,
     )
+
+
+async def send_message(message: EmailMessage, smtp: SMTPConfig) -> tuple[Any, str]:
+    """Hand `message` to the SMTP server; returns aiosmtplib's (refusals, answer).
+
+    Raises:
+        aiosmtplib.SMTPException: the server refused it or could not be reached.
+    """
+    result: tuple[Any, str] = await aiosmtplib.send(
+        message,
+        hostname=smtp.host,
+        port=smtp.port,
+        username=smtp.username,
+        password=smtp.password,
+        use_tls=smtp.use_tls,
+        start_tls=smtp.start_tls,
+        timeout=smtp.timeout_s,
+    )
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,18 +204,8 @@ class EmailNotifier:
         return message
 
     async def deliver(self, notification: Notification) -> Receipt:
-        c = self.config
         try:
-            _refused, answer = await aiosmtplib.send(
-                self.compose(notification),
-                hostname=c.host,
-                port=c.port,
-                username=c.username,
-                password=c.password,
-                use_tls=c.use_tls,
-                start_tls=c.start_tls,
-                timeout=c.timeout_s,
-            )
+            _refused, answer = await send_message(self.compose(notification), self.config)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             if codes and all(500 <= code < 600 for code in codes):
