@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -22,10 +20,11 @@ from redis.retry import Retry
 from ..clock import Clock
 from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome, status_record
 from ..errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
+from ._redis_rows import decode, envelope_args, num, opt, pairs
+from ._redis_rows import dumps as _json
+from ._redis_wake import Announcements, FeedMark, WorkMark
 from ._rows import envelope_of as _envelope
 from .base import Capability, Change
-
-log = logging.getLogger("offload.brokers")
 
 #: Key prefix of one application; each key starts with it wrapped in a hash tag.
 DEFAULT_PREFIX = "offload:"
@@ -45,18 +44,6 @@ _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "rescue", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes",
 )  # fmt: skip
-_COLUMNS = (
-    "id", "kind", "version", "queue", "priority", "payload", "state", "attempt",
-    "max_attempts", "run_at", "enqueued_at", "idempotency_key", "owner", "trace", "timeout",
-    "options", "lease_token", "lease_expires", "worker", "cancel_requested",
-    "progress_fraction", "progress_message", "result", "error", "started_at", "finished_at",
-)  # fmt: skip
-_INT = frozenset({"version", "priority", "attempt", "max_attempts", "cancel_requested"})
-_FLOAT = frozenset(
-    {"run_at", "enqueued_at", "timeout", "lease_expires", "progress_fraction", "started_at",
-     "finished_at"}
-)  # fmt: skip
-_JSON = frozenset({"payload", "trace", "options", "result", "error"})
 _LEASE_EXPIRED = {
     "type": "LeaseExpired",
     "message": "the worker stopped heartbeating; its lease lapsed",
@@ -69,42 +56,6 @@ def _lua(name: str) -> str:
     return folder.joinpath("_lib.lua").read_text("utf-8") + folder.joinpath(
         f"{name}.lua"
     ).read_text("utf-8")
-
-
-def _decode(raw: dict[str, str]) -> dict[str, Any]:
-    """A stored hash (all strings, nulls absent) as the row SQLite would return."""
-    row: dict[str, Any] = {}
-    for column in _COLUMNS:
-        value = raw.get(column)
-        if value is None:
-            row[column] = None
-        elif column in _INT:
-            row[column] = int(value)
-        elif column in _FLOAT:
-            row[column] = float(value)
-        elif column in _JSON:
-            row[column] = orjson.loads(value)
-        else:
-            row[column] = value
-    return row
-
-
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _num(value: float) -> str:
-    """Floats travel as their repr, which Redis and Lua's strtod read back exactly."""
-    return repr(float(value))
-
-
-def _opt(value: str | None) -> str:
-    """An optional script argument: '' is None; a value carries a one-character marker."""
-    return "" if value is None else "=" + value
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
 
 
 class RedisBackend:
@@ -158,15 +109,10 @@ class RedisBackend:
         self.command_timeout_s = command_timeout_s
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
-        self._listener: asyncio.Task[None] | None = None
-        # Announcement counts: per queue for work, one for the feed; `_epoch` moves when
-        # the pub/sub connection was lost (anything may have been missed).
-        self._epoch = 0
-        self._work: dict[str, int] = {}
-        self._feed = 0
-        self._seen_work: tuple[int, dict[str, int]] | None = None
-        self._seen_feed: tuple[int, int] | None = None
-        self._wake: asyncio.Future[None] | None = None
+        self._news: Announcements | None = None
+        # What this instance's claimer and feed reader saw last (see Announcements).
+        self._seen_work: WorkMark | None = None
+        self._seen_feed: FeedMark | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -219,6 +165,12 @@ class RedisBackend:
             raise BackendError("the Redis backend is not open")
         return self._client
 
+    @property
+    def _announcements(self) -> Announcements:
+        if self._news is None:
+            raise BackendError("the Redis backend is not open")
+        return self._news
+
     async def _run(self, script: str, *args: str | int) -> Any:
         client = self._redis
         async with self._guard():
@@ -259,30 +211,27 @@ class RedisBackend:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {self._where()}: {exc}") from exc
         client = aioredis.Redis(connection_pool=pool)
-        self._wake = asyncio.get_running_loop().create_future()
+        news = Announcements(client, work=self._key("work"), changes=self._key("changes"))
         try:
             async with self._guard(f"cannot use Redis at {self._where()}"):
                 await client.ping()
-                pubsub = await self._subscribe(client)
+                await news.start()
                 for name in _SCRIPTS:
                     self._scripts[name] = client.register_script(_lua(name))
                     await client.script_load(_lua(name))
         except BaseException:
+            await news.stop()
             await client.aclose()
             await pool.disconnect()
             raise
-        self._client = client
-        self._listener = asyncio.create_task(self._listen(pubsub), name="offload-redis-wake")
+        self._client, self._news = client, news
 
     async def close(self) -> None:
         if self._client is None:
             return
         client, self._client = self._client, None
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        if self._news is not None:
+            await self._news.stop()
         with contextlib.suppress(RedisError, OSError):
             await client.aclose()
             await client.connection_pool.disconnect()
@@ -290,82 +239,6 @@ class RedisBackend:
     async def ping(self) -> None:
         async with self._guard():
             await self._redis.ping()
-
-    # -- wake-ups ---------------------------------------------------------------------------
-
-    async def _subscribe(self, client: aioredis.Redis) -> PubSub:
-        """A pub/sub connection whose subscriptions are confirmed (active) on return."""
-        pubsub = client.pubsub()
-        await pubsub.subscribe(self._key("work"), self._key("changes"))
-        confirmed = 0
-        while confirmed < 2:
-            message = await pubsub.get_message(timeout=DEFAULT_CONNECT_TIMEOUT_S)
-            if message is None:
-                raise BackendError("Redis did not confirm the wake-up subscription")
-            confirmed += message["type"] == "subscribe"
-        return pubsub
-
-    def _notify(self) -> None:
-        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        work, pause = self._key("work"), 0.05
-        while True:
-            try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "Redis wake-up connection lost: %s", exc, extra={"action": "redis_pubsub_lost"}
-                )
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                pubsub = await self._resubscribe(pause)
-                pause = min(1.0, pause * 2)
-                continue
-            pause = 0.05
-            if message is None:
-                continue
-            if message["channel"] == work:
-                queue = message["data"]
-                self._work[queue] = self._work.get(queue, 0) + 1
-            else:
-                self._feed += 1
-            self._notify()
-
-    async def _resubscribe(self, pause: float) -> PubSub:
-        while True:
-            # Whatever was announced meanwhile is lost: let every waiter look again.
-            self._epoch += 1
-            self._notify()
-            await asyncio.sleep(pause)
-            try:
-                pubsub = await self._subscribe(self._redis)
-            except (RedisError, OSError, BackendError):
-                pause = min(1.0, pause * 2)
-                continue
-            self._epoch += 1
-            self._notify()
-            return pubsub
-
-    async def _wait_until(self, moved: Callable[[], bool], timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # No await between the check and taking the future: no announcement slips through.
-        while not moved():
-            left = deadline - loop.time()
-            if left <= 0 or self._wake is None:
-                return
-            # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation
-            # that arrives as the future completes, and the waiter would never stop.
-            await asyncio.wait({self._wake}, timeout=left)
-
-    def _work_moved(self, queues: Sequence[str]) -> bool:
-        if self._seen_work is None:
-            return True
-        epoch, seen = self._seen_work
-        return epoch != self._epoch or any(self._work.get(q, 0) != seen.get(q, 0) for q in queues)
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work was announced for `queues` since the last claim, when the next
@@ -378,23 +251,10 @@ class RedisBackend:
         due = [head[0][1] for head in heads if head]
         if due:
             timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
-        await self._wait_until(lambda: self._work_moved(queues), timeout)
+        news = self._announcements
+        await news.wait_until(lambda: news.work_moved(self._seen_work, queues), timeout)
 
     # -- broker -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _envelope_args(envelopes: Iterable[Envelope]) -> list[str]:
-        return [arg for e in envelopes for arg in RedisBackend._envelope_fields(e)]
-
-    @staticmethod
-    def _envelope_fields(e: Envelope) -> list[str]:
-        return [
-            e.id, e.kind, str(e.version), e.queue, str(e.priority),
-            orjson.dumps(e.payload).decode(), str(e.attempt), str(e.max_attempts),
-            _num(e.run_at), _num(e.enqueued_at), _opt(e.idempotency_key), e.owner,
-            _opt(_json(e.trace)), _opt(None if e.timeout is None else _num(e.timeout)),
-            _opt(_json(e.options or None)),
-        ]  # fmt: skip
 
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """Store the envelopes in one script call, all or none.
@@ -404,7 +264,7 @@ class RedisBackend:
         """
         if not envelopes:
             return []
-        out = await self._run("enqueue", _num(self.clock.now()), *self._envelope_args(envelopes))
+        out = await self._run("enqueue", num(self.clock.now()), *envelope_args(envelopes))
         return [EnqueueResult(id=out[i], created=bool(out[i + 1])) for i in range(0, len(out), 2)]
 
     async def claim(
@@ -413,14 +273,14 @@ class RedisBackend:
         """Lease up to `limit` ready jobs in one script call (see Broker.claim)."""
         if limit <= 0 or not queues:
             return []
-        self._seen_work = (self._epoch, dict(self._work))
+        self._seen_work = self._announcements.work_mark()
         now = self.clock.now()
         token = secrets.token_hex(12)
         expires = now + lease_for
         rows = [
-            _decode(_pairs(flat))
+            decode(pairs(flat))
             for flat in await self._run(
-                "claim", _num(now), token, _num(expires), worker_id, limit, self.promote_max,
+                "claim", num(now), token, num(expires), worker_id, limit, self.promote_max,
                 *dict.fromkeys(queues),
             )
         ]  # fmt: skip
@@ -434,7 +294,7 @@ class RedisBackend:
         """Push the leases out in one script call; a stale lease reports held=False."""
         if not leases:
             return []
-        args = [_num(self.clock.now() + lease_for)]
+        args = [num(self.clock.now() + lease_for)]
         for lease in leases:
             args += [lease.job_id, lease.token]
         answers = await self._run("extend", *args)
@@ -455,16 +315,16 @@ class RedisBackend:
         if not outcomes:
             return []
         now = self.clock.now()
-        args = [_num(now), str(len(outcomes))]
+        args = [num(now), str(len(outcomes))]
         for o in outcomes:
             args += [
-                o.lease.job_id, o.lease.token, o.state.value, _opt(_json(o.result)),
-                _opt(_json(o.error)), _num(o.run_at if o.run_at is not None else now),
+                o.lease.job_id, o.lease.token, o.state.value, opt(_json(o.result)),
+                opt(_json(o.error)), num(o.run_at if o.run_at is not None else now),
                 "1" if o.refund else "0",
-                _opt(None if o.max_attempts is None else str(o.max_attempts)),
+                opt(None if o.max_attempts is None else str(o.max_attempts)),
                 str(len(o.follow_ups)),
             ]  # fmt: skip
-        args += self._envelope_args(f for o in outcomes for f in o.follow_ups)
+        args += envelope_args(f for o in outcomes for f in o.follow_ups)
         return [bool(a) for a in await self._run("settle", *args)]
 
     async def rescue_expired(self) -> list[dict[str, Any]]:
@@ -473,7 +333,7 @@ class RedisBackend:
         error = orjson.dumps(_LEASE_EXPIRED).decode()
         ids: list[str] = []
         while True:
-            answer: list[Any] = await self._run("rescue", _num(self.clock.now()), error, _CHUNK)
+            answer: list[Any] = await self._run("rescue", num(self.clock.now()), error, _CHUNK)
             _rescued, scanned, done = answer
             ids += done
             if scanned < _CHUNK:
@@ -486,7 +346,7 @@ class RedisBackend:
         per-queue indexes, never by scanning jobs."""
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
-        for queue, ready, later, running, dead, oldest in await self._run("stats", _num(now)):
+        for queue, ready, later, running, dead, oldest in await self._run("stats", num(now)):
             out[queue] = {
                 "queued": ready,
                 "scheduled": later,
@@ -510,7 +370,7 @@ class RedisBackend:
     async def get(self, job_id: str) -> dict[str, Any] | None:
         async with self._guard():
             raw = cast(dict[str, str], await self._redis.hgetall(self._key("job:" + job_id)))
-        return _decode(raw) if raw else None
+        return decode(raw) if raw else None
 
     async def list_jobs(
         self,
@@ -527,9 +387,9 @@ class RedisBackend:
         cursor = before
         while len(rows) < limit:
             out = await self._run(
-                "list", index, _opt(state), _opt(kind), _opt(cursor), limit - len(rows), _CHUNK
+                "list", index, opt(state), opt(kind), opt(cursor), limit - len(rows), _CHUNK
             )
-            rows += [_decode(_pairs(flat)) for flat in out[1:]]
+            rows += [decode(pairs(flat)) for flat in out[1:]]
             if not out[0]:
                 break
             cursor = out[0]
@@ -539,7 +399,7 @@ class RedisBackend:
         return bool(
             await self._run(
                 "progress", lease.job_id, lease.token,
-                _opt(None if fraction is None else _num(fraction)), _opt(message),
+                opt(None if fraction is None else num(fraction)), opt(message),
             )
         )  # fmt: skip
 
@@ -552,10 +412,10 @@ class RedisBackend:
             is already stored; nothing changed).
         """
         answer = await self._run(
-            "cancel", _num(self.clock.now()), job_id, *self._envelope_args(follow_ups)
+            "cancel", num(self.clock.now()), job_id, *envelope_args(follow_ups)
         )
         if answer[0] == "ok":
-            return _decode(_pairs(answer[1]))
+            return decode(pairs(answer[1]))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(f"job {job_id} is already {answer[1]}")
@@ -566,9 +426,9 @@ class RedisBackend:
         Raises:
             JobNotFound, InvalidTransition (any other state).
         """
-        answer = await self._run("requeue", _num(self.clock.now()), job_id)
+        answer = await self._run("requeue", num(self.clock.now()), job_id)
         if answer[0] == "ok":
-            return _decode(_pairs(answer[1]))
+            return decode(pairs(answer[1]))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(
@@ -577,7 +437,7 @@ class RedisBackend:
 
     @staticmethod
     def _change(seq: int, fields: dict[str, str]) -> Change:
-        row = _decode(fields)
+        row = decode(fields)
         return Change(seq=seq, job_id=row["id"], owner=row["owner"], record=status_record(row))
 
     async def changes_since(
@@ -587,7 +447,7 @@ class RedisBackend:
         if limit <= 0:
             return []
         if job_id is None and owner is None:  # the one feed reader of this instance
-            self._seen_feed = (self._epoch, self._feed)
+            self._seen_feed = self._announcements.feed_mark()
             async with self._guard():
                 entries = cast(
                     list[tuple[str, dict[str, str]]],
@@ -598,9 +458,9 @@ class RedisBackend:
         cursor = seq
         while len(changes) < limit:
             out = await self._run(
-                "changes", cursor, _opt(job_id), _opt(owner), limit - len(changes), _CHUNK
+                "changes", cursor, opt(job_id), opt(owner), limit - len(changes), _CHUNK
             )
-            changes += [self._change(int(sid.split("-")[0]), _pairs(flat)) for sid, flat in out[1:]]
+            changes += [self._change(int(sid.split("-")[0]), pairs(flat)) for sid, flat in out[1:]]
             if out[0] == "":
                 break
             cursor = int(out[0])
@@ -616,7 +476,8 @@ class RedisBackend:
 
     async def wait_changes(self, timeout: float) -> None:
         """Return once the feed grew since this instance's last unfiltered read."""
-        await self._wait_until(lambda: self._seen_feed != (self._epoch, self._feed), timeout)
+        news = self._announcements
+        await news.wait_until(lambda: self._seen_feed != news.feed_mark(), timeout)
 
     async def remember(self, job_id: str, key: str, value: Any) -> None:
         async with self._guard():
@@ -630,7 +491,7 @@ class RedisBackend:
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
         with their feed entries and effects."""
-        cutoff = _num(self.clock.now() - older_than_s)
+        cutoff = num(self.clock.now() - older_than_s)
         total = 0
         while True:
             n: int = await self._run("prune", cutoff, _CHUNK)

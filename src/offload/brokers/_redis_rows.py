@@ -1,0 +1,76 @@
+"""How rows and arguments cross into Redis: hashes of strings, floats as exact reprs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from ..contract import Envelope
+
+#: The columns of a stored row, as the SQL backends name them.
+COLUMNS = (
+    "id", "kind", "version", "queue", "priority", "payload", "state", "attempt",
+    "max_attempts", "run_at", "enqueued_at", "idempotency_key", "owner", "trace", "timeout",
+    "options", "lease_token", "lease_expires", "worker", "cancel_requested",
+    "progress_fraction", "progress_message", "result", "error", "started_at", "finished_at",
+)  # fmt: skip
+_INT = frozenset({"version", "priority", "attempt", "max_attempts", "cancel_requested"})
+_FLOAT = frozenset(
+    {"run_at", "enqueued_at", "timeout", "lease_expires", "progress_fraction", "started_at",
+     "finished_at"}
+)  # fmt: skip
+_JSON = frozenset({"payload", "trace", "options", "result", "error"})
+
+
+def decode(raw: dict[str, str]) -> dict[str, Any]:
+    """A stored hash (all strings, nulls absent) as the row an SQL backend returns."""
+    row: dict[str, Any] = {}
+    for column in COLUMNS:
+        value = raw.get(column)
+        if value is None:
+            row[column] = None
+        elif column in _INT:
+            row[column] = int(value)
+        elif column in _FLOAT:
+            row[column] = float(value)
+        elif column in _JSON:
+            row[column] = orjson.loads(value)
+        else:
+            row[column] = value
+    return row
+
+
+def pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A flat [field, value, …] reply (HGETALL inside a script) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def num(value: float) -> str:
+    """Floats travel as their repr, which Redis and Lua's strtod read back exactly."""
+    return repr(float(value))
+
+
+def opt(value: str | None) -> str:
+    """An optional script argument: '' is None; a value carries a one-character marker."""
+    return "" if value is None else "=" + value
+
+
+def dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def envelope_args(envelopes: Iterable[Envelope]) -> list[str]:
+    """The script arguments of envelopes: 15 per envelope, in `_lib.lua`'s order."""
+    return [arg for e in envelopes for arg in _envelope_fields(e)]
+
+
+def _envelope_fields(e: Envelope) -> list[str]:
+    return [
+        e.id, e.kind, str(e.version), e.queue, str(e.priority),
+        orjson.dumps(e.payload).decode(), str(e.attempt), str(e.max_attempts),
+        num(e.run_at), num(e.enqueued_at), opt(e.idempotency_key), e.owner,
+        opt(dumps(e.trace)), opt(None if e.timeout is None else num(e.timeout)),
+        opt(dumps(e.options or None)),
+    ]  # fmt: skip

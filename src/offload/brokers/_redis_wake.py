@@ -1,0 +1,148 @@
+"""Wake-ups of the Redis backend: one pub/sub connection that counts announcements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from ..errors import BackendError
+
+log = logging.getLogger("offload.brokers")
+
+#: Seconds to wait for Redis to confirm a subscription.
+DEFAULT_SUBSCRIBE_TIMEOUT_S = 5.0
+#: Longest pause between two attempts to subscribe again after the connection dropped.
+DEFAULT_RESUBSCRIBE_MAX_S = 1.0
+
+#: What a reader saw: (epoch, counts), compared with the current ones to tell news.
+WorkMark = tuple[int, dict[str, int]]
+FeedMark = tuple[int, int]
+
+
+class Announcements:
+    """Counts what the scripts PUBLISH: work per queue, and feed growth.
+
+    A reader takes a mark before it reads (claim, or an unfiltered feed read) and then
+    waits until the counts move past the mark, so an announcement that lands between the
+    read and the wait is never lost. When the connection drops, `epoch` moves: whatever was
+    announced meanwhile is unknown, so every waiter looks again.
+
+    Args:
+        client: the backend's client (its pool lends the pub/sub connection).
+        work: channel of work announcements (the data is a queue name).
+        changes: channel of feed announcements.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, work: str, changes: str) -> None:
+        self.client = client
+        self.channels = (work, changes)
+        self.epoch = 0
+        self.work: dict[str, int] = {}
+        self.feed = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe; on return the subscription is active, so nothing published after
+        it is missed.
+
+        Raises:
+            RedisError, BackendError: Redis is unreachable or did not confirm.
+        """
+        self._wake = asyncio.get_running_loop().create_future()
+        pubsub = await self._subscribe()
+        self._task = asyncio.create_task(self._listen(pubsub), name="offload-redis-wake")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def work_mark(self) -> WorkMark:
+        return self.epoch, dict(self.work)
+
+    def work_moved(self, mark: WorkMark | None, queues: Sequence[str]) -> bool:
+        if mark is None:
+            return True
+        epoch, seen = mark
+        return epoch != self.epoch or any(self.work.get(q, 0) != seen.get(q, 0) for q in queues)
+
+    def feed_mark(self) -> FeedMark:
+        return self.epoch, self.feed
+
+    async def wait_until(self, moved: Callable[[], bool], timeout: float) -> None:
+        """Return once `moved()` holds (checked after every announcement) or on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # No await between the check and taking the future: no announcement slips through.
+        while not moved():
+            left = deadline - loop.time()
+            if left <= 0 or self._wake is None:
+                return
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the future completes, and the waiter would never stop.
+            await asyncio.wait({self._wake}, timeout=left)
+
+    # -- the listener -----------------------------------------------------------------------
+
+    async def _subscribe(self) -> PubSub:
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(*self.channels)
+        confirmed = 0
+        while confirmed < len(self.channels):
+            message = await pubsub.get_message(timeout=DEFAULT_SUBSCRIBE_TIMEOUT_S)
+            if message is None:
+                raise BackendError("Redis did not confirm the wake-up subscription")
+            confirmed += message["type"] == "subscribe"
+        return pubsub
+
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        work = self.channels[0]
+        while True:
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "Redis wake-up connection lost: %s", exc, extra={"action": "redis_pubsub_lost"}
+                )
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                pubsub = await self._resubscribe()
+                continue
+            if message is None:
+                continue
+            if message["channel"] == work:
+                queue = message["data"]
+                self.work[queue] = self.work.get(queue, 0) + 1
+            else:
+                self.feed += 1
+            self._notify()
+
+    async def _resubscribe(self) -> PubSub:
+        pause = 0.05
+        while True:
+            self.epoch += 1  # announcements are being missed: let every waiter look again
+            self._notify()
+            await asyncio.sleep(pause)
+            try:
+                pubsub = await self._subscribe()
+            except (RedisError, OSError, BackendError):
+                pause = min(DEFAULT_RESUBSCRIBE_MAX_S, pause * 2)
+                continue
+            self.epoch += 1
+            self._notify()
+            log.info("Redis wake-ups resubscribed", extra={"action": "redis_pubsub_back"})
+            return pubsub
