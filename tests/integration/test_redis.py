@@ -400,6 +400,20 @@ async def test_purge_and_prune_sweep_more_than_one_script_chunk(backend: RedisBa
     assert sorted(c.job_id for c in feed) == sorted(e.id for e in waiting)
 
 
+async def test_rescue_sweeps_more_than_one_script_chunk(backend: RedisBackend) -> None:
+    # Given 600 running jobs whose leases lapsed (one claim, one lease token)
+    await backend.enqueue([envelope() for _ in range(600)])
+    leases = await backend.claim([QUEUE], worker_id="w", lease_for=0.05, limit=600)
+    await asyncio.sleep(0.1)
+    # When the sweeper runs
+    rows = await backend.rescue_expired()
+    # Then every job is back, waiting, and the rows say so
+    assert sorted(r["id"] for r in rows) == sorted(le.job_id for le in leases)
+    assert {r["state"] for r in rows} == {"retrying"} and rows[0]["lease_token"] is None
+    assert (await backend.stats())[QUEUE]["queued"] == 600
+    assert await backend.rescue_expired() == []
+
+
 async def test_a_filtered_listing_walks_past_many_non_matching_jobs(backend: RedisBackend) -> None:
     dead = envelope(max_attempts=1)
     await backend.enqueue([dead])

@@ -328,18 +328,20 @@ class RedisBackend:
         return [bool(a) for a in await self._run("settle", *args)]
 
     async def rescue_expired(self) -> list[dict[str, Any]]:
-        """Retry (or bury, when the budget is spent) running jobs whose lease lapsed; returns
-        their rows after the sweep."""
+        """Retry running jobs whose lease lapsed (`dead` when the budget is spent,
+        `cancelled` when cancellation was requested), a few hundred per script call.
+
+        Returns:
+            The rescued jobs' rows after the sweep.
+        """
         error = orjson.dumps(_LEASE_EXPIRED).decode()
-        ids: list[str] = []
+        rows: list[dict[str, Any]] = []
         while True:
             answer: list[Any] = await self._run("rescue", num(self.clock.now()), error, _CHUNK)
-            _rescued, scanned, done = answer
-            ids += done
+            scanned, rescued = answer
+            rows += [decode(pairs(flat)) for flat in rescued]
             if scanned < _CHUNK:
-                break
-        rows = [await self.get(job_id) for job_id in ids]
-        return [row for row in rows if row is not None]
+                return rows
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued (ready now), scheduled, running, dead, oldest_age_s; read from

@@ -1,10 +1,9 @@
 -- rescue: ARGV = K, now, error, max. Running jobs whose lease expired before `now` go back
 -- to retrying (run now); they end cancelled when cancellation was requested, dead when their
--- budget is spent. Returns {rescued, entries scanned, {ids of the rescued jobs}}.
+-- budget is spent. Returns {entries scanned, {rows of the rescued jobs after the sweep}}.
 local now, err, max = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', K .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, max)
-local rescued = 0
-local ids = {}
+local rows = {}
 local woken = {}
 for _, id in ipairs(expired) do
   local jk = K .. 'job:' .. id
@@ -32,11 +31,9 @@ for _, id in ipairs(expired) do
       put_waiting(id, queue, job[5], now, now)
       woken[queue] = true
     end
-    event(id)
-    rescued = rescued + 1
-    ids[rescued] = id
+    rows[#rows + 1] = event(id)
   end
 end
 announce_changes()
 announce_work(woken)
-return {rescued, #expired, ids}
+return {#expired, rows}
