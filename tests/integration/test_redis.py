@@ -479,6 +479,17 @@ async def test_driver_errors_are_backend_errors_with_the_cause_kept(
     assert isinstance(info.value.__cause__, ResponseError)
 
 
+async def test_an_evicting_server_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    class Evicting:
+        async def info(self, section: str) -> dict[str, str]:
+            return {"maxmemory_policy": "allkeys-lru"}
+
+    b = RedisBackend.from_url("redis://127.0.0.1:6379/0")
+    with caplog.at_level("WARNING", logger="offload.brokers"):
+        await b._check_eviction(Evicting())  # type: ignore[arg-type]
+    assert "allkeys-lru" in caplog.text and "noeviction" in caplog.text
+
+
 # -- URLs and the factory ----------------------------------------------------------------------
 
 

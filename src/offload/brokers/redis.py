@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -25,6 +26,8 @@ from ._redis_rows import dumps as _json
 from ._redis_wake import Announcements, FeedMark, WorkMark
 from ._rows import envelope_of as _envelope
 from .base import Capability, Change
+
+log = logging.getLogger("offload.brokers")
 
 #: Key prefix of one application; each key starts with it wrapped in a hash tag.
 DEFAULT_PREFIX = "offload:"
@@ -68,7 +71,13 @@ class RedisBackend:
 
     All keys start with the prefix wrapped in braces (`{offload:}job:…`): the braces are a
     Redis Cluster hash tag, so one application's keys share one slot and every script's
-    keys are co-located. A prefix that already holds a `{…}` tag is used as it is.
+    keys are co-located. A prefix that already holds a `{…}` tag is used as it is. Scripts
+    derive key names from the prefix and declare one of them, which routes the call.
+
+    Times come from this process's clock (as in the SQL backends), so hosts that share a
+    Redis need synchronised clocks. Durability is the server's: run Redis with
+    `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
+    policy), or a restart or eviction loses jobs.
 
     Wake-ups: scripts PUBLISH on `work` (queue name) and `changes`; one pub/sub connection
     per instance counts the announcements, and `wait`/`wait_changes` compare the counts
@@ -215,6 +224,7 @@ class RedisBackend:
         try:
             async with self._guard(f"cannot use Redis at {self._where()}"):
                 await client.ping()
+                await self._check_eviction(client)
                 await news.start()
                 for name in _SCRIPTS:
                     self._scripts[name] = client.register_script(_lua(name))
@@ -225,6 +235,18 @@ class RedisBackend:
             await pool.disconnect()
             raise
         self._client, self._news = client, news
+
+    async def _check_eviction(self, client: aioredis.Redis) -> None:
+        memory = await client.info("memory")
+        policy = memory.get("maxmemory_policy", "noeviction")
+        if policy != "noeviction":
+            log.warning(
+                "Redis at %s evicts keys (maxmemory-policy %s): jobs can vanish; "
+                "set maxmemory-policy noeviction",
+                self._where(),
+                policy,
+                extra={"action": "redis_eviction_policy", "policy": policy},
+            )
 
     async def close(self) -> None:
         if self._client is None:

@@ -27,6 +27,7 @@ if #queues == 1 then
   end
 else
   merge = K .. 'tmp:claim'
+  redis.call('DEL', merge)   -- scratch space of this call only
   local origin = {}
   for _, queue in ipairs(queues) do
     local best = redis.call('ZRANGE', K .. 'ready:' .. queue, 0, limit - 1, 'WITHSCORES')
