@@ -6,7 +6,7 @@ import asyncio
 import atexit
 import os
 import secrets
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -146,6 +146,11 @@ def drop_redis_prefix(prefix: str) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+def drop_redis_url(url: str) -> None:
+    """Delete every key of the test prefix a `redis_url` names."""
+    drop_redis_prefix(parse_qs(urlsplit(url).query)["prefix"][0])
 
 
 def _drop_all_redis_prefixes() -> None:

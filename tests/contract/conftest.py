@@ -11,7 +11,14 @@ import pytest
 
 from offload.brokers import Backend, open_backend
 
-from ..services import PgSchema, probe_pg, probe_redis, redis_prefix, redis_url
+from ..services import (
+    PgSchema,
+    drop_redis_url,
+    probe_pg,
+    probe_redis,
+    redis_prefix,
+    redis_url,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +74,13 @@ BACKENDS: dict[str, BackendParam] = {
         marks=(pytest.mark.postgres,),
         cleanup=_pg_cleanup,
     ),
-    # A fresh key prefix per test on the shared Redis; its keys are deleted at session end.
+    # A fresh key prefix per test on the shared Redis; its keys are deleted afterwards.
     "redis": BackendParam(
         url=lambda tmp: redis_url(redis_prefix()),
         cross_process=True,
         probe=probe_redis,
         marks=(pytest.mark.redis,),
+        cleanup=drop_redis_url,
     ),
 }
 

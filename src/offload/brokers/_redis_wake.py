@@ -60,11 +60,16 @@ class Announcements:
         self._task = asyncio.create_task(self._listen(pubsub), name="offload-redis-wake")
 
     async def stop(self) -> None:
+        """Stop listening; waiters (now and later) return at once."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.epoch += 1
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def work_mark(self) -> WorkMark:
         return self.epoch, dict(self.work)
