@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from ..services import PgSchema, require_pg
+from ..services import (
+    PgSchema,
+    drop_redis_prefix,
+    redis_prefix,
+    redis_url,
+    require_pg,
+    require_redis,
+)
 
 TEMPLATE = Path(__file__).parent / "project_template"
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
@@ -148,6 +155,13 @@ def backend_url(name: str, tmp_path: Path) -> Iterator[str]:
             yield schema.create_sync()
         finally:
             schema.drop_sync()
+    elif name == "redis":
+        require_redis()
+        prefix = redis_prefix()
+        try:
+            yield redis_url(prefix)
+        finally:
+            drop_redis_prefix(prefix)
     else:
         raise AssertionError(f"no e2e backend {name}")
 
@@ -156,6 +170,7 @@ def backend_url(name: str, tmp_path: Path) -> Iterator[str]:
     params=[
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:

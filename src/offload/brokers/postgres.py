@@ -289,8 +289,9 @@ class PostgresBackend:
             left = deadline - loop.time()
             if left <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wake_future()), left)
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands as the future completes, and the waiter would never stop.
+            await asyncio.wait({self._wake_future()}, timeout=left)
 
     # -- broker -----------------------------------------------------------------------------
 

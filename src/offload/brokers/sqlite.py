@@ -445,8 +445,9 @@ class SQLiteBackend:
                 return
             busy = now - self._last_change < DEFAULT_BUSY_WINDOW_S
             poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wake_future()), min(poll, left))
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands as the future completes, and the waiter would never stop.
+            await asyncio.wait({self._wake_future()}, timeout=min(poll, left))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         # Don't sleep past the next scheduled job in these queues.
