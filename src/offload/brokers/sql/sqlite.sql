@@ -79,7 +79,8 @@ UPDATE offload_jobs
 SET state = 'running', attempt = attempt + 1, lease_token = ?, lease_expires = ?,
     worker = ?, started_at = ?, finished_at = NULL, cancel_requested = 0,
     progress_fraction = NULL, progress_message = NULL
-WHERE id IN ({ids}) AND state IN ('queued', 'retrying')
+-- `+state`: look rows up by id; an index on state would scan every queued row.
+WHERE id IN ({ids}) AND +state IN ('queued', 'retrying')
 RETURNING *
 
 -- name: extend
