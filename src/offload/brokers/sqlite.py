@@ -8,6 +8,7 @@ import functools
 import os
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,8 @@ DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
 #: processes can't push a wake-up to SQLite waiters, so polling is fast while it pays.
 DEFAULT_BUSY_POLL_S = 0.001
+#: How often the checkpointer thread copies the WAL back into the database (seconds).
+DEFAULT_CHECKPOINT_EVERY_S = 0.5
 #: How long after the last seen change the fast polling goes on (seconds).
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
@@ -65,6 +68,33 @@ def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL back into the database file from its own thread and connection.
+
+    With SQLite's automatic checkpoints, the commit that crosses the threshold does the
+    copy and its fsync, so one request in a thousand waits for the disk. PASSIVE checkpoints
+    here never block readers or writers; several processes may each run one.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="offload-sqlite-checkpoint", daemon=True)
+        self.path = path
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        try:
+            while not self._halt.wait(DEFAULT_CHECKPOINT_EVERY_S):
+                with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
 
 
 @functools.cache
@@ -113,6 +143,7 @@ class SQLiteBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._local_writes = 0
         self._last_change = 0.0
+        self._checkpointer: _Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
 
@@ -167,6 +198,8 @@ class SQLiteBackend:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA temp_store=MEMORY")
+        if not uri:  # a file: the checkpointer thread copies the WAL back, off this thread
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
         with self._tx():
             for statement in Q["schema"].split(";"):
@@ -223,10 +256,16 @@ class SQLiteBackend:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload-sqlite")
         self._wake = asyncio.get_running_loop().create_future()
         await self._run(self._connect)
+        if not self.path.startswith("file:"):
+            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer.start()
 
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if self._conn is not None:
             await self._run(self.conn.close)
         self._executor.shutdown(wait=True)
