@@ -33,7 +33,6 @@ from ..errors import (
     SchemaError,
 )
 from ._rows import envelope_of as _envelope
-from ._rows import row_of as _row_of
 from ._sql import queries
 from .base import Capability, Change
 
@@ -281,7 +280,7 @@ class SQLiteBackend:
         self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
     ) -> list[EnqueueResult]:
         results: list[EnqueueResult] = []
-        created: list[dict[str, Any]] = []
+        created: list[str] = []
         for e in envelopes:
             cur = conn.execute(
                 Q["insert_job"],
@@ -305,11 +304,11 @@ class SQLiteBackend:
             )
             if cur.rowcount == 1:
                 results.append(EnqueueResult(id=e.id, created=True))
-                created.append(_row_of(e))
+                created.append(e.id)
             else:
                 first = conn.execute(Q["find_idem"], (e.owner, e.idempotency_key)).fetchone()
                 results.append(EnqueueResult(id=first[0], created=False))
-        self._event(conn, created)
+        self._event_ids(conn, created)
         return results
 
     def _enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
@@ -439,7 +438,7 @@ class SQLiteBackend:
         with self._tx() as conn:
             expired = conn.execute(Q["expired"], (now,)).fetchall()
             changed: list[dict[str, Any]] = []
-            for job_id, _attempt, _max in expired:
+            for (job_id,) in expired:
                 changed += self._returning(conn, Q["rescue"], (now, now, error, job_id, now))
             self._event(conn, changed)
         return changed

@@ -103,7 +103,7 @@ WHERE id = ? AND lease_token = ? AND state = 'running'
 RETURNING id
 
 -- name: expired
-SELECT id, attempt, max_attempts FROM offload_jobs
+SELECT id FROM offload_jobs
 WHERE state = 'running' AND lease_expires < ?
 
 -- name: rescue
