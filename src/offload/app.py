@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._ids import uuid7
 from .brokers import Backend, open_backend
 from .clock import Clock
-from .contract import EnqueueResult, Envelope, JobState, Message
+from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
 from .settings import Settings
@@ -33,6 +34,16 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_QUEUE = "default"
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def delivery_option_errors(callback_url: str | None, notify_email: str | None) -> dict[str, str]:
+    """What is wrong with a job's delivery options, by option name (empty when nothing)."""
+    errors = {}
+    if callback_url and not _HTTP_URL.match(callback_url):
+        errors["callback_url"] = "callback_url must be an http:// or https:// URL"
+    if notify_email and not _EMAIL.match(notify_email):
+        errors["notify_email"] = "notify_email is not an email address"
+    return errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,8 +342,6 @@ class App:
         Raises:
             ValueError: a bad `run_at`, `callback_url` or `notify_email`.
         """
-        from ._ids import uuid7
-
         spec = self.spec_of(type(message))
         now = self.clock.now()
         when = now
@@ -342,10 +351,8 @@ class App:
             when = max(now, run_at.timestamp())
         elif delay is not None:
             when = now + max(0.0, _seconds(delay) or 0.0)
-        if callback_url and not _HTTP_URL.match(callback_url):
-            raise ValueError("callback_url must be an http:// or https:// URL")
-        if notify_email and not _EMAIL.match(notify_email):
-            raise ValueError("notify_email is not an email address")
+        for problem in delivery_option_errors(callback_url, notify_email).values():
+            raise ValueError(problem)
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
@@ -393,7 +400,6 @@ class App:
         Raises:
             JobNotFound: no such job.
         """
-        from .contract import status_record
         from .notify.ledger import deliveries
 
         await self._ensure_open()

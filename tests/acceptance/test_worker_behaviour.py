@@ -199,3 +199,17 @@ def test_enqueue_sync_from_plain_code(app: App) -> None:
 
     record = asyncio.run(check())
     assert record["state"] == "queued" and record["priority"] == 3
+
+
+async def test_bad_delivery_options_are_422_and_enqueue_nothing(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    app.message("t.options")(Ping)
+    response = await web.post(
+        "/v1/jobs/t.options",
+        params={"callback_url": "http://receiver.example/ has a space", "notify_email": "nope"},
+        json={},
+    )
+    assert response.status_code == 422
+    assert {e["loc"][1] for e in response.json()["errors"]} == {"callback_url", "notify_email"}
+    assert await app.backend.list_jobs(owner=None) == []

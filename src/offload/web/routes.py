@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -13,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from ..app import App
+from ..app import App, delivery_option_errors
 from ..brokers._rows import row_of
 from ..contract import JobState
 from ..errors import InvalidTransition, JobNotFound
@@ -24,7 +23,6 @@ from .present import blob_refs
 from .problems import JSONResponse, Problem
 
 router = APIRouter(prefix="/v1")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -71,15 +69,13 @@ def _check_options(
         errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
     if run_at is not None and run_at.tzinfo is None:
         errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
-    if callback_url is not None and not re.match(r"^https?://[^\s/]+", callback_url):
-        errors.append({"loc": ["query", "callback_url"], "msg": "must be an http(s) URL"})
-    elif callback_url is not None:
+    invalid = delivery_option_errors(callback_url, notify_email)
+    errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
+    if callback_url is not None and "callback_url" not in invalid:
         allow = _app(request).settings.webhook_allow_private
         why = _callback_refusal(callback_url, allow)
         if why:
             errors.append({"loc": ["query", "callback_url"], "msg": why})
-    if notify_email is not None and not _EMAIL.match(notify_email):
-        errors.append({"loc": ["query", "notify_email"], "msg": "not an email address"})
     if errors:
         raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
 
