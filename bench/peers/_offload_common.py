@@ -7,8 +7,6 @@ inside offload's own interpreter; `common` is the harness's module (completion c
 from __future__ import annotations
 
 import os
-import sys
-from typing import Any
 
 from common import record_done, record_latency  # type: ignore[import-not-found]
 
@@ -82,13 +80,3 @@ def worker_cmd(module: str, variant: str) -> list[str]:
         "1",
     ]
     return argv + ([f"--url={env_url}"] if env_url else [])
-
-
-def quiet() -> None:
-    """Worker logging at WARNING, like the harness's other peers."""
-    import logging
-
-    logging.getLogger("offload").setLevel(logging.WARNING)
-
-
-__all__ = ["Any", "sys"]
