@@ -129,6 +129,9 @@ def worker(
     app: AppRef,
     concurrency: Annotated[int, typer.Option(min=1, help="handlers at once per process")] = 16,
     processes: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    prefetch: Annotated[
+        int, typer.Option(min=0, help="most jobs claimed ahead of free slots (0: none)")
+    ] = 256,
     queues: Annotated[
         str | None,
         typer.Option(help="comma-separated queues (default: every handled one + offload.notify)"),
@@ -143,7 +146,7 @@ def worker(
 
     _setup_logging()
     if processes > 1:
-        options = [f"--concurrency={concurrency}", f"--grace={grace}"]
+        options = [f"--concurrency={concurrency}", f"--prefetch={prefetch}", f"--grace={grace}"]
         options += [f"--queues={queues}"] if queues else []
         options += [f"--lease={lease}"] if lease else []
         options += [f"--url={url}"] if url else []
@@ -154,6 +157,7 @@ def worker(
             offload_app,
             queues=queues.split(",") if queues else None,
             concurrency=concurrency,
+            prefetch=prefetch,
             lease_s=lease,
             grace_s=grace,
         )

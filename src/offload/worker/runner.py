@@ -11,6 +11,7 @@ import random
 import secrets
 import socket
 import traceback
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,10 +39,20 @@ DEFAULT_IDLE_POLL_S = 1.0
 #: Longest time between heartbeats (seconds); shorter leases beat at a third of the lease.
 DEFAULT_HEARTBEAT_S = 2.0
 
+#: Most jobs a worker claims ahead of free slots (`--prefetch`; 0 turns prefetch off).
+DEFAULT_PREFETCH = 256
+#: Prefetch holds about this many seconds of work, by the mean run time of recent jobs: short
+#: jobs are claimed in big batches while long ones are never held back from other workers.
+PREFETCH_HORIZON_S = 0.1
+#: Weight of the newest run time in the mean that sizes the prefetch.
+_RUN_WEIGHT = 0.05
+
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
 
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
+_CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
+_RELEASED = {"type": "Released", "message": "worker shut down; job released"}
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
@@ -68,6 +79,8 @@ class Worker:
         concurrency: handlers running at once.
         lease_s: lease length; a heartbeat renews it while the handler runs.
         grace_s: on stop, how long running jobs may finish before they are released.
+        prefetch: most jobs claimed ahead of free slots, held for the next free slot; the
+            worker holds only about `PREFETCH_HORIZON_S` of work (from recent run times).
         notifiers: the `webhook` and `email` notifiers of delivery jobs (defaults from the
             settings); delivery jobs are claimed from the notify queue unless `queues` is
             given without it.
@@ -81,12 +94,15 @@ class Worker:
         concurrency: int = DEFAULT_CONCURRENCY,
         lease_s: float | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        prefetch: int = DEFAULT_PREFETCH,
         idle_poll_s: float = DEFAULT_IDLE_POLL_S,
         worker_id: str | None = None,
         notifiers: Mapping[str, Notifier] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if prefetch < 0:
+            raise ConfigurationError("prefetch must be 0 or more")
         self.app = app
         handled = sorted({h.message.queue for h in app.handlers.values()})
         if not (queues or handled):
@@ -98,12 +114,17 @@ class Worker:
         self.concurrency = concurrency
         self.lease_s = lease_s or app.settings.lease_s
         self.grace_s = grace_s
+        self.prefetch = prefetch
         self.idle_poll_s = idle_poll_s
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._held: dict[str, Lease] = {}
+        #: Claimed ahead, waiting for a free slot (their leases beat like running ones).
+        self._ahead: deque[Lease] = deque()
+        #: Mean seconds a handler ran, over recent jobs (None until one has run).
+        self._mean_run: float | None = None
         self._contexts: dict[str, Context] = {}
         self._reasons: dict[str, str] = {}
         self._pending: list[Outcome] = []
@@ -155,21 +176,23 @@ class Worker:
                         raise RuntimeError(f"worker side task {name} stopped") from (
                             task.exception() if not task.cancelled() else None
                         )
-                free = self.concurrency - len(self._tasks)
-                if free <= 0:
+                limit = self._claim_size()
+                if limit <= 0:
                     self._slot_free.clear()
                     await self._race(self._slot_free.wait(), stop_wait)
                     continue
                 try:
                     leases = await backend.claim(
-                        self.queues, worker_id=self.id, lease_for=self.lease_s, limit=free
+                        self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
                     )
                 except BackendError as exc:
                     log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
                     await self._race(asyncio.sleep(1.0), stop_wait)
                     continue
                 for lease in leases:
-                    self._start(lease)
+                    self._held[lease.job_id] = lease
+                self._ahead.extend(leases)
+                self._fill()
                 if not leases:
                     await self._race(backend.wait(self.queues, self.idle_poll_s), stop_wait)
         finally:
@@ -185,10 +208,30 @@ class Worker:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+    def _claim_size(self) -> int:
+        """How many jobs to claim now: free slots plus the prefetch, or 0 to wait."""
+        free = self.concurrency - len(self._tasks)
+        ahead = self._prefetch_now()
+        room = free + ahead - len(self._ahead)
+        if room <= 0 or (self._ahead and room < max(1, ahead // 2)):
+            return 0  # enough in hand: let the next claim gather a bigger batch
+        return room
+
+    def _prefetch_now(self) -> int:
+        """Jobs to hold ahead: what the slots run in `PREFETCH_HORIZON_S`, up to `prefetch`."""
+        if not self.prefetch or self._mean_run is None:
+            return 0
+        expected = self.concurrency * PREFETCH_HORIZON_S / max(self._mean_run, 1e-6)
+        return min(self.prefetch, int(expected))
+
+    def _fill(self) -> None:
+        """Start jobs held ahead while slots are free (never once stopping)."""
+        while self._ahead and len(self._tasks) < self.concurrency and not self._stop.is_set():
+            self._start(self._ahead.popleft())
+
     def _start(self, lease: Lease) -> None:
         loop = asyncio.get_running_loop()
         ctx = Context(lease, self.app.backend, self.app.blobs, loop)
-        self._held[lease.job_id] = lease
         self._contexts[lease.job_id] = ctx
         task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
         self._tasks[lease.job_id] = task
@@ -197,7 +240,19 @@ class Worker:
     def _finished(self, job_id: str, _task: object = None) -> None:
         self._tasks.pop(job_id, None)
         self._contexts.pop(job_id, None)
+        self._fill()
         self._slot_free.set()
+
+    def _drop_ahead(self, job_id: str, held: bool) -> None:
+        """Take a job held ahead out of the line: its lease lapsed, or it was cancelled."""
+        lease = next((le for le in self._ahead if le.job_id == job_id), None)
+        if lease is None:
+            return
+        self._ahead.remove(lease)
+        if not held:  # another worker may own it now: report nothing
+            self._held.pop(job_id, None)
+            return
+        self._report(lease, Outcome(lease=lease, state=JobState.CANCELLED, error=_CANCELLED))
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -205,12 +260,20 @@ class Worker:
         kind = lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
         outcome: Outcome | None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             outcome = await self._attempt(lease, ctx, spec)
         except asyncio.CancelledError:
             outcome = self._interrupted(lease, spec)
-        if outcome is None:
-            return
+        ran = loop.time() - began
+        mean = self._mean_run
+        self._mean_run = ran if mean is None else mean + _RUN_WEIGHT * (ran - mean)
+        if outcome is not None:
+            self._report(lease, outcome)
+
+    def _report(self, lease: Lease, outcome: Outcome) -> None:
+        """Hand an outcome to the settler, with the notifications a final state sends."""
         if outcome.state.final:
             # Notifications of the final state commit with it, and only if it applies.
             env = lease.envelope
@@ -297,17 +360,8 @@ class Worker:
         if reason == _LOST:  # another worker owns the job now; report nothing
             return None
         if reason == _CANCEL:
-            return Outcome(
-                lease=lease,
-                state=JobState.CANCELLED,
-                error={"type": "Cancelled", "message": "cancelled while running"},
-            )
-        return Outcome(
-            lease=lease,
-            state=JobState.QUEUED,
-            refund=True,
-            error={"type": "Released", "message": "worker shut down; job released"},
-        )
+            return Outcome(lease=lease, state=JobState.CANCELLED, error=_CANCELLED)
+        return Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
 
     def _interrupt(self, job_id: str, reason: str) -> None:
         task = self._tasks.get(job_id)
@@ -357,7 +411,12 @@ class Worker:
             except BackendError as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
                 continue
+            ahead = {lease.job_id for lease in self._ahead}
             for answer in answers:
+                if answer.job_id in ahead:
+                    if not answer.held or answer.cancel_requested:
+                        self._drop_ahead(answer.job_id, answer.held)
+                    continue
                 if not answer.held and answer.job_id not in self._tasks:
                     # Its handler finished and the settler wrote the outcome meanwhile: the
                     # token is gone because the job is done, not because the lease lapsed.
@@ -420,6 +479,11 @@ class Worker:
 
     async def _shutdown(self, side: dict[str, asyncio.Task[None]]) -> None:
         """Finish running jobs within the grace period, release the rest, flush outcomes."""
+        while self._ahead:  # never started: give them back at once, attempt unspent
+            lease = self._ahead.popleft()
+            self._report(
+                lease, Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
+            )
         running = list(self._tasks.values())
         if running:
             log.info(

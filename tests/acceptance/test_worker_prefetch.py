@@ -1,0 +1,140 @@
+"""Prefetch: short jobs are claimed ahead of free slots; what is held ahead is never lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from offload import App, Context, Job, Message
+from offload.worker.runner import Worker
+
+pytestmark = pytest.mark.anyio
+
+
+class Step(Message):
+    n: int = 0
+    block: bool = False
+
+
+def spy_claims(app: App) -> list[int]:
+    """Record the `limit` of every claim the app's backend makes."""
+    limits: list[int] = []
+    claim = app.backend.claim
+
+    async def recorded(queues: Any, **kw: Any) -> Any:
+        limits.append(kw["limit"])
+        return await claim(queues, **kw)
+
+    app.backend.claim = recorded  # type: ignore[method-assign]
+    return limits
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 (polls state that sets no event)
+            await asyncio.sleep(0.01)
+
+
+async def test_short_jobs_are_claimed_ahead_and_each_runs_once(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("p.short")(Step)
+    runs: list[int] = []
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        runs.append(msg.n)
+
+    await app.open()
+    limits = spy_claims(app)
+    await app.enqueue(Step(n=-1))
+    worker: Worker = await start_worker(concurrency=2, prefetch=40)
+    await until(lambda: len(runs) == 1)  # one short run: the worker now claims ahead
+    jobs = await app.enqueue_many([Step(n=i) for i in range(300)])
+    for job in jobs[-3:]:
+        assert (await Job(job.id, True, app).wait(15))["state"] == "succeeded"
+    await until(lambda: len(runs) == 301)
+    assert sorted(runs) == [-1, *range(300)]  # each exactly once
+    assert max(limits) == 2 + 40  # free slots plus the whole prefetch in one claim
+    assert worker.settled == 301
+
+
+async def test_long_jobs_are_not_held_ahead(app: App, start_worker: Callable[..., Any]) -> None:
+    app.message("p.long")(Step)
+    runs: list[int] = []
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        await asyncio.sleep(0.3)
+        runs.append(msg.n)
+
+    await app.open()
+    limits = spy_claims(app)
+    await app.enqueue(Step(n=-1))
+    await start_worker(concurrency=2, prefetch=40)
+    await until(lambda: len(runs) == 1)
+    claimed_before = len(limits)
+    await app.enqueue_many([Step(n=i) for i in range(6)])
+    await until(lambda: len(runs) == 7)
+    # 0.3 s jobs: 2 slots run well under one job in the 0.1 s horizon, so none is held
+    # back from other workers: each claim asks for free slots only.
+    assert limits[claimed_before:] and max(limits[claimed_before:]) <= 2
+
+
+async def warm_and_block(
+    app: App, start_worker: Callable[..., Any], release: asyncio.Event, waiting: int
+) -> tuple[Worker, list[int], list[Job]]:
+    """A worker with one slot busy on a blocking job and `waiting` jobs held ahead."""
+    runs: list[int] = []
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        if msg.block:
+            await release.wait()
+        runs.append(msg.n)
+
+    worker: Worker = await start_worker(concurrency=1, prefetch=50)
+    await app.enqueue(Step(n=-1))
+    await until(lambda: len(runs) == 1)
+    await app.enqueue(Step(n=0, block=True))
+    jobs = await app.enqueue_many([Step(n=i) for i in range(1, waiting + 1)])
+    await until(lambda: len(worker._ahead) == waiting)
+    return worker, runs, jobs
+
+
+async def test_jobs_held_ahead_go_back_unspent_when_the_worker_stops(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("p.stop")(Step)
+    release = asyncio.Event()
+    worker, runs, jobs = await warm_and_block(app, start_worker, release, waiting=20)
+    for job in jobs:
+        assert (await app.status(job.id))["state"] == "running"  # claimed, not started
+    worker.request_stop()
+    await asyncio.sleep(0.2)
+    release.set()  # the running job finishes within its grace period
+    await until(lambda: worker.settled == 1 + 1 + 20)
+    assert runs == [-1, 0]  # nothing held ahead started after the stop
+    for job in jobs:
+        record = await app.status(job.id)
+        assert record["state"] == "queued" and record["attempt"] == 0
+    other = await start_worker()
+    await until(lambda: other.settled == 20)
+    assert sorted(runs) == list(range(-1, 21))
+
+
+async def test_cancelling_a_job_held_ahead(app: App, start_worker: Callable[..., Any]) -> None:
+    app.message("p.cancel")(Step)
+    release = asyncio.Event()
+    worker, runs, jobs = await warm_and_block(app, start_worker, release, waiting=5)
+    await app.cancel(jobs[2].id)  # it is "running" (claimed): cancel asks the worker
+    record = await Job(jobs[2].id, True, app).wait(10)  # the next heartbeat answers
+    assert record["state"] == "cancelled" and record["attempt"] == 1
+    assert len(worker._ahead) == 4
+    release.set()
+    for job in jobs:
+        await Job(job.id, True, app).wait(10)
+    assert sorted(runs) == [-1, 0, 1, 2, 4, 5]  # the cancelled one never ran
