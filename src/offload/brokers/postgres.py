@@ -21,7 +21,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
-from ._rows import envelope_of
 from ._sql import queries
 from .base import Capability, Change
 
@@ -50,6 +49,30 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
     if "cancel_requested" in row:
         row["cancel_requested"] = int(row["cancel_requested"])
     return row
+
+
+def _lease_of(row: tuple[Any, ...], token: str, worker: str) -> Lease:
+    """A lease from one row of the claim query (its SELECT list, in order)."""
+    (id_, kind, version, payload, queue, priority, attempt, max_attempts, run_at, enqueued_at,
+     idem, owner, trace, timeout, options, expires) = row  # fmt: skip
+    envelope = Envelope(
+        id=id_,
+        kind=kind,
+        version=version,
+        payload=payload,
+        queue=queue,
+        priority=priority,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        run_at=run_at,
+        enqueued_at=enqueued_at,
+        idempotency_key=idem,
+        owner=owner,
+        trace=trace,
+        timeout=timeout,
+        options=options or {},
+    )
+    return Lease(envelope=envelope, token=token, expires_at=expires, worker=worker)
 
 
 def _uuid(job_id: str) -> uuid.UUID | None:
@@ -359,26 +382,20 @@ class PostgresBackend:
             return []
         self._seen["work"] = self._versions["work"]
         token = secrets.token_hex(12)
-        rows = await self._fetch(
-            Q["claim"],
-            {
-                "queues": list(queues),
-                "limit": limit,
-                "token": token,
-                "lease_for": lease_for,
-                "worker": worker_id,
-            },
-        )
-        rows = sorted((_row(r) for r in rows), key=lambda r: (r["priority"], r["run_at"], r["id"]))
-        return [
-            Lease(
-                envelope=envelope_of(r),
-                token=token,
-                expires_at=r["lease_expires"],
-                worker=worker_id,
-            )
-            for r in rows
-        ]
+        params = {
+            "queues": list(queues),
+            "limit": limit,
+            "token": token,
+            "lease_for": lease_for,
+            "worker": worker_id,
+        }
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.cursor() as cur:  # plain tuples: no dict per claimed row
+                await cur.execute(Q["claim"], params)
+                return await cur.fetchall()
+
+        return [_lease_of(row, token, worker_id) for row in await self._retrying(run)]
 
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         if not leases:

@@ -285,7 +285,8 @@ class Worker:
                 state=outcome.state,
                 marker=lease.token,
             )
-            outcome = dataclasses.replace(outcome, follow_ups=notes)
+            if notes:
+                outcome = dataclasses.replace(outcome, follow_ups=notes)
         self._pending.append(outcome)
         self._pending_ready.set()
 

@@ -142,7 +142,12 @@ WITH picked AS (
     SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
     ORDER BY u.priority, u.run_at, u.id
 )
-SELECT * FROM upd
+-- Only what a lease carries (not the last attempt's result or traceback), in claim order,
+-- times as epoch seconds: the columns of `_lease_of` in postgres.py.
+SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
+FROM upd ORDER BY priority, run_at, id
 
 -- name: extend
 UPDATE offload_jobs j SET lease_expires = now() + make_interval(secs => %(lease_for)s)
