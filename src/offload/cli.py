@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from ._loading import load
 from .app import App
 from .errors import ConfigurationError, OffloadError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
@@ -30,8 +32,15 @@ cli = typer.Typer(
 )
 jobs_cli = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
-console = Console()
-err = Console(stderr=True)
+
+
+@functools.cache
+def _console(stderr: bool = False) -> Console:
+    """Rich consoles, made on first use (a worker's start-up need not import rich)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
 
 AppRef = Annotated[
     str, typer.Option("--app", help="package.module:attribute of the App", envvar="OFFLOAD_APP")
@@ -73,7 +82,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except OffloadError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _console(stderr=True).print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
 
@@ -120,7 +129,7 @@ def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None)
             _stop_on_signals(lambda: setattr(server, "should_exit", True))
             await server.serve()
 
-        console.print(f"offload web on http://{host}:{port}  (app {offload_app.name})")
+        _console().print(f"offload web on http://{host}:{port}  (app {offload_app.name})")
         _run(main)
 
 
@@ -197,7 +206,7 @@ def dev(
             runner.request_stop()
             await worker_task
 
-        console.print(f"offload dev on http://{host}:{port} (web + worker: {offload_app.name})")
+        _console().print(f"offload dev on http://{host}:{port} (web + worker: {offload_app.name})")
         _run(main)
 
 
@@ -263,8 +272,10 @@ def jobs_list(
         app, url, lambda a: a.backend.list_jobs(owner=owner, state=state, kind=kind, limit=limit)
     )
     if as_json:
-        console.print_json(orjson.dumps([status_record(r) for r in rows]).decode())
+        _console().print_json(orjson.dumps([status_record(r) for r in rows]).decode())
         return
+    from rich.table import Table
+
     table = Table("id", "kind", "queue", "state", "attempt", "owner", "created")
     for r in rows:
         rec = status_record(r)
@@ -277,21 +288,21 @@ def jobs_list(
             r["owner"],
             rec["created_at"],
         )
-    console.print(table)
+    _console().print(table)
 
 
 @jobs_cli.command("show")
 def jobs_show(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Show one job's status record."""
     record = _with_app(app, url, lambda a: a.status(job_id))
-    console.print_json(orjson.dumps(record).decode())
+    _console().print_json(orjson.dumps(record).decode())
 
 
 @jobs_cli.command("retry")
 def jobs_retry(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Re-queue a dead, failed or cancelled job with a fresh retry budget."""
     row = _with_app(app, url, lambda a: a.backend.requeue(job_id))
-    console.print(f"job {row['id']} is {row['state']} again")
+    _console().print(f"job {row['id']} is {row['state']} again")
 
 
 @jobs_cli.command("cancel")
@@ -299,7 +310,7 @@ def jobs_cancel(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Cancel a job: a waiting one never runs; a running one is signalled."""
     row = _with_app(app, url, lambda a: a.cancel(job_id))
     what = "cancelled" if row["state"] == "cancelled" else "asked to stop (running)"
-    console.print(f"job {row['id']} {what}")
+    _console().print(f"job {row['id']} {what}")
 
 
 @jobs_cli.command("purge")
@@ -313,7 +324,7 @@ def jobs_purge(
     if not yes:
         typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
     n = _with_app(app, url, lambda a: a.backend.purge(queue))
-    console.print(f"purged {n} jobs from {queue}")
+    _console().print(f"purged {n} jobs from {queue}")
 
 
 bench_cli = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
@@ -369,9 +380,9 @@ def migrate(url: Url = None) -> None:
     with _errors():
         applied = _run(main)
     if applied:
-        console.print(f"applied schema migrations {applied}")
+        _console().print(f"applied schema migrations {applied}")
     else:
-        console.print("schema is up to date")
+        _console().print("schema is up to date")
 
 
 @cli.command()
@@ -381,8 +392,10 @@ def queues(
     """Per-queue stats: queued, scheduled, running, dead, oldest age."""
     stats = _with_app(app, url, lambda a: a.backend.stats())
     if as_json:
-        console.print_json(orjson.dumps(stats).decode())
+        _console().print_json(orjson.dumps(stats).decode())
         return
+    from rich.table import Table
+
     table = Table("queue", "queued", "scheduled", "running", "dead", "oldest age (s)")
     for name, s in sorted(stats.items()):
         table.add_row(
@@ -393,7 +406,7 @@ def queues(
             str(s["dead"]),
             f"{s['oldest_age_s']:.1f}",
         )
-    console.print(table)
+    _console().print(table)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from .base import (
     WebhookDelivery,
 )
 from .plan import targets
-from .webhook import WebhookNotifier, new_client, redact
 
 if TYPE_CHECKING:
     import httpx
@@ -47,14 +46,6 @@ class Dispatcher:
         self.app = app
         s = app.settings
         self._client: httpx.AsyncClient | None = None
-        if webhook is None:
-            self._client = new_client(s.webhook_timeout_s)
-            webhook = WebhookNotifier(
-                self._client,
-                secrets=s.webhook_secrets,
-                allow_private=s.webhook_allow_private,
-                timeout_s=s.webhook_timeout_s,
-            )
         if email is None and s.smtp_url:
             from .email import EmailNotifier, parse_smtp_url
 
@@ -64,6 +55,8 @@ class Dispatcher:
                 templates=app.email_template_of,
                 app_name=app.name,
             )
+        # The default webhook notifier (and httpx) is made by the first webhook delivery:
+        # a worker that sends none starts without importing an HTTP client.
         self.notifiers: dict[str, Notifier | None] = {"webhook": webhook, "email": email}
         key = signing_key(s)
         self.presenters = {
@@ -89,6 +82,21 @@ class Dispatcher:
             )
             for kind, fn in ((WEBHOOK_KIND, self.webhook), (EMAIL_KIND, self.email))
         }
+
+    def _notifier(self, channel: str) -> Notifier | None:
+        notifier = self.notifiers[channel]
+        if notifier is None and channel == "webhook":
+            from .webhook import WebhookNotifier, new_client
+
+            s = self.app.settings
+            self._client = new_client(s.webhook_timeout_s)
+            notifier = self.notifiers[channel] = WebhookNotifier(
+                self._client,
+                secrets=s.webhook_secrets,
+                allow_private=s.webhook_allow_private,
+                timeout_s=s.webhook_timeout_s,
+            )
+        return notifier
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -133,7 +141,11 @@ class Dispatcher:
     async def _deliver(
         self, channel: str, target: str, job_id: str, state: str, nid: str, ctx: Context
     ) -> dict[str, Any]:
-        shown = redact(target) if channel == "webhook" else target
+        shown = target
+        if channel == "webhook":
+            from .webhook import redact
+
+            shown = redact(target)
 
         async def record(state: str, **attempt: Any) -> None:
             await ledger.record_attempt(
@@ -156,7 +168,7 @@ class Dispatcher:
         except Cancel as stop:
             await record("superseded", error=stop.reason)
             raise
-        notifier = self.notifiers[channel]
+        notifier = self._notifier(channel)
         started = time.monotonic()
         try:
             if notifier is None:
