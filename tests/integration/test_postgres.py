@@ -121,6 +121,34 @@ async def test_listen_notify_wakes_a_waiting_claimer_at_once(app: App, schema: P
         await other.close()
 
 
+async def test_the_feed_is_followed_from_the_first_wait_and_wakes_it_at_once(
+    app: App, schema: PgSchema
+) -> None:
+    backend = app.backend
+    assert isinstance(backend, PostgresBackend)
+    assert not backend._feed_wanted  # a worker-only process does not LISTEN to the feed
+    # The first wait switches the listener over; once it listens again it bumps the feed's
+    # version, so a waiter re-reads (a change made meanwhile would otherwise be missed).
+    before = backend._versions["feed"]
+    await backend.wait_changes(10.0)
+    assert backend._feed_wanted
+    async with asyncio.timeout(5):
+        while backend._versions["feed"] == before:  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(0.01)
+    other = PostgresBackend.from_url(schema.url)
+    await other.open()
+    try:
+        backend._seen["feed"] = backend._versions["feed"]
+        waiter = asyncio.create_task(backend.wait_changes(10.0))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await other.enqueue([app.envelope(Ping())])
+        await asyncio.wait_for(waiter, 5)
+        assert time.monotonic() - started < 0.5
+    finally:
+        await other.close()
+
+
 async def test_feed_holds_back_changes_behind_an_uncommitted_position(
     app: App, schema: PgSchema
 ) -> None:

@@ -121,6 +121,9 @@ class PostgresBackend:
         self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
         self._gap_since: float | None = None
         self._listening = asyncio.Event()
+        #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
+        #: a worker never reads the feed, so its claims and settles do not wake it.
+        self._feed_wanted = False
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -281,7 +284,8 @@ class PostgresBackend:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
                 async with conn:
                     await conn.execute("LISTEN offload_work")
-                    await conn.execute("LISTEN offload_feed")
+                    if self._feed_wanted:
+                        await conn.execute("LISTEN offload_feed")
                     delay = 0.5
                     if self._listening.is_set():
                         self._bump("work", "feed")  # anything may have happened while away
@@ -292,6 +296,17 @@ class PostgresBackend:
                 log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    async def _follow_feed(self) -> None:
+        """Reconnect the listener with the feed channel too. Once it listens it bumps every
+        version (as after any reconnect), so a change made meanwhile is read, not missed."""
+        self._feed_wanted = True
+        old = self._listener
+        if old is None:
+            return  # not open: open() starts a listener that follows the feed
+        old.cancel()
+        await asyncio.gather(old, return_exceptions=True)
+        self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
 
     def _wake_future(self) -> asyncio.Future[None]:
         if self._wake is None:
@@ -623,6 +638,8 @@ class PostgresBackend:
         return int(rows[0]["seq"])
 
     async def wait_changes(self, timeout: float) -> None:
+        if not self._feed_wanted:
+            await self._follow_feed()
         if self._gap_since is not None:  # re-read soon: a gap may have filled
             timeout = min(timeout, 0.05)
         await self._wait_version("feed", timeout)
