@@ -450,14 +450,17 @@ class PostgresBackend:
                 for o in outcomes
             ]
         ).decode()
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+            async with conn.cursor() as cur:
+                await cur.execute(Q["settle"], {"batch": batch})
+                return {job_id for (job_id,) in await cur.fetchall()}
+
         if not any(o.follow_ups for o in outcomes):
-            rows = await self._fetch(Q["settle"], {"batch": batch})
-            applied = {str(r["id"]) for r in rows}
+            applied = await self._retrying(run)
             return [o.lease.job_id in applied for o in outcomes]
         async with self._conn() as conn, conn.transaction():
-            async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(Q["settle"], {"batch": batch})
-                applied = {str(r["id"]) for r in await cur.fetchall()}
+            applied = await run(conn)
             follow_ups = [e for o in outcomes if o.lease.job_id in applied for e in o.follow_ups]
             await self.enqueue_in(conn, follow_ups)
         return [o.lease.job_id in applied for o in outcomes]
