@@ -34,6 +34,24 @@ local function ready_member(run_at, id)
   return string.format('%020.6f', tonumber(run_at)) .. '|' .. id
 end
 
+-- One variadic command (ZREM, SREM, ZADD …) for many arguments, in chunks of an even size
+-- that Lua's unpack can take: one call per batch instead of one per job.
+local function bulk(cmd, key, args)
+  for i = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+
+-- Append v to the list t[k] (made on first use).
+local function push(t, k, v)
+  local list = t[k]
+  if list == nil then
+    list = {}
+    t[k] = list
+  end
+  list[#list + 1] = v
+end
+
 local function member_id(member)
   return string.sub(member, string.find(member, '|', 1, true) + 1)
 end

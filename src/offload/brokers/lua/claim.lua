@@ -42,23 +42,29 @@ else
   redis.call('DEL', merge)
 end
 
-local out = {}
+local out, ready, waiting, running, leases = {}, {}, {}, {}, {}
 for _, pick in ipairs(picked) do
   local member, queue = pick[1], pick[2]
   local id = member_id(member)
   local jk = K .. 'job:' .. id
-  redis.call('ZREM', K .. 'ready:' .. queue, member)
-  local state = redis.call('HGET', jk, 'state')
-  if state == 'queued' or state == 'retrying' then
-    redis.call('ZREM', K .. 'waiting:' .. queue, id)
-    redis.call('HSET', jk, 'state', 'running', 'lease_token', token, 'lease_expires', expires,
-      'worker', worker, 'started_at', now, 'cancel_requested', '0')
-    redis.call('HINCRBY', jk, 'attempt', 1)
+  push(ready, queue, member)
+  local job = redis.call('HMGET', jk, 'state', 'attempt')
+  if job[1] == 'queued' or job[1] == 'retrying' then
+    push(waiting, queue, id)
+    redis.call('HSET', jk, 'state', 'running', 'attempt', tonumber(job[2]) + 1,
+      'lease_token', token, 'lease_expires', expires, 'worker', worker, 'started_at', now,
+      'cancel_requested', '0')
     redis.call('HDEL', jk, 'finished_at', 'progress_fraction', 'progress_message')
-    redis.call('ZADD', K .. 'leases', expires, id)
-    redis.call('SADD', K .. 'running:' .. queue, id)
+    leases[#leases + 1] = expires
+    leases[#leases + 1] = id
+    push(running, queue, id)
     out[#out + 1] = event(id)
   end
 end
+-- The index updates of the whole batch: one variadic call per key.
+for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, members) end
+for queue, ids in pairs(waiting) do bulk('ZREM', K .. 'waiting:' .. queue, ids) end
+for queue, ids in pairs(running) do bulk('SADD', K .. 'running:' .. queue, ids) end
+if #leases > 0 then bulk('ZADD', K .. 'leases', leases) end
 announce_changes()
 return out

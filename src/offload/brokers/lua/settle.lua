@@ -10,46 +10,60 @@ local cursor = 4 + n * WIDTH
 for i = 1, n do
   local b = 3 + (i - 1) * WIDTH
   local id, token, follow = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 9])
-  local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token')
+  local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token', 'queue', 'priority')
   -- A second outcome for one job in this call finds it settled already: stale.
   if not taken[id] and job[1] == 'running' and job[2] == token then
     taken[id] = true
-    held[i] = true
+    held[i] = job
     plans[i] = check_envelopes(cursor, follow, seen)
   end
   starts[i] = cursor
   cursor = cursor + follow * ENVELOPE_WIDTH
 end
 
+-- Collect a field for one HSET (a value) or one HDEL (nil).
+local function field(set, del, name, value)
+  if value == nil then
+    del[#del + 1] = name
+  else
+    set[#set + 1] = name
+    set[#set + 1] = value
+  end
+end
+
 local out, woken, created = {}, {}, {}
+local unleased, running, finished = {}, {}, {}
 for i = 1, n do
   local b = 3 + (i - 1) * WIDTH
-  if held[i] then
+  local job = held[i]
+  if job then
     local id, state = ARGV[b + 1], ARGV[b + 3]
     local jk = K .. 'job:' .. id
-    local job = redis.call('HMGET', jk, 'queue', 'priority')
-    local queue = job[1]
-    redis.call('ZREM', K .. 'leases', id)
-    redis.call('SREM', K .. 'running:' .. queue, id)
-    redis.call('HDEL', jk, 'lease_token', 'lease_expires')
-    redis.call('HSET', jk, 'state', state)
-    set_or_del(jk, 'error', opt(ARGV[b + 5]))
+    local queue = job[3]
+    unleased[#unleased + 1] = id
+    push(running, queue, id)
+    local set, del = {'state', state}, {'lease_token', 'lease_expires'}
+    field(set, del, 'error', opt(ARGV[b + 5]))
     local budget = opt(ARGV[b + 8])
-    if budget ~= nil then redis.call('HSET', jk, 'max_attempts', budget) end
-    if state == 'queued' or state == 'retrying' then
-      local run_at = ARGV[b + 6]
-      redis.call('HSET', jk, 'run_at', run_at)
-      if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
-      put_waiting(id, queue, job[2], run_at, now)
-      woken[queue] = true
+    if budget ~= nil then field(set, del, 'max_attempts', budget) end
+    local again = state == 'queued' or state == 'retrying'
+    if again then
+      field(set, del, 'run_at', ARGV[b + 6])
     else
-      set_or_del(jk, 'result', opt(ARGV[b + 4]))
-      redis.call('HSET', jk, 'finished_at', now)
-      if state == 'dead' then
-        redis.call('SADD', K .. 'dead:' .. queue, id)
-      else
-        redis.call('ZADD', K .. 'finished', now, id)
-      end
+      field(set, del, 'result', opt(ARGV[b + 4]))
+      field(set, del, 'finished_at', now)
+    end
+    redis.call('HDEL', jk, unpack(del))
+    redis.call('HSET', jk, unpack(set))
+    if again then
+      if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
+      put_waiting(id, queue, job[4], ARGV[b + 6], now)
+      woken[queue] = true
+    elseif state == 'dead' then
+      redis.call('SADD', K .. 'dead:' .. queue, id)
+    else
+      finished[#finished + 1] = now
+      finished[#finished + 1] = id
     end
     event(id)
     store_envelopes(starts[i], plans[i], now, created, woken)
@@ -58,6 +72,9 @@ for i = 1, n do
     out[#out + 1] = 0
   end
 end
+if #unleased > 0 then bulk('ZREM', K .. 'leases', unleased) end
+for queue, ids in pairs(running) do bulk('SREM', K .. 'running:' .. queue, ids) end
+if #finished > 0 then bulk('ZADD', K .. 'finished', finished) end
 announce_changes()
 announce_work(woken)
 return out
