@@ -1,6 +1,6 @@
 """Drain throughput: 1, 2 and 4 worker processes per backend, and cost per job vs backlog.
 
-    python bench/drain.py [--backends sqlite,postgres,redis] [--jobs 20000]
+    python bench/drain.py [--backends sqlite,postgres,redis] [--jobs 10000]
                           [--processes 1,2,4] [--big 1000000] [--concurrency 64]
 
 Each measurement: a fresh backend, N no-op jobs enqueued in bulk, then P worker processes
@@ -168,7 +168,7 @@ def drain(
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--backends", default="sqlite,postgres,redis")
-    ap.add_argument("--jobs", type=int, default=20_000)
+    ap.add_argument("--jobs", type=int, default=10_000)
     ap.add_argument("--processes", default="1,2,4")
     ap.add_argument("--big", type=int, default=1_000_000)
     ap.add_argument("--concurrency", type=int, default=64)
