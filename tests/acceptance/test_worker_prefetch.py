@@ -138,3 +138,65 @@ async def test_cancelling_a_job_held_ahead(app: App, start_worker: Callable[...,
     for job in jobs:
         await Job(job.id, True, app).wait(10)
     assert sorted(runs) == [-1, 0, 1, 2, 4, 5]  # the cancelled one never ran
+
+
+async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("p.turns-long")(Step)
+    runs: list[int] = []
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        if msg.block:
+            await asyncio.sleep(0.4)
+        runs.append(msg.n)
+
+    await app.open()
+    settled: list[Any] = []
+    settle = app.backend.settle
+
+    async def recorded(outcomes: Any) -> Any:
+        settled.extend(outcomes)
+        return await settle(outcomes)
+
+    app.backend.settle = recorded  # type: ignore[method-assign]
+    worker: Worker = await start_worker(concurrency=1, prefetch=50)
+    await app.enqueue(Step(n=-1))  # one short job: the worker starts claiming ahead
+    await until(lambda: len(runs) == 1)
+    jobs = await app.enqueue_many([Step(n=i, block=True) for i in range(8)])
+    await until(lambda: len(worker._ahead) == 7)  # one runs, seven are held
+
+    # The first long run raises the mean run time: nothing more may be held, so the seven
+    # go back to the queue, attempt unspent, for any worker to take.
+    def released() -> list[Any]:
+        return [o for o in settled if o.state.value == "queued" and o.refund]
+
+    await until(lambda: len(released()) == 7)
+    assert len(runs) == 2 and not worker._ahead  # released as the first long run ended
+    for job in jobs:
+        record = await Job(job.id, True, app).wait(15)
+        assert record["state"] == "succeeded" and record["attempt"] == 1
+
+
+async def test_a_job_cancelled_before_its_first_step_is_still_reported(app: App) -> None:
+    app.message("p.early")(Step)
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        raise AssertionError("must not run")
+
+    await app.open()
+    job = await app.enqueue(Step())
+    worker = Worker(app, concurrency=1)
+    (lease,) = await app.backend.claim(worker.queues, worker_id=worker.id, lease_for=5, limit=1)
+    worker._hold([lease])
+    worker._fill()  # its task is made but has not run a step
+    worker._interrupt(lease.job_id, "cancel")  # as a heartbeat answer can, in the same turn
+    await until(lambda: not worker._tasks)
+    (outcome,) = worker._pending
+    assert outcome.state.value == "cancelled" and outcome.lease is lease
+    await app.backend.settle(worker._pending)
+    assert (await app.status(job.id))["state"] == "cancelled"
+    worker._threads.shutdown()
+    await app.close()

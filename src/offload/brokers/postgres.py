@@ -304,9 +304,10 @@ class PostgresBackend:
         old = self._listener
         if old is None:
             return  # not open: open() starts a listener that follows the feed
+        # The new listener first, so a caller cancelled below never leaves the process deaf.
+        self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
         old.cancel()
         await asyncio.gather(old, return_exceptions=True)
-        self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
 
     def _wake_future(self) -> asyncio.Future[None]:
         if self._wake is None:

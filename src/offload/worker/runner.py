@@ -44,8 +44,9 @@ DEFAULT_PREFETCH = 256
 #: Prefetch holds about this many seconds of work, by the mean run time of recent jobs: short
 #: jobs are claimed in big batches while long ones are never held back from other workers.
 PREFETCH_HORIZON_S = 0.1
-#: Weight of the newest run time in the mean that sizes the prefetch.
-_RUN_WEIGHT = 0.05
+#: Weights of the newest run time in the mean that sizes the prefetch: a longer run moves it
+#: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
+_RUN_WEIGHT_UP, _RUN_WEIGHT_DOWN = 0.5, 0.05
 
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
@@ -189,9 +190,7 @@ class Worker:
                     log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
                     await self._race(asyncio.sleep(1.0), stop_wait)
                     continue
-                for lease in leases:
-                    self._held[lease.job_id] = lease
-                self._ahead.extend(leases)
+                self._hold(leases)
                 self._fill()
                 if not leases:
                     await self._race(backend.wait(self.queues, self.idle_poll_s), stop_wait)
@@ -207,6 +206,16 @@ class Worker:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    def _hold(self, leases: Sequence[Lease]) -> None:
+        """Line up claimed jobs. A job already held under an older lease (that lease lapsed
+        and this worker claimed the job again) keeps only the new one."""
+        again = {lease.job_id for lease in leases if lease.job_id in self._held}
+        if again:
+            self._ahead = deque(le for le in self._ahead if le.job_id not in again)
+        for lease in leases:
+            self._held[lease.job_id] = lease
+        self._ahead.extend(leases)
 
     def _claim_size(self) -> int:
         """How many jobs to claim now: free slots plus the prefetch, or 0 to wait."""
@@ -235,13 +244,33 @@ class Worker:
         self._contexts[lease.job_id] = ctx
         task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
         self._tasks[lease.job_id] = task
-        task.add_done_callback(functools.partial(self._finished, lease.job_id))
+        task.add_done_callback(functools.partial(self._finished, lease))
 
-    def _finished(self, job_id: str, _task: object = None) -> None:
+    def _finished(self, lease: Lease, task: asyncio.Task[None]) -> None:
+        job_id = lease.job_id
         self._tasks.pop(job_id, None)
         self._contexts.pop(job_id, None)
+        if task.cancelled():
+            # Cancelled before its first step, so `_execute` never saw the cancellation:
+            # report what it would have (released, cancelled, or nothing for a lost lease).
+            outcome = self._interrupted(lease)
+            if outcome is not None:
+                self._report(lease, outcome)
+        self._release_excess()
         self._fill()
         self._slot_free.set()
+
+    def _release_excess(self) -> None:
+        """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
+        long): they go back to the queue unspent, for idle workers to take."""
+        keep = self._prefetch_now()
+        if len(self._ahead) <= 2 * keep:
+            return  # within twice the allowance: not worth the writes (an outlier's noise)
+        while len(self._ahead) > keep:
+            lease = self._ahead.pop()  # the last in line
+            self._report(
+                lease, Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
+            )
 
     def _drop_ahead(self, job_id: str, held: bool) -> None:
         """Take a job held ahead out of the line: its lease lapsed, or it was cancelled."""
@@ -260,17 +289,21 @@ class Worker:
         kind = lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
         outcome: Outcome | None
-        loop = asyncio.get_running_loop()
-        began = loop.time()
         try:
             outcome = await self._attempt(lease, ctx, spec)
         except asyncio.CancelledError:
-            outcome = self._interrupted(lease, spec)
-        ran = loop.time() - began
-        mean = self._mean_run
-        self._mean_run = ran if mean is None else mean + _RUN_WEIGHT * (ran - mean)
+            outcome = self._interrupted(lease)
         if outcome is not None:
             self._report(lease, outcome)
+
+    def _ran(self, seconds: float) -> None:
+        """Count one handler run (finished, failed or timed out) in the mean run time."""
+        mean = self._mean_run
+        if mean is None:
+            self._mean_run = seconds
+        else:
+            weight = _RUN_WEIGHT_UP if seconds > mean else _RUN_WEIGHT_DOWN
+            self._mean_run = mean + weight * (seconds - mean)
 
     def _report(self, lease: Lease, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends."""
@@ -301,6 +334,8 @@ class Worker:
         except ValidationError as exc:  # the payload no longer fits the contract: permanent
             return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
         timeout = spec.timeout if spec.timeout is not None else env.timeout
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             if spec.is_async:
                 call = spec.fn(message, ctx)
@@ -309,6 +344,7 @@ class Worker:
                     self._threads, spec.fn, message, ctx
                 )
             result = await asyncio.wait_for(call, timeout) if timeout else await call
+            self._ran(loop.time() - began)
             return Outcome(
                 lease=lease,
                 state=JobState.SUCCEEDED,
@@ -324,11 +360,13 @@ class Worker:
                 error={"type": "Cancel", "message": signal.reason},
             )
         except TimeoutError as exc:
+            self._ran(loop.time() - began)
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
             if timeout and not str(exc):
                 exc = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
             return self._failed(lease, spec, exc)
         except Exception as exc:
+            self._ran(loop.time() - began)
             return self._failed(lease, spec, exc)
 
     def _failed(
@@ -356,7 +394,7 @@ class Worker:
             max_attempts=budget,
         )
 
-    def _interrupted(self, lease: Lease, spec: HandlerSpec | None) -> Outcome | None:
+    def _interrupted(self, lease: Lease) -> Outcome | None:
         reason = self._reasons.pop(lease.job_id, _SHUTDOWN)
         if reason == _LOST:  # another worker owns the job now; report nothing
             return None

@@ -144,15 +144,10 @@ WITH picked AS (
 )
 -- Only what a lease carries (not the last attempt's result or traceback), in claim order,
 -- times as epoch seconds: the columns of `_lease_of` in postgres.py.
--- The claim commits without waiting for its WAL flush (synchronous_commit off for this
--- statement's transaction only): a claim lost in a server crash puts the job back to queued,
--- so it runs again, as after a lapsed lease; the settle that follows commits durably, and its
--- flush covers the claim. Enqueues, settles and cancels stay synchronous.
 SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
     extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
     idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
-FROM upd CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
-ORDER BY priority, run_at, id
+FROM upd ORDER BY priority, run_at, id
 
 -- name: extend
 UPDATE offload_jobs j SET lease_expires = now() + make_interval(secs => %(lease_for)s)
