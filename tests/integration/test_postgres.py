@@ -13,7 +13,8 @@ import pytest
 
 from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
-from offload.brokers.postgres import PostgresBackend
+from offload.brokers.postgres import PostgresBackend, Q
+from offload.contract import status_record
 from offload.worker.runner import Worker
 
 from ..services import PG_URL, PgSchema, require_pg
@@ -60,7 +61,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1]" in first.stdout
+        assert "applied schema migrations [1, 2]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -74,6 +75,45 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
         await backend.close()
     finally:
         await empty.drop()
+
+
+async def test_feed_entries_written_under_schema_1_read_the_same_after_migration_2() -> None:
+    require_pg()
+    old = PgSchema(migrate=False)
+    await old.create()
+    try:
+        app = App("pg-upgrade", settings=Settings(url=old.url))
+        app.message("pg.ping")(Ping)
+        before, after = app.envelope(Ping(n=1)), app.envelope(Ping(n=2))
+        async with await psycopg.AsyncConnection.connect(old.url, autocommit=True) as conn:
+            # Given a database at schema 1 holding a job and the feed entry schema 1 wrote,
+            await conn.execute(Q["migration_1"].encode())
+            await conn.execute(
+                "CREATE TABLE offload_migrations (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute("INSERT INTO offload_migrations (version) VALUES (1)")
+            schema_1_enqueue = Q["enqueue"].replace("offload_change(", "offload_record(")
+            await conn.execute(schema_1_enqueue, {"batch": PostgresBackend._batch([before])})
+        backend = PostgresBackend.from_url(old.url)
+        with pytest.raises(SchemaError, match="offload migrate"):
+            await backend.open()
+        # when it is migrated and a job is enqueued under schema 2,
+        await backend.open(check_schema=False)
+        try:
+            assert await backend.migrate() == [2]
+            await backend.enqueue([after])
+            changes = await backend.changes_since(0)
+            # then both feed entries read as the status records of their jobs.
+            assert [c.job_id for c in changes] == [before.id, after.id]
+            for change in changes:
+                row = await backend.get(change.job_id)
+                assert row is not None
+                assert change.record == status_record(row)
+        finally:
+            await backend.close()
+    finally:
+        await old.drop()
 
 
 async def test_unreachable_server_is_a_clear_error_at_open() -> None:

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome
+from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome, status_record
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from ._sql import queries
 from .base import Capability, Change
@@ -29,7 +29,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries("postgres")
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -73,6 +73,13 @@ def _lease_of(row: tuple[Any, ...], token: str, worker: str) -> Lease:
         options=options or {},
     )
     return Lease(envelope=envelope, token=token, expires_at=expires, worker=worker)
+
+
+def _record(event: dict[str, Any]) -> dict[str, Any]:
+    """The status record of a feed entry: built from the row fields it carries (schema 2),
+    or the whole record as entries written before migration 2 hold it."""
+    stored: dict[str, Any] = event["record"]
+    return stored if "links" in stored else status_record(stored)
 
 
 def _uuid(job_id: str) -> uuid.UUID | None:
@@ -609,7 +616,7 @@ class PostgresBackend:
             self._seen["feed"] = self._versions["feed"]
         rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
         changes = [
-            Change(seq=r["seq"], job_id=str(r["job_id"]), owner=r["owner"], record=r["record"])
+            Change(seq=r["seq"], job_id=str(r["job_id"]), owner=r["owner"], record=_record(r))
             for r in rows
         ]
         if job_id is None and owner is None:

@@ -89,6 +89,22 @@ DROP TRIGGER IF EXISTS offload_events_inserted ON offload_events;
 CREATE TRIGGER offload_events_inserted AFTER INSERT ON offload_events
     FOR EACH STATEMENT EXECUTE FUNCTION offload_notify_feed()
 
+-- name: migration_2
+-- Feed entries carry the row's own fields (times as epoch seconds), made into the status
+-- record when they are read (contract.status_record): building the whole record in SQL on
+-- every transition cost about as much as the rest of an enqueue. Entries written before
+-- this migration hold whole records and are read as they are.
+CREATE OR REPLACE FUNCTION offload_change(j offload_jobs) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT jsonb_build_object(
+        'id', j.id, 'kind', j.kind, 'version', j.version, 'queue', j.queue,
+        'state', j.state, 'priority', j.priority, 'attempt', j.attempt,
+        'max_attempts', j.max_attempts, 'progress_fraction', j.progress_fraction,
+        'progress_message', j.progress_message, 'result', j.result, 'error', j.error,
+        'worker', j.worker, 'enqueued_at', date_part('epoch', j.enqueued_at),
+        'run_at', date_part('epoch', j.run_at), 'started_at', date_part('epoch', j.started_at),
+        'finished_at', date_part('epoch', j.finished_at)) $$
+
 -- name: enqueue
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
@@ -107,7 +123,7 @@ WITH input AS (
     RETURNING *
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT i.id, i.owner, offload_record(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
+    SELECT i.id, i.owner, offload_change(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
 )
 SELECT id FROM ins
 
@@ -139,7 +155,7 @@ WITH picked AS (
     RETURNING j.*
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
     ORDER BY u.priority, u.run_at, u.id
 )
 -- Only what a lease carries (not the last attempt's result or traceback), in claim order,
@@ -176,7 +192,7 @@ WITH o AS (
     RETURNING j.*
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
 )
 SELECT id::text FROM upd
 
@@ -196,7 +212,7 @@ WITH expired AS (
     RETURNING j.*
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
 )
 SELECT * FROM upd
 
@@ -207,7 +223,7 @@ WITH upd AS (
     RETURNING *
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
 )
 SELECT count(*) FROM upd
 
@@ -221,7 +237,7 @@ WITH upd AS (
     RETURNING *
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
 )
 SELECT * FROM upd
 
@@ -240,7 +256,7 @@ WITH upd AS (
     RETURNING *
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_record(ROW(u.*)::offload_jobs) FROM upd u
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
 )
 SELECT * FROM upd
 
