@@ -39,6 +39,9 @@ WORKER_APP = "offload.demo.handlers:app"
 DEFAULT_WORKER_CONCURRENCY = 4
 #: Seconds a stopping worker lets running jobs finish before releasing them.
 DEFAULT_WORKER_GRACE_S = 10.0
+#: CPU priority of the demo's workers (nice): they share the machine with the web tier, and
+#: the pattern's promise is a fast web tier; workers take the CPU the web does not need.
+WORKER_NICE = 10
 #: Seconds the web server waits for open requests (event streams) when stopping.
 DEFAULT_WEB_GRACE_S = 3.0
 #: Longest pause before restarting a worker that crashed (seconds).
@@ -74,10 +77,13 @@ def prepare(config: DemoConfig) -> DemoConfig:
     return config
 
 
-def _die_with_parent() -> None:
-    """In a worker process, before it runs: ask Linux for SIGTERM when the launcher dies."""
+def _worker_preexec() -> None:
+    """In a worker process, before it runs: ask Linux for SIGTERM when the launcher dies,
+    and yield the CPU to the web tier (`WORKER_NICE`)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
 
 
 class WorkerPool:
@@ -112,7 +118,7 @@ class WorkerPool:
                 *self.argv,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_worker_preexec if sys.platform == "linux" else None,
             )
             self.procs[slot] = proc
             code = await proc.wait()
