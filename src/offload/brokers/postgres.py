@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome, status_record
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from ._rows import envelope_of
 from ._sql import queries
 from .base import Capability, Change
 
@@ -51,28 +52,20 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+#: The claim query's SELECT list, in order (envelope fields, then the lease's expiry).
+_LEASE_COLUMNS = (
+    "id", "kind", "version", "payload", "queue", "priority", "attempt", "max_attempts",
+    "run_at", "enqueued_at", "idempotency_key", "owner", "trace", "timeout", "options",
+    "lease_expires",
+)  # fmt: skip
+
+
 def _lease_of(row: tuple[Any, ...], token: str, worker: str) -> Lease:
-    """A lease from one row of the claim query (its SELECT list, in order)."""
-    (id_, kind, version, payload, queue, priority, attempt, max_attempts, run_at, enqueued_at,
-     idem, owner, trace, timeout, options, expires) = row  # fmt: skip
-    envelope = Envelope(
-        id=id_,
-        kind=kind,
-        version=version,
-        payload=payload,
-        queue=queue,
-        priority=priority,
-        attempt=attempt,
-        max_attempts=max_attempts,
-        run_at=run_at,
-        enqueued_at=enqueued_at,
-        idempotency_key=idem,
-        owner=owner,
-        trace=trace,
-        timeout=timeout,
-        options=options or {},
+    """A lease from one row of the claim query."""
+    named = dict(zip(_LEASE_COLUMNS, row, strict=True))
+    return Lease(
+        envelope=envelope_of(named), token=token, expires_at=named["lease_expires"], worker=worker
     )
-    return Lease(envelope=envelope, token=token, expires_at=expires, worker=worker)
 
 
 def _record(event: dict[str, Any]) -> dict[str, Any]:

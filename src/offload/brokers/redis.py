@@ -187,6 +187,16 @@ class RedisBackend:
                 keys=[self._key("seq")], args=[self.keyspace, *args], client=client
             )
 
+    async def _in_chunks(self, script: str, *args: str | int) -> int:
+        """Run a deleting script (`_CHUNK` jobs per call) until a call deletes fewer; returns
+        the jobs deleted in all."""
+        total = 0
+        while True:
+            n: int = await self._run(script, *args, _CHUNK)
+            total += n
+            if n < _CHUNK:
+                return total
+
     def _where(self) -> str:
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
@@ -382,12 +392,7 @@ class RedisBackend:
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
-        total = 0
-        while True:
-            n: int = await self._run("purge", queue, _CHUNK)
-            total += n
-            if n < _CHUNK:
-                return total
+        return await self._in_chunks("purge", queue)
 
     # -- job store --------------------------------------------------------------------------
 
@@ -515,13 +520,7 @@ class RedisBackend:
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
         with their feed entries and effects."""
-        cutoff = num(self.clock.now() - older_than_s)
-        total = 0
-        while True:
-            n: int = await self._run("prune", cutoff, _CHUNK)
-            total += n
-            if n < _CHUNK:
-                return total
+        return await self._in_chunks("prune", num(self.clock.now() - older_than_s))
 
 
 __all__ = ["DEFAULT_PREFIX", "RedisBackend"]

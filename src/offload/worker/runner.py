@@ -264,8 +264,11 @@ class Worker:
         """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
         long): they go back to the queue unspent, for idle workers to take."""
         keep = self._prefetch_now()
-        if len(self._ahead) <= 2 * keep:
-            return  # within twice the allowance: not worth the writes (an outlier's noise)
+        if len(self._ahead) > 2 * keep:  # within twice the allowance: not worth the writes
+            self._give_back(keep)
+
+    def _give_back(self, keep: int) -> None:
+        """Release the jobs held ahead beyond the first `keep`, attempt unspent."""
         while len(self._ahead) > keep:
             lease = self._ahead.pop()  # the last in line
             self._report(
@@ -518,11 +521,7 @@ class Worker:
 
     async def _shutdown(self, side: dict[str, asyncio.Task[None]]) -> None:
         """Finish running jobs within the grace period, release the rest, flush outcomes."""
-        while self._ahead:  # never started: give them back at once, attempt unspent
-            lease = self._ahead.popleft()
-            self._report(
-                lease, Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
-            )
+        self._give_back(0)  # never started: give them back at once
         running = list(self._tasks.values())
         if running:
             log.info(

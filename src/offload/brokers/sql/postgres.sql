@@ -159,7 +159,7 @@ WITH picked AS (
     ORDER BY u.priority, u.run_at, u.id
 )
 -- Only what a lease carries (not the last attempt's result or traceback), in claim order,
--- times as epoch seconds: the columns of `_lease_of` in postgres.py.
+-- times as epoch seconds: the columns `_LEASE_COLUMNS` in postgres.py names, in its order.
 SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
     extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
     idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
