@@ -114,9 +114,10 @@ async def test_jobs_held_ahead_go_back_unspent_when_the_worker_stops(
     for job in jobs:
         assert (await app.status(job.id))["state"] == "running"  # claimed, not started
     worker.request_stop()
-    await asyncio.sleep(0.2)
     release.set()  # the running job finishes within its grace period
-    await until(lambda: worker.settled == 1 + 1 + 20)
+    # The worker releases the App as it stops: read the records once it has stopped.
+    await asyncio.wait_for(worker.stopped.wait(), 30)
+    assert worker.settled == 1 + 1 + 20
     assert runs == [-1, 0]  # nothing held ahead started after the stop
     for job in jobs:
         record = await app.status(job.id)

@@ -133,8 +133,10 @@ class Worker:
         self._settling = False
         self._slot_free = asyncio.Event()
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
-        #: Test signals: set once claiming starts; count of settled outcomes.
+        #: Set once claiming starts; set once `run` has returned (the app released).
         self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+        #: Count of settled outcomes.
         self.settled = 0
 
     def request_stop(self) -> None:
@@ -164,7 +166,10 @@ class Worker:
             try:
                 await self._shutdown(side)
             finally:
-                await self.app.close()
+                try:
+                    await self.app.close()
+                finally:
+                    self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
     async def _claim_loop(self, backend: Any, side: dict[str, asyncio.Task[None]]) -> None:
