@@ -142,6 +142,8 @@ class App:
         self._settings = settings
         self._url = url
         self.clock = clock or Clock()
+        #: A clock given to the App is the backend's too (PostgreSQL keeps the server's).
+        self._injected_clock = clock
         self.kinds: dict[str, MessageSpec] = {}
         #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.
         self.internal_kinds = _builtin_kinds()
@@ -281,7 +283,7 @@ class App:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
-                backend = open_backend(self.settings.url)
+                backend = open_backend(self.settings.url, clock=self._injected_clock)
                 await backend.open()
                 self._backend = backend
                 self._blobs = open_blobs(self.settings.blobs_url)

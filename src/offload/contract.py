@@ -162,6 +162,22 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lapsed:
+    """A running job whose lease expired: its worker stopped heartbeating (killed, hung or
+    cut off). A fact the backend reports; the worker decides what becomes of the job and
+    hands the decision back as an `Outcome` to `rescue`.
+
+    Args:
+        lease: the lapsed lease (its token fences the decision; `expires_at` is when it
+            lapsed; `worker` is who held it); the envelope counts the attempt it spent.
+        cancel_requested: a cancel was asked for while it ran.
+    """
+
+    lease: Lease
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EnqueueResult:
     """What `enqueue` did with one envelope: `created` is False for an idempotent repeat."""
 

@@ -6,12 +6,16 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from offload import App, Backoff, Cancel, Context, Job, Message, Retry
+from offload import App, Backoff, Cancel, Context, Job, Message, Retry, Settings
+from offload.worker.runner import Worker
+
+from ..contract._support import ShiftClock
 
 pytestmark = pytest.mark.anyio
 FAST = Backoff(base_s=0.01, cap_s=0.05)
@@ -213,3 +217,51 @@ async def test_bad_delivery_options_are_422_and_enqueue_nothing(
     assert response.status_code == 422
     assert {e["loc"][1] for e in response.json()["errors"]} == {"callback_url", "notify_email"}
     assert await app.backend.list_jobs(owner=None) == []
+
+
+async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget(
+    settings: Settings,
+) -> None:
+    # Given a kind allowing 5 attempts whose handler allows 2 with a 30 s backoff, and a
+    # worker that rescues lapsed leases (it claims from another queue only)
+    clock = ShiftClock()
+    app = App("rescue", settings=settings, clock=clock)
+    app.message("t.rescue", max_attempts=5)(Ping)
+
+    @app.handles(Ping, max_attempts=2, backoff=Backoff(base_s=30.0, jitter=0.0))
+    async def handle(msg: Ping, ctx: Context) -> None:
+        raise AssertionError("only the dead worker ever claims it")
+
+    async with app:
+        job = await app.enqueue(Ping(), notify_email="ops@example.com")
+        rescuer = Worker(app, queues=["elsewhere"], lease_s=0.6)  # sweeps every 0.3 s
+        task = asyncio.create_task(rescuer.run())
+        try:
+
+            async def killed_while_running(attempt: int) -> dict[str, Any]:
+                (lease,) = await app.backend.claim(
+                    ["default"], worker_id="doomed", lease_for=60, limit=1
+                )
+                assert lease.envelope.attempt == attempt
+                clock.advance(61)  # it never heartbeats: its lease lapses
+                async with asyncio.timeout(15):
+                    while (record := await app.status(job.id))["state"] == "running":  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                return record
+
+            # When the worker running it dies, the rescuer retries it after the handler's backoff
+            record = await killed_while_running(1)
+            assert record["state"] == "retrying" and record["error"]["type"] == "LeaseExpired"
+            run_at = datetime.fromisoformat(record["run_at"]).timestamp()
+            assert 29 <= run_at - clock.now() <= 30
+            assert await app.backend.claim(["default"], worker_id="x", lease_for=1, limit=1) == []
+            clock.advance(31)
+            # Then when it dies again, the job is dead by the handler's budget of 2
+            record = await killed_while_running(2)
+            assert record["state"] == "dead" and record["max_attempts"] == 2
+            # And its notification was enqueued with that change
+            (email,) = await app.backend.list_jobs(owner=None, kind="offload.email")
+            assert email["state"] == "queued"
+        finally:
+            rescuer.request_stop()
+            await asyncio.wait_for(task, 30)

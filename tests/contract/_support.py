@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from offload._ids import uuid7
 from offload.brokers import Backend, open_backend
+from offload.clock import Clock
 from offload.contract import Envelope, JobState, Lease, Outcome, status_record
+from offload.worker.rescue import decide_all
+from offload.worker.retry import Backoff
 
 KIND = "test.job"
 #: A lease long enough that it never lapses during a test unless the test wants it to.
@@ -68,6 +72,37 @@ async def claim(
 
 def done(lease: Lease, result: Any = None) -> Outcome:
     return Outcome(lease=lease, state=JobState.SUCCEEDED, result=result)
+
+
+class ShiftClock(Clock):
+    """Real time plus an offset the test moves: leases lapse and delays pass at once,
+    with no sleep that must be long enough (and none that a loaded machine outlasts)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A handler's retry policy, as lease rescue reads it (default: retry at once)."""
+
+    max_attempts: int | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.0, jitter=0.0))
+
+
+async def rescue(backend: Backend, clock: Clock, policy: Policy | None = None) -> list[Outcome]:
+    """One rescue pass as a worker makes it: read lapsed leases, decide by `policy`, apply.
+    Returns the decisions that applied."""
+    lapsed = await backend.expired(limit=100)
+    decisions = decide_all(lapsed, lambda kind: policy or Policy(), clock.now())
+    applied = await backend.rescue(decisions)
+    return [d for d, ok in zip(decisions, applied, strict=True) if ok]
 
 
 # -- the multi-process claimer (runs in a spawned process) ----------------------------------

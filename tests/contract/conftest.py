@@ -19,6 +19,7 @@ from ..services import (
     redis_prefix,
     redis_url,
 )
+from ._support import ShiftClock
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +123,15 @@ def backend_url(backend_param: BackendParam, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-async def backend(backend_url: str) -> AsyncIterator[Backend]:
-    """An open backend (both Broker and JobStore), isolated to this test."""
-    b = open_backend(backend_url)
+def clock() -> ShiftClock:
+    """The backend's clock: real time that a test can move forward (`clock.advance`)."""
+    return ShiftClock()
+
+
+@pytest.fixture
+async def backend(backend_url: str, clock: ShiftClock) -> AsyncIterator[Backend]:
+    """An open backend (both Broker and JobStore), isolated to this test, on `clock`."""
+    b = open_backend(backend_url, clock=clock)
     await b.open()
     try:
         yield b

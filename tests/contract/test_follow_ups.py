@@ -9,7 +9,7 @@ import pytest
 from offload.brokers import Backend
 from offload.contract import JobState, Outcome
 
-from ._support import LONG, envelope
+from ._support import LONG, ShiftClock, envelope, rescue
 
 pytestmark = pytest.mark.anyio
 
@@ -32,12 +32,15 @@ async def test_follow_ups_of_an_applied_outcome_are_enqueued(backend: Backend) -
     assert follow.envelope.payload == {"job_id": job.id}
 
 
-async def test_follow_ups_of_a_stale_outcome_are_not_enqueued(backend: Backend) -> None:
+async def test_follow_ups_of_a_stale_outcome_are_not_enqueued(
+    backend: Backend, clock: ShiftClock
+) -> None:
     # Given a lease that lapsed and was taken over by another worker,
     job = envelope("work")
     await backend.enqueue([job])
-    (first,) = await backend.claim(["work"], worker_id="a", lease_for=0.05, limit=1)
-    await _lapse(backend)
+    (first,) = await backend.claim(["work"], worker_id="a", lease_for=LONG, limit=1)
+    clock.advance(LONG + 1)
+    assert len(await rescue(backend, clock)) == 1
     (second,) = await backend.claim(["work"], worker_id="b", lease_for=LONG, limit=1)
     notify = envelope("notify", kind="offload.webhook")
     # when the first worker reports its outcome late,
@@ -84,10 +87,3 @@ async def test_a_failing_follow_up_batch_rolls_back_the_outcome(backend: Backend
     # and the job is still running under its lease, to be settled again.
     row = await backend.get(job.id)
     assert row is not None and row["state"] == "running"
-
-
-async def _lapse(backend: Backend) -> None:
-    import asyncio
-
-    await asyncio.sleep(0.15)
-    assert len(await backend.rescue_expired()) == 1

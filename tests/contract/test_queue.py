@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import anyio
@@ -11,8 +10,9 @@ import pytest
 from offload.brokers import Backend, Broker, JobStore
 from offload.contract import JobState, Outcome
 from offload.errors import BackendError
+from offload.worker.retry import Backoff
 
-from ._support import LONG, claim, done, envelope, status
+from ._support import LONG, Policy, ShiftClock, claim, done, envelope, rescue, status
 
 pytestmark = pytest.mark.anyio
 
@@ -72,13 +72,15 @@ async def test_claim_batch_is_ordered_by_priority(backend: Backend) -> None:
     assert [le.job_id for le in leases] == [envs[2].id, envs[1].id, envs[3].id]
 
 
-async def test_delayed_job_is_not_claimed_before_run_at(backend: Backend) -> None:
-    # Given a job delayed by 0.3 s
-    env = envelope(delay=0.3)
+async def test_delayed_job_is_not_claimed_before_run_at(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a job delayed by 30 s
+    env = envelope(delay=30)
     await backend.enqueue([env])
     # When claimed at once, then again after the delay
     early = await claim(backend)
-    await anyio.sleep(0.4)
+    clock.advance(31)
     late = await claim(backend)
     # Then only the late claim gets it
     assert early == []
@@ -130,32 +132,42 @@ async def test_claim_returns_the_whole_envelope_and_spends_an_attempt(backend: B
     assert record["started_at"] is not None
 
 
-async def test_expired_lease_is_rescued_and_redelivered(backend: Backend) -> None:
-    # Given a job claimed with a 0.2 s lease and no heartbeat
+async def test_expired_lease_is_rescued_and_redelivered(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a job claimed with a lease and no heartbeat
     env = envelope()
     await backend.enqueue([env])
-    (first,) = await claim(backend, lease_for=0.2)
-    assert await backend.rescue_expired() == []  # not yet lapsed
-    # When the lease lapses and the sweeper runs
-    await anyio.sleep(0.3)
-    assert len(await backend.rescue_expired()) == 1
+    (first,) = await claim(backend, lease_for=LONG)
+    assert await backend.expired(limit=10) == []  # not yet lapsed
+    # When the lease lapses, the backend reports it as a fact, changing nothing
+    clock.advance(LONG + 1)
+    (lapsed,) = await backend.expired(limit=10)
+    assert lapsed.lease.job_id == env.id and lapsed.lease.token == first.token
+    assert lapsed.lease.worker == "w1" and lapsed.lease.envelope.attempt == 1
+    assert not lapsed.cancel_requested and lapsed.lease.expires_at < clock.now()
+    assert (await status(backend, env.id))["state"] == "running"
+    # And once the worker's decision (retry at once) is applied
+    assert len(await rescue(backend, clock)) == 1
     record = await status(backend, env.id)
-    assert record["state"] == "retrying" and record["error"] is not None
+    assert record["state"] == "retrying" and record["error"]["type"] == "LeaseExpired"
     # Then a second claim gets it again, as attempt 2 with a fresh token
     (second,) = await claim(backend, worker="w2")
     assert second.job_id == env.id
     assert second.envelope.attempt == 2
     assert second.token != first.token
-    assert await backend.rescue_expired() == []
+    assert await backend.expired(limit=10) == []
 
 
-async def test_stale_lease_changes_nothing_after_redelivery(backend: Backend) -> None:
+async def test_stale_lease_changes_nothing_after_redelivery(
+    backend: Backend, clock: ShiftClock
+) -> None:
     # Given a job whose first lease lapsed and which was re-delivered
     env = envelope()
     await backend.enqueue([env])
-    (first,) = await claim(backend, lease_for=0.2, worker="slow")
-    await anyio.sleep(0.3)
-    assert len(await backend.rescue_expired()) == 1
+    (first,) = await claim(backend, lease_for=LONG, worker="slow")
+    clock.advance(LONG + 1)
+    assert len(await rescue(backend, clock)) == 1
     (second,) = await claim(backend, worker="fresh")
     # When the slow first worker reports with its stale lease
     assert await backend.settle([done(first, "stale")]) == [False]
@@ -195,47 +207,53 @@ async def test_settle_reports_each_outcome_of_a_batch(backend: Backend) -> None:
     assert results == [1, 2, 3]
 
 
-async def test_heartbeat_keeps_a_job_leased_past_its_first_expiry(backend: Backend) -> None:
-    # Given a job claimed with a 0.3 s lease
+async def test_heartbeat_keeps_a_job_leased_past_its_first_expiry(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a job claimed with a 30 s lease
     env = envelope()
     await backend.enqueue([env])
-    (lease,) = await claim(backend, lease_for=0.3)
-    # When the worker heartbeats every 0.1 s for 0.6 s
+    (lease,) = await claim(backend, lease_for=30)
+    # When the worker heartbeats every 10 s for a minute
     for _ in range(6):
-        await anyio.sleep(0.1)
-        (ext,) = await backend.extend([lease], lease_for=0.3)
+        clock.advance(10)
+        (ext,) = await backend.extend([lease], lease_for=30)
         assert ext.held and not ext.cancel_requested
-        assert await backend.rescue_expired() == []
+        assert await backend.expired(limit=10) == []
     # Then the job is still running under the same lease, and its ack is taken
     assert (await status(backend, env.id))["state"] == "running"
     assert await backend.settle([done(lease)]) == [True]
 
 
-async def test_lease_lapses_once_heartbeats_stop(backend: Backend) -> None:
+async def test_lease_lapses_once_heartbeats_stop(backend: Backend, clock: ShiftClock) -> None:
     env = envelope()
     await backend.enqueue([env])
-    (lease,) = await claim(backend, lease_for=0.2)
-    await anyio.sleep(0.1)
-    await backend.extend([lease], lease_for=0.2)
-    await anyio.sleep(0.3)
-    assert len(await backend.rescue_expired()) == 1
+    (lease,) = await claim(backend, lease_for=30)
+    clock.advance(20)
+    await backend.extend([lease], lease_for=30)
+    clock.advance(29)
+    assert await backend.expired(limit=10) == []
+    clock.advance(2)
+    assert len(await rescue(backend, clock)) == 1
     (ext,) = await backend.extend([lease], lease_for=LONG)
     assert ext.held is False
 
 
-async def test_expired_lease_on_the_last_attempt_goes_dead(backend: Backend) -> None:
+async def test_expired_lease_on_the_last_attempt_goes_dead(
+    backend: Backend, clock: ShiftClock
+) -> None:
     # Given a job with a budget of two attempts
     env = envelope(max_attempts=2)
     await backend.enqueue([env])
     # When both attempts lose their lease
-    await claim(backend, lease_for=0.1)
-    await anyio.sleep(0.2)
-    assert len(await backend.rescue_expired()) == 1
+    await claim(backend, lease_for=LONG)
+    clock.advance(LONG + 1)
+    assert len(await rescue(backend, clock)) == 1
     assert (await status(backend, env.id))["state"] == "retrying"
-    (again,) = await claim(backend, lease_for=0.1)
+    (again,) = await claim(backend, lease_for=LONG)
     assert again.envelope.attempt == 2
-    await anyio.sleep(0.2)
-    assert len(await backend.rescue_expired()) == 1
+    clock.advance(LONG + 1)
+    assert len(await rescue(backend, clock)) == 1
     # Then the job is dead, kept, and never claimed again
     record = await status(backend, env.id)
     assert record["state"] == "dead" and record["attempt"] == 2
@@ -256,20 +274,20 @@ async def test_settle_dead_ends_the_job_dead(backend: Backend) -> None:
     assert await claim(backend) == []
 
 
-async def test_retrying_job_waits_for_its_run_at(backend: Backend) -> None:
-    # Given a job whose first attempt failed with a retry in 0.3 s
+async def test_retrying_job_waits_for_its_run_at(backend: Backend, clock: ShiftClock) -> None:
+    # Given a job whose first attempt failed with a retry in 30 s
     env = envelope()
     await backend.enqueue([env])
     (lease,) = await claim(backend)
     error = {"type": "IOError", "message": "blip"}
-    retry = Outcome(lease=lease, state=JobState.RETRYING, error=error, run_at=time.time() + 0.3)
+    retry = Outcome(lease=lease, state=JobState.RETRYING, error=error, run_at=clock.now() + 30)
     assert await backend.settle([retry]) == [True]
     record = await status(backend, env.id)
     assert record["state"] == "retrying" and record["error"] == error
     # When claimed before and after run_at
     early = await claim(backend)
     stats = (await backend.stats())["q"]
-    await anyio.sleep(0.4)
+    clock.advance(31)
     (late,) = await claim(backend)
     # Then only the late claim gets it, as attempt 2
     assert early == []
@@ -485,19 +503,79 @@ async def test_purge_removes_waiting_jobs_only(backend: Backend) -> None:
     assert await backend.purge("p") == 0
 
 
-async def test_rescue_reports_the_rows_it_changed(backend: Backend) -> None:
-    # Given two lapsed jobs: one with budget left, one on its last attempt with options
+async def test_rescue_applies_decisions_with_their_follow_ups(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given two lapsed jobs: one with budget left, one on its last attempt
     again, last = envelope(max_attempts=3), envelope(max_attempts=1)
-    last = dataclasses.replace(last, options={"callback_url": "https://example.com/hook"})
     await backend.enqueue([again, last])
-    await claim(backend, lease_for=0.1, limit=2)
-    await anyio.sleep(0.2)
-    # When the sweeper runs
-    rows = {row["id"]: row for row in await backend.rescue_expired()}
-    # Then it reports both rows as they are now: enough to notify the one that ended
-    assert set(rows) == {again.id, last.id}
-    assert rows[again.id]["state"] == "retrying"
-    assert rows[last.id]["state"] == "dead" and rows[last.id]["owner"] == "local"
-    assert rows[last.id]["options"] == {"callback_url": "https://example.com/hook"}
-    assert rows[last.id]["kind"] == last.kind and rows[last.id]["started_at"] is not None
-    assert await backend.rescue_expired() == []
+    await claim(backend, lease_for=LONG, limit=2)
+    clock.advance(LONG + 1)
+    # When the worker decides (retry / dead) and the dead one's notification goes with it
+    lapsed = {one.lease.job_id: one for one in await backend.expired(limit=10)}
+    assert set(lapsed) == {again.id, last.id}
+    notify = envelope("notify", kind="offload.webhook", payload={"job_id": last.id})
+    decisions = [
+        Outcome(lease=lapsed[again.id].lease, state=JobState.RETRYING, run_at=clock.now() + 5),
+        Outcome(lease=lapsed[last.id].lease, state=JobState.DEAD, follow_ups=(notify,)),
+    ]
+    assert await backend.rescue(decisions) == [True, True]
+    # Then each job is as decided, and the notification is queued with the dead one
+    assert (await status(backend, again.id))["state"] == "retrying"
+    assert (await status(backend, last.id))["state"] == "dead"
+    assert (await backend.get(notify.id) or {}).get("state") == "queued"
+    assert await backend.expired(limit=10) == []
+    # And a second application of the same decisions (another worker's rescuer) is stale
+    assert await backend.rescue(decisions) == [False, False]
+
+
+async def test_rescue_is_fenced_by_a_heartbeat_that_renewed_the_lease(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a lapsed lease that a rescuer has read
+    env = envelope()
+    await backend.enqueue([env])
+    (lease,) = await claim(backend, lease_for=LONG)
+    clock.advance(LONG + 1)
+    (lapsed,) = await backend.expired(limit=10)
+    # When its worker, only slow, heartbeats before the decision is applied
+    (ext,) = await backend.extend([lease], lease_for=LONG)
+    assert ext.held
+    decision = Outcome(lease=lapsed.lease, state=JobState.RETRYING, run_at=clock.now())
+    # Then the decision changes nothing and the worker's own outcome still applies
+    assert await backend.rescue([decision]) == [False]
+    assert (await status(backend, env.id))["state"] == "running"
+    assert await backend.settle([done(lease, "ok")]) == [True]
+
+
+async def test_a_worker_killed_again_and_again_backs_off_and_ends_by_the_handlers_budget(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a message allowing 5 attempts whose handler allows 3, backing off 10 s, 20 s
+    env = envelope(max_attempts=5)
+    await backend.enqueue([env])
+    policy = Policy(max_attempts=3, backoff=Backoff(base_s=10.0, jitter=0.0))
+    delays = []
+    for attempt in (1, 2):
+        # When the worker running it is killed (its lease lapses)
+        (lease,) = await claim(backend, lease_for=LONG)
+        assert lease.envelope.attempt == attempt
+        clock.advance(LONG + 1)
+        (decision,) = await rescue(backend, clock, policy)
+        # Then it waits out the handler's backoff before it runs again
+        assert decision.state is JobState.RETRYING and decision.run_at is not None
+        delays.append(round(decision.run_at - clock.now()))
+        assert await claim(backend) == []
+        assert (await backend.stats())["q"]["scheduled"] == 1
+        clock.advance(delays[-1] + 1)
+    assert delays == [10, 20]
+    # And the third kill ends it dead by the handler's budget, not the message's
+    (lease,) = await claim(backend, lease_for=LONG)
+    assert lease.envelope.attempt == 3
+    clock.advance(LONG + 1)
+    (decision,) = await rescue(backend, clock, policy)
+    assert decision.state is JobState.DEAD
+    record = await status(backend, env.id)
+    assert record["state"] == "dead" and record["attempt"] == 3
+    assert record["max_attempts"] == 3 and record["error"]["type"] == "LeaseExpired"
+    assert await claim(backend) == []

@@ -11,7 +11,7 @@ from offload.brokers import Backend
 from offload.contract import JobState, Outcome
 from offload.errors import InvalidTransition, JobNotFound
 
-from ._support import claim, done, envelope, status
+from ._support import LONG, ShiftClock, claim, done, envelope, rescue, status
 
 pytestmark = pytest.mark.anyio
 
@@ -41,9 +41,11 @@ async def test_progress_of_a_finished_job_changes_nothing(backend: Backend) -> N
     assert record["progress"] == {"fraction": 0.5, "message": "half"}
 
 
-async def test_cancel_of_a_queued_job_means_it_never_runs(backend: Backend) -> None:
+async def test_cancel_of_a_queued_job_means_it_never_runs(
+    backend: Backend, clock: ShiftClock
+) -> None:
     # Given a queued job and a scheduled one
-    queued, scheduled = envelope(), envelope(delay=0.2)
+    queued, scheduled = envelope(), envelope(delay=30)
     await backend.enqueue([queued, scheduled])
     # When both are cancelled
     row = await backend.cancel(queued.id)
@@ -54,7 +56,7 @@ async def test_cancel_of_a_queued_job_means_it_never_runs(backend: Backend) -> N
         record = await status(backend, env.id)
         assert record["state"] == "cancelled" and record["finished_at"] is not None
         assert record["attempt"] == 0 and record["started_at"] is None
-    await anyio.sleep(0.25)
+    clock.advance(31)
     assert await claim(backend) == []
 
 
@@ -92,15 +94,19 @@ async def test_extend_reports_cancellation_per_lease(backend: Backend) -> None:
     }
 
 
-async def test_cancel_requested_survives_a_lapsed_lease(backend: Backend) -> None:
+async def test_cancel_requested_survives_a_lapsed_lease(
+    backend: Backend, clock: ShiftClock
+) -> None:
     # Given a running job that was cancelled, whose worker then died
     env = envelope()
     await backend.enqueue([env])
-    await claim(backend, lease_for=0.2)
+    await claim(backend, lease_for=LONG)
     await backend.cancel(env.id)
-    await anyio.sleep(0.3)
-    # When the sweeper rescues the lapsed lease
-    await backend.rescue_expired()
+    clock.advance(LONG + 1)
+    # When the sweeper rescues the lapsed lease (reported with its cancel flag)
+    (lapsed,) = await backend.expired(limit=10)
+    assert lapsed.cancel_requested
+    await rescue(backend, clock)
     # Then the job is not delivered again: the cancellation stands
     assert await claim(backend) == []
     assert (await status(backend, env.id))["state"] == "cancelled"
@@ -313,7 +319,7 @@ async def test_last_seq_is_the_newest_feed_position(backend: Backend) -> None:
 
 
 async def test_prune_deletes_old_finished_jobs_but_keeps_dead_and_live_ones(
-    backend: Backend,
+    backend: Backend, clock: ShiftClock
 ) -> None:
     # Given one job in each state that prune must tell apart
     envs = {
@@ -330,8 +336,8 @@ async def test_prune_deletes_old_finished_jobs_but_keeps_dead_and_live_ones(
     await backend.remember(envs["dead"].id, "step", 2)
     # When jobs that finished over an hour ago are pruned, then those finished at all
     assert await backend.prune(3600) == 0
-    await anyio.sleep(0.05)
-    pruned = await backend.prune(0.01)
+    clock.advance(3601)
+    pruned = await backend.prune(3600)
     # Then only succeeded, failed and cancelled jobs are gone, with their feed and steps
     assert pruned == 3
     for name in ("succeeded", "failed", "cancelled"):

@@ -24,6 +24,7 @@ from offload.contract import Envelope, JobState, Outcome
 from offload.errors import BackendError, ConfigurationError
 from offload.worker.runner import Worker
 
+from ..contract._support import ShiftClock
 from ..services import REDIS_URL, drop_redis_prefix, redis_prefix, redis_url, require_redis
 
 try:
@@ -400,18 +401,31 @@ async def test_purge_and_prune_sweep_more_than_one_script_chunk(backend: RedisBa
     assert sorted(c.job_id for c in feed) == sorted(e.id for e in waiting)
 
 
-async def test_rescue_sweeps_more_than_one_script_chunk(backend: RedisBackend) -> None:
-    # Given 600 running jobs whose leases lapsed (one claim, one lease token)
-    await backend.enqueue([envelope() for _ in range(600)])
-    leases = await backend.claim([QUEUE], worker_id="w", lease_for=0.05, limit=600)
-    await asyncio.sleep(0.1)
-    # When the sweeper runs
-    rows = await backend.rescue_expired()
-    # Then every job is back, waiting, and the rows say so
-    assert sorted(r["id"] for r in rows) == sorted(le.job_id for le in leases)
-    assert {r["state"] for r in rows} == {"retrying"} and rows[0]["lease_token"] is None
-    assert (await backend.stats())[QUEUE]["queued"] == 600
-    assert await backend.rescue_expired() == []
+async def test_lapsed_leases_are_read_past_one_script_chunk(prefix: str) -> None:
+    # Given 600 running jobs whose leases lapsed (one claim, one lease token), and a stale
+    # lease index entry in front of them
+    clock = ShiftClock()
+    backend = RedisBackend.from_url(redis_url(prefix), clock=clock)
+    await backend.open()
+    try:
+        await backend.enqueue([envelope() for _ in range(600)])
+        leases = await backend.claim([QUEUE], worker_id="w", lease_for=60, limit=600)
+        await backend.settle([Outcome(lease=leases[0], state=JobState.SUCCEEDED)])
+        await backend._redis.zadd(f"{prefix}leases", {leases[0].job_id: 1.0})
+        clock.advance(61)
+        # When the rescuer reads them, in chunks of 500 index entries
+        lapsed = await backend.expired(limit=1000)
+        # Then every lapsed job is reported once, the stale entry dropped, nothing changed
+        assert sorted(one.lease.job_id for one in lapsed) == sorted(le.job_id for le in leases[1:])
+        assert (await backend.stats())[QUEUE]["running"] == 599
+        assert len(await backend.expired(limit=100)) == 100
+        # And decisions for all of them apply in one call
+        retry = [Outcome(lease=one.lease, state=JobState.RETRYING) for one in lapsed]
+        assert all(await backend.rescue(retry))
+        assert (await backend.stats())[QUEUE]["queued"] == 599
+        assert await backend.expired(limit=1000) == []
+    finally:
+        await backend.close()
 
 
 async def test_a_filtered_listing_walks_past_many_non_matching_jobs(backend: RedisBackend) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..contract import EnqueueResult, Envelope, Extension, JobState, Lease, Outcome
+from ..contract import EnqueueResult, Envelope, Extension, JobState, Lapsed, Lease, Outcome
 
 
 class Capability(enum.StrEnum):
@@ -77,13 +77,19 @@ class Broker(Protocol):
         """
         ...
 
-    async def rescue_expired(self) -> list[dict[str, Any]]:
-        """Sweep running jobs whose lease lapsed: retry them, `dead` when no budget is left,
-        `cancelled` when cancellation was requested.
+    async def expired(self, *, limit: int) -> list[Lapsed]:
+        """Running jobs whose lease lapsed, oldest lapse first, at most `limit`.
 
-        Returns:
-            The stored rows of the rescued jobs after the sweep (the caller notifies those
-            that ended); empty when nothing lapsed.
+        Reports facts only and changes no job (a backend may repair its own indexes).
+        """
+        ...
+
+    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+        """Apply the worker's decisions for lapsed leases, as `settle` does, in one round
+        trip; fenced twice: an outcome applies only while its token is the job's AND the
+        lease is still lapsed (a late heartbeat that renewed it wins). False otherwise.
+
+        The `follow_ups` of each applied decision are enqueued in the same transaction.
         """
         ...
 

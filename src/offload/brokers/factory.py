@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ..clock import Clock
 from ..errors import ConfigurationError
 from .base import Backend
 
 
-def open_backend(url: str) -> Backend:
+def open_backend(url: str, *, clock: Clock | None = None) -> Backend:
     """A backend (not yet opened) for `url`.
+
+    Args:
+        clock: the time source of run_at, leases and timestamps (tests inject a
+            `FakeClock` and move it instead of sleeping); PostgreSQL uses its server's
+            clock unless one is given.
 
     Raises:
         ConfigurationError: unknown scheme or a missing extra.
@@ -18,7 +24,7 @@ def open_backend(url: str) -> Backend:
     if scheme in ("sqlite", "memory"):
         from .sqlite import SQLiteBackend
 
-        return SQLiteBackend.from_url(url)
+        return SQLiteBackend.from_url(url, clock=clock)
     if scheme in ("postgres", "postgresql"):
         try:
             from .postgres import PostgresBackend
@@ -27,7 +33,7 @@ def open_backend(url: str) -> Backend:
                 "OFFLOAD_URL names PostgreSQL but psycopg is not installed: "
                 "pip install 'offload[postgres]'"
             ) from exc
-        return PostgresBackend.from_url(url)
+        return PostgresBackend.from_url(url, clock=clock)
     if scheme in ("redis", "rediss"):
         try:
             from .redis import RedisBackend
@@ -38,7 +44,7 @@ def open_backend(url: str) -> Backend:
                 "OFFLOAD_URL names Redis but the redis package is not installed: "
                 "pip install 'offload[redis]'"
             ) from exc
-        return RedisBackend.from_url(url)
+        return RedisBackend.from_url(url, clock=clock)
     raise ConfigurationError(
         f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
         "expected sqlite://, memory://, postgresql://, redis:// or rediss://"

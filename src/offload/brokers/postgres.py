@@ -9,7 +9,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -19,7 +19,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome, status_record
+from ..clock import Clock
+from ..contract import EnqueueResult, Envelope, Extension, Lapsed, Lease, Outcome, status_record
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from ._rows import envelope_of
 from ._sql import queries
@@ -110,8 +111,12 @@ class PostgresBackend:
         *,
         pool_size: int = DEFAULT_POOL_SIZE,
         gap_wait_s: float = DEFAULT_GAP_WAIT_S,
+        clock: Clock | None = None,
     ) -> None:
         self.conninfo = conninfo
+        #: An injected clock replaces the server's `now()` in every query (tests); None
+        #: keeps the server's clock, which every host sharing the database agrees on.
+        self.clock = clock
         self.pool_size = pool_size
         self.gap_wait_s = gap_wait_s
         self._pool: AsyncConnectionPool | None = None
@@ -126,7 +131,7 @@ class PostgresBackend:
         self._feed_wanted = False
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresBackend:
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> PostgresBackend:
         """`postgresql://user@host:port/db?pool_size=20&sslmode=require` (libpq options pass
         through; `pool_size` is ours)."""
         parts = urlsplit(url)
@@ -134,9 +139,14 @@ class PostgresBackend:
         pool_size = int(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
         query = urlencode({k: v[-1] for k, v in options.items()})
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
-        return cls(urlunsplit((scheme, parts.netloc, parts.path, query, "")), pool_size=pool_size)
+        conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
+        return cls(conninfo, pool_size=pool_size, clock=clock)
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _now(self) -> datetime | None:
+        """The `now` parameter of the queries: None means the server's clock."""
+        return None if self.clock is None else datetime.fromtimestamp(self.clock.now(), UTC)
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -404,6 +414,7 @@ class PostgresBackend:
             "token": token,
             "lease_for": lease_for,
             "worker": worker_id,
+            "now": self._now(),
         }
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
@@ -420,6 +431,7 @@ class PostgresBackend:
             Q["extend"],
             {
                 "lease_for": lease_for,
+                "now": self._now(),
                 "ids": [le.job_id for le in leases],
                 "tokens": [le.token for le in leases],
             },
@@ -433,8 +445,12 @@ class PostgresBackend:
         ]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        return await self._settle(outcomes, lapsed=False)
+
+    async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
         if not outcomes:
             return []
+        now = self._now()
         batch = orjson.dumps(
             [
                 {
@@ -447,6 +463,7 @@ class PostgresBackend:
                     "run_at": o.run_at,
                     "refund": 1 if o.refund else 0,
                     "max_attempts": o.max_attempts,
+                    "lapsed": lapsed,
                 }
                 for o in outcomes
             ]
@@ -454,7 +471,7 @@ class PostgresBackend:
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> set[str]:
             async with conn.cursor() as cur:
-                await cur.execute(Q["settle"], {"batch": batch})
+                await cur.execute(Q["settle"], {"batch": batch, "now": now})
                 return {job_id for (job_id,) in await cur.fetchall()}
 
         if not any(o.follow_ups for o in outcomes):
@@ -466,22 +483,29 @@ class PostgresBackend:
             await self.enqueue_in(conn, follow_ups)
         return [o.lease.job_id in applied for o in outcomes]
 
-    async def rescue_expired(self) -> list[dict[str, Any]]:
-        error = orjson.dumps(
-            {"type": "LeaseExpired", "message": "the worker stopped heartbeating; its lease lapsed"}
-        )
-        rows = await self._fetch(Q["rescue"], {"error": error.decode()})
-        return [_row(r) for r in rows]
+    async def expired(self, *, limit: int) -> list[Lapsed]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.cursor() as cur:
+                await cur.execute(Q["expired"], {"limit": limit, "now": self._now()})
+                return await cur.fetchall()
+
+        return [
+            Lapsed(lease=_lease_of(row[:-3], row[-3], row[-2]), cancel_requested=row[-1])
+            for row in await self._retrying(run)
+        ]
+
+    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+        return await self._settle(decisions, lapsed=True)
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        rows = await self._fetch(Q["next_run_at"], {"queues": list(queues)})
+        rows = await self._fetch(Q["next_run_at"], {"queues": list(queues), "now": self._now()})
         until_next = next(iter(rows[0].values())) if rows else None
         if until_next is not None:
             timeout = max(0.0, min(timeout, float(until_next)))
         await self._wait_version("work", timeout)
 
     async def stats(self) -> dict[str, dict[str, Any]]:
-        rows = await self._fetch(Q["stats"], {})
+        rows = await self._fetch(Q["stats"], {"now": self._now()})
         return {
             r["queue"]: {
                 "queued": r["queued"],
@@ -557,7 +581,7 @@ class PostgresBackend:
         async with self._conn() as conn, conn.transaction():
             async with conn.cursor(row_factory=dict_row) as cur:
                 for sql in filter(None, (Q[first], fallback and Q[fallback])):
-                    await cur.execute(sql, {"id": key})
+                    await cur.execute(sql, {"id": key, "now": self._now()})
                     rows = await cur.fetchall()
                     if rows:
                         if sql == Q[first]:
@@ -656,7 +680,7 @@ class PostgresBackend:
         return (True, rows[0]["value"]) if rows else (False, None)
 
     async def prune(self, older_than_s: float) -> int:
-        rows = await self._fetch(Q["prune"], {"age": older_than_s})
+        rows = await self._fetch(Q["prune"], {"age": older_than_s, "now": self._now()})
         return int(rows[0]["count"])
 
 

@@ -19,7 +19,15 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ..clock import Clock
-from ..contract import EnqueueResult, Envelope, Extension, Lease, Outcome, status_record
+from ..contract import (
+    EnqueueResult,
+    Envelope,
+    Extension,
+    Lapsed,
+    Lease,
+    Outcome,
+    status_record,
+)
 from ..errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from ._redis_rows import decode, envelope_args, num, opt, pairs
 from ._redis_rows import dumps as _json
@@ -44,13 +52,9 @@ DEFAULT_PROMOTE_MAX = 1000
 _CHUNK = 500
 
 _SCRIPTS = (
-    "enqueue", "claim", "extend", "settle", "rescue", "progress", "cancel", "requeue",
+    "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes",
 )  # fmt: skip
-_LEASE_EXPIRED = {
-    "type": "LeaseExpired",
-    "message": "the worker stopped heartbeating; its lease lapsed",
-}
 
 
 @functools.cache
@@ -59,6 +63,16 @@ def _lua(name: str) -> str:
     return folder.joinpath("_lib.lua").read_text("utf-8") + folder.joinpath(
         f"{name}.lua"
     ).read_text("utf-8")
+
+
+def _lapsed(row: dict[str, Any]) -> Lapsed:
+    lease = Lease(
+        envelope=_envelope(row),
+        token=row["lease_token"],
+        expires_at=row["lease_expires"],
+        worker=row["worker"],
+    )
+    return Lapsed(lease=lease, cancel_requested=bool(row["cancel_requested"]))
 
 
 class RedisBackend:
@@ -124,7 +138,7 @@ class RedisBackend:
         self._seen_feed: FeedMark | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> RedisBackend:
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBackend:
         """`redis://host:port/db?prefix=app:&pool_size=20`; `rediss://` for TLS.
 
         Other query options (`socket_timeout`, `ssl_cert_reqs`, …) go to redis-py.
@@ -149,7 +163,7 @@ class RedisBackend:
                 f"pool_size must be an integer: {ours['pool_size']!r}"
             ) from None
         driver_url = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(driver_url, prefix=ours["prefix"], pool_size=pool_size)
+        return cls(driver_url, prefix=ours["prefix"], pool_size=pool_size, clock=clock)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -336,6 +350,9 @@ class RedisBackend:
         ]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        return await self._settle(outcomes, lapsed=False)
+
+    async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
         """Apply the outcomes, with the follow-ups of those that apply, in one script call.
 
         Returns:
@@ -347,7 +364,7 @@ class RedisBackend:
         if not outcomes:
             return []
         now = self.clock.now()
-        args = [num(now), str(len(outcomes))]
+        args = [num(now), str(len(outcomes)), "1" if lapsed else "0"]
         for o in outcomes:
             args += [
                 o.lease.job_id, o.lease.token, o.state.value, opt(_json(o.result)),
@@ -359,21 +376,21 @@ class RedisBackend:
         args += envelope_args(f for o in outcomes for f in o.follow_ups)
         return [bool(a) for a in await self._run("settle", *args)]
 
-    async def rescue_expired(self) -> list[dict[str, Any]]:
-        """Retry running jobs whose lease lapsed (`dead` when the budget is spent,
-        `cancelled` when cancellation was requested), a few hundred per script call.
+    async def expired(self, *, limit: int) -> list[Lapsed]:
+        """The lapsed leases, a few hundred index entries per script call."""
+        out: list[Lapsed] = []
+        while len(out) < limit:
+            chunk = min(_CHUNK, limit - len(out))
+            # Lapsed entries stay in the index (nothing changes): skip those already read.
+            answer: list[Any] = await self._run("expired", num(self.clock.now()), len(out), chunk)
+            scanned, rows = answer
+            out += [_lapsed(decode(pairs(flat))) for flat in rows]
+            if scanned < chunk:
+                break
+        return out
 
-        Returns:
-            The rescued jobs' rows after the sweep.
-        """
-        error = orjson.dumps(_LEASE_EXPIRED).decode()
-        rows: list[dict[str, Any]] = []
-        while True:
-            answer: list[Any] = await self._run("rescue", num(self.clock.now()), error, _CHUNK)
-            scanned, rescued = answer
-            rows += [decode(pairs(flat)) for flat in rescued]
-            if scanned < _CHUNK:
-                return rows
+    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+        return await self._settle(decisions, lapsed=True)
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued (ready now), scheduled, running, dead, oldest_age_s; read from

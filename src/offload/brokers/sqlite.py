@@ -22,6 +22,7 @@ from ..contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    Lapsed,
     Lease,
     Outcome,
 )
@@ -149,7 +150,7 @@ class SQLiteBackend:
         self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteBackend:
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
         """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`.
 
         Raises:
@@ -161,13 +162,13 @@ class SQLiteBackend:
         synchronous = options.get("synchronous", "NORMAL")
         if parts.scheme == "memory" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
             path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
-            return cls(path, synchronous=synchronous)
+            return cls(path, synchronous=synchronous, clock=clock)
         if parts.netloc:
             raise ConfigurationError(
                 f"{url!r} names a host; an SQLite file is sqlite:///relative/path.db "
                 "(three slashes) or sqlite:////absolute/path.db (four)"
             )
-        return cls(parts.path[1:], synchronous=synchronous)
+        return cls(parts.path[1:], synchronous=synchronous, clock=clock)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -389,8 +390,9 @@ class SQLiteBackend:
             return []
         return await self._run(self._extend, list(leases), lease_for)
 
-    def _settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    def _settle(self, outcomes: Sequence[Outcome], lapsed: bool = False) -> list[bool]:
         now = self.clock.now()
+        fence = (1 if lapsed else 0, now)
         applied: list[bool] = []
         changed: list[str] = []
         with self._tx() as conn:
@@ -404,6 +406,7 @@ class SQLiteBackend:
                         o.max_attempts,
                         o.lease.job_id,
                         o.lease.token,
+                        *fence,
                     )
                     sql = Q["settle_final"]
                 else:
@@ -416,6 +419,7 @@ class SQLiteBackend:
                         o.max_attempts,
                         o.lease.job_id,
                         o.lease.token,
+                        *fence,
                     )
                     sql = Q["settle_again"]
                 held = conn.execute(sql, args).fetchone() is not None
@@ -435,24 +439,30 @@ class SQLiteBackend:
             self._wake_waiters()
         return applied
 
-    def _rescue(self) -> list[dict[str, Any]]:
-        now = self.clock.now()
-        error = _dumps(
-            {"type": "LeaseExpired", "message": "the worker stopped heartbeating; its lease lapsed"}
-        )
-        with self._tx() as conn:
-            expired = conn.execute(Q["expired"], (now,)).fetchall()
-            changed: list[dict[str, Any]] = []
-            for (job_id,) in expired:
-                changed += self._returning(conn, Q["rescue"], (now, now, error, job_id, now))
-            self._event(conn, changed)
-        return changed
+    def _expired(self, limit: int) -> list[Lapsed]:
+        rows = self._returning(self.conn, Q["expired"], (self.clock.now(), limit))
+        return [
+            Lapsed(
+                lease=Lease(
+                    envelope=_envelope(r),
+                    token=r["lease_token"],
+                    expires_at=r["lease_expires"],
+                    worker=r["worker"],
+                ),
+                cancel_requested=bool(r["cancel_requested"]),
+            )
+            for r in rows
+        ]
 
-    async def rescue_expired(self) -> list[dict[str, Any]]:
-        rows = await self._run(self._rescue)
-        if rows:
-            self._wake_waiters()
-        return rows
+    async def expired(self, *, limit: int) -> list[Lapsed]:
+        return await self._run(self._expired, limit)
+
+    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+        if not decisions:
+            return []
+        applied = await self._run(self._settle, list(decisions), True)
+        self._wake_waiters()
+        return applied
 
     def _version(self) -> tuple[int, int]:
         """Moves whenever anyone (another process, or this instance) commits a write."""

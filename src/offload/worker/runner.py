@@ -24,8 +24,9 @@ from ..contract import JobState, Lease, Outcome
 from ..errors import BackendError, Cancel, ConfigurationError, Retry
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
-from ..notify.plan import follow_ups, follow_ups_of_row
+from ..notify.plan import follow_ups
 from .context import Context
+from .rescue import decide_all
 from .retry import should_retry
 
 log = logging.getLogger("offload.worker")
@@ -48,6 +49,8 @@ PREFETCH_HORIZON_S = 0.1
 #: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
 _RUN_WEIGHT_UP, _RUN_WEIGHT_DOWN = 0.5, 0.05
 
+#: Lapsed leases one rescue call reads and decides at most.
+RESCUE_BATCH = 500
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
 
@@ -315,21 +318,24 @@ class Worker:
 
     def _report(self, lease: Lease, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends."""
-        if outcome.state.final:
-            # Notifications of the final state commit with it, and only if it applies.
-            env = lease.envelope
-            notes = follow_ups(
-                self.app,
-                job_id=env.id,
-                kind=env.kind,
-                options=env.options,
-                state=outcome.state,
-                marker=lease.token,
-            )
-            if notes:
-                outcome = dataclasses.replace(outcome, follow_ups=notes)
-        self._pending.append(outcome)
+        self._pending.append(self._with_follow_ups(outcome))
         self._pending_ready.set()
+
+    def _with_follow_ups(self, outcome: Outcome) -> Outcome:
+        """The outcome with the notifications of its final state, which commit with it (and
+        only if it applies); the lease token marks them, so a repeat collapses."""
+        if not outcome.state.final:
+            return outcome
+        env = outcome.lease.envelope
+        notes = follow_ups(
+            self.app,
+            job_id=env.id,
+            kind=env.kind,
+            options=env.options,
+            state=outcome.state,
+            marker=outcome.lease.token,
+        )
+        return dataclasses.replace(outcome, follow_ups=notes) if notes else outcome
 
     async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
         env = lease.envelope
@@ -487,14 +493,8 @@ class Worker:
         next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S * random.random()
         while True:
             try:
-                rescued = await backend.rescue_expired()
-                if rescued:
-                    log.warning(
-                        "rescued %d jobs whose lease lapsed",
-                        len(rescued),
-                        extra={"action": "rescue", "count": len(rescued)},
-                    )
-                    await self._notify_rescued(rescued)
+                while await self.rescue_lapsed() >= RESCUE_BATCH:
+                    pass  # a full batch: more may have lapsed
                 if loop.time() >= next_prune:
                     next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S
                     pruned = await backend.prune(self.app.settings.retention_s)
@@ -504,23 +504,28 @@ class Worker:
                 log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
             await asyncio.sleep(every)
 
-    async def _notify_rescued(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Enqueue the notifications of jobs the sweep ended (dead, or cancelled).
-
-        Not in the sweep's transaction (backends sweep in one statement or script): a crash
-        between the two loses these notifications. The marker is the lapsed attempt's start,
-        so a repeat collapses on the idempotency key.
-        """
-        notes = [
-            envelope
-            for row in rows
-            if JobState(row["state"]).final
-            for envelope in follow_ups_of_row(
-                self.app, row, marker=f"rescue:{row.get('started_at')!r}"
-            )
+    async def rescue_lapsed(self) -> int:
+        """One batch of lease rescue: read the lapsed leases, decide each job's fate with its
+        handler's budget and backoff (`rescue.decide`), and apply the decisions, with the
+        notifications of those that end, in one fenced call. Returns how many were read."""
+        lapsed = await self.app.backend.expired(limit=RESCUE_BATCH)
+        if not lapsed:
+            return 0
+        decisions = [
+            self._with_follow_ups(outcome)
+            for outcome in decide_all(lapsed, self._spec_of, self.app.clock.now())
         ]
-        if notes:
-            await self.app.backend.enqueue(notes)
+        rescued = sum(await self.app.backend.rescue(decisions))
+        if rescued:
+            log.warning(
+                "rescued %d jobs whose lease lapsed",
+                rescued,
+                extra={"action": "rescue", "count": rescued},
+            )
+        return len(lapsed)
+
+    def _spec_of(self, kind: str) -> HandlerSpec | None:
+        return self.app.handlers.get(kind) or self.builtin.get(kind)
 
     # -- shutdown ---------------------------------------------------------------------------
 

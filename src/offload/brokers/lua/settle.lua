@@ -1,18 +1,21 @@
--- settle: ARGV = K, now, n, then 9 fields per outcome (id, token, state, result, error,
+-- settle: ARGV = K, now, n, lapsed ('1': a rescue's decisions, applied only while the lease
+-- is still lapsed), then 9 fields per outcome (id, token, state, result, error,
 -- run_at, refund 0/1, max_attempts, number of follow-ups), then the follow-up envelopes of
 -- all outcomes in order. Optional fields use opt(). Every lease and every follow-up of a
 -- held lease is checked before anything is written, so a bad follow-up fails the whole call.
 -- Returns 1/0 per outcome (0: the lease was stale; its follow-ups are dropped).
-local now, n = ARGV[2], tonumber(ARGV[3])
+local now, n, lapsed = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local WIDTH = 9
 local held, plans, starts, taken, seen = {}, {}, {}, {}, {}
-local cursor = 4 + n * WIDTH
+local cursor = 5 + n * WIDTH
 for i = 1, n do
-  local b = 3 + (i - 1) * WIDTH
+  local b = 4 + (i - 1) * WIDTH
   local id, token, follow = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 9])
-  local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token', 'queue', 'priority')
+  local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token', 'queue', 'priority',
+    'lease_expires')
   -- A second outcome for one job in this call finds it settled already: stale.
-  if not taken[id] and job[1] == 'running' and job[2] == token then
+  if not taken[id] and job[1] == 'running' and job[2] == token
+      and (not lapsed or tonumber(job[5]) < tonumber(now)) then
     taken[id] = true
     held[i] = job
     plans[i] = check_envelopes(cursor, follow, seen)
@@ -34,7 +37,7 @@ end
 local out, woken, created = {}, {}, {}
 local unleased, running, finished = {}, {}, {}
 for i = 1, n do
-  local b = 3 + (i - 1) * WIDTH
+  local b = 4 + (i - 1) * WIDTH
   local job = held[i]
   if job then
     local id, state = ARGV[b + 1], ARGV[b + 3]

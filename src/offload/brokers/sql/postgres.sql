@@ -105,6 +105,9 @@ CREATE OR REPLACE FUNCTION offload_change(j offload_jobs) RETURNS jsonb
         'run_at', date_part('epoch', j.run_at), 'started_at', date_part('epoch', j.started_at),
         'finished_at', date_part('epoch', j.finished_at)) $$
 
+-- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
+-- injected into the backend (tests move it instead of sleeping).
+
 -- name: enqueue
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
@@ -138,7 +141,7 @@ WITH picked AS (
     SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM offload_jobs
-        WHERE state IN ('queued', 'retrying') AND queue = q.name AND run_at <= now()
+        WHERE state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(%(now)s, now())
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -148,8 +151,8 @@ WITH picked AS (
 ), upd AS (
     UPDATE offload_jobs j
     SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
-        lease_expires = now() + make_interval(secs => %(lease_for)s), worker = %(worker)s,
-        started_at = now(), finished_at = NULL, cancel_requested = false,
+        lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
+        started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
         progress_fraction = NULL, progress_message = NULL
     FROM picked WHERE j.id = picked.id
     RETURNING j.*
@@ -166,7 +169,7 @@ SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
 FROM upd ORDER BY priority, run_at, id
 
 -- name: extend
-UPDATE offload_jobs j SET lease_expires = now() + make_interval(secs => %(lease_for)s)
+UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
 FROM unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
 WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
 RETURNING j.id, j.cancel_requested
@@ -175,20 +178,22 @@ RETURNING j.id, j.cancel_requested
 WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
         id uuid, token text, state text, final boolean, result jsonb, error jsonb,
-        run_at double precision, refund integer, max_attempts integer)
+        run_at double precision, refund integer, max_attempts integer, lapsed boolean)
 ), upd AS (
     UPDATE offload_jobs j
     SET state = o.state,
         result = CASE WHEN o.final THEN o.result ELSE j.result END,
         error = o.error,
-        finished_at = CASE WHEN o.final THEN now() ELSE j.finished_at END,
+        finished_at = CASE WHEN o.final THEN coalesce(%(now)s, now()) ELSE j.finished_at END,
         run_at = CASE WHEN o.final THEN j.run_at
-                      ELSE coalesce(to_timestamp(o.run_at), now()) END,
+                      ELSE coalesce(to_timestamp(o.run_at), coalesce(%(now)s, now())) END,
         attempt = j.attempt - o.refund,
         max_attempts = coalesce(o.max_attempts, j.max_attempts),
         lease_token = NULL, lease_expires = NULL
     FROM o
     WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+        -- a rescue's decision applies only while the lease is still lapsed
+        AND (NOT o.lapsed OR j.lease_expires < coalesce(%(now)s, now()))
     RETURNING j.*
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
@@ -196,25 +201,17 @@ WITH o AS (
 )
 SELECT id::text FROM upd
 
--- name: rescue
-WITH expired AS (
-    SELECT id FROM offload_jobs
-    WHERE state = 'running' AND lease_expires < now()
-    FOR UPDATE SKIP LOCKED
-), upd AS (
-    UPDATE offload_jobs j
-    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                     WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
-        finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts
-                           THEN now() END,
-        run_at = now(), error = %(error)s::jsonb, lease_token = NULL, lease_expires = NULL
-    FROM expired WHERE j.id = expired.id
-    RETURNING j.*
-), ev AS (
-    INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
-)
-SELECT * FROM upd
+-- name: expired
+-- Facts only: the lapsed leases, oldest lapse first, with what a lease carries (the
+-- columns `_LEASE_COLUMNS` names, in its order) and its token, holder and cancel flag.
+SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8,
+    lease_token, worker, cancel_requested
+FROM offload_jobs
+WHERE state = 'running' AND lease_expires < coalesce(%(now)s, now())
+ORDER BY lease_expires
+LIMIT %(limit)s
 
 -- name: progress
 WITH upd AS (
@@ -232,7 +229,7 @@ SELECT * FROM offload_jobs WHERE id = %(id)s
 
 -- name: cancel_waiting
 WITH upd AS (
-    UPDATE offload_jobs SET state = 'cancelled', finished_at = now()
+    UPDATE offload_jobs SET state = 'cancelled', finished_at = coalesce(%(now)s, now())
     WHERE id = %(id)s AND state IN ('queued', 'retrying')
     RETURNING *
 ), ev AS (
@@ -249,7 +246,7 @@ RETURNING *
 -- name: requeue
 WITH upd AS (
     UPDATE offload_jobs
-    SET state = 'queued', attempt = 0, run_at = now(), result = NULL, started_at = NULL,
+    SET state = 'queued', attempt = 0, run_at = coalesce(%(now)s, now()), result = NULL, started_at = NULL,
         finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
         cancel_requested = false
     WHERE id = %(id)s AND state IN ('dead', 'failed', 'cancelled')
@@ -262,12 +259,12 @@ SELECT * FROM upd
 
 -- name: stats
 SELECT queue,
-       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at <= now()) AS queued,
-       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at <= coalesce(%(now)s, now())) AS queued,
+       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at > coalesce(%(now)s, now())) AS scheduled,
        count(*) FILTER (WHERE state = 'running') AS running,
        count(*) FILTER (WHERE state = 'dead') AS dead,
-       coalesce(extract(epoch FROM now() - min(run_at) FILTER (
-           WHERE state IN ('queued', 'retrying') AND run_at <= now())), 0) AS oldest_age_s
+       coalesce(extract(epoch FROM coalesce(%(now)s, now()) - min(run_at) FILTER (
+           WHERE state IN ('queued', 'retrying') AND run_at <= coalesce(%(now)s, now()))), 0) AS oldest_age_s
 FROM offload_jobs
 WHERE state IN ('queued', 'retrying', 'running', 'dead')
 GROUP BY queue
@@ -276,7 +273,7 @@ GROUP BY queue
 DELETE FROM offload_jobs WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
 
 -- name: next_run_at
-SELECT extract(epoch FROM min(run_at) - now()) FROM offload_jobs
+SELECT extract(epoch FROM min(run_at) - coalesce(%(now)s, now())) FROM offload_jobs
 WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
 
 -- name: remember
@@ -290,7 +287,7 @@ SELECT value FROM offload_effects WHERE job_id = %(id)s AND key = %(key)s
 WITH gone AS (
     DELETE FROM offload_jobs
     WHERE state IN ('succeeded', 'failed', 'cancelled')
-      AND finished_at < now() - make_interval(secs => %(age)s)
+      AND finished_at < coalesce(%(now)s, now()) - make_interval(secs => %(age)s)
     RETURNING id
 ), ev AS (
     DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)

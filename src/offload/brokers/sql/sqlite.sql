@@ -88,32 +88,27 @@ UPDATE offload_jobs SET lease_expires = ?
 WHERE state = 'running' AND (id, lease_token) IN (VALUES {pairs})
 RETURNING id, cancel_requested
 
+-- The last two parameters of settle_final and settle_again fence a rescue: (0, now) for
+-- a worker's own settle; (1, now) applies only while the lease is still lapsed.
 -- name: settle_final
 UPDATE offload_jobs
 SET state = ?, result = ?, error = ?, finished_at = ?, lease_token = NULL, lease_expires = NULL,
     max_attempts = coalesce(?, max_attempts)
-WHERE id = ? AND lease_token = ? AND state = 'running'
+WHERE id = ? AND lease_token = ? AND state = 'running' AND (? = 0 OR lease_expires < ?)
 RETURNING id
 
 -- name: settle_again
 UPDATE offload_jobs
 SET state = ?, error = ?, run_at = ?, attempt = attempt - ?, lease_token = NULL,
     lease_expires = NULL, max_attempts = coalesce(?, max_attempts)
-WHERE id = ? AND lease_token = ? AND state = 'running'
+WHERE id = ? AND lease_token = ? AND state = 'running' AND (? = 0 OR lease_expires < ?)
 RETURNING id
 
 -- name: expired
-SELECT id FROM offload_jobs
+SELECT * FROM offload_jobs
 WHERE state = 'running' AND lease_expires < ?
-
--- name: rescue
-UPDATE offload_jobs
-SET state = CASE WHEN cancel_requested THEN 'cancelled'
-                 WHEN attempt >= max_attempts THEN 'dead' ELSE 'retrying' END,
-    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN ? ELSE NULL END,
-    run_at = ?, error = ?, lease_token = NULL, lease_expires = NULL
-WHERE id = ? AND state = 'running' AND lease_expires < ?
-RETURNING *
+ORDER BY lease_expires
+LIMIT ?
 
 -- name: progress
 UPDATE offload_jobs SET progress_fraction = ?, progress_message = ?

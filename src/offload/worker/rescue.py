@@ -1,0 +1,60 @@
+"""Lease rescue: the policy for jobs whose worker stopped heartbeating.
+
+The backend reports lapsed leases (`expired`) and applies decisions (`rescue`); what becomes
+of each job is decided here, in Python, with the handler's own retry budget and backoff, as
+for an attempt that failed: a killed worker is a failed attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..contract import JobState, Lapsed, Outcome
+from .retry import Backoff, should_retry
+
+#: The error a rescued job carries.
+LEASE_EXPIRED = {
+    "type": "LeaseExpired",
+    "message": "the worker stopped heartbeating; its lease lapsed",
+}
+class RetryPolicy(Protocol):
+    """What decides a lapsed job's fate: a handler's budget and backoff (`HandlerSpec`)."""
+
+    @property
+    def max_attempts(self) -> int | None: ...
+    @property
+    def backoff(self) -> Backoff: ...
+
+
+#: Backoff of a kind this worker has no handler for (the message's budget still holds).
+_DEFAULT_BACKOFF = Backoff()
+
+
+def decide(lapsed: Lapsed, spec: RetryPolicy | None, now: float) -> Outcome:
+    """What becomes of one lapsed job: `cancelled` when a cancel was asked for, `dead` when
+    the handler's budget (else the message's) is spent, else `retrying` after the handler's
+    backoff for the attempt that lapsed."""
+    lease = lapsed.lease
+    env = lease.envelope
+    error = dict(LEASE_EXPIRED)
+    if lapsed.cancel_requested:
+        return Outcome(lease=lease, state=JobState.CANCELLED, error=error)
+    budget = (spec.max_attempts if spec is not None else None) or env.max_attempts
+    if not should_retry(env.attempt, budget):
+        return Outcome(lease=lease, state=JobState.DEAD, error=error, max_attempts=budget)
+    backoff = spec.backoff if spec is not None else _DEFAULT_BACKOFF
+    return Outcome(
+        lease=lease,
+        state=JobState.RETRYING,
+        error=error,
+        run_at=now + backoff.delay(env.attempt),
+        max_attempts=budget,
+    )
+
+
+def decide_all(
+    lapsed: list[Lapsed], spec_of: Callable[[str], RetryPolicy | None], now: float
+) -> list[Outcome]:
+    """`decide` for a batch; `spec_of(kind)` finds the handler of a kind (None: unknown)."""
+    return [decide(one, spec_of(one.lease.envelope.kind), now) for one in lapsed]
