@@ -18,9 +18,13 @@ def signing_key(settings: Settings) -> bytes:
     """OFFLOAD_SECRET_KEY, else a key kept beside the blobs (shared by local processes)."""
     if settings.secret_key:
         return settings.secret_key
-    from .stores import open_blobs
+    from .errors import ConfigurationError
+    from .stores import FileBlobStore, open_blobs
 
-    return load_or_create_key(Path(open_blobs(settings.blobs_url).root) / ".signing-key")
+    store = open_blobs(settings.blobs_url)
+    if not isinstance(store, FileBlobStore):  # no folder every local process shares
+        raise ConfigurationError("set OFFLOAD_SECRET_KEY: the blob store is not a local folder")
+    return load_or_create_key(Path(store.root) / ".signing-key")
 
 
 def blob_refs(value: Any) -> list[str]:

@@ -18,7 +18,7 @@ from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
 from .settings import Settings
-from .stores import FileBlobStore, open_blobs
+from .stores import BlobStore, open_blobs
 from .worker.retry import Backoff
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ class App:
         name: the application's name (logs, metrics).
         url: backend URL; OFFLOAD_URL (default `sqlite:///offload.db`) when None.
         settings: all settings; read from the environment when None.
+        clock: the time source of envelopes and of the backend (tests move a fake one).
+        blobs: the blob store (any `BlobStore`); OFFLOAD_BLOBS_URL picks one when None.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class App:
         url: str | None = None,
         settings: Settings | None = None,
         clock: Clock | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.name = name
         self._settings = settings
@@ -150,7 +153,9 @@ class App:
         self.handlers: dict[str, HandlerSpec] = {}
         self.email_templates: dict[str, EmailTemplate] = {}
         self._backend: Backend | None = None
-        self._blobs: FileBlobStore | None = None
+        #: A store given here is kept; otherwise OFFLOAD_BLOBS_URL picks one when needed.
+        self._given_blobs = blobs
+        self._blobs: BlobStore | None = blobs
         self._open_lock: asyncio.Lock | None = None
         self._sync: _SyncRunner | None = None
         self._users = 0
@@ -168,7 +173,7 @@ class App:
         if self._backend is not None:
             raise ConfigurationError("configure() must come before the app is opened")
         self._settings = settings
-        self._blobs = None  # the blob store follows the new settings
+        self._blobs = self._given_blobs  # else the blob store follows the new settings
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -286,7 +291,8 @@ class App:
                 backend = open_backend(self.settings.url, clock=self._injected_clock)
                 await backend.open()
                 self._backend = backend
-                self._blobs = open_blobs(self.settings.blobs_url)
+                if self._blobs is None:
+                    self._blobs = open_blobs(self.settings.blobs_url)
         return self
 
     async def close(self) -> None:
@@ -314,7 +320,7 @@ class App:
         return self._backend
 
     @property
-    def blobs(self) -> FileBlobStore:
+    def blobs(self) -> BlobStore:
         if self._blobs is None:
             self._blobs = open_blobs(self.settings.blobs_url)
         return self._blobs

@@ -366,14 +366,10 @@ def migrate(url: Url = None) -> None:
     settings = Settings.from_env(url=url)
 
     async def main() -> list[int]:
-        backend: Any = open_backend(settings.url)
-        if not hasattr(backend, "migrate"):
-            await backend.open()
-            await backend.close()
-            return []
+        backend = open_backend(settings.url)
         await backend.open(check_schema=False)
         try:
-            return list(await backend.migrate())
+            return await backend.migrate()
         finally:
             await backend.close()
 

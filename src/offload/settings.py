@@ -76,7 +76,6 @@ class Settings:
     """Everything configurable, read once from the environment by `Settings.from_env()`."""
 
     url: str = DEFAULT_URL
-    store_url: str | None = None
     blobs_url: str = DEFAULT_BLOBS_URL
     api_tokens: dict[str, str] = field(default_factory=dict)
     secret_key: bytes | None = None
@@ -106,7 +105,6 @@ class Settings:
         try:
             values: dict[str, Any] = dict(
                 url=e.get("OFFLOAD_URL") or DEFAULT_URL,
-                store_url=e.get("OFFLOAD_STORE_URL") or None,
                 blobs_url=e.get("OFFLOAD_BLOBS_URL") or DEFAULT_BLOBS_URL,
                 api_tokens=parse_tokens(e.get("OFFLOAD_API_TOKENS")),
                 secret_key=secret.encode() if secret else None,

@@ -46,8 +46,18 @@ class Broker(Protocol):
 
     capabilities: frozenset[Capability]
 
-    async def open(self) -> None: ...
+    async def open(self, *, check_schema: bool = True) -> None:
+        """Connect. With `check_schema`, raise SchemaError when the stored schema is not the
+        one this code needs (run `migrate`); a backend whose schema is implicit or made on
+        open ignores it."""
+        ...
+
     async def close(self) -> None: ...
+
+    async def migrate(self) -> list[int]:
+        """Bring the schema up to this code's version; returns the versions applied (empty
+        when up to date, and always where the schema is made on open or is implicit)."""
+        ...
 
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """Store the envelopes atomically (all or none).

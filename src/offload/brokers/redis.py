@@ -217,7 +217,11 @@ class RedisBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def migrate(self) -> list[int]:
+        """Keys need no schema: nothing to apply."""
+        return []
+
+    async def open(self, *, check_schema: bool = True) -> None:
         """Connect, check the server answers, load the scripts and subscribe to wake-ups.
 
         Raises:

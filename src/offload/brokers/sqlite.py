@@ -255,7 +255,11 @@ class SQLiteBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def migrate(self) -> list[int]:
+        """The schema is made (and upgraded) when the file is opened: nothing to apply."""
+        return []
+
+    async def open(self, *, check_schema: bool = True) -> None:
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload-sqlite")

@@ -19,7 +19,7 @@ import orjson
 
 from .._ids import uuid7
 from ..clock import iso
-from ..stores.blobs import FileBlobStore
+from ..stores.blobs import BlobStore
 from ..web.present import Presenter
 from . import images, mail
 from .config import DemoConfig
@@ -45,7 +45,7 @@ class InlineExports:
 
     inline = True
 
-    def __init__(self, config: DemoConfig, blobs: FileBlobStore, present: Presenter) -> None:
+    def __init__(self, config: DemoConfig, blobs: BlobStore, present: Presenter) -> None:
         self.config = config
         self.blobs = blobs
         self.present = present

@@ -81,7 +81,7 @@ def blob_path(key: str) -> str:
     return "/files/" + quote(check_key(key))
 
 
-def open_blobs(url: str) -> FileBlobStore:
+def open_blobs(url: str) -> BlobStore:
     """`file:///abs/dir`, `file://relative/dir` or a bare folder path."""
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):

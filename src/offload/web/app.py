@@ -163,6 +163,20 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
         if not check_signed(secret, path, expires, signature, time.time()):
             raise Problem(403, "the link is invalid or has expired", slug="bad-signature")
         local = app.blobs.path_of(key)
+        if local is None:  # a store off this filesystem: relay the bytes
+            try:
+                data = await app.blobs.get(key)
+            except FileNotFoundError:
+                raise Problem(404, "no such file", slug="file-not-found") from None
+            name = key.rsplit("/", 1)[-1]
+            return Response(
+                data,
+                media_type=content_type_of(key),
+                headers={
+                    "Cache-Control": "private",
+                    "Content-Disposition": f'attachment; filename="{name}"',
+                },
+            )
         if not local.is_file():
             raise Problem(404, "no such file", slug="file-not-found")
         return FileResponse(

@@ -13,7 +13,7 @@ from ..contract import Lease
 
 if TYPE_CHECKING:
     from ..brokers import Backend
-    from ..stores import FileBlobStore
+    from ..stores import BlobStore
 
 logger = logging.getLogger("offload.job")
 
@@ -27,7 +27,7 @@ class Context:
     """
 
     def __init__(
-        self, lease: Lease, backend: Backend, blobs: FileBlobStore, loop: asyncio.AbstractEventLoop
+        self, lease: Lease, backend: Backend, blobs: BlobStore, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.lease = lease
         self.job_id = lease.job_id

@@ -1,0 +1,65 @@
+"""Signed links to results, from the local folder store and from a store off this filesystem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from offload import App, Settings
+from offload._links import Presenter
+from offload.stores import BlobStore
+from offload.stores.blobs import BLOB_REF_PREFIX, check_key
+from offload.web import create_app
+
+pytestmark = pytest.mark.anyio
+
+
+class RemoteBlobs:
+    """A BlobStore with no local files, as an object store is (kept in memory here)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        self.objects[check_key(key)] = data
+        return BLOB_REF_PREFIX + key
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[check_key(key)]
+        except KeyError:
+            raise FileNotFoundError(key) from None
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    def path_of(self, key: str) -> Path | None:
+        return None
+
+
+async def test_a_signed_link_serves_a_blob_from_a_store_off_this_filesystem(
+    settings: Settings,
+) -> None:
+    store = RemoteBlobs()
+    assert isinstance(store, BlobStore)
+    app = App("remote-blobs", settings=settings, blobs=store)
+    await store.put("reports/r1.pdf", b"%PDF-1.4 remote")
+    presenter = Presenter(b"test-secret", ttl_s=60)
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            link = urlsplit(presenter.link("reports/r1.pdf"))
+            ok = await c.get(f"{link.path}?{link.query}")
+            assert ok.status_code == 200 and ok.content == b"%PDF-1.4 remote"
+            assert ok.headers["content-type"] == "application/pdf"
+            assert 'filename="r1.pdf"' in ok.headers["content-disposition"]
+            missing = urlsplit(presenter.link("reports/none.pdf"))
+            gone = await c.get(f"{missing.path}?{missing.query}")
+            assert gone.status_code == 404
+            assert gone.headers["content-type"] == "application/problem+json"
+            forged = await c.get(f"{link.path}?expires=9999999999&signature=bad")
+            assert forged.status_code == 403
