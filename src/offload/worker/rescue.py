@@ -18,6 +18,8 @@ LEASE_EXPIRED = {
     "type": "LeaseExpired",
     "message": "the worker stopped heartbeating; its lease lapsed",
 }
+
+
 class RetryPolicy(Protocol):
     """What decides a lapsed job's fate: a handler's budget and backoff (`HandlerSpec`)."""
 
