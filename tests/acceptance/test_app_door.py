@@ -3,13 +3,22 @@ façade methods, and those answer what the routes answer (status codes, fields, 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from offload import App, Message, Settings
+from offload import (
+    App,
+    ConfigurationError,
+    InvalidTransition,
+    JobNotFound,
+    Message,
+    Settings,
+)
+from offload.contract import status_record
 from offload.web import create_app
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +181,114 @@ async def test_readyz_is_ready_while_the_backend_answers(
 ) -> None:
     response = await clients["alice"].get("/readyz")
     assert response.status_code == 200 and response.json() == {"status": "ready"}
+
+
+# -- the façade methods --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def opened(app: App) -> AsyncIterator[App]:
+    async with app:
+        yield app
+
+
+async def test_submit_stores_the_envelope_and_returns_its_row(opened: App) -> None:
+    app = opened
+    envelope = app.envelope(Report(period="p"), owner="alice", idempotency_key="k")
+    job, row = await app.submit(envelope)
+    # A new job's row is made from the envelope: it shows as the stored row does.
+    assert job.created and job.id == envelope.id and job.app is app
+    stored = await app.get(job.id)
+    assert stored is not None
+    assert status_record(row) == status_record(stored)
+    # A replayed key answers the first job, read from the store.
+    replay, first = await app.submit(
+        app.envelope(Report(period="q"), owner="alice", idempotency_key="k")
+    )
+    assert not replay.created and replay.id == job.id
+    assert first["payload"] == {"period": "p"}
+
+
+async def test_get_and_status_hide_another_owners_job(opened: App) -> None:
+    app = opened
+    job = await app.enqueue(Report(period="p"), owner="alice")
+    row = await app.get(job.id, owner="alice")
+    assert row is not None and row["owner"] == "alice" and row["payload"] == {"period": "p"}
+    assert await app.get(job.id, owner="bob") is None
+    assert await app.get("no-such-job") is None
+    record = await app.status(job.id, owner="alice")
+    assert record == {**status_record(row), "deliveries": []}
+    assert await app.status(job.id) == record
+    with pytest.raises(JobNotFound):
+        await app.status(job.id, owner="bob")
+    assert await app.deliveries(job.id) == []
+
+
+async def test_list_requeue_purge_and_stats(opened: App) -> None:
+    app = opened
+    first, second = await app.enqueue_many([Report(period="1"), Report(period="2")], owner="alice")
+    await app.enqueue(Report(period="3"), owner="bob")
+    mine = await app.list_jobs(owner="alice")
+    assert [r["id"] for r in mine] == [second.id, first.id]
+    assert len(await app.list_jobs(owner=None)) == 3
+    assert [r["id"] for r in await app.list_jobs(owner="alice", before=second.id)] == [first.id]
+    await app.cancel(first.id)
+    assert [r["id"] for r in await app.list_jobs(owner=None, state="cancelled")] == [first.id]
+    # A cancelled job goes back to its queue; a waiting one cannot.
+    row = await app.requeue(first.id)
+    assert row["state"] == "queued" and row["id"] == first.id
+    with pytest.raises(InvalidTransition):
+        await app.requeue(second.id)
+    stats = await app.stats()
+    assert stats["reports"]["queued"] == 3 and stats["spare"] == EMPTY
+    assert await app.purge("reports") == 3
+    assert (await app.stats())["reports"]["queued"] == 0
+
+
+async def test_the_change_feed_through_the_app(opened: App) -> None:
+    app = opened
+    start = await app.last_seq()
+    job = await app.enqueue(Report(period="p"), owner="alice")
+    await app.enqueue(Report(period="q"), owner="bob")
+    await app.wait_changes(0.01)
+    changes = await app.changes_since(start)
+    assert len(changes) == 2 and await app.last_seq() == changes[-1].seq
+    (mine,) = await app.changes_since(start, owner="alice")
+    assert mine.job_id == job.id and mine.record["state"] == "queued"
+    assert [c.job_id for c in await app.changes_since(start, job_id=job.id)] == [job.id]
+    assert await app.changes_since(start, limit=1) == changes[:1]
+    await app.ping()
+
+
+async def test_ping_and_the_feed_need_an_open_app(app: App) -> None:
+    # They serve a process that holds the app open: they never open it themselves.
+    for call in (app.ping(), app.last_seq(), app.changes_since(0), app.wait_changes(0.01)):
+        with pytest.raises(ConfigurationError, match="not open"):
+            await call
+    # Reads from plain code open the app on first use, as enqueue does.
+    try:
+        assert await app.list_jobs(owner=None) == []
+        await app.ping()
+    finally:
+        await app.close()
+
+
+async def test_enqueue_in_joins_the_callers_sqlite_transaction(
+    opened: App, settings: Settings
+) -> None:
+    app = opened
+    path = settings.url.removeprefix("sqlite:///")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        dropped = await app.enqueue_in(conn, Report(period="dropped"), owner="alice")
+        assert dropped.created and await app.get(dropped.id) is None  # not committed yet
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        kept = await app.enqueue_in(conn, Report(period="kept"), owner="alice")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    assert await app.get(dropped.id) is None
+    row = await app.get(kept.id, owner="alice")
+    assert row is not None and row["state"] == "queued" and row["payload"] == {"period": "kept"}
