@@ -326,10 +326,6 @@ class App:
             raise ConfigurationError(f"app {self.name!r} is not open: await app.open() first")
         return self._backend
 
-    @property
-    def backend(self) -> Backend:
-        return self._require_backend()
-
     async def _opened_backend(self) -> Backend:
         """The backend, opening the app on first use (as `enqueue` does)."""
         await self._ensure_open()

@@ -114,8 +114,8 @@ async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
 
     envelope = app.envelope(Ping())
     async with app:  # a raw envelope, past the message class's own validation
-        await app.backend.enqueue(
-            [type(envelope)(**{**_fields(envelope), "payload": {"text": 3, "extra": 1}})]
+        await app.submit(
+            type(envelope)(**{**_fields(envelope), "payload": {"text": 3, "extra": 1}})
         )
     await start_worker()
     record = await finished(app, envelope.id)
@@ -212,4 +212,4 @@ async def test_bad_delivery_options_are_422_and_enqueue_nothing(
     )
     assert response.status_code == 422
     assert {e["loc"][1] for e in response.json()["errors"]} == {"callback_url", "notify_email"}
-    assert await app.backend.list_jobs(owner=None) == []
+    assert await app.list_jobs(owner=None) == []
