@@ -17,7 +17,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from offload import App, Context, Message, Settings
+from offload import App, Context, JobState, Message, Settings
 from offload.brokers import Backend
 from offload.notify import NOTIFY_QUEUE, WEBHOOK_KIND
 
@@ -94,7 +94,15 @@ def spec_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str
 
 
 async def delivery_jobs(app: App) -> list[dict[str, Any]]:
-    return await app.list_jobs(owner=None, kind=WEBHOOK_KIND)
+    """The webhook delivery jobs, once each has settled: a handler records its delivery
+    before its worker settles the job, so a delivered record can precede a final state."""
+
+    async def settled() -> list[dict[str, Any]] | None:
+        rows = await app.list_jobs(owner=None, kind=WEBHOOK_KIND)
+        return rows if rows and all(JobState(r["state"]).final for r in rows) else None
+
+    rows: list[dict[str, Any]] = await eventually(settled, what="settled delivery jobs")
+    return rows
 
 
 async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
