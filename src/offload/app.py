@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._ids import uuid7
-from .brokers import Backend, open_backend
+from .brokers import Backend, Capability, open_backend
+from .brokers._rows import row_of
+from .brokers.base import Change
 from .clock import Clock
 from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
@@ -32,6 +34,14 @@ T = TypeVar("T")
 DEFAULT_MAX_ATTEMPTS = 5
 #: Queue of a kind declared without one.
 DEFAULT_QUEUE = "default"
+#: The stats of a queue with no jobs in it.
+EMPTY_QUEUE_STATS: dict[str, Any] = {
+    "queued": 0,
+    "scheduled": 0,
+    "running": 0,
+    "dead": 0,
+    "oldest_age_s": 0.0,
+}
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -313,11 +323,21 @@ class App:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def backend(self) -> Backend:
+    def _require_backend(self) -> Backend:
+        """The open backend, for offload's own mechanism (worker, notifiers). The web tier,
+        the command line and applications go through the façade methods instead.
+
+        Raises:
+            ConfigurationError: the app is not open.
+        """
         if self._backend is None:
             raise ConfigurationError(f"app {self.name!r} is not open: await app.open() first")
         return self._backend
+
+    async def _opened_backend(self) -> Backend:
+        """The backend, opening the app on first use (as `enqueue` does)."""
+        await self._ensure_open()
+        return self._require_backend()
 
     @property
     def blobs(self) -> BlobStore:
@@ -382,19 +402,65 @@ class App:
             options=options,
         )
 
+    async def _store(self, envelopes: Sequence[Envelope], conn: Any = None) -> list[Job]:
+        """Store stamped envelopes in one atomic batch (on the caller's `conn` when given).
+
+        Every way in ends here (`enqueue`, `enqueue_many`, `enqueue_in`, `submit`), so what
+        each submission gets (metrics, a producer span) is added in this one place.
+        """
+        backend = await self._opened_backend()
+        results: list[EnqueueResult]
+        if conn is None:
+            results = await backend.enqueue(envelopes)
+        else:
+            enqueue_in = getattr(backend, "enqueue_in", None)
+            if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
+                raise ConfigurationError(
+                    f"the {type(backend).__name__} cannot enqueue inside your transaction"
+                )
+            stored = enqueue_in(conn, envelopes)
+            results = await stored if inspect.isawaitable(stored) else stored
+        return [Job(r.id, r.created, self) for r in results]
+
     async def enqueue(self, message: Message, **options: Any) -> Job:
         """Validate-stamp-store one job; see `envelope` for the options."""
-        await self._ensure_open()
-        (result,) = await self.backend.enqueue([self.envelope(message, **options)])
-        return Job(result.id, result.created, self)
+        (job,) = await self._store([self.envelope(message, **options)])
+        return job
 
     async def enqueue_many(self, messages: Sequence[Message], **options: Any) -> list[Job]:
         """Enqueue many jobs in one atomic batch (all or none)."""
-        await self._ensure_open()
-        results: list[EnqueueResult] = await self.backend.enqueue(
-            [self.envelope(m, **options) for m in messages]
-        )
-        return [Job(r.id, r.created, self) for r in results]
+        return await self._store([self.envelope(m, **options) for m in messages])
+
+    async def enqueue_in(self, conn: Any, message: Message, **options: Any) -> Job:
+        """Enqueue inside the caller's own open transaction on `conn`: the job exists if and
+        only if that transaction commits (the transactional outbox).
+
+        Args:
+            conn: a `psycopg.AsyncConnection` to the app's PostgreSQL database, or a
+                `sqlite3.Connection` to the app's SQLite file.
+            options: as for `envelope`.
+
+        Raises:
+            ConfigurationError: the backend has no transactions to join (Redis).
+        """
+        (job,) = await self._store([self.envelope(message, **options)], conn)
+        return job
+
+    async def submit(self, envelope: Envelope) -> tuple[Job, dict[str, Any]]:
+        """Store one envelope made by `envelope` and return its job with the stored row:
+        the HTTP submission path, which answers with the job's status record.
+
+        A new job's row is made from the envelope itself (no second round trip); a replayed
+        idempotency key reads the row of the first job.
+
+        Raises:
+            JobNotFound: the first job of a replayed key was deleted meanwhile.
+        """
+        (job,) = await self._store([envelope])
+        row = row_of(envelope) if job.created else await self.get(job.id)
+        if row is None:
+            raise JobNotFound(job.id)
+        return job, row
 
     def enqueue_sync(self, message: Message, **options: Any) -> Job:
         """`enqueue` for synchronous code (Django, Flask): blocks until stored."""
@@ -402,19 +468,70 @@ class App:
             self._sync = _SyncRunner(self)
         return self._sync.call(lambda app: app.enqueue(message, **options))
 
-    async def status(self, job_id: str) -> dict[str, Any]:
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
+        """The stored row of a job (its `owner` and `payload` included), or None.
+
+        Args:
+            owner: when given, another owner's job is None too (it does not exist for them).
+        """
+        row = await (await self._opened_backend()).get(job_id)
+        if row is None or (owner is not None and row["owner"] != owner):
+            return None
+        return row
+
+    async def status(self, job_id: str, *, owner: str | None = None) -> dict[str, Any]:
         """The job's status record, with its `deliveries` (webhook and email attempts).
 
-        Raises:
-            JobNotFound: no such job.
-        """
-        from .notify.ledger import deliveries
+        Args:
+            owner: when given, another owner's job is not found.
 
-        await self._ensure_open()
-        row = await self.backend.get(job_id)
+        Raises:
+            JobNotFound: no such job (for `owner`).
+        """
+        row = await self.get(job_id, owner=owner)
         if row is None:
             raise JobNotFound(job_id)
-        return {**status_record(row), "deliveries": await deliveries(self.backend, job_id)}
+        return {**status_record(row), "deliveries": await self.deliveries(job_id)}
+
+    async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """Every webhook and email notification of the job, each with its attempts."""
+        from .notify.ledger import deliveries
+
+        return await deliveries(await self._opened_backend(), job_id)
+
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        state: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Stored rows, newest first.
+
+        Args:
+            owner: whose jobs; None for everyone's (operators).
+            state: a `JobState` value, or None for every state.
+            before: the id of the last row of the previous page.
+        """
+        backend = await self._opened_backend()
+        return await backend.list_jobs(
+            owner=owner, state=state, kind=kind, before=before, limit=limit
+        )
+
+    async def requeue(self, job_id: str) -> dict[str, Any]:
+        """Put a dead, failed or cancelled job back in its queue with a fresh retry budget.
+
+        Returns:
+            The stored row after the change.
+
+        Raises:
+            JobNotFound, InvalidTransition (the job is waiting or running).
+        """
+        return await (await self._opened_backend()).requeue(job_id)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a waiting one ends `cancelled` (and its notifications are enqueued
@@ -428,15 +545,70 @@ class App:
         """
         from .notify.plan import follow_ups_of_row
 
-        await self._ensure_open()
-        row = await self.backend.get(job_id)
+        row = await self.get(job_id)
         if row is None:
             raise JobNotFound(job_id)
         # The marker (the waiting row's run_at) tells this cancellation apart from a later
         # one of the same job after a re-queue.
         ended = {**row, "state": JobState.CANCELLED.value}
         notes = follow_ups_of_row(self, ended, marker=f"cancel:{row['run_at']!r}")
-        return await self.backend.cancel(job_id, follow_ups=notes)
+        return await self._require_backend().cancel(job_id, follow_ups=notes)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
+        age). Every queue a registered kind routes to is listed, an empty one with zeros."""
+        stats = await (await self._opened_backend()).stats()
+        for name in self.queues:
+            stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
+        return stats
+
+    async def purge(self, queue: str) -> int:
+        """Delete every job waiting in `queue` (running jobs are left alone); the count."""
+        return await (await self._opened_backend()).purge(queue)
+
+    async def ping(self) -> None:
+        """Check that the open app's backend answers (readiness).
+
+        Raises:
+            ConfigurationError: the app is not open.
+            BackendError: the backend is unreachable.
+        """
+        await self._require_backend().ping()
+
+    # -- change feed ------------------------------------------------------------------------
+    # For a process that holds the app open while it follows the feed (the web tier's hub and
+    # event streams): these never open the app, so a reader that outlives it fails instead of
+    # opening a backend no one will close.
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        """Changes after feed position `seq`, oldest first, optionally of one job or owner.
+
+        Raises:
+            ConfigurationError: the app is not open.
+        """
+        return await self._require_backend().changes_since(
+            seq, job_id=job_id, owner=owner, limit=limit
+        )
+
+    async def last_seq(self) -> int:
+        """The newest change-feed position (0 when the feed is empty).
+
+        Raises:
+            ConfigurationError: the app is not open.
+        """
+        return await self._require_backend().last_seq()
+
+    async def wait_changes(self, timeout: float) -> None:
+        """Return soon after a change may have been committed, or after `timeout` seconds.
+
+        Raises:
+            ConfigurationError: the app is not open.
+        """
+        await self._require_backend().wait_changes(timeout)
 
 
 class _SyncRunner:

@@ -269,7 +269,7 @@ def jobs_list(
     from .contract import status_record
 
     rows = _with_app(
-        app, url, lambda a: a.backend.list_jobs(owner=owner, state=state, kind=kind, limit=limit)
+        app, url, lambda a: a.list_jobs(owner=owner, state=state, kind=kind, limit=limit)
     )
     if as_json:
         _console().print_json(orjson.dumps([status_record(r) for r in rows]).decode())
@@ -301,7 +301,7 @@ def jobs_show(job_id: str, app: OptApp = None, url: Url = None) -> None:
 @jobs_cli.command("retry")
 def jobs_retry(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Re-queue a dead, failed or cancelled job with a fresh retry budget."""
-    row = _with_app(app, url, lambda a: a.backend.requeue(job_id))
+    row = _with_app(app, url, lambda a: a.requeue(job_id))
     _console().print(f"job {row['id']} is {row['state']} again")
 
 
@@ -323,7 +323,7 @@ def jobs_purge(
     """Delete every job waiting in QUEUE (running jobs are left alone)."""
     if not yes:
         typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
-    n = _with_app(app, url, lambda a: a.backend.purge(queue))
+    n = _with_app(app, url, lambda a: a.purge(queue))
     _console().print(f"purged {n} jobs from {queue}")
 
 
@@ -386,7 +386,7 @@ def queues(
     app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """Per-queue stats: queued, scheduled, running, dead, oldest age."""
-    stats = _with_app(app, url, lambda a: a.backend.stats())
+    stats = _with_app(app, url, lambda a: a.stats())
     if as_json:
         _console().print_json(orjson.dumps(stats).decode())
         return

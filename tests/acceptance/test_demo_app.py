@@ -53,7 +53,7 @@ class Demo:
         return client
 
     async def all_jobs(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await demo_app.backend.list_jobs(owner=None, limit=1000)
+        rows: list[dict[str, Any]] = await demo_app.list_jobs(owner=None, limit=1000)
         return rows
 
 

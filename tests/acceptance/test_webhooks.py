@@ -17,7 +17,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from offload import App, Context, Message, Settings
+from offload import App, Context, JobState, Message, Settings
 from offload.brokers import Backend
 from offload.notify import NOTIFY_QUEUE, WEBHOOK_KIND
 
@@ -94,8 +94,15 @@ def spec_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str
 
 
 async def delivery_jobs(app: App) -> list[dict[str, Any]]:
-    backend: Backend = app.backend
-    return await backend.list_jobs(owner=None, kind=WEBHOOK_KIND)
+    """The webhook delivery jobs, once each has settled: a handler records its delivery
+    before its worker settles the job, so a delivered record can precede a final state."""
+
+    async def settled() -> list[dict[str, Any]] | None:
+        rows = await app.list_jobs(owner=None, kind=WEBHOOK_KIND)
+        return rows if rows and all(JobState(r["state"]).final for r in rows) else None
+
+    rows: list[dict[str, Any]] = await eventually(settled, what="settled delivery jobs")
+    return rows
 
 
 async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
@@ -262,7 +269,7 @@ async def test_a_job_that_dies_when_its_lease_lapses_sends_its_webhook(
     with Receiver() as receiver:
         # Given a job on its last attempt whose worker vanished (claimed, never settled),
         job = await app.enqueue(Export(user_id="lost"), callback_url=receiver.url)
-        backend: Backend = app.backend
+        backend: Backend = app._require_backend()
         (lease,) = await backend.claim(["default"], worker_id="gone", lease_for=0.1, limit=1)
         assert lease.job_id == job.id
         # when a worker's rescuer finds the lapsed lease,
@@ -289,7 +296,7 @@ async def test_a_job_that_dies_again_after_requeue_notifies_again(
         await start_worker()
         first = await delivery(app, job.id, {"delivered"})
         # when it is re-queued and ends dead once more,
-        await app.backend.requeue(job.id)
+        await app.requeue(job.id)
 
         async def both() -> bool:
             sent = (await app.status(job.id))["deliveries"]

@@ -118,8 +118,8 @@ async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
 
     envelope = app.envelope(Ping())
     async with app:  # a raw envelope, past the message class's own validation
-        await app.backend.enqueue(
-            [type(envelope)(**{**_fields(envelope), "payload": {"text": 3, "extra": 1}})]
+        await app.submit(
+            type(envelope)(**{**_fields(envelope), "payload": {"text": 3, "extra": 1}})
         )
     await start_worker()
     record = await finished(app, envelope.id)
@@ -216,7 +216,7 @@ async def test_bad_delivery_options_are_422_and_enqueue_nothing(
     )
     assert response.status_code == 422
     assert {e["loc"][1] for e in response.json()["errors"]} == {"callback_url", "notify_email"}
-    assert await app.backend.list_jobs(owner=None) == []
+    assert await app.list_jobs(owner=None) == []
 
 
 async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget(
@@ -239,7 +239,7 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
         try:
 
             async def killed_while_running(attempt: int) -> dict[str, Any]:
-                (lease,) = await app.backend.claim(
+                (lease,) = await app._require_backend().claim(
                     ["default"], worker_id="doomed", lease_for=60, limit=1
                 )
                 assert lease.envelope.attempt == attempt
@@ -254,13 +254,16 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
             assert record["state"] == "retrying" and record["error"]["type"] == "LeaseExpired"
             run_at = datetime.fromisoformat(record["run_at"]).timestamp()
             assert 29 <= run_at - clock.now() <= 30
-            assert await app.backend.claim(["default"], worker_id="x", lease_for=1, limit=1) == []
+            assert (
+                await app._require_backend().claim(["default"], worker_id="x", lease_for=1, limit=1)
+                == []
+            )
             clock.advance(31)
             # Then when it dies again, the job is dead by the handler's budget of 2
             record = await killed_while_running(2)
             assert record["state"] == "dead" and record["max_attempts"] == 2
             # And its notification was enqueued with that change
-            (email,) = await app.backend.list_jobs(owner=None, kind="offload.email")
+            (email,) = await app.list_jobs(owner=None, kind="offload.email")
             assert email["state"] == "queued"
         finally:
             rescuer.request_stop()

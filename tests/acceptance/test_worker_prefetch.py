@@ -22,13 +22,14 @@ class Step(Message):
 def spy_claims(app: App) -> list[int]:
     """Record the `limit` of every claim the app's backend makes."""
     limits: list[int] = []
-    claim = app.backend.claim
+    backend = app._require_backend()
+    claim = backend.claim
 
     async def recorded(queues: Any, **kw: Any) -> Any:
         limits.append(kw["limit"])
         return await claim(queues, **kw)
 
-    app.backend.claim = recorded  # type: ignore[method-assign]
+    backend.claim = recorded  # type: ignore[method-assign]
     return limits
 
 
@@ -155,13 +156,14 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
 
     await app.open()
     settled: list[Any] = []
-    settle = app.backend.settle
+    backend = app._require_backend()
+    settle = backend.settle
 
     async def recorded(outcomes: Any) -> Any:
         settled.extend(outcomes)
         return await settle(outcomes)
 
-    app.backend.settle = recorded  # type: ignore[method-assign]
+    backend.settle = recorded  # type: ignore[method-assign]
     worker: Worker = await start_worker(concurrency=1, prefetch=50)
     await app.enqueue(Step(n=-1))  # one short job: the worker starts claiming ahead
     await until(lambda: len(runs) == 1)
@@ -190,14 +192,15 @@ async def test_a_job_cancelled_before_its_first_step_is_still_reported(app: App)
     await app.open()
     job = await app.enqueue(Step())
     worker = Worker(app, concurrency=1)
-    (lease,) = await app.backend.claim(worker.queues, worker_id=worker.id, lease_for=5, limit=1)
+    backend = app._require_backend()
+    (lease,) = await backend.claim(worker.queues, worker_id=worker.id, lease_for=5, limit=1)
     worker._hold([lease])
     worker._fill()  # its task is made but has not run a step
     worker._interrupt(lease.job_id, "cancel")  # as a heartbeat answer can, in the same turn
     await until(lambda: not worker._tasks)
     (outcome,) = worker._pending
     assert outcome.state.value == "cancelled" and outcome.lease is lease
-    await app.backend.settle(worker._pending)
+    await backend.settle(worker._pending)
     assert (await app.status(job.id))["state"] == "cancelled"
     worker._threads.shutdown()
     await app.close()

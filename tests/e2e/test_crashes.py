@@ -133,8 +133,8 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
 
     async def states() -> dict[str, int]:
         async with app:
-            stats = await app.backend.stats()
-            rows = await app.backend.list_jobs(owner="local", state="succeeded", limit=5000)
+            stats = await app.stats()
+            rows = await app.list_jobs(owner="local", state="succeeded", limit=5000)
             bulk = stats.get("bulk", {"queued": 0, "running": 0})
             return {"succeeded": len(rows), "queued": bulk["queued"], "running": bulk["running"]}
 

@@ -41,7 +41,7 @@ def job_count(stack: Stack) -> int:
 
     async def count() -> int:
         async with app:
-            return len(await app.backend.list_jobs(owner=None, limit=10_000))
+            return len(await app.list_jobs(owner=None, limit=10_000))
 
     return asyncio.run(count())
 

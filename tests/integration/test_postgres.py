@@ -125,23 +125,22 @@ async def test_unreachable_server_is_a_clear_error_at_open() -> None:
 async def test_transactional_enqueue_exists_only_if_the_transaction_commits(
     app: App, schema: PgSchema
 ) -> None:
-    backend = app.backend
-    assert isinstance(backend, PostgresBackend)
-    rolled_back = app.envelope(Ping(n=1))
-    committed = app.envelope(Ping(n=2))
     async with await psycopg.AsyncConnection.connect(schema.url) as conn:
         # Given the user's own transaction that also writes their data,
         async with conn.transaction(force_rollback=True):
-            await backend.enqueue_in(conn, [rolled_back])
+            rolled_back = await app.enqueue_in(conn, Ping(n=1))
             # the job is invisible to everyone else until it commits,
-            assert await backend.get(rolled_back.id) is None
+            assert await app.get(rolled_back.id) is None
         # when it rolls back, no job is left behind;
         async with conn.transaction():
-            await backend.enqueue_in(conn, [committed])
-    assert await backend.get(rolled_back.id) is None
+            committed = await app.enqueue_in(conn, Ping(n=2), idempotency_key="k")
+            again = await app.enqueue_in(conn, Ping(n=3), idempotency_key="k")
+            assert committed.created and not again.created and again.id == committed.id
+    assert await app.get(rolled_back.id) is None
     # and when it commits, the job is there and claimable.
-    row = await backend.get(committed.id)
+    row = await app.get(committed.id)
     assert row is not None and row["state"] == "queued"
+    backend = app._require_backend()
     leases = await backend.claim(["default"], worker_id="w", lease_for=5, limit=10)
     assert [le.job_id for le in leases] == [committed.id]
 
@@ -162,14 +161,15 @@ async def woken_by_an_enqueue(app: App, schema: PgSchema, wait: Awaitable[None])
 
 
 async def test_listen_notify_wakes_a_waiting_claimer_at_once(app: App, schema: PgSchema) -> None:
-    assert await app.backend.claim(["default"], worker_id="w", lease_for=5, limit=1) == []
-    assert await woken_by_an_enqueue(app, schema, app.backend.wait(["default"], 10.0)) < 0.5
+    backend = app._require_backend()
+    assert await backend.claim(["default"], worker_id="w", lease_for=5, limit=1) == []
+    assert await woken_by_an_enqueue(app, schema, backend.wait(["default"], 10.0)) < 0.5
 
 
 async def test_the_feed_is_followed_from_the_first_wait_and_wakes_it_at_once(
     app: App, schema: PgSchema
 ) -> None:
-    backend = app.backend
+    backend = app._require_backend()
     assert isinstance(backend, PostgresBackend)
     assert not backend._feed_wanted  # a worker-only process does not LISTEN to the feed
     # The first wait switches the listener over; once it listens again it bumps the feed's
@@ -187,7 +187,7 @@ async def test_the_feed_is_followed_from_the_first_wait_and_wakes_it_at_once(
 async def test_feed_holds_back_changes_behind_an_uncommitted_position(
     app: App, schema: PgSchema
 ) -> None:
-    backend = app.backend
+    backend = app._require_backend()
     assert isinstance(backend, PostgresBackend)
     start = await backend.last_seq()
     slow = app.envelope(Ping(n=1))
@@ -232,7 +232,7 @@ async def test_workers_survive_terminated_connections_and_lose_no_job(
             killed += sum(1 for (ok,) in await cur.fetchall() if ok)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            stats = await app.backend.stats()
+            stats = await app.stats()
             left = stats.get("default", {"queued": 0, "running": 0, "scheduled": 0})
             if left["queued"] + left["running"] + left["scheduled"] == 0:
                 break
@@ -243,13 +243,13 @@ async def test_workers_survive_terminated_connections_and_lose_no_job(
         await asyncio.wait_for(task, 30)
     assert killed >= 3
     assert sum(ran.count(n) > 0 for n in range(600)) == 600
-    states = [(await app.backend.get(j.id) or {}).get("state") for j in jobs]
+    states = [(await app.get(j.id) or {}).get("state") for j in jobs]
     assert states.count("succeeded") == 600
     assert set(ran) == set(range(600))  # at least once each; a lost reply may repeat one
 
 
 async def test_prune_removes_old_finished_jobs_but_keeps_dead_ones(app: App) -> None:
-    backend = app.backend
+    backend = app._require_backend()
     done, dead = app.envelope(Ping(n=1)), app.envelope(Ping(n=2))
     await backend.enqueue([done, dead])
     leases = {

@@ -573,5 +573,14 @@ async def test_a_worker_runs_jobs_end_to_end_on_redis(prefix: str, tmp_path: Pat
         assert [r["state"] for r in records] == ["succeeded"] * 50
         assert [r["result"] for r in records] == [{"double": i * 2} for i in range(50)]
         assert sorted(effects) == list(range(50))
-        states = [c.record["state"] for c in await app.backend.changes_since(0, job_id=jobs[0].id)]
+        states = [c.record["state"] for c in await app.changes_since(0, job_id=jobs[0].id)]
         assert states == ["queued", "running", "running", "succeeded"]
+
+
+async def test_enqueue_in_a_transaction_is_refused_on_redis(prefix: str, tmp_path: Path) -> None:
+    app = App("redis-tx", settings=Settings(url=redis_url(prefix), blobs_url=str(tmp_path)))
+    app.message("redis.step", queue="steps")(Step)
+    async with app:
+        with pytest.raises(ConfigurationError, match="cannot enqueue inside your transaction"):
+            await app.enqueue_in(object(), Step(n=1))
+        assert await app.list_jobs(owner=None) == []

@@ -178,9 +178,9 @@ async def test_repeated_follow_ups_collapse_into_one_job() -> None:
                 app, job_id="j9", kind="t.thing", options={"notify_email": "a@example.com"},
                 state="succeeded", marker="tok",
             )  # fmt: skip
-            (result,) = await app.backend.enqueue(envs)
+            (result,) = await app._require_backend().enqueue(envs)
         assert result.created is False
-        assert len(await app.backend.list_jobs(owner=NOTIFY_OWNER)) == 1
+        assert len(await app.list_jobs(owner=NOTIFY_OWNER)) == 1
 
 
 # -- email ---------------------------------------------------------------------------------

@@ -97,17 +97,15 @@ class QueuedExports:
         return job_view(self.present.row(row), row.get("payload") or {})
 
     async def list(self, owner: str, kind: str, limit: int = 25) -> list[JobView]:
-        rows = await self.app.backend.list_jobs(owner=owner, kind=kind, limit=limit)
+        rows = await self.app.list_jobs(owner=owner, kind=kind, limit=limit)
         return [self._view(r) for r in rows]
 
     async def get(self, owner: str, job_id: str) -> JobView | None:
-        row = await self.app.backend.get(job_id)
-        if row is None or row["owner"] != owner:
-            return None
-        return self._view(row)
+        row = await self.app.get(job_id, owner=owner)
+        return None if row is None else self._view(row)
 
     async def _enqueued(self, job_id: str) -> JobView:
-        row = await self.app.backend.get(job_id)
+        row = await self.app.get(job_id)
         assert row is not None
         return self._view(row)
 

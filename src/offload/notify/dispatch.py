@@ -149,7 +149,7 @@ class Dispatcher:
 
         async def record(state: str, **attempt: Any) -> None:
             await ledger.record_attempt(
-                self.app.backend,
+                self.app._require_backend(),
                 job_id,
                 channel=channel,
                 notification=nid,
@@ -160,7 +160,7 @@ class Dispatcher:
                 **attempt,
             )
 
-        row = await self.app.backend.get(job_id)
+        row = await self.app.get(job_id)
         if row is None:
             raise Cancel(f"job {job_id} no longer exists")
         try:

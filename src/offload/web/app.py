@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -114,8 +113,7 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         await app.open()
-        backend: Any = app.backend
-        hub = Hub(backend, backend.last_seq)
+        hub = Hub(app, app.last_seq)
         await hub.start()
         api.state.hub = hub
         try:
@@ -148,7 +146,7 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
     @api.get("/readyz")
     async def readyz() -> Response:
         try:
-            await app.backend.ping()
+            await app.ping()
         except (BackendError, ConfigurationError) as exc:
             return problem(503, f"backend unreachable: {exc}", slug="not-ready")
         return JSONResponse({"status": "ready"})

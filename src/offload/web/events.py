@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from ..brokers.base import Change, JobStore
+from ..brokers.base import Change
 from ..contract import JobState
 from ..errors import BackendError
 
@@ -22,6 +22,23 @@ DEFAULT_SUBSCRIBER_BUFFER = 1000
 DEFAULT_KEEPALIVE_S = 15.0
 #: Longest wait of the watcher for a change before it checks again (seconds).
 DEFAULT_WATCH_S = 1.0
+
+
+class Feed(Protocol):
+    """What the hub and the streams read: the change feed and a job's current row.
+
+    The App is one (the web tier reads nothing else); a bare JobStore is another.
+    """
+
+    async def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]: ...
+
+    async def last_seq(self) -> int: ...
+
+    async def wait_changes(self, timeout: float) -> None: ...
 
 
 class Subscription:
@@ -52,7 +69,7 @@ class Hub:
     Thousands of idle clients cost one watcher task, not one query loop each.
     """
 
-    def __init__(self, store: JobStore, last_seq: Callable[[], Any]) -> None:
+    def __init__(self, store: Feed, last_seq: Callable[[], Any]) -> None:
         self.store = store
         self._last_seq = last_seq
         self.by_job: dict[str, set[Subscription]] = {}
@@ -111,7 +128,7 @@ def sse(change: Change, present: Callable[[dict[str, Any]], dict[str, Any]]) -> 
 
 async def job_stream(
     hub: Hub,
-    store: JobStore,
+    store: Feed,
     job_id: str,
     since: int,
     present: Callable[[dict[str, Any]], dict[str, Any]],
@@ -148,7 +165,7 @@ async def job_stream(
 
 
 async def follow_owner(
-    store: JobStore,
+    store: Feed,
     sub: Subscription,
     owner: str,
     last: int,
@@ -188,7 +205,7 @@ async def follow_owner(
 
 async def owner_stream(
     hub: Hub,
-    store: JobStore,
+    store: Feed,
     owner: str,
     since: int | None,
     present: Callable[[dict[str, Any]], dict[str, Any]],

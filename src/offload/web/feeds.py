@@ -114,9 +114,7 @@ async def events(
     principal = principal_of(request, ticket)
     cursor = cursor_of(last_event_id, since)
     state = request.app.state
-    stream = owner_stream(
-        state.hub, request.app.state.offload.backend, principal, cursor, state.present.record
-    )
+    stream = owner_stream(state.hub, state.offload, principal, cursor, state.present.record)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -159,14 +157,14 @@ async def ws(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     state = websocket.app.state
-    store = state.offload.backend
+    feed = state.offload
     with state.hub.subscribe(owner=principal) as sub:
         last = state.hub.position if cursor is None else cursor
         await websocket.send_text(orjson.dumps({"type": "hello", "cursor": last}).decode())
 
         async def pump() -> None:
             changes = follow_owner(
-                store,
+                feed,
                 sub,
                 principal,
                 last,

@@ -13,10 +13,8 @@ from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from ..app import App, delivery_option_errors
-from ..brokers._rows import row_of
 from ..contract import JobState
 from ..errors import InvalidTransition, JobNotFound
-from ..notify.ledger import deliveries
 from ..notify.webhook import refusal
 from .events import job_stream
 from .present import blob_refs
@@ -39,10 +37,14 @@ def _app(request: Request) -> App:
 async def _owned(request: Request, job_id: str) -> dict[str, Any]:
     """The caller's job, or 404: another principal's job does not exist for them."""
     principal = _state(request).auth.principal(request)
-    row = await _app(request).backend.get(job_id)
-    if row is None or row["owner"] != principal:
-        raise Problem(404, f"no job {job_id}", slug="job-not-found")
+    row = await _app(request).get(job_id, owner=principal)
+    if row is None:
+        raise _not_found(job_id)
     return row
+
+
+def _not_found(job_id: str) -> Problem:
+    return Problem(404, f"no job {job_id}", slug="job-not-found")
 
 
 def _callback_refusal(url: str, allow_private: bool) -> str | None:
@@ -119,10 +121,7 @@ async def submit(
         callback_url=callback_url,
         notify_email=notify_email,
     )
-    (job,) = await app.backend.enqueue([envelope])
-    # A new job's record is the envelope itself: no second round trip on the hot path.
-    row = row_of(envelope) if job.created else await app.backend.get(job.id)
-    assert row is not None
+    job, row = await app.submit(envelope)
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
     if not job.created:
         headers["Idempotent-Replayed"] = "true"
@@ -132,9 +131,12 @@ async def submit(
 @router.get("/jobs/{job_id}")
 async def show(request: Request, job_id: str) -> Response:
     """The status record, with `deliveries`: each webhook and email and its attempts."""
-    row = await _owned(request, job_id)
-    sent = await deliveries(_app(request).backend, job_id)
-    return JSONResponse({**_state(request).present.row(row), "deliveries": sent})
+    principal = _state(request).auth.principal(request)
+    try:
+        record = await _app(request).status(job_id, owner=principal)
+    except JobNotFound:
+        raise _not_found(job_id) from None
+    return JSONResponse(_state(request).present.record(record))
 
 
 @router.get("/jobs/{job_id}/result")
@@ -172,7 +174,7 @@ async def events(
             )
         cursor = int(last_event_id)
     state = _state(request)
-    stream = job_stream(state.hub, _app(request).backend, job_id, cursor, state.present.record)
+    stream = job_stream(state.hub, _app(request), job_id, cursor, state.present.record)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -189,7 +191,7 @@ async def cancel(request: Request, job_id: str) -> Response:
     except InvalidTransition as exc:
         raise Problem(409, str(exc), slug="already-final") from None
     except JobNotFound:
-        raise Problem(404, f"no job {job_id}", slug="job-not-found") from None
+        raise _not_found(job_id) from None
     status = 200 if row["state"] == JobState.CANCELLED else 202
     return JSONResponse(_state(request).present.row(row), status_code=status)
 
@@ -204,7 +206,7 @@ async def list_jobs(
 ) -> Response:
     """The caller's jobs, newest first; follow `next` for the following page."""
     principal = _state(request).auth.principal(request)
-    rows = await _app(request).backend.list_jobs(
+    rows = await _app(request).list_jobs(
         owner=principal,
         state=state.value if state else None,
         kind=kind,
@@ -225,9 +227,4 @@ async def list_jobs(
 async def queues(request: Request) -> Response:
     """Per-queue stats: queued, scheduled, running, dead, oldest ready job's age."""
     _state(request).auth.principal(request)
-    stats = await _app(request).backend.stats()
-    for name in _app(request).queues:
-        stats.setdefault(
-            name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0, "oldest_age_s": 0.0}
-        )
-    return JSONResponse({"queues": stats})
+    return JSONResponse({"queues": await _app(request).stats()})

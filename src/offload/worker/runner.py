@@ -150,7 +150,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.app.open()
-        backend = self.app.backend
+        backend = self.app._require_backend()
         side = {
             name: asyncio.create_task(coro, name=f"offload-{name}")
             for name, coro in (
@@ -248,7 +248,7 @@ class Worker:
 
     def _start(self, lease: Lease) -> None:
         loop = asyncio.get_running_loop()
-        ctx = Context(lease, self.app.backend, self.app.blobs, loop)
+        ctx = Context(lease, self.app._require_backend(), self.app.blobs, loop)
         self._contexts[lease.job_id] = ctx
         task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
         self._tasks[lease.job_id] = task
@@ -429,7 +429,7 @@ class Worker:
 
     async def _settler(self) -> None:
         """Write finished attempts in batches: one transaction for many jobs."""
-        backend = self.app.backend
+        backend = self.app._require_backend()
         while True:
             await self._pending_ready.wait()
             self._pending_ready.clear()
@@ -453,7 +453,7 @@ class Worker:
             self.settled += len(batch)
 
     async def _heartbeat(self) -> None:
-        backend = self.app.backend
+        backend = self.app._require_backend()
         while True:
             await asyncio.sleep(self.heartbeat_s)
             leases = list(self._held.values())
@@ -487,7 +487,7 @@ class Worker:
 
     async def _rescuer(self) -> None:
         """Sweep lapsed leases often, and prune old finished jobs now and then."""
-        backend = self.app.backend
+        backend = self.app._require_backend()
         every = min(5.0, max(0.2, self.lease_s / 2))
         loop = asyncio.get_running_loop()
         next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S * random.random()
@@ -508,14 +508,14 @@ class Worker:
         """One batch of lease rescue: read the lapsed leases, decide each job's fate with its
         handler's budget and backoff (`rescue.decide`), and apply the decisions, with the
         notifications of those that end, in one fenced call. Returns how many were read."""
-        lapsed = await self.app.backend.expired(limit=RESCUE_BATCH)
+        lapsed = await self.app._require_backend().expired(limit=RESCUE_BATCH)
         if not lapsed:
             return 0
         decisions = [
             self._with_follow_ups(outcome)
             for outcome in decide_all(lapsed, self._spec_of, self.app.clock.now())
         ]
-        rescued = sum(await self.app.backend.rescue(decisions))
+        rescued = sum(await self.app._require_backend().rescue(decisions))
         if rescued:
             log.warning(
                 "rescued %d jobs whose lease lapsed",
@@ -557,7 +557,7 @@ class Worker:
         try:
             if self._pending:  # settler gone (or failing): one last direct try
                 batch, self._pending = self._pending, []
-                await self.app.backend.settle(batch)
+                await self.app._require_backend().settle(batch)
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.dispatcher.aclose()
