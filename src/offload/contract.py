@@ -6,6 +6,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -192,6 +193,117 @@ class Extension:
     job_id: str
     held: bool
     cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRow:
+    """A stored job as every backend returns it (get, list_jobs, cancel, requeue) and as the
+    change feed carries it. Times are float epoch seconds.
+
+    A feed entry carries what a status record shows, not the message: its `payload`,
+    `options`, `trace`, `idempotency_key` and `timeout` are empty there.
+    """
+
+    id: str
+    kind: str
+    version: int
+    queue: str
+    state: JobState
+    priority: int
+    attempt: int
+    max_attempts: int
+    run_at: float
+    enqueued_at: float
+    owner: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    trace: dict[str, str] | None = None
+    timeout: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    worker: str | None = None
+    cancel_requested: bool = False
+    progress_fraction: float | None = None
+    progress_message: str | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> JobRow:
+        """The one codec: a backend's decoded row (column name to value; JSON columns
+        parsed, times as epoch seconds, absent columns taken as empty) as a JobRow."""
+        get = row.get
+        timeout, started, finished = get("timeout"), get("started_at"), get("finished_at")
+        fraction = get("progress_fraction")
+        return cls(
+            id=str(row["id"]),
+            kind=row["kind"],
+            version=int(row["version"]),
+            queue=row["queue"],
+            state=JobState(row["state"]),
+            priority=int(row["priority"]),
+            attempt=int(row["attempt"]),
+            max_attempts=int(row["max_attempts"]),
+            run_at=float(row["run_at"]),
+            enqueued_at=float(row["enqueued_at"]),
+            owner=row.get("owner") or "",
+            payload=get("payload") or {},
+            idempotency_key=get("idempotency_key"),
+            trace=get("trace"),
+            timeout=None if timeout is None else float(timeout),
+            options=get("options") or {},
+            worker=get("worker"),
+            cancel_requested=bool(get("cancel_requested")),
+            progress_fraction=None if fraction is None else float(fraction),
+            progress_message=get("progress_message"),
+            result=get("result"),
+            error=get("error"),
+            started_at=None if started is None else float(started),
+            finished_at=None if finished is None else float(finished),
+        )
+
+    @classmethod
+    def of_envelope(cls, e: Envelope) -> JobRow:
+        """The row an envelope is stored as, before anything happened to it."""
+        return cls(
+            id=e.id,
+            kind=e.kind,
+            version=e.version,
+            queue=e.queue,
+            state=JobState.QUEUED,
+            priority=e.priority,
+            attempt=e.attempt,
+            max_attempts=e.max_attempts,
+            run_at=e.run_at,
+            enqueued_at=e.enqueued_at,
+            owner=e.owner,
+            payload=e.payload,
+            idempotency_key=e.idempotency_key,
+            trace=e.trace,
+            timeout=e.timeout,
+            options=e.options,
+        )
+
+    def envelope(self) -> Envelope:
+        """The envelope of the stored job (its attempt as counted now)."""
+        return Envelope(
+            id=self.id,
+            kind=self.kind,
+            version=self.version,
+            payload=self.payload,
+            queue=self.queue,
+            priority=self.priority,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            run_at=self.run_at,
+            enqueued_at=self.enqueued_at,
+            idempotency_key=self.idempotency_key,
+            owner=self.owner,
+            trace=self.trace,
+            timeout=self.timeout,
+            options=self.options,
+        )
 
 
 def status_record(row: dict[str, Any], *, prefix: str = "/v1/jobs") -> dict[str, Any]:
