@@ -20,9 +20,9 @@ from .errors import (
     SchemaError,
     UnknownKind,
 )
+from .retry import Backoff
 from .settings import Settings
 from .worker.context import Context
-from .worker.retry import Backoff
 
 __all__ = [
     "App",

@@ -17,9 +17,9 @@ from .clock import Clock
 from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
+from .retry import Backoff
 from .settings import Settings
 from .stores import FileBlobStore, open_blobs
-from .worker.retry import Backoff
 
 if TYPE_CHECKING:
     from .notify.email import EmailTemplate

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._links import Presenter, blob_refs, signing_key
 from ..errors import Cancel, DeliveryError, TargetRefused
-from ..worker.retry import Backoff
+from ..retry import Backoff
 from . import ledger
 from .base import (
     EMAIL_KIND,
