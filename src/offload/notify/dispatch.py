@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ..app import App, HandlerSpec
-    from ..worker.context import Context
+    from ..context import Context
 
 #: How long links in an email stay valid (seconds): mail is read later than webhooks.
 DEFAULT_EMAIL_LINK_TTL_S = 7 * 86400.0
