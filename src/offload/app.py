@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from .clock import Clock
 from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
+from .notify.targets import callback_url_error
+from .notify.targets import delivery_option_errors as delivery_option_errors  # re-exported
 from .retry import Backoff
 from .settings import Settings
 from .stores import FileBlobStore, open_blobs
@@ -32,18 +33,6 @@ T = TypeVar("T")
 DEFAULT_MAX_ATTEMPTS = 5
 #: Queue of a kind declared without one.
 DEFAULT_QUEUE = "default"
-_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def delivery_option_errors(callback_url: str | None, notify_email: str | None) -> dict[str, str]:
-    """What is wrong with a job's delivery options, by option name (empty when nothing)."""
-    errors = {}
-    if callback_url and not _HTTP_URL.match(callback_url):
-        errors["callback_url"] = "callback_url must be an http:// or https:// URL"
-    if notify_email and not _EMAIL.match(notify_email):
-        errors["notify_email"] = "notify_email is not an email address"
-    return errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +177,9 @@ class App:
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
-        if callback_url is not None and not callback_url.startswith(("http://", "https://")):
-            raise ConfigurationError("callback_url must be an http:// or https:// URL")
+        why = None if callback_url is None else callback_url_error(callback_url)
+        if why is not None:
+            raise ConfigurationError(why)
 
         def register(cls: M) -> M:
             if not (isinstance(cls, type) and issubclass(cls, Message)):
