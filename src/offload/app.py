@@ -8,7 +8,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ._ids import uuid7
 from .brokers import Backend, open_backend
@@ -16,14 +16,12 @@ from .clock import Clock
 from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
-from .notify.targets import callback_url_error
+from .notify.base import EmailTemplate
+from .notify.targets import callback_url_error, follow_ups_of_row
 from .notify.targets import delivery_option_errors as delivery_option_errors  # re-exported
 from .retry import Backoff
 from .settings import Settings
 from .stores import FileBlobStore, open_blobs
-
-if TYPE_CHECKING:
-    from .notify.email import EmailTemplate
 
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
@@ -237,19 +235,16 @@ class App:
         Raises:
             ConfigurationError: the template names a field that does not exist.
         """
-        from .notify.email import SAMPLE_CONTEXT
-
         try:
-            template.render(SAMPLE_CONTEXT)
+            template.render(_notify.SAMPLE_CONTEXT)
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigurationError(f"email template for {kind!r}: bad field {exc}") from None
         self.email_templates[kind] = template
 
     def email_template_of(self, kind: str) -> EmailTemplate:
         """The email template of `kind`: its own, else the app's "*", else the default."""
-        from .notify.email import DEFAULT_TEMPLATE
-
-        return self.email_templates.get(kind) or self.email_templates.get("*") or DEFAULT_TEMPLATE
+        templates = self.email_templates
+        return templates.get(kind) or templates.get("*") or _notify.DEFAULT_TEMPLATE
 
     @property
     def queues(self) -> list[str]:
@@ -390,13 +385,11 @@ class App:
         Raises:
             JobNotFound: no such job.
         """
-        from .notify.ledger import deliveries
-
         await self._ensure_open()
         row = await self.backend.get(job_id)
         if row is None:
             raise JobNotFound(job_id)
-        return {**status_record(row), "deliveries": await deliveries(self.backend, job_id)}
+        return {**status_record(row), "deliveries": await _notify.deliveries(self.backend, job_id)}
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job: a waiting one ends `cancelled` (and its notifications are enqueued
@@ -408,8 +401,6 @@ class App:
         Raises:
             JobNotFound, InvalidTransition (already final).
         """
-        from .notify.plan import follow_ups_of_row
-
         await self._ensure_open()
         row = await self.backend.get(job_id)
         if row is None:

@@ -17,7 +17,7 @@ from .base import (
     Notifier,
     WebhookDelivery,
 )
-from .plan import targets
+from .targets import targets
 
 if TYPE_CHECKING:
     import httpx

@@ -1,17 +1,32 @@
-"""The one rule for notification targets: what a callback URL and a notify_email must look
-like, and which addresses a webhook may never reach.
+"""A job's notification targets: the one rule for what a callback URL and a notify_email
+must look like, which addresses a webhook may never reach, which targets a job names, and
+the delivery jobs they call for when it ends.
 
 Pure functions without I/O. The App checks a kind's default `callback_url` and a job's
 delivery options with them, the web tier answers 422 with them, and the webhook notifier
 applies the same rules when it sends (`webhook.check_target`): there the host name is
-resolved and `refusal` is applied to every address it resolves to.
+resolved and `refusal` is applied to every address it resolves to. The follow-ups of a
+final state are enqueued with that transition (by the worker on settle and rescue, by the
+App on cancel).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
+from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from ..contract import Envelope, JobState, Message
+from .base import (
+    EMAIL_KIND,
+    NOTIFY_OWNER,
+    WEBHOOK_KIND,
+    EmailDelivery,
+    WebhookDelivery,
+    notification_id,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -23,6 +38,8 @@ METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
 )
+#: Kinds that never call for notifications of their own (no webhook about a webhook).
+DELIVERY_KINDS = frozenset({WEBHOOK_KIND, EMAIL_KIND})
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -99,3 +116,95 @@ def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None
         return None
     why = refusal(ip, allow_private=allow_private)
     return None if why is None else f"{host} is {why}; webhooks go to public hosts"
+
+
+# -- which targets a job names, and the delivery jobs its end calls for ----------------------
+
+
+class _KindSpec(Protocol):
+    @property
+    def callback_url(self) -> str | None: ...
+
+
+class Registry(Protocol):
+    """What planning needs of the App: its kinds (their default callback) and its stamp."""
+
+    @property
+    def kinds(self) -> Mapping[str, _KindSpec]: ...
+
+    def envelope(self, message: Message, *, owner: str, idempotency_key: str) -> Envelope: ...
+
+
+def targets(app: Registry, kind: str, options: Mapping[str, Any] | None) -> dict[str, str]:
+    """The channels a job of `kind` with these options asks for: {channel: target}.
+
+    The job's own `callback_url` wins over its kind's default; `notify_email` is per job.
+    """
+    if kind in DELIVERY_KINDS:
+        return {}
+    options = options or {}
+    spec = app.kinds.get(kind)
+    callback = options.get("callback_url") or (spec.callback_url if spec else None)
+    found = {"webhook": callback, "email": options.get("notify_email")}
+    return {channel: str(target) for channel, target in found.items() if target}
+
+
+def follow_ups(
+    app: Registry,
+    *,
+    job_id: str,
+    kind: str,
+    options: Mapping[str, Any] | None,
+    state: JobState | str,
+    marker: str,
+) -> tuple[Envelope, ...]:
+    """The delivery jobs for one final state of a job, to enqueue with that transition.
+
+    Each carries an idempotency key per (notification, channel), so a repeat collapses.
+
+    Args:
+        marker: tells this final state apart from an earlier one of the same job (the
+            settling lease's token, or a timestamp of the transition).
+    """
+    state = JobState(state)
+    if not state.final:
+        return ()
+    wanted = targets(app, kind, options)
+    if not wanted:
+        return ()
+    nid = notification_id(job_id, state.value, marker)
+    messages: list[tuple[str, WebhookDelivery | EmailDelivery]] = []
+    if "webhook" in wanted:
+        messages.append(
+            (
+                "webhook",
+                WebhookDelivery(
+                    job_id=job_id, url=wanted["webhook"], state=state.value, notification_id=nid
+                ),
+            )
+        )
+    if "email" in wanted:
+        messages.append(
+            (
+                "email",
+                EmailDelivery(
+                    job_id=job_id, to=wanted["email"], state=state.value, notification_id=nid
+                ),
+            )
+        )
+    return tuple(
+        app.envelope(message, owner=NOTIFY_OWNER, idempotency_key=f"{nid}:{channel}")
+        for channel, message in messages
+    )
+
+
+def follow_ups_of_row(app: Registry, row: Mapping[str, Any], marker: str) -> tuple[Envelope, ...]:
+    """`follow_ups` for a stored row that has just reached a final state."""
+    return follow_ups(
+        app,
+        job_id=row["id"],
+        kind=row["kind"],
+        options=row.get("options"),
+        state=row["state"],
+        marker=marker,
+    )
