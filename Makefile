@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types clean chromium bench bench-peers bench-drain bench-api bench-burst
+.PHONY: demo test check lint types imports clean chromium bench bench-peers bench-drain bench-api bench-burst
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	  || echo "warning: could not install chromium: the browser tests will skip (fail in CI)"; }
 
-check: lint types
+check: lint types imports
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
@@ -34,8 +34,12 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
+# The import contract ([tool.importlinter] in pyproject.toml): which package may import which.
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 # Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
 bench: bench-api bench-drain bench-peers bench-burst
