@@ -3,6 +3,7 @@ JobStore beside the job (`remember`/`recall`), one entry per channel.
 
 One key per channel means one writer per key: a job's webhook and email deliveries run as
 separate jobs, possibly at once on two workers, and never overwrite each other's record.
+This is the writer; the keys and the reader are in `base` (the App shows the record).
 """
 
 from __future__ import annotations
