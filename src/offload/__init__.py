@@ -7,6 +7,7 @@ and follow the job to its result.
 from __future__ import annotations
 
 from .app import App, Job
+from .context import Context
 from .contract import Envelope, JobState, Lease, Message, Outcome
 from .errors import (
     BackendError,
@@ -20,9 +21,8 @@ from .errors import (
     SchemaError,
     UnknownKind,
 )
+from .retry import Backoff
 from .settings import Settings
-from .worker.context import Context
-from .worker.retry import Backoff
 
 __all__ = [
     "App",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ._ids import uuid7
 from .brokers import Backend, Capability, open_backend
@@ -19,12 +18,12 @@ from .clock import Clock
 from .contract import EnqueueResult, Envelope, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
+from .notify.base import EmailTemplate
+from .notify.targets import callback_url_error, follow_ups_of_row
+from .notify.targets import delivery_option_errors as delivery_option_errors  # re-exported
+from .retry import Backoff
 from .settings import Settings
 from .stores import BlobStore, open_blobs
-from .worker.retry import Backoff
-
-if TYPE_CHECKING:
-    from .notify.email import EmailTemplate
 
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,18 +41,6 @@ EMPTY_QUEUE_STATS: dict[str, Any] = {
     "dead": 0,
     "oldest_age_s": 0.0,
 }
-_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def delivery_option_errors(callback_url: str | None, notify_email: str | None) -> dict[str, str]:
-    """What is wrong with a job's delivery options, by option name (empty when nothing)."""
-    errors = {}
-    if callback_url and not _HTTP_URL.match(callback_url):
-        errors["callback_url"] = "callback_url must be an http:// or https:// URL"
-    if notify_email and not _EMAIL.match(notify_email):
-        errors["notify_email"] = "notify_email is not an email address"
-    return errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +192,9 @@ class App:
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
-        if callback_url is not None and not callback_url.startswith(("http://", "https://")):
-            raise ConfigurationError("callback_url must be an http:// or https:// URL")
+        why = None if callback_url is None else callback_url_error(callback_url)
+        if why is not None:
+            raise ConfigurationError(why)
 
         def register(cls: M) -> M:
             if not (isinstance(cls, type) and issubclass(cls, Message)):
@@ -264,19 +252,16 @@ class App:
         Raises:
             ConfigurationError: the template names a field that does not exist.
         """
-        from .notify.email import SAMPLE_CONTEXT
-
         try:
-            template.render(SAMPLE_CONTEXT)
+            template.render(_notify.SAMPLE_CONTEXT)
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigurationError(f"email template for {kind!r}: bad field {exc}") from None
         self.email_templates[kind] = template
 
     def email_template_of(self, kind: str) -> EmailTemplate:
         """The email template of `kind`: its own, else the app's "*", else the default."""
-        from .notify.email import DEFAULT_TEMPLATE
-
-        return self.email_templates.get(kind) or self.email_templates.get("*") or DEFAULT_TEMPLATE
+        templates = self.email_templates
+        return templates.get(kind) or templates.get("*") or _notify.DEFAULT_TEMPLATE
 
     @property
     def queues(self) -> list[str]:
@@ -497,9 +482,7 @@ class App:
 
     async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """Every webhook and email notification of the job, each with its attempts."""
-        from .notify.ledger import deliveries
-
-        return await deliveries(await self._opened_backend(), job_id)
+        return await _notify.deliveries(await self._opened_backend(), job_id)
 
     async def list_jobs(
         self,
@@ -543,8 +526,6 @@ class App:
         Raises:
             JobNotFound, InvalidTransition (already final).
         """
-        from .notify.plan import follow_ups_of_row
-
         row = await self.get(job_id)
         if row is None:
             raise JobNotFound(job_id)

@@ -36,6 +36,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _inherited_path() -> list[str]:
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return [str(Path(entry).resolve()) for entry in entries if entry]
+
+
 class Stack:
     """A project folder with its processes: start web and workers, stop them all."""
 
@@ -51,7 +56,9 @@ class Stack:
             "OFFLOAD_SECRET_KEY": "e2e-secret",
             "OFFLOAD_MAX_BODY_BYTES": "4096",
             "E2E_LOG_DIR": str(self.logs),
-            "PYTHONPATH": str(root),
+            # The project first, then the caller's path: the processes run the offload
+            # the tests import (a source tree on PYTHONPATH), not whichever one is installed.
+            "PYTHONPATH": os.pathsep.join([str(root), *_inherited_path()]),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.closing: list[Any] = []

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from offload.worker.retry import Backoff, should_retry
+from offload.retry import Backoff, should_retry
 
 
 @pytest.mark.parametrize(
@@ -136,3 +136,11 @@ def test_nan_parameters_raise_value_error(field: str) -> None:
 )
 def test_should_retry_while_budget_remains(attempt: int, max_attempts: int, retry: bool) -> None:
     assert should_retry(attempt, max_attempts) is retry
+
+
+def test_the_policy_is_one_object_under_its_old_and_public_names() -> None:
+    import offload
+    import offload.worker.retry as old
+
+    assert old.Backoff is Backoff is offload.Backoff
+    assert old.should_retry is should_retry

@@ -12,6 +12,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ..errors import BackendError
+from ._wakeup import Wakeup
 
 log = logging.getLogger("offload.brokers")
 
@@ -45,7 +46,7 @@ class Announcements:
         self.epoch = 0
         self.work: dict[str, int] = {}
         self.feed = 0
-        self._wake: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -55,7 +56,7 @@ class Announcements:
         Raises:
             RedisError, BackendError: Redis is unreachable or did not confirm.
         """
-        self._wake = asyncio.get_running_loop().create_future()
+        self._wakeup.open()
         pubsub = await self._subscribe()
         self._task = asyncio.create_task(self._listen(pubsub), name="offload-redis-wake")
 
@@ -67,9 +68,7 @@ class Announcements:
                 await self._task
             self._task = None
         self.epoch += 1
-        wake, self._wake = self._wake, None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._wakeup.close()
 
     def work_mark(self) -> WorkMark:
         return self.epoch, dict(self.work)
@@ -85,16 +84,7 @@ class Announcements:
 
     async def wait_until(self, moved: Callable[[], bool], timeout: float) -> None:
         """Return once `moved()` holds (checked after every announcement) or on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # No await between the check and taking the future: no announcement slips through.
-        while not moved():
-            left = deadline - loop.time()
-            if left <= 0 or self._wake is None:
-                return
-            # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation
-            # that arrives as the future completes, and the waiter would never stop.
-            await asyncio.wait({self._wake}, timeout=left)
+        await self._wakeup.wait_until(moved, timeout)
 
     # -- the listener -----------------------------------------------------------------------
 
@@ -110,9 +100,7 @@ class Announcements:
         return pubsub
 
     def _notify(self) -> None:
-        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._wakeup.ring()
 
     async def _listen(self, pubsub: PubSub) -> None:
         work = self.channels[0]

@@ -24,6 +24,7 @@ from ..contract import EnqueueResult, Envelope, Extension, Lapsed, Lease, Outcom
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from ._rows import envelope_of
 from ._sql import queries
+from ._wakeup import Wakeup
 from .base import Capability, Change
 
 T = TypeVar("T")
@@ -123,7 +124,7 @@ class PostgresBackend:
         self._listener: asyncio.Task[None] | None = None
         self._versions = {"work": 0, "feed": 0}
         self._seen: dict[str, int] = {}
-        self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
+        self._wakeup = Wakeup()
         self._gap_since: float | None = None
         self._listening = asyncio.Event()
         #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
@@ -199,8 +200,7 @@ class PostgresBackend:
     async def open(self, *, check_schema: bool = True) -> None:
         if self._pool is not None:
             return
-        loop = asyncio.get_running_loop()
-        self._wake = loop.create_future()
+        self._wakeup.open()
         pool = AsyncConnectionPool(
             self.conninfo,
             min_size=1,
@@ -319,28 +319,13 @@ class PostgresBackend:
         old.cancel()
         await asyncio.gather(old, return_exceptions=True)
 
-    def _wake_future(self) -> asyncio.Future[None]:
-        if self._wake is None:
-            self._wake = asyncio.get_running_loop().create_future()
-        return self._wake
-
     def _bump(self, *names: str) -> None:
         for name in names:
             self._versions[name] += 1
-        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._wakeup.ring()
 
     async def _wait_version(self, name: str, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._versions[name] == self._seen.get(name):
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-            # that lands as the future completes, and the waiter would never stop.
-            await asyncio.wait({self._wake_future()}, timeout=left)
+        await self._wakeup.wait_until(lambda: self._versions[name] != self._seen.get(name), timeout)
 
     # -- broker -----------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ._rows import envelope_of as _envelope
 from ._sql import queries
+from ._wakeup import Wakeup
 from .base import Capability, Change
 
 T = TypeVar("T")
@@ -147,7 +148,7 @@ class SQLiteBackend:
         self._last_change = 0.0
         self._checkpointer: _Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
-        self._wake: asyncio.Future[None] | None = None  # made in open(), on the loop
+        self._wakeup = Wakeup()
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -263,7 +264,7 @@ class SQLiteBackend:
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload-sqlite")
-        self._wake = asyncio.get_running_loop().create_future()
+        self._wakeup.open()
         await self._run(self._connect)
         if not self.path.startswith("file:"):
             self._checkpointer = _Checkpointer(self.path)
@@ -472,16 +473,9 @@ class SQLiteBackend:
         """Moves whenever anyone (another process, or this instance) commits a write."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0], self._local_writes
 
-    def _wake_future(self) -> asyncio.Future[None]:
-        if self._wake is None:
-            self._wake = asyncio.get_running_loop().create_future()
-        return self._wake
-
     def _wake_waiters(self) -> None:
         """Wake this process's waiters at once after a local write (others poll)."""
-        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        self._wakeup.ring()
 
     async def _wait_change(self, timeout: float, seen: str) -> None:
         """Return once the database moved since the version kept under `seen`, or on timeout.
@@ -502,9 +496,7 @@ class SQLiteBackend:
                 return
             busy = now - self._last_change < DEFAULT_BUSY_WINDOW_S
             poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s
-            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-            # that lands as the future completes, and the waiter would never stop.
-            await asyncio.wait({self._wake_future()}, timeout=min(poll, left))
+            await self._wakeup.sleep(min(poll, left))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         # Don't sleep past the next scheduled job in these queues.

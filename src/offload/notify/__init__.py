@@ -16,6 +16,7 @@ from .base import (
     NOTIFY_QUEUE,
     WEBHOOK_KIND,
     EmailDelivery,
+    EmailTemplate,
     Notification,
     Notifier,
     Receipt,
@@ -25,7 +26,6 @@ from .base import (
 
 _LAZY = {
     "EmailNotifier": "email",
-    "EmailTemplate": "email",
     "SMTPConfig": "email",
     "parse_smtp_url": "email",
     "WebhookNotifier": "webhook",

@@ -1,12 +1,22 @@
-"""The Notifier seam, the notification record, and the built-in delivery message kinds."""
+"""The Notifier seam, the notification record, the built-in delivery message kinds, the
+email template type, and the keys of a job's delivery record.
+
+The small types the App needs (it registers the delivery kinds and email templates, and
+shows a job's deliveries): nothing here sends anything or imports a client library.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import html
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..contract import Message
+
+if TYPE_CHECKING:
+    from ..brokers.base import JobStore
 
 #: The queue every webhook and email delivery job goes to (claimed by workers by default).
 NOTIFY_QUEUE = "offload.notify"
@@ -94,3 +104,79 @@ def notification_id(job_id: str, state: str, marker: str) -> str:
     """
     digest = hashlib.blake2s(f"{state}:{marker}".encode(), digest_size=5).hexdigest()
     return f"msg_{job_id.replace('-', '')}_{digest}"
+
+
+# -- email templates --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmailTemplate:
+    """Subject, plain-text and HTML bodies as `str.format` templates.
+
+    Fields: `{app}`, `{kind}`, `{state}`, `{outcome}` (e.g. "is done"), `{job_id}`,
+    `{job_url}`, `{result_url}`, `{finished_at}`, `{error}`. In `html` every value is
+    HTML-escaped. Subclass and override `render` for anything a format string cannot do.
+    """
+
+    subject: str = "{app}: your {kind} job {outcome}"
+    text: str = (
+        "Your {kind} job {outcome}.\n\n"
+        "Result: {result_url}\n"
+        "Status: {job_url}\n\n"
+        "{error}"
+        "Job {job_id}, finished {finished_at}.\n"
+    )
+    html: str = (
+        "<!doctype html><html><body>"
+        "<p>Your <b>{kind}</b> job {outcome}.</p>"
+        '<p><a href="{result_url}">Open the result</a> · <a href="{job_url}">Status</a></p>'
+        "<p>{error}</p>"
+        "<p><small>Job {job_id}, finished {finished_at}.</small></p>"
+        "</body></html>"
+    )
+
+    def render(self, context: Mapping[str, str]) -> tuple[str, str, str]:
+        """(subject, text, html) for one notification."""
+        escaped = {k: html.escape(v) for k, v in context.items()}
+        subject = " ".join(self.subject.format_map(context).split())  # one header line
+        return subject, self.text.format_map(context), self.html.format_map(escaped)
+
+
+#: The template of kinds the app did not give one.
+DEFAULT_TEMPLATE = EmailTemplate()
+#: Values a template is checked against when it is registered.
+SAMPLE_CONTEXT = {
+    k: k
+    for k in (
+        "app",
+        "kind",
+        "state",
+        "outcome",
+        "job_id",
+        "job_url",
+        "result_url",
+        "finished_at",
+        "error",
+    )
+}
+
+
+# -- the delivery record ----------------------------------------------------------------------
+
+#: Channels, in the order a job's record lists them.
+CHANNELS = ("webhook", "email")
+
+
+def delivery_key(channel: str) -> str:
+    """The JobStore key (`remember`/`recall`) of a job's record of one channel."""
+    return f"offload.deliveries.{channel}"
+
+
+async def deliveries(store: JobStore, job_id: str) -> list[dict[str, Any]]:
+    """Every recorded notification of the job, oldest first within each channel."""
+    out: list[dict[str, Any]] = []
+    for channel in CHANNELS:
+        found, value = await store.recall(job_id, delivery_key(channel))
+        if found and isinstance(value, list):
+            out.extend(value)
+    return out

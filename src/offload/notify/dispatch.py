@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._links import Presenter, blob_refs, signing_key
 from ..errors import Cancel, DeliveryError, TargetRefused
-from ..worker.retry import Backoff
+from ..retry import Backoff
 from . import ledger
 from .base import (
     EMAIL_KIND,
@@ -17,13 +17,13 @@ from .base import (
     Notifier,
     WebhookDelivery,
 )
-from .plan import targets
+from .targets import targets
 
 if TYPE_CHECKING:
     import httpx
 
     from ..app import App, HandlerSpec
-    from ..worker.context import Context
+    from ..context import Context
 
 #: How long links in an email stay valid (seconds): mail is read later than webhooks.
 DEFAULT_EMAIL_LINK_TTL_S = 7 * 86400.0

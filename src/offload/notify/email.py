@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import html
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -13,6 +12,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from ..errors import ConfigurationError, DeliveryError, TargetRefused
+from .base import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported (older home)
+from .base import SAMPLE_CONTEXT as SAMPLE_CONTEXT  # re-exported (older home)
+from .base import EmailTemplate as EmailTemplate  # re-exported (older home)
 from .base import Notification, Receipt
 
 #: Longest wait for the SMTP server, per command (seconds).
@@ -91,58 +93,6 @@ async def send_message(message: EmailMessage, smtp: SMTPConfig) -> tuple[Any, st
         timeout=smtp.timeout_s,
     )
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class EmailTemplate:
-    """Subject, plain-text and HTML bodies as `str.format` templates.
-
-    Fields: `{app}`, `{kind}`, `{state}`, `{outcome}` (e.g. "is done"), `{job_id}`,
-    `{job_url}`, `{result_url}`, `{finished_at}`, `{error}`. In `html` every value is
-    HTML-escaped. Subclass and override `render` for anything a format string cannot do.
-    """
-
-    subject: str = "{app}: your {kind} job {outcome}"
-    text: str = (
-        "Your {kind} job {outcome}.\n\n"
-        "Result: {result_url}\n"
-        "Status: {job_url}\n\n"
-        "{error}"
-        "Job {job_id}, finished {finished_at}.\n"
-    )
-    html: str = (
-        "<!doctype html><html><body>"
-        "<p>Your <b>{kind}</b> job {outcome}.</p>"
-        '<p><a href="{result_url}">Open the result</a> · <a href="{job_url}">Status</a></p>'
-        "<p>{error}</p>"
-        "<p><small>Job {job_id}, finished {finished_at}.</small></p>"
-        "</body></html>"
-    )
-
-    def render(self, context: Mapping[str, str]) -> tuple[str, str, str]:
-        """(subject, text, html) for one notification."""
-        escaped = {k: html.escape(v) for k, v in context.items()}
-        subject = " ".join(self.subject.format_map(context).split())  # one header line
-        return subject, self.text.format_map(context), self.html.format_map(escaped)
-
-
-#: The template of kinds the app did not give one.
-DEFAULT_TEMPLATE = EmailTemplate()
-#: Values a template is checked against when it is registered.
-SAMPLE_CONTEXT = {
-    k: k
-    for k in (
-        "app",
-        "kind",
-        "state",
-        "outcome",
-        "job_id",
-        "job_url",
-        "result_url",
-        "finished_at",
-        "error",
-    )
-}
 
 
 def template_context(n: Notification, app_name: str) -> dict[str, str]:

@@ -3,6 +3,7 @@ JobStore beside the job (`remember`/`recall`), one entry per channel.
 
 One key per channel means one writer per key: a job's webhook and email deliveries run as
 separate jobs, possibly at once on two workers, and never overwrite each other's record.
+This is the writer; the keys and the reader are in `base` (the App shows the record).
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ from typing import Any
 
 from ..brokers.base import JobStore
 from ..clock import iso
+from .base import CHANNELS as CHANNELS  # re-exported (older home)
+from .base import deliveries as deliveries  # re-exported (older home)
+from .base import delivery_key
 
-#: Channels, in the order a job's record lists them.
-CHANNELS = ("webhook", "email")
 #: Attempts kept per notification (the newest); older ones are dropped from the record.
 DEFAULT_KEEP_ATTEMPTS = 50
 #: Notifications kept per channel (a re-queued job can end, and notify, again).
 DEFAULT_KEEP_NOTIFICATIONS = 10
-
-
-def _key(channel: str) -> str:
-    return f"offload.deliveries.{channel}"
 
 
 async def record_attempt(
@@ -45,7 +43,7 @@ async def record_attempt(
         state: `retrying`, `delivered`, `failed` (no attempts left), `refused` or
             `superseded` (the job moved on before delivery).
     """
-    found, value = await store.recall(job_id, _key(channel))
+    found, value = await store.recall(job_id, delivery_key(channel))
     entries: list[dict[str, Any]] = value if found and isinstance(value, list) else []
     entry = next((e for e in entries if e.get("id") == notification), None)
     if entry is None:
@@ -62,15 +60,5 @@ async def record_attempt(
         }
     )
     entry["attempts"] = entry["attempts"][-DEFAULT_KEEP_ATTEMPTS:]
-    await store.remember(job_id, _key(channel), entries[-DEFAULT_KEEP_NOTIFICATIONS:])
+    await store.remember(job_id, delivery_key(channel), entries[-DEFAULT_KEEP_NOTIFICATIONS:])
     return entry
-
-
-async def deliveries(store: JobStore, job_id: str) -> list[dict[str, Any]]:
-    """Every recorded notification of the job, oldest first within each channel."""
-    out: list[dict[str, Any]] = []
-    for channel in CHANNELS:
-        found, value = await store.recall(job_id, _key(channel))
-        if found and isinstance(value, list):
-            out.extend(value)
-    return out

@@ -30,19 +30,13 @@ import orjson
 
 from ..errors import DeliveryError, TargetRefused
 from .base import Notification, Receipt
+from .targets import METADATA_ADDRESSES as METADATA_ADDRESSES  # re-exported (older home)
+from .targets import IPAddress, callback_url_error, refusal
 
 log = logging.getLogger("offload.notify")
 
 #: Resolves a host name to IP address strings (`socket.getaddrinfo` by default).
 Resolver = Callable[[str, int], Sequence[str]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-#: Cloud metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, Alibaba, Azure wireserver):
-#: refused even when private targets are allowed, for no webhook receiver lives there.
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
-)
 #: Longest wait for the receiver (seconds) when the notifier is built without a timeout.
 DEFAULT_TIMEOUT_S = 10.0
 #: How far a receiver should accept a webhook-timestamp from its own clock (seconds).
@@ -91,7 +85,7 @@ def verify(
     )
 
 
-# -- the target check (pure, given a resolver) ----------------------------------------------
+# -- the target check (pure, given a resolver; the rules are in targets.py) -----------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,27 +120,6 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
-    """Why a webhook may not go to `ip`, or None when it may."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if ip.is_unspecified or ip.is_multicast:
-        return "not a unicast address"
-    if allow_private:
-        return None
-    for test, what in (
-        (ip.is_loopback, "a loopback address"),
-        (ip.is_link_local, "a link-local address"),
-        (ip.is_private, "a private address"),
-        (not ip.is_global, "not a public address"),
-    ):
-        if test:
-            return what
-    return None
-
-
 def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) -> Target:
     """Parse and check a webhook URL; resolve its host once and check every address.
 
@@ -154,15 +127,17 @@ def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) ->
         The target, with the first address to connect to.
 
     Raises:
-        TargetRefused: not http(s), no host, or an address that is not allowed.
+        TargetRefused: not a callback URL (`targets.callback_url_error`), or an address
+            that is not allowed (`targets.refusal`).
         DeliveryError: the host name does not resolve (perhaps for now: retried).
     """
+    why = callback_url_error(url)
+    if why is not None:
+        raise TargetRefused(why)
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
         raise TargetRefused(f"not a valid URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise TargetRefused("a webhook target must be an http:// or https:// URL with a host")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     literal = _literal(parsed.host)
     if literal is not None:

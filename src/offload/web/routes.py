@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from ..app import App, delivery_option_errors
+from ..app import App
 from ..contract import JobState
 from ..errors import InvalidTransition, JobNotFound
-from ..notify.webhook import refusal
+from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .events import job_stream
 from .present import blob_refs
 from .problems import JSONResponse, Problem
@@ -47,18 +46,6 @@ def _not_found(job_id: str) -> Problem:
     return Problem(404, f"no job {job_id}", slug="job-not-found")
 
 
-def _callback_refusal(url: str, allow_private: bool) -> str | None:
-    """Why a callback URL whose host is an address literal is refused (names are checked
-    when the webhook is sent: they may resolve differently by then)."""
-    host = urlsplit(url).hostname or ""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    why = refusal(ip, allow_private=allow_private)
-    return None if why is None else f"{host} is {why}; webhooks go to public hosts"
-
-
 def _check_options(
     request: Request,
     delay: float | None,
@@ -75,7 +62,7 @@ def _check_options(
     errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
     if callback_url is not None and "callback_url" not in invalid:
         allow = _app(request).settings.webhook_allow_private
-        why = _callback_refusal(callback_url, allow)
+        why = callback_url_refusal(callback_url, allow_private=allow)
         if why:
             errors.append({"loc": ["query", "callback_url"], "msg": why})
     if errors:
@@ -89,7 +76,7 @@ async def submit(
     priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
     delay: Annotated[float | None, Query(ge=0, le=366 * 86400)] = None,
     run_at: datetime | None = None,
-    callback_url: Annotated[str | None, Query(max_length=2048)] = None,
+    callback_url: Annotated[str | None, Query(max_length=MAX_CALLBACK_URL_LENGTH)] = None,
     notify_email: Annotated[str | None, Query(max_length=254)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:

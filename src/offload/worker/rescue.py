@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..contract import JobState, Lapsed, Outcome
-from .retry import Backoff, should_retry
+from ..retry import Backoff, should_retry
 
 #: The error a rescued job carries.
 LEASE_EXPIRED = {

@@ -1,60 +1,19 @@
-"""Retry policy: when an attempt failed, decide between retrying later and giving up."""
+"""The retry policy, re-exported: it lives in `offload.retry`, a leaf both halves import."""
 
 from __future__ import annotations
 
-import math
-import random
-from dataclasses import dataclass
+from ..retry import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_CAP_S,
+    DEFAULT_JITTER,
+    Backoff,
+    should_retry,
+)
 
-#: Delay before the first retry (seconds): soon enough that a blip heals fast.
-DEFAULT_BACKOFF_BASE_S = 1.0
-#: Longest delay between two attempts (seconds).
-DEFAULT_BACKOFF_CAP_S = 3600.0
-#: Fraction of the delay that is randomised, so retries of a burst spread out.
-DEFAULT_JITTER = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with a cap and jitter: base * factor**(attempt-1), capped.
-
-    With jitter j, the delay is drawn uniformly from [d * (1 - j), d].
-    """
-
-    base_s: float = DEFAULT_BACKOFF_BASE_S
-    factor: float = 2.0
-    cap_s: float = DEFAULT_BACKOFF_CAP_S
-    jitter: float = DEFAULT_JITTER
-
-    def __post_init__(self) -> None:
-        # Written as "not (valid)" so that NaN, which fails every comparison, is refused too.
-        valid = (
-            0 <= self.base_s < math.inf
-            and 1 <= self.factor < math.inf
-            and 0 <= self.cap_s
-            and 0 <= self.jitter <= 1
-        )
-        if not valid:
-            raise ValueError(
-                "backoff needs 0 <= base_s, 1 <= factor (finite), 0 <= cap_s, 0 <= jitter <= 1"
-            )
-
-    def ceiling(self, attempt: int) -> float:
-        """The delay before attempt+1, without jitter. `attempt` counts from 1."""
-        exponent = max(0, attempt - 1)
-        try:
-            value: float = self.base_s * math.pow(self.factor, exponent)
-        except OverflowError:  # a float power past 1e308 is past any cap
-            return self.cap_s
-        return min(self.cap_s, value)
-
-    def delay(self, attempt: int, rand: random.Random | None = None) -> float:
-        """The delay before the next attempt after `attempt` failed, with jitter."""
-        ceiling = self.ceiling(attempt)
-        r = (rand or random).random()
-        return ceiling * (1 - self.jitter * r)
-
-
-def should_retry(attempt: int, max_attempts: int) -> bool:
-    """True while the retry budget has attempts left after `attempt` (counted from 1)."""
-    return attempt < max_attempts
+__all__ = [
+    "DEFAULT_BACKOFF_BASE_S",
+    "DEFAULT_BACKOFF_CAP_S",
+    "DEFAULT_JITTER",
+    "Backoff",
+    "should_retry",
+]

@@ -1,0 +1,84 @@
+"""Context: what a handler gets beside its message (the worker makes one per attempt)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .contract import Lease
+
+if TYPE_CHECKING:
+    from .brokers import Backend
+    from .stores import BlobStore
+
+logger = logging.getLogger("offload.job")
+
+
+class Context:
+    """The job's id and attempt, progress reporting, blobs, a logger, idempotent steps and
+    the cancellation signal.
+
+    In an async handler `await ctx.progress(...)`; in a plain (threaded) handler call
+    `ctx.progress(...)` without await: it blocks until the progress is stored.
+    """
+
+    def __init__(
+        self, lease: Lease, backend: Backend, blobs: BlobStore, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.lease = lease
+        self.job_id = lease.job_id
+        self.attempt = lease.envelope.attempt
+        self.max_attempts = lease.envelope.max_attempts
+        self.kind = lease.envelope.kind
+        self.owner = lease.envelope.owner
+        self.blobs = blobs
+        self.log = logging.LoggerAdapter(logger, {"job_id": self.job_id, "kind": self.kind})
+        #: Set when the job was cancelled (DELETE), timed out, or the worker is stopping.
+        self.cancelled = threading.Event()
+        self._backend = backend
+        self._loop = loop
+
+    def _bridge(self, coro: Awaitable[Any]) -> Any:
+        """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return coro
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> Any:
+        """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
+        awaitable of False) when this worker no longer holds the job."""
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError("progress fraction must be between 0 and 1")
+        if message is not None:
+            message = message[:200]
+        return self._bridge(self._backend.progress(self.lease, fraction, message))
+
+    def once(self, step: str, fn: Callable[[], Any]) -> Any:
+        """Run a side step at most once per job across retries and re-deliveries.
+
+        The step's JSON result is stored; a repeat returns it without running `fn` again.
+        `fn` may be a plain function or an async one.
+        """
+        return self._bridge(self._once(step, fn))
+
+    async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
+        found, value = await self._backend.recall(self.job_id, step)
+        if found:
+            return value
+        value = fn()
+        if inspect.isawaitable(value):
+            value = await value
+        await self._backend.remember(self.job_id, step, value)
+        return value
+
+    def idempotency_key(self, step: str = "") -> str:
+        """A stable key for an external call (payments, emails): the same on every attempt."""
+        return f"{self.job_id}:{step}" if step else self.job_id

@@ -1,0 +1,210 @@
+"""A job's notification targets: the one rule for what a callback URL and a notify_email
+must look like, which addresses a webhook may never reach, which targets a job names, and
+the delivery jobs they call for when it ends.
+
+Pure functions without I/O. The App checks a kind's default `callback_url` and a job's
+delivery options with them, the web tier answers 422 with them, and the webhook notifier
+applies the same rules when it sends (`webhook.check_target`): there the host name is
+resolved and `refusal` is applied to every address it resolves to. The follow-ups of a
+final state are enqueued with that transition (by the worker on settle and rescue, by the
+App on cancel).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from ..contract import Envelope, JobState, Message
+from .base import (
+    EMAIL_KIND,
+    NOTIFY_OWNER,
+    WEBHOOK_KIND,
+    EmailDelivery,
+    WebhookDelivery,
+    notification_id,
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Longest callback URL accepted (characters): the web tier's query limit too.
+MAX_CALLBACK_URL_LENGTH = 2048
+#: Cloud metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, Alibaba, Azure wireserver):
+#: refused even when private targets are allowed, for no webhook receiver lives there.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
+)
+#: Kinds that never call for notifications of their own (no webhook about a webhook).
+DELIVERY_KINDS = frozenset({WEBHOOK_KIND, EMAIL_KIND})
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def callback_url_error(url: str) -> str | None:
+    """Why `url` is not a callback URL, or None when it is one.
+
+    A callback URL is an absolute http:// or https:// URL with a host, at most
+    `MAX_CALLBACK_URL_LENGTH` characters, without spaces or control characters.
+    Whether its host may be reached is `callback_url_refusal`'s question.
+    """
+    if len(url) > MAX_CALLBACK_URL_LENGTH:
+        return f"callback_url is longer than {MAX_CALLBACK_URL_LENGTH} characters"
+    if _SPACE_OR_CONTROL.search(url):
+        return "callback_url must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"callback_url is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "callback_url must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "callback_url must name a host"
+    return None
+
+
+def notify_email_error(address: str) -> str | None:
+    """Why `address` is not an email address to notify, or None when it is one."""
+    return None if _EMAIL.match(address) else "notify_email is not an email address"
+
+
+def delivery_option_errors(callback_url: str | None, notify_email: str | None) -> dict[str, str]:
+    """What is wrong with a job's delivery options, by option name (empty when nothing).
+
+    An empty option is no option.
+    """
+    found = {
+        "callback_url": callback_url_error(callback_url) if callback_url else None,
+        "notify_email": notify_email_error(notify_email) if notify_email else None,
+    }
+    return {name: why for name, why in found.items() if why}
+
+
+def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why a webhook may not go to `ip`, or None when it may."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if ip.is_unspecified or ip.is_multicast:
+        return "not a unicast address"
+    if allow_private:
+        return None
+    for test, what in (
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_link_local, "a link-local address"),
+        (ip.is_private, "a private address"),
+        (not ip.is_global, "not a public address"),
+    ):
+        if test:
+            return what
+    return None
+
+
+def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None:
+    """Why a valid callback URL is refused now, or None: only a host that is an address
+    literal is judged on submission; a name is resolved and judged when the webhook is
+    sent, for it may resolve differently by then."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    why = refusal(ip, allow_private=allow_private)
+    return None if why is None else f"{host} is {why}; webhooks go to public hosts"
+
+
+# -- which targets a job names, and the delivery jobs its end calls for ----------------------
+
+
+class _KindSpec(Protocol):
+    @property
+    def callback_url(self) -> str | None: ...
+
+
+class Registry(Protocol):
+    """What planning needs of the App: its kinds (their default callback) and its stamp."""
+
+    @property
+    def kinds(self) -> Mapping[str, _KindSpec]: ...
+
+    def envelope(self, message: Message, *, owner: str, idempotency_key: str) -> Envelope: ...
+
+
+def targets(app: Registry, kind: str, options: Mapping[str, Any] | None) -> dict[str, str]:
+    """The channels a job of `kind` with these options asks for: {channel: target}.
+
+    The job's own `callback_url` wins over its kind's default; `notify_email` is per job.
+    """
+    if kind in DELIVERY_KINDS:
+        return {}
+    options = options or {}
+    spec = app.kinds.get(kind)
+    callback = options.get("callback_url") or (spec.callback_url if spec else None)
+    found = {"webhook": callback, "email": options.get("notify_email")}
+    return {channel: str(target) for channel, target in found.items() if target}
+
+
+def follow_ups(
+    app: Registry,
+    *,
+    job_id: str,
+    kind: str,
+    options: Mapping[str, Any] | None,
+    state: JobState | str,
+    marker: str,
+) -> tuple[Envelope, ...]:
+    """The delivery jobs for one final state of a job, to enqueue with that transition.
+
+    Each carries an idempotency key per (notification, channel), so a repeat collapses.
+
+    Args:
+        marker: tells this final state apart from an earlier one of the same job (the
+            settling lease's token, or a timestamp of the transition).
+    """
+    state = JobState(state)
+    if not state.final:
+        return ()
+    wanted = targets(app, kind, options)
+    if not wanted:
+        return ()
+    nid = notification_id(job_id, state.value, marker)
+    messages: list[tuple[str, WebhookDelivery | EmailDelivery]] = []
+    if "webhook" in wanted:
+        messages.append(
+            (
+                "webhook",
+                WebhookDelivery(
+                    job_id=job_id, url=wanted["webhook"], state=state.value, notification_id=nid
+                ),
+            )
+        )
+    if "email" in wanted:
+        messages.append(
+            (
+                "email",
+                EmailDelivery(
+                    job_id=job_id, to=wanted["email"], state=state.value, notification_id=nid
+                ),
+            )
+        )
+    return tuple(
+        app.envelope(message, owner=NOTIFY_OWNER, idempotency_key=f"{nid}:{channel}")
+        for channel, message in messages
+    )
+
+
+def follow_ups_of_row(app: Registry, row: Mapping[str, Any], marker: str) -> tuple[Envelope, ...]:
+    """`follow_ups` for a stored row that has just reached a final state."""
+    return follow_ups(
+        app,
+        job_id=row["id"],
+        kind=row["kind"],
+        options=row.get("options"),
+        state=row["state"],
+        marker=marker,
+    )

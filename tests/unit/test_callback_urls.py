@@ -1,0 +1,105 @@
+"""One callback-URL rule: the kind default, the job option and the delivery-time check agree,
+and only an address literal is refused on submission (names are judged when sent)."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload import App, Message
+from offload.errors import ConfigurationError, TargetRefused
+from offload.notify.targets import (
+    MAX_CALLBACK_URL_LENGTH,
+    callback_url_error,
+    callback_url_refusal,
+    delivery_option_errors,
+)
+from offload.notify.webhook import check_target
+from offload.settings import Settings
+
+
+class Thing(Message):
+    pass
+
+
+GOOD = [
+    "https://hooks.example.com/in",
+    "http://hooks.example.com:8080/x?token=abc#frag",
+    "https://user:pw@hooks.example.com/in",
+    "HTTPS://Hooks.Example.com/in",
+    "http://[2606:4700:4700::1111]/x",
+    "https://" + "a" * (MAX_CALLBACK_URL_LENGTH - len("https://")),
+]
+BAD = [
+    ("ftp://example.com/x", "http:// or https://"),
+    ("javascript:alert(1)", "http:// or https://"),
+    ("file:///etc/passwd", "http:// or https://"),
+    ("hooks.example.com/in", "http:// or https://"),
+    ("https:///nohost", "host"),
+    ("http://:80/x", "host"),
+    ("http://", "host"),
+    ("http://receiver.example/ has a space", "spaces"),
+    ("http://receiver.example/\nX-Injected: 1", "control"),
+    ("http://receiver.example:99999/", "not a valid URL"),
+    ("http://receiver.example:port/", "not a valid URL"),
+    ("http://[::1/x", "not a valid URL"),
+    ("https://" + "a" * MAX_CALLBACK_URL_LENGTH, "longer than"),
+]
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    return ["93.184.215.14"]
+
+
+@pytest.mark.parametrize("url", GOOD)
+def test_a_callback_url_is_accepted_by_every_entry_point(url: str) -> None:
+    app = App("rule", settings=Settings(url="memory://"))
+    assert callback_url_error(url) is None
+    app.message("t.thing", callback_url=url)(Thing)
+    assert app.envelope(Thing(), callback_url=url).options == {"callback_url": url}
+    assert check_target(url, resolve=_resolve).address
+
+
+@pytest.mark.parametrize(("url", "why"), BAD)
+def test_a_bad_callback_url_is_refused_by_every_entry_point_alike(url: str, why: str) -> None:
+    app = App("rule", settings=Settings(url="memory://"))
+    app.message("t.thing")(Thing)
+    error = callback_url_error(url)
+    assert error is not None and why in error
+    with pytest.raises(ConfigurationError, match="callback_url"):
+        app.message("t.hooked", callback_url=url)
+    with pytest.raises(ValueError, match="callback_url"):
+        app.envelope(Thing(), callback_url=url)
+    with pytest.raises(TargetRefused, match="callback_url"):
+        check_target(url, resolve=_resolve)
+    assert delivery_option_errors(url, None) == {"callback_url": error}
+
+
+def test_empty_delivery_options_are_no_options() -> None:
+    assert delivery_option_errors("", "") == {}
+    assert delivery_option_errors(None, None) == {}
+    assert delivery_option_errors(None, "nope") == {
+        "notify_email": "notify_email is not an email address"
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_private", "why"),
+    [
+        ("https://hooks.example.com/in", False, None),  # a name: judged when sent
+        ("https://localhost/in", False, None),
+        ("https://93.184.215.14/in", False, None),
+        ("https://127.0.0.1:9/in", False, "loopback"),
+        ("https://[::1]/in", False, "loopback"),
+        ("https://10.0.0.1/in", False, "private"),
+        ("https://10.0.0.1/in", True, None),
+        ("http://169.254.169.254/latest", True, "metadata"),
+    ],
+)
+def test_only_an_address_literal_is_refused_on_submission(
+    url: str, allow_private: bool, why: str | None
+) -> None:
+    refused = callback_url_refusal(url, allow_private=allow_private)
+    if why is None:
+        assert refused is None
+    else:
+        assert refused is not None and why in refused
