@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._signing import load_or_create_key, signed_query
-from .contract import status_record
+from .contract import JobRow, status_record
 from .stores.blobs import BLOB_REF_PREFIX, blob_path
 
 if TYPE_CHECKING:
@@ -72,5 +72,6 @@ class Presenter:
             return record
         return {**record, "result": self.sign_refs(record["result"])}
 
-    def row(self, row: dict[str, Any]) -> dict[str, Any]:
+    def row(self, row: JobRow) -> dict[str, Any]:
+        """The status record of `row`, with signed links in its result."""
         return self.record(status_record(row))

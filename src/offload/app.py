@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -12,10 +13,9 @@ from typing import Any, TypeVar
 
 from ._ids import uuid7
 from .brokers import Backend, Capability, open_backend
-from .brokers._rows import row_of
 from .brokers.base import Change
 from .clock import Clock
-from .contract import EnqueueResult, Envelope, JobState, Message, status_record
+from .contract import EnqueueResult, Envelope, JobRow, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
 from .notify.base import EmailTemplate
@@ -431,7 +431,7 @@ class App:
         (job,) = await self._store([self.envelope(message, **options)], conn)
         return job
 
-    async def submit(self, envelope: Envelope) -> tuple[Job, dict[str, Any]]:
+    async def submit(self, envelope: Envelope) -> tuple[Job, JobRow]:
         """Store one envelope made by `envelope` and return its job with the stored row:
         the HTTP submission path, which answers with the job's status record.
 
@@ -442,7 +442,7 @@ class App:
             JobNotFound: the first job of a replayed key was deleted meanwhile.
         """
         (job,) = await self._store([envelope])
-        row = row_of(envelope) if job.created else await self.get(job.id)
+        row = JobRow.of_envelope(envelope) if job.created else await self.get(job.id)
         if row is None:
             raise JobNotFound(job.id)
         return job, row
@@ -455,14 +455,14 @@ class App:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    async def get(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
+    async def get(self, job_id: str, *, owner: str | None = None) -> JobRow | None:
         """The stored row of a job (its `owner` and `payload` included), or None.
 
         Args:
             owner: when given, another owner's job is None too (it does not exist for them).
         """
         row = await (await self._opened_backend()).get(job_id)
-        if row is None or (owner is not None and row["owner"] != owner):
+        if row is None or (owner is not None and row.owner != owner):
             return None
         return row
 
@@ -492,7 +492,7 @@ class App:
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRow]:
         """Stored rows, newest first.
 
         Args:
@@ -505,7 +505,7 @@ class App:
             owner=owner, state=state, kind=kind, before=before, limit=limit
         )
 
-    async def requeue(self, job_id: str) -> dict[str, Any]:
+    async def requeue(self, job_id: str) -> JobRow:
         """Put a dead, failed or cancelled job back in its queue with a fresh retry budget.
 
         Returns:
@@ -516,7 +516,7 @@ class App:
         """
         return await (await self._opened_backend()).requeue(job_id)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str) -> JobRow:
         """Cancel a job: a waiting one ends `cancelled` (and its notifications are enqueued
         with that change); a running one is flagged for its worker, which settles it.
 
@@ -531,8 +531,8 @@ class App:
             raise JobNotFound(job_id)
         # The marker (the waiting row's run_at) tells this cancellation apart from a later
         # one of the same job after a re-queue.
-        ended = {**row, "state": JobState.CANCELLED.value}
-        notes = follow_ups_of_row(self, ended, marker=f"cancel:{row['run_at']!r}")
+        ended = dataclasses.replace(row, state=JobState.CANCELLED)
+        notes = follow_ups_of_row(self, ended, marker=f"cancel:{row.run_at!r}")
         return await self._require_backend().cancel(job_id, follow_ups=notes)
 
     # -- queues -----------------------------------------------------------------------------

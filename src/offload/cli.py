@@ -280,12 +280,12 @@ def jobs_list(
     for r in rows:
         rec = status_record(r)
         table.add_row(
-            r["id"],
-            r["kind"],
-            r["queue"],
-            r["state"],
-            f"{r['attempt']}/{r['max_attempts']}",
-            r["owner"],
+            r.id,
+            r.kind,
+            r.queue,
+            r.state.value,
+            f"{r.attempt}/{r.max_attempts}",
+            r.owner,
             rec["created_at"],
         )
     _console().print(table)
@@ -302,15 +302,15 @@ def jobs_show(job_id: str, app: OptApp = None, url: Url = None) -> None:
 def jobs_retry(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Re-queue a dead, failed or cancelled job with a fresh retry budget."""
     row = _with_app(app, url, lambda a: a.requeue(job_id))
-    _console().print(f"job {row['id']} is {row['state']} again")
+    _console().print(f"job {row.id} is {row.state} again")
 
 
 @jobs_cli.command("cancel")
 def jobs_cancel(job_id: str, app: OptApp = None, url: Url = None) -> None:
     """Cancel a job: a waiting one never runs; a running one is signalled."""
     row = _with_app(app, url, lambda a: a.cancel(job_id))
-    what = "cancelled" if row["state"] == "cancelled" else "asked to stop (running)"
-    _console().print(f"job {row['id']} {what}")
+    what = "cancelled" if row.state == "cancelled" else "asked to stop (running)"
+    _console().print(f"job {row.id} {what}")
 
 
 @jobs_cli.command("purge")

@@ -306,31 +306,31 @@ class JobRow:
         )
 
 
-def status_record(row: dict[str, Any], *, prefix: str = "/v1/jobs") -> dict[str, Any]:
-    """The status record as the API and every event show it, from a stored row."""
-    job_id = row["id"]
-    fraction = row.get("progress_fraction")
-    message = row.get("progress_message")
+def status_record(row: JobRow, *, prefix: str = "/v1/jobs") -> dict[str, Any]:
+    """The status record as the API, the CLI, notifications and every event show a job: the
+    one place a row is presented (links under `prefix`, times as RFC 3339)."""
+    job_id = row.id
+    fraction, message = row.progress_fraction, row.progress_message
     progress = (
         None if fraction is None and message is None else {"fraction": fraction, "message": message}
     )
     return {
         "id": job_id,
-        "kind": row["kind"],
-        "version": row["version"],
-        "queue": row["queue"],
-        "state": row["state"],
-        "priority": row["priority"],
-        "attempt": row["attempt"],
-        "max_attempts": row["max_attempts"],
+        "kind": row.kind,
+        "version": row.version,
+        "queue": row.queue,
+        "state": row.state.value,
+        "priority": row.priority,
+        "attempt": row.attempt,
+        "max_attempts": row.max_attempts,
         "progress": progress,
-        "result": row.get("result"),
-        "error": row.get("error"),
-        "created_at": iso(row["enqueued_at"]),
-        "run_at": iso(row["run_at"]),
-        "started_at": iso(row.get("started_at")),
-        "finished_at": iso(row.get("finished_at")),
-        "worker": row.get("worker"),
+        "result": row.result,
+        "error": row.error,
+        "created_at": iso(row.enqueued_at),
+        "run_at": iso(row.run_at),
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "worker": row.worker,
         "links": {
             "self": f"{prefix}/{job_id}",
             "events": f"{prefix}/{job_id}/events",

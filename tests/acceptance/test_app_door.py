@@ -206,14 +206,14 @@ async def test_submit_stores_the_envelope_and_returns_its_row(opened: App) -> No
         app.envelope(Report(period="q"), owner="alice", idempotency_key="k")
     )
     assert not replay.created and replay.id == job.id
-    assert first["payload"] == {"period": "p"}
+    assert first.payload == {"period": "p"}
 
 
 async def test_get_and_status_hide_another_owners_job(opened: App) -> None:
     app = opened
     job = await app.enqueue(Report(period="p"), owner="alice")
     row = await app.get(job.id, owner="alice")
-    assert row is not None and row["owner"] == "alice" and row["payload"] == {"period": "p"}
+    assert row is not None and row.owner == "alice" and row.payload == {"period": "p"}
     assert await app.get(job.id, owner="bob") is None
     assert await app.get("no-such-job") is None
     record = await app.status(job.id, owner="alice")
@@ -229,14 +229,14 @@ async def test_list_requeue_purge_and_stats(opened: App) -> None:
     first, second = await app.enqueue_many([Report(period="1"), Report(period="2")], owner="alice")
     await app.enqueue(Report(period="3"), owner="bob")
     mine = await app.list_jobs(owner="alice")
-    assert [r["id"] for r in mine] == [second.id, first.id]
+    assert [r.id for r in mine] == [second.id, first.id]
     assert len(await app.list_jobs(owner=None)) == 3
-    assert [r["id"] for r in await app.list_jobs(owner="alice", before=second.id)] == [first.id]
+    assert [r.id for r in await app.list_jobs(owner="alice", before=second.id)] == [first.id]
     await app.cancel(first.id)
-    assert [r["id"] for r in await app.list_jobs(owner=None, state="cancelled")] == [first.id]
+    assert [r.id for r in await app.list_jobs(owner=None, state="cancelled")] == [first.id]
     # A cancelled job goes back to its queue; a waiting one cannot.
     row = await app.requeue(first.id)
-    assert row["state"] == "queued" and row["id"] == first.id
+    assert row.state == "queued" and row.id == first.id
     with pytest.raises(InvalidTransition):
         await app.requeue(second.id)
     stats = await app.stats()
@@ -254,7 +254,7 @@ async def test_the_change_feed_through_the_app(opened: App) -> None:
     changes = await app.changes_since(start)
     assert len(changes) == 2 and await app.last_seq() == changes[-1].seq
     (mine,) = await app.changes_since(start, owner="alice")
-    assert mine.job_id == job.id and mine.record["state"] == "queued"
+    assert mine.job_id == job.id and mine.row.state == "queued"
     assert [c.job_id for c in await app.changes_since(start, job_id=job.id)] == [job.id]
     assert await app.changes_since(start, limit=1) == changes[:1]
     await app.ping()
@@ -291,4 +291,4 @@ async def test_enqueue_in_joins_the_callers_sqlite_transaction(
         conn.close()
     assert await app.get(dropped.id) is None
     row = await app.get(kept.id, owner="alice")
-    assert row is not None and row["state"] == "queued" and row["payload"] == {"period": "kept"}
+    assert row is not None and row.state == "queued" and row.payload == {"period": "kept"}

@@ -18,6 +18,7 @@ from PIL import Image
 from starlette.applications import Starlette
 
 import offload.demo.handlers as handlers
+from offload.contract import JobRow
 from offload.demo.config import DemoConfig
 from offload.demo.contracts import app as demo_app
 from offload.demo.launcher import prepare
@@ -52,9 +53,8 @@ class Demo:
         client.headers["Accept"] = "application/json"
         return client
 
-    async def all_jobs(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await demo_app.list_jobs(owner=None, limit=1000)
-        return rows
+    async def all_jobs(self) -> list[JobRow]:
+        return await demo_app.list_jobs(owner=None, limit=1000)
 
 
 @contextlib.asynccontextmanager
@@ -186,9 +186,9 @@ async def test_export_is_enqueued_followed_live_and_ends_in_a_pdf_and_an_email(
         return await asyncio.to_thread(demo.mailbox.count_for, "alice@example.com") > 0
 
     await eventually(delivered)
-    confirm = [j for j in await demo.all_jobs() if j["kind"] == "demo.confirm"]
-    assert len(confirm) == 1 and confirm[0]["owner"] == "alice"
-    assert confirm[0]["idempotency_key"] == f"confirm:{job_id}"
+    confirm = [j for j in await demo.all_jobs() if j.kind == "demo.confirm"]
+    assert len(confirm) == 1 and confirm[0].owner == "alice"
+    assert confirm[0].idempotency_key == f"confirm:{job_id}"
     mailbox = await alice.get("/mailbox")
     assert "Your sales report is ready: Full year 2025" in mailbox.text
     assert dollars(revenue) in mailbox.text
@@ -321,7 +321,7 @@ async def test_the_session_cookie_does_not_authorise_api_writes(demo: Demo) -> N
     assert answer.status_code == 202  # development mode: the caller is `local`, not alice
     assert (await alice.get(f"/v1/jobs/{answer.json()['id']}")).status_code == 404
     (row,) = await demo.all_jobs()
-    assert row["owner"] == "local"
+    assert row.owner == "local"
 
 
 async def test_confirmation_email_is_retried_while_smtp_is_down(
@@ -332,15 +332,15 @@ async def test_confirmation_email_is_retried_while_smtp_is_down(
         job_id = (await alice.post("/reports", data={"period": "2025-Q2"})).json()["id"]
 
         async def retrying() -> bool:
-            jobs = [j for j in await demo.all_jobs() if j["kind"] == "demo.confirm"]
-            return bool(jobs) and jobs[0]["state"] == "retrying"
+            jobs = [j for j in await demo.all_jobs() if j.kind == "demo.confirm"]
+            return bool(jobs) and jobs[0].state == "retrying"
 
         await eventually(retrying)
-        report = next(j for j in await demo.all_jobs() if j["id"] == job_id)
-        assert report["state"] == "succeeded"  # the report is done; only the email waits
-        (confirm,) = [j for j in await demo.all_jobs() if j["kind"] == "demo.confirm"]
-        assert confirm["attempt"] == 1 and confirm["max_attempts"] == 8
-        assert "SMTP" in confirm["error"]["type"] or "connect" in confirm["error"]["message"]
+        report = next(j for j in await demo.all_jobs() if j.id == job_id)
+        assert report.state == "succeeded"  # the report is done; only the email waits
+        (confirm,) = [j for j in await demo.all_jobs() if j.kind == "demo.confirm"]
+        assert confirm.attempt == 1 and confirm.max_attempts == 8
+        assert "SMTP" in confirm.error["type"] or "connect" in confirm.error["message"]
 
 
 async def test_inline_mode_does_the_work_inside_the_request(

@@ -17,8 +17,9 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from offload import App, Context, JobState, Message, Settings
+from offload import App, Context, Message, Settings
 from offload.brokers import Backend
+from offload.contract import JobRow
 from offload.notify import NOTIFY_QUEUE, WEBHOOK_KIND
 
 from ..receivers import Answer, Receiver
@@ -93,15 +94,15 @@ def spec_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str
     return "v1," + base64.b64encode(mac).decode()
 
 
-async def delivery_jobs(app: App) -> list[dict[str, Any]]:
+async def delivery_jobs(app: App) -> list[JobRow]:
     """The webhook delivery jobs, once each has settled: a handler records its delivery
     before its worker settles the job, so a delivered record can precede a final state."""
 
-    async def settled() -> list[dict[str, Any]] | None:
+    async def settled() -> list[JobRow] | None:
         rows = await app.list_jobs(owner=None, kind=WEBHOOK_KIND)
-        return rows if rows and all(JobState(r["state"]).final for r in rows) else None
+        return rows if rows and all(r.state.final for r in rows) else None
 
-    rows: list[dict[str, Any]] = await eventually(settled, what="settled delivery jobs")
+    rows: list[JobRow] = await eventually(settled, what="settled delivery jobs")
     return rows
 
 
@@ -145,7 +146,7 @@ async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
     assert shown["channel"] == "webhook" and shown["target"] == receiver.url
     assert [a["code"] for a in shown["attempts"]] == [200]
     (job,) = await delivery_jobs(app)
-    assert job["queue"] == NOTIFY_QUEUE and job["state"] == "succeeded"
+    assert job.queue == NOTIFY_QUEUE and job.state == "succeeded"
 
 
 async def test_a_receiver_that_fails_twice_gets_a_third_attempt(
@@ -170,7 +171,7 @@ async def test_a_receiver_that_fails_twice_gets_a_third_attempt(
         headers = {k.lower(): v for k, v in request.headers.items()}
         assert Webhook(NEW_SECRET).verify(request.body, headers)
     (delivery_job,) = await delivery_jobs(app)
-    assert delivery_job["state"] == "succeeded" and delivery_job["attempt"] == 3
+    assert delivery_job.state == "succeeded" and delivery_job.attempt == 3
 
 
 @pytest.mark.parametrize("overrides", [{"webhook_allow_private": False}])
@@ -198,7 +199,7 @@ async def test_loopback_target_is_refused_without_allow_private(
     assert "loopback" in sent["attempts"][0]["error"]
     assert (await app.status(job.id))["state"] == "succeeded"
     (delivery_job,) = await delivery_jobs(app)
-    assert delivery_job["state"] == "cancelled" and delivery_job["attempt"] == 1
+    assert delivery_job.state == "cancelled" and delivery_job.attempt == 1
 
 
 async def test_redirects_are_not_followed(app: App, start_worker: Callable[..., Any]) -> None:

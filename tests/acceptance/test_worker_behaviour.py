@@ -264,7 +264,7 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
             assert record["state"] == "dead" and record["max_attempts"] == 2
             # And its notification was enqueued with that change
             (email,) = await app.list_jobs(owner=None, kind="offload.email")
-            assert email["state"] == "queued"
+            assert email.state == "queued"
         finally:
             rescuer.request_stop()
             await asyncio.wait_for(task, 30)

@@ -67,7 +67,7 @@ async def test_processes_claim_every_job_exactly_once(
     assert sum(1 for ids in claimed.values() if ids) >= 2, "the processes did not compete"
     rows = await backend.list_jobs(owner=None, state="succeeded", limit=JOBS + 10)
     assert len(rows) == JOBS
-    by = {r["id"]: r["result"]["by"] for r in rows}
+    by = {r.id: r.result["by"] for r in rows}
     for name, ids in claimed.items():  # each job's result came from the process that claimed it
         assert {by[job_id] for job_id in ids} <= {f"proc-{name}"}
     stats = (await backend.stats()).get(QUEUE, {})

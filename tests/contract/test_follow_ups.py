@@ -27,7 +27,7 @@ async def test_follow_ups_of_an_applied_outcome_are_enqueued(backend: Backend) -
     # then the follow-up is a queued job of its own.
     assert applied == [True]
     row = await backend.get(notify.id)
-    assert row is not None and row["state"] == "queued" and row["queue"] == "notify"
+    assert row is not None and row.state == "queued" and row.queue == "notify"
     (follow,) = await backend.claim(["notify"], worker_id="w", lease_for=LONG, limit=5)
     assert follow.envelope.payload == {"job_id": job.id}
 
@@ -58,9 +58,9 @@ async def test_cancel_of_a_waiting_job_enqueues_its_follow_ups(backend: Backend)
     await backend.enqueue([job])
     notify = envelope("notify", kind="offload.email")
     row = await backend.cancel(job.id, follow_ups=(notify,))
-    assert row["state"] == "cancelled"
+    assert row.state == "cancelled"
     stored = await backend.get(notify.id)
-    assert stored is not None and stored["state"] == "queued"
+    assert stored is not None and stored.state == "queued"
 
 
 async def test_cancel_of_a_running_job_leaves_follow_ups_to_its_worker(
@@ -71,7 +71,7 @@ async def test_cancel_of_a_running_job_leaves_follow_ups_to_its_worker(
     await backend.claim(["work"], worker_id="w", lease_for=LONG, limit=1)
     notify = envelope("notify", kind="offload.email")
     row = await backend.cancel(job.id, follow_ups=(notify,))
-    assert row["state"] == "running"
+    assert row.state == "running"
     assert await backend.get(notify.id) is None
 
 
@@ -86,4 +86,4 @@ async def test_a_failing_follow_up_batch_rolls_back_the_outcome(backend: Backend
         await backend.settle([Outcome(lease=lease, state=JobState.SUCCEEDED, follow_ups=(clash,))])
     # and the job is still running under its lease, to be settled again.
     row = await backend.get(job.id)
-    assert row is not None and row["state"] == "running"
+    assert row is not None and row.state == "running"

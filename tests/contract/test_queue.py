@@ -29,7 +29,7 @@ async def test_enqueue_stores_a_queued_job(backend: Backend) -> None:
     (result,) = await backend.enqueue([env])
     assert (result.id, result.created) == (env.id, True)
     row = await backend.get(env.id)
-    assert row is not None and row["owner"] == "alice" and row["payload"] == {"user_id": "u1"}
+    assert row is not None and row.owner == "alice" and row.payload == {"user_id": "u1"}
     record = await status(backend, env.id)
     assert record["state"] == "queued" and record["attempt"] == 0
     assert record["max_attempts"] == 3 and record["started_at"] is None
@@ -316,7 +316,7 @@ async def test_requeue_of_a_dead_job_gives_a_queued_job_with_attempt_zero(
     # When it is re-queued
     row = await backend.requeue(env.id)
     # Then it is queued with a fresh budget and runs again from attempt 1
-    assert row["state"] == "queued" and row["attempt"] == 0
+    assert row.state == "queued" and row.attempt == 0
     record = await status(backend, env.id)
     assert record["state"] == "queued" and record["attempt"] == 0
     assert record["finished_at"] is None
@@ -524,7 +524,7 @@ async def test_rescue_applies_decisions_with_their_follow_ups(
     # Then each job is as decided, and the notification is queued with the dead one
     assert (await status(backend, again.id))["state"] == "retrying"
     assert (await status(backend, last.id))["state"] == "dead"
-    assert (await backend.get(notify.id) or {}).get("state") == "queued"
+    assert getattr(await backend.get(notify.id), "state", None) == "queued"
     assert await backend.expired(limit=10) == []
     # And a second application of the same decisions (another worker's rescuer) is stale
     assert await backend.rescue(decisions) == [False, False]

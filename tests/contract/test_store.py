@@ -51,7 +51,7 @@ async def test_cancel_of_a_queued_job_means_it_never_runs(
     row = await backend.cancel(queued.id)
     await backend.cancel(scheduled.id)
     # Then they are cancelled and never claimed, not even after the delay
-    assert row["state"] == "cancelled"
+    assert row.state == "cancelled"
     for env in (queued, scheduled):
         record = await status(backend, env.id)
         assert record["state"] == "cancelled" and record["finished_at"] is not None
@@ -72,7 +72,7 @@ async def test_cancel_of_a_running_job_is_signalled_through_heartbeats(
     # When it is cancelled
     row = await backend.cancel(env.id)
     # Then it keeps running until its worker hears of it on the next heartbeat
-    assert row["state"] == "running"
+    assert row.state == "running"
     (after,) = await backend.extend([lease], lease_for=60)
     assert after.job_id == env.id and after.held and after.cancel_requested
     # And the worker's cancelled outcome ends it
@@ -150,7 +150,7 @@ async def test_requeue_of_a_cancelled_job_runs_it(backend: Backend) -> None:
     env = envelope()
     await backend.enqueue([env])
     await backend.cancel(env.id)
-    assert (await backend.requeue(env.id))["state"] == "queued"
+    assert (await backend.requeue(env.id)).state == "queued"
     assert [le.job_id for le in await claim(backend)] == [env.id]
 
 
@@ -164,19 +164,17 @@ async def test_change_feed_delivers_every_state_change_in_order(backend: Backend
     await backend.settle([done(lease, {"pdf": "blob:r.pdf"})])
     # When its changes are read from the start
     changes = await backend.changes_since(0, job_id=env.id)
-    # Then every change is there, oldest first, each carrying the status record
-    states = [c.record["state"] for c in changes]
+    # Then every change is there, oldest first, each carrying the job as it was
+    states = [c.row.state for c in changes]
     assert states == ["queued", "running", "running", "running", "succeeded"]
-    assert [c.record["progress"] for c in changes[2:4]] == [
-        {"fraction": 0.5, "message": "half"},
-        {"fraction": 0.9, "message": "nearly"},
-    ]
-    assert changes[-1].record["result"] == {"pdf": "blob:r.pdf"}
+    progress = [(c.row.progress_fraction, c.row.progress_message) for c in changes[2:4]]
+    assert progress == [(0.5, "half"), (0.9, "nearly")]
+    assert changes[-1].row.result == {"pdf": "blob:r.pdf"}
     assert [c.final for c in changes] == [False, False, False, False, True]
     seqs = [c.seq for c in changes]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert all(c.job_id == env.id and c.owner == "local" for c in changes)
-    assert all(c.record["id"] == env.id for c in changes)
+    assert all(c.row.id == env.id for c in changes)
 
 
 async def test_change_feed_follows_retries_and_requeue(backend: Backend) -> None:
@@ -188,7 +186,7 @@ async def test_change_feed_follows_retries_and_requeue(backend: Backend) -> None
     await backend.settle([Outcome(lease=lease, state=JobState.DEAD)])
     await backend.requeue(env.id)
     changes = await backend.changes_since(0, job_id=env.id)
-    assert [(c.record["state"], c.record["attempt"]) for c in changes] == [
+    assert [(c.row.state, c.row.attempt) for c in changes] == [
         ("queued", 0),
         ("running", 1),
         ("retrying", 1),
@@ -205,7 +203,7 @@ async def test_change_feed_resumes_after_a_seq(backend: Backend) -> None:
     assert await backend.changes_since(first.seq) == []
     await claim(backend)
     later = await backend.changes_since(first.seq)
-    assert [c.record["state"] for c in later] == ["running"]
+    assert [c.row.state for c in later] == ["running"]
     assert later[0].seq > first.seq
 
 
@@ -231,7 +229,7 @@ async def test_changes_since_filters_by_job_and_owner(backend: Backend) -> None:
     assert {c.job_id for c in alices} == {a1.id, a2.id} and len(alices) == 6
     assert all(c.owner == "alice" for c in alices)
     assert {c.job_id for c in bobs} == {b1.id} and len(bobs) == 3
-    assert [c.record["state"] for c in one] == ["queued", "running", "succeeded"]
+    assert [c.row.state for c in one] == ["queued", "running", "succeeded"]
     assert both == []
     assert len(await backend.changes_since(0)) == 9
 
@@ -275,8 +273,8 @@ async def test_list_is_newest_first_and_paginates_with_before(backend: Backend) 
         page = await backend.list_jobs(owner="alice", before=before, limit=3)
         if not page:
             break
-        pages.append([r["id"] for r in page])
-        before = page[-1]["id"]
+        pages.append([r.id for r in page])
+        before = page[-1].id
     # Then the pages cover all her jobs once, newest first, and none of bob's
     assert [len(p) for p in pages] == [3, 3, 1]
     assert [i for p in pages for i in p] == [e.id for e in reversed(alice)]
@@ -295,7 +293,7 @@ async def test_list_filters_by_owner_state_and_kind(backend: Backend) -> None:
     assert lease.job_id == a_run.id
 
     async def ids(**filters: str | None) -> set[str]:
-        return {r["id"] for r in await backend.list_jobs(**filters)}  # type: ignore[arg-type]
+        return {r.id for r in await backend.list_jobs(**filters)}  # type: ignore[arg-type]
 
     assert await ids(owner="alice") == {a_k1.id, a_k2.id, a_run.id}
     assert await ids(owner="alice", kind="k1") == {a_k1.id, a_run.id}
@@ -305,7 +303,7 @@ async def test_list_filters_by_owner_state_and_kind(backend: Backend) -> None:
     assert await ids(owner=None, kind="k1", state="queued") == {a_k1.id, b_k1.id}
     assert await ids(owner="carol") == set()
     rows = await backend.list_jobs(owner="bob")
-    assert rows[0]["owner"] == "bob" and rows[0]["kind"] == "k1"
+    assert rows[0].owner == "bob" and rows[0].kind == "k1"
 
 
 async def test_last_seq_is_the_newest_feed_position(backend: Backend) -> None:

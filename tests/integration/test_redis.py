@@ -225,7 +225,7 @@ async def test_tasks_and_processes_claiming_at_once_never_get_the_same_job(
     assert [job_id for job_id, n in counts.items() if n > 1] == []
     assert sum(1 for ids in claimed.values() if ids) >= 3, "the claimers did not compete"
     rows = await backend.list_jobs(owner=None, state="succeeded", limit=2000)
-    assert {r["id"]: r["result"] for r in rows} == {
+    assert {r.id: r.result for r in rows} == {
         job_id: name for name, ids in claimed.items() for job_id in ids
     }
     stats = await backend.stats()
@@ -315,7 +315,7 @@ async def test_the_feed_watcher_wakes_within_100ms_of_a_change(
         await asyncio.wait_for(task, 5)
         assert time.monotonic() - changed_at < 0.1
         (change,) = await backend.changes_since(0)
-        assert change.job_id == env.id and change.record["state"] == "queued"
+        assert change.job_id == env.id and change.row.state == "queued"
     finally:
         await writer.close()
 
@@ -434,11 +434,11 @@ async def test_a_filtered_listing_walks_past_many_non_matching_jobs(backend: Red
     (lease,) = await backend.claim([QUEUE], worker_id="w", lease_for=60, limit=1)
     await backend.settle([Outcome(lease=lease, state=JobState.DEAD)])
     await backend.enqueue([envelope() for _ in range(1500)])  # newer, all queued
-    assert [r["id"] for r in await backend.list_jobs(owner=None, state="dead")] == [dead.id]
+    assert [r.id for r in await backend.list_jobs(owner=None, state="dead")] == [dead.id]
     page = await backend.list_jobs(owner=None, limit=1000)
     assert len(page) == 1000
-    rest = await backend.list_jobs(owner=None, before=page[-1]["id"], limit=1000)
-    assert len(rest) == 501 and rest[-1]["id"] == dead.id
+    rest = await backend.list_jobs(owner=None, before=page[-1].id, limit=1000)
+    assert len(rest) == 501 and rest[-1].id == dead.id
 
 
 async def test_one_jobs_changes_come_from_its_own_index(backend: RedisBackend) -> None:
@@ -449,8 +449,9 @@ async def test_one_jobs_changes_come_from_its_own_index(backend: RedisBackend) -
     lease = next(le for le in leases if le.job_id == target.id)
     assert await backend.progress(lease, 0.5, "half")
     changes = await backend.changes_since(0, job_id=target.id)
-    assert [c.record["state"] for c in changes] == ["queued", "running", "running"]
-    assert changes[-1].record["progress"] == {"fraction": 0.5, "message": "half"}
+    assert [c.row.state for c in changes] == ["queued", "running", "running"]
+    row = changes[-1].row
+    assert (row.progress_fraction, row.progress_message) == (0.5, "half")
     later = await backend.changes_since(changes[0].seq, job_id=target.id, limit=1)
     assert [c.seq for c in later] == [changes[1].seq]
 
@@ -573,7 +574,7 @@ async def test_a_worker_runs_jobs_end_to_end_on_redis(prefix: str, tmp_path: Pat
         assert [r["state"] for r in records] == ["succeeded"] * 50
         assert [r["result"] for r in records] == [{"double": i * 2} for i in range(50)]
         assert sorted(effects) == list(range(50))
-        states = [c.record["state"] for c in await app.changes_since(0, job_id=jobs[0].id)]
+        states = [c.row.state for c in await app.changes_since(0, job_id=jobs[0].id)]
         assert states == ["queued", "running", "running", "succeeded"]
 
 

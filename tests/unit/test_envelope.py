@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from offload._ids import uuid7
-from offload.contract import ENVELOPE_VERSION, Envelope, status_record
+from offload.contract import ENVELOPE_VERSION, Envelope, JobRow, status_record
 
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
@@ -142,7 +142,7 @@ DESIGN_FIELDS = {
 }
 
 
-def _row(**changes: object) -> dict[str, object]:
+def _row(**changes: object) -> JobRow:
     row: dict[str, object] = {
         "id": "0193a1c2-0000-7000-8000-000000000000",
         "kind": "reports.export",
@@ -164,7 +164,7 @@ def _row(**changes: object) -> dict[str, object]:
         "owner": "alice",
     }
     row.update(changes)
-    return row
+    return JobRow.of(row)
 
 
 def test_status_record_has_the_design_fields() -> None:

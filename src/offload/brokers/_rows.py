@@ -1,26 +1,38 @@
-"""Conversions shared by backends: envelope to stored row, stored row to envelope."""
+"""Conversions shared by backends: stored row to envelope, old feed entries to row fields."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from ..contract import Envelope
 
 
-def row_of(e: Envelope) -> dict[str, Any]:
+def fields_of_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The row fields of a feed entry written as a whole status record (PostgreSQL schema 1,
+    SQLite schema 1): the form feed entries carry now."""
+    progress = record.get("progress") or {}
     return {
-        "id": e.id,
-        "kind": e.kind,
-        "version": e.version,
-        "queue": e.queue,
-        "state": "queued",
-        "priority": e.priority,
-        "attempt": e.attempt,
-        "max_attempts": e.max_attempts,
-        "run_at": e.run_at,
-        "enqueued_at": e.enqueued_at,
-        "owner": e.owner,
+        **{name: record.get(name) for name in _FEED_FIELDS},
+        "progress_fraction": progress.get("fraction"),
+        "progress_message": progress.get("message"),
+        "enqueued_at": _epoch(record.get("created_at")),
+        "run_at": _epoch(record.get("run_at")),
+        "started_at": _epoch(record.get("started_at")),
+        "finished_at": _epoch(record.get("finished_at")),
     }
+
+
+_FEED_FIELDS = (
+    "id", "kind", "version", "queue", "state", "priority", "attempt", "max_attempts",
+    "result", "error", "worker",
+)  # fmt: skip
+
+
+def _epoch(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def envelope_of(row: dict[str, Any]) -> Envelope:

@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..contract import EnqueueResult, Envelope, Extension, JobState, Lapsed, Lease, Outcome
+from ..contract import (
+    EnqueueResult,
+    Envelope,
+    Extension,
+    JobRow,
+    JobState,
+    Lapsed,
+    Lease,
+    Outcome,
+)
 
 
 class Capability(enum.StrEnum):
@@ -28,16 +37,17 @@ class Capability(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Change:
-    """One entry of the change feed: the status record after a transition."""
+    """One entry of the change feed: the job as a transition left it."""
 
     seq: int
     job_id: str
     owner: str
-    record: dict[str, Any]
+    #: The job after the transition (without its message: see `JobRow`).
+    row: JobRow
 
     @property
     def final(self) -> bool:
-        return JobState(self.record["state"]).final
+        return self.row.state.final
 
 
 @runtime_checkable
@@ -124,7 +134,7 @@ class Broker(Protocol):
 class JobStore(Protocol):
     """Status records: read, list, progress, cancel, requeue, and the change feed."""
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
+    async def get(self, job_id: str) -> JobRow | None:
         """The stored row of one job (owner included), or None."""
         ...
 
@@ -136,7 +146,7 @@ class JobStore(Protocol):
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRow]:
         """Rows newest first; `before` is the id cursor of the previous page."""
         ...
 
@@ -144,7 +154,7 @@ class JobStore(Protocol):
         """Record progress of a running job; False where the lease is stale."""
         ...
 
-    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> JobRow:
         """Cancel: a waiting job ends `cancelled`; a running one is flagged for its worker.
 
         `follow_ups` are enqueued in the same transaction when the job ends `cancelled`
@@ -155,7 +165,7 @@ class JobStore(Protocol):
         """
         ...
 
-    async def requeue(self, job_id: str) -> dict[str, Any]:
+    async def requeue(self, job_id: str) -> JobRow:
         """Put a dead, failed or cancelled job back in its queue with a fresh budget."""
         ...
 

@@ -20,9 +20,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ..clock import Clock
-from ..contract import EnqueueResult, Envelope, Extension, Lapsed, Lease, Outcome, status_record
+from ..contract import EnqueueResult, Envelope, Extension, JobRow, Lapsed, Lease, Outcome
 from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
-from ._rows import envelope_of
+from ._rows import envelope_of, fields_of_record
 from ._sql import queries
 from ._wakeup import Wakeup
 from .base import Capability, Change
@@ -42,16 +42,13 @@ _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
 
 
-def _row(raw: dict[str, Any]) -> dict[str, Any]:
+def _row(raw: dict[str, Any]) -> JobRow:
     row = dict(raw)
-    row["id"] = str(row["id"])
     for name in _TIME_COLUMNS:
         value = row.get(name)
         if isinstance(value, datetime):
             row[name] = value.timestamp()
-    if "cancel_requested" in row:
-        row["cancel_requested"] = int(row["cancel_requested"])
-    return row
+    return JobRow.of(row)
 
 
 #: The claim query's SELECT list, in order (envelope fields, then the lease's expiry).
@@ -70,11 +67,18 @@ def _lease_of(row: tuple[Any, ...], token: str, worker: str) -> Lease:
     )
 
 
-def _record(event: dict[str, Any]) -> dict[str, Any]:
-    """The status record of a feed entry: built from the row fields it carries (schema 2),
-    or the whole record as entries written before migration 2 hold it."""
+def _change(event: dict[str, Any]) -> Change:
+    """A feed entry: it carries the row's fields (schema 2), or a whole status record as
+    entries written before migration 2 hold it."""
     stored: dict[str, Any] = event["record"]
-    return stored if "links" in stored else status_record(stored)
+    fields = fields_of_record(stored) if "links" in stored else stored
+    owner = event["owner"]
+    return Change(
+        seq=event["seq"],
+        job_id=str(event["job_id"]),
+        owner=owner,
+        row=JobRow.of({**fields, "owner": owner}),
+    )
 
 
 def _uuid(job_id: str) -> uuid.UUID | None:
@@ -509,7 +513,7 @@ class PostgresBackend:
 
     # -- job store --------------------------------------------------------------------------
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
+    async def get(self, job_id: str) -> JobRow | None:
         key = _uuid(job_id)
         if key is None:
             return None
@@ -524,7 +528,7 @@ class PostgresBackend:
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRow]:
         where: list[str] = []
         params: dict[str, Any] = {"limit": limit}
         for column, value in (("owner", owner), ("state", state), ("kind", kind)):
@@ -558,7 +562,7 @@ class PostgresBackend:
         fallback: str | None,
         refused: str,
         follow_ups: Sequence[Envelope] = (),
-    ) -> dict[str, Any]:
+    ) -> JobRow:
         """Try `first`, then `fallback`; `follow_ups` go in with `first` only."""
         key = _uuid(job_id)
         if key is None:
@@ -578,7 +582,7 @@ class PostgresBackend:
             raise JobNotFound(job_id)
         raise InvalidTransition(refused.format(id=job_id, state=current["state"]))
 
-    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> JobRow:
         return await self._transition(
             "cancel_waiting",
             job_id,
@@ -587,7 +591,7 @@ class PostgresBackend:
             follow_ups=follow_ups,
         )
 
-    async def requeue(self, job_id: str) -> dict[str, Any]:
+    async def requeue(self, job_id: str) -> JobRow:
         return await self._transition(
             "requeue",
             job_id,
@@ -617,10 +621,7 @@ class PostgresBackend:
         if job_id is None and owner is None:
             self._seen["feed"] = self._versions["feed"]
         rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
-        changes = [
-            Change(seq=r["seq"], job_id=str(r["job_id"]), owner=r["owner"], record=_record(r))
-            for r in rows
-        ]
+        changes = [_change(r) for r in rows]
         if job_id is None and owner is None:
             changes = self._contiguous(seq, changes)
         return changes

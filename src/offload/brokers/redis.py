@@ -23,10 +23,10 @@ from ..contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobRow,
     Lapsed,
     Lease,
     Outcome,
-    status_record,
 )
 from ..errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from ._redis_rows import decode, envelope_args, num, opt, pairs
@@ -417,10 +417,10 @@ class RedisBackend:
 
     # -- job store --------------------------------------------------------------------------
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
+    async def get(self, job_id: str) -> JobRow | None:
         async with self._guard():
             raw = cast(dict[str, str], await self._redis.hgetall(self._key("job:" + job_id)))
-        return decode(raw) if raw else None
+        return JobRow.of(decode(raw)) if raw else None
 
     async def list_jobs(
         self,
@@ -430,16 +430,16 @@ class RedisBackend:
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRow]:
         """Rows newest first (by id), filtered; each script call reads a bounded slice."""
         index = "ids" if owner is None else "own:" + owner
-        rows: list[dict[str, Any]] = []
+        rows: list[JobRow] = []
         cursor = before
         while len(rows) < limit:
             out = await self._run(
                 "list", index, opt(state), opt(kind), opt(cursor), limit - len(rows), _CHUNK
             )
-            rows += [decode(pairs(flat)) for flat in out[1:]]
+            rows += [JobRow.of(decode(pairs(flat))) for flat in out[1:]]
             if not out[0]:
                 break
             cursor = out[0]
@@ -453,7 +453,7 @@ class RedisBackend:
             )
         )  # fmt: skip
 
-    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> JobRow:
         """Cancel a waiting job (storing `follow_ups` with it), or flag a running one for
         its worker (which settles it, with the follow-ups).
 
@@ -465,12 +465,12 @@ class RedisBackend:
             "cancel", num(self.clock.now()), job_id, *envelope_args(follow_ups)
         )
         if answer[0] == "ok":
-            return decode(pairs(answer[1]))
+            return JobRow.of(decode(pairs(answer[1])))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(f"job {job_id} is already {answer[1]}")
 
-    async def requeue(self, job_id: str) -> dict[str, Any]:
+    async def requeue(self, job_id: str) -> JobRow:
         """Queue a dead, failed or cancelled job again with attempt 0.
 
         Raises:
@@ -478,7 +478,7 @@ class RedisBackend:
         """
         answer = await self._run("requeue", num(self.clock.now()), job_id)
         if answer[0] == "ok":
-            return decode(pairs(answer[1]))
+            return JobRow.of(decode(pairs(answer[1])))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(
@@ -488,7 +488,7 @@ class RedisBackend:
     @staticmethod
     def _change(seq: int, fields: dict[str, str]) -> Change:
         row = decode(fields)
-        return Change(seq=seq, job_id=row["id"], owner=row["owner"], record=status_record(row))
+        return Change(seq=seq, job_id=row["id"], owner=row["owner"], row=JobRow.of(row))
 
     async def changes_since(
         self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500

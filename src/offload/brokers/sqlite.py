@@ -22,6 +22,8 @@ from ..contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobRow,
+    JobState,
     Lapsed,
     Lease,
     Outcome,
@@ -34,6 +36,7 @@ from ..errors import (
     SchemaError,
 )
 from ._rows import envelope_of as _envelope
+from ._rows import fields_of_record
 from ._sql import queries
 from ._wakeup import Wakeup
 from .base import Capability, Change
@@ -43,7 +46,7 @@ T = TypeVar("T")
 #: Page cache of the connection, KiB (SQLite's default is 2,000).
 CACHE_KIB = 65_536
 #: Version of the SQLite schema this code writes; a newer file is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
@@ -71,6 +74,17 @@ def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+def _migrate_feed_to_fields(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2: feed entries held whole status records; now they hold the row's fields
+    (the web tier presents them). Rewrites every entry, in the opening transaction."""
+    entries = conn.execute("SELECT seq, record FROM offload_events").fetchall()
+    conn.executemany(
+        "UPDATE offload_events SET record = ? WHERE seq = ?",
+        [(orjson.dumps(fields_of_record(orjson.loads(r))).decode(), s) for s, r in entries],
+    )
+    conn.execute("UPDATE offload_meta SET value = '2' WHERE key = 'schema_version'")
 
 
 class _Checkpointer(threading.Thread):
@@ -218,6 +232,8 @@ class SQLiteBackend:
                 conn.execute(
                     "INSERT INTO offload_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
+            elif int(row[0]) == 1:
+                _migrate_feed_to_fields(conn)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise SchemaError(
                     f"{self.path} has schema version {row[0]}; this offload expects "
@@ -545,8 +561,9 @@ class SQLiteBackend:
         rows = self._returning(self.conn, Q["get"], (job_id,))
         return rows[0] if rows else None
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
-        return await self._run(self._get, job_id)
+    async def get(self, job_id: str) -> JobRow | None:
+        row = await self._run(self._get, job_id)
+        return None if row is None else JobRow.of(row)
 
     def _list_jobs(
         self, owner: str | None, state: str | None, kind: str | None, before: str | None, limit: int
@@ -573,8 +590,9 @@ class SQLiteBackend:
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
-        return await self._run(self._list_jobs, owner, state, kind, before, limit)
+    ) -> list[JobRow]:
+        rows = await self._run(self._list_jobs, owner, state, kind, before, limit)
+        return [JobRow.of(row) for row in rows]
 
     def _progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         with self._tx() as conn:
@@ -602,9 +620,9 @@ class SQLiteBackend:
             raise JobNotFound(job_id)
         raise InvalidTransition(f"job {job_id} is already {current['state']}")
 
-    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> dict[str, Any]:
-        row = await self._run(self._cancel, job_id, follow_ups)
-        if follow_ups and row["state"] == "cancelled":
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> JobRow:
+        row = JobRow.of(await self._run(self._cancel, job_id, follow_ups))
+        if follow_ups and row.state is JobState.CANCELLED:
             self._wake_waiters()
         return row
 
@@ -622,8 +640,8 @@ class SQLiteBackend:
             "cancelled jobs can be re-queued"
         )
 
-    async def requeue(self, job_id: str) -> dict[str, Any]:
-        row = await self._run(self._requeue, job_id)
+    async def requeue(self, job_id: str) -> JobRow:
+        row = JobRow.of(await self._run(self._requeue, job_id))
         self._wake_waiters()
         return row
 
@@ -639,7 +657,10 @@ class SQLiteBackend:
             sql += " AND owner = ?"
             args.append(owner)
         rows = self.conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
-        return [Change(seq=s, job_id=j, owner=o, record=orjson.loads(r)) for s, j, o, r in rows]
+        return [
+            Change(seq=s, job_id=j, owner=o, row=JobRow.of({**orjson.loads(r), "owner": o}))
+            for s, j, o, r in rows
+        ]
 
     async def changes_since(
         self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ..app import App
-from ..contract import JobState
+from ..contract import JobRow, JobState
 from ..web.present import Presenter
 from .contracts import ExportReport, MakeThumbnails
 from .data import DemoUser, period_label
@@ -93,8 +93,8 @@ class QueuedExports:
         self.app = app
         self.present = present
 
-    def _view(self, row: dict[str, Any]) -> JobView:
-        return job_view(self.present.row(row), row.get("payload") or {})
+    def _view(self, row: JobRow) -> JobView:
+        return job_view(self.present.row(row), row.payload)
 
     async def list(self, owner: str, kind: str, limit: int = 25) -> list[JobView]:
         rows = await self.app.list_jobs(owner=owner, kind=kind, limit=limit)

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._links import Presenter, blob_refs, signing_key
+from ..contract import JobRow
 from ..errors import Cancel, DeliveryError, TargetRefused
 from ..retry import Backoff
 from . import ledger
@@ -111,22 +112,22 @@ class Dispatcher:
         return await self._deliver("email", msg.to, msg.job_id, msg.state, msg.notification_id, ctx)
 
     def _notification(
-        self, channel: str, target: str, row: dict[str, Any], state: str, nid: str
+        self, channel: str, target: str, row: JobRow, state: str, nid: str
     ) -> Notification:
         """The notification, from the job's status record as it is now.
 
         Raises:
             Cancel: the job no longer asks for this delivery, or it moved on.
         """
-        job_id = row["id"]
-        if targets(self.app, row["kind"], row.get("options")).get(channel) != target:
+        job_id = row.id
+        if targets(self.app, row.kind, row.options).get(channel) != target:
             raise Cancel(f"job {job_id} does not ask for this {channel} delivery")
-        if row["state"] != state:
-            raise Cancel(f"job {job_id} is {row['state']} now, no longer {state}")
+        if row.state != state:
+            raise Cancel(f"job {job_id} is {row.state} now, no longer {state}")
         presenter = self.presenters[channel]
         record = presenter.row(row)
         base = presenter.prefix
-        refs = blob_refs(row.get("result")) if state == "succeeded" else []
+        refs = blob_refs(row.result) if state == "succeeded" else []
         result = presenter.link(refs[0]) if len(refs) == 1 else f"{base}/v1/jobs/{job_id}/result"
         return Notification(
             id=nid,

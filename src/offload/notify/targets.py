@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ..contract import Envelope, JobState, Message
+from ..contract import Envelope, JobRow, JobState, Message
 from .base import (
     EMAIL_KIND,
     NOTIFY_OWNER,
@@ -198,13 +198,8 @@ def follow_ups(
     )
 
 
-def follow_ups_of_row(app: Registry, row: Mapping[str, Any], marker: str) -> tuple[Envelope, ...]:
+def follow_ups_of_row(app: Registry, row: JobRow, marker: str) -> tuple[Envelope, ...]:
     """`follow_ups` for a stored row that has just reached a final state."""
     return follow_ups(
-        app,
-        job_id=row["id"],
-        kind=row["kind"],
-        options=row.get("options"),
-        state=row["state"],
-        marker=marker,
+        app, job_id=row.id, kind=row.kind, options=row.options, state=row.state, marker=marker
     )

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..brokers.base import Change
-from ..contract import JobState
+from ..contract import JobRow
 from ..errors import BackendError
 
 log = logging.getLogger("offload.web")
@@ -30,7 +30,7 @@ class Feed(Protocol):
     The App is one (the web tier reads nothing else); a bare JobStore is another.
     """
 
-    async def get(self, job_id: str) -> dict[str, Any] | None: ...
+    async def get(self, job_id: str) -> JobRow | None: ...
 
     async def changes_since(
         self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
@@ -120,10 +120,10 @@ class Hub:
                 await asyncio.sleep(1.0)
 
 
-def sse(change: Change, present: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
+def sse(change: Change, present: Callable[[JobRow], dict[str, Any]]) -> bytes:
     """One server-sent event: id = feed position, event = the job's state."""
-    data = orjson.dumps(present(change.record))
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, change.record["state"].encode(), data)
+    data = orjson.dumps(present(change.row))
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, change.row.state.encode(), data)
 
 
 async def job_stream(
@@ -131,7 +131,7 @@ async def job_stream(
     store: Feed,
     job_id: str,
     since: int,
-    present: Callable[[dict[str, Any]], dict[str, Any]],
+    present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
     """Replay a job's changes after `since`, then follow it live until its final state."""
@@ -147,7 +147,7 @@ async def job_stream(
             if len(changes) < 500:
                 break
         row = await store.get(job_id)
-        if row is not None and JobState(row["state"]).final:
+        if row is not None and row.state.final:
             return  # final state already delivered before `since`
         yield b"retry: 1000\n\n"
         while not sub.overflowed:
@@ -208,7 +208,7 @@ async def owner_stream(
     store: Feed,
     owner: str,
     since: int | None,
-    present: Callable[[dict[str, Any]], dict[str, Any]],
+    present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
     """Server-sent events of every change of `owner`'s jobs: after `since` when given

@@ -114,7 +114,7 @@ async def events(
     principal = principal_of(request, ticket)
     cursor = cursor_of(last_event_id, since)
     state = request.app.state
-    stream = owner_stream(state.hub, state.offload, principal, cursor, state.present.record)
+    stream = owner_stream(state.hub, state.offload, principal, cursor, state.present.row)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -126,8 +126,8 @@ def _message(change: Change, present: Any) -> str:
     data = {
         "type": "change",
         "id": change.seq,
-        "event": change.record["state"],
-        "data": present(change.record),
+        "event": change.row.state.value,
+        "data": present(change.row),
     }
     return orjson.dumps(data).decode()
 
@@ -176,7 +176,7 @@ async def ws(websocket: WebSocket) -> None:
                     if change is None:
                         await websocket.send_text('{"type":"keepalive"}')
                     else:
-                        await websocket.send_text(_message(change, state.present.record))
+                        await websocket.send_text(_message(change, state.present.row))
 
         async def drain() -> None:  # client messages are not used; this notices the close
             while (await websocket.receive())["type"] != "websocket.disconnect":

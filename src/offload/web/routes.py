@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from ..app import App
-from ..contract import JobState
+from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .events import job_stream
@@ -33,7 +33,7 @@ def _app(request: Request) -> App:
     return app
 
 
-async def _owned(request: Request, job_id: str) -> dict[str, Any]:
+async def _owned(request: Request, job_id: str) -> JobRow:
     """The caller's job, or 404: another principal's job does not exist for them."""
     principal = _state(request).auth.principal(request)
     row = await _app(request).get(job_id, owner=principal)
@@ -131,17 +131,17 @@ async def result(request: Request, job_id: str) -> Response:
     """303 to the file once succeeded (one blob), the JSON result otherwise; 409 until then."""
     row = await _owned(request, job_id)
     present = _state(request).present
-    if row["state"] != JobState.SUCCEEDED:
+    if row.state is not JobState.SUCCEEDED:
         raise Problem(
             409,
-            f"job {job_id} is {row['state']}, not succeeded",
+            f"job {job_id} is {row.state}, not succeeded",
             slug="not-done",
             job=present.row(row),
         )
-    refs = blob_refs(row["result"])
+    refs = blob_refs(row.result)
     if len(refs) == 1:
         return RedirectResponse(present.link(refs[0]), status_code=303)
-    return JSONResponse({"id": job_id, "result": present.sign_refs(row["result"])})
+    return JSONResponse({"id": job_id, "result": present.sign_refs(row.result)})
 
 
 @router.get("/jobs/{job_id}/events")
@@ -161,7 +161,7 @@ async def events(
             )
         cursor = int(last_event_id)
     state = _state(request)
-    stream = job_stream(state.hub, _app(request), job_id, cursor, state.present.record)
+    stream = job_stream(state.hub, _app(request), job_id, cursor, state.present.row)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -179,7 +179,7 @@ async def cancel(request: Request, job_id: str) -> Response:
         raise Problem(409, str(exc), slug="already-final") from None
     except JobNotFound:
         raise _not_found(job_id) from None
-    status = 200 if row["state"] == JobState.CANCELLED else 202
+    status = 200 if row.state is JobState.CANCELLED else 202
     return JSONResponse(_state(request).present.row(row), status_code=status)
 
 
@@ -205,7 +205,7 @@ async def list_jobs(
     nxt = None
     if more:
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-        nxt = "/v1/jobs?" + urlencode([*query, ("cursor", page[-1]["id"])])
+        nxt = "/v1/jobs?" + urlencode([*query, ("cursor", page[-1].id)])
     headers = {"Link": f'<{nxt}>; rel="next"'} if nxt else None
     return JSONResponse({"items": [present.row(r) for r in page], "next": nxt}, headers=headers)
 

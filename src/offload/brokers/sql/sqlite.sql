@@ -137,25 +137,17 @@ WHERE id = ? AND state IN ('dead', 'failed', 'cancelled')
 RETURNING *
 
 -- name: insert_events
--- The status record (contract.status_record) built in SQL, for the jobs named by the JSON
--- array parameter, in its order: one statement per batch, no per-row Python.
+-- Feed entries of the jobs named by the JSON array parameter, in its order, one statement
+-- per batch: each carries the row's fields a status record shows (as PostgreSQL's schema 2
+-- does); the web tier presents them.
 INSERT INTO offload_events (job_id, owner, record)
 SELECT j.id, j.owner, json_object(
     'id', j.id, 'kind', j.kind, 'version', j.version, 'queue', j.queue, 'state', j.state,
     'priority', j.priority, 'attempt', j.attempt, 'max_attempts', j.max_attempts,
-    'progress', json(CASE WHEN j.progress_fraction IS NULL AND j.progress_message IS NULL
-                          THEN NULL
-                          ELSE json_object('fraction', j.progress_fraction,
-                                           'message', j.progress_message) END),
-    'result', json(j.result), 'error', json(j.error),
-    'created_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.enqueued_at, 'unixepoch'),
-    'run_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.run_at, 'unixepoch'),
-    'started_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.started_at, 'unixepoch'),
-    'finished_at', strftime('%Y-%m-%dT%H:%M:%fZ', j.finished_at, 'unixepoch'),
-    'worker', j.worker,
-    'links', json_object('self', '/v1/jobs/' || j.id,
-                         'events', '/v1/jobs/' || j.id || '/events',
-                         'result', '/v1/jobs/' || j.id || '/result'))
+    'progress_fraction', j.progress_fraction, 'progress_message', j.progress_message,
+    'result', json(j.result), 'error', json(j.error), 'worker', j.worker,
+    'enqueued_at', j.enqueued_at, 'run_at', j.run_at, 'started_at', j.started_at,
+    'finished_at', j.finished_at)
 FROM json_each(?) AS k JOIN offload_jobs AS j ON j.id = k.value
 ORDER BY k.key
 

@@ -1,0 +1,69 @@
+"""SQLite file upgrades: a file written by an older offload opens, migrated, with its feed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
+from offload.contract import JobState, Outcome, status_record
+
+from ..contract._support import claim, envelope
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_schema_1_file_is_migrated_and_its_feed_reads_the_same(tmp_path: Path) -> None:
+    # Given a file whose feed entries hold whole status records, as schema 1 wrote them
+    path = tmp_path / "old.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    done, waiting = envelope(owner="alice"), envelope(owner="bob")
+    await backend.enqueue([done, waiting])
+    (lease,) = await claim(backend, limit=1)
+    await backend.progress(lease, 0.5, "half")
+    await backend.settle([Outcome(lease=lease, state=JobState.SUCCEEDED, result={"n": 1})])
+    before = [(c.seq, c.owner, status_record(c.row)) for c in await backend.changes_since(0)]
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "UPDATE offload_events SET record = ? WHERE seq = ?",
+            [(orjson.dumps(record).decode(), seq) for seq, _, record in before],
+        )
+        conn.execute("UPDATE offload_meta SET value = '1' WHERE key = 'schema_version'")
+    # When this offload opens it
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        # Then every entry reads as the same record, the jobs as they were, and new
+        # entries follow on
+        after = [(c.seq, c.owner, status_record(c.row)) for c in await backend.changes_since(0)]
+        assert after == before and len(after) == 5
+        await backend.cancel(waiting.id)
+        (last,) = await backend.changes_since(before[-1][0])
+        assert last.row.state is JobState.CANCELLED and last.owner == "bob"
+    finally:
+        await backend.close()
+    with sqlite3.connect(path) as conn:
+        (version,) = conn.execute(
+            "SELECT value FROM offload_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        (entry,) = conn.execute("SELECT record FROM offload_events WHERE seq = 1").fetchone()
+    assert int(version) == SCHEMA_VERSION == 2
+    assert "links" not in orjson.loads(entry)  # stored as fields now
+
+
+async def test_a_file_from_a_newer_offload_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE offload_meta SET value = '99' WHERE key = 'schema_version'")
+    from offload.errors import SchemaError
+
+    with pytest.raises(SchemaError, match="schema version 99"):
+        await SQLiteBackend(str(path)).open()
