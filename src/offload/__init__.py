@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .app import App, Job
 from .context import Context
-from .contract import Envelope, JobState, Lease, Message, Outcome
+from .contract import Envelope, JobRow, JobState, Lease, Message, Outcome
 from .errors import (
     BackendError,
     Cancel,
@@ -36,6 +36,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobNotFound",
+    "JobRow",
     "JobState",
     "Lease",
     "Message",
