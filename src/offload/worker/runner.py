@@ -26,6 +26,7 @@ from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups, follow_ups_of_row
 from .context import Context
+from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .retry import should_retry
 
 log = logging.getLogger("offload.worker")
@@ -38,15 +39,6 @@ DEFAULT_GRACE_S = 30.0
 DEFAULT_IDLE_POLL_S = 1.0
 #: Longest time between heartbeats (seconds); shorter leases beat at a third of the lease.
 DEFAULT_HEARTBEAT_S = 2.0
-
-#: Most jobs a worker claims ahead of free slots (`--prefetch`; 0 turns prefetch off).
-DEFAULT_PREFETCH = 256
-#: Prefetch holds about this many seconds of work, by the mean run time of recent jobs: short
-#: jobs are claimed in big batches while long ones are never held back from other workers.
-PREFETCH_HORIZON_S = 0.1
-#: Weights of the newest run time in the mean that sizes the prefetch: a longer run moves it
-#: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
-_RUN_WEIGHT_UP, _RUN_WEIGHT_DOWN = 0.5, 0.05
 
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
@@ -81,7 +73,7 @@ class Worker:
         lease_s: lease length; a heartbeat renews it while the handler runs.
         grace_s: on stop, how long running jobs may finish before they are released.
         prefetch: most jobs claimed ahead of free slots, held for the next free slot; the
-            worker holds only about `PREFETCH_HORIZON_S` of work (from recent run times).
+            worker holds only about `prefetch.PREFETCH_HORIZON_S` of work (from recent run times).
         notifiers: the `webhook` and `email` notifiers of delivery jobs (defaults from the
             settings); delivery jobs are claimed from the notify queue unless `queues` is
             given without it.
@@ -124,8 +116,8 @@ class Worker:
         self._held: dict[str, Lease] = {}
         #: Claimed ahead, waiting for a free slot (their leases beat like running ones).
         self._ahead: deque[Lease] = deque()
-        #: Mean seconds a handler ran, over recent jobs (None until one has run).
-        self._mean_run: float | None = None
+        #: Sizes the claims from the run times of recent jobs.
+        self._prefetch = Prefetch(prefetch, concurrency)
         self._contexts: dict[str, Context] = {}
         self._reasons: dict[str, str] = {}
         self._pending: list[Outcome] = []
@@ -224,19 +216,7 @@ class Worker:
 
     def _claim_size(self) -> int:
         """How many jobs to claim now: free slots plus the prefetch, or 0 to wait."""
-        free = self.concurrency - len(self._tasks)
-        ahead = self._prefetch_now()
-        room = free + ahead - len(self._ahead)
-        if room <= 0 or (self._ahead and room < max(1, ahead // 2)):
-            return 0  # enough in hand: let the next claim gather a bigger batch
-        return room
-
-    def _prefetch_now(self) -> int:
-        """Jobs to hold ahead: what the slots run in `PREFETCH_HORIZON_S`, up to `prefetch`."""
-        if not self.prefetch or self._mean_run is None:
-            return 0
-        expected = self.concurrency * PREFETCH_HORIZON_S / max(self._mean_run, 1e-6)
-        return min(self.prefetch, int(expected))
+        return self._prefetch.claim_size(self.concurrency - len(self._tasks), len(self._ahead))
 
     def _fill(self) -> None:
         """Start jobs held ahead while slots are free (never once stopping)."""
@@ -268,9 +248,9 @@ class Worker:
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
         long): they go back to the queue unspent, for idle workers to take."""
-        keep = self._prefetch_now()
-        if len(self._ahead) > 2 * keep:  # within twice the allowance: not worth the writes
-            self._give_back(keep)
+        excess = self._prefetch.excess(len(self._ahead))
+        if excess:
+            self._give_back(len(self._ahead) - excess)
 
     def _give_back(self, keep: int) -> None:
         """Release the jobs held ahead beyond the first `keep`, attempt unspent."""
@@ -303,15 +283,6 @@ class Worker:
             outcome = self._interrupted(lease)
         if outcome is not None:
             self._report(lease, outcome)
-
-    def _ran(self, seconds: float) -> None:
-        """Count one handler run (finished, failed or timed out) in the mean run time."""
-        mean = self._mean_run
-        if mean is None:
-            self._mean_run = seconds
-        else:
-            weight = _RUN_WEIGHT_UP if seconds > mean else _RUN_WEIGHT_DOWN
-            self._mean_run = mean + weight * (seconds - mean)
 
     def _report(self, lease: Lease, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends."""
@@ -352,7 +323,7 @@ class Worker:
                     self._threads, spec.fn, message, ctx
                 )
             result = await asyncio.wait_for(call, timeout) if timeout else await call
-            self._ran(loop.time() - began)
+            self._prefetch.ran(loop.time() - began)
             return Outcome(
                 lease=lease,
                 state=JobState.SUCCEEDED,
@@ -368,13 +339,13 @@ class Worker:
                 error={"type": "Cancel", "message": signal.reason},
             )
         except TimeoutError as exc:
-            self._ran(loop.time() - began)
+            self._prefetch.ran(loop.time() - began)
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
             if timeout and not str(exc):
                 exc = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
             return self._failed(lease, spec, exc)
         except Exception as exc:
-            self._ran(loop.time() - began)
+            self._prefetch.ran(loop.time() - began)
             return self._failed(lease, spec, exc)
 
     def _failed(
