@@ -12,7 +12,7 @@ import secrets
 import socket
 import traceback
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..app import App, HandlerSpec
+from ..brokers import Backend
 from ..contract import JobState, Lease, Outcome
 from ..errors import BackendError, Cancel, ConfigurationError, Retry
 from ..notify.base import NOTIFY_QUEUE, Notifier
@@ -164,7 +165,7 @@ class Worker:
                     self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
-    async def _claim_loop(self, backend: Any, side: dict[str, asyncio.Task[None]]) -> None:
+    async def _claim_loop(self, backend: Backend, side: dict[str, asyncio.Task[None]]) -> None:
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
         try:
@@ -195,7 +196,7 @@ class Worker:
             stop_wait.cancel()
 
     @staticmethod
-    async def _race(coro: Any, stop_wait: asyncio.Task[Any]) -> None:
+    async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
