@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import functools
 import logging
 import os
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..app import App, HandlerSpec
 from ..brokers import Backend
-from ..contract import JobState, Lease, Outcome
+from ..contract import Extension, JobState, Lease, Outcome
 from ..errors import BackendError, Cancel, ConfigurationError, Retry
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
@@ -47,6 +48,29 @@ DEFAULT_PRUNE_EVERY_S = 300.0
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 _CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
 _RELEASED = {"type": "Released", "message": "worker shut down; job released"}
+
+
+class _Phase(enum.Enum):
+    AHEAD = "ahead"  # claimed, waiting in line for a free slot
+    RUNNING = "running"  # its handler runs
+    SETTLING = "settling"  # its outcome waits for the settler
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Job:
+    """One job whose lease this worker holds, from its claim until its outcome is written.
+
+    Its lease beats in every phase. A job whose lease is lost (or claimed again under a new
+    one) leaves the worker's records at once; a run it still has winds down uncounted there.
+    """
+
+    lease: Lease
+    phase: _Phase = _Phase.AHEAD
+    #: The run of its handler, and that run's context (while RUNNING).
+    task: asyncio.Task[Outcome | None] | None = None
+    context: Context | None = None
+    #: Why its run was cancelled: `_SHUTDOWN`, `_CANCEL` or `_LOST`.
+    reason: str = _SHUTDOWN
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
@@ -113,14 +137,14 @@ class Worker:
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._held: dict[str, Lease] = {}
-        #: Claimed ahead, waiting for a free slot (their leases beat like running ones).
-        self._ahead: deque[Lease] = deque()
+        #: Every job whose lease this worker holds (and beats), by job id.
+        self._jobs: dict[str, _Job] = {}
+        #: The jobs claimed ahead, in line for a free slot.
+        self._line: deque[_Job] = deque()
+        #: Handler runs not yet ended (a run whose lease was lost included).
+        self._busy = 0
         #: Sizes the claims from the run times of recent jobs.
         self._prefetch = Prefetch(prefetch, concurrency)
-        self._contexts: dict[str, Context] = {}
-        self._reasons: dict[str, str] = {}
         self._pending: list[Outcome] = []
         self._pending_ready = asyncio.Event()
         self._settling = False
@@ -135,6 +159,16 @@ class Worker:
     def request_stop(self) -> None:
         """Stop claiming; running jobs get `grace_s` to finish (thread-safe via the loop)."""
         self._stop.set()
+
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return self._busy
+
+    @property
+    def held_ahead(self) -> int:
+        """Jobs claimed ahead of a free slot, not started yet."""
+        return len(self._line)
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -208,40 +242,59 @@ class Worker:
     def _hold(self, leases: Sequence[Lease]) -> None:
         """Line up claimed jobs. A job already held under an older lease (that lease lapsed
         and this worker claimed the job again) keeps only the new one."""
-        again = {lease.job_id for lease in leases if lease.job_id in self._held}
-        if again:
-            self._ahead = deque(le for le in self._ahead if le.job_id not in again)
         for lease in leases:
-            self._held[lease.job_id] = lease
-        self._ahead.extend(leases)
+            old = self._jobs.get(lease.job_id)
+            if old is not None:
+                self._let_go(old)
+            job = _Job(lease)
+            self._jobs[lease.job_id] = job
+            self._line.append(job)
+
+    def _let_go(self, job: _Job) -> None:
+        """Stop holding a job whose lease is gone (another worker, or a new claim, owns the
+        job now): no beat, no outcome, and a run it has is cancelled."""
+        self._forget(job)
+        if job.phase is _Phase.AHEAD:
+            self._line.remove(job)
+        elif job.phase is _Phase.RUNNING:
+            self._interrupt(job, _LOST)
+
+    def _forget(self, job: _Job) -> None:
+        if self._jobs.get(job.lease.job_id) is job:
+            del self._jobs[job.lease.job_id]
 
     def _claim_size(self) -> int:
         """How many jobs to claim now: free slots plus the prefetch, or 0 to wait."""
-        return self._prefetch.claim_size(self.concurrency - len(self._tasks), len(self._ahead))
+        return self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
 
     def _fill(self) -> None:
         """Start jobs held ahead while slots are free (never once stopping)."""
-        while self._ahead and len(self._tasks) < self.concurrency and not self._stop.is_set():
-            self._start(self._ahead.popleft())
+        while self._line and self._busy < self.concurrency and not self._stop.is_set():
+            self._start(self._line.popleft())
 
-    def _start(self, lease: Lease) -> None:
+    def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
-        ctx = Context(lease, self.app.backend, self.app.blobs, loop)
-        self._contexts[lease.job_id] = ctx
-        task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
-        self._tasks[lease.job_id] = task
-        task.add_done_callback(functools.partial(self._finished, lease))
+        job.phase = _Phase.RUNNING
+        job.context = Context(job.lease, self.app.backend, self.app.blobs, loop)
+        job.task = asyncio.create_task(self._execute(job), name=f"job-{job.lease.job_id}")
+        self._busy += 1
+        job.task.add_done_callback(functools.partial(self._finished, job))
 
-    def _finished(self, lease: Lease, task: asyncio.Task[None]) -> None:
-        job_id = lease.job_id
-        self._tasks.pop(job_id, None)
-        self._contexts.pop(job_id, None)
-        if task.cancelled():
-            # Cancelled before its first step, so `_execute` never saw the cancellation:
-            # report what it would have (released, cancelled, or nothing for a lost lease).
-            outcome = self._interrupted(lease)
+    def _finished(self, job: _Job, task: asyncio.Task[Outcome | None]) -> None:
+        """A run ended: report its outcome and hand its slot on."""
+        self._busy -= 1
+        job.task = job.context = None
+        try:
+            # Cancelled before its first step, `_execute` never saw the cancellation: report
+            # what it would have (released, cancelled, or nothing for a lost lease).
+            outcome = self._interrupted(job) if task.cancelled() else task.result()
             if outcome is not None:
-                self._report(lease, outcome)
+                self._report(job, outcome)
+        except Exception:
+            outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
+            log.exception("job %s: its outcome could not be reported", job.lease.job_id)
+        if outcome is None:
+            self._forget(job)
         self._release_excess()
         self._fill()
         self._slot_free.set()
@@ -249,44 +302,31 @@ class Worker:
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
         long): they go back to the queue unspent, for idle workers to take."""
-        excess = self._prefetch.excess(len(self._ahead))
-        if excess:
-            self._give_back(len(self._ahead) - excess)
+        self._give_back(self._prefetch.excess(len(self._line)))
 
-    def _give_back(self, keep: int) -> None:
-        """Release the jobs held ahead beyond the first `keep`, attempt unspent."""
-        while len(self._ahead) > keep:
-            lease = self._ahead.pop()  # the last in line
+    def _give_back(self, count: int) -> None:
+        """Release the last `count` jobs held ahead, attempt unspent."""
+        for _ in range(min(count, len(self._line))):
+            job = self._line.pop()  # the last in line
             self._report(
-                lease, Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
+                job, Outcome(lease=job.lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
             )
-
-    def _drop_ahead(self, job_id: str, held: bool) -> None:
-        """Take a job held ahead out of the line: its lease lapsed, or it was cancelled."""
-        lease = next((le for le in self._ahead if le.job_id == job_id), None)
-        if lease is None:
-            return
-        self._ahead.remove(lease)
-        if not held:  # another worker may own it now: report nothing
-            self._held.pop(job_id, None)
-            return
-        self._report(lease, Outcome(lease=lease, state=JobState.CANCELLED, error=_CANCELLED))
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _execute(self, lease: Lease, ctx: Context) -> None:
-        kind = lease.envelope.kind
+    async def _execute(self, job: _Job) -> Outcome | None:
+        kind = job.lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
-        outcome: Outcome | None
+        assert job.context is not None
         try:
-            outcome = await self._attempt(lease, ctx, spec)
+            return await self._attempt(job.lease, job.context, spec)
         except asyncio.CancelledError:
-            outcome = self._interrupted(lease)
-        if outcome is not None:
-            self._report(lease, outcome)
+            return self._interrupted(job)
 
-    def _report(self, lease: Lease, outcome: Outcome) -> None:
-        """Hand an outcome to the settler, with the notifications a final state sends."""
+    def _report(self, job: _Job, outcome: Outcome) -> None:
+        """Hand an outcome to the settler, with the notifications a final state sends; the
+        lease beats until the outcome is written."""
+        lease = job.lease
         if outcome.state.final:
             # Notifications of the final state commit with it, and only if it applies.
             env = lease.envelope
@@ -300,6 +340,7 @@ class Worker:
             )
             if notes:
                 outcome = dataclasses.replace(outcome, follow_ups=notes)
+        job.phase = _Phase.SETTLING
         self._pending.append(outcome)
         self._pending_ready.set()
 
@@ -374,22 +415,20 @@ class Worker:
             max_attempts=budget,
         )
 
-    def _interrupted(self, lease: Lease) -> Outcome | None:
-        reason = self._reasons.pop(lease.job_id, _SHUTDOWN)
-        if reason == _LOST:  # another worker owns the job now; report nothing
+    def _interrupted(self, job: _Job) -> Outcome | None:
+        lease = job.lease
+        if job.reason == _LOST:  # another worker owns the job now; report nothing
             return None
-        if reason == _CANCEL:
+        if job.reason == _CANCEL:
             return Outcome(lease=lease, state=JobState.CANCELLED, error=_CANCELLED)
         return Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
 
-    def _interrupt(self, job_id: str, reason: str) -> None:
-        task = self._tasks.get(job_id)
-        ctx = self._contexts.get(job_id)
-        if ctx is not None:
-            ctx.cancelled.set()
-        if task is not None and not task.done():
-            self._reasons[job_id] = reason
-            task.cancel()
+    def _interrupt(self, job: _Job, reason: str) -> None:
+        if job.context is not None:
+            job.context.cancelled.set()
+        if job.task is not None and not job.task.done():
+            job.reason = reason
+            job.task.cancel()
 
     # -- side tasks -------------------------------------------------------------------------
 
@@ -415,41 +454,50 @@ class Worker:
             finally:
                 self._settling = False
             for outcome in batch:
-                self._held.pop(outcome.lease.job_id, None)
+                job = self._jobs.get(outcome.lease.job_id)
+                if job is not None and job.lease.token == outcome.lease.token:
+                    del self._jobs[outcome.lease.job_id]  # not if held again, a new lease
             self.settled += len(batch)
 
     async def _heartbeat(self) -> None:
         backend = self.app.backend
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            leases = list(self._held.values())
-            if not leases:
+            jobs = list(self._jobs.values())
+            if not jobs:
                 continue
             try:
-                answers = await backend.extend(leases, lease_for=self.lease_s)
+                answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
             except BackendError as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
                 continue
-            ahead = {lease.job_id for lease in self._ahead}
+            beaten = {job.lease.job_id: job for job in jobs}
             for answer in answers:
-                if answer.job_id in ahead:
-                    if not answer.held or answer.cancel_requested:
-                        self._drop_ahead(answer.job_id, answer.held)
-                    continue
-                if not answer.held and answer.job_id not in self._tasks:
-                    # Its handler finished and the settler wrote the outcome meanwhile: the
-                    # token is gone because the job is done, not because the lease lapsed.
-                    continue
-                if not answer.held:
-                    log.warning(
-                        "lost the lease of job %s",
-                        answer.job_id,
-                        extra={"action": "lease_lost", "job_id": answer.job_id},
-                    )
-                    self._held.pop(answer.job_id, None)
-                    self._interrupt(answer.job_id, _LOST)
-                elif answer.cancel_requested:
-                    self._interrupt(answer.job_id, _CANCEL)
+                job = beaten.get(answer.job_id)
+                if job is not None and self._jobs.get(answer.job_id) is job:  # still held
+                    self._answered(job, answer)
+
+    def _answered(self, job: _Job, answer: Extension) -> None:
+        """Act on a heartbeat's answer for one job: its lease was lost, or a cancel asked."""
+        if job.phase is _Phase.AHEAD:
+            if not answer.held:  # another worker may own it now: report nothing
+                self._let_go(job)
+            elif answer.cancel_requested:
+                self._line.remove(job)
+                self._report(
+                    job, Outcome(lease=job.lease, state=JobState.CANCELLED, error=_CANCELLED)
+                )
+        elif job.phase is _Phase.RUNNING:
+            if not answer.held:
+                log.warning(
+                    "lost the lease of job %s",
+                    answer.job_id,
+                    extra={"action": "lease_lost", "job_id": answer.job_id},
+                )
+                self._let_go(job)
+            elif answer.cancel_requested:
+                self._interrupt(job, _CANCEL)
+        # SETTLING: the outcome is on its way (a token already gone means it was written).
 
     async def _rescuer(self) -> None:
         """Sweep lapsed leases often, and prune old finished jobs now and then."""
@@ -498,8 +546,8 @@ class Worker:
 
     async def _shutdown(self, side: dict[str, asyncio.Task[None]]) -> None:
         """Finish running jobs within the grace period, release the rest, flush outcomes."""
-        self._give_back(0)  # never started: give them back at once
-        running = list(self._tasks.values())
+        self._give_back(len(self._line))  # never started: give them back at once
+        running = [job.task for job in self._jobs.values() if job.task is not None]
         if running:
             log.info(
                 "waiting up to %.0fs for %d running jobs",
@@ -508,10 +556,11 @@ class Worker:
                 extra={"action": "drain"},
             )
             await asyncio.wait(running, timeout=self.grace_s)
-        for job_id in list(self._tasks):
-            self._interrupt(job_id, _SHUTDOWN)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
+        running = [job.task for job in self._jobs.values() if job.task is not None]
+        for job in list(self._jobs.values()):
+            self._interrupt(job, _SHUTDOWN)
+        if running:
+            await asyncio.wait(running)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30.0
         while (self._pending or self._settling) and not side["settler"].done():
