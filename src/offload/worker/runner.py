@@ -44,6 +44,9 @@ DEFAULT_HEARTBEAT_S = 2.0
 
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
+#: A side task that raises is restarted, unless it already failed this many seconds before
+#: or less: then the worker stops loudly (see `Worker._supervise`).
+SIDE_RESTART_WINDOW_S = 60.0
 
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 _CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
@@ -150,11 +153,21 @@ class Worker:
         self._settling = False
         self._slot_free = asyncio.Event()
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
+        #: The side tasks by name; when each last failed (loop time).
+        self._side: dict[str, asyncio.Task[None]] = {}
+        self._failed_at: dict[str, float] = {}
+        #: The side task that stopped for good and why: `run` raises once shut down.
+        self._failure: tuple[str, BaseException | None] | None = None
+        #: Set while no handler runs.
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Set once claiming starts; set once `run` has returned (the app released).
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         #: Count of settled outcomes.
         self.settled = 0
+        #: Count of side tasks restarted after a failure.
+        self.restarts = 0
 
     def request_stop(self) -> None:
         """Stop claiming; running jobs get `grace_s` to finish (thread-safe via the loop)."""
@@ -173,42 +186,42 @@ class Worker:
     # -- main loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Claim and run jobs until `request_stop`, then shut down gracefully.
+
+        Raises:
+            RuntimeError: a side task stopped for good (the worker stopped at once, its
+                running jobs released); chained to the side task's error.
+        """
         await self.app.open()
-        backend = self.app.backend
-        side = {
-            name: asyncio.create_task(coro, name=f"offload-{name}")
-            for name, coro in (
-                ("heartbeat", self._heartbeat()),
-                ("rescuer", self._rescuer()),
-                ("settler", self._settler()),
-            )
-        }
+        for name in ("heartbeat", "rescuer", "settler"):
+            self._spawn(name)
+        supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
         log.info(
             "worker started",
             extra={"action": "worker_start", "worker": self.id, "queues": self.queues},
         )
         try:
-            await self._claim_loop(backend, side)
+            try:
+                await self._claim_loop(self.app.backend)
+            finally:
+                await self._shutdown(supervisor)
+            if self._failure is not None:
+                name, cause = self._failure
+                raise RuntimeError(f"worker side task {name} stopped") from cause
         finally:
             try:
-                await self._shutdown(side)
+                await self.app.close()
             finally:
-                try:
-                    await self.app.close()
-                finally:
-                    self.stopped.set()
+                self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
-    async def _claim_loop(self, backend: Backend, side: dict[str, asyncio.Task[None]]) -> None:
+    async def _claim_loop(self, backend: Backend) -> None:
+        """Claim while slots are free (or the prefetch has room) until stopping; every wait
+        ends at once when the worker stops, or when a side task stops for good."""
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
         try:
             while not self._stop.is_set():
-                for name, task in side.items():
-                    if task.done():  # a side task died: stop loudly rather than run unsafely
-                        raise RuntimeError(f"worker side task {name} stopped") from (
-                            task.exception() if not task.cancelled() else None
-                        )
                 limit = self._claim_size()
                 if limit <= 0:
                     self._slot_free.clear()
@@ -278,11 +291,14 @@ class Worker:
         job.context = Context(job.lease, self.app.backend, self.app.blobs, loop)
         job.task = asyncio.create_task(self._execute(job), name=f"job-{job.lease.job_id}")
         self._busy += 1
+        self._idle.clear()
         job.task.add_done_callback(functools.partial(self._finished, job))
 
     def _finished(self, job: _Job, task: asyncio.Task[Outcome | None]) -> None:
         """A run ended: report its outcome and hand its slot on."""
         self._busy -= 1
+        if not self._busy:
+            self._idle.set()
         job.task = job.context = None
         try:
             # Cancelled before its first step, `_execute` never saw the cancellation: report
@@ -432,6 +448,52 @@ class Worker:
 
     # -- side tasks -------------------------------------------------------------------------
 
+    def _spawn(self, name: str) -> None:
+        work = {"heartbeat": self._heartbeat, "rescuer": self._rescuer, "settler": self._settler}
+        self._side[name] = asyncio.create_task(work[name](), name=f"offload-{name}")
+
+    async def _supervise(self) -> None:
+        """Watch the side tasks for as long as the worker runs (its shutdown included).
+
+        A side task that raises is restarted at once, its error logged: side tasks ride out
+        backend errors themselves, so what escapes is a surprise taken as transient (an
+        unwrapped driver error, say); their state lives on the worker, so a new one carries
+        on. A second failure within `SIDE_RESTART_WINDOW_S`, or a side task cancelled or
+        returning, stops the worker loudly: it stops claiming at once, releases its running
+        jobs without the grace period (their leases may beat no more), and `run` raises.
+        Either way within the loop turn the side task ended in.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.wait(self._side.values(), return_when=asyncio.FIRST_COMPLETED)
+            for name, task in list(self._side.items()):
+                if not task.done():
+                    continue
+                cause = None if task.cancelled() else task.exception()
+                last = self._failed_at.get(name)
+                if isinstance(cause, Exception) and (
+                    last is None or loop.time() - last > SIDE_RESTART_WINDOW_S
+                ):
+                    self._failed_at[name] = loop.time()
+                    log.error(
+                        "worker side task %s failed; restarting it",
+                        name,
+                        exc_info=cause,
+                        extra={"action": "side_task_restart", "task": name},
+                    )
+                    self._spawn(name)
+                    self.restarts += 1
+                    continue
+                log.error(
+                    "worker side task %s stopped; stopping the worker",
+                    name,
+                    exc_info=cause,
+                    extra={"action": "side_task_stopped", "task": name},
+                )
+                self._failure = (name, cause)
+                self._stop.set()
+                return
+
     async def _settler(self) -> None:
         """Write finished attempts in batches: one transaction for many jobs."""
         backend = self.app.backend
@@ -451,6 +513,11 @@ class Worker:
                 self._pending_ready.set()
                 await asyncio.sleep(0.5)
                 continue
+            except BaseException:
+                # Not written: keep them for a restarted settler, or the last try at shutdown.
+                self._pending = batch + self._pending
+                self._pending_ready.set()
+                raise
             finally:
                 self._settling = False
             for outcome in batch:
@@ -544,23 +611,29 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    async def _shutdown(self, side: dict[str, asyncio.Task[None]]) -> None:
-        """Finish running jobs within the grace period, release the rest, flush outcomes."""
+    async def _shutdown(self, supervisor: asyncio.Task[None]) -> None:
+        """Finish running jobs within the grace period, release the rest, flush outcomes.
+
+        A side task stopping for good (the supervisor returns) ends the grace period."""
         self._give_back(len(self._line))  # never started: give them back at once
-        running = [job.task for job in self._jobs.values() if job.task is not None]
-        if running:
+        if self._busy and not supervisor.done():
             log.info(
                 "waiting up to %.0fs for %d running jobs",
                 self.grace_s,
-                len(running),
+                self._busy,
                 extra={"action": "drain"},
             )
-            await asyncio.wait(running, timeout=self.grace_s)
-        running = [job.task for job in self._jobs.values() if job.task is not None]
+            idle = asyncio.create_task(self._idle.wait())
+            await asyncio.wait(
+                {idle, supervisor}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            idle.cancel()
         for job in list(self._jobs.values()):
             self._interrupt(job, _SHUTDOWN)
-        if running:
-            await asyncio.wait(running)
+        await self._idle.wait()  # cancelled runs end at their next step
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        side = self._side
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30.0
         while (self._pending or self._settling) and not side["settler"].done():
