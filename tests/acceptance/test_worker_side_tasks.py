@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from offload import App, Context, Job, Message
+from offload.worker import runner
 from offload.worker.runner import Worker
 
 pytestmark = pytest.mark.anyio
@@ -141,3 +142,35 @@ async def until(predicate: Callable[[], bool], timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 (polls state that sets no event)
             await asyncio.sleep(0.01)
+
+
+async def test_a_stuck_settler_holds_the_shutdown_only_until_the_guard(
+    app: App, start_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.message("side.quick")(Block)
+
+    @app.handles(Block)
+    async def handle(msg: Block, ctx: Context) -> None:
+        pass
+
+    monkeypatch.setattr(runner, "FLUSH_GUARD_S", 0.2)
+    await app.open()
+    stuck = asyncio.Event()
+    settle = app.backend.settle
+
+    async def stuck_once(outcomes: Any) -> Any:
+        if not stuck.is_set():
+            stuck.set()
+            await asyncio.Event().wait()  # hangs until cancelled
+        return await settle(outcomes)
+
+    app.backend.settle = stuck_once  # type: ignore[method-assign]
+    worker: Worker = await start_worker()
+    job = await app.enqueue(Block())
+    await asyncio.wait_for(stuck.wait(), 10)
+    worker.request_stop()
+    # The shutdown waits for the flush, gives up after the guard, cancels the settler and
+    # writes the outcome it held itself.
+    await asyncio.wait_for(worker.stopped.wait(), 10)
+    assert (await job.status())["state"] == "succeeded"
+    await app.close()

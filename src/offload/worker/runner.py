@@ -44,6 +44,9 @@ DEFAULT_HEARTBEAT_S = 2.0
 
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
+#: Longest a stopping worker waits for its settler to write the last outcomes (seconds);
+#: then it cancels it and tries once itself.
+FLUSH_GUARD_S = 30.0
 #: A side task that raises is restarted, unless it already failed this many seconds before
 #: or less: then the worker stops loudly (see `Worker._supervise`).
 SIDE_RESTART_WINDOW_S = 60.0
@@ -150,7 +153,9 @@ class Worker:
         self._prefetch = Prefetch(prefetch, concurrency)
         self._pending: list[Outcome] = []
         self._pending_ready = asyncio.Event()
-        self._settling = False
+        #: Set while every reported outcome is written (none pending, none being written).
+        self._flushed = asyncio.Event()
+        self._flushed.set()
         self._slot_free = asyncio.Event()
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
         #: The side tasks by name; when each last failed (loop time).
@@ -358,6 +363,7 @@ class Worker:
                 outcome = dataclasses.replace(outcome, follow_ups=notes)
         job.phase = _Phase.SETTLING
         self._pending.append(outcome)
+        self._flushed.clear()
         self._pending_ready.set()
 
     async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
@@ -501,30 +507,28 @@ class Worker:
             await self._pending_ready.wait()
             self._pending_ready.clear()
             batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            self._settling = True
-            try:
-                await backend.settle(batch)
-            except BackendError as exc:
-                # Keep the outcomes (their leases keep beating) and try again shortly.
-                log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
-                self._pending = batch + self._pending
-                self._pending_ready.set()
-                await asyncio.sleep(0.5)
-                continue
-            except BaseException:
-                # Not written: keep them for a restarted settler, or the last try at shutdown.
-                self._pending = batch + self._pending
-                self._pending_ready.set()
-                raise
-            finally:
-                self._settling = False
-            for outcome in batch:
-                job = self._jobs.get(outcome.lease.job_id)
-                if job is not None and job.lease.token == outcome.lease.token:
-                    del self._jobs[outcome.lease.job_id]  # not if held again, a new lease
-            self.settled += len(batch)
+            if batch:
+                try:
+                    await backend.settle(batch)
+                except BackendError as exc:
+                    # Keep the outcomes (their leases keep beating) and try again shortly.
+                    log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
+                    self._pending = batch + self._pending
+                    self._pending_ready.set()
+                    await asyncio.sleep(0.5)
+                    continue
+                except BaseException:
+                    # Not written: keep them for a restarted settler, or the last try.
+                    self._pending = batch + self._pending
+                    self._pending_ready.set()
+                    raise
+                for outcome in batch:
+                    job = self._jobs.get(outcome.lease.job_id)
+                    if job is not None and job.lease.token == outcome.lease.token:
+                        del self._jobs[outcome.lease.job_id]  # not if held again, a new lease
+                self.settled += len(batch)
+            if not self._pending:
+                self._flushed.set()
 
     async def _heartbeat(self) -> None:
         backend = self.app.backend
@@ -633,16 +637,16 @@ class Worker:
         await self._idle.wait()  # cancelled runs end at their next step
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
-        side = self._side
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30.0
-        while (self._pending or self._settling) and not side["settler"].done():
-            if loop.time() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        for task in side.values():
+        settler = self._side["settler"]
+        if not (self._flushed.is_set() or settler.done()):
+            flushed = asyncio.create_task(self._flushed.wait())
+            await asyncio.wait(
+                {flushed, settler}, timeout=FLUSH_GUARD_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            flushed.cancel()
+        for task in self._side.values():
             task.cancel()
-        await asyncio.gather(*side.values(), return_exceptions=True)
+        await asyncio.gather(*self._side.values(), return_exceptions=True)
         try:
             if self._pending:  # settler gone (or failing): one last direct try
                 batch, self._pending = self._pending, []
