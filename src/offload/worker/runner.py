@@ -293,8 +293,8 @@ class Worker:
     def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
         job.phase = _Phase.RUNNING
-        job.context = Context(job.lease, self.app.backend, self.app.blobs, loop)
-        job.task = asyncio.create_task(self._execute(job), name=f"job-{job.lease.job_id}")
+        job.context = ctx = Context(job.lease, self.app.backend, self.app.blobs, loop)
+        job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
         self._busy += 1
         self._idle.clear()
         job.task.add_done_callback(functools.partial(self._finished, job))
@@ -335,12 +335,12 @@ class Worker:
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _execute(self, job: _Job) -> Outcome | None:
+    async def _execute(self, job: _Job, ctx: Context) -> Outcome | None:
+        """One run of a job's handler; its outcome is reported as the run ends (`_finished`)."""
         kind = job.lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
-        assert job.context is not None
         try:
-            return await self._attempt(job.lease, job.context, spec)
+            return await self._attempt(job.lease, ctx, spec)
         except asyncio.CancelledError:
             return self._interrupted(job)
 
@@ -446,6 +446,7 @@ class Worker:
         return Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
 
     def _interrupt(self, job: _Job, reason: str) -> None:
+        """Cancel a job's run (if it has one), telling it why for `_interrupted`."""
         if job.context is not None:
             job.context.cancelled.set()
         if job.task is not None and not job.task.done():
@@ -467,7 +468,8 @@ class Worker:
         on. A second failure within `SIDE_RESTART_WINDOW_S`, or a side task cancelled or
         returning, stops the worker loudly: it stops claiming at once, releases its running
         jobs without the grace period (their leases may beat no more), and `run` raises.
-        Either way within the loop turn the side task ended in.
+        Either way it acts in the loop turn after the side task ended, well within one
+        heartbeat interval, so no lease lapses under a running handler meanwhile.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -632,6 +634,12 @@ class Worker:
                 {idle, supervisor}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
             )
             idle.cancel()
+        elif self._busy:
+            log.warning(
+                "releasing %d running jobs at once: a side task stopped",
+                self._busy,
+                extra={"action": "drain"},
+            )
         for job in list(self._jobs.values()):
             self._interrupt(job, _SHUTDOWN)
         await self._idle.wait()  # cancelled runs end at their next step
