@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook
 
 from offload import App, Context, Message, Settings
 from offload.brokers import Backend
+from offload.contract import JobState
 from offload.notify import NOTIFY_QUEUE, WEBHOOK_KIND
 
 from ..receivers import Answer, Receiver
@@ -98,6 +99,18 @@ async def delivery_jobs(app: App) -> list[dict[str, Any]]:
     return await backend.list_jobs(owner=None, kind=WEBHOOK_KIND)
 
 
+async def settled_delivery_jobs(app: App) -> list[dict[str, Any]]:
+    """The delivery jobs once each reached a final state: the handler records a delivery
+    before it returns, and the worker writes the job's outcome only after that."""
+
+    async def check() -> list[dict[str, Any]] | None:
+        jobs = await delivery_jobs(app)
+        return jobs if jobs and all(JobState(job["state"]).final for job in jobs) else None
+
+    result: list[dict[str, Any]] = await eventually(check, what="settled delivery jobs")
+    return result
+
+
 async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
     app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
 ) -> None:
@@ -137,7 +150,7 @@ async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
     assert shown["id"] == headers["webhook-id"] and shown["id"].startswith("msg_")
     assert shown["channel"] == "webhook" and shown["target"] == receiver.url
     assert [a["code"] for a in shown["attempts"]] == [200]
-    (job,) = await delivery_jobs(app)
+    (job,) = await settled_delivery_jobs(app)
     assert job["queue"] == NOTIFY_QUEUE and job["state"] == "succeeded"
 
 
@@ -162,7 +175,7 @@ async def test_a_receiver_that_fails_twice_gets_a_third_attempt(
     for request in receiver.requests:
         headers = {k.lower(): v for k, v in request.headers.items()}
         assert Webhook(NEW_SECRET).verify(request.body, headers)
-    (delivery_job,) = await delivery_jobs(app)
+    (delivery_job,) = await settled_delivery_jobs(app)
     assert delivery_job["state"] == "succeeded" and delivery_job["attempt"] == 3
 
 
@@ -190,7 +203,7 @@ async def test_loopback_target_is_refused_without_allow_private(
     assert sent["target"] == receiver.url and len(sent["attempts"]) == 1
     assert "loopback" in sent["attempts"][0]["error"]
     assert (await app.status(job.id))["state"] == "succeeded"
-    (delivery_job,) = await delivery_jobs(app)
+    (delivery_job,) = await settled_delivery_jobs(app)
     assert delivery_job["state"] == "cancelled" and delivery_job["attempt"] == 1
 
 
