@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from offload import App, Context, Job, Message
+from offload.contract import JobState, Lease, Outcome
 from offload.worker.runner import Worker
 
 pytestmark = pytest.mark.anyio
@@ -102,7 +103,7 @@ async def warm_and_block(
     await until(lambda: len(runs) == 1)
     await app.enqueue(Step(n=0, block=True))
     jobs = await app.enqueue_many([Step(n=i) for i in range(1, waiting + 1)])
-    await until(lambda: len(worker._ahead) == waiting)
+    await until(lambda: worker.held_ahead == waiting)
     return worker, runs, jobs
 
 
@@ -135,7 +136,7 @@ async def test_cancelling_a_job_held_ahead(app: App, start_worker: Callable[...,
     await app.cancel(jobs[2].id)  # it is "running" (claimed): cancel asks the worker
     record = await Job(jobs[2].id, True, app).wait(10)  # the next heartbeat answers
     assert record["state"] == "cancelled" and record["attempt"] == 1
-    assert len(worker._ahead) == 4
+    assert worker.held_ahead == 4
     release.set()
     for job in jobs:
         await Job(job.id, True, app).wait(10)
@@ -168,7 +169,7 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
     await app.enqueue(Step(n=-1))  # one short job: the worker starts claiming ahead
     await until(lambda: len(runs) == 1)
     jobs = await app.enqueue_many([Step(n=i, block=True) for i in range(8)])
-    await until(lambda: len(worker._ahead) == 7)  # one runs, seven are held
+    await until(lambda: worker.held_ahead == 7)  # one runs, seven are held
 
     # The first long run raises the mean run time: nothing more may be held, so the seven
     # go back to the queue, attempt unspent, for any worker to take.
@@ -176,7 +177,7 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
         return [o for o in settled if o.state.value == "queued" and o.refund]
 
     await until(lambda: len(released()) == 7)
-    assert len(runs) == 2 and not worker._ahead  # released as the first long run ended
+    assert len(runs) == 2 and not worker.held_ahead  # released as the first long run ended
     for job in jobs:
         record = await Job(job.id, True, app).wait(15)
         assert record["state"] == "succeeded" and record["attempt"] == 1
@@ -196,11 +197,62 @@ async def test_a_job_cancelled_before_its_first_step_is_still_reported(app: App)
     (lease,) = await backend.claim(worker.queues, worker_id=worker.id, lease_for=5, limit=1)
     worker._hold([lease])
     worker._fill()  # its task is made but has not run a step
-    worker._interrupt(lease.job_id, "cancel")  # as a heartbeat answer can, in the same turn
-    await until(lambda: not worker._tasks)
+    assert worker.running == 1
+    # As a heartbeat answer can, in the same turn:
+    worker._interrupt(worker._jobs[lease.job_id], "cancel")
+    await until(lambda: not worker.running)
     (outcome,) = worker._pending
     assert outcome.state.value == "cancelled" and outcome.lease is lease
     await backend.settle(worker._pending)
     assert (await app.status(job.id))["state"] == "cancelled"
+    worker._threads.shutdown()
+    await app.close()
+
+
+async def test_a_job_claimed_again_keeps_only_the_new_lease(app: App) -> None:
+    app.message("p.again")(Step)
+    started = asyncio.Event()
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        started.set()
+        await asyncio.Event().wait()  # runs until cancelled
+
+    await app.open()
+    job = await app.enqueue(Step())
+    worker = Worker(app, concurrency=1)
+
+    async def claim_again() -> Lease:
+        """Let the job's lease lapse, sweep it back to the queue and claim it anew."""
+        backend = app._require_backend()
+        async with asyncio.timeout(10):
+            while not (lapsed := await backend.expired(limit=1)):  # noqa: ASYNC110 (polls)
+                await asyncio.sleep(0.01)
+        retry = Outcome(lease=lapsed[0].lease, state=JobState.RETRYING)  # at once
+        assert await backend.rescue([retry]) == [True]
+        (lease,) = await app._require_backend().claim(
+            worker.queues, worker_id=worker.id, lease_for=0.05, limit=1
+        )
+        return lease
+
+    (first,) = await app._require_backend().claim(
+        worker.queues, worker_id=worker.id, lease_for=0.05, limit=1
+    )
+    worker._hold([first])
+    worker._fill()
+    await asyncio.wait_for(started.wait(), 10)
+    second = await claim_again()  # while the first run still runs
+    worker._hold([second])
+    assert worker.held_ahead == 1 and worker._jobs[job.id].lease is second
+    await until(lambda: not worker.running)  # the first run is cancelled: its lease is gone
+    # It reports nothing; the new lease goes back unspent (no run time is known yet, so
+    # nothing may be held ahead once a run ends).
+    assert [(o.lease, o.state.value) for o in worker._pending] == [(second, "queued")]
+    third = await claim_again()  # while that outcome waits to be written
+    worker._hold([third])
+    assert worker.held_ahead == 1 and worker._jobs[job.id].lease is third
+    assert await app._require_backend().settle(worker._pending) == [
+        False
+    ]  # stale: the job moved on
     worker._threads.shutdown()
     await app.close()

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+import offload
+
 from ..services import (
     PgSchema,
     drop_redis_prefix,
@@ -27,6 +29,9 @@ from ..services import (
 )
 
 TEMPLATE = Path(__file__).parent / "project_template"
+#: The sources of the offload under test: the processes import the same one (a checkout's
+#: own, not whichever an editable install points at).
+SOURCES = Path(offload.__file__).resolve().parents[1]
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import functools
 import logging
 import os
@@ -12,7 +13,7 @@ import secrets
 import socket
 import traceback
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,12 +21,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..app import App, HandlerSpec
-from ..contract import JobState, Lease, Outcome
+from ..brokers import Backend
+from ..contract import Extension, JobState, Lease, Outcome
 from ..errors import BackendError, Cancel, ConfigurationError, Retry
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
 from .context import Context
+from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all
 from .retry import should_retry
 
@@ -40,23 +43,43 @@ DEFAULT_IDLE_POLL_S = 1.0
 #: Longest time between heartbeats (seconds); shorter leases beat at a third of the lease.
 DEFAULT_HEARTBEAT_S = 2.0
 
-#: Most jobs a worker claims ahead of free slots (`--prefetch`; 0 turns prefetch off).
-DEFAULT_PREFETCH = 256
-#: Prefetch holds about this many seconds of work, by the mean run time of recent jobs: short
-#: jobs are claimed in big batches while long ones are never held back from other workers.
-PREFETCH_HORIZON_S = 0.1
-#: Weights of the newest run time in the mean that sizes the prefetch: a longer run moves it
-#: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
-_RUN_WEIGHT_UP, _RUN_WEIGHT_DOWN = 0.5, 0.05
-
-#: Lapsed leases one rescue call reads and decides at most.
-RESCUE_BATCH = 500
 #: Seconds between two prunes of finished jobs by one worker (spread by a random start).
 DEFAULT_PRUNE_EVERY_S = 300.0
+#: Lapsed leases one rescue call reads and decides at most.
+RESCUE_BATCH = 500
+#: Longest a stopping worker waits for its settler to write the last outcomes (seconds);
+#: then it cancels it and tries once itself.
+FLUSH_GUARD_S = 30.0
+#: A side task that raises is restarted, unless it already failed this many seconds before
+#: or less: then the worker stops loudly (see `Worker._supervise`).
+SIDE_RESTART_WINDOW_S = 60.0
 
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 _CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
 _RELEASED = {"type": "Released", "message": "worker shut down; job released"}
+
+
+class _Phase(enum.Enum):
+    AHEAD = "ahead"  # claimed, waiting in line for a free slot
+    RUNNING = "running"  # its handler runs
+    SETTLING = "settling"  # its outcome waits for the settler
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Job:
+    """One job whose lease this worker holds, from its claim until its outcome is written.
+
+    Its lease beats in every phase. A job whose lease is lost (or claimed again under a new
+    one) leaves the worker's records at once; a run it still has winds down uncounted there.
+    """
+
+    lease: Lease
+    phase: _Phase = _Phase.AHEAD
+    #: The run of its handler, and that run's context (while RUNNING).
+    task: asyncio.Task[Outcome | None] | None = None
+    context: Context | None = None
+    #: Why its run was cancelled: `_SHUTDOWN`, `_CANCEL` or `_LOST`.
+    reason: str = _SHUTDOWN
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
@@ -84,7 +107,7 @@ class Worker:
         lease_s: lease length; a heartbeat renews it while the handler runs.
         grace_s: on stop, how long running jobs may finish before they are released.
         prefetch: most jobs claimed ahead of free slots, held for the next free slot; the
-            worker holds only about `PREFETCH_HORIZON_S` of work (from recent run times).
+            worker holds only about `prefetch.PREFETCH_HORIZON_S` of work (from recent run times).
         notifiers: the `webhook` and `email` notifiers of delivery jobs (defaults from the
             settings); delivery jobs are claimed from the notify queue unless `queues` is
             given without it.
@@ -123,68 +146,90 @@ class Worker:
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._held: dict[str, Lease] = {}
-        #: Claimed ahead, waiting for a free slot (their leases beat like running ones).
-        self._ahead: deque[Lease] = deque()
-        #: Mean seconds a handler ran, over recent jobs (None until one has run).
-        self._mean_run: float | None = None
-        self._contexts: dict[str, Context] = {}
-        self._reasons: dict[str, str] = {}
+        #: Every job whose lease this worker holds (and beats), by job id.
+        self._jobs: dict[str, _Job] = {}
+        #: The jobs claimed ahead, in line for a free slot.
+        self._line: deque[_Job] = deque()
+        #: Handler runs not yet ended (a run whose lease was lost included).
+        self._busy = 0
+        #: Sizes the claims from the run times of recent jobs.
+        self._prefetch = Prefetch(prefetch, concurrency)
         self._pending: list[Outcome] = []
         self._pending_ready = asyncio.Event()
-        self._settling = False
+        #: Set while every reported outcome is written (none pending, none being written).
+        self._flushed = asyncio.Event()
+        self._flushed.set()
         self._slot_free = asyncio.Event()
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
+        #: The side tasks by name; when each last failed (loop time).
+        self._side: dict[str, asyncio.Task[None]] = {}
+        self._failed_at: dict[str, float] = {}
+        #: The side task that stopped for good and why: `run` raises once shut down.
+        self._failure: tuple[str, BaseException | None] | None = None
+        #: Set while no handler runs.
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Set once claiming starts; set once `run` has returned (the app released).
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         #: Count of settled outcomes.
         self.settled = 0
+        #: Count of side tasks restarted after a failure.
+        self.restarts = 0
 
     def request_stop(self) -> None:
         """Stop claiming; running jobs get `grace_s` to finish (thread-safe via the loop)."""
         self._stop.set()
 
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return self._busy
+
+    @property
+    def held_ahead(self) -> int:
+        """Jobs claimed ahead of a free slot, not started yet."""
+        return len(self._line)
+
     # -- main loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Claim and run jobs until `request_stop`, then shut down gracefully.
+
+        Raises:
+            RuntimeError: a side task stopped for good (the worker stopped at once, its
+                running jobs released); chained to the side task's error.
+        """
         await self.app.open()
-        backend = self.app._require_backend()
-        side = {
-            name: asyncio.create_task(coro, name=f"offload-{name}")
-            for name, coro in (
-                ("heartbeat", self._heartbeat()),
-                ("rescuer", self._rescuer()),
-                ("settler", self._settler()),
-            )
-        }
+        for name in ("heartbeat", "rescuer", "settler"):
+            self._spawn(name)
+        supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
         log.info(
             "worker started",
             extra={"action": "worker_start", "worker": self.id, "queues": self.queues},
         )
         try:
-            await self._claim_loop(backend, side)
+            try:
+                await self._claim_loop(self.app._require_backend())
+            finally:
+                await self._shutdown(supervisor)
+            if self._failure is not None:
+                name, cause = self._failure
+                raise RuntimeError(f"worker side task {name} stopped") from cause
         finally:
             try:
-                await self._shutdown(side)
+                await self.app.close()
             finally:
-                try:
-                    await self.app.close()
-                finally:
-                    self.stopped.set()
+                self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
-    async def _claim_loop(self, backend: Any, side: dict[str, asyncio.Task[None]]) -> None:
+    async def _claim_loop(self, backend: Backend) -> None:
+        """Claim while slots are free (or the prefetch has room) until stopping; every wait
+        ends at once when the worker stops, or when a side task stops for good."""
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
         try:
             while not self._stop.is_set():
-                for name, task in side.items():
-                    if task.done():  # a side task died: stop loudly rather than run unsafely
-                        raise RuntimeError(f"worker side task {name} stopped") from (
-                            task.exception() if not task.cancelled() else None
-                        )
                 limit = self._claim_size()
                 if limit <= 0:
                     self._slot_free.clear()
@@ -206,7 +251,7 @@ class Worker:
             stop_wait.cancel()
 
     @staticmethod
-    async def _race(coro: Any, stop_wait: asyncio.Task[Any]) -> None:
+    async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -218,52 +263,62 @@ class Worker:
     def _hold(self, leases: Sequence[Lease]) -> None:
         """Line up claimed jobs. A job already held under an older lease (that lease lapsed
         and this worker claimed the job again) keeps only the new one."""
-        again = {lease.job_id for lease in leases if lease.job_id in self._held}
-        if again:
-            self._ahead = deque(le for le in self._ahead if le.job_id not in again)
         for lease in leases:
-            self._held[lease.job_id] = lease
-        self._ahead.extend(leases)
+            old = self._jobs.get(lease.job_id)
+            if old is not None:
+                self._let_go(old)
+            job = _Job(lease)
+            self._jobs[lease.job_id] = job
+            self._line.append(job)
+
+    def _let_go(self, job: _Job) -> None:
+        """Stop holding a job whose lease is gone (another worker, or a new claim, owns the
+        job now): no beat, no outcome, and a run it has is cancelled."""
+        self._forget(job)
+        if job.phase is _Phase.AHEAD:
+            self._line.remove(job)
+        elif job.phase is _Phase.RUNNING:
+            self._interrupt(job, _LOST)
+
+    def _forget(self, job: _Job) -> None:
+        if self._jobs.get(job.lease.job_id) is job:
+            del self._jobs[job.lease.job_id]
 
     def _claim_size(self) -> int:
         """How many jobs to claim now: free slots plus the prefetch, or 0 to wait."""
-        free = self.concurrency - len(self._tasks)
-        ahead = self._prefetch_now()
-        room = free + ahead - len(self._ahead)
-        if room <= 0 or (self._ahead and room < max(1, ahead // 2)):
-            return 0  # enough in hand: let the next claim gather a bigger batch
-        return room
-
-    def _prefetch_now(self) -> int:
-        """Jobs to hold ahead: what the slots run in `PREFETCH_HORIZON_S`, up to `prefetch`."""
-        if not self.prefetch or self._mean_run is None:
-            return 0
-        expected = self.concurrency * PREFETCH_HORIZON_S / max(self._mean_run, 1e-6)
-        return min(self.prefetch, int(expected))
+        return self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
 
     def _fill(self) -> None:
         """Start jobs held ahead while slots are free (never once stopping)."""
-        while self._ahead and len(self._tasks) < self.concurrency and not self._stop.is_set():
-            self._start(self._ahead.popleft())
+        while self._line and self._busy < self.concurrency and not self._stop.is_set():
+            self._start(self._line.popleft())
 
-    def _start(self, lease: Lease) -> None:
+    def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
-        ctx = Context(lease, self.app._require_backend(), self.app.blobs, loop)
-        self._contexts[lease.job_id] = ctx
-        task = asyncio.create_task(self._execute(lease, ctx), name=f"job-{lease.job_id}")
-        self._tasks[lease.job_id] = task
-        task.add_done_callback(functools.partial(self._finished, lease))
+        job.phase = _Phase.RUNNING
+        job.context = ctx = Context(job.lease, self.app._require_backend(), self.app.blobs, loop)
+        job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
+        self._busy += 1
+        self._idle.clear()
+        job.task.add_done_callback(functools.partial(self._finished, job))
 
-    def _finished(self, lease: Lease, task: asyncio.Task[None]) -> None:
-        job_id = lease.job_id
-        self._tasks.pop(job_id, None)
-        self._contexts.pop(job_id, None)
-        if task.cancelled():
-            # Cancelled before its first step, so `_execute` never saw the cancellation:
-            # report what it would have (released, cancelled, or nothing for a lost lease).
-            outcome = self._interrupted(lease)
+    def _finished(self, job: _Job, task: asyncio.Task[Outcome | None]) -> None:
+        """A run ended: report its outcome and hand its slot on."""
+        self._busy -= 1
+        if not self._busy:
+            self._idle.set()
+        job.task = job.context = None
+        try:
+            # Cancelled before its first step, `_execute` never saw the cancellation: report
+            # what it would have (released, cancelled, or nothing for a lost lease).
+            outcome = self._interrupted(job) if task.cancelled() else task.result()
             if outcome is not None:
-                self._report(lease, outcome)
+                self._report(job, outcome)
+        except Exception:
+            outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
+            log.exception("job %s: its outcome could not be reported", job.lease.job_id)
+        if outcome is None:
+            self._forget(job)
         self._release_excess()
         self._fill()
         self._slot_free.set()
@@ -271,54 +326,33 @@ class Worker:
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
         long): they go back to the queue unspent, for idle workers to take."""
-        keep = self._prefetch_now()
-        if len(self._ahead) > 2 * keep:  # within twice the allowance: not worth the writes
-            self._give_back(keep)
+        self._give_back(self._prefetch.excess(len(self._line)))
 
-    def _give_back(self, keep: int) -> None:
-        """Release the jobs held ahead beyond the first `keep`, attempt unspent."""
-        while len(self._ahead) > keep:
-            lease = self._ahead.pop()  # the last in line
+    def _give_back(self, count: int) -> None:
+        """Release the last `count` jobs held ahead, attempt unspent."""
+        for _ in range(min(count, len(self._line))):
+            job = self._line.pop()  # the last in line
             self._report(
-                lease, Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
+                job, Outcome(lease=job.lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
             )
-
-    def _drop_ahead(self, job_id: str, held: bool) -> None:
-        """Take a job held ahead out of the line: its lease lapsed, or it was cancelled."""
-        lease = next((le for le in self._ahead if le.job_id == job_id), None)
-        if lease is None:
-            return
-        self._ahead.remove(lease)
-        if not held:  # another worker may own it now: report nothing
-            self._held.pop(job_id, None)
-            return
-        self._report(lease, Outcome(lease=lease, state=JobState.CANCELLED, error=_CANCELLED))
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _execute(self, lease: Lease, ctx: Context) -> None:
-        kind = lease.envelope.kind
+    async def _execute(self, job: _Job, ctx: Context) -> Outcome | None:
+        """One run of a job's handler; its outcome is reported as the run ends (`_finished`)."""
+        kind = job.lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
-        outcome: Outcome | None
         try:
-            outcome = await self._attempt(lease, ctx, spec)
+            return await self._attempt(job.lease, ctx, spec)
         except asyncio.CancelledError:
-            outcome = self._interrupted(lease)
-        if outcome is not None:
-            self._report(lease, outcome)
+            return self._interrupted(job)
 
-    def _ran(self, seconds: float) -> None:
-        """Count one handler run (finished, failed or timed out) in the mean run time."""
-        mean = self._mean_run
-        if mean is None:
-            self._mean_run = seconds
-        else:
-            weight = _RUN_WEIGHT_UP if seconds > mean else _RUN_WEIGHT_DOWN
-            self._mean_run = mean + weight * (seconds - mean)
-
-    def _report(self, lease: Lease, outcome: Outcome) -> None:
-        """Hand an outcome to the settler, with the notifications a final state sends."""
+    def _report(self, job: _Job, outcome: Outcome) -> None:
+        """Hand an outcome to the settler, with the notifications a final state sends; the
+        lease beats until the outcome is written."""
+        job.phase = _Phase.SETTLING
         self._pending.append(self._with_follow_ups(outcome))
+        self._flushed.clear()
         self._pending_ready.set()
 
     def _with_follow_ups(self, outcome: Outcome) -> Outcome:
@@ -358,7 +392,7 @@ class Worker:
                     self._threads, spec.fn, message, ctx
                 )
             result = await asyncio.wait_for(call, timeout) if timeout else await call
-            self._ran(loop.time() - began)
+            self._prefetch.ran(loop.time() - began)
             return Outcome(
                 lease=lease,
                 state=JobState.SUCCEEDED,
@@ -374,13 +408,13 @@ class Worker:
                 error={"type": "Cancel", "message": signal.reason},
             )
         except TimeoutError as exc:
-            self._ran(loop.time() - began)
+            self._prefetch.ran(loop.time() - began)
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
             if timeout and not str(exc):
                 exc = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
             return self._failed(lease, spec, exc)
         except Exception as exc:
-            self._ran(loop.time() - began)
+            self._prefetch.ran(loop.time() - began)
             return self._failed(lease, spec, exc)
 
     def _failed(
@@ -408,24 +442,70 @@ class Worker:
             max_attempts=budget,
         )
 
-    def _interrupted(self, lease: Lease) -> Outcome | None:
-        reason = self._reasons.pop(lease.job_id, _SHUTDOWN)
-        if reason == _LOST:  # another worker owns the job now; report nothing
+    def _interrupted(self, job: _Job) -> Outcome | None:
+        lease = job.lease
+        if job.reason == _LOST:  # another worker owns the job now; report nothing
             return None
-        if reason == _CANCEL:
+        if job.reason == _CANCEL:
             return Outcome(lease=lease, state=JobState.CANCELLED, error=_CANCELLED)
         return Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
 
-    def _interrupt(self, job_id: str, reason: str) -> None:
-        task = self._tasks.get(job_id)
-        ctx = self._contexts.get(job_id)
-        if ctx is not None:
-            ctx.cancelled.set()
-        if task is not None and not task.done():
-            self._reasons[job_id] = reason
-            task.cancel()
+    def _interrupt(self, job: _Job, reason: str) -> None:
+        """Cancel a job's run (if it has one), telling it why for `_interrupted`."""
+        if job.context is not None:
+            job.context.cancelled.set()
+        if job.task is not None and not job.task.done():
+            job.reason = reason
+            job.task.cancel()
 
     # -- side tasks -------------------------------------------------------------------------
+
+    def _spawn(self, name: str) -> None:
+        work = {"heartbeat": self._heartbeat, "rescuer": self._rescuer, "settler": self._settler}
+        self._side[name] = asyncio.create_task(work[name](), name=f"offload-{name}")
+
+    async def _supervise(self) -> None:
+        """Watch the side tasks for as long as the worker runs (its shutdown included).
+
+        A side task that raises is restarted at once, its error logged: side tasks ride out
+        backend errors themselves, so what escapes is a surprise taken as transient (an
+        unwrapped driver error, say); their state lives on the worker, so a new one carries
+        on. A second failure within `SIDE_RESTART_WINDOW_S`, or a side task cancelled or
+        returning, stops the worker loudly: it stops claiming at once, releases its running
+        jobs without the grace period (their leases may beat no more), and `run` raises.
+        Either way it acts in the loop turn after the side task ended, well within one
+        heartbeat interval, so no lease lapses under a running handler meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.wait(self._side.values(), return_when=asyncio.FIRST_COMPLETED)
+            for name, task in list(self._side.items()):
+                if not task.done():
+                    continue
+                cause = None if task.cancelled() else task.exception()
+                last = self._failed_at.get(name)
+                if isinstance(cause, Exception) and (
+                    last is None or loop.time() - last > SIDE_RESTART_WINDOW_S
+                ):
+                    self._failed_at[name] = loop.time()
+                    log.error(
+                        "worker side task %s failed; restarting it",
+                        name,
+                        exc_info=cause,
+                        extra={"action": "side_task_restart", "task": name},
+                    )
+                    self._spawn(name)
+                    self.restarts += 1
+                    continue
+                log.error(
+                    "worker side task %s stopped; stopping the worker",
+                    name,
+                    exc_info=cause,
+                    extra={"action": "side_task_stopped", "task": name},
+                )
+                self._failure = (name, cause)
+                self._stop.set()
+                return
 
     async def _settler(self) -> None:
         """Write finished attempts in batches: one transaction for many jobs."""
@@ -434,56 +514,68 @@ class Worker:
             await self._pending_ready.wait()
             self._pending_ready.clear()
             batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            self._settling = True
-            try:
-                await backend.settle(batch)
-            except BackendError as exc:
-                # Keep the outcomes (their leases keep beating) and try again shortly.
-                log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
-                self._pending = batch + self._pending
-                self._pending_ready.set()
-                await asyncio.sleep(0.5)
-                continue
-            finally:
-                self._settling = False
-            for outcome in batch:
-                self._held.pop(outcome.lease.job_id, None)
-            self.settled += len(batch)
+            if batch:
+                try:
+                    await backend.settle(batch)
+                except BackendError as exc:
+                    # Keep the outcomes (their leases keep beating) and try again shortly.
+                    log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
+                    self._pending = batch + self._pending
+                    self._pending_ready.set()
+                    await asyncio.sleep(0.5)
+                    continue
+                except BaseException:
+                    # Not written: keep them for a restarted settler, or the last try.
+                    self._pending = batch + self._pending
+                    self._pending_ready.set()
+                    raise
+                for outcome in batch:
+                    job = self._jobs.get(outcome.lease.job_id)
+                    if job is not None and job.lease.token == outcome.lease.token:
+                        del self._jobs[outcome.lease.job_id]  # not if held again, a new lease
+                self.settled += len(batch)
+            if not self._pending:
+                self._flushed.set()
 
     async def _heartbeat(self) -> None:
         backend = self.app._require_backend()
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            leases = list(self._held.values())
-            if not leases:
+            jobs = list(self._jobs.values())
+            if not jobs:
                 continue
             try:
-                answers = await backend.extend(leases, lease_for=self.lease_s)
+                answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
             except BackendError as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
                 continue
-            ahead = {lease.job_id for lease in self._ahead}
+            beaten = {job.lease.job_id: job for job in jobs}
             for answer in answers:
-                if answer.job_id in ahead:
-                    if not answer.held or answer.cancel_requested:
-                        self._drop_ahead(answer.job_id, answer.held)
-                    continue
-                if not answer.held and answer.job_id not in self._tasks:
-                    # Its handler finished and the settler wrote the outcome meanwhile: the
-                    # token is gone because the job is done, not because the lease lapsed.
-                    continue
-                if not answer.held:
-                    log.warning(
-                        "lost the lease of job %s",
-                        answer.job_id,
-                        extra={"action": "lease_lost", "job_id": answer.job_id},
-                    )
-                    self._held.pop(answer.job_id, None)
-                    self._interrupt(answer.job_id, _LOST)
-                elif answer.cancel_requested:
-                    self._interrupt(answer.job_id, _CANCEL)
+                job = beaten.get(answer.job_id)
+                if job is not None and self._jobs.get(answer.job_id) is job:  # still held
+                    self._answered(job, answer)
+
+    def _answered(self, job: _Job, answer: Extension) -> None:
+        """Act on a heartbeat's answer for one job: its lease was lost, or a cancel asked."""
+        if job.phase is _Phase.AHEAD:
+            if not answer.held:  # another worker may own it now: report nothing
+                self._let_go(job)
+            elif answer.cancel_requested:
+                self._line.remove(job)
+                self._report(
+                    job, Outcome(lease=job.lease, state=JobState.CANCELLED, error=_CANCELLED)
+                )
+        elif job.phase is _Phase.RUNNING:
+            if not answer.held:
+                log.warning(
+                    "lost the lease of job %s",
+                    answer.job_id,
+                    extra={"action": "lease_lost", "job_id": answer.job_id},
+                )
+                self._let_go(job)
+            elif answer.cancel_requested:
+                self._interrupt(job, _CANCEL)
+        # SETTLING: the outcome is on its way (a token already gone means it was written).
 
     async def _rescuer(self) -> None:
         """Sweep lapsed leases often, and prune old finished jobs now and then."""
@@ -508,14 +600,15 @@ class Worker:
         """One batch of lease rescue: read the lapsed leases, decide each job's fate with its
         handler's budget and backoff (`rescue.decide`), and apply the decisions, with the
         notifications of those that end, in one fenced call. Returns how many were read."""
-        lapsed = await self.app._require_backend().expired(limit=RESCUE_BATCH)
+        backend = self.app._require_backend()
+        lapsed = await backend.expired(limit=RESCUE_BATCH)
         if not lapsed:
             return 0
         decisions = [
             self._with_follow_ups(outcome)
             for outcome in decide_all(lapsed, self._spec_of, self.app.clock.now())
         ]
-        rescued = sum(await self.app._require_backend().rescue(decisions))
+        rescued = sum(await backend.rescue(decisions))
         if rescued:
             log.warning(
                 "rescued %d jobs whose lease lapsed",
@@ -529,31 +622,44 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    async def _shutdown(self, side: dict[str, asyncio.Task[None]]) -> None:
-        """Finish running jobs within the grace period, release the rest, flush outcomes."""
-        self._give_back(0)  # never started: give them back at once
-        running = list(self._tasks.values())
-        if running:
+    async def _shutdown(self, supervisor: asyncio.Task[None]) -> None:
+        """Finish running jobs within the grace period, release the rest, flush outcomes.
+
+        A side task stopping for good (the supervisor returns) ends the grace period."""
+        self._give_back(len(self._line))  # never started: give them back at once
+        if self._busy and not supervisor.done():
             log.info(
                 "waiting up to %.0fs for %d running jobs",
                 self.grace_s,
-                len(running),
+                self._busy,
                 extra={"action": "drain"},
             )
-            await asyncio.wait(running, timeout=self.grace_s)
-        for job_id in list(self._tasks):
-            self._interrupt(job_id, _SHUTDOWN)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30.0
-        while (self._pending or self._settling) and not side["settler"].done():
-            if loop.time() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        for task in side.values():
+            idle = asyncio.create_task(self._idle.wait())
+            await asyncio.wait(
+                {idle, supervisor}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            idle.cancel()
+        elif self._busy:
+            log.warning(
+                "releasing %d running jobs at once: a side task stopped",
+                self._busy,
+                extra={"action": "drain"},
+            )
+        for job in list(self._jobs.values()):
+            self._interrupt(job, _SHUTDOWN)
+        await self._idle.wait()  # cancelled runs end at their next step
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        settler = self._side["settler"]
+        if not (self._flushed.is_set() or settler.done()):
+            flushed = asyncio.create_task(self._flushed.wait())
+            await asyncio.wait(
+                {flushed, settler}, timeout=FLUSH_GUARD_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            flushed.cancel()
+        for task in self._side.values():
             task.cancel()
-        await asyncio.gather(*side.values(), return_exceptions=True)
+        await asyncio.gather(*self._side.values(), return_exceptions=True)
         try:
             if self._pending:  # settler gone (or failing): one last direct try
                 batch, self._pending = self._pending, []

@@ -1,0 +1,65 @@
+"""How many jobs a worker claims ahead of its free slots: a pure rule, sized by run times."""
+
+from __future__ import annotations
+
+#: Most jobs a worker claims ahead of free slots (`--prefetch`; 0 turns prefetch off).
+DEFAULT_PREFETCH = 256
+#: Prefetch holds about this many seconds of work, by the mean run time of recent jobs: short
+#: jobs are claimed in big batches while long ones are never held back from other workers.
+PREFETCH_HORIZON_S = 0.1
+#: Weights of the newest run time in the mean that sizes the prefetch: a longer run moves it
+#: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
+RUN_WEIGHT_UP, RUN_WEIGHT_DOWN = 0.5, 0.05
+
+
+class Prefetch:
+    """The prefetch rule of one worker: no I/O, no clock; the worker reports run times.
+
+    Args:
+        limit: most jobs held ahead (`--prefetch`); 0 turns prefetch off.
+        concurrency: the worker's slots (handlers running at once).
+        horizon_s: the seconds of work to hold ahead.
+    """
+
+    __slots__ = ("concurrency", "horizon_s", "limit", "mean_run")
+
+    def __init__(self, limit: int, concurrency: int, horizon_s: float = PREFETCH_HORIZON_S) -> None:
+        self.limit = limit
+        self.concurrency = concurrency
+        self.horizon_s = horizon_s
+        #: Mean seconds a handler ran, over recent jobs (None until one has run).
+        self.mean_run: float | None = None
+
+    def ran(self, seconds: float) -> None:
+        """Count one handler run (finished, failed or timed out) in the mean run time."""
+        mean = self.mean_run
+        if mean is None:
+            self.mean_run = seconds
+        else:
+            weight = RUN_WEIGHT_UP if seconds > mean else RUN_WEIGHT_DOWN
+            self.mean_run = mean + weight * (seconds - mean)
+
+    def allowance(self) -> int:
+        """Jobs to hold ahead now: what the slots run in `horizon_s`, up to `limit` (0 until
+        a run time is known)."""
+        if not self.limit or self.mean_run is None:
+            return 0
+        expected = self.concurrency * self.horizon_s / max(self.mean_run, 1e-6)
+        return min(self.limit, int(expected))
+
+    def claim_size(self, free: int, held_ahead: int) -> int:
+        """How many jobs to claim: free slots plus the allowance, less those held ahead; 0
+        to wait, also while enough is in hand that the next claim can gather a bigger batch
+        (fewer than half the allowance missing)."""
+        allowance = self.allowance()
+        room = free + allowance - held_ahead
+        if room <= 0 or (held_ahead and room < max(1, allowance // 2)):
+            return 0
+        return room
+
+    def excess(self, held_ahead: int) -> int:
+        """How many of the jobs held ahead to give back (the jobs turned out long): those
+        beyond the allowance, once more than twice the allowance is held (within twice it,
+        the writes are not worth it)."""
+        keep = self.allowance()
+        return held_ahead - keep if held_ahead > 2 * keep else 0
