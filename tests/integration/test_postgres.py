@@ -13,7 +13,8 @@ import pytest
 
 from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
-from offload.brokers.postgres import PostgresBackend, Q
+from offload.brokers.postgres import PostgresBackend
+from offload.brokers.postgres.backend import Q
 from offload.contract import status_record
 from offload.worker.runner import Worker
 

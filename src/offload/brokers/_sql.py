@@ -1,4 +1,4 @@
-"""Load named queries from the per-dialect `.sql` files beside this module."""
+"""Load the named queries a backend package keeps beside its code, in `queries.sql`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.M)
 
 
 @cache
-def queries(dialect: str) -> dict[str, str]:
-    """The queries of `sql/<dialect>.sql`, keyed by their `-- name:` line."""
-    text = resources.files(__package__).joinpath("sql", f"{dialect}.sql").read_text("utf-8")
+def queries(package: str | None) -> dict[str, str]:
+    """The queries of `package`'s `queries.sql`, keyed by their `-- name:` line."""
+    assert package, "call with the backend module's __package__"
+    text = resources.files(package).joinpath("queries.sql").read_text("utf-8")
     parts = _NAME.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}

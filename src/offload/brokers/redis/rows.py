@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from ..contract import Envelope
+from ...contract import Envelope
 
 #: The columns of a stored row, as the SQL backends name them.
 COLUMNS = (

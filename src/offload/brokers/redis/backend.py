@@ -18,8 +18,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ..clock import Clock
-from ..contract import (
+from ...clock import Clock
+from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
@@ -28,12 +28,12 @@ from ..contract import (
     Lease,
     Outcome,
 )
-from ..errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
-from ._redis_rows import decode, envelope_args, num, opt, pairs
-from ._redis_rows import dumps as _json
-from ._redis_wake import Announcements, FeedMark, WorkMark
-from ._rows import envelope_of as _envelope
-from .base import Capability, Change
+from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
+from .._rows import envelope_of as _envelope
+from ..base import Capability, Change
+from .rows import decode, envelope_args, num, opt, pairs
+from .rows import dumps as _json
+from .wake import Announcements, FeedMark, WorkMark
 
 log = logging.getLogger("offload.brokers")
 
@@ -81,7 +81,7 @@ class RedisBackend:
     Every transition is one Lua script (EVALSHA), so a claim, a settle or an enqueue of
     many jobs is one round trip and atomic; the script also appends the job's row to the
     change feed (a stream with ids `<seq>-0`), so feed order is transition order. Key
-    layout and scripts: `brokers/lua/_lib.lua`.
+    layout and scripts: `brokers/redis/lua/_lib.lua`.
 
     All keys start with the prefix wrapped in braces (`{offload:}job:…`): the braces are a
     Redis Cluster hash tag, so one application's keys share one slot and every script's

@@ -19,17 +19,17 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ..clock import Clock
-from ..contract import EnqueueResult, Envelope, Extension, JobRow, Lapsed, Lease, Outcome
-from ..errors import BackendError, InvalidTransition, JobNotFound, SchemaError
-from ._rows import envelope_of, fields_of_record
-from ._sql import queries
-from ._wakeup import Wakeup
-from .base import Capability, Change
+from ...clock import Clock
+from ...contract import EnqueueResult, Envelope, Extension, JobRow, Lapsed, Lease, Outcome
+from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from .._rows import envelope_of, fields_of_record
+from .._sql import queries
+from .._wakeup import Wakeup
+from ..base import Capability, Change
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
-Q = queries("postgres")
+Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
 SCHEMA_VERSION = 2

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from ..errors import BackendError
-from ._wakeup import Wakeup
+from ...errors import BackendError
+from .._wakeup import Wakeup
 
 log = logging.getLogger("offload.brokers")
 

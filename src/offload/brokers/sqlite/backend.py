@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from ..clock import Clock
-from ..contract import (
+from ...clock import Clock
+from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
@@ -28,18 +28,18 @@ from ..contract import (
     Lease,
     Outcome,
 )
-from ..errors import (
+from ...errors import (
     BackendError,
     ConfigurationError,
     InvalidTransition,
     JobNotFound,
     SchemaError,
 )
-from ._rows import envelope_of as _envelope
-from ._rows import fields_of_record
-from ._sql import queries
-from ._wakeup import Wakeup
-from .base import Capability, Change
+from .._rows import envelope_of as _envelope
+from .._rows import fields_of_record
+from .._sql import queries
+from .._wakeup import Wakeup
+from ..base import Capability, Change
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
 
-Q = queries("sqlite")
+Q = queries(__package__)
 _JSON_COLUMNS = ("payload", "trace", "options", "result", "error")
 
 
