@@ -7,6 +7,7 @@ import time
 import anyio
 import pytest
 
+from offload._ids import uuid7
 from offload.brokers import Backend, Broker, JobStore
 from offload.contract import JobState, Outcome
 from offload.errors import BackendError
@@ -462,11 +463,13 @@ async def test_wait_returns_soon_after_an_enqueue(backend: Backend) -> None:
 
 
 async def test_wait_after_an_empty_claim_sleeps_until_timeout(backend: Backend) -> None:
-    # Given a claimer that found nothing
-    assert await claim(backend) == []
+    # Given a claimer that found nothing (on a queue of its own: a server shared with other
+    # test runs may announce work on theirs)
+    queue = f"idle-{uuid7()}"
+    assert await claim(backend, queue) == []
     # When it waits 0.3 s and nothing happens
     start = time.monotonic()
-    await backend.wait(["q"], 0.3)
+    await backend.wait([queue], 0.3)
     elapsed = time.monotonic() - start
     # Then it slept (close to) the whole timeout instead of returning at once
     assert 0.2 <= elapsed < 3.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
@@ -165,6 +166,31 @@ async def test_listen_notify_wakes_a_waiting_claimer_at_once(app: App, schema: P
     backend = app._require_backend()
     assert await backend.claim(["default"], worker_id="w", lease_for=5, limit=1) == []
     assert await woken_by_an_enqueue(app, schema, backend.wait(["default"], 10.0)) < 0.5
+
+
+async def test_a_waiting_claimer_sleeps_through_work_on_other_queues(
+    app: App, schema: PgSchema
+) -> None:
+    # Given a claimer of queue "reports" that found nothing and waits
+    backend = app._require_backend()
+    assert await backend.claim(["reports"], worker_id="w", lease_for=5, limit=1) == []
+    waiter = asyncio.ensure_future(backend.wait(["reports"], 10.0))
+    other = PostgresBackend.from_url(schema.url)
+    await other.open()
+    try:
+        # When another process enqueues on queue "default", then on "reports"
+        await asyncio.sleep(0.2)
+        await other.enqueue([app.envelope(Ping())])
+        done, _ = await asyncio.wait({waiter}, timeout=0.5)
+        assert not done  # not woken by the other queue's NOTIFY
+        started = time.monotonic()
+        await other.enqueue([dataclasses.replace(app.envelope(Ping()), queue="reports")])
+        await asyncio.wait_for(waiter, 5)
+        # Then only the second wakes it, at once
+        assert time.monotonic() - started < 0.5
+    finally:
+        waiter.cancel()
+        await other.close()
 
 
 async def test_the_feed_is_followed_from_the_first_wait_and_wakes_it_at_once(

@@ -42,6 +42,15 @@ _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
 
 
+#: Wake-up counters: "work" moves on a reconnect (anything may have happened), "work:<queue>"
+#: on each NOTIFY naming that queue, so a worker wakes only for the queues it claims from.
+_WORK = "work:"
+
+
+def _work_keys(queues: Sequence[str]) -> list[str]:
+    return ["work", *(_WORK + q for q in queues)]
+
+
 def _row(raw: dict[str, Any]) -> JobRow:
     row = dict(raw)
     for name in _TIME_COLUMNS:
@@ -305,7 +314,10 @@ class PostgresBackend:
                         self._bump("work", "feed")  # anything may have happened while away
                     self._listening.set()
                     async for note in conn.notifies():
-                        self._bump("work" if note.channel == "offload_work" else "feed")
+                        if note.channel == "offload_work":  # the payload names the queue
+                            self._bump(_WORK + note.payload)
+                        else:
+                            self._bump("feed")
             except psycopg.Error as exc:
                 log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
             await asyncio.sleep(delay)
@@ -325,11 +337,18 @@ class PostgresBackend:
 
     def _bump(self, *names: str) -> None:
         for name in names:
-            self._versions[name] += 1
+            self._versions[name] = self._versions.get(name, 0) + 1
         self._wakeup.ring()
 
-    async def _wait_version(self, name: str, timeout: float) -> None:
-        await self._wakeup.wait_until(lambda: self._versions[name] != self._seen.get(name), timeout)
+    def _moved(self, names: Sequence[str]) -> bool:
+        return any(self._versions.get(n, 0) != self._seen.get(n, 0) for n in names)
+
+    def _mark(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._seen[name] = self._versions.get(name, 0)
+
+    async def _wait_version(self, names: Sequence[str], timeout: float) -> None:
+        await self._wakeup.wait_until(lambda: self._moved(names), timeout)
 
     # -- broker -----------------------------------------------------------------------------
 
@@ -395,7 +414,7 @@ class PostgresBackend:
     ) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
-        self._seen["work"] = self._versions["work"]
+        self._mark(_work_keys(queues))
         token = secrets.token_hex(12)
         params = {
             "queues": list(queues),
@@ -491,7 +510,7 @@ class PostgresBackend:
         until_next = next(iter(rows[0].values())) if rows else None
         if until_next is not None:
             timeout = max(0.0, min(timeout, float(until_next)))
-        await self._wait_version("work", timeout)
+        await self._wait_version(_work_keys(queues), timeout)
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         rows = await self._fetch(Q["stats"], {"now": self._now()})
@@ -619,7 +638,7 @@ class PostgresBackend:
             sql += " AND owner = %(owner)s"
             params["owner"] = owner
         if job_id is None and owner is None:
-            self._seen["feed"] = self._versions["feed"]
+            self._mark(("feed",))
         rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
         changes = [_change(r) for r in rows]
         if job_id is None and owner is None:
@@ -656,7 +675,7 @@ class PostgresBackend:
             await self._follow_feed()
         if self._gap_since is not None:  # re-read soon: a gap may have filled
             timeout = min(timeout, 0.05)
-        await self._wait_version("feed", timeout)
+        await self._wait_version(("feed",), timeout)
 
     async def remember(self, job_id: str, key: str, value: Any) -> None:
         await self._fetch(Q["remember"], {"id": job_id, "key": key, "value": _json(value)})
