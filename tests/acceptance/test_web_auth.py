@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.requests import HTTPConnection
 
 from offload import App, Message, Settings
@@ -213,3 +213,21 @@ async def test_docs_are_open_in_development_mode_and_load_nothing_from_elsewhere
             assert expected in answer.headers["content-type"] and len(answer.content) > 100
         bundle = (await c.get("/docs/assets/swagger-ui-bundle.js")).text
         assert "SwaggerUIBundle" in bundle
+
+
+async def test_a_hook_may_refuse_with_a_challenge_of_its_own(app: App) -> None:
+    def basic_only(request: Request) -> str | None:
+        if request.headers.get("authorization") != "Basic ZXZlOnB3":
+            raise HTTPException(401, "sign in", headers={"WWW-Authenticate": 'Basic realm="x"'})
+        return "eve"
+
+    api = create_app(app, auth=basic_only)
+    async with lifespan(api), client(api) as c:
+        refused = await c.get("/v1/jobs")
+        assert (
+            refused.status_code == 401 and refused.headers["www-authenticate"] == 'Basic realm="x"'
+        )
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert (
+            await c.get("/v1/jobs", headers={"authorization": "Basic ZXZlOnB3"})
+        ).status_code == 200
