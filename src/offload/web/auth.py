@@ -99,17 +99,17 @@ class Auth:
     """
 
     def __init__(self, hook: AuthHook | None, settings: Settings) -> None:
-        self.tokens = TokenAuth(settings)
+        self.token_auth = TokenAuth(settings)
         self.hook: AuthHook | None = hook
         #: Whether anyone may be refused: a hook, or tokens (else development mode).
-        self.required = hook is not None or bool(self.tokens.tokens)
+        self.required = hook is not None or bool(self.token_auth.tokens)
 
     async def authenticate(self, conn: HTTPConnection) -> str | None:
         """Ask who is calling and remember the answer on the request (None: nobody)."""
         kinds = None
         if self.hook is None:
-            principal = self.tokens(conn)
-            kinds = self.tokens.kinds_of(conn) if principal is not None else None
+            principal = self.token_auth(conn)
+            kinds = self.token_auth.kinds_of(conn) if principal is not None else None
         else:
             request = conn if isinstance(conn, Request) else Request(conn.scope)
             if _is_async(self.hook):
