@@ -13,6 +13,9 @@ from .stores.blobs import BLOB_REF_PREFIX, blob_path
 if TYPE_CHECKING:
     from .settings import Settings
 
+#: Where the web tier serves jobs (below its mount path): the base of a record's links.
+JOBS_PATH = "/v1/jobs"
+
 
 def signing_key(settings: Settings) -> bytes:
     """OFFLOAD_SECRET_KEY, else a key kept beside the blobs (shared by local processes)."""
@@ -46,12 +49,23 @@ class Presenter:
         ttl_s: how long a link stays valid.
         prefix: put before each link's path: empty for the API (relative links), the
             public base URL for links that leave the web tier (webhooks, email).
+        mount: the path the web tier is mounted at (`/jobs`, empty at the root): put
+            before the job links (`links.self`, `events`, `result`) of every record.
     """
 
-    def __init__(self, secret: bytes, ttl_s: float, prefix: str = "") -> None:
+    def __init__(self, secret: bytes, ttl_s: float, prefix: str = "", *, mount: str = "") -> None:
         self.secret = secret
         self.ttl_s = ttl_s
         self.prefix = prefix
+        self.mount = mount
+
+    def at(self, root_path: str) -> Presenter:
+        """This presenter for a web tier mounted at `root_path` (the ASGI scope's): its file
+        links and job links start with that path."""
+        root = root_path.rstrip("/")
+        if not root:
+            return self
+        return Presenter(self.secret, self.ttl_s, self.prefix + root, mount=self.mount + root)
 
     def link(self, key: str, now: float | None = None) -> str:
         path = blob_path(key)
@@ -68,10 +82,19 @@ class Presenter:
         return value
 
     def record(self, record: dict[str, Any]) -> dict[str, Any]:
-        if record.get("result") is None:
-            return record
-        return {**record, "result": self.sign_refs(record["result"])}
+        """A status record (as `App.status` makes it) with signed links in its result and
+        its job links under the mount path."""
+        changes: dict[str, Any] = {}
+        if record.get("result") is not None:
+            changes["result"] = self.sign_refs(record["result"])
+        links = record.get("links")
+        if self.mount and isinstance(links, dict):
+            changes["links"] = {name: self.mount + path for name, path in links.items()}
+        return {**record, **changes} if changes else record
 
     def row(self, row: JobRow) -> dict[str, Any]:
         """The status record of `row`, with signed links in its result."""
-        return self.record(status_record(row))
+        record = status_record(row, prefix=f"{self.mount}{JOBS_PATH}")
+        if record["result"] is None:
+            return record
+        return {**record, "result": self.sign_refs(record["result"])}

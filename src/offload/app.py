@@ -274,7 +274,11 @@ class App:
         """Open the backend and blob store. Each `open` is paired with a `close`; the
         backend closes with the last one, so a web lifespan and a worker can share an app."""
         self._users += 1
-        return await self._ensure_open()
+        try:
+            return await self._ensure_open()
+        except BaseException:
+            self._users -= 1  # a failed open holds nothing: a later one starts afresh
+            raise
 
     async def _ensure_open(self) -> App:
         if self._backend is not None:

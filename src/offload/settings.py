@@ -34,20 +34,45 @@ DEFAULT_NOTIFY_BACKOFF_S = 5.0
 _WHSEC = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
 
 
-def parse_tokens(raw: str | None) -> dict[str, str]:
-    """`token=principal,token2=principal2` → {token: principal}."""
-    tokens: dict[str, str] = {}
+_TOKENS_FORMAT = (
+    "OFFLOAD_API_TOKENS must be comma-separated token=principal pairs, each optionally "
+    "limited to kinds: token=principal[kind|kind]"
+)
+#: `principal[kind|kind]`: a principal whose token may submit the listed kinds only.
+_LIMITED = re.compile(r"(?P<principal>[^\[\]]+)\[(?P<kinds>[^\[\]]*)\]")
+
+
+def _token_entries(raw: str | None) -> list[tuple[str, str, frozenset[str] | None]]:
+    """`token=principal,token2=principal2[kind|kind]` → (token, principal, kinds or None)."""
+    entries = []
     for item in (raw or "").split(","):
         item = item.strip()
         if not item:
             continue
         token, sep, principal = item.partition("=")
-        if not sep or not token.strip() or not principal.strip():
-            raise ConfigurationError(
-                "OFFLOAD_API_TOKENS must be comma-separated token=principal pairs"
-            )
-        tokens[token.strip()] = principal.strip()
-    return tokens
+        token, principal = token.strip(), principal.strip()
+        kinds = None
+        limited = _LIMITED.fullmatch(principal)
+        if limited:
+            principal = limited["principal"].strip()
+            kinds = frozenset(k.strip() for k in limited["kinds"].split("|") if k.strip())
+        elif "[" in principal or "]" in principal:
+            principal = ""  # brackets only around the kinds
+        if not sep or not token or not principal or kinds == frozenset():
+            raise ConfigurationError(_TOKENS_FORMAT)
+        entries.append((token, principal, kinds))
+    return entries
+
+
+def parse_tokens(raw: str | None) -> dict[str, str]:
+    """`token=principal,token2=principal2[kind|kind]` → {token: principal}."""
+    return {token: principal for token, principal, _ in _token_entries(raw)}
+
+
+def parse_token_kinds(raw: str | None) -> dict[str, frozenset[str]]:
+    """`token=principal,token2=principal2[kind|kind]` → {token2: {kind, kind}}: the tokens
+    limited to some kinds, and their kinds."""
+    return {token: kinds for token, _, kinds in _token_entries(raw) if kinds is not None}
 
 
 def parse_webhook_secrets(raw: str | None) -> tuple[str, ...]:
@@ -78,6 +103,8 @@ class Settings:
     url: str = DEFAULT_URL
     blobs_url: str = DEFAULT_BLOBS_URL
     api_tokens: dict[str, str] = field(default_factory=dict)
+    #: The tokens that may submit only some kinds (`token=principal[kind|kind]`): their kinds.
+    token_kinds: dict[str, frozenset[str]] = field(default_factory=dict)
     secret_key: bytes | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     link_ttl_s: float = DEFAULT_LINK_TTL_S
@@ -107,6 +134,7 @@ class Settings:
                 url=e.get("OFFLOAD_URL") or DEFAULT_URL,
                 blobs_url=e.get("OFFLOAD_BLOBS_URL") or DEFAULT_BLOBS_URL,
                 api_tokens=parse_tokens(e.get("OFFLOAD_API_TOKENS")),
+                token_kinds=parse_token_kinds(e.get("OFFLOAD_API_TOKENS")),
                 secret_key=secret.encode() if secret else None,
                 max_body_bytes=int(e.get("OFFLOAD_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
                 link_ttl_s=float(e.get("OFFLOAD_LINK_TTL") or DEFAULT_LINK_TTL_S),

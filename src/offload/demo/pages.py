@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from ..settings import Settings
 from ..web import create_app
 from ..web.app import signing_key
+from ..web.auth import TokenAuth
 from ..web.problems import problem
 from . import uploads
 from .config import DemoConfig
@@ -168,10 +169,9 @@ def create_demo_app(config: DemoConfig, *, catching_mail: bool = True) -> Starle
     """
     settings = Settings.from_env(url=config.jobs_url, blobs_url=config.blobs_url)
     demo_app.configure(settings)
-    api = create_app(demo_app)
     sessions = Sessions(signing_key(settings))
     # The browser follows its own jobs through the API with its session cookie.
-    api.state.auth = SessionAuth(sessions, api.state.auth)
+    api = create_app(demo_app, auth=SessionAuth(sessions, TokenAuth(settings)))
     site = Site.build(
         config=config,
         app=demo_app,

@@ -70,7 +70,7 @@ class Sessions:
 
 
 class SessionAuth:
-    """The offload API's authentication inside the demo.
+    """The offload API's auth hook inside the demo (`create_app(app, auth=...)`).
 
     A bearer token wins as usual. Without one, a read (GET/HEAD) carrying a valid session
     cookie is made as that demo user, so the browser can follow its own jobs' events and
@@ -82,9 +82,18 @@ class SessionAuth:
         self.sessions = sessions
         self.fallback = fallback
 
-    def principal(self, conn: HTTPConnection) -> str:
+    def __call__(self, conn: HTTPConnection) -> str | None:
+        """The caller's principal, or None (no session and no valid token)."""
         if "authorization" not in conn.headers and conn.scope.get("method") in ("GET", "HEAD"):
             user = self.sessions.user(conn)
             if user is not None:
                 return user.id
-        return self.fallback.principal(conn)
+        return self.fallback(conn)
+
+    def principal(self, conn: HTTPConnection) -> str:
+        """The caller's principal.
+
+        Raises:
+            Problem: 401 without a session or a valid token.
+        """
+        return self(conn) or self.fallback.principal(conn)

@@ -3,5 +3,7 @@
 from __future__ import annotations
 
 from .app import check_bind, create_app
+from .auth import AuthHook, TokenAuth
+from .runtime import lifespan
 
-__all__ = ["check_bind", "create_app"]
+__all__ = ["AuthHook", "TokenAuth", "check_bind", "create_app", "lifespan"]

@@ -1,12 +1,10 @@
-"""create_app: the FastAPI application, its lifespan, error handlers and signed file links."""
+"""create_app: the FastAPI app, its error handlers, health checks and signed file links."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,16 +14,24 @@ from starlette.responses import FileResponse, Response
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
 from .._signing import check_signed
 from ..app import App
-from ..errors import BackendError, ConfigurationError, OffloadError
+from ..errors import (
+    BackendError,
+    ConfigurationError,
+    InvalidTransition,
+    JobNotFound,
+    OffloadError,
+    UnknownKind,
+)
 from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of
-from .auth import TokenAuth
-from .events import Hub
+from .auth import Auth, AuthHook
+from .docs import install_docs
 from .feeds import router as feeds_router
 from .limits import BodyLimitMiddleware
 from .present import Presenter
 from .problems import JSONResponse, Problem, problem
 from .routes import router
+from .runtime import lifespan, runtime_of
 
 log = logging.getLogger("offload.web")
 
@@ -49,6 +55,14 @@ def check_bind(host: str, settings: Settings) -> None:
             f"refusing to serve on {host!r} without authentication: set OFFLOAD_API_TOKENS "
             "(token=principal,…) or bind to 127.0.0.1"
         )
+
+
+#: Errors about the job asked for that reach the error handler: their answers.
+_JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
+    (JobNotFound, 404, "job-not-found"),
+    (UnknownKind, 404, "unknown-kind"),
+    (InvalidTransition, 409, "already-final"),
+)
 
 
 def _install_error_handlers(api: FastAPI) -> None:
@@ -92,7 +106,13 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(OffloadError)
     async def on_offload(request: Request, exc: OffloadError) -> Response:
-        return problem(400, str(exc), instance=request.url.path)
+        for cls, status, slug in _JOB_ERRORS:
+            if isinstance(exc, cls):
+                return problem(status, str(exc), slug=slug, instance=request.url.path)
+        # Anything else a route does not answer itself is a fault of the server (a setting
+        # that cannot work, a bug), never the caller's: 500, logged.
+        log.error("offload error: %s", exc, extra={"action": "web_error"}, exc_info=exc)
+        return problem(500, "internal error", instance=request.url.path)
 
     @api.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> Response:
@@ -100,44 +120,41 @@ def _install_error_handlers(api: FastAPI) -> None:
         return problem(500, "internal error", instance=request.url.path)
 
 
-def create_app(app: App, settings: Settings | None = None) -> FastAPI:
-    """The web tier of `app`: the /v1 API, health checks and signed file downloads.
+def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
+    """The web tier of `app`: the /v1 API, health checks, signed file downloads and docs.
 
-    The returned ASGI app opens the backend in its lifespan; mount it in your own app or
-    serve it with `offload web`. It never imports handler modules.
+    Serve it alone (`offload web`) or mount it at any path of your own ASGI app: links,
+    `Location` headers and signed file URLs follow the mount path. Its lifespan opens the
+    backend; where no lifespan runs (a mounted app), it opens on the first request and
+    closes when the event loop ends, or enter `offload.web.lifespan(app)` in your app's
+    lifespan. It never imports handler modules.
+
+    Args:
+        app: the App whose kinds it serves.
+        auth: `(request) -> principal | None`, sync or async: who is calling (None: 401).
+            Without one, the bearer tokens of OFFLOAD_API_TOKENS decide.
     """
-    if settings is not None:
-        app.configure(settings)
     settings = app.settings
-
-    @contextlib.asynccontextmanager
-    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        await app.open()
-        hub = Hub(app, app.last_seq)
-        await hub.start()
-        api.state.hub = hub
-        try:
-            yield
-        finally:
-            await hub.stop()
-            await app.close()
 
     api = FastAPI(
         title=f"offload: {app.name}",
         version="1",
-        lifespan=lifespan,
+        lifespan=lambda _api: lifespan(app),
         default_response_class=JSONResponse,
-        docs_url="/docs",
+        openapi_url=None,  # served by install_docs: offline, and behind the API's auth
+        docs_url=None,
         redoc_url=None,
     )
     api.state.offload = app
-    api.state.auth = TokenAuth(settings)
+    api.state.runtime = runtime_of(app)
+    api.state.auth = Auth(auth, settings)
     secret = signing_key(settings)
     api.state.present = Presenter(secret, settings.link_ttl_s)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(api)
     api.include_router(router)
     api.include_router(feeds_router)
+    install_docs(api)
 
     @api.get("/healthz")
     async def healthz() -> Response:
@@ -146,6 +163,7 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
     @api.get("/readyz")
     async def readyz() -> Response:
         try:
+            await api.state.runtime.ensure()
             await app.ping()
         except (BackendError, ConfigurationError) as exc:
             return problem(503, f"backend unreachable: {exc}", slug="not-ready")

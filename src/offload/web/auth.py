@@ -1,23 +1,68 @@
-"""Who is calling: bearer tokens mapped to principals, or `local` in development mode."""
+"""Who is calling: the host's auth hook, or else bearer tokens mapped to principals (and
+limited to kinds), or `local` in development mode."""
 
 from __future__ import annotations
 
+import functools
 import hmac
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from starlette.requests import HTTPConnection
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection, Request
 
 from ..settings import Settings
 from .problems import Problem
 
 #: The principal of every caller when no API tokens are configured.
 LOCAL_PRINCIPAL = "local"
+#: The challenge of a 401 answer (RFC 9110 requires one).
+DEFAULT_CHALLENGE = 'Bearer realm="offload"'
+
+#: `(request) -> principal | None`, sync or async: the caller's principal (every job belongs
+#: to one), or None for a caller who is not signed in (401). A plain function runs in the
+#: thread pool, as FastAPI runs plain dependencies, so it may block.
+AuthHook = Callable[[Request], str | Awaitable[str | None] | None]
+
+_PRINCIPAL = "offload_principal"
+_KINDS = "offload_kinds"
+_UNASKED = object()
 
 
 class TokenAuth:
-    """Bearer-token authentication from OFFLOAD_API_TOKENS (`token=principal,…`)."""
+    """Bearer-token authentication from OFFLOAD_API_TOKENS (`token=principal,…`; a token
+    written `token=principal[kind|kind]` may submit those kinds only): the auth hook of a
+    web tier given none, and one a host's own hook may fall back on."""
 
     def __init__(self, settings: Settings) -> None:
         self.tokens = dict(settings.api_tokens)
+        self.kinds = dict(settings.token_kinds)
+
+    def _token(self, conn: HTTPConnection) -> str | None:
+        """The configured token the caller sent, or None."""
+        scheme, _, sent = conn.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not sent.strip():
+            return None
+        sent = sent.strip()
+        found = None
+        for known in self.tokens:  # compare with every token: the time tells nothing
+            if hmac.compare_digest(known.encode(), sent.encode()):
+                found = known
+        return found
+
+    def __call__(self, conn: HTTPConnection) -> str | None:
+        """The caller's principal: `local` without tokens configured, else the principal of
+        the bearer token sent, or None (none sent, or a wrong one)."""
+        if not self.tokens:
+            return LOCAL_PRINCIPAL
+        token = self._token(conn)
+        return None if token is None else self.tokens[token]
+
+    def kinds_of(self, conn: HTTPConnection) -> frozenset[str] | None:
+        """The kinds the caller's token may submit; None: every kind."""
+        token = self._token(conn) if self.kinds else None
+        return None if token is None else self.kinds.get(token)
 
     def principal(self, conn: HTTPConnection) -> str:
         """The caller's principal.
@@ -25,17 +70,89 @@ class TokenAuth:
         Raises:
             Problem: 401 when tokens are configured and none (or a wrong one) was sent.
         """
-        if not self.tokens:
-            return LOCAL_PRINCIPAL
-        scheme, _, token = conn.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token:
-            token = token.strip()
-            for known, principal in self.tokens.items():
-                if hmac.compare_digest(known.encode(), token.encode()):
-                    return principal
-        raise Problem(
-            401,
-            "a valid bearer token is required",
-            slug="unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="offload"'},
-        )
+        principal = self(conn)
+        if principal is None:
+            raise unauthorized("a valid bearer token is required")
+        return principal
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(
+        401, detail, slug="unauthorized", headers={"WWW-Authenticate": DEFAULT_CHALLENGE}
+    )
+
+
+def _is_async(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    # a coroutine function, or an object whose class has an async __call__
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+class Auth:
+    """The authentication of one web tier: asks the hook once per request (`authenticate`,
+    a route dependency), then answers `principal` from what it said.
+
+    Args:
+        hook: the host's `AuthHook`; None: OFFLOAD_API_TOKENS (`TokenAuth`).
+        settings: where the tokens come from.
+    """
+
+    def __init__(self, hook: AuthHook | None, settings: Settings) -> None:
+        self.token_auth = TokenAuth(settings)
+        self.hook: AuthHook | None = hook
+        #: Whether anyone may be refused: a hook, or tokens (else development mode).
+        self.required = hook is not None or bool(self.token_auth.tokens)
+
+    async def authenticate(self, conn: HTTPConnection) -> str | None:
+        """Ask who is calling and remember the answer on the request (None: nobody)."""
+        kinds = None
+        if self.hook is None:
+            principal = self.token_auth(conn)
+            kinds = self.token_auth.kinds_of(conn) if principal is not None else None
+        else:
+            request = conn if isinstance(conn, Request) else Request(conn.scope)
+            if _is_async(self.hook):
+                answer = self.hook(request)
+            else:
+                answer = await run_in_threadpool(self.hook, request)
+            principal = await answer if inspect.isawaitable(answer) else answer
+        setattr(conn.state, _PRINCIPAL, principal)
+        setattr(conn.state, _KINDS, kinds)
+        return principal
+
+    def principal(self, conn: HTTPConnection) -> str:
+        """The caller's principal, as `authenticate` found it.
+
+        Raises:
+            Problem: 401 for a caller who is not signed in.
+            RuntimeError: `authenticate` did not run for this request.
+        """
+        principal = getattr(conn.state, _PRINCIPAL, _UNASKED)
+        if principal is _UNASKED:
+            raise RuntimeError("authenticate the request first (the routers' dependency)")
+        if principal is None:
+            detail = "authentication is required"
+            raise unauthorized(detail if self.hook else "a valid bearer token is required")
+        if not isinstance(principal, str):
+            raise TypeError(f"an auth hook returns a str principal or None, not {principal!r}")
+        return principal
+
+    def may_submit(self, conn: HTTPConnection, kind: str) -> bool:
+        """Whether the caller's token may submit jobs of `kind` (tokens limited to kinds)."""
+        kinds: frozenset[str] | None = getattr(conn.state, _KINDS, None)
+        return kinds is None or kind in kinds
+
+
+async def authenticated(conn: HTTPConnection) -> None:
+    """A route dependency: ask who is calling (routes then read `auth.principal`). It
+    refuses no one itself: an event stream may come with a ticket instead."""
+    if conn.scope["type"] == "http":  # a WebSocket route asks itself, to refuse in kind
+        await conn.app.state.auth.authenticate(conn)
+
+
+async def kind_allowed(request: Request, kind: str) -> None:
+    """A dependency of the submit route: a token limited to kinds submits only those; any
+    other kind does not exist for it (404, as an unknown kind)."""
+    if not request.app.state.auth.may_submit(request, kind):
+        raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")

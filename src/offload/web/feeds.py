@@ -12,18 +12,22 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Request, WebSocket
+from fastapi import APIRouter, Depends, Header, Request, WebSocket
 from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
 from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
-from .events import follow_owner, owner_stream
+from ..errors import BackendError
+from .auth import authenticated
+from .events import Hub, follow_owner, owner_stream
+from .present import presenter_of, root_of
 from .problems import JSONResponse, Problem
+from .runtime import opened
 
 log = logging.getLogger("offload.web")
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", dependencies=[Depends(opened), Depends(authenticated)])
 
 #: How long a WebSocket / event-stream ticket stays valid (seconds).
 DEFAULT_TICKET_TTL_S = 60
@@ -89,12 +93,13 @@ async def ws_ticket(request: Request) -> Response:
     principal = request.app.state.auth.principal(request)
     expires = int(time.time()) + DEFAULT_TICKET_TTL_S
     ticket = make_ticket(request.app.state.present.secret, principal, expires)
+    root = root_of(request)
     return JSONResponse(
         {
             "ticket": ticket,
             "expires_at": iso(expires),
-            "websocket": f"/v1/ws?ticket={ticket}",
-            "events": f"/v1/events?ticket={ticket}",
+            "websocket": f"{root}/v1/ws?ticket={ticket}",
+            "events": f"{root}/v1/events?ticket={ticket}",
         },
         status_code=201,
         headers={"Cache-Control": "no-store"},
@@ -114,7 +119,8 @@ async def events(
     principal = principal_of(request, ticket)
     cursor = cursor_of(last_event_id, since)
     state = request.app.state
-    stream = owner_stream(state.hub, state.offload, principal, cursor, state.present.row)
+    present = presenter_of(request)
+    stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -140,6 +146,21 @@ async def _refuse(websocket: WebSocket, problem: Problem) -> None:
         await websocket.close(code=1008, reason=problem.detail[:120])
 
 
+async def _opened(websocket: WebSocket) -> Hub:
+    """The hub, once the web tier is open; a 503 problem while the backend is unreachable."""
+    try:
+        hub: Hub = await websocket.app.state.runtime.ensure()
+        return hub
+    except BackendError as exc:
+        log.error("backend error: %s", exc, extra={"action": "backend_error"})
+        raise Problem(
+            503,
+            "the job backend is unavailable; try again shortly",
+            slug="backend-unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
 @router.websocket("/ws")
 async def ws(websocket: WebSocket) -> None:
     """Every change of every job of the caller, as JSON text messages.
@@ -149,17 +170,20 @@ async def ws(websocket: WebSocket) -> None:
     Authenticate with `Authorization: Bearer …` or `?ticket=` from POST /v1/ws-ticket.
     """
     query = websocket.query_params
+    state = websocket.app.state
     try:
+        hub = await _opened(websocket)
+        await state.auth.authenticate(websocket)
         principal = principal_of(websocket, query.get("ticket"))
         cursor = cursor_of(None, query.get("since"))
     except Problem as problem:
         await _refuse(websocket, problem)
         return
     await websocket.accept()
-    state = websocket.app.state
     feed = state.offload
-    with state.hub.subscribe(owner=principal) as sub:
-        last = state.hub.position if cursor is None else cursor
+    present = presenter_of(websocket)
+    with hub.subscribe(owner=principal) as sub:
+        last = hub.position if cursor is None else cursor
         await websocket.send_text(orjson.dumps({"type": "hello", "cursor": last}).decode())
 
         async def pump() -> None:
@@ -176,7 +200,7 @@ async def ws(websocket: WebSocket) -> None:
                     if change is None:
                         await websocket.send_text('{"type":"keepalive"}')
                     else:
-                        await websocket.send_text(_message(change, state.present.row))
+                        await websocket.send_text(_message(change, present.row))
 
         async def drain() -> None:  # client messages are not used; this notices the close
             while (await websocket.receive())["type"] != "websocket.disconnect":

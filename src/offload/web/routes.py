@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
@@ -15,11 +15,13 @@ from ..app import App
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
+from .auth import authenticated, kind_allowed
 from .events import job_stream
-from .present import blob_refs
+from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
+from .runtime import opened
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", dependencies=[Depends(opened), Depends(authenticated)])
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -69,7 +71,7 @@ def _check_options(
         raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
 
 
-@router.post("/jobs/{kind}", status_code=202)
+@router.post("/jobs/{kind}", status_code=202, dependencies=[Depends(kind_allowed)])
 async def submit(
     request: Request,
     kind: str,
@@ -109,10 +111,11 @@ async def submit(
         notify_email=notify_email,
     )
     job, row = await app.submit(envelope)
-    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
+    location = f"{root_of(request)}/v1/jobs/{job.id}"
+    headers = {"Location": location, "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
     if not job.created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(_state(request).present.row(row), status_code=202, headers=headers)
+    return JSONResponse(presenter_of(request).row(row), status_code=202, headers=headers)
 
 
 @router.get("/jobs/{job_id}")
@@ -123,14 +126,14 @@ async def show(request: Request, job_id: str) -> Response:
         record = await _app(request).status(job_id, owner=principal)
     except JobNotFound:
         raise _not_found(job_id) from None
-    return JSONResponse(_state(request).present.record(record))
+    return JSONResponse(presenter_of(request).record(record))
 
 
 @router.get("/jobs/{job_id}/result")
 async def result(request: Request, job_id: str) -> Response:
     """303 to the file once succeeded (one blob), the JSON result otherwise; 409 until then."""
     row = await _owned(request, job_id)
-    present = _state(request).present
+    present = presenter_of(request)
     if row.state is not JobState.SUCCEEDED:
         raise Problem(
             409,
@@ -160,8 +163,8 @@ async def events(
                 400, "Last-Event-ID must be an event id of this stream", slug="bad-event-id"
             )
         cursor = int(last_event_id)
-    state = _state(request)
-    stream = job_stream(state.hub, _app(request), job_id, cursor, state.present.row)
+    hub = _state(request).runtime.hub
+    stream = job_stream(hub, _app(request), job_id, cursor, presenter_of(request).row)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -180,7 +183,7 @@ async def cancel(request: Request, job_id: str) -> Response:
     except JobNotFound:
         raise _not_found(job_id) from None
     status = 200 if row.state is JobState.CANCELLED else 202
-    return JSONResponse(_state(request).present.row(row), status_code=status)
+    return JSONResponse(presenter_of(request).row(row), status_code=status)
 
 
 @router.get("/jobs")
@@ -201,11 +204,11 @@ async def list_jobs(
         limit=limit + 1,
     )
     page, more = rows[:limit], len(rows) > limit
-    present = _state(request).present
+    present = presenter_of(request)
     nxt = None
     if more:
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-        nxt = "/v1/jobs?" + urlencode([*query, ("cursor", page[-1].id)])
+        nxt = f"{root_of(request)}/v1/jobs?" + urlencode([*query, ("cursor", page[-1].id)])
     headers = {"Link": f'<{nxt}>; rel="next"'} if nxt else None
     return JSONResponse({"items": [present.row(r) for r in page], "next": nxt}, headers=headers)
 

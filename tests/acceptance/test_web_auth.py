@@ -1,0 +1,233 @@
+"""Authentication as a host application plugs it in: an auth hook (a session cookie of the
+host, a bearer token the host checks), tokens limited to kinds, and docs behind the same
+auth, served offline."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException, Request, Response
+from starlette.requests import HTTPConnection
+
+from offload import App, Message, Settings
+from offload.web import create_app, lifespan
+
+pytestmark = pytest.mark.anyio
+ROOT = "http://testserver"
+
+
+class Export(Message):
+    user_id: str
+
+
+class Other(Message):
+    n: int = 0
+
+
+@pytest.fixture
+def app(settings: Settings) -> App:
+    app = App("auth", settings=settings)
+    app.message("reports.export", queue="reports")(Export)
+    app.message("reports.other", queue="reports")(Other)
+    return app
+
+
+@pytest.fixture
+async def host(app: App) -> AsyncIterator[FastAPI]:
+    """A user's application with a sign-in of its own, offload mounted under /jobs and
+    asking the host's session cookie who is calling (a plain function: the thread pool)."""
+    sessions: dict[str, str] = {}
+
+    def signed_in_user(request: Request) -> str | None:
+        return sessions.get(request.cookies.get("session", ""))
+
+    api = FastAPI()
+    api.mount("/jobs", create_app(app, auth=signed_in_user))
+
+    @api.post("/login/{user}")
+    async def login(user: str, response: Response) -> dict[str, str]:
+        sid = secrets.token_urlsafe()
+        sessions[sid] = user
+        response.set_cookie("session", sid, httponly=True, samesite="lax")
+        return {"user": user}
+
+    async with lifespan(app):
+        yield api
+
+
+def client(api: FastAPI, **headers: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=api)
+    return httpx.AsyncClient(transport=transport, base_url=ROOT, headers=headers)
+
+
+def assert_unauthorized(answer: httpx.Response) -> None:
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert answer.json()["type"].endswith("/unauthorized")
+
+
+async def test_a_session_cookie_of_the_host_names_the_principal(host: FastAPI) -> None:
+    async with client(host) as anonymous, client(host) as alice, client(host) as bob:
+        # Given a caller who is not signed in to the host, the hook answers None: 401.
+        assert_unauthorized(await anonymous.post("/jobs/v1/jobs/reports.export", json={}))
+        assert_unauthorized(await anonymous.get("/jobs/v1/jobs"))
+        await alice.post("/login/alice")
+        await bob.post("/login/bob")
+
+        # When Alice submits with her session, the job is hers;
+        submitted = await alice.post("/jobs/v1/jobs/reports.export", json={"user_id": "u1"})
+        assert submitted.status_code == 202, submitted.text
+        location = submitted.headers["location"]
+        assert (await alice.get(location)).status_code == 200
+        mine = (await alice.get("/jobs/v1/jobs")).json()["items"]
+        assert [r["id"] for r in mine] == [submitted.json()["id"]]
+
+        # Then for Bob it does not exist.
+        assert (await bob.get(location)).status_code == 404
+        assert (await bob.get("/jobs/v1/jobs")).json()["items"] == []
+
+
+async def test_a_bearer_token_checked_by_the_host_names_the_principal(app: App) -> None:
+    # Given a host that checks bearer tokens itself (an async hook: its own token store);
+    # the OFFLOAD_API_TOKENS of the settings do not apply once a hook is given.
+    issued = {"host-token-1": "carol"}
+
+    async def bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return issued.get(token) if scheme.lower() == "bearer" else None
+
+    app.configure(app.settings.with_(api_tokens={"env-token": "mallory"}))
+    api = FastAPI()
+    api.mount("/jobs", create_app(app, auth=bearer))
+    async with lifespan(app):
+        async with client(api, authorization="Bearer host-token-1") as carol:
+            submitted = await carol.post("/jobs/v1/jobs/reports.export", json={"user_id": "u"})
+            assert submitted.status_code == 202, submitted.text
+            assert (await carol.get(submitted.headers["location"])).status_code == 200
+        for token in ("env-token", "wrong", ""):
+            async with client(api, authorization=f"Bearer {token}") as other:
+                assert_unauthorized(await other.get(submitted.headers["location"]))
+
+
+async def test_a_hook_is_asked_once_per_request_and_may_be_an_object(app: App) -> None:
+    class Counting:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        async def __call__(self, conn: HTTPConnection) -> str:
+            self.asked += 1
+            return "dave"
+
+    hook = Counting()
+    api = create_app(app, auth=hook)
+    async with lifespan(api), client(api) as c:
+        submitted = await c.post("/v1/jobs/reports.export", json={"user_id": "u"})
+        assert submitted.status_code == 202 and hook.asked == 1
+        assert (await c.get(submitted.headers["location"])).status_code == 200
+        assert hook.asked == 2
+
+
+# -- tokens limited to kinds ----------------------------------------------------------------
+
+
+async def test_a_token_limited_to_kinds_finds_no_other_kind(settings: Settings) -> None:
+    # Given OFFLOAD_API_TOKENS with one token for every kind and one for reports.export only,
+    env = {"OFFLOAD_API_TOKENS": "t-all=alice, t-exp=exporter[reports.export]"}
+    tokens = Settings.from_env(env)
+    app = App("kinds", settings=settings.with_(**_tokens_of(tokens)))
+    app.message("reports.export", queue="reports")(Export)
+    app.message("reports.other", queue="reports")(Other)
+    api = create_app(app)
+    async with lifespan(app):
+        async with client(api, authorization="Bearer t-exp") as limited:
+            # When the limited token submits its kind, it is accepted;
+            ok = await limited.post("/v1/jobs/reports.export", json={"user_id": "u"})
+            assert ok.status_code == 202, ok.text
+            assert (await limited.get(ok.headers["location"])).status_code == 200
+            # Then another kind does not exist for it: 404, as a kind nobody declared.
+            other = await limited.post("/v1/jobs/reports.other", json={"n": 1})
+            unknown = await limited.post("/v1/jobs/reports.nope", json={})
+            for answer in (other, unknown):
+                assert answer.status_code == 404
+                assert answer.headers["content-type"] == "application/problem+json"
+                assert answer.json()["type"].endswith("/unknown-kind")
+        async with client(api, authorization="Bearer t-all") as everything:
+            answer = await everything.post("/v1/jobs/reports.other", json={"n": 1})
+            assert answer.status_code == 202
+
+
+def _tokens_of(settings: Settings) -> dict[str, Any]:
+    return {"api_tokens": settings.api_tokens, "token_kinds": settings.token_kinds}
+
+
+# -- docs: behind the API's auth, and offline -----------------------------------------------
+
+
+async def test_docs_need_the_same_auth_as_the_api(host: FastAPI, settings: Settings) -> None:
+    async with client(host) as anonymous, client(host) as alice:
+        assert_unauthorized(await anonymous.get("/jobs/docs"))
+        assert_unauthorized(await anonymous.get("/jobs/openapi.json"))
+        await alice.post("/login/alice")
+        assert (await alice.get("/jobs/docs")).status_code == 200
+        assert (await alice.get("/jobs/openapi.json")).status_code == 200
+
+    tokens = App("tokens", settings=settings.with_(api_tokens={"tok": "alice"}))
+    api = create_app(tokens)
+    async with client(api) as anonymous, client(api, authorization="Bearer tok") as alice:
+        assert_unauthorized(await anonymous.get("/docs"))
+        assert_unauthorized(await anonymous.get("/openapi.json"))
+        assert (await alice.get("/docs")).status_code == 200
+        assert (await alice.get("/openapi.json")).json()["info"]["title"] == "offload: tokens"
+
+
+async def test_docs_are_open_in_development_mode_and_load_nothing_from_elsewhere(
+    app: App,
+) -> None:
+    api = create_app(app)  # no hook, no tokens: development mode
+    async with client(api) as c:
+        page = await c.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        # No external host: every URL in the page is a path of this server.
+        assert not re.search(r"https?:|//[a-z]", page.text, re.IGNORECASE)
+        assert '"validatorUrl": null' in page.text  # Swagger UI's badge would call out
+        urls = re.findall(r"""(?:src|href)="([^"]+)"|url: '([^']+)'""", page.text)
+        assets = [a or b for a, b in urls]
+        assert sorted(assets) == [
+            "/docs/assets/favicon.png",
+            "/docs/assets/swagger-ui-bundle.js",
+            "/docs/assets/swagger-ui.css",
+            "/openapi.json",
+        ]
+        # And each of them loads.
+        kinds = {".js": "javascript", ".css": "text/css", ".png": "image/png", "json": "json"}
+        for url in assets:
+            answer = await c.get(url)
+            assert answer.status_code == 200, url
+            expected = next(v for k, v in kinds.items() if url.endswith(k))
+            assert expected in answer.headers["content-type"] and len(answer.content) > 100
+        bundle = (await c.get("/docs/assets/swagger-ui-bundle.js")).text
+        assert "SwaggerUIBundle" in bundle
+
+
+async def test_a_hook_may_refuse_with_a_challenge_of_its_own(app: App) -> None:
+    def basic_only(request: Request) -> str | None:
+        if request.headers.get("authorization") != "Basic ZXZlOnB3":
+            raise HTTPException(401, "sign in", headers={"WWW-Authenticate": 'Basic realm="x"'})
+        return "eve"
+
+    api = create_app(app, auth=basic_only)
+    async with lifespan(api), client(api) as c:
+        refused = await c.get("/v1/jobs")
+        assert (
+            refused.status_code == 401 and refused.headers["www-authenticate"] == 'Basic realm="x"'
+        )
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert (
+            await c.get("/v1/jobs", headers={"authorization": "Basic ZXZlOnB3"})
+        ).status_code == 200
