@@ -31,6 +31,31 @@ class Message(BaseModel):
     __queue__: ClassVar[str] = "default"
 
 
+@dataclass(frozen=True, slots=True)
+class FromPrincipal:
+    """Marks a message field that the web tier fills from the authenticated caller.
+
+    Use it as `user_id: Annotated[str, FromPrincipal()]`. Over HTTP the field is the
+    caller's principal and a client that sends it is refused (422), so no caller can act
+    in another's name; Python code (`app.enqueue`) sets it explicitly, validated as usual.
+    """
+
+
+def principal_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The input keys (alias, else name) of the fields of `cls` marked `FromPrincipal`.
+
+    Raises:
+        TypeError: a marked field is not a `str` (a principal is one).
+    """
+    keys = []
+    for name, info in cls.model_fields.items():
+        if any(isinstance(m, FromPrincipal) for m in info.metadata):
+            if info.annotation is not str:
+                raise TypeError(f"{cls.__name__}.{name} is FromPrincipal, so it must be a str")
+            keys.append(info.alias or name)
+    return tuple(keys)
+
+
 class JobState(enum.StrEnum):
     """Where a job is in its life.
 

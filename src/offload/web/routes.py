@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from ..app import App
+from ..app import App, MessageSpec
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
@@ -69,6 +69,23 @@ def _check_options(
         raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
 
 
+def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
+    """The body with the caller's principal in each `FromPrincipal` field.
+
+    Raises:
+        Problem: 422 when the client sent such a field (even with its own name).
+    """
+    if not spec.principal_fields or not isinstance(data, dict):
+        return data  # a body that is no object fails validation as it is
+    sent = [key for key in spec.principal_fields if key in data]
+    if sent:
+        why = "set from the caller's credentials: leave it out"
+        errors = [{"loc": [key], "msg": why, "type": "from_principal"} for key in sent]
+        detail = f"the body is not a valid {spec.kind} message"
+        raise Problem(422, detail, slug="invalid-payload", errors=errors)
+    return {**data, **dict.fromkeys(spec.principal_fields, principal)}
+
+
 @router.post("/jobs/{kind}", status_code=202)
 async def submit(
     request: Request,
@@ -84,13 +101,14 @@ async def submit(
     principal = _state(request).auth.principal(request)
     app = _app(request)
     spec = app.kinds.get(kind)
-    if spec is None:
+    if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
     _check_options(request, delay, run_at, callback_url, notify_email)
     try:
         data = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
+    data = _with_principal(data, spec, principal)
     try:
         message = spec.cls.model_validate(data)
     except ValidationError as exc:
