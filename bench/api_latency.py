@@ -43,12 +43,13 @@ async def paced(
     """Fire requests at `rate`/s (each on its own task, so a slow one doesn't delay the next)."""
     latencies: list[float] = []
     errors = 0
+    headers = {"Content-Type": "application/json"} if body is not None else None
 
     async def one() -> None:
         nonlocal errors
         start = time.perf_counter()
         try:
-            response = await client.request(method, path, content=body)
+            response = await client.request(method, path, content=body, headers=headers)
             if response.status_code >= 400:
                 errors += 1
         except httpx.HTTPError:

@@ -12,7 +12,7 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Request, WebSocket
+from fastapi import APIRouter, Depends, Header, Request, WebSocket
 from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
@@ -20,6 +20,7 @@ from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
 from .events import follow_owner, owner_stream
+from .origins import refuse_cross_site
 from .problems import JSONResponse, Problem
 
 log = logging.getLogger("offload.web")
@@ -82,7 +83,7 @@ def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     return None
 
 
-@router.post("/ws-ticket", status_code=201)
+@router.post("/ws-ticket", status_code=201, dependencies=[Depends(refuse_cross_site)])
 async def ws_ticket(request: Request) -> Response:
     """A ticket for /v1/ws or /v1/events (`?ticket=`), for clients that cannot send an
     Authorization header (browsers' WebSocket and EventSource). Valid for 60 s."""
@@ -150,6 +151,7 @@ async def ws(websocket: WebSocket) -> None:
     """
     query = websocket.query_params
     try:
+        refuse_cross_site(websocket)  # no CORS for WebSockets: another site could read
         principal = principal_of(websocket, query.get("ticket"))
         cursor = cursor_of(None, query.get("since"))
     except Problem as problem:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
@@ -16,10 +16,12 @@ from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .events import job_stream
+from .origins import refuse_cross_site
 from .present import blob_refs
 from .problems import JSONResponse, Problem
 
-router = APIRouter(prefix="/v1")
+#: Development mode refuses cross-site writes on every route here (see `origins`).
+router = APIRouter(prefix="/v1", dependencies=[Depends(refuse_cross_site)])
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -69,6 +71,29 @@ def _check_options(
         raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<anything>+json`, parameters aside."""
+    media = content_type.partition(";")[0].strip().lower()
+    top, _, sub = media.partition("/")
+    return top == "application" and (sub == "json" or (sub.endswith("+json") and sub != "+json"))
+
+
+def _require_json(request: Request) -> None:
+    """A message comes as JSON, declared so: the bodies a page of another site may send
+    without a CORS preflight (text/plain, forms) are refused before they are read.
+
+    Raises:
+        Problem: 415 for any other (or no) Content-Type.
+    """
+    if not is_json_media_type(request.headers.get("content-type", "")):
+        raise Problem(
+            415,
+            "send the message as JSON, with Content-Type: application/json",
+            slug="unsupported-media-type",
+            headers={"Accept-Post": "application/json, application/*+json"},
+        )
+
+
 def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
     """The body with the caller's principal in each `FromPrincipal` field.
 
@@ -103,6 +128,7 @@ async def submit(
     spec = app.kinds.get(kind)
     if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
+    _require_json(request)
     _check_options(request, delay, run_at, callback_url, notify_email)
     try:
         data = orjson.loads(await request.body())
