@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._signing import load_or_create_key, signed_query
-from .contract import JobRow, status_record
+from .contract import JobRow, public_error, status_record
 from .stores.blobs import BLOB_REF_PREFIX, blob_path
 
 if TYPE_CHECKING:
@@ -46,12 +46,17 @@ class Presenter:
         ttl_s: how long a link stays valid.
         prefix: put before each link's path: empty for the API (relative links), the
             public base URL for links that leave the web tier (webhooks, email).
+        tracebacks: show failures' tracebacks (OFFLOAD_EXPOSE_TRACEBACKS); else an error
+            is its type and message only.
     """
 
-    def __init__(self, secret: bytes, ttl_s: float, prefix: str = "") -> None:
+    def __init__(
+        self, secret: bytes, ttl_s: float, prefix: str = "", *, tracebacks: bool = False
+    ) -> None:
         self.secret = secret
         self.ttl_s = ttl_s
         self.prefix = prefix
+        self.tracebacks = tracebacks
 
     def link(self, key: str, now: float | None = None) -> str:
         path = blob_path(key)
@@ -68,10 +73,14 @@ class Presenter:
         return value
 
     def record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A status record as callers see it: signed links in its result, and its error
+        without the traceback unless this presenter shows them."""
+        if not self.tracebacks and record.get("error") is not None:
+            record = {**record, "error": public_error(record["error"])}
         if record.get("result") is None:
             return record
         return {**record, "result": self.sign_refs(record["result"])}
 
     def row(self, row: JobRow) -> dict[str, Any]:
         """The status record of `row`, with signed links in its result."""
-        return self.record(status_record(row))
+        return self.record(status_record(row, tracebacks=self.tracebacks))

@@ -497,11 +497,15 @@ class App:
             return None
         return row
 
-    async def status(self, job_id: str, *, owner: str | None = None) -> dict[str, Any]:
+    async def status(
+        self, job_id: str, *, owner: str | None = None, tracebacks: bool = False
+    ) -> dict[str, Any]:
         """The job's status record, with its `deliveries` (webhook and email attempts).
 
         Args:
             owner: when given, another owner's job is not found.
+            tracebacks: include the stored traceback of a failure (for operators: `offload
+                jobs show`); the public record carries the error's type and message only.
 
         Raises:
             JobNotFound: no such job (for `owner`).
@@ -509,7 +513,8 @@ class App:
         row = await self.get(job_id, owner=owner)
         if row is None:
             raise JobNotFound(job_id)
-        return {**status_record(row), "deliveries": await self.deliveries(job_id)}
+        record = status_record(row, tracebacks=tracebacks)
+        return {**record, "deliveries": await self.deliveries(job_id)}
 
     async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """Every webhook and email notification of the job, each with its attempts."""

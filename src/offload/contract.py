@@ -331,9 +331,28 @@ class JobRow:
         )
 
 
-def status_record(row: JobRow, *, prefix: str = "/v1/jobs") -> dict[str, Any]:
+#: The keys of a stored error that a public status record shows.
+PUBLIC_ERROR_KEYS = ("type", "message")
+
+
+def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored error as clients see it: its type and message, never the traceback (server
+    paths and source lines are for operators)."""
+    if error is None:
+        return None
+    return {k: error[k] for k in PUBLIC_ERROR_KEYS if k in error}
+
+
+def status_record(
+    row: JobRow, *, prefix: str = "/v1/jobs", tracebacks: bool = False
+) -> dict[str, Any]:
     """The status record as the API, the CLI, notifications and every event show a job: the
-    one place a row is presented (links under `prefix`, times as RFC 3339)."""
+    one place a row is presented (links under `prefix`, times as RFC 3339).
+
+    Args:
+        tracebacks: show the stored error whole, traceback included (operators, and API
+            answers under OFFLOAD_EXPOSE_TRACEBACKS=1); else its type and message only.
+    """
     job_id = row.id
     fraction, message = row.progress_fraction, row.progress_message
     progress = (
@@ -350,7 +369,7 @@ def status_record(row: JobRow, *, prefix: str = "/v1/jobs") -> dict[str, Any]:
         "max_attempts": row.max_attempts,
         "progress": progress,
         "result": row.result,
-        "error": row.error,
+        "error": row.error if tracebacks else public_error(row.error),
         "created_at": iso(row.enqueued_at),
         "run_at": iso(row.run_at),
         "started_at": iso(row.started_at),

@@ -133,7 +133,9 @@ def create_app(app: App, settings: Settings | None = None) -> FastAPI:
     api.state.offload = app
     api.state.auth = TokenAuth(settings)
     secret = signing_key(settings)
-    api.state.present = Presenter(secret, settings.link_ttl_s)
+    api.state.present = Presenter(
+        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks
+    )
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(api)
     api.include_router(router)

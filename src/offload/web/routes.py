@@ -163,11 +163,12 @@ async def submit(
 async def show(request: Request, job_id: str) -> Response:
     """The status record, with `deliveries`: each webhook and email and its attempts."""
     principal = _state(request).auth.principal(request)
+    present = _state(request).present
     try:
-        record = await _app(request).status(job_id, owner=principal)
+        record = await _app(request).status(job_id, owner=principal, tracebacks=present.tracebacks)
     except JobNotFound:
         raise _not_found(job_id) from None
-    return JSONResponse(_state(request).present.record(record))
+    return JSONResponse(present.record(record))
 
 
 @router.get("/jobs/{job_id}/result")
