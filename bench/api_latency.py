@@ -3,8 +3,9 @@
     python bench/api_latency.py [--rate 200] [--seconds 10] [--with-worker]
 
 Starts `offload web` (and, with --with-worker, `offload worker`) on a fresh SQLite file with
-the quickstart app, then sends a paced stream of job submissions over keep-alive HTTP and
-reports p50/p90/p99/max. The reference in the same run: `GET /healthz` at the same rate.
+the five-minute tour's app (examples/quickstart), then sends a paced stream of job
+submissions over keep-alive HTTP and reports p50/p90/p99/max. The reference in the same
+run: `GET /healthz` at the same rate.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ async def paced(
     """Fire requests at `rate`/s (each on its own task, so a slow one doesn't delay the next)."""
     latencies: list[float] = []
     errors = 0
+    headers = {"Content-Type": "application/json"} if body is not None else None
 
     async def one() -> None:
         nonlocal errors
         start = time.perf_counter()
         try:
-            response = await client.request(method, path, content=body)
+            response = await client.request(method, path, content=body, headers=headers)
             if response.status_code >= 400:
                 errors += 1
         except httpx.HTTPError:
@@ -79,12 +81,12 @@ async def main() -> None:
     env.update(
         OFFLOAD_URL=f"sqlite:///{work / 'jobs.db'}",
         OFFLOAD_BLOBS_URL=str(work / "blobs"),
-        PYTHONPATH=str(TOP),
+        PYTHONPATH=str(TOP / "examples" / "quickstart"),
     )
     offload = str(TOP / ".venv/bin/offload")
     procs = [
         subprocess.Popen(
-            [offload, "web", "--app", "examples.quickstart.contracts:app", "--port", str(port)],
+            [offload, "web", "--app", "myproj.contracts:app", "--port", str(port)],
             env=env,
             cwd=work,
             stdout=subprocess.DEVNULL,
@@ -94,7 +96,7 @@ async def main() -> None:
     if args.with_worker:
         procs.append(
             subprocess.Popen(
-                [offload, "worker", "--app", "examples.quickstart.worker:app"],
+                [offload, "worker", "--app", "myproj.worker:app"],
                 env=env,
                 cwd=work,
                 stdout=subprocess.DEVNULL,
@@ -114,13 +116,13 @@ async def main() -> None:
                     pass
                 await asyncio.sleep(0.1)
             await paced(client, args.rate, 1.0, "GET", "/healthz", None)  # warm-up
-            body = b'{"text": "hello"}'
-            await paced(client, args.rate, 1.0, "POST", "/v1/jobs/text.shout", body)
+            body = b'{"period": "2026-10"}'
+            await paced(client, args.rate, 1.0, "POST", "/v1/jobs/reports.export", body)
             health, health_err = await paced(
                 client, args.rate, args.seconds, "GET", "/healthz", None
             )
             posts, post_err = await paced(
-                client, args.rate, args.seconds, "POST", "/v1/jobs/text.shout", body
+                client, args.rate, args.seconds, "POST", "/v1/jobs/reports.export", body
             )
     finally:
         for proc in procs:
@@ -128,7 +130,7 @@ async def main() -> None:
         for proc in procs:
             proc.wait(20)
     rows = [
-        ("POST /v1/jobs/text.shout", posts, post_err),
+        ("POST /v1/jobs/reports.export", posts, post_err),
         ("GET /healthz (reference)", health, health_err),
     ]
     during = " (a worker draining meanwhile)" if args.with_worker else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .app import App, Job
 from .context import Context
-from .contract import Envelope, JobRow, JobState, Lease, Message, Outcome
+from .contract import Envelope, FromPrincipal, JobRow, JobState, Lease, Message, Outcome
 from .errors import (
     BackendError,
     Cancel,
@@ -32,6 +32,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "Envelope",
+    "FromPrincipal",
     "InvalidTransition",
     "Job",
     "JobError",

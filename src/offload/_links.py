@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._signing import load_or_create_key, signed_query
-from .contract import JobRow, status_record
+from .contract import JobRow, public_error, status_record
 from .stores.blobs import BLOB_REF_PREFIX, blob_path
 
 if TYPE_CHECKING:
@@ -51,13 +51,24 @@ class Presenter:
             public base URL for links that leave the web tier (webhooks, email).
         mount: the path the web tier is mounted at (`/jobs`, empty at the root): put
             before the job links (`links.self`, `events`, `result`) of every record.
+        tracebacks: show failures' tracebacks (OFFLOAD_EXPOSE_TRACEBACKS); else an error
+            is its type and message only.
     """
 
-    def __init__(self, secret: bytes, ttl_s: float, prefix: str = "", *, mount: str = "") -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        ttl_s: float,
+        prefix: str = "",
+        *,
+        mount: str = "",
+        tracebacks: bool = False,
+    ) -> None:
         self.secret = secret
         self.ttl_s = ttl_s
         self.prefix = prefix
         self.mount = mount
+        self.tracebacks = tracebacks
 
     def at(self, root_path: str) -> Presenter:
         """This presenter for a web tier mounted at `root_path` (the ASGI scope's): its file
@@ -65,7 +76,13 @@ class Presenter:
         root = root_path.rstrip("/")
         if not root:
             return self
-        return Presenter(self.secret, self.ttl_s, self.prefix + root, mount=self.mount + root)
+        return Presenter(
+            self.secret,
+            self.ttl_s,
+            self.prefix + root,
+            mount=self.mount + root,
+            tracebacks=self.tracebacks,
+        )
 
     def link(self, key: str, now: float | None = None) -> str:
         path = blob_path(key)
@@ -82,9 +99,12 @@ class Presenter:
         return value
 
     def record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A status record (as `App.status` makes it) with signed links in its result and
-        its job links under the mount path."""
+        """A status record (as `App.status` makes it) as callers see it: signed links in its
+        result, its job links under the mount path, and its error without the traceback
+        unless this presenter shows them."""
         changes: dict[str, Any] = {}
+        if not self.tracebacks and record.get("error") is not None:
+            changes["error"] = public_error(record["error"])
         if record.get("result") is not None:
             changes["result"] = self.sign_refs(record["result"])
         links = record.get("links")
@@ -94,7 +114,7 @@ class Presenter:
 
     def row(self, row: JobRow) -> dict[str, Any]:
         """The status record of `row`, with signed links in its result."""
-        record = status_record(row, prefix=f"{self.mount}{JOBS_PATH}")
+        record = status_record(row, prefix=f"{self.mount}{JOBS_PATH}", tracebacks=self.tracebacks)
         if record["result"] is None:
             return record
         return {**record, "result": self.sign_refs(record["result"])}

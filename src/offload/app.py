@@ -15,7 +15,15 @@ from ._ids import uuid7
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import Change
 from .clock import Clock
-from .contract import EnqueueResult, Envelope, JobRow, JobState, Message, status_record
+from .contract import (
+    EnqueueResult,
+    Envelope,
+    JobRow,
+    JobState,
+    Message,
+    principal_fields,
+    status_record,
+)
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .notify import base as _notify
 from .notify.base import EmailTemplate
@@ -55,6 +63,10 @@ class MessageSpec:
     timeout: float | None
     #: Webhook target of every job of this kind that names none itself.
     callback_url: str | None = None
+    #: Submittable over HTTP (`POST /v1/jobs/{kind}`); False: only from Python code.
+    http: bool = True
+    #: Input keys of the fields the web tier fills from the caller (`FromPrincipal`).
+    principal_fields: tuple[str, ...] = ()
 
 
 def _builtin_kinds() -> dict[str, MessageSpec]:
@@ -183,12 +195,19 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | timedelta | None = None,
         callback_url: str | None = None,
+        http: bool = True,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
         Args:
             callback_url: a webhook target notified when any job of this kind ends, unless
                 the job names its own `callback_url`.
+            http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
+                as for an unknown kind): only Python code enqueues it (follow-up jobs).
+
+        Raises:
+            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, or a
+                `FromPrincipal` field that is not a `str`.
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
@@ -201,10 +220,22 @@ class App:
                 raise ConfigurationError(f"{cls!r} must subclass offload.Message")
             if kind in self.kinds and self.kinds[kind].cls is not cls:
                 raise ConfigurationError(f"message kind {kind!r} is declared twice")
+            try:
+                filled = principal_fields(cls)
+            except TypeError as exc:
+                raise ConfigurationError(str(exc)) from None
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
             self.kinds[kind] = MessageSpec(
-                cls, kind, version, cls.__queue__, max_attempts, _seconds(timeout), callback_url
+                cls,
+                kind,
+                version,
+                cls.__queue__,
+                max_attempts,
+                _seconds(timeout),
+                callback_url,
+                http=http,
+                principal_fields=filled,
             )
             return cls
 
@@ -470,11 +501,15 @@ class App:
             return None
         return row
 
-    async def status(self, job_id: str, *, owner: str | None = None) -> dict[str, Any]:
+    async def status(
+        self, job_id: str, *, owner: str | None = None, tracebacks: bool = False
+    ) -> dict[str, Any]:
         """The job's status record, with its `deliveries` (webhook and email attempts).
 
         Args:
             owner: when given, another owner's job is not found.
+            tracebacks: include the stored traceback of a failure (for operators: `offload
+                jobs show`); the public record carries the error's type and message only.
 
         Raises:
             JobNotFound: no such job (for `owner`).
@@ -482,7 +517,8 @@ class App:
         row = await self.get(job_id, owner=owner)
         if row is None:
             raise JobNotFound(job_id)
-        return {**status_record(row), "deliveries": await self.deliveries(job_id)}
+        record = status_record(row, tracebacks=tracebacks)
+        return {**record, "deliveries": await self.deliveries(job_id)}
 
     async def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """Every webhook and email notification of the job, each with its attempts."""

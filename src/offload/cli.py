@@ -293,8 +293,8 @@ def jobs_list(
 
 @jobs_cli.command("show")
 def jobs_show(job_id: str, app: OptApp = None, url: Url = None) -> None:
-    """Show one job's status record."""
-    record = _with_app(app, url, lambda a: a.status(job_id))
+    """Show one job's status record, with the traceback of a failure (for operators)."""
+    record = _with_app(app, url, lambda a: a.status(job_id, tracebacks=True))
     _console().print_json(orjson.dumps(record).decode())
 
 

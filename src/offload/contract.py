@@ -31,6 +31,31 @@ class Message(BaseModel):
     __queue__: ClassVar[str] = "default"
 
 
+@dataclass(frozen=True, slots=True)
+class FromPrincipal:
+    """Marks a message field that the web tier fills from the authenticated caller.
+
+    Use it as `user_id: Annotated[str, FromPrincipal()]`. Over HTTP the field is the
+    caller's principal and a client that sends it is refused (422), so no caller can act
+    in another's name; Python code (`app.enqueue`) sets it explicitly, validated as usual.
+    """
+
+
+def principal_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The input keys (alias, else name) of the fields of `cls` marked `FromPrincipal`.
+
+    Raises:
+        TypeError: a marked field is not a `str` (a principal is one).
+    """
+    keys = []
+    for name, info in cls.model_fields.items():
+        if any(isinstance(m, FromPrincipal) for m in info.metadata):
+            if info.annotation is not str:
+                raise TypeError(f"{cls.__name__}.{name} is FromPrincipal, so it must be a str")
+            keys.append(info.alias or name)
+    return tuple(keys)
+
+
 class JobState(enum.StrEnum):
     """Where a job is in its life.
 
@@ -306,9 +331,28 @@ class JobRow:
         )
 
 
-def status_record(row: JobRow, *, prefix: str = "/v1/jobs") -> dict[str, Any]:
+#: The keys of a stored error that a public status record shows.
+PUBLIC_ERROR_KEYS = ("type", "message")
+
+
+def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored error as clients see it: its type and message, never the traceback (server
+    paths and source lines are for operators)."""
+    if error is None:
+        return None
+    return {k: error[k] for k in PUBLIC_ERROR_KEYS if k in error}
+
+
+def status_record(
+    row: JobRow, *, prefix: str = "/v1/jobs", tracebacks: bool = False
+) -> dict[str, Any]:
     """The status record as the API, the CLI, notifications and every event show a job: the
-    one place a row is presented (links under `prefix`, times as RFC 3339)."""
+    one place a row is presented (links under `prefix`, times as RFC 3339).
+
+    Args:
+        tracebacks: show the stored error whole, traceback included (operators, and API
+            answers under OFFLOAD_EXPOSE_TRACEBACKS=1); else its type and message only.
+    """
     job_id = row.id
     fraction, message = row.progress_fraction, row.progress_message
     progress = (
@@ -325,7 +369,7 @@ def status_record(row: JobRow, *, prefix: str = "/v1/jobs") -> dict[str, Any]:
         "max_attempts": row.max_attempts,
         "progress": progress,
         "result": row.result,
-        "error": row.error,
+        "error": row.error if tracebacks else public_error(row.error),
         "created_at": iso(row.enqueued_at),
         "run_at": iso(row.run_at),
         "started_at": iso(row.started_at),

@@ -119,6 +119,9 @@ class Settings:
     email_from: str = DEFAULT_EMAIL_FROM
     public_url: str = DEFAULT_PUBLIC_URL
     notify_backoff_s: float = DEFAULT_NOTIFY_BACKOFF_S
+    #: Put failed jobs' tracebacks in API answers, events, webhooks and emails (local
+    #: development only: they show server paths and source lines).
+    expose_tracebacks: bool = False
 
     @property
     def dev_mode(self) -> bool:
@@ -149,6 +152,7 @@ class Settings:
                 email_from=e.get("OFFLOAD_EMAIL_FROM") or DEFAULT_EMAIL_FROM,
                 public_url=(e.get("OFFLOAD_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
                 notify_backoff_s=float(e.get("OFFLOAD_NOTIFY_BACKOFF") or DEFAULT_NOTIFY_BACKOFF_S),
+                expose_tracebacks=_flag(e.get("OFFLOAD_EXPOSE_TRACEBACKS")),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 import offload.demo.handlers as handlers
 from offload.contract import JobRow
 from offload.demo.config import DemoConfig
+from offload.demo.contracts import ExportReport, MakeThumbnails
 from offload.demo.contracts import app as demo_app
 from offload.demo.launcher import prepare
 from offload.demo.mailbox import MailboxStore, SmtpCatcher
@@ -317,11 +318,70 @@ async def test_users_see_only_their_own_exports(demo: Demo) -> None:
 
 async def test_the_session_cookie_does_not_authorise_api_writes(demo: Demo) -> None:
     alice = await demo.signed_in("alice")
-    answer = await alice.post("/v1/jobs/demo.report", json={"user_id": "alice", "period": "2025"})
+    answer = await alice.post("/v1/jobs/demo.report", json={"period": "2025"})
     assert answer.status_code == 202  # development mode: the caller is `local`, not alice
     assert (await alice.get(f"/v1/jobs/{answer.json()['id']}")).status_code == 404
     (row,) = await demo.all_jobs()
     assert row.owner == "local"
+    assert row.payload["user_id"] == "local"  # the caller's own report, not Alice's
+
+
+async def test_no_api_caller_acts_on_another_users_data(demo: Demo) -> None:
+    anonymous = demo.client()
+    # A client may not name whose report it wants: the report is the caller's own.
+    named = await anonymous.post(
+        "/v1/jobs/demo.report", json={"user_id": "alice", "period": "2025"}
+    )
+    assert named.status_code == 422
+    assert named.headers["content-type"] == "application/problem+json"
+    assert [e["loc"] for e in named.json()["errors"]] == [["user_id"]]
+    # Nor start the follow-up kinds: emails to a user, thumbnails of another's upload.
+    confirm = {
+        "user_id": "alice", "report_job_id": "x", "period": "2025", "pages": 1,
+        "revenue_cents": 1, "orders": 1,
+    }  # fmt: skip
+    thumbnails = {"image_key": "uploads/alice/x/original.png", "filename": "a.png"}
+    for kind, body in (("demo.confirm", confirm), ("demo.thumbnails", thumbnails)):
+        closed = await anonymous.post(f"/v1/jobs/{kind}", json=body)
+        assert closed.status_code == 404, kind
+        assert closed.json()["type"].endswith("/unknown-kind")
+    assert await demo.all_jobs() == []
+
+    # The report the API accepts is the caller's (`local`: no demo user), so it renders no
+    # one's orders and mails no one.
+    job_id = (await anonymous.post("/v1/jobs/demo.report", json={"period": "2025"})).json()["id"]
+
+    await eventually(lambda: _final(job_id))
+    row = await demo_app.get(job_id)
+    assert row is not None and row.state == "cancelled" and row.result is None
+    assert [j.kind for j in await demo.all_jobs()] == ["demo.report"]
+    assert demo.mailbox.count_for("alice@example.com") == 0
+    await anonymous.aclose()
+
+
+async def test_a_job_that_names_another_user_than_its_owner_is_cancelled(demo: Demo) -> None:
+    # Given jobs enqueued by code that names Alice in jobs Bob owns,
+    alice = await demo.signed_in("alice")
+    upload = await alice.post("/thumbnails", files={"image": ("a.png", png(), "image/png")})
+    (mine,) = await demo.all_jobs()
+    image_key = mine.payload["image_key"]
+    await eventually(lambda: _final(mine.id))
+    jobs = [
+        await demo_app.enqueue(ExportReport(user_id="alice", period="2025"), owner="bob"),
+        await demo_app.enqueue(MakeThumbnails(image_key=image_key, filename="a"), owner="bob"),
+    ]
+    # then the worker refuses to act on Alice's data for Bob.
+    for job in jobs:
+        await eventually(lambda job=job: _final(job.id))
+        row = await demo_app.get(job.id)
+        assert row is not None and row.state == "cancelled" and row.result is None
+    assert upload.status_code == 202
+    assert demo.mailbox.count_for("alice@example.com") == 0
+
+
+async def _final(job_id: str) -> bool:
+    row = await demo_app.get(job_id)
+    return row is not None and row.state.final
 
 
 async def test_confirmation_email_is_retried_while_smtp_is_down(

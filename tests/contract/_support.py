@@ -53,10 +53,11 @@ def envelope(
 
 
 async def status(backend: Backend, job_id: str) -> dict[str, Any]:
-    """The job's status record (as the API shows it)."""
+    """The job's status record, its stored error whole (as operators see it: a backend
+    keeps the traceback, which the public record leaves out)."""
     row = await backend.get(job_id)
     assert row is not None, f"job {job_id} is not stored"
-    return status_record(row)
+    return status_record(row, tracebacks=True)
 
 
 async def claim(

@@ -1,4 +1,10 @@
-"""The demo's contract: its App and message classes, imported by both halves (no handlers)."""
+"""The demo's contract: its App and message classes, imported by both halves (no handlers).
+
+A report is always the caller's own: over the API its `user_id` is the caller's principal
+(`FromPrincipal`), never a field the client chooses. Thumbnails and confirmation emails are
+follow-ups the demo's own code starts (after an upload, after a report), so they are off
+the HTTP API (`http=False`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from offload import App, Message
+from offload import App, FromPrincipal, Message
 
 app = App("offload-demo")
 
@@ -18,11 +24,11 @@ DEFAULT_THUMBNAIL_SIZES = (64, 160, 320)
 class ExportReport(Message):
     """Render a shop's sales report for a year or a quarter as a PDF."""
 
-    user_id: str = Field(min_length=1, max_length=64)
+    user_id: Annotated[str, FromPrincipal(), Field(min_length=1, max_length=64)]
     period: str = Field(pattern=r"^\d{4}(-Q[1-4])?$")
 
 
-@app.message("demo.thumbnails", version=1, queue="images", timeout=120)
+@app.message("demo.thumbnails", version=1, queue="images", timeout=120, http=False)
 class MakeThumbnails(Message):
     """Resize an uploaded image (already in the blob store) into thumbnails."""
 
@@ -33,7 +39,7 @@ class MakeThumbnails(Message):
     )
 
 
-@app.message("demo.confirm", version=1, queue="mail", max_attempts=8, timeout=60)
+@app.message("demo.confirm", version=1, queue="mail", max_attempts=8, timeout=60, http=False)
 class SendConfirmation(Message):
     """Email a user that their report is ready."""
 

@@ -28,11 +28,23 @@ def config() -> DemoConfig:
     return DemoConfig.from_env()
 
 
+def _for_owner(user_id: str, ctx: Context) -> None:
+    """A job acts for the user who owns it only (over the API, `user_id` is the caller's
+    own; this holds Python callers to the same rule).
+
+    Raises:
+        Cancel: the message names another user, or no demo user.
+    """
+    if user_id != ctx.owner:
+        raise Cancel(f"job of {ctx.owner!r} names another user")
+    if user_id not in USERS:
+        raise Cancel(f"no demo user {user_id!r}")
+
+
 @app.handles(ExportReport, max_attempts=3, timeout=300)
 async def export_report(msg: ExportReport, ctx: Context) -> dict[str, Any]:
     """Render the PDF, store it, and enqueue the confirmation email."""
-    if msg.user_id not in USERS:
-        raise Cancel(f"no demo user {msg.user_id!r}")
+    _for_owner(msg.user_id, ctx)
     await ctx.progress(0.02, "loading orders")
     figures = await asyncio.to_thread(load_sales, config().data_path, msg.user_id, msg.period)
 
@@ -65,6 +77,8 @@ async def export_report(msg: ExportReport, ctx: Context) -> dict[str, Any]:
 @app.handles(MakeThumbnails, max_attempts=3, timeout=120)
 async def make_thumbnails(msg: MakeThumbnails, ctx: Context) -> dict[str, Any]:
     """Resize the uploaded original into each size and store the thumbnails."""
+    if not msg.image_key.startswith(f"uploads/{ctx.owner}/"):  # the owner's own uploads only
+        raise Cancel(f"the upload {msg.image_key} is not one of {ctx.owner!r}")
     await ctx.progress(0.1, "reading the upload")
     try:
         original = await ctx.blobs.get(msg.image_key)
@@ -86,9 +100,8 @@ async def make_thumbnails(msg: MakeThumbnails, ctx: Context) -> dict[str, Any]:
 @app.handles(SendConfirmation, max_attempts=8, timeout=60)
 async def send_confirmation(msg: SendConfirmation, ctx: Context) -> dict[str, Any]:
     """Email the user that the report is ready (retried with backoff while SMTP is down)."""
-    user = USERS.get(msg.user_id)
-    if user is None:
-        raise Cancel(f"no demo user {msg.user_id!r}")
+    _for_owner(msg.user_id, ctx)
+    user = USERS[msg.user_id]
     summary = mail.ReportSummary(
         msg.report_job_id, msg.period, msg.pages, msg.revenue_cents, msg.orders
     )

@@ -60,9 +60,12 @@ class Dispatcher:
         # a worker that sends none starts without importing an HTTP client.
         self.notifiers: dict[str, Notifier | None] = {"webhook": webhook, "email": email}
         key = signing_key(s)
+        # A notification leaves for a third party: tracebacks only when exposed on purpose.
+        shown = s.expose_tracebacks
+        email_ttl_s = max(s.link_ttl_s, DEFAULT_EMAIL_LINK_TTL_S)
         self.presenters = {
-            "webhook": Presenter(key, s.link_ttl_s, prefix=s.public_url),
-            "email": Presenter(key, max(s.link_ttl_s, DEFAULT_EMAIL_LINK_TTL_S), s.public_url),
+            "webhook": Presenter(key, s.link_ttl_s, s.public_url, tracebacks=shown),
+            "email": Presenter(key, email_ttl_s, s.public_url, tracebacks=shown),
         }
 
     def handlers(self) -> dict[str, HandlerSpec]:

@@ -101,6 +101,8 @@ def template_context(n: Notification, app_name: str) -> dict[str, str]:
     state = str(record["state"])
     error = record.get("error") or {}
     message = str(error.get("message", "")) if state != "succeeded" else ""
+    if message and error.get("traceback"):  # only in records shown with tracebacks
+        message += f"\n\n{error['traceback']}"
     return {
         "app": app_name,
         "kind": str(record["kind"]),

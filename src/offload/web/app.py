@@ -149,7 +149,9 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.state.runtime = runtime_of(app)
     api.state.auth = Auth(auth, settings)
     secret = signing_key(settings)
-    api.state.present = Presenter(secret, settings.link_ttl_s)
+    api.state.present = Presenter(
+        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks
+    )
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(api)
     api.include_router(router)

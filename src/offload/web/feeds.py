@@ -22,6 +22,7 @@ from ..clock import iso
 from ..errors import BackendError
 from .auth import authenticated
 from .events import Hub, follow_owner, owner_stream
+from .origins import refuse_cross_site
 from .present import presenter_of, root_of
 from .problems import JSONResponse, Problem
 from .runtime import opened
@@ -86,7 +87,7 @@ def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     return None
 
 
-@router.post("/ws-ticket", status_code=201)
+@router.post("/ws-ticket", status_code=201, dependencies=[Depends(refuse_cross_site)])
 async def ws_ticket(request: Request) -> Response:
     """A ticket for /v1/ws or /v1/events (`?ticket=`), for clients that cannot send an
     Authorization header (browsers' WebSocket and EventSource). Valid for 60 s."""
@@ -172,6 +173,7 @@ async def ws(websocket: WebSocket) -> None:
     query = websocket.query_params
     state = websocket.app.state
     try:
+        refuse_cross_site(websocket)  # no CORS for WebSockets: another site could read
         hub = await _opened(websocket)
         await state.auth.authenticate(websocket)
         principal = principal_of(websocket, query.get("ticket"))

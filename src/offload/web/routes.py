@@ -11,17 +11,22 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from ..app import App
+from ..app import App, MessageSpec
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .auth import authenticated, kind_allowed
 from .events import job_stream
+from .origins import refuse_cross_site
 from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
 from .runtime import opened
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(opened), Depends(authenticated)])
+#: Development mode refuses cross-site writes on every route here (see `origins`).
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(refuse_cross_site), Depends(opened), Depends(authenticated)],
+)
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -71,6 +76,46 @@ def _check_options(
         raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<anything>+json`, parameters aside."""
+    media = content_type.partition(";")[0].strip().lower()
+    top, _, sub = media.partition("/")
+    return top == "application" and (sub == "json" or (sub.endswith("+json") and sub != "+json"))
+
+
+def _require_json(request: Request) -> None:
+    """A message comes as JSON, declared so: the bodies a page of another site may send
+    without a CORS preflight (text/plain, forms) are refused before they are read.
+
+    Raises:
+        Problem: 415 for any other (or no) Content-Type.
+    """
+    if not is_json_media_type(request.headers.get("content-type", "")):
+        raise Problem(
+            415,
+            "send the message as JSON, with Content-Type: application/json",
+            slug="unsupported-media-type",
+            headers={"Accept-Post": "application/json, application/*+json"},
+        )
+
+
+def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
+    """The body with the caller's principal in each `FromPrincipal` field.
+
+    Raises:
+        Problem: 422 when the client sent such a field (even with its own name).
+    """
+    if not spec.principal_fields or not isinstance(data, dict):
+        return data  # a body that is no object fails validation as it is
+    sent = [key for key in spec.principal_fields if key in data]
+    if sent:
+        why = "set from the caller's credentials: leave it out"
+        errors = [{"loc": [key], "msg": why, "type": "from_principal"} for key in sent]
+        detail = f"the body is not a valid {spec.kind} message"
+        raise Problem(422, detail, slug="invalid-payload", errors=errors)
+    return {**data, **dict.fromkeys(spec.principal_fields, principal)}
+
+
 @router.post("/jobs/{kind}", status_code=202, dependencies=[Depends(kind_allowed)])
 async def submit(
     request: Request,
@@ -86,13 +131,15 @@ async def submit(
     principal = _state(request).auth.principal(request)
     app = _app(request)
     spec = app.kinds.get(kind)
-    if spec is None:
+    if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
+    _require_json(request)
     _check_options(request, delay, run_at, callback_url, notify_email)
     try:
         data = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
+    data = _with_principal(data, spec, principal)
     try:
         message = spec.cls.model_validate(data)
     except ValidationError as exc:
@@ -122,11 +169,12 @@ async def submit(
 async def show(request: Request, job_id: str) -> Response:
     """The status record, with `deliveries`: each webhook and email and its attempts."""
     principal = _state(request).auth.principal(request)
+    present = presenter_of(request)
     try:
-        record = await _app(request).status(job_id, owner=principal)
+        record = await _app(request).status(job_id, owner=principal, tracebacks=present.tracebacks)
     except JobNotFound:
         raise _not_found(job_id) from None
-    return JSONResponse(presenter_of(request).record(record))
+    return JSONResponse(present.record(record))
 
 
 @router.get("/jobs/{job_id}/result")

@@ -1,0 +1,1 @@
+"""myproj: the five-minute tour's application (contracts, worker, a Python submitter)."""

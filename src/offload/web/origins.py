@@ -1,0 +1,83 @@
+"""Requests a browser could forge: development mode refuses cross-site writes.
+
+Without API tokens every caller is the principal `local`, with no credential a browser
+would have to hold: any page the developer visits could post to the loopback server. A
+browser marks what a page sends: `Origin` (every cross-origin request, every POST) and
+`Sec-Fetch-Site`; a request with neither comes from no browser page (curl, scripts,
+server-side clients). With API tokens a forged request lacks the bearer token, which a
+browser never adds on its own, so no origin check is needed there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from starlette.requests import HTTPConnection
+
+from .problems import Problem
+
+#: Methods that change state: refused cross-site in development mode.
+STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: `Sec-Fetch-Site` values of requests made by a page of the same origin, or by the user.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_WEB_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, default port filled in; None if malformed."""
+    scheme = _WEB_SCHEMES.get(scheme.lower(), scheme.lower())
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return scheme, parts.hostname.lower(), port
+
+
+def cross_site_reason(headers: Mapping[str, str], scheme: str, host: str) -> str | None:
+    """Why a request is cross-site, or None when it is not (or comes from no browser).
+
+    Args:
+        headers: the request's headers (lower-case names).
+        scheme: the scheme the request came in on (http, https, ws, wss).
+        host: its `Host` header.
+    """
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin) if "://" in origin else None
+        sent = None if parts is None or parts.path else _origin(parts.scheme, parts.netloc)
+        if sent is None or sent != _origin(scheme, host):
+            return f"a request from another origin ({origin[:100]})"
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in OWN_FETCH_SITES:
+        return f"a {site[:20]} request"
+    return None
+
+
+def refuse_cross_site(conn: HTTPConnection) -> None:
+    """In development mode, and behind an auth hook, refuse a state-changing request (or a
+    WebSocket handshake) that a page of another site made. A FastAPI dependency of the /v1
+    routers.
+
+    Raises:
+        Problem: 403 for a cross-site request.
+    """
+    if conn.scope["type"] == "http" and conn.scope["method"] not in STATE_CHANGING_METHODS:
+        return  # reads: the same-origin policy keeps their answers from other sites
+    auth = conn.app.state.auth
+    if auth.hook is None and auth.required:
+        return  # bearer tokens: a browser never adds one on its own
+    # Development mode (no credential at all) and an auth hook (it may read a cookie of the
+    # host's, which a browser sends along with a forged request) refuse them.
+    why = cross_site_reason(conn.headers, conn.url.scheme, conn.headers.get("host", ""))
+    if why is not None:
+        raise Problem(
+            403,
+            f"refused {why}: without API tokens (development mode) only pages of this "
+            "server and clients that are not browsers may change jobs",
+            slug="cross-site-request",
+        )

@@ -1,0 +1,295 @@
+"""Requests a browser cannot forge: `POST /v1/jobs/{kind}` takes JSON only (a page on
+another site can send text/plain or a form without a CORS preflight), and development mode,
+where every caller is `local` without credentials, refuses cross-site writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from offload import App, Message, Settings
+from offload.web import create_app
+from offload.web.origins import cross_site_reason
+
+pytestmark = pytest.mark.anyio
+BASE = "http://testserver"
+EVIL = "https://evil.example"
+
+
+class Task(Message):
+    name: str
+
+
+def make_app(tmp_path: Path, tokens: dict[str, str] | None = None) -> App:
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        secret_key=b"test-secret",
+        api_tokens=tokens or {},
+    )
+    app = App("cross-site", settings=settings)
+    app.message("t.task")(Task)
+    return app
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> App:
+    return make_app(tmp_path)  # development mode: no tokens, every caller is `local`
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App) -> AsyncIterator[httpx.AsyncClient]:
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            yield client
+
+
+@pytest.fixture
+async def web(app: App) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(app) as client:
+        yield client
+
+
+async def count(app: App) -> int:
+    return len(await app.list_jobs(owner=None, limit=100))
+
+
+# -- JSON only --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "text/json",
+        "application/+json",
+    ],
+)
+async def test_a_body_that_is_not_declared_json_is_415_and_enqueues_nothing(
+    app: App, web: httpx.AsyncClient, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    answer = await web.post("/v1/jobs/t.task", content=b'{"name": "x"}', headers=headers)
+    assert answer.status_code == 415, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["status"] == 415 and problem["type"].endswith("/unsupported-media-type")
+    assert "application/json" in problem["detail"]
+    assert await count(app) == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.api+json",
+    ],
+)
+async def test_json_media_types_are_accepted(
+    app: App, web: httpx.AsyncClient, content_type: str
+) -> None:
+    answer = await web.post(
+        "/v1/jobs/t.task", content=b'{"name": "x"}', headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == 202, answer.text
+    assert await count(app) == 1
+
+
+async def test_json_only_holds_with_api_tokens_too(tmp_path: Path) -> None:
+    app = make_app(tmp_path, {"tok": "alice"})
+    async with serving(app) as web:
+        web.headers["Authorization"] = "Bearer tok"
+        form = await web.post("/v1/jobs/t.task", data={"name": "x"})
+        assert form.status_code == 415
+        # A bearer token is not sent cross-site by a browser: no origin check is needed.
+        ok = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers={"Origin": EVIL})
+        assert ok.status_code == 202
+    assert await count(app) == 1
+
+
+# -- cross-site requests in development mode -------------------------------------------------
+
+
+async def test_a_cors_simple_request_from_another_site_enqueues_nothing(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # What <form enctype="text/plain"> or fetch(..., {mode: "no-cors"}) on evil.example sends:
+    answer = await web.post(
+        "/v1/jobs/t.task",
+        content=b'{"name": "forged"}',
+        headers={
+            "Content-Type": "text/plain;charset=UTF-8",
+            "Origin": EVIL,
+            "Sec-Fetch-Site": "cross-site",
+        },
+    )
+    assert answer.status_code == 403
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"].endswith("/cross-site-request")
+    assert await count(app) == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": EVIL},
+        {"Origin": "null"},  # sandboxed frames, data: URLs
+        {"Origin": "http://testserver:8080"},  # another port is another origin
+        {"Origin": "https://testserver"},  # another scheme too
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # localhost:3000 → localhost:8000
+        {"Origin": BASE, "Sec-Fetch-Site": "cross-site"},
+    ],
+)
+async def test_cross_site_writes_are_403_in_development_mode(
+    app: App, web: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    job_id = (await web.post("/v1/jobs/t.task", json={"name": "mine"})).json()["id"]
+    submit = await web.post("/v1/jobs/t.task", json={"name": "forged"}, headers=headers)
+    cancel = await web.delete(f"/v1/jobs/{job_id}", headers=headers)
+    ticket = await web.post("/v1/ws-ticket", headers=headers)
+    for answer in (submit, cancel, ticket):
+        assert answer.status_code == 403, (answer.request.url, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert await count(app) == 1
+    row = await app.get(job_id)
+    assert row is not None and row.state == "queued"  # not cancelled
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # curl, scripts, server-side clients
+        {"Origin": BASE},
+        {"Origin": "http://TestServer:80"},  # the same origin, spelled otherwise
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},  # typed by the user
+        {"Origin": BASE, "Sec-Fetch-Site": "same-origin"},
+    ],
+)
+async def test_same_origin_and_non_browser_writes_are_served(
+    app: App, web: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    submit = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers=headers)
+    assert submit.status_code == 202, submit.text
+    ticket = await web.post("/v1/ws-ticket", headers=headers)
+    assert ticket.status_code == 201
+    cancel = await web.delete(f"/v1/jobs/{submit.json()['id']}", headers=headers)
+    assert cancel.status_code == 200
+
+
+async def test_cross_site_reads_are_left_to_the_same_origin_policy(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    job_id = (await web.post("/v1/jobs/t.task", json={"name": "x"})).json()["id"]
+    answer = await web.get(f"/v1/jobs/{job_id}", headers={"Origin": EVIL})
+    assert answer.status_code == 200
+    assert "access-control-allow-origin" not in answer.headers  # the page cannot read it
+
+
+async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -> None:
+    # A page on another site may open a WebSocket to loopback (no CORS there) and would
+    # read every job of `local`.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        url = f"ws://127.0.0.1:{port}/v1/ws"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url, origin=EVIL):
+                pass
+        response = refused.value.response
+        assert response.status_code == 403
+        assert orjson.loads(response.body)["type"].endswith("/cross-site-request")
+        async with connect(url, origin=f"http://127.0.0.1:{port}") as ws:
+            assert orjson.loads(await ws.recv())["type"] == "hello"
+        async with connect(url) as ws:  # no Origin: not a browser
+            assert orjson.loads(await ws.recv())["type"] == "hello"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+# -- the rule, as a pure function ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "fetch_site", "scheme", "host", "refused"),
+    [
+        (None, None, "http", "127.0.0.1:8000", False),
+        ("http://127.0.0.1:8000", None, "http", "127.0.0.1:8000", False),
+        ("http://127.0.0.1:8000", None, "ws", "127.0.0.1:8000", False),
+        ("https://app.example", None, "https", "app.example:443", False),
+        ("http://localhost:8000", None, "http", "127.0.0.1:8000", True),
+        ("http://127.0.0.1:8000", None, "https", "127.0.0.1:8000", True),
+        ("http://127.0.0.1", None, "http", "127.0.0.1:8000", True),
+        ("not a url", None, "http", "127.0.0.1:8000", True),
+        (None, "same-origin", "http", "127.0.0.1:8000", False),
+        (None, "none", "http", "127.0.0.1:8000", False),
+        (None, "same-site", "http", "127.0.0.1:8000", True),
+        (None, "cross-site", "http", "127.0.0.1:8000", True),
+    ],
+)
+def test_cross_site_reason(
+    origin: str | None, fetch_site: str | None, scheme: str, host: str, refused: bool
+) -> None:
+    headers = {k: v for k, v in (("origin", origin), ("sec-fetch-site", fetch_site)) if v}
+    assert (cross_site_reason(headers, scheme, host) is not None) is refused
+
+
+async def test_behind_an_auth_hook_a_cross_site_write_is_refused_too(tmp_path: Path) -> None:
+    # Given an API whose hook reads the host's session cookie (a browser sends it along
+    # with any request a page of another site makes)
+    app = make_app(tmp_path)
+
+    def session(request: httpx.Request | object) -> str | None:
+        cookies = getattr(request, "cookies", {})
+        return "alice" if cookies.get("session") == "s1" else None
+
+    api = create_app(app, auth=session)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=BASE, cookies={"session": "s1"}
+        ) as client:
+            json = {"Content-Type": "application/json"}
+            # When a page of another site posts with the cookie
+            forged = await client.post(
+                "/v1/jobs/t.task", content=b'{"name": "x"}', headers={**json, "Origin": EVIL}
+            )
+            # Then it is refused and nothing is enqueued, while the host's own page may post
+            assert forged.status_code == 403
+            assert forged.headers["content-type"] == "application/problem+json"
+            assert await count(app) == 0
+            own = await client.post(
+                "/v1/jobs/t.task", content=b'{"name": "x"}', headers={**json, "Origin": BASE}
+            )
+            assert own.status_code == 202 and await count(app) == 1

@@ -1,0 +1,179 @@
+"""What a client may choose over HTTP: only kinds open to it (`http=False` closes one), and
+no field the web tier fills from the caller (`FromPrincipal`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import pytest
+from pydantic import Field, ValidationError
+
+import offload
+from offload import App, ConfigurationError, FromPrincipal, Message, Settings
+from offload.web import create_app
+
+pytestmark = pytest.mark.anyio
+TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
+
+
+class Report(Message):
+    user_id: Annotated[str, FromPrincipal(), Field(max_length=64)]
+    period: str
+
+
+class Receipt(Message):
+    user_id: str
+    text: str
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        secret_key=b"test-secret",
+        api_tokens={token: principal for principal, token in TOKENS.items()},
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> App:
+    app = App("inputs", settings=settings)
+    app.message("t.report", queue="reports")(Report)
+    app.message("t.receipt", queue="mail", http=False)(Receipt)
+    return app
+
+
+@pytest.fixture
+async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        out = {
+            who: httpx.AsyncClient(
+                transport=transport,
+                base_url="http://testserver",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            for who, token in TOKENS.items()
+        }
+        try:
+            yield out
+        finally:
+            for client in out.values():
+                await client.aclose()
+
+
+async def stored(app: App) -> list[offload.JobRow]:
+    return await app.list_jobs(owner=None, limit=100)
+
+
+# -- http=False -------------------------------------------------------------------------------
+
+
+async def test_a_kind_off_the_http_api_answers_404_as_an_unknown_kind_and_enqueues_nothing(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    alice = clients["alice"]
+    closed = await alice.post("/v1/jobs/t.receipt", json={"user_id": "alice", "text": "hi"})
+    unknown = await alice.post("/v1/jobs/t.nothing", json={"user_id": "alice", "text": "hi"})
+    assert closed.status_code == unknown.status_code == 404
+    assert closed.headers["content-type"] == "application/problem+json"
+    body, other = closed.json(), unknown.json()
+    # Then nothing tells a closed kind from one that does not exist, but its name.
+    assert body["type"] == other["type"] and body["type"].endswith("/unknown-kind")
+    assert body["detail"] == other["detail"].replace("t.nothing", "t.receipt")
+    assert {k for k in body} == {k for k in other}
+    assert await stored(app) == []
+
+
+async def test_a_kind_off_the_http_api_is_enqueued_from_python(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    job = await app.enqueue(Receipt(user_id="alice", text="hi"), owner="alice")
+    row = await app.get(job.id)
+    assert row is not None and row.kind == "t.receipt" and row.queue == "mail"
+    assert app.spec_of(Receipt).http is False and app.spec_of(Report).http is True
+    # Its jobs are the owner's like any other: readable, just not submittable.
+    shown = await clients["alice"].get(f"/v1/jobs/{job.id}")
+    assert shown.status_code == 200 and shown.json()["kind"] == "t.receipt"
+
+
+# -- FromPrincipal ------------------------------------------------------------------------------
+
+
+async def test_a_from_principal_field_is_filled_from_the_caller(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    ids = {}
+    for who in ("alice", "bob"):
+        answer = await clients[who].post("/v1/jobs/t.report", json={"period": "2026-10"})
+        assert answer.status_code == 202, answer.text
+        ids[who] = answer.json()["id"]
+    for who, job_id in ids.items():
+        row = await app.get(job_id)
+        assert row is not None
+        assert row.payload == {"user_id": who, "period": "2026-10"} and row.owner == who
+
+
+@pytest.mark.parametrize("sent", ["bob", "alice", None, ""])
+async def test_a_client_that_sends_a_from_principal_field_gets_422_and_nothing_is_enqueued(
+    app: App, clients: dict[str, httpx.AsyncClient], sent: str | None
+) -> None:
+    # Even its own name: the field is not the client's to choose.
+    answer = await clients["alice"].post(
+        "/v1/jobs/t.report", json={"user_id": sent, "period": "2026-10"}
+    )
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["status"] == 422 and problem["type"].endswith("/invalid-payload")
+    assert [e["loc"] for e in problem["errors"]] == [["user_id"]]
+    assert "caller" in problem["errors"][0]["msg"]
+    assert await stored(app) == []
+
+
+async def test_the_filled_field_is_validated_like_any_other(
+    app: App, settings: Settings, tmp_path: Path
+) -> None:
+    # Given a principal longer than the field allows,
+    long = "p" * 65
+    app.configure(settings.with_(api_tokens={"tok-long": long}))
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        headers = {"Authorization": "Bearer tok-long"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers=headers
+        ) as client:
+            answer = await client.post("/v1/jobs/t.report", json={"period": "2026-10"})
+    # then the message is invalid, as it would be from Python.
+    assert answer.status_code == 422
+    assert [e["loc"] for e in answer.json()["errors"]] == [["user_id"]]
+    assert await stored(app) == []
+
+
+async def test_python_code_sets_a_from_principal_field_explicitly(app: App) -> None:
+    with pytest.raises(ValidationError):
+        Report(period="2026-10")  # type: ignore[call-arg]
+    job = await app.enqueue(Report(user_id="u1", period="2026-10"), owner="u1")
+    row = await app.get(job.id)
+    assert row is not None and row.payload["user_id"] == "u1"
+    await app.close()
+
+
+def test_from_principal_is_public() -> None:
+    assert "FromPrincipal" in offload.__all__ and offload.FromPrincipal is FromPrincipal
+
+
+def test_a_from_principal_field_must_be_a_string() -> None:
+    app = App("inputs")
+
+    class Numbered(Message):
+        user_id: Annotated[int, FromPrincipal()]
+
+    with pytest.raises(ConfigurationError, match="user_id"):
+        app.message("t.numbered")(Numbered)
