@@ -222,6 +222,17 @@ async def test_events_need_credentials(base: str) -> None:
         assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
 
 
+@pytest.mark.parametrize("event_id", [b"x", b"-1", "²".encode("latin-1")])
+async def test_a_job_stream_resumes_after_ascii_digits_only(
+    clients: dict[str, httpx.AsyncClient], event_id: bytes
+) -> None:
+    # ² is a digit to str.isdigit(), not to int(): 400, not a crash
+    alice = clients["alice"]
+    job_id = await submit(alice, "waits")
+    bad = await alice.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": event_id})
+    assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
+
+
 async def _hello(ws: ClientConnection) -> int:
     hello = orjson.loads(await ws.recv())
     assert hello["type"] == "hello"

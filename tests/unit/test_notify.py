@@ -19,7 +19,8 @@ from offload.notify.email import EmailNotifier, EmailTemplate, parse_smtp_url
 from offload.notify.plan import follow_ups
 from offload.notify.webhook import sign, verify
 from offload.settings import Settings, parse_webhook_secrets
-from offload.web.feeds import make_ticket, read_ticket
+from offload.web.feeds import cursor_of, make_ticket, read_ticket
+from offload.web.problems import Problem
 
 # The example of the Standard Webhooks specification (and its reference libraries).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -261,8 +262,17 @@ def test_tickets_name_their_principal_until_they_expire() -> None:
     assert read_ticket(key, f"{who}.{int(expires) + 100}.{signature}", now=999) is None
     forged = base64.urlsafe_b64encode(b"bob").rstrip(b"=").decode()
     assert read_ticket(key, f"{forged}.{expires}.{signature}", now=999) is None
-    for junk in ("", "a.b", "..", "a.1000.", "%%%.1000.x", "a.99999999999999999999.x"):
+    for junk in ("", "a.b", "..", "a.1000.", "%%%.1000.x", "a.99999999999999999999.x", "a.²³.x"):
         assert read_ticket(key, junk, now=0) is None
+
+
+@pytest.mark.parametrize("position", ["x", "-1", "²", "١٢", "1" * 19])
+def test_a_feed_position_is_up_to_18_ascii_digits(position: str) -> None:
+    # ² and other digits that str.isdigit() takes and int() refuses: 400, not a crash
+    with pytest.raises(Problem) as refused:
+        cursor_of(position, None)
+    assert refused.value.status == 400
+    assert cursor_of(None, "42") == 42 and cursor_of("", None) is None
 
 
 def test_python_enqueue_takes_and_checks_delivery_options() -> None:

@@ -37,6 +37,11 @@ DEFAULT_WS_KEEPALIVE_S = 30.0
 _TICKET = "ws-ticket"
 
 
+def is_digits(value: str) -> bool:
+    """Only the digits 0-9 (`str.isdigit` also takes ² and other digits `int` refuses)."""
+    return value.isascii() and value.isdigit()
+
+
 def make_ticket(secret: bytes, principal: str, expires: int) -> str:
     """A ticket naming `principal`, valid until the epoch second `expires`."""
     who = base64.urlsafe_b64encode(principal.encode()).rstrip(b"=").decode()
@@ -47,7 +52,7 @@ def read_ticket(secret: bytes, ticket: str, now: float) -> str | None:
     """The principal a valid, unexpired ticket names; None for anything else."""
     who, _, rest = ticket.partition(".")
     expires, _, signature = rest.partition(".")
-    if not expires.isdigit() or len(expires) > 12 or int(expires) < now:
+    if not is_digits(expires) or len(expires) > 12 or int(expires) < now:
         return None
     try:
         principal = base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode()
@@ -81,7 +86,7 @@ def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     for name, value in (("Last-Event-ID", last_event_id), ("since", since)):
         if value is None or value == "":
             continue
-        if not value.isdigit() or len(value) > 18:
+        if not is_digits(value) or len(value) > 18:
             raise Problem(400, f"{name} must be an event id of this stream", slug="bad-event-id")
         return int(value)
     return None

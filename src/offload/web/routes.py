@@ -17,6 +17,7 @@ from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .auth import authenticated, kind_allowed
 from .events import job_stream
+from .feeds import is_digits
 from .origins import refuse_cross_site
 from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
@@ -206,7 +207,7 @@ async def events(
     await _owned(request, job_id)
     cursor = since or 0
     if last_event_id:
-        if not last_event_id.isdigit():
+        if not is_digits(last_event_id):
             raise Problem(
                 400, "Last-Event-ID must be an event id of this stream", slug="bad-event-id"
             )
