@@ -216,6 +216,7 @@ async def test_events_need_credentials(base: str) -> None:
             response = await anonymous.request(method, url)
             assert response.status_code == 401, url
             assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["www-authenticate"] == 'Bearer realm="offload"'
         bad = await anonymous.get(
             "/v1/events", headers={"Authorization": "Bearer tok-alice", "Last-Event-ID": "x"}
         )

@@ -20,7 +20,7 @@ from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
 from ..errors import BackendError
-from .auth import authenticated
+from .auth import DEFAULT_CHALLENGE, authenticated
 from .events import Hub, follow_owner, owner_stream
 from .origins import refuse_cross_site
 from .present import presenter_of, root_of
@@ -73,7 +73,9 @@ def principal_of(conn: HTTPConnection, ticket: str | None) -> str:
         return principal
     found = read_ticket(state.present.secret, ticket, time.time())
     if found is None:
-        raise Problem(401, "the ticket is invalid or has expired", slug="bad-ticket")
+        detail = "the ticket is invalid or has expired"
+        challenge = {"WWW-Authenticate": DEFAULT_CHALLENGE}
+        raise Problem(401, detail, slug="bad-ticket", headers=challenge)
     return found
 
 
