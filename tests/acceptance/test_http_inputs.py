@@ -177,3 +177,24 @@ def test_a_from_principal_field_must_be_a_string() -> None:
 
     with pytest.raises(ConfigurationError, match="user_id"):
         app.message("t.numbered")(Numbered)
+
+
+# -- methods ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/jobs/0193a1c2", "DELETE, GET"),  # a job
+        ("PATCH", "/v1/jobs/t.report", "POST"),  # a kind
+        ("POST", "/v1/jobs", "GET"),
+        ("DELETE", "/v1/queues", "GET"),
+    ],
+)
+async def test_a_405_names_every_method_of_the_resource(
+    clients: dict[str, httpx.AsyncClient], method: str, path: str, allow: str
+) -> None:
+    answer = await clients["alice"].request(method, path)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == allow
+    assert answer.headers["content-type"] == "application/problem+json"

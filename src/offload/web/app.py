@@ -30,7 +30,7 @@ from .feeds import router as feeds_router
 from .limits import BodyLimitMiddleware
 from .present import Presenter
 from .problems import JSONResponse, Problem, problem
-from .routes import router
+from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
 
 log = logging.getLogger("offload.web")
@@ -86,12 +86,11 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
-        return problem(
-            exc.status_code,
-            str(exc.detail),
-            instance=request.url.path,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            routes = (*router.routes, *feeds_router.routes, *api.routes)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request, routes))}
+        return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
 
     @api.exception_handler(BackendError)
     async def on_backend(request: Request, exc: BackendError) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -10,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Match, Route
 
 from ..app import App, MessageSpec
 from ..contract import JobRow, JobState
@@ -30,6 +32,28 @@ router = APIRouter(
 )
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
+
+
+def allowed_methods(request: Request, routes: Iterable[BaseRoute]) -> list[str]:
+    """The methods the resource at the request's path answers (a 405's `Allow`): those of
+    each of `routes` whose path matches it, where Starlette names the first one's only. A
+    path both /v1/jobs/{kind} and /v1/jobs/{job_id} match is the submit route of a kind when
+    it names one (POST), else a job's (GET, DELETE)."""
+    kinds = {kind for kind, spec in _app(request).kinds.items() if spec.http}
+    of_kinds: set[str] = set()
+    others: set[str] = set()
+    scope = {**request.scope, "path_params": {}}  # matches() adds the routed one's params
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if "kind" not in route.param_convertors:
+            others |= route.methods or set()
+        elif child["path_params"]["kind"] in kinds:
+            of_kinds |= route.methods or set()
+    return sorted(of_kinds or others)
 
 
 def _state(request: Request) -> Any:
