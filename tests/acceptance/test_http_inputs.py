@@ -179,7 +179,23 @@ def test_a_from_principal_field_must_be_a_string() -> None:
         app.message("t.numbered")(Numbered)
 
 
-# -- methods ------------------------------------------------------------------------------------
+# -- job options and methods --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_at", ["1700000000", "0.5", "-1"])
+async def test_run_at_is_a_date_time_not_a_number(
+    app: App, clients: dict[str, httpx.AsyncClient], run_at: str
+) -> None:
+    answer = await clients["alice"].post(
+        "/v1/jobs/t.report", params={"run_at": run_at}, json={"period": "2026-10"}
+    )
+    assert answer.status_code == 422
+    assert [e["loc"] for e in answer.json()["errors"]] == [["query", "run_at"]]
+    assert await stored(app) == []
+    later = await clients["alice"].post(
+        "/v1/jobs/t.report", params={"run_at": "2030-01-01T00:00:00Z"}, json={"period": "2026-10"}
+    )
+    assert later.status_code == 202
 
 
 @pytest.mark.parametrize(

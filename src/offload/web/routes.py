@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, Route
 
@@ -76,6 +76,17 @@ async def _owned(request: Request, job_id: str) -> JobRow:
 
 def _not_found(job_id: str) -> Problem:
     return Problem(404, f"no job {job_id}", slug="job-not-found")
+
+
+def _no_unix_time(value: Any) -> Any:
+    """`run_at` is an RFC 3339 date-time: not the number pydantic would read as a Unix time."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("run_at must be an RFC 3339 date-time with a timezone, not a number")
+    return value
 
 
 def _check_options(
@@ -147,7 +158,7 @@ async def submit(
     kind: str,
     priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
     delay: Annotated[float | None, Query(ge=0, le=366 * 86400)] = None,
-    run_at: datetime | None = None,
+    run_at: Annotated[datetime, BeforeValidator(_no_unix_time)] | None = None,
     callback_url: Annotated[str | None, Query(max_length=MAX_CALLBACK_URL_LENGTH)] = None,
     notify_email: Annotated[str | None, Query(max_length=254)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
