@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +29,11 @@ from .auth import Auth, AuthHook
 from .docs import install_docs
 from .feeds import router as feeds_router
 from .limits import BodyLimitMiddleware
+from .models import Health, Readiness
+from .models import Problem as ProblemDocument
 from .present import Presenter
 from .problems import JSONResponse, Problem, problem
+from .responses import problems
 from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
 
@@ -63,6 +67,28 @@ _JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
     (UnknownKind, 404, "unknown-kind"),
     (InvalidTransition, 409, "already-final"),
 )
+
+
+#: An operation that asks no credentials (in a document that declares some).
+_PUBLIC: dict[str, Any] = {"security": []}
+#: What GET /readyz answers when the backend is unreachable (it tells no Retry-After).
+_NOT_READY: dict[int | str, Any] = {
+    503: {"model": ProblemDocument, "description": "The backend is unreachable"},
+    **problems(500),
+}
+#: What GET /files/{key} answers: the file, as the type its name tells.
+_FILE_ANSWERS: dict[int | str, Any] = {
+    200: {
+        "description": "The file",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **problems(
+        403,
+        404,
+        500,
+        meaning={403: "The link is invalid or has expired", 404: "No such file"},
+    ),
+}
 
 
 def _install_error_handlers(api: FastAPI) -> None:
@@ -157,12 +183,14 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.include_router(feeds_router)
     install_docs(api)
 
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=Health, openapi_extra=_PUBLIC)
     async def healthz() -> Response:
+        """Liveness: the process serves."""
         return JSONResponse({"status": "ok"})
 
-    @api.get("/readyz")
+    @api.get("/readyz", response_model=Readiness, responses=_NOT_READY, openapi_extra=_PUBLIC)
     async def readyz() -> Response:
+        """Readiness: the process serves and its backend answers."""
         try:
             await api.state.runtime.ensure()
             await app.ping()
@@ -170,7 +198,12 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             return problem(503, f"backend unreachable: {exc}", slug="not-ready")
         return JSONResponse({"status": "ready"})
 
-    @api.get("/files/{key:path}")
+    @api.get(
+        "/files/{key:path}",
+        response_class=Response,
+        responses=_FILE_ANSWERS,
+        openapi_extra=_PUBLIC,
+    )
     async def files(key: str, expires: str = "", signature: str = "") -> Response:
         """A blob, for holders of a signed, unexpired link (no bearer token needed)."""
         try:

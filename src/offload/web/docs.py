@@ -12,6 +12,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
+from .openapi import openapi_document
 from .problems import JSONResponse
 
 #: Swagger UI's script, style sheet and icon, as the fastapi-offline package ships them.
@@ -41,11 +42,12 @@ def install_docs(api: FastAPI) -> None:
     FastAPI's own routes, which load Swagger UI from a CDN and ask no credentials.
     """
     api.mount(ASSETS_PATH, StaticFiles(directory=ASSETS), name="docs-assets")
+    api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> Response:
         await _authorize(request)
-        schema = api.openapi()
+        schema = openapi_document(api)
         if _root(request):  # mounted: the paths are below the mount path
             schema = {**schema, "servers": [{"url": _root(request)}]}
         return JSONResponse(schema)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
+from starlette.responses import StreamingResponse
 
 from ..brokers.base import Change
 from ..contract import JobRow
@@ -22,6 +23,24 @@ DEFAULT_SUBSCRIBER_BUFFER = 1000
 DEFAULT_KEEPALIVE_S = 15.0
 #: Longest wait of the watcher for a change before it checks again (seconds).
 DEFAULT_WATCH_S = 1.0
+
+
+#: Headers of an event stream: no cache, and no proxy buffering (nginx) on the way.
+EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class EventStreamResponse(StreamingResponse):
+    """A server-sent event stream (`text/event-stream`)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, status_code, headers or EVENT_STREAM_HEADERS)
 
 
 class Feed(Protocol):

@@ -12,19 +12,21 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request, WebSocket
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from starlette.requests import HTTPConnection
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
 from ..errors import BackendError
 from .auth import DEFAULT_CHALLENGE, authenticated
-from .events import Hub, follow_owner, owner_stream
+from .events import EventStreamResponse, Hub, follow_owner, owner_stream
+from .models import JobEvent, Ticket
 from .origins import refuse_cross_site
 from .present import presenter_of, root_of
 from .problems import JSONResponse, Problem
+from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
 log = logging.getLogger("offload.web")
@@ -94,7 +96,17 @@ def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     return None
 
 
-@router.post("/ws-ticket", status_code=201, dependencies=[Depends(refuse_cross_site)])
+@router.post(
+    "/ws-ticket",
+    status_code=201,
+    dependencies=[Depends(refuse_cross_site)],
+    response_model=Ticket,
+    response_description="A ticket, valid for 60 s",
+    responses={
+        201: {"headers": {"Cache-Control": header("`no-store`", STRING)}},
+        **problems(*API_ERRORS, 403, 413),
+    },
+)
 async def ws_ticket(request: Request) -> Response:
     """A ticket for /v1/ws or /v1/events (`?ticket=`), for clients that cannot send an
     Authorization header (browsers' WebSocket and EventSource). Valid for 60 s."""
@@ -114,11 +126,23 @@ async def ws_ticket(request: Request) -> Response:
     )
 
 
-@router.get("/events")
+#: A feed position, as Last-Event-ID and `since` give it (documented; checked by `cursor_of`).
+FEED_POSITION = {"pattern": "^[0-9]{0,18}$"}
+
+
+@router.get(
+    "/events",
+    response_class=EventStreamResponse,
+    response_description="Every change of every job of the caller, from now (or a position) on",
+    responses={
+        200: {"model": JobEvent},
+        **problems(*API_ERRORS, 400, meaning={401: "No valid bearer token or ticket"}),
+    },
+)
 async def events(
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
-    since: str | None = None,
+    last_event_id: Annotated[str | None, Header(json_schema_extra=FEED_POSITION)] = None,
+    since: Annotated[str | None, Query(json_schema_extra=FEED_POSITION)] = None,
     ticket: str | None = None,
 ) -> Response:
     """Server-sent events of every change of every job of the caller: `id` = feed position,
@@ -129,11 +153,7 @@ async def events(
     state = request.app.state
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStreamResponse(stream)
 
 
 def _message(change: Change, present: Any) -> str:

@@ -6,15 +6,14 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette import responses
 
 PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
 
 
-class JSONResponse(Response):
-    """JSON encoded with orjson (fast, and datetimes come out as RFC 3339)."""
-
-    media_type = "application/json"
+class JSONResponse(responses.JSONResponse):
+    """JSON encoded with orjson (fast, and datetimes come out as RFC 3339). A Starlette
+    JSONResponse, so that FastAPI documents a route's `response_model` as its body."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

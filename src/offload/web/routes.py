@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -10,7 +11,7 @@ from urllib.parse import urlencode
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BeforeValidator, ValidationError
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
 from ..app import App, MessageSpec
@@ -18,11 +19,13 @@ from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .auth import authenticated, kind_allowed
-from .events import job_stream
+from .events import EventStreamResponse, job_stream
 from .feeds import is_digits
+from .models import JobEvent, JobPage, JobResult, Queues, StatusRecord, StatusRecordWithDeliveries
 from .origins import refuse_cross_site
 from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
+from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
 #: Development mode refuses cross-site writes on every route here (see `origins`).
@@ -30,6 +33,8 @@ router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(refuse_cross_site), Depends(opened), Depends(authenticated)],
 )
+#: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
+EVENT_ID = {"pattern": "^[0-9]*$"}
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -78,6 +83,18 @@ def _not_found(job_id: str) -> Problem:
     return Problem(404, f"no job {job_id}", slug="job-not-found")
 
 
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The job options of a submission: query parameters, and the Idempotency-Key header."""
+
+    priority: int
+    delay: float | None
+    run_at: datetime | None
+    callback_url: str | None
+    notify_email: str | None
+    idempotency_key: str | None
+
+
 def _no_unix_time(value: Any) -> Any:
     """`run_at` is an RFC 3339 date-time: not the number pydantic would read as a Unix time."""
     if isinstance(value, str):
@@ -89,19 +106,39 @@ def _no_unix_time(value: Any) -> Any:
     return value
 
 
-def _check_options(
-    request: Request,
-    delay: float | None,
-    run_at: datetime | None,
-    callback_url: str | None,
-    notify_email: str | None,
-) -> None:
+def job_options(
+    priority: Annotated[int, Query(ge=-1000, le=1000, description="lower runs first")] = 0,
+    delay: Annotated[
+        float | None, Query(ge=0, le=366 * 86400, description="seconds to wait before it runs")
+    ] = None,
+    run_at: Annotated[
+        Annotated[datetime, BeforeValidator(_no_unix_time)] | None,
+        Query(description="not before this time (RFC 3339, with a timezone); not with delay"),
+    ] = None,
+    callback_url: Annotated[
+        str | None,
+        Query(max_length=MAX_CALLBACK_URL_LENGTH, description="a webhook called when it ends"),
+    ] = None,
+    notify_email: Annotated[
+        str | None, Query(max_length=254, description="an address emailed when it ends")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="a repeat with the same key returns the first job"),
+    ] = None,
+) -> JobOptions:
+    """A dependency of the submit route: its options, as FastAPI validates them."""
+    return JobOptions(priority, delay, run_at, callback_url, notify_email, idempotency_key)
+
+
+def _check_options(request: Request, options: JobOptions) -> None:
     errors = []
+    delay, run_at, callback_url = options.delay, options.run_at, options.callback_url
     if delay is not None and run_at is not None:
         errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
     if run_at is not None and run_at.tzinfo is None:
         errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
-    invalid = delivery_option_errors(callback_url, notify_email)
+    invalid = delivery_option_errors(callback_url, options.notify_email)
     errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
     if callback_url is not None and "callback_url" not in invalid:
         allow = _app(request).settings.webhook_allow_private
@@ -152,16 +189,12 @@ def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
     return {**data, **dict.fromkeys(spec.principal_fields, principal)}
 
 
-@router.post("/jobs/{kind}", status_code=202, dependencies=[Depends(kind_allowed)])
+# Served for every kind; the OpenAPI document shows one route per kind instead (`openapi`).
+@router.post(
+    "/jobs/{kind}", status_code=202, dependencies=[Depends(kind_allowed)], include_in_schema=False
+)
 async def submit(
-    request: Request,
-    kind: str,
-    priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
-    delay: Annotated[float | None, Query(ge=0, le=366 * 86400)] = None,
-    run_at: Annotated[datetime, BeforeValidator(_no_unix_time)] | None = None,
-    callback_url: Annotated[str | None, Query(max_length=MAX_CALLBACK_URL_LENGTH)] = None,
-    notify_email: Annotated[str | None, Query(max_length=254)] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    request: Request, kind: str, options: Annotated[JobOptions, Depends(job_options)]
 ) -> Response:
     """Validate the body against the kind's message class, enqueue, answer 202."""
     principal = _state(request).auth.principal(request)
@@ -170,7 +203,7 @@ async def submit(
     if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
     _require_json(request)
-    _check_options(request, delay, run_at, callback_url, notify_email)
+    _check_options(request, options)
     try:
         data = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -186,12 +219,12 @@ async def submit(
     envelope = app.envelope(
         message,
         owner=principal,
-        priority=priority,
-        delay=delay,
-        run_at=run_at,
-        idempotency_key=idempotency_key,
-        callback_url=callback_url,
-        notify_email=notify_email,
+        priority=options.priority,
+        delay=options.delay,
+        run_at=options.run_at,
+        idempotency_key=options.idempotency_key,
+        callback_url=options.callback_url,
+        notify_email=options.notify_email,
     )
     job, row = await app.submit(envelope)
     location = f"{root_of(request)}/v1/jobs/{job.id}"
@@ -201,7 +234,11 @@ async def submit(
     return JSONResponse(presenter_of(request).row(row), status_code=202, headers=headers)
 
 
-@router.get("/jobs/{job_id}")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=StatusRecordWithDeliveries,
+    responses=problems(*API_ERRORS, 404),
+)
 async def show(request: Request, job_id: str) -> Response:
     """The status record, with `deliveries`: each webhook and email and its attempts."""
     principal = _state(request).auth.principal(request)
@@ -213,7 +250,20 @@ async def show(request: Request, job_id: str) -> Response:
     return JSONResponse(present.record(record))
 
 
-@router.get("/jobs/{job_id}/result")
+@router.get(
+    "/jobs/{job_id}/result",
+    response_model=JobResult,
+    response_description="The result, once succeeded (unless it is one file)",
+    responses={
+        303: {
+            "description": "Succeeded with one file: its signed, expiring link",
+            "headers": {"Location": header("the file's signed link", STRING)},
+        },
+        **problems(
+            *API_ERRORS, 404, 409, meaning={409: "Not succeeded (yet): `job` is its status"}
+        ),
+    },
+)
 async def result(request: Request, job_id: str) -> Response:
     """303 to the file once succeeded (one blob), the JSON result otherwise; 409 until then."""
     row = await _owned(request, job_id)
@@ -231,11 +281,16 @@ async def result(request: Request, job_id: str) -> Response:
     return JSONResponse({"id": job_id, "result": present.sign_refs(row.result)})
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventStreamResponse,
+    response_description="Every change of the job until its final state, then the stream ends",
+    responses={200: {"model": JobEvent}, **problems(*API_ERRORS, 400, 404, 422)},
+)
 async def events(
     request: Request,
     job_id: str,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(json_schema_extra=EVENT_ID)] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
     """Server-sent events of every change of the job, until its final state."""
@@ -249,14 +304,18 @@ async def events(
         cursor = int(last_event_id)
     hub = _state(request).runtime.hub
     stream = job_stream(hub, _app(request), job_id, cursor, presenter_of(request).row)
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStreamResponse(stream)
 
 
-@router.delete("/jobs/{job_id}")
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=StatusRecord,
+    response_description="Cancelled: it will never run",
+    responses={
+        202: {"model": StatusRecord, "description": "Running: the handler is signalled"},
+        **problems(*API_ERRORS, 403, 404, 409, meaning={409: "Already in a final state"}),
+    },
+)
 async def cancel(request: Request, job_id: str) -> Response:
     """Cancel: a waiting job never runs (200); a running one is signalled (202)."""
     await _owned(request, job_id)
@@ -270,7 +329,16 @@ async def cancel(request: Request, job_id: str) -> Response:
     return JSONResponse(presenter_of(request).row(row), status_code=status)
 
 
-@router.get("/jobs")
+@router.get(
+    "/jobs",
+    response_model=JobPage,
+    responses={
+        200: {
+            "headers": {"Link": header('the next page: `<…>; rel="next"`', STRING, required=False)}
+        },
+        **problems(*API_ERRORS, 422),
+    },
+)
 async def list_jobs(
     request: Request,
     state: JobState | None = None,
@@ -297,7 +365,7 @@ async def list_jobs(
     return JSONResponse({"items": [present.row(r) for r in page], "next": nxt}, headers=headers)
 
 
-@router.get("/queues")
+@router.get("/queues", response_model=Queues, responses=problems(*API_ERRORS))
 async def queues(request: Request) -> Response:
     """Per-queue stats: queued, scheduled, running, dead, oldest ready job's age."""
     _state(request).auth.principal(request)

@@ -1,0 +1,199 @@
+"""The OpenAPI document of the web tier: every route, every answer it may give.
+
+FastAPI writes it from the routes (their `response_model` and `responses=`); a few rules
+make it say what offload does where FastAPI's defaults would not: each kind a client may
+submit is an operation of its own with its message as the body, every error answer is a
+problem document, parameters are never null, an event stream's schema is its event's, and
+the bearer tokens of OFFLOAD_API_TOKENS are its security scheme.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, create_model
+from starlette.routing import BaseRoute
+
+from .._links import JOBS_PATH
+from ..app import App, MessageSpec
+from .models import StatusRecord
+from .responses import API_ERRORS, PROBLEM_MEDIA_TYPE, SECONDS, STRING, header, problems
+from .routes import JobOptions, job_options, submit
+
+#: The schema of the 422 answer FastAPI declares on its own.
+FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+#: The document's description.
+DESCRIPTION = (
+    "Submit jobs, follow them and fetch their results. Every error is an RFC 9457 problem "
+    "document (`application/problem+json`)."
+)
+
+#: What POST /v1/jobs/{kind} answers, as the OpenAPI document shows each kind's route.
+SUBMIT_ANSWERS: dict[str, Any] = {
+    "status_code": 202,
+    "response_model": StatusRecord,
+    "response_description": "Enqueued (or, for a repeated Idempotency-Key, the first job)",
+    "responses": {
+        202: {
+            "headers": {
+                "Location": header("the job", STRING),
+                "Retry-After": header("seconds to wait before polling it", SECONDS),
+                "Idempotent-Replayed": header(
+                    "`true`: the Idempotency-Key was seen; this is the first job",
+                    {"type": "string", "enum": ["true"]},
+                    required=False,
+                ),
+            }
+        },
+        **problems(*API_ERRORS, 403, 404, 413, 415, 422, meaning={404: "No job kind of that name"}),
+    },
+}
+
+
+def _message_body(spec: MessageSpec) -> type[BaseModel]:
+    """The kind's message as a client sends it: without the fields filled from the caller."""
+    if not spec.principal_fields:
+        return spec.cls
+    fields: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in spec.cls.model_fields.items()
+        if (info.alias or name) not in spec.principal_fields
+    }
+    return create_model(
+        spec.cls.__name__,
+        __config__=spec.cls.model_config,
+        __doc__=spec.cls.__doc__,
+        __module__=spec.cls.__module__,
+        **fields,
+    )
+
+
+def _kind_route(spec: MessageSpec) -> APIRoute:
+    """POST /v1/jobs/{kind} of one kind as the OpenAPI document shows it, the kind's message
+    as its body. Documentation only: `submit` serves every kind."""
+
+    async def endpoint(**_: Any) -> None:  # never called
+        raise NotImplementedError
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "message", positional, annotation=Annotated[_message_body(spec), Body()]
+            ),
+            inspect.Parameter(
+                "options", positional, annotation=Annotated[JobOptions, Depends(job_options)]
+            ),
+        ]
+    )
+    doc = inspect.cleandoc(spec.cls.__doc__ or "")
+    return APIRoute(
+        f"{JOBS_PATH}/{spec.kind}",
+        endpoint,
+        methods=["POST"],
+        operation_id="submit_" + re.sub(r"\W", "_", spec.kind),
+        summary=f"Submit a {spec.kind} job",
+        description="\n\n".join(filter(None, [doc, inspect.getdoc(submit)])),
+        **SUBMIT_ANSWERS,
+    )
+
+
+def _routes(api: FastAPI) -> list[BaseRoute]:
+    """The app's routes, the submit route shown once per kind a client may submit."""
+    app: App = api.state.offload
+    return [*(_kind_route(spec) for spec in app.kinds.values() if spec.http), *api.routes]
+
+
+def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for item in schema.get("paths", {}).values():
+        yield from item.values()
+
+
+def _problems_as_problems(schema: dict[str, Any]) -> None:
+    """Every error answer is a problem document, of its own media type (FastAPI puts a
+    response's model under the route's media type)."""
+    for operation in _operations(schema):
+        for status, response in operation.get("responses", {}).items():
+            content = response.get("content")
+            if status[0] in "45" and content:
+                response["content"] = {PROBLEM_MEDIA_TYPE: next(iter(content.values()))}
+
+
+def _no_default_422(schema: dict[str, Any]) -> None:
+    """FastAPI declares its own 422 on every route with parameters; offload's 422 is a
+    problem document, declared by the routes that validate something."""
+    for operation in _operations(schema):
+        answer = operation.get("responses", {}).get("422", {})
+        ref = answer.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+        if ref == FASTAPI_422:
+            del operation["responses"]["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+
+
+def _parameters_never_null(schema: dict[str, Any]) -> None:
+    """A query parameter or header left out is absent, never null: `str | None = None` in a
+    route's signature is an optional string (FastAPI writes `anyOf: [string, null]`)."""
+    for operation in _operations(schema):
+        for parameter in operation.get("parameters", []):
+            types = parameter["schema"].get("anyOf", [])
+            if {"type": "null"} in types:
+                types.remove({"type": "null"})
+                if len(types) == 1:
+                    del parameter["schema"]["anyOf"]
+                    parameter["schema"].update(types[0])
+
+
+def _events_as_events(schema: dict[str, Any]) -> None:
+    """An event stream's schema is its event's (OpenAPI 3.1: the schema of each event);
+    FastAPI writes `type: string` beside a streamed response's model."""
+    for operation in _operations(schema):
+        for response in operation.get("responses", {}).values():
+            stream = response.get("content", {}).get("text/event-stream", {}).get("schema", {})
+            if "$ref" in stream:
+                stream.pop("type", None)
+
+
+def _security(schema: dict[str, Any], api: FastAPI) -> None:
+    """Bearer tokens (OFFLOAD_API_TOKENS), where they decide who calls: every /v1 operation
+    asks for one (the event stream takes a ticket instead). An auth hook's credentials are
+    the host's own: the document names none, nor does development mode (no credentials)."""
+    auth = api.state.auth
+    if auth.hook is not None or not auth.required:
+        return
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API token"},
+        "ticket": {
+            "type": "apiKey",
+            "in": "query",
+            "name": "ticket",
+            "description": "a ticket from POST /v1/ws-ticket",
+        },
+    }
+    schema["security"] = [{"bearer": []}]
+    events = schema["paths"]["/v1/events"]["get"]
+    events["security"] = [{"bearer": []}, {"ticket": []}]
+
+
+def openapi_document(api: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document of the web tier (made once, on first use)."""
+    if api.openapi_schema is None:
+        schema = get_openapi(
+            title=api.title,
+            version=api.version,
+            description=DESCRIPTION,
+            routes=_routes(api),
+        )
+        _no_default_422(schema)
+        _parameters_never_null(schema)
+        _problems_as_problems(schema)
+        _events_as_events(schema)
+        _security(schema, api)
+        api.openapi_schema = schema
+    return api.openapi_schema

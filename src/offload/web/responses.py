@@ -1,0 +1,67 @@
+"""What the routes declare they may answer besides success: each error a problem document
+(RFC 9457, `application/problem+json`), with the headers that come with it. FastAPI's
+`responses=` of a route, built here so every route says the same thing the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import Problem
+
+#: The problem document's media type: the OpenAPI document gives it every error answer.
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def header(description: str, schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """An OpenAPI response header."""
+    return {"description": description, "required": required, "schema": schema}
+
+
+STRING = {"type": "string"}
+SECONDS = {"type": "integer", "minimum": 0}
+
+#: Each error status an offload route may answer: what it means there, and its headers.
+_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("Last-Event-ID (or `since`) is no event id of this stream", {}),
+    401: (
+        "Not signed in: a valid bearer token (or ticket) is required",
+        {"WWW-Authenticate": header('the challenge: `Bearer realm="offload"`', STRING)},
+    ),
+    403: ("A cross-site request, refused (development mode, or behind an auth hook)", {}),
+    404: ("No such job for the caller", {}),
+    409: ("The job is not in a state that allows this", {}),
+    413: ("The request body is larger than OFFLOAD_MAX_BODY_BYTES", {}),
+    415: (
+        "The body is not declared as JSON",
+        {"Accept-Post": header("the media types a message may come as", STRING)},
+    ),
+    422: ("The request is not valid: `errors` says where and why", {}),
+    500: ("An internal error (logged; no traceback reaches the client)", {}),
+    503: (
+        "The job backend is unavailable: try again shortly",
+        {"Retry-After": header("seconds to wait before trying again", SECONDS)},
+    ),
+}
+
+
+def problems(*statuses: int, meaning: dict[int, str] | None = None) -> dict[int | str, Any]:
+    """The `responses=` entries of these error statuses, each a problem document.
+
+    Args:
+        statuses: the error statuses the route may answer.
+        meaning: what a status means on this route, where it differs from the usual.
+    """
+    out: dict[int | str, Any] = {}
+    for status in statuses:
+        description, headers = _ERRORS[status]
+        entry: dict[str, Any] = {"model": Problem, "description": description}
+        if meaning and status in meaning:
+            entry["description"] = meaning[status]
+        if headers:
+            entry["headers"] = headers
+        out[status] = entry
+    return out
+
+
+#: What every /v1 route may answer besides its own: no caller, a backend down, a fault.
+API_ERRORS = (401, 500, 503)
