@@ -1,4 +1,5 @@
-"""The change-feed hub outlives backend errors: every stream of a web process depends on it."""
+"""The change-feed hub outlives backend errors: every stream of a web process depends on it;
+and a job's stream ends with its final change, whenever that lands."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from offload._ids import uuid7
+from offload.brokers.base import Change
 from offload.brokers.sqlite import SQLiteBackend
-from offload.contract import Envelope
-from offload.web.events import Hub
+from offload.contract import Envelope, JobRow, JobState
+from offload.web.events import Hub, job_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -47,3 +49,49 @@ async def test_the_hub_survives_a_backend_outage_and_goes_on_fanning_out(
     finally:
         await hub.stop()
         await store.close()
+
+
+def _change(seq: int, state: JobState) -> Change:
+    row = JobRow(
+        id="j1", kind="k", version=1, queue="q", state=state, priority=0, attempt=1,
+        max_attempts=3, run_at=0.0, enqueued_at=0.0, owner="alice",
+    )  # fmt: skip
+    return Change(seq=seq, job_id="j1", owner="alice", row=row)
+
+
+class EndsDuringTheReplay:
+    """A feed whose job ends between the stream's replay and its look at the job: the
+    final change is in the feed only from the second read on."""
+
+    def __init__(self) -> None:
+        self.feed = [_change(1, JobState.QUEUED), _change(2, JobState.RUNNING)]
+        self.final = _change(3, JobState.SUCCEEDED)
+        self.reads = 0
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        self.reads += 1
+        feed = self.feed if self.reads == 1 else [*self.feed, self.final]
+        return [change for change in feed if change.seq > seq]
+
+    async def get(self, job_id: str) -> JobRow | None:
+        return self.final.row
+
+    async def last_seq(self) -> int:
+        return 0
+
+    async def wait_changes(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+
+
+@pytest.mark.parametrize(("since", "expected"), [(0, [1, 2, 3]), (1, [2, 3]), (3, [])])
+async def test_a_job_stream_ends_with_the_final_change_even_when_it_lands_during_the_replay(
+    since: int, expected: list[int]
+) -> None:
+    feed = EndsDuringTheReplay()
+    hub = Hub(feed, feed.last_seq)  # not started: the stream reads the feed itself first
+    stream = job_stream(hub, feed, "j1", since, lambda row: {"state": row.state.value})
+    async with asyncio.timeout(5):  # a stream that waits for more hangs here
+        chunks = [chunk async for chunk in stream]
+    assert [int(c.split(b"\n")[0].removeprefix(b"id: ")) for c in chunks] == expected

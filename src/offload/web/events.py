@@ -167,7 +167,11 @@ async def job_stream(
                 break
         row = await store.get(job_id)
         if row is not None and row.state.final:
-            return  # final state already delivered before `since`
+            # It ended: its final change came before `since`, or after the replay read the
+            # feed (then it is the one left to send; the hub may not have passed it on yet).
+            for change in await store.changes_since(last, job_id=job_id):
+                yield sse(change, present)
+            return
         yield b"retry: 1000\n\n"
         while not sub.overflowed:
             try:
