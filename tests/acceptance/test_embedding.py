@@ -230,6 +230,7 @@ async def test_while_the_backend_is_unreachable_every_route_answers_503_problems
             answer = await c.request(method, path, json=body)
             assert answer.status_code == 503, (path, answer.text)
             assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.headers["retry-after"] == "5", path
             assert answer.json()["status"] == 503
         assert (await c.get("/jobs/healthz")).status_code == 200  # liveness: the process
         assert (await c.get("/")).json() == {"app": "host"}  # the host is not affected

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +78,9 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def _app(tmp_path: Path, mode: str) -> App:
+def _app(tmp_path: Path, mode: str, url: str | None = None) -> App:
     settings_ = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        url=url or f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
         secret_key=b"test-secret",
         api_tokens={TOKEN: "alice"} if mode == "tokens" else {},
@@ -421,6 +422,26 @@ async def test_the_seeded_jobs_answer_as_declared(seeded: Seeded) -> None:
             answer = await client.delete(f"/v1/jobs/{seeded.ids['waiting']}")
             assert answer.status_code == status
             declared.check("/v1/jobs/{job_id}", "DELETE", answer)
+
+
+@pytest.mark.anyio
+async def test_while_the_backend_is_unreachable_every_answer_is_the_declared_503(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("redis")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    app = _app(tmp_path, "dev", url=f"redis://127.0.0.1:{port}/0")
+    async with _client(app, {}) as client:  # no lifespan: it opens on first use, and fails
+        declared = Declared((await client.get("/openapi.json")).json())
+        for path, item in declared.document["paths"].items():
+            for method in set(item) - ({"get"} if path in ("/healthz", "/files/{key}") else set()):
+                body = {"user_id": "u1", "period": "p"} if method == "post" else None
+                answer = await client.request(method, path.format(job_id="j1"), json=body)
+                assert answer.status_code == 503, (method, path, answer.text)
+                assert answer.headers["retry-after"] == "5"
+                declared.check(path, method, answer)
 
 
 # -- what the document says of kinds, errors and credentials ---------------------------------

@@ -30,9 +30,8 @@ from .docs import install_docs
 from .feeds import router as feeds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
-from .models import Problem as ProblemDocument
 from .present import Presenter
-from .problems import JSONResponse, Problem, problem
+from .problems import BACKEND_RETRY_AFTER, JSONResponse, Problem, problem
 from .responses import problems
 from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
@@ -71,11 +70,8 @@ _JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
 
 #: An operation that asks no credentials (in a document that declares some).
 _PUBLIC: dict[str, Any] = {"security": []}
-#: What GET /readyz answers when the backend is unreachable (it tells no Retry-After).
-_NOT_READY: dict[int | str, Any] = {
-    503: {"model": ProblemDocument, "description": "The backend is unreachable"},
-    **problems(500),
-}
+#: What GET /readyz answers besides ready.
+_NOT_READY = problems(500, 503, meaning={503: "The backend is unreachable"})
 #: What GET /files/{key} answers: the file, as the type its name tells.
 _FILE_ANSWERS: dict[int | str, Any] = {
     200: {
@@ -126,7 +122,7 @@ def _install_error_handlers(api: FastAPI) -> None:
             "the job backend is unavailable; try again shortly",
             slug="backend-unavailable",
             instance=request.url.path,
-            headers={"Retry-After": "5"},
+            headers=BACKEND_RETRY_AFTER,
         )
 
     @api.exception_handler(OffloadError)
@@ -195,7 +191,9 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             await api.state.runtime.ensure()
             await app.ping()
         except (BackendError, ConfigurationError) as exc:
-            return problem(503, f"backend unreachable: {exc}", slug="not-ready")
+            return problem(
+                503, f"backend unreachable: {exc}", slug="not-ready", headers=BACKEND_RETRY_AFTER
+            )
         return JSONResponse({"status": "ready"})
 
     @api.get(

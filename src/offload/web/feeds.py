@@ -25,7 +25,7 @@ from .events import EventStreamResponse, Hub, follow_owner, owner_stream
 from .models import JobEvent, Ticket
 from .origins import refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import JSONResponse, Problem
+from .problems import BACKEND_RETRY_AFTER, JSONResponse, Problem
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
@@ -185,7 +185,7 @@ async def _opened(websocket: WebSocket) -> Hub:
             503,
             "the job backend is unavailable; try again shortly",
             slug="backend-unavailable",
-            headers={"Retry-After": "5"},
+            headers=BACKEND_RETRY_AFTER,
         ) from None
 
 

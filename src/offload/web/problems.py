@@ -9,6 +9,8 @@ import orjson
 from starlette import responses
 
 PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
+#: The headers of a 503 while the backend is unreachable: when to try again.
+BACKEND_RETRY_AFTER = {"Retry-After": "5"}
 
 
 class JSONResponse(responses.JSONResponse):
