@@ -270,21 +270,35 @@ class App:
 
     # -- backends ---------------------------------------------------------------------------
 
-    async def open(self) -> App:
+    async def open(self, *, create: bool = True) -> App:
         """Open the backend and blob store. Each `open` is paired with a `close`; the
-        backend closes with the last one, so a web lifespan and a worker can share an app."""
-        self._users += 1
-        return await self._ensure_open()
+        backend closes with the last one, so a web lifespan and a worker can share an app.
 
-    async def _ensure_open(self) -> App:
+        Args:
+            create: False for read-only use (the CLI's inspecting commands): a database
+                that does not exist yet is an error instead of being made.
+
+        Raises:
+            BackendError: the backend is unreachable, or (`create=False`) missing.
+        """
+        await self._ensure_open(create=create)
+        self._users += 1
+        return self
+
+    async def _ensure_open(self, *, create: bool = True) -> App:
         if self._backend is not None:
             return self
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
-                backend = open_backend(self.settings.url, clock=self._injected_clock)
-                await backend.open()
+                settings = self.settings
+                backend = open_backend(
+                    settings.url,
+                    clock=self._injected_clock,
+                    connect_timeout_s=settings.connect_timeout_s,
+                )
+                await backend.open(create=create)
                 self._backend = backend
                 if self._blobs is None:
                     self._blobs = open_blobs(self.settings.blobs_url)
