@@ -8,13 +8,14 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
 
 from ._loading import load
+from ._loop import run as _run
 from .app import App
 from .errors import ConfigurationError, OffloadError
 from .settings import Settings
@@ -66,15 +67,6 @@ def _app(ref: str | None, url: str | None) -> App:
     if url is not None:  # the --url flag beats whatever the app or the environment says
         app.configure(app.settings.with_(url=url))
     return app
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the command's coroutine, on uvloop where it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
 
 
 @contextlib.contextmanager
