@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ._ids import uuid7
+from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import Change
 from .clock import Clock
@@ -421,28 +422,115 @@ class App:
             results = await stored if inspect.isawaitable(stored) else stored
         return [Job(r.id, r.created, self) for r in results]
 
-    async def enqueue(self, message: Message, **options: Any) -> Job:
-        """Validate-stamp-store one job; see `envelope` for the options."""
-        (job,) = await self._store([self.envelope(message, **options)])
+    def _stamp(self, message: Message, o: JobOptions) -> Envelope:
+        return self.envelope(
+            message,
+            owner=o.owner,
+            priority=o.priority,
+            delay=o.delay,
+            run_at=o.run_at,
+            idempotency_key=o.idempotency_key,
+            callback_url=o.callback_url,
+            notify_email=o.notify_email,
+        )
+
+    async def enqueue(
+        self,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
+        """Validate, stamp and store one job.
+
+        Args:
+            priority: lower runs first.
+            delay: seconds (or a timedelta) before it may run; or `run_at`, an aware time.
+            idempotency_key: a second enqueue with the same key and owner returns the
+                first job (`created=False`).
+            callback_url: a webhook target notified (signed, retried) when the job ends.
+            notify_email: an address emailed when the job ends.
+            owner: the principal the job belongs to (the HTTP API's caller).
+
+        Raises:
+            TypeError: an option of the wrong type (named).
+            ValueError: a naive `run_at`, a bad `callback_url` or `notify_email`.
+        """
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        (job,) = await self._store([self._stamp(message, o)])
         return job
 
-    async def enqueue_many(self, messages: Sequence[Message], **options: Any) -> list[Job]:
-        """Enqueue many jobs in one atomic batch (all or none)."""
-        return await self._store([self.envelope(m, **options) for m in messages])
+    async def enqueue_many(
+        self,
+        messages: Sequence[Message],
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> list[Job]:
+        """Enqueue many jobs in one atomic batch (all or none), each with these options (as
+        for `enqueue`)."""
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        return await self._store([self._stamp(m, o) for m in messages])
 
-    async def enqueue_in(self, conn: Any, message: Message, **options: Any) -> Job:
+    async def enqueue_in(
+        self,
+        conn: Any,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
         """Enqueue inside the caller's own open transaction on `conn`: the job exists if and
-        only if that transaction commits (the transactional outbox).
+        only if that transaction commits (the transactional outbox). Options as for `enqueue`.
 
         Args:
             conn: a `psycopg.AsyncConnection` to the app's PostgreSQL database, or a
                 `sqlite3.Connection` to the app's SQLite file.
-            options: as for `envelope`.
 
         Raises:
             ConfigurationError: the backend has no transactions to join (Redis).
         """
-        (job,) = await self._store([self.envelope(message, **options)], conn)
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        (job,) = await self._store([self._stamp(message, o)], conn)
         return job
 
     async def submit(self, envelope: Envelope) -> tuple[Job, JobRow]:
@@ -461,11 +549,33 @@ class App:
             raise JobNotFound(job.id)
         return job, row
 
-    def enqueue_sync(self, message: Message, **options: Any) -> Job:
+    def enqueue_sync(
+        self,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
         """`enqueue` for synchronous code (Django, Flask): blocks until stored."""
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        envelope = self._stamp(message, o)
         if self._sync is None:
             self._sync = _SyncRunner(self)
-        return self._sync.call(lambda app: app.enqueue(message, **options))
+        (job,) = self._sync.call(lambda twin: twin._store([envelope]))
+        return job
 
     # -- jobs -------------------------------------------------------------------------------
 
