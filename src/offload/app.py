@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,8 +16,10 @@ from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import Change
 from .clock import Clock
+from .clock import seconds as _seconds
 from .contract import EnqueueResult, Envelope, JobRow, JobState, Message, status_record
 from .errors import ConfigurationError, JobNotFound, UnknownKind
+from .job import Job as Job  # re-exported: enqueue's answer
 from .notify import base as _notify
 from .notify.base import EmailTemplate
 from .notify.targets import callback_url_error, follow_ups_of_row
@@ -87,36 +89,6 @@ class HandlerSpec:
     timeout: float | None
     backoff: Backoff
     is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """What `enqueue` returns: the job's id, and whether this call created it."""
-
-    id: str
-    created: bool
-    app: App
-
-    async def status(self) -> dict[str, Any]:
-        """The current status record."""
-        return await self.app.status(self.id)
-
-    async def wait(self, timeout: float = 60.0, poll_s: float = 0.05) -> dict[str, Any]:
-        """Wait for a final state and return the status record.
-
-        Raises:
-            TimeoutError: the job did not finish in time.
-        """
-        async with asyncio.timeout(timeout):
-            while True:
-                record = await self.status()
-                if JobState(record["state"]).final:
-                    return record
-                await asyncio.sleep(poll_s)
-
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 class App:
@@ -420,7 +392,9 @@ class App:
                 )
             stored = enqueue_in(conn, envelopes)
             results = await stored if inspect.isawaitable(stored) else stored
-        return [Job(r.id, r.created, self) for r in results]
+        return [
+            Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
+        ]
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
         return self.envelope(
@@ -561,7 +535,8 @@ class App:
         notify_email: str | None = None,
         owner: str = DEFAULT_OWNER,
     ) -> Job:
-        """`enqueue` for synchronous code (Django, Flask): blocks until stored."""
+        """`enqueue` for synchronous code (Django, Flask): blocks until stored. The Job
+        belongs to this App (`job.status_sync()`, or `await job.status()` in async code)."""
         o = JobOptions(
             priority=priority,
             delay=delay,
@@ -572,10 +547,15 @@ class App:
             owner=owner,
         )
         envelope = self._stamp(message, o)
+        (job,) = self._sync_call(lambda twin: twin._store([envelope]))
+        return replace(job, app=self)
+
+    def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
+        """Run `fn` with this App's twin on the private loop thread, blocking until done
+        (the `*_sync` methods of App and Job)."""
         if self._sync is None:
             self._sync = _SyncRunner(self)
-        (job,) = self._sync.call(lambda twin: twin._store([envelope]))
-        return job
+        return self._sync.call(fn)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -717,7 +697,7 @@ class App:
 
 
 class _SyncRunner:
-    """A private event loop thread with its own App copy, for `enqueue_sync`."""
+    """A private event loop thread with its own App copy, for the `*_sync` methods."""
 
     def __init__(self, app: App) -> None:
         self.loop = asyncio.new_event_loop()
@@ -725,7 +705,8 @@ class _SyncRunner:
             target=self.loop.run_forever, daemon=True, name="offload-sync"
         )
         self.thread.start()
-        self.twin = App(app.name, settings=app.settings, clock=app.clock)
+        # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
+        self.twin = App(app.name, settings=app.settings, clock=app._injected_clock)
         self.twin.kinds = app.kinds
         self.twin.internal_kinds = app.internal_kinds
 
