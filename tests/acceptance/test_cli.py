@@ -20,6 +20,15 @@ from offload import cli as cli_module
 from offload.cli import cli
 from offload.worker.runner import Worker
 
+from ..services import (
+    PgSchema,
+    drop_redis_url,
+    redis_prefix,
+    redis_url,
+    require_pg,
+    require_redis,
+)
+
 #: The App the commands below load with `--app` (this module, imported by name).
 APP_REF = f"{__name__}:app"
 app = App("cli-test")
@@ -144,6 +153,36 @@ def test_an_ambiguous_prefix_lists_the_candidates(url: str) -> None:
         assert result.exit_code == 1, result.output
         assert "ambiguous" in result.output
         assert first in result.output and second in result.output
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh schema or key prefix on the test servers."""
+    if request.param == "postgres":
+        require_pg()
+        schema = PgSchema()
+        yield schema.create_sync()
+        schema.drop_sync()
+    else:
+        require_redis()
+        url = redis_url(redis_prefix())
+        yield url
+        drop_redis_url(url)
+
+
+def test_prefixes_resolve_on_server_backends(workdir: Path, server_url: str) -> None:
+    first, second = enqueue(server_url, Report(period="1"), Report(period="2"))
+    ambiguous = invoke("jobs", "show", first[:4], "--url", server_url)
+    assert ambiguous.exit_code == 1 and first in ambiguous.output and second in ambiguous.output
+    cancelled = invoke("jobs", "cancel", second.replace("-", "")[:31].upper(), "--url", server_url)
+    assert cancelled.exit_code == 0 and f"job {second} cancelled" in cancelled.output
+    unknown = invoke("jobs", "show", "0" * 12, "--url", server_url)
+    assert unknown.exit_code == 1 and one_line(unknown) == f"no job {'0' * 12}"
 
 
 @pytest.mark.parametrize("command", ["show", "retry", "cancel"])
