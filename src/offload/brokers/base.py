@@ -56,10 +56,22 @@ class Broker(Protocol):
 
     capabilities: frozenset[Capability]
 
-    async def open(self, *, check_schema: bool = True) -> None:
-        """Connect. With `check_schema`, raise SchemaError when the stored schema is not the
-        one this code needs (run `migrate`); a backend whose schema is implicit or made on
-        open ignores it."""
+    async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
+        """Connect, within the backend's connect timeout.
+
+        With `check_schema`, raise SchemaError when the stored schema is not the one this
+        code needs (run `migrate`); a backend whose schema is implicit or made on open
+        ignores it. With `create=False` (read-only callers: the CLI's inspecting commands),
+        create nothing: a store that does not exist yet (an SQLite file, or its folder) is a
+        BackendError naming the URL and how to create it; a backend that never creates its
+        store on open (PostgreSQL, whose schema `migrate` makes; Redis, whose keys are
+        implicit) ignores it.
+
+        Raises:
+            BackendError: the server is unreachable or does not answer in time (one line,
+                with the cause kept), or (`create=False`) the store does not exist.
+            SchemaError: see `check_schema`.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS offload_effects (
     PRIMARY KEY (job_id, key)
 );
 
+-- name: has_schema
+-- Whether an existing file is an offload database (opening it read-only checks first).
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'offload_meta'
+
 -- name: insert_job
 INSERT INTO offload_jobs (
     id, kind, version, queue, priority, payload, state, attempt, max_attempts, run_at,
