@@ -39,6 +39,8 @@ from .stores import BlobStore, open_blobs
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+#: An upgrader: a payload of one version in, the next version's payload (or message) out.
+Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
 
 #: Attempts a job gets when neither the message nor the handler says otherwise.
 DEFAULT_MAX_ATTEMPTS = 5
@@ -133,6 +135,8 @@ class App:
         #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.
         self.internal_kinds = _builtin_kinds()
         self.handlers: dict[str, HandlerSpec] = {}
+        #: Upgraders by kind, then by the version they upgrade from (to that version + 1).
+        self.upgraders: dict[str, dict[int, Upgrader]] = {}
         self.email_templates: dict[str, EmailTemplate] = {}
         self._backend: Backend | None = None
         #: A store given here is kept; otherwise OFFLOAD_BLOBS_URL picks one when needed.
@@ -223,6 +227,27 @@ class App:
             # A subclass inherits __kind__ but is not the registered contract.
             raise UnknownKind(f"{cls_or_kind.__name__} is not registered (its parent is)")
         return spec
+
+    def upgrade(self, kind: str, from_version: int) -> Callable[[Upgrader], Upgrader]:
+        """Register the function that turns a payload of `kind` at `from_version` into one at
+        `from_version + 1`: it takes the stored payload (a dict) and returns the next
+        version's payload (a dict, or a `Message` of that version). A worker runs the chain
+        (v1 → v2 → v3 …) on a job stored at an older version before it validates it.
+
+        Raises:
+            ConfigurationError: a version below 1, or a second upgrader for one step.
+        """
+        if from_version < 1:
+            raise ConfigurationError("versions count from 1: nothing upgrades from below it")
+
+        def register(fn: Upgrader) -> Upgrader:
+            steps = self.upgraders.setdefault(kind, {})
+            if from_version in steps:
+                raise ConfigurationError(f"{kind!r} already has an upgrader from {from_version}")
+            steps[from_version] = fn
+            return fn
+
+        return register
 
     def handles(
         self,
