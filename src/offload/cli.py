@@ -1,4 +1,4 @@
-"""The `offload` command line: web, worker, dev, demo, jobs, queues."""
+"""The `offload` command line: web, worker, dev, demo, jobs, queues, contracts."""
 
 from __future__ import annotations
 
@@ -513,6 +513,72 @@ def jobs_purge(
         typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
     n = _with_app(app, url, lambda a: a.purge(queue))
     _console().print(f"purged {n} jobs from {queue}")
+
+
+contracts_cli = typer.Typer(
+    help="Message contracts: export their JSON Schemas; check a committed snapshot.",
+    no_args_is_help=True,
+)
+cli.add_typer(contracts_cli, name="contracts")
+
+
+@contracts_cli.command("export", short_help="Print every kind's contract as JSON.")
+def contracts_export(app: AppRef) -> None:
+    """Print every kind's contract as JSON (commit it: `> contracts.json`): its JSON Schema
+    at its current version, queue, HTTP use, FromPrincipal fields and upgraders, and the
+    schema of the enqueue options. The same code always prints the same bytes."""
+    from .contracts import dumps, snapshot
+
+    with _errors():
+        text = dumps(snapshot(_app(app, None)))
+    sys.stdout.write(text)
+
+
+@contracts_cli.command("check", short_help="Fail on a change that breaks a committed snapshot.")
+def contracts_check(
+    committed: Annotated[
+        str, typer.Argument(metavar="SNAPSHOT", help="the file `contracts export` wrote")
+    ],
+    app: AppRef,
+    allow_removed: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-removed",
+            metavar="KIND",
+            help="a kind that may be gone (none of its jobs left)",
+        ),
+    ] = None,
+) -> None:
+    """Compare the code with a committed snapshot: exit 1 with one line per breaking change.
+    A kind's schema may only widen (new optional fields, wider types) unless it gets a new
+    version with an upgrader from each older one; a changed queue or a removed kind breaks
+    whatever the version."""
+    from pathlib import Path
+
+    from .contracts import breaking_changes, dumps, loads, snapshot
+
+    with _errors():
+        try:
+            text = Path(committed).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {committed}: {exc.strerror}") from None
+        was = loads(text, source=committed)
+        now = snapshot(_app(app, None))
+        found = breaking_changes(was, now, allow_removed=set(allow_removed or ()))
+    console = _console()
+    for change in found:
+        console.print(str(change), soft_wrap=True, highlight=False, markup=False)
+    if found:
+        raise _fail(
+            f"{len(found)} breaking change{'s' if len(found) > 1 else ''} against {committed}: "
+            "give the kind a new version with upgraders, or export again if you mean it"
+        )
+    kinds = f"{len(now['kinds'])} kind{'s' if len(now['kinds']) != 1 else ''}"
+    if loads(dumps(now)) == was:
+        summary = f"{committed}: {kinds}, as recorded"
+    else:
+        summary = f"{committed}: {kinds}, no breaking change; export again to record the changes"
+    console.print(summary, soft_wrap=True, highlight=False, markup=False)
 
 
 bench_cli = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)

@@ -124,7 +124,7 @@ def loads(text: str, *, source: str = "the snapshot") -> dict[str, Any]:
         doc = json.loads(text)
     except ValueError as exc:
         raise ConfigurationError(f"{source} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("kinds"), dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("kinds"), dict) or "format" not in doc:
         raise ConfigurationError(f"{source} is not an offload contracts snapshot")
     if doc.get("format") != SNAPSHOT_FORMAT:
         raise ConfigurationError(

@@ -540,6 +540,7 @@ def test_the_same_code_gives_the_same_bytes() -> None:
     [
         ("{", "is not JSON"),
         ("[]", "is not an offload contracts snapshot"),
+        ('{"kinds": {}}', "is not an offload contracts snapshot"),
         ('{"kinds": {}, "format": 99}', "has snapshot format 99"),
     ],
 )
