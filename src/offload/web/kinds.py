@@ -1,0 +1,100 @@
+"""GET /v1/kinds: the kinds the caller may post, each with its version, queue and the JSON
+Schema of its body, so a client can validate a message before posting it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..app import App
+from ..contracts import client_schema
+from .auth import authenticated
+from .origins import refuse_cross_site
+from .present import root_of
+from .runtime import opened
+
+#: The dependencies of every /v1 route (see routes.py): a read is never refused cross-site,
+#: and while the backend is down it answers 503 like the others.
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(refuse_cross_site), Depends(opened), Depends(authenticated)],
+)
+
+
+class KindLinks(BaseModel):
+    submit: str = Field(description="where to POST a message of this kind")
+
+
+class Kind(BaseModel):
+    """A kind the caller may post."""
+
+    kind: str
+    version: int = Field(description="the version of the message a post is read as")
+    queue: str
+    json_schema: dict[str, Any] = Field(
+        alias="schema",
+        description="the JSON Schema of the body, without the fields the server fills from "
+        "the caller (a body that carries one is refused)",
+    )
+    links: KindLinks
+
+
+class KindList(BaseModel):
+    kinds: list[Kind] = Field(description="sorted by kind")
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem document, as every error of the API is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def _problem(description: str) -> dict[str, Any]:
+    """An error answer for the OpenAPI document: a problem document, not JSON at large."""
+    schema = ProblemDetails.model_json_schema()
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": schema}},
+    }
+
+
+@router.get(
+    "/kinds",
+    response_model=KindList,
+    # A JSONResponse FastAPI knows, so the OpenAPI document shows the response model (the
+    # web tier's default, orjson's, is documented as a string).
+    response_class=JSONResponse,
+    responses={
+        401: _problem("not signed in (tokens or an auth hook are configured)"),
+        503: _problem("the job backend is unavailable; try again after Retry-After"),
+    },
+)
+async def kinds(request: Request) -> KindList:
+    """The kinds the caller may post (`POST /v1/jobs/{kind}`), each with its current
+    version, its queue and the JSON Schema its body must satisfy. Kinds declared
+    `http=False`, and those a token limited to kinds may not post, are not listed."""
+    auth = request.app.state.auth
+    auth.principal(request)  # 401 for a caller who is not signed in
+    app: App = request.app.state.offload
+    root = root_of(request)
+    listed = [
+        {
+            "kind": kind,
+            "version": spec.version,
+            "queue": spec.queue,
+            "schema": client_schema(spec),
+            "links": {"submit": f"{root}/v1/jobs/{kind}"},
+        }
+        for kind, spec in sorted(app.kinds.items())
+        if spec.http and auth.may_submit(request, kind)
+    ]
+    return KindList.model_validate({"kinds": listed})
