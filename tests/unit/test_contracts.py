@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -556,3 +557,17 @@ def test_the_client_schema_leaves_out_fields_filled_from_the_caller() -> None:
     assert set(schema["properties"]) == {"name", "amount"}
     assert schema["required"] == ["name", "amount"]
     assert "user_id" in Owned.model_json_schema()["properties"]  # the class is left alone
+
+
+# -- the demo's committed snapshot -----------------------------------------------------------
+
+
+def test_the_demo_snapshot_is_current() -> None:
+    from offload.demo import contracts as demo
+
+    committed = Path(demo.__file__).with_name("contracts.json")
+    assert committed.read_text(encoding="utf-8") == dumps(snapshot(demo.app)), (
+        "the demo's contracts changed: check them (make contracts), then record them with "
+        "offload contracts export --app offload.demo.contracts:app "
+        "> src/offload/demo/contracts.json"
+    )
