@@ -6,8 +6,10 @@ A change is breaking when something already out there could no longer be read or
 jobs stored at the snapshot's version, clients posting what the snapshot promised. A
 kind's schema may change in any way under a new version when upgraders lead from the
 snapshot's version to it (a worker upgrades older payloads step by step); at the same
-version it may only widen. A changed queue and a removed kind strand jobs whatever the
-version; a removed kind passes once named in `allow_removed` (its jobs drained).
+version it may only widen, and the HTTP API may not take away what clients were promised
+(the kind itself, a field they send). A changed queue, a removed upgrader and a removed
+kind strand stored jobs whatever the version; a removed kind passes once named in
+`allow_removed` (its jobs drained).
 """
 
 from __future__ import annotations
@@ -152,12 +154,11 @@ def breaking_changes(
     now_kinds: Mapping[str, Any] = current["kinds"]
     for kind, was in sorted(committed["kinds"].items()):
         now = now_kinds.get(kind)
-        if now is None:
-            if kind not in allow_removed:
-                found.append(_removed(kind, was))
-            continue
         try:
-            found += _kind_changes(kind, was, now)
+            if now is None:
+                found += [] if kind in allow_removed else [_removed(kind, was)]
+            else:
+                found += [*_stranding_changes(kind, was, now), *_version_changes(kind, was, now)]
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"the contract of {kind} is malformed: {exc!r}") from None
     return found
@@ -166,30 +167,26 @@ def breaking_changes(
 def _removed(kind: str, was: Mapping[str, Any]) -> BreakingChange:
     return BreakingChange(
         kind,
-        was["version"],
+        int(was["version"]),
         None,
         "kind removed: its queued jobs would never run (drain them, then pass "
         f"--allow-removed {kind})",
     )
 
 
-def _kind_changes(
+def _stranding_changes(
     kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
 ) -> list[BreakingChange]:
-    """The breaking changes of one kind that the code still declares."""
-    old_v, new_v = int(was["version"]), int(now["version"])
+    """Changes that leave stored jobs behind whatever the version: another queue, an
+    upgrader gone."""
     found = []
     if now["queue"] != was["queue"]:
-        found.append(
-            BreakingChange(
-                kind,
-                old_v,
-                None,
-                f"queue changed from {was['queue']} to {now['queue']}: jobs waiting in "
-                f"{was['queue']} would be left there",
-            )
+        detail = (
+            f"queue changed from {was['queue']} to {now['queue']}: jobs waiting in "
+            f"{was['queue']} would be left there"
         )
-    gone = sorted(set(was.get("upgrades_from", ())) - set(now.get("upgrades_from", ())))
+        found.append(BreakingChange(kind, int(was["version"]), None, detail))
+    gone = sorted(set(was["upgrades_from"]) - set(now["upgrades_from"]))
     found += [
         BreakingChange(
             kind,
@@ -199,20 +196,27 @@ def _kind_changes(
         )
         for v in gone
     ]
+    return found
+
+
+def _version_changes(
+    kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
+) -> list[BreakingChange]:
+    """A new version needs an upgrader from each older one; in place, only widening."""
+    old_v, new_v = int(was["version"]), int(now["version"])
     if new_v < old_v:
         detail = (
             f"version went down from {old_v} to {new_v}: jobs stored at v{old_v} could not be read"
         )
-        return [*found, BreakingChange(kind, new_v, None, detail)]
-    if new_v > old_v:
-        steps = set(now.get("upgrades_from", ()))
-        found += [
-            BreakingChange(kind, new_v, None, f"no upgrader from v{v} (the snapshot has v{old_v})")
-            for v in range(old_v, new_v)
-            if v not in steps
-        ]
-        return found
-    return found + _same_version_changes(kind, old_v, was, now)
+        return [BreakingChange(kind, new_v, None, detail)]
+    if new_v == old_v:
+        return _same_version_changes(kind, old_v, was, now)
+    steps = set(now["upgrades_from"])
+    return [
+        BreakingChange(kind, new_v, None, f"no upgrader from v{v} (the snapshot has v{old_v})")
+        for v in range(old_v, new_v)
+        if v not in steps
+    ]
 
 
 def _same_version_changes(
