@@ -53,6 +53,7 @@ EMPTY_QUEUE_STATS: dict[str, Any] = {
     "running": 0,
     "dead": 0,
     "oldest_age_s": 0.0,
+    "awaiting_newer_worker": 0,
 }
 
 
@@ -704,7 +705,9 @@ class App:
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
-        age). Every queue a registered kind routes to is listed, an empty one with zeros."""
+        age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
+        that claimed them runs, given back for one that knows it). Every queue a registered
+        kind routes to is listed, an empty one with zeros."""
         stats = await (await self._opened_backend()).stats()
         for name in self.queues:
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
