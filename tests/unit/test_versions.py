@@ -112,6 +112,12 @@ def test_a_worker_refuses_to_start_when_a_handled_kinds_chain_has_a_gap() -> Non
     assert Worker(_app_with_steps(3, [2])).kinds == {"k": [2, 3]}
 
 
+def test_the_worker_version_setting_is_off_unless_set() -> None:
+    assert Settings.from_env({}).require_worker_version is False
+    on = Settings.from_env({"OFFLOAD_REQUIRE_WORKER_VERSION": "1"})
+    assert on.require_worker_version is True
+
+
 @pytest.mark.anyio
 async def test_live_versions_are_read_once_per_ttl_and_shared() -> None:
     clock = FakeClock()
