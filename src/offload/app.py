@@ -35,6 +35,7 @@ from .notify.targets import delivery_option_errors as delivery_option_errors  # 
 from .retry import Backoff
 from .settings import Settings
 from .stores import BlobStore, open_blobs
+from .versions import WORKER_LIVE_S, LiveVersions
 
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +54,7 @@ EMPTY_QUEUE_STATS: dict[str, Any] = {
     "running": 0,
     "dead": 0,
     "oldest_age_s": 0.0,
+    "awaiting_newer_worker": 0,
 }
 
 
@@ -145,6 +147,7 @@ class App:
         self._open_lock: asyncio.Lock | None = None
         self._sync: _SyncRunner | None = None
         self._users = 0
+        self._live = LiveVersions()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -704,11 +707,25 @@ class App:
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
-        age). Every queue a registered kind routes to is listed, an empty one with zeros."""
+        age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
+        that claimed them runs, given back for one that knows it). Every queue a registered
+        kind routes to is listed, an empty one with zeros."""
         stats = await (await self._opened_backend()).stats()
         for name in self.queues:
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
         return stats
+
+    async def live_versions(self) -> dict[str, set[int]]:
+        """Per kind, the versions live workers run: those of every worker recorded within
+        `versions.WORKER_LIVE_S` (each records on start and from its heartbeat). Read at most
+        once per `versions.LIVE_VERSIONS_TTL_S` of the app's clock; callers share the answer.
+        """
+
+        async def read() -> dict[str, set[int]]:
+            backend = await self._opened_backend()
+            return await backend.live_versions(within_s=WORKER_LIVE_S)
+
+        return await self._live.get(self.clock.now, read)
 
     async def purge(self, queue: str) -> int:
         """Delete every job waiting in `queue` (running jobs are left alone); the count."""

@@ -639,14 +639,17 @@ def migrate(url: Url = None) -> None:
 def queues(
     app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
-    """Per-queue stats: queued, scheduled, running, dead, oldest age."""
+    """Per-queue stats: queued, scheduled, running, dead, oldest age, and the jobs that wait
+    for a newer worker (stored at a version newer than a worker that claimed them runs)."""
     stats = _with_app(app, url, lambda a: a.stats())
     if as_json:
         _console().print_json(orjson.dumps(stats).decode())
         return
     from rich.table import Table
 
-    table = Table("queue", "queued", "scheduled", "running", "dead", "oldest age (s)")
+    table = Table(
+        "queue", "queued", "scheduled", "running", "dead", "oldest age (s)", "for newer worker"
+    )
     for name, s in sorted(stats.items()):
         table.add_row(
             name,
@@ -655,6 +658,7 @@ def queues(
             str(s["running"]),
             str(s["dead"]),
             f"{s['oldest_age_s']:.1f}",
+            str(s["awaiting_newer_worker"]),
         )
     _console().print(table)
 

@@ -8,7 +8,9 @@ OffloadError
 │   ├── UnknownKind
 │   ├── JobNotFound
 │   ├── InvalidTransition
-│   └── JobTimeout         (also a TimeoutError)
+│   ├── JobTimeout         (also a TimeoutError)
+│   └── UpgradeError       (a stored payload could not be brought to the current version)
+│       └── MissingUpgrader
 ├── DeliveryError          (a webhook or email could not be delivered; retried)
 │   └── TargetRefused      (the target is not allowed: never retried)
 └── HandlerSignal          (raised by handlers to steer their own job)
@@ -76,6 +78,16 @@ class JobTimeout(JobError, TimeoutError):
         self.kind = kind
         self.timeout_s = timeout_s
         self.state = state
+
+
+class UpgradeError(JobError):
+    """A job's payload, stored at an older version, could not be upgraded to the version its
+    handler takes: an upgrader raised, or returned neither a dict nor a Message."""
+
+
+class MissingUpgrader(UpgradeError):
+    """A job is stored at a version from which no chain of upgraders (`@app.upgrade`)
+    reaches the version its handler takes: one step is missing."""
 
 
 class DeliveryError(OffloadError):

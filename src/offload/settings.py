@@ -125,6 +125,9 @@ class Settings:
     #: development only: they show server paths and source lines).
     expose_tracebacks: bool = False
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    #: The web tier refuses (503) a submission of a kind whose current version no live
+    #: worker runs (OFFLOAD_REQUIRE_WORKER_VERSION=1): off by default.
+    require_worker_version: bool = False
 
     @property
     def dev_mode(self) -> bool:
@@ -159,6 +162,7 @@ class Settings:
                 connect_timeout_s=float(
                     e.get("OFFLOAD_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
                 ),
+                require_worker_version=_flag(e.get("OFFLOAD_REQUIRE_WORKER_VERSION")),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

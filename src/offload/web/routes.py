@@ -17,6 +17,7 @@ from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .auth import authenticated, kind_allowed
 from .events import job_stream
+from .fleet import require_live_worker
 from .origins import refuse_cross_site
 from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
@@ -147,6 +148,8 @@ async def submit(
         raise Problem(
             422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
         ) from None
+    # OFFLOAD_REQUIRE_WORKER_VERSION=1: 503 unless a live worker runs this version.
+    await require_live_worker(app, spec)
     envelope = app.envelope(
         message,
         owner=principal,

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -25,14 +25,14 @@ from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -555,6 +555,7 @@ class PostgresBackend:
                 "running": r["running"],
                 "dead": r["dead"],
                 "oldest_age_s": max(0.0, float(r["oldest_age_s"])),
+                "awaiting_newer_worker": r["awaiting_newer_worker"],
             }
             for r in rows
         }
@@ -563,6 +564,24 @@ class PostgresBackend:
         async with self._conn() as conn:
             cur = await conn.execute(Q["purge"], {"queue": queue})
             return cur.rowcount
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        if not kinds:
+            await self._fetch(Q["forget_worker"], {"id": worker_id})
+            return
+        entry = _json({k: list(v) for k, v in kinds.items()})
+        params = {"id": worker_id, "kinds": entry, "now": self._now()}
+        await self._fetch(Q["record_worker"], {**params, "forget": FORGET_WORKER_AFTER_S})
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        rows = await self._fetch(Q["live_workers"], {"within": within_s, "now": self._now()})
+        live: dict[str, set[int]] = {}
+        for row in rows:
+            for kind, versions in row["kinds"].items():
+                live.setdefault(kind, set()).update(versions)
+        return live
 
     # -- job store --------------------------------------------------------------------------
 

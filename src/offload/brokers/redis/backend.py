@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,7 +30,7 @@ from ...contract import (
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from .._rows import envelope_of as _envelope
-from ..base import Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change
 from .rows import decode, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
@@ -54,7 +54,7 @@ _CHUNK = 500
 
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
-    "purge", "prune", "stats", "list", "changes",
+    "purge", "prune", "stats", "list", "changes", "workers", "live",
 )  # fmt: skip
 
 
@@ -423,19 +423,36 @@ class RedisBackend:
         per-queue indexes, never by scanning jobs."""
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
-        for queue, ready, later, running, dead, oldest in await self._run("stats", num(now)):
+        for queue, ready, later, running, dead, oldest, newer in await self._run("stats", num(now)):
             out[queue] = {
                 "queued": ready,
                 "scheduled": later,
                 "running": running,
                 "dead": dead,
                 "oldest_age_s": max(0.0, now - float(oldest)) if oldest else 0.0,
+                "awaiting_newer_worker": newer,
             }
         return out
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
         return await self._in_chunks("purge", queue)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        """Record the worker's kinds and versions in one script call (empty: delete it)."""
+        now = self.clock.now()
+        entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode() if kinds else None
+        forget_before = num(now - FORGET_WORKER_AFTER_S)
+        await self._run("workers", num(now), worker_id, opt(entry), forget_before)
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        live: dict[str, set[int]] = {}
+        for entry in await self._run("live", num(self.clock.now() - within_s)):
+            for kind, versions in orjson.loads(entry).items():
+                live.setdefault(kind, set()).update(versions)
+        return live
 
     # -- job store --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,13 +39,15 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change
 
 T = TypeVar("T")
 
 #: Page cache of the connection, KiB (SQLite's default is 2,000).
 CACHE_KIB = 65_536
-#: Version of the SQLite schema this code writes; a newer file is refused.
+#: Version of the SQLite schema this code writes; a newer file is refused. Additions that
+#: older code ignores (the workers table, the newer-version index) are made on open by
+#: `CREATE … IF NOT EXISTS` without a new version, so files stay usable by either.
 SCHEMA_VERSION = 2
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
@@ -573,7 +575,15 @@ class SQLiteBackend:
 
         def q(name: str) -> dict[str, Any]:
             return out.setdefault(
-                name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0, "oldest_age_s": 0.0}
+                name,
+                {
+                    "queued": 0,
+                    "scheduled": 0,
+                    "running": 0,
+                    "dead": 0,
+                    "oldest_age_s": 0.0,
+                    "awaiting_newer_worker": 0,
+                },
             )
 
         for queue, state, n, ready, _oldest in self.conn.execute(Q["stats"], (now,)):
@@ -585,6 +595,8 @@ class SQLiteBackend:
                 s[state] += n
         for queue, oldest in self.conn.execute(Q["oldest_ready"], (now,)):
             q(queue)["oldest_age_s"] = max(0.0, now - oldest)
+        for queue, n in self.conn.execute(Q["newer_waiting"]):
+            q(queue)["awaiting_newer_worker"] = n
         return out
 
     async def stats(self) -> dict[str, dict[str, Any]]:
@@ -596,6 +608,31 @@ class SQLiteBackend:
 
     async def purge(self, queue: str) -> int:
         return await self._run(self._purge, queue)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        now = self.clock.now()
+        with self._tx() as conn:
+            conn.execute(Q["forget_workers"], (now - FORGET_WORKER_AFTER_S,))
+            if kinds:
+                entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode()
+                conn.execute(Q["record_worker"], (worker_id, entry, now))
+            else:
+                conn.execute(Q["forget_worker"], (worker_id,))
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        await self._run(self._record_worker, worker_id, kinds)
+
+    def _live_versions(self, within_s: float) -> dict[str, set[int]]:
+        live: dict[str, set[int]] = {}
+        for (entry,) in self.conn.execute(Q["live_workers"], (self.clock.now() - within_s,)):
+            for kind, versions in orjson.loads(entry).items():
+                live.setdefault(kind, set()).update(versions)
+        return live
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        return await self._run(self._live_versions, within_s)
 
     # -- job store --------------------------------------------------------------------------
 
