@@ -1,5 +1,5 @@
 # offload: `make demo` runs the demo, `make test` runs the whole suite (with coverage),
-# `make check` lints, type-checks and checks the import contract.
+# `make check` lints, type-checks, checks the import contract and the demo's message contracts.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types imports clean chromium bench bench-peers bench-drain bench-api bench-burst
+.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-api bench-burst
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	  || echo "warning: could not install chromium: the browser tests will skip (fail in CI)"; }
 
-check: lint types imports
+check: lint types imports contracts
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
@@ -43,6 +43,11 @@ types: $(STAMP)
 # The import contract ([tool.importlinter] in pyproject.toml): which package may import which.
 imports: $(STAMP)
 	$(BIN)/lint-imports
+
+# The demo's message contracts against their committed snapshot: what a project's CI runs
+# (`offload contracts export` writes the snapshot again after an intended change).
+contracts: $(STAMP)
+	$(BIN)/offload contracts check --app offload.demo.contracts:app src/offload/demo/contracts.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*

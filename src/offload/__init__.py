@@ -16,6 +16,7 @@ from .errors import (
     InvalidTransition,
     JobError,
     JobNotFound,
+    JobTimeout,
     OffloadError,
     Retry,
     SchemaError,
@@ -23,6 +24,7 @@ from .errors import (
 )
 from .retry import Backoff
 from .settings import Settings
+from .status import JobStatus
 
 __all__ = [
     "App",
@@ -39,6 +41,8 @@ __all__ = [
     "JobNotFound",
     "JobRow",
     "JobState",
+    "JobStatus",
+    "JobTimeout",
     "Lease",
     "Message",
     "OffloadError",

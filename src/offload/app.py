@@ -7,14 +7,16 @@ import dataclasses
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ._ids import uuid7
+from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import Change
 from .clock import Clock
+from .clock import seconds as _seconds
 from .contract import (
     EnqueueResult,
     Envelope,
@@ -25,6 +27,7 @@ from .contract import (
     status_record,
 )
 from .errors import ConfigurationError, JobNotFound, UnknownKind
+from .job import Job as Job  # re-exported: enqueue's answer
 from .notify import base as _notify
 from .notify.base import EmailTemplate
 from .notify.targets import callback_url_error, follow_ups_of_row
@@ -32,10 +35,13 @@ from .notify.targets import delivery_option_errors as delivery_option_errors  # 
 from .retry import Backoff
 from .settings import Settings
 from .stores import BlobStore, open_blobs
+from .versions import WORKER_LIVE_S, LiveVersions
 
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+#: An upgrader: a payload of one version in, the next version's payload (or message) out.
+Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
 
 #: Attempts a job gets when neither the message nor the handler says otherwise.
 DEFAULT_MAX_ATTEMPTS = 5
@@ -48,6 +54,7 @@ EMPTY_QUEUE_STATS: dict[str, Any] = {
     "running": 0,
     "dead": 0,
     "oldest_age_s": 0.0,
+    "awaiting_newer_worker": 0,
 }
 
 
@@ -100,36 +107,6 @@ class HandlerSpec:
     is_async: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """What `enqueue` returns: the job's id, and whether this call created it."""
-
-    id: str
-    created: bool
-    app: App
-
-    async def status(self) -> dict[str, Any]:
-        """The current status record."""
-        return await self.app.status(self.id)
-
-    async def wait(self, timeout: float = 60.0, poll_s: float = 0.05) -> dict[str, Any]:
-        """Wait for a final state and return the status record.
-
-        Raises:
-            TimeoutError: the job did not finish in time.
-        """
-        async with asyncio.timeout(timeout):
-            while True:
-                record = await self.status()
-                if JobState(record["state"]).final:
-                    return record
-                await asyncio.sleep(poll_s)
-
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
 class App:
     """The registry of message kinds and handlers, and the way to enqueue jobs.
 
@@ -160,6 +137,8 @@ class App:
         #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.
         self.internal_kinds = _builtin_kinds()
         self.handlers: dict[str, HandlerSpec] = {}
+        #: Upgraders by kind, then by the version they upgrade from (to that version + 1).
+        self.upgraders: dict[str, dict[int, Upgrader]] = {}
         self.email_templates: dict[str, EmailTemplate] = {}
         self._backend: Backend | None = None
         #: A store given here is kept; otherwise OFFLOAD_BLOBS_URL picks one when needed.
@@ -168,6 +147,7 @@ class App:
         self._open_lock: asyncio.Lock | None = None
         self._sync: _SyncRunner | None = None
         self._users = 0
+        self._live = LiveVersions()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -251,6 +231,27 @@ class App:
             raise UnknownKind(f"{cls_or_kind.__name__} is not registered (its parent is)")
         return spec
 
+    def upgrade(self, kind: str, from_version: int) -> Callable[[Upgrader], Upgrader]:
+        """Register the function that turns a payload of `kind` at `from_version` into one at
+        `from_version + 1`: it takes the stored payload (a dict) and returns the next
+        version's payload (a dict, or a `Message` of that version). A worker runs the chain
+        (v1 → v2 → v3 …) on a job stored at an older version before it validates it.
+
+        Raises:
+            ConfigurationError: a version below 1, or a second upgrader for one step.
+        """
+        if from_version < 1:
+            raise ConfigurationError("versions count from 1: nothing upgrades from below it")
+
+        def register(fn: Upgrader) -> Upgrader:
+            steps = self.upgraders.setdefault(kind, {})
+            if from_version in steps:
+                raise ConfigurationError(f"{kind!r} already has an upgrader from {from_version}")
+            steps[from_version] = fn
+            return fn
+
+        return register
+
     def handles(
         self,
         cls: type[Message],
@@ -301,25 +302,35 @@ class App:
 
     # -- backends ---------------------------------------------------------------------------
 
-    async def open(self) -> App:
+    async def open(self, *, create: bool = True) -> App:
         """Open the backend and blob store. Each `open` is paired with a `close`; the
-        backend closes with the last one, so a web lifespan and a worker can share an app."""
-        self._users += 1
-        try:
-            return await self._ensure_open()
-        except BaseException:
-            self._users -= 1  # a failed open holds nothing: a later one starts afresh
-            raise
+        backend closes with the last one, so a web lifespan and a worker can share an app.
 
-    async def _ensure_open(self) -> App:
+        Args:
+            create: False for read-only use (the CLI's inspecting commands): a database
+                that does not exist yet is an error instead of being made.
+
+        Raises:
+            BackendError: the backend is unreachable, or (`create=False`) missing.
+        """
+        await self._ensure_open(create=create)
+        self._users += 1
+        return self
+
+    async def _ensure_open(self, *, create: bool = True) -> App:
         if self._backend is not None:
             return self
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
-                backend = open_backend(self.settings.url, clock=self._injected_clock)
-                await backend.open()
+                settings = self.settings
+                backend = open_backend(
+                    settings.url,
+                    clock=self._injected_clock,
+                    connect_timeout_s=settings.connect_timeout_s,
+                )
+                await backend.open(create=create)
                 self._backend = backend
                 if self._blobs is None:
                     self._blobs = open_blobs(self.settings.blobs_url)
@@ -440,30 +451,119 @@ class App:
                 )
             stored = enqueue_in(conn, envelopes)
             results = await stored if inspect.isawaitable(stored) else stored
-        return [Job(r.id, r.created, self) for r in results]
+        return [
+            Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
+        ]
 
-    async def enqueue(self, message: Message, **options: Any) -> Job:
-        """Validate-stamp-store one job; see `envelope` for the options."""
-        (job,) = await self._store([self.envelope(message, **options)])
+    def _stamp(self, message: Message, o: JobOptions) -> Envelope:
+        return self.envelope(
+            message,
+            owner=o.owner,
+            priority=o.priority,
+            delay=o.delay,
+            run_at=o.run_at,
+            idempotency_key=o.idempotency_key,
+            callback_url=o.callback_url,
+            notify_email=o.notify_email,
+        )
+
+    async def enqueue(
+        self,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
+        """Validate, stamp and store one job.
+
+        Args:
+            priority: lower runs first.
+            delay: seconds (or a timedelta) before it may run; or `run_at`, an aware time.
+            idempotency_key: a second enqueue with the same key and owner returns the
+                first job (`created=False`).
+            callback_url: a webhook target notified (signed, retried) when the job ends.
+            notify_email: an address emailed when the job ends.
+            owner: the principal the job belongs to (the HTTP API's caller).
+
+        Raises:
+            TypeError: an option of the wrong type (named).
+            ValueError: a naive `run_at`, a bad `callback_url` or `notify_email`.
+        """
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        (job,) = await self._store([self._stamp(message, o)])
         return job
 
-    async def enqueue_many(self, messages: Sequence[Message], **options: Any) -> list[Job]:
-        """Enqueue many jobs in one atomic batch (all or none)."""
-        return await self._store([self.envelope(m, **options) for m in messages])
+    async def enqueue_many(
+        self,
+        messages: Sequence[Message],
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> list[Job]:
+        """Enqueue many jobs in one atomic batch (all or none), each with these options (as
+        for `enqueue`)."""
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        return await self._store([self._stamp(m, o) for m in messages])
 
-    async def enqueue_in(self, conn: Any, message: Message, **options: Any) -> Job:
+    async def enqueue_in(
+        self,
+        conn: Any,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
         """Enqueue inside the caller's own open transaction on `conn`: the job exists if and
-        only if that transaction commits (the transactional outbox).
+        only if that transaction commits (the transactional outbox). Options as for `enqueue`.
 
         Args:
             conn: a `psycopg.AsyncConnection` to the app's PostgreSQL database, or a
                 `sqlite3.Connection` to the app's SQLite file.
-            options: as for `envelope`.
 
         Raises:
             ConfigurationError: the backend has no transactions to join (Redis).
         """
-        (job,) = await self._store([self.envelope(message, **options)], conn)
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        (job,) = await self._store([self._stamp(message, o)], conn)
         return job
 
     async def submit(self, envelope: Envelope) -> tuple[Job, JobRow]:
@@ -482,11 +582,39 @@ class App:
             raise JobNotFound(job.id)
         return job, row
 
-    def enqueue_sync(self, message: Message, **options: Any) -> Job:
-        """`enqueue` for synchronous code (Django, Flask): blocks until stored."""
+    def enqueue_sync(
+        self,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
+        """`enqueue` for synchronous code (Django, Flask): blocks until stored. The Job
+        belongs to this App (`job.status_sync()`, or `await job.status()` in async code)."""
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        envelope = self._stamp(message, o)
+        (job,) = self._sync_call(lambda twin: twin._store([envelope]))
+        return replace(job, app=self)
+
+    def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
+        """Run `fn` with this App's twin on the private loop thread, blocking until done
+        (the `*_sync` methods of App and Job)."""
         if self._sync is None:
             self._sync = _SyncRunner(self)
-        return self._sync.call(lambda app: app.enqueue(message, **options))
+        return self._sync.call(fn)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -579,11 +707,25 @@ class App:
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
-        age). Every queue a registered kind routes to is listed, an empty one with zeros."""
+        age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
+        that claimed them runs, given back for one that knows it). Every queue a registered
+        kind routes to is listed, an empty one with zeros."""
         stats = await (await self._opened_backend()).stats()
         for name in self.queues:
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
         return stats
+
+    async def live_versions(self) -> dict[str, set[int]]:
+        """Per kind, the versions live workers run: those of every worker recorded within
+        `versions.WORKER_LIVE_S` (each records on start and from its heartbeat). Read at most
+        once per `versions.LIVE_VERSIONS_TTL_S` of the app's clock; callers share the answer.
+        """
+
+        async def read() -> dict[str, set[int]]:
+            backend = await self._opened_backend()
+            return await backend.live_versions(within_s=WORKER_LIVE_S)
+
+        return await self._live.get(self.clock.now, read)
 
     async def purge(self, queue: str) -> int:
         """Delete every job waiting in `queue` (running jobs are left alone); the count."""
@@ -633,7 +775,7 @@ class App:
 
 
 class _SyncRunner:
-    """A private event loop thread with its own App copy, for `enqueue_sync`."""
+    """A private event loop thread with its own App copy, for the `*_sync` methods."""
 
     def __init__(self, app: App) -> None:
         self.loop = asyncio.new_event_loop()
@@ -641,7 +783,8 @@ class _SyncRunner:
             target=self.loop.run_forever, daemon=True, name="offload-sync"
         )
         self.thread.start()
-        self.twin = App(app.name, settings=app.settings, clock=app.clock)
+        # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
+        self.twin = App(app.name, settings=app.settings, clock=app._injected_clock)
         self.twin.kinds = app.kinds
         self.twin.internal_kinds = app.internal_kinds
 

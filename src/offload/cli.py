@@ -1,4 +1,4 @@
-"""The `offload` command line: web, worker, dev, demo, jobs, queues."""
+"""The `offload` command line: web, worker, dev, demo, jobs, queues, contracts."""
 
 from __future__ import annotations
 
@@ -6,21 +6,29 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 import typer
 
+from . import __version__
 from ._loading import load
+from ._loop import run as _run
 from .app import App
-from .errors import ConfigurationError, OffloadError
+from .contract import JobRow, JobState
+from .errors import ConfigurationError, JobNotFound, OffloadError
 from .settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 T = TypeVar("T")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
@@ -32,6 +40,28 @@ cli = typer.Typer(
 )
 jobs_cli = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
+#: Jobs an ambiguous id prefix lists at most.
+CANDIDATES_SHOWN = 10
+#: Query options of a backend URL whose value is a secret.
+_SECRET_OPTIONS = ("password", "pass", "secret", "token")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"offload {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """offload: the Web-Queue-Worker pattern for Python."""
 
 
 @functools.cache
@@ -68,22 +98,80 @@ def _app(ref: str | None, url: str | None) -> App:
     return app
 
 
-def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the command's coroutine, on uvloop where it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
+class _AmbiguousId(Exception):
+    """More than one job's id starts with the prefix given."""
+
+    def __init__(self, prefix: str, ids: Sequence[str], more: bool) -> None:
+        shown = ", ".join(ids) + (" and more" if more else "")
+        super().__init__(f"job id {prefix} is ambiguous: it begins {shown}; give more of it")
+
+
+def _fail(message: str, *, prefix: str = "", code: int = 1) -> typer.Exit:
+    """Print `message` as one line on stderr (never wrapped, never read as markup)."""
+    from rich.text import Text
+
+    line = Text.assemble((prefix, "red"), message) if prefix else Text(message)
+    _console(stderr=True).print(line, soft_wrap=True, highlight=False)
+    return typer.Exit(code)
 
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
+    """offload's errors as one line: exit 2 for a configuration error, else 1."""
     try:
         yield
+    except JobNotFound as exc:
+        raise _fail(f"no job {exc}") from None
+    except _AmbiguousId as exc:
+        raise _fail(str(exc)) from None
+    except ConfigurationError as exc:
+        raise _fail(str(exc), prefix="error: ", code=2) from None
     except OffloadError as exc:
-        _console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise _fail(" ".join(str(exc).split()), prefix="error: ") from None
+
+
+def _shown_url(url: str) -> str:
+    """A backend URL fit to print: secrets masked, a relative SQLite path resolved."""
+    parts = urlsplit(url)
+    shown = url  # edited in place: rebuilding it would drop the `//` of `memory://`
+    if parts.password is not None:
+        user_info, _, host = parts.netloc.rpartition("@")
+        shown = shown.replace(parts.netloc, f"{user_info.partition(':')[0]}:***@{host}", 1)
+    if parts.query:
+        query = "&".join(_masked_option(option) for option in parts.query.split("&"))
+        shown = shown.replace(f"?{parts.query}", f"?{query}", 1)
+    path = parts.path[1:]
+    if parts.scheme == "sqlite" and not parts.netloc and path and not os.path.isabs(path):
+        return f"{shown} ({os.path.abspath(path)})"
+    return shown
+
+
+def _masked_option(option: str) -> str:
+    key = option.partition("=")[0]
+    return f"{key}=***" if key.lower() in _SECRET_OPTIONS else option
+
+
+def _banner(
+    title: str,
+    app: App,
+    *,
+    queues: Iterable[str],
+    kinds: Iterable[str],
+    concurrency: str | None = None,
+) -> None:
+    """What a server process is about to serve, printed once at its start: two processes
+    started in different folders or environments visibly point at different backends."""
+    lines = [
+        ("backend", _shown_url(app.settings.url)),
+        ("queues", ", ".join(queues) or "(none)"),
+        ("kinds", ", ".join(sorted(kinds)) or "(none)"),
+    ]
+    if concurrency is not None:
+        lines.append(("concurrency", concurrency))
+    console = _console()
+    console.print(title, soft_wrap=True, highlight=False, markup=False)
+    for name, value in lines:
+        console.print(f"  {name:<12} {value}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -126,10 +214,18 @@ def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None)
         server = _server(create_app(offload_app), host, port)
 
         async def main() -> None:
-            _stop_on_signals(lambda: setattr(server, "should_exit", True))
-            await server.serve()
+            # Opened before serving (the lifespan's open then shares it): an unreachable
+            # backend is one line here, not a traceback from inside the server's start-up.
+            async with offload_app:
+                _stop_on_signals(lambda: setattr(server, "should_exit", True))
+                await server.serve()
 
-        _console().print(f"offload web on http://{host}:{port}  (app {offload_app.name})")
+        _banner(
+            f"offload web on http://{host}:{port} (app {offload_app.name})",
+            offload_app,
+            queues=offload_app.queues,
+            kinds=offload_app.kinds,
+        )
         _run(main)
 
 
@@ -148,6 +244,8 @@ def worker(
     grace: Annotated[float, typer.Option(min=0, help="seconds to finish on SIGTERM")] = 30.0,
     lease: Annotated[float | None, typer.Option(min=0.5, help="lease seconds")] = None,
     url: Url = None,
+    banner: Annotated[bool, typer.Option(hidden=True)] = True,
+    of_processes: Annotated[int, typer.Option(hidden=True)] = 1,
 ) -> None:
     """Run handlers for queued jobs."""
     from .worker.runner import Worker
@@ -155,11 +253,15 @@ def worker(
 
     _setup_logging()
     if processes > 1:
+        # This process never imports the handlers: the first child announces what all of
+        # them serve (`--of-processes`), the others stay quiet.
         options = [f"--concurrency={concurrency}", f"--prefetch={prefetch}", f"--grace={grace}"]
         options += [f"--queues={queues}"] if queues else []
         options += [f"--lease={lease}"] if lease else []
         options += [f"--url={url}"] if url else []
-        raise typer.Exit(Supervisor(worker_argv(app, options), processes).run())
+        first = worker_argv(app, [*options, f"--of-processes={processes}"])
+        others = worker_argv(app, [*options, "--no-banner"])
+        raise typer.Exit(Supervisor(first, processes, others_argv=others).run())
     with _errors():
         offload_app = _app(app, url)
         runner = Worker(
@@ -170,6 +272,15 @@ def worker(
             lease_s=lease,
             grace_s=grace,
         )
+        if banner:
+            processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
+            _banner(
+                f"offload worker (app {offload_app.name})",
+                offload_app,
+                queues=runner.queues,
+                kinds=offload_app.handlers,
+                concurrency=f"{concurrency}{processes_shown}, prefetch {prefetch}",
+            )
 
         async def main() -> None:
             _stop_on_signals(runner.request_stop)
@@ -198,15 +309,22 @@ def dev(
                 server.should_exit = True
                 runner.request_stop()
 
-            _stop_on_signals(stop)
-            worker_task = asyncio.create_task(runner.run())
-            # A worker that dies takes the dev server down with it, loudly.
-            worker_task.add_done_callback(lambda _t: setattr(server, "should_exit", True))
-            await server.serve()
-            runner.request_stop()
-            await worker_task
+            async with offload_app:  # an unreachable backend: one line, before serving
+                _stop_on_signals(stop)
+                worker_task = asyncio.create_task(runner.run())
+                # A worker that dies takes the dev server down with it, loudly.
+                worker_task.add_done_callback(lambda _t: setattr(server, "should_exit", True))
+                await server.serve()
+                runner.request_stop()
+                await worker_task
 
-        _console().print(f"offload dev on http://{host}:{port} (web + worker: {offload_app.name})")
+        _banner(
+            f"offload dev on http://{host}:{port} (app {offload_app.name}: web + worker)",
+            offload_app,
+            queues=runner.queues,
+            kinds=offload_app.kinds,
+            concurrency=str(concurrency),
+        )
         _run(main)
 
 
@@ -239,76 +357,146 @@ def demo(
 
 
 def _with_app(ref: str | None, url: str | None, fn: Callable[[App], Awaitable[T]]) -> T:
-    offload_app = _app(ref, url)
+    """Run `fn` on the app, opened for inspecting: a database that does not exist yet is
+    an error naming it, never made (that is for a worker or `offload migrate`)."""
 
     async def main() -> T:
-        async with offload_app:
+        offload_app = _app(ref, url)
+        await offload_app.open(create=False)
+        try:
             return await fn(offload_app)
+        finally:
+            await offload_app.close()
 
     with _errors():
         return _run(main)
+
+
+async def _resolve(app: App, given: str) -> str:
+    """The id of the one job whose id is, or starts with, `given` (any case, dashes or not).
+
+    Raises:
+        JobNotFound: no such job.
+        _AmbiguousId: several jobs' ids start with it.
+    """
+    if await app.get(given) is not None:
+        return given
+    digits = given.replace("-", "").lower()
+    if not 0 < len(digits) <= 32 or digits.strip("0123456789abcdef"):
+        raise JobNotFound(given)
+    # Ids are UUIDs, listed newest (greatest) first: the first rows below the end of the
+    # prefix's range are the ones in it, if any.
+    end = int(digits.ljust(32, "f"), 16) + 1
+    before = None if end >> 128 else str(uuid.UUID(int=end))
+    rows = await app.list_jobs(owner=None, before=before, limit=CANDIDATES_SHOWN + 1)
+    ids = [r.id for r in rows if r.id.replace("-", "").startswith(digits)]
+    if not ids:
+        raise JobNotFound(given)
+    if len(ids) > 1:
+        raise _AmbiguousId(given, ids[:CANDIDATES_SHOWN], more=len(ids) > CANDIDATES_SHOWN)
+    return ids[0]
 
 
 OptApp = Annotated[
     str | None,
     typer.Option("--app", envvar="OFFLOAD_APP", help="package.module:attribute (optional)"),
 ]
+JobId = Annotated[str, typer.Argument(help="the job's id, or enough of its start to be unique")]
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+def _jobs_table(rows: Sequence[JobRow], *, wide: bool) -> Table:
+    """Whole ids always (copy one into `jobs show`); `wide` adds where and whose."""
+    from rich import box
+    from rich.table import Table
+
+    from .clock import iso
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    names = ("id", "kind", "state", "attempt", *(("queue", "owner", "worker") if wide else ()))
+    for name in (*names, "created" if wide else "age"):
+        table.add_column(name, no_wrap=True)
+    now = time.time()
+    for r in rows:
+        cells = [r.id, r.kind, r.state.value, f"{r.attempt}/{r.max_attempts}"]
+        if wide:
+            cells += [r.queue, r.owner, r.worker or ""]
+        cells.append((iso(r.enqueued_at) or "") if wide else _age(now - r.enqueued_at))
+        table.add_row(*cells)
+    return table
+
+
+def _print_whole(table: Table) -> None:
+    """Print `table` without cutting a cell short, wider than the terminal if it must be."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = _console()
+    needed = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+    if needed > console.width:
+        console = Console(width=needed)
+    console.print(table)
 
 
 @jobs_cli.command("list")
 def jobs_list(
     app: OptApp = None,
     url: Url = None,
-    state: str | None = None,
+    state: Annotated[JobState | None, typer.Option(help="only jobs in this state")] = None,
     kind: str | None = None,
     owner: str | None = None,
     limit: int = 50,
+    wide: Annotated[bool, typer.Option("--wide", help="also queue, owner, worker")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List jobs, newest first."""
     from .contract import status_record
 
+    wanted = state.value if state else None
     rows = _with_app(
-        app, url, lambda a: a.list_jobs(owner=owner, state=state, kind=kind, limit=limit)
+        app, url, lambda a: a.list_jobs(owner=owner, state=wanted, kind=kind, limit=limit)
     )
     if as_json:
         _console().print_json(orjson.dumps([status_record(r) for r in rows]).decode())
         return
-    from rich.table import Table
-
-    table = Table("id", "kind", "queue", "state", "attempt", "owner", "created")
-    for r in rows:
-        rec = status_record(r)
-        table.add_row(
-            r.id,
-            r.kind,
-            r.queue,
-            r.state.value,
-            f"{r.attempt}/{r.max_attempts}",
-            r.owner,
-            rec["created_at"],
-        )
-    _console().print(table)
+    _print_whole(_jobs_table(rows, wide=wide))
 
 
 @jobs_cli.command("show")
-def jobs_show(job_id: str, app: OptApp = None, url: Url = None) -> None:
+def jobs_show(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
     """Show one job's status record, with the traceback of a failure (for operators)."""
-    record = _with_app(app, url, lambda a: a.status(job_id, tracebacks=True))
-    _console().print_json(orjson.dumps(record).decode())
+
+    async def show(a: App) -> dict[str, Any]:
+        return await a.status(await _resolve(a, job_id), tracebacks=True)
+
+    _console().print_json(orjson.dumps(_with_app(app, url, show)).decode())
 
 
 @jobs_cli.command("retry")
-def jobs_retry(job_id: str, app: OptApp = None, url: Url = None) -> None:
+def jobs_retry(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
     """Re-queue a dead, failed or cancelled job with a fresh retry budget."""
-    row = _with_app(app, url, lambda a: a.requeue(job_id))
+
+    async def retry(a: App) -> JobRow:
+        return await a.requeue(await _resolve(a, job_id))
+
+    row = _with_app(app, url, retry)
     _console().print(f"job {row.id} is {row.state} again")
 
 
 @jobs_cli.command("cancel")
-def jobs_cancel(job_id: str, app: OptApp = None, url: Url = None) -> None:
+def jobs_cancel(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
     """Cancel a job: a waiting one never runs; a running one is signalled."""
-    row = _with_app(app, url, lambda a: a.cancel(job_id))
+
+    async def cancel(a: App) -> JobRow:
+        return await a.cancel(await _resolve(a, job_id))
+
+    row = _with_app(app, url, cancel)
     what = "cancelled" if row.state == "cancelled" else "asked to stop (running)"
     _console().print(f"job {row.id} {what}")
 
@@ -325,6 +513,72 @@ def jobs_purge(
         typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
     n = _with_app(app, url, lambda a: a.purge(queue))
     _console().print(f"purged {n} jobs from {queue}")
+
+
+contracts_cli = typer.Typer(
+    help="Message contracts: export their JSON Schemas; check a committed snapshot.",
+    no_args_is_help=True,
+)
+cli.add_typer(contracts_cli, name="contracts")
+
+
+@contracts_cli.command("export", short_help="Print every kind's contract as JSON.")
+def contracts_export(app: AppRef) -> None:
+    """Print every kind's contract as JSON (commit it: `> contracts.json`): its JSON Schema
+    at its current version, queue, HTTP use, FromPrincipal fields and upgraders, and the
+    schema of the enqueue options. The same code always prints the same bytes."""
+    from .contracts import dumps, snapshot
+
+    with _errors():
+        text = dumps(snapshot(_app(app, None)))
+    sys.stdout.write(text)
+
+
+@contracts_cli.command("check", short_help="Fail on a change that breaks a committed snapshot.")
+def contracts_check(
+    committed: Annotated[
+        str, typer.Argument(metavar="SNAPSHOT", help="the file `contracts export` wrote")
+    ],
+    app: AppRef,
+    allow_removed: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-removed",
+            metavar="KIND",
+            help="a kind that may be gone (none of its jobs left)",
+        ),
+    ] = None,
+) -> None:
+    """Compare the code with a committed snapshot: exit 1 with one line per breaking change.
+    A kind's schema may only widen (new optional fields, wider types) unless it gets a new
+    version with an upgrader from each older one; a changed queue or a removed kind breaks
+    whatever the version."""
+    from pathlib import Path
+
+    from .contracts import breaking_changes, dumps, loads, snapshot
+
+    with _errors():
+        try:
+            text = Path(committed).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {committed}: {exc.strerror}") from None
+        was = loads(text, source=committed)
+        now = snapshot(_app(app, None))
+        found = breaking_changes(was, now, allow_removed=set(allow_removed or ()))
+    console = _console()
+    for change in found:
+        console.print(str(change), soft_wrap=True, highlight=False, markup=False)
+    if found:
+        raise _fail(
+            f"{len(found)} breaking change{'s' if len(found) > 1 else ''} against {committed}: "
+            "give the kind a new version with upgraders, or export again if you mean it"
+        )
+    kinds = f"{len(now['kinds'])} kind{'s' if len(now['kinds']) != 1 else ''}"
+    if loads(dumps(now)) == was:
+        summary = f"{committed}: {kinds}, as recorded"
+    else:
+        summary = f"{committed}: {kinds}, no breaking change; export again to record the changes"
+    console.print(summary, soft_wrap=True, highlight=False, markup=False)
 
 
 bench_cli = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
@@ -360,13 +614,11 @@ def bench_burst(
 
 @cli.command()
 def migrate(url: Url = None) -> None:
-    """Create or upgrade the backend's schema (PostgreSQL); a no-op where none is needed."""
+    """Create or upgrade the backend's store (SQLite file, PostgreSQL schema)."""
     from .brokers import open_backend
 
-    settings = Settings.from_env(url=url)
-
     async def main() -> list[int]:
-        backend = open_backend(settings.url)
+        backend = open_backend(settings.url, connect_timeout_s=settings.connect_timeout_s)
         await backend.open(check_schema=False)
         try:
             return await backend.migrate()
@@ -374,25 +626,30 @@ def migrate(url: Url = None) -> None:
             await backend.close()
 
     with _errors():
+        settings = Settings.from_env(url=url)
         applied = _run(main)
+    where = _shown_url(settings.url)
     if applied:
-        _console().print(f"applied schema migrations {applied}")
+        _console().print(f"applied schema migrations {applied} to {where}", soft_wrap=True)
     else:
-        _console().print("schema is up to date")
+        _console().print(f"schema is up to date at {where}", soft_wrap=True)
 
 
 @cli.command()
 def queues(
     app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
-    """Per-queue stats: queued, scheduled, running, dead, oldest age."""
+    """Per-queue stats: queued, scheduled, running, dead, oldest age, and the jobs that wait
+    for a newer worker (stored at a version newer than a worker that claimed them runs)."""
     stats = _with_app(app, url, lambda a: a.stats())
     if as_json:
         _console().print_json(orjson.dumps(stats).decode())
         return
     from rich.table import Table
 
-    table = Table("queue", "queued", "scheduled", "running", "dead", "oldest age (s)")
+    table = Table(
+        "queue", "queued", "scheduled", "running", "dead", "oldest age (s)", "for newer worker"
+    )
     for name, s in sorted(stats.items()):
         table.add_row(
             name,
@@ -401,6 +658,7 @@ def queues(
             str(s["running"]),
             str(s["dead"]),
             f"{s['oldest_age_s']:.1f}",
+            str(s["awaiting_newer_worker"]),
         )
     _console().print(table)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 class Clock:
@@ -39,3 +39,8 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def seconds(value: float | timedelta | None) -> float | None:
+    """A duration given as seconds or as a timedelta (the public form), in seconds."""
+    return value.total_seconds() if isinstance(value, timedelta) else value

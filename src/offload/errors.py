@@ -7,7 +7,10 @@ OffloadError
 ├── JobError
 │   ├── UnknownKind
 │   ├── JobNotFound
-│   └── InvalidTransition
+│   ├── InvalidTransition
+│   ├── JobTimeout         (also a TimeoutError)
+│   └── UpgradeError       (a stored payload could not be brought to the current version)
+│       └── MissingUpgrader
 ├── DeliveryError          (a webhook or email could not be delivered; retried)
 │   └── TargetRefused      (the target is not allowed: never retried)
 └── HandlerSignal          (raised by handlers to steer their own job)
@@ -16,6 +19,11 @@ OffloadError
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .contract import JobState
 
 
 class OffloadError(Exception):
@@ -48,6 +56,38 @@ class JobNotFound(JobError):
 
 class InvalidTransition(JobError):
     """The job is not in a state that allows this change."""
+
+
+class JobTimeout(JobError, TimeoutError):
+    """The job did not reach a final state in time; it goes on (wait again, or cancel it).
+
+    Args:
+        job_id: the job waited for.
+        kind: its kind, when known.
+        timeout_s: how long the caller waited.
+        state: the state it was last seen in.
+    """
+
+    def __init__(
+        self, job_id: str, *, kind: str = "", timeout_s: float, state: JobState | None = None
+    ) -> None:
+        what = f"job {job_id} ({kind})" if kind else f"job {job_id}"
+        seen = f": it is {state}" if state is not None else ""
+        super().__init__(f"{what} did not finish within {timeout_s:g}s{seen}")
+        self.job_id = job_id
+        self.kind = kind
+        self.timeout_s = timeout_s
+        self.state = state
+
+
+class UpgradeError(JobError):
+    """A job's payload, stored at an older version, could not be upgraded to the version its
+    handler takes: an upgrader raised, or returned neither a dict nor a Message."""
+
+
+class MissingUpgrader(UpgradeError):
+    """A job is stored at a version from which no chain of upgraders (`@app.upgrade`)
+    reaches the version its handler takes: one step is missing."""
 
 
 class DeliveryError(OffloadError):

@@ -25,6 +25,8 @@ DEFAULT_LEASE_S = 30.0
 DEFAULT_RETENTION_S = 7 * 86400.0
 #: Longest wait for a webhook receiver to answer (seconds): short, a delivery is retried.
 DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
+#: How long opening a backend waits for its server (PostgreSQL, Redis) to answer (seconds).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: Sender address of notification emails.
 DEFAULT_EMAIL_FROM = "offload@localhost"
 #: Base URL of the web tier as users reach it, for links in webhooks and emails.
@@ -122,6 +124,10 @@ class Settings:
     #: Put failed jobs' tracebacks in API answers, events, webhooks and emails (local
     #: development only: they show server paths and source lines).
     expose_tracebacks: bool = False
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    #: The web tier refuses (503) a submission of a kind whose current version no live
+    #: worker runs (OFFLOAD_REQUIRE_WORKER_VERSION=1): off by default.
+    require_worker_version: bool = False
 
     @property
     def dev_mode(self) -> bool:
@@ -153,10 +159,16 @@ class Settings:
                 public_url=(e.get("OFFLOAD_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
                 notify_backoff_s=float(e.get("OFFLOAD_NOTIFY_BACKOFF") or DEFAULT_NOTIFY_BACKOFF_S),
                 expose_tracebacks=_flag(e.get("OFFLOAD_EXPOSE_TRACEBACKS")),
+                connect_timeout_s=float(
+                    e.get("OFFLOAD_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
+                ),
+                require_worker_version=_flag(e.get("OFFLOAD_REQUIRE_WORKER_VERSION")),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["connect_timeout_s"] <= 0:
+            raise ConfigurationError("OFFLOAD_CONNECT_TIMEOUT must be a positive number of seconds")
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

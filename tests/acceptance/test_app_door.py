@@ -23,7 +23,14 @@ from offload.web import create_app
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
-EMPTY = {"queued": 0, "scheduled": 0, "running": 0, "dead": 0, "oldest_age_s": 0.0}
+EMPTY = {
+    "queued": 0,
+    "scheduled": 0,
+    "running": 0,
+    "dead": 0,
+    "oldest_age_s": 0.0,
+    "awaiting_newer_worker": 0,
+}
 
 
 class Report(Message):

@@ -221,6 +221,7 @@ async def test_while_the_backend_is_unreachable_every_route_answers_503_problems
             ("DELETE", "/jobs/v1/jobs/0193a1c2"),
             ("GET", "/jobs/v1/jobs"),
             ("GET", "/jobs/v1/queues"),
+            ("GET", "/jobs/v1/kinds"),
             ("GET", "/jobs/v1/events"),
             ("POST", "/jobs/v1/ws-ticket"),
             ("GET", "/jobs/readyz"),

@@ -12,7 +12,19 @@ from typing import Any
 import httpx
 import pytest
 
-from offload import App, Backoff, Cancel, Context, Job, Message, Retry, Settings
+from offload import (
+    App,
+    Backoff,
+    Cancel,
+    Context,
+    Job,
+    JobState,
+    JobStatus,
+    Message,
+    Retry,
+    Settings,
+)
+from offload.status import Progress
 from offload.worker.runner import Worker
 
 from ..contract._support import ShiftClock
@@ -25,7 +37,7 @@ class Ping(Message):
     text: str = "hi"
 
 
-async def finished(app: App, job_id: str, timeout: float = 15) -> dict[str, Any]:
+async def finished(app: App, job_id: str, timeout: float = 15) -> JobStatus:
     return await Job(job_id, True, app).wait(timeout)
 
 
@@ -44,8 +56,8 @@ async def test_plain_function_handlers_run_in_threads(
     await start_worker()
     job = await app.enqueue(Ping(text="abc"))
     record = await finished(app, job.id)
-    assert record["state"] == "succeeded" and record["result"] == {"echo": "ABC"}
-    assert record["progress"] == {"fraction": 0.5, "message": "half way"}
+    assert record.state is JobState.SUCCEEDED and record.result == {"echo": "ABC"}
+    assert record.progress == Progress(fraction=0.5, message="half way")
     assert seen and seen[0].startswith("offload-handler")
 
 
@@ -61,8 +73,8 @@ async def test_timeout_spends_attempts_then_dead(
     await start_worker()
     job = await app.enqueue(Ping())
     record = await finished(app, job.id)
-    assert record["state"] == "dead" and record["attempt"] == 2
-    assert record["error"]["type"] == "TimeoutError"
+    assert record.state is JobState.DEAD and record.attempt == 2
+    assert record.error is not None and record.error.type == "TimeoutError"
 
 
 async def test_retry_signal_schedules_the_next_attempt(
@@ -81,7 +93,7 @@ async def test_retry_signal_schedules_the_next_attempt(
     await start_worker()
     job = await app.enqueue(Ping())
     record = await finished(app, job.id)
-    assert record["state"] == "succeeded" and record["attempt"] == 2
+    assert record.state is JobState.SUCCEEDED and record.attempt == 2
     assert attempts[1][1] - attempts[0][1] >= 0.35
 
 
@@ -99,12 +111,12 @@ async def test_cancel_signal_and_permanent_errors(
     await start_worker()
     cancelled = await app.enqueue(Ping(text="cancel"))
     record = await finished(app, cancelled.id)
-    assert record["state"] == "cancelled" and record["attempt"] == 1
-    assert record["error"]["message"] == "not wanted any more"
+    assert record.state is JobState.CANCELLED and record.attempt == 1
+    assert record.error is not None and record.error.message == "not wanted any more"
     not_json = await app.enqueue(Ping(text="x"))
     record = await finished(app, not_json.id)
-    assert record["state"] == "dead" and record["attempt"] == 2
-    assert record["error"]["type"] == "TypeError"
+    assert record.state is JobState.DEAD and record.attempt == 2
+    assert record.error is not None and record.error.type == "TypeError"
 
 
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
@@ -123,8 +135,8 @@ async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
         )
     await start_worker()
     record = await finished(app, envelope.id)
-    assert record["state"] == "failed" and record["attempt"] == 1
-    assert record["error"]["type"] == "ValidationError"
+    assert record.state is JobState.FAILED and record.attempt == 1
+    assert record.error is not None and record.error.type == "ValidationError"
 
 
 def _fields(envelope: Any) -> dict[str, Any]:
@@ -149,7 +161,7 @@ async def test_once_runs_a_side_step_once_across_attempts(
     await start_worker()
     job = await app.enqueue(Ping())
     record = await finished(app, job.id)
-    assert record["state"] == "succeeded" and record["result"] == "r-1"
+    assert record.state is JobState.SUCCEEDED and record.result == "r-1"
     assert charges == [job.id]
 
 
@@ -175,7 +187,7 @@ async def test_delete_signals_a_running_handler(
     assert cancel.status_code == 202
     await asyncio.wait_for(stopped.wait(), 10)
     record = await finished(app, job_id)
-    assert record["state"] == "cancelled"
+    assert record.state is JobState.CANCELLED
 
 
 async def test_dev_mode_caller_is_local_and_sees_python_enqueued_jobs(

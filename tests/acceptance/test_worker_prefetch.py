@@ -57,7 +57,7 @@ async def test_short_jobs_are_claimed_ahead_and_each_runs_once(
     await until(lambda: len(runs) == 1)  # one short run: the worker now claims ahead
     jobs = await app.enqueue_many([Step(n=i) for i in range(300)])
     for job in jobs[-3:]:
-        assert (await Job(job.id, True, app).wait(15))["state"] == "succeeded"
+        assert (await Job(job.id, True, app).wait(15)).state is JobState.SUCCEEDED
     await until(lambda: len(runs) == 301)
     assert sorted(runs) == [-1, *range(300)]  # each exactly once
     assert max(limits) == 2 + 40  # free slots plus the whole prefetch in one claim
@@ -135,7 +135,7 @@ async def test_cancelling_a_job_held_ahead(app: App, start_worker: Callable[...,
     worker, runs, jobs = await warm_and_block(app, start_worker, release, waiting=5)
     await app.cancel(jobs[2].id)  # it is "running" (claimed): cancel asks the worker
     record = await Job(jobs[2].id, True, app).wait(10)  # the next heartbeat answers
-    assert record["state"] == "cancelled" and record["attempt"] == 1
+    assert record.state is JobState.CANCELLED and record.attempt == 1
     assert worker.held_ahead == 4
     release.set()
     for job in jobs:
@@ -179,8 +179,8 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
     await until(lambda: len(released()) == 7)
     assert len(runs) == 2 and not worker.held_ahead  # released as the first long run ended
     for job in jobs:
-        record = await Job(job.id, True, app).wait(15)
-        assert record["state"] == "succeeded" and record["attempt"] == 1
+        status = await Job(job.id, True, app).wait(15)
+        assert status.state is JobState.SUCCEEDED and status.attempt == 1
 
 
 async def test_a_job_cancelled_before_its_first_step_is_still_reported(app: App) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from offload import App, Context, Job, Message
+from offload import App, Context, Job, JobState, Message
 from offload.worker import runner
 from offload.worker.runner import Worker
 
@@ -99,8 +99,8 @@ async def test_a_side_task_failing_once_is_restarted_at_once(
     assert not task.done()
     blocking.release.set()
     for job in jobs:
-        record = await job.wait(10)
-        assert record["state"] == "succeeded" and record["attempt"] == 1  # each ran once
+        status = await job.wait(10)
+        assert status.state is JobState.SUCCEEDED and status.attempt == 1  # each ran once
     assert sorted(blocking.started) == [0, 1]
 
 
@@ -120,8 +120,8 @@ async def test_a_side_task_failing_again_stops_the_worker_loudly(
     assert str(stopped.value.__cause__) == "boom"
     assert worker.stopped.is_set() and sorted(blocking.started) == [0, 1]
     for job in jobs:
-        record = await job.status()
-        assert record["state"] == "queued" and record["attempt"] == 0
+        status = await job.status()
+        assert status.state is JobState.QUEUED and status.attempt == 0
 
 
 async def test_a_cancelled_side_task_stops_the_worker_loudly(
@@ -135,7 +135,7 @@ async def test_a_cancelled_side_task_stops_the_worker_loudly(
     assert stopped.value.__cause__ is None
     assert worker.restarts == 0 and sorted(blocking.started) == [0, 1]
     for job in jobs:
-        assert (await job.status())["state"] == "queued"
+        assert (await job.status()).state is JobState.QUEUED
 
 
 async def until(predicate: Callable[[], bool], timeout: float) -> None:
@@ -172,5 +172,5 @@ async def test_a_stuck_settler_holds_the_shutdown_only_until_the_guard(
     # The shutdown waits for the flush, gives up after the guard, cancels the settler and
     # writes the outcome it held itself.
     await asyncio.wait_for(worker.stopped.wait(), 10)
-    assert (await job.status())["state"] == "succeeded"
+    assert (await job.status()).state is JobState.SUCCEEDED
     await app.close()

@@ -7,11 +7,12 @@ import time
 import anyio
 import pytest
 
-from offload.brokers import Backend
+from offload.brokers import Backend, open_backend
 from offload.contract import JobState, Outcome
 from offload.errors import InvalidTransition, JobNotFound
 
 from ._support import LONG, ShiftClock, claim, done, envelope, rescue, status
+from .conftest import BackendParam
 
 pytestmark = pytest.mark.anyio
 
@@ -346,3 +347,21 @@ async def test_prune_deletes_old_finished_jobs_but_keeps_dead_and_live_ones(
         assert (await status(backend, envs[name].id))["state"] == name
     assert await backend.recall(envs["dead"].id, "step") == (True, 2)
     assert len(await backend.changes_since(0, job_id=envs["dead"].id)) == 3
+
+
+async def test_opening_without_create_reads_an_existing_store(
+    backend: Backend, backend_url: str, backend_name: str, backend_param: BackendParam
+) -> None:
+    if not backend_param.cross_process:
+        pytest.skip(f"{backend_name} lives inside one backend object; another cannot open it")
+    # Given a store that a worker (or `offload migrate`) made, with a job in it
+    env = envelope()
+    await backend.enqueue([env])
+    # When a read-only caller opens it without creating anything, it reads the same jobs.
+    reader = open_backend(backend_url)
+    await reader.open(create=False)
+    try:
+        assert [row.id for row in await reader.list_jobs(owner=None)] == [env.id]
+        assert (await reader.stats())[env.queue]["queued"] == 1
+    finally:
+        await reader.close()

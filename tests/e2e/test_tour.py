@@ -68,7 +68,7 @@ def run_command(stack: Stack, argv: list[str]) -> None:
     )
     assert done.returncode == 0, f"{argv}: {done.stdout}\n{done.stderr}\n{stack.output()}"
     if argv[:3] == ["python", "-m", "myproj.submit"]:
-        assert "succeeded" in done.stdout, done.stdout  # the final status record it prints
+        assert "succeeded" in done.stdout, done.stdout  # the final state it prints
 
 
 def wait_ready(stack: Stack, timeout: float = 30) -> None:

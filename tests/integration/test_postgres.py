@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 
 import psycopg
 import pytest
 
+import offload
 from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
@@ -22,6 +24,9 @@ from offload.worker.runner import Worker
 from ..services import PG_URL, PgSchema, require_pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+#: Where the offload these tests import lives: commands they run import that one too (a
+#: source tree on PYTHONPATH included), not whichever one is installed.
+SOURCE = str(Path(offload.__file__).resolve().parents[1])
 
 
 class Ping(Message):
@@ -53,7 +58,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
         backend = PostgresBackend.from_url(empty.url)
         with pytest.raises(SchemaError, match="offload migrate"):
             await backend.open()
-        env = {"OFFLOAD_URL": empty.url, "PATH": "/usr/bin:/bin"}
+        env = {"OFFLOAD_URL": empty.url, "PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE}
         first = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -63,7 +68,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2]" in first.stdout
+        assert "applied schema migrations [1, 2, 3]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -103,7 +108,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2]
+            assert await backend.migrate() == [2, 3]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.

@@ -572,8 +572,8 @@ async def test_a_worker_runs_jobs_end_to_end_on_redis(prefix: str, tmp_path: Pat
             worker.request_stop()
             await asyncio.wait_for(running, 20)
         # Then every job succeeded once, with its result and its progress in the feed
-        assert [r["state"] for r in records] == ["succeeded"] * 50
-        assert [r["result"] for r in records] == [{"double": i * 2} for i in range(50)]
+        assert [r.state for r in records] == [JobState.SUCCEEDED] * 50
+        assert [r.result for r in records] == [{"double": i * 2} for i in range(50)]
         assert sorted(effects) == list(range(50))
         states = [c.row.state for c in await app.changes_since(0, job_id=jobs[0].id)]
         assert states == ["queued", "running", "running", "succeeded"]

@@ -293,3 +293,17 @@ def test_dev_mode_refuses_public_hosts(host: str) -> None:
 def test_with_tokens_any_host_is_allowed(host: str) -> None:
     check_bind(host, SECURED)  # does not raise
     assert not SECURED.dev_mode
+
+
+def test_upgraders_are_registered_per_kind_and_step() -> None:
+    app = App("upgrades", url="memory://", settings=Settings(url="memory://"))
+
+    @app.upgrade("reports.export", 1)
+    def one_to_two(payload: dict[str, object]) -> dict[str, object]:
+        return {**payload, "format": "pdf"}
+
+    assert app.upgraders == {"reports.export": {1: one_to_two}}
+    with pytest.raises(ConfigurationError, match="already has an upgrader from 1"):
+        app.upgrade("reports.export", 1)(one_to_two)
+    with pytest.raises(ConfigurationError, match="count from 1"):
+        app.upgrade("reports.export", 0)

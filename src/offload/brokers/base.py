@@ -9,7 +9,7 @@ transition carrying a stale lease token changes nothing and reports so.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +23,15 @@ from ..contract import (
     Lease,
     Outcome,
 )
+
+#: The error type of a job a worker gave back because it is stored at a newer version than
+#: the worker runs (`Outcome(state=QUEUED, refund=True, run_at=later, error={"type": …})`):
+#: `stats` counts the waiting jobs that carry it as `awaiting_newer_worker`. The SQL queries
+#: and Lua scripts spell it out.
+NEWER_VERSION = "NewerVersion"
+#: Seconds after its last record a worker's entry is deleted (by the next `record_worker` of
+#: any worker): the entries of workers that died without a clean stop.
+FORGET_WORKER_AFTER_S = 3600.0
 
 
 class Capability(enum.StrEnum):
@@ -56,10 +65,22 @@ class Broker(Protocol):
 
     capabilities: frozenset[Capability]
 
-    async def open(self, *, check_schema: bool = True) -> None:
-        """Connect. With `check_schema`, raise SchemaError when the stored schema is not the
-        one this code needs (run `migrate`); a backend whose schema is implicit or made on
-        open ignores it."""
+    async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
+        """Connect, within the backend's connect timeout.
+
+        With `check_schema`, raise SchemaError when the stored schema is not the one this
+        code needs (run `migrate`); a backend whose schema is implicit or made on open
+        ignores it. With `create=False` (read-only callers: the CLI's inspecting commands),
+        create nothing: a store that does not exist yet (an SQLite file, or its folder) is a
+        BackendError naming the URL and how to create it; a backend that never creates its
+        store on open (PostgreSQL, whose schema `migrate` makes; Redis, whose keys are
+        implicit) ignores it.
+
+        Raises:
+            BackendError: the server is unreachable or does not answer in time (one line,
+                with the cause kept), or (`create=False`) the store does not exist.
+            SchemaError: see `check_schema`.
+        """
         ...
 
     async def close(self) -> None: ...
@@ -118,7 +139,10 @@ class Broker(Protocol):
         ...
 
     async def stats(self) -> dict[str, dict[str, Any]]:
-        """Per queue: queued, scheduled, running, dead, oldest_age_s."""
+        """Per queue: queued, scheduled, running, dead, oldest_age_s, and
+        awaiting_newer_worker: the waiting jobs whose stored error is of type
+        `NEWER_VERSION` (given back for a worker that knows their version; also counted in
+        queued or scheduled)."""
         ...
 
     async def purge(self, queue: str) -> int:
@@ -127,6 +151,18 @@ class Broker(Protocol):
 
     async def ping(self) -> None:
         """Raise BackendError when the backend is unreachable."""
+        ...
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        """Record that worker `worker_id` runs these kinds at these versions, as of now (the
+        backend's clock); it replaces the worker's previous entry. An empty `kinds` deletes
+        the entry (a clean stop). Entries last recorded more than `FORGET_WORKER_AFTER_S`
+        ago are deleted on the way. Idempotent."""
+        ...
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        """Per kind, every version that a worker recorded within the last `within_s` seconds
+        runs (a kind no such worker runs is absent)."""
         ...
 
 

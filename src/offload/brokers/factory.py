@@ -9,13 +9,17 @@ from ..errors import ConfigurationError
 from .base import Backend
 
 
-def open_backend(url: str, *, clock: Clock | None = None) -> Backend:
+def open_backend(
+    url: str, *, clock: Clock | None = None, connect_timeout_s: float | None = None
+) -> Backend:
     """A backend (not yet opened) for `url`.
 
     Args:
         clock: the time source of run_at, leases and timestamps (tests inject a
             `FakeClock` and move it instead of sleeping); PostgreSQL uses its server's
             clock unless one is given.
+        connect_timeout_s: how long `open` waits for a server (the backend's default when
+            None); SQLite has no server and ignores it.
 
     Raises:
         ConfigurationError: unknown scheme or a missing extra.
@@ -33,7 +37,7 @@ def open_backend(url: str, *, clock: Clock | None = None) -> Backend:
                 "OFFLOAD_URL names PostgreSQL but psycopg is not installed: "
                 "pip install 'offload[postgres]'"
             ) from exc
-        return PostgresBackend.from_url(url, clock=clock)
+        return PostgresBackend.from_url(url, clock=clock, connect_timeout_s=connect_timeout_s)
     if scheme in ("redis", "rediss"):
         try:
             from .redis import RedisBackend
@@ -44,7 +48,7 @@ def open_backend(url: str, *, clock: Clock | None = None) -> Backend:
                 "OFFLOAD_URL names Redis but the redis package is not installed: "
                 "pip install 'offload[redis]'"
             ) from exc
-        return RedisBackend.from_url(url, clock=clock)
+        return RedisBackend.from_url(url, clock=clock, connect_timeout_s=connect_timeout_s)
     raise ConfigurationError(
         f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
         "expected sqlite://, memory://, postgresql://, redis:// or rediss://"

@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .._loop import run
 from ..errors import ConfigurationError
 from ..settings import Settings
 from ..web.app import check_bind
@@ -272,8 +273,4 @@ def run_demo(
     config = replace(DemoConfig.from_env(), folder=folder.resolve(), inline=inline)
     if pace_s is not None:
         config = replace(config, pace_s=pace_s)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(serve_demo(config, host=host, port=port, workers=workers))
-    return uvloop.run(serve_demo(config, host=host, port=port, workers=workers))
+    return run(lambda: serve_demo(config, host=host, port=port, workers=workers))

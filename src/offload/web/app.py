@@ -28,6 +28,7 @@ from ..stores.blobs import blob_path, content_type_of
 from .auth import Auth, AuthHook
 from .docs import install_docs
 from .feeds import router as feeds_router
+from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
 from .present import Presenter
@@ -177,6 +178,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     _install_error_handlers(api)
     api.include_router(router)
     api.include_router(feeds_router)
+    api.include_router(kinds_router)
     install_docs(api)
 
     @api.get("/healthz", response_model=Health, openapi_extra=_PUBLIC)

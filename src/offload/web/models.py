@@ -128,6 +128,8 @@ class QueueStats(Answer):
     running: int
     dead: int
     oldest_age_s: float
+    #: Waiting jobs given back for a worker that knows their newer version.
+    awaiting_newer_worker: int
 
 
 class Queues(Answer):

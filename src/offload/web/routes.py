@@ -21,6 +21,7 @@ from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, deli
 from .auth import authenticated, kind_allowed
 from .events import EventStreamResponse, job_stream
 from .feeds import is_digits
+from .fleet import require_live_worker
 from .models import JobEvent, JobPage, JobResult, Queues, StatusRecord, StatusRecordWithDeliveries
 from .origins import refuse_cross_site
 from .present import blob_refs, presenter_of, root_of
@@ -216,6 +217,8 @@ async def submit(
         raise Problem(
             422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
         ) from None
+    # OFFLOAD_REQUIRE_WORKER_VERSION=1: 503 unless a live worker runs this version.
+    await require_live_worker(app, spec)
     envelope = app.envelope(
         message,
         owner=principal,

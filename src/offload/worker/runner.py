@@ -22,11 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from ..app import App, HandlerSpec
 from ..brokers import Backend
-from ..contract import Extension, JobState, Lease, Outcome
-from ..errors import BackendError, Cancel, ConfigurationError, Retry
+from ..brokers.base import NEWER_VERSION
+from ..contract import Extension, JobState, Lease, Message, Outcome
+from ..errors import BackendError, Cancel, ConfigurationError, Retry, UpgradeError
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
+from ..versions import WORKER_RECORD_EVERY_S, chain_problem, runnable_versions, upgrade
 from .context import Context
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all
@@ -50,6 +52,9 @@ RESCUE_BATCH = 500
 #: Longest a stopping worker waits for its settler to write the last outcomes (seconds);
 #: then it cancels it and tries once itself.
 FLUSH_GUARD_S = 30.0
+#: Seconds before a job stored at a version newer than this worker runs may be claimed
+#: again, after the worker gave it back unspent (for a worker that knows its version).
+NEWER_VERSION_DELAY_S = 30.0
 #: A side task that raises is restarted, unless it already failed this many seconds before
 #: or less: then the worker stops loudly (see `Worker._supervise`).
 SIDE_RESTART_WINDOW_S = 60.0
@@ -135,6 +140,9 @@ class Worker:
         if not (queues or handled):
             raise ConfigurationError(f"app {app.name!r} has no handlers: import its worker module")
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
+        #: The versions this worker runs of each kind it claims, as it records them.
+        self.kinds = self._runnable(app)
+        self.record_every_s = WORKER_RECORD_EVERY_S
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
         #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
         self.builtin = self.dispatcher.handlers()
@@ -177,6 +185,23 @@ class Worker:
         #: Count of side tasks restarted after a failure.
         self.restarts = 0
 
+    def _runnable(self, app: App) -> dict[str, list[int]]:
+        """The versions this worker runs of each kind it claims (see `versions`).
+
+        Raises:
+            ConfigurationError: a handled kind's upgraders leave a gap (or start at or
+                after its current version): some older jobs could never run.
+        """
+        kinds = {}
+        for kind, handler in app.handlers.items():
+            steps = app.upgraders.get(kind, {})
+            problem = chain_problem(kind, handler.message.version, steps)
+            if problem is not None:
+                raise ConfigurationError(problem)
+            if handler.message.queue in self.queues:
+                kinds[kind] = runnable_versions(handler.message.version, steps)
+        return kinds
+
     def request_stop(self) -> None:
         """Stop claiming; running jobs get `grace_s` to finish (thread-safe via the loop)."""
         self._stop.set()
@@ -201,6 +226,7 @@ class Worker:
                 running jobs released); chained to the side task's error.
         """
         await self.app.open()
+        await self._record(self.kinds)  # before the first claim: the web tier may ask
         for name in ("heartbeat", "rescuer", "settler"):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
@@ -218,6 +244,7 @@ class Worker:
                 raise RuntimeError(f"worker side task {name} stopped") from cause
         finally:
             try:
+                await self._record({})  # not live any more
                 await self.app.close()
             finally:
                 self.stopped.set()
@@ -377,10 +404,9 @@ class Worker:
             return self._failed(
                 lease, None, ConfigurationError(f"this worker has no handler for kind {env.kind!r}")
             )
-        try:
-            message = spec.message.cls.model_validate(env.payload)
-        except ValidationError as exc:  # the payload no longer fits the contract: permanent
-            return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
+        message = self._message(lease, spec)
+        if isinstance(message, Outcome):
+            return message
         timeout = spec.timeout if spec.timeout is not None else env.timeout
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -416,6 +442,62 @@ class Worker:
         except Exception as exc:
             self._prefetch.ran(loop.time() - began)
             return self._failed(lease, spec, exc)
+
+    def _message(self, lease: Lease, spec: HandlerSpec) -> Message | Outcome:
+        """The job's message at the version its handler takes, or how the attempt ends
+        without running: given back unspent (stored at a newer version), or failed for good
+        (no upgrade from its version, or a payload that does not fit the contract)."""
+        env, current = lease.envelope, spec.message.version
+        if env.version > current:
+            return self._newer(lease, current)
+        try:
+            payload = env.payload
+            if env.version < current:
+                steps = self.app.upgraders.get(env.kind, {})
+                payload = upgrade(env.kind, env.version, payload, current=current, steps=steps)
+            return spec.message.cls.model_validate(payload)
+        except (ValidationError, UpgradeError) as exc:  # no retry would change it: permanent
+            log.warning(
+                "job %s failed for good: %s",
+                env.id,
+                exc,
+                extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
+            )
+            return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
+
+    def _newer(self, lease: Lease, known: int) -> Outcome:
+        """Give back a job stored at a version newer than this worker runs: queued again,
+        its attempt refunded, claimable after `NEWER_VERSION_DELAY_S` (by a worker that
+        knows the version, once one runs); its error says why, and `stats` counts it."""
+        env = lease.envelope
+        log.warning(
+            "job %s is %s version %d, newer than the version %d this worker runs: given back "
+            "unspent for a worker that knows it (claimable again in %gs)",
+            env.id,
+            env.kind,
+            env.version,
+            known,
+            NEWER_VERSION_DELAY_S,
+            extra={
+                "action": "newer_version",
+                "job_id": env.id,
+                "kind": env.kind,
+                "version": env.version,
+                "known": known,
+            },
+        )
+        error = {
+            "type": NEWER_VERSION,
+            "message": f"{env.kind} version {env.version} waits for a worker that runs it "
+            f"(worker {self.id} runs version {known})",
+        }
+        return Outcome(
+            lease=lease,
+            state=JobState.QUEUED,
+            refund=True,
+            error=error,
+            run_at=self.app.clock.now() + NEWER_VERSION_DELAY_S,
+        )
 
     def _failed(
         self, lease: Lease, spec: HandlerSpec | None, exc: BaseException, delay: float | None = None
@@ -537,10 +619,25 @@ class Worker:
             if not self._pending:
                 self._flushed.set()
 
+    async def _record(self, kinds: Mapping[str, Sequence[int]]) -> None:
+        """Record the kinds and versions this worker runs (empty: delete its entry), as of
+        now; a failure is logged (the heartbeat records again)."""
+        if not self.kinds:
+            return  # no kind of the app's own: nothing to record, nothing recorded
+        try:
+            await self.app._require_backend().record_worker(self.id, kinds)
+        except BackendError as exc:
+            log.warning("recording this worker failed: %s", exc, extra={"action": "record_error"})
+
     async def _heartbeat(self) -> None:
         backend = self.app._require_backend()
+        loop = asyncio.get_running_loop()
+        next_record = loop.time() + self.record_every_s
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            if loop.time() >= next_record:  # the fleet's view of this worker stays live
+                next_record = loop.time() + self.record_every_s
+                await self._record(self.kinds)
             jobs = list(self._jobs.values())
             if not jobs:
                 continue

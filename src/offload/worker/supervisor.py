@@ -21,17 +21,22 @@ class Supervisor:
     Args:
         argv: the command of one worker process (`offload worker … --processes 1`).
         processes: how many to keep running.
+        others_argv: the command of every process but the first, when it differs (the
+            first one announces what they all serve; the others need not repeat it).
     """
 
-    def __init__(self, argv: Sequence[str], processes: int) -> None:
+    def __init__(
+        self, argv: Sequence[str], processes: int, *, others_argv: Sequence[str] | None = None
+    ) -> None:
         self.argv = list(argv)
+        self.others_argv = list(argv if others_argv is None else others_argv)
         self.processes = processes
         self.children: list[subprocess.Popen[bytes] | None] = [None] * processes
         self.started_at = [0.0] * processes
         self.stopping = False
 
     def _spawn(self, slot: int) -> None:
-        self.children[slot] = subprocess.Popen(self.argv)
+        self.children[slot] = subprocess.Popen(self.argv if slot == 0 else self.others_argv)
         self.started_at[slot] = time.monotonic()
 
     def _signal(self, signum: int, _frame: object) -> None:

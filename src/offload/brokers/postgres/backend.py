@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -25,18 +25,20 @@ from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
 DEFAULT_GAP_WAIT_S = 2.0
+#: Seconds `open` waits for the server to accept a connection (OFFLOAD_CONNECT_TIMEOUT).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
@@ -126,8 +128,10 @@ class PostgresBackend:
         pool_size: int = DEFAULT_POOL_SIZE,
         gap_wait_s: float = DEFAULT_GAP_WAIT_S,
         clock: Clock | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
         self.conninfo = conninfo
+        self.connect_timeout_s = connect_timeout_s
         #: An injected clock replaces the server's `now()` in every query (tests); None
         #: keeps the server's clock, which every host sharing the database agrees on.
         self.clock = clock
@@ -145,16 +149,23 @@ class PostgresBackend:
         self._feed_wanted = False
 
     @classmethod
-    def from_url(cls, url: str, *, clock: Clock | None = None) -> PostgresBackend:
+    def from_url(
+        cls, url: str, *, clock: Clock | None = None, connect_timeout_s: float | None = None
+    ) -> PostgresBackend:
         """`postgresql://user@host:port/db?pool_size=20&sslmode=require` (libpq options pass
-        through; `pool_size` is ours)."""
+        through; `pool_size` is ours).
+
+        Args:
+            connect_timeout_s: how long `open` waits for the server (default 5 s).
+        """
         parts = urlsplit(url)
         options = parse_qs(parts.query)
         pool_size = int(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
         query = urlencode({k: v[-1] for k, v in options.items()})
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
         conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
-        return cls(conninfo, pool_size=pool_size, clock=clock)
+        timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
+        return cls(conninfo, pool_size=pool_size, clock=clock, connect_timeout_s=timeout)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -210,9 +221,12 @@ class PostgresBackend:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self, *, check_schema: bool = True) -> None:
+    async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
+        """Connect (within `connect_timeout_s`), check the schema and start listening. The
+        schema is made by `migrate` only, so `create` changes nothing here."""
         if self._pool is not None:
             return
+        await self._probe(check_schema)
         self._wakeup.open()
         pool = AsyncConnectionPool(
             self.conninfo,
@@ -224,22 +238,44 @@ class PostgresBackend:
             timeout=30.0,
         )
         try:
-            await pool.open(wait=True, timeout=10.0)
+            await pool.open(wait=True, timeout=self.connect_timeout_s)
         except Exception as exc:
             await pool.close()
-            raise BackendError(f"cannot connect to PostgreSQL at {self._where()}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         self._pool = pool
-        try:
-            if check_schema:
-                await self._check_schema()
-        except BaseException:
-            await self.close()
-            raise
         self._listening = asyncio.Event()
         self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
         # Wake-ups count from here: return once LISTEN is in place, so none is missed.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listening.wait(), 10.0)
+
+    async def _probe(self, check_schema: bool) -> None:
+        """One connection made by hand before the pool, which would retry a refused or
+        silent server until its timeout and then hide why: this one fails fast, with the
+        driver's reason."""
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except TimeoutError as exc:
+            raise BackendError(
+                f"cannot connect to PostgreSQL at {self._where()}: "
+                f"no answer within {self.connect_timeout_s:g}s (OFFLOAD_CONNECT_TIMEOUT)"
+            ) from exc
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from exc
+        if not check_schema:
+            await conn.close()
+            return
+        try:
+            async with conn:
+                version = await self._schema_version(conn)
+        except psycopg.Error as exc:
+            raise BackendError(f"PostgreSQL: {exc}") from exc
+        self._check_version(version)
+
+    def _unreachable(self, exc: BaseException) -> BackendError:
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's is multi-line
+        return BackendError(f"cannot connect to PostgreSQL at {self._where()}: {reason}")
 
     def _where(self) -> str:
         parts = urlsplit(self.conninfo)
@@ -253,9 +289,7 @@ class PostgresBackend:
         cur = await conn.execute("SELECT coalesce(max(version), 0) FROM offload_migrations")
         return int((await cur.fetchone())[0])  # type: ignore[index]
 
-    async def _check_schema(self) -> None:
-        async with self._conn() as conn:
-            version = await self._schema_version(conn)
+    def _check_version(self, version: int) -> None:
         if version < SCHEMA_VERSION:
             raise SchemaError(
                 f"the PostgreSQL schema at {self._where()} is at version {version}, this "
@@ -521,6 +555,7 @@ class PostgresBackend:
                 "running": r["running"],
                 "dead": r["dead"],
                 "oldest_age_s": max(0.0, float(r["oldest_age_s"])),
+                "awaiting_newer_worker": r["awaiting_newer_worker"],
             }
             for r in rows
         }
@@ -529,6 +564,24 @@ class PostgresBackend:
         async with self._conn() as conn:
             cur = await conn.execute(Q["purge"], {"queue": queue})
             return cur.rowcount
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        if not kinds:
+            await self._fetch(Q["forget_worker"], {"id": worker_id})
+            return
+        entry = _json({k: list(v) for k, v in kinds.items()})
+        params = {"id": worker_id, "kinds": entry, "now": self._now()}
+        await self._fetch(Q["record_worker"], {**params, "forget": FORGET_WORKER_AFTER_S})
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        rows = await self._fetch(Q["live_workers"], {"within": within_s, "now": self._now()})
+        live: dict[str, set[int]] = {}
+        for row in rows:
+            for kind, versions in row["kinds"].items():
+                live.setdefault(kind, set()).update(versions)
+        return live
 
     # -- job store --------------------------------------------------------------------------
 

@@ -105,6 +105,18 @@ CREATE OR REPLACE FUNCTION offload_change(j offload_jobs) RETURNS jsonb
         'run_at', date_part('epoch', j.run_at), 'started_at', date_part('epoch', j.started_at),
         'finished_at', date_part('epoch', j.finished_at)) $$
 
+-- name: migration_3
+-- The kinds and versions each worker runs (record_worker, live_versions); and the waiting
+-- jobs a worker gave back for one that knows their newer version (base.NEWER_VERSION),
+-- which stats counts per queue.
+CREATE TABLE IF NOT EXISTS offload_workers (
+    id text PRIMARY KEY,
+    kinds jsonb NOT NULL,
+    seen_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offload_jobs_newer ON offload_jobs (queue)
+    WHERE state IN ('queued', 'retrying') AND error->>'type' = 'NewerVersion'
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -263,6 +275,8 @@ SELECT queue,
        count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at > coalesce(%(now)s, now())) AS scheduled,
        count(*) FILTER (WHERE state = 'running') AS running,
        count(*) FILTER (WHERE state = 'dead') AS dead,
+       count(*) FILTER (WHERE state IN ('queued', 'retrying')
+                          AND error->>'type' = 'NewerVersion') AS awaiting_newer_worker,
        coalesce(extract(epoch FROM coalesce(%(now)s, now()) - min(run_at) FILTER (
            WHERE state IN ('queued', 'retrying') AND run_at <= coalesce(%(now)s, now()))), 0) AS oldest_age_s
 FROM offload_jobs
@@ -295,3 +309,22 @@ WITH gone AS (
     DELETE FROM offload_effects WHERE job_id IN (SELECT id::text FROM gone)
 )
 SELECT count(*) FROM gone
+
+-- name: record_worker
+-- Entries not recorded for %(forget)s seconds (workers that died) go on the way; never this
+-- worker's own, which the upsert below updates in the same statement.
+WITH gone AS (
+    DELETE FROM offload_workers
+    WHERE seen_at < coalesce(%(now)s, now()) - make_interval(secs => %(forget)s)
+      AND id <> %(id)s
+)
+INSERT INTO offload_workers (id, kinds, seen_at)
+VALUES (%(id)s, %(kinds)s, coalesce(%(now)s, now()))
+ON CONFLICT (id) DO UPDATE SET kinds = excluded.kinds, seen_at = excluded.seen_at
+
+-- name: forget_worker
+DELETE FROM offload_workers WHERE id = %(id)s
+
+-- name: live_workers
+SELECT kinds FROM offload_workers
+WHERE seen_at >= coalesce(%(now)s, now()) - make_interval(secs => %(within)s)

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,7 +30,7 @@ from ...contract import (
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from .._rows import envelope_of as _envelope
-from ..base import Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change
 from .rows import decode, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
@@ -41,7 +41,8 @@ log = logging.getLogger("offload.brokers")
 DEFAULT_PREFIX = "offload:"
 #: Connections one backend instance may hold (the pub/sub listener takes one of them).
 DEFAULT_POOL_SIZE = 20
-#: Seconds to wait for a TCP connection, and for a free pooled connection.
+#: Seconds `open` waits for the server's first answer (OFFLOAD_CONNECT_TIMEOUT), and a call
+#: for a TCP connection or a free pooled one.
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: Seconds one call to Redis may take before it fails with BackendError.
 DEFAULT_COMMAND_TIMEOUT_S = 10.0
@@ -53,7 +54,7 @@ _CHUNK = 500
 
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
-    "purge", "prune", "stats", "list", "changes",
+    "purge", "prune", "stats", "list", "changes", "workers", "live",
 )  # fmt: skip
 
 
@@ -118,6 +119,7 @@ class RedisBackend:
         clock: Clock | None = None,
         promote_max: int = DEFAULT_PROMOTE_MAX,
         command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
         if not prefix:
             raise ConfigurationError("the Redis key prefix must not be empty")
@@ -130,6 +132,7 @@ class RedisBackend:
         self.clock = clock or Clock()
         self.promote_max = promote_max
         self.command_timeout_s = command_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._news: Announcements | None = None
@@ -138,10 +141,13 @@ class RedisBackend:
         self._seen_feed: FeedMark | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBackend:
+    def from_url(
+        cls, url: str, *, clock: Clock | None = None, connect_timeout_s: float | None = None
+    ) -> RedisBackend:
         """`redis://host:port/db?prefix=app:&pool_size=20`; `rediss://` for TLS.
 
-        Other query options (`socket_timeout`, `ssl_cert_reqs`, …) go to redis-py.
+        Other query options (`socket_timeout`, `ssl_cert_reqs`, …) go to redis-py;
+        `connect_timeout_s` bounds `open` (default 5 s).
 
         Raises:
             ConfigurationError: not a redis URL, or a bad option.
@@ -163,21 +169,32 @@ class RedisBackend:
                 f"pool_size must be an integer: {ours['pool_size']!r}"
             ) from None
         driver_url = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(driver_url, prefix=ours["prefix"], pool_size=pool_size, clock=clock)
+        timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
+        return cls(
+            driver_url,
+            prefix=ours["prefix"],
+            pool_size=pool_size,
+            clock=clock,
+            connect_timeout_s=timeout,
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _guard(self, what: str = "Redis") -> AsyncIterator[None]:
-        """Driver errors become BackendError (cause kept), and every call is bounded here
-        rather than by the driver's socket timeout (see `open`)."""
+    async def _guard(self, what: str = "Redis", *, connecting: bool = False) -> AsyncIterator[None]:
+        """Driver errors become BackendError (cause kept, message on one line), and every
+        call is bounded here (by `connect_timeout_s` while `connecting`, else by
+        `command_timeout_s`) rather than by the driver's socket timeout (see `open`)."""
+        limit = self.connect_timeout_s if connecting else self.command_timeout_s
+        setting = " (OFFLOAD_CONNECT_TIMEOUT)" if connecting else ""
         try:
-            async with asyncio.timeout(self.command_timeout_s):
+            async with asyncio.timeout(limit):
                 yield
         except TimeoutError as exc:
-            raise BackendError(f"{what}: no answer within {self.command_timeout_s:g}s") from exc
+            raise BackendError(f"{what}: no answer within {limit:g}s{setting}") from exc
         except (RedisError, OSError) as exc:
-            raise BackendError(f"{what}: {exc}") from exc
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise BackendError(f"{what}: {reason}") from exc
 
     def _key(self, name: str) -> str:
         return self.keyspace + name
@@ -221,8 +238,10 @@ class RedisBackend:
         """Keys need no schema: nothing to apply."""
         return []
 
-    async def open(self, *, check_schema: bool = True) -> None:
-        """Connect, check the server answers, load the scripts and subscribe to wake-ups.
+    async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
+        """Connect, check the server answers (within `connect_timeout_s`), load the scripts
+        and subscribe to wake-ups. Keys need no schema and reads create none, so
+        `check_schema` and `create` change nothing here.
 
         Raises:
             BackendError: the server is unreachable (the cause is kept).
@@ -234,8 +253,8 @@ class RedisBackend:
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
                 max_connections=self.pool_size,
-                timeout=DEFAULT_CONNECT_TIMEOUT_S,
-                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                timeout=self.connect_timeout_s,
+                socket_connect_timeout=self.connect_timeout_s,
                 # No driver socket timeout (a `socket_timeout` URL option still sets one):
                 # redis-py bounds each send with asyncio.wait_for, which on Python 3.11
                 # swallows a cancellation that lands as the send completes, so a cancelled
@@ -250,8 +269,11 @@ class RedisBackend:
         client = aioredis.Redis(connection_pool=pool)
         news = Announcements(client, work=self._key("work"), changes=self._key("changes"))
         try:
-            async with self._guard(f"cannot use Redis at {self._where()}"):
+            # The handshake (a server that accepts and never answers included) is bounded by
+            # the connect timeout; the scripts' loading after it, by the command timeout.
+            async with self._guard(f"cannot use Redis at {self._where()}", connecting=True):
                 await client.ping()
+            async with self._guard(f"cannot use Redis at {self._where()}"):
                 await self._check_eviction(client)
                 await news.start()
                 for name in _SCRIPTS:
@@ -401,19 +423,36 @@ class RedisBackend:
         per-queue indexes, never by scanning jobs."""
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
-        for queue, ready, later, running, dead, oldest in await self._run("stats", num(now)):
+        for queue, ready, later, running, dead, oldest, newer in await self._run("stats", num(now)):
             out[queue] = {
                 "queued": ready,
                 "scheduled": later,
                 "running": running,
                 "dead": dead,
                 "oldest_age_s": max(0.0, now - float(oldest)) if oldest else 0.0,
+                "awaiting_newer_worker": newer,
             }
         return out
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
         return await self._in_chunks("purge", queue)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        """Record the worker's kinds and versions in one script call (empty: delete it)."""
+        now = self.clock.now()
+        entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode() if kinds else None
+        forget_before = num(now - FORGET_WORKER_AFTER_S)
+        await self._run("workers", num(now), worker_id, opt(entry), forget_before)
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        live: dict[str, set[int]] = {}
+        for entry in await self._run("live", num(self.clock.now() - within_s)):
+            for kind, versions in orjson.loads(entry).items():
+                live.setdefault(kind, set()).update(versions)
+        return live
 
     # -- job store --------------------------------------------------------------------------
 

@@ -9,11 +9,11 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 
@@ -39,13 +39,15 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change
 
 T = TypeVar("T")
 
 #: Page cache of the connection, KiB (SQLite's default is 2,000).
 CACHE_KIB = 65_536
-#: Version of the SQLite schema this code writes; a newer file is refused.
+#: Version of the SQLite schema this code writes; a newer file is refused. Additions that
+#: older code ignores (the workers table, the newer-version index) are made on open by
+#: `CREATE … IF NOT EXISTS` without a new version, so files stay usable by either.
 SCHEMA_VERSION = 2
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
@@ -201,24 +203,60 @@ class SQLiteBackend:
         assert self._conn is not None
         return self._conn
 
-    def _connect(self) -> None:
-        uri = self.path.startswith("file:")
-        if not uri and os.path.dirname(self.path):
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path,
+    @property
+    def in_memory(self) -> bool:
+        return self.path.startswith("file:")
+
+    def where(self) -> str:
+        """The database as a URL, for messages (a relative path with where it resolves)."""
+        if self.in_memory:
+            return "memory://"
+        shown = f"sqlite:///{self.path}"
+        return shown if os.path.isabs(self.path) else f"{shown} ({os.path.abspath(self.path)})"
+
+    def _sqlite_connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        return sqlite3.connect(
+            target,
             uri=uri,
             isolation_level=None,
             check_same_thread=False,
             timeout=DEFAULT_BUSY_TIMEOUT_S,
         )
+
+    def _open_file(self, create: bool) -> sqlite3.Connection:
+        """A connection to the database; with `create`, a missing file (and folder) is made.
+
+        Raises:
+            BackendError: (`create=False`) no such file, or a file without offload's tables.
+        """
+        if self.in_memory:
+            return self._sqlite_connect(self.path, uri=True)
+        if create:
+            if os.path.dirname(self.path):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            return self._sqlite_connect(self.path, uri=False)
+        if not os.path.isfile(self.path):
+            raise BackendError(
+                f"no offload database at {self.where()}: start a worker (`offload worker`) "
+                "or run `offload migrate` to create it"
+            )
+        # mode=rw never creates the file, even one deleted since the check above.
+        target = f"file:{quote(os.path.abspath(self.path))}?mode=rw"
+        conn = self._sqlite_connect(target, uri=True)
+        if not conn.execute(Q["has_schema"]).fetchone():  # read before any PRAGMA writes
+            conn.close()
+            raise BackendError(f"{self.where()} is not an offload database (no offload tables)")
+        return conn
+
+    def _connect(self, create: bool = True) -> None:
+        conn = self._open_file(create)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA temp_store=MEMORY")
         # A page cache big enough for the hot index pages of a deep backlog (the default
         # 2 MiB re-reads them from the OS on every claim once a million jobs wait).
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        if not uri:  # a file: the checkpointer thread copies the WAL back, off this thread
+        if not self.in_memory:  # the checkpointer thread copies the WAL back, off this thread
             conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
         with self._tx():
@@ -276,13 +314,19 @@ class SQLiteBackend:
         """The schema is made (and upgraded) when the file is opened: nothing to apply."""
         return []
 
-    async def open(self, *, check_schema: bool = True) -> None:
+    async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
+        """Open the file, making it (and its folder and schema) unless `create` is False;
+        the schema is upgraded in place, so `check_schema` changes nothing here."""
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="offload-sqlite")
         self._wakeup.open()
-        await self._run(self._connect)
-        if not self.path.startswith("file:"):
+        try:
+            await self._run(self._connect, create)
+        except BaseException:
+            await self.close()
+            raise
+        if not self.in_memory:
             self._checkpointer = _Checkpointer(self.path)
             self._checkpointer.start()
 
@@ -531,7 +575,15 @@ class SQLiteBackend:
 
         def q(name: str) -> dict[str, Any]:
             return out.setdefault(
-                name, {"queued": 0, "scheduled": 0, "running": 0, "dead": 0, "oldest_age_s": 0.0}
+                name,
+                {
+                    "queued": 0,
+                    "scheduled": 0,
+                    "running": 0,
+                    "dead": 0,
+                    "oldest_age_s": 0.0,
+                    "awaiting_newer_worker": 0,
+                },
             )
 
         for queue, state, n, ready, _oldest in self.conn.execute(Q["stats"], (now,)):
@@ -543,6 +595,8 @@ class SQLiteBackend:
                 s[state] += n
         for queue, oldest in self.conn.execute(Q["oldest_ready"], (now,)):
             q(queue)["oldest_age_s"] = max(0.0, now - oldest)
+        for queue, n in self.conn.execute(Q["newer_waiting"]):
+            q(queue)["awaiting_newer_worker"] = n
         return out
 
     async def stats(self) -> dict[str, dict[str, Any]]:
@@ -554,6 +608,31 @@ class SQLiteBackend:
 
     async def purge(self, queue: str) -> int:
         return await self._run(self._purge, queue)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        now = self.clock.now()
+        with self._tx() as conn:
+            conn.execute(Q["forget_workers"], (now - FORGET_WORKER_AFTER_S,))
+            if kinds:
+                entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode()
+                conn.execute(Q["record_worker"], (worker_id, entry, now))
+            else:
+                conn.execute(Q["forget_worker"], (worker_id,))
+
+    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+        await self._run(self._record_worker, worker_id, kinds)
+
+    def _live_versions(self, within_s: float) -> dict[str, set[int]]:
+        live: dict[str, set[int]] = {}
+        for (entry,) in self.conn.execute(Q["live_workers"], (self.clock.now() - within_s,)):
+            for kind, versions in orjson.loads(entry).items():
+                live.setdefault(kind, set()).update(versions)
+        return live
+
+    async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
+        return await self._run(self._live_versions, within_s)
 
     # -- job store --------------------------------------------------------------------------
 

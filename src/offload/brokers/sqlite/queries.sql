@@ -39,6 +39,9 @@ CREATE INDEX IF NOT EXISTS offload_jobs_lease
 CREATE INDEX IF NOT EXISTS offload_jobs_owner ON offload_jobs (owner, id);
 CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_idem
     ON offload_jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- Waiting jobs a worker gave back for one that knows their newer version (base.NEWER_VERSION).
+CREATE INDEX IF NOT EXISTS offload_jobs_newer ON offload_jobs (queue)
+    WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'NewerVersion';
 CREATE TABLE IF NOT EXISTS offload_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -52,6 +55,16 @@ CREATE TABLE IF NOT EXISTS offload_effects (
     value TEXT,
     PRIMARY KEY (job_id, key)
 );
+-- The kinds and versions each worker runs (JSON: kind -> [version, ...]), as of seen_at.
+CREATE TABLE IF NOT EXISTS offload_workers (
+    id TEXT PRIMARY KEY,
+    kinds TEXT NOT NULL,
+    seen_at REAL NOT NULL
+);
+
+-- name: has_schema
+-- Whether an existing file is an offload database (opening it read-only checks first).
+SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'offload_meta'
 
 -- name: insert_job
 INSERT INTO offload_jobs (
@@ -162,6 +175,13 @@ SELECT queue, min(run_at) AS oldest FROM offload_jobs
 WHERE state IN ('queued', 'retrying') AND run_at <= ?
 GROUP BY queue
 
+-- name: newer_waiting
+-- Read off the small partial index alone (its WHERE is this one), not every waiting row:
+-- without INDEXED BY the planner prefers offload_jobs_state and reads each row's error.
+SELECT queue, count(*) FROM offload_jobs INDEXED BY offload_jobs_newer
+WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'NewerVersion'
+GROUP BY queue
+
 -- name: purge
 DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
 
@@ -183,3 +203,17 @@ RETURNING id
 
 -- name: prune_events
 DELETE FROM offload_events WHERE job_id IN (SELECT value FROM json_each(?))
+
+
+-- name: record_worker
+INSERT INTO offload_workers (id, kinds, seen_at) VALUES (?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET kinds = excluded.kinds, seen_at = excluded.seen_at
+
+-- name: forget_worker
+DELETE FROM offload_workers WHERE id = ?
+
+-- name: forget_workers
+DELETE FROM offload_workers WHERE seen_at < ?
+
+-- name: live_workers
+SELECT kinds FROM offload_workers WHERE seen_at >= ?

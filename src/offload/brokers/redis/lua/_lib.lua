@@ -9,7 +9,10 @@
 -- running:<q> / dead:<q> (sets), leases (zset by lease expiry), finished (zset by
 -- finished_at: succeeded, failed, cancelled), seq (counter), feed (stream, ids <seq>-0:
 -- the row after each transition), jf:<id> (zset of the job's feed positions), fx:<id> (hash:
--- Context.once effects). Channels: work (a queue got work), changes (the feed grew).
+-- Context.once effects), newer:<q> (set: jobs given back for a worker that knows their newer
+-- version; stats drops the members that are no longer waiting so), workers (hash: worker id
+-- -> JSON of the kinds and versions it runs), workers:seen (zset by each worker's last
+-- record). Channels: work (a queue got work), changes (the feed grew).
 -- Every float arrives as a Python repr string and is stored verbatim (Lua's tostring keeps
 -- only 14 digits), so only comparisons ever turn it into a number.
 local K = ARGV[1]
@@ -81,6 +84,14 @@ local function hget_map(key)
   local map = {}
   for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
   return map, flat
+end
+
+-- Whether a stored error (JSON, or nil/false) is of type NewerVersion (base.NEWER_VERSION):
+-- its job was given back for a worker that knows its newer version.
+local function newer_version(err)
+  if not err or not string.find(err, 'NewerVersion', 1, true) then return false end
+  local ok, decoded = pcall(cjson.decode, err)
+  return ok and type(decoded) == 'table' and decoded['type'] == 'NewerVersion'
 end
 
 -- Append the job's row (after its transition) to the change feed; returns the full row.

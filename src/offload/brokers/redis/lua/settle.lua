@@ -61,6 +61,7 @@ for i = 1, n do
     if again then
       if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
       put_waiting(id, queue, job[4], ARGV[b + 6], now)
+      if newer_version(opt(ARGV[b + 5])) then redis.call('SADD', K .. 'newer:' .. queue, id) end
       woken[queue] = true
     elseif state == 'dead' then
       redis.call('SADD', K .. 'dead:' .. queue, id)

@@ -1,0 +1,48 @@
+"""The options of one enqueue, checked at run time as their annotations promise."""
+
+from __future__ import annotations
+
+import reprlib
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+#: The principal that owns jobs enqueued from Python without an `owner`.
+DEFAULT_OWNER = "local"
+
+#: What each option accepts, as its annotation says (an int where a float is allowed).
+_ACCEPTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "priority": ((int,), "an int"),
+    "delay": ((int, float, timedelta, type(None)), "seconds (a float) or a timedelta"),
+    "run_at": ((datetime, type(None)), "a datetime"),
+    "idempotency_key": ((str, type(None)), "a str"),
+    "callback_url": ((str, type(None)), "a str"),
+    "notify_email": ((str, type(None)), "a str"),
+    "owner": ((str,), "a str"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOptions:
+    """How to run one job, as `App.enqueue` takes them (see `App.envelope` for meanings).
+
+    Raises:
+        TypeError: an option of the wrong type, named (`priority="high"` would otherwise be
+            stored as it is and sort as no number does).
+    """
+
+    priority: int = 0
+    delay: float | timedelta | None = None
+    run_at: datetime | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    notify_email: str | None = None
+    owner: str = DEFAULT_OWNER
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            accepted, what = _ACCEPTS[f.name]
+            # bool is an int to Python, but `priority=True` is a mistake, not a priority.
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                shown = f"{type(value).__name__} {reprlib.repr(value)}"
+                raise TypeError(f"{f.name} must be {what}, not {shown}")

@@ -1,0 +1,251 @@
+"""Message contracts as data: the snapshot `offload contracts export` writes (every kind's
+JSON Schema at its current version, with its routing and upgraders), and the breaking
+changes `offload contracts check` finds between a committed snapshot and the code.
+
+A change is breaking when something already out there could no longer be read or routed:
+jobs stored at the snapshot's version, clients posting what the snapshot promised. A
+kind's schema may change in any way under a new version when upgraders lead from the
+snapshot's version to it (a worker upgrades older payloads step by step); at the same
+version it may only widen, and the HTTP API may not take away what clients were promised
+(the kind itself, a field they send). A changed queue, a removed upgrader and a removed
+kind strand stored jobs whatever the version; a removed kind passes once named in
+`allow_removed` (its jobs drained).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from ._options import JobOptions
+from ._schema_diff import narrowings
+from .app import App, MessageSpec
+from .errors import ConfigurationError
+
+#: The layout of a snapshot (its "format" member): a reader refuses any other.
+SNAPSHOT_FORMAT = 1
+#: Options of `App.enqueue` that are not a snapshot's: the owner is who submits, not how.
+_NOT_OPTIONS = ("owner",)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakingChange:
+    """One change of the code that breaks what a committed snapshot promised."""
+
+    kind: str
+    #: The version it concerns: the snapshot's (a field changed in place, a removed kind),
+    #: or the code's (a version that cannot be reached by upgraders).
+    version: int
+    #: The field it concerns (`address.city`, `sizes[]`), or None for the kind itself.
+    field: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"{self.kind} v{self.version}"
+        if self.field:
+            return f"{where}, field {self.field}: {self.detail}"
+        return f"{where}: {self.detail}"
+
+
+def message_schema(spec: MessageSpec) -> dict[str, Any]:
+    """The JSON Schema a payload of the kind validates against (pydantic's)."""
+    return spec.cls.model_json_schema()
+
+
+def client_schema(spec: MessageSpec) -> dict[str, Any]:
+    """The schema of what an HTTP client sends: the `FromPrincipal` fields left out (the
+    web tier fills them from the caller, and refuses a body that carries one)."""
+    schema = message_schema(spec)
+    if not spec.principal_fields:
+        return schema
+    left_out = set(spec.principal_fields)
+    properties = schema.get("properties", {})
+    schema["properties"] = {k: v for k, v in properties.items() if k not in left_out}
+    required = [name for name in schema.get("required", ()) if name not in left_out]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+    return schema
+
+
+def enqueue_options_schema() -> dict[str, Any]:
+    """The JSON Schema of the options `App.enqueue` takes beside the message (priority,
+    delay, run_at, idempotency_key, callback_url, notify_email): made from the options'
+    own types, so it cannot drift from them."""
+    schema = TypeAdapter(JobOptions).json_schema()
+    properties = {k: v for k, v in schema["properties"].items() if k not in _NOT_OPTIONS}
+    return {
+        "additionalProperties": False,
+        "description": "The options of App.enqueue beside the message: how to run one job.",
+        "properties": properties,
+        "title": "EnqueueOptions",
+        "type": "object",
+    }
+
+
+def kind_contract(spec: MessageSpec, upgrades_from: Collection[int] = ()) -> dict[str, Any]:
+    """One kind's entry in a snapshot."""
+    return {
+        "from_principal": sorted(spec.principal_fields),
+        "http": spec.http,
+        "queue": spec.queue,
+        "schema": message_schema(spec),
+        "upgrades_from": sorted(upgrades_from),
+        "version": spec.version,
+    }
+
+
+def snapshot(app: App) -> dict[str, Any]:
+    """The contracts of every kind of `app` (its own kinds: offload's built-in deliveries
+    are offload's to evolve) and the enqueue options."""
+    kinds = {
+        kind: kind_contract(spec, app.upgraders.get(kind, {}))
+        for kind, spec in sorted(app.kinds.items())
+    }
+    return {"enqueue_options": enqueue_options_schema(), "format": SNAPSHOT_FORMAT, "kinds": kinds}
+
+
+def dumps(doc: Mapping[str, Any]) -> str:
+    """A snapshot as text fit to commit: keys sorted, indented, one final newline, so the
+    same contracts always give the same bytes."""
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def loads(text: str, *, source: str = "the snapshot") -> dict[str, Any]:
+    """A snapshot read back.
+
+    Raises:
+        ConfigurationError: not JSON, or not a snapshot this offload can read.
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{source} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("kinds"), dict) or "format" not in doc:
+        raise ConfigurationError(f"{source} is not an offload contracts snapshot")
+    if doc.get("format") != SNAPSHOT_FORMAT:
+        raise ConfigurationError(
+            f"{source} has snapshot format {doc.get('format')!r}; this offload reads "
+            f"format {SNAPSHOT_FORMAT}"
+        )
+    return doc
+
+
+def breaking_changes(
+    committed: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    allow_removed: Collection[str] = (),
+) -> list[BreakingChange]:
+    """What `current` (the code's snapshot) breaks of `committed`, kind by kind.
+
+    Args:
+        allow_removed: kinds that may be gone from the code (no job of them is left).
+
+    Raises:
+        ConfigurationError: a kind entry of either snapshot is malformed.
+    """
+    found: list[BreakingChange] = []
+    now_kinds: Mapping[str, Any] = current["kinds"]
+    for kind, was in sorted(committed["kinds"].items()):
+        now = now_kinds.get(kind)
+        try:
+            if now is None:
+                found += [] if kind in allow_removed else [_removed(kind, was)]
+            else:
+                found += [*_stranding_changes(kind, was, now), *_version_changes(kind, was, now)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"the contract of {kind} is malformed: {exc!r}") from None
+    return found
+
+
+def _removed(kind: str, was: Mapping[str, Any]) -> BreakingChange:
+    return BreakingChange(
+        kind,
+        int(was["version"]),
+        None,
+        "kind removed: its queued jobs would never run (drain them, then pass "
+        f"--allow-removed {kind})",
+    )
+
+
+def _stranding_changes(
+    kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
+) -> list[BreakingChange]:
+    """Changes that leave stored jobs behind whatever the version: another queue, an
+    upgrader gone."""
+    found = []
+    if now["queue"] != was["queue"]:
+        detail = (
+            f"queue changed from {was['queue']} to {now['queue']}: jobs waiting in "
+            f"{was['queue']} would be left there"
+        )
+        found.append(BreakingChange(kind, int(was["version"]), None, detail))
+    gone = sorted(set(was["upgrades_from"]) - set(now["upgrades_from"]))
+    found += [
+        BreakingChange(
+            kind,
+            v,
+            None,
+            f"upgrader from v{v} removed: jobs stored at v{v} could no longer be read",
+        )
+        for v in gone
+    ]
+    return found
+
+
+def _version_changes(
+    kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
+) -> list[BreakingChange]:
+    """A new version needs an upgrader from each older one; in place, only widening."""
+    old_v, new_v = int(was["version"]), int(now["version"])
+    if new_v < old_v:
+        detail = (
+            f"version went down from {old_v} to {new_v}: jobs stored at v{old_v} could not be read"
+        )
+        return [BreakingChange(kind, new_v, None, detail)]
+    if new_v == old_v:
+        return _same_version_changes(kind, old_v, was, now)
+    steps = set(now["upgrades_from"])
+    return [
+        BreakingChange(kind, new_v, None, f"no upgrader from v{v} (the snapshot has v{old_v})")
+        for v in range(old_v, new_v)
+        if v not in steps
+    ]
+
+
+def _same_version_changes(
+    kind: str, version: int, was: Mapping[str, Any], now: Mapping[str, Any]
+) -> list[BreakingChange]:
+    """Changes made in place, without a new version: the schema may only widen, and the
+    HTTP API may not take away what clients were promised."""
+    found = [
+        BreakingChange(kind, version, n.path or None, n.detail)
+        for n in narrowings(was["schema"], now["schema"])
+    ]
+    if was["http"] and not now["http"]:
+        found.append(
+            BreakingChange(kind, version, None, "no longer posted over HTTP: clients get 404")
+        )
+    if was["http"] and now["http"]:
+        filled = set(now["from_principal"]) - set(was["from_principal"])
+        found += [
+            BreakingChange(
+                kind, version, name, "now filled from the caller: clients that send it get 422"
+            )
+            for name in sorted(filled)
+        ]
+        unfilled = set(was["from_principal"]) - set(now["from_principal"])
+        found += [
+            BreakingChange(
+                kind, version, name, "no longer filled from the caller: clients must send it"
+            )
+            for name in sorted(unfilled)
+            if name in now["schema"].get("required", ())
+        ]
+    return found

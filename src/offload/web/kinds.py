@@ -1,0 +1,73 @@
+"""GET /v1/kinds: the kinds the caller may post, each with its version, queue and the JSON
+Schema of its body, so a client can validate a message before posting it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from ..app import App
+from ..contracts import client_schema
+from .auth import authenticated
+from .origins import refuse_cross_site
+from .present import root_of
+from .responses import API_ERRORS, problems
+from .runtime import opened
+
+#: The dependencies of every /v1 route (see routes.py): a read is never refused cross-site,
+#: and while the backend is down it answers 503 like the others.
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(refuse_cross_site), Depends(opened), Depends(authenticated)],
+)
+
+
+class KindLinks(BaseModel):
+    submit: str = Field(description="where to POST a message of this kind")
+
+
+class Kind(BaseModel):
+    """A kind the caller may post."""
+
+    kind: str
+    version: int = Field(description="the version of the message a post is read as")
+    queue: str
+    json_schema: dict[str, Any] = Field(
+        alias="schema",
+        description="the JSON Schema of the body, without the fields the server fills from "
+        "the caller (a body that carries one is refused)",
+    )
+    links: KindLinks
+
+
+class KindList(BaseModel):
+    kinds: list[Kind] = Field(description="sorted by kind")
+
+
+@router.get(
+    "/kinds",
+    response_model=KindList,
+    responses=problems(*API_ERRORS),
+)
+async def kinds(request: Request) -> KindList:
+    """The kinds the caller may post (`POST /v1/jobs/{kind}`), each with its current
+    version, its queue and the JSON Schema its body must satisfy. Kinds declared
+    `http=False`, and those a token limited to kinds may not post, are not listed."""
+    auth = request.app.state.auth
+    auth.principal(request)  # 401 for a caller who is not signed in
+    app: App = request.app.state.offload
+    root = root_of(request)
+    listed = [
+        {
+            "kind": kind,
+            "version": spec.version,
+            "queue": spec.queue,
+            "schema": client_schema(spec),
+            "links": {"submit": f"{root}/v1/jobs/{kind}"},
+        }
+        for kind, spec in sorted(app.kinds.items())
+        if spec.http and auth.may_submit(request, kind)
+    ]
+    return KindList.model_validate({"kinds": listed})

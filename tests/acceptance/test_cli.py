@@ -1,0 +1,341 @@
+"""The command line tells the truth: read-only commands create nothing, ids resolve by prefix,
+errors are one clear line with an exit code, and servers say where they point at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+import offload
+from offload import App, Context, JobState, Message, Settings
+from offload import cli as cli_module
+from offload.cli import cli
+from offload.worker.runner import Worker
+
+from ..services import (
+    PgSchema,
+    drop_redis_url,
+    redis_prefix,
+    redis_url,
+    require_pg,
+    require_redis,
+)
+
+#: The App the commands below load with `--app` (this module, imported by name).
+APP_REF = f"{__name__}:app"
+app = App("cli-test")
+
+
+@app.message("cli.report", queue="reports")
+class Report(Message):
+    period: str
+
+
+@app.message("cli.shout")
+class Shout(Message):
+    text: str
+
+
+@app.handles(Report)
+def report(msg: Report, ctx: Context) -> None:
+    return None
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def one_line(result: Result) -> str:
+    """The whole output of a failed command, which must be a single line."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def enqueue(url: str, *messages: Message) -> list[str]:
+    async def main() -> list[str]:
+        async with App("setup", url=url) as setup:
+            setup.message("cli.report", queue="reports")(Report)
+            setup.message("cli.shout")(Shout)
+            return [job.id for job in await setup.enqueue_many(messages)]
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(workdir: Path) -> None:
+    """`--url` reconfigures the module's App: each test starts from the environment."""
+    app.configure(Settings.from_env())
+
+
+@pytest.fixture
+def url(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'jobs.db'}"
+
+
+# -- read-only commands create nothing -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", [["jobs", "list"], ["queues"], ["jobs", "show", "0193"], ["jobs", "cancel", "01"]]
+)
+def test_read_only_commands_in_an_empty_folder_create_no_database(
+    workdir: Path, command: list[str]
+) -> None:
+    result = invoke(*command)
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert "sqlite:///offload.db" in line and "offload migrate" in line
+    assert "offload worker" in line
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_database_in_a_missing_folder_is_reported_not_created(workdir: Path) -> None:
+    missing = workdir / "no" / "such" / "dir" / "x.db"
+    result = invoke("queues", env={"OFFLOAD_URL": f"sqlite:///{missing}"})
+    assert result.exit_code == 1
+    assert f"sqlite:///{missing}" in one_line(result)
+    assert not (workdir / "no").exists()
+
+
+def test_migrate_creates_the_database_the_read_only_commands_then_read(url: str) -> None:
+    assert invoke("queues", "--url", url).exit_code == 1
+    assert invoke("migrate", "--url", url).exit_code == 0
+    result = invoke("queues", "--url", url, "--json")
+    assert result.exit_code == 0 and result.output.strip() == "{}"
+
+
+def test_a_file_that_is_not_an_offload_database_is_refused_untouched(workdir: Path) -> None:
+    other = workdir / "other.db"
+    other.write_bytes(b"")
+    result = invoke("jobs", "list", "--url", f"sqlite:///{other}")
+    assert result.exit_code == 1 and "not an offload database" in one_line(result)
+    assert other.read_bytes() == b""
+
+
+# -- jobs: full ids, prefixes, unknown ids, states -------------------------------------------
+
+
+def test_jobs_list_shows_whole_ids(url: str) -> None:
+    ids = enqueue(url, Report(period="2026-10"), Shout(text="hi"))
+    result = invoke("jobs", "list", "--url", url)
+    assert result.exit_code == 0, result.output
+    for job_id in ids:
+        assert job_id in result.output
+    wide = invoke("jobs", "list", "--url", url, "--wide")
+    assert wide.exit_code == 0 and "reports" in wide.output and "local" in wide.output
+
+
+def test_jobs_show_retry_and_cancel_take_a_unique_prefix(url: str) -> None:
+    (job_id,) = enqueue(url, Report(period="2026-10"))
+    shown = invoke("jobs", "show", job_id[:13], "--url", url)
+    assert shown.exit_code == 0, shown.output
+    assert job_id in shown.output and '"state": "queued"' in shown.output
+    cancelled = invoke("jobs", "cancel", job_id[:8].upper(), "--url", url)
+    assert cancelled.exit_code == 0 and f"job {job_id} cancelled" in cancelled.output
+    retried = invoke("jobs", "retry", job_id.replace("-", "")[:20], "--url", url)
+    assert retried.exit_code == 0 and f"job {job_id} is queued again" in retried.output
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(url: str) -> None:
+    first, second = enqueue(url, Report(period="1"), Report(period="2"))
+    common = first[: next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)]
+    for command in ("show", "retry", "cancel"):
+        result = invoke("jobs", command, common, "--url", url)
+        assert result.exit_code == 1, result.output
+        assert "ambiguous" in result.output
+        assert first in result.output and second in result.output
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh schema or key prefix on the test servers."""
+    if request.param == "postgres":
+        require_pg()
+        schema = PgSchema()
+        yield schema.create_sync()
+        schema.drop_sync()
+    else:
+        require_redis()
+        url = redis_url(redis_prefix())
+        yield url
+        drop_redis_url(url)
+
+
+def test_prefixes_resolve_on_server_backends(workdir: Path, server_url: str) -> None:
+    first, second = enqueue(server_url, Report(period="1"), Report(period="2"))
+    ambiguous = invoke("jobs", "show", first[:4], "--url", server_url)
+    assert ambiguous.exit_code == 1 and first in ambiguous.output and second in ambiguous.output
+    cancelled = invoke("jobs", "cancel", second.replace("-", "")[:31].upper(), "--url", server_url)
+    assert cancelled.exit_code == 0 and f"job {second} cancelled" in cancelled.output
+    unknown = invoke("jobs", "show", "0" * 12, "--url", server_url)
+    assert unknown.exit_code == 1 and one_line(unknown) == f"no job {'0' * 12}"
+
+
+@pytest.mark.parametrize("command", ["show", "retry", "cancel"])
+def test_an_unknown_id_is_no_job_and_exit_1(url: str, command: str) -> None:
+    enqueue(url, Report(period="1"))
+    unknown = "01a2229f-9ca6-7065-bb1a-9a899badf774"
+    result = invoke("jobs", command, unknown, "--url", url)
+    assert result.exit_code == 1
+    assert one_line(result) == f"no job {unknown}"
+    result = invoke("jobs", command, "not-an-id", "--url", url)
+    assert result.exit_code == 1 and one_line(result) == "no job not-an-id"
+
+
+def test_a_bogus_state_is_an_error_naming_the_valid_ones(url: str) -> None:
+    enqueue(url, Report(period="1"))
+    result = invoke("jobs", "list", "--state", "bogus", "--url", url)
+    assert result.exit_code == 2
+    for state in JobState:
+        assert state.value in result.output
+    listed = invoke("jobs", "list", "--state", "queued", "--json", "--url", url)
+    assert listed.exit_code == 0 and '"state": "queued"' in listed.output
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"offload {offload.__version__}"
+
+
+# -- unreachable servers: one line, with the cause, within the connect timeout ----------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "scheme", [pytest.param("postgresql", id="postgres"), pytest.param("redis", id="redis")]
+)
+def test_an_unreachable_server_is_one_line_with_its_cause(workdir: Path, scheme: str) -> None:
+    pytest.importorskip("psycopg" if scheme == "postgresql" else "redis")
+    port = closed_port()
+    where = f"{scheme}://u:s3cret@127.0.0.1:{port}/0"
+    result = invoke("queues", "--url", where)
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert f"127.0.0.1:{port}" in line and "refused" in line.lower()
+    assert "s3cret" not in line
+
+
+@pytest.mark.parametrize(
+    "scheme", [pytest.param("postgresql", id="postgres"), pytest.param("redis", id="redis")]
+)
+def test_a_silent_server_fails_after_the_connect_timeout_setting(
+    workdir: Path, scheme: str
+) -> None:
+    pytest.importorskip("psycopg" if scheme == "postgresql" else "redis")
+    with silent_server() as port:
+        started = time.monotonic()
+        result = invoke(
+            "jobs",
+            "list",
+            env={"OFFLOAD_URL": f"{scheme}://127.0.0.1:{port}/0", "OFFLOAD_CONNECT_TIMEOUT": "0.5"},
+        )
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert f"127.0.0.1:{port}" in line and "0.5" in line
+    # The default connect timeout is 5 s and PostgreSQL's was 10: the setting is honoured.
+    assert elapsed < 4.5
+
+
+# -- servers say where they point --------------------------------------------------------------
+
+
+class _Server:
+    """Stands in for uvicorn: serves nothing and returns at once."""
+
+    should_exit = False
+
+    async def serve(self) -> None:
+        return None
+
+
+@pytest.fixture
+def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run(self: Worker) -> None:
+        return None
+
+    monkeypatch.setattr(Worker, "run", run)
+    monkeypatch.setattr(cli_module, "_server", lambda *a, **k: _Server())
+
+
+def banner_fields(output: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in output.splitlines():
+        name, _, value = line.strip().partition(" ")
+        if name in ("backend", "queues", "kinds", "concurrency"):
+            assert name not in fields, f"{name} printed twice:\n{output}"
+            fields[name] = value.strip()
+    return fields
+
+
+@pytest.mark.usefixtures("no_serving")
+def test_worker_prints_its_backend_queues_kinds_and_concurrency(workdir: Path) -> None:
+    result = invoke("worker", "--app", APP_REF, "--concurrency", "3")
+    assert result.exit_code == 0, result.output
+    fields = banner_fields(result.output)
+    # A relative SQLite path is shown resolved: two folders visibly mean two databases.
+    assert fields["backend"] == f"sqlite:///offload.db ({workdir / 'offload.db'})"
+    assert fields["queues"] == "reports, offload.notify"
+    assert fields["kinds"] == "cli.report"
+    assert fields["concurrency"].startswith("3")
+
+
+@pytest.mark.usefixtures("no_serving")
+def test_web_prints_its_backend_with_the_password_masked(workdir: Path) -> None:
+    pytest.importorskip("psycopg")
+    port = closed_port()
+    result = invoke(
+        "web", "--app", APP_REF, "--url", f"postgresql://app:s3cret@127.0.0.1:{port}/db"
+    )
+    assert result.exit_code == 1  # the server is unreachable: said after the banner
+    fields = banner_fields(result.output)
+    assert fields["backend"] == f"postgresql://app:***@127.0.0.1:{port}/db"
+    assert fields["queues"] == "default, reports"
+    assert fields["kinds"] == "cli.report, cli.shout"
+    assert "s3cret" not in result.output
+
+
+@pytest.mark.usefixtures("no_serving")
+def test_dev_prints_its_banner_once(workdir: Path) -> None:
+    result = invoke("dev", "--app", APP_REF, "--concurrency", "2")
+    assert result.exit_code == 0, result.output
+    fields = banner_fields(result.output)
+    assert set(fields) == {"backend", "queues", "kinds", "concurrency"}
+    assert fields["concurrency"].startswith("2")
+
+
+def test_masking_covers_user_info_and_password_options() -> None:
+    mask = cli_module._shown_url
+    assert mask("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert mask("postgresql://u@h/db?password=pw&sslmode=require") == (
+        "postgresql://u@h/db?password=***&sslmode=require"
+    )
+    assert mask("memory://") == "memory://"
