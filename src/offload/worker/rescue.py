@@ -8,9 +8,9 @@ for an attempt that failed: a killed worker is a failed attempt.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from ..contract import JobState, Lapsed, Outcome
+from ..contract import JobState, Lapsed, Lease, Outcome
 from ..retry import Backoff, should_retry
 
 #: The error a rescued job carries.
@@ -38,20 +38,31 @@ def decide(lapsed: Lapsed, spec: RetryPolicy | None, now: float) -> Outcome:
     the handler's budget (else the message's) is spent, else `retrying` after the handler's
     backoff for the attempt that lapsed."""
     lease = lapsed.lease
-    env = lease.envelope
     error = dict(LEASE_EXPIRED)
     if lapsed.cancel_requested:
         return Outcome(lease=lease, state=JobState.CANCELLED, error=error)
+    return retry_or_dead(lease, spec, error, now)
+
+
+def retry_or_dead(
+    lease: Lease,
+    spec: RetryPolicy | None,
+    error: dict[str, Any],
+    now: float,
+    delay: float | None = None,
+) -> Outcome:
+    """A failed attempt (a handler's error, or a lapsed lease): `dead` when the handler's
+    budget (else the message's) is spent, else `retrying` after `delay`, by default the
+    handler's backoff for the attempt that failed."""
+    env = lease.envelope
     budget = (spec.max_attempts if spec is not None else None) or env.max_attempts
     if not should_retry(env.attempt, budget):
         return Outcome(lease=lease, state=JobState.DEAD, error=error, max_attempts=budget)
-    backoff = spec.backoff if spec is not None else _DEFAULT_BACKOFF
+    if delay is None:
+        backoff = spec.backoff if spec is not None else _DEFAULT_BACKOFF
+        delay = backoff.delay(env.attempt)
     return Outcome(
-        lease=lease,
-        state=JobState.RETRYING,
-        error=error,
-        run_at=now + backoff.delay(env.attempt),
-        max_attempts=budget,
+        lease=lease, state=JobState.RETRYING, error=error, run_at=now + delay, max_attempts=budget
     )
 
 

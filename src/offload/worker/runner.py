@@ -31,8 +31,7 @@ from ..notify.plan import follow_ups
 from ..versions import WORKER_RECORD_EVERY_S, chain_problem, runnable_versions, upgrade
 from .context import Context
 from .prefetch import DEFAULT_PREFETCH, Prefetch
-from .rescue import decide_all
-from .retry import should_retry
+from .rescue import decide_all, retry_or_dead
 
 log = logging.getLogger("offload.worker")
 
@@ -503,8 +502,6 @@ class Worker:
         self, lease: Lease, spec: HandlerSpec | None, exc: BaseException, delay: float | None = None
     ) -> Outcome:
         env = lease.envelope
-        budget = (spec.max_attempts if spec and spec.max_attempts else None) or env.max_attempts
-        error = _error(exc)
         log.warning(
             "job %s attempt %d failed: %s",
             env.id,
@@ -512,17 +509,9 @@ class Worker:
             exc,
             extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
         )
-        if not should_retry(env.attempt, budget):
-            return Outcome(lease=lease, state=JobState.DEAD, error=error, max_attempts=budget)
-        if delay is None:
-            delay = spec.backoff.delay(env.attempt) if spec else 5.0
-        return Outcome(
-            lease=lease,
-            state=JobState.RETRYING,
-            error=error,
-            run_at=self.app.clock.now() + delay,
-            max_attempts=budget,
-        )
+        if delay is None and spec is None:
+            delay = 5.0  # no handler for the kind here, so no backoff of its own
+        return retry_or_dead(lease, spec, _error(exc), self.app.clock.now(), delay)
 
     def _interrupted(self, job: _Job) -> Outcome | None:
         lease = job.lease
