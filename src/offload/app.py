@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
-from .brokers.base import Change
+from .brokers.base import EMPTY_QUEUE_STATS, Change
 from .clock import Clock
 from .clock import seconds as _seconds
 from .contract import (
@@ -47,15 +47,6 @@ Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
 DEFAULT_MAX_ATTEMPTS = 5
 #: Queue of a kind declared without one.
 DEFAULT_QUEUE = "default"
-#: The stats of a queue with no jobs in it.
-EMPTY_QUEUE_STATS: dict[str, Any] = {
-    "queued": 0,
-    "scheduled": 0,
-    "running": 0,
-    "dead": 0,
-    "oldest_age_s": 0.0,
-    "awaiting_newer_worker": 0,
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,3 +238,12 @@ class Backend(Broker, JobStore, Protocol):
 
 
 WAITING = (JobState.QUEUED.value, JobState.RETRYING.value)
+#: The stats of a queue with no jobs in it (`stats` per queue; copy before changing).
+EMPTY_QUEUE_STATS: dict[str, Any] = {
+    "queued": 0,
+    "scheduled": 0,
+    "running": 0,
+    "dead": 0,
+    "oldest_age_s": 0.0,
+    "awaiting_newer_worker": 0,
+}

@@ -39,7 +39,7 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change
 
 T = TypeVar("T")
 
@@ -574,17 +574,7 @@ class SQLiteBackend:
         out: dict[str, dict[str, Any]] = {}
 
         def q(name: str) -> dict[str, Any]:
-            return out.setdefault(
-                name,
-                {
-                    "queued": 0,
-                    "scheduled": 0,
-                    "running": 0,
-                    "dead": 0,
-                    "oldest_age_s": 0.0,
-                    "awaiting_newer_worker": 0,
-                },
-            )
+            return out.setdefault(name, dict(EMPTY_QUEUE_STATS))
 
         for queue, state, n, ready, _oldest in self.conn.execute(Q["stats"], (now,)):
             s = q(queue)
