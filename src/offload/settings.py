@@ -128,6 +128,12 @@ class Settings:
     #: The web tier refuses (503) a submission of a kind whose current version no live
     #: worker runs (OFFLOAD_REQUIRE_WORKER_VERSION=1): off by default.
     require_worker_version: bool = False
+    #: The principals that are operators (OFFLOAD_ADMIN_PRINCIPALS, comma-separated): they
+    #: see the dashboard, the worker registry and every job. In development mode the
+    #: principal `local` is one.
+    admin_principals: frozenset[str] = frozenset()
+    #: The dashboard shows and changes nothing but what it shows (OFFLOAD_DASHBOARD_READONLY=1).
+    dashboard_readonly: bool = False
 
     @property
     def dev_mode(self) -> bool:
@@ -163,6 +169,12 @@ class Settings:
                     e.get("OFFLOAD_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
                 ),
                 require_worker_version=_flag(e.get("OFFLOAD_REQUIRE_WORKER_VERSION")),
+                admin_principals=frozenset(
+                    name.strip()
+                    for name in (e.get("OFFLOAD_ADMIN_PRINCIPALS") or "").split(",")
+                    if name.strip()
+                ),
+                dashboard_readonly=_flag(e.get("OFFLOAD_DASHBOARD_READONLY")),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .app import check_bind, create_app
-from .auth import AuthHook, TokenAuth
+from .auth import Admin, AuthHook, TokenAuth
 from .runtime import lifespan
 
-__all__ = ["AuthHook", "TokenAuth", "check_bind", "create_app", "lifespan"]
+__all__ = ["Admin", "AuthHook", "TokenAuth", "check_bind", "create_app", "lifespan"]

@@ -22,8 +22,18 @@ DEFAULT_CHALLENGE = 'Bearer realm="offload"'
 
 #: `(request) -> principal | None`, sync or async: the caller's principal (every job belongs
 #: to one), or None for a caller who is not signed in (401). A plain function runs in the
-#: thread pool, as FastAPI runs plain dependencies, so it may block.
+#: thread pool, as FastAPI runs plain dependencies, so it may block. Answering `Admin(name)`
+#: makes the caller an operator besides (the dashboard, the worker registry).
 AuthHook = Callable[[Request], str | Awaitable[str | None] | None]
+
+
+class Admin(str):
+    """A principal who is an operator: what an auth hook answers for one, e.g.
+    `return Admin(user.email) if user.is_staff else user.email`. It is a `str`, so it is
+    the principal's name everywhere else."""
+
+    __slots__ = ()
+
 
 _PRINCIPAL = "offload_principal"
 _KINDS = "offload_kinds"
@@ -101,6 +111,8 @@ class Auth:
     def __init__(self, hook: AuthHook | None, settings: Settings) -> None:
         self.token_auth = TokenAuth(settings)
         self.hook: AuthHook | None = hook
+        self.admins = settings.admin_principals
+        self.dev_mode = hook is None and settings.dev_mode
         #: Whether anyone may be refused: a hook, or tokens (else development mode).
         self.required = hook is not None or bool(self.token_auth.tokens)
 
@@ -138,6 +150,18 @@ class Auth:
             raise TypeError(f"an auth hook returns a str principal or None, not {principal!r}")
         return principal
 
+    def is_admin(self, conn: HTTPConnection) -> bool:
+        """Whether the caller is an operator: the auth hook answered `Admin(name)`, or the
+        principal is in OFFLOAD_ADMIN_PRINCIPALS, or this is development mode (`local`)."""
+        principal = getattr(conn.state, _PRINCIPAL, None)
+        if not isinstance(principal, str):
+            return False
+        return (
+            isinstance(principal, Admin)
+            or principal in self.admins
+            or (self.dev_mode and principal == LOCAL_PRINCIPAL)
+        )
+
     def may_submit(self, conn: HTTPConnection, kind: str) -> bool:
         """Whether the caller's token may submit jobs of `kind` (tokens limited to kinds)."""
         kinds: frozenset[str] | None = getattr(conn.state, _KINDS, None)
@@ -149,6 +173,16 @@ async def authenticated(conn: HTTPConnection) -> None:
     refuses no one itself: an event stream may come with a ticket instead."""
     if conn.scope["type"] == "http":  # a WebSocket route asks itself, to refuse in kind
         await conn.app.state.auth.authenticate(conn)
+
+
+async def admin_only(request: Request) -> None:
+    """A dependency of the operators' routes: anyone else, signed in or not, finds nothing
+    there (404), so the routes tell no one that they exist."""
+    auth: Auth = request.app.state.auth
+    if getattr(request.state, _PRINCIPAL, _UNASKED) is _UNASKED:
+        await auth.authenticate(request)
+    if not auth.is_admin(request):
+        raise Problem(404, "Not Found")  # as for a path that does not exist
 
 
 async def kind_allowed(request: Request, kind: str) -> None:
