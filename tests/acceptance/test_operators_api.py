@@ -138,3 +138,15 @@ async def test_queues_show_which_are_paused_an_empty_paused_one_included(
         await app.resume("quiet")
         shown = await queues()
         assert shown["pings"]["paused"] is False and "quiet" not in shown
+
+
+def test_the_document_declares_the_registry_for_operators_and_its_404(settings: Settings) -> None:
+    document = create_app(_app(settings, api_tokens=TOKENS)).openapi()
+    operation = document["paths"]["/v1/workers"]["get"]
+    # A bearer token of an admin; anyone else (without a token too) is answered 404
+    assert operation["security"] == [{"bearer": []}, {}]
+    assert set(operation["responses"]) == {"200", "401", "404", "500", "503"}
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/Workers"}
+    queue = document["components"]["schemas"]["QueueStats"]
+    assert queue["properties"]["paused"]["type"] == "boolean" and "paused" in queue["required"]

@@ -44,6 +44,9 @@ router = APIRouter(
 )
 #: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
 EVENT_ID = {"pattern": "^[0-9]*$"}
+#: Marks an operation for operators only (`admin_only`) in the OpenAPI document, which
+#: states how anyone else is answered (`openapi._security`); the marker itself is dropped.
+OPERATORS_ONLY = "x-offload-operators-only"
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -388,6 +391,7 @@ async def queues(request: Request) -> Response:
     response_model=Workers,
     dependencies=[Depends(admin_only)],
     responses=problems(*API_ERRORS, 404, meaning={404: "Not an operator: nothing here"}),
+    openapi_extra={OPERATORS_ONLY: True},
 )
 async def workers(request: Request) -> Response:
     """The worker registry, for operators (anyone else finds nothing here: 404): every
