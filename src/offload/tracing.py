@@ -161,7 +161,7 @@ def _process(tracer: Tracer, lease: Lease) -> Iterator[Span]:
     # From an empty context, never the worker's own: a job's span belongs to its trace.
     producer = _W3C.extract(env.trace or {}, context=_Context())
     sent = _api.get_current_span(producer).get_span_context()
-    attributes = {
+    attributes: dict[str, Any] = {
         "messaging.system": TRACER_NAME,
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",

@@ -159,7 +159,7 @@ def test_one_trace_follows_a_job_from_the_request_to_its_webhook(stack: Stack) -
         }
         # and the receiver got the context of that request: it could continue the trace.
         (hook,) = receiver.requests
-        version, trace_id, parent_id, flags = hook.headers["traceparent"].split("-")
+        _, trace_id, parent_id, flags = hook.headers["traceparent"].split("-")
         assert (trace_id, parent_id) == (send["trace_id"], post["span_id"])
         assert int(flags, 16) & 1  # sampled
 

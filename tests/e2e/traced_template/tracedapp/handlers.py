@@ -4,6 +4,7 @@ configured, then handlers that make spans of their own."""
 from __future__ import annotations
 
 from opentelemetry import trace
+
 from tracedapp.otel import configure
 
 configure("worker")
