@@ -233,3 +233,21 @@ async def test_an_email_is_a_send_email_span_without_the_address(
     assert email.attributes["offload.smtp.reply_code"] == 250
     assert email.attributes["offload.delivery.channel"] == "email"
     assert "alice@example.com" not in str(dict(email.attributes))
+
+
+async def test_the_webhook_of_a_job_cancelled_while_waiting_continues_its_trace(
+    app: App, start_worker: Callable[..., Any], spans: InMemorySpanExporter
+) -> None:
+    declare(app)
+    with Receiver(200) as receiver:
+        # Given a waiting job with a webhook, cancelled before any worker ran it,
+        job = await app.enqueue(Export(user_id="u1"), callback_url=receiver.url)
+        await app.cancel(job.id)
+        # when a worker delivers the cancellation,
+        await start_worker()
+        (post,) = await ended(spans, "POST")
+        (notify,) = await ended(spans, "process offload.notify")
+    # then the delivery hangs under the job's producer span (no attempt ever ran).
+    (send,) = await ended(spans, "send reports")
+    assert parent_of(notify) == span_id(send) and parent_of(post) == span_id(notify)
+    assert not [s for s in spans.get_finished_spans() if s.name == "process reports"]

@@ -1,0 +1,192 @@
+"""What offload's tracing hooks cost on the hot path, on SQLite, in three set-ups:
+
+    python bench/tracing.py [--jobs 3000] [--rounds 3]
+
+- `no API`: `opentelemetry` cannot be imported (as without the `otel` extra),
+- `API, no SDK`: the API alone, its proxy tracer provider global (the default),
+- `SDK, in memory`: an SDK provider with a SimpleSpanProcessor and an InMemorySpanExporter.
+
+Each round runs each set-up in a fresh process (the first one rotating round by round): N single `app.enqueue` calls
+(the web tier's path) and one in-process worker draining N no-op jobs (the worker's path,
+one `process` span per job). Also timed: the hooks alone (`tracing.send` and
+`tracing.process`, entered and left) with tracing off, against an empty `with` block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from _results import write_section
+
+TOP = Path(__file__).resolve().parent.parent
+MODES = ("no API", "API, no SDK", "SDK, in memory")
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    if MODE == "no API":
+        sys.modules["opentelemetry"] = None  # what a missing package is to `import`
+    import asyncio, contextlib, json, time, timeit
+    from offload import App, Context, Message, tracing
+    from offload.worker.runner import Worker
+
+    exporter = None
+    if MODE == "SDK, in memory":
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+
+    class Tick(Message):
+        i: int
+
+    app = App("bench", url=f"sqlite:///{DB}")
+    app.message("bench.tick", queue="ticks")(Tick)
+    done = 0
+    finished = None
+
+    @app.handles(Tick)
+    async def tick(msg: Tick, ctx: Context) -> None:
+        global done
+        done += 1
+        if done == JOBS:
+            finished.set()
+
+    def hooks() -> dict:
+        envelope = app.envelope(Tick(i=0))
+        lease = type("L", (), {"envelope": envelope, "worker": "w"})()
+        def send():
+            with tracing.send([envelope]):
+                pass
+        def process():
+            with tracing.process(lease):
+                pass
+        def empty():
+            with contextlib.nullcontext():
+                pass
+        n = 200_000
+        return {name: min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e9
+                for name, fn in (("send", send), ("process", process), ("empty", empty))}
+
+    async def main() -> dict:
+        global finished
+        finished = asyncio.Event()
+        await app.open()
+        await app.enqueue(Tick(i=-1))  # warm up: schema, statements
+        await app.purge("ticks")
+        start = time.perf_counter()
+        for i in range(JOBS):
+            await app.enqueue(Tick(i=i))
+        enqueue_s = time.perf_counter() - start
+        worker = Worker(app, concurrency=16)
+        start = time.perf_counter()
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(finished.wait(), 300)
+        drain_s = time.perf_counter() - start
+        worker.request_stop()
+        await task
+        await app.close()
+        spans = len(exporter.get_finished_spans()) if exporter is not None else 0
+        out = {"enqueue_per_s": JOBS / enqueue_s, "drain_per_s": JOBS / drain_s,
+               "spans": spans, "active": tracing.active()}
+        if MODE != "SDK, in memory":
+            out["hooks_ns"] = hooks()
+        return out
+
+    print(json.dumps(asyncio.run(main())))
+    """
+)
+
+
+def run(mode: str, jobs: int, folder: Path, n: int) -> dict[str, object]:
+    db = folder / f"bench-{n}.db"
+    prelude = f"MODE = {mode!r}\nJOBS = {jobs}\nDB = {str(db)!r}\n"
+    env = {**os.environ, "PYTHONPATH": str(TOP / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{mode}: {done.stderr}")
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--jobs", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=6)
+    args = ap.parse_args()
+    results: dict[str, list[dict[str, object]]] = {m: [] for m in MODES}
+    with tempfile.TemporaryDirectory() as folder:
+        n = 0
+        for r in range(args.rounds):
+            for mode in MODES[r % 3 :] + MODES[: r % 3]:  # each set-up first in turn
+                n += 1
+                result = run(mode, args.jobs, Path(folder), n)
+                results[mode].append(result)
+                print(mode, result, flush=True)
+    write_section("tracing", report(results, args.jobs, args.rounds))
+
+
+def _rates(runs: list[dict[str, object]], key: str) -> list[float]:
+    return [float(r[key]) for r in runs]  # type: ignore[arg-type]
+
+
+def report(results: dict[str, list[dict[str, object]]], jobs: int, rounds: int) -> str:
+    base = results["no API"]
+    lines = [
+        "## Tracing on the hot path (`bench/tracing.py`)",
+        "",
+        f"SQLite, {jobs:,} single `app.enqueue` calls, then one in-process worker "
+        f"(concurrency 16) draining {jobs:,} no-op jobs; {rounds} rounds, each set-up in a "
+        "fresh process, the order rotating. Rates per round; ratio = median against `no API`.",
+        "",
+        "| set-up | enqueue/s | vs no API | drain jobs/s | vs no API | spans recorded |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        runs = results[mode]
+        enq, drain = _rates(runs, "enqueue_per_s"), _rates(runs, "drain_per_s")
+        enq_ratio = statistics.median(enq) / statistics.median(_rates(base, "enqueue_per_s"))
+        drain_ratio = statistics.median(drain) / statistics.median(_rates(base, "drain_per_s"))
+        lines.append(
+            f"| {mode} | {' · '.join(f'{v:,.0f}' for v in enq)} | {enq_ratio:.2f}x "
+            f"| {' · '.join(f'{v:,.0f}' for v in drain)} | {drain_ratio:.2f}x "
+            f"| {runs[-1]['spans']} |"
+        )
+    lines += [
+        "",
+        "The hooks alone with tracing off (ns per `with` block, best of 3 × 200,000; an empty "
+        "`with nullcontext()` for reference):",
+        "",
+        "| set-up | `tracing.send` | `tracing.process` | empty `with` |",
+        "|---|---|---|---|",
+    ]
+    for mode in MODES[:2]:
+        hooks = [r["hooks_ns"] for r in results[mode]]
+        best = {k: min(float(h[k]) for h in hooks) for k in ("send", "process", "empty")}  # type: ignore[index]
+        lines.append(
+            f"| {mode} | {best['send']:.0f} | {best['process']:.0f} | {best['empty']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
