@@ -6,9 +6,9 @@
 - `API, no SDK`: the API alone, its proxy tracer provider global (the default),
 - `SDK, in memory`: an SDK provider with a SimpleSpanProcessor and an InMemorySpanExporter.
 
-Each round runs each set-up in a fresh process (the first one rotating round by round): N single `app.enqueue` calls
-(the web tier's path) and one in-process worker draining N no-op jobs (the worker's path,
-one `process` span per job). Also timed: the hooks alone (`tracing.send` and
+Each round runs each set-up in a fresh process (which one goes first rotates): N single
+`app.enqueue` calls (the web tier's path) and one in-process worker draining N no-op jobs
+(the worker's path, one `process` span per job). Also timed: the hooks alone (`tracing.send` and
 `tracing.process`, entered and left) with tracing off, against an empty `with` block.
 """
 
