@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from .contract import Envelope, JobState, Lease, Outcome
 
 try:
+    from opentelemetry import context as _context
     from opentelemetry import trace as _api
     from opentelemetry.context import Context as _Context
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -83,11 +84,7 @@ def active() -> bool:
 def current() -> Context | None:
     """The caller's context, to parent a producer span that starts on another thread
     (`App.enqueue_sync`); None while tracing is off."""
-    if _tracer() is None:
-        return None
-    from opentelemetry import context
-
-    return context.get_current()
+    return None if _tracer() is None else _context.get_current()
 
 
 def inject(carrier: dict[str, str]) -> None:

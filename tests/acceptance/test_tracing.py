@@ -5,6 +5,7 @@ spans (threads included) and the delivery spans."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -144,27 +145,36 @@ async def test_a_plain_handler_in_a_thread_makes_its_spans_children_of_the_attem
 
 
 async def test_every_way_in_starts_a_producer_span_under_the_callers_span(
-    app: App, spans: InMemorySpanExporter
+    app: App, settings: Settings, spans: InMemorySpanExporter
 ) -> None:
     declare(app)
+    await app.open()
+    conn = sqlite3.connect(settings.url.removeprefix("sqlite:///"), isolation_level=None)
     # Given a caller inside a span of its own,
     with tracer().start_as_current_span("caller") as caller:
-        # when it enqueues one job, a batch, and one from synchronous code,
+        # when it enqueues one job, a batch, one from synchronous code and one in its own
+        # transaction,
         one = await app.enqueue(Export(user_id="u1"))
         batch = await app.enqueue_many([Export(user_id="u2"), Thumb(n=1)])
         sync = await asyncio.to_thread(app.enqueue_sync, Thumb(n=3))
+        conn.execute("BEGIN IMMEDIATE")
+        joined = await app.enqueue_in(conn, Export(user_id="u4"))
+        conn.execute("COMMIT")
+    conn.close()
     sends = spans.get_finished_spans()
-    single, many, from_sync = (s for s in sends if s.name.startswith("send"))
+    single, many, from_sync, in_tx = (s for s in sends if s.name.startswith("send"))
     # then each is a PRODUCER span under the caller's span (the thread's too),
-    for span in (single, many, from_sync):
+    for span in (single, many, from_sync, in_tx):
         assert span.kind is trace.SpanKind.PRODUCER
         assert parent_of(span) == caller.get_span_context().span_id
-    assert (single.name, many.name, from_sync.name) == ("send reports", "send", "send images")
+    names = [s.name for s in (single, many, from_sync, in_tx)]
+    assert names == ["send reports", "send", "send images", "send reports"]
     assert many.attributes is not None
     assert many.attributes["messaging.batch.message_count"] == 2
     assert "messaging.destination.name" not in many.attributes  # two queues
     # and every stored job carries its producer span's context.
-    for job, span in ((one, single), (batch[0], many), (batch[1], many), (sync, from_sync)):
+    pairs = [(one, single), (batch[0], many), (batch[1], many), (sync, from_sync), (joined, in_tx)]
+    for job, span in pairs:
         row = await app.get(job.id)
         assert row is not None and row.trace is not None
         ctx = span.get_span_context()

@@ -4,6 +4,7 @@ spans to a file the test reads; a loopback receiver takes the webhook."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
     with backend_url(request.param, tmp_path) as url:
         s = Stack(tmp_path, url)
-        s.env["PYTHONPATH"] += f":{ROOT}"
+        s.env["PYTHONPATH"] += os.pathsep + str(ROOT)
         try:
             yield s
         finally:
