@@ -21,8 +21,10 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
+from offload import tracing
 
-def _reset_global_provider() -> None:
+
+def reset_global_provider() -> None:
     # The API sets its global provider once per process; the SDK's own tests reset these
     # two globals the same way (opentelemetry.test.globals_test.reset_trace_globals).
     trace._TRACER_PROVIDER_SET_ONCE = Once()
@@ -35,13 +37,15 @@ def global_provider(exporter: SpanExporter) -> Iterator[TracerProvider]:
     while the block runs; afterwards the process has no SDK again."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    _reset_global_provider()
+    reset_global_provider()
     trace.set_tracer_provider(provider)
+    tracing.resolve()  # an App already open looks again
     try:
         yield provider
     finally:
         provider.shutdown()
-        _reset_global_provider()
+        reset_global_provider()
+        tracing.resolve()
 
 
 @contextmanager

@@ -305,6 +305,7 @@ class App:
         Raises:
             BackendError: the backend is unreachable, or (`create=False`) missing.
         """
+        tracing.resolve()  # a process configures its SDK before it starts serving
         await self._ensure_open(create=create)
         self._users += 1
         return self
@@ -316,6 +317,7 @@ class App:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
+                tracing.resolve()  # opened by a first enqueue: as `open` does
                 settings = self.settings
                 backend = open_backend(
                     settings.url,

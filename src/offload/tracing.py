@@ -15,10 +15,10 @@ which every backend stores with the job. The consumer span takes that context as
 semantic conventions ask of every process span. Attribute names follow those conventions
 (`messaging.*`), with `offload.job.kind` and `offload.job.attempt` of our own.
 
-Only the API (`opentelemetry-api`, the `otel` extra) is imported. Spans are made only while a
-real tracer provider (an SDK) is the global one, looked up on every call so one configured
-after `import offload` counts; otherwise every hook returns at once and envelopes carry no
-trace. `bench/tracing.py` measures what the hooks cost.
+Only the API (`opentelemetry-api`, the `otel` extra) is imported. Spans are made only when a
+real tracer provider (an SDK) was the global one at the last `resolve`, which an App does as
+it opens: the hooks then read one module global, and while tracing is off each returns at
+once and envelopes carry no trace. `bench/tracing.py` measures what the hooks cost.
 """
 
 from __future__ import annotations
@@ -56,41 +56,41 @@ if _API:
     _UNCONFIGURED: tuple[type, ...] = (_api.ProxyTracerProvider, _api.NoOpTracerProvider)
     #: The envelope's `trace` is W3C Trace Context, whatever the process's global propagator.
     _W3C = TraceContextTextMapPropagator()
-_cached: tuple[Any, Any] = (None, None)
+#: offload's tracer while an SDK is configured, else None: what every hook reads.
+_tracer: Tracer | None = None
 
 
-def _tracer() -> Tracer | None:
-    """offload's tracer from the global provider, or None while no SDK is configured."""
-    global _cached
-    if not _API:
-        return None
-    provider = _api.get_tracer_provider()
-    if isinstance(provider, _UNCONFIGURED):
-        return None
-    cached_provider, tracer = _cached
-    if cached_provider is not provider:  # a provider set (or replaced) since the last span
-        from . import __version__
+def resolve() -> bool:
+    """Look up whether an SDK is configured (a tracer provider other than the API's own is
+    the global one), for every hook to read. An App does it when it opens (the web tier's
+    start, a worker's start, the first enqueue); call it again after configuring (or
+    replacing) the SDK later than that. Returns whether spans are made now."""
+    global _tracer
+    _tracer = None
+    if _API:
+        provider = _api.get_tracer_provider()
+        if not isinstance(provider, _UNCONFIGURED):
+            from . import __version__
 
-        tracer = provider.get_tracer(TRACER_NAME, __version__)
-        _cached = (provider, tracer)
-    return tracer  # type: ignore[no-any-return]
+            _tracer = provider.get_tracer(TRACER_NAME, __version__)
+    return _tracer is not None
 
 
 def active() -> bool:
-    """Whether offload makes spans now: the API is installed and an SDK is configured."""
-    return _tracer() is not None
+    """Whether offload makes spans (as of the last `resolve`)."""
+    return _tracer is not None
 
 
 def current() -> Context | None:
     """The caller's context, to parent a producer span that starts on another thread
     (`App.enqueue_sync`); None while tracing is off."""
-    return None if _tracer() is None else _context.get_current()
+    return None if _tracer is None else _context.get_current()
 
 
 def inject(carrier: dict[str, str]) -> None:
     """Add the current span's `traceparent` (and `tracestate`) to `carrier`, e.g. the
     headers of a webhook request; nothing while tracing is off."""
-    if _tracer() is not None:
+    if _tracer is not None:
         _W3C.inject(carrier)
 
 
@@ -104,7 +104,7 @@ def send(
     the current span (or of `parent`). Entering it gives the envelopes to store: each carries
     the span's context in `trace` (one given a trace already keeps its own). While tracing is
     off, the envelopes as they are."""
-    tracer = _tracer()
+    tracer = _tracer
     if tracer is None or not envelopes:
         return nullcontext(envelopes)
     return _send(tracer, envelopes, parent)
@@ -146,7 +146,7 @@ def process(lease: Lease) -> AbstractContextManager[Span | None]:
     context from the envelope (none: a new trace), and it links to it. Code run inside it
     (the handler) makes its spans children of it. Gives the span (None while tracing is off)
     for `ended`."""
-    tracer = _tracer()
+    tracer = _tracer
     if tracer is None:
         return nullcontext(None)
     return _process(tracer, lease)
@@ -215,7 +215,7 @@ def deliver(
     `target` is the URL as it may be shown, without credentials or query), `send email` for
     an email (the address is not recorded). A failure sets status ERROR and records the
     exception. Gives the span (None while tracing is off) for `delivered`."""
-    tracer = _tracer()
+    tracer = _tracer
     if tracer is None:
         return nullcontext(None)
     return _deliver(tracer, channel, target, job_id=job_id, notification=notification)

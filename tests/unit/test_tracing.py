@@ -79,3 +79,29 @@ def test_without_the_api_installed_every_hook_is_a_no_op(tmp_path: Path) -> None
         "headers": {},
         "api": False,
     }
+
+
+async def test_an_sdk_configured_after_the_app_opened_counts_from_the_next_resolve(
+    tmp_path: Path,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from ..tracing_support import reset_global_provider
+
+    # Given an app opened while no SDK was configured,
+    app = _app(tmp_path)
+    await app.open()
+    assert not tracing.active()
+    reset_global_provider()
+    trace.set_tracer_provider(TracerProvider())
+    try:
+        # when the SDK is configured afterwards, offload looks only at the next resolve:
+        before = await app.enqueue(Ping(n=1))
+        assert tracing.resolve() and tracing.active()
+        after = await app.enqueue(Ping(n=2))
+        rows = [await app.get(before.id), await app.get(after.id)]
+        assert [row is not None and row.trace is not None for row in rows] == [False, True]
+    finally:
+        reset_global_provider()
+        assert not tracing.resolve()
+        await app.close()
