@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     if MODE == "no API":
         sys.modules["opentelemetry"] = None  # what a missing package is to `import`
     import asyncio, contextlib, json, time, timeit
-    from offload import App, Context, Message, tracing
+    from offload import App, Context, Message, Settings, tracing
     from offload.worker.runner import Worker
 
     exporter = None
@@ -52,7 +52,7 @@ CHILD = textwrap.dedent(
     class Tick(Message):
         i: int
 
-    app = App("bench", url=f"sqlite:///{DB}")
+    app = App("bench", settings=Settings(url=f"sqlite:///{DB}", blobs_url=DB + ".blobs"))
     app.message("bench.tick", queue="ticks")(Tick)
     done = 0
     finished = None

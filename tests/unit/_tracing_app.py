@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from offload import App, Context, Message
+from offload import App, Context, Message, Settings
 from offload.worker.runner import Worker
 
 
@@ -15,7 +15,8 @@ class Ping(Message):
 
 
 def _app(tmp_path: Path) -> App:
-    app = App("t", url=f"sqlite:///{tmp_path / 'jobs.db'}")
+    settings = Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"))
+    app = App("t", settings=settings)
     app.message("t.ping", queue="pings")(Ping)
 
     @app.handles(Ping)
