@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from . import tracing
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
@@ -305,6 +306,7 @@ class App:
         Raises:
             BackendError: the backend is unreachable, or (`create=False`) missing.
         """
+        tracing.resolve()  # a process configures its SDK before it starts serving
         await self._ensure_open(create=create)
         self._users += 1
         return self
@@ -316,6 +318,7 @@ class App:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
+                tracing.resolve()  # opened by a first enqueue: as `open` does
                 settings = self.settings
                 backend = open_backend(
                     settings.url,
@@ -425,24 +428,30 @@ class App:
             options=options,
         )
 
-    async def _store(self, envelopes: Sequence[Envelope], conn: Any = None) -> list[Job]:
+    async def _store(
+        self, envelopes: Sequence[Envelope], conn: Any = None, *, parent: Any = None
+    ) -> list[Job]:
         """Store stamped envelopes in one atomic batch (on the caller's `conn` when given).
 
         Every way in ends here (`enqueue`, `enqueue_many`, `enqueue_in`, `submit`), so what
         each submission gets (metrics, a producer span) is added in this one place.
+
+        Args:
+            parent: the tracing context of a caller on another thread (`enqueue_sync`).
         """
         backend = await self._opened_backend()
         results: list[EnqueueResult]
-        if conn is None:
-            results = await backend.enqueue(envelopes)
-        else:
-            enqueue_in = getattr(backend, "enqueue_in", None)
-            if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
-                raise ConfigurationError(
-                    f"the {type(backend).__name__} cannot enqueue inside your transaction"
-                )
-            stored = enqueue_in(conn, envelopes)
-            results = await stored if inspect.isawaitable(stored) else stored
+        with tracing.send(envelopes, parent) as envelopes:
+            if conn is None:
+                results = await backend.enqueue(envelopes)
+            else:
+                enqueue_in = getattr(backend, "enqueue_in", None)
+                if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
+                    raise ConfigurationError(
+                        f"the {type(backend).__name__} cannot enqueue inside your transaction"
+                    )
+                stored = enqueue_in(conn, envelopes)
+                results = await stored if inspect.isawaitable(stored) else stored
         return [
             Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
         ]
@@ -598,7 +607,8 @@ class App:
             owner=owner,
         )
         envelope = self._stamp(message, o)
-        (job,) = self._sync_call(lambda twin: twin._store([envelope]))
+        parent = tracing.current()  # the caller's span: _store runs on the loop thread
+        (job,) = self._sync_call(lambda twin: twin._store([envelope], parent=parent))
         return replace(job, app=self)
 
     def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:

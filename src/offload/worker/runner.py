@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from .. import tracing
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
@@ -85,6 +87,8 @@ class _Job:
     context: Context | None = None
     #: Why its run was cancelled: `_SHUTDOWN`, `_CANCEL` or `_LOST`.
     reason: str = _SHUTDOWN
+    #: The tracing context of its last run's span, which its deliveries continue.
+    trace: dict[str, str] | None = None
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
@@ -386,22 +390,27 @@ class Worker:
         """One run of a job's handler; its outcome is reported as the run ends (`_finished`)."""
         kind = job.lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
-        try:
-            return await self._attempt(job.lease, ctx, spec)
-        except asyncio.CancelledError:
-            return self._interrupted(job)
+        with tracing.process(job.lease) as span:
+            try:
+                outcome: Outcome | None = await self._attempt(job.lease, ctx, spec)
+            except asyncio.CancelledError:
+                outcome = self._interrupted(job)
+            if outcome is not None:
+                job.trace = tracing.ended(span, outcome)
+            return outcome
 
     def _report(self, job: _Job, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends; the
         lease beats until the outcome is written."""
         job.phase = _Phase.SETTLING
-        self._pending.append(self._with_follow_ups(outcome))
+        self._pending.append(self._with_follow_ups(outcome, job.trace))
         self._flushed.clear()
         self._pending_ready.set()
 
-    def _with_follow_ups(self, outcome: Outcome) -> Outcome:
+    def _with_follow_ups(self, outcome: Outcome, trace: dict[str, str] | None = None) -> Outcome:
         """The outcome with the notifications of its final state, which commit with it (and
-        only if it applies); the lease token marks them, so a repeat collapses."""
+        only if it applies); the lease token marks them, so a repeat collapses. They continue
+        `trace` (the span of the run that ended), else the job's own."""
         if not outcome.state.final:
             return outcome
         env = outcome.lease.envelope
@@ -412,6 +421,7 @@ class Worker:
             options=env.options,
             state=outcome.state,
             marker=outcome.lease.token,
+            trace=trace or env.trace,
         )
         return dataclasses.replace(outcome, follow_ups=notes) if notes else outcome
 
@@ -431,9 +441,9 @@ class Worker:
             if spec.is_async:
                 call = spec.fn(message, ctx)
             else:
-                call = asyncio.get_running_loop().run_in_executor(
-                    self._threads, spec.fn, message, ctx
-                )
+                # In the caller's context, so the handler's spans are the process span's.
+                run = functools.partial(contextvars.copy_context().run, spec.fn, message, ctx)
+                call = asyncio.get_running_loop().run_in_executor(self._threads, run)
             result = await asyncio.wait_for(call, timeout) if timeout else await call
             self._prefetch.ran(loop.time() - began)
             return Outcome(
