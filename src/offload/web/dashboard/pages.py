@@ -1,0 +1,196 @@
+"""The dashboard's pages: overview, workers, jobs (list, confirmation, one job), their live
+event streams and their assets. Admins only; everyone else finds nothing here (404)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import FileResponse, Response
+
+from ...contract import JobRow, status_record
+from ..auth import admin_only
+from ..events import EventStreamResponse, job_stream, owner_stream
+from ..feeds import cursor_of
+from ..present import presenter_of
+from ..problems import Problem
+from ..runtime import opened
+from .chart import Minute, throughput_svg
+from .filters import DEFAULT_PAGE_SIZE, JobQuery
+from .site import DASHBOARD_PATH, STATIC, app_of, readonly, render
+
+#: Every page and action: for admins only (404 to anyone else, as for no such path), and
+#: not in the OpenAPI document (HTML for people; its errors are problem documents still).
+router = APIRouter(
+    prefix=DASHBOARD_PATH,
+    dependencies=[Depends(admin_only), Depends(opened)],
+    include_in_schema=False,
+)
+
+#: The assets the pages load, and their media types: all served from the package.
+ASSETS = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+#: The bulk actions, and how the confirmation names them.
+BULK_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "purge": "Purge"}
+#: Minutes of history the overview's chart shows.
+DEFAULT_HISTORY_MINUTES = 60
+
+
+def _minutes(history: list[dict[str, Any]]) -> list[Minute]:
+    return [Minute(float(b["minute"]), int(b["succeeded"]), int(b["failed"])) for b in history]
+
+
+async def _overview(request: Request) -> dict[str, Any]:
+    app = app_of(request)
+    stats = await app.stats()
+    history = _minutes(await app.history(minutes=DEFAULT_HISTORY_MINUTES))
+    return {
+        "queues": [{"name": name, **stats[name]} for name in sorted(stats)],
+        "chart": throughput_svg(history),
+        "finished": sum(m.succeeded for m in history),
+        "failed": sum(m.failed for m in history),
+    }
+
+
+@router.get("")
+async def overview(request: Request, part: str = "") -> Response:
+    """Per queue: depth by state, oldest age, paused; the last hour's throughput."""
+    context = await _overview(request)
+    if part == "live":  # the part the page's script fetches again when the feed moves
+        return render(request, "_overview_live.html", **context)
+    return render(request, "overview.html", active="overview", **context)
+
+
+@router.get("/workers")
+async def workers(request: Request) -> Response:
+    """The worker registry: heartbeat age, what each runs; lost ones marked."""
+    found = await app_of(request).workers()
+    rows = sorted(found, key=lambda w: (w.lost, w.host, w.pid))
+    return render(request, "workers.html", active="workers", workers=rows, now=time.time())
+
+
+def _choices(request: Request, stats: dict[str, Any]) -> dict[str, Any]:
+    app = app_of(request)
+    return {
+        "states": ["queued", "retrying", "running", "succeeded", "failed", "cancelled", "dead"],
+        "kinds": sorted(k for k in app.kinds if not k.startswith("offload.")),
+        "queues_known": sorted(set(app.queues) | set(stats)),
+    }
+
+
+@router.get("/jobs")
+async def jobs(request: Request, cursor: Annotated[str, Query(max_length=100)] = "") -> Response:
+    """Jobs matching the filter, newest first, a page at a time (keyset: `cursor` is the
+    last id of the previous page); how many match, and the actions on all of them."""
+    app = app_of(request)
+    query = JobQuery.of(request.query_params)
+    wanted = query.to_filter()
+    rows = await app.search_jobs(wanted, before=cursor or None, limit=DEFAULT_PAGE_SIZE + 1)
+    page, more = rows[:DEFAULT_PAGE_SIZE], len(rows) > DEFAULT_PAGE_SIZE
+    nxt = query.query_string(cursor=page[-1].id) if more else None
+    return render(
+        request,
+        "jobs.html",
+        active="jobs",
+        query=query,
+        rows=page,
+        count=await app.count_jobs(wanted),
+        next_query=nxt,
+        first_query=query.query_string() if cursor else None,
+        bulk=BULK_ACTIONS,
+        **_choices(request, await app.stats()),
+    )
+
+
+@router.get("/jobs/confirm")
+async def confirm(
+    request: Request, action: Annotated[str, Query(max_length=20)] = ""
+) -> Response:
+    """The confirmation of an action on every job matching the filter: how many."""
+    if readonly(request):
+        raise Problem(403, "the dashboard is read-only", slug="dashboard-read-only")
+    if action not in BULK_ACTIONS:
+        raise Problem(422, f"no bulk action {action[:20]!r}", slug="invalid-action")
+    query = JobQuery.of(request.query_params)
+    count = await app_of(request).count_jobs(query.to_filter())
+    return render(
+        request,
+        "confirm.html",
+        active="jobs",
+        action=action,
+        verb=BULK_ACTIONS[action],
+        query=query,
+        count=count,
+    )
+
+
+def _envelope_json(row: JobRow) -> str:
+    return orjson.dumps(row.envelope().to_dict(), option=orjson.OPT_INDENT_2).decode()
+
+
+@router.get("/jobs/{job_id}")
+async def job(request: Request, job_id: str, part: str = "") -> Response:
+    """One job: its envelope, attempts, progress, error with its traceback, deliveries."""
+    app = app_of(request)
+    row = await app.get(job_id)
+    if row is None:
+        raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
+    present = presenter_of(request)
+    record = status_record(row, tracebacks=True)  # operators see tracebacks
+    context = {
+        "row": row,
+        "record": record,
+        "result": orjson.dumps(present.sign_refs(row.result), option=orjson.OPT_INDENT_2).decode()
+        if row.result is not None
+        else None,
+        "envelope": _envelope_json(row),
+        "deliveries": await app.deliveries(job_id),
+    }
+    if part == "detail":
+        return render(request, "_job_detail.html", **context)
+    return render(request, "job.html", active="jobs", **context)
+
+
+@router.get("/events")
+async def events(
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+    since: Annotated[str | None, Query()] = None,
+) -> Response:
+    """Server-sent events of every change of every job (the change feed), from now or
+    resumed after Last-Event-ID; the overview follows it."""
+    cursor = cursor_of(last_event_id, since)
+    hub = request.app.state.runtime.hub
+    stream = owner_stream(hub, app_of(request), None, cursor, presenter_of(request).row)
+    return EventStreamResponse(stream)
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(
+    request: Request,
+    job_id: str,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Server-sent events of one job until its final state (any owner's)."""
+    if await app_of(request).get(job_id) is None:
+        raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
+    cursor = cursor_of(last_event_id, None) or 0
+    hub = request.app.state.runtime.hub
+    stream = job_stream(hub, app_of(request), job_id, cursor, presenter_of(request).row)
+    return EventStreamResponse(stream)
+
+
+@router.get("/static/{name}")
+async def asset(name: str) -> Response:
+    """The pages' style sheet, script and icon, from the package (no CDN)."""
+    media = ASSETS.get(name)
+    if media is None:
+        raise Problem(404, "Not Found")
+    return FileResponse(STATIC / name, media_type=media, headers={"Cache-Control": "no-cache"})
+
+
