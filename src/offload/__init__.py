@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from .app import App, Job
 from .context import Context
-from .contract import Envelope, FromPrincipal, JobRow, JobState, Lease, Message, Outcome
+from .contract import (
+    Envelope,
+    FromPrincipal,
+    JobRow,
+    JobState,
+    Lease,
+    Message,
+    Outcome,
+    WorkerInfo,
+)
 from .errors import (
     BackendError,
     Cancel,
@@ -51,5 +60,6 @@ __all__ = [
     "SchemaError",
     "Settings",
     "UnknownKind",
+    "WorkerInfo",
 ]
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
-from .brokers.base import EMPTY_QUEUE_STATS, Change
+from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
 from .clock import seconds as _seconds
 from .contract import (
@@ -23,6 +23,7 @@ from .contract import (
     JobRow,
     JobState,
     Message,
+    WorkerInfo,
     principal_fields,
     status_record,
 )
@@ -699,8 +700,8 @@ class App:
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
         age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
-        that claimed them runs, given back for one that knows it). Every queue a registered
-        kind routes to is listed, an empty one with zeros."""
+        that claimed them runs, given back for one that knows it), paused. Every queue a
+        registered kind routes to, or that is paused, is listed, an empty one with zeros."""
         stats = await (await self._opened_backend()).stats()
         for name in self.queues:
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
@@ -721,6 +722,33 @@ class App:
     async def purge(self, queue: str) -> int:
         """Delete every job waiting in `queue` (running jobs are left alone); the count."""
         return await (await self._opened_backend()).purge(queue)
+
+    async def pause(self, queue: str) -> bool:
+        """Pause `queue`: no worker (of any process, on any host) claims its jobs until it is
+        resumed; running jobs finish, and jobs are still enqueued into it. It stays paused
+        across restarts (stored in the backend).
+
+        Returns:
+            False when it was paused already.
+        """
+        return await (await self._opened_backend()).pause(_queue_name(queue))
+
+    async def resume(self, queue: str) -> bool:
+        """Resume a paused `queue`: waiting workers wake and claim its jobs at once.
+
+        Returns:
+            False when it was not paused.
+        """
+        return await (await self._opened_backend()).resume(_queue_name(queue))
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The worker registry: every worker process that recorded itself (on start and on
+        every heartbeat) and has not stopped cleanly. `lost` marks one whose heartbeat
+        lapsed (`brokers.base.WORKER_LOST_AFTER_S`); such entries are deleted after
+        `brokers.base.FORGET_WORKER_AFTER_S`. Live workers first, then by start time."""
+        backend = await self._opened_backend()
+        found = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
+        return sorted(found, key=lambda w: (w.lost, w.started_at, w.id))
 
     async def ping(self) -> None:
         """Check that the open app's backend answers (readiness).
@@ -763,6 +791,17 @@ class App:
             ConfigurationError: the app is not open.
         """
         await self._require_backend().wait_changes(timeout)
+
+
+def _queue_name(queue: str) -> str:
+    """A queue name as given, checked.
+
+    Raises:
+        ConfigurationError: an empty name.
+    """
+    if not queue or not queue.strip():
+        raise ConfigurationError("a queue name must not be empty")
+    return queue
 
 
 class _SyncRunner:

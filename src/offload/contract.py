@@ -331,6 +331,75 @@ class JobRow:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """One worker process as the registry shows it (`App.workers`, `offload workers`,
+    `GET /v1/workers`): what it is, what it runs and how it is doing.
+
+    A worker records itself on start and on every heartbeat (`heartbeat_at` is the backend's
+    clock at its last record) and deletes its entry on a clean stop. `lost`: its last record
+    is older than `brokers.base.WORKER_LOST_AFTER_S` (three heartbeats missed: killed, hung
+    or cut off); such entries are deleted after `brokers.base.FORGET_WORKER_AFTER_S`.
+    """
+
+    id: str
+    host: str
+    pid: int
+    #: The queues it claims from.
+    queues: tuple[str, ...]
+    #: Handlers it runs at once.
+    concurrency: int
+    #: The offload version it runs.
+    version: str
+    #: The message kinds it runs, each with the versions it takes (oldest first).
+    kinds: dict[str, tuple[int, ...]]
+    started_at: datetime
+    heartbeat_at: datetime
+    #: The ids of the jobs whose handlers run now (as of its last record).
+    running: tuple[str, ...] = ()
+    #: Attempts it ran to an outcome, and how many of those failed (retrying, dead, failed).
+    processed: int = 0
+    failed: int = 0
+    lost: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        """What a backend stores of the worker (JSON): everything but `heartbeat_at` (the
+        backend stamps it) and `lost` (read off that stamp)."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "version": self.version,
+            "kinds": {kind: list(versions) for kind, versions in self.kinds.items()},
+            "started_at": self.started_at.timestamp(),
+            "running": list(self.running),
+            "processed": self.processed,
+            "failed": self.failed,
+        }
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any], *, heartbeat_at: float, lost: bool) -> WorkerInfo:
+        """The one codec: a stored `entry` (parsed JSON), stamped `heartbeat_at` (epoch
+        seconds, the backend's clock), as a WorkerInfo."""
+        return cls(
+            id=str(entry["id"]),
+            host=str(entry["host"]),
+            pid=int(entry["pid"]),
+            queues=tuple(entry["queues"]),
+            concurrency=int(entry["concurrency"]),
+            version=str(entry["version"]),
+            kinds={kind: tuple(versions) for kind, versions in entry["kinds"].items()},
+            started_at=datetime.fromtimestamp(float(entry["started_at"]), UTC),
+            heartbeat_at=datetime.fromtimestamp(heartbeat_at, UTC),
+            running=tuple(entry.get("running", ())),
+            processed=int(entry.get("processed", 0)),
+            failed=int(entry.get("failed", 0)),
+            lost=lost,
+        )
+
+
 #: The keys of a stored error that a public status record shows.
 PUBLIC_ERROR_KEYS = ("type", "message")
 

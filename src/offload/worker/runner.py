@@ -15,6 +15,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,12 +24,12 @@ from pydantic import BaseModel, ValidationError
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
-from ..contract import Extension, JobState, Lease, Message, Outcome
+from ..contract import Extension, JobState, Lease, Message, Outcome, WorkerInfo
 from ..errors import BackendError, Cancel, ConfigurationError, Retry, UpgradeError
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
-from ..versions import WORKER_RECORD_EVERY_S, chain_problem, runnable_versions, upgrade
+from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all, retry_or_dead
@@ -141,7 +142,6 @@ class Worker:
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
         #: The versions this worker runs of each kind it claims, as it records them.
         self.kinds = self._runnable(app)
-        self.record_every_s = WORKER_RECORD_EVERY_S
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
         #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
         self.builtin = self.dispatcher.handlers()
@@ -151,6 +151,9 @@ class Worker:
         self.prefetch = prefetch
         self.idle_poll_s = idle_poll_s
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
+        #: Seconds between two records in the registry: every heartbeat, so one that stops
+        #: shows as lost after three missed (`brokers.base.WORKER_LOST_AFTER_S`).
+        self.record_every_s = self.heartbeat_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = asyncio.Event()
         #: Every job whose lease this worker holds (and beats), by job id.
@@ -183,6 +186,11 @@ class Worker:
         self.settled = 0
         #: Count of side tasks restarted after a failure.
         self.restarts = 0
+        #: Attempts run to an outcome, and how many of those failed (the registry shows both).
+        self.processed = 0
+        self.failed = 0
+        #: When `run` began (the registry's `started_at`).
+        self.started_at = datetime.now(UTC)
 
     def _runnable(self, app: App) -> dict[str, list[int]]:
         """The versions this worker runs of each kind it claims (see `versions`).
@@ -225,7 +233,8 @@ class Worker:
                 running jobs released); chained to the side task's error.
         """
         await self.app.open()
-        await self._record(self.kinds)  # before the first claim: the web tier may ask
+        self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
+        await self._record()  # before the first claim: the web tier may ask
         for name in ("heartbeat", "rescuer", "settler"):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
@@ -243,7 +252,7 @@ class Worker:
                 raise RuntimeError(f"worker side task {name} stopped") from cause
         finally:
             try:
-                await self._record({})  # not live any more
+                await self._forget_record()  # not live any more
                 await self.app.close()
             finally:
                 self.stopped.set()
@@ -339,6 +348,7 @@ class Worker:
             # what it would have (released, cancelled, or nothing for a lost lease).
             outcome = self._interrupted(job) if task.cancelled() else task.result()
             if outcome is not None:
+                self._count(outcome)
                 self._report(job, outcome)
         except Exception:
             outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
@@ -348,6 +358,14 @@ class Worker:
         self._release_excess()
         self._fill()
         self._slot_free.set()
+
+    def _count(self, outcome: Outcome) -> None:
+        """Count a run's outcome for the registry: a release (unspent) is no attempt run."""
+        if outcome.refund:
+            return
+        self.processed += 1
+        if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
+            self.failed += 1
 
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
@@ -608,15 +626,42 @@ class Worker:
             if not self._pending:
                 self._flushed.set()
 
-    async def _record(self, kinds: Mapping[str, Sequence[int]]) -> None:
-        """Record the kinds and versions this worker runs (empty: delete its entry), as of
-        now; a failure is logged (the heartbeat records again)."""
-        if not self.kinds:
-            return  # no kind of the app's own: nothing to record, nothing recorded
+    def info(self) -> WorkerInfo:
+        """This worker as the registry shows it, as of now (the backend stamps the time)."""
+        from .. import __version__
+
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(self.queues),
+            concurrency=self.concurrency,
+            version=__version__,
+            kinds={kind: tuple(versions) for kind, versions in self.kinds.items()},
+            started_at=self.started_at,
+            heartbeat_at=self.started_at,  # not stored: the backend stamps its own
+            running=tuple(
+                job_id for job_id, job in self._jobs.items() if job.phase is _Phase.RUNNING
+            ),
+            processed=self.processed,
+            failed=self.failed,
+        )
+
+    async def _record(self) -> None:
+        """Record this worker in the registry (what it is, runs and is running), as of
+        now; a failure is logged (the next heartbeat records again)."""
         try:
-            await self.app._require_backend().record_worker(self.id, kinds)
+            await self.app._require_backend().record_worker(self.info())
         except BackendError as exc:
             log.warning("recording this worker failed: %s", exc, extra={"action": "record_error"})
+
+    async def _forget_record(self) -> None:
+        """Delete this worker's registry entry (a clean stop); a failure is logged (the
+        entry then shows as lost, and is forgotten in time)."""
+        try:
+            await self.app._require_backend().forget_worker(self.id)
+        except BackendError as exc:
+            log.warning("forgetting this worker failed: %s", exc, extra={"action": "record_error"})
 
     async def _heartbeat(self) -> None:
         backend = self.app._require_backend()
@@ -624,9 +669,9 @@ class Worker:
         next_record = loop.time() + self.record_every_s
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            if loop.time() >= next_record:  # the fleet's view of this worker stays live
+            if loop.time() >= next_record:  # the registry's view of this worker stays live
                 next_record = loop.time() + self.record_every_s
-                await self._record(self.kinds)
+                await self._record()
             jobs = list(self._jobs.values())
             if not jobs:
                 continue

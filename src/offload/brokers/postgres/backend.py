@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -20,19 +20,28 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ...clock import Clock
-from ...contract import EnqueueResult, Envelope, Extension, JobRow, Lapsed, Lease, Outcome
+from ...contract import (
+    EnqueueResult,
+    Envelope,
+    Extension,
+    JobRow,
+    Lapsed,
+    Lease,
+    Outcome,
+    WorkerInfo,
+)
 from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -548,6 +557,11 @@ class PostgresBackend:
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         rows = await self._fetch(Q["stats"], {"now": self._now()})
+        paused = [r["queue"] for r in await self._fetch(Q["paused"], {})]
+        return mark_paused(self._stats_of(rows), paused)
+
+    @staticmethod
+    def _stats_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {
             r["queue"]: {
                 "queued": r["queued"],
@@ -567,13 +581,23 @@ class PostgresBackend:
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        if not kinds:
-            await self._fetch(Q["forget_worker"], {"id": worker_id})
-            return
-        entry = _json({k: list(v) for k, v in kinds.items()})
-        params = {"id": worker_id, "kinds": entry, "now": self._now()}
-        await self._fetch(Q["record_worker"], {**params, "forget": FORGET_WORKER_AFTER_S})
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        entry = worker.entry()
+        params = {
+            "id": worker.id,
+            "kinds": _json(entry["kinds"]),
+            "info": _json(entry),
+            "now": self._now(),
+            "forget": FORGET_WORKER_AFTER_S,
+        }
+        await self._fetch(Q["record_worker"], params)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self._fetch(Q["forget_worker"], {"id": worker_id})
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        rows = await self._fetch(Q["registry"], {"now": self._now(), "lost_after": lost_after_s})
+        return [WorkerInfo.of(r["info"], heartbeat_at=r["seen_at"], lost=r["lost"]) for r in rows]
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         rows = await self._fetch(Q["live_workers"], {"within": within_s, "now": self._now()})
@@ -582,6 +606,14 @@ class PostgresBackend:
             for kind, versions in row["kinds"].items():
                 live.setdefault(kind, set()).update(versions)
         return live
+
+    # -- paused queues ----------------------------------------------------------------------
+
+    async def pause(self, queue: str) -> bool:
+        return bool(await self._fetch(Q["pause"], {"queue": queue, "now": self._now()}))
+
+    async def resume(self, queue: str) -> bool:
+        return bool(await self._fetch(Q["resume"], {"queue": queue}))
 
     # -- job store --------------------------------------------------------------------------
 

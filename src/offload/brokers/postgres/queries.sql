@@ -151,9 +151,12 @@ WHERE owner = %(owner)s AND idempotency_key = ANY(%(keys)s)
 -- sort every ready row of all the queues on each claim, a cost that grows with the backlog.
 WITH picked AS (
     SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    -- a paused queue has none (one primary-key probe per queue)
+    CROSS JOIN LATERAL (SELECT NOT EXISTS (
+        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM offload_jobs
-        WHERE state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(%(now)s, now())
+        WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(%(now)s, now())
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -287,8 +290,10 @@ GROUP BY queue
 DELETE FROM offload_jobs WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
 
 -- name: next_run_at
+-- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
 SELECT extract(epoch FROM min(run_at) - coalesce(%(now)s, now())) FROM offload_jobs
 WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
+    AND queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: remember
 INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
@@ -310,6 +315,23 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 
+
+-- name: forget_worker
+DELETE FROM offload_workers WHERE id = %(id)s
+
+-- name: live_workers
+SELECT kinds FROM offload_workers
+WHERE seen_at >= coalesce(%(now)s, now()) - make_interval(secs => %(within)s)
+
+-- name: migration_4
+-- Each worker's registry entry (WorkerInfo.entry: host, pid, queues, what it runs now …),
+-- and the paused queues, which every claim reads.
+ALTER TABLE offload_workers ADD COLUMN IF NOT EXISTS info jsonb;
+CREATE TABLE IF NOT EXISTS offload_paused (
+    queue text PRIMARY KEY,
+    paused_at timestamptz NOT NULL
+)
+
 -- name: record_worker
 -- Entries not recorded for %(forget)s seconds (workers that died) go on the way; never this
 -- worker's own, which the upsert below updates in the same statement.
@@ -318,13 +340,26 @@ WITH gone AS (
     WHERE seen_at < coalesce(%(now)s, now()) - make_interval(secs => %(forget)s)
       AND id <> %(id)s
 )
-INSERT INTO offload_workers (id, kinds, seen_at)
-VALUES (%(id)s, %(kinds)s, coalesce(%(now)s, now()))
-ON CONFLICT (id) DO UPDATE SET kinds = excluded.kinds, seen_at = excluded.seen_at
+INSERT INTO offload_workers (id, kinds, seen_at, info)
+VALUES (%(id)s, %(kinds)s, coalesce(%(now)s, now()), %(info)s)
+ON CONFLICT (id) DO UPDATE
+SET kinds = excluded.kinds, seen_at = excluded.seen_at, info = excluded.info
 
--- name: forget_worker
-DELETE FROM offload_workers WHERE id = %(id)s
+-- name: registry
+-- Entries recorded before migration 4 carry no info: their workers are gone (or record anew).
+SELECT info, extract(epoch FROM seen_at)::float8 AS seen_at,
+    seen_at < coalesce(%(now)s, now()) - make_interval(secs => %(lost_after)s) AS lost
+FROM offload_workers WHERE info IS NOT NULL
 
--- name: live_workers
-SELECT kinds FROM offload_workers
-WHERE seen_at >= coalesce(%(now)s, now()) - make_interval(secs => %(within)s)
+-- name: pause
+INSERT INTO offload_paused (queue, paused_at) VALUES (%(queue)s, coalesce(%(now)s, now()))
+ON CONFLICT (queue) DO NOTHING
+RETURNING queue
+
+-- name: resume
+-- The NOTIFY wakes the workers waiting for the queue (as an enqueue's does), at commit.
+WITH gone AS (DELETE FROM offload_paused WHERE queue = %(queue)s RETURNING queue)
+SELECT queue, pg_notify('offload_work', queue) FROM gone
+
+-- name: paused
+SELECT queue FROM offload_paused

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,10 +27,11 @@ from ...contract import (
     Lapsed,
     Lease,
     Outcome,
+    WorkerInfo,
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from .._rows import envelope_of as _envelope
-from ..base import FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from .rows import decode, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
@@ -54,7 +55,7 @@ _CHUNK = 500
 
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
-    "purge", "prune", "stats", "list", "changes", "workers", "live",
+    "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
 )  # fmt: skip
 
 
@@ -90,8 +91,9 @@ class RedisBackend:
     derive key names from the prefix and declare one of them, which routes the call.
 
     Times come from this process's clock (as in the SQL backends), so hosts that share a
-    Redis need synchronised clocks. Durability is the server's: run Redis with
-    `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
+    Redis need synchronised clocks; the worker registry's heartbeats alone are stamped by
+    the server's clock (`TIME`) unless a clock is injected. Durability is the server's: run
+    Redis with `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
     policy), or a restart or eviction loses jobs.
 
     Wake-ups: scripts PUBLISH on `work` (queue name) and `changes`; one pub/sub connection
@@ -130,6 +132,9 @@ class RedisBackend:
         self.keyspace = prefix if "{" in prefix else "{" + prefix + "}"
         self.pool_size = pool_size
         self.clock = clock or Clock()
+        #: The worker registry is stamped by the server's clock (one for every host), unless
+        #: a clock is injected (tests move it instead of sleeping).
+        self._server_clock = clock is None
         self.promote_max = promote_max
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -317,10 +322,12 @@ class RedisBackend:
         scheduled job of these queues is due, or after `timeout` seconds."""
         async with self._guard():
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.smembers(self._key("paused"))
                 for queue in queues:
                     pipe.zrange(self._key("waiting:" + queue), 0, 0, withscores=True)
-                heads = await pipe.execute()
-        due = [head[0][1] for head in heads if head]
+                paused, *heads = await pipe.execute()
+        # Not a paused queue's: its due jobs would wake the claim loop at once, again and again.
+        due = [h[0][1] for q, h in zip(queues, heads, strict=True) if h and q not in paused]
         if due:
             timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
         news = self._announcements
@@ -423,6 +430,8 @@ class RedisBackend:
         per-queue indexes, never by scanning jobs."""
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
+        async with self._guard():
+            paused = cast(set[str], await self._redis.smembers(self._key("paused")))
         for queue, ready, later, running, dead, oldest, newer in await self._run("stats", num(now)):
             out[queue] = {
                 "queued": ready,
@@ -432,7 +441,7 @@ class RedisBackend:
                 "oldest_age_s": max(0.0, now - float(oldest)) if oldest else 0.0,
                 "awaiting_newer_worker": newer,
             }
-        return out
+        return mark_paused(out, paused)
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
@@ -440,19 +449,54 @@ class RedisBackend:
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        """Record the worker's kinds and versions in one script call (empty: delete it)."""
-        now = self.clock.now()
-        entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode() if kinds else None
-        forget_before = num(now - FORGET_WORKER_AFTER_S)
-        await self._run("workers", num(now), worker_id, opt(entry), forget_before)
+    def _now_arg(self) -> str:
+        """The `now` of a registry script: the injected clock's, or none (the server's)."""
+        return opt(None if self._server_clock else num(self.clock.now()))
+
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        """Record the worker's entry and kinds in one script call."""
+        entry = worker.entry()
+        kinds, info = orjson.dumps(entry["kinds"]).decode(), orjson.dumps(entry).decode()
+        forget = num(FORGET_WORKER_AFTER_S)
+        await self._run("workers", self._now_arg(), worker.id, opt(kinds), opt(info), forget)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        forget = num(FORGET_WORKER_AFTER_S)
+        await self._run("workers", self._now_arg(), worker_id, opt(None), opt(None), forget)
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        """Every registry entry, read in one script call (O(workers))."""
+        now, *flat = await self._run("registry", self._now_arg())
+        lost_before = float(now) - lost_after_s
+        return [
+            WorkerInfo.of(
+                orjson.loads(info), heartbeat_at=float(seen), lost=float(seen) < lost_before
+            )
+            for _id, seen, info in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        ]
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         live: dict[str, set[int]] = {}
-        for entry in await self._run("live", num(self.clock.now() - within_s)):
+        for entry in await self._run("live", self._now_arg(), num(within_s)):
             for kind, versions in orjson.loads(entry).items():
                 live.setdefault(kind, set()).update(versions)
         return live
+
+    # -- paused queues ----------------------------------------------------------------------
+
+    async def pause(self, queue: str) -> bool:
+        async with self._guard():
+            return bool(await self._redis.sadd(self._key("paused"), queue))
+
+    async def resume(self, queue: str) -> bool:
+        """Resume `queue` and announce work on it, in one transaction: its waiting workers
+        wake as for an enqueue."""
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(self._key("paused"), queue)
+                pipe.publish(self._key("work"), queue)
+                removed, _ = await pipe.execute()
+        return bool(removed)
 
     # -- job store --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ from ...contract import (
     Lapsed,
     Lease,
     Outcome,
+    WorkerInfo,
 )
 from ...errors import (
     BackendError,
@@ -39,16 +40,17 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 
 T = TypeVar("T")
 
 #: Page cache of the connection, KiB (SQLite's default is 2,000).
 CACHE_KIB = 65_536
-#: Version of the SQLite schema this code writes; a newer file is refused. Additions that
-#: older code ignores (the workers table, the newer-version index) are made on open by
-#: `CREATE … IF NOT EXISTS` without a new version, so files stay usable by either.
-SCHEMA_VERSION = 2
+#: Version of the SQLite schema this code writes; a newer file is refused, an older one is
+#: upgraded on open. Additions that older code ignores (the workers table, the newer-version
+#: index) are made on open by `CREATE … IF NOT EXISTS` without a new version; 3 is one
+#: that older code must not ignore (paused queues, which every claim reads).
+SCHEMA_VERSION = 3
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
@@ -89,6 +91,17 @@ def _migrate_feed_to_fields(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE offload_meta SET value = '2' WHERE key = 'schema_version'")
 
 
+def _migrate_to_registry(conn: sqlite3.Connection) -> None:
+    """Schema 2 to 3 (and a new file): the workers' registry entries and the paused queues,
+    in the opening transaction."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(offload_workers)")}
+    for statement in Q["migration_3"].split(";"):
+        if "ADD COLUMN info" in statement and "info" in columns:
+            continue  # a file made by this code's `schema`, or one migrated before
+        conn.execute(statement)
+    conn.execute("UPDATE offload_meta SET value = '3' WHERE key = 'schema_version'")
+
+
 class _Checkpointer(threading.Thread):
     """Copies the WAL back into the database file from its own thread and connection.
 
@@ -126,7 +139,7 @@ def _ready_sql(n_queues: int) -> str:
 def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
     args: list[Any] = []
     for queue in queues:
-        args += [queue, now, limit]
+        args += [queue, now, queue, limit]
     return [*args, limit]
 
 
@@ -266,17 +279,20 @@ class SQLiteBackend:
             row = conn.execute(
                 "SELECT value FROM offload_meta WHERE key = 'schema_version'"
             ).fetchone()
+            version = SCHEMA_VERSION if row is None else int(row[0])
+            if not 1 <= version <= SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} has schema version {version}; this offload expects "
+                    f"{SCHEMA_VERSION}"
+                )
             if row is None:
                 conn.execute(
                     "INSERT INTO offload_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif int(row[0]) == 1:
+            if version == 1:
                 _migrate_feed_to_fields(conn)
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise SchemaError(
-                    f"{self.path} has schema version {row[0]}; this offload expects "
-                    f"{SCHEMA_VERSION}"
-                )
+            if row is None or version <= 2:
+                _migrate_to_registry(conn)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -587,7 +603,7 @@ class SQLiteBackend:
             q(queue)["oldest_age_s"] = max(0.0, now - oldest)
         for queue, n in self.conn.execute(Q["newer_waiting"]):
             q(queue)["awaiting_newer_worker"] = n
-        return out
+        return mark_paused(out, [name for (name,) in self.conn.execute(Q["paused"])])
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         return await self._run(self._stats)
@@ -601,18 +617,33 @@ class SQLiteBackend:
 
     # -- workers ----------------------------------------------------------------------------
 
-    def _record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+    def _record_worker(self, worker: WorkerInfo) -> None:
         now = self.clock.now()
+        entry = worker.entry()
+        kinds = orjson.dumps(entry["kinds"]).decode()
         with self._tx() as conn:
             conn.execute(Q["forget_workers"], (now - FORGET_WORKER_AFTER_S,))
-            if kinds:
-                entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode()
-                conn.execute(Q["record_worker"], (worker_id, entry, now))
-            else:
-                conn.execute(Q["forget_worker"], (worker_id,))
+            conn.execute(Q["record_worker"], (worker.id, kinds, now, orjson.dumps(entry).decode()))
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        await self._run(self._record_worker, worker_id, kinds)
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        await self._run(self._record_worker, worker)
+
+    def _forget_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(Q["forget_worker"], (worker_id,))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self._run(self._forget_worker, worker_id)
+
+    def _workers(self, lost_after_s: float) -> list[WorkerInfo]:
+        lost_before = self.clock.now() - lost_after_s
+        return [
+            WorkerInfo.of(orjson.loads(info), heartbeat_at=seen, lost=seen < lost_before)
+            for info, seen in self.conn.execute(Q["registry"])
+        ]
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        return await self._run(self._workers, lost_after_s)
 
     def _live_versions(self, within_s: float) -> dict[str, set[int]]:
         live: dict[str, set[int]] = {}
@@ -623,6 +654,27 @@ class SQLiteBackend:
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         return await self._run(self._live_versions, within_s)
+
+    # -- paused queues ----------------------------------------------------------------------
+
+    def _pause(self, queue: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(Q["pause"], (queue, self.clock.now())).rowcount == 1
+
+    async def pause(self, queue: str) -> bool:
+        return await self._run(self._pause, queue)
+
+    def _resume(self, queue: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(Q["resume"], (queue,)).rowcount == 1
+
+    async def resume(self, queue: str) -> bool:
+        """Resume `queue`; this process's waiters wake at once, other processes' see the
+        commit at their next poll (as for any write)."""
+        resumed = await self._run(self._resume, queue)
+        if resumed:
+            self._wake_waiters()
+        return resumed
 
     # -- job store --------------------------------------------------------------------------
 

@@ -83,6 +83,8 @@ SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
 SELECT id, priority, run_at FROM (
     SELECT id, priority, run_at FROM offload_jobs
     WHERE state IN ('queued', 'retrying') AND queue = ? AND run_at <= ?
+        -- a paused queue has none (its name again: one primary-key probe per claim)
+        AND NOT EXISTS (SELECT 1 FROM offload_paused WHERE queue = ?)
     ORDER BY priority, run_at, id
     LIMIT ?
 )
@@ -186,8 +188,10 @@ GROUP BY queue
 DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
 
 -- name: next_run_at
+-- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
 SELECT min(run_at) FROM offload_jobs
 WHERE state IN ('queued', 'retrying') AND queue IN ({queues})
+    AND queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: remember
 INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
@@ -205,9 +209,6 @@ RETURNING id
 DELETE FROM offload_events WHERE job_id IN (SELECT value FROM json_each(?))
 
 
--- name: record_worker
-INSERT INTO offload_workers (id, kinds, seen_at) VALUES (?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET kinds = excluded.kinds, seen_at = excluded.seen_at
 
 -- name: forget_worker
 DELETE FROM offload_workers WHERE id = ?
@@ -217,3 +218,30 @@ DELETE FROM offload_workers WHERE seen_at < ?
 
 -- name: live_workers
 SELECT kinds FROM offload_workers WHERE seen_at >= ?
+
+-- name: migration_3
+-- Schema 3: each worker's registry entry (JSON: WorkerInfo.entry), and the paused queues,
+-- which every claim reads (older code would not: hence the new version).
+ALTER TABLE offload_workers ADD COLUMN info TEXT;
+CREATE TABLE IF NOT EXISTS offload_paused (
+    queue TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+)
+
+-- name: record_worker
+INSERT INTO offload_workers (id, kinds, seen_at, info) VALUES (?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE
+SET kinds = excluded.kinds, seen_at = excluded.seen_at, info = excluded.info
+
+-- name: registry
+-- Entries recorded before schema 3 carry no info: their workers are gone (or record anew).
+SELECT info, seen_at FROM offload_workers WHERE info IS NOT NULL
+
+-- name: pause
+INSERT INTO offload_paused (queue, paused_at) VALUES (?, ?) ON CONFLICT (queue) DO NOTHING
+
+-- name: resume
+DELETE FROM offload_paused WHERE queue = ?
+
+-- name: paused
+SELECT queue FROM offload_paused

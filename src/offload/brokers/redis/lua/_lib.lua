@@ -11,8 +11,10 @@
 -- the row after each transition), jf:<id> (zset of the job's feed positions), fx:<id> (hash:
 -- Context.once effects), newer:<q> (set: jobs given back for a worker that knows their newer
 -- version; stats drops the members that are no longer waiting so), workers (hash: worker id
--- -> JSON of the kinds and versions it runs), workers:seen (zset by each worker's last
--- record). Channels: work (a queue got work), changes (the feed grew).
+-- -> JSON of the kinds and versions it runs), workers:info (hash: worker id -> JSON of its
+-- registry entry), workers:seen (zset by each worker's last record), paused (set: the
+-- paused queues, which claim skips). Channels: work (a queue got work), changes (the feed
+-- grew).
 -- Every float arrives as a Python repr string and is stored verbatim (Lua's tostring keeps
 -- only 14 digits), so only comparisons ever turn it into a number.
 local K = ARGV[1]
@@ -196,4 +198,13 @@ local function store_envelopes(first, plan, now, out, queues)
       out[#out + 1] = 0
     end
   end
+end
+
+-- The time a script was given (an opt argument), else the server's clock, as epoch seconds:
+-- the one clock that every host recording workers agrees on.
+local function now_or_server(given)
+  local t = opt(given)
+  if t ~= nil then return t end
+  local time = redis.call('TIME')
+  return time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
 end

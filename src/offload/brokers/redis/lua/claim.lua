@@ -4,7 +4,10 @@
 local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
 local queues = {}
-for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 8, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
+  if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then queues[#queues + 1] = ARGV[i] end
+end
+if #queues == 0 then return {} end
 
 for _, queue in ipairs(queues) do
   local sched = K .. 'sched:' .. queue
