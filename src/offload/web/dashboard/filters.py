@@ -19,9 +19,9 @@ MAX_FIELD_LENGTH = 200
 DEFAULT_PAGE_SIZE = 50
 
 
-def _moment(name: str, value: str) -> float:
+def _moment(name: str, value: str) -> datetime:
     """A `datetime-local` or `date` input's value (UTC, as the dashboard shows times), or
-    an RFC 3339 date-time, as epoch seconds.
+    an RFC 3339 date-time, as an aware datetime.
 
     Raises:
         Problem: 422 for anything else.
@@ -37,7 +37,7 @@ def _moment(name: str, value: str) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,7 @@ class JobQuery:
         after = _moment("created_after", self.created_after) if self.created_after else None
         before = _moment("created_before", self.created_before) if self.created_before else None
         return JobFilter(
-            state=JobState(self.state) if self.state else None,
+            state=self.state or None,
             kind=self.kind or None,
             queue=self.queue or None,
             owner=self.owner or None,

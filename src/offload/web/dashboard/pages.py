@@ -3,14 +3,14 @@ event streams and their assets. Admins only; everyone else finds nothing here (4
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import FileResponse, Response
 
-from ...contract import JobRow, status_record
+from ...contract import JobRow, Throughput, status_record
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
 from ..feeds import cursor_of
@@ -41,8 +41,15 @@ BULK_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "purge": "Purge"}
 DEFAULT_HISTORY_MINUTES = 60
 
 
-def _minutes(history: list[dict[str, Any]]) -> list[Minute]:
-    return [Minute(float(b["minute"]), int(b["succeeded"]), int(b["failed"])) for b in history]
+def _minutes(history: list[Throughput]) -> list[Minute]:
+    """Every queue's minutes added up, oldest first; dead jobs count as failures."""
+    by_minute: dict[datetime, Minute] = {}
+    for b in history:
+        had = by_minute.get(b.minute, Minute(b.minute.timestamp(), 0, 0))
+        by_minute[b.minute] = Minute(
+            had.start, had.succeeded + b.succeeded, had.failed + b.failed + b.dead
+        )
+    return [by_minute[m] for m in sorted(by_minute)]
 
 
 async def _overview(request: Request) -> dict[str, Any]:
@@ -69,9 +76,10 @@ async def overview(request: Request, part: str = "") -> Response:
 @router.get("/workers")
 async def workers(request: Request) -> Response:
     """The worker registry: heartbeat age, what each runs; lost ones marked."""
-    found = await app_of(request).workers()
-    rows = sorted(found, key=lambda w: (w.lost, w.host, w.pid))
-    return render(request, "workers.html", active="workers", workers=rows, now=time.time())
+    found = await app_of(request).workers()  # live ones first
+    now = datetime.now(UTC)
+    ages = {w.id: (now - w.heartbeat_at).total_seconds() for w in found}
+    return render(request, "workers.html", active="workers", workers=found, ages=ages)
 
 
 def _choices(request: Request, stats: dict[str, Any]) -> dict[str, Any]:

@@ -27,11 +27,14 @@ DASHBOARD_PATH = "/dashboard"
 MAX_FORM_BYTES = 16 * 1024
 
 
-def clock(epoch: float | None) -> str:
-    """An epoch time as the dashboard shows it: UTC, to the second."""
-    if epoch is None:
+def clock(moment: float | datetime | None) -> str:
+    """A time (epoch seconds or aware datetime) as the dashboard shows it: UTC, to the
+    second."""
+    if moment is None:
         return "–"
-    return f"{datetime.fromtimestamp(epoch, UTC):%Y-%m-%d %H:%M:%S}"
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
 
 
 def age(seconds: float | None) -> str:
