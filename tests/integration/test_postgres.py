@@ -108,7 +108,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2, 3]
+            assert await backend.migrate() == [2, 3, 4]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.
