@@ -25,7 +25,7 @@ from offload import App, Context, JobState, Message, Settings
 from offload._signing import sign
 from offload.clock import FakeClock
 from offload.web import Admin, create_app
-from offload.web.dashboard import router as dashboard_router
+from offload.web.dashboard import actions, pages
 from offload.web.dashboard.csrf import csrf_token
 from offload.worker.runner import Worker
 
@@ -128,7 +128,7 @@ class _Page(HTMLParser):
 
 
 async def _page(web: httpx.AsyncClient, path: str, **params: Any) -> tuple[str, _Page]:
-    answer = await web.get(path, params=params, headers=OPS)
+    answer = await web.get(path, params=params or None, headers=OPS)
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/html")
     return answer.text, _Page(answer.text)
@@ -158,7 +158,7 @@ def _route_paths(job_id: str) -> list[tuple[str, str]]:
     """Every route of the dashboard, its path parameters filled in: (method, path)."""
     fill = {"job_id": job_id, "queue": "billing", "action": "retry", "name": "dashboard.css"}
     out = []
-    for route in dashboard_router.routes:
+    for route in [*pages.router.routes, *actions.router.routes]:
         assert isinstance(route, Route)
         path = re.sub(r"{(\w+)(:\w+)?}", lambda m: fill[m.group(1)], route.path)
         if path.endswith("/queues/billing/retry"):
@@ -188,6 +188,15 @@ async def test_non_admins_and_anonymous_callers_find_no_dashboard_route(
             assert answer.status_code == 404, (who, method, path, answer.text)
             assert answer.headers["content-type"] == "application/problem+json", path
             assert answer.json()["status"] == 404
+        # Nor do other methods, or paths no route serves, tell them anything.
+        for method, path in (
+            ("POST", "/dashboard"),
+            ("DELETE", "/dashboard/jobs"),
+            ("GET", "/dashboard/nope"),
+        ):
+            answer = await web.request(method, path, headers=_as(who))
+            assert answer.status_code == 404, (who, method, path)
+            assert answer.headers["content-type"] == "application/problem+json"
     # Nothing any of those POSTs asked for happened.
     row = await app.get(job_id)
     assert row is not None and row.state is JobState.DEAD
@@ -309,7 +318,9 @@ async def test_an_action_without_the_right_csrf_token_changes_nothing(
     await _run_until_idle(app, [job_id])
     form = await _retry_form(web, job_id)
     good = form["f"]["csrf"]
-    expired = f"{int(time.time()) - 5}.{sign(SECRET, 'dashboard-csrf', 'ops', str(int(time.time()) - 5))}"
+    expired = (
+        f"{int(time.time()) - 5}.{sign(SECRET, 'dashboard-csrf', 'ops', str(int(time.time()) - 5))}"
+    )
     for token in (None, "", "garbage", good + "x", csrf_token(SECRET, "bob", time.time()), expired):
         data = {} if token is None else {"csrf": token}
         answer = await web.post(form["action"], data=data, headers=OPS)
@@ -328,9 +339,7 @@ async def test_an_action_without_the_right_csrf_token_changes_nothing(
     row = await app.get(job_id)
     assert row is not None and row.state is JobState.DEAD
     # With the page's token, from the page's origin, it is done.
-    answer = await web.post(
-        form["action"], data={"csrf": good}, headers={**OPS, "Origin": BASE}
-    )
+    answer = await web.post(form["action"], data={"csrf": good}, headers={**OPS, "Origin": BASE})
     assert answer.status_code == 303
     assert answer.headers["location"].startswith(f"/dashboard/jobs/{job_id}?notice=")
     row = await app.get(job_id)
@@ -353,9 +362,7 @@ async def test_cancel_and_purge_one_job(app: App, web: httpx.AsyncClient) -> Non
     assert again.status_code == 404
 
 
-async def test_pause_and_resume_a_queue_from_the_overview(
-    app: App, web: httpx.AsyncClient
-) -> None:
+async def test_pause_and_resume_a_queue_from_the_overview(app: App, web: httpx.AsyncClient) -> None:
     _, page = await _page(web, "/dashboard")
     (pause,) = [f for f in page.post_forms() if f["action"].endswith("/queues/billing/pause")]
     answer = await web.post(pause["action"], data=pause["f"], headers=OPS)
@@ -413,6 +420,11 @@ async def _seed(app: App, clock: FakeClock) -> dict[str, list[str]]:
         clock.advance(1)
     await _run_until_idle(app, groups["dead"] + groups["invoice_ok"])
     return groups
+
+
+async def _states(app: App, ids: list[str]) -> set[JobState | None]:
+    rows = [await app.get(job_id) for job_id in ids]
+    return {row.state if row else None for row in rows}
 
 
 async def _all_rows(web: httpx.AsyncClient, **params: Any) -> list[str]:
@@ -485,19 +497,15 @@ async def test_retry_everything_matching_a_filter_after_confirming_the_count(
         unconfirmed = {k: v for k, v in form["f"].items() if k != "confirm"}
         answer = await web.post(form["action"], data=unconfirmed, headers=OPS)
         assert answer.status_code == 422
-        assert all((await app.get(i)).state is JobState.DEAD for i in groups["dead"])  # type: ignore[union-attr]
+        assert await _states(app, groups["dead"]) == {JobState.DEAD}
         answer = await web.post(form["action"], data=form["f"], headers=OPS)
         assert answer.status_code == 303
         html, page = await _page(web, answer.headers["location"])
         assert "Retried 4 jobs" in html
         assert page.rows == []  # none is dead any more
-        for job_id in groups["dead"]:
-            row = await app.get(job_id)
-            assert row is not None and row.state is JobState.QUEUED
+        assert await _states(app, groups["dead"]) == {JobState.QUEUED}
         # Untouched: the kind's succeeded jobs.
-        for job_id in groups["invoice_ok"]:
-            row = await app.get(job_id)
-            assert row is not None and row.state is JobState.SUCCEEDED
+        assert await _states(app, groups["invoice_ok"]) == {JobState.SUCCEEDED}
 
 
 # -- live ---------------------------------------------------------------------------------------

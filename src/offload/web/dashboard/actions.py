@@ -6,22 +6,17 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ...contract import JobFilter
 from ...errors import InvalidTransition, JobNotFound
-from ..auth import admin_only
 from ..problems import Problem
-from ..runtime import opened
 from .filters import JobQuery
+from .pages import GUARDS
 from .site import DASHBOARD_PATH, app_of, back_to, form_of
 
-router = APIRouter(
-    prefix=DASHBOARD_PATH,
-    dependencies=[Depends(admin_only), Depends(opened)],
-    include_in_schema=False,
-)
+router = APIRouter(prefix=DASHBOARD_PATH, dependencies=GUARDS, include_in_schema=False)
 
 
 def _job_path(job_id: str) -> str:

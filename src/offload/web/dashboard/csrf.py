@@ -32,4 +32,3 @@ def csrf_valid(secret: bytes, principal: str, token: str, now: float) -> bool:
     if int(expires) < now:
         return False
     return verify(secret, signature, _PURPOSE, principal, expires)
-

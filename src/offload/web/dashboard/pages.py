@@ -23,11 +23,8 @@ from .site import DASHBOARD_PATH, STATIC, app_of, readonly, render
 
 #: Every page and action: for admins only (404 to anyone else, as for no such path), and
 #: not in the OpenAPI document (HTML for people; its errors are problem documents still).
-router = APIRouter(
-    prefix=DASHBOARD_PATH,
-    dependencies=[Depends(admin_only), Depends(opened)],
-    include_in_schema=False,
-)
+GUARDS = [Depends(admin_only), Depends(opened)]
+router = APIRouter(prefix=DASHBOARD_PATH, dependencies=GUARDS, include_in_schema=False)
 
 #: The assets the pages load, and their media types: all served from the package.
 ASSETS = {
@@ -116,9 +113,7 @@ async def jobs(request: Request, cursor: Annotated[str, Query(max_length=100)] =
 
 
 @router.get("/jobs/confirm")
-async def confirm(
-    request: Request, action: Annotated[str, Query(max_length=20)] = ""
-) -> Response:
+async def confirm(request: Request, action: Annotated[str, Query(max_length=20)] = "") -> Response:
     """The confirmation of an action on every job matching the filter: how many."""
     if readonly(request):
         raise Problem(403, "the dashboard is read-only", slug="dashboard-read-only")
@@ -202,3 +197,6 @@ async def asset(name: str) -> Response:
     return FileResponse(STATIC / name, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
+async def nothing() -> Response:
+    """Whatever no page or action answers under /dashboard: nothing there (404)."""
+    raise Problem(404, "Not Found")

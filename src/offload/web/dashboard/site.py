@@ -124,9 +124,9 @@ async def form_of(request: Request) -> dict[str, str]:
     if why is not None:
         raise Problem(403, f"refused {why}", slug="cross-site-request")
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media != "application/x-www-form-urlencoded":
-        raise Problem(415, "send the dashboard's form", slug="unsupported-media-type")
     body = await request.body()
+    if body and media != "application/x-www-form-urlencoded":
+        raise Problem(415, "send the dashboard's form", slug="unsupported-media-type")
     if len(body) > MAX_FORM_BYTES:
         raise Problem(413, "the form is too large", slug="body-too-large")
     try:
@@ -137,7 +137,8 @@ async def form_of(request: Request) -> dict[str, str]:
     secret = request.app.state.present.secret
     if not csrf_valid(secret, operator(request), token, time.time()):
         raise Problem(
-            403, "the form's CSRF token is missing, wrong or expired: reload the page",
+            403,
+            "the form's CSRF token is missing, wrong or expired: reload the page",
             slug="bad-csrf-token",
         )
     return form
