@@ -147,7 +147,10 @@ async def _run_until_idle(app: App, ids: list[str]) -> None:
     try:
         async with asyncio.timeout(30):
             for job_id in ids:
-                while not (row := await app.get(job_id)) or not row.state.final:
+                while True:
+                    row = await app.get(job_id)
+                    if row is not None and row.state.final:
+                        break
                     await asyncio.sleep(0.02)
     finally:
         worker.request_stop()
@@ -270,7 +273,9 @@ async def test_workers_page_shows_the_registry(app: App, web: httpx.AsyncClient)
     try:
         await asyncio.wait_for(worker.started.wait(), 10)
         async with asyncio.timeout(20):
-            while not await app.workers():
+            while True:
+                if await app.workers():
+                    break
                 await asyncio.sleep(0.05)
         (info,) = await app.workers()
         html, _ = await _page(web, "/dashboard/workers")

@@ -51,11 +51,11 @@ def throughput_svg(minutes: Sequence[Minute]) -> Markup:
         f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{WIDTH - 4}" '
         f'y2="{_TOP + plot_h}"/>',
     ]
-    for value in (0, top // 2, top) if top > 1 else (0, top):
+    for value in (0, top / 2, top) if top > 1 else (0, top):
         y = _TOP + plot_h - plot_h * value / top
         parts.append(
             f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{WIDTH - 4}" y2="{y:.1f}"/>'
-            f'<text class="tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>'
+            f'<text class="tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value:g}</text>'
         )
     for i, m in enumerate(minutes):
         x = _LEFT + i * slot + slot * 0.15
@@ -77,9 +77,10 @@ def throughput_svg(minutes: Sequence[Minute]) -> Markup:
             )
         parts.append("</g>")
         if i % 10 == 0 or i == len(minutes) - 1:
+            anchor = "end" if i == len(minutes) - 1 and i else "middle"
             parts.append(
                 f'<text class="tick" x="{x + w / 2:.1f}" y="{HEIGHT - 6}" '
-                f'text-anchor="middle">{_clock(m.start)}</text>'
+                f'text-anchor="{anchor}">{_clock(m.start)}</text>'
             )
     parts.append("</svg>")
     return Markup("".join(parts))

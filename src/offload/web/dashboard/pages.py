@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import FileResponse, Response
 
-from ...contract import JobRow, Throughput, status_record
+from ...contract import Throughput
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
 from ..feeds import cursor_of
@@ -34,6 +34,8 @@ ASSETS = {
 }
 #: The bulk actions, and how the confirmation names them.
 BULK_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "purge": "Purge"}
+#: Changes the overview lists when it loads (newest first).
+DEFAULT_RECENT_CHANGES = 20
 #: Minutes of history the overview's chart shows.
 DEFAULT_HISTORY_MINUTES = 60
 
@@ -51,6 +53,9 @@ def _minutes(history: list[Throughput]) -> list[Minute]:
 
 async def _overview(request: Request) -> dict[str, Any]:
     app = app_of(request)
+    # The feed's position before anything is read: the page's stream starts there, so a
+    # change made while the page loads still redraws it.
+    position = await app.last_seq()
     stats = await app.stats()
     history = _minutes(await app.history(minutes=DEFAULT_HISTORY_MINUTES))
     return {
@@ -58,6 +63,7 @@ async def _overview(request: Request) -> dict[str, Any]:
         "chart": throughput_svg(history),
         "finished": sum(m.succeeded for m in history),
         "failed": sum(m.failed for m in history),
+        "position": position,
     }
 
 
@@ -67,7 +73,11 @@ async def overview(request: Request, part: str = "") -> Response:
     context = await _overview(request)
     if part == "live":  # the part the page's script fetches again when the feed moves
         return render(request, "_overview_live.html", **context)
-    return render(request, "overview.html", active="overview", **context)
+    # The latest changes up to the page's position; its script adds those that follow.
+    start = max(0, context["position"] - DEFAULT_RECENT_CHANGES)
+    recent = await app_of(request).changes_since(start, limit=DEFAULT_RECENT_CHANGES)
+    recent = [c for c in recent if c.seq <= context["position"]][::-1]
+    return render(request, "overview.html", active="overview", recent=recent, **context)
 
 
 @router.get("/workers")
@@ -132,8 +142,8 @@ async def confirm(request: Request, action: Annotated[str, Query(max_length=20)]
     )
 
 
-def _envelope_json(row: JobRow) -> str:
-    return orjson.dumps(row.envelope().to_dict(), option=orjson.OPT_INDENT_2).decode()
+def _pretty(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 @router.get("/jobs/{job_id}")
@@ -143,15 +153,12 @@ async def job(request: Request, job_id: str, part: str = "") -> Response:
     row = await app.get(job_id)
     if row is None:
         raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
-    present = presenter_of(request)
-    record = status_record(row, tracebacks=True)  # operators see tracebacks
-    context = {
+    result = presenter_of(request).sign_refs(row.result)  # file references as links
+    # The row's error is shown whole: operators see tracebacks.
+    context: dict[str, Any] = {
         "row": row,
-        "record": record,
-        "result": orjson.dumps(present.sign_refs(row.result), option=orjson.OPT_INDENT_2).decode()
-        if row.result is not None
-        else None,
-        "envelope": _envelope_json(row),
+        "result": None if result is None else _pretty(result),
+        "envelope": _pretty(row.envelope().to_dict()),
         "deliveries": await app.deliveries(job_id),
     }
     if part == "detail":

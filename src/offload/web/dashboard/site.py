@@ -132,7 +132,9 @@ async def form_of(request: Request) -> dict[str, str]:
     try:
         form = dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=50))
     except (UnicodeDecodeError, ValueError):
-        raise Problem(415, "the form is not URL-encoded text", slug="unsupported-media-type")
+        raise Problem(
+            415, "the form is not URL-encoded text", slug="unsupported-media-type"
+        ) from None
     token = request.headers.get("x-csrf-token") or form.get(CSRF_FIELD, "")
     secret = request.app.state.present.secret
     if not csrf_valid(secret, operator(request), token, time.time()):

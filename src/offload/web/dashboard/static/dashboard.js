@@ -46,7 +46,7 @@
     const status = document.getElementById("live-state");
     const redraw = redrawer(box, box.dataset.live);
     let pending = null;
-    listen(`${base}/events`, (event) => {
+    listen(box.dataset.events, (event) => {
       const record = JSON.parse(event.data);
       const item = document.createElement("li");
       const link = document.createElement("a");
