@@ -1,4 +1,4 @@
-"""The `offload` command line: web, worker, dev, demo, jobs, queues, contracts."""
+"""The `offload` command line: web, worker, dev, demo, jobs, queues, workers, contracts."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from . import __version__
 from ._loading import load
 from ._loop import run as _run
 from .app import App
-from .contract import JobRow, JobState
+from .contract import JobRow, JobState, WorkerInfo
 from .errors import ConfigurationError, JobNotFound, OffloadError
 from .settings import Settings
 
@@ -635,12 +635,27 @@ def migrate(url: Url = None) -> None:
         _console().print(f"schema is up to date at {where}", soft_wrap=True)
 
 
-@cli.command()
+queues_cli = typer.Typer(
+    help="Per-queue stats (with no command); pause and resume a queue.",
+    invoke_without_command=True,
+)
+cli.add_typer(queues_cli, name="queues")
+QueueName = Annotated[str, typer.Argument(metavar="NAME", help="the queue")]
+
+
+@queues_cli.callback()
 def queues(
-    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+    ctx: typer.Context,
+    app: OptApp = None,
+    url: Url = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Per-queue stats: queued, scheduled, running, dead, oldest age, and the jobs that wait
-    for a newer worker (stored at a version newer than a worker that claimed them runs)."""
+    """Per-queue stats: queued, scheduled, running, dead, oldest age, the jobs that wait
+    for a newer worker (stored at a version newer than a worker that claimed them runs), and
+    whether the queue is paused. `pause NAME` and `resume NAME` steer one queue."""
+    ctx.obj = (app, url)  # `--app`/`--url` given before a command count for it too
+    if ctx.invoked_subcommand is not None:
+        return
     stats = _with_app(app, url, lambda a: a.stats())
     if as_json:
         _console().print_json(orjson.dumps(stats).decode())
@@ -648,7 +663,14 @@ def queues(
     from rich.table import Table
 
     table = Table(
-        "queue", "queued", "scheduled", "running", "dead", "oldest age (s)", "for newer worker"
+        "queue",
+        "queued",
+        "scheduled",
+        "running",
+        "dead",
+        "oldest age (s)",
+        "for newer worker",
+        "paused",
     )
     for name, s in sorted(stats.items()):
         table.add_row(
@@ -659,8 +681,78 @@ def queues(
             str(s["dead"]),
             f"{s['oldest_age_s']:.1f}",
             str(s["awaiting_newer_worker"]),
+            "paused" if s["paused"] else "",
         )
     _console().print(table)
+
+
+def _app_ref(ctx: typer.Context, app: str | None, url: str | None) -> tuple[str | None, str | None]:
+    """A command's `--app` and `--url`, else those given to `offload queues` before it."""
+    given_app, given_url = ctx.obj or (None, None)
+    return app or given_app, url or given_url
+
+
+@queues_cli.command("pause")
+def queues_pause(ctx: typer.Context, name: QueueName, app: OptApp = None, url: Url = None) -> None:
+    """Pause queue NAME: no worker claims its jobs until it is resumed (running jobs finish,
+    new jobs are still enqueued). The pause is stored: it holds across restarts."""
+    ref, where = _app_ref(ctx, app, url)
+    changed = _with_app(ref, where, lambda a: a.pause(name))
+    said = f"queue {name} paused" if changed else f"queue {name} was paused already"
+    _console().print(said, soft_wrap=True, highlight=False, markup=False)
+
+
+@queues_cli.command("resume")
+def queues_resume(ctx: typer.Context, name: QueueName, app: OptApp = None, url: Url = None) -> None:
+    """Resume queue NAME: waiting workers claim its jobs at once."""
+    ref, where = _app_ref(ctx, app, url)
+    changed = _with_app(ref, where, lambda a: a.resume(name))
+    said = f"queue {name} resumed" if changed else f"queue {name} was not paused"
+    _console().print(said, soft_wrap=True, highlight=False, markup=False)
+
+
+def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
+    """One row per worker process: where it runs, its state, what it serves and how it does."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    names = ("id", "host", "pid", "state", "queues", "running", "processed", "failed")
+    for name in (*names, "version", "started", "heartbeat"):
+        table.add_column(name, no_wrap=True)
+    now = time.time()
+    for w in workers:
+        table.add_row(
+            w.id,
+            w.host,
+            str(w.pid),
+            "lost" if w.lost else "live",
+            ", ".join(w.queues),
+            f"{len(w.running)}/{w.concurrency}",
+            str(w.processed),
+            str(w.failed),
+            w.version,
+            f"{_age(now - w.started_at.timestamp())} ago",
+            f"{_age(now - w.heartbeat_at.timestamp())} ago",
+        )
+    return table
+
+
+@cli.command()
+def workers(
+    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """The worker registry: every worker process, live ones first (a worker whose heartbeat
+    lapsed shows as lost), with its host, pid, queues, jobs running now out of its
+    concurrency, attempts processed and failed, offload version, start and last heartbeat."""
+    found = _with_app(app, url, lambda a: a.workers())
+    if as_json:
+        _console().print_json(orjson.dumps([w.to_dict() for w in found]).decode())
+        return
+    if not found:
+        _console().print("no workers", highlight=False, markup=False)
+        return
+    _print_whole(_workers_table(found))
 
 
 def main() -> None:

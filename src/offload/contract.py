@@ -379,6 +379,16 @@ class WorkerInfo:
             "failed": self.failed,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """The worker as JSON shows it (`offload workers --json`, `GET /v1/workers`): the
+        fields, times as RFC 3339 strings."""
+        return {
+            **self.entry(),
+            "started_at": iso(self.started_at.timestamp()),
+            "heartbeat_at": iso(self.heartbeat_at.timestamp()),
+            "lost": self.lost,
+        }
+
     @classmethod
     def of(cls, entry: Mapping[str, Any], *, heartbeat_at: float, lost: bool) -> WorkerInfo:
         """The one codec: a stored `entry` (parsed JSON), stamped `heartbeat_at` (epoch
