@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from .app import App, Job
 from .context import Context
-from .contract import Envelope, FromPrincipal, JobRow, JobState, Lease, Message, Outcome
+from .contract import (
+    Envelope,
+    FromPrincipal,
+    JobFilter,
+    JobRow,
+    JobState,
+    Lease,
+    Message,
+    Outcome,
+    Throughput,
+)
 from .errors import (
     BackendError,
     Cancel,
@@ -38,6 +48,7 @@ __all__ = [
     "InvalidTransition",
     "Job",
     "JobError",
+    "JobFilter",
     "JobNotFound",
     "JobRow",
     "JobState",
@@ -50,6 +61,7 @@ __all__ = [
     "Retry",
     "SchemaError",
     "Settings",
+    "Throughput",
     "UnknownKind",
 ]
 __version__ = "0.1.0"

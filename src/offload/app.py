@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
-from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from .brokers.base import EMPTY_QUEUE_STATS, Change
 from .clock import Clock
 from .clock import seconds as _seconds

@@ -34,8 +34,8 @@ from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from . import search as _search
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change
+from . import search as _search
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")

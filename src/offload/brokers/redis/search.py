@@ -4,6 +4,7 @@ and the per-minute counters of `history`."""
 from __future__ import annotations
 
 from collections.abc import Collection
+
 from ...contract import JobFilter
 from .rows import num, opt
 
@@ -35,9 +36,7 @@ def only_index(f: JobFilter, states: Collection[str] | None) -> bool:
     return exact <= 1 and all(v is None for v in rest)
 
 
-def args(
-    f: JobFilter, states: Collection[str] | None, before: str | None
-) -> list[str]:
+def args(f: JobFilter, states: Collection[str] | None, before: str | None) -> list[str]:
     """The search script's filter arguments, in its order (state … before)."""
     span = f.id_range()
     low, high = span if span is not None else (None, None)

@@ -40,8 +40,8 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from . import search as _search
 from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change
+from . import search as _search
 
 T = TypeVar("T")
 
