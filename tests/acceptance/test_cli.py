@@ -192,7 +192,7 @@ def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: st
     refused = invoke("jobs", "delete", shout, "--url", url)
     assert refused.exit_code == 1 and "only a finished job can be deleted" in refused.output
     invoke("jobs", "cancel", shout, "--url", url)
-    deleted = invoke("jobs", "delete", shout[:13], "--url", url)
+    deleted = invoke("jobs", "delete", shout[:30], "--url", url)
     assert deleted.exit_code == 0 and f"job {shout} deleted" in deleted.output
 
 
