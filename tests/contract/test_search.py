@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -165,8 +166,9 @@ async def test_filters_combine_as_and(world: World) -> None:
         ),
         (
             JobFilter(state="failed", kind="mail", queue="qa", owner="dave", text="a"),
-            lambda s, e: (s.state, s.kind, s.queue, s.owner)
-            == (JobState.FAILED, "mail", "qa", "dave"),
+            lambda s, e: (
+                (s.state, s.kind, s.queue, s.owner) == (JobState.FAILED, "mail", "qa", "dave")
+            ),
         ),
     ]
     for f, keep in cases:
@@ -330,9 +332,7 @@ async def test_delete_by_filter_leaves_other_final_jobs(world: World) -> None:
     assert await _ids(world, JobFilter()) == others
 
 
-async def test_history_counts_endings_per_minute_and_queue(
-    app: App, clock: ShiftClock
-) -> None:
+async def test_history_counts_endings_per_minute_and_queue(app: App, clock: ShiftClock) -> None:
     backend = app._require_backend()
 
     async def end(queue: str, state: JobState) -> None:
@@ -358,7 +358,7 @@ async def test_history_counts_endings_per_minute_and_queue(
     assert len(hist) == 60 * 2
     minutes = sorted({h.minute for h in hist})
     assert len(minutes) == 60 and minutes[-1].timestamp() == clock.now() // 60 * 60
-    assert all(b - a == timedelta(minutes=1) for a, b in zip(minutes, minutes[1:], strict=False))
+    assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(minutes))
     cells = {(h.minute.timestamp(), h.queue): (h.succeeded, h.failed, h.dead) for h in hist}
     last = minutes[-1].timestamp()
     assert cells[(last - 120, "qa")] == (1, 0, 0)

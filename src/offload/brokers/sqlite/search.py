@@ -36,10 +36,10 @@ def where(
     if states is not None:
         terms.append(f"state IN ({', '.join('?' * len(states))})")
         args += sorted(states)
-    for term, value in (("enqueued_at >= ?", f.after_s), ("enqueued_at < ?", f.before_s)):
-        if value is not None:
+    for term, moment in (("enqueued_at >= ?", f.after_s), ("enqueued_at < ?", f.before_s)):
+        if moment is not None:
             terms.append(term)
-            args.append(value)
+            args.append(moment)
     span = f.id_range()
     if span is not None:
         terms.append("id >= ? AND id < ?")
