@@ -80,7 +80,7 @@ class Shop:
         return f"http://127.0.0.1:{self.port}"
 
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"proc-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        log = open(self.root / f"proc-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "offload", *args],
             cwd=self.root,
@@ -227,7 +227,8 @@ def test_an_operator_finds_retries_pauses_and_resumes(browser: Browser, shop: Sh
     # (the committed screenshot shows the traceback's files relative to the checkout, not
     # where this machine keeps it)
     page.get_by_test_id("traceback").evaluate(
-        "(el, roots) => { for (const r of roots) el.textContent = el.textContent.split(r).join('') }",
+        "(el, roots) => roots.forEach((r) => {"
+        " el.textContent = el.textContent.split(r).join(''); })",
         [f"{ROOT}/", f"{Path(offload.__file__).resolve().parents[1]}/"],
     )
     shot(page, "job")

@@ -3,6 +3,7 @@ DASHPROJ_FAIL_FLAG exists, as if the payment provider were down."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ class ProviderDown(RuntimeError):
 @app.handles(Invoice, max_attempts=1)
 async def invoice(msg: Invoice, ctx: Context) -> dict[str, Any]:
     await ctx.progress(0.5, "charging")
-    if Path(os.environ["DASHPROJ_FAIL_FLAG"]).exists():
+    if await asyncio.to_thread(Path(os.environ["DASHPROJ_FAIL_FLAG"]).exists):
         raise ProviderDown(f"payment provider down while billing {msg.customer}")
     return {"charged": msg.amount}
 

@@ -85,6 +85,12 @@ class JobQuery:
             )
         after = _moment("created_after", self.created_after) if self.created_after else None
         before = _moment("created_before", self.created_before) if self.created_before else None
+        try:
+            return self._filter(after, before)
+        except ValueError as exc:
+            raise Problem(422, f"not a filter: {exc}", slug="invalid-filter") from None
+
+    def _filter(self, after: datetime | None, before: datetime | None) -> JobFilter:
         return JobFilter(
             state=self.state or None,
             kind=self.kind or None,

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import FileResponse, Response
 
-from ...contract import Throughput
+from ...contract import JobState, Throughput
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
 from ..feeds import cursor_of
@@ -32,6 +32,8 @@ ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
+#: The jobs page counts matches up to this many (the confirmation of an action counts all).
+DEFAULT_COUNT_CAP = 10_000
 #: The bulk actions, and how the confirmation names them.
 BULK_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "purge": "Purge"}
 #: Changes the overview lists when it loads (newest first).
@@ -89,12 +91,14 @@ async def workers(request: Request) -> Response:
     return render(request, "workers.html", active="workers", workers=found, ages=ages)
 
 
-def _choices(request: Request, stats: dict[str, Any]) -> dict[str, Any]:
+def _choices(request: Request, query: JobQuery) -> dict[str, Any]:
+    """What the filter's menus offer: every state, the app's kinds and queues (and the one
+    asked for, if it is none of them)."""
     app = app_of(request)
     return {
-        "states": ["queued", "retrying", "running", "succeeded", "failed", "cancelled", "dead"],
-        "kinds": sorted(k for k in app.kinds if not k.startswith("offload.")),
-        "queues_known": sorted(set(app.queues) | set(stats)),
+        "states": [state.value for state in JobState],
+        "kinds": sorted({*app.kinds, query.kind} - {""}),
+        "queues_known": sorted({*app.queues, query.queue} - {""}),
     }
 
 
@@ -108,17 +112,19 @@ async def jobs(request: Request, cursor: Annotated[str, Query(max_length=100)] =
     rows = await app.search_jobs(wanted, before=cursor or None, limit=DEFAULT_PAGE_SIZE + 1)
     page, more = rows[:DEFAULT_PAGE_SIZE], len(rows) > DEFAULT_PAGE_SIZE
     nxt = query.query_string(cursor=page[-1].id) if more else None
+    count = await app.count_jobs(wanted, cap=DEFAULT_COUNT_CAP)
     return render(
         request,
         "jobs.html",
         active="jobs",
         query=query,
         rows=page,
-        count=await app.count_jobs(wanted),
+        count=f"{count:,}+" if count >= DEFAULT_COUNT_CAP else f"{count:,}",
+        any_match=count > 0,
         next_query=nxt,
         first_query=query.query_string() if cursor else None,
         bulk=BULK_ACTIONS,
-        **_choices(request, await app.stats()),
+        **_choices(request, query),
     )
 
 
