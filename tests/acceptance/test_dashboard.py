@@ -600,3 +600,26 @@ async def test_a_job_stream_replays_a_finished_job_and_ends(
     assert states == ["queued", "running", "dead"]
     bad = await web.get(f"/dashboard/jobs/{job_id}/events", headers={**OPS, "Last-Event-ID": "x"})
     assert bad.status_code == 400
+
+
+async def test_mounted_under_a_path_every_link_stays_under_it(app: App) -> None:
+    from fastapi import FastAPI
+
+    host = FastAPI()
+    inner = create_app(app)
+    host.mount("/ops", inner)
+    job_id = await _dead(app, "Mounted")
+    await _run_until_idle(app, [job_id])
+    async with inner.router.lifespan_context(inner):
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as web:
+            html, page = await _page(web, "/ops/dashboard")
+            hrefs = re.findall(r'(?:href|action|src|data-[a-z]+)="(/[^"]*)"', html)
+            assert hrefs and all(h.startswith("/ops/dashboard") for h in hrefs), hrefs
+            _, page = await _page(web, f"/ops/dashboard/jobs/{job_id}")
+            (form,) = [f for f in page.post_forms() if f["action"].endswith("/retry")]
+            answer = await web.post(form["action"], data=form["f"], headers=OPS)
+            assert answer.status_code == 303
+            assert answer.headers["location"].startswith(f"/ops/dashboard/jobs/{job_id}?")
+            slash = await web.get("/ops/dashboard/", headers=OPS)
+            assert slash.status_code == 308 and slash.headers["location"] == "/ops/dashboard"

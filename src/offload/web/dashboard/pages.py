@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 
 from ...contract import JobState, Throughput
 from ..auth import admin_only
@@ -19,7 +19,7 @@ from ..problems import Problem
 from ..runtime import opened
 from .chart import Minute, throughput_svg
 from .filters import DEFAULT_PAGE_SIZE, JobQuery
-from .site import DASHBOARD_PATH, STATIC, app_of, readonly, render
+from .site import DASHBOARD_PATH, STATIC, app_of, base_of, readonly, render
 
 #: Every page and action: for admins only (404 to anyone else, as for no such path), and
 #: not in the OpenAPI document (HTML for people; its errors are problem documents still).
@@ -210,6 +210,9 @@ async def asset(name: str) -> Response:
     return FileResponse(STATIC / name, media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-async def nothing() -> Response:
-    """Whatever no page or action answers under /dashboard: nothing there (404)."""
+async def nothing(request: Request) -> Response:
+    """Whatever no page or action answers under /dashboard: nothing there (404), but for
+    `/dashboard/`, the overview's address with a slash."""
+    if request.method == "GET" and request.path_params.get("rest") == "":
+        return RedirectResponse(base_of(request), status_code=308)
     raise Problem(404, "Not Found")
