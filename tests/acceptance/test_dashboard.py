@@ -623,3 +623,62 @@ async def test_mounted_under_a_path_every_link_stays_under_it(app: App) -> None:
             assert answer.headers["location"].startswith(f"/ops/dashboard/jobs/{job_id}?")
             slash = await web.get("/ops/dashboard/", headers=OPS)
             assert slash.status_code == 308 and slash.headers["location"] == "/ops/dashboard"
+
+
+async def _bulk(web: httpx.AsyncClient, action: str, **filters: str) -> httpx.Response:
+    """Confirm `action` on the jobs matching `filters` as the confirmation page offers it."""
+    _, page = await _page(web, "/dashboard/jobs/confirm", action=action, **filters)
+    (form,) = page.post_forms()
+    return await web.post(form["action"], data=form["f"], headers=OPS)
+
+
+async def test_cancel_then_purge_everything_matching(app: App, web: httpx.AsyncClient) -> None:
+    # Given five pings waiting an hour and one invoice that succeeded,
+    waiting = [(await app.enqueue(Ping(n=i), delay=3600)).id for i in range(5)]
+    done = (await app.enqueue(Invoice(customer="Keep", amount=1))).id
+    await _run_until_idle(app, [done])
+    # when the operator cancels every job of the misc queue, then purges the cancelled ones,
+    answer = await _bulk(web, "cancel", queue="misc")
+    assert answer.status_code == 303
+    html, _ = await _page(web, answer.headers["location"])
+    assert "Cancelled 5 jobs (queue misc)" in html
+    assert await _states(app, waiting) == {JobState.CANCELLED}
+    answer = await _bulk(web, "purge", state="cancelled")
+    html, page = await _page(web, answer.headers["location"])
+    assert "Purged 5 jobs (state cancelled)" in html and page.rows == []
+    # then they are gone, and the invoice is untouched.
+    assert await _states(app, waiting) == {None}
+    assert await _states(app, [done]) == {JobState.SUCCEEDED}
+
+
+async def test_actions_refuse_what_is_no_dashboard_form(app: App, web: httpx.AsyncClient) -> None:
+    job_id = await _dead(app, "Refused")
+    await _run_until_idle(app, [job_id])
+    token = csrf_token(SECRET, "ops", time.time())
+    cases: list[tuple[str, dict[str, Any], int]] = [
+        (
+            "/dashboard/jobs/bulk",
+            {"data": {"csrf": token, "action": "explode", "confirm": "yes"}},
+            422,
+        ),
+        ("/dashboard/jobs/bulk", {"data": {"csrf": token, "action": "retry", "state": "x"}}, 422),
+        (f"/dashboard/jobs/{job_id}/explode", {"data": {"csrf": token}}, 404),
+        ("/dashboard/jobs/nope/retry", {"data": {"csrf": token}}, 404),
+        ("/dashboard/queues/%20/pause", {"data": {"csrf": token}}, 404),
+        (
+            f"/dashboard/jobs/{job_id}/retry",
+            {"content": b"csrf=" + token.encode(), "headers": {"content-type": "text/plain"}},
+            415,
+        ),
+        (f"/dashboard/jobs/{job_id}/retry", {"data": {"csrf": token, "pad": "x" * 20_000}}, 413),
+    ]
+    for path, request, status in cases:
+        headers = {**OPS, **request.pop("headers", {})}
+        answer = await web.post(path, headers=headers, **request)
+        assert answer.status_code == status, (path, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+    # A finished job cannot be cancelled (409), and stays as it was.
+    answer = await web.post(f"/dashboard/jobs/{job_id}/cancel", data={"csrf": token}, headers=OPS)
+    assert answer.status_code == 409
+    assert await _states(app, [job_id]) == {JobState.DEAD}
+    assert (await web.get("/dashboard/jobs/confirm?action=explode", headers=OPS)).status_code == 422

@@ -37,47 +37,61 @@ def _scale(peak: int) -> int:
         base *= 10
 
 
-def throughput_svg(minutes: Sequence[Minute]) -> Markup:
-    """The chart of `minutes` (oldest first): succeeded bars in green, failed in red on top
-    of them, the y axis in jobs per minute, the x axis in UTC clock times."""
-    peak = max((m.succeeded + m.failed for m in minutes), default=0)
-    top = _scale(max(peak, 1))
-    plot_w, plot_h = WIDTH - _LEFT - 4, HEIGHT - _BOTTOM - _TOP
-    slot = plot_w / max(len(minutes), 1)
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'aria-label="Jobs finished per minute: {sum(m.succeeded for m in minutes)} succeeded, '
-        f'{sum(m.failed for m in minutes)} failed" data-testid="throughput-chart">',
-        f'<line class="axis" x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{WIDTH - 4}" '
-        f'y2="{_TOP + plot_h}"/>',
-    ]
+#: The plot's height, and the y of its baseline.
+_PLOT_H = HEIGHT - _BOTTOM - _TOP
+_BASE = _TOP + _PLOT_H
+
+
+def _grid(top: int) -> list[str]:
+    """The y axis: lines and labels at 0, half way and `top` jobs per minute."""
+    parts = []
     for value in (0, top / 2, top) if top > 1 else (0, top):
-        y = _TOP + plot_h - plot_h * value / top
+        y = _BASE - _PLOT_H * value / top
         parts.append(
             f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{WIDTH - 4}" y2="{y:.1f}"/>'
             f'<text class="tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value:g}</text>'
         )
+    return parts
+
+
+def _bar(m: Minute, x: float, w: float, top: int) -> str:
+    """One minute: succeeded below, failed stacked on it, and what they were as a tooltip."""
+    ok_h, bad_h = _PLOT_H * m.succeeded / top, _PLOT_H * m.failed / top
+    label = f"{_clock(m.start)}: {m.succeeded} succeeded, {m.failed} failed"
+    out = f"<g><title>{label}</title>"
+    if m.succeeded:
+        out += (
+            f'<rect class="ok" x="{x:.1f}" y="{_BASE - ok_h:.1f}" width="{w:.1f}" '
+            f'height="{ok_h:.1f}"/>'
+        )
+    if m.failed:
+        out += (
+            f'<rect class="bad" x="{x:.1f}" y="{_BASE - ok_h - bad_h:.1f}" width="{w:.1f}" '
+            f'height="{bad_h:.1f}"/>'
+        )
+    return out + "</g>"
+
+
+def throughput_svg(minutes: Sequence[Minute]) -> Markup:
+    """The chart of `minutes` (oldest first): succeeded bars in green, failed in red on top
+    of them, the y axis in jobs per minute, the x axis in UTC clock times (every tenth
+    minute, and the last)."""
+    top = _scale(max((m.succeeded + m.failed for m in minutes), default=1))
+    slot = (WIDTH - _LEFT - 4) / max(len(minutes), 1)
+    succeeded, failed = sum(m.succeeded for m in minutes), sum(m.failed for m in minutes)
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" data-testid='
+        f'"throughput-chart" aria-label="Jobs finished per minute: {succeeded} succeeded, '
+        f'{failed} failed">',
+        f'<line class="axis" x1="{_LEFT}" y1="{_BASE}" x2="{WIDTH - 4}" y2="{_BASE}"/>',
+        *_grid(top),
+    ]
+    last = len(minutes) - 1
     for i, m in enumerate(minutes):
-        x = _LEFT + i * slot + slot * 0.15
-        w = max(slot * 0.7, 1)
-        ok_h = plot_h * m.succeeded / top
-        bad_h = plot_h * m.failed / top
-        base = _TOP + plot_h
-        label = f"{_clock(m.start)}: {m.succeeded} succeeded, {m.failed} failed"
-        parts.append(f"<g><title>{label}</title>")
-        if m.succeeded:
-            parts.append(
-                f'<rect class="ok" x="{x:.1f}" y="{base - ok_h:.1f}" width="{w:.1f}" '
-                f'height="{ok_h:.1f}"/>'
-            )
-        if m.failed:
-            parts.append(
-                f'<rect class="bad" x="{x:.1f}" y="{base - ok_h - bad_h:.1f}" width="{w:.1f}" '
-                f'height="{bad_h:.1f}"/>'
-            )
-        parts.append("</g>")
-        if i % 10 == 0 or i == len(minutes) - 1:
-            anchor = "end" if i == len(minutes) - 1 and i else "middle"
+        x, w = _LEFT + i * slot + slot * 0.15, max(slot * 0.7, 1)
+        parts.append(_bar(m, x, w, top))
+        if i % 10 == 0 or i == last:
+            anchor = "end" if i == last and i else "middle"
             parts.append(
                 f'<text class="tick" x="{x + w / 2:.1f}" y="{HEIGHT - 6}" '
                 f'text-anchor="{anchor}">{_clock(m.start)}</text>'
