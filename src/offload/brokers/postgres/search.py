@@ -54,6 +54,13 @@ def where(
         terms.append("id BETWEEN %(id_low)s AND %(id_high)s")
         params["id_low"] = uuid.UUID(digits.ljust(32, "0"))
         params["id_high"] = uuid.UUID(digits.ljust(32, "f"))
+    low, high = f.id_bounds()  # the created range's ids: its stretch of the primary key
+    if low is not None:
+        terms.append("id >= %(created_low)s")
+        params["created_low"] = uuid.UUID(low)
+    if high is not None:
+        terms.append("id < %(created_high)s")
+        params["created_high"] = uuid.UUID(high)
     if before is not None:
         cursor = _uuid(before)
         if cursor is None:
@@ -73,7 +80,10 @@ def search_sql(
     if found is None:
         return None
     clause, params = found
-    sql = f"SELECT * FROM offload_jobs{clause} ORDER BY id DESC LIMIT %(limit)s"
+    # The page's ids first (an index-only scan where an index covers the filter: a date range
+    # sorts its ids, never its rows), then only those rows.
+    page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT %(limit)s"
+    sql = f"SELECT * FROM offload_jobs WHERE id IN ({page}) ORDER BY id DESC"
     return sql, {**params, "limit": limit}
 
 
