@@ -414,7 +414,7 @@ class App:
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
         return Envelope(
-            id=uuid7(),
+            id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
             payload=message.model_dump(mode="json"),

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from ._ids import uuid7_floor
 from .clock import iso
 
 #: Version of the envelope's JSON form (the wire contract).
@@ -418,6 +419,10 @@ CANCELLABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING, JobState.RUN
 HISTORY_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD)
 
 _HEX = frozenset("0123456789abcdef")
+#: How far apart a job's id time and its `enqueued_at` may be (seconds): `App.envelope`
+#: mints both from one reading of the app's clock, so they differ by a millisecond at most.
+#: The created filters narrow their scan to the ids of their time range widened by this.
+ID_TIME_SLACK_S = 60.0
 
 
 def _aware(name: str, value: datetime | None) -> float | None:
@@ -475,6 +480,16 @@ class JobFilter:
     def before_s(self) -> float | None:
         """`created_before` as epoch seconds."""
         return _aware("created_before", self.created_before)
+
+    def id_bounds(self) -> tuple[str | None, str | None]:
+        """Ids below which (low, inclusive) and from which on (high, exclusive) no job of the
+        created range can be, from the time of UUIDv7 ids (widened by `ID_TIME_SLACK_S`):
+        so a date range reads its stretch of the id index, newest first, and stops."""
+        after, before = self.after_s, self.before_s
+        return (
+            None if after is None else uuid7_floor(after - ID_TIME_SLACK_S),
+            None if before is None else uuid7_floor(before + ID_TIME_SLACK_S),
+        )
 
     def id_range(self) -> tuple[str, str] | None:
         """The ids `id_prefix` covers as a half-open range [low, high) of strings (None when

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from offload import App
+from offload import App, Message
+from offload._ids import uuid7
 from offload.brokers import Backend
 from offload.contract import Envelope, JobFilter, JobRow, JobState, Outcome
 
@@ -100,14 +101,16 @@ async def world(app: App, clock: ShiftClock) -> World:
     jobs = []
     for s in _specs():
         waits = s.state is JobState.QUEUED  # scheduled for later, so no claim takes it
+        created = now - s.age_h * 3600
         e = envelope(
             s.queue,
             owner=s.owner,
             kind=s.kind,
             payload={"customer": s.name, "n": len(jobs)},
             run_at=now + 3600 if waits else now - 1,
+            id=uuid7(created),  # as App.envelope mints it: the id carries its creation time
         )
-        jobs.append((s, dataclasses.replace(e, enqueued_at=now - s.age_h * 3600)))
+        jobs.append((s, dataclasses.replace(e, enqueued_at=created)))
     await backend.enqueue([e for _, e in jobs])
     await _settle_as(backend, jobs, now)
     for s, e in jobs:
@@ -387,3 +390,27 @@ def test_a_filter_refuses_what_it_cannot_mean() -> None:
     with pytest.raises(ValueError):
         JobFilter(id_prefix=" ")
     assert JobFilter(id_prefix="0193A1C20").id_range() == ("0193a1c2-0", "0193a1c2-1")
+
+
+class Ping(Message):
+    n: int
+
+
+async def test_created_filters_follow_the_app_clock_that_stamped_the_jobs(
+    app: App, clock: ShiftClock
+) -> None:
+    # Given jobs enqueued through the app while its clock reads two days ahead, then now
+    app.message("search.ping")(Ping)
+    clock.advance(2 * DAY)
+    (later,) = await app.enqueue_many([Ping(n=1)])
+    clock.advance(-2 * DAY)
+    (sooner,) = await app.enqueue_many([Ping(n=2)])
+    ahead = datetime.fromtimestamp(clock.now() + DAY, UTC)
+    # Then the created filters find each by its own creation time (its id's time too)
+    assert await _ids_of(app, JobFilter(created_after=ahead)) == [later.id]
+    assert await _ids_of(app, JobFilter(created_before=ahead)) == [sooner.id]
+    assert await app.count_jobs(JobFilter(created_before=ahead)) == 1
+
+
+async def _ids_of(app: App, f: JobFilter) -> list[str]:
+    return [r.id for r in await app.search_jobs(f)]

@@ -126,7 +126,7 @@ CREATE INDEX IF NOT EXISTS offload_jobs_newer ON offload_jobs (queue)
 CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
-CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at);
+CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
     WHERE state IN ('succeeded', 'failed', 'dead')
 

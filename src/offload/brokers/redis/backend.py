@@ -58,8 +58,11 @@ _CHUNK = 500
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
-    "search", "requeue_many", "cancel_many", "delete_many",
+    "search", "requeue_many", "cancel_many", "delete_many", "reindex",
 )  # fmt: skip
+#: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
+#: 1 adds the jobs page's id indexes by state, kind and queue.
+SCHEMA_VERSION = 1
 
 
 @functools.cache
@@ -243,8 +246,26 @@ class RedisBackend:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def migrate(self) -> list[int]:
-        """Keys need no schema: nothing to apply."""
-        return []
+        """Put jobs stored before the jobs page's indexes existed into them (`_CHUNK` jobs
+        per script call); returns [1] when it did, [] when the keys were up to date. Jobs
+        stored since are indexed as they are written, so the jobs page finds old jobs once
+        this ran (`offload migrate`); nothing else depends on it.
+
+        Raises:
+            BackendError: the backend is not open, or Redis failed.
+        """
+        key = self._key("schema")
+        async with self._guard():
+            if int(await self._redis.get(key) or 0) >= SCHEMA_VERSION:
+                return []
+        cursor = ""
+        while True:
+            cursor = await self._run("reindex", opt(cursor or None), _CHUNK)
+            if not cursor:
+                break
+        async with self._guard():
+            await self._redis.set(key, SCHEMA_VERSION)
+        return [SCHEMA_VERSION]
 
     async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
         """Connect, check the server answers (within `connect_timeout_s`), load the scripts

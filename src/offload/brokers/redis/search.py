@@ -38,8 +38,7 @@ def only_index(f: JobFilter, states: Collection[str] | None) -> bool:
 
 def args(f: JobFilter, states: Collection[str] | None, before: str | None) -> list[str]:
     """The search script's filter arguments, in its order (state … before)."""
-    span = f.id_range()
-    low, high = span if span is not None else (None, None)
+    low, high = _narrowest(f)
     after, until = f.after_s, f.before_s
     return [
         opt(f.state), opt(f.kind), opt(f.queue), opt(f.owner),
@@ -47,6 +46,14 @@ def args(f: JobFilter, states: Collection[str] | None, before: str | None) -> li
         opt(low), opt(high), opt(f.text),
         opt(None if states is None else " ".join(sorted(states))), opt(before),
     ]  # fmt: skip
+
+
+def _narrowest(f: JobFilter) -> tuple[str | None, str | None]:
+    """The id range to walk: the prefix's, within the created range's ids."""
+    span = f.id_range()
+    lows = [v for v in (span and span[0], f.id_bounds()[0]) if v is not None]
+    highs = [v for v in (span and span[1], f.id_bounds()[1]) if v is not None]
+    return (max(lows) if lows else None), (min(highs) if highs else None)
 
 
 def lex_range(f: JobFilter) -> tuple[str, str]:

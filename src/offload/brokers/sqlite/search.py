@@ -44,6 +44,13 @@ def where(
     if span is not None:
         terms.append("id >= ? AND id < ?")
         args += span
+    low, high = f.id_bounds()  # the created range's ids: its stretch of the primary key
+    if low is not None:
+        terms.append("id >= ?")
+        args.append(low)
+    if high is not None:
+        terms.append("id < ?")
+        args.append(high)
     if before is not None:
         terms.append("id < ?")
         args.append(before)
@@ -58,7 +65,12 @@ def search_sql(
     f: JobFilter, states: Collection[str] | None, before: str | None, limit: int
 ) -> tuple[str, list[Any]]:
     clause, args = where(f, states, before)
-    return f"SELECT * FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?", [*args, limit]
+    # The page's ids first, read off an index alone where one covers the filter (state, kind,
+    # queue, owner with id, or the creation time with id), then only those rows: a date range
+    # sorts its ids, never its rows.
+    page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?"
+    sql = f"SELECT * FROM offload_jobs WHERE id IN ({page}) ORDER BY id DESC"
+    return sql, [*args, limit]
 
 
 def count(conn: sqlite3.Connection, f: JobFilter, cap: int | None) -> int:
