@@ -251,6 +251,9 @@ async def test_overview_shows_each_queue_its_depth_and_the_last_hour(
     assert re.search(r'data-col="dead"><a [^>]*>1</a>', billing)
     assert 'aria-label="Jobs finished per minute: 0 succeeded, 1 failed"' in html
     assert "cdn" not in html.lower() and "https://" not in html  # every asset is offload's
+    headers = (await web.get("/dashboard", headers=OPS)).headers
+    assert "default-src 'self'" in headers["content-security-policy"]  # the browser holds to it
+    assert headers["x-frame-options"] == "DENY"
     # The part the page's script redraws is the same table, alone.
     live = (await web.get("/dashboard", params={"part": "live"}, headers=OPS)).text
     assert "<html" not in live and 'data-queue="misc"' in live

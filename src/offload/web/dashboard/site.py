@@ -23,6 +23,17 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 #: Where the dashboard is served, below the web tier's mount path.
 DASHBOARD_PATH = "/dashboard"
+#: Every page's headers: never cached; its own origin's script, styles and streams only
+#: (the browser enforces that nothing comes from elsewhere); never framed by another page
+#: (a framed page could be clicked through its actions).
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+}
 #: The longest form body a dashboard action reads (bytes): a filter and a token.
 MAX_FORM_BYTES = 16 * 1024
 
@@ -99,7 +110,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         "app_name": app_of(request).name,
     }
     html = ENVIRONMENT.get_template(name).render(**base, **context)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
 
 def back_to(request: Request, path: str, notice: str = "") -> Response:
