@@ -664,27 +664,30 @@ class Worker:
             log.warning("forgetting this worker failed: %s", exc, extra={"action": "record_error"})
 
     async def _heartbeat(self) -> None:
-        backend = self.app._require_backend()
         loop = asyncio.get_running_loop()
         next_record = loop.time() + self.record_every_s
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            jobs = list(self._jobs.values())
+            if jobs:  # the leases first: a slow registry write must not delay them
+                await self._beat(jobs)
             if loop.time() >= next_record:  # the registry's view of this worker stays live
                 next_record = loop.time() + self.record_every_s
                 await self._record()
-            jobs = list(self._jobs.values())
-            if not jobs:
-                continue
-            try:
-                answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
-            except BackendError as exc:
-                log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
-                continue
-            beaten = {job.lease.job_id: job for job in jobs}
-            for answer in answers:
-                job = beaten.get(answer.job_id)
-                if job is not None and self._jobs.get(answer.job_id) is job:  # still held
-                    self._answered(job, answer)
+
+    async def _beat(self, jobs: Sequence[_Job]) -> None:
+        """Extend the leases of `jobs` and act on the answers (lost, cancel asked)."""
+        backend = self.app._require_backend()
+        try:
+            answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
+        except BackendError as exc:
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
+            return
+        beaten = {job.lease.job_id: job for job in jobs}
+        for answer in answers:
+            job = beaten.get(answer.job_id)
+            if job is not None and self._jobs.get(answer.job_id) is job:  # still held
+                self._answered(job, answer)
 
     def _answered(self, job: _Job, answer: Extension) -> None:
         """Act on a heartbeat's answer for one job: its lease was lost, or a cancel asked."""

@@ -9,6 +9,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,7 +61,8 @@ DEFAULT_POLL_S = 0.02
 DEFAULT_BUSY_POLL_S = 0.001
 #: How often the checkpointer thread copies the WAL back into the database (seconds).
 DEFAULT_CHECKPOINT_EVERY_S = 0.5
-#: How long after the last seen change the fast polling goes on (seconds).
+#: How long after the last claim that got jobs (or feed read that got changes) the fast
+#: polling goes on (seconds).
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
@@ -176,7 +178,10 @@ class SQLiteBackend:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._local_writes = 0
-        self._last_change = 0.0
+        #: When this instance last claimed jobs or read changes (monotonic seconds): fast
+        #: polling pays while work flows, not after any write (a worker's registry record
+        #: every heartbeat would keep every idle waiter polling fast).
+        self._last_work = 0.0
         self._checkpointer: _Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
@@ -441,6 +446,7 @@ class SQLiteBackend:
                 (token, expires, worker_id, now, *ids),
             )
             self._event(conn, rows)
+        self._last_work = time.monotonic()
         rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
         return [
             Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
@@ -566,13 +572,12 @@ class SQLiteBackend:
         deadline = loop.time() + timeout
         while True:
             if await self._run(self._version) != self._seen.get(seen):
-                self._last_change = loop.time()
                 return
             now = loop.time()
             left = deadline - now
             if left <= 0:
                 return
-            busy = now - self._last_change < DEFAULT_BUSY_WINDOW_S
+            busy = time.monotonic() - self._last_work < DEFAULT_BUSY_WINDOW_S
             poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s
             await self._wakeup.sleep(min(poll, left))
 
@@ -836,6 +841,8 @@ class SQLiteBackend:
             sql += " AND owner = ?"
             args.append(owner)
         rows = self.conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        if rows:
+            self._last_work = time.monotonic()
         return [
             Change(seq=s, job_id=j, owner=o, row=JobRow.of({**orjson.loads(r), "owner": o}))
             for s, j, o, r in rows
