@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
+from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
@@ -716,7 +717,7 @@ class App:
         return await backend.search_jobs(f, before=before, limit=limit)
 
     async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
-        """How many jobs match `f`. With `cap` (e.g. `_bulk.DEFAULT_COUNT_CAP`), counting
+        """How many jobs match `f`. With `cap` (e.g. `DEFAULT_COUNT_CAP`), counting
         stops there, and an answer equal to `cap` means "cap or more"."""
         return await (await self._opened_backend()).count_jobs(f, cap=cap)
 

@@ -119,12 +119,14 @@ CREATE INDEX IF NOT EXISTS offload_jobs_newer ON offload_jobs (queue)
 
 -- name: migration_5
 -- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
--- any one filter reads its index backwards and stops after a page; `created` serves the date
+-- any one filter reads its index backwards and stops after a page, and state with kind (the
+-- dead jobs of one kind) is one range; `created` serves the date
 -- range; `history` the per-minute throughput of App.history (index-only where the visibility
 -- map allows). Plain CREATE INDEX inside the migration's transaction: on a big table, run
 -- `offload migrate` when writes may wait for it (about 2 s per index per million jobs).
 CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)

@@ -247,12 +247,14 @@ DELETE FROM offload_paused WHERE queue = ?
 SELECT queue FROM offload_paused
 -- name: search_indexes
 -- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
--- any one filter reads its index backwards and stops after a page. `created` serves the date
+-- any one filter reads its index backwards and stops after a page, and state with kind (the
+-- dead jobs of one kind) is one range, counted off the index. `created` serves the date
 -- range, `history` the per-minute throughput (covering: read off the index alone). Made on
 -- open like the rest of the schema (older code ignores them, SQLite keeps them up to date).
 -- No semicolon in these comments: the statements are split on it.
 CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
