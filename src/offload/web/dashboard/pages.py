@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
+from ...app import DEFAULT_COUNT_CAP
 from ...contract import JobState, Throughput
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
@@ -32,8 +33,6 @@ ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-#: The jobs page counts matches up to this many (the confirmation of an action counts all).
-DEFAULT_COUNT_CAP = 10_000
 #: The bulk actions, and how the confirmation names them.
 BULK_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "purge": "Purge"}
 #: Changes the overview lists when it loads (newest first).
@@ -112,6 +111,8 @@ async def jobs(request: Request, cursor: Annotated[str, Query(max_length=100)] =
     rows = await app.search_jobs(wanted, before=cursor or None, limit=DEFAULT_PAGE_SIZE + 1)
     page, more = rows[:DEFAULT_PAGE_SIZE], len(rows) > DEFAULT_PAGE_SIZE
     nxt = query.query_string(cursor=page[-1].id) if more else None
+    # Counted up to a cap, so a page over millions of jobs stays fast (the confirmation of
+    # an action counts them all).
     count = await app.count_jobs(wanted, cap=DEFAULT_COUNT_CAP)
     return render(
         request,
