@@ -28,6 +28,7 @@ from offload.web import Admin, create_app
 from offload.web.dashboard import actions, pages
 from offload.web.dashboard.csrf import csrf_token
 from offload.worker.runner import Worker
+from tests.contract._support import worker_info
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"ops": "t-ops", "bob": "t-bob"}
@@ -290,6 +291,27 @@ async def test_workers_page_shows_the_registry(app: App, web: httpx.AsyncClient)
         await asyncio.wait_for(task, 30)
     html, _ = await _page(web, "/dashboard/workers")
     assert "No worker has recorded itself" in html  # a clean stop forgets it
+
+
+async def test_workers_whose_heartbeat_lapsed_are_marked_lost(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    app = _app(_settings(tmp_path), clock)
+    async with _client(app) as web:
+        # Given a worker that recorded itself running a job, then fell silent for a minute,
+        backend = app._require_backend()
+        await backend.record_worker(worker_info("gone", queues=("billing",), running=("j-1",)))
+        clock.advance(60)
+        # and one that recorded itself just now,
+        await backend.record_worker(worker_info("alive", queues=("misc",), processed=7))
+        html, _ = await _page(web, "/dashboard/workers")
+    # then the page lists the live one first, and marks the silent one lost.
+    assert html.index('data-worker="alive"') < html.index('data-worker="gone"')
+    gone = html[html.index('data-worker="gone"') :]
+    alive = html[html.index('data-worker="alive"') : html.index('data-worker="gone"')]
+    assert 'class="pill lost"' in gone and 'class="pill lost"' not in alive
+    assert re.search(r'data-col="heartbeat">60 s ago', gone)
+    assert 'href="/dashboard/jobs/j-1"' in gone
+    assert "1 live, 1 lost" in html
 
 
 async def test_job_page_shows_envelope_attempts_error_and_traceback(

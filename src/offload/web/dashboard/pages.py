@@ -3,7 +3,7 @@ event streams and their assets. Admins only; everyone else finds nothing here (4
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -84,9 +84,10 @@ async def overview(request: Request, part: str = "") -> Response:
 @router.get("/workers")
 async def workers(request: Request) -> Response:
     """The worker registry: heartbeat age, what each runs; lost ones marked."""
-    found = await app_of(request).workers()  # live ones first
-    now = datetime.now(UTC)
-    ages = {w.id: (now - w.heartbeat_at).total_seconds() for w in found}
+    app = app_of(request)
+    found = await app.workers()  # live ones first
+    now = app.clock.now()
+    ages = {w.id: now - w.heartbeat_at.timestamp() for w in found}
     return render(request, "workers.html", active="workers", workers=found, ages=ages)
 
 
