@@ -108,7 +108,9 @@ class Broker(Protocol):
     ) -> list[Lease]:
         """Lease up to `limit` ready jobs, lowest priority value first, FIFO within one.
 
-        Each claim spends one attempt and gets a fresh lease token.
+        Each claim spends one attempt and gets a fresh lease token. A paused queue (see
+        `pause`) gives none: the claim itself reads the pauses, so every process obeys one
+        from its commit on.
         """
         ...
 
@@ -140,7 +142,8 @@ class Broker(Protocol):
         ...
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when new work may be ready, or after `timeout` seconds."""
+        """Return when new work may be ready, or after `timeout` seconds (the due jobs of a
+        paused queue do not end the wait; its `resume` does)."""
         ...
 
     async def stats(self) -> dict[str, dict[str, Any]]:
