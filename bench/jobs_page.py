@@ -338,6 +338,19 @@ def report(
             shown = f"{exact:,.1f} ({count:,})" if exact else "—"
             cells += [f"{page:,.1f} ({worst:,.1f})", shown]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Every filter but text is read off an index range (one per filter column with the id, "
+        "state with kind, the creation time with the id; a date range reads its stretch of the "
+        "primary key, as ids carry their creation time), so a page and a capped count cost "
+        "milliseconds at any depth. Text search has no index: it reads jobs newest first until "
+        "it has a page, so a common word finds its page quickly, but its capped count reads "
+        "until 10,000 matches and a rare word reads the whole table (on PostgreSQL the JSON is "
+        "turned into text for every row). That is the one query over the target: narrowed by a "
+        "kind (last text row) it is fast again. Exact counts of a filter that matches most jobs "
+        "read every match, which is why the page shows the capped count. The fill writes rows "
+        "only (no change-feed entries: the jobs page does not read them).",
+    ]
     body = "\n".join(lines)
     print(body)
     write_section("jobs-page", body)

@@ -14,6 +14,7 @@ import pytest
 from offload import App, Message
 from offload._ids import uuid7
 from offload.brokers import Backend
+from offload.brokers.base import JobSearch
 from offload.contract import Envelope, JobFilter, JobRow, JobState, Outcome
 
 from ._support import LONG, ShiftClock, envelope
@@ -414,3 +415,7 @@ async def test_created_filters_follow_the_app_clock_that_stamped_the_jobs(
 
 async def _ids_of(app: App, f: JobFilter) -> list[str]:
     return [r.id for r in await app.search_jobs(f)]
+
+
+async def test_every_backend_offers_the_operators_view(app: App) -> None:
+    assert isinstance(app._require_backend(), JobSearch)

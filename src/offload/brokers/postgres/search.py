@@ -9,12 +9,6 @@ from typing import Any
 from ...contract import JobFilter, uuid_prefix
 
 
-def like_pattern(text: str) -> str:
-    """An ILIKE pattern matching `text` anywhere (its own `%`, `_` and `\\` taken literally)."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def _uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
@@ -42,8 +36,10 @@ def where(
     if not _ids(f, before, terms, params):
         return None
     if f.text is not None:
-        terms.append("payload::text ILIKE %(text)s")
-        params["text"] = like_pattern(f.text)
+        # A plain substring of the lowered JSON text: about twice as fast as ILIKE (which
+        # folds case character by character), and no pattern characters to escape.
+        terms.append("strpos(lower(payload::text), lower(%(text)s)) > 0")
+        params["text"] = f.text
     return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
