@@ -11,11 +11,13 @@ from .context import Context
 from .contract import (
     Envelope,
     FromPrincipal,
+    JobFilter,
     JobRow,
     JobState,
     Lease,
     Message,
     Outcome,
+    Throughput,
     WorkerInfo,
 )
 from .errors import (
@@ -47,6 +49,7 @@ __all__ = [
     "InvalidTransition",
     "Job",
     "JobError",
+    "JobFilter",
     "JobNotFound",
     "JobRow",
     "JobState",
@@ -59,6 +62,7 @@ __all__ = [
     "Retry",
     "SchemaError",
     "Settings",
+    "Throughput",
     "UnknownKind",
     "WorkerInfo",
 ]

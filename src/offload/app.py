@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import tracing
+from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
+from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
@@ -19,11 +21,16 @@ from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
 from .clock import seconds as _seconds
 from .contract import (
+    CANCELLABLE_STATES,
+    FINAL_STATES,
+    RETRYABLE_STATES,
     EnqueueResult,
     Envelope,
+    JobFilter,
     JobRow,
     JobState,
     Message,
+    Throughput,
     WorkerInfo,
     principal_fields,
     status_record,
@@ -411,7 +418,7 @@ class App:
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
         return Envelope(
-            id=uuid7(),
+            id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
             payload=message.model_dump(mode="json"),
@@ -704,6 +711,80 @@ class App:
         ended = dataclasses.replace(row, state=JobState.CANCELLED)
         notes = follow_ups_of_row(self, ended, marker=f"cancel:{row.run_at!r}")
         return await self._require_backend().cancel(job_id, follow_ups=notes)
+
+    # -- operators: finding jobs and acting on many -----------------------------------------
+
+    async def search_jobs(
+        self, f: JobFilter, *, before: str | None = None, limit: int = 50
+    ) -> list[JobRow]:
+        """Every owner's jobs matching `f`, newest first (operators; `f.owner` narrows).
+
+        Args:
+            before: the id of the last row of the previous page (keyset pagination: no gap
+                and no repeat while jobs come and go).
+        """
+        backend = await self._opened_backend()
+        return await backend.search_jobs(f, before=before, limit=limit)
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        """How many jobs match `f`. With `cap` (e.g. `DEFAULT_COUNT_CAP`), counting
+        stops there, and an answer equal to `cap` means "cap or more"."""
+        return await (await self._opened_backend()).count_jobs(f, cap=cap)
+
+    async def retry_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
+        """Re-queue every dead, failed or cancelled job matching `f` with a fresh retry
+        budget, as `requeue` does one, in batches of `batch` jobs per transaction. Returns
+        how many were re-queued."""
+        backend = await self._opened_backend()
+
+        async def apply(rows: list[JobRow]) -> int:
+            return await backend.requeue_many([r.id for r in rows])
+
+        return await walk(backend, f, RETRYABLE_STATES, apply, batch=batch)
+
+    async def cancel_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
+        """Cancel every waiting or running job matching `f`, as `cancel` does one: waiting
+        jobs end cancelled (with their notifications), running ones are flagged for their
+        worker. In batches of `batch` jobs per transaction; returns how many changed."""
+        backend = await self._opened_backend()
+
+        async def apply(rows: list[JobRow]) -> int:
+            notes = {
+                r.id: follow_ups_of_row(
+                    self,
+                    dataclasses.replace(r, state=JobState.CANCELLED),
+                    marker=f"cancel:{r.run_at!r}",
+                )
+                for r in rows
+                if r.state.waiting
+            }
+            return await backend.cancel_many([r.id for r in rows], notes)
+
+        return await walk(backend, f, CANCELLABLE_STATES, apply, batch=batch)
+
+    async def delete_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
+        """Delete every job matching `f` that is in a final state (succeeded, failed,
+        cancelled, dead) with its feed entries and delivery records; never a waiting or
+        running one. In batches of `batch` jobs per transaction; returns how many."""
+        backend = await self._opened_backend()
+
+        async def apply(rows: list[JobRow]) -> int:
+            return await backend.delete_many([r.id for r in rows])
+
+        return await walk(backend, f, FINAL_STATES, apply, batch=batch)
+
+    async def history(self, *, minutes: int = 60) -> list[Throughput]:
+        """Per minute of the last `minutes` (the current one last) and per queue, how many
+        jobs succeeded, failed and went dead, read from the stored jobs (so it survives
+        restarts): the dashboard's throughput chart. Every queue a registered kind routes to
+        is listed, an idle one with zeros.
+
+        Raises:
+            ValueError: `minutes` below 1.
+        """
+        since = minutes_since(self.clock.now(), minutes)
+        facts = await (await self._opened_backend()).history(since=since)
+        return throughput(facts, since=since, minutes=minutes, queues=self.queues)
 
     # -- queues -----------------------------------------------------------------------------
 

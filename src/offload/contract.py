@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from ._ids import uuid7_floor
 from .clock import iso
 
 #: Version of the envelope's JSON form (the wire contract).
@@ -408,6 +409,122 @@ class WorkerInfo:
             failed=int(entry.get("failed", 0)),
             lost=lost,
         )
+
+
+#: The states a bulk retry re-queues (as `requeue` does one job).
+RETRYABLE_STATES = frozenset({JobState.DEAD, JobState.FAILED, JobState.CANCELLED})
+#: The states a bulk cancel acts on: waiting jobs end cancelled, running ones are flagged.
+CANCELLABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
+#: The states of the jobs `history` counts per minute.
+HISTORY_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD)
+
+_HEX = frozenset("0123456789abcdef")
+#: How far apart a job's id time and its `enqueued_at` may be (seconds): `App.envelope`
+#: mints both from one reading of the app's clock, so they differ by a millisecond at most.
+#: The created filters narrow their scan to the ids of their time range widened by this.
+ID_TIME_SLACK_S = 60.0
+
+
+def _aware(name: str, value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be an aware datetime (with a time zone)")
+    return value.timestamp()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs an operator means (the dashboard's jobs page, `offload jobs list`, and the
+    bulk actions): every field given must match; an empty filter matches every job.
+
+    Args:
+        state: a `JobState` value.
+        kind, queue, owner: exact names.
+        created_after: created (enqueued) at or after this aware time.
+        created_before: created before this aware time.
+        id_prefix: the job's id starts with it (a UUID prefix may leave its dashes out and
+            is compared in lower case).
+        text: a case-insensitive substring of the message's JSON text (its field names and
+            values; letters outside ASCII match case-sensitively on SQLite and Redis).
+
+    Raises:
+        ValueError: an unknown state, a naive datetime, or an empty `id_prefix` / `text`.
+    """
+
+    state: str | None = None
+    kind: str | None = None
+    queue: str | None = None
+    owner: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    id_prefix: str | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None:
+            JobState(self.state)  # ValueError names the bad value
+        _aware("created_after", self.created_after)
+        _aware("created_before", self.created_before)
+        if self.id_prefix is not None and not self.id_prefix.strip():
+            raise ValueError("id_prefix must not be empty")
+        if self.text is not None and not self.text:
+            raise ValueError("text must not be empty")
+
+    @property
+    def after_s(self) -> float | None:
+        """`created_after` as epoch seconds."""
+        return _aware("created_after", self.created_after)
+
+    @property
+    def before_s(self) -> float | None:
+        """`created_before` as epoch seconds."""
+        return _aware("created_before", self.created_before)
+
+    def id_bounds(self) -> tuple[str | None, str | None]:
+        """Ids below which (low, inclusive) and from which on (high, exclusive) no job of the
+        created range can be, from the time of UUIDv7 ids (widened by `ID_TIME_SLACK_S`):
+        so a date range reads its stretch of the id index, newest first, and stops."""
+        after, before = self.after_s, self.before_s
+        return (
+            None if after is None else uuid7_floor(after - ID_TIME_SLACK_S),
+            None if before is None else uuid7_floor(before + ID_TIME_SLACK_S),
+        )
+
+    def id_range(self) -> tuple[str, str] | None:
+        """The ids `id_prefix` covers as a half-open range [low, high) of strings (None when
+        no prefix is given). A UUID prefix is made canonical first: lower case, dashes at
+        their places (`0193A1C20` starts `0193a1c2-0`)."""
+        if self.id_prefix is None:
+            return None
+        low = uuid_prefix(self.id_prefix) or self.id_prefix.strip()
+        return low, low[:-1] + chr(ord(low[-1]) + 1)
+
+
+def uuid_prefix(prefix: str) -> str | None:
+    """The canonical form (lower case, dashed) of a UUID prefix, or None when `prefix` is
+    not one (other than hex digits and dashes, or longer than a UUID)."""
+    digits = prefix.strip().replace("-", "").lower()
+    if not digits or len(digits) > 32 or not set(digits) <= _HEX:
+        return None
+    cuts = [c for c in (8, 12, 16, 20) if c < len(digits)]
+    parts = [digits[a:b] for a, b in zip([0, *cuts], [*cuts, len(digits)], strict=True)]
+    return "-".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """How many jobs of one queue ended in one minute (`App.history`).
+
+    Args:
+        minute: the start of the minute (aware UTC).
+    """
+
+    minute: datetime
+    queue: str
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
 
 
 #: The keys of a stored error that a public status record shows.

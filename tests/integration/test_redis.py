@@ -608,3 +608,29 @@ async def test_the_registry_is_stamped_by_the_servers_clock_not_the_hosts(
     assert abs(entry.heartbeat_at.timestamp() - (seconds + micros / 1e6)) < 5
     assert not entry.lost
     assert await backend.live_versions(within_s=30) == {"a": {1}}
+
+
+# -- the jobs page's indexes ---------------------------------------------------------------
+
+
+async def test_migrate_indexes_jobs_stored_before_the_jobs_page_indexes(
+    backend: RedisBackend, raw: aioredis.Redis, prefix: str
+) -> None:
+    from offload.contract import JobFilter
+
+    # Given jobs stored by an offload without the state, kind and queue indexes
+    old = [envelope(), envelope("other")]
+    await backend.enqueue(old)
+    for key in await keys_of(raw, prefix):
+        if key.split("}", 1)[1].startswith(("st:", "kind:", "qids:")):
+            await raw.delete(key)
+    assert await backend.search_jobs(JobFilter(kind="test.job")) == []
+    # When the keys are migrated (in chunks: more jobs than one script call handles)
+    await backend.enqueue([envelope() for _ in range(600)])
+    assert await backend.migrate() == [1]
+    # Then every job is found by each filter, and a second migrate has nothing to do
+    found = await backend.search_jobs(JobFilter(kind="test.job"), limit=1000)
+    assert len(found) == 602
+    assert await backend.count_jobs(JobFilter(queue="other")) == 1
+    assert await backend.count_jobs(JobFilter(state="queued")) == 602
+    assert await backend.migrate() == []

@@ -9,7 +9,7 @@ transition carrying a stale lease token changes nothing and reports so.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,6 +17,7 @@ from ..contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     JobState,
     Lapsed,
@@ -261,7 +262,61 @@ class JobStore(Protocol):
         ...
 
 
-class Backend(Broker, JobStore, Protocol):
+@runtime_checkable
+class JobSearch(Protocol):
+    """The operators' view of many jobs: find them by filter, count them, act on a batch of
+    them, and count what ended per minute. Bulk actions take the ids of one batch (read by
+    `search_jobs`) and apply in one transaction (one script call on Redis), each job fenced
+    by its state as it is then: `App` walks a filter in batches, so no action holds one
+    transaction (or blocks Redis) over a million rows."""
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        """The rows matching `f` (and, when given, in one of `states`), newest (greatest id)
+        first, below the id cursor `before`, at most `limit`."""
+        ...
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        """How many jobs match `f`; with `cap`, counting stops there (`cap` means "cap or
+        more")."""
+        ...
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        """`requeue` each of these jobs that is dead, failed or cancelled (others are left
+        alone), with its change-feed entry and a wake-up for its queue; the count."""
+        ...
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        """`cancel` each of these jobs that is waiting (it ends cancelled, with its feed
+        entry and its `follow_ups[id]` stored in the same transaction) or running and not yet
+        flagged (it is flagged for its worker); final jobs are left alone. The count changed.
+
+        Raises:
+            BackendError: a follow-up's id is already stored (nothing changed).
+        """
+        ...
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        """Delete each of these jobs that is in a final state (succeeded, failed, cancelled,
+        dead) with its feed entries and side-step effects (its deliveries' records); a
+        waiting or running job is never deleted. The count deleted."""
+        ...
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        """(minute start, queue, state, count) of the jobs that ended succeeded, failed or
+        dead at or after `since`, per minute (epoch seconds, a multiple of 60)."""
+        ...
+
+
+class Backend(Broker, JobStore, JobSearch, Protocol):
     """A backend that is both broker and store (the SQL engines)."""
 
 

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -24,6 +24,7 @@ from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     Lapsed,
     Lease,
@@ -35,13 +36,14 @@ from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import search as _search
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -650,6 +652,53 @@ class PostgresBackend:
             sql += " WHERE " + " AND ".join(where)
         rows = await self._fetch(sql + " ORDER BY id DESC LIMIT %(limit)s", params)
         return [_row(r) for r in rows]
+
+    # -- operators: finding jobs and acting on many (see search.py) -------------------------
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        query = _search.search_sql(f, states, before, limit)
+        if query is None:
+            return []
+        return [_row(r) for r in await self._fetch(*query)]
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        query = _search.count_sql(f, cap)
+        return 0 if query is None else int((await self._fetch(*query))[0]["n"])
+
+    @staticmethod
+    def _keys(ids: Sequence[str]) -> list[uuid.UUID]:
+        return [key for key in map(_uuid, ids) if key is not None]
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        rows = await self._fetch(Q["requeue_many"], {"ids": self._keys(ids), "now": self._now()})
+        return int(rows[0]["n"])
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        params = {"ids": self._keys(ids), "now": self._now()}
+        async with self._conn() as conn, conn.transaction():
+            async with conn.cursor() as cur:
+                await cur.execute(Q["cancel_many_waiting"], params)
+                ended = [job_id for (job_id,) in await cur.fetchall()]
+                await self.enqueue_in(conn, [e for i in ended for e in follow_ups.get(i, ())])
+                await cur.execute(Q["cancel_many_running"], params)
+                return len(ended) + cur.rowcount
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        rows = await self._fetch(Q["delete_many"], {"ids": self._keys(ids)})
+        return int(rows[0]["count"])
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        rows = await self._fetch(Q["history"], {"since": since})
+        return [(float(r["minute"]), r["queue"], r["state"], int(r["n"])) for r in rows]
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         rows = await self._fetch(

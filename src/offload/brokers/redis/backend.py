@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,6 +23,7 @@ from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     Lapsed,
     Lease,
@@ -32,6 +33,7 @@ from ...contract import (
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import search as _search
 from .rows import decode, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
@@ -56,7 +58,11 @@ _CHUNK = 500
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
+    "search", "requeue_many", "cancel_many", "delete_many", "reindex",
 )  # fmt: skip
+#: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
+#: 1 adds the jobs page's id indexes by state, kind and queue.
+SCHEMA_VERSION = 1
 
 
 @functools.cache
@@ -240,8 +246,26 @@ class RedisBackend:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def migrate(self) -> list[int]:
-        """Keys need no schema: nothing to apply."""
-        return []
+        """Put jobs stored before the jobs page's indexes existed into them (`_CHUNK` jobs
+        per script call); returns [1] when it did, [] when the keys were up to date. Jobs
+        stored since are indexed as they are written, so the jobs page finds old jobs once
+        this ran (`offload migrate`); nothing else depends on it.
+
+        Raises:
+            BackendError: the backend is not open, or Redis failed.
+        """
+        key = self._key("schema")
+        async with self._guard():
+            if int(await self._redis.get(key) or 0) >= SCHEMA_VERSION:
+                return []
+        cursor = ""
+        while True:
+            cursor = await self._run("reindex", opt(cursor or None), _CHUNK)
+            if not cursor:
+                break
+        async with self._guard():
+            await self._redis.set(key, SCHEMA_VERSION)
+        return [SCHEMA_VERSION]
 
     async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
         """Connect, check the server answers (within `connect_timeout_s`), load the scripts
@@ -527,6 +551,102 @@ class RedisBackend:
                 break
             cursor = out[0]
         return rows
+
+    # -- operators: finding jobs and acting on many (see search.py, lua/search.lua) --------
+
+    async def _smallest_index(self, f: JobFilter) -> str:
+        """Of the id indexes that hold every match of `f`, the one with fewest entries."""
+        names = _search.indexes(f)
+        if len(names) == 1:
+            return names[0]
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(self._key(name))
+            sizes = await pipe.execute()
+        return min(zip(sizes, names, strict=True))[1]
+
+    async def _walk(
+        self,
+        mode: str,
+        f: JobFilter,
+        states: Collection[str] | None,
+        before: str | None,
+        limit: int,
+    ) -> tuple[int, list[JobRow]]:
+        """Walk the smallest index of `f` newest first, `_CHUNK` entries per script call,
+        until `limit` matches are found or the index is exhausted: (matches, rows)."""
+        index = await self._smallest_index(f)
+        found, rows, cursor = 0, [], before
+        while found < limit:
+            filters = _search.args(f, states, cursor)
+            out = await self._run("search", mode, index, *filters, limit - found, _CHUNK)
+            found += out[1]
+            rows += [JobRow.of(decode(pairs(flat))) for flat in out[2:]]
+            if not out[0]:
+                break
+            cursor = out[0]
+        return found, rows
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        """Matching rows newest first. The smallest index among the filters' (owner, kind,
+        queue, state; else all ids) is walked and every other filter (dates, text) checked
+        on each job read: a rare match among many candidates reads many jobs, in script
+        calls of `_CHUNK` entries each, so none blocks Redis for long."""
+        if limit <= 0:
+            return []
+        return (await self._walk("rows", f, states, before, limit))[1]
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        """Exact from one index's size when one exact filter (and an id prefix) is all there
+        is; else counted by walking, as `search_jobs` reads, up to `cap`."""
+        if _search.only_index(f, None):
+            low, high = _search.lex_range(f)
+            async with self._guard():
+                key = self._key(_search.indexes(f)[0])
+                n = int(await self._redis.zlexcount(key, low, high))
+            return n if cap is None else min(n, cap)
+        return (await self._walk("count", f, None, None, cap or 2**53))[0]
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        return int(await self._run("requeue_many", num(self.clock.now()), *ids)) if ids else 0
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        if not ids:
+            return 0
+        args: list[str | int] = [num(self.clock.now()), len(ids)]
+        for job_id in ids:
+            args += [job_id, len(follow_ups.get(job_id, ()))]
+        args += envelope_args(e for job_id in ids for e in follow_ups.get(job_id, ()))
+        return int(await self._run("cancel_many", *args))
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        return int(await self._run("delete_many", *ids)) if ids else 0
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        """From per-minute counters that settle keeps (a day and an hour of them): unlike the
+        SQL backends, which count stored rows, deleting or re-queuing a job later does not
+        take it out of the minute it ended in."""
+        now = int(self.clock.now() // 60) * 60
+        first = max(int(since // 60) * 60, now - 60 * _search.HISTORY_KEEP_MINUTES)
+        minutes = list(range(first, now + 60, 60))
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hgetall(self._key(f"hist:{minute}"))
+            answers = await pipe.execute()
+        return [
+            fact
+            for minute, fields in zip(minutes, answers, strict=True)
+            for fact in _search.history_counts(minute, fields)
+        ]
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         return bool(

@@ -10,7 +10,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     JobState,
     Lapsed,
@@ -42,6 +43,7 @@ from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import search as _search
 
 T = TypeVar("T")
 
@@ -278,7 +280,7 @@ class SQLiteBackend:
             conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
         with self._tx():
-            for statement in Q["schema"].split(";"):
+            for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute(
@@ -719,6 +721,62 @@ class SQLiteBackend:
     ) -> list[JobRow]:
         rows = await self._run(self._list_jobs, owner, state, kind, before, limit)
         return [JobRow.of(row) for row in rows]
+
+    # -- operators: finding jobs and acting on many (see search.py) -------------------------
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        sql, args = _search.search_sql(f, states, before, limit)
+        rows = await self._run(self._returning, self.conn, sql, args)
+        return [JobRow.of(row) for row in rows]
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        return await self._run(_search.count, self.conn, f, cap)
+
+    def _requeue_many(self, ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            changed = _search.requeue(conn, ids, self.clock.now())
+            self._event_ids(conn, changed)
+        return len(changed)
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        n = await self._run(self._requeue_many, list(ids)) if ids else 0
+        if n:
+            self._wake_waiters()
+        return n
+
+    def _cancel_many(self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]) -> int:
+        with self._tx() as conn:
+            ended = _search.cancel_waiting(conn, ids, self.clock.now())
+            self._event_ids(conn, ended)
+            self._insert(conn, [e for job_id in ended for e in follow_ups.get(job_id, ())])
+            return len(ended) + _search.flag_running(conn, ids)
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        if not ids:
+            return 0
+        n = await self._run(self._cancel_many, list(ids), follow_ups)
+        if follow_ups:
+            self._wake_waiters()
+        return n
+
+    def _delete_many(self, ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            return _search.delete(conn, ids)
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        return await self._run(self._delete_many, list(ids)) if ids else 0
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        return await self._run(_search.history, self.conn, since)
 
     def _progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         with self._tx() as conn:

@@ -245,3 +245,49 @@ DELETE FROM offload_paused WHERE queue = ?
 
 -- name: paused
 SELECT queue FROM offload_paused
+-- name: search_indexes
+-- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
+-- any one filter reads its index backwards and stops after a page, and state with kind (the
+-- dead jobs of one kind) is one range, counted off the index. `created` serves the date
+-- range, `history` the per-minute throughput (covering: read off the index alone). Made on
+-- open like the rest of the schema (older code ignores them, SQLite keeps them up to date).
+-- No semicolon in these comments: the statements are split on it.
+CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
+    WHERE state IN ('succeeded', 'failed', 'dead')
+
+-- name: requeue_many
+UPDATE offload_jobs
+SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
+    finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
+    cancel_requested = 0
+WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('dead', 'failed', 'cancelled')
+RETURNING id
+
+-- name: cancel_many_waiting
+UPDATE offload_jobs SET state = 'cancelled', finished_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('queued', 'retrying')
+RETURNING id
+
+-- name: cancel_many_running
+UPDATE offload_jobs SET cancel_requested = 1
+WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running' AND cancel_requested = 0
+
+-- name: delete_many
+DELETE FROM offload_jobs
+WHERE id IN (SELECT value FROM json_each(?))
+  AND state IN ('succeeded', 'failed', 'cancelled', 'dead')
+RETURNING id
+
+-- name: delete_effects
+DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: history
+SELECT CAST(finished_at / 60 AS INTEGER) * 60 AS minute, queue, state, count(*)
+FROM offload_jobs INDEXED BY offload_jobs_history
+WHERE finished_at >= ? AND state IN ('succeeded', 'failed', 'dead')
+GROUP BY minute, queue, state

@@ -45,7 +45,8 @@ else
   redis.call('DEL', merge)
 end
 
-local out, ready, waiting, running, leases = {}, {}, {}, {}, {}
+local out, ready, waiting, running, leases, was = {}, {}, {}, {}, {}, {}
+local now_running = {}
 for _, pick in ipairs(picked) do
   local member, queue = pick[1], pick[2]
   local id = member_id(member)
@@ -54,6 +55,9 @@ for _, pick in ipairs(picked) do
   local job = redis.call('HMGET', jk, 'state', 'attempt')
   if job[1] == 'queued' or job[1] == 'retrying' then
     push(waiting, queue, id)
+    push(was, job[1], id)
+    now_running[#now_running + 1] = 0
+    now_running[#now_running + 1] = id
     redis.call('HSET', jk, 'state', 'running', 'attempt', tonumber(job[2]) + 1,
       'lease_token', token, 'lease_expires', expires, 'worker', worker, 'started_at', now,
       'cancel_requested', '0')
@@ -69,5 +73,7 @@ for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, membe
 for queue, ids in pairs(waiting) do bulk('ZREM', K .. 'waiting:' .. queue, ids) end
 for queue, ids in pairs(running) do bulk('SADD', K .. 'running:' .. queue, ids) end
 if #leases > 0 then bulk('ZADD', K .. 'leases', leases) end
+for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
+if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
 announce_changes()
 return out
