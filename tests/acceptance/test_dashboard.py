@@ -371,9 +371,17 @@ async def test_an_action_without_the_right_csrf_token_changes_nothing(
     # With the page's token, from the page's origin, it is done.
     answer = await web.post(form["action"], data={"csrf": good}, headers={**OPS, "Origin": BASE})
     assert answer.status_code == 303
-    assert answer.headers["location"].startswith(f"/dashboard/jobs/{job_id}?notice=")
+    location = answer.headers["location"]
+    assert location.startswith(f"/dashboard/jobs/{job_id}?notice=")
     row = await app.get(job_id)
     assert row is not None and row.state is JobState.QUEUED
+    # The page shows the notice its action signed; a crafted link's words are not shown.
+    shown = await web.get(location, headers=OPS)
+    assert 'data-testid="notice"' in shown.text
+    crafted = await web.get(
+        f"/dashboard/jobs/{job_id}?notice=Call+support+at+evil.example&nmac=00", headers=OPS
+    )
+    assert crafted.status_code == 200 and "evil.example" not in crafted.text
 
 
 async def test_cancel_and_purge_one_job(app: App, web: httpx.AsyncClient) -> None:

@@ -3,6 +3,8 @@ token, read-only mode, and the guards of a form POST."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,16 +108,38 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         "operator": operator(request),
         "csrf": csrf_token(secret, operator(request), time.time()),
         "csrf_field": CSRF_FIELD,
-        "notice": request.query_params.get("notice", "")[:200],
+        "notice": _notice(request),
         "app_name": app_of(request).name,
     }
     html = ENVIRONMENT.get_template(name).render(**base, **context)
     return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
 
+def _notice_mac(request: Request, notice: str) -> str:
+    """What vouches that this operator's action wrote `notice` (not a link someone sent)."""
+    secret: bytes = request.app.state.present.secret
+    said = f"dashboard-notice\0{operator(request)}\0{notice}".encode()
+    return hmac.new(secret, said, hashlib.sha256).hexdigest()[:32]
+
+
+def _notice(request: Request) -> str:
+    """The notice an action left for its page, or "" for one this dashboard did not sign
+    (a crafted link shows nothing)."""
+    notice = request.query_params.get("notice", "")[:500]
+    mac = request.query_params.get("nmac", "")
+    if not notice or not hmac.compare_digest(mac.encode(), _notice_mac(request, notice).encode()):
+        return ""
+    return notice
+
+
 def back_to(request: Request, path: str, notice: str = "") -> Response:
-    """After an action: see the page it was made on (303), with what it did."""
-    query = ("&" if "?" in path else "?") + urlencode({"notice": notice}) if notice else ""
+    """After an action: see the page it was made on (303), with what it did (signed, so
+    only the dashboard's own actions put words on its pages)."""
+    query = ""
+    if notice:
+        notice = notice[:500]
+        signed = {"notice": notice, "nmac": _notice_mac(request, notice)}
+        query = ("&" if "?" in path else "?") + urlencode(signed)
     return RedirectResponse(base_of(request) + path + query, status_code=303)
 
 
