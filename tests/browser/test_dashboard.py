@@ -6,7 +6,8 @@ no dashboard at all.
 `offload web` and `offload worker` run as subprocesses on a small project (tests/browser/
 dashproj) with API tokens: `ops` is an admin (OFFLOAD_ADMIN_PRINCIPALS), `bob` is not. Each
 browser context sends its bearer token with every request (pages, forms, event streams), as
-a proxy in front of the dashboard would. With OFFLOAD_SCREENSHOTS=docs/img it writes the README's screenshots there.
+a proxy in front of the dashboard would. With OFFLOAD_SCREENSHOTS=docs/img it writes the
+README's screenshots there.
 """
 
 from __future__ import annotations
