@@ -568,7 +568,7 @@ class RedisBackend:
                 key = self._key(_search.indexes(f)[0])
                 n = int(await self._redis.zlexcount(key, low, high))
             return n if cap is None else min(n, cap)
-        return (await self._walk("count", f, None, None, cap or 2**53))[0]
+        return (await self._walk("count", f, None, None, 2**53 if cap is None else cap))[0]
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
         return int(await self._run("requeue_many", num(self.clock.now()), *ids)) if ids else 0
