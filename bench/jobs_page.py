@@ -349,8 +349,9 @@ def report(
         "turned into text for every row, and the page reads the table in id order). Text search "
         "is the query over the target: a rare word on both backends, a common one on "
         "PostgreSQL; narrowed by a kind (last text row) it is fast again. Exact counts of a "
-        "filter that matches most jobs read every match, which is why the page shows the capped count. The fill writes rows "
-        "only (no change-feed entries: the jobs page does not read them).",
+        "filter that matches most jobs read every match, which is why the page shows the "
+        "capped count. The fill writes rows only (no change-feed entries: the jobs page does "
+        "not read them).",
     ]
     body = "\n".join(lines)
     print(body)
