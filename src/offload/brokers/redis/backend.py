@@ -242,7 +242,8 @@ class RedisBackend:
 
     async def migrate(self) -> list[int]:
         """Put jobs stored before the jobs page's indexes existed into them (`_CHUNK` jobs
-        per script call); returns [1] when it did, [] when the keys were up to date. Jobs
+        per script call); returns [1] when it did, [] when the keys were up to date (or
+        there is no job yet). Jobs
         stored since are indexed as they are written, so the jobs page finds old jobs once
         this ran (`offload migrate`); nothing else depends on it.
 
@@ -252,6 +253,9 @@ class RedisBackend:
         key = self._key("schema")
         async with self._guard():
             if int(await self._redis.get(key) or 0) >= SCHEMA_VERSION:
+                return []
+            if not await self._redis.zcard(self._key("ids")):  # no job to index: up to date
+                await self._redis.set(key, SCHEMA_VERSION)
                 return []
         cursor = ""
         while True:
