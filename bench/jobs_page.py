@@ -346,10 +346,12 @@ def report(
         "milliseconds at any depth. Text search has no index: it reads jobs newest first until "
         "it has a page, so a common word finds its page quickly, but its capped count reads "
         "until 10,000 matches and a rare word reads the whole table (on PostgreSQL the JSON is "
-        "turned into text for every row). That is the one query over the target: narrowed by a "
-        "kind (last text row) it is fast again. Exact counts of a filter that matches most jobs "
-        "read every match, which is why the page shows the capped count. The fill writes rows "
-        "only (no change-feed entries: the jobs page does not read them).",
+        "turned into text for every row, and the page reads the table in id order). Text search "
+        "is the query over the target: a rare word on both backends, a common one on "
+        "PostgreSQL; narrowed by a kind (last text row) it is fast again. Exact counts of a "
+        "filter that matches most jobs read every match, which is why the page shows the "
+        "capped count. The fill writes rows only (no change-feed entries: the jobs page does "
+        "not read them).",
     ]
     body = "\n".join(lines)
     print(body)

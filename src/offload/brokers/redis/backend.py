@@ -247,7 +247,8 @@ class RedisBackend:
 
     async def migrate(self) -> list[int]:
         """Put jobs stored before the jobs page's indexes existed into them (`_CHUNK` jobs
-        per script call); returns [1] when it did, [] when the keys were up to date. Jobs
+        per script call); returns [1] when it did, [] when the keys were up to date (or
+        there is no job yet). Jobs
         stored since are indexed as they are written, so the jobs page finds old jobs once
         this ran (`offload migrate`); nothing else depends on it.
 
@@ -257,6 +258,9 @@ class RedisBackend:
         key = self._key("schema")
         async with self._guard():
             if int(await self._redis.get(key) or 0) >= SCHEMA_VERSION:
+                return []
+            if not await self._redis.zcard(self._key("ids")):  # no job to index: up to date
+                await self._redis.set(key, SCHEMA_VERSION)
                 return []
         cursor = ""
         while True:
@@ -612,7 +616,7 @@ class RedisBackend:
                 key = self._key(_search.indexes(f)[0])
                 n = int(await self._redis.zlexcount(key, low, high))
             return n if cap is None else min(n, cap)
-        return (await self._walk("count", f, None, None, cap or 2**53))[0]
+        return (await self._walk("count", f, None, None, 2**53 if cap is None else cap))[0]
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
         return int(await self._run("requeue_many", num(self.clock.now()), *ids)) if ids else 0
