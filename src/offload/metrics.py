@@ -73,7 +73,8 @@ class NoMetrics:
         """Count a job starting in `queue` after waiting `waited_s` since it was due."""
 
     def ended(self, kind: str, queue: str, state: str, ran_s: float | None = None) -> None:
-        """Count an attempt that ended in `state`, its handler having run `ran_s`."""
+        """Count an attempt that ended in `state`, having run `ran_s` (None: not timed, a
+        lapsed lease's)."""
 
     def delivered(self, channel: str, outcome: str) -> None:
         """Count one webhook or email delivery attempt and its outcome."""
@@ -121,7 +122,7 @@ class Metrics(NoMetrics):
             ("kind", "queue", "state"), registry=r,
         )  # fmt: skip
         self._duration = Histogram(
-            "offload_job_duration_seconds", "How long an attempt's handler ran",
+            "offload_job_duration_seconds", "How long an attempt ran, from its start to its end",
             ("kind", "queue"), buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self._wait = Histogram(
