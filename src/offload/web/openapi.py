@@ -179,6 +179,9 @@ def _security(schema: dict[str, Any], api: FastAPI) -> None:
     schema["security"] = [{"bearer": []}]
     events = schema["paths"]["/v1/events"]["get"]
     events["security"] = [{"bearer": []}, {"ticket": []}]
+    # GET /metrics: an admin's token or OFFLOAD_METRICS_TOKEN; without one it answers 404
+    # (as for no such path), never 401: the token is optional to the document.
+    schema["paths"]["/metrics"]["get"]["security"] = [{"bearer": []}, {}]
 
 
 def openapi_document(api: FastAPI) -> dict[str, Any]:
