@@ -120,9 +120,11 @@ async def test_a_worker_counts_attempts_waits_run_times_slots_and_deliveries(
             completed = "offload_jobs_completed_total"
             try:
                 await until(
-                    lambda: scrape(metrics).total(completed, kind="m.ping") == 5
-                    and scrape(metrics).total(completed, kind="m.flop") == 2
-                    and scrape(metrics).total("offload_deliveries_total") == 1
+                    lambda: (
+                        scrape(metrics).total(completed, kind="m.ping") == 5
+                        and scrape(metrics).total(completed, kind="m.flop") == 2
+                        and scrape(metrics).total("offload_deliveries_total") == 1
+                    )
                 )
                 found = scrape(metrics)
                 # its slots show while it runs,
@@ -147,7 +149,10 @@ async def test_a_worker_counts_attempts_waits_run_times_slots_and_deliveries(
     assert found.value("offload_job_wait_seconds_bucket", queue="pings", le="+Inf") == 5
     # the webhook's delivery, and the notify queue's delivery job itself.
     assert found.value("offload_deliveries_total", channel="webhook", outcome="delivered") == 1
-    assert found.value(completed, kind="offload.webhook", queue="offload.notify", state="succeeded") == 1
+    assert (
+        found.value(completed, kind="offload.webhook", queue="offload.notify", state="succeeded")
+        == 1
+    )
     assert len(receiver.requests) == 1
     # A stopped worker reports no slots.
     assert scrape(metrics).labels("offload_worker_slots") == []
@@ -185,9 +190,11 @@ async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -
     assert found.value("offload_queue_depth", queue="pings", state="queued") == 0
     assert found.value("offload_queue_depth", queue="default", state="queued") == 1
     assert found.value("offload_queue_oldest_age_seconds", queue="default") >= 0
-    assert found.value("offload_worker_slots", state="busy") + found.value(
-        "offload_worker_slots", state="idle"
-    ) == 2
+    assert (
+        found.value("offload_worker_slots", state="busy")
+        + found.value("offload_worker_slots", state="idle")
+        == 2
+    )
     assert found.types["offload_queue_depth"] == "gauge"
     assert found.types["offload_job_duration_seconds"] == "histogram"
 

@@ -131,10 +131,12 @@ def test_curl_metrics_during_a_run_shows_every_metric(stack: Stack) -> None:
         found = poll(
             stack,
             worker_url,
-            lambda s: s.total(COMPLETED, kind="e2e.flaky", state="dead") == 1
-            and s.total("offload_deliveries_total") == 1
-            and s.total(COMPLETED, kind="e2e.noop") == 4
-            and s.total(COMPLETED, kind="e2e.export") == 1,
+            lambda s: (
+                s.total(COMPLETED, kind="e2e.flaky", state="dead") == 1
+                and s.total("offload_deliveries_total") == 1
+                and s.total(COMPLETED, kind="e2e.noop") == 4
+                and s.total(COMPLETED, kind="e2e.export") == 1
+            ),
         )
         bulk = {"kind": "e2e.noop", "queue": "bulk"}
         assert found.value(COMPLETED, **bulk, state="succeeded") == 3
