@@ -124,6 +124,7 @@ async def test_a_worker_counts_attempts_waits_run_times_slots_and_deliveries(
                         scrape(metrics).total(completed, kind="m.ping") == 5
                         and scrape(metrics).total(completed, kind="m.flop") == 2
                         and scrape(metrics).total("offload_deliveries_total") == 1
+                        and scrape(metrics).total(completed, kind="offload.webhook") == 1
                     )
                 )
                 found = scrape(metrics)
