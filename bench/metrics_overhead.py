@@ -6,9 +6,13 @@
 Each round drains a fresh backlog of N no-op jobs twice, metrics off then on (the order
 alternates between rounds), with one `offload worker` process; "on" is the same command
 with `--metrics-port`, so every job is counted (wait, run time, completion, slots).
-The figure is the median of the rounds; the ratio is on / off. Also: the CPU cost of the
-hooks one job goes through, timed in process. Completions are counted in a private Redis
-(127.0.0.1:6390), as `bench/drain.py` does.
+The figure is the median of the rounds; the ratio is on / off. Completions are counted in
+a private Redis (127.0.0.1:6390), as `bench/drain.py` does.
+
+The same comparison in process (`Worker` on the benchmark's own event loop, no process
+start-up in the figure) also reports the CPU seconds the process spent per job, which a
+loaded, shared machine disturbs far less than wall time; and the CPU cost of the hooks one
+job goes through, timed alone.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 import offload
+from offload import App, Context, Message
+from offload.metrics import Metrics
+from offload.worker.runner import Worker
 
 HERE = Path(__file__).parent
 #: The offload under test (a source tree on PYTHONPATH included), for the worker processes.
@@ -78,6 +85,41 @@ def drain(url: str, n: int, concurrency: int, metrics: bool) -> float:
     return n / (last - spawn)
 
 
+class Tock(Message):
+    i: int
+
+
+async def drain_in_process(
+    url: str, n: int, concurrency: int, metrics: bool
+) -> tuple[float, float]:
+    """Drain n queued jobs with a Worker in this process; returns (jobs/s, CPU µs per job)."""
+    app = App("inproc", url=url)
+    app.message("bench.inproc", queue="inproc")(Tock)
+    ran = 0
+    done = asyncio.Event()
+
+    @app.handles(Tock)
+    async def tock(msg: Tock, ctx: Context) -> None:
+        nonlocal ran
+        ran += 1
+        if ran == n:
+            done.set()
+
+    if metrics:
+        app.metrics = Metrics()
+    async with app:
+        for first in range(0, n, 10_000):
+            await app.enqueue_many([Tock(i=i) for i in range(first, min(n, first + 10_000))])
+        worker = Worker(app, concurrency=concurrency)
+        cpu, wall = time.process_time(), time.perf_counter()
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(done.wait(), 900)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        worker.request_stop()
+        await task
+    return n / wall, cpu / n * 1e6
+
+
 def hook_cost_ns(rounds: int = 200_000) -> tuple[float, float]:
     """CPU ns of the hooks one job goes through (start, end with run time), on and off."""
     from offload.metrics import NO_METRICS, Metrics
@@ -101,9 +143,11 @@ async def main() -> None:
     args = ap.parse_args()
     ensure_counter()
     rates: dict[str, dict[bool, list[float]]] = {}
+    inproc: dict[str, dict[bool, list[tuple[float, float]]]] = {}
     with Progress(console=console, transient=True) as progress:
         for name in args.backends.split(","):
             rates[name] = {False: [], True: []}
+            inproc[name] = {False: [], True: []}
             for round_ in range(args.rounds):
                 order = (False, True) if round_ % 2 == 0 else (True, False)
                 for metrics in order:
@@ -111,13 +155,23 @@ async def main() -> None:
                     await load(url, args.jobs, progress, f"{name} x{args.jobs:,}")
                     rate = drain(url, args.jobs, args.concurrency, metrics)
                     rates[name][metrics].append(rate)
-                    console.print(f"{name} metrics {'on' if metrics else 'off'}: {rate:,.0f}/s")
                     await cleanup(name, url)
-    write_report(args, rates, hook_cost_ns())
+                    url = await fresh_backend(name)
+                    figures = await drain_in_process(url, args.jobs, args.concurrency, metrics)
+                    inproc[name][metrics].append(figures)
+                    await cleanup(name, url)
+                    console.print(
+                        f"{name} metrics {'on' if metrics else 'off'}: {rate:,.0f}/s; in "
+                        f"process {figures[0]:,.0f}/s, {figures[1]:,.0f} µs CPU per job"
+                    )
+    write_report(args, rates, inproc, hook_cost_ns())
 
 
 def write_report(
-    args: argparse.Namespace, rates: dict[str, dict[bool, list[float]]], hooks: tuple[float, float]
+    args: argparse.Namespace,
+    rates: dict[str, dict[bool, list[float]]],
+    inproc: dict[str, dict[bool, list[tuple[float, float]]]],
+    hooks: tuple[float, float],
 ) -> None:
     lines = [
         "## Drain throughput with metrics on and off (`make bench-metrics`)",
@@ -135,6 +189,24 @@ def write_report(
         shown = [" · ".join(fmt(r) for r in by[m]) for m in (False, True)]
         lines.append(
             f"| {name} | {fmt(off)} ({shown[0]}) | {fmt(on)} ({shown[1]}) | {on / off:.2f}x |"
+        )
+    lines += [
+        "",
+        "In process (a `Worker` on the benchmark's loop, same rounds): median jobs/s, and the "
+        "median CPU time the process spent per job (less disturbed by other load than wall "
+        "time).",
+        "",
+        "| backend | off jobs/s | on jobs/s | ratio | off CPU µs/job | on CPU µs/job | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by in inproc.items():
+        off_rate = statistics.median(r for r, _ in by[False])
+        on_rate = statistics.median(r for r, _ in by[True])
+        off_cpu = statistics.median(c for _, c in by[False])
+        on_cpu = statistics.median(c for _, c in by[True])
+        lines.append(
+            f"| {name} | {fmt(off_rate)} | {fmt(on_rate)} | {on_rate / off_rate:.2f}x | "
+            f"{off_cpu:,.0f} | {on_cpu:,.0f} | {on_cpu / off_cpu:.2f}x |"
         )
     lines += [
         "",

@@ -689,7 +689,7 @@ class Worker:
             ran_s = (
                 job.ran_s if job is not None and job.lease.token == outcome.lease.token else None
             )
-            metrics.ended(env.kind, env.queue, outcome.state.value, ran_s)
+            metrics.ended(env.kind, env.queue, outcome.state, ran_s)  # a StrEnum: a str
 
     async def _record(self, kinds: Mapping[str, Sequence[int]]) -> None:
         """Record the kinds and versions this worker runs (empty: delete its entry), as of
