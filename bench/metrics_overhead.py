@@ -142,6 +142,7 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     args = ap.parse_args()
     ensure_counter()
+    load_before = os.getloadavg()[0]
     rates: dict[str, dict[bool, list[float]]] = {}
     inproc: dict[str, dict[bool, list[tuple[float, float]]]] = {}
     with Progress(console=console, transient=True) as progress:
@@ -164,7 +165,8 @@ async def main() -> None:
                         f"{name} metrics {'on' if metrics else 'off'}: {rate:,.0f}/s; in "
                         f"process {figures[0]:,.0f}/s, {figures[1]:,.0f} µs CPU per job"
                     )
-    write_report(args, rates, inproc, hook_cost_ns())
+    loads = (load_before, os.getloadavg()[0])
+    write_report(args, rates, inproc, hook_cost_ns(), loads)
 
 
 def write_report(
@@ -172,6 +174,7 @@ def write_report(
     rates: dict[str, dict[bool, list[float]]],
     inproc: dict[str, dict[bool, list[tuple[float, float]]]],
     hooks: tuple[float, float],
+    loads: tuple[float, float],
 ) -> None:
     lines = [
         "## Drain throughput with metrics on and off (`make bench-metrics`)",
@@ -212,6 +215,9 @@ def write_report(
         "",
         f"The hooks one job goes through (its start and its end), timed in process: "
         f"{hooks[0]:,.0f} ns with metrics off, {hooks[1]:,.0f} ns with them on.",
+        "",
+        f"Load average at the start and the end of the run: {loads[0]:.1f} and {loads[1]:.1f} "
+        f"on {os.cpu_count()} cores.",
     ]
     body = "\n".join(lines)
     print(body)

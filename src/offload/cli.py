@@ -304,7 +304,6 @@ def worker(
             max_jobs=max_jobs,
             exit_when_idle_s=exit_when_idle,
         )
-        stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
         if banner:
             processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
             _banner(
@@ -319,6 +318,7 @@ def worker(
             _stop_on_signals(runner.request_stop)
             await runner.run()
 
+        stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
         try:
             _run(main)
         finally:
