@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-api bench-burst bench-metrics
+.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-api bench-burst bench-tracing bench-jobs-page bench-metrics
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*
 
 # Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
-bench: bench-api bench-drain bench-peers bench-burst bench-metrics
+bench: bench-api bench-drain bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics
 
 bench-peers: $(STAMP)
 	bash bench/peers.sh
@@ -67,6 +67,13 @@ bench-metrics: $(STAMP)
 bench-api: $(STAMP)
 	$(BIN)/python bench/api_latency.py
 
+# The dashboard's jobs page at 1,000,000 jobs in SQLite and PostgreSQL.
+bench-jobs-page: $(STAMP)
+	$(BIN)/python bench/jobs_page.py
+
 bench-burst: $(STAMP)
 	$(BIN)/offload bench burst --out bench
+
+bench-tracing: $(STAMP)
+	$(BIN)/python bench/tracing.py
 

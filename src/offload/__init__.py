@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from .app import App, Job
 from .context import Context
-from .contract import Envelope, FromPrincipal, JobRow, JobState, Lease, Message, Outcome
+from .contract import (
+    Envelope,
+    FromPrincipal,
+    JobFilter,
+    JobRow,
+    JobState,
+    Lease,
+    Message,
+    Outcome,
+    Throughput,
+    WorkerInfo,
+)
 from .errors import (
     BackendError,
     Cancel,
@@ -38,6 +49,7 @@ __all__ = [
     "InvalidTransition",
     "Job",
     "JobError",
+    "JobFilter",
     "JobNotFound",
     "JobRow",
     "JobState",
@@ -50,6 +62,8 @@ __all__ = [
     "Retry",
     "SchemaError",
     "Settings",
+    "Throughput",
     "UnknownKind",
+    "WorkerInfo",
 ]
 __version__ = "0.1.0"

@@ -11,18 +11,27 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from . import tracing
+from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
+from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from .brokers import Backend, Capability, open_backend
-from .brokers.base import EMPTY_QUEUE_STATS, Change
+from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
 from .clock import seconds as _seconds
 from .contract import (
+    CANCELLABLE_STATES,
+    FINAL_STATES,
+    RETRYABLE_STATES,
     EnqueueResult,
     Envelope,
+    JobFilter,
     JobRow,
     JobState,
     Message,
+    Throughput,
+    WorkerInfo,
     principal_fields,
     status_record,
 )
@@ -308,6 +317,7 @@ class App:
         Raises:
             BackendError: the backend is unreachable, or (`create=False`) missing.
         """
+        tracing.resolve()  # a process configures its SDK before it starts serving
         await self._ensure_open(create=create)
         self._users += 1
         return self
@@ -319,6 +329,7 @@ class App:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
+                tracing.resolve()  # opened by a first enqueue: as `open` does
                 settings = self.settings
                 backend = open_backend(
                     settings.url,
@@ -411,7 +422,7 @@ class App:
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
         return Envelope(
-            id=uuid7(),
+            id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
             payload=message.model_dump(mode="json"),
@@ -428,24 +439,30 @@ class App:
             options=options,
         )
 
-    async def _store(self, envelopes: Sequence[Envelope], conn: Any = None) -> list[Job]:
+    async def _store(
+        self, envelopes: Sequence[Envelope], conn: Any = None, *, parent: Any = None
+    ) -> list[Job]:
         """Store stamped envelopes in one atomic batch (on the caller's `conn` when given).
 
         Every way in ends here (`enqueue`, `enqueue_many`, `enqueue_in`, `submit`), so what
         each submission gets (metrics, a producer span) is added in this one place.
+
+        Args:
+            parent: the tracing context of a caller on another thread (`enqueue_sync`).
         """
         backend = await self._opened_backend()
         results: list[EnqueueResult]
-        if conn is None:
-            results = await backend.enqueue(envelopes)
-        else:
-            enqueue_in = getattr(backend, "enqueue_in", None)
-            if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
-                raise ConfigurationError(
-                    f"the {type(backend).__name__} cannot enqueue inside your transaction"
-                )
-            stored = enqueue_in(conn, envelopes)
-            results = await stored if inspect.isawaitable(stored) else stored
+        with tracing.send(envelopes, parent) as envelopes:
+            if conn is None:
+                results = await backend.enqueue(envelopes)
+            else:
+                enqueue_in = getattr(backend, "enqueue_in", None)
+                if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
+                    raise ConfigurationError(
+                        f"the {type(backend).__name__} cannot enqueue inside your transaction"
+                    )
+                stored = enqueue_in(conn, envelopes)
+                results = await stored if inspect.isawaitable(stored) else stored
         self.metrics.stored(envelopes, results)
         return [
             Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
@@ -602,7 +619,8 @@ class App:
             owner=owner,
         )
         envelope = self._stamp(message, o)
-        (job,) = self._sync_call(lambda twin: twin._store([envelope]))
+        parent = tracing.current()  # the caller's span: _store runs on the loop thread
+        (job,) = self._sync_call(lambda twin: twin._store([envelope], parent=parent))
         return replace(job, app=self)
 
     def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
@@ -699,13 +717,87 @@ class App:
         notes = follow_ups_of_row(self, ended, marker=f"cancel:{row.run_at!r}")
         return await self._require_backend().cancel(job_id, follow_ups=notes)
 
+    # -- operators: finding jobs and acting on many -----------------------------------------
+
+    async def search_jobs(
+        self, f: JobFilter, *, before: str | None = None, limit: int = 50
+    ) -> list[JobRow]:
+        """Every owner's jobs matching `f`, newest first (operators; `f.owner` narrows).
+
+        Args:
+            before: the id of the last row of the previous page (keyset pagination: no gap
+                and no repeat while jobs come and go).
+        """
+        backend = await self._opened_backend()
+        return await backend.search_jobs(f, before=before, limit=limit)
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        """How many jobs match `f`. With `cap` (e.g. `DEFAULT_COUNT_CAP`), counting
+        stops there, and an answer equal to `cap` means "cap or more"."""
+        return await (await self._opened_backend()).count_jobs(f, cap=cap)
+
+    async def retry_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
+        """Re-queue every dead, failed or cancelled job matching `f` with a fresh retry
+        budget, as `requeue` does one, in batches of `batch` jobs per transaction. Returns
+        how many were re-queued."""
+        backend = await self._opened_backend()
+
+        async def apply(rows: list[JobRow]) -> int:
+            return await backend.requeue_many([r.id for r in rows])
+
+        return await walk(backend, f, RETRYABLE_STATES, apply, batch=batch)
+
+    async def cancel_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
+        """Cancel every waiting or running job matching `f`, as `cancel` does one: waiting
+        jobs end cancelled (with their notifications), running ones are flagged for their
+        worker. In batches of `batch` jobs per transaction; returns how many changed."""
+        backend = await self._opened_backend()
+
+        async def apply(rows: list[JobRow]) -> int:
+            notes = {
+                r.id: follow_ups_of_row(
+                    self,
+                    dataclasses.replace(r, state=JobState.CANCELLED),
+                    marker=f"cancel:{r.run_at!r}",
+                )
+                for r in rows
+                if r.state.waiting
+            }
+            return await backend.cancel_many([r.id for r in rows], notes)
+
+        return await walk(backend, f, CANCELLABLE_STATES, apply, batch=batch)
+
+    async def delete_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
+        """Delete every job matching `f` that is in a final state (succeeded, failed,
+        cancelled, dead) with its feed entries and delivery records; never a waiting or
+        running one. In batches of `batch` jobs per transaction; returns how many."""
+        backend = await self._opened_backend()
+
+        async def apply(rows: list[JobRow]) -> int:
+            return await backend.delete_many([r.id for r in rows])
+
+        return await walk(backend, f, FINAL_STATES, apply, batch=batch)
+
+    async def history(self, *, minutes: int = 60) -> list[Throughput]:
+        """Per minute of the last `minutes` (the current one last) and per queue, how many
+        jobs succeeded, failed and went dead, read from the stored jobs (so it survives
+        restarts): the dashboard's throughput chart. Every queue a registered kind routes to
+        is listed, an idle one with zeros.
+
+        Raises:
+            ValueError: `minutes` below 1.
+        """
+        since = minutes_since(self.clock.now(), minutes)
+        facts = await (await self._opened_backend()).history(since=since)
+        return throughput(facts, since=since, minutes=minutes, queues=self.queues)
+
     # -- queues -----------------------------------------------------------------------------
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
         age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
-        that claimed them runs, given back for one that knows it). Every queue a registered
-        kind routes to is listed, an empty one with zeros."""
+        that claimed them runs, given back for one that knows it), paused. Every queue a
+        registered kind routes to, or that is paused, is listed, an empty one with zeros."""
         stats = await (await self._opened_backend()).stats()
         for name in self.queues:
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
@@ -726,6 +818,33 @@ class App:
     async def purge(self, queue: str) -> int:
         """Delete every job waiting in `queue` (running jobs are left alone); the count."""
         return await (await self._opened_backend()).purge(queue)
+
+    async def pause(self, queue: str) -> bool:
+        """Pause `queue`: no worker (of any process, on any host) claims its jobs until it is
+        resumed; running jobs finish, and jobs are still enqueued into it. It stays paused
+        across restarts (stored in the backend).
+
+        Returns:
+            False when it was paused already.
+        """
+        return await (await self._opened_backend()).pause(_queue_name(queue))
+
+    async def resume(self, queue: str) -> bool:
+        """Resume a paused `queue`: waiting workers wake and claim its jobs at once.
+
+        Returns:
+            False when it was not paused.
+        """
+        return await (await self._opened_backend()).resume(_queue_name(queue))
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The worker registry: every worker process that recorded itself (on start and on
+        every heartbeat) and has not stopped cleanly. `lost` marks one whose heartbeat
+        lapsed (`brokers.base.WORKER_LOST_AFTER_S`); such entries are deleted after
+        `brokers.base.FORGET_WORKER_AFTER_S`. Live workers first, then by start time."""
+        backend = await self._opened_backend()
+        found = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
+        return sorted(found, key=lambda w: (w.lost, w.started_at, w.id))
 
     async def ping(self) -> None:
         """Check that the open app's backend answers (readiness).
@@ -768,6 +887,17 @@ class App:
             ConfigurationError: the app is not open.
         """
         await self._require_backend().wait_changes(timeout)
+
+
+def _queue_name(queue: str) -> str:
+    """A queue name as given, checked.
+
+    Raises:
+        ConfigurationError: an empty name.
+    """
+    if not queue or not queue.strip():
+        raise ConfigurationError("a queue name must not be empty")
+    return queue
 
 
 class _SyncRunner:

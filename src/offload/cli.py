@@ -1,4 +1,4 @@
-"""The `offload` command line: web, worker, dev, demo, jobs, queues, contracts."""
+"""The `offload` command line: web, worker, dev, demo, jobs, queues, workers, contracts."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from . import __version__
 from ._loading import load
 from ._loop import run as _run
 from .app import App
-from .contract import JobRow, JobState
+from .contract import JobFilter, JobRow, JobState, WorkerInfo
 from .errors import ConfigurationError, JobNotFound, OffloadError
 from .settings import Settings
 
@@ -496,28 +496,94 @@ def _print_whole(table: Table) -> None:
     console.print(table)
 
 
+StateOpt = Annotated[JobState | None, typer.Option(help="only jobs in this state")]
+KindOpt = Annotated[str | None, typer.Option(help="only jobs of this kind")]
+QueueOpt = Annotated[str | None, typer.Option(help="only jobs in this queue")]
+OwnerOpt = Annotated[str | None, typer.Option(help="only jobs of this principal")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(help="created at or after: an age (30m, 6h, 2d) or a time (UTC unless given)"),
+]
+UntilOpt = Annotated[
+    str | None, typer.Option(help="created before: an age (30m, 6h, 2d) or a time")
+]
+SearchOpt = Annotated[
+    str | None, typer.Option("--search", help="text in the message (case-insensitive)")
+]
+IdOpt = Annotated[str | None, typer.Option("--id", help="only ids that start with this")]
+AllOpt = Annotated[
+    bool,
+    typer.Option("--all-matching", help="act on every job the filter options match"),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", help="don't ask")]
+OptJobId = Annotated[
+    str | None,
+    typer.Argument(help="the job's id, or enough of its start to be unique"),
+]
+
+
+def _filter(
+    state: JobState | None,
+    kind: str | None,
+    queue: str | None,
+    owner: str | None,
+    since: str | None,
+    until: str | None,
+    search: str | None,
+    id_prefix: str | None,
+) -> JobFilter:
+    """The filter the options name; a bad time or empty text exits 2 with one line."""
+    from ._cli_filters import moment
+
+    try:
+        now = time.time()
+        return JobFilter(
+            state=state.value if state else None,
+            kind=kind,
+            queue=queue,
+            owner=owner,
+            created_after=moment(since, now=now),
+            created_before=moment(until, now=now),
+            id_prefix=id_prefix,
+            text=search,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), prefix="error: ", code=2) from None
+
+
 @jobs_cli.command("list")
 def jobs_list(
     app: OptApp = None,
     url: Url = None,
-    state: Annotated[JobState | None, typer.Option(help="only jobs in this state")] = None,
-    kind: str | None = None,
-    owner: str | None = None,
+    state: StateOpt = None,
+    kind: KindOpt = None,
+    queue: QueueOpt = None,
+    owner: OwnerOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    id_prefix: IdOpt = None,
     limit: int = 50,
     wide: Annotated[bool, typer.Option("--wide", help="also queue, owner, worker")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs matching the filters, newest first, with how many match in all."""
+    from ._bulk import DEFAULT_COUNT_CAP
     from .contract import status_record
 
-    wanted = state.value if state else None
-    rows = _with_app(
-        app, url, lambda a: a.list_jobs(owner=owner, state=wanted, kind=kind, limit=limit)
-    )
+    f = _filter(state, kind, queue, owner, since, until, search, id_prefix)
+
+    async def page(a: App) -> tuple[list[JobRow], int]:
+        rows = await a.search_jobs(f, limit=limit)
+        return rows, await a.count_jobs(f, cap=DEFAULT_COUNT_CAP)
+
+    rows, total = _with_app(app, url, page)
     if as_json:
         _console().print_json(orjson.dumps([status_record(r) for r in rows]).decode())
         return
     _print_whole(_jobs_table(rows, wide=wide))
+    shown = f"{total:,}+" if total >= DEFAULT_COUNT_CAP else f"{total:,}"
+    _console().print(f"{len(rows):,} shown of {shown} matching", highlight=False)
 
 
 @jobs_cli.command("show")
@@ -530,27 +596,149 @@ def jobs_show(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
     _console().print_json(orjson.dumps(_with_app(app, url, show)).decode())
 
 
+def _one_or_all(job_id: str | None, all_matching: bool, f: JobFilter) -> None:
+    """Either one JOB_ID or `--all-matching` (with the filters); exits 2 otherwise."""
+    if job_id is not None and all_matching:
+        raise _fail("give a JOB_ID or --all-matching, not both", prefix="error: ", code=2)
+    if job_id is None and not all_matching:
+        raise _fail("give a JOB_ID, or --all-matching with filters", prefix="error: ", code=2)
+    if job_id is not None and f != JobFilter():
+        raise _fail("filter options need --all-matching", prefix="error: ", code=2)
+
+
+def _bulk(
+    ref: str | None,
+    url: str | None,
+    f: JobFilter,
+    *,
+    verb: str,
+    past: str,
+    states: frozenset[JobState],
+    yes: bool,
+    act: Callable[[App], Awaitable[int]],
+) -> None:
+    """Count what `act` would change, ask (unless `yes`), act, and report the count."""
+    from ._cli_filters import count_in, described
+
+    n = _with_app(ref, url, lambda a: count_in(a, f, states))
+    names = sorted(s.value for s in states)
+    which = ", ".join(names[:-1]) + " or " + names[-1]
+    if n == 0:
+        _console().print(f"no {which} job matches {described(f)}", highlight=False)
+        return
+    if not yes:
+        typer.confirm(f"{verb} {n:,} {which} jobs matching {described(f)}?", abort=True)
+    done = _with_app(ref, url, act)
+    _console().print(f"{past} {done:,} jobs", highlight=False)
+
+
 @jobs_cli.command("retry")
-def jobs_retry(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
-    """Re-queue a dead, failed or cancelled job with a fresh retry budget."""
+def jobs_retry(
+    job_id: OptJobId = None,
+    all_matching: AllOpt = False,
+    app: OptApp = None,
+    url: Url = None,
+    state: StateOpt = None,
+    kind: KindOpt = None,
+    queue: QueueOpt = None,
+    owner: OwnerOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    id_prefix: IdOpt = None,
+    yes: YesOpt = False,
+) -> None:
+    """Re-queue a dead, failed or cancelled job (or --all-matching ones) with a fresh retry
+    budget."""
+    from .contract import RETRYABLE_STATES
+
+    f = _filter(state, kind, queue, owner, since, until, search, id_prefix)
+    _one_or_all(job_id, all_matching, f)
+    if job_id is None:
+        _bulk(app, url, f, verb="retry", past="retried", states=RETRYABLE_STATES, yes=yes,
+              act=lambda a: a.retry_jobs(f))  # fmt: skip
+        return
+    one = job_id
 
     async def retry(a: App) -> JobRow:
-        return await a.requeue(await _resolve(a, job_id))
+        return await a.requeue(await _resolve(a, one))
 
     row = _with_app(app, url, retry)
     _console().print(f"job {row.id} is {row.state} again")
 
 
 @jobs_cli.command("cancel")
-def jobs_cancel(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
-    """Cancel a job: a waiting one never runs; a running one is signalled."""
+def jobs_cancel(
+    job_id: OptJobId = None,
+    all_matching: AllOpt = False,
+    app: OptApp = None,
+    url: Url = None,
+    state: StateOpt = None,
+    kind: KindOpt = None,
+    queue: QueueOpt = None,
+    owner: OwnerOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    id_prefix: IdOpt = None,
+    yes: YesOpt = False,
+) -> None:
+    """Cancel a job (or --all-matching ones): a waiting one never runs; a running one is
+    signalled."""
+    from .contract import CANCELLABLE_STATES
+
+    f = _filter(state, kind, queue, owner, since, until, search, id_prefix)
+    _one_or_all(job_id, all_matching, f)
+    if job_id is None:
+        _bulk(app, url, f, verb="cancel", past="cancelled", states=CANCELLABLE_STATES, yes=yes,
+              act=lambda a: a.cancel_jobs(f))  # fmt: skip
+        return
+    one = job_id
 
     async def cancel(a: App) -> JobRow:
-        return await a.cancel(await _resolve(a, job_id))
+        return await a.cancel(await _resolve(a, one))
 
     row = _with_app(app, url, cancel)
     what = "cancelled" if row.state == "cancelled" else "asked to stop (running)"
     _console().print(f"job {row.id} {what}")
+
+
+@jobs_cli.command("delete")
+def jobs_delete(
+    job_id: OptJobId = None,
+    all_matching: AllOpt = False,
+    app: OptApp = None,
+    url: Url = None,
+    state: StateOpt = None,
+    kind: KindOpt = None,
+    queue: QueueOpt = None,
+    owner: OwnerOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    search: SearchOpt = None,
+    id_prefix: IdOpt = None,
+    yes: YesOpt = False,
+) -> None:
+    """Delete a finished job (or --all-matching ones: succeeded, failed, cancelled or dead)
+    with its history and delivery records; waiting and running jobs are never deleted."""
+    from .contract import FINAL_STATES
+
+    f = _filter(state, kind, queue, owner, since, until, search, id_prefix)
+    _one_or_all(job_id, all_matching, f)
+    if job_id is None:
+        _bulk(app, url, f, verb="delete", past="deleted", states=FINAL_STATES, yes=yes,
+              act=lambda a: a.delete_jobs(f))  # fmt: skip
+        return
+    one = job_id
+
+    async def delete(a: App) -> tuple[str, int]:
+        found = await _resolve(a, one)
+        return found, await a.delete_jobs(JobFilter(id_prefix=found))
+
+    found, n = _with_app(app, url, delete)
+    if not n:
+        raise _fail(f"job {found} is not finished: only a finished job can be deleted")
+    _console().print(f"job {found} deleted")
 
 
 @jobs_cli.command("purge")
@@ -687,12 +875,27 @@ def migrate(url: Url = None) -> None:
         _console().print(f"schema is up to date at {where}", soft_wrap=True)
 
 
-@cli.command()
+queues_cli = typer.Typer(
+    help="Per-queue stats (with no command); pause and resume a queue.",
+    invoke_without_command=True,
+)
+cli.add_typer(queues_cli, name="queues")
+QueueName = Annotated[str, typer.Argument(metavar="NAME", help="the queue")]
+
+
+@queues_cli.callback()
 def queues(
-    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+    ctx: typer.Context,
+    app: OptApp = None,
+    url: Url = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Per-queue stats: queued, scheduled, running, dead, oldest age, and the jobs that wait
-    for a newer worker (stored at a version newer than a worker that claimed them runs)."""
+    """Per-queue stats: queued, scheduled, running, dead, oldest age, the jobs that wait
+    for a newer worker (stored at a version newer than a worker that claimed them runs), and
+    whether the queue is paused. `pause NAME` and `resume NAME` steer one queue."""
+    ctx.obj = (app, url)  # `--app`/`--url` given before a command count for it too
+    if ctx.invoked_subcommand is not None:
+        return
     stats = _with_app(app, url, lambda a: a.stats())
     if as_json:
         _console().print_json(orjson.dumps(stats).decode())
@@ -700,7 +903,14 @@ def queues(
     from rich.table import Table
 
     table = Table(
-        "queue", "queued", "scheduled", "running", "dead", "oldest age (s)", "for newer worker"
+        "queue",
+        "queued",
+        "scheduled",
+        "running",
+        "dead",
+        "oldest age (s)",
+        "for newer worker",
+        "paused",
     )
     for name, s in sorted(stats.items()):
         table.add_row(
@@ -711,8 +921,78 @@ def queues(
             str(s["dead"]),
             f"{s['oldest_age_s']:.1f}",
             str(s["awaiting_newer_worker"]),
+            "paused" if s["paused"] else "",
         )
     _console().print(table)
+
+
+def _app_ref(ctx: typer.Context, app: str | None, url: str | None) -> tuple[str | None, str | None]:
+    """A command's `--app` and `--url`, else those given to `offload queues` before it."""
+    given_app, given_url = ctx.obj or (None, None)
+    return app or given_app, url or given_url
+
+
+@queues_cli.command("pause")
+def queues_pause(ctx: typer.Context, name: QueueName, app: OptApp = None, url: Url = None) -> None:
+    """Pause queue NAME: no worker claims its jobs until it is resumed (running jobs finish,
+    new jobs are still enqueued). The pause is stored: it holds across restarts."""
+    ref, where = _app_ref(ctx, app, url)
+    changed = _with_app(ref, where, lambda a: a.pause(name))
+    said = f"queue {name} paused" if changed else f"queue {name} was paused already"
+    _console().print(said, soft_wrap=True, highlight=False, markup=False)
+
+
+@queues_cli.command("resume")
+def queues_resume(ctx: typer.Context, name: QueueName, app: OptApp = None, url: Url = None) -> None:
+    """Resume queue NAME: waiting workers claim its jobs at once."""
+    ref, where = _app_ref(ctx, app, url)
+    changed = _with_app(ref, where, lambda a: a.resume(name))
+    said = f"queue {name} resumed" if changed else f"queue {name} was not paused"
+    _console().print(said, soft_wrap=True, highlight=False, markup=False)
+
+
+def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
+    """One row per worker process: where it runs, its state, what it serves and how it does."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    names = ("id", "host", "pid", "state", "queues", "running", "processed", "failed")
+    for name in (*names, "version", "started", "heartbeat"):
+        table.add_column(name, no_wrap=True)
+    now = time.time()
+    for w in workers:
+        table.add_row(
+            w.id,
+            w.host,
+            str(w.pid),
+            "lost" if w.lost else "live",
+            ", ".join(w.queues),
+            f"{len(w.running)}/{w.concurrency}",
+            str(w.processed),
+            str(w.failed),
+            w.version,
+            f"{_age(now - w.started_at.timestamp())} ago",
+            f"{_age(now - w.heartbeat_at.timestamp())} ago",
+        )
+    return table
+
+
+@cli.command()
+def workers(
+    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """The worker registry: every worker process, live ones first (a worker whose heartbeat
+    lapsed shows as lost), with its host, pid, queues, jobs running now out of its
+    concurrency, attempts processed and failed, offload version, start and last heartbeat."""
+    found = _with_app(app, url, lambda a: a.workers())
+    if as_json:
+        _console().print_json(orjson.dumps([w.to_dict() for w in found]).decode())
+        return
+    if not found:
+        _console().print("no workers", highlight=False, markup=False)
+        return
+    _print_whole(_workers_table(found))
 
 
 def main() -> None:

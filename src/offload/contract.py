@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from ._ids import uuid7_floor
 from .clock import iso
 
 #: Version of the envelope's JSON form (the wire contract).
@@ -329,6 +330,201 @@ class JobRow:
             timeout=self.timeout,
             options=self.options,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """One worker process as the registry shows it (`App.workers`, `offload workers`,
+    `GET /v1/workers`): what it is, what it runs and how it is doing.
+
+    A worker records itself on start and on every heartbeat (`heartbeat_at` is the backend's
+    clock at its last record) and deletes its entry on a clean stop. `lost`: its last record
+    is older than `brokers.base.WORKER_LOST_AFTER_S` (three heartbeats missed: killed, hung
+    or cut off); such entries are deleted after `brokers.base.FORGET_WORKER_AFTER_S`.
+    """
+
+    id: str
+    host: str
+    pid: int
+    #: The queues it claims from.
+    queues: tuple[str, ...]
+    #: Handlers it runs at once.
+    concurrency: int
+    #: The offload version it runs.
+    version: str
+    #: The message kinds it runs, each with the versions it takes (oldest first).
+    kinds: dict[str, tuple[int, ...]]
+    started_at: datetime
+    heartbeat_at: datetime
+    #: The ids of the jobs whose handlers run now (as of its last record).
+    running: tuple[str, ...] = ()
+    #: Attempts it ran to an outcome, and how many of those failed (retrying, dead, failed).
+    processed: int = 0
+    failed: int = 0
+    lost: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        """What a backend stores of the worker (JSON): everything but `heartbeat_at` (the
+        backend stamps it) and `lost` (read off that stamp)."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "version": self.version,
+            "kinds": {kind: list(versions) for kind, versions in self.kinds.items()},
+            "started_at": self.started_at.timestamp(),
+            "running": list(self.running),
+            "processed": self.processed,
+            "failed": self.failed,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The worker as JSON shows it (`offload workers --json`, `GET /v1/workers`): the
+        fields, times as RFC 3339 strings."""
+        return {
+            **self.entry(),
+            "started_at": iso(self.started_at.timestamp()),
+            "heartbeat_at": iso(self.heartbeat_at.timestamp()),
+            "lost": self.lost,
+        }
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any], *, heartbeat_at: float, lost: bool) -> WorkerInfo:
+        """The one codec: a stored `entry` (parsed JSON), stamped `heartbeat_at` (epoch
+        seconds, the backend's clock), as a WorkerInfo."""
+        return cls(
+            id=str(entry["id"]),
+            host=str(entry["host"]),
+            pid=int(entry["pid"]),
+            queues=tuple(entry["queues"]),
+            concurrency=int(entry["concurrency"]),
+            version=str(entry["version"]),
+            kinds={kind: tuple(versions) for kind, versions in entry["kinds"].items()},
+            started_at=datetime.fromtimestamp(float(entry["started_at"]), UTC),
+            heartbeat_at=datetime.fromtimestamp(heartbeat_at, UTC),
+            running=tuple(entry.get("running", ())),
+            processed=int(entry.get("processed", 0)),
+            failed=int(entry.get("failed", 0)),
+            lost=lost,
+        )
+
+
+#: The states a bulk retry re-queues (as `requeue` does one job).
+RETRYABLE_STATES = frozenset({JobState.DEAD, JobState.FAILED, JobState.CANCELLED})
+#: The states a bulk cancel acts on: waiting jobs end cancelled, running ones are flagged.
+CANCELLABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
+#: The states of the jobs `history` counts per minute.
+HISTORY_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD)
+
+_HEX = frozenset("0123456789abcdef")
+#: How far apart a job's id time and its `enqueued_at` may be (seconds): `App.envelope`
+#: mints both from one reading of the app's clock, so they differ by a millisecond at most.
+#: The created filters narrow their scan to the ids of their time range widened by this.
+ID_TIME_SLACK_S = 60.0
+
+
+def _aware(name: str, value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be an aware datetime (with a time zone)")
+    return value.timestamp()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs an operator means (the dashboard's jobs page, `offload jobs list`, and the
+    bulk actions): every field given must match; an empty filter matches every job.
+
+    Args:
+        state: a `JobState` value.
+        kind, queue, owner: exact names.
+        created_after: created (enqueued) at or after this aware time.
+        created_before: created before this aware time.
+        id_prefix: the job's id starts with it (a UUID prefix may leave its dashes out and
+            is compared in lower case).
+        text: a case-insensitive substring of the message's JSON text (its field names and
+            values; letters outside ASCII match case-sensitively on SQLite and Redis).
+
+    Raises:
+        ValueError: an unknown state, a naive datetime, or an empty `id_prefix` / `text`.
+    """
+
+    state: str | None = None
+    kind: str | None = None
+    queue: str | None = None
+    owner: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    id_prefix: str | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None:
+            JobState(self.state)  # ValueError names the bad value
+        _aware("created_after", self.created_after)
+        _aware("created_before", self.created_before)
+        if self.id_prefix is not None and not self.id_prefix.strip():
+            raise ValueError("id_prefix must not be empty")
+        if self.text is not None and not self.text:
+            raise ValueError("text must not be empty")
+
+    @property
+    def after_s(self) -> float | None:
+        """`created_after` as epoch seconds."""
+        return _aware("created_after", self.created_after)
+
+    @property
+    def before_s(self) -> float | None:
+        """`created_before` as epoch seconds."""
+        return _aware("created_before", self.created_before)
+
+    def id_bounds(self) -> tuple[str | None, str | None]:
+        """Ids below which (low, inclusive) and from which on (high, exclusive) no job of the
+        created range can be, from the time of UUIDv7 ids (widened by `ID_TIME_SLACK_S`):
+        so a date range reads its stretch of the id index, newest first, and stops."""
+        after, before = self.after_s, self.before_s
+        return (
+            None if after is None else uuid7_floor(after - ID_TIME_SLACK_S),
+            None if before is None else uuid7_floor(before + ID_TIME_SLACK_S),
+        )
+
+    def id_range(self) -> tuple[str, str] | None:
+        """The ids `id_prefix` covers as a half-open range [low, high) of strings (None when
+        no prefix is given). A UUID prefix is made canonical first: lower case, dashes at
+        their places (`0193A1C20` starts `0193a1c2-0`)."""
+        if self.id_prefix is None:
+            return None
+        low = uuid_prefix(self.id_prefix) or self.id_prefix.strip()
+        return low, low[:-1] + chr(ord(low[-1]) + 1)
+
+
+def uuid_prefix(prefix: str) -> str | None:
+    """The canonical form (lower case, dashed) of a UUID prefix, or None when `prefix` is
+    not one (other than hex digits and dashes, or longer than a UUID)."""
+    digits = prefix.strip().replace("-", "").lower()
+    if not digits or len(digits) > 32 or not set(digits) <= _HEX:
+        return None
+    cuts = [c for c in (8, 12, 16, 20) if c < len(digits)]
+    parts = [digits[a:b] for a, b in zip([0, *cuts], [*cuts, len(digits)], strict=True)]
+    return "-".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """How many jobs of one queue ended in one minute (`App.history`).
+
+    Args:
+        minute: the start of the minute (aware UTC).
+    """
+
+    minute: datetime
+    queue: str
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
 
 
 #: The keys of a stored error that a public status record shows.

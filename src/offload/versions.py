@@ -16,9 +16,8 @@ from typing import Any
 from .contract import Message
 from .errors import MissingUpgrader, UpgradeError
 
-#: Seconds between two records of a worker's kinds and versions (from its heartbeat task).
-WORKER_RECORD_EVERY_S = 10.0
-#: A worker recorded within this many seconds is live: three missed records and it is not.
+#: A worker recorded within this many seconds is live for the version check (it records its
+#: kinds and versions in the registry on every heartbeat, at most 2 s apart).
 WORKER_LIVE_S = 30.0
 #: Seconds the live versions read from the backend are reused (the web tier's check costs no
 #: query per submission).

@@ -30,6 +30,7 @@ EMPTY = {
     "dead": 0,
     "oldest_age_s": 0.0,
     "awaiting_newer_worker": 0,
+    "paused": False,
 }
 
 

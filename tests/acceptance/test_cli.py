@@ -49,8 +49,8 @@ def report(msg: Report, ctx: Context) -> None:
     return None
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env)
+def invoke(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, input=input)
 
 
 def one_line(result: Result) -> str:
@@ -143,6 +143,68 @@ def test_jobs_show_retry_and_cancel_take_a_unique_prefix(url: str) -> None:
     assert cancelled.exit_code == 0 and f"job {job_id} cancelled" in cancelled.output
     retried = invoke("jobs", "retry", job_id.replace("-", "")[:20], "--url", url)
     assert retried.exit_code == 0 and f"job {job_id} is queued again" in retried.output
+
+
+def test_jobs_list_filters_by_queue_text_and_time_and_counts_the_matches(url: str) -> None:
+    first, second, shout = enqueue(
+        url, Report(period="2026-10"), Report(period="2026-11"), Shout(text="Hello World")
+    )
+    reports = invoke("jobs", "list", "--url", url, "--queue", "reports")
+    assert reports.exit_code == 0, reports.output
+    assert first in reports.output and second in reports.output and shout not in reports.output
+    assert "2 shown of 2 matching" in reports.output
+    found = invoke("jobs", "list", "--url", url, "--search", "hello WORLD", "--json")
+    assert found.exit_code == 0 and shout in found.output and first not in found.output
+    recent = invoke("jobs", "list", "--url", url, "--since", "1h", "--limit", "1")
+    assert recent.exit_code == 0 and "1 shown of 3 matching" in recent.output
+    older = invoke("jobs", "list", "--url", url, "--until", "2026-01-01T00:00:00Z")
+    assert older.exit_code == 0 and "0 shown of 0 matching" in older.output
+    mine = invoke("jobs", "list", "--url", url, "--id", second[:30], "--owner", "local")
+    assert second in mine.output and first not in mine.output
+    bad = invoke("jobs", "list", "--url", url, "--since", "soon")
+    assert bad.exit_code == 2 and "neither an age" in one_line(bad)
+
+
+def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: str) -> None:
+    first, second, shout = enqueue(url, Report(period="1"), Report(period="2"), Shout(text="x"))
+    ask = ["jobs", "cancel", "--all-matching", "--queue", "reports", "--url", url]
+    # Given the question, a "no" changes nothing
+    no = invoke(*ask, input="n\n")
+    assert no.exit_code == 1
+    assert "cancel 2 queued, retrying or running jobs matching queue=reports?" in no.output
+    assert "2 shown of 2 matching" in invoke("jobs", "list", "--state", "queued", "--queue",
+                                             "reports", "--url", url).output  # fmt: skip
+    # and a "yes" cancels both reports, and only them
+    yes = invoke(*ask, input="y\n")
+    assert yes.exit_code == 0 and "cancelled 2 jobs" in yes.output
+    cancelled = invoke("jobs", "list", "--state", "cancelled", "--json", "--url", url).output
+    assert first in cancelled and second in cancelled and shout not in cancelled
+    retried = invoke("jobs", "retry", "--all-matching", "--kind", "cli.report", "--yes",
+                     "--url", url)  # fmt: skip
+    assert retried.exit_code == 0 and "retried 2 jobs" in retried.output
+    # A bulk delete never touches waiting jobs: there is nothing it may delete
+    nothing = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
+    assert "no cancelled, dead, failed or succeeded job matches (every job)" in nothing.output
+    invoke("jobs", "cancel", first, "--url", url)
+    gone = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
+    assert gone.exit_code == 0 and "deleted 1 jobs" in gone.output
+    assert first not in invoke("jobs", "list", "--url", url).output
+    refused = invoke("jobs", "delete", shout, "--url", url)
+    assert refused.exit_code == 1 and "only a finished job can be deleted" in refused.output
+    invoke("jobs", "cancel", shout, "--url", url)
+    deleted = invoke("jobs", "delete", shout[:30], "--url", url)
+    assert deleted.exit_code == 0 and f"job {shout} deleted" in deleted.output
+
+
+def test_a_bulk_action_needs_an_id_or_all_matching_never_both(url: str) -> None:
+    (job_id,) = enqueue(url, Report(period="1"))
+    for args in (
+        ["retry"],
+        ["cancel", job_id, "--all-matching"],
+        ["delete", job_id, "--kind", "x"],
+    ):
+        result = invoke("jobs", *args, "--url", url)
+        assert result.exit_code == 2 and one_line(result).startswith("error: "), args
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(url: str) -> None:

@@ -6,13 +6,14 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from offload._ids import uuid7
 from offload.brokers import Backend, open_backend
 from offload.clock import Clock
-from offload.contract import Envelope, JobState, Lease, Outcome, status_record
+from offload.contract import Envelope, JobState, Lease, Outcome, WorkerInfo, status_record
 from offload.worker.rescue import decide_all
 from offload.worker.retry import Backoff
 
@@ -138,3 +139,31 @@ async def _claim_until_empty(
                 raise AssertionError(f"{worker}: a fresh lease was refused: {applied}")
     finally:
         await backend.close()
+
+
+def worker_info(
+    worker_id: str,
+    kinds: dict[str, list[int]] | None = None,
+    *,
+    started_at: float = 1_800_000_000.0,
+    queues: tuple[str, ...] = ("q",),
+    running: tuple[str, ...] = (),
+    processed: int = 0,
+    failed: int = 0,
+) -> WorkerInfo:
+    """A registry entry as a worker records it (the backend stamps `heartbeat_at`)."""
+    started = datetime.fromtimestamp(started_at, UTC)
+    return WorkerInfo(
+        id=worker_id,
+        host="host-1",
+        pid=4321,
+        queues=queues,
+        concurrency=8,
+        version="9.9.9",
+        kinds={kind: tuple(versions) for kind, versions in (kinds or {}).items()},
+        started_at=started,
+        heartbeat_at=started,
+        running=running,
+        processed=processed,
+        failed=failed,
+    )

@@ -1,4 +1,4 @@
-"""Versions contract: the worker registry (record_worker, live_versions), the count of jobs
+"""Versions contract: the kinds in the worker registry (live_versions), the count of jobs
 that wait for a newer worker, and real workers across a deploy, on every backend."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from offload.contract import Outcome
 from offload.versions import WORKER_LIVE_S
 from offload.worker.runner import NEWER_VERSION_DELAY_S, Worker
 
-from ._support import ShiftClock, claim, done, envelope, status
+from ._support import ShiftClock, claim, done, envelope, status, worker_info
 
 pytestmark = pytest.mark.anyio
 
@@ -36,35 +36,35 @@ async def test_live_versions_are_those_of_workers_recorded_within_the_window(
 ) -> None:
     # Given two workers that recorded what they run
     assert await backend.live_versions(within_s=30) == {}
-    await backend.record_worker("w1", {"a": [1, 2]})
-    await backend.record_worker("w2", {"a": [3], "b": [1]})
+    await backend.record_worker(worker_info("w1", {"a": [1, 2]}))
+    await backend.record_worker(worker_info("w2", {"a": [3], "b": [1]}))
     # Then the live versions are the union of theirs, per kind
     assert await backend.live_versions(within_s=30) == {"a": {1, 2, 3}, "b": {1}}
     # When one records again, its entry is replaced, not merged
-    await backend.record_worker("w1", {"a": [2]})
+    await backend.record_worker(worker_info("w1", {"a": [2]}))
     assert await backend.live_versions(within_s=30) == {"a": {2, 3}, "b": {1}}
     # When time passes and only w2 records again, w1 is no longer live
     clock.advance(20)
-    await backend.record_worker("w2", {"b": [1, 2]})
+    await backend.record_worker(worker_info("w2", {"b": [1, 2]}))
     assert await backend.live_versions(within_s=10) == {"b": {1, 2}}
     assert await backend.live_versions(within_s=30) == {"a": {2}, "b": {1, 2}}
 
 
-async def test_an_empty_record_deletes_the_entry_and_dead_workers_are_forgotten(
+async def test_a_forgotten_entry_goes_and_dead_workers_are_forgotten(
     backend: Backend, clock: ShiftClock
 ) -> None:
     forever = 100 * FORGET_WORKER_AFTER_S
-    await backend.record_worker("stopping", {"a": [1]})
-    await backend.record_worker("dead", {"b": [1]})
+    await backend.record_worker(worker_info("stopping", {"a": [1]}))
+    await backend.record_worker(worker_info("dead", {"b": [1]}))
     # When a worker stops cleanly, its entry goes
-    await backend.record_worker("stopping", {})
-    await backend.record_worker("stopping", {})  # idempotent
+    await backend.forget_worker("stopping")
+    await backend.forget_worker("stopping")  # idempotent
     assert await backend.live_versions(within_s=forever) == {"b": {1}}
     # When a worker has not recorded for longer than the forget horizon, the next record of
     # any worker deletes its entry
     clock.advance(FORGET_WORKER_AFTER_S + 1)
     assert await backend.live_versions(within_s=forever) == {"b": {1}}
-    await backend.record_worker("new", {"c": [2]})
+    await backend.record_worker(worker_info("new", {"c": [2]}))
     assert await backend.live_versions(within_s=forever) == {"c": {2}}
 
 
@@ -259,8 +259,7 @@ async def test_a_worker_records_what_it_runs_refreshes_it_and_deletes_it_when_it
 ) -> None:
     backend = app._require_backend()
     deploy(app, 3)
-    worker = Worker(app, lease_s=0.3)  # heartbeats every 0.1 s
-    worker.record_every_s = 0.1
+    worker = Worker(app, lease_s=0.3)  # heartbeats (and records) every 0.1 s
     async with running(worker):
         # Given a running worker: it recorded the versions it runs before its first claim
         assert await backend.live_versions(within_s=WORKER_LIVE_S) == {KIND: {1, 2, 3}}

@@ -93,9 +93,9 @@ class Stack:
             timeout=60,
         )
 
-    def start_web(self) -> subprocess.Popen[bytes]:
+    def start_web(self, app: str = "e2eapp.contracts:app") -> subprocess.Popen[bytes]:
         self.port = free_port()
-        proc = self.offload("web", "--app", "e2eapp.contracts:app", "--port", str(self.port))
+        proc = self.offload("web", "--app", app, "--port", str(self.port))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -108,8 +108,8 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError("offload web did not become ready")
 
-    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
-        return self.offload("worker", "--app", "e2eapp.handlers:app", *args)
+    def start_worker(self, *args: str, app: str = "e2eapp.handlers:app") -> subprocess.Popen[bytes]:
+        return self.offload("worker", "--app", app, *args)
 
     @property
     def base(self) -> str:

@@ -21,6 +21,7 @@ from offload.brokers.postgres.backend import Q
 from offload.contract import status_record
 from offload.worker.runner import Worker
 
+from ..contract._support import claim, worker_info
 from ..services import PG_URL, PgSchema, require_pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -68,7 +69,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2, 3]" in first.stdout
+        assert "applied schema migrations [1, 2, 3, 4, 5]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -108,7 +109,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2, 3]
+            assert await backend.migrate() == [2, 3, 4, 5]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.
@@ -117,6 +118,55 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
                 row = await backend.get(change.job_id)
                 assert row is not None
                 assert status_record(change.row) == status_record(row)
+        finally:
+            await backend.close()
+    finally:
+        await old.drop()
+
+
+async def test_a_schema_3_database_migrates_to_4_with_its_workers_and_jobs() -> None:
+    require_pg()
+    old = PgSchema(migrate=False)
+    await old.create()
+    try:
+        app = App("pg-upgrade", settings=Settings(url=old.url))
+        app.message("pg.ping", queue="pings")(Ping)
+        job = app.envelope(Ping(n=1))
+        async with await psycopg.AsyncConnection.connect(old.url, autocommit=True) as conn:
+            # Given a database at schema 3 with a waiting job and a worker's entry as
+            # schema 3 recorded it (its kinds only)
+            await conn.execute(
+                "CREATE TABLE offload_migrations (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version in (1, 2, 3):
+                await conn.execute(Q[f"migration_{version}"].encode())
+                await conn.execute(
+                    "INSERT INTO offload_migrations (version) VALUES (%s)", (version,)
+                )
+            await conn.execute(Q["enqueue"], {"batch": PostgresBackend._batch([job])})
+            await conn.execute(
+                "INSERT INTO offload_workers (id, kinds, seen_at) VALUES ('old', %s, now())",
+                ('{"pg.ping": [1]}',),
+            )
+        backend = PostgresBackend.from_url(old.url)
+        with pytest.raises(SchemaError, match="offload migrate"):
+            await backend.open()
+        # When it is migrated
+        await backend.open(check_schema=False)
+        try:
+            assert await backend.migrate() == [4, 5]
+            # Then the old entry still counts for the version check but has no registry
+            # entry to show; a new worker's has; queues pause and resume; the job is claimed
+            assert await backend.live_versions(within_s=30) == {"pg.ping": {1}}
+            assert await backend.workers(lost_after_s=30) == []
+            await backend.record_worker(worker_info("new", {"pg.ping": [1]}))
+            assert [w.id for w in await backend.workers(lost_after_s=30)] == ["new"]
+            assert await backend.pause("pings") is True
+            assert await claim(backend, "pings") == []
+            assert await backend.resume("pings") is True
+            assert [lease.job_id for lease in await claim(backend, "pings")] == [job.id]
+            assert await backend.migrate() == []
         finally:
             await backend.close()
     finally:

@@ -13,18 +13,21 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import offload.clock
 from offload import App, Context, Message, Settings
 from offload._ids import uuid7
 from offload.brokers import open_backend
+from offload.brokers.base import WORKER_LOST_AFTER_S
 from offload.contract import Envelope, JobState, Outcome
 from offload.errors import BackendError, ConfigurationError
 from offload.worker.runner import Worker
 
-from ..contract._support import ShiftClock
+from ..contract._support import ShiftClock, worker_info
 from ..services import REDIS_URL, drop_redis_prefix, redis_prefix, redis_url, require_redis
 
 try:
@@ -586,3 +589,48 @@ async def test_enqueue_in_a_transaction_is_refused_on_redis(prefix: str, tmp_pat
         with pytest.raises(ConfigurationError, match="cannot enqueue inside your transaction"):
             await app.enqueue_in(object(), Step(n=1))
         assert await app.list_jobs(owner=None) == []
+
+
+# -- the worker registry ----------------------------------------------------------------------
+
+
+async def test_the_registry_is_stamped_by_the_servers_clock_not_the_hosts(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker host whose clock runs an hour ahead of the Redis server's
+    real = time.time
+    monkeypatch.setattr(offload.clock, "time", SimpleNamespace(time=lambda: real() + 3600))
+    # When it records itself
+    await backend.record_worker(worker_info("ahead", {"a": [1]}))
+    # Then its heartbeat is the server's time, so it is live to every host, and not forgotten
+    seconds, micros = await raw.time()
+    (entry,) = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
+    assert abs(entry.heartbeat_at.timestamp() - (seconds + micros / 1e6)) < 5
+    assert not entry.lost
+    assert await backend.live_versions(within_s=30) == {"a": {1}}
+
+
+# -- the jobs page's indexes ---------------------------------------------------------------
+
+
+async def test_migrate_indexes_jobs_stored_before_the_jobs_page_indexes(
+    backend: RedisBackend, raw: aioredis.Redis, prefix: str
+) -> None:
+    from offload.contract import JobFilter
+
+    # Given jobs stored by an offload without the state, kind and queue indexes
+    old = [envelope(), envelope("other")]
+    await backend.enqueue(old)
+    for key in await keys_of(raw, prefix):
+        if key.split("}", 1)[1].startswith(("st:", "kind:", "qids:")):
+            await raw.delete(key)
+    assert await backend.search_jobs(JobFilter(kind="test.job")) == []
+    # When the keys are migrated (in chunks: more jobs than one script call handles)
+    await backend.enqueue([envelope() for _ in range(600)])
+    assert await backend.migrate() == [1]
+    # Then every job is found by each filter, and a second migrate has nothing to do
+    found = await backend.search_jobs(JobFilter(kind="test.job"), limit=1000)
+    assert len(found) == 602
+    assert await backend.count_jobs(JobFilter(queue="other")) == 1
+    assert await backend.count_jobs(JobFilter(state="queued")) == 602
+    assert await backend.migrate() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,7 @@ from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
 from offload.contract import JobState, Outcome, status_record
 from offload.errors import BackendError
 
-from ..contract._support import claim, envelope
+from ..contract._support import claim, envelope, worker_info
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +55,7 @@ async def test_a_schema_1_file_is_migrated_and_its_feed_reads_the_same(tmp_path:
             "SELECT value FROM offload_meta WHERE key = 'schema_version'"
         ).fetchone()
         (entry,) = conn.execute("SELECT record FROM offload_events WHERE seq = 1").fetchone()
-    assert int(version) == SCHEMA_VERSION == 2
+    assert int(version) == SCHEMA_VERSION == 3
     assert "links" not in orjson.loads(entry)  # stored as fields now
 
 
@@ -96,9 +97,32 @@ async def test_without_create_a_foreign_file_is_refused_unchanged(tmp_path: Path
     assert os.listdir(tmp_path) == ["notes.db"]  # no -wal or -shm file either
 
 
-async def test_a_file_from_before_the_workers_table_gains_it_on_open_at_the_same_version(
-    tmp_path: Path,
-) -> None:
+def _as_schema_2(path: Path, *, workers_table: bool = True) -> None:
+    """Turn a file this code wrote into one as schema 2 left it: no paused queues, no
+    registry entries (and, without `workers_table`, no workers table nor newer-version
+    index either, as early schema 2 files have)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE offload_paused")
+        conn.execute("DROP TABLE offload_workers")
+        if workers_table:
+            conn.execute(
+                "CREATE TABLE offload_workers (id TEXT PRIMARY KEY, kinds TEXT NOT NULL, "
+                "seen_at REAL NOT NULL)"
+            )
+        else:
+            conn.execute("DROP INDEX offload_jobs_newer")
+        conn.execute("UPDATE offload_meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        (version,) = conn.execute(
+            "SELECT value FROM offload_meta WHERE key = 'schema_version'"
+        ).fetchone()
+    return int(version)
+
+
+async def test_a_file_from_before_the_workers_table_gains_it_on_open(tmp_path: Path) -> None:
     # Given a schema 2 file written before the workers table and the newer-version index
     path = tmp_path / "before.db"
     backend = SQLiteBackend(str(path))
@@ -106,24 +130,55 @@ async def test_a_file_from_before_the_workers_table_gains_it_on_open_at_the_same
     env = envelope()
     await backend.enqueue([env])
     await backend.close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP TABLE offload_workers")
-        conn.execute("DROP INDEX offload_jobs_newer")
+    _as_schema_2(path, workers_table=False)
     # When this offload opens it
     backend = SQLiteBackend(str(path))
     await backend.open()
     try:
         # Then workers record, stats count, and its jobs are as they were
-        await backend.record_worker("w1", {"test.job": [1]})
+        await backend.record_worker(worker_info("w1", {"test.job": [1]}))
         assert await backend.live_versions(within_s=30) == {"test.job": {1}}
+        assert [w.id for w in await backend.workers(lost_after_s=30)] == ["w1"]
         assert (await backend.stats())["q"]["awaiting_newer_worker"] == 0
         assert [lease.job_id for lease in await claim(backend)] == [env.id]
     finally:
         await backend.close()
-    # And its version is still 2, so an offload from before the table opens it too (the
-    # table and the index are additions it never reads)
+    assert _version(path) == SCHEMA_VERSION == 3
+
+
+async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_path: Path) -> None:
+    # Given a schema 2 file with a waiting job and a worker's entry as schema 2 recorded it
+    path = tmp_path / "two.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    env = envelope()
+    await backend.enqueue([env])
+    await backend.close()
+    _as_schema_2(path)
     with sqlite3.connect(path) as conn:
-        (version,) = conn.execute(
-            "SELECT value FROM offload_meta WHERE key = 'schema_version'"
-        ).fetchone()
-    assert int(version) == SCHEMA_VERSION == 2
+        conn.execute(
+            "INSERT INTO offload_workers VALUES ('old', ?, ?)",
+            (orjson.dumps({"test.job": [1]}).decode(), time.time()),
+        )
+    # When this offload opens it
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        # Then it is at schema 3: the old entry still counts for the version check, but has
+        # no registry entry to show; queues pause and resume; the job is claimed as before
+        assert _version(path) == 3
+        assert await backend.live_versions(within_s=30) == {"test.job": {1}}
+        assert await backend.workers(lost_after_s=30) == []
+        await backend.record_worker(worker_info("new", {"test.job": [2]}))
+        assert [w.id for w in await backend.workers(lost_after_s=30)] == ["new"]
+        assert await backend.pause("q") is True
+        assert await claim(backend) == []
+        assert await backend.resume("q") is True
+        assert [lease.job_id for lease in await claim(backend)] == [env.id]
+    finally:
+        await backend.close()
+    # And opening it again changes nothing
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    await backend.close()
+    assert _version(path) == 3

@@ -9,7 +9,7 @@ transition carrying a stale lease token changes nothing and reports so.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,11 +17,13 @@ from ..contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     JobState,
     Lapsed,
     Lease,
     Outcome,
+    WorkerInfo,
 )
 
 #: The error type of a job a worker gave back because it is stored at a newer version than
@@ -32,6 +34,9 @@ NEWER_VERSION = "NewerVersion"
 #: Seconds after its last record a worker's entry is deleted (by the next `record_worker` of
 #: any worker): the entries of workers that died without a clean stop.
 FORGET_WORKER_AFTER_S = 3600.0
+#: Seconds after its last record a worker is shown `lost`: a worker records itself on every
+#: heartbeat (at most `worker.runner.DEFAULT_HEARTBEAT_S`, 2 s, apart), so three missed.
+WORKER_LOST_AFTER_S = 6.0
 
 
 class Capability(enum.StrEnum):
@@ -103,7 +108,9 @@ class Broker(Protocol):
     ) -> list[Lease]:
         """Lease up to `limit` ready jobs, lowest priority value first, FIFO within one.
 
-        Each claim spends one attempt and gets a fresh lease token.
+        Each claim spends one attempt and gets a fresh lease token. A paused queue (see
+        `pause`) gives none: the claim itself reads the pauses, so every process obeys one
+        from its commit on.
         """
         ...
 
@@ -135,14 +142,15 @@ class Broker(Protocol):
         ...
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Return when new work may be ready, or after `timeout` seconds."""
+        """Return when new work may be ready, or after `timeout` seconds (the due jobs of a
+        paused queue do not end the wait; its `resume` does)."""
         ...
 
     async def stats(self) -> dict[str, dict[str, Any]]:
-        """Per queue: queued, scheduled, running, dead, oldest_age_s, and
+        """Per queue: queued, scheduled, running, dead, oldest_age_s,
         awaiting_newer_worker: the waiting jobs whose stored error is of type
         `NEWER_VERSION` (given back for a worker that knows their version; also counted in
-        queued or scheduled)."""
+        queued or scheduled), and paused. A paused queue is listed even with no jobs."""
         ...
 
     async def purge(self, queue: str) -> int:
@@ -153,16 +161,37 @@ class Broker(Protocol):
         """Raise BackendError when the backend is unreachable."""
         ...
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        """Record that worker `worker_id` runs these kinds at these versions, as of now (the
-        backend's clock); it replaces the worker's previous entry. An empty `kinds` deletes
-        the entry (a clean stop). Entries last recorded more than `FORGET_WORKER_AFTER_S`
-        ago are deleted on the way. Idempotent."""
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        """Record the worker's registry entry (`WorkerInfo.entry`) as of now, the backend's
+        clock (`worker.heartbeat_at` and `worker.lost` are not read); it replaces the
+        worker's previous entry. Entries last recorded more than `FORGET_WORKER_AFTER_S`
+        ago (workers that died) are deleted on the way. Idempotent."""
+        ...
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Delete the worker's entry (a clean stop). Idempotent."""
+        ...
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        """Every recorded worker, in no particular order, each stamped with its last record
+        (`heartbeat_at`) and `lost` where that is more than `lost_after_s` seconds before
+        now (the backend's clock)."""
         ...
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         """Per kind, every version that a worker recorded within the last `within_s` seconds
         runs (a kind no such worker runs is absent)."""
+        ...
+
+    async def pause(self, queue: str) -> bool:
+        """Pause `queue`: from the commit on, no `claim` (of any process) takes its jobs;
+        running jobs go on, and enqueue still stores. Durable. Returns False where it was
+        paused already."""
+        ...
+
+    async def resume(self, queue: str) -> bool:
+        """Resume a paused `queue` and wake the workers waiting for it. Returns False where
+        it was not paused."""
         ...
 
 
@@ -233,7 +262,61 @@ class JobStore(Protocol):
         ...
 
 
-class Backend(Broker, JobStore, Protocol):
+@runtime_checkable
+class JobSearch(Protocol):
+    """The operators' view of many jobs: find them by filter, count them, act on a batch of
+    them, and count what ended per minute. Bulk actions take the ids of one batch (read by
+    `search_jobs`) and apply in one transaction (one script call on Redis), each job fenced
+    by its state as it is then: `App` walks a filter in batches, so no action holds one
+    transaction (or blocks Redis) over a million rows."""
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        """The rows matching `f` (and, when given, in one of `states`), newest (greatest id)
+        first, below the id cursor `before`, at most `limit`."""
+        ...
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        """How many jobs match `f`; with `cap`, counting stops there (`cap` means "cap or
+        more")."""
+        ...
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        """`requeue` each of these jobs that is dead, failed or cancelled (others are left
+        alone), with its change-feed entry and a wake-up for its queue; the count."""
+        ...
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        """`cancel` each of these jobs that is waiting (it ends cancelled, with its feed
+        entry and its `follow_ups[id]` stored in the same transaction) or running and not yet
+        flagged (it is flagged for its worker); final jobs are left alone. The count changed.
+
+        Raises:
+            BackendError: a follow-up's id is already stored (nothing changed).
+        """
+        ...
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        """Delete each of these jobs that is in a final state (succeeded, failed, cancelled,
+        dead) with its feed entries and side-step effects (its deliveries' records); a
+        waiting or running job is never deleted. The count deleted."""
+        ...
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        """(minute start, queue, state, count) of the jobs that ended succeeded, failed or
+        dead at or after `since`, per minute (epoch seconds, a multiple of 60)."""
+        ...
+
+
+class Backend(Broker, JobStore, JobSearch, Protocol):
     """A backend that is both broker and store (the SQL engines)."""
 
 
@@ -246,4 +329,16 @@ EMPTY_QUEUE_STATS: dict[str, Any] = {
     "dead": 0,
     "oldest_age_s": 0.0,
     "awaiting_newer_worker": 0,
+    "paused": False,
 }
+
+
+def mark_paused(
+    stats: dict[str, dict[str, Any]], paused: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """`stats` with each queue's `paused` flag set, a paused queue with no jobs included."""
+    for queue in stats.values():
+        queue["paused"] = False
+    for name in paused:
+        stats.setdefault(name, dict(EMPTY_QUEUE_STATS))["paused"] = True
+    return stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import tracing
 from .._links import Presenter, blob_refs, signing_key
 from ..contract import JobRow
 from ..errors import Cancel, DeliveryError, TargetRefused
@@ -178,7 +179,9 @@ class Dispatcher:
         try:
             if notifier is None:
                 raise DeliveryError("OFFLOAD_SMTP_URL is not set: this worker cannot send email")
-            receipt = await notifier.deliver(notification)
+            with tracing.deliver(channel, shown, job_id=job_id, notification=nid) as span:
+                receipt = await notifier.deliver(notification)
+                tracing.delivered(span, channel, receipt.code)
         except TargetRefused as exc:
             await record("refused", error=str(exc), duration_s=time.monotonic() - started)
             raise Cancel(f"{channel} target refused: {exc}") from None

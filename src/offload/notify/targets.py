@@ -132,7 +132,14 @@ class Registry(Protocol):
     @property
     def kinds(self) -> Mapping[str, _KindSpec]: ...
 
-    def envelope(self, message: Message, *, owner: str, idempotency_key: str) -> Envelope: ...
+    def envelope(
+        self,
+        message: Message,
+        *,
+        owner: str,
+        idempotency_key: str,
+        trace: dict[str, str] | None = None,
+    ) -> Envelope: ...
 
 
 def targets(app: Registry, kind: str, options: Mapping[str, Any] | None) -> dict[str, str]:
@@ -157,6 +164,7 @@ def follow_ups(
     options: Mapping[str, Any] | None,
     state: JobState | str,
     marker: str,
+    trace: dict[str, str] | None = None,
 ) -> tuple[Envelope, ...]:
     """The delivery jobs for one final state of a job, to enqueue with that transition.
 
@@ -165,6 +173,8 @@ def follow_ups(
     Args:
         marker: tells this final state apart from an earlier one of the same job (the
             settling lease's token, or a timestamp of the transition).
+        trace: the tracing context the deliveries continue (the job's last attempt's span,
+            else its producer's): their spans join the job's trace.
     """
     state = JobState(state)
     if not state.final:
@@ -193,13 +203,20 @@ def follow_ups(
             )
         )
     return tuple(
-        app.envelope(message, owner=NOTIFY_OWNER, idempotency_key=f"{nid}:{channel}")
+        app.envelope(message, owner=NOTIFY_OWNER, idempotency_key=f"{nid}:{channel}", trace=trace)
         for channel, message in messages
     )
 
 
 def follow_ups_of_row(app: Registry, row: JobRow, marker: str) -> tuple[Envelope, ...]:
-    """`follow_ups` for a stored row that has just reached a final state."""
+    """`follow_ups` for a stored row that has just reached a final state (its deliveries
+    continue the job's trace)."""
     return follow_ups(
-        app, job_id=row.id, kind=row.kind, options=row.options, state=row.state, marker=marker
+        app,
+        job_id=row.id,
+        kind=row.kind,
+        options=row.options,
+        state=row.state,
+        marker=marker,
+        trace=row.trace,
     )

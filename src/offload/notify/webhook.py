@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
+from .. import tracing
 from ..errors import DeliveryError, TargetRefused
 from .base import Notification, Receipt
 from .targets import METADATA_ADDRESSES as METADATA_ADDRESSES  # re-exported (older home)
@@ -224,6 +225,7 @@ class WebhookNotifier:
             "webhook-id": n.id,
             "webhook-timestamp": str(stamp),
         }
+        tracing.inject(headers)  # the receiver may continue the job's trace
         if self.secrets:
             headers["webhook-signature"] = sign(self.secrets, n.id, stamp, body)
         elif not self._warned:

@@ -27,6 +27,7 @@ from ..metrics import Metrics, available
 from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of
 from .auth import Auth, AuthHook
+from .dashboard import router as dashboard_router
 from .docs import install_docs
 from .feeds import router as feeds_router
 from .kinds import router as kinds_router
@@ -145,7 +146,8 @@ def _install_error_handlers(api: FastAPI) -> None:
 
 
 def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
-    """The web tier of `app`: the /v1 API, health checks, signed file downloads and docs.
+    """The web tier of `app`: the /v1 API, health checks, signed file downloads, docs and
+    the operators' dashboard (/dashboard, admins only).
 
     Serve it alone (`offload web`) or mount it at any path of your own ASGI app: links,
     `Location` headers and signed file URLs follow the mount path. Its lifespan opens the
@@ -184,6 +186,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.include_router(feeds_router)
     api.include_router(kinds_router)
     api.include_router(scrape_router)
+    api.include_router(dashboard_router)  # /dashboard: admins only, not in the schema
     install_docs(api)
 
     @api.get("/healthz", response_model=Health, openapi_extra=_PUBLIC)

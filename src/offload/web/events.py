@@ -93,6 +93,7 @@ class Hub:
         self._last_seq = last_seq
         self.by_job: dict[str, set[Subscription]] = {}
         self.by_owner: dict[str, set[Subscription]] = {}
+        self.everyone: set[Subscription] = set()
         self.position = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -108,7 +109,16 @@ class Hub:
 
     @contextlib.contextmanager
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
+        """A subscription to one job's changes, one owner's, or (neither given) every
+        change of every job (operators: the dashboard)."""
         sub = Subscription(job_id=job_id, owner=owner)
+        if job_id is None and owner is None:
+            self.everyone.add(sub)
+            try:
+                yield sub
+            finally:
+                self.everyone.discard(sub)
+            return
         index, key = (self.by_job, job_id) if job_id is not None else (self.by_owner, owner)
         assert key is not None
         index.setdefault(key, set()).add(sub)
@@ -131,6 +141,8 @@ class Hub:
                     for sub in self.by_job.get(change.job_id, ()):
                         sub.offer(change)
                     for sub in self.by_owner.get(change.owner, ()):
+                        sub.offer(change)
+                    for sub in self.everyone:
                         sub.offer(change)
                 if len(changes) < 1000:
                     await self.store.wait_changes(DEFAULT_WATCH_S)
@@ -190,13 +202,14 @@ async def job_stream(
 async def follow_owner(
     store: Feed,
     sub: Subscription,
-    owner: str,
+    owner: str | None,
     last: int,
     *,
     replay: bool,
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> AsyncGenerator[Change | None, None]:
-    """Every change of `owner`'s jobs after feed position `last`, forever.
+    """Every change of `owner`'s jobs (None: of every job) after feed position `last`,
+    forever.
 
     With `replay`, changes already in the store come first; then live ones from the hub
     subscription `sub` (made before `last` was read, so nothing falls between). A reader
@@ -229,12 +242,13 @@ async def follow_owner(
 async def owner_stream(
     hub: Hub,
     store: Feed,
-    owner: str,
+    owner: str | None,
     since: int | None,
     present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
-    """Server-sent events of every change of `owner`'s jobs: after `since` when given
+    """Server-sent events of every change of `owner`'s jobs (None: of every job, for
+    operators): after `since` when given
     (resuming), else from now on. Opens with the stream's position as its event id, so a
     client that reconnects before any event still resumes where it was."""
     with hub.subscribe(owner=owner) as sub:

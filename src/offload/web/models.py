@@ -130,12 +130,37 @@ class QueueStats(Answer):
     oldest_age_s: float
     #: Waiting jobs given back for a worker that knows their newer version.
     awaiting_newer_worker: int
+    paused: bool = Field(description="no worker claims its jobs until it is resumed")
 
 
 class Queues(Answer):
-    """Every queue with jobs or a registered kind routed to it."""
+    """Every queue with jobs, a registered kind routed to it, or paused."""
 
     queues: dict[str, QueueStats]
+
+
+class WorkerEntry(Answer):
+    """One worker process in the registry (`offload.WorkerInfo`)."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str] = Field(description="the queues it claims from")
+    concurrency: int = Field(description="handlers it runs at once")
+    version: str = Field(description="the offload version it runs")
+    kinds: dict[str, list[int]] = Field(description="each kind it runs, with its versions")
+    started_at: datetime
+    heartbeat_at: datetime = Field(description="its last record (every heartbeat)")
+    running: list[str] = Field(description="the ids of the jobs it runs now")
+    processed: int = Field(description="attempts it ran to an outcome")
+    failed: int = Field(description="of those, the ones that failed")
+    lost: bool = Field(description="its heartbeat lapsed: killed, hung or cut off")
+
+
+class Workers(Answer):
+    """The worker registry: live workers first, then by start time."""
+
+    workers: list[WorkerEntry]
 
 
 class Ticket(Answer):

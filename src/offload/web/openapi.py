@@ -24,7 +24,7 @@ from .._links import JOBS_PATH
 from ..app import App, MessageSpec
 from .models import StatusRecord
 from .responses import API_ERRORS, PROBLEM_MEDIA_TYPE, SECONDS, STRING, header, problems
-from .routes import JobOptions, job_options, submit
+from .routes import OPERATORS_ONLY, JobOptions, job_options, submit
 
 #: The schema of the 422 answer FastAPI declares on its own.
 FASTAPI_422 = "#/components/schemas/HTTPValidationError"
@@ -179,9 +179,17 @@ def _security(schema: dict[str, Any], api: FastAPI) -> None:
     schema["security"] = [{"bearer": []}]
     events = schema["paths"]["/v1/events"]["get"]
     events["security"] = [{"bearer": []}, {"ticket": []}]
-    # GET /metrics: an admin's token or OFFLOAD_METRICS_TOKEN; without one it answers 404
-    # (as for no such path), never 401: the token is optional to the document.
-    schema["paths"]["/metrics"]["get"]["security"] = [{"bearer": []}, {}]
+    for operation in _operations(schema):
+        if operation.get(OPERATORS_ONLY):
+            # An operators' route answers every caller who is no admin, with a token or
+            # without, as a path that does not exist (404): no token is no 401 there.
+            operation["security"] = [{"bearer": []}, {}]
+
+
+def _operators_marked(schema: dict[str, Any]) -> None:
+    """Drop the marker of the operators' routes (`OPERATORS_ONLY`), once read."""
+    for operation in _operations(schema):
+        operation.pop(OPERATORS_ONLY, None)
 
 
 def openapi_document(api: FastAPI) -> dict[str, Any]:
@@ -198,5 +206,6 @@ def openapi_document(api: FastAPI) -> dict[str, Any]:
         _problems_as_problems(schema)
         _events_as_events(schema)
         _security(schema, api)
+        _operators_marked(schema)
         api.openapi_schema = schema
     return api.openapi_schema

@@ -18,11 +18,19 @@ from ..app import App, MessageSpec
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
-from .auth import authenticated, kind_allowed
+from .auth import admin_only, authenticated, kind_allowed
 from .events import EventStreamResponse, job_stream
 from .feeds import is_digits
 from .fleet import require_live_worker
-from .models import JobEvent, JobPage, JobResult, Queues, StatusRecord, StatusRecordWithDeliveries
+from .models import (
+    JobEvent,
+    JobPage,
+    JobResult,
+    Queues,
+    StatusRecord,
+    StatusRecordWithDeliveries,
+    Workers,
+)
 from .origins import refuse_cross_site
 from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
@@ -36,6 +44,9 @@ router = APIRouter(
 )
 #: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
 EVENT_ID = {"pattern": "^[0-9]*$"}
+#: Marks an operation for operators only (`admin_only`) in the OpenAPI document, which
+#: states how anyone else is answered (`openapi._security`); the marker itself is dropped.
+OPERATORS_ONLY = "x-offload-operators-only"
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -370,6 +381,20 @@ async def list_jobs(
 
 @router.get("/queues", response_model=Queues, responses=problems(*API_ERRORS))
 async def queues(request: Request) -> Response:
-    """Per-queue stats: queued, scheduled, running, dead, oldest ready job's age."""
+    """Per-queue stats: queued, scheduled, running, dead, oldest ready job's age, paused."""
     _state(request).auth.principal(request)
     return JSONResponse({"queues": await _app(request).stats()})
+
+
+@router.get(
+    "/workers",
+    response_model=Workers,
+    dependencies=[Depends(admin_only)],
+    responses=problems(*API_ERRORS, 404, meaning={404: "Not an operator: nothing here"}),
+    openapi_extra={OPERATORS_ONLY: True},
+)
+async def workers(request: Request) -> Response:
+    """The worker registry, for operators (anyone else finds nothing here: 404): every
+    worker process, live ones first, with what it runs now and how it has done."""
+    found = await _app(request).workers()
+    return JSONResponse({"workers": [w.to_dict() for w in found]})

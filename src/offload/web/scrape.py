@@ -13,6 +13,7 @@ from ..metrics import CONTENT_TYPE, Metrics
 from .auth import Auth
 from .problems import Problem
 from .responses import problems
+from .routes import OPERATORS_ONLY
 
 router = APIRouter()
 
@@ -49,7 +50,11 @@ async def may_scrape(request: Request) -> bool:
     return auth.is_admin(request)
 
 
-@router.get("/metrics", response_class=Response, responses=_ANSWERS)
+#: An operators' route: without an admin's token or the metrics token it answers 404,
+#: never 401, which the OpenAPI document says (the token is optional to it).
+@router.get(
+    "/metrics", response_class=Response, responses=_ANSWERS, openapi_extra={OPERATORS_ONLY: True}
+)
 async def metrics(request: Request) -> Response:
     """offload's Prometheus metrics: this process's counters and histograms, and the queue
     gauges from the backend's stats (read at most once a second, whoever scrapes)."""

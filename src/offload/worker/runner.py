@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -15,20 +16,22 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from .. import tracing
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
-from ..contract import Extension, JobState, Lease, Message, Outcome
+from ..contract import Extension, JobState, Lease, Message, Outcome, WorkerInfo
 from ..errors import BackendError, Cancel, ConfigurationError, Retry, UpgradeError
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
-from ..versions import WORKER_RECORD_EVERY_S, chain_problem, runnable_versions, upgrade
+from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all, retry_or_dead
@@ -84,6 +87,8 @@ class _Job:
     context: Context | None = None
     #: Why its run was cancelled: `_SHUTDOWN`, `_CANCEL` or `_LOST`.
     reason: str = _SHUTDOWN
+    #: The tracing context of its last run's span, which its deliveries continue.
+    trace: dict[str, str] | None = None
     #: When its run began (loop time), and how long it ran once it ended (metrics).
     began: float = 0.0
     ran_s: float | None = None
@@ -154,7 +159,6 @@ class Worker:
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
         #: The versions this worker runs of each kind it claims, as it records them.
         self.kinds = self._runnable(app)
-        self.record_every_s = WORKER_RECORD_EVERY_S
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
         #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
         self.builtin = self.dispatcher.handlers()
@@ -170,6 +174,9 @@ class Worker:
         #: Since when (loop time) no job ran, was held or was claimed; None while one was.
         self._idle_since: float | None = None
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
+        #: Seconds between two records in the registry: every heartbeat, so one that stops
+        #: shows as lost after three missed (`brokers.base.WORKER_LOST_AFTER_S`).
+        self.record_every_s = self.heartbeat_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = asyncio.Event()
         #: Every job whose lease this worker holds (and beats), by job id.
@@ -202,6 +209,11 @@ class Worker:
         self.settled = 0
         #: Count of side tasks restarted after a failure.
         self.restarts = 0
+        #: Attempts run to an outcome, and how many of those failed (the registry shows both).
+        self.processed = 0
+        self.failed = 0
+        #: When `run` began (the registry's `started_at`).
+        self.started_at = datetime.now(UTC)
 
     def _runnable(self, app: App) -> dict[str, list[int]]:
         """The versions this worker runs of each kind it claims (see `versions`).
@@ -244,8 +256,9 @@ class Worker:
                 running jobs released); chained to the side task's error.
         """
         await self.app.open()
+        self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
         unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
-        await self._record(self.kinds)  # before the first claim: the web tier may ask
+        await self._record()  # before the first claim: the web tier may ask
         for name in ("heartbeat", "rescuer", "settler"):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
@@ -264,7 +277,7 @@ class Worker:
         finally:
             try:
                 unwatch()
-                await self._record({})  # not live any more
+                await self._forget_record()  # not live any more
                 await self.app.close()
             finally:
                 self.stopped.set()
@@ -405,6 +418,7 @@ class Worker:
             # what it would have (released, cancelled, or nothing for a lost lease).
             outcome = self._interrupted(job) if task.cancelled() else task.result()
             if outcome is not None:
+                self._count(outcome)
                 self._report(job, outcome)
         except Exception:
             outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
@@ -414,6 +428,14 @@ class Worker:
         self._release_excess()
         self._fill()
         self._slot_free.set()
+
+    def _count(self, outcome: Outcome) -> None:
+        """Count a run's outcome for the registry: a release (unspent) is no attempt run."""
+        if outcome.refund:
+            return
+        self.processed += 1
+        if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
+            self.failed += 1
 
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
@@ -434,22 +456,27 @@ class Worker:
         """One run of a job's handler; its outcome is reported as the run ends (`_finished`)."""
         kind = job.lease.envelope.kind
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
-        try:
-            return await self._attempt(job.lease, ctx, spec)
-        except asyncio.CancelledError:
-            return self._interrupted(job)
+        with tracing.process(job.lease) as span:
+            try:
+                outcome: Outcome | None = await self._attempt(job.lease, ctx, spec)
+            except asyncio.CancelledError:
+                outcome = self._interrupted(job)
+            if outcome is not None:
+                job.trace = tracing.ended(span, outcome)
+            return outcome
 
     def _report(self, job: _Job, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends; the
         lease beats until the outcome is written."""
         job.phase = _Phase.SETTLING
-        self._pending.append(self._with_follow_ups(outcome))
+        self._pending.append(self._with_follow_ups(outcome, job.trace))
         self._flushed.clear()
         self._pending_ready.set()
 
-    def _with_follow_ups(self, outcome: Outcome) -> Outcome:
+    def _with_follow_ups(self, outcome: Outcome, trace: dict[str, str] | None = None) -> Outcome:
         """The outcome with the notifications of its final state, which commit with it (and
-        only if it applies); the lease token marks them, so a repeat collapses."""
+        only if it applies); the lease token marks them, so a repeat collapses. They continue
+        `trace` (the span of the run that ended), else the job's own."""
         if not outcome.state.final:
             return outcome
         env = outcome.lease.envelope
@@ -460,6 +487,7 @@ class Worker:
             options=env.options,
             state=outcome.state,
             marker=outcome.lease.token,
+            trace=trace or env.trace,
         )
         return dataclasses.replace(outcome, follow_ups=notes) if notes else outcome
 
@@ -479,9 +507,9 @@ class Worker:
             if spec.is_async:
                 call = spec.fn(message, ctx)
             else:
-                call = asyncio.get_running_loop().run_in_executor(
-                    self._threads, spec.fn, message, ctx
-                )
+                # In the caller's context, so the handler's spans are the process span's.
+                run = functools.partial(contextvars.copy_context().run, spec.fn, message, ctx)
+                call = asyncio.get_running_loop().run_in_executor(self._threads, run)
             result = await asyncio.wait_for(call, timeout) if timeout else await call
             self._prefetch.ran(loop.time() - began)
             return Outcome(
@@ -666,7 +694,7 @@ class Worker:
                     self._pending = batch + self._pending
                     self._pending_ready.set()
                     raise
-                self._count(batch, applied)
+                self._meter(batch, applied)
                 for outcome in batch:
                     job = self._jobs.get(outcome.lease.job_id)
                     if job is not None and job.lease.token == outcome.lease.token:
@@ -675,7 +703,7 @@ class Worker:
             if not self._pending:
                 self._flushed.set()
 
-    def _count(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
+    def _meter(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
         """Count the attempts that ended (metrics): each outcome written, but a job given
         back unspent (released, or left for a newer worker), which did not run."""
         metrics = self.app.metrics
@@ -691,38 +719,68 @@ class Worker:
             )
             metrics.ended(env.kind, env.queue, outcome.state, ran_s)  # a StrEnum: a str
 
-    async def _record(self, kinds: Mapping[str, Sequence[int]]) -> None:
-        """Record the kinds and versions this worker runs (empty: delete its entry), as of
-        now; a failure is logged (the heartbeat records again)."""
-        if not self.kinds:
-            return  # no kind of the app's own: nothing to record, nothing recorded
+    def info(self) -> WorkerInfo:
+        """This worker as the registry shows it, as of now (the backend stamps the time)."""
+        from .. import __version__
+
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(self.queues),
+            concurrency=self.concurrency,
+            version=__version__,
+            kinds={kind: tuple(versions) for kind, versions in self.kinds.items()},
+            started_at=self.started_at,
+            heartbeat_at=self.started_at,  # not stored: the backend stamps its own
+            running=tuple(
+                job_id for job_id, job in self._jobs.items() if job.phase is _Phase.RUNNING
+            ),
+            processed=self.processed,
+            failed=self.failed,
+        )
+
+    async def _record(self) -> None:
+        """Record this worker in the registry (what it is, runs and is running), as of
+        now; a failure is logged (the next heartbeat records again)."""
         try:
-            await self.app._require_backend().record_worker(self.id, kinds)
+            await self.app._require_backend().record_worker(self.info())
         except BackendError as exc:
             log.warning("recording this worker failed: %s", exc, extra={"action": "record_error"})
 
+    async def _forget_record(self) -> None:
+        """Delete this worker's registry entry (a clean stop); a failure is logged (the
+        entry then shows as lost, and is forgotten in time)."""
+        try:
+            await self.app._require_backend().forget_worker(self.id)
+        except BackendError as exc:
+            log.warning("forgetting this worker failed: %s", exc, extra={"action": "record_error"})
+
     async def _heartbeat(self) -> None:
-        backend = self.app._require_backend()
         loop = asyncio.get_running_loop()
         next_record = loop.time() + self.record_every_s
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            if loop.time() >= next_record:  # the fleet's view of this worker stays live
-                next_record = loop.time() + self.record_every_s
-                await self._record(self.kinds)
             jobs = list(self._jobs.values())
-            if not jobs:
-                continue
-            try:
-                answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
-            except BackendError as exc:
-                log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
-                continue
-            beaten = {job.lease.job_id: job for job in jobs}
-            for answer in answers:
-                job = beaten.get(answer.job_id)
-                if job is not None and self._jobs.get(answer.job_id) is job:  # still held
-                    self._answered(job, answer)
+            if jobs:  # the leases first: a slow registry write must not delay them
+                await self._beat(jobs)
+            if loop.time() >= next_record:  # the registry's view of this worker stays live
+                next_record = loop.time() + self.record_every_s
+                await self._record()
+
+    async def _beat(self, jobs: Sequence[_Job]) -> None:
+        """Extend the leases of `jobs` and act on the answers (lost, cancel asked)."""
+        backend = self.app._require_backend()
+        try:
+            answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
+        except BackendError as exc:
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
+            return
+        beaten = {job.lease.job_id: job for job in jobs}
+        for answer in answers:
+            job = beaten.get(answer.job_id)
+            if job is not None and self._jobs.get(answer.job_id) is job:  # still held
+                self._answered(job, answer)
 
     def _answered(self, job: _Job, answer: Extension) -> None:
         """Act on a heartbeat's answer for one job: its lease was lost, or a cancel asked."""
@@ -778,7 +836,7 @@ class Worker:
             for outcome in decide_all(lapsed, self._spec_of, self.app.clock.now())
         ]
         applied = await backend.rescue(decisions)
-        self._count(decisions, applied)
+        self._meter(decisions, applied)
         rescued = sum(applied)
         if rescued:
             log.warning(
@@ -834,7 +892,7 @@ class Worker:
         try:
             if self._pending:  # settler gone (or failing): one last direct try
                 batch, self._pending = self._pending, []
-                self._count(batch, await self.app._require_backend().settle(batch))
+                self._meter(batch, await self.app._require_backend().settle(batch))
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.dispatcher.aclose()

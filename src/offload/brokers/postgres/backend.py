@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -20,19 +20,30 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ...clock import Clock
-from ...contract import EnqueueResult, Envelope, Extension, JobRow, Lapsed, Lease, Outcome
+from ...contract import (
+    EnqueueResult,
+    Envelope,
+    Extension,
+    JobFilter,
+    JobRow,
+    Lapsed,
+    Lease,
+    Outcome,
+    WorkerInfo,
+)
 from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import search as _search
 
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -548,6 +559,11 @@ class PostgresBackend:
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         rows = await self._fetch(Q["stats"], {"now": self._now()})
+        paused = [r["queue"] for r in await self._fetch(Q["paused"], {})]
+        return mark_paused(self._stats_of(rows), paused)
+
+    @staticmethod
+    def _stats_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {
             r["queue"]: {
                 "queued": r["queued"],
@@ -567,13 +583,23 @@ class PostgresBackend:
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        if not kinds:
-            await self._fetch(Q["forget_worker"], {"id": worker_id})
-            return
-        entry = _json({k: list(v) for k, v in kinds.items()})
-        params = {"id": worker_id, "kinds": entry, "now": self._now()}
-        await self._fetch(Q["record_worker"], {**params, "forget": FORGET_WORKER_AFTER_S})
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        entry = worker.entry()
+        params = {
+            "id": worker.id,
+            "kinds": _json(entry["kinds"]),
+            "info": _json(entry),
+            "now": self._now(),
+            "forget": FORGET_WORKER_AFTER_S,
+        }
+        await self._fetch(Q["record_worker"], params)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self._fetch(Q["forget_worker"], {"id": worker_id})
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        rows = await self._fetch(Q["registry"], {"now": self._now(), "lost_after": lost_after_s})
+        return [WorkerInfo.of(r["info"], heartbeat_at=r["seen_at"], lost=r["lost"]) for r in rows]
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         rows = await self._fetch(Q["live_workers"], {"within": within_s, "now": self._now()})
@@ -582,6 +608,14 @@ class PostgresBackend:
             for kind, versions in row["kinds"].items():
                 live.setdefault(kind, set()).update(versions)
         return live
+
+    # -- paused queues ----------------------------------------------------------------------
+
+    async def pause(self, queue: str) -> bool:
+        return bool(await self._fetch(Q["pause"], {"queue": queue, "now": self._now()}))
+
+    async def resume(self, queue: str) -> bool:
+        return bool(await self._fetch(Q["resume"], {"queue": queue}))
 
     # -- job store --------------------------------------------------------------------------
 
@@ -618,6 +652,53 @@ class PostgresBackend:
             sql += " WHERE " + " AND ".join(where)
         rows = await self._fetch(sql + " ORDER BY id DESC LIMIT %(limit)s", params)
         return [_row(r) for r in rows]
+
+    # -- operators: finding jobs and acting on many (see search.py) -------------------------
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        query = _search.search_sql(f, states, before, limit)
+        if query is None:
+            return []
+        return [_row(r) for r in await self._fetch(*query)]
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        query = _search.count_sql(f, cap)
+        return 0 if query is None else int((await self._fetch(*query))[0]["n"])
+
+    @staticmethod
+    def _keys(ids: Sequence[str]) -> list[uuid.UUID]:
+        return [key for key in map(_uuid, ids) if key is not None]
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        rows = await self._fetch(Q["requeue_many"], {"ids": self._keys(ids), "now": self._now()})
+        return int(rows[0]["n"])
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        params = {"ids": self._keys(ids), "now": self._now()}
+        async with self._conn() as conn, conn.transaction():
+            async with conn.cursor() as cur:
+                await cur.execute(Q["cancel_many_waiting"], params)
+                ended = [job_id for (job_id,) in await cur.fetchall()]
+                await self.enqueue_in(conn, [e for i in ended for e in follow_ups.get(i, ())])
+                await cur.execute(Q["cancel_many_running"], params)
+                return len(ended) + cur.rowcount
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        rows = await self._fetch(Q["delete_many"], {"ids": self._keys(ids)})
+        return int(rows[0]["count"])
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        rows = await self._fetch(Q["history"], {"since": since})
+        return [(float(r["minute"]), r["queue"], r["state"], int(r["n"])) for r in rows]
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         rows = await self._fetch(

@@ -117,6 +117,21 @@ CREATE TABLE IF NOT EXISTS offload_workers (
 CREATE INDEX IF NOT EXISTS offload_jobs_newer ON offload_jobs (queue)
     WHERE state IN ('queued', 'retrying') AND error->>'type' = 'NewerVersion'
 
+-- name: migration_5
+-- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
+-- any one filter reads its index backwards and stops after a page, and state with kind (the
+-- dead jobs of one kind) is one range; `created` serves the date
+-- range; `history` the per-minute throughput of App.history (index-only where the visibility
+-- map allows). Plain CREATE INDEX inside the migration's transaction: on a big table, run
+-- `offload migrate` when writes may wait for it (about 2 s per index per million jobs).
+CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
+    WHERE state IN ('succeeded', 'failed', 'dead')
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -151,9 +166,12 @@ WHERE owner = %(owner)s AND idempotency_key = ANY(%(keys)s)
 -- sort every ready row of all the queues on each claim, a cost that grows with the backlog.
 WITH picked AS (
     SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    -- a paused queue has none (one primary-key probe per queue)
+    CROSS JOIN LATERAL (SELECT NOT EXISTS (
+        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM offload_jobs
-        WHERE state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(%(now)s, now())
+        WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(%(now)s, now())
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -287,8 +305,10 @@ GROUP BY queue
 DELETE FROM offload_jobs WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
 
 -- name: next_run_at
+-- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
 SELECT extract(epoch FROM min(run_at) - coalesce(%(now)s, now())) FROM offload_jobs
 WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
+    AND queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: remember
 INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
@@ -310,6 +330,23 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 
+
+-- name: forget_worker
+DELETE FROM offload_workers WHERE id = %(id)s
+
+-- name: live_workers
+SELECT kinds FROM offload_workers
+WHERE seen_at >= coalesce(%(now)s, now()) - make_interval(secs => %(within)s)
+
+-- name: migration_4
+-- Each worker's registry entry (WorkerInfo.entry: host, pid, queues, what it runs now …),
+-- and the paused queues, which every claim reads.
+ALTER TABLE offload_workers ADD COLUMN IF NOT EXISTS info jsonb;
+CREATE TABLE IF NOT EXISTS offload_paused (
+    queue text PRIMARY KEY,
+    paused_at timestamptz NOT NULL
+)
+
 -- name: record_worker
 -- Entries not recorded for %(forget)s seconds (workers that died) go on the way; never this
 -- worker's own, which the upsert below updates in the same statement.
@@ -318,13 +355,81 @@ WITH gone AS (
     WHERE seen_at < coalesce(%(now)s, now()) - make_interval(secs => %(forget)s)
       AND id <> %(id)s
 )
-INSERT INTO offload_workers (id, kinds, seen_at)
-VALUES (%(id)s, %(kinds)s, coalesce(%(now)s, now()))
-ON CONFLICT (id) DO UPDATE SET kinds = excluded.kinds, seen_at = excluded.seen_at
+INSERT INTO offload_workers (id, kinds, seen_at, info)
+VALUES (%(id)s, %(kinds)s, coalesce(%(now)s, now()), %(info)s)
+ON CONFLICT (id) DO UPDATE
+SET kinds = excluded.kinds, seen_at = excluded.seen_at, info = excluded.info
 
--- name: forget_worker
-DELETE FROM offload_workers WHERE id = %(id)s
+-- name: registry
+-- Entries recorded before migration 4 carry no info: their workers are gone (or record anew).
+SELECT info, extract(epoch FROM seen_at)::float8 AS seen_at,
+    seen_at < coalesce(%(now)s, now()) - make_interval(secs => %(lost_after)s) AS lost
+FROM offload_workers WHERE info IS NOT NULL
 
+-- name: pause
+INSERT INTO offload_paused (queue, paused_at) VALUES (%(queue)s, coalesce(%(now)s, now()))
+ON CONFLICT (queue) DO NOTHING
+RETURNING queue
+
+-- name: resume
+-- The NOTIFY wakes the workers waiting for the queue (as an enqueue's does), at commit.
+WITH gone AS (DELETE FROM offload_paused WHERE queue = %(queue)s RETURNING queue)
+SELECT queue, pg_notify('offload_work', queue) FROM gone
+
+-- name: paused
+SELECT queue FROM offload_paused
 -- name: live_workers
 SELECT kinds FROM offload_workers
 WHERE seen_at >= coalesce(%(now)s, now()) - make_interval(secs => %(within)s)
+
+-- name: requeue_many
+WITH upd AS (
+    UPDATE offload_jobs
+    SET state = 'queued', attempt = 0, run_at = coalesce(%(now)s, now()), result = NULL,
+        started_at = NULL, finished_at = NULL, progress_fraction = NULL,
+        progress_message = NULL, worker = NULL, cancel_requested = false
+    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('dead', 'failed', 'cancelled')
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u ORDER BY u.id DESC
+), woken AS (
+    -- the insert trigger wakes workers for new jobs; re-queued ones are announced here
+    SELECT pg_notify('offload_work', q) FROM (SELECT DISTINCT queue AS q FROM upd) s
+)
+SELECT (SELECT count(*) FROM upd) AS n, (SELECT count(*) FROM woken) AS queues
+
+-- name: cancel_many_waiting
+WITH upd AS (
+    UPDATE offload_jobs SET state = 'cancelled', finished_at = coalesce(%(now)s, now())
+    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('queued', 'retrying')
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u ORDER BY u.id DESC
+)
+SELECT id::text FROM upd
+
+-- name: cancel_many_running
+UPDATE offload_jobs SET cancel_requested = true
+WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND NOT cancel_requested
+
+-- name: delete_many
+WITH gone AS (
+    DELETE FROM offload_jobs
+    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('succeeded', 'failed', 'cancelled', 'dead')
+    RETURNING id
+), ev AS (
+    DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)
+), fx AS (
+    DELETE FROM offload_effects WHERE job_id IN (SELECT id::text FROM gone)
+)
+SELECT count(*) FROM gone
+
+-- name: history
+-- Minutes as epoch multiples of 60 (date_trunc would follow the session's time zone).
+SELECT floor(extract(epoch FROM finished_at) / 60)::bigint * 60 AS minute, queue, state,
+       count(*) AS n
+FROM offload_jobs
+WHERE finished_at >= to_timestamp(%(since)s) AND state IN ('succeeded', 'failed', 'dead')
+GROUP BY 1, 2, 3

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,14 +23,17 @@ from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     Lapsed,
     Lease,
     Outcome,
+    WorkerInfo,
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
 from .._rows import envelope_of as _envelope
-from ..base import FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import search as _search
 from .rows import decode, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
@@ -54,8 +57,12 @@ _CHUNK = 500
 
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
-    "purge", "prune", "stats", "list", "changes", "workers", "live",
+    "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
+    "search", "requeue_many", "cancel_many", "delete_many", "reindex",
 )  # fmt: skip
+#: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
+#: 1 adds the jobs page's id indexes by state, kind and queue.
+SCHEMA_VERSION = 1
 
 
 @functools.cache
@@ -90,8 +97,9 @@ class RedisBackend:
     derive key names from the prefix and declare one of them, which routes the call.
 
     Times come from this process's clock (as in the SQL backends), so hosts that share a
-    Redis need synchronised clocks. Durability is the server's: run Redis with
-    `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
+    Redis need synchronised clocks; the worker registry's heartbeats alone are stamped by
+    the server's clock (`TIME`) unless a clock is injected. Durability is the server's: run
+    Redis with `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
     policy), or a restart or eviction loses jobs.
 
     Wake-ups: scripts PUBLISH on `work` (queue name) and `changes`; one pub/sub connection
@@ -130,6 +138,9 @@ class RedisBackend:
         self.keyspace = prefix if "{" in prefix else "{" + prefix + "}"
         self.pool_size = pool_size
         self.clock = clock or Clock()
+        #: The worker registry is stamped by the server's clock (one for every host), unless
+        #: a clock is injected (tests move it instead of sleeping).
+        self._server_clock = clock is None
         self.promote_max = promote_max
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -235,8 +246,26 @@ class RedisBackend:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def migrate(self) -> list[int]:
-        """Keys need no schema: nothing to apply."""
-        return []
+        """Put jobs stored before the jobs page's indexes existed into them (`_CHUNK` jobs
+        per script call); returns [1] when it did, [] when the keys were up to date. Jobs
+        stored since are indexed as they are written, so the jobs page finds old jobs once
+        this ran (`offload migrate`); nothing else depends on it.
+
+        Raises:
+            BackendError: the backend is not open, or Redis failed.
+        """
+        key = self._key("schema")
+        async with self._guard():
+            if int(await self._redis.get(key) or 0) >= SCHEMA_VERSION:
+                return []
+        cursor = ""
+        while True:
+            cursor = await self._run("reindex", opt(cursor or None), _CHUNK)
+            if not cursor:
+                break
+        async with self._guard():
+            await self._redis.set(key, SCHEMA_VERSION)
+        return [SCHEMA_VERSION]
 
     async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
         """Connect, check the server answers (within `connect_timeout_s`), load the scripts
@@ -317,10 +346,12 @@ class RedisBackend:
         scheduled job of these queues is due, or after `timeout` seconds."""
         async with self._guard():
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.smembers(self._key("paused"))
                 for queue in queues:
                     pipe.zrange(self._key("waiting:" + queue), 0, 0, withscores=True)
-                heads = await pipe.execute()
-        due = [head[0][1] for head in heads if head]
+                paused, *heads = await pipe.execute()
+        # Not a paused queue's: its due jobs would wake the claim loop at once, again and again.
+        due = [h[0][1] for q, h in zip(queues, heads, strict=True) if h and q not in paused]
         if due:
             timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
         news = self._announcements
@@ -423,6 +454,8 @@ class RedisBackend:
         per-queue indexes, never by scanning jobs."""
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
+        async with self._guard():
+            paused = cast(set[str], await self._redis.smembers(self._key("paused")))
         for queue, ready, later, running, dead, oldest, newer in await self._run("stats", num(now)):
             out[queue] = {
                 "queued": ready,
@@ -432,7 +465,7 @@ class RedisBackend:
                 "oldest_age_s": max(0.0, now - float(oldest)) if oldest else 0.0,
                 "awaiting_newer_worker": newer,
             }
-        return out
+        return mark_paused(out, paused)
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
@@ -440,19 +473,54 @@ class RedisBackend:
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        """Record the worker's kinds and versions in one script call (empty: delete it)."""
-        now = self.clock.now()
-        entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode() if kinds else None
-        forget_before = num(now - FORGET_WORKER_AFTER_S)
-        await self._run("workers", num(now), worker_id, opt(entry), forget_before)
+    def _now_arg(self) -> str:
+        """The `now` of a registry script: the injected clock's, or none (the server's)."""
+        return opt(None if self._server_clock else num(self.clock.now()))
+
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        """Record the worker's entry and kinds in one script call."""
+        entry = worker.entry()
+        kinds, info = orjson.dumps(entry["kinds"]).decode(), orjson.dumps(entry).decode()
+        forget = num(FORGET_WORKER_AFTER_S)
+        await self._run("workers", self._now_arg(), worker.id, opt(kinds), opt(info), forget)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        forget = num(FORGET_WORKER_AFTER_S)
+        await self._run("workers", self._now_arg(), worker_id, opt(None), opt(None), forget)
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        """Every registry entry, read in one script call (O(workers))."""
+        now, *flat = await self._run("registry", self._now_arg())
+        lost_before = float(now) - lost_after_s
+        return [
+            WorkerInfo.of(
+                orjson.loads(info), heartbeat_at=float(seen), lost=float(seen) < lost_before
+            )
+            for _id, seen, info in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        ]
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         live: dict[str, set[int]] = {}
-        for entry in await self._run("live", num(self.clock.now() - within_s)):
+        for entry in await self._run("live", self._now_arg(), num(within_s)):
             for kind, versions in orjson.loads(entry).items():
                 live.setdefault(kind, set()).update(versions)
         return live
+
+    # -- paused queues ----------------------------------------------------------------------
+
+    async def pause(self, queue: str) -> bool:
+        async with self._guard():
+            return bool(await self._redis.sadd(self._key("paused"), queue))
+
+    async def resume(self, queue: str) -> bool:
+        """Resume `queue` and announce work on it, in one transaction: its waiting workers
+        wake as for an enqueue."""
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(self._key("paused"), queue)
+                pipe.publish(self._key("work"), queue)
+                removed, _ = await pipe.execute()
+        return bool(removed)
 
     # -- job store --------------------------------------------------------------------------
 
@@ -483,6 +551,102 @@ class RedisBackend:
                 break
             cursor = out[0]
         return rows
+
+    # -- operators: finding jobs and acting on many (see search.py, lua/search.lua) --------
+
+    async def _smallest_index(self, f: JobFilter) -> str:
+        """Of the id indexes that hold every match of `f`, the one with fewest entries."""
+        names = _search.indexes(f)
+        if len(names) == 1:
+            return names[0]
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(self._key(name))
+            sizes = await pipe.execute()
+        return min(zip(sizes, names, strict=True))[1]
+
+    async def _walk(
+        self,
+        mode: str,
+        f: JobFilter,
+        states: Collection[str] | None,
+        before: str | None,
+        limit: int,
+    ) -> tuple[int, list[JobRow]]:
+        """Walk the smallest index of `f` newest first, `_CHUNK` entries per script call,
+        until `limit` matches are found or the index is exhausted: (matches, rows)."""
+        index = await self._smallest_index(f)
+        found, rows, cursor = 0, [], before
+        while found < limit:
+            filters = _search.args(f, states, cursor)
+            out = await self._run("search", mode, index, *filters, limit - found, _CHUNK)
+            found += out[1]
+            rows += [JobRow.of(decode(pairs(flat))) for flat in out[2:]]
+            if not out[0]:
+                break
+            cursor = out[0]
+        return found, rows
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        """Matching rows newest first. The smallest index among the filters' (owner, kind,
+        queue, state; else all ids) is walked and every other filter (dates, text) checked
+        on each job read: a rare match among many candidates reads many jobs, in script
+        calls of `_CHUNK` entries each, so none blocks Redis for long."""
+        if limit <= 0:
+            return []
+        return (await self._walk("rows", f, states, before, limit))[1]
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        """Exact from one index's size when one exact filter (and an id prefix) is all there
+        is; else counted by walking, as `search_jobs` reads, up to `cap`."""
+        if _search.only_index(f, None):
+            low, high = _search.lex_range(f)
+            async with self._guard():
+                key = self._key(_search.indexes(f)[0])
+                n = int(await self._redis.zlexcount(key, low, high))
+            return n if cap is None else min(n, cap)
+        return (await self._walk("count", f, None, None, cap or 2**53))[0]
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        return int(await self._run("requeue_many", num(self.clock.now()), *ids)) if ids else 0
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        if not ids:
+            return 0
+        args: list[str | int] = [num(self.clock.now()), len(ids)]
+        for job_id in ids:
+            args += [job_id, len(follow_ups.get(job_id, ()))]
+        args += envelope_args(e for job_id in ids for e in follow_ups.get(job_id, ()))
+        return int(await self._run("cancel_many", *args))
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        return int(await self._run("delete_many", *ids)) if ids else 0
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        """From per-minute counters that settle keeps (a day and an hour of them): unlike the
+        SQL backends, which count stored rows, deleting or re-queuing a job later does not
+        take it out of the minute it ended in."""
+        now = int(self.clock.now() // 60) * 60
+        first = max(int(since // 60) * 60, now - 60 * _search.HISTORY_KEEP_MINUTES)
+        minutes = list(range(first, now + 60, 60))
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hgetall(self._key(f"hist:{minute}"))
+            answers = await pipe.execute()
+        return [
+            fact
+            for minute, fields in zip(minutes, answers, strict=True)
+            for fact in _search.history_counts(minute, fields)
+        ]
 
     async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         return bool(

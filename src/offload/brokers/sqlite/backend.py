@@ -9,7 +9,8 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,11 +23,13 @@ from ...contract import (
     EnqueueResult,
     Envelope,
     Extension,
+    JobFilter,
     JobRow,
     JobState,
     Lapsed,
     Lease,
     Outcome,
+    WorkerInfo,
 )
 from ...errors import (
     BackendError,
@@ -39,16 +42,18 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change
+from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import search as _search
 
 T = TypeVar("T")
 
 #: Page cache of the connection, KiB (SQLite's default is 2,000).
 CACHE_KIB = 65_536
-#: Version of the SQLite schema this code writes; a newer file is refused. Additions that
-#: older code ignores (the workers table, the newer-version index) are made on open by
-#: `CREATE … IF NOT EXISTS` without a new version, so files stay usable by either.
-SCHEMA_VERSION = 2
+#: Version of the SQLite schema this code writes; a newer file is refused, an older one is
+#: upgraded on open. Additions that older code ignores (the workers table, the newer-version
+#: index) are made on open by `CREATE … IF NOT EXISTS` without a new version; 3 is one
+#: that older code must not ignore (paused queues, which every claim reads).
+SCHEMA_VERSION = 3
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
@@ -56,7 +61,8 @@ DEFAULT_POLL_S = 0.02
 DEFAULT_BUSY_POLL_S = 0.001
 #: How often the checkpointer thread copies the WAL back into the database (seconds).
 DEFAULT_CHECKPOINT_EVERY_S = 0.5
-#: How long after the last seen change the fast polling goes on (seconds).
+#: How long after the last claim that got jobs (or feed read that got changes) the fast
+#: polling goes on (seconds).
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
@@ -87,6 +93,17 @@ def _migrate_feed_to_fields(conn: sqlite3.Connection) -> None:
         [(orjson.dumps(fields_of_record(orjson.loads(r))).decode(), s) for s, r in entries],
     )
     conn.execute("UPDATE offload_meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _migrate_to_registry(conn: sqlite3.Connection) -> None:
+    """Schema 2 to 3 (and a new file): the workers' registry entries and the paused queues,
+    in the opening transaction."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(offload_workers)")}
+    for statement in Q["migration_3"].split(";"):
+        if "ADD COLUMN info" in statement and "info" in columns:
+            continue  # a file made by this code's `schema`, or one migrated before
+        conn.execute(statement)
+    conn.execute("UPDATE offload_meta SET value = '3' WHERE key = 'schema_version'")
 
 
 class _Checkpointer(threading.Thread):
@@ -126,7 +143,7 @@ def _ready_sql(n_queues: int) -> str:
 def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
     args: list[Any] = []
     for queue in queues:
-        args += [queue, now, limit]
+        args += [queue, now, queue, limit]
     return [*args, limit]
 
 
@@ -161,7 +178,10 @@ class SQLiteBackend:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._local_writes = 0
-        self._last_change = 0.0
+        #: When this instance last claimed jobs or read changes (monotonic seconds): fast
+        #: polling pays while work flows, not after any write (a worker's registry record
+        #: every heartbeat would keep every idle waiter polling fast).
+        self._last_work = 0.0
         self._checkpointer: _Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
@@ -260,23 +280,26 @@ class SQLiteBackend:
             conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
         with self._tx():
-            for statement in Q["schema"].split(";"):
+            for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute(
                 "SELECT value FROM offload_meta WHERE key = 'schema_version'"
             ).fetchone()
+            version = SCHEMA_VERSION if row is None else int(row[0])
+            if not 1 <= version <= SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} has schema version {version}; this offload expects "
+                    f"{SCHEMA_VERSION}"
+                )
             if row is None:
                 conn.execute(
                     "INSERT INTO offload_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif int(row[0]) == 1:
+            if version == 1:
                 _migrate_feed_to_fields(conn)
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise SchemaError(
-                    f"{self.path} has schema version {row[0]}; this offload expects "
-                    f"{SCHEMA_VERSION}"
-                )
+            if row is None or version <= 2:
+                _migrate_to_registry(conn)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -423,6 +446,7 @@ class SQLiteBackend:
                 (token, expires, worker_id, now, *ids),
             )
             self._event(conn, rows)
+        self._last_work = time.monotonic()
         rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
         return [
             Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
@@ -548,13 +572,12 @@ class SQLiteBackend:
         deadline = loop.time() + timeout
         while True:
             if await self._run(self._version) != self._seen.get(seen):
-                self._last_change = loop.time()
                 return
             now = loop.time()
             left = deadline - now
             if left <= 0:
                 return
-            busy = now - self._last_change < DEFAULT_BUSY_WINDOW_S
+            busy = time.monotonic() - self._last_work < DEFAULT_BUSY_WINDOW_S
             poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s
             await self._wakeup.sleep(min(poll, left))
 
@@ -587,7 +610,7 @@ class SQLiteBackend:
             q(queue)["oldest_age_s"] = max(0.0, now - oldest)
         for queue, n in self.conn.execute(Q["newer_waiting"]):
             q(queue)["awaiting_newer_worker"] = n
-        return out
+        return mark_paused(out, [name for (name,) in self.conn.execute(Q["paused"])])
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         return await self._run(self._stats)
@@ -601,18 +624,33 @@ class SQLiteBackend:
 
     # -- workers ----------------------------------------------------------------------------
 
-    def _record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
+    def _record_worker(self, worker: WorkerInfo) -> None:
         now = self.clock.now()
+        entry = worker.entry()
+        kinds = orjson.dumps(entry["kinds"]).decode()
         with self._tx() as conn:
             conn.execute(Q["forget_workers"], (now - FORGET_WORKER_AFTER_S,))
-            if kinds:
-                entry = orjson.dumps({k: list(v) for k, v in kinds.items()}).decode()
-                conn.execute(Q["record_worker"], (worker_id, entry, now))
-            else:
-                conn.execute(Q["forget_worker"], (worker_id,))
+            conn.execute(Q["record_worker"], (worker.id, kinds, now, orjson.dumps(entry).decode()))
 
-    async def record_worker(self, worker_id: str, kinds: Mapping[str, Sequence[int]]) -> None:
-        await self._run(self._record_worker, worker_id, kinds)
+    async def record_worker(self, worker: WorkerInfo) -> None:
+        await self._run(self._record_worker, worker)
+
+    def _forget_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(Q["forget_worker"], (worker_id,))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self._run(self._forget_worker, worker_id)
+
+    def _workers(self, lost_after_s: float) -> list[WorkerInfo]:
+        lost_before = self.clock.now() - lost_after_s
+        return [
+            WorkerInfo.of(orjson.loads(info), heartbeat_at=seen, lost=seen < lost_before)
+            for info, seen in self.conn.execute(Q["registry"])
+        ]
+
+    async def workers(self, *, lost_after_s: float) -> list[WorkerInfo]:
+        return await self._run(self._workers, lost_after_s)
 
     def _live_versions(self, within_s: float) -> dict[str, set[int]]:
         live: dict[str, set[int]] = {}
@@ -623,6 +661,27 @@ class SQLiteBackend:
 
     async def live_versions(self, *, within_s: float) -> dict[str, set[int]]:
         return await self._run(self._live_versions, within_s)
+
+    # -- paused queues ----------------------------------------------------------------------
+
+    def _pause(self, queue: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(Q["pause"], (queue, self.clock.now())).rowcount == 1
+
+    async def pause(self, queue: str) -> bool:
+        return await self._run(self._pause, queue)
+
+    def _resume(self, queue: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(Q["resume"], (queue,)).rowcount == 1
+
+    async def resume(self, queue: str) -> bool:
+        """Resume `queue`; this process's waiters wake at once, other processes' see the
+        commit at their next poll (as for any write)."""
+        resumed = await self._run(self._resume, queue)
+        if resumed:
+            self._wake_waiters()
+        return resumed
 
     # -- job store --------------------------------------------------------------------------
 
@@ -662,6 +721,62 @@ class SQLiteBackend:
     ) -> list[JobRow]:
         rows = await self._run(self._list_jobs, owner, state, kind, before, limit)
         return [JobRow.of(row) for row in rows]
+
+    # -- operators: finding jobs and acting on many (see search.py) -------------------------
+
+    async def search_jobs(
+        self,
+        f: JobFilter,
+        *,
+        states: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        sql, args = _search.search_sql(f, states, before, limit)
+        rows = await self._run(self._returning, self.conn, sql, args)
+        return [JobRow.of(row) for row in rows]
+
+    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
+        return await self._run(_search.count, self.conn, f, cap)
+
+    def _requeue_many(self, ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            changed = _search.requeue(conn, ids, self.clock.now())
+            self._event_ids(conn, changed)
+        return len(changed)
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        n = await self._run(self._requeue_many, list(ids)) if ids else 0
+        if n:
+            self._wake_waiters()
+        return n
+
+    def _cancel_many(self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]) -> int:
+        with self._tx() as conn:
+            ended = _search.cancel_waiting(conn, ids, self.clock.now())
+            self._event_ids(conn, ended)
+            self._insert(conn, [e for job_id in ended for e in follow_ups.get(job_id, ())])
+            return len(ended) + _search.flag_running(conn, ids)
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        if not ids:
+            return 0
+        n = await self._run(self._cancel_many, list(ids), follow_ups)
+        if follow_ups:
+            self._wake_waiters()
+        return n
+
+    def _delete_many(self, ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            return _search.delete(conn, ids)
+
+    async def delete_many(self, ids: Sequence[str]) -> int:
+        return await self._run(self._delete_many, list(ids)) if ids else 0
+
+    async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
+        return await self._run(_search.history, self.conn, since)
 
     def _progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
         with self._tx() as conn:
@@ -726,6 +841,8 @@ class SQLiteBackend:
             sql += " AND owner = ?"
             args.append(owner)
         rows = self.conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        if rows:
+            self._last_work = time.monotonic()
         return [
             Change(seq=s, job_id=j, owner=o, row=JobRow.of({**orjson.loads(r), "owner": o}))
             for s, j, o, r in rows

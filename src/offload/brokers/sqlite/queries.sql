@@ -83,6 +83,8 @@ SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
 SELECT id, priority, run_at FROM (
     SELECT id, priority, run_at FROM offload_jobs
     WHERE state IN ('queued', 'retrying') AND queue = ? AND run_at <= ?
+        -- a paused queue has none (its name again: one primary-key probe per claim)
+        AND NOT EXISTS (SELECT 1 FROM offload_paused WHERE queue = ?)
     ORDER BY priority, run_at, id
     LIMIT ?
 )
@@ -186,8 +188,10 @@ GROUP BY queue
 DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
 
 -- name: next_run_at
+-- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
 SELECT min(run_at) FROM offload_jobs
 WHERE state IN ('queued', 'retrying') AND queue IN ({queues})
+    AND queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: remember
 INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
@@ -205,9 +209,6 @@ RETURNING id
 DELETE FROM offload_events WHERE job_id IN (SELECT value FROM json_each(?))
 
 
--- name: record_worker
-INSERT INTO offload_workers (id, kinds, seen_at) VALUES (?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET kinds = excluded.kinds, seen_at = excluded.seen_at
 
 -- name: forget_worker
 DELETE FROM offload_workers WHERE id = ?
@@ -217,3 +218,76 @@ DELETE FROM offload_workers WHERE seen_at < ?
 
 -- name: live_workers
 SELECT kinds FROM offload_workers WHERE seen_at >= ?
+
+-- name: migration_3
+-- Schema 3: each worker's registry entry (JSON: WorkerInfo.entry), and the paused queues,
+-- which every claim reads (older code would not: hence the new version).
+ALTER TABLE offload_workers ADD COLUMN info TEXT;
+CREATE TABLE IF NOT EXISTS offload_paused (
+    queue TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+)
+
+-- name: record_worker
+INSERT INTO offload_workers (id, kinds, seen_at, info) VALUES (?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE
+SET kinds = excluded.kinds, seen_at = excluded.seen_at, info = excluded.info
+
+-- name: registry
+-- Entries recorded before schema 3 carry no info: their workers are gone (or record anew).
+SELECT info, seen_at FROM offload_workers WHERE info IS NOT NULL
+
+-- name: pause
+INSERT INTO offload_paused (queue, paused_at) VALUES (?, ?) ON CONFLICT (queue) DO NOTHING
+
+-- name: resume
+DELETE FROM offload_paused WHERE queue = ?
+
+-- name: paused
+SELECT queue FROM offload_paused
+-- name: search_indexes
+-- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
+-- any one filter reads its index backwards and stops after a page, and state with kind (the
+-- dead jobs of one kind) is one range, counted off the index. `created` serves the date
+-- range, `history` the per-minute throughput (covering: read off the index alone). Made on
+-- open like the rest of the schema (older code ignores them, SQLite keeps them up to date).
+-- No semicolon in these comments: the statements are split on it.
+CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
+CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
+    WHERE state IN ('succeeded', 'failed', 'dead')
+
+-- name: requeue_many
+UPDATE offload_jobs
+SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
+    finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
+    cancel_requested = 0
+WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('dead', 'failed', 'cancelled')
+RETURNING id
+
+-- name: cancel_many_waiting
+UPDATE offload_jobs SET state = 'cancelled', finished_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('queued', 'retrying')
+RETURNING id
+
+-- name: cancel_many_running
+UPDATE offload_jobs SET cancel_requested = 1
+WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running' AND cancel_requested = 0
+
+-- name: delete_many
+DELETE FROM offload_jobs
+WHERE id IN (SELECT value FROM json_each(?))
+  AND state IN ('succeeded', 'failed', 'cancelled', 'dead')
+RETURNING id
+
+-- name: delete_effects
+DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: history
+SELECT CAST(finished_at / 60 AS INTEGER) * 60 AS minute, queue, state, count(*)
+FROM offload_jobs INDEXED BY offload_jobs_history
+WHERE finished_at >= ? AND state IN ('succeeded', 'failed', 'dead')
+GROUP BY minute, queue, state

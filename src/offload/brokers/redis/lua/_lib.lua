@@ -11,8 +11,12 @@
 -- the row after each transition), jf:<id> (zset of the job's feed positions), fx:<id> (hash:
 -- Context.once effects), newer:<q> (set: jobs given back for a worker that knows their newer
 -- version; stats drops the members that are no longer waiting so), workers (hash: worker id
--- -> JSON of the kinds and versions it runs), workers:seen (zset by each worker's last
--- record). Channels: work (a queue got work), changes (the feed grew).
+-- -> JSON of the kinds and versions it runs), workers:info (hash: worker id -> JSON of its
+-- registry entry), workers:seen (zset by each worker's last record), paused (set: the
+-- paused queues, which claim skips), st:<state> / kind:<kind> / qids:<queue> (zsets,
+-- score 0: lexicographic id indexes of the jobs page's filters, as `ids` is),
+-- hist:<minute> (hash: state:queue -> jobs that ended so in that minute, kept
+-- HISTORY_KEEP_S). Channels: work (a queue got work), changes (the feed grew).
 -- Every float arrives as a Python repr string and is stored verbatim (Lua's tostring keeps
 -- only 14 digits), so only comparisons ever turn it into a number.
 local K = ARGV[1]
@@ -112,6 +116,24 @@ local function event(id)
   return flat
 end
 
+-- Move a job between the state indexes (`from` nil: a new job).
+local function restate(id, from, to)
+  if from then redis.call('ZREM', K .. 'st:' .. from, id) end
+  redis.call('ZADD', K .. 'st:' .. to, 0, id)
+end
+
+-- Seconds the per-minute counters of App.history are kept (a day and an hour).
+local HISTORY_KEEP_S = 90000
+
+-- Count a job that ended succeeded, failed or dead in the counters of its minute.
+local function count_ending(queue, state, now)
+  if state == 'succeeded' or state == 'failed' or state == 'dead' then
+    local key = K .. 'hist:' .. string.format('%d', math.floor(tonumber(now) / 60) * 60)
+    redis.call('HINCRBY', key, state .. ':' .. queue, 1)
+    redis.call('EXPIRE', key, HISTORY_KEEP_S)
+  end
+end
+
 local function announce_changes()
   if last_seq ~= nil then redis.call('PUBLISH', K .. 'changes', last_seq) end
 end
@@ -125,6 +147,9 @@ local function forget(id, row)
   redis.call('DEL', K .. 'job:' .. id)
   redis.call('ZREM', K .. 'ids', id)
   redis.call('ZREM', K .. 'own:' .. row.owner, id)
+  redis.call('ZREM', K .. 'kind:' .. row.kind, id)
+  redis.call('ZREM', K .. 'qids:' .. row.queue, id)
+  redis.call('ZREM', K .. 'st:' .. row.state, id)
   if row.idempotency_key ~= nil then
     local field = idem_field(row.owner, row.idempotency_key)
     if redis.call('HGET', K .. 'idem', field) == id then
@@ -184,6 +209,9 @@ local function store_envelopes(first, plan, now, out, queues)
       set_or_del(jk, 'options', opt(ARGV[b + 15]))
       redis.call('ZADD', K .. 'ids', 0, id)
       redis.call('ZADD', K .. 'own:' .. owner, 0, id)
+      redis.call('ZADD', K .. 'kind:' .. ARGV[b + 2], 0, id)
+      redis.call('ZADD', K .. 'qids:' .. queue, 0, id)
+      restate(id, nil, 'queued')
       if key ~= nil then redis.call('HSET', K .. 'idem', idem_field(owner, key), id) end
       redis.call('SADD', K .. 'queues', queue)
       put_waiting(id, queue, priority, run_at, now)
@@ -196,4 +224,35 @@ local function store_envelopes(first, plan, now, out, queues)
       out[#out + 1] = 0
     end
   end
+end
+
+-- The time a script was given (an opt argument), else the server's clock, as epoch seconds:
+-- the one clock that every host recording workers agrees on.
+local function now_or_server(given)
+  local t = opt(given)
+  if t ~= nil then return t end
+  local time = redis.call('TIME')
+  return time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
+end
+
+-- Queue a dead, failed or cancelled job (its hash read as `row`) again with attempt 0.
+local function requeue_job(id, row, now)
+  local jk = K .. 'job:' .. id
+  redis.call('SREM', K .. 'dead:' .. row.queue, id)
+  redis.call('ZREM', K .. 'finished', id)
+  redis.call('HSET', jk, 'state', 'queued', 'attempt', '0', 'run_at', now, 'cancel_requested', '0')
+  redis.call('HDEL', jk, 'result', 'started_at', 'finished_at', 'progress_fraction',
+    'progress_message', 'worker')
+  restate(id, row.state, 'queued')
+  put_waiting(id, row.queue, row.priority, now, now)
+  return event(id)
+end
+
+-- End a waiting job (its hash read as `row`) cancelled.
+local function cancel_waiting(id, row, now)
+  drop_waiting(id, row.queue, row.run_at)
+  redis.call('HSET', K .. 'job:' .. id, 'state', 'cancelled', 'finished_at', now)
+  redis.call('ZADD', K .. 'finished', now, id)
+  restate(id, row.state, 'cancelled')
+  return event(id)
 end

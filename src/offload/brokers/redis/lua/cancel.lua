@@ -9,10 +9,7 @@ local row = hget_map(jk)
 if row.state == nil then return {'missing'} end
 if row.state == 'queued' or row.state == 'retrying' then
   local plan = check_envelopes(4, (#ARGV - 3) / ENVELOPE_WIDTH, {})
-  drop_waiting(id, row.queue, row.run_at)
-  redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now)
-  redis.call('ZADD', K .. 'finished', now, id)
-  local flat = event(id)
+  local flat = cancel_waiting(id, row, now)
   local created, woken = {}, {}
   store_envelopes(4, plan, now, created, woken)
   announce_changes()

@@ -4,7 +4,10 @@
 local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
 local queues = {}
-for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 8, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
+  if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then queues[#queues + 1] = ARGV[i] end
+end
+if #queues == 0 then return {} end
 
 for _, queue in ipairs(queues) do
   local sched = K .. 'sched:' .. queue
@@ -42,7 +45,8 @@ else
   redis.call('DEL', merge)
 end
 
-local out, ready, waiting, running, leases = {}, {}, {}, {}, {}
+local out, ready, waiting, running, leases, was = {}, {}, {}, {}, {}, {}
+local now_running = {}
 for _, pick in ipairs(picked) do
   local member, queue = pick[1], pick[2]
   local id = member_id(member)
@@ -51,6 +55,9 @@ for _, pick in ipairs(picked) do
   local job = redis.call('HMGET', jk, 'state', 'attempt')
   if job[1] == 'queued' or job[1] == 'retrying' then
     push(waiting, queue, id)
+    push(was, job[1], id)
+    now_running[#now_running + 1] = 0
+    now_running[#now_running + 1] = id
     redis.call('HSET', jk, 'state', 'running', 'attempt', tonumber(job[2]) + 1,
       'lease_token', token, 'lease_expires', expires, 'worker', worker, 'started_at', now,
       'cancel_requested', '0')
@@ -66,5 +73,7 @@ for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, membe
 for queue, ids in pairs(waiting) do bulk('ZREM', K .. 'waiting:' .. queue, ids) end
 for queue, ids in pairs(running) do bulk('SADD', K .. 'running:' .. queue, ids) end
 if #leases > 0 then bulk('ZADD', K .. 'leases', leases) end
+for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
+if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
 announce_changes()
 return out

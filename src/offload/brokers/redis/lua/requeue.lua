@@ -7,13 +7,7 @@ if row.state == nil then return {'missing'} end
 if row.state ~= 'dead' and row.state ~= 'failed' and row.state ~= 'cancelled' then
   return {'invalid', row.state}
 end
-redis.call('SREM', K .. 'dead:' .. row.queue, id)
-redis.call('ZREM', K .. 'finished', id)
-redis.call('HSET', jk, 'state', 'queued', 'attempt', '0', 'run_at', now, 'cancel_requested', '0')
-redis.call('HDEL', jk, 'result', 'started_at', 'finished_at', 'progress_fraction',
-  'progress_message', 'worker')
-put_waiting(id, row.queue, row.priority, now, now)
-local flat = event(id)
+local flat = requeue_job(id, row, now)
 announce_changes()
 announce_work({[row.queue] = true})
 return {'ok', flat}

@@ -35,7 +35,7 @@ local function field(set, del, name, value)
 end
 
 local out, woken, created = {}, {}, {}
-local unleased, running, finished = {}, {}, {}
+local unleased, running, finished, now_in = {}, {}, {}, {}
 for i = 1, n do
   local b = 4 + (i - 1) * WIDTH
   local job = held[i]
@@ -58,6 +58,8 @@ for i = 1, n do
     end
     redis.call('HDEL', jk, unpack(del))
     redis.call('HSET', jk, unpack(set))
+    push(now_in, state, id)
+    count_ending(queue, state, now)
     if again then
       if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
       put_waiting(id, queue, job[4], ARGV[b + 6], now)
@@ -76,7 +78,18 @@ for i = 1, n do
     out[#out + 1] = 0
   end
 end
-if #unleased > 0 then bulk('ZREM', K .. 'leases', unleased) end
+if #unleased > 0 then
+  bulk('ZREM', K .. 'leases', unleased)
+  bulk('ZREM', K .. 'st:running', unleased)
+end
+for state, ids in pairs(now_in) do
+  local members = {}
+  for _, id in ipairs(ids) do
+    members[#members + 1] = 0
+    members[#members + 1] = id
+  end
+  bulk('ZADD', K .. 'st:' .. state, members)
+end
 for queue, ids in pairs(running) do bulk('SREM', K .. 'running:' .. queue, ids) end
 if #finished > 0 then bulk('ZADD', K .. 'finished', finished) end
 announce_changes()

@@ -1,0 +1,101 @@
+"""The dashboard's actions: retry, cancel or purge one job or every job matching a filter,
+pause and resume queues. Each is a form POST that `site.form_of` checks (read-only mode,
+cross-site, CSRF token) before anything changes; then back to the page it came from."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ...contract import JobFilter
+from ...errors import InvalidTransition, JobNotFound
+from ..problems import Problem
+from .filters import JobQuery
+from .pages import GUARDS
+from .site import DASHBOARD_PATH, app_of, back_to, form_of
+
+router = APIRouter(prefix=DASHBOARD_PATH, dependencies=GUARDS, include_in_schema=False)
+
+
+def _job_path(job_id: str) -> str:
+    return f"/jobs/{quote(job_id, safe='')}"
+
+
+def _plural(n: int) -> str:
+    return f"{n} job{'' if n == 1 else 's'}"
+
+
+@router.post("/jobs/bulk")
+async def bulk(request: Request) -> Response:
+    """Retry, cancel or purge every job matching the form's filter, once confirmed: the
+    form carries the count the operator saw (`expected`)."""
+    form = await form_of(request)
+    action = form.get("action", "")
+    query = JobQuery.of(form)
+    if form.get("confirm") != "yes":
+        raise Problem(422, "confirm the action first", slug="not-confirmed")
+    app = app_of(request)
+    wanted = query.to_filter()
+    if action == "retry":
+        done, verb = await app.retry_jobs(wanted), "Retried"
+    elif action == "cancel":
+        done, verb = await app.cancel_jobs(wanted), "Cancelled"
+    elif action == "purge":
+        done, verb = await app.delete_jobs(wanted), "Purged"
+    else:
+        raise Problem(422, f"no bulk action {action[:20]!r}", slug="invalid-action")
+    expected = form.get("expected", "")
+    notice = f"{verb} {_plural(done)} ({query.describe()})"
+    if expected.isdigit() and int(expected) != done:
+        notice += f"; {expected} matched when you confirmed"
+    return back_to(request, "/jobs?" + query.query_string(), notice)
+
+
+async def _one(request: Request, job_id: str, action: str) -> tuple[str, str]:
+    """Carry out `action` on one job: where to go next, and what happened."""
+    app = app_of(request)
+    try:
+        if action == "retry":
+            await app.requeue(job_id)
+            return _job_path(job_id), "Retried: the job is queued again"
+        if action == "cancel":
+            row = await app.cancel(job_id)
+            if row.state.final:
+                return _job_path(job_id), "Cancelled"
+            return _job_path(job_id), "Cancelling: its worker is told to stop"
+        purged = await app.delete_jobs(JobFilter(id_prefix=job_id))
+    except JobNotFound:
+        raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found") from None
+    except InvalidTransition as exc:
+        raise Problem(409, str(exc), slug="invalid-transition") from None
+    if not purged:
+        raise Problem(409, f"job {job_id[:60]} cannot be purged now", slug="invalid-transition")
+    return "/jobs", f"Purged job {job_id}"
+
+
+@router.post("/jobs/{job_id}/{action}")
+async def one(request: Request, job_id: str, action: str) -> Response:
+    """Retry (requeue), cancel or purge one job."""
+    if action not in ("retry", "cancel", "purge"):
+        raise Problem(404, "Not Found")
+    await form_of(request)
+    if await app_of(request).get(job_id) is None:
+        raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
+    path, notice = await _one(request, job_id, action)
+    return back_to(request, path, notice)
+
+
+@router.post("/queues/{queue}/{action}")
+async def queue(request: Request, queue: str, action: str) -> Response:
+    """Pause a queue (workers claim nothing more from it; running jobs finish) or resume it."""
+    if action not in ("pause", "resume") or not queue.strip():
+        raise Problem(404, "Not Found")
+    await form_of(request)
+    app = app_of(request)
+    if action == "pause":
+        await app.pause(queue)
+        return back_to(request, "", f"Paused queue {queue}")
+    await app.resume(queue)
+    return back_to(request, "", f"Resumed queue {queue}")

@@ -1,0 +1,105 @@
+// offload's dashboard: follow the change feed (server-sent events) and redraw the parts of
+// the page that the server renders, instead of reloading it.
+"use strict";
+
+(() => {
+  const STATES = ["queued", "running", "retrying", "succeeded", "failed", "cancelled", "dead"];
+  const FINAL = new Set(["succeeded", "failed", "cancelled", "dead"]);
+  const base = document.body.dataset.base;
+
+  // Fetch a server-rendered part again and put it in place (at most one fetch at a time;
+  // a change during a fetch asks for one more).
+  function redrawer(box, url) {
+    let busy = false;
+    let again = false;
+    return async function redraw() {
+      if (busy) { again = true; return; }
+      busy = true;
+      try {
+        const response = await fetch(url, { headers: { Accept: "text/html" } });
+        if (response.ok) box.innerHTML = await response.text();
+      } catch (err) {
+        // the next change (or the timer) tries again
+      } finally {
+        busy = false;
+        if (again) { again = false; setTimeout(redraw, 200); }
+      }
+    };
+  }
+
+  function listen(url, onChange, status) {
+    const events = new EventSource(url);
+    for (const state of STATES) events.addEventListener(state, onChange);
+    events.addEventListener("open", () => {
+      if (status) { status.textContent = "live"; status.classList.add("on"); }
+    });
+    // EventSource reconnects by itself, resuming with Last-Event-ID.
+    events.addEventListener("error", () => {
+      if (status) { status.textContent = "reconnecting…"; status.classList.remove("on"); }
+    });
+    return events;
+  }
+
+  function overview() {
+    const box = document.getElementById("overview-live");
+    const activity = document.getElementById("activity");
+    const status = document.getElementById("live-state");
+    const redraw = redrawer(box, box.dataset.live);
+    let pending = null;
+    listen(box.dataset.events, (event) => {
+      const record = JSON.parse(event.data);
+      const item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = `${base}/jobs/${encodeURIComponent(record.id)}`;
+      link.textContent = record.id.slice(0, 13) + "…";
+      const what = document.createElement("span");
+      what.textContent = `${record.kind} · ${record.queue}`;
+      const state = document.createElement("span");
+      state.className = `state state-${record.state}`;
+      state.textContent = record.state;
+      item.append(state, link, what);
+      activity.querySelector(".empty")?.remove();
+      activity.prepend(item);
+      while (activity.children.length > 30) activity.lastElementChild.remove();
+      // Many changes at once (a drain) redraw once.
+      if (pending === null) pending = setTimeout(() => { pending = null; redraw(); }, 300);
+    }, status);
+    // Ages grow without any change: redraw now and then too.
+    setInterval(() => { if (!document.hidden) redraw(); }, 10000);
+  }
+
+  function job() {
+    const box = document.getElementById("job-detail");
+    if (box.dataset.final === "true") return;
+    const redraw = redrawer(box, box.dataset.live);
+    const events = listen(box.dataset.events, (event) => {
+      const record = JSON.parse(event.data);
+      const badge = box.querySelector('[data-role="state"]');
+      if (badge) {
+        badge.textContent = record.state;
+        badge.className = `state state-${record.state}`;
+      }
+      const progress = record.progress || {};
+      const bar = box.querySelector(".progress");
+      if (bar && typeof progress.fraction === "number") {
+        const percent = Math.round(progress.fraction * 100);
+        bar.setAttribute("aria-valuenow", String(percent));
+        bar.firstElementChild.style.width = `${percent}%`;
+      }
+      const message = box.querySelector('[data-role="message"]');
+      if (message && progress.message) message.textContent = progress.message;
+      if (FINAL.has(record.state)) {
+        events.close(); // the stream ends with the final state
+        box.dataset.final = "true";
+        redraw(); // error, traceback, result, actions as the server renders them
+      }
+    }, null);
+  }
+
+  document.addEventListener("submit", (event) => {
+    const question = event.target.closest("form[data-confirm]")?.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+  if (document.body.dataset.page === "overview") overview();
+  if (document.getElementById("job-detail")) job();
+})();

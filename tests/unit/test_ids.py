@@ -1,0 +1,35 @@
+"""Job ids: UUIDv7 carrying their creation time, in order, and the floor of a moment."""
+
+from __future__ import annotations
+
+import uuid
+
+from offload._ids import uuid7, uuid7_floor
+
+
+def _ms(job_id: str) -> int:
+    return uuid.UUID(job_id).int >> 80
+
+
+def test_an_id_carries_the_time_it_is_made_at() -> None:
+    assert _ms(uuid7(1_800_000_000.123)) == 1_800_000_000_123
+    assert uuid.UUID(uuid7()).version == 7
+
+
+def test_ids_of_one_clock_sort_in_creation_order_within_a_millisecond() -> None:
+    ids = [uuid7(1_900_000_000.0) for _ in range(5000)]  # more than the 12-bit counter holds
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_a_clock_far_behind_keeps_its_own_time() -> None:
+    uuid7(1_950_000_000.0)
+    old = uuid7(1_700_000_000.0)
+    assert _ms(old) == 1_700_000_000_000
+
+
+def test_the_floor_of_a_moment_sorts_below_every_id_of_it_and_above_earlier_ones() -> None:
+    at = 1_800_000_000.5
+    floor = uuid7_floor(at)
+    earlier = uuid7(at - 0.002)
+    assert uuid7(at) >= floor > earlier
+    assert uuid7_floor(-5) == str(uuid.UUID(int=0))
