@@ -37,6 +37,7 @@ from .contract import (
 )
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .job import Job as Job  # re-exported: enqueue's answer
+from .metrics import NO_METRICS, NoMetrics
 from .notify import base as _notify
 from .notify.base import EmailTemplate
 from .notify.targets import callback_url_error, follow_ups_of_row
@@ -148,6 +149,9 @@ class App:
         self._sync: _SyncRunner | None = None
         self._users = 0
         self._live = LiveVersions()
+        #: Prometheus metrics (`offload.metrics.Metrics`); off until the web tier, a worker
+        #: with `--metrics-port`, or you set one.
+        self.metrics: NoMetrics = NO_METRICS
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -459,6 +463,7 @@ class App:
                     )
                 stored = enqueue_in(conn, envelopes)
                 results = await stored if inspect.isawaitable(stored) else stored
+        self.metrics.stored(envelopes, results)
         return [
             Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
         ]
@@ -908,6 +913,7 @@ class _SyncRunner:
         self.twin = App(app.name, settings=app.settings, clock=app._injected_clock)
         self.twin.kinds = app.kinds
         self.twin.internal_kinds = app.internal_kinds
+        self.twin.metrics = app.metrics
 
     def call(self, fn: Callable[[App], Coroutine[Any, Any, T] | Awaitable[T]]) -> T:
         async def run() -> T:

@@ -244,6 +244,24 @@ def worker(
     grace: Annotated[float, typer.Option(min=0, help="seconds to finish on SIGTERM")] = 30.0,
     lease: Annotated[float | None, typer.Option(min=0.5, help="lease seconds")] = None,
     url: Url = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="serve Prometheus metrics on this port (process i of --processes: port + i)",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="address of the metrics endpoint")
+    ] = "127.0.0.1",
+    max_jobs: Annotated[
+        int | None, typer.Option(min=1, help="run this many jobs (per process), then exit 0")
+    ] = None,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(min=0, help="exit 0 once no job ran or was queued for SECONDS"),
+    ] = None,
     banner: Annotated[bool, typer.Option(hidden=True)] = True,
     of_processes: Annotated[int, typer.Option(hidden=True)] = 1,
 ) -> None:
@@ -259,9 +277,21 @@ def worker(
         options += [f"--queues={queues}"] if queues else []
         options += [f"--lease={lease}"] if lease else []
         options += [f"--url={url}"] if url else []
+        options += [f"--max-jobs={max_jobs}"] if max_jobs else []
+        options += [f"--exit-when-idle={exit_when_idle}"] if exit_when_idle is not None else []
+        options += [f"--metrics-host={metrics_host}"] if metrics_port else []
         first = worker_argv(app, [*options, f"--of-processes={processes}"])
         others = worker_argv(app, [*options, "--no-banner"])
-        raise typer.Exit(Supervisor(first, processes, others_argv=others).run())
+        supervisor = Supervisor(
+            first,
+            processes,
+            others_argv=others,
+            # One metrics endpoint per process: process i serves port + i.
+            slot_argv=(lambda i: [f"--metrics-port={metrics_port + i}"]) if metrics_port else None,
+            # A process that ran its --max-jobs (or idled out) is done, not restarted.
+            until_done=max_jobs is not None or exit_when_idle is not None,
+        )
+        raise typer.Exit(supervisor.run())
     with _errors():
         offload_app = _app(app, url)
         runner = Worker(
@@ -271,6 +301,8 @@ def worker(
             prefetch=prefetch,
             lease_s=lease,
             grace_s=grace,
+            max_jobs=max_jobs,
+            exit_when_idle_s=exit_when_idle,
         )
         if banner:
             processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
@@ -286,7 +318,27 @@ def worker(
             _stop_on_signals(runner.request_stop)
             await runner.run()
 
-        _run(main)
+        stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
+        try:
+            _run(main)
+        finally:
+            stop_metrics()
+
+
+def _serve_metrics(app: App, port: int | None, host: str) -> Callable[[], None]:
+    """Turn the app's metrics on and serve them on `host:port` (None: neither); returns the
+    function that stops serving.
+
+    Raises:
+        ConfigurationError: prometheus-client is missing, or the port cannot be bound.
+    """
+    if port is None:
+        return lambda: None
+    from .metrics import Metrics, serve
+
+    metrics = Metrics()
+    app.metrics = metrics
+    return serve(metrics, port, host)
 
 
 @cli.command()

@@ -134,6 +134,9 @@ class Settings:
     admin_principals: frozenset[str] = frozenset()
     #: The dashboard shows and changes nothing but what it shows (OFFLOAD_DASHBOARD_READONLY=1).
     dashboard_readonly: bool = False
+    #: A bearer token that may read GET /metrics and nothing else (OFFLOAD_METRICS_TOKEN):
+    #: for a Prometheus scraper, which need not be an admin principal.
+    metrics_token: str | None = None
 
     @property
     def dev_mode(self) -> bool:
@@ -175,6 +178,7 @@ class Settings:
                     if name.strip()
                 ),
                 dashboard_readonly=_flag(e.get("OFFLOAD_DASHBOARD_READONLY")),
+                metrics_token=(e.get("OFFLOAD_METRICS_TOKEN") or "").strip() or None,
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

@@ -153,6 +153,7 @@ class Dispatcher:
             shown = redact(target)
 
         async def record(state: str, **attempt: Any) -> None:
+            self.app.metrics.delivered(channel, state)
             await ledger.record_attempt(
                 self.app._require_backend(),
                 job_id,

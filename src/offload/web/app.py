@@ -23,6 +23,7 @@ from ..errors import (
     OffloadError,
     UnknownKind,
 )
+from ..metrics import Metrics, available
 from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of
 from .auth import Auth, AuthHook
@@ -37,6 +38,7 @@ from .problems import BACKEND_RETRY_AFTER, JSONResponse, Problem, problem
 from .responses import problems
 from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
+from .scrape import router as scrape_router
 
 log = logging.getLogger("offload.web")
 
@@ -159,6 +161,8 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             Without one, the bearer tokens of OFFLOAD_API_TOKENS decide.
     """
     settings = app.settings
+    if not app.metrics.enabled and available():
+        app.metrics = Metrics()  # counted from here on, served at GET /metrics
 
     api = FastAPI(
         title=f"offload: {app.name}",
@@ -181,6 +185,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.include_router(router)
     api.include_router(feeds_router)
     api.include_router(kinds_router)
+    api.include_router(scrape_router)
     api.include_router(dashboard_router)  # /dashboard: admins only, not in the schema
     install_docs(api)
 

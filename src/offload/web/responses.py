@@ -37,6 +37,7 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     ),
     422: ("The request is not valid: `errors` says where and why", {}),
     500: ("An internal error (logged; no traceback reaches the client)", {}),
+    501: ("Not available in this installation (an optional extra is missing)", {}),
     503: (
         "The job backend is unavailable: try again shortly",
         {"Retry-After": header("seconds to wait before trying again", SECONDS)},

@@ -89,6 +89,9 @@ class _Job:
     reason: str = _SHUTDOWN
     #: The tracing context of its last run's span, which its deliveries continue.
     trace: dict[str, str] | None = None
+    #: When its run began (loop time), and how long it ran once it ended (metrics).
+    began: float = 0.0
+    ran_s: float | None = None
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
@@ -120,6 +123,10 @@ class Worker:
         notifiers: the `webhook` and `email` notifiers of delivery jobs (defaults from the
             settings); delivery jobs are claimed from the notify queue unless `queues` is
             given without it.
+        max_jobs: run this many jobs, then stop (None: no limit); the worker never claims
+            more than it has left to run, so it gives back nothing it did not run.
+        exit_when_idle_s: stop once no job ran or was there to claim for this long (None:
+            never).
     """
 
     def __init__(
@@ -134,9 +141,15 @@ class Worker:
         idle_poll_s: float = DEFAULT_IDLE_POLL_S,
         worker_id: str | None = None,
         notifiers: Mapping[str, Notifier] | None = None,
+        max_jobs: int | None = None,
+        exit_when_idle_s: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if max_jobs is not None and max_jobs < 1:
+            raise ConfigurationError("max_jobs must be at least 1")
+        if exit_when_idle_s is not None and exit_when_idle_s < 0:
+            raise ConfigurationError("exit_when_idle_s must be 0 or more")
         if prefetch < 0:
             raise ConfigurationError("prefetch must be 0 or more")
         self.app = app
@@ -154,6 +167,12 @@ class Worker:
         self.grace_s = grace_s
         self.prefetch = prefetch
         self.idle_poll_s = idle_poll_s
+        self.max_jobs = max_jobs
+        self.exit_when_idle_s = exit_when_idle_s
+        #: Jobs started (counted against `max_jobs`).
+        self.begun = 0
+        #: Since when (loop time) no job ran, was held or was claimed; None while one was.
+        self._idle_since: float | None = None
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
         #: Seconds between two records in the registry: every heartbeat, so one that stops
         #: shows as lost after three missed (`brokers.base.WORKER_LOST_AFTER_S`).
@@ -238,6 +257,7 @@ class Worker:
         """
         await self.app.open()
         self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
+        unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
         await self._record()  # before the first claim: the web tier may ask
         for name in ("heartbeat", "rescuer", "settler"):
             self._spawn(name)
@@ -256,6 +276,7 @@ class Worker:
                 raise RuntimeError(f"worker side task {name} stopped") from cause
         finally:
             try:
+                unwatch()
                 await self._forget_record()  # not live any more
                 await self.app.close()
             finally:
@@ -268,7 +289,7 @@ class Worker:
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
         try:
-            while not self._stop.is_set():
+            while not (self._stop.is_set() or self._ran_all()):
                 limit = self._claim_size()
                 if limit <= 0:
                     self._slot_free.clear()
@@ -285,9 +306,45 @@ class Worker:
                 self._hold(leases)
                 self._fill()
                 if not leases:
-                    await self._race(backend.wait(self.queues, self.idle_poll_s), stop_wait)
+                    wait_s = self._idle_wait(bool(self._busy or self._line))
+                    if wait_s is None:
+                        break  # idle for --exit-when-idle
+                    await self._race(backend.wait(self.queues, wait_s), stop_wait)
+                else:
+                    self._idle_since = None
         finally:
             stop_wait.cancel()
+
+    def _ran_all(self) -> bool:
+        """Whether `max_jobs` jobs have run to their end (none running or held): time to
+        stop."""
+        if self.max_jobs is None or self.begun < self.max_jobs or self._busy or self._line:
+            return False
+        log.info(
+            "ran %d jobs (max_jobs): stopping",
+            self.begun,
+            extra={"action": "max_jobs", "worker": self.id},
+        )
+        return True
+
+    def _idle_wait(self, working: bool) -> float | None:
+        """After a claim that found nothing: how long to wait for work, or None to stop
+        (nothing ran, was held or was found for `exit_when_idle_s`)."""
+        if self.exit_when_idle_s is None:
+            return self.idle_poll_s
+        now = asyncio.get_running_loop().time()
+        if working or self._idle_since is None:
+            self._idle_since = None if working else now
+            return self.idle_poll_s
+        left = self.exit_when_idle_s - (now - self._idle_since)
+        if left <= 0:
+            log.info(
+                "no job for %gs (exit_when_idle): stopping",
+                self.exit_when_idle_s,
+                extra={"action": "exit_when_idle", "worker": self.id},
+            )
+            return None
+        return min(self.idle_poll_s, left)
 
     @staticmethod
     async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
@@ -324,8 +381,12 @@ class Worker:
             del self._jobs[job.lease.job_id]
 
     def _claim_size(self) -> int:
-        """How many jobs to claim now: free slots plus the prefetch, or 0 to wait."""
-        return self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
+        """How many jobs to claim now: free slots plus the prefetch, or 0 to wait; never more
+        than are left to run under `max_jobs`."""
+        size = self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
+        if self.max_jobs is not None:
+            size = min(size, self.max_jobs - self.begun - len(self._line))
+        return size
 
     def _fill(self) -> None:
         """Start jobs held ahead while slots are free (never once stopping)."""
@@ -337,6 +398,10 @@ class Worker:
         job.phase = _Phase.RUNNING
         job.context = ctx = Context(job.lease, self.app._require_backend(), self.app.blobs, loop)
         job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
+        job.began = loop.time()
+        env = job.lease.envelope
+        self.app.metrics.started(env.queue, self.app.clock.now() - max(env.enqueued_at, env.run_at))
+        self.begun += 1
         self._busy += 1
         self._idle.clear()
         job.task.add_done_callback(functools.partial(self._finished, job))
@@ -347,6 +412,7 @@ class Worker:
         if not self._busy:
             self._idle.set()
         job.task = job.context = None
+        job.ran_s = task.get_loop().time() - job.began
         try:
             # Cancelled before its first step, `_execute` never saw the cancellation: report
             # what it would have (released, cancelled, or nothing for a lost lease).
@@ -615,7 +681,7 @@ class Worker:
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    await backend.settle(batch)
+                    applied = await backend.settle(batch)
                 except BackendError as exc:
                     # Keep the outcomes (their leases keep beating) and try again shortly.
                     log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
@@ -628,6 +694,7 @@ class Worker:
                     self._pending = batch + self._pending
                     self._pending_ready.set()
                     raise
+                self._meter(batch, applied)
                 for outcome in batch:
                     job = self._jobs.get(outcome.lease.job_id)
                     if job is not None and job.lease.token == outcome.lease.token:
@@ -635,6 +702,22 @@ class Worker:
                 self.settled += len(batch)
             if not self._pending:
                 self._flushed.set()
+
+    def _meter(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
+        """Count the attempts that ended (metrics): each outcome written, but a job given
+        back unspent (released, or left for a newer worker), which did not run."""
+        metrics = self.app.metrics
+        if not metrics.enabled:
+            return
+        for outcome, written in zip(outcomes, applied, strict=False):
+            if not written or outcome.refund:
+                continue
+            env = outcome.lease.envelope
+            job = self._jobs.get(env.id)
+            ran_s = (
+                job.ran_s if job is not None and job.lease.token == outcome.lease.token else None
+            )
+            metrics.ended(env.kind, env.queue, outcome.state, ran_s)  # a StrEnum: a str
 
     def info(self) -> WorkerInfo:
         """This worker as the registry shows it, as of now (the backend stamps the time)."""
@@ -752,7 +835,9 @@ class Worker:
             self._with_follow_ups(outcome)
             for outcome in decide_all(lapsed, self._spec_of, self.app.clock.now())
         ]
-        rescued = sum(await backend.rescue(decisions))
+        applied = await backend.rescue(decisions)
+        self._meter(decisions, applied)
+        rescued = sum(applied)
         if rescued:
             log.warning(
                 "rescued %d jobs whose lease lapsed",
@@ -807,7 +892,7 @@ class Worker:
         try:
             if self._pending:  # settler gone (or failing): one last direct try
                 batch, self._pending = self._pending, []
-                await self.app._require_backend().settle(batch)
+                self._meter(batch, await self.app._require_backend().settle(batch))
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.dispatcher.aclose()

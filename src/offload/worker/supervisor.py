@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("offload.supervisor")
 
@@ -23,20 +23,35 @@ class Supervisor:
         processes: how many to keep running.
         others_argv: the command of every process but the first, when it differs (the
             first one announces what they all serve; the others need not repeat it).
+        slot_argv: arguments added to the command of process `i` (its own metrics port).
+        until_done: a process that exits 0 is done and not restarted (`--max-jobs`,
+            `--exit-when-idle`); the supervisor returns once every process is done.
     """
 
     def __init__(
-        self, argv: Sequence[str], processes: int, *, others_argv: Sequence[str] | None = None
+        self,
+        argv: Sequence[str],
+        processes: int,
+        *,
+        others_argv: Sequence[str] | None = None,
+        slot_argv: Callable[[int], Sequence[str]] | None = None,
+        until_done: bool = False,
     ) -> None:
         self.argv = list(argv)
         self.others_argv = list(argv if others_argv is None else others_argv)
+        self.slot_argv = slot_argv
+        self.until_done = until_done
         self.processes = processes
         self.children: list[subprocess.Popen[bytes] | None] = [None] * processes
         self.started_at = [0.0] * processes
+        self.done = [False] * processes
         self.stopping = False
 
     def _spawn(self, slot: int) -> None:
-        self.children[slot] = subprocess.Popen(self.argv if slot == 0 else self.others_argv)
+        argv = self.argv if slot == 0 else self.others_argv
+        if self.slot_argv is not None:
+            argv = [*argv, *self.slot_argv(slot)]
+        self.children[slot] = subprocess.Popen(argv)
         self.started_at[slot] = time.monotonic()
 
     def _signal(self, signum: int, _frame: object) -> None:
@@ -51,9 +66,12 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._signal)
         for slot in range(self.processes):
             self._spawn(slot)
-        while not self.stopping:
+        while not (self.stopping or all(self.done)):
             for slot, child in enumerate(self.children):
-                if child is None or child.poll() is None:
+                if child is None or child.poll() is None or self.done[slot]:
+                    continue
+                if self.until_done and child.returncode == 0:
+                    self.done[slot] = True  # ran what it was to run
                     continue
                 log.warning(
                     "worker process %d exited with %s; restarting",

@@ -1,0 +1,412 @@
+"""Prometheus metrics: what offload counts, the hooks its call sites call, and the scrape.
+
+`App.metrics` is a `Metrics` (prometheus-client installed: `pip install 'offload[metrics]'`)
+or `NO_METRICS`, whose hooks do nothing. The web tier turns metrics on for the app it serves
+(`GET /metrics`); `offload worker --metrics-port N` turns them on for the worker. Each
+`Metrics` has its own `CollectorRegistry` unless given one, so two apps (or two tests) in one
+process never share counters.
+
+Hooks are on the hot path: each resolves its label children once per (kind, queue) and
+keeps them, so a counted job costs a dict look-up and the child's own update. Labels are
+kinds, queues, states and channels, never a job id or an owner (unbounded series).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+    from .contract import EnqueueResult, Envelope
+
+#: The media type of the Prometheus text format `render` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Seconds one reading of the queue stats serves every scrape (many scrapers, one query).
+QUEUE_STATS_TTL_S = 1.0
+#: Buckets of the run time and the wait histograms (seconds): 5 ms to an hour.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
+)  # fmt: skip
+#: The states `offload_queue_depth` reports per queue (keys of `App.stats()`).
+DEPTH_STATES = ("queued", "scheduled", "running", "dead")
+#: Every metric offload exports, as scraped (counters with their `_total`).
+METRIC_NAMES = (
+    "offload_jobs_enqueued_total",
+    "offload_jobs_completed_total",
+    "offload_job_duration_seconds",
+    "offload_job_wait_seconds",
+    "offload_queue_depth",
+    "offload_queue_oldest_age_seconds",
+    "offload_worker_slots",
+    "offload_deliveries_total",
+)
+#: The `le` label of each bucket, as Prometheus writes bounds.
+_BOUNDS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
+_MISSING = "Prometheus metrics need prometheus-client: pip install 'offload[metrics]'"
+
+
+def available() -> bool:
+    """Whether prometheus-client is installed (the `metrics` extra)."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class NoMetrics:
+    """The hooks of an app without metrics: each does nothing."""
+
+    enabled = False
+
+    def enqueued(self, kind: str, queue: str, count: int = 1) -> None:
+        """Count `count` jobs of `kind` newly stored in `queue`."""
+
+    def stored(self, envelopes: Sequence[Envelope], results: Sequence[EnqueueResult]) -> None:
+        """Count the jobs of one enqueue call that were stored (a replayed key is not)."""
+
+    def started(self, queue: str, waited_s: float) -> None:
+        """Count a job starting in `queue` after waiting `waited_s` since it was due."""
+
+    def ended(self, kind: str, queue: str, state: str, ran_s: float | None = None) -> None:
+        """Count an attempt that ended in `state`, having run `ran_s` (None: not timed, a
+        lapsed lease's)."""
+
+    def delivered(self, channel: str, outcome: str) -> None:
+        """Count one webhook or email delivery attempt and its outcome."""
+
+    def watch_slots(self, read: Callable[[], tuple[int, int]]) -> Callable[[], None]:
+        """Report a worker's slots at scrape time; returns the function that stops it."""
+        return _nothing
+
+
+def _nothing() -> None:
+    pass
+
+
+#: The hooks of an app whose metrics are off.
+NO_METRICS = NoMetrics()
+
+
+class Metrics(NoMetrics):
+    """offload's Prometheus metrics, in one registry.
+
+    The hooks update plain numbers under one lock (a counted job costs a few look-ups and
+    additions); the registry reads them at scrape time. prometheus-client's own metric
+    objects lock and loop more per update, which shows at thousands of jobs a second.
+
+    Args:
+        registry: where the metrics are registered; a new `CollectorRegistry` when None
+            (pass `prometheus_client.REGISTRY` to serve them with your own).
+
+    Raises:
+        ConfigurationError: prometheus-client is not installed.
+    """
+
+    enabled = True
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        try:
+            from prometheus_client import CollectorRegistry
+        except ImportError:
+            raise ConfigurationError(_MISSING) from None
+        self.registry = CollectorRegistry() if registry is None else registry
+        # Every number, nested by label value (a look-up allocates nothing; a tuple key
+        # would, per job): kind → queue (→ state), queue, or channel → outcome.
+        self._lock = threading.Lock()
+        self._enqueued: dict[str, dict[str, _Count]] = {}
+        self._completed: dict[str, dict[str, dict[str, _Count]]] = {}
+        self._duration: dict[str, dict[str, _Histogram]] = {}
+        self._wait: dict[str, _Histogram] = {}
+        self._deliveries: dict[str, dict[str, _Count]] = {}
+        self._slots: list[Callable[[], tuple[int, int]]] = []
+        self.queues = QueueGauges()
+        for collector in (_Collector(self), _SlotsCollector(self._slots), self.queues):
+            self.registry.register(collector)
+
+    # The hooks take the lock by hand: `with` costs twice as much on CPython 3.11.
+
+    def enqueued(self, kind: str, queue: str, count: int = 1) -> None:
+        cell = _cell(self._enqueued, kind, queue, _Count)
+        self._lock.acquire()
+        try:
+            cell.value += count
+        finally:
+            self._lock.release()
+
+    def stored(self, envelopes: Sequence[Envelope], results: Sequence[EnqueueResult]) -> None:
+        if len(envelopes) == 1:
+            if results[0].created:
+                self.enqueued(envelopes[0].kind, envelopes[0].queue)
+            return
+        counts: dict[tuple[str, str], int] = {}  # a batch: one update per (kind, queue)
+        for envelope, result in zip(envelopes, results, strict=True):
+            if result.created:
+                pair = (envelope.kind, envelope.queue)
+                counts[pair] = counts.get(pair, 0) + 1
+        for (kind, queue), n in counts.items():
+            self.enqueued(kind, queue, n)
+
+    def started(self, queue: str, waited_s: float) -> None:
+        histogram = self._wait.get(queue) or self._wait.setdefault(queue, _Histogram())
+        value = waited_s if waited_s > 0.0 else 0.0
+        slot = bisect.bisect_left(DURATION_BUCKETS, value)  # the first bound >= value
+        self._lock.acquire()
+        try:
+            histogram.counts[slot] += 1
+            histogram.sum += value
+        finally:
+            self._lock.release()
+
+    def ended(self, kind: str, queue: str, state: str, ran_s: float | None = None) -> None:
+        by_state = _cell(self._completed, kind, queue, dict)
+        cell = by_state.get(state) or by_state.setdefault(state, _Count())
+        if ran_s is None:
+            self._lock.acquire()
+            try:
+                cell.value += 1
+            finally:
+                self._lock.release()
+            return
+        histogram = _cell(self._duration, kind, queue, _Histogram)
+        slot = bisect.bisect_left(DURATION_BUCKETS, ran_s)
+        self._lock.acquire()
+        try:
+            cell.value += 1
+            histogram.counts[slot] += 1
+            histogram.sum += ran_s
+        finally:
+            self._lock.release()
+
+    def delivered(self, channel: str, outcome: str) -> None:
+        cell = _cell(self._deliveries, channel, outcome, _Count)
+        self._lock.acquire()
+        try:
+            cell.value += 1
+        finally:
+            self._lock.release()
+
+    def watch_slots(self, read: Callable[[], tuple[int, int]]) -> Callable[[], None]:
+        """Report `read()` = (busy, total) slots of a worker as `offload_worker_slots` at
+        scrape time (nothing is written per job); returns the function that stops it."""
+        self._slots.append(read)
+        return lambda: self._slots.remove(read)
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text format (`CONTENT_TYPE`)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+
+class _Histogram:
+    """Counts per bucket of `DURATION_BUCKETS` (the last: above them all) and the sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound, as the text format has them (`le`)."""
+        out, total = [], 0
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
+T = TypeVar("T")
+
+
+def _cell(cache: dict[str, dict[str, T]], first: str, second: str, make: Callable[[], T]) -> T:
+    """The value under two label values, made on first use (setdefault: a race between
+    two threads keeps one)."""
+    inner = cache.get(first)
+    if inner is None:
+        inner = cache.setdefault(first, {})
+    cell = inner.get(second)
+    if cell is None:
+        cell = inner.setdefault(second, make())
+    return cell
+
+
+class _Collector:
+    """The counters and histograms of one `Metrics`, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        m = self.metrics
+        enqueued = CounterMetricFamily(
+            "offload_jobs_enqueued", "Jobs stored by enqueue (a replayed key not)",
+            labels=("kind", "queue"),
+        )  # fmt: skip
+        completed = CounterMetricFamily(
+            "offload_jobs_completed",
+            "Attempts ended, by the state they left the job in (retrying: it runs again)",
+            labels=("kind", "queue", "state"),
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "offload_job_duration_seconds", "How long an attempt ran, from its start to its end",
+            labels=("kind", "queue"),
+        )  # fmt: skip
+        wait = HistogramMetricFamily(
+            "offload_job_wait_seconds",
+            "From when a job was due (enqueued, or its run_at) until a worker started it",
+            labels=("queue",),
+        )  # fmt: skip
+        deliveries = CounterMetricFamily(
+            "offload_deliveries", "Webhook and email delivery attempts, by outcome",
+            labels=("channel", "outcome"),
+        )  # fmt: skip
+        with m._lock:  # one consistent reading
+            for (kind, queue), count in _pairs(m._enqueued):
+                enqueued.add_metric((kind, queue), count.value)
+            for (kind, queue), states in _pairs(m._completed):
+                for state, count in sorted(states.items()):
+                    completed.add_metric((kind, queue, state), count.value)
+            for (kind, queue), hist in _pairs(m._duration):
+                duration.add_metric((kind, queue), hist.buckets(), hist.sum)
+            for queue, hist in sorted(m._wait.items()):
+                wait.add_metric((queue,), hist.buckets(), hist.sum)
+            for (channel, outcome), count in _pairs(m._deliveries):
+                deliveries.add_metric((channel, outcome), count.value)
+        yield from (enqueued, completed, duration, wait, deliveries)
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only (never while registering)
+
+
+def _pairs(nested: dict[str, dict[str, T]]) -> list[tuple[tuple[str, str], T]]:
+    return sorted(((a, b), v) for a, inner in nested.items() for b, v in inner.items())
+
+
+class _SlotsCollector:
+    """`offload_worker_slots{state}`: busy and idle slots of the workers watched, summed."""
+
+    def __init__(self, reads: list[Callable[[], tuple[int, int]]]) -> None:
+        self.reads = reads
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "offload_worker_slots", "Handler slots of this process's workers", labels=("state",)
+        )
+        busy = total = 0
+        for read in list(self.reads):
+            b, t = read()
+            busy, total = busy + b, total + t
+        if self.reads:
+            family.add_metric(("busy",), busy)
+            family.add_metric(("idle",), total - busy)
+        yield family
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only (never while registering)
+
+
+class QueueGauges:
+    """`offload_queue_depth{queue,state}` and `offload_queue_oldest_age_seconds{queue}`,
+    from the backend's stats as last read by `refresh` (nothing before the first)."""
+
+    def __init__(self) -> None:
+        self.stats: Mapping[str, Mapping[str, Any]] = {}
+        #: When the stats were read (the reader's clock), None before the first reading.
+        self.read_at: float | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def refresh(
+        self,
+        read: Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]],
+        now: Callable[[], float],
+        ttl_s: float = QUEUE_STATS_TTL_S,
+    ) -> None:
+        """Read the stats unless the last reading is under `ttl_s` old; scrapes that come
+        while a reading is under way wait for it and share it (one query for all)."""
+        if self._fresh(now(), ttl_s):
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._fresh(now(), ttl_s):
+                return  # read by the scrape this one waited for
+            self.stats = await read()
+            self.read_at = now()
+
+    def _fresh(self, now: float, ttl_s: float) -> bool:
+        return self.read_at is not None and 0 <= now - self.read_at < ttl_s
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily(
+            "offload_queue_depth", "Jobs per queue and state", labels=("queue", "state")
+        )
+        age = GaugeMetricFamily(
+            "offload_queue_oldest_age_seconds",
+            "Age of each queue's oldest job ready to run",
+            labels=("queue",),
+        )
+        for queue, stats in sorted(self.stats.items()):
+            for state in DEPTH_STATES:
+                depth.add_metric((queue, state), float(stats.get(state, 0)))
+            age.add_metric((queue,), float(stats.get("oldest_age_s", 0.0)))
+        yield depth
+        yield age
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+    """Serve `metrics` over HTTP on `host:port` from a thread (a worker's endpoint); returns
+    the function that stops the server.
+
+    Raises:
+        ConfigurationError: the port cannot be bound.
+    """
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(port, host, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
+
+
+__all__ = [
+    "CONTENT_TYPE",
+    "METRIC_NAMES",
+    "NO_METRICS",
+    "Metrics",
+    "NoMetrics",
+    "available",
+    "serve",
+]

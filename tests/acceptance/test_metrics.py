@@ -1,0 +1,297 @@
+"""Prometheus metrics in process: what enqueue, a worker and deliveries count, GET /metrics
+(who may read it, the queue gauges read once a second whoever scrapes), and offload without
+prometheus-client."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from offload import App, Backoff, Context, Message, Settings
+from offload.clock import FakeClock
+from offload.errors import ConfigurationError
+from offload.metrics import CONTENT_TYPE, METRIC_NAMES, NO_METRICS, Metrics
+from offload.web import create_app
+from offload.worker.runner import Worker
+from tests.receivers import Receiver
+from tests.scrape import Scrape, parse
+
+pytestmark = pytest.mark.anyio
+
+
+class Ping(Message):
+    n: int = 0
+
+
+class Flop(Message):
+    n: int = 0
+
+
+def declare(app: App) -> None:
+    app.message("m.ping", queue="pings")(Ping)
+    app.message("m.flop")(Flop)
+
+
+def scrape(metrics: Any) -> Scrape:
+    assert isinstance(metrics, Metrics)
+    return parse(metrics.render().decode())
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 (polls counters that set no event)
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def serving(app: App, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+    api = create_app(app, **kw)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+
+
+async def test_enqueue_counts_the_jobs_it_stores_by_kind_and_queue(app: App) -> None:
+    declare(app)
+    app.metrics = metrics = Metrics()
+    async with app:
+        await app.enqueue(Ping(), idempotency_key="k")
+        await app.enqueue(Ping(), idempotency_key="k")  # a replay stores nothing
+        await app.enqueue_many([Ping(n=i) for i in range(5)] + [Flop(), Flop()])
+        await app.submit(app.envelope(Flop()))
+    found = scrape(metrics)
+    assert found.value("offload_jobs_enqueued_total", kind="m.ping", queue="pings") == 6
+    assert found.value("offload_jobs_enqueued_total", kind="m.flop", queue="default") == 3
+    assert found.types["offload_jobs_enqueued"] == "counter"
+    # No job id or owner ever becomes a label.
+    assert {k for labels in found.labels("offload_jobs_enqueued_total") for k in labels} == {
+        "kind",
+        "queue",
+    }
+
+
+async def test_two_apps_in_one_process_keep_their_own_counts(settings: Settings) -> None:
+    first, second = App("one", settings=settings), App("two", settings=settings)
+    for each in (first, second):
+        declare(each)
+        each.metrics = Metrics()
+    async with first:
+        await first.enqueue(Ping())
+    assert scrape(first.metrics).total("offload_jobs_enqueued_total") == 1
+    assert scrape(second.metrics).total("offload_jobs_enqueued_total") == 0
+
+
+async def test_a_worker_counts_attempts_waits_run_times_slots_and_deliveries(
+    settings: Settings,
+) -> None:
+    app = App("worker-metrics", settings=settings.with_(webhook_allow_private=True))
+    declare(app)
+    app.metrics = metrics = Metrics()
+
+    @app.handles(Ping)
+    async def ping(msg: Ping, ctx: Context) -> int:
+        return msg.n
+
+    @app.handles(Flop, max_attempts=2, backoff=Backoff(base_s=0.01, cap_s=0.01))
+    async def flop(msg: Flop, ctx: Context) -> None:
+        raise RuntimeError("flop")
+
+    with Receiver(200) as receiver:
+        async with app:
+            # Given 4 jobs that succeed (one with a webhook), one that fails twice (dead) and
+            # one whose payload no longer fits its contract (failed at once),
+            await app.enqueue_many([Ping(n=i) for i in range(3)])
+            await app.enqueue(Ping(n=3), callback_url=receiver.url)
+            await app.enqueue(Flop())
+            bad = dataclasses.replace(app.envelope(Ping()), payload={"n": "not a number"})
+            await app.submit(bad)
+            worker = Worker(app, concurrency=3)
+            task = asyncio.create_task(worker.run())
+            await asyncio.wait_for(worker.started.wait(), 10)
+            # when the worker has run them all,
+            completed = "offload_jobs_completed_total"
+            try:
+                await until(
+                    lambda: (
+                        scrape(metrics).total(completed, kind="m.ping") == 5
+                        and scrape(metrics).total(completed, kind="m.flop") == 2
+                        and scrape(metrics).total("offload_deliveries_total") == 1
+                        and scrape(metrics).total(completed, kind="offload.webhook") == 1
+                    )
+                )
+                found = scrape(metrics)
+                # its slots show while it runs,
+                slots = [found.value("offload_worker_slots", state=s) for s in ("busy", "idle")]
+                assert sum(slots) == 3 and 0 <= slots[0] <= 3
+            finally:
+                worker.request_stop()
+                await asyncio.wait_for(task, 30)
+    # every attempt is counted by the state it left the job in,
+    by = {"kind": "m.ping", "queue": "pings"}
+    assert found.value(completed, **by, state="succeeded") == 4
+    assert found.value(completed, **by, state="failed") == 1
+    flops = {"kind": "m.flop", "queue": "default"}
+    assert found.value(completed, **flops, state="retrying") == 1
+    assert found.value(completed, **flops, state="dead") == 1
+    # run times per kind (every attempt started), waits per queue (every start),
+    assert found.value("offload_job_duration_seconds_count", **by) == 5
+    assert found.value("offload_job_duration_seconds_count", **flops) == 2
+    assert 0 < found.value("offload_job_duration_seconds_sum", **by) < 10
+    assert found.value("offload_job_wait_seconds_count", queue="pings") == 5
+    assert found.value("offload_job_wait_seconds_count", queue="default") == 2
+    assert found.value("offload_job_wait_seconds_bucket", queue="pings", le="+Inf") == 5
+    # the webhook's delivery, and the notify queue's delivery job itself.
+    assert found.value("offload_deliveries_total", channel="webhook", outcome="delivered") == 1
+    assert (
+        found.value(completed, kind="offload.webhook", queue="offload.notify", state="succeeded")
+        == 1
+    )
+    assert len(receiver.requests) == 1
+    # A stopped worker reports no slots.
+    assert scrape(metrics).labels("offload_worker_slots") == []
+
+
+async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -> None:
+    declare(app)
+
+    @app.handles(Ping)
+    async def ping(msg: Ping, ctx: Context) -> None:
+        pass
+
+    async with serving(app) as web:  # development mode: the caller is an admin
+        assert isinstance(app.metrics, Metrics)  # the web tier turned them on
+        assert (await web.post("/v1/jobs/m.ping", json={"n": 1})).status_code == 202
+        await app.enqueue(Ping(n=2), delay=3600)  # scheduled
+        await app.enqueue(Flop())  # no handler here: stays queued
+        worker = Worker(app, queues=["pings", "offload.notify"], concurrency=2)
+        task = asyncio.create_task(worker.run())
+        try:
+            await until(lambda: scrape(app.metrics).total("offload_jobs_completed_total") == 1)
+            answer = await web.get("/metrics")
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == CONTENT_TYPE
+    found = parse(answer.text)
+    names = {name for name, _ in found.samples}
+    for name in METRIC_NAMES:
+        if name != "offload_deliveries_total":  # no delivery in this run
+            assert name in names or f"{name}_count" in names, name
+    assert found.value("offload_jobs_enqueued_total", kind="m.ping", queue="pings") == 2
+    assert found.value("offload_queue_depth", queue="pings", state="scheduled") == 1
+    assert found.value("offload_queue_depth", queue="pings", state="queued") == 0
+    assert found.value("offload_queue_depth", queue="default", state="queued") == 1
+    assert found.value("offload_queue_oldest_age_seconds", queue="default") >= 0
+    assert (
+        found.value("offload_worker_slots", state="busy")
+        + found.value("offload_worker_slots", state="idle")
+        == 2
+    )
+    assert found.types["offload_queue_depth"] == "gauge"
+    assert found.types["offload_job_duration_seconds"] == "histogram"
+
+
+class CountingApp(App):
+    """An App that counts its stats readings (each one a query to the backend)."""
+
+    readings = 0
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        self.readings += 1
+        return await super().stats()
+
+
+async def test_scrapes_within_a_second_share_one_stats_reading(settings: Settings) -> None:
+    clock = FakeClock()
+    app = CountingApp("counting", settings=settings, clock=clock)
+    declare(app)
+    async with serving(app) as web:
+        # Given twenty scrapers at once,
+        answers = await asyncio.gather(*(web.get("/metrics") for _ in range(20)))
+        assert all(a.status_code == 200 for a in answers)
+        # one stats reading served them all, and serves the next scrape within the second;
+        assert app.readings == 1
+        clock.advance(0.9)
+        assert (await web.get("/metrics")).status_code == 200
+        assert app.readings == 1
+        # a second later the backend is asked again, once.
+        clock.advance(0.1)
+        await asyncio.gather(*(web.get("/metrics") for _ in range(5)))
+        assert app.readings == 2
+        await app.enqueue(Ping())
+        clock.advance(1.0)
+        found = parse((await web.get("/metrics")).text)
+        assert found.value("offload_queue_depth", queue="pings", state="queued") == 1
+        assert app.readings == 3
+
+
+async def test_metrics_need_an_admin_or_the_scrape_token(settings: Settings) -> None:
+    app = App(
+        "guarded",
+        settings=dataclasses.replace(
+            settings,
+            api_tokens={"tok-alice": "alice", "tok-root": "root"},
+            admin_principals=frozenset({"root"}),
+            metrics_token="scrape-secret",
+        ),
+    )
+    declare(app)
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async with serving(app) as web:
+        # Anyone else finds nothing there, as for a path that does not exist;
+        for headers in ({}, bearer("tok-alice"), bearer("wrong")):
+            refused = await web.get("/metrics", headers=headers)
+            assert refused.status_code == 404, headers
+            assert refused.headers["content-type"] == "application/problem+json"
+        # an admin and the scrape token read the metrics,
+        for token in ("tok-root", "scrape-secret"):
+            answer = await web.get("/metrics", headers=bearer(token))
+            assert answer.status_code == 200, token
+            assert "offload_queue_depth" in answer.text
+        # and the scrape token is no key to the API.
+        assert (await web.get("/v1/queues", headers=bearer("scrape-secret"))).status_code == 401
+
+
+async def test_without_prometheus_client_offload_works_and_metrics_say_why_not(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given prometheus-client cannot be imported (the `metrics` extra not installed),
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    declare(app)
+    with pytest.raises(ConfigurationError, match=r"offload\[metrics\]"):
+        Metrics()
+    async with serving(app) as web:
+        # the web tier serves without metrics,
+        assert app.metrics is NO_METRICS
+        assert (await web.post("/v1/jobs/m.ping", json={"n": 1})).status_code == 202
+        # and GET /metrics answers a problem naming the extra.
+        answer = await web.get("/metrics")
+    assert answer.status_code == 501
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "offload[metrics]" in answer.json()["detail"]
+    # A worker runs without them too.
+    ran: list[int] = []
+
+    @app.handles(Ping)
+    async def ping(msg: Ping, ctx: Context) -> None:
+        ran.append(msg.n)
+
+    worker = Worker(app, queues=["pings"])
+    task = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: ran == [1])
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
