@@ -3,13 +3,10 @@ bulk action would change (shown before it is confirmed)."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
-from .app import App
-from .contract import JobFilter, JobState
+from .contract import JobFilter
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,13 +46,3 @@ def described(f: JobFilter) -> str:
         if value is not None
     ]  # fmt: skip
     return " ".join(words) or "(every job)"
-
-
-async def count_in(app: App, f: JobFilter, states: Collection[JobState]) -> int:
-    """How many jobs match `f` in one of `states`: what a bulk action would act on."""
-    if f.state is not None:
-        return await app.count_jobs(f) if f.state in {s.value for s in states} else 0
-    total = 0
-    for state in states:
-        total += await app.count_jobs(dataclasses.replace(f, state=state.value))
-    return total

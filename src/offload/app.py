@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -731,10 +731,25 @@ class App:
         backend = await self._opened_backend()
         return await backend.search_jobs(f, before=before, limit=limit)
 
-    async def count_jobs(self, f: JobFilter, *, cap: int | None = None) -> int:
-        """How many jobs match `f`. With `cap` (e.g. `DEFAULT_COUNT_CAP`), counting
-        stops there, and an answer equal to `cap` means "cap or more"."""
-        return await (await self._opened_backend()).count_jobs(f, cap=cap)
+    async def count_jobs(
+        self, f: JobFilter, *, cap: int | None = None, states: Collection[JobState] | None = None
+    ) -> int:
+        """How many jobs match `f` (and are in one of `states`, if given: e.g.
+        `RETRYABLE_STATES`, what `retry_jobs` would change). With `cap` (e.g.
+        `DEFAULT_COUNT_CAP`), counting stops there, and an answer equal to `cap` means "cap
+        or more"."""
+        backend = await self._opened_backend()
+        if states is None:
+            return await backend.count_jobs(f, cap=cap)
+        if f.state is not None:
+            return await backend.count_jobs(f, cap=cap) if f.state in states else 0
+        total = 0
+        for state in sorted(states):
+            left = None if cap is None else cap - total
+            if left is not None and left <= 0:
+                break
+            total += await backend.count_jobs(replace(f, state=state.value), cap=left)
+        return total
 
     async def retry_jobs(self, f: JobFilter, *, batch: int = DEFAULT_BULK_BATCH) -> int:
         """Re-queue every dead, failed or cancelled job matching `f` with a fresh retry

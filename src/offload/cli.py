@@ -618,9 +618,9 @@ def _bulk(
     act: Callable[[App], Awaitable[int]],
 ) -> None:
     """Count what `act` would change, ask (unless `yes`), act, and report the count."""
-    from ._cli_filters import count_in, described
+    from ._cli_filters import described
 
-    n = _with_app(ref, url, lambda a: count_in(a, f, states))
+    n = _with_app(ref, url, lambda a: a.count_jobs(f, states=states))
     names = sorted(s.value for s in states)
     which = ", ".join(names[:-1]) + " or " + names[-1]
     if n == 0:

@@ -527,9 +527,16 @@ async def test_retry_everything_matching_a_filter_after_confirming_the_count(
     async with _client(app) as web:
         html, page = await _page(web, "/dashboard/jobs", kind="billing.invoice", state="dead")
         link = page.testids["bulk-retry"]["href"]
-        assert "Retry all 4" in html
         html, page = await _page(web, link)
         assert 'data-testid="confirm-count">4<' in html
+        # The confirmation counts what the action would change, not every match: of the
+        # kind's dead and succeeded jobs, only the dead ones can be retried; none cancelled.
+        _, whole_kind = await _page(web, "/dashboard/jobs", kind="billing.invoice")
+        retry_all = await web.get(whole_kind.testids["bulk-retry"]["href"], headers=OPS)
+        assert 'data-testid="confirm-count">4<' in retry_all.text
+        cancel_all = await web.get(whole_kind.testids["bulk-cancel"]["href"], headers=OPS)
+        assert 'data-testid="nothing-to-do"' in cancel_all.text
+        assert "confirm-button" not in cancel_all.text
         (form,) = page.post_forms()
         # Without the confirmation, nothing.
         unconfirmed = {k: v for k, v in form["f"].items() if k != "confirm"}

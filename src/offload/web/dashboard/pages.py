@@ -11,7 +11,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from ...app import DEFAULT_COUNT_CAP
-from ...contract import JobState, Throughput
+from ...contract import (
+    CANCELLABLE_STATES,
+    FINAL_STATES,
+    RETRYABLE_STATES,
+    JobState,
+    Throughput,
+)
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
 from ..feeds import cursor_of
@@ -35,6 +41,8 @@ ASSETS = {
 }
 #: The bulk actions, and how the confirmation names them.
 BULK_ACTIONS = {"retry": "Retry", "cancel": "Cancel", "purge": "Purge"}
+#: The states of the jobs each bulk action changes (others matching the filter stay).
+BULK_STATES = {"retry": RETRYABLE_STATES, "cancel": CANCELLABLE_STATES, "purge": FINAL_STATES}
 #: Changes the overview lists when it loads (newest first).
 DEFAULT_RECENT_CHANGES = 20
 #: Minutes of history the overview's chart shows.
@@ -138,7 +146,8 @@ async def confirm(request: Request, action: Annotated[str, Query(max_length=20)]
     if action not in BULK_ACTIONS:
         raise Problem(422, f"no bulk action {action[:20]!r}", slug="invalid-action")
     query = JobQuery.of(request.query_params)
-    count = await app_of(request).count_jobs(query.to_filter())
+    # What the action would change: of the matching jobs, those in a state it acts on.
+    count = await app_of(request).count_jobs(query.to_filter(), states=BULK_STATES[action])
     return render(
         request,
         "confirm.html",
