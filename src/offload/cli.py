@@ -923,7 +923,7 @@ def queues(
             str(s["awaiting_newer_worker"]),
             "paused" if s["paused"] else "",
         )
-    _console().print(table)
+    _print_whole(table)  # a queue's name is what one greps for: never cut short
 
 
 def _app_ref(ctx: typer.Context, app: str | None, url: str | None) -> tuple[str | None, str | None]:
@@ -937,9 +937,25 @@ def queues_pause(ctx: typer.Context, name: QueueName, app: OptApp = None, url: U
     """Pause queue NAME: no worker claims its jobs until it is resumed (running jobs finish,
     new jobs are still enqueued). The pause is stored: it holds across restarts."""
     ref, where = _app_ref(ctx, app, url)
-    changed = _with_app(ref, where, lambda a: a.pause(name))
+
+    async def pause(a: App) -> tuple[bool, bool]:
+        changed = await a.pause(name)
+        stats = await a.stats()
+        # Known: a kind of the app routes to it, or jobs are in it (maybe another app's).
+        known = name in a.queues or any(
+            stats.get(name, {}).get(k) for k in ("queued", "scheduled", "running", "dead")
+        )
+        return changed, known
+
+    changed, known = _with_app(ref, where, pause)
     said = f"queue {name} paused" if changed else f"queue {name} was paused already"
     _console().print(said, soft_wrap=True, highlight=False, markup=False)
+    if not known:
+        _console(stderr=True).print(
+            f"warning: no job is in queue {name} and no kind of this app routes to it; "
+            "a misspelt name? (`offload queues resume` undoes the pause)",
+            soft_wrap=True, highlight=False, markup=False,
+        )  # fmt: skip
 
 
 @queues_cli.command("resume")

@@ -84,9 +84,11 @@ def url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]:
 def test_pause_and_resume_a_queue_and_see_it_in_queues(url: str) -> None:
     # When an operator pauses a queue (twice), it is shown paused, empty as it is
     paused = invoke("queues", "pause", "reports", "--url", url)
-    assert paused.exit_code == 0 and paused.output.strip() == "queue reports paused"
+    assert paused.exit_code == 0 and paused.stdout.strip() == "queue reports paused"
+    # (no app names it and no job is in it: a misspelt name? the operator is warned)
+    assert "a misspelt name?" in paused.stderr
     again = invoke("queues", "--url", url, "pause", "reports")  # options before the command
-    assert again.exit_code == 0 and again.output.strip() == "queue reports was paused already"
+    assert again.exit_code == 0 and again.stdout.strip() == "queue reports was paused already"
     assert as_json(invoke("queues", "--url", url, "--json"))["reports"]["paused"] is True
     table = invoke("queues", "--url", url)
     assert table.exit_code == 0
@@ -98,6 +100,12 @@ def test_pause_and_resume_a_queue_and_see_it_in_queues(url: str) -> None:
     again = invoke("queues", "resume", "reports", "--url", url)
     assert again.exit_code == 0 and again.output.strip() == "queue reports was not paused"
     assert as_json(invoke("queues", "--url", url, "--json")) == {}
+
+
+def test_pausing_a_queue_of_the_app_warns_of_nothing(url: str) -> None:
+    paused = invoke("queues", "pause", "ticks", "--app", APP_REF, "--url", url)
+    assert paused.exit_code == 0 and paused.stdout.strip() == "queue ticks paused"
+    assert paused.stderr == ""
 
 
 def test_pausing_in_an_empty_folder_creates_no_database(workdir: Path) -> None:
