@@ -282,6 +282,15 @@ class App:
 
         return register
 
+    def _budget_of(self, spec: MessageSpec) -> int:
+        """A new job's retry budget: its handler's, where this App knows the handler (one
+        module, `offload dev`), else its message's. (A worker applies its handler's budget
+        either way; this is what the job says before one claims it.)"""
+        handler = self.handlers.get(spec.kind)
+        if handler is not None and handler.max_attempts:
+            return handler.max_attempts
+        return spec.max_attempts
+
     def email_template(self, kind: str, template: EmailTemplate) -> None:
         """Use `template` for the completion emails of jobs of `kind` ("*": every kind).
 
@@ -429,7 +438,7 @@ class App:
             queue=spec.queue,
             priority=priority,
             attempt=0,
-            max_attempts=max_attempts or spec.max_attempts,
+            max_attempts=max_attempts or self._budget_of(spec),
             run_at=when,
             enqueued_at=now,
             idempotency_key=idempotency_key,

@@ -47,6 +47,19 @@ async def test_status_is_a_typed_job_status(app: App) -> None:
     await app.close()
 
 
+async def test_a_new_job_carries_its_handlers_budget_where_the_app_knows_it(app: App) -> None:
+    app.message("t.export", max_attempts=4)(Export)
+    assert (await (await app.enqueue(Export(period="a"))).status()).max_attempts == 4
+
+    @app.handles(Export, max_attempts=2)
+    async def export(msg: Export, ctx: Context) -> None:
+        return None
+
+    # Before any worker claims it, the job says the budget its handler will apply.
+    assert (await (await app.enqueue(Export(period="b"))).status()).max_attempts == 2
+    await app.close()
+
+
 async def test_wait_returns_the_final_status_with_result_progress_and_times(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
