@@ -821,9 +821,10 @@ class App:
         """Per queue: queued, scheduled, running, dead, oldest_age_s (the oldest ready job's
         age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
         that claimed them runs, given back for one that knows it), paused. Every queue a
-        registered kind routes to, or that is paused, is listed, an empty one with zeros."""
+        registered kind routes to, the deliveries' queue (`offload.notify`), and every
+        queue that is paused is listed, an empty one with zeros."""
         stats = await (await self._opened_backend()).stats()
-        for name in self.queues:
+        for name in (*self.queues, _notify.NOTIFY_QUEUE):
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
         return stats
 
