@@ -629,7 +629,7 @@ def _bulk(
     if not yes:
         typer.confirm(f"{verb} {n:,} {which} jobs matching {described(f)}?", abort=True)
     done = _with_app(ref, url, act)
-    _console().print(f"{past} {done:,} jobs", highlight=False)
+    _console().print(f"{past} {done:,} job{'' if done == 1 else 's'}", highlight=False)
 
 
 @jobs_cli.command("retry")

@@ -189,7 +189,7 @@ def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: st
     assert "no cancelled, dead, failed or succeeded job matches (every job)" in nothing.output
     invoke("jobs", "cancel", first, "--url", url)
     gone = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
-    assert gone.exit_code == 0 and "deleted 1 jobs" in gone.output
+    assert gone.exit_code == 0 and "deleted 1 job" in gone.output and "1 jobs" not in gone.output
     assert first not in invoke("jobs", "list", "--url", url).output
     refused = invoke("jobs", "delete", shout, "--url", url)
     assert refused.exit_code == 1 and "only a finished job can be deleted" in refused.output

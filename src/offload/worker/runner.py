@@ -321,8 +321,9 @@ class Worker:
         if self.max_jobs is None or self.begun < self.max_jobs or self._busy or self._line:
             return False
         log.info(
-            "ran %d jobs (max_jobs): stopping",
+            "ran %d job%s (max_jobs): stopping",
             self.begun,
+            "" if self.begun == 1 else "s",
             extra={"action": "max_jobs", "worker": self.id},
         )
         return True
