@@ -130,8 +130,9 @@ class MailSink:
             return self.codes.pop(0)
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
-        self.messages.append(message)
+        # The envelope first: tests wait for `messages` (from another thread), then read both.
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.messages.append(message)
         self._event.set()
         return "250 2.0.0 queued"
 
