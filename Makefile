@@ -20,9 +20,11 @@ demo: $(STAMP)
 
 # The whole suite under coverage.py, the web and worker processes it starts included; the
 # report lists the files not fully covered and fails under the floor (pyproject.toml).
+# Two pytest workers, each taking whole files (their module fixtures stay in one process);
+# coverage follows them, as it follows every subprocess (pyproject's [tool.coverage.run]).
 test: $(STAMP) chromium
 	rm -f .coverage .coverage.*
-	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run -m pytest
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run -m pytest -n 2 --dist loadfile
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
