@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from offload.clock import Clock
 from offload.contract import Envelope, JobState, Lease, Outcome, WorkerInfo, status_record
 from offload.worker.rescue import decide_all
 from offload.worker.retry import Backoff
+from offload.worker.runner import Worker
 
 KIND = "test.job"
 #: A lease long enough that it never lapses during a test unless the test wants it to.
@@ -167,3 +170,31 @@ def worker_info(
         processed=processed,
         failed=failed,
     )
+
+
+#: Deadline of anything asked of a real worker on the loop (CI is a loaded 2-core machine).
+PATIENCE_S = 20.0
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """`worker` running on this loop while the block runs (started when it is entered)."""
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.started.wait(), PATIENCE_S)
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Poll `check()` (awaited) until it answers something true, and return that; fails
+    after PATIENCE_S."""
+    try:
+        async with asyncio.timeout(PATIENCE_S):
+            while not (answer := await check()):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            return answer
+    except TimeoutError:
+        raise AssertionError(f"not within {PATIENCE_S:g}s: {what}") from None

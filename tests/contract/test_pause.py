@@ -5,10 +5,8 @@ stored (it survives reopening), on every backend."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,13 +15,10 @@ from offload.brokers import Backend, open_backend
 from offload.brokers.base import EMPTY_QUEUE_STATS
 from offload.worker.runner import Worker
 
-from ._support import LONG, ShiftClock, claim, done, envelope, status
+from ._support import LONG, PATIENCE_S, ShiftClock, claim, done, envelope, running, status
 from .conftest import BackendParam
 
 pytestmark = pytest.mark.anyio
-
-#: Long enough for any answer asked of a live worker; never a wait that must be long enough.
-PATIENCE_S = 20.0
 
 
 async def test_a_paused_queue_gives_no_jobs_while_other_queues_still_do(backend: Backend) -> None:
@@ -170,26 +165,6 @@ async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncItera
 
     async with app:
         yield app
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.started.wait(), PATIENCE_S)
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
-
-
-async def until(check: Callable[[], Any], what: str) -> None:
-    try:
-        async with asyncio.timeout(PATIENCE_S):
-            while not await check():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {PATIENCE_S:g}s: {what}") from None
 
 
 async def test_a_worker_leaves_a_paused_queue_alone_and_drains_it_once_resumed(app: App) -> None:

@@ -7,8 +7,7 @@ import asyncio
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,10 @@ from offload.brokers import Backend
 from offload.brokers.base import FORGET_WORKER_AFTER_S, WORKER_LOST_AFTER_S
 from offload.worker.runner import Worker
 
-from ._support import ShiftClock, worker_info
+from ._support import PATIENCE_S, ShiftClock, running, until, worker_info
 
 pytestmark = pytest.mark.anyio
 
-#: Long enough for any answer asked of a live worker; never a wait that must be long enough.
-PATIENCE_S = 20.0
 #: Seconds a backend's stamp may differ from the test's clock (the PostgreSQL server's, or
 #: the moment between the test's reading and the backend's).
 SLACK_S = 5.0
@@ -146,29 +143,6 @@ async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncItera
     app.message("registry.task", queue="tasks", max_attempts=1)(Task)
     async with app:
         yield app
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.started.wait(), PATIENCE_S)
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
-
-
-async def until(check: Callable[[], Any], what: str) -> Any:
-    """Poll `check()` (awaited) until it answers something true, and return that; fails
-    after PATIENCE_S."""
-    try:
-        async with asyncio.timeout(PATIENCE_S):
-            while not (answer := await check()):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            return answer
-    except TimeoutError:
-        raise AssertionError(f"not within {PATIENCE_S:g}s: {what}") from None
 
 
 async def test_a_worker_reports_itself_what_it_runs_and_how_it_did_and_goes_when_it_stops(

@@ -3,9 +3,7 @@ that wait for a newer worker, and real workers across a deploy, on every backend
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,22 @@ from offload.contract import Outcome
 from offload.versions import WORKER_LIVE_S
 from offload.worker.runner import NEWER_VERSION_DELAY_S, Worker
 
-from ._support import ShiftClock, claim, done, envelope, status, worker_info
+from ._support import (
+    PATIENCE_S,
+    ShiftClock,
+    claim,
+    done,
+    envelope,
+    running,
+    status,
+    until,
+    worker_info,
+)
 
 pytestmark = pytest.mark.anyio
 
 KIND = "greet"
 QUEUE = "greetings"
-#: Long enough for any answer asked of a live worker; never a wait that must be long enough.
-PATIENCE_S = 20.0
 
 
 # -- the backend's part ---------------------------------------------------------------------
@@ -175,27 +181,6 @@ async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncItera
     app = App("versions", settings=settings, clock=clock)
     async with app:
         yield app
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.started.wait(), PATIENCE_S)
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, 30)
-
-
-async def until(check: Callable[[], Any], what: str) -> None:
-    """Wait until `check()` (awaited) is true, polling; fails after PATIENCE_S."""
-    try:
-        async with asyncio.timeout(PATIENCE_S):
-            while not await check():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {PATIENCE_S:g}s: {what}") from None
 
 
 async def test_a_job_queued_before_a_deploy_runs_on_the_new_workers_through_the_upgraders(
