@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-api bench-burst bench-tracing bench-jobs-page bench-metrics
+.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-api bench-burst bench-tracing bench-jobs-page bench-metrics chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,3 +79,10 @@ bench-burst: $(STAMP)
 bench-tracing: $(STAMP)
 	$(BIN)/python bench/tracing.py
 
+
+# The fault-injection run (bench/chaos): every engine and Redis setting, 60 s of seeded faults
+# each; prints a table per engine/setting and writes them into docs/guarantees.md. A short
+# version of it runs in `make test` (tests/chaos, marker `chaos`).
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos --all --seed 1 --jobs 3000 --fault-seconds 60 --workers 3 \
+	  --docs docs/guarantees.md
