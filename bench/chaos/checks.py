@@ -204,7 +204,7 @@ class Checker:
             by_kind.setdefault(f.kind, []).append(f)
         engine = by_kind.get("engine_restart", []) + by_kind.get("engine_crash", [])
         for failure in self.ledger.failures:
-            if failure.what == "4xx":
+            if failure.what in ("4xx", "bare 5xx"):
                 r.errors_outside.append(f"{failure.detail}")
             elif _within(failure.at, by_kind.get("web_kill", []), after=1.0):
                 r.errors_in_web_restarts += 1

@@ -173,8 +173,9 @@ class Run:
     def stop_workers(self) -> None:
         """SIGTERM every worker (their exit codes count, as any SIGTERM's), after the event
         streams are done (they end with their jobs)."""
+        deadline = time.monotonic() + 60
         for thread in self.streams:
-            thread.join(60)
+            thread.join(max(0.1, deadline - time.monotonic()))
         for slot, proc in enumerate(self.stack.workers):
             if proc is not None:
                 pid = self.stack.signal_worker(slot, signal.SIGTERM)

@@ -188,7 +188,9 @@ class Injector:
         fault.detail = f"down {down_s:.2f}s"
 
     def restore(self) -> None:
-        """Every worker slot running again, and no clock skewed."""
+        """The web process and every worker slot running again, and no clock skewed."""
+        if not self.stack.web_alive():
+            self.stack.start_web()
         for slot, proc in enumerate(self.stack.workers):
             write_skew(self.stack.skew_file(slot), 0)
             if proc is None or proc.poll() is not None:

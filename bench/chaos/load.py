@@ -66,6 +66,11 @@ def http_client(base: str) -> httpx.Client:
     )
 
 
+def is_problem(answer: httpx.Response) -> bool:
+    """An RFC 9457 problem document, as every HTTP error of offload must be."""
+    return answer.headers.get("content-type", "").startswith("application/problem+json")
+
+
 def post_job(client: httpx.Client, ledger: Ledger, sub: Submission) -> str | None:
     """POST one job; record the answer (a 202's id, or the failure)."""
     headers = {"Idempotency-Key": sub.key} if sub.key else {}
@@ -78,7 +83,9 @@ def post_job(client: httpx.Client, ledger: Ledger, sub: Submission) -> str | Non
         job_id = str(answer.json()["id"])
         ledger.accept(job_id, sub, "http")
         return job_id
-    if answer.status_code >= 500:
+    if answer.status_code >= 500 and not is_problem(answer):
+        ledger.fail("bare 5xx", f"POST {answer.status_code}: {answer.text[:200]}")
+    elif answer.status_code >= 500:
         ledger.fail("5xx", f"POST {answer.status_code}: {answer.text[:200]}")
     else:
         ledger.fail("4xx", f"POST {answer.status_code}: {answer.text[:200]}")

@@ -93,20 +93,24 @@ class Stack:
             raise RuntimeError(f"offload migrate failed: {out.read_text()[-2000:]}")
 
     def start_web(self) -> None:
-        """Start the web process on the run's port and wait until it is ready."""
+        """Start the web process on the run's port and wait until it is ready; one that
+        exits (its engine unreachable as it starts) is started again, as a supervisor would."""
         args = ["web", "--app", "bench.chaos.contracts:app", "--port", str(self.port)]
-        self.web = proc = self._spawn("web", args, self.env)
         deadline = time.monotonic() + DEFAULT_READY_S
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"offload web exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+            self.web = proc = self._spawn("web", args, self.env)
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            time.sleep(0.5)
         raise RuntimeError("offload web did not become ready")
+
+    def web_alive(self) -> bool:
+        return self.web is not None and self.web.poll() is None
 
     def kill_web(self) -> None:
         assert self.web is not None
@@ -115,25 +119,34 @@ class Stack:
 
     def start_worker(self, slot: int, *, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start the slot's worker; with `wait`, return once it says it started (a fault
-        aimed at it hits a running worker, not a process still importing)."""
-        env = {**self.env, "CHAOS_SKEW_FILE": str(self.skew_file(slot))}
-        args = ["worker", "--app", "bench.chaos.handlers:app", "--concurrency", "8"]
-        args += ["--lease", str(self.lease_s), "--grace", str(self.grace_s)]
-        self.workers[slot] = proc = self._spawn(f"worker{slot}", args, env)
+        aimed at it hits a running worker, not a process still importing), starting it
+        again if it exits first (its engine unreachable as it starts)."""
+        proc = self._spawn_worker(slot)
         if wait:
             self.wait_worker(slot)
         return proc
 
+    def _spawn_worker(self, slot: int) -> subprocess.Popen[bytes]:
+        env = {**self.env, "CHAOS_SKEW_FILE": str(self.skew_file(slot))}
+        args = ["worker", "--app", "bench.chaos.handlers:app", "--concurrency", "8"]
+        args += ["--lease", str(self.lease_s), "--grace", str(self.grace_s)]
+        self.workers[slot] = proc = self._spawn(f"worker{slot}", args, env)
+        return proc
+
     def wait_worker(self, slot: int) -> None:
-        proc = self.workers[slot]
-        assert proc is not None
-        out = self.outputs[f"worker{slot}"]
         deadline = time.monotonic() + DEFAULT_READY_S
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline:
+            proc = self.workers[slot]
+            assert proc is not None
+            out = self.outputs[f"worker{slot}"]
             if b"worker started" in out.read_bytes():
                 return
+            if proc.poll() is not None:
+                self.exited.append((proc.pid, proc.returncode))
+                time.sleep(0.5)
+                self._spawn_worker(slot)
             time.sleep(0.1)
-        raise RuntimeError(f"worker {slot} did not start (exit code {proc.poll()})")
+        raise RuntimeError(f"worker {slot} did not start")
 
     def signal_worker(self, slot: int, sig: signal.Signals) -> int:
         proc = self.workers[slot]
