@@ -14,8 +14,10 @@ from offload.contract import JobRow
 from .contracts import expected_value
 from .ledger import Fault, Ledger
 
-#: Faults that make every job in flight on one worker liable to run again.
-WORKER_FAULTS = {"worker_kill", "worker_term", "worker_stop"}
+#: Faults that make the jobs in flight on one worker liable to run again: it was killed, or
+#: stopped for longer than its lease. (A SIGTERM is no such fault: the worker finishes or
+#: gives back what it holds.)
+WORKER_FAULTS = {"worker_kill", "worker_stop"}
 #: Faults that make any job in flight anywhere liable to run again: a clock running ahead
 #: or behind by more than a lease (its rescuer, or others', see leases as lapsed), and an
 #: engine unreachable (heartbeats fail; a crash may forget the last writes).
@@ -174,17 +176,33 @@ class Checker:
                 r.refused_results += 1
 
     def explained(self, e: Execution) -> str | None:
-        """The fault that explains an execution: one of its own worker, or one of every
-        worker, within a lease either side (a held-ahead job starts right after a stop)."""
-        margin = self.lease_s
+        """The fault that explains an execution: a kill or a stop of its own worker, or a
+        clock skew or an engine restart anywhere, while it ran (see `reach`)."""
         end = e.end if e.end is not None else float("inf")
         own = [f for f in self.ledger.faults if f.kind in WORKER_FAULTS and f.pid == e.pid]
         every = [f for f in self.ledger.faults if f.kind in GLOBAL_FAULTS]
         for f in own + every:
-            before = EVERYSEC_LOSS_S if f.kind == "engine_crash" else 0.0
-            if e.start <= (f.end or f.start) + margin and end >= f.start - margin - before:
+            before, after = self.reach(f.kind)
+            if e.start <= (f.end or f.start) + after and end >= f.start - before:
                 return f.kind
         return None
+
+    def reach(self, kind: str) -> tuple[float, float]:
+        """Seconds before a fault and after its end in which it can cost an execution.
+
+        Before a kill or a stop: a finished run whose outcome the worker had not written yet
+        (the lease lapses). After a stop: the jobs it held ahead, started as it resumes.
+        After a skew or an engine's return: leases stamped or left unbeaten meanwhile lapse
+        within a lease. Before a crash of a Redis that fsyncs every second: its last writes.
+        """
+        lease = self.lease_s
+        if kind == "worker_kill":
+            return lease, 0.0
+        if kind == "engine_crash" and self.everysec:
+            return EVERYSEC_LOSS_S, lease
+        if kind == "worker_stop":
+            return lease, lease
+        return 0.0, lease
 
     def keys(self, rows: dict[str, JobRow | None]) -> None:
         r = self.report
