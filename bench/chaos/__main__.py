@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    # A SIGTERM (a test's timeout, Ctrl-C's cousin) unwinds: the processes and the engine
+    # the run started are stopped and removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     matrix = MATRIX if args.all else [(args.engine, args.setting)]
     reports = []
     for engine, setting in matrix:
