@@ -89,13 +89,13 @@ class Run:
 
     def go(self) -> Report:
         c = self.config
-        self.stack.migrate()
-        self.stack.start_web()
-        for slot in range(c.workers):
-            self.stack.start_worker(slot, wait=False)
-        for slot in range(c.workers):
-            self.stack.wait_worker(slot)
         try:
+            self.stack.migrate()
+            self.stack.start_web()
+            for slot in range(c.workers):
+                self.stack.start_worker(slot, wait=False)
+            for slot in range(c.workers):
+                self.stack.wait_worker(slot)
             self.load_and_faults()
             self.log("draining")
             rows = self.drain()
@@ -107,9 +107,13 @@ class Run:
 
     def follow_some(self, job_id: str) -> None:
         """Follow every DEFAULT_STREAM_EVERY-th job accepted over HTTP (up to a maximum)."""
-        self.followed += 1
-        if self.followed % DEFAULT_STREAM_EVERY or len(self.streams) >= DEFAULT_MAX_STREAMS:
-            return
+        with self.ledger.lock:
+            self.followed += 1
+            if self.followed % DEFAULT_STREAM_EVERY or len(self.streams) >= DEFAULT_MAX_STREAMS:
+                return
+            if job_id in self.ledger.streams:
+                return
+            self.ledger.streams[job_id] = None
         deadline = time.time() + self.config.fault_seconds + self.config.drain_s + 60
         thread = threading.Thread(
             target=follow, args=(self.stack.base, job_id, self.ledger, deadline), daemon=True
