@@ -31,6 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--json", type=Path, help="write the reports here as JSON")
     p.add_argument("--docs", type=Path, help="write the table into this Markdown file")
+    p.add_argument("--faults", default="", help="only these fault kinds, comma-separated")
     p.add_argument("--keep", action="store_true", help="keep each run's folder (logs)")
     args = p.parse_args(argv)
     if not args.all and not args.engine:
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> int:
             fault_seconds=args.fault_seconds,
             workers=args.workers,
             keep=args.keep,
+            only=tuple(filter(None, args.faults.split(","))),
         )
         report = run(config)
         reports.append(report)

@@ -47,11 +47,13 @@ class Config:
     lease_s: float = DEFAULT_LEASE_S
     drain_s: float = DEFAULT_DRAIN_S
     keep: bool = False  # keep the run's folder (logs) afterwards
+    only: tuple[str, ...] = ()  # only these fault kinds (all the engine can have when empty)
 
 
 def run(config: Config, *, say: Callable[[str], None] = print) -> Report:
     """Run one engine/setting and return its report (the folder is removed unless kept)."""
     root = Path(tempfile.mkdtemp(prefix=f"chaos-{config.engine}-"))
+    root.chmod(0o755)  # a private PostgreSQL runs as its own OS user, inside this folder
     try:
         engine = engine_for(config.engine, root / "engine", setting=config.setting)
         with engine:
@@ -137,7 +139,8 @@ class Run:
         ]
         for t in loaders:
             t.start()
-        planned = schedule(c.seed, c.fault_seconds, c.workers, c.lease_s, kinds_for(self.engine))
+        kinds = [k for k in kinds_for(self.engine) if not c.only or k in c.only]
+        planned = schedule(c.seed, c.fault_seconds, c.workers, c.lease_s, kinds)
         self.log(f"{c.jobs} jobs, {len(planned)} faults planned over {c.fault_seconds:.0f}s")
         faults = threading.Thread(target=self.injector.run, args=(planned, stop))
         faults.start()
