@@ -84,6 +84,13 @@ def section(reports: Sequence[Report], command: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     seeds = ", ".join(sorted({str(r.seed) for r in reports}))
     out = [f"Last run: {when}, seed {seeds}: `{command}`", "", render(reports), ""]
+    out += ["Explained duplicate executions, by the fault that explains them:", ""]
+    for r in reports:
+        causes = ", ".join(
+            f"{FAULT_NAMES[k]} {r.explained_by[k]}" for k in FAULT_NAMES if r.explained_by.get(k)
+        )
+        out.append(f"- {' '.join(filter(None, [r.engine, r.setting]))}: {causes or 'none'}")
+    out.append("")
     failed = [(r, p) for r in reports for p in r.problems()]
     if failed:
         out.append("Failures of that run:")
