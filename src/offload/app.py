@@ -42,6 +42,7 @@ from .notify import base as _notify
 from .notify.base import EmailTemplate
 from .notify.targets import callback_url_error, follow_ups_of_row
 from .notify.targets import delivery_option_errors as delivery_option_errors  # re-exported
+from .periodic import PERIODIC_OWNER, Schedule, declare, listing
 from .retry import Backoff
 from .settings import Settings
 from .stores import BlobStore, open_blobs
@@ -141,6 +142,8 @@ class App:
         #: Upgraders by kind, then by the version they upgrade from (to that version + 1).
         self.upgraders: dict[str, dict[int, Upgrader]] = {}
         self.email_templates: dict[str, EmailTemplate] = {}
+        #: Periodic schedules by name (`periodic`): every worker process runs them.
+        self.schedules: dict[str, Schedule] = {}
         self._backend: Backend | None = None
         #: A store given here is kept; otherwise OFFLOAD_BLOBS_URL picks one when needed.
         self._given_blobs = blobs
@@ -281,6 +284,52 @@ class App:
             return fn
 
         return register
+
+    def periodic(
+        self,
+        message: Message,
+        *,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: timedelta | None = None,
+        catch_up: int = 0,
+        name: str | None = None,
+    ) -> Schedule:
+        """Enqueue `message` at each tick of `cron` (in time zone `tz`, UTC by default) or
+        of `every` (ticks at the multiples of the interval since the epoch). Every worker
+        process runs the schedules of its app (no separate process), and each tick is
+        enqueued at most once however many run it: the backend decides.
+
+        Args:
+            catch_up: after downtime, how many of the most recent ticks missed meanwhile to
+                enqueue (0, the default: skip them; only later ticks run).
+            name: the schedule's stable name (its stored state and its jobs' idempotency
+                keys); derived from the kind and the cron or interval when None. Give one
+                to declare two schedules of one kind with the same timing.
+
+        Returns:
+            The declared schedule.
+
+        Raises:
+            ConfigurationError: a message of a kind this app does not know, a name already
+                declared, both or neither of `cron` and `every`, a bad cron expression, an
+                unknown time zone, `tz` with `every`, or a negative `catch_up`.
+        """
+        if not isinstance(message, Message):
+            raise ConfigurationError(f"periodic needs a Message instance, not {message!r}")
+        try:
+            kind = self.spec_of(type(message)).kind
+        except UnknownKind as exc:
+            raise ConfigurationError(f"periodic: {exc} (declare it with @app.message)") from None
+        schedule = declare(
+            message, kind, cron=cron, tz=tz, every=every, catch_up=catch_up, name=name
+        )
+        if schedule.name in self.schedules:
+            raise ConfigurationError(
+                f"periodic schedule {schedule.name!r} is declared twice; give each a name="
+            )
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     def _budget_of(self, spec: MessageSpec) -> int:
         """A new job's retry budget: its handler's, where this App knows the handler (one
@@ -870,6 +919,40 @@ class App:
         backend = await self._opened_backend()
         found = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
         return sorted(found, key=lambda w: (w.lost, w.started_at, w.id))
+
+    async def fire(self, schedule: Schedule, ticks: Sequence[float]) -> list[Job | None]:
+        """Enqueue the jobs of `ticks` (oldest first) of `schedule`, each at most once
+        across every process (`ScheduleStore.fire_schedule`): the worker's scheduler.
+
+        Returns:
+            Per tick: its job, or None where another process had enqueued it already.
+        """
+        backend = await self._opened_backend()
+        stamped = [
+            self.envelope(schedule.message, owner=PERIODIC_OWNER, idempotency_key=schedule.key(t))
+            for t in ticks
+        ]
+        with tracing.send(stamped, None) as envelopes:
+            results = await backend.fire_schedule(
+                schedule.name, spec=schedule.spec(), fires=list(zip(ticks, envelopes, strict=True))
+            )
+        done = [(e, r) for e, r in zip(envelopes, results, strict=True) if r is not None]
+        self.metrics.stored([e for e, _ in done], [r for _, r in done])
+        return [
+            None if r is None else Job(r.id, r.created, self, kind=schedule.kind) for r in results
+        ]
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule declared in this app or stored by a worker's scheduler: name,
+        kind, cron, tz, every_s, catch_up, declared (here), next_run, last_run (the newest
+        tick enqueued), last_job_id and last_job_state (None once that job is pruned)."""
+        backend = await self._opened_backend()
+        entries = listing(self.schedules, await backend.schedule_states(), self.clock.now())
+        for entry in entries:
+            job_id = entry["last_job_id"]
+            row = None if job_id is None else await backend.get(job_id)
+            entry["last_job_state"] = None if row is None else row.state.value
+        return entries
 
     async def ping(self) -> None:
         """Check that the open app's backend answers (readiness).

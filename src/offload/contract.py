@@ -213,6 +213,19 @@ class EnqueueResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleState:
+    """What the backend keeps of one periodic schedule: the newest tick enqueued (by any
+    process) and its job, and how the schedule ticks (`periodic.Schedule.spec`) as of then."""
+
+    name: str
+    last_tick: float
+    last_job_id: str
+    #: When that tick was enqueued (epoch seconds, the enqueuing process's clock).
+    fired_at: float
+    spec: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Extension:
     """The answer of a heartbeat for one lease."""
 

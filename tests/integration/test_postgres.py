@@ -69,7 +69,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2, 3, 4, 5]" in first.stdout
+        assert "applied schema migrations [1, 2, 3, 4, 5, 6]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],

@@ -23,6 +23,7 @@ from ..contract import (
     Lapsed,
     Lease,
     Outcome,
+    ScheduleState,
     WorkerInfo,
 )
 
@@ -316,7 +317,35 @@ class JobSearch(Protocol):
         ...
 
 
-class Backend(Broker, JobStore, JobSearch, Protocol):
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """The state of periodic schedules, enqueued at most once per tick by any number of
+    worker processes racing for it: the backend decides, atomically, which of them stores it.
+    """
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        """Enqueue the jobs of some ticks of schedule `name`, and record the newest tick.
+
+        In one transaction (one script on Redis): read the schedule's stored last tick; store
+        the envelope of each of `fires` (tick, envelope; oldest tick first) whose tick is
+        after it, honouring idempotency keys as `enqueue` does; then record the newest of
+        those ticks, the id of its job and `spec` as the schedule's state. Two callers with
+        the same ticks store them once between them, whatever the interleaving.
+
+        Returns:
+            Per fire: the enqueue's result, or None where the stored last tick was already
+            at or after its tick (another process had it).
+        """
+        ...
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        """The stored state of every schedule that ever fired, in no particular order."""
+        ...
+
+
+class Backend(Broker, JobStore, JobSearch, ScheduleStore, Protocol):
     """A backend that is both broker and store (the SQL engines)."""
 
 

@@ -1,4 +1,4 @@
-"""The worker: a claim loop plus named side tasks (heartbeat, rescuer, settler)."""
+"""The worker: a claim loop plus named side tasks (heartbeat, rescuer, settler, scheduler)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all, retry_or_dead
+from .scheduler import Scheduler
 
 log = logging.getLogger("offload.worker")
 
@@ -259,7 +260,7 @@ class Worker:
         self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
         unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
         await self._record()  # before the first claim: the web tier may ask
-        for name in ("heartbeat", "rescuer", "settler"):
+        for name in ("heartbeat", "rescuer", "settler", *self._extra_side_tasks()):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
         log.info(
@@ -627,8 +628,21 @@ class Worker:
     # -- side tasks -------------------------------------------------------------------------
 
     def _spawn(self, name: str) -> None:
-        work = {"heartbeat": self._heartbeat, "rescuer": self._rescuer, "settler": self._settler}
+        work = {
+            "heartbeat": self._heartbeat,
+            "rescuer": self._rescuer,
+            "settler": self._settler,
+            "scheduler": self._scheduler,
+        }
         self._side[name] = asyncio.create_task(work[name](), name=f"offload-{name}")
+
+    def _extra_side_tasks(self) -> tuple[str, ...]:
+        """The side tasks this worker runs beyond the three every worker does."""
+        return ("scheduler",) if self.app.schedules else ()
+
+    async def _scheduler(self) -> None:
+        """Enqueue the due ticks of the app's periodic schedules (see `worker.scheduler`)."""
+        await Scheduler(self.app, since=self.started_at.timestamp()).run()
 
     async def _supervise(self) -> None:
         """Watch the side tasks for as long as the worker runs (its shutdown included).

@@ -29,6 +29,7 @@ from ...contract import (
     Lapsed,
     Lease,
     Outcome,
+    ScheduleState,
     WorkerInfo,
 )
 from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
@@ -43,7 +44,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -821,6 +822,44 @@ class PostgresBackend:
     async def prune(self, older_than_s: float) -> int:
         rows = await self._fetch(Q["prune"], {"age": older_than_s, "now": self._now()})
         return int(rows[0]["count"])
+
+    # -- periodic schedules -----------------------------------------------------------------
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(Q["lock_schedule"], {"name": name})
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(Q["schedule_last"], {"name": name})
+                row = await cur.fetchone()
+            fresh = [(t, e) for t, e in fires if row is None or t > row["last_tick"]]
+            results = await self.enqueue_in(conn, [e for _, e in fresh])
+            stored = dict(zip((e.id for _, e in fresh), results, strict=True))
+            if fresh:
+                tick, newest = fresh[-1]
+                params = {
+                    "name": name,
+                    "tick": tick,
+                    "job": stored[newest.id].id,
+                    "now": self._now(),
+                    "spec": _json(dict(spec)),
+                }
+                await conn.execute(Q["record_fire"], params)
+        return [stored.get(e.id) for _, e in fires]
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        rows = await self._fetch(Q["schedule_states"], {})
+        return [
+            ScheduleState(
+                name=r["name"],
+                last_tick=r["last_tick"],
+                last_job_id=r["last_job_id"],
+                fired_at=r["fired_at"],
+                spec=r["spec"],
+            )
+            for r in rows
+        ]
 
 
 __all__ = ["PostgresBackend"]

@@ -132,6 +132,17 @@ CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id
 CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
     WHERE state IN ('succeeded', 'failed', 'dead')
 
+-- name: migration_6
+-- Periodic schedules (App.periodic): the newest tick enqueued (epoch seconds, compared
+-- exactly), its job, and the schedule's spec as of then.
+CREATE TABLE IF NOT EXISTS offload_schedules (
+    name text PRIMARY KEY,
+    last_tick double precision NOT NULL,
+    last_job_id text NOT NULL,
+    fired_at timestamptz NOT NULL,
+    spec jsonb NOT NULL
+)
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -433,3 +444,22 @@ SELECT floor(extract(epoch FROM finished_at) / 60)::bigint * 60 AS minute, queue
 FROM offload_jobs
 WHERE finished_at >= to_timestamp(%(since)s) AND state IN ('succeeded', 'failed', 'dead')
 GROUP BY 1, 2, 3
+
+-- name: lock_schedule
+-- Serialises the fires of one schedule, its first (no row yet to lock) included.
+SELECT pg_advisory_xact_lock(hashtextextended('offload.periodic:' || %(name)s, 0))
+
+-- name: schedule_last
+SELECT last_tick FROM offload_schedules WHERE name = %(name)s
+
+-- name: record_fire
+INSERT INTO offload_schedules (name, last_tick, last_job_id, fired_at, spec)
+VALUES (%(name)s, %(tick)s, %(job)s, coalesce(%(now)s, now()), %(spec)s)
+ON CONFLICT (name) DO UPDATE
+SET last_tick = excluded.last_tick, last_job_id = excluded.last_job_id,
+    fired_at = excluded.fired_at, spec = excluded.spec
+WHERE excluded.last_tick > offload_schedules.last_tick
+
+-- name: schedule_states
+SELECT name, last_tick, last_job_id, extract(epoch FROM fired_at)::float8 AS fired_at, spec
+FROM offload_schedules

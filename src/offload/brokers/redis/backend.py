@@ -28,6 +28,7 @@ from ...contract import (
     Lapsed,
     Lease,
     Outcome,
+    ScheduleState,
     WorkerInfo,
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
@@ -58,7 +59,7 @@ _CHUNK = 500
 _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
-    "search", "requeue_many", "cancel_many", "delete_many", "reindex",
+    "search", "requeue_many", "cancel_many", "delete_many", "reindex", "periodic",
 )  # fmt: skip
 #: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
 #: 1 adds the jobs page's id indexes by state, kind and queue.
@@ -749,6 +750,42 @@ class RedisBackend:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
         with their feed entries and effects."""
         return await self._in_chunks("prune", num(self.clock.now() - older_than_s))
+
+    # -- periodic schedules -----------------------------------------------------------------
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        """One script call: see `ScheduleStore.fire_schedule` (and `lua/periodic.lua`)."""
+        if not fires:
+            return []
+        ticks = [num(t) for t, _ in fires]
+        envelopes = envelope_args(e for _, e in fires)
+        out = await self._run(
+            "periodic", num(self.clock.now()), name, _json(dict(spec)) or "{}", len(fires),
+            *ticks, *envelopes,
+        )  # fmt: skip
+        return [
+            None if int(out[i + 1]) < 0 else EnqueueResult(id=out[i], created=bool(out[i + 1]))
+            for i in range(0, len(out), 2)
+        ]
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        async with self._guard():
+            stored = await self._redis.hgetall(self._key("periodic"))
+        states = []
+        for name, raw in stored.items():
+            state = orjson.loads(raw)
+            states.append(
+                ScheduleState(
+                    name=str(name),
+                    last_tick=float(state["last_tick"]),
+                    last_job_id=state["last_job_id"],
+                    fired_at=float(state["fired_at"]),
+                    spec=orjson.loads(state["spec"]),
+                )
+            )
+        return states
 
 
 __all__ = ["DEFAULT_PREFIX", "RedisBackend"]

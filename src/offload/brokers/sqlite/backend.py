@@ -29,6 +29,7 @@ from ...contract import (
     Lapsed,
     Lease,
     Outcome,
+    ScheduleState,
     WorkerInfo,
 )
 from ...errors import (
@@ -894,6 +895,42 @@ class SQLiteBackend:
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago."""
         return await self._run(self._prune, self.clock.now() - older_than_s)
+
+    # -- periodic schedules -----------------------------------------------------------------
+
+    def _fire_schedule(
+        self, name: str, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        with self._tx() as conn:  # the write lock: no other process reads `last` meanwhile
+            row = conn.execute(Q["schedule_last"], (name,)).fetchone()
+            fresh = [(t, e) for t, e in fires if row is None or t > row[0]]
+            results = self._insert(conn, [e for _, e in fresh])
+            stored = dict(zip((e.id for _, e in fresh), results, strict=True))
+            if fresh:
+                tick, newest = fresh[-1]
+                conn.execute(
+                    Q["record_fire"],
+                    (name, tick, stored[newest.id].id, self.clock.now(), _dumps(dict(spec))),
+                )
+        return [stored.get(e.id) for _, e in fires]
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        results = await self._run(self._fire_schedule, name, spec, list(fires))
+        if any(r is not None and r.created for r in results):
+            self._wake_waiters()
+        return results
+
+    def _schedule_states(self) -> list[ScheduleState]:
+        rows = self.conn.execute(Q["schedule_states"]).fetchall()
+        return [
+            ScheduleState(name=n, last_tick=t, last_job_id=j, fired_at=f, spec=orjson.loads(spec))
+            for n, t, j, f, spec in rows
+        ]
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        return await self._run(self._schedule_states)
 
 
 __all__ = ["SQLiteBackend"]

@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS offload_workers (
     kinds TEXT NOT NULL,
     seen_at REAL NOT NULL
 );
+-- Periodic schedules (App.periodic): the newest tick enqueued, its job, and the schedule's
+-- spec (JSON) as of then. Older code ignores it: no new schema version.
+CREATE TABLE IF NOT EXISTS offload_schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL NOT NULL,
+    last_job_id TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    spec TEXT NOT NULL
+);
 
 -- name: has_schema
 -- Whether an existing file is an offload database (opening it read-only checks first).
@@ -291,3 +300,17 @@ SELECT CAST(finished_at / 60 AS INTEGER) * 60 AS minute, queue, state, count(*)
 FROM offload_jobs INDEXED BY offload_jobs_history
 WHERE finished_at >= ? AND state IN ('succeeded', 'failed', 'dead')
 GROUP BY minute, queue, state
+
+-- name: schedule_last
+SELECT last_tick FROM offload_schedules WHERE name = ?
+
+-- name: record_fire
+INSERT INTO offload_schedules (name, last_tick, last_job_id, fired_at, spec)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE
+SET last_tick = excluded.last_tick, last_job_id = excluded.last_job_id,
+    fired_at = excluded.fired_at, spec = excluded.spec
+WHERE excluded.last_tick > offload_schedules.last_tick
+
+-- name: schedule_states
+SELECT name, last_tick, last_job_id, fired_at, spec FROM offload_schedules
