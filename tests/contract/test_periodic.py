@@ -140,5 +140,5 @@ async def test_a_tick_at_or_before_the_stored_one_is_not_stored_again(apps: Any)
     # Then only 11 is stored, and the state names its job
     assert [r is None for r in results] == [True, True, False]
     (state,) = await backend.schedule_states()
-    assert state.last_tick == 11.0 and state.last_job_id == results[2].id  # type: ignore[union-attr]
+    assert state.last_tick == 11.0 and state.last_job_id == results[2].id
     assert state.spec == spec
