@@ -1011,5 +1011,49 @@ def workers(
     _print_whole(_workers_table(found))
 
 
+def _schedules_table(entries: Sequence[dict[str, Any]]) -> Table:
+    """One row per schedule: how it ticks, when it runs next and last, and that run's job."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    names = ("name", "kind", "when", "catch-up", "next run", "last run", "last job", "state")
+    for name in names:
+        table.add_column(name, no_wrap=True)
+    for e in entries:
+        when = (
+            f"every {e['every_s']:g}s" if e.get("every_s") else f"{e.get('cron')} ({e.get('tz')})"
+        )
+        table.add_row(
+            e["name"] + ("" if e["declared"] else " (not declared here)"),
+            str(e.get("kind", "")),
+            when,
+            str(e.get("catch_up", "")),
+            e["next_run"] or "-",
+            e["last_run"] or "never",
+            e["last_job_id"] or "-",
+            e["last_job_state"] or ("-" if e["last_job_id"] is None else "pruned"),
+        )
+    return table
+
+
+@cli.command()
+def schedules(
+    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Periodic schedules: every one the app declares (`app.periodic`, so name the module
+    that declares them with --app) and every one a worker's scheduler stored, with its cron
+    or interval, time zone, catch-up, next run, last run (the newest tick enqueued), and the
+    job of that run with its state."""
+    entries = _with_app(app, url, lambda a: a.list_schedules())
+    if as_json:
+        _console().print_json(orjson.dumps(entries).decode())
+        return
+    if not entries:
+        _console().print("no schedules", highlight=False, markup=False)
+        return
+    _print_whole(_schedules_table(entries))
+
+
 def main() -> None:
     cli()

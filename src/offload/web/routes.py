@@ -27,6 +27,7 @@ from .models import (
     JobPage,
     JobResult,
     Queues,
+    Schedules,
     StatusRecord,
     StatusRecordWithDeliveries,
     Workers,
@@ -398,3 +399,17 @@ async def workers(request: Request) -> Response:
     worker process, live ones first, with what it runs now and how it has done."""
     found = await _app(request).workers()
     return JSONResponse({"workers": [w.to_dict() for w in found]})
+
+
+@router.get(
+    "/schedules",
+    response_model=Schedules,
+    dependencies=[Depends(admin_only)],
+    responses=problems(*API_ERRORS, 404, meaning={404: "Not an operator: nothing here"}),
+    openapi_extra={OPERATORS_ONLY: True},
+)
+async def schedules(request: Request) -> Response:
+    """The periodic schedules, for operators (anyone else finds nothing here: 404): each
+    with its cron or interval, next run, last run and that run's job with its state. A
+    schedule declared only in a worker module shows once a worker's scheduler stored it."""
+    return JSONResponse({"schedules": await _app(request).list_schedules()})
