@@ -124,3 +124,20 @@ async def test_an_admin_gets_the_schedules_and_others_find_nothing(settings: Set
                 refused = await caller.get("/v1/schedules")
                 assert refused.status_code == 404
                 assert refused.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_overview_lists_the_schedules(settings: Settings) -> None:
+    await _fire(settings.url)
+    app.configure(settings.with_(api_tokens=TOKENS, admin_principals=frozenset({"ops"})))
+    async with lifespan(app):
+        async with _client(create_app(app), authorization="Bearer t-ops") as ops:
+            answer = await ops.get("/dashboard")
+            assert answer.status_code == 200, answer.text
+            (digest,) = [s for s in await app.list_schedules() if s["name"] == "digest"]
+    html = answer.text
+    row = html[html.index('<tr data-schedule="digest"') :]
+    row = row[: row.index("</tr>")]
+    assert "every 60s" in row and digest["last_run"] in row and digest["next_run"] in row
+    assert f'/jobs/{digest["last_job_id"]}"' in row and "queued" in row
+    assert f'<tr data-schedule="{CRON_NAME}"' in html and "0 7 * * mon-fri (Europe/Paris)" in html
