@@ -182,3 +182,28 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     await backend.open()
     await backend.close()
     assert _version(path) == 3
+
+
+async def test_a_schema_3_file_gains_the_schedules_table_on_open_at_the_same_version(
+    tmp_path: Path,
+) -> None:
+    # Given a schema 3 file from before periodic schedules (no offload_schedules table)
+    path = tmp_path / "three.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE offload_schedules")
+    # When this offload opens it, a schedule fires and is read back
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        env = envelope(key="s@1")
+        (result,) = await backend.fire_schedule("s", spec={"every_s": 1.0}, fires=[(1.0, env)])
+        assert result is not None and result.created
+        (state,) = await backend.schedule_states()
+        assert (state.name, state.last_tick, state.last_job_id) == ("s", 1.0, env.id)
+    finally:
+        await backend.close()
+    # Then the file is still schema 3: older offload (which ignores the table) opens it
+    assert _version(path) == SCHEMA_VERSION == 3
