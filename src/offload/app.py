@@ -313,7 +313,7 @@ class App:
         Raises:
             ConfigurationError: a message of a kind this app does not know, a name already
                 declared, both or neither of `cron` and `every`, a bad cron expression, an
-                unknown time zone, `tz` with `every`, or a negative `catch_up`.
+                unknown time zone, `tz` with `every`, or a `catch_up` outside 0 to 1000.
         """
         if not isinstance(message, Message):
             raise ConfigurationError(f"periodic needs a Message instance, not {message!r}")

@@ -31,6 +31,8 @@ DEFAULT_TZ = "UTC"
 DEFAULT_LATE_S = 30.0
 #: The shortest `every` interval, seconds.
 MIN_EVERY_S = 1.0
+#: The most missed ticks a schedule may catch up at once (one transaction stores them).
+MAX_CATCH_UP = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,12 +142,14 @@ def declare(
     Raises:
         ConfigurationError: both or neither of `cron` and `every`, a bad cron expression,
             an unknown time zone, `tz` with `every`, an interval under `MIN_EVERY_S`, or a
-            negative `catch_up`.
+            `catch_up` outside 0 to `MAX_CATCH_UP`.
     """
     if (cron is None) == (every is None):
         raise ConfigurationError(f"periodic {kind!r}: give exactly one of cron= and every=")
-    if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 0:
-        raise ConfigurationError(f"periodic {kind!r}: catch_up must be an int, 0 or more")
+    if isinstance(catch_up, bool) or not isinstance(catch_up, int):
+        raise ConfigurationError(f"periodic {kind!r}: catch_up must be an int")
+    if not 0 <= catch_up <= MAX_CATCH_UP:
+        raise ConfigurationError(f"periodic {kind!r}: catch_up must be 0 to {MAX_CATCH_UP}")
     every_s = None
     if every is not None:
         every_s = _interval(kind, every, tz)

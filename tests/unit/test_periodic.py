@@ -186,7 +186,9 @@ def test_a_schedule_is_named_from_kind_and_timing_unless_named() -> None:
         ({"every": timedelta(seconds=5), "tz": "Europe/Paris"}, "tz= applies to cron"),
         ({"every": timedelta(milliseconds=500)}, "at least 1 second"),
         ({"every": 5}, "must be a timedelta"),
-        ({"every": timedelta(seconds=5), "catch_up": -1}, "catch_up"),
+        ({"every": timedelta(seconds=5), "catch_up": -1}, "catch_up must be 0 to 1000"),
+        ({"every": timedelta(seconds=5), "catch_up": 1001}, "catch_up must be 0 to 1000"),
+        ({"every": timedelta(seconds=5), "catch_up": True}, "catch_up must be an int"),
     ],
 )
 def test_a_bad_declaration_is_refused_with_the_reason(kwargs: dict[str, object], says: str) -> None:
