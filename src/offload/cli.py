@@ -158,6 +158,7 @@ def _banner(
     queues: Iterable[str],
     kinds: Iterable[str],
     concurrency: str | None = None,
+    schedules: Iterable[str] = (),
 ) -> None:
     """What a server process is about to serve, printed once at its start: two processes
     started in different folders or environments visibly point at different backends."""
@@ -168,6 +169,8 @@ def _banner(
     ]
     if concurrency is not None:
         lines.append(("concurrency", concurrency))
+    if schedules:  # the periodic schedules its scheduler runs (workers only)
+        lines.append(("schedules", ", ".join(sorted(schedules))))
     console = _console()
     console.print(title, soft_wrap=True, highlight=False, markup=False)
     for name, value in lines:
@@ -312,6 +315,7 @@ def worker(
                 queues=runner.queues,
                 kinds=offload_app.handlers,
                 concurrency=f"{concurrency}{processes_shown}, prefetch {prefetch}",
+                schedules=offload_app.schedules,
             )
 
         async def main() -> None:
@@ -376,6 +380,7 @@ def dev(
             queues=runner.queues,
             kinds=offload_app.kinds,
             concurrency=str(concurrency),
+            schedules=offload_app.schedules,
         )
         _run(main)
 

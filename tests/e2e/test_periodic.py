@@ -119,6 +119,9 @@ async def test_three_workers_over_ten_ticks_store_exactly_ten_jobs(stack: Stack)
         # and no tick anywhere has two, none is skipped from the first to the last
         assert len(set(ticks)) == len(ticks)
         assert ticks == [ticks[0] + k for k in range(len(ticks))]
+        # Each worker said at its start which schedules it runs
+        said = [line.strip() for line in stack.output().splitlines() if "schedules" in line]
+        assert said == ["schedules    beat"] * 3
 
 
 @pytest.mark.parametrize("catch_up", [0, 2])
