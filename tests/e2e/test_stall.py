@@ -24,27 +24,23 @@ T = TypeVar("T")
 LEASE = "2"
 
 
-def _contracts(url: str) -> tuple[App, type[Message], type[Message]]:
-    """The stall app's message classes, as a producer declares them (no handlers)."""
-    app = App("stall-producer", settings=Settings(url=url))
+class Gate(Message):
+    flag: str
 
-    @app.message("stall.gate", queue="stall")
-    class Gate(Message):
-        flag: str
 
-    @app.message("stall.step", queue="stall")
-    class Step(Message):
-        n: int
-
-    return app, Gate, Step
+class Step(Message):
+    n: int
 
 
 class Producer:
-    """Enqueues the stall app's jobs and reads their states, from the test process."""
+    """Enqueues the stall app's jobs (declared as a producer does: messages, no handlers)
+    and reads their states, from the test process."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.app, self.gate, self.step = _contracts(stack.env["OFFLOAD_URL"])
+        self.app = App("stall-producer", settings=Settings(url=stack.env["OFFLOAD_URL"]))
+        self.app.message("stall.gate", queue="stall")(Gate)
+        self.app.message("stall.step", queue="stall")(Step)
 
     def _call(self, fn: Callable[[App], Coroutine[Any, Any, T]]) -> T:
         async def run() -> T:
@@ -60,7 +56,7 @@ class Producer:
         return self._call(send)
 
     def steps(self, first: int, count: int) -> list[str]:
-        return self.enqueue([self.step(n=n) for n in range(first, first + count)])
+        return self.enqueue([Step(n=n) for n in range(first, first + count)])
 
     def states(self, ids: list[str]) -> dict[str, str]:
         async def read(app: App) -> dict[str, str]:
@@ -144,7 +140,7 @@ def test_resumed_worker_starts_no_held_job_whose_lease_lapsed(stack: Stack) -> N
     warm = producer.steps(0, 3)
     producer.wait_states(warm, "succeeded", 60, "the warm-up jobs")
     # whose slot a gate job holds while more jobs wait in its hands, claimed ahead,
-    gate = producer.enqueue([producer.gate(flag="open.flag")])
+    gate = producer.enqueue([Gate(flag="open.flag")])
     wait_for(lambda: len(starts(stack)) == 4, 30, "the gate job to start", stack)
     held = producer.steps(100, 6)
     producer.wait_states(held, "running", 30, "the worker to claim the jobs ahead")
