@@ -432,11 +432,14 @@ class Worker:
         running ones cancelled (`_answered`). Then the line goes on."""
         try:
             while True:
-                if await self._beat(list(self._jobs.values())):
-                    break
+                try:
+                    if await self._beat(list(self._jobs.values())):
+                        break
+                except Exception:  # a bug: said loudly, then tried again as after an outage
+                    log.exception(
+                        "renewing the held leases failed", extra={"action": "renew_error"}
+                    )
                 await asyncio.sleep(RECHECK_RETRY_S)
-        except Exception:  # a bug: the heartbeat renews them in time, or the line ends
-            log.exception("renewing the held leases failed", extra={"action": "renew_error"})
         finally:
             self._recheck = None
         self._fill()
