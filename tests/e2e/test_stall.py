@@ -32,6 +32,10 @@ class Step(Message):
     n: int
 
 
+class Endless(Message):
+    pass
+
+
 class Producer:
     """Enqueues the stall app's jobs (declared as a producer does: messages, no handlers)
     and reads their states, from the test process."""
@@ -41,6 +45,7 @@ class Producer:
         self.app = App("stall-producer", settings=Settings(url=stack.env["OFFLOAD_URL"]))
         self.app.message("stall.gate", queue="stall")(Gate)
         self.app.message("stall.step", queue="stall")(Step)
+        self.app.message("stall.endless", queue="stall")(Endless)
 
     def _call(self, fn: Callable[[App], Coroutine[Any, Any, T]]) -> T:
         async def run() -> T:
@@ -170,5 +175,44 @@ def test_resumed_worker_starts_no_held_job_whose_lease_lapsed(stack: Stack) -> N
     assert {pid for job, pid in runs if job in after} == {frozen.pid}
     assert "held ahead: its lease lapsed" in stack.output()  # it did hold them on waking
     assert frozen.poll() is None
+    frozen.send_signal(signal.SIGTERM)
+    assert frozen.wait(timeout=30) == 0
+
+
+def test_resumed_worker_cancels_the_run_whose_lease_lapsed_while_it_was_frozen(
+    stack: Stack,
+) -> None:
+    producer = Producer(stack)
+    frozen = _worker(stack, "--concurrency", "1")
+    # Given a worker running a job that only ends when told (or cancelled),
+    (job,) = producer.enqueue([Endless()])
+    wait_for(lambda: (job, frozen.pid) in starts(stack), 30, "the job to start", stack)
+    # when it freezes past its lease, and another worker runs the job to its end,
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        other = _worker(stack, "--concurrency", "1")
+        wait_for(lambda: (job, other.pid) in starts(stack), 30, "the job to run again", stack)
+        (stack.logs / f"stop-{other.pid}").touch()
+        producer.wait_states([job], "succeeded", 60, "the other worker to finish it")
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=30) == 0
+        cut_connections(stack, frozen.pid)
+        # and then it wakes up,
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+
+    # then its run of the job is cancelled as soon as it learns the lease is gone,
+    wait_for(
+        lambda: f"{job} {frozen.pid}" in stack.log_lines("cancelled.log"),
+        30,
+        "the frozen worker's run to be cancelled",
+        stack,
+    )
+    # the other worker's outcome stands, and it goes on working.
+    record = producer.states([job])
+    assert record == {job: "succeeded"}
+    after = producer.steps(300, 3)
+    producer.wait_states(after, "succeeded", 60, "the resumed worker to run new jobs")
+    assert {pid for j, pid in starts(stack) if j in after} == {frozen.pid}
     frozen.send_signal(signal.SIGTERM)
     assert frozen.wait(timeout=30) == 0

@@ -29,8 +29,13 @@ class Step(Message):
     n: int
 
 
-def _record(line: str) -> None:
-    with open(LOG / "starts.log", "a") as f:  # O_APPEND: one short write per line is atomic
+@app.message("stall.endless", queue="stall")
+class Endless(Message):
+    """Runs until a flag file names the process running it, or until cancelled."""
+
+
+def _record(line: str, name: str = "starts.log") -> None:
+    with open(LOG / name, "a") as f:  # O_APPEND: one short write per line is atomic
         f.write(line + "\n")
 
 
@@ -47,3 +52,16 @@ async def gate(msg: Gate, ctx: Context) -> None:
 async def step(msg: Step, ctx: Context) -> int:
     _record(f"{ctx.job_id} {os.getpid()}")
     return msg.n
+
+
+@app.handles(Endless, backoff=QUICK)
+async def endless(msg: Endless, ctx: Context) -> None:
+    _record(f"{ctx.job_id} {os.getpid()}")
+    try:
+        while True:
+            if (LOG / f"stop-{os.getpid()}").exists():
+                return
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:
+        _record(f"{ctx.job_id} {os.getpid()}", "cancelled.log")
+        raise
