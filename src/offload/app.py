@@ -116,7 +116,9 @@ class App:
         name: the application's name (logs, metrics).
         url: backend URL; OFFLOAD_URL (default `sqlite:///offload.db`) when None.
         settings: all settings; read from the environment when None.
-        clock: the time source of envelopes and of the backend (tests move a fake one).
+        clock: the time source of envelopes and of the worker's decisions (retry times),
+            and of the backend's leases only if it stands in for the server's clock (tests
+            move a `FakeClock`; see `Clock.stands_in_for_server`).
         blobs: the blob store (any `BlobStore`); OFFLOAD_BLOBS_URL picks one when None.
     """
 
@@ -133,7 +135,8 @@ class App:
         self._settings = settings
         self._url = url
         self.clock = clock or Clock()
-        #: A clock given to the App is the backend's too (PostgreSQL keeps the server's).
+        #: A clock given to the App goes to the backend, which keeps its server's clock
+        #: unless this one stands in for it (a test's).
         self._injected_clock = clock
         self.kinds: dict[str, MessageSpec] = {}
         #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.

@@ -15,9 +15,10 @@ def open_backend(
     """A backend (not yet opened) for `url`.
 
     Args:
-        clock: the time source of run_at, leases and timestamps (tests inject a
-            `FakeClock` and move it instead of sleeping); PostgreSQL uses its server's
-            clock unless one is given.
+        clock: the time source of run_at, leases and timestamps when it stands in for
+            the server's (`Clock.stands_in_for_server`: tests inject a `FakeClock` and
+            move it instead of sleeping); else each backend keeps its server's clock for
+            them (PostgreSQL `now()`, Redis `TIME` for leases, SQLite this host's).
         connect_timeout_s: how long `open` waits for a server (the backend's default when
             None); SQLite has no server and ignores it.
 

@@ -144,9 +144,10 @@ class PostgresBackend:
     ) -> None:
         self.conninfo = conninfo
         self.connect_timeout_s = connect_timeout_s
-        #: An injected clock replaces the server's `now()` in every query (tests); None
-        #: keeps the server's clock, which every host sharing the database agrees on.
-        self.clock = clock
+        #: A clock that stands in for the server's (a test's: `Clock.stands_in_for_server`)
+        #: replaces `now()` in every query; None keeps the server's clock, which every host
+        #: sharing the database agrees on, also when a host's own clock is given.
+        self.clock = clock if clock is not None and clock.stands_in_for_server else None
         self.pool_size = pool_size
         self.gap_wait_s = gap_wait_s
         self._pool: AsyncConnectionPool | None = None

@@ -97,11 +97,14 @@ class RedisBackend:
     keys are co-located. A prefix that already holds a `{…}` tag is used as it is. Scripts
     derive key names from the prefix and declare one of them, which routes the call.
 
-    Times come from this process's clock (as in the SQL backends), so hosts that share a
-    Redis need synchronised clocks; the worker registry's heartbeats alone are stamped by
-    the server's clock (`TIME`) unless a clock is injected. Durability is the server's: run
-    Redis with `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
-    policy), or a restart or eviction loses jobs.
+    Leases, their rescue, settles and the worker registry keep the server's clock (`TIME`
+    inside the script), one for every host, as PostgreSQL keeps `now()`: a host whose clock
+    is off can neither rescue healthy leases nor stamp its own as lapsed. Other times
+    (enqueue, stats, operators' actions) come from this process's clock. A clock that
+    stands in for the server's (a test's) replaces `TIME` everywhere.
+
+    Durability is the server's: run Redis with `appendonly yes` and `maxmemory-policy
+    noeviction` (`open` warns about any other policy), or a restart or eviction loses jobs.
 
     Wake-ups: scripts PUBLISH on `work` (queue name) and `changes`; one pub/sub connection
     per instance counts the announcements, and `wait`/`wait_changes` compare the counts
@@ -112,7 +115,8 @@ class RedisBackend:
         url: the driver URL (`redis://` or `rediss://`), without offload's own options.
         prefix: key prefix that isolates one application (or one test).
         pool_size: most connections this instance holds at once.
-        clock: time source for run_at, leases and timestamps.
+        clock: time source for run_at and timestamps; for leases too if it stands in for
+            the server's (`Clock.stands_in_for_server`).
     """
 
     capabilities = frozenset(
@@ -139,9 +143,9 @@ class RedisBackend:
         self.keyspace = prefix if "{" in prefix else "{" + prefix + "}"
         self.pool_size = pool_size
         self.clock = clock or Clock()
-        #: The worker registry is stamped by the server's clock (one for every host), unless
-        #: a clock is injected (tests move it instead of sleeping).
-        self._server_clock = clock is None
+        #: Leases and the worker registry keep the server's clock (one for every host),
+        #: unless the clock injected stands in for it (tests move it instead of sleeping).
+        self._server_clock = clock is None or not clock.stands_in_for_server
         self.promote_max = promote_max
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -382,19 +386,19 @@ class RedisBackend:
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._announcements.work_mark()
-        now = self.clock.now()
         token = secrets.token_hex(12)
-        expires = now + lease_for
         rows = [
             decode(pairs(flat))
             for flat in await self._run(
-                "claim", num(now), token, num(expires), worker_id, limit, self.promote_max,
-                *dict.fromkeys(queues),
+                "claim", self._now_arg(), token, num(lease_for), worker_id, limit,
+                self.promote_max, *dict.fromkeys(queues),
             )
         ]  # fmt: skip
         rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
         return [
-            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            Lease(
+                envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
+            )
             for r in rows
         ]
 
@@ -402,7 +406,7 @@ class RedisBackend:
         """Push the leases out in one script call; a stale lease reports held=False."""
         if not leases:
             return []
-        args = [num(self.clock.now() + lease_for)]
+        args = [self._now_arg(), num(lease_for)]
         for lease in leases:
             args += [lease.job_id, lease.token]
         answers = await self._run("extend", *args)
@@ -425,12 +429,11 @@ class RedisBackend:
         """
         if not outcomes:
             return []
-        now = self.clock.now()
-        args = [num(now), str(len(outcomes)), "1" if lapsed else "0"]
+        args = [self._now_arg(), str(len(outcomes)), "1" if lapsed else "0"]
         for o in outcomes:
             args += [
                 o.lease.job_id, o.lease.token, o.state.value, opt(_json(o.result)),
-                opt(_json(o.error)), num(o.run_at if o.run_at is not None else now),
+                opt(_json(o.error)), opt(None if o.run_at is None else num(o.run_at)),
                 "1" if o.refund else "0",
                 opt(None if o.max_attempts is None else str(o.max_attempts)),
                 str(len(o.follow_ups)),
@@ -444,7 +447,7 @@ class RedisBackend:
         while len(out) < limit:
             chunk = min(_CHUNK, limit - len(out))
             # Lapsed entries stay in the index (nothing changes): skip those already read.
-            answer: list[Any] = await self._run("expired", num(self.clock.now()), len(out), chunk)
+            answer: list[Any] = await self._run("expired", self._now_arg(), len(out), chunk)
             scanned, rows = answer
             out += [_lapsed(decode(pairs(flat))) for flat in rows]
             if scanned < chunk:
@@ -479,7 +482,8 @@ class RedisBackend:
     # -- workers ----------------------------------------------------------------------------
 
     def _now_arg(self) -> str:
-        """The `now` of a registry script: the injected clock's, or none (the server's)."""
+        """The `now` of a lease or registry script: none (the script reads the server's
+        `TIME`), or the injected clock's where it stands in for the server's."""
         return opt(None if self._server_clock else num(self.clock.now()))
 
     async def record_worker(self, worker: WorkerInfo) -> None:

@@ -174,7 +174,9 @@ class SQLiteBackend:
     ) -> None:
         self.path = path
         self.synchronous = synchronous.upper()
-        self.clock = clock or Clock()
+        #: A test's clock (`Clock.stands_in_for_server`) keeps the time; any other is this
+        #: host's, which every process sharing the file reads (they cannot disagree).
+        self.clock = clock if clock is not None and clock.stands_in_for_server else Clock()
         self.poll_s = poll_s
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None

@@ -235,6 +235,11 @@ local function now_or_server(given)
   return time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
 end
 
+-- `seconds` (a string) after the time `t` (a string), as a string with microseconds.
+local function seconds_after(t, seconds)
+  return string.format('%.6f', tonumber(t) + tonumber(seconds))
+end
+
 -- Queue a dead, failed or cancelled job (its hash read as `row`) again with attempt 0.
 local function requeue_job(id, row, now)
   local jk = K .. 'job:' .. id

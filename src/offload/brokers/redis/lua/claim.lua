@@ -1,7 +1,9 @@
--- claim: ARGV = K, now, token, expires, worker, limit, promote_max, queue...
+-- claim: ARGV = K, now (opt: none for the server's clock), token, lease_for (seconds),
+-- worker, limit, promote_max, queue...
 -- Promotes due scheduled jobs, then leases the `limit` best ready jobs across the queues
 -- (lowest priority, then run_at, then id). Returns the claimed rows (flat HGETALL arrays).
-local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
+local expires = seconds_after(now, ARGV[4])
 local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
 local queues = {}
 for i = 8, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)

@@ -1,10 +1,11 @@
--- settle: ARGV = K, now, n, lapsed ('1': a rescue's decisions, applied only while the lease
--- is still lapsed), then 9 fields per outcome (id, token, state, result, error,
--- run_at, refund 0/1, max_attempts, number of follow-ups), then the follow-up envelopes of
+-- settle: ARGV = K, now (opt: none for the server's clock), n, lapsed ('1': a rescue's
+-- decisions, applied only while the lease is still lapsed), then 9 fields per outcome (id,
+-- token, state, result, error, run_at (opt: none for now), refund 0/1, max_attempts, number
+-- of follow-ups), then the follow-up envelopes of
 -- all outcomes in order. Optional fields use opt(). Every lease and every follow-up of a
 -- held lease is checked before anything is written, so a bad follow-up fails the whole call.
 -- Returns 1/0 per outcome (0: the lease was stale; its follow-ups are dropped).
-local now, n, lapsed = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local now, n, lapsed = now_or_server(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
 local WIDTH = 9
 local held, plans, starts, taken, seen = {}, {}, {}, {}, {}
 local cursor = 5 + n * WIDTH
@@ -50,8 +51,9 @@ for i = 1, n do
     local budget = opt(ARGV[b + 8])
     if budget ~= nil then field(set, del, 'max_attempts', budget) end
     local again = state == 'queued' or state == 'retrying'
+    local run_at = opt(ARGV[b + 6]) or now
     if again then
-      field(set, del, 'run_at', ARGV[b + 6])
+      field(set, del, 'run_at', run_at)
     else
       field(set, del, 'result', opt(ARGV[b + 4]))
       field(set, del, 'finished_at', now)
@@ -62,7 +64,7 @@ for i = 1, n do
     count_ending(queue, state, now)
     if again then
       if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
-      put_waiting(id, queue, job[4], ARGV[b + 6], now)
+      put_waiting(id, queue, job[4], run_at, now)
       if newer_version(opt(ARGV[b + 5])) then redis.call('SADD', K .. 'newer:' .. queue, id) end
       woken[queue] = true
     elseif state == 'dead' then
