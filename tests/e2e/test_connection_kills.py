@@ -173,6 +173,10 @@ def test_killed_connections_cost_no_error_and_no_duplicate(
     stack, kill = killable
     stack.start_web()
     worker = stack.start_worker()
+    deadline = time.monotonic() + 30
+    while "worker started" not in stack.output():  # kills hit a running worker, not its start
+        assert time.monotonic() < deadline and worker.poll() is None, stack.output()
+        time.sleep(0.05)
     alice = stack.client()
     statuses: Counter[int] = Counter()
     ids: dict[str, str] = {}

@@ -16,6 +16,9 @@ T = TypeVar("T")
 #: Seconds a call keeps trying again after a lost connection (OFFLOAD_RETRY_DEADLINE): long
 #: enough for a fast restart of the server, short enough that a caller is answered.
 DEFAULT_RETRY_DEADLINE_S = 10.0
+#: Retry budget of a readiness ping (seconds): enough to replace a killed idle connection,
+#: short enough that a probe learns at once that the server is down.
+PING_DEADLINE_S = 1.0
 #: Longest pause between two attempts (the first is immediate: a killed idle connection
 #: is simply replaced).
 _MAX_PAUSE_S = 1.0
@@ -53,9 +56,12 @@ class Retrier:
         #: Run before each new attempt (PostgreSQL checks its idle pooled connections).
         self.on_retry = on_retry
 
-    async def run(self, attempt: Callable[[bool], Awaitable[T]]) -> T:
-        """`attempt(resent)` until it returns, fails otherwise, or the deadline passes."""
-        give_up = time.monotonic() + self.deadline_s
+    async def run(
+        self, attempt: Callable[[bool], Awaitable[T]], *, deadline_s: float | None = None
+    ) -> T:
+        """`attempt(resent)` until it returns, fails otherwise, or the deadline passes
+        (`deadline_s` when given, else the retrier's)."""
+        give_up = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
         pause, resent = 0.0, False
         while True:
             try:

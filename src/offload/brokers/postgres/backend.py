@@ -32,7 +32,7 @@ from ...contract import (
     WorkerInfo,
 )
 from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
-from .._retry import DEFAULT_RETRY_DEADLINE_S, Retrier
+from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
@@ -391,7 +391,13 @@ class PostgresBackend:
             await pool.close()
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1 AS ok", {})
+        """Check the server answers, retrying a lost connection for a second at most."""
+
+        async def attempt(_resent: bool) -> None:
+            async with self._conn() as conn:
+                await conn.execute("SELECT 1")
+
+        await self.retrier.run(attempt, deadline_s=min(PING_DEADLINE_S, self.retrier.deadline_s))
 
     async def _listen(self) -> None:
         """One LISTEN connection per process; reconnects with backoff when it drops."""

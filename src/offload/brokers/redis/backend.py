@@ -37,7 +37,7 @@ from ...contract import (
     WorkerInfo,
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
-from .._retry import DEFAULT_RETRY_DEADLINE_S, Retrier
+from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
@@ -356,17 +356,25 @@ class RedisBackend:
             raise ConfigurationError(f"bad Redis URL {self._where()}: {exc}") from exc
         client = aioredis.Redis(connection_pool=pool)
         news = Announcements(client, work=self._key("work"), changes=self._key("changes"))
-        try:
-            # The handshake (a server that accepts and never answers included) is bounded by
-            # the connect timeout; the scripts' loading after it, by the command timeout.
-            async with self._guard(f"cannot use Redis at {self._where()}", connecting=True):
-                await client.ping()
-            async with self._guard(f"cannot use Redis at {self._where()}"):
+        where = f"cannot use Redis at {self._where()}"
+
+        async def prepare(_resent: bool) -> None:
+            async with self._guard(where):
                 await self._check_eviction(client)
                 await news.start()
                 for name in _SCRIPTS:
                     self._scripts[name] = client.register_script(_lua(name))
                     await client.script_load(_lua(name))
+
+        try:
+            # The handshake (a server that accepts and never answers included) is bounded by
+            # the connect timeout, and fails at once: a server that is not there is said
+            # so. Once it answered, a connection lost while the scripts load (killed, or
+            # the server restarting) is retried as any call is, each step bounded by the
+            # command timeout.
+            async with self._guard(where, connecting=True):
+                await client.ping()
+            await self.retrier.run(prepare)
         except BaseException:
             await news.stop()
             await client.aclose()
@@ -397,7 +405,13 @@ class RedisBackend:
             await client.connection_pool.disconnect()
 
     async def ping(self) -> None:
-        await self._retried(self._redis.ping)
+        """Check the server answers, retrying a lost connection for a second at most."""
+
+        async def attempt(_resent: bool) -> None:
+            async with self._guard():
+                await self._redis.ping()
+
+        await self.retrier.run(attempt, deadline_s=min(PING_DEADLINE_S, self.retrier.deadline_s))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work was announced for `queues` since the last claim, when the next
