@@ -149,6 +149,9 @@ class Hub:
             except BackendError as exc:
                 log.warning("change feed read failed: %s", exc, extra={"action": "feed_error"})
                 await asyncio.sleep(1.0)
+            except Exception:  # a surprise: said loudly, and the streams still follow
+                log.exception("change feed watcher failed", extra={"action": "feed_error"})
+                await asyncio.sleep(1.0)
 
 
 def sse(change: Change, present: Callable[[JobRow], dict[str, Any]]) -> bytes:
