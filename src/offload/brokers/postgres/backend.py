@@ -707,9 +707,14 @@ class PostgresBackend:
         }
 
     async def purge(self, queue: str) -> int:
-        async with self._conn() as conn:
+        """Delete the waiting jobs of `queue`; a resend after a lost reply counts only what
+        it deleted itself."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
             cur = await conn.execute(Q["purge"], {"queue": queue})
             return cur.rowcount
+
+        return await self._retrying(run)
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -814,13 +819,18 @@ class PostgresBackend:
         self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
     ) -> int:
         params = {"ids": self._keys(ids), "now": self._now()}
-        async with self._conn() as conn, conn.transaction():
-            async with conn.cursor() as cur:
+
+        # Retried: a resend after a lost commit finds the jobs cancelled already, so it
+        # stores no follow-up twice (and counts only what it changed itself).
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute(Q["cancel_many_waiting"], params)
                 ended = [job_id for (job_id,) in await cur.fetchall()]
                 await self.enqueue_in(conn, [e for i in ended for e in follow_ups.get(i, ())])
                 await cur.execute(Q["cancel_many_running"], params)
                 return len(ended) + cur.rowcount
+
+        return await self._retrying(run)
 
     async def delete_many(self, ids: Sequence[str]) -> int:
         rows = await self._fetch(Q["delete_many"], {"ids": self._keys(ids)})
