@@ -41,7 +41,8 @@ class ReplyLoss:
     def __init__(self, engine: str, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.engine = engine
         self.backend = backend
-        self.armed: str | None = None  # a query's start (PostgreSQL), a script's sha (Redis)
+        #: A query's start (PostgreSQL); a command's first arguments (Redis).
+        self.armed: Any = None
         self.lost = 0
         (self._pg if engine == "postgres" else self._redis)(monkeypatch)
 
@@ -54,7 +55,7 @@ class ReplyLoss:
 
             self.armed = query or Q[name]
         else:
-            self.armed = self.backend._scripts[name].sha
+            self.armed = ("EVALSHA", self.backend._scripts[name].sha)
 
     def _pg(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import psycopg
@@ -101,7 +102,7 @@ class ReplyLoss:
         async def losing(conn: Any, *args: Any, **kw: Any) -> Any:
             answer = await read(conn, *args, **kw)
             sent = getattr(conn, "offload_test_sent", ())
-            if self.armed is not None and sent == ("EVALSHA", self.armed):
+            if self.armed is not None and sent[: len(self.armed)] == self.armed:
                 self.armed = None
                 host, port = conn._writer.get_extra_info("sockname")[:2]
                 killer = redis.Redis.from_url(REDIS_URL)
@@ -290,3 +291,26 @@ async def test_a_cancel_whose_reply_was_lost_answers_the_cancelled_job(
     assert loss.lost == 1
     assert (row.id, row.state) == (env.id, JobState.CANCELLED)
     assert sorted(await _jobs(backend)) == sorted([env.id, follow.id])
+
+
+@pytest.mark.redis
+async def test_a_redis_backend_opening_while_its_connection_is_killed_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a Redis that answered, and a connection killed while the scripts load
+    from offload.brokers.redis import RedisBackend
+
+    require_redis()
+    prefix = redis_prefix()
+    backend = RedisBackend.from_url(redis_url(prefix))
+    loss = ReplyLoss("redis", backend, monkeypatch)
+    loss.armed = ("SCRIPT LOAD",)
+    try:
+        # When the backend opens, then it does, and works.
+        await backend.open()
+        assert loss.lost == 1
+        env = envelope()
+        assert [r.id for r in await backend.enqueue([env])] == [env.id]
+    finally:
+        await backend.close()
+        drop_redis_prefix(prefix)
