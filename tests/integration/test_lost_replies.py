@@ -314,3 +314,26 @@ async def test_a_redis_backend_opening_while_its_connection_is_killed_opens(
     finally:
         await backend.close()
         drop_redis_prefix(prefix)
+
+
+@pytest.mark.postgres
+async def test_a_postgres_backend_opening_while_its_connection_is_killed_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a PostgreSQL that answered, and its connection killed while the schema is read
+    from offload.brokers.postgres import PostgresBackend
+
+    require_pg()
+    schema = PgSchema()
+    backend = PostgresBackend.from_url(await schema.create())
+    loss = ReplyLoss("postgres", backend, monkeypatch)
+    loss.armed = "SELECT to_regclass('offload_migrations')"
+    try:
+        # When the backend opens, then it does, and works.
+        await backend.open()
+        assert loss.lost == 1
+        env = envelope()
+        assert [r.id for r in await backend.enqueue([env])] == [env.id]
+    finally:
+        await backend.close()
+        await schema.drop()

@@ -312,10 +312,28 @@ class PostgresBackend:
     async def _probe(self, check_schema: bool) -> None:
         """One connection made by hand before the pool, which would retry a refused or
         silent server until its timeout and then hide why: this one fails fast, with the
-        driver's reason."""
+        driver's reason. Once the server answered, a connection lost while the schema is
+        read (killed, or the server restarting) is retried as any call is."""
+        first = await self._connect()
+        if not check_schema:
+            await first.close()
+            return
+
+        async def read(resent: bool) -> int:
+            conn = await self._connect() if resent else first
+            try:
+                async with conn:
+                    return await self._schema_version(conn)
+            except psycopg.Error as exc:
+                raise BackendError(f"PostgreSQL: {exc}") from exc
+
+        self._check_version(await self.retrier.run(read))
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A connection, or a BackendError saying why not within `connect_timeout_s`."""
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         except TimeoutError as exc:
             raise BackendError(
                 f"cannot connect to PostgreSQL at {self._where()}: "
@@ -323,15 +341,6 @@ class PostgresBackend:
             ) from exc
         except psycopg.Error as exc:
             raise self._unreachable(exc) from exc
-        if not check_schema:
-            await conn.close()
-            return
-        try:
-            async with conn:
-                version = await self._schema_version(conn)
-        except psycopg.Error as exc:
-            raise BackendError(f"PostgreSQL: {exc}") from exc
-        self._check_version(version)
 
     def _unreachable(self, exc: BaseException) -> BackendError:
         reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's is multi-line
