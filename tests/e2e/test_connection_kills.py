@@ -233,7 +233,9 @@ def _submit_while_killing(
                     assert ids.setdefault(key, answer.json()["id"]) == answer.json()["id"]
             if key in ids:
                 statuses[alice.get(f"/v1/jobs/{ids[key]}").status_code] += 1
+        deadline = time.monotonic() + 60
         while killer.killed < 20:  # enough kills to matter
+            assert time.monotonic() < deadline, f"only {killer.killed} connections killed"
             time.sleep(0.05)
     finally:
         killer.stop()
