@@ -396,6 +396,7 @@ class App:
                     settings.url,
                     clock=self._injected_clock,
                     connect_timeout_s=settings.connect_timeout_s,
+                    retry_deadline_s=settings.retry_deadline_s,
                 )
                 await backend.open(create=create)
                 self._backend = backend

@@ -358,6 +358,9 @@ class Worker:
 
     @staticmethod
     async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
+        """Wait for `coro` or the stop, whichever comes first. A wait for work that fails
+        (the backend unreachable past its retry deadline) ends the wait early, its error
+        logged here: the claim that follows meets the backend's state and handles it."""
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -365,6 +368,11 @@ class Worker:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, BackendError):
+            log.warning("wait for work failed: %s", error, extra={"action": "wait_error"})
+        elif error is not None:
+            log.error("wait for work failed", exc_info=error, extra={"action": "wait_error"})
 
     def _renewal(self) -> Renewal:
         """Now, as a lease renewal asked for now records it (see `lease.Renewal`)."""

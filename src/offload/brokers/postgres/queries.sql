@@ -160,6 +160,8 @@ WITH input AS (
         to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
         timeout, options
     FROM input ORDER BY n
+    -- A stored id is an error that undoes the whole statement (all or nothing), but in a
+    -- resend, which PostgresBackend runs with `ON CONFLICT DO NOTHING` (see `_resent`).
     ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 ), ev AS (
@@ -209,6 +211,16 @@ SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
     idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
 FROM upd ORDER BY priority, run_at, id
 
+-- name: claimed
+-- The jobs a claim leased, by its token: what a resent claim answers when the first
+-- attempt's reply was lost (read from the index of running jobs, not the whole table).
+SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
+FROM offload_jobs
+WHERE state = 'running' AND lease_expires IS NOT NULL AND lease_token = %(token)s
+ORDER BY priority, run_at, id
+
 -- name: extend
 UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
 FROM unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
@@ -230,7 +242,10 @@ WITH o AS (
                       ELSE coalesce(to_timestamp(o.run_at), coalesce(%(now)s, now())) END,
         attempt = j.attempt - o.refund,
         max_attempts = coalesce(o.max_attempts, j.max_attempts),
-        lease_token = NULL, lease_expires = NULL
+        -- the token stays, marked as spent by a settle or a rescue: a resent outcome
+        -- whose first attempt applied (its reply lost) finds its mark in `again`
+        lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END,
+        lease_expires = NULL
     FROM o
     WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
         -- a rescue's decision applies only while the lease is still lapsed
@@ -239,8 +254,14 @@ WITH o AS (
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
     SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
+), again AS (
+    -- a resend's outcomes whose first attempt applied (read from the statement's snapshot,
+    -- so never a row `upd` changes here); nothing, and no cost, in a first attempt
+    SELECT j.id FROM offload_jobs j JOIN o ON j.id = o.id
+    WHERE %(resent)s
+        AND j.lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END
 )
-SELECT id::text FROM upd
+SELECT id::text FROM upd UNION ALL SELECT id::text FROM again
 
 -- name: expired
 -- Facts only: the lapsed leases, oldest lapse first, with what a lease carries (the

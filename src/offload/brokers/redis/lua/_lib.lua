@@ -162,10 +162,12 @@ end
 local ENVELOPE_WIDTH = 15
 
 -- Check envelopes ARGV[first ..] (n of them) before anything is written: returns, per
--- envelope, true (store it) or the id of the job its idempotency key names; an id already
--- stored (or repeated in this call) raises, so the whole call stores nothing. `seen` carries
--- ids and idempotency keys across several checks of one call.
-local function check_envelopes(first, n, seen)
+-- envelope, true (store it), the id of the job its idempotency key names, or false (stored
+-- already by the lost first attempt of this `resent` call: an id already stored, or a key
+-- naming the envelope's own id). An id already stored (or repeated in this call) raises
+-- otherwise, so the whole call stores nothing. `seen` carries ids and idempotency keys
+-- across several checks of one call.
+local function check_envelopes(first, n, seen, resent)
   local plan = {}
   for i = 1, n do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
@@ -176,7 +178,11 @@ local function check_envelopes(first, n, seen)
       repeats = seen['idem:' .. field] or redis.call('HGET', K .. 'idem', field)
       if not repeats then seen['idem:' .. field] = id end
     end
-    if repeats then
+    if resent and (repeats == id
+        or (not repeats and redis.call('EXISTS', K .. 'job:' .. id) == 1)) then
+      seen['id:' .. id] = true
+      plan[i] = false
+    elseif repeats then
       plan[i] = repeats
     else
       if seen['id:' .. id] or redis.call('EXISTS', K .. 'job:' .. id) == 1 then
@@ -189,7 +195,8 @@ local function check_envelopes(first, n, seen)
   return plan
 end
 
--- Store the envelopes a check planned; appends {id, 1 created / 0 repeat} pairs to `out`
+-- Store the envelopes a check planned; appends {id, 1 created (now or by the lost attempt)
+-- / 0 repeat} pairs to `out`
 -- and the queues that got work to `queues`.
 local function store_envelopes(first, plan, now, out, queues)
   for i = 1, #plan do
@@ -217,6 +224,9 @@ local function store_envelopes(first, plan, now, out, queues)
       put_waiting(id, queue, priority, run_at, now)
       event(id)
       queues[queue] = true
+      out[#out + 1] = id
+      out[#out + 1] = 1
+    elseif plan[i] == false then
       out[#out + 1] = id
       out[#out + 1] = 1
     else
