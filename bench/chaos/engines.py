@@ -225,9 +225,14 @@ class PrivatePostgres(_Managed):
         """Stop (`-m immediate` when `crash`, else `-m fast`) and start again; returns the
         seconds from the stop's start until a new connection is accepted."""
         began = time.monotonic()
-        self._stop("immediate" if crash else "fast")
+        self.stop(crash=crash)
         self._start()
         return _wait_until(self._accepts, "PostgreSQL", DEFAULT_START_TIMEOUT_S) - began
+
+    def stop(self, *, crash: bool) -> None:
+        """Stop the server and leave it down (an outage as long as the caller likes);
+        `start` brings it back on the same port with the same data."""
+        self._stop("immediate" if crash else "fast")
 
     def kill_connections(self) -> int:
         """pg_terminate_backend of every other client backend; returns how many."""
@@ -390,8 +395,15 @@ class PrivateRedis(_Managed):
     def restart(self, *, crash: bool) -> float:
         """SIGKILL (`crash`) or SHUTDOWN (the AOF flushed), then start again; returns the
         seconds from the stop's start until PING answers (the AOF loaded)."""
-        assert self.proc is not None, "not started"
         began = time.monotonic()
+        self.stop(crash=crash)
+        self._spawn()
+        return _wait_until(self._accepts, "Redis", DEFAULT_START_TIMEOUT_S) - began
+
+    def stop(self, *, crash: bool) -> None:
+        """SIGKILL (`crash`) or SHUTDOWN the server and leave it down; `start` brings it
+        back on the same port with what its AOF kept."""
+        assert self.proc is not None, "not started"
         if crash:
             self.proc.kill()
         else:
@@ -401,8 +413,6 @@ class PrivateRedis(_Managed):
             finally:
                 client.close()
         self.proc.wait(timeout=DEFAULT_START_TIMEOUT_S)
-        self._spawn()
-        return _wait_until(self._accepts, "Redis", DEFAULT_START_TIMEOUT_S) - began
 
     def kill_connections(self) -> int:
         """CLIENT KILL of every other client (normal and pub/sub); returns how many."""

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from bench.chaos.engines import (
     PrivatePostgres,
     PrivateRedis,
