@@ -349,6 +349,8 @@ class Worker:
 
     @staticmethod
     async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
+        """Await `coro` until it ends or the worker stops. A backend error of the wait
+        (the engine restarting) is logged, and the loop's next claim meets it too."""
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -356,6 +358,12 @@ class Worker:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            return
+        try:
+            task.result()
+        except BackendError as exc:
+            log.warning("waiting for work failed: %s", exc, extra={"action": "wait_error"})
 
     def _hold(self, leases: Sequence[Lease]) -> None:
         """Line up claimed jobs. A job already held under an older lease (that lease lapsed

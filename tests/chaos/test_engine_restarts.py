@@ -1,0 +1,225 @@
+"""The product across a restart of its engine: a real `offload web` and two real workers on
+a private PostgreSQL or Redis (appendfsync always), jobs posted through HTTP without pause,
+and the engine restarted under them, cleanly (fast) or by a crash (`-m immediate`, SIGKILL).
+
+Every accepted job ends succeeded and runs once (the restart is far shorter than the lease,
+so no worker loses a job it holds), the listeners reconnect, the event streams carry on, and
+no process exits or logs an error that escaped. The web answers 503 problem documents while
+calls are not yet retried across a dropped connection: `test_no_5xx_across_engine_restart`
+holds the product to zero once they are.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from bench.chaos.engines import PrivatePostgres, PrivateRedis
+
+from ..e2e.conftest import Stack
+from .engine_support import HOW, RESTARTABLE, private_engine
+from .restart_flow import (
+    LEASE_S,
+    EventReader,
+    Posted,
+    Producer,
+    migrated,
+    project,
+    runs_per_job,
+    unhandled,
+    wait_all_final,
+    wait_none_unfinished,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+#: Jobs accepted before the restart, and again after it, before the producer stops.
+LOAD = 60
+#: What each process logs once its wake-up listener is back (PostgreSQL, Redis).
+LISTENER_BACK = {"postgres": "LISTEN connection back", "redis": "Redis wake-ups resubscribed"}
+
+
+@dataclass
+class Restarted:
+    """What one run saw: the answers, the jobs' ends and runs, the streams, the logs."""
+
+    kind: str
+    crash: bool
+    down_s: float
+    posted: Posted
+    states: dict[str, str]
+    runs: Counter[str]
+    slow_runs: int
+    feed: EventReader
+    job_feed: EventReader
+    slow_id: str
+    probe_s: float
+    unfinished: int
+    exited: list[int | None]
+    unhandled: list[str]
+    output: str
+    process_logs: list[str]
+
+
+def wait_for(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def probe_job_seconds(stack: Stack, client: httpx.Client) -> float:
+    """Seconds from posting a job to seeing it succeeded (idle workers: their wake-up)."""
+    began = time.monotonic()
+    job_id = client.post("/v1/jobs/e2e.noop", json={"n": 0}).json()["id"]
+    stack.wait_state(client, job_id, {"succeeded"}, timeout=30)
+    return time.monotonic() - began
+
+
+def run_across_restart(kind: str, crash: bool, root: Path) -> Restarted:
+    with private_engine(kind, root / "engine") as engine:
+        stack = project(root / "project", migrated(engine), kind)
+        try:
+            return _flow(stack, engine, kind, crash)
+        finally:
+            stack.stop()
+
+
+def _flow(
+    stack: Stack, engine: PrivatePostgres | PrivateRedis, kind: str, crash: bool
+) -> Restarted:
+    stack.start_web()
+    for _ in range(2):
+        stack.start_worker("--lease", str(LEASE_S), "--concurrency", "8")
+    alice = stack.client()
+    feed = EventReader(stack, "/v1/events")
+    feed.start()
+    wait_for(feed.opened.is_set, 30, "/v1/events to open")
+    # Given a job in the middle of its run, followed on its own stream,
+    slow_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 2.0}).json()["id"]
+    job_feed = EventReader(stack, f"/v1/jobs/{slow_id}/events", until_final=True)
+    job_feed.start()
+    wait_for(lambda: stack.log_lines("slow.log"), 30, "the slow job to start")
+    # and jobs posted without pause by two clients,
+    producers = [Producer(stack) for _ in range(2)]
+    for producer in producers:
+        producer.start()
+
+    def accepted() -> int:
+        return sum(len(p.posted.accepted) for p in producers)
+
+    wait_for(lambda: accepted() >= LOAD, 60, "jobs to be accepted")
+    # when the engine restarts under them,
+    down_s = engine.restart(crash=crash)
+    before = accepted()
+    wait_for(lambda: accepted() >= before + LOAD, 60, "jobs accepted again")
+    posted = Posted()
+    for producer in producers:
+        posted.add(producer.stop())
+    # then (the test asserts) every accepted job ends, the streams carry on, and so on.
+    states = wait_all_final(stack, [slow_id, *posted.accepted], timeout=120)
+    wait_for(lambda: not feed.saw_final(posted.accepted), 60, "/v1/events to show every end")
+    feed.stopping.set()
+    job_feed.join(30)
+    unfinished = wait_none_unfinished(engine.url, timeout=60)
+    probe_s = statistics.median(probe_job_seconds(stack, alice) for _ in range(5))
+    starts = [line for line in stack.log_lines("slow.log") if line.startswith("start")]
+    return Restarted(
+        kind=kind,
+        crash=crash,
+        down_s=down_s,
+        posted=posted,
+        states=states,
+        runs=runs_per_job(stack),
+        slow_runs=len(starts),
+        feed=feed,
+        job_feed=job_feed,
+        slow_id=slow_id,
+        probe_s=probe_s,
+        unfinished=unfinished,
+        exited=[proc.poll() for proc in stack.procs],
+        unhandled=unhandled(stack),
+        output=stack.output(),
+        process_logs=[path.read_text() for path in sorted(stack.logs.glob("proc-*.out"))],
+    )
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param((k, c.values[0]), id=f"{k}-{c.id}") for k in RESTARTABLE for c in HOW],
+)
+def restarted(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Restarted]:
+    """One run per engine and restart kind, shared by the tests of this module."""
+    kind, crash = request.param
+    run = run_across_restart(kind, crash, tmp_path_factory.mktemp(f"{kind}-{crash}"))
+    print(
+        f"\n{kind} {'crash' if crash else 'fast'} restart: down {run.down_s:.2f}s, "
+        f"{len(run.posted.accepted)} accepted, answers {dict(run.posted.answers)}, "
+        f"no answer {run.posted.unreachable}, /v1/events ends {run.feed.ends}, "
+        f"job stream ends {run.job_feed.ends}, probe job {run.probe_s:.2f}s"
+    )
+    yield run
+
+
+def test_every_accepted_job_succeeds_and_none_is_stuck(restarted: Restarted) -> None:
+    accepted = [restarted.slow_id, *restarted.posted.accepted]
+    not_done = {j: restarted.states.get(j) for j in accepted}
+    not_done = {j: s for j, s in not_done.items() if s != "succeeded"}
+    assert not_done == {}, restarted.output[-4000:]
+    # Nor is any other job left unfinished (one made by a post whose answer was lost).
+    assert restarted.unfinished == 0
+
+
+def test_no_job_runs_twice(restarted: Restarted) -> None:
+    """No worker lost a job it held: the engine was back long before any lease lapsed (a
+    crash loses no committed claim, and Redis `always` wrote each claim before answering).
+    A job whose claim's reply was lost runs once after its lease lapses, never twice."""
+    assert restarted.down_s < LEASE_S / 2
+    twice = {job: n for job, n in restarted.runs.items() if n > 1}
+    assert twice == {}
+    assert restarted.slow_runs == 1
+    assert all(restarted.runs[j] == 1 for j in restarted.posted.accepted)
+
+
+def test_workers_take_new_work_at_once_after_the_restart(restarted: Restarted) -> None:
+    # Each process's wake-up listener came back (it logs so), and jobs posted once the
+    # flow settled ran at once (median), not after a poll interval.
+    back = LISTENER_BACK[restarted.kind.split("-")[0]]
+    assert [back in log for log in restarted.process_logs] == [True, True, True]
+    assert restarted.probe_s < 0.5
+
+
+def test_event_streams_resume_or_end_cleanly(restarted: Restarted) -> None:
+    # /v1/events showed every accepted job succeed (across the restart, resuming with
+    # Last-Event-ID if it ended), and every end of it was a clean one.
+    assert restarted.feed.saw_final(restarted.posted.accepted) == []
+    assert set(restarted.feed.ends) <= {"clean"}
+    # The slow job's own stream reached its final state.
+    assert restarted.job_feed.finished.is_set()
+    assert restarted.job_feed.states[restarted.slow_id][-1] == "succeeded"
+    assert set(restarted.job_feed.ends) <= {"clean"}
+
+
+def test_processes_stay_up_and_log_no_unhandled_error(restarted: Restarted) -> None:
+    assert restarted.exited == [None, None, None]
+    assert restarted.posted.unreachable == 0
+    assert restarted.unhandled == []
+
+
+def test_every_5xx_is_a_problem_document(restarted: Restarted) -> None:
+    assert all(t == "application/problem+json" for t in restarted.posted.problems)
+
+
+def test_no_5xx_across_engine_restart(restarted: Restarted) -> None:
+    """Calls that meet a dropped connection are retried within a bounded deadline, so a
+    restart of the engine costs latency, not errors."""
+    assert restarted.posted.server_errors == 0, dict(restarted.posted.answers)
