@@ -52,6 +52,8 @@ class Restarted:
     kind: str
     crash: bool
     down_s: float
+    lease_s: float
+    in_flight: set[str]  # accepted before the engine stopped: running, or about to
     posted: Posted
     states: dict[str, str]
     runs: Counter[str]
@@ -83,21 +85,42 @@ def probe_job_seconds(stack: Stack, client: httpx.Client) -> float:
     return time.monotonic() - began
 
 
-def run_across_restart(kind: str, crash: bool, root: Path) -> Restarted:
+def run_across_restart(
+    kind: str, crash: bool, root: Path, *, lease_s: float = LEASE_S, outage_s: float = 0.0
+) -> Restarted:
+    """Jobs through web and workers while the engine restarts; with `outage_s`, it stays
+    down that long between its stop and its start."""
     with private_engine(kind, root / "engine") as engine:
         stack = project(root / "project", migrated(engine), kind)
         try:
-            return _flow(stack, engine, kind, crash)
+            return _flow(stack, engine, kind, crash, lease_s=lease_s, outage_s=outage_s)
         finally:
             stack.stop()
 
 
+def restart(engine: PrivatePostgres | PrivateRedis, crash: bool, outage_s: float) -> float:
+    """Restart the engine (down for `outage_s` at least); seconds it was away."""
+    if not outage_s:
+        return engine.restart(crash=crash)
+    began = time.monotonic()
+    engine.stop(crash=crash)
+    time.sleep(outage_s)  # the fault itself: how long the engine stays away
+    engine.start()
+    return time.monotonic() - began
+
+
 def _flow(
-    stack: Stack, engine: PrivatePostgres | PrivateRedis, kind: str, crash: bool
+    stack: Stack,
+    engine: PrivatePostgres | PrivateRedis,
+    kind: str,
+    crash: bool,
+    *,
+    lease_s: float,
+    outage_s: float,
 ) -> Restarted:
     stack.start_web()
     for _ in range(2):
-        stack.start_worker("--lease", str(LEASE_S), "--concurrency", "8")
+        stack.start_worker("--lease", str(lease_s), "--concurrency", "8")
     alice = stack.client()
     feed = EventReader(stack, "/v1/events")
     feed.start()
@@ -117,7 +140,8 @@ def _flow(
 
     wait_for(lambda: accepted() >= LOAD, 60, "jobs to be accepted")
     # when the engine restarts under them,
-    down_s = engine.restart(crash=crash)
+    in_flight = {job for p in producers for job in p.posted.accepted} | {slow_id}
+    down_s = restart(engine, crash, outage_s)
     before = accepted()
     wait_for(lambda: accepted() >= before + LOAD, 60, "jobs accepted again")
     posted = Posted()
@@ -135,6 +159,8 @@ def _flow(
         kind=kind,
         crash=crash,
         down_s=down_s,
+        lease_s=lease_s,
+        in_flight=in_flight,
         posted=posted,
         states=states,
         runs=runs_per_job(stack),
@@ -151,6 +177,18 @@ def _flow(
     )
 
 
+def summary(run: Restarted) -> str:
+    how = "crash" if run.crash else "fast"
+    twice = sorted(n for n in run.runs.values() if n > 1)
+    return (
+        f"\n{run.kind} {how} (down {run.down_s:.2f}s, lease {run.lease_s:g}s): "
+        f"{len(run.posted.accepted)} accepted, answers {dict(run.posted.answers)}, "
+        f"no answer {run.posted.unreachable}, jobs run twice {len(twice)}, "
+        f"/v1/events ends {run.feed.ends}, job stream ends {run.job_feed.ends}, "
+        f"probe job {run.probe_s:.2f}s"
+    )
+
+
 @pytest.fixture(
     scope="module",
     params=[pytest.param((k, c.values[0]), id=f"{k}-{c.id}") for k in RESTARTABLE for c in HOW],
@@ -161,65 +199,126 @@ def restarted(
     """One run per engine and restart kind, shared by the tests of this module."""
     kind, crash = request.param
     run = run_across_restart(kind, crash, tmp_path_factory.mktemp(f"{kind}-{crash}"))
-    print(
-        f"\n{kind} {'crash' if crash else 'fast'} restart: down {run.down_s:.2f}s, "
-        f"{len(run.posted.accepted)} accepted, answers {dict(run.posted.answers)}, "
-        f"no answer {run.posted.unreachable}, /v1/events ends {run.feed.ends}, "
-        f"job stream ends {run.job_feed.ends}, probe job {run.probe_s:.2f}s"
-    )
+    print(summary(run))
     yield run
 
 
-def test_every_accepted_job_succeeds_and_none_is_stuck(restarted: Restarted) -> None:
-    accepted = [restarted.slow_id, *restarted.posted.accepted]
-    not_done = {j: restarted.states.get(j) for j in accepted}
+#: The lease of the outage runs, and how long their engine stays away: past the lease, so
+#: jobs held by a worker that cannot reach the engine lapse and run again elsewhere.
+OUTAGE_LEASE_S = 2.0
+OUTAGE_S = 5.0
+
+
+@pytest.fixture(scope="module", params=RESTARTABLE)
+def outage(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Restarted]:
+    """One run per engine with the engine crashed and kept away past the lease."""
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"{kind}-outage")
+    run = run_across_restart(kind, True, root, lease_s=OUTAGE_LEASE_S, outage_s=OUTAGE_S)
+    print(summary(run))
+    yield run
+
+
+# -- checks, for a restart and for an outage -------------------------------------------------
+
+
+def every_accepted_job_succeeded(run: Restarted) -> None:
+    accepted = [run.slow_id, *run.posted.accepted]
+    not_done = {j: run.states.get(j) for j in accepted}
     not_done = {j: s for j, s in not_done.items() if s != "succeeded"}
-    assert not_done == {}, restarted.output[-4000:]
+    assert not_done == {}, run.output[-4000:]
     # Nor is any other job left unfinished (one made by a post whose answer was lost).
-    assert restarted.unfinished == 0
+    assert run.unfinished == 0
+
+
+def duplicates_are_explained(run: Restarted) -> None:
+    """A job runs twice only when the worker holding it could not reach the engine for
+    longer than its lease: then the lease lapsed and another worker ran the job again
+    (the first one's late result is refused). A restart shorter than the lease lets no
+    lease lapse: no duplicate at all. A crash loses no claim either (committed on
+    PostgreSQL, written before the answer with Redis `always`); a claim whose answer was
+    lost leaves a job that runs once, after its lease lapses."""
+    twice = {job for job, n in run.runs.items() if n > 1}
+    if run.slow_runs > 1:
+        twice.add(run.slow_id)
+    if run.down_s < run.lease_s:
+        assert twice == set()
+    else:
+        assert twice <= run.in_flight, "only jobs held when the engine went away"
+    assert all(run.runs[j] >= 1 for j in run.posted.accepted)
+
+
+def listeners_came_back(run: Restarted) -> None:
+    # Each process's wake-up listener came back (it logs so), and jobs posted once the
+    # flow settled ran at once (median), not after a poll interval.
+    back = LISTENER_BACK[run.kind.split("-")[0]]
+    assert [back in log for log in run.process_logs] == [True, True, True]
+    assert run.probe_s < 0.5
+
+
+def streams_carried_on(run: Restarted) -> None:
+    # /v1/events showed every accepted job succeed (resuming with Last-Event-ID had it
+    # ended), and every end of it was a clean one; the slow job's own stream reached its
+    # final state.
+    assert run.feed.saw_final(run.posted.accepted) == []
+    assert set(run.feed.ends) <= {"clean"}
+    assert run.job_feed.finished.is_set()
+    assert run.job_feed.states[run.slow_id][-1] == "succeeded"
+    assert set(run.job_feed.ends) <= {"clean"}
+
+
+def processes_stayed_up(run: Restarted) -> None:
+    assert run.exited == [None, None, None]
+    assert run.posted.unreachable == 0
+    assert run.unhandled == []
+    assert all(t == "application/problem+json" for t in run.posted.problems)
+
+
+# -- a restart -------------------------------------------------------------------------------
+
+
+def test_every_accepted_job_succeeds_and_none_is_stuck(restarted: Restarted) -> None:
+    every_accepted_job_succeeded(restarted)
 
 
 def test_no_job_runs_twice(restarted: Restarted) -> None:
-    """No worker lost a job it held: the engine was back long before any lease lapsed (a
-    crash loses no committed claim, and Redis `always` wrote each claim before answering).
-    A job whose claim's reply was lost runs once after its lease lapses, never twice."""
-    assert restarted.down_s < LEASE_S / 2
-    twice = {job: n for job, n in restarted.runs.items() if n > 1}
-    assert twice == {}
-    assert restarted.slow_runs == 1
-    assert all(restarted.runs[j] == 1 for j in restarted.posted.accepted)
+    assert restarted.down_s < restarted.lease_s / 2
+    duplicates_are_explained(restarted)
 
 
 def test_workers_take_new_work_at_once_after_the_restart(restarted: Restarted) -> None:
-    # Each process's wake-up listener came back (it logs so), and jobs posted once the
-    # flow settled ran at once (median), not after a poll interval.
-    back = LISTENER_BACK[restarted.kind.split("-")[0]]
-    assert [back in log for log in restarted.process_logs] == [True, True, True]
-    assert restarted.probe_s < 0.5
+    listeners_came_back(restarted)
 
 
 def test_event_streams_resume_or_end_cleanly(restarted: Restarted) -> None:
-    # /v1/events showed every accepted job succeed (across the restart, resuming with
-    # Last-Event-ID if it ended), and every end of it was a clean one.
-    assert restarted.feed.saw_final(restarted.posted.accepted) == []
-    assert set(restarted.feed.ends) <= {"clean"}
-    # The slow job's own stream reached its final state.
-    assert restarted.job_feed.finished.is_set()
-    assert restarted.job_feed.states[restarted.slow_id][-1] == "succeeded"
-    assert set(restarted.job_feed.ends) <= {"clean"}
+    streams_carried_on(restarted)
 
 
-def test_processes_stay_up_and_log_no_unhandled_error(restarted: Restarted) -> None:
-    assert restarted.exited == [None, None, None]
-    assert restarted.posted.unreachable == 0
-    assert restarted.unhandled == []
-
-
-def test_every_5xx_is_a_problem_document(restarted: Restarted) -> None:
-    assert all(t == "application/problem+json" for t in restarted.posted.problems)
+def test_processes_stay_up_and_answer_problem_documents(restarted: Restarted) -> None:
+    processes_stayed_up(restarted)
 
 
 def test_no_5xx_across_engine_restart(restarted: Restarted) -> None:
     """Calls that meet a dropped connection are retried within a bounded deadline, so a
     restart of the engine costs latency, not errors."""
     assert restarted.posted.server_errors == 0, dict(restarted.posted.answers)
+
+
+# -- an outage past the lease ----------------------------------------------------------------
+
+
+def test_after_an_outage_every_accepted_job_succeeds(outage: Restarted) -> None:
+    assert outage.down_s >= OUTAGE_S
+    every_accepted_job_succeeded(outage)
+
+
+def test_after_an_outage_only_jobs_held_through_it_ran_twice(outage: Restarted) -> None:
+    duplicates_are_explained(outage)
+
+
+def test_after_an_outage_listeners_streams_and_processes_carry_on(outage: Restarted) -> None:
+    listeners_came_back(outage)
+    streams_carried_on(outage)
+    processes_stayed_up(outage)
