@@ -141,3 +141,36 @@ async def test_a_waiting_feed_reader_wakes_at_once_again_after_a_restart(
         finally:
             await web.close()
             await producer.close()
+
+
+async def test_failed_resubscriptions_do_not_drain_the_redis_pool(tmp_path: Path) -> None:
+    """While Redis refuses the wake-up subscription (here: an ACL without channels; in
+    life: a server still loading its AOF), each attempt gives its connection back."""
+    import redis.asyncio as aioredis
+
+    with private_engine("redis-always", tmp_path) as engine:
+        backend = await opened(engine.url + "?pool_size=2")
+        admin = aioredis.Redis(host="127.0.0.1", port=engine.port)
+        try:
+            # Given a backend whose subscription Redis now refuses (it drops the subscriber)
+            await admin.execute_command("ACL", "SETUSER", "default", "resetchannels")
+            await asyncio.sleep(3.0)  # a few refused attempts (one a second at most)
+            # Then its two pooled connections still serve commands,
+            async with asyncio.timeout(5):
+                for _ in range(4):
+                    await backend.ping()
+            # and once Redis takes subscriptions again, wake-ups work again.
+            await admin.execute_command("ACL", "SETUSER", "default", "allchannels")
+            app = App("wake")
+            app.message("wake.ping", queue="q")(Ping)
+
+            async def look() -> object:
+                return await backend.claim(["q"], worker_id="w", lease_for=30, limit=100)
+
+            async def news() -> object:
+                return await backend.enqueue([app.envelope(Ping())])
+
+            assert await seconds_until_prompt(lambda: backend.wait(["q"], WAIT_S), look, news) < 5
+        finally:
+            await admin.aclose()
+            await backend.close()
