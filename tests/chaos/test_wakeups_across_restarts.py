@@ -144,8 +144,8 @@ async def test_a_waiting_feed_reader_wakes_at_once_again_after_a_restart(
 
 
 async def test_failed_resubscriptions_do_not_drain_the_redis_pool(tmp_path: Path) -> None:
-    """While Redis refuses the wake-up subscription (here: an ACL without channels; in
-    life: a server still loading its AOF), each attempt gives its connection back."""
+    """While Redis refuses the wake-up subscription (an ACL without channels), each
+    attempt to subscribe again gives its connection back to the pool."""
     import redis.asyncio as aioredis
 
     with private_engine("redis-always", tmp_path) as engine:

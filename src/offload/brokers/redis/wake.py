@@ -99,8 +99,8 @@ class Announcements:
                     raise BackendError("Redis did not confirm the wake-up subscription")
                 confirmed += message["type"] == "subscribe"
         except BaseException:
-            # Its connection goes back to the pool: a server that keeps failing the
-            # subscription (restarting, loading its AOF) must not drain the pool.
+            # Its connection goes back to the pool: a server that keeps refusing the
+            # subscription (an ACL without channels) must not drain the pool.
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
