@@ -20,7 +20,8 @@ RESTARTABLE = ["postgres", "redis-always"]
 HOW = [pytest.param(False, id="fast"), pytest.param(True, id="crash")]
 
 
-def _require(kind: str) -> None:
+def require_engine(kind: str) -> None:
+    """Skip (fail in CI) when the server programs of `kind` are not installed."""
     if kind == "postgres" and not (shutil.which("pg_ctl") or shutil.which("pg_config")):
         unavailable("initdb/pg_ctl", "not installed")
     if kind.startswith("redis") and shutil.which("redis-server") is None:
@@ -40,7 +41,7 @@ async def migrate(url: str) -> None:
 def private_engine(kind: str, root: Path) -> Iterator[PrivatePostgres | PrivateRedis]:
     """A started private engine of `kind` (`postgres`, `redis-<appendfsync>`), closed
     (processes and folders gone) afterwards; `migrate` makes offload's schema in it."""
-    _require(kind)
+    require_engine(kind)
     engine: PrivatePostgres | PrivateRedis
     if kind == "postgres":
         engine = PrivatePostgres(root)

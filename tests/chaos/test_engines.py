@@ -4,7 +4,6 @@ across a clean and a crash restart, and leave nothing behind once closed."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,7 @@ from bench.chaos.engines import (
     free_port,
 )
 
-from ..services import unavailable
-
-
-def require(*tools: str) -> None:
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing and not (tools[0] == "pg_ctl" and shutil.which("pg_config")):
-        unavailable(", ".join(missing), "not installed")
+from .engine_support import require_engine
 
 
 def alive(pid: int) -> bool:
@@ -42,7 +35,7 @@ def test_free_port_is_bindable_on_loopback() -> None:
 
 
 def test_postgres_keeps_committed_rows_across_fast_and_immediate_restarts(tmp_path: Path) -> None:
-    require("pg_ctl", "initdb")
+    require_engine("postgres")
     import psycopg
 
     engine = PrivatePostgres(tmp_path)
@@ -67,7 +60,7 @@ def test_postgres_keeps_committed_rows_across_fast_and_immediate_restarts(tmp_pa
 
 
 def test_postgres_kills_the_other_client_connections(tmp_path: Path) -> None:
-    require("pg_ctl", "initdb")
+    require_engine("postgres")
     import psycopg
 
     with PrivatePostgres(tmp_path) as engine:
@@ -83,7 +76,7 @@ def test_postgres_kills_the_other_client_connections(tmp_path: Path) -> None:
 
 
 def test_postgres_close_after_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
-    require("pg_ctl", "initdb")
+    require_engine("postgres")
     engine = PrivatePostgres(tmp_path)
     (tmp_path / "postgres").mkdir()  # in the way: the start fails
     with pytest.raises(FileExistsError):
@@ -94,7 +87,7 @@ def test_postgres_close_after_a_failed_start_leaves_nothing(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("crash", [False, True], ids=["shutdown", "sigkill"])
 def test_redis_always_keeps_every_acknowledged_write(tmp_path: Path, crash: bool) -> None:
-    require("redis-server")
+    require_engine("redis")
     import redis
 
     engine = PrivateRedis(tmp_path, appendfsync="always")
@@ -122,7 +115,7 @@ def test_redis_always_keeps_every_acknowledged_write(tmp_path: Path, crash: bool
 
 
 def test_redis_kills_normal_and_pubsub_clients(tmp_path: Path) -> None:
-    require("redis-server")
+    require_engine("redis")
     import redis
 
     with PrivateRedis(tmp_path) as engine:
