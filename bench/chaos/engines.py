@@ -255,7 +255,9 @@ class PrivatePostgres(_Managed):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _make_home(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            self._made.append(self.root)
         home = self.root / "postgres"
         home.mkdir()
         self._made.append(home)
@@ -305,7 +307,8 @@ class PrivatePostgres(_Managed):
         if pid is None or _gone(pid):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            if os.getpgid(pid) == pid:  # never our own group, should pg_ctl not setsid
+                os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(RuntimeError):
@@ -372,11 +375,13 @@ class PrivateRedis(_Managed):
         self.home = self.root / "redis"
         self.proc: subprocess.Popen[bytes] | None = None
         self._made = False
+        self._made_root = False
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
         if not self._made:
+            self._made_root = not self.root.exists()
             self.home.mkdir(parents=True)
             self._made = True
         self._spawn()
@@ -389,7 +394,7 @@ class PrivateRedis(_Managed):
         finally:
             self.proc = None
             if self._made:
-                shutil.rmtree(self.home, ignore_errors=True)
+                shutil.rmtree(self.root if self._made_root else self.home, ignore_errors=True)
                 self._made = False
 
     def restart(self, *, crash: bool) -> float:

@@ -133,6 +133,16 @@ def test_redis_kills_normal_and_pubsub_clients(tmp_path: Path) -> None:
             client.close()
 
 
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_close_removes_the_root_it_made(tmp_path: Path, kind: str) -> None:
+    require_engine(kind)
+    root = tmp_path / "made" / "here"
+    engine = PrivatePostgres(root) if kind == "postgres" else PrivateRedis(root)
+    with engine:
+        assert root.exists()
+    assert not root.exists()
+
+
 def test_sqlite_has_nothing_to_restart(tmp_path: Path) -> None:
     with SqliteEngine(tmp_path / "db") as engine:
         assert engine.url == f"sqlite:///{tmp_path / 'db' / 'offload.db'}"
