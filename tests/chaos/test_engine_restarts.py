@@ -7,6 +7,9 @@ so no worker loses a job it holds), the listeners reconnect, the event streams c
 no process exits or logs an error that escaped. The web answers 503 problem documents while
 calls are not yet retried across a dropped connection: `test_no_5xx_across_engine_restart`
 holds the product to zero once they are.
+
+An outage (the engine crashed and kept away past the lease) is survived the same way, but
+there a job may run twice: one held by a worker that could not extend its lease meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +72,9 @@ class Restarted:
     process_logs: list[str]
 
 
-def wait_for(check: object, timeout: float, what: str) -> None:
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
