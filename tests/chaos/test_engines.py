@@ -121,7 +121,8 @@ def test_redis_kills_normal_and_pubsub_clients(tmp_path: Path) -> None:
     with PrivateRedis(tmp_path) as engine:
         client = redis.Redis(host="127.0.0.1", port=engine.port)
         listener = redis.Redis(host="127.0.0.1", port=engine.port)
-        pubsub = listener.pubsub()  # its own connection (a pool lends idle ones to pub/sub)
+        # Its own connection: a client's pool lends its idle ones to pub/sub.
+        pubsub = listener.pubsub()  # type: ignore[no-untyped-call]
         try:
             client.ping()
             pubsub.subscribe("news")

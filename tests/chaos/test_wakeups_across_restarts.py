@@ -153,14 +153,14 @@ async def test_failed_resubscriptions_do_not_drain_the_redis_pool(tmp_path: Path
         admin = aioredis.Redis(host="127.0.0.1", port=engine.port)
         try:
             # Given a backend whose subscription Redis now refuses (it drops the subscriber)
-            await admin.execute_command("ACL", "SETUSER", "default", "resetchannels")
+            await admin.execute_command("ACL", "SETUSER", "default", "resetchannels")  # type: ignore[no-untyped-call]
             await asyncio.sleep(3.0)  # a few refused attempts (one a second at most)
             # Then its two pooled connections still serve commands,
             async with asyncio.timeout(5):
                 for _ in range(4):
                     await backend.ping()
             # and once Redis takes subscriptions again, wake-ups work again.
-            await admin.execute_command("ACL", "SETUSER", "default", "allchannels")
+            await admin.execute_command("ACL", "SETUSER", "default", "allchannels")  # type: ignore[no-untyped-call]
             app = App("wake")
             app.message("wake.ping", queue="q")(Ping)
 
