@@ -21,9 +21,10 @@ from offload.brokers import open_backend
 from ..e2e.conftest import TEMPLATE, TOKENS, Stack
 from .engine_support import migrate
 
-#: Lease of the workers (seconds): far longer than a restart keeps an engine away, so no
-#: job runs twice unless its worker lost it for longer than that.
-LEASE_S = 5.0
+#: Lease of the workers (seconds): far longer than a restart keeps an engine away (a crash
+#: recovery on a loaded machine took 5.6 s once), so no job runs twice unless its worker
+#: lost it for longer than that.
+LEASE_S = 15.0
 #: What a process must never log (an error that escaped, a task whose failure nobody saw).
 UNHANDLED = ("Traceback", "Task exception was never retrieved", "Exception in ASGI application")
 
