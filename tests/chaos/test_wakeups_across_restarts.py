@@ -84,7 +84,7 @@ async def restart(engine: object, crash: bool, outage_s: float) -> None:
     await asyncio.to_thread(engine.start)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("outage_s", [0.0, 4.0], ids=["restart", "outage4s"])
+@pytest.mark.parametrize("outage_s", [0.0, 8.0], ids=["restart", "outage8s"])
 @pytest.mark.parametrize("crash", HOW)
 @pytest.mark.parametrize("kind", RESTARTABLE)
 async def test_a_waiting_claimer_wakes_at_once_again_after_a_restart(
@@ -108,9 +108,10 @@ async def test_a_waiting_claimer_wakes_at_once_again_after_a_restart(
             # When the engine goes down and comes back
             await restart(engine, crash, outage_s)
             # Then an enqueue wakes a waiting claimer at once again, within about a second
-            # of the engine's return (not after a poll interval or a long reconnect backoff).
+            # of the engine's return (not after a poll interval or a long reconnect backoff:
+            # one doubling to 10 s came back 7 s after an 8 s outage).
             back = await seconds_until_prompt(lambda: worker.wait(["q"], WAIT_S), look, news)
-            assert back < 2.5, f"wake-ups came back {back:.2f}s after the engine"
+            assert back < 3.0, f"wake-ups came back {back:.2f}s after the engine"
         finally:
             await worker.close()
             await producer.close()
@@ -137,7 +138,7 @@ async def test_a_waiting_feed_reader_wakes_at_once_again_after_a_restart(
             assert await seconds_until_prompt(lambda: web.wait_changes(WAIT_S), look, news) < 3
             await restart(engine, crash, 0.0)
             back = await seconds_until_prompt(lambda: web.wait_changes(WAIT_S), look, news)
-            assert back < 2.5, f"feed wake-ups came back {back:.2f}s after the engine"
+            assert back < 3.0, f"feed wake-ups came back {back:.2f}s after the engine"
         finally:
             await web.close()
             await producer.close()
