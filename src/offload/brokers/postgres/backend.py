@@ -52,6 +52,10 @@ DEFAULT_POOL_SIZE = 10
 DEFAULT_GAP_WAIT_S = 2.0
 #: Seconds `open` waits for the server to accept a connection (OFFLOAD_CONNECT_TIMEOUT).
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: First pause before the LISTEN connection is made again after it dropped (seconds).
+DEFAULT_RELISTEN_FIRST_S = 0.05
+#: Longest pause between two attempts to LISTEN again while the server is away (seconds).
+DEFAULT_RELISTEN_MAX_S = 1.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
@@ -411,28 +415,46 @@ class PostgresBackend:
         await self.retrier.run(attempt, deadline_s=min(PING_DEADLINE_S, self.retrier.deadline_s))
 
     async def _listen(self) -> None:
-        """One LISTEN connection per process; reconnects with backoff when it drops."""
-        delay = 0.5
+        """One LISTEN connection per process; when it drops (a restart of the server, a
+        killed backend) it tries again every `DEFAULT_RELISTEN_MAX_S` at most, so wake-ups
+        return within about that of the server's return, however long it was away."""
+        pause = DEFAULT_RELISTEN_FIRST_S
+        lost = False
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-                async with conn:
-                    await conn.execute("LISTEN offload_work")
-                    if self._feed_wanted:
-                        await conn.execute("LISTEN offload_feed")
-                    delay = 0.5
+                async with await self._listen_connection() as conn:
+                    pause = DEFAULT_RELISTEN_FIRST_S
                     if self._listening.is_set():
                         self._bump("work", "feed")  # anything may have happened while away
+                    if lost:
+                        log.info("LISTEN connection back", extra={"action": "pg_listen_back"})
+                    lost = False
                     self._listening.set()
                     async for note in conn.notifies():
                         if note.channel == "offload_work":  # the payload names the queue
                             self._bump(_WORK + note.payload)
                         else:
                             self._bump("feed")
-            except psycopg.Error as exc:
-                log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                if not lost:
+                    log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
+                lost = True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, DEFAULT_RELISTEN_MAX_S)
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        """A connection LISTENing to the work channel (and the feed's, once wanted); the
+        connect is bounded, as a server that accepts and never answers would hang it."""
+        async with asyncio.timeout(self.connect_timeout_s):
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        try:
+            await conn.execute("LISTEN offload_work")
+            if self._feed_wanted:
+                await conn.execute("LISTEN offload_feed")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def _follow_feed(self) -> None:
         """Reconnect the listener with the feed channel too. Once it listens it bumps every
