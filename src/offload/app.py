@@ -16,6 +16,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
+from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
@@ -76,6 +77,10 @@ class MessageSpec:
     http: bool = True
     #: Input keys of the fields the web tier fills from the caller (`FromPrincipal`).
     principal_fields: tuple[str, ...] = ()
+    #: "queued" or "active" for a unique kind (see `_unique`), else None.
+    unique: str | None = None
+    #: The fields its unique key is made of; () is the whole payload.
+    unique_key: tuple[str, ...] = ()
 
 
 def _builtin_kinds() -> dict[str, MessageSpec]:
@@ -183,6 +188,8 @@ class App:
         timeout: float | timedelta | None = None,
         callback_url: str | None = None,
         http: bool = True,
+        unique: UniqueMode | None = None,
+        unique_key: Sequence[str] | None = None,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
@@ -191,10 +198,15 @@ class App:
                 the job names its own `callback_url`.
             http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
                 as for an unknown kind): only Python code enqueues it (follow-up jobs).
+            unique: "queued": while a job of this kind with the same key waits for its
+                first start, enqueueing another returns that job (`created=False`,
+                `unique_repeat=True`); "active": the same while it waits or runs, retries
+                included. Per owner: the key includes the job's owner.
+            unique_key: the message fields the key is made of (default: the whole payload).
 
         Raises:
-            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, or a
-                `FromPrincipal` field that is not a `str`.
+            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, a
+                `FromPrincipal` field that is not a `str`, or a bad `unique`/`unique_key`.
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
@@ -211,6 +223,7 @@ class App:
                 filled = principal_fields(cls)
             except TypeError as exc:
                 raise ConfigurationError(str(exc)) from None
+            key_fields = unique_fields(cls, unique, unique_key)
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
             self.kinds[kind] = MessageSpec(
@@ -223,6 +236,8 @@ class App:
                 callback_url,
                 http=http,
                 principal_fields=filled,
+                unique=unique if key_fields is not None else None,
+                unique_key=key_fields or (),
             )
             return cls
 
@@ -479,11 +494,15 @@ class App:
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
+        payload = message.model_dump(mode="json")
+        key = None
+        if spec.unique is not None:
+            key = unique_key(spec.kind, owner, payload, spec.unique_key)
         return Envelope(
             id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
-            payload=message.model_dump(mode="json"),
+            payload=payload,
             queue=spec.queue,
             priority=priority,
             attempt=0,
@@ -495,6 +514,8 @@ class App:
             trace=trace,
             timeout=spec.timeout,
             options=options,
+            unique_key=key,
+            unique=spec.unique if key is not None else None,
         )
 
     async def _store(
@@ -523,7 +544,8 @@ class App:
                 results = await stored if inspect.isawaitable(stored) else stored
         self.metrics.stored(envelopes, results)
         return [
-            Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
+            Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
+            for e, r in zip(envelopes, results, strict=True)
         ]
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
