@@ -165,15 +165,13 @@ WITH input AS (
         id uuid, kind text, version integer, queue text, priority integer, payload jsonb,
         attempt integer, max_attempts integer, run_at double precision,
         enqueued_at double precision, idempotency_key text, owner text, trace jsonb,
-        timeout double precision, options jsonb, unique_key text, unique_mode text,
-        n integer)
+        timeout double precision, options jsonb, n integer)
 ), ins AS (
     INSERT INTO offload_jobs (id, kind, version, queue, priority, payload, state, attempt,
-        max_attempts, run_at, enqueued_at, idempotency_key, owner, trace, timeout, options,
-        unique_key, unique_mode)
+        max_attempts, run_at, enqueued_at, idempotency_key, owner, trace, timeout, options)
     SELECT id, kind, version, queue, priority, payload, 'queued', attempt, max_attempts,
         to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
-        timeout, options, unique_key, unique_mode
+        timeout, options
     FROM input ORDER BY n
     ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
