@@ -961,7 +961,10 @@ class App:
         done = [(e, r) for e, r in zip(envelopes, results, strict=True) if r is not None]
         self.metrics.stored([e for e, _ in done], [r for _, r in done])
         return [
-            None if r is None else Job(r.id, r.created, self, kind=schedule.kind) for r in results
+            None
+            if r is None
+            else Job(r.id, r.created, self, kind=schedule.kind, unique_repeat=r.unique_repeat)
+            for r in results
         ]
 
     async def list_schedules(self) -> list[dict[str, Any]]:

@@ -223,6 +223,7 @@ def test_the_openapi_document_declares_the_200_of_a_unique_repeat(app: App) -> N
     answers = document["paths"]["/v1/jobs/t.export"]["post"]["responses"]
     assert "unique key" in answers["200"]["description"]
     assert "Location" in answers["200"]["headers"]
-    assert answers["200"]["content"]["application/json"]["schema"] == answers["202"]["content"][
-        "application/json"
-    ]["schema"]
+    assert (
+        answers["200"]["content"]["application/json"]["schema"]
+        == answers["202"]["content"]["application/json"]["schema"]
+    )

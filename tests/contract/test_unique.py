@@ -13,7 +13,7 @@ from offload.brokers import Backend, open_backend
 from offload.contract import EnqueueResult, Envelope, JobState, Lease, Outcome
 from offload.errors import BackendError
 
-from ._support import LONG, ShiftClock, claim, done, envelope, rescue, status
+from ._support import ShiftClock, claim, done, envelope, rescue, status
 from .conftest import BackendParam
 
 pytestmark = pytest.mark.anyio
@@ -78,7 +78,7 @@ async def test_queued_key_is_freed_when_a_worker_starts_the_job(backend: Backend
     # Given a job of a unique="queued" kind, claimed by a worker
     first = unique("queued")
     await backend.enqueue([first])
-    (lease,) = await claim(backend)
+    assert len(await claim(backend)) == 1
     # Then a new job with the key is stored while the first runs
     second = await assert_free(backend)
     # And it holds the key in turn
@@ -295,3 +295,17 @@ async def test_enqueues_racing_for_one_key_store_one_job(
     finally:
         for other in others:
             await other.close()
+
+
+async def test_a_periodic_tick_of_a_unique_kind_is_the_waiting_job(backend: Backend) -> None:
+    # Given a unique job waiting (a previous tick's, or enqueued by hand)
+    first = unique("queued")
+    await backend.enqueue([first])
+    # When a schedule fires a tick of the same key
+    tick = unique("queued", idem="s@1")
+    (result,) = await backend.fire_schedule("s", spec={"every_s": 1.0}, fires=[(1.0, tick)])
+    # Then no job is stored, the tick is recorded, and its job is the waiting one
+    assert result == EnqueueResult(id=first.id, created=False, unique_repeat=True)
+    assert await backend.get(tick.id) is None
+    (state,) = await backend.schedule_states()
+    assert (state.last_tick, state.last_job_id) == (1.0, first.id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import sqlite3
 import time
@@ -166,8 +165,9 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     backend = SQLiteBackend(str(path))
     await backend.open()
     try:
-        # Then it is at schema 4 (3, then unique keys): the old entry still counts for the version check, but has
-        # no registry entry to show; queues pause and resume; the job is claimed as before
+        # Then it is at schema 4 (3, then unique keys): the old entry still counts for the
+        # version check, but has no registry entry to show; queues pause and resume; the job
+        # is claimed as before
         assert _version(path) == 4
         assert await backend.live_versions(within_s=30) == {"test.job": {1}}
         assert await backend.workers(lost_after_s=30) == []
