@@ -19,6 +19,8 @@ from .conftest import BackendParam
 pytestmark = pytest.mark.anyio
 
 KEY = "k-0123456789abcdef"
+#: Keys of each of the two batches racing in opposite orders.
+KEYS = 300
 
 
 def unique(
@@ -309,3 +311,28 @@ async def test_a_periodic_tick_of_a_unique_kind_is_the_waiting_job(backend: Back
     assert await backend.get(tick.id) is None
     (state,) = await backend.schedule_states()
     assert (state.last_tick, state.last_job_id) == (1.0, first.id)
+
+
+async def test_batches_holding_the_same_keys_in_opposite_orders_race_without_error(
+    backend: Backend, backend_url: str, backend_param: BackendParam, clock: ShiftClock
+) -> None:
+    # Given two connections (one backend object where it cannot be shared)
+    other = backend
+    if backend_param.cross_process:
+        other = open_backend(backend_url, clock=clock)
+        await other.open()
+    try:
+        for n in range(5):
+            # When each enqueues one batch of the same keys, one of them reversed
+            keys = [f"r{n}-{i}" for i in range(KEYS)]
+            forward = [unique("queued", ukey=k) for k in keys]
+            backward = [unique("queued", ukey=k) for k in reversed(keys)]
+            a, b = await asyncio.gather(backend.enqueue(forward), other.enqueue(backward))
+            # Then each key is stored once, and both answers name the same job for it
+            by_key_a = {k: r.id for k, r in zip(keys, a, strict=True)}
+            by_key_b = {k: r.id for k, r in zip(reversed(keys), b, strict=True)}
+            assert by_key_a == by_key_b
+            assert sum(r.created for r in a + b) == KEYS
+    finally:
+        if other is not backend:
+            await other.close()

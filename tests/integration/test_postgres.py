@@ -202,6 +202,28 @@ async def test_transactional_enqueue_exists_only_if_the_transaction_commits(
     assert [le.job_id for le in leases] == [committed.id]
 
 
+class Once(Message):
+    n: int = 0
+
+
+async def test_a_unique_job_enqueued_in_a_rolled_back_transaction_holds_no_key(
+    app: App, schema: PgSchema
+) -> None:
+    app.message("pg.once", unique="queued")(Once)
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        # Given a unique job enqueued, and repeated, in the user's transaction that rolls back
+        async with conn.transaction(force_rollback=True):
+            first = await app.enqueue_in(conn, Once())
+            again = await app.enqueue_in(conn, Once())
+            assert first.created and (again.id, again.unique_repeat) == (first.id, True)
+        # Then the key is free: a job enqueued in a committed transaction holds it
+        async with conn.transaction():
+            kept = await app.enqueue_in(conn, Once())
+            assert kept.created and kept.id != first.id
+    assert await app.get(first.id) is None
+    assert (await app.enqueue(Once())).id == kept.id
+
+
 async def woken_by_an_enqueue(app: App, schema: PgSchema, wait: Awaitable[None]) -> float:
     """Seconds from an enqueue by another process's backend until `wait` returns."""
     other = PostgresBackend.from_url(schema.url)

@@ -184,7 +184,9 @@ SELECT id FROM ins
 -- name: enqueue_unique
 -- enqueue for a batch with unique jobs: any conflict skips its row, a held unique key's as
 -- an idempotency key's, and a later row of the batch repeating an earlier one's key (the
--- first wins). The caller tells which conflict it was, in the same transaction.
+-- first wins). The caller tells which conflict it was, in the same transaction. Rows go in
+-- key order (then batch order: the first of a key still wins), so two batches holding the
+-- same keys wait for each other's keys in one order and never deadlock.
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
         id uuid, kind text, version integer, queue text, priority integer, payload jsonb,
@@ -199,7 +201,7 @@ WITH input AS (
     SELECT id, kind, version, queue, priority, payload, 'queued', attempt, max_attempts,
         to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
         timeout, options, unique_key, unique_mode
-    FROM input ORDER BY n
+    FROM input ORDER BY unique_key, n
     ON CONFLICT DO NOTHING
     RETURNING *
 ), ev AS (
