@@ -336,3 +336,27 @@ async def test_batches_holding_the_same_keys_in_opposite_orders_race_without_err
     finally:
         if other is not backend:
             await other.close()
+
+
+async def test_enqueues_racing_with_claims_never_leave_two_jobs_waiting_on_one_key(
+    backend: Backend, backend_url: str, backend_param: BackendParam, clock: ShiftClock
+) -> None:
+    # Given enqueuers and claimers on their own connections where the backend is shared
+    racers = [backend]
+    if backend_param.cross_process:
+        racers += [open_backend(backend_url, clock=clock) for _ in range(3)]
+        for other in racers[1:]:
+            await other.open()
+    try:
+        for _ in range(5):
+            # When enqueues of one "queued" key race with claims that free it
+            enqueues = [enqueue_one(racers[i % len(racers)], unique("queued")) for i in range(20)]
+            claims = [claim(racers[i % len(racers)], limit=1) for i in range(6)]
+            results = await asyncio.gather(*enqueues, *claims)
+            answers = [r for r in results if isinstance(r, EnqueueResult)]
+            # Then every enqueue answered a job that exists, and at most one job waits
+            assert None not in [await backend.get(r.id) for r in answers]
+            assert (await backend.stats())["q"]["queued"] <= 1
+    finally:
+        for other in racers[1:]:
+            await other.close()
