@@ -227,3 +227,13 @@ def test_the_openapi_document_declares_the_200_of_a_unique_repeat(app: App) -> N
         answers["200"]["content"]["application/json"]["schema"]
         == answers["202"]["content"]["application/json"]["schema"]
     )
+
+
+async def test_the_kinds_list_says_which_kinds_are_unique_and_by_what(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    answer = await clients["alice"].get("/v1/kinds")
+    Declared((await clients["alice"].get("/openapi.json")).json()).check("/v1/kinds", "GET", answer)
+    kinds = {k["kind"]: k for k in answer.json()["kinds"]}
+    assert kinds["t.export"]["unique"] == {"mode": "queued", "key": ["user_id", "period"]}
+    assert kinds["t.digest"]["unique"] == {"mode": "active", "key": []}
