@@ -928,10 +928,14 @@ async def _repeats(
     Raises:
         BackendError: one conflicted on its id.
     """
+    if not missing:
+        return []
     first = await _first_jobs(cur, missing)
     keys = [e.unique_key for e in missing if e.unique_key is not None]
-    await cur.execute(Q["find_unique"], {"keys": keys})
-    holders = {k: str(i) for k, i in await cur.fetchall()}
+    holders: dict[str, str] = {}
+    if keys:
+        await cur.execute(Q["find_unique"], {"keys": keys})
+        holders = {k: str(i) for k, i in await cur.fetchall()}
     again: list[Envelope] = []
     for e in missing:
         idem = first.get((e.owner, e.idempotency_key or ""))
