@@ -583,6 +583,11 @@ class App:
             notify_email: an address emailed when the job ends.
             owner: the principal the job belongs to (the HTTP API's caller).
 
+        Returns:
+            The job; for a kind declared `unique` whose key (kind, owner, chosen fields) a
+            queued (or active) job holds, that job, with `created=False` and
+            `unique_repeat=True`, and nothing is stored.
+
         Raises:
             TypeError: an option of the wrong type (named).
             ValueError: a naive `run_at`, a bad `callback_url` or `notify_email`.
