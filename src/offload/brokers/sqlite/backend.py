@@ -53,7 +53,8 @@ CACHE_KIB = 65_536
 #: Version of the SQLite schema this code writes; a newer file is refused, an older one is
 #: upgraded on open. Additions that older code ignores (the workers table, the newer-version
 #: index) are made on open by `CREATE … IF NOT EXISTS` without a new version; 3 is one
-#: that older code must not ignore (paused queues, which every claim reads).
+#: that older code must not ignore (paused queues, which every claim reads), and so is 4
+#: (unique keys, which every enqueue honours and a requeue must drop).
 SCHEMA_VERSION = 4
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
@@ -111,7 +112,8 @@ def _migrate_to_unique(conn: sqlite3.Connection) -> None:
     """Schema 3 to 4 (and a new file): the unique keys of jobs, in the opening transaction."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(offload_jobs)")}
     for statement in Q["migration_4"].split(";"):
-        if "ADD COLUMN" in statement and statement.split()[-2] in columns:
+        column = statement.split()[-2]  # ADD COLUMN <name> <type>
+        if "ADD COLUMN" in statement and column in columns:
             continue  # migrated before
         conn.execute(statement)
     conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
