@@ -112,8 +112,8 @@ def _migrate_to_unique(conn: sqlite3.Connection) -> None:
     """Schema 3 to 4 (and a new file): the unique keys of jobs, in the opening transaction."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(offload_jobs)")}
     for statement in Q["migration_4"].split(";"):
-        column = statement.split()[-2]  # ADD COLUMN <name> <type>
-        if "ADD COLUMN" in statement and column in columns:
+        added = statement.partition("ADD COLUMN")[2].split()  # [name, type] or []
+        if added and added[0] in columns:
             continue  # migrated before
         conn.execute(statement)
     conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
