@@ -107,6 +107,22 @@ async def test_queued_key_is_not_taken_back_by_a_retry_or_a_release(
     assert (await enqueue_one(backend, fresh)).created
 
 
+async def test_queued_key_is_not_taken_back_by_a_rescued_job(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a started unique="queued" job whose lease lapses, and a new job holding the key
+    first = unique("queued")
+    await backend.enqueue([first])
+    await claim(backend, lease_for=1.0)
+    second = await assert_free(backend)
+    # When the lapsed job is rescued to a retry (no conflict with the holder)
+    clock.advance(5)
+    assert len(await rescue(backend, clock)) == 1
+    assert (await status(backend, first.id))["state"] == "retrying"
+    # Then the key stays with the job that never started
+    await assert_held_by(backend, second)
+
+
 async def test_active_key_is_held_while_running_retrying_and_released(
     backend: Backend, clock: ShiftClock
 ) -> None:
