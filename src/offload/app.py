@@ -16,6 +16,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
+from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
@@ -76,6 +77,10 @@ class MessageSpec:
     http: bool = True
     #: Input keys of the fields the web tier fills from the caller (`FromPrincipal`).
     principal_fields: tuple[str, ...] = ()
+    #: "queued" or "active" for a unique kind (see `_unique`), else None.
+    unique: str | None = None
+    #: The fields its unique key is made of; () is the whole payload.
+    unique_key: tuple[str, ...] = ()
 
 
 def _builtin_kinds() -> dict[str, MessageSpec]:
@@ -186,6 +191,8 @@ class App:
         timeout: float | timedelta | None = None,
         callback_url: str | None = None,
         http: bool = True,
+        unique: UniqueMode | None = None,
+        unique_key: Sequence[str] | None = None,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
@@ -194,10 +201,15 @@ class App:
                 the job names its own `callback_url`.
             http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
                 as for an unknown kind): only Python code enqueues it (follow-up jobs).
+            unique: "queued": while a job of this kind with the same key waits for its
+                first start, enqueueing another returns that job (`created=False`,
+                `unique_repeat=True`); "active": the same while it waits or runs, retries
+                included. Per owner: the key includes the job's owner.
+            unique_key: the message fields the key is made of (default: the whole payload).
 
         Raises:
-            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, or a
-                `FromPrincipal` field that is not a `str`.
+            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, a
+                `FromPrincipal` field that is not a `str`, or a bad `unique`/`unique_key`.
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
@@ -214,6 +226,7 @@ class App:
                 filled = principal_fields(cls)
             except TypeError as exc:
                 raise ConfigurationError(str(exc)) from None
+            key_fields = unique_fields(cls, unique, unique_key)
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
             self.kinds[kind] = MessageSpec(
@@ -226,6 +239,8 @@ class App:
                 callback_url,
                 http=http,
                 principal_fields=filled,
+                unique=unique if key_fields is not None else None,
+                unique_key=key_fields or (),
             )
             return cls
 
@@ -483,11 +498,15 @@ class App:
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
+        payload = message.model_dump(mode="json")
+        key = None
+        if spec.unique is not None:
+            key = unique_key(spec.kind, owner, payload, spec.unique_key)
         return Envelope(
             id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
-            payload=message.model_dump(mode="json"),
+            payload=payload,
             queue=spec.queue,
             priority=priority,
             attempt=0,
@@ -499,6 +518,8 @@ class App:
             trace=trace,
             timeout=spec.timeout,
             options=options,
+            unique_key=key,
+            unique=spec.unique if key is not None else None,
         )
 
     async def _store(
@@ -527,7 +548,8 @@ class App:
                 results = await stored if inspect.isawaitable(stored) else stored
         self.metrics.stored(envelopes, results)
         return [
-            Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
+            Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
+            for e, r in zip(envelopes, results, strict=True)
         ]
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
@@ -564,6 +586,11 @@ class App:
             callback_url: a webhook target notified (signed, retried) when the job ends.
             notify_email: an address emailed when the job ends.
             owner: the principal the job belongs to (the HTTP API's caller).
+
+        Returns:
+            The job; for a kind declared `unique` whose key (kind, owner, chosen fields) a
+            queued (or active) job holds, that job, with `created=False` and
+            `unique_repeat=True`, and nothing is stored.
 
         Raises:
             TypeError: an option of the wrong type (named).
@@ -943,7 +970,10 @@ class App:
         done = [(e, r) for e, r in zip(envelopes, results, strict=True) if r is not None]
         self.metrics.stored([e for e, _ in done], [r for _, r in done])
         return [
-            None if r is None else Job(r.id, r.created, self, kind=schedule.kind) for r in results
+            None
+            if r is None
+            else Job(r.id, r.created, self, kind=schedule.kind, unique_repeat=r.unique_repeat)
+            for r in results
         ]
 
     async def list_schedules(self) -> list[dict[str, Any]]:

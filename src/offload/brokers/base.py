@@ -100,7 +100,13 @@ class Broker(Protocol):
         """Store the envelopes atomically (all or none).
 
         An envelope whose (owner, idempotency_key) is already stored is not stored again;
-        its result names the first job with `created=False`.
+        its result names the first job with `created=False`. Else an envelope whose
+        `unique_key` a job holds is not stored either; its result names that job with
+        `created=False, unique_repeat=True`. A job holds its key while it is queued or
+        retrying and never started, or (`unique="active"`) while it is queued, retrying or
+        running: decided by the backend in the enqueue's own transaction (script), so two
+        processes never both store one key, and freed by whatever transition takes the job
+        out of those states. Within one call, the first envelope with a key wins.
         """
         ...
 
@@ -232,7 +238,8 @@ class JobStore(Protocol):
         ...
 
     async def requeue(self, job_id: str) -> JobRow:
-        """Put a dead, failed or cancelled job back in its queue with a fresh budget."""
+        """Put a dead, failed or cancelled job back in its queue with a fresh budget, without
+        its unique key (it neither holds nor answers one again)."""
         ...
 
     async def changes_since(
@@ -290,7 +297,8 @@ class JobSearch(Protocol):
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
         """`requeue` each of these jobs that is dead, failed or cancelled (others are left
-        alone), with its change-feed entry and a wake-up for its queue; the count."""
+        alone; each without its unique key), with its change-feed entry and a wake-up for its
+        queue; the count."""
         ...
 
     async def cancel_many(

@@ -45,7 +45,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -505,6 +505,8 @@ class PostgresBackend:
                     "trace": e.trace,
                     "timeout": e.timeout,
                     "options": e.options or None,
+                    "unique_key": e.unique_key,
+                    "unique_mode": e.unique,
                     "n": n,
                 }
                 for n, e in enumerate(envelopes)
@@ -532,16 +534,14 @@ class PostgresBackend:
         """
         if not envelopes:
             return []
+        if any(e.unique_key is not None for e in envelopes):
+            return await _enqueue_unique(conn, envelopes, self._batch, resent=resent)
         async with conn.cursor() as cur:
             sql = _ENQUEUE_AGAIN if resent else Q["enqueue"]
             await cur.execute(sql, {"batch": self._batch(envelopes)})
             created = {str(r[0]) for r in await cur.fetchall()}
             missing = [e for e in envelopes if e.id not in created]
-            first: dict[tuple[str, str], str] = {}
-            for owner in {e.owner for e in missing}:
-                keys = [e.idempotency_key for e in missing if e.owner == owner]
-                await cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
-                first.update({(owner, k): str(i) for k, i in await cur.fetchall()})
+            first = await _first_jobs(cur, missing)
         return [self._result(e, created, first, resent) for e in envelopes]
 
     @staticmethod
@@ -571,10 +571,17 @@ class PostgresBackend:
             return []
 
         # No BEGIN/COMMIT: the enqueue is one statement, atomic on its own (jobs, their feed
-        # entries and the NOTIFY), so an autocommit connection makes it one round trip.
+        # entries and the NOTIFY), so an autocommit connection makes it one round trip. A
+        # batch with unique jobs takes several statements (see _enqueue_unique): one
+        # transaction, all or none.
+        unique = any(e.unique_key is not None for e in envelopes)
+
         async def attempt(resent: bool) -> list[EnqueueResult]:
             async with self._conn() as conn:
-                return await self.enqueue_in(conn, envelopes, resent=resent)
+                if not unique:
+                    return await self.enqueue_in(conn, envelopes, resent=resent)
+                async with conn.transaction():
+                    return await self.enqueue_in(conn, envelopes, resent=resent)
 
         return await self.retrier.run(attempt)
 
@@ -1051,3 +1058,99 @@ class PostgresBackend:
 
 
 __all__ = ["PostgresBackend"]
+
+
+async def _first_jobs(
+    cur: psycopg.AsyncCursor[Any], repeats: Sequence[Envelope]
+) -> dict[tuple[str, str], str]:
+    """(owner, idempotency key) -> id of the stored job, for the envelopes not stored."""
+    first: dict[tuple[str, str], str] = {}
+    for owner in {e.owner for e in repeats}:
+        keys = [e.idempotency_key for e in repeats if e.owner == owner and e.idempotency_key]
+        await cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
+        first.update({(owner, k): str(i) for k, i in await cur.fetchall()})
+    return first
+
+
+#: How many times a batch with unique jobs is offered again for the jobs whose key's
+#: holder left its holding states between the insert and the read of it (a claim).
+UNIQUE_ROUNDS = 5
+
+
+async def _enqueue_unique(
+    conn: psycopg.AsyncConnection[Any],
+    envelopes: Sequence[Envelope],
+    batch: Callable[[Sequence[Envelope]], str],
+    *,
+    resent: bool = False,
+) -> list[EnqueueResult]:
+    """Enqueue a batch holding unique jobs, inside the caller's transaction. In a `resent`
+    call (see `enqueue_in`), a job found stored under its own id is the lost first
+    attempt's, reported as created.
+
+    The insert skips every conflicting row (`enqueue_unique`): a row whose idempotency key
+    is stored is an idempotent repeat; else one whose unique key has a holder (committed,
+    or earlier in this batch: the insert waited for any other transaction inserting it) is
+    a unique repeat; else its holder left the holding states meanwhile and it is offered
+    again; a row with neither key conflicted on its id, which aborts the batch.
+
+    Raises:
+        BackendError: an id is already stored (or repeated in the batch), or a key's
+            holder kept changing.
+    """
+    if len({e.id for e in envelopes}) < len(envelopes):
+        raise BackendError("a job id is repeated in the batch; nothing was stored")
+    results: dict[str, EnqueueResult] = {}
+    pending = list(envelopes)
+    async with conn.cursor() as cur:
+        for _ in range(UNIQUE_ROUNDS):
+            await cur.execute(Q["enqueue_unique"], {"batch": batch(pending)})
+            for (job_id,) in await cur.fetchall():
+                results[str(job_id)] = EnqueueResult(id=str(job_id), created=True)
+            pending = [e for e in pending if e.id not in results]
+            pending = await _repeats(cur, pending, results, resent=resent)
+            if not pending:
+                return [results[e.id] for e in envelopes]
+    raise BackendError("unique jobs: the holder of a key kept changing; nothing was stored")
+
+
+async def _repeats(
+    cur: psycopg.AsyncCursor[Any],
+    missing: Sequence[Envelope],
+    results: dict[str, EnqueueResult],
+    *,
+    resent: bool = False,
+) -> list[Envelope]:
+    """Record in `results` why each of `missing` was not stored; returns those to offer
+    again (their key's holder is gone).
+
+    Raises:
+        BackendError: one conflicted on its id.
+    """
+    if not missing:
+        return []
+    first = await _first_jobs(cur, missing)
+    stored: set[str] = set()
+    if resent:  # the lost first attempt's jobs, whatever state they have reached since
+        await cur.execute(Q["find_ids"], {"ids": [e.id for e in missing]})
+        stored = {str(i) for (i,) in await cur.fetchall()}
+    keys = [e.unique_key for e in missing if e.unique_key is not None]
+    holders: dict[str, str] = {}
+    if keys:
+        await cur.execute(Q["find_unique"], {"keys": keys})
+        holders = {k: str(i) for k, i in await cur.fetchall()}
+    again: list[Envelope] = []
+    for e in missing:
+        idem = first.get((e.owner, e.idempotency_key or ""))
+        if e.id in stored:
+            results[e.id] = EnqueueResult(id=e.id, created=True)
+        elif idem is not None:
+            results[e.id] = EnqueueResult(id=idem, created=False)
+        elif e.unique_key in holders:
+            holder = holders[e.unique_key or ""]
+            results[e.id] = EnqueueResult(id=holder, created=False, unique_repeat=True)
+        elif e.unique_key is not None:
+            again.append(e)
+        else:
+            raise BackendError(f"job id {e.id} is already stored; nothing was stored")
+    return again

@@ -143,6 +143,19 @@ CREATE TABLE IF NOT EXISTS offload_schedules (
     spec jsonb NOT NULL
 )
 
+-- name: migration_7
+-- Unique jobs. A job of a unique kind holds its key (kind, owner, chosen fields:
+-- _unique.unique_key) while it waits for its first start, or, in mode 'active', while it
+-- waits or runs: the partial index admits one holder per key, and a job leaves it by the
+-- very transition that takes it out of those states (the claim, a settle, a cancel, a
+-- rescue, a delete), so no transition has a key to clear. A requeue drops its job's key.
+ALTER TABLE offload_jobs ADD COLUMN IF NOT EXISTS unique_key text,
+    ADD COLUMN IF NOT EXISTS unique_mode text;
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (
+        state IN ('queued', 'retrying') AND started_at IS NULL
+        OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -170,9 +183,48 @@ WITH input AS (
 )
 SELECT id FROM ins
 
+-- name: enqueue_unique
+-- enqueue for a batch with unique jobs: any conflict skips its row, a held unique key's as
+-- an idempotency key's, and a later row of the batch repeating an earlier one's key (the
+-- first wins). The caller tells which conflict it was, in the same transaction. Rows go in
+-- key order (then batch order: the first of a key still wins), so two batches holding the
+-- same keys wait for each other's keys in one order and never deadlock.
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
+        id uuid, kind text, version integer, queue text, priority integer, payload jsonb,
+        attempt integer, max_attempts integer, run_at double precision,
+        enqueued_at double precision, idempotency_key text, owner text, trace jsonb,
+        timeout double precision, options jsonb, unique_key text, unique_mode text,
+        n integer)
+), ins AS (
+    INSERT INTO offload_jobs (id, kind, version, queue, priority, payload, state, attempt,
+        max_attempts, run_at, enqueued_at, idempotency_key, owner, trace, timeout, options,
+        unique_key, unique_mode)
+    SELECT id, kind, version, queue, priority, payload, 'queued', attempt, max_attempts,
+        to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
+        timeout, options, unique_key, unique_mode
+    FROM input ORDER BY unique_key, n
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT i.id, i.owner, offload_change(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
+)
+SELECT id FROM ins
+
 -- name: find_idem
 SELECT idempotency_key, id FROM offload_jobs
 WHERE owner = %(owner)s AND idempotency_key = ANY(%(keys)s)
+
+-- name: find_unique
+-- The jobs holding these unique keys (the WHERE of offload_jobs_unique: migration_7).
+SELECT unique_key, id FROM offload_jobs
+WHERE unique_key = ANY(%(keys)s) AND (
+    state IN ('queued', 'retrying') AND started_at IS NULL
+    OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
+
+-- name: find_ids
+SELECT id FROM offload_jobs WHERE id = ANY(%(ids)s::uuid[])
 
 -- name: claim
 -- One index scan per queue (LATERAL), merged: `queue = ANY(…)` with this ORDER BY would
@@ -310,7 +362,7 @@ WITH upd AS (
     UPDATE offload_jobs
     SET state = 'queued', attempt = 0, run_at = coalesce(%(now)s, now()), result = NULL, started_at = NULL,
         finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-        cancel_requested = false
+        cancel_requested = false, unique_key = NULL
     WHERE id = %(id)s AND state IN ('dead', 'failed', 'cancelled')
     RETURNING *
 ), ev AS (
@@ -419,7 +471,7 @@ WITH upd AS (
     UPDATE offload_jobs
     SET state = 'queued', attempt = 0, run_at = coalesce(%(now)s, now()), result = NULL,
         started_at = NULL, finished_at = NULL, progress_fraction = NULL,
-        progress_message = NULL, worker = NULL, cancel_requested = false
+        progress_message = NULL, worker = NULL, cancel_requested = false, unique_key = NULL
     WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('dead', 'failed', 'cancelled')
     RETURNING *
 ), ev AS (

@@ -42,7 +42,7 @@ from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
-from .rows import decode, envelope_args, num, opt, pairs
+from .rows import decode, enqueue_result, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
 
@@ -458,7 +458,7 @@ class RedisBackend:
         out = await self.retrier.run(
             lambda resent: self._script("enqueue", now, _flag(resent), *args)
         )
-        return [EnqueueResult(id=out[i], created=bool(out[i + 1])) for i in range(0, len(out), 2)]
+        return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
@@ -895,7 +895,7 @@ class RedisBackend:
             *ticks, *envelopes,
         )  # fmt: skip
         return [
-            None if int(out[i + 1]) < 0 else EnqueueResult(id=out[i], created=bool(out[i + 1]))
+            None if int(out[i + 1]) < 0 else enqueue_result(out[i], int(out[i + 1]))
             for i in range(0, len(out), 2)
         ]
 

@@ -78,12 +78,19 @@ SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'offload_meta'
 -- name: insert_job
 INSERT INTO offload_jobs (
     id, kind, version, queue, priority, payload, state, attempt, max_attempts, run_at,
-    enqueued_at, idempotency_key, owner, trace, timeout, options)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    enqueued_at, idempotency_key, owner, trace, timeout, options, unique_key, unique_mode)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 
 -- name: find_idem
 SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
+
+-- name: find_unique
+-- The job holding a unique key (its WHERE is offload_jobs_unique's: see migration_4).
+SELECT id FROM offload_jobs
+WHERE unique_key = ? AND (
+    state IN ('queued', 'retrying') AND started_at IS NULL
+    OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
 
 -- name: claim_ids_one
 -- The ready jobs of ONE queue, in claim order, straight off offload_jobs_ready. claim_ids
@@ -156,7 +163,7 @@ RETURNING *
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
     finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, unique_key = NULL
 WHERE id = ? AND state IN ('dead', 'failed', 'cancelled')
 RETURNING *
 
@@ -237,6 +244,20 @@ CREATE TABLE IF NOT EXISTS offload_paused (
     paused_at REAL NOT NULL
 )
 
+-- name: migration_4
+-- Schema 4: unique jobs. A job of a unique kind holds its key (kind, owner, chosen fields:
+-- _unique.unique_key) while it waits for its first start, or, in mode 'active', while it
+-- waits or runs: the partial index admits one holder per key, and a job leaves it by the
+-- very transition that takes it out of those states (the claim, a settle, a cancel...), so
+-- no transition has a key to clear. A requeue drops its job's key (requeue, requeue_many).
+-- Older code would requeue a job back into the index: hence the new version.
+ALTER TABLE offload_jobs ADD COLUMN unique_key TEXT;
+ALTER TABLE offload_jobs ADD COLUMN unique_mode TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (
+        state IN ('queued', 'retrying') AND started_at IS NULL
+        OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
+
 -- name: record_worker
 INSERT INTO offload_workers (id, kinds, seen_at, info) VALUES (?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE
@@ -273,7 +294,7 @@ CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, qu
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
     finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, unique_key = NULL
 WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('dead', 'failed', 'cancelled')
 RETURNING id
 
