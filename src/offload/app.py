@@ -16,6 +16,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
+from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
@@ -42,6 +43,7 @@ from .notify import base as _notify
 from .notify.base import EmailTemplate
 from .notify.targets import callback_url_error, follow_ups_of_row
 from .notify.targets import delivery_option_errors as delivery_option_errors  # re-exported
+from .periodic import PERIODIC_OWNER, Schedule, declare, listing
 from .retry import Backoff
 from .settings import Settings
 from .stores import BlobStore, open_blobs
@@ -75,6 +77,10 @@ class MessageSpec:
     http: bool = True
     #: Input keys of the fields the web tier fills from the caller (`FromPrincipal`).
     principal_fields: tuple[str, ...] = ()
+    #: "queued" or "active" for a unique kind (see `_unique`), else None.
+    unique: str | None = None
+    #: The fields its unique key is made of; () is the whole payload.
+    unique_key: tuple[str, ...] = ()
 
 
 def _builtin_kinds() -> dict[str, MessageSpec]:
@@ -115,7 +121,9 @@ class App:
         name: the application's name (logs, metrics).
         url: backend URL; OFFLOAD_URL (default `sqlite:///offload.db`) when None.
         settings: all settings; read from the environment when None.
-        clock: the time source of envelopes and of the backend (tests move a fake one).
+        clock: the time source of envelopes and of the worker's decisions (retry times),
+            and of the backend's leases only if it stands in for the server's clock (tests
+            move a `FakeClock`; see `Clock.stands_in_for_server`).
         blobs: the blob store (any `BlobStore`); OFFLOAD_BLOBS_URL picks one when None.
     """
 
@@ -132,7 +140,8 @@ class App:
         self._settings = settings
         self._url = url
         self.clock = clock or Clock()
-        #: A clock given to the App is the backend's too (PostgreSQL keeps the server's).
+        #: A clock given to the App goes to the backend, which keeps its server's clock
+        #: unless this one stands in for it (a test's).
         self._injected_clock = clock
         self.kinds: dict[str, MessageSpec] = {}
         #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.
@@ -141,6 +150,8 @@ class App:
         #: Upgraders by kind, then by the version they upgrade from (to that version + 1).
         self.upgraders: dict[str, dict[int, Upgrader]] = {}
         self.email_templates: dict[str, EmailTemplate] = {}
+        #: Periodic schedules by name (`periodic`): every worker process runs them.
+        self.schedules: dict[str, Schedule] = {}
         self._backend: Backend | None = None
         #: A store given here is kept; otherwise OFFLOAD_BLOBS_URL picks one when needed.
         self._given_blobs = blobs
@@ -180,6 +191,8 @@ class App:
         timeout: float | timedelta | None = None,
         callback_url: str | None = None,
         http: bool = True,
+        unique: UniqueMode | None = None,
+        unique_key: Sequence[str] | None = None,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
@@ -188,10 +201,15 @@ class App:
                 the job names its own `callback_url`.
             http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
                 as for an unknown kind): only Python code enqueues it (follow-up jobs).
+            unique: "queued": while a job of this kind with the same key waits for its
+                first start, enqueueing another returns that job (`created=False`,
+                `unique_repeat=True`); "active": the same while it waits or runs, retries
+                included. Per owner: the key includes the job's owner.
+            unique_key: the message fields the key is made of (default: the whole payload).
 
         Raises:
-            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, or a
-                `FromPrincipal` field that is not a `str`.
+            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, a
+                `FromPrincipal` field that is not a `str`, or a bad `unique`/`unique_key`.
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
@@ -208,6 +226,7 @@ class App:
                 filled = principal_fields(cls)
             except TypeError as exc:
                 raise ConfigurationError(str(exc)) from None
+            key_fields = unique_fields(cls, unique, unique_key)
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
             self.kinds[kind] = MessageSpec(
@@ -220,6 +239,8 @@ class App:
                 callback_url,
                 http=http,
                 principal_fields=filled,
+                unique=unique if key_fields is not None else None,
+                unique_key=key_fields or (),
             )
             return cls
 
@@ -281,6 +302,52 @@ class App:
             return fn
 
         return register
+
+    def periodic(
+        self,
+        message: Message,
+        *,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: timedelta | None = None,
+        catch_up: int = 0,
+        name: str | None = None,
+    ) -> Schedule:
+        """Enqueue `message` at each tick of `cron` (in time zone `tz`, UTC by default) or
+        of `every` (ticks at the multiples of the interval since the epoch). Every worker
+        process runs the schedules of its app (no separate process), and each tick is
+        enqueued at most once however many run it: the backend decides.
+
+        Args:
+            catch_up: after downtime, how many of the most recent ticks missed meanwhile to
+                enqueue (0, the default: skip them; only later ticks run).
+            name: the schedule's stable name (its stored state and its jobs' idempotency
+                keys); derived from the kind and the cron or interval when None. Give one
+                to declare two schedules of one kind with the same timing.
+
+        Returns:
+            The declared schedule.
+
+        Raises:
+            ConfigurationError: a message of a kind this app does not know, a name already
+                declared, both or neither of `cron` and `every`, a bad cron expression, an
+                unknown time zone, `tz` with `every`, or a `catch_up` outside 0 to 1000.
+        """
+        if not isinstance(message, Message):
+            raise ConfigurationError(f"periodic needs a Message instance, not {message!r}")
+        try:
+            kind = self.spec_of(type(message)).kind
+        except UnknownKind as exc:
+            raise ConfigurationError(f"periodic: {exc} (declare it with @app.message)") from None
+        schedule = declare(
+            message, kind, cron=cron, tz=tz, every=every, catch_up=catch_up, name=name
+        )
+        if schedule.name in self.schedules:
+            raise ConfigurationError(
+                f"periodic schedule {schedule.name!r} is declared twice; give each a name="
+            )
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     def _budget_of(self, spec: MessageSpec) -> int:
         """A new job's retry budget: its handler's, where this App knows the handler (one
@@ -344,6 +411,7 @@ class App:
                     settings.url,
                     clock=self._injected_clock,
                     connect_timeout_s=settings.connect_timeout_s,
+                    retry_deadline_s=settings.retry_deadline_s,
                 )
                 await backend.open(create=create)
                 self._backend = backend
@@ -430,11 +498,15 @@ class App:
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
+        payload = message.model_dump(mode="json")
+        key = None
+        if spec.unique is not None:
+            key = unique_key(spec.kind, owner, payload, spec.unique_key)
         return Envelope(
             id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
-            payload=message.model_dump(mode="json"),
+            payload=payload,
             queue=spec.queue,
             priority=priority,
             attempt=0,
@@ -446,6 +518,8 @@ class App:
             trace=trace,
             timeout=spec.timeout,
             options=options,
+            unique_key=key,
+            unique=spec.unique if key is not None else None,
         )
 
     async def _store(
@@ -474,7 +548,8 @@ class App:
                 results = await stored if inspect.isawaitable(stored) else stored
         self.metrics.stored(envelopes, results)
         return [
-            Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
+            Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
+            for e, r in zip(envelopes, results, strict=True)
         ]
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
@@ -511,6 +586,11 @@ class App:
             callback_url: a webhook target notified (signed, retried) when the job ends.
             notify_email: an address emailed when the job ends.
             owner: the principal the job belongs to (the HTTP API's caller).
+
+        Returns:
+            The job; for a kind declared `unique` whose key (kind, owner, chosen fields) a
+            queued (or active) job holds, that job, with `created=False` and
+            `unique_repeat=True`, and nothing is stored.
 
         Raises:
             TypeError: an option of the wrong type (named).
@@ -870,6 +950,43 @@ class App:
         backend = await self._opened_backend()
         found = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
         return sorted(found, key=lambda w: (w.lost, w.started_at, w.id))
+
+    async def fire(self, schedule: Schedule, ticks: Sequence[float]) -> list[Job | None]:
+        """Enqueue the jobs of `ticks` (oldest first) of `schedule`, each at most once
+        across every process (`ScheduleStore.fire_schedule`): the worker's scheduler.
+
+        Returns:
+            Per tick: its job, or None where another process had enqueued it already.
+        """
+        backend = await self._opened_backend()
+        stamped = [
+            self.envelope(schedule.message, owner=PERIODIC_OWNER, idempotency_key=schedule.key(t))
+            for t in ticks
+        ]
+        with tracing.send(stamped, None) as envelopes:
+            results = await backend.fire_schedule(
+                schedule.name, spec=schedule.spec(), fires=list(zip(ticks, envelopes, strict=True))
+            )
+        done = [(e, r) for e, r in zip(envelopes, results, strict=True) if r is not None]
+        self.metrics.stored([e for e, _ in done], [r for _, r in done])
+        return [
+            None
+            if r is None
+            else Job(r.id, r.created, self, kind=schedule.kind, unique_repeat=r.unique_repeat)
+            for r in results
+        ]
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule declared in this app or stored by a worker's scheduler: name,
+        kind, cron, tz, every_s, catch_up, declared (here), next_run, last_run (the newest
+        tick enqueued), last_job_id and last_job_state (None once that job is pruned)."""
+        backend = await self._opened_backend()
+        entries = listing(self.schedules, await backend.schedule_states(), self.clock.now())
+        for entry in entries:
+            job_id = entry["last_job_id"]
+            row = None if job_id is None else await backend.get(job_id)
+            entry["last_job_state"] = None if row is None else row.state.value
+        return entries
 
     async def ping(self) -> None:
         """Check that the open app's backend answers (readiness).

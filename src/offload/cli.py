@@ -158,6 +158,7 @@ def _banner(
     queues: Iterable[str],
     kinds: Iterable[str],
     concurrency: str | None = None,
+    schedules: Iterable[str] = (),
 ) -> None:
     """What a server process is about to serve, printed once at its start: two processes
     started in different folders or environments visibly point at different backends."""
@@ -168,6 +169,8 @@ def _banner(
     ]
     if concurrency is not None:
         lines.append(("concurrency", concurrency))
+    if schedules:  # the periodic schedules its scheduler runs (workers only)
+        lines.append(("schedules", ", ".join(sorted(schedules))))
     console = _console()
     console.print(title, soft_wrap=True, highlight=False, markup=False)
     for name, value in lines:
@@ -312,6 +315,7 @@ def worker(
                 queues=runner.queues,
                 kinds=offload_app.handlers,
                 concurrency=f"{concurrency}{processes_shown}, prefetch {prefetch}",
+                schedules=offload_app.schedules,
             )
 
         async def main() -> None:
@@ -376,6 +380,7 @@ def dev(
             queues=runner.queues,
             kinds=offload_app.kinds,
             concurrency=str(concurrency),
+            schedules=offload_app.schedules,
         )
         _run(main)
 
@@ -1009,6 +1014,50 @@ def workers(
         _console().print("no workers", highlight=False, markup=False)
         return
     _print_whole(_workers_table(found))
+
+
+def _schedules_table(entries: Sequence[dict[str, Any]]) -> Table:
+    """One row per schedule: how it ticks, when it runs next and last, and that run's job."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    names = ("name", "kind", "when", "catch-up", "next run", "last run", "last job", "state")
+    for name in names:
+        table.add_column(name, no_wrap=True)
+    for e in entries:
+        when = (
+            f"every {e['every_s']:g}s" if e.get("every_s") else f"{e.get('cron')} ({e.get('tz')})"
+        )
+        table.add_row(
+            e["name"] + ("" if e["declared"] else " (not declared here)"),
+            str(e.get("kind", "")),
+            when,
+            str(e.get("catch_up", "")),
+            e["next_run"] or "-",
+            e["last_run"] or "never",
+            e["last_job_id"] or "-",
+            e["last_job_state"] or ("-" if e["last_job_id"] is None else "pruned"),
+        )
+    return table
+
+
+@cli.command()
+def schedules(
+    app: OptApp = None, url: Url = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Periodic schedules: every one the app declares (`app.periodic`, so name the module
+    that declares them with --app) and every one a worker's scheduler stored, with its cron
+    or interval, time zone, catch-up, next run, last run (the newest tick enqueued), and the
+    job of that run with its state."""
+    entries = _with_app(app, url, lambda a: a.list_schedules())
+    if as_json:
+        _console().print_json(orjson.dumps(entries).decode())
+        return
+    if not entries:
+        _console().print("no schedules", highlight=False, markup=False)
+        return
+    _print_whole(_schedules_table(entries))
 
 
 def main() -> None:

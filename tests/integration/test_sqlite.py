@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -55,7 +56,7 @@ async def test_a_schema_1_file_is_migrated_and_its_feed_reads_the_same(tmp_path:
             "SELECT value FROM offload_meta WHERE key = 'schema_version'"
         ).fetchone()
         (entry,) = conn.execute("SELECT record FROM offload_events WHERE seq = 1").fetchone()
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
     assert "links" not in orjson.loads(entry)  # stored as fields now
 
 
@@ -143,7 +144,7 @@ async def test_a_file_from_before_the_workers_table_gains_it_on_open(tmp_path: P
         assert [lease.job_id for lease in await claim(backend)] == [env.id]
     finally:
         await backend.close()
-    assert _version(path) == SCHEMA_VERSION == 3
+    assert _version(path) == SCHEMA_VERSION == 4
 
 
 async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_path: Path) -> None:
@@ -164,9 +165,10 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     backend = SQLiteBackend(str(path))
     await backend.open()
     try:
-        # Then it is at schema 3: the old entry still counts for the version check, but has
-        # no registry entry to show; queues pause and resume; the job is claimed as before
-        assert _version(path) == 3
+        # Then it is at schema 4 (3, then unique keys): the old entry still counts for the
+        # version check, but has no registry entry to show; queues pause and resume; the job
+        # is claimed as before
+        assert _version(path) == 4
         assert await backend.live_versions(within_s=30) == {"test.job": {1}}
         assert await backend.workers(lost_after_s=30) == []
         await backend.record_worker(worker_info("new", {"test.job": [2]}))
@@ -181,4 +183,59 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     backend = SQLiteBackend(str(path))
     await backend.open()
     await backend.close()
-    assert _version(path) == 3
+    assert _version(path) == 4
+
+
+async def test_a_file_without_the_schedules_table_gains_it_on_open_at_the_same_version(
+    tmp_path: Path,
+) -> None:
+    # Given a file from before periodic schedules (no offload_schedules table)
+    path = tmp_path / "three.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE offload_schedules")
+    # When this offload opens it, a schedule fires and is read back
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        env = envelope(key="s@1")
+        (result,) = await backend.fire_schedule("s", spec={"every_s": 1.0}, fires=[(1.0, env)])
+        assert result is not None and result.created
+        (state,) = await backend.schedule_states()
+        assert (state.name, state.last_tick, state.last_job_id) == ("s", 1.0, env.id)
+    finally:
+        await backend.close()
+    # Then the file keeps its version: older offload (which ignores the table) opens it
+    assert _version(path) == SCHEMA_VERSION == 4
+
+
+async def test_a_schema_3_file_is_migrated_to_4_and_its_jobs_hold_no_unique_key(
+    tmp_path: Path,
+) -> None:
+    # Given a schema 3 file (no unique keys) with a waiting job
+    path = tmp_path / "three.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    old = envelope()
+    await backend.enqueue([old])
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX offload_jobs_unique")
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN unique_key")
+        conn.execute("ALTER TABLE offload_jobs DROP COLUMN unique_mode")
+        conn.execute("UPDATE offload_meta SET value = '3' WHERE key = 'schema_version'")
+    # When this offload opens it
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        # Then it is at schema 4, the old job waits as it did, and unique keys hold
+        assert _version(path) == SCHEMA_VERSION == 4
+        first = dataclasses.replace(envelope(), unique_key="k", unique="queued")
+        second = dataclasses.replace(envelope(), unique_key="k", unique="queued")
+        results = await backend.enqueue([first, second])
+        assert [(r.id, r.created) for r in results] == [(first.id, True), (first.id, False)]
+        assert [lease.job_id for lease in await claim(backend)] == [old.id, first.id]
+    finally:
+        await backend.close()

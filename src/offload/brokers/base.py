@@ -23,6 +23,7 @@ from ..contract import (
     Lapsed,
     Lease,
     Outcome,
+    ScheduleState,
     WorkerInfo,
 )
 
@@ -99,7 +100,13 @@ class Broker(Protocol):
         """Store the envelopes atomically (all or none).
 
         An envelope whose (owner, idempotency_key) is already stored is not stored again;
-        its result names the first job with `created=False`.
+        its result names the first job with `created=False`. Else an envelope whose
+        `unique_key` a job holds is not stored either; its result names that job with
+        `created=False, unique_repeat=True`. A job holds its key while it is queued or
+        retrying and never started, or (`unique="active"`) while it is queued, retrying or
+        running: decided by the backend in the enqueue's own transaction (script), so two
+        processes never both store one key, and freed by whatever transition takes the job
+        out of those states. Within one call, the first envelope with a key wins.
         """
         ...
 
@@ -231,7 +238,8 @@ class JobStore(Protocol):
         ...
 
     async def requeue(self, job_id: str) -> JobRow:
-        """Put a dead, failed or cancelled job back in its queue with a fresh budget."""
+        """Put a dead, failed or cancelled job back in its queue with a fresh budget, without
+        its unique key (it neither holds nor answers one again)."""
         ...
 
     async def changes_since(
@@ -289,7 +297,8 @@ class JobSearch(Protocol):
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
         """`requeue` each of these jobs that is dead, failed or cancelled (others are left
-        alone), with its change-feed entry and a wake-up for its queue; the count."""
+        alone; each without its unique key), with its change-feed entry and a wake-up for its
+        queue; the count."""
         ...
 
     async def cancel_many(
@@ -316,7 +325,35 @@ class JobSearch(Protocol):
         ...
 
 
-class Backend(Broker, JobStore, JobSearch, Protocol):
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """The state of periodic schedules, enqueued at most once per tick by any number of
+    worker processes racing for it: the backend decides, atomically, which of them stores it.
+    """
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        """Enqueue the jobs of some ticks of schedule `name`, and record the newest tick.
+
+        In one transaction (one script on Redis): read the schedule's stored last tick; store
+        the envelope of each of `fires` (tick, envelope; oldest tick first) whose tick is
+        after it, honouring idempotency keys as `enqueue` does; then record the newest of
+        those ticks, the id of its job and `spec` as the schedule's state. Two callers with
+        the same ticks store them once between them, whatever the interleaving.
+
+        Returns:
+            Per fire: the enqueue's result, or None where the stored last tick was already
+            at or after its tick (another process had it).
+        """
+        ...
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        """The stored state of every schedule that ever fired, in no particular order."""
+        ...
+
+
+class Backend(Broker, JobStore, JobSearch, ScheduleStore, Protocol):
     """A backend that is both broker and store (the SQL engines)."""
 
 

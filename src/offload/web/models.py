@@ -163,6 +163,28 @@ class Workers(Answer):
     workers: list[WorkerEntry]
 
 
+class ScheduleEntry(Answer):
+    """One periodic schedule (`app.periodic`): how it ticks, its next and last run."""
+
+    name: str
+    kind: str | None = None
+    cron: str | None = Field(None, description="its cron expression (or null: `every_s`)")
+    tz: str | None = Field(None, description="the time zone its cron expression reads")
+    every_s: float | None = Field(None, description="its interval, ticking from the epoch")
+    catch_up: int | None = Field(None, description="missed ticks enqueued after downtime")
+    declared: bool = Field(description="declared in this process's app (else only stored)")
+    next_run: datetime | None = None
+    last_run: datetime | None = Field(None, description="the newest tick enqueued")
+    last_job_id: str | None = None
+    last_job_state: JobState | None = Field(None, description="null once that job is pruned")
+
+
+class Schedules(Answer):
+    """Every periodic schedule declared in the web process's app or stored by a worker."""
+
+    schedules: list[ScheduleEntry]
+
+
 class Ticket(Answer):
     """A short-lived ticket for /v1/ws and /v1/events (`?ticket=`)."""
 

@@ -40,6 +40,14 @@ SUBMIT_ANSWERS: dict[str, Any] = {
     "response_model": StatusRecord,
     "response_description": "Enqueued (or, for a repeated Idempotency-Key, the first job)",
     "responses": {
+        200: {
+            "model": StatusRecord,
+            "description": (
+                "Not enqueued: the kind is unique and a job with the same unique key is "
+                "queued (or active); this is that job"
+            ),
+            "headers": {"Location": header("the existing job", STRING)},
+        },
         202: {
             "headers": {
                 "Location": header("the job", STRING),

@@ -27,6 +27,7 @@ from .models import (
     JobPage,
     JobResult,
     Queues,
+    Schedules,
     StatusRecord,
     StatusRecordWithDeliveries,
     Workers,
@@ -208,7 +209,9 @@ def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
 async def submit(
     request: Request, kind: str, options: Annotated[JobOptions, Depends(job_options)]
 ) -> Response:
-    """Validate the body against the kind's message class, enqueue, answer 202."""
+    """Validate the body against the kind's message class, enqueue, answer 202 (200 with
+    the job of the same unique key, for a kind declared `unique`, while that job is queued
+    or active)."""
     principal = _state(request).auth.principal(request)
     app = _app(request)
     spec = app.kinds.get(kind)
@@ -242,6 +245,10 @@ async def submit(
     )
     job, row = await app.submit(envelope)
     location = f"{root_of(request)}/v1/jobs/{job.id}"
+    if job.unique_repeat:
+        return JSONResponse(
+            presenter_of(request).row(row), status_code=200, headers={"Location": location}
+        )
     headers = {"Location": location, "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
     if not job.created:
         headers["Idempotent-Replayed"] = "true"
@@ -398,3 +405,17 @@ async def workers(request: Request) -> Response:
     worker process, live ones first, with what it runs now and how it has done."""
     found = await _app(request).workers()
     return JSONResponse({"workers": [w.to_dict() for w in found]})
+
+
+@router.get(
+    "/schedules",
+    response_model=Schedules,
+    dependencies=[Depends(admin_only)],
+    responses=problems(*API_ERRORS, 404, meaning={404: "Not an operator: nothing here"}),
+    openapi_extra={OPERATORS_ONLY: True},
+)
+async def schedules(request: Request) -> Response:
+    """The periodic schedules, for operators (anyone else finds nothing here: 404): each
+    with its cron or interval, next run, last run and that run's job with its state. A
+    schedule declared only in a worker module shows once a worker's scheduler stored it."""
+    return JSONResponse({"schedules": await _app(request).list_schedules()})

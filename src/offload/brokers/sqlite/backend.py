@@ -29,6 +29,7 @@ from ...contract import (
     Lapsed,
     Lease,
     Outcome,
+    ScheduleState,
     WorkerInfo,
 )
 from ...errors import (
@@ -52,8 +53,9 @@ CACHE_KIB = 65_536
 #: Version of the SQLite schema this code writes; a newer file is refused, an older one is
 #: upgraded on open. Additions that older code ignores (the workers table, the newer-version
 #: index) are made on open by `CREATE … IF NOT EXISTS` without a new version; 3 is one
-#: that older code must not ignore (paused queues, which every claim reads).
-SCHEMA_VERSION = 3
+#: that older code must not ignore (paused queues, which every claim reads), and so is 4
+#: (unique keys, which every enqueue honours and a requeue must drop).
+SCHEMA_VERSION = 4
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
@@ -104,6 +106,29 @@ def _migrate_to_registry(conn: sqlite3.Connection) -> None:
             continue  # a file made by this code's `schema`, or one migrated before
         conn.execute(statement)
     conn.execute("UPDATE offload_meta SET value = '3' WHERE key = 'schema_version'")
+
+
+def _migrate_to_unique(conn: sqlite3.Connection) -> None:
+    """Schema 3 to 4 (and a new file): the unique keys of jobs, in the opening transaction."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(offload_jobs)")}
+    for statement in Q["migration_4"].split(";"):
+        added = statement.partition("ADD COLUMN")[2].split()  # [name, type] or []
+        if added and added[0] in columns:
+            continue  # migrated before
+        conn.execute(statement)
+    conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
+
+
+def _unique_holder(conn: sqlite3.Connection, e: Envelope) -> str | None:
+    """The id of the job holding `e`'s unique key, unless `e` is not unique or its
+    idempotency key names a stored job (then it is an idempotent repeat, answered so)."""
+    if e.unique_key is None:
+        return None
+    if e.idempotency_key is not None:
+        if conn.execute(Q["find_idem"], (e.owner, e.idempotency_key)).fetchone() is not None:
+            return None
+    row = conn.execute(Q["find_unique"], (e.unique_key,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 class _Checkpointer(threading.Thread):
@@ -173,7 +198,9 @@ class SQLiteBackend:
     ) -> None:
         self.path = path
         self.synchronous = synchronous.upper()
-        self.clock = clock or Clock()
+        #: A test's clock (`Clock.stands_in_for_server`) keeps the time; any other is this
+        #: host's, which every process sharing the file reads (they cannot disagree).
+        self.clock = clock if clock is not None and clock.stands_in_for_server else Clock()
         self.poll_s = poll_s
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -300,6 +327,8 @@ class SQLiteBackend:
                 _migrate_feed_to_fields(conn)
             if row is None or version <= 2:
                 _migrate_to_registry(conn)
+            if row is None or version <= 3:
+                _migrate_to_unique(conn)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -376,6 +405,12 @@ class SQLiteBackend:
         results: list[EnqueueResult] = []
         created: list[str] = []
         for e in envelopes:
+            # One writer at a time (BEGIN IMMEDIATE): the holder read here is still the
+            # holder when the insert below runs, and a batch's earlier jobs are visible.
+            holder = _unique_holder(conn, e)
+            if holder is not None:
+                results.append(EnqueueResult(id=holder, created=False, unique_repeat=True))
+                continue
             cur = conn.execute(
                 Q["insert_job"],
                 (
@@ -394,6 +429,8 @@ class SQLiteBackend:
                     _dumps(e.trace),
                     e.timeout,
                     _dumps(e.options or None),
+                    e.unique_key,
+                    e.unique,
                 ),
             )
             if cur.rowcount == 1:
@@ -894,6 +931,42 @@ class SQLiteBackend:
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago."""
         return await self._run(self._prune, self.clock.now() - older_than_s)
+
+    # -- periodic schedules -----------------------------------------------------------------
+
+    def _fire_schedule(
+        self, name: str, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        with self._tx() as conn:  # the write lock: no other process reads `last` meanwhile
+            row = conn.execute(Q["schedule_last"], (name,)).fetchone()
+            fresh = [(t, e) for t, e in fires if row is None or t > row[0]]
+            results = self._insert(conn, [e for _, e in fresh])
+            stored = dict(zip((e.id for _, e in fresh), results, strict=True))
+            if fresh:
+                tick, newest = fresh[-1]
+                conn.execute(
+                    Q["record_fire"],
+                    (name, tick, stored[newest.id].id, self.clock.now(), _dumps(dict(spec))),
+                )
+        return [stored.get(e.id) for _, e in fires]
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        results = await self._run(self._fire_schedule, name, spec, list(fires))
+        if any(r is not None and r.created for r in results):
+            self._wake_waiters()
+        return results
+
+    def _schedule_states(self) -> list[ScheduleState]:
+        rows = self.conn.execute(Q["schedule_states"]).fetchall()
+        return [
+            ScheduleState(name=n, last_tick=t, last_job_id=j, fired_at=f, spec=orjson.loads(spec))
+            for n, t, j, f, spec in rows
+        ]
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        return await self._run(self._schedule_states)
 
 
 __all__ = ["SQLiteBackend"]

@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS offload_workers (
     kinds TEXT NOT NULL,
     seen_at REAL NOT NULL
 );
+-- Periodic schedules (App.periodic): the newest tick enqueued, its job, and the schedule's
+-- spec (JSON) as of then. Older code ignores it: no new schema version.
+CREATE TABLE IF NOT EXISTS offload_schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL NOT NULL,
+    last_job_id TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    spec TEXT NOT NULL
+);
 
 -- name: has_schema
 -- Whether an existing file is an offload database (opening it read-only checks first).
@@ -69,12 +78,19 @@ SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'offload_meta'
 -- name: insert_job
 INSERT INTO offload_jobs (
     id, kind, version, queue, priority, payload, state, attempt, max_attempts, run_at,
-    enqueued_at, idempotency_key, owner, trace, timeout, options)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    enqueued_at, idempotency_key, owner, trace, timeout, options, unique_key, unique_mode)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 
 -- name: find_idem
 SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
+
+-- name: find_unique
+-- The job holding a unique key (its WHERE is offload_jobs_unique's: see migration_4).
+SELECT id FROM offload_jobs
+WHERE unique_key = ? AND (
+    state IN ('queued', 'retrying') AND started_at IS NULL
+    OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
 
 -- name: claim_ids_one
 -- The ready jobs of ONE queue, in claim order, straight off offload_jobs_ready. claim_ids
@@ -147,7 +163,7 @@ RETURNING *
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
     finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, unique_key = NULL
 WHERE id = ? AND state IN ('dead', 'failed', 'cancelled')
 RETURNING *
 
@@ -228,6 +244,20 @@ CREATE TABLE IF NOT EXISTS offload_paused (
     paused_at REAL NOT NULL
 )
 
+-- name: migration_4
+-- Schema 4: unique jobs. A job of a unique kind holds its key (kind, owner, chosen fields:
+-- _unique.unique_key) while it waits for its first start, or, in mode 'active', while it
+-- waits or runs: the partial index admits one holder per key, and a job leaves it by the
+-- very transition that takes it out of those states (the claim, a settle, a cancel...), so
+-- no transition has a key to clear. A requeue drops its job's key (requeue, requeue_many).
+-- Older code would requeue a job back into the index: hence the new version.
+ALTER TABLE offload_jobs ADD COLUMN unique_key TEXT;
+ALTER TABLE offload_jobs ADD COLUMN unique_mode TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (
+        state IN ('queued', 'retrying') AND started_at IS NULL
+        OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
+
 -- name: record_worker
 INSERT INTO offload_workers (id, kinds, seen_at, info) VALUES (?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE
@@ -264,7 +294,7 @@ CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, qu
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
     finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, unique_key = NULL
 WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('dead', 'failed', 'cancelled')
 RETURNING id
 
@@ -291,3 +321,17 @@ SELECT CAST(finished_at / 60 AS INTEGER) * 60 AS minute, queue, state, count(*)
 FROM offload_jobs INDEXED BY offload_jobs_history
 WHERE finished_at >= ? AND state IN ('succeeded', 'failed', 'dead')
 GROUP BY minute, queue, state
+
+-- name: schedule_last
+SELECT last_tick FROM offload_schedules WHERE name = ?
+
+-- name: record_fire
+INSERT INTO offload_schedules (name, last_tick, last_job_id, fired_at, spec)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE
+SET last_tick = excluded.last_tick, last_job_id = excluded.last_job_id,
+    fired_at = excluded.fired_at, spec = excluded.spec
+WHERE excluded.last_tick > offload_schedules.last_tick
+
+-- name: schedule_states
+SELECT name, last_tick, last_job_id, fired_at, spec FROM offload_schedules

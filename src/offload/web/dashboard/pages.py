@@ -78,7 +78,8 @@ async def _overview(request: Request) -> dict[str, Any]:
 
 @router.get("")
 async def overview(request: Request, part: str = "") -> Response:
-    """Per queue: depth by state, oldest age, paused; the last hour's throughput."""
+    """Per queue: depth by state, oldest age, paused; the last hour's throughput; the
+    periodic schedules (when there are any)."""
     context = await _overview(request)
     if part == "live":  # the part the page's script fetches again when the feed moves
         return render(request, "_overview_live.html", **context)
@@ -86,7 +87,10 @@ async def overview(request: Request, part: str = "") -> Response:
     start = max(0, context["position"] - DEFAULT_RECENT_CHANGES)
     recent = await app_of(request).changes_since(start, limit=DEFAULT_RECENT_CHANGES)
     recent = [c for c in recent if c.seq <= context["position"]][::-1]
-    return render(request, "overview.html", active="overview", recent=recent, **context)
+    schedules = await app_of(request).list_schedules()
+    return render(
+        request, "overview.html", active="overview", recent=recent, schedules=schedules, **context
+    )
 
 
 @router.get("/workers")

@@ -1,0 +1,224 @@
+"""Periodic jobs: a schedule's declaration, its ticks, and which ticks to enqueue when.
+
+Time here is float epoch seconds (the `Clock`'s); a cron schedule reads the wall clock of its
+time zone (zoneinfo), so "0 7 * * *" in Europe/Paris is 07:00 there across DST changes: a
+tick that falls in the hour skipped in spring runs when it ends (03:00), one in the hour
+repeated in autumn runs once (its first occurrence), as Debian cron does (cronsim's rules).
+An `every` schedule ticks at the multiples of its interval since the epoch, so every process
+agrees on its ticks without talking to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from .clock import iso
+from .contract import Message, ScheduleState
+from .errors import ConfigurationError
+
+#: The owner of the jobs schedules enqueue (and the scope of their idempotency keys).
+PERIODIC_OWNER = "offload.periodic"
+#: Time zone of a cron schedule that names none.
+DEFAULT_TZ = "UTC"
+#: Seconds a tick may be late and still count as on time (a stalled loop, a busy machine);
+#: an older tick that no scheduler enqueued counts as missed (see `catch_up`).
+DEFAULT_LATE_S = 30.0
+#: The shortest `every` interval, seconds.
+MIN_EVERY_S = 1.0
+#: The most missed ticks a schedule may catch up at once (one transaction stores them).
+MAX_CATCH_UP = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """One periodic job: its message, enqueued at each tick of `cron` (in `tz`) or `every`.
+
+    Attributes:
+        name: stable across processes and deployments: the key of its stored state and of
+            its jobs' idempotency keys.
+        catch_up: after downtime (no scheduler running at a tick), how many of the most
+            recent missed ticks to enqueue: 0 skips them all.
+    """
+
+    name: str
+    message: Message
+    kind: str
+    cron: str | None
+    tz: str
+    every_s: float | None
+    catch_up: int
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz)
+
+    def spec(self) -> dict[str, Any]:
+        """How it ticks, as stored with its state (for listings made without the code)."""
+        return {
+            "kind": self.kind,
+            "cron": self.cron,
+            "tz": self.tz,
+            "every_s": self.every_s,
+            "catch_up": self.catch_up,
+        }
+
+    def next_after(self, t: float) -> float | None:
+        """The first tick strictly after `t` (None: a cron that never matches again)."""
+        return next_tick(self.spec(), t)
+
+    def ticks_back(self, t: float) -> Iterator[float]:
+        """The ticks at or before `t`, newest first."""
+        if self.every_s is not None:
+            k = t // self.every_s
+            while True:
+                yield k * self.every_s
+                k -= 1
+        # cronsim's reverse iteration starts strictly before its start: one second on.
+        start = datetime.fromtimestamp(int(t // 1) + 1, self.zone)
+        for dt in CronSim(self.cron or "", start, reverse=True):
+            yield dt.timestamp()
+
+    def key(self, tick: float) -> str:
+        """The idempotency key of the job of one tick (owner `PERIODIC_OWNER`)."""
+        return f"{self.name}@{iso(tick)}"
+
+
+def next_tick(spec: Mapping[str, Any], t: float) -> float | None:
+    """The first tick strictly after `t` of a schedule that ticks as `spec` says
+    (`Schedule.spec`); None for a cron that never matches again."""
+    every_s = spec.get("every_s")
+    if every_s:
+        return float((t // every_s + 1) * every_s)
+    zone = ZoneInfo(spec.get("tz") or DEFAULT_TZ)
+    try:
+        return next(CronSim(spec["cron"], datetime.fromtimestamp(t, zone))).timestamp()
+    except StopIteration:
+        return None
+
+
+def listing(
+    declared: Mapping[str, Schedule], states: Sequence[ScheduleState], now: float
+) -> list[dict[str, Any]]:
+    """Every schedule declared here or stored, by name: how it ticks, its next run, its last
+    run and that run's job id. A stored schedule not declared here (declared in a worker
+    module this process did not import, or removed) shows the spec stored with its state."""
+    stored = {s.name: s for s in states}
+    entries = []
+    for name in sorted({*declared, *stored}):
+        state = stored.get(name)
+        schedule = declared.get(name)
+        spec = schedule.spec() if schedule is not None else dict(state.spec if state else {})
+        entries.append(
+            {
+                "name": name,
+                **spec,
+                "declared": schedule is not None,
+                "next_run": iso(next_tick(spec, now)) if spec else None,
+                "last_run": iso(state.last_tick) if state else None,
+                "last_job_id": state.last_job_id if state else None,
+            }
+        )
+    return entries
+
+
+def declare(
+    message: Message,
+    kind: str,
+    *,
+    cron: str | None,
+    tz: str | None,
+    every: timedelta | None,
+    catch_up: int,
+    name: str | None,
+) -> Schedule:
+    """A checked schedule.
+
+    Raises:
+        ConfigurationError: both or neither of `cron` and `every`, a bad cron expression,
+            an unknown time zone, `tz` with `every`, an interval under `MIN_EVERY_S`, or a
+            `catch_up` outside 0 to `MAX_CATCH_UP`.
+    """
+    if (cron is None) == (every is None):
+        raise ConfigurationError(f"periodic {kind!r}: give exactly one of cron= and every=")
+    if isinstance(catch_up, bool) or not isinstance(catch_up, int):
+        raise ConfigurationError(f"periodic {kind!r}: catch_up must be an int")
+    if not 0 <= catch_up <= MAX_CATCH_UP:
+        raise ConfigurationError(f"periodic {kind!r}: catch_up must be 0 to {MAX_CATCH_UP}")
+    every_s = None
+    if every is not None:
+        every_s = _interval(kind, every, tz)
+        derived = f"{kind}@every {every_s:g}s"
+    else:
+        tz = tz or DEFAULT_TZ
+        _check_cron(kind, cron or "", tz)
+        derived = f"{kind}@{cron} {tz}"
+    return Schedule(
+        name=name if name is not None else derived,
+        message=message,
+        kind=kind,
+        cron=cron,
+        tz=tz or DEFAULT_TZ,
+        every_s=every_s,
+        catch_up=catch_up,
+    )
+
+
+def _interval(kind: str, every: timedelta, tz: str | None) -> float:
+    if not isinstance(every, timedelta):
+        raise ConfigurationError(f"periodic {kind!r}: every= must be a timedelta")
+    if tz is not None:
+        raise ConfigurationError(
+            f"periodic {kind!r}: tz= applies to cron= only (every= ticks from the epoch)"
+        )
+    seconds = every.total_seconds()
+    if seconds < MIN_EVERY_S:
+        raise ConfigurationError(
+            f"periodic {kind!r}: every= must be at least {MIN_EVERY_S:g} second"
+        )
+    return seconds
+
+
+def _check_cron(kind: str, cron: str, tz: str) -> None:
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"periodic {kind!r}: unknown time zone {tz!r}") from None
+    try:
+        CronSim(cron, datetime.now(UTC).astimezone(zone))
+    except CronSimError as exc:
+        raise ConfigurationError(f"periodic {kind!r}: bad cron {cron!r}: {exc}") from None
+
+
+def due(schedule: Schedule, *, last: float | None, now: float, since: float) -> list[float]:
+    """The ticks to enqueue at `now`, oldest first.
+
+    Args:
+        last: the newest tick enqueued by any process (stored), or None when none ever was.
+        since: when this process's scheduler started.
+
+    A tick after `last` and at or before `now` is on time when this scheduler was running
+    at it (`since` or later) and it is the current tick or at most `DEFAULT_LATE_S` old;
+    every other such tick fell due while no scheduler ran (or was suspended) and is missed:
+    only the `catch_up` newest of those are enqueued. A schedule never enqueued before
+    misses nothing.
+    """
+    on_time: list[float] = []
+    missed: list[float] = []
+    current = True
+    for tick in schedule.ticks_back(now):
+        if last is not None and tick <= last:
+            break
+        if tick >= since and (current or now - tick <= DEFAULT_LATE_S):
+            on_time.append(tick)
+        elif last is None or len(missed) >= schedule.catch_up:
+            break
+        else:
+            missed.append(tick)
+        current = False
+    return sorted(missed + on_time)

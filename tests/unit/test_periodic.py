@@ -1,0 +1,246 @@
+"""Periodic schedules: declaration checks, tick arithmetic (cron in a time zone across DST
+changes, intervals from the epoch), which ticks are due after downtime, the scheduler's pass
+on a fake clock, and the listing."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from offload import App, Message
+from offload.clock import FakeClock, iso
+from offload.errors import ConfigurationError
+from offload.periodic import DEFAULT_LATE_S, Schedule, declare, due
+from offload.worker.scheduler import DEFAULT_SCHEDULER_POLL_S, Scheduler
+
+
+class Digest(Message):
+    user: str = "u1"
+
+
+def _utc(*parts: int) -> float:
+    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[arg-type,misc]
+
+
+def _cron(expr: str, tz: str = "Europe/Paris", catch_up: int = 0) -> Schedule:
+    return declare(Digest(), "d", cron=expr, tz=tz, every=None, catch_up=catch_up, name=None)
+
+
+def _every(seconds: float, catch_up: int = 0) -> Schedule:
+    return declare(
+        Digest(),
+        "d",
+        cron=None,
+        tz=None,
+        every=timedelta(seconds=seconds),
+        catch_up=catch_up,
+        name=None,
+    )
+
+
+def _next(schedule: Schedule, t: float, n: int) -> list[str | None]:
+    out: list[str | None] = []
+    for _ in range(n):
+        following = schedule.next_after(t)
+        assert following is not None
+        out.append(iso(following))
+        t = following
+    return out
+
+
+# -- ticks ----------------------------------------------------------------------------------
+
+
+def test_a_cron_tick_keeps_its_local_time_across_the_spring_dst_change() -> None:
+    # 07:00 in Paris is 06:00 UTC in winter and 05:00 UTC from 29 March 2026 on.
+    ticks = _next(_cron("0 7 * * *"), _utc(2026, 3, 27, 12), 3)
+    assert ticks == [
+        "2026-03-28T06:00:00.000Z",
+        "2026-03-29T05:00:00.000Z",
+        "2026-03-30T05:00:00.000Z",
+    ]
+
+
+def test_a_cron_tick_in_the_skipped_hour_runs_when_it_ends() -> None:
+    # 02:30 does not exist in Paris on 29 March 2026: it runs at 03:00 CEST (01:00 UTC).
+    assert _next(_cron("30 2 * * *"), _utc(2026, 3, 28, 12), 2) == [
+        "2026-03-29T01:00:00.000Z",
+        "2026-03-30T00:30:00.000Z",
+    ]
+
+
+def test_a_cron_tick_in_the_repeated_hour_runs_once() -> None:
+    # 02:30 happens twice in Paris on 25 October 2026 (00:30 and 01:30 UTC): it runs once.
+    assert _next(_cron("30 2 * * *"), _utc(2026, 10, 24, 12), 2) == [
+        "2026-10-25T00:30:00.000Z",
+        "2026-10-26T01:30:00.000Z",
+    ]
+    # An interval-like cron runs through the repeated hour in real time, every 30 minutes.
+    every_half_hour = _next(_cron("*/30 * * * *"), _utc(2026, 10, 24, 23, 45), 4)
+    assert every_half_hour == [
+        "2026-10-25T00:00:00.000Z",
+        "2026-10-25T00:30:00.000Z",
+        "2026-10-25T01:00:00.000Z",
+        "2026-10-25T01:30:00.000Z",
+    ]
+
+
+def test_ticks_back_start_at_or_before_the_time_and_agree_with_next_after() -> None:
+    schedule = _cron("*/30 * * * *")
+    at = _utc(2026, 10, 25, 1, 30)
+    back = [iso(t) for t in itertools.islice(schedule.ticks_back(at), 3)]
+    assert back == [
+        "2026-10-25T01:30:00.000Z",
+        "2026-10-25T01:00:00.000Z",
+        "2026-10-25T00:30:00.000Z",
+    ]
+    assert iso(schedule.next_after(at - 0.5)) == back[0]
+
+
+def test_an_interval_ticks_at_multiples_of_itself_since_the_epoch() -> None:
+    schedule = _every(30)
+    assert schedule.next_after(1_800_000_005.0) == 1_800_000_030.0
+    assert schedule.next_after(1_800_000_030.0) == 1_800_000_060.0
+    assert list(itertools.islice(schedule.ticks_back(1_800_000_030.0), 2)) == [
+        1_800_000_030.0,
+        1_800_000_000.0,
+    ]
+
+
+# -- which ticks are due --------------------------------------------------------------------
+
+
+def test_due_is_the_current_tick_once_for_a_running_scheduler() -> None:
+    s = _every(10)
+    assert due(s, last=None, now=1005.0, since=995.0) == [1000.0]
+    assert due(s, last=None, now=1005.0, since=990.0) == [990.0, 1000.0]
+    assert due(s, last=1000.0, now=1009.0, since=990.0) == []
+    assert due(s, last=1000.0, now=1010.0, since=990.0) == [1010.0]
+
+
+def test_a_tick_before_the_scheduler_started_is_missed_not_due() -> None:
+    assert due(_every(10), last=None, now=1005.0, since=1003.0) == []
+
+
+@pytest.mark.parametrize(
+    ("catch_up", "expected"),
+    [
+        (0, []),
+        (1, [1090.0]),
+        (3, [1070.0, 1080.0, 1090.0]),
+        (50, [float(t) for t in range(1010, 1100, 10)]),
+    ],
+)
+def test_missed_ticks_after_downtime_follow_catch_up(catch_up: int, expected: list[float]) -> None:
+    # Last stored tick 1000; no scheduler from then until one started at 1095.
+    assert due(_every(10, catch_up), last=1000.0, now=1095.0, since=1095.0) == expected
+    # The next tick is on time, whatever the policy.
+    assert due(_every(10, catch_up), last=1090.0, now=1100.0, since=1095.0) == [1100.0]
+
+
+def test_a_scheduler_late_within_the_grace_enqueues_every_tick_it_was_running_for() -> None:
+    s = _every(1)
+    assert due(s, last=1000.0, now=1004.5, since=900.0) == [1001.0, 1002.0, 1003.0, 1004.0]
+
+
+def test_ticks_older_than_the_grace_count_as_missed_even_for_a_running_scheduler() -> None:
+    # A suspended machine: the scheduler "ran" but slept through two hours of ticks.
+    s = _every(60, catch_up=1)
+    now = 9960.0 + 7200
+    expected = [now - 60, now]  # the newest missed one, then the current (on time) tick
+    assert due(s, last=9960.0, now=now, since=0.0) == expected
+    assert now - expected[0] > DEFAULT_LATE_S
+
+
+# -- declaration ----------------------------------------------------------------------------
+
+
+def _app() -> App:
+    app = App("t", url="memory://")
+    app.message("d.digest")(Digest)
+    return app
+
+
+def test_a_schedule_is_named_from_kind_and_timing_unless_named() -> None:
+    app = _app()
+    cron = app.periodic(Digest(), cron="0 7 * * mon-fri", tz="Europe/Paris")
+    every = app.periodic(Digest(), every=timedelta(seconds=30))
+    named = app.periodic(Digest(user="u2"), every=timedelta(seconds=30), name="u2-digest")
+    assert cron.name == "d.digest@0 7 * * mon-fri Europe/Paris"
+    assert every.name == "d.digest@every 30s"
+    assert named.name == "u2-digest"
+    assert sorted(app.schedules) == sorted([cron.name, every.name, "u2-digest"])
+    assert cron.key(0.0) == "d.digest@0 7 * * mon-fri Europe/Paris@1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"cron": "0 7 * * *", "every": timedelta(seconds=5)}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"cron": "0 7 * *"}, "bad cron"),
+        ({"cron": "61 * * * *"}, "bad cron"),
+        ({"cron": "0 7 * * *", "tz": "Mars/Olympus"}, "unknown time zone"),
+        ({"every": timedelta(seconds=5), "tz": "Europe/Paris"}, "tz= applies to cron"),
+        ({"every": timedelta(milliseconds=500)}, "at least 1 second"),
+        ({"every": 5}, "must be a timedelta"),
+        ({"every": timedelta(seconds=5), "catch_up": -1}, "catch_up must be 0 to 1000"),
+        ({"every": timedelta(seconds=5), "catch_up": 1001}, "catch_up must be 0 to 1000"),
+        ({"every": timedelta(seconds=5), "catch_up": True}, "catch_up must be an int"),
+    ],
+)
+def test_a_bad_declaration_is_refused_with_the_reason(kwargs: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        _app().periodic(Digest(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_duplicate_schedule_is_refused_and_asks_for_a_name() -> None:
+    app = _app()
+    app.periodic(Digest(), every=timedelta(seconds=30))
+    with pytest.raises(ConfigurationError, match="declared twice; give each a name="):
+        app.periodic(Digest(user="u2"), every=timedelta(seconds=30))
+
+
+def test_a_message_of_an_unknown_kind_is_refused() -> None:
+    class Stranger(Message):
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"declare it with @app\.message"):
+        _app().periodic(Stranger(), every=timedelta(seconds=30))
+    with pytest.raises(ConfigurationError, match="Message instance"):
+        _app().periodic(Digest, every=timedelta(seconds=30))  # type: ignore[arg-type]
+
+
+# -- the scheduler on a fake clock ----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_scheduler_enqueues_each_due_tick_and_sleeps_until_the_next() -> None:
+    clock = FakeClock(1_800_000_000.25)
+    app = App("t", url="memory://", clock=clock)
+    app.message("d.digest")(Digest)
+    app.periodic(Digest(), every=timedelta(seconds=4), name="digest")
+    async with app:
+        scheduler = Scheduler(app, since=clock.now())
+        assert await scheduler.fire_due() == 0  # its tick was before it started
+        assert scheduler.sleep_s() == pytest.approx(3.75)
+        clock.advance(3.75)
+        assert await scheduler.fire_due() == 1
+        assert await scheduler.fire_due() == 0
+        (entry,) = await app.list_schedules()
+        job = await app.get(entry["last_job_id"])
+        assert job is not None and job.idempotency_key == f"digest@{iso(1_800_000_004.0)}"
+        assert entry["last_run"] == iso(1_800_000_004.0)
+        assert entry["next_run"] == iso(1_800_000_008.0)
+        assert entry["last_job_state"] == "queued"
+        assert (entry["every_s"], entry["cron"], entry["declared"]) == (4.0, None, True)
+
+
+@pytest.mark.anyio
+async def test_the_scheduler_looks_again_within_the_poll_for_a_far_tick() -> None:
+    app = _app()
+    app.periodic(Digest(), cron="0 0 1 1 *")
+    scheduler = Scheduler(app, since=app.clock.now())
+    assert 0 < scheduler.sleep_s() <= DEFAULT_SCHEDULER_POLL_S
