@@ -72,6 +72,8 @@ class Report:
     jobs: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     faults_skipped: int = 0
+    #: Every fault injected: when (seconds into the run), what, how long, and its detail.
+    fault_log: list[str] = field(default_factory=list)
     fault_errors: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     lost_by_setting: list[str] = field(default_factory=list)

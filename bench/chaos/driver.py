@@ -193,6 +193,12 @@ class Run:
         r = self.report
         r.faults = Counter(f.kind for f in self.ledger.faults)
         r.faults_skipped = self.injector.skipped
+        opened = min((f.start for f in self.ledger.faults), default=0.0)
+        r.fault_log = [
+            f"{f.start - opened:7.2f}s {f.kind} {f.pid or ''} {(f.end or f.start) - f.start:.2f}s"
+            f" {f.detail}".rstrip()
+            for f in sorted(self.ledger.faults, key=lambda f: f.start)
+        ]
         r.fault_errors = self.injector.errors
         checker = Checker(
             self.ledger, r, lease_s=self.config.lease_s, everysec="everysec" in self.engine.setting
