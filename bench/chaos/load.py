@@ -4,6 +4,7 @@ duplicate submissions and replays), and a sample of jobs followed over server-se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -111,36 +112,68 @@ def http_loop(
 def many_loop(app: App, plan: Plan, ledger: Ledger, stop: threading.Event, batch: int) -> None:
     """Submit through `App.enqueue_many` from this process: batches without a key, and
     single keyed jobs (replayed later, as over HTTP)."""
+    asyncio.run(ManyLoader(app, plan, ledger, stop, batch).run())
 
-    async def run() -> None:
-        async with app:
-            subs: list[Submission] = []
-            while (step := plan.take(stop)) is not None:
-                sub = step[0]
-                if sub.key is not None:  # a keyed job goes alone (the key names one job)
-                    await submit(app, [sub], sub.key)
-                else:
-                    subs.append(sub)
-                if len(subs) >= batch:
-                    await submit(app, subs, None)
-                    subs = []
-            if subs:
-                await submit(app, subs, None)
 
-    async def submit(app: App, subs: list[Submission], key: str | None) -> None:
+class ManyLoader:
+    """The `enqueue_many` half of the load, on its own event loop."""
+
+    def __init__(
+        self, app: App, plan: Plan, ledger: Ledger, stop: threading.Event, batch: int
+    ) -> None:
+        self.app = app
+        self.plan = plan
+        self.ledger = ledger
+        self.stop = stop
+        self.batch = batch
+
+    async def run(self) -> None:
+        while not await self.opened():
+            if self.stop.is_set():
+                return
+            await asyncio.sleep(0.5)
         try:
-            jobs = await app.enqueue_many(
+            await self.load()
+        finally:
+            with contextlib.suppress(Exception):  # the engine may be down at this moment
+                await self.app.close()
+
+    async def opened(self) -> bool:
+        """Open the app; a failure is recorded as a failed `enqueue_many` (a first
+        `enqueue_many` opens the app itself, and would fail the same way)."""
+        try:
+            await self.app.open()
+        except Exception as exc:
+            self.ledger.fail("enqueue", f"open: {type(exc).__name__}: {exc}"[:200])
+            return False
+        return True
+
+    async def load(self) -> None:
+        subs: list[Submission] = []
+        while (step := self.plan.take(self.stop)) is not None:
+            sub = step[0]
+            if sub.key is not None:  # a keyed job goes alone (the key names one job)
+                await self.submit([sub], sub.key)
+            else:
+                subs.append(sub)
+            if len(subs) >= self.batch:
+                await self.submit(subs, None)
+                subs = []
+        if subs:
+            await self.submit(subs, None)
+
+    async def submit(self, subs: list[Submission], key: str | None) -> None:
+        try:
+            jobs = await self.app.enqueue_many(
                 [Work(n=s.n, sleep_ms=s.sleep_ms, flaky=s.flaky) for s in subs],
                 idempotency_key=key,
                 owner=PRINCIPAL,
             )
         except Exception as exc:  # every failure is recorded, none ends the load
-            ledger.fail("enqueue", f"{type(exc).__name__}: {exc}"[:200])
+            self.ledger.fail("enqueue", f"{type(exc).__name__}: {exc}"[:200])
             return
         for job, sub in zip(jobs, subs, strict=True):
-            ledger.accept(job.id, sub, "enqueue_many")
-
-    asyncio.run(run())
+            self.ledger.accept(job.id, sub, "enqueue_many")
 
 
 def follow(base: str, job_id: str, ledger: Ledger, deadline: float) -> None:
