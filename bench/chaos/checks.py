@@ -18,9 +18,10 @@ from .ledger import Fault, Ledger
 #: stopped for longer than its lease. (A SIGTERM is no such fault: the worker finishes or
 #: gives back what it holds.)
 WORKER_FAULTS = {"worker_kill", "worker_stop"}
-#: Faults that make any job in flight anywhere liable to run again: a clock running ahead
-#: or behind by more than a lease (its rescuer, or others', see leases as lapsed), and an
-#: engine unreachable (heartbeats fail; a crash may forget the last writes).
+#: Faults that may make any job in flight anywhere run again: a worker's clock off by more
+#: than a lease (harmless where the engine times the leases, as offload's engines do, but a
+#: lease judged by a skewed clock lapses early for everyone), and an engine unreachable
+#: (heartbeats fail; a crash may forget the last writes).
 GLOBAL_FAULTS = {"worker_skew", "engine_restart", "engine_crash"}
 #: Seconds a Redis with `appendfsync everysec` may lose before a crash (one second of
 #: writes, and the fsync that may lag one more).
