@@ -26,6 +26,7 @@ from ...contract import (
     JobFilter,
     JobRow,
     JobState,
+    KindLimits,
     Lapsed,
     Lease,
     Outcome,
@@ -44,6 +45,7 @@ from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import gates as _gates
 from . import search as _search
 
 T = TypeVar("T")
@@ -186,6 +188,9 @@ class SQLiteBackend:
         self._checkpointer: _Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
+        #: What held jobs back at this instance's last gated claim: whether a limit did,
+        #: and when a start is next due by a rate (see `wait`).
+        self._held_back: tuple[bool, float | None] = (False, None)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -461,6 +466,51 @@ class SQLiteBackend:
             return []
         return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
 
+    def _claim_gated(
+        self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        self._seen["claim"] = self._version()
+        now = self.clock.now()
+        token = secrets.token_hex(12)
+        expires = now + lease_for
+        with self._tx() as conn:  # the write lock: no other claim counts meanwhile
+            limits, g = _gates.read(conn, queues, now)
+            ids = _gates.pick(conn, queues, now, limit, g)
+            rows = []
+            if ids:
+                rows = self._returning(
+                    conn,
+                    Q["claim"].format(ids=_placeholders(len(ids))),
+                    (token, expires, worker_id, now, *ids),
+                )
+                self._event(conn, rows)
+                _gates.record_starts(conn, limits, [r["kind"] for r in rows], now)
+            self._held_back = _gates.held_back(conn, queues, now)
+        if rows:
+            self._last_work = time.monotonic()
+        rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
+        return [
+            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            for r in rows
+        ]
+
+    async def claim_gated(
+        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        return await self._run(self._claim_gated, list(queues), worker_id, lease_for, limit)
+
+    def _declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        with self._tx() as conn:
+            _gates.declare(conn, limits)
+
+    async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        await self._run(self._declare_limits, list(limits))
+
+    async def limits(self) -> list[KindLimits]:
+        return await self._run(lambda: _gates.read(self.conn, None, self.clock.now())[0])
+
     def _extend(self, leases: Sequence[Lease], lease_for: float) -> list[Extension]:
         pairs = ", ".join(["(?, ?)"] * len(leases))
         args: list[Any] = [self.clock.now() + lease_for]
@@ -583,6 +633,12 @@ class SQLiteBackend:
             await self._wakeup.sleep(min(poll, left))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        held, next_start_at = self._held_back
+        if held:  # ready jobs wait for a limit: not for the next due job, which may be one
+            if next_start_at is not None:
+                timeout = max(0.0, min(timeout, next_start_at - self.clock.now()))
+            await self._wait_change(timeout, "claim")
+            return
         # Don't sleep past the next scheduled job in these queues.
         nxt = await self._run(
             lambda: self.conn.execute(

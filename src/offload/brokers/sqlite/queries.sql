@@ -70,6 +70,21 @@ CREATE TABLE IF NOT EXISTS offload_schedules (
     fired_at REAL NOT NULL,
     spec TEXT NOT NULL
 );
+-- Fleet-wide limits per kind (App.handles(max_running=, rate=)), as the latest worker to
+-- start declared them, and the start times of rate-limited kinds within their window (a
+-- sliding window log). Older code ignores both (and so the limits): no new schema version.
+CREATE TABLE IF NOT EXISTS offload_limits (
+    kind TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    max_running INTEGER,
+    rate INTEGER,
+    per_s REAL
+);
+CREATE TABLE IF NOT EXISTS offload_starts (
+    kind TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at);
 
 -- name: has_schema
 -- Whether an existing file is an offload database (opening it read-only checks first).
@@ -314,3 +329,48 @@ WHERE excluded.last_tick > offload_schedules.last_tick
 
 -- name: schedule_states
 SELECT name, last_tick, last_job_id, fired_at, spec FROM offload_schedules
+
+
+-- name: declare_limit
+INSERT INTO offload_limits (kind, queue, max_running, rate, per_s) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (kind) DO UPDATE
+SET queue = excluded.queue, max_running = excluded.max_running, rate = excluded.rate,
+    per_s = excluded.per_s
+
+-- name: drop_limit
+DELETE FROM offload_limits WHERE kind = ?
+
+-- name: limits
+SELECT kind, queue, max_running, rate, per_s FROM offload_limits
+
+-- name: limits_of_queues
+SELECT kind, queue, max_running, rate, per_s FROM offload_limits
+WHERE queue IN (SELECT value FROM json_each(?))
+
+-- name: running_of_kinds
+-- Off offload_jobs_state_kind_id: one range per kind.
+SELECT kind, count(*) FROM offload_jobs
+WHERE state = 'running' AND kind IN (SELECT value FROM json_each(?))
+GROUP BY kind
+
+-- name: forget_starts
+DELETE FROM offload_starts WHERE kind = ? AND at <= ?
+
+-- name: starts_of_kind
+SELECT at FROM offload_starts WHERE kind = ? AND at > ? ORDER BY at
+
+-- name: record_start
+INSERT INTO offload_starts (kind, at) VALUES (?, ?)
+
+-- name: gated_ids_one
+-- claim_ids_one for a gated claim: with each row's kind, and none of the kinds in the JSON
+-- array parameter (held back by their limits).
+SELECT id, kind, priority, run_at FROM (
+    SELECT id, kind, priority, run_at FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = ? AND run_at <= ?
+        AND NOT EXISTS (SELECT 1 FROM offload_paused WHERE queue = ?)
+        AND kind NOT IN (SELECT value FROM json_each(?))
+        AND id NOT IN (SELECT value FROM json_each(?))
+    ORDER BY priority, run_at, id
+    LIMIT ?
+)

@@ -1,0 +1,124 @@
+"""SQLite: the limits per kind, read and obeyed inside a claim's write transaction."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ...contract import KindLimits
+from ...limits import Gate, gate, take
+from .._sql import queries
+
+Q = queries(__package__)
+
+
+def _limits_of(rows: Sequence[tuple[Any, ...]]) -> list[KindLimits]:
+    return [
+        KindLimits(kind=k, queue=q, max_running=m, rate=r, per_s=p) for k, q, m, r, p in rows
+    ]
+
+
+def declare(conn: sqlite3.Connection, limits: Sequence[KindLimits]) -> None:
+    for lim in limits:
+        if lim.limited:
+            conn.execute(
+                Q["declare_limit"], (lim.kind, lim.queue, lim.max_running, lim.rate, lim.per_s)
+            )
+        else:
+            conn.execute(Q["drop_limit"], (lim.kind,))
+
+
+def _starts(conn: sqlite3.Connection, lim: KindLimits, now: float) -> list[float]:
+    if lim.per_s is None:
+        return []
+    return [at for (at,) in conn.execute(Q["starts_of_kind"], (lim.kind, now - lim.per_s))]
+
+
+def read(
+    conn: sqlite3.Connection, queues: Sequence[str] | None, now: float
+) -> tuple[list[KindLimits], Gate]:
+    """The stored limits of the kinds in `queues` (every queue when None) with their usage
+    at `now`, and the gate they make."""
+    if queues is None:
+        limits = _limits_of(conn.execute(Q["limits"]).fetchall())
+    else:
+        rows = conn.execute(Q["limits_of_queues"], (orjson.dumps(list(queues)).decode(),))
+        limits = _limits_of(rows.fetchall())
+    kinds = orjson.dumps([lim.kind for lim in limits]).decode()
+    running = dict(conn.execute(Q["running_of_kinds"], (kinds,)).fetchall()) if limits else {}
+    starts = {lim.kind: _starts(conn, lim, now) for lim in limits}
+    usage = [
+        KindLimits(
+            kind=lim.kind,
+            queue=lim.queue,
+            max_running=lim.max_running,
+            rate=lim.rate,
+            per_s=lim.per_s,
+            running=running.get(lim.kind, 0),
+            recent_starts=len(starts[lim.kind]),
+        )
+        for lim in limits
+    ]
+    return usage, gate(limits, running=running, starts=starts, now=now)
+
+
+@functools.cache
+def _gated_sql(n_queues: int) -> str:
+    union = " UNION ALL ".join([Q["gated_ids_one"]] * n_queues)
+    return f"SELECT id, kind FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
+
+
+def pick(
+    conn: sqlite3.Connection, queues: Sequence[str], now: float, limit: int, g: Gate
+) -> list[str]:
+    """Ready job ids in claim order, at most `limit`, each limited kind within its
+    allowance. A kind that fills its allowance is left out of the next read, so a claim
+    reads past a held-back kind's backlog at most once per limited kind."""
+    blocked = set(g.blocked)
+    left = dict(g.allow)
+    chosen: list[str] = []
+    while len(chosen) < limit:
+        want = limit - len(chosen)
+        args: list[Any] = []
+        skip, taken = orjson.dumps(sorted(blocked)).decode(), orjson.dumps(chosen).decode()
+        for queue in queues:
+            args += [queue, now, queue, skip, taken, want]
+        rows = conn.execute(_gated_sql(len(queues)), [*args, want]).fetchall()
+        picked = take(left, [kind for _, kind in rows], want)
+        for i in picked:
+            chosen.append(rows[i][0])
+            kind = rows[i][1]
+            if kind in left:
+                left[kind] -= 1
+        full = {k for k, n in left.items() if n <= 0} - blocked
+        if len(rows) < want or not full:
+            break  # nothing more to read, or what was read was taken
+        blocked |= full
+    return chosen
+
+
+def record_starts(
+    conn: sqlite3.Connection, limits: Sequence[KindLimits], kinds: Sequence[str], now: float
+) -> None:
+    """Log a start at `now` of each claimed job of a rate-limited kind, and forget the
+    starts that left the kinds' windows."""
+    rated = {lim.kind: lim.per_s for lim in limits if lim.per_s is not None}
+    for kind in kinds:
+        if kind in rated:
+            conn.execute(Q["record_start"], (kind, now))
+    for kind, per_s in rated.items():
+        assert per_s is not None
+        conn.execute(Q["forget_starts"], (kind, now - per_s))
+
+
+def held_back(
+    conn: sqlite3.Connection, queues: Sequence[str], now: float
+) -> tuple[bool, float | None]:
+    """After a claim: whether a limit holds back a kind of `queues` now, and when a start
+    is next due by a rate (None: a settle frees the slot)."""
+    g = read(conn, queues, now)[1]
+    return bool(g.blocked), g.next_start_at
