@@ -26,6 +26,7 @@ from ...contract import (
     Extension,
     JobFilter,
     JobRow,
+    KindLimits,
     Lapsed,
     Lease,
     Outcome,
@@ -37,6 +38,7 @@ from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import gates as _gates
 from . import search as _search
 
 T = TypeVar("T")
@@ -44,7 +46,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -159,6 +161,12 @@ class PostgresBackend:
         #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
         #: a worker never reads the feed, so its claims and settles do not wake it.
         self._feed_wanted = False
+        #: What held jobs back at this instance's last gated claim: whether a limit did,
+        #: and when a start is next due by a rate (see `wait`).
+        self._held_back: tuple[bool, float | None] = (False, None)
+        #: The limited kinds (and their queues) this instance claimed: their settles wake
+        #: the workers waiting for a free slot.
+        self._limited: dict[str, str] = {}
 
     @classmethod
     def from_url(
@@ -180,6 +188,11 @@ class PostgresBackend:
         return cls(conninfo, pool_size=pool_size, clock=clock, connect_timeout_s=timeout)
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _clock_now(self) -> float:
+        """This process's idea of the backend's clock (the injected one, else the wall
+        clock), for timeouts only."""
+        return time.time() if self.clock is None else self.clock.now()
 
     def _now(self) -> datetime | None:
         """The `now` parameter of the queries: None means the server's clock."""
@@ -478,6 +491,49 @@ class PostgresBackend:
 
         return [_lease_of(row, token, worker_id) for row in await self._retrying(run)]
 
+    async def claim_gated(
+        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        self._mark(_work_keys(queues))
+        token = secrets.token_hex(12)
+        now = self._now()
+        async with self._conn() as conn, conn.transaction():
+            usage = await _gates.read(conn, queues, now)
+            g = usage.gate()
+            params = {
+                "queues": list(queues),
+                "limit": limit,
+                "token": token,
+                "lease_for": lease_for,
+                "worker": worker_id,
+                "now": now,
+                **_gates.claim_params(usage, g),
+            }
+            async with conn.cursor() as cur:
+                await cur.execute(Q["claim_gated"], params)
+                rows = await cur.fetchall()
+        self._limited.update({x.kind: x.queue for x in usage.limits})
+        after = usage.gate([row[1] for row in rows])
+        self._held_back = (bool(after.blocked), after.next_start_at)
+        return [_lease_of(row, token, worker_id) for row in rows]
+
+    async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        async with self._conn() as conn, conn.transaction():
+            await _gates.declare(conn, limits)
+
+    async def limits(self) -> list[KindLimits]:
+        async with self._conn() as conn, conn.transaction():
+            return (await _gates.read(conn, None, self._now())).limits
+
+    async def _announce_slots(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
+        """Wake the workers waiting for a slot of the limited kinds whose jobs settled."""
+        kinds = {o.lease.envelope.kind for o, ok in zip(outcomes, applied, strict=True) if ok}
+        queues = sorted({self._limited[k] for k in kinds if k in self._limited})
+        if queues:
+            await self._fetch(Q["announce_work"], {"queues": queues})
+
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         if not leases:
             return []
@@ -499,7 +555,10 @@ class PostgresBackend:
         ]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        return await self._settle(outcomes, lapsed=False)
+        applied = await self._settle(outcomes, lapsed=False)
+        if self._limited:
+            await self._announce_slots(outcomes, applied)
+        return applied
 
     async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
         if not outcomes:
@@ -549,9 +608,18 @@ class PostgresBackend:
         ]
 
     async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
-        return await self._settle(decisions, lapsed=True)
+        applied = await self._settle(decisions, lapsed=True)
+        if self._limited:
+            await self._announce_slots(decisions, applied)
+        return applied
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        held, next_start_at = self._held_back
+        if held:  # ready jobs wait for a limit: not for the next due job, which may be one
+            if next_start_at is not None:
+                timeout = max(0.0, min(timeout, next_start_at - self._clock_now()))
+            await self._wait_version(_work_keys(queues), timeout)
+            return
         rows = await self._fetch(Q["next_run_at"], {"queues": list(queues), "now": self._now()})
         until_next = next(iter(rows[0].values())) if rows else None
         if until_next is not None:

@@ -143,6 +143,23 @@ CREATE TABLE IF NOT EXISTS offload_schedules (
     spec jsonb NOT NULL
 )
 
+-- name: migration_7
+-- Fleet-wide limits per kind (App.handles(max_running=, rate=)) as the latest worker to
+-- start declared them, and the start times (epoch seconds) of rate-limited kinds within
+-- their window: a gated claim locks its kinds' rows, counts, and records its starts.
+CREATE TABLE IF NOT EXISTS offload_limits (
+    kind text PRIMARY KEY,
+    queue text NOT NULL,
+    max_running integer,
+    rate integer,
+    per_s double precision
+);
+CREATE TABLE IF NOT EXISTS offload_starts (
+    kind text NOT NULL,
+    at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at)
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -463,3 +480,90 @@ WHERE excluded.last_tick > offload_schedules.last_tick
 -- name: schedule_states
 SELECT name, last_tick, last_job_id, extract(epoch FROM fired_at)::float8 AS fired_at, spec
 FROM offload_schedules
+
+
+-- name: declare_limit
+INSERT INTO offload_limits (kind, queue, max_running, rate, per_s)
+VALUES (%(kind)s, %(queue)s, %(max_running)s, %(rate)s, %(per_s)s)
+ON CONFLICT (kind) DO UPDATE
+SET queue = excluded.queue, max_running = excluded.max_running, rate = excluded.rate,
+    per_s = excluded.per_s
+
+-- name: drop_limit
+DELETE FROM offload_limits WHERE kind = %(kind)s
+
+-- name: lock_limits
+-- The limits of the claimed queues' kinds, their rows locked in kind order: gated claims of
+-- one kind take turns (plain claims of other queues never wait). `now` once, for the gate.
+SELECT kind, queue, max_running, rate, per_s,
+    extract(epoch FROM coalesce(%(now)s, now()))::float8 AS now
+FROM offload_limits
+WHERE queue = ANY(%(queues)s) OR %(all)s
+ORDER BY kind
+FOR UPDATE
+
+-- name: limits_usage
+-- Off offload_jobs_state_kind_id: one range per kind; the starts within each kind's window.
+SELECT l.kind,
+    (SELECT count(*) FROM offload_jobs j WHERE j.state = 'running' AND j.kind = l.kind)
+        AS running,
+    coalesce((SELECT array_agg(s.at ORDER BY s.at) FROM offload_starts s
+              WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s), '{}') AS starts
+FROM offload_limits l WHERE l.kind = ANY(%(kinds)s)
+
+-- name: claim_gated
+-- `claim` within the limits: no job of a kind held back (%(blocked)s), at most its
+-- allowance (%(allow)s, kind -> n) of each limited kind, and each start of a rate-limited
+-- kind (%(rated)s, kind -> window seconds) logged, the log's expired entries dropped.
+WITH cand AS (
+    SELECT c.id, c.kind, c.priority, c.run_at FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (SELECT NOT EXISTS (
+        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
+    CROSS JOIN LATERAL (
+        SELECT id, kind, priority, run_at FROM offload_jobs
+        WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name
+            AND run_at <= coalesce(%(now)s, now()) AND NOT (kind = ANY(%(blocked)s))
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), ranked AS (
+    SELECT id, kind, priority, run_at,
+        row_number() OVER (PARTITION BY kind ORDER BY priority, run_at, id) AS nth
+    FROM cand
+), picked AS (
+    SELECT r.id FROM ranked r
+    LEFT JOIN jsonb_each_text(%(allow)s::jsonb) AS a(kind, n) ON a.kind = r.kind
+    WHERE a.n IS NULL OR r.nth <= a.n::int
+    ORDER BY r.priority, r.run_at, r.id
+    LIMIT %(limit)s
+), upd AS (
+    UPDATE offload_jobs j
+    SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
+        lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
+        started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
+        progress_fraction = NULL, progress_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
+    ORDER BY u.priority, u.run_at, u.id
+), logged AS (
+    INSERT INTO offload_starts (kind, at)
+    SELECT u.kind, %(now_s)s FROM upd u WHERE %(rated)s::jsonb ? u.kind
+), forgot AS (
+    DELETE FROM offload_starts s USING jsonb_each_text(%(rated)s::jsonb) AS r(kind, per_s)
+    WHERE s.kind = r.kind AND s.at <= %(now_s)s - r.per_s::float8
+)
+SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
+FROM upd ORDER BY priority, run_at, id
+
+-- name: announce_work
+-- Wake the workers of these queues (a job of a limited kind settled: a slot freed).
+SELECT pg_notify('offload_work', q) FROM unnest(%(queues)s::text[]) AS q
+
+-- name: now
+SELECT extract(epoch FROM coalesce(%(now)s, now()))::float8 AS now
