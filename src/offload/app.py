@@ -29,6 +29,7 @@ from .contract import (
     JobFilter,
     JobRow,
     JobState,
+    KindLimits,
     Message,
     Throughput,
     WorkerInfo,
@@ -37,6 +38,7 @@ from .contract import (
 )
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .job import Job as Job  # re-exported: enqueue's answer
+from .limits import parse_rate
 from .metrics import NO_METRICS, NoMetrics
 from .notify import base as _notify
 from .notify.base import EmailTemplate
@@ -107,6 +109,21 @@ class HandlerSpec:
     timeout: float | None
     backoff: Backoff
     is_async: bool
+    #: Jobs of the kind running at once across every worker (None: no cap).
+    max_running: int | None = None
+    #: Starts of the kind allowed within any `per_s` seconds (`rate="100/m"`; None: none).
+    rate: tuple[int, float] | None = None
+
+    def limits(self) -> KindLimits:
+        """The kind's fleet-wide limits as a worker declares them to the backend."""
+        count, per_s = self.rate or (None, None)
+        return KindLimits(
+            kind=self.message.kind,
+            queue=self.message.queue,
+            max_running=self.max_running,
+            rate=count,
+            per_s=per_s,
+        )
 
 
 class App:
@@ -266,9 +283,29 @@ class App:
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         backoff: Backoff | None = None,
+        max_running: int | None = None,
+        rate: str | None = None,
     ) -> Callable[[F], F]:
-        """Register the handler of a message class (in the worker half)."""
+        """Register the handler of a message class (in the worker half).
+
+        Args:
+            max_running: never more than this many jobs of the kind running at once, across
+                every worker (the backend counts them inside each claim).
+            rate: at most this many starts of the kind within any window of time, across
+                every worker: `"100/m"` (units s, m, h; `"10/5s"`: 10 within any 5 s).
+
+        Jobs over a limit stay queued, their attempts unspent, and are claimed as soon as a
+        slot or a start frees. Each worker declares its limits to the backend when it
+        starts; the latest declaration of a kind wins (so run one version of the code).
+
+        Raises:
+            ConfigurationError: a kind with a handler already, `max_running` below 1, or a
+                `rate` not of the form `"100/m"`.
+        """
         spec = self.spec_of(cls)
+        if max_running is not None and max_running < 1:
+            raise ConfigurationError(f"max_running of {spec.kind!r} must be at least 1")
+        parsed_rate = None if rate is None else parse_rate(rate)
 
         def register(fn: F) -> F:
             if spec.kind in self.handlers:
@@ -280,6 +317,8 @@ class App:
                 timeout=_seconds(timeout) if timeout is not None else spec.timeout,
                 backoff=backoff or Backoff(),
                 is_async=inspect.iscoroutinefunction(fn),
+                max_running=max_running,
+                rate=parsed_rate,
             )
             return fn
 

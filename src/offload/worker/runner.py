@@ -33,6 +33,7 @@ from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
 from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
+from .gating import ClaimGate
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all, retry_or_dead
 from .scheduler import Scheduler
@@ -160,6 +161,8 @@ class Worker:
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
         #: The versions this worker runs of each kind it claims, as it records them.
         self.kinds = self._runnable(app)
+        #: The limits per kind on its queues: which claim it makes.
+        self.gate = ClaimGate(app, self.queues)
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
         #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
         self.builtin = self.dispatcher.handlers()
@@ -260,6 +263,7 @@ class Worker:
         self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
         unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
         await self._record()  # before the first claim: the web tier may ask
+        await self.gate.declare(self.app._require_backend())
         for name in ("heartbeat", "rescuer", "settler", *self._extra_side_tasks()):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
@@ -297,7 +301,7 @@ class Worker:
                     await self._race(self._slot_free.wait(), stop_wait)
                     continue
                 try:
-                    leases = await backend.claim(
+                    leases = await self.gate.claim(backend)(
                         self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
                     )
                 except BackendError as exc:
@@ -782,6 +786,7 @@ class Worker:
             if loop.time() >= next_record:  # the registry's view of this worker stays live
                 next_record = loop.time() + self.record_every_s
                 await self._record()
+                await self.gate.refresh(self.app._require_backend())
 
     async def _beat(self, jobs: Sequence[_Job]) -> None:
         """Extend the leases of `jobs` and act on the answers (lost, cancel asked)."""

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -511,7 +511,7 @@ class PostgresBackend:
                 "now": now,
                 **_gates.claim_params(usage, g),
             }
-            async with conn.cursor() as cur:
+            async with conn.cursor(row_factory=tuple_row) as cur:
                 await cur.execute(Q["claim_gated"], params)
                 rows = await cur.fetchall()
         self._limited.update({x.kind: x.queue for x in usage.limits})

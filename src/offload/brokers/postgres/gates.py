@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -66,9 +66,7 @@ async def read(
             assert row is not None
             return Usage([], {}, {}, row["now"])
         now_s: float = stored[0]["now"]
-        await cur.execute(
-            Q["limits_usage"], {"kinds": [r["kind"] for r in stored], "now_s": now_s}
-        )
+        await cur.execute(Q["limits_usage"], {"kinds": [r["kind"] for r in stored], "now_s": now_s})
         usage = {r["kind"]: r for r in await cur.fetchall()}
     limits = [
         KindLimits(

@@ -444,7 +444,7 @@ class RedisBackend:
                 "rate": lim.rate,
                 "per_s": lim.per_s,
             }
-            args += [lim.kind, _json(spec) if lim.limited else ""]
+            args += [lim.kind, orjson.dumps(spec).decode() if lim.limited else ""]
         if args:
             await self._run("declare_limits", *args)
 

@@ -17,9 +17,7 @@ Q = queries(__package__)
 
 
 def _limits_of(rows: Sequence[tuple[Any, ...]]) -> list[KindLimits]:
-    return [
-        KindLimits(kind=k, queue=q, max_running=m, rate=r, per_s=p) for k, q, m, r, p in rows
-    ]
+    return [KindLimits(kind=k, queue=q, max_running=m, rate=r, per_s=p) for k, q, m, r, p in rows]
 
 
 def declare(conn: sqlite3.Connection, limits: Sequence[KindLimits]) -> None:
