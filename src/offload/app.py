@@ -38,7 +38,7 @@ from .contract import (
 )
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .job import Job as Job  # re-exported: enqueue's answer
-from .limits import parse_rate
+from .limits import format_rate, parse_rate
 from .metrics import NO_METRICS, NoMetrics
 from .notify import base as _notify
 from .notify.base import EmailTemplate
@@ -910,10 +910,24 @@ class App:
         age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
         that claimed them runs, given back for one that knows it), paused. Every queue a
         registered kind routes to, the deliveries' queue (`offload.notify`), and every
-        queue that is paused is listed, an empty one with zeros."""
-        stats = await (await self._opened_backend()).stats()
+        queue that is paused is listed, an empty one with zeros. `limits`: per limited kind
+        of the queue (`handles(max_running=, rate=)`, as the workers declared them), its
+        `max_running` and `rate` (`"100/m"`, or None), the jobs of it `running` now and its
+        `recent_starts` within the rate's window."""
+        backend = await self._opened_backend()
+        stats = await backend.stats()
         for name in (*self.queues, _notify.NOTIFY_QUEUE):
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
+        for queue in stats.values():
+            queue["limits"] = {}
+        for lim in await backend.limits():
+            queue = stats.setdefault(lim.queue, dict(EMPTY_QUEUE_STATS, limits={}))
+            queue["limits"][lim.kind] = {
+                "max_running": lim.max_running,
+                "rate": format_rate(lim),
+                "running": lim.running,
+                "recent_starts": lim.recent_starts,
+            }
         return stats
 
     async def live_versions(self) -> dict[str, set[int]]:
