@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .contract import KindLimits
 from .errors import ConfigurationError
+
+T = TypeVar("T")
 
 #: Seconds of each rate unit (`rate="100/m"`).
 RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -112,4 +115,14 @@ def take(allow: Mapping[str, int], kinds: Sequence[str], limit: int) -> list[int
     return out
 
 
-__all__ = ["RATE_UNITS", "Gate", "format_rate", "gate", "parse_rate", "take"]
+def round_robin(lists: Sequence[Sequence[T]]) -> list[T]:
+    """The first item of each list, then the second of each, and so on: the claim order of
+    a fair queue over its owners' jobs (each list one owner's, in the order to serve them),
+    and of a claim over several sources."""
+    out: list[T] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+__all__ = ["RATE_UNITS", "Gate", "format_rate", "gate", "parse_rate", "round_robin", "take"]

@@ -363,12 +363,24 @@ class Limiter(Protocol):
         ...
 
     async def claim_gated(
-        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
     ) -> list[Lease]:
         """`claim`, obeying the stored limits of the kinds in `queues`: in one transaction
         (one script on Redis), count each limited kind's running jobs and recent starts and
         lease at most what its `max_running` and `rate` allow; the rest stay queued, their
         attempts unspent. Records each start of a rate-limited kind.
+
+        The queues named in `fair` are claimed round-robin across owners: one job of each
+        owner with ready jobs in turn, the owner least recently served (by any claim) first,
+        each owner's jobs in claim order (priority, run_at, id); the backend keeps each
+        owner's last turn. Leases come back in the order taken (fair queues and the plain
+        ones taking turns), not sorted by priority.
 
         The next `wait` of this instance knows what held jobs back: it ends when a start
         is due again by the rate, or when a job of a limited kind settles (its settle wakes

@@ -467,7 +467,12 @@ class SQLiteBackend:
         return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
 
     def _claim_gated(
-        self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str],
     ) -> list[Lease]:
         self._seen["claim"] = self._version()
         now = self.clock.now()
@@ -475,9 +480,10 @@ class SQLiteBackend:
         expires = now + lease_for
         with self._tx() as conn:  # the write lock: no other claim counts meanwhile
             limits, g = _gates.read(conn, queues, now)
-            ids = _gates.pick(conn, queues, now, limit, g)
+            ids, served = _gates.pick(conn, queues, now, limit, g, fair)
             rows = []
             if ids:
+                _gates.take_turns(conn, served)
                 rows = self._returning(
                     conn,
                     Q["claim"].format(ids=_placeholders(len(ids))),
@@ -488,18 +494,27 @@ class SQLiteBackend:
             self._held_back = _gates.held_back(conn, queues, now)
         if rows:
             self._last_work = time.monotonic()
-        rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
+        order = {job_id: n for n, job_id in enumerate(ids)}
+        rows.sort(key=lambda r: order[r["id"]])
         return [
             Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
             for r in rows
         ]
 
     async def claim_gated(
-        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
     ) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
-        return await self._run(self._claim_gated, list(queues), worker_id, lease_for, limit)
+        return await self._run(
+            self._claim_gated, list(queues), worker_id, lease_for, limit, frozenset(fair)
+        )
 
     def _declare_limits(self, limits: Sequence[KindLimits]) -> None:
         with self._tx() as conn:

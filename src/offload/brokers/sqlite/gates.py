@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
 
 from ...contract import KindLimits
-from ...limits import Gate, gate, take
+from ...limits import Gate, gate, round_robin, take
 from .._sql import queries
 
 Q = queries(__package__)
@@ -70,33 +70,88 @@ def _gated_sql(n_queues: int) -> str:
     return f"SELECT id, kind FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
 
 
-def pick(
+def _plain(
     conn: sqlite3.Connection, queues: Sequence[str], now: float, limit: int, g: Gate
-) -> list[str]:
-    """Ready job ids in claim order, at most `limit`, each limited kind within its
-    allowance. A kind that fills its allowance is left out of the next read, so a claim
-    reads past a held-back kind's backlog at most once per limited kind."""
+) -> list[tuple[str, str]]:
+    """Ready (id, kind) of plain queues in claim order, at most `limit`, each limited kind
+    within its allowance. A kind that fills its allowance is left out of the next read, so a
+    claim reads past a held-back kind's backlog at most once per limited kind."""
     blocked = set(g.blocked)
     left = dict(g.allow)
-    chosen: list[str] = []
+    chosen: list[tuple[str, str]] = []
     while len(chosen) < limit:
         want = limit - len(chosen)
         args: list[Any] = []
-        skip, taken = orjson.dumps(sorted(blocked)).decode(), orjson.dumps(chosen).decode()
+        skip = orjson.dumps(sorted(blocked)).decode()
+        taken = orjson.dumps([i for i, _ in chosen]).decode()
         for queue in queues:
             args += [queue, now, queue, skip, taken, want]
         rows = conn.execute(_gated_sql(len(queues)), [*args, want]).fetchall()
-        picked = take(left, [kind for _, kind in rows], want)
-        for i in picked:
-            chosen.append(rows[i][0])
-            kind = rows[i][1]
-            if kind in left:
-                left[kind] -= 1
+        for i in take(left, [kind for _, kind in rows], want):
+            chosen.append(rows[i])
+            if rows[i][1] in left:
+                left[rows[i][1]] -= 1
         full = {k for k, n in left.items() if n <= 0} - blocked
         if len(rows) < want or not full:
             break  # nothing more to read, or what was read was taken
         blocked |= full
     return chosen
+
+
+def _fair(
+    conn: sqlite3.Connection, queue: str, now: float, limit: int, g: Gate
+) -> list[tuple[str, str, str]]:
+    """Ready (id, kind, owner) of a fair queue: one job of each owner in turn, the least
+    recently served owner first, each owner's jobs in claim order."""
+    owners = [o for (o,) in conn.execute(Q["fair_owners"], {"queue": queue, "limit": limit})]
+    if not owners:
+        return []
+    skip = orjson.dumps(g.blocked).decode()
+
+    def jobs(owner: str, n: int, offset: int = 0) -> list[tuple[str, str, str]]:
+        rows = conn.execute(Q["fair_jobs"], (queue, owner, now, skip, n, offset))
+        return [(i, k, owner) for i, k in rows]
+
+    # A fair share of the claim from each owner; then, if some had fewer, the rest from
+    # those that had their share (any one of them can fill it).
+    share = -(-limit // len(owners))
+    lists = [jobs(owner, share) for owner in owners]
+    short = limit - sum(len(x) for x in lists)
+    if short > 0:
+        for owner, got in zip(owners, lists, strict=True):
+            if len(got) == share:
+                got += jobs(owner, short, share)
+    return round_robin(lists)
+
+
+def pick(
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    now: float,
+    limit: int,
+    g: Gate,
+    fair: Collection[str],
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The job ids a gated claim takes, in claim order, and the (queue, owner) of each fair
+    queue's owner it served, in the order served. Fair queues and the plain ones (as one)
+    take turns."""
+    plain = [q for q in queues if q not in fair]
+    sources: list[list[tuple[str, str, str | None, str | None]]] = []
+    if plain:
+        sources.append([(i, k, None, None) for i, k in _plain(conn, plain, now, limit, g)])
+    for queue in (q for q in queues if q in fair):
+        sources.append([(i, k, queue, o) for i, k, o in _fair(conn, queue, now, limit, g)])
+    candidates = round_robin(sources)
+    chosen = [candidates[i] for i in take(g.allow, [c[1] for c in candidates], limit)]
+    served = [(q, o) for _, _, q, o in chosen if q is not None and o is not None]
+    # In the order of each owner's last job taken: the owner served last goes last.
+    return [c[0] for c in chosen], list(dict.fromkeys(reversed(served)))[::-1]
+
+
+def take_turns(conn: sqlite3.Connection, served: Sequence[tuple[str, str]]) -> None:
+    """Each served owner's turn is now the newest of its queue, in the order served."""
+    for queue, owner in served:
+        conn.execute(Q["fair_turn"], (queue, owner, queue))
 
 
 def record_starts(

@@ -85,6 +85,16 @@ CREATE TABLE IF NOT EXISTS offload_starts (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at);
+-- Fair queues (App.message(fair=True)): the waiting jobs of each owner of a queue in claim
+-- order (one range per owner), and each owner's last turn at a fair claim of the queue.
+CREATE INDEX IF NOT EXISTS offload_jobs_fair
+    ON offload_jobs (queue, owner, priority, run_at, id) WHERE state IN ('queued', 'retrying');
+CREATE TABLE IF NOT EXISTS offload_fair (
+    queue TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    PRIMARY KEY (queue, owner)
+);
 
 -- name: has_schema
 -- Whether an existing file is an offload database (opening it read-only checks first).
@@ -374,3 +384,32 @@ SELECT id, kind, priority, run_at FROM (
     ORDER BY priority, run_at, id
     LIMIT ?
 )
+
+-- name: fair_owners
+-- The owners with waiting jobs in a queue (a skip scan of offload_jobs_fair: one probe per
+-- owner, not one per job), least recently served first.
+WITH RECURSIVE o(owner) AS (
+    SELECT (SELECT min(owner) FROM offload_jobs
+            WHERE state IN ('queued', 'retrying') AND queue = :queue)
+    UNION ALL
+    SELECT (SELECT min(owner) FROM offload_jobs
+            WHERE state IN ('queued', 'retrying') AND queue = :queue AND owner > o.owner)
+    FROM o WHERE o.owner IS NOT NULL
+)
+SELECT o.owner FROM o LEFT JOIN offload_fair f ON f.queue = :queue AND f.owner = o.owner
+WHERE o.owner IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM offload_paused WHERE queue = :queue)
+ORDER BY coalesce(f.turn, 0), o.owner
+LIMIT :limit
+
+-- name: fair_jobs
+SELECT id, kind FROM offload_jobs
+WHERE state IN ('queued', 'retrying') AND queue = ? AND owner = ? AND run_at <= ?
+    AND kind NOT IN (SELECT value FROM json_each(?))
+ORDER BY priority, run_at, id
+LIMIT ? OFFSET ?
+
+-- name: fair_turn
+INSERT INTO offload_fair (queue, owner, turn)
+VALUES (?, ?, (SELECT coalesce(max(turn), 0) + 1 FROM offload_fair WHERE queue = ?))
+ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
