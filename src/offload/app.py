@@ -78,6 +78,8 @@ class MessageSpec:
     http: bool = True
     #: Input keys of the fields the web tier fills from the caller (`FromPrincipal`).
     principal_fields: tuple[str, ...] = ()
+    #: Its queue is fair: workers claim its jobs round-robin across owners.
+    fair: bool = False
 
 
 def _builtin_kinds() -> dict[str, MessageSpec]:
@@ -200,10 +202,15 @@ class App:
         timeout: float | timedelta | None = None,
         callback_url: str | None = None,
         http: bool = True,
+        fair: bool = False,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
         Args:
+            fair: make the kind's queue fair: workers claim its jobs round-robin across
+                owners (the least recently served first), so one owner's backlog delays
+                another owner's job by about one job per worker slot, not by the backlog.
+                A queue is fair when any kind routed to it says so.
             callback_url: a webhook target notified when any job of this kind ends, unless
                 the job names its own `callback_url`.
             http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
@@ -240,6 +247,7 @@ class App:
                 callback_url,
                 http=http,
                 principal_fields=filled,
+                fair=fair,
             )
             return cls
 

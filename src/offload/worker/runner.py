@@ -389,7 +389,10 @@ class Worker:
     def _claim_size(self) -> int:
         """How many jobs to claim now: free slots plus the prefetch, or 0 to wait; never more
         than are left to run under `max_jobs`."""
-        size = self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
+        if self.gate.gated:  # no prefetch (see ClaimGate)
+            size = self.concurrency - self._busy - len(self._line)
+        else:
+            size = self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
         if self.max_jobs is not None:
             size = min(size, self.max_jobs - self.begun - len(self._line))
         return size

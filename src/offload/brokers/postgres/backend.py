@@ -492,28 +492,38 @@ class PostgresBackend:
         return [_lease_of(row, token, worker_id) for row in await self._retrying(run)]
 
     async def claim_gated(
-        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
     ) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
         self._mark(_work_keys(queues))
         token = secrets.token_hex(12)
         now = self._now()
+        params = {"limit": limit, "now": now}
         async with self._conn() as conn, conn.transaction():
             usage = await _gates.read(conn, queues, now)
             g = usage.gate()
-            params = {
-                "queues": list(queues),
-                "limit": limit,
-                "token": token,
-                "lease_for": lease_for,
-                "worker": worker_id,
-                "now": now,
-                **_gates.claim_params(usage, g),
-            }
-            async with conn.cursor(row_factory=tuple_row) as cur:
-                await cur.execute(Q["claim_gated"], params)
-                rows = await cur.fetchall()
+            ids, served = await _gates.pick(conn, queues, frozenset(fair), g, params)
+            rows: list[tuple[Any, ...]] = []
+            if ids:
+                await _gates.take_turns(conn, served)
+                claim = {
+                    "ids": ids,
+                    "token": token,
+                    "lease_for": lease_for,
+                    "worker": worker_id,
+                    "now": now,
+                    **_gates.claim_params(usage),
+                }
+                async with conn.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute(Q["claim_picked"], claim)
+                    rows = await cur.fetchall()
         self._limited.update({x.kind: x.queue for x in usage.limits})
         after = usage.gate([row[1] for row in rows])
         self._held_back = (bool(after.blocked), after.next_start_at)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from ...contract import KindLimits
-from ...limits import Gate, gate
+from ...limits import Gate, gate, round_robin, take
 from .._sql import queries
 
 Q = queries(__package__)
@@ -60,11 +60,8 @@ async def read(
             Q["lock_limits"], {"queues": list(queues or ()), "all": queues is None, "now": now}
         )
         stored = await cur.fetchall()
-        if not stored:
-            await cur.execute(Q["now"], {"now": now})
-            row = await cur.fetchone()
-            assert row is not None
-            return Usage([], {}, {}, row["now"])
+        if not stored:  # nothing limited: no start to log, so `now` is not needed
+            return Usage([], {}, {}, 0.0)
         now_s: float = stored[0]["now"]
         await cur.execute(Q["limits_usage"], {"kinds": [r["kind"] for r in stored], "now_s": now_s})
         usage = {r["kind"]: r for r in await cur.fetchall()}
@@ -85,11 +82,88 @@ async def read(
     return Usage(limits, running, starts, now_s)
 
 
-def claim_params(u: Usage, g: Gate) -> dict[str, Any]:
-    """The gate's parameters of the `claim_gated` query."""
-    return {
-        "blocked": g.blocked,
-        "allow": orjson.dumps(dict(g.allow)).decode(),
-        "rated": orjson.dumps({x.kind: x.per_s for x in u.limits if x.per_s is not None}).decode(),
-        "now_s": u.now_s,
-    }
+def claim_params(u: Usage) -> dict[str, Any]:
+    """The limits' parameters of the `claim_picked` query."""
+    rated = {x.kind: x.per_s for x in u.limits if x.per_s is not None}
+    return {"rated": orjson.dumps(rated).decode(), "now_s": u.now_s}
+
+
+Candidate = tuple[str, str, str | None, str | None]
+
+
+async def _plain(
+    cur: psycopg.AsyncCursor[Any], queues: Sequence[str], params: dict[str, Any]
+) -> list[Candidate]:
+    await cur.execute(Q["gated_pick"], {**params, "queues": list(queues)})
+    return [(i, k, None, None) for i, k in await cur.fetchall()]
+
+
+async def _fair(
+    cur: psycopg.AsyncCursor[Any], queues: Sequence[str], params: dict[str, Any]
+) -> list[list[Candidate]]:
+    """Per fair queue, its candidates: one job of each owner in turn, the least recently
+    served first (a fair share of the claim from each, then the rest from those that had
+    theirs, as in SQLite)."""
+    limit = params["limit"]
+    await cur.execute(Q["fair_owners"], {"queues": list(queues)})
+    per_queue: dict[str, list[str]] = {}
+    for queue, owner in await cur.fetchall():
+        if len(per_queue.setdefault(queue, [])) < limit:
+            per_queue[queue].append(owner)
+    pairs = [(q, o) for q, owners in per_queue.items() for o in owners]
+    if not pairs:
+        return []
+    lists: dict[tuple[str, str], list[Candidate]] = {pair: [] for pair in pairs}
+
+    async def jobs(wanted: Sequence[tuple[str, str]], share: int, taken: list[str]) -> None:
+        await cur.execute(
+            Q["fair_jobs"],
+            {
+                **params,
+                "queues": [q for q, _ in wanted],
+                "owners": [o for _, o in wanted],
+                "share": share,
+                "taken": taken,
+            },
+        )
+        for i, k, q, o in await cur.fetchall():
+            lists[(q, o)].append((i, k, q, o))
+
+    share = -(-limit // max(len(owners) for owners in per_queue.values()))
+    await jobs(pairs, share, [])
+    got = [c[0] for x in lists.values() for c in x]
+    short = limit - min(sum(len(lists[(q, o)]) for o in per_queue[q]) for q in per_queue)
+    rich = [pair for pair in pairs if len(lists[pair]) == share]
+    if short > 0 and rich:
+        await jobs(rich, short, got)
+    return [round_robin([lists[(q, o)] for o in owners]) for q, owners in per_queue.items()]
+
+
+async def pick(
+    conn: psycopg.AsyncConnection[Any],
+    queues: Sequence[str],
+    fair: Collection[str],
+    g: Gate,
+    params: dict[str, Any],
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The job ids a gated claim takes (locked), in claim order, and the (queue, owner) of
+    each fair queue's owner it served, in the order of their last job taken."""
+    params = {**params, "blocked": g.blocked}
+    plain = [q for q in queues if q not in fair]
+    sources: list[list[Candidate]] = []
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        if plain:
+            sources.append(await _plain(cur, plain, params))
+        if any(q in fair for q in queues):
+            sources += await _fair(cur, [q for q in queues if q in fair], params)
+    candidates = round_robin(sources)
+    chosen = [candidates[i] for i in take(g.allow, [c[1] for c in candidates], params["limit"])]
+    served = [(q, o) for _, _, q, o in chosen if q is not None and o is not None]
+    return [c[0] for c in chosen], list(dict.fromkeys(reversed(served)))[::-1]
+
+
+async def take_turns(conn: psycopg.AsyncConnection[Any], served: Sequence[tuple[str, str]]) -> None:
+    if served:
+        await conn.execute(
+            Q["fair_turns"], {"queues": [q for q, _ in served], "owners": [o for _, o in served]}
+        )

@@ -158,7 +158,18 @@ CREATE TABLE IF NOT EXISTS offload_starts (
     kind text NOT NULL,
     at double precision NOT NULL
 );
-CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at)
+CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at);
+-- Fair queues (App.message(fair=True)): the waiting jobs of each owner of a queue in claim
+-- order (one range per owner), and each owner's last turn at a fair claim of the queue.
+CREATE INDEX IF NOT EXISTS offload_jobs_fair
+    ON offload_jobs (queue, owner, priority, run_at, id) WHERE state IN ('queued', 'retrying');
+CREATE TABLE IF NOT EXISTS offload_fair (
+    queue text NOT NULL,
+    owner text NOT NULL,
+    turn bigint NOT NULL,
+    PRIMARY KEY (queue, owner)
+);
+CREATE SEQUENCE IF NOT EXISTS offload_fair_turn
 
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
@@ -511,44 +522,75 @@ SELECT l.kind,
               WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s), '{}') AS starts
 FROM offload_limits l WHERE l.kind = ANY(%(kinds)s)
 
--- name: claim_gated
--- `claim` within the limits: no job of a kind held back (%(blocked)s), at most its
--- allowance (%(allow)s, kind -> n) of each limited kind, and each start of a rate-limited
--- kind (%(rated)s, kind -> window seconds) logged, the log's expired entries dropped.
-WITH cand AS (
-    SELECT c.id, c.kind, c.priority, c.run_at FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (SELECT NOT EXISTS (
-        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
-    CROSS JOIN LATERAL (
-        SELECT id, kind, priority, run_at FROM offload_jobs
-        WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name
-            AND run_at <= coalesce(%(now)s, now()) AND NOT (kind = ANY(%(blocked)s))
-        ORDER BY priority, run_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-), ranked AS (
-    SELECT id, kind, priority, run_at,
-        row_number() OVER (PARTITION BY kind ORDER BY priority, run_at, id) AS nth
-    FROM cand
-), picked AS (
-    SELECT r.id FROM ranked r
-    LEFT JOIN jsonb_each_text(%(allow)s::jsonb) AS a(kind, n) ON a.kind = r.kind
-    WHERE a.n IS NULL OR r.nth <= a.n::int
-    ORDER BY r.priority, r.run_at, r.id
+-- name: gated_pick
+-- The ready jobs of plain queues for a gated claim, in claim order, locked: none of a kind
+-- held back by its limits (%(blocked)s).
+SELECT c.id::text, c.kind FROM unnest(%(queues)s::text[]) AS q(name)
+CROSS JOIN LATERAL (SELECT NOT EXISTS (
+    SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
+CROSS JOIN LATERAL (
+    SELECT id, kind, priority, run_at FROM offload_jobs
+    WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name
+        AND run_at <= coalesce(%(now)s, now()) AND NOT (kind = ANY(%(blocked)s))
+    ORDER BY priority, run_at, id
     LIMIT %(limit)s
-), upd AS (
+    FOR UPDATE SKIP LOCKED
+) AS c
+ORDER BY c.priority, c.run_at, c.id
+LIMIT %(limit)s
+
+-- name: fair_owners
+-- The owners with waiting jobs in each fair queue (a skip scan of offload_jobs_fair: one
+-- probe per owner, not one per job), least recently served first.
+WITH RECURSIVE o AS (
+    SELECT q.name AS queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = q.name
+        ORDER BY j.owner LIMIT 1) AS owner
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = q.name)
+    UNION ALL
+    SELECT o.queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = o.queue AND j.owner > o.owner
+        ORDER BY j.owner LIMIT 1)
+    FROM o WHERE o.owner IS NOT NULL
+)
+SELECT o.queue, o.owner FROM o
+LEFT JOIN offload_fair f ON f.queue = o.queue AND f.owner = o.owner
+WHERE o.owner IS NOT NULL
+ORDER BY coalesce(f.turn, 0), o.owner
+
+-- name: fair_jobs
+-- Up to %(share)s ready jobs of each (queue, owner), locked, in that order then claim order.
+SELECT c.id::text, c.kind, s.queue, s.owner
+FROM unnest(%(queues)s::text[], %(owners)s::text[]) WITH ORDINALITY AS s(queue, owner, n)
+CROSS JOIN LATERAL (
+    SELECT id, kind, priority, run_at FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = s.queue AND owner = s.owner
+        AND run_at <= coalesce(%(now)s, now()) AND NOT (kind = ANY(%(blocked)s))
+        AND NOT (id = ANY(%(taken)s::uuid[]))
+    ORDER BY priority, run_at, id
+    LIMIT %(share)s
+    FOR UPDATE SKIP LOCKED
+) AS c
+ORDER BY s.n, c.priority, c.run_at, c.id
+
+-- name: claim_picked
+-- Lease the jobs a gated claim picked (%(ids)s, locked by the pick), and log each start of
+-- a rate-limited kind (%(rated)s, kind -> window seconds), dropping the log's expired ones.
+WITH upd AS (
     UPDATE offload_jobs j
     SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
         lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
         started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
         progress_fraction = NULL, progress_message = NULL
-    FROM picked WHERE j.id = picked.id
+    WHERE j.id = ANY(%(ids)s::uuid[]) AND j.state IN ('queued', 'retrying')
     RETURNING j.*
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
     SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
-    ORDER BY u.priority, u.run_at, u.id
+    ORDER BY array_position(%(ids)s::uuid[], u.id)
 ), logged AS (
     INSERT INTO offload_starts (kind, at)
     SELECT u.kind, %(now_s)s FROM upd u WHERE %(rated)s::jsonb ? u.kind
@@ -559,11 +601,16 @@ WITH cand AS (
 SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
     extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
     idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
-FROM upd ORDER BY priority, run_at, id
+FROM upd ORDER BY array_position(%(ids)s::uuid[], id)
+
+-- name: fair_turns
+-- Each served owner's turn is now the newest, in the order served.
+INSERT INTO offload_fair (queue, owner, turn)
+SELECT s.queue, s.owner, nextval('offload_fair_turn')
+FROM unnest(%(queues)s::text[], %(owners)s::text[]) WITH ORDINALITY AS s(queue, owner, n)
+ORDER BY s.n
+ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
 
 -- name: announce_work
 -- Wake the workers of these queues (a job of a limited kind settled: a slot freed).
 SELECT pg_notify('offload_work', q) FROM unnest(%(queues)s::text[]) AS q
-
--- name: now
-SELECT extract(epoch FROM coalesce(%(now)s, now()))::float8 AS now
