@@ -413,23 +413,32 @@ class RedisBackend:
         ]
 
     async def claim_gated(
-        self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
     ) -> list[Lease]:
-        """`claim` within the limits of the queues' kinds, in one script call."""
+        """`claim` within the limits of the queues' kinds, fair queues round-robin over
+        owners, in one script call. Once a fair claim has seen a queue's ready jobs they
+        wait in per-owner lists that only fair claims read: every worker of a fair queue
+        must declare it fair (run one version of the code)."""
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._announcements.work_mark()
         now = self.clock.now()
         token = secrets.token_hex(12)
         expires = now + lease_for
+        fairs = sorted(set(fair))
         flats, held, next_start_at, kinds = await self._run(
             "claim_gated", num(now), token, num(expires), worker_id, limit, self.promote_max,
-            DEFAULT_GATED_SCAN_MAX, *dict.fromkeys(queues),
+            DEFAULT_GATED_SCAN_MAX, len(fairs), *fairs, *dict.fromkeys(queues),
         )  # fmt: skip
         self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
         self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
-        rows = [decode(pairs(flat)) for flat in flats]
-        rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
+        rows = [decode(pairs(flat)) for flat in flats]  # in the order taken
         return [
             Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
             for r in rows

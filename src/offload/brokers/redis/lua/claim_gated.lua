@@ -1,13 +1,23 @@
--- claim_gated: ARGV = K, now, token, expires, worker, limit, promote_max, scan_max, queue...
+-- claim_gated: ARGV = K, now, token, expires, worker, limit, promote_max, scan_max, n_fair,
+-- then n_fair fair queues, then the queues to claim from.
 -- `claim` within the limits of the claimed queues' kinds (see kind_gates): a held-back
--- kind's jobs are passed over (at most `scan_max` ready entries read per queue), each
--- limited kind gets at most its allowance, and its leased jobs and starts are logged.
--- Returns {claimed rows, 1 when a limit holds jobs back now (else 0), the time a start is
--- next due by a rate ('' for none), the limited kinds with their queues (flat pairs)}.
+-- kind's jobs are passed over (at most `scan_max` entries read per queue), each limited
+-- kind gets at most its allowance, and its leased jobs and starts are logged.
+-- A fair queue's ready jobs move (as a claim first sees them) from ready:<q> to one zset
+-- per owner, fready:<len(q)>:<q><owner> (same scores and members), with the owners in
+-- fring:<q> (zset by each owner's last turn, from the counter fturn:<q>); the claim takes
+-- one job of each owner in turn, least recently served first. Fair queues and the plain
+-- ones (merged in claim order) take turns.
+-- Returns {claimed rows in the order taken, 1 when a limit holds jobs back now (else 0),
+-- the time a start is next due by a rate ('' for none), the limited kinds with their
+-- queues (flat pairs)}.
 local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, promote_max, scan_max = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local n_fair = tonumber(ARGV[9])
+local fair = {}
+for i = 10, 9 + n_fair do fair[ARGV[i]] = true end
 local queues, open = {}, {}
-for i = 9, #ARGV do
+for i = 10 + n_fair, #ARGV do
   if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then
     queues[#queues + 1] = ARGV[i]
     open[ARGV[i]] = true
@@ -31,31 +41,150 @@ local gates = kind_gates(open, now)
 local left = {}
 for kind, g in pairs(gates) do left[kind] = g.allow end
 
--- The eligible ready entries of each queue, in its order, then merged (score, member).
-local eligible = {}
-for _, queue in ipairs(queues) do
-  local key, taken, offset = K .. 'ready:' .. queue, 0, 0
-  while taken < limit and offset < scan_max do
-    local page = redis.call('ZRANGE', key, offset, offset + 199, 'WITHSCORES')
-    if #page == 0 then break end
-    offset = offset + #page / 2
-    for i = 1, #page, 2 do
-      local kind = redis.call('HGET', K .. 'job:' .. member_id(page[i]), 'kind')
-      local n = left[kind]
-      if taken < limit and (n == nil or n > 0) then
-        if n ~= nil then left[kind] = n - 1 end
-        eligible[#eligible + 1] = {page[i], queue, tonumber(page[i + 1])}
-        taken = taken + 1
+-- Whether a job of `kind` may be taken (then counted against its kind's allowance).
+local function admit(kind)
+  local n = left[kind]
+  if n == nil then return true end
+  if n <= 0 then return false end
+  left[kind] = n - 1
+  return true
+end
+
+local function owner_key(queue, owner)
+  return K .. 'fready:' .. string.len(queue) .. ':' .. queue .. owner
+end
+
+-- Move a fair queue's ready entries into its owners' zsets.
+local function spread(queue)
+  local ready = K .. 'ready:' .. queue
+  local entries = redis.call('ZRANGE', ready, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local owner = redis.call('HGET', K .. 'job:' .. member_id(entries[i]), 'owner')
+    if owner then
+      redis.call('ZADD', owner_key(queue, owner), entries[i + 1], entries[i])
+      redis.call('ZADD', K .. 'fring:' .. queue, 'NX', 0, owner)
+    end
+  end
+  if #entries > 0 then redis.call('DEL', ready) end
+end
+
+-- The next entry of an owner's zset at or after `offset` that a fair claim may take:
+-- {member, kind} and the offset after it, or nil. Entries of jobs no longer waiting here
+-- (cancelled, claimed or moved since) are dropped on the way.
+local function next_entry(queue, key, offset, budget)
+  while budget.n > 0 do
+    local e = redis.call('ZRANGE', key, offset, offset)
+    if #e == 0 then return nil, offset end
+    budget.n = budget.n - 1
+    local id = member_id(e[1])
+    local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'queue', 'run_at', 'kind')
+    if (job[1] == 'queued' or job[1] == 'retrying') and job[2] == queue
+        and ready_member(job[3], id) == e[1] then
+      if admit(job[4]) then return e[1], offset + 1 end
+      offset = offset + 1
+    else
+      redis.call('ZREM', key, e[1])
+    end
+  end
+  return nil, offset
+end
+
+-- A fair queue's candidates: {member, queue, owner key, owner}, one per owner in turn.
+local function fair_candidates(queue)
+  spread(queue)
+  local owners = redis.call('ZRANGE', K .. 'fring:' .. queue, 0, limit - 1)
+  local offsets, active, out = {}, {}, {}
+  local budget = {n = scan_max}
+  for i, owner in ipairs(owners) do
+    offsets[i] = 0
+    active[i] = true
+  end
+  local any = true
+  while any and #out < limit do
+    any = false
+    for i, owner in ipairs(owners) do
+      if active[i] and #out < limit then
+        local key = owner_key(queue, owner)
+        local member
+        member, offsets[i] = next_entry(queue, key, offsets[i], budget)
+        if member == nil then
+          active[i] = false
+        else
+          out[#out + 1] = {member, queue, key, owner}
+          any = true
+        end
       end
     end
   end
+  return out
 end
-table.sort(eligible, function(a, b)
-  if a[3] ~= b[3] then return a[3] < b[3] end
-  return a[1] < b[1]
+
+-- The plain queues' candidates, each queue read in order, then merged (score, member).
+local function plain_candidates()
+  local eligible = {}
+  for _, queue in ipairs(queues) do
+    if not fair[queue] then
+      local key, taken, offset = K .. 'ready:' .. queue, 0, 0
+      while taken < limit and offset < scan_max do
+        local page = redis.call('ZRANGE', key, offset, offset + 199, 'WITHSCORES')
+        if #page == 0 then break end
+        offset = offset + #page / 2
+        for i = 1, #page, 2 do
+          local kind = redis.call('HGET', K .. 'job:' .. member_id(page[i]), 'kind')
+          if taken < limit and admit(kind) then
+            eligible[#eligible + 1] = {page[i], queue, nil, nil, tonumber(page[i + 1])}
+            taken = taken + 1
+          end
+        end
+      end
+    end
+  end
+  table.sort(eligible, function(a, b)
+    if a[5] ~= b[5] then return a[5] < b[5] end
+    return a[1] < b[1]
+  end)
+  return eligible
+end
+
+local sources = {plain_candidates()}
+for _, queue in ipairs(queues) do
+  if fair[queue] then sources[#sources + 1] = fair_candidates(queue) end
+end
+local picked, round = {}, 1
+while #picked < limit do
+  local took = false
+  for _, source in ipairs(sources) do
+    if source[round] ~= nil and #picked < limit then
+      picked[#picked + 1] = source[round]
+      took = true
+    end
+  end
+  if not took then break end
+  round = round + 1
+end
+
+-- Fair picks leave their owners' zsets; each served owner's turn is the newest, in the
+-- order of its last job taken.
+local last_turn, served = {}, {}
+for i, pick in ipairs(picked) do
+  if pick[3] ~= nil then
+    redis.call('ZREM', pick[3], pick[1])
+    local ring = pick[2] .. '\0' .. pick[4]
+    if last_turn[ring] == nil then served[#served + 1] = pick end
+    last_turn[ring] = i
+  end
+end
+table.sort(served, function(a, b)
+  return last_turn[a[2] .. '\0' .. a[4]] < last_turn[b[2] .. '\0' .. b[4]]
 end)
-local picked = {}
-for i = 1, math.min(limit, #eligible) do picked[i] = eligible[i] end
+for _, pick in ipairs(served) do
+  local ring = K .. 'fring:' .. pick[2]
+  if redis.call('ZCARD', pick[3]) == 0 then
+    redis.call('ZREM', ring, pick[4])
+  else
+    redis.call('ZADD', ring, 'XX', redis.call('INCR', K .. 'fturn:' .. pick[2]), pick[4])
+  end
+end
 
 local out, taken = lease_picked(picked, now, token, expires, worker)
 for _, t in ipairs(taken) do
