@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -50,12 +51,11 @@ class Export(Message):
     n: int
 
 
-async def _until(stack: Stack, check, what: str):  # type: ignore[no-untyped-def]
+async def _until(stack: Stack, check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + PATIENCE_S
     while time.monotonic() < deadline:
-        answer = await check()
-        if answer:
-            return answer
+        if await check():
+            return
         await asyncio.sleep(0.1)
     raise AssertionError(f"not within {PATIENCE_S:g}s: {what}\n{stack.output()}")
 
