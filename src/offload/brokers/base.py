@@ -380,7 +380,9 @@ class Limiter(Protocol):
         owner with ready jobs in turn, the owner least recently served (by any claim) first,
         each owner's jobs in claim order (priority, run_at, id); the backend keeps each
         owner's last turn. Leases come back in the order taken (fair queues and the plain
-        ones taking turns), not sorted by priority.
+        ones taking turns), not sorted by priority. A fair claim may take fewer than
+        `limit` while jobs remain (it asks each owner for a fair share of the claim): claim
+        again.
 
         The next `wait` of this instance knows what held jobs back: it ends when a start
         is due again by the rate, or when a job of a limited kind settles (its settle wakes

@@ -505,6 +505,8 @@ class PostgresBackend:
         self._mark(_work_keys(queues))
         token = secrets.token_hex(12)
         now = self._now()
+        if not set(queues) & set(self._limited.values()):
+            return await self._claim_fair(queues, frozenset(fair), worker_id, lease_for, limit)
         params = {"limit": limit, "now": now}
         async with self._conn() as conn, conn.transaction():
             usage = await _gates.read(conn, queues, now)
@@ -529,13 +531,47 @@ class PostgresBackend:
         self._held_back = (bool(after.blocked), after.next_start_at)
         return [_lease_of(row, token, worker_id) for row in rows]
 
+    async def _claim_fair(
+        self,
+        queues: Sequence[str],
+        fair: frozenset[str],
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+    ) -> list[Lease]:
+        """A gated claim of queues with no limit (as this instance last read the limits):
+        fair queues round-robin over owners, in one statement."""
+        token = secrets.token_hex(12)
+        params = {
+            "queues": [q for q in queues if q not in fair],
+            "fair": [q for q in queues if q in fair],
+            "limit": limit,
+            "token": token,
+            "lease_for": lease_for,
+            "worker": worker_id,
+            "now": self._now(),
+        }
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(Q["claim_fair"], params)
+                return await cur.fetchall()
+
+        self._held_back = (False, None)
+        return [_lease_of(row, token, worker_id) for row in await self._retrying(run)]
+
     async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
         async with self._conn() as conn, conn.transaction():
             await _gates.declare(conn, limits)
+        self._limited.update({x.kind: x.queue for x in limits if x.limited})
 
     async def limits(self) -> list[KindLimits]:
+        """Every stored kind's limits with its usage; what this instance then knows of them
+        picks its gated claim's way (a queue with no limit claims in one statement)."""
         async with self._conn() as conn, conn.transaction():
-            return (await _gates.read(conn, None, self._now())).limits
+            stored = (await _gates.read(conn, None, self._now())).limits
+        self._limited = {x.kind: x.queue for x in stored}
+        return stored
 
     async def _announce_slots(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
         """Wake the workers waiting for a slot of the limited kinds whose jobs settled."""

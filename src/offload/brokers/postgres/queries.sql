@@ -614,3 +614,91 @@ ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
 -- name: announce_work
 -- Wake the workers of these queues (a job of a limited kind settled: a slot freed).
 SELECT pg_notify('offload_work', q) FROM unnest(%(queues)s::text[]) AS q
+
+-- name: claim_fair
+-- A gated claim with no limit on the claimed queues, in one statement: the plain queues'
+-- ready jobs (%(queues)s, as `claim` reads them) and each fair queue's (%(fair)s) owners in
+-- turn (a fair share of the claim from each owner, least recently served first) take turns;
+-- then the leases, their feed entries and the served owners' new turns.
+WITH RECURSIVE o AS (
+    SELECT q.name AS queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = q.name
+        ORDER BY j.owner LIMIT 1) AS owner
+    FROM unnest(%(fair)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = q.name)
+    UNION ALL
+    SELECT o.queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = o.queue AND j.owner > o.owner
+        ORDER BY j.owner LIMIT 1)
+    FROM o WHERE o.owner IS NOT NULL
+), turns AS (
+    SELECT * FROM (
+        SELECT o.queue, o.owner, coalesce(f.turn, 0) AS turn,
+            row_number() OVER (PARTITION BY o.queue ORDER BY coalesce(f.turn, 0), o.owner) AS k,
+            count(*) OVER (PARTITION BY o.queue) AS owners
+        FROM o LEFT JOIN offload_fair f ON f.queue = o.queue AND f.owner = o.owner
+        WHERE o.owner IS NOT NULL
+    ) t WHERE t.k <= %(limit)s
+), fair_cand AS (
+    SELECT c.id, t.queue, t.owner,
+        row_number() OVER (PARTITION BY t.queue ORDER BY c.nth, t.k) AS pos,
+        1 + dense_rank() OVER (ORDER BY t.queue) AS src
+    FROM turns t
+    CROSS JOIN LATERAL (
+        SELECT x.id, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS nth FROM (
+            SELECT id, priority, run_at FROM offload_jobs
+            WHERE state IN ('queued', 'retrying') AND queue = t.queue AND owner = t.owner
+                AND run_at <= coalesce(%(now)s, now())
+            ORDER BY priority, run_at, id
+            LIMIT (%(limit)s + least(t.owners, %(limit)s) - 1) / least(t.owners, %(limit)s)
+            FOR UPDATE SKIP LOCKED
+        ) x
+    ) c
+), plain_cand AS (
+    SELECT c.id, NULL::text AS queue, NULL::text AS owner,
+        row_number() OVER (ORDER BY c.priority, c.run_at, c.id) AS pos, 0 AS src
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (SELECT NOT EXISTS (
+        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS op
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM offload_jobs
+        WHERE op.open AND state IN ('queued', 'retrying') AND queue = q.name
+            AND run_at <= coalesce(%(now)s, now())
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS (
+    SELECT id, queue, owner, row_number() OVER (ORDER BY pos, src) AS taken FROM (
+        SELECT * FROM fair_cand UNION ALL SELECT * FROM plain_cand
+    ) a
+    ORDER BY pos, src
+    LIMIT %(limit)s
+), upd AS (
+    UPDATE offload_jobs j
+    SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
+        lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
+        started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
+        progress_fraction = NULL, progress_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs)
+    FROM upd u JOIN picked p ON p.id = u.id ORDER BY p.taken
+), turned AS (
+    INSERT INTO offload_fair (queue, owner, turn)
+    SELECT s.queue, s.owner, nextval('offload_fair_turn') FROM (
+        SELECT queue, owner, max(taken) AS last FROM picked
+        WHERE queue IS NOT NULL GROUP BY queue, owner ORDER BY last
+    ) s
+    ORDER BY s.last
+    ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
+)
+SELECT u.id::text, u.kind, u.version, u.payload, u.queue, u.priority, u.attempt,
+    u.max_attempts, extract(epoch FROM u.run_at)::float8,
+    extract(epoch FROM u.enqueued_at)::float8, u.idempotency_key, u.owner, u.trace, u.timeout,
+    u.options, extract(epoch FROM u.lease_expires)::float8
+FROM upd u JOIN picked p ON p.id = u.id ORDER BY p.taken
