@@ -478,6 +478,10 @@ class SQLiteBackend:
         now = self.clock.now()
         token = secrets.token_hex(12)
         expires = now + lease_for
+        # Look before taking the write lock: idle workers then never contend with writers.
+        if not self.conn.execute(_ready_sql(len(queues)), _ready_args(queues, now, 1)).fetchone():
+            self._held_back = (False, None)
+            return []
         with self._tx() as conn:  # the write lock: no other claim counts meanwhile
             limits, g = _gates.read(conn, queues, now)
             ids, served = _gates.pick(conn, queues, now, limit, g, fair)
@@ -491,7 +495,7 @@ class SQLiteBackend:
                 )
                 self._event(conn, rows)
                 _gates.record_starts(conn, limits, [r["kind"] for r in rows], now)
-            self._held_back = _gates.held_back(conn, queues, now)
+            self._held_back = _gates.held_back(conn, queues, now) if limits else (False, None)
         if rows:
             self._last_work = time.monotonic()
         order = {job_id: n for n, job_id in enumerate(ids)}

@@ -106,22 +106,25 @@ def _fair(
     owners = [o for (o,) in conn.execute(Q["fair_owners"], {"queue": queue, "limit": limit})]
     if not owners:
         return []
-    skip = orjson.dumps(g.blocked).decode()
+    args = {"queue": queue, "now": now, "blocked": orjson.dumps(g.blocked).decode()}
+    lists: dict[str, list[tuple[str, str, str]]] = {owner: [] for owner in owners}
 
-    def jobs(owner: str, n: int, offset: int = 0) -> list[tuple[str, str, str]]:
-        rows = conn.execute(Q["fair_jobs"], (queue, owner, now, skip, n, offset))
-        return [(i, k, owner) for i, k in rows]
+    def read(who: Sequence[str], n: int, skip_n: int) -> None:
+        rows = conn.execute(
+            Q["fair_jobs"], {**args, "owners": orjson.dumps(who).decode(), "n": n, "skip_n": skip_n}
+        )
+        for i, k, owner in rows:
+            lists[owner].append((i, k, owner))
 
     # A fair share of the claim from each owner; then, if some had fewer, the rest from
     # those that had their share (any one of them can fill it).
     share = -(-limit // len(owners))
-    lists = [jobs(owner, share) for owner in owners]
-    short = limit - sum(len(x) for x in lists)
-    if short > 0:
-        for owner, got in zip(owners, lists, strict=True):
-            if len(got) == share:
-                got += jobs(owner, short, share)
-    return round_robin(lists)
+    read(owners, share, 0)
+    short = limit - sum(len(x) for x in lists.values())
+    rich = [owner for owner in owners if len(lists[owner]) == share]
+    if short > 0 and rich:
+        read(rich, short, share)
+    return round_robin([lists[owner] for owner in owners])
 
 
 def pick(
@@ -150,8 +153,9 @@ def pick(
 
 def take_turns(conn: sqlite3.Connection, served: Sequence[tuple[str, str]]) -> None:
     """Each served owner's turn is now the newest of its queue, in the order served."""
-    for queue, owner in served:
-        conn.execute(Q["fair_turn"], (queue, owner, queue))
+    for queue in dict.fromkeys(q for q, _ in served):
+        owners = [o for q, o in served if q == queue]
+        conn.execute(Q["fair_turn"], {"queue": queue, "owners": orjson.dumps(owners).decode()})
 
 
 def record_starts(

@@ -403,13 +403,21 @@ ORDER BY coalesce(f.turn, 0), o.owner
 LIMIT :limit
 
 -- name: fair_jobs
-SELECT id, kind FROM offload_jobs
-WHERE state IN ('queued', 'retrying') AND queue = ? AND owner = ? AND run_at <= ?
-    AND kind NOT IN (SELECT value FROM json_each(?))
-ORDER BY priority, run_at, id
-LIMIT ? OFFSET ?
+-- Up to :n ready jobs (after :skip_n) of each owner in :owners (a JSON array), in that order
+-- then claim order, none of a kind held back (:blocked).
+SELECT j.id, j.kind, j.owner FROM json_each(:owners) AS o
+JOIN offload_jobs AS j ON j.id IN (
+    SELECT id FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = :queue AND owner = o.value
+        AND run_at <= :now AND kind NOT IN (SELECT value FROM json_each(:blocked))
+    ORDER BY priority, run_at, id
+    LIMIT :n OFFSET :skip_n)
+ORDER BY o.key, j.priority, j.run_at, j.id
 
 -- name: fair_turn
+-- Each owner in :owners (a JSON array, in the order served) takes the newest turns of :queue.
 INSERT INTO offload_fair (queue, owner, turn)
-VALUES (?, ?, (SELECT coalesce(max(turn), 0) + 1 FROM offload_fair WHERE queue = ?))
+SELECT :queue, o.value,
+    (SELECT coalesce(max(turn), 0) + 1 FROM offload_fair WHERE queue = :queue) + o.key
+FROM json_each(:owners) AS o WHERE true
 ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
