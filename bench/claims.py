@@ -72,7 +72,7 @@ async def drop(name: str, url: str) -> None:
 
 def envelopes(n: int) -> list[Envelope]:
     now = time.time()
-    owners = ["alice" if i % 5 else f"tenant-{i % 50:02d}" for i in range(n)]
+    owners = ["alice" if i % 5 else f"tenant-{(i // 5) % 50:02d}" for i in range(n)]
     return [
         Envelope(
             id=uuid7(),

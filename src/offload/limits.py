@@ -70,7 +70,7 @@ def gate(
     limits: Sequence[KindLimits],
     *,
     running: Mapping[str, int],
-    starts: Mapping[str, Sequence[float]],
+    starts: Mapping[str, tuple[int, float | None]],
     now: float,
 ) -> Gate:
     """How many jobs of each limited kind may start at `now`.
@@ -78,8 +78,9 @@ def gate(
     Args:
         limits: the stored limits of the kinds in the claimed queues.
         running: per kind, its jobs running now.
-        starts: per rate-limited kind, its start times within the window ending at `now`
-            (older ones may be included; they are not counted).
+        starts: per rate-limited kind, its starts within the window ending at `now` (a
+            start at `now - per_s` has left it), and the `rate`-th newest of them (None when
+            fewer): the one that must leave before one more fits.
     """
     allow: dict[str, int] = {}
     due: list[float] = []
@@ -88,12 +89,10 @@ def gate(
         if lim.max_running is not None:
             room.append(lim.max_running - running.get(lim.kind, 0))
         if lim.rate is not None and lim.per_s is not None:
-            recent = sorted(t for t in starts.get(lim.kind, ()) if t > now - lim.per_s)
-            left = lim.rate - len(recent)
-            room.append(left)
-            if left <= 0:
-                # The start that must leave the window before one more fits.
-                due.append(recent[-lim.rate] + lim.per_s)
+            count, nth = starts.get(lim.kind, (0, None))
+            room.append(lim.rate - count)
+            if count >= lim.rate and nth is not None:
+                due.append(nth + lim.per_s)
         allow[lim.kind] = max(0, min(room)) if room else 0
     return Gate(allow=allow, next_start_at=min(due) if due else None)
 

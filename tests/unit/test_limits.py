@@ -34,18 +34,18 @@ def test_a_rate_shows_as_declared() -> None:
 
 def test_the_allowance_is_the_tighter_of_both_limits() -> None:
     both = KindLimits(kind="k", queue="q", max_running=5, rate=10, per_s=60.0)
-    g = gate([both], running={"k": 3}, starts={"k": [100.0] * 9}, now=120.0)
+    g = gate([both], running={"k": 3}, starts={"k": (9, None)}, now=120.0)
     assert (g.allow, g.blocked, g.next_start_at) == ({"k": 1}, [], None)
     g = gate([both], running={"k": 5}, starts={}, now=120.0)
     assert (g.allow, g.blocked, g.next_start_at) == ({"k": 0}, ["k"], None)
 
 
-def test_starts_leave_the_window_after_per_s_and_the_next_start_is_due_then() -> None:
+def test_a_full_window_makes_the_next_start_due_when_its_oldest_counted_start_leaves() -> None:
     rated = KindLimits(kind="k", queue="q", rate=2, per_s=10.0)
-    starts = {"k": [0.0, 5.0, 6.0]}  # 0.0 left the window ending at 10.0
-    g = gate([rated], running={}, starts=starts, now=10.0)
+    g = gate([rated], running={}, starts={"k": (2, 5.0)}, now=10.0)
     assert (g.allow, g.next_start_at) == ({"k": 0}, 15.0)
-    assert gate([rated], running={}, starts=starts, now=15.0).allow == {"k": 1}
+    g = gate([rated], running={}, starts={"k": (1, None)}, now=15.0)
+    assert (g.allow, g.next_start_at) == ({"k": 1}, None)
 
 
 def test_a_claim_takes_each_limited_kind_within_its_allowance() -> None:

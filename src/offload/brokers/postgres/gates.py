@@ -37,15 +37,21 @@ class Usage:
 
     limits: list[KindLimits]
     running: dict[str, int]
-    starts: dict[str, list[float]]
+    #: Per kind: its starts within the window, and the rate-th newest (see `limits.gate`).
+    starts: dict[str, tuple[int, float | None]]
     now_s: float
 
     def gate(self, started: Sequence[str] = ()) -> Gate:
-        """What may start now; with `started`, once jobs of these kinds started now."""
-        running, starts = dict(self.running), {k: list(v) for k, v in self.starts.items()}
+        """What may start now; with `started`, once jobs of these kinds started now. (A
+        window filled by these starts says the next start is due now, or at the rate-th
+        newest start read before, if not later: a claim then finds none and reads the
+        window again, so a wait never outlasts the true due time.)"""
+        running, starts = dict(self.running), dict(self.starts)
+        per = {x.kind: x.per_s or 0.0 for x in self.limits}
         for kind in started:
             running[kind] = running.get(kind, 0) + 1
-            starts.setdefault(kind, []).append(self.now_s)
+            count, nth = starts.get(kind, (0, None))
+            starts[kind] = (count + 1, self.now_s - per.get(kind, 0.0) if nth is None else nth)
         return gate(self.limits, running=running, starts=starts, now=self.now_s)
 
 
@@ -73,12 +79,12 @@ async def read(
             rate=r["rate"],
             per_s=r["per_s"],
             running=usage[r["kind"]]["running"],
-            recent_starts=len(usage[r["kind"]]["starts"]),
+            recent_starts=usage[r["kind"]]["starts"],
         )
         for r in stored
     ]
     running = {k: u["running"] for k, u in usage.items()}
-    starts = {k: list(u["starts"]) for k, u in usage.items()}
+    starts = {k: (u["starts"], u["nth"]) for k, u in usage.items()}
     return Usage(limits, running, starts, now_s)
 
 

@@ -518,8 +518,10 @@ FOR UPDATE
 SELECT l.kind,
     (SELECT count(*) FROM offload_jobs j WHERE j.state = 'running' AND j.kind = l.kind)
         AS running,
-    coalesce((SELECT array_agg(s.at ORDER BY s.at) FROM offload_starts s
-              WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s), '{}') AS starts
+    (SELECT count(*) FROM offload_starts s
+     WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s) AS starts,
+    (SELECT s.at FROM offload_starts s WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s
+     ORDER BY s.at DESC LIMIT 1 OFFSET greatest(l.rate - 1, 0)) AS nth
 FROM offload_limits l WHERE l.kind = ANY(%(kinds)s)
 
 -- name: gated_pick

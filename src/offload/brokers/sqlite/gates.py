@@ -30,10 +30,12 @@ def declare(conn: sqlite3.Connection, limits: Sequence[KindLimits]) -> None:
             conn.execute(Q["drop_limit"], (lim.kind,))
 
 
-def _starts(conn: sqlite3.Connection, lim: KindLimits, now: float) -> list[float]:
-    if lim.per_s is None:
-        return []
-    return [at for (at,) in conn.execute(Q["starts_of_kind"], (lim.kind, now - lim.per_s))]
+def _starts(conn: sqlite3.Connection, lim: KindLimits, now: float) -> tuple[int, float | None]:
+    if lim.per_s is None or lim.rate is None:
+        return 0, None
+    args = {"kind": lim.kind, "since": now - lim.per_s, "rate": lim.rate}
+    count, nth = conn.execute(Q["starts_of_kind"], args).fetchone()
+    return count, nth
 
 
 def read(
@@ -57,7 +59,7 @@ def read(
             rate=lim.rate,
             per_s=lim.per_s,
             running=running.get(lim.kind, 0),
-            recent_starts=len(starts[lim.kind]),
+            recent_starts=starts[lim.kind][0],
         )
         for lim in limits
     ]

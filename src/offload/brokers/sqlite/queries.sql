@@ -367,7 +367,10 @@ GROUP BY kind
 DELETE FROM offload_starts WHERE kind = ? AND at <= ?
 
 -- name: starts_of_kind
-SELECT at FROM offload_starts WHERE kind = ? AND at > ? ORDER BY at
+-- The kind's starts within its window (after :since), and the :rate-th newest of them.
+SELECT (SELECT count(*) FROM offload_starts WHERE kind = :kind AND at > :since),
+    (SELECT at FROM offload_starts WHERE kind = :kind AND at > :since
+     ORDER BY at DESC LIMIT 1 OFFSET :rate - 1)
 
 -- name: record_start
 INSERT INTO offload_starts (kind, at) VALUES (?, ?)
