@@ -88,3 +88,16 @@ async def test_limits_apply_on_a_fair_queue(backend: Backend) -> None:
     await backlog(backend, "bob", 5)
     assert await fair(backend, 10) == ["alice", "bob", "alice"]
     assert await fair(backend, 10) == []
+
+
+async def test_owners_whose_jobs_went_away_do_not_take_the_turns(backend: Backend) -> None:
+    # Given many owners seen by a fair claim, whose jobs are then cancelled
+    gone = [envelope(owner=f"a-gone-{n:02d}") for n in range(12)]  # first by name
+    await backend.enqueue(gone)
+    await backlog(backend, "alice", 1)
+    assert await fair(backend, 1) == ["a-gone-00"]
+    for job in gone[1:]:
+        await backend.cancel(job.id)
+    # When owners with jobs remain, Then a claim still finds them, first thing
+    await backlog(backend, "bob", 2)
+    assert await fair(backend, 2) == ["alice", "bob"]

@@ -89,16 +89,34 @@ local function next_entry(queue, key, offset, budget)
   return nil, offset
 end
 
--- A fair queue's candidates: {member, queue, owner key, owner}, one per owner in turn.
+-- A fair queue's candidates: {member, queue, owner key, owner}, one per owner in turn, the
+-- `limit` least recently served owners that have one; an owner found with no job left here
+-- (its jobs cancelled or purged since) leaves the ring.
 local function fair_candidates(queue)
   spread(queue)
-  local owners = redis.call('ZRANGE', K .. 'fring:' .. queue, 0, limit - 1)
-  local offsets, active, out = {}, {}, {}
+  local ring = K .. 'fring:' .. queue
+  local owners, offsets, out = {}, {}, {}
   local budget = {n = scan_max}
-  for i, owner in ipairs(owners) do
-    offsets[i] = 0
-    active[i] = true
+  local at = 0
+  while #owners < limit and budget.n > 0 do
+    local page = redis.call('ZRANGE', ring, at, at)
+    if #page == 0 then break end
+    local owner = page[1]
+    local key = owner_key(queue, owner)
+    local member, offset = next_entry(queue, key, 0, budget)
+    if member ~= nil then
+      owners[#owners + 1] = owner
+      offsets[#owners] = offset
+      out[#out + 1] = {member, queue, key, owner}
+      at = at + 1
+    elseif redis.call('EXISTS', key) == 0 then
+      redis.call('ZREM', ring, owner)
+    else
+      at = at + 1   -- only jobs of kinds held back by their limits
+    end
   end
+  local active = {}
+  for i = 1, #owners do active[i] = true end
   local any = true
   while any and #out < limit do
     any = false
