@@ -44,6 +44,7 @@ from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
+from . import stalls as _stalls
 
 T = TypeVar("T")
 
@@ -185,6 +186,9 @@ class SQLiteBackend:
         self._checkpointer: _Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
+        #: A wait for the write lock this long is a stall that pauses the leases: at most a
+        #: quarter of the shortest lease this instance claimed with.
+        self._stall_s = _stalls.DEFAULT_STALL_S
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -279,7 +283,7 @@ class SQLiteBackend:
         if not self.in_memory:  # the checkpointer thread copies the WAL back, off this thread
             conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
-        with self._tx():
+        with self._tx(stalls=False):  # the tables may not exist yet
             for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -302,13 +306,21 @@ class SQLiteBackend:
                 _migrate_to_registry(conn)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, stalls: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
-        processes never both read the same ready rows and then race to update them."""
+        processes never both read the same ready rows and then race to update them.
+
+        Every time a write decides with (a lease's expiry, a rescue's fence) is read from
+        the clock inside the transaction, after the lock: a wait for it must not age them.
+        With `stalls`, a long wait for the lock pauses the leases first (`_pause_leases`).
+        """
         conn = self.conn
         before = conn.total_changes
+        began = self.clock.now()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if stalls and self.clock.now() - began >= self._stall_s:
+                _stalls.pause_leases(conn, began, self.clock.now(), self._stall_s)
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
@@ -429,14 +441,14 @@ class SQLiteBackend:
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
         self._seen["claim"] = self._version()
-        now = self.clock.now()
         token = secrets.token_hex(12)
-        expires = now + lease_for
         ready = _ready_sql(len(queues))
         # Look before taking the write lock: idle workers then never contend with writers.
-        if not self.conn.execute(ready, _ready_args(queues, now, 1)).fetchone():
+        if not self.conn.execute(ready, _ready_args(queues, self.clock.now(), 1)).fetchone():
             return []
         with self._tx() as conn:
+            now = self.clock.now()  # after the lock: a wait for it must not shorten the lease
+            expires = now + lease_for
             ids = [r[0] for r in conn.execute(ready, _ready_args(queues, now, limit))]
             if not ids:
                 return []
@@ -458,15 +470,17 @@ class SQLiteBackend:
     ) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
+        self._stall_s = min(self._stall_s, lease_for / 4)
         return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
 
     def _extend(self, leases: Sequence[Lease], lease_for: float) -> list[Extension]:
         pairs = ", ".join(["(?, ?)"] * len(leases))
-        args: list[Any] = [self.clock.now() + lease_for]
+        args: list[Any] = []
         for lease in leases:
             args += [lease.job_id, lease.token]
         with self._tx() as conn:
-            held = dict(conn.execute(Q["extend"].format(pairs=pairs), args).fetchall())
+            expires = self.clock.now() + lease_for  # after the lock (see _claim)
+            held = dict(conn.execute(Q["extend"].format(pairs=pairs), [expires, *args]).fetchall())
         return [
             Extension(
                 job_id=le.job_id, held=le.job_id in held, cancel_requested=bool(held.get(le.job_id))
@@ -480,11 +494,11 @@ class SQLiteBackend:
         return await self._run(self._extend, list(leases), lease_for)
 
     def _settle(self, outcomes: Sequence[Outcome], lapsed: bool = False) -> list[bool]:
-        now = self.clock.now()
-        fence = (1 if lapsed else 0, now)
         applied: list[bool] = []
         changed: list[str] = []
         with self._tx() as conn:
+            now = self.clock.now()
+            fence = (1 if lapsed else 0, now)
             for o in outcomes:
                 if o.state.final:
                     args: tuple[Any, ...] = (
@@ -625,10 +639,10 @@ class SQLiteBackend:
     # -- workers ----------------------------------------------------------------------------
 
     def _record_worker(self, worker: WorkerInfo) -> None:
-        now = self.clock.now()
         entry = worker.entry()
         kinds = orjson.dumps(entry["kinds"]).decode()
         with self._tx() as conn:
+            now = self.clock.now()
             conn.execute(Q["forget_workers"], (now - FORGET_WORKER_AFTER_S,))
             conn.execute(Q["record_worker"], (worker.id, kinds, now, orjson.dumps(entry).decode()))
 

@@ -291,3 +291,15 @@ SELECT CAST(finished_at / 60 AS INTEGER) * 60 AS minute, queue, state, count(*)
 FROM offload_jobs INDEXED BY offload_jobs_history
 WHERE finished_at >= ? AND state IN ('succeeded', 'failed', 'dead')
 GROUP BY minute, queue, state
+
+-- name: stall_paid_until
+SELECT value FROM offload_meta WHERE key = 'stall_paid_until'
+
+-- name: pay_stall
+INSERT INTO offload_meta (key, value) VALUES ('stall_paid_until', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: pause_leases
+-- Leases live when a writer began waiting for the lock get the wait back (stalls.py).
+UPDATE offload_jobs SET lease_expires = lease_expires + ?
+WHERE state = 'running' AND lease_expires >= ?
