@@ -182,3 +182,37 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     await backend.open()
     await backend.close()
     assert _version(path) == 3
+
+
+async def test_long_writes_go_in_chunks_and_miss_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given chunks of 7 rows, and more jobs than four chunks hold in each state
+    from offload.brokers.sqlite import backend as module
+
+    monkeypatch.setattr(module, "CHUNK_ROWS", 7)
+    backend = SQLiteBackend(str(tmp_path / "chunks.db"))
+    await backend.open()
+    try:
+        waiting = [envelope("purged") for _ in range(30)]
+        ended = [envelope("ended") for _ in range(31)]
+        await backend.enqueue([*waiting, *ended])
+        ids = [e.id for e in ended]
+        with sqlite3.connect(tmp_path / "chunks.db") as conn:
+            conn.executemany(
+                "UPDATE offload_jobs SET state = ?, finished_at = 1 WHERE id = ?",
+                [("dead" if i < 12 else "succeeded", job_id) for i, job_id in enumerate(ids)],
+            )
+        # When each long write runs, chunk by chunk
+        purged = await backend.purge("purged")
+        requeued = await backend.requeue_many(ids)  # the 12 dead ones
+        cancelled = await backend.cancel_many(ids[:12], {})
+        with sqlite3.connect(tmp_path / "chunks.db") as conn:
+            conn.execute("UPDATE offload_jobs SET finished_at = 1")
+        pruned = await backend.prune(3600)  # the 19 succeeded and the 12 cancelled
+        # Then every row was reached, none twice
+        assert (purged, requeued, cancelled, pruned) == (30, 12, 12, 31)
+        assert await backend.stats() == {}
+        assert await backend.delete_many(ids) == 0
+    finally:
+        await backend.close()

@@ -67,6 +67,12 @@ DEFAULT_CHECKPOINT_EVERY_S = 0.5
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+#: Rows one write transaction of a long operation (purge, prune, bulk changes) touches at
+#: most: tens of milliseconds of the write lock (bench/sqlite_locks.py), a small fraction of
+#: the shortest lease.
+CHUNK_ROWS = 500
+#: Shortest time the lock is left free between two chunks of one operation (seconds).
+CHUNK_GAP_S = 0.002
 
 Q = queries(__package__)
 _JSON_COLUMNS = ("payload", "trace", "options", "result", "error")
@@ -631,10 +637,38 @@ class SQLiteBackend:
 
     def _purge(self, queue: str) -> int:
         with self._tx() as conn:
-            return conn.execute(Q["purge"], (queue,)).rowcount
+            return conn.execute(Q["purge"], (queue, CHUNK_ROWS)).rowcount
 
     async def purge(self, queue: str) -> int:
-        return await self._run(self._purge, queue)
+        """Delete the waiting jobs of `queue`, `CHUNK_ROWS` per transaction."""
+        return await self._until_short(lambda: self._purge(queue))
+
+    async def _gap(self, began: float) -> None:
+        """Leave the write lock free after one chunk for as long as the chunk held it: other
+        processes' writers, asleep in SQLite's busy handler, must find it free when they
+        wake, or they wait out the whole operation."""
+        await asyncio.sleep(max(CHUNK_GAP_S, time.monotonic() - began))
+
+    async def _until_short(self, chunk: Callable[[], int]) -> int:
+        """Run the write `chunk` (at most `CHUNK_ROWS` rows) until it changes fewer."""
+        total = 0
+        while True:
+            began = time.monotonic()
+            n = await self._run(chunk)
+            total += n
+            if n < CHUNK_ROWS:
+                return total
+            await self._gap(began)
+
+    async def _by_ids(self, chunk: Callable[[list[str]], int], ids: Sequence[str]) -> int:
+        """Run the write `chunk` over `ids`, `CHUNK_ROWS` of them per transaction."""
+        total = 0
+        for start in range(0, len(ids), CHUNK_ROWS):
+            began = time.monotonic()
+            total += await self._run(chunk, list(ids[start : start + CHUNK_ROWS]))
+            if start + CHUNK_ROWS < len(ids):
+                await self._gap(began)
+        return total
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -760,7 +794,7 @@ class SQLiteBackend:
         return len(changed)
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
-        n = await self._run(self._requeue_many, list(ids)) if ids else 0
+        n = await self._by_ids(self._requeue_many, ids)
         if n:
             self._wake_waiters()
         return n
@@ -775,9 +809,7 @@ class SQLiteBackend:
     async def cancel_many(
         self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
     ) -> int:
-        if not ids:
-            return 0
-        n = await self._run(self._cancel_many, list(ids), follow_ups)
+        n = await self._by_ids(lambda chunk: self._cancel_many(chunk, follow_ups), ids)
         if follow_ups:
             self._wake_waiters()
         return n
@@ -787,7 +819,7 @@ class SQLiteBackend:
             return _search.delete(conn, ids)
 
     async def delete_many(self, ids: Sequence[str]) -> int:
-        return await self._run(self._delete_many, list(ids)) if ids else 0
+        return await self._by_ids(self._delete_many, ids)
 
     async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
         return await self._run(_search.history, self.conn, since)
@@ -894,9 +926,15 @@ class SQLiteBackend:
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         return await self._run(self._recall, job_id, key)
 
-    def _prune(self, older_than: float) -> int:
+    def _prune(self, older_than_s: float) -> int:
         with self._tx() as conn:
-            ids = [r[0] for r in conn.execute(Q["prune_jobs"], (older_than,)).fetchall()]
+            before = self.clock.now() - older_than_s
+            ids = [r[0] for r in conn.execute(Q["prune_ended"], (before, CHUNK_ROWS))]
+            if len(ids) < CHUNK_ROWS:
+                ids += [
+                    r[0]
+                    for r in conn.execute(Q["prune_cancelled"], (before, CHUNK_ROWS - len(ids)))
+                ]
             if ids:
                 conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
                 conn.execute(
@@ -906,8 +944,9 @@ class SQLiteBackend:
         return len(ids)
 
     async def prune(self, older_than_s: float) -> int:
-        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago."""
-        return await self._run(self._prune, self.clock.now() - older_than_s)
+        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
+        `CHUNK_ROWS` per transaction."""
+        return await self._until_short(lambda: self._prune(older_than_s))
 
 
 __all__ = ["SQLiteBackend"]

@@ -185,7 +185,9 @@ WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'Newer
 GROUP BY queue
 
 -- name: purge
-DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+-- One chunk (the LIMIT) of a queue's waiting jobs, read off offload_jobs_ready.
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying') LIMIT ?)
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
@@ -200,9 +202,18 @@ ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 -- name: recall
 SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
 
--- name: prune_jobs
-DELETE FROM offload_jobs
-WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+-- name: prune_ended
+-- One chunk (the LIMIT) of the succeeded and failed jobs that ended before the cutoff, read
+-- off offload_jobs_history (its WHERE repeated, so that the planner may use it).
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs INDEXED BY offload_jobs_history
+    WHERE state IN ('succeeded', 'failed', 'dead') AND state <> 'dead' AND finished_at < ?
+    LIMIT ?)
+RETURNING id
+
+-- name: prune_cancelled
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs WHERE state = 'cancelled' AND finished_at < ? LIMIT ?)
 RETURNING id
 
 -- name: prune_events
