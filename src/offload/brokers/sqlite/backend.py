@@ -8,7 +8,6 @@ import functools
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ from .._wakeup import Wakeup
 from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
 from . import stalls as _stalls
+from .checkpoint import DEFAULT_WAL_CAP_BYTES, Checkpointer
 
 T = TypeVar("T")
 
@@ -60,8 +60,6 @@ DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
 #: processes can't push a wake-up to SQLite waiters, so polling is fast while it pays.
 DEFAULT_BUSY_POLL_S = 0.001
-#: How often the checkpointer thread copies the WAL back into the database (seconds).
-DEFAULT_CHECKPOINT_EVERY_S = 0.5
 #: How long after the last claim that got jobs (or feed read that got changes) the fast
 #: polling goes on (seconds).
 DEFAULT_BUSY_WINDOW_S = 1.0
@@ -113,33 +111,6 @@ def _migrate_to_registry(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE offload_meta SET value = '3' WHERE key = 'schema_version'")
 
 
-class _Checkpointer(threading.Thread):
-    """Copies the WAL back into the database file from its own thread and connection.
-
-    With SQLite's automatic checkpoints, the commit that crosses the threshold does the
-    copy and its fsync, so one request in a thousand waits for the disk. PASSIVE checkpoints
-    here never block readers or writers; several processes may each run one.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__(name="offload-sqlite-checkpoint", daemon=True)
-        self.path = path
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-        try:
-            while not self._halt.wait(DEFAULT_CHECKPOINT_EVERY_S):
-                with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 @functools.cache
 def _ready_sql(n_queues: int) -> str:
     """Ready job ids over `n_queues` queues in claim order, each queue read off its index."""
@@ -152,6 +123,23 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
     for queue in queues:
         args += [queue, now, queue, limit]
     return [*args, limit]
+
+
+def _wal_cap_bytes(url: str, mib: str | None) -> int:
+    """`?wal_cap_mib=` of `url` in bytes (`DEFAULT_WAL_CAP_BYTES` without one).
+
+    Raises:
+        ConfigurationError: not a positive number.
+    """
+    if mib is None:
+        return DEFAULT_WAL_CAP_BYTES
+    try:
+        cap = int(float(mib) * (1 << 20))
+    except ValueError:
+        cap = 0
+    if cap <= 0:
+        raise ConfigurationError(f"{url!r}: wal_cap_mib must be a positive number of MiB")
+    return cap
 
 
 def _placeholders(n: int) -> str:
@@ -177,8 +165,10 @@ class SQLiteBackend:
         synchronous: str = "NORMAL",
         clock: Clock | None = None,
         poll_s: float = DEFAULT_POLL_S,
+        wal_cap_bytes: int = DEFAULT_WAL_CAP_BYTES,
     ) -> None:
         self.path = path
+        self.wal_cap_bytes = wal_cap_bytes
         self.synchronous = synchronous.upper()
         self.clock = clock or Clock()
         self.poll_s = poll_s
@@ -189,7 +179,7 @@ class SQLiteBackend:
         #: polling pays while work flows, not after any write (a worker's registry record
         #: every heartbeat would keep every idle waiter polling fast).
         self._last_work = 0.0
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
         #: A wait for the write lock this long is a stall that pauses the leases: at most a
@@ -198,15 +188,17 @@ class SQLiteBackend:
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
-        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`.
+        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`,
+        `?wal_cap_mib=64` (the WAL's bound when twice the database is less: checkpoint.py).
 
         Raises:
             ConfigurationError: `sqlite://name.db` (two slashes), which would otherwise
-                silently name a host instead of a file.
+                silently name a host instead of a file; a `wal_cap_mib` that is no number.
         """
         parts = urlsplit(url)
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         synchronous = options.get("synchronous", "NORMAL")
+        cap = _wal_cap_bytes(url, options.get("wal_cap_mib"))
         if parts.scheme == "memory" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
             path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
             return cls(path, synchronous=synchronous, clock=clock)
@@ -215,7 +207,7 @@ class SQLiteBackend:
                 f"{url!r} names a host; an SQLite file is sqlite:///relative/path.db "
                 "(three slashes) or sqlite:////absolute/path.db (four)"
             )
-        return cls(parts.path[1:], synchronous=synchronous, clock=clock)
+        return cls(parts.path[1:], synchronous=synchronous, clock=clock, wal_cap_bytes=cap)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -288,6 +280,8 @@ class SQLiteBackend:
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if not self.in_memory:  # the checkpointer thread copies the WAL back, off this thread
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            # A WAL rewound by a writer shrinks to the cap (else it keeps its largest size).
+            conn.execute(f"PRAGMA journal_size_limit={self.wal_cap_bytes}")
         self._conn = conn
         with self._tx(stalls=False):  # the tables may not exist yet
             for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
@@ -368,7 +362,7 @@ class SQLiteBackend:
             await self.close()
             raise
         if not self.in_memory:
-            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer = Checkpointer(self.path, self.wal_cap_bytes)
             self._checkpointer.start()
 
     async def close(self) -> None:
