@@ -36,6 +36,7 @@ from ...errors import (
     InvalidTransition,
     JobNotFound,
     SchemaError,
+    StorageFull,
 )
 from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
@@ -71,6 +72,9 @@ DEFAULT_BUSY_TIMEOUT_S = 60.0
 CHUNK_ROWS = 500
 #: Shortest time the lock is left free between two chunks of one operation (seconds).
 CHUNK_GAP_S = 0.002
+#: Bytes the readiness probe writes (and deletes) while the disk is full: room for a few
+#: jobs, so that ready means a job can be accepted.
+PROBE_BYTES = 64 << 10
 
 Q = queries(__package__)
 _JSON_COLUMNS = ("payload", "trace", "options", "result", "error")
@@ -142,6 +146,11 @@ def _wal_cap_bytes(url: str, mib: str | None) -> int:
     return cap
 
 
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or the file's size limit) left no room for the write."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+
+
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -180,6 +189,8 @@ class SQLiteBackend:
         #: every heartbeat would keep every idle waiter polling fast).
         self._last_work = 0.0
         self._checkpointer: Checkpointer | None = None
+        #: A write failed for want of space, and none has succeeded since: `ping` probes.
+        self._full = False
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
         #: A wait for the write lock this long is a stall that pauses the leases: at most a
@@ -218,6 +229,9 @@ class SQLiteBackend:
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
+            if _is_full(exc):
+                self._full = True
+                raise StorageFull(f"SQLite: the disk is full ({exc})") from exc
             raise BackendError(f"SQLite: {exc}") from exc
 
     @property
@@ -323,9 +337,21 @@ class SQLiteBackend:
                 _stalls.pause_leases(conn, began, self.clock.now(), self._stall_s)
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite ends the transaction itself on some errors (SQLITE_FULL in a statement):
+            # a ROLLBACK then would fail and hide the error that matters.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that failed (SQLITE_FULL) may leave the transaction open: end it, or
+            # every later BEGIN on this connection fails.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._full = False
         if conn.total_changes != before:  # only real writes wake this process's waiters
             self._local_writes += 1
 
@@ -378,7 +404,23 @@ class SQLiteBackend:
         self._conn = None
 
     async def ping(self) -> None:
-        await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+        """Check that the database answers; while the disk is full (a write failed for want
+        of space, none succeeded since), that a small write fits again.
+
+        Raises:
+            StorageFull: the disk is still full.
+            BackendError: the database does not answer.
+        """
+        if self._full:
+            await self._run(self._probe)
+        else:
+            await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+
+    def _probe(self) -> None:
+        with self._tx() as conn:  # committed: the room must be on disk, not in the cache
+            conn.execute(Q["storage_probe"], (PROBE_BYTES,))
+        with self._tx() as conn:
+            conn.execute(Q["storage_unprobe"])
 
     # -- broker -----------------------------------------------------------------------------
 

@@ -314,3 +314,11 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 -- Leases live when a writer began waiting for the lock get the wait back (stalls.py).
 UPDATE offload_jobs SET lease_expires = lease_expires + ?
 WHERE state = 'running' AND lease_expires >= ?
+
+-- name: storage_probe
+-- While the disk is full, readiness writes this much (then nothing) to see room again.
+INSERT INTO offload_meta (key, value) VALUES ('storage_probe', zeroblob(?))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: storage_unprobe
+DELETE FROM offload_meta WHERE key = 'storage_probe'
