@@ -326,7 +326,7 @@ class SQLiteBackend:
 
         Every time a write decides with (a lease's expiry, a rescue's fence) is read from
         the clock inside the transaction, after the lock: a wait for it must not age them.
-        With `stalls`, a long wait for the lock pauses the leases first (`_pause_leases`).
+        With `stalls`, a long wait for the lock pauses the leases first (stalls.py).
         """
         conn = self.conn
         before = conn.total_changes
@@ -671,13 +671,19 @@ class SQLiteBackend:
     async def stats(self) -> dict[str, dict[str, Any]]:
         return await self._run(self._stats)
 
-    def _purge(self, queue: str) -> int:
+    def _purge(self, queue: str, newest: float) -> int:
         with self._tx() as conn:
-            return conn.execute(Q["purge"], (queue, CHUNK_ROWS)).rowcount
+            return conn.execute(Q["purge_chunk"], (queue, newest, CHUNK_ROWS)).rowcount
 
     async def purge(self, queue: str) -> int:
-        """Delete the waiting jobs of `queue`, `CHUNK_ROWS` per transaction."""
-        return await self._until_short(lambda: self._purge(queue))
+        """Delete the waiting jobs of `queue`, `CHUNK_ROWS` per transaction; those enqueued
+        after the newest that waited when it began are kept, as if it had been one."""
+        newest = await self._run(
+            lambda: self.conn.execute(Q["newest_waiting"], (queue,)).fetchone()[0]
+        )
+        if newest is None:
+            return 0
+        return await self._until_short(lambda: self._purge(queue, newest))
 
     async def _gap(self, began: float) -> None:
         """Leave the write lock free after one chunk for as long as the chunk held it: other

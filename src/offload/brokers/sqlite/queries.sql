@@ -184,10 +184,16 @@ SELECT queue, count(*) FROM offload_jobs INDEXED BY offload_jobs_newer
 WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'NewerVersion'
 GROUP BY queue
 
--- name: purge
--- One chunk (the LIMIT) of a queue's waiting jobs, read off offload_jobs_ready.
+-- name: newest_waiting
+SELECT max(enqueued_at) FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+
+-- name: purge_chunk
+-- One chunk (the LIMIT) of a queue's waiting jobs that waited when the purge began, read off
+-- offload_jobs_ready.
 DELETE FROM offload_jobs WHERE id IN (
-    SELECT id FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying') LIMIT ?)
+    SELECT id FROM offload_jobs
+    WHERE queue = ? AND state IN ('queued', 'retrying') AND enqueued_at <= ?
+    LIMIT ?)
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
