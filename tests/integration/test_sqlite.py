@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -11,10 +13,11 @@ import orjson
 import pytest
 
 from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
-from offload.contract import JobState, Outcome, status_record
+from offload.contract import JobState, Lapsed, Outcome, status_record
 from offload.errors import BackendError
+from offload.worker.rescue import decide_all
 
-from ..contract._support import claim, envelope, worker_info
+from ..contract._support import Policy, claim, envelope, status, worker_info
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +219,47 @@ async def test_long_writes_go_in_chunks_and_miss_no_row(
         assert await backend.delete_many(ids) == 0
     finally:
         await backend.close()
+
+
+async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_path: Path) -> None:
+    # Given a job leased for 0.6 s by one process, and another process's rescuer
+    path = str(tmp_path / "stall.db")
+    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
+    await holder.open()
+    await rescuer.open()
+    try:
+        env = envelope()
+        await holder.enqueue([env])
+        (lease,) = await claim(holder, lease_for=0.6)
+        # when a third program holds the write lock past the lease, the rescuer sees the lease
+        # lapse meanwhile (reads go on) and asks to rescue it,
+        locked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(30)
+            conn.execute("ROLLBACK")
+            conn.close()
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        assert locked.wait(10)
+        lapsed: list[Lapsed] = []
+        deadline = time.monotonic() + 30
+        while not lapsed and time.monotonic() < deadline:
+            lapsed = await rescuer.expired(limit=10)
+        assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
+        decisions = decide_all(lapsed, lambda kind: Policy(), time.time())
+        applying = asyncio.ensure_future(rescuer.rescue(decisions))
+        await asyncio.sleep(1.0)  # the stall goes on a while past the lapse: the fault itself
+        release.set()
+        # then, the lock free again, the rescue finds the lease live (it got the wait back)
+        assert await applying == [False]
+        thread.join()
+        (answer,) = await holder.extend([lease], lease_for=0.6)
+        assert answer.held and (await status(holder, env.id))["state"] == "running"
+    finally:
+        await holder.close()
+        await rescuer.close()

@@ -196,6 +196,8 @@ class SQLiteBackend:
         #: A wait for the write lock this long is a stall that pauses the leases: at most a
         #: quarter of the shortest lease this instance claimed with.
         self._stall_s = _stalls.DEFAULT_STALL_S
+        #: How long the last write transaction waited for the lock (seconds; its thread's).
+        self._lock_wait_s = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -332,8 +334,9 @@ class SQLiteBackend:
         before = conn.total_changes
         began = self.clock.now()
         conn.execute("BEGIN IMMEDIATE")
+        self._lock_wait_s = self.clock.now() - began
         try:
-            if stalls and self.clock.now() - began >= self._stall_s:
+            if stalls and self._lock_wait_s >= self._stall_s:
                 _stalls.pause_leases(conn, began, self.clock.now(), self._stall_s)
             yield conn
         except BaseException:
@@ -539,6 +542,10 @@ class SQLiteBackend:
         applied: list[bool] = []
         changed: list[str] = []
         with self._tx() as conn:
+            if lapsed and self._lock_wait_s >= self._stall_s:
+                # The lapses were read before a stall: their holders could not heartbeat
+                # either. The next sweep decides again, once they had their turn.
+                return [False] * len(outcomes)
             now = self.clock.now()
             fence = (1 if lapsed else 0, now)
             for o in outcomes:

@@ -11,7 +11,9 @@ same stall add only what is not paid yet.
 
 Every offload worker writes at least once a heartbeat, so each worker process's first write
 after a stall is such a wait, and it comes before that process's next rescue: a rescuer
-never sees a lease lapsed by a stall it did not pay for.
+never sees a lease lapsed by a stall it did not pay for. A rescue that itself waited that
+long applies nothing (its lapses were read before the stall ended, its holders could not
+heartbeat meanwhile): the next sweep decides again.
 """
 
 from __future__ import annotations
