@@ -18,6 +18,8 @@ import pytest
 from ..services import unavailable
 from .conftest import TEMPLATE, Stack
 
+pytestmark = pytest.mark.slow
+
 #: The size of the filesystem the database lives on.
 DISK = "8m"
 STORAGE_FULL = "https://offload.dev/problems/storage-full"

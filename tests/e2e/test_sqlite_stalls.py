@@ -14,6 +14,8 @@ import pytest
 from .conftest import TEMPLATE, Stack
 from .test_crashes import wait_for
 
+pytestmark = pytest.mark.slow
+
 #: The workers' lease (seconds): short, so that the stall below outlasts it twice.
 LEASE_S = 1.5
 #: How long another connection holds the write lock (seconds).

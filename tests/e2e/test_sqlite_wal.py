@@ -19,6 +19,8 @@ from offload.contract import JobFilter
 
 from .conftest import TEMPLATE, Stack
 
+pytestmark = pytest.mark.slow
+
 #: The WAL's cap for this test (MiB): small, so that a few seconds of load pass it.
 CAP_MIB = 16
 #: How long the load goes on while the files are sampled (seconds).
