@@ -10,11 +10,12 @@ only ones that never block anyone) copy frames back but rewind nothing.
 
 So each round the checkpointer copies back what it can (PASSIVE), and once the WAL passes
 a quarter of its bound (a round's growth under a heavy load is the rest) it asks for a
-TRUNCATE checkpoint, which rewinds the WAL to zero bytes. That
-one takes the write lock, copies the few frames the PASSIVE one left, and waits for the
-readers that still read from the WAL; it waits at most `DEFAULT_TRUNCATE_WAIT_S` for them
-(writers wait as long) and otherwise gives up until the next round, four times as long once
-the WAL passes half its bound.
+TRUNCATE checkpoint, which rewinds the WAL to zero bytes. A TRUNCATE takes the write lock,
+copies the few frames the PASSIVE one left, and succeeds only if no reader still reads from
+the WAL. Waiting for them in SQLite's busy handler would hold the write lock meanwhile (and
+sleep up to 100 ms between tries), so it is tried without one, every millisecond, for at
+most `DEFAULT_TRUNCATE_WAIT_S` (four times as long once the WAL passes half its bound):
+each try holds the lock only while it copies, and the next round tries again.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ import time
 DEFAULT_CHECKPOINT_EVERY_S = 0.5
 #: The WAL's bound is the larger of this and twice the database (bytes); `?wal_cap_mib=`.
 DEFAULT_WAL_CAP_BYTES = 64 << 20
-#: Longest a TRUNCATE checkpoint waits for a writer or for readers (seconds): writers that
-#: come meanwhile wait as long, a small fraction of the shortest lease.
+#: How long a round tries a TRUNCATE checkpoint, until no reader is in the WAL (seconds).
 DEFAULT_TRUNCATE_WAIT_S = 0.1
 #: How often a TRUNCATE checkpoint is tried while it waits (seconds).
 DEFAULT_TRUNCATE_RETRY_S = 0.001
@@ -85,7 +85,7 @@ class Checkpointer(threading.Thread):
             return False
         wait_s = DEFAULT_TRUNCATE_WAIT_S
         if 2 * wal > bound:
-            wait_s *= 4  # near the bound: readers must make room, writers wait a bit longer
+            wait_s *= 4  # near the bound: try longer for a moment without readers
         deadline = time.monotonic() + wait_s
         while True:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
