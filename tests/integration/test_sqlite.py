@@ -263,3 +263,31 @@ async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_pat
     finally:
         await holder.close()
         await rescuer.close()
+
+
+async def test_a_stall_is_paid_once_to_the_leases_live_when_it_began(tmp_path: Path) -> None:
+    from offload.brokers.sqlite.stalls import pause_leases
+
+    path = tmp_path / "paid.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        live, lapsed = envelope(), envelope()
+        await backend.enqueue([live, lapsed])
+        leases = await claim(backend, lease_for=60)
+        await backend.close()
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("UPDATE offload_jobs SET lease_expires = 1000 WHERE id = ?", (live.id,))
+        conn.execute("UPDATE offload_jobs SET lease_expires = 900 WHERE id = ?", (lapsed.id,))
+        # Given a writer that waited from 950 to 1010 for the lock: 60 s are paid to the lease
+        # live at 950, not to the one that lapsed before
+        assert pause_leases(conn, 950.0, 1010.0, 0.5) == 60.0
+        # and a second writer that waited through the same stall pays only what is unpaid
+        assert pause_leases(conn, 940.0, 1010.2, 0.5) == 0.0
+        assert pause_leases(conn, 940.0, 1012.0, 0.5) == 2.0
+        expiries = dict(conn.execute("SELECT id, lease_expires FROM offload_jobs").fetchall())
+        conn.close()
+        assert expiries == {live.id: 1062.0, lapsed.id: 900.0}
+        assert {lease.job_id for lease in leases} == {live.id, lapsed.id}
+    finally:
+        await backend.close()
