@@ -1,14 +1,14 @@
 """How big SQLite's WAL grows against its database under a sustained load with readers.
 
     python bench/sqlite_wal.py [--seconds 30] [--workers 3] [--readers 2] [--rate 5000]
-                               [--cap-mib 16] [--trace] [--save FILE] [--before FILE]
+                               [--cap-mib 16] [--trace] [--save FILE]
+    python bench/sqlite_wal.py --table LABEL=FILE [LABEL=FILE ...]
 
 Worker processes (`offload worker`) drain no-op jobs that a producer thread enqueues in
 batches (at `--rate` jobs/s at most), while reader threads, each with its own connection,
 read what the dashboard reads (queue stats, the newest jobs, a capped count) again and
 again. The WAL and database files are sampled every 50 ms. `--save` keeps the figures as
-JSON; `--before` adds such a file (from another tree) and writes the section of
-bench/RESULTS.md.
+JSON; `--table` writes saved runs (of several trees) into bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -176,21 +176,30 @@ def main() -> None:
     parser.add_argument("--cap-mib", type=float, default=16, help="as ?wal_cap_mib= (bound)")
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--save", type=Path)
-    parser.add_argument("--before", type=Path)
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        metavar="LABEL=FILE",
+        help="write the section of bench/RESULTS.md from saved runs (and run nothing)",
+    )
     args = parser.parse_args()
+    if args.table:
+        rows = {}
+        for item in args.table:
+            label, _, name = item.partition("=")
+            rows[label] = json.loads(Path(name).read_text())
+        write_section("sqlite-wal", _section(rows))
+        return
     options = f"?wal_cap_mib={args.cap_mib:g}"
     figures = run(args.seconds, args.workers, args.readers, args.rate, options, args.trace)
     figures.update(workers=args.workers, readers=args.readers, rate=args.rate, cap=args.cap_mib)
     print(json.dumps(figures), flush=True)
     if args.save:
         args.save.write_text(json.dumps(figures, indent=1))
-    if args.before:
-        rows = {"before": json.loads(args.before.read_text()), "after": figures}
-        write_section("sqlite-wal", _section(rows))
 
 
 def _section(rows: dict[str, dict[str, float]]) -> str:
-    after = rows["after"]
+    after = list(rows.values())[-1]
     lines = [
         "## SQLite: the WAL against its database under load",
         "",
@@ -199,7 +208,9 @@ def _section(rows: dict[str, dict[str, float]]) -> str:
         "read what the dashboard reads (stats, a page, a capped count); the files sampled "
         f"every 50 ms for {after['seconds']:g} s (`python bench/sqlite_wal.py --cap-mib "
         f"{after['cap']:g}`). Bound: the larger of twice the database and the cap "
-        f"({after['cap']:g} MiB here, 64 MiB by default). Before: PASSIVE checkpoints only.",
+        f"({after['cap']:g} MiB here, 64 MiB by default). Before: PASSIVE checkpoints only; "
+        "after: TRUNCATE past a quarter of the bound (bench/sqlite_wal.py, run on each tree "
+        "with `--save`, then `--table`).",
         "",
         "| tree | jobs done | database MiB (end) | WAL MiB (end) | largest WAL MiB "
         "| largest WAL / bound |",
