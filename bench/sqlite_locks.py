@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from _results import fmt, write_section
 
@@ -97,7 +98,9 @@ OPERATIONS: dict[str, tuple[str | None, Operation]] = {
 }
 
 
-def measure(base: Path, work: Path, state: str | None, op: Operation) -> dict[str, float]:
+def measure(
+    base: Path, work: Path, state: str | None, op: Operation, options: dict[str, int]
+) -> dict[str, float]:
     path = work / "run.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -107,7 +110,7 @@ def measure(base: Path, work: Path, state: str | None, op: Operation) -> dict[st
     ids = _ids(path)
 
     async def run() -> tuple[int, float]:
-        backend = SQLiteBackend(str(path))
+        backend = SQLiteBackend(str(path), **options)
         await backend.open()
         try:
             began = time.monotonic()
@@ -129,8 +132,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200_000)
     parser.add_argument("--save", type=Path)
     parser.add_argument("--before", type=Path)
+    parser.add_argument("--after", type=Path, help="saved figures to write, instead of a run")
+    parser.add_argument("--note", default="", help="a sentence under the table")
     parser.add_argument("--only", help="one operation's name (its first word)")
+    parser.add_argument("--wal-cap-mib", type=int, help="the WAL's cap (a big one: no rewinds)")
     args = parser.parse_args()
+    if args.after:
+        figures = json.loads(args.after.read_text())
+    else:
+        figures = run_all(args)
+    if args.save:
+        args.save.write_text(json.dumps(figures, indent=1))
+    if args.before:
+        write_section("sqlite-locks", _section(args, json.loads(args.before.read_text()), figures))
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = work / "base.db"
@@ -141,31 +158,36 @@ def main() -> None:
         for name, (state, op) in OPERATIONS.items():
             if args.only and name.split()[0] != args.only:
                 continue
-            figures[name] = measure(base, work, state, op)
+            options = {"wal_cap_bytes": args.wal_cap_mib << 20} if args.wal_cap_mib else {}
+            figures[name] = measure(base, work, state, op, options)
             print(name, figures[name], flush=True)
-    if args.save:
-        args.save.write_text(json.dumps(figures, indent=1))
-    if args.before:
-        before = json.loads(args.before.read_text())
-        lines = [
-            f"Longest hold of the write lock (as a probe connection saw it) by one call on a "
-            f"database of {args.jobs:,} jobs (`python bench/sqlite_locks.py --jobs "
-            f"{args.jobs}`), before chunking (one transaction per call) and after.",
-            "",
-            "| operation | rows | before: longest hold ms | after: longest hold ms "
-            "| before: call s | after: call s |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, after in figures.items():
-            old = before[name]
-            lines.append(
-                f"| {name} | {fmt(after['rows'])} | {fmt(old['longest_hold_s'] * 1000)} "
-                f"| {fmt(after['longest_hold_s'] * 1000)} | {fmt(old['wall_s'], 2)} "
-                f"| {fmt(after['wall_s'], 2)} |"
-            )
-        write_section(
-            "sqlite-locks", "## SQLite: the longest write-lock hold\n\n" + "\n".join(lines)
+    return figures
+
+
+def _section(
+    args: argparse.Namespace, before: dict[str, dict[str, float]], figures: dict[str, Any]
+) -> str:
+    lines = [
+        "## SQLite: the longest write-lock hold",
+        "",
+        f"Longest hold of the write lock (as a probe connection saw it) by one call on a "
+        f"database of {args.jobs:,} jobs (`python bench/sqlite_locks.py --jobs "
+        f"{args.jobs}`), before chunking (one transaction per call) and after.",
+        "",
+        "| operation | rows | before: longest hold ms | after: longest hold ms "
+        "| before: call s | after: call s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, after in figures.items():
+        old = before[name]
+        lines.append(
+            f"| {name} | {fmt(after['rows'])} | {fmt(old['longest_hold_s'] * 1000)} "
+            f"| {fmt(after['longest_hold_s'] * 1000)} | {fmt(old['wall_s'], 2)} "
+            f"| {fmt(after['wall_s'], 2)} |"
         )
+    if args.note:
+        lines += ["", args.note]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
