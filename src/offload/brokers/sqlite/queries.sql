@@ -200,8 +200,16 @@ SELECT queue, count(*) FROM offload_jobs INDEXED BY offload_jobs_newer
 WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'NewerVersion'
 GROUP BY queue
 
--- name: purge
-DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+-- name: newest_waiting
+SELECT max(enqueued_at) FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+
+-- name: purge_chunk
+-- One chunk (the LIMIT) of a queue's waiting jobs that waited when the purge began, read off
+-- offload_jobs_ready.
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs
+    WHERE queue = ? AND state IN ('queued', 'retrying') AND enqueued_at <= ?
+    LIMIT ?)
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
@@ -216,9 +224,18 @@ ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 -- name: recall
 SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
 
--- name: prune_jobs
-DELETE FROM offload_jobs
-WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+-- name: prune_ended
+-- One chunk (the LIMIT) of the succeeded and failed jobs that ended before the cutoff, read
+-- off offload_jobs_history (its WHERE repeated, so that the planner may use it).
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs INDEXED BY offload_jobs_history
+    WHERE state IN ('succeeded', 'failed', 'dead') AND state <> 'dead' AND finished_at < ?
+    LIMIT ?)
+RETURNING id
+
+-- name: prune_cancelled
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs WHERE state = 'cancelled' AND finished_at < ? LIMIT ?)
 RETURNING id
 
 -- name: prune_events
@@ -335,3 +352,23 @@ WHERE excluded.last_tick > offload_schedules.last_tick
 
 -- name: schedule_states
 SELECT name, last_tick, last_job_id, fired_at, spec FROM offload_schedules
+
+-- name: stall_paid_until
+SELECT value FROM offload_meta WHERE key = 'stall_paid_until'
+
+-- name: pay_stall
+INSERT INTO offload_meta (key, value) VALUES ('stall_paid_until', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: pause_leases
+-- Leases live when a writer began waiting for the lock get the wait back (stalls.py).
+UPDATE offload_jobs SET lease_expires = lease_expires + ?
+WHERE state = 'running' AND lease_expires >= ?
+
+-- name: storage_probe
+-- While the disk is full, readiness writes this much (then nothing) to see room again.
+INSERT INTO offload_meta (key, value) VALUES ('storage_probe', zeroblob(?))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: storage_unprobe
+DELETE FROM offload_meta WHERE key = 'storage_probe'
