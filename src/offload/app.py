@@ -16,6 +16,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
+from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
 from .clock import Clock
@@ -80,6 +81,10 @@ class MessageSpec:
     principal_fields: tuple[str, ...] = ()
     #: Its queue is fair: workers claim its jobs round-robin across owners.
     fair: bool = False
+    #: "queued" or "active" for a unique kind (see `_unique`), else None.
+    unique: str | None = None
+    #: The fields its unique key is made of; () is the whole payload.
+    unique_key: tuple[str, ...] = ()
 
 
 def _builtin_kinds() -> dict[str, MessageSpec]:
@@ -135,7 +140,9 @@ class App:
         name: the application's name (logs, metrics).
         url: backend URL; OFFLOAD_URL (default `sqlite:///offload.db`) when None.
         settings: all settings; read from the environment when None.
-        clock: the time source of envelopes and of the backend (tests move a fake one).
+        clock: the time source of envelopes and of the worker's decisions (retry times),
+            and of the backend's leases only if it stands in for the server's clock (tests
+            move a `FakeClock`; see `Clock.stands_in_for_server`).
         blobs: the blob store (any `BlobStore`); OFFLOAD_BLOBS_URL picks one when None.
     """
 
@@ -152,7 +159,8 @@ class App:
         self._settings = settings
         self._url = url
         self.clock = clock or Clock()
-        #: A clock given to the App is the backend's too (PostgreSQL keeps the server's).
+        #: A clock given to the App goes to the backend, which keeps its server's clock
+        #: unless this one stands in for it (a test's).
         self._injected_clock = clock
         self.kinds: dict[str, MessageSpec] = {}
         #: Built-in kinds (webhook and email deliveries): known, but not submittable by HTTP.
@@ -203,6 +211,8 @@ class App:
         callback_url: str | None = None,
         http: bool = True,
         fair: bool = False,
+        unique: UniqueMode | None = None,
+        unique_key: Sequence[str] | None = None,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
@@ -215,10 +225,15 @@ class App:
                 the job names its own `callback_url`.
             http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
                 as for an unknown kind): only Python code enqueues it (follow-up jobs).
+            unique: "queued": while a job of this kind with the same key waits for its
+                first start, enqueueing another returns that job (`created=False`,
+                `unique_repeat=True`); "active": the same while it waits or runs, retries
+                included. Per owner: the key includes the job's owner.
+            unique_key: the message fields the key is made of (default: the whole payload).
 
         Raises:
-            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, or a
-                `FromPrincipal` field that is not a `str`.
+            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, a
+                `FromPrincipal` field that is not a `str`, or a bad `unique`/`unique_key`.
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
@@ -235,6 +250,7 @@ class App:
                 filled = principal_fields(cls)
             except TypeError as exc:
                 raise ConfigurationError(str(exc)) from None
+            key_fields = unique_fields(cls, unique, unique_key)
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
             self.kinds[kind] = MessageSpec(
@@ -248,6 +264,8 @@ class App:
                 http=http,
                 principal_fields=filled,
                 fair=fair,
+                unique=unique if key_fields is not None else None,
+                unique_key=key_fields or (),
             )
             return cls
 
@@ -440,6 +458,7 @@ class App:
                     settings.url,
                     clock=self._injected_clock,
                     connect_timeout_s=settings.connect_timeout_s,
+                    retry_deadline_s=settings.retry_deadline_s,
                 )
                 await backend.open(create=create)
                 self._backend = backend
@@ -526,11 +545,15 @@ class App:
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
+        payload = message.model_dump(mode="json")
+        key = None
+        if spec.unique is not None:
+            key = unique_key(spec.kind, owner, payload, spec.unique_key)
         return Envelope(
             id=uuid7(now),
             kind=spec.kind,
             version=spec.version,
-            payload=message.model_dump(mode="json"),
+            payload=payload,
             queue=spec.queue,
             priority=priority,
             attempt=0,
@@ -542,6 +565,8 @@ class App:
             trace=trace,
             timeout=spec.timeout,
             options=options,
+            unique_key=key,
+            unique=spec.unique if key is not None else None,
         )
 
     async def _store(
@@ -570,7 +595,8 @@ class App:
                 results = await stored if inspect.isawaitable(stored) else stored
         self.metrics.stored(envelopes, results)
         return [
-            Job(r.id, r.created, self, kind=e.kind) for e, r in zip(envelopes, results, strict=True)
+            Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
+            for e, r in zip(envelopes, results, strict=True)
         ]
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
@@ -607,6 +633,11 @@ class App:
             callback_url: a webhook target notified (signed, retried) when the job ends.
             notify_email: an address emailed when the job ends.
             owner: the principal the job belongs to (the HTTP API's caller).
+
+        Returns:
+            The job; for a kind declared `unique` whose key (kind, owner, chosen fields) a
+            queued (or active) job holds, that job, with `created=False` and
+            `unique_repeat=True`, and nothing is stored.
 
         Raises:
             TypeError: an option of the wrong type (named).
@@ -1000,7 +1031,10 @@ class App:
         done = [(e, r) for e, r in zip(envelopes, results, strict=True) if r is not None]
         self.metrics.stored([e for e, _ in done], [r for _, r in done])
         return [
-            None if r is None else Job(r.id, r.created, self, kind=schedule.kind) for r in results
+            None
+            if r is None
+            else Job(r.id, r.created, self, kind=schedule.kind, unique_repeat=r.unique_repeat)
+            for r in results
         ]
 
     async def list_schedules(self) -> list[dict[str, Any]]:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 
 class Clock:
-    """Wall-clock time as float epoch seconds."""
+    """Wall-clock time as float epoch seconds: this host's."""
+
+    #: Whether a backend takes this clock's time instead of its own server's for leases,
+    #: rescue and timestamps. A host's clock does not: PostgreSQL keeps `now()`, Redis its
+    #: `TIME`, SQLite the clock of the one host its file lives on, so hosts whose clocks
+    #: disagree still agree on every lease. A test's clock does (`FakeClock`): moving it
+    #: moves the backend's time too.
+    stands_in_for_server: ClassVar[bool] = False
 
     def now(self) -> float:
         return time.time()
@@ -17,7 +25,9 @@ class Clock:
 
 
 class FakeClock(Clock):
-    """A clock that only moves when told to."""
+    """A clock that only moves when told to; a backend given it keeps time by it too."""
+
+    stands_in_for_server = True
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self._now = start
@@ -27,6 +37,18 @@ class FakeClock(Clock):
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+
+class SkewedClock(Clock):
+    """This host's clock running `offset_s` seconds ahead (negative: behind): what a
+    process on a machine with a badly set clock reads. Its own stamps (enqueue times,
+    retry times) move by the offset; backends keep their server's time for leases."""
+
+    def __init__(self, offset_s: float) -> None:
+        self.offset_s = offset_s
+
+    def now(self) -> float:
+        return time.time() + self.offset_s
 
 
 def to_datetime(ts: float | None) -> datetime | None:

@@ -123,6 +123,12 @@ class Envelope:
     timeout: float | None = None
     #: Delivery options (callback_url, notify_email); not part of the message.
     options: dict[str, Any] = field(default_factory=dict)
+    #: The kind's unique key of this job (`_unique.unique_key`: kind, owner and the chosen
+    #: fields, hashed), or None where its kind is not unique.
+    unique_key: str | None = None
+    #: While which states the key holds: "queued" (waiting, never started) or "active"
+    #: (waiting or running); None with no `unique_key`.
+    unique: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -206,10 +212,13 @@ class Lapsed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnqueueResult:
-    """What `enqueue` did with one envelope: `created` is False for an idempotent repeat."""
+    """What `enqueue` did with one envelope: `created` is False for an idempotent repeat
+    and for a unique repeat (`unique_repeat`: a job holding the same unique key was stored;
+    `id` names it)."""
 
     id: str
     created: bool
+    unique_repeat: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

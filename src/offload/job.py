@@ -24,16 +24,19 @@ DEFAULT_WAIT_POLL_S = 0.05
 @dataclass(frozen=True, slots=True, repr=False)
 class Job:
     """What `enqueue` returns: a handle on one job (its id and kind), and whether this call
-    created it (False: an idempotency key named an existing job)."""
+    created it (False: an idempotency key named an existing job, or `unique_repeat`: a job
+    of a unique kind with the same key was queued, or active, and this is that job)."""
 
     id: str
     created: bool
     app: App
     _: KW_ONLY
     kind: str = ""
+    unique_repeat: bool = False
 
     def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, kind={self.kind!r}, created={self.created})"
+        repeat = ", unique_repeat=True" if self.unique_repeat else ""
+        return f"Job(id={self.id!r}, kind={self.kind!r}, created={self.created}{repeat})"
 
     async def status(self) -> JobStatus:
         """The job's status now, with its webhook and email deliveries.

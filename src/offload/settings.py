@@ -27,6 +27,9 @@ DEFAULT_RETENTION_S = 7 * 86400.0
 DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
 #: How long opening a backend waits for its server (PostgreSQL, Redis) to answer (seconds).
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: How long a call to PostgreSQL or Redis keeps trying again after a lost connection
+#: (seconds): a killed connection or a fast restart of the server costs latency, not an error.
+DEFAULT_RETRY_DEADLINE_S = 10.0
 #: Sender address of notification emails.
 DEFAULT_EMAIL_FROM = "offload@localhost"
 #: Base URL of the web tier as users reach it, for links in webhooks and emails.
@@ -125,6 +128,7 @@ class Settings:
     #: development only: they show server paths and source lines).
     expose_tracebacks: bool = False
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S
     #: The web tier refuses (503) a submission of a kind whose current version no live
     #: worker runs (OFFLOAD_REQUIRE_WORKER_VERSION=1): off by default.
     require_worker_version: bool = False
@@ -171,6 +175,7 @@ class Settings:
                 connect_timeout_s=float(
                     e.get("OFFLOAD_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
                 ),
+                retry_deadline_s=float(e.get("OFFLOAD_RETRY_DEADLINE") or DEFAULT_RETRY_DEADLINE_S),
                 require_worker_version=_flag(e.get("OFFLOAD_REQUIRE_WORKER_VERSION")),
                 admin_principals=frozenset(
                     name.strip()
@@ -185,6 +190,8 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["connect_timeout_s"] <= 0:
             raise ConfigurationError("OFFLOAD_CONNECT_TIMEOUT must be a positive number of seconds")
+        if values["retry_deadline_s"] < 0:
+            raise ConfigurationError("OFFLOAD_RETRY_DEADLINE must be 0 (no retry) or more seconds")
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

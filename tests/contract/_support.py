@@ -83,6 +83,8 @@ class ShiftClock(Clock):
     """Real time plus an offset the test moves: leases lapse and delays pass at once,
     with no sleep that must be long enough (and none that a loaded machine outlasts)."""
 
+    stands_in_for_server = True
+
     def __init__(self) -> None:
         self.offset = 0.0
 

@@ -7,11 +7,12 @@ backend."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from offload.brokers import Backend
-from offload.contract import KindLimits
+from offload.contract import EnqueueResult, KindLimits
 
 from ._support import LONG, PATIENCE_S, ShiftClock, done, envelope, rescue, status
 
@@ -70,6 +71,28 @@ async def test_other_kinds_of_the_queue_are_claimed_past_a_held_back_kind(
     first, second = await gated(backend, limit=10), await gated(backend, limit=10)
     # Then one limited job runs, and every free one
     assert set(first) | set(second) == {held[0], *free}
+
+
+async def test_a_unique_job_held_back_by_a_limit_still_holds_its_key(backend: Backend) -> None:
+    # Given a kind limited to 1 running, its slot taken, and a unique='queued' job waiting
+    await backend.declare_limits([limited(max_running=1)])
+    await fill(backend, 1)
+    (lease,) = await backend.claim_gated(["q"], worker_id="w1", lease_for=LONG, limit=10)
+    first = dataclasses.replace(envelope(kind=LIMITED), unique_key="k", unique="queued")
+    await backend.enqueue([first])
+    # When a claim passes it over (held back by the limit)
+    assert await gated(backend) == []
+    # Then it is still queued, never started, and holds its key
+    record = await status(backend, first.id)
+    assert (record["state"], record["started_at"]) == ("queued", None)
+    again = dataclasses.replace(envelope(kind=LIMITED), unique_key="k", unique="queued")
+    assert await backend.enqueue([again]) == [
+        EnqueueResult(id=first.id, created=False, unique_repeat=True)
+    ]
+    # And once the slot frees and the claim starts it, the key is free again
+    await backend.settle([done(lease)])
+    assert await gated(backend) == [first.id]
+    assert (await backend.enqueue([again]))[0].created
 
 
 async def test_the_rate_is_a_sliding_window_on_the_backend_clock(

@@ -69,7 +69,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7]" in first.stdout
+        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -109,7 +109,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2, 3, 4, 5, 6, 7]
+            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.
@@ -155,7 +155,7 @@ async def test_a_schema_3_database_migrates_to_4_with_its_workers_and_jobs() -> 
         # When it is migrated
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [4, 5, 6, 7]
+            assert await backend.migrate() == [4, 5, 6, 7, 8]
             # Then the old entry still counts for the version check but has no registry
             # entry to show; a new worker's has; queues pause and resume; the job is claimed
             assert await backend.live_versions(within_s=30) == {"pg.ping": {1}}
@@ -200,6 +200,28 @@ async def test_transactional_enqueue_exists_only_if_the_transaction_commits(
     backend = app._require_backend()
     leases = await backend.claim(["default"], worker_id="w", lease_for=5, limit=10)
     assert [le.job_id for le in leases] == [committed.id]
+
+
+class Once(Message):
+    n: int = 0
+
+
+async def test_a_unique_job_enqueued_in_a_rolled_back_transaction_holds_no_key(
+    app: App, schema: PgSchema
+) -> None:
+    app.message("pg.once", unique="queued")(Once)
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        # Given a unique job enqueued, and repeated, in the user's transaction that rolls back
+        async with conn.transaction(force_rollback=True):
+            first = await app.enqueue_in(conn, Once())
+            again = await app.enqueue_in(conn, Once())
+            assert first.created and (again.id, again.unique_repeat) == (first.id, True)
+        # Then the key is free: a job enqueued in a committed transaction holds it
+        async with conn.transaction():
+            kept = await app.enqueue_in(conn, Once())
+            assert kept.created and kept.id != first.id
+    assert await app.get(first.id) is None
+    assert (await app.enqueue(Once())).id == kept.id
 
 
 async def woken_by_an_enqueue(app: App, schema: PgSchema, wait: Awaitable[None]) -> float:

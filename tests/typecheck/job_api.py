@@ -38,6 +38,7 @@ async def well_typed() -> None:
     assert_type(status.state, JobState)
     assert_type(status.created_at, datetime)
     assert_type(await job.wait(timeout=timedelta(seconds=30)), JobStatus)
+    assert_type(job.unique_repeat, bool)
 
 
 def well_typed_sync() -> None:
@@ -55,3 +56,11 @@ async def mistakes() -> None:
     app.enqueue_sync(Ping(n=1), callback="https://example.com")  # type: ignore[call-arg]
     status = await (await app.enqueue(Ping(n=1))).status()
     status["state"]  # type: ignore[index]
+
+
+class Once(Message):
+    user_id: str
+
+
+app.message("once", unique="active", unique_key=("user_id",))(Once)
+app.message("twice", unique="sometimes")(Ping)  # type: ignore[arg-type]

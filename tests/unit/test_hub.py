@@ -95,3 +95,45 @@ async def test_a_job_stream_ends_with_the_final_change_even_when_it_lands_during
     async with asyncio.timeout(5):  # a stream that waits for more hangs here
         chunks = [chunk async for chunk in stream]
     assert [int(c.split(b"\n")[0].removeprefix(b"id: ")) for c in chunks] == expected
+
+
+class FailsOnce:
+    """A feed whose first read fails with a surprise (not a BackendError), then holds one
+    change of alice's."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        self.reads += 1
+        if self.reads == 1:
+            raise RuntimeError("a bug in a backend")
+        return [c for c in [_change(1, JobState.QUEUED)] if c.seq > seq]
+
+    async def get(self, job_id: str) -> JobRow | None:
+        return None
+
+    async def last_seq(self) -> int:
+        return 0
+
+    async def wait_changes(self, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, 0.05))
+
+
+async def test_the_hub_outlives_a_surprise_error_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a hub whose first read of the feed fails with an unexpected error
+    feed = FailsOnce()
+    hub = Hub(feed, feed.last_seq)
+    with hub.subscribe(owner="alice") as sub:
+        await hub.start()
+        try:
+            # Then the error is logged, and the watcher goes on to pass the change on.
+            change = await asyncio.wait_for(sub.queue.get(), 10)
+        finally:
+            await hub.stop()
+    assert change.seq == 1
+    assert "change feed watcher failed" in caplog.text

@@ -101,7 +101,13 @@ class Broker(Protocol):
         """Store the envelopes atomically (all or none).
 
         An envelope whose (owner, idempotency_key) is already stored is not stored again;
-        its result names the first job with `created=False`.
+        its result names the first job with `created=False`. Else an envelope whose
+        `unique_key` a job holds is not stored either; its result names that job with
+        `created=False, unique_repeat=True`. A job holds its key while it is queued or
+        retrying and never started, or (`unique="active"`) while it is queued, retrying or
+        running: decided by the backend in the enqueue's own transaction (script), so two
+        processes never both store one key, and freed by whatever transition takes the job
+        out of those states. Within one call, the first envelope with a key wins.
         """
         ...
 
@@ -233,7 +239,8 @@ class JobStore(Protocol):
         ...
 
     async def requeue(self, job_id: str) -> JobRow:
-        """Put a dead, failed or cancelled job back in its queue with a fresh budget."""
+        """Put a dead, failed or cancelled job back in its queue with a fresh budget, without
+        its unique key (it neither holds nor answers one again)."""
         ...
 
     async def changes_since(
@@ -291,7 +298,8 @@ class JobSearch(Protocol):
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
         """`requeue` each of these jobs that is dead, failed or cancelled (others are left
-        alone), with its change-feed entry and a wake-up for its queue; the count."""
+        alone; each without its unique key), with its change-feed entry and a wake-up for its
+        queue; the count."""
         ...
 
     async def cancel_many(
@@ -387,6 +395,10 @@ class Limiter(Protocol):
         The next `wait` of this instance knows what held jobs back: it ends when a start
         is due again by the rate, or when a job of a limited kind settles (its settle wakes
         the waiting workers), not at once for the ready jobs it may not take.
+
+        A network backend sends it again on a lost connection as it does `claim`: the
+        resend answers the jobs the lost attempt leased (their starts counted once), and
+        leases no second batch.
         """
         ...
 

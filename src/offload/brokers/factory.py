@@ -10,16 +10,23 @@ from .base import Backend
 
 
 def open_backend(
-    url: str, *, clock: Clock | None = None, connect_timeout_s: float | None = None
+    url: str,
+    *,
+    clock: Clock | None = None,
+    connect_timeout_s: float | None = None,
+    retry_deadline_s: float | None = None,
 ) -> Backend:
     """A backend (not yet opened) for `url`.
 
     Args:
-        clock: the time source of run_at, leases and timestamps (tests inject a
-            `FakeClock` and move it instead of sleeping); PostgreSQL uses its server's
-            clock unless one is given.
+        clock: the time source of run_at, leases and timestamps when it stands in for
+            the server's (`Clock.stands_in_for_server`: tests inject a `FakeClock` and
+            move it instead of sleeping); else each backend keeps its server's clock for
+            them (PostgreSQL `now()`, Redis `TIME` for leases, SQLite this host's).
         connect_timeout_s: how long `open` waits for a server (the backend's default when
             None); SQLite has no server and ignores it.
+        retry_deadline_s: how long a call to a server tries again after a lost connection
+            (the backend's default when None); SQLite ignores it.
 
     Raises:
         ConfigurationError: unknown scheme or a missing extra.
@@ -37,7 +44,12 @@ def open_backend(
                 "OFFLOAD_URL names PostgreSQL but psycopg is not installed: "
                 "pip install 'offload[postgres]'"
             ) from exc
-        return PostgresBackend.from_url(url, clock=clock, connect_timeout_s=connect_timeout_s)
+        return PostgresBackend.from_url(
+            url,
+            clock=clock,
+            connect_timeout_s=connect_timeout_s,
+            retry_deadline_s=retry_deadline_s,
+        )
     if scheme in ("redis", "rediss"):
         try:
             from .redis import RedisBackend
@@ -48,7 +60,12 @@ def open_backend(
                 "OFFLOAD_URL names Redis but the redis package is not installed: "
                 "pip install 'offload[redis]'"
             ) from exc
-        return RedisBackend.from_url(url, clock=clock, connect_timeout_s=connect_timeout_s)
+        return RedisBackend.from_url(
+            url,
+            clock=clock,
+            connect_timeout_s=connect_timeout_s,
+            retry_deadline_s=retry_deadline_s,
+        )
     raise ConfigurationError(
         f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
         "expected sqlite://, memory://, postgresql://, redis:// or rediss://"

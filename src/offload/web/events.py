@@ -149,6 +149,9 @@ class Hub:
             except BackendError as exc:
                 log.warning("change feed read failed: %s", exc, extra={"action": "feed_error"})
                 await asyncio.sleep(1.0)
+            except Exception:  # a surprise: said loudly, and the streams still follow
+                log.exception("change feed watcher failed", extra={"action": "feed_error"})
+                await asyncio.sleep(1.0)
 
 
 def sse(change: Change, present: Callable[[JobRow], dict[str, Any]]) -> bytes:
@@ -157,7 +160,19 @@ def sse(change: Change, present: Callable[[JobRow], dict[str, Any]]) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, change.row.state.encode(), data)
 
 
-async def job_stream(
+async def _ending_cleanly(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """`stream`, ended (not broken) when the backend stays unreachable past its retry
+    deadline while the stream reads it: the response has begun, so no problem document
+    can follow; the client reconnects with Last-Event-ID and resumes where it was."""
+    try:
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                yield chunk
+    except BackendError as exc:
+        log.warning("event stream ended: %s", exc, extra={"action": "stream_backend_error"})
+
+
+def job_stream(
     hub: Hub,
     store: Feed,
     job_id: str,
@@ -165,7 +180,19 @@ async def job_stream(
     present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
-    """Replay a job's changes after `since`, then follow it live until its final state."""
+    """Replay a job's changes after `since`, then follow it live until its final state
+    (ended early if the backend stays unreachable: the client resumes)."""
+    return _ending_cleanly(_job_events(hub, store, job_id, since, present, keepalive_s))
+
+
+async def _job_events(
+    hub: Hub,
+    store: Feed,
+    job_id: str,
+    since: int,
+    present: Callable[[JobRow], dict[str, Any]],
+    keepalive_s: float,
+) -> AsyncGenerator[bytes, None]:
     with hub.subscribe(job_id=job_id) as sub:
         last = since
         while True:  # replay from the store first; live changes queue up meanwhile
@@ -239,7 +266,7 @@ async def follow_owner(
             yield change
 
 
-async def owner_stream(
+def owner_stream(
     hub: Hub,
     store: Feed,
     owner: str | None,
@@ -250,7 +277,19 @@ async def owner_stream(
     """Server-sent events of every change of `owner`'s jobs (None: of every job, for
     operators): after `since` when given
     (resuming), else from now on. Opens with the stream's position as its event id, so a
-    client that reconnects before any event still resumes where it was."""
+    client that reconnects before any event still resumes where it was. Ends if the
+    backend stays unreachable while it replays (the client resumes)."""
+    return _ending_cleanly(_owner_events(hub, store, owner, since, present, keepalive_s))
+
+
+async def _owner_events(
+    hub: Hub,
+    store: Feed,
+    owner: str | None,
+    since: int | None,
+    present: Callable[[JobRow], dict[str, Any]],
+    keepalive_s: float,
+) -> AsyncGenerator[bytes, None]:
     with hub.subscribe(owner=owner) as sub:
         last = hub.position if since is None else since
         yield b"retry: 1000\nid: %d\n\n" % last

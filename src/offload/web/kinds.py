@@ -3,12 +3,12 @@ Schema of its body, so a client can validate a message before posting it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from ..app import App
+from ..app import App, MessageSpec
 from ..contracts import client_schema
 from .auth import authenticated
 from .origins import refuse_cross_site
@@ -28,6 +28,19 @@ class KindLinks(BaseModel):
     submit: str = Field(description="where to POST a message of this kind")
 
 
+class UniqueRule(BaseModel):
+    """How a kind declared unique answers a repeat (see the README's Unique jobs)."""
+
+    mode: Literal["queued", "active"] = Field(
+        description="queued: while a job with the same key waits for its first start, a post "
+        "answers 200 with that job; active: the same while it waits or runs"
+    )
+    key: list[str] = Field(
+        description="the message fields the key is made of, beside the kind and the caller "
+        "(empty: the whole message)"
+    )
+
+
 class Kind(BaseModel):
     """A kind the caller may post."""
 
@@ -38,6 +51,9 @@ class Kind(BaseModel):
         alias="schema",
         description="the JSON Schema of the body, without the fields the server fills from "
         "the caller (a body that carries one is refused)",
+    )
+    unique: UniqueRule | None = Field(
+        default=None, description="set for a kind declared unique; null otherwise"
     )
     links: KindLinks
 
@@ -65,9 +81,14 @@ async def kinds(request: Request) -> KindList:
             "version": spec.version,
             "queue": spec.queue,
             "schema": client_schema(spec),
+            "unique": None if spec.unique is None else _unique_rule(spec),
             "links": {"submit": f"{root}/v1/jobs/{kind}"},
         }
         for kind, spec in sorted(app.kinds.items())
         if spec.http and auth.may_submit(request, kind)
     ]
     return KindList.model_validate({"kinds": listed})
+
+
+def _unique_rule(spec: MessageSpec) -> dict[str, Any]:
+    return {"mode": spec.unique, "key": list(spec.unique_key)}

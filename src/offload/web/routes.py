@@ -209,7 +209,9 @@ def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
 async def submit(
     request: Request, kind: str, options: Annotated[JobOptions, Depends(job_options)]
 ) -> Response:
-    """Validate the body against the kind's message class, enqueue, answer 202."""
+    """Validate the body against the kind's message class, enqueue, answer 202 (200 with
+    the job of the same unique key, for a kind declared `unique`, while that job is queued
+    or active)."""
     principal = _state(request).auth.principal(request)
     app = _app(request)
     spec = app.kinds.get(kind)
@@ -243,6 +245,10 @@ async def submit(
     )
     job, row = await app.submit(envelope)
     location = f"{root_of(request)}/v1/jobs/{job.id}"
+    if job.unique_repeat:
+        return JSONResponse(
+            presenter_of(request).row(row), status_code=200, headers={"Location": location}
+        )
     headers = {"Location": location, "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
     if not job.created:
         headers["Idempotent-Replayed"] = "true"

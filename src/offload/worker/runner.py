@@ -34,6 +34,7 @@ from ..notify.plan import follow_ups
 from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
 from .gating import ClaimGate
+from .lease import Renewal, fresh, stalled_s
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all, retry_or_dead
 from .scheduler import Scheduler
@@ -62,6 +63,8 @@ NEWER_VERSION_DELAY_S = 30.0
 #: A side task that raises is restarted, unless it already failed this many seconds before
 #: or less: then the worker stops loudly (see `Worker._supervise`).
 SIDE_RESTART_WINDOW_S = 60.0
+#: Seconds before a renewal of the held leases that failed (a backend error) is tried again.
+RECHECK_RETRY_S = 0.5
 
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 _CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
@@ -83,6 +86,8 @@ class _Job:
     """
 
     lease: Lease
+    #: When its lease was granted or last renewed (see `lease.Renewal`).
+    renewed: Renewal
     phase: _Phase = _Phase.AHEAD
     #: The run of its handler, and that run's context (while RUNNING).
     task: asyncio.Task[Outcome | None] | None = None
@@ -189,6 +194,8 @@ class Worker:
         self._line: deque[_Job] = deque()
         #: Handler runs not yet ended (a run whose lease was lost included).
         self._busy = 0
+        #: The renewal of every held lease that jobs in line wait for (see `_fill`).
+        self._recheck: asyncio.Task[None] | None = None
         #: Sizes the claims from the run times of recent jobs.
         self._prefetch = Prefetch(prefetch, concurrency)
         self._pending: list[Outcome] = []
@@ -300,6 +307,7 @@ class Worker:
                     self._slot_free.clear()
                     await self._race(self._slot_free.wait(), stop_wait)
                     continue
+                sent = self._renewal()
                 try:
                     leases = await self.gate.claim(backend)(
                         self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
@@ -308,7 +316,7 @@ class Worker:
                     log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
                     await self._race(asyncio.sleep(1.0), stop_wait)
                     continue
-                self._hold(leases)
+                self._hold(leases, sent)
                 self._fill()
                 if not leases:
                     wait_s = self._idle_wait(bool(self._busy or self._line))
@@ -354,6 +362,9 @@ class Worker:
 
     @staticmethod
     async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
+        """Wait for `coro` or the stop, whichever comes first. A wait for work that fails
+        (the backend unreachable past its retry deadline) ends the wait early, its error
+        logged here: the claim that follows meets the backend's state and handles it."""
         task = asyncio.ensure_future(coro)
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -361,15 +372,26 @@ class Worker:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, BackendError):
+            log.warning("wait for work failed: %s", error, extra={"action": "wait_error"})
+        elif error is not None:
+            log.error("wait for work failed", exc_info=error, extra={"action": "wait_error"})
 
-    def _hold(self, leases: Sequence[Lease]) -> None:
-        """Line up claimed jobs. A job already held under an older lease (that lease lapsed
-        and this worker claimed the job again) keeps only the new one."""
+    def _renewal(self) -> Renewal:
+        """Now, as a lease renewal asked for now records it (see `lease.Renewal`)."""
+        return Renewal(asyncio.get_running_loop().time(), self.app.clock.now())
+
+    def _hold(self, leases: Sequence[Lease], sent: Renewal | None = None) -> None:
+        """Line up claimed jobs (their claim left at `sent`; default now). A job already
+        held under an older lease (that lease lapsed and this worker claimed the job again)
+        keeps only the new one."""
+        sent = sent or self._renewal()
         for lease in leases:
             old = self._jobs.get(lease.job_id)
             if old is not None:
                 self._let_go(old)
-            job = _Job(lease)
+            job = _Job(lease, sent)
             self._jobs[lease.job_id] = job
             self._line.append(job)
 
@@ -398,9 +420,46 @@ class Worker:
         return size
 
     def _fill(self) -> None:
-        """Start jobs held ahead while slots are free (never once stopping)."""
+        """Start jobs held ahead while slots are free (never once stopping).
+
+        A job whose lease may have lapsed (the worker stalled past it: SIGSTOP, a long
+        pause, a suspended machine) does not start on it: every held lease is renewed first
+        (`_renew_held`), the jobs it refuses are dropped unspent, and the line goes on then.
+        """
+        loop = asyncio.get_running_loop()
         while self._line and self._busy < self.concurrency and not self._stop.is_set():
+            job = self._line[0]
+            if self._recheck is not None or not fresh(
+                job.renewed,
+                self.lease_s,
+                self.heartbeat_s,
+                mono=loop.time(),
+                wall=self.app.clock.now(),
+            ):
+                self._recheck = self._recheck or asyncio.create_task(
+                    self._renew_held(), name="offload-renew-held"
+                )
+                return
             self._start(self._line.popleft())
+
+    async def _renew_held(self) -> None:
+        """Renew every lease this worker holds in one batched extend (retried after a
+        backend error); the jobs held ahead whose lease is gone are dropped unspent, the
+        running ones cancelled (`_answered`). Then the line goes on."""
+        try:
+            while True:
+                try:
+                    if await self._beat(list(self._jobs.values())):
+                        break
+                except Exception:  # a bug: said loudly, then tried again as after an outage
+                    log.exception(
+                        "renewing the held leases failed", extra={"action": "renew_error"}
+                    )
+                await asyncio.sleep(RECHECK_RETRY_S)
+        finally:
+            self._recheck = None
+        self._fill()
+        self._slot_free.set()
 
     def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
@@ -782,7 +841,16 @@ class Worker:
         loop = asyncio.get_running_loop()
         next_record = loop.time() + self.record_every_s
         while True:
+            slept = loop.time()
             await asyncio.sleep(self.heartbeat_s)
+            stalled = stalled_s(loop.time() - slept, self.heartbeat_s)
+            if stalled:  # the beat below re-checks every held lease at once
+                log.warning(
+                    "worker stalled for %.1fs; renewing its %d leases",
+                    stalled,
+                    len(self._jobs),
+                    extra={"action": "stall", "worker": self.id, "stalled_s": stalled},
+                )
             jobs = list(self._jobs.values())
             if jobs:  # the leases first: a slow registry write must not delay them
                 await self._beat(jobs)
@@ -791,24 +859,34 @@ class Worker:
                 await self._record()
                 await self.gate.refresh(self.app._require_backend())
 
-    async def _beat(self, jobs: Sequence[_Job]) -> None:
-        """Extend the leases of `jobs` and act on the answers (lost, cancel asked)."""
+    async def _beat(self, jobs: Sequence[_Job]) -> bool:
+        """Extend the leases of `jobs` and act on the answers (renewed, lost, cancel
+        asked). Returns False when the backend failed (nothing was learnt)."""
         backend = self.app._require_backend()
+        sent = self._renewal()
         try:
             answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
         except BackendError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
-            return
+            return False
         beaten = {job.lease.job_id: job for job in jobs}
         for answer in answers:
             job = beaten.get(answer.job_id)
             if job is not None and self._jobs.get(answer.job_id) is job:  # still held
+                if answer.held:
+                    job.renewed = sent
                 self._answered(job, answer)
+        return True
 
     def _answered(self, job: _Job, answer: Extension) -> None:
         """Act on a heartbeat's answer for one job: its lease was lost, or a cancel asked."""
         if job.phase is _Phase.AHEAD:
-            if not answer.held:  # another worker may own it now: report nothing
+            if not answer.held:  # another worker may own it now: report nothing, never run it
+                log.warning(
+                    "dropped job %s held ahead: its lease lapsed",
+                    answer.job_id,
+                    extra={"action": "held_lease_lost", "job_id": answer.job_id},
+                )
                 self._let_go(job)
             elif answer.cancel_requested:
                 self._line.remove(job)
@@ -879,6 +957,8 @@ class Worker:
 
         A side task stopping for good (the supervisor returns) ends the grace period."""
         self._give_back(len(self._line))  # never started: give them back at once
+        if self._recheck is not None:
+            self._recheck.cancel()
         if self._busy and not supervisor.done():
             log.info(
                 "waiting up to %.0fs for %d running jobs",

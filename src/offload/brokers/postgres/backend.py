@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -34,6 +34,7 @@ from ...contract import (
     WorkerInfo,
 )
 from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
@@ -46,13 +47,17 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
 DEFAULT_GAP_WAIT_S = 2.0
 #: Seconds `open` waits for the server to accept a connection (OFFLOAD_CONNECT_TIMEOUT).
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: First pause before the LISTEN connection is made again after it dropped (seconds).
+DEFAULT_RELISTEN_FIRST_S = 0.05
+#: Longest pause between two attempts to LISTEN again while the server is away (seconds).
+DEFAULT_RELISTEN_MAX_S = 1.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
@@ -84,6 +89,18 @@ _LEASE_COLUMNS = (
 )  # fmt: skip
 
 
+def _resent(sql: str) -> str:
+    """The enqueue statement of a resend: an id already stored is the lost attempt's job,
+    skipped like a repeated idempotency key instead of failing the statement."""
+    clause = "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    if clause not in sql:
+        raise AssertionError("the enqueue query lost its ON CONFLICT clause")
+    return sql.replace(clause, "ON CONFLICT DO NOTHING")
+
+
+_ENQUEUE_AGAIN = _resent(Q["enqueue"])
+
+
 def _lease_of(row: tuple[Any, ...], token: str, worker: str) -> Lease:
     """A lease from one row of the claim query."""
     named = dict(zip(_LEASE_COLUMNS, row, strict=True))
@@ -104,6 +121,21 @@ def _change(event: dict[str, Any]) -> Change:
         owner=owner,
         row=JobRow.of({**fields, "owner": owner}),
     )
+
+
+#: SQLSTATEs of a server that ends or refuses a session: admin shutdown
+#: (`pg_terminate_backend`), crash shutdown, cannot connect now (starting up).
+_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """A lost or refused connection: the libpq errors without a SQLSTATE (closed socket,
+    refused connection), class 08 (connection exception) and the sessions the server
+    ended. Not an integrity, data or syntax error, nor a cancelled statement."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _GONE
 
 
 def _uuid(job_id: str) -> uuid.UUID | None:
@@ -143,12 +175,21 @@ class PostgresBackend:
         gap_wait_s: float = DEFAULT_GAP_WAIT_S,
         clock: Clock | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
     ) -> None:
         self.conninfo = conninfo
         self.connect_timeout_s = connect_timeout_s
-        #: An injected clock replaces the server's `now()` in every query (tests); None
-        #: keeps the server's clock, which every host sharing the database agrees on.
-        self.clock = clock
+        self.retrier = Retrier(
+            _lost_connection,
+            deadline_s=retry_deadline_s,
+            log=log,
+            engine="PostgreSQL",
+            on_retry=self._check_pool,
+        )
+        #: A clock that stands in for the server's (a test's: `Clock.stands_in_for_server`)
+        #: replaces `now()` in every query; None keeps the server's clock, which every host
+        #: sharing the database agrees on, also when a host's own clock is given.
+        self.clock = clock if clock is not None and clock.stands_in_for_server else None
         self.pool_size = pool_size
         self.gap_wait_s = gap_wait_s
         self._pool: AsyncConnectionPool | None = None
@@ -170,13 +211,19 @@ class PostgresBackend:
 
     @classmethod
     def from_url(
-        cls, url: str, *, clock: Clock | None = None, connect_timeout_s: float | None = None
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        connect_timeout_s: float | None = None,
+        retry_deadline_s: float | None = None,
     ) -> PostgresBackend:
         """`postgresql://user@host:port/db?pool_size=20&sslmode=require` (libpq options pass
         through; `pool_size` is ours).
 
         Args:
             connect_timeout_s: how long `open` waits for the server (default 5 s).
+            retry_deadline_s: how long a call tries again after a lost connection (10 s).
         """
         parts = urlsplit(url)
         options = parse_qs(parts.query)
@@ -185,7 +232,14 @@ class PostgresBackend:
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
         conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
         timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
-        return cls(conninfo, pool_size=pool_size, clock=clock, connect_timeout_s=timeout)
+        deadline = DEFAULT_RETRY_DEADLINE_S if retry_deadline_s is None else retry_deadline_s
+        return cls(
+            conninfo,
+            pool_size=pool_size,
+            clock=clock,
+            connect_timeout_s=timeout,
+            retry_deadline_s=deadline,
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -213,23 +267,23 @@ class PostgresBackend:
             raise BackendError(f"PostgreSQL: {exc}") from exc
 
     async def _retrying(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """Run `fn` on a pooled connection; once more on a fresh one if the first was dead
-        (server restart, `pg_terminate_backend`). Only for reads and fenced transitions,
-        whose repetition changes nothing."""
-        try:
+        """Run `fn` on a pooled connection, again on another while the connection is lost
+        (server restart, `pg_terminate_backend`), until the retry deadline. Only for reads
+        and for writes whose repetition changes nothing (see `Retrier`)."""
+
+        async def attempt(_resent: bool) -> T:
             async with self._conn() as conn:
                 return await fn(conn)
-        except BackendError as exc:
-            if not isinstance(exc.__cause__, psycopg.OperationalError):
-                raise
-            log.warning(
-                "PostgreSQL connection lost (%s); retrying once",
-                exc.__cause__,
-                extra={"action": "pg_reconnect"},
-            )
-            await self.pool.check()
-            async with self._conn() as conn:
-                return await fn(conn)
+
+        return await self.retrier.run(attempt)
+
+    async def _check_pool(self) -> None:
+        """Drop the pool's dead idle connections before a retry. The pool lends a connection
+        without checking it (a check would cost a round trip per call), so one the server
+        closed while idle fails its first statement; a restart or a kill of every
+        connection leaves several, and each would cost an attempt."""
+        if self._pool is not None:
+            await self._pool.check()
 
     async def _fetch(
         self, sql: str, params: dict[str, Any], *, retry: bool = True
@@ -277,10 +331,28 @@ class PostgresBackend:
     async def _probe(self, check_schema: bool) -> None:
         """One connection made by hand before the pool, which would retry a refused or
         silent server until its timeout and then hide why: this one fails fast, with the
-        driver's reason."""
+        driver's reason. Once the server answered, a connection lost while the schema is
+        read (killed, or the server restarting) is retried as any call is."""
+        first = await self._connect()
+        if not check_schema:
+            await first.close()
+            return
+
+        async def read(resent: bool) -> int:
+            conn = await self._connect() if resent else first
+            try:
+                async with conn:
+                    return await self._schema_version(conn)
+            except psycopg.Error as exc:
+                raise BackendError(f"PostgreSQL: {exc}") from exc
+
+        self._check_version(await self.retrier.run(read))
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A connection, or a BackendError saying why not within `connect_timeout_s`."""
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         except TimeoutError as exc:
             raise BackendError(
                 f"cannot connect to PostgreSQL at {self._where()}: "
@@ -288,15 +360,6 @@ class PostgresBackend:
             ) from exc
         except psycopg.Error as exc:
             raise self._unreachable(exc) from exc
-        if not check_schema:
-            await conn.close()
-            return
-        try:
-            async with conn:
-                version = await self._schema_version(conn)
-        except psycopg.Error as exc:
-            raise BackendError(f"PostgreSQL: {exc}") from exc
-        self._check_version(version)
 
     def _unreachable(self, exc: BaseException) -> BackendError:
         reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's is multi-line
@@ -356,31 +419,55 @@ class PostgresBackend:
             await pool.close()
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1 AS ok", {})
+        """Check the server answers, retrying a lost connection for a second at most."""
+
+        async def attempt(_resent: bool) -> None:
+            async with self._conn() as conn:
+                await conn.execute("SELECT 1")
+
+        await self.retrier.run(attempt, deadline_s=min(PING_DEADLINE_S, self.retrier.deadline_s))
 
     async def _listen(self) -> None:
-        """One LISTEN connection per process; reconnects with backoff when it drops."""
-        delay = 0.5
+        """One LISTEN connection per process; when it drops (a restart of the server, a
+        killed backend) it tries again every `DEFAULT_RELISTEN_MAX_S` at most, so wake-ups
+        return within about that of the server's return, however long it was away."""
+        pause = DEFAULT_RELISTEN_FIRST_S
+        lost = False
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-                async with conn:
-                    await conn.execute("LISTEN offload_work")
-                    if self._feed_wanted:
-                        await conn.execute("LISTEN offload_feed")
-                    delay = 0.5
+                async with await self._listen_connection() as conn:
+                    pause = DEFAULT_RELISTEN_FIRST_S
                     if self._listening.is_set():
                         self._bump("work", "feed")  # anything may have happened while away
+                    if lost:
+                        log.info("LISTEN connection back", extra={"action": "pg_listen_back"})
+                    lost = False
                     self._listening.set()
                     async for note in conn.notifies():
                         if note.channel == "offload_work":  # the payload names the queue
                             self._bump(_WORK + note.payload)
                         else:
                             self._bump("feed")
-            except psycopg.Error as exc:
-                log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                if not lost:
+                    log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
+                lost = True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, DEFAULT_RELISTEN_MAX_S)
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        """A connection LISTENing to the work channel (and the feed's, once wanted); the
+        connect is bounded, as a server that accepts and never answers would hang it."""
+        async with asyncio.timeout(self.connect_timeout_s):
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        try:
+            await conn.execute("LISTEN offload_work")
+            if self._feed_wanted:
+                await conn.execute("LISTEN offload_feed")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def _follow_feed(self) -> None:
         """Reconnect the listener with the feed channel too. Once it listens it bumps every
@@ -431,6 +518,8 @@ class PostgresBackend:
                     "trace": e.trace,
                     "timeout": e.timeout,
                     "options": e.options or None,
+                    "unique_key": e.unique_key,
+                    "unique_mode": e.unique,
                     "n": n,
                 }
                 for n, e in enumerate(envelopes)
@@ -438,39 +527,90 @@ class PostgresBackend:
         ).decode()
 
     async def enqueue_in(
-        self, conn: psycopg.AsyncConnection[Any], envelopes: Sequence[Envelope]
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        envelopes: Sequence[Envelope],
+        *,
+        resent: bool = False,
     ) -> list[EnqueueResult]:
         """Enqueue on the caller's own connection, inside their open transaction: the jobs
-        exist if and only if that transaction commits (the transactional outbox)."""
+        exist if and only if that transaction commits (the transactional outbox).
+
+        Args:
+            resent: an earlier attempt of this very call may have committed (its reply was
+                lost): an envelope whose id is stored is that attempt's job, reported as
+                created. Otherwise a stored id is an error.
+
+        Raises:
+            BackendError: an envelope's id is already stored (not `resent`); nothing is
+                (the statement fails on the primary key, which undoes all of it).
+        """
         if not envelopes:
             return []
+        if any(e.unique_key is not None for e in envelopes):
+            return await _enqueue_unique(conn, envelopes, self._batch, resent=resent)
         async with conn.cursor() as cur:
-            await cur.execute(Q["enqueue"], {"batch": self._batch(envelopes)})
+            sql = _ENQUEUE_AGAIN if resent else Q["enqueue"]
+            await cur.execute(sql, {"batch": self._batch(envelopes)})
             created = {str(r[0]) for r in await cur.fetchall()}
             missing = [e for e in envelopes if e.id not in created]
-            first: dict[tuple[str, str], str] = {}
-            for owner in {e.owner for e in missing}:
-                keys = [e.idempotency_key for e in missing if e.owner == owner]
-                await cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
-                first.update({(owner, k): str(i) for k, i in await cur.fetchall()})
-        return [
-            EnqueueResult(id=e.id, created=True)
-            if e.id in created
-            else EnqueueResult(id=first[(e.owner, e.idempotency_key or "")], created=False)
-            for e in envelopes
-        ]
+            first = await _first_jobs(cur, missing)
+        return [self._result(e, created, first, resent) for e in envelopes]
+
+    @staticmethod
+    def _result(
+        e: Envelope, created: set[str], first: dict[tuple[str, str], str], resent: bool
+    ) -> EnqueueResult:
+        """One envelope's answer: stored now; stored by the lost first attempt of a resent
+        call (the id is taken: the statement is all or nothing, so that attempt stored the
+        whole batch); or a repeat of the job its idempotency key names."""
+        if e.id in created:
+            return EnqueueResult(id=e.id, created=True)
+        earlier = first.get((e.owner, e.idempotency_key or ""))
+        if resent and earlier in (None, e.id):
+            return EnqueueResult(id=e.id, created=True)
+        if earlier is None:
+            raise BackendError(f"PostgreSQL: job id {e.id} already exists; nothing was stored")
+        return EnqueueResult(id=earlier, created=False)
 
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """Store the envelopes atomically, all or none (see Broker.enqueue).
+
+        Tried again on a lost connection: the statement is atomic and the ids are primary
+        keys, so a resend after a lost reply cannot store a job twice, and it answers as
+        the first attempt did (`enqueue_in`, `resent`).
+        """
         if not envelopes:
             return []
+
         # No BEGIN/COMMIT: the enqueue is one statement, atomic on its own (jobs, their feed
-        # entries and the NOTIFY), so an autocommit connection makes it one round trip.
-        async with self._conn() as conn:
-            return await self.enqueue_in(conn, envelopes)
+        # entries and the NOTIFY), so an autocommit connection makes it one round trip. A
+        # batch with unique jobs takes several statements (see _enqueue_unique): one
+        # transaction, all or none.
+        unique = any(e.unique_key is not None for e in envelopes)
+
+        async def attempt(resent: bool) -> list[EnqueueResult]:
+            async with self._conn() as conn:
+                if not unique:
+                    return await self.enqueue_in(conn, envelopes, resent=resent)
+                async with conn.transaction():
+                    return await self.enqueue_in(conn, envelopes, resent=resent)
+
+        return await self.retrier.run(attempt)
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
+        """Lease up to `limit` ready jobs in one statement (see Broker.claim).
+
+        Tried again on a lost connection with the same token: a resend first reads the jobs
+        leased to that token, so a claim whose reply was lost hands over what it leased
+        instead of leaving it, its attempt spent, to lapse. A resend that finds none claims
+        anew (the lost attempt leased nothing, or was rolled back). The one case it cannot
+        see is a first attempt still running on a server that lost only the client (a
+        network partition, not a killed session): those jobs wait out their lease, and the
+        rescuer gives them back.
+        """
         if limit <= 0 or not queues:
             return []
         self._mark(_work_keys(queues))
@@ -484,12 +624,23 @@ class PostgresBackend:
             "now": self._now(),
         }
 
-        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+        async def attempt(resent: bool) -> list[tuple[Any, ...]]:
+            async with self._conn() as conn:
+                return await claim_on(cast(psycopg.AsyncConnection[Any], conn), resent)
+
+        async def claim_on(
+            conn: psycopg.AsyncConnection[Any], resent: bool
+        ) -> list[tuple[Any, ...]]:
             async with conn.cursor() as cur:  # plain tuples: no dict per claimed row
+                if resent:  # the lost attempt's jobs, if it ran: leased to this token
+                    await cur.execute(Q["claimed"], params)
+                    rows = await cur.fetchall()
+                    if rows:
+                        return rows
                 await cur.execute(Q["claim"], params)
                 return await cur.fetchall()
 
-        return [_lease_of(row, token, worker_id) for row in await self._retrying(run)]
+        return [_lease_of(row, token, worker_id) for row in await self.retrier.run(attempt)]
 
     async def claim_gated(
         self,
@@ -500,21 +651,34 @@ class PostgresBackend:
         limit: int,
         fair: Collection[str] = (),
     ) -> list[Lease]:
+        """Lease up to `limit` ready jobs within their kinds' limits, fair queues round-robin
+        over owners (see Broker.claim_gated).
+
+        Tried again on a lost connection with the same token, as `claim` is: a resend first
+        reads the jobs leased to that token, so a claim whose reply was lost hands over what
+        it leased (its starts logged once) instead of leasing a second batch.
+        """
         if limit <= 0 or not queues:
             return []
         self._mark(_work_keys(queues))
         token = secrets.token_hex(12)
-        now = self._now()
         if not set(queues) & set(self._limited.values()):
-            return await self._claim_fair(queues, frozenset(fair), worker_id, lease_for, limit)
-        params = {"limit": limit, "now": now}
-        async with self._conn() as conn, conn.transaction():
-            usage = await _gates.read(conn, queues, now)
-            g = usage.gate()
-            ids, served = await _gates.pick(conn, queues, frozenset(fair), g, params)
-            rows: list[tuple[Any, ...]] = []
-            if ids:
-                await _gates.take_turns(conn, served)
+            return await self._claim_fair(
+                queues, frozenset(fair), token, worker_id, lease_for, limit
+            )
+        now = self._now()
+        params = {"limit": limit, "now": now, "token": token}
+
+        async def attempt(resent: bool) -> tuple[list[tuple[Any, ...]], _gates.Usage | None]:
+            async with self._conn() as conn, conn.transaction():
+                c = cast(psycopg.AsyncConnection[Any], conn)
+                if resent and (rows := await _claimed(c, token)):
+                    return rows, None
+                usage = await _gates.read(c, queues, now)
+                ids, served = await _gates.pick(c, queues, frozenset(fair), usage.gate(), params)
+                if not ids:
+                    return [], usage
+                await _gates.take_turns(c, served)
                 claim = {
                     "ids": ids,
                     "token": token,
@@ -523,25 +687,29 @@ class PostgresBackend:
                     "now": now,
                     **_gates.claim_params(usage),
                 }
-                async with conn.cursor(row_factory=tuple_row) as cur:
+                async with c.cursor(row_factory=tuple_row) as cur:
                     await cur.execute(Q["claim_picked"], claim)
-                    rows = await cur.fetchall()
-        self._limited.update({x.kind: x.queue for x in usage.limits})
-        after = usage.gate([row[1] for row in rows])
-        self._held_back = (bool(after.blocked), after.next_start_at)
+                    return await cur.fetchall(), usage
+
+        rows, usage = await self.retrier.run(attempt)
+        if usage is not None:
+            self._limited.update({x.kind: x.queue for x in usage.limits})
+            after = usage.gate([row[1] for row in rows])
+            self._held_back = (bool(after.blocked), after.next_start_at)
         return [_lease_of(row, token, worker_id) for row in rows]
 
     async def _claim_fair(
         self,
         queues: Sequence[str],
         fair: frozenset[str],
+        token: str,
         worker_id: str,
         lease_for: float,
         limit: int,
     ) -> list[Lease]:
         """A gated claim of queues with no limit (as this instance last read the limits):
-        fair queues round-robin over owners, in one statement."""
-        token = secrets.token_hex(12)
+        fair queues round-robin over owners, in one statement; a resend reads what the
+        token holds first, as `claim` does."""
         params = {
             "queues": [q for q in queues if q not in fair],
             "fair": [q for q in queues if q in fair],
@@ -552,24 +720,38 @@ class PostgresBackend:
             "now": self._now(),
         }
 
-        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            async with conn.cursor(row_factory=tuple_row) as cur:
-                await cur.execute(Q["claim_fair"], params)
-                return await cur.fetchall()
+        async def attempt(resent: bool) -> list[tuple[Any, ...]]:
+            async with self._conn() as conn:
+                c = cast(psycopg.AsyncConnection[Any], conn)
+                if resent and (rows := await _claimed(c, token)):
+                    return rows
+                async with c.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute(Q["claim_fair"], params)
+                    return await cur.fetchall()
 
         self._held_back = (False, None)
-        return [_lease_of(row, token, worker_id) for row in await self._retrying(run)]
+        return [_lease_of(row, token, worker_id) for row in await self.retrier.run(attempt)]
 
     async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
-        async with self._conn() as conn, conn.transaction():
-            await _gates.declare(conn, limits)
+        """Store the limits (an upsert per kind: a resend after a lost reply changes
+        nothing more)."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                await _gates.declare(conn, limits)
+
+        await self._retrying(run)
         self._limited.update({x.kind: x.queue for x in limits if x.limited})
 
     async def limits(self) -> list[KindLimits]:
         """Every stored kind's limits with its usage; what this instance then knows of them
         picks its gated claim's way (a queue with no limit claims in one statement)."""
-        async with self._conn() as conn, conn.transaction():
-            stored = (await _gates.read(conn, None, self._now())).limits
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[KindLimits]:
+            async with conn.transaction():
+                return (await _gates.read(conn, None, self._now())).limits
+
+        stored = await self._retrying(run)
         self._limited = {x.kind: x.queue for x in stored}
         return stored
 
@@ -601,6 +783,16 @@ class PostgresBackend:
         ]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply the outcomes in one statement (with their follow-ups, one transaction).
+
+        Tried again on a lost connection, as a resend. A settle spends its lease token,
+        marking it settled: in a resend, an outcome whose first attempt applied (the reply
+        lost) finds its own mark and answers True, follow-ups not stored twice; a lease that
+        a rescue or another claim took answers False as before, and so does an outcome its
+        caller sends twice (not a resend). One case still answers False:
+        a retrying or released job claimed again (a new token) between the lost reply and
+        the resend, a few milliseconds; the worker then takes its result as stale.
+        """
         applied = await self._settle(outcomes, lapsed=False)
         if self._limited:
             await self._announce_slots(outcomes, applied)
@@ -628,18 +820,26 @@ class PostgresBackend:
             ]
         ).decode()
 
-        async def run(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+        async def run(conn: psycopg.AsyncConnection[Any], resent: bool) -> set[str]:
             async with conn.cursor() as cur:
-                await cur.execute(Q["settle"], {"batch": batch, "now": now})
+                await cur.execute(Q["settle"], {"batch": batch, "now": now, "resent": resent})
                 return {job_id for (job_id,) in await cur.fetchall()}
 
-        if not any(o.follow_ups for o in outcomes):
-            applied = await self._retrying(run)
-            return [o.lease.job_id in applied for o in outcomes]
-        async with self._conn() as conn, conn.transaction():
-            applied = await run(conn)
-            follow_ups = [e for o in outcomes if o.lease.job_id in applied for e in o.follow_ups]
-            await self.enqueue_in(conn, follow_ups)
+        follow = any(o.follow_ups for o in outcomes)
+
+        async def attempt(resent: bool) -> set[str]:
+            async with self._conn() as conn:
+                if not follow:  # one statement: autocommit, one round trip
+                    return await run(conn, resent)
+                async with conn.transaction():
+                    applied = await run(conn, resent)
+                    follow_ups = [
+                        e for o in outcomes if o.lease.job_id in applied for e in o.follow_ups
+                    ]
+                    await self.enqueue_in(conn, follow_ups, resent=resent)
+                return applied
+
+        applied = await self.retrier.run(attempt)
         return [o.lease.job_id in applied for o in outcomes]
 
     async def expired(self, *, limit: int) -> list[Lapsed]:
@@ -692,9 +892,14 @@ class PostgresBackend:
         }
 
     async def purge(self, queue: str) -> int:
-        async with self._conn() as conn:
+        """Delete the waiting jobs of `queue`; a resend after a lost reply counts only what
+        it deleted itself."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
             cur = await conn.execute(Q["purge"], {"queue": queue})
             return cur.rowcount
+
+        return await self._retrying(run)
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -799,13 +1004,18 @@ class PostgresBackend:
         self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
     ) -> int:
         params = {"ids": self._keys(ids), "now": self._now()}
-        async with self._conn() as conn, conn.transaction():
-            async with conn.cursor() as cur:
+
+        # Retried: a resend after a lost commit finds the jobs cancelled already, so it
+        # stores no follow-up twice (and counts only what it changed itself).
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute(Q["cancel_many_waiting"], params)
                 ended = [job_id for (job_id,) in await cur.fetchall()]
                 await self.enqueue_in(conn, [e for i in ended for e in follow_ups.get(i, ())])
                 await cur.execute(Q["cancel_many_running"], params)
                 return len(ended) + cur.rowcount
+
+        return await self._retrying(run)
 
     async def delete_many(self, ids: Sequence[str]) -> int:
         rows = await self._fetch(Q["delete_many"], {"ids": self._keys(ids)})
@@ -829,26 +1039,40 @@ class PostgresBackend:
         *,
         fallback: str | None,
         refused: str,
+        reached: str,
         follow_ups: Sequence[Envelope] = (),
     ) -> JobRow:
-        """Try `first`, then `fallback`; `follow_ups` go in with `first` only."""
+        """Try `first`, then `fallback`; `follow_ups` go in with `first` only.
+
+        Tried again on a lost connection. A resend refused because the job is `reached`
+        already answers the job as done: the lost attempt did it (or the job was there
+        before it, which a lost reply cannot tell apart; either way it is where the caller
+        wants it), and its follow-ups were stored with it, not again.
+        """
         key = _uuid(job_id)
         if key is None:
             raise JobNotFound(job_id)
-        async with self._conn() as conn, conn.transaction():
-            async with conn.cursor(row_factory=dict_row) as cur:
-                for sql in filter(None, (Q[first], fallback and Q[fallback])):
-                    await cur.execute(sql, {"id": key, "now": self._now()})
-                    rows = await cur.fetchall()
-                    if rows:
-                        if sql == Q[first]:
-                            await self.enqueue_in(conn, follow_ups)
-                        return _row(rows[0])
-                await cur.execute(Q["get"], {"id": key})
-                current = await cur.fetchone()
+
+        async def attempt(resent: bool) -> tuple[bool, dict[str, Any] | None]:
+            async with self._conn() as conn, conn.transaction():
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    for sql in filter(None, (Q[first], fallback and Q[fallback])):
+                        await cur.execute(sql, {"id": key, "now": self._now()})
+                        rows = await cur.fetchall()
+                        if rows:
+                            if sql == Q[first]:
+                                await self.enqueue_in(conn, follow_ups)
+                            return True, rows[0]
+                    await cur.execute(Q["get"], {"id": key})
+                    current = await cur.fetchone()
+            return resent and current is not None and current["state"] == reached, current
+
+        done, current = await self.retrier.run(attempt)
         if current is None:
             raise JobNotFound(job_id)
-        raise InvalidTransition(refused.format(id=job_id, state=current["state"]))
+        if not done:
+            raise InvalidTransition(refused.format(id=job_id, state=current["state"]))
+        return _row(current)
 
     async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> JobRow:
         return await self._transition(
@@ -856,6 +1080,7 @@ class PostgresBackend:
             job_id,
             fallback="cancel_running",
             refused="job {id} is already {state}",
+            reached="cancelled",
             follow_ups=follow_ups,
         )
 
@@ -865,6 +1090,7 @@ class PostgresBackend:
             job_id,
             fallback=None,
             refused="job {id} is {state}; only dead, failed or cancelled jobs can be re-queued",
+            reached="queued",
         )
 
     async def changes_since(
@@ -977,3 +1203,106 @@ class PostgresBackend:
 
 
 __all__ = ["PostgresBackend"]
+
+
+async def _claimed(conn: psycopg.AsyncConnection[Any], token: str) -> list[tuple[Any, ...]]:
+    """The jobs leased to `token`: what a resent claim answers if its first attempt ran."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(Q["claimed"], {"token": token})
+        return await cur.fetchall()
+
+
+async def _first_jobs(
+    cur: psycopg.AsyncCursor[Any], repeats: Sequence[Envelope]
+) -> dict[tuple[str, str], str]:
+    """(owner, idempotency key) -> id of the stored job, for the envelopes not stored."""
+    first: dict[tuple[str, str], str] = {}
+    for owner in {e.owner for e in repeats}:
+        keys = [e.idempotency_key for e in repeats if e.owner == owner and e.idempotency_key]
+        await cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
+        first.update({(owner, k): str(i) for k, i in await cur.fetchall()})
+    return first
+
+
+#: How many times a batch with unique jobs is offered again for the jobs whose key's
+#: holder left its holding states between the insert and the read of it (a claim).
+UNIQUE_ROUNDS = 5
+
+
+async def _enqueue_unique(
+    conn: psycopg.AsyncConnection[Any],
+    envelopes: Sequence[Envelope],
+    batch: Callable[[Sequence[Envelope]], str],
+    *,
+    resent: bool = False,
+) -> list[EnqueueResult]:
+    """Enqueue a batch holding unique jobs, inside the caller's transaction. In a `resent`
+    call (see `enqueue_in`), a job found stored under its own id is the lost first
+    attempt's, reported as created.
+
+    The insert skips every conflicting row (`enqueue_unique`): a row whose idempotency key
+    is stored is an idempotent repeat; else one whose unique key has a holder (committed,
+    or earlier in this batch: the insert waited for any other transaction inserting it) is
+    a unique repeat; else its holder left the holding states meanwhile and it is offered
+    again; a row with neither key conflicted on its id, which aborts the batch.
+
+    Raises:
+        BackendError: an id is already stored (or repeated in the batch), or a key's
+            holder kept changing.
+    """
+    if len({e.id for e in envelopes}) < len(envelopes):
+        raise BackendError("a job id is repeated in the batch; nothing was stored")
+    results: dict[str, EnqueueResult] = {}
+    pending = list(envelopes)
+    async with conn.cursor() as cur:
+        for _ in range(UNIQUE_ROUNDS):
+            await cur.execute(Q["enqueue_unique"], {"batch": batch(pending)})
+            for (job_id,) in await cur.fetchall():
+                results[str(job_id)] = EnqueueResult(id=str(job_id), created=True)
+            pending = [e for e in pending if e.id not in results]
+            pending = await _repeats(cur, pending, results, resent=resent)
+            if not pending:
+                return [results[e.id] for e in envelopes]
+    raise BackendError("unique jobs: the holder of a key kept changing; nothing was stored")
+
+
+async def _repeats(
+    cur: psycopg.AsyncCursor[Any],
+    missing: Sequence[Envelope],
+    results: dict[str, EnqueueResult],
+    *,
+    resent: bool = False,
+) -> list[Envelope]:
+    """Record in `results` why each of `missing` was not stored; returns those to offer
+    again (their key's holder is gone).
+
+    Raises:
+        BackendError: one conflicted on its id.
+    """
+    if not missing:
+        return []
+    first = await _first_jobs(cur, missing)
+    stored: set[str] = set()
+    if resent:  # the lost first attempt's jobs, whatever state they have reached since
+        await cur.execute(Q["find_ids"], {"ids": [e.id for e in missing]})
+        stored = {str(i) for (i,) in await cur.fetchall()}
+    keys = [e.unique_key for e in missing if e.unique_key is not None]
+    holders: dict[str, str] = {}
+    if keys:
+        await cur.execute(Q["find_unique"], {"keys": keys})
+        holders = {k: str(i) for k, i in await cur.fetchall()}
+    again: list[Envelope] = []
+    for e in missing:
+        idem = first.get((e.owner, e.idempotency_key or ""))
+        if e.id in stored:
+            results[e.id] = EnqueueResult(id=e.id, created=True)
+        elif idem is not None:
+            results[e.id] = EnqueueResult(id=idem, created=False)
+        elif e.unique_key in holders:
+            holder = holders[e.unique_key or ""]
+            results[e.id] = EnqueueResult(id=holder, created=False, unique_repeat=True)
+        elif e.unique_key is not None:
+            again.append(e)
+        else:
+            raise BackendError(f"job id {e.id} is already stored; nothing was stored")
+    return again

@@ -144,6 +144,19 @@ CREATE TABLE IF NOT EXISTS offload_schedules (
 )
 
 -- name: migration_7
+-- Unique jobs. A job of a unique kind holds its key (kind, owner, chosen fields:
+-- _unique.unique_key) while it waits for its first start, or, in mode 'active', while it
+-- waits or runs: the partial index admits one holder per key, and a job leaves it by the
+-- very transition that takes it out of those states (the claim, a settle, a cancel, a
+-- rescue, a delete), so no transition has a key to clear. A requeue drops its job's key.
+ALTER TABLE offload_jobs ADD COLUMN IF NOT EXISTS unique_key text,
+    ADD COLUMN IF NOT EXISTS unique_mode text;
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (
+        state IN ('queued', 'retrying') AND started_at IS NULL
+        OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
+
+-- name: migration_8
 -- Fleet-wide limits per kind (App.handles(max_running=, rate=)) as the latest worker to
 -- start declared them, and the start times (epoch seconds) of rate-limited kinds within
 -- their window: a gated claim locks its kinds' rows, counts, and records its starts.
@@ -188,7 +201,38 @@ WITH input AS (
         to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
         timeout, options
     FROM input ORDER BY n
+    -- A stored id is an error that undoes the whole statement (all or nothing), but in a
+    -- resend, which PostgresBackend runs with `ON CONFLICT DO NOTHING` (see `_resent`).
     ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT i.id, i.owner, offload_change(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
+)
+SELECT id FROM ins
+
+-- name: enqueue_unique
+-- enqueue for a batch with unique jobs: any conflict skips its row, a held unique key's as
+-- an idempotency key's, and a later row of the batch repeating an earlier one's key (the
+-- first wins). The caller tells which conflict it was, in the same transaction. Rows go in
+-- key order (then batch order: the first of a key still wins), so two batches holding the
+-- same keys wait for each other's keys in one order and never deadlock.
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
+        id uuid, kind text, version integer, queue text, priority integer, payload jsonb,
+        attempt integer, max_attempts integer, run_at double precision,
+        enqueued_at double precision, idempotency_key text, owner text, trace jsonb,
+        timeout double precision, options jsonb, unique_key text, unique_mode text,
+        n integer)
+), ins AS (
+    INSERT INTO offload_jobs (id, kind, version, queue, priority, payload, state, attempt,
+        max_attempts, run_at, enqueued_at, idempotency_key, owner, trace, timeout, options,
+        unique_key, unique_mode)
+    SELECT id, kind, version, queue, priority, payload, 'queued', attempt, max_attempts,
+        to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
+        timeout, options, unique_key, unique_mode
+    FROM input ORDER BY unique_key, n
+    ON CONFLICT DO NOTHING
     RETURNING *
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
@@ -199,6 +243,16 @@ SELECT id FROM ins
 -- name: find_idem
 SELECT idempotency_key, id FROM offload_jobs
 WHERE owner = %(owner)s AND idempotency_key = ANY(%(keys)s)
+
+-- name: find_unique
+-- The jobs holding these unique keys (the WHERE of offload_jobs_unique: migration_7).
+SELECT unique_key, id FROM offload_jobs
+WHERE unique_key = ANY(%(keys)s) AND (
+    state IN ('queued', 'retrying') AND started_at IS NULL
+    OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
+
+-- name: find_ids
+SELECT id FROM offload_jobs WHERE id = ANY(%(ids)s::uuid[])
 
 -- name: claim
 -- One index scan per queue (LATERAL), merged: `queue = ANY(…)` with this ORDER BY would
@@ -237,6 +291,16 @@ SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
     idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
 FROM upd ORDER BY priority, run_at, id
 
+-- name: claimed
+-- The jobs a claim leased, by its token: what a resent claim answers when the first
+-- attempt's reply was lost (read from the index of running jobs, not the whole table).
+SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
+FROM offload_jobs
+WHERE state = 'running' AND lease_expires IS NOT NULL AND lease_token = %(token)s
+ORDER BY priority, run_at, id
+
 -- name: extend
 UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
 FROM unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
@@ -258,7 +322,10 @@ WITH o AS (
                       ELSE coalesce(to_timestamp(o.run_at), coalesce(%(now)s, now())) END,
         attempt = j.attempt - o.refund,
         max_attempts = coalesce(o.max_attempts, j.max_attempts),
-        lease_token = NULL, lease_expires = NULL
+        -- the token stays, marked as spent by a settle or a rescue: a resent outcome
+        -- whose first attempt applied (its reply lost) finds its mark in `again`
+        lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END,
+        lease_expires = NULL
     FROM o
     WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
         -- a rescue's decision applies only while the lease is still lapsed
@@ -267,8 +334,14 @@ WITH o AS (
 ), ev AS (
     INSERT INTO offload_events (job_id, owner, record)
     SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
+), again AS (
+    -- a resend's outcomes whose first attempt applied (read from the statement's snapshot,
+    -- so never a row `upd` changes here); nothing, and no cost, in a first attempt
+    SELECT j.id FROM offload_jobs j JOIN o ON j.id = o.id
+    WHERE %(resent)s
+        AND j.lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END
 )
-SELECT id::text FROM upd
+SELECT id::text FROM upd UNION ALL SELECT id::text FROM again
 
 -- name: expired
 -- Facts only: the lapsed leases, oldest lapse first, with what a lease carries (the
@@ -317,7 +390,7 @@ WITH upd AS (
     UPDATE offload_jobs
     SET state = 'queued', attempt = 0, run_at = coalesce(%(now)s, now()), result = NULL, started_at = NULL,
         finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-        cancel_requested = false
+        cancel_requested = false, unique_key = NULL
     WHERE id = %(id)s AND state IN ('dead', 'failed', 'cancelled')
     RETURNING *
 ), ev AS (
@@ -426,7 +499,7 @@ WITH upd AS (
     UPDATE offload_jobs
     SET state = 'queued', attempt = 0, run_at = coalesce(%(now)s, now()), result = NULL,
         started_at = NULL, finished_at = NULL, progress_fraction = NULL,
-        progress_message = NULL, worker = NULL, cancel_requested = false
+        progress_message = NULL, worker = NULL, cancel_requested = false, unique_key = NULL
     WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('dead', 'failed', 'cancelled')
     RETURNING *
 ), ev AS (

@@ -7,15 +7,21 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ...clock import Clock
@@ -33,13 +39,15 @@ from ...contract import (
     WorkerInfo,
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
+from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
-from .rows import decode, envelope_args, num, opt, pairs
+from .rows import decode, enqueue_result, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
 
+T = TypeVar("T")
 log = logging.getLogger("offload.brokers")
 
 #: Key prefix of one application; each key starts with it wrapped in a hash tag.
@@ -79,6 +87,19 @@ def _lua(name: str) -> str:
     ).read_text("utf-8")
 
 
+def _lost_connection(exc: BaseException) -> bool:
+    """A lost, refused or silent connection, or a server still loading its data after a
+    restart (BusyLoadingError is a ConnectionError): worth another attempt. Not a refused
+    password or command, nor a script's own error (ResponseError)."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
 def _lapsed(row: dict[str, Any]) -> Lapsed:
     lease = Lease(
         envelope=_envelope(row),
@@ -102,11 +123,14 @@ class RedisBackend:
     keys are co-located. A prefix that already holds a `{…}` tag is used as it is. Scripts
     derive key names from the prefix and declare one of them, which routes the call.
 
-    Times come from this process's clock (as in the SQL backends), so hosts that share a
-    Redis need synchronised clocks; the worker registry's heartbeats alone are stamped by
-    the server's clock (`TIME`) unless a clock is injected. Durability is the server's: run
-    Redis with `appendonly yes` and `maxmemory-policy noeviction` (`open` warns about any other
-    policy), or a restart or eviction loses jobs.
+    Leases, their rescue, settles and the worker registry keep the server's clock (`TIME`
+    inside the script), one for every host, as PostgreSQL keeps `now()`: a host whose clock
+    is off can neither rescue healthy leases nor stamp its own as lapsed. Other times
+    (enqueue, stats, operators' actions) come from this process's clock. A clock that
+    stands in for the server's (a test's) replaces `TIME` everywhere.
+
+    Durability is the server's: run Redis with `appendonly yes` and `maxmemory-policy
+    noeviction` (`open` warns about any other policy), or a restart or eviction loses jobs.
 
     Wake-ups: scripts PUBLISH on `work` (queue name) and `changes`; one pub/sub connection
     per instance counts the announcements, and `wait`/`wait_changes` compare the counts
@@ -117,7 +141,8 @@ class RedisBackend:
         url: the driver URL (`redis://` or `rediss://`), without offload's own options.
         prefix: key prefix that isolates one application (or one test).
         pool_size: most connections this instance holds at once.
-        clock: time source for run_at, leases and timestamps.
+        clock: time source for run_at and timestamps; for leases too if it stands in for
+            the server's (`Clock.stands_in_for_server`).
     """
 
     capabilities = frozenset(
@@ -134,6 +159,7 @@ class RedisBackend:
         promote_max: int = DEFAULT_PROMOTE_MAX,
         command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
     ) -> None:
         if not prefix:
             raise ConfigurationError("the Redis key prefix must not be empty")
@@ -144,12 +170,15 @@ class RedisBackend:
         self.keyspace = prefix if "{" in prefix else "{" + prefix + "}"
         self.pool_size = pool_size
         self.clock = clock or Clock()
-        #: The worker registry is stamped by the server's clock (one for every host), unless
-        #: a clock is injected (tests move it instead of sleeping).
-        self._server_clock = clock is None
+        #: Leases and the worker registry keep the server's clock (one for every host),
+        #: unless the clock injected stands in for it (tests move it instead of sleeping).
+        self._server_clock = clock is None or not clock.stands_in_for_server
         self.promote_max = promote_max
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.retrier = Retrier(
+            _lost_connection, deadline_s=retry_deadline_s, log=log, engine="Redis"
+        )
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._news: Announcements | None = None
@@ -165,12 +194,18 @@ class RedisBackend:
 
     @classmethod
     def from_url(
-        cls, url: str, *, clock: Clock | None = None, connect_timeout_s: float | None = None
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        connect_timeout_s: float | None = None,
+        retry_deadline_s: float | None = None,
     ) -> RedisBackend:
         """`redis://host:port/db?prefix=app:&pool_size=20`; `rediss://` for TLS.
 
-        Other query options (`socket_timeout`, `ssl_cert_reqs`, …) go to redis-py;
-        `connect_timeout_s` bounds `open` (default 5 s).
+        Other query options (`socket_timeout`, `client_name`, …) go to redis-py;
+        `connect_timeout_s` bounds `open` (default 5 s); `retry_deadline_s` how long a call
+        tries again after a lost connection (default 10 s).
 
         Raises:
             ConfigurationError: not a redis URL, or a bad option.
@@ -199,6 +234,9 @@ class RedisBackend:
             pool_size=pool_size,
             clock=clock,
             connect_timeout_s=timeout,
+            retry_deadline_s=DEFAULT_RETRY_DEADLINE_S
+            if retry_deadline_s is None
+            else retry_deadline_s,
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -234,12 +272,28 @@ class RedisBackend:
             raise BackendError("the Redis backend is not open")
         return self._news
 
-    async def _run(self, script: str, *args: str | int) -> Any:
+    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, bounded and its errors made BackendErrors (`_guard`), tried again while
+        the connection is lost, until the retry deadline: for reads, and writes whose
+        repetition changes nothing (see the scripts' callers for the others)."""
+
+        async def attempt(_resent: bool) -> T:
+            async with self._guard():
+                return await call()
+
+        return await self.retrier.run(attempt)
+
+    async def _script(self, script: str, *args: str | int) -> Any:
+        """One attempt of one script call."""
         client = self._redis
         async with self._guard():
             return await self._scripts[script](
                 keys=[self._key("seq")], args=[self.keyspace, *args], client=client
             )
+
+    async def _run(self, script: str, *args: str | int) -> Any:
+        """A script call, sent again while the connection is lost (see `_retried`)."""
+        return await self.retrier.run(lambda _resent: self._script(script, *args))
 
     async def _in_chunks(self, script: str, *args: str | int) -> int:
         """Run a deleting script (`_CHUNK` jobs per call) until a call deletes fewer; returns
@@ -306,24 +360,37 @@ class RedisBackend:
                 # caller would carry on. `_guard` bounds calls with asyncio.timeout instead.
                 socket_timeout=None,
                 decode_responses=True,
-                # A script whose reply was lost may have run: never send it twice.
+                # The driver sends nothing twice on its own: `Retrier` does, where each
+                # operation knows what a resend after a lost reply must answer (see
+                # `enqueue`, `claim` and `_settle`). A connection the server closed while
+                # idle in the pool never fails a call: the pool sees its end of file as
+                # it lends it and connects anew (no round trip); one closed under a call
+                # fails it, and `Retrier` sends it again.
                 retry=Retry(NoBackoff(), 0),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {self._where()}: {exc}") from exc
         client = aioredis.Redis(connection_pool=pool)
         news = Announcements(client, work=self._key("work"), changes=self._key("changes"))
-        try:
-            # The handshake (a server that accepts and never answers included) is bounded by
-            # the connect timeout; the scripts' loading after it, by the command timeout.
-            async with self._guard(f"cannot use Redis at {self._where()}", connecting=True):
-                await client.ping()
-            async with self._guard(f"cannot use Redis at {self._where()}"):
+        where = f"cannot use Redis at {self._where()}"
+
+        async def prepare(_resent: bool) -> None:
+            async with self._guard(where):
                 await self._check_eviction(client)
                 await news.start()
                 for name in _SCRIPTS:
                     self._scripts[name] = client.register_script(_lua(name))
                     await client.script_load(_lua(name))
+
+        try:
+            # The handshake (a server that accepts and never answers included) is bounded by
+            # the connect timeout, and fails at once: a server that is not there is said
+            # so. Once it answered, a connection lost while the scripts load (killed, or
+            # the server restarting) is retried as any call is, each step bounded by the
+            # command timeout.
+            async with self._guard(where, connecting=True):
+                await client.ping()
+            await self.retrier.run(prepare)
         except BaseException:
             await news.stop()
             await client.aclose()
@@ -354,18 +421,26 @@ class RedisBackend:
             await client.connection_pool.disconnect()
 
     async def ping(self) -> None:
-        async with self._guard():
-            await self._redis.ping()
+        """Check the server answers, retrying a lost connection for a second at most."""
+
+        async def attempt(_resent: bool) -> None:
+            async with self._guard():
+                await self._redis.ping()
+
+        await self.retrier.run(attempt, deadline_s=min(PING_DEADLINE_S, self.retrier.deadline_s))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work was announced for `queues` since the last claim, when the next
         scheduled job of these queues is due, or after `timeout` seconds."""
-        async with self._guard():
+
+        async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.smembers(self._key("paused"))
                 for queue in queues:
                     pipe.zrange(self._key("waiting:" + queue), 0, 0, withscores=True)
-                paused, *heads = await pipe.execute()
+                return await pipe.execute()
+
+        paused, *heads = await self._retried(read)
         # Not a paused queue's: its due jobs would wake the claim loop at once, again and again.
         due = [h[0][1] for q, h in zip(queues, heads, strict=True) if h and q not in paused]
         held, next_start_at = self._held_back
@@ -381,34 +456,49 @@ class RedisBackend:
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """Store the envelopes in one script call, all or none.
 
+        Sent again on a lost connection, marked as a resend: the script is atomic, so the
+        lost attempt stored all of the batch or none of it, and a resend takes a stored id
+        (or an idempotency key naming the envelope's own id) for that attempt's job,
+        answered as created. The job is stored once and reported as the first attempt
+        would have been.
+
         Raises:
-            BackendError: an id is already stored (or repeated in the batch): nothing is stored.
+            BackendError: an id is already stored (or repeated in the batch), in a first
+                attempt: nothing is stored.
         """
         if not envelopes:
             return []
-        out = await self._run("enqueue", num(self.clock.now()), *envelope_args(envelopes))
-        return [EnqueueResult(id=out[i], created=bool(out[i + 1])) for i in range(0, len(out), 2)]
+        now, args = num(self.clock.now()), envelope_args(envelopes)
+        out = await self.retrier.run(
+            lambda resent: self._script("enqueue", now, _flag(resent), *args)
+        )
+        return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
-        """Lease up to `limit` ready jobs in one script call (see Broker.claim)."""
+        """Lease up to `limit` ready jobs in one script call (see Broker.claim).
+
+        Sent again on a lost connection with the same token, marked as a resend: the script
+        notes the ids each claim leased (under its token, for as long as the lease), and a
+        resend answers those of them still leased to the token instead of claiming more, so
+        a claim whose reply was lost neither leaves its jobs to lapse with an attempt spent
+        nor leases a second batch. A resend that finds no note claims anew.
+        """
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._announcements.work_mark()
-        now = self.clock.now()
         token = secrets.token_hex(12)
-        expires = now + lease_for
-        rows = [
-            decode(pairs(flat))
-            for flat in await self._run(
-                "claim", num(now), token, num(expires), worker_id, limit, self.promote_max,
-                *dict.fromkeys(queues),
-            )
-        ]  # fmt: skip
+        args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
+        answer = await self.retrier.run(
+            lambda resent: self._script("claim", *args, _flag(resent), *dict.fromkeys(queues))
+        )
+        rows = [decode(pairs(flat)) for flat in answer]
         rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
         return [
-            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            Lease(
+                envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
+            )
             for r in rows
         ]
 
@@ -424,23 +514,29 @@ class RedisBackend:
         """`claim` within the limits of the queues' kinds, fair queues round-robin over
         owners, in one script call. Once a fair claim has seen a queue's ready jobs they
         wait in per-owner lists that only fair claims read: every worker of a fair queue
-        must declare it fair (run one version of the code)."""
+        must declare it fair (run one version of the code).
+
+        Sent again on a lost connection with the same token, marked as a resend, as `claim`
+        is: a resend answers the jobs the lost attempt leased, and leases no more."""
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._announcements.work_mark()
-        now = self.clock.now()
         token = secrets.token_hex(12)
-        expires = now + lease_for
         fairs = sorted(set(fair))
-        flats, held, next_start_at, kinds = await self._run(
-            "claim_gated", num(now), token, num(expires), worker_id, limit, self.promote_max,
-            DEFAULT_GATED_SCAN_MAX, len(fairs), *fairs, *dict.fromkeys(queues),
-        )  # fmt: skip
+        head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
+        tail: tuple[str | int, ...] = (len(fairs), *fairs, *dict.fromkeys(queues))
+        flats, held, next_start_at, kinds = await self.retrier.run(
+            lambda resent: self._script(
+                "claim_gated", *head, DEFAULT_GATED_SCAN_MAX, _flag(resent), *tail
+            )
+        )
         self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
         self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
         rows = [decode(pairs(flat)) for flat in flats]  # in the order taken
         return [
-            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            Lease(
+                envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
+            )
             for r in rows
         ]
 
@@ -459,7 +555,7 @@ class RedisBackend:
 
     async def limits(self) -> list[KindLimits]:
         out = []
-        for kind, spec, running, starts in await self._run("limits", num(self.clock.now())):
+        for kind, spec, running, starts in await self._run("limits", self._now_arg()):
             lim = orjson.loads(spec)
             self._limited[kind] = lim["queue"]
             out.append(
@@ -479,16 +575,19 @@ class RedisBackend:
         """Wake the workers waiting for a slot of the limited kinds whose jobs settled."""
         kinds = {o.lease.envelope.kind for o, ok in zip(outcomes, applied, strict=True) if ok}
         queues = sorted({self._limited[k] for k in kinds if k in self._limited})
-        if queues:
-            async with self._guard():
-                for queue in queues:
-                    await self._redis.publish(self._key("work"), queue)
+        if queues:  # a wake-up sent twice (a resend) wakes for nothing, harmlessly
+            await self.retrier.run(lambda _resent: self._publish_work(queues))
+
+    async def _publish_work(self, queues: Sequence[str]) -> None:
+        async with self._guard():
+            for queue in queues:
+                await self._redis.publish(self._key("work"), queue)
 
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         """Push the leases out in one script call; a stale lease reports held=False."""
         if not leases:
             return []
-        args = [num(self.clock.now() + lease_for)]
+        args = [self._now_arg(), num(lease_for)]
         for lease in leases:
             args += [lease.job_id, lease.token]
         answers = await self._run("extend", *args)
@@ -506,6 +605,15 @@ class RedisBackend:
     async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
         """Apply the outcomes, with the follow-ups of those that apply, in one script call.
 
+        Sent again on a lost connection, marked as a resend. A settle (or rescue) spends its
+        lease token, marking it settled (rescued) on the job: in a resend, an outcome whose
+        first attempt applied finds its own mark and answers 1, storing nothing twice, while
+        a lease that a rescue or another claim took still answers 0. A call that is not a
+        resend never takes the mark as its own (an outcome sent twice by its caller is
+        stale the second time). One case still answers 0: a retrying or released job
+        claimed again (a new token) between the lost reply and the resend; the worker then
+        takes its result as stale.
+
         Returns:
             Per outcome, False where the lease was stale (its follow-ups are not stored).
 
@@ -514,18 +622,20 @@ class RedisBackend:
         """
         if not outcomes:
             return []
-        now = self.clock.now()
-        args = [num(now), str(len(outcomes)), "1" if lapsed else "0"]
+        args = [self._now_arg(), str(len(outcomes)), _flag(lapsed)]
         for o in outcomes:
             args += [
                 o.lease.job_id, o.lease.token, o.state.value, opt(_json(o.result)),
-                opt(_json(o.error)), num(o.run_at if o.run_at is not None else now),
+                opt(_json(o.error)), opt(None if o.run_at is None else num(o.run_at)),
                 "1" if o.refund else "0",
                 opt(None if o.max_attempts is None else str(o.max_attempts)),
                 str(len(o.follow_ups)),
             ]  # fmt: skip
-        args += envelope_args(f for o in outcomes for f in o.follow_ups)
-        return [bool(a) for a in await self._run("settle", *args)]
+        follow_ups = envelope_args(f for o in outcomes for f in o.follow_ups)
+        answer = await self.retrier.run(
+            lambda resent: self._script("settle", *args[:3], _flag(resent), *args[3:], *follow_ups)
+        )
+        return [bool(a) for a in answer]
 
     async def expired(self, *, limit: int) -> list[Lapsed]:
         """The lapsed leases, a few hundred index entries per script call."""
@@ -533,7 +643,7 @@ class RedisBackend:
         while len(out) < limit:
             chunk = min(_CHUNK, limit - len(out))
             # Lapsed entries stay in the index (nothing changes): skip those already read.
-            answer: list[Any] = await self._run("expired", num(self.clock.now()), len(out), chunk)
+            answer: list[Any] = await self._run("expired", self._now_arg(), len(out), chunk)
             scanned, rows = answer
             out += [_lapsed(decode(pairs(flat))) for flat in rows]
             if scanned < chunk:
@@ -551,8 +661,9 @@ class RedisBackend:
         per-queue indexes, never by scanning jobs."""
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
-        async with self._guard():
-            paused = cast(set[str], await self._redis.smembers(self._key("paused")))
+        paused = cast(
+            set[str], await self._retried(lambda: self._redis.smembers(self._key("paused")))
+        )
         for queue, ready, later, running, dead, oldest, newer in await self._run("stats", num(now)):
             out[queue] = {
                 "queued": ready,
@@ -571,7 +682,8 @@ class RedisBackend:
     # -- workers ----------------------------------------------------------------------------
 
     def _now_arg(self) -> str:
-        """The `now` of a registry script: the injected clock's, or none (the server's)."""
+        """The `now` of a lease or registry script: none (the script reads the server's
+        `TIME`), or the injected clock's where it stands in for the server's."""
         return opt(None if self._server_clock else num(self.clock.now()))
 
     async def record_worker(self, worker: WorkerInfo) -> None:
@@ -606,24 +718,27 @@ class RedisBackend:
     # -- paused queues ----------------------------------------------------------------------
 
     async def pause(self, queue: str) -> bool:
-        async with self._guard():
-            return bool(await self._redis.sadd(self._key("paused"), queue))
+        """Pause `queue`; False when it was paused already (or by a resend's lost attempt)."""
+        return bool(await self._retried(lambda: self._redis.sadd(self._key("paused"), queue)))
 
     async def resume(self, queue: str) -> bool:
         """Resume `queue` and announce work on it, in one transaction: its waiting workers
         wake as for an enqueue."""
-        async with self._guard():
+
+        async def run() -> list[Any]:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.srem(self._key("paused"), queue)
                 pipe.publish(self._key("work"), queue)
-                removed, _ = await pipe.execute()
+                return await pipe.execute()
+
+        removed, _ = await self._retried(run)
         return bool(removed)
 
     # -- job store --------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRow | None:
-        async with self._guard():
-            raw = cast(dict[str, str], await self._redis.hgetall(self._key("job:" + job_id)))
+        key = self._key("job:" + job_id)
+        raw = cast(dict[str, str], await self._retried(lambda: self._redis.hgetall(key)))
         return JobRow.of(decode(raw)) if raw else None
 
     async def list_jobs(
@@ -656,10 +771,14 @@ class RedisBackend:
         names = _search.indexes(f)
         if len(names) == 1:
             return names[0]
-        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.zcard(self._key(name))
-            sizes = await pipe.execute()
+
+        async def read() -> list[int]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(self._key(name))
+                return cast(list[int], await pipe.execute())
+
+        sizes = await self._retried(read)
         return min(zip(sizes, names, strict=True))[1]
 
     async def _walk(
@@ -705,9 +824,8 @@ class RedisBackend:
         is; else counted by walking, as `search_jobs` reads, up to `cap`."""
         if _search.only_index(f, None):
             low, high = _search.lex_range(f)
-            async with self._guard():
-                key = self._key(_search.indexes(f)[0])
-                n = int(await self._redis.zlexcount(key, low, high))
+            key = self._key(_search.indexes(f)[0])
+            n = int(await self._retried(lambda: self._redis.zlexcount(key, low, high)))
             return n if cap is None else min(n, cap)
         return (await self._walk("count", f, None, None, 2**53 if cap is None else cap))[0]
 
@@ -735,10 +853,14 @@ class RedisBackend:
         now = int(self.clock.now() // 60) * 60
         first = max(int(since // 60) * 60, now - 60 * _search.HISTORY_KEEP_MINUTES)
         minutes = list(range(first, now + 60, 60))
-        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
-            for minute in minutes:
-                pipe.hgetall(self._key(f"hist:{minute}"))
-            answers = await pipe.execute()
+
+        async def read() -> list[dict[str, str]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for minute in minutes:
+                    pipe.hgetall(self._key(f"hist:{minute}"))
+                return cast(list[dict[str, str]], await pipe.execute())
+
+        answers = await self._retried(read)
         return [
             fact
             for minute, fields in zip(minutes, answers, strict=True)
@@ -761,14 +883,29 @@ class RedisBackend:
             JobNotFound, InvalidTransition (already final), BackendError (a follow-up's id
             is already stored; nothing changed).
         """
-        answer = await self._run(
-            "cancel", num(self.clock.now()), job_id, *envelope_args(follow_ups)
-        )
+        args = (num(self.clock.now()), job_id, *envelope_args(follow_ups))
+        answer = await self._transition("cancel", job_id, "cancelled", *args)
         if answer[0] == "ok":
             return JobRow.of(decode(pairs(answer[1])))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(f"job {job_id} is already {answer[1]}")
+
+    async def _transition(self, script: str, job_id: str, reached: str, *args: str) -> Any:
+        """A cancel or requeue script's answer, sent again on a lost connection. A resend
+        refused because the job is `reached` already answers it as done: the lost attempt
+        did it (or the job was there before, which a lost reply cannot tell apart; either
+        way it is where the caller wants it), follow-ups stored with it, not again."""
+
+        async def attempt(resent: bool) -> Any:
+            answer = await self._script(script, *args)
+            if resent and answer[0] not in ("ok", "missing") and answer[1] == reached:
+                async with self._guard():
+                    raw = await self._redis.hgetall(self._key("job:" + job_id))
+                return ["ok", [item for pair in raw.items() for item in pair]]
+            return answer
+
+        return await self.retrier.run(attempt)
 
     async def requeue(self, job_id: str) -> JobRow:
         """Queue a dead, failed or cancelled job again with attempt 0.
@@ -776,7 +913,7 @@ class RedisBackend:
         Raises:
             JobNotFound, InvalidTransition (any other state).
         """
-        answer = await self._run("requeue", num(self.clock.now()), job_id)
+        answer = await self._transition("requeue", job_id, "queued", num(self.clock.now()), job_id)
         if answer[0] == "ok":
             return JobRow.of(decode(pairs(answer[1])))
         if answer[0] == "missing":
@@ -798,11 +935,13 @@ class RedisBackend:
             return []
         if job_id is None and owner is None:  # the one feed reader of this instance
             self._seen_feed = self._announcements.feed_mark()
-            async with self._guard():
-                entries = cast(
-                    list[tuple[str, dict[str, str]]],
-                    await self._redis.xrange(self._key("feed"), min=f"{seq + 1}-0", count=limit),
-                )
+            feed = self._key("feed")
+            entries = cast(
+                list[tuple[str, dict[str, str]]],
+                await self._retried(
+                    lambda: self._redis.xrange(feed, min=f"{seq + 1}-0", count=limit)
+                ),
+            )
             return [self._change(int(sid.split("-")[0]), fields) for sid, fields in entries]
         changes: list[Change] = []
         cursor = seq
@@ -818,10 +957,10 @@ class RedisBackend:
 
     async def last_seq(self) -> int:
         """The newest change-feed position (0 when the feed is empty)."""
-        async with self._guard():
-            newest = cast(
-                list[tuple[str, Any]], await self._redis.xrevrange(self._key("feed"), count=1)
-            )
+        newest = cast(
+            list[tuple[str, Any]],
+            await self._retried(lambda: self._redis.xrevrange(self._key("feed"), count=1)),
+        )
         return int(newest[0][0].split("-")[0]) if newest else 0
 
     async def wait_changes(self, timeout: float) -> None:
@@ -830,12 +969,11 @@ class RedisBackend:
         await news.wait_until(lambda: self._seen_feed != news.feed_mark(), timeout)
 
     async def remember(self, job_id: str, key: str, value: Any) -> None:
-        async with self._guard():
-            await self._redis.hset(self._key("fx:" + job_id), key, orjson.dumps(value).decode())
+        raw = orjson.dumps(value).decode()
+        await self._retried(lambda: self._redis.hset(self._key("fx:" + job_id), key, raw))
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
-        async with self._guard():
-            raw = await self._redis.hget(self._key("fx:" + job_id), key)
+        raw = await self._retried(lambda: self._redis.hget(self._key("fx:" + job_id), key))
         return (False, None) if raw is None else (True, orjson.loads(raw))
 
     async def prune(self, older_than_s: float) -> int:
@@ -858,7 +996,7 @@ class RedisBackend:
             *ticks, *envelopes,
         )  # fmt: skip
         return [
-            None if int(out[i + 1]) < 0 else EnqueueResult(id=out[i], created=bool(out[i + 1]))
+            None if int(out[i + 1]) < 0 else enqueue_result(out[i], int(out[i + 1]))
             for i in range(0, len(out), 2)
         ]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from ...contract import Envelope
+from ...contract import EnqueueResult, Envelope
 
 #: The columns of a stored row, as the SQL backends name them.
 COLUMNS = (
@@ -62,7 +62,7 @@ def dumps(value: Any) -> str | None:
 
 
 def envelope_args(envelopes: Iterable[Envelope]) -> list[str]:
-    """The script arguments of envelopes: 15 per envelope, in `_lib.lua`'s order."""
+    """The script arguments of envelopes: 17 per envelope, in `_lib.lua`'s order."""
     return [arg for e in envelopes for arg in _envelope_fields(e)]
 
 
@@ -72,5 +72,11 @@ def _envelope_fields(e: Envelope) -> list[str]:
         orjson.dumps(e.payload).decode(), str(e.attempt), str(e.max_attempts),
         num(e.run_at), num(e.enqueued_at), opt(e.idempotency_key), e.owner,
         opt(dumps(e.trace)), opt(None if e.timeout is None else num(e.timeout)),
-        opt(dumps(e.options or None)),
+        opt(dumps(e.options or None)), opt(e.unique_key), opt(e.unique),
     ]  # fmt: skip
+
+
+def enqueue_result(job_id: str, code: int) -> EnqueueResult:
+    """What a script's {id, code} pair says of one envelope: 1 created, 0 an idempotent
+    repeat, 2 a unique repeat (`_lib.lua`'s `store_envelopes`)."""
+    return EnqueueResult(id=job_id, created=code == 1, unique_repeat=code == 2)

@@ -90,13 +90,18 @@ class Announcements:
 
     async def _subscribe(self) -> PubSub:
         pubsub = self.client.pubsub()
-        await pubsub.subscribe(*self.channels)
-        confirmed = 0
-        while confirmed < len(self.channels):
-            message = await pubsub.get_message(timeout=DEFAULT_SUBSCRIBE_TIMEOUT_S)
-            if message is None:
-                raise BackendError("Redis did not confirm the wake-up subscription")
-            confirmed += message["type"] == "subscribe"
+        try:
+            await pubsub.subscribe(*self.channels)
+            confirmed = 0
+            while confirmed < len(self.channels):
+                message = await pubsub.get_message(timeout=DEFAULT_SUBSCRIBE_TIMEOUT_S)
+                if message is None:
+                    raise BackendError("Redis did not confirm the wake-up subscription")
+                confirmed += message["type"] == "subscribe"
+        except BaseException:  # its connection goes back to the pool, not astray
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
         return pubsub
 
     def _notify(self) -> None:

@@ -103,12 +103,19 @@ SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'offload_meta'
 -- name: insert_job
 INSERT INTO offload_jobs (
     id, kind, version, queue, priority, payload, state, attempt, max_attempts, run_at,
-    enqueued_at, idempotency_key, owner, trace, timeout, options)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    enqueued_at, idempotency_key, owner, trace, timeout, options, unique_key, unique_mode)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 
 -- name: find_idem
 SELECT id FROM offload_jobs WHERE owner = ? AND idempotency_key = ?
+
+-- name: find_unique
+-- The job holding a unique key (its WHERE is offload_jobs_unique's: see migration_4).
+SELECT id FROM offload_jobs
+WHERE unique_key = ? AND (
+    state IN ('queued', 'retrying') AND started_at IS NULL
+    OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
 
 -- name: claim_ids_one
 -- The ready jobs of ONE queue, in claim order, straight off offload_jobs_ready. claim_ids
@@ -181,7 +188,7 @@ RETURNING *
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
     finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, unique_key = NULL
 WHERE id = ? AND state IN ('dead', 'failed', 'cancelled')
 RETURNING *
 
@@ -218,8 +225,16 @@ SELECT queue, count(*) FROM offload_jobs INDEXED BY offload_jobs_newer
 WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'NewerVersion'
 GROUP BY queue
 
--- name: purge
-DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+-- name: newest_waiting
+SELECT max(enqueued_at) FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+
+-- name: purge_chunk
+-- One chunk (the LIMIT) of a queue's waiting jobs that waited when the purge began, read off
+-- offload_jobs_ready.
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs
+    WHERE queue = ? AND state IN ('queued', 'retrying') AND enqueued_at <= ?
+    LIMIT ?)
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
@@ -234,9 +249,18 @@ ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 -- name: recall
 SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
 
--- name: prune_jobs
-DELETE FROM offload_jobs
-WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+-- name: prune_ended
+-- One chunk (the LIMIT) of the succeeded and failed jobs that ended before the cutoff, read
+-- off offload_jobs_history (its WHERE repeated, so that the planner may use it).
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs INDEXED BY offload_jobs_history
+    WHERE state IN ('succeeded', 'failed', 'dead') AND state <> 'dead' AND finished_at < ?
+    LIMIT ?)
+RETURNING id
+
+-- name: prune_cancelled
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs WHERE state = 'cancelled' AND finished_at < ? LIMIT ?)
 RETURNING id
 
 -- name: prune_events
@@ -261,6 +285,20 @@ CREATE TABLE IF NOT EXISTS offload_paused (
     queue TEXT PRIMARY KEY,
     paused_at REAL NOT NULL
 )
+
+-- name: migration_4
+-- Schema 4: unique jobs. A job of a unique kind holds its key (kind, owner, chosen fields:
+-- _unique.unique_key) while it waits for its first start, or, in mode 'active', while it
+-- waits or runs: the partial index admits one holder per key, and a job leaves it by the
+-- very transition that takes it out of those states (the claim, a settle, a cancel...), so
+-- no transition has a key to clear. A requeue drops its job's key (requeue, requeue_many).
+-- Older code would requeue a job back into the index: hence the new version.
+ALTER TABLE offload_jobs ADD COLUMN unique_key TEXT;
+ALTER TABLE offload_jobs ADD COLUMN unique_mode TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (
+        state IN ('queued', 'retrying') AND started_at IS NULL
+        OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
 
 -- name: record_worker
 INSERT INTO offload_workers (id, kinds, seen_at, info) VALUES (?, ?, ?, ?)
@@ -298,7 +336,7 @@ CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, qu
 UPDATE offload_jobs
 SET state = 'queued', attempt = 0, run_at = ?, result = NULL, started_at = NULL,
     finished_at = NULL, progress_fraction = NULL, progress_message = NULL, worker = NULL,
-    cancel_requested = 0
+    cancel_requested = 0, unique_key = NULL
 WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('dead', 'failed', 'cancelled')
 RETURNING id
 
@@ -424,3 +462,23 @@ SELECT :queue, o.value,
     (SELECT coalesce(max(turn), 0) + 1 FROM offload_fair WHERE queue = :queue) + o.key
 FROM json_each(:owners) AS o WHERE true
 ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
+
+-- name: stall_paid_until
+SELECT value FROM offload_meta WHERE key = 'stall_paid_until'
+
+-- name: pay_stall
+INSERT INTO offload_meta (key, value) VALUES ('stall_paid_until', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: pause_leases
+-- Leases live when a writer began waiting for the lock get the wait back (stalls.py).
+UPDATE offload_jobs SET lease_expires = lease_expires + ?
+WHERE state = 'running' AND lease_expires >= ?
+
+-- name: storage_probe
+-- While the disk is full, readiness writes this much (then nothing) to see room again.
+INSERT INTO offload_meta (key, value) VALUES ('storage_probe', zeroblob(?))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: storage_unprobe
+DELETE FROM offload_meta WHERE key = 'storage_probe'

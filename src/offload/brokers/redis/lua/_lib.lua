@@ -16,7 +16,10 @@
 -- paused queues, which claim skips), st:<state> / kind:<kind> / qids:<queue> (zsets,
 -- score 0: lexicographic id indexes of the jobs page's filters, as `ids` is),
 -- hist:<minute> (hash: state:queue -> jobs that ended so in that minute, kept
--- HISTORY_KEEP_S). Channels: work (a queue got work), changes (the feed grew).
+-- HISTORY_KEEP_S), uniq (hash: unique key -> id of the last job stored with it; that job
+-- holds the key only while `holds_key` says so, so no transition has a key to clear: the
+-- entry goes with its job, or with a requeue, which drops the job's key). Channels: work
+-- (a queue got work), changes (the feed grew).
 -- Every float arrives as a Python repr string and is stored verbatim (Lua's tostring keeps
 -- only 14 digits), so only comparisons ever turn it into a number.
 local K = ARGV[1]
@@ -142,8 +145,28 @@ local function announce_work(queues)
   for queue, _ in pairs(queues) do redis.call('PUBLISH', K .. 'work', queue) end
 end
 
+-- Drop the uniq entry of a job's unique key where it names that job.
+local function drop_unique(id, key)
+  if key and redis.call('HGET', K .. 'uniq', key) == id then
+    redis.call('HDEL', K .. 'uniq', key)
+  end
+end
+
+-- Whether job `id` holds its unique key: it waits and never started, or (mode 'active')
+-- it waits or runs. A deleted job, or one whose key a requeue dropped, holds none.
+local function holds_key(id)
+  local f = redis.call('HMGET', K .. 'job:' .. id, 'state', 'started_at', 'unique_mode',
+    'unique_key')
+  local state, started, mode, key = f[1], f[2], f[3], f[4]
+  if not key then return false end
+  local waiting = state == 'queued' or state == 'retrying'
+  if waiting and not started then return true end
+  return mode == 'active' and (waiting or state == 'running')
+end
+
 -- Delete a job and every index entry that names it (not its feed entries or effects).
 local function forget(id, row)
+  drop_unique(id, row.unique_key)
   redis.call('DEL', K .. 'job:' .. id)
   redis.call('ZREM', K .. 'ids', id)
   redis.call('ZREM', K .. 'own:' .. row.owner, id)
@@ -158,39 +181,67 @@ local function forget(id, row)
   end
 end
 
--- Envelopes travel as ENVELOPE_WIDTH arguments each (see RedisBackend._envelope_args).
-local ENVELOPE_WIDTH = 15
+-- Envelopes travel as ENVELOPE_WIDTH arguments each (see rows.envelope_args).
+local ENVELOPE_WIDTH = 17
+
+-- The job holding unique key `ukey` (nil: none): one planned earlier in this call, else
+-- the uniq entry's job while it holds the key.
+local function unique_holder(ukey, seen)
+  local planned = seen['uniq:' .. ukey]
+  if planned then return planned end
+  local last = redis.call('HGET', K .. 'uniq', ukey)
+  if last and holds_key(last) then return last end
+  return nil
+end
 
 -- Check envelopes ARGV[first ..] (n of them) before anything is written: returns, per
--- envelope, true (store it) or the id of the job its idempotency key names; an id already
--- stored (or repeated in this call) raises, so the whole call stores nothing. `seen` carries
--- ids and idempotency keys across several checks of one call.
-local function check_envelopes(first, n, seen)
+-- envelope, true (store it), the id of the job its idempotency key names, {id} of the job
+-- holding its unique key, or false (stored already by the lost first attempt of this
+-- `resent` call: an id already stored, or a key naming the envelope's own id). An id
+-- already stored (or repeated in this call) raises otherwise, so the whole call stores
+-- nothing. `seen` carries ids, idempotency and unique keys across several checks of one
+-- call (the first of a call's envelopes with one unique key wins).
+local function check_envelopes(first, n, seen, resent)
   local plan = {}
   for i = 1, n do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
     local id, owner, key = ARGV[b + 1], ARGV[b + 12], opt(ARGV[b + 11])
-    local repeats = nil
+    local ukey = opt(ARGV[b + 16])
+    local repeats, holder = nil, nil
     if key ~= nil then
       local field = idem_field(owner, key)
       repeats = seen['idem:' .. field] or redis.call('HGET', K .. 'idem', field)
       if not repeats then seen['idem:' .. field] = id end
     end
-    if repeats then
-      plan[i] = repeats
-    else
-      if seen['id:' .. id] or redis.call('EXISTS', K .. 'job:' .. id) == 1 then
-        error(redis.error_reply('OFFLOAD job id ' .. id .. ' already exists; nothing was stored'))
-      end
+    if resent and (repeats == id
+        or (not repeats and redis.call('EXISTS', K .. 'job:' .. id) == 1)) then
       seen['id:' .. id] = true
-      plan[i] = true
+      if ukey ~= nil then seen['uniq:' .. ukey] = id end
+      plan[i] = false
+    else
+      if not repeats and ukey ~= nil then
+        holder = unique_holder(ukey, seen)
+        if not holder then seen['uniq:' .. ukey] = id end
+      end
+      if repeats then
+        plan[i] = repeats
+      elseif holder then
+        plan[i] = {holder}
+      else
+        if seen['id:' .. id] or redis.call('EXISTS', K .. 'job:' .. id) == 1 then
+          error(redis.error_reply('OFFLOAD job id ' .. id .. ' already exists; nothing was stored'))
+        end
+        seen['id:' .. id] = true
+        plan[i] = true
+      end
     end
   end
   return plan
 end
 
--- Store the envelopes a check planned; appends {id, 1 created / 0 repeat} pairs to `out`
--- and the queues that got work to `queues`.
+-- Store the envelopes a check planned; appends {id, 1 created (now or by the lost attempt
+-- of a resent call) / 0 idempotent repeat / 2 unique repeat} pairs to `out` and the queues
+-- that got work to `queues`.
 local function store_envelopes(first, plan, now, out, queues)
   for i = 1, #plan do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
@@ -207,6 +258,10 @@ local function store_envelopes(first, plan, now, out, queues)
       set_or_del(jk, 'trace', opt(ARGV[b + 13]))
       set_or_del(jk, 'timeout', opt(ARGV[b + 14]))
       set_or_del(jk, 'options', opt(ARGV[b + 15]))
+      local ukey = opt(ARGV[b + 16])
+      set_or_del(jk, 'unique_key', ukey)
+      set_or_del(jk, 'unique_mode', opt(ARGV[b + 17]))
+      if ukey ~= nil then redis.call('HSET', K .. 'uniq', ukey, id) end
       redis.call('ZADD', K .. 'ids', 0, id)
       redis.call('ZADD', K .. 'own:' .. owner, 0, id)
       redis.call('ZADD', K .. 'kind:' .. ARGV[b + 2], 0, id)
@@ -219,6 +274,12 @@ local function store_envelopes(first, plan, now, out, queues)
       queues[queue] = true
       out[#out + 1] = id
       out[#out + 1] = 1
+    elseif plan[i] == false then
+      out[#out + 1] = id
+      out[#out + 1] = 1
+    elseif type(plan[i]) == 'table' then
+      out[#out + 1] = plan[i][1]
+      out[#out + 1] = 2
     else
       out[#out + 1] = plan[i]
       out[#out + 1] = 0
@@ -235,6 +296,11 @@ local function now_or_server(given)
   return time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
 end
 
+-- `seconds` (a string) after the time `t` (a string), as a string with microseconds.
+local function seconds_after(t, seconds)
+  return string.format('%.6f', tonumber(t) + tonumber(seconds))
+end
+
 -- Queue a dead, failed or cancelled job (its hash read as `row`) again with attempt 0.
 local function requeue_job(id, row, now)
   local jk = K .. 'job:' .. id
@@ -242,7 +308,8 @@ local function requeue_job(id, row, now)
   redis.call('ZREM', K .. 'finished', id)
   redis.call('HSET', jk, 'state', 'queued', 'attempt', '0', 'run_at', now, 'cancel_requested', '0')
   redis.call('HDEL', jk, 'result', 'started_at', 'finished_at', 'progress_fraction',
-    'progress_message', 'worker')
+    'progress_message', 'worker', 'unique_key')
+  drop_unique(id, row.unique_key)
   restate(id, row.state, 'queued')
   put_waiting(id, row.queue, row.priority, now, now)
   return event(id)
@@ -257,12 +324,36 @@ local function cancel_waiting(id, row, now)
   return event(id)
 end
 
+-- Note the ids a claim under `token` leased (for as long as its lease): a resend of that
+-- claim (its first reply lost) answers them instead of leasing a second batch.
+local function note_claim(token, ids, now, expires)
+  if #ids == 0 then return end
+  local ttl = math.max(1, math.ceil(tonumber(expires) - tonumber(now)))
+  redis.call('SET', K .. 'claim:' .. token, table.concat(ids, ','), 'EX', ttl)
+end
+
+-- The rows (flat HGETALL arrays) of the jobs a claim under `token` noted that it still
+-- leases, or nil when it noted none (the lost attempt leased nothing, or never ran).
+local function noted_claim(token)
+  local noted = redis.call('GET', K .. 'claim:' .. token)
+  if not noted then return nil end
+  local out = {}
+  for id in string.gmatch(noted, '[^,]+') do
+    local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token')
+    if job[1] == 'running' and job[2] == token then
+      out[#out + 1] = redis.call('HGETALL', K .. 'job:' .. id)
+    end
+  end
+  return out
+end
+
 -- Lease the picked ready members ({member, queue} pairs, in claim order) of a claim: each
--- still waiting becomes running under `token` until `expires`. Returns the claimed rows
--- (flat HGETALL arrays) and the claimed ids with their kinds ({id, kind} pairs).
+-- still waiting becomes running under `token` until `expires`, and is noted under the token
+-- (note_claim). Returns the claimed rows (flat HGETALL arrays) and the claimed ids with
+-- their kinds ({id, kind} pairs).
 local function lease_picked(picked, now, token, expires, worker)
   local out, ready, waiting, running, leases, was, taken = {}, {}, {}, {}, {}, {}, {}
-  local now_running = {}
+  local now_running, ids = {}, {}
   for _, pick in ipairs(picked) do
     local member, queue = pick[1], pick[2]
     local id = member_id(member)
@@ -280,6 +371,7 @@ local function lease_picked(picked, now, token, expires, worker)
       redis.call('HDEL', jk, 'finished_at', 'progress_fraction', 'progress_message')
       leases[#leases + 1] = expires
       leases[#leases + 1] = id
+      ids[#ids + 1] = id
       push(running, queue, id)
       taken[#taken + 1] = {id, job[3]}
       out[#out + 1] = event(id)
@@ -291,6 +383,7 @@ local function lease_picked(picked, now, token, expires, worker)
   if #leases > 0 then bulk('ZADD', K .. 'leases', leases) end
   for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
   if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
+  note_claim(token, ids, now, expires)
   return out, taken
 end
 

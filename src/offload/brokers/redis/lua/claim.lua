@@ -1,10 +1,18 @@
--- claim: ARGV = K, now, token, expires, worker, limit, promote_max, queue...
+-- claim: ARGV = K, now (opt: none for the server's clock), token, lease_for (seconds),
+-- worker, limit, promote_max, resent, queue...
 -- Promotes due scheduled jobs, then leases the `limit` best ready jobs across the queues
 -- (lowest priority, then run_at, then id). Returns the claimed rows (flat HGETALL arrays).
-local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- The leased ids are noted under the token for as long as the lease: a resent claim (its
+-- first reply lost) answers the noted jobs still leased to the token, and claims no more.
+local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
+local expires = seconds_after(now, ARGV[4])
 local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
+if ARGV[8] == '1' then
+  local noted = noted_claim(token)
+  if noted then return noted end
+end
 local queues = {}
-for i = 8, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
+for i = 9, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
   if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then queues[#queues + 1] = ARGV[i] end
 end
 if #queues == 0 then return {} end
@@ -72,7 +80,12 @@ end
 for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, members) end
 for queue, ids in pairs(waiting) do bulk('ZREM', K .. 'waiting:' .. queue, ids) end
 for queue, ids in pairs(running) do bulk('SADD', K .. 'running:' .. queue, ids) end
-if #leases > 0 then bulk('ZADD', K .. 'leases', leases) end
+if #leases > 0 then
+  bulk('ZADD', K .. 'leases', leases)
+  local ids = {}
+  for i = 2, #leases, 2 do ids[#ids + 1] = leases[i] end
+  note_claim(token, ids, now, expires)
+end
 for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
 if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
 announce_changes()

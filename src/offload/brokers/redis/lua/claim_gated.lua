@@ -1,5 +1,6 @@
--- claim_gated: ARGV = K, now, token, expires, worker, limit, promote_max, scan_max, n_fair,
--- then n_fair fair queues, then the queues to claim from.
+-- claim_gated: ARGV = K, now (opt: none for the server's clock), token, lease_for
+-- (seconds), worker, limit, promote_max, scan_max, resent, n_fair, then n_fair fair queues,
+-- then the queues to claim from.
 -- `claim` within the limits of the claimed queues' kinds (see kind_gates): a held-back
 -- kind's jobs are passed over (at most `scan_max` entries read per queue), each limited
 -- kind gets at most its allowance, and its leased jobs and starts are logged.
@@ -8,20 +9,41 @@
 -- fring:<q> (zset by each owner's last turn, from the counter fturn:<q>); the claim takes
 -- one job of each owner in turn, least recently served first. Fair queues and the plain
 -- ones (merged in claim order) take turns.
+-- The leased ids are noted under the token (lease_picked): a resent claim (its first reply
+-- lost) answers the noted jobs still leased to the token, and claims no more.
 -- Returns {claimed rows in the order taken, 1 when a limit holds jobs back now (else 0),
 -- the time a start is next due by a rate ('' for none), the limited kinds with their
 -- queues (flat pairs)}.
-local now, token, expires, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
+local expires = seconds_after(now, ARGV[4])
 local limit, promote_max, scan_max = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local n_fair = tonumber(ARGV[9])
+local resent, n_fair = ARGV[9] == '1', tonumber(ARGV[10])
 local fair = {}
-for i = 10, 9 + n_fair do fair[ARGV[i]] = true end
+for i = 11, 10 + n_fair do fair[ARGV[i]] = true end
 local queues, open = {}, {}
-for i = 10 + n_fair, #ARGV do
+for i = 11 + n_fair, #ARGV do
   if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then
     queues[#queues + 1] = ARGV[i]
     open[ARGV[i]] = true
   end
+end
+
+-- The answer: the claimed rows, with what holds jobs back now (their starts counted).
+local function answer(out)
+  local held, next_due, kinds = 0, nil, {}
+  for kind, g in pairs(kind_gates(open, now)) do
+    kinds[#kinds + 1] = kind
+    kinds[#kinds + 1] = g.lim.queue
+    if g.allow <= 0 then held = 1 end
+    if g.due ~= nil and (next_due == nil or g.due < next_due) then next_due = g.due end
+  end
+  announce_changes()
+  return {out, held, next_due and string.format('%.6f', next_due) or '', kinds}
+end
+
+if resent then
+  local noted = noted_claim(token)
+  if noted then return answer(noted) end
 end
 if #queues == 0 then return {{}, 0, '', {}} end
 
@@ -215,13 +237,4 @@ for _, t in ipairs(taken) do
   end
 end
 
--- What holds jobs back now (this claim's starts counted).
-local held, next_due, kinds = 0, nil, {}
-for kind, g in pairs(kind_gates(open, now)) do
-  kinds[#kinds + 1] = kind
-  kinds[#kinds + 1] = g.lim.queue
-  if g.allow <= 0 then held = 1 end
-  if g.due ~= nil and (next_due == nil or g.due < next_due) then next_due = g.due end
-end
-announce_changes()
-return {out, held, next_due and string.format('%.6f', next_due) or '', kinds}
+return answer(out)

@@ -1,11 +1,12 @@
--- expired: ARGV = K, now, skip, max. Facts only: the running jobs whose lease lapsed before
+-- expired: ARGV = K, now (opt: none for the server's clock), skip, max. Facts only: the
+-- running jobs whose lease lapsed before
 -- `now`, oldest lapse first, as {entries scanned, {HGETALL of each lapsed job}}. No job
 -- changes; stale entries of the lease index are repaired (dropped, or moved to the row's
 -- own expiry) so that the next call does not scan them again.
 -- `skip`: lapsed entries a previous call of the same read returned (they stay indexed).
-local now, skip, max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local expired = redis.call('ZRANGEBYSCORE', K .. 'leases', '-inf', '(' .. ARGV[2], 'LIMIT', skip,
-  max)
+local at = now_or_server(ARGV[2])
+local now, skip, max = tonumber(at), tonumber(ARGV[3]), tonumber(ARGV[4])
+local expired = redis.call('ZRANGEBYSCORE', K .. 'leases', '-inf', '(' .. at, 'LIMIT', skip, max)
 local rows = {}
 for _, id in ipairs(expired) do
   local jk = K .. 'job:' .. id

@@ -1,8 +1,9 @@
--- extend: ARGV = K, expires, then (id, token) pairs. Returns per pair: 0 (not held),
--- 1 (held), 2 (held, and cancellation was requested).
-local expires = ARGV[2]
+-- extend: ARGV = K, now (opt: none for the server's clock), lease_for (seconds), then
+-- (id, token) pairs. Returns per pair: 0 (not held), 1 (held), 2 (held, and cancellation
+-- was requested).
+local expires = seconds_after(now_or_server(ARGV[2]), ARGV[3])
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local jk = K .. 'job:' .. id
   local job = redis.call('HMGET', jk, 'state', 'lease_token', 'cancel_requested')

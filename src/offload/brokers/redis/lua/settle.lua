@@ -1,15 +1,20 @@
--- settle: ARGV = K, now, n, lapsed ('1': a rescue's decisions, applied only while the lease
--- is still lapsed), then 9 fields per outcome (id, token, state, result, error,
--- run_at, refund 0/1, max_attempts, number of follow-ups), then the follow-up envelopes of
--- all outcomes in order. Optional fields use opt(). Every lease and every follow-up of a
--- held lease is checked before anything is written, so a bad follow-up fails the whole call.
+-- settle: ARGV = K, now (opt: none for the server's clock), n, lapsed ('1': a rescue's
+-- decisions, applied only while the lease is still lapsed), resent ('1': this call's first
+-- attempt may have run, its reply lost), then 9 fields per outcome (id, token, state, result,
+-- error, run_at (opt: none for now), refund 0/1, max_attempts, number of follow-ups), then
+-- the follow-up envelopes of all outcomes in order. Optional fields use opt(). Every lease
+-- and every follow-up of a held lease is checked before anything is written, so a bad
+-- follow-up fails the whole call.
 -- Returns 1/0 per outcome (0: the lease was stale; its follow-ups are dropped).
-local now, n, lapsed = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+-- An applied outcome leaves its token on the job, marked spent (SPENT): in a resend, an
+-- outcome whose first attempt applied finds the mark and answers 1, writing nothing.
+local now, n, lapsed, resent = now_or_server(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5] == '1'
 local WIDTH = 9
-local held, plans, starts, taken, seen = {}, {}, {}, {}, {}
-local cursor = 5 + n * WIDTH
+local SPENT = lapsed and ':rescued' or ':settled'
+local held, plans, starts, taken, seen, again = {}, {}, {}, {}, {}, {}
+local cursor = 6 + n * WIDTH
 for i = 1, n do
-  local b = 4 + (i - 1) * WIDTH
+  local b = 5 + (i - 1) * WIDTH
   local id, token, follow = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 9])
   local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token', 'queue', 'priority',
     'lease_expires')
@@ -19,6 +24,8 @@ for i = 1, n do
     taken[id] = true
     held[i] = job
     plans[i] = check_envelopes(cursor, follow, seen)
+  elseif resent and job[2] == token .. SPENT then
+    again[i] = true
   end
   starts[i] = cursor
   cursor = cursor + follow * ENVELOPE_WIDTH
@@ -37,7 +44,7 @@ end
 local out, woken, created = {}, {}, {}
 local unleased, running, finished, now_in = {}, {}, {}, {}
 for i = 1, n do
-  local b = 4 + (i - 1) * WIDTH
+  local b = 5 + (i - 1) * WIDTH
   local job = held[i]
   if job then
     local id, state = ARGV[b + 1], ARGV[b + 3]
@@ -45,13 +52,14 @@ for i = 1, n do
     local queue = job[3]
     unleased[#unleased + 1] = id
     push(running, queue, id)
-    local set, del = {'state', state}, {'lease_token', 'lease_expires'}
+    local set, del = {'state', state, 'lease_token', ARGV[b + 2] .. SPENT}, {'lease_expires'}
     field(set, del, 'error', opt(ARGV[b + 5]))
     local budget = opt(ARGV[b + 8])
     if budget ~= nil then field(set, del, 'max_attempts', budget) end
     local again = state == 'queued' or state == 'retrying'
+    local run_at = opt(ARGV[b + 6]) or now
     if again then
-      field(set, del, 'run_at', ARGV[b + 6])
+      field(set, del, 'run_at', run_at)
     else
       field(set, del, 'result', opt(ARGV[b + 4]))
       field(set, del, 'finished_at', now)
@@ -62,7 +70,7 @@ for i = 1, n do
     count_ending(queue, state, now)
     if again then
       if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
-      put_waiting(id, queue, job[4], ARGV[b + 6], now)
+      put_waiting(id, queue, job[4], run_at, now)
       if newer_version(opt(ARGV[b + 5])) then redis.call('SADD', K .. 'newer:' .. queue, id) end
       woken[queue] = true
     elseif state == 'dead' then
@@ -73,6 +81,8 @@ for i = 1, n do
     end
     event(id)
     store_envelopes(starts[i], plans[i], now, created, woken)
+    out[#out + 1] = 1
+  elseif again[i] then
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

@@ -1,0 +1,60 @@
+"""Unique jobs: the modes a kind may declare and the key a job of a unique kind holds."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import orjson
+
+from .contract import Message
+from .errors import ConfigurationError
+
+#: `unique=` of `App.message`: "queued" holds the key while a job waits for its first start
+#: (ready or delayed); "active" holds it while the job waits or runs (retries included).
+UniqueMode = Literal["queued", "active"]
+#: The modes `App.message` accepts.
+UNIQUE_MODES: tuple[UniqueMode, ...] = ("queued", "active")
+
+
+def unique_fields(
+    cls: type[Message], unique: str | None, fields: Sequence[str] | None
+) -> tuple[str, ...] | None:
+    """The fields a kind's unique key is made of, checked at declaration: None for a kind
+    that is not unique, () for the whole payload.
+
+    Raises:
+        ConfigurationError: an unknown mode, `unique_key` without `unique`, or a field the
+            message does not have.
+    """
+    if unique is None:
+        if fields is not None:
+            raise ConfigurationError("unique_key= needs unique='queued' or unique='active'")
+        return None
+    if unique not in UNIQUE_MODES:
+        raise ConfigurationError(f"unique must be 'queued' or 'active', not {unique!r}")
+    if isinstance(fields, str):
+        raise ConfigurationError("unique_key is a tuple of field names, not one string")
+    chosen = tuple(fields or ())
+    unknown = [name for name in chosen if name not in cls.model_fields]
+    if unknown:
+        raise ConfigurationError(
+            f"unique_key names fields {cls.__name__} does not have: {', '.join(unknown)}"
+        )
+    if fields is not None and not chosen:
+        raise ConfigurationError("unique_key names no field (leave it out for the whole payload)")
+    return chosen
+
+
+def unique_key(kind: str, owner: str, payload: Mapping[str, Any], fields: Sequence[str]) -> str:
+    """The key a job holds: a digest of its kind, its owner and the chosen fields of its
+    payload (the whole payload when `fields` is empty), so equal values give equal keys
+    whatever their order, and a key says nothing of the values it was made of.
+
+    The owner is part of it because a job is visible to its owner only: a repeat answered
+    with another owner's job would tell one tenant of another's work.
+    """
+    chosen = dict(payload) if not fields else {name: payload.get(name) for name in fields}
+    text = orjson.dumps([kind, owner, chosen], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(text).hexdigest()[:40]
