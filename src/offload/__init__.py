@@ -31,6 +31,7 @@ from .errors import (
     OffloadError,
     Retry,
     SchemaError,
+    StorageFull,
     UnknownKind,
 )
 from .retry import Backoff
@@ -62,6 +63,7 @@ __all__ = [
     "Retry",
     "SchemaError",
     "Settings",
+    "StorageFull",
     "Throughput",
     "UnknownKind",
     "WorkerInfo",

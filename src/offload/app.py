@@ -30,6 +30,7 @@ from .contract import (
     JobFilter,
     JobRow,
     JobState,
+    KindLimits,
     Message,
     Throughput,
     WorkerInfo,
@@ -38,6 +39,7 @@ from .contract import (
 )
 from .errors import ConfigurationError, JobNotFound, UnknownKind
 from .job import Job as Job  # re-exported: enqueue's answer
+from .limits import format_rate, parse_rate
 from .metrics import NO_METRICS, NoMetrics
 from .notify import base as _notify
 from .notify.base import EmailTemplate
@@ -77,6 +79,8 @@ class MessageSpec:
     http: bool = True
     #: Input keys of the fields the web tier fills from the caller (`FromPrincipal`).
     principal_fields: tuple[str, ...] = ()
+    #: Its queue is fair: workers claim its jobs round-robin across owners.
+    fair: bool = False
     #: "queued" or "active" for a unique kind (see `_unique`), else None.
     unique: str | None = None
     #: The fields its unique key is made of; () is the whole payload.
@@ -112,6 +116,21 @@ class HandlerSpec:
     timeout: float | None
     backoff: Backoff
     is_async: bool
+    #: Jobs of the kind running at once across every worker (None: no cap).
+    max_running: int | None = None
+    #: Starts of the kind allowed within any `per_s` seconds (`rate="100/m"`; None: none).
+    rate: tuple[int, float] | None = None
+
+    def limits(self) -> KindLimits:
+        """The kind's fleet-wide limits as a worker declares them to the backend."""
+        count, per_s = self.rate or (None, None)
+        return KindLimits(
+            kind=self.message.kind,
+            queue=self.message.queue,
+            max_running=self.max_running,
+            rate=count,
+            per_s=per_s,
+        )
 
 
 class App:
@@ -191,12 +210,17 @@ class App:
         timeout: float | timedelta | None = None,
         callback_url: str | None = None,
         http: bool = True,
+        fair: bool = False,
         unique: UniqueMode | None = None,
         unique_key: Sequence[str] | None = None,
     ) -> Callable[[M], M]:
         """Declare a message class as the contract of job kind `kind`.
 
         Args:
+            fair: make the kind's queue fair: workers claim its jobs round-robin across
+                owners (the least recently served first), so one owner's backlog delays
+                another owner's job by about one job per worker slot, not by the backlog.
+                A queue is fair when any kind routed to it says so.
             callback_url: a webhook target notified when any job of this kind ends, unless
                 the job names its own `callback_url`.
             http: False keeps the kind off the HTTP API (`POST /v1/jobs/{kind}` answers 404
@@ -239,6 +263,7 @@ class App:
                 callback_url,
                 http=http,
                 principal_fields=filled,
+                fair=fair,
                 unique=unique if key_fields is not None else None,
                 unique_key=key_fields or (),
             )
@@ -284,9 +309,29 @@ class App:
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         backoff: Backoff | None = None,
+        max_running: int | None = None,
+        rate: str | None = None,
     ) -> Callable[[F], F]:
-        """Register the handler of a message class (in the worker half)."""
+        """Register the handler of a message class (in the worker half).
+
+        Args:
+            max_running: never more than this many jobs of the kind running at once, across
+                every worker (the backend counts them inside each claim).
+            rate: at most this many starts of the kind within any window of time, across
+                every worker: `"100/m"` (units s, m, h; `"10/5s"`: 10 within any 5 s).
+
+        Jobs over a limit stay queued, their attempts unspent, and are claimed as soon as a
+        slot or a start frees. Each worker declares its limits to the backend when it
+        starts; the latest declaration of a kind wins (so run one version of the code).
+
+        Raises:
+            ConfigurationError: a kind with a handler already, `max_running` below 1, or a
+                `rate` not of the form `"100/m"`.
+        """
         spec = self.spec_of(cls)
+        if max_running is not None and max_running < 1:
+            raise ConfigurationError(f"max_running of {spec.kind!r} must be at least 1")
+        parsed_rate = None if rate is None else parse_rate(rate)
 
         def register(fn: F) -> F:
             if spec.kind in self.handlers:
@@ -298,6 +343,8 @@ class App:
                 timeout=_seconds(timeout) if timeout is not None else spec.timeout,
                 backoff=backoff or Backoff(),
                 is_async=inspect.iscoroutinefunction(fn),
+                max_running=max_running,
+                rate=parsed_rate,
             )
             return fn
 
@@ -902,10 +949,24 @@ class App:
         age), awaiting_newer_worker (waiting jobs stored at a version newer than a worker
         that claimed them runs, given back for one that knows it), paused. Every queue a
         registered kind routes to, the deliveries' queue (`offload.notify`), and every
-        queue that is paused is listed, an empty one with zeros."""
-        stats = await (await self._opened_backend()).stats()
+        queue that is paused is listed, an empty one with zeros. `limits`: per limited kind
+        of the queue (`handles(max_running=, rate=)`, as the workers declared them), its
+        `max_running` and `rate` (`"100/m"`, or None), the jobs of it `running` now and its
+        `recent_starts` within the rate's window."""
+        backend = await self._opened_backend()
+        stats = await backend.stats()
         for name in (*self.queues, _notify.NOTIFY_QUEUE):
             stats.setdefault(name, dict(EMPTY_QUEUE_STATS))
+        for queue in stats.values():
+            queue["limits"] = {}
+        for lim in await backend.limits():
+            queue = stats.setdefault(lim.queue, dict(EMPTY_QUEUE_STATS, limits={}))
+            queue["limits"][lim.kind] = {
+                "max_running": lim.max_running,
+                "rate": format_rate(lim),
+                "running": lim.running,
+                "recent_starts": lim.recent_starts,
+            }
         return stats
 
     async def live_versions(self) -> dict[str, set[int]]:

@@ -896,8 +896,9 @@ def queues(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Per-queue stats: queued, scheduled, running, dead, oldest age, the jobs that wait
-    for a newer worker (stored at a version newer than a worker that claimed them runs), and
-    whether the queue is paused. `pause NAME` and `resume NAME` steer one queue."""
+    for a newer worker (stored at a version newer than a worker that claimed them runs),
+    whether the queue is paused, and each limited kind's usage (running of `max_running`,
+    starts within the window of `rate`). `pause NAME` and `resume NAME` steer one queue."""
     ctx.obj = (app, url)  # `--app`/`--url` given before a command count for it too
     if ctx.invoked_subcommand is not None:
         return
@@ -916,6 +917,7 @@ def queues(
         "oldest age (s)",
         "for newer worker",
         "paused",
+        "limits (running, starts)",
     )
     for name, s in sorted(stats.items()):
         table.add_row(
@@ -927,8 +929,22 @@ def queues(
             f"{s['oldest_age_s']:.1f}",
             str(s["awaiting_newer_worker"]),
             "paused" if s["paused"] else "",
+            _limits_cell(s.get("limits", {})),
         )
     _print_whole(table)  # a queue's name is what one greps for: never cut short
+
+
+def _limits_cell(limits: dict[str, dict[str, Any]]) -> str:
+    """One line per limited kind: `kind  3/5 running  40/100/m`."""
+    lines = []
+    for kind, lim in sorted(limits.items()):
+        parts = [kind]
+        if lim["max_running"] is not None:
+            parts.append(f"{lim['running']}/{lim['max_running']} running")
+        if lim["rate"] is not None:
+            parts.append(f"{lim['recent_starts']}/{lim['rate']}")
+        lines.append("  ".join(parts))
+    return "\n".join(lines)
 
 
 def _app_ref(ctx: typer.Context, app: str | None, url: str | None) -> tuple[str | None, str | None]:

@@ -235,6 +235,29 @@ class ScheduleState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KindLimits:
+    """The fleet-wide limits of one kind (`App.handles(max_running=, rate=)`), as workers
+    declare them to the backend, which applies them inside every claim of the kind's queue;
+    read back (`Backend.limits`) with the usage as of then."""
+
+    kind: str
+    queue: str
+    #: Jobs of the kind running at once across every worker (None: no cap).
+    max_running: int | None = None
+    #: Starts of the kind allowed within any `per_s` seconds (None: no rate).
+    rate: int | None = None
+    per_s: float | None = None
+    #: Usage, as read back: jobs of the kind running (holding a lease not yet rescued), and
+    #: starts within the last `per_s` seconds.
+    running: int = 0
+    recent_starts: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return self.max_running is not None or self.rate is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Extension:
     """The answer of a heartbeat for one lease."""
 

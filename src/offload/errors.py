@@ -3,7 +3,8 @@
 OffloadError
 ├── ConfigurationError
 ├── BackendError
-│   └── SchemaError
+│   ├── SchemaError
+│   └── StorageFull        (the disk under the backend is full: nothing can be written)
 ├── JobError
 │   ├── UnknownKind
 │   ├── JobNotFound
@@ -40,6 +41,11 @@ class BackendError(OffloadError):
 
 class SchemaError(BackendError):
     """The backend's schema is older (or newer) than this version of offload."""
+
+
+class StorageFull(BackendError):
+    """The backend's storage is full: nothing more can be written until space is freed
+    (what is already written is kept)."""
 
 
 class JobError(OffloadError):

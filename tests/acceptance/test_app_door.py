@@ -31,6 +31,7 @@ EMPTY = {
     "oldest_age_s": 0.0,
     "awaiting_newer_worker": 0,
     "paused": False,
+    "limits": {},
 }
 
 

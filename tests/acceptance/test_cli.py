@@ -19,6 +19,7 @@ import offload
 from offload import App, Context, JobState, Message, Settings
 from offload import cli as cli_module
 from offload.cli import cli
+from offload.contract import KindLimits
 from offload.worker.runner import Worker
 
 from ..services import (
@@ -403,3 +404,28 @@ def test_masking_covers_user_info_and_password_options() -> None:
         "postgresql://u@h/db?password=***&sslmode=require"
     )
     assert mask("memory://") == "memory://"
+
+
+def test_queues_shows_each_limited_kind_with_its_usage(url: str) -> None:
+    # Given a kind limited to 5 running and 100 starts a minute, 2 of its jobs running
+    async def main() -> None:
+        async with App("setup", url=url) as setup:
+            setup.message("cli.report", queue="reports")(Report)
+            await setup.enqueue_many([Report(period=str(n)) for n in range(3)])
+            backend = setup._require_backend()
+            limits = KindLimits(
+                kind="cli.report", queue="reports", max_running=5, rate=100, per_s=60.0
+            )
+            await backend.declare_limits([limits])
+            await backend.claim_gated(["reports"], worker_id="w", lease_for=60, limit=2)
+
+    asyncio.run(main())
+    # When the queues are listed, as a table and as JSON
+    table = invoke("queues", "--url", url, env={"COLUMNS": "250"})
+    shown = invoke("queues", "--url", url, "--json")
+    # Then the queue's limits show with their usage
+    assert table.exit_code == 0, table.output
+    assert "cli.report  2/5 running  2/100/m" in table.output
+    assert orjson.loads(shown.output)["reports"]["limits"] == {
+        "cli.report": {"max_running": 5, "rate": "100/m", "running": 2, "recent_starts": 2}
+    }

@@ -112,13 +112,20 @@ async def test_a_paused_queue_due_jobs_do_not_wake_a_waiting_claimer(backend: Ba
     # Given a paused queue with a job due now
     await backend.enqueue([envelope()])
     await backend.pause("q")
-    assert await claim(backend) == []
-    # When a claimer waits for work there, it is not woken at once by the due job (which
-    # it could not claim: it would spin), only at the end of its wait
+    # When a claimer that found nothing waits for work there, it is not woken at once by
+    # the due job (which it could not claim: it would spin), only at the end of its wait.
+    # The enqueue's own wake-up may still be on its way (PostgreSQL's NOTIFY, Redis's
+    # publish) and end one wait early: a claim takes it in, and the claimer waits again.
     loop = asyncio.get_running_loop()
-    began = loop.time()
-    await backend.wait(["q"], 0.5)
-    assert loop.time() - began >= 0.45
+    waits = []
+    for _ in range(3):
+        assert await claim(backend) == []
+        began = loop.time()
+        await backend.wait(["q"], 0.5)
+        waits.append(loop.time() - began)
+        if waits[-1] >= 0.45:
+            break
+    assert waits[-1] >= 0.45, waits
 
 
 async def test_resuming_wakes_a_claimer_waiting_for_the_queue(backend: Backend) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from offload.brokers.base import Backend
-from offload.contract import JobState
+from offload.contract import JobState, KindLimits
 from offload.web.events import Hub, owner_stream
 
-from ..contract._support import claim, done, envelope
+from ..contract._support import KIND, claim, done, envelope
 from ..services import (
     PG_URL,
     REDIS_URL,
@@ -237,6 +237,44 @@ async def test_a_claim_whose_reply_was_lost_hands_over_what_it_leased(
     assert [le.envelope.attempt for le in leases] == [1, 1]
     assert [le.job_id for le in await claim(backend)] == [envs[2].id]
     assert await backend.settle([done(le) for le in leases]) == [True, True]
+
+
+@pytest.mark.parametrize("gate", ["limited", "fair"])
+async def test_a_gated_claim_whose_reply_was_lost_hands_over_what_it_leased(
+    backend: Backend, loss: ReplyLoss, gate: str
+) -> None:
+    # Given three ready jobs of a kind limited to 2 running (or on a fair queue), and a
+    # gated claim of two whose reply is lost (PostgreSQL: the limited claim's commit, or
+    # the fair claim's one statement)
+    fair = ["q"] if gate == "fair" else []
+    if gate == "limited":
+        await backend.declare_limits([KindLimits(kind=KIND, queue="q", max_running=2)])
+    envs = [envelope(owner=f"o{n}") for n in range(3)]
+    await backend.enqueue(envs)
+
+    async def gated(limit: int) -> list[str]:
+        leases = await backend.claim_gated(
+            ["q"], worker_id="w1", lease_for=60.0, limit=limit, fair=fair
+        )
+        assert [le.envelope.attempt for le in leases] == [1] * len(leases)
+        return [le.job_id for le in leases]
+
+    pg_query = {"limited": "claim_picked", "fair": "claim_fair"}[gate]
+    loss.arm("claim_gated" if loss.engine == "redis" else pg_query)
+    # When the claim is sent again
+    first = await gated(2)
+    # Then it answers the two jobs the lost attempt leased (their first attempt), leases no
+    # second batch, and the third is the next claim's once a slot frees.
+    assert loss.lost == 1
+    assert len(first) == 2 and set(first) < {e.id for e in envs}
+    rows = [await backend.get(job_id) for job_id in first]
+    assert [row.state if row else None for row in rows] == [JobState.RUNNING] * 2
+    (third,) = {e.id for e in envs} - set(first)
+    if gate == "limited":
+        assert await gated(10) == []
+        assert [lim.running for lim in await backend.limits()] == [2]
+    row = await backend.get(third)
+    assert row is not None and (row.state, row.attempt) == (JobState.QUEUED, 0)
 
 
 async def test_a_replaying_event_stream_carries_on_after_a_lost_reply(

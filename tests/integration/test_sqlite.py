@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import orjson
 import pytest
 
 from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
-from offload.contract import JobState, Outcome, status_record
+from offload.contract import JobState, Lapsed, Outcome, status_record
 from offload.errors import BackendError
+from offload.worker.rescue import decide_all
 
-from ..contract._support import claim, envelope, worker_info
+from ..contract._support import Policy, claim, envelope, status, worker_info
 
 pytestmark = pytest.mark.anyio
 
@@ -237,5 +240,111 @@ async def test_a_schema_3_file_is_migrated_to_4_and_its_jobs_hold_no_unique_key(
         results = await backend.enqueue([first, second])
         assert [(r.id, r.created) for r in results] == [(first.id, True), (first.id, False)]
         assert [lease.job_id for lease in await claim(backend)] == [old.id, first.id]
+    finally:
+        await backend.close()
+
+
+async def test_long_writes_go_in_chunks_and_miss_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given chunks of 7 rows, and more jobs than four chunks hold in each state
+    from offload.brokers.sqlite import backend as module
+
+    monkeypatch.setattr(module, "CHUNK_ROWS", 7)
+    backend = SQLiteBackend(str(tmp_path / "chunks.db"))
+    await backend.open()
+    try:
+        waiting = [envelope("purged") for _ in range(30)]
+        ended = [envelope("ended") for _ in range(31)]
+        await backend.enqueue([*waiting, *ended])
+        ids = [e.id for e in ended]
+        with sqlite3.connect(tmp_path / "chunks.db") as conn:
+            conn.executemany(
+                "UPDATE offload_jobs SET state = ?, finished_at = 1 WHERE id = ?",
+                [("dead" if i < 12 else "succeeded", job_id) for i, job_id in enumerate(ids)],
+            )
+        # When each long write runs, chunk by chunk
+        purged = await backend.purge("purged")
+        requeued = await backend.requeue_many(ids)  # the 12 dead ones
+        cancelled = await backend.cancel_many(ids[:12], {})
+        with sqlite3.connect(tmp_path / "chunks.db") as conn:
+            conn.execute("UPDATE offload_jobs SET finished_at = 1")
+        pruned = await backend.prune(3600)  # the 19 succeeded and the 12 cancelled
+        # Then every row was reached, none twice
+        assert (purged, requeued, cancelled, pruned) == (30, 12, 12, 31)
+        assert await backend.stats() == {}
+        assert await backend.delete_many(ids) == 0
+    finally:
+        await backend.close()
+
+
+async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_path: Path) -> None:
+    # Given a job leased for 0.6 s by one process, and another process's rescuer
+    path = str(tmp_path / "stall.db")
+    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
+    await holder.open()
+    await rescuer.open()
+    try:
+        env = envelope()
+        await holder.enqueue([env])
+        (lease,) = await claim(holder, lease_for=0.6)
+        # when a third program holds the write lock past the lease, the rescuer sees the lease
+        # lapse meanwhile (reads go on) and asks to rescue it,
+        locked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(30)
+            conn.execute("ROLLBACK")
+            conn.close()
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        assert locked.wait(10)
+        lapsed: list[Lapsed] = []
+        deadline = time.monotonic() + 30
+        while not lapsed and time.monotonic() < deadline:
+            lapsed = await rescuer.expired(limit=10)
+        assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
+        decisions = decide_all(lapsed, lambda kind: Policy(), time.time())
+        applying = asyncio.ensure_future(rescuer.rescue(decisions))
+        await asyncio.sleep(1.0)  # the stall goes on a while past the lapse: the fault itself
+        release.set()
+        # then, the lock free again, the rescue finds the lease live (it got the wait back)
+        assert await applying == [False]
+        thread.join()
+        (answer,) = await holder.extend([lease], lease_for=0.6)
+        assert answer.held and (await status(holder, env.id))["state"] == "running"
+    finally:
+        await holder.close()
+        await rescuer.close()
+
+
+async def test_a_stall_is_paid_once_to_the_leases_live_when_it_began(tmp_path: Path) -> None:
+    from offload.brokers.sqlite.stalls import pause_leases
+
+    path = tmp_path / "paid.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        live, lapsed = envelope(), envelope()
+        await backend.enqueue([live, lapsed])
+        leases = await claim(backend, lease_for=60)
+        await backend.close()
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("UPDATE offload_jobs SET lease_expires = 1000 WHERE id = ?", (live.id,))
+        conn.execute("UPDATE offload_jobs SET lease_expires = 900 WHERE id = ?", (lapsed.id,))
+        # Given a writer that waited from 950 to 1010 for the lock: 60 s are paid to the lease
+        # live at 950, not to the one that lapsed before
+        assert pause_leases(conn, 950.0, 1010.0, 0.5) == 60.0
+        # and a second writer that waited through the same stall pays only what is unpaid
+        assert pause_leases(conn, 940.0, 1010.2, 0.5) == 0.0
+        assert pause_leases(conn, 940.0, 1012.0, 0.5) == 2.0
+        expiries = dict(conn.execute("SELECT id, lease_expires FROM offload_jobs").fetchall())
+        conn.close()
+        assert expiries == {live.id: 1062.0, lapsed.id: 900.0}
+        assert {lease.job_id for lease in leases} == {live.id, lapsed.id}
     finally:
         await backend.close()

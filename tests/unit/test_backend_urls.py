@@ -27,6 +27,14 @@ def test_sqlite_url_synchronous_option() -> None:
     assert SQLiteBackend.from_url("sqlite:///jobs.db").synchronous == "NORMAL"
 
 
+def test_sqlite_url_wal_cap_option() -> None:
+    assert SQLiteBackend.from_url("sqlite:///jobs.db?wal_cap_mib=16").wal_cap_bytes == 16 << 20
+    assert SQLiteBackend.from_url("sqlite:///jobs.db").wal_cap_bytes == 64 << 20
+    for bad in ("lots", "0", "-1"):
+        with pytest.raises(ConfigurationError, match="wal_cap_mib"):
+            SQLiteBackend.from_url(f"sqlite:///jobs.db?wal_cap_mib={bad}")
+
+
 @pytest.mark.parametrize("url", ["memory://", "sqlite://", "sqlite:///:memory:"])
 def test_memory_urls_give_a_private_in_memory_database(url: str) -> None:
     first, second = SQLiteBackend.from_url(url), SQLiteBackend.from_url(url)

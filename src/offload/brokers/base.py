@@ -20,6 +20,7 @@ from ..contract import (
     JobFilter,
     JobRow,
     JobState,
+    KindLimits,
     Lapsed,
     Lease,
     Outcome,
@@ -353,7 +354,56 @@ class ScheduleStore(Protocol):
         ...
 
 
-class Backend(Broker, JobStore, JobSearch, ScheduleStore, Protocol):
+@runtime_checkable
+class Limiter(Protocol):
+    """Fleet-wide limits per kind, applied by the backend inside the claim (never by one
+    process's memory): workers declare them, `claim_gated` obeys them atomically."""
+
+    async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        """Store the limits of each of these kinds (kind, queue, max_running, rate, per_s),
+        replacing what any worker declared before (the latest declaration wins); a kind
+        declared with no limit loses its entry. Usage fields are not read. Idempotent."""
+        ...
+
+    async def limits(self) -> list[KindLimits]:
+        """Every stored kind's limits with its usage now: jobs running (state running, a
+        lapsed lease included until it is rescued) and starts within the rate's window."""
+        ...
+
+    async def claim_gated(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
+    ) -> list[Lease]:
+        """`claim`, obeying the stored limits of the kinds in `queues`: in one transaction
+        (one script on Redis), count each limited kind's running jobs and recent starts and
+        lease at most what its `max_running` and `rate` allow; the rest stay queued, their
+        attempts unspent. Records each start of a rate-limited kind.
+
+        The queues named in `fair` are claimed round-robin across owners: one job of each
+        owner with ready jobs in turn, the owner least recently served (by any claim) first,
+        each owner's jobs in claim order (priority, run_at, id); the backend keeps each
+        owner's last turn. Leases come back in the order taken (fair queues and the plain
+        ones taking turns), not sorted by priority. A fair claim may take fewer than
+        `limit` while jobs remain (it asks each owner for a fair share of the claim): claim
+        again.
+
+        The next `wait` of this instance knows what held jobs back: it ends when a start
+        is due again by the rate, or when a job of a limited kind settles (its settle wakes
+        the waiting workers), not at once for the ready jobs it may not take.
+
+        A network backend sends it again on a lost connection as it does `claim`: the
+        resend answers the jobs the lost attempt leased (their starts counted once), and
+        leases no second batch.
+        """
+        ...
+
+
+class Backend(Broker, JobStore, JobSearch, ScheduleStore, Limiter, Protocol):
     """A backend that is both broker and store (the SQL engines)."""
 
 

@@ -21,6 +21,7 @@ from ..errors import (
     InvalidTransition,
     JobNotFound,
     OffloadError,
+    StorageFull,
     UnknownKind,
 )
 from ..metrics import Metrics, available
@@ -34,7 +35,14 @@ from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
 from .present import Presenter
-from .problems import BACKEND_RETRY_AFTER, JSONResponse, Problem, problem
+from .problems import (
+    BACKEND_RETRY_AFTER,
+    STORAGE_FULL_DETAIL,
+    STORAGE_FULL_RETRY_AFTER,
+    JSONResponse,
+    Problem,
+    problem,
+)
 from .responses import problems
 from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
@@ -75,7 +83,12 @@ _JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
 #: An operation that asks no credentials (in a document that declares some).
 _PUBLIC: dict[str, Any] = {"security": []}
 #: What GET /readyz answers besides ready.
-_NOT_READY = problems(500, 503, meaning={503: "The backend is unreachable"})
+_NOT_READY = problems(
+    500,
+    503,
+    meaning={503: "The backend is unreachable (`not-ready`) or its storage is full"},
+    types={503: {"not-ready": "backend unreachable", "storage-full": STORAGE_FULL_DETAIL}},
+)
 #: What GET /files/{key} answers: the file, as the type its name tells.
 _FILE_ANSWERS: dict[int | str, Any] = {
     200: {
@@ -89,6 +102,16 @@ _FILE_ANSWERS: dict[int | str, Any] = {
         meaning={403: "The link is invalid or has expired", 404: "No such file"},
     ),
 }
+
+
+def _storage_full(instance: str | None = None) -> Response:
+    return problem(
+        503,
+        STORAGE_FULL_DETAIL,
+        slug="storage-full",
+        instance=instance,
+        headers=STORAGE_FULL_RETRY_AFTER,
+    )
 
 
 def _install_error_handlers(api: FastAPI) -> None:
@@ -128,6 +151,11 @@ def _install_error_handlers(api: FastAPI) -> None:
             instance=request.url.path,
             headers=BACKEND_RETRY_AFTER,
         )
+
+    @api.exception_handler(StorageFull)
+    async def on_storage_full(request: Request, exc: StorageFull) -> Response:
+        log.error("storage full: %s", exc, extra={"action": "storage_full"})
+        return _storage_full(request.url.path)
 
     @api.exception_handler(OffloadError)
     async def on_offload(request: Request, exc: OffloadError) -> Response:
@@ -196,10 +224,13 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
 
     @api.get("/readyz", response_model=Readiness, responses=_NOT_READY, openapi_extra=_PUBLIC)
     async def readyz() -> Response:
-        """Readiness: the process serves and its backend answers."""
+        """Readiness: the process serves, its backend answers, and its storage has room
+        (after a write failed for want of space, until a small write fits again)."""
         try:
             await api.state.runtime.ensure()
             await app.ping()
+        except StorageFull:
+            return _storage_full()
         except (BackendError, ConfigurationError) as exc:
             return problem(
                 503, f"backend unreachable: {exc}", slug="not-ready", headers=BACKEND_RETRY_AFTER

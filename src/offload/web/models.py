@@ -120,6 +120,15 @@ class JobResult(Answer):
     result: Any
 
 
+class KindLimitStats(Answer):
+    """One limited kind's limits across every worker, and its usage now."""
+
+    max_running: int | None = Field(description="most jobs of the kind running at once")
+    rate: str | None = Field(description='most starts per window, as declared ("100/m")')
+    running: int = Field(description="jobs of the kind running now")
+    recent_starts: int = Field(description="starts within the rate's window")
+
+
 class QueueStats(Answer):
     """One queue's jobs by state, and the age of its oldest ready job."""
 
@@ -131,6 +140,9 @@ class QueueStats(Answer):
     #: Waiting jobs given back for a worker that knows their newer version.
     awaiting_newer_worker: int
     paused: bool = Field(description="no worker claims its jobs until it is resumed")
+    limits: dict[str, KindLimitStats] = Field(
+        default_factory=dict, description="each limited kind of the queue, by kind"
+    )
 
 
 class Queues(Answer):

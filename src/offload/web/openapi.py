@@ -125,12 +125,16 @@ def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _problems_as_problems(schema: dict[str, Any]) -> None:
     """Every error answer is a problem document, of its own media type (FastAPI puts a
-    response's model under the route's media type)."""
+    response's model under the route's media type, and its examples where `responses.py`
+    put them: merged here)."""
     for operation in _operations(schema):
         for status, response in operation.get("responses", {}).items():
             content = response.get("content")
             if status[0] in "45" and content:
-                response["content"] = {PROBLEM_MEDIA_TYPE: next(iter(content.values()))}
+                merged: dict[str, Any] = {}
+                for media in content.values():
+                    merged.update(media)
+                response["content"] = {PROBLEM_MEDIA_TYPE: merged}
 
 
 def _no_default_422(schema: dict[str, Any]) -> None:

@@ -11,6 +11,14 @@ from starlette import responses
 PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
 #: The headers of a 503 while the backend is unreachable: when to try again.
 BACKEND_RETRY_AFTER = {"Retry-After": "5"}
+#: The headers of a 503 while the backend's storage is full: space comes back when someone
+#: frees it, not in seconds.
+STORAGE_FULL_RETRY_AFTER = {"Retry-After": "30"}
+#: The detail of that 503 (no path, no driver message: those are for the logs).
+STORAGE_FULL_DETAIL = (
+    "the job backend's storage is full: nothing new can be accepted until space is freed "
+    "(accepted jobs are kept); try again later"
+)
 
 
 class JSONResponse(responses.JSONResponse):

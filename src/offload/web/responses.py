@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from .models import Problem
+from .problems import PROBLEM_TYPE_BASE, STORAGE_FULL_DETAIL
 
 #: The problem document's media type: the OpenAPI document gives it every error answer.
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -39,19 +41,50 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     500: ("An internal error (logged; no traceback reaches the client)", {}),
     501: ("Not available in this installation (an optional extra is missing)", {}),
     503: (
-        "The job backend is unavailable: try again shortly",
+        "The job backend is unavailable (`backend-unavailable`), or its storage is full "
+        "(`storage-full`: nothing new is accepted until space is freed): try again later",
         {"Retry-After": header("seconds to wait before trying again", SECONDS)},
     ),
 }
+#: The problem types an error status comes as, where it has more than one: their examples.
+_TYPES: dict[int, dict[str, str]] = {
+    503: {
+        "backend-unavailable": "the job backend is unavailable; try again shortly",
+        "storage-full": STORAGE_FULL_DETAIL,
+    },
+}
 
 
-def problems(*statuses: int, meaning: dict[int, str] | None = None) -> dict[int | str, Any]:
+def _examples(status: int, types: dict[str, str]) -> dict[str, Any]:
+    phrase = HTTPStatus(status).phrase
+    return {
+        slug: {
+            "summary": slug,
+            "value": {
+                "type": PROBLEM_TYPE_BASE + slug,
+                "title": phrase,
+                "status": status,
+                "detail": detail,
+            },
+        }
+        for slug, detail in types.items()
+    }
+
+
+def problems(
+    *statuses: int,
+    meaning: dict[int, str] | None = None,
+    types: dict[int, dict[str, str]] | None = None,
+) -> dict[int | str, Any]:
     """The `responses=` entries of these error statuses, each a problem document.
 
     Args:
         statuses: the error statuses the route may answer.
         meaning: what a status means on this route, where it differs from the usual.
+        types: the problem types (slug: detail) a status comes as on this route, where
+            they differ from the usual; shown as examples.
     """
+    types = {**_TYPES, **(types or {})}
     out: dict[int | str, Any] = {}
     for status in statuses:
         description, headers = _ERRORS[status]
@@ -60,6 +93,11 @@ def problems(*statuses: int, meaning: dict[int, str] | None = None) -> dict[int 
             entry["description"] = meaning[status]
         if headers:
             entry["headers"] = headers
+        if status in types:
+            # Under the media type FastAPI gives the model, so that it adds the schema;
+            # the document then moves both to the problem media type.
+            examples = _examples(status, types[status])
+            entry["content"] = {"application/json": {"examples": examples}}
         out[status] = entry
     return out
 

@@ -33,6 +33,7 @@ from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
 from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
+from .gating import ClaimGate
 from .lease import Renewal, fresh, stalled_s
 from .prefetch import DEFAULT_PREFETCH, Prefetch
 from .rescue import decide_all, retry_or_dead
@@ -165,6 +166,8 @@ class Worker:
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
         #: The versions this worker runs of each kind it claims, as it records them.
         self.kinds = self._runnable(app)
+        #: The limits per kind on its queues: which claim it makes.
+        self.gate = ClaimGate(app, self.queues)
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
         #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
         self.builtin = self.dispatcher.handlers()
@@ -267,6 +270,7 @@ class Worker:
         self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
         unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
         await self._record()  # before the first claim: the web tier may ask
+        await self.gate.declare(self.app._require_backend())
         for name in ("heartbeat", "rescuer", "settler", *self._extra_side_tasks()):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
@@ -305,7 +309,7 @@ class Worker:
                     continue
                 sent = self._renewal()
                 try:
-                    leases = await backend.claim(
+                    leases = await self.gate.claim(backend)(
                         self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
                     )
                 except BackendError as exc:
@@ -407,7 +411,10 @@ class Worker:
     def _claim_size(self) -> int:
         """How many jobs to claim now: free slots plus the prefetch, or 0 to wait; never more
         than are left to run under `max_jobs`."""
-        size = self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
+        if self.gate.gated:  # no prefetch (see ClaimGate)
+            size = self.concurrency - self._busy - len(self._line)
+        else:
+            size = self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
         if self.max_jobs is not None:
             size = min(size, self.max_jobs - self.begun - len(self._line))
         return size
@@ -850,6 +857,7 @@ class Worker:
             if loop.time() >= next_record:  # the registry's view of this worker stays live
                 next_record = loop.time() + self.record_every_s
                 await self._record()
+                await self.gate.refresh(self.app._require_backend())
 
     async def _beat(self, jobs: Sequence[_Job]) -> bool:
         """Extend the leases of `jobs` and act on the answers (renewed, lost, cancel

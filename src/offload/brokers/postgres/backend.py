@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -26,6 +26,7 @@ from ...contract import (
     Extension,
     JobFilter,
     JobRow,
+    KindLimits,
     Lapsed,
     Lease,
     Outcome,
@@ -38,6 +39,7 @@ from .._rows import envelope_of, fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import gates as _gates
 from . import search as _search
 
 T = TypeVar("T")
@@ -45,7 +47,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -200,6 +202,12 @@ class PostgresBackend:
         #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
         #: a worker never reads the feed, so its claims and settles do not wake it.
         self._feed_wanted = False
+        #: What held jobs back at this instance's last gated claim: whether a limit did,
+        #: and when a start is next due by a rate (see `wait`).
+        self._held_back: tuple[bool, float | None] = (False, None)
+        #: The limited kinds (and their queues) this instance claimed: their settles wake
+        #: the workers waiting for a free slot.
+        self._limited: dict[str, str] = {}
 
     @classmethod
     def from_url(
@@ -234,6 +242,11 @@ class PostgresBackend:
         )
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _clock_now(self) -> float:
+        """This process's idea of the backend's clock (the injected one, else the wall
+        clock), for timeouts only."""
+        return time.time() if self.clock is None else self.clock.now()
 
     def _now(self) -> datetime | None:
         """The `now` parameter of the queries: None means the server's clock."""
@@ -629,6 +642,126 @@ class PostgresBackend:
 
         return [_lease_of(row, token, worker_id) for row in await self.retrier.run(attempt)]
 
+    async def claim_gated(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
+    ) -> list[Lease]:
+        """Lease up to `limit` ready jobs within their kinds' limits, fair queues round-robin
+        over owners (see Broker.claim_gated).
+
+        Tried again on a lost connection with the same token, as `claim` is: a resend first
+        reads the jobs leased to that token, so a claim whose reply was lost hands over what
+        it leased (its starts logged once) instead of leasing a second batch.
+        """
+        if limit <= 0 or not queues:
+            return []
+        self._mark(_work_keys(queues))
+        token = secrets.token_hex(12)
+        if not set(queues) & set(self._limited.values()):
+            return await self._claim_fair(
+                queues, frozenset(fair), token, worker_id, lease_for, limit
+            )
+        now = self._now()
+        params = {"limit": limit, "now": now, "token": token}
+
+        async def attempt(resent: bool) -> tuple[list[tuple[Any, ...]], _gates.Usage | None]:
+            async with self._conn() as conn, conn.transaction():
+                c = cast(psycopg.AsyncConnection[Any], conn)
+                if resent and (rows := await _claimed(c, token)):
+                    return rows, None
+                usage = await _gates.read(c, queues, now)
+                ids, served = await _gates.pick(c, queues, frozenset(fair), usage.gate(), params)
+                if not ids:
+                    return [], usage
+                await _gates.take_turns(c, served)
+                claim = {
+                    "ids": ids,
+                    "token": token,
+                    "lease_for": lease_for,
+                    "worker": worker_id,
+                    "now": now,
+                    **_gates.claim_params(usage),
+                }
+                async with c.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute(Q["claim_picked"], claim)
+                    return await cur.fetchall(), usage
+
+        rows, usage = await self.retrier.run(attempt)
+        if usage is not None:
+            self._limited.update({x.kind: x.queue for x in usage.limits})
+            after = usage.gate([row[1] for row in rows])
+            self._held_back = (bool(after.blocked), after.next_start_at)
+        return [_lease_of(row, token, worker_id) for row in rows]
+
+    async def _claim_fair(
+        self,
+        queues: Sequence[str],
+        fair: frozenset[str],
+        token: str,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+    ) -> list[Lease]:
+        """A gated claim of queues with no limit (as this instance last read the limits):
+        fair queues round-robin over owners, in one statement; a resend reads what the
+        token holds first, as `claim` does."""
+        params = {
+            "queues": [q for q in queues if q not in fair],
+            "fair": [q for q in queues if q in fair],
+            "limit": limit,
+            "token": token,
+            "lease_for": lease_for,
+            "worker": worker_id,
+            "now": self._now(),
+        }
+
+        async def attempt(resent: bool) -> list[tuple[Any, ...]]:
+            async with self._conn() as conn:
+                c = cast(psycopg.AsyncConnection[Any], conn)
+                if resent and (rows := await _claimed(c, token)):
+                    return rows
+                async with c.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute(Q["claim_fair"], params)
+                    return await cur.fetchall()
+
+        self._held_back = (False, None)
+        return [_lease_of(row, token, worker_id) for row in await self.retrier.run(attempt)]
+
+    async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        """Store the limits (an upsert per kind: a resend after a lost reply changes
+        nothing more)."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                await _gates.declare(conn, limits)
+
+        await self._retrying(run)
+        self._limited.update({x.kind: x.queue for x in limits if x.limited})
+
+    async def limits(self) -> list[KindLimits]:
+        """Every stored kind's limits with its usage; what this instance then knows of them
+        picks its gated claim's way (a queue with no limit claims in one statement)."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[KindLimits]:
+            async with conn.transaction():
+                return (await _gates.read(conn, None, self._now())).limits
+
+        stored = await self._retrying(run)
+        self._limited = {x.kind: x.queue for x in stored}
+        return stored
+
+    async def _announce_slots(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
+        """Wake the workers waiting for a slot of the limited kinds whose jobs settled."""
+        kinds = {o.lease.envelope.kind for o, ok in zip(outcomes, applied, strict=True) if ok}
+        queues = sorted({self._limited[k] for k in kinds if k in self._limited})
+        if queues:
+            await self._fetch(Q["announce_work"], {"queues": queues})
+
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         if not leases:
             return []
@@ -660,7 +793,10 @@ class PostgresBackend:
         a retrying or released job claimed again (a new token) between the lost reply and
         the resend, a few milliseconds; the worker then takes its result as stale.
         """
-        return await self._settle(outcomes, lapsed=False)
+        applied = await self._settle(outcomes, lapsed=False)
+        if self._limited:
+            await self._announce_slots(outcomes, applied)
+        return applied
 
     async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
         if not outcomes:
@@ -718,9 +854,18 @@ class PostgresBackend:
         ]
 
     async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
-        return await self._settle(decisions, lapsed=True)
+        applied = await self._settle(decisions, lapsed=True)
+        if self._limited:
+            await self._announce_slots(decisions, applied)
+        return applied
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        held, next_start_at = self._held_back
+        if held:  # ready jobs wait for a limit: not for the next due job, which may be one
+            if next_start_at is not None:
+                timeout = max(0.0, min(timeout, next_start_at - self._clock_now()))
+            await self._wait_version(_work_keys(queues), timeout)
+            return
         rows = await self._fetch(Q["next_run_at"], {"queues": list(queues), "now": self._now()})
         until_next = next(iter(rows[0].values())) if rows else None
         if until_next is not None:
@@ -1058,6 +1203,13 @@ class PostgresBackend:
 
 
 __all__ = ["PostgresBackend"]
+
+
+async def _claimed(conn: psycopg.AsyncConnection[Any], token: str) -> list[tuple[Any, ...]]:
+    """The jobs leased to `token`: what a resent claim answers if its first attempt ran."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(Q["claimed"], {"token": token})
+        return await cur.fetchall()
 
 
 async def _first_jobs(

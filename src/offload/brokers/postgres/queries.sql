@@ -156,6 +156,34 @@ CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_ke
         state IN ('queued', 'retrying') AND started_at IS NULL
         OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
 
+-- name: migration_8
+-- Fleet-wide limits per kind (App.handles(max_running=, rate=)) as the latest worker to
+-- start declared them, and the start times (epoch seconds) of rate-limited kinds within
+-- their window: a gated claim locks its kinds' rows, counts, and records its starts.
+CREATE TABLE IF NOT EXISTS offload_limits (
+    kind text PRIMARY KEY,
+    queue text NOT NULL,
+    max_running integer,
+    rate integer,
+    per_s double precision
+);
+CREATE TABLE IF NOT EXISTS offload_starts (
+    kind text NOT NULL,
+    at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at);
+-- Fair queues (App.message(fair=True)): the waiting jobs of each owner of a queue in claim
+-- order (one range per owner), and each owner's last turn at a fair claim of the queue.
+CREATE INDEX IF NOT EXISTS offload_jobs_fair
+    ON offload_jobs (queue, owner, priority, run_at, id) WHERE state IN ('queued', 'retrying');
+CREATE TABLE IF NOT EXISTS offload_fair (
+    queue text NOT NULL,
+    owner text NOT NULL,
+    turn bigint NOT NULL,
+    PRIMARY KEY (queue, owner)
+);
+CREATE SEQUENCE IF NOT EXISTS offload_fair_turn
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -536,3 +564,216 @@ WHERE excluded.last_tick > offload_schedules.last_tick
 -- name: schedule_states
 SELECT name, last_tick, last_job_id, extract(epoch FROM fired_at)::float8 AS fired_at, spec
 FROM offload_schedules
+
+
+-- name: declare_limit
+INSERT INTO offload_limits (kind, queue, max_running, rate, per_s)
+VALUES (%(kind)s, %(queue)s, %(max_running)s, %(rate)s, %(per_s)s)
+ON CONFLICT (kind) DO UPDATE
+SET queue = excluded.queue, max_running = excluded.max_running, rate = excluded.rate,
+    per_s = excluded.per_s
+
+-- name: drop_limit
+DELETE FROM offload_limits WHERE kind = %(kind)s
+
+-- name: lock_limits
+-- The limits of the claimed queues' kinds, their rows locked in kind order: gated claims of
+-- one kind take turns (plain claims of other queues never wait). `now` once, for the gate.
+SELECT kind, queue, max_running, rate, per_s,
+    extract(epoch FROM coalesce(%(now)s, now()))::float8 AS now
+FROM offload_limits
+WHERE queue = ANY(%(queues)s) OR %(all)s
+ORDER BY kind
+FOR UPDATE
+
+-- name: limits_usage
+-- Off offload_jobs_state_kind_id: one range per kind; the starts within each kind's window.
+SELECT l.kind,
+    (SELECT count(*) FROM offload_jobs j WHERE j.state = 'running' AND j.kind = l.kind)
+        AS running,
+    (SELECT count(*) FROM offload_starts s
+     WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s) AS starts,
+    (SELECT s.at FROM offload_starts s WHERE s.kind = l.kind AND s.at > %(now_s)s - l.per_s
+     ORDER BY s.at DESC LIMIT 1 OFFSET greatest(l.rate - 1, 0)) AS nth
+FROM offload_limits l WHERE l.kind = ANY(%(kinds)s)
+
+-- name: gated_pick
+-- The ready jobs of plain queues for a gated claim, in claim order, locked: none of a kind
+-- held back by its limits (%(blocked)s).
+SELECT c.id::text, c.kind FROM unnest(%(queues)s::text[]) AS q(name)
+CROSS JOIN LATERAL (SELECT NOT EXISTS (
+    SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
+CROSS JOIN LATERAL (
+    SELECT id, kind, priority, run_at FROM offload_jobs
+    WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name
+        AND run_at <= coalesce(%(now)s, now()) AND NOT (kind = ANY(%(blocked)s))
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS c
+ORDER BY c.priority, c.run_at, c.id
+LIMIT %(limit)s
+
+-- name: fair_owners
+-- The owners with waiting jobs in each fair queue (a skip scan of offload_jobs_fair: one
+-- probe per owner, not one per job), least recently served first.
+WITH RECURSIVE o AS (
+    SELECT q.name AS queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = q.name
+        ORDER BY j.owner LIMIT 1) AS owner
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = q.name)
+    UNION ALL
+    SELECT o.queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = o.queue AND j.owner > o.owner
+        ORDER BY j.owner LIMIT 1)
+    FROM o WHERE o.owner IS NOT NULL
+)
+SELECT o.queue, o.owner FROM o
+LEFT JOIN offload_fair f ON f.queue = o.queue AND f.owner = o.owner
+WHERE o.owner IS NOT NULL
+ORDER BY coalesce(f.turn, 0), o.owner
+
+-- name: fair_jobs
+-- Up to %(share)s ready jobs of each (queue, owner), locked, in that order then claim order.
+SELECT c.id::text, c.kind, s.queue, s.owner
+FROM unnest(%(queues)s::text[], %(owners)s::text[]) WITH ORDINALITY AS s(queue, owner, n)
+CROSS JOIN LATERAL (
+    SELECT id, kind, priority, run_at FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = s.queue AND owner = s.owner
+        AND run_at <= coalesce(%(now)s, now()) AND NOT (kind = ANY(%(blocked)s))
+        AND NOT (id = ANY(%(taken)s::uuid[]))
+    ORDER BY priority, run_at, id
+    LIMIT %(share)s
+    FOR UPDATE SKIP LOCKED
+) AS c
+ORDER BY s.n, c.priority, c.run_at, c.id
+
+-- name: claim_picked
+-- Lease the jobs a gated claim picked (%(ids)s, locked by the pick), and log each start of
+-- a rate-limited kind (%(rated)s, kind -> window seconds), dropping the log's expired ones.
+WITH upd AS (
+    UPDATE offload_jobs j
+    SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
+        lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
+        started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
+        progress_fraction = NULL, progress_message = NULL
+    WHERE j.id = ANY(%(ids)s::uuid[]) AND j.state IN ('queued', 'retrying')
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
+    ORDER BY array_position(%(ids)s::uuid[], u.id)
+), logged AS (
+    INSERT INTO offload_starts (kind, at)
+    SELECT u.kind, %(now_s)s FROM upd u WHERE %(rated)s::jsonb ? u.kind
+), forgot AS (
+    DELETE FROM offload_starts s USING jsonb_each_text(%(rated)s::jsonb) AS r(kind, per_s)
+    WHERE s.kind = r.kind AND s.at <= %(now_s)s - r.per_s::float8
+)
+SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
+FROM upd ORDER BY array_position(%(ids)s::uuid[], id)
+
+-- name: fair_turns
+-- Each served owner's turn is now the newest, in the order served.
+INSERT INTO offload_fair (queue, owner, turn)
+SELECT s.queue, s.owner, nextval('offload_fair_turn')
+FROM unnest(%(queues)s::text[], %(owners)s::text[]) WITH ORDINALITY AS s(queue, owner, n)
+ORDER BY s.n
+ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
+
+-- name: announce_work
+-- Wake the workers of these queues (a job of a limited kind settled: a slot freed).
+SELECT pg_notify('offload_work', q) FROM unnest(%(queues)s::text[]) AS q
+
+-- name: claim_fair
+-- A gated claim with no limit on the claimed queues, in one statement: the plain queues'
+-- ready jobs (%(queues)s, as `claim` reads them) and each fair queue's (%(fair)s) owners in
+-- turn (a fair share of the claim from each owner, least recently served first) take turns;
+-- then the leases, their feed entries and the served owners' new turns.
+WITH RECURSIVE o AS (
+    SELECT q.name AS queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = q.name
+        ORDER BY j.owner LIMIT 1) AS owner
+    FROM unnest(%(fair)s::text[]) AS q(name)
+    WHERE NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = q.name)
+    UNION ALL
+    SELECT o.queue, (
+        SELECT j.owner FROM offload_jobs j
+        WHERE j.state IN ('queued', 'retrying') AND j.queue = o.queue AND j.owner > o.owner
+        ORDER BY j.owner LIMIT 1)
+    FROM o WHERE o.owner IS NOT NULL
+), turns AS (
+    SELECT * FROM (
+        SELECT o.queue, o.owner, coalesce(f.turn, 0) AS turn,
+            row_number() OVER (PARTITION BY o.queue ORDER BY coalesce(f.turn, 0), o.owner) AS k,
+            count(*) OVER (PARTITION BY o.queue) AS owners
+        FROM o LEFT JOIN offload_fair f ON f.queue = o.queue AND f.owner = o.owner
+        WHERE o.owner IS NOT NULL
+    ) t WHERE t.k <= %(limit)s
+), fair_cand AS (
+    SELECT c.id, t.queue, t.owner,
+        row_number() OVER (PARTITION BY t.queue ORDER BY c.nth, t.k) AS pos,
+        1 + dense_rank() OVER (ORDER BY t.queue) AS src
+    FROM turns t
+    CROSS JOIN LATERAL (
+        SELECT x.id, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS nth FROM (
+            SELECT id, priority, run_at FROM offload_jobs
+            WHERE state IN ('queued', 'retrying') AND queue = t.queue AND owner = t.owner
+                AND run_at <= coalesce(%(now)s, now())
+            ORDER BY priority, run_at, id
+            LIMIT (%(limit)s + least(t.owners, %(limit)s) - 1) / least(t.owners, %(limit)s)
+            FOR UPDATE SKIP LOCKED
+        ) x
+    ) c
+), plain_cand AS (
+    SELECT c.id, NULL::text AS queue, NULL::text AS owner,
+        row_number() OVER (ORDER BY c.priority, c.run_at, c.id) AS pos, 0 AS src
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (SELECT NOT EXISTS (
+        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS op
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM offload_jobs
+        WHERE op.open AND state IN ('queued', 'retrying') AND queue = q.name
+            AND run_at <= coalesce(%(now)s, now())
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS (
+    SELECT id, queue, owner, row_number() OVER (ORDER BY pos, src) AS taken FROM (
+        SELECT * FROM fair_cand UNION ALL SELECT * FROM plain_cand
+    ) a
+    ORDER BY pos, src
+    LIMIT %(limit)s
+), upd AS (
+    UPDATE offload_jobs j
+    SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
+        lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
+        started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
+        progress_fraction = NULL, progress_message = NULL
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO offload_events (job_id, owner, record)
+    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs)
+    FROM upd u JOIN picked p ON p.id = u.id ORDER BY p.taken
+), turned AS (
+    INSERT INTO offload_fair (queue, owner, turn)
+    SELECT s.queue, s.owner, nextval('offload_fair_turn') FROM (
+        SELECT queue, owner, max(taken) AS last FROM picked
+        WHERE queue IS NOT NULL GROUP BY queue, owner ORDER BY last
+    ) s
+    ORDER BY s.last
+    ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
+)
+SELECT u.id::text, u.kind, u.version, u.payload, u.queue, u.priority, u.attempt,
+    u.max_attempts, extract(epoch FROM u.run_at)::float8,
+    extract(epoch FROM u.enqueued_at)::float8, u.idempotency_key, u.owner, u.trace, u.timeout,
+    u.options, extract(epoch FROM u.lease_expires)::float8
+FROM upd u JOIN picked p ON p.id = u.id ORDER BY p.taken

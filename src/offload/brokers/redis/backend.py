@@ -31,6 +31,7 @@ from ...contract import (
     Extension,
     JobFilter,
     JobRow,
+    KindLimits,
     Lapsed,
     Lease,
     Outcome,
@@ -60,6 +61,9 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_COMMAND_TIMEOUT_S = 10.0
 #: Due scheduled jobs one claim promotes to ready at most (the rest on the next claim).
 DEFAULT_PROMOTE_MAX = 1000
+#: Ready entries a gated claim reads past per queue at most (jobs of kinds held back by
+#: their limits): a limited kind that shares its queue costs a scan of its backlog.
+DEFAULT_GATED_SCAN_MAX = 5000
 #: Entries one sweeping script call (rescue, purge, prune, filtered reads) handles at most,
 #: so that no single script blocks the server for long.
 _CHUNK = 500
@@ -68,6 +72,7 @@ _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
     "search", "requeue_many", "cancel_many", "delete_many", "reindex", "periodic",
+    "claim_gated", "limits", "declare_limits",
 )  # fmt: skip
 #: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
 #: 1 adds the jobs page's id indexes by state, kind and queue.
@@ -180,6 +185,12 @@ class RedisBackend:
         # What this instance's claimer and feed reader saw last (see Announcements).
         self._seen_work: WorkMark | None = None
         self._seen_feed: FeedMark | None = None
+        #: What held jobs back at this instance's last gated claim: whether a limit did,
+        #: and when a start is next due by a rate (see `wait`).
+        self._held_back: tuple[bool, float | None] = (False, None)
+        #: The limited kinds (and their queues) this instance claimed: their settles wake
+        #: the workers waiting for a free slot.
+        self._limited: dict[str, str] = {}
 
     @classmethod
     def from_url(
@@ -432,6 +443,9 @@ class RedisBackend:
         paused, *heads = await self._retried(read)
         # Not a paused queue's: its due jobs would wake the claim loop at once, again and again.
         due = [h[0][1] for q, h in zip(queues, heads, strict=True) if h and q not in paused]
+        held, next_start_at = self._held_back
+        if held:  # ready jobs wait for a limit: not for the next due job, which may be one
+            due = [] if next_start_at is None else [next_start_at]
         if due:
             timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
         news = self._announcements
@@ -488,6 +502,87 @@ class RedisBackend:
             for r in rows
         ]
 
+    async def claim_gated(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
+    ) -> list[Lease]:
+        """`claim` within the limits of the queues' kinds, fair queues round-robin over
+        owners, in one script call. Once a fair claim has seen a queue's ready jobs they
+        wait in per-owner lists that only fair claims read: every worker of a fair queue
+        must declare it fair (run one version of the code).
+
+        Sent again on a lost connection with the same token, marked as a resend, as `claim`
+        is: a resend answers the jobs the lost attempt leased, and leases no more."""
+        if limit <= 0 or not queues:
+            return []
+        self._seen_work = self._announcements.work_mark()
+        token = secrets.token_hex(12)
+        fairs = sorted(set(fair))
+        head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
+        tail: tuple[str | int, ...] = (len(fairs), *fairs, *dict.fromkeys(queues))
+        flats, held, next_start_at, kinds = await self.retrier.run(
+            lambda resent: self._script(
+                "claim_gated", *head, DEFAULT_GATED_SCAN_MAX, _flag(resent), *tail
+            )
+        )
+        self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
+        self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
+        rows = [decode(pairs(flat)) for flat in flats]  # in the order taken
+        return [
+            Lease(
+                envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
+            )
+            for r in rows
+        ]
+
+    async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        args: list[str] = []
+        for lim in limits:
+            spec = {
+                "queue": lim.queue,
+                "max_running": lim.max_running,
+                "rate": lim.rate,
+                "per_s": lim.per_s,
+            }
+            args += [lim.kind, orjson.dumps(spec).decode() if lim.limited else ""]
+        if args:
+            await self._run("declare_limits", *args)
+
+    async def limits(self) -> list[KindLimits]:
+        out = []
+        for kind, spec, running, starts in await self._run("limits", self._now_arg()):
+            lim = orjson.loads(spec)
+            self._limited[kind] = lim["queue"]
+            out.append(
+                KindLimits(
+                    kind=kind,
+                    queue=lim["queue"],
+                    max_running=lim["max_running"],
+                    rate=lim["rate"],
+                    per_s=None if lim["per_s"] is None else float(lim["per_s"]),
+                    running=running,
+                    recent_starts=starts,
+                )
+            )
+        return out
+
+    async def _announce_slots(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
+        """Wake the workers waiting for a slot of the limited kinds whose jobs settled."""
+        kinds = {o.lease.envelope.kind for o, ok in zip(outcomes, applied, strict=True) if ok}
+        queues = sorted({self._limited[k] for k in kinds if k in self._limited})
+        if queues:  # a wake-up sent twice (a resend) wakes for nothing, harmlessly
+            await self.retrier.run(lambda _resent: self._publish_work(queues))
+
+    async def _publish_work(self, queues: Sequence[str]) -> None:
+        async with self._guard():
+            for queue in queues:
+                await self._redis.publish(self._key("work"), queue)
+
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         """Push the leases out in one script call; a stale lease reports held=False."""
         if not leases:
@@ -502,7 +597,10 @@ class RedisBackend:
         ]
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        return await self._settle(outcomes, lapsed=False)
+        applied = await self._settle(outcomes, lapsed=False)
+        if self._limited:
+            await self._announce_slots(outcomes, applied)
+        return applied
 
     async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
         """Apply the outcomes, with the follow-ups of those that apply, in one script call.
@@ -553,7 +651,10 @@ class RedisBackend:
         return out
 
     async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
-        return await self._settle(decisions, lapsed=True)
+        applied = await self._settle(decisions, lapsed=True)
+        if self._limited:
+            await self._announce_slots(decisions, applied)
+        return applied
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: queued (ready now), scheduled, running, dead, oldest_age_s; read from

@@ -8,7 +8,6 @@ import functools
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from ...contract import (
     JobFilter,
     JobRow,
     JobState,
+    KindLimits,
     Lapsed,
     Lease,
     Outcome,
@@ -38,13 +38,17 @@ from ...errors import (
     InvalidTransition,
     JobNotFound,
     SchemaError,
+    StorageFull,
 )
 from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from . import gates as _gates
 from . import search as _search
+from . import stalls as _stalls
+from .checkpoint import DEFAULT_WAL_CAP_BYTES, Checkpointer
 
 T = TypeVar("T")
 
@@ -61,13 +65,20 @@ DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second: other
 #: processes can't push a wake-up to SQLite waiters, so polling is fast while it pays.
 DEFAULT_BUSY_POLL_S = 0.001
-#: How often the checkpointer thread copies the WAL back into the database (seconds).
-DEFAULT_CHECKPOINT_EVERY_S = 0.5
 #: How long after the last claim that got jobs (or feed read that got changes) the fast
 #: polling goes on (seconds).
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+#: Rows one write transaction of a long operation (purge, prune, bulk changes) touches at
+#: most: tens of milliseconds of the write lock (bench/sqlite_locks.py), a small fraction of
+#: the shortest lease.
+CHUNK_ROWS = 500
+#: Shortest time the lock is left free between two chunks of one operation (seconds).
+CHUNK_GAP_S = 0.002
+#: Bytes the readiness probe writes (and deletes) while the disk is full: room for a few
+#: jobs, so that ready means a job can be accepted.
+PROBE_BYTES = 64 << 10
 
 Q = queries(__package__)
 _JSON_COLUMNS = ("payload", "trace", "options", "result", "error")
@@ -131,33 +142,6 @@ def _unique_holder(conn: sqlite3.Connection, e: Envelope) -> str | None:
     return None if row is None else str(row[0])
 
 
-class _Checkpointer(threading.Thread):
-    """Copies the WAL back into the database file from its own thread and connection.
-
-    With SQLite's automatic checkpoints, the commit that crosses the threshold does the
-    copy and its fsync, so one request in a thousand waits for the disk. PASSIVE checkpoints
-    here never block readers or writers; several processes may each run one.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__(name="offload-sqlite-checkpoint", daemon=True)
-        self.path = path
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-        try:
-            while not self._halt.wait(DEFAULT_CHECKPOINT_EVERY_S):
-                with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 @functools.cache
 def _ready_sql(n_queues: int) -> str:
     """Ready job ids over `n_queues` queues in claim order, each queue read off its index."""
@@ -170,6 +154,28 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
     for queue in queues:
         args += [queue, now, queue, limit]
     return [*args, limit]
+
+
+def _wal_cap_bytes(url: str, mib: str | None) -> int:
+    """`?wal_cap_mib=` of `url` in bytes (`DEFAULT_WAL_CAP_BYTES` without one).
+
+    Raises:
+        ConfigurationError: not a positive number.
+    """
+    if mib is None:
+        return DEFAULT_WAL_CAP_BYTES
+    try:
+        cap = int(float(mib) * (1 << 20))
+    except ValueError:
+        cap = 0
+    if cap <= 0:
+        raise ConfigurationError(f"{url!r}: wal_cap_mib must be a positive number of MiB")
+    return cap
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or the file's size limit) left no room for the write."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
 
 
 def _placeholders(n: int) -> str:
@@ -195,8 +201,10 @@ class SQLiteBackend:
         synchronous: str = "NORMAL",
         clock: Clock | None = None,
         poll_s: float = DEFAULT_POLL_S,
+        wal_cap_bytes: int = DEFAULT_WAL_CAP_BYTES,
     ) -> None:
         self.path = path
+        self.wal_cap_bytes = wal_cap_bytes
         self.synchronous = synchronous.upper()
         #: A test's clock (`Clock.stands_in_for_server`) keeps the time; any other is this
         #: host's, which every process sharing the file reads (they cannot disagree).
@@ -209,21 +217,33 @@ class SQLiteBackend:
         #: polling pays while work flows, not after any write (a worker's registry record
         #: every heartbeat would keep every idle waiter polling fast).
         self._last_work = 0.0
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: Checkpointer | None = None
+        #: A write failed for want of space, and none has succeeded since: `ping` probes.
+        self._full = False
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
+        #: What held jobs back at this instance's last gated claim: whether a limit did,
+        #: and when a start is next due by a rate (see `wait`).
+        self._held_back: tuple[bool, float | None] = (False, None)
+        #: A wait for the write lock this long is a stall that pauses the leases: at most a
+        #: quarter of the shortest lease this instance claimed with.
+        self._stall_s = _stalls.DEFAULT_STALL_S
+        #: How long the last write transaction waited for the lock (seconds; its thread's).
+        self._lock_wait_s = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
-        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`.
+        """`sqlite:///relative.db`, `sqlite:////absolute.db`, `memory://`; `?synchronous=FULL`,
+        `?wal_cap_mib=64` (the WAL's bound when twice the database is less: checkpoint.py).
 
         Raises:
             ConfigurationError: `sqlite://name.db` (two slashes), which would otherwise
-                silently name a host instead of a file.
+                silently name a host instead of a file; a `wal_cap_mib` that is no number.
         """
         parts = urlsplit(url)
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         synchronous = options.get("synchronous", "NORMAL")
+        cap = _wal_cap_bytes(url, options.get("wal_cap_mib"))
         if parts.scheme == "memory" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
             path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
             return cls(path, synchronous=synchronous, clock=clock)
@@ -232,7 +252,7 @@ class SQLiteBackend:
                 f"{url!r} names a host; an SQLite file is sqlite:///relative/path.db "
                 "(three slashes) or sqlite:////absolute/path.db (four)"
             )
-        return cls(parts.path[1:], synchronous=synchronous, clock=clock)
+        return cls(parts.path[1:], synchronous=synchronous, clock=clock, wal_cap_bytes=cap)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -243,6 +263,9 @@ class SQLiteBackend:
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
+            if _is_full(exc):
+                self._full = True
+                raise StorageFull(f"SQLite: the disk is full ({exc})") from exc
             raise BackendError(f"SQLite: {exc}") from exc
 
     @property
@@ -305,8 +328,10 @@ class SQLiteBackend:
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if not self.in_memory:  # the checkpointer thread copies the WAL back, off this thread
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            # A WAL rewound by a writer shrinks to the cap (else it keeps its largest size).
+            conn.execute(f"PRAGMA journal_size_limit={self.wal_cap_bytes}")
         self._conn = conn
-        with self._tx():
+        with self._tx(stalls=False):  # the tables may not exist yet
             for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -331,18 +356,39 @@ class SQLiteBackend:
                 _migrate_to_unique(conn)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, stalls: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
-        processes never both read the same ready rows and then race to update them."""
+        processes never both read the same ready rows and then race to update them.
+
+        Every time a write decides with (a lease's expiry, a rescue's fence) is read from
+        the clock inside the transaction, after the lock: a wait for it must not age them.
+        With `stalls`, a long wait for the lock pauses the leases first (stalls.py).
+        """
         conn = self.conn
         before = conn.total_changes
+        began = self.clock.now()
         conn.execute("BEGIN IMMEDIATE")
+        self._lock_wait_s = self.clock.now() - began
         try:
+            if stalls and self._lock_wait_s >= self._stall_s:
+                _stalls.pause_leases(conn, began, self.clock.now(), self._stall_s)
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite ends the transaction itself on some errors (SQLITE_FULL in a statement):
+            # a ROLLBACK then would fail and hide the error that matters.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that failed (SQLITE_FULL) may leave the transaction open: end it, or
+            # every later BEGIN on this connection fails.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._full = False
         if conn.total_changes != before:  # only real writes wake this process's waiters
             self._local_writes += 1
 
@@ -379,7 +425,7 @@ class SQLiteBackend:
             await self.close()
             raise
         if not self.in_memory:
-            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer = Checkpointer(self.path, self.wal_cap_bytes)
             self._checkpointer.start()
 
     async def close(self) -> None:
@@ -395,7 +441,23 @@ class SQLiteBackend:
         self._conn = None
 
     async def ping(self) -> None:
-        await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+        """Check that the database answers; while the disk is full (a write failed for want
+        of space, none succeeded since), that a small write fits again.
+
+        Raises:
+            StorageFull: the disk is still full.
+            BackendError: the database does not answer.
+        """
+        if self._full:
+            await self._run(self._probe)
+        else:
+            await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+
+    def _probe(self) -> None:
+        with self._tx() as conn:  # committed: the room must be on disk, not in the cache
+            conn.execute(Q["storage_probe"], (PROBE_BYTES,))
+        with self._tx() as conn:
+            conn.execute(Q["storage_unprobe"])
 
     # -- broker -----------------------------------------------------------------------------
 
@@ -466,14 +528,14 @@ class SQLiteBackend:
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
         self._seen["claim"] = self._version()
-        now = self.clock.now()
         token = secrets.token_hex(12)
-        expires = now + lease_for
         ready = _ready_sql(len(queues))
         # Look before taking the write lock: idle workers then never contend with writers.
-        if not self.conn.execute(ready, _ready_args(queues, now, 1)).fetchone():
+        if not self.conn.execute(ready, _ready_args(queues, self.clock.now(), 1)).fetchone():
             return []
         with self._tx() as conn:
+            now = self.clock.now()  # after the lock: a wait for it must not shorten the lease
+            expires = now + lease_for
             ids = [r[0] for r in conn.execute(ready, _ready_args(queues, now, limit))]
             if not ids:
                 return []
@@ -495,15 +557,84 @@ class SQLiteBackend:
     ) -> list[Lease]:
         if limit <= 0 or not queues:
             return []
+        self._stall_s = min(self._stall_s, lease_for / 4)
         return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
+
+    def _claim_gated(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str],
+    ) -> list[Lease]:
+        self._seen["claim"] = self._version()
+        token = secrets.token_hex(12)
+        # Look before taking the write lock: idle workers then never contend with writers.
+        ready = _ready_args(queues, self.clock.now(), 1)
+        if not self.conn.execute(_ready_sql(len(queues)), ready).fetchone():
+            self._held_back = (False, None)
+            return []
+        with self._tx() as conn:  # the write lock: no other claim counts meanwhile
+            # After the lock: a wait for it must not shorten the lease nor age the window.
+            now = self.clock.now()
+            expires = now + lease_for
+            limits, g = _gates.read(conn, queues, now)
+            ids, served = _gates.pick(conn, queues, now, limit, g, fair)
+            rows = []
+            if ids:
+                _gates.take_turns(conn, served)
+                rows = self._returning(
+                    conn,
+                    Q["claim"].format(ids=_placeholders(len(ids))),
+                    (token, expires, worker_id, now, *ids),
+                )
+                self._event(conn, rows)
+                _gates.record_starts(conn, limits, [r["kind"] for r in rows], now)
+            self._held_back = _gates.held_back(conn, queues, now) if limits else (False, None)
+        if rows:
+            self._last_work = time.monotonic()
+        order = {job_id: n for n, job_id in enumerate(ids)}
+        rows.sort(key=lambda r: order[r["id"]])
+        return [
+            Lease(envelope=_envelope(r), token=token, expires_at=expires, worker=worker_id)
+            for r in rows
+        ]
+
+    async def claim_gated(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        fair: Collection[str] = (),
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        self._stall_s = min(self._stall_s, lease_for / 4)
+        return await self._run(
+            self._claim_gated, list(queues), worker_id, lease_for, limit, frozenset(fair)
+        )
+
+    def _declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        with self._tx() as conn:
+            _gates.declare(conn, limits)
+
+    async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
+        await self._run(self._declare_limits, list(limits))
+
+    async def limits(self) -> list[KindLimits]:
+        return await self._run(lambda: _gates.read(self.conn, None, self.clock.now())[0])
 
     def _extend(self, leases: Sequence[Lease], lease_for: float) -> list[Extension]:
         pairs = ", ".join(["(?, ?)"] * len(leases))
-        args: list[Any] = [self.clock.now() + lease_for]
+        args: list[Any] = []
         for lease in leases:
             args += [lease.job_id, lease.token]
         with self._tx() as conn:
-            held = dict(conn.execute(Q["extend"].format(pairs=pairs), args).fetchall())
+            expires = self.clock.now() + lease_for  # after the lock (see _claim)
+            held = dict(conn.execute(Q["extend"].format(pairs=pairs), [expires, *args]).fetchall())
         return [
             Extension(
                 job_id=le.job_id, held=le.job_id in held, cancel_requested=bool(held.get(le.job_id))
@@ -517,11 +648,15 @@ class SQLiteBackend:
         return await self._run(self._extend, list(leases), lease_for)
 
     def _settle(self, outcomes: Sequence[Outcome], lapsed: bool = False) -> list[bool]:
-        now = self.clock.now()
-        fence = (1 if lapsed else 0, now)
         applied: list[bool] = []
         changed: list[str] = []
         with self._tx() as conn:
+            if lapsed and self._lock_wait_s >= self._stall_s:
+                # The lapses were read before a stall: their holders could not heartbeat
+                # either. The next sweep decides again, once they had their turn.
+                return [False] * len(outcomes)
+            now = self.clock.now()
+            fence = (1 if lapsed else 0, now)
             for o in outcomes:
                 if o.state.final:
                     args: tuple[Any, ...] = (
@@ -619,6 +754,12 @@ class SQLiteBackend:
             await self._wakeup.sleep(min(poll, left))
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        held, next_start_at = self._held_back
+        if held:  # ready jobs wait for a limit: not for the next due job, which may be one
+            if next_start_at is not None:
+                timeout = max(0.0, min(timeout, next_start_at - self.clock.now()))
+            await self._wait_change(timeout, "claim")
+            return
         # Don't sleep past the next scheduled job in these queues.
         nxt = await self._run(
             lambda: self.conn.execute(
@@ -652,20 +793,54 @@ class SQLiteBackend:
     async def stats(self) -> dict[str, dict[str, Any]]:
         return await self._run(self._stats)
 
-    def _purge(self, queue: str) -> int:
+    def _purge(self, queue: str, newest: float) -> int:
         with self._tx() as conn:
-            return conn.execute(Q["purge"], (queue,)).rowcount
+            return conn.execute(Q["purge_chunk"], (queue, newest, CHUNK_ROWS)).rowcount
 
     async def purge(self, queue: str) -> int:
-        return await self._run(self._purge, queue)
+        """Delete the waiting jobs of `queue`, `CHUNK_ROWS` per transaction; those enqueued
+        after the newest that waited when it began are kept, as if it had been one."""
+        newest = await self._run(
+            lambda: self.conn.execute(Q["newest_waiting"], (queue,)).fetchone()[0]
+        )
+        if newest is None:
+            return 0
+        return await self._until_short(lambda: self._purge(queue, newest))
+
+    async def _gap(self, began: float) -> None:
+        """Leave the write lock free after one chunk for as long as the chunk held it: other
+        processes' writers, asleep in SQLite's busy handler, must find it free when they
+        wake, or they wait out the whole operation."""
+        await asyncio.sleep(max(CHUNK_GAP_S, time.monotonic() - began))
+
+    async def _until_short(self, chunk: Callable[[], int]) -> int:
+        """Run the write `chunk` (at most `CHUNK_ROWS` rows) until it changes fewer."""
+        total = 0
+        while True:
+            began = time.monotonic()
+            n = await self._run(chunk)
+            total += n
+            if n < CHUNK_ROWS:
+                return total
+            await self._gap(began)
+
+    async def _by_ids(self, chunk: Callable[[list[str]], int], ids: Sequence[str]) -> int:
+        """Run the write `chunk` over `ids`, `CHUNK_ROWS` of them per transaction."""
+        total = 0
+        for start in range(0, len(ids), CHUNK_ROWS):
+            began = time.monotonic()
+            total += await self._run(chunk, list(ids[start : start + CHUNK_ROWS]))
+            if start + CHUNK_ROWS < len(ids):
+                await self._gap(began)
+        return total
 
     # -- workers ----------------------------------------------------------------------------
 
     def _record_worker(self, worker: WorkerInfo) -> None:
-        now = self.clock.now()
         entry = worker.entry()
         kinds = orjson.dumps(entry["kinds"]).decode()
         with self._tx() as conn:
+            now = self.clock.now()
             conn.execute(Q["forget_workers"], (now - FORGET_WORKER_AFTER_S,))
             conn.execute(Q["record_worker"], (worker.id, kinds, now, orjson.dumps(entry).decode()))
 
@@ -783,7 +958,7 @@ class SQLiteBackend:
         return len(changed)
 
     async def requeue_many(self, ids: Sequence[str]) -> int:
-        n = await self._run(self._requeue_many, list(ids)) if ids else 0
+        n = await self._by_ids(self._requeue_many, ids)
         if n:
             self._wake_waiters()
         return n
@@ -798,9 +973,7 @@ class SQLiteBackend:
     async def cancel_many(
         self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
     ) -> int:
-        if not ids:
-            return 0
-        n = await self._run(self._cancel_many, list(ids), follow_ups)
+        n = await self._by_ids(lambda chunk: self._cancel_many(chunk, follow_ups), ids)
         if follow_ups:
             self._wake_waiters()
         return n
@@ -810,7 +983,7 @@ class SQLiteBackend:
             return _search.delete(conn, ids)
 
     async def delete_many(self, ids: Sequence[str]) -> int:
-        return await self._run(self._delete_many, list(ids)) if ids else 0
+        return await self._by_ids(self._delete_many, ids)
 
     async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
         return await self._run(_search.history, self.conn, since)
@@ -917,9 +1090,15 @@ class SQLiteBackend:
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         return await self._run(self._recall, job_id, key)
 
-    def _prune(self, older_than: float) -> int:
+    def _prune(self, older_than_s: float) -> int:
         with self._tx() as conn:
-            ids = [r[0] for r in conn.execute(Q["prune_jobs"], (older_than,)).fetchall()]
+            before = self.clock.now() - older_than_s
+            ids = [r[0] for r in conn.execute(Q["prune_ended"], (before, CHUNK_ROWS))]
+            if len(ids) < CHUNK_ROWS:
+                ids += [
+                    r[0]
+                    for r in conn.execute(Q["prune_cancelled"], (before, CHUNK_ROWS - len(ids)))
+                ]
             if ids:
                 conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
                 conn.execute(
@@ -929,8 +1108,9 @@ class SQLiteBackend:
         return len(ids)
 
     async def prune(self, older_than_s: float) -> int:
-        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago."""
-        return await self._run(self._prune, self.clock.now() - older_than_s)
+        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
+        `CHUNK_ROWS` per transaction."""
+        return await self._until_short(lambda: self._prune(older_than_s))
 
     # -- periodic schedules -----------------------------------------------------------------
 

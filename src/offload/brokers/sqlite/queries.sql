@@ -70,6 +70,31 @@ CREATE TABLE IF NOT EXISTS offload_schedules (
     fired_at REAL NOT NULL,
     spec TEXT NOT NULL
 );
+-- Fleet-wide limits per kind (App.handles(max_running=, rate=)), as the latest worker to
+-- start declared them, and the start times of rate-limited kinds within their window (a
+-- sliding window log). Older code ignores both (and so the limits): no new schema version.
+CREATE TABLE IF NOT EXISTS offload_limits (
+    kind TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    max_running INTEGER,
+    rate INTEGER,
+    per_s REAL
+);
+CREATE TABLE IF NOT EXISTS offload_starts (
+    kind TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offload_starts_kind ON offload_starts (kind, at);
+-- Fair queues (App.message(fair=True)): the waiting jobs of each owner of a queue in claim
+-- order (one range per owner), and each owner's last turn at a fair claim of the queue.
+CREATE INDEX IF NOT EXISTS offload_jobs_fair
+    ON offload_jobs (queue, owner, priority, run_at, id) WHERE state IN ('queued', 'retrying');
+CREATE TABLE IF NOT EXISTS offload_fair (
+    queue TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    PRIMARY KEY (queue, owner)
+);
 
 -- name: has_schema
 -- Whether an existing file is an offload database (opening it read-only checks first).
@@ -200,8 +225,16 @@ SELECT queue, count(*) FROM offload_jobs INDEXED BY offload_jobs_newer
 WHERE state IN ('queued', 'retrying') AND json_extract(error, '$.type') = 'NewerVersion'
 GROUP BY queue
 
--- name: purge
-DELETE FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+-- name: newest_waiting
+SELECT max(enqueued_at) FROM offload_jobs WHERE queue = ? AND state IN ('queued', 'retrying')
+
+-- name: purge_chunk
+-- One chunk (the LIMIT) of a queue's waiting jobs that waited when the purge began, read off
+-- offload_jobs_ready.
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs
+    WHERE queue = ? AND state IN ('queued', 'retrying') AND enqueued_at <= ?
+    LIMIT ?)
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
@@ -216,9 +249,18 @@ ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 -- name: recall
 SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
 
--- name: prune_jobs
-DELETE FROM offload_jobs
-WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+-- name: prune_ended
+-- One chunk (the LIMIT) of the succeeded and failed jobs that ended before the cutoff, read
+-- off offload_jobs_history (its WHERE repeated, so that the planner may use it).
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs INDEXED BY offload_jobs_history
+    WHERE state IN ('succeeded', 'failed', 'dead') AND state <> 'dead' AND finished_at < ?
+    LIMIT ?)
+RETURNING id
+
+-- name: prune_cancelled
+DELETE FROM offload_jobs WHERE id IN (
+    SELECT id FROM offload_jobs WHERE state = 'cancelled' AND finished_at < ? LIMIT ?)
 RETURNING id
 
 -- name: prune_events
@@ -335,3 +377,108 @@ WHERE excluded.last_tick > offload_schedules.last_tick
 
 -- name: schedule_states
 SELECT name, last_tick, last_job_id, fired_at, spec FROM offload_schedules
+
+
+-- name: declare_limit
+INSERT INTO offload_limits (kind, queue, max_running, rate, per_s) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (kind) DO UPDATE
+SET queue = excluded.queue, max_running = excluded.max_running, rate = excluded.rate,
+    per_s = excluded.per_s
+
+-- name: drop_limit
+DELETE FROM offload_limits WHERE kind = ?
+
+-- name: limits
+SELECT kind, queue, max_running, rate, per_s FROM offload_limits
+
+-- name: limits_of_queues
+SELECT kind, queue, max_running, rate, per_s FROM offload_limits
+WHERE queue IN (SELECT value FROM json_each(?))
+
+-- name: running_of_kinds
+-- Off offload_jobs_state_kind_id: one range per kind.
+SELECT kind, count(*) FROM offload_jobs
+WHERE state = 'running' AND kind IN (SELECT value FROM json_each(?))
+GROUP BY kind
+
+-- name: forget_starts
+DELETE FROM offload_starts WHERE kind = ? AND at <= ?
+
+-- name: starts_of_kind
+-- The kind's starts within its window (after :since), and the :rate-th newest of them.
+SELECT (SELECT count(*) FROM offload_starts WHERE kind = :kind AND at > :since),
+    (SELECT at FROM offload_starts WHERE kind = :kind AND at > :since
+     ORDER BY at DESC LIMIT 1 OFFSET :rate - 1)
+
+-- name: record_start
+INSERT INTO offload_starts (kind, at) VALUES (?, ?)
+
+-- name: gated_ids_one
+-- claim_ids_one for a gated claim: with each row's kind, and none of the kinds in the JSON
+-- array parameter (held back by their limits).
+SELECT id, kind, priority, run_at FROM (
+    SELECT id, kind, priority, run_at FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = ? AND run_at <= ?
+        AND NOT EXISTS (SELECT 1 FROM offload_paused WHERE queue = ?)
+        AND kind NOT IN (SELECT value FROM json_each(?))
+        AND id NOT IN (SELECT value FROM json_each(?))
+    ORDER BY priority, run_at, id
+    LIMIT ?
+)
+
+-- name: fair_owners
+-- The owners with waiting jobs in a queue (a skip scan of offload_jobs_fair: one probe per
+-- owner, not one per job), least recently served first.
+WITH RECURSIVE o(owner) AS (
+    SELECT (SELECT min(owner) FROM offload_jobs
+            WHERE state IN ('queued', 'retrying') AND queue = :queue)
+    UNION ALL
+    SELECT (SELECT min(owner) FROM offload_jobs
+            WHERE state IN ('queued', 'retrying') AND queue = :queue AND owner > o.owner)
+    FROM o WHERE o.owner IS NOT NULL
+)
+SELECT o.owner FROM o LEFT JOIN offload_fair f ON f.queue = :queue AND f.owner = o.owner
+WHERE o.owner IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM offload_paused WHERE queue = :queue)
+ORDER BY coalesce(f.turn, 0), o.owner
+LIMIT :limit
+
+-- name: fair_jobs
+-- Up to :n ready jobs (after :skip_n) of each owner in :owners (a JSON array), in that order
+-- then claim order, none of a kind held back (:blocked).
+SELECT j.id, j.kind, j.owner FROM json_each(:owners) AS o
+JOIN offload_jobs AS j ON j.id IN (
+    SELECT id FROM offload_jobs
+    WHERE state IN ('queued', 'retrying') AND queue = :queue AND owner = o.value
+        AND run_at <= :now AND kind NOT IN (SELECT value FROM json_each(:blocked))
+    ORDER BY priority, run_at, id
+    LIMIT :n OFFSET :skip_n)
+ORDER BY o.key, j.priority, j.run_at, j.id
+
+-- name: fair_turn
+-- Each owner in :owners (a JSON array, in the order served) takes the newest turns of :queue.
+INSERT INTO offload_fair (queue, owner, turn)
+SELECT :queue, o.value,
+    (SELECT coalesce(max(turn), 0) + 1 FROM offload_fair WHERE queue = :queue) + o.key
+FROM json_each(:owners) AS o WHERE true
+ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
+
+-- name: stall_paid_until
+SELECT value FROM offload_meta WHERE key = 'stall_paid_until'
+
+-- name: pay_stall
+INSERT INTO offload_meta (key, value) VALUES ('stall_paid_until', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: pause_leases
+-- Leases live when a writer began waiting for the lock get the wait back (stalls.py).
+UPDATE offload_jobs SET lease_expires = lease_expires + ?
+WHERE state = 'running' AND lease_expires >= ?
+
+-- name: storage_probe
+-- While the disk is full, readiness writes this much (then nothing) to see room again.
+INSERT INTO offload_meta (key, value) VALUES ('storage_probe', zeroblob(?))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- name: storage_unprobe
+DELETE FROM offload_meta WHERE key = 'storage_probe'

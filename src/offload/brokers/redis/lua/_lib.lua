@@ -323,3 +323,121 @@ local function cancel_waiting(id, row, now)
   restate(id, row.state, 'cancelled')
   return event(id)
 end
+
+-- Note the ids a claim under `token` leased (for as long as its lease): a resend of that
+-- claim (its first reply lost) answers them instead of leasing a second batch.
+local function note_claim(token, ids, now, expires)
+  if #ids == 0 then return end
+  local ttl = math.max(1, math.ceil(tonumber(expires) - tonumber(now)))
+  redis.call('SET', K .. 'claim:' .. token, table.concat(ids, ','), 'EX', ttl)
+end
+
+-- The rows (flat HGETALL arrays) of the jobs a claim under `token` noted that it still
+-- leases, or nil when it noted none (the lost attempt leased nothing, or never ran).
+local function noted_claim(token)
+  local noted = redis.call('GET', K .. 'claim:' .. token)
+  if not noted then return nil end
+  local out = {}
+  for id in string.gmatch(noted, '[^,]+') do
+    local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token')
+    if job[1] == 'running' and job[2] == token then
+      out[#out + 1] = redis.call('HGETALL', K .. 'job:' .. id)
+    end
+  end
+  return out
+end
+
+-- Lease the picked ready members ({member, queue} pairs, in claim order) of a claim: each
+-- still waiting becomes running under `token` until `expires`, and is noted under the token
+-- (note_claim). Returns the claimed rows (flat HGETALL arrays) and the claimed ids with
+-- their kinds ({id, kind} pairs).
+local function lease_picked(picked, now, token, expires, worker)
+  local out, ready, waiting, running, leases, was, taken = {}, {}, {}, {}, {}, {}, {}
+  local now_running, ids = {}, {}
+  for _, pick in ipairs(picked) do
+    local member, queue = pick[1], pick[2]
+    local id = member_id(member)
+    local jk = K .. 'job:' .. id
+    push(ready, queue, member)
+    local job = redis.call('HMGET', jk, 'state', 'attempt', 'kind')
+    if job[1] == 'queued' or job[1] == 'retrying' then
+      push(waiting, queue, id)
+      push(was, job[1], id)
+      now_running[#now_running + 1] = 0
+      now_running[#now_running + 1] = id
+      redis.call('HSET', jk, 'state', 'running', 'attempt', tonumber(job[2]) + 1,
+        'lease_token', token, 'lease_expires', expires, 'worker', worker, 'started_at', now,
+        'cancel_requested', '0')
+      redis.call('HDEL', jk, 'finished_at', 'progress_fraction', 'progress_message')
+      leases[#leases + 1] = expires
+      leases[#leases + 1] = id
+      ids[#ids + 1] = id
+      push(running, queue, id)
+      taken[#taken + 1] = {id, job[3]}
+      out[#out + 1] = event(id)
+    end
+  end
+  for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, members) end
+  for queue, ids in pairs(waiting) do bulk('ZREM', K .. 'waiting:' .. queue, ids) end
+  for queue, ids in pairs(running) do bulk('SADD', K .. 'running:' .. queue, ids) end
+  if #leases > 0 then bulk('ZADD', K .. 'leases', leases) end
+  for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
+  if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
+  note_claim(token, ids, now, expires)
+  return out, taken
+end
+
+-- Limits per kind: limits (hash: kind -> JSON {queue, max_running, rate, per_s}, as the
+-- latest worker to start declared them), krun:<kind> (set: the kind's jobs a gated claim
+-- leased; members no longer running are dropped as they are counted), kstarts:<kind> (zset
+-- by start time: the kind's starts within its rate's window).
+
+-- The kind's running jobs (dropping members that are not running any more).
+local function kind_running(kind)
+  local key = K .. 'krun:' .. kind
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', key)) do
+    if redis.call('HGET', K .. 'job:' .. id, 'state') == 'running' then
+      n = n + 1
+    else
+      redis.call('SREM', key, id)
+    end
+  end
+  return n
+end
+
+-- The kind's starts within the window ending at `now` (dropping older ones), and, when
+-- `rate` or more, the time the start that must leave before one more fits leaves.
+local function kind_starts(kind, per_s, rate, now)
+  local key = K .. 'kstarts:' .. kind
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - per_s)
+  local n = redis.call('ZCARD', key)
+  local due = nil
+  if n >= rate then
+    local at = redis.call('ZRANGE', key, n - rate, n - rate, 'WITHSCORES')[2]
+    due = tonumber(at) + per_s
+  end
+  return n, due
+end
+
+-- Per limited kind of `queues` (a set): {limits, running, starts, allowance, due}.
+local function kind_gates(queues, now)
+  local gates = {}
+  local flat = redis.call('HGETALL', K .. 'limits')
+  for i = 1, #flat, 2 do
+    local lim = cjson.decode(flat[i + 1])
+    if queues == nil or queues[lim.queue] then
+      local g = {lim = lim, running = kind_running(flat[i]), starts = 0, allow = math.huge}
+      if lim.max_running ~= cjson.null then
+        g.allow = math.min(g.allow, lim.max_running - g.running)
+      end
+      if lim.rate ~= cjson.null then
+        g.starts, g.due = kind_starts(flat[i], lim.per_s, lim.rate, now)
+        g.allow = math.min(g.allow, lim.rate - g.starts)
+      end
+      g.allow = math.max(0, g.allow)
+      gates[flat[i]] = g
+    end
+  end
+  return gates
+end

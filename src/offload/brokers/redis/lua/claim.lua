@@ -7,19 +7,9 @@
 local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
 local expires = seconds_after(now, ARGV[4])
 local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
-local note = K .. 'claim:' .. token
 if ARGV[8] == '1' then
-  local noted = redis.call('GET', note)
-  if noted then
-    local out = {}
-    for id in string.gmatch(noted, '[^,]+') do
-      local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token')
-      if job[1] == 'running' and job[2] == token then
-        out[#out + 1] = redis.call('HGETALL', K .. 'job:' .. id)
-      end
-    end
-    return out
-  end
+  local noted = noted_claim(token)
+  if noted then return noted end
 end
 local queues = {}
 for i = 9, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
@@ -94,8 +84,7 @@ if #leases > 0 then
   bulk('ZADD', K .. 'leases', leases)
   local ids = {}
   for i = 2, #leases, 2 do ids[#ids + 1] = leases[i] end
-  local ttl = math.max(1, math.ceil(tonumber(expires) - tonumber(now)))
-  redis.call('SET', note, table.concat(ids, ','), 'EX', ttl)
+  note_claim(token, ids, now, expires)
 end
 for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
 if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
