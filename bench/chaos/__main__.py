@@ -40,6 +40,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def shown(argv: list[str]) -> list[str]:
+    """The arguments as the docs show them: without `--json` and its file (a local path)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg == "--json" or arg.startswith("--json="):
+            skip = arg == "--json"
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     # A SIGTERM (a test's timeout, Ctrl-C's cousin) unwinds: the processes and the engine
@@ -72,7 +84,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=2, default=str))
     if args.docs:
-        write_docs(args.docs, reports, " ".join(["python -m bench.chaos", *argv]))
+        write_docs(args.docs, reports, " ".join(["python -m bench.chaos", *shown(argv)]))
     return 1 if any(r.problems() for r in reports) else 0
 
 
