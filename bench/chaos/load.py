@@ -69,7 +69,8 @@ def http_client(base: str) -> httpx.Client:
 
 def is_problem(answer: httpx.Response) -> bool:
     """An RFC 9457 problem document, as every HTTP error of offload must be."""
-    return answer.headers.get("content-type", "").startswith("application/problem+json")
+    content_type: str = answer.headers.get("content-type", "")
+    return content_type.startswith("application/problem+json")
 
 
 def post_job(client: httpx.Client, ledger: Ledger, sub: Submission) -> str | None:
