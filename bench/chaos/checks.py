@@ -18,11 +18,11 @@ from .ledger import Fault, Ledger
 #: stopped for longer than its lease. (A SIGTERM is no such fault: the worker finishes or
 #: gives back what it holds.)
 WORKER_FAULTS = {"worker_kill", "worker_stop"}
-#: Faults that may make any job in flight anywhere run again: a worker's clock off by more
-#: than a lease (harmless where the engine times the leases, as offload's engines do, but a
-#: lease judged by a skewed clock lapses early for everyone), and an engine unreachable
-#: (heartbeats fail; a crash may forget the last writes).
-GLOBAL_FAULTS = {"worker_skew", "engine_restart", "engine_crash"}
+#: Faults that may make any job in flight anywhere run again: an engine unreachable
+#: (heartbeats fail; a crash may forget the last writes). A worker's clock off by more than
+#: a lease explains nothing: every engine times leases by its own clock, so a duplicate
+#: during a skew is a failure.
+GLOBAL_FAULTS = {"engine_restart", "engine_crash"}
 #: Seconds a Redis with `appendfsync everysec` may lose before a crash (one second of
 #: writes, and the fsync that may lag one more).
 EVERYSEC_LOSS_S = 2.0
@@ -179,8 +179,8 @@ class Checker:
                 r.refused_results += 1
 
     def explained(self, e: Execution) -> str | None:
-        """The fault that explains an execution: a kill or a stop of its own worker, or a
-        clock skew or an engine restart anywhere, while it ran (see `reach`)."""
+        """The fault that explains an execution: a kill or a stop of its own worker, or an
+        engine restart anywhere, while it ran (see `reach`)."""
         end = e.end if e.end is not None else float("inf")
         own = [f for f in self.ledger.faults if f.kind in WORKER_FAULTS and f.pid == e.pid]
         every = [f for f in self.ledger.faults if f.kind in GLOBAL_FAULTS]
@@ -195,8 +195,8 @@ class Checker:
 
         Before a kill or a stop: a finished run whose outcome the worker had not written yet
         (the lease lapses). After a stop: the jobs it held ahead, started as it resumes.
-        After a skew or an engine's return: leases stamped or left unbeaten meanwhile lapse
-        within a lease. Before a crash of a Redis that fsyncs every second: its last writes.
+        After an engine's return: leases left unbeaten meanwhile lapse within a lease.
+        Before a crash of a Redis that fsyncs every second: its last writes.
         """
         lease = self.lease_s
         if kind == "worker_kill":

@@ -99,9 +99,10 @@ class Injector:
 
     def _free(self, p: Planned) -> object | None:
         """What the fault will hold: its worker slot (the next free one when that one is
-        busy) or its kind's resource (web, conn, engine); None when busy."""
+        busy) or its kind's resource (web, or the engine: a connection kill needs the engine
+        up, so it waits out a restart rather than failing to connect); None when busy."""
         if p.kind not in WORKER_KINDS:
-            resource = p.kind.split("_")[0]
+            resource = "engine" if p.kind == "conn_kill" else p.kind.split("_")[0]
             return None if resource in self.busy else resource
         slots = len(self.stack.workers)
         for i in range(slots):

@@ -329,8 +329,17 @@ class App:
                 `rate` not of the form `"100/m"`.
         """
         spec = self.spec_of(cls)
-        if max_running is not None and max_running < 1:
-            raise ConfigurationError(f"max_running of {spec.kind!r} must be at least 1")
+        if max_running is not None and (
+            isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+        ):
+            raise ConfigurationError(
+                f"max_running of {spec.kind!r} must be a whole number of at least 1, "
+                f"not {max_running!r}"
+            )
+        if rate is not None and not isinstance(rate, str):
+            raise ConfigurationError(
+                f"rate of {spec.kind!r} must be a string such as '100/m', not {rate!r}"
+            )
         parsed_rate = None if rate is None else parse_rate(rate)
 
         def register(fn: F) -> F:
@@ -384,8 +393,11 @@ class App:
             raise ConfigurationError(f"periodic needs a Message instance, not {message!r}")
         try:
             kind = self.spec_of(type(message)).kind
-        except UnknownKind as exc:
-            raise ConfigurationError(f"periodic: {exc} (declare it with @app.message)") from None
+        except UnknownKind:
+            raise ConfigurationError(
+                f"periodic: {type(message).__name__} is not a message kind of this app "
+                "(declare it with @app.message)"
+            ) from None
         schedule = declare(
             message, kind, cron=cron, tz=tz, every=every, catch_up=catch_up, name=name
         )

@@ -35,8 +35,10 @@ def parse_rate(rate: str) -> tuple[int, float]:
     if match is None:
         raise ConfigurationError(f"rate {rate!r} is not of the form '100/m' (units s, m, h)")
     count, times, unit = int(match[1]), int(match[2] or 1), match[3]
-    if count < 1 or times < 1:
-        raise ConfigurationError(f"rate {rate!r} allows nothing: counts start at 1")
+    if count < 1:
+        raise ConfigurationError(f"rate {rate!r} allows nothing: the count starts at 1")
+    if times < 1:
+        raise ConfigurationError(f"rate {rate!r} has a window of 0 seconds")
     return count, times * RATE_UNITS[unit]
 
 

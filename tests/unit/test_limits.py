@@ -3,6 +3,8 @@ window of starts, the positions a claim takes, and the declaration in `App.handl
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from offload import App, Context, Message
@@ -70,13 +72,25 @@ def test_handles_declares_the_limits_of_its_kind() -> None:
     )
 
 
-@pytest.mark.parametrize("bad", [{"max_running": 0}, {"rate": "often"}])
-def test_handles_refuses_a_bad_limit(bad: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({"max_running": 0}, "whole number of at least 1, not 0"),
+        ({"max_running": "2"}, "whole number of at least 1, not '2'"),
+        ({"max_running": True}, "whole number of at least 1, not True"),
+        ({"max_running": 2.5}, "whole number of at least 1, not 2.5"),
+        ({"rate": "often"}, "not of the form"),
+        ({"rate": 5}, "must be a string such as '100/m', not 5"),
+        ({"rate": "0/m"}, "the count starts at 1"),
+        ({"rate": "5/0s"}, "a window of 0 seconds"),
+    ],
+)
+def test_handles_refuses_a_bad_limit_saying_why(bad: dict[str, object], says: str) -> None:
     app = App("t", url="memory://")
 
     @app.message("t.job")
     class Job(Message):
         pass
 
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=re.escape(says)):
         app.handles(Job, **bad)  # type: ignore[arg-type]

@@ -207,7 +207,7 @@ def test_a_message_of_an_unknown_kind_is_refused() -> None:
     class Stranger(Message):
         pass
 
-    with pytest.raises(ConfigurationError, match=r"declare it with @app\.message"):
+    with pytest.raises(ConfigurationError, match=r"Stranger is not a message kind.*@app\.message"):
         _app().periodic(Stranger(), every=timedelta(seconds=30))
     with pytest.raises(ConfigurationError, match="Message instance"):
         _app().periodic(Digest, every=timedelta(seconds=30))  # type: ignore[arg-type]
