@@ -593,10 +593,24 @@ def jobs_list(
 
 @jobs_cli.command("show")
 def jobs_show(job_id: JobId, app: OptApp = None, url: Url = None) -> None:
-    """Show one job's status record, with the traceback of a failure (for operators)."""
+    """Show one job: its status record, with the traceback of a failure, and what is stored
+    with it (owner, queue, version, payload, idempotency key), for operators."""
 
     async def show(a: App) -> dict[str, Any]:
-        return await a.status(await _resolve(a, job_id), tracebacks=True)
+        found = await _resolve(a, job_id)
+        record = await a.status(found, tracebacks=True)
+        row = await a.get(found)
+        if row is not None:
+            record["stored"] = {
+                "owner": row.owner,
+                "queue": row.queue,
+                "version": row.version,
+                "priority": row.priority,
+                "payload": row.payload,
+                "idempotency_key": row.idempotency_key,
+                "options": row.options,
+            }
+        return record
 
     _console().print_json(orjson.dumps(_with_app(app, url, show)).decode())
 

@@ -142,6 +142,8 @@ def test_jobs_show_retry_and_cancel_take_a_unique_prefix(url: str) -> None:
     shown = invoke("jobs", "show", job_id[:13], "--url", url)
     assert shown.exit_code == 0, shown.output
     assert job_id in shown.output and '"state": "queued"' in shown.output
+    stored = orjson.loads(shown.output)["stored"]
+    assert stored["payload"] == {"period": "2026-10"} and stored["owner"] == "local"
     cancelled = invoke("jobs", "cancel", job_id[:8].upper(), "--url", url)
     assert cancelled.exit_code == 0 and f"job {job_id} cancelled" in cancelled.output
     retried = invoke("jobs", "retry", job_id.replace("-", "")[:20], "--url", url)
