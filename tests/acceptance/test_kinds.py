@@ -37,7 +37,7 @@ class Confirm(Message):
 def declare() -> Any:
     def declare(app: App) -> App:
         app.message("reports.export", version=3, queue="reports")(Export)
-        app.message("images.resize", queue="images")(Resize)
+        app.message("images.resize", queue="images", fair=True)(Resize)
         app.message("mail.confirm", queue="mail", http=False)(Confirm)
         return app
 
@@ -62,6 +62,8 @@ async def test_kinds_lists_what_a_client_may_post_with_the_schema_it_must_meet(
         assert [k["kind"] for k in kinds] == ["images.resize", "reports.export"]
         export = kinds[1]
         assert (export["version"], export["queue"]) == (3, "reports")
+        # A fair queue's kind says so (its jobs are claimed in turn across owners).
+        assert (kinds[0]["fair"], export["fair"]) == (True, False)
         assert export["links"] == {"submit": "/v1/jobs/reports.export"}
         # The body's schema leaves out the field the server fills from the caller.
         schema = export["schema"]

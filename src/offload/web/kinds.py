@@ -55,6 +55,10 @@ class Kind(BaseModel):
     unique: UniqueRule | None = Field(
         default=None, description="set for a kind declared unique; null otherwise"
     )
+    fair: bool = Field(
+        default=False,
+        description="its queue is fair: jobs are claimed in turn across owners",
+    )
     links: KindLinks
 
 
@@ -75,6 +79,7 @@ async def kinds(request: Request) -> KindList:
     auth.principal(request)  # 401 for a caller who is not signed in
     app: App = request.app.state.offload
     root = root_of(request)
+    fair_queues = {spec.queue for spec in app.kinds.values() if spec.fair}
     listed = [
         {
             "kind": kind,
@@ -82,6 +87,7 @@ async def kinds(request: Request) -> KindList:
             "queue": spec.queue,
             "schema": client_schema(spec),
             "unique": None if spec.unique is None else _unique_rule(spec),
+            "fair": spec.queue in fair_queues,
             "links": {"submit": f"{root}/v1/jobs/{kind}"},
         }
         for kind, spec in sorted(app.kinds.items())
