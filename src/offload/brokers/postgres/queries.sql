@@ -618,19 +618,23 @@ LIMIT %(limit)s
 
 -- name: fair_owners
 -- The owners with waiting jobs in each fair queue (a skip scan of offload_jobs_fair: one
--- probe per owner, not one per job), least recently served first.
+-- probe per owner, not one per job), least recently served first. The queue is bounded on
+-- both sides rather than equal, and the order is by queue and owner: with `queue =` the
+-- planner may walk offload_jobs_owner instead, filtering every other queue's jobs (27 ms
+-- a claim with 50,000 jobs of another queue, against 0.4 ms this way). claim_fair alike.
 WITH RECURSIVE o AS (
     SELECT q.name AS queue, (
         SELECT j.owner FROM offload_jobs j
-        WHERE j.state IN ('queued', 'retrying') AND j.queue = q.name
-        ORDER BY j.owner LIMIT 1) AS owner
+        WHERE j.state IN ('queued', 'retrying') AND j.queue >= q.name AND j.queue <= q.name
+        ORDER BY j.queue, j.owner LIMIT 1) AS owner
     FROM unnest(%(queues)s::text[]) AS q(name)
     WHERE NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = q.name)
     UNION ALL
     SELECT o.queue, (
         SELECT j.owner FROM offload_jobs j
-        WHERE j.state IN ('queued', 'retrying') AND j.queue = o.queue AND j.owner > o.owner
-        ORDER BY j.owner LIMIT 1)
+        WHERE j.state IN ('queued', 'retrying') AND j.queue >= o.queue AND j.queue <= o.queue
+            AND j.owner > o.owner
+        ORDER BY j.queue, j.owner LIMIT 1)
     FROM o WHERE o.owner IS NOT NULL
 )
 SELECT o.queue, o.owner FROM o
@@ -701,15 +705,16 @@ SELECT pg_notify('offload_work', q) FROM unnest(%(queues)s::text[]) AS q
 WITH RECURSIVE o AS (
     SELECT q.name AS queue, (
         SELECT j.owner FROM offload_jobs j
-        WHERE j.state IN ('queued', 'retrying') AND j.queue = q.name
-        ORDER BY j.owner LIMIT 1) AS owner
+        WHERE j.state IN ('queued', 'retrying') AND j.queue >= q.name AND j.queue <= q.name
+        ORDER BY j.queue, j.owner LIMIT 1) AS owner
     FROM unnest(%(fair)s::text[]) AS q(name)
     WHERE NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = q.name)
     UNION ALL
     SELECT o.queue, (
         SELECT j.owner FROM offload_jobs j
-        WHERE j.state IN ('queued', 'retrying') AND j.queue = o.queue AND j.owner > o.owner
-        ORDER BY j.owner LIMIT 1)
+        WHERE j.state IN ('queued', 'retrying') AND j.queue >= o.queue AND j.queue <= o.queue
+            AND j.owner > o.owner
+        ORDER BY j.queue, j.owner LIMIT 1)
     FROM o WHERE o.owner IS NOT NULL
 ), turns AS (
     SELECT * FROM (
