@@ -259,8 +259,14 @@ async def test_a_gated_claim_whose_reply_was_lost_hands_over_what_it_leased(
         assert [le.envelope.attempt for le in leases] == [1] * len(leases)
         return [le.job_id for le in leases]
 
-    pg_query = {"limited": "claim_picked", "fair": "claim_fair"}[gate]
-    loss.arm("claim_gated" if loss.engine == "redis" else pg_query)
+    if loss.engine == "redis":
+        loss.arm("claim_gated")
+    elif gate == "limited":
+        loss.arm("claim_picked")
+    else:  # a claim of fair queues only: `claim_fair` without its plain queues' part
+        from offload.brokers.postgres.backend import _CLAIM_FAIR_ONLY
+
+        loss.arm("claim_fair", query=_CLAIM_FAIR_ONLY)
     # When the claim is sent again
     first = await gated(2)
     # Then it answers the two jobs the lost attempt leased (their first attempt), leases no

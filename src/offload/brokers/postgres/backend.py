@@ -101,6 +101,16 @@ def _resent(sql: str) -> str:
 _ENQUEUE_AGAIN = _resent(Q["enqueue"])
 
 
+def _fair_only(sql: str) -> str:
+    """`claim_fair` without its plain queues' part, for a claim of fair queues only: a part
+    that finds nothing still costs its planning, a fifth of the statement's."""
+    start = sql.index("    UNION ALL\n    -- the plain queues'")
+    return sql[:start] + sql[sql.index("), picked AS") :]
+
+
+_CLAIM_FAIR_ONLY = _fair_only(Q["claim_fair"])
+
+
 def _lease_of(row: tuple[Any, ...], token: str, worker: str) -> Lease:
     """A lease from one row of the claim query."""
     named = dict(zip(_LEASE_COLUMNS, row, strict=True))
@@ -719,6 +729,7 @@ class PostgresBackend:
             "worker": worker_id,
             "now": self._now(),
         }
+        sql = Q["claim_fair"] if params["queues"] else _CLAIM_FAIR_ONLY
 
         async def attempt(resent: bool) -> list[tuple[Any, ...]]:
             async with self._conn() as conn:
@@ -726,7 +737,7 @@ class PostgresBackend:
                 if resent and (rows := await _claimed(c, token)):
                     return rows
                 async with c.cursor(row_factory=tuple_row) as cur:
-                    await cur.execute(Q["claim_fair"], params)
+                    await cur.execute(sql, params)
                     return await cur.fetchall()
 
         self._held_back = (False, None)
