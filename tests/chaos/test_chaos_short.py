@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ..services import unavailable
+from .engine_support import require_engine
 
 TOP = Path(__file__).resolve().parents[2]
 #: Seeds fixed, so a failure can be replayed with the same faults at the same moments.
@@ -48,27 +47,21 @@ def run_driver(command: list[str], timeout: float = 780) -> tuple[int, str]:
     return proc.returncode, out[-6000:]
 
 
-def needs(*programs: str) -> None:
-    for program in programs:
-        if shutil.which(program) is None:
-            unavailable(program, "not on PATH (the chaos run starts its own server)")
-
-
 @pytest.mark.chaos
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
-    ("engine", "setting", "programs"),
+    ("engine", "setting"),
     [
-        pytest.param("sqlite", "", (), id="sqlite"),
-        pytest.param("postgres", "", ("initdb", "pg_ctl"), id="postgres"),
-        pytest.param("redis", "appendfsync=always", ("redis-server",), id="redis-always"),
+        pytest.param("sqlite", "", id="sqlite"),
+        pytest.param("postgres", "", id="postgres"),
+        pytest.param("redis", "appendfsync=always", id="redis-always"),
     ],
 )
 def test_faults_lose_no_job_and_every_duplicate_has_a_cause(
-    engine: str, setting: str, programs: tuple[str, ...], tmp_path: Path
+    engine: str, setting: str, tmp_path: Path
 ) -> None:
-    needs(*programs)
+    require_engine(engine)  # the run starts its own server
     # Given the chaos driver against a private engine, with a fixed seed,
     report_path = tmp_path / "report.json"
     command = [sys.executable, "-m", "bench.chaos", "--engine", engine, "--seed", str(SEED)]
