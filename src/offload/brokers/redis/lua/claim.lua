@@ -53,40 +53,6 @@ else
   redis.call('DEL', merge)
 end
 
-local out, ready, waiting, running, leases, was = {}, {}, {}, {}, {}, {}
-local now_running = {}
-for _, pick in ipairs(picked) do
-  local member, queue = pick[1], pick[2]
-  local id = member_id(member)
-  local jk = K .. 'job:' .. id
-  push(ready, queue, member)
-  local job = redis.call('HMGET', jk, 'state', 'attempt')
-  if job[1] == 'queued' or job[1] == 'retrying' then
-    push(waiting, queue, id)
-    push(was, job[1], id)
-    now_running[#now_running + 1] = 0
-    now_running[#now_running + 1] = id
-    redis.call('HSET', jk, 'state', 'running', 'attempt', tonumber(job[2]) + 1,
-      'lease_token', token, 'lease_expires', expires, 'worker', worker, 'started_at', now,
-      'cancel_requested', '0')
-    redis.call('HDEL', jk, 'finished_at', 'progress_fraction', 'progress_message')
-    leases[#leases + 1] = expires
-    leases[#leases + 1] = id
-    push(running, queue, id)
-    out[#out + 1] = event(id)
-  end
-end
--- The index updates of the whole batch: one variadic call per key.
-for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, members) end
-for queue, ids in pairs(waiting) do bulk('ZREM', K .. 'waiting:' .. queue, ids) end
-for queue, ids in pairs(running) do bulk('SADD', K .. 'running:' .. queue, ids) end
-if #leases > 0 then
-  bulk('ZADD', K .. 'leases', leases)
-  local ids = {}
-  for i = 2, #leases, 2 do ids[#ids + 1] = leases[i] end
-  note_claim(token, ids, now, expires)
-end
-for state, ids in pairs(was) do bulk('ZREM', K .. 'st:' .. state, ids) end
-if #now_running > 0 then bulk('ZADD', K .. 'st:running', now_running) end
+local out = lease_picked(picked, now, token, expires, worker)
 announce_changes()
 return out
