@@ -1,6 +1,6 @@
 # offload: `make demo` runs the demo, `make test` runs the whole suite (with coverage),
 # `make check` lints, type-checks, checks the import contract and the demo's message contracts.
-PYTHON ?= python3
+PYTHON ?= $(shell sh scripts/python.sh)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
