@@ -23,7 +23,7 @@ from ..errors import BackendError
 from .auth import DEFAULT_CHALLENGE, authenticated
 from .events import EventStreamResponse, Hub, follow_owner, owner_stream
 from .models import JobEvent, Ticket
-from .origins import refuse_cross_site
+from .origins import cross_site_guard, refuse_cross_site
 from .present import presenter_of, root_of
 from .problems import BACKEND_RETRY_AFTER, JSONResponse, Problem
 from .responses import API_ERRORS, STRING, header, problems
@@ -99,7 +99,7 @@ def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
 @router.post(
     "/ws-ticket",
     status_code=201,
-    dependencies=[Depends(refuse_cross_site)],
+    dependencies=[Depends(cross_site_guard)],
     response_model=Ticket,
     response_description="A ticket, valid for 60 s",
     responses={

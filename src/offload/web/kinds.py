@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from ..app import App, MessageSpec
 from ..contracts import client_schema
 from .auth import authenticated
-from .origins import refuse_cross_site
+from .origins import cross_site_guard
 from .present import root_of
 from .responses import API_ERRORS, problems
 from .runtime import opened
@@ -20,7 +20,7 @@ from .runtime import opened
 #: and while the backend is down it answers 503 like the others.
 router = APIRouter(
     prefix="/v1",
-    dependencies=[Depends(refuse_cross_site), Depends(opened), Depends(authenticated)],
+    dependencies=[Depends(cross_site_guard), Depends(opened), Depends(authenticated)],
 )
 
 

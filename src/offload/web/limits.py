@@ -22,13 +22,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = problem(
-            413, f"the request body is larger than {self.max_bytes} bytes", slug="body-too-large"
-        )
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await too_large(scope, receive, send)
+                    await self._too_large()(scope, receive, send)
                     return
         seen = 0
         started = False
@@ -52,4 +49,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await too_large(scope, receive, send)
+                await self._too_large()(scope, receive, send)
+
+    def _too_large(self) -> ASGIApp:
+        """The 413 answer (made when needed: most requests fit)."""
+        return problem(
+            413, f"the request body is larger than {self.max_bytes} bytes", slug="body-too-large"
+        )

@@ -24,7 +24,8 @@ from .._links import JOBS_PATH
 from ..app import App, MessageSpec
 from .models import StatusRecord
 from .responses import API_ERRORS, PROBLEM_MEDIA_TYPE, SECONDS, STRING, header, problems
-from .routes import OPERATORS_ONLY, JobOptions, job_options, submit
+from .routes import OPERATORS_ONLY
+from .submit import JobOptions, job_options, submit
 
 #: The schema of the 422 answer FastAPI declares on its own.
 FASTAPI_422 = "#/components/schemas/HTTPValidationError"

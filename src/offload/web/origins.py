@@ -81,3 +81,9 @@ def refuse_cross_site(conn: HTTPConnection) -> None:
             "server and clients that are not browsers may change jobs",
             slug="cross-site-request",
         )
+
+
+async def cross_site_guard(conn: HTTPConnection) -> None:
+    """`refuse_cross_site` as a route dependency, run on the event loop: FastAPI runs a
+    plain function dependency in its thread pool, a thread hop on every request."""
+    refuse_cross_site(conn)

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BeforeValidator, ValidationError
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
-from ..app import App, MessageSpec
+from ..app import App
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
-from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
-from .auth import admin_only, authenticated, kind_allowed
+from .auth import admin_only, authenticated
 from .events import EventStreamResponse, job_stream
 from .feeds import is_digits
-from .fleet import require_live_worker
 from .models import (
     JobEvent,
     JobPage,
@@ -32,7 +26,7 @@ from .models import (
     StatusRecordWithDeliveries,
     Workers,
 )
-from .origins import refuse_cross_site
+from .origins import cross_site_guard
 from .present import blob_refs, presenter_of, root_of
 from .problems import JSONResponse, Problem
 from .responses import API_ERRORS, STRING, header, problems
@@ -41,15 +35,13 @@ from .runtime import opened
 #: Development mode refuses cross-site writes on every route here (see `origins`).
 router = APIRouter(
     prefix="/v1",
-    dependencies=[Depends(refuse_cross_site), Depends(opened), Depends(authenticated)],
+    dependencies=[Depends(cross_site_guard), Depends(opened), Depends(authenticated)],
 )
 #: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
 EVENT_ID = {"pattern": "^[0-9]*$"}
 #: Marks an operation for operators only (`admin_only`) in the OpenAPI document, which
 #: states how anyone else is answered (`openapi._security`); the marker itself is dropped.
 OPERATORS_ONLY = "x-offload-operators-only"
-#: Seconds a client is told to wait before polling a new job.
-DEFAULT_RETRY_AFTER_S = 1
 
 
 def allowed_methods(request: Request, routes: Iterable[BaseRoute]) -> list[str]:
@@ -94,165 +86,6 @@ async def _owned(request: Request, job_id: str) -> JobRow:
 
 def _not_found(job_id: str) -> Problem:
     return Problem(404, f"no job {job_id}", slug="job-not-found")
-
-
-@dataclass(frozen=True, slots=True)
-class JobOptions:
-    """The job options of a submission: query parameters, and the Idempotency-Key header."""
-
-    priority: int
-    delay: float | None
-    run_at: datetime | None
-    callback_url: str | None
-    notify_email: str | None
-    idempotency_key: str | None
-
-
-def _no_unix_time(value: Any) -> Any:
-    """`run_at` is an RFC 3339 date-time: not the number pydantic would read as a Unix time."""
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return value
-        raise ValueError("run_at must be an RFC 3339 date-time with a timezone, not a number")
-    return value
-
-
-def job_options(
-    priority: Annotated[int, Query(ge=-1000, le=1000, description="lower runs first")] = 0,
-    delay: Annotated[
-        float | None, Query(ge=0, le=366 * 86400, description="seconds to wait before it runs")
-    ] = None,
-    run_at: Annotated[
-        Annotated[datetime, BeforeValidator(_no_unix_time)] | None,
-        Query(description="not before this time (RFC 3339, with a timezone); not with delay"),
-    ] = None,
-    callback_url: Annotated[
-        str | None,
-        Query(max_length=MAX_CALLBACK_URL_LENGTH, description="a webhook called when it ends"),
-    ] = None,
-    notify_email: Annotated[
-        str | None, Query(max_length=254, description="an address emailed when it ends")
-    ] = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(max_length=255, description="a repeat with the same key returns the first job"),
-    ] = None,
-) -> JobOptions:
-    """A dependency of the submit route: its options, as FastAPI validates them."""
-    return JobOptions(priority, delay, run_at, callback_url, notify_email, idempotency_key)
-
-
-def _check_options(request: Request, options: JobOptions) -> None:
-    errors = []
-    delay, run_at, callback_url = options.delay, options.run_at, options.callback_url
-    if delay is not None and run_at is not None:
-        errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
-    if run_at is not None and run_at.tzinfo is None:
-        errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
-    invalid = delivery_option_errors(callback_url, options.notify_email)
-    errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
-    if callback_url is not None and "callback_url" not in invalid:
-        allow = _app(request).settings.webhook_allow_private
-        why = callback_url_refusal(callback_url, allow_private=allow)
-        if why:
-            errors.append({"loc": ["query", "callback_url"], "msg": why})
-    if errors:
-        raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
-
-
-def is_json_media_type(content_type: str) -> bool:
-    """`application/json` or `application/<anything>+json`, parameters aside."""
-    media = content_type.partition(";")[0].strip().lower()
-    top, _, sub = media.partition("/")
-    return top == "application" and (sub == "json" or (sub.endswith("+json") and sub != "+json"))
-
-
-def _require_json(request: Request) -> None:
-    """A message comes as JSON, declared so: the bodies a page of another site may send
-    without a CORS preflight (text/plain, forms) are refused before they are read.
-
-    Raises:
-        Problem: 415 for any other (or no) Content-Type.
-    """
-    if not is_json_media_type(request.headers.get("content-type", "")):
-        raise Problem(
-            415,
-            "send the message as JSON, with Content-Type: application/json",
-            slug="unsupported-media-type",
-            headers={"Accept-Post": "application/json, application/*+json"},
-        )
-
-
-def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
-    """The body with the caller's principal in each `FromPrincipal` field.
-
-    Raises:
-        Problem: 422 when the client sent such a field (even with its own name).
-    """
-    if not spec.principal_fields or not isinstance(data, dict):
-        return data  # a body that is no object fails validation as it is
-    sent = [key for key in spec.principal_fields if key in data]
-    if sent:
-        why = "set from the caller's credentials: leave it out"
-        errors = [{"loc": [key], "msg": why, "type": "from_principal"} for key in sent]
-        detail = f"the body is not a valid {spec.kind} message"
-        raise Problem(422, detail, slug="invalid-payload", errors=errors)
-    return {**data, **dict.fromkeys(spec.principal_fields, principal)}
-
-
-# Served for every kind; the OpenAPI document shows one route per kind instead (`openapi`).
-@router.post(
-    "/jobs/{kind}", status_code=202, dependencies=[Depends(kind_allowed)], include_in_schema=False
-)
-async def submit(
-    request: Request, kind: str, options: Annotated[JobOptions, Depends(job_options)]
-) -> Response:
-    """Validate the body against the kind's message class, enqueue, answer 202 (200 with
-    the job of the same unique key, for a kind declared `unique`, while that job is queued
-    or active)."""
-    principal = _state(request).auth.principal(request)
-    app = _app(request)
-    spec = app.kinds.get(kind)
-    if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
-        raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
-    _require_json(request)
-    _check_options(request, options)
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
-    data = _with_principal(data, spec, principal)
-    try:
-        message = spec.cls.model_validate(data)
-    except ValidationError as exc:
-        errors = orjson.loads(exc.json(include_url=False))
-        raise Problem(
-            422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
-        ) from None
-    # OFFLOAD_REQUIRE_WORKER_VERSION=1: 503 unless a live worker runs this version.
-    await require_live_worker(app, spec)
-    envelope = app.envelope(
-        message,
-        owner=principal,
-        priority=options.priority,
-        delay=options.delay,
-        run_at=options.run_at,
-        idempotency_key=options.idempotency_key,
-        callback_url=options.callback_url,
-        notify_email=options.notify_email,
-    )
-    job, row = await app.submit(envelope)
-    location = f"{root_of(request)}/v1/jobs/{job.id}"
-    if job.unique_repeat:
-        return JSONResponse(
-            presenter_of(request).row(row), status_code=200, headers={"Location": location}
-        )
-    headers = {"Location": location, "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
-    if not job.created:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(presenter_of(request).row(row), status_code=202, headers=headers)
 
 
 @router.get(

@@ -1,0 +1,251 @@
+"""POST /v1/jobs/{kind}: validate a job submission, enqueue it, answer 202.
+
+The web tier's hot path, served by a plain Starlette route: FastAPI would solve the /v1
+routers' dependencies and validate each option on every request, which cost more than
+all the rest of a submission (bench/RESULTS.md, the web tier). `submit` makes the same
+checks in the same order, with the same answers: refuse a cross-site write (403), open the
+backend (503), ask who is calling, refuse a kind the caller's token may not submit (404),
+validate the options (422, as FastAPI words it), then 401, 404, 415, 422 from the handler.
+The OpenAPI document shows the route once per kind, its options from `job_options`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, get_type_hints
+
+import orjson
+from fastapi import Header, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError, create_model
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .._links import JOBS_PATH
+from ..app import App, MessageSpec
+from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
+from .auth import kind_allowed
+from .fleet import require_live_worker
+from .origins import refuse_cross_site
+from .present import presenter_of, root_of
+from .problems import JSONResponse, Problem
+
+#: Seconds a client is told to wait before polling a new job.
+DEFAULT_RETRY_AFTER_S = 1
+#: The headers of a 202, but for the job's Location.
+_ACCEPTED_HEADERS = {"Retry-After": str(DEFAULT_RETRY_AFTER_S)}
+
+
+def _app(request: Request) -> App:
+    app: App = request.app.state.offload
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The job options of a submission: query parameters, and the Idempotency-Key header."""
+
+    priority: int
+    delay: float | None
+    run_at: datetime | None
+    callback_url: str | None
+    notify_email: str | None
+    idempotency_key: str | None
+
+
+def _no_unix_time(value: Any) -> Any:
+    """`run_at` is an RFC 3339 date-time: not the number pydantic would read as a Unix time."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("run_at must be an RFC 3339 date-time with a timezone, not a number")
+    return value
+
+
+async def job_options(
+    priority: Annotated[int, Query(ge=-1000, le=1000, description="lower runs first")] = 0,
+    delay: Annotated[
+        float | None, Query(ge=0, le=366 * 86400, description="seconds to wait before it runs")
+    ] = None,
+    run_at: Annotated[
+        Annotated[datetime, BeforeValidator(_no_unix_time)] | None,
+        Query(description="not before this time (RFC 3339, with a timezone); not with delay"),
+    ] = None,
+    callback_url: Annotated[
+        str | None,
+        Query(max_length=MAX_CALLBACK_URL_LENGTH, description="a webhook called when it ends"),
+    ] = None,
+    notify_email: Annotated[
+        str | None, Query(max_length=254, description="an address emailed when it ends")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="a repeat with the same key returns the first job"),
+    ] = None,
+) -> JobOptions:
+    """The options of a submission as the OpenAPI document shows them (`submit` validates
+    them with `OPTIONS_MODEL`, made from this signature)."""
+    return JobOptions(priority, delay, run_at, callback_url, notify_email, idempotency_key)
+
+
+def _check_options(request: Request, options: JobOptions) -> None:
+    errors = []
+    delay, run_at, callback_url = options.delay, options.run_at, options.callback_url
+    if delay is not None and run_at is not None:
+        errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
+    if run_at is not None and run_at.tzinfo is None:
+        errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
+    invalid = delivery_option_errors(callback_url, options.notify_email)
+    errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
+    if callback_url is not None and "callback_url" not in invalid:
+        allow = _app(request).settings.webhook_allow_private
+        why = callback_url_refusal(callback_url, allow_private=allow)
+        if why:
+            errors.append({"loc": ["query", "callback_url"], "msg": why})
+    if errors:
+        raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<anything>+json`, parameters aside."""
+    media = content_type.partition(";")[0].strip().lower()
+    top, _, sub = media.partition("/")
+    return top == "application" and (sub == "json" or (sub.endswith("+json") and sub != "+json"))
+
+
+def _require_json(request: Request) -> None:
+    """A message comes as JSON, declared so: the bodies a page of another site may send
+    without a CORS preflight (text/plain, forms) are refused before they are read.
+
+    Raises:
+        Problem: 415 for any other (or no) Content-Type.
+    """
+    if not is_json_media_type(request.headers.get("content-type", "")):
+        raise Problem(
+            415,
+            "send the message as JSON, with Content-Type: application/json",
+            slug="unsupported-media-type",
+            headers={"Accept-Post": "application/json, application/*+json"},
+        )
+
+
+def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
+    """The body with the caller's principal in each `FromPrincipal` field.
+
+    Raises:
+        Problem: 422 when the client sent such a field (even with its own name).
+    """
+    if not spec.principal_fields or not isinstance(data, dict):
+        return data  # a body that is no object fails validation as it is
+    sent = [key for key in spec.principal_fields if key in data]
+    if sent:
+        why = "set from the caller's credentials: leave it out"
+        errors = [{"loc": [key], "msg": why, "type": "from_principal"} for key in sent]
+        detail = f"the body is not a valid {spec.kind} message"
+        raise Problem(422, detail, slug="invalid-payload", errors=errors)
+    return {**data, **dict.fromkeys(spec.principal_fields, principal)}
+
+
+def _options_model() -> type[BaseModel]:
+    """`job_options`'s parameters as one pydantic model: the same types and constraints,
+    so the same errors FastAPI would give."""
+    hints = get_type_hints(job_options, include_extras=True)
+    defaults = job_options.__defaults__ or ()
+    names = [n for n in hints if n != "return"]
+    fields: dict[str, Any] = {
+        name: (hints[name], default) for name, default in zip(names, defaults, strict=True)
+    }
+    return create_model("SubmitOptions", **fields)
+
+
+#: The validator of a submission's options (`job_options`).
+OPTIONS_MODEL = _options_model()
+#: The query parameters among them; the one header is the Idempotency-Key.
+_QUERY_NAMES = tuple(n for n in OPTIONS_MODEL.model_fields if n != "idempotency_key")
+_DEFAULT_OPTIONS = JobOptions(0, None, None, None, None, None)
+
+
+def _loc(name: str) -> list[str]:
+    if name == "idempotency_key":
+        return ["header", "idempotency-key"]
+    return ["query", name]
+
+
+def read_options(request: Request) -> JobOptions:
+    """The submission's options, validated as FastAPI validates `job_options`.
+
+    Raises:
+        RequestValidationError: (422, `invalid-request`) an option is not valid.
+    """
+    key = request.headers.get("idempotency-key")
+    if not request.scope["query_string"] and key is None:
+        return _DEFAULT_OPTIONS
+    query = request.query_params
+    data = {name: query[name] for name in _QUERY_NAMES if name in query}
+    if key is not None:
+        data["idempotency_key"] = key
+    try:
+        valid = OPTIONS_MODEL.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"loc": _loc(str(e["loc"][0])), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False)
+        ]
+        raise RequestValidationError(errors) from None
+    return JobOptions(**valid.model_dump())
+
+
+async def submit(request: Request) -> Response:
+    """Validate the body against the kind's message class, enqueue, answer 202 (200 with
+    the job of the same unique key, for a kind declared `unique`, while that job is queued
+    or active)."""
+    state = request.app.state
+    refuse_cross_site(request)
+    await state.runtime.ensure()
+    await state.auth.authenticate(request)
+    kind: str = request.path_params["kind"]
+    await kind_allowed(request, kind)
+    options = read_options(request)
+    principal = state.auth.principal(request)
+    app = _app(request)
+    spec = app.kinds.get(kind)
+    if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
+        raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
+    _require_json(request)
+    _check_options(request, options)
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
+    data = _with_principal(data, spec, principal)
+    try:
+        message = spec.cls.model_validate(data)
+    except ValidationError as exc:
+        errors = orjson.loads(exc.json(include_url=False))
+        raise Problem(
+            422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
+        ) from None
+    # OFFLOAD_REQUIRE_WORKER_VERSION=1: 503 unless a live worker runs this version.
+    await require_live_worker(app, spec)
+    envelope = app.envelope(
+        message,
+        owner=principal,
+        priority=options.priority,
+        delay=options.delay,
+        run_at=options.run_at,
+        idempotency_key=options.idempotency_key,
+        callback_url=options.callback_url,
+        notify_email=options.notify_email,
+    )
+    job, row = await app.submit(envelope)
+    location = f"{root_of(request)}{JOBS_PATH}/{job.id}"
+    record = presenter_of(request).row(row)
+    if job.unique_repeat:
+        return JSONResponse(record, status_code=200, headers={"Location": location})
+    headers = {"Location": location, **_ACCEPTED_HEADERS}
+    if not job.created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(record, status_code=202, headers=headers)
