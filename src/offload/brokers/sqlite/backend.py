@@ -49,6 +49,7 @@ from . import gates as _gates
 from . import search as _search
 from . import stalls as _stalls
 from .checkpoint import DEFAULT_WAL_CAP_BYTES, Checkpointer
+from .reader import Reader
 
 T = TypeVar("T")
 
@@ -212,6 +213,8 @@ class SQLiteBackend:
         self.poll_s = poll_s
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: Status reads on a connection and thread of their own (files only: reader.py).
+        self._reader: Reader | None = None
         self._local_writes = 0
         #: When this instance last claimed jobs or read changes (monotonic seconds): fast
         #: polling pays while work flows, not after any write (a worker's registry record
@@ -266,6 +269,15 @@ class SQLiteBackend:
             if _is_full(exc):
                 self._full = True
                 raise StorageFull(f"SQLite: the disk is full ({exc})") from exc
+            raise BackendError(f"SQLite: {exc}") from exc
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(connection, *args)`, a read: on the reader (reader.py) where there is one."""
+        if self._reader is None:
+            return await self._run(lambda: fn(self.conn, *args))
+        try:
+            return await self._reader.run(fn, *args)
+        except sqlite3.Error as exc:
             raise BackendError(f"SQLite: {exc}") from exc
 
     @property
@@ -427,10 +439,20 @@ class SQLiteBackend:
         if not self.in_memory:
             self._checkpointer = Checkpointer(self.path, self.wal_cap_bytes)
             self._checkpointer.start()
+            reader = Reader(lambda: self._open_file(create=False))
+            try:
+                await reader.open()
+            except BaseException:
+                await self.close()
+                raise
+            self._reader = reader
 
     async def close(self) -> None:
         if self._executor is None:
             return
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
@@ -902,11 +924,17 @@ class SQLiteBackend:
         return rows[0] if rows else None
 
     async def get(self, job_id: str) -> JobRow | None:
-        row = await self._run(self._get, job_id)
-        return None if row is None else JobRow.of(row)
+        rows = await self._read(self._returning, Q["get"], (job_id,))
+        return JobRow.of(rows[0]) if rows else None
 
     def _list_jobs(
-        self, owner: str | None, state: str | None, kind: str | None, before: str | None, limit: int
+        self,
+        conn: sqlite3.Connection,
+        owner: str | None,
+        state: str | None,
+        kind: str | None,
+        before: str | None,
+        limit: int,
     ) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[Any] = []
@@ -920,7 +948,7 @@ class SQLiteBackend:
         sql = "SELECT * FROM offload_jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return self._returning(self.conn, sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return self._returning(conn, sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
 
     async def list_jobs(
         self,
@@ -931,7 +959,7 @@ class SQLiteBackend:
         before: str | None = None,
         limit: int = 50,
     ) -> list[JobRow]:
-        rows = await self._run(self._list_jobs, owner, state, kind, before, limit)
+        rows = await self._read(self._list_jobs, owner, state, kind, before, limit)
         return [JobRow.of(row) for row in rows]
 
     # -- operators: finding jobs and acting on many (see search.py) -------------------------
