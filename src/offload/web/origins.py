@@ -73,7 +73,9 @@ def refuse_cross_site(conn: HTTPConnection) -> None:
         return  # bearer tokens: a browser never adds one on its own
     # Development mode (no credential at all) and an auth hook (it may read a cookie of the
     # host's, which a browser sends along with a forged request) refuse them.
-    why = cross_site_reason(conn.headers, conn.url.scheme, conn.headers.get("host", ""))
+    # The scheme as `conn.url` gives it, without building the whole URL on every write.
+    scheme = conn.scope.get("scheme", "http")
+    why = cross_site_reason(conn.headers, scheme, conn.headers.get("host", ""))
     if why is not None:
         raise Problem(
             403,
