@@ -348,3 +348,33 @@ async def test_a_stall_is_paid_once_to_the_leases_live_when_it_began(tmp_path: P
         assert {lease.job_id for lease in leases} == {live.id, lapsed.id}
     finally:
         await backend.close()
+
+
+async def test_status_reads_answer_while_the_writer_thread_is_busy(tmp_path: Path) -> None:
+    """A job's row and a page of jobs are read on a connection of their own: while the
+    backend's one writer thread is held inside a write transaction, they still answer."""
+    backend = SQLiteBackend(str(tmp_path / "jobs.db"))
+    await backend.open()
+    try:
+        (stored,) = await backend.enqueue([envelope(owner="alice")])
+        release = threading.Event()
+        began = threading.Event()
+
+        def hold_the_writer() -> None:
+            with backend._tx():
+                began.set()
+                release.wait(60)
+
+        held = asyncio.create_task(backend._run(hold_the_writer))
+        try:
+            await asyncio.to_thread(began.wait, 60)
+            row = await asyncio.wait_for(backend.get(stored.id), 30)
+            page = await asyncio.wait_for(backend.list_jobs(owner="alice"), 30)
+            assert row is not None and row.id == stored.id
+            assert [r.id for r in page] == [stored.id]
+            assert not held.done()  # the writer was still inside its transaction
+        finally:
+            release.set()
+            await held
+    finally:
+        await backend.close()
