@@ -214,3 +214,57 @@ async def test_a_405_names_every_method_of_the_resource(
     assert answer.status_code == 405
     assert answer.headers["allow"] == allow
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+# -- the options of a submission --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "errors"),
+    [
+        ("priority=abc", {}, [(["query", "priority"], "int_parsing")]),
+        (
+            "priority=5000&delay=-1",
+            {},
+            [
+                (["query", "priority"], "less_than_equal"),
+                (["query", "delay"], "greater_than_equal"),
+            ],
+        ),
+        ("delay=", {}, [(["query", "delay"], "float_parsing")]),
+        ("delay=nan", {}, [(["query", "delay"], "less_than_equal")]),
+        ("priority=1&priority=x", {}, [(["query", "priority"], "int_parsing")]),  # the last
+        ("notify_email=" + "a" * 255, {}, [(["query", "notify_email"], "string_too_long")]),
+        ("", {"Idempotency-Key": "k" * 256}, [(["header", "idempotency-key"], "string_too_long")]),
+    ],
+)
+async def test_invalid_options_answer_422_naming_each_and_enqueue_nothing(
+    app: App,
+    clients: dict[str, httpx.AsyncClient],
+    query: str,
+    headers: dict[str, str],
+    errors: list[tuple[list[str], str]],
+) -> None:
+    answer = await clients["alice"].post(
+        f"/v1/jobs/t.report?{query}", json={"period": "2026-10"}, headers=headers
+    )
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["type"].endswith("/invalid-request")
+    assert [(e["loc"], e["type"]) for e in problem["errors"]] == errors
+    assert await stored(app) == []
+
+
+async def test_options_in_range_are_the_jobs(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    answer = await clients["alice"].post(
+        "/v1/jobs/t.report?priority=-1000&delay=5&unknown=1",
+        json={"period": "2026-10"},
+        headers={"Idempotency-Key": "k" * 255},
+    )
+    assert answer.status_code == 202
+    (row,) = await stored(app)
+    assert (row.priority, row.idempotency_key) == (-1000, "k" * 255)
+    assert row.run_at >= row.enqueued_at + 5
