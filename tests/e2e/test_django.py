@@ -27,12 +27,13 @@ from .conftest import SOURCES, free_port
 
 pytest.importorskip("django", minversion="6.0")
 
-pytestmark = pytest.mark.slow
+# The first test of each engine waits for the project's set-up too (migrations, servers).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 TEMPLATE = Path(__file__).parent / "django_template"
 T = TypeVar("T")
 
 
-def poll(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+def poll(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
     """`check()`'s first answer that is not None, within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

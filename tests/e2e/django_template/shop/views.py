@@ -48,17 +48,20 @@ class Undo(Exception):
 
 @require_POST
 def rollback(request: HttpRequest) -> JsonResponse:
-    ids = []
+    ids, inside = [], None
     try:
         with transaction.atomic():
             User.objects.create(username="rolled-back")
             ids.append(tasks.export_report.enqueue("2026-12").id)
+            if connection.vendor == "postgresql":  # offload shares the database: the job
+                with connection.cursor() as cur:  # is in this very transaction
+                    cur.execute("SELECT count(*) FROM offload_jobs WHERE id = %s", [ids[0]])
+                    inside = cur.fetchone()[0]
             raise Undo
     except Undo:
         pass
-    return JsonResponse(
-        {"id": ids[0], "users": User.objects.filter(username="rolled-back").count()}
-    )
+    kept = User.objects.filter(username="rolled-back").count()
+    return JsonResponse({"id": ids[0], "users": kept, "inside": inside})
 
 
 def result(request: HttpRequest, result_id: str) -> JsonResponse:
