@@ -31,26 +31,36 @@ class TaskCall(Message):
 
 def json_problem(value: Any) -> str | None:
     """Why `value` cannot travel as JSON unchanged, or None: a type JSON has not (a
-    datetime, a model instance, bytes), a float that is not finite, a key not a string."""
+    datetime, a model instance, bytes), a float that is not finite, a key not a string.
+    Inside a list or dict, the problem's place comes first (`[1]['x']: …`)."""
+    found = _problem(value)
+    if found is None:
+        return None
+    place, what = found
+    return f"{place}: {what}" if place else what
+
+
+def _problem(value: Any) -> tuple[str, str] | None:
+    """(where inside `value`, what) of the first thing JSON cannot carry, or None."""
     if value is None or isinstance(value, str | bool | int):
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{value!r} is not a JSON number"
+        return None if math.isfinite(value) else ("", f"{value!r} is not a JSON number")
+    items: list[tuple[str, Any]]
     if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            why = json_problem(item)
-            if why is not None:
-                return f"[{i}]: {why}"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"key {key!r} is not a string"
-            why = json_problem(item)
-            if why is not None:
-                return f"[{key!r}]: {why}"
-        return None
-    return f"a {type(value).__module__}.{type(value).__qualname__} is not JSON"
+        items = [(f"[{i}]", item) for i, item in enumerate(value)]
+    elif isinstance(value, dict):
+        bad = next((k for k in value if not isinstance(k, str)), None)
+        if bad is not None:
+            return "", f"key {bad!r} is not a string"
+        items = [(f"[{k!r}]", item) for k, item in value.items()]
+    else:
+        return "", f"a {type(value).__module__}.{type(value).__qualname__} is not JSON"
+    for place, item in items:
+        found = _problem(item)
+        if found is not None:
+            return place + found[0], found[1]
+    return None
 
 
 def check_arguments(path: str, args: Any, kwargs: dict[str, Any]) -> None:
@@ -62,10 +72,9 @@ def check_arguments(path: str, args: Any, kwargs: dict[str, Any]) -> None:
     named = [(f"positional argument {i}", v) for i, v in enumerate(args)]
     named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
     for name, value in named:
-        why = json_problem(value)
-        if why is not None:
-            where = why if why.startswith("[") else f": {why}"
+        found = _problem(value)
+        if found is not None:
             raise TypeError(
-                f"{path}: {name}{where}; task arguments travel as JSON "
+                f"{path}: {name}{found[0]}: {found[1]}; task arguments travel as JSON "
                 "(pass ids, strings and numbers, and load objects in the task)"
             )
