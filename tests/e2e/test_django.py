@@ -121,11 +121,13 @@ class Site:
         assert client.get(f"/login/{name}/").status_code == 200
         return client
 
-    def finished(self, client: httpx.Client, result_id: str) -> dict[str, Any]:
+    def finished(
+        self, client: httpx.Client, result_id: str, view: str = "results"
+    ) -> dict[str, Any]:
         """The result view's answer once the task is SUCCESSFUL or FAILED."""
 
         def done() -> dict[str, Any] | None:
-            body: dict[str, Any] = client.get(f"/results/{result_id}/").json()
+            body: dict[str, Any] = client.get(f"/{view}/{result_id}/").json()
             return body if body.get("status") in ("SUCCESSFUL", "FAILED") else None
 
         try:
@@ -196,6 +198,14 @@ def test_async_task_runs_in_the_worker(site: Site) -> None:
     body = site.finished(alice, answer.json()["id"])
     assert body["status"] == "SUCCESSFUL", body
     assert body["return_value"].startswith("q4:")
+
+
+def test_async_views_enqueue_and_poll_with_aenqueue_and_aget_result(site: Site) -> None:
+    alice = site.user("alice")
+    answer = alice.post("/aexport/")
+    assert answer.status_code == 202 and answer.json()["status"] == "READY"
+    body = site.finished(alice, answer.json()["id"], view="aresults")
+    assert body["status"] == "SUCCESSFUL" and body["return_value"].startswith("async-view:")
 
 
 def test_failing_task_is_failed_with_its_exception(site: Site) -> None:

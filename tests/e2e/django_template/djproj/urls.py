@@ -11,4 +11,6 @@ urlpatterns = [
     path("export/", views.export),
     path("rollback/", views.rollback),
     path("results/<str:result_id>/", views.result),
+    path("aexport/", views.aexport),
+    path("aresults/<str:result_id>/", views.aresult),
 ]

@@ -79,3 +79,15 @@ def result(request: HttpRequest, result_id: str) -> JsonResponse:
         "return_value": found.return_value if found.status == "SUCCESSFUL" else None,
     }
     return JsonResponse(body)
+
+
+@require_POST
+async def aexport(request: HttpRequest) -> JsonResponse:
+    result = await tasks.async_report.aenqueue("async-view")
+    return JsonResponse({"id": result.id, "status": result.status}, status=202)
+
+
+async def aresult(request: HttpRequest, result_id: str) -> JsonResponse:
+    found = await tasks.async_report.aget_result(result_id)
+    value = found.return_value if found.status == "SUCCESSFUL" else None
+    return JsonResponse({"id": found.id, "status": found.status, "return_value": value})
