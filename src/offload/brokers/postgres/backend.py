@@ -605,9 +605,9 @@ class PostgresBackend:
             cur.execute(Q["enqueue"], {"batch": self._batch(envelopes)})
             created = {str(r[0]) for r in cur.fetchall()}
             first: dict[tuple[str, str], str] = {}
-            repeats = [e for e in envelopes if e.id not in created]
+            repeats = [e for e in envelopes if e.id not in created and e.idempotency_key]
             for owner in {e.owner for e in repeats}:
-                keys = [e.idempotency_key for e in repeats if e.owner == owner and e.idempotency_key]
+                keys = [e.idempotency_key for e in repeats if e.owner == owner]
                 cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
                 first.update({(owner, k): str(i) for k, i in cur.fetchall()})
         return [self._result(e, created, first, False) for e in envelopes]
