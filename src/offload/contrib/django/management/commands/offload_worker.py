@@ -43,12 +43,16 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv: list[str]) -> None:
         """Hand the arguments to `offload worker` (its parser, help and exit code)."""
+        import typer.main
+
         from ..... import cli
 
         alias, args = worker_args(argv[2:])
         # Inherited by --processes children, which import the worker module afresh.
         os.environ[BACKEND_ENV] = alias
-        cli.cli(["worker", "--app", APP_REF, *args], prog_name=f"{argv[0]} {argv[1]}")
+        os.environ["OFFLOAD_APP"] = APP_REF  # the --app of `offload worker`, not the user's
+        worker = typer.main.get_command(cli.cli).commands["worker"]  # type: ignore[attr-defined]
+        worker.main(args, prog_name=f"{os.path.basename(argv[0])} {argv[1]}")
 
     def handle(self, *args: Any, **options: Any) -> None:  # call_command: not supported
         raise NotImplementedError("run it from the command line: manage.py offload_worker")
