@@ -27,7 +27,8 @@ if not settings.configured:
                 "BACKEND": "offload.contrib.django.OffloadBackend",
                 "QUEUES": ["default", "reports"],
                 "OPTIONS": {"url": "memory://"},
-            }
+            },
+            "immediate": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
         },
     )
     django.setup()
@@ -207,8 +208,14 @@ def test_success_and_failure_carry_value_and_error() -> None:
     failed = result_of(_row(JobState.DEAD, error=error), "default")
     assert failed.errors[0].exception_class is KeyError
     assert failed.errors[0].traceback == "Traceback …"
+    mine = {"type": "Undo", "message": "", "traceback": f"Traceback …\n{__name__}.Undo\n"}
+    assert result_of(_row(JobState.FAILED, error=mine), "default").errors[0].exception_class is Undo
     with pytest.raises(TaskResultDoesNotExist):
         result_of(dataclasses.replace(_row(JobState.QUEUED), kind="other"), "default")
+
+
+class Undo(Exception):
+    """An exception of the project's own."""
 
 
 class _Db:
@@ -245,3 +252,14 @@ def test_worker_command_passes_the_worker_options_on() -> None:
     argv = ["--concurrency", "4", "--backend", "bulk", "--settings=x.y", "--pythonpath", "p"]
     assert worker_args(argv) == ("bulk", ["--concurrency", "4"])
     assert worker_args(["--backend=b", "--max-jobs=1"]) == ("b", ["--max-jobs=1"])
+
+
+def test_only_an_offload_backend_is_mounted_or_worked() -> None:
+    from offload.contrib.django.asgi import mount
+    from offload.contrib.django.worker import worker_app
+
+    with pytest.raises(ConfigurationError, match="not offload's OffloadBackend"):
+        mount(lambda *a: None, backend="immediate")
+    with pytest.raises(ConfigurationError, match="ImmediateBackend, not offload's"):
+        worker_app("immediate")
+    assert set(worker_app("default").handlers) == {"django.tasks.default", "django.tasks.reports"}

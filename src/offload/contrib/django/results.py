@@ -51,9 +51,15 @@ def _when(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def _class_path(name: str) -> str:
-    """A TaskError's class path from offload's error type (a class name): the builtins'
-    resolve (`builtins.ValueError`), others keep their name."""
+def _class_path(error: dict[str, Any]) -> str:
+    """A TaskError's class path from offload's error (its type is a class name): the
+    traceback's last line names the class with its module (`shop.tasks.ReportError: …`)
+    except for builtins (`builtins.ValueError`); else the name alone."""
+    name = str(error.get("type") or "Exception")
+    lines = str(error.get("traceback") or "").strip().splitlines()
+    head = lines[-1].partition(":")[0].strip() if lines else ""
+    if head.endswith(f".{name}") and " " not in head:
+        return head
     known = getattr(builtins, name, None)
     if isinstance(known, type) and issubclass(known, BaseException):
         return f"builtins.{name}"
@@ -63,7 +69,7 @@ def _class_path(name: str) -> str:
 def _errors(row: JobRow) -> list[TaskError]:
     if row.error is None or row.state is JobState.SUCCEEDED:
         return []
-    path = _class_path(str(row.error.get("type", "Exception")))
+    path = _class_path(row.error)
     trace = row.error.get("traceback") or f"{path}: {row.error.get('message', '')}"
     return [TaskError(exception_class_path=path, traceback=trace)]
 
