@@ -379,8 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why := netns.available():
         print(f"bench.scaleout {why}", file=sys.stderr)
         return 2
-    # A SIGTERM unwinds like Ctrl-C, so the clean-up below runs.
+    # A SIGTERM unwinds like Ctrl-C, so the clean-up below runs; and Ctrl-C does so even
+    # where the shell started this with SIGINT ignored (a background job).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with environment(names, max(args.hosts)) as (hosts, engines, workers):
         points = asyncio.run(measure(args, engines, hosts, workers))
     report(args, points)
