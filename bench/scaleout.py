@@ -1,8 +1,8 @@
 """Scale-out across hosts: drain throughput with 1, 2, 4 and 8 worker hosts, on PostgreSQL
 and Redis, for jobs that wait on I/O.
 
-    python -m bench.scaleout [--engines postgres,redis] [--hosts 1,2,4,8] [--jobs 8000]
-                             [--concurrency 8] [--claim-jobs 8000] [--out bench]
+    python -m bench.scaleout [--engines postgres,redis] [--hosts 1,2,4,8] [--jobs 6000]
+                             [--concurrency 8] [--claim-jobs 6000] [--out bench]
 
 Needs root: each worker host is a Linux network namespace joined to this machine by a veth
 pair (`bench/netns.py`), and reaches the engines only through it. The engines are private
@@ -37,7 +37,7 @@ from bench._results import write_section
 from bench.chaos.engines import PrivatePostgres, PrivateRedis
 from bench.cputime import tree_seconds
 from bench.scaleout_app import QUEUE, WAIT_S, Noop, Wait, app
-from bench.scaleout_report import Point, chart, saturation_lines, table
+from bench.scaleout_report import Point, chart, machine_note, saturation_lines, table
 
 import offload
 from offload.brokers import open_backend
@@ -242,7 +242,8 @@ async def point(
         finally:
             workers.stop()
     found = Point(engine=name, kind=kind, hosts=len(hosts), jobs=jobs, seconds=seconds,
-                  worker_cpu_s=worker_cpu, engine_cpu_s=engine_cpu)  # fmt: skip
+                  worker_cpu_s=worker_cpu, engine_cpu_s=engine_cpu,
+                  load=os.getloadavg()[0])  # fmt: skip
     log(
         f"{name:8} {kind:4} {len(hosts)} host(s): {jobs:,} jobs in {seconds:.2f}s = "
         f"{found.rate:,.0f}/s; CPU per job: workers {found.worker_ms:.2f} ms, engine "
@@ -319,6 +320,7 @@ def environment(names: Sequence[str], count: int) -> Iterator[
 def report(args: argparse.Namespace, points: list[Point]) -> None:
     """Print the table and write it (with the chart) into the results."""
     png = args.out / "scaleout.png"
+    cores = os.cpu_count() or 1
     chart(png, points, concurrency=args.concurrency, wait_s=WAIT_S)
     lines = [
         "## Scale-out across hosts (`make bench-scaleout`)",
@@ -351,12 +353,10 @@ def report(args: argparse.Namespace, points: list[Point]) -> None:
         "",
         *saturation_lines(points),
         "",
-        "This machine has 2 cores, shared by the engines, every worker process and the "
-        "bench: where the rate stops growing with hosts, the cores are spent, so the rates "
-        "are this machine's ceiling, not the engines' (the engine CPU per job is what "
-        "carries over to a bigger machine). **Run on a busy machine** (other helpers' test "
-        "suites and benchmarks ran at the same time, load average well above 2): compare "
-        "within this run only.",
+        f"This machine has {cores} cores, shared by the engines, every worker process and "
+        "the bench: where the rate stops growing with hosts, the cores are spent, so the "
+        "rates are this machine's ceiling, not the engines' (the CPU per job is what carries "
+        "over to a bigger machine). " + machine_note(points, cores),
         "",
         f"![drain throughput against hosts, PostgreSQL and Redis]({png.name})",
     ]
@@ -369,9 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--engines", default="postgres,redis")
     ap.add_argument("--hosts", default="1,2,4,8")
-    ap.add_argument("--jobs", type=int, default=8000)
+    ap.add_argument("--jobs", type=int, default=6000)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--claim-jobs", type=int, default=8000, help="0: no claim-only run")
+    ap.add_argument("--claim-jobs", type=int, default=6000, help="0: no claim-only run")
     ap.add_argument("--out", type=Path, default=TOP / "bench")
     args = ap.parse_args(argv)
     args.hosts = sorted({int(h) for h in args.hosts.split(",")})

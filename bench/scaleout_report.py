@@ -23,6 +23,8 @@ class Point:
     #: CPU seconds the hosts' worker processes, and the engine's processes, spent in it.
     worker_cpu_s: float = 0.0
     engine_cpu_s: float = 0.0
+    #: The machine's 1-minute load average as the drain ended (runnable processes).
+    load: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -95,8 +97,8 @@ def table(points: Sequence[Point], *, concurrency: int, wait_s: float) -> list[s
     """The Markdown rows of the drain points (kind `wait`), one engine after the other."""
     lines = [
         "| engine | hosts | jobs | seconds | jobs/s | per doubling | per host | of ideal "
-        "| worker CPU ms/job | engine CPU ms/job |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| worker CPU ms/job | engine CPU ms/job | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for engine in dict.fromkeys(p.engine for p in points):
         mine = [p for p in points if p.engine == engine and p.kind == "wait"]
@@ -106,7 +108,7 @@ def table(points: Sequence[Point], *, concurrency: int, wait_s: float) -> list[s
                 f"| {engine} | {p.hosts} | {p.jobs:,} | {p.seconds:.2f} | {p.rate:,.0f} | "
                 f"{_ratio(step[p.hosts])} | {p.rate / p.hosts:,.0f} | "
                 f"{p.rate / ideal(p.hosts, concurrency, wait_s):.0%} | "
-                f"{p.worker_ms:.2f} | {p.engine_ms:.3f} |"
+                f"{p.worker_ms:.2f} | {p.engine_ms:.3f} | {p.load:.1f} |"
             )
     return lines
 
@@ -130,6 +132,22 @@ def saturation_lines(points: Sequence[Point], helps: float = DEFAULT_HELPS) -> l
             f"{sat.peak_hosts} hosts{_claim_only(points, engine)}."
         )
     return lines
+
+
+def machine_note(points: Sequence[Point], cores: int) -> str:
+    """What the machine was doing: the load averages seen, and whether it was busy (a load
+    above its cores: processes of others waited for a core too)."""
+    if not points:
+        return ""
+    low, high = min(p.load for p in points), max(p.load for p in points)
+    seen = f"1-minute load average {low:.1f} to {high:.1f} on {cores} cores"
+    if high > cores:
+        return (
+            f"**Run on a busy machine** ({seen}: other work ran at the same time, and our "
+            "processes had only a share of the cores): compare within this run only, and "
+            "read the CPU per job rather than the rates."
+        )
+    return f"Run on a quiet machine ({seen})."
 
 
 def _claim_only(points: Sequence[Point], engine: str) -> str:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 from bench.netns import MAX_IFNAME, plan
-from bench.scaleout_report import Point, ratios, saturation, saturation_lines, table
+from bench.scaleout_report import (
+    Point,
+    machine_note,
+    ratios,
+    saturation,
+    saturation_lines,
+    table,
+)
 from PIL import Image
 
 from offload.bench.chart import line_chart, nice_max
@@ -65,7 +72,7 @@ def test_saturation_is_the_first_doubling_that_stopped_helping() -> None:
 
 def points() -> list[Point]:
     return [
-        Point("postgres", "wait", 1, 4000, 10.0, worker_cpu_s=1.2, engine_cpu_s=2.0),
+        Point("postgres", "wait", 1, 4000, 10.0, worker_cpu_s=1.2, engine_cpu_s=2.0, load=3.5),
         Point("postgres", "wait", 2, 4000, 5.0, worker_cpu_s=1.2, engine_cpu_s=2.0),
         Point("postgres", "noop", 2, 4000, 2.0, worker_cpu_s=0.8, engine_cpu_s=1.6),
         Point("redis", "wait", 1, 4000, 10.0),
@@ -75,7 +82,9 @@ def points() -> list[Point]:
 def test_table_has_one_row_per_drain_with_its_ratios_and_cpu() -> None:
     rows = table(points(), concurrency=8, wait_s=0.02)
     assert len(rows) == 2 + 3  # header, rule, the three drains (not the claim-only run)
-    assert rows[2] == "| postgres | 1 | 4,000 | 10.00 | 400 | – | 400 | 100% | 0.30 | 0.500 |"
+    assert rows[2] == (
+        "| postgres | 1 | 4,000 | 10.00 | 400 | – | 400 | 100% | 0.30 | 0.500 | 3.5 |"
+    )
     assert rows[3].startswith("| postgres | 2 | 4,000 | 5.00 | 800 | 2.00x | 400 | 100% |")
     assert rows[4].startswith("| redis | 1 |")
 
@@ -87,6 +96,12 @@ def test_saturation_lines_give_the_claim_only_rate_and_the_one_core_limit() -> N
     assert "2,000 claims/s" in lines[0]  # the claim-only run
     assert "0.400 ms of CPU per job" in lines[0] and "about 2,500 claims/s" in lines[0]
     assert Point("redis", "noop", 1, 10, 1.0).core_limit is None  # no CPU measured
+
+
+def test_machine_note_says_busy_when_the_load_passed_the_cores() -> None:
+    busy = machine_note(points(), cores=2)
+    assert busy.startswith("**Run on a busy machine**") and "0.0 to 3.5 on 2 cores" in busy
+    assert machine_note(points(), cores=4).startswith("Run on a quiet machine")
 
 
 @pytest.mark.parametrize(
