@@ -140,10 +140,28 @@ def clean_leftovers(prefix: str = DEFAULT_PREFIX) -> list[str]:
     return found + veths
 
 
+#: The capabilities making hosts takes: CAP_NET_ADMIN (links, addresses) and CAP_SYS_ADMIN
+#: (`ip netns add` mounts the namespace under /run/netns).
+NEEDED_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def available() -> str | None:
-    """None when hosts can be made here, else why not (not root, no `ip`)."""
+    """None when hosts can be made here, else why not (not root, a container without the
+    capabilities, no `ip`)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces and veth pairs)"
+    caps = _effective_caps()
+    missing = [name for name, bit in NEEDED_CAPS.items() if not caps >> bit & 1]
+    if missing:
+        return f"needs {' and '.join(missing)}"
     if shutil.which("ip") is None:
         return "needs `ip` (iproute2)"
     return None
