@@ -72,13 +72,15 @@ def clean_leftovers() -> None:
     the namespaces and veths, and the engines whose pids it recorded."""
     gone = netns.clean_leftovers()
     pids = STATE / "pids"
-    if pids.exists():
-        for line in pids.read_text().split():
-            pid, _, comm = line.partition(":")
-            with contextlib.suppress(OSError, ValueError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
-                    os.kill(int(pid), signal.SIGKILL)
-                    gone.append(f"{comm}[{pid}]")
+    for line in pids.read_text().splitlines() if pids.exists() else []:
+        pid, comm, marker = line.split(" ", 2)
+        with contextlib.suppress(OSError, ValueError):
+            # Only the very process recorded (a reused pid is left alone): its name, and
+            # its data folder or port on its command line.
+            named = Path(f"/proc/{pid}/comm").read_text().strip() == comm
+            if named and marker in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(int(pid), signal.SIGKILL)
+                gone.append(f"{comm}[{pid}]")
     for line in (STATE / "dirs").read_text().split() if (STATE / "dirs").exists() else []:
         shutil.rmtree(line, ignore_errors=True)
     shutil.rmtree(STATE, ignore_errors=True)
@@ -88,7 +90,7 @@ def clean_leftovers() -> None:
 
 def record(pg: PrivatePostgres, redis: PrivateRedis) -> None:
     """Note the engines' pids and folders, for `clean_leftovers` should this run die."""
-    pids = [f"{pg.pid()}:postgres", f"{redis.pid()}:redis-server"]
+    pids = [f"{pg.pid()} postgres {pg.data}", f"{redis.pid()} redis-server :{redis.port}"]
     (STATE / "pids").write_text("\n".join(pids) + "\n")
     (STATE / "dirs").write_text(f"{pg.home}\n")
 
