@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import aioboto3
 import orjson
@@ -68,7 +68,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str], str]:
     query = url.split("?", 1)[1] if "?" in url else ""
     store = ""
     found = _STORE.search(query)
-    if found:
+    if found and "://" in found.group(1).split("&", 1)[0]:  # plain, so last: the rest
         store, query = found.group(1), query[: found.start()]
     options = {k: v[-1] for k, v in parse_qs(query).items()}
     if "store" in options:  # percent-encoded, not last
@@ -96,7 +96,7 @@ def outbox_store_url(store: str) -> str:
     parts = urlsplit(store)
     options = parse_qs(parts.query)
     libpq = " ".join([*options.pop("options", []), "-c offload.outbox=on"]).strip()
-    query = urlencode({**{k: v[-1] for k, v in options.items()}, "options": libpq})
+    query = urlencode({**{k: v[-1] for k, v in options.items()}, "options": libpq}, quote_via=quote)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from .consumer import SQSConsumer, relay_handler, sqs_handler
+from .consumer import RelayFunction, SQSConsumer, relay_handler, sqs_handler
 from .http import http_handler
 
-__all__ = ["SQSConsumer", "http_handler", "relay_handler", "sqs_handler"]
+__all__ = ["RelayFunction", "SQSConsumer", "http_handler", "relay_handler", "sqs_handler"]

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 import orjson
@@ -37,8 +37,6 @@ DEFAULT_MARGIN_S = 3.0
 #: Seconds before a job due now that could not be claimed (its queue paused, or its row
 #: held by another consumer this instant) is looked at again: its message is sent again.
 RECHECK_S = 30.0
-
-Handler = Callable[[Mapping[str, Any], Any], dict[str, Any]]
 
 
 class SQSConsumer:
@@ -205,18 +203,22 @@ def sqs_handler(app: App, *, margin_s: float = DEFAULT_MARGIN_S) -> SQSConsumer:
     return SQSConsumer(app, margin_s=margin_s)
 
 
-def relay_handler(app: App) -> Handler:
-    """A Lambda handler for a schedule (EventBridge, every minute): rescue the jobs whose
-    function died mid-run and send the outbox rows whose send was lost. Deploy it with the
-    worker's code (a rescue decides with the handlers' budgets)."""
-    consumer = SQSConsumer(app)
+class RelayFunction(SQSConsumer):
+    """The scheduled sweep as a Lambda handler (see `relay_handler`)."""
 
-    async def sweep() -> dict[str, Any]:
-        worker = await consumer.open()
+    def __call__(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+        """`{"rescued": n, "relayed": m}`: jobs given back from dead functions, messages sent."""
+        return self.loop.run_until_complete(self.sweep())
+
+    async def sweep(self) -> dict[str, Any]:
+        worker = await self.open()
         rescued = await worker.rescue_lapsed()
-        return {"rescued": rescued, "relayed": await consumer._broker().relay()}
+        return {"rescued": rescued, "relayed": await self._broker().relay()}
 
-    def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-        return consumer.loop.run_until_complete(sweep())
 
-    return handler
+def relay_handler(app: App) -> RelayFunction:
+    """A Lambda handler for a schedule (EventBridge, every minute): rescue the jobs whose
+    function died mid-run and send the outbox rows whose send was lost (older than the
+    URL's `relay_age`). Deploy it with the worker's code (a rescue decides with the
+    handlers' budgets)."""
+    return RelayFunction(app)
