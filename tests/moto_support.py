@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from collections.abc import Iterator
@@ -10,40 +11,47 @@ import pytest
 
 from .services import unavailable
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """`http://127.0.0.1:PORT` of moto's server (SQS, S3, …), with dummy credentials set
-    for the session; skipped when moto is missing, failed under OFFLOAD_REQUIRE_SERVICES=1."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        unavailable("moto[server]", str(exc))
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    saved = {k: os.environ.get(k) for k in _CREDENTIALS}
-    os.environ.update(_CREDENTIALS)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
-
-
 #: Credentials moto accepts (any), so no client looks for real ones.
 _CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+_started: list[str] = []
+
+
+def probe_moto() -> str | None:
+    """None when moto's server can be started here, else why not."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        return f"moto[server] is not installed: {exc}"
+    return None
+
+
+def start_moto() -> str:
+    """`http://127.0.0.1:PORT` of the session's moto server (SQS, S3, …), started on first
+    use and stopped at exit; sets dummy credentials for the process."""
+    if not _started:
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        atexit.register(server.stop)
+        for key, value in _CREDENTIALS.items():
+            os.environ.setdefault(key, value)
+        _started.append(f"http://127.0.0.1:{port}")
+    return _started[0]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The moto server's endpoint; skipped when moto is missing, failed under
+    OFFLOAD_REQUIRE_SERVICES=1."""
+    reason = probe_moto()
+    if reason is not None:
+        unavailable("moto[server]", reason)
+    yield start_moto()

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import re
 import secrets
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -49,6 +48,8 @@ RELAY_BATCH = 100
 MAX_DELAY_S = 900
 #: Messages per SendMessageBatch, SQS's limit.
 SEND_BATCH = 10
+#: SendMessageBatch calls in flight at once (aiobotocore pools 10 connections).
+SEND_CONCURRENCY = 8
 #: The version of the message body ({"v", "job", "queue"}).
 BODY_VERSION = 1
 _OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every"}
@@ -313,24 +314,29 @@ class SQSBackend:
         Raises:
             BackendError: SQS refused or did not answer (some may have gone: duplicates).
         """
-        now = time.time()
-        for i in range(0, len(jobs), SEND_BATCH):
+        now = self.store._clock_now()
+        batches = [jobs[i : i + SEND_BATCH] for i in range(0, len(jobs), SEND_BATCH)]
+        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def send(batch: Sequence[tuple[str, str, float]]) -> None:
             entries = [
-                {
-                    "Id": str(n),
-                    "MessageBody": body(job_id, queue),
-                    "DelaySeconds": delay_s(run_at, now),
-                }
-                for n, (job_id, queue, run_at) in enumerate(jobs[i : i + SEND_BATCH])
+                {"Id": str(n), "MessageBody": body(job_id, queue), "DelaySeconds": delay_s(at, now)}
+                for n, (job_id, queue, at) in enumerate(batch)
             ]
-            try:
-                answer = await self._sqs().send_message_batch(
-                    QueueUrl=self.queue_url, Entries=entries
-                )
-            except (BotoCoreError, ClientError) as exc:
-                raise BackendError(f"SQS: {exc}") from exc
+            async with limit:
+                try:
+                    answer = await self._sqs().send_message_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+                except (BotoCoreError, ClientError) as exc:
+                    raise BackendError(f"SQS: {exc}") from exc
             if answer.get("Failed"):
                 raise BackendError(f"SQS refused messages: {answer['Failed']}")
+
+        errors = await asyncio.gather(*(send(b) for b in batches), return_exceptions=True)
+        for error in errors:
+            if isinstance(error, BaseException):
+                raise error
 
     async def send_later(self, job_id: str, queue: str, run_at: float) -> None:
         """Send a job's message again, delayed until `run_at` or `MAX_DELAY_S` (a job not due
