@@ -31,7 +31,7 @@ from ...clock import Clock
 from ...contract import EnqueueResult, Envelope, Lease, Outcome
 from ...errors import BackendError, ConfigurationError
 from .._sql import queries
-from ..base import Capability
+from ..base import Broker, Capability, JobSearch, JobStore, Limiter, ScheduleStore
 from ..postgres import PostgresBackend
 from ..postgres.backend import _lease_of
 
@@ -386,6 +386,23 @@ class SQSBackend:
             except psycopg.Error as exc:
                 raise BackendError(f"PostgreSQL: {exc}") from exc
         return None if row is None else _lease_of(row, token, worker_id)
+
+
+def _forward(name: str) -> Any:
+    async def forward(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.store, name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    forward.__doc__ = f"`PostgresBackend.{name}`: the job rows live there."
+    return forward
+
+
+# Every seam method this class does not define is the store's, as a real method: isinstance
+# checks against the seams' protocols look methods up without calling __getattr__.
+for _seam in (Broker, JobStore, JobSearch, ScheduleStore, Limiter):
+    for _name, _member in vars(_seam).items():
+        if callable(_member) and not _name.startswith("_") and _name not in vars(SQSBackend):
+            setattr(SQSBackend, _name, _forward(_name))
 
 
 def _ids(outcomes: Sequence[Outcome]) -> list[str]:
