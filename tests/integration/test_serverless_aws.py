@@ -385,3 +385,23 @@ def test_a_job_still_running_near_the_invocations_end_is_released_and_sent_again
     assert status["state"] == "queued"
     assert status["attempt"] == 0
     assert stack.depth() == 1
+
+
+def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:
+    import psycopg
+
+    # Given the same schema used through postgresql:// (no SQS)
+    app = App("plain", settings=Settings(url=schema.url))
+    app.message("sls.hello")(Hello)
+
+    async def enqueue_and_count() -> int:
+        async with app:
+            await app.enqueue(Hello(name="pg"))
+        async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM offload_outbox")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    # Then its connections write no outbox row (the triggers' WHEN reads a setting it lacks)
+    assert asyncio.run(enqueue_and_count()) == 0
