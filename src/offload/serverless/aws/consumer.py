@@ -73,7 +73,9 @@ class SQSConsumer:
     async def close(self) -> None:
         """Close the app (a function never needs to; tests do)."""
         if self._worker is not None:
-            self._worker = None
+            worker, self._worker = self._worker, None
+            worker._threads.shutdown(wait=False, cancel_futures=True)
+            await worker.dispatcher.aclose()
             await self.app.close()
 
     def _broker(self) -> SQSBackend:
