@@ -533,6 +533,33 @@ class Worker:
                 job.trace = tracing.ended(span, outcome)
             return outcome
 
+    # -- one job for a caller that holds its lease (offload.serverless) ----------------------
+
+    def context_for(self, lease: Lease) -> Context:
+        """The handler's context of a job whose lease the caller holds and beats."""
+        loop = asyncio.get_running_loop()
+        return Context(lease, self.app._require_backend(), self.app.blobs, loop)
+
+    async def run_leased(self, lease: Lease, ctx: Context) -> Outcome:
+        """Run a job the caller claimed to its outcome as the claim loop runs one: the
+        handler's timeout, budget and backoff, dead-lettering, the process span, and the
+        notifications of a final state (`follow_ups`). The caller settles the outcome; if it
+        cancels the run, `interrupted` says what to settle instead."""
+        spec = self._spec_of(lease.envelope.kind)
+        with tracing.process(lease) as span:
+            outcome = await self._attempt(lease, ctx, spec)
+            trace = tracing.ended(span, outcome)
+        self._count(outcome)
+        return self._with_follow_ups(outcome, trace)
+
+    def interrupted(self, lease: Lease, *, cancel: bool) -> Outcome:
+        """The outcome of a run the caller cancelled: cancelled (asked by a user), else
+        released unspent (out of time), with its notifications."""
+        job = _Job(lease=lease, renewed=self._renewal(), reason=_CANCEL if cancel else _SHUTDOWN)
+        outcome = self._interrupted(job)
+        assert outcome is not None  # only a lost lease reports none
+        return self._with_follow_ups(outcome)
+
     def _report(self, job: _Job, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends; the
         lease beats until the outcome is written."""

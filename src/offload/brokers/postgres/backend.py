@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -47,7 +47,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -256,7 +256,8 @@ class PostgresBackend:
         parts = urlsplit(url)
         options = parse_qs(parts.query)
         pool_size = int(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
-        query = urlencode({k: v[-1] for k, v in options.items()})
+        # %20, not +, for spaces: libpq decodes percent escapes only (options=-c a=1 -c b=2)
+        query = urlencode({k: v[-1] for k, v in options.items()}, quote_via=quote)
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
         conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
         timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
