@@ -181,8 +181,11 @@ local function forget(id, row)
   end
 end
 
--- Envelopes travel as ENVELOPE_WIDTH arguments each (see rows.envelope_args).
+-- Envelopes travel as ENVELOPE_WIDTH arguments each (see rows.envelope_args), in ENV: the
+-- call's ARGV, or (enqueue) the array its one packed argument decodes to, which spares the
+-- client packing 17 arguments per job.
 local ENVELOPE_WIDTH = 17
+local ENV = ARGV
 
 -- The job holding unique key `ukey` (nil: none): one planned earlier in this call, else
 -- the uniq entry's job while it holds the key.
@@ -205,8 +208,8 @@ local function check_envelopes(first, n, seen, resent)
   local plan = {}
   for i = 1, n do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
-    local id, owner, key = ARGV[b + 1], ARGV[b + 12], opt(ARGV[b + 11])
-    local ukey = opt(ARGV[b + 16])
+    local id, owner, key = ENV[b + 1], ENV[b + 12], opt(ENV[b + 11])
+    local ukey = opt(ENV[b + 16])
     local repeats, holder = nil, nil
     if key ~= nil then
       local field = idem_field(owner, key)
@@ -245,26 +248,26 @@ end
 local function store_envelopes(first, plan, now, out, queues)
   for i = 1, #plan do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
-    local id = ARGV[b + 1]
+    local id = ENV[b + 1]
     if plan[i] == true then
-      local queue, priority, run_at, owner = ARGV[b + 4], ARGV[b + 5], ARGV[b + 9], ARGV[b + 12]
-      local key = opt(ARGV[b + 11])
+      local queue, priority, run_at, owner = ENV[b + 4], ENV[b + 5], ENV[b + 9], ENV[b + 12]
+      local key = opt(ENV[b + 11])
       local jk = K .. 'job:' .. id
-      redis.call('HSET', jk, 'id', id, 'kind', ARGV[b + 2], 'version', ARGV[b + 3],
-        'queue', queue, 'priority', priority, 'payload', ARGV[b + 6], 'state', 'queued',
-        'attempt', ARGV[b + 7], 'max_attempts', ARGV[b + 8], 'run_at', run_at,
-        'enqueued_at', ARGV[b + 10], 'owner', owner, 'cancel_requested', '0')
+      redis.call('HSET', jk, 'id', id, 'kind', ENV[b + 2], 'version', ENV[b + 3],
+        'queue', queue, 'priority', priority, 'payload', ENV[b + 6], 'state', 'queued',
+        'attempt', ENV[b + 7], 'max_attempts', ENV[b + 8], 'run_at', run_at,
+        'enqueued_at', ENV[b + 10], 'owner', owner, 'cancel_requested', '0')
       set_or_del(jk, 'idempotency_key', key)
-      set_or_del(jk, 'trace', opt(ARGV[b + 13]))
-      set_or_del(jk, 'timeout', opt(ARGV[b + 14]))
-      set_or_del(jk, 'options', opt(ARGV[b + 15]))
-      local ukey = opt(ARGV[b + 16])
+      set_or_del(jk, 'trace', opt(ENV[b + 13]))
+      set_or_del(jk, 'timeout', opt(ENV[b + 14]))
+      set_or_del(jk, 'options', opt(ENV[b + 15]))
+      local ukey = opt(ENV[b + 16])
       set_or_del(jk, 'unique_key', ukey)
-      set_or_del(jk, 'unique_mode', opt(ARGV[b + 17]))
+      set_or_del(jk, 'unique_mode', opt(ENV[b + 17]))
       if ukey ~= nil then redis.call('HSET', K .. 'uniq', ukey, id) end
       redis.call('ZADD', K .. 'ids', 0, id)
       redis.call('ZADD', K .. 'own:' .. owner, 0, id)
-      redis.call('ZADD', K .. 'kind:' .. ARGV[b + 2], 0, id)
+      redis.call('ZADD', K .. 'kind:' .. ENV[b + 2], 0, id)
       redis.call('ZADD', K .. 'qids:' .. queue, 0, id)
       restate(id, nil, 'queued')
       if key ~= nil then redis.call('HSET', K .. 'idem', idem_field(owner, key), id) end
