@@ -168,11 +168,12 @@ def main() -> None:
     print(table)
     if not args.no_write:
         note = (
-            f"`make bench-enqueue`: {args.jobs} jobs per run, {args.reps} repetitions, engines and "
+            "## Enqueue throughput (`make bench-enqueue`)\n\n"
+            f"{args.jobs} jobs per run, {args.reps} repetitions, engines and "
             "modes alternated. P producers = P asyncio tasks in one process, each awaiting its "
             "own `app.enqueue` (concurrent calls share one commit: group commit).\n\n"
         )
-        write_section("Enqueue throughput", note + table)
+        write_section("enqueue", note + table)
 
 
 if __name__ == "__main__":
