@@ -102,8 +102,7 @@ local function newer_version(err)
 end
 
 -- Append the job's row (after its transition) to the change feed; returns the full row.
-local function event(id)
-  local flat = redis.call('HGETALL', K .. 'job:' .. id)
+local function event_of(id, flat)
   local fields = {}
   for i = 1, #flat, 2 do
     local name = flat[i]
@@ -117,6 +116,10 @@ local function event(id)
   redis.call('ZADD', K .. 'jf:' .. id, seq, seq)
   last_seq = seq
   return flat
+end
+
+local function event(id)
+  return event_of(id, redis.call('HGETALL', K .. 'job:' .. id))
 end
 
 -- Move a job between the state indexes (`from` nil: a new job).
@@ -252,18 +255,23 @@ local function store_envelopes(first, plan, now, out, queues)
     if plan[i] == true then
       local queue, priority, run_at, owner = ENV[b + 4], ENV[b + 5], ENV[b + 9], ENV[b + 12]
       local key = opt(ENV[b + 11])
-      local jk = K .. 'job:' .. id
-      redis.call('HSET', jk, 'id', id, 'kind', ENV[b + 2], 'version', ENV[b + 3],
+      -- A new job (check_envelopes refused a stored id): one HSET of the fields it has,
+      -- and its feed entry made from them, with no read back.
+      local row = {'id', id, 'kind', ENV[b + 2], 'version', ENV[b + 3],
         'queue', queue, 'priority', priority, 'payload', ENV[b + 6], 'state', 'queued',
         'attempt', ENV[b + 7], 'max_attempts', ENV[b + 8], 'run_at', run_at,
-        'enqueued_at', ENV[b + 10], 'owner', owner, 'cancel_requested', '0')
-      set_or_del(jk, 'idempotency_key', key)
-      set_or_del(jk, 'trace', opt(ENV[b + 13]))
-      set_or_del(jk, 'timeout', opt(ENV[b + 14]))
-      set_or_del(jk, 'options', opt(ENV[b + 15]))
+        'enqueued_at', ENV[b + 10], 'owner', owner, 'cancel_requested', '0'}
       local ukey = opt(ENV[b + 16])
-      set_or_del(jk, 'unique_key', ukey)
-      set_or_del(jk, 'unique_mode', opt(ENV[b + 17]))
+      local optional = {{'idempotency_key', key}, {'trace', opt(ENV[b + 13])},
+        {'timeout', opt(ENV[b + 14])}, {'options', opt(ENV[b + 15])}, {'unique_key', ukey},
+        {'unique_mode', opt(ENV[b + 17])}}
+      for _, f in ipairs(optional) do
+        if f[2] ~= nil then
+          row[#row + 1] = f[1]
+          row[#row + 1] = f[2]
+        end
+      end
+      redis.call('HSET', K .. 'job:' .. id, unpack(row))
       if ukey ~= nil then redis.call('HSET', K .. 'uniq', ukey, id) end
       redis.call('ZADD', K .. 'ids', 0, id)
       redis.call('ZADD', K .. 'own:' .. owner, 0, id)
@@ -273,7 +281,7 @@ local function store_envelopes(first, plan, now, out, queues)
       if key ~= nil then redis.call('HSET', K .. 'idem', idem_field(owner, key), id) end
       redis.call('SADD', K .. 'queues', queue)
       put_waiting(id, queue, priority, run_at, now)
-      event(id)
+      event_of(id, row)
       queues[queue] = true
       out[#out + 1] = id
       out[#out + 1] = 1
