@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from . import tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
+from ._group import GroupCommit
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
 from ._unique import UniqueMode, unique_fields, unique_key
@@ -178,6 +179,7 @@ class App:
         self._open_lock: asyncio.Lock | None = None
         self._sync: _SyncRunner | None = None
         self._users = 0
+        self._group: GroupCommit | None = None
         self._live = LiveVersions()
         #: Prometheus metrics (`offload.metrics.Metrics`); off until the web tier, a worker
         #: with `--metrics-port`, or you set one.
@@ -485,6 +487,7 @@ class App:
             return
         if self._backend is not None:
             backend, self._backend = self._backend, None
+            self._group = None
             await backend.close()
         if self._sync is not None:
             self._sync.stop()
@@ -596,7 +599,7 @@ class App:
         results: list[EnqueueResult]
         with tracing.send(envelopes, parent) as envelopes:
             if conn is None:
-                results = await backend.enqueue(envelopes)
+                results = await self._grouped(backend).submit(envelopes)
             else:
                 enqueue_in = getattr(backend, "enqueue_in", None)
                 if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
@@ -610,6 +613,12 @@ class App:
             Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
             for e, r in zip(envelopes, results, strict=True)
         ]
+
+    def _grouped(self, backend: Backend) -> GroupCommit:
+        """This app's group commit (concurrent enqueues share one backend call)."""
+        if self._group is None:
+            self._group = GroupCommit(backend.enqueue)
+        return self._group
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
         return self.envelope(
