@@ -149,8 +149,9 @@ class FileBlobStore:
 
     def _walk(self, prefix: str) -> Iterator[tuple[str, float]]:
         top = self.root / check_key(prefix.rstrip("/"))
-        for folder, _dirs, files in os.walk(top):
-            for name in files:
+        for folder, dirs, files in os.walk(top):
+            dirs.sort()  # in name order, as S3 lists: job ids are time-ordered
+            for name in sorted(files):
                 if name.startswith("."):  # temp files and the signing key
                     continue
                 path = Path(folder) / name
