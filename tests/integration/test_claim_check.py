@@ -193,3 +193,27 @@ async def test_an_s3_result_link_redirects_to_a_presigned_url(
             assert moved.status_code == 303 and moved.headers["location"].startswith(moto_endpoint)
         async with httpx.AsyncClient() as s3:
             assert (await s3.get(location)).content == b"hi"
+
+
+def test_the_threshold_is_a_setting_and_a_bad_one_is_a_configuration_error() -> None:
+    from offload.errors import ConfigurationError
+
+    assert Settings.from_env({}).claim_check_bytes == 256 * 1024
+    assert Settings.from_env({"OFFLOAD_CLAIM_CHECK_BYTES": "0"}).claim_check_bytes == 0
+    for bad in ("-1", "lots"):
+        with pytest.raises(ConfigurationError, match="CLAIM_CHECK_BYTES|bad offload setting"):
+            Settings.from_env({"OFFLOAD_CLAIM_CHECK_BYTES": bad})
+
+
+async def test_a_zero_threshold_keeps_every_payload_inline(tmp_path: Path) -> None:
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        claim_check_bytes=0,
+    )
+    async with App("inline", settings=settings) as app:
+        app.message("t.upload")(Upload)
+        job = await app.enqueue(Upload(name="inline", text="w" * BIG))
+        row = await app.get(job.id)
+        assert row is not None and row.payload["text"] == "w" * BIG
+    assert not (tmp_path / "blobs" / "payloads").exists()
