@@ -201,7 +201,7 @@ def test_the_threshold_is_a_setting_and_a_bad_one_is_a_configuration_error() -> 
     assert Settings.from_env({}).claim_check_bytes == 256 * 1024
     assert Settings.from_env({"OFFLOAD_CLAIM_CHECK_BYTES": "0"}).claim_check_bytes == 0
     for bad in ("-1", "lots"):
-        with pytest.raises(ConfigurationError, match="CLAIM_CHECK_BYTES|bad offload setting"):
+        with pytest.raises(ConfigurationError, match=r"CLAIM_CHECK_BYTES|bad offload setting"):
             Settings.from_env({"OFFLOAD_CLAIM_CHECK_BYTES": bad})
 
 
