@@ -22,7 +22,14 @@ from offload.web import create_app
 from offload.worker.runner import Worker
 
 from ..moto_support import create_bucket, moto_endpoint, unique_bucket
-from ..services import PgSchema, require_pg
+from ..services import (
+    PgSchema,
+    drop_redis_prefix,
+    redis_prefix,
+    redis_url,
+    require_pg,
+    require_redis,
+)
 
 __all__ = ["moto_endpoint"]
 pytestmark = pytest.mark.anyio
@@ -36,10 +43,18 @@ class Upload(Message):
     text: str
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def jobs_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    if request.param == "redis":
+        require_redis()
+        prefix = redis_prefix()
+        try:
+            yield redis_url(prefix)
+        finally:
+            drop_redis_prefix(prefix)
         return
     require_pg()
     schema = PgSchema()
