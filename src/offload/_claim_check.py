@@ -9,6 +9,7 @@ deleted, purged) or never came to be (a rolled-back `enqueue_in`, a replayed key
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -119,14 +120,15 @@ async def sweep(
     cutoff = time.time() - older_than_s  # blob times are wall-clock times
     stale: list[str] = []
     seen = 0
-    async for key, modified in keys(PAYLOADS_PREFIX):
-        if seen >= limit:
-            break
-        seen += 1
-        name = key.rsplit("/", 1)[-1]
-        if modified > cutoff or not name.endswith(".json"):
-            continue
-        if await app.get(name.removesuffix(".json")) is None:
-            stale.append(key)
+    async with contextlib.aclosing(keys(PAYLOADS_PREFIX)) as listing:  # closed on break
+        async for key, modified in listing:
+            if seen >= limit:
+                break
+            seen += 1
+            name = key.rsplit("/", 1)[-1]
+            if modified > cutoff or not name.endswith(".json"):
+                continue
+            if await app.get(name.removesuffix(".json")) is None:
+                stale.append(key)
     await discard(app.blobs, stale)
     return len(stale)
