@@ -1142,7 +1142,9 @@ class _SyncRunner:
         )
         self.thread.start()
         # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
-        self.twin = App(app.name, settings=app.settings, clock=app._injected_clock)
+        self.twin = App(
+            app.name, settings=app.settings, clock=app._injected_clock, blobs=app._given_blobs
+        )  # the same blob store: a large payload is checked into the one the worker reads
         self.twin.kinds = app.kinds
         self.twin.internal_kinds = app.internal_kinds
         self.twin.metrics = app.metrics
