@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -125,12 +126,12 @@ class S3BlobStore:
     """
 
     def __init__(self, location: S3Location) -> None:
-        try:
-            import aioboto3
-        except ImportError as exc:  # pragma: no cover - the extra is part of dev installs
-            raise ConfigurationError(_MISSING) from exc
+        # Checked now, imported on first use: the SDK takes a while to import, and a web
+        # process should be ready before it has served a link.
+        if importlib.util.find_spec("aioboto3") is None:  # pragma: no cover - in dev installs
+            raise ConfigurationError(_MISSING)
         self.location = location
-        self._session = aioboto3.Session()
+        self._session: Any = None
         self._signer: Any = None  # a botocore client that only presigns (no I/O)
 
     @classmethod
@@ -149,6 +150,10 @@ class S3BlobStore:
         from aiobotocore.config import AioConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if self._session is None:
+            import aioboto3
+
+            self._session = aioboto3.Session()
         config = AioConfig(s3={"addressing_style": self.location.addressing_style})
         async with self._session.client("s3", config=config, **self._config()) as client:
             try:
