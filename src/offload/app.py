@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from . import _claim_check as claim_check
 from . import tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
@@ -596,18 +597,17 @@ class App:
             parent: the tracing context of a caller on another thread (`enqueue_sync`).
         """
         backend = await self._opened_backend()
-        results: list[EnqueueResult]
-        with tracing.send(envelopes, parent) as envelopes:
-            if conn is None:
-                results = await self._grouped(backend).submit(envelopes)
-            else:
-                enqueue_in = getattr(backend, "enqueue_in", None)
-                if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
-                    raise ConfigurationError(
-                        f"the {type(backend).__name__} cannot enqueue inside your transaction"
-                    )
-                stored = enqueue_in(conn, envelopes)
-                results = await stored if inspect.isawaitable(stored) else stored
+        threshold = self.settings.claim_check_bytes
+        envelopes, checked = await claim_check.check_in(lambda: self.blobs, envelopes, threshold)
+        try:
+            results = await self._enqueue(backend, envelopes, conn, parent)
+        except BaseException:
+            if checked:
+                await claim_check.discard(self.blobs, checked)
+            raise
+        if checked:  # a replayed key or unique repeat stored nothing: its payload goes
+            unused = [e.id for e, r in zip(envelopes, results, strict=True) if not r.created]
+            await claim_check.discard(self.blobs, [claim_check.payload_key(i) for i in unused])
         self.metrics.stored(envelopes, results)
         return [
             Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
@@ -619,6 +619,23 @@ class App:
         if self._group is None:
             self._group = GroupCommit(backend.enqueue)
         return self._group
+
+    async def _enqueue(
+        self, backend: Backend, envelopes: Sequence[Envelope], conn: Any, parent: Any
+    ) -> list[EnqueueResult]:
+        """The backend's enqueue (grouped with concurrent callers'), or its enqueue inside the
+        caller's transaction `conn`."""
+        with tracing.send(envelopes, parent) as envelopes:
+            if conn is None:
+                return await self._grouped(backend).submit(envelopes)
+            enqueue_in = getattr(backend, "enqueue_in", None)
+            if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
+                raise ConfigurationError(
+                    f"the {type(backend).__name__} cannot enqueue inside your transaction"
+                )
+            stored = enqueue_in(conn, envelopes)
+            results: list[EnqueueResult] = await stored if inspect.isawaitable(stored) else stored
+            return results
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
         return self.envelope(
@@ -1178,7 +1195,9 @@ class _SyncRunner:
         )
         self.thread.start()
         # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
-        self.twin = App(app.name, settings=app.settings, clock=app._injected_clock)
+        self.twin = App(
+            app.name, settings=app.settings, clock=app._injected_clock, blobs=app._given_blobs
+        )  # the same blob store: a large payload is checked into the one the worker reads
         self.twin.kinds = app.kinds
         self.twin.internal_kinds = app.internal_kinds
         self.twin.metrics = app.metrics

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
 from .._signing import check_signed
@@ -26,7 +27,7 @@ from ..errors import (
 )
 from ..metrics import Metrics, available
 from ..settings import Settings
-from ..stores.blobs import blob_path, content_type_of
+from ..stores.blobs import blob_path, content_type_of, url_of
 from .auth import Auth, AuthHook
 from .dashboard import router as dashboard_router
 from .docs import install_docs
@@ -43,7 +44,7 @@ from .problems import (
     Problem,
     problem,
 )
-from .responses import problems
+from .responses import STRING, header, problems
 from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
 from .scrape import router as scrape_router
@@ -95,6 +96,10 @@ _FILE_ANSWERS: dict[int | str, Any] = {
         "description": "The file",
         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
     },
+    303: {
+        "description": "The blob store serves its own links (S3): its presigned, expiring URL",
+        "headers": {"Location": header("the presigned URL", STRING)},
+    },
     **problems(
         403,
         404,
@@ -102,6 +107,37 @@ _FILE_ANSWERS: dict[int | str, Any] = {
         meaning={403: "The link is invalid or has expired", 404: "No such file"},
     ),
 }
+
+
+async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
+    """The blob behind a valid signed link: a redirect to the store's own link (S3,
+    presigned for the rest of `ttl`), the local file, or else its bytes relayed."""
+    own = url_of(app.blobs, key, ttl)
+    if own is not None:  # the store serves its own links (S3): send the caller there
+        return RedirectResponse(own, status_code=303, headers={"Cache-Control": "private"})
+    local = app.blobs.path_of(key)
+    if local is None:  # a store off this filesystem: relay the bytes
+        try:
+            data = await app.blobs.get(key)
+        except FileNotFoundError:
+            raise Problem(404, "no such file", slug="file-not-found") from None
+        name = key.rsplit("/", 1)[-1]
+        return Response(
+            data,
+            media_type=content_type_of(key),
+            headers={
+                "Cache-Control": "private",
+                "Content-Disposition": f'attachment; filename="{name}"',
+            },
+        )
+    if not local.is_file():
+        raise Problem(404, "no such file", slug="file-not-found")
+    return FileResponse(
+        local,
+        media_type=content_type_of(key),
+        filename=local.name,
+        headers={"Cache-Control": "private"},
+    )
 
 
 def _storage_full(instance: str | None = None) -> Response:
@@ -206,7 +242,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.state.auth = Auth(auth, settings)
     secret = signing_key(settings)
     api.state.present = Presenter(
-        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks
+        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks, blobs=app.blobs
     )
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(api)
@@ -249,30 +285,10 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             path = blob_path(key)
         except ValueError:
             raise Problem(404, "no such file", slug="file-not-found") from None
-        if not check_signed(secret, path, expires, signature, time.time()):
+        now = time.time()
+        if not check_signed(secret, path, expires, signature, now):
             raise Problem(403, "the link is invalid or has expired", slug="bad-signature")
-        local = app.blobs.path_of(key)
-        if local is None:  # a store off this filesystem: relay the bytes
-            try:
-                data = await app.blobs.get(key)
-            except FileNotFoundError:
-                raise Problem(404, "no such file", slug="file-not-found") from None
-            name = key.rsplit("/", 1)[-1]
-            return Response(
-                data,
-                media_type=content_type_of(key),
-                headers={
-                    "Cache-Control": "private",
-                    "Content-Disposition": f'attachment; filename="{name}"',
-                },
-            )
-        if not local.is_file():
-            raise Problem(404, "no such file", slug="file-not-found")
-        return FileResponse(
-            local,
-            media_type=content_type_of(key),
-            filename=local.name,
-            headers={"Cache-Control": "private"},
-        )
+        ttl = timedelta(seconds=max(1.0, float(expires) - now))
+        return await _serve_blob(app, key, ttl)
 
     return api
