@@ -1,0 +1,111 @@
+"""`enqueue_sync`, `Job.status_sync` and `Job.wait_sync` as a threaded WSGI server calls
+them: many threads at once with no event loop, one private loop thread for them all, none
+left behind by `close`, a working runner again after a fork, and no call that can wait on
+itself forever."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from offload import App, ConfigurationError, JobState, Message
+
+#: Threads that call at once, as a threaded server's request threads do.
+THREADS = 16
+
+
+class Export(Message):
+    period: str
+
+
+def sync_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "offload-sync"]
+
+
+def test_many_threads_share_one_loop_thread_and_close_ends_it(app: App) -> None:
+    # Given a plain App and no event loop anywhere
+    app.message("t.export")(Export)
+    before = len(sync_threads())
+    start = threading.Barrier(THREADS)
+
+    def request(i: int) -> JobState:
+        start.wait(timeout=30)  # every thread makes its first call at the same moment
+        job = app.enqueue_sync(Export(period=f"2026-{i:02}"), delay=timedelta(hours=1))
+        return job.status_sync().state
+
+    # When THREADS threads enqueue and read at once, twice over
+    with ThreadPoolExecutor(THREADS) as pool:
+        states = list(pool.map(request, range(THREADS)))
+        states += list(pool.map(request, range(THREADS)))
+
+    # Then every call worked, on one loop thread started for them all
+    assert states == [JobState.QUEUED] * (2 * THREADS)
+    assert len(sync_threads()) == before + 1
+    # And closing the App ends that thread (no loop is left running)
+    asyncio.run(app.close())
+    assert len(sync_threads()) == before
+
+
+def test_waiting_threads_do_not_block_each_other(app: App) -> None:
+    # Given jobs that will not finish on their own (no worker)
+    app.message("t.export")(Export)
+    jobs = [app.enqueue_sync(Export(period="2026-10")) for _ in range(4)]
+    waiting = threading.Barrier(len(jobs) + 1)
+
+    def wait(i: int) -> JobState:
+        waiting.wait(timeout=30)
+        return jobs[i].wait_sync(timeout=30).state
+
+    # When threads wait on them while another thread cancels them one by one
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(wait, i) for i in range(len(jobs))]
+        waiting.wait(timeout=30)
+        for job in jobs:
+            asyncio.run(app.cancel(job.id))
+        states = [f.result(timeout=60) for f in futures]
+
+    # Then each wait ends with its job's final state (the waits share the loop thread)
+    assert states == [JobState.CANCELLED] * len(jobs)
+    asyncio.run(app.close())
+
+
+def test_a_sync_call_from_the_loop_thread_is_refused_not_a_deadlock(app: App) -> None:
+    app.message("t.export")(Export)
+    job = app.enqueue_sync(Export(period="2026-10"))
+
+    async def nested(_twin: App) -> None:
+        job.status_sync()  # runs on the loop thread: it would wait on itself
+
+    with pytest.raises(ConfigurationError, match="await the async method"):
+        app._sync_call(nested)
+    assert job.status_sync().state is JobState.QUEUED  # the runner still serves
+    asyncio.run(app.close())
+
+
+def _enqueue_in_child(app: App, done: multiprocessing.Queue[str]) -> None:
+    job = app.enqueue_sync(Export(period="2026-11"))
+    done.put(job.status_sync().state.value)
+
+
+def test_a_forked_child_gets_a_loop_thread_of_its_own(app: App) -> None:
+    # Given a parent whose App has a running loop thread (a pre-loading WSGI server)
+    app.message("t.export")(Export)
+    app.enqueue_sync(Export(period="2026-10"))
+    # When a forked child (a server's worker process) enqueues
+    context = multiprocessing.get_context("fork")
+    done: multiprocessing.Queue[str] = context.Queue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: intended
+        child = context.Process(target=_enqueue_in_child, args=(app, done))
+        child.start()
+    # Then it answers (the parent's thread does not exist there: it would wait forever)
+    assert done.get(timeout=60) == "queued"
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    asyncio.run(app.close())
