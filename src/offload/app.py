@@ -772,6 +772,20 @@ class App:
         (job,) = self._sync_call(lambda twin: twin._store([envelope], parent=parent))
         return replace(job, app=self)
 
+    async def job(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """A handle on a job you know the id of (a status page's), or None.
+
+        Args:
+            owner: when given, another owner's job is None too (it does not exist for them).
+        """
+        row = await self.get(job_id, owner=owner)
+        return None if row is None else Job(row.id, False, self, kind=row.kind)
+
+    def job_sync(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """`job` for synchronous code (a Flask view): its `status_sync()` then reads it."""
+        job = self._sync_call(lambda twin: twin.job(job_id, owner=owner))
+        return None if job is None else replace(job, app=self)
+
     def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
         """Run `fn` with this App's twin on the private loop thread, blocking until done
         (the `*_sync` methods of App and Job)."""
