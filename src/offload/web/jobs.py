@@ -14,6 +14,7 @@ from starlette.routing import Mount
 
 from .._links import Presenter
 from ..app import App
+from ..contract import Message
 from ..errors import ConfigurationError
 from ..job import Job
 from ..notify.targets import callback_url_refusal
@@ -32,6 +33,7 @@ class Jobs:
         principal: who is calling, by the web tier's own rules (its auth hook, or the
             bearer tokens of OFFLOAD_API_TOKENS, or `local` in development mode).
         root: the path the web tier is mounted at (`/jobs`): its status API is there.
+        present: how that web tier shows records there (signed links, no tracebacks).
     """
 
     app: App
@@ -41,7 +43,7 @@ class Jobs:
 
     async def enqueue(
         self,
-        message: Any,
+        message: Message,
         *,
         priority: int = 0,
         delay: float | timedelta | None = None,
