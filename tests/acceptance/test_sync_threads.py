@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 
+import offload._sync
 from offload import App, ConfigurationError, JobState, Message
 
 #: Threads that call at once, as a threaded server's request threads do.
@@ -108,4 +110,30 @@ def test_a_forked_child_gets_a_loop_thread_of_its_own(app: App) -> None:
     assert done.get(timeout=60) == "queued"
     child.join(timeout=60)
     assert child.exitcode == 0
+    asyncio.run(app.close())
+
+
+def test_close_ends_a_waiting_thread_instead_of_leaving_it_blocked(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offload._sync, "DEFAULT_STOP_GRACE_S", 0.1)
+    # Given a request thread waiting on a job that will not end (no worker)
+    app.message("t.export")(Export)
+    job = app.enqueue_sync(Export(period="2026-10"))
+    runner = app._sync
+    assert runner is not None
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(job.wait_sync, 600)
+        deadline = time.monotonic() + 30
+        while not asyncio.all_tasks(runner.loop):  # until the wait runs on the loop thread
+            assert time.monotonic() < deadline, "the wait never started"
+            time.sleep(0.01)
+        # When the App closes (the server shuts down)
+        asyncio.run(app.close())
+        # Then the waiting thread is released with a cancellation, not blocked forever
+        with pytest.raises(CancelledError):
+            waiting.result(timeout=60)
+    assert not runner.thread.is_alive() and runner.loop.is_closed()
+    # And the App serves sync calls again afterwards, on a new loop thread
+    assert job.status_sync().state is JobState.QUEUED
     asyncio.run(app.close())
