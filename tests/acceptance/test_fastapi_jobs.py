@@ -145,3 +145,23 @@ async def test_the_web_tier_is_named_where_several_are_mounted(app: App, closing
     async with client(api, raising=True) as local:  # the app's error, raised here
         with pytest.raises(ConfigurationError, match="one offload web tier"):
             await local.get("/ambiguous")
+
+
+async def test_a_token_limited_to_other_kinds_may_not_enqueue_through_the_route(
+    settings: Settings, closing: None
+) -> None:
+    limited = replace(
+        settings,
+        api_tokens={"t-a": "alice", "t-r": "robot"},
+        token_kinds={"t-r": frozenset({"t.other"})},
+    )
+    app = App("host", settings=limited)
+    app.message("t.export")(Export)
+    api = host(app)
+    async with client(api, "t-r") as robot, client(api, "t-a") as alice:
+        refused = await robot.post("/exports", params={"period": "2026-10"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["type"].endswith("kind-not-allowed")
+        assert await app.count_jobs(JobFilter()) == 0
+        assert (await alice.post("/exports", params={"period": "2026-10"})).status_code == 202
+    await app.close()

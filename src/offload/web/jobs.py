@@ -34,12 +34,15 @@ class Jobs:
             bearer tokens of OFFLOAD_API_TOKENS, or `local` in development mode).
         root: the path the web tier is mounted at (`/jobs`): its status API is there.
         present: how that web tier shows records there (signed links, no tracebacks).
+        kinds: the kinds the caller's token may submit (`token=principal[kind|kind]`);
+            None: every kind.
     """
 
     app: App
     principal: str
     root: str
     present: Presenter
+    kinds: frozenset[str] | None = None
 
     async def enqueue(
         self,
@@ -55,9 +58,13 @@ class Jobs:
         """`App.enqueue`, owned by the caller (only they see the job in the status API).
 
         Raises:
-            Problem: 422 for a `callback_url` the web tier would refuse (a private host).
+            Problem: 403 for a kind the caller's token may not submit; 422 for a
+                `callback_url` the web tier would refuse (a private host).
             ValueError, TypeError: an option `App.enqueue` refuses.
         """
+        kind = self.app.spec_of(type(message)).kind if self.kinds is not None else ""
+        if self.kinds is not None and kind not in self.kinds:
+            raise Problem(403, f"this token may not submit {kind!r} jobs", slug="kind-not-allowed")
         if callback_url is not None:
             allow = self.app.settings.webhook_allow_private
             why = callback_url_refusal(callback_url, allow_private=allow)
@@ -124,8 +131,9 @@ class OffloadJobs:
         await web.state.runtime.ensure()  # opened on first use, as the mounted API is
         await auth.authenticate(request)
         principal = auth.principal(request)
+        kinds = auth.token_auth.kinds_of(request) if auth.hook is None else None
         root = request.scope.get("root_path", "").rstrip("/") + root
-        return Jobs(web.state.offload, principal, root, web.state.present.at(root))
+        return Jobs(web.state.offload, principal, root, web.state.present.at(root), kinds)
 
     def _mounted(self, request: Request) -> tuple[FastAPI, str]:
         """The web tier and the path it is mounted at in the request's app.
