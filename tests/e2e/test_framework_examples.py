@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,8 @@ from .conftest import Stack, free_port
 
 #: The web servers the READMEs start, by the program their command names.
 SERVERS = ("flask", "uvicorn")
+#: Browsers posting to the Flask example at the same time.
+CONCURRENT = 8
 #: How long a job may take end to end (a worker process starting included).
 DEADLINE_S = 60.0
 
@@ -155,6 +158,26 @@ def test_the_flask_example_runs_as_its_readme_says(flask_example: Stack) -> None
     bob = signed_in(stack, "bob")
     assert bob.get(status_url).status_code == 404
     assert bob.get(f"{status_url}/result").status_code == 404
+
+
+def test_the_flask_example_serves_many_request_threads_at_once(flask_example: Stack) -> None:
+    # Given signed-in browsers, one per request thread of the threaded server
+    browsers = [signed_in(flask_example, "alice") for _ in range(CONCURRENT)]
+
+    def submit_and_follow(i: int) -> str:
+        posted = browsers[i].post("/count", data={"text": " ".join(["word"] * (i + 1))})
+        assert posted.status_code == 303, posted.text
+        done = follow_status_page(browsers[i], posted.headers["location"])
+        assert done.status_code == 303, done.text
+        return browsers[i].get(done.headers["location"]).text
+
+    # When they all post and poll at the same time
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        pages = list(pool.map(submit_and_follow, range(CONCURRENT)))
+    # Then every one gets its own result
+    for i, page in enumerate(pages):
+        assert f"{i + 1} words" in page, page
+    assert stored_jobs(flask_example.root) == CONCURRENT
 
 
 def problem_of(answer: httpx.Response, status: int) -> dict[str, object]:
