@@ -106,10 +106,15 @@ def test_a_forked_child_gets_a_loop_thread_of_its_own(app: App) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: intended
         child = context.Process(target=_enqueue_in_child, args=(app, done))
         child.start()
-    # Then it answers (the parent's thread does not exist there: it would wait forever)
-    assert done.get(timeout=60) == "queued"
-    child.join(timeout=60)
-    assert child.exitcode == 0
+    try:
+        # Then it answers (the parent's thread does not exist there: it would wait forever)
+        assert done.get(timeout=60) == "queued"
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join()
     asyncio.run(app.close())
 
 
