@@ -219,7 +219,9 @@ def test_the_fastapi_example_runs_as_its_readme_says(fastapi_example: Stack) -> 
     assert accepted.status_code == 202, accepted.text
     location = accepted.headers["location"]
     assert location == f"/jobs/v1/jobs/{accepted.json()['id']}"
-    assert accepted.headers["retry-after"] and accepted.json()["state"] == "queued"
+    assert accepted.headers["retry-after"]
+    # (the body is the record as it stands: the worker may have claimed the job already)
+    assert accepted.json()["state"] in ("queued", "running", "succeeded")
     assert accepted.json()["links"]["self"] == location
     # And the status API shows her job until it has succeeded
     deadline = time.monotonic() + DEADLINE_S
