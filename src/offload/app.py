@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import threading
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the da
 from ._group import GroupCommit
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
+from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
@@ -178,7 +178,7 @@ class App:
         self._given_blobs = blobs
         self._blobs: BlobStore | None = blobs
         self._open_lock: asyncio.Lock | None = None
-        self._sync: _SyncRunner | None = None
+        self._sync: SyncRunner[App] | None = None
         self._users = 0
         self._group: GroupCommit | None = None
         self._live = LiveVersions()
@@ -490,9 +490,10 @@ class App:
             backend, self._backend = self._backend, None
             self._group = None
             await backend.close()
-        if self._sync is not None:
-            self._sync.stop()
-            self._sync = None
+        with start_lock():
+            runner, self._sync = self._sync, None
+        if runner is not None:
+            runner.stop(App.close)
 
     async def __aenter__(self) -> App:
         return await self.open()
@@ -841,12 +842,43 @@ class App:
         (job,) = self._sync_call(lambda twin: twin._store([envelope], parent=parent))
         return replace(job, app=self)
 
+    async def job(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """A handle on a job you know the id of (a status page's), or None.
+
+        Args:
+            owner: when given, another owner's job is None too (it does not exist for them).
+        """
+        row = await self.get(job_id, owner=owner)
+        return None if row is None else Job(row.id, False, self, kind=row.kind)
+
+    def job_sync(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """`job` for synchronous code (a Flask view): its `status_sync()` then reads it."""
+        job = self._sync_call(lambda twin: twin.job(job_id, owner=owner))
+        return None if job is None else replace(job, app=self)
+
     def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
         """Run `fn` with this App's twin on the private loop thread, blocking until done
         (the `*_sync` methods of App and Job)."""
-        if self._sync is None:
-            self._sync = _SyncRunner(self)
-        return self._sync.call(fn)
+        runner = self._sync
+        if runner is None or not runner.usable:
+            with start_lock():  # one runner, however many threads ask at once
+                runner = self._sync
+                if runner is None or not runner.usable:  # none yet, or the parent's
+                    runner = self._sync = SyncRunner(self._sync_twin())
+        return runner.call(fn)
+
+    def _sync_twin(self) -> App:
+        """A copy of this App for the runner's loop: its own backend connections (a
+        backend belongs to the loop that opened it) and the same kinds."""
+        # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
+        # The same blob store: a large payload is checked into the one the worker reads.
+        twin = App(
+            self.name, settings=self.settings, clock=self._injected_clock, blobs=self._given_blobs
+        )
+        twin.kinds = self.kinds
+        twin.internal_kinds = self.internal_kinds
+        twin.metrics = self.metrics
+        return twin
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -1183,33 +1215,3 @@ def _queue_name(queue: str) -> str:
     if not queue or not queue.strip():
         raise ConfigurationError("a queue name must not be empty")
     return queue
-
-
-class _SyncRunner:
-    """A private event loop thread with its own App copy, for the `*_sync` methods."""
-
-    def __init__(self, app: App) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, daemon=True, name="offload-sync"
-        )
-        self.thread.start()
-        # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
-        self.twin = App(
-            app.name, settings=app.settings, clock=app._injected_clock, blobs=app._given_blobs
-        )  # the same blob store: a large payload is checked into the one the worker reads
-        self.twin.kinds = app.kinds
-        self.twin.internal_kinds = app.internal_kinds
-        self.twin.metrics = app.metrics
-
-    def call(self, fn: Callable[[App], Coroutine[Any, Any, T] | Awaitable[T]]) -> T:
-        async def run() -> T:
-            return await fn(self.twin)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.twin.close(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()

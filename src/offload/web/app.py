@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, RedirectResponse, Response
 
@@ -19,11 +18,7 @@ from ..app import App
 from ..errors import (
     BackendError,
     ConfigurationError,
-    InvalidTransition,
-    JobNotFound,
-    OffloadError,
     StorageFull,
-    UnknownKind,
 )
 from ..metrics import Metrics, available
 from ..settings import Settings
@@ -32,6 +27,7 @@ from .auth import Auth, AuthHook
 from .dashboard import router as dashboard_router
 from .docs import install_docs
 from .feeds import router as feeds_router
+from .handlers import problem_details, storage_full
 from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
@@ -39,7 +35,6 @@ from .present import Presenter
 from .problems import (
     BACKEND_RETRY_AFTER,
     STORAGE_FULL_DETAIL,
-    STORAGE_FULL_RETRY_AFTER,
     JSONResponse,
     Problem,
     problem,
@@ -71,14 +66,6 @@ def check_bind(host: str, settings: Settings) -> None:
             f"refusing to serve on {host!r} without authentication: set OFFLOAD_API_TOKENS "
             "(token=principal,…) or bind to 127.0.0.1"
         )
-
-
-#: Errors about the job asked for that reach the error handler: their answers.
-_JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
-    (JobNotFound, 404, "job-not-found"),
-    (UnknownKind, 404, "unknown-kind"),
-    (InvalidTransition, 409, "already-final"),
-)
 
 
 #: An operation that asks no credentials (in a document that declares some).
@@ -140,34 +127,8 @@ async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
     )
 
 
-def _storage_full(instance: str | None = None) -> Response:
-    return problem(
-        503,
-        STORAGE_FULL_DETAIL,
-        slug="storage-full",
-        instance=instance,
-        headers=STORAGE_FULL_RETRY_AFTER,
-    )
-
-
-def _install_error_handlers(api: FastAPI) -> None:
-    @api.exception_handler(Problem)
-    async def on_problem(request: Request, exc: Problem) -> Response:
-        return exc.response(instance=request.url.path)
-
-    @api.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-            for e in exc.errors()
-        ]
-        return problem(
-            422,
-            "the request is not valid",
-            slug="invalid-request",
-            instance=request.url.path,
-            errors=errors,
-        )
+def _answer_allow(api: FastAPI) -> None:
+    """A 405 names the methods the path answers (`Allow`), as the routes say."""
 
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
@@ -176,37 +137,6 @@ def _install_error_handlers(api: FastAPI) -> None:
             routes = (*router.routes, *feeds_router.routes, *api.routes)
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request, routes))}
         return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
-
-    @api.exception_handler(BackendError)
-    async def on_backend(request: Request, exc: BackendError) -> Response:
-        log.error("backend error: %s", exc, extra={"action": "backend_error"})
-        return problem(
-            503,
-            "the job backend is unavailable; try again shortly",
-            slug="backend-unavailable",
-            instance=request.url.path,
-            headers=BACKEND_RETRY_AFTER,
-        )
-
-    @api.exception_handler(StorageFull)
-    async def on_storage_full(request: Request, exc: StorageFull) -> Response:
-        log.error("storage full: %s", exc, extra={"action": "storage_full"})
-        return _storage_full(request.url.path)
-
-    @api.exception_handler(OffloadError)
-    async def on_offload(request: Request, exc: OffloadError) -> Response:
-        for cls, status, slug in _JOB_ERRORS:
-            if isinstance(exc, cls):
-                return problem(status, str(exc), slug=slug, instance=request.url.path)
-        # Anything else a route does not answer itself is a fault of the server (a setting
-        # that cannot work, a bug), never the caller's: 500, logged.
-        log.error("offload error: %s", exc, extra={"action": "web_error"}, exc_info=exc)
-        return problem(500, "internal error", instance=request.url.path)
-
-    @api.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"action": "web_error"})
-        return problem(500, "internal error", instance=request.url.path)
 
 
 def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
@@ -245,7 +175,8 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks, blobs=app.blobs
     )
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    _install_error_handlers(api)
+    problem_details(api)
+    _answer_allow(api)
     api.include_router(router)
     api.include_router(feeds_router)
     api.include_router(kinds_router)
@@ -266,7 +197,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             await api.state.runtime.ensure()
             await app.ping()
         except StorageFull:
-            return _storage_full()
+            return storage_full()
         except (BackendError, ConfigurationError) as exc:
             return problem(
                 503, f"backend unreachable: {exc}", slug="not-ready", headers=BACKEND_RETRY_AFTER
