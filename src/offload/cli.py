@@ -403,8 +403,7 @@ def _autoscale_bounds(
         )
     if max_jobs is not None or exit_when_idle is not None:
         raise typer.BadParameter(
-            "--autoscale keeps processes running: it does not combine with --max-jobs or "
-            "--exit-when-idle",
+            "it keeps processes running: it does not combine with --max-jobs or --exit-when-idle",
             param_hint="'--autoscale'",
         )
     return bounds

@@ -178,7 +178,8 @@ class ScalingPolicy:
 
     def _decided(self, now: float, decision: Decision) -> Decision:
         self.decided_at = now
-        self.quiet_since = None  # the next removal waits out a quiet period of its own
+        # The next removal waits out a quiet period of its own, from this one on.
+        self.quiet_since = now if decision.direction == "down" else None
         return decision
 
     def _observe(self, now: float, size: int, backlog: Backlog) -> None:
