@@ -9,11 +9,14 @@ drain runs on MAX processes for sure (and not on the first alone, done before th
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,7 +24,7 @@ import pytest
 from offload import App, Message, Settings
 from offload.contract import JobFilter
 
-from .conftest import Stack
+from .conftest import TEMPLATE, Stack, backend_url
 from .test_metrics import free_ports, scrape
 
 pytestmark = pytest.mark.slow
@@ -59,8 +62,13 @@ class Producer:
         return self.call(send)
 
     def workers(self) -> int:
-        async def read(app: App) -> int:
-            return sum(1 for w in await app.workers() if not w.lost)
+        return len(self.pids())
+
+    def pids(self) -> set[int]:
+        """The pids of the live workers in the registry."""
+
+        async def read(app: App) -> set[int]:
+            return {w.pid for w in await app.workers() if not w.lost}
 
         return self.call(read)
 
@@ -122,7 +130,7 @@ def test_a_burst_grows_the_workers_to_max_and_a_quiet_period_shrinks_them_to_min
     (stack.logs / "go").touch()
     wait_for(lambda: producer.succeeded() == BURST, "the burst to drain", stack)
     # ... then a quiet period shrinks it back to MIN
-    wait_for(lambda: (decisions(stack) or [("",)])[-1][:3] == ("down", 2, 1), "MIN", stack)
+    wait_for(lambda: decisions(stack)[-1][:3] == ("down", 2, 1), "MIN", stack)
     steps = [(a, b) for _, a, b, _ in decisions(stack)]
     assert steps == [(1, 2), (2, 3), (3, 2), (2, 1)], stack.output()
     assert all(
@@ -142,6 +150,7 @@ def test_a_burst_grows_the_workers_to_max_and_a_quiet_period_shrinks_them_to_min
 
     # ... its metrics say so
     metrics = wait_for(lambda: scrape(f"http://127.0.0.1:{port}/metrics"), "metrics", stack)
+    assert metrics is not None
     assert metrics.value("offload_worker_processes") == MIN
     assert metrics.total("offload_autoscale_decisions_total", direction="up") == 2
     assert metrics.value("offload_autoscale_decisions_total", direction="down", reason="quiet") == 2
@@ -150,3 +159,46 @@ def test_a_burst_grows_the_workers_to_max_and_a_quiet_period_shrinks_them_to_min
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=30) == 0, stack.output()
     wait_for(lambda: producer.workers() == 0, "the workers to deregister", stack, timeout=30)
+
+
+@pytest.fixture
+def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
+    """The project folder and its processes on SQLite (restarts do not depend on the
+    backend)."""
+    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
+    with backend_url("sqlite", tmp_path) as url:
+        s = Stack(tmp_path, url)
+        try:
+            yield s
+        finally:
+            s.stop()
+
+
+def test_a_process_that_dies_is_restarted_and_counts_toward_the_size(sqlite_stack: Stack) -> None:
+    stack = sqlite_stack
+    # Given an autoscaled worker at its MIN of 2 processes, both registered
+    port = free_ports(1 + MAX)
+    stack.start_worker(
+        *("--autoscale", f"2:{MAX}", "--metrics-port", str(port)), app="scaleapp:app"
+    )
+    producer = Producer(stack)
+
+    def both() -> set[int] | None:
+        pids = producer.pids()
+        return pids if len(pids) == 2 else None
+
+    first = wait_for(both, "2 workers", stack)
+    assert first is not None
+
+    # When one of them is killed
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+
+    # Then the supervisor starts another in its place, and makes no decision for it
+    wait_for(lambda: producer.pids() - first, "a restarted worker", stack)
+    assert f"worker process {victim} exited with -9; restarting" in stack.output()
+    assert decisions(stack) == []
+    metrics = wait_for(lambda: scrape(f"http://127.0.0.1:{port}/metrics"), "metrics", stack)
+    assert metrics is not None
+    assert metrics.value("offload_worker_processes") == 2
+    assert metrics.total("offload_autoscale_decisions_total") == 0

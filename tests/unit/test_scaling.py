@@ -27,7 +27,7 @@ def policy(**kw: float) -> ScalingPolicy:
         "cooldown_s": 5.0,
         **kw,
     }
-    return ScalingPolicy(**options)  # type: ignore[arg-type]
+    return ScalingPolicy(**options)
 
 
 def idle(completed: int = 0) -> Backlog:
