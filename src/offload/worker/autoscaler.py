@@ -192,6 +192,15 @@ class AutoscalingSupervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop, signum)
+        try:
+            await self._supervise()
+        except BaseException:
+            self._stop(signal.SIGTERM)  # never leave the children running on a failure
+            await asyncio.shield(self._wait_all())
+            raise
+        return await self._wait_all()
+
+    async def _supervise(self) -> None:
         for _ in range(self.policy.min_processes):
             self._add()
         next_read = self.clock()
@@ -202,7 +211,6 @@ class AutoscalingSupervisor:
                 await self._step()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), TICK_S)
-        return await self._wait_all()
 
     def _stop(self, signum: int) -> None:
         self._stopping.set()
