@@ -313,12 +313,16 @@ def worker(
     _setup_logging()
     if autoscale is not None:
         bounds = _autoscale_bounds(autoscale, processes, max_jobs, exit_when_idle)
+        if target_wait <= 0:
+            raise typer.BadParameter("must be above 0", param_hint="'--target-wait'")
         options = [f"--concurrency={concurrency}", f"--prefetch={prefetch}", f"--grace={grace}"]
         options += [f"--queues={queues}"] if queues else []
         options += [f"--lease={lease}"] if lease else []
         options += [f"--url={url}"] if url else []
         options += [f"--metrics-host={metrics_host}"] if metrics_port else []
         with _errors():
+            # Unlike --processes, this process loads the app (handlers included): it reads
+            # the backlog through it, from the backend and queues its workers serve.
             offload_app = _app(app, url)
             code = _autoscaled(
                 offload_app,
