@@ -315,6 +315,12 @@ def worker(
         bounds = _autoscale_bounds(autoscale, processes, max_jobs, exit_when_idle)
         if target_wait <= 0:
             raise typer.BadParameter("must be above 0", param_hint="'--target-wait'")
+        if metrics_port is not None and metrics_port + bounds[1] > 65535:
+            raise typer.BadParameter(
+                f"the processes serve ports up to N + MAX ({metrics_port + bounds[1]}): "
+                "at most 65535",
+                param_hint="'--metrics-port'",
+            )
         options = [f"--concurrency={concurrency}", f"--prefetch={prefetch}", f"--grace={grace}"]
         options += [f"--queues={queues}"] if queues else []
         options += [f"--lease={lease}"] if lease else []

@@ -22,6 +22,7 @@ from offload.cli import cli
         (("--autoscale", "1:3", "--exit-when-idle", "5"), "or --exit-when-idle"),
         (("--autoscale", "1:3", "--target-wait", "soon"), "'soon' is not a duration"),
         (("--autoscale", "1:3", "--target-wait", "0ms"), "'--target-wait': must be above 0"),
+        (("--autoscale", "1:3", "--metrics-port", "65533"), "up to N + MAX (65536)"),
         (("--autoscale", "1:3", "--scale-down-after", "1d"), "'1d' is not a duration"),
     ],
 )
