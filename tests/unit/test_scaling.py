@@ -54,7 +54,7 @@ def test_more_ready_jobs_than_the_processes_clear_in_the_target_adds_one() -> No
     decision = p.decide(2.0, 1, Backlog(ready=25, oldest_age_s=0.5, completed=20))
     # Then a process is added, for the backlog
     assert decision is not None and decision.reason == REASON_BACKLOG
-    assert str(decision) == "scale up 1→2: 25 ready jobs > 20 that 1 processes clear in 2 s"
+    assert str(decision) == "scale up 1→2: 25 ready jobs > 20 that 1 process clears in 2 s"
 
 
 def test_the_rate_counts_only_intervals_that_kept_the_processes_busy() -> None:

@@ -206,10 +206,8 @@ class ScalingPolicy:
             return REASON_OLDEST_AGE, f"oldest ready job {age:.1f} s > target {target:g} s"
         cleared = self._cleared_in_target(size)
         if cleared is not None and backlog.ready > cleared:
-            detail = (
-                f"{backlog.ready} ready jobs > {cleared:.0f} that {size} processes clear "
-                f"in {target:g} s"
-            )
+            processes = "1 process clears" if size == 1 else f"{size} processes clear"
+            detail = f"{backlog.ready} ready jobs > {cleared:.0f} that {processes} in {target:g} s"
             return REASON_BACKLOG, detail
         return None
 
