@@ -727,6 +727,50 @@ class App:
         (job,) = await self._store([self._stamp(message, o)], conn)
         return job
 
+    def enqueue_in_sync(
+        self,
+        conn: Any,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
+        """`enqueue_in` for synchronous code: on the caller's synchronous connection to the
+        app's PostgreSQL database (psycopg's `Connection`, or Django's `connection`),
+        inside their open transaction, in the calling thread. The job exists if and only if
+        that transaction commits. Options as for `enqueue`.
+
+        Raises:
+            ConfigurationError: the backend has no synchronous transactions to join.
+        """
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        envelopes = [self._stamp(message, o)]
+        # Only the caller's connection is used: the backend need not be open (its pool and
+        # listener belong to an event loop this thread may not have).
+        backend = self._backend or open_backend(self.settings.url, clock=self._injected_clock)
+        store = getattr(backend, "enqueue_in_sync", None)
+        if store is None:
+            raise ConfigurationError(
+                f"the {type(backend).__name__} cannot enqueue inside a synchronous transaction"
+            )
+        with tracing.send(envelopes, None) as stamped:
+            results: list[EnqueueResult] = store(conn, stamped)
+        self.metrics.stored(stamped, results)
+        return Job(results[0].id, results[0].created, self, kind=stamped[0].kind)
+
     async def submit(self, envelope: Envelope) -> tuple[Job, JobRow]:
         """Store one envelope made by `envelope` and return its job with the stored row:
         the HTTP submission path, which answers with the job's status record.
