@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims chaos
+.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-enqueue bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,13 +55,16 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*
 
 # Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
-bench: bench-api bench-drain bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims
+bench: bench-api bench-drain bench-enqueue bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout
 
 bench-peers: $(STAMP)
 	bash bench/peers.sh
 
 bench-drain: $(STAMP)
 	$(BIN)/python bench/drain.py
+
+bench-enqueue: $(STAMP)
+	$(BIN)/python bench/enqueue.py
 
 bench-claims: $(STAMP)
 	$(BIN)/python bench/claims.py
@@ -81,6 +84,11 @@ bench-burst: $(STAMP)
 
 bench-tracing: $(STAMP)
 	$(BIN)/python bench/tracing.py
+
+# Drain throughput with 1, 2, 4 and 8 worker hosts (network namespaces; needs root) on
+# private PostgreSQL and Redis servers; writes its table and bench/scaleout.png.
+bench-scaleout: $(STAMP)
+	$(BIN)/python -m bench.scaleout
 
 
 # The fault-injection run (bench/chaos): every engine and Redis setting, 60 s of seeded faults

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
@@ -171,21 +171,38 @@ class PrivatePostgres(_Managed):
     cluster goes to a fresh folder of the system's temporary directory instead, removed by
     `close` like the rest. The database `offload` is created empty: `offload migrate` (or a
     backend's `migrate`) makes the schema.
+
+    `listen` adds addresses to listen on besides 127.0.0.1 (they must exist when it starts,
+    e.g. the host ends of veth pairs), and `clients` the networks (CIDR) trusted to connect
+    to them; `url_via(address)` is the URL through one of them.
     """
 
     name = "postgres"
     setting = ""
     restartable = True
 
-    def __init__(self, root: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        listen: Sequence[str] = (),
+        clients: Sequence[str] = (),
+    ) -> None:
         self.root = Path(root)
         self.port = port or free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/offload"
+        self.listen = ("127.0.0.1", *listen)
+        self.clients = tuple(clients)
+        self.url = self.url_via("127.0.0.1")
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.home: Path | None = None
         self._made: list[Path] = []
         self._bindir = _pg_bindir()
         self._as_user = os.geteuid() == 0
+
+    def url_via(self, address: str, database: str = "offload") -> str:
+        """The URL of `database` through `address` (127.0.0.1 or one of `listen`)."""
+        return f"postgresql://postgres@{address}:{self.port}/{database}"
 
     @property
     def data(self) -> Path:
@@ -277,7 +294,7 @@ class PrivatePostgres(_Managed):
 
     def _configure(self) -> None:
         settings = {
-            "listen_addresses": "'127.0.0.1'",
+            "listen_addresses": f"'{','.join(self.listen)}'",
             "port": str(self.port),
             "unix_socket_directories": "''",
             "fsync": "on",
@@ -288,6 +305,8 @@ class PrivatePostgres(_Managed):
         }
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        with open(self.data / "pg_hba.conf", "a") as hba:
+            hba.writelines(f"host all all {net} trust\n" for net in self.clients)
 
     def _start(self) -> None:
         self._pg("pg_ctl", "start", "-w", "-t", str(int(DEFAULT_START_TIMEOUT_S)), "-D",
@@ -357,13 +376,20 @@ class PrivatePostgres(_Managed):
 
 class PrivateRedis(_Managed):
     """A redis-server of our own on 127.0.0.1:`port`: append-only file in `root/redis`,
-    with the given `appendfsync`, no RDB snapshots (the AOF alone says what survives)."""
+    with the given `appendfsync`, no RDB snapshots (the AOF alone says what survives).
+    `listen` adds addresses to listen on besides 127.0.0.1 (they must exist when it starts);
+    `url_via(address)` is the URL through one of them."""
 
     name = "redis"
     restartable = True
 
     def __init__(
-        self, root: Path, *, port: int | None = None, appendfsync: str = "everysec"
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        appendfsync: str = "everysec",
+        listen: Sequence[str] = (),
     ) -> None:
         if appendfsync not in APPENDFSYNC:
             raise ValueError(f"appendfsync must be one of {APPENDFSYNC}, not {appendfsync!r}")
@@ -371,7 +397,8 @@ class PrivateRedis(_Managed):
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.setting = f"appendfsync={appendfsync}"
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.listen = ("127.0.0.1", *listen)
+        self.url = self.url_via("127.0.0.1")
         self.home = self.root / "redis"
         self.proc: subprocess.Popen[bytes] | None = None
         self._made = False
@@ -432,18 +459,28 @@ class PrivateRedis(_Managed):
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
+    def url_via(self, address: str) -> str:
+        """The URL of database 0 through `address` (127.0.0.1 or one of `listen`)."""
+        return f"redis://{address}:{self.port}/0"
+
     @property
     def log(self) -> Path:
         return self.home / "server.log"
 
     def _spawn(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        argv = ["redis-server", "--port", str(self.port), "--bind", *self.listen,
                 "--dir", str(self.home), "--appendonly", "yes",
                 "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
-                "--logfile", str(self.log), "--protected-mode", "yes",
+                "--logfile", str(self.log), "--protected-mode", self._protected(),
                 "--maxmemory-policy", "noeviction"]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         _wait_until(self._accepts, "Redis", DEFAULT_START_TIMEOUT_S)
+
+    def _protected(self) -> str:
+        """Protected mode refuses every client but loopback ones while no password is set;
+        the `listen` addresses are there for clients that are not on loopback (network
+        namespaces on this machine), and `--bind` limits the server to exactly them."""
+        return "no" if len(self.listen) > 1 else "yes"
 
     def _client(self) -> redis.Redis:
         """A client that never retries on its own (a retry would blur the measured

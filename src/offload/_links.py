@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._signing import load_or_create_key, signed_query
 from .contract import JobRow, public_error, status_record
-from .stores.blobs import BLOB_REF_PREFIX, blob_path
+from .stores.blobs import BLOB_REF_PREFIX, blob_path, url_of
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .stores.blobs import BlobStore
 
 #: Where the web tier serves jobs (below its mount path): the base of a record's links.
 JOBS_PATH = "/v1/jobs"
@@ -53,6 +55,8 @@ class Presenter:
             before the job links (`links.self`, `events`, `result`) of every record.
         tracebacks: show failures' tracebacks (OFFLOAD_EXPOSE_TRACEBACKS); else an error
             is its type and message only.
+        blobs: the blob store; one with links of its own (S3: presigned URLs) gives those
+            instead of the web tier's `/files` links, so the bytes never pass through it.
     """
 
     def __init__(
@@ -63,8 +67,10 @@ class Presenter:
         *,
         mount: str = "",
         tracebacks: bool = False,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.secret = secret
+        self.blobs = blobs
         self.ttl_s = ttl_s
         self.prefix = prefix
         self.mount = mount
@@ -82,9 +88,14 @@ class Presenter:
             self.prefix + root,
             mount=self.mount + root,
             tracebacks=self.tracebacks,
+            blobs=self.blobs,
         )
 
     def link(self, key: str, now: float | None = None) -> str:
+        if self.blobs is not None:
+            own = url_of(self.blobs, key, timedelta(seconds=self.ttl_s))
+            if own is not None:
+                return own
         path = blob_path(key)
         expires = int((now or time.time()) + self.ttl_s)
         return f"{self.prefix}{path}?{signed_query(self.secret, path, expires)}"

@@ -39,6 +39,16 @@ class JobOptions:
     owner: str = DEFAULT_OWNER
 
     def __post_init__(self) -> None:
+        if (
+            type(self.priority) is int  # the usual call: defaults and plain values
+            and self.delay is None
+            and self.run_at is None
+            and self.callback_url is None
+            and self.notify_email is None
+            and type(self.owner) is str
+            and (self.idempotency_key is None or type(self.idempotency_key) is str)
+        ):
+            return
         for f in fields(self):
             value = getattr(self, f.name)
             accepted, what = _ACCEPTS[f.name]

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import threading
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from . import _claim_check as claim_check
 from . import tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
+from ._group import GroupCommit
 from ._ids import uuid7
 from ._options import DEFAULT_OWNER, JobOptions
+from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
 from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, Change
@@ -176,8 +178,9 @@ class App:
         self._given_blobs = blobs
         self._blobs: BlobStore | None = blobs
         self._open_lock: asyncio.Lock | None = None
-        self._sync: _SyncRunner | None = None
+        self._sync: SyncRunner[App] | None = None
         self._users = 0
+        self._group: GroupCommit | None = None
         self._live = LiveVersions()
         #: Prometheus metrics (`offload.metrics.Metrics`); off until the web tier, a worker
         #: with `--metrics-port`, or you set one.
@@ -485,10 +488,12 @@ class App:
             return
         if self._backend is not None:
             backend, self._backend = self._backend, None
+            self._group = None
             await backend.close()
-        if self._sync is not None:
-            self._sync.stop()
-            self._sync = None
+        with start_lock():
+            runner, self._sync = self._sync, None
+        if runner is not None:
+            runner.stop(App.close)
 
     async def __aenter__(self) -> App:
         return await self.open()
@@ -593,23 +598,45 @@ class App:
             parent: the tracing context of a caller on another thread (`enqueue_sync`).
         """
         backend = await self._opened_backend()
-        results: list[EnqueueResult]
-        with tracing.send(envelopes, parent) as envelopes:
-            if conn is None:
-                results = await backend.enqueue(envelopes)
-            else:
-                enqueue_in = getattr(backend, "enqueue_in", None)
-                if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
-                    raise ConfigurationError(
-                        f"the {type(backend).__name__} cannot enqueue inside your transaction"
-                    )
-                stored = enqueue_in(conn, envelopes)
-                results = await stored if inspect.isawaitable(stored) else stored
+        threshold = self.settings.claim_check_bytes
+        envelopes, checked = await claim_check.check_in(lambda: self.blobs, envelopes, threshold)
+        try:
+            results = await self._enqueue(backend, envelopes, conn, parent)
+        except BaseException:
+            if checked:
+                await claim_check.discard(self.blobs, checked)
+            raise
+        if checked:  # a replayed key or unique repeat stored nothing: its payload goes
+            unused = [e.id for e, r in zip(envelopes, results, strict=True) if not r.created]
+            await claim_check.discard(self.blobs, [claim_check.payload_key(i) for i in unused])
         self.metrics.stored(envelopes, results)
         return [
             Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
             for e, r in zip(envelopes, results, strict=True)
         ]
+
+    def _grouped(self, backend: Backend) -> GroupCommit:
+        """This app's group commit (concurrent enqueues share one backend call)."""
+        if self._group is None:
+            self._group = GroupCommit(backend.enqueue)
+        return self._group
+
+    async def _enqueue(
+        self, backend: Backend, envelopes: Sequence[Envelope], conn: Any, parent: Any
+    ) -> list[EnqueueResult]:
+        """The backend's enqueue (grouped with concurrent callers'), or its enqueue inside the
+        caller's transaction `conn`."""
+        with tracing.send(envelopes, parent) as envelopes:
+            if conn is None:
+                return await self._grouped(backend).submit(envelopes)
+            enqueue_in = getattr(backend, "enqueue_in", None)
+            if Capability.TRANSACTIONAL_ENQUEUE not in backend.capabilities or not enqueue_in:
+                raise ConfigurationError(
+                    f"the {type(backend).__name__} cannot enqueue inside your transaction"
+                )
+            stored = enqueue_in(conn, envelopes)
+            results: list[EnqueueResult] = await stored if inspect.isawaitable(stored) else stored
+            return results
 
     def _stamp(self, message: Message, o: JobOptions) -> Envelope:
         return self.envelope(
@@ -727,6 +754,50 @@ class App:
         (job,) = await self._store([self._stamp(message, o)], conn)
         return job
 
+    def enqueue_in_sync(
+        self,
+        conn: Any,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
+        """`enqueue_in` for synchronous code: on the caller's synchronous connection to the
+        app's PostgreSQL database (psycopg's `Connection`, or Django's `connection`),
+        inside their open transaction, in the calling thread. The job exists if and only if
+        that transaction commits. Options as for `enqueue`.
+
+        Raises:
+            ConfigurationError: the backend has no synchronous transactions to join.
+        """
+        o = JobOptions(
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
+        envelopes = [self._stamp(message, o)]
+        # Only the caller's connection is used: the backend need not be open (its pool and
+        # listener belong to an event loop this thread may not have).
+        backend = self._backend or open_backend(self.settings.url, clock=self._injected_clock)
+        store = getattr(backend, "enqueue_in_sync", None)
+        if store is None:
+            raise ConfigurationError(
+                f"the {type(backend).__name__} cannot enqueue inside a synchronous transaction"
+            )
+        with tracing.send(envelopes, None) as stamped:
+            results: list[EnqueueResult] = store(conn, stamped)
+        self.metrics.stored(stamped, results)
+        return Job(results[0].id, results[0].created, self, kind=stamped[0].kind)
+
     async def submit(self, envelope: Envelope) -> tuple[Job, JobRow]:
         """Store one envelope made by `envelope` and return its job with the stored row:
         the HTTP submission path, which answers with the job's status record.
@@ -771,12 +842,43 @@ class App:
         (job,) = self._sync_call(lambda twin: twin._store([envelope], parent=parent))
         return replace(job, app=self)
 
+    async def job(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """A handle on a job you know the id of (a status page's), or None.
+
+        Args:
+            owner: when given, another owner's job is None too (it does not exist for them).
+        """
+        row = await self.get(job_id, owner=owner)
+        return None if row is None else Job(row.id, False, self, kind=row.kind)
+
+    def job_sync(self, job_id: str, *, owner: str | None = None) -> Job | None:
+        """`job` for synchronous code (a Flask view): its `status_sync()` then reads it."""
+        job = self._sync_call(lambda twin: twin.job(job_id, owner=owner))
+        return None if job is None else replace(job, app=self)
+
     def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
         """Run `fn` with this App's twin on the private loop thread, blocking until done
         (the `*_sync` methods of App and Job)."""
-        if self._sync is None:
-            self._sync = _SyncRunner(self)
-        return self._sync.call(fn)
+        runner = self._sync
+        if runner is None or not runner.usable:
+            with start_lock():  # one runner, however many threads ask at once
+                runner = self._sync
+                if runner is None or not runner.usable:  # none yet, or the parent's
+                    runner = self._sync = SyncRunner(self._sync_twin())
+        return runner.call(fn)
+
+    def _sync_twin(self) -> App:
+        """A copy of this App for the runner's loop: its own backend connections (a
+        backend belongs to the loop that opened it) and the same kinds."""
+        # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
+        # The same blob store: a large payload is checked into the one the worker reads.
+        twin = App(
+            self.name, settings=self.settings, clock=self._injected_clock, blobs=self._given_blobs
+        )
+        twin.kinds = self.kinds
+        twin.internal_kinds = self.internal_kinds
+        twin.metrics = self.metrics
+        return twin
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -1113,31 +1215,3 @@ def _queue_name(queue: str) -> str:
     if not queue or not queue.strip():
         raise ConfigurationError("a queue name must not be empty")
     return queue
-
-
-class _SyncRunner:
-    """A private event loop thread with its own App copy, for the `*_sync` methods."""
-
-    def __init__(self, app: App) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, daemon=True, name="offload-sync"
-        )
-        self.thread.start()
-        # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
-        self.twin = App(app.name, settings=app.settings, clock=app._injected_clock)
-        self.twin.kinds = app.kinds
-        self.twin.internal_kinds = app.internal_kinds
-        self.twin.metrics = app.metrics
-
-    def call(self, fn: Callable[[App], Coroutine[Any, Any, T] | Awaitable[T]]) -> T:
-        async def run() -> T:
-            return await fn(self.twin)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.twin.close(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()

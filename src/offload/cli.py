@@ -25,6 +25,7 @@ from .app import App
 from .contract import JobFilter, JobRow, JobState, WorkerInfo
 from .errors import ConfigurationError, JobNotFound, OffloadError
 from .settings import Settings
+from .worker.scaling import DEFAULT_SCALE_DOWN_AFTER_S, DEFAULT_TARGET_WAIT_S
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -44,6 +45,18 @@ cli.add_typer(jobs_cli, name="jobs")
 CANDIDATES_SHOWN = 10
 #: Query options of a backend URL whose value is a secret.
 _SECRET_OPTIONS = ("password", "pass", "secret", "token")
+
+
+def _duration(value: str | float) -> float:
+    """A duration flag's seconds (`2s`, `500ms`, `1m`, plain seconds), or a usage error."""
+    from .worker.scaling import parse_duration
+
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _show_version(value: bool) -> None:
@@ -265,6 +278,31 @@ def worker(
         float | None,
         typer.Option(min=0, help="exit 0 once no job ran or was queued for SECONDS"),
     ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIN:MAX",
+            help="keep between MIN and MAX worker processes, as the backlog asks",
+        ),
+    ] = None,
+    target_wait: Annotated[
+        float,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            show_default="2s",
+            help="--autoscale: add a process when the oldest ready job waited longer (2s, 500ms)",
+        ),
+    ] = DEFAULT_TARGET_WAIT_S,
+    scale_down_after: Annotated[
+        float,
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            show_default="30s",
+            help="--autoscale: remove a process after the backlog was quiet this long",
+        ),
+    ] = DEFAULT_SCALE_DOWN_AFTER_S,
     banner: Annotated[bool, typer.Option(hidden=True)] = True,
     of_processes: Annotated[int, typer.Option(hidden=True)] = 1,
 ) -> None:
@@ -273,6 +311,35 @@ def worker(
     from .worker.supervisor import Supervisor, worker_argv
 
     _setup_logging()
+    if autoscale is not None:
+        bounds = _autoscale_bounds(autoscale, processes, max_jobs, exit_when_idle)
+        if target_wait <= 0:
+            raise typer.BadParameter("must be above 0", param_hint="'--target-wait'")
+        if metrics_port is not None and metrics_port + bounds[1] > 65535:
+            raise typer.BadParameter(
+                f"the processes serve ports up to N + MAX ({metrics_port + bounds[1]}): "
+                "at most 65535",
+                param_hint="'--metrics-port'",
+            )
+        options = [f"--concurrency={concurrency}", f"--prefetch={prefetch}", f"--grace={grace}"]
+        options += [f"--queues={queues}"] if queues else []
+        options += [f"--lease={lease}"] if lease else []
+        options += [f"--url={url}"] if url else []
+        options += [f"--metrics-host={metrics_host}"] if metrics_port else []
+        with _errors():
+            # Unlike --processes, this process loads the app (handlers included): it reads
+            # the backlog through it, from the backend and queues its workers serve.
+            offload_app = _app(app, url)
+            code = _autoscaled(
+                offload_app,
+                worker_argv(app, [*options, "--no-banner"]),
+                bounds,
+                (target_wait, scale_down_after),
+                queues=queues.split(",") if queues else None,
+                metrics=(metrics_port, metrics_host),
+                concurrency=concurrency,
+            )
+        raise typer.Exit(code)
     if processes > 1:
         # This process never imports the handlers: the first child announces what all of
         # them serve (`--of-processes`), the others stay quiet.
@@ -327,6 +394,92 @@ def worker(
             _run(main)
         finally:
             stop_metrics()
+
+
+def _autoscale_bounds(
+    text: str, processes: int, max_jobs: int | None, exit_when_idle: float | None
+) -> tuple[int, int]:
+    """(MIN, MAX) of `--autoscale`, refused with a usage error when malformed or combined
+    with a fixed or finite run."""
+    from .worker.scaling import parse_bounds
+
+    try:
+        bounds = parse_bounds(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--autoscale'") from None
+    if processes > 1:
+        raise typer.BadParameter(
+            "give --autoscale MIN:MAX or --processes N, not both", param_hint="'--autoscale'"
+        )
+    if max_jobs is not None or exit_when_idle is not None:
+        raise typer.BadParameter(
+            "it keeps processes running: it does not combine with --max-jobs or --exit-when-idle",
+            param_hint="'--autoscale'",
+        )
+    return bounds
+
+
+def _autoscaled(
+    app: App,
+    argv: list[str],
+    bounds: tuple[int, int],
+    waits: tuple[float, float],
+    *,
+    queues: list[str] | None,
+    metrics: tuple[int | None, str],
+    concurrency: int,
+) -> int:
+    """Run the autoscaling supervisor of `offload worker --autoscale`; its exit code. It
+    reads the backlog through `app`; child `i` serves metrics on port + 1 + i, the
+    supervisor its own decisions on the port itself."""
+    from .notify.base import NOTIFY_QUEUE
+    from .worker.autoscaler import AutoscalingSupervisor, BacklogReader, sample_interval
+    from .worker.scaling import ScalingPolicy
+
+    if queues is None:  # what each worker claims from by default
+        queues = [*sorted({h.message.queue for h in app.handlers.values()}), NOTIFY_QUEUE]
+    port, host = metrics
+    policy = ScalingPolicy(
+        min_processes=bounds[0],
+        max_processes=bounds[1],
+        target_wait_s=waits[0],
+        scale_down_after_s=waits[1],
+    )
+    offload_metrics, stop_metrics = None, _nothing
+    if port is not None:
+        from .metrics import Metrics, serve
+
+        offload_metrics = Metrics()
+        stop_metrics = serve(offload_metrics, port, host)
+    supervisor = AutoscalingSupervisor(
+        policy,
+        BacklogReader(app, queues),
+        argv,
+        slot_argv=(lambda i: [f"--metrics-port={port + 1 + i}"]) if port else None,
+        sample_s=sample_interval(waits[0]),
+        metrics=offload_metrics,
+    )
+    _banner(
+        f"offload worker (app {app.name}, autoscaled)",
+        app,
+        queues=queues,
+        kinds=app.handlers,
+        concurrency=f"{concurrency} in each of {bounds[0]} to {bounds[1]} processes",
+        schedules=app.schedules,
+    )
+
+    async def main() -> int:
+        async with app:
+            return await supervisor.run()
+
+    try:
+        return _run(main)
+    finally:
+        stop_metrics()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _serve_metrics(app: App, port: int | None, host: str) -> Callable[[], None]:

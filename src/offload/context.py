@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .contract import Lease
+from .stores.blobs import StreamSource, put_stream
 
 if TYPE_CHECKING:
     from .brokers import Backend
@@ -78,6 +79,13 @@ class Context:
             value = await value
         await self._backend.remember(self.job_id, step, value)
         return value
+
+    def put_stream(self, key: str, source: StreamSource, content_type: str | None = None) -> Any:
+        """Store a large file in the blob store without holding it in memory: `source` is a
+        file path, a binary file object or an async iterator of bytes (S3: a multipart
+        upload above the part size; a folder: a temp file renamed into place). Returns the
+        reference `blob:<key>` to put in the result (awaitable in an async handler)."""
+        return self._bridge(put_stream(self.blobs, key, source, content_type))
 
     def idempotency_key(self, step: str = "") -> str:
         """A stable key for an external call (payments, emails): the same on every attempt."""

@@ -34,6 +34,9 @@ DEFAULT_RETRY_DEADLINE_S = 10.0
 DEFAULT_EMAIL_FROM = "offload@localhost"
 #: Base URL of the web tier as users reach it, for links in webhooks and emails.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+#: Payloads larger than this (bytes, as JSON) travel as a blob reference: the claim check
+#: (OFFLOAD_CLAIM_CHECK_BYTES; 0 turns it off).
+DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
 #: Delay before the first retry of a failed webhook or email delivery (seconds); it doubles.
 DEFAULT_NOTIFY_BACKOFF_S = 5.0
 _WHSEC = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
@@ -112,6 +115,8 @@ class Settings:
     token_kinds: dict[str, frozenset[str]] = field(default_factory=dict)
     secret_key: bytes | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Larger payloads are stored in the blob store and their envelopes carry a reference.
+    claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
     link_ttl_s: float = DEFAULT_LINK_TTL_S
     lease_s: float = DEFAULT_LEASE_S
     retention_s: float = DEFAULT_RETENTION_S
@@ -159,6 +164,9 @@ class Settings:
                 token_kinds=parse_token_kinds(e.get("OFFLOAD_API_TOKENS")),
                 secret_key=secret.encode() if secret else None,
                 max_body_bytes=int(e.get("OFFLOAD_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
+                claim_check_bytes=int(
+                    e.get("OFFLOAD_CLAIM_CHECK_BYTES") or DEFAULT_CLAIM_CHECK_BYTES
+                ),
                 link_ttl_s=float(e.get("OFFLOAD_LINK_TTL") or DEFAULT_LINK_TTL_S),
                 lease_s=float(e.get("OFFLOAD_LEASE") or DEFAULT_LEASE_S),
                 retention_s=float(e.get("OFFLOAD_RETENTION") or DEFAULT_RETENTION_S),
@@ -190,6 +198,8 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["connect_timeout_s"] <= 0:
             raise ConfigurationError("OFFLOAD_CONNECT_TIMEOUT must be a positive number of seconds")
+        if values["claim_check_bytes"] < 0:
+            raise ConfigurationError("OFFLOAD_CLAIM_CHECK_BYTES must be 0 (off) or more bytes")
         if values["retry_deadline_s"] < 0:
             raise ConfigurationError("OFFLOAD_RETRY_DEADLINE must be 0 (no retry) or more seconds")
         return cls(**values)

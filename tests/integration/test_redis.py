@@ -634,3 +634,19 @@ async def test_migrate_indexes_jobs_stored_before_the_jobs_page_indexes(
     assert await backend.count_jobs(JobFilter(queue="other")) == 1
     assert await backend.count_jobs(JobFilter(state="queued")) == 602
     assert await backend.migrate() == []
+
+
+async def test_enqueue_packs_envelopes_into_one_argument_losslessly(
+    backend: RedisBackend,
+) -> None:
+    # Given envelopes whose strings hold quotes, escapes, NUL and characters beyond the BMP
+    text = 'hé "q" \\ \x00 \U0001f600 \u2028'
+    first = envelope(payload={"s": text}, owner="ö\x00", idempotency_key="k\U0001f600")
+    second = envelope(payload={"s": text}, owner="ö\x00", idempotency_key="k\U0001f600")
+    # When they travel packed into the script's one JSON argument
+    results = await backend.enqueue([first, second])
+    # Then every field arrives as it left, and the key's repeat is resolved in the script
+    assert [(r.id, r.created) for r in results] == [(first.id, True), (first.id, False)]
+    row = await backend.get(first.id)
+    assert row is not None and row.payload == {"s": text}
+    assert (row.owner, row.idempotency_key) == ("ö\x00", "k\U0001f600")

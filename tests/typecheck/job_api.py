@@ -39,12 +39,14 @@ async def well_typed() -> None:
     assert_type(status.created_at, datetime)
     assert_type(await job.wait(timeout=timedelta(seconds=30)), JobStatus)
     assert_type(job.unique_repeat, bool)
+    assert_type(await app.job(job.id), Job | None)
 
 
 def well_typed_sync() -> None:
     job = app.enqueue_sync(Ping(n=1), priority=1)
     assert_type(job.status_sync(), JobStatus)
     assert_type(job.wait_sync(timeout=10), JobStatus)
+    assert_type(app.job_sync(job.id, owner="u1"), Job | None)
 
 
 async def mistakes() -> None:

@@ -1,9 +1,16 @@
-"""A latency-over-time chart as a PNG, drawn with Pillow (no plotting library needed)."""
+"""Charts as PNGs, drawn with Pillow (no plotting library needed): latency over time, and
+lines of a figure against a count (throughput against hosts)."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
 
 #: Colours of the series, in order.
 COLOURS = [(214, 69, 65), (39, 119, 190), (60, 160, 90), (150, 90, 200)]
@@ -71,3 +78,98 @@ def latency_chart(
         draw.text((lx + 16, ly + 2), label, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def nice_max(value: float) -> float:
+    """The smallest of 1, 2, 2.5 or 5 times a power of ten that is at least `value` (> 0);
+    1.0 for anything not above zero."""
+    if not value > 0 or not math.isfinite(value):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    return next(power * step for step in (1.0, 2.0, 2.5, 5.0, 10.0) if power * step >= value)
+
+
+def line_chart(
+    path: Path,
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_ticks: Sequence[float] = (),
+    dashed: Collection[str] = (),
+    size: tuple[int, int] = (1000, 520),
+) -> None:
+    """Lines through (x, y) points per series, linear axes from zero, a dot at each point.
+
+    Args:
+        series: label -> points (drawn in x order); NaN and infinite values are skipped.
+        x_ticks: the x values to label (default: every x of the points).
+        dashed: labels of series drawn dashed and grey (a reference, e.g. an ideal).
+    """
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 80, 20, 40, 56
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    clean = {
+        label: sorted((x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y))
+        for label, pts in series.items()
+    }
+    xs = [x for pts in clean.values() for x, _ in pts]
+    x_max = nice_max(max(xs, default=1.0)) if not x_ticks else max(x_ticks) * 1.04
+    y_max = nice_max(max((y for pts in clean.values() for _, y in pts), default=1.0))
+
+    def x(v: float) -> float:
+        return left + (width - left - right) * v / x_max
+
+    def y(v: float) -> float:
+        return top + (height - top - bottom) * (1 - v / y_max)
+
+    draw.text((left, 12), title, fill="black")
+    for step in range(6):
+        v = y_max * step / 5
+        draw.line([(left, y(v)), (width - right, y(v))], fill=(225, 225, 225))
+        draw.text((8, y(v) - 6), f"{v:,.0f}", fill="black")
+    for v in x_ticks or sorted(set(xs)):
+        draw.line([(x(v), height - bottom), (x(v), height - bottom + 4)], fill="black")
+        draw.text((x(v) - 4, height - bottom + 8), f"{v:g}", fill="black")
+    draw.text(((width - right + left) / 2 - 20, height - 20), x_label, fill="black")
+    draw.text((8, top - 22), y_label, fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    n = 0
+    for label, pts in clean.items():
+        grey = label in dashed
+        colour = (150, 150, 150) if grey else COLOURS[n % len(COLOURS)]
+        n += 0 if grey else 1
+        scaled = [(x(a), y(b)) for a, b in pts]
+        for a, b in itertools.pairwise(scaled):
+            _segment(draw, a, b, colour, dashed=grey)
+        for cx, cy in scaled:
+            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+        ly = top + 10 + 16 * list(clean).index(label)
+        draw.rectangle([left + 12, ly + 3, left + 22, ly + 13], fill=colour)
+        draw.text((left + 28, ly + 2), label, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _segment(
+    draw: ImageDraw.ImageDraw,
+    a: tuple[float, float],
+    b: tuple[float, float],
+    colour: tuple[int, int, int],
+    *,
+    dashed: bool,
+) -> None:
+    """A line from `a` to `b`, solid or in 8-pixel dashes."""
+    if not dashed:
+        draw.line([a, b], fill=colour, width=2)
+        return
+    length = math.dist(a, b)
+    for start in range(0, int(length), 16):
+        f0, f1 = start / length, min(length, start + 8) / length
+        p0 = (a[0] + (b[0] - a[0]) * f0, a[1] + (b[1] - a[1]) * f0)
+        p1 = (a[0] + (b[0] - a[0]) * f1, a[1] + (b[1] - a[1]) * f1)
+        draw.line([p0, p1], fill=colour, width=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import urlsplit
 
 from ..clock import Clock
@@ -66,7 +67,22 @@ def open_backend(
             connect_timeout_s=connect_timeout_s,
             retry_deadline_s=retry_deadline_s,
         )
+    if scheme == "sqs":
+        try:
+            from .sqs import SQSBackend
+        except ImportError as exc:
+            raise ConfigurationError(
+                "OFFLOAD_URL names SQS but aioboto3 or psycopg is not installed: "
+                "pip install 'offload[aws,postgres]'"
+            ) from exc
+        sqs = SQSBackend.from_url(
+            url,
+            clock=clock,
+            connect_timeout_s=connect_timeout_s,
+            retry_deadline_s=retry_deadline_s,
+        )
+        return cast(Backend, sqs)  # the store's methods reach it through __getattr__
     raise ConfigurationError(
         f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
-        "expected sqlite://, memory://, postgresql://, redis:// or rediss://"
+        "expected sqlite://, memory://, postgresql://, redis://, rediss:// or sqs://"
     )

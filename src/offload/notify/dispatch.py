@@ -65,8 +65,10 @@ class Dispatcher:
         shown = s.expose_tracebacks
         email_ttl_s = max(s.link_ttl_s, DEFAULT_EMAIL_LINK_TTL_S)
         self.presenters = {
-            "webhook": Presenter(key, s.link_ttl_s, s.public_url, tracebacks=shown),
-            "email": Presenter(key, email_ttl_s, s.public_url, tracebacks=shown),
+            "webhook": Presenter(
+                key, s.link_ttl_s, s.public_url, tracebacks=shown, blobs=app.blobs
+            ),
+            "email": Presenter(key, email_ttl_s, s.public_url, tracebacks=shown, blobs=app.blobs),
         }
 
     def handlers(self) -> dict[str, HandlerSpec]:

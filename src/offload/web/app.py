@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 
 from .._links import JOBS_PATH
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
@@ -19,19 +19,16 @@ from ..app import App
 from ..errors import (
     BackendError,
     ConfigurationError,
-    InvalidTransition,
-    JobNotFound,
-    OffloadError,
     StorageFull,
-    UnknownKind,
 )
 from ..metrics import Metrics, available
 from ..settings import Settings
-from ..stores.blobs import blob_path, content_type_of
+from ..stores.blobs import blob_path, content_type_of, url_of
 from .auth import Auth, AuthHook
 from .dashboard import router as dashboard_router
 from .docs import install_docs
 from .feeds import router as feeds_router
+from .handlers import problem_details, storage_full
 from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
@@ -39,12 +36,11 @@ from .present import Presenter
 from .problems import (
     BACKEND_RETRY_AFTER,
     STORAGE_FULL_DETAIL,
-    STORAGE_FULL_RETRY_AFTER,
     JSONResponse,
     Problem,
     problem,
 )
-from .responses import problems
+from .responses import STRING, header, problems
 from .routes import allowed_methods, router
 from .runtime import lifespan, runtime_of
 from .scrape import router as scrape_router
@@ -74,14 +70,6 @@ def check_bind(host: str, settings: Settings) -> None:
         )
 
 
-#: Errors about the job asked for that reach the error handler: their answers.
-_JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
-    (JobNotFound, 404, "job-not-found"),
-    (UnknownKind, 404, "unknown-kind"),
-    (InvalidTransition, 409, "already-final"),
-)
-
-
 #: An operation that asks no credentials (in a document that declares some).
 _PUBLIC: dict[str, Any] = {"security": []}
 #: What GET /readyz answers besides ready.
@@ -97,6 +85,10 @@ _FILE_ANSWERS: dict[int | str, Any] = {
         "description": "The file",
         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
     },
+    303: {
+        "description": "The blob store serves its own links (S3): its presigned, expiring URL",
+        "headers": {"Location": header("the presigned URL", STRING)},
+    },
     **problems(
         403,
         404,
@@ -106,34 +98,39 @@ _FILE_ANSWERS: dict[int | str, Any] = {
 }
 
 
-def _storage_full(instance: str | None = None) -> Response:
-    return problem(
-        503,
-        STORAGE_FULL_DETAIL,
-        slug="storage-full",
-        instance=instance,
-        headers=STORAGE_FULL_RETRY_AFTER,
+async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
+    """The blob behind a valid signed link: a redirect to the store's own link (S3,
+    presigned for the rest of `ttl`), the local file, or else its bytes relayed."""
+    own = url_of(app.blobs, key, ttl)
+    if own is not None:  # the store serves its own links (S3): send the caller there
+        return RedirectResponse(own, status_code=303, headers={"Cache-Control": "private"})
+    local = app.blobs.path_of(key)
+    if local is None:  # a store off this filesystem: relay the bytes
+        try:
+            data = await app.blobs.get(key)
+        except FileNotFoundError:
+            raise Problem(404, "no such file", slug="file-not-found") from None
+        name = key.rsplit("/", 1)[-1]
+        return Response(
+            data,
+            media_type=content_type_of(key),
+            headers={
+                "Cache-Control": "private",
+                "Content-Disposition": f'attachment; filename="{name}"',
+            },
+        )
+    if not local.is_file():
+        raise Problem(404, "no such file", slug="file-not-found")
+    return FileResponse(
+        local,
+        media_type=content_type_of(key),
+        filename=local.name,
+        headers={"Cache-Control": "private"},
     )
 
 
-def _install_error_handlers(api: FastAPI) -> None:
-    @api.exception_handler(Problem)
-    async def on_problem(request: Request, exc: Problem) -> Response:
-        return exc.response(instance=request.url.path)
-
-    @api.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-            for e in exc.errors()
-        ]
-        return problem(
-            422,
-            "the request is not valid",
-            slug="invalid-request",
-            instance=request.url.path,
-            errors=errors,
-        )
+def _answer_allow(api: FastAPI) -> None:
+    """A 405 names the methods the path answers (`Allow`), as the routes say."""
 
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
@@ -142,37 +139,6 @@ def _install_error_handlers(api: FastAPI) -> None:
             routes = (*router.routes, *feeds_router.routes, *api.routes)
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request, routes))}
         return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
-
-    @api.exception_handler(BackendError)
-    async def on_backend(request: Request, exc: BackendError) -> Response:
-        log.error("backend error: %s", exc, extra={"action": "backend_error"})
-        return problem(
-            503,
-            "the job backend is unavailable; try again shortly",
-            slug="backend-unavailable",
-            instance=request.url.path,
-            headers=BACKEND_RETRY_AFTER,
-        )
-
-    @api.exception_handler(StorageFull)
-    async def on_storage_full(request: Request, exc: StorageFull) -> Response:
-        log.error("storage full: %s", exc, extra={"action": "storage_full"})
-        return _storage_full(request.url.path)
-
-    @api.exception_handler(OffloadError)
-    async def on_offload(request: Request, exc: OffloadError) -> Response:
-        for cls, status, slug in _JOB_ERRORS:
-            if isinstance(exc, cls):
-                return problem(status, str(exc), slug=slug, instance=request.url.path)
-        # Anything else a route does not answer itself is a fault of the server (a setting
-        # that cannot work, a bug), never the caller's: 500, logged.
-        log.error("offload error: %s", exc, extra={"action": "web_error"}, exc_info=exc)
-        return problem(500, "internal error", instance=request.url.path)
-
-    @api.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"action": "web_error"})
-        return problem(500, "internal error", instance=request.url.path)
 
 
 def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
@@ -208,10 +174,11 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.state.auth = Auth(auth, settings)
     secret = signing_key(settings)
     api.state.present = Presenter(
-        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks
+        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks, blobs=app.blobs
     )
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    _install_error_handlers(api)
+    problem_details(api)
+    _answer_allow(api)
     # The hot path: a plain route (submit.py says why), first in line.
     api.add_route(f"{JOBS_PATH}/{{kind}}", submit, ["POST"], "submit", include_in_schema=False)
     api.include_router(router)
@@ -234,7 +201,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             await api.state.runtime.ensure()
             await app.ping()
         except StorageFull:
-            return _storage_full()
+            return storage_full()
         except (BackendError, ConfigurationError) as exc:
             return problem(
                 503, f"backend unreachable: {exc}", slug="not-ready", headers=BACKEND_RETRY_AFTER
@@ -253,30 +220,10 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             path = blob_path(key)
         except ValueError:
             raise Problem(404, "no such file", slug="file-not-found") from None
-        if not check_signed(secret, path, expires, signature, time.time()):
+        now = time.time()
+        if not check_signed(secret, path, expires, signature, now):
             raise Problem(403, "the link is invalid or has expired", slug="bad-signature")
-        local = app.blobs.path_of(key)
-        if local is None:  # a store off this filesystem: relay the bytes
-            try:
-                data = await app.blobs.get(key)
-            except FileNotFoundError:
-                raise Problem(404, "no such file", slug="file-not-found") from None
-            name = key.rsplit("/", 1)[-1]
-            return Response(
-                data,
-                media_type=content_type_of(key),
-                headers={
-                    "Cache-Control": "private",
-                    "Content-Disposition": f'attachment; filename="{name}"',
-                },
-            )
-        if not local.is_file():
-            raise Problem(404, "no such file", slug="file-not-found")
-        return FileResponse(
-            local,
-            media_type=content_type_of(key),
-            filename=local.name,
-            headers={"Cache-Control": "private"},
-        )
+        ttl = timedelta(seconds=max(1.0, float(expires) - now))
+        return await _serve_blob(app, key, ttl)
 
     return api

@@ -11,11 +11,15 @@ browser never adds on its own, so no origin check is needed there.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
 from .problems import Problem
+
+if TYPE_CHECKING:
+    from .auth import Auth
 
 #: Methods that change state: refused cross-site in development mode.
 STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -66,9 +70,18 @@ def refuse_cross_site(conn: HTTPConnection) -> None:
     Raises:
         Problem: 403 for a cross-site request.
     """
+    check_same_site(conn, conn.app.state.auth)
+
+
+def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
+    """`refuse_cross_site` with the authentication of a web tier given (a host's route
+    that uses one mounted beside it).
+
+    Raises:
+        Problem: 403 for a cross-site request.
+    """
     if conn.scope["type"] == "http" and conn.scope["method"] not in STATE_CHANGING_METHODS:
         return  # reads: the same-origin policy keeps their answers from other sites
-    auth = conn.app.state.auth
     if auth.hook is None and auth.required:
         return  # bearer tokens: a browser never adds one on its own
     # Development mode (no credential at all) and an auth hook (it may read a cookie of the

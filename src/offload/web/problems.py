@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from starlette import responses
+from starlette.exceptions import HTTPException
 
 PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
 #: The headers of a 503 while the backend is unreachable: when to try again.
@@ -33,8 +34,10 @@ class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
 
 
-class Problem(Exception):
-    """Raise inside a route to answer with a problem document.
+class Problem(HTTPException):
+    """Raise inside a route to answer with a problem document. It is a Starlette
+    `HTTPException`, so an app without offload's handlers (`problem_details`) still answers
+    with its status and headers, in that app's own error format.
 
     Args:
         status: HTTP status code.
@@ -53,19 +56,22 @@ class Problem(Exception):
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(status, detail, headers)
         self.status = status
         self.detail = detail
         self.slug = slug
         self.headers = headers
         self.extra = extra
 
+    def __str__(self) -> str:
+        return self.detail
+
     def response(self, instance: str | None = None) -> ProblemResponse:
         return problem(
             self.status,
             self.detail,
             slug=self.slug,
-            headers=self.headers,
+            headers=dict(self.headers) if self.headers else None,
             instance=instance,
             **self.extra,
         )

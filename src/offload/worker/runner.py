@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from .. import _claim_check as claim_check
 from .. import tracing
 from ..app import App, HandlerSpec
 from ..brokers import Backend
@@ -533,6 +534,33 @@ class Worker:
                 job.trace = tracing.ended(span, outcome)
             return outcome
 
+    # -- one job for a caller that holds its lease (offload.serverless) ----------------------
+
+    def context_for(self, lease: Lease) -> Context:
+        """The handler's context of a job whose lease the caller holds and beats."""
+        loop = asyncio.get_running_loop()
+        return Context(lease, self.app._require_backend(), self.app.blobs, loop)
+
+    async def run_leased(self, lease: Lease, ctx: Context) -> Outcome:
+        """Run a job the caller claimed to its outcome as the claim loop runs one: the
+        handler's timeout, budget and backoff, dead-lettering, the process span, and the
+        notifications of a final state (`follow_ups`). The caller settles the outcome; if it
+        cancels the run, `interrupted` says what to settle instead."""
+        spec = self._spec_of(lease.envelope.kind)
+        with tracing.process(lease) as span:
+            outcome = await self._attempt(lease, ctx, spec)
+            trace = tracing.ended(span, outcome)
+        self._count(outcome)
+        return self._with_follow_ups(outcome, trace)
+
+    def interrupted(self, lease: Lease, *, cancel: bool) -> Outcome:
+        """The outcome of a run the caller cancelled: cancelled (asked by a user), else
+        released unspent (out of time), with its notifications."""
+        job = _Job(lease=lease, renewed=self._renewal(), reason=_CANCEL if cancel else _SHUTDOWN)
+        outcome = self._interrupted(job)
+        assert outcome is not None  # only a lost lease reports none
+        return self._with_follow_ups(outcome)
+
     def _report(self, job: _Job, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends; the
         lease beats until the outcome is written."""
@@ -565,7 +593,10 @@ class Worker:
             return self._failed(
                 lease, None, ConfigurationError(f"this worker has no handler for kind {env.kind!r}")
             )
-        message = self._message(lease, spec)
+        payload = await self._payload(lease, spec)
+        if isinstance(payload, Outcome):
+            return payload
+        message = self._message(lease, spec, payload)
         if isinstance(message, Outcome):
             return message
         timeout = spec.timeout if spec.timeout is not None else env.timeout
@@ -604,7 +635,22 @@ class Worker:
             self._prefetch.ran(loop.time() - began)
             return self._failed(lease, spec, exc)
 
-    def _message(self, lease: Lease, spec: HandlerSpec) -> Message | Outcome:
+    async def _payload(self, lease: Lease, spec: HandlerSpec) -> dict[str, Any] | Outcome:
+        """The job's payload, read back from the blob store when it was checked in (a
+        claim check): failed for good when that blob is gone, retried when the store fails."""
+        claim = claim_check.claim_of(lease.envelope.payload)
+        if claim is None:
+            return lease.envelope.payload
+        try:
+            return await claim_check.check_out(self.app.blobs, claim)
+        except claim_check.ClaimCheckError as exc:
+            return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
+        except Exception as exc:
+            return self._failed(lease, spec, exc)
+
+    def _message(
+        self, lease: Lease, spec: HandlerSpec, payload: dict[str, Any]
+    ) -> Message | Outcome:
         """The job's message at the version its handler takes, or how the attempt ends
         without running: given back unspent (stored at a newer version), or failed for good
         (no upgrade from its version, or a payload that does not fit the contract)."""
@@ -612,7 +658,6 @@ class Worker:
         if env.version > current:
             return self._newer(lease, current)
         try:
-            payload = env.payload
             if env.version < current:
                 steps = self.app.upgraders.get(env.kind, {})
                 payload = upgrade(env.kind, env.version, payload, current=current, steps=steps)
@@ -920,9 +965,20 @@ class Worker:
                     pruned = await backend.prune(self.app.settings.retention_s)
                     if pruned:
                         log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
+                    await self._sweep_payloads()
             except BackendError as exc:
                 log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
             await asyncio.sleep(every)
+
+    async def _sweep_payloads(self) -> None:
+        """Delete checked-in payloads whose jobs are gone; a failing blob store is logged."""
+        try:
+            swept = await claim_check.sweep(self.app)
+        except Exception as exc:
+            log.warning("payload sweep failed: %s", exc, extra={"action": "claim_sweep_error"})
+            return
+        if swept:
+            log.info("deleted %d payload blobs", swept, extra={"action": "claim_sweep"})
 
     async def rescue_lapsed(self) -> int:
         """One batch of lease rescue: read the lapsed leases, decide each job's fate with its

@@ -10,8 +10,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -47,7 +47,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -70,6 +70,24 @@ _WORK = "work:"
 
 def _work_keys(queues: Sequence[str]) -> list[str]:
     return ["work", *(_WORK + q for q in queues)]
+
+
+class SyncCursor(Protocol):
+    """The part of a synchronous DB-API cursor `enqueue_in_sync` uses."""
+
+    def execute(self, sql: str, params: Mapping[str, Any]) -> Any: ...
+
+    def fetchall(self) -> Sequence[Sequence[Any]]: ...
+
+    def __enter__(self) -> SyncCursor: ...
+
+    def __exit__(self, *exc: object) -> Any: ...
+
+
+class SyncConnection(Protocol):
+    """A synchronous DB-API connection to the backend's database (`enqueue_in_sync`)."""
+
+    def cursor(self) -> SyncCursor: ...
 
 
 def _row(raw: dict[str, Any]) -> JobRow:
@@ -238,7 +256,8 @@ class PostgresBackend:
         parts = urlsplit(url)
         options = parse_qs(parts.query)
         pool_size = int(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
-        query = urlencode({k: v[-1] for k, v in options.items()})
+        # %20, not +, for spaces: libpq decodes percent escapes only (options=-c a=1 -c b=2)
+        query = urlencode({k: v[-1] for k, v in options.items()}, quote_via=quote)
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
         conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
         timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
@@ -566,6 +585,33 @@ class PostgresBackend:
             missing = [e for e in envelopes if e.id not in created]
             first = await _first_jobs(cur, missing)
         return [self._result(e, created, first, resent) for e in envelopes]
+
+    def enqueue_in_sync(
+        self, conn: SyncConnection, envelopes: Sequence[Envelope]
+    ) -> list[EnqueueResult]:
+        """`enqueue_in` on a synchronous DB-API connection (psycopg's `Connection`, or a
+        framework's wrapper of one, such as Django's): inside the caller's open
+        transaction, in the calling thread; the jobs exist if and only if it commits. It
+        needs no open backend: only the caller's connection is used.
+
+        Raises:
+            BackendError: a job of a `unique` kind (its enqueue takes several rounds,
+                async only), or an envelope's id already stored (nothing is).
+        """
+        if not envelopes:
+            return []
+        if any(e.unique_key is not None for e in envelopes):
+            raise BackendError("jobs of unique kinds are enqueued on async connections only")
+        with conn.cursor() as cur:
+            cur.execute(Q["enqueue"], {"batch": self._batch(envelopes)})
+            created = {str(r[0]) for r in cur.fetchall()}
+            first: dict[tuple[str, str], str] = {}
+            repeats = [e for e in envelopes if e.id not in created and e.idempotency_key]
+            for owner in {e.owner for e in repeats}:
+                keys = [e.idempotency_key for e in repeats if e.owner == owner]
+                cur.execute(Q["find_idem"], {"owner": owner, "keys": keys})
+                first.update({(owner, k): str(i) for k, i in cur.fetchall()})
+        return [self._result(e, created, first, False) for e in envelopes]
 
     @staticmethod
     def _result(

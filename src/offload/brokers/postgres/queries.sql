@@ -186,6 +186,38 @@ CREATE TABLE IF NOT EXISTS offload_fair (
 );
 CREATE SEQUENCE IF NOT EXISTS offload_fair_turn
 
+-- name: migration_9
+-- The outbox of the SQS broker (brokers/sqs): every job a connection with the session
+-- setting offload.outbox = 'on' makes waiting (stored, retried, released, rescued or
+-- requeued) gets a row here in the same transaction, which the broker then sends to SQS
+-- and deletes; rows left by a lost send are sent by its relay. Other connections (every
+-- plain PostgreSQL deployment) write none.
+CREATE TABLE IF NOT EXISTS offload_outbox (
+    id bigserial PRIMARY KEY,
+    job_id uuid NOT NULL,
+    queue text NOT NULL,
+    run_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS offload_outbox_job ON offload_outbox (job_id);
+CREATE OR REPLACE FUNCTION offload_outbox_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO offload_outbox (job_id, queue, run_at) VALUES (NEW.id, NEW.queue, NEW.run_at);
+    RETURN NULL;
+END $$;
+-- Row triggers whose WHEN (evaluated without calling the function) reads the setting: a
+-- connection without it pays no function call and builds no transition table.
+DROP TRIGGER IF EXISTS offload_jobs_outbox_inserted ON offload_jobs;
+CREATE TRIGGER offload_jobs_outbox_inserted AFTER INSERT ON offload_jobs FOR EACH ROW
+    WHEN (current_setting('offload.outbox', true) = 'on'
+          AND NEW.state IN ('queued', 'retrying'))
+    EXECUTE FUNCTION offload_outbox_add();
+DROP TRIGGER IF EXISTS offload_jobs_outbox_updated ON offload_jobs;
+CREATE TRIGGER offload_jobs_outbox_updated AFTER UPDATE OF state ON offload_jobs FOR EACH ROW
+    WHEN (current_setting('offload.outbox', true) = 'on'
+          AND NEW.state IN ('queued', 'retrying') AND OLD.state NOT IN ('queued', 'retrying'))
+    EXECUTE FUNCTION offload_outbox_add()
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 

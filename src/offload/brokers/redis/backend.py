@@ -468,9 +468,9 @@ class RedisBackend:
         """
         if not envelopes:
             return []
-        now, args = num(self.clock.now()), envelope_args(envelopes)
+        now, packed = num(self.clock.now()), orjson.dumps(envelope_args(envelopes)).decode()
         out = await self.retrier.run(
-            lambda resent: self._script("enqueue", now, _flag(resent), *args)
+            lambda resent: self._script("enqueue", now, _flag(resent), packed)
         )
         return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
 

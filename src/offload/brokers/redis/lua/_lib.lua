@@ -102,8 +102,7 @@ local function newer_version(err)
 end
 
 -- Append the job's row (after its transition) to the change feed; returns the full row.
-local function event(id)
-  local flat = redis.call('HGETALL', K .. 'job:' .. id)
+local function event_of(id, flat)
   local fields = {}
   for i = 1, #flat, 2 do
     local name = flat[i]
@@ -117,6 +116,10 @@ local function event(id)
   redis.call('ZADD', K .. 'jf:' .. id, seq, seq)
   last_seq = seq
   return flat
+end
+
+local function event(id)
+  return event_of(id, redis.call('HGETALL', K .. 'job:' .. id))
 end
 
 -- Move a job between the state indexes (`from` nil: a new job).
@@ -181,8 +184,11 @@ local function forget(id, row)
   end
 end
 
--- Envelopes travel as ENVELOPE_WIDTH arguments each (see rows.envelope_args).
+-- Envelopes travel as ENVELOPE_WIDTH arguments each (see rows.envelope_args), in ENV: the
+-- call's ARGV, or (enqueue) the array its one packed argument decodes to, which spares the
+-- client packing 17 arguments per job.
 local ENVELOPE_WIDTH = 17
+local ENV = ARGV
 
 -- The job holding unique key `ukey` (nil: none): one planned earlier in this call, else
 -- the uniq entry's job while it holds the key.
@@ -205,8 +211,8 @@ local function check_envelopes(first, n, seen, resent)
   local plan = {}
   for i = 1, n do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
-    local id, owner, key = ARGV[b + 1], ARGV[b + 12], opt(ARGV[b + 11])
-    local ukey = opt(ARGV[b + 16])
+    local id, owner, key = ENV[b + 1], ENV[b + 12], opt(ENV[b + 11])
+    local ukey = opt(ENV[b + 16])
     local repeats, holder = nil, nil
     if key ~= nil then
       local field = idem_field(owner, key)
@@ -245,32 +251,37 @@ end
 local function store_envelopes(first, plan, now, out, queues)
   for i = 1, #plan do
     local b = first - 1 + (i - 1) * ENVELOPE_WIDTH
-    local id = ARGV[b + 1]
+    local id = ENV[b + 1]
     if plan[i] == true then
-      local queue, priority, run_at, owner = ARGV[b + 4], ARGV[b + 5], ARGV[b + 9], ARGV[b + 12]
-      local key = opt(ARGV[b + 11])
-      local jk = K .. 'job:' .. id
-      redis.call('HSET', jk, 'id', id, 'kind', ARGV[b + 2], 'version', ARGV[b + 3],
-        'queue', queue, 'priority', priority, 'payload', ARGV[b + 6], 'state', 'queued',
-        'attempt', ARGV[b + 7], 'max_attempts', ARGV[b + 8], 'run_at', run_at,
-        'enqueued_at', ARGV[b + 10], 'owner', owner, 'cancel_requested', '0')
-      set_or_del(jk, 'idempotency_key', key)
-      set_or_del(jk, 'trace', opt(ARGV[b + 13]))
-      set_or_del(jk, 'timeout', opt(ARGV[b + 14]))
-      set_or_del(jk, 'options', opt(ARGV[b + 15]))
-      local ukey = opt(ARGV[b + 16])
-      set_or_del(jk, 'unique_key', ukey)
-      set_or_del(jk, 'unique_mode', opt(ARGV[b + 17]))
+      local queue, priority, run_at, owner = ENV[b + 4], ENV[b + 5], ENV[b + 9], ENV[b + 12]
+      local key = opt(ENV[b + 11])
+      -- A new job (check_envelopes refused a stored id): one HSET of the fields it has,
+      -- and its feed entry made from them, with no read back.
+      local row = {'id', id, 'kind', ENV[b + 2], 'version', ENV[b + 3],
+        'queue', queue, 'priority', priority, 'payload', ENV[b + 6], 'state', 'queued',
+        'attempt', ENV[b + 7], 'max_attempts', ENV[b + 8], 'run_at', run_at,
+        'enqueued_at', ENV[b + 10], 'owner', owner, 'cancel_requested', '0'}
+      local ukey = opt(ENV[b + 16])
+      local optional = {{'idempotency_key', key}, {'trace', opt(ENV[b + 13])},
+        {'timeout', opt(ENV[b + 14])}, {'options', opt(ENV[b + 15])}, {'unique_key', ukey},
+        {'unique_mode', opt(ENV[b + 17])}}
+      for _, f in ipairs(optional) do
+        if f[2] ~= nil then
+          row[#row + 1] = f[1]
+          row[#row + 1] = f[2]
+        end
+      end
+      redis.call('HSET', K .. 'job:' .. id, unpack(row))
       if ukey ~= nil then redis.call('HSET', K .. 'uniq', ukey, id) end
       redis.call('ZADD', K .. 'ids', 0, id)
       redis.call('ZADD', K .. 'own:' .. owner, 0, id)
-      redis.call('ZADD', K .. 'kind:' .. ARGV[b + 2], 0, id)
+      redis.call('ZADD', K .. 'kind:' .. ENV[b + 2], 0, id)
       redis.call('ZADD', K .. 'qids:' .. queue, 0, id)
       restate(id, nil, 'queued')
       if key ~= nil then redis.call('HSET', K .. 'idem', idem_field(owner, key), id) end
       redis.call('SADD', K .. 'queues', queue)
       put_waiting(id, queue, priority, run_at, now)
-      event(id)
+      event_of(id, row)
       queues[queue] = true
       out[#out + 1] = id
       out[#out + 1] = 1

@@ -1,0 +1,1 @@
+"""myproj: the FastAPI example (contracts, worker, and a FastAPI app with its own route)."""

@@ -1,0 +1,1 @@
+"""myproj: the Flask example (contracts, worker, and a Flask web app that enqueues)."""

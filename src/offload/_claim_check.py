@@ -1,0 +1,134 @@
+"""Claim checks: a message payload above a size threshold travels as a blob reference.
+
+`App` checks large payloads in before it stores their envelopes; the worker checks them
+out before it validates the message, so handlers never see the difference. A payload blob
+is named after its job (`payloads/<job id>.json`) and lives as long as the job's row: the
+worker's periodic sweep deletes the blobs whose job is gone (pruned after its retention,
+deleted, purged) or never came to be (a rolled-back `enqueue_in`, a replayed key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from .app import App
+    from .contract import Envelope
+    from .stores.blobs import BlobStore
+
+log = logging.getLogger("offload.claim_check")
+
+#: The one field of a payload that stands for a checked-in message: {"key", "bytes", "sha256"}.
+CLAIM_CHECK_FIELD = "$offload_claim_check"
+#: The folder of the blob store that holds checked-in payloads.
+PAYLOADS_PREFIX = "payloads"
+#: How old a payload blob must be before the sweep may delete it for want of a job
+#: (seconds): longer than any enqueue takes between storing the blob and committing its row.
+DEFAULT_SWEEP_GRACE_S = 3600.0
+#: Payload blobs one sweep looks at most.
+DEFAULT_SWEEP_LIMIT = 1000
+
+
+class ClaimCheckError(Exception):
+    """A checked-in payload is missing or not what was stored: no retry brings it back."""
+
+
+def payload_key(job_id: str) -> str:
+    return f"{PAYLOADS_PREFIX}/{job_id}.json"
+
+
+def claim_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The claim check a payload carries in place of the message, or None."""
+    claim = payload.get(CLAIM_CHECK_FIELD) if len(payload) == 1 else None
+    return claim if isinstance(claim, dict) else None
+
+
+async def check_in(
+    blobs: Callable[[], BlobStore], envelopes: Sequence[Envelope], threshold: int
+) -> tuple[list[Envelope], list[str]]:
+    """Store each payload of more than `threshold` bytes (as JSON) in the blob store and put
+    a claim check in its place; 0 checks nothing in. Returns the envelopes to store and the
+    keys of the blobs written (for the caller to delete if the store fails).
+
+    Args:
+        blobs: gives the blob store, opened only when a payload is large.
+    """
+    out: list[Envelope] = []
+    keys: list[str] = []
+    for envelope in envelopes:
+        if threshold <= 0:
+            out.append(envelope)
+            continue
+        raw = orjson.dumps(envelope.payload)
+        if len(raw) <= threshold:
+            out.append(envelope)
+            continue
+        key = payload_key(envelope.id)
+        await blobs().put(key, raw, "application/json")
+        keys.append(key)
+        claim = {"key": key, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        out.append(dataclasses.replace(envelope, payload={CLAIM_CHECK_FIELD: claim}))
+    return out, keys
+
+
+async def check_out(blobs: BlobStore, claim: dict[str, Any]) -> dict[str, Any]:
+    """The payload a claim check stands for, read back from the blob store.
+
+    Raises:
+        ClaimCheckError: the blob is gone or its bytes are not the ones checked in.
+        BackendError: the blob store failed (worth a retry).
+    """
+    key = str(claim.get("key", ""))
+    try:
+        raw = await blobs.get(key)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ClaimCheckError(f"the checked-in payload {key!r} is missing") from exc
+    if hashlib.sha256(raw).hexdigest() != claim.get("sha256"):
+        raise ClaimCheckError(f"the checked-in payload {key!r} does not match its checksum")
+    payload: dict[str, Any] = orjson.loads(raw)
+    return payload
+
+
+async def discard(blobs: BlobStore, keys: Sequence[str]) -> None:
+    """Delete payload blobs no stored job refers to; a failure is logged, the sweep retries."""
+    for key in keys:
+        try:
+            await blobs.delete(key)
+        except Exception as exc:
+            log.warning("could not delete %s: %s", key, exc, extra={"action": "claim_discard"})
+
+
+async def sweep(
+    app: App,
+    *,
+    older_than_s: float = DEFAULT_SWEEP_GRACE_S,
+    limit: int = DEFAULT_SWEEP_LIMIT,
+) -> int:
+    """Delete payload blobs older than `older_than_s` whose job no longer exists (or never
+    did). A blob store that cannot list its keys is left alone. Returns how many went."""
+    keys = getattr(app.blobs, "keys", None)
+    if keys is None:
+        return 0
+    cutoff = time.time() - older_than_s  # blob times are wall-clock times
+    stale: list[str] = []
+    seen = 0
+    async with contextlib.aclosing(keys(PAYLOADS_PREFIX)) as listing:  # closed on break
+        async for key, modified in listing:
+            if seen >= limit:
+                break
+            seen += 1
+            name = key.rsplit("/", 1)[-1]
+            if modified > cutoff or not name.endswith(".json"):
+                continue
+            if await app.get(name.removesuffix(".json")) is None:
+                stale.append(key)
+    await discard(app.blobs, stale)
+    return len(stale)

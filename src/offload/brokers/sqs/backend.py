@@ -1,0 +1,420 @@
+"""SQS as the queue, PostgreSQL as the job store, joined by a transactional outbox.
+
+Every job row lives in PostgreSQL (the `PostgresBackend` this broker wraps answers status,
+listing, the change feed, search, schedules and limits). What SQS carries is one message
+per job each time the job becomes ready to claim: when it is stored, retried, released,
+rescued or requeued. The row change and an outbox row commit in one transaction (a trigger
+on the connections of this broker writes the outbox row: migration 9); the message is then
+sent and the outbox row deleted in one more transaction, which commits only after SQS took
+the message. A send that failed, or a process that died between the commit and the send,
+leaves the row, and the relay (`relay`) sends it later. A message may thus arrive twice:
+the consumer's fenced claim of the PostgreSQL row decides, so it runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import aioboto3
+import orjson
+import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ...clock import Clock
+from ...contract import EnqueueResult, Envelope, Lease, Outcome
+from ...errors import BackendError, ConfigurationError
+from .._sql import queries
+from ..base import Broker, Capability, JobSearch, JobStore, Limiter, ScheduleStore
+from ..postgres import PostgresBackend
+from ..postgres.backend import _lease_of
+
+log = logging.getLogger("offload.sqs")
+Q = queries(__package__)
+
+#: Seconds an outbox row waits before the relay sends it (its own sender had this long).
+DEFAULT_RELAY_AGE_S = 5.0
+#: Seconds between two relay passes of an open broker (0: only when called).
+DEFAULT_RELAY_EVERY_S = 5.0
+#: Rows one relay pass reads at most per transaction.
+RELAY_BATCH = 100
+#: SQS's longest message delay (seconds): a job due later is sent early and sent again.
+MAX_DELAY_S = 900
+#: Messages per SendMessageBatch, SQS's limit.
+SEND_BATCH = 10
+#: SendMessageBatch calls in flight at once (aiobotocore pools 10 connections).
+SEND_CONCURRENCY = 8
+#: The version of the message body ({"v", "job", "queue"}).
+BODY_VERSION = 1
+_OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every"}
+_STORE = re.compile(r"(?:^|&)store=(.*)$", re.S)
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str], str]:
+    """(SQS queue name, options, store URL) of `sqs://QUEUE?option=…&store=postgresql://…`.
+
+    `store` comes last and takes the rest of the URL as it is (its own `?` and `&`
+    included), or percent-encoded anywhere.
+
+    Raises:
+        ConfigurationError: no queue name, no PostgreSQL store, an unknown option.
+    """
+    parts = urlsplit(url)
+    query = url.split("?", 1)[1] if "?" in url else ""
+    store = ""
+    found = _STORE.search(query)
+    if found and "://" in found.group(1).split("&", 1)[0]:  # plain, so last: the rest
+        store, query = found.group(1), query[: found.start()]
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    if "store" in options:  # percent-encoded, not last
+        store = options.pop("store")
+    if "://" not in store:
+        store = unquote(store)
+    queue = parts.netloc
+    if not queue:
+        raise ConfigurationError("OFFLOAD_URL sqs://QUEUE-NAME?…: the SQS queue name is missing")
+    if not store.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError(
+            "the SQS broker keeps its job rows in PostgreSQL: end OFFLOAD_URL with "
+            "&store=postgresql://… (sqs://QUEUE-NAME?endpoint_url=…&store=postgresql://…)"
+        )
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown sqs:// option(s) {sorted(unknown)}; expected {sorted(_OPTIONS)} and store"
+        )
+    return queue, options, store
+
+
+def outbox_store_url(store: str) -> str:
+    """`store` with the session setting that makes its connections write outbox rows."""
+    parts = urlsplit(store)
+    options = parse_qs(parts.query)
+    libpq = " ".join([*options.pop("options", []), "-c offload.outbox=on"]).strip()
+    query = urlencode({**{k: v[-1] for k, v in options.items()}, "options": libpq}, quote_via=quote)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+class SQSBackend:
+    """Broker on Amazon SQS (or an API like it) whose job rows live in PostgreSQL.
+
+    Methods it does not define are the wrapped `store`'s (`PostgresBackend`). A plain
+    `offload worker` on the same URL claims from PostgreSQL as it would there; the SQS
+    messages of the jobs it ran then find nothing to claim and are acknowledged.
+    """
+
+    capabilities = frozenset(
+        {Capability.DELAY, Capability.PUSH, Capability.DEDUP, Capability.TRANSACTIONAL_ENQUEUE}
+    )
+
+    def __init__(
+        self,
+        store: PostgresBackend,
+        *,
+        queue: str,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        relay_age_s: float = DEFAULT_RELAY_AGE_S,
+        relay_every_s: float = DEFAULT_RELAY_EVERY_S,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.relay_age_s = relay_age_s
+        self.relay_every_s = relay_every_s
+        self.queue_url: str | None = None
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._relay: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        connect_timeout_s: float | None = None,
+        retry_deadline_s: float | None = None,
+    ) -> SQSBackend:
+        """`sqs://QUEUE-NAME?endpoint_url=…&region=…&relay_age=5&relay_every=5&store=postgresql://…`."""
+        queue, options, store = parse_url(url)
+        pg = PostgresBackend.from_url(
+            outbox_store_url(store),
+            clock=clock,
+            connect_timeout_s=connect_timeout_s,
+            retry_deadline_s=retry_deadline_s,
+        )
+        return cls(
+            pg,
+            queue=queue,
+            endpoint_url=options.get("endpoint_url"),
+            region=options.get("region"),
+            relay_age_s=float(options.get("relay_age", DEFAULT_RELAY_AGE_S)),
+            relay_every_s=float(options.get("relay_every", DEFAULT_RELAY_EVERY_S)),
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class lacks: the store's status, feed and search.
+        if name.startswith("__") or name == "store":
+            raise AttributeError(name)
+        return getattr(self.store, name)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
+        """Open the store, then the SQS client, and find the queue's URL.
+
+        Raises:
+            BackendError: PostgreSQL or SQS unreachable, or the queue does not exist.
+        """
+        if self._client is not None:
+            return
+        await self.store.open(check_schema=check_schema, create=create)
+        stack = contextlib.AsyncExitStack()
+        try:
+            session = aioboto3.Session()
+            self._client = await stack.enter_async_context(
+                session.client("sqs", endpoint_url=self.endpoint_url, region_name=self.region)
+            )
+            answer = await self._client.get_queue_url(QueueName=self.queue)
+            self.queue_url = answer["QueueUrl"]
+        except (BotoCoreError, ClientError) as exc:
+            self._client = None
+            await stack.aclose()
+            await self.store.close()
+            raise BackendError(f"SQS queue {self.queue!r}: {exc}") from exc
+        self._stack = stack
+        if self.relay_every_s > 0:
+            self._relay = asyncio.create_task(self._relay_loop(), name="offload-sqs-relay")
+
+    async def close(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay
+            self._relay = None
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            await stack.aclose()
+        await self.store.close()
+
+    async def migrate(self) -> list[int]:
+        return await self.store.migrate()
+
+    # -- what makes a job ready: each sends its jobs' messages after its commit ---------------
+
+    async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """`PostgresBackend.enqueue` (with the outbox rows), then the messages are sent."""
+        results = await self.store.enqueue(envelopes)
+        await self.send_jobs(r.id for r in results if r.created)
+        return results
+
+    async def enqueue_in(
+        self, conn: psycopg.AsyncConnection[Any], envelopes: Sequence[Envelope], **kw: Any
+    ) -> list[EnqueueResult]:
+        """Enqueue inside the caller's transaction: the outbox rows commit with it, and the
+        relay sends them (this call cannot know when the caller commits)."""
+        await conn.execute("SET LOCAL offload.outbox = 'on'")
+        return await self.store.enqueue_in(conn, envelopes, **kw)
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        applied = await self.store.settle(outcomes)
+        await self.send_jobs(_ids(outcomes))
+        return applied
+
+    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+        applied = await self.store.rescue(decisions)
+        await self.send_jobs(_ids(decisions))
+        return applied
+
+    async def requeue(self, job_id: str) -> Any:
+        row = await self.store.requeue(job_id)
+        await self.send_jobs([job_id])
+        return row
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        count = await self.store.requeue_many(ids)
+        await self.send_jobs(ids)
+        return count
+
+    async def cancel(self, job_id: str, follow_ups: Sequence[Envelope] = ()) -> Any:
+        row = await self.store.cancel(job_id, follow_ups)
+        await self.send_jobs(e.id for e in follow_ups)
+        return row
+
+    async def cancel_many(
+        self, ids: Sequence[str], follow_ups: Mapping[str, Sequence[Envelope]]
+    ) -> int:
+        count = await self.store.cancel_many(ids, follow_ups)
+        await self.send_jobs(e.id for notes in follow_ups.values() for e in notes)
+        return count
+
+    async def fire_schedule(
+        self, name: str, *, spec: Mapping[str, Any], fires: Sequence[tuple[float, Envelope]]
+    ) -> list[EnqueueResult | None]:
+        results = await self.store.fire_schedule(name, spec=spec, fires=fires)
+        await self.send_jobs(r.id for r in results if r is not None and r.created)
+        return results
+
+    # -- the outbox -------------------------------------------------------------------------
+
+    async def send_jobs(self, ids: Iterable[str]) -> int:
+        """Send the messages of these jobs' outbox rows and delete the rows, in a transaction
+        that commits after SQS took them. A failure is logged, not raised: the caller's
+        change is committed, and the relay sends the rows that stay. Returns how many went."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return 0
+        return await self._take_and_send(Q["take_jobs"], {"ids": wanted})
+
+    async def relay(self, *, older_than_s: float | None = None) -> int:
+        """Send every outbox row older than `older_than_s` (default `relay_age_s`): the rows
+        whose own send was lost. Returns how many messages went."""
+        age = self.relay_age_s if older_than_s is None else older_than_s
+        sent = 0
+        while True:
+            count = await self._take_and_send(Q["take_old"], {"age": age, "limit": RELAY_BATCH})
+            sent += count
+            if count < RELAY_BATCH:
+                return sent
+
+    async def _relay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.relay_every_s)
+            with contextlib.suppress(BackendError):
+                sent = await self.relay()
+                if sent:
+                    log.info("relayed %d messages", sent, extra={"action": "sqs_relay"})
+
+    async def _take_and_send(self, sql: str, params: dict[str, Any]) -> int:
+        try:
+            async with self.store.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(sql, params)
+                rows = await cur.fetchall()
+                await self._send([(r[1], r[2], r[3]) for r in rows])
+                return len(rows)
+        except (psycopg.Error, BackendError) as exc:
+            log.warning(
+                "SQS send failed, the outbox keeps the messages for the relay: %s",
+                exc,
+                extra={"action": "sqs_send_error"},
+            )
+            return 0
+
+    async def _send(self, jobs: Sequence[tuple[str, str, float]]) -> None:
+        """Send one message per (job id, offload queue, run_at), delayed up to when it is due.
+
+        Raises:
+            BackendError: SQS refused or did not answer (some may have gone: duplicates).
+        """
+        now = self.store._clock_now()
+        batches = [jobs[i : i + SEND_BATCH] for i in range(0, len(jobs), SEND_BATCH)]
+        limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def send(batch: Sequence[tuple[str, str, float]]) -> None:
+            entries = [
+                {"Id": str(n), "MessageBody": body(job_id, queue), "DelaySeconds": delay_s(at, now)}
+                for n, (job_id, queue, at) in enumerate(batch)
+            ]
+            async with limit:
+                try:
+                    answer = await self._sqs().send_message_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+                except (BotoCoreError, ClientError) as exc:
+                    raise BackendError(f"SQS: {exc}") from exc
+            if answer.get("Failed"):
+                raise BackendError(f"SQS refused messages: {answer['Failed']}")
+
+        errors = await asyncio.gather(*(send(b) for b in batches), return_exceptions=True)
+        for error in errors:
+            if isinstance(error, BaseException):
+                raise error
+
+    async def send_later(self, job_id: str, queue: str, run_at: float) -> None:
+        """Send a job's message again, delayed until `run_at` or `MAX_DELAY_S` (a job not due
+        yet, or held back by a paused queue).
+
+        Raises:
+            BackendError: SQS refused or did not answer.
+        """
+        await self._send([(job_id, queue, run_at)])
+
+    async def change_visibility(self, receipt: str, timeout_s: float) -> None:
+        """Keep a received message hidden for `timeout_s` more seconds (a long job).
+
+        Raises:
+            BackendError: SQS refused (the receipt is stale) or did not answer.
+        """
+        try:
+            await self._sqs().change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=int(timeout_s)
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise BackendError(f"SQS: {exc}") from exc
+
+    def _sqs(self) -> Any:
+        if self._client is None:
+            raise BackendError("the SQS backend is not open")
+        return self._client
+
+    # -- the consumer's claim ---------------------------------------------------------------
+
+    async def claim_job(self, job_id: str, *, worker_id: str, lease_for: float) -> Lease | None:
+        """Lease the job a message names, if it waits, is due and its queue is not paused:
+        one attempt spent, a fresh token (as `claim`). None otherwise (it ran, runs, is not
+        due, or another consumer holds its row this instant)."""
+        token = secrets.token_hex(12)
+        params = {
+            "id": job_id,
+            "token": token,
+            "lease_for": lease_for,
+            "worker": worker_id,
+            "now": self.store._now(),
+        }
+        async with self.store.pool.connection() as conn:
+            try:
+                cur = await conn.execute(Q["claim_job"], params)
+                row = await cur.fetchone()
+            except psycopg.Error as exc:
+                raise BackendError(f"PostgreSQL: {exc}") from exc
+        return None if row is None else _lease_of(row, token, worker_id)
+
+
+def _forward(name: str) -> Any:
+    async def forward(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.store, name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    forward.__doc__ = f"`PostgresBackend.{name}`: the job rows live there."
+    return forward
+
+
+# Every seam method this class does not define is the store's, as a real method: isinstance
+# checks against the seams' protocols look methods up without calling __getattr__.
+for _seam in (Broker, JobStore, JobSearch, ScheduleStore, Limiter):
+    for _name, _member in vars(_seam).items():
+        if callable(_member) and not _name.startswith("_") and _name not in vars(SQSBackend):
+            setattr(SQSBackend, _name, _forward(_name))
+
+
+def _ids(outcomes: Sequence[Outcome]) -> list[str]:
+    """The jobs an outcome may make ready again, and its follow-ups."""
+    return [o.lease.job_id for o in outcomes] + [e.id for o in outcomes for e in o.follow_ups]
+
+
+def body(job_id: str, queue: str) -> str:
+    """The message of one ready job: its id and offload queue (the row holds the rest)."""
+    return orjson.dumps({"v": BODY_VERSION, "job": job_id, "queue": queue}).decode()
+
+
+def delay_s(run_at: float, now: float) -> int:
+    """SQS DelaySeconds of a job due at `run_at`: until then, at most `MAX_DELAY_S`."""
+    return max(0, min(MAX_DELAY_S, int(run_at - now + 0.999)))

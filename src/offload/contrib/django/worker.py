@@ -1,0 +1,83 @@
+"""The worker half: `manage.py offload_worker` runs `offload worker --app` on this module.
+
+Importing it sets Django up (DJANGO_SETTINGS_MODULE, as manage.py sets it) and gives
+`app`: the offload App of the task backend named by OFFLOAD_DJANGO_BACKEND ("default"),
+with a handler for each of its queues.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import django
+from django.db import close_old_connections
+from django.tasks import TaskContext, TaskResultStatus, task_backends
+from django.tasks.signals import task_finished, task_started
+from django.utils.json import normalize_json
+
+from ...app import App
+from ...context import Context
+from ...errors import ConfigurationError
+from .backend import OffloadBackend
+from .calls import TaskCall, kind_of
+from .config import BACKEND_ENV
+from .results import running_result, task_of
+
+
+def run_call(call: TaskCall, ctx: Context) -> Any:
+    """Run one task call, in the worker's thread pool, as Django runs a request: database
+    connections that are unusable or past CONN_MAX_AGE are closed before and after (the
+    connections are this thread's). An async task runs on an event loop of this thread
+    (`Task.call`), so its ORM calls use this thread's connections too.
+
+    Returns:
+        The task's return value, made JSON as Django makes it (`normalize_json`).
+    """
+    close_old_connections()
+    try:
+        task = task_of(call.task)
+        result = running_result(task, ctx.job_id, call, ctx.attempt, _worker_id(ctx))
+        sender = type(task.get_backend())
+        task_started.send(sender, task_result=result)
+        try:
+            args = list(call.args)
+            if task.takes_context:
+                args.insert(0, TaskContext(task_result=result))
+            value = normalize_json(task.call(*args, **call.kwargs))
+        except BaseException:
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            task_finished.send(sender, task_result=result)
+            raise
+        object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+        task_finished.send(sender, task_result=result)
+        return value
+    finally:
+        close_old_connections()
+
+
+def _worker_id(ctx: Context) -> str:
+    return ctx.lease.worker or ""
+
+
+def worker_app(alias: str) -> App:
+    """The App of task backend `alias` with a handler for each of its queues.
+
+    Raises:
+        ConfigurationError: `alias` is not an OffloadBackend.
+    """
+    backend = task_backends[alias]
+    if not isinstance(backend, OffloadBackend):
+        raise ConfigurationError(
+            f"TASKS[{alias!r}] is a {type(backend).__name__}, not offload's OffloadBackend"
+        )
+    app = backend.app
+    for queue in backend.config.queues:
+        kind = kind_of(queue)
+        if kind not in app.handlers:
+            app.handles(app.spec_of(kind).cls)(run_call)
+    return app
+
+
+django.setup()
+app = worker_app(os.environ.get(BACKEND_ENV, "default"))

@@ -1,0 +1,226 @@
+"""The worker as a queue-triggered function: Lambda hands it SQS batches of job messages.
+
+Each message names one job whose row lives in PostgreSQL. The consumer claims that row
+(a fenced lease, one attempt spent), runs the handler as a worker process does
+(`Worker.run_leased`: timeout, budget, backoff, dead-lettering, notifications), beats the
+lease and the message's visibility while it runs, and settles the outcome. A retry is
+not a visibility change: the settle makes the job ready again with its later `run_at`,
+which commits an outbox row, and the broker sends a new message delayed until then (up to
+SQS's 15 minutes; a job due later is sent again on arrival). So SQS's receive count and
+redrive policy count only lost deliveries (a crashed or timed-out function), never
+offload's own retries, and offload's budget alone decides when a job is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import orjson
+
+from ...app import App
+from ...brokers.sqs import SQSBackend
+from ...contract import JobState, Lease, Outcome
+from ...errors import BackendError, ConfigurationError
+from ...worker.runner import DEFAULT_HEARTBEAT_S, Worker
+from ._runtime import LambdaContext, remaining_s, thread_loop
+
+log = logging.getLogger("offload.serverless")
+
+#: Seconds of an invocation kept back: a job still running this close to the function's
+#: timeout is released unspent (sent again at once) and its outcome written in time.
+DEFAULT_MARGIN_S = 3.0
+#: Seconds before a job due now that could not be claimed (its queue paused, or its row
+#: held by another consumer this instant) is looked at again: its message is sent again.
+RECHECK_S = 30.0
+
+
+class SQSConsumer:
+    """Runs the jobs of SQS event batches; one per function (it keeps the app open).
+
+    Args:
+        app: the App with its handlers imported, whose OFFLOAD_URL is `sqs://…`.
+        margin_s: seconds before the invocation's end at which running jobs are released.
+    """
+
+    def __init__(self, app: App, *, margin_s: float = DEFAULT_MARGIN_S) -> None:
+        self.app = app
+        self.margin_s = margin_s
+        self.lease_s = app.settings.lease_s
+        self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
+        self.loop = thread_loop()
+        self._worker: Worker | None = None
+
+    def __call__(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+        """The Lambda handler: `{"batchItemFailures": [{"itemIdentifier": id}, …]}` names
+        the messages to deliver again (Lambda deletes the others)."""
+        return self.loop.run_until_complete(self.handle(event, context))
+
+    async def open(self) -> Worker:
+        """Open the app (once: a warm function keeps it) and the worker that runs its jobs."""
+        if self._worker is None:
+            await self.app.open()
+            if not isinstance(self.app._require_backend(), SQSBackend):
+                await self.app.close()
+                raise ConfigurationError("sqs_handler needs OFFLOAD_URL=sqs://…")
+            self._worker = Worker(self.app)
+        return self._worker
+
+    async def close(self) -> None:
+        """Close the app (a function never needs to; tests do)."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker._threads.shutdown(wait=False, cancel_futures=True)
+            await worker.dispatcher.aclose()
+            await self.app.close()
+
+    def _broker(self) -> SQSBackend:
+        return cast(SQSBackend, self.app._require_backend())
+
+    async def handle(
+        self, event: Mapping[str, Any], context: LambdaContext | None
+    ) -> dict[str, Any]:
+        """Run every record of the batch at once; report the ones to deliver again."""
+        worker = await self.open()
+        left = remaining_s(context)
+        loop = asyncio.get_running_loop()
+        deadline = None if left is None else loop.time() + left - self.margin_s
+        with contextlib.suppress(BackendError):
+            await worker.rescue_lapsed()  # jobs of functions that died: ready again
+        records = list(event.get("Records", []))
+        done = await asyncio.gather(*(self._record(worker, r, deadline) for r in records))
+        with contextlib.suppress(BackendError):
+            await self._broker().relay()
+        failures = [
+            {"itemIdentifier": r["messageId"]}
+            for r, ok in zip(records, done, strict=True)
+            if not ok
+        ]
+        return {"batchItemFailures": failures}
+
+    async def _record(
+        self, worker: Worker, record: Mapping[str, Any], deadline: float | None
+    ) -> bool:
+        """One message: True to acknowledge it (its job settled, or nothing to run)."""
+        try:
+            job_id = str(orjson.loads(record["body"])["job"])
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+            log.warning("not an offload message: acknowledged", extra={"action": "sqs_poison"})
+            return True
+        broker = self._broker()
+        try:
+            lease = await broker.claim_job(job_id, worker_id=worker.id, lease_for=self.lease_s)
+            if lease is None:
+                await self._not_claimed(worker, job_id)
+                return True
+            outcome = await self._run(worker, lease, record.get("receiptHandle"), deadline)
+            if outcome is not None:
+                await broker.settle([outcome])
+            return True
+        except BackendError as exc:
+            log.warning(
+                "job %s: %s; its message comes back",
+                job_id,
+                exc,
+                extra={"action": "sqs_record_error", "job_id": job_id},
+            )
+            return False
+
+    async def _not_claimed(self, worker: Worker, job_id: str) -> None:
+        """A message whose job could not be claimed: acknowledged, after sending it again
+        when the job still waits (not due yet, or its queue paused), or rescuing it when
+        it runs on a lapsed lease (its function died)."""
+        broker = self._broker()
+        row = await broker.get(job_id)
+        if row is None or row.state.final:
+            return
+        if row.state in (JobState.QUEUED, JobState.RETRYING):
+            await broker.send_later(job_id, row.queue, max(row.run_at, time.time() + RECHECK_S))
+        elif row.state is JobState.RUNNING:
+            await worker.rescue_lapsed()
+
+    async def _run(
+        self, worker: Worker, lease: Lease, receipt: str | None, deadline: float | None
+    ) -> Outcome | None:
+        """Run a claimed job, beating its lease and its message's visibility, within the
+        deadline; None when the lease was lost (another consumer owns the job now)."""
+        ctx = worker.context_for(lease)
+        task = asyncio.create_task(worker.run_leased(lease, ctx), name=f"job-{lease.job_id}")
+        loop = asyncio.get_running_loop()
+        cancel = False
+        while not task.done():
+            wait = (
+                self.heartbeat_s
+                if deadline is None
+                else min(self.heartbeat_s, deadline - loop.time())
+            )
+            if wait <= 0:
+                break  # out of time: released below
+            await asyncio.wait({task}, timeout=wait)
+            if task.done():
+                break
+            held, cancel = await self._beat(lease, receipt)
+            if not held:
+                ctx.cancelled.set()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return None
+            if cancel:
+                break
+        if not task.done():
+            ctx.cancelled.set()
+            task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return worker.interrupted(lease, cancel=cancel)
+
+    async def _beat(self, lease: Lease, receipt: str | None) -> tuple[bool, bool]:
+        """Extend the lease and the message's visibility: (still held, cancel asked). A
+        failed beat is logged and counts as held (the next one tries again)."""
+        broker = self._broker()
+        try:
+            (answer,) = await broker.extend([lease], lease_for=self.lease_s)
+        except BackendError as exc:
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
+            return True, False
+        if answer.held and receipt is not None:
+            try:
+                await broker.change_visibility(receipt, self.lease_s)
+            except BackendError as exc:
+                log.warning("visibility not extended: %s", exc, extra={"action": "sqs_visibility"})
+        return answer.held, answer.cancel_requested
+
+
+def sqs_handler(app: App, *, margin_s: float = DEFAULT_MARGIN_S) -> SQSConsumer:
+    """The worker as a Lambda handler `(event, context)` for an SQS trigger with
+    `ReportBatchItemFailures`: the jobs of the batch run at once, bounded by
+    `context.get_remaining_time_in_millis()`, and the answer names the messages to deliver
+    again (a job whose outcome could not be written)."""
+    return SQSConsumer(app, margin_s=margin_s)
+
+
+class RelayFunction(SQSConsumer):
+    """The scheduled sweep as a Lambda handler (see `relay_handler`)."""
+
+    def __call__(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+        """`{"rescued": n, "relayed": m}`: jobs given back from dead functions, messages sent."""
+        return self.loop.run_until_complete(self.sweep())
+
+    async def sweep(self) -> dict[str, Any]:
+        worker = await self.open()
+        rescued = await worker.rescue_lapsed()
+        return {"rescued": rescued, "relayed": await self._broker().relay()}
+
+
+def relay_handler(app: App) -> RelayFunction:
+    """A Lambda handler for a schedule (EventBridge, every minute): rescue the jobs whose
+    function died mid-run and send the outbox rows whose send was lost (older than the
+    URL's `relay_age`). Deploy it with the worker's code (a rescue decides with the
+    handlers' budgets)."""
+    return RelayFunction(app)

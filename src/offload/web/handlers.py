@@ -1,0 +1,108 @@
+"""problem_details: every error of a FastAPI app answered as an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ..errors import (
+    BackendError,
+    InvalidTransition,
+    JobNotFound,
+    OffloadError,
+    StorageFull,
+    UnknownKind,
+)
+from .problems import (
+    BACKEND_RETRY_AFTER,
+    STORAGE_FULL_DETAIL,
+    STORAGE_FULL_RETRY_AFTER,
+    Problem,
+    problem,
+)
+
+log = logging.getLogger("offload.web")
+
+#: Errors about the job asked for that reach the error handler: their answers.
+_JOB_ERRORS: tuple[tuple[type[OffloadError], int, str], ...] = (
+    (JobNotFound, 404, "job-not-found"),
+    (UnknownKind, 404, "unknown-kind"),
+    (InvalidTransition, 409, "already-final"),
+)
+
+
+def storage_full(instance: str | None = None) -> Response:
+    """The 503 while the backend's storage is full."""
+    return problem(
+        503,
+        STORAGE_FULL_DETAIL,
+        slug="storage-full",
+        instance=instance,
+        headers=STORAGE_FULL_RETRY_AFTER,
+    )
+
+
+def problem_details(api: FastAPI) -> None:
+    """Answer every error of `api` as offload's web tier does: an RFC 9457 problem document
+    (`application/problem+json`). For your own app beside a mounted web tier, so that
+    `Depends(offload_jobs)` refusals (401, 403), invalid requests (422), `HTTPException`s
+    and offload's errors (an unreachable backend: 503) come as problem documents; nothing
+    else of the app changes. No traceback reaches a client: a crash is a logged 500."""
+
+    @api.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> Response:
+        return exc.response(instance=request.url.path)
+
+    @api.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return problem(
+            422,
+            "the request is not valid",
+            slug="invalid-request",
+            instance=request.url.path,
+            errors=errors,
+        )
+
+    @api.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
+
+    @api.exception_handler(BackendError)
+    async def on_backend(request: Request, exc: BackendError) -> Response:
+        log.error("backend error: %s", exc, extra={"action": "backend_error"})
+        return problem(
+            503,
+            "the job backend is unavailable; try again shortly",
+            slug="backend-unavailable",
+            instance=request.url.path,
+            headers=BACKEND_RETRY_AFTER,
+        )
+
+    @api.exception_handler(StorageFull)
+    async def on_storage_full(request: Request, exc: StorageFull) -> Response:
+        log.error("storage full: %s", exc, extra={"action": "storage_full"})
+        return storage_full(request.url.path)
+
+    @api.exception_handler(OffloadError)
+    async def on_offload(request: Request, exc: OffloadError) -> Response:
+        for cls, status, slug in _JOB_ERRORS:
+            if isinstance(exc, cls):
+                return problem(status, str(exc), slug=slug, instance=request.url.path)
+        # Anything else a route does not answer itself is a fault of the server (a setting
+        # that cannot work, a bug), never the caller's: 500, logged.
+        log.error("offload error: %s", exc, extra={"action": "web_error"}, exc_info=exc)
+        return problem(500, "internal error", instance=request.url.path)
+
+    @api.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"action": "web_error"})
+        return problem(500, "internal error", instance=request.url.path)

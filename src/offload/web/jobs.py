@@ -1,0 +1,161 @@
+"""Jobs: what a host's own FastAPI route gets from `Depends(offload_jobs)`: the App, the
+caller's principal as the web tier mounted beside it finds it, and 202 answers that point
+at that web tier's status API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.routing import Mount
+
+from .._links import Presenter
+from ..app import App
+from ..contract import Message
+from ..errors import ConfigurationError
+from ..job import Job
+from ..notify.targets import callback_url_refusal
+from .auth import Auth
+from .origins import check_same_site
+from .problems import JSONResponse, Problem
+from .submit import DEFAULT_RETRY_AFTER_S
+
+
+@dataclass(frozen=True, slots=True)
+class Jobs:
+    """The offload side of one request to a host's own route.
+
+    Attributes:
+        app: the App of the mounted web tier.
+        principal: who is calling, by the web tier's own rules (its auth hook, or the
+            bearer tokens of OFFLOAD_API_TOKENS, or `local` in development mode).
+        root: the path the web tier is mounted at (`/jobs`): its status API is there.
+        present: how that web tier shows records there (signed links, no tracebacks).
+        kinds: the kinds the caller's token may submit (`token=principal[kind|kind]`);
+            None: every kind.
+    """
+
+    app: App
+    principal: str
+    root: str
+    present: Presenter
+    kinds: frozenset[str] | None = None
+
+    async def enqueue(
+        self,
+        message: Message,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+    ) -> Job:
+        """`App.enqueue`, owned by the caller (only they see the job in the status API).
+
+        Raises:
+            Problem: 403 for a kind the caller's token may not submit; 422 for a
+                `callback_url` the web tier would refuse (a private host).
+            ValueError, TypeError: an option `App.enqueue` refuses.
+        """
+        kind = self.app.spec_of(type(message)).kind if self.kinds is not None else ""
+        if self.kinds is not None and kind not in self.kinds:
+            raise Problem(403, f"this token may not submit {kind!r} jobs", slug="kind-not-allowed")
+        if callback_url is not None:
+            allow = self.app.settings.webhook_allow_private
+            why = callback_url_refusal(callback_url, allow_private=allow)
+            if why:
+                errors = [{"loc": ["callback_url"], "msg": why}]
+                raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
+        return await self.app.enqueue(
+            message,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=self.principal,
+        )
+
+    def location(self, job: Job | str) -> str:
+        """The job's status route in the mounted API (`/jobs/v1/jobs/{id}`)."""
+        job_id = job if isinstance(job, str) else job.id
+        return f"{self.root}/v1/jobs/{job_id}"
+
+    async def accepted(self, job: Job) -> JSONResponse:
+        """The answer the web tier's own submit route gives: `202 Accepted` with
+        `Location` (the status route), `Retry-After` and the status record as the body."""
+        return JSONResponse(
+            await self.status(job),
+            status_code=202,
+            headers={"Location": self.location(job), "Retry-After": str(DEFAULT_RETRY_AFTER_S)},
+        )
+
+    async def status(self, job: Job | str) -> dict[str, Any]:
+        """The caller's job's status record, as `GET {root}/v1/jobs/{id}` shows it.
+
+        Raises:
+            Problem: 404 for a job that is not the caller's (or none).
+        """
+        job_id = job if isinstance(job, str) else job.id
+        if await self.app.get(job_id, owner=self.principal) is None:
+            raise Problem(404, f"no job {job_id!r}", slug="job-not-found")
+        return self.present.record(await self.app.status(job_id))
+
+
+class OffloadJobs:
+    """A FastAPI dependency giving a route `Jobs`: `Depends(offload_jobs)`.
+
+    It asks the web tier mounted in the route's app (`api.mount(path, create_app(app))`)
+    who is calling, with that tier's auth hook or tokens; a caller it would refuse gets the
+    same 401, and in development mode (or behind an auth hook) a cross-site write the
+    same 403. Install `problem_details(api)` so those come as problem documents.
+
+    Args:
+        web: the web tier to use (what `create_app` returned); None: the one mounted in
+            the request's app (it must be the only one).
+    """
+
+    def __init__(self, web: FastAPI | None = None) -> None:
+        self.web = web
+
+    async def __call__(self, request: Request) -> Jobs:
+        web, root = self._mounted(request)
+        auth: Auth = web.state.auth
+        check_same_site(request, auth)
+        await web.state.runtime.ensure()  # opened on first use, as the mounted API is
+        await auth.authenticate(request)
+        principal = auth.principal(request)
+        kinds = auth.token_auth.kinds_of(request) if auth.hook is None else None
+        root = request.scope.get("root_path", "").rstrip("/") + root
+        return Jobs(web.state.offload, principal, root, web.state.present.at(root), kinds)
+
+    def _mounted(self, request: Request) -> tuple[FastAPI, str]:
+        """The web tier and the path it is mounted at in the request's app.
+
+        Raises:
+            ConfigurationError: none is mounted there (or several, with no `web` given).
+        """
+        found = [
+            (route.app, route.path)
+            for route in request.app.routes
+            if isinstance(route, Mount)
+            and isinstance(route.app, FastAPI)
+            and hasattr(route.app.state, "offload")
+            and (self.web is None or route.app is self.web)
+        ]
+        if len(found) != 1:
+            raise ConfigurationError(
+                "offload_jobs needs one offload web tier mounted in this app: "
+                "api.mount('/jobs', create_app(app)) (several: OffloadJobs(that_one))"
+            )
+        return found[0]
+
+
+#: The dependency for the one web tier mounted in the route's app.
+offload_jobs = OffloadJobs()

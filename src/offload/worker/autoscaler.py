@@ -1,0 +1,306 @@
+"""`offload worker --autoscale MIN:MAX`: keep between MIN and MAX worker processes, as the
+backlog read through the App asks (`worker.scaling` decides; this carries it out)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OffloadError
+from .scaling import Backlog, Decision, ScalingPolicy
+from .supervisor import DEFAULT_RESTART_BACKOFF_S
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from ..app import App
+    from ..metrics import Metrics
+
+log = logging.getLogger("offload.autoscaler")
+
+#: Seconds between two looks at the children (exits, restarts due).
+TICK_S = 0.1
+#: The longest gap between two backlog readings (seconds); shorter for a short target wait.
+DEFAULT_SAMPLE_S = 1.0
+#: The shortest gap between two backlog readings (seconds).
+MIN_SAMPLE_S = 0.1
+#: A backlog reading that takes longer than this (seconds) is given up; the size stays.
+READ_TIMEOUT_S = 10.0
+#: Minutes of `App.history` read to count completions (the current one and the one before).
+HISTORY_MINUTES = 2
+#: The metrics the autoscaler's own endpoint adds (counters with their `_total`).
+AUTOSCALE_METRIC_NAMES = ("offload_worker_processes", "offload_autoscale_decisions_total")
+
+
+def sample_interval(target_wait_s: float) -> float:
+    """Seconds between backlog readings: half the target wait, within its bounds."""
+    return min(DEFAULT_SAMPLE_S, max(MIN_SAMPLE_S, target_wait_s / 2))
+
+
+class BacklogReader:
+    """Reads `Backlog`s of `queues` through the App: ready jobs and the oldest one's age
+    from `App.stats`, completions from the per-minute counts of `App.history` (ended jobs:
+    succeeded, failed, dead), summed into a running count between readings."""
+
+    def __init__(self, app: App, queues: Iterable[str]) -> None:
+        self.app = app
+        self.queues = frozenset(queues)
+        #: The stats of the served queues at the last reading.
+        self.stats: dict[str, dict[str, Any]] = {}
+        self._completed = 0
+        self._minutes: dict[float, int] | None = None
+
+    async def read(self) -> Backlog:
+        """One reading.
+
+        Raises:
+            OffloadError: the backend could not be read.
+        """
+        stats = await self.app.stats()
+        self.stats = {q: s for q, s in stats.items() if q in self.queues}
+        ready, oldest = 0, 0.0
+        for queue in self.stats.values():
+            if queue.get("paused"):
+                continue  # no worker may claim them: more processes would not help
+            waiting = int(queue["queued"]) - int(queue.get("awaiting_newer_worker", 0))
+            if waiting > 0:
+                ready += waiting
+                oldest = max(oldest, float(queue["oldest_age_s"]))
+        await self._count_completions()
+        return Backlog(ready=ready, oldest_age_s=oldest, completed=self._completed)
+
+    async def _count_completions(self) -> None:
+        minutes: dict[float, int] = {}
+        for row in await self.app.history(minutes=HISTORY_MINUTES):
+            if row.queue in self.queues:
+                key = row.minute.timestamp()
+                minutes[key] = minutes.get(key, 0) + row.succeeded + row.failed + row.dead
+        if self._minutes is not None:  # each minute's count only grows while it is read
+            self._completed += sum(
+                max(0, n - self._minutes.get(minute, 0)) for minute, n in minutes.items()
+            )
+        self._minutes = minutes
+
+
+class ScalingMetrics:
+    """`offload_worker_processes` (processes kept now) and
+    `offload_autoscale_decisions_total{direction,reason}`, collected at scrape time into
+    the registry of `metrics`, whose queue gauges show the last backlog reading."""
+
+    def __init__(self, metrics: Metrics, size: Callable[[], int]) -> None:
+        self.metrics = metrics
+        self.size = size
+        self.decisions: dict[tuple[str, str], int] = {}
+        metrics.registry.register(self)
+
+    def decided(self, decision: Decision) -> None:
+        key = (decision.direction, decision.reason)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+
+    def read(self, stats: Mapping[str, Mapping[str, Any]], at: float) -> None:
+        self.metrics.queues.stats = dict(stats)
+        self.metrics.queues.read_at = at
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "offload_worker_processes",
+            "Worker processes the autoscaler keeps running (not counting those stopping)",
+            value=self.size(),
+        )
+        decisions = CounterMetricFamily(
+            "offload_autoscale_decisions",
+            "Processes added (up) or removed (down) by the autoscaler, by reason",
+            labels=("direction", "reason"),
+        )
+        for labels, n in sorted(self.decisions.items()):
+            decisions.add_metric(labels, n)
+        yield decisions
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only
+
+
+@dataclass
+class _Child:
+    """One worker process in a slot: running, stopping after a removal, or awaiting its
+    restart (`proc` None until `restart_at`)."""
+
+    proc: subprocess.Popen[bytes] | None
+    started_at: float
+    stopping: bool = False
+    restart_at: float = 0.0
+
+
+class AutoscalingSupervisor:
+    """Runs `policy.min_processes` worker processes, then adds and removes them as `policy`
+    decides from `reader`'s readings, until SIGTERM or SIGINT (forwarded to every child).
+
+    A removed process gets SIGTERM: it claims no more, gives back the jobs it holds ahead
+    unspent, and finishes its running jobs within its grace period. A process that dies is
+    restarted in its slot and counts toward the size meanwhile.
+
+    Args:
+        argv: the command of one worker process.
+        slot_argv: arguments added to the command of the process in slot `i` (0 to MAX-1).
+        sample_s: seconds between backlog readings.
+        metrics: where the autoscaler's own metrics go (None: nowhere).
+    """
+
+    def __init__(
+        self,
+        policy: ScalingPolicy,
+        reader: BacklogReader,
+        argv: Sequence[str],
+        *,
+        slot_argv: Callable[[int], Sequence[str]] | None = None,
+        sample_s: float = DEFAULT_SAMPLE_S,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.reader = reader
+        self.argv = list(argv)
+        self.slot_argv = slot_argv
+        self.sample_s = sample_s
+        self.clock = clock
+        self.slots: list[_Child | None] = [None] * policy.max_processes
+        self.metrics = None if metrics is None else ScalingMetrics(metrics, lambda: self.size)
+        self._stopping = asyncio.Event()
+
+    @property
+    def size(self) -> int:
+        """Processes kept running: those stopping after a removal not counted."""
+        return sum(1 for c in self.slots if c is not None and not c.stopping)
+
+    @property
+    def alive(self) -> int:
+        """Slots taken: the size and the processes still stopping."""
+        return sum(1 for c in self.slots if c is not None)
+
+    async def run(self) -> int:
+        """Supervise until SIGTERM/SIGINT; the exit code (0 when every child stopped
+        cleanly)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop, signum)
+        try:
+            await self._supervise()
+        except BaseException:
+            self._stop(signal.SIGTERM)  # never leave the children running on a failure
+            await asyncio.shield(self._wait_all())
+            raise
+        return await self._wait_all()
+
+    async def _supervise(self) -> None:
+        for _ in range(self.policy.min_processes):
+            self._add()
+        next_read = self.clock()
+        while not self._stopping.is_set():
+            self._tend()
+            if self.clock() >= next_read:
+                next_read = self.clock() + self.sample_s
+                await self._step()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), TICK_S)
+
+    def _stop(self, signum: int) -> None:
+        self._stopping.set()
+        for child in self.slots:
+            if child is not None and child.proc is not None and not child.stopping:
+                if child.proc.poll() is None:
+                    child.proc.send_signal(signum)
+
+    async def _step(self) -> None:
+        """Read the backlog, decide, and carry the decision out."""
+        try:
+            backlog = await asyncio.wait_for(self.reader.read(), READ_TIMEOUT_S)
+        except (OffloadError, OSError, TimeoutError) as exc:
+            log.warning(
+                "cannot read the backlog (%s); keeping %d processes",
+                exc or type(exc).__name__,
+                self.size,
+                extra={"action": "autoscale_read_failed"},
+            )
+            return
+        now = self.clock()
+        if self.metrics is not None:
+            self.metrics.read(self.reader.stats, now)
+        decision = self.policy.decide(now, self.size, backlog, alive=self.alive)
+        if decision is None or self._stopping.is_set():
+            return
+        if decision.direction == "up":
+            self._add()
+        else:
+            self._remove()
+        log.info(
+            "%s",
+            decision,
+            extra={"action": f"scale_{decision.direction}", "reason": decision.reason},
+        )
+        if self.metrics is not None:
+            self.metrics.decided(decision)
+
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        extra = self.slot_argv(slot) if self.slot_argv is not None else ()
+        return subprocess.Popen([*self.argv, *extra])
+
+    def _add(self) -> None:
+        slot = self.slots.index(None)  # the policy never asks beyond MAX slots taken
+        self.slots[slot] = _Child(self._spawn(slot), started_at=self.clock())
+
+    def _remove(self) -> None:
+        """Stop the newest running process gracefully (its slot frees once it exits)."""
+        for child in reversed(self.slots):
+            if child is not None and not child.stopping:
+                child.stopping = True
+                if child.proc is None:  # awaiting a restart: nothing to stop
+                    self.slots[self.slots.index(child)] = None
+                elif child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
+                return
+
+    def _tend(self) -> None:
+        """Free the slots of removed processes that exited; restart the others that died."""
+        now = self.clock()
+        for slot, child in enumerate(self.slots):
+            if child is None:
+                continue
+            if child.proc is None:
+                if now >= child.restart_at and not self._stopping.is_set():
+                    child.proc, child.started_at = self._spawn(slot), now
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if child.stopping:
+                self.slots[slot] = None
+                if code != 0:
+                    log.warning(
+                        "removed worker process %d exited with %s",
+                        child.proc.pid,
+                        code,
+                        extra={"action": "worker_exit"},
+                    )
+                continue
+            log.warning(
+                "worker process %d exited with %s; restarting",
+                child.proc.pid,
+                code,
+                extra={"action": "worker_restart"},
+            )
+            child.proc = None
+            child.restart_at = child.started_at + DEFAULT_RESTART_BACKOFF_S
+
+    async def _wait_all(self) -> int:
+        procs = [c.proc for c in self.slots if c is not None and c.proc is not None]
+        codes = [await asyncio.to_thread(proc.wait) for proc in procs]
+        return 0 if all(code == 0 for code in codes) else 1

@@ -1,0 +1,167 @@
+"""`Depends(offload_jobs)` in a host's own FastAPI route: the caller's principal by the
+mounted web tier's rules (tokens, an auth hook, development mode and its cross-site
+refusal), 202 answers pointing at the mounted status API, and problem documents for the
+host's errors once `problem_details` is installed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from offload import App, ConfigurationError, Message, Settings
+from offload.contract import JobFilter
+from offload.web import Jobs, OffloadJobs, create_app, offload_jobs, problem_details
+
+pytestmark = pytest.mark.anyio
+
+
+class Export(Message):
+    user: str
+    period: str
+
+
+def host(app: App, *, problems: bool = True, **web: Any) -> FastAPI:
+    """A user's app: its own submit route, offload's API mounted at /jobs."""
+    api = FastAPI()
+    api.mount("/jobs", create_app(app, **web))
+    if problems:
+        problem_details(api)
+
+    @api.post("/exports", status_code=202)
+    async def export(period: str, jobs: Annotated[Jobs, Depends(offload_jobs)]) -> Response:
+        job = await jobs.enqueue(Export(user=jobs.principal, period=period))
+        return await jobs.accepted(job)
+
+    @api.get("/whoami")
+    async def whoami(jobs: Annotated[Jobs, Depends(offload_jobs)]) -> dict[str, str]:
+        return {"principal": jobs.principal, "root": jobs.root}
+
+    return api
+
+
+@pytest.fixture
+def app(settings: Settings) -> App:
+    app = App("host", settings=settings)
+    app.message("t.export")(Export)
+    return app
+
+
+@pytest.fixture
+async def closing(app: App) -> AsyncIterator[None]:
+    yield
+    await app.close()
+
+
+def client(
+    api: FastAPI,
+    token: str | None = None,
+    *,
+    raising: bool = False,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=raising)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
+
+
+async def test_the_route_enqueues_as_the_token_holder_and_points_at_the_status_api(
+    settings: Settings, closing: None
+) -> None:
+    app = App("host", settings=replace(settings, api_tokens={"t-a": "alice"}))
+    app.message("t.export")(Export)
+    api = host(app)
+    async with client(api, "t-a") as alice, client(api) as nobody:
+        answer = await alice.post("/exports", params={"period": "2026-10"})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        assert answer.headers["location"] == f"/jobs/v1/jobs/{job_id}"
+        assert (await alice.get(answer.headers["location"])).json()["state"] == "queued"
+        assert (await app.get(job_id, owner="alice")) is not None
+        refused = await nobody.post("/exports", params={"period": "2026-10"})
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        invalid = await alice.post("/exports")  # no period: the host's own validation
+        assert invalid.status_code == 422 and invalid.json()["errors"]
+    await app.close()
+
+
+async def test_an_auth_hook_names_the_principal_and_cross_site_writes_are_refused(
+    app: App, closing: None
+) -> None:
+    def signed_in(request: Request) -> str | None:
+        return request.headers.get("x-user")
+
+    api = host(app, auth=signed_in)
+    async with client(api, headers={"x-user": "carol"}) as carol:
+        assert (await carol.get("/whoami")).json() == {"principal": "carol", "root": "/jobs"}
+        forged = await carol.post(
+            "/exports", params={"period": "x"}, headers={"Origin": "https://evil.example"}
+        )
+        assert forged.status_code == 403 and forged.json()["type"].endswith("cross-site-request")
+        assert await app.count_jobs(JobFilter()) == 0
+    async with client(api) as nobody:
+        assert (await nobody.get("/whoami")).status_code == 401
+
+
+async def test_without_problem_details_a_refusal_keeps_its_status_and_headers(
+    settings: Settings, closing: None
+) -> None:
+    app = App("host", settings=replace(settings, api_tokens={"t-a": "alice"}))
+    app.message("t.export")(Export)
+    async with client(host(app, problems=False)) as nobody:
+        refused = await nobody.get("/whoami")
+        assert refused.status_code == 401 and "www-authenticate" in refused.headers
+    await app.close()
+
+
+async def test_the_web_tier_is_named_where_several_are_mounted(app: App, closing: None) -> None:
+    web = create_app(app)
+    api = FastAPI()
+    api.mount("/a", create_app(app))
+    api.mount("/b", web)
+
+    @api.get("/ambiguous")
+    async def ambiguous(jobs: Annotated[Jobs, Depends(offload_jobs)]) -> str:
+        return jobs.root
+
+    chosen = Depends(OffloadJobs(web))  # a local: Annotated[…] cannot name it here
+
+    @api.get("/named")
+    async def named(jobs: Jobs = chosen) -> str:
+        return jobs.root
+
+    async with client(api) as local:
+        assert (await local.get("/named")).json() == "/b"
+    async with client(api, raising=True) as local:  # the app's error, raised here
+        with pytest.raises(ConfigurationError, match="one offload web tier"):
+            await local.get("/ambiguous")
+
+
+async def test_a_token_limited_to_other_kinds_may_not_enqueue_through_the_route(
+    settings: Settings, closing: None
+) -> None:
+    limited = replace(
+        settings,
+        api_tokens={"t-a": "alice", "t-r": "robot"},
+        token_kinds={"t-r": frozenset({"t.other"})},
+    )
+    app = App("host", settings=limited)
+    app.message("t.export")(Export)
+    api = host(app)
+    async with client(api, "t-r") as robot, client(api, "t-a") as alice:
+        refused = await robot.post("/exports", params={"period": "2026-10"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["type"].endswith("kind-not-allowed")
+        assert await app.count_jobs(JobFilter()) == 0
+        assert (await alice.post("/exports", params={"period": "2026-10"})).status_code == 202
+    await app.close()

@@ -1,0 +1,14 @@
+"""The project's ASGI app, offload's status API mounted at /offload."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djproj.settings")
+django_app = get_asgi_application()
+
+from offload.contrib.django.asgi import mount  # noqa: E402  (after Django is set up)
+
+application = mount(django_app, prefix="/offload")

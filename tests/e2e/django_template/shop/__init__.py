@@ -1,0 +1,1 @@
+"""The project's app: tasks, and the views that enqueue them and poll their results."""

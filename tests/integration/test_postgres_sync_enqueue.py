@@ -1,0 +1,75 @@
+"""`App.enqueue_in_sync`: a job enqueued on the caller's synchronous PostgreSQL connection
+exists if and only if the caller's transaction commits (Django's same-database path)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from offload import App, ConfigurationError, Message, Settings
+from offload.errors import BackendError
+
+from ..services import PgSchema, require_pg
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+class Note(Message):
+    n: int = 0
+
+
+class Single(Message):
+    n: int = 0
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[PgSchema]:
+    require_pg()
+    s = PgSchema()
+    await s.create()
+    yield s
+    await s.drop()
+
+
+@pytest.fixture
+async def app(schema: PgSchema) -> AsyncIterator[App]:
+    app = App("pg-sync", settings=Settings(url=schema.url))
+    app.message("pg.note")(Note)
+    app.message("pg.single", unique="queued")(Single)
+    async with app:
+        yield app
+
+
+async def test_sync_enqueue_exists_only_if_the_transaction_commits(
+    app: App, schema: PgSchema
+) -> None:
+    with psycopg.connect(schema.url) as conn:
+        # Given the caller's own transaction that rolls back
+        with conn.transaction(force_rollback=True):
+            rolled_back = app.enqueue_in_sync(conn, Note(n=1))
+            assert rolled_back.created
+            assert await app.get(rolled_back.id) is None  # invisible until it commits
+        # When another commits, with an idempotency key given twice
+        with conn.transaction():
+            kept = app.enqueue_in_sync(conn, Note(n=2), idempotency_key="k", owner="ann")
+            again = app.enqueue_in_sync(conn, Note(n=3), idempotency_key="k", owner="ann")
+    # Then only the committed job exists, once
+    assert await app.get(rolled_back.id) is None
+    row = await app.get(kept.id)
+    assert row is not None and (row.state, row.owner, row.payload) == ("queued", "ann", {"n": 2})
+    assert (again.id, again.created) == (kept.id, False)
+
+
+async def test_sync_enqueue_refuses_unique_kinds_and_engines_without_it(
+    app: App, schema: PgSchema
+) -> None:
+    with psycopg.connect(schema.url) as conn:
+        with pytest.raises(BackendError, match="unique kinds"):
+            app.enqueue_in_sync(conn, Single())
+        conn.rollback()
+    sqlite = App("sqlite-sync", url="memory://")
+    sqlite.message("pg.note")(Note)
+    with pytest.raises(ConfigurationError, match="cannot enqueue inside a synchronous"):
+        sqlite.enqueue_in_sync(object(), Note())

@@ -1,0 +1,407 @@
+"""offload.serverless.aws end to end: API Gateway events into the HTTP function, moto's SQS
+server between it and the queue-triggered function, the job rows in PostgreSQL.
+
+Lambda is played by the test: a small poller receives real SQS batches, builds the event
+records Lambda builds, calls `sqs_handler`, deletes what succeeded and makes the reported
+failures visible again. The handlers are synchronous (as Lambda calls them), so these
+tests are too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+
+from offload import App, Context, Message, Retry, Settings
+from offload.serverless.aws import SQSConsumer, http_handler, sqs_handler
+from offload.serverless.aws.consumer import relay_handler
+
+from ..moto_support import moto_endpoint
+from ..services import PgSchema, require_pg
+
+pytestmark = [pytest.mark.postgres]
+__all__ = ["moto_endpoint"]  # the fixture, used by name
+
+TOKEN = "sls-token"
+#: How long a test waits for an outcome it expects (a deadline, not a sleep).
+WAIT_S = 30.0
+
+
+class Hello(Message):
+    name: str
+
+
+class Flaky(Message):
+    fail_times: int
+
+
+class Slow(Message):
+    seconds: float
+
+
+class LambdaContext:
+    """The one method of Lambda's context object the handlers read."""
+
+    def __init__(self, remaining_s: float) -> None:
+        self.until = time.monotonic() + remaining_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.until - time.monotonic()) * 1000)
+
+
+@pytest.fixture
+def schema() -> Iterator[PgSchema]:
+    require_pg()
+    s = PgSchema()
+    s.create_sync()
+    yield s
+    s.drop_sync()
+
+
+@pytest.fixture
+def sqs(moto_endpoint: str) -> Any:
+    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def queue_url(sqs: Any) -> str:
+    name = f"offload-t-{secrets.token_hex(4)}"
+    return str(sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "2"})["QueueUrl"])
+
+
+class Stack:
+    """One deployment: the App, its HTTP function, its SQS function, and a Lambda stand-in."""
+
+    def __init__(self, app: App, sqs: Any, queue_url: str) -> None:
+        self.app = app
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.web = http_handler(app)
+        self.worker: SQSConsumer = sqs_handler(app, margin_s=1.0)
+        self.ran: list[str] = []
+
+    def http(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
+        """One API Gateway HTTP API (payload 2.0) event through the HTTP function."""
+        headers = {"content-type": "application/json", "host": "api.example.test"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        raw = b"" if body is None else orjson.dumps(body)
+        event = {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": headers,
+            "requestContext": {
+                "accountId": "123456789012",
+                "apiId": "api",
+                "domainName": "api.example.test",
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "203.0.113.9",
+                    "userAgent": "test",
+                },
+                "requestId": secrets.token_hex(8),
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "02/Dec/2026:12:00:00 +0000",
+                "timeEpoch": int(time.time() * 1000),
+            },
+            "body": base64.b64encode(raw).decode(),
+            "isBase64Encoded": True,
+        }
+        answer = self.web(event, LambdaContext(30))
+        text = answer["body"]
+        if answer.get("isBase64Encoded"):
+            text = base64.b64decode(text).decode()
+        return answer["statusCode"], (orjson.loads(text) if text else None)
+
+    def deliver(self, context_s: float = 60.0) -> dict[str, Any] | None:
+        """Receive one batch as Lambda's poller does and hand it to the SQS function;
+        None when the queue had nothing within a second's long poll."""
+        got = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages = got.get("Messages", [])
+        if not messages:
+            return None
+        event = {"Records": [_record(m, self.queue_url) for m in messages]}
+        result = self.worker(event, LambdaContext(context_s))
+        failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+        for m in messages:
+            if m["MessageId"] in failed:  # visible again (Lambda waits out the timeout)
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
+                )
+            else:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        return result
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        code, body = self.http("GET", f"/v1/jobs/{job_id}")
+        assert code == 200, body
+        return dict(body)
+
+    def deliver_until(self, job_id: str, done: Callable[[Mapping[str, Any]], bool]) -> Any:
+        """Deliver batches until the job's status satisfies `done` (or fail at the deadline)."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            status = self.status(job_id)
+            if done(status):
+                return status
+            self.deliver()
+        pytest.fail(f"job {job_id} never got there: {self.status(job_id)}")
+
+    def depth(self) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(
+            attrs["ApproximateNumberOfMessagesDelayed"]
+        )
+
+    def run(self, coro: Any) -> Any:
+        return self.worker.loop.run_until_complete(coro)
+
+
+def _record(m: Mapping[str, Any], queue_url: str) -> dict[str, Any]:
+    """An SQS event record as Lambda builds it from a received message."""
+    return {
+        "messageId": m["MessageId"],
+        "receiptHandle": m["ReceiptHandle"],
+        "body": m["Body"],
+        "attributes": m.get("Attributes", {}),
+        "messageAttributes": m.get("MessageAttributes", {}),
+        "md5OfBody": m["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:" + queue_url.rsplit("/", 1)[1],
+        "awsRegion": "us-east-1",
+    }
+
+
+@pytest.fixture
+def stack(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> Iterator[Stack]:
+    name = queue_url.rsplit("/", 1)[1]
+    url = (
+        f"sqs://{name}?endpoint_url={moto_endpoint}&region=us-east-1&relay_every=0"
+        f"&store={schema.url}"
+    )
+    app = App(
+        "sls",
+        settings=Settings(
+            url=url,
+            blobs_url=str(tmp_path / "blobs"),
+            api_tokens={TOKEN: "alice"},
+            secret_key=b"k" * 32,
+            lease_s=3.0,
+        ),
+    )
+    app.message("sls.hello", http=True)(Hello)
+    app.message("sls.flaky", http=True)(Flaky)
+    app.message("sls.slow", http=True)(Slow)
+    s = Stack(app, sqs, queue_url)
+
+    @app.handles(Hello)
+    async def hello(msg: Hello, ctx: Context) -> dict[str, str]:
+        s.ran.append(ctx.job_id)
+        return {"greeting": f"hello {msg.name}"}
+
+    @app.handles(Flaky, max_attempts=3)
+    async def flaky(msg: Flaky, ctx: Context) -> str:
+        s.ran.append(ctx.job_id)
+        if ctx.attempt <= msg.fail_times:
+            raise Retry(delay=1.0)
+        return "done"
+
+    @app.handles(Slow)
+    async def slow(msg: Slow, ctx: Context) -> str:
+        s.ran.append(ctx.job_id)
+        await asyncio.sleep(msg.seconds)
+        return "slept"
+
+    yield s
+    s.run(s.worker.close())
+    s.run(app.close())  # the HTTP function's lazily opened backend
+    _end_loop(s.worker.loop)
+
+
+def _end_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """End the functions' loop as a Lambda environment's end would: its tasks, then it."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def test_a_job_posted_to_the_http_function_runs_in_the_sqs_function(stack: Stack) -> None:
+    # Given a job posted through API Gateway
+    code, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "ada"})
+    assert code == 202, body
+    job_id = body["id"]
+    # Then its message is on SQS already (sent after the commit, not by the relay)
+    assert stack.depth() == 1
+    # When Lambda delivers it
+    status = stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
+    # Then it ran once and its result is the API's
+    assert status["result"] == {"greeting": "hello ada"}
+    assert stack.ran == [job_id]
+    assert stack.depth() == 0
+
+
+def test_the_http_function_refuses_a_caller_without_a_token_and_sends_nothing(
+    stack: Stack,
+) -> None:
+    code, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "eve"}, token=None)
+    assert code == 401, body
+    assert body["status"] == 401
+    assert stack.depth() == 0
+    code, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "eve"}, token="wrong")
+    assert code == 401
+    assert stack.depth() == 0
+
+
+def test_a_failed_attempt_is_retried_by_a_delayed_message_then_succeeds(stack: Stack) -> None:
+    code, body = stack.http("POST", "/v1/jobs/sls.flaky", {"fail_times": 1})
+    assert code == 202, body
+    job_id = body["id"]
+    status = stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
+    assert status["attempt"] == 2
+    assert stack.ran == [job_id, job_id]
+
+
+def test_a_job_that_spends_its_budget_goes_dead(stack: Stack) -> None:
+    code, body = stack.http("POST", "/v1/jobs/sls.flaky", {"fail_times": 5})
+    assert code == 202, body
+    job_id = body["id"]
+    status = stack.deliver_until(job_id, lambda s: s["state"] == "dead")
+    assert status["attempt"] == 3 == status["max_attempts"]
+    assert stack.ran == [job_id] * 3
+    assert stack.depth() == 0  # nothing left to deliver
+
+
+def test_a_message_whose_job_already_ran_is_acknowledged_without_running(stack: Stack) -> None:
+    _, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "bo"})
+    job_id = body["id"]
+    stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
+    # When the same message arrives again (SQS delivers at least once)
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=orjson.dumps({"v": 1, "job": job_id}).decode()
+    )
+    result = stack.deliver()
+    # Then it is acknowledged, and the job did not run again
+    assert result == {"batchItemFailures": []}
+    assert stack.ran == [job_id]
+    assert stack.depth() == 0
+
+
+def test_the_relay_sends_a_message_whose_send_was_lost_after_the_commit(stack: Stack) -> None:
+    stack.run(stack.app.open())
+    broker: Any = stack.app._require_backend()
+    good = broker.queue_url
+    # Given a send that fails after the job row and its outbox row committed
+    broker.queue_url = good + "-gone"
+    try:
+        code, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "lost"})
+    finally:
+        broker.queue_url = good
+    assert code == 202, body
+    job_id = body["id"]
+    assert stack.depth() == 0  # no message: only the outbox row knows
+    # When the relay (its scheduled function) runs, the row older than its age
+    broker.relay_age_s = 0.0
+    relay = relay_handler(stack.app)
+    try:
+        relayed = relay({}, LambdaContext(30))
+    finally:
+        relay.loop.run_until_complete(relay.close())
+    # Then the message is sent, and the job runs
+    assert relayed == {"rescued": 0, "relayed": 1}
+    status = stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
+    assert status["result"] == {"greeting": "hello lost"}
+    assert stack.run(broker.relay(older_than_s=0)) == 0  # the outbox is empty
+    stack.run(stack.app.close())
+
+
+def test_a_long_job_keeps_its_message_hidden_while_it_runs(stack: Stack) -> None:
+    # Given a job that runs twice the queue's 2 s visibility timeout
+    _, body = stack.http("POST", "/v1/jobs/sls.slow", {"seconds": 4.0})
+    job_id = body["id"]
+    stolen: list[Any] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # another consumer, polling the queue while the job runs
+        while not stop.is_set():
+            got = stack.sqs.receive_message(QueueUrl=stack.queue_url, WaitTimeSeconds=1)
+            stolen.extend(got.get("Messages", []))
+
+    watcher = threading.Thread(target=watch)
+    # When Lambda delivers it while the other consumer polls
+    got = stack.sqs.receive_message(QueueUrl=stack.queue_url, WaitTimeSeconds=1)
+    (message,) = got["Messages"]
+    watcher.start()
+    try:
+        result = stack.worker({"Records": [_record(message, stack.queue_url)]}, LambdaContext(60))
+    finally:
+        stop.set()
+        watcher.join()
+    # Then it ran to the end once, and its message never showed to the other consumer
+    assert result == {"batchItemFailures": []}
+    assert stolen == []
+    assert stack.status(job_id)["state"] == "succeeded"
+    assert stack.ran == [job_id]
+
+
+def test_a_job_still_running_near_the_invocations_end_is_released_and_sent_again(
+    stack: Stack,
+) -> None:
+    _, body = stack.http("POST", "/v1/jobs/sls.slow", {"seconds": 30.0})
+    job_id = body["id"]
+    # When the invocation has 2 s left (the margin is 1 s)
+    result = stack.deliver(context_s=2.0)
+    # Then the job is given back unspent, its message sent again, and the batch succeeded
+    assert result == {"batchItemFailures": []}
+    status = stack.status(job_id)
+    assert status["state"] == "queued"
+    assert status["attempt"] == 0
+    assert stack.depth() == 1
+
+
+def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:
+    import psycopg
+
+    # Given the same schema used through postgresql:// (no SQS)
+    app = App("plain", settings=Settings(url=schema.url))
+    app.message("sls.hello")(Hello)
+
+    async def enqueue_and_count() -> int:
+        async with app:
+            await app.enqueue(Hello(name="pg"))
+        async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM offload_outbox")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    # Then its connections write no outbox row (the triggers' WHEN reads a setting it lacks)
+    assert asyncio.run(enqueue_and_count()) == 0

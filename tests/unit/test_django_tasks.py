@@ -1,0 +1,265 @@
+"""offload.contrib.django in-process: arguments, priorities, queues, statuses and the
+on-commit enqueue, on an in-memory offload and an in-memory Django database."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django", minversion="6.0")
+
+import django
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(
+        USE_TZ=True,
+        INSTALLED_APPS=["offload.contrib.django"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        TASKS={
+            "default": {
+                "BACKEND": "offload.contrib.django.OffloadBackend",
+                "QUEUES": ["default", "reports"],
+                "OPTIONS": {"url": "memory://"},
+            },
+            "immediate": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
+        },
+    )
+    django.setup()
+
+from django.db import transaction
+from django.tasks import TaskResultStatus, task, task_backends
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+
+from offload.contract import JobRow, JobState
+from offload.contrib.django import OffloadBackend, owner
+from offload.contrib.django.calls import check_arguments, json_problem
+from offload.contrib.django.config import TaskConfig
+from offload.contrib.django.management.commands.offload_worker import (
+    worker_args,
+)
+from offload.contrib.django.results import result_of
+from offload.errors import ConfigurationError
+
+
+@task()
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task()
+async def later(n: int) -> int:
+    return n
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_the_app() -> Iterator[None]:
+    yield
+    asyncio.run(_backend().app.close())  # stops its loop thread, closes its backend
+
+
+def _backend() -> OffloadBackend:
+    backend = task_backends["default"]
+    assert isinstance(backend, OffloadBackend)
+    return backend
+
+
+def _jobs() -> list[JobRow]:
+    rows: list[JobRow] = _backend().app._sync_call(lambda a: a.list_jobs(owner=None))
+    return rows
+
+
+def test_flags_say_what_the_backend_does() -> None:
+    backend = _backend()
+    assert (backend.supports_defer, backend.supports_async_task) == (True, True)
+    assert (backend.supports_get_result, backend.supports_priority) == (True, True)
+
+
+def test_enqueue_stores_a_job_whose_result_maps_back() -> None:
+    # Given a task with a priority and a queue, enqueued by a named owner
+    when = datetime.now(UTC) + timedelta(hours=1)
+    deferred = add.using(priority=40, queue_name="reports", run_after=when)
+    with owner("user:7"):
+        result = deferred.enqueue(2, b=3)
+    # Then the answer is READY, and the stored job says the same
+    assert result.status == TaskResultStatus.READY and result.args == [2]
+    row = next(r for r in _jobs() if r.id == result.id)
+    assert (row.kind, row.queue, row.priority, row.owner) == (
+        "django.tasks.reports",
+        "reports",
+        -40,  # offload runs lower first; Django runs higher first
+        "user:7",
+    )
+    assert math.isclose(row.run_at, when.timestamp())
+    found = add.get_result(result.id)
+    assert (found.status, found.args, found.kwargs) == (TaskResultStatus.READY, [2], {"b": 3})
+    assert (found.task.priority, found.task.queue_name, found.task.run_after) == (
+        40,
+        "reports",
+        when,
+    )
+
+
+def test_async_tasks_are_accepted() -> None:
+    assert later.enqueue(1).status == TaskResultStatus.READY
+
+
+def test_rolled_back_transaction_enqueues_nothing() -> None:
+    before = len(_jobs())
+    with pytest.raises(RuntimeError), transaction.atomic():
+        result = add.enqueue(1, 2)
+        raise RuntimeError("undo")
+    assert len(_jobs()) == before
+    with pytest.raises(TaskResultDoesNotExist):
+        add.get_result(result.id)
+    with transaction.atomic():
+        kept = add.enqueue(1, 2)
+        assert len(_jobs()) == before  # stored when the transaction commits
+    assert add.get_result(kept.id).status == TaskResultStatus.READY
+
+
+def test_an_argument_json_cannot_carry_is_named_and_nothing_is_enqueued() -> None:
+    before = len(_jobs())
+    with pytest.raises(TypeError, match=r"add: argument 'b': a datetime\.datetime is not JSON"):
+        add.enqueue(1, b=datetime.now(UTC))
+    with pytest.raises(TypeError, match=r"positional argument 0\[1\]\['x'\]: nan is not"):
+        add.enqueue([1, {"x": float("nan")}], 2)
+    assert len(_jobs()) == before
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ((1, "a", [None, True, 1.5]), None),
+        ({"k": {"n": [1]}}, None),
+        ({1: "x"}, "key 1 is not a string"),
+        ([0, {"a": {1}}], "[1]['a']: a builtins.set is not JSON"),
+        (b"x", "a builtins.bytes is not JSON"),
+        (float("inf"), "inf is not a JSON number"),
+    ],
+)
+def test_json_problem(value: Any, problem: str | None) -> None:
+    assert json_problem(value) == problem
+
+
+def test_check_arguments_accepts_json() -> None:
+    check_arguments("t", (1, [2]), {"k": {"v": None}})
+
+
+def test_priority_out_of_django_range_is_invalid() -> None:
+    with pytest.raises(InvalidTask):
+        add.using(priority=101)
+
+
+def test_unknown_result_does_not_exist() -> None:
+    with pytest.raises(TaskResultDoesNotExist):
+        add.get_result("0193a1c2-0000-7000-8000-000000000000")
+
+
+def _row(state: JobState, **fields: Any) -> JobRow:
+    return JobRow(
+        id="j1",
+        kind="django.tasks.default",
+        version=1,
+        queue="default",
+        state=state,
+        priority=0,
+        attempt=1,
+        max_attempts=1,
+        run_at=0.0,
+        enqueued_at=0.0,
+        owner="local",
+        payload={"task": f"{__name__}.add", "args": [1, 2]},
+        worker="w1",
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        (JobState.QUEUED, TaskResultStatus.READY),
+        (JobState.RETRYING, TaskResultStatus.READY),
+        (JobState.RUNNING, TaskResultStatus.RUNNING),
+        (JobState.SUCCEEDED, TaskResultStatus.SUCCESSFUL),
+        (JobState.FAILED, TaskResultStatus.FAILED),
+        (JobState.DEAD, TaskResultStatus.FAILED),
+        (JobState.CANCELLED, TaskResultStatus.FAILED),
+    ],
+)
+def test_states_map_to_statuses(state: JobState, status: TaskResultStatus) -> None:
+    assert result_of(_row(state), "default").status == status
+
+
+def test_success_and_failure_carry_value_and_error() -> None:
+    done = result_of(_row(JobState.SUCCEEDED, result=3, finished_at=5.0), "default")
+    assert (done.return_value, done.worker_ids, done.finished_at) == (
+        3,
+        ["w1"],
+        datetime.fromtimestamp(5.0, UTC),
+    )
+    error = {"type": "KeyError", "message": "'x'", "traceback": "Traceback …"}
+    failed = result_of(_row(JobState.DEAD, error=error), "default")
+    assert failed.errors[0].exception_class is KeyError
+    assert failed.errors[0].traceback == "Traceback …"
+    mine = {"type": "Undo", "message": "", "traceback": f"Traceback …\n{__name__}.Undo\n"}
+    assert result_of(_row(JobState.FAILED, error=mine), "default").errors[0].exception_class is Undo
+    with pytest.raises(TaskResultDoesNotExist):
+        result_of(dataclasses.replace(_row(JobState.QUEUED), kind="other"), "default")
+
+
+class Undo(Exception):
+    """An exception of the project's own."""
+
+
+class _Db:
+    def __init__(self, vendor: str, **given: Any) -> None:
+        self.vendor = vendor
+        self.settings_dict = {"HOST": "", "PORT": "", "NAME": "shop", **given}
+
+
+@pytest.mark.parametrize(
+    ("url", "db", "joins"),
+    [
+        ("postgresql://u@localhost/shop", _Db("postgresql"), True),
+        ("postgresql://u@127.0.0.1:5432/shop", _Db("postgresql", HOST="127.0.0.1"), True),
+        ("postgresql://u@127.0.0.1:5433/shop", _Db("postgresql", HOST="127.0.0.1"), False),
+        ("postgresql://u@localhost/other", _Db("postgresql"), False),
+        ("sqlite:///shop.db", _Db("sqlite"), False),
+        ("redis://localhost/0", _Db("postgresql"), False),
+    ],
+)
+def test_same_database_is_detected_from_the_settings(url: str, db: _Db, joins: bool) -> None:
+    assert TaskConfig.of({"url": url}, {"default"}).joins(db) is joins
+
+
+def test_options_are_checked() -> None:
+    assert TaskConfig.of({"same_transaction": False}, set()).joins(_Db("postgresql")) is False
+    with pytest.raises(ConfigurationError, match="no option 'urls'"):
+        TaskConfig.of({"urls": "x"}, set())
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        TaskConfig.of({"max_attempts": 0}, set())
+    assert TaskConfig.of({"timeout": timedelta(minutes=1)}, set()).timeout == 60.0
+
+
+def test_worker_command_passes_the_worker_options_on() -> None:
+    argv = ["--concurrency", "4", "--backend", "bulk", "--settings=x.y", "--pythonpath", "p"]
+    assert worker_args(argv) == ("bulk", ["--concurrency", "4"])
+    assert worker_args(["--backend=b", "--max-jobs=1"]) == ("b", ["--max-jobs=1"])
+
+
+def test_only_an_offload_backend_is_mounted_or_worked() -> None:
+    from offload.contrib.django.asgi import mount
+    from offload.contrib.django.worker import worker_app
+
+    with pytest.raises(ConfigurationError, match="not offload's OffloadBackend"):
+        mount(lambda *a: None, backend="immediate")
+    with pytest.raises(ConfigurationError, match="ImmediateBackend, not offload's"):
+        worker_app("immediate")
+    assert set(worker_app("default").handlers) == {"django.tasks.default", "django.tasks.reports"}
