@@ -1,0 +1,1 @@
+"""A Django 6 project whose django.tasks backend is offload."""
