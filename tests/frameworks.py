@@ -1,5 +1,5 @@
 """The framework examples' READMEs as the tests read them: the commands of each one's first
-shell block (examples/flask, examples/fastapi)."""
+shell block (examples/django, examples/flask, examples/fastapi)."""
 
 from __future__ import annotations
 
