@@ -4,9 +4,14 @@ folder unless the environment says otherwise (DJANGO_DB_PATH, OFFLOAD_URL)."""
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]  # no default: a session key is not a constant
+# No default: the key that signs sessions and CSRF tokens is not a constant in the code.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured("set DJANGO_SECRET_KEY (see README.md)")
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 USE_TZ = True
