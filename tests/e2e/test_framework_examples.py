@@ -136,6 +136,8 @@ def test_the_flask_example_runs_as_its_readme_says(flask_example: Stack) -> None
     # A form that does not validate is refused with the reason, and enqueues nothing
     refused = alice.post("/count", data={"text": ""})
     assert refused.status_code == 422 and "at least 1 character" in refused.text
+    blank = alice.post("/count", data={"text": "  \n "})
+    assert blank.status_code == 422 and "should match pattern" in blank.text
     # Nobody signed in: refused too
     anonymous = httpx.post(f"{stack.base}/count", data={"text": "hello"}, timeout=30)
     assert anonymous.status_code == 401
