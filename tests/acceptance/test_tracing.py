@@ -74,7 +74,7 @@ def declare(app: App) -> None:
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not (value := await check()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")

@@ -33,6 +33,9 @@ TEMPLATE = Path(__file__).parent / "project_template"
 #: own, not whichever an editable install points at).
 SOURCES = Path(offload.__file__).resolve().parents[1]
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
+#: How long a started server may take to answer: only a failing start waits it out (a
+#: process on a loaded 2-core machine has taken over 20 s to import and bind).
+READY_DEADLINE_S = 60
 
 
 def free_port() -> int:
@@ -96,7 +99,7 @@ class Stack:
     def start_web(self, app: str = "e2eapp.contracts:app") -> subprocess.Popen[bytes]:
         self.port = free_port()
         proc = self.offload("web", "--app", app, "--port", str(self.port))
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + READY_DEADLINE_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"offload web exited: {self.output()}")

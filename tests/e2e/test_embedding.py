@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import TEMPLATE, Stack, backend_url, free_port
+from .conftest import READY_DEADLINE_S, TEMPLATE, Stack, backend_url, free_port
 from .test_loop import read_events
 
 
@@ -45,7 +45,7 @@ def start_host(stack: Stack, *, with_lifespan: bool) -> subprocess.Popen[bytes]:
         [sys.executable, *argv], cwd=stack.root, env=env, stdout=out, stderr=subprocess.STDOUT
     )
     stack.procs.append(proc)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + READY_DEADLINE_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the host app exited: {stack.output()}")
