@@ -25,6 +25,7 @@ from .app import App
 from .contract import JobFilter, JobRow, JobState, WorkerInfo
 from .errors import ConfigurationError, JobNotFound, OffloadError
 from .settings import Settings
+from .stores.blobs import describe_blobs, probe_blobs
 from .worker.scaling import DEFAULT_SCALE_DOWN_AFTER_S, DEFAULT_TARGET_WAIT_S
 
 if TYPE_CHECKING:
@@ -184,10 +185,22 @@ def _banner(
         lines.append(("concurrency", concurrency))
     if schedules:  # the periodic schedules its scheduler runs (workers only)
         lines.append(("schedules", ", ".join(sorted(schedules))))
+    lines.append(("blobs", describe_blobs(app.blobs)))
     console = _console()
     console.print(title, soft_wrap=True, highlight=False, markup=False)
     for name, value in lines:
         console.print(f"  {name:<12} {value}", soft_wrap=True, highlight=False, markup=False)
+
+
+async def _check_blobs(app: App) -> None:
+    """Probe the app's blob store before serving, bounded by OFFLOAD_CONNECT_TIMEOUT: a
+    missing bucket or an unwritable folder stops the process with one line, not every job
+    that stores a file later.
+
+    Raises:
+        BackendError: the store cannot be used (which one, what failed).
+    """
+    await probe_blobs(app.blobs, app.settings.connect_timeout_s)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -233,6 +246,7 @@ def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None)
             # Opened before serving (the lifespan's open then shares it): an unreachable
             # backend is one line here, not a traceback from inside the server's start-up.
             async with offload_app:
+                await _check_blobs(offload_app)
                 _stop_on_signals(lambda: setattr(server, "should_exit", True))
                 await server.serve()
 
@@ -386,6 +400,7 @@ def worker(
             )
 
         async def main() -> None:
+            await _check_blobs(offload_app)
             _stop_on_signals(runner.request_stop)
             await runner.run()
 
@@ -470,6 +485,7 @@ def _autoscaled(
 
     async def main() -> int:
         async with app:
+            await _check_blobs(app)
             return await supervisor.run()
 
     try:
@@ -519,6 +535,7 @@ def dev(
                 runner.request_stop()
 
             async with offload_app:  # an unreachable backend: one line, before serving
+                await _check_blobs(offload_app)
                 _stop_on_signals(stop)
                 worker_task = asyncio.create_task(runner.run())
                 # A worker that dies takes the dev server down with it, loudly.
