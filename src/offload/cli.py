@@ -92,12 +92,24 @@ AppRef = Annotated[
 Url = Annotated[str | None, typer.Option("--url", help="backend URL (default OFFLOAD_URL)")]
 
 
+#: Loggers of the AWS SDK whose INFO lines ("Found credentials in environment variables")
+#: are noise in a worker's log: WARNING and above only, where offload sets logging up.
+QUIET_LOGGERS = ("aiobotocore", "botocore", "boto3", "aioboto3")
+
+
 def _setup_logging() -> None:
+    """INFO to stderr, unless logging was configured already (then it is left alone)."""
+    if logging.getLogger().handlers:
+        return  # the user's own configuration: theirs to tune
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in QUIET_LOGGERS:
+        quiet = logging.getLogger(name)
+        if quiet.level == logging.NOTSET:  # a level set on purpose stays
+            quiet.setLevel(logging.WARNING)
 
 
 def _app(ref: str | None, url: str | None) -> App:
@@ -176,6 +188,25 @@ def _banner(
 ) -> None:
     """What a server process is about to serve, printed once at its start: two processes
     started in different folders or environments visibly point at different backends."""
+    console = _console()
+    lines = banner_lines(
+        title, app, queues=queues, kinds=kinds, concurrency=concurrency, schedules=schedules
+    )
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def banner_lines(
+    title: str,
+    app: App,
+    *,
+    queues: Iterable[str],
+    kinds: Iterable[str],
+    concurrency: str | None = None,
+    schedules: Iterable[str] = (),
+) -> list[str]:
+    """The lines of a start-up banner: the title, then backend, queues, kinds, concurrency
+    (when given), schedules (when any) and blobs, secrets masked."""
     lines = [
         ("backend", _shown_url(app.settings.url)),
         ("queues", ", ".join(queues) or "(none)"),
@@ -186,10 +217,7 @@ def _banner(
     if schedules:  # the periodic schedules its scheduler runs (workers only)
         lines.append(("schedules", ", ".join(sorted(schedules))))
     lines.append(("blobs", describe_blobs(app.blobs)))
-    console = _console()
-    console.print(title, soft_wrap=True, highlight=False, markup=False)
-    for name, value in lines:
-        console.print(f"  {name:<12} {value}", soft_wrap=True, highlight=False, markup=False)
+    return [title, *(f"  {name:<12} {value}" for name, value in lines)]
 
 
 async def _check_blobs(app: App) -> None:
@@ -351,7 +379,7 @@ def worker(
                 (target_wait, scale_down_after),
                 queues=queues.split(",") if queues else None,
                 metrics=(metrics_port, metrics_host),
-                concurrency=concurrency,
+                concurrency=(concurrency, prefetch),
             )
         raise typer.Exit(code)
     if processes > 1:
@@ -442,11 +470,12 @@ def _autoscaled(
     *,
     queues: list[str] | None,
     metrics: tuple[int | None, str],
-    concurrency: int,
+    concurrency: tuple[int, int],
 ) -> int:
     """Run the autoscaling supervisor of `offload worker --autoscale`; its exit code. It
     reads the backlog through `app`; child `i` serves metrics on port + 1 + i, the
-    supervisor its own decisions on the port itself."""
+    supervisor its own decisions on the port itself; `concurrency` is (concurrency,
+    prefetch) of each process, as the banner shows."""
     from .notify.base import NOTIFY_QUEUE
     from .worker.autoscaler import AutoscalingSupervisor, BacklogReader, sample_interval
     from .worker.scaling import ScalingPolicy
@@ -479,7 +508,8 @@ def _autoscaled(
         app,
         queues=queues,
         kinds=app.handlers,
-        concurrency=f"{concurrency} in each of {bounds[0]} to {bounds[1]} processes",
+        concurrency=f"{concurrency[0]} in each of {bounds[0]} to {bounds[1]} processes, "
+        f"prefetch {concurrency[1]}",
         schedules=app.schedules,
     )
 
