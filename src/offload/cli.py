@@ -347,6 +347,8 @@ def worker(
     ] = DEFAULT_SCALE_DOWN_AFTER_S,
     banner: Annotated[bool, typer.Option(hidden=True)] = True,
     of_processes: Annotated[int, typer.Option(hidden=True)] = 1,
+    slot: Annotated[int | None, typer.Option(hidden=True)] = None,
+    ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run handlers for queued jobs."""
     from .worker.runner import Worker
@@ -398,8 +400,12 @@ def worker(
             first,
             processes,
             others_argv=others,
-            # One metrics endpoint per process: process i serves port + i.
-            slot_argv=(lambda i: [f"--metrics-port={metrics_port + i}"]) if metrics_port else None,
+            # Each process names its slot (1 to N) in its log; process i serves metrics on
+            # port + i.
+            slot_argv=lambda i: [
+                f"--slot={i + 1}",
+                *([f"--metrics-port={metrics_port + i}"] if metrics_port else []),
+            ],
             # A process that ran its --max-jobs (or idled out) is done, not restarted.
             until_done=max_jobs is not None or exit_when_idle is not None,
         )
@@ -415,6 +421,7 @@ def worker(
             grace_s=grace,
             max_jobs=max_jobs,
             exit_when_idle_s=exit_when_idle,
+            slot=slot,
         )
         if banner:
             processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
@@ -430,13 +437,30 @@ def worker(
         async def main() -> None:
             await _check_blobs(offload_app)
             _stop_on_signals(runner.request_stop)
-            await runner.run()
+            if ready_fd is None:
+                await runner.run()
+                return
+            ready = asyncio.create_task(_report_started(runner, ready_fd))
+            try:
+                await runner.run()
+            finally:
+                ready.cancel()
 
         stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
         try:
             _run(main)
         finally:
             stop_metrics()
+
+
+async def _report_started(runner: Any, fd: int) -> None:
+    """Tell the autoscaler this process has started claiming: one byte on the pipe `fd`
+    it passed (`--ready-fd`), then the pipe closes."""
+    try:
+        await runner.started.wait()
+        os.write(fd, b"1")
+    finally:
+        os.close(fd)
 
 
 def _autoscale_bounds(
@@ -499,7 +523,10 @@ def _autoscaled(
         policy,
         BacklogReader(app, queues),
         argv,
-        slot_argv=(lambda i: [f"--metrics-port={port + 1 + i}"]) if port else None,
+        slot_argv=lambda i: [
+            f"--slot={i + 1}",
+            *([f"--metrics-port={port + 1 + i}"] if port else []),
+        ],
         sample_s=sample_interval(waits[0]),
         metrics=offload_metrics,
     )

@@ -8,8 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from offload import App, Context, Message, Settings
 from offload.cli import cli
