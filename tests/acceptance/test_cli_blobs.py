@@ -36,10 +36,11 @@ def fresh_settings(workdir: Path) -> None:
     app.configure(Settings.from_env())
 
 
-def worker(blobs_url: str) -> Result:
+def worker(blobs_url: str, *args: str) -> Result:
     env = {"OFFLOAD_BLOBS_URL": blobs_url, "OFFLOAD_SECRET_KEY": "k" * 32}
     app.configure(Settings.from_env(env))
-    return CliRunner().invoke(cli, ["worker", "--app", APP_REF, "--exit-when-idle", "0"], env=env)
+    args = args or ("--exit-when-idle", "0")
+    return CliRunner().invoke(cli, ["worker", "--app", APP_REF, *args], env=env)
 
 
 def blobs_field(output: str) -> str:
@@ -48,9 +49,12 @@ def blobs_field(output: str) -> str:
     return shown[0].strip()
 
 
-def test_a_worker_with_a_missing_bucket_stops_with_one_line(moto_endpoint: str) -> None:
+@pytest.mark.parametrize("args", [(), ("--autoscale", "1:2")], ids=["worker", "autoscaled"])
+def test_a_worker_with_a_missing_bucket_stops_with_one_line(
+    moto_endpoint: str, args: tuple[str, ...]
+) -> None:
     url = f"s3://no-such-bucket/offload?endpoint_url={moto_endpoint}&addressing_style=path"
-    result = worker(url)
+    result = worker(url, *args)
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last == (
