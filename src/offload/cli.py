@@ -25,6 +25,7 @@ from .app import App
 from .contract import JobFilter, JobRow, JobState, WorkerInfo
 from .errors import ConfigurationError, JobNotFound, OffloadError
 from .settings import Settings
+from .stores.blobs import describe_blobs, probe_blobs
 from .worker.scaling import DEFAULT_SCALE_DOWN_AFTER_S, DEFAULT_TARGET_WAIT_S
 
 if TYPE_CHECKING:
@@ -91,12 +92,24 @@ AppRef = Annotated[
 Url = Annotated[str | None, typer.Option("--url", help="backend URL (default OFFLOAD_URL)")]
 
 
+#: Loggers of the AWS SDK whose INFO lines ("Found credentials in environment variables")
+#: are noise in a worker's log: WARNING and above only, where offload sets logging up.
+QUIET_LOGGERS = ("aiobotocore", "botocore", "boto3", "aioboto3")
+
+
 def _setup_logging() -> None:
+    """INFO to stderr, unless logging was configured already (then it is left alone)."""
+    if logging.getLogger().handlers:
+        return  # the user's own configuration: theirs to tune
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in QUIET_LOGGERS:
+        quiet = logging.getLogger(name)
+        if quiet.level == logging.NOTSET:  # a level set on purpose stays
+            quiet.setLevel(logging.WARNING)
 
 
 def _app(ref: str | None, url: str | None) -> App:
@@ -175,6 +188,25 @@ def _banner(
 ) -> None:
     """What a server process is about to serve, printed once at its start: two processes
     started in different folders or environments visibly point at different backends."""
+    console = _console()
+    lines = banner_lines(
+        title, app, queues=queues, kinds=kinds, concurrency=concurrency, schedules=schedules
+    )
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def banner_lines(
+    title: str,
+    app: App,
+    *,
+    queues: Iterable[str],
+    kinds: Iterable[str],
+    concurrency: str | None = None,
+    schedules: Iterable[str] = (),
+) -> list[str]:
+    """The lines of a start-up banner: the title, then backend, queues, kinds, concurrency
+    (when given), schedules (when any) and blobs, secrets masked."""
     lines = [
         ("backend", _shown_url(app.settings.url)),
         ("queues", ", ".join(queues) or "(none)"),
@@ -184,10 +216,19 @@ def _banner(
         lines.append(("concurrency", concurrency))
     if schedules:  # the periodic schedules its scheduler runs (workers only)
         lines.append(("schedules", ", ".join(sorted(schedules))))
-    console = _console()
-    console.print(title, soft_wrap=True, highlight=False, markup=False)
-    for name, value in lines:
-        console.print(f"  {name:<12} {value}", soft_wrap=True, highlight=False, markup=False)
+    lines.append(("blobs", describe_blobs(app.blobs)))
+    return [title, *(f"  {name:<12} {value}" for name, value in lines)]
+
+
+async def _check_blobs(app: App) -> None:
+    """Probe the app's blob store before serving, bounded by OFFLOAD_CONNECT_TIMEOUT: a
+    missing bucket or an unwritable folder stops the process with one line, not every job
+    that stores a file later.
+
+    Raises:
+        BackendError: the store cannot be used (which one, what failed).
+    """
+    await probe_blobs(app.blobs, app.settings.connect_timeout_s)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -233,6 +274,7 @@ def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None)
             # Opened before serving (the lifespan's open then shares it): an unreachable
             # backend is one line here, not a traceback from inside the server's start-up.
             async with offload_app:
+                await _check_blobs(offload_app)
                 _stop_on_signals(lambda: setattr(server, "should_exit", True))
                 await server.serve()
 
@@ -305,6 +347,8 @@ def worker(
     ] = DEFAULT_SCALE_DOWN_AFTER_S,
     banner: Annotated[bool, typer.Option(hidden=True)] = True,
     of_processes: Annotated[int, typer.Option(hidden=True)] = 1,
+    slot: Annotated[int | None, typer.Option(hidden=True)] = None,
+    ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run handlers for queued jobs."""
     from .worker.runner import Worker
@@ -337,7 +381,7 @@ def worker(
                 (target_wait, scale_down_after),
                 queues=queues.split(",") if queues else None,
                 metrics=(metrics_port, metrics_host),
-                concurrency=concurrency,
+                concurrency=(concurrency, prefetch),
             )
         raise typer.Exit(code)
     if processes > 1:
@@ -356,8 +400,12 @@ def worker(
             first,
             processes,
             others_argv=others,
-            # One metrics endpoint per process: process i serves port + i.
-            slot_argv=(lambda i: [f"--metrics-port={metrics_port + i}"]) if metrics_port else None,
+            # Each process names its slot (1 to N) in its log; process i serves metrics on
+            # port + i.
+            slot_argv=lambda i: [
+                f"--slot={i + 1}",
+                *([f"--metrics-port={metrics_port + i}"] if metrics_port else []),
+            ],
             # A process that ran its --max-jobs (or idled out) is done, not restarted.
             until_done=max_jobs is not None or exit_when_idle is not None,
         )
@@ -373,6 +421,7 @@ def worker(
             grace_s=grace,
             max_jobs=max_jobs,
             exit_when_idle_s=exit_when_idle,
+            slot=slot,
         )
         if banner:
             processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
@@ -386,14 +435,32 @@ def worker(
             )
 
         async def main() -> None:
+            await _check_blobs(offload_app)
             _stop_on_signals(runner.request_stop)
-            await runner.run()
+            if ready_fd is None:
+                await runner.run()
+                return
+            ready = asyncio.create_task(_report_started(runner, ready_fd))
+            try:
+                await runner.run()
+            finally:
+                ready.cancel()
 
         stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
         try:
             _run(main)
         finally:
             stop_metrics()
+
+
+async def _report_started(runner: Any, fd: int) -> None:
+    """Tell the autoscaler this process has started claiming: one byte on the pipe `fd`
+    it passed (`--ready-fd`), then the pipe closes."""
+    try:
+        await runner.started.wait()
+        os.write(fd, b"1")
+    finally:
+        os.close(fd)
 
 
 def _autoscale_bounds(
@@ -427,11 +494,12 @@ def _autoscaled(
     *,
     queues: list[str] | None,
     metrics: tuple[int | None, str],
-    concurrency: int,
+    concurrency: tuple[int, int],
 ) -> int:
     """Run the autoscaling supervisor of `offload worker --autoscale`; its exit code. It
     reads the backlog through `app`; child `i` serves metrics on port + 1 + i, the
-    supervisor its own decisions on the port itself."""
+    supervisor its own decisions on the port itself; `concurrency` is (concurrency,
+    prefetch) of each process, as the banner shows."""
     from .notify.base import NOTIFY_QUEUE
     from .worker.autoscaler import AutoscalingSupervisor, BacklogReader, sample_interval
     from .worker.scaling import ScalingPolicy
@@ -455,7 +523,10 @@ def _autoscaled(
         policy,
         BacklogReader(app, queues),
         argv,
-        slot_argv=(lambda i: [f"--metrics-port={port + 1 + i}"]) if port else None,
+        slot_argv=lambda i: [
+            f"--slot={i + 1}",
+            *([f"--metrics-port={port + 1 + i}"] if port else []),
+        ],
         sample_s=sample_interval(waits[0]),
         metrics=offload_metrics,
     )
@@ -464,12 +535,14 @@ def _autoscaled(
         app,
         queues=queues,
         kinds=app.handlers,
-        concurrency=f"{concurrency} in each of {bounds[0]} to {bounds[1]} processes",
+        concurrency=f"{concurrency[0]} in each of {bounds[0]} to {bounds[1]} processes, "
+        f"prefetch {concurrency[1]}",
         schedules=app.schedules,
     )
 
     async def main() -> int:
         async with app:
+            await _check_blobs(app)
             return await supervisor.run()
 
     try:
@@ -519,6 +592,7 @@ def dev(
                 runner.request_stop()
 
             async with offload_app:  # an unreachable backend: one line, before serving
+                await _check_blobs(offload_app)
                 _stop_on_signals(stop)
                 worker_task = asyncio.create_task(runner.run())
                 # A worker that dies takes the dev server down with it, loudly.

@@ -83,6 +83,35 @@ def test_no_second_decision_within_the_cooldown() -> None:
     assert decision is not None and (decision.size, decision.to) == (2, 3)
 
 
+def test_a_process_still_starting_holds_back_the_next_scale_up() -> None:
+    # Given a process added at 0 s (1→2) that has not started claiming yet
+    p = policy(cooldown_s=1.0, start_wait_s=20.0)
+    old = Backlog(ready=50, oldest_age_s=9.0, completed=0)
+    assert p.decide(0.0, 1, old) is not None
+    # When the backlog still asks for more after the cool-down, it is not added
+    assert p.decide(2.0, 2, old, starting_since=0.0) is None
+    assert p.decide(10.0, 2, old, starting_since=0.0) is None
+    # Then once the process has started, the next one is
+    decision = p.decide(11.0, 2, old, starting_since=None)
+    assert decision is not None and (decision.size, decision.to) == (2, 3)
+
+
+def test_a_process_that_never_starts_holds_back_no_longer_than_the_start_wait() -> None:
+    p = policy(cooldown_s=1.0, start_wait_s=20.0, max_processes=4)
+    old = Backlog(ready=50, oldest_age_s=9.0, completed=0)
+    assert p.decide(0.0, 1, old) is not None
+    assert p.decide(19.9, 2, old, starting_since=0.0) is None
+    decision = p.decide(20.0, 2, old, starting_since=0.0)
+    assert decision is not None and decision.to == 3
+
+
+def test_a_process_starting_does_not_hold_back_a_scale_down() -> None:
+    p = policy(scale_down_after_s=10.0)
+    assert p.decide(0.0, 2, idle(), starting_since=0.0) is None
+    decision = p.decide(10.0, 2, idle(), starting_since=0.0)
+    assert decision is not None and decision.direction == "down"
+
+
 def test_never_above_max_even_counting_processes_still_stopping() -> None:
     p = policy(max_processes=2, cooldown_s=0.0)
     old = Backlog(ready=50, oldest_age_s=9.0, completed=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
-from ..errors import ConfigurationError
+from ..errors import BackendError, ConfigurationError
 
 #: A result value that names a stored blob starts with this; the web tier signs it.
 BLOB_REF_PREFIX = "blob:"
@@ -92,11 +92,61 @@ def url_of(store: BlobStore, key: str, ttl: timedelta) -> str | None:
     return None if url is None else url(key, ttl)
 
 
+def describe_blobs(store: BlobStore) -> str:
+    """Where `store` keeps its blobs, fit to print (never a credential): a folder's resolved
+    path, `s3://bucket/prefix at endpoint`, or the class of a store of the user's own."""
+    describe = getattr(store, "describe", None)
+    return describe() if describe is not None else type(store).__name__
+
+
+async def probe_blobs(store: BlobStore, timeout_s: float) -> None:
+    """Check at start-up that `store` can be used, within about `timeout_s` seconds (a
+    store of the user's own without a `probe` method is taken as it is).
+
+    Raises:
+        BackendError: one line naming the store and what failed.
+    """
+    probe = getattr(store, "probe", None)
+    if probe is None:
+        return
+    try:
+        await asyncio.wait_for(probe(timeout_s), timeout_s * 2)
+    except TimeoutError:
+        raise BackendError(
+            f"blob store {describe_blobs(store)}: no answer within {timeout_s:g} s "
+            "(OFFLOAD_CONNECT_TIMEOUT)"
+        ) from None
+
+
 class FileBlobStore:
     """Blobs as files under one folder; writes are atomic (temp file, then rename)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    def describe(self) -> str:
+        """The folder's resolved path."""
+        return str(self.root.resolve())
+
+    async def probe(self, timeout_s: float) -> None:
+        """Check that the folder exists (or can be made) and takes a file.
+
+        Raises:
+            BackendError: it cannot be made or written, saying why.
+        """
+        await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> None:
+        probe = self.root / f".offload-probe.{os.getpid()}.tmp"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise BackendError(
+                f"blob store folder {self.describe()} is not writable: {reason}"
+            ) from None
 
     def path_of(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -109,6 +109,26 @@ def _part_size(raw: str | None) -> int:
     return size
 
 
+#: What a HeadBucket error code means, as the start-up check says it.
+_HEAD_ERRORS = {
+    "404": "the bucket does not exist (NoSuchBucket)",
+    "NoSuchBucket": "the bucket does not exist (NoSuchBucket)",
+    "NotFound": "the bucket does not exist (NoSuchBucket)",
+    "403": "access denied: check the AWS credentials and the bucket policy",
+    "AccessDenied": "access denied: check the AWS credentials and the bucket policy",
+    "301": "the bucket is in another region: set ?region=",
+    "400": "the request was refused (bad request: check region and endpoint_url)",
+}
+
+
+def _shown_endpoint(url: str) -> str:
+    """An endpoint URL without any user:password in it."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return url.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
+
+
 def _is_missing(exc: Exception) -> bool:
     error = getattr(exc, "response", {}).get("Error", {})
     return str(error.get("Code")) in ("NoSuchKey", "404", "NotFound")
@@ -140,6 +160,43 @@ class S3BlobStore:
 
     def __repr__(self) -> str:
         return f"S3BlobStore(bucket={self.location.bucket!r}, prefix={self.location.prefix!r})"
+
+    def describe(self) -> str:
+        """`s3://bucket/prefix at endpoint` (AWS: the region, or the SDK's default)."""
+        loc = self.location
+        where = f"s3://{loc.bucket}/{loc.prefix}" if loc.prefix else f"s3://{loc.bucket}"
+        at = _shown_endpoint(loc.endpoint_url) if loc.endpoint_url else "AWS"
+        return f"{where} at {at}" + (f" ({loc.region})" if loc.region else "")
+
+    async def probe(self, timeout_s: float) -> None:
+        """HeadBucket on the bucket, each connection and read bounded by `timeout_s`, with
+        no retries: the bucket exists and these credentials may use it.
+
+        Raises:
+            BackendError: one line naming the store and what failed.
+        """
+        from aiobotocore.config import AioConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._session is None:
+            import aioboto3
+
+            self._session = aioboto3.Session()
+        config = AioConfig(
+            s3={"addressing_style": self.location.addressing_style},
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"total_max_attempts": 1},
+        )
+        try:
+            async with self._session.client("s3", config=config, **self._config()) as s3:
+                await s3.head_bucket(Bucket=self.location.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            why = _HEAD_ERRORS.get(code, f"HeadBucket answered {code}")
+            raise BackendError(f"blob store {self.describe()}: {why}") from None
+        except BotoCoreError as exc:
+            raise BackendError(f"blob store {self.describe()}: {exc}") from None
 
     def _config(self) -> dict[str, Any]:
         loc = self.location

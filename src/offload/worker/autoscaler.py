@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -138,6 +139,24 @@ class _Child:
     started_at: float
     stopping: bool = False
     restart_at: float = 0.0
+    #: The read end of the pipe the process reports its start on (None once it has, or
+    #: once it exited): while open, the process is starting.
+    ready_fd: int | None = None
+
+    def close_ready(self) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def check_ready(self) -> None:
+        """Read the start report if it came (or the pipe closed: the process exited)."""
+        if self.ready_fd is None:
+            return
+        try:
+            os.read(self.ready_fd, 16)
+        except BlockingIOError:
+            return  # still starting
+        self.close_ready()
 
 
 class AutoscalingSupervisor:
@@ -147,6 +166,9 @@ class AutoscalingSupervisor:
     A removed process gets SIGTERM: it claims no more, gives back the jobs it holds ahead
     unspent, and finishes its running jobs within its grace period. A process that dies is
     restarted in its slot and counts toward the size meanwhile.
+
+    Each process reports on a pipe (`--ready-fd`) once it has started claiming; until it
+    has (or `policy.start_wait_s` passed), it is starting, and no further process is added.
 
     Args:
         argv: the command of one worker process.
@@ -195,10 +217,21 @@ class AutoscalingSupervisor:
         try:
             await self._supervise()
         except BaseException:
-            self._stop(signal.SIGTERM)  # never leave the children running on a failure
+            # never leave the children running on a failure
+            self._stop(signal.SIGTERM, "the supervisor failed")
             await asyncio.shield(self._wait_all())
             raise
         return await self._wait_all()
+
+    @property
+    def starting_since(self) -> float | None:
+        """When the oldest process still starting was spawned (None: none is)."""
+        times = [
+            c.started_at
+            for c in self.slots
+            if c is not None and c.proc is not None and c.ready_fd is not None and not c.stopping
+        ]
+        return min(times) if times else None
 
     async def _supervise(self) -> None:
         for _ in range(self.policy.min_processes):
@@ -212,7 +245,15 @@ class AutoscalingSupervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), TICK_S)
 
-    def _stop(self, signum: int) -> None:
+    def _stop(self, signum: int, why: str | None = None) -> None:
+        if not self._stopping.is_set():
+            log.info(
+                "stopping %d worker process%s (%s)",
+                self.alive,
+                "" if self.alive == 1 else "es",
+                why or signal.Signals(signum).name,
+                extra={"action": "autoscale_stop", "processes": self.alive},
+            )
         self._stopping.set()
         for child in self.slots:
             if child is not None and child.proc is not None and not child.stopping:
@@ -234,7 +275,9 @@ class AutoscalingSupervisor:
         now = self.clock()
         if self.metrics is not None:
             self.metrics.read(self.reader.stats, now)
-        decision = self.policy.decide(now, self.size, backlog, alive=self.alive)
+        decision = self.policy.decide(
+            now, self.size, backlog, alive=self.alive, starting_since=self.starting_since
+        )
         if decision is None or self._stopping.is_set():
             return
         if decision.direction == "up":
@@ -249,13 +292,28 @@ class AutoscalingSupervisor:
         if self.metrics is not None:
             self.metrics.decided(decision)
 
-    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, slot: int, child: _Child | None = None) -> _Child:
+        """Start the process of `slot` (into `child` when restarting it), with the write end
+        of its start-report pipe."""
         extra = self.slot_argv(slot) if self.slot_argv is not None else ()
-        return subprocess.Popen([*self.argv, *extra])
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        try:
+            proc = subprocess.Popen([*self.argv, *extra, f"--ready-fd={write}"], pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        if child is None:
+            return _Child(proc, started_at=self.clock(), ready_fd=read)
+        child.close_ready()
+        child.proc, child.started_at, child.ready_fd = proc, self.clock(), read
+        return child
 
     def _add(self) -> None:
         slot = self.slots.index(None)  # the policy never asks beyond MAX slots taken
-        self.slots[slot] = _Child(self._spawn(slot), started_at=self.clock())
+        self.slots[slot] = self._spawn(slot)
 
     def _remove(self) -> None:
         """Stop the newest running process gracefully (its slot frees once it exits)."""
@@ -276,11 +334,13 @@ class AutoscalingSupervisor:
                 continue
             if child.proc is None:
                 if now >= child.restart_at and not self._stopping.is_set():
-                    child.proc, child.started_at = self._spawn(slot), now
+                    self._spawn(slot, child)
                 continue
+            child.check_ready()
             code = child.proc.poll()
             if code is None:
                 continue
+            child.close_ready()
             if child.stopping:
                 self.slots[slot] = None
                 if code != 0:
@@ -303,4 +363,7 @@ class AutoscalingSupervisor:
     async def _wait_all(self) -> int:
         procs = [c.proc for c in self.slots if c is not None and c.proc is not None]
         codes = [await asyncio.to_thread(proc.wait) for proc in procs]
+        for child in self.slots:
+            if child is not None:
+                child.close_ready()
         return 0 if all(code == 0 for code in codes) else 1

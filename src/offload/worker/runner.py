@@ -135,6 +135,8 @@ class Worker:
             more than it has left to run, so it gives back nothing it did not run.
         exit_when_idle_s: stop once no job ran or was there to claim for this long (None:
             never).
+        slot: the process's slot under a supervisor (`--processes`, `--autoscale`: 1 to
+            N); its start and stop lines then name the slot and the pid.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class Worker:
         notifiers: Mapping[str, Notifier] | None = None,
         max_jobs: int | None = None,
         exit_when_idle_s: float | None = None,
+        slot: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -179,6 +182,9 @@ class Worker:
         self.idle_poll_s = idle_poll_s
         self.max_jobs = max_jobs
         self.exit_when_idle_s = exit_when_idle_s
+        self.slot = slot
+        #: How the start and stop lines name this worker: `worker 2 (pid 1234)` in a slot.
+        self.label = "worker" if slot is None else f"worker {slot} (pid {os.getpid()})"
         #: Jobs started (counted against `max_jobs`).
         self.begun = 0
         #: Since when (loop time) no job ran, was held or was claimed; None while one was.
@@ -276,8 +282,14 @@ class Worker:
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
         log.info(
-            "worker started",
-            extra={"action": "worker_start", "worker": self.id, "queues": self.queues},
+            "%s started",
+            self.label,
+            extra={
+                "action": "worker_start",
+                "worker": self.id,
+                "queues": self.queues,
+                "slot": self.slot,
+            },
         )
         try:
             try:
@@ -294,7 +306,11 @@ class Worker:
                 await self.app.close()
             finally:
                 self.stopped.set()
-        log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
+        log.info(
+            "%s stopped",
+            self.label,
+            extra={"action": "worker_stop", "worker": self.id, "slot": self.slot},
+        )
 
     async def _claim_loop(self, backend: Backend) -> None:
         """Claim while slots are free (or the prefetch has room) until stopping; every wait

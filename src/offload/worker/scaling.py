@@ -18,6 +18,9 @@ DEFAULT_SCALE_DOWN_AFTER_S = 30.0
 #: The shortest gap between two decisions (seconds): a new process takes about this long
 #: to start and show in the backlog (the gap is the target wait when that is longer).
 DEFAULT_COOLDOWN_S = 1.0
+#: How long a process still starting (not yet claiming) holds back a further scale-up
+#: (seconds): one that takes longer no longer blocks.
+DEFAULT_START_WAIT_S = 30.0
 #: How far back the clearing rate is measured (seconds): busy intervals inside it count.
 DEFAULT_RATE_WINDOW_S = 10.0
 
@@ -98,7 +101,8 @@ class ScalingPolicy:
     `min_processes`) once the backlog has been quiet for `scale_down_after_s`: nothing ready
     has waited the target, and one process fewer would clear what is ready in time. Two
     decisions are at least `cooldown_s` apart, and each removal waits out a quiet period of
-    its own.
+    its own. No process is added while one added before is still starting (for at most
+    `start_wait_s`): it has not shown in the backlog yet.
 
     Args:
         min_processes: the fewest processes (at least 1).
@@ -108,6 +112,7 @@ class ScalingPolicy:
         cooldown_s: the shortest gap between decisions; default the longer of the target
             wait and `DEFAULT_COOLDOWN_S`.
         rate_window_s: how far back the clearing rate is measured.
+        start_wait_s: the longest a process still starting holds back a scale-up.
 
     Raises:
         ValueError: bounds or durations out of range.
@@ -122,11 +127,14 @@ class ScalingPolicy:
         scale_down_after_s: float = DEFAULT_SCALE_DOWN_AFTER_S,
         cooldown_s: float | None = None,
         rate_window_s: float = DEFAULT_RATE_WINDOW_S,
+        start_wait_s: float = DEFAULT_START_WAIT_S,
     ) -> None:
         if not 1 <= min_processes <= max_processes:
             raise ValueError("need 1 <= min_processes <= max_processes")
         if target_wait_s <= 0 or scale_down_after_s < 0 or rate_window_s <= 0:
             raise ValueError("target_wait_s and rate_window_s must be above 0")
+        if start_wait_s < 0:
+            raise ValueError("start_wait_s must be 0 or more")
         self.min_processes = min_processes
         self.max_processes = max_processes
         self.target_wait_s = target_wait_s
@@ -135,6 +143,7 @@ class ScalingPolicy:
             max(target_wait_s, DEFAULT_COOLDOWN_S) if cooldown_s is None else cooldown_s
         )
         self.rate_window_s = rate_window_s
+        self.start_wait_s = start_wait_s
         #: When the last decision was made (None: none yet).
         self.decided_at: float | None = None
         #: Since when every reading has been quiet (None: the last one was not).
@@ -151,17 +160,27 @@ class ScalingPolicy:
         return cleared / spent if cleared > 0 and spent > 0 else None
 
     def decide(
-        self, now: float, size: int, backlog: Backlog, *, alive: int | None = None
+        self,
+        now: float,
+        size: int,
+        backlog: Backlog,
+        *,
+        alive: int | None = None,
+        starting_since: float | None = None,
     ) -> Decision | None:
         """The decision after a reading taken at `now` (seconds, any monotonic clock), with
         `size` processes kept running; `alive` (default `size`) also counts processes still
-        finishing after a removal, which MAX bounds too. None: keep the size."""
+        finishing after a removal, which MAX bounds too; `starting_since` is when the oldest
+        process not yet started (claiming) was launched (None: every one has started).
+        None: keep the size."""
         self._observe(now, size, backlog)
         alive = size if alive is None else alive
         cooled = self.decided_at is None or now - self.decided_at >= self.cooldown_s
         up = self._reason_up(size, backlog)
         if up is not None:
             self.quiet_since = None
+            if self.starting(now, starting_since):
+                return None  # the one added last has not shown in the backlog yet
             if cooled and size < self.max_processes and alive < self.max_processes:
                 return self._decided(now, Decision("up", size, size + 1, *up))
             return None
@@ -175,6 +194,11 @@ class ScalingPolicy:
             detail = f"quiet for {quiet_s:.1f} s (scale down after {self.scale_down_after_s:g} s)"
             return self._decided(now, Decision("down", size, size - 1, REASON_QUIET, detail))
         return None
+
+    def starting(self, now: float, starting_since: float | None) -> bool:
+        """Whether a process launched at `starting_since` and not started yet still holds
+        back a scale-up at `now` (for at most `start_wait_s`)."""
+        return starting_since is not None and now - starting_since < self.start_wait_s
 
     def _decided(self, now: float, decision: Decision) -> Decision:
         self.decided_at = now

@@ -55,6 +55,15 @@ class Supervisor:
         self.started_at[slot] = time.monotonic()
 
     def _signal(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            running = sum(1 for c in self.children if c is not None and c.poll() is None)
+            log.info(
+                "stopping %d worker process%s (%s)",
+                running,
+                "" if running == 1 else "es",
+                signal.Signals(signum).name,
+                extra={"action": "supervisor_stop", "processes": running},
+            )
         self.stopping = True
         for child in self.children:
             if child is not None and child.poll() is None:
