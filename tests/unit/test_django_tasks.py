@@ -39,6 +39,7 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 
 from offload.contract import JobRow, JobState
 from offload.contrib.django import OffloadBackend, owner
+from offload.contrib.django._same_db import Incomparable, server_settings
 from offload.contrib.django.calls import check_arguments, json_problem
 from offload.contrib.django.config import TaskConfig
 from offload.contrib.django.management.commands.offload_worker import (
@@ -221,7 +222,7 @@ class Undo(Exception):
 class _Db:
     def __init__(self, vendor: str, **given: Any) -> None:
         self.vendor = vendor
-        self.settings_dict = {"HOST": "", "PORT": "", "NAME": "shop", **given}
+        self.settings_dict = {"HOST": "", "PORT": "", "NAME": "shop", "USER": "u", **given}
 
 
 @pytest.mark.parametrize(
@@ -233,10 +234,68 @@ class _Db:
         ("postgresql://u@localhost/other", _Db("postgresql"), False),
         ("sqlite:///shop.db", _Db("sqlite"), False),
         ("redis://localhost/0", _Db("postgresql"), False),
+        ("postgresql://other@localhost/shop", _Db("postgresql"), False),
+        # The same database in another schema is not the same place for offload's tables.
+        (
+            "postgresql://u@localhost/shop?options=-csearch_path%3Doffload_schema",
+            _Db("postgresql", OPTIONS={"options": "-c search_path=app_schema"}),
+            False,
+        ),
+        (
+            "postgresql://u@localhost/shop?options=-csearch_path%3Doffload_schema",
+            _Db("postgresql"),
+            False,
+        ),
+        (
+            "postgresql://u@localhost/shop?options=-c%20search_path%3DShop%2Cpublic",
+            _Db("postgresql", OPTIONS={"options": "-csearch_path=shop,public"}),
+            True,
+        ),
+        (
+            "postgresql://u@localhost/shop?options=--search-path%3Dshop&sslmode=require",
+            _Db("postgresql", OPTIONS={"options": "-c search_path=shop"}),
+            True,
+        ),
+        (
+            "postgresql://u@localhost/shop",
+            _Db("postgresql", OPTIONS={"options": "-c statement_timeout=5s"}),
+            False,
+        ),
+        (  # unreadable options count as different
+            "postgresql://u@localhost/shop?options=-x",
+            _Db("postgresql", OPTIONS={"options": "-x"}),
+            False,
+        ),
+        ("postgresql://u@localhost/shop?host=elsewhere", _Db("postgresql"), False),
     ],
 )
 def test_same_database_is_detected_from_the_settings(url: str, db: _Db, joins: bool) -> None:
     assert TaskConfig.of({"url": url}, {"default"}).joins(db) is joins
+
+
+@pytest.mark.parametrize(
+    ("options", "settings_set"),
+    [
+        (None, {}),
+        ("", {}),
+        ("-c search_path=app", {"search_path": "app"}),
+        ("-csearch_path=app", {"search_path": "app"}),
+        (r"--search-path=App,\ Public", {"search_path": "app,public"}),
+        ('-c search_path="App",x', {"search_path": '"App",x'}),
+        ("-c a=1 -cb=2", {"a": "1", "b": "2"}),
+        (r"-c application_name=my\ app", {"application_name": "my app"}),
+    ],
+)
+def test_server_settings_of_libpq_options(
+    options: str | None, settings_set: dict[str, str]
+) -> None:
+    assert server_settings(options) == settings_set
+
+
+@pytest.mark.parametrize("options", ["-x", "-c", "search_path=a", "-c =a", "--flag", "-c a=1 \\"])
+def test_server_settings_refuse_what_they_cannot_read(options: str) -> None:
+    with pytest.raises(Incomparable):
+        server_settings(options)
 
 
 def test_options_are_checked() -> None:
