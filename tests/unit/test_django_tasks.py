@@ -33,6 +33,7 @@ if not settings.configured:
     )
     django.setup()
 
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.tasks import TaskResultStatus, task, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
@@ -43,7 +44,9 @@ from offload.contrib.django._same_db import Incomparable, server_settings
 from offload.contrib.django.calls import check_arguments, json_problem
 from offload.contrib.django.config import TaskConfig
 from offload.contrib.django.management.commands.offload_worker import (
+    check_backend,
     worker_args,
+    worker_command,
 )
 from offload.contrib.django.results import result_of
 from offload.errors import ConfigurationError
@@ -307,10 +310,27 @@ def test_options_are_checked() -> None:
     assert TaskConfig.of({"timeout": timedelta(minutes=1)}, set()).timeout == 60.0
 
 
-def test_worker_command_passes_the_worker_options_on() -> None:
+def test_worker_command_drops_the_options_of_manage_py() -> None:
     argv = ["--concurrency", "4", "--backend", "bulk", "--settings=x.y", "--pythonpath", "p"]
-    assert worker_args(argv) == ("bulk", ["--concurrency", "4"])
-    assert worker_args(["--backend=b", "--max-jobs=1"]) == ("b", ["--max-jobs=1"])
+    assert worker_args(argv) == ["--concurrency", "4", "--backend", "bulk"]
+
+
+def test_worker_command_has_its_own_usage() -> None:
+    command = worker_command("manage.py offload_worker")
+    names = [p.name for p in command.params]
+    assert names[0] == "backend" and "app" not in names and "concurrency" in names
+    assert "--backend" in command.help and not any(p.required for p in command.params)
+
+
+def test_worker_command_refuses_another_backend_or_url() -> None:
+    with pytest.raises(CommandError, match=r"'nope' is not in TASKS; .*: 'default'$"):
+        check_backend("nope", None)
+    with pytest.raises(CommandError, match="'immediate' is not an OffloadBackend in TASKS"):
+        check_backend("immediate", None)
+    with pytest.raises(CommandError, match=r"give offload's URL \(memory://\)"):
+        check_backend("default", "sqlite:///other.db")
+    check_backend("default", "memory://")
+    check_backend("default", None)
 
 
 def test_only_an_offload_backend_is_mounted_or_worked() -> None:
