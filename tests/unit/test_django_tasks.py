@@ -342,3 +342,35 @@ def test_only_an_offload_backend_is_mounted_or_worked() -> None:
     with pytest.raises(ConfigurationError, match="ImmediateBackend, not offload's"):
         worker_app("immediate")
     assert set(worker_app("default").handlers) == {"django.tasks.default", "django.tasks.reports"}
+
+
+def test_a_record_django_prints_is_not_printed_again_at_the_root() -> None:
+    import io
+    import logging
+
+    from django.test import override_settings
+    from django.utils.log import RequireDebugTrue
+
+    from offload.contrib.django._logging import ShownAbove, print_once
+
+    parent, ours, theirs = logging.getLogger("djtest"), io.StringIO(), io.StringIO()
+    django_console = logging.StreamHandler(theirs)  # as Django's default LOGGING has it
+    django_console.addFilter(RequireDebugTrue())
+    root_handler = logging.StreamHandler(ours)  # as offload's worker sets the root up
+    parent.addHandler(django_console)
+    logging.getLogger().addHandler(root_handler)
+    parent.setLevel(logging.INFO)
+    try:
+        print_once()
+        print_once()
+        assert len(root_handler.filters) == 1
+        with override_settings(DEBUG=True):
+            logging.getLogger("djtest.tasks").info("debug on")
+        logging.getLogger("djtest.tasks").info("debug off")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        parent.removeHandler(django_console)
+        for handler in logging.getLogger().handlers:  # pytest's, given the filter too
+            handler.filters = [f for f in handler.filters if not isinstance(f, ShownAbove)]
+    assert theirs.getvalue() == "debug on\n"
+    assert ours.getvalue() == "debug off\n"

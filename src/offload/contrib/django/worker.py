@@ -19,6 +19,7 @@ from django.utils.json import normalize_json
 from ...app import App
 from ...context import Context
 from ...errors import ConfigurationError
+from ._logging import print_once
 from .backend import OffloadBackend
 from .calls import TaskCall, kind_of
 from .config import BACKEND_ENV
@@ -80,4 +81,5 @@ def worker_app(alias: str) -> App:
 
 
 django.setup()
+print_once()  # Django's console handler (DEBUG) and offload's root one: one line each
 app = worker_app(os.environ.get(BACKEND_ENV, "default"))
