@@ -33,16 +33,20 @@ if not settings.configured:
     )
     django.setup()
 
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.tasks import TaskResultStatus, task, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 
 from offload.contract import JobRow, JobState
 from offload.contrib.django import OffloadBackend, owner
+from offload.contrib.django._same_db import Incomparable, server_settings
 from offload.contrib.django.calls import check_arguments, json_problem
 from offload.contrib.django.config import TaskConfig
 from offload.contrib.django.management.commands.offload_worker import (
+    check_backend,
     worker_args,
+    worker_command,
 )
 from offload.contrib.django.results import result_of
 from offload.errors import ConfigurationError
@@ -221,7 +225,7 @@ class Undo(Exception):
 class _Db:
     def __init__(self, vendor: str, **given: Any) -> None:
         self.vendor = vendor
-        self.settings_dict = {"HOST": "", "PORT": "", "NAME": "shop", **given}
+        self.settings_dict = {"HOST": "", "PORT": "", "NAME": "shop", "USER": "u", **given}
 
 
 @pytest.mark.parametrize(
@@ -233,10 +237,68 @@ class _Db:
         ("postgresql://u@localhost/other", _Db("postgresql"), False),
         ("sqlite:///shop.db", _Db("sqlite"), False),
         ("redis://localhost/0", _Db("postgresql"), False),
+        ("postgresql://other@localhost/shop", _Db("postgresql"), False),
+        # The same database in another schema is not the same place for offload's tables.
+        (
+            "postgresql://u@localhost/shop?options=-csearch_path%3Doffload_schema",
+            _Db("postgresql", OPTIONS={"options": "-c search_path=app_schema"}),
+            False,
+        ),
+        (
+            "postgresql://u@localhost/shop?options=-csearch_path%3Doffload_schema",
+            _Db("postgresql"),
+            False,
+        ),
+        (
+            "postgresql://u@localhost/shop?options=-c%20search_path%3DShop%2Cpublic",
+            _Db("postgresql", OPTIONS={"options": "-csearch_path=shop,public"}),
+            True,
+        ),
+        (
+            "postgresql://u@localhost/shop?options=--search-path%3Dshop&sslmode=require",
+            _Db("postgresql", OPTIONS={"options": "-c search_path=shop"}),
+            True,
+        ),
+        (
+            "postgresql://u@localhost/shop",
+            _Db("postgresql", OPTIONS={"options": "-c statement_timeout=5s"}),
+            False,
+        ),
+        (  # unreadable options count as different
+            "postgresql://u@localhost/shop?options=-x",
+            _Db("postgresql", OPTIONS={"options": "-x"}),
+            False,
+        ),
+        ("postgresql://u@localhost/shop?host=elsewhere", _Db("postgresql"), False),
     ],
 )
 def test_same_database_is_detected_from_the_settings(url: str, db: _Db, joins: bool) -> None:
     assert TaskConfig.of({"url": url}, {"default"}).joins(db) is joins
+
+
+@pytest.mark.parametrize(
+    ("options", "settings_set"),
+    [
+        (None, {}),
+        ("", {}),
+        ("-c search_path=app", {"search_path": "app"}),
+        ("-csearch_path=app", {"search_path": "app"}),
+        (r"--search-path=App,\ Public", {"search_path": "app,public"}),
+        ('-c search_path="App",x', {"search_path": '"App",x'}),
+        ("-c a=1 -cb=2", {"a": "1", "b": "2"}),
+        (r"-c application_name=my\ app", {"application_name": "my app"}),
+    ],
+)
+def test_server_settings_of_libpq_options(
+    options: str | None, settings_set: dict[str, str]
+) -> None:
+    assert server_settings(options) == settings_set
+
+
+@pytest.mark.parametrize("options", ["-x", "-c", "search_path=a", "-c =a", "--flag", "-c a=1 \\"])
+def test_server_settings_refuse_what_they_cannot_read(options: str) -> None:
+    with pytest.raises(Incomparable):
+        server_settings(options)
 
 
 def test_options_are_checked() -> None:
@@ -248,10 +310,27 @@ def test_options_are_checked() -> None:
     assert TaskConfig.of({"timeout": timedelta(minutes=1)}, set()).timeout == 60.0
 
 
-def test_worker_command_passes_the_worker_options_on() -> None:
+def test_worker_command_drops_the_options_of_manage_py() -> None:
     argv = ["--concurrency", "4", "--backend", "bulk", "--settings=x.y", "--pythonpath", "p"]
-    assert worker_args(argv) == ("bulk", ["--concurrency", "4"])
-    assert worker_args(["--backend=b", "--max-jobs=1"]) == ("b", ["--max-jobs=1"])
+    assert worker_args(argv) == ["--concurrency", "4", "--backend", "bulk"]
+
+
+def test_worker_command_has_its_own_usage() -> None:
+    command = worker_command("manage.py offload_worker")
+    names = [p.name for p in command.params]
+    assert names[0] == "backend" and "app" not in names and "concurrency" in names
+    assert "--backend" in command.help and not any(p.required for p in command.params)
+
+
+def test_worker_command_refuses_another_backend_or_url() -> None:
+    with pytest.raises(CommandError, match=r"'nope' is not in TASKS; .*: 'default'$"):
+        check_backend("nope", None)
+    with pytest.raises(CommandError, match="'immediate' is not an OffloadBackend in TASKS"):
+        check_backend("immediate", None)
+    with pytest.raises(CommandError, match=r"give offload's URL \(memory://\)"):
+        check_backend("default", "sqlite:///other.db")
+    check_backend("default", "memory://")
+    check_backend("default", None)
 
 
 def test_only_an_offload_backend_is_mounted_or_worked() -> None:
@@ -263,3 +342,46 @@ def test_only_an_offload_backend_is_mounted_or_worked() -> None:
     with pytest.raises(ConfigurationError, match="ImmediateBackend, not offload's"):
         worker_app("immediate")
     assert set(worker_app("default").handlers) == {"django.tasks.default", "django.tasks.reports"}
+
+
+def test_a_record_django_prints_is_not_printed_again_at_the_root() -> None:
+    import io
+    import logging
+
+    from django.test import override_settings
+    from django.utils.log import RequireDebugTrue
+
+    from offload.contrib.django._logging import ShownAbove, print_once
+
+    parent, ours, theirs = logging.getLogger("djtest"), io.StringIO(), io.StringIO()
+    django_console = logging.StreamHandler(theirs)  # as Django's default LOGGING has it
+    django_console.addFilter(RequireDebugTrue())
+    root_handler = logging.StreamHandler(ours)  # as offload's worker sets the root up
+    parent.addHandler(django_console)
+    logging.getLogger().addHandler(root_handler)
+    parent.setLevel(logging.INFO)
+    try:
+        print_once()
+        print_once()
+        assert len(root_handler.filters) == 1
+        with override_settings(DEBUG=True):
+            logging.getLogger("djtest.tasks").info("debug on")
+        logging.getLogger("djtest.tasks").info("debug off")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        parent.removeHandler(django_console)
+        for handler in logging.getLogger().handlers:  # pytest's, given the filter too
+            handler.filters = [f for f in handler.filters if not isinstance(f, ShownAbove)]
+    assert theirs.getvalue() == "debug on\n"
+    assert ours.getvalue() == "debug off\n"
+
+
+def test_a_task_the_worker_does_not_know_is_retried_not_failed() -> None:
+    from offload.contrib.django.calls import TaskCall
+    from offload.contrib.django.worker import run_call
+    from offload.errors import Retry
+
+    call = TaskCall.model_validate({"task": "shop.tasks.deployed_later", "args": [], "kwargs": {}})
+    with pytest.raises(Retry, match=r"shop\.tasks\.deployed_later is not a task") as e:
+        run_call(call, ctx=None)  # type: ignore[arg-type]  # refused before the context is read
+    assert e.value.delay is None  # the kind's backoff, bounded by max_attempts

@@ -26,7 +26,8 @@ class OffloadBackend(BaseTaskBackend):
     OPTIONS: `url` (offload's backend; default the OFFLOAD_URL setting, then the
     environment), `database` (the Django database whose transactions an enqueue follows,
     "default"), `same_transaction` (None: inside that transaction when `url` names the
-    same PostgreSQL database, else after it commits), `max_attempts` (1), `timeout`.
+    same PostgreSQL database, role and search_path, else after it commits),
+    `max_attempts` (1), `timeout`.
     """
 
     supports_defer = True

@@ -6,12 +6,12 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from ...app import App
 from ...errors import ConfigurationError
+from ._same_db import same_database
 from .calls import TaskCall, kind_of
 
 #: Attempts a task gets: one, as Django's tasks promise (OPTIONS `max_attempts` raises it).
@@ -32,7 +32,8 @@ class TaskConfig:
             None (offload's own default: the OFFLOAD_URL environment variable).
         database: the Django database alias whose transactions an enqueue follows.
         same_transaction: enqueue inside that database's transaction (True), after it
-            commits (False), or None: inside it when `url` names the same PostgreSQL.
+            commits (False), or None: inside it when `url` names the same PostgreSQL
+            database and search_path.
         max_attempts: attempts a task gets before it is FAILED.
         timeout: seconds one attempt may run (None: no limit).
         queues: the backend's QUEUES (one offload kind each).
@@ -72,18 +73,13 @@ class TaskConfig:
 
     def joins(self, db: Any) -> bool:
         """Whether an enqueue goes inside the transaction of Django's connection `db` (else
-        after it commits): the option, or whether `url` names `db`'s PostgreSQL database."""
+        after it commits): the option, or whether `url` names `db`'s PostgreSQL database
+        with the same `options` (search_path): anything else, or unsure, is after."""
         if self.same_transaction is not None:
             return self.same_transaction
         if db.vendor != "postgresql" or self.url is None:
             return False
-        parts = urlsplit(self.url)
-        if not parts.scheme.startswith("postgres"):
-            return False
-        ours = (parts.hostname or "localhost", parts.port or 5432, parts.path.lstrip("/"))
-        given = db.settings_dict
-        theirs = (given["HOST"] or "localhost", int(given["PORT"] or 5432), given["NAME"])
-        return ours == theirs
+        return same_database(self.url, db.settings_dict)
 
 
 _apps: dict[TaskConfig, App] = {}

@@ -12,13 +12,15 @@ from typing import Any
 
 import django
 from django.db import close_old_connections
-from django.tasks import TaskContext, TaskResultStatus, task_backends
+from django.tasks import Task, TaskContext, TaskResultStatus, task_backends
+from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
 from ...app import App
 from ...context import Context
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, Retry
+from ._logging import print_once
 from .backend import OffloadBackend
 from .calls import TaskCall, kind_of
 from .config import BACKEND_ENV
@@ -36,7 +38,7 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
     """
     close_old_connections()
     try:
-        task = task_of(call.task)
+        task = _known(call.task)
         result = running_result(task, ctx.job_id, call, ctx.attempt, _worker_id(ctx))
         sender = type(task.get_backend())
         task_started.send(sender, task_result=result)
@@ -54,6 +56,23 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
         return value
     finally:
         close_old_connections()
+
+
+def _known(path: str) -> Task:
+    """The task `path` names in this worker's code.
+
+    Raises:
+        Retry: none does (a task deployed to the web tier before this worker, or removed):
+            retried with the kind's backoff while attempts remain (OPTIONS max_attempts),
+            so a worker that knows the task can run it; the last attempt fails it.
+    """
+    try:
+        return task_of(path)
+    except TaskResultDoesNotExist:
+        raise Retry(
+            reason=f"{path} is not a task in this worker's code (deploy workers before the web "
+            "tier; with max_attempts above 1 it waits for one that knows it)"
+        ) from None
 
 
 def _worker_id(ctx: Context) -> str:
@@ -80,4 +99,5 @@ def worker_app(alias: str) -> App:
 
 
 django.setup()
+print_once()  # Django's console handler (DEBUG) and offload's root one: one line each
 app = worker_app(os.environ.get(BACKEND_ENV, "default"))
