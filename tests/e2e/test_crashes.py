@@ -127,7 +127,7 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
     wait_for(lambda: len(stack.log_lines("noop.log")) >= 2000, 120, "2,000 runs", stack)
     time.sleep(0.5)  # a duplicate run would show up here
     supervisor.send_signal(signal.SIGTERM)
-    assert supervisor.wait(timeout=30) == 0
+    assert supervisor.wait(timeout=30) == 0, stack.output()
 
     # then every job ran exactly once, by several processes, and is succeeded.
     runs = Counter(stack.log_lines("noop.log"))
