@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 import offload
 
+from ..ports import free_port
 from ..services import (
     PgSchema,
     drop_redis_prefix,
@@ -36,12 +36,6 @@ TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 #: How long a started server may take to answer: only a failing start waits it out (a
 #: process on a loaded 2-core machine has taken over 20 s to import and bind).
 READY_DEADLINE_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _inherited_path() -> list[str]:

@@ -24,8 +24,9 @@ import pytest
 from offload import App, Message, Settings
 from offload.contract import JobFilter
 
+from ..ports import free_ports
 from .conftest import TEMPLATE, Stack, backend_url
-from .test_metrics import free_ports, scrape
+from .test_metrics import scrape
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
+from ..ports import free_port
 from ..services import PG_URL, probe_pg, unavailable
-from .conftest import SOURCES, free_port
+from .conftest import SOURCES
 
 pytest.importorskip("django", minversion="6.0")
 

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from ..frameworks import EXAMPLES, exported, run_commands
-from .conftest import Stack, free_port
+from ..ports import free_port
+from .conftest import Stack
 from .test_framework_examples import DEADLINE_S, stored_jobs, wait_serving
 
 pytest.importorskip("django", minversion="6.0")

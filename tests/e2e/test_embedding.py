@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import READY_DEADLINE_S, TEMPLATE, Stack, backend_url, free_port
+from ..ports import free_port
+from .conftest import READY_DEADLINE_S, TEMPLATE, Stack, backend_url
 from .test_loop import read_events
 
 

@@ -23,7 +23,8 @@ from offload import App
 from offload.contract import JobFilter
 
 from ..frameworks import EXAMPLES, exported, run_commands
-from .conftest import Stack, free_port
+from ..ports import free_port
+from .conftest import Stack
 
 #: The web servers the READMEs start, by the program their command names.
 SERVERS = ("flask", "uvicorn")

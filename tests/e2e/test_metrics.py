@@ -19,6 +19,7 @@ import pytest
 from offload import App, Message
 from offload.metrics import METRIC_NAMES
 
+from ..ports import free_ports
 from ..receivers import Receiver
 from ..scrape import Scrape, parse
 from .conftest import TEMPLATE, Stack, backend_url
@@ -39,29 +40,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             yield s
         finally:
             s.stop()
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + count > 65535:
-            continue
-        held = []
-        try:
-            for port in range(first, first + count):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no consecutive free ports")
 
 
 def scrape(url: str, **headers: str) -> Scrape | None:

@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..ports import free_port
 from ..services import PgSchema, require_pg
 from ..tour import EXAMPLE, EXAMPLE_ID, README_ADDRESS, Command, Curl, steps
-from .conftest import Stack, free_port
+from .conftest import Stack
 
 #: Commands that start a long-running process (the others run to their end).
 SERVERS = ("web", "worker")
