@@ -30,6 +30,11 @@ class Wakeup:
         self._closed = False
         self._future = asyncio.get_running_loop().create_future()
 
+    @property
+    def is_open(self) -> bool:
+        """Not closed: waits sleep until a ring or their timeout."""
+        return not self._closed
+
     def close(self) -> None:
         """Wake every waiter; later waits return at once."""
         self._closed = True

@@ -487,6 +487,7 @@ class RedisBackend:
         """
         if limit <= 0 or not queues:
             return []
+        await self._announcements.follow()
         self._seen_work = self._announcements.work_mark()
         token = secrets.token_hex(12)
         args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
@@ -520,6 +521,7 @@ class RedisBackend:
         is: a resend answers the jobs the lost attempt leased, and leases no more."""
         if limit <= 0 or not queues:
             return []
+        await self._announcements.follow()
         self._seen_work = self._announcements.work_mark()
         token = secrets.token_hex(12)
         fairs = sorted(set(fair))
@@ -934,6 +936,7 @@ class RedisBackend:
         if limit <= 0:
             return []
         if job_id is None and owner is None:  # the one feed reader of this instance
+            await self._announcements.follow()
             self._seen_feed = self._announcements.feed_mark()
             feed = self._key("feed")
             entries = cast(

@@ -34,6 +34,11 @@ class Announcements:
     read and the wait is never lost. When the connection drops, `epoch` moves: whatever was
     announced meanwhile is unknown, so every waiter looks again.
 
+    The subscription starts with the first reader (`follow`, before it takes its first
+    mark), not at `start`: a process that only enqueues (a web tier that streams nothing,
+    a producer script) never reads, and would otherwise receive, and parse, an
+    announcement for every job it stores.
+
     Args:
         client: the backend's client (its pool lends the pub/sub connection).
         work: channel of work announcements (the data is a queue name).
@@ -48,20 +53,26 @@ class Announcements:
         self.feed = 0
         self._wakeup = Wakeup()
         self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
 
     async def start(self) -> None:
-        """Subscribe; on return the subscription is active, so nothing published after
-        it is missed.
-
-        Raises:
-            RedisError, BackendError: Redis is unreachable or did not confirm.
-        """
+        """Ready to be waited on; the subscription itself comes with the first wait."""
         self._wakeup.open()
-        pubsub = await self._subscribe()
-        self._task = asyncio.create_task(self._listen(pubsub), name="offload-redis-wake")
+
+    async def follow(self) -> None:
+        """Subscribe, unless done already: announcements made after this returns are
+        counted (or, while Redis cannot be reached, `epoch` moves when it is back)."""
+        if self._task is None:
+            if not self._wakeup.is_open:
+                return
+            self._subscribed.clear()
+            self._task = asyncio.create_task(self._follow(), name="offload-redis-wake")
+        if not self._subscribed.is_set():
+            await self._subscribed.wait()
 
     async def stop(self) -> None:
         """Stop listening; waiters (now and later) return at once."""
+        self._subscribed.set()  # nobody waits for a subscription that will not come
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -84,6 +95,7 @@ class Announcements:
 
     async def wait_until(self, moved: Callable[[], bool], timeout: float) -> None:
         """Return once `moved()` holds (checked after every announcement) or on timeout."""
+        await self.follow()
         await self._wakeup.wait_until(moved, timeout)
 
     # -- the listener -----------------------------------------------------------------------
@@ -106,6 +118,19 @@ class Announcements:
 
     def _notify(self) -> None:
         self._wakeup.ring()
+
+    async def _follow(self) -> None:
+        """Subscribe (again and again while Redis cannot be reached), then listen."""
+        try:
+            pubsub = await self._subscribe()
+        except (RedisError, OSError, BackendError) as exc:
+            log.warning(
+                "Redis wake-ups not subscribed: %s", exc, extra={"action": "redis_pubsub_lost"}
+            )
+            self._subscribed.set()  # readers go on: `epoch` moves once it is subscribed
+            pubsub = await self._resubscribe()
+        self._subscribed.set()
+        await self._listen(pubsub)
 
     async def _listen(self, pubsub: PubSub) -> None:
         work = self.channels[0]
