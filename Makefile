@@ -67,6 +67,7 @@ bench-drain: $(STAMP)
 
 bench-enqueue: $(STAMP)
 	$(BIN)/python bench/enqueue.py
+	$(BIN)/python bench/per_call_floor.py
 
 bench-claims: $(STAMP)
 	$(BIN)/python bench/claims.py

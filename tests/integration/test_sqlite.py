@@ -378,3 +378,64 @@ async def test_status_reads_answer_while_the_writer_thread_is_busy(tmp_path: Pat
             await held
     finally:
         await backend.close()
+
+
+async def test_an_enqueue_while_another_process_writes_waits_for_the_lock_and_stores_once(
+    tmp_path: Path,
+) -> None:
+    # Given a backend whose writer thread is idle (a lone enqueue then writes on the
+    # event loop's thread, if the write lock is free at once)
+    path = str(tmp_path / "inline.db")
+    backend = SQLiteBackend(path)
+    await backend.open()
+    try:
+        first = envelope()
+        assert [r.id for r in await backend.enqueue([first])] == [first.id]
+        # when another program holds the write lock as the next enqueue comes,
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        second = envelope()
+        storing = asyncio.ensure_future(backend.enqueue([second]))
+        for _ in range(20):  # the loop turns (nothing blocks it): the call waits for the lock
+            await asyncio.sleep(0.01)
+        assert not storing.done()
+        other.execute("COMMIT")
+        other.close()
+        # then it is stored once the lock is free, on the writer thread that waited for it
+        assert [r.id for r in await asyncio.wait_for(storing, 30)] == [second.id]
+        assert (await status(backend, second.id))["state"] == "queued"
+        # and the connection waits for the lock as long as before (the attempt that did
+        # not wait restored the busy timeout)
+        timeout_ms = backend.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        assert timeout_ms == 60_000
+    finally:
+        await backend.close()
+
+
+async def test_a_lone_enqueue_and_a_burst_both_store_every_job_once(tmp_path: Path) -> None:
+    # Lone calls write on the loop's thread; concurrent ones join group commits (a group
+    # larger than the inline bound goes to the writer thread): every job once, none lost.
+    backend = SQLiteBackend(str(tmp_path / "mix.db"))
+    await backend.open()
+    try:
+        handed: list[str] = []
+        run = backend._run
+
+        async def counted(fn, *args):  # type: ignore[no-untyped-def]
+            handed.append(getattr(fn, "__name__", repr(fn)))
+            return await run(fn, *args)
+
+        backend._run = counted  # type: ignore[method-assign]
+        lone = [envelope() for _ in range(5)]
+        for env in lone:
+            await backend.enqueue([env])
+        assert "_enqueue" not in handed  # no hop to the writer thread and back
+        burst = [envelope() for _ in range(40)]
+        answers = await asyncio.gather(*(backend.enqueue([env]) for env in burst))
+        assert [a[0].id for a in answers] == [env.id for env in burst]
+        for env in [*lone, *burst]:
+            assert (await status(backend, env.id))["state"] == "queued"
+        count = backend.conn.execute("SELECT count(*) FROM offload_jobs").fetchone()[0]
+        assert count == len(lone) + len(burst)
+    finally:
+        await backend.close()

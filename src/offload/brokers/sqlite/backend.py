@@ -71,6 +71,10 @@ DEFAULT_BUSY_POLL_S = 0.001
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+#: The most jobs an enqueue writes on the event loop's own thread (see `_enqueue_now`); a
+#: bigger batch (a group of concurrent calls, `enqueue_many`) goes to the writer thread,
+#: which holds the loop for no longer than a hop.
+DEFAULT_INLINE_MAX_JOBS = 8
 #: Rows one write transaction of a long operation (purge, prune, bulk changes) touches at
 #: most: tens of milliseconds of the write lock (bench/sqlite_locks.py), a small fraction of
 #: the shortest lease.
@@ -179,6 +183,15 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY: another connection holds the write lock."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+class _Busy(Exception):
+    """The write lock was not free at once (a `_tx(wait=False)`): nothing was written."""
+
+
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -213,6 +226,8 @@ class SQLiteBackend:
         self.poll_s = poll_s
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: Calls handed to the writer thread and not yet back (see `_enqueue_now`).
+        self._queued = 0
         #: Status reads on a connection and thread of their own (files only: reader.py).
         self._reader: Reader | None = None
         self._local_writes = 0
@@ -263,13 +278,19 @@ class SQLiteBackend:
         if self._executor is None:
             raise BackendError("the SQLite backend is not open")
         loop = asyncio.get_running_loop()
+        self._queued += 1
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
-            if _is_full(exc):
-                self._full = True
-                raise StorageFull(f"SQLite: the disk is full ({exc})") from exc
-            raise BackendError(f"SQLite: {exc}") from exc
+            raise self._failure(exc) from exc
+        finally:
+            self._queued -= 1
+
+    def _failure(self, exc: sqlite3.Error) -> BackendError:
+        if _is_full(exc):
+            self._full = True
+            return StorageFull(f"SQLite: the disk is full ({exc})")
+        return BackendError(f"SQLite: {exc}")
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(connection, *args)`, a read: on the reader (reader.py) where there is one."""
@@ -368,9 +389,10 @@ class SQLiteBackend:
                 _migrate_to_unique(conn)
 
     @contextlib.contextmanager
-    def _tx(self, *, stalls: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, stalls: bool = True, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
         processes never both read the same ready rows and then race to update them.
+        Without `wait`, a lock another connection holds raises `_Busy` at once.
 
         Every time a write decides with (a lease's expiry, a rescue's fence) is read from
         the clock inside the transaction, after the lock: a wait for it must not age them.
@@ -379,7 +401,18 @@ class SQLiteBackend:
         conn = self.conn
         before = conn.total_changes
         began = self.clock.now()
-        conn.execute("BEGIN IMMEDIATE")
+        if wait:
+            conn.execute("BEGIN IMMEDIATE")
+        else:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise _Busy from exc
+                raise
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(DEFAULT_BUSY_TIMEOUT_S * 1000)}")
         self._lock_wait_s = self.clock.now() - began
         try:
             if stalls and self._lock_wait_s >= self._stall_s:
@@ -533,9 +566,40 @@ class SQLiteBackend:
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         if not envelopes:
             return []
-        results = await self._run(self._enqueue, envelopes)
+        # One turn of the loop first: callers that arrive meanwhile join the next group
+        # commit (offload._group) instead of each committing alone on the loop's thread.
+        await asyncio.sleep(0)
+        results = self._enqueue_now(envelopes)
+        if results is None:
+            results = await self._run(self._enqueue, envelopes)
         self._wake_waiters()
         return results
+
+    def _enqueue_now(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult] | None:
+        """The enqueue on the calling thread (the event loop's), when that waits for
+        nothing: the writer thread has no call of this backend (the loop, held here, hands
+        it none meanwhile, so the connection has one user), the write lock is free at once
+        (no other process writes; else None, nothing written, and the writer thread waits
+        for it), a commit does not sync to disk (`synchronous` NORMAL or OFF, WAL: no fsync
+        but at checkpoints, which run elsewhere) and the batch is small. It saves the hop
+        to the writer thread and back, most of one call's cost (bench/RESULTS.md).
+        """
+        if (
+            self._queued
+            or self._executor is None
+            or self._conn is None
+            or self.in_memory  # shared-cache memory databases lock by table, not by file
+            or self.synchronous not in ("NORMAL", "OFF")
+            or len(envelopes) > DEFAULT_INLINE_MAX_JOBS
+        ):
+            return None
+        try:
+            with self._tx(wait=False) as conn:
+                return self._insert(conn, envelopes)
+        except _Busy:
+            return None
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
 
     def enqueue_in(
         self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]

@@ -1,0 +1,89 @@
+"""The floor under one enqueue at a time on Redis: what the asyncio driver alone costs.
+
+Alternates, in one process, N one-at-a-time calls of
+- a bare redis-py asyncio `EVALSHA` of a one-line script (the driver's floor),
+- `RedisBackend.enqueue([envelope])` (offload's script and its retry and timeout guard),
+- `App.enqueue(message)` (plus validation, the envelope, group commit, tracing, metrics),
+and prints calls/s and CPU µs per call for each; writes the `per-call-floor` section.
+
+    .venv/bin/python bench/per_call_floor.py [N]      # Redis at OFFLOAD_BENCH_REDIS_URL
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from _results import write_section
+
+from offload import App, Context, Message, Settings
+
+URL = os.environ.get("OFFLOAD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+ROUNDS = 3
+
+
+class Noop(Message):
+    i: int
+
+
+async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> tuple[float, float]:
+    """Calls per second and CPU microseconds per call of `n` awaited calls."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        await call(i)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return n / wall, cpu / n * 1e6
+
+
+async def main(n: int) -> None:
+    raw = aioredis.Redis.from_url(URL)
+    script = raw.register_script("redis.call('LPUSH', KEYS[1], ARGV[1]) return 1")
+    app = App("floor", settings=Settings(url=URL))
+    app.message("floor.noop", queue="floor")(Noop)
+
+    @app.handles(Noop)
+    async def noop(msg: Noop, ctx: Context) -> None:
+        return None
+
+    await app.open()
+    backend = app._require_backend()
+    body = "x" * 300  # about one envelope's JSON
+    cases: dict[str, Callable[[int], Awaitable[object]]] = {
+        "redis-py asyncio EVALSHA (floor)": lambda i: script(keys=["floor:raw"], args=[body]),
+        "RedisBackend.enqueue": lambda i: backend.enqueue([app.envelope(Noop(i=i))]),
+        "App.enqueue": lambda i: app.enqueue(Noop(i=i)),
+    }
+    try:
+        for call in cases.values():  # warm up
+            for i in range(200):
+                await call(i)
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        for _ in range(ROUNDS):
+            for name, call in cases.items():
+                runs[name].append(await timed(n, call))
+    finally:
+        await raw.delete("floor:raw")
+        await raw.aclose()
+        await app.close()
+    lines = [
+        f"One call at a time, {n:,} calls per case, {ROUNDS} rounds alternating, one "
+        "process, asyncio (no uvloop), Redis on loopback.",
+        "",
+        "| call | calls/s (rounds) | CPU µs per call (rounds) |",
+        "|---|---|---|",
+    ]
+    for name, figures in runs.items():
+        rates = " / ".join(f"{r:,.0f}" for r, _ in figures)
+        cpus = " / ".join(f"{c:,.0f}" for _, c in figures)
+        lines.append(f"| {name} | {rates} | {cpus} |")
+    body_md = "## One enqueue at a time on Redis: the driver's floor\n\n" + "\n".join(lines)
+    print(body_md)
+    write_section("per-call-floor", body_md)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000))
