@@ -103,8 +103,11 @@ def start(args: argparse.Namespace, work: Path) -> tuple[list[subprocess.Popen[b
     quiet = {"env": env, "cwd": work, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     offload = [sys.executable, "-m", "offload"]
     web = [*offload, "web", "--app", "myproj.contracts:app", "--port", str(offload_port)]
+    # BENCH_API_LOG=FILE keeps the web process's output (its log lines, an error's cause).
+    log = os.environ.get("BENCH_API_LOG")
+    shown = {**quiet, "stdout": open(log, "ab"), "stderr": subprocess.STDOUT} if log else quiet
     procs = [
-        subprocess.Popen(web, **quiet),  # type: ignore[call-overload]
+        subprocess.Popen(web, **shown),  # type: ignore[call-overload]
         subprocess.Popen(  # type: ignore[call-overload]
             [sys.executable, str(HERE / "api_reference.py"), str(ref_port)], **quiet
         ),
