@@ -338,8 +338,9 @@ class RedisBackend:
         return [SCHEMA_VERSION]
 
     async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
-        """Connect, check the server answers (within `connect_timeout_s`), load the scripts
-        and subscribe to wake-ups. Keys need no schema and reads create none, so
+        """Connect, check the server answers (within `connect_timeout_s`) and load the
+        scripts; wake-ups are subscribed to with the first claim or feed read
+        (`Announcements.follow`). Keys need no schema and reads create none, so
         `check_schema` and `create` change nothing here.
 
         Raises:

@@ -65,7 +65,6 @@ class Announcements:
         if self._task is None:
             if not self._wakeup.is_open:
                 return
-            self._subscribed.clear()
             self._task = asyncio.create_task(self._follow(), name="offload-redis-wake")
         if not self._subscribed.is_set():
             await self._subscribed.wait()

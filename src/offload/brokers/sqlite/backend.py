@@ -178,14 +178,19 @@ def _wal_cap_bytes(url: str, mib: str | None) -> int:
     return cap
 
 
+def _primary_code(exc: sqlite3.Error) -> int:
+    """The error's primary result code (its extended code's low byte)."""
+    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
+
+
 def _is_full(exc: sqlite3.Error) -> bool:
     """SQLITE_FULL: the disk (or the file's size limit) left no room for the write."""
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return _primary_code(exc) == sqlite3.SQLITE_FULL
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
     """SQLITE_BUSY: another connection holds the write lock."""
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+    return _primary_code(exc) == sqlite3.SQLITE_BUSY
 
 
 class _Busy(Exception):
@@ -220,6 +225,10 @@ class SQLiteBackend:
         self.path = path
         self.wal_cap_bytes = wal_cap_bytes
         self.synchronous = synchronous.upper()
+        #: Whether a small enqueue may write on the event loop's thread (`_enqueue_now`):
+        #: commits that do not sync to disk (WAL: no fsync but at checkpoints, which run
+        #: elsewhere), on a file (shared-cache memory databases lock by table, not by file).
+        self._inline = self.synchronous in ("NORMAL", "OFF") and not self.in_memory
         #: A test's clock (`Clock.stands_in_for_server`) keeps the time; any other is this
         #: host's, which every process sharing the file reads (they cannot disagree).
         self.clock = clock if clock is not None and clock.stands_in_for_server else Clock()
@@ -566,32 +575,26 @@ class SQLiteBackend:
     async def enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         if not envelopes:
             return []
-        # One turn of the loop first: callers that arrive meanwhile join the next group
-        # commit (offload._group) instead of each committing alone on the loop's thread.
-        await asyncio.sleep(0)
-        results = self._enqueue_now(envelopes)
+        results = None
+        if self._inline and len(envelopes) <= DEFAULT_INLINE_MAX_JOBS:
+            # One turn of the loop first: callers that arrive meanwhile join the next group
+            # commit (offload._group) instead of each committing alone on the loop's thread.
+            await asyncio.sleep(0)
+            results = self._enqueue_now(envelopes)
         if results is None:
             results = await self._run(self._enqueue, envelopes)
         self._wake_waiters()
         return results
 
     def _enqueue_now(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult] | None:
-        """The enqueue on the calling thread (the event loop's), when that waits for
-        nothing: the writer thread has no call of this backend (the loop, held here, hands
-        it none meanwhile, so the connection has one user), the write lock is free at once
-        (no other process writes; else None, nothing written, and the writer thread waits
-        for it), a commit does not sync to disk (`synchronous` NORMAL or OFF, WAL: no fsync
-        but at checkpoints, which run elsewhere) and the batch is small. It saves the hop
-        to the writer thread and back, most of one call's cost (bench/RESULTS.md).
+        """The enqueue (a small one, where `_inline` allows) on the calling thread, the event
+        loop's, when that waits for nothing: the writer thread has no call of this backend
+        (the loop, held here, hands it none meanwhile, so the connection has one user) and
+        the write lock is free at once (no other process writes; else None, nothing
+        written, and the writer thread waits for it). It saves the hop to the writer
+        thread and back, most of one call's cost (bench/RESULTS.md).
         """
-        if (
-            self._queued
-            or self._executor is None
-            or self._conn is None
-            or self.in_memory  # shared-cache memory databases lock by table, not by file
-            or self.synchronous not in ("NORMAL", "OFF")
-            or len(envelopes) > DEFAULT_INLINE_MAX_JOBS
-        ):
+        if self._queued or self._executor is None or self._conn is None:
             return None
         try:
             with self._tx(wait=False) as conn:
