@@ -126,8 +126,14 @@ async def test_a_failed_attempt_is_an_error_span_with_its_exception(
     # both children of the one producer span, whose trace they continue,
     (send,) = await ended(spans, "send reports")
     assert parent_of(first) == parent_of(second) == span_id(send)
-    # while the job's public record shows the error's type and message only.
-    record = await app.status(job.id)
+
+    # while the job's public record shows the error's type and message only (once the
+    # outcome the span already carries is written: the settler writes it after the span ends).
+    async def settled() -> dict[str, Any] | None:
+        record = await app.status(job.id)
+        return record if record["state"] != "running" else None
+
+    record = await eventually(settled, "the job's outcome to be written")
     assert record["state"] == "dead"
     assert record["error"] == {"type": "RuntimeError", "message": "no data for u1"}
 
