@@ -55,9 +55,11 @@ def pg_schema_url(schema: str, **options: str) -> str:
 class PgSchema:
     """A fresh schema, migrated to the current version, dropped at the end."""
 
-    def __init__(self, migrate: bool = True) -> None:
-        self.name = f"offload_t_{secrets.token_hex(5)}"
-        self.url = pg_schema_url(self.name, application_name=self.name)
+    def __init__(self, migrate: bool = True, name: str | None = None) -> None:
+        """`name`, if given, is used as it is (quoted): upper case, ':' and all."""
+        self.name = name or f"offload_t_{secrets.token_hex(5)}"
+        path = f'"{self.name}"' if name else self.name
+        self.url = pg_schema_url(path, application_name=quote(self.name))
         self.migrate = migrate
 
     async def create(self) -> str:

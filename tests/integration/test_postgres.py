@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from offload.brokers.postgres.backend import Q
 from offload.contract import status_record
 from offload.worker.runner import Worker
 
-from ..contract._support import claim, worker_info
+from ..contract._support import claim, envelope, worker_info
 from ..services import PG_URL, PgSchema, require_pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -69,7 +70,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8, 9]" in first.stdout
+        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -109,7 +110,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8, 9]
+            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8, 9, 10]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.
@@ -155,7 +156,7 @@ async def test_a_schema_3_database_migrates_to_4_with_its_workers_and_jobs() -> 
         # When it is migrated
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [4, 5, 6, 7, 8, 9]
+            assert await backend.migrate() == [4, 5, 6, 7, 8, 9, 10]
             # Then the old entry still counts for the version check but has no registry
             # entry to show; a new worker's has; queues pause and resume; the job is claimed
             assert await backend.live_versions(within_s=30) == {"pg.ping": {1}}
@@ -268,6 +269,50 @@ async def test_a_waiting_claimer_sleeps_through_work_on_other_queues(
     finally:
         waiter.cancel()
         await other.close()
+
+
+async def test_wake_ups_of_another_schema_in_the_database_wake_nobody_here() -> None:
+    # Given two offload schemas in one database, their names quoted ones, the second's
+    # the first's and ":default" (a naive split of its wake-ups would name the first's
+    # queue "default"), and a process of the first waiting for work on "default" and for
+    # changes in its feed
+    require_pg()
+    here = PgSchema(name=f"Offload_A_{secrets.token_hex(4)}")
+    there = PgSchema(name=f"{here.name}:default")
+    await here.create()
+    await there.create()
+    mine = PostgresBackend.from_url(here.url)
+    theirs = PostgresBackend.from_url(there.url)
+    await mine.open()
+    await theirs.open()
+    try:
+        # (the first wait has the listener follow the feed too; once it listens again it
+        # wakes everything, as anything may have happened, and a claim and a read of the
+        # feed take that in)
+        before = mine._versions["feed"]
+        await mine.wait_changes(0.01)
+        async with asyncio.timeout(5):
+            while mine._versions["feed"] == before:  # noqa: ASYNC110 (no event to wait on)
+                await asyncio.sleep(0.01)
+        assert await claim(mine, "default") == []
+        await mine.changes_since(0)  # (an empty claim wakes no feed reader)
+        work = asyncio.ensure_future(mine.wait(["default"], 10.0))
+        feed = asyncio.ensure_future(mine.wait_changes(10.0))
+        # When the other schema stores jobs on "default" (its feed moves too)
+        for _ in range(3):
+            await theirs.enqueue([dataclasses.replace(envelope(), queue="default")])
+            await asyncio.sleep(0.1)
+        # Then neither wait ends; one job in this schema ends both at once
+        assert not work.done() and not feed.done()
+        started = time.monotonic()
+        await mine.enqueue([dataclasses.replace(envelope(), queue="default")])
+        await asyncio.wait_for(asyncio.gather(work, feed), 5)
+        assert time.monotonic() - started < 0.5
+    finally:
+        await mine.close()
+        await theirs.close()
+        await there.drop()
+        await here.drop()
 
 
 async def test_the_feed_is_followed_from_the_first_wait_and_wakes_it_at_once(

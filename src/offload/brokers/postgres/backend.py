@@ -47,7 +47,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -66,6 +66,10 @@ _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finish
 #: Wake-up counters: "work" moves on a reconnect (anything may have happened), "work:<queue>"
 #: on each NOTIFY naming that queue, so a worker wakes only for the queues it claims from.
 _WORK = "work:"
+
+
+#: The schema of a backend whose tables are not made yet: no wake-up names it.
+_NO_SCHEMA = "\x00"
 
 
 def _work_keys(queues: Sequence[str]) -> list[str]:
@@ -230,6 +234,9 @@ class PostgresBackend:
         #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
         #: a worker never reads the feed, so its claims and settles do not wake it.
         self._feed_wanted = False
+        #: The schema of this backend's tables, which its wake-ups name (migration_10): the
+        #: channels are the database's, shared with every other offload schema in it.
+        self._schema = _NO_SCHEMA
         #: What held jobs back at this instance's last gated claim: whether a limit did,
         #: and when a start is next due by a rate (see `wait`).
         self._held_back: tuple[bool, float | None] = (False, None)
@@ -435,6 +442,9 @@ class PostgresBackend:
                     "INSERT INTO offload_migrations (version) VALUES (%s)", (version,)
                 )
                 applied.append(version)
+        if applied:  # the listener read the schema before the tables were there
+            async with self._conn() as conn:
+                self._schema = await self._own_schema(conn)
         return applied
 
     async def close(self) -> None:
@@ -465,6 +475,7 @@ class PostgresBackend:
         while True:
             try:
                 async with await self._listen_connection() as conn:
+                    self._schema = await self._own_schema(conn)
                     pause = DEFAULT_RELISTEN_FIRST_S
                     if self._listening.is_set():
                         self._bump("work", "feed")  # anything may have happened while away
@@ -472,10 +483,13 @@ class PostgresBackend:
                         log.info("LISTEN connection back", extra={"action": "pg_listen_back"})
                     lost = False
                     self._listening.set()
+                    # Other schemas of the database use the same channels (migration_10).
                     async for note in conn.notifies():
-                        if note.channel == "offload_work":  # the payload names the queue
-                            self._bump(_WORK + note.payload)
-                        else:
+                        if note.channel == "offload_work":  # "<schema>:<queue>"
+                            prefix = self._schema + ":"
+                            if note.payload.startswith(prefix):
+                                self._bump(_WORK + note.payload[len(prefix) :])
+                        elif note.payload == self._schema:
                             self._bump("feed")
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if not lost:
@@ -483,6 +497,13 @@ class PostgresBackend:
                 lost = True
             await asyncio.sleep(pause)
             pause = min(pause * 2, DEFAULT_RELISTEN_MAX_S)
+
+    @staticmethod
+    async def _own_schema(conn: psycopg.AsyncConnection[Any]) -> str:
+        """The schema this backend's tables are in, as wake-ups name it (quoted as
+        `quote_ident` does); before `migrate` made them, one no wake-up names."""
+        row = await (await conn.execute(Q["wake_prefix"])).fetchone()
+        return str(row[0]) if row else _NO_SCHEMA
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
         """A connection LISTENing to the work channel (and the feed's, once wanted); the

@@ -218,6 +218,33 @@ CREATE TRIGGER offload_jobs_outbox_updated AFTER UPDATE OF state ON offload_jobs
           AND NEW.state IN ('queued', 'retrying') AND OLD.state NOT IN ('queued', 'retrying'))
     EXECUTE FUNCTION offload_outbox_add()
 
+-- name: migration_10
+-- Wake-ups name their schema: the channels are database-wide, so offload schemas sharing a
+-- database (apps, tenants, a Django project beside offload) woke each other's workers for
+-- every job. The payload is the schema (quoted as quote_ident does), then ':' and the queue
+-- on offload_work; the schema alone on offload_feed. A listener keeps only its own schema's.
+CREATE OR REPLACE FUNCTION offload_schema() RETURNS text LANGUAGE sql STABLE
+    AS $$ SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = 'offload_jobs'::regclass $$;
+CREATE OR REPLACE FUNCTION offload_notify_work() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('offload_work', quote_ident(TG_TABLE_SCHEMA) || ':' || q)
+    FROM (SELECT DISTINCT queue AS q FROM new_rows) s;
+    RETURN NULL;
+END $$;
+-- A statement trigger fires for an insert of no rows too (a claim that found nothing writes
+-- no feed entry): that one wakes no feed reader now.
+CREATE OR REPLACE FUNCTION offload_notify_feed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM new_rows) THEN
+        PERFORM pg_notify('offload_feed', quote_ident(TG_TABLE_SCHEMA));
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS offload_events_inserted ON offload_events;
+CREATE TRIGGER offload_events_inserted AFTER INSERT ON offload_events
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION offload_notify_feed()
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -520,7 +547,7 @@ RETURNING queue
 -- name: resume
 -- The NOTIFY wakes the workers waiting for the queue (as an enqueue's does), at commit.
 WITH gone AS (DELETE FROM offload_paused WHERE queue = %(queue)s RETURNING queue)
-SELECT queue, pg_notify('offload_work', queue) FROM gone
+SELECT queue, pg_notify('offload_work', offload_schema() || ':' || queue) FROM gone
 
 -- name: paused
 SELECT queue FROM offload_paused
@@ -541,7 +568,8 @@ WITH upd AS (
     SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u ORDER BY u.id DESC
 ), woken AS (
     -- the insert trigger wakes workers for new jobs; re-queued ones are announced here
-    SELECT pg_notify('offload_work', q) FROM (SELECT DISTINCT queue AS q FROM upd) s
+    SELECT pg_notify('offload_work', offload_schema() || ':' || q)
+    FROM (SELECT DISTINCT queue AS q FROM upd) s
 )
 SELECT (SELECT count(*) FROM upd) AS n, (SELECT count(*) FROM woken) AS queues
 
@@ -724,9 +752,14 @@ SELECT s.queue, s.owner, (SELECT nextval('offload_fair_turn')) * 1048576 + s.n
 FROM unnest(%(queues)s::text[], %(owners)s::text[]) WITH ORDINALITY AS s(queue, owner, n)
 ON CONFLICT (queue, owner) DO UPDATE SET turn = excluded.turn
 
+-- name: wake_prefix
+-- The schema whose wake-ups a listener keeps (see migration_10); no row before the schema is made.
+SELECT quote_ident(n.nspname) AS schema FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('offload_jobs')
+
 -- name: announce_work
 -- Wake the workers of these queues (a job of a limited kind settled: a slot freed).
-SELECT pg_notify('offload_work', q) FROM unnest(%(queues)s::text[]) AS q
+SELECT pg_notify('offload_work', offload_schema() || ':' || q) FROM unnest(%(queues)s::text[]) AS q
 
 -- name: claim_fair
 -- A gated claim with no limit on the claimed queues, in one statement: the plain queues'
