@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-enqueue bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout chaos
+.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-enqueue bench-pickup bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*
 
 # Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
-bench: bench-api bench-drain bench-enqueue bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout
+bench: bench-api bench-drain bench-enqueue bench-pickup bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout
 
 bench-peers: $(STAMP)
 	bash bench/peers.sh
@@ -68,6 +68,9 @@ bench-drain: $(STAMP)
 bench-enqueue: $(STAMP)
 	$(BIN)/python bench/enqueue.py
 	$(BIN)/python bench/per_call_floor.py
+
+bench-pickup: $(STAMP)
+	$(BIN)/python bench/pickup_stages.py
 
 bench-claims: $(STAMP)
 	$(BIN)/python bench/claims.py
