@@ -439,3 +439,35 @@ async def test_a_lone_enqueue_and_a_burst_both_store_every_job_once(tmp_path: Pa
         assert count == len(lone) + len(burst)
     finally:
         await backend.close()
+
+
+async def test_a_waiting_claimer_polls_on_the_loops_thread_and_wakes_for_another_process(
+    tmp_path: Path,
+) -> None:
+    # Given a claimer that found nothing and waits, its polls reading the database's
+    # version on the loop's thread (the writer thread has nothing of it meanwhile)
+    path = str(tmp_path / "poll.db")
+    mine, theirs = SQLiteBackend(path), SQLiteBackend(path)
+    await mine.open()
+    await theirs.open()
+    try:
+        handed: list[str] = []
+        run = mine._run
+
+        async def counted(fn, *args):  # type: ignore[no-untyped-def]
+            handed.append(getattr(fn, "__name__", repr(fn)))
+            return await run(fn, *args)
+
+        mine._run = counted  # type: ignore[method-assign]
+        assert await claim(mine) == []
+        waiting = asyncio.ensure_future(mine.wait(["q"], 30.0))
+        # When another connection (as another process would) stores a job
+        await theirs.enqueue([envelope()])
+        # Then the wait ends (long before its 30 s), no poll having gone to the writer
+        # thread, and the job is claimed
+        await asyncio.wait_for(waiting, 10)
+        assert "_version" not in handed
+        assert len(await claim(mine)) == 1
+    finally:
+        await theirs.close()
+        await mine.close()

@@ -818,6 +818,17 @@ class SQLiteBackend:
         """Moves whenever anyone (another process, or this instance) commits a write."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0], self._local_writes
 
+    async def _version_now(self) -> tuple[int, int]:
+        """`_version`, read on the event loop's thread where a small enqueue may write there
+        and the writer thread has no call of this backend (see `_enqueue_now`): a pragma
+        that takes no lock, polled every millisecond while work comes, without the hop."""
+        if self._inline and not self._queued and self._conn is not None:
+            try:
+                return self._version()
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from exc
+        return await self._run(self._version)
+
     def _wake_waiters(self) -> None:
         """Wake this process's waiters at once after a local write (others poll)."""
         self._wakeup.ring()
@@ -832,7 +843,7 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if await self._run(self._version) != self._seen.get(seen):
+            if await self._version_now() != self._seen.get(seen):
                 return
             now = loop.time()
             left = deadline - now
