@@ -70,7 +70,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in first.stdout
+        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -110,7 +110,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.
@@ -156,7 +156,7 @@ async def test_a_schema_3_database_migrates_to_4_with_its_workers_and_jobs() -> 
         # When it is migrated
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [4, 5, 6, 7, 8, 9, 10]
+            assert await backend.migrate() == [4, 5, 6, 7, 8, 9, 10, 11]
             # Then the old entry still counts for the version check but has no registry
             # entry to show; a new worker's has; queues pause and resume; the job is claimed
             assert await backend.live_versions(within_s=30) == {"pg.ping": {1}}

@@ -245,6 +245,59 @@ DROP TRIGGER IF EXISTS offload_events_inserted ON offload_events;
 CREATE TRIGGER offload_events_inserted AFTER INSERT ON offload_events
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION offload_notify_feed()
 
+-- name: migration_11
+-- The claim as a function whose plan is cached generic (plan_cache_mode): as a plain
+-- statement PostgreSQL planned it anew on every call (a custom plan, for the array of
+-- queues and the limit), about a third of a claim's time (bench/pickup_stages.py). Its
+-- plan has the same shape whatever the arguments: one index range per queue.
+CREATE OR REPLACE FUNCTION offload_claim(
+    p_queues text[], p_limit integer, p_token text, p_lease_for double precision,
+    p_worker text, p_now timestamptz)
+RETURNS TABLE (id text, kind text, version integer, payload jsonb, queue text,
+    priority integer, attempt integer, max_attempts integer, run_at double precision,
+    enqueued_at double precision, idempotency_key text, owner text, trace jsonb,
+    timeout double precision, options jsonb, lease_expires double precision)
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH picked AS (
+        SELECT c.id FROM unnest(p_queues) AS q(name)
+        -- a paused queue has none (one primary-key probe per queue)
+        CROSS JOIN LATERAL (SELECT NOT EXISTS (
+            SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM offload_jobs
+            WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(p_now, now())
+            ORDER BY priority, run_at, id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        ORDER BY c.priority, c.run_at, c.id
+        LIMIT p_limit
+    ), upd AS (
+        UPDATE offload_jobs j
+        SET state = 'running', attempt = j.attempt + 1, lease_token = p_token,
+            lease_expires = coalesce(p_now, now()) + make_interval(secs => p_lease_for), worker = p_worker,
+            started_at = coalesce(p_now, now()), finished_at = NULL, cancel_requested = false,
+            progress_fraction = NULL, progress_message = NULL
+        -- (an array of ids: the generic plan does not know the limit, and would join
+        -- `picked` by a merge along the whole primary key)
+        WHERE j.id = ANY (ARRAY(SELECT picked.id FROM picked))
+        RETURNING j.*
+    ), ev AS (
+        INSERT INTO offload_events (job_id, owner, record)
+        SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
+        ORDER BY u.priority, u.run_at, u.id
+    )
+    -- Only what a lease carries (not the last attempt's result or traceback), in claim order,
+    -- times as epoch seconds: the columns `_LEASE_COLUMNS` in postgres.py names, in its order.
+    SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
+        extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
+        idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
+    FROM upd ORDER BY priority, run_at, id;
+END $$
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 
@@ -316,41 +369,9 @@ WHERE unique_key = ANY(%(keys)s) AND (
 SELECT id FROM offload_jobs WHERE id = ANY(%(ids)s::uuid[])
 
 -- name: claim
--- One index scan per queue (LATERAL), merged: `queue = ANY(…)` with this ORDER BY would
--- sort every ready row of all the queues on each claim, a cost that grows with the backlog.
-WITH picked AS (
-    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
-    -- a paused queue has none (one primary-key probe per queue)
-    CROSS JOIN LATERAL (SELECT NOT EXISTS (
-        SELECT 1 FROM offload_paused p WHERE p.queue = q.name) AS open) AS o
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM offload_jobs
-        WHERE o.open AND state IN ('queued', 'retrying') AND queue = q.name AND run_at <= coalesce(%(now)s, now())
-        ORDER BY priority, run_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    ORDER BY c.priority, c.run_at, c.id
-    LIMIT %(limit)s
-), upd AS (
-    UPDATE offload_jobs j
-    SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,
-        lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s), worker = %(worker)s,
-        started_at = coalesce(%(now)s, now()), finished_at = NULL, cancel_requested = false,
-        progress_fraction = NULL, progress_message = NULL
-    FROM picked WHERE j.id = picked.id
-    RETURNING j.*
-), ev AS (
-    INSERT INTO offload_events (job_id, owner, record)
-    SELECT u.id, u.owner, offload_change(ROW(u.*)::offload_jobs) FROM upd u
-    ORDER BY u.priority, u.run_at, u.id
-)
--- Only what a lease carries (not the last attempt's result or traceback), in claim order,
--- times as epoch seconds: the columns `_LEASE_COLUMNS` in postgres.py names, in its order.
-SELECT id::text, kind, version, payload, queue, priority, attempt, max_attempts,
-    extract(epoch FROM run_at)::float8, extract(epoch FROM enqueued_at)::float8,
-    idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
-FROM upd ORDER BY priority, run_at, id
+-- A claim (migration_11): up to `limit` ready jobs of `queues`, leased to `token`.
+SELECT * FROM offload_claim(%(queues)s::text[], %(limit)s::integer, %(token)s::text,
+    %(lease_for)s::double precision, %(worker)s::text, %(now)s::timestamptz)
 
 -- name: claimed
 -- The jobs a claim leased, by its token: what a resent claim answers when the first
