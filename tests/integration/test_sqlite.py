@@ -412,20 +412,26 @@ async def test_an_enqueue_while_another_process_writes_waits_for_the_lock_and_st
         await backend.close()
 
 
+def hops(backend: SQLiteBackend) -> list[str]:
+    """The names of the calls `backend` hands to its writer thread from now on."""
+    handed: list[str] = []
+    run = backend._run
+
+    async def counted(fn, *args):  # type: ignore[no-untyped-def]
+        handed.append(getattr(fn, "__name__", repr(fn)))
+        return await run(fn, *args)
+
+    backend._run = counted  # type: ignore[method-assign]
+    return handed
+
+
 async def test_a_lone_enqueue_and_a_burst_both_store_every_job_once(tmp_path: Path) -> None:
     # Lone calls write on the loop's thread; concurrent ones join group commits (a group
     # larger than the inline bound goes to the writer thread): every job once, none lost.
     backend = SQLiteBackend(str(tmp_path / "mix.db"))
     await backend.open()
     try:
-        handed: list[str] = []
-        run = backend._run
-
-        async def counted(fn, *args):  # type: ignore[no-untyped-def]
-            handed.append(getattr(fn, "__name__", repr(fn)))
-            return await run(fn, *args)
-
-        backend._run = counted  # type: ignore[method-assign]
+        handed = hops(backend)
         lone = [envelope() for _ in range(5)]
         for env in lone:
             await backend.enqueue([env])
@@ -451,14 +457,7 @@ async def test_a_waiting_claimer_polls_on_the_loops_thread_and_wakes_for_another
     await mine.open()
     await theirs.open()
     try:
-        handed: list[str] = []
-        run = mine._run
-
-        async def counted(fn, *args):  # type: ignore[no-untyped-def]
-            handed.append(getattr(fn, "__name__", repr(fn)))
-            return await run(fn, *args)
-
-        mine._run = counted  # type: ignore[method-assign]
+        handed = hops(mine)
         assert await claim(mine) == []
         waiting = asyncio.ensure_future(mine.wait(["q"], 30.0))
         # When another connection (as another process would) stores a job
