@@ -586,15 +586,20 @@ class SQLiteBackend:
         self._wake_waiters()
         return results
 
+    def _connection_idle(self) -> bool:
+        """Whether the event loop's thread may use the connection now: open, and the writer
+        thread has no call of this backend (the loop, held by the caller, hands it none
+        meanwhile, so the connection has one user)."""
+        return not self._queued and self._executor is not None and self._conn is not None
+
     def _enqueue_now(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult] | None:
         """The enqueue (a small one, where `_inline` allows) on the calling thread, the event
-        loop's, when that waits for nothing: the writer thread has no call of this backend
-        (the loop, held here, hands it none meanwhile, so the connection has one user) and
+        loop's, when that waits for nothing: the connection is idle (`_connection_idle`) and
         the write lock is free at once (no other process writes; else None, nothing
         written, and the writer thread waits for it). It saves the hop to the writer
         thread and back, most of one call's cost (bench/RESULTS.md).
         """
-        if self._queued or self._executor is None or self._conn is None:
+        if not self._connection_idle():
             return None
         try:
             with self._tx(wait=False) as conn:
@@ -820,9 +825,9 @@ class SQLiteBackend:
 
     async def _version_now(self) -> tuple[int, int]:
         """`_version`, read on the event loop's thread where a small enqueue may write there
-        and the writer thread has no call of this backend (see `_enqueue_now`): a pragma
-        that takes no lock, polled every millisecond while work comes, without the hop."""
-        if self._inline and not self._queued and self._conn is not None:
+        and the connection is idle (`_connection_idle`): a pragma that takes no lock,
+        polled every millisecond while work comes, without the hop."""
+        if self._inline and self._connection_idle():
             try:
                 return self._version()
             except sqlite3.Error as exc:
