@@ -81,10 +81,11 @@ async def _made(url: str) -> None:
         pass
 
 
-def run(name: str, rate: float, seconds: float) -> dict[str, list[float] | int]:
-    """The stage durations (ms) of every measured job on engine `name`."""
+def run(name: str, rate: float, seconds: float) -> tuple[dict[str, list[float]], int]:
+    """The stage durations (ms) of every measured job on engine `name`, and how many jobs
+    came while the worker was not waiting (see `stages`)."""
 
-    async def main() -> dict[str, list[float] | int]:
+    async def main() -> tuple[dict[str, list[float]], int]:
         async with fresh_url(name) as url:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "stamps.jsonl"
@@ -111,23 +112,24 @@ def run(name: str, rate: float, seconds: float) -> dict[str, list[float] | int]:
     return asyncio.run(main())
 
 
-def stages(rows: list[dict[str, float]], calls: dict[int, float]) -> dict[str, list[float] | int]:
-    got: dict[str, list[float] | int] = {s: [] for s in STAGES}
+def stages(
+    rows: list[dict[str, float]], calls: dict[int, float]
+) -> tuple[dict[str, list[float]], int]:
+    got: dict[str, list[float]] = {s: [] for s in STAGES}
     busy = 0
     for r in rows:
         if r["i"] < 0:
             continue
         t = r["t"]
-        got["enqueue call"].append(calls[int(r["i"])] * 1e3)  # type: ignore[union-attr]
-        got["total"].append((r["handler"] - t) * 1e3)  # type: ignore[union-attr]
+        got["enqueue call"].append(calls[int(r["i"])] * 1e3)
+        got["total"].append((r["handler"] - t) * 1e3)
         if r["woke"] < t or r["held"] < r["woke"]:
             busy += 1  # not waiting when it came: its stages are not its own
             continue
-        got["to wake-up"].append((r["woke"] - t) * 1e3)  # type: ignore[union-attr]
-        got["claim"].append((r["held"] - r["woke"]) * 1e3)  # type: ignore[union-attr]
-        got["to handler"].append((r["handler"] - r["held"]) * 1e3)  # type: ignore[union-attr]
-    got["not waiting"] = busy
-    return got
+        got["to wake-up"].append((r["woke"] - t) * 1e3)
+        got["claim"].append((r["held"] - r["woke"]) * 1e3)
+        got["to handler"].append((r["handler"] - r["held"]) * 1e3)
+    return got, busy
 
 
 def main() -> None:
@@ -142,17 +144,14 @@ def main() -> None:
         "|---|---|" + "---|" * len(STAGES),
     ]
     for name in args.backends.split(","):
-        got = run(name, args.rate, args.seconds)
-        total = got["total"]
-        assert isinstance(total, list)
+        got, busy = run(name, args.rate, args.seconds)
         cells = []
         for s in STAGES:
             xs = got[s]
-            assert isinstance(xs, list)
             cells.append(
                 f"{fmt(percentile(xs, 0.5), 2)} / {fmt(percentile(xs, 0.99), 2)}" if xs else "–"
             )
-        rows.append(f"| {name} | {len(total)} ({got['not waiting']} not waiting) | "
+        rows.append(f"| {name} | {len(got['total'])} ({busy} not waiting) | "
                     + " | ".join(cells) + " |")  # fmt: skip
         print(rows[-1], flush=True)
     table = "\n".join(rows)
