@@ -1197,6 +1197,15 @@ class App:
         """
         return await self._require_backend().last_seq()
 
+    async def feed_head(self, seq: int) -> int:
+        """How far a reader of the whole feed at `seq` may move on when it wants none of the
+        changes (`JobStore.feed_head`).
+
+        Raises:
+            ConfigurationError: the app is not open.
+        """
+        return await self._require_backend().feed_head(seq)
+
     async def wait_changes(self, timeout: float) -> None:
         """Return soon after a change may have been committed, or after `timeout` seconds.
 

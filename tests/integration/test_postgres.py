@@ -346,11 +346,13 @@ async def test_feed_holds_back_changes_behind_an_uncommitted_position(
             await backend.enqueue_in(conn, [slow])
             # when a later position commits first,
             fast = (await app.enqueue(Ping(n=2))).id
-            # then the feed does not run past the gap,
+            # then the feed does not run past the gap, nor does a reader skipping it all,
             assert await backend.changes_since(start) == []
-        # and once the gap fills, both arrive in position order.
+            assert await backend.feed_head(start) == start
+        # and once the gap fills, both arrive in position order (and the head is past both).
         changes: list[Change] = await backend.changes_since(start)
     assert [c.job_id for c in changes] == [slow.id, fast]
+    assert await backend.feed_head(start) == changes[-1].seq
 
 
 async def test_workers_survive_terminated_connections_and_lose_no_job(

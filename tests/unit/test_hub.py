@@ -51,6 +51,90 @@ async def test_the_hub_survives_a_backend_outage_and_goes_on_fanning_out(
         await store.close()
 
 
+class Reads:
+    """A real store, with a count of the hub's reads of the whole feed."""
+
+    def __init__(self, store: SQLiteBackend) -> None:
+        self.store = store
+        self.whole_feed_reads = 0
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        if job_id is None and owner is None:
+            self.whole_feed_reads += 1
+        return await self.store.changes_since(seq, job_id=job_id, owner=owner, limit=limit)
+
+    async def get(self, job_id: str) -> JobRow | None:
+        return await self.store.get(job_id)
+
+    async def last_seq(self) -> int:
+        return await self.store.last_seq()
+
+    async def feed_head(self, seq: int) -> int:
+        return await self.store.feed_head(seq)
+
+    async def wait_changes(self, timeout: float) -> None:
+        await self.store.wait_changes(timeout)
+
+
+async def test_a_hub_nobody_listens_to_reads_no_change_and_keeps_up_with_the_feed(
+    tmp_path: Path,
+) -> None:
+    # Given a hub of a real store that nobody subscribes to
+    store = SQLiteBackend(str(tmp_path / "jobs.db"))
+    await store.open()
+    feed = Reads(store)
+    hub = Hub(feed, feed.last_seq, idle_s=0.01)
+    await hub.start()
+    try:
+        # when 50 jobs are stored (a web process that only takes jobs in),
+        await store.enqueue([_job("alice") for _ in range(50)])
+        head = await store.last_seq()
+        async with asyncio.timeout(5):
+            while hub.position != head:  # noqa: ASYNC110 (the hub's position: no event)
+                await asyncio.sleep(0.01)
+        # then it moved past them without reading one;
+        assert feed.whole_feed_reads == 0
+        # and a subscriber that comes later gets the changes after it, at once.
+        with hub.subscribe(owner="alice") as sub:
+            job = _job("alice")
+            await store.enqueue([job])
+            change = await asyncio.wait_for(sub.queue.get(), 5)
+            assert change.job_id == job.id and sub.queue.empty()
+        assert feed.whole_feed_reads > 0
+    finally:
+        await hub.stop()
+        await store.close()
+
+
+async def test_a_stream_from_now_on_starts_at_the_head_when_the_hub_was_idle(
+    tmp_path: Path,
+) -> None:
+    # Given a hub nobody listened to while 20 jobs were stored (it moves once a minute)
+    store = SQLiteBackend(str(tmp_path / "jobs.db"))
+    await store.open()
+    hub = Hub(store, store.last_seq, idle_s=60)
+    await hub.start()
+    try:
+        await store.enqueue([_job("alice") for _ in range(20)])
+        head = await store.last_seq()
+        # when a stream subscribes and asks where "now" is,
+        with hub.subscribe(owner="alice") as sub:
+            now = await asyncio.wait_for(hub.now(), 5)
+            # then it is the feed's head, not the hub's old position: none of the 20 jobs
+            # is news to it, and the next one is.
+            assert now == head
+            job = _job("alice")
+            await store.enqueue([job])
+            while (change := await asyncio.wait_for(sub.queue.get(), 5)).seq <= now:
+                pass
+            assert change.job_id == job.id
+    finally:
+        await hub.stop()
+        await store.close()
+
+
 def _change(seq: int, state: JobState) -> Change:
     row = JobRow(
         id="j1", kind="k", version=1, queue="q", state=state, priority=0, attempt=1,
@@ -80,6 +164,9 @@ class EndsDuringTheReplay:
 
     async def last_seq(self) -> int:
         return 0
+
+    async def feed_head(self, seq: int) -> int:
+        return seq
 
     async def wait_changes(self, timeout: float) -> None:
         await asyncio.sleep(timeout)
@@ -117,6 +204,9 @@ class FailsOnce:
 
     async def last_seq(self) -> int:
         return 0
+
+    async def feed_head(self, seq: int) -> int:
+        return seq
 
     async def wait_changes(self, timeout: float) -> None:
         await asyncio.sleep(min(timeout, 0.05))

@@ -253,6 +253,13 @@ class JobStore(Protocol):
         """The newest change-feed position (0 when the feed is empty)."""
         ...
 
+    async def feed_head(self, seq: int) -> int:
+        """How far a reader of the whole feed at position `seq` may move on when it wants
+        none of the changes: the position an unfiltered `changes_since(seq)` would have
+        reached after handing them all over (up to a gap that may still fill, where positions
+        can commit out of order). It reads positions, not the changes."""
+        ...
+
     async def wait_changes(self, timeout: float) -> None:
         """Return soon after another process may have committed a change (or on timeout)."""
         ...

@@ -23,6 +23,8 @@ DEFAULT_SUBSCRIBER_BUFFER = 1000
 DEFAULT_KEEPALIVE_S = 15.0
 #: Longest wait of the watcher for a change before it checks again (seconds).
 DEFAULT_WATCH_S = 1.0
+#: Seconds between the moves of a hub that nobody listens to up to the feed's head.
+DEFAULT_IDLE_S = 1.0
 
 
 #: Headers of an event stream: no cache, and no proxy buffering (nginx) on the way.
@@ -57,6 +59,8 @@ class Feed(Protocol):
 
     async def last_seq(self) -> int: ...
 
+    async def feed_head(self, seq: int) -> int: ...
+
     async def wait_changes(self, timeout: float) -> None: ...
 
 
@@ -85,17 +89,27 @@ class Subscription:
 class Hub:
     """Reads the store's change feed once per process and fans it out to subscribers.
 
-    Thousands of idle clients cost one watcher task, not one query loop each.
+    Thousands of idle clients cost one watcher task, not one query loop each; and while
+    nobody subscribes, the watcher reads no changes at all (`_idle`): a web process that only
+    takes jobs in does not read back every job it stored.
     """
 
-    def __init__(self, store: Feed, last_seq: Callable[[], Any]) -> None:
+    def __init__(
+        self, store: Feed, last_seq: Callable[[], Any], *, idle_s: float = DEFAULT_IDLE_S
+    ) -> None:
         self.store = store
+        self.idle_s = idle_s
         self._last_seq = last_seq
         self.by_job: dict[str, set[Subscription]] = {}
         self.by_owner: dict[str, set[Subscription]] = {}
         self.everyone: set[Subscription] = set()
         self.position = 0
         self._task: asyncio.Task[None] | None = None
+        #: Set when a subscription begins; `_generation` counts them.
+        self._wanted = asyncio.Event()
+        self._generation = 0
+        #: Set while the position is the feed's head as of the last read (the hub follows).
+        self._caught_up = asyncio.Event()
 
     async def start(self) -> None:
         self.position = await self._last_seq()
@@ -112,6 +126,8 @@ class Hub:
         """A subscription to one job's changes, one owner's, or (neither given) every
         change of every job (operators: the dashboard)."""
         sub = Subscription(job_id=job_id, owner=owner)
+        self._generation += 1
+        self._wanted.set()
         if job_id is None and owner is None:
             self.everyone.add(sub)
             try:
@@ -131,27 +147,75 @@ class Hub:
                 if not subs:
                     del index[key]
 
+    async def now(self) -> int:
+        """The feed's position now, for a stream that begins from now on.
+
+        Asked after subscribing: the hub passes the stream every change after its own
+        position, and the answer is never below that. While the hub follows the feed that is
+        its position; an idle hub, woken by the subscription, reads the feed first (one read
+        for every stream that opens meanwhile, not one each), and if it cannot the stream
+        reads the head itself (and fails as the backend does).
+        """
+        if not self._caught_up.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._caught_up.wait(), DEFAULT_WATCH_S)
+            if not self._caught_up.is_set():
+                return await self.store.feed_head(self.position)
+        return self.position
+
+    def _listened(self) -> bool:
+        return bool(self.by_job or self.by_owner or self.everyone)
+
     async def _watch(self) -> None:
         # A backend error must not end the watcher: every stream of the process hangs on it.
         while True:
             try:
-                changes = await self.store.changes_since(self.position, limit=1000)
-                for change in changes:
-                    self.position = change.seq
-                    for sub in self.by_job.get(change.job_id, ()):
-                        sub.offer(change)
-                    for sub in self.by_owner.get(change.owner, ()):
-                        sub.offer(change)
-                    for sub in self.everyone:
-                        sub.offer(change)
-                if len(changes) < 1000:
-                    await self.store.wait_changes(DEFAULT_WATCH_S)
+                if self._listened():
+                    await self._pass_on()
+                else:
+                    await self._idle()
             except BackendError as exc:
                 log.warning("change feed read failed: %s", exc, extra={"action": "feed_error"})
                 await asyncio.sleep(1.0)
             except Exception:  # a surprise: said loudly, and the streams still follow
                 log.exception("change feed watcher failed", extra={"action": "feed_error"})
                 await asyncio.sleep(1.0)
+
+    async def _pass_on(self) -> None:
+        """Read the changes after the position and offer each to its subscribers; wait for
+        more when the feed has no more."""
+        changes = await self.store.changes_since(self.position, limit=1000)
+        for change in changes:
+            self.position = change.seq
+            for sub in self.by_job.get(change.job_id, ()):
+                sub.offer(change)
+            for sub in self.by_owner.get(change.owner, ()):
+                sub.offer(change)
+            for sub in self.everyone:
+                sub.offer(change)
+        if len(changes) < 1000:
+            self._caught_up.set()
+            await self.store.wait_changes(DEFAULT_WATCH_S)
+
+    async def _idle(self) -> None:
+        """Nobody listens: move the position to the feed's head, reading positions only,
+        then wait for a subscriber (or `idle_s`, to move again).
+
+        A stream replays from the store what it needs after subscribing, so the hub may skip
+        whatever the feed held before the subscription began, and nothing after: a head read
+        that a subscription overlapped (it may have replayed before the read ended) is
+        dropped, and the changes are read from the position as it was.
+        """
+        self._caught_up.clear()
+        generation = self._generation
+        head = await self.store.feed_head(self.position)
+        if generation == self._generation:
+            self.position = head
+        if self._listened():
+            return
+        self._wanted.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wanted.wait(), self.idle_s)
 
 
 def sse(change: Change, present: Callable[[JobRow], dict[str, Any]]) -> bytes:
@@ -291,7 +355,7 @@ async def _owner_events(
     keepalive_s: float,
 ) -> AsyncGenerator[bytes, None]:
     with hub.subscribe(owner=owner) as sub:
-        last = hub.position if since is None else since
+        last = await hub.now() if since is None else since
         yield b"retry: 1000\nid: %d\n\n" % last
         changes = follow_owner(
             store, sub, owner, last, replay=since is not None, keepalive_s=keepalive_s

@@ -180,13 +180,18 @@ async def _opened(websocket: WebSocket) -> Hub:
         hub: Hub = await websocket.app.state.runtime.ensure()
         return hub
     except BackendError as exc:
-        log.error("backend error: %s", exc, extra={"action": "backend_error"})
-        raise Problem(
-            503,
-            "the job backend is unavailable; try again shortly",
-            slug="backend-unavailable",
-            headers=BACKEND_RETRY_AFTER,
-        ) from None
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: BackendError) -> Problem:
+    """The 503 problem of a backend that cannot be reached, logged."""
+    log.error("backend error: %s", exc, extra={"action": "backend_error"})
+    return Problem(
+        503,
+        "the job backend is unavailable; try again shortly",
+        slug="backend-unavailable",
+        headers=BACKEND_RETRY_AFTER,
+    )
 
 
 @router.websocket("/ws")
@@ -208,11 +213,15 @@ async def ws(websocket: WebSocket) -> None:
     except Problem as problem:
         await _refuse(websocket, problem)
         return
-    await websocket.accept()
     feed = state.offload
     present = presenter_of(websocket)
     with hub.subscribe(owner=principal) as sub:
-        last = hub.position if cursor is None else cursor
+        try:
+            last = await hub.now() if cursor is None else cursor
+        except BackendError as exc:
+            await _refuse(websocket, _unavailable(exc))
+            return
+        await websocket.accept()
         await websocket.send_text(orjson.dumps({"type": "hello", "cursor": last}).decode())
 
         async def pump() -> None:

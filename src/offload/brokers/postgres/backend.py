@@ -61,6 +61,9 @@ DEFAULT_RELISTEN_MAX_S = 1.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
+#: Feed positions `feed_head` reads per query.
+_HEAD_CHUNK = 10_000
+_FEED_POSITIONS = "SELECT seq FROM offload_events WHERE seq > %(seq)s ORDER BY seq LIMIT %(limit)s"
 
 
 #: Wake-up counters: "work" moves on a reconnect (anything may have happened), "work:<queue>"
@@ -1199,7 +1202,11 @@ class PostgresBackend:
         return changes
 
     def _contiguous(self, seq: int, changes: list[Change]) -> list[Change]:
-        """Hold back changes behind a gap in positions.
+        """`changes` (after `seq`, oldest first) up to a gap in positions (`_before_gap`)."""
+        return changes[: self._before_gap(seq, [change.seq for change in changes])]
+
+    def _before_gap(self, seq: int, positions: Sequence[int]) -> int:
+        """How many of `positions` (after `seq`, ascending) come before a gap.
 
         Positions come from a sequence, taken at insert time: a transaction that took a
         lower position may commit after one that took a higher. A reader that skipped the
@@ -1207,17 +1214,27 @@ class PostgresBackend:
         until `gap_wait_s` has passed (then the position was rolled back and never comes).
         """
         expected = seq + 1
-        for n, change in enumerate(changes):
-            if change.seq != expected:
+        for n, position in enumerate(positions):
+            if position != expected:
                 now = time.monotonic()
                 if self._gap_since is None:
                     self._gap_since = now
                 if now - self._gap_since < self.gap_wait_s:
-                    return changes[:n]
+                    return n
                 self._gap_since = None  # the missing position was rolled back
-            expected = change.seq + 1
+            expected = position + 1
         self._gap_since = None
-        return changes
+        return len(positions)
+
+    async def feed_head(self, seq: int) -> int:
+        while True:
+            rows = await self._fetch(_FEED_POSITIONS, {"seq": seq, "limit": _HEAD_CHUNK})
+            positions = [int(row["seq"]) for row in rows]
+            n = self._before_gap(seq, positions)
+            if n:
+                seq = positions[n - 1]
+            if n < len(positions) or len(positions) < _HEAD_CHUNK:
+                return seq
 
     async def last_seq(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(seq), 0) AS seq FROM offload_events", {})

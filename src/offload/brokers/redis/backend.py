@@ -967,6 +967,10 @@ class RedisBackend:
         )
         return int(newest[0][0].split("-")[0]) if newest else 0
 
+    async def feed_head(self, seq: int) -> int:
+        # Entries are appended by scripts, one at a time: no gap ever fills.
+        return max(seq, await self.last_seq())
+
     async def wait_changes(self, timeout: float) -> None:
         """Return once the feed grew since this instance's last unfiltered read."""
         news = self._announcements

@@ -1182,6 +1182,10 @@ class SQLiteBackend:
             ).fetchone()[0]
         )
 
+    async def feed_head(self, seq: int) -> int:
+        # Positions are taken under the write lock and commit in order: no gap ever fills.
+        return max(seq, await self.last_seq())
+
     async def wait_changes(self, timeout: float) -> None:
         await self._wait_change(timeout, "feed")
 
