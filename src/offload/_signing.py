@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import os
 import re
@@ -15,7 +14,7 @@ _EPOCH = re.compile(r"[0-9]{1,12}")
 
 def sign(secret: bytes, *parts: str) -> str:
     """URL-safe HMAC-SHA256 of the parts joined by newlines."""
-    mac = hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).digest()
+    mac = hmac.digest(secret, "\n".join(parts).encode(), "sha256")
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 

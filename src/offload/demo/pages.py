@@ -24,7 +24,7 @@ from ..web.problems import problem
 from . import uploads
 from .config import DemoConfig
 from .contracts import app as demo_app
-from .data import USERS, DemoUser, dataset_year, order_count, period_label
+from .data import USERS, DemoUser, order_count
 from .exports import REPORT_KIND, Exports, QueuedExports
 from .mailbox import MailboxStore
 from .session import SessionAuth, Sessions
@@ -40,12 +40,6 @@ from .site import (
     to_login,
     wants_json,
 )
-
-
-def _periods(site: Site) -> list[tuple[str, str]]:
-    year = dataset_year(site.config.data_path)
-    choices = [str(year), *(f"{year}-Q{q}" for q in range(1, 5))]
-    return [(p, period_label(p)) for p in choices]
 
 
 async def home(request: Request) -> Response:
@@ -87,7 +81,7 @@ async def _reports(site: Site, user: DemoUser) -> dict[str, Any]:
     return {
         "active": "reports",
         "jobs": await site.exports.list(user.id, REPORT_KIND),
-        "periods": _periods(site),
+        "periods": list(site.periods.items()),
         "orders": order_count(site.config.data_path, user.id),
     }
 
@@ -109,9 +103,8 @@ async def export_report(request: Request) -> Response:
     token = request.headers.get("x-csrf-token") or str(form.get("csrf", ""))
     if not site.sessions.check_csrf(request, token):
         return problem(403, "the form expired; reload the page", slug="bad-csrf-token")
-    periods = dict(_periods(site))
-    period = str(form.get("period") or next(iter(periods)))
-    if period not in periods:
+    period = str(form.get("period") or next(iter(site.periods)))
+    if period not in site.periods:
         context = {} if wants_json(request) else await _reports(site, user)
         detail = f"no report period {period!r}"
         return failure(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ from starlette.templating import Jinja2Templates
 from ..app import App
 from ..web.problems import problem
 from .config import DemoConfig
-from .data import USERS, DemoUser, money
+from .data import USERS, DemoUser, dataset_year, money, period_label
 from .exports import Exports, JobView
 from .mailbox import MailboxStore
 from .session import Sessions
@@ -51,6 +52,13 @@ class Site:
     @classmethod
     def build(cls, **parts: Any) -> Site:
         return cls(templates=_templates(), **parts)
+
+    @functools.cached_property
+    def periods(self) -> dict[str, str]:
+        """The report periods offered, with their labels: the data set's year, whole and by
+        quarter (read once: every page and every export click shows or checks them)."""
+        year = dataset_year(self.config.data_path)
+        return {p: period_label(p) for p in [str(year), *(f"{year}-Q{q}" for q in range(1, 5))]}
 
 
 def site_of(request: Request) -> Site:
