@@ -60,24 +60,25 @@ async def _until(stack: Stack, check: Callable[[], Awaitable[bool]], what: str) 
     raise AssertionError(f"not within {PATIENCE_S:g}s: {what}\n{stack.output()}")
 
 
-async def _claims_after_bob(app: App) -> list[str]:
-    """The owner of each job claimed after bob's job was stored, in the order of the change
-    feed (commit order: exact on SQLite and Redis; on PostgreSQL a claim under way as bob's
-    job committed may come after it)."""
+async def _claims_after_bob(app: App) -> list[tuple[str, str]]:
+    """The owner and id of each job claimed after bob's job was stored, in the order of the
+    change feed (commit order: exact on SQLite and Redis; on PostgreSQL a claim under way as
+    bob's job committed may come after it). A job given back unspent (held ahead by a worker
+    whose prefetch then shrank) is claimed again, behind bob's: each claim is listed."""
     backend = app._require_backend()
-    owners: list[str] = []
+    claims: list[tuple[str, str]] = []
     seq, stored = 0, False
     while changes := await backend.changes_since(seq, limit=500):
         for change in changes:
             if change.owner == "bob" and change.row.state.value == "queued":
                 stored = True
             elif stored and change.row.state.value == "running":
-                owners.append(change.owner)
+                claims.append((change.owner, change.job_id))
         seq = changes[-1].seq
-    return owners
+    return claims
 
 
-async def _run(stack: Stack, fair: bool) -> list[str]:
+async def _run(stack: Stack, fair: bool) -> list[tuple[str, str]]:
     """Alice's backlog then bob's job, with the workers running: the owners of the jobs
     claimed after bob's was stored, in claim order."""
     (stack.root / "tenants.py").write_text(APP)
@@ -109,12 +110,21 @@ async def _run(stack: Stack, fair: bool) -> list[str]:
 async def test_on_a_fair_queue_one_job_of_bob_waits_for_at_most_one_job_per_slot(
     stack: Stack,
 ) -> None:
-    after = await _run(stack, fair=True)
-    assert after.index("bob") < WORKERS * SLOTS, (after.index("bob"), len(after))
+    owners = [owner for owner, _ in await _run(stack, fair=True)]
+    assert owners.index("bob") < WORKERS * SLOTS, (owners.index("bob"), len(owners))
 
 
 async def test_on_a_plain_queue_bob_waits_for_alices_backlog(stack: Stack) -> None:
-    after = await _run(stack, fair=False)
-    # Behind most of it: not all, as jobs a worker claimed ahead of its slots and gave back
-    # (the prefetch's excess) are queued again behind bob's.
-    assert after.index("bob") >= 0.5 * (len(after) - 1), (after.index("bob"), len(after))
+    claims = await _run(stack, fair=False)
+    # Each job's first claim after bob's was stored, in order: alice's queued backlog comes
+    # first. Later claims of a job are not counted: a worker whose prefetch shrank (its runs
+    # looked long on a loaded machine) gave its held jobs back, and they queue behind bob's.
+    # Behind most of the backlog, not all: jobs held ahead as bob's was stored and given back
+    # after it are first claimed behind his.
+    firsts: list[str] = []
+    seen: set[str] = set()
+    for owner, job in claims:
+        if job not in seen:
+            seen.add(job)
+            firsts.append(owner)
+    assert firsts.index("bob") >= 0.5 * (len(firsts) - 1), (firsts.index("bob"), len(firsts))
