@@ -25,7 +25,7 @@ from .events import EventStreamResponse, Hub, follow_owner, owner_stream
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import BACKEND_RETRY_AFTER, JSONResponse, Problem
+from .problems import JSONResponse, Problem, backend_unavailable
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
@@ -180,18 +180,7 @@ async def _opened(websocket: WebSocket) -> Hub:
         hub: Hub = await websocket.app.state.runtime.ensure()
         return hub
     except BackendError as exc:
-        raise _unavailable(exc) from None
-
-
-def _unavailable(exc: BackendError) -> Problem:
-    """The 503 problem of a backend that cannot be reached, logged."""
-    log.error("backend error: %s", exc, extra={"action": "backend_error"})
-    return Problem(
-        503,
-        "the job backend is unavailable; try again shortly",
-        slug="backend-unavailable",
-        headers=BACKEND_RETRY_AFTER,
-    )
+        raise backend_unavailable(exc) from None
 
 
 @router.websocket("/ws")
@@ -219,7 +208,7 @@ async def ws(websocket: WebSocket) -> None:
         try:
             last = await hub.now() if cursor is None else cursor
         except BackendError as exc:
-            await _refuse(websocket, _unavailable(exc))
+            await _refuse(websocket, backend_unavailable(exc))
             return
         await websocket.accept()
         await websocket.send_text(orjson.dumps({"type": "hello", "cursor": last}).decode())

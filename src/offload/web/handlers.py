@@ -18,10 +18,10 @@ from ..errors import (
     UnknownKind,
 )
 from .problems import (
-    BACKEND_RETRY_AFTER,
     STORAGE_FULL_DETAIL,
     STORAGE_FULL_RETRY_AFTER,
     Problem,
+    backend_unavailable,
     problem,
 )
 
@@ -78,14 +78,7 @@ def problem_details(api: FastAPI) -> None:
 
     @api.exception_handler(BackendError)
     async def on_backend(request: Request, exc: BackendError) -> Response:
-        log.error("backend error: %s", exc, extra={"action": "backend_error"})
-        return problem(
-            503,
-            "the job backend is unavailable; try again shortly",
-            slug="backend-unavailable",
-            instance=request.url.path,
-            headers=BACKEND_RETRY_AFTER,
-        )
+        return backend_unavailable(exc).response(instance=request.url.path)
 
     @api.exception_handler(StorageFull)
     async def on_storage_full(request: Request, exc: StorageFull) -> Response:

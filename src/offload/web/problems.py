@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 from starlette import responses
 from starlette.exceptions import HTTPException
+
+from ..errors import BackendError
+
+log = logging.getLogger("offload.web")
 
 PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
 #: The headers of a 503 while the backend is unreachable: when to try again.
@@ -98,3 +103,14 @@ def problem(
         body["instance"] = instance
     body.update(extra)
     return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def backend_unavailable(exc: BackendError) -> Problem:
+    """The 503 problem of a backend that cannot be reached (its cause logged, not shown)."""
+    log.error("backend error: %s", exc, extra={"action": "backend_error"})
+    return Problem(
+        503,
+        "the job backend is unavailable; try again shortly",
+        slug="backend-unavailable",
+        headers=BACKEND_RETRY_AFTER,
+    )
