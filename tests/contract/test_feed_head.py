@@ -8,10 +8,9 @@ import asyncio
 import pytest
 
 from offload.brokers import Backend
-from offload.brokers.base import Change
-from offload.contract import JobRow
 from offload.web.events import Hub, owner_stream
 
+from ..feed_support import Through
 from ._support import envelope
 
 pytestmark = pytest.mark.anyio
@@ -28,31 +27,14 @@ async def test_the_head_is_the_newest_position_and_never_behind_the_reader(
     assert await backend.feed_head(head) == head
 
 
-class LateHead:
+class LateHead(Through):
     """`backend` as the hub reads it, its head read a moment after it was asked for: a
     stream that subscribes meanwhile replays before the head is read (the race of a
     pooled backend, made likely)."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    async def changes_since(
-        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
-    ) -> list[Change]:
-        return await self.backend.changes_since(seq, job_id=job_id, owner=owner, limit=limit)
-
-    async def get(self, job_id: str) -> JobRow | None:
-        return await self.backend.get(job_id)
-
-    async def last_seq(self) -> int:
-        return await self.backend.last_seq()
-
     async def feed_head(self, seq: int) -> int:
         await asyncio.sleep(0.005)
-        return await self.backend.feed_head(seq)
-
-    async def wait_changes(self, timeout: float) -> None:
-        await self.backend.wait_changes(timeout)
+        return await super().feed_head(seq)
 
 
 async def test_streams_that_open_while_the_hub_moves_on_lose_no_change(

@@ -15,6 +15,8 @@ from offload.brokers.sqlite import SQLiteBackend
 from offload.contract import Envelope, JobRow, JobState
 from offload.web.events import Hub, job_stream
 
+from ..feed_support import Through
+
 pytestmark = pytest.mark.anyio
 
 
@@ -51,11 +53,11 @@ async def test_the_hub_survives_a_backend_outage_and_goes_on_fanning_out(
         await store.close()
 
 
-class Reads:
+class Reads(Through):
     """A real store, with a count of the hub's reads of the whole feed."""
 
     def __init__(self, store: SQLiteBackend) -> None:
-        self.store = store
+        super().__init__(store)
         self.whole_feed_reads = 0
 
     async def changes_since(
@@ -63,19 +65,7 @@ class Reads:
     ) -> list[Change]:
         if job_id is None and owner is None:
             self.whole_feed_reads += 1
-        return await self.store.changes_since(seq, job_id=job_id, owner=owner, limit=limit)
-
-    async def get(self, job_id: str) -> JobRow | None:
-        return await self.store.get(job_id)
-
-    async def last_seq(self) -> int:
-        return await self.store.last_seq()
-
-    async def feed_head(self, seq: int) -> int:
-        return await self.store.feed_head(seq)
-
-    async def wait_changes(self, timeout: float) -> None:
-        await self.store.wait_changes(timeout)
+        return await super().changes_since(seq, job_id=job_id, owner=owner, limit=limit)
 
 
 async def test_a_hub_nobody_listens_to_reads_no_change_and_keeps_up_with_the_feed(
