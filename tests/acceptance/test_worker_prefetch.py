@@ -148,11 +148,14 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
 ) -> None:
     app.message("p.turns-long")(Step)
     runs: list[int] = []
+    go_on = asyncio.Event()
 
     @app.handles(Step)
     async def handle(msg: Step, ctx: Context) -> None:
-        if msg.block:
-            await asyncio.sleep(0.4)
+        if msg.block and msg.n == 0:
+            await asyncio.sleep(0.4)  # the first long run: the mean run time rises
+        elif msg.block:
+            await go_on.wait()  # the rest stay long until the test has looked
         runs.append(msg.n)
 
     await app.open()
@@ -171,13 +174,18 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
     jobs = await app.enqueue_many([Step(n=i, block=True) for i in range(8)])
     await until(lambda: worker.held_ahead == 7)  # one runs, seven are held
 
-    # The first long run raises the mean run time: nothing more may be held, so the seven
-    # go back to the queue, attempt unspent, for any worker to take.
+    # As the first long run ends, nothing more may be held: GIVE_BACK_AFTER_S later (the
+    # next job still running), the six still held go back to the queue, attempt unspent,
+    # for any worker to take.
     def released() -> list[Any]:
         return [o for o in settled if o.state.value == "queued" and o.refund]
 
-    await until(lambda: len(released()) == 7)
-    assert len(runs) == 2 and not worker.held_ahead  # released as the first long run ended
+    await until(lambda: len(released()) == 6)
+    assert runs == [-1, 0] and worker.running == 1 and not worker.held_ahead
+    assert {o.error["message"] for o in released()} == {
+        "held ahead by a worker whose jobs turned out long; back in the queue"
+    }
+    go_on.set()
     for job in jobs:
         status = await Job(job.id, True, app).wait(15)
         assert status.state is JobState.SUCCEEDED and status.attempt == 1
@@ -211,48 +219,47 @@ async def test_a_job_cancelled_before_its_first_step_is_still_reported(app: App)
 
 async def test_a_job_claimed_again_keeps_only_the_new_lease(app: App) -> None:
     app.message("p.again")(Step)
-    started = asyncio.Event()
+    runs: list[Lease] = []  # the lease of each run, as it starts
 
     @app.handles(Step)
     async def handle(msg: Step, ctx: Context) -> None:
-        started.set()
+        runs.append(ctx.lease)
         await asyncio.Event().wait()  # runs until cancelled
 
     await app.open()
     job = await app.enqueue(Step())
     worker = Worker(app, concurrency=1)
+    backend = app._require_backend()
 
     async def claim_again() -> Lease:
         """Let the job's lease lapse, sweep it back to the queue and claim it anew."""
-        backend = app._require_backend()
         async with asyncio.timeout(10):
             while not (lapsed := await backend.expired(limit=1)):  # noqa: ASYNC110 (polls)
                 await asyncio.sleep(0.01)
         retry = Outcome(lease=lapsed[0].lease, state=JobState.RETRYING)  # at once
         assert await backend.rescue([retry]) == [True]
-        (lease,) = await app._require_backend().claim(
-            worker.queues, worker_id=worker.id, lease_for=0.05, limit=1
-        )
+        (lease,) = await backend.claim(worker.queues, worker_id=worker.id, lease_for=0.05, limit=1)
         return lease
 
-    (first,) = await app._require_backend().claim(
-        worker.queues, worker_id=worker.id, lease_for=0.05, limit=1
-    )
+    (first,) = await backend.claim(worker.queues, worker_id=worker.id, lease_for=0.05, limit=1)
     worker._hold([first])
     worker._fill()
-    await asyncio.wait_for(started.wait(), 10)
+    await until(lambda: runs == [first])
     second = await claim_again()  # while the first run still runs
     worker._hold([second])
     assert worker.held_ahead == 1 and worker._jobs[job.id].lease is second
-    await until(lambda: not worker.running)  # the first run is cancelled: its lease is gone
-    # It reports nothing; the new lease goes back unspent (no run time is known yet, so
-    # nothing may be held ahead once a run ends).
-    assert [(o.lease, o.state.value) for o in worker._pending] == [(second, "queued")]
-    third = await claim_again()  # while that outcome waits to be written
+    # The first run is cancelled (its lease is gone) and reports nothing; the slot it frees
+    # runs the job under the new lease.
+    await until(lambda: runs == [first, second])
+    assert worker.running == 1 and not worker.held_ahead and not worker._pending
+    third = await claim_again()  # while the second run still runs
     worker._hold([third])
-    assert worker.held_ahead == 1 and worker._jobs[job.id].lease is third
-    assert await app._require_backend().settle(worker._pending) == [
-        False
-    ]  # stale: the job moved on
+    await until(lambda: runs == [first, second, third])
+    assert worker._jobs[job.id].lease is third and not worker._pending
+    # A late outcome of an old lease is refused: the job moved on.
+    late = [Outcome(lease=second, state=JobState.SUCCEEDED)]
+    assert await backend.settle(late) == [False]
+    worker._interrupt(worker._jobs[job.id], "test over")
+    await until(lambda: not worker.running)
     worker._threads.shutdown()
     await app.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload.worker.prefetch import Prefetch
+from offload.worker.prefetch import GIVE_BACK_AFTER_S, Prefetch
 
 
 @pytest.mark.parametrize(
@@ -96,4 +96,34 @@ def test_excess_gives_back_down_to_the_allowance(
     prefetch = Prefetch(256, 16)
     if mean_run is not None:
         prefetch.ran(mean_run)
-    assert prefetch.excess(held_ahead) == excess
+    assert prefetch.excess(held_ahead, 100.0) == 0  # not at once: see below
+    assert prefetch.excess(held_ahead, 100.0 + GIVE_BACK_AFTER_S) == excess
+
+
+def test_a_moments_slowness_gives_nothing_back() -> None:
+    prefetch = Prefetch(256, 16)
+    for _ in range(20):
+        prefetch.ran(0.001)  # 256 held ahead, the limit
+    prefetch.ran(0.05)  # one slow run: the mean moves to 25.5 ms, an allowance of 62
+    assert prefetch.excess(256, 10.0) == 0
+    assert prefetch.give_back_at() == 10.0 + GIVE_BACK_AFTER_S
+    for _ in range(30):
+        prefetch.ran(0.001)  # short again: the mean comes down
+    assert prefetch.excess(256, 10.2) == 0  # within twice the allowance again
+    assert prefetch.give_back_at() is None
+    # The excess counts from its new start, not the old one's.
+    prefetch.ran(0.05)
+    assert prefetch.excess(256, 10.3) == 0
+    assert prefetch.excess(256, 10.3 + GIVE_BACK_AFTER_S - 0.01) == 0
+    assert prefetch.excess(256, 10.3 + GIVE_BACK_AFTER_S) > 0
+
+
+def test_jobs_that_stay_long_go_back_once_and_the_wait_starts_over() -> None:
+    prefetch = Prefetch(256, 16)
+    prefetch.ran(0.001)
+    prefetch.ran(1.0)  # the mean: 0.5 s, an allowance of 3
+    assert prefetch.excess(200, 0.0) == 0
+    assert prefetch.excess(200, GIVE_BACK_AFTER_S) == 197
+    assert prefetch.give_back_at() is None  # given back: nothing pending
+    assert prefetch.excess(7, GIVE_BACK_AFTER_S + 1) == 0  # a later excess waits anew
+    assert prefetch.give_back_at() == GIVE_BACK_AFTER_S + 1 + GIVE_BACK_AFTER_S

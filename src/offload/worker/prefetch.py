@@ -10,10 +10,17 @@ PREFETCH_HORIZON_S = 0.1
 #: Weights of the newest run time in the mean that sizes the prefetch: a longer run moves it
 #: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
 RUN_WEIGHT_UP, RUN_WEIGHT_DOWN = 0.5, 0.05
+#: Seconds the jobs held ahead must stay beyond what the prefetch allows before they go
+#: back: a moment's slowness (one slow run moves the mean half way, and a loaded machine
+#: slows every slot at once) gives nothing back, while jobs that did turn out long do, this
+#: long after the first long run ended. Each give-back is a write and a claim again; on
+#: noise they repeated for nearly every job held.
+GIVE_BACK_AFTER_S = 0.5
 
 
 class Prefetch:
-    """The prefetch rule of one worker: no I/O, no clock; the worker reports run times.
+    """The prefetch rule of one worker: no I/O, no clock; the worker reports run times and
+    passes its clock's time to `excess`.
 
     Args:
         limit: most jobs held ahead (`--prefetch`); 0 turns prefetch off.
@@ -21,7 +28,7 @@ class Prefetch:
         horizon_s: the seconds of work to hold ahead.
     """
 
-    __slots__ = ("concurrency", "horizon_s", "limit", "mean_run")
+    __slots__ = ("concurrency", "horizon_s", "limit", "mean_run", "over_since")
 
     def __init__(self, limit: int, concurrency: int, horizon_s: float = PREFETCH_HORIZON_S) -> None:
         self.limit = limit
@@ -29,6 +36,8 @@ class Prefetch:
         self.horizon_s = horizon_s
         #: Mean seconds a handler ran, over recent jobs (None until one has run).
         self.mean_run: float | None = None
+        #: Since when more than twice the allowance is held (None while it is not).
+        self.over_since: float | None = None
 
     def ran(self, seconds: float) -> None:
         """Count one handler run (finished, failed or timed out) in the mean run time."""
@@ -57,9 +66,21 @@ class Prefetch:
             return 0
         return room
 
-    def excess(self, held_ahead: int) -> int:
+    def excess(self, held_ahead: int, now: float) -> int:
         """How many of the jobs held ahead to give back (the jobs turned out long): those
-        beyond the allowance, once more than twice the allowance is held (within twice it,
-        the writes are not worth it)."""
+        beyond the allowance, once more than twice the allowance has been held for
+        GIVE_BACK_AFTER_S up to `now` (within twice it, the writes are not worth it)."""
         keep = self.allowance()
-        return held_ahead - keep if held_ahead > 2 * keep else 0
+        if held_ahead <= 2 * keep:
+            self.over_since = None
+            return 0
+        if self.over_since is None:
+            self.over_since = now
+        if now - self.over_since < GIVE_BACK_AFTER_S:
+            return 0
+        self.over_since = None
+        return held_ahead - keep
+
+    def give_back_at(self) -> float | None:
+        """When the jobs held ahead go back if nothing changes (see `excess`), or None."""
+        return None if self.over_since is None else self.over_since + GIVE_BACK_AFTER_S

@@ -70,6 +70,10 @@ RECHECK_RETRY_S = 0.5
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
 _CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
 _RELEASED = {"type": "Released", "message": "worker shut down; job released"}
+_GIVEN_BACK = {
+    "type": "Released",
+    "message": "held ahead by a worker whose jobs turned out long; back in the queue",
+}
 
 
 class _Phase(enum.Enum):
@@ -205,6 +209,8 @@ class Worker:
         self._recheck: asyncio.Task[None] | None = None
         #: Sizes the claims from the run times of recent jobs.
         self._prefetch = Prefetch(prefetch, concurrency)
+        #: The check of the jobs held ahead when their give-back falls due (see Prefetch).
+        self._give_back_due: asyncio.TimerHandle | None = None
         self._pending: list[Outcome] = []
         self._pending_ready = asyncio.Event()
         #: Set while every reported outcome is written (none pending, none being written).
@@ -527,16 +533,27 @@ class Worker:
             self.failed += 1
 
     def _release_excess(self) -> None:
-        """Give back jobs held ahead beyond what the prefetch allows now (jobs turned out
-        long): they go back to the queue unspent, for idle workers to take."""
-        self._give_back(self._prefetch.excess(len(self._line)))
+        """Give back jobs held ahead beyond what the prefetch allows (jobs turned out long)
+        once they have been beyond it for a while: they go back to the queue unspent, for
+        idle workers to take. Until then, checked again when that while is up (long jobs
+        may end no run before it)."""
+        loop = asyncio.get_running_loop()
+        self._give_back(self._prefetch.excess(len(self._line), loop.time()), _GIVEN_BACK)
+        due = self._prefetch.give_back_at()
+        if due is not None and self._give_back_due is None and not self._stop.is_set():
+            self._give_back_due = loop.call_at(due, self._give_back_fell_due)
 
-    def _give_back(self, count: int) -> None:
-        """Release the last `count` jobs held ahead, attempt unspent."""
+    def _give_back_fell_due(self) -> None:
+        self._give_back_due = None
+        self._release_excess()
+
+    def _give_back(self, count: int, error: dict[str, str] = _RELEASED) -> None:
+        """Release the last `count` jobs held ahead, attempt unspent, with `error` as the
+        reason."""
         for _ in range(min(count, len(self._line))):
             job = self._line.pop()  # the last in line
             self._report(
-                job, Outcome(lease=job.lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
+                job, Outcome(lease=job.lease, state=JobState.QUEUED, refund=True, error=error)
             )
 
     # -- one job ----------------------------------------------------------------------------
@@ -1033,6 +1050,8 @@ class Worker:
 
         A side task stopping for good (the supervisor returns) ends the grace period."""
         self._give_back(len(self._line))  # never started: give them back at once
+        if self._give_back_due is not None:
+            self._give_back_due.cancel()
         if self._recheck is not None:
             self._recheck.cancel()
         if self._busy and not supervisor.done():
