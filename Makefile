@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test check lint types imports contracts clean chromium bench bench-peers bench-drain bench-enqueue bench-pickup bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout chaos
+.PHONY: demo test check lint types imports contracts clean chromium bench bench-give-backs bench-peers bench-drain bench-enqueue bench-pickup bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .coverage .coverage.*
 
 # Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
-bench: bench-api bench-drain bench-enqueue bench-pickup bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout
+bench: bench-api bench-drain bench-enqueue bench-pickup bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout bench-give-backs
 
 bench-peers: $(STAMP)
 	bash bench/peers.sh
@@ -74,6 +74,9 @@ bench-pickup: $(STAMP)
 
 bench-claims: $(STAMP)
 	$(BIN)/python bench/claims.py
+
+bench-give-backs: $(STAMP)
+	$(BIN)/python bench/give_backs.py
 
 bench-metrics: $(STAMP)
 	$(BIN)/python bench/metrics_overhead.py
