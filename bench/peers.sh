@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make bench-peers: run the shared peer harness with offload's three adapters, in one run.
+# make bench-peers: run the shared peer harness with offload's adapters, in one run: one per
+# backend, and SQLite and Redis again with the synchronous per-call enqueue (`enqueue_sync`).
 # The harness flushes its Redis before every measurement, so it gets a private Redis on
 # 127.0.0.1:${BENCH_REDIS_PORT:-6390} (started here if none answers), never the one tests use.
 set -euo pipefail
@@ -24,5 +25,7 @@ py="$top/.venv/bin/python"
   --adapter "offload_sqlite=$here/peers/offload_sqlite.py@$py" \
   --adapter "offload_pg=$here/peers/offload_pg.py@$py" \
   --adapter "offload_redis=$here/peers/offload_redis.py@$py" \
+  --adapter "offload_sqlite_sync=$here/peers/offload_sqlite_sync.py@$py" \
+  --adapter "offload_redis_sync=$here/peers/offload_redis_sync.py@$py" \
   ${BENCH_ONLY:+--only "$BENCH_ONLY"} ${BENCH_REPS:+--reps "$BENCH_REPS"} ${BENCH_ARGS:-}
 "$py" "$here/peers_report.py" "$out"

@@ -1,9 +1,11 @@
-"""The floor under one enqueue at a time on Redis: what the asyncio driver alone costs.
+"""The floor under one enqueue at a time on Redis: what the driver alone costs.
 
 Alternates, in one process, N one-at-a-time calls of
-- a bare redis-py asyncio `EVALSHA` of a one-line script (the driver's floor),
+- a bare redis-py asyncio `EVALSHA` of a one-line script (the asyncio driver's floor),
 - `RedisBackend.enqueue([envelope])` (offload's script and its retry and timeout guard),
 - `App.enqueue(message)` (plus validation, the envelope, group commit, tracing, metrics),
+- a bare blocking redis-py `EVALSHA` (the blocking driver's floor, as Huey's client calls),
+- `App.enqueue_sync(message)` (synchronous code: in the calling thread, a blocking client),
 and prints calls/s and CPU µs per call for each; writes the `per-call-floor` section.
 
     .venv/bin/python bench/per_call_floor.py [N]      # Redis at OFFLOAD_BENCH_REDIS_URL
@@ -17,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import redis
 import redis.asyncio as aioredis
 from _results import write_section
 
@@ -39,9 +42,21 @@ async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> tuple[float
     return n / wall, cpu / n * 1e6
 
 
+def done(call: Callable[[int], object]) -> Callable[[int], Awaitable[object]]:
+    """A blocking call as the awaitable `timed` takes (it blocks the loop, as it would)."""
+
+    async def blocked(i: int) -> object:
+        return call(i)
+
+    return blocked
+
+
 async def main(n: int) -> None:
     raw = aioredis.Redis.from_url(URL)
-    script = raw.register_script("redis.call('LPUSH', KEYS[1], ARGV[1]) return 1")
+    lua = "redis.call('LPUSH', KEYS[1], ARGV[1]) return 1"
+    script = raw.register_script(lua)
+    blocking = redis.Redis.from_url(URL)
+    blocking_script = blocking.register_script(lua)
     app = App("floor", settings=Settings(url=URL))
     app.message("floor.noop", queue="floor")(Noop)
 
@@ -56,6 +71,10 @@ async def main(n: int) -> None:
         "redis-py asyncio EVALSHA (floor)": lambda i: script(keys=["floor:raw"], args=[body]),
         "RedisBackend.enqueue": lambda i: backend.enqueue([app.envelope(Noop(i=i))]),
         "App.enqueue": lambda i: app.enqueue(Noop(i=i)),
+        "redis-py blocking EVALSHA (floor)": done(
+            lambda i: blocking_script(keys=["floor:raw"], args=[body])
+        ),
+        "App.enqueue_sync": done(lambda i: app.enqueue_sync(Noop(i=i))),
     }
     try:
         for call in cases.values():  # warm up
@@ -68,10 +87,13 @@ async def main(n: int) -> None:
     finally:
         await raw.delete("floor:raw")
         await raw.aclose()
+        blocking.close()
         await app.close()
     lines = [
         f"One call at a time, {n:,} calls per case, {ROUNDS} rounds alternating, one "
-        "process, asyncio (no uvloop), Redis on loopback.",
+        "process, asyncio (no uvloop), Redis on loopback. `App.enqueue_sync` is called "
+        "from the loop's thread as a plain loop would (its first call, in the warm-up, "
+        "opened the backend it then uses in the calling thread).",
         "",
         "| call | calls/s (rounds) | CPU µs per call (rounds) |",
         "|---|---|---|",

@@ -80,3 +80,12 @@ def worker_cmd(module: str, variant: str) -> list[str]:
         "1",
     ]
     return argv + ([f"--url={env_url}"] if env_url else [])
+
+
+def enqueue_sync(app: App, i: int) -> None:
+    """The per-call enqueue of synchronous code (Django, Flask): `App.enqueue_sync`."""
+    app.enqueue_sync(Noop(i=i))
+
+
+def enqueue_latency_sync(app: App, t: float) -> None:
+    app.enqueue_sync(Lat(t=t))

@@ -51,6 +51,11 @@ def claim_of(payload: dict[str, Any]) -> dict[str, Any] | None:
     return claim if isinstance(claim, dict) else None
 
 
+def fits(envelopes: Sequence[Envelope], threshold: int) -> bool:
+    """Whether `check_in` would store every payload as it is (none over `threshold`)."""
+    return threshold <= 0 or all(len(orjson.dumps(e.payload)) <= threshold for e in envelopes)
+
+
 async def check_in(
     blobs: Callable[[], BlobStore], envelopes: Sequence[Envelope], threshold: int
 ) -> tuple[list[Envelope], list[str]]:

@@ -43,6 +43,9 @@ class SyncRunner(Generic[A]):
         self.twin = twin
         self.pid = os.getpid()
         self.closing = False
+        #: The calls running on the loop (tasks of `call`): what `stop` lets finish. Not the
+        #: twin's own tasks (a connection pool's workers, a listener), which its close ends.
+        self._calls: set[asyncio.Task[object]] = set()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._serve, daemon=True, name="offload-sync")
         self.thread.start()
@@ -74,7 +77,13 @@ class SyncRunner(Generic[A]):
             )
 
         async def run() -> T:
-            return await fn(self.twin)
+            task = asyncio.current_task()
+            assert task is not None
+            self._calls.add(task)
+            try:
+                return await fn(self.twin)
+            finally:
+                self._calls.discard(task)
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
 
@@ -96,7 +105,7 @@ class SyncRunner(Generic[A]):
 
     async def _finish(self, close: Callable[[A], Awaitable[None]], twin: A) -> None:
         me = asyncio.current_task()
-        running = {t for t in asyncio.all_tasks() if t is not me}
+        running = {t for t in self._calls if t is not me}
         if running:
             _, overdue = await asyncio.wait(running, timeout=DEFAULT_STOP_GRACE_S)
             for task in overdue:

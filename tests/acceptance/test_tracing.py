@@ -158,28 +158,37 @@ async def test_every_way_in_starts_a_producer_span_under_the_callers_span(
     conn = sqlite3.connect(settings.url.removeprefix("sqlite:///"), isolation_level=None)
     # Given a caller inside a span of its own,
     with tracer().start_as_current_span("caller") as caller:
-        # when it enqueues one job, a batch, one from synchronous code and one in its own
-        # transaction,
+        # when it enqueues one job, a batch, two from synchronous code (the first opens the
+        # loop thread's backend, the second is stored in the calling thread) and one in its
+        # own transaction,
         one = await app.enqueue(Export(user_id="u1"))
         batch = await app.enqueue_many([Export(user_id="u2"), Thumb(n=1)])
         sync = await asyncio.to_thread(app.enqueue_sync, Thumb(n=3))
+        blocking = await asyncio.to_thread(app.enqueue_sync, Thumb(n=5))
         conn.execute("BEGIN IMMEDIATE")
         joined = await app.enqueue_in(conn, Export(user_id="u4"))
         conn.execute("COMMIT")
     conn.close()
     sends = spans.get_finished_spans()
-    single, many, from_sync, in_tx = (s for s in sends if s.name.startswith("send"))
-    # then each is a PRODUCER span under the caller's span (the thread's too),
-    for span in (single, many, from_sync, in_tx):
+    single, many, from_sync, in_thread, in_tx = (s for s in sends if s.name.startswith("send"))
+    # then each is a PRODUCER span under the caller's span (the threads' too),
+    for span in (single, many, from_sync, in_thread, in_tx):
         assert span.kind is trace.SpanKind.PRODUCER
         assert parent_of(span) == caller.get_span_context().span_id
-    names = [s.name for s in (single, many, from_sync, in_tx)]
-    assert names == ["send reports", "send", "send images", "send reports"]
+    names = [s.name for s in (single, many, from_sync, in_thread, in_tx)]
+    assert names == ["send reports", "send", "send images", "send images", "send reports"]
     assert many.attributes is not None
     assert many.attributes["messaging.batch.message_count"] == 2
     assert "messaging.destination.name" not in many.attributes  # two queues
     # and every stored job carries its producer span's context.
-    pairs = [(one, single), (batch[0], many), (batch[1], many), (sync, from_sync), (joined, in_tx)]
+    pairs = [
+        (one, single),
+        (batch[0], many),
+        (batch[1], many),
+        (sync, from_sync),
+        (blocking, in_thread),
+        (joined, in_tx),
+    ]
     for job, span in pairs:
         row = await app.get(job.id)
         assert row is not None and row.trace is not None

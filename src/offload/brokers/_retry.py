@@ -67,17 +67,7 @@ class Retrier:
             try:
                 return await attempt(resent)
             except BackendError as exc:
-                cause = exc.__cause__
-                if cause is None or not self.transient(cause):
-                    raise
-                if time.monotonic() + pause >= give_up:
-                    raise
-                self.log.warning(
-                    "%s connection lost (%s); trying again",
-                    self.engine,
-                    exc,
-                    extra={"action": "backend_retry", "engine": self.engine},
-                )
+                self._again(exc, give_up, pause)
             await asyncio.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(_MAX_PAUSE_S, max(_FIRST_PAUSE_S, pause * 2))
             resent = True
@@ -86,3 +76,32 @@ class Retrier:
                     await self.on_retry()
                 except Exception as exc:  # the next attempt meets the same failure, and says it
                     self.log.debug("before a retry: %s", exc)
+
+    def run_sync(self, attempt: Callable[[bool], T]) -> T:
+        """`run` for a blocking `attempt(resent)` on the calling thread (no event loop):
+        the same resends, pauses and deadline; `on_retry` is not run."""
+        give_up = time.monotonic() + self.deadline_s
+        pause, resent = 0.0, False
+        while True:
+            try:
+                return attempt(resent)
+            except BackendError as exc:
+                self._again(exc, give_up, pause)
+            time.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(_MAX_PAUSE_S, max(_FIRST_PAUSE_S, pause * 2))
+            resent = True
+
+    def _again(self, exc: BackendError, give_up: float, pause: float) -> None:
+        """Raise `exc` unless it is a lost connection and the next attempt, `pause` seconds
+        away, starts before `give_up`; else say that it will be tried again."""
+        cause = exc.__cause__
+        if cause is None or not self.transient(cause):
+            raise exc
+        if time.monotonic() + pause >= give_up:
+            raise exc
+        self.log.warning(
+            "%s connection lost (%s); trying again",
+            self.engine,
+            exc,
+            extra={"action": "backend_retry", "engine": self.engine},
+        )

@@ -49,6 +49,9 @@ class Capability(enum.StrEnum):
     PUSH = "push"
     DEDUP = "dedup"
     TRANSACTIONAL_ENQUEUE = "transactional_enqueue"
+    #: `enqueue_sync(envelopes)`: the enqueue in the calling thread, any but the event
+    #: loop's, once the backend is open (`App.enqueue_sync` then skips the hop to its loop).
+    BLOCKING_ENQUEUE = "blocking_enqueue"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +67,15 @@ class Change:
     @property
     def final(self) -> bool:
         return self.row.state.final
+
+
+class BlockingEnqueue(Protocol):
+    """A backend with Capability.BLOCKING_ENQUEUE."""
+
+    def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """`Broker.enqueue` in the calling thread, any but the event loop's (the backend
+        open): blocks until stored, with the same answers and errors."""
+        ...
 
 
 @runtime_checkable

@@ -7,12 +7,14 @@ import contextlib
 import functools
 import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -96,6 +98,11 @@ def _lost_connection(exc: BaseException) -> bool:
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
 
 
+def _reason(exc: BaseException) -> str:
+    """A driver error's message on one line (its type where it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _flag(value: bool) -> str:
     return "1" if value else "0"
 
@@ -146,7 +153,13 @@ class RedisBackend:
     """
 
     capabilities = frozenset(
-        {Capability.DELAY, Capability.PRIORITY, Capability.DEDUP, Capability.PUSH}
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.DEDUP,
+            Capability.PUSH,
+            Capability.BLOCKING_ENQUEUE,
+        }
     )
 
     def __init__(
@@ -181,6 +194,10 @@ class RedisBackend:
         )
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        #: The enqueue script on a blocking client, for threads with no event loop
+        #: (`enqueue_sync`): made on first use, under `_blocking_lock`.
+        self._blocking: tuple[redis.Redis, Any] | None = None
+        self._blocking_lock = threading.Lock()
         self._news: Announcements | None = None
         # What this instance's claimer and feed reader saw last (see Announcements).
         self._seen_work: WorkMark | None = None
@@ -254,8 +271,7 @@ class RedisBackend:
         except TimeoutError as exc:
             raise BackendError(f"{what}: no answer within {limit:g}s{setting}") from exc
         except (RedisError, OSError) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise BackendError(f"{what}: {reason}") from exc
+            raise BackendError(f"{what}: {_reason(exc)}") from exc
 
     def _key(self, name: str) -> str:
         return self.keyspace + name
@@ -414,7 +430,13 @@ class RedisBackend:
     async def close(self) -> None:
         if self._client is None:
             return
-        client, self._client = self._client, None
+        with self._blocking_lock:
+            client, self._client = self._client, None
+            blocking, self._blocking = self._blocking, None
+        if blocking is not None:
+            with contextlib.suppress(RedisError, OSError):
+                blocking[0].close()
+                blocking[0].connection_pool.disconnect()
         if self._news is not None:
             await self._news.stop()
         with contextlib.suppress(RedisError, OSError):
@@ -474,6 +496,55 @@ class RedisBackend:
             lambda resent: self._script("enqueue", now, _flag(resent), packed)
         )
         return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """`enqueue` for a thread that is not the event loop's (`App.enqueue_sync`): the
+        same script, resends and deadline, on a blocking client of its own (made on first
+        use, shared by every such thread) in the calling thread, with no hop to the loop.
+
+        Raises:
+            BackendError: as `enqueue`; or the backend is not open.
+        """
+        if not envelopes:
+            return []
+        client, script = self._blocking_client()
+        now, packed = num(self.clock.now()), orjson.dumps(envelope_args(envelopes)).decode()
+
+        def attempt(resent: bool) -> Any:
+            try:
+                return script(
+                    keys=[self._key("seq")],
+                    args=[self.keyspace, now, _flag(resent), packed],
+                    client=client,
+                )
+            except (RedisError, OSError) as exc:
+                raise BackendError(f"Redis: {_reason(exc)}") from exc
+
+        out = self.retrier.run_sync(attempt)
+        return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def _blocking_client(self) -> tuple[redis.Redis, Any]:
+        """The blocking client and its enqueue script (see `enqueue_sync`)."""
+        made = self._blocking
+        if made is not None:
+            return made
+        with self._blocking_lock:  # request threads may make their first call at once
+            if self._client is None:
+                raise BackendError("the Redis backend is not open")
+            if self._blocking is None:
+                pool = redis.BlockingConnectionPool.from_url(
+                    self.url,
+                    max_connections=self.pool_size,
+                    timeout=self.connect_timeout_s,
+                    socket_connect_timeout=self.connect_timeout_s,
+                    # A blocking call is bounded by its socket (no asyncio here, see `open`).
+                    socket_timeout=self.command_timeout_s,
+                    decode_responses=True,
+                    retry=Retry(NoBackoff(), 0),  # resends are `Retrier`'s (see `open`)
+                )
+                client = redis.Redis(connection_pool=pool)
+                self._blocking = (client, client.register_script(_lua("enqueue")))
+            return self._blocking
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int

@@ -8,6 +8,7 @@ import functools
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -205,8 +206,9 @@ class SQLiteBackend:
     """Broker and JobStore on one SQLite database, safe for many processes on one file.
 
     All calls run on one dedicated thread per instance (SQLite connections are not
-    shared between threads); writers take the database lock with BEGIN IMMEDIATE, so
-    claims by competing processes never hand out the same job twice.
+    shared between threads), but `enqueue_sync`, which writes on a connection of its
+    caller's thread; writers take the database lock with BEGIN IMMEDIATE, so claims by
+    competing processes never hand out the same job twice.
     """
 
     capabilities = frozenset(
@@ -229,6 +231,13 @@ class SQLiteBackend:
         #: commits that do not sync to disk (WAL: no fsync but at checkpoints, which run
         #: elsewhere), on a file (shared-cache memory databases lock by table, not by file).
         self._inline = self.synchronous in ("NORMAL", "OFF") and not self.in_memory
+        if not self.in_memory:  # a thread's own connection to a file (`enqueue_sync`)
+            self.capabilities = type(self).capabilities | {Capability.BLOCKING_ENQUEUE}
+        #: The connection of each thread that called `enqueue_sync`, and all of them (closed
+        #: with the backend), made under `_blocking_lock`.
+        self._blocking_local = threading.local()
+        self._blocking_conns: list[sqlite3.Connection] = []
+        self._blocking_lock = threading.Lock()
         #: A test's clock (`Clock.stands_in_for_server`) keeps the time; any other is this
         #: host's, which every process sharing the file reads (they cannot disagree).
         self.clock = clock if clock is not None and clock.stands_in_for_server else Clock()
@@ -363,15 +372,10 @@ class SQLiteBackend:
     def _connect(self, create: bool = True) -> None:
         conn = self._open_file(create)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA temp_store=MEMORY")
+        self._writing(conn)
         # A page cache big enough for the hot index pages of a deep backlog (the default
         # 2 MiB re-reads them from the OS on every claim once a million jobs wait).
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        if not self.in_memory:  # the checkpointer thread copies the WAL back, off this thread
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            # A WAL rewound by a writer shrinks to the cap (else it keeps its largest size).
-            conn.execute(f"PRAGMA journal_size_limit={self.wal_cap_bytes}")
         self._conn = conn
         with self._tx(stalls=False):  # the tables may not exist yet
             for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
@@ -397,8 +401,19 @@ class SQLiteBackend:
             if row is None or version <= 3:
                 _migrate_to_unique(conn)
 
+    def _writing(self, conn: sqlite3.Connection) -> None:
+        """Set what every connection that writes sets (the journal mode is the file's)."""
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        if not self.in_memory:  # the checkpointer thread copies the WAL back, off this thread
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            # A WAL rewound by a writer shrinks to the cap (else it keeps its largest size).
+            conn.execute(f"PRAGMA journal_size_limit={self.wal_cap_bytes}")
+
     @contextlib.contextmanager
-    def _tx(self, *, stalls: bool = True, wait: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(
+        self, *, stalls: bool = True, wait: bool = True, on: sqlite3.Connection | None = None
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
         processes never both read the same ready rows and then race to update them.
         Without `wait`, a lock another connection holds raises `_Busy` at once.
@@ -406,8 +421,14 @@ class SQLiteBackend:
         Every time a write decides with (a lease's expiry, a rescue's fence) is read from
         the clock inside the transaction, after the lock: a wait for it must not age them.
         With `stalls`, a long wait for the lock pauses the leases first (stalls.py).
+
+        Args:
+            on: another thread's connection (`enqueue_sync`) instead of the instance's:
+                its lock wait and writes are not this thread's to note (other connections'
+                commits move `data_version`, which waiters poll).
         """
-        conn = self.conn
+        own = on is None
+        conn = self.conn if on is None else on
         before = conn.total_changes
         began = self.clock.now()
         if wait:
@@ -422,9 +443,11 @@ class SQLiteBackend:
                 raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(DEFAULT_BUSY_TIMEOUT_S * 1000)}")
-        self._lock_wait_s = self.clock.now() - began
+        lock_wait_s = self.clock.now() - began
+        if own:
+            self._lock_wait_s = lock_wait_s
         try:
-            if stalls and self._lock_wait_s >= self._stall_s:
+            if stalls and lock_wait_s >= self._stall_s:
                 _stalls.pause_leases(conn, began, self.clock.now(), self._stall_s)
             yield conn
         except BaseException:
@@ -443,7 +466,7 @@ class SQLiteBackend:
                     conn.execute("ROLLBACK")
             raise
         self._full = False
-        if conn.total_changes != before:  # only real writes wake this process's waiters
+        if own and conn.total_changes != before:  # only real writes wake this process's waiters
             self._local_writes += 1
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -498,6 +521,11 @@ class SQLiteBackend:
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
+        with self._blocking_lock:
+            blocking, self._blocking_conns = self._blocking_conns, []
+        for conn in blocking:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
         if self._conn is not None:
             await self._run(self.conn.close)
         self._executor.shutdown(wait=True)
@@ -608,6 +636,44 @@ class SQLiteBackend:
             return None
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+
+    def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """`enqueue` for a thread that is not the event loop's (`App.enqueue_sync`): one
+        transaction on a connection of the calling thread's own (made on its first call),
+        waiting for the write lock as the writer thread would, with no hop to the loop.
+        A file only (Capability.BLOCKING_ENQUEUE).
+
+        Raises:
+            BackendError: the backend is not open, or the write failed (nothing stored).
+        """
+        if not envelopes:
+            return []
+        try:
+            with self._tx(on=self._blocking_connection()) as conn:
+                results = self._insert(conn, envelopes)
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+        # No ring of this instance's waiters: the commit moves `data_version`, which they
+        # poll, and none waits for a job to be stored (the web tier's and the workers' are
+        # other instances, in their own processes or on their own loops).
+        return results
+
+    def _blocking_connection(self) -> sqlite3.Connection:
+        """The calling thread's connection for `enqueue_sync`.
+
+        Raises:
+            BackendError: the backend is not open (or closed since the thread's last call).
+        """
+        with self._blocking_lock:
+            if self._executor is None:
+                raise BackendError("the SQLite backend is not open")
+            conn: sqlite3.Connection | None = getattr(self._blocking_local, "conn", None)
+            if conn is None or conn not in self._blocking_conns:
+                conn = self._open_file(create=False)
+                self._writing(conn)
+                self._blocking_conns.append(conn)
+                self._blocking_local.conn = conn
+            return conn
 
     def enqueue_in(
         self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
