@@ -9,13 +9,14 @@ server ends that very connection before the client reads the answer (PostgreSQL:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from offload.brokers.base import Backend
+from offload.brokers.base import Backend, Capability
 from offload.contract import JobState, KindLimits
 from offload.web.events import Hub, owner_stream
 
@@ -117,6 +118,36 @@ class ReplyLoss:
         monkeypatch.setattr(Connection, "send_command", sending)
         monkeypatch.setattr(Connection, "read_response", losing)
 
+        # The blocking client of `enqueue_sync` (the same scripts, so the same EVALSHA).
+        from redis.connection import Connection as BlockingConnection
+
+        send_blocking, read_blocking = (
+            BlockingConnection.send_command,
+            BlockingConnection.read_response,
+        )
+
+        def sending_blocking(conn: Any, *args: Any, **kw: Any) -> None:
+            conn.offload_test_sent = args[:2]
+            send_blocking(conn, *args, **kw)
+
+        def losing_blocking(conn: Any, *args: Any, **kw: Any) -> Any:
+            answer = read_blocking(conn, *args, **kw)
+            sent = getattr(conn, "offload_test_sent", ())
+            if self.armed is not None and sent[: len(self.armed)] == self.armed:
+                self.armed = None
+                host, port = conn._sock.getsockname()[:2]
+                killer = redis.Redis.from_url(REDIS_URL)
+                try:
+                    killer.client_kill(f"{host}:{port}")
+                finally:
+                    killer.close()
+                self.lost += 1
+                return read_blocking(conn, *args, **kw)  # the connection is gone: this raises
+            return answer
+
+        monkeypatch.setattr(BlockingConnection, "send_command", sending_blocking)
+        monkeypatch.setattr(BlockingConnection, "read_response", losing_blocking)
+
 
 @pytest.fixture(
     params=[
@@ -179,6 +210,25 @@ async def test_an_enqueue_whose_reply_was_lost_stores_one_job_reported_created(
     if key is not None:
         (again,) = await backend.enqueue([envelope(key=key)])
         assert (again.id, again.created) == (env.id, False)
+
+
+@pytest.mark.parametrize("key", [None, "once"])
+async def test_a_blocking_enqueue_whose_reply_was_lost_stores_one_job_reported_created(
+    backend: Backend, loss: ReplyLoss, key: str | None
+) -> None:
+    if Capability.BLOCKING_ENQUEUE not in backend.capabilities:
+        pytest.skip("no blocking enqueue on this backend (App.enqueue_sync hops to its loop)")
+    # Given an enqueue from a thread (App.enqueue_sync) whose first attempt runs and loses
+    # its reply
+    env = envelope(key=key)
+    loss.arm("enqueue")
+    # When it is sent again
+    (result,) = await asyncio.to_thread(backend.enqueue_sync, [env])  # type: ignore[attr-defined]
+    # Then it answers as the first attempt: the job, created, stored once
+    assert loss.lost == 1
+    assert (result.id, result.created) == (env.id, True)
+    assert await _jobs(backend) == [env.id]
+    assert [c.row.state for c in await backend.changes_since(0)] == [JobState.QUEUED]
 
 
 async def test_a_batch_whose_reply_was_lost_reports_each_envelope_as_the_first_attempt(
