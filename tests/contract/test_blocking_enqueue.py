@@ -187,3 +187,37 @@ def test_close_waits_for_calls_not_for_the_backends_own_tasks(
         closing.submit(asyncio.run, app.close()).result(timeout=60)
     finally:
         closing.shutdown(wait=False)
+
+
+async def test_threads_that_come_and_go_share_connections(backend_url: str) -> None:
+    # A server with a thread per request (Flask's development server): its threads end,
+    # their connections do not pile up.
+    if not blocking(backend_url):
+        pytest.skip("no blocking enqueue on this backend")
+    backend = open_backend(backend_url)
+    await backend.open()
+    app = App("threads", settings=Settings(url=backend_url))
+    app.message("blocking.item", queue="items")(Item)
+    try:
+        for n in range(20):
+            (result,) = await asyncio.to_thread(
+                lambda n=n: _in_new_thread(backend.enqueue_sync, [app.envelope(Item(n=n))])  # type: ignore[attr-defined]
+            )
+            assert result.created
+        if backend_url.startswith("sqlite"):
+            assert len(backend._blocking_idle) == 1  # type: ignore[attr-defined]
+        else:  # one blocking client, its pool holding one connection
+            client, _ = backend._blocking_client()  # type: ignore[attr-defined]
+            pool = client.connection_pool
+            assert len(pool._connections) == 1
+    finally:
+        await backend.close()
+
+
+def _in_new_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on a thread started for it alone, which then ends."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)))
+    thread.start()
+    thread.join(timeout=60)
+    return out[0]

@@ -233,10 +233,11 @@ class SQLiteBackend:
         self._inline = self.synchronous in ("NORMAL", "OFF") and not self.in_memory
         if not self.in_memory:  # a thread's own connection to a file (`enqueue_sync`)
             self.capabilities = type(self).capabilities | {Capability.BLOCKING_ENQUEUE}
-        #: The connection of each thread that called `enqueue_sync`, and all of them (closed
-        #: with the backend), made under `_blocking_lock`.
-        self._blocking_local = threading.local()
-        self._blocking_conns: list[sqlite3.Connection] = []
+        #: The idle connections of `enqueue_sync` callers (each call takes one and gives it
+        #: back, so there are as many as calls ever ran at once, however many threads came
+        #: and went), and whether the backend takes such calls (open); under the lock.
+        self._blocking_idle: list[sqlite3.Connection] = []
+        self._blocking_open = False
         self._blocking_lock = threading.Lock()
         #: A test's clock (`Clock.stands_in_for_server`) keeps the time; any other is this
         #: host's, which every process sharing the file reads (they cannot disagree).
@@ -504,6 +505,8 @@ class SQLiteBackend:
         if not self.in_memory:
             self._checkpointer = Checkpointer(self.path, self.wal_cap_bytes)
             self._checkpointer.start()
+            with self._blocking_lock:
+                self._blocking_open = True
             reader = Reader(lambda: self._open_file(create=False))
             try:
                 await reader.open()
@@ -521,8 +524,9 @@ class SQLiteBackend:
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
-        with self._blocking_lock:
-            blocking, self._blocking_conns = self._blocking_conns, []
+        with self._blocking_lock:  # a connection in use is closed as its call gives it back
+            self._blocking_open = False
+            blocking, self._blocking_idle = self._blocking_idle, []
         for conn in blocking:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -639,7 +643,7 @@ class SQLiteBackend:
 
     def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """`enqueue` for a thread that is not the event loop's (`App.enqueue_sync`): one
-        transaction on a connection of the calling thread's own (made on its first call),
+        transaction in the calling thread, on a connection no other call uses meanwhile,
         waiting for the write lock as the writer thread would, with no hop to the loop.
         A file only (Capability.BLOCKING_ENQUEUE).
 
@@ -649,8 +653,17 @@ class SQLiteBackend:
         if not envelopes:
             return []
         try:
-            with self._tx(on=self._blocking_connection()) as conn:
-                results = self._insert(conn, envelopes)
+            conn = self._blocking_connection()
+            try:
+                with self._tx(on=conn):
+                    results = self._insert(conn, envelopes)
+            finally:
+                with self._blocking_lock:
+                    closed = not self._blocking_open  # the backend closed meanwhile
+                    if not closed:
+                        self._blocking_idle.append(conn)
+                if closed:
+                    conn.close()
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
         # No ring of this instance's waiters: the commit moves `data_version`, which they
@@ -659,21 +672,24 @@ class SQLiteBackend:
         return results
 
     def _blocking_connection(self) -> sqlite3.Connection:
-        """The calling thread's connection for `enqueue_sync`.
+        """An idle connection for one `enqueue_sync` call, opened if none is (the caller
+        gives it back).
 
         Raises:
-            BackendError: the backend is not open (or closed since the thread's last call).
+            BackendError: the backend is not open.
         """
         with self._blocking_lock:
-            if self._executor is None:
+            if not self._blocking_open:
                 raise BackendError("the SQLite backend is not open")
-            conn: sqlite3.Connection | None = getattr(self._blocking_local, "conn", None)
-            if conn is None or conn not in self._blocking_conns:
-                conn = self._open_file(create=False)
-                self._writing(conn)
-                self._blocking_conns.append(conn)
-                self._blocking_local.conn = conn
-            return conn
+            if self._blocking_idle:
+                return self._blocking_idle.pop()
+        conn = self._open_file(create=False)
+        try:
+            self._writing(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def enqueue_in(
         self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
