@@ -64,25 +64,41 @@ async def closed(port: int, req: bytes, connections: int, seconds: float) -> dic
     return {**counts, "seconds": time.perf_counter() - start}
 
 
+#: Seconds a keep-alive connection may idle before the open loop stops reusing it: under
+#: uvicorn's default keep-alive timeout (5 s), after which the server closes it and a
+#: request sent on it would fail (as a browser, the client does not send on a connection
+#: the server may have closed).
+KEEP_ALIVE_S = 4.0
+
+
 async def open_loop(port: int, req: bytes, rate: float, seconds: float) -> dict[str, object]:
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     latencies: list[float] = []
     errors = 0
 
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while idle:
+            reader, writer, since = idle.pop()
+            if time.perf_counter() - since < KEEP_ALIVE_S:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection("127.0.0.1", port)
+
     async def one(at: float) -> None:
         nonlocal errors
-        pair = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await connection()
         try:
-            status = await exchange(*pair, req)
+            status = await exchange(reader, writer, req)
         except (OSError, asyncio.IncompleteReadError):
             errors += 1
             return
         latencies.append((time.perf_counter() - at) * 1000)
         errors += status >= 400
-        idle.append(pair)
+        idle.append((reader, writer, time.perf_counter()))
 
     for _ in range(8):  # a few warm connections, as a browser or proxy keeps them
-        idle.append(await asyncio.open_connection("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        idle.append((reader, writer, time.perf_counter()))
     tasks = []
     start = time.perf_counter()
     for i in range(int(rate * seconds)):
@@ -92,7 +108,7 @@ async def open_loop(port: int, req: bytes, rate: float, seconds: float) -> dict[
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(at)))
     await asyncio.gather(*tasks)
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return {"latencies_ms": latencies, "errors": errors}
 
