@@ -7,6 +7,7 @@ inside offload's own interpreter; `common` is the harness's module (completion c
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 from common import record_done, record_latency  # type: ignore[import-not-found]
 
@@ -89,3 +90,16 @@ def enqueue_sync(app: App, i: int) -> None:
 
 def enqueue_latency_sync(app: App, t: float) -> None:
     app.enqueue_sync(Lat(t=t))
+
+
+def synchronous(base: ModuleType) -> dict[str, object]:
+    """The attributes of an adapter that is `base` but for its per-call enqueues, those of
+    synchronous code (`App.enqueue_sync`: in the calling thread on SQLite files and Redis),
+    for the peers whose per-job API is synchronous (Huey, RQ, Celery, Dramatiq)."""
+    names = {k: v for k, v in vars(base).items() if not k.startswith("__")}
+    return {
+        **names,
+        "NAME": base.NAME + "-sync",
+        "enqueue": enqueue_sync,
+        "enqueue_latency": enqueue_latency_sync,
+    }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -156,19 +156,31 @@ def test_a_large_payload_is_checked_in_through_the_loop_thread(
     assert "text" not in asyncio.run(payload())  # a claim check in its place
 
 
-async def test_a_closed_backend_refuses_a_blocking_enqueue(backend_url: str) -> None:
+@pytest.fixture
+async def blocking_backend(backend_url: str) -> AsyncIterator[tuple[Any, App]]:
+    """An open backend with Capability.BLOCKING_ENQUEUE (others skip), and an App that
+    makes its envelopes."""
     if not blocking(backend_url):
         pytest.skip("no blocking enqueue on this backend")
     backend = open_backend(backend_url)
     await backend.open()
-    app = App("closed", settings=Settings(url=backend_url))
+    app = App("envelopes", settings=Settings(url=backend_url))
     app.message("blocking.item", queue="items")(Item)
-    envelope = app.envelope(Item(n=1))
-    (result,) = await asyncio.to_thread(backend.enqueue_sync, [envelope])  # type: ignore[attr-defined]
+    try:
+        yield backend, app
+    finally:
+        await backend.close()
+
+
+async def test_a_closed_backend_refuses_a_blocking_enqueue(
+    blocking_backend: tuple[Any, App],
+) -> None:
+    backend, app = blocking_backend
+    (result,) = await asyncio.to_thread(backend.enqueue_sync, [app.envelope(Item(n=1))])
     assert result.created
     await backend.close()
     with pytest.raises(BackendError, match="not open"):
-        await asyncio.to_thread(backend.enqueue_sync, [app.envelope(Item(n=2))])  # type: ignore[attr-defined]
+        await asyncio.to_thread(backend.enqueue_sync, [app.envelope(Item(n=2))])
 
 
 def test_close_waits_for_calls_not_for_the_backends_own_tasks(
@@ -189,29 +201,21 @@ def test_close_waits_for_calls_not_for_the_backends_own_tasks(
         closing.shutdown(wait=False)
 
 
-async def test_threads_that_come_and_go_share_connections(backend_url: str) -> None:
+async def test_threads_that_come_and_go_share_connections(
+    blocking_backend: tuple[Any, App], backend_url: str
+) -> None:
     # A server with a thread per request (Flask's development server): its threads end,
     # their connections do not pile up.
-    if not blocking(backend_url):
-        pytest.skip("no blocking enqueue on this backend")
-    backend = open_backend(backend_url)
-    await backend.open()
-    app = App("threads", settings=Settings(url=backend_url))
-    app.message("blocking.item", queue="items")(Item)
-    try:
-        for n in range(20):
-            (result,) = await asyncio.to_thread(
-                lambda n=n: _in_new_thread(backend.enqueue_sync, [app.envelope(Item(n=n))])  # type: ignore[attr-defined]
-            )
-            assert result.created
-        if backend_url.startswith("sqlite"):
-            assert len(backend._blocking_idle) == 1  # type: ignore[attr-defined]
-        else:  # one blocking client, its pool holding one connection
-            client, _ = backend._blocking_client()  # type: ignore[attr-defined]
-            pool = client.connection_pool
-            assert len(pool._connections) == 1
-    finally:
-        await backend.close()
+    backend, app = blocking_backend
+    for n in range(20):
+        envelope = app.envelope(Item(n=n))
+        (result,) = await asyncio.to_thread(_in_new_thread, backend.enqueue_sync, [envelope])
+        assert result.created
+    if backend_url.startswith("sqlite"):
+        assert len(backend._blocking_idle) == 1
+    else:  # one blocking client, its pool holding one connection
+        client, _ = backend._blocking_client()
+        assert len(client.connection_pool._connections) == 1
 
 
 def _in_new_thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -91,7 +91,6 @@ class ReplyLoss:
         monkeypatch.setattr(psycopg.AsyncTransaction, "__aexit__", committing)
 
     def _redis(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import redis
         from redis.asyncio.connection import Connection
 
         send, read = Connection.send_command, Connection.read_response
@@ -102,16 +101,7 @@ class ReplyLoss:
 
         async def losing(conn: Any, *args: Any, **kw: Any) -> Any:
             answer = await read(conn, *args, **kw)
-            sent = getattr(conn, "offload_test_sent", ())
-            if self.armed is not None and sent[: len(self.armed)] == self.armed:
-                self.armed = None
-                host, port = conn._writer.get_extra_info("sockname")[:2]
-                killer = redis.Redis.from_url(REDIS_URL)
-                try:
-                    killer.client_kill(f"{host}:{port}")
-                finally:
-                    killer.close()
-                self.lost += 1
+            if self._lose(conn, conn._writer.get_extra_info("sockname")):
                 return await read(conn, *args, **kw)  # the connection is gone: this raises
             return answer
 
@@ -132,21 +122,29 @@ class ReplyLoss:
 
         def losing_blocking(conn: Any, *args: Any, **kw: Any) -> Any:
             answer = read_blocking(conn, *args, **kw)
-            sent = getattr(conn, "offload_test_sent", ())
-            if self.armed is not None and sent[: len(self.armed)] == self.armed:
-                self.armed = None
-                host, port = conn._sock.getsockname()[:2]
-                killer = redis.Redis.from_url(REDIS_URL)
-                try:
-                    killer.client_kill(f"{host}:{port}")
-                finally:
-                    killer.close()
-                self.lost += 1
+            if self._lose(conn, conn._sock.getsockname()):
                 return read_blocking(conn, *args, **kw)  # the connection is gone: this raises
             return answer
 
         monkeypatch.setattr(BlockingConnection, "send_command", sending_blocking)
         monkeypatch.setattr(BlockingConnection, "read_response", losing_blocking)
+
+    def _lose(self, conn: Any, sockname: tuple[str, int]) -> bool:
+        """Whether the reply just read was the armed command's: then the server ends the
+        connection (at `sockname`), whose next read raises."""
+        sent = getattr(conn, "offload_test_sent", ())
+        if self.armed is None or sent[: len(self.armed)] != self.armed:
+            return False
+        self.armed = None
+        import redis
+
+        killer = redis.Redis.from_url(REDIS_URL)
+        try:
+            killer.client_kill(f"{sockname[0]}:{sockname[1]}")
+        finally:
+            killer.close()
+        self.lost += 1
+        return True
 
 
 @pytest.fixture(
