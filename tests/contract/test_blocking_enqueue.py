@@ -156,12 +156,21 @@ def test_a_large_payload_is_checked_in_through_the_loop_thread(
     assert "text" not in asyncio.run(payload())  # a claim check in its place
 
 
+#: The backends with Capability.BLOCKING_ENQUEUE, for the tests of the backend call itself.
+on_blocking_backends = pytest.mark.parametrize(
+    "backend_name",
+    [
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+    ],
+    indirect=True,
+)
+
+
 @pytest.fixture
 async def blocking_backend(backend_url: str) -> AsyncIterator[tuple[Any, App]]:
-    """An open backend with Capability.BLOCKING_ENQUEUE (others skip), and an App that
-    makes its envelopes."""
-    if not blocking(backend_url):
-        pytest.skip("no blocking enqueue on this backend")
+    """An open backend with Capability.BLOCKING_ENQUEUE, and an App that makes envelopes."""
+    assert blocking(backend_url)
     backend = open_backend(backend_url)
     await backend.open()
     app = App("envelopes", settings=Settings(url=backend_url))
@@ -172,6 +181,7 @@ async def blocking_backend(backend_url: str) -> AsyncIterator[tuple[Any, App]]:
         await backend.close()
 
 
+@on_blocking_backends
 async def test_a_closed_backend_refuses_a_blocking_enqueue(
     blocking_backend: tuple[Any, App],
 ) -> None:
@@ -201,6 +211,7 @@ def test_close_waits_for_calls_not_for_the_backends_own_tasks(
         closing.shutdown(wait=False)
 
 
+@on_blocking_backends
 async def test_threads_that_come_and_go_share_connections(
     blocking_backend: tuple[Any, App], backend_url: str
 ) -> None:

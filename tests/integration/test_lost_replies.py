@@ -210,12 +210,13 @@ async def test_an_enqueue_whose_reply_was_lost_stores_one_job_reported_created(
         assert (again.id, again.created) == (env.id, False)
 
 
+@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis)], indirect=True)
 @pytest.mark.parametrize("key", [None, "once"])
 async def test_a_blocking_enqueue_whose_reply_was_lost_stores_one_job_reported_created(
     backend: Backend, loss: ReplyLoss, key: str | None
 ) -> None:
-    if Capability.BLOCKING_ENQUEUE not in backend.capabilities:
-        pytest.skip("no blocking enqueue on this backend (App.enqueue_sync hops to its loop)")
+    # Redis only: PostgreSQL has no blocking enqueue (App.enqueue_sync hops to its loop)
+    assert Capability.BLOCKING_ENQUEUE in backend.capabilities
     # Given an enqueue from a thread (App.enqueue_sync) whose first attempt runs and loses
     # its reply
     env = envelope(key=key)
