@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _results import write_section
+from _results import rounds_rows, write_section
 
 from offload import App, Context, Message, Settings
 from offload.worker.runner import Worker
@@ -76,7 +76,7 @@ async def drain(n: int) -> tuple[float, int]:
 
 
 def main(n: int, rounds: int) -> None:
-    figures: dict[str, list[tuple[float, int]]] = {"quiet": [], "busy loop per core": []}
+    figures: dict[str, list[tuple[float, float]]] = {"quiet": [], "busy loop per core": []}
     for _ in range(rounds):
         for load in figures:
             spinners = []
@@ -100,10 +100,7 @@ def main(n: int, rounds: int) -> None:
         "| machine | jobs given back (rounds) | drain s (rounds) |",
         "|---|---|---|",
     ]
-    for load, runs in figures.items():
-        backs = " / ".join(f"{b:,}" for _, b in runs)
-        secs = " / ".join(f"{s:.2f}" for s, _ in runs)
-        lines.append(f"| {load} | {backs} | {secs} |")
+    lines += rounds_rows(figures, [(1, ","), (0, ".2f")])
     body = "## Jobs given back from the prefetch while draining\n\n" + "\n".join(lines)
     print(body)
     write_section("give-backs", body)

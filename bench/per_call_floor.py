@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import redis
 import redis.asyncio as aioredis
-from _results import write_section
+from _results import rounds_rows, write_section
 
 from offload import App, Context, Message, Settings
 
@@ -98,10 +98,7 @@ async def main(n: int) -> None:
         "| call | calls/s (rounds) | CPU µs per call (rounds) |",
         "|---|---|---|",
     ]
-    for name, figures in runs.items():
-        rates = " / ".join(f"{r:,.0f}" for r, _ in figures)
-        cpus = " / ".join(f"{c:,.0f}" for _, c in figures)
-        lines.append(f"| {name} | {rates} | {cpus} |")
+    lines += rounds_rows(runs, [(0, ",.0f"), (1, ",.0f")])
     body_md = "## One enqueue at a time on Redis: the driver's floor\n\n" + "\n".join(lines)
     print(body_md)
     write_section("per-call-floor", body_md)

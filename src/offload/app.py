@@ -609,6 +609,12 @@ class App:
         if checked:  # a replayed key or unique repeat stored nothing: its payload goes
             unused = [e.id for e, r in zip(envelopes, results, strict=True) if not r.created]
             await claim_check.discard(self.blobs, [claim_check.payload_key(i) for i in unused])
+        return self._answered(envelopes, results)
+
+    def _answered(
+        self, envelopes: Sequence[Envelope], results: Sequence[EnqueueResult]
+    ) -> list[Job]:
+        """The jobs that stored `envelopes` answer, counted in the metrics (every way in)."""
         self.metrics.stored(envelopes, results)
         return [
             Job(r.id, r.created, self, kind=e.kind, unique_repeat=r.unique_repeat)
@@ -795,8 +801,8 @@ class App:
             )
         with tracing.send(envelopes, None) as stamped:
             results: list[EnqueueResult] = store(conn, stamped)
-        self.metrics.stored(stamped, results)
-        return Job(results[0].id, results[0].created, self, kind=stamped[0].kind)
+        (job,) = self._answered(stamped, results)
+        return job
 
     async def submit(self, envelope: Envelope) -> tuple[Job, JobRow]:
         """Store one envelope made by `envelope` and return its job with the stored row:
@@ -859,11 +865,9 @@ class App:
         if not claim_check.fits([envelope], self.settings.claim_check_bytes):
             return None
         with tracing.send([envelope], parent) as stamped:
-            (result,) = cast(BlockingEnqueue, backend).enqueue_sync(stamped)
-        self.metrics.stored(stamped, [result])
-        return Job(
-            result.id, result.created, self, kind=envelope.kind, unique_repeat=result.unique_repeat
-        )
+            results = cast(BlockingEnqueue, backend).enqueue_sync(stamped)
+        (job,) = self._answered(stamped, results)
+        return job
 
     async def job(self, job_id: str, *, owner: str | None = None) -> Job | None:
         """A handle on a job you know the id of (a status page's), or None.

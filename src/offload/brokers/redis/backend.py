@@ -45,7 +45,7 @@ from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
-from .rows import decode, enqueue_result, envelope_args, num, opt, pairs
+from .rows import decode, enqueue_result, enqueue_results, envelope_args, num, opt, pairs
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
 
@@ -491,11 +491,15 @@ class RedisBackend:
         """
         if not envelopes:
             return []
-        now, packed = num(self.clock.now()), orjson.dumps(envelope_args(envelopes)).decode()
+        now, packed = self._enqueue_args(envelopes)
         out = await self.retrier.run(
             lambda resent: self._script("enqueue", now, _flag(resent), packed)
         )
-        return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+        return enqueue_results(out)
+
+    def _enqueue_args(self, envelopes: Sequence[Envelope]) -> tuple[str, str]:
+        """The enqueue script's time and packed envelopes, the same in every attempt."""
+        return num(self.clock.now()), orjson.dumps(envelope_args(envelopes)).decode()
 
     def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """`enqueue` for a thread that is not the event loop's (`App.enqueue_sync`): the
@@ -508,7 +512,7 @@ class RedisBackend:
         if not envelopes:
             return []
         client, script = self._blocking_client()
-        now, packed = num(self.clock.now()), orjson.dumps(envelope_args(envelopes)).decode()
+        now, packed = self._enqueue_args(envelopes)
 
         def attempt(resent: bool) -> Any:
             try:
@@ -520,8 +524,7 @@ class RedisBackend:
             except (RedisError, OSError) as exc:
                 raise BackendError(f"Redis: {_reason(exc)}") from exc
 
-        out = self.retrier.run_sync(attempt)
-        return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+        return enqueue_results(self.retrier.run_sync(attempt))
 
     def _blocking_client(self) -> tuple[redis.Redis, Any]:
         """The blocking client and its enqueue script (see `enqueue_sync`)."""

@@ -80,3 +80,8 @@ def enqueue_result(job_id: str, code: int) -> EnqueueResult:
     """What a script's {id, code} pair says of one envelope: 1 created, 0 an idempotent
     repeat, 2 a unique repeat (`_lib.lua`'s `store_envelopes`)."""
     return EnqueueResult(id=job_id, created=code == 1, unique_repeat=code == 2)
+
+
+def enqueue_results(out: Sequence[Any]) -> list[EnqueueResult]:
+    """The enqueue script's answer, {id, code} pairs in one flat list, one per envelope."""
+    return [enqueue_result(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
