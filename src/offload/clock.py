@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
@@ -56,11 +57,28 @@ def to_datetime(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
+#: The last whole second `iso` formatted, and its text up to the seconds: a status record
+#: shows two or more times of one second, and every answer of a busy web tier a recent one.
+_iso_second: tuple[float, str] = (math.nan, "")
+
+
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds to an RFC 3339 UTC string with a `Z`."""
+    """Epoch seconds to an RFC 3339 UTC string with a `Z`, in milliseconds (truncated
+    from the microsecond `datetime.fromtimestamp` rounds to, as its `isoformat` does)."""
+    global _iso_second
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    fraction, whole = math.modf(ts)
+    if ts < 0 or not math.isfinite(ts):  # before 1970, or no time at all: the slow way
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    micros = round(fraction * 1e6)  # half to even, as datetime.fromtimestamp rounds
+    if micros >= 1_000_000:
+        whole, micros = whole + 1.0, micros - 1_000_000
+    second, text = _iso_second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _iso_second = (whole, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 def seconds(value: float | timedelta | None) -> float | None:

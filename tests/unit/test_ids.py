@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from offload._ids import uuid7, uuid7_floor
@@ -33,3 +34,22 @@ def test_the_floor_of_a_moment_sorts_below_every_id_of_it_and_above_earlier_ones
     earlier = uuid7(at - 0.002)
     assert uuid7(at) >= floor > earlier
     assert uuid7_floor(-5) == str(uuid.UUID(int=0))
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    # Given a process that has read random bytes ahead for its ids,
+    uuid7(2_000_000_000.0)
+    read, write = os.pipe()
+    # when it forks and parent and child each make an id in the same millisecond,
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, uuid7(2_000_000_001.0).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = uuid7(2_000_000_001.0)
+    # then the two ids differ: the child did not reuse the parent's unread bytes.
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _ms(child) == _ms(parent) and child != parent
