@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.requests import ClientDisconnect
 
 from offload import (
     App,
@@ -119,6 +120,62 @@ async def test_a_replayed_idempotency_key_answers_the_first_job_and_says_so(
     other = await bob.post("/v1/jobs/t.report", json={"period": "a"}, headers=key)
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
     assert "idempotent-replayed" not in other.headers
+
+
+async def test_a_submission_sent_in_chunks_is_read_whole(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: several body messages
+        for part in (b'{"peri', b'od": "20', b'26-11"}'):
+            yield part
+
+    alice = clients["alice"]
+    answer = await alice.post(
+        "/v1/jobs/t.report", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 202, answer.text
+    job = await app.get(answer.json()["id"])
+    assert job is not None and job.payload == {"period": "2026-11"}
+
+
+async def test_a_client_that_leaves_mid_body_enqueues_nothing(app: App) -> None:
+    api = create_app(app)
+    sent: list[dict[str, object]] = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"period": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/jobs/t.report",
+        "raw_path": b"/v1/jobs/t.report",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {TOKENS['alice']}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    async with api.router.lifespan_context(api):
+        with pytest.raises(ClientDisconnect):  # as Starlette's own reading raises it
+            await api(scope, receive, send)
+        assert await app.list_jobs(owner="alice") == []
 
 
 async def test_another_principals_job_is_404_on_every_job_route(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from .problems import Problem
 
@@ -27,6 +28,20 @@ STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 OWN_FETCH_SITES = frozenset({"same-origin", "none"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WEB_SCHEMES = {"ws": "http", "wss": "https"}
+#: The headers `cross_site_reason` reads, with the `Host` the request came to.
+_SITE_HEADERS = frozenset({b"origin", b"sec-fetch-site", b"host"})
+
+
+def first_headers(scope: Scope, names: frozenset[bytes]) -> dict[str, str]:
+    """The first value the request sent of each header in `names` (lower case, as ASGI
+    gives names), in one pass over its headers: a request's `headers.get` builds its
+    headers and scans them again for each name, and raises inside for every one not sent.
+    """
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in names:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
 
 
 def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
@@ -88,7 +103,8 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
     # host's, which a browser sends along with a forged request) refuse them.
     # The scheme as `conn.url` gives it, without building the whole URL on every write.
     scheme = conn.scope.get("scheme", "http")
-    why = cross_site_reason(conn.headers, scheme, conn.headers.get("host", ""))
+    sent = first_headers(conn.scope, _SITE_HEADERS)
+    why = cross_site_reason(sent, scheme, sent.get("host", ""))
     if why is not None:
         raise Problem(
             403,

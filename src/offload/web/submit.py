@@ -19,7 +19,7 @@ import orjson
 from fastapi import Header, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ValidationError, create_model
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .._links import JOBS_PATH
@@ -27,14 +27,17 @@ from ..app import App, MessageSpec
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .auth import kind_allowed
 from .fleet import require_live_worker
-from .origins import refuse_cross_site
+from .origins import first_headers, refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import JSONResponse, Problem
+from .problems import Problem
 
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
-#: The headers of a 202, but for the job's Location.
-_ACCEPTED_HEADERS = {"Retry-After": str(DEFAULT_RETRY_AFTER_S)}
+RawHeader = tuple[bytes, bytes]
+_RETRY_AFTER: RawHeader = (b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode())
+_REPLAYED: RawHeader = (b"idempotent-replayed", b"true")
+#: The request headers a submission reads itself (the origin check reads its own).
+_SUBMIT_HEADERS = frozenset({b"content-type", b"idempotency-key"})
 
 
 def _app(request: Request) -> App:
@@ -116,14 +119,14 @@ def is_json_media_type(content_type: str) -> bool:
     return top == "application" and (sub == "json" or (sub.endswith("+json") and sub != "+json"))
 
 
-def _require_json(request: Request) -> None:
+def _require_json(content_type: str) -> None:
     """A message comes as JSON, declared so: the bodies a page of another site may send
     without a CORS preflight (text/plain, forms) are refused before they are read.
 
     Raises:
         Problem: 415 for any other (or no) Content-Type.
     """
-    if not is_json_media_type(request.headers.get("content-type", "")):
+    if not is_json_media_type(content_type):
         raise Problem(
             415,
             "send the message as JSON, with Content-Type: application/json",
@@ -174,13 +177,13 @@ def _loc(name: str) -> list[str]:
     return ["query", name]
 
 
-def read_options(request: Request) -> JobOptions:
-    """The submission's options, validated as FastAPI validates `job_options`.
+def read_options(request: Request, key: str | None) -> JobOptions:
+    """The submission's options (`key`: its Idempotency-Key header), validated as FastAPI
+    validates `job_options`.
 
     Raises:
         RequestValidationError: (422, `invalid-request`) an option is not valid.
     """
-    key = request.headers.get("idempotency-key")
     if not request.scope["query_string"] and key is None:
         return _DEFAULT_OPTIONS
     query = request.query_params
@@ -198,6 +201,24 @@ def read_options(request: Request) -> JobOptions:
     return JobOptions(**valid.model_dump())
 
 
+async def _body(request: Request) -> bytes:
+    """The whole body, as `request.body()` reads it, without its stream's machinery (a
+    generator, its closing, a registry entry): a submission is one or a few chunks.
+
+    Raises:
+        ClientDisconnect: the client went away before sending all of it.
+    """
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+
+
 async def submit(request: Request) -> Response:
     """Validate the body against the kind's message class, enqueue, answer 202 (200 with
     the job of the same unique key, for a kind declared `unique`, while that job is queued
@@ -208,16 +229,17 @@ async def submit(request: Request) -> Response:
     await state.auth.authenticate(request)
     kind: str = request.path_params["kind"]
     await kind_allowed(request, kind)
-    options = read_options(request)
+    sent = first_headers(request.scope, _SUBMIT_HEADERS)
+    options = read_options(request, sent.get("idempotency-key"))
     principal = state.auth.principal(request)
     app = _app(request)
     spec = app.kinds.get(kind)
     if spec is None or not spec.http:  # a kind off the API is indistinguishable from none
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
-    _require_json(request)
+    _require_json(sent.get("content-type", ""))
     _check_options(request, options)
     try:
-        data = orjson.loads(await request.body())
+        data = orjson.loads(await _body(request))
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
     data = _with_principal(data, spec, principal)
@@ -243,9 +265,25 @@ async def submit(request: Request) -> Response:
     job, row = await app.submit(envelope)
     location = f"{root_of(request)}{JOBS_PATH}/{job.id}"
     record = presenter_of(request).row(row)
+    headers = [(b"location", location.encode("latin-1"))]
     if job.unique_repeat:
-        return JSONResponse(record, status_code=200, headers={"Location": location})
-    headers = {"Location": location, **_ACCEPTED_HEADERS}
+        return _Answer(record, 200, headers)
+    headers.append(_RETRY_AFTER)
     if not job.created:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(record, status_code=202, headers=headers)
+        headers.append(_REPLAYED)
+    return _Answer(record, 202, headers)
+
+
+class _Answer(Response):
+    """A submission's answer: its status record as JSON under the route's own headers,
+    given ready to send (a Response would lower-case and encode each on every request)."""
+
+    media_type = "application/json"
+
+    def __init__(self, record: dict[str, Any], status_code: int, headers: list[RawHeader]) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = orjson.dumps(record)
+        headers.append((b"content-length", str(len(self.body)).encode()))
+        headers.append((b"content-type", b"application/json"))
+        self.raw_headers = headers
