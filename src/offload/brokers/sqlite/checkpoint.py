@@ -10,13 +10,21 @@ only ones that never block anyone) copy frames back but rewind nothing.
 
 So the checkpointer copies back what it can (PASSIVE) every half second, looks at the
 WAL's size every tenth, and once the WAL passes a quarter of its bound (the rest is room
-for what a heavy load writes meanwhile) it asks for a TRUNCATE checkpoint, which rewinds
-the WAL to zero bytes. A TRUNCATE takes the write lock, copies the few frames the PASSIVE
-one left, and succeeds only if no reader still reads from the WAL. Waiting for them in
-SQLite's busy handler would hold the write lock meanwhile (and sleep up to 100 ms between
-tries), so it is tried without one, every millisecond, for at most
+for what a heavy load writes meanwhile) it asks for a RESTART checkpoint, after which the
+next writer writes from the WAL's start again. A RESTART takes the write lock, copies the
+few frames the PASSIVE one left, and succeeds only if no reader still reads from the WAL.
+Waiting for them in SQLite's busy handler would hold the write lock meanwhile (and sleep up
+to 100 ms between tries), so it is tried without one, every millisecond, for at most
 `DEFAULT_TRUNCATE_WAIT_S` (four times as long once the WAL passes half its bound): each try
 holds the lock only while it copies, and the next look tries again.
+
+A rewound WAL keeps its file: the next frames overwrite it from its start, and
+`journal_size_limit` (the cap) cuts back a file that grew past the cap. Truncating it to
+zero bytes (TRUNCATE) frees its blocks while holding the write lock: 17-19 ms for a 17 MiB
+WAL on a virtual disk, every second and a half at 200 submissions a second, which was the
+web tier's p99 (bench/RESULTS.md, the web tier). Since the file's size no longer drops at a
+rewind, a big file is only a hint: the frames the WAL holds now (a PASSIVE checkpoint
+counts them) decide.
 """
 
 from __future__ import annotations
@@ -33,10 +41,13 @@ DEFAULT_CHECKPOINT_EVERY_S = 0.5
 DEFAULT_SIZE_CHECK_EVERY_S = 0.1
 #: The WAL's bound is the larger of this and twice the database (bytes); `?wal_cap_mib=`.
 DEFAULT_WAL_CAP_BYTES = 64 << 20
-#: How long a round tries a TRUNCATE checkpoint, until no reader is in the WAL (seconds).
+#: How long a round tries a RESTART checkpoint, until no reader is in the WAL (seconds).
 DEFAULT_TRUNCATE_WAIT_S = 0.1
-#: How often a TRUNCATE checkpoint is tried while it waits (seconds).
+#: How often a RESTART checkpoint is tried while it waits (seconds).
 DEFAULT_TRUNCATE_RETRY_S = 0.001
+#: Bytes of a WAL's header, and of each frame's header (before its page).
+_WAL_HEADER_BYTES = 32
+_FRAME_HEADER_BYTES = 24
 
 
 def wal_bound(db_bytes: int, cap_bytes: int) -> int:
@@ -64,20 +75,23 @@ class Checkpointer(threading.Thread):
         super().__init__(name="offload-sqlite-checkpoint", daemon=True)
         self.path = path
         self.cap_bytes = cap_bytes
+        self._page_bytes = 4096  # read from the file as the thread starts
         self._halt = threading.Event()
 
     def run(self) -> None:
-        # No busy handler: SQLite's sleeps up to 100 ms between tries, and a TRUNCATE that
+        # No busy handler: SQLite's sleeps up to 100 ms between tries, and a RESTART that
         # waits in it holds the write lock while readers finish; `rewind` retries often
         # instead, each try taking the lock only while no reader is in the way.
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
         conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
+        self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
         copied = time.monotonic()
         try:
             while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
                 with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
                     if self._over_a_quarter():
-                        self.rewind(conn)
+                        if self._holds_over_a_quarter(conn):
+                            self.rewind(conn)
                         copied = time.monotonic()
                     elif time.monotonic() - copied >= DEFAULT_CHECKPOINT_EVERY_S:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -86,20 +100,30 @@ class Checkpointer(threading.Thread):
             conn.close()
 
     def _over_a_quarter(self) -> bool:
-        """Whether the WAL passed a quarter of its bound (two file sizes: no SQL)."""
+        """Whether the WAL's file passed a quarter of its bound (two file sizes: no SQL)."""
         return 4 * _size(self.path + "-wal") > wal_bound(_size(self.path), self.cap_bytes)
 
+    def _held_bytes(self, conn: sqlite3.Connection) -> int:
+        """Copy back what a PASSIVE checkpoint can; the bytes of the frames the WAL holds
+        since it was last rewound (its file may be larger: a rewind keeps it)."""
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return _WAL_HEADER_BYTES + max(0, frames) * (_FRAME_HEADER_BYTES + self._page_bytes)
+
+    def _holds_over_a_quarter(self, conn: sqlite3.Connection) -> bool:
+        """Whether the frames the WAL holds passed a quarter of its bound (copying back)."""
+        return 4 * self._held_bytes(conn) > wal_bound(_size(self.path), self.cap_bytes)
+
     def rewind(self, conn: sqlite3.Connection) -> bool:
-        """Copy the WAL back and rewind it to zero bytes; False when readers stayed in it."""
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # the bulk, blocking none
-        wal = _size(self.path + "-wal")
+        """Copy the WAL back and have the next writer write from its start; False when
+        readers stayed in it."""
+        wal = self._held_bytes(conn)  # the bulk, blocking none
         bound = wal_bound(_size(self.path), self.cap_bytes)
         wait_s = DEFAULT_TRUNCATE_WAIT_S
         if 2 * wal > bound:
             wait_s *= 4  # near the bound: try longer for a moment without readers
         deadline = time.monotonic() + wait_s
         while True:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy:
                 return True
             if time.monotonic() >= deadline or self._halt.wait(DEFAULT_TRUNCATE_RETRY_S):
