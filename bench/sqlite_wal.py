@@ -208,9 +208,11 @@ def _section(rows: dict[str, dict[str, float]]) -> str:
         "read what the dashboard reads (stats, a page, a capped count); the files sampled "
         f"every 50 ms for {after['seconds']:g} s (`python bench/sqlite_wal.py --cap-mib "
         f"{after['cap']:g}`). Bound: the larger of twice the database and the cap "
-        f"({after['cap']:g} MiB here, 64 MiB by default). Before: PASSIVE checkpoints only; "
-        "after: TRUNCATE past a quarter of the bound (bench/sqlite_wal.py, run on each tree "
-        "with `--save`, then `--table`).",
+        f"({after['cap']:g} MiB here, 64 MiB by default). The checkpointers compared, as each "
+        "row's label names them: PASSIVE checkpoints only (before 2026-12-02); TRUNCATE past "
+        "a quarter of the bound (2026-12-02); RESTART past a quarter, the file kept for the "
+        "next frames (2026-12-03). bench/sqlite_wal.py, run on each tree with `--save`, then "
+        "`--table`.",
         "",
         "| tree | jobs done | database MiB (end) | WAL MiB (end) | largest WAL MiB "
         "| largest WAL / bound |",

@@ -107,7 +107,8 @@ class Checkpointer(threading.Thread):
         """Copy back what a PASSIVE checkpoint can; the bytes of the frames the WAL holds
         since it was last rewound (its file may be larger: a rewind keeps it)."""
         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return _WAL_HEADER_BYTES + max(0, frames) * (_FRAME_HEADER_BYTES + self._page_bytes)
+        held: int = _WAL_HEADER_BYTES + max(0, frames) * (_FRAME_HEADER_BYTES + self._page_bytes)
+        return held
 
     def _holds_over_a_quarter(self, conn: sqlite3.Connection) -> bool:
         """Whether the frames the WAL holds passed a quarter of its bound (copying back)."""
