@@ -68,9 +68,9 @@ def iso(ts: float | None) -> str | None:
     global _iso_second
     if ts is None:
         return None
-    fraction, whole = math.modf(ts)
     if ts < 0 or not math.isfinite(ts):  # before 1970, or no time at all: the slow way
         return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    fraction, whole = math.modf(ts)
     micros = round(fraction * 1e6)  # half to even, as datetime.fromtimestamp rounds
     if micros >= 1_000_000:
         whole, micros = whole + 1.0, micros - 1_000_000

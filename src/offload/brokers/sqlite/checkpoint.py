@@ -90,8 +90,7 @@ class Checkpointer(threading.Thread):
             while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
                 with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
                     if self._over_a_quarter():
-                        if self._holds_over_a_quarter(conn):
-                            self.rewind(conn)
+                        self.rewind(conn)
                         copied = time.monotonic()
                     elif time.monotonic() - copied >= DEFAULT_CHECKPOINT_EVERY_S:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -110,15 +109,14 @@ class Checkpointer(threading.Thread):
         held: int = _WAL_HEADER_BYTES + max(0, frames) * (_FRAME_HEADER_BYTES + self._page_bytes)
         return held
 
-    def _holds_over_a_quarter(self, conn: sqlite3.Connection) -> bool:
-        """Whether the frames the WAL holds passed a quarter of its bound (copying back)."""
-        return 4 * self._held_bytes(conn) > wal_bound(_size(self.path), self.cap_bytes)
-
     def rewind(self, conn: sqlite3.Connection) -> bool:
-        """Copy the WAL back and have the next writer write from its start; False when
-        readers stayed in it."""
+        """Copy the WAL back and, if the frames it holds passed a quarter of its bound, have
+        the next writer write from its start. False when it holds less (its file is big
+        from before: a rewind keeps it), or readers stayed in it."""
         wal = self._held_bytes(conn)  # the bulk, blocking none
         bound = wal_bound(_size(self.path), self.cap_bytes)
+        if 4 * wal <= bound:
+            return False
         wait_s = DEFAULT_TRUNCATE_WAIT_S
         if 2 * wal > bound:
             wait_s *= 4  # near the bound: try longer for a moment without readers
