@@ -21,6 +21,8 @@ from .stack import PRINCIPAL, TOKEN
 
 #: Seconds an HTTP request may take before it counts as a transport error.
 DEFAULT_HTTP_TIMEOUT_S = 15.0
+#: Seconds between two tries of a submission whose connection was refused (web down).
+DEFAULT_REFUSED_RETRY_S = 0.2
 FINAL_STATES = {"succeeded", "failed", "cancelled", "dead"}
 
 
@@ -73,11 +75,23 @@ def is_problem(answer: httpx.Response) -> bool:
     return content_type.startswith("application/problem+json")
 
 
-def post_job(client: httpx.Client, ledger: Ledger, sub: Submission) -> str | None:
-    """POST one job; record the answer (a 202's id, or the failure)."""
+def post_job(
+    client: httpx.Client, ledger: Ledger, sub: Submission, stop: threading.Event
+) -> str | None:
+    """POST one job; record the answer (a 202's id, or the failure). A refused connection
+    (the web process is down, the request was never sent) is recorded and the same job sent
+    again until it is heard or the load stops: a client would, and a slow restart on a busy
+    machine then delays the job rather than dropping it from the run."""
     headers = {"Idempotency-Key": sub.key} if sub.key else {}
     try:
-        answer = client.post("/v1/jobs/chaos.work", json=sub.body(), headers=headers)
+        while True:
+            try:
+                answer = client.post("/v1/jobs/chaos.work", json=sub.body(), headers=headers)
+                break
+            except httpx.ConnectError as exc:
+                ledger.fail("transport", f"POST: {type(exc).__name__}")
+                if stop.wait(DEFAULT_REFUSED_RETRY_S):
+                    return None
     except httpx.TransportError as exc:
         ledger.fail("transport", f"POST: {type(exc).__name__}")
         return None
@@ -103,9 +117,9 @@ def http_loop(
         while (step := plan.take(stop)) is not None:
             sub, _replay = step
             if sub.key is not None and plan.rng.random() < 0.3:
-                answers = list(pair.map(lambda s: post_job(client, ledger, s), [sub, sub]))
+                answers = list(pair.map(lambda s: post_job(client, ledger, s, stop), [sub, sub]))
             else:
-                answers = [post_job(client, ledger, sub)]
+                answers = [post_job(client, ledger, sub, stop)]
             for job_id in filter(None, answers):
                 on_accept(job_id)
 
