@@ -1,12 +1,20 @@
 """Group commit: concurrent enqueues of one process share one backend call.
 
-A call that finds no flush in flight is sent at once, alone: a lone caller is never delayed.
-Calls that arrive while a flush is in flight wait for it and then go together, up to
-`DEFAULT_GROUP_MAX_JOBS` jobs a group, in one backend call (one transaction, one script
-call, one statement). The added wait is bounded by one flush. Each caller still gets its
-own results and its own error: a group the backend refuses (all or none) is sent again one
-caller at a time, so a bad job fails only the call that carried it. Every caller returns
-only after its own jobs are committed, as an ungrouped call does.
+A call that finds no flush in flight lets the event loop turn once, then is sent at once,
+with the calls that arrived in that turn: a lone caller is delayed by one turn of the loop
+and nothing more. Calls that arrive while a flush is in flight wait for it and then go
+together. Either way a group holds up to `DEFAULT_GROUP_MAX_JOBS` jobs and is one backend
+call (one transaction, one script call, one statement). The added wait is bounded by one
+flush.
+
+The turn matters under load: the requests of one read of the sockets arrive in the same
+turn, and without it the first went alone and the rest waited for it (two commits where one
+does; on SQLite the lone one on the loop's thread). In `bench/api_latency.py`'s closed loop
+on SQLite that was 17 % of the web process's CPU per request (bench/RESULTS.md).
+
+Each caller still gets its own results and its own error: a group the backend refuses (all
+or none) is sent again one caller at a time, so a bad job fails only the call that carried
+it. Every caller returns only after its own jobs are committed, as an ungrouped call does.
 """
 
 from __future__ import annotations
@@ -41,8 +49,9 @@ class GroupCommit:
         self.flushes = 0
 
     async def submit(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
-        """Store `envelopes` (atomically, as one backend call would), alone when nothing is
-        in flight, else in the next group."""
+        """Store `envelopes` (atomically, as one backend call would): when nothing is in
+        flight, after one turn of the loop with the calls made in it; else in the next
+        group."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -54,13 +63,31 @@ class GroupCommit:
             return await future
         self._busy = True
         try:
+            # One turn of the loop first: the calls of requests read in the same turn (a
+            # web process under load reads several sockets at once) go with this one.
+            await asyncio.sleep(0)
+        except BaseException:
+            self._hand_on(loop)
+            raise
+        if self._pending:
+            # They go together, flushed by a task of their own as any group is: a caller
+            # that gives up then drops only its own jobs, never those it would carry.
+            mine: asyncio.Future[list[EnqueueResult]] = loop.create_future()
+            self._pending.appendleft((envelopes, mine))
+            self._drainer = loop.create_task(self._drain())
+            return await mine
+        try:
             self.flushes += 1
             return await self._store(envelopes)
         finally:
-            if self._pending:  # they waited for this flush: hand the flushing on
-                self._drainer = loop.create_task(self._drain())
-            else:
-                self._busy = False
+            self._hand_on(loop)
+
+    def _hand_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a call that went alone: calls that waited for it go next, in groups."""
+        if self._pending:
+            self._drainer = loop.create_task(self._drain())
+        else:
+            self._busy = False
 
     async def _drain(self) -> None:
         try:

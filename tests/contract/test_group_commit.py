@@ -58,10 +58,9 @@ async def test_concurrent_enqueues_are_all_stored_and_each_answered(app: App) ->
     for n, job in enumerate(jobs):
         row = await app.get(job.id)
         assert row is not None and row.payload == {"n": n}
-    # And they shared backend calls: the first went alone, the rest in groups of at most
-    # DEFAULT_GROUP_MAX_JOBS that waited for it
-    waiting = CALLERS - 1
-    assert group_of(app).flushes == 1 + -(-waiting // DEFAULT_GROUP_MAX_JOBS)
+    # And they shared backend calls: the first took those made in the same turn of the
+    # loop (all of them), in groups of at most DEFAULT_GROUP_MAX_JOBS
+    assert group_of(app).flushes == -(-CALLERS // DEFAULT_GROUP_MAX_JOBS)
 
 
 async def test_a_lone_call_is_sent_at_once_by_itself(app: App) -> None:
@@ -72,6 +71,27 @@ async def test_a_lone_call_is_sent_at_once_by_itself(app: App) -> None:
         assert group_of(app).flushes == n + 1
         assert await app.get(job.id) is not None
     assert group_of(app)._drainer is None
+
+
+async def test_a_first_caller_that_gives_up_drops_none_of_the_calls_it_carries(app: App) -> None:
+    # Given a first call, and calls made in the same turn of the loop (they go with it)
+    stamped = app.envelope(Item(n=0))
+    first = asyncio.ensure_future(app.submit(stamped))
+    others = [asyncio.ensure_future(app.enqueue(Item(n=n))) for n in range(1, 6)]
+    async with asyncio.timeout(PATIENCE_S):  # the first call has handed the group on
+        while app._group is None or app._group._drainer is None:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    # When the first caller gives up before the group is sent
+    first.cancel()
+    # Then every other call is stored and answered with its own job
+    jobs = await asyncio.gather(*others)
+    for n, job in enumerate(jobs, start=1):
+        row = await app.get(job.id)
+        assert row is not None and row.payload == {"n": n}
+    # And the one that gave up is not stored
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await app.get(stamped.id) is None
 
 
 async def test_a_failing_job_in_a_group_fails_only_its_caller(app: App) -> None:

@@ -609,9 +609,8 @@ class SQLiteBackend:
             return []
         results = None
         if self._inline and len(envelopes) <= DEFAULT_INLINE_MAX_JOBS:
-            # One turn of the loop first: callers that arrive meanwhile join the next group
-            # commit (offload._group) instead of each committing alone on the loop's thread.
-            await asyncio.sleep(0)
+            # (The App's group commit let the loop turn once first, so callers that arrived
+            # meanwhile are in `envelopes` rather than each committing alone: offload._group.)
             results = self._enqueue_now(envelopes)
         if results is None:
             results = await self._run(self._enqueue, envelopes)
