@@ -10,8 +10,7 @@ only ones that never block anyone) copy frames back but rewind nothing.
 
 So the checkpointer copies back what it can (PASSIVE) every half second, looks at the
 WAL's size every tenth, and once the WAL passes a quarter of its bound (the rest is room
-for what a heavy load writes meanwhile: at once when the file grows past it, else at the
-half second's copy) it asks for a RESTART checkpoint, after which the
+for what a heavy load writes meanwhile) it asks for a RESTART checkpoint, after which the
 next writer writes from the WAL's start again. A RESTART takes the write lock, copies the
 few frames the PASSIVE one left, and succeeds only if no reader still reads from the WAL.
 Waiting for them in SQLite's busy handler would hold the write lock meanwhile (and sleep up
@@ -87,29 +86,21 @@ class Checkpointer(threading.Thread):
         conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
         self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
         copied = time.monotonic()
-        seen = 0  # the WAL file's size at the previous look
         try:
             while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
-                size = _size(self.path + "-wal")
-                grew, seen = size > seen, size
-                due = time.monotonic() - copied >= DEFAULT_CHECKPOINT_EVERY_S
                 with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
-                    if self._over_a_quarter(size) and (grew or due):
+                    if self._over_a_quarter():
                         self.rewind(conn)
                         copied = time.monotonic()
-                    elif due:
+                    elif time.monotonic() - copied >= DEFAULT_CHECKPOINT_EVERY_S:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                         copied = time.monotonic()
         finally:
             conn.close()
 
-    def _over_a_quarter(self, wal_bytes: int) -> bool:
-        """Whether the WAL's file passed a quarter of its bound (file sizes: no SQL). A file
-        that grows past it is rewound at once; one that stays as big (a rewind keeps the
-        file) only at the copy's pace, when its frames are counted anyway: counting them
-        every look meant a PASSIVE checkpoint five times as often, each copying again the
-        pages written since the last (bench/RESULTS.md, the web tier)."""
-        return 4 * wal_bytes > wal_bound(_size(self.path), self.cap_bytes)
+    def _over_a_quarter(self) -> bool:
+        """Whether the WAL's file passed a quarter of its bound (two file sizes: no SQL)."""
+        return 4 * _size(self.path + "-wal") > wal_bound(_size(self.path), self.cap_bytes)
 
     def _held_bytes(self, conn: sqlite3.Connection) -> int:
         """Copy back what a PASSIVE checkpoint can; the bytes of the frames the WAL holds
