@@ -83,18 +83,15 @@ def post_job(
     again until it is heard or the load stops: a client would, and a slow restart on a busy
     machine then delays the job rather than dropping it from the run."""
     headers = {"Idempotency-Key": sub.key} if sub.key else {}
-    try:
-        while True:
-            try:
-                answer = client.post("/v1/jobs/chaos.work", json=sub.body(), headers=headers)
-                break
-            except httpx.ConnectError as exc:
-                ledger.fail("transport", f"POST: {type(exc).__name__}")
-                if stop.wait(DEFAULT_REFUSED_RETRY_S):
-                    return None
-    except httpx.TransportError as exc:
-        ledger.fail("transport", f"POST: {type(exc).__name__}")
-        return None
+    while True:
+        try:
+            answer = client.post("/v1/jobs/chaos.work", json=sub.body(), headers=headers)
+            break
+        except httpx.TransportError as exc:
+            ledger.fail("transport", f"POST: {type(exc).__name__}")
+            refused = isinstance(exc, httpx.ConnectError)
+            if not refused or stop.wait(DEFAULT_REFUSED_RETRY_S):
+                return None
     if answer.status_code == 202:
         job_id = str(answer.json()["id"])
         ledger.accept(job_id, sub, "http")

@@ -10,7 +10,7 @@ flush.
 The turn matters under load: the requests of one read of the sockets arrive in the same
 turn, and without it the first went alone and the rest waited for it (two commits where one
 does; on SQLite the lone one on the loop's thread). In `bench/api_latency.py`'s closed loop
-on SQLite that was 17 % of the web process's CPU per request (bench/RESULTS.md).
+on SQLite the web process's CPU per request fell by about a tenth (bench/RESULTS.md).
 
 Each caller still gets its own results and its own error: a group the backend refuses (all
 or none) is sent again one caller at a time, so a bad job fails only the call that carried
