@@ -470,3 +470,45 @@ async def test_a_waiting_claimer_polls_on_the_loops_thread_and_wakes_for_another
     finally:
         await theirs.close()
         await mine.close()
+
+
+async def test_a_claim_of_a_few_jobs_stays_on_the_loops_thread_and_a_batch_or_a_held_lock_hops(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "claims.db")
+    backend = SQLiteBackend(path)
+    await backend.open()
+    try:
+        handed = hops(backend)
+        # A few ready jobs (at most the inline bound) are claimed on the loop's thread
+        few = [envelope() for _ in range(3)]
+        await backend.enqueue(few)
+        leases = await claim(backend, limit=10)
+        assert sorted(lease.envelope.id for lease in leases) == sorted(e.id for e in few)
+        assert "_claim" not in handed
+        # more than the bound go to the writer thread, in one batch
+        many = [envelope() for _ in range(20)]
+        await backend.enqueue(many)
+        leases = await claim(backend, limit=50)
+        assert sorted(lease.envelope.id for lease in leases) == sorted(e.id for e in many)
+        assert handed.count("_claim") == 1
+        # and while another program holds the write lock, the claim waits for it on the
+        # writer thread (the loop turns meanwhile), then takes the job
+        one = envelope()
+        await backend.enqueue([one])
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        claiming = asyncio.ensure_future(claim(backend, limit=10))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not claiming.done()
+        other.execute("COMMIT")
+        other.close()
+        leases = await asyncio.wait_for(claiming, 30)
+        assert [lease.envelope.id for lease in leases] == [one.id]
+        assert handed.count("_claim") == 2
+        assert backend.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 60_000
+        claimed = "SELECT count(*) FROM offload_jobs WHERE state = 'running'"
+        assert backend.conn.execute(claimed).fetchone()[0] == 24
+    finally:
+        await backend.close()

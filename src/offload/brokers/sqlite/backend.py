@@ -72,9 +72,10 @@ DEFAULT_BUSY_POLL_S = 0.001
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
-#: The most jobs an enqueue writes on the event loop's own thread (see `_enqueue_now`); a
-#: bigger batch (a group of concurrent calls, `enqueue_many`) goes to the writer thread,
-#: which holds the loop for no longer than a hop.
+#: The most jobs an enqueue writes, or a claim takes, on the event loop's own thread (see
+#: `_enqueue_now`, `_claim_now`); a bigger batch (a group of concurrent calls,
+#: `enqueue_many`, a claim while work piles up) goes to the writer thread, which holds the
+#: loop for no longer than a hop.
 DEFAULT_INLINE_MAX_JOBS = 8
 #: Rows one write transaction of a long operation (purge, prune, bulk changes) touches at
 #: most: tens of milliseconds of the write lock (bench/sqlite_locks.py), a small fraction of
@@ -703,12 +704,53 @@ class SQLiteBackend:
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
         self._seen["claim"] = self._version()
-        token = secrets.token_hex(12)
         ready = _ready_sql(len(queues))
         # Look before taking the write lock: idle workers then never contend with writers.
         if not self.conn.execute(ready, _ready_args(queues, self.clock.now(), 1)).fetchone():
             return []
-        with self._tx() as conn:
+        return self._take(queues, worker_id, lease_for, limit)
+
+    def _claim_now(
+        self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease] | None:
+        """The claim on the calling thread, the event loop's, where `_inline` allows, when
+        it waits for nothing and holds the loop briefly: the connection is idle
+        (`_connection_idle`), at most DEFAULT_INLINE_MAX_JOBS jobs are ready, and the write
+        lock is free at once. Else None (nothing written): the writer thread claims, as it
+        does a batch while work piles up. It saves the hop to the writer thread and back
+        between a job's wake-up and its handler (bench/RESULTS.md, pickup).
+        """
+        if not self._connection_idle():
+            return None
+        try:
+            self._seen["claim"] = self._version()
+            ready = _ready_sql(len(queues))
+            look = _ready_args(queues, self.clock.now(), DEFAULT_INLINE_MAX_JOBS + 1)
+            found = len(self.conn.execute(ready, look).fetchall())
+            if found == 0:
+                return []
+            if found > DEFAULT_INLINE_MAX_JOBS:
+                return None
+            inline_limit = min(limit, DEFAULT_INLINE_MAX_JOBS)  # more may be ready by now
+            return self._take(queues, worker_id, lease_for, inline_limit, wait=False)
+        except _Busy:
+            return None
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+
+    def _take(
+        self,
+        queues: Sequence[str],
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+        *,
+        wait: bool = True,
+    ) -> list[Lease]:
+        """Lease up to `limit` ready jobs in one write transaction (`wait`: see `_tx`)."""
+        token = secrets.token_hex(12)
+        ready = _ready_sql(len(queues))
+        with self._tx(wait=wait) as conn:
             now = self.clock.now()  # after the lock: a wait for it must not shorten the lease
             expires = now + lease_for
             ids = [r[0] for r in conn.execute(ready, _ready_args(queues, now, limit))]
@@ -733,6 +775,10 @@ class SQLiteBackend:
         if limit <= 0 or not queues:
             return []
         self._stall_s = min(self._stall_s, lease_for / 4)
+        if self._inline:
+            leases = self._claim_now(list(queues), worker_id, lease_for, limit)
+            if leases is not None:
+                return leases
         return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
 
     def _claim_gated(
