@@ -612,7 +612,7 @@ class SQLiteBackend:
         if self._inline and len(envelopes) <= DEFAULT_INLINE_MAX_JOBS:
             # (The App's group commit let the loop turn once first, so callers that arrived
             # meanwhile are in `envelopes` rather than each committing alone: offload._group.)
-            results = self._enqueue_now(envelopes)
+            results = self._now(self._enqueue_now, envelopes)
         if results is None:
             results = await self._run(self._enqueue, envelopes)
         self._wake_waiters()
@@ -624,22 +624,26 @@ class SQLiteBackend:
         meanwhile, so the connection has one user)."""
         return not self._queued and self._executor is not None and self._conn is not None
 
-    def _enqueue_now(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult] | None:
-        """The enqueue (a small one, where `_inline` allows) on the calling thread, the event
-        loop's, when that waits for nothing: the connection is idle (`_connection_idle`) and
-        the write lock is free at once (no other process writes; else None, nothing
-        written, and the writer thread waits for it). It saves the hop to the writer
-        thread and back, most of one call's cost (bench/RESULTS.md).
-        """
+    def _now(self, fn: Callable[..., T | None], *args: Any) -> T | None:
+        """`fn(*args)` on the calling thread, the event loop's, when that waits for nothing:
+        the connection is idle (`_connection_idle`) and a write lock `fn` takes without
+        waiting (`_tx(wait=False)`) is free at once. Else None, nothing written, and the
+        caller hands the call to the writer thread, which waits for the lock. It saves the
+        hop to the writer thread and back (bench/RESULTS.md)."""
         if not self._connection_idle():
             return None
         try:
-            with self._tx(wait=False) as conn:
-                return self._insert(conn, envelopes)
+            return fn(*args)
         except _Busy:
             return None
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+
+    def _enqueue_now(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
+        """The enqueue (a small one, where `_inline` allows) on the loop's thread (`_now`):
+        the hop is most of one call's cost."""
+        with self._tx(wait=False) as conn:
+            return self._insert(conn, envelopes)
 
     def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """`enqueue` for a thread that is not the event loop's (`App.enqueue_sync`): one
@@ -700,43 +704,35 @@ class SQLiteBackend:
         """
         return self._insert(conn, envelopes)
 
+    def _ready_now(self, queues: Sequence[str], at_most: int) -> int:
+        """How many jobs are ready (counted up to `at_most`), read before taking the write
+        lock, so that idle workers never contend with writers; what a claim's wait for a
+        change compares against from here on."""
+        self._seen["claim"] = self._version()
+        look = _ready_args(queues, self.clock.now(), at_most)
+        return len(self.conn.execute(_ready_sql(len(queues)), look).fetchall())
+
     def _claim(
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
-        self._seen["claim"] = self._version()
-        ready = _ready_sql(len(queues))
-        # Look before taking the write lock: idle workers then never contend with writers.
-        if not self.conn.execute(ready, _ready_args(queues, self.clock.now(), 1)).fetchone():
+        if not self._ready_now(queues, 1):
             return []
         return self._take(queues, worker_id, lease_for, limit)
 
     def _claim_now(
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
     ) -> list[Lease] | None:
-        """The claim on the calling thread, the event loop's, where `_inline` allows, when
-        it waits for nothing and holds the loop briefly: the connection is idle
-        (`_connection_idle`), at most DEFAULT_INLINE_MAX_JOBS jobs are ready, and the write
-        lock is free at once. Else None (nothing written): the writer thread claims, as it
-        does a batch while work piles up. It saves the hop to the writer thread and back
-        between a job's wake-up and its handler (bench/RESULTS.md, pickup).
-        """
-        if not self._connection_idle():
+        """The claim on the loop's thread (`_now`) where it holds the loop briefly: at most
+        DEFAULT_INLINE_MAX_JOBS jobs are ready. Else None: the writer thread claims, as it
+        does a batch while work piles up. The hop it saves lies between a job's wake-up
+        and its handler (bench/RESULTS.md, pickup)."""
+        found = self._ready_now(queues, DEFAULT_INLINE_MAX_JOBS + 1)
+        if found == 0:
+            return []
+        if found > DEFAULT_INLINE_MAX_JOBS:
             return None
-        try:
-            self._seen["claim"] = self._version()
-            ready = _ready_sql(len(queues))
-            look = _ready_args(queues, self.clock.now(), DEFAULT_INLINE_MAX_JOBS + 1)
-            found = len(self.conn.execute(ready, look).fetchall())
-            if found == 0:
-                return []
-            if found > DEFAULT_INLINE_MAX_JOBS:
-                return None
-            inline_limit = min(limit, DEFAULT_INLINE_MAX_JOBS)  # more may be ready by now
-            return self._take(queues, worker_id, lease_for, inline_limit, wait=False)
-        except _Busy:
-            return None
-        except sqlite3.Error as exc:
-            raise self._failure(exc) from exc
+        inline_limit = min(limit, DEFAULT_INLINE_MAX_JOBS)  # more may be ready by now
+        return self._take(queues, worker_id, lease_for, inline_limit, wait=False)
 
     def _take(
         self,
@@ -775,11 +771,12 @@ class SQLiteBackend:
         if limit <= 0 or not queues:
             return []
         self._stall_s = min(self._stall_s, lease_for / 4)
+        names = list(queues)
         if self._inline:
-            leases = self._claim_now(list(queues), worker_id, lease_for, limit)
+            leases = self._now(self._claim_now, names, worker_id, lease_for, limit)
             if leases is not None:
                 return leases
-        return await self._run(self._claim, list(queues), worker_id, lease_for, limit)
+        return await self._run(self._claim, names, worker_id, lease_for, limit)
 
     def _claim_gated(
         self,
