@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -380,6 +383,25 @@ async def test_status_reads_answer_while_the_writer_thread_is_busy(tmp_path: Pat
         await backend.close()
 
 
+@contextlib.contextmanager
+def write_lock_held(path: str) -> Iterator[None]:
+    """Another program's connection holding the write lock of the file at `path` inside."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("COMMIT")
+        other.close()
+
+
+async def still_waiting(call: asyncio.Future[Any]) -> None:
+    """The loop turns (nothing blocks it) and `call` has not ended: it waits for the lock."""
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert not call.done()
+
+
 async def test_an_enqueue_while_another_process_writes_waits_for_the_lock_and_stores_once(
     tmp_path: Path,
 ) -> None:
@@ -392,15 +414,10 @@ async def test_an_enqueue_while_another_process_writes_waits_for_the_lock_and_st
         first = envelope()
         assert [r.id for r in await backend.enqueue([first])] == [first.id]
         # when another program holds the write lock as the next enqueue comes,
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
         second = envelope()
-        storing = asyncio.ensure_future(backend.enqueue([second]))
-        for _ in range(20):  # the loop turns (nothing blocks it): the call waits for the lock
-            await asyncio.sleep(0.01)
-        assert not storing.done()
-        other.execute("COMMIT")
-        other.close()
+        with write_lock_held(path):
+            storing = asyncio.ensure_future(backend.enqueue([second]))
+            await still_waiting(storing)
         # then it is stored once the lock is free, on the writer thread that waited for it
         assert [r.id for r in await asyncio.wait_for(storing, 30)] == [second.id]
         assert (await status(backend, second.id))["state"] == "queued"
@@ -496,14 +513,9 @@ async def test_a_claim_of_a_few_jobs_stays_on_the_loops_thread_and_a_batch_or_a_
         # writer thread (the loop turns meanwhile), then takes the job
         one = envelope()
         await backend.enqueue([one])
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        claiming = asyncio.ensure_future(claim(backend, limit=10))
-        for _ in range(20):
-            await asyncio.sleep(0.01)
-        assert not claiming.done()
-        other.execute("COMMIT")
-        other.close()
+        with write_lock_held(path):
+            claiming = asyncio.ensure_future(claim(backend, limit=10))
+            await still_waiting(claiming)
         leases = await asyncio.wait_for(claiming, 30)
         assert [lease.envelope.id for lease in leases] == [one.id]
         assert handed.count("_claim") == 2
