@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jinja2
 import orjson
 import pytest
 from PIL import Image
@@ -205,6 +206,24 @@ async def test_refused_exports_enqueue_nothing(demo: Demo) -> None:
     bad_period = await alice.post("/reports", data={"period": "1999"})
     assert bad_period.status_code == 422 and "1999" in bad_period.json()["detail"]
     assert await demo.all_jobs() == []
+
+
+async def test_pages_are_served_from_templates_compiled_at_start_up(
+    demo: Demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst of clicks right after a start must not wait for a template to be read and
+    # compiled, nor stat its file on every use: with its files out of reach, every page
+    # still renders.
+    def gone(environment: jinja2.Environment, template: str) -> Any:
+        raise AssertionError(f"{template} was read while serving")
+
+    monkeypatch.setattr(demo.web.state.site.templates.env.loader, "get_source", gone)
+    alice = await demo.signed_in("alice")
+    export = await alice.post("/reports", data={"period": "2025"})
+    assert export.status_code == 202 and 'class="job' in export.json()["html"]
+    for page in ("/reports", "/thumbnails", "/mailbox"):
+        answer = await alice.get(page, headers={"Accept": "text/html"})
+        assert answer.status_code == 200, page
 
 
 async def test_plain_form_post_redirects_back_to_the_page(demo: Demo) -> None:
