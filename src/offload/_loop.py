@@ -1,8 +1,10 @@
-"""Run a command's coroutine on a fresh event loop: uvloop's where it is installed."""
+"""Run a command's coroutine on a fresh event loop (uvloop's where it is installed), and set
+a long-running command's heap aside once it has started."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -26,3 +28,15 @@ def _runner() -> Callable[[Coroutine[Any, Any, Any]], Any]:
         return asyncio.run
     run_on_uvloop: Callable[[Coroutine[Any, Any, Any]], Any] = uvloop.run
     return run_on_uvloop
+
+
+def freeze_start_up() -> None:
+    """Leave what start-up made (modules, classes, the app and its OpenAPI schema, a site's
+    templates: a few hundred thousand objects) out of every later garbage collection. A
+    full collection walked them all, 45 ms each time: 9 of them in 30,000 submissions, 5 %
+    of the web tier's CPU and pauses of that length (bench/RESULTS.md, the web tier); in
+    `offload demo` one such pause fell in a burst of clicks. Garbage made so far is
+    collected first, so none of it is kept for good. Called by the commands that own their
+    process (`offload web`, `worker`, `dev`, `demo`), never by the library."""
+    gc.collect()
+    gc.freeze()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ import typer
 
 from . import __version__
 from ._loading import load
+from ._loop import freeze_start_up
 from ._loop import run as _run
 from .app import App
 from .contract import JobFilter, JobRow, JobState, WorkerInfo
@@ -243,16 +243,6 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(signum, stop)
 
 
-def _freeze_start_up() -> None:
-    """Leave what start-up made (modules, classes, the app and its OpenAPI schema: a few
-    hundred thousand objects) out of every later garbage collection. A full collection
-    walked them all, 45 ms each time: 9 of them in 30,000 submissions, 5 % of the web tier's
-    CPU and pauses of that length (bench/RESULTS.md, the web tier). Garbage made so far
-    is collected first, so none of it is kept for good."""
-    gc.collect()
-    gc.freeze()
-
-
 def _server(api: Any, host: str, port: int) -> Any:
     import uvicorn
 
@@ -292,7 +282,7 @@ def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None)
             async with offload_app:
                 await _check_blobs(offload_app)
                 _stop_on_signals(lambda: setattr(server, "should_exit", True))
-                _freeze_start_up()
+                freeze_start_up()
                 await server.serve()
 
         _banner(
@@ -454,7 +444,7 @@ def worker(
         async def main() -> None:
             await _check_blobs(offload_app)
             _stop_on_signals(runner.request_stop)
-            _freeze_start_up()
+            freeze_start_up()
             if ready_fd is None:
                 await runner.run()
                 return
@@ -615,7 +605,7 @@ def dev(
                 worker_task = asyncio.create_task(runner.run())
                 # A worker that dies takes the dev server down with it, loudly.
                 worker_task.add_done_callback(lambda _t: setattr(server, "should_exit", True))
-                _freeze_start_up()
+                freeze_start_up()
                 await server.serve()
                 runner.request_stop()
                 await worker_task
