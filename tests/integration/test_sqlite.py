@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
+from offload.brokers.sqlite import backend as backend_module
 from offload.contract import JobState, Lapsed, Outcome, status_record
 from offload.errors import BackendError
 from offload.worker.rescue import decide_all
@@ -400,6 +401,46 @@ async def still_waiting(call: asyncio.Future[Any]) -> None:
     for _ in range(20):
         await asyncio.sleep(0.01)
     assert not call.done()
+
+
+def test_a_writer_takes_the_lock_once_another_connection_frees_it_and_keeps_its_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # _begin tries again itself (SQLite's busy handler sleeps up to 100 ms between tries);
+    # the connection's busy timeout, which its other statements rely on, is the same after.
+    path = str(tmp_path / "begin.db")
+    sqlite3.connect(path).close()
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+
+    with write_lock_held(path):
+        with pytest.raises(backend_module._Busy):  # without `wait`: at once
+            backend_module._begin(conn, wait=False)
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout_ms
+        monkeypatch.setattr(backend_module, "DEFAULT_BUSY_TIMEOUT_S", 0.05)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):  # held past the bound
+            backend_module._begin(conn, wait=True)
+        monkeypatch.undo()
+        tries = 0
+        real_sleep = time.sleep
+
+        def counted(seconds: float) -> None:
+            nonlocal tries
+            tries += 1
+            real_sleep(seconds)
+
+        monkeypatch.setattr(backend_module.time, "sleep", counted)
+        waiting = threading.Thread(target=backend_module._begin, args=(conn,), kwargs={"wait": True})
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while tries < 3 and time.monotonic() < deadline:  # it tried, and tries again
+            real_sleep(0.001)
+        assert waiting.is_alive() and tries >= 3
+    waiting.join(30)
+    assert not waiting.is_alive() and conn.in_transaction  # it holds the lock now
+    conn.execute("COMMIT")
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout_ms
+    conn.close()
 
 
 async def test_an_enqueue_while_another_process_writes_waits_for_the_lock_and_stores_once(

@@ -72,6 +72,13 @@ DEFAULT_BUSY_POLL_S = 0.001
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+#: While another connection holds the write lock, a writer tries again after this long,
+#: doubling up to `DEFAULT_LOCK_RETRY_MAX_S` (seconds). SQLite's own busy handler sleeps 1,
+#: 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 then 100 ms between tries, so a writer missed a lock
+#: freed just after a try by as much: a web process's enqueue waited 54 and 79 ms behind a
+#: worker's few-millisecond writes (bench/RESULTS.md, the burst).
+DEFAULT_LOCK_RETRY_S = 0.0002
+DEFAULT_LOCK_RETRY_MAX_S = 0.002
 #: The most jobs an enqueue writes, or a claim takes, on the event loop's own thread (see
 #: `_enqueue_now`, `_claim_now`); a bigger batch (a group of concurrent calls,
 #: `enqueue_many`, a claim while work piles up) goes to the writer thread, which holds the
@@ -197,6 +204,38 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 class _Busy(Exception):
     """The write lock was not free at once (a `_tx(wait=False)`): nothing was written."""
+
+
+def _begin(conn: sqlite3.Connection, *, wait: bool) -> None:
+    """BEGIN IMMEDIATE: take the write lock. While another connection holds it, try again
+    soon (`DEFAULT_LOCK_RETRY_S`, doubling to `DEFAULT_LOCK_RETRY_MAX_S`) for up to
+    `DEFAULT_BUSY_TIMEOUT_S`, rather than in SQLite's busy handler, whose sleeps grow to
+    100 ms; the connection's own busy timeout stays for its other statements.
+
+    Raises:
+        _Busy: (without `wait`) the lock was not free at once.
+        sqlite3.OperationalError: still busy after `DEFAULT_BUSY_TIMEOUT_S`, or any other
+            failure.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        pause = DEFAULT_LOCK_RETRY_S
+        deadline = time.monotonic() + DEFAULT_BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if not wait:
+                    raise _Busy from exc
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)  # the GIL is free meanwhile, as in SQLite's busy handler
+            pause = min(2 * pause, DEFAULT_LOCK_RETRY_MAX_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(DEFAULT_BUSY_TIMEOUT_S * 1000)}")
 
 
 def _placeholders(n: int) -> str:
@@ -433,18 +472,7 @@ class SQLiteBackend:
         conn = self.conn if on is None else on
         before = conn.total_changes
         began = self.clock.now()
-        if wait:
-            conn.execute("BEGIN IMMEDIATE")
-        else:
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    raise _Busy from exc
-                raise
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(DEFAULT_BUSY_TIMEOUT_S * 1000)}")
+        _begin(conn, wait=wait)
         lock_wait_s = self.clock.now() - began
         if own:
             self._lock_wait_s = lock_wait_s
