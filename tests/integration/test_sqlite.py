@@ -430,7 +430,7 @@ def test_a_writer_takes_the_lock_once_another_connection_frees_it_and_keeps_its_
             real_sleep(seconds)
 
         monkeypatch.setattr(backend_module.time, "sleep", counted)
-        waiting = threading.Thread(target=backend_module._begin, args=(conn,), kwargs={"wait": True})
+        waiting = threading.Thread(target=lambda: backend_module._begin(conn, wait=True))
         waiting.start()
         deadline = time.monotonic() + 30
         while tries < 3 and time.monotonic() < deadline:  # it tried, and tries again
