@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from offload._group import DEFAULT_GROUP_MAX_JOBS
 from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
 from offload.brokers.sqlite import backend as backend_module
 from offload.contract import JobState, Lapsed, Outcome, status_record
@@ -497,10 +498,17 @@ async def test_a_lone_enqueue_and_a_burst_both_store_every_job_once(tmp_path: Pa
         burst = [envelope() for _ in range(40)]
         answers = await asyncio.gather(*(backend.enqueue([env]) for env in burst))
         assert [a[0].id for a in answers] == [env.id for env in burst]
-        for env in [*lone, *burst]:
+        # A group commit's largest (64 jobs) is written there too; a bigger batch hops.
+        group = [envelope() for _ in range(DEFAULT_GROUP_MAX_JOBS)]
+        assert [r.id for r in await backend.enqueue(group)] == [env.id for env in group]
+        assert "_enqueue" not in handed
+        batch = [envelope() for _ in range(DEFAULT_GROUP_MAX_JOBS + 1)]
+        assert [r.id for r in await backend.enqueue(batch)] == [env.id for env in batch]
+        assert handed.count("_enqueue") == 1
+        for env in [*lone, *burst, *group, *batch]:
             assert (await status(backend, env.id))["state"] == "queued"
         count = backend.conn.execute("SELECT count(*) FROM offload_jobs").fetchone()[0]
-        assert count == len(lone) + len(burst)
+        assert count == len(lone) + len(burst) + len(group) + len(batch)
     finally:
         await backend.close()
 

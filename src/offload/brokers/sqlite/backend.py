@@ -79,11 +79,15 @@ DEFAULT_BUSY_TIMEOUT_S = 60.0
 #: worker's few-millisecond writes (bench/RESULTS.md, the burst).
 DEFAULT_LOCK_RETRY_S = 0.0002
 DEFAULT_LOCK_RETRY_MAX_S = 0.002
-#: The most jobs an enqueue writes, or a claim takes, on the event loop's own thread (see
-#: `_enqueue_now`, `_claim_now`); a bigger batch (a group of concurrent calls,
-#: `enqueue_many`, a claim while work piles up) goes to the writer thread, which holds the
-#: loop for no longer than a hop.
-DEFAULT_INLINE_MAX_JOBS = 8
+#: The most jobs an enqueue writes on the event loop's own thread (`_enqueue_now`): a
+#: group commit's largest (offload._group), a couple of milliseconds; a bigger batch
+#: (`enqueue_many`) goes to the writer thread. There a group's transaction waited for the
+#: GIL between its statements whenever the loop's thread was busy (a web process under
+#: load), holding the write lock meanwhile: 35 jobs once took 24 ms (bench/RESULTS.md).
+DEFAULT_INLINE_MAX_JOBS = 64
+#: The most jobs a claim takes on the event loop's own thread (`_claim_now`); a claim while
+#: work piles up goes to the writer thread, which holds the loop for no longer than a hop.
+DEFAULT_INLINE_CLAIM_MAX_JOBS = 8
 #: Rows one write transaction of a long operation (purge, prune, bulk changes) touches at
 #: most: tens of milliseconds of the write lock (bench/sqlite_locks.py), a small fraction of
 #: the shortest lease.
@@ -751,15 +755,15 @@ class SQLiteBackend:
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
     ) -> list[Lease] | None:
         """The claim on the loop's thread (`_now`) where it holds the loop briefly: at most
-        DEFAULT_INLINE_MAX_JOBS jobs are ready. Else None: the writer thread claims, as it
+        DEFAULT_INLINE_CLAIM_MAX_JOBS jobs are ready. Else None: the writer thread claims, as it
         does a batch while work piles up. The hop it saves lies between a job's wake-up
         and its handler (bench/RESULTS.md, pickup)."""
-        found = self._ready_now(queues, DEFAULT_INLINE_MAX_JOBS + 1)
+        found = self._ready_now(queues, DEFAULT_INLINE_CLAIM_MAX_JOBS + 1)
         if found == 0:
             return []
-        if found > DEFAULT_INLINE_MAX_JOBS:
+        if found > DEFAULT_INLINE_CLAIM_MAX_JOBS:
             return None
-        inline_limit = min(limit, DEFAULT_INLINE_MAX_JOBS)  # more may be ready by now
+        inline_limit = min(limit, DEFAULT_INLINE_CLAIM_MAX_JOBS)  # more may be ready by now
         return self._take(queues, worker_id, lease_for, inline_limit, wait=False)
 
     def _take(
