@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 
+from ..._group import DEFAULT_GROUP_MAX_JOBS
 from ...clock import Clock
 from ...contract import (
     EnqueueResult,
@@ -80,11 +81,11 @@ DEFAULT_BUSY_TIMEOUT_S = 60.0
 DEFAULT_LOCK_RETRY_S = 0.0002
 DEFAULT_LOCK_RETRY_MAX_S = 0.002
 #: The most jobs an enqueue writes on the event loop's own thread (`_enqueue_now`): a
-#: group commit's largest (offload._group), a couple of milliseconds; a bigger batch
-#: (`enqueue_many`) goes to the writer thread. There a group's transaction waited for the
-#: GIL between its statements whenever the loop's thread was busy (a web process under
-#: load), holding the write lock meanwhile: 35 jobs once took 24 ms (bench/RESULTS.md).
-DEFAULT_INLINE_MAX_JOBS = 64
+#: group commit's largest, a couple of milliseconds; a bigger batch (`enqueue_many`) goes
+#: to the writer thread. There a group's transaction waited for the GIL between its
+#: statements whenever the loop's thread was busy (a web process under load), holding the
+#: write lock meanwhile: 35 jobs once took 24 ms (bench/RESULTS.md).
+DEFAULT_INLINE_MAX_JOBS = DEFAULT_GROUP_MAX_JOBS
 #: The most jobs a claim takes on the event loop's own thread (`_claim_now`); a claim while
 #: work piles up goes to the writer thread, which holds the loop for no longer than a hop.
 DEFAULT_INLINE_CLAIM_MAX_JOBS = 8
