@@ -111,7 +111,8 @@ class Announcements:
                 confirmed += message["type"] == "subscribe"
         except BaseException:  # its connection goes back to the pool, not astray
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # Typed from redis-py 8.2 on; untyped before it.
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             raise
         return pubsub
 
@@ -141,7 +142,7 @@ class Announcements:
                     "Redis wake-up connection lost: %s", exc, extra={"action": "redis_pubsub_lost"}
                 )
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 pubsub = await self._resubscribe()
                 continue
             if message is None:
