@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -383,7 +384,7 @@ class RedisBackend:
                 # idle in the pool never fails a call: the pool sees its end of file as
                 # it lends it and connects anew (no round trip); one closed under a call
                 # fails it, and `Retrier` sends it again.
-                retry=Retry(NoBackoff(), 0),
+                retry=AsyncRetry(NoBackoff(), 0),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {self._where()}: {exc}") from exc
