@@ -408,7 +408,9 @@ def test_a_writer_takes_the_lock_once_another_connection_frees_it_and_keeps_its_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # _begin tries again itself (SQLite's busy handler sleeps up to 100 ms between tries);
-    # the connection's busy timeout, which its other statements rely on, is the same after.
+    # the connection's busy timeout, which its other statements rely on, is the same after
+    # an attempt that failed, and once the transaction ends (not while it holds the lock:
+    # no statement runs to restore it there).
     path = str(tmp_path / "begin.db")
     sqlite3.connect(path).close()
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
@@ -439,7 +441,9 @@ def test_a_writer_takes_the_lock_once_another_connection_frees_it_and_keeps_its_
         assert waiting.is_alive() and tries >= 3
     waiting.join(30)
     assert not waiting.is_alive() and conn.in_transaction  # it holds the lock now
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
     conn.execute("COMMIT")
+    backend_module._end_busy_wait(conn)
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == timeout_ms
     conn.close()
 
@@ -467,6 +471,88 @@ async def test_an_enqueue_while_another_process_writes_waits_for_the_lock_and_st
         # not wait restored the busy timeout)
         timeout_ms = backend.conn.execute("PRAGMA busy_timeout").fetchone()[0]
         assert timeout_ms == 60_000
+    finally:
+        await backend.close()
+
+
+async def test_progress_is_one_statement_and_waits_for_a_lock_another_program_holds(
+    tmp_path: Path,
+) -> None:
+    # Given a running job (progress is one statement; a trigger of the backend's connection
+    # writes its feed entry in it)
+    path = str(tmp_path / "progress.db")
+    backend = SQLiteBackend(path)
+    await backend.open()
+    try:
+        env = envelope()
+        await backend.enqueue([env])
+        (lease,) = await claim(backend)
+        statements: list[str] = []
+        backend.conn.set_trace_callback(statements.append)
+        assert await backend.progress(lease, 0.25, "loading") is True
+        backend.conn.set_trace_callback(None)
+        # (the trace names a statement again as it enters its trigger)
+        (update,) = {s for s in statements if not s.startswith("PRAGMA")}
+        assert "UPDATE offload_jobs SET progress_fraction" in update
+        # when another program holds the write lock as the next report comes,
+        with write_lock_held(path):
+            reporting = asyncio.ensure_future(backend.progress(lease, 0.5, "half"))
+            await still_waiting(reporting)
+        # then it is stored once the lock is free, with one feed entry per report
+        assert await asyncio.wait_for(reporting, 30) is True
+        changes = await backend.changes_since(0, job_id=env.id)
+        assert [(c.row.state, c.row.progress_fraction) for c in changes] == [
+            (JobState.QUEUED, None),
+            (JobState.RUNNING, None),
+            (JobState.RUNNING, 0.25),
+            (JobState.RUNNING, 0.5),
+        ]
+        assert (await status(backend, env.id))["progress"] == {"fraction": 0.5, "message": "half"}
+        # and the connection waits for locks as long as before
+        assert backend.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 60_000
+        # while another program's progress-like update writes no entry (the trigger is the
+        # backend connection's own, TEMP)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("UPDATE offload_jobs SET progress_fraction = 0.75 WHERE id = ?", (env.id,))
+        other.close()
+        assert len(await backend.changes_since(0, job_id=env.id)) == 4
+    finally:
+        await backend.close()
+
+
+async def test_a_progress_report_that_waited_out_a_stall_pays_it_to_the_leases(
+    tmp_path: Path,
+) -> None:
+    # Given a running job, and a backend that counts a 50 ms wait for the lock as a stall
+    path = str(tmp_path / "progress-stall.db")
+    backend = SQLiteBackend(path)
+    await backend.open()
+    try:
+        env = envelope()
+        await backend.enqueue([env])
+        (lease,) = await claim(backend, lease_for=60)
+        backend._stall_s = 0.05
+
+        def expires() -> float:
+            row = backend.conn.execute(
+                "SELECT lease_expires FROM offload_jobs WHERE id = ?", (env.id,)
+            ).fetchone()
+            return float(row[0])
+
+        before = expires()
+        tried: list[float] = []  # when the report first tried its statement
+        backend.conn.set_trace_callback(lambda sql: tried.append(time.time()))
+        # when another program holds the write lock longer than that as a report comes,
+        with write_lock_held(path):
+            reporting = asyncio.ensure_future(backend.progress(lease, 0.5, "half"))
+            await still_waiting(reporting)
+            released = time.time()
+        # then the report is stored once, and the whole wait was added to the live lease
+        assert await asyncio.wait_for(reporting, 30) is True
+        backend.conn.set_trace_callback(None)
+        assert expires() - before >= released - tried[0] > backend._stall_s
+        changes = await backend.changes_since(0, job_id=env.id)
+        assert [c.row.progress_fraction for c in changes] == [None, None, 0.5]
     finally:
         await backend.close()
 

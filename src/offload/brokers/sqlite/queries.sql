@@ -167,9 +167,9 @@ ORDER BY lease_expires
 LIMIT ?
 
 -- name: progress
+-- Its feed entry: the connection's trigger (backend._progress_feed_trigger).
 UPDATE offload_jobs SET progress_fraction = ?, progress_message = ?
 WHERE id = ? AND lease_token = ? AND state = 'running'
-RETURNING *
 
 -- name: get
 SELECT * FROM offload_jobs WHERE id = ?
