@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 from _results import percentile, rounds_rows, write_section
+from api_latency import wait_ready
+from cputime import tree_seconds
 
 from offload.bench.burst import Clicks, Run, _demo, _free_port, _sign_in
 
@@ -50,7 +52,10 @@ def serve(port: int) -> None:
         headers = {"Location": f"/v1/jobs/{BODY['id']}"}
         return JSONResponse(BODY, status_code=202, headers=headers)
 
-    app = Starlette(routes=[Route("/reports", click, methods=["POST"])])
+    async def healthz(request: Request) -> Response:  # for the readiness probe only
+        return Response(status_code=204)
+
+    app = Starlette(routes=[Route("/reports", click, methods=["POST"]), Route("/healthz", healthz)])
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
     )
@@ -61,15 +66,9 @@ def serve(port: int) -> None:
 async def _bare() -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base) as probe:
-            for _ in range(300):
-                with contextlib.suppress(httpx.TransportError):
-                    await probe.get("/")
-                    break
-                await asyncio.sleep(0.1)
-        yield base, proc
+        await asyncio.to_thread(wait_ready, port, "/healthz", proc)
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -84,23 +83,14 @@ def _cpu_s(pid: int) -> float:
     return total / 1e9
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its live descendants (the demo's workers)."""
-    total = _cpu_s(pid)
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total += sum(_tree_cpu_s(int(child)) for child in children)
-    return total
-
-
 async def _settled(pid: int, timeout: float = 60.0) -> None:
     """Until the server and its workers have started up: half a second using under a
     twentieth of a core."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = _tree_cpu_s(pid)
+        before = tree_seconds([pid])
         await asyncio.sleep(0.5)
-        if _tree_cpu_s(pid) - before < 0.025:
+        if tree_seconds([pid]) - before < 0.025:
             return
     raise RuntimeError(f"process {pid} kept busy for {timeout:.0f} s")
 
