@@ -4,13 +4,14 @@ how much of an export's acknowledgement is offload's and how much the web stack'
     python bench/burst_floor.py [--rounds 6] [--clicks 100]
 
 Each round starts, in turn, `offload demo` (queued mode, one worker process, a new folder:
-the first burst of a fresh demo, as `make bench-burst` sends it) and a bare Starlette app
-served with the demo's uvicorn settings, whose one route reads the form and answers 202 with
-a fixed body the size of the demo's answer. Each gets the burst's clicks from the same
-separate process (`offload.bench.clicks`: a new connection per click, all sent at once)
-once it and its workers have started up (half a second with almost no CPU), then is
-stopped. The figures are the acknowledgements' p50 and p99 and the server process's CPU
-per click (the demo's worker processes not counted), per round.
+the first burst of a fresh demo; unlike `make bench-burst`, no home-page requests run before
+or beside it) and a bare Starlette app served with the demo's uvicorn settings, whose route
+reads the form and answers 202 with a fixed body the size of the demo's answer (beside it, a
+health route for the readiness probe). Each gets the burst's clicks from the same separate
+process (`offload.bench.clicks`: a new connection per click, all sent at once) once it and
+its workers have started up (half a second with almost no CPU), then is stopped. The figures
+are the acknowledgements' p50 and p99 and the server process's CPU per click (the demo's
+worker processes not counted), per round.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def main() -> None:
         "## The burst's acknowledgements against a bare route (`bench/burst_floor.py`)",
         "",
         f"{args.clicks} concurrent clicks, each on a new connection from a process of their "
-        f"own (the burst's), {args.rounds} rounds alternating: `offload demo` in queued mode "
+        f"own (the burst's), rounds alternating ({args.rounds}): `offload demo` in queued mode "
         "(a fresh demo each round, one worker process, started up) and a bare Starlette "
         "route that reads the form and answers 202 with a fixed body of the same size, "
         "served with the same uvicorn settings. CPU is the server process's (the demo's "
