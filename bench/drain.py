@@ -21,9 +21,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
 from _results import fmt, write_section
+from cputime import tree_seconds
 from rich.console import Console
 from rich.progress import Progress
 
@@ -115,10 +117,26 @@ async def load(url: str, n: int, progress: Progress, label: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+class Drained(NamedTuple):
+    rate: float  # jobs/s, spawn to last completion
+    steady: float  # jobs/s, first to last completion
+    #: CPU µs per job of the worker processes, from the first look that saw jobs done (its
+    #: start-up is over) to the last completion.
+    worker_cpu_us: float
+
+
 def drain(
-    url: str, n: int, processes: int, concurrency: int, progress: Progress, label: str
-) -> tuple[float, float]:
-    """Start the workers, wait for n completions; returns (drain jobs/s, steady jobs/s)."""
+    url: str,
+    n: int,
+    processes: int,
+    concurrency: int,
+    progress: Progress,
+    label: str,
+    *,
+    count_with: str = "blocking",
+) -> Drained:
+    """Start the workers, wait for n completions (each counted by a `count_with` call:
+    "blocking" or "async", see drain_app.py)."""
     counter = redis.Redis.from_url(COUNTER_URL)
     counter.delete("drain:done", "drain:first", "drain:last")
     env = {
@@ -126,6 +144,7 @@ def drain(
         "OFFLOAD_URL": url,
         "BENCH_TARGET": str(n),
         "BENCH_COUNTER_URL": COUNTER_URL,
+        "BENCH_COUNTER": count_with,
         "PYTHONPATH": str(HERE),
     }
     argv = [
@@ -145,11 +164,15 @@ def drain(
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+    started: tuple[int, float] | None = None  # jobs done and worker CPU seconds, first seen
     try:
         while True:
             done = int(counter.get("drain:done") or 0)
             progress.update(task, completed=done)
+            if started is None and done:
+                started = done, tree_seconds([proc.pid])
             if done >= n:
+                cpu = tree_seconds([proc.pid])
                 break
             if proc.poll() is not None:
                 raise SystemExit(f"workers exited with {proc.returncode}")
@@ -162,7 +185,9 @@ def drain(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         progress.remove_task(task)
-    return n / (last - spawn), (n - 1) / max(1e-9, last - first)
+    assert started is not None
+    per_job = (cpu - started[1]) / max(1, n - started[0]) * 1e6
+    return Drained(n / (last - spawn), (n - 1) / max(1e-9, last - first), per_job)
 
 
 async def main() -> None:
@@ -183,7 +208,7 @@ async def main() -> None:
             for p in counts:
                 url = await fresh_backend(name)
                 bulk = await load(url, args.jobs, progress, f"{name} x{args.jobs:,}")
-                rate, steady = drain(
+                rate, steady, _ = drain(
                     url, args.jobs, p, args.concurrency, progress, f"{name} {p} proc"
                 )
                 scaling[(name, p)] = (rate, steady, bulk)
@@ -195,7 +220,7 @@ async def main() -> None:
             if args.big:
                 url = await fresh_backend(name)
                 await load(url, args.big, progress, f"{name} backlog {args.big:,}")
-                _, steady_big = drain(
+                _, steady_big, _ = drain(
                     url,
                     args.jobs,
                     1,
