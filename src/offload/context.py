@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .stores import BlobStore
 
 logger = logging.getLogger("offload.job")
+_MAKING = threading.Lock()
 
 
 class Context:
@@ -38,10 +39,23 @@ class Context:
         self.owner = lease.envelope.owner
         self.blobs = blobs
         self.log = logging.LoggerAdapter(logger, {"job_id": self.job_id, "kind": self.kind})
-        #: Set when the job was cancelled (DELETE), timed out, or the worker is stopping.
-        self.cancelled = threading.Event()
+        self._cancelled: threading.Event | None = None
         self._backend = backend
         self._loop = loop
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job was cancelled (DELETE), timed out, or the worker is stopping.
+
+        Made on first use: most attempts never look, and making an Event (a lock and a
+        condition) for each was about 5% of a worker's own time per no-op job."""
+        made = self._cancelled
+        if made is None:
+            with _MAKING:  # a handler thread and the loop may ask at once: one Event
+                made = self._cancelled
+                if made is None:
+                    made = self._cancelled = threading.Event()
+        return made
 
     def _bridge(self, coro: Awaitable[Any]) -> Any:
         """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread."""

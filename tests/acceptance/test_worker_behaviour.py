@@ -24,6 +24,7 @@ from offload import (
     Retry,
     Settings,
 )
+from offload.contract import Lease
 from offload.status import Progress
 from offload.worker.runner import Worker
 
@@ -75,6 +76,45 @@ async def test_timeout_spends_attempts_then_dead(
     record = await finished(app, job.id)
     assert record.state is JobState.DEAD and record.attempt == 2
     assert record.error is not None and record.error.type == "TimeoutError"
+
+
+async def test_plain_handler_past_its_timeout_sees_cancelled_and_stops(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.plain_timeout", max_attempts=1)(Ping)
+    stopped = threading.Event()
+
+    @app.handles(Ping, timeout=0.2)
+    def handle(msg: Ping, ctx: Context) -> None:
+        # The flag a long loop checks (README); bounded, so a missing signal fails here.
+        if ctx.cancelled.wait(15):
+            stopped.set()
+
+    await start_worker()
+    job = await app.enqueue(Ping())
+    record = await finished(app, job.id)
+    assert record.state is JobState.DEAD
+    assert record.error is not None and record.error.type == "TimeoutError"
+    assert await asyncio.to_thread(stopped.wait, 15)
+
+
+async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> None:
+    """The flag is made on first use: the loop and handler threads asking at once share one."""
+    app.message("t.flag")(Ping)
+    lease = Lease(envelope=app.envelope(Ping()), token="t", expires_at=0.0, worker="w")
+    async with app:
+        for _ in range(50):
+            ctx = Context(lease, app._require_backend(), app.blobs, asyncio.get_running_loop())
+            go = threading.Barrier(4)
+
+            def take(ctx: Context = ctx, go: threading.Barrier = go) -> threading.Event:
+                go.wait(5)
+                return ctx.cancelled
+
+            flags = await asyncio.gather(*(asyncio.to_thread(take) for _ in range(4)))
+            assert all(flag is flags[0] for flag in flags)
+            ctx.cancelled.set()
+            assert flags[0].is_set()
 
 
 async def test_retry_signal_schedules_the_next_attempt(

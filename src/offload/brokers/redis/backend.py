@@ -46,7 +46,16 @@ from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
 from . import search as _search
-from .rows import decode, enqueue_result, enqueue_results, envelope_args, num, opt, pairs
+from .rows import (
+    decode,
+    decode_flat,
+    enqueue_result,
+    enqueue_results,
+    envelope_args,
+    num,
+    opt,
+    pairs,
+)
 from .rows import dumps as _json
 from .wake import Announcements, FeedMark, WorkMark
 
@@ -570,7 +579,7 @@ class RedisBackend:
         answer = await self.retrier.run(
             lambda resent: self._script("claim", *args, _flag(resent), *dict.fromkeys(queues))
         )
-        rows = [decode(pairs(flat)) for flat in answer]
+        rows = [decode_flat(flat) for flat in answer]
         rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
         return [
             Lease(
@@ -610,7 +619,7 @@ class RedisBackend:
         )
         self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
         self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
-        rows = [decode(pairs(flat)) for flat in flats]  # in the order taken
+        rows = [decode_flat(flat) for flat in flats]  # in the order taken
         return [
             Lease(
                 envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
@@ -700,18 +709,22 @@ class RedisBackend:
         """
         if not outcomes:
             return []
-        args = [self._now_arg(), str(len(outcomes)), _flag(lapsed)]
+        fields: list[str] = []
         for o in outcomes:
-            args += [
+            fields += [
                 o.lease.job_id, o.lease.token, o.state.value, opt(_json(o.result)),
                 opt(_json(o.error)), opt(None if o.run_at is None else num(o.run_at)),
                 "1" if o.refund else "0",
                 opt(None if o.max_attempts is None else str(o.max_attempts)),
                 str(len(o.follow_ups)),
             ]  # fmt: skip
-        follow_ups = envelope_args(f for o in outcomes for f in o.follow_ups)
+        fields += envelope_args(f for o in outcomes for f in o.follow_ups)
+        # One argument for them all (as the enqueue's envelopes): the client packs one
+        # string instead of nine or more per outcome.
+        packed = orjson.dumps(fields).decode()
+        now, n, rescue = self._now_arg(), str(len(outcomes)), _flag(lapsed)
         answer = await self.retrier.run(
-            lambda resent: self._script("settle", *args[:3], _flag(resent), *args[3:], *follow_ups)
+            lambda resent: self._script("settle", now, n, rescue, _flag(resent), packed)
         )
         return [bool(a) for a in answer]
 
@@ -723,7 +736,7 @@ class RedisBackend:
             # Lapsed entries stay in the index (nothing changes): skip those already read.
             answer: list[Any] = await self._run("expired", self._now_arg(), len(out), chunk)
             scanned, rows = answer
-            out += [_lapsed(decode(pairs(flat))) for flat in rows]
+            out += [_lapsed(decode_flat(flat)) for flat in rows]
             if scanned < chunk:
                 break
         return out
@@ -836,7 +849,7 @@ class RedisBackend:
             out = await self._run(
                 "list", index, opt(state), opt(kind), opt(cursor), limit - len(rows), _CHUNK
             )
-            rows += [JobRow.of(decode(pairs(flat))) for flat in out[1:]]
+            rows += [JobRow.of(decode_flat(flat)) for flat in out[1:]]
             if not out[0]:
                 break
             cursor = out[0]
@@ -875,7 +888,7 @@ class RedisBackend:
             filters = _search.args(f, states, cursor)
             out = await self._run("search", mode, index, *filters, limit - found, _CHUNK)
             found += out[1]
-            rows += [JobRow.of(decode(pairs(flat))) for flat in out[2:]]
+            rows += [JobRow.of(decode_flat(flat)) for flat in out[2:]]
             if not out[0]:
                 break
             cursor = out[0]
@@ -964,7 +977,7 @@ class RedisBackend:
         args = (num(self.clock.now()), job_id, *envelope_args(follow_ups))
         answer = await self._transition("cancel", job_id, "cancelled", *args)
         if answer[0] == "ok":
-            return JobRow.of(decode(pairs(answer[1])))
+            return JobRow.of(decode_flat(answer[1]))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(f"job {job_id} is already {answer[1]}")
@@ -993,7 +1006,7 @@ class RedisBackend:
         """
         answer = await self._transition("requeue", job_id, "queued", num(self.clock.now()), job_id)
         if answer[0] == "ok":
-            return JobRow.of(decode(pairs(answer[1])))
+            return JobRow.of(decode_flat(answer[1]))
         if answer[0] == "missing":
             raise JobNotFound(job_id)
         raise InvalidTransition(

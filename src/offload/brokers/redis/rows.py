@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -24,21 +24,38 @@ _FLOAT = frozenset(
 _JSON = frozenset({"payload", "trace", "options", "result", "error"})
 
 
+#: Per column, how its stored string becomes the row's value (None: kept as it is).
+_DECODERS: dict[str, Callable[[str], Any] | None] = {
+    column: int
+    if column in _INT
+    else float
+    if column in _FLOAT
+    else orjson.loads
+    if column in _JSON
+    else None
+    for column in COLUMNS
+}
+_ABSENT: dict[str, Any] = dict.fromkeys(COLUMNS)
+
+
 def decode(raw: dict[str, str]) -> dict[str, Any]:
     """A stored hash (all strings, nulls absent) as the row an SQL backend returns."""
-    row: dict[str, Any] = {}
-    for column in COLUMNS:
-        value = raw.get(column)
-        if value is None:
-            row[column] = None
-        elif column in _INT:
-            row[column] = int(value)
-        elif column in _FLOAT:
-            row[column] = float(value)
-        elif column in _JSON:
-            row[column] = orjson.loads(value)
-        else:
-            row[column] = value
+    return _decoded(raw.items())
+
+
+def decode_flat(flat: Sequence[str]) -> dict[str, Any]:
+    """`decode` of a flat [field, value, …] reply (HGETALL inside a script)."""
+    return _decoded(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _decoded(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    # Only the fields a hash has are read (a claim's row has about half of the columns);
+    # fields that are not columns (unique_key, unique_mode) stay out of the row.
+    row = _ABSENT.copy()
+    for name, value in items:
+        if name in _DECODERS:
+            convert = _DECODERS[name]
+            row[name] = value if convert is None else convert(value)
     return row
 
 

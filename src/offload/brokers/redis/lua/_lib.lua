@@ -185,8 +185,8 @@ local function forget(id, row)
 end
 
 -- Envelopes travel as ENVELOPE_WIDTH arguments each (see rows.envelope_args), in ENV: the
--- call's ARGV, or (enqueue) the array its one packed argument decodes to, which spares the
--- client packing 17 arguments per job.
+-- call's ARGV, or (enqueue, settle) the array its one packed argument decodes to, which
+-- spares the client packing 17 arguments per job (9 per outcome a settle applies).
 local ENVELOPE_WIDTH = 17
 local ENV = ARGV
 

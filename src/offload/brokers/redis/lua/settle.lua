@@ -1,21 +1,22 @@
 -- settle: ARGV = K, now (opt: none for the server's clock), n, lapsed ('1': a rescue's
 -- decisions, applied only while the lease is still lapsed), resent ('1': this call's first
--- attempt may have run, its reply lost), then 9 fields per outcome (id, token, state, result,
--- error, run_at (opt: none for now), refund 0/1, max_attempts, number of follow-ups), then
--- the follow-up envelopes of all outcomes in order. Optional fields use opt(). Every lease
--- and every follow-up of a held lease is checked before anything is written, so a bad
--- follow-up fails the whole call.
+-- attempt may have run, its reply lost), then one JSON array (ENV): 9 fields per outcome
+-- (id, token, state, result, error, run_at (opt: none for now), refund 0/1, max_attempts,
+-- number of follow-ups), then the follow-up envelopes of all outcomes in order. Optional
+-- fields use opt(). Every lease and every follow-up of a held lease is checked before
+-- anything is written, so a bad follow-up fails the whole call.
 -- Returns 1/0 per outcome (0: the lease was stale; its follow-ups are dropped).
 -- An applied outcome leaves its token on the job, marked spent (SPENT): in a resend, an
 -- outcome whose first attempt applied finds the mark and answers 1, writing nothing.
 local now, n, lapsed, resent = now_or_server(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5] == '1'
+ENV = cjson.decode(ARGV[6])
 local WIDTH = 9
 local SPENT = lapsed and ':rescued' or ':settled'
 local held, plans, starts, taken, seen, again = {}, {}, {}, {}, {}, {}
-local cursor = 6 + n * WIDTH
+local cursor = 1 + n * WIDTH
 for i = 1, n do
-  local b = 5 + (i - 1) * WIDTH
-  local id, token, follow = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 9])
+  local b = (i - 1) * WIDTH
+  local id, token, follow = ENV[b + 1], ENV[b + 2], tonumber(ENV[b + 9])
   local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token', 'queue', 'priority',
     'lease_expires')
   -- A second outcome for one job in this call finds it settled already: stale.
@@ -44,24 +45,24 @@ end
 local out, woken, created = {}, {}, {}
 local unleased, running, finished, now_in = {}, {}, {}, {}
 for i = 1, n do
-  local b = 5 + (i - 1) * WIDTH
+  local b = (i - 1) * WIDTH
   local job = held[i]
   if job then
-    local id, state = ARGV[b + 1], ARGV[b + 3]
+    local id, state = ENV[b + 1], ENV[b + 3]
     local jk = K .. 'job:' .. id
     local queue = job[3]
     unleased[#unleased + 1] = id
     push(running, queue, id)
-    local set, del = {'state', state, 'lease_token', ARGV[b + 2] .. SPENT}, {'lease_expires'}
-    field(set, del, 'error', opt(ARGV[b + 5]))
-    local budget = opt(ARGV[b + 8])
+    local set, del = {'state', state, 'lease_token', ENV[b + 2] .. SPENT}, {'lease_expires'}
+    field(set, del, 'error', opt(ENV[b + 5]))
+    local budget = opt(ENV[b + 8])
     if budget ~= nil then field(set, del, 'max_attempts', budget) end
     local again = state == 'queued' or state == 'retrying'
-    local run_at = opt(ARGV[b + 6]) or now
+    local run_at = opt(ENV[b + 6]) or now
     if again then
       field(set, del, 'run_at', run_at)
     else
-      field(set, del, 'result', opt(ARGV[b + 4]))
+      field(set, del, 'result', opt(ENV[b + 4]))
       field(set, del, 'finished_at', now)
     end
     redis.call('HDEL', jk, unpack(del))
@@ -69,9 +70,9 @@ for i = 1, n do
     push(now_in, state, id)
     count_ending(queue, state, now)
     if again then
-      if ARGV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
+      if ENV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
       put_waiting(id, queue, job[4], run_at, now)
-      if newer_version(opt(ARGV[b + 5])) then redis.call('SADD', K .. 'newer:' .. queue, id) end
+      if newer_version(opt(ENV[b + 5])) then redis.call('SADD', K .. 'newer:' .. queue, id) end
       woken[queue] = true
     elseif state == 'dead' then
       redis.call('SADD', K .. 'dead:' .. queue, id)

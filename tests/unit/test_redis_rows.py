@@ -1,0 +1,57 @@
+"""Stored Redis hashes read back as rows: a script's flat reply and redis-py's dict agree."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("redis")
+
+from offload.brokers.redis.rows import COLUMNS, decode, decode_flat
+
+STORED = {
+    "id": "0192f0a0-0000-7000-8000-000000000001",
+    "kind": "report.export",
+    "version": "2",
+    "queue": "default",
+    "priority": "-3",
+    "payload": '{"month":"2026-11","pages":[1,2]}',
+    "state": "running",
+    "attempt": "1",
+    "max_attempts": "5",
+    "run_at": "1764806400.123456",
+    "enqueued_at": "1764806399.5",
+    "owner": "alice",
+    "cancel_requested": "0",
+    "lease_token": "abc",
+    "lease_expires": "1764806430.25",
+    "error": '{"type":"ValueError","message":"x"}',
+    "unique_key": "k",  # stored, but not a column of the row
+    "unique_mode": "active",
+}
+
+
+def test_flat_reply_and_dict_give_the_same_row() -> None:
+    flat = [v for pair in STORED.items() for v in pair]
+    assert decode_flat(flat) == decode(STORED)
+
+
+def test_row_has_every_column_typed_and_nothing_else() -> None:
+    row = decode_flat([v for pair in STORED.items() for v in pair])
+    assert list(row) == list(COLUMNS)
+    assert row["version"] == 2 and row["priority"] == -3 and row["cancel_requested"] == 0
+    assert row["run_at"] == 1764806400.123456 and row["lease_expires"] == 1764806430.25
+    assert row["payload"] == {"month": "2026-11", "pages": [1, 2]}
+    assert row["error"] == {"type": "ValueError", "message": "x"}
+    assert row["result"] is None and row["finished_at"] is None and row["trace"] is None
+    assert "unique_key" not in row and "unique_mode" not in row
+
+
+def test_rows_do_not_share_state() -> None:
+    first = decode_flat(["id", "a", "state", "queued"])
+    first["result"] = {"mutated": True}
+    assert decode_flat(["id", "b"])["result"] is None
+
+
+def test_odd_reply_is_refused() -> None:
+    with pytest.raises(ValueError):
+        decode_flat(["id", "a", "state"])
