@@ -650,3 +650,140 @@ async def test_enqueue_packs_envelopes_into_one_argument_losslessly(
     row = await backend.get(first.id)
     assert row is not None and row.payload == {"s": text}
     assert (row.owner, row.idempotency_key) == ("ö\x00", "k\U0001f600")
+
+
+async def test_settle_packs_outcomes_into_one_argument_losslessly(backend: RedisBackend) -> None:
+    # Given two running jobs, and outcomes whose strings hold quotes, escapes, NUL and
+    # characters beyond the BMP, one with a follow-up job
+    text = 'hé "q" \\ \x00 \U0001f600 \u2028'
+    await backend.enqueue([envelope(), envelope()])
+    done, failed = await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=2)
+    follow_up = envelope("notes", payload={"s": text})
+    outcomes = [
+        Outcome(lease=done, state=JobState.SUCCEEDED, result={"s": text}, follow_ups=(follow_up,)),
+        Outcome(lease=failed, state=JobState.DEAD, error={"type": "E", "message": text}),
+    ]
+    # When they travel packed into the settle script's one JSON argument
+    assert await backend.settle(outcomes) == [True, True]
+    # Then every field arrives as it left
+    row = await backend.get(done.job_id)
+    assert row is not None and row.state is JobState.SUCCEEDED and row.result == {"s": text}
+    row = await backend.get(failed.job_id)
+    assert row is not None and row.state is JobState.DEAD
+    assert row.error == {"type": "E", "message": text}
+    stored = await backend.get(follow_up.id)
+    assert stored is not None and stored.payload == {"s": text}
+
+
+# -- the lane: script calls on a connection of their own ---------------------------------------
+
+
+async def test_script_calls_go_on_when_the_server_lost_its_scripts(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    # Given a backend that made calls (its scripts loaded, its lane connected)
+    await backend.enqueue([envelope()])
+    # When the server forgets every script (as a restart without persistence does)
+    await raw.script_flush()
+    # Then the next calls load them again and run once each
+    fresh = envelope()
+    assert [r.id for r in await backend.enqueue([fresh])] == [fresh.id]
+    leases = await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=5)
+    assert len(leases) == 2
+    await raw.script_flush()
+    assert await backend.settle([Outcome(lease=le, state=JobState.SUCCEEDED) for le in leases])
+    for lease in leases:
+        row = await backend.get(lease.job_id)
+        assert row is not None and row.state is JobState.SUCCEEDED
+
+
+async def test_calls_go_on_when_the_server_closed_the_lane_between_them(
+    prefix: str, raw: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a backend whose lane is connected (its connections named, to be found)
+    name = f"lane-{uuid7()}"
+    backend = await opened(redis_url(prefix, client_name=name))
+    try:
+        await lane_closed_between_calls(backend, raw, name, caplog)
+    finally:
+        await backend.close()
+
+
+async def lane_closed_between_calls(
+    backend: RedisBackend, raw: aioredis.Redis, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await backend.enqueue([envelope()])
+    # When the server closes every connection of this backend between two calls
+    for client in await raw.client_list():
+        if client["name"] == name:
+            await raw.client_kill_filter(_id=client["id"])
+    # Then the next call answers at its first try (the closed connection is seen and
+    # connected anew before anything is sent, as the pool does), and stores its job once
+    fresh = envelope()
+    with caplog.at_level("WARNING"):
+        results = await backend.enqueue([fresh])
+    assert [(r.id, r.created) for r in results] == [(fresh.id, True)]
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "backend_retry"]
+    assert (await backend.stats())[QUEUE]["queued"] == 2
+
+
+async def test_a_call_cancelled_on_the_lane_never_hands_its_reply_to_the_next(
+    backend: RedisBackend,
+) -> None:
+    """A reply left unread by a cancelled call would be read by the next call on the
+    connection: every call must get its own answer."""
+    for _ in range(200):
+        doomed = asyncio.create_task(backend.enqueue([envelope()]))
+        await asyncio.sleep(random.random() * 0.002)
+        doomed.cancel()
+        await asyncio.gather(doomed, return_exceptions=True)
+        fresh = envelope()
+        assert [r.id for r in await backend.enqueue([fresh])] == [fresh.id]
+        assert await backend.get(fresh.id) is not None
+
+
+async def test_blocking_enqueues_go_on_when_the_server_lost_its_scripts(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    # Given a blocking enqueue made (its lane taken), then the server's scripts flushed
+    await asyncio.to_thread(backend.enqueue_sync, [envelope()])
+    await raw.script_flush()
+    # When another blocking enqueue is made, it loads the script again and stores its job
+    fresh = envelope()
+    results = await asyncio.to_thread(backend.enqueue_sync, [fresh])
+    assert [(r.id, r.created) for r in results] == [(fresh.id, True)]
+    assert (await backend.stats())[QUEUE]["queued"] == 2
+
+
+def _enqueue_in_a_forked_child(backend: RedisBackend, out: Any) -> None:
+    ids = []
+    for _ in range(300):
+        e = envelope()
+        ids.append((e.id, backend.enqueue_sync([e])[0].id))
+    out.put(ids)
+
+
+async def test_a_forked_child_takes_its_own_blocking_lane(backend: RedisBackend) -> None:
+    """Parent and child enqueueing at once on one inherited connection would read each
+    other's replies."""
+    await asyncio.to_thread(backend.enqueue_sync, [envelope()])  # the parent's lane taken
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_enqueue_in_a_forked_child, args=(backend, out))
+    child.start()
+    try:
+
+        def mine() -> list[tuple[str, str]]:
+            pairs = []
+            for _ in range(300):
+                e = envelope()
+                pairs.append((e.id, backend.enqueue_sync([e])[0].id))
+            return pairs
+
+        parents = await asyncio.to_thread(mine)
+        childs = await asyncio.to_thread(out.get, True, 60)
+    finally:
+        await asyncio.to_thread(child.join, 60)
+    assert child.exitcode == 0
+    assert all(sent == answered for sent, answered in parents + childs)
+    assert (await backend.stats())[QUEUE]["queued"] == 601
