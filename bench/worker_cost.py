@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cputime import tree_seconds
@@ -80,6 +82,24 @@ def drain(url: str, n: int, src: Path, concurrency: int, done_file: Path) -> tup
     return steady, (cpu - started[1]) / jobs * 1e6
 
 
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """The source folder (`src`) of commit `rev`, in a git worktree removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "other"
+        subprocess.run(
+            ["git", "-C", str(TOP), "worktree", "add", "--detach", str(other), rev],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield other / "src"
+        finally:
+            subprocess.run(
+                ["git", "-C", str(TOP), "worktree", "remove", "--force", str(other)], check=False
+            )
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--against", required=True, help="the commit to compare with")
@@ -88,36 +108,24 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=10)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        other = Path(tmp) / "other"
-        subprocess.run(
-            ["git", "-C", str(TOP), "worktree", "add", "--detach", str(other), args.against],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            sources = {args.against: other / "src", "this checkout": TOP / "src"}
-            figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task(
-                    "drains", total=args.rounds * 2 * len(args.backends.split(","))
-                )
-                for r in range(args.rounds):
-                    for backend in args.backends.split(","):
-                        order = list(sources) if r % 2 == 0 else list(sources)[::-1]
-                        for name in order:
-                            url = await fresh_backend(backend)
-                            await load(url, args.jobs)
-                            result = drain(
-                                url, args.jobs, sources[name], args.concurrency, Path(tmp) / "done"
-                            )
-                            figures.setdefault((backend, name), []).append(result)
-                            await cleanup(backend, url)
-                            progress.advance(task)
-        finally:
-            subprocess.run(
-                ["git", "-C", str(TOP), "worktree", "remove", "--force", str(other)], check=False
-            )
+    with checkout(args.against) as other, tempfile.TemporaryDirectory() as tmp:
+        sources = {args.against: other, "this checkout": TOP / "src"}
+        figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        backends = args.backends.split(",")
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("drains", total=args.rounds * 2 * len(backends))
+            for r in range(args.rounds):
+                for backend in backends:
+                    order = list(sources) if r % 2 == 0 else list(sources)[::-1]
+                    for name in order:
+                        url = await fresh_backend(backend)
+                        await load(url, args.jobs)
+                        result = drain(
+                            url, args.jobs, sources[name], args.concurrency, Path(tmp) / "done"
+                        )
+                        figures.setdefault((backend, name), []).append(result)
+                        await cleanup(backend, url)
+                        progress.advance(task)
     print(
         f"{args.jobs:,} no-op jobs, one worker --concurrency {args.concurrency}, "
         f"{args.rounds} rounds alternating\n"

@@ -1,0 +1,141 @@
+"""One enqueue at a time, this checkout against another commit, alternating.
+
+    .venv/bin/python bench/per_call_against.py --against REV [--backends redis,sqlite]
+                                               [--calls 10000] [--rounds 3]
+
+REV is checked out in a temporary git worktree. Each round runs, for every backend, a
+process of this checkout's environment that imports offload from REV's source and one that
+imports it from this checkout's (PYTHONPATH), in alternating order; each makes `--calls`
+calls of `await app.enqueue(...)`, then as many of `app.enqueue_sync(...)` from a thread
+(synchronous code's way), one at a time after a warm-up, and reports calls/s and its own
+CPU per call. Prints the table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worker_cost import checkout
+
+HERE = Path(__file__).parent
+TOP = HERE.parent
+REDIS_URL = os.environ.get("OFFLOAD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+PG_URL = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def calls(url: str, n: int) -> dict[str, tuple[float, float]]:
+    """In the child: (calls/s, CPU µs per call) of enqueue and enqueue_sync on `url`."""
+    from offload import App, Message, Settings
+
+    class Noop(Message):
+        i: int
+
+    app = App("per-call", settings=Settings(url=url))
+    app.message("bench.per_call", queue="per-call")(Noop)
+    out: dict[str, tuple[float, float]] = {}
+    async with app:
+        for i in range(500):
+            await app.enqueue(Noop(i=i))
+        began, cpu = time.perf_counter(), time.process_time()
+        for i in range(n):
+            await app.enqueue(Noop(i=i))
+        out["enqueue"] = _rates(n, began, cpu)
+
+        def blocking(k: int) -> tuple[float, float]:
+            for i in range(500):
+                app.enqueue_sync(Noop(i=i))
+            began, cpu = time.perf_counter(), time.process_time()
+            for i in range(k):
+                app.enqueue_sync(Noop(i=i))
+            return _rates(k, began, cpu)
+
+        out["enqueue_sync"] = await asyncio.to_thread(blocking, n)
+    return out
+
+
+def _rates(n: int, began: float, cpu: float) -> tuple[float, float]:
+    return n / (time.perf_counter() - began), (time.process_time() - cpu) / n * 1e6
+
+
+def url_for(backend: str, tmp: Path, run: int) -> str:
+    if backend == "redis":
+        return f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=percall{run}:"
+    if backend == "sqlite":
+        return f"sqlite:///{tmp}/per-call-{run}.db"
+    if backend == "postgres":
+        return PG_URL
+    raise SystemExit(f"unknown backend {backend}")
+
+
+def drop(backend: str, url: str) -> None:
+    """Remove what a run stored (Redis keys under its prefix; PostgreSQL's bench kind)."""
+    if backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        prefix = url.split("prefix=", 1)[1]
+        for key in client.scan_iter(match=f"*{prefix}*", count=10_000):
+            client.delete(key)
+    elif backend == "postgres":
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM offload_jobs WHERE kind = 'bench.per_call'")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--against", help="the commit to compare with (required)")
+    ap.add_argument("--backends", default="redis,sqlite")
+    ap.add_argument("--calls", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", nargs=2, metavar=("URL", "CALLS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(asyncio.run(calls(args.child[0], int(args.child[1])))))
+        return
+    if not args.against:
+        ap.error("--against REV is required")
+    figures: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    run = 0
+    with checkout(args.against) as other, tempfile.TemporaryDirectory() as tmp:
+        sources = {args.against: other, "this checkout": TOP / "src"}
+        for r in range(args.rounds):
+            for backend in args.backends.split(","):
+                order = list(sources) if r % 2 == 0 else list(sources)[::-1]
+                for name in order:
+                    run += 1
+                    url = url_for(backend, Path(tmp), run)
+                    env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{HERE}"}
+                    try:
+                        done = subprocess.run(
+                            [sys.executable, __file__, "--child", url, str(args.calls)],
+                            env=env,
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        )
+                    finally:
+                        drop(backend, url)
+                    for call, rates in json.loads(done.stdout.splitlines()[-1]).items():
+                        figures.setdefault((backend, call, name), []).append(tuple(rates))
+                    print(f"round {r + 1} {backend} {name}: done", file=sys.stderr)
+    print(f"\n{args.calls:,} calls one at a time per case, {args.rounds} rounds alternating\n")
+    print("| backend | call | code | calls/s (rounds) | CPU µs per call (rounds) |")
+    print("|---|---|---|---|---|")
+    for (backend, call, name), runs in sorted(figures.items()):
+        rates = " / ".join(f"{c:,.0f}" for c, _ in runs)
+        cost = " / ".join(f"{u:.0f}" for _, u in runs)
+        print(f"| {backend} | `{call}` | {name} | {rates} | {cost} |")
+
+
+if __name__ == "__main__":
+    main()
