@@ -485,9 +485,9 @@ class RedisBackend:
         with self._blocking_lock:
             client, self._client = self._client, None
             blocking, self._blocking = self._blocking, None
-        self._lane = None  # the pools' disconnects below close the lanes with the lent ones
-        with self._sync_lane_lock:
-            self._sync_lane = (None, 0)
+        # The pools' disconnects below close the lanes with the lent connections (a call
+        # still on one fails, as on any of them); the loop does not wait for a thread's call.
+        self._lane, self._sync_lane = None, (None, 0)
         if blocking is not None:
             with contextlib.suppress(RedisError, OSError):
                 blocking[0].close()
