@@ -55,3 +55,30 @@ def test_rows_do_not_share_state() -> None:
 def test_odd_reply_is_refused() -> None:
     with pytest.raises(ValueError):
         decode_flat(["id", "a", "state"])
+
+
+def test_a_claims_lease_row_gives_the_lease_the_whole_row_gives() -> None:
+    from offload.brokers._rows import envelope_of
+    from offload.brokers.redis.rows import LEASE_FIELDS, lease_of
+
+    stored = {**STORED, "options": '{"callback_url":"https://example.org/hook"}'}
+    stored["trace"] = '{"traceparent":"00-abc-def-01"}'
+    stored["timeout"] = "2.5"
+    row = decode(stored)
+    lease = lease_of([stored.get(f) for f in LEASE_FIELDS], "tok", "w1")
+    assert lease.envelope == envelope_of(row)
+    assert (lease.token, lease.worker, lease.expires_at) == ("tok", "w1", 1764806430.25)
+    bare = {k: v for k, v in stored.items() if k not in {"options", "trace", "timeout"}}
+    lease = lease_of([bare.get(f) for f in LEASE_FIELDS], "tok", "w1")
+    assert lease.envelope == envelope_of(decode(bare))
+    assert lease.envelope.options == {} and lease.envelope.trace is None
+
+
+def test_the_lease_fields_are_the_scripts() -> None:
+    from importlib import resources
+
+    from offload.brokers.redis.rows import LEASE_FIELDS
+
+    lib = resources.files("offload.brokers.redis").joinpath("lua/_lib.lua").read_text()
+    declared = lib.split("local LEASE_FIELDS = {", 1)[1].split("}", 1)[0]
+    assert tuple(f.strip().strip("'") for f in declared.split(",")) == LEASE_FIELDS

@@ -54,6 +54,7 @@ from .rows import (
     enqueue_result,
     enqueue_results,
     envelope_args,
+    lease_of,
     num,
     opt,
     pairs,
@@ -644,14 +645,9 @@ class RedisBackend:
         answer = await self.retrier.run(
             lambda resent: self._script("claim", *args, _flag(resent), *dict.fromkeys(queues))
         )
-        rows = [decode_flat(flat) for flat in answer]
-        rows.sort(key=lambda r: (r["priority"], r["run_at"], r["id"]))
-        return [
-            Lease(
-                envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
-            )
-            for r in rows
-        ]
+        leases = [lease_of(values, token, worker_id) for values in answer]
+        leases.sort(key=lambda le: (le.envelope.priority, le.envelope.run_at, le.job_id))
+        return leases
 
     async def claim_gated(
         self,
@@ -684,13 +680,7 @@ class RedisBackend:
         )
         self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
         self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
-        rows = [decode_flat(flat) for flat in flats]  # in the order taken
-        return [
-            Lease(
-                envelope=_envelope(r), token=token, expires_at=r["lease_expires"], worker=worker_id
-            )
-            for r in rows
-        ]
+        return [lease_of(values, token, worker_id) for values in flats]  # in the order taken
 
     async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
         args: list[str] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from ...contract import EnqueueResult, Envelope
+from ...contract import EnqueueResult, Envelope, Lease
 
 #: The columns of a stored row, as the SQL backends name them.
 COLUMNS = (
@@ -57,6 +57,39 @@ def _decoded(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
             convert = _DECODERS[name]
             row[name] = value if convert is None else convert(value)
     return row
+
+
+#: The fields a claim answers per job, in order (`LEASE_FIELDS` in lua/_lib.lua).
+LEASE_FIELDS = (
+    "id", "kind", "version", "payload", "queue", "priority", "attempt", "max_attempts",
+    "run_at", "enqueued_at", "idempotency_key", "owner", "trace", "timeout", "options",
+    "lease_expires",
+)  # fmt: skip
+
+
+def lease_of(values: Sequence[Any], token: str, worker: str) -> Lease:
+    """The lease of a claimed job from the claim's reply for it (`LEASE_FIELDS`, None where
+    the hash has no such field)."""
+    (id_, kind, version, payload, queue, priority, attempt, max_attempts, run_at,
+     enqueued_at, idempotency_key, owner, trace, timeout, options, expires) = values  # fmt: skip
+    envelope = Envelope(
+        id=id_,
+        kind=kind,
+        version=int(version),
+        payload=orjson.loads(payload),
+        queue=queue,
+        priority=int(priority),
+        attempt=int(attempt),
+        max_attempts=int(max_attempts),
+        run_at=float(run_at),
+        enqueued_at=float(enqueued_at),
+        idempotency_key=idempotency_key,
+        owner=owner,
+        trace=None if trace is None else orjson.loads(trace),
+        timeout=None if timeout is None else float(timeout),
+        options=(orjson.loads(options) if options is not None else None) or {},
+    )
+    return Lease(envelope=envelope, token=token, expires_at=float(expires), worker=worker)
 
 
 def pairs(flat: Sequence[str]) -> dict[str, str]:

@@ -345,6 +345,16 @@ end
 
 -- The rows (flat HGETALL arrays) of the jobs a claim under `token` noted that it still
 -- leases, or nil when it noted none (the lost attempt leased nothing, or never ran).
+-- What a claim answers per job: the fields of its lease, in this order (rows.LEASE_FIELDS).
+-- Not the whole row: the client reads half as many strings, with no field names.
+local LEASE_FIELDS = {'id', 'kind', 'version', 'payload', 'queue', 'priority', 'attempt',
+  'max_attempts', 'run_at', 'enqueued_at', 'idempotency_key', 'owner', 'trace', 'timeout',
+  'options', 'lease_expires'}
+
+local function lease_row(id)
+  return redis.call('HMGET', K .. 'job:' .. id, unpack(LEASE_FIELDS))
+end
+
 local function noted_claim(token)
   local noted = redis.call('GET', K .. 'claim:' .. token)
   if not noted then return nil end
@@ -352,7 +362,7 @@ local function noted_claim(token)
   for id in string.gmatch(noted, '[^,]+') do
     local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token')
     if job[1] == 'running' and job[2] == token then
-      out[#out + 1] = redis.call('HGETALL', K .. 'job:' .. id)
+      out[#out + 1] = lease_row(id)
     end
   end
   return out
@@ -360,7 +370,7 @@ end
 
 -- Lease the picked ready members ({member, queue} pairs, in claim order) of a claim: each
 -- still waiting becomes running under `token` until `expires`, and is noted under the token
--- (note_claim). Returns the claimed rows (flat HGETALL arrays) and the claimed ids with
+-- (note_claim). Returns the claimed jobs' lease rows (lease_row) and the claimed ids with
 -- their kinds ({id, kind} pairs).
 local function lease_picked(picked, now, token, expires, worker)
   local out, ready, waiting, running, leases, was, taken = {}, {}, {}, {}, {}, {}, {}
@@ -385,7 +395,8 @@ local function lease_picked(picked, now, token, expires, worker)
       ids[#ids + 1] = id
       push(running, queue, id)
       taken[#taken + 1] = {id, job[3]}
-      out[#out + 1] = event(id)
+      event(id)
+      out[#out + 1] = lease_row(id)
     end
   end
   for queue, members in pairs(ready) do bulk('ZREM', K .. 'ready:' .. queue, members) end

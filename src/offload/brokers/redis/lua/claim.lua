@@ -1,7 +1,7 @@
 -- claim: ARGV = K, now (opt: none for the server's clock), token, lease_for (seconds),
 -- worker, limit, promote_max, resent, queue...
 -- Promotes due scheduled jobs, then leases the `limit` best ready jobs across the queues
--- (lowest priority, then run_at, then id). Returns the claimed rows (flat HGETALL arrays).
+-- (lowest priority, then run_at, then id). Returns the claimed jobs' lease rows (lease_row).
 -- The leased ids are noted under the token for as long as the lease: a resent claim (its
 -- first reply lost) answers the noted jobs still leased to the token, and claims no more.
 local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
