@@ -19,16 +19,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from drain import cleanup, fresh_backend
 from worker_cost import checkout
 
 HERE = Path(__file__).parent
 TOP = HERE.parent
-REDIS_URL = os.environ.get("OFFLOAD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-PG_URL = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def calls(url: str, n: int) -> dict[str, tuple[float, float]]:
@@ -65,32 +63,6 @@ def _rates(n: int, began: float, cpu: float) -> tuple[float, float]:
     return n / (time.perf_counter() - began), (time.process_time() - cpu) / n * 1e6
 
 
-def url_for(backend: str, tmp: Path, run: int) -> str:
-    if backend == "redis":
-        return f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=percall{run}:"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp}/per-call-{run}.db"
-    if backend == "postgres":
-        return PG_URL
-    raise SystemExit(f"unknown backend {backend}")
-
-
-def drop(backend: str, url: str) -> None:
-    """Remove what a run stored (Redis keys under its prefix; PostgreSQL's bench kind)."""
-    if backend == "redis":
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        prefix = url.split("prefix=", 1)[1]
-        for key in client.scan_iter(match=f"*{prefix}*", count=10_000):
-            client.delete(key)
-    elif backend == "postgres":
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DELETE FROM offload_jobs WHERE kind = 'bench.per_call'")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--against", help="the commit to compare with (required)")
@@ -105,15 +77,14 @@ def main() -> None:
     if not args.against:
         ap.error("--against REV is required")
     figures: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    run = 0
-    with checkout(args.against) as other, tempfile.TemporaryDirectory() as tmp:
+    with checkout(args.against) as other:
         sources = {args.against: other, "this checkout": TOP / "src"}
         for r in range(args.rounds):
             for backend in args.backends.split(","):
                 order = list(sources) if r % 2 == 0 else list(sources)[::-1]
                 for name in order:
-                    run += 1
-                    url = url_for(backend, Path(tmp), run)
+                    # A fresh store per run (as bench/drain.py makes them), emptied after.
+                    url = asyncio.run(fresh_backend(backend))
                     env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{HERE}"}
                     try:
                         done = subprocess.run(
@@ -124,7 +95,7 @@ def main() -> None:
                             text=True,
                         )
                     finally:
-                        drop(backend, url)
+                        asyncio.run(cleanup(backend, url))
                     for call, rates in json.loads(done.stdout.splitlines()[-1]).items():
                         figures.setdefault((backend, call, name), []).append(tuple(rates))
                     print(f"round {r + 1} {backend} {name}: done", file=sys.stderr)
