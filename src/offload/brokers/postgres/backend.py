@@ -52,6 +52,8 @@ SCHEMA_VERSION = 11
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
 DEFAULT_GAP_WAIT_S = 2.0
+#: Missing feed positions a backend keeps timing at most (see `_before_gap`).
+_GAPS_KEPT = 1000
 #: Seconds `open` waits for the server to accept a connection (OFFLOAD_CONNECT_TIMEOUT).
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: First pause before the LISTEN connection is made again after it dropped (seconds).
@@ -232,7 +234,8 @@ class PostgresBackend:
         self._versions = {"work": 0, "feed": 0}
         self._seen: dict[str, int] = {}
         self._wakeup = Wakeup()
-        self._gap_since: float | None = None
+        #: Missing feed positions -> when a read first met each (`_before_gap`).
+        self._gaps: dict[int, float] = {}
         self._listening = asyncio.Event()
         #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
         #: a worker never reads the feed, so its claims and settles do not wake it.
@@ -1212,18 +1215,22 @@ class PostgresBackend:
         lower position may commit after one that took a higher. A reader that skipped the
         gap would never see that change, so the feed stops before a gap until it fills, or
         until `gap_wait_s` has passed (then the position was rolled back and never comes).
+        Each missing position is waited for from when a read first met it: a gap that
+        opens while another is being waited out gets its own full wait (one shared timer
+        let a reader skip a fresh gap at once, and lose a change that then committed).
         """
         expected = seq + 1
         for n, position in enumerate(positions):
             if position != expected:
                 now = time.monotonic()
-                if self._gap_since is None:
-                    self._gap_since = now
-                if now - self._gap_since < self.gap_wait_s:
+                if len(self._gaps) > _GAPS_KEPT:  # readers that left: forget the oldest
+                    del self._gaps[min(self._gaps, key=self._gaps.__getitem__)]
+                if now - self._gaps.setdefault(expected, now) < self.gap_wait_s:
                     return n
-                self._gap_since = None  # the missing position was rolled back
+            if self._gaps:  # the positions passed are filled, or rolled back
+                for missing in [p for p in self._gaps if expected <= p <= position]:
+                    del self._gaps[missing]
             expected = position + 1
-        self._gap_since = None
         return len(positions)
 
     async def feed_head(self, seq: int) -> int:
@@ -1243,7 +1250,7 @@ class PostgresBackend:
     async def wait_changes(self, timeout: float) -> None:
         if not self._feed_wanted:
             await self._follow_feed()
-        if self._gap_since is not None:  # re-read soon: a gap may have filled
+        if self._gaps:  # re-read soon: a gap may have filled
             timeout = min(timeout, 0.05)
         await self._wait_version(("feed",), timeout)
 

@@ -1,0 +1,50 @@
+"""PostgreSQL's feed waits out each missing position on its own timer (`_before_gap`)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("psycopg")
+
+from offload.brokers.postgres import backend as pg
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(pg.time, "monotonic", c)
+    return c
+
+
+def test_a_gap_that_opens_while_another_is_waited_out_gets_its_own_wait(clock: Clock) -> None:
+    feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
+    # Given position 2 missing (3 committed first): the feed stops before it
+    assert feed._before_gap(0, [1, 3]) == 1
+    clock.now += 1.5
+    # when 2 fills but 4 is now missing, 1.5 s after the first gap was met
+    assert feed._before_gap(1, [2, 3, 5]) == 2
+    clock.now += 1.0
+    # then 4 is still waited for (2.5 s after the first gap, 1 s after its own)
+    assert feed._before_gap(3, [5]) == 0
+    clock.now += 1.1
+    # and only once its own wait is over is it taken as rolled back
+    assert feed._before_gap(3, [5]) == 1
+    assert not feed._gaps
+
+
+def test_a_rolled_back_position_is_passed_after_its_wait(clock: Clock) -> None:
+    feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
+    assert feed._before_gap(0, [2, 3]) == 0
+    clock.now += 1.9
+    assert feed._before_gap(0, [2, 3]) == 0
+    clock.now += 0.2
+    assert feed._before_gap(0, [2, 3]) == 2
+    assert not feed._gaps
