@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import Q
 from offload.contract import status_record
+from offload.web.events import Hub, owner_stream
 from offload.worker.runner import Worker
 
 from ..contract._support import claim, envelope, worker_info
@@ -353,6 +355,44 @@ async def test_feed_holds_back_changes_behind_an_uncommitted_position(
         changes: list[Change] = await backend.changes_since(start)
     assert [c.job_id for c in changes] == [slow.id, fast]
     assert await backend.feed_head(start) == changes[-1].seq
+
+
+async def test_an_owner_stream_replaying_past_an_uncommitted_position_loses_no_change(
+    app: App, schema: PgSchema
+) -> None:
+    backend = app._require_backend()
+    assert isinstance(backend, PostgresBackend)
+    hub = Hub(app, app.last_seq)
+    await hub.start()
+    start = await backend.last_seq()
+    slow = app.envelope(Ping(n=1), owner="alice")
+    stream = owner_stream(hub, app, "alice", start, lambda row: {"id": row.id})
+
+    async def next_event() -> bytes:
+        while (chunk := await stream.__anext__()).startswith((b"retry:", b":")):
+            pass
+        return chunk
+
+    try:
+        async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+            # Given alice's job that took a feed position but has not committed, and her
+            # next job, committed at the position after it,
+            async with conn.transaction():
+                await backend.enqueue_in(conn, [slow])
+                fast = (await app.enqueue(Ping(n=2), owner="alice")).id
+                # when her stream resumes from before both (its replay reads the store now),
+                pending = asyncio.ensure_future(next_event())
+                done, _ = await asyncio.wait({pending}, timeout=1.0)
+                # then it does not replay the later change past the gap (read from a
+                # feed's position, a gap is waited for longer than this: 2 s),
+                assert not done, pending.result()
+            # and once the first commits, both arrive, in position order, each once.
+            async with asyncio.timeout(10):
+                events = [await pending, await next_event()]
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await hub.stop()
+    assert [json.loads(e.split(b"data: ")[1])["id"] for e in events] == [slow.id, fast]
 
 
 async def test_workers_survive_terminated_connections_and_lose_no_job(

@@ -154,9 +154,12 @@ class Hub:
         position, and the answer is never below that. While the hub follows the feed that is
         its position; an idle hub, woken by the subscription, reads the feed first (one read
         for every stream that opens meanwhile, not one each), and if it cannot the stream
-        reads the head itself (and fails as the backend does).
+        reads the head itself (and fails as the backend does), as it does at once from a hub
+        that was not started.
         """
         if not self._caught_up.is_set():
+            if self._task is None:  # not started: nothing to wait for
+                return await self.store.feed_head(self.position)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._caught_up.wait(), DEFAULT_WATCH_S)
             if not self._caught_up.is_set():
@@ -291,6 +294,7 @@ async def _job_events(
 
 
 async def follow_owner(
+    hub: Hub,
     store: Feed,
     sub: Subscription,
     owner: str | None,
@@ -306,16 +310,22 @@ async def follow_owner(
     subscription `sub` (made before `last` was read, so nothing falls between). A reader
     that falls so far behind that its buffer overflowed catches up from the store. Yields
     None after `keepalive_s` without a change (time for a keep-alive).
+
+    A replay reads the store only up to the hub's position (`Hub.now`, asked after
+    subscribing): every change at or below it is in the store for good, and every change
+    after it reaches `sub`. Read further, a PostgreSQL feed may hold a change of one job
+    whose neighbour, a change of another job at a lower position, has not committed yet:
+    that one would then come from the hub below `last`, and be dropped.
     """
     while True:
         if replay:
-            while True:
-                changes = await store.changes_since(last, owner=owner)
-                for change in changes:
+            settled = await hub.now()
+            replayed = _replay(store, owner, last, settled)
+            async with contextlib.aclosing(replayed):
+                async for change in replayed:
                     last = change.seq
                     yield change
-                if len(changes) < 500:
-                    break
+            last = max(last, settled)
             replay = False
         try:
             change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
@@ -328,6 +338,21 @@ async def follow_owner(
         elif change.seq > last:
             last = change.seq
             yield change
+
+
+async def _replay(
+    store: Feed, owner: str | None, last: int, settled: int
+) -> AsyncGenerator[Change, None]:
+    """`owner`'s changes (None: every job's) after position `last`, up to `settled`."""
+    while last < settled:
+        changes = await store.changes_since(last, owner=owner)
+        for change in changes:
+            if change.seq > settled:
+                return
+            last = change.seq
+            yield change
+        if len(changes) < 500:
+            return
 
 
 def owner_stream(
@@ -358,7 +383,7 @@ async def _owner_events(
         last = await hub.now() if since is None else since
         yield b"retry: 1000\nid: %d\n\n" % last
         changes = follow_owner(
-            store, sub, owner, last, replay=since is not None, keepalive_s=keepalive_s
+            hub, store, sub, owner, last, replay=since is not None, keepalive_s=keepalive_s
         )
         async with contextlib.aclosing(changes):
             async for change in changes:

@@ -215,6 +215,7 @@ async def ws(websocket: WebSocket) -> None:
 
         async def pump() -> None:
             changes = follow_owner(
+                hub,
                 feed,
                 sub,
                 principal,
