@@ -12,6 +12,8 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .ports import free_port
+
 
 @dataclass
 class Received:
@@ -104,7 +106,7 @@ class MailSink:
         if credentials is not None:
             options.update(authenticator=self._authenticator(credentials), auth_require_tls=False)
         self.controller = Controller(
-            self, hostname="127.0.0.1", port=port or _free_port(), **options
+            self, hostname="127.0.0.1", port=port or free_port(), **options
         )
 
     def _authenticator(self, credentials: tuple[str, str]) -> Any:
@@ -146,14 +148,6 @@ class MailSink:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parts(message: EmailMessage) -> Iterator[tuple[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from websockets.exceptions import InvalidStatus
 
 from offload import App, Context, Message, Settings
 from offload.web import create_app
+
+from ..ports import free_port
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
@@ -61,9 +62,7 @@ class _Server(uvicorn.Server):
 @pytest.fixture
 async def base(app: App) -> AsyncIterator[str]:
     """The web tier served by uvicorn on 127.0.0.1 (a real socket), in the test's loop."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(
         create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )

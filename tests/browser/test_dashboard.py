@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 
 import offload
 
+from ..ports import free_port
 from ..services import unavailable
 
 if TYPE_CHECKING:
@@ -47,19 +47,13 @@ TIMEOUT_MS = 30_000
 TIMEOUT_S = TIMEOUT_MS / 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Shop:
     """The project's web tier and one worker, as OS processes."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.fail_flag = root / "provider-down"
-        self.port = _free_port()
+        self.port = free_port()
         sources = Path(offload.__file__).resolve().parents[1]
         path = [str(ROOT), str(sources), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
         self.env = {
