@@ -28,6 +28,9 @@ def test_processes_check_in_a_large_message_and_link_the_result_on_s3(
     blobs_url = f"s3://{bucket}/e2e?endpoint_url={moto_endpoint}"
     stack.env["OFFLOAD_BLOBS_URL"] = blobs_url
     stack.env["OFFLOAD_CLAIM_CHECK_BYTES"] = "1024"
+    # Both probe the store before they start: moto's server, one Python process on a
+    # machine the suite keeps busy, once took longer than the default 5 s to answer.
+    stack.env["OFFLOAD_CONNECT_TIMEOUT"] = "30"
     assert stack.env["AWS_ACCESS_KEY_ID"] == "testing"  # the fixture's, inherited
     stack.start_web()
     stack.start_worker()
