@@ -110,6 +110,8 @@ class Hub:
         self._generation = 0
         #: Set while the position is the feed's head as of the last read (the hub follows).
         self._caught_up = asyncio.Event()
+        #: The head read that streams waiting past DEFAULT_WATCH_S share (`_shared_head`).
+        self._head_read: asyncio.Future[int] | None = None
 
     async def start(self) -> None:
         self.position = await self._last_seq()
@@ -163,8 +165,16 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._caught_up.wait(), DEFAULT_WATCH_S)
             if not self._caught_up.is_set():
-                return await self.store.feed_head(self.position)
+                return await self._shared_head()
         return self.position
+
+    async def _shared_head(self) -> int:
+        """The feed's head, read once for every stream that asks while the read runs: a
+        burst of new streams on a busy process must not take one pooled connection each."""
+        if self._head_read is None or self._head_read.done():
+            self._head_read = asyncio.ensure_future(self.store.feed_head(self.position))
+            self._head_read.add_done_callback(_retrieve)
+        return await asyncio.shield(self._head_read)
 
     def _listened(self) -> bool:
         return bool(self.by_job or self.by_owner or self.everyone)
@@ -219,6 +229,12 @@ class Hub:
         self._wanted.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wanted.wait(), self.idle_s)
+
+
+def _retrieve(read: asyncio.Future[int]) -> None:
+    """Mark a shared read's error as seen: its streams got it, or had all gone."""
+    if not read.cancelled():
+        read.exception()
 
 
 def sse(change: Change, present: Callable[[JobRow], dict[str, Any]]) -> bytes:
