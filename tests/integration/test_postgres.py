@@ -249,6 +249,46 @@ async def test_listen_notify_wakes_a_waiting_claimer_at_once(app: App, schema: P
     assert await woken_by_an_enqueue(app, schema, backend.wait(["default"], 10.0)) < 0.5
 
 
+async def _listeners(schema: PgSchema) -> int:
+    """Server connections of `schema`'s processes whose last statement was a LISTEN."""
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = %s AND query LIKE 'LISTEN %%'",
+            (schema.name,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_a_process_that_only_enqueues_listens_to_nothing(schema: PgSchema) -> None:
+    # Given a process's backend that has only enqueued
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open()
+    try:
+        for _ in range(3):
+            await backend.enqueue([envelope()])
+        # Then it holds no LISTEN connection (it would receive a notification per job)
+        assert await _listeners(schema) == 0
+        # When it claims for the first time, its LISTEN is in place when the claim returns
+        assert await claim(backend, "reports") == []
+        assert await _listeners(schema) == 1
+        # and an enqueue by another process wakes its wait at once
+        other = PostgresBackend.from_url(schema.url)
+        await other.open()
+        try:
+            waiter = asyncio.ensure_future(backend.wait(["reports"], 10.0))
+            started = time.monotonic()
+            await other.enqueue([dataclasses.replace(envelope(), queue="reports")])
+            await asyncio.wait_for(waiter, 5)
+            assert time.monotonic() - started < 0.5
+        finally:
+            await other.close()
+    finally:
+        await backend.close()
+
+
 async def test_a_waiting_claimer_sleeps_through_work_on_other_queues(
     app: App, schema: PgSchema
 ) -> None:

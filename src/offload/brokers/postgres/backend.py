@@ -58,6 +58,8 @@ _GAPS_KEPT = 1000
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: First pause before the LISTEN connection is made again after it dropped (seconds).
 DEFAULT_RELISTEN_FIRST_S = 0.05
+#: Longest a process's first claim or feed read waits for its LISTEN to be in place (seconds).
+LISTEN_WAIT_S = 10.0
 #: Longest pause between two attempts to LISTEN again while the server is away (seconds).
 DEFAULT_RELISTEN_MAX_S = 1.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
@@ -191,7 +193,9 @@ class PostgresBackend:
 
     Claims use `FOR UPDATE SKIP LOCKED` in batches; every transition and its change-feed
     entry commit in one statement; one LISTEN connection per process wakes claimers and the
-    change-feed watcher.
+    change-feed watcher. It is made by the process's first claim or feed read, not at open:
+    a process that only enqueues (a web tier that streams nothing, a producer script) would
+    otherwise receive, and parse, a notification for every job it stores.
     """
 
     capabilities = frozenset(
@@ -237,6 +241,9 @@ class PostgresBackend:
         #: Missing feed positions -> when a read first met each (`_before_gap`).
         self._gaps: dict[int, float] = {}
         self._listening = asyncio.Event()
+        #: When the listener was started (loop time): the first readers wait for its LISTEN
+        #: until `LISTEN_WAIT_S` after that, no longer.
+        self._listen_started = 0.0
         #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
         #: a worker never reads the feed, so its claims and settles do not wake it.
         self._feed_wanted = False
@@ -365,10 +372,6 @@ class PostgresBackend:
             raise self._unreachable(exc) from exc
         self._pool = pool
         self._listening = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
-        # Wake-ups count from here: return once LISTEN is in place, so none is missed.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), 10.0)
 
     async def _probe(self, check_schema: bool) -> None:
         """One connection made by hand before the pool, which would retry a refused or
@@ -454,6 +457,7 @@ class PostgresBackend:
         return applied
 
     async def close(self) -> None:
+        self._listening.set()  # a first reader waiting for its LISTEN stops waiting
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -481,10 +485,10 @@ class PostgresBackend:
         while True:
             try:
                 async with await self._listen_connection() as conn:
-                    self._schema = await self._own_schema(conn)
                     pause = DEFAULT_RELISTEN_FIRST_S
-                    if self._listening.is_set():
-                        self._bump("work", "feed")  # anything may have happened while away
+                    # Anything may have happened before this LISTEN (while away, or before
+                    # the first): a waiter that marked what it had seen looks again.
+                    self._bump("work", "feed")
                     if lost:
                         log.info("LISTEN connection back", extra={"action": "pg_listen_back"})
                     lost = False
@@ -511,12 +515,29 @@ class PostgresBackend:
         row = await (await conn.execute(Q["wake_prefix"])).fetchone()
         return str(row[0]) if row else _NO_SCHEMA
 
+    async def _follow(self) -> None:
+        """Start the listener unless it runs, and return once its LISTEN is in place (or
+        `LISTEN_WAIT_S` after it started, while the server cannot be reached): wake-ups
+        count from here, so a reader marks what it has seen only after this."""
+        if self._listener is None:
+            if self._pool is None:
+                return  # not open, or closed: nothing wakes anyone
+            self._listen_started = asyncio.get_running_loop().time()
+            self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
+        if self._listening.is_set():
+            return
+        left = self._listen_started + LISTEN_WAIT_S - asyncio.get_running_loop().time()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), left)
+
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
         """A connection LISTENing to the work channel (and the feed's, once wanted); the
         connect is bounded, as a server that accepts and never answers would hang it."""
         async with asyncio.timeout(self.connect_timeout_s):
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         try:
+            self._schema = await self._own_schema(conn)
             await conn.execute("LISTEN offload_work")
             if self._feed_wanted:
                 await conn.execute("LISTEN offload_feed")
@@ -531,7 +552,8 @@ class PostgresBackend:
         self._feed_wanted = True
         old = self._listener
         if old is None:
-            return  # not open: open() starts a listener that follows the feed
+            await self._follow()  # the first listener: it follows the feed
+            return
         # The new listener first, so a caller cancelled below never leaves the process deaf.
         self._listener = asyncio.create_task(self._listen(), name="offload-pg-listen")
         old.cancel()
@@ -550,6 +572,7 @@ class PostgresBackend:
             self._seen[name] = self._versions.get(name, 0)
 
     async def _wait_version(self, names: Sequence[str], timeout: float) -> None:
+        await self._follow()
         await self._wakeup.wait_until(lambda: self._moved(names), timeout)
 
     # -- broker -----------------------------------------------------------------------------
@@ -696,6 +719,7 @@ class PostgresBackend:
         """
         if limit <= 0 or not queues:
             return []
+        await self._follow()
         self._mark(_work_keys(queues))
         token = secrets.token_hex(12)
         params = {
@@ -743,6 +767,7 @@ class PostgresBackend:
         """
         if limit <= 0 or not queues:
             return []
+        await self._follow()
         self._mark(_work_keys(queues))
         token = secrets.token_hex(12)
         if not set(queues) & set(self._limited.values()):
@@ -1197,6 +1222,7 @@ class PostgresBackend:
             sql += " AND owner = %(owner)s"
             params["owner"] = owner
         if job_id is None and owner is None:
+            await self._follow()
             self._mark(("feed",))
         rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
         changes = [_change(r) for r in rows]
