@@ -1221,8 +1221,8 @@ class PostgresBackend:
         if owner is not None:
             sql += " AND owner = %(owner)s"
             params["owner"] = owner
-        if job_id is None and owner is None:
-            await self._follow()
+        if job_id is None and owner is None:  # the feed's reader: it will wait for the feed
+            await (self._follow() if self._feed_wanted else self._follow_feed())
             self._mark(("feed",))
         rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
         changes = [_change(r) for r in rows]
