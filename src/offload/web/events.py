@@ -155,15 +155,14 @@ class Hub:
         Asked after subscribing: the hub passes the stream every change after its own
         position, and the answer is never below that. While the hub follows the feed that is
         its position; an idle hub, woken by the subscription, reads the feed first (one read
-        for every stream that opens meanwhile, not one each), and if it cannot the stream
-        reads the head itself (and fails as the backend does), as it does at once from a hub
-        that was not started.
+        for every stream that opens meanwhile, not one each), and if it cannot the streams
+        read the head (one read for all, failing as the backend does), as they do at once
+        from a hub that was not started.
         """
         if not self._caught_up.is_set():
-            if self._task is None:  # not started: nothing to wait for
-                return await self.store.feed_head(self.position)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._caught_up.wait(), DEFAULT_WATCH_S)
+            if self._task is not None:  # not started: nothing to wait for
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._caught_up.wait(), DEFAULT_WATCH_S)
             if not self._caught_up.is_set():
                 return await self._shared_head()
         return self.position
