@@ -58,10 +58,10 @@ _GAPS_KEPT = 1000
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: First pause before the LISTEN connection is made again after it dropped (seconds).
 DEFAULT_RELISTEN_FIRST_S = 0.05
-#: Longest a process's first claim or feed read waits for its LISTEN to be in place (seconds).
-LISTEN_WAIT_S = 10.0
 #: Longest pause between two attempts to LISTEN again while the server is away (seconds).
 DEFAULT_RELISTEN_MAX_S = 1.0
+#: Longest a process's first claim or feed read waits for its LISTEN to be in place (seconds).
+LISTEN_WAIT_S = 10.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK = 0x0FF10AD
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
@@ -244,7 +244,8 @@ class PostgresBackend:
         #: When the listener was started (loop time): the first readers wait for its LISTEN
         #: until `LISTEN_WAIT_S` after that, no longer.
         self._listen_started = 0.0
-        #: LISTEN to the change feed too: set by the first `wait_changes` (web processes);
+        #: LISTEN to the change feed too: set by the first read of or wait for the feed (web
+        #: processes);
         #: a worker never reads the feed, so its claims and settles do not wake it.
         self._feed_wanted = False
         #: The schema of this backend's tables, which its wake-ups name (migration_10): the
@@ -547,8 +548,12 @@ class PostgresBackend:
         return conn
 
     async def _follow_feed(self) -> None:
-        """Reconnect the listener with the feed channel too. Once it listens it bumps every
-        version (as after any reconnect), so a change made meanwhile is read, not missed."""
+        """`_follow`, with the feed channel too: the first call reconnects a listener that
+        follows work only. Once it listens it bumps every version (as after any reconnect),
+        so a change made meanwhile is read, not missed."""
+        if self._feed_wanted:
+            await self._follow()
+            return
         self._feed_wanted = True
         old = self._listener
         if old is None:
@@ -1222,7 +1227,7 @@ class PostgresBackend:
             sql += " AND owner = %(owner)s"
             params["owner"] = owner
         if job_id is None and owner is None:  # the feed's reader: it will wait for the feed
-            await (self._follow() if self._feed_wanted else self._follow_feed())
+            await self._follow_feed()
             self._mark(("feed",))
         rows = await self._fetch(sql + " ORDER BY seq LIMIT %(limit)s", params)
         changes = [_change(r) for r in rows]
@@ -1274,8 +1279,7 @@ class PostgresBackend:
         return int(rows[0]["seq"])
 
     async def wait_changes(self, timeout: float) -> None:
-        if not self._feed_wanted:
-            await self._follow_feed()
+        await self._follow_feed()
         if self._gaps:  # re-read soon: a gap may have filled
             timeout = min(timeout, 0.05)
         await self._wait_version(("feed",), timeout)
