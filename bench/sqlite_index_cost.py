@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from _results import rounds_rows, write_section
+from per_call_against import _rates
 
 from offload import App, Message, Settings
 
@@ -67,8 +68,7 @@ async def _case(drop: tuple[str, ...], calls: int) -> tuple[float, float]:
                 began, cpu = time.perf_counter(), time.process_time()
                 for i in range(calls):
                     app.enqueue_sync(Noop(i=i))
-                wall = time.perf_counter() - began
-                return calls / wall, (time.process_time() - cpu) / calls * 1e6
+                return _rates(calls, began, cpu)
 
             return await asyncio.to_thread(run)
 
