@@ -1,14 +1,17 @@
 """One enqueue at a time, this checkout against another commit, alternating.
 
     .venv/bin/python bench/per_call_against.py --against REV [--backends redis,sqlite]
-                                               [--calls 10000] [--rounds 3]
+                                               [--calls 10000] [--rounds 3] [--bulk N]
 
 REV is checked out in a temporary git worktree. Each round runs, for every backend, a
 process of this checkout's environment that imports offload from REV's source and one that
 imports it from this checkout's (PYTHONPATH), in alternating order; each makes `--calls`
 calls of `await app.enqueue(...)`, then as many of `app.enqueue_sync(...)` from a thread
 (synchronous code's way), one at a time after a warm-up, and reports calls/s and its own
-CPU per call. Prints the table; writes nothing.
+CPU per call. `--bulk N` adds `await app.enqueue_many(...)` of N jobs at once (three
+batches after a warm-up one; the median batch's jobs/s and CPU per job), the peer
+harness's bulk; `--calls 0` leaves out the calls one at a time. Prints the table; writes
+nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ HERE = Path(__file__).parent
 TOP = HERE.parent
 
 
-async def calls(url: str, n: int) -> dict[str, tuple[float, float]]:
-    """In the child: (calls/s, CPU µs per call) of enqueue and enqueue_sync on `url`."""
+async def calls(url: str, n: int, bulk: int) -> dict[str, tuple[float, float]]:
+    """In the child: (calls/s, CPU µs per call) of enqueue and enqueue_sync on `url` (none
+    for `n` 0), and (jobs/s, CPU µs per job) of enqueue_many of `bulk` jobs (none for 0)."""
     from offload import App, Message, Settings
 
     class Noop(Message):
@@ -40,6 +44,15 @@ async def calls(url: str, n: int) -> dict[str, tuple[float, float]]:
     app.message("bench.per_call", queue="per-call")(Noop)
     out: dict[str, tuple[float, float]] = {}
     async with app:
+        if bulk:
+            batches = []
+            for b in range(4):
+                began, cpu = time.perf_counter(), time.process_time()
+                await app.enqueue_many([Noop(i=i) for i in range(bulk)])
+                batches.append(_rates(bulk, began, cpu))
+            out[f"enqueue_many ({bulk:,})"] = sorted(batches[1:])[1]
+        if not n:
+            return out
         for i in range(500):
             await app.enqueue(Noop(i=i))
         began, cpu = time.perf_counter(), time.process_time()
@@ -69,10 +82,12 @@ def main() -> None:
     ap.add_argument("--backends", default="redis,sqlite")
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--child", nargs=2, metavar=("URL", "CALLS"), help=argparse.SUPPRESS)
+    ap.add_argument("--bulk", type=int, default=0)
+    ap.add_argument("--child", nargs=3, metavar=("URL", "CALLS", "BULK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(calls(args.child[0], int(args.child[1])))))
+        url, n, bulk = args.child
+        print(json.dumps(asyncio.run(calls(url, int(n), int(bulk)))))
         return
     if not args.against:
         ap.error("--against REV is required")
@@ -88,7 +103,7 @@ def main() -> None:
                     env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{HERE}"}
                     try:
                         done = subprocess.run(
-                            [sys.executable, __file__, "--child", url, str(args.calls)],
+                            [sys.executable, __file__, "--child", url, str(args.calls), str(args.bulk)],
                             env=env,
                             check=True,
                             capture_output=True,
@@ -100,7 +115,7 @@ def main() -> None:
                         figures.setdefault((backend, call, name), []).append(tuple(rates))
                     print(f"round {r + 1} {backend} {name}: done", file=sys.stderr)
     print(f"\n{args.calls:,} calls one at a time per case, {args.rounds} rounds alternating\n")
-    print("| backend | call | code | calls/s (rounds) | CPU µs per call (rounds) |")
+    print("| backend | call | code | calls (jobs)/s (rounds) | CPU µs per call (job) (rounds) |")
     print("|---|---|---|---|---|")
     for (backend, call, name), runs in sorted(figures.items()):
         rates = " / ".join(f"{c:,.0f}" for c, _ in runs)

@@ -318,10 +318,19 @@ WITH input AS (
     -- A stored id is an error that undoes the whole statement (all or nothing), but in a
     -- resend, which PostgresBackend runs with `ON CONFLICT DO NOTHING` (see `_resent`).
     ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING *
+    RETURNING id, owner, kind, version, queue, state, priority, attempt, max_attempts,
+        enqueued_at, run_at
 ), ev AS (
+    -- A new job's feed entry: offload_change's fields that an enqueue sets (the rest are
+    -- NULL, and a reader takes an absent field as NULL: JobRow.of), built from the
+    -- returned columns only. The whole row and offload_change cost a batch of 10,000 about
+    -- a sixth of its time, its sort spilling to disk (bench/RESULTS.md, "pg-bulk-feed").
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT i.id, i.owner, offload_change(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
+    SELECT i.id, i.owner, jsonb_build_object('id', i.id, 'kind', i.kind,
+        'version', i.version, 'queue', i.queue, 'state', i.state, 'priority', i.priority,
+        'attempt', i.attempt, 'max_attempts', i.max_attempts,
+        'enqueued_at', date_part('epoch', i.enqueued_at), 'run_at', date_part('epoch', i.run_at))
+    FROM ins i ORDER BY i.id
 )
 SELECT id FROM ins
 
@@ -347,10 +356,16 @@ WITH input AS (
         timeout, options, unique_key, unique_mode
     FROM input ORDER BY unique_key, n
     ON CONFLICT DO NOTHING
-    RETURNING *
+    RETURNING id, owner, kind, version, queue, state, priority, attempt, max_attempts,
+        enqueued_at, run_at
 ), ev AS (
+    -- (the new job's entry, as enqueue's)
     INSERT INTO offload_events (job_id, owner, record)
-    SELECT i.id, i.owner, offload_change(ROW(i.*)::offload_jobs) FROM ins i ORDER BY i.id
+    SELECT i.id, i.owner, jsonb_build_object('id', i.id, 'kind', i.kind,
+        'version', i.version, 'queue', i.queue, 'state', i.state, 'priority', i.priority,
+        'attempt', i.attempt, 'max_attempts', i.max_attempts,
+        'enqueued_at', date_part('epoch', i.enqueued_at), 'run_at', date_part('epoch', i.run_at))
+    FROM ins i ORDER BY i.id
 )
 SELECT id FROM ins
 
