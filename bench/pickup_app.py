@@ -1,9 +1,10 @@
 """The worker side of bench/pickup_stages.py: one job kind, and stamps of the moments a job
 passes on its way to its handler, written one JSON line per job to $PICKUP_OUT.
 
-The stamps come from wrapping three methods of the worker's process (a benchmark may; the
-code measured is unchanged): the backend's `wait` (when it returns, the worker woke),
-`Worker._hold` (a claim returned leases) and the handler itself.
+The stamps come from wrapping methods of the worker's process (a benchmark may; the code
+measured is unchanged): the backend's `wait` (when it returns, the worker woke), or on Redis
+its `wait_and_claim` (the wake-up with its claim), `Worker._hold` (a claim returned leases)
+and the handler itself.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ def _stamp_after_wait(cls: type) -> None:
     cls.wait = stamped  # type: ignore[attr-defined]
 
 
+def _stamp_after_wake_claim(cls: type) -> None:
+    """A wait that claims as it wakes (`wait_and_claim`): the wake-up is stamped when it
+    returns, its claim included (the claim stage is then only the worker's own step)."""
+    wait_and_claim: Callable[..., Any] = cls.wait_and_claim
+
+    async def stamped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        leases = await wait_and_claim(self, *args, **kwargs)
+        STAMPS["woke"] = time.time()
+        return leases
+
+    cls.wait_and_claim = stamped  # type: ignore[attr-defined]
+
+
 def _instrument() -> None:
     from offload.brokers.sqlite import SQLiteBackend
 
@@ -50,6 +64,7 @@ def _instrument() -> None:
         from offload.brokers.redis import RedisBackend
 
         _stamp_after_wait(RedisBackend)
+        _stamp_after_wake_claim(RedisBackend)
     except ImportError:
         pass
     hold = runner.Worker._hold

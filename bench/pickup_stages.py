@@ -11,8 +11,9 @@ began (see pickup_app.py). Per job:
 
 - **enqueue call**: the producer's `app.enqueue` (what a web request pays);
 - **to wake-up**: call start → the worker's wait returned (the commit, and the wake-up's
-  way: NOTIFY, pub/sub, or SQLite's change poll);
-- **claim**: wake-up → the claim returned the job;
+  way: NOTIFY, or SQLite's change poll; on Redis a blocked BLPOP whose claim comes back
+  with it, `wait_and_claim`, so this stage holds the claim's round trip there);
+- **claim**: wake-up → the claim returned the job (on Redis only the worker's own step);
 - **to handler**: claim → handler start (dispatch in the worker);
 - **total**: call start → handler start (the harness's "latency").
 
@@ -163,7 +164,8 @@ def main() -> None:
             f"{args.seconds:g} s after 20 warm-up jobs (the peer harness's latency phase), "
             "one call at a time. Stages per job, from stamps the worker takes (see "
             "`bench/pickup_stages.py`): the enqueue call; call start → the worker's wait for "
-            "work returned; → a claim returned the job; → its handler began; total (call "
+            "work returned (on Redis with its claim: a blocked BLPOP, the claim sent behind "
+            "it); → a claim returned the job; → its handler began; total (call "
             "start → handler, the harness's latency). Jobs that came while the worker was not "
             "waiting count in the call and total only.\n\n"
         )

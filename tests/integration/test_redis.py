@@ -356,6 +356,143 @@ async def test_waiters_recover_when_the_wake_up_connection_is_killed(
         await b.close()
 
 
+# -- claims on the wake-up (wait_and_claim) ------------------------------------------------
+
+
+def named(prefix: str) -> str:
+    """The URL of `prefix` with a client name of its own (other tests' workers block too)."""
+    return redis_url(prefix, client_name="offload-waiter-" + prefix.rstrip(":"))
+
+
+@pytest.fixture
+async def waiter(prefix: str) -> AsyncIterator[RedisBackend]:
+    """A backend whose connections carry the name `blocked_waiters` looks for."""
+    b = await opened(named(prefix))
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def blocked_waiters(
+    raw: aioredis.Redis, prefix: str, n: int, deadline_s: float = 5.0
+) -> list[dict[str, Any]]:
+    """The clients of `named(prefix)` blocked in BLPOP, once there are `n` of them (or fail
+    at the deadline)."""
+    name = "offload-waiter-" + prefix.rstrip(":")
+    end = time.monotonic() + deadline_s
+    while True:
+        blocked = [
+            c
+            for c in await raw.client_list()
+            if c["name"] == name and c["cmd"] == "blpop" and "b" in c["flags"]
+        ]
+        if len(blocked) >= n or time.monotonic() > end:
+            assert len(blocked) == n, blocked
+            return blocked
+        await asyncio.sleep(0.01)
+
+
+async def test_a_blocked_claimer_gets_the_job_with_its_wake_up(
+    waiter: RedisBackend, prefix: str, raw: aioredis.Redis
+) -> None:
+    # Given a claimer blocked on its queue's wake-ups, and a producer elsewhere
+    producer = await opened(redis_url(prefix))
+    try:
+        claiming = asyncio.create_task(
+            waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
+        )
+        await blocked_waiters(raw, prefix, 1)
+        # When the producer enqueues a job
+        env = envelope()
+        await producer.enqueue([env])
+        # Then the wait ends with that job leased to the claimer
+        (lease,) = await asyncio.wait_for(claiming, 5)
+        assert lease.job_id == env.id and lease.worker == "w"
+        row = await waiter.get(env.id)
+        assert row is not None and row.state == JobState.RUNNING and row.attempt == 1
+    finally:
+        await producer.close()
+
+
+async def test_one_wake_up_per_claimer_and_a_full_claim_wakes_the_next(
+    prefix: str, raw: aioredis.Redis
+) -> None:
+    # Given two claimers blocked on one queue, each taking at most two jobs
+    first, second = await opened(named(prefix)), await opened(named(prefix))
+    try:
+        claims = [
+            asyncio.create_task(b.wait_and_claim([QUEUE], 30.0, worker_id=w, lease_for=30, limit=2))
+            for b, w in ((first, "a"), (second, "b"))
+        ]
+        await blocked_waiters(raw, prefix, 2)
+        # When three jobs come in one call (one wake-up for the queue)
+        envs = [envelope() for _ in range(3)]
+        await first.enqueue(envs)
+        # Then one claimer takes two, the claim that left one behind wakes the other, and
+        # each job is leased once
+        leases = [le for got in await asyncio.wait_for(asyncio.gather(*claims), 5) for le in got]
+        assert sorted(le.job_id for le in leases) == sorted(e.id for e in envs)
+        assert sorted(len(task.result()) for task in claims) == [1, 2]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_halting_a_blocked_claimer_ends_its_wait_with_nothing_claimed(
+    waiter: RedisBackend, prefix: str, raw: aioredis.Redis
+) -> None:
+    # Given a claimer blocked on its queue's wake-ups
+    claiming = asyncio.create_task(
+        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
+    )
+    await blocked_waiters(raw, prefix, 1)
+    # When its wait is halted (the worker stops) with a job waiting
+    env = envelope()
+    await waiter.halt_wait()
+    # Then the wait ends at once and claims nothing ...
+    assert await asyncio.wait_for(claiming, 5) == []
+    await waiter.enqueue([env])
+    row = await waiter.get(env.id)
+    assert row is not None and row.state == JobState.QUEUED and row.attempt == 0
+    # ... and the next wait of the same backend claims as usual
+    (lease,) = await waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
+    assert lease.job_id == env.id
+
+
+async def test_wake_up_tokens_nobody_takes_are_capped(
+    backend: RedisBackend, prefix: str, raw: aioredis.Redis
+) -> None:
+    from offload.brokers.redis.backend import WAKE_TOKENS_MAX
+
+    for _ in range(WAKE_TOKENS_MAX + 10):
+        await backend.enqueue([envelope()])
+    assert await raw.llen(f"{{{prefix}}}wake:{QUEUE}") == WAKE_TOKENS_MAX
+
+
+async def test_a_blocked_claimer_goes_on_when_its_connection_is_killed(
+    waiter: RedisBackend, prefix: str, raw: aioredis.Redis
+) -> None:
+    # Given a claimer blocked on its queue's wake-ups
+    claiming = asyncio.create_task(
+        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
+    )
+    (blocked,) = await blocked_waiters(raw, prefix, 1)
+    # When the server drops its connection
+    await raw.client_kill_filter(_id=blocked["id"])
+    # Then the call claims again on another connection (nothing waits: nothing claimed)
+    assert await asyncio.wait_for(claiming, 5) == []
+    # ... and its next wait connects anew and is woken as before
+    claiming = asyncio.create_task(
+        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
+    )
+    await blocked_waiters(raw, prefix, 1)
+    env = envelope()
+    await waiter.enqueue([env])
+    (lease,) = await asyncio.wait_for(claiming, 5)
+    assert lease.job_id == env.id
+
+
 async def test_a_cancelled_caller_is_never_left_running(backend: RedisBackend) -> None:
     """redis-py bounds sends with asyncio.wait_for, which on Python 3.11 can swallow a
     cancellation; the backend must not let that happen (a web tier's feed watcher would
@@ -580,6 +717,35 @@ async def test_a_worker_runs_jobs_end_to_end_on_redis(prefix: str, tmp_path: Pat
         assert sorted(effects) == list(range(50))
         states = [c.row.state for c in await app.changes_since(0, job_id=jobs[0].id)]
         assert states == ["queued", "running", "running", "succeeded"]
+
+
+@pytest.mark.parametrize("round_", range(4))
+async def test_a_worker_stopping_as_work_comes_leaves_no_job_half_claimed(
+    prefix: str, tmp_path: Path, raw: aioredis.Redis, round_: int
+) -> None:
+    # Given a worker blocked on its queue's wake-ups (its claim sent behind the wait)
+    app = App("redis-stop", settings=Settings(url=named(prefix), blobs_url=str(tmp_path)))
+    app.message("redis.step", queue="steps")(Step)
+
+    @app.handles(Step)
+    async def step(msg: Step, ctx: Context) -> None:
+        return None
+
+    worker = Worker(app, concurrency=2)
+    async with app:
+        running = asyncio.create_task(worker.run())
+        await blocked_waiters(raw, prefix, 1)
+        # When a job comes as the worker is told to stop (in either order, or at once)
+        if round_ % 2:
+            worker.request_stop()
+        job = await app.enqueue(Step(n=round_))
+        worker.request_stop()
+        await asyncio.wait_for(running, 10)
+        # Then the worker stopped, its wait no longer blocked, and the job either ran or
+        # still waits with its attempt unspent: never left leased to a stopped worker
+        assert await blocked_waiters(raw, prefix, 0) == []
+        record = await job.status()
+        assert (record.state, record.attempt) in {("succeeded", 1), ("queued", 0)}
 
 
 async def test_enqueue_in_a_transaction_is_refused_on_redis(prefix: str, tmp_path: Path) -> None:

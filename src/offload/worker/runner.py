@@ -323,6 +323,10 @@ class Worker:
         ends at once when the worker stops, or when a side task stops for good."""
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
+        on_wake = self._claims_on_wake(backend)
+        # The last claim made on a wake-up took fewer jobs than it asked for: nothing else
+        # was ready, so the next step is the wait, not a claim that would find nothing.
+        drained = False
         try:
             while not (self._stop.is_set() or self._ran_all()):
                 limit = self._claim_size()
@@ -331,22 +335,37 @@ class Worker:
                     await self._race(self._slot_free.wait(), stop_wait)
                     continue
                 sent = self._renewal()
-                try:
-                    leases = await self.gate.claim(backend)(
-                        self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
-                    )
-                except BackendError as exc:
-                    log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
-                    await self._race(asyncio.sleep(1.0), stop_wait)
-                    continue
-                self._hold(leases, sent)
-                self._fill()
+                leases = []
+                if not drained:
+                    try:
+                        leases = await self.gate.claim(backend)(
+                            self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
+                        )
+                    except BackendError as exc:
+                        log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
+                        await self._race(asyncio.sleep(1.0), stop_wait)
+                        continue
+                    self._hold(leases, sent)
+                    self._fill()
+                drained = False
                 if not leases:
                     wait_s = self._idle_wait(bool(self._busy or self._line))
                     if wait_s is None:
                         break  # idle for --exit-when-idle
-                    await self._race(backend.wait(self.queues, wait_s), stop_wait)
-                else:
+                    if not on_wake:
+                        await self._race(backend.wait(self.queues, wait_s), stop_wait)
+                        continue
+                    sent = self._renewal()  # the claim's lease counts from no earlier
+                    try:
+                        leases = await self._claim_on_wake(backend, wait_s, limit, stop_wait)
+                    except BackendError as exc:
+                        log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
+                        await self._race(asyncio.sleep(1.0), stop_wait)
+                        continue
+                    self._hold(leases, sent)
+                    self._fill()
+                    drained = 0 < len(leases) < limit
+                if leases:
                     self._idle_since = None
                     # The jobs just started reach their handlers before the next claim's
                     # request is built and sent (a claim's CPU, not its round trip, would
@@ -354,6 +373,37 @@ class Worker:
                     await asyncio.sleep(0)
         finally:
             stop_wait.cancel()
+
+    def _claims_on_wake(self, backend: Backend) -> bool:
+        """Whether to wait with the backend's wait that claims as it wakes
+        (`wait_and_claim`: Redis): for a plain claim, not a gated one (limits, fair queues),
+        whose waits end for what held jobs back."""
+        return not self.gate.gated and hasattr(backend, "wait_and_claim")
+
+    async def _claim_on_wake(
+        self, backend: Any, wait_s: float, limit: int, stop_wait: asyncio.Task[Any]
+    ) -> list[Lease]:
+        """Wait for work and claim it as it comes (`wait_and_claim`). A stop ends the wait
+        through the backend (`halt_wait`: the claim behind it takes nothing), not by
+        cancelling it, so that a claim that ran as the stop came answers its jobs, which
+        the stop gives back unspent with the rest held ahead."""
+        task = asyncio.ensure_future(
+            backend.wait_and_claim(
+                self.queues, wait_s, worker_id=self.id, lease_for=self.lease_s, limit=limit
+            )
+        )
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            try:
+                await backend.halt_wait()
+            except BackendError as exc:
+                log.warning("wait for work failed: %s", exc, extra={"action": "wait_error"})
+                task.cancel()
+            await asyncio.wait({task})
+        if task.cancelled():
+            return []
+        leases: list[Lease] = task.result()
+        return leases
 
     def _ran_all(self) -> bool:
         """Whether `max_jobs` jobs have run to their end (none running or held): time to

@@ -69,6 +69,10 @@ log = logging.getLogger("offload.brokers")
 DEFAULT_PREFIX = "offload:"
 #: Connections one backend instance may hold (the pub/sub listener takes one of them).
 DEFAULT_POOL_SIZE = 20
+#: Wake-up tokens kept per queue (WAKE_TOKENS_MAX of the scripts' library).
+WAKE_TOKENS_MAX = 16
+#: Seconds a halted waiter's keys are kept (its claim drops the halt key as it runs).
+_HALT_KEEP_S = 60
 #: Seconds `open` waits for the server's first answer (OFFLOAD_CONNECT_TIMEOUT), and a call
 #: for a TCP connection or a free pooled one.
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -118,6 +122,13 @@ def _reason(exc: BaseException) -> str:
 
 def _flag(value: bool) -> str:
     return "1" if value else "0"
+
+
+def _leases(answer: Sequence[Any], token: str, worker_id: str) -> list[Lease]:
+    """A claim script's answer as leases, in claim order."""
+    leases = [lease_of(values, token, worker_id) for values in answer]
+    leases.sort(key=lambda le: (le.envelope.priority, le.envelope.run_at, le.job_id))
+    return leases
 
 
 def _lapsed(row: dict[str, Any]) -> Lapsed:
@@ -212,6 +223,10 @@ class RedisBackend:
         #: it and pub/sub's.
         self._lane: Any = None
         self._lane_free = pool_size >= 3
+        #: The connection `wait_and_claim` blocks on (taken from the pool at its first
+        #: wait, and kept), and the token of the wait blocked on it now, if any.
+        self._waiter: Any = None
+        self._waiting: str | None = None
         #: The enqueue script on a blocking client, for threads with no event loop
         #: (`enqueue_sync`): made on first use, under `_blocking_lock`.
         self._blocking: tuple[redis.Redis, Any] | None = None
@@ -488,7 +503,7 @@ class RedisBackend:
             blocking, self._blocking = self._blocking, None
         # The pools' disconnects below close the lanes with the lent connections (a call
         # still on one fails, as on any of them); the loop does not wait for a thread's call.
-        self._lane, self._sync_lane = None, (None, 0)
+        self._lane, self._sync_lane, self._waiter = None, (None, 0), None
         if blocking is not None:
             with contextlib.suppress(RedisError, OSError):
                 blocking[0].close()
@@ -511,6 +526,13 @@ class RedisBackend:
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work was announced for `queues` since the last claim, when the next
         scheduled job of these queues is due, or after `timeout` seconds."""
+        timeout = await self._wait_timeout(queues, timeout)
+        news = self._announcements
+        await news.wait_until(lambda: news.work_moved(self._seen_work, queues), timeout)
+
+    async def _wait_timeout(self, queues: Sequence[str], timeout: float) -> float:
+        """`timeout`, cut to when the next scheduled job of `queues` is due (for a gated
+        claim's instance: to when a start is next due by a rate, see `claim_gated`)."""
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -527,8 +549,7 @@ class RedisBackend:
             due = [] if next_start_at is None else [next_start_at]
         if due:
             timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
-        news = self._announcements
-        await news.wait_until(lambda: news.work_moved(self._seen_work, queues), timeout)
+        return timeout
 
     # -- broker -----------------------------------------------------------------------------
 
@@ -643,11 +664,88 @@ class RedisBackend:
         token = secrets.token_hex(12)
         args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
         answer = await self.retrier.run(
-            lambda resent: self._script("claim", *args, _flag(resent), *dict.fromkeys(queues))
+            lambda resent: self._script(
+                "claim", *args, _flag(resent), opt(None), *dict.fromkeys(queues)
+            )
         )
-        leases = [lease_of(values, token, worker_id) for values in answer]
-        leases.sort(key=lambda le: (le.envelope.priority, le.envelope.run_at, le.job_id))
-        return leases
+        return _leases(answer, token, worker_id)
+
+    async def wait_and_claim(
+        self, queues: Sequence[str], timeout: float, *, worker_id: str, lease_for: float, limit: int
+    ) -> list[Lease]:
+        """`wait`, then `claim`, in one round trip: block on the queues' wake-up tokens
+        (BLPOP) with the claim sent behind it on the same connection, so that Redis runs
+        the claim the moment a token comes (or the wait ends) and the jobs come back with
+        the wake-up, not one round trip after it. A token wakes one blocked worker, not
+        every one: an announcement of work pushes one per queue, and a claim that took
+        `limit` jobs and left ready ones behind pushes one more. `halt_wait` ends the wait
+        at once with a claim that takes nothing.
+
+        The wait ends as `wait`'s does when a scheduled job of these queues falls due
+        (at once, with a plain claim, if one is due now). On a lost connection the claim is
+        sent again with its token, as `claim` does: the jobs a lost attempt leased are
+        answered, or it claims anew.
+
+        Raises:
+            BackendError: Redis failed past the retry deadline.
+        """
+        if limit <= 0 or not queues:
+            return []
+        timeout = await self._wait_timeout(queues, timeout)
+        if timeout <= 0:
+            return await self.claim(queues, worker_id=worker_id, lease_for=lease_for, limit=limit)
+        token = secrets.token_hex(12)
+        names = list(dict.fromkeys(queues))
+        args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
+        code = self._scripts["claim"]
+        blpop = ("BLPOP", *[self._key("wake:" + q) for q in names], self._key("waiter:" + token))
+        evalsha = ("EVALSHA", code.sha, 1, self._key("seq"), self.keyspace, *args, "0")
+        pool = self._redis.connection_pool
+        self._waiting = token
+        try:
+            # Bounded by the wait and then a command's time (not by `_guard`'s alone).
+            async with asyncio.timeout(timeout + self.command_timeout_s):
+                conn = self._waiter
+                if conn is None:
+                    conn = self._waiter = await pool.get_connection()  # type: ignore[no-untyped-call]
+                else:
+                    await pool.ensure_connection(conn)
+                await conn.send_packed_command(
+                    conn.pack_commands([(*blpop, num(timeout)), (*evalsha, opt(token), *names)])
+                )
+                await conn.read_response()
+                answer = await conn.read_response()
+        except NoScriptError:  # nothing ran (the server lost its scripts): the client's way
+            return await self.claim(queues, worker_id=worker_id, lease_for=lease_for, limit=limit)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, TimeoutError) and not _lost_connection(exc):
+                raise BackendError(f"Redis: {_reason(exc)}") from exc
+            # The claim may have run, its reply lost: sent again, it answers what it leased
+            # (or claims anew). The connection was dropped with the error: the next wait
+            # connects again.
+            answer = await self.retrier.run(
+                lambda _resent: self._script("claim", *args, "1", opt(None), *names)
+            )
+        finally:
+            self._waiting = None
+        return _leases(answer, token, worker_id)
+
+    async def halt_wait(self) -> None:
+        """End this instance's `wait_and_claim` now, if one is blocked, its claim taking
+        nothing (the worker is stopping). Its wait may end with jobs all the same, when a
+        token came first."""
+        token = self._waiting
+        if token is None or self._client is None:
+            return
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._key("halt:" + token), "1", ex=_HALT_KEEP_S)
+                pipe.lpush(self._key("waiter:" + token), "1")
+                pipe.expire(self._key("waiter:" + token), _HALT_KEEP_S)
+                await pipe.execute()
+
+        await self._retried(run)
 
     async def claim_gated(
         self,
@@ -875,9 +973,11 @@ class RedisBackend:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.srem(self._key("paused"), queue)
                 pipe.publish(self._key("work"), queue)
+                pipe.lpush(self._key("wake:" + queue), "1")
+                pipe.ltrim(self._key("wake:" + queue), 0, WAKE_TOKENS_MAX - 1)
                 return await pipe.execute()
 
-        removed, _ = await self._retried(run)
+        removed, *_ = await self._retried(run)
         return bool(removed)
 
     # -- job store --------------------------------------------------------------------------

@@ -18,8 +18,12 @@
 -- hist:<minute> (hash: state:queue -> jobs that ended so in that minute, kept
 -- HISTORY_KEEP_S), uniq (hash: unique key -> id of the last job stored with it; that job
 -- holds the key only while `holds_key` says so, so no transition has a key to clear: the
--- entry goes with its job, or with a requeue, which drops the job's key). Channels: work
--- (a queue got work), changes (the feed grew).
+-- entry goes with its job, or with a requeue, which drops the job's key), wake:<q> (list:
+-- wake-up tokens, one per announcement of work and one per claim that left ready jobs
+-- behind, at most WAKE_TOKENS_MAX; a worker blocked in BLPOP on it takes one and claims in
+-- the same round trip, RedisBackend.wait_and_claim), halt:<waiter> (a blocked waiter's
+-- claim is to take nothing: its worker is stopping). Channels: work (a queue got work),
+-- changes (the feed grew).
 -- Every float arrives as a Python repr string and is stored verbatim (Lua's tostring keeps
 -- only 14 digits), so only comparisons ever turn it into a number.
 local K = ARGV[1]
@@ -144,8 +148,22 @@ local function announce_changes()
   if last_seq ~= nil then redis.call('PUBLISH', K .. 'changes', last_seq) end
 end
 
+-- Wake-up tokens kept per queue: enough for the workers blocked on it to wake one each;
+-- a token nobody takes costs one claim that finds nothing.
+local WAKE_TOKENS_MAX = 16
+
+-- Wake one worker blocked on the queue's tokens (BLPOP: each token wakes one).
+local function wake_one(queue)
+  local key = K .. 'wake:' .. queue
+  redis.call('LPUSH', key, '1')
+  redis.call('LTRIM', key, 0, WAKE_TOKENS_MAX - 1)
+end
+
 local function announce_work(queues)
-  for queue, _ in pairs(queues) do redis.call('PUBLISH', K .. 'work', queue) end
+  for queue, _ in pairs(queues) do
+    redis.call('PUBLISH', K .. 'work', queue)
+    wake_one(queue)
+  end
 end
 
 -- Drop the uniq entry of a job's unique key where it names that job.
