@@ -748,6 +748,36 @@ async def test_a_worker_stopping_as_work_comes_leaves_no_job_half_claimed(
         assert (record.state, record.attempt) in {("succeeded", 1), ("queued", 0)}
 
 
+async def test_a_worker_waiting_on_its_tokens_receives_no_announcements(
+    prefix: str, tmp_path: Path, raw: aioredis.Redis
+) -> None:
+    # Given a worker of a plain queue, blocked on its wake-up tokens
+    app = App("redis-quiet", settings=Settings(url=named(prefix), blobs_url=str(tmp_path)))
+    app.message("redis.step", queue="steps")(Step)
+    ran = asyncio.Event()
+
+    @app.handles(Step)
+    async def step(msg: Step, ctx: Context) -> None:
+        ran.set()
+
+    worker = Worker(app, concurrency=2)
+    async with app:
+        running = asyncio.create_task(worker.run())
+        try:
+            await blocked_waiters(raw, prefix, 1)
+            # When a job comes, and it runs
+            await app.enqueue(Step(n=1))
+            await asyncio.wait_for(ran.wait(), 10)
+            await blocked_waiters(raw, prefix, 1)
+            # Then none of its connections is subscribed to the announcements
+            name = "offload-waiter-" + prefix.rstrip(":")
+            mine = [c for c in await raw.client_list() if c["name"] == name]
+            assert mine and all(int(c["sub"]) == 0 for c in mine)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(running, 10)
+
+
 async def test_enqueue_in_a_transaction_is_refused_on_redis(prefix: str, tmp_path: Path) -> None:
     app = App("redis-tx", settings=Settings(url=redis_url(prefix), blobs_url=str(tmp_path)))
     app.message("redis.step", queue="steps")(Step)

@@ -227,6 +227,8 @@ class RedisBackend:
         #: wait, and kept), and the token of the wait blocked on it now, if any.
         self._waiter: Any = None
         self._waiting: str | None = None
+        #: Whether the last blocked wait lost its connection (the next one logs its return).
+        self._wait_lost = False
         #: The enqueue script on a blocking client, for threads with no event loop
         #: (`enqueue_sync`): made on first use, under `_blocking_lock`.
         self._blocking: tuple[redis.Redis, Any] | None = None
@@ -526,9 +528,24 @@ class RedisBackend:
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work was announced for `queues` since the last claim, when the next
         scheduled job of these queues is due, or after `timeout` seconds."""
-        timeout = await self._wait_timeout(queues, timeout)
         news = self._announcements
+        if self._seen_work is None:
+            # The claim before came while this instance did not follow the announcements
+            # (a worker that waits on its tokens never does): follow them now, and mark
+            # before the read below, which sees any job stored before the mark.
+            await news.follow()
+            self._seen_work = news.work_mark()
+            if self._held_back[0]:  # the read cannot tell new jobs from held ones
+                return
+        timeout = await self._wait_timeout(queues, timeout)
         await news.wait_until(lambda: news.work_moved(self._seen_work, queues), timeout)
+
+    def _work_mark(self) -> WorkMark | None:
+        """What a claim saw of the announcements, for the `wait` after it; None while this
+        instance does not follow them (its first `wait` does: `wait_and_claim` needs none,
+        and a worker that waits on its tokens never receives an announcement)."""
+        news = self._announcements
+        return news.work_mark() if news.following else None
 
     async def _wait_timeout(self, queues: Sequence[str], timeout: float) -> float:
         """`timeout`, cut to when the next scheduled job of `queues` is due (for a gated
@@ -659,8 +676,7 @@ class RedisBackend:
         """
         if limit <= 0 or not queues:
             return []
-        await self._announcements.follow()
-        self._seen_work = self._announcements.work_mark()
+        self._seen_work = self._work_mark()
         token = secrets.token_hex(12)
         args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
         answer = await self.retrier.run(
@@ -713,6 +729,9 @@ class RedisBackend:
                 await conn.send_packed_command(
                     conn.pack_commands([(*blpop, num(timeout)), (*evalsha, opt(token), *names)])
                 )
+                if self._wait_lost:
+                    self._wait_lost = False
+                    log.info("Redis wake-up wait back", extra={"action": "redis_wait_back"})
                 await conn.read_response()
                 answer = await conn.read_response()
         except NoScriptError:  # nothing ran (the server lost its scripts): the client's way
@@ -720,6 +739,9 @@ class RedisBackend:
         except (RedisError, OSError, TimeoutError) as exc:
             if not isinstance(exc, TimeoutError) and not _lost_connection(exc):
                 raise BackendError(f"Redis: {_reason(exc)}") from exc
+            reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
+            log.warning("Redis wake-up wait lost: %s", reason, extra={"action": "redis_wait_lost"})
+            self._wait_lost = True
             # The claim may have run, its reply lost: sent again, it answers what it leased
             # (or claims anew). The connection was dropped with the error: the next wait
             # connects again.
@@ -765,8 +787,7 @@ class RedisBackend:
         is: a resend answers the jobs the lost attempt leased, and leases no more."""
         if limit <= 0 or not queues:
             return []
-        await self._announcements.follow()
-        self._seen_work = self._announcements.work_mark()
+        self._seen_work = self._work_mark()
         token = secrets.token_hex(12)
         fairs = sorted(set(fair))
         head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)

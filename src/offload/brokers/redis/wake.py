@@ -35,9 +35,10 @@ class Announcements:
     announced meanwhile is unknown, so every waiter looks again.
 
     The subscription starts with the first reader (`follow`, before it takes its first
-    mark), not at `start`: a process that only enqueues (a web tier that streams nothing,
-    a producer script) never reads, and would otherwise receive, and parse, an
-    announcement for every job it stores.
+    mark): the first `wait` for work, or the first read of the feed; not at `start`. A
+    process that only enqueues (a web tier that streams nothing, a producer script) never
+    reads, and a worker that waits on its wake-up tokens (`wait_and_claim`) never waits
+    here: either would otherwise receive, and parse, an announcement for every job stored.
 
     Args:
         client: the backend's client (its pool lends the pub/sub connection).
@@ -68,6 +69,12 @@ class Announcements:
             self._task = asyncio.create_task(self._follow(), name="offload-redis-wake")
         if not self._subscribed.is_set():
             await self._subscribed.wait()
+
+    @property
+    def following(self) -> bool:
+        """Whether announcements are counted (or, while Redis cannot be reached, `epoch`
+        will move when they are again): a mark taken now misses none."""
+        return self._task is not None and self._subscribed.is_set()
 
     async def stop(self) -> None:
         """Stop listening; waiters (now and later) return at once."""
