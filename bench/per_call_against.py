@@ -46,7 +46,7 @@ async def calls(url: str, n: int, bulk: int) -> dict[str, tuple[float, float]]:
     async with app:
         if bulk:
             batches = []
-            for b in range(4):
+            for _ in range(4):
                 began, cpu = time.perf_counter(), time.process_time()
                 await app.enqueue_many([Noop(i=i) for i in range(bulk)])
                 batches.append(_rates(bulk, began, cpu))
@@ -103,7 +103,13 @@ def main() -> None:
                     env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{HERE}"}
                     try:
                         done = subprocess.run(
-                            [sys.executable, __file__, "--child", url, str(args.calls), str(args.bulk)],
+                            [
+                                sys.executable,
+                                __file__,
+                                "--child",
+                                url,
+                                *map(str, (args.calls, args.bulk)),
+                            ],
                             env=env,
                             check=True,
                             capture_output=True,
