@@ -23,7 +23,7 @@ from offload import App, Context, Message, Settings
 from offload._ids import uuid7
 from offload.brokers import open_backend
 from offload.brokers.base import WORKER_LOST_AFTER_S
-from offload.contract import Envelope, JobState, Outcome
+from offload.contract import Envelope, JobState, KindLimits, Outcome
 from offload.errors import BackendError, ConfigurationError
 from offload.worker.runner import Worker
 
@@ -377,8 +377,8 @@ async def waiter(prefix: str) -> AsyncIterator[RedisBackend]:
 async def blocked_waiters(
     raw: aioredis.Redis, prefix: str, n: int, deadline_s: float = 5.0
 ) -> list[dict[str, Any]]:
-    """The clients of `named(prefix)` blocked in BLPOP, once there are `n` of them (or fail
-    at the deadline)."""
+    """The clients of `named(prefix)` blocked in BLPOP, once there are exactly `n` of them
+    (or fail at the deadline)."""
     name = "offload-waiter-" + prefix.rstrip(":")
     end = time.monotonic() + deadline_s
     while True:
@@ -387,7 +387,7 @@ async def blocked_waiters(
             for c in await raw.client_list()
             if c["name"] == name and c["cmd"] == "blpop" and "b" in c["flags"]
         ]
-        if len(blocked) >= n or time.monotonic() > end:
+        if len(blocked) == n or time.monotonic() > end:
             assert len(blocked) == n, blocked
             return blocked
         await asyncio.sleep(0.01)
@@ -746,6 +746,55 @@ async def test_a_worker_stopping_as_work_comes_leaves_no_job_half_claimed(
         assert await blocked_waiters(raw, prefix, 0) == []
         record = await job.status()
         assert (record.state, record.attempt) in {("succeeded", 1), ("queued", 0)}
+
+
+async def test_limits_declared_while_a_worker_waits_on_its_tokens_hold_its_claims(
+    prefix: str, tmp_path: Path, raw: aioredis.Redis
+) -> None:
+    # Given a worker of a queue with no limit, blocked on its wake-up tokens
+    app = App(
+        "redis-late-limits",
+        settings=Settings(url=named(prefix), blobs_url=str(tmp_path), lease_s=1.5),
+    )
+    app.message("redis.step", queue="steps")(Step)
+    release = asyncio.Event()
+
+    @app.handles(Step)
+    async def step(msg: Step, ctx: Context) -> None:
+        await release.wait()
+
+    worker = Worker(app, concurrency=4)
+    async with app:
+        running = asyncio.create_task(worker.run())
+        try:
+            await blocked_waiters(raw, prefix, 1)
+            # When another worker declares one job of the kind at a time, and this one has
+            # read the limits again (each registry record)
+            other = await opened(redis_url(prefix))
+            try:
+                await other.declare_limits(
+                    [KindLimits(kind="redis.step", queue="steps", max_running=1)]
+                )
+            finally:
+                await other.close()
+            end = time.monotonic() + 10
+            while not worker.gate.gated:
+                assert time.monotonic() < end, "the worker never read the declared limits"
+                await asyncio.sleep(0.02)
+            # (its blocked wait, a plain claim behind it, was halted: it waits on pub/sub)
+            await blocked_waiters(raw, prefix, 0)
+            jobs = await app.enqueue_many([Step(n=i) for i in range(3)])
+            # Then its claims obey them: one job runs, the others wait (a plain claim on
+            # the wake-up would have leased all three at once)
+            end = time.monotonic() + 10
+            while not (states := [(await j.status()).state for j in jobs]).count("running"):
+                assert time.monotonic() < end, states
+                await asyncio.sleep(0.02)
+            assert sorted(states) == ["queued", "queued", "running"]
+        finally:
+            release.set()
+            worker.request_stop()
+            await asyncio.wait_for(running, 10)
 
 
 async def test_a_worker_waiting_on_its_tokens_receives_no_announcements(

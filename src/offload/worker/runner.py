@@ -323,7 +323,6 @@ class Worker:
         ends at once when the worker stops, or when a side task stops for good."""
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
-        on_wake = self._claims_on_wake(backend)
         # The last claim made on a wake-up took fewer jobs than it asked for: nothing else
         # was ready, so the next step is the wait, not a claim that would find nothing.
         drained = False
@@ -352,7 +351,8 @@ class Worker:
                     wait_s = self._idle_wait(bool(self._busy or self._line))
                     if wait_s is None:
                         break  # idle for --exit-when-idle
-                    if not on_wake:
+                    # Asked at each wait: the gate turns gated when limits appear meanwhile.
+                    if not self._claims_on_wake(backend):
                         await self._race(backend.wait(self.queues, wait_s), stop_wait)
                         continue
                     sent = self._renewal()  # the claim's lease counts from no earlier
@@ -989,7 +989,21 @@ class Worker:
             if loop.time() >= next_record:  # the registry's view of this worker stays live
                 next_record = loop.time() + self.record_every_s
                 await self._record()
-                await self.gate.refresh(self.app._require_backend())
+                await self._refresh_gate(self.app._require_backend())
+
+    async def _refresh_gate(self, backend: Backend) -> None:
+        """Read the stored limits again. When they gate this worker's claims from now on,
+        a wait blocked with a plain claim behind it (`wait_and_claim`) is halted, so that
+        the claim loop claims within the limits; a wake-up that comes before the halt
+        lands still gets that one plain claim."""
+        was = self.gate.gated
+        await self.gate.refresh(backend)
+        halt = getattr(backend, "halt_wait", None)
+        if self.gate.gated and not was and halt is not None:
+            try:
+                await halt()
+            except BackendError as exc:
+                log.warning("wait for work failed: %s", exc, extra={"action": "wait_error"})
 
     async def _beat(self, jobs: Sequence[_Job]) -> bool:
         """Extend the leases of `jobs` and act on the answers (renewed, lost, cancel
