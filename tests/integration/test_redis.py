@@ -23,7 +23,7 @@ from offload import App, Context, Message, Settings
 from offload._ids import uuid7
 from offload.brokers import open_backend
 from offload.brokers.base import WORKER_LOST_AFTER_S
-from offload.contract import Envelope, JobState, KindLimits, Outcome
+from offload.contract import Envelope, JobState, KindLimits, Lease, Outcome
 from offload.errors import BackendError, ConfigurationError
 from offload.worker.runner import Worker
 
@@ -359,9 +359,14 @@ async def test_waiters_recover_when_the_wake_up_connection_is_killed(
 # -- claims on the wake-up (wait_and_claim) ------------------------------------------------
 
 
+def waiter_name(prefix: str) -> str:
+    """The client name of `named(prefix)`'s connections."""
+    return "offload-waiter-" + prefix.rstrip(":")
+
+
 def named(prefix: str) -> str:
     """The URL of `prefix` with a client name of its own (other tests' workers block too)."""
-    return redis_url(prefix, client_name="offload-waiter-" + prefix.rstrip(":"))
+    return redis_url(prefix, client_name=waiter_name(prefix))
 
 
 @pytest.fixture
@@ -379,7 +384,7 @@ async def blocked_waiters(
 ) -> list[dict[str, Any]]:
     """The clients of `named(prefix)` blocked in BLPOP, once there are exactly `n` of them
     (or fail at the deadline)."""
-    name = "offload-waiter-" + prefix.rstrip(":")
+    name = waiter_name(prefix)
     end = time.monotonic() + deadline_s
     while True:
         blocked = [
@@ -393,16 +398,25 @@ async def blocked_waiters(
         await asyncio.sleep(0.01)
 
 
+async def blocked_claim(
+    waiter: RedisBackend, raw: aioredis.Redis, prefix: str
+) -> tuple[asyncio.Task[list[Lease]], dict[str, Any]]:
+    """`waiter.wait_and_claim` (up to 4 jobs of QUEUE, by worker "w"), once it is blocked in
+    BLPOP, and its blocked connection."""
+    claiming = asyncio.create_task(
+        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
+    )
+    (blocked,) = await blocked_waiters(raw, prefix, 1)
+    return claiming, blocked
+
+
 async def test_a_blocked_claimer_gets_the_job_with_its_wake_up(
     waiter: RedisBackend, prefix: str, raw: aioredis.Redis
 ) -> None:
     # Given a claimer blocked on its queue's wake-ups, and a producer elsewhere
     producer = await opened(redis_url(prefix))
     try:
-        claiming = asyncio.create_task(
-            waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
-        )
-        await blocked_waiters(raw, prefix, 1)
+        claiming, _ = await blocked_claim(waiter, raw, prefix)
         # When the producer enqueues a job
         env = envelope()
         await producer.enqueue([env])
@@ -443,10 +457,7 @@ async def test_halting_a_blocked_claimer_ends_its_wait_with_nothing_claimed(
     waiter: RedisBackend, prefix: str, raw: aioredis.Redis
 ) -> None:
     # Given a claimer blocked on its queue's wake-ups
-    claiming = asyncio.create_task(
-        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
-    )
-    await blocked_waiters(raw, prefix, 1)
+    claiming, _ = await blocked_claim(waiter, raw, prefix)
     # When its wait is halted (the worker stops) with a job waiting
     env = envelope()
     await waiter.halt_wait()
@@ -474,19 +485,13 @@ async def test_a_blocked_claimer_goes_on_when_its_connection_is_killed(
     waiter: RedisBackend, prefix: str, raw: aioredis.Redis
 ) -> None:
     # Given a claimer blocked on its queue's wake-ups
-    claiming = asyncio.create_task(
-        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
-    )
-    (blocked,) = await blocked_waiters(raw, prefix, 1)
+    claiming, blocked = await blocked_claim(waiter, raw, prefix)
     # When the server drops its connection
     await raw.client_kill_filter(_id=blocked["id"])
     # Then the call claims again on another connection (nothing waits: nothing claimed)
     assert await asyncio.wait_for(claiming, 5) == []
     # ... and its next wait connects anew and is woken as before
-    claiming = asyncio.create_task(
-        waiter.wait_and_claim([QUEUE], 30.0, worker_id="w", lease_for=30, limit=4)
-    )
-    await blocked_waiters(raw, prefix, 1)
+    claiming, _ = await blocked_claim(waiter, raw, prefix)
     env = envelope()
     await waiter.enqueue([env])
     (lease,) = await asyncio.wait_for(claiming, 5)
@@ -819,8 +824,7 @@ async def test_a_worker_waiting_on_its_tokens_receives_no_announcements(
             await asyncio.wait_for(ran.wait(), 10)
             await blocked_waiters(raw, prefix, 1)
             # Then none of its connections is subscribed to the announcements
-            name = "offload-waiter-" + prefix.rstrip(":")
-            mine = [c for c in await raw.client_list() if c["name"] == name]
+            mine = [c for c in await raw.client_list() if c["name"] == waiter_name(prefix)]
             assert mine and all(int(c["sub"]) == 0 for c in mine)
         finally:
             worker.request_stop()

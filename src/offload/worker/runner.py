@@ -333,19 +333,16 @@ class Worker:
                     self._slot_free.clear()
                     await self._race(self._slot_free.wait(), stop_wait)
                     continue
-                sent = self._renewal()
-                leases = []
+                leases: list[Lease] | None = []
                 if not drained:
-                    try:
-                        leases = await self.gate.claim(backend)(
+                    leases = await self._take(
+                        self.gate.claim(backend)(
                             self.queues, worker_id=self.id, lease_for=self.lease_s, limit=limit
-                        )
-                    except BackendError as exc:
-                        log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
-                        await self._race(asyncio.sleep(1.0), stop_wait)
+                        ),
+                        stop_wait,
+                    )
+                    if leases is None:
                         continue
-                    self._hold(leases, sent)
-                    self._fill()
                 drained = False
                 if not leases:
                     wait_s = self._idle_wait(bool(self._busy or self._line))
@@ -355,15 +352,11 @@ class Worker:
                     if not self._claims_on_wake(backend):
                         await self._race(backend.wait(self.queues, wait_s), stop_wait)
                         continue
-                    sent = self._renewal()  # the claim's lease counts from no earlier
-                    try:
-                        leases = await self._claim_on_wake(backend, wait_s, limit, stop_wait)
-                    except BackendError as exc:
-                        log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
-                        await self._race(asyncio.sleep(1.0), stop_wait)
+                    leases = await self._take(
+                        self._claim_on_wake(backend, wait_s, limit, stop_wait), stop_wait
+                    )
+                    if leases is None:
                         continue
-                    self._hold(leases, sent)
-                    self._fill()
                     drained = 0 < len(leases) < limit
                 if leases:
                     self._idle_since = None
@@ -373,6 +366,22 @@ class Worker:
                     await asyncio.sleep(0)
         finally:
             stop_wait.cancel()
+
+    async def _take(
+        self, claim: Awaitable[list[Lease]], stop_wait: asyncio.Task[Any]
+    ) -> list[Lease] | None:
+        """Hold and start what `claim` leased (its leases count from now, before it is
+        sent); None when it failed, logged, after a pause."""
+        sent = self._renewal()
+        try:
+            leases = await claim
+        except BackendError as exc:
+            log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
+            await self._race(asyncio.sleep(1.0), stop_wait)
+            return None
+        self._hold(leases, sent)
+        self._fill()
+        return leases
 
     def _claims_on_wake(self, backend: Backend) -> bool:
         """Whether to wait with the backend's wait that claims as it wakes
