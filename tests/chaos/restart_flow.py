@@ -34,12 +34,15 @@ class Posted:
     """What the producer got back: the accepted jobs and every other answer."""
 
     accepted: list[str] = field(default_factory=list)
+    #: When each accepted job's post was sent (monotonic seconds), by id.
+    sent_at: dict[str, float] = field(default_factory=dict)
     answers: Counter[int] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # content types of the 5xx answers
     unreachable: int = 0  # no HTTP answer at all (the web process itself gone)
 
     def add(self, other: Posted) -> None:
         self.accepted += other.accepted
+        self.sent_at |= other.sent_at
         self.answers += other.answers
         self.problems += other.problems
         self.unreachable += other.unreachable
@@ -62,6 +65,7 @@ class Producer(threading.Thread):
         n = 0
         while not self.stopping.is_set():
             n += 1
+            sent_at = time.monotonic()
             try:
                 answer = self.client.post("/v1/jobs/e2e.noop", json={"n": n}, timeout=30)
             except httpx.TransportError:
@@ -70,7 +74,9 @@ class Producer(threading.Thread):
                 continue
             self.posted.answers[answer.status_code] += 1
             if answer.status_code == 202:
-                self.posted.accepted.append(answer.json()["id"])
+                job_id = answer.json()["id"]
+                self.posted.sent_at[job_id] = sent_at
+                self.posted.accepted.append(job_id)
             elif answer.status_code >= 500:
                 self.posted.problems.append(answer.headers.get("content-type", ""))
                 time.sleep(0.02)
