@@ -52,6 +52,7 @@ from . import search as _search
 from . import stalls as _stalls
 from .checkpoint import DEFAULT_WAL_CAP_BYTES, Checkpointer
 from .reader import Reader
+from .wake import CrossWake
 
 T = TypeVar("T")
 
@@ -65,8 +66,9 @@ CACHE_KIB = 65_536
 SCHEMA_VERSION = 4
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
-#: How often a waiter checks while the database was busy within the last second: other
-#: processes can't push a wake-up to SQLite waiters, so polling is fast while it pays.
+#: How often a waiter checks while the database was busy within the last second. Other
+#: instances' stored work wakes it by its socket (wake.py); the poll catches what sends no
+#: wake-up (claims and progress, which feed readers show) and waiters that cannot bind one.
 DEFAULT_BUSY_POLL_S = 0.001
 #: How long after the last claim that got jobs (or feed read that got changes) the fast
 #: polling goes on (seconds).
@@ -347,6 +349,10 @@ class SQLiteBackend:
         self._full = False
         self._seen: dict[str, tuple[int, int]] = {}
         self._wakeup = Wakeup()
+        #: Wake-ups to and from other processes on the file (wake.py); files only.
+        self._cross: CrossWake | None = None
+        #: Bytes from other processes this instance read (see `_wait_change`).
+        self._cross_wakes = 0
         #: What held jobs back at this instance's last gated claim: whether a limit did,
         #: and when a start is next due by a rate (see `wait`).
         self._held_back: tuple[bool, float | None] = (False, None)
@@ -591,6 +597,7 @@ class SQLiteBackend:
             await self.close()
             raise
         if not self.in_memory:
+            self._cross = CrossWake(self.path)
             self._checkpointer = Checkpointer(self.path, self.wal_cap_bytes)
             self._checkpointer.start()
             with self._blocking_lock:
@@ -606,6 +613,9 @@ class SQLiteBackend:
     async def close(self) -> None:
         if self._executor is None:
             return
+        cross, self._cross = self._cross, None
+        if cross is not None:
+            cross.close()
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.close()
@@ -757,9 +767,12 @@ class SQLiteBackend:
                     conn.close()
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
-        # No ring of this instance's waiters: the commit moves `data_version`, which they
-        # poll, and none waits for a job to be stored (the web tier's and the workers' are
-        # other instances, in their own processes or on their own loops).
+        # No ring of this instance's waiters: none waits for a job to be stored (the web
+        # tier's and the workers' are other instances, in their own processes or on their
+        # own loops), and those of other instances wake by their sockets.
+        cross = self._cross
+        if cross is not None:
+            cross.send()
         return results
 
     def _blocking_connection(self) -> sqlite3.Connection:
@@ -1046,7 +1059,15 @@ class SQLiteBackend:
         return await self._run(self._version)
 
     def _wake_waiters(self) -> None:
-        """Wake this process's waiters at once after a local write (others poll)."""
+        """Wake this instance's waiters at once after a local write, and other instances'
+        (in this process or another) by their sockets."""
+        self._wakeup.ring()
+        if self._cross is not None:
+            self._cross.send()
+
+    def _woken(self) -> None:
+        """A byte came on this instance's socket: another instance committed."""
+        self._cross_wakes += 1
         self._wakeup.ring()
 
     async def _wait_change(self, timeout: float, seen: str) -> None:
@@ -1058,9 +1079,17 @@ class SQLiteBackend:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        cross = self._cross
+        if cross is not None and not cross.listen(self._woken):
+            cross = None
         while True:
+            if cross is not None:
+                cross.arm()  # before the read: a commit after it wakes the sleep below
+            woken = self._cross_wakes
             if await self._version_now() != self._seen.get(seen):
                 return
+            if self._cross_wakes != woken:
+                continue  # the byte came during the read, which may not show its commit
             now = loop.time()
             left = deadline - now
             if left <= 0:
