@@ -30,6 +30,8 @@ log = logging.getLogger("offload.sqlite")
 #: The longest socket path the kernel takes (sun_path, less its NUL); a longer one is
 #: reached through the folder's descriptor (`/proc/self/fd/<n>/<name>`, Linux).
 SUN_PATH_MAX = 107
+#: Unix datagram sockets, where the system has them (not on Windows): else no wake-ups.
+UNIX = getattr(socket, "AF_UNIX", None)
 #: A sender lists the folder again when it changed, or at least this often (seconds):
 #: a folder's modification time may be too coarse to show a socket bound just after.
 RELIST_S = 1.0
@@ -76,10 +78,12 @@ class CrossWake:
         name = secrets.token_hex(6)
         try:
             os.makedirs(self.folder, exist_ok=True)
+            if UNIX is None:
+                raise OSError("this system has no Unix sockets")
             address = self._address(name)
             if address is None:
                 raise OSError(f"the socket path is too long: {self.folder}")
-            own = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            own = socket.socket(UNIX, socket.SOCK_DGRAM)
             try:
                 own.setblocking(False)
                 own.bind(address)
@@ -129,6 +133,8 @@ class CrossWake:
     def send(self) -> None:
         """One byte to every other instance's socket, skipping any that cannot take it now
         (never waits) and removing those of processes gone."""
+        if UNIX is None:
+            return
         with self._lock:
             for name, address in self._current_targets():
                 try:
@@ -163,7 +169,7 @@ class CrossWake:
 
     def _socket(self) -> socket.socket:
         if self._sender is None:
-            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sender = socket.socket(UNIX, socket.SOCK_DGRAM)  # type: ignore[arg-type]
             sender.setblocking(False)
             self._sender = sender
             weakref.finalize(self, sender.close)
