@@ -1,7 +1,7 @@
 """SQLite wake-ups across processes (brokers/sqlite/wake.py): a waiter that polls only every
-minute still wakes at once when another instance or process commits work, through its
-socket in `<database>-wake`; sockets of processes gone are removed, and a waiter that
-cannot bind one polls as before."""
+ten minutes still wakes at once when another instance or process commits work, through its
+socket beside the database (`<database>-wake-<hex>`); sockets of processes gone are
+removed, nothing else is, and a waiter that cannot bind one polls as before."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from offload.brokers.sqlite import SQLiteBackend
-from offload.brokers.sqlite.wake import SUN_PATH_MAX
+from offload.brokers.sqlite import SQLiteBackend, wake
+from offload.brokers.sqlite.wake import SUN_PATH_MAX, CrossWake
 
 from ..contract._support import claim, envelope
 
@@ -33,17 +33,16 @@ async def waiting(backend: SQLiteBackend) -> asyncio.Future[None]:
     assert await claim(backend) == []
     wait = asyncio.ensure_future(backend.wait(["q"], POLL_S))
     deadline = time.monotonic() + 30
-    while not sockets(backend.path):
+    while not in_folder(backend.path):
         assert time.monotonic() < deadline, "the waiter never bound its socket"
         await asyncio.sleep(0.01)
     return wait
 
 
-def sockets(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path + "-wake"))
-    except FileNotFoundError:
-        return []
+def in_folder(path: str) -> list[str]:
+    """The wake-up sockets (and whatever else is named like one) beside the database."""
+    folder, name = os.path.split(path)
+    return sorted(n for n in os.listdir(folder) if n.startswith(name + "-wake"))
 
 
 async def test_waiters_wake_at_once_when_another_instance_stores_work(tmp_path: Path) -> None:
@@ -63,17 +62,17 @@ async def test_waiters_wake_at_once_when_another_instance_stores_work(tmp_path: 
         theirs._seen["feed"] = await theirs._version_now()
         reading = asyncio.ensure_future(theirs._wait_change(POLL_S, "feed"))
         deadline = time.monotonic() + 30
-        while len(sockets(path)) < 2:  # each instance has its one socket
+        while len(in_folder(path)) < 2:  # each instance has its one socket
             assert time.monotonic() < deadline, "the feed reader never bound its socket"
             await asyncio.sleep(0.01)
         await mine.enqueue([envelope()])
         await asyncio.wait_for(reading, 30)
-        assert len(sockets(path)) == 2
+        assert len(in_folder(path)) == 2
     finally:
         await theirs.close()
         await mine.close()
     # Then closing removes each socket
-    assert sockets(path) == []
+    assert in_folder(path) == []
 
 
 async def test_a_waiter_wakes_for_another_process_that_enqueues_from_a_thread(
@@ -117,14 +116,13 @@ async def test_a_socket_left_by_a_process_gone_is_removed_by_the_next_sender(
     await backend.open()
     try:
         # Given the socket of a process that died (bound, never removed)
-        os.makedirs(path + "-wake")
         dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        dead.bind(path + "-wake/deadbeef0000")
+        dead.bind(path + "-wake-deadbeef0000")
         dead.close()
-        assert sockets(path) == ["deadbeef0000"]
+        assert in_folder(path) == ["jobs.db-wake-deadbeef0000"]
         # When a job is stored, the sender finds nobody there and removes it
         await backend.enqueue([envelope()])
-        assert sockets(path) == []
+        assert in_folder(path) == []
     finally:
         await backend.close()
 
@@ -135,7 +133,7 @@ async def test_a_database_whose_socket_path_is_too_long_still_wakes_its_waiters(
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     path = str(deep / "jobs.db")
-    assert len(path) + len("-wake/") + 12 > SUN_PATH_MAX
+    assert len(path) + len("-wake-") + 12 > SUN_PATH_MAX
     mine = SQLiteBackend(path, poll_s=POLL_S)
     theirs = SQLiteBackend(path, poll_s=POLL_S)
     await mine.open()
@@ -149,12 +147,11 @@ async def test_a_database_whose_socket_path_is_too_long_still_wakes_its_waiters(
         await mine.close()
 
 
-async def test_a_waiter_that_cannot_bind_a_socket_polls_and_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_waiter_on_a_system_without_unix_sockets_polls_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = str(tmp_path / "jobs.db")
-    with open(path + "-wake", "w") as taken:  # noqa: ASYNC230 (a file where the folder goes)
-        taken.write("not a folder")
+    monkeypatch.setattr(wake, "UNIX", None)  # as on Windows
     mine = SQLiteBackend(path, poll_s=0.05)
     theirs = SQLiteBackend(path)
     await mine.open()
@@ -170,3 +167,64 @@ async def test_a_waiter_that_cannot_bind_a_socket_polls_and_says_so(
     finally:
         await theirs.close()
         await mine.close()
+
+
+async def test_a_sender_reaches_and_removes_only_waiters_sockets(tmp_path: Path) -> None:
+    path = str(tmp_path / "jobs.db")
+    # Given a file and links named like a waiter's socket, beside the database
+    elsewhere = furnish(path, tmp_path / "elsewhere")
+    backend = SQLiteBackend(path)
+    await backend.open()
+    try:
+        # When jobs are stored (each sends to what the folder holds)
+        await backend.enqueue([envelope()])
+        await backend.enqueue([envelope()])
+    finally:
+        await backend.close()
+    # Then nothing but sockets was touched
+    assert in_folder(path) == [
+        "jobs.db-wake-0123456789ab",
+        "jobs.db-wake-abcdef012345",
+        "jobs.db-wake-fedcba987654",
+    ]
+    assert read(elsewhere / "data.csv") == "kept"
+
+
+def furnish(path: str, elsewhere: Path) -> Path:
+    elsewhere.mkdir()
+    (elsewhere / "data.csv").write_text("kept")
+    Path(path + "-wake-0123456789ab").write_text("kept")
+    Path(path + "-wake-abcdef012345").symlink_to(elsewhere / "data.csv")
+    Path(path + "-wake-fedcba987654").symlink_to(elsewhere)
+    return elsewhere
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+async def test_waiters_that_read_nothing_do_not_stop_wake_ups_to_one_that_waits(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "jobs.db")
+    # Given 30 instances bound but never waiting (busy: their sockets fill and stay full)
+    busy = [CrossWake(path) for _ in range(30)]
+    waiter, sender = CrossWake(path), CrossWake(path)
+    woken: list[int] = []
+    try:
+        for cross in busy:
+            assert cross.listen(lambda: None)
+        assert waiter.listen(lambda: woken.append(1))
+        # When a sender wakes them 40 times, the waiter armed each time
+        for n in range(1, 41):
+            waiter.arm()
+            sender.send()
+            deadline = time.monotonic() + 30
+            while len(woken) < n:
+                assert time.monotonic() < deadline, f"wake-up {n} never came"
+                await asyncio.sleep(0.001)
+        # Then the waiter woke every time
+        assert len(woken) == 40
+    finally:
+        for cross in [*busy, waiter, sender]:
+            cross.close()

@@ -1088,12 +1088,11 @@ class SQLiteBackend:
             woken = self._cross_wakes
             if await self._version_now() != self._seen.get(seen):
                 return
-            if self._cross_wakes != woken:
-                continue  # the byte came during the read, which may not show its commit
-            now = loop.time()
-            left = deadline - now
+            left = deadline - loop.time()
             if left <= 0:
                 return
+            if self._cross_wakes != woken:
+                continue  # the byte came during the read, which may not show its commit
             busy = time.monotonic() - self._last_work < DEFAULT_BUSY_WINDOW_S
             poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s
             await self._wakeup.sleep(min(poll, left))

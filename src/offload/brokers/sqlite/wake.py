@@ -2,9 +2,10 @@
 
 Nothing in SQLite tells another process that a commit happened: its waiters poll
 `data_version` (every millisecond while work flows, every `poll_s` when idle). A waiting
-instance also binds a Unix datagram socket in the folder `<database>-wake`, and a commit
-that may concern waiters (a job stored, settled, requeued, ...) sends one byte to every
-socket there, so each waiter checks the database at once instead of at its next poll.
+instance also binds a Unix datagram socket beside the database, `<database>-wake-<12 hex>`
+(as SQLite keeps `-wal` and `-shm` there), and a commit that may concern waiters (a job
+stored, retried, requeued, ...) sends one byte to every such socket, so each waiter checks
+the database at once instead of at its next poll.
 
 The poll stays, and a wake-up only ever comes earlier: a waiter that cannot bind (a
 read-only folder, no Unix sockets) or a sender that cannot reach it (another user's
@@ -18,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import socket
+import stat
 import threading
 import time
 import weakref
@@ -32,35 +35,55 @@ log = logging.getLogger("offload.sqlite")
 SUN_PATH_MAX = 107
 #: Unix datagram sockets, where the system has them (not on Windows): else no wake-ups.
 UNIX = getattr(socket, "AF_UNIX", None)
-#: A sender lists the folder again when it changed, or at least this often (seconds):
-#: a folder's modification time may be too coarse to show a socket bound just after.
+#: What follows the database's name in a waiter's socket's: `-wake-` and 12 hex digits.
+SUFFIX = "-wake-"
+#: A sender lists the database's folder again when it changed, or at least this often
+#: (seconds): a modification time may be too coarse to show a socket bound just after.
 RELIST_S = 1.0
 
 
 class CrossWake:
     """The wake-up sockets of one database file: this instance's own (`listen`, `arm`),
-    and the others' (`send`). `send` may be called from any thread."""
+    and the others' (`send`). `send` may be called from any thread.
+
+    A sender reaches only what is a socket named as a waiter's (never through a symbolic
+    link), and removes only such a socket."""
 
     def __init__(self, database: str) -> None:
-        self.folder = os.path.abspath(database) + "-wake"
+        database = os.path.abspath(database)
+        self.folder = os.path.dirname(database)
+        self.prefix = os.path.basename(database) + SUFFIX
+        self._named = re.compile(re.escape(self.prefix) + "[0-9a-f]{12}")
         self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
+        self._closed = False
         self._dirfd: int | None = None
-        self._sender: socket.socket | None = None
-        #: The other sockets' addresses, and when they were listed (the folder's
-        #: modification time, and monotonic seconds).
-        self._targets: tuple[tuple[str, str], ...] = ()
+        self._release_dirfd: Callable[[], object] = lambda: None
+        #: A connected socket per other waiter (each has its own queue: one waiter that
+        #: reads nothing, being busy, fills only its own), the names that refused this
+        #: user, and when the folder was listed (modification time, monotonic seconds).
+        self._senders: dict[str, socket.socket] = {}
+        weakref.finalize(self, _close_all, self._senders)
+        self._refused: set[str] = set()
+        self._names: tuple[str, ...] = ()
         self._listed: tuple[int, float] | None = None
         #: This instance's socket while it listens: the socket, its name, the loop that
         #: reads it, the process that bound it, and whether the loop watches it now.
         self._own: socket.socket | None = None
+        self._release_own: Callable[[], object] = lambda: None
         self._name = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
         self._armed = False
         self._on_wake: Callable[[], None] = lambda: None
         self._failed = False
-        self._release_own: Callable[[], object] = lambda: None
-        self._release_dirfd: Callable[[], object] = lambda: None
+
+    def _guard(self) -> threading.Lock:
+        """The lock of the sender's state; a forked child takes a new one (its parent's
+        may have been held by a thread the child does not have)."""
+        if self._lock_pid != os.getpid():
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock
 
     # -- a waiter's side ---------------------------------------------------------------------
 
@@ -70,17 +93,17 @@ class CrossWake:
         cannot (said once in the log): the waiters poll as before."""
         if self._own is not None and self._pid == os.getpid():
             return True
-        if self._failed:
+        if self._failed or self._closed:
             return False
         if self._own is not None:  # a forked child's copy of its parent's socket: closed,
             self._release_own()  # and left in place (it is the parent's)
             self._own = None
-        name = secrets.token_hex(6)
+        name = self.prefix + secrets.token_hex(6)
         try:
-            os.makedirs(self.folder, exist_ok=True)
             if UNIX is None:
                 raise OSError("this system has no Unix sockets")
-            address = self._address(name)
+            with self._guard():
+                address = self._address(name)
             if address is None:
                 raise OSError(f"the socket path is too long: {self.folder}")
             own = socket.socket(UNIX, socket.SOCK_DGRAM)
@@ -135,49 +158,80 @@ class CrossWake:
         (never waits) and removing those of processes gone."""
         if UNIX is None:
             return
-        with self._lock:
-            for name, address in self._current_targets():
+        with self._guard():
+            if self._closed:
+                return
+            for name in self._current_names():
                 try:
-                    self._socket().sendto(b"w", address)
+                    sender = self._senders.get(name) or self._connect(name)
+                    if sender is not None:
+                        sender.send(b"w")
                 except (BlockingIOError, InterruptedError):
                     pass  # its queue is full: it has wake-ups waiting already
-                except ConnectionRefusedError:  # bound by nobody: its process is gone
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.folder, name))
-                    self._listed = None
-                except OSError:
-                    pass  # another user's socket, gone meanwhile, ...: it polls
+                except (ConnectionRefusedError, FileNotFoundError):  # its process is gone
+                    self._drop(name)
+                    self._remove(name)
+                except OSError:  # another user's socket, ...: it polls
+                    self._drop(name)
+                    self._refused.add(name)
 
-    def _current_targets(self) -> tuple[tuple[str, str], ...]:
+    def _connect(self, name: str) -> socket.socket | None:
+        address = self._address(name)
+        if address is None:
+            return None
+        sender = socket.socket(UNIX, socket.SOCK_DGRAM)  # type: ignore[arg-type]
         try:
-            changed = os.stat(self.folder).st_mtime_ns
+            sender.setblocking(False)
+            sender.connect(address)
+        except BaseException:
+            sender.close()
+            raise
+        self._senders[name] = sender
+        return sender
+
+    def _drop(self, name: str) -> None:
+        sender = self._senders.pop(name, None)
+        if sender is not None:
+            sender.close()
+
+    def _remove(self, name: str) -> None:
+        """Remove the socket `name`, still a socket (nobody listens on it)."""
+        path = os.path.join(self.folder, name)
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        self._listed = None
+
+    def _current_names(self) -> tuple[str, ...]:
+        """The other waiters' sockets, listed again when the folder changed (or after
+        `RELIST_S`)."""
+        try:
+            folder = os.stat(self.folder)
         except OSError:
             return ()
         now = time.monotonic()
         listed = self._listed
-        if listed is None or listed[0] != changed or now - listed[1] > RELIST_S:
-            targets = []
+        if listed is None or listed[0] != folder.st_mtime_ns or now - listed[1] > RELIST_S:
+            mine = self._name if self._own is not None and self._pid == os.getpid() else None
+            names = []
             with contextlib.suppress(OSError):
                 for name in os.listdir(self.folder):
-                    if name == self._name and self._own is not None:
+                    if name == mine or not self._named.fullmatch(name):
                         continue
-                    address = self._address(name)
-                    if address is not None:
-                        targets.append((name, address))
-            self._targets, self._listed = tuple(targets), (changed, now)
-        return self._targets
-
-    def _socket(self) -> socket.socket:
-        if self._sender is None:
-            sender = socket.socket(UNIX, socket.SOCK_DGRAM)  # type: ignore[arg-type]
-            sender.setblocking(False)
-            self._sender = sender
-            weakref.finalize(self, sender.close)
-        return self._sender
+                    with contextlib.suppress(OSError):
+                        if stat.S_ISSOCK(os.lstat(os.path.join(self.folder, name)).st_mode):
+                            names.append(name)
+            for gone in set(self._senders) - set(names):
+                self._drop(gone)
+            self._refused.clear()
+            self._names, self._listed = tuple(names), (folder.st_mtime_ns, now)
+        if self._refused:
+            return tuple(n for n in self._names if n not in self._refused)
+        return self._names
 
     def _address(self, name: str) -> str | None:
         """The address of the socket `name` in the folder, or None when the path is too
-        long and no folder descriptor can stand in for it."""
+        long and no folder descriptor can stand in for it (under the lock)."""
         path = os.path.join(self.folder, name)
         if len(os.fsencode(path)) <= SUN_PATH_MAX:
             return path
@@ -194,7 +248,7 @@ class CrossWake:
     # -- both --------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop listening (the socket removed) and sending."""
+        """Stop listening (the socket removed) and sending, for good."""
         own, self._own = self._own, None
         if own is not None:
             armed = self._armed and self._pid == os.getpid()
@@ -202,15 +256,13 @@ class CrossWake:
                 self._loop.remove_reader(own.fileno())
             self._release_own()
         self._armed = False
-        with self._lock:
-            if self._sender is not None:
-                self._sender.close()
-                self._sender = None
+        with self._guard():
+            self._closed = True
+            _close_all(self._senders)
             if self._dirfd is not None:
                 self._release_dirfd()  # (once: a finalizer runs at most once)
                 self._dirfd = None
-            self._targets, self._listed = (), None
-        self._failed = False
+            self._names, self._listed = (), None
 
 
 def _release(own: socket.socket, path: str, pid: int) -> None:
@@ -220,6 +272,12 @@ def _release(own: socket.socket, path: str, pid: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
     own.close()
+
+
+def _close_all(senders: dict[str, socket.socket]) -> None:
+    for sender in senders.values():
+        sender.close()
+    senders.clear()
 
 
 def _close_fd(fd: int) -> None:
