@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from bench.chaos.engines import PrivateRedis
 
 import offload.clock
 from offload import App, Context, Message, Settings
@@ -94,6 +95,23 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def own_server(tmp_path: Path) -> AsyncIterator[tuple[RedisBackend, aioredis.Redis]]:
+    """A backend and a plain client on a redis-server of this test's own, for a test that
+    flushes the server's scripts: on the shared server a flush lands between another
+    test's script load and its call, which then fails (as it would in production, where
+    nothing flushes twice within a call)."""
+    require_redis()
+    with PrivateRedis(tmp_path / "own") as server:
+        backend = await opened(server.url)
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            yield backend, client
+        finally:
+            await client.aclose()
+            await backend.close()
 
 
 async def keys_of(client: aioredis.Redis, prefix: str) -> list[str]:
@@ -928,8 +946,9 @@ async def test_settle_packs_outcomes_into_one_argument_losslessly(backend: Redis
 
 
 async def test_script_calls_go_on_when_the_server_lost_its_scripts(
-    backend: RedisBackend, raw: aioredis.Redis
+    own_server: tuple[RedisBackend, aioredis.Redis],
 ) -> None:
+    backend, raw = own_server
     # Given a backend that made calls (its scripts loaded, its lane connected)
     await backend.enqueue([envelope()])
     # When the server forgets every script (as a restart without persistence does)
@@ -992,8 +1011,9 @@ async def test_a_call_cancelled_on_the_lane_never_hands_its_reply_to_the_next(
 
 
 async def test_blocking_enqueues_go_on_when_the_server_lost_its_scripts(
-    backend: RedisBackend, raw: aioredis.Redis
+    own_server: tuple[RedisBackend, aioredis.Redis],
 ) -> None:
+    backend, raw = own_server
     # Given a blocking enqueue made (its lane taken), then the server's scripts flushed
     await asyncio.to_thread(backend.enqueue_sync, [envelope()])
     await raw.script_flush()
