@@ -6,12 +6,14 @@ removed, nothing else is, and a waiter that cannot bind one polls as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +30,35 @@ POLL_S = 600.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@contextlib.asynccontextmanager
+async def two_instances(
+    path: str, poll_s: float = POLL_S
+) -> AsyncIterator[tuple[SQLiteBackend, SQLiteBackend]]:
+    """Two backends open on the file at `path` (as two processes would be), closed after."""
+    mine, theirs = SQLiteBackend(path, poll_s=poll_s), SQLiteBackend(path, poll_s=poll_s)
+    await mine.open()
+    await theirs.open()
+    try:
+        yield mine, theirs
+    finally:
+        await theirs.close()
+        await mine.close()
+
+
 async def waiting(backend: SQLiteBackend) -> asyncio.Future[None]:
     """A claimer that found nothing and waits (its socket bound, its wait armed)."""
     assert await claim(backend) == []
     wait = asyncio.ensure_future(backend.wait(["q"], POLL_S))
-    deadline = time.monotonic() + 30
-    while not in_folder(backend.path):
-        assert time.monotonic() < deadline, "the waiter never bound its socket"
-        await asyncio.sleep(0.01)
+    await bound(backend.path, 1)
     return wait
+
+
+async def bound(path: str, n: int) -> None:
+    """Wait until `n` sockets are bound beside the database at `path`."""
+    deadline = time.monotonic() + 30
+    while len(in_folder(path)) < n:
+        assert time.monotonic() < deadline, f"{n} sockets were never bound"
+        await asyncio.sleep(0.01)
 
 
 def in_folder(path: str) -> list[str]:
@@ -47,11 +69,7 @@ def in_folder(path: str) -> list[str]:
 
 async def test_waiters_wake_at_once_when_another_instance_stores_work(tmp_path: Path) -> None:
     path = str(tmp_path / "jobs.db")
-    mine = SQLiteBackend(path, poll_s=POLL_S)
-    theirs = SQLiteBackend(path, poll_s=POLL_S)
-    await mine.open()
-    await theirs.open()
-    try:
+    async with two_instances(path) as (mine, theirs):
         # Given a claimer waiting with a poll of ten minutes
         wait = await waiting(mine)
         # When another instance stores a job, its wait ends (not at its poll)
@@ -61,16 +79,10 @@ async def test_waiters_wake_at_once_when_another_instance_stores_work(tmp_path: 
         # and so does the other instance's feed reader when this one stores one
         theirs._seen["feed"] = await theirs._version_now()
         reading = asyncio.ensure_future(theirs._wait_change(POLL_S, "feed"))
-        deadline = time.monotonic() + 30
-        while len(in_folder(path)) < 2:  # each instance has its one socket
-            assert time.monotonic() < deadline, "the feed reader never bound its socket"
-            await asyncio.sleep(0.01)
+        await bound(path, 2)  # each instance has its one socket
         await mine.enqueue([envelope()])
         await asyncio.wait_for(reading, 30)
         assert len(in_folder(path)) == 2
-    finally:
-        await theirs.close()
-        await mine.close()
     # Then closing removes each socket
     assert in_folder(path) == []
 
@@ -134,17 +146,10 @@ async def test_a_database_whose_socket_path_is_too_long_still_wakes_its_waiters(
     deep.mkdir(parents=True)
     path = str(deep / "jobs.db")
     assert len(path) + len("-wake-") + 12 > SUN_PATH_MAX
-    mine = SQLiteBackend(path, poll_s=POLL_S)
-    theirs = SQLiteBackend(path, poll_s=POLL_S)
-    await mine.open()
-    await theirs.open()
-    try:
+    async with two_instances(path) as (mine, theirs):
         wait = await waiting(mine)
         await theirs.enqueue([envelope()])
         await asyncio.wait_for(wait, 30)
-    finally:
-        await theirs.close()
-        await mine.close()
 
 
 async def test_a_waiter_on_a_system_without_unix_sockets_polls_and_says_so(
@@ -152,11 +157,7 @@ async def test_a_waiter_on_a_system_without_unix_sockets_polls_and_says_so(
 ) -> None:
     path = str(tmp_path / "jobs.db")
     monkeypatch.setattr(wake, "UNIX", None)  # as on Windows
-    mine = SQLiteBackend(path, poll_s=0.05)
-    theirs = SQLiteBackend(path)
-    await mine.open()
-    await theirs.open()
-    try:
+    async with two_instances(path, poll_s=0.05) as (mine, theirs):
         with caplog.at_level(logging.INFO, logger="offload.sqlite"):
             assert await claim(mine) == []
             wait = asyncio.ensure_future(mine.wait(["q"], POLL_S))
@@ -164,9 +165,6 @@ async def test_a_waiter_on_a_system_without_unix_sockets_polls_and_says_so(
             await asyncio.wait_for(wait, 30)  # by its poll
         assert "wake-ups across processes are off" in caplog.text
         assert len(await claim(mine)) == 1
-    finally:
-        await theirs.close()
-        await mine.close()
 
 
 async def test_a_sender_reaches_and_removes_only_waiters_sockets(tmp_path: Path) -> None:

@@ -351,8 +351,6 @@ class SQLiteBackend:
         self._wakeup = Wakeup()
         #: Wake-ups to and from other processes on the file (wake.py); files only.
         self._cross: CrossWake | None = None
-        #: Bytes from other processes this instance read (see `_wait_change`).
-        self._cross_wakes = 0
         #: What held jobs back at this instance's last gated claim: whether a limit did,
         #: and when a start is next due by a rate (see `wait`).
         self._held_back: tuple[bool, float | None] = (False, None)
@@ -770,9 +768,7 @@ class SQLiteBackend:
         # No ring of this instance's waiters: none waits for a job to be stored (the web
         # tier's and the workers' are other instances, in their own processes or on their
         # own loops), and those of other instances wake by their sockets.
-        cross = self._cross
-        if cross is not None:
-            cross.send()
+        self._wake_others()
         return results
 
     def _blocking_connection(self) -> sqlite3.Connection:
@@ -1062,13 +1058,14 @@ class SQLiteBackend:
         """Wake this instance's waiters at once after a local write, and other instances'
         (in this process or another) by their sockets."""
         self._wakeup.ring()
-        if self._cross is not None:
-            self._cross.send()
+        self._wake_others()
 
-    def _woken(self) -> None:
-        """A byte came on this instance's socket: another instance committed."""
-        self._cross_wakes += 1
-        self._wakeup.ring()
+    def _wake_others(self) -> None:
+        """Wake other instances' waiters (in this process or another) by their sockets;
+        any thread."""
+        cross = self._cross
+        if cross is not None:
+            cross.send()
 
     async def _wait_change(self, timeout: float, seen: str) -> None:
         """Return once the database moved since the version kept under `seen`, or on timeout.
@@ -1080,18 +1077,19 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         cross = self._cross
-        if cross is not None and not cross.listen(self._woken):
+        if cross is not None and not cross.listen(self._wakeup.ring):
             cross = None
         while True:
+            woken = 0
             if cross is not None:
                 cross.arm()  # before the read: a commit after it wakes the sleep below
-            woken = self._cross_wakes
+                woken = cross.wakes
             if await self._version_now() != self._seen.get(seen):
                 return
             left = deadline - loop.time()
             if left <= 0:
                 return
-            if self._cross_wakes != woken:
+            if cross is not None and cross.wakes != woken:
                 continue  # the byte came during the read, which may not show its commit
             busy = time.monotonic() - self._last_work < DEFAULT_BUSY_WINDOW_S
             poll = min(self.poll_s, DEFAULT_BUSY_POLL_S) if busy else self.poll_s

@@ -76,6 +76,9 @@ class CrossWake:
         self._pid = 0
         self._armed = False
         self._on_wake: Callable[[], None] = lambda: None
+        #: How many times a byte woke this instance's socket (a waiter compares it across
+        #: a read of the database that may have let one in).
+        self.wakes = 0
         self._failed = False
 
     def _guard(self) -> threading.Lock:
@@ -149,6 +152,7 @@ class CrossWake:
         if self._loop is not None and self._armed:
             self._loop.remove_reader(own.fileno())
         self._armed = False
+        self.wakes += 1
         self._on_wake()
 
     # -- a sender's side ---------------------------------------------------------------------
