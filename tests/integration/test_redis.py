@@ -296,6 +296,10 @@ async def test_work_for_another_queue_does_not_wake_a_claimer(backend: RedisBack
     assert time.monotonic() - start >= 0.35
 
 
+#: How long the waits below wait: each ends well within it, by a wake-up.
+WAIT_S = 60.0
+
+
 async def test_a_wake_up_between_claim_and_wait_is_not_lost(
     backend: RedisBackend, prefix: str
 ) -> None:
@@ -306,10 +310,9 @@ async def test_a_wake_up_between_claim_and_wait_is_not_lost(
         # When a job arrives (and its announcement is received) before the claimer waits
         await producer.enqueue([envelope()])
         await asyncio.sleep(0.1)
-        start = time.monotonic()
-        await backend.wait([QUEUE], 10.0)
-        # Then the wait returns at once
-        assert time.monotonic() - start < 0.1
+        # Then the wait returns, long before its end (nothing but a wake-up ends it early;
+        # how soon is not asserted: on a loaded machine any bound in seconds may be missed)
+        await asyncio.wait_for(backend.wait([QUEUE], WAIT_S), WAIT_S / 2)
     finally:
         await producer.close()
 
@@ -321,20 +324,16 @@ async def test_an_idle_claimer_sleeps_the_whole_timeout(backend: RedisBackend) -
     assert time.monotonic() - start >= 0.28
 
 
-async def test_the_feed_watcher_wakes_within_100ms_of_a_change(
-    backend: RedisBackend, prefix: str
-) -> None:
+async def test_the_feed_watcher_wakes_at_a_change(backend: RedisBackend, prefix: str) -> None:
     writer = await opened(redis_url(prefix))
     try:
         assert await backend.changes_since(await backend.last_seq()) == []
-        task = asyncio.create_task(backend.wait_changes(10.0))
+        task = asyncio.create_task(backend.wait_changes(WAIT_S))
         await asyncio.sleep(0.2)
         assert not task.done()
         env = envelope()
         await writer.enqueue([env])
-        changed_at = time.monotonic()
-        await asyncio.wait_for(task, 5)
-        assert time.monotonic() - changed_at < 0.1
+        await asyncio.wait_for(task, WAIT_S / 2)  # long before its end: woken
         (change,) = await backend.changes_since(0)
         assert change.job_id == env.id and change.row.state == "queued"
     finally:

@@ -14,13 +14,10 @@ pytestmark = pytest.mark.anyio
 async def test_a_ring_wakes_every_sleeper_at_once() -> None:
     wakeup = Wakeup()
     wakeup.open()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    sleepers = [asyncio.create_task(wakeup.sleep(5.0)) for _ in range(3)]
+    sleepers = [asyncio.create_task(wakeup.sleep(60.0)) for _ in range(3)]
     await asyncio.sleep(0.01)
     wakeup.ring()
-    await asyncio.wait_for(asyncio.gather(*sleepers), 1.0)
-    assert loop.time() - started < 1.0
+    await asyncio.wait_for(asyncio.gather(*sleepers), 30.0)  # long before their end: woken
 
 
 async def test_sleep_without_a_ring_lasts_its_timeout() -> None:
