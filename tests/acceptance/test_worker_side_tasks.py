@@ -1,5 +1,5 @@
-"""Side tasks are watched while every slot is busy: a failure is restarted, or stops the worker
-loudly, within one heartbeat interval (before any lease can lapse under a running handler)."""
+"""Side tasks are watched while every slot is busy: a failure is restarted at once, or stops the
+worker loudly without a grace period (so no lease lapses under a running handler)."""
 
 from __future__ import annotations
 
