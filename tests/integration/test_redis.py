@@ -349,26 +349,27 @@ async def test_waiters_recover_when_the_wake_up_connection_is_killed(
     try:
         assert await b.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
         # When its pub/sub connection is killed while it waits
-        waiting = asyncio.create_task(b.wait([QUEUE], 10.0))
-        await asyncio.sleep(0.1)
-        subscribers = [
-            c for c in await raw.client_list() if c["name"] == name and int(c["sub"]) > 0
-        ]
-        assert len(subscribers) == 1
-        await raw.client_kill_filter(_id=subscribers[0]["id"])
-        # Then the waiter wakes (it may have missed an announcement) ...
-        await asyncio.wait_for(waiting, 3)
+        waiting = asyncio.create_task(b.wait([QUEUE], WAIT_S))
+
+        async def subscribers() -> list[dict[str, Any]]:
+            return [c for c in await raw.client_list() if c["name"] == name and int(c["sub"]) > 0]
+
+        async with asyncio.timeout(WAIT_S / 2):
+            while not (found := await subscribers()):  # noqa: ASYNC110 (the server's list)
+                await asyncio.sleep(0.05)
+        assert len(found) == 1
+        await raw.client_kill_filter(_id=found[0]["id"])
+        # Then the waiter wakes (it may have missed an announcement), long before its end ...
+        await asyncio.wait_for(waiting, WAIT_S / 2)
         # ... and after resubscribing, announcements wake waiters again
-        for _ in range(50):
-            clients = await raw.client_list()
-            if any(c["name"] == name and int(c["sub"]) > 0 for c in clients):
-                break
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(WAIT_S / 2):
+            while not await subscribers():  # noqa: ASYNC110 (the server's list)
+                await asyncio.sleep(0.05)
         assert await b.claim([QUEUE], worker_id="w", lease_for=30, limit=1) == []
-        waiting = asyncio.create_task(b.wait([QUEUE], 10.0))
+        waiting = asyncio.create_task(b.wait([QUEUE], WAIT_S))
         await asyncio.sleep(0.05)
         await b.enqueue([envelope()])
-        await asyncio.wait_for(waiting, 2)
+        await asyncio.wait_for(waiting, WAIT_S / 2)
     finally:
         await b.close()
 
