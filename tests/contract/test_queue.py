@@ -444,6 +444,11 @@ async def test_stats_of_a_queue_with_only_scheduled_jobs_has_no_age(backend: Bac
     assert s["oldest_age_s"] == 0
 
 
+#: How long the waits below may wait: each must end long before (by a wake-up, a poll or a
+#: due job), never asserted to end within a bound that a loaded machine could miss.
+WAIT_S = 60.0
+
+
 async def test_wait_returns_soon_after_an_enqueue(backend: Backend) -> None:
     # Given a claimer that found nothing and now waits
     assert await claim(backend) == []
@@ -452,13 +457,13 @@ async def test_wait_returns_soon_after_an_enqueue(backend: Backend) -> None:
         await anyio.sleep(0.1)
         await backend.enqueue([envelope()])
 
-    # When a job is enqueued while it waits (for up to 10 s)
+    # When a job is enqueued while it waits (for up to a minute)
     start = time.monotonic()
     async with anyio.create_task_group() as tg:
         tg.start_soon(enqueue_later)
-        await backend.wait(["q"], 10.0)
-    # Then it wakes long before the timeout
-    assert time.monotonic() - start < 3.0
+        await backend.wait(["q"], WAIT_S)
+    # Then it wakes long before the timeout (how soon is not asserted: loaded machines)
+    assert time.monotonic() - start < WAIT_S / 2
     assert len(await claim(backend)) == 1
 
 
@@ -479,8 +484,8 @@ async def test_wait_does_not_sleep_past_the_next_scheduled_job(backend: Backend)
     await backend.enqueue([envelope(delay=0.3)])
     assert await claim(backend) == []
     start = time.monotonic()
-    await backend.wait(["q"], 10.0)
-    assert time.monotonic() - start < 3.0
+    await backend.wait(["q"], WAIT_S)
+    assert time.monotonic() - start < WAIT_S / 2
     await anyio.sleep(max(0.0, 0.35 - (time.monotonic() - start)))
     assert len(await claim(backend)) == 1
 

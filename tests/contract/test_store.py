@@ -245,8 +245,8 @@ async def test_wait_changes_returns_soon_after_a_change(backend: Backend) -> Non
     start = time.monotonic()
     async with anyio.create_task_group() as tg:
         tg.start_soon(enqueue_later)
-        await backend.wait_changes(10.0)
-    assert time.monotonic() - start < 3.0
+        await backend.wait_changes(60.0)
+    assert time.monotonic() - start < 30.0  # long before its end (not how soon: loaded CI)
     assert len(await backend.changes_since(0)) == 1
 
 
