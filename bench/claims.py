@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _pg import fresh_database
 from _results import fmt, write_section
 from rich.console import Console
 
@@ -30,7 +31,6 @@ from offload._ids import uuid7
 from offload.brokers import Backend, open_backend
 from offload.contract import Envelope, JobState, KindLimits, Outcome
 
-PG_ADMIN = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("OFFLOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 KIND, QUEUE = "bench.claim", "claims"
 VARIANTS = ("plain", "fair", "limits")
@@ -44,17 +44,7 @@ async def fresh(name: str) -> str:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return f"sqlite:///{path}"
     if name == "postgres":
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(PG_ADMIN, autocommit=True) as conn:
-            await conn.execute("DROP DATABASE IF EXISTS offload_claims WITH (FORCE)")
-            await conn.execute("CREATE DATABASE offload_claims")
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/offload_claims"
-        backend = open_backend(url)
-        await backend.open(check_schema=False)
-        await backend.migrate()
-        await backend.close()
-        return url
+        return await fresh_database("offload_claims")
     if name == "redis":
         return f"{REDIS_URL}?prefix=claims{int(time.time() * 1000)}:"
     raise SystemExit(f"unknown backend {name}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import redis
+from _pg import fresh_database
 from _results import fmt, write_section
 from cputime import tree_seconds
 from rich.console import Console
@@ -33,7 +34,6 @@ HERE = Path(__file__).parent
 TOP = HERE.parent
 COUNTER_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6390"))
 COUNTER_URL = f"redis://127.0.0.1:{COUNTER_PORT}/0"
-PG_ADMIN = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("OFFLOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 console = Console()
 
@@ -73,19 +73,7 @@ async def fresh_backend(name: str) -> str:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return f"sqlite:///{path}"
     if name == "postgres":
-        import psycopg
-
-        from offload.brokers.postgres import PostgresBackend
-
-        async with await psycopg.AsyncConnection.connect(PG_ADMIN, autocommit=True) as conn:
-            await conn.execute("DROP DATABASE IF EXISTS offload_drain WITH (FORCE)")
-            await conn.execute("CREATE DATABASE offload_drain")
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/offload_drain"
-        backend = PostgresBackend.from_url(url)
-        await backend.open(check_schema=False)
-        await backend.migrate()
-        await backend.close()
-        return url
+        return await fresh_database("offload_drain")
     if name == "redis":
         prefix = f"drain{int(time.time() * 1000)}:"
         return f"{REDIS_URL}?prefix={prefix}"

@@ -27,11 +27,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from _pg import PG_ADMIN
 from _results import fmt, write_section
 
 from offload import App, Message, Settings
 
-PG_ADMIN = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("OFFLOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

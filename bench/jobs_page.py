@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import random
 import sqlite3
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _pg import fresh_database
 from _results import write_section
 from rich.console import Console
 
@@ -40,7 +40,6 @@ from offload import App, JobFilter
 from offload._bulk import DEFAULT_COUNT_CAP
 
 HERE = Path(__file__).parent
-PG_ADMIN = os.environ.get("OFFLOAD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 console = Console()
 
 #: (kind, queue, weight): a skewed mix, with one rare kind.
@@ -212,18 +211,7 @@ async def sqlite_url(n: int, now: float) -> str:
 
 
 async def postgres_url(n: int, now: float) -> str:
-    import psycopg
-
-    from offload.brokers.postgres import PostgresBackend
-
-    async with await psycopg.AsyncConnection.connect(PG_ADMIN, autocommit=True) as conn:
-        await conn.execute("DROP DATABASE IF EXISTS offload_jobs_page WITH (FORCE)")
-        await conn.execute("CREATE DATABASE offload_jobs_page")
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/offload_jobs_page"
-    backend = PostgresBackend.from_url(url)
-    await backend.open(check_schema=False)
-    await backend.migrate()
-    await backend.close()
+    url = await fresh_database("offload_jobs_page")
     await fill_postgres(url, n, now)
     return url
 

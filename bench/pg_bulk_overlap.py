@@ -7,8 +7,8 @@ if the client stamped its envelopes while the server inserts the ones already se
 one statement: the server waits for the client, then the client for the server. Each case
 stores `--jobs` jobs the way it says (after one warm-up of each, not counted), on one
 autocommit connection of its own (no App call: the same statement `PostgresBackend.enqueue_in`
-sends, `Q["enqueue"]`), on an emptied database `offload_bulk_overlap` of the server at
-`--url`:
+sends, `Q["enqueue"]`), on an emptied database `offload_bulk_overlap` made anew beside
+`OFFLOAD_TEST_PG_URL`'s (the suite's server, by default):
 
 - "one statement": stamp all, then one statement (what `enqueue_many` does today);
 - "chunks, stamped first": stamp all, then one statement per chunk of 1,000, sent
@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
+from _pg import fresh_database
 from _results import rounds_rows, write_section
 from per_call_against import _rates
 
@@ -84,24 +85,8 @@ CASES: dict[str, Case] = {
 }
 
 
-async def _prepare(server: str) -> str:
-    """The benchmark's own database on `server`, made and migrated: its URL."""
-    async with await psycopg.AsyncConnection.connect(f"{server}/test", autocommit=True) as conn:
-        cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-        if await cur.fetchone() is None:
-            await conn.execute(f"CREATE DATABASE {DATABASE}")
-    url = f"{server}/{DATABASE}"
-    backend = PostgresBackend.from_url(url)
-    await backend.open(check_schema=False)
-    try:
-        await backend.migrate()
-    finally:
-        await backend.close()
-    return url
-
-
-async def _run(server: str, jobs: int, rounds: int) -> dict[str, list[tuple[float, ...]]]:
-    url = await _prepare(server)
+async def _run(jobs: int, rounds: int) -> dict[str, list[tuple[float, ...]]]:
+    url = await fresh_database(DATABASE)
     app = App("bulk-overlap", settings=Settings(url=url))
     app.message("bench.bulk_overlap", queue="bulk-overlap")(Noop)
     runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in CASES}
@@ -124,11 +109,10 @@ async def _run(server: str, jobs: int, rounds: int) -> dict[str, list[tuple[floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--url", default="postgresql://127.0.0.1:5432", help="the server")
     ap.add_argument("--jobs", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    runs = asyncio.run(_run(args.url, args.jobs, args.rounds))
+    runs = asyncio.run(_run(args.jobs, args.rounds))
     rows = rounds_rows(runs, [(0, ",.0f"), (1, ".0f")])
     body = "\n".join(
         [
