@@ -200,11 +200,17 @@ class CrossWake:
 
     def _remove(self, name: str) -> None:
         """Remove the socket `name`, still a socket (nobody listens on it)."""
-        path = os.path.join(self.folder, name)
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+        if self._is_socket(name):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.folder, name))
         self._listed = None
+
+    def _is_socket(self, name: str) -> bool:
+        """Whether the folder's file `name` is a socket itself (not a link to one)."""
+        try:
+            return stat.S_ISSOCK(os.lstat(os.path.join(self.folder, name)).st_mode)
+        except OSError:
+            return False
 
     def _current_names(self) -> tuple[str, ...]:
         """The other waiters' sockets, listed again when the folder changed (or after
@@ -220,11 +226,8 @@ class CrossWake:
             names = []
             with contextlib.suppress(OSError):
                 for name in os.listdir(self.folder):
-                    if name == mine or not self._named.fullmatch(name):
-                        continue
-                    with contextlib.suppress(OSError):
-                        if stat.S_ISSOCK(os.lstat(os.path.join(self.folder, name)).st_mode):
-                            names.append(name)
+                    if name != mine and self._named.fullmatch(name) and self._is_socket(name):
+                        names.append(name)
             for gone in set(self._senders) - set(names):
                 self._drop(gone)
             self._refused.clear()
