@@ -27,7 +27,7 @@ def _random(n: int) -> bytes:
     call per few hundred ids instead of two per id."""
     global _pool, _pool_at
     if _pool_at + n > len(_pool):
-        _pool, _pool_at = os.urandom(_POOL_BYTES), 0
+        _pool, _pool_at = os.urandom(max(_POOL_BYTES, n)), 0
     start = _pool_at
     _pool_at = start + n
     return _pool[start : start + n]
@@ -43,28 +43,51 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _step(ms: int) -> tuple[int, int]:
+    """The millisecond and 12-bit counter of the next id made at `ms` (the lock held)."""
+    global _last_ms, _seq
+    if _last_ms - _MAX_STEP_BACK_MS < ms <= _last_ms:
+        # Same (or a slightly backwards-stepped) millisecond: keep order with a 12-bit
+        # counter, borrowing the next millisecond when it runs out.
+        ms = _last_ms
+        _seq += 1
+        if _seq > 0xFFF:
+            ms += 1
+            _seq = 0
+    else:
+        _seq = int.from_bytes(_random(2), "big") & 0x3FF
+    _last_ms = ms
+    return ms, _seq
+
+
+def _text(ms: int, seq: int, rand: bytes) -> str:
+    """The id's string: str(uuid.UUID(int=...)) without building the object."""
+    bits = int.from_bytes(rand, "big") & ((1 << 62) - 1)
+    h = f"{(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _ms_of(at: float | None) -> int:
+    return int(at * 1000) if at is not None else time.time_ns() // 1_000_000
+
+
 def uuid7(at: float | None = None) -> str:
     """A UUIDv7 string whose time is `at` (epoch seconds; now when None). Ids made in one
     process from one clock sort in creation order (within one millisecond too)."""
-    global _last_ms, _seq
     with _lock:
-        ms = int(at * 1000) if at is not None else time.time_ns() // 1_000_000
-        if _last_ms - _MAX_STEP_BACK_MS < ms <= _last_ms:
-            # Same (or a slightly backwards-stepped) millisecond: keep order with a 12-bit
-            # counter, borrowing the next millisecond when it runs out.
-            ms = _last_ms
-            _seq += 1
-            if _seq > 0xFFF:
-                ms += 1
-                _seq = 0
-        else:
-            _seq = int.from_bytes(_random(2), "big") & 0x3FF
-        _last_ms = ms
-        seq = _seq
-        rand = int.from_bytes(_random(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
-    h = f"{value:032x}"  # str(uuid.UUID(int=value)), without building the object
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        ms, seq = _step(_ms_of(at))
+        rand = _random(8)
+    return _text(ms, seq, rand)
+
+
+def uuid7_many(n: int, at: float | None = None) -> list[str]:
+    """`n` ids as `n` calls of `uuid7(at)` would make them, in order, under one hold of the
+    lock and one read of random bytes (a bulk enqueue's)."""
+    with _lock:
+        ms = _ms_of(at)
+        steps = [_step(ms) for _ in range(n)]
+        rand = _random(8 * n)
+    return [_text(m, s, rand[8 * i : 8 * i + 8]) for i, (m, s) in enumerate(steps)]
 
 
 def uuid7_floor(at: float) -> str:

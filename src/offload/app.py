@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -15,12 +16,18 @@ from . import tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._group import GroupCommit
-from ._ids import uuid7
+from ._ids import uuid7, uuid7_many
 from ._options import DEFAULT_OWNER, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
-from .brokers.base import EMPTY_QUEUE_STATS, WORKER_LOST_AFTER_S, BlockingEnqueue, Change
+from .brokers.base import (
+    EMPTY_QUEUE_STATS,
+    WORKER_LOST_AFTER_S,
+    BlockingEnqueue,
+    Change,
+    StreamedEnqueue,
+)
 from .clock import Clock
 from .clock import seconds as _seconds
 from .contract import (
@@ -61,6 +68,10 @@ Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
 
 #: Attempts a job gets when neither the message nor the handler says otherwise.
 DEFAULT_MAX_ATTEMPTS = 5
+#: Jobs per chunk of a bulk enqueue sent as it is stamped (`App._store_streamed`): large
+#: enough that a chunk's statement costs little more per job than one of 10,000, small
+#: enough that the first goes soon (bench/RESULTS.md, "pg-bulk-overlap").
+STREAM_CHUNK = 1000
 #: Queue of a kind declared without one.
 DEFAULT_QUEUE = "default"
 
@@ -549,6 +560,25 @@ class App:
             ValueError: a bad `run_at`, `callback_url` or `notify_email`.
         """
         spec = self.spec_of(type(message))
+        now, when, options = self._moment(delay, run_at, callback_url, notify_email)
+        budget = max_attempts or self._budget_of(spec)
+        return self._sealed(
+            message, spec, uuid7(now), now, when, options, owner, priority, budget,
+            idempotency_key, trace,
+        )  # fmt: skip
+
+    def _moment(
+        self,
+        delay: float | timedelta | None,
+        run_at: datetime | None,
+        callback_url: str | None,
+        notify_email: str | None,
+    ) -> tuple[float, float, dict[str, Any]]:
+        """Now, when a job stamped now runs, and its delivery options, checked.
+
+        Raises:
+            ValueError: a naive `run_at`, a bad `callback_url` or `notify_email`.
+        """
         now = self.clock.now()
         when = now
         if run_at is not None:
@@ -562,19 +592,36 @@ class App:
         options = {
             k: v for k, v in (("callback_url", callback_url), ("notify_email", notify_email)) if v
         }
+        return now, when, options
+
+    @staticmethod
+    def _sealed(
+        message: Message,
+        spec: MessageSpec,
+        job_id: str,
+        now: float,
+        when: float,
+        options: dict[str, Any],
+        owner: str,
+        priority: int,
+        budget: int,
+        idempotency_key: str | None,
+        trace: dict[str, str] | None,
+    ) -> Envelope:
+        """The envelope of `message`, stamped."""
         payload = message.model_dump(mode="json")
         key = None
         if spec.unique is not None:
             key = unique_key(spec.kind, owner, payload, spec.unique_key)
         return Envelope(
-            id=uuid7(now),
+            id=job_id,
             kind=spec.kind,
             version=spec.version,
             payload=payload,
             queue=spec.queue,
             priority=priority,
             attempt=0,
-            max_attempts=max_attempts or self._budget_of(spec),
+            max_attempts=budget,
             run_at=when,
             enqueued_at=now,
             idempotency_key=idempotency_key,
@@ -656,6 +703,79 @@ class App:
             notify_email=o.notify_email,
         )
 
+    def _stamp_many(self, messages: Sequence[Message], o: JobOptions) -> list[Envelope]:
+        """`_stamp` of each message (a bulk enqueue's), as `_stamper` stamps them."""
+        return self._stamper(messages, o)(messages)
+
+    def _stamper(
+        self, messages: Sequence[Message], o: JobOptions, trace: dict[str, str] | None = None
+    ) -> Callable[[Sequence[Message]], list[Envelope]]:
+        """A function that stamps some of `messages` with options `o`: at one moment for
+        them all, the options checked and each kind's spec and budget found once, here
+        (raising here what `envelope` would), the ids of a call made together."""
+        kinds = {}
+        for cls in dict.fromkeys(type(m) for m in messages):
+            spec = self.spec_of(cls)
+            kinds[cls] = spec, self._budget_of(spec)
+        now, when, options = self._moment(o.delay, o.run_at, o.callback_url, o.notify_email)
+
+        def stamp(some: Sequence[Message]) -> list[Envelope]:
+            envelopes = []
+            for message, job_id in zip(some, uuid7_many(len(some), now), strict=True):
+                spec, budget = kinds[type(message)]
+                sealed = self._sealed(
+                    message, spec, job_id, now, when, options, o.owner, o.priority, budget,
+                    o.idempotency_key, trace,
+                )  # fmt: skip
+                envelopes.append(sealed)
+            return envelopes
+
+        return stamp
+
+    async def _store_streamed(
+        self, backend: StreamedEnqueue, messages: Sequence[Message], o: JobOptions
+    ) -> list[Job]:
+        """`_store` of a large batch without keys, stamped chunk by chunk as the backend
+        sends the chunks before (Capability.STREAMED_ENQUEUE): the server stores a chunk
+        while this process stamps the next. All or none, as `_store`."""
+        specs = [self.spec_of(cls) for cls in dict.fromkeys(type(m) for m in messages)]
+        queues, kinds = {s.queue for s in specs}, {s.kind for s in specs}
+        threshold = self.settings.claim_check_bytes
+        stamped: list[Envelope] = []
+        checked: list[str] = []
+        with tracing.send_stamping(queues, kinds, len(messages)) as trace:
+            stamp = self._stamper(messages, o, trace)
+
+            async def chunks() -> AsyncGenerator[list[Envelope]]:
+                for at in range(0, len(messages), STREAM_CHUNK):
+                    chunk = stamp(messages[at : at + STREAM_CHUNK])
+                    chunk, keys = await claim_check.check_in(lambda: self.blobs, chunk, threshold)
+                    stamped.extend(chunk)
+                    checked.extend(keys)
+                    yield chunk
+
+            try:
+                async with contextlib.aclosing(chunks()) as stream:
+                    results = await backend.enqueue_stream(stream)
+            except BaseException:
+                if checked:
+                    await claim_check.discard(self.blobs, checked)
+                raise
+        return self._answered(stamped, results)
+
+    def _streams(self, backend: Backend, messages: Sequence[Message], o: JobOptions) -> bool:
+        """Whether `enqueue_many` sends this batch chunk by chunk (`_store_streamed`): a
+        batch of more than one chunk, on a backend that can, of jobs without keys."""
+        return (
+            len(messages) > STREAM_CHUNK
+            and Capability.STREAMED_ENQUEUE in backend.capabilities
+            and o.idempotency_key is None
+            and not any(
+                self.spec_of(cls).unique is not None
+                for cls in dict.fromkeys(type(m) for m in messages)
+            )
+        )
+
     async def enqueue(
         self,
         message: Message,
@@ -723,7 +843,10 @@ class App:
             notify_email=notify_email,
             owner=owner,
         )
-        return await self._store([self._stamp(m, o) for m in messages])
+        backend = await self._opened_backend()
+        if self._streams(backend, messages, o):
+            return await self._store_streamed(cast(StreamedEnqueue, backend), messages, o)
+        return await self._store(self._stamp_many(messages, o))
 
     async def enqueue_in(
         self,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -115,7 +115,35 @@ def _send(
     tracer: Tracer, envelopes: Sequence[Envelope], parent: Context | None
 ) -> Iterator[Sequence[Envelope]]:
     first = envelopes[0]
-    queue = first.queue if all(e.queue == first.queue for e in envelopes) else None
+    queues, kinds = {e.queue for e in envelopes}, {e.kind for e in envelopes}
+    one = first.id if len(envelopes) == 1 else None
+    with _producer(tracer, queues, kinds, len(envelopes), one, parent) as carrier:
+        yield [e if e.trace else dataclasses.replace(e, trace=dict(carrier)) for e in envelopes]
+
+
+def send_stamping(
+    queues: Collection[str], kinds: Collection[str], count: int
+) -> AbstractContextManager[dict[str, str] | None]:
+    """`send` for a batch of `count` jobs stamped inside the span (a streamed bulk
+    enqueue): entering it gives the `trace` each envelope is to carry, None while tracing
+    is off."""
+    tracer = _tracer
+    if tracer is None or not count:
+        return nullcontext(None)
+    return _producer(tracer, queues, kinds, count, None, None)
+
+
+@contextlib.contextmanager
+def _producer(
+    tracer: Tracer,
+    queues: Collection[str],
+    kinds: Collection[str],
+    count: int,
+    message_id: str | None,
+    parent: Context | None,
+) -> Iterator[dict[str, str]]:
+    """The producer span of a batch; gives its W3C context, for the envelopes."""
+    queue = next(iter(queues)) if len(queues) == 1 else None
     attributes: dict[str, Any] = {
         "messaging.system": TRACER_NAME,
         "messaging.operation.type": "send",
@@ -123,19 +151,19 @@ def _send(
     }
     if queue is not None:
         attributes["messaging.destination.name"] = queue
-    if len(envelopes) == 1:
-        attributes["messaging.message.id"] = first.id
+    if message_id is not None:
+        attributes["messaging.message.id"] = message_id
     else:
-        attributes["messaging.batch.message_count"] = len(envelopes)
-    if all(e.kind == first.kind for e in envelopes):
-        attributes["offload.job.kind"] = first.kind
+        attributes["messaging.batch.message_count"] = count
+    if len(kinds) == 1:
+        attributes["offload.job.kind"] = next(iter(kinds))
     name = "send" if queue is None else f"send {queue}"
     with tracer.start_as_current_span(
         name, context=parent, kind=_api.SpanKind.PRODUCER, attributes=attributes
     ):
         carrier: dict[str, str] = {}
         _W3C.inject(carrier)
-        yield [e if e.trace else dataclasses.replace(e, trace=dict(carrier)) for e in envelopes]
+        yield carrier
 
 
 # -- the consumer ----------------------------------------------------------------------------

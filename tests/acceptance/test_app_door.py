@@ -19,6 +19,7 @@ from offload import (
     Message,
     Settings,
 )
+from offload.app import DEFAULT_MAX_ATTEMPTS
 from offload.contract import status_record
 from offload.web import create_app
 
@@ -41,6 +42,10 @@ class Report(Message):
 
 
 class Spare(Message):
+    pass
+
+
+class Retried(Message):
     pass
 
 
@@ -309,6 +314,37 @@ async def test_list_requeue_purge_and_stats(opened: App) -> None:
     assert stats["reports"]["queued"] == 3 and stats["spare"] == EMPTY
     assert await app.purge("reports") == 3
     assert (await app.stats())["reports"]["queued"] == 0
+
+
+async def test_a_batch_stamps_each_job_as_a_call_of_its_own_would(opened: App) -> None:
+    app = opened
+    app.message("t.retried", queue="reports", max_attempts=7)(Retried)
+    # Given one batch of three kinds with every option,
+    jobs = await app.enqueue_many(
+        [Report(period="1"), Spare(), Retried(), Report(period="2")],
+        owner="alice",
+        priority=4,
+        delay=60,
+        notify_email="ops@example.com",
+    )
+    rows = [await app.get(job.id, owner="alice") for job in jobs]
+    # then each job has its kind's routing and budget, the batch's options and one moment
+    # of enqueueing, and the ids are distinct and in the order of the messages.
+    assert all(row is not None for row in rows)
+    got = [(r.kind, r.queue, r.max_attempts, r.payload) for r in rows if r is not None]
+    assert got == [
+        ("t.report", "reports", DEFAULT_MAX_ATTEMPTS, {"period": "1"}),
+        ("t.spare", "spare", DEFAULT_MAX_ATTEMPTS, {}),
+        ("t.retried", "reports", 7, {}),
+        ("t.report", "reports", DEFAULT_MAX_ATTEMPTS, {"period": "2"}),
+    ]
+    (at,) = {r.enqueued_at for r in rows if r is not None}
+    for row in rows:
+        assert row is not None and row.owner == "alice" and row.priority == 4
+        assert row.run_at == pytest.approx(at + 60)
+        assert row.options == {"notify_email": "ops@example.com"}
+    ids = [job.id for job in jobs]
+    assert ids == sorted(ids) and len(set(ids)) == 4
 
 
 async def test_the_change_feed_through_the_app(opened: App) -> None:

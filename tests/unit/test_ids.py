@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from offload._ids import uuid7, uuid7_floor
+from offload._ids import uuid7, uuid7_floor, uuid7_many
 
 
 def _ms(job_id: str) -> int:
@@ -53,3 +53,16 @@ def test_a_forked_child_makes_ids_of_its_own() -> None:
     # then the two ids differ: the child did not reuse the parent's unread bytes.
     assert os.waitstatus_to_exitcode(status) == 0
     assert _ms(child) == _ms(parent) and child != parent
+
+
+def test_ids_made_together_are_those_made_one_by_one_in_order() -> None:
+    # Given a batch of ids made at one moment, more than one millisecond's counter holds,
+    at = 1_960_000_000.0
+    batch = uuid7_many(5000, at)
+    after = uuid7(at)
+    # then they are distinct, in order, of that moment (or the milliseconds borrowed after
+    # it), and an id made next sorts after them all.
+    assert batch == sorted(batch) and len(set(batch)) == len(batch)
+    assert _ms(batch[0]) == 1_960_000_000_000 and _ms(batch[-1]) == 1_960_000_000_001
+    assert after > batch[-1]
+    assert all(uuid.UUID(i).version == 7 for i in batch)

@@ -9,7 +9,7 @@ transition carrying a stale lease token changes nothing and reports so.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +52,9 @@ class Capability(enum.StrEnum):
     #: `enqueue_sync(envelopes)`: the enqueue in the calling thread, any but the event
     #: loop's, once the backend is open (`App.enqueue_sync` then skips the hop to its loop).
     BLOCKING_ENQUEUE = "blocking_enqueue"
+    #: `enqueue_stream(chunks)`: one atomic batch sent chunk by chunk as the caller makes
+    #: them, so the server stores a chunk while the caller stamps the next.
+    STREAMED_ENQUEUE = "streamed_enqueue"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +78,18 @@ class BlockingEnqueue(Protocol):
     def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """`Broker.enqueue` in the calling thread, any but the event loop's (the backend
         open): blocks until stored, with the same answers and errors."""
+        ...
+
+
+class StreamedEnqueue(Protocol):
+    """A backend with Capability.STREAMED_ENQUEUE."""
+
+    async def enqueue_stream(
+        self, chunks: AsyncIterator[Sequence[Envelope]]
+    ) -> list[EnqueueResult]:
+        """`Broker.enqueue` of every chunk `chunks` yields, all or none, each chunk sent as
+        it comes: jobs without idempotency keys or unique keys only. If `chunks` raises,
+        nothing is stored and the error propagates."""
         ...
 
 

@@ -205,6 +205,7 @@ class PostgresBackend:
             Capability.PUSH,
             Capability.DEDUP,
             Capability.TRANSACTIONAL_ENQUEUE,
+            Capability.STREAMED_ENQUEUE,
         }
     )
 
@@ -706,6 +707,44 @@ class PostgresBackend:
                     return await self.enqueue_in(conn, envelopes, resent=resent)
                 async with conn.transaction():
                     return await self.enqueue_in(conn, envelopes, resent=resent)
+
+        return await self.retrier.run(attempt)
+
+    async def enqueue_stream(
+        self, chunks: AsyncIterator[Sequence[Envelope]]
+    ) -> list[EnqueueResult]:
+        """Store every chunk `chunks` yields atomically, all or none, each sent as it comes
+        (Capability.STREAMED_ENQUEUE): one statement a chunk, pipelined in one transaction,
+        so the server inserts a chunk while the caller stamps the next (a third more jobs/s
+        for 10,000 jobs than one statement after all are stamped: bench/RESULTS.md,
+        "pg-bulk-overlap"). For jobs without idempotency or unique keys (`App.enqueue_many`
+        sends only those here).
+
+        Tried again on a lost connection as `enqueue` is: the chunks already taken are sent
+        again (`resent`), then the rest.
+        """
+        taken: list[Sequence[Envelope]] = []
+
+        async def every() -> AsyncIterator[Sequence[Envelope]]:
+            for chunk in list(taken):
+                yield chunk
+            async for chunk in chunks:
+                taken.append(chunk)
+                yield chunk
+
+        async def attempt(resent: bool) -> list[EnqueueResult]:
+            sql = _ENQUEUE_AGAIN if resent else Q["enqueue"]
+            sent: list[tuple[Sequence[Envelope], psycopg.AsyncCursor[Any]]] = []
+            async with self._conn() as conn, conn.transaction(), conn.pipeline() as pipeline:
+                async for chunk in every():
+                    if any(e.unique_key is not None or e.idempotency_key for e in chunk):
+                        raise ValueError("a streamed enqueue takes jobs without keys only")
+                    cur = conn.cursor()
+                    await cur.execute(sql, {"batch": self._batch(chunk)})
+                    sent.append((chunk, cur))
+                await pipeline.sync()
+                created = {r[0] for _, cur in sent for r in await cur.fetchall()}
+            return [self._result(e, created, {}, resent) for chunk, _ in sent for e in chunk]
 
         return await self.retrier.run(attempt)
 

@@ -332,7 +332,7 @@ WITH input AS (
         'enqueued_at', date_part('epoch', i.enqueued_at), 'run_at', date_part('epoch', i.run_at))
     FROM ins i ORDER BY i.id
 )
-SELECT id FROM ins
+SELECT id::text FROM ins
 
 -- name: enqueue_unique
 -- enqueue for a batch with unique jobs: any conflict skips its row, a held unique key's as
@@ -367,7 +367,7 @@ WITH input AS (
         'enqueued_at', date_part('epoch', i.enqueued_at), 'run_at', date_part('epoch', i.run_at))
     FROM ins i ORDER BY i.id
 )
-SELECT id FROM ins
+SELECT id::text FROM ins
 
 -- name: find_idem
 SELECT idempotency_key, id FROM offload_jobs
