@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 #: A clock more than this far behind the newest id minted (milliseconds) is another clock (an
 #: injected one), not a small step back: its ids carry its own time instead of being bumped
@@ -81,13 +82,28 @@ def uuid7(at: float | None = None) -> str:
 
 
 def uuid7_many(n: int, at: float | None = None) -> list[str]:
-    """`n` ids as `n` calls of `uuid7(at)` would make them, in order, under one hold of the
-    lock and one read of random bytes (a bulk enqueue's)."""
+    """`n` ids as `n` calls of `uuid7(at)` would make them, in order (`uuid7_block`)."""
+    return uuid7_block(n, at)(0, n)
+
+
+def uuid7_block(n: int, at: float | None = None) -> Callable[[int, int], list[str]]:
+    """Reserve `n` ids of time `at`, in order, under one hold of the lock and one read of
+    random bytes; returns the function that writes out ids `start` to `stop` of them (a
+    bulk enqueue writes each chunk's as it stamps it). Every id made after this call sorts
+    after all of them, and they follow each other even past the 1,000 ms an id may borrow
+    (a block of millions): each continues from the one before, never from `at` again."""
+    steps: list[tuple[int, int]] = []
     with _lock:
         ms = _ms_of(at)
-        steps = [_step(ms) for _ in range(n)]
+        for _ in range(n):
+            ms, seq = _step(ms)
+            steps.append((ms, seq))
         rand = _random(8 * n)
-    return [_text(m, s, rand[8 * i : 8 * i + 8]) for i, (m, s) in enumerate(steps)]
+
+    def write(start: int, stop: int) -> list[str]:
+        return [_text(*steps[i], rand[8 * i : 8 * i + 8]) for i in range(start, stop)]
+
+    return write
 
 
 def uuid7_floor(at: float) -> str:

@@ -16,7 +16,7 @@ from . import tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._group import GroupCommit
-from ._ids import uuid7, uuid7_many
+from ._ids import uuid7, uuid7_block
 from ._options import DEFAULT_OWNER, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
@@ -144,6 +144,47 @@ class HandlerSpec:
             rate=count,
             per_s=per_s,
         )
+
+
+class _Batch:
+    """The messages of one `enqueue_many` with its options, checked once: each kind's spec
+    and retry budget found once, one moment for them all, their ids reserved in order
+    (`uuid7_block`). Raises, when made, what `App.envelope` would for any of them."""
+
+    def __init__(self, app: App, messages: Sequence[Message], o: JobOptions) -> None:
+        self.messages = messages if isinstance(messages, list | tuple) else list(messages)
+        self.o = o
+        self.kinds: dict[type[Message], tuple[MessageSpec, int]] = {}
+        for cls in dict.fromkeys(type(m) for m in self.messages):
+            spec = app.spec_of(cls)
+            self.kinds[cls] = spec, app._budget_of(spec)
+        self.now, self.when, self.options = app._moment(
+            o.delay, o.run_at, o.callback_url, o.notify_email
+        )
+        self.ids = uuid7_block(len(self.messages), self.now)
+
+    @property
+    def keyless(self) -> bool:
+        """No idempotency key and no unique kind: what a streamed enqueue takes."""
+        return self.o.idempotency_key is None and all(
+            spec.unique is None for spec, _ in self.kinds.values()
+        )
+
+    def stamp(
+        self, start: int = 0, stop: int | None = None, trace: dict[str, str] | None = None
+    ) -> list[Envelope]:
+        """The envelopes of messages `start` to `stop` (all by default)."""
+        stop = len(self.messages) if stop is None else stop
+        o, now, when, options = self.o, self.now, self.when, self.options
+        envelopes = []
+        for message, job_id in zip(self.messages[start:stop], self.ids(start, stop), strict=True):
+            spec, budget = self.kinds[type(message)]
+            sealed = App._sealed(
+                message, spec, job_id, now, when, options, o.owner, o.priority, budget,
+                o.idempotency_key, trace,
+            )  # fmt: skip
+            envelopes.append(sealed)
+        return envelopes
 
 
 class App:
@@ -703,52 +744,21 @@ class App:
             notify_email=o.notify_email,
         )
 
-    def _stamp_many(self, messages: Sequence[Message], o: JobOptions) -> list[Envelope]:
-        """`_stamp` of each message (a bulk enqueue's), as `_stamper` stamps them."""
-        return self._stamper(messages, o)(messages)
-
-    def _stamper(
-        self, messages: Sequence[Message], o: JobOptions, trace: dict[str, str] | None = None
-    ) -> Callable[[Sequence[Message]], list[Envelope]]:
-        """A function that stamps some of `messages` with options `o`: at one moment for
-        them all, the options checked and each kind's spec and budget found once, here
-        (raising here what `envelope` would), the ids of a call made together."""
-        kinds = {}
-        for cls in dict.fromkeys(type(m) for m in messages):
-            spec = self.spec_of(cls)
-            kinds[cls] = spec, self._budget_of(spec)
-        now, when, options = self._moment(o.delay, o.run_at, o.callback_url, o.notify_email)
-
-        def stamp(some: Sequence[Message]) -> list[Envelope]:
-            envelopes = []
-            for message, job_id in zip(some, uuid7_many(len(some), now), strict=True):
-                spec, budget = kinds[type(message)]
-                sealed = self._sealed(
-                    message, spec, job_id, now, when, options, o.owner, o.priority, budget,
-                    o.idempotency_key, trace,
-                )  # fmt: skip
-                envelopes.append(sealed)
-            return envelopes
-
-        return stamp
-
-    async def _store_streamed(
-        self, backend: StreamedEnqueue, messages: Sequence[Message], o: JobOptions
-    ) -> list[Job]:
+    async def _store_streamed(self, backend: StreamedEnqueue, batch: _Batch) -> list[Job]:
         """`_store` of a large batch without keys, stamped chunk by chunk as the backend
         sends the chunks before (Capability.STREAMED_ENQUEUE): the server stores a chunk
         while this process stamps the next. All or none, as `_store`."""
-        specs = [self.spec_of(cls) for cls in dict.fromkeys(type(m) for m in messages)]
+        specs = [spec for spec, _ in batch.kinds.values()]
         queues, kinds = {s.queue for s in specs}, {s.kind for s in specs}
         threshold = self.settings.claim_check_bytes
         stamped: list[Envelope] = []
         checked: list[str] = []
-        with tracing.send_stamping(queues, kinds, len(messages)) as trace:
-            stamp = self._stamper(messages, o, trace)
+        n = len(batch.messages)
+        with tracing.send_stamping(queues, kinds, n) as trace:
 
             async def chunks() -> AsyncGenerator[list[Envelope]]:
-                for at in range(0, len(messages), STREAM_CHUNK):
-                    chunk = stamp(messages[at : at + STREAM_CHUNK])
+                for at in range(0, n, STREAM_CHUNK):
+                    chunk = batch.stamp(at, min(n, at + STREAM_CHUNK), trace)
                     chunk, keys = await claim_check.check_in(lambda: self.blobs, chunk, threshold)
                     stamped.extend(chunk)
                     checked.extend(keys)
@@ -761,20 +771,9 @@ class App:
                 if checked:
                     await claim_check.discard(self.blobs, checked)
                 raise
+        if len(stamped) != n:  # every chunk is taken before the batch commits
+            raise AssertionError(f"a streamed batch of {n} jobs stored {len(stamped)}")
         return self._answered(stamped, results)
-
-    def _streams(self, backend: Backend, messages: Sequence[Message], o: JobOptions) -> bool:
-        """Whether `enqueue_many` sends this batch chunk by chunk (`_store_streamed`): a
-        batch of more than one chunk, on a backend that can, of jobs without keys."""
-        return (
-            len(messages) > STREAM_CHUNK
-            and Capability.STREAMED_ENQUEUE in backend.capabilities
-            and o.idempotency_key is None
-            and not any(
-                self.spec_of(cls).unique is not None
-                for cls in dict.fromkeys(type(m) for m in messages)
-            )
-        )
 
     async def enqueue(
         self,
@@ -843,10 +842,15 @@ class App:
             notify_email=notify_email,
             owner=owner,
         )
+        batch = _Batch(self, messages, o)  # checked before anything is opened or sent
         backend = await self._opened_backend()
-        if self._streams(backend, messages, o):
-            return await self._store_streamed(cast(StreamedEnqueue, backend), messages, o)
-        return await self._store(self._stamp_many(messages, o))
+        if (
+            len(batch.messages) > STREAM_CHUNK
+            and batch.keyless
+            and Capability.STREAMED_ENQUEUE in backend.capabilities
+        ):
+            return await self._store_streamed(cast(StreamedEnqueue, backend), batch)
+        return await self._store(batch.stamp())
 
     async def enqueue_in(
         self,

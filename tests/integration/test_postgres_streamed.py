@@ -94,6 +94,9 @@ async def test_a_large_batch_is_stored_whole_in_chunks_of_one_moment(
     assert all(job.created for job in jobs) and len({job.id for job in jobs}) == n
     assert [job.id for job in jobs] == sorted(job.id for job in jobs)
     assert await _counts(schema) == (n, n)
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        cur = await conn.execute("SELECT job_id::text FROM offload_events ORDER BY seq")
+        assert [r[0] for r in await cur.fetchall()] == [job.id for job in jobs]
     first, big, last = [await app.get(jobs[i].id) for i in (0, STREAM_CHUNK + 7, n - 1)]
     assert first is not None and big is not None and last is not None
     assert first.enqueued_at == last.enqueued_at and last.priority == 2
@@ -198,6 +201,31 @@ async def test_a_chunk_that_conflicts_undoes_the_chunks_before_it(schema: PgSche
     finally:
         await backend.close()
     assert await _counts(schema) == (1, 1)
+
+
+async def test_an_error_of_the_chunks_is_raised_as_it_is_and_stores_nothing(
+    schema: PgSchema,
+) -> None:
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open()
+    # Given chunks whose maker fails after two were sent, with an error that looks like a
+    # lost connection (a blob store of the caller's own on PostgreSQL, say),
+    lost = psycopg.OperationalError("the caller's own connection was lost")
+
+    async def failing() -> AsyncIterator[Sequence[Envelope]]:
+        yield [envelope() for _ in range(10)]
+        yield [envelope() for _ in range(10)]
+        raise lost
+
+    try:
+        # then that very error is the caller's, not tried again as the backend's own,
+        with pytest.raises(psycopg.OperationalError) as raised:
+            await backend.enqueue_stream(failing())
+    finally:
+        await backend.close()
+    assert raised.value is lost
+    # and nothing of the batch is stored.
+    assert await _counts(schema) == (0, 0)
 
 
 async def test_a_streamed_batch_has_one_producer_span_that_every_job_carries(app: App) -> None:

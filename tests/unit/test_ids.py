@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from offload._ids import uuid7, uuid7_floor, uuid7_many
+from offload._ids import uuid7, uuid7_block, uuid7_floor, uuid7_many
 
 
 def _ms(job_id: str) -> int:
@@ -63,6 +63,19 @@ def test_ids_made_together_are_those_made_one_by_one_in_order() -> None:
     # then they are distinct, in order, of that moment (or the milliseconds borrowed after
     # it), and an id made next sorts after them all.
     assert batch == sorted(batch) and len(set(batch)) == len(batch)
-    assert _ms(batch[0]) == 1_960_000_000_000 and _ms(batch[-1]) == 1_960_000_000_001
+    assert 1_960_000_000_000 <= _ms(batch[0]) <= _ms(batch[-1]) <= 1_960_000_000_003
     assert after > batch[-1]
     assert all(uuid.UUID(i).version == 7 for i in batch)
+
+
+def test_a_reserved_block_stays_in_order_whatever_is_made_between_its_parts() -> None:
+    # Given a block of ids reserved at one moment, written out in two parts,
+    at = 1_965_000_000.0
+    block = uuid7_block(2000, at)
+    first = block(0, 1000)
+    # when an id of a clock far ahead is made between the two parts (another task's),
+    uuid7(at + 5)
+    second = block(1000, 2000)
+    # then the block's ids are still distinct and in order.
+    ids = first + second
+    assert ids == sorted(ids) and len(set(ids)) == 2000

@@ -128,6 +128,16 @@ def _resent(sql: str) -> str:
 
 
 _ENQUEUE_AGAIN = _resent(Q["enqueue"])
+_ENQUEUE_JOBS_AGAIN = _resent(Q["enqueue_jobs"])
+
+
+class _ChunksFailed(Exception):
+    """The caller's chunks of a streamed enqueue raised `error`: its failure, not the
+    connection's, so never tried again (even a psycopg error of its own)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _fair_only(sql: str) -> str:
@@ -720,20 +730,28 @@ class PostgresBackend:
         "pg-bulk-overlap"). For jobs without idempotency or unique keys (`App.enqueue_many`
         sends only those here).
 
-        Tried again on a lost connection as `enqueue` is: the chunks already taken are sent
-        again (`resent`), then the rest.
+        The feed entries of the new jobs go last, just before the commit (`enqueue_feed`):
+        no feed position waits uncommitted while the caller stamps. Tried again on a lost
+        connection as `enqueue` is: the chunks already taken are sent again (`resent`), then
+        the rest. An error of `chunks` itself is raised as it is, never tried again.
         """
         taken: list[Sequence[Envelope]] = []
 
         async def every() -> AsyncIterator[Sequence[Envelope]]:
             for chunk in list(taken):
                 yield chunk
-            async for chunk in chunks:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise _ChunksFailed(exc) from exc
                 taken.append(chunk)
                 yield chunk
 
         async def attempt(resent: bool) -> list[EnqueueResult]:
-            sql = _ENQUEUE_AGAIN if resent else Q["enqueue"]
+            sql = _ENQUEUE_JOBS_AGAIN if resent else Q["enqueue_jobs"]
             sent: list[tuple[Sequence[Envelope], psycopg.AsyncCursor[Any]]] = []
             async with self._conn() as conn, conn.transaction(), conn.pipeline() as pipeline:
                 async for chunk in every():
@@ -743,10 +761,16 @@ class PostgresBackend:
                     await cur.execute(sql, {"batch": self._batch(chunk)})
                     sent.append((chunk, cur))
                 await pipeline.sync()
-                created = {r[0] for _, cur in sent for r in await cur.fetchall()}
-            return [self._result(e, created, {}, resent) for chunk, _ in sent for e in chunk]
+                created = [r[0] for _, cur in sent for r in await cur.fetchall()]
+                if created:  # the feed entries last: see the query
+                    await conn.execute(Q["enqueue_feed"], {"ids": created})
+            stored = set(created)
+            return [self._result(e, stored, {}, resent) for chunk, _ in sent for e in chunk]
 
-        return await self.retrier.run(attempt)
+        try:
+            return await self.retrier.run(attempt)
+        except _ChunksFailed as failed:
+            raise failed.error from None
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
