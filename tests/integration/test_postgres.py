@@ -39,15 +39,6 @@ class Ping(Message):
 
 
 @pytest.fixture
-async def schema() -> AsyncIterator[PgSchema]:
-    require_pg()
-    s = PgSchema()
-    await s.create()
-    yield s
-    await s.drop()
-
-
-@pytest.fixture
 async def app(schema: PgSchema) -> AsyncIterator[App]:
     app = App("pg-test", settings=Settings(url=schema.url, lease_s=2.0))
     app.message("pg.ping")(Ping)

@@ -20,7 +20,7 @@ from offload.errors import BackendError
 from offload.stores.blobs import FileBlobStore
 
 from ..contract._support import envelope
-from ..services import PG_URL, PgSchema, require_pg
+from ..services import PG_URL, PgSchema
 from ..tracing_support import in_memory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -28,15 +28,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 class Note(Message):
     text: str = ""
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[PgSchema]:
-    require_pg()
-    s = PgSchema()
-    await s.create()
-    yield s
-    await s.drop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from offload import App, ConfigurationError, Message, Settings
 from offload.errors import BackendError
 
-from ..services import PgSchema, require_pg
+from ..services import PgSchema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -22,15 +22,6 @@ class Note(Message):
 
 class Single(Message):
     n: int = 0
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[PgSchema]:
-    require_pg()
-    s = PgSchema()
-    await s.create()
-    yield s
-    await s.drop()
 
 
 @pytest.fixture

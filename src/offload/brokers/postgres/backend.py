@@ -128,7 +128,16 @@ def _resent(sql: str) -> str:
 
 
 _ENQUEUE_AGAIN = _resent(Q["enqueue"])
-_ENQUEUE_JOBS_AGAIN = _resent(Q["enqueue_jobs"])
+
+
+def _without_feed(sql: str) -> str:
+    """The enqueue statement without its feed entries (`enqueue_feed` writes them)."""
+    start, end = sql.index("), ev AS ("), sql.index("\n)\nSELECT id::text FROM ins")
+    return sql[:start] + sql[end:]
+
+
+_ENQUEUE_JOBS = _without_feed(Q["enqueue"])
+_ENQUEUE_JOBS_AGAIN = _resent(_ENQUEUE_JOBS)
 
 
 class _ChunksFailed(Exception):
@@ -751,7 +760,7 @@ class PostgresBackend:
                 yield chunk
 
         async def attempt(resent: bool) -> list[EnqueueResult]:
-            sql = _ENQUEUE_JOBS_AGAIN if resent else Q["enqueue_jobs"]
+            sql = _ENQUEUE_JOBS_AGAIN if resent else _ENQUEUE_JOBS
             sent: list[tuple[Sequence[Envelope], psycopg.AsyncCursor[Any]]] = []
             async with self._conn() as conn, conn.transaction(), conn.pipeline() as pipeline:
                 async for chunk in every():

@@ -334,29 +334,12 @@ WITH input AS (
 )
 SELECT id::text FROM ins
 
--- name: enqueue_jobs
--- enqueue without the feed entries: the chunks of a streamed batch (enqueue_stream), whose
--- entries enqueue_feed writes after the last chunk, just before the commit. A feed position
--- taken by the first chunk would otherwise stay uncommitted while the rest is stamped and
--- sent, and a reader waits only so long (gap_wait_s) for a position before it skips it.
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
-        id uuid, kind text, version integer, queue text, priority integer, payload jsonb,
-        attempt integer, max_attempts integer, run_at double precision,
-        enqueued_at double precision, idempotency_key text, owner text, trace jsonb,
-        timeout double precision, options jsonb, n integer)
-)
-INSERT INTO offload_jobs (id, kind, version, queue, priority, payload, state, attempt,
-    max_attempts, run_at, enqueued_at, idempotency_key, owner, trace, timeout, options)
-SELECT id, kind, version, queue, priority, payload, 'queued', attempt, max_attempts,
-    to_timestamp(run_at), to_timestamp(enqueued_at), idempotency_key, owner, trace,
-    timeout, options
-FROM input ORDER BY n
-ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id::text
-
 -- name: enqueue_feed
--- The feed entries of new jobs `ids`, as enqueue writes them (see there).
+-- The feed entries of new jobs `ids`, as enqueue writes them: after the last chunk of a
+-- streamed batch (enqueue_stream), just before its commit, whose chunks are enqueue without
+-- its feed entries (`_without_feed`). A feed position taken by the first chunk would
+-- otherwise stay uncommitted while the rest is stamped and sent, and a reader waits only
+-- so long (gap_wait_s) for a position before it skips it.
 INSERT INTO offload_events (job_id, owner, record)
 SELECT j.id, j.owner, jsonb_build_object('id', j.id, 'kind', j.kind,
     'version', j.version, 'queue', j.queue, 'state', j.state, 'priority', j.priority,
