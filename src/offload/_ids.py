@@ -81,11 +81,6 @@ def uuid7(at: float | None = None) -> str:
     return _text(ms, seq, rand)
 
 
-def uuid7_many(n: int, at: float | None = None) -> list[str]:
-    """`n` ids as `n` calls of `uuid7(at)` would make them, in order (`uuid7_block`)."""
-    return uuid7_block(n, at)(0, n)
-
-
 def uuid7_block(n: int, at: float | None = None) -> Callable[[int, int], list[str]]:
     """Reserve `n` ids of time `at`, in order, under one hold of the lock and one read of
     random bytes; returns the function that writes out ids `start` to `stop` of them (a

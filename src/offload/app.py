@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -680,7 +680,8 @@ class App:
         """Store stamped envelopes in one atomic batch (on the caller's `conn` when given).
 
         Every way in ends here (`enqueue`, `enqueue_many`, `enqueue_in`, `submit`), so what
-        each submission gets (metrics, a producer span) is added in this one place.
+        each submission gets (metrics, a producer span) is added in this one place; a large
+        `enqueue_many` goes to its streamed twin, `_store_streamed`.
 
         Args:
             parent: the tracing context of a caller on another thread (`enqueue_sync`).
@@ -688,16 +689,23 @@ class App:
         backend = await self._opened_backend()
         threshold = self.settings.claim_check_bytes
         envelopes, checked = await claim_check.check_in(lambda: self.blobs, envelopes, threshold)
-        try:
+        async with self._undone_if_unstored(checked):
             results = await self._enqueue(backend, envelopes, conn, parent)
-        except BaseException:
-            if checked:
-                await claim_check.discard(self.blobs, checked)
-            raise
         if checked:  # a replayed key or unique repeat stored nothing: its payload goes
             unused = [e.id for e, r in zip(envelopes, results, strict=True) if not r.created]
             await claim_check.discard(self.blobs, [claim_check.payload_key(i) for i in unused])
         return self._answered(envelopes, results)
+
+    @contextlib.asynccontextmanager
+    async def _undone_if_unstored(self, checked: list[str]) -> AsyncIterator[None]:
+        """Delete the payload blobs `checked` (as the list stands then) if the block fails:
+        their jobs were not stored."""
+        try:
+            yield
+        except BaseException:
+            if checked:
+                await claim_check.discard(self.blobs, checked)
+            raise
 
     def _answered(
         self, envelopes: Sequence[Envelope], results: Sequence[EnqueueResult]
@@ -764,13 +772,8 @@ class App:
                     checked.extend(keys)
                     yield chunk
 
-            try:
-                async with contextlib.aclosing(chunks()) as stream:
-                    results = await backend.enqueue_stream(stream)
-            except BaseException:
-                if checked:
-                    await claim_check.discard(self.blobs, checked)
-                raise
+            async with self._undone_if_unstored(checked), contextlib.aclosing(chunks()) as stream:
+                results = await backend.enqueue_stream(stream)
         if len(stamped) != n:  # every chunk is taken before the batch commits
             raise AssertionError(f"a streamed batch of {n} jobs stored {len(stamped)}")
         return self._answered(stamped, results)

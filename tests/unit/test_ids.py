@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from offload._ids import uuid7, uuid7_block, uuid7_floor, uuid7_many
+from offload._ids import uuid7, uuid7_block, uuid7_floor
 
 
 def _ms(job_id: str) -> int:
@@ -58,7 +58,7 @@ def test_a_forked_child_makes_ids_of_its_own() -> None:
 def test_ids_made_together_are_those_made_one_by_one_in_order() -> None:
     # Given a batch of ids made at one moment, more than one millisecond's counter holds,
     at = 1_960_000_000.0
-    batch = uuid7_many(5000, at)
+    batch = uuid7_block(5000, at)(0, 5000)
     after = uuid7(at)
     # then they are distinct, in order, of that moment (or the milliseconds borrowed after
     # it), and an id made next sorts after them all.
