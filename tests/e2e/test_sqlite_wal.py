@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from offload import App, Message, Settings
 from offload._bulk import DEFAULT_COUNT_CAP
 from offload.brokers.sqlite.checkpoint import wal_bound
-from offload.contract import JobFilter
 
 from .conftest import TEMPLATE, Stack
 
@@ -36,10 +34,6 @@ PATIENCE_S = 180.0
 MIB = 1 << 20
 
 
-class Noop(Message):
-    n: int
-
-
 @pytest.fixture
 def wal_stack(tmp_path: Path) -> Iterator[Stack]:
     shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
@@ -54,50 +48,77 @@ def _size(path: Path) -> int:
     return os.path.getsize(path) if path.exists() else 0
 
 
-def _produce(url: str, halt: threading.Event) -> None:
-    app = App("producer", settings=Settings(url=url))
+#: The load's other processes, `python -c LOAD produce|read URL AHEAD CAP`: a producer that
+#: keeps AHEAD jobs waiting, or a reader reading what the dashboard reads (stats, the newest
+#: jobs, a capped count), again and again until its standard input closes. Each is a process
+#: of its own, as a web tier and its dashboard are to the workers: in one process beside
+#: the producer and the other reader, a read waited for the GIL between its rows (sqlite3
+#: takes it back after each step) and held its snapshot meanwhile, and on a starved machine
+#: that pinned the WAL for seconds (the README's "A bounded WAL on SQLite": a reader holding
+#: one snapshot for long).
+LOAD = """
+import asyncio, sys, threading
+from offload import App, Message, Settings
+from offload.contract import JobFilter
+
+role, url, ahead, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+halt = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), halt.set()), daemon=True).start()
+
+
+class Noop(Message):
+    n: int
+
+
+async def produce(app):
+    n = 0
+    while not halt.is_set():
+        if (await app.stats()).get("bulk", {}).get("queued", 0) > ahead:
+            await asyncio.sleep(0.01)
+            continue
+        await app.enqueue_many([Noop(n=n + i) for i in range(200)])
+        n += 200
+
+
+async def read(app):
+    while not halt.is_set():
+        await app.stats()
+        await app.search_jobs(JobFilter(), limit=50)
+        await app.count_jobs(JobFilter(state="succeeded"), cap=cap)
+
+
+async def main():
+    app = App(role, settings=Settings(url=url))
     app.message("e2e.noop", queue="bulk")(Noop)
-
-    async def run() -> None:
-        async with app:
-            n = 0
-            while not halt.is_set():
-                if (await app.stats()).get("bulk", {}).get("queued", 0) > AHEAD:
-                    await asyncio.sleep(0.01)
-                    continue
-                await app.enqueue_many([Noop(n=n + i) for i in range(200)])
-                n += 200
-
-    asyncio.run(run())
+    async with app:
+        await (produce if role == "produce" else read)(app)
 
 
-def _read(url: str, halt: threading.Event) -> None:
-    """What the dashboard reads, again and again: stats, the newest jobs, a capped count."""
-    app = App("reader", settings=Settings(url=url))
+asyncio.run(main())
+"""
 
-    async def run() -> None:
-        async with app:
-            while not halt.is_set():
-                await app.stats()
-                await app.search_jobs(JobFilter(), limit=50)
-                await app.count_jobs(JobFilter(state="succeeded"), cap=DEFAULT_COUNT_CAP)
 
-    asyncio.run(run())
+def _load(stack: Stack, role: str) -> subprocess.Popen[bytes]:
+    out = open(stack.logs / f"{role}-{len(stack.procs)}.out", "wb")
+    stack.closing.append(out)
+    url = stack.env["OFFLOAD_URL"]
+    argv = [sys.executable, "-c", LOAD, role, url, str(AHEAD), str(DEFAULT_COUNT_CAP)]
+    proc = subprocess.Popen(
+        argv, cwd=stack.root, env=stack.env, stdin=subprocess.PIPE, stdout=out,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    stack.procs.append(proc)
+    return proc
 
 
 def test_the_wal_stays_within_its_bound_under_load_with_readers(wal_stack: Stack) -> None:
     stack = wal_stack
-    url = stack.env["OFFLOAD_URL"]
     db = stack.root / "jobs.db"
     # Given two worker processes draining what a producer enqueues as fast as they go, and
     # two readers reading what the dashboard reads,
     for _ in range(2):
         stack.start_worker("--queues", "bulk")
-    halt = threading.Event()
-    threads = [threading.Thread(target=_produce, args=(url, halt))]
-    threads += [threading.Thread(target=_read, args=(url, halt)) for _ in range(2)]
-    for thread in threads:
-        thread.start()
+    load = [_load(stack, "produce"), _load(stack, "read"), _load(stack, "read")]
     # when the load goes on (the files sampled every 50 ms) for LOAD_S, and on until the
     # workers ran ENOUGH jobs (a loaded machine takes longer),
     worst = (0.0, 0, 0)  # WAL / bound, database bytes, WAL bytes
@@ -117,9 +138,11 @@ def test_the_wal_stays_within_its_bound_under_load_with_readers(wal_stack: Stack
                     break
             time.sleep(0.05)
     finally:
-        halt.set()
-        for thread in threads:
-            thread.join()
+        for proc in load:
+            assert proc.stdin is not None
+            proc.stdin.close()  # the load stops
+        codes = [proc.wait(timeout=60) for proc in load]
+    assert codes == [0, 0, 0], f"the load's processes ended with {codes}\n{stack.output()}"
     # then the WAL never passed the larger of twice the database and the cap, and the load
     # was real: the workers ran thousands of jobs.
     ratio, db_bytes, wal_bytes = worst
