@@ -42,6 +42,37 @@ async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> tuple[float
     return n / wall, cpu / n * 1e6
 
 
+async def alternate(
+    cases: dict[str, Callable[[int], Awaitable[object]]], n: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Each case warmed up (200 calls), then ROUNDS rounds of `n` calls of every case in
+    turn: per case, each round's calls per second and CPU microseconds per call."""
+    for call in cases.values():
+        for i in range(200):
+            await call(i)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for _ in range(ROUNDS):
+        for name, call in cases.items():
+            runs[name].append(await timed(n, call))
+    return runs
+
+
+def report(
+    section: str, title: str, intro: str, runs: dict[str, list[tuple[float, float]]]
+) -> None:
+    """Print `runs` as a table under `title` and `intro`, and write it to RESULTS' `section`."""
+    lines = [
+        intro,
+        "",
+        "| call | calls/s (rounds) | CPU µs per call (rounds) |",
+        "|---|---|---|",
+        *rounds_rows(runs, [(0, ",.0f"), (1, ",.0f")]),
+    ]
+    body_md = f"## {title}\n\n" + "\n".join(lines)
+    print(body_md)
+    write_section(section, body_md)
+
+
 def done(call: Callable[[int], object]) -> Callable[[int], Awaitable[object]]:
     """A blocking call as the awaitable `timed` takes (it blocks the loop, as it would)."""
 
@@ -77,31 +108,19 @@ async def main(n: int) -> None:
         "App.enqueue_sync": done(lambda i: app.enqueue_sync(Noop(i=i))),
     }
     try:
-        for call in cases.values():  # warm up
-            for i in range(200):
-                await call(i)
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-        for _ in range(ROUNDS):
-            for name, call in cases.items():
-                runs[name].append(await timed(n, call))
+        runs = await alternate(cases, n)
     finally:
         await raw.delete("floor:raw")
         await raw.aclose()
         blocking.close()
         await app.close()
-    lines = [
+    intro = (
         f"One call at a time, {n:,} calls per case, {ROUNDS} rounds alternating, one "
         "process, asyncio (no uvloop), Redis on loopback. `App.enqueue_sync` is called "
         "from the loop's thread as a plain loop would (its first call, in the warm-up, "
-        "opened the backend it then uses in the calling thread).",
-        "",
-        "| call | calls/s (rounds) | CPU µs per call (rounds) |",
-        "|---|---|---|",
-    ]
-    lines += rounds_rows(runs, [(0, ",.0f"), (1, ",.0f")])
-    body_md = "## One enqueue at a time on Redis: the driver's floor\n\n" + "\n".join(lines)
-    print(body_md)
-    write_section("per-call-floor", body_md)
+        "opened the backend it then uses in the calling thread)."
+    )
+    report("per-call-floor", "One enqueue at a time on Redis: the driver's floor", intro, runs)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,10 @@ from typing import Any
 
 import psycopg
 from _pg import fresh_database
-from _results import rounds_rows, write_section
-from per_call_floor import timed
+from per_call_floor import ROUNDS, alternate, report
 
 from offload import App, Message, Settings
 from offload.brokers.postgres.backend import _ENQUEUE_JOBS, Q
-
-ROUNDS = 3
 
 
 class Noop(Message):
@@ -71,30 +68,18 @@ async def main(n: int) -> None:
         "App.enqueue": lambda i: app.enqueue(Noop(i=i)),
     }
     try:
-        for call in cases.values():  # warm up: plans prepared, caches filled
-            for i in range(200):
-                await call(i)
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-        for _ in range(ROUNDS):
-            for name, call in cases.items():
-                runs[name].append(await timed(n, call))
+        runs = await alternate(cases, n)
     finally:
         for conn in (durable, lax, kept):
             await conn.close()
         await app.close()
-    lines = [
+    intro = (
         f"One call at a time, {n:,} calls per case, {ROUNDS} rounds alternating, one "
         "process, asyncio (no uvloop), PostgreSQL on loopback (`fsync` and "
         "`synchronous_commit` on, unless the case says so), a fresh database with offload's "
-        "schema. The two INSERT cases write a two-column table of their own.",
-        "",
-        "| call | calls/s (rounds) | CPU µs per call (rounds) |",
-        "|---|---|---|",
-    ]
-    lines += rounds_rows(runs, [(0, ",.0f"), (1, ",.0f")])
-    body_md = "## One enqueue at a time on PostgreSQL: the floor\n\n" + "\n".join(lines)
-    print(body_md)
-    write_section("pg-per-call-floor", body_md)
+        "schema. The two INSERT cases write a two-column table of their own."
+    )
+    report("pg-per-call-floor", "One enqueue at a time on PostgreSQL: the floor", intro, runs)
 
 
 if __name__ == "__main__":
