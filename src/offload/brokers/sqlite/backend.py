@@ -210,7 +210,8 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 class _Busy(Exception):
-    """The write lock was not free at once (a `_tx(wait=False)`): nothing was written."""
+    """The write lock was not free at once, or writes wait for the WAL's rewind (a
+    `_tx(wait=False)`): nothing was written."""
 
 
 def _begin(conn: sqlite3.Connection, *, wait: bool) -> None:
@@ -515,7 +516,8 @@ class SQLiteBackend:
     ) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so two
         processes never both read the same ready rows and then race to update them.
-        Without `wait`, a lock another connection holds raises `_Busy` at once.
+        Without `wait`, a lock another connection holds raises `_Busy` at once, as does a
+        WAL past half its bound, whose writes wait for a rewind (checkpoint.py).
 
         Every time a write decides with (a lease's expiry, a rescue's fence) is read from
         the clock inside the transaction, after the lock: a wait for it must not age them.
@@ -532,6 +534,11 @@ class SQLiteBackend:
         conn = self.conn if on is None else on
         before = conn.total_changes
         began = self.clock.now() if waited_since is None else waited_since
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.writes_paused:  # the WAL near its bound
+            if not wait:
+                raise _Busy
+            checkpointer.wait_for_room()
         _begin(conn, wait=wait)
         lock_wait_s = self.clock.now() - began
         if own:

@@ -18,6 +18,18 @@ to 100 ms between tries), so it is tried without one, every millisecond, for at 
 `DEFAULT_TRUNCATE_WAIT_S` (four times as long once the WAL passes half its bound): each try
 holds the lock only while it copies, and the next look tries again.
 
+Past half its bound, the rewinds have fallen behind: on a starved machine readers and
+writers can leave them no free moment for seconds (a reader that waits for the CPU, or for
+the GIL between the rows of its result, holds its snapshot meanwhile), and a busy load
+writes tens of MiB of WAL a second. Then the writes of every process that sees it wait,
+before they take the write lock, until a rewind succeeds or `DEFAULT_WRITE_PAUSE_S`
+passed (a file that grows past half its bound holds that many frames: the look at its
+size pauses them before any SQL). With nothing written, the reads in flight end, the next
+ones read the database file alone, and the next RESTART finds the WAL free. A reader that
+holds its snapshot longer (a process stopped mid-read, a long query in a shell) costs one
+pause: writes go on once it is spent, with no other until a rewind succeeds, and the WAL
+grows until that reader lets go.
+
 A rewound WAL keeps its file: the next frames overwrite it from its start, and
 `journal_size_limit` (the cap) cuts back a file that grew past the cap. Truncating it to
 zero bytes (TRUNCATE) frees its blocks while holding the write lock: 17-19 ms for a 17 MiB
@@ -29,7 +41,7 @@ counts them) decide.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -45,9 +57,13 @@ DEFAULT_WAL_CAP_BYTES = 64 << 20
 DEFAULT_TRUNCATE_WAIT_S = 0.1
 #: How often a RESTART checkpoint is tried while it waits (seconds).
 DEFAULT_TRUNCATE_RETRY_S = 0.001
+#: How long writes wait for a rewind once the WAL passed half its bound (seconds).
+DEFAULT_WRITE_PAUSE_S = 2.0
 #: Bytes of a WAL's header, and of each frame's header (before its page).
 _WAL_HEADER_BYTES = 32
 _FRAME_HEADER_BYTES = 24
+
+log = logging.getLogger("offload.sqlite")
 
 
 def wal_bound(db_bytes: int, cap_bytes: int) -> int:
@@ -71,12 +87,28 @@ class Checkpointer(threading.Thread):
     here never block readers or writers; several processes may each run one.
     """
 
-    def __init__(self, path: str, cap_bytes: int = DEFAULT_WAL_CAP_BYTES) -> None:
+    def __init__(
+        self,
+        path: str,
+        cap_bytes: int = DEFAULT_WAL_CAP_BYTES,
+        *,
+        pause_s: float | None = None,
+    ) -> None:
         super().__init__(name="offload-sqlite-checkpoint", daemon=True)
         self.path = path
         self.cap_bytes = cap_bytes
+        self.pause_s = DEFAULT_WRITE_PAUSE_S if pause_s is None else pause_s
+        #: Times this process's writes waited for a rewind (the WAL past half its bound).
+        self.pauses = 0
         self._page_bytes = 4096  # read from the file as the thread starts
         self._halt = threading.Event()
+        #: Set while writes may go on; clear while they wait for a rewind.
+        self._room = threading.Event()
+        self._room.set()
+        #: When writes began to wait (monotonic seconds), while they wait.
+        self._paused_since: float | None = None
+        #: The pause ran out with the WAL not rewound: no other until a rewind succeeds.
+        self._spent = False
 
     def run(self) -> None:
         # No busy handler: SQLite's sleeps up to 100 ms between tries, and a RESTART that
@@ -86,21 +118,57 @@ class Checkpointer(threading.Thread):
         conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
         self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
         copied = time.monotonic()
+        wal_bytes = _size(self.path + "-wal")
         try:
             while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
-                with contextlib.suppress(sqlite3.Error):  # busy: the next round catches up
-                    if self._over_a_quarter():
+                grown, wal_bytes = wal_bytes, _size(self.path + "-wal")
+                bound = wal_bound(_size(self.path), self.cap_bytes)
+                if 2 * wal_bytes > bound and wal_bytes > grown:
+                    self._pause()  # the file grows: the WAL holds as many bytes, no SQL
+                try:
+                    if 4 * wal_bytes > bound:
                         self.rewind(conn)
                         copied = time.monotonic()
-                    elif time.monotonic() - copied >= DEFAULT_CHECKPOINT_EVERY_S:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                        copied = time.monotonic()
+                    else:
+                        self._resume(spent=False)  # a small WAL holds fewer frames still
+                        if time.monotonic() - copied >= DEFAULT_CHECKPOINT_EVERY_S:
+                            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                            copied = time.monotonic()
+                except sqlite3.Error:
+                    pass  # busy: the next round catches up
+                paused = self._paused_since
+                if paused is not None and time.monotonic() >= paused + self.pause_s:
+                    self._resume(spent=True)
         finally:
             conn.close()
 
-    def _over_a_quarter(self) -> bool:
-        """Whether the WAL's file passed a quarter of its bound (two file sizes: no SQL)."""
-        return 4 * _size(self.path + "-wal") > wal_bound(_size(self.path), self.cap_bytes)
+    @property
+    def writes_paused(self) -> bool:
+        """Whether writes wait for a rewind now (the WAL passed half its bound)."""
+        return not self._room.is_set()
+
+    def wait_for_room(self) -> None:
+        """Before a write while `writes_paused`: wait until a rewind succeeds or the pause
+        is spent (at most `pause_s`)."""
+        self._room.wait(self.pause_s)
+
+    def _pause(self) -> None:
+        if self._paused_since is None and not self._spent:
+            self._paused_since = time.monotonic()
+            self.pauses += 1
+            self._room.clear()
+
+    def _resume(self, *, spent: bool) -> None:
+        if spent and self._paused_since is not None:
+            log.warning(
+                "%s: the WAL stayed past half its bound for %.1f s (a reader "
+                "holds an old snapshot): writes go on and it grows until that reader ends",
+                self.path,
+                time.monotonic() - self._paused_since,
+            )
+        self._paused_since = None
+        self._spent = spent
+        self._room.set()
 
     def _held_bytes(self, conn: sqlite3.Connection) -> int:
         """Copy back what a PASSIVE checkpoint can; the bytes of the frames the WAL holds
@@ -112,22 +180,29 @@ class Checkpointer(threading.Thread):
     def rewind(self, conn: sqlite3.Connection) -> bool:
         """Copy the WAL back and, if the frames it holds passed a quarter of its bound, have
         the next writer write from its start. False when it holds less (its file is big
-        from before: a rewind keeps it), or readers stayed in it."""
+        from before: a rewind keeps it), or readers stayed in it. Past half the bound,
+        writes wait (`wait_for_room`) until a rewind succeeds, tried as long as they wait."""
         wal = self._held_bytes(conn)  # the bulk, blocking none
         bound = wal_bound(_size(self.path), self.cap_bytes)
         if 4 * wal <= bound:
+            self._resume(spent=False)
             return False
         wait_s = DEFAULT_TRUNCATE_WAIT_S
         if 2 * wal > bound:
+            self._pause()
             wait_s *= 4  # near the bound: try longer for a moment without readers
         deadline = time.monotonic() + wait_s
+        if self._paused_since is not None:
+            deadline = max(deadline, self._paused_since + self.pause_s)
         while True:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy:
+                self._resume(spent=False)
                 return True
             if time.monotonic() >= deadline or self._halt.wait(DEFAULT_TRUNCATE_RETRY_S):
                 return False
 
     def stop(self) -> None:
         self._halt.set()
+        self._room.set()  # no write waits for a rewind that will not come
         self.join()

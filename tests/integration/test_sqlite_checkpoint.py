@@ -1,0 +1,171 @@
+"""SQLite: the WAL's rewinds, and writes that wait for one once the WAL nears its bound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from offload.brokers.sqlite import SQLiteBackend
+from offload.brokers.sqlite.checkpoint import Checkpointer, wal_bound
+
+from ..contract._support import envelope
+
+pytestmark = pytest.mark.anyio
+
+#: The WAL's cap in these tests (MiB): one job's enqueue writes about 64 KiB of it, so a
+#: few hundred pass it, in a few seconds of `Load`.
+CAP_MIB = 16
+#: How long a test waits for what must happen (seconds): a loaded machine is slow.
+DEADLINE_S = 60.0
+
+
+def _wal_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def _held_frames(path: Path) -> int:
+    """The frames the WAL holds since its last rewind (a PASSIVE checkpoint counts them)."""
+    with sqlite3.connect(path, isolation_level=None, timeout=0) as conn:
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames)
+
+
+class Load:
+    """Enqueues a job every 5 ms, as a busy web tier does (about 10 MiB of WAL a second),
+    and samples the WAL's size."""
+
+    def __init__(self, backend: SQLiteBackend, path: Path) -> None:
+        self.backend, self.path = backend, path
+        self.batches = 0
+        self.worst = 0.0  # the WAL's largest file / its bound
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.backend.enqueue([envelope()])
+            self.batches += 1
+            await asyncio.sleep(0.005)
+
+    def sample(self) -> None:
+        bound = wal_bound(os.path.getsize(self.path), int(CAP_MIB * (1 << 20)))
+        self.worst = max(self.worst, _wal_bytes(self.path) / bound)
+
+    async def until(self, what: str, done: object) -> None:
+        """Sample the WAL every 10 ms until `done()` holds, at most `DEADLINE_S`."""
+        deadline = time.monotonic() + DEADLINE_S
+        while not done():  # type: ignore[operator]
+            self.sample()
+            assert time.monotonic() < deadline, f"not {what} in {DEADLINE_S:.0f} s"
+            await asyncio.sleep(0.01)
+        self.sample()
+
+    def __enter__(self) -> Load:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[SQLiteBackend, Path]]:
+    path = tmp_path / "jobs.db"
+    backend = SQLiteBackend.from_url(f"sqlite:///{path}?wal_cap_mib={CAP_MIB}")
+    await backend.open()
+    try:
+        await backend.enqueue([envelope()])  # frames in the WAL for a reader to pin
+        yield backend, path
+    finally:
+        await backend.close()
+
+
+def _pin(path: Path) -> sqlite3.Connection:
+    """A reader that holds one snapshot until it commits (a report open in a shell)."""
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM offload_jobs").fetchone()
+    return reader
+
+
+def test_a_rewind_has_the_next_write_start_the_wal_over(tmp_path: Path) -> None:
+    # Given a WAL that holds more than a quarter of its bound, no reader in it
+    path = tmp_path / "plain.db"
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE t (v BLOB)")
+        for _ in range(200):
+            conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+        checkpointer = Checkpointer(str(path), 256 << 10)
+        held = _held_frames(path)
+        assert 4 * held * 4096 > wal_bound(os.path.getsize(path), 256 << 10)
+        # when the checkpointer rewinds it and a writer writes again,
+        assert checkpointer.rewind(conn) is True
+        conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+    # then that writer wrote from the WAL's start (its file kept: the cap cuts it back).
+    assert _held_frames(path) < 5 < held
+
+
+async def test_writes_wait_for_a_rewind_while_a_reader_pins_the_wal_near_its_bound(
+    opened: tuple[SQLiteBackend, Path],
+) -> None:
+    backend, path = opened
+    checkpointer = backend._checkpointer
+    assert checkpointer is not None
+    checkpointer.pause_s = DEADLINE_S  # this test ends the pause itself
+    # Given a reader that holds its snapshot, so that no rewind can succeed,
+    reader = _pin(path)
+    with Load(backend, path) as load:
+        # when writes go on until the WAL passes half its bound,
+        await load.until("paused", lambda: checkpointer.writes_paused)
+        paused_at = load.batches
+        # then they wait: none is written while the reader holds on,
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+            load.sample()
+        assert load.batches <= paused_at + 1  # one may have held the lock already
+        # and once it lets go, a rewind succeeds, the writes go on from the WAL's start,
+        reader.commit()
+        reader.close()
+        await load.until("resumed", lambda: not checkpointer.writes_paused)
+        resumed_at = load.batches
+        await load.until("writing again", lambda: load.batches > resumed_at + 20)
+    # and the WAL never passed its bound.
+    assert load.worst <= 1, f"the WAL reached {load.worst:.2f}x its bound"
+    assert checkpointer.pauses == 1
+
+
+async def test_a_reader_that_never_lets_go_costs_one_pause_and_the_wal_grows(
+    opened: tuple[SQLiteBackend, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, path = opened
+    checkpointer = backend._checkpointer
+    assert checkpointer is not None
+    checkpointer.pause_s = 0.2
+    # Given a reader that holds its snapshot and does not let go,
+    reader = _pin(path)
+    try:
+        with caplog.at_level(logging.WARNING, "offload.sqlite"), Load(backend, path) as load:
+            # when writes pass half the WAL's bound and their pause runs out,
+            await load.until("paused", lambda: checkpointer.pauses == 1)
+            await load.until("past the bound", lambda: load.worst > 1)
+            # then they go on (the WAL grows past its bound, as the README says), with no
+            # second pause, and the log says why.
+            assert checkpointer.pauses == 1 and not checkpointer.writes_paused
+        assert "a reader holds an old snapshot" in caplog.text
+    finally:
+        reader.commit()
+        reader.close()
+    # When the reader lets go, the next rewind brings the WAL back to its start.
+    with Load(backend, path) as load:
+        await load.until("rewound", lambda: _held_frames(path) < 100)
+    assert checkpointer.pauses == 1
