@@ -44,14 +44,14 @@ class Load:
 
     def __init__(self, backend: SQLiteBackend, path: Path) -> None:
         self.backend, self.path = backend, path
-        self.batches = 0
+        self.enqueued = 0
         self.worst = 0.0  # the WAL's largest file / its bound
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
             await self.backend.enqueue([envelope()])
-            self.batches += 1
+            self.enqueued += 1
             await asyncio.sleep(0.005)
 
     def sample(self) -> None:
@@ -127,18 +127,18 @@ async def test_writes_wait_for_a_rewind_while_a_reader_pins_the_wal_near_its_bou
     with Load(backend, path) as load:
         # when writes go on until the WAL passes half its bound,
         await load.until("paused", lambda: checkpointer.writes_paused)
-        paused_at = load.batches
+        paused_at = load.enqueued
         # then they wait: none is written while the reader holds on,
         for _ in range(30):
             await asyncio.sleep(0.01)
             load.sample()
-        assert load.batches <= paused_at + 1  # one may have held the lock already
+        assert load.enqueued <= paused_at + 1  # one may have held the lock already
         # and once it lets go, a rewind succeeds, the writes go on from the WAL's start,
         reader.commit()
         reader.close()
         await load.until("resumed", lambda: not checkpointer.writes_paused)
-        resumed_at = load.batches
-        await load.until("writing again", lambda: load.batches > resumed_at + 20)
+        resumed_at = load.enqueued
+        await load.until("writing again", lambda: load.enqueued > resumed_at + 20)
     # and the WAL never passed its bound.
     assert load.worst <= 1, f"the WAL reached {load.worst:.2f}x its bound"
     assert checkpointer.pauses == 1

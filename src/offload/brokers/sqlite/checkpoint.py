@@ -87,17 +87,12 @@ class Checkpointer(threading.Thread):
     here never block readers or writers; several processes may each run one.
     """
 
-    def __init__(
-        self,
-        path: str,
-        cap_bytes: int = DEFAULT_WAL_CAP_BYTES,
-        *,
-        pause_s: float | None = None,
-    ) -> None:
+    def __init__(self, path: str, cap_bytes: int = DEFAULT_WAL_CAP_BYTES) -> None:
         super().__init__(name="offload-sqlite-checkpoint", daemon=True)
         self.path = path
         self.cap_bytes = cap_bytes
-        self.pause_s = DEFAULT_WRITE_PAUSE_S if pause_s is None else pause_s
+        #: How long writes wait for a rewind at most (a test may shorten or lengthen it).
+        self.pause_s = DEFAULT_WRITE_PAUSE_S
         #: Times this process's writes waited for a rewind (the WAL past half its bound).
         self.pauses = 0
         self._page_bytes = 4096  # read from the file as the thread starts
