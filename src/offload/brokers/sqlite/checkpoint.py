@@ -116,13 +116,16 @@ class Checkpointer(threading.Thread):
         wal_bytes = _size(self.path + "-wal")
         try:
             while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
-                grown, wal_bytes = wal_bytes, _size(self.path + "-wal")
+                before, wal_bytes = wal_bytes, _size(self.path + "-wal")
                 bound = wal_bound(_size(self.path), self.cap_bytes)
-                if 2 * wal_bytes > bound and wal_bytes > grown:
+                if 2 * wal_bytes > bound and wal_bytes > before:
                     self._pause()  # the file grows: the WAL holds as many bytes, no SQL
                 try:
                     if 4 * wal_bytes > bound:
-                        self.rewind(conn)
+                        if self.rewind(conn):
+                            # What the file grew by before the rewind (the writes in flight
+                            # as a pause began) is no growth since: the next look starts here.
+                            wal_bytes = _size(self.path + "-wal")
                         copied = time.monotonic()
                     else:
                         self._resume(spent=False)  # a small WAL holds fewer frames still
