@@ -27,6 +27,7 @@ from .brokers.base import (
     BlockingEnqueue,
     Change,
     StreamedEnqueue,
+    WalWatch,
 )
 from .clock import Clock
 from .clock import seconds as _seconds
@@ -234,9 +235,28 @@ class App:
         self._users = 0
         self._group: GroupCommit | None = None
         self._live = LiveVersions()
-        #: Prometheus metrics (`offload.metrics.Metrics`); off until the web tier, a worker
-        #: with `--metrics-port`, or you set one.
-        self.metrics: NoMetrics = NO_METRICS
+        self._metrics: NoMetrics = NO_METRICS
+        self._unwatch_wal: Callable[[], None] | None = None
+
+    @property
+    def metrics(self) -> NoMetrics:
+        """Prometheus metrics (`offload.metrics.Metrics`); off until the web tier, a worker
+        with `--metrics-port`, or you set one. On a SQLite file they report its WAL too."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: NoMetrics) -> None:
+        self._watch_wal(None)
+        self._metrics = metrics
+        self._watch_wal(self._backend)
+
+    def _watch_wal(self, backend: Backend | None) -> None:
+        """Have the metrics read `backend`'s WAL (None: stop reading the one they read)."""
+        unwatch, self._unwatch_wal = self._unwatch_wal, None
+        if unwatch is not None:
+            unwatch()
+        if isinstance(backend, WalWatch):
+            self._unwatch_wal = self._metrics.watch_wal(backend.wal_reading)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -529,6 +549,7 @@ class App:
                 )
                 await backend.open(create=create)
                 self._backend = backend
+                self._watch_wal(backend)
                 if self._blobs is None:
                     self._blobs = open_blobs(self.settings.blobs_url)
         return self
@@ -541,6 +562,7 @@ class App:
         if self._backend is not None:
             backend, self._backend = self._backend, None
             self._group = None
+            self._watch_wal(None)  # its last reading stays counted
             await backend.close()
         with start_lock():
             runner, self._sync = self._sync, None

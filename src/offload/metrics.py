@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
 
+    from .brokers.base import WalReading
     from .contract import EnqueueResult, Envelope
 
 #: The media type of the Prometheus text format `render` writes.
@@ -47,6 +48,14 @@ METRIC_NAMES = (
     "offload_queue_oldest_age_seconds",
     "offload_worker_slots",
     "offload_deliveries_total",
+)
+#: What an app on a SQLite file adds (its WAL, as the checkpointer keeps it bounded).
+SQLITE_METRIC_NAMES = (
+    "offload_sqlite_wal_bytes",
+    "offload_sqlite_wal_bound_bytes",
+    "offload_sqlite_write_pauses_total",
+    "offload_sqlite_write_pauses_spent_total",
+    "offload_sqlite_write_pause_seconds_total",
 )
 #: The `le` label of each bucket, as Prometheus writes bounds.
 _BOUNDS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
@@ -85,6 +94,10 @@ class NoMetrics:
 
     def watch_slots(self, read: Callable[[], tuple[int, int]]) -> Callable[[], None]:
         """Report a worker's slots at scrape time; returns the function that stops it."""
+        return _nothing
+
+    def watch_wal(self, read: Callable[[], WalReading | None]) -> Callable[[], None]:
+        """Report a SQLite backend's WAL at scrape time; returns the function that stops it."""
         return _nothing
 
 
@@ -128,6 +141,7 @@ class Metrics(NoMetrics):
         self._wait: dict[str, _Histogram] = {}
         self._deliveries: dict[str, dict[str, _Count]] = {}
         self._slots: list[Callable[[], tuple[int, int]]] = []
+        self._wal: _WalCollector | None = None  # registered with the first SQLite file
         self.queues = QueueGauges()
         for collector in (_Collector(self), _SlotsCollector(self._slots), self.queues):
             self.registry.register(collector)
@@ -199,6 +213,16 @@ class Metrics(NoMetrics):
         scrape time (nothing is written per job); returns the function that stops it."""
         self._slots.append(read)
         return lambda: self._slots.remove(read)
+
+    def watch_wal(self, read: Callable[[], WalReading | None]) -> Callable[[], None]:
+        """Report `read()`, a SQLite backend's WAL, as `offload_sqlite_*` at scrape time
+        (`SQLITE_METRIC_NAMES`, registered with the first one watched); returns the function
+        that stops it."""
+        with self._lock:
+            if self._wal is None:
+                self._wal = _WalCollector()
+                self.registry.register(self._wal)
+            return self._wal.watch(read)
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text format (`CONTENT_TYPE`)."""
@@ -326,6 +350,70 @@ class _SlotsCollector:
         return []  # collected at scrape time only (never while registering)
 
 
+class _WalCollector:
+    """`offload_sqlite_*`: the WAL of each SQLite backend watched (a process may open one
+    file twice, for its blocking calls: the largest WAL and bound, the pauses summed)."""
+
+    def __init__(self) -> None:
+        self.reads: list[Callable[[], WalReading | None]] = []
+        #: The counters of the backends no longer watched, as last read: the sums never
+        #: go back when one closes.
+        self.ended = [0.0, 0.0, 0.0]
+        self._lock = threading.Lock()
+
+    def watch(self, read: Callable[[], WalReading | None]) -> Callable[[], None]:
+        with self._lock:
+            self.reads.append(read)
+
+        def unwatch() -> None:
+            last = read()
+            with self._lock:
+                self.reads.remove(read)
+                if last is not None:
+                    self.ended = [
+                        self.ended[0] + last.pauses,
+                        self.ended[1] + last.spent_pauses,
+                        self.ended[2] + last.paused_s,
+                    ]
+
+        return unwatch
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        wal = GaugeMetricFamily(
+            "offload_sqlite_wal_bytes", "Size of the SQLite write-ahead log's file"
+        )
+        bound = GaugeMetricFamily(
+            "offload_sqlite_wal_bound_bytes",
+            "The most the write-ahead log may take: twice the database, or its cap",
+        )
+        pauses = CounterMetricFamily(
+            "offload_sqlite_write_pauses",
+            "Times writes waited for the write-ahead log's rewind (past half its bound)",
+        )
+        spent = CounterMetricFamily(
+            "offload_sqlite_write_pauses_spent",
+            "Write pauses that ran out with the log not rewound (a reader held on to it)",
+        )
+        seconds = CounterMetricFamily(
+            "offload_sqlite_write_pause_seconds", "Seconds writes waited for the log's rewind"
+        )
+        with self._lock:  # one consistent reading: no backend counted twice, or not at all
+            readings = [r for r in (read() for read in self.reads) if r is not None]
+            ended = list(self.ended)
+        if readings:
+            wal.add_metric((), max(r.wal_bytes for r in readings))
+            bound.add_metric((), max(r.bound_bytes for r in readings))
+        pauses.add_metric((), ended[0] + sum(r.pauses for r in readings))
+        spent.add_metric((), ended[1] + sum(r.spent_pauses for r in readings))
+        seconds.add_metric((), ended[2] + sum(r.paused_s for r in readings))
+        yield from (wal, bound, pauses, spent, seconds)
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only (never while registering)
+
+
 class QueueGauges:
     """`offload_queue_depth{queue,state}` and `offload_queue_oldest_age_seconds{queue}`,
     from the backend's stats as last read by `refresh` (nothing before the first)."""
@@ -405,6 +493,7 @@ __all__ = [
     "CONTENT_TYPE",
     "METRIC_NAMES",
     "NO_METRICS",
+    "SQLITE_METRIC_NAMES",
     "Metrics",
     "NoMetrics",
     "available",

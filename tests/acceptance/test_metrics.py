@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ import pytest
 from offload import App, Backoff, Context, Message, Settings
 from offload.clock import FakeClock
 from offload.errors import ConfigurationError
-from offload.metrics import CONTENT_TYPE, METRIC_NAMES, NO_METRICS, Metrics
+from offload.metrics import CONTENT_TYPE, METRIC_NAMES, NO_METRICS, SQLITE_METRIC_NAMES, Metrics
 from offload.web import create_app
 from offload.worker.runner import Worker
 from tests.receivers import Receiver
@@ -295,3 +297,57 @@ async def test_without_prometheus_client_offload_works_and_metrics_say_why_not(
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_on_a_sqlite_file_the_metrics_show_its_wal_and_the_writes_it_paused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    app = App("wal-metrics", settings=Settings(url=f"sqlite:///{path}?wal_cap_mib=1"))
+    declare(app)
+    async with app:
+        await app.enqueue(Ping())  # frames in the WAL for a reader to pin
+        # Given metrics turned on after the app opened (the families appear with them),
+        app.metrics = metrics = Metrics()
+        found = scrape(metrics)
+        assert set(SQLITE_METRIC_NAMES) <= {name for name, _ in found.samples}
+        assert found.value("offload_sqlite_wal_bound_bytes") == 1 << 20  # the cap: db small
+        assert found.value("offload_sqlite_write_pauses_total") == 0
+        checkpointer = app._require_backend()._checkpointer  # type: ignore[attr-defined]
+        checkpointer.pause_s = 0.2
+        # when a reader holds its snapshot while writes pass half the WAL's bound,
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM offload_jobs").fetchone()
+        try:
+            async with asyncio.timeout(60):
+                while not scrape(metrics).value("offload_sqlite_write_pauses_spent_total"):
+                    await app.enqueue(Ping())
+        finally:
+            reader.commit()
+            reader.close()
+        # then the scrape counts the pause, spent (no rewind while the reader held on), and
+        # the seconds writes waited,
+        found = scrape(metrics)
+        assert found.value("offload_sqlite_write_pauses_total") == 1
+        assert found.value("offload_sqlite_write_pause_seconds_total") >= 0.2
+        assert found.value("offload_sqlite_wal_bytes") > (1 << 20) / 2
+        assert found.types["offload_sqlite_write_pauses"] == "counter"
+        assert found.types["offload_sqlite_wal_bytes"] == "gauge"
+    # and once the app closes, its WAL is no longer read but its counts stay.
+    found = scrape(metrics)
+    assert found.value("offload_sqlite_write_pauses_total") == 1
+    assert found.value("offload_sqlite_write_pauses_spent_total") == 1
+    assert ("offload_sqlite_wal_bytes", frozenset()) not in found.samples
+
+
+async def test_metrics_on_before_a_sqlite_app_opens_read_its_wal_too(tmp_path: Path) -> None:
+    app = App("wal-metrics", settings=Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    declare(app)
+    app.metrics = metrics = Metrics()
+    assert "offload_sqlite_wal_bytes" not in scrape(metrics).types  # no file open yet
+    async with app:
+        await app.enqueue(Ping())
+        found = scrape(metrics)
+        assert found.value("offload_sqlite_wal_bound_bytes") == 64 << 20  # the default cap
+        assert found.value("offload_sqlite_write_pauses_total") == 0

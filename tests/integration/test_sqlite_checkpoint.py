@@ -141,7 +141,12 @@ async def test_writes_wait_for_a_rewind_while_a_reader_pins_the_wal_near_its_bou
         await load.until("writing again", lambda: load.enqueued > resumed_at + 20)
     # and the WAL never passed its bound.
     assert load.worst <= 1, f"the WAL reached {load.worst:.2f}x its bound"
-    assert checkpointer.pauses == 1
+    # The backend's reading (the metrics' offload_sqlite_*) counts one pause, not spent.
+    reading = backend.wal_reading()
+    assert reading is not None
+    assert (reading.pauses, reading.spent_pauses) == (1, 0)
+    assert reading.paused_s >= 0.25  # the 30 looks of 10 ms above (a timer may fire early)
+    assert reading.bound_bytes >= CAP_MIB << 20 and reading.wal_bytes > 0
 
 
 async def test_a_reader_that_never_lets_go_costs_one_pause_and_the_wal_grows(
@@ -162,6 +167,8 @@ async def test_a_reader_that_never_lets_go_costs_one_pause_and_the_wal_grows(
             # second pause, and the log says why.
             assert checkpointer.pauses == 1 and not checkpointer.writes_paused
         assert "a reader holds an old snapshot" in caplog.text
+        reading = backend.wal_reading()
+        assert reading is not None and reading.spent_pauses == 1 and reading.paused_s >= 0.2
     finally:
         reader.commit()
         reader.close()

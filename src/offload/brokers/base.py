@@ -72,6 +72,32 @@ class Change:
         return self.row.state.final
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalReading:
+    """A SQLite backend's write-ahead log as its checkpointer last looked at it, and the
+    times its writes waited for the WAL's rewind (sqlite/checkpoint.py): the metrics
+    `offload_sqlite_*` read it at scrape time."""
+
+    #: The WAL file's size, and the most it may take (twice the database, or the cap).
+    wal_bytes: int
+    bound_bytes: int
+    #: Times writes waited for a rewind (the WAL past half its bound), and of those the ones
+    #: that ran out with the WAL not rewound (a reader held an old snapshot).
+    pauses: int
+    spent_pauses: int
+    #: Seconds writes waited, the pause under way included.
+    paused_s: float
+
+
+@runtime_checkable
+class WalWatch(Protocol):
+    """A backend whose WAL a checkpointer keeps bounded (SQLite on a file)."""
+
+    def wal_reading(self) -> WalReading | None:
+        """The WAL now (None: no checkpointer runs, the backend closed or in memory)."""
+        ...
+
+
 class BlockingEnqueue(Protocol):
     """A backend with Capability.BLOCKING_ENQUEUE."""
 

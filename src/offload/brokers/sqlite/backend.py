@@ -46,7 +46,14 @@ from .._rows import envelope_of as _envelope
 from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
-from ..base import EMPTY_QUEUE_STATS, FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
+from ..base import (
+    EMPTY_QUEUE_STATS,
+    FORGET_WORKER_AFTER_S,
+    Capability,
+    Change,
+    WalReading,
+    mark_paused,
+)
 from . import gates as _gates
 from . import search as _search
 from . import stalls as _stalls
@@ -614,6 +621,11 @@ class SQLiteBackend:
                 await self.close()
                 raise
             self._reader = reader
+
+    def wal_reading(self) -> WalReading | None:
+        """The WAL as the checkpointer last looked at it, and its write pauses (WalWatch)."""
+        checkpointer = self._checkpointer
+        return None if checkpointer is None else checkpointer.reading()
 
     async def close(self) -> None:
         if self._executor is None:

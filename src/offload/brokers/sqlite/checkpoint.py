@@ -47,6 +47,8 @@ import sqlite3
 import threading
 import time
 
+from ..base import WalReading
+
 #: How often the checkpointer thread copies the WAL back into the database (seconds).
 DEFAULT_CHECKPOINT_EVERY_S = 0.5
 #: How often it looks at the WAL's size (seconds): a heavy load writes tens of MiB a second.
@@ -95,6 +97,16 @@ class Checkpointer(threading.Thread):
         self.pause_s = DEFAULT_WRITE_PAUSE_S
         #: Times this process's writes waited for a rewind (the WAL past half its bound).
         self.pauses = 0
+        #: Of those, the pauses that ran out with the WAL not rewound (a reader held on).
+        self.spent_pauses = 0
+        #: Seconds writes waited for a rewind, over every ended pause.
+        self.paused_s = 0.0
+        #: The WAL file's size and its bound at the last look (bytes).
+        self.wal_bytes = 0
+        self.bound_bytes = wal_bound(0, cap_bytes)
+        #: Held while a pause begins or ends, and while `reading` reads them: a scrape never
+        #: sees the seconds of a pause that just ended counted twice, or not at all.
+        self._pausing = threading.Lock()
         self._page_bytes = 4096  # read from the file as the thread starts
         self._halt = threading.Event()
         #: Set while writes may go on; clear while they wait for a rewind.
@@ -118,6 +130,7 @@ class Checkpointer(threading.Thread):
             while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
                 before, wal_bytes = wal_bytes, _size(self.path + "-wal")
                 bound = wal_bound(_size(self.path), self.cap_bytes)
+                self.wal_bytes, self.bound_bytes = wal_bytes, bound
                 if 2 * wal_bytes > bound and wal_bytes > before:
                     self._pause()  # the file grows: the WAL holds as many bytes, no SQL
                 try:
@@ -140,6 +153,21 @@ class Checkpointer(threading.Thread):
         finally:
             conn.close()
 
+    def reading(self) -> WalReading:
+        """The WAL's size and bound at the last look, and the pauses so far."""
+        with self._pausing:
+            paused_s, since = self.paused_s, self._paused_since
+            pauses, spent = self.pauses, self.spent_pauses
+            if since is not None:  # the pause under way counts as far as it went
+                paused_s += max(0.0, time.monotonic() - since)
+        return WalReading(
+            wal_bytes=self.wal_bytes,
+            bound_bytes=self.bound_bytes,
+            pauses=pauses,
+            spent_pauses=spent,
+            paused_s=paused_s,
+        )
+
     @property
     def writes_paused(self) -> bool:
         """Whether writes wait for a rewind now (the WAL passed half its bound)."""
@@ -152,19 +180,25 @@ class Checkpointer(threading.Thread):
 
     def _pause(self) -> None:
         if self._paused_since is None and not self._spent:
-            self._paused_since = time.monotonic()
-            self.pauses += 1
+            with self._pausing:
+                self._paused_since = time.monotonic()
+                self.pauses += 1
             self._room.clear()
 
     def _resume(self, *, spent: bool) -> None:
-        if spent and self._paused_since is not None:
-            log.warning(
-                "%s: the WAL stayed past half its bound for %.1f s (a reader "
-                "holds an old snapshot): writes go on and it grows until that reader ends",
-                self.path,
-                time.monotonic() - self._paused_since,
-            )
-        self._paused_since = None
+        if self._paused_since is not None:
+            with self._pausing:
+                waited = time.monotonic() - self._paused_since
+                self.paused_s += waited
+                self.spent_pauses += int(spent)
+                self._paused_since = None
+            if spent:
+                log.warning(
+                    "%s: the WAL stayed past half its bound for %.1f s (a reader "
+                    "holds an old snapshot): writes go on and it grows until that reader ends",
+                    self.path,
+                    waited,
+                )
         self._spent = spent
         self._room.set()
 
