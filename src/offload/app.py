@@ -246,6 +246,8 @@ class App:
 
     @metrics.setter
     def metrics(self, metrics: NoMetrics) -> None:
+        if metrics is self._metrics:
+            return
         self._watch_wal(None)
         self._metrics = metrics
         self._watch_wal(self._backend)
@@ -562,7 +564,7 @@ class App:
         if self._backend is not None:
             backend, self._backend = self._backend, None
             self._group = None
-            self._watch_wal(None)  # its last reading stays counted
+            self._watch_wal(None)
             await backend.close()
         with start_lock():
             runner, self._sync = self._sync, None

@@ -222,7 +222,9 @@ class Metrics(NoMetrics):
             if self._wal is None:
                 self._wal = _WalCollector()
                 self.registry.register(self._wal)
-            return self._wal.watch(read)
+            reads = self._wal.reads
+        reads.append(read)
+        return lambda: reads.remove(read)
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text format (`CONTENT_TYPE`)."""
@@ -351,32 +353,11 @@ class _SlotsCollector:
 
 
 class _WalCollector:
-    """`offload_sqlite_*`: the WAL of each SQLite backend watched (a process may open one
-    file twice, for its blocking calls: the largest WAL and bound, the pauses summed)."""
+    """`offload_sqlite_*`: the WAL of each SQLite file watched. Backends of one file (an
+    App and the twin its blocking calls use) share its counts: it counts once."""
 
     def __init__(self) -> None:
         self.reads: list[Callable[[], WalReading | None]] = []
-        #: The counters of the backends no longer watched, as last read: the sums never
-        #: go back when one closes.
-        self.ended = [0.0, 0.0, 0.0]
-        self._lock = threading.Lock()
-
-    def watch(self, read: Callable[[], WalReading | None]) -> Callable[[], None]:
-        with self._lock:
-            self.reads.append(read)
-
-        def unwatch() -> None:
-            last = read()
-            with self._lock:
-                self.reads.remove(read)
-                if last is not None:
-                    self.ended = [
-                        self.ended[0] + last.pauses,
-                        self.ended[1] + last.spent_pauses,
-                        self.ended[2] + last.paused_s,
-                    ]
-
-        return unwatch
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -399,15 +380,18 @@ class _WalCollector:
         seconds = CounterMetricFamily(
             "offload_sqlite_write_pause_seconds", "Seconds writes waited for the log's rewind"
         )
-        with self._lock:  # one consistent reading: no backend counted twice, or not at all
-            readings = [r for r in (read() for read in self.reads) if r is not None]
-            ended = list(self.ended)
-        if readings:
+        files: dict[str, WalReading] = {}
+        for read in list(self.reads):
+            reading = read()
+            if reading is not None:
+                files.setdefault(reading.path, reading)
+        if files:
+            readings = files.values()
             wal.add_metric((), max(r.wal_bytes for r in readings))
             bound.add_metric((), max(r.bound_bytes for r in readings))
-        pauses.add_metric((), ended[0] + sum(r.pauses for r in readings))
-        spent.add_metric((), ended[1] + sum(r.spent_pauses for r in readings))
-        seconds.add_metric((), ended[2] + sum(r.paused_s for r in readings))
+            pauses.add_metric((), sum(r.pauses for r in readings))
+            spent.add_metric((), sum(r.spent_pauses for r in readings))
+            seconds.add_metric((), sum(r.paused_s for r in readings))
         yield from (wal, bound, pauses, spent, seconds)
 
     def describe(self) -> list[Metric]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.brokers.sqlite import SQLiteBackend
+from offload.brokers.sqlite import SQLiteBackend, checkpoint
 from offload.brokers.sqlite.checkpoint import Checkpointer, wal_bound
 
 from ..contract._support import envelope
@@ -76,6 +76,17 @@ class Load:
         self._task.cancel()
 
 
+@pytest.fixture(params=["looking", "starved"])
+def thread(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The checkpointer's thread as it is, or one that looks at the WAL only when a writer
+    asks it to (as one left waiting for the CPU would, for longer than a busy load takes
+    to fill the WAL): then the writers' own looks must pause them. Ask for it before the
+    backend opens."""
+    if request.param == "starved":
+        monkeypatch.setattr(checkpoint, "DEFAULT_SIZE_CHECK_EVERY_S", 3600.0)
+    return str(request.param)
+
+
 @pytest.fixture
 async def opened(tmp_path: Path) -> AsyncIterator[tuple[SQLiteBackend, Path]]:
     path = tmp_path / "jobs.db"
@@ -116,7 +127,7 @@ def test_a_rewind_has_the_next_write_start_the_wal_over(tmp_path: Path) -> None:
 
 
 async def test_writes_wait_for_a_rewind_while_a_reader_pins_the_wal_near_its_bound(
-    opened: tuple[SQLiteBackend, Path],
+    thread: str, opened: tuple[SQLiteBackend, Path]
 ) -> None:
     backend, path = opened
     checkpointer = backend._checkpointer

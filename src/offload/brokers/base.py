@@ -74,10 +74,12 @@ class Change:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WalReading:
-    """A SQLite backend's write-ahead log as its checkpointer last looked at it, and the
-    times its writes waited for the WAL's rewind (sqlite/checkpoint.py): the metrics
+    """A SQLite file's write-ahead log as its checkpointer last looked at it, and the times
+    this process's writes waited for the WAL's rewind (sqlite/checkpoint.py): the metrics
     `offload_sqlite_*` read it at scrape time."""
 
+    #: The database file's path (not exported: two backends of one file count once).
+    path: str
     #: The WAL file's size, and the most it may take (twice the database, or the cap).
     wal_bytes: int
     bound_bytes: int

@@ -542,7 +542,7 @@ class SQLiteBackend:
         before = conn.total_changes
         began = self.clock.now() if waited_since is None else waited_since
         checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.writes_paused:  # the WAL near its bound
+        if checkpointer is not None and checkpointer.before_write():  # the WAL near its bound
             if not wait:
                 raise _Busy
             checkpointer.wait_for_room()

@@ -23,12 +23,23 @@ writers can leave them no free moment for seconds (a reader that waits for the C
 the GIL between the rows of its result, holds its snapshot meanwhile), and a busy load
 writes tens of MiB of WAL a second. Then the writes of every process that sees it wait,
 before they take the write lock, until a rewind succeeds or `DEFAULT_WRITE_PAUSE_S`
-passed (a file that grows past half its bound holds that many frames: the look at its
-size pauses them before any SQL). With nothing written, the reads in flight end, the next
-ones read the database file alone, and the next RESTART finds the WAL free. A reader that
-holds its snapshot longer (a process stopped mid-read, a long query in a shell) costs one
-pause: writes go on once it is spent, with no other until a rewind succeeds, and the WAL
-grows until that reader lets go.
+passed. With nothing written, the reads in flight end, the next ones read the database
+file alone, and the next RESTART finds the WAL free. A reader that holds its snapshot
+longer (a process stopped mid-read, a long query in a shell) costs one pause: writes go on
+once it is spent, with no other until a rewind succeeds, and the WAL grows until that
+reader lets go.
+
+Who sees it: a file that grows past half its bound holds that many frames, so a stat of
+it decides, with no SQL and no lock, by this thread every tenth of a second and by each
+writer itself as it begins a write, at most every `DEFAULT_WRITER_LOOK_S`. A writer's own
+look is what holds the bound on a starved machine: this thread may wait for the CPU for
+longer than a busy load takes to fill the WAL, but a writer that writes is running. (Not
+the frame count in the `-shm` file's header: opening and closing a descriptor of it in a
+process with SQLite connections drops their POSIX locks on it, after which another
+process takes it for new, truncates it, and every process that maps it dies of SIGBUS.)
+The size a rewind kept (below) is no growth: frames grow the file again only once they
+pass its end. The backends of one file in a process (an App and the twin its
+blocking calls use) share one pause and its counts (`_File`).
 
 A rewound WAL keeps its file: the next frames overwrite it from its start, and
 `journal_size_limit` (the cap) cuts back a file that grew past the cap. Truncating it to
@@ -36,7 +47,7 @@ zero bytes (TRUNCATE) frees its blocks while holding the write lock: 17-19 ms fo
 WAL on a virtual disk, every second and a half at 200 submissions a second, which was the
 web tier's p99 (bench/RESULTS.md, the web tier). Since the file's size no longer drops at a
 rewind, a big file is only a hint: the frames the WAL holds now (a PASSIVE checkpoint
-counts them) decide.
+counts them) decide whether to rewind.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 
 from ..base import WalReading
 
@@ -61,6 +73,8 @@ DEFAULT_TRUNCATE_WAIT_S = 0.1
 DEFAULT_TRUNCATE_RETRY_S = 0.001
 #: How long writes wait for a rewind once the WAL passed half its bound (seconds).
 DEFAULT_WRITE_PAUSE_S = 2.0
+#: How often a writer looks at the WAL's frames itself, as it begins a write (seconds).
+DEFAULT_WRITER_LOOK_S = 0.005
 #: Bytes of a WAL's header, and of each frame's header (before its page).
 _WAL_HEADER_BYTES = 32
 _FRAME_HEADER_BYTES = 24
@@ -80,6 +94,49 @@ def _size(path: str) -> int:
         return 0
 
 
+class _File:
+    """What every checkpointer of one database file in this process shares: whether its
+    writes wait for a rewind, and the counts of those waits. One state per file, so that
+    two backends of one file (an App and the twin its blocking calls use) pause together
+    and count a pause once."""
+
+    def __init__(self, cap_bytes: int) -> None:
+        self.lock = threading.Lock()
+        #: Set while writes may go on; clear while they wait for a rewind.
+        self.room = threading.Event()
+        self.room.set()
+        #: When writes began to wait (monotonic seconds), while they wait.
+        self.paused_since: float | None = None
+        #: The pause ran out with the WAL not rewound: no other until a rewind succeeds.
+        self.spent = False
+        self.pause_s = DEFAULT_WRITE_PAUSE_S
+        self.pauses = 0
+        self.spent_pauses = 0
+        self.paused_s = 0.0  # over the pauses that ended
+        #: The WAL's bytes and its bound at the last look.
+        self.wal_bytes = 0
+        self.bound_bytes = wal_bound(0, cap_bytes)
+        #: When a writer looks at the WAL next (monotonic seconds).
+        self.next_look = 0.0
+        #: Checkpointers of the file running in this process.
+        self.running = 0
+
+
+#: The shared state of each file this process checkpoints (by path), while one does.
+_FILES: weakref.WeakValueDictionary[str, _File] = weakref.WeakValueDictionary()
+_FILES_LOCK = threading.Lock()
+
+
+def _forget_files() -> None:
+    # A child process starts with no checkpointer running, nor any lock held.
+    global _FILES_LOCK
+    _FILES.clear()
+    _FILES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_files)
+
+
 class Checkpointer(threading.Thread):
     """Copies the WAL back into the database file from its own thread and connection, and
     rewinds it once it passes a quarter of its bound.
@@ -93,52 +150,56 @@ class Checkpointer(threading.Thread):
         super().__init__(name="offload-sqlite-checkpoint", daemon=True)
         self.path = path
         self.cap_bytes = cap_bytes
-        #: How long writes wait for a rewind at most (a test may shorten or lengthen it).
-        self.pause_s = DEFAULT_WRITE_PAUSE_S
-        #: Times this process's writes waited for a rewind (the WAL past half its bound).
-        self.pauses = 0
-        #: Of those, the pauses that ran out with the WAL not rewound (a reader held on).
-        self.spent_pauses = 0
-        #: Seconds writes waited for a rewind, over every ended pause.
-        self.paused_s = 0.0
-        #: The WAL file's size and its bound at the last look (bytes).
-        self.wal_bytes = 0
-        self.bound_bytes = wal_bound(0, cap_bytes)
-        #: Held while a pause begins or ends, and while `reading` reads them: a scrape never
-        #: sees the seconds of a pause that just ended counted twice, or not at all.
-        self._pausing = threading.Lock()
+        with _FILES_LOCK:
+            file = _FILES.get(path)
+            if file is None:
+                file = _FILES[path] = _File(cap_bytes)
+        file.bound_bytes = wal_bound(_size(path), cap_bytes)
+        self._file = file
         self._page_bytes = 4096  # read from the file as the thread starts
         self._halt = threading.Event()
-        #: Set while writes may go on; clear while they wait for a rewind.
-        self._room = threading.Event()
-        self._room.set()
-        #: When writes began to wait (monotonic seconds), while they wait.
-        self._paused_since: float | None = None
-        #: The pause ran out with the WAL not rewound: no other until a rewind succeeds.
-        self._spent = False
+        #: Set by a writer that paused writes: look now, not at the next tenth of a second.
+        self._nudge = threading.Event()
+
+    @property
+    def pause_s(self) -> float:
+        """How long writes wait for a rewind at most (a test may shorten or lengthen it)."""
+        return self._file.pause_s
+
+    @pause_s.setter
+    def pause_s(self, seconds: float) -> None:
+        self._file.pause_s = seconds
+
+    @property
+    def pauses(self) -> int:
+        """Times this process's writes of the file waited for a rewind."""
+        return self._file.pauses
+
+    def start(self) -> None:
+        with self._file.lock:
+            self._file.running += 1
+        super().start()
 
     def run(self) -> None:
         # No busy handler: SQLite's sleeps up to 100 ms between tries, and a RESTART that
         # waits in it holds the write lock while readers finish; `rewind` retries often
         # instead, each try taking the lock only while no reader is in the way.
+        file = self._file
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
         conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
         self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
         copied = time.monotonic()
-        wal_bytes = _size(self.path + "-wal")
         try:
-            while not self._halt.wait(DEFAULT_SIZE_CHECK_EVERY_S):
-                before, wal_bytes = wal_bytes, _size(self.path + "-wal")
-                bound = wal_bound(_size(self.path), self.cap_bytes)
-                self.wal_bytes, self.bound_bytes = wal_bytes, bound
-                if 2 * wal_bytes > bound and wal_bytes > before:
-                    self._pause()  # the file grows: the WAL holds as many bytes, no SQL
+            while not self._halt.is_set():
+                self._nudge.wait(DEFAULT_SIZE_CHECK_EVERY_S)
+                self._nudge.clear()
+                if self._halt.is_set():
+                    break
+                file.bound_bytes = wal_bound(_size(self.path), self.cap_bytes)
+                wal = self.look()
                 try:
-                    if 4 * wal_bytes > bound:
-                        if self.rewind(conn):
-                            # What the file grew by before the rewind (the writes in flight
-                            # as a pause began) is no growth since: the next look starts here.
-                            wal_bytes = _size(self.path + "-wal")
+                    if 4 * wal > file.bound_bytes:
+                        self.rewind(conn)
                         copied = time.monotonic()
                     else:
                         self._resume(spent=False)  # a small WAL holds fewer frames still
@@ -147,60 +208,95 @@ class Checkpointer(threading.Thread):
                             copied = time.monotonic()
                 except sqlite3.Error:
                     pass  # busy: the next round catches up
-                paused = self._paused_since
-                if paused is not None and time.monotonic() >= paused + self.pause_s:
+                paused = file.paused_since
+                if paused is not None and time.monotonic() >= paused + file.pause_s:
                     self._resume(spent=True)
         finally:
             conn.close()
 
-    def reading(self) -> WalReading:
-        """The WAL's size and bound at the last look, and the pauses so far."""
-        with self._pausing:
-            paused_s, since = self.paused_s, self._paused_since
-            pauses, spent = self.pauses, self.spent_pauses
+    def look(self) -> int:
+        """The WAL file's size now (a stat: no SQL, no lock). A file that grew past half
+        the bound holds that many frames: writes wait for a rewind from here on."""
+        file = self._file
+        before, file.wal_bytes = file.wal_bytes, _size(self.path + "-wal")
+        if 2 * file.wal_bytes > file.bound_bytes and file.wal_bytes > before:
+            self._pause()
+        return file.wal_bytes
+
+    def before_write(self) -> bool:
+        """Whether a write must wait for a rewind (`wait_for_room`) before it begins. A
+        writer looks at the WAL itself every few milliseconds (`DEFAULT_WRITER_LOOK_S`), so
+        that writes pause in time while this thread waits for the CPU."""
+        file = self._file
+        now = time.monotonic()
+        if now >= file.next_look:
+            file.next_look = now + DEFAULT_WRITER_LOOK_S
+            if not file.room.is_set():
+                return True
+            self.look()
+            if not file.room.is_set():
+                self._nudge.set()  # rewind now
+        return not file.room.is_set()
+
+    def reading(self) -> WalReading | None:
+        """The WAL's bytes and bound at the last look, and the pauses so far (None once the
+        thread has ended: a stopped checkpointer, or one a fork left behind)."""
+        if not self.is_alive():
+            return None
+        file = self._file
+        with file.lock:
+            paused_s, since = file.paused_s, file.paused_since
             if since is not None:  # the pause under way counts as far as it went
                 paused_s += max(0.0, time.monotonic() - since)
-        return WalReading(
-            wal_bytes=self.wal_bytes,
-            bound_bytes=self.bound_bytes,
-            pauses=pauses,
-            spent_pauses=spent,
-            paused_s=paused_s,
-        )
+            return WalReading(
+                path=self.path,
+                wal_bytes=file.wal_bytes,
+                bound_bytes=file.bound_bytes,
+                pauses=file.pauses,
+                spent_pauses=file.spent_pauses,
+                paused_s=paused_s,
+            )
 
     @property
     def writes_paused(self) -> bool:
         """Whether writes wait for a rewind now (the WAL passed half its bound)."""
-        return not self._room.is_set()
+        return not self._file.room.is_set()
 
     def wait_for_room(self) -> None:
         """Before a write while `writes_paused`: wait until a rewind succeeds or the pause
         is spent (at most `pause_s`)."""
-        self._room.wait(self.pause_s)
+        self._file.room.wait(self._file.pause_s)
 
     def _pause(self) -> None:
-        if self._paused_since is None and not self._spent:
-            with self._pausing:
-                self._paused_since = time.monotonic()
-                self.pauses += 1
-            self._room.clear()
+        file = self._file
+        with file.lock:
+            if file.paused_since is not None or file.spent:
+                return
+            file.paused_since = time.monotonic()
+            file.pauses += 1
+            file.room.clear()
 
     def _resume(self, *, spent: bool) -> None:
-        if self._paused_since is not None:
-            with self._pausing:
-                waited = time.monotonic() - self._paused_since
-                self.paused_s += waited
-                self.spent_pauses += int(spent)
-                self._paused_since = None
-            if spent:
-                log.warning(
-                    "%s: the WAL stayed past half its bound for %.1f s (a reader "
-                    "holds an old snapshot): writes go on and it grows until that reader ends",
-                    self.path,
-                    waited,
-                )
-        self._spent = spent
-        self._room.set()
+        file = self._file
+        with file.lock:
+            since = file.paused_since
+            if spent and since is None:
+                return  # another checkpointer of the file ended this pause
+            waited = 0.0
+            if since is not None:
+                waited = time.monotonic() - since
+                file.paused_s += waited
+                file.spent_pauses += int(spent)
+                file.paused_since = None
+            file.spent = spent
+            file.room.set()
+        if spent:
+            log.warning(
+                "%s: the WAL stayed past half its bound for %.1f s (a reader "
+                "holds an old snapshot): writes go on and it grows until that reader ends",
+                self.path,
+                waited,
+            )
 
     def _held_bytes(self, conn: sqlite3.Connection) -> int:
         """Copy back what a PASSIVE checkpoint can; the bytes of the frames the WAL holds
@@ -214,6 +310,7 @@ class Checkpointer(threading.Thread):
         the next writer write from its start. False when it holds less (its file is big
         from before: a rewind keeps it), or readers stayed in it. Past half the bound,
         writes wait (`wait_for_room`) until a rewind succeeds, tried as long as they wait."""
+        file = self._file
         wal = self._held_bytes(conn)  # the bulk, blocking none
         bound = wal_bound(_size(self.path), self.cap_bytes)
         if 4 * wal <= bound:
@@ -224,11 +321,15 @@ class Checkpointer(threading.Thread):
             self._pause()
             wait_s *= 4  # near the bound: try longer for a moment without readers
         deadline = time.monotonic() + wait_s
-        if self._paused_since is not None:
-            deadline = max(deadline, self._paused_since + self.pause_s)
+        paused = file.paused_since
+        if paused is not None:
+            deadline = max(deadline, paused + file.pause_s)
         while True:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy:
+                # What the file grew by before the rewind (the writes in flight as a pause
+                # began) is no growth since: the next look starts from its size now.
+                file.wal_bytes = _size(self.path + "-wal")
                 self._resume(spent=False)
                 return True
             if time.monotonic() >= deadline or self._halt.wait(DEFAULT_TRUNCATE_RETRY_S):
@@ -236,5 +337,12 @@ class Checkpointer(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self._room.set()  # no write waits for a rewind that will not come
+        self._nudge.set()
+        file = self._file
+        if self.ident is None:
+            return  # never started
+        with file.lock:
+            file.running -= 1
+            if not file.running:
+                file.room.set()  # no write waits for a rewind that will not come
         self.join()
