@@ -73,7 +73,7 @@ DEFAULT_TRUNCATE_WAIT_S = 0.1
 DEFAULT_TRUNCATE_RETRY_S = 0.001
 #: How long writes wait for a rewind once the WAL passed half its bound (seconds).
 DEFAULT_WRITE_PAUSE_S = 2.0
-#: How often a writer looks at the WAL's frames itself, as it begins a write (seconds).
+#: How often a writer looks at the WAL's file itself, as it begins a write (seconds).
 DEFAULT_WRITER_LOOK_S = 0.005
 #: Bytes of a WAL's header, and of each frame's header (before its page).
 _WAL_HEADER_BYTES = 32
@@ -158,7 +158,7 @@ class Checkpointer(threading.Thread):
         self._file = file
         self._page_bytes = 4096  # read from the file as the thread starts
         self._halt = threading.Event()
-        #: Set by a writer that paused writes: look now, not at the next tenth of a second.
+        #: Set by a look that paused writes: rewind now.
         self._nudge = threading.Event()
 
     @property
@@ -192,11 +192,11 @@ class Checkpointer(threading.Thread):
         try:
             while not self._halt.is_set():
                 self._nudge.wait(DEFAULT_SIZE_CHECK_EVERY_S)
-                self._nudge.clear()
                 if self._halt.is_set():
                     break
                 file.bound_bytes = wal_bound(_size(self.path), self.cap_bytes)
                 wal = self.look()
+                self._nudge.clear()  # this round rewinds (a writer's nudge from now on counts)
                 try:
                     if 4 * wal > file.bound_bytes:
                         self.rewind(conn)
@@ -216,11 +216,13 @@ class Checkpointer(threading.Thread):
 
     def look(self) -> int:
         """The WAL file's size now (a stat: no SQL, no lock). A file that grew past half
-        the bound holds that many frames: writes wait for a rewind from here on."""
+        the bound holds that many frames: writes wait for a rewind from here on, and the
+        thread rewinds now (not at its next tenth of a second)."""
         file = self._file
         before, file.wal_bytes = file.wal_bytes, _size(self.path + "-wal")
-        if 2 * file.wal_bytes > file.bound_bytes and file.wal_bytes > before:
+        if file.wal_bytes > before and 2 * file.wal_bytes > file.bound_bytes:
             self._pause()
+            self._nudge.set()
         return file.wal_bytes
 
     def before_write(self) -> bool:
@@ -234,8 +236,6 @@ class Checkpointer(threading.Thread):
             if not file.room.is_set():
                 return True
             self.look()
-            if not file.room.is_set():
-                self._nudge.set()  # rewind now
         return not file.room.is_set()
 
     def reading(self) -> WalReading | None:
