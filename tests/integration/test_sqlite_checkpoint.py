@@ -84,6 +84,7 @@ def thread(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     backend opens."""
     if request.param == "starved":
         monkeypatch.setattr(checkpoint, "DEFAULT_SIZE_CHECK_EVERY_S", 3600.0)
+        monkeypatch.setattr(checkpoint, "DEFAULT_PRESSED_CHECK_EVERY_S", 3600.0)
     return str(request.param)
 
 

@@ -9,8 +9,8 @@ without `journal_size_limit` a file once grown never shrinks. PASSIVE checkpoint
 only ones that never block anyone) copy frames back but rewind nothing.
 
 So the checkpointer copies back what it can (PASSIVE) every half second, looks at the
-WAL's size every tenth (every fiftieth for a second after it last held more than a
-quarter of its bound: `DEFAULT_PRESSED_CHECK_EVERY_S`), and once the WAL passes a quarter
+WAL's size every tenth (every fiftieth for a second after writes last waited for a
+rewind: `DEFAULT_PRESSED_CHECK_EVERY_S`), and once the WAL passes a quarter
 of its bound (the rest is room for what a heavy load writes meanwhile) it asks for a
 RESTART checkpoint, after which the next writer writes from the WAL's start again. A
 RESTART takes the write lock, copies the few frames the PASSIVE one left, and succeeds
@@ -67,10 +67,11 @@ from ..base import WalReading
 DEFAULT_CHECKPOINT_EVERY_S = 0.5
 #: How often it looks at the WAL's size (seconds): a heavy load writes tens of MiB a second.
 DEFAULT_SIZE_CHECK_EVERY_S = 0.1
-#: How often it looks for `DEFAULT_PRESSED_FOR_S` after the WAL last held more than a
-#: quarter of its bound: a writer that writes hundreds of MiB a second fills the WAL to
-#: half its bound in well under 0.1 s, and a rewind keeps the file, so its size does not
-#: show the frames that refill it (only a PASSIVE checkpoint counts them).
+#: How often it looks for `DEFAULT_PRESSED_FOR_S` after writes last waited for a rewind:
+#: a writer that writes hundreds of MiB a second fills the WAL to half its bound in well
+#: under 0.1 s, and a rewind keeps the file, so its size does not show the frames that
+#: refill it (only a PASSIVE checkpoint counts them). Not always: each look past a quarter
+#: of the bound is a PASSIVE checkpoint, and its sync.
 DEFAULT_PRESSED_CHECK_EVERY_S = 0.02
 DEFAULT_PRESSED_FOR_S = 1.0
 #: The WAL's bound is the larger of this and twice the database (bytes); `?wal_cap_mib=`.
@@ -126,6 +127,8 @@ class _File:
         self.bound_bytes = wal_bound(0, cap_bytes)
         #: When a writer looks at the WAL next (monotonic seconds).
         self.next_look = 0.0
+        #: Till when the thread looks more often (`DEFAULT_PRESSED_CHECK_EVERY_S`).
+        self.pressed_until = 0.0
         #: Checkpointers of the file running in this process.
         self.running = 0
 
@@ -197,10 +200,9 @@ class Checkpointer(threading.Thread):
         conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
         self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
         copied = time.monotonic()
-        pressed_until = 0.0  # till when the WAL fills fast: look more often
         try:
             while not self._halt.is_set():
-                pressed = time.monotonic() < pressed_until
+                pressed = time.monotonic() < file.pressed_until  # the WAL fills fast
                 self._nudge.wait(
                     DEFAULT_PRESSED_CHECK_EVERY_S if pressed else DEFAULT_SIZE_CHECK_EVERY_S
                 )
@@ -211,8 +213,7 @@ class Checkpointer(threading.Thread):
                 self._nudge.clear()  # this round rewinds (a writer's nudge from now on counts)
                 try:
                     if 4 * wal > file.bound_bytes:
-                        if self.rewind(conn) is not None:
-                            pressed_until = time.monotonic() + DEFAULT_PRESSED_FOR_S
+                        self.rewind(conn)
                         copied = time.monotonic()
                     else:
                         self._resume(spent=False)  # a small WAL holds fewer frames still
@@ -286,6 +287,7 @@ class Checkpointer(threading.Thread):
             if file.paused_since is not None or file.spent:
                 return
             file.paused_since = time.monotonic()
+            file.pressed_until = file.paused_since + DEFAULT_PRESSED_FOR_S
             file.pauses += 1
             file.room.clear()
 
@@ -318,18 +320,17 @@ class Checkpointer(threading.Thread):
         held: int = _WAL_HEADER_BYTES + max(0, frames) * (_FRAME_HEADER_BYTES + self._page_bytes)
         return held
 
-    def rewind(self, conn: sqlite3.Connection) -> bool | None:
+    def rewind(self, conn: sqlite3.Connection) -> bool:
         """Copy the WAL back and, if the frames it holds passed a quarter of its bound, have
-        the next writer write from its start: True if so, False if readers stayed in it,
-        None when it holds less (its file is big from before: a rewind keeps it). Past
-        half the bound, writes wait (`wait_for_room`) until a rewind succeeds, tried as
-        long as they wait."""
+        the next writer write from its start. False when it holds less (its file is big
+        from before: a rewind keeps it), or readers stayed in it. Past half the bound,
+        writes wait (`wait_for_room`) until a rewind succeeds, tried as long as they wait."""
         file = self._file
         wal = self._held_bytes(conn)  # the bulk, blocking none
         bound = wal_bound(_size(self.path), self.cap_bytes)
         if 4 * wal <= bound:
             self._resume(spent=False)
-            return None
+            return False
         wait_s = DEFAULT_TRUNCATE_WAIT_S
         if 2 * wal > bound:
             self._pause()
