@@ -187,3 +187,79 @@ async def test_a_reader_that_never_lets_go_costs_one_pause_and_the_wal_grows(
     # When the reader lets go, the next rewind brings the WAL back to its start.
     with Load(backend, path) as load:
         await load.until("rewound", lambda: _held_frames(path) < 100)
+
+
+def _wal_file(path: Path, rows: int) -> sqlite3.Connection:
+    """A database whose WAL holds `rows` rows of 2,000 bytes, checkpointed by no one."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (v BLOB)")
+    for _ in range(rows):
+        conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+    return conn
+
+
+def test_a_wal_kept_from_before_is_no_growth_to_a_new_checkpointer(tmp_path: Path) -> None:
+    # Given a WAL past half its bound that another process left (a rewind keeps its file),
+    path = tmp_path / "kept.db"
+    conn = _wal_file(path, 200)
+    try:
+        checkpointer = Checkpointer(str(path), 256 << 10)
+        assert 2 * _wal_bytes(path) > wal_bound(os.path.getsize(path), 256 << 10)
+        # when a checkpointer of this process first looks at it, it pauses nothing;
+        checkpointer.look()
+        assert not checkpointer.writes_paused
+        # a write that grows the file again does.
+        conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+        checkpointer.look()
+        assert checkpointer.writes_paused
+    finally:
+        conn.close()
+
+
+def test_writes_never_wait_on_a_checkpointer_that_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a WAL past half its bound, and a checkpointer whose thread ended at once (its
+    # connection could not open),
+    path = tmp_path / "ended.db"
+    conn = _wal_file(path, 200)
+    try:
+        checkpointer = Checkpointer(str(path), 256 << 10)
+
+        def refused(*args: object, **kwargs: object) -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        with monkeypatch.context() as patched, caplog.at_level(logging.ERROR, "offload.sqlite"):
+            patched.setattr(checkpoint.sqlite3, "connect", refused)
+            checkpointer.start()
+            checkpointer.join(DEADLINE_S)
+        assert not checkpointer.is_alive()
+        assert "unable to open database file" in caplog.text  # said, not a silent end
+        # when a write grows the WAL further, it does not wait for a rewind that will not
+        # come.
+        conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+        assert checkpointer.before_write() is False
+        assert not checkpointer.writes_paused
+    finally:
+        conn.close()
+
+
+async def test_a_stop_mid_pause_ends_the_pause(opened: tuple[SQLiteBackend, Path]) -> None:
+    backend, path = opened
+    checkpointer = backend._checkpointer
+    assert checkpointer is not None
+    checkpointer.pause_s = DEADLINE_S
+    # Given writes paused (a reader pins the WAL, the load passed half its bound),
+    reader = _pin(path)
+    try:
+        with Load(backend, path) as load:
+            await load.until("paused", lambda: checkpointer.writes_paused)
+        # when the backend closes, the pause ends with it, counted, and not as spent.
+        await backend.close()
+    finally:
+        reader.commit()
+        reader.close()
+    assert not checkpointer.writes_paused and checkpointer.pauses == 1
+    assert checkpointer._file.spent is False and checkpointer._file.room.is_set()

@@ -14,11 +14,11 @@ rewind: `DEFAULT_PRESSED_CHECK_EVERY_S`), and once the WAL passes a quarter
 of its bound (the rest is room for what a heavy load writes meanwhile) it asks for a
 RESTART checkpoint, after which the next writer writes from the WAL's start again. A
 RESTART takes the write lock, copies the few frames the PASSIVE one left, and succeeds
-only if no reader still reads from the WAL.
-Waiting for them in SQLite's busy handler would hold the write lock meanwhile (and sleep up
-to 100 ms between tries), so it is tried without one, every millisecond, for at most
-`DEFAULT_TRUNCATE_WAIT_S` (four times as long once the WAL passes half its bound): each try
-holds the lock only while it copies, and the next look tries again.
+only if no reader still reads from the WAL. Waiting for them in SQLite's busy handler
+would hold the write lock meanwhile (and sleep up to 100 ms between tries), so it is tried
+without one, every millisecond, for at most `DEFAULT_TRUNCATE_WAIT_S` (past half the
+bound, as long as writes wait for it): each try holds the lock only while it copies, and
+the next look tries again.
 
 Past half its bound, the rewinds have fallen behind: on a starved machine readers and
 writers can leave them no free moment for seconds (a reader that waits for the CPU, or for
@@ -32,16 +32,17 @@ once it is spent, with no other until a rewind succeeds, and the WAL grows until
 reader lets go.
 
 Who sees it: a file that grows past half its bound holds that many frames, so a stat of
-it decides, with no SQL and no lock, by this thread every tenth of a second and by each
-writer itself as it begins a write, at most every `DEFAULT_WRITER_LOOK_S`. A writer's own
-look is what holds the bound on a starved machine: this thread may wait for the CPU for
-longer than a busy load takes to fill the WAL, but a writer that writes is running. (Not
-the frame count in the `-shm` file's header: opening and closing a descriptor of it in a
-process with SQLite connections drops their POSIX locks on it, after which another
-process takes it for new, truncates it, and every process that maps it dies of SIGBUS.)
-The size a rewind kept (below) is no growth: frames grow the file again only once they
-pass its end. The backends of one file in a process (an App and the twin its
-blocking calls use) share one pause and its counts (`_File`).
+it decides, with no SQL and no lock, by this thread every tenth of a second (every
+fiftieth while pressed) and by each writer itself as it begins a write, at most every
+`DEFAULT_WRITER_LOOK_S`. A writer's own look is what holds the bound on a starved
+machine: this thread may wait for the CPU for longer than a busy load takes to fill the
+WAL, but a writer that writes is running. (Not the frame count in the `-shm` file's
+header: opening and closing a descriptor of it in a process with SQLite connections drops
+their POSIX locks on it, after which another process takes it for new, truncates it, and
+every process that maps it dies of SIGBUS.) The size a rewind kept (below) is no growth:
+frames grow the file again only once they pass its end. The backends of one file in a
+process (an App and the twin its blocking calls use) share one pause and its counts
+(`_File`); with none of its checkpointers running, nothing waits.
 
 A rewound WAL keeps its file: the next frames overwrite it from its start, and
 `journal_size_limit` (the cap) cuts back a file that grew past the cap. Truncating it to
@@ -161,10 +162,13 @@ class Checkpointer(threading.Thread):
         super().__init__(name="offload-sqlite-checkpoint", daemon=True)
         self.path = path
         self.cap_bytes = cap_bytes
+        key = os.path.realpath(path)  # one file however it is named
         with _FILES_LOCK:
-            file = _FILES.get(path)
+            file = _FILES.get(key)
             if file is None:
-                file = _FILES[path] = _File(cap_bytes)
+                file = _FILES[key] = _File(cap_bytes)
+                # A WAL kept from before (another process's rewind) is no growth.
+                file.wal_bytes = _size(path + "-wal")
         file.bound_bytes = wal_bound(_size(path), cap_bytes)
         self._file = file
         self._page_bytes = 4096  # read from the file as the thread starts
@@ -192,15 +196,30 @@ class Checkpointer(threading.Thread):
         super().start()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("%s: the WAL's checkpointer stopped: nothing copies it back", self.path)
+        finally:
+            # However the thread ends (stopped, or an error it could not survive), writes no
+            # longer wait on it; the last of the file's checkpointers ends any pause.
+            file = self._file
+            with file.lock:
+                file.running -= 1
+                last = not file.running
+            if last:
+                self._resume(spent=False)
+
+    def _run(self) -> None:
         # No busy handler: SQLite's sleeps up to 100 ms between tries, and a RESTART that
         # waits in it holds the write lock while readers finish; `rewind` retries often
         # instead, each try taking the lock only while no reader is in the way.
         file = self._file
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-        conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
-        self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
-        copied = time.monotonic()
         try:
+            conn.execute(f"PRAGMA journal_size_limit={self.cap_bytes}")
+            self._page_bytes = conn.execute("PRAGMA page_size").fetchone()[0]
+            copied = time.monotonic()
             while not self._halt.is_set():
                 pressed = time.monotonic() < file.pressed_until  # the WAL fills fast
                 self._nudge.wait(
@@ -224,7 +243,7 @@ class Checkpointer(threading.Thread):
                     pass  # busy: the next round catches up
                 paused = file.paused_since
                 if paused is not None and time.monotonic() >= paused + file.pause_s:
-                    self._resume(spent=True)
+                    self._resume(spent=True, since=paused)
         finally:
             conn.close()
 
@@ -245,7 +264,7 @@ class Checkpointer(threading.Thread):
         that writes pause in time while this thread waits for the CPU."""
         file = self._file
         now = time.monotonic()
-        if now >= file.next_look:
+        if now >= file.next_look and file.running:  # no thread, no rewind to wait for
             file.next_look = now + DEFAULT_WRITER_LOOK_S
             if not file.room.is_set():
                 return True
@@ -291,12 +310,14 @@ class Checkpointer(threading.Thread):
             file.pauses += 1
             file.room.clear()
 
-    def _resume(self, *, spent: bool) -> None:
+    def _resume(self, *, spent: bool, since: float | None = None) -> None:
+        """End the pause under way: a rewind succeeded (or none is needed), or, `spent`,
+        the pause that began at `since` ran out."""
         file = self._file
         with file.lock:
+            if spent and (since is None or file.paused_since != since):
+                return  # another checkpointer of the file ended that pause
             since = file.paused_since
-            if spent and since is None:
-                return  # another checkpointer of the file ended this pause
             waited = 0.0
             if since is not None:
                 waited = time.monotonic() - since
@@ -353,11 +374,5 @@ class Checkpointer(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self._nudge.set()
-        file = self._file
-        if self.ident is None:
-            return  # never started
-        with file.lock:
-            file.running -= 1
-            if not file.running:
-                file.room.set()  # no write waits for a rewind that will not come
-        self.join()
+        if self.ident is not None:  # started: its end releases any write (`run`)
+            self.join()
