@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -108,6 +110,49 @@ def _pin(path: Path) -> sqlite3.Connection:
     return reader
 
 
+#: The byte of the `-shm` file SQLite's unix VFS locks while a connection checkpoints
+#: (the wal-index's lock bytes begin at 120; the checkpoint's is the second).
+CHECKPOINT_LOCK_BYTE = 121
+#: Another process that holds the checkpoint lock until its standard input closes.
+HOLD_CHECKPOINT = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+class Blocker:
+    """What keeps every rewind from succeeding until `release`: a reader that holds one
+    snapshot (a report open in a shell), or another process's checkpoint under way (its
+    lock held: this process's checkpoints cannot run, and a PASSIVE one counts nothing)."""
+
+    def __init__(self, kind: str, path: Path) -> None:
+        self.reader: sqlite3.Connection | None = None
+        self.holder: subprocess.Popen[str] | None = None
+        if kind == "reader":
+            self.reader = _pin(path)
+            return
+        argv = [sys.executable, "-c", HOLD_CHECKPOINT, f"{path}-shm", str(CHECKPOINT_LOCK_BYTE)]
+        self.holder = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.holder.stdout is not None and self.holder.stdout.readline() == "held\n"
+
+    def release(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.commit()
+            reader.close()
+        holder, self.holder = self.holder, None
+        if holder is not None:
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.close()
+            holder.stdout.close()
+            assert holder.wait(DEADLINE_S) == 0
+
+
 def test_a_rewind_has_the_next_write_start_the_wal_over(tmp_path: Path) -> None:
     # Given a WAL that holds more than a quarter of its bound, no reader in it
     path = tmp_path / "plain.db"
@@ -127,30 +172,34 @@ def test_a_rewind_has_the_next_write_start_the_wal_over(tmp_path: Path) -> None:
     assert _held_frames(path) < 5 < held
 
 
-async def test_writes_wait_for_a_rewind_while_a_reader_pins_the_wal_near_its_bound(
-    thread: str, opened: tuple[SQLiteBackend, Path]
+@pytest.mark.parametrize("blocker", ["reader", "checkpoint"])
+async def test_writes_wait_for_a_rewind_while_it_cannot_succeed_near_the_bound(
+    thread: str, blocker: str, opened: tuple[SQLiteBackend, Path]
 ) -> None:
     backend, path = opened
     checkpointer = backend._checkpointer
     assert checkpointer is not None
     checkpointer.pause_s = DEADLINE_S  # this test ends the pause itself
-    # Given a reader that holds its snapshot, so that no rewind can succeed,
-    reader = _pin(path)
-    with Load(backend, path) as load:
-        # when writes go on until the WAL passes half its bound,
-        await load.until("paused", lambda: checkpointer.writes_paused)
-        paused_at = load.enqueued
-        # then they wait: none is written while the reader holds on,
-        for _ in range(30):
-            await asyncio.sleep(0.01)
-            load.sample()
-        assert load.enqueued <= paused_at + 1  # one may have held the lock already
-        # and once it lets go, a rewind succeeds, the writes go on from the WAL's start,
-        reader.commit()
-        reader.close()
-        await load.until("resumed", lambda: not checkpointer.writes_paused)
-        resumed_at = load.enqueued
-        await load.until("writing again", lambda: load.enqueued > resumed_at + 20)
+    # Given a reader that holds its snapshot, or another process's checkpoint under way,
+    # so that no rewind can succeed,
+    blocking = Blocker(blocker, path)
+    try:
+        with Load(backend, path) as load:
+            # when writes go on until the WAL passes half its bound,
+            await load.until("paused", lambda: checkpointer.writes_paused)
+            paused_at = load.enqueued
+            # then they wait: none is written while it holds on,
+            for _ in range(30):
+                await asyncio.sleep(0.01)
+                load.sample()
+            assert load.enqueued <= paused_at + 1  # one may have held the lock already
+            # and once it lets go, a rewind succeeds, the writes go on from the WAL's start,
+            blocking.release()
+            await load.until("resumed", lambda: not checkpointer.writes_paused)
+            resumed_at = load.enqueued
+            await load.until("writing again", lambda: load.enqueued > resumed_at + 20)
+    finally:
+        blocking.release()
     # and the WAL never passed its bound.
     assert load.worst <= 1, f"the WAL reached {load.worst:.2f}x its bound"
     # The backend's reading (the metrics' offload_sqlite_*) counts one pause, not spent.

@@ -27,9 +27,11 @@ writes tens of MiB of WAL a second. Then the writes of every process that sees i
 before they take the write lock, until a rewind succeeds or `DEFAULT_WRITE_PAUSE_S`
 passed. With nothing written, the reads in flight end, the next ones read the database
 file alone, and the next RESTART finds the WAL free. A reader that holds its snapshot
-longer (a process stopped mid-read, a long query in a shell) costs one pause: writes go on
-once it is spent, with no other until a rewind succeeds, and the WAL grows until that
-reader lets go.
+longer (a process stopped mid-read, a long query in a shell) costs each writing process
+one pause: writes go on once it is spent, with no other until a rewind succeeds, and the
+WAL grows until that reader lets go. While another process checkpoints, this one's cannot
+run and counts no frames (SQLite answers -1): that is no sign of a small WAL, and ends no
+pause.
 
 Who sees it: a file that grows past half its bound holds that many frames, so a stat of
 it decides, with no SQL and no lock, by this thread every tenth of a second (every
@@ -334,11 +336,14 @@ class Checkpointer(threading.Thread):
                 waited,
             )
 
-    def _held_bytes(self, conn: sqlite3.Connection) -> int:
+    def _held_bytes(self, conn: sqlite3.Connection) -> int | None:
         """Copy back what a PASSIVE checkpoint can; the bytes of the frames the WAL holds
-        since it was last rewound (its file may be larger: a rewind keeps it)."""
+        since it was last rewound (its file may be larger: a rewind keeps it). None when
+        the checkpoint could not run (another process's runs: SQLite counts no frames)."""
         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        held: int = _WAL_HEADER_BYTES + max(0, frames) * (_FRAME_HEADER_BYTES + self._page_bytes)
+        if frames < 0:
+            return None
+        held: int = _WAL_HEADER_BYTES + frames * (_FRAME_HEADER_BYTES + self._page_bytes)
         return held
 
     def rewind(self, conn: sqlite3.Connection) -> bool:
@@ -349,11 +354,14 @@ class Checkpointer(threading.Thread):
         file = self._file
         wal = self._held_bytes(conn)  # the bulk, blocking none
         bound = wal_bound(_size(self.path), self.cap_bytes)
-        if 4 * wal <= bound:
+        if wal is None:  # another process checkpoints: not known (a pause goes on)
+            if file.paused_since is None:
+                return False  # the next round looks again
+        elif 4 * wal <= bound:
             self._resume(spent=False)
             return False
         wait_s = DEFAULT_TRUNCATE_WAIT_S
-        if 2 * wal > bound:
+        if wal is not None and 2 * wal > bound:
             self._pause()
             wait_s *= 4  # near the bound: try longer for a moment without readers
         deadline = time.monotonic() + wait_s
