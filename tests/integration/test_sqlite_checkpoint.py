@@ -153,21 +153,30 @@ class Blocker:
             assert holder.wait(DEADLINE_S) == 0
 
 
+def _wal_file(path: Path, rows: int) -> sqlite3.Connection:
+    """A database whose WAL holds `rows` rows of 2,000 bytes, checkpointed by no one."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (v BLOB)")
+    for _ in range(rows):
+        conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+    return conn
+
+
 def test_a_rewind_has_the_next_write_start_the_wal_over(tmp_path: Path) -> None:
     # Given a WAL that holds more than a quarter of its bound, no reader in it
     path = tmp_path / "plain.db"
-    with sqlite3.connect(path, isolation_level=None) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("CREATE TABLE t (v BLOB)")
-        for _ in range(200):
-            conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+    conn = _wal_file(path, 200)
+    try:
         checkpointer = Checkpointer(str(path), 256 << 10)
         held = _held_frames(path)
         assert 4 * held * 4096 > wal_bound(os.path.getsize(path), 256 << 10)
         # when the checkpointer rewinds it and a writer writes again,
         assert checkpointer.rewind(conn) is True
         conn.execute("INSERT INTO t VALUES (randomblob(2000))")
+    finally:
+        conn.close()
     # then that writer wrote from the WAL's start (its file kept: the cap cuts it back).
     assert _held_frames(path) < 5 < held
 
@@ -236,17 +245,6 @@ async def test_a_reader_that_never_lets_go_costs_one_pause_and_the_wal_grows(
     # When the reader lets go, the next rewind brings the WAL back to its start.
     with Load(backend, path) as load:
         await load.until("rewound", lambda: _held_frames(path) < 100)
-
-
-def _wal_file(path: Path, rows: int) -> sqlite3.Connection:
-    """A database whose WAL holds `rows` rows of 2,000 bytes, checkpointed by no one."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t (v BLOB)")
-    for _ in range(rows):
-        conn.execute("INSERT INTO t VALUES (randomblob(2000))")
-    return conn
 
 
 def test_a_wal_kept_from_before_is_no_growth_to_a_new_checkpointer(tmp_path: Path) -> None:

@@ -353,7 +353,7 @@ class Checkpointer(threading.Thread):
         writes wait (`wait_for_room`) until a rewind succeeds, tried as long as they wait."""
         file = self._file
         wal = self._held_bytes(conn)  # the bulk, blocking none
-        bound = wal_bound(_size(self.path), self.cap_bytes)
+        bound = file.bound_bytes  # as the round that called it read it
         if wal is None:  # another process checkpoints: not known (a pause goes on)
             if file.paused_since is None:
                 return False  # the next round looks again
