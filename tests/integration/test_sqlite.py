@@ -249,6 +249,45 @@ async def test_a_schema_3_file_is_migrated_to_4_and_its_jobs_hold_no_unique_key(
         await backend.close()
 
 
+async def test_the_indexes_an_enqueue_no_longer_writes_go_on_open(tmp_path: Path) -> None:
+    # Given a file made by an offload that kept (enqueued_at, id) and (kind, id) indexes
+    path = tmp_path / "older.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE INDEX offload_jobs_created ON offload_jobs (enqueued_at, id)")
+        conn.execute("CREATE INDEX offload_jobs_kind_id ON offload_jobs (kind, id)")
+    # When this offload opens it
+    await backend.open()
+    await backend.close()
+    # Then they are gone, and the index a kind's page reads instead is there
+    with sqlite3.connect(path) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert not names & {"offload_jobs_created", "offload_jobs_kind_id"}
+    assert "offload_jobs_state_kind_id" in names
+
+
+async def test_a_new_jobs_feed_entry_reads_as_its_row(tmp_path: Path) -> None:
+    # Given jobs stored one at a time and in a batch (their entries made from the envelopes)
+    backend = SQLiteBackend(str(tmp_path / "feed.db"))
+    await backend.open()
+    try:
+        one = dataclasses.replace(envelope("qa", delay=60), priority=3, owner="carol")
+        batch = [envelope("qb"), envelope("qc")]
+        await backend.enqueue([one])
+        await backend.enqueue(batch)
+        # Then each entry, in order, is the status record of the row as stored
+        changes = await backend.changes_since(0)
+        assert [c.job_id for c in changes] == [one.id, *(e.id for e in batch)]
+        for change in changes:
+            row = await backend.get(change.job_id)
+            assert row is not None and change.owner == row.owner
+            assert status_record(change.row) == status_record(row)
+    finally:
+        await backend.close()
+
+
 async def test_long_writes_go_in_chunks_and_miss_no_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

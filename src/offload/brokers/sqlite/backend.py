@@ -121,6 +121,25 @@ def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
     return row
 
 
+def _new_entry(e: Envelope) -> tuple[str, str, str]:
+    """A new job's feed entry (job id, owner, record), from what its insert wrote: the
+    fields an enqueue sets, as `insert_events` would read them back (a reader takes the
+    absent ones as NULL: JobRow.of), without reading the row back in SQL."""
+    record = {
+        "id": e.id,
+        "kind": e.kind,
+        "version": e.version,
+        "queue": e.queue,
+        "state": "queued",
+        "priority": e.priority,
+        "attempt": e.attempt,
+        "max_attempts": e.max_attempts,
+        "enqueued_at": e.enqueued_at,
+        "run_at": e.run_at,
+    }
+    return e.id, e.owner, orjson.dumps(record).decode()
+
+
 def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
@@ -676,7 +695,7 @@ class SQLiteBackend:
         self, conn: sqlite3.Connection, envelopes: Sequence[Envelope]
     ) -> list[EnqueueResult]:
         results: list[EnqueueResult] = []
-        created: list[str] = []
+        created: list[Envelope] = []
         for e in envelopes:
             # One writer at a time (BEGIN IMMEDIATE): the holder read here is still the
             # holder when the insert below runs, and a batch's earlier jobs are visible.
@@ -708,11 +727,12 @@ class SQLiteBackend:
             )
             if cur.rowcount == 1:
                 results.append(EnqueueResult(id=e.id, created=True))
-                created.append(e.id)
+                created.append(e)
             else:
                 first = conn.execute(Q["find_idem"], (e.owner, e.idempotency_key)).fetchone()
                 results.append(EnqueueResult(id=first[0], created=False))
-        self._event_ids(conn, created)
+        if created:
+            conn.executemany(Q["insert_new_events"], map(_new_entry, created))
         return results
 
     def _enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:

@@ -207,6 +207,11 @@ SELECT j.id, j.owner, json_object(
 FROM json_each(?) AS k JOIN offload_jobs AS j ON j.id = k.value
 ORDER BY k.key
 
+-- name: insert_new_events
+-- A new job's feed entry, its record made by the caller from what the insert wrote (the
+-- fields an enqueue sets: backend._new_entry), so the row is not read back.
+INSERT INTO offload_events (job_id, owner, record) VALUES (?, ?, ?)
+
 -- name: stats
 SELECT queue, state, count(*) AS n, sum(run_at <= ?) AS ready, min(run_at) AS oldest
 FROM offload_jobs
@@ -320,15 +325,20 @@ SELECT queue FROM offload_paused
 -- name: search_indexes
 -- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
 -- any one filter reads its index backwards and stops after a page, and state with kind (the
--- dead jobs of one kind) is one range, counted off the index. `created` serves the date
--- range, `history` the per-minute throughput (covering: read off the index alone). Made on
--- open like the rest of the schema (older code ignores them, SQLite keeps them up to date).
+-- dead jobs of one kind) is one range, counted off the index. A date range reads its stretch
+-- of the primary key (ids are UUIDv7: JobFilter.id_bounds), `history` serves the per-minute
+-- throughput (covering: read off the index alone). Made on open like the rest of the schema
+-- (older code ignores them, SQLite keeps them up to date). A kind without a state is read
+-- off state_kind_id one state at a time (search.py). Two indexes of older schemas are
+-- dropped, as a page more for every enqueue to write for a jobs page no faster
+-- (bench/RESULTS.md, "sqlite-index-cost"): offload_jobs_created on (enqueued_at, id), whose
+-- date range the id bounds serve, and offload_jobs_kind_id on (kind, id).
 -- No semicolon in these comments: the statements are split on it.
 CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
-CREATE INDEX IF NOT EXISTS offload_jobs_kind_id ON offload_jobs (kind, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
-CREATE INDEX IF NOT EXISTS offload_jobs_created ON offload_jobs (enqueued_at, id);
+DROP INDEX IF EXISTS offload_jobs_created;
+DROP INDEX IF EXISTS offload_jobs_kind_id;
 CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
     WHERE state IN ('succeeded', 'failed', 'dead')
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from ...contract import JobFilter
+from ...contract import JobFilter, JobState
 from .._sql import queries
 
 Q = queries(__package__)
@@ -61,20 +62,47 @@ def where(
     return (" WHERE " + " AND ".join(terms) if terms else ""), args
 
 
+def _by_state(f: JobFilter, states: Collection[str] | None) -> list[str] | None:
+    """The states to read a kind's jobs in one by one, off offload_jobs_state_kind_id (one
+    range each), when the filter names a kind but not one state; else None.
+
+    No index leads with the kind alone: one more page for every enqueue to write, where a
+    kind's page is at most one page per state, merged (bench/RESULTS.md, "sqlite-index-cost").
+    """
+    if f.kind is None or f.state is not None:
+        return None
+    return sorted(s.value for s in JobState) if states is None else sorted(states)
+
+
 def search_sql(
     f: JobFilter, states: Collection[str] | None, before: str | None, limit: int
 ) -> tuple[str, list[Any]]:
-    clause, args = where(f, states, before)
     # The page's ids first, read off an index alone where one covers the filter (state, kind,
-    # queue, owner with id, or the creation time with id), then only those rows: a date range
-    # sorts its ids, never its rows.
-    page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?"
+    # queue, owner with id), then only those rows; a date range reads the primary key
+    # backwards from its newest id (`id_bounds`), each row's enqueued_at checked exactly.
+    each = _by_state(f, states)
+    if not each:
+        clause, args = where(f, states, before)
+        page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+    else:  # a kind: the newest `limit` of each state, then the newest `limit` of those
+        parts, args = [], []
+        for state in each:
+            clause, part = where(replace(f, state=state), None, before)
+            parts.append(
+                f"SELECT * FROM (SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?)"
+            )
+            args += [*part, limit]
+        page = f"SELECT id FROM ({' UNION ALL '.join(parts)}) ORDER BY id DESC LIMIT ?"
+        args.append(limit)
     sql = f"SELECT * FROM offload_jobs WHERE id IN ({page}) ORDER BY id DESC"
-    return sql, [*args, limit]
+    return sql, args
 
 
 def count(conn: sqlite3.Connection, f: JobFilter, cap: int | None) -> int:
-    clause, args = where(f, None, None)
+    each = _by_state(f, None)
+    # A kind is counted off offload_jobs_state_kind_id: one range per state.
+    clause, args = where(f, each, None)
     if cap is None:
         sql = f"SELECT count(*) FROM offload_jobs{clause}"
     else:  # stop reading at the cap
