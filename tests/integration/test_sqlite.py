@@ -268,22 +268,39 @@ async def test_the_indexes_an_enqueue_no_longer_writes_go_on_open(tmp_path: Path
     assert "offload_jobs_state_kind_id" in names
 
 
-async def test_a_new_jobs_feed_entry_reads_as_its_row(tmp_path: Path) -> None:
-    # Given jobs stored one at a time and in a batch (their entries made from the envelopes)
+async def test_a_feed_entry_made_from_what_was_written_reads_as_the_row(
+    tmp_path: Path,
+) -> None:
     backend = SQLiteBackend(str(tmp_path / "feed.db"))
     await backend.open()
+
+    async def record(job_id: str) -> dict[str, Any]:
+        row = await backend.get(job_id)
+        assert row is not None
+        return status_record(row)
+
     try:
+        # Given jobs stored one at a time and in a batch (entries made from the envelopes)
         one = dataclasses.replace(envelope("qa", delay=60), priority=3, owner="carol")
         batch = [envelope("qb"), envelope("qc")]
         await backend.enqueue([one])
         await backend.enqueue(batch)
-        # Then each entry, in order, is the status record of the row as stored
-        changes = await backend.changes_since(0)
-        assert [c.job_id for c in changes] == [one.id, *(e.id for e in batch)]
-        for change in changes:
-            row = await backend.get(change.job_id)
-            assert row is not None and change.owner == row.owner
-            assert status_record(change.row) == status_record(row)
+        stored = await backend.changes_since(0)
+        rows = [await record(e.id) for e in (one, *batch)]
+        # and one claimed (made from the row the claim returned), then its progress (the
+        # trigger's entry, read back in SQL)
+        (lease,) = await claim(backend, "qb")
+        running = await record(lease.job_id)
+        await backend.progress(lease, 0.5, "half")
+        progressed = await record(lease.job_id)
+        # Then each entry is the status record of the row as it was then, and its owner's
+        assert [c.job_id for c in stored] == [one.id, batch[0].id, batch[1].id]
+        assert [status_record(c.row) for c in stored] == rows
+        assert [c.owner for c in stored] == ["carol", batch[0].owner, batch[1].owner]
+        later = await backend.changes_since(stored[-1].seq)
+        assert [c.job_id for c in later] == [lease.job_id, lease.job_id]
+        assert [status_record(c.row) for c in later] == [running, progressed]
+        assert running["state"] == "running" and running["worker"] == "w1"
     finally:
         await backend.close()
 

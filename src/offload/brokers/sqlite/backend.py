@@ -121,6 +121,20 @@ def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
     return row
 
 
+#: The row's fields a feed entry's record carries (those `insert_events` reads back).
+_RECORD_FIELDS = (
+    "id", "kind", "version", "queue", "state", "priority", "attempt", "max_attempts",
+    "progress_fraction", "progress_message", "result", "error", "worker", "enqueued_at",
+    "run_at", "started_at", "finished_at",
+)  # fmt: skip
+
+
+def _entry(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The feed entry (job id, owner, record) of a row a statement returned whole (`RETURNING
+    *`, JSON columns parsed: `_row`), as `insert_events` would read it back in SQL."""
+    return row["id"], row["owner"], orjson.dumps({k: row[k] for k in _RECORD_FIELDS}).decode()
+
+
 def _new_entry(e: Envelope) -> tuple[str, str, str]:
     """A new job's feed entry (job id, owner, record), from what its insert wrote: the
     fields an enqueue sets, as `insert_events` would read them back (a reader takes the
@@ -596,8 +610,10 @@ class SQLiteBackend:
             self._local_writes += 1
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Append the current status record of each job in `rows` to the change feed."""
-        self._event_ids(conn, [r["id"] for r in rows])
+        """Append the current status record of each job in `rows` (whole rows, as a statement
+        returned them) to the change feed, made from them, not read back."""
+        if rows:
+            conn.executemany(Q["insert_entries"], map(_entry, rows))
 
     def _event_ids(self, conn: sqlite3.Connection, ids: Sequence[str]) -> None:
         if ids:
@@ -732,7 +748,7 @@ class SQLiteBackend:
                 first = conn.execute(Q["find_idem"], (e.owner, e.idempotency_key)).fetchone()
                 results.append(EnqueueResult(id=first[0], created=False))
         if created:
-            conn.executemany(Q["insert_new_events"], map(_new_entry, created))
+            conn.executemany(Q["insert_entries"], map(_new_entry, created))
         return results
 
     def _enqueue(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:

@@ -207,9 +207,10 @@ SELECT j.id, j.owner, json_object(
 FROM json_each(?) AS k JOIN offload_jobs AS j ON j.id = k.value
 ORDER BY k.key
 
--- name: insert_new_events
--- A new job's feed entry, its record made by the caller from what the insert wrote (the
--- fields an enqueue sets: backend._new_entry), so the row is not read back.
+-- name: insert_entries
+-- Feed entries whose records the caller made from what it wrote: a new job's from its
+-- envelope (backend._new_entry), a transition's from the row its statement returned
+-- (backend._entry), so no row is read back.
 INSERT INTO offload_events (job_id, owner, record) VALUES (?, ?, ?)
 
 -- name: stats
