@@ -328,9 +328,10 @@ def report(
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Every filter but text is read off an index range (one per filter column with the id, "
-        "state with kind, the creation time with the id; a date range reads its stretch of the "
-        "primary key, as ids carry their creation time), so a page and a capped count cost "
+        "Every filter but text is read off index ranges (one per filter column with the id, "
+        "state with kind, and on PostgreSQL the creation time with the id; a date range reads "
+        "its stretch of the primary key, as ids carry their creation time; on SQLite a kind "
+        "is read off state with kind, one range per state), so a page and a capped count cost "
         "milliseconds at any depth. Text search has no index: it reads jobs newest first until "
         "it has a page, so a common word finds its page quickly, but its capped count reads "
         "until 10,000 matches and a rare word reads the whole table (on PostgreSQL the JSON is "
