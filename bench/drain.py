@@ -133,7 +133,9 @@ def drain(
         "BENCH_TARGET": str(n),
         "BENCH_COUNTER_URL": COUNTER_URL,
         "BENCH_COUNTER": count_with,
-        "PYTHONPATH": str(HERE),
+        # the bench's app, then the caller's path: a source tree put there (another commit's,
+        # to compare with) is what the workers import too
+        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
     }
     argv = [
         str(TOP / ".venv/bin/offload"),

@@ -329,9 +329,9 @@ def report(
     lines += [
         "",
         "Every filter but text is read off index ranges (one per filter column with the id, "
-        "state with kind, and on PostgreSQL the creation time with the id; a date range reads "
-        "its stretch of the primary key, as ids carry their creation time; on SQLite a kind "
-        "is read off state with kind, one range per state), so a page and a capped count cost "
+        "and state with kind; a kind alone is read off state with kind, one range per state, "
+        "and a date range off its stretch of the primary key, as ids carry their creation "
+        "time), so a page and a capped count cost "
         "milliseconds at any depth. Text search has no index: it reads jobs newest first until "
         "it has a page, so a common word finds its page quickly, but its capped count reads "
         "until 10,000 matches and a rare word reads the whole table (on PostgreSQL the JSON is "

@@ -225,6 +225,23 @@ async def test_pages_by_cursor_have_no_gap_and_no_repeat(
     assert len(set(seen)) == len(seen)
 
 
+async def test_a_kind_within_states_reads_each_state_once(world: World) -> None:
+    # (SQLite and PostgreSQL read a kind one state at a time: a state named twice, or one
+    # that no job is in, changes nothing)
+    ended = {JobState.DEAD, JobState.SUCCEEDED}
+    found = world.expect(lambda s, e: s.kind == "image" and s.state in ended)
+    assert len(found) >= 2
+    f = JobFilter(kind="image")
+    for states in (
+        ["dead", "succeeded"],
+        ["dead", "succeeded", "dead", "succeeded"],
+        ["succeeded", "no-such-state", "dead"],
+    ):
+        rows = await world.backend.search_jobs(f, states=states, limit=len(found))
+        assert [r.id for r in rows] == found, states
+    assert await world.backend.search_jobs(f, states=["no-such-state"]) == []
+
+
 async def test_count_with_a_cap_stops_there(world: World) -> None:
     total = len(world.jobs)
     assert await world.app.count_jobs(JobFilter()) == total

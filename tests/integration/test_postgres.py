@@ -64,7 +64,7 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
             timeout=60,
         )
         assert first.returncode == 0, first.stderr
-        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]" in first.stdout
+        assert "applied schema migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]" in first.stdout
         again = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],
@@ -104,7 +104,7 @@ async def test_feed_entries_written_under_schema_1_read_the_same_after_migration
         # when it is migrated and a job is enqueued under schema 2,
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            assert await backend.migrate() == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
             await backend.enqueue([after])
             changes = await backend.changes_since(0)
             # then both feed entries read as the status records of their jobs.
@@ -150,7 +150,7 @@ async def test_a_schema_3_database_migrates_to_4_with_its_workers_and_jobs() -> 
         # When it is migrated
         await backend.open(check_schema=False)
         try:
-            assert await backend.migrate() == [4, 5, 6, 7, 8, 9, 10, 11]
+            assert await backend.migrate() == [4, 5, 6, 7, 8, 9, 10, 11, 12]
             # Then the old entry still counts for the version check but has no registry
             # entry to show; a new worker's has; queues pause and resume; the job is claimed
             assert await backend.live_versions(within_s=30) == {"pg.ping": {1}}
@@ -164,6 +164,46 @@ async def test_a_schema_3_database_migrates_to_4_with_its_workers_and_jobs() -> 
             assert await backend.migrate() == []
         finally:
             await backend.close()
+    finally:
+        await old.drop()
+
+
+async def test_migration_12_drops_the_kind_and_creation_time_indexes() -> None:
+    require_pg()
+    old = PgSchema(migrate=False)
+    await old.create()
+
+    async def indexes(conn: psycopg.AsyncConnection) -> set[str]:
+        cur = await conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'offload_jobs'"
+            " AND schemaname = current_schema()"
+        )
+        return {r[0] for r in await cur.fetchall()}
+
+    gone = {"offload_jobs_kind_id", "offload_jobs_created"}
+    try:
+        async with await psycopg.AsyncConnection.connect(old.url, autocommit=True) as conn:
+            # Given a database at schema 11, with the two indexes
+            await conn.execute(
+                "CREATE TABLE offload_migrations (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version in range(1, 12):
+                await conn.execute(Q[f"migration_{version}"].encode())
+                await conn.execute(
+                    "INSERT INTO offload_migrations (version) VALUES (%s)", (version,)
+                )
+            assert gone <= await indexes(conn)
+            # When it is migrated
+            backend = PostgresBackend.from_url(old.url)
+            await backend.open(check_schema=False)
+            try:
+                assert await backend.migrate() == [12]
+            finally:
+                await backend.close()
+            # Then they are gone, and the one a kind's page reads instead is there
+            left = await indexes(conn)
+            assert not gone & left and "offload_jobs_state_kind_id" in left
     finally:
         await old.drop()
 

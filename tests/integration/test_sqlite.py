@@ -64,7 +64,7 @@ async def test_a_schema_1_file_is_migrated_and_its_feed_reads_the_same(tmp_path:
             "SELECT value FROM offload_meta WHERE key = 'schema_version'"
         ).fetchone()
         (entry,) = conn.execute("SELECT record FROM offload_events WHERE seq = 1").fetchone()
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5
     assert "links" not in orjson.loads(entry)  # stored as fields now
 
 
@@ -152,7 +152,7 @@ async def test_a_file_from_before_the_workers_table_gains_it_on_open(tmp_path: P
         assert [lease.job_id for lease in await claim(backend)] == [env.id]
     finally:
         await backend.close()
-    assert _version(path) == SCHEMA_VERSION == 4
+    assert _version(path) == SCHEMA_VERSION == 5
 
 
 async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_path: Path) -> None:
@@ -173,10 +173,10 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     backend = SQLiteBackend(str(path))
     await backend.open()
     try:
-        # Then it is at schema 4 (3, then unique keys): the old entry still counts for the
+        # Then it is at schema 5 (3, unique keys, then 5): the old entry still counts for the
         # version check, but has no registry entry to show; queues pause and resume; the job
         # is claimed as before
-        assert _version(path) == 4
+        assert _version(path) == 5
         assert await backend.live_versions(within_s=30) == {"test.job": {1}}
         assert await backend.workers(lost_after_s=30) == []
         await backend.record_worker(worker_info("new", {"test.job": [2]}))
@@ -191,7 +191,7 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     backend = SQLiteBackend(str(path))
     await backend.open()
     await backend.close()
-    assert _version(path) == 4
+    assert _version(path) == 5
 
 
 async def test_a_file_without_the_schedules_table_gains_it_on_open_at_the_same_version(
@@ -216,7 +216,7 @@ async def test_a_file_without_the_schedules_table_gains_it_on_open_at_the_same_v
     finally:
         await backend.close()
     # Then the file keeps its version: older offload (which ignores the table) opens it
-    assert _version(path) == SCHEMA_VERSION == 4
+    assert _version(path) == SCHEMA_VERSION == 5
 
 
 async def test_a_schema_3_file_is_migrated_to_4_and_its_jobs_hold_no_unique_key(
@@ -238,8 +238,8 @@ async def test_a_schema_3_file_is_migrated_to_4_and_its_jobs_hold_no_unique_key(
     backend = SQLiteBackend(str(path))
     await backend.open()
     try:
-        # Then it is at schema 4, the old job waits as it did, and unique keys hold
-        assert _version(path) == SCHEMA_VERSION == 4
+        # Then it is at schema 5, the old job waits as it did, and unique keys hold
+        assert _version(path) == SCHEMA_VERSION == 5
         first = dataclasses.replace(envelope(), unique_key="k", unique="queued")
         second = dataclasses.replace(envelope(), unique_key="k", unique="queued")
         results = await backend.enqueue([first, second])
@@ -258,14 +258,17 @@ async def test_the_indexes_an_enqueue_no_longer_writes_go_on_open(tmp_path: Path
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE INDEX offload_jobs_created ON offload_jobs (enqueued_at, id)")
         conn.execute("CREATE INDEX offload_jobs_kind_id ON offload_jobs (kind, id)")
+        conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
     # When this offload opens it
     await backend.open()
     await backend.close()
-    # Then they are gone, and the index a kind's page reads instead is there
+    # Then they are gone, the index a kind's page reads instead is there, and the file is at
+    # schema 5: an older offload (which would make the two again) refuses it
     with sqlite3.connect(path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert not names & {"offload_jobs_created", "offload_jobs_kind_id"}
     assert "offload_jobs_state_kind_id" in names
+    assert _version(path) == SCHEMA_VERSION == 5
 
 
 async def test_a_feed_entry_made_from_what_was_written_reads_as_the_row(

@@ -121,7 +121,7 @@ CREATE INDEX IF NOT EXISTS offload_jobs_newer ON offload_jobs (queue)
 -- The operators' jobs page (JobFilter): newest first by id within each filter, so a page of
 -- any one filter reads its index backwards and stops after a page, and state with kind (the
 -- dead jobs of one kind) is one range; `created` serves the date
--- range; `history` the per-minute throughput of App.history (index-only where the visibility
+-- range (kind_id and created: dropped by migration_12); `history` the per-minute throughput of App.history (index-only where the visibility
 -- map allows). Plain CREATE INDEX inside the migration's transaction: on a big table, run
 -- `offload migrate` when writes may wait for it (about 2 s per index per million jobs).
 CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
@@ -297,6 +297,15 @@ BEGIN
         idempotency_key, owner, trace, timeout, options, extract(epoch FROM lease_expires)::float8
     FROM upd ORDER BY priority, run_at, id;
 END $$
+
+-- name: migration_12
+-- Two of the jobs page's indexes go: a change of state is not a HOT update (state is
+-- indexed), so each enters every index of the row anew, twice a job (bench/RESULTS.md,
+-- "sqlite-index-cost"). A date range reads its stretch of the primary key (ids carry their
+-- creation time), and a kind without a state reads offload_jobs_state_kind_id one state at
+-- a time (search.py), as on SQLite.
+DROP INDEX IF EXISTS offload_jobs_kind_id;
+DROP INDEX IF EXISTS offload_jobs_created
 
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).

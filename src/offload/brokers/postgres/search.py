@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from ...contract import JobFilter, uuid_prefix
+from ...contract import JobFilter, JobState, uuid_prefix
 
 
 def _uuid(value: str) -> uuid.UUID | None:
@@ -80,22 +80,46 @@ def _ids(f: JobFilter, before: str | None, terms: list[str], params: dict[str, A
     return True
 
 
+def _by_state(f: JobFilter, states: Collection[str] | None) -> list[str] | None:
+    """The states to read a kind's jobs in one by one, off offload_jobs_state_kind_id (one
+    range each), when the filter names a kind but not one state; else None.
+
+    No index leads with the kind alone (migration_12): every change of a job's state enters
+    each index of its row anew, and a kind's page is at most one page per state, merged.
+    """
+    if f.kind is None or f.state is not None:
+        return None
+    return sorted({s.value for s in JobState} if states is None else set(states))
+
+
 def search_sql(
     f: JobFilter, states: Collection[str] | None, before: str | None, limit: int
 ) -> tuple[str, dict[str, Any]] | None:
-    found = where(f, states, before)
+    each = _by_state(f, states)
+    found = where(f, None if each else states, before)
     if found is None:
         return None
     clause, params = found
-    # The page's ids first (an index-only scan where an index covers the filter: a date range
-    # sorts its ids, never its rows), then only those rows.
-    page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT %(limit)s"
+    # The page's ids first (an index-only scan where an index covers the filter; a date range
+    # reads its stretch of the primary key backwards), then only those rows.
+    if not each:
+        page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT %(limit)s"
+    else:  # a kind (so `clause` has its WHERE): each state's newest, then the newest of those
+        parts = []
+        for i, state in enumerate(each):
+            params[f"state_{i}"] = state
+            parts.append(
+                f"(SELECT id FROM offload_jobs{clause} AND state = %(state_{i})s"
+                " ORDER BY id DESC LIMIT %(limit)s)"
+            )
+        page = f"SELECT id FROM ({' UNION ALL '.join(parts)}) AS e ORDER BY id DESC LIMIT %(limit)s"
     sql = f"SELECT * FROM offload_jobs WHERE id IN ({page}) ORDER BY id DESC"
     return sql, {**params, "limit": limit}
 
 
 def count_sql(f: JobFilter, cap: int | None) -> tuple[str, dict[str, Any]] | None:
-    found = where(f, None, None)
+    # A kind is counted off offload_jobs_state_kind_id: one range per state.
+    found = where(f, _by_state(f, None), None)
     if found is None:
         return None
     clause, params = found

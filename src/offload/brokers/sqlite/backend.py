@@ -70,7 +70,7 @@ CACHE_KIB = 65_536
 #: index) are made on open by `CREATE … IF NOT EXISTS` without a new version; 3 is one
 #: that older code must not ignore (paused queues, which every claim reads), and so is 4
 #: (unique keys, which every enqueue honours and a requeue must drop).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: How often an idle waiter checks whether another process committed (seconds).
 DEFAULT_POLL_S = 0.02
 #: How often a waiter checks while the database was busy within the last second. Other
@@ -189,6 +189,17 @@ def _migrate_to_unique(conn: sqlite3.Connection) -> None:
             continue  # migrated before
         conn.execute(statement)
     conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
+
+
+def _migrate_to_5(conn: sqlite3.Connection) -> None:
+    """Schema 4 to 5 (and a new file): the jobs page's indexes of the kind and of the
+    creation time go, in the opening transaction (queries.sql, `migration_5`). A new
+    version, so an older offload, which would make them again on its open, refuses the
+    file instead of undoing this one's every time the two take turns."""
+    for statement in Q["migration_5"].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("UPDATE offload_meta SET value = '5' WHERE key = 'schema_version'")
 
 
 def _unique_holder(conn: sqlite3.Connection, e: Envelope) -> str | None:
@@ -534,6 +545,8 @@ class SQLiteBackend:
                 _migrate_to_registry(conn)
             if row is None or version <= 3:
                 _migrate_to_unique(conn)
+            if row is None or version <= 4:
+                _migrate_to_5(conn)
         conn.execute(_progress_feed_trigger())
 
     def _writing(self, conn: sqlite3.Connection) -> None:

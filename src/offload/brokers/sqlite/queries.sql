@@ -306,6 +306,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS offload_jobs_unique ON offload_jobs (unique_ke
         state IN ('queued', 'retrying') AND started_at IS NULL
         OR unique_mode = 'active' AND state IN ('queued', 'retrying', 'running'))
 
+-- name: migration_5
+-- Schema 5: two indexes of the jobs page go, each a page more for every enqueue to write for
+-- a page no faster (bench/RESULTS.md, "sqlite-index-cost"): on (enqueued_at, id), whose date
+-- range the id bounds serve, and on (kind, id).
+-- No semicolon in these comments: the statements are split on it.
+DROP INDEX IF EXISTS offload_jobs_created;
+DROP INDEX IF EXISTS offload_jobs_kind_id
+
 -- name: record_worker
 INSERT INTO offload_workers (id, kinds, seen_at, info) VALUES (?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE
@@ -330,16 +338,11 @@ SELECT queue FROM offload_paused
 -- of the primary key (ids are UUIDv7: JobFilter.id_bounds), `history` serves the per-minute
 -- throughput (covering: read off the index alone). Made on open like the rest of the schema
 -- (older code ignores them, SQLite keeps them up to date). A kind without a state is read
--- off state_kind_id one state at a time (search.py). Two indexes of older schemas are
--- dropped, as a page more for every enqueue to write for a jobs page no faster
--- (bench/RESULTS.md, "sqlite-index-cost"): offload_jobs_created on (enqueued_at, id), whose
--- date range the id bounds serve, and offload_jobs_kind_id on (kind, id).
+-- off state_kind_id one state at a time (search.py), a date range off the primary key.
 -- No semicolon in these comments: the statements are split on it.
 CREATE INDEX IF NOT EXISTS offload_jobs_state_id ON offload_jobs (state, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_state_kind_id ON offload_jobs (state, kind, id);
 CREATE INDEX IF NOT EXISTS offload_jobs_queue_id ON offload_jobs (queue, id);
-DROP INDEX IF EXISTS offload_jobs_created;
-DROP INDEX IF EXISTS offload_jobs_kind_id;
 CREATE INDEX IF NOT EXISTS offload_jobs_history ON offload_jobs (finished_at, queue, state)
     WHERE state IN ('succeeded', 'failed', 'dead')
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Sequence
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -71,7 +70,7 @@ def _by_state(f: JobFilter, states: Collection[str] | None) -> list[str] | None:
     """
     if f.kind is None or f.state is not None:
         return None
-    return sorted(s.value for s in JobState) if states is None else sorted(states)
+    return sorted({s.value for s in JobState} if states is None else set(states))
 
 
 def search_sql(
@@ -85,14 +84,15 @@ def search_sql(
         clause, args = where(f, states, before)
         page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?"
         args.append(limit)
-    else:  # a kind: the newest `limit` of each state, then the newest `limit` of those
+    else:  # a kind (so `clause` has its WHERE): each state's newest, then the newest of those
+        clause, common = where(f, None, before)
         parts, args = [], []
         for state in each:
-            clause, part = where(replace(f, state=state), None, before)
             parts.append(
-                f"SELECT * FROM (SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?)"
+                f"SELECT * FROM (SELECT id FROM offload_jobs{clause} AND state = ?"
+                " ORDER BY id DESC LIMIT ?)"
             )
-            args += [*part, limit]
+            args += [*common, state, limit]
         page = f"SELECT id FROM ({' UNION ALL '.join(parts)}) ORDER BY id DESC LIMIT ?"
         args.append(limit)
     sql = f"SELECT * FROM offload_jobs WHERE id IN ({page}) ORDER BY id DESC"
