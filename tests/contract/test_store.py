@@ -303,6 +303,13 @@ async def test_list_filters_by_owner_state_and_kind(backend: Backend) -> None:
     assert await ids(owner="alice", state="running", kind="k2") == set()
     assert await ids(owner=None, kind="k1", state="queued") == {a_k1.id, b_k1.id}
     assert await ids(owner="carol") == set()
+    assert await ids(owner=None, state="no-such-state") == set()
+    # Every owner's jobs of a kind, in several states, newest first, a page at a time
+    pages, before = [], None
+    while page := await backend.list_jobs(owner=None, kind="k1", before=before, limit=2):
+        pages.append([r.id for r in page])
+        before = page[-1].id
+    assert pages == [[b_k1.id, a_run.id], [a_k1.id]]
     rows = await backend.list_jobs(owner="bob")
     assert rows[0].owner == "bob" and rows[0].kind == "k1"
 

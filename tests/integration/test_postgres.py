@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -181,9 +182,12 @@ async def test_migration_12_drops_the_kind_and_creation_time_indexes() -> None:
         return {r[0] for r in await cur.fetchall()}
 
     gone = {"offload_jobs_kind_id", "offload_jobs_created"}
+    neighbour = PgSchema(migrate=False)
+    await neighbour.create()
     try:
         async with await psycopg.AsyncConnection.connect(old.url, autocommit=True) as conn:
-            # Given a database at schema 11, with the two indexes
+            # Given a database at schema 11, with the two indexes (one already dropped by
+            # hand), and another schema later on its search_path with an index of that name
             await conn.execute(
                 "CREATE TABLE offload_migrations (version integer PRIMARY KEY, "
                 "applied_at timestamptz NOT NULL DEFAULT now())"
@@ -194,18 +198,33 @@ async def test_migration_12_drops_the_kind_and_creation_time_indexes() -> None:
                     "INSERT INTO offload_migrations (version) VALUES (%s)", (version,)
                 )
             assert gone <= await indexes(conn)
-            # When it is migrated
-            backend = PostgresBackend.from_url(old.url)
+            await conn.execute("DROP INDEX offload_jobs_created")
+            other = f'"{neighbour.name}"'
+            await conn.execute(f"CREATE TABLE {other}.offload_jobs (enqueued_at float8, id text)")
+            await conn.execute(
+                f"CREATE INDEX offload_jobs_created ON {other}.offload_jobs (enqueued_at, id)"
+            )
+            # When it is migrated with both schemas on its search_path
+            path = old.url.replace(quote(old.name), quote(f"{old.name},{neighbour.name}"))
+            assert path != old.url
+            backend = PostgresBackend.from_url(path)
             await backend.open(check_schema=False)
             try:
                 assert await backend.migrate() == [12]
             finally:
                 await backend.close()
-            # Then they are gone, and the one a kind's page reads instead is there
+            # Then its own are gone, the one a kind's page reads instead is there, and the
+            # other schema's index is untouched
             left = await indexes(conn)
             assert not gone & left and "offload_jobs_state_kind_id" in left
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+                (neighbour.name, "offload_jobs_created"),
+            )
+            assert await cur.fetchone() is not None
     finally:
         await old.drop()
+        await neighbour.drop()
 
 
 async def test_unreachable_server_is_a_clear_error_at_open() -> None:

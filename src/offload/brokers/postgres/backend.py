@@ -1141,23 +1141,12 @@ class PostgresBackend:
         before: str | None = None,
         limit: int = 50,
     ) -> list[JobRow]:
-        where: list[str] = []
-        params: dict[str, Any] = {"limit": limit}
-        for column, value in (("owner", owner), ("state", state), ("kind", kind)):
-            if value is not None:
-                where.append(f"{column} = %({column})s")
-                params[column] = value
-        if before:
-            cursor = _uuid(before)
-            if cursor is None:
-                return []
-            where.append("id < %(before)s")
-            params["before"] = cursor
-        sql = "SELECT * FROM offload_jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = await self._fetch(sql + " ORDER BY id DESC LIMIT %(limit)s", params)
-        return [_row(r) for r in rows]
+        try:
+            f = JobFilter(owner=owner, state=state, kind=kind)
+        except ValueError:  # an unknown state: no job is in it
+            return []
+        # The jobs page's query: a kind without a state is read one state at a time (search.py)
+        return await self.search_jobs(f, before=before or None, limit=limit)
 
     # -- operators: finding jobs and acting on many (see search.py) -------------------------
 

@@ -303,9 +303,18 @@ END $$
 -- indexed), so each enters every index of the row anew, twice a job (bench/RESULTS.md,
 -- "sqlite-index-cost"). A date range reads its stretch of the primary key (ids carry their
 -- creation time), and a kind without a state reads offload_jobs_state_kind_id one state at
--- a time (search.py), as on SQLite.
-DROP INDEX IF EXISTS offload_jobs_kind_id;
-DROP INDEX IF EXISTS offload_jobs_created
+-- a time (search.py), as on SQLite. Only this schema's (where migration 5 made them): a bare
+-- DROP INDEX IF EXISTS would look along the whole search_path and could drop another's.
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['offload_jobs_kind_id', 'offload_jobs_created'] LOOP
+        IF to_regclass(format('%I.%I', current_schema(), name)) IS NOT NULL THEN
+            EXECUTE format('DROP INDEX %I.%I', current_schema(), name);
+        END IF;
+    END LOOP;
+END $$
 
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).

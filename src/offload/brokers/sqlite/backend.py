@@ -1324,19 +1324,13 @@ class SQLiteBackend:
         before: str | None,
         limit: int,
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("owner", owner), ("state", state), ("kind", kind)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if before:
-            where.append("id < ?")
-            args.append(before)
-        sql = "SELECT * FROM offload_jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return self._returning(conn, sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        try:
+            f = JobFilter(owner=owner, state=state, kind=kind)
+        except ValueError:  # an unknown state: no job is in it
+            return []
+        # The jobs page's query: a kind without a state is read one state at a time (search.py)
+        sql, args = _search.search_sql(f, None, before or None, limit)
+        return self._returning(conn, sql, args)
 
     async def list_jobs(
         self,
