@@ -112,11 +112,16 @@ def links(prefix: str = DEFAULT_PREFIX) -> list[str]:
     return found
 
 
+def pids(name: str) -> list[int]:
+    """The processes in namespace `name` (none if it is gone)."""
+    out = _ip("netns", "pids", name, check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
 def _kill_inside(name: str) -> None:
     """SIGKILL every process still in namespace `name` (a namespace with processes in it
     outlives its name, and keeps its veth pair)."""
-    out = _ip("netns", "pids", name, check=False).stdout
-    for pid in (int(p) for p in out.split() if p.isdigit()):
+    for pid in pids(name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -72,6 +72,12 @@ def test_leftovers_of_a_run_that_died_are_cleaned_up_with_their_processes() -> N
     hosts = netns.Hosts(2, prefix=name).open()
     sleeper = subprocess.Popen(hosts[0].argv(["sleep", "600"]))
     try:
+        # (inside it: a clean-up before `ip netns exec` entered would miss it, and the
+        # namespace would outlive its name with the process in it)
+        deadline = time.monotonic() + 30
+        while not netns.pids(hosts[0].name) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert netns.pids(hosts[0].name), "the process never entered the namespace"
         # when a later run cleans up by prefix,
         removed = netns.clean_leftovers(name)
         # then the namespaces, their veths and the process are gone. (The kernel removes a
@@ -86,6 +92,7 @@ def test_leftovers_of_a_run_that_died_are_cleaned_up_with_their_processes() -> N
         assert netns.namespaces(name) == [] and netns.links(name) == []
     finally:
         sleeper.kill()
+        sleeper.wait()  # reaped here: not a ResourceWarning in whichever test runs next
         netns.remove([h.name for h in hosts], [h.veth for h in hosts])
 
 
