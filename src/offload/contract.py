@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -544,6 +544,18 @@ class JobFilter:
             return None
         low = uuid_prefix(self.id_prefix) or self.id_prefix.strip()
         return low, low[:-1] + chr(ord(low[-1]) + 1)
+
+    def kind_states(self, states: Collection[str] | None = None) -> list[str] | None:
+        """The states to read this filter's kind in one at a time, when it names a kind but
+        not one state: the distinct `states` if given, else every state. None otherwise.
+
+        The SQL backends keep no index of the kind alone (one more for every enqueue and
+        every change of state to write): a kind's page is read off (state, kind, id), one
+        range per state, the newest of each merged.
+        """
+        if self.kind is None or self.state is not None:
+            return None
+        return sorted({s.value for s in JobState} if states is None else set(states))
 
 
 def uuid_prefix(prefix: str) -> str | None:

@@ -27,6 +27,11 @@ _FEED_FIELDS = (
     "id", "kind", "version", "queue", "state", "priority", "attempt", "max_attempts",
     "result", "error", "worker",
 )  # fmt: skip
+#: The row fields a feed entry carries (those `fields_of_record` makes).
+RECORD_FIELDS = (
+    *_FEED_FIELDS, "progress_fraction", "progress_message", "enqueued_at", "run_at",
+    "started_at", "finished_at",
+)  # fmt: skip
 
 
 def _epoch(value: str | None) -> float | None:

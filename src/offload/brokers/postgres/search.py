@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from ...contract import JobFilter, JobState, uuid_prefix
+from ...contract import JobFilter, uuid_prefix
 
 
 def _uuid(value: str) -> uuid.UUID | None:
@@ -80,22 +80,10 @@ def _ids(f: JobFilter, before: str | None, terms: list[str], params: dict[str, A
     return True
 
 
-def _by_state(f: JobFilter, states: Collection[str] | None) -> list[str] | None:
-    """The states to read a kind's jobs in one by one, off offload_jobs_state_kind_id (one
-    range each), when the filter names a kind but not one state; else None.
-
-    No index leads with the kind alone (migration_12): every change of a job's state enters
-    each index of its row anew, and a kind's page is at most one page per state, merged.
-    """
-    if f.kind is None or f.state is not None:
-        return None
-    return sorted({s.value for s in JobState} if states is None else set(states))
-
-
 def search_sql(
     f: JobFilter, states: Collection[str] | None, before: str | None, limit: int
 ) -> tuple[str, dict[str, Any]] | None:
-    each = _by_state(f, states)
+    each = f.kind_states(states)
     found = where(f, None if each else states, before)
     if found is None:
         return None
@@ -119,7 +107,7 @@ def search_sql(
 
 def count_sql(f: JobFilter, cap: int | None) -> tuple[str, dict[str, Any]] | None:
     # A kind is counted off offload_jobs_state_kind_id: one range per state.
-    found = where(f, _by_state(f, None), None)
+    found = where(f, f.kind_states(), None)
     if found is None:
         return None
     clause, params = found

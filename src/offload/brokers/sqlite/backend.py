@@ -42,8 +42,8 @@ from ...errors import (
     SchemaError,
     StorageFull,
 )
+from .._rows import RECORD_FIELDS, fields_of_record
 from .._rows import envelope_of as _envelope
-from .._rows import fields_of_record
 from .._sql import queries
 from .._wakeup import Wakeup
 from ..base import (
@@ -121,18 +121,10 @@ def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> dict[str, Any]:
     return row
 
 
-#: The row's fields a feed entry's record carries (those `insert_events` reads back).
-_RECORD_FIELDS = (
-    "id", "kind", "version", "queue", "state", "priority", "attempt", "max_attempts",
-    "progress_fraction", "progress_message", "result", "error", "worker", "enqueued_at",
-    "run_at", "started_at", "finished_at",
-)  # fmt: skip
-
-
 def _entry(row: Mapping[str, Any]) -> tuple[str, str, str]:
     """The feed entry (job id, owner, record) of a row a statement returned whole (`RETURNING
     *`, JSON columns parsed: `_row`), as `insert_events` would read it back in SQL."""
-    return row["id"], row["owner"], orjson.dumps({k: row[k] for k in _RECORD_FIELDS}).decode()
+    return row["id"], row["owner"], orjson.dumps({k: row[k] for k in RECORD_FIELDS}).decode()
 
 
 def _new_entry(e: Envelope) -> tuple[str, str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ...contract import JobFilter, JobState
+from ...contract import JobFilter
 from .._sql import queries
 
 Q = queries(__package__)
@@ -61,25 +61,13 @@ def where(
     return (" WHERE " + " AND ".join(terms) if terms else ""), args
 
 
-def _by_state(f: JobFilter, states: Collection[str] | None) -> list[str] | None:
-    """The states to read a kind's jobs in one by one, off offload_jobs_state_kind_id (one
-    range each), when the filter names a kind but not one state; else None.
-
-    No index leads with the kind alone: one more page for every enqueue to write, where a
-    kind's page is at most one page per state, merged (bench/RESULTS.md, "sqlite-index-cost").
-    """
-    if f.kind is None or f.state is not None:
-        return None
-    return sorted({s.value for s in JobState} if states is None else set(states))
-
-
 def search_sql(
     f: JobFilter, states: Collection[str] | None, before: str | None, limit: int
 ) -> tuple[str, list[Any]]:
     # The page's ids first, read off an index alone where one covers the filter (state, kind,
     # queue, owner with id), then only those rows; a date range reads the primary key
     # backwards from its newest id (`id_bounds`), each row's enqueued_at checked exactly.
-    each = _by_state(f, states)
+    each = f.kind_states(states)
     if not each:
         clause, args = where(f, states, before)
         page = f"SELECT id FROM offload_jobs{clause} ORDER BY id DESC LIMIT ?"
@@ -100,7 +88,7 @@ def search_sql(
 
 
 def count(conn: sqlite3.Connection, f: JobFilter, cap: int | None) -> int:
-    each = _by_state(f, None)
+    each = f.kind_states()
     # A kind is counted off offload_jobs_state_kind_id: one range per state.
     clause, args = where(f, each, None)
     if cap is None:
