@@ -64,5 +64,5 @@ async def web(app: App) -> AsyncIterator[httpx.AsyncClient]:
     api = create_app(app)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             yield c

@@ -77,7 +77,7 @@ async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
         for who, token in TOKENS.items():
             out[who] = httpx.AsyncClient(
                 transport=transport,
-                base_url="http://testserver",
+                base_url="http://localhost",
                 headers={"Authorization": f"Bearer {token}"},
             )
         try:
@@ -170,12 +170,12 @@ async def test_a_client_that_leaves_mid_body_enqueues_nothing(app: App) -> None:
         "root_path": "",
         "query_string": b"",
         "headers": [
-            (b"host", b"testserver"),
+            (b"host", b"localhost"),
             (b"content-type", b"application/json"),
             (b"authorization", f"Bearer {TOKENS['alice']}".encode()),
         ],
         "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
+        "server": ("localhost", 80),
     }
     async with api.router.lifespan_context(api):
         with pytest.raises(ClientDisconnect):  # as Starlette's own reading raises it

@@ -51,7 +51,7 @@ async def test_a_signed_link_serves_a_blob_from_a_store_off_this_filesystem(
     api = create_app(app)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             link = urlsplit(presenter.link("reports/r1.pdf"))
             ok = await c.get(f"{link.path}?{link.query}")
             assert ok.status_code == 200 and ok.content == b"%PDF-1.4 remote"

@@ -19,10 +19,10 @@ from websockets.exceptions import InvalidStatus
 
 from offload import App, Message, Settings
 from offload.web import create_app
-from offload.web.origins import cross_site_reason
+from offload.web.origins import cross_site_reason, loopback_host
 
 pytestmark = pytest.mark.anyio
-BASE = "http://testserver"
+BASE = "http://localhost"
 EVIL = "https://evil.example"
 
 
@@ -153,8 +153,8 @@ async def test_a_cors_simple_request_from_another_site_enqueues_nothing(
     [
         {"Origin": EVIL},
         {"Origin": "null"},  # sandboxed frames, data: URLs
-        {"Origin": "http://testserver:8080"},  # another port is another origin
-        {"Origin": "https://testserver"},  # another scheme too
+        {"Origin": "http://localhost:8080"},  # another port is another origin
+        {"Origin": "https://localhost"},  # another scheme too
         {"Sec-Fetch-Site": "cross-site"},
         {"Sec-Fetch-Site": "same-site"},  # localhost:3000 → localhost:8000
         {"Origin": BASE, "Sec-Fetch-Site": "cross-site"},
@@ -180,7 +180,7 @@ async def test_cross_site_writes_are_403_in_development_mode(
     [
         {},  # curl, scripts, server-side clients
         {"Origin": BASE},
-        {"Origin": "http://TestServer:80"},  # the same origin, spelled otherwise
+        {"Origin": "http://LocalHost:80"},  # the same origin, spelled otherwise
         {"Sec-Fetch-Site": "same-origin"},
         {"Sec-Fetch-Site": "none"},  # typed by the user
         {"Origin": BASE, "Sec-Fetch-Site": "same-origin"},
@@ -236,6 +236,116 @@ async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+# -- DNS rebinding: a page's own name resolved to 127.0.0.1 ------------------------------
+
+
+async def test_a_rebound_name_is_refused_in_development_mode(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # A page of rebind.example, its name rebound to 127.0.0.1, is one origin with the
+    # server to the browser: Origin and Host agree, so only the Host gives it away.
+    page = {"Host": "rebind.example:8000", "Origin": "http://rebind.example:8000"}
+    posted = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers=page)
+    assert posted.status_code == 421
+    assert posted.headers["content-type"] == "application/problem+json"
+    assert posted.json()["type"].endswith("/not-loopback-host")
+    assert await count(app) == 0
+    await web.post("/v1/jobs/t.task", json={"name": "mine"})
+    for path in ("/v1/jobs", "/dashboard/", "/openapi.json", "/healthz"):
+        read = await web.get(path, headers={"Host": "rebind.example:8000"})
+        assert read.status_code == 421, path
+        assert "mine" not in read.text
+    for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "app.localhost"):
+        assert (await web.get("/v1/jobs", headers={"Host": host})).status_code == 200, host
+
+
+async def test_with_api_tokens_any_host_is_served(tmp_path: Path) -> None:
+    app = make_app(tmp_path, tokens={"tok-a": "alice"})
+    async with serving(app) as client:
+        answer = await client.get(
+            "/v1/jobs", headers={"Host": "jobs.example.com", "Authorization": "Bearer tok-a"}
+        )
+        assert answer.status_code == 200
+
+
+async def test_the_openapi_document_declares_421_in_development_mode_only(
+    tmp_path: Path, web: httpx.AsyncClient
+) -> None:
+    dev = (await web.get("/openapi.json")).json()
+    async with serving(make_app(tmp_path / "t", tokens={"tok-a": "alice"})) as client:
+        tokens = (
+            await client.get("/openapi.json", headers={"Authorization": "Bearer tok-a"})
+        ).json()
+    for doc, expected in ((dev, True), (tokens, False)):
+        for item in doc["paths"].values():
+            for operation in item.values():
+                assert "413" in operation["responses"]
+                assert ("421" in operation["responses"]) is expected
+
+
+async def test_a_rebound_websocket_handshake_is_refused(app: App) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+
+        async def handshake(host: str) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                (
+                    f"GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            await writer.wait_closed()
+            return status
+
+        assert b" 403 " in await handshake(f"rebind.example:{port}")
+        assert b" 101 " in await handshake(f"127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST:8000", True),
+        ("app.localhost:8000", True),
+        ("127.0.0.1", True),
+        ("127.0.0.1:8000", True),
+        ("127.8.9.10:1", True),
+        ("[::1]:8000", True),
+        ("[::ffff:127.0.0.1]:8000", True),
+        ("rebind.example", False),
+        ("localhost.example:8000", False),
+        ("127.0.0.1.nip.io", False),
+        ("10.0.0.1:8000", False),
+        ("[::2]", False),
+        ("127.0.0.1:99999", False),
+        ("127.0.0.1:x", False),
+        ("", False),
+    ],
+)
+def test_loopback_host(host: str, loopback: bool) -> None:
+    assert loopback_host(host) is loopback
 
 
 # -- the rule, as a pure function ----------------------------------------------------------

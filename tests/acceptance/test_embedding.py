@@ -20,7 +20,7 @@ from offload import App, BackendError, Context, Message, Settings
 from offload.web import create_app
 from offload.web.runtime import runtime_of
 
-ROOT = "http://testserver"
+ROOT = "http://localhost"
 
 
 class Export(Message):

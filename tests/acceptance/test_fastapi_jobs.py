@@ -70,7 +70,7 @@ def client(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=raising)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=headers)
 
 
 async def test_the_route_enqueues_as_the_token_holder_and_points_at_the_status_api(

@@ -55,7 +55,7 @@ async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
         out = {
             who: httpx.AsyncClient(
                 transport=transport,
-                base_url="http://testserver",
+                base_url="http://localhost",
                 headers={"Authorization": f"Bearer {token}"},
             )
             for who, token in TOKENS.items()
@@ -147,7 +147,7 @@ async def test_the_filled_field_is_validated_like_any_other(
         transport = httpx.ASGITransport(app=api)
         headers = {"Authorization": "Bearer tok-long"}
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", headers=headers
+            transport=transport, base_url="http://localhost", headers=headers
         ) as client:
             answer = await client.post("/v1/jobs/t.report", json={"period": "2026-10"})
     # then the message is invalid, as it would be from Python.

@@ -14,7 +14,7 @@ from offload import App, FromPrincipal, Message, Settings
 from offload.web import create_app, lifespan
 
 pytestmark = pytest.mark.anyio
-ROOT = "http://testserver"
+ROOT = "http://localhost"
 
 
 class Export(Message):

@@ -57,7 +57,7 @@ async def serving(app: App, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
     api = create_app(app, **kw)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             yield c
 
 

@@ -19,7 +19,7 @@ from offload.web.models import Queues, Workers
 from offload.worker.runner import Worker
 
 pytestmark = pytest.mark.anyio
-ROOT = "http://testserver"
+ROOT = "http://localhost"
 PATIENCE_S = 20.0
 TOKENS = {"t-ops": "ops", "t-bob": "bob"}
 
@@ -145,7 +145,7 @@ def test_the_document_declares_the_registry_for_operators_and_its_404(settings: 
     operation = document["paths"]["/v1/workers"]["get"]
     # A bearer token of an admin; anyone else (without a token too) is answered 404
     assert operation["security"] == [{"bearer": []}, {}]
-    assert set(operation["responses"]) == {"200", "401", "404", "500", "503"}
+    assert set(operation["responses"]) == {"200", "401", "404", "413", "500", "503"}
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/Workers"}
     queue = document["components"]["schemas"]["QueueStats"]

@@ -100,7 +100,7 @@ def test_offload_schedules_says_when_there_are_none(workdir: Path) -> None:
 
 def _client(api: Any, **headers: str) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=api)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=headers)
 
 
 @pytest.mark.anyio

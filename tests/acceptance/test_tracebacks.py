@@ -96,7 +96,7 @@ async def failed(
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
         with Receiver() as receiver:
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as web:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
                 # Given a job whose handler raises, with a webhook and an email to tell of it,
                 options = {"callback_url": receiver.url, "notify_email": "ann@example.com"}
                 answer = await web.post("/v1/jobs/t.broken", params=options, json={"user_id": "a"})

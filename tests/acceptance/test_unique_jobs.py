@@ -58,7 +58,7 @@ async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
         out = {
             who: httpx.AsyncClient(
                 transport=transport,
-                base_url="http://testserver",
+                base_url="http://localhost",
                 headers={"Authorization": f"Bearer {token}"},
             )
             for who, token in TOKENS.items()

@@ -119,7 +119,7 @@ async def test_a_worker_of_a_newer_version_that_upgrades_from_the_web_tiers_is_e
     api = create_app(web_app)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
             # When the web tier submits version 1, it is accepted and runs, upgraded
             response = await submit(web)
             assert response.status_code == 202, response.text
@@ -136,7 +136,7 @@ async def test_the_check_is_off_by_default(settings: Settings) -> None:
     api = create_app(app)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
             assert (await submit(web)).status_code == 202  # it waits in its queue
 
 

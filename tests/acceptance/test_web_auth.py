@@ -18,7 +18,7 @@ from offload import App, Message, Settings
 from offload.web import create_app, lifespan
 
 pytestmark = pytest.mark.anyio
-ROOT = "http://testserver"
+ROOT = "http://localhost"
 
 
 class Export(Message):

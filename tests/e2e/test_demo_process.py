@@ -33,7 +33,7 @@ async def main(folder, inline):
     web = create_demo_app(config)
     async with web.router.lifespan_context(web):
         transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             await client.post("/login", data={"user": "alice"})
             page = await client.get("/reports")
             token = re.search('data-csrf="([^"]+)"', page.text)[1]

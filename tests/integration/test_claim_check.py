@@ -95,7 +95,7 @@ async def _serve(app: App) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
     try:
         async with api.router.lifespan_context(api):
             transport = httpx.ASGITransport(app=api)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
                 yield c, worker
     finally:
         worker.request_stop()

@@ -200,7 +200,7 @@ async def test_the_metrics_api_value_location_reads_get_v1_queues(pg_app: App) -
     path = httpx.URL(meta["url"]).path
     api = create_app(pg_app)
     transport = httpx.ASGITransport(app=api)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as web:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
         # The route wants a bearer token (any principal), as the TriggerAuthentication gives;
         assert (await web.get(path)).status_code == 401
         answer = await web.get(path, headers={"Authorization": "Bearer keda-tok"})

@@ -32,6 +32,7 @@ from .handlers import problem_details, storage_full
 from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
+from .origins import LoopbackHostMiddleware
 from .present import Presenter
 from .problems import (
     BACKEND_RETRY_AFTER,
@@ -177,6 +178,8 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks, blobs=app.blobs
     )
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if api.state.auth.dev_mode:  # no credentials: loopback names only (DNS rebinding)
+        api.add_middleware(LoopbackHostMiddleware)
     problem_details(api)
     _answer_allow(api)
     # The hot path: a plain route (submit.py says why), first in line.

@@ -23,7 +23,15 @@ from starlette.routing import BaseRoute
 from .._links import JOBS_PATH
 from ..app import App, MessageSpec
 from .models import StatusRecord
-from .responses import API_ERRORS, PROBLEM_MEDIA_TYPE, SECONDS, STRING, header, problems
+from .responses import (
+    API_ERRORS,
+    PROBLEM_MEDIA_TYPE,
+    SECONDS,
+    STRING,
+    described,
+    header,
+    problems,
+)
 from .routes import OPERATORS_ONLY
 from .submit import JobOptions, job_options, submit
 
@@ -173,6 +181,17 @@ def _events_as_events(schema: dict[str, Any]) -> None:
                 stream.pop("type", None)
 
 
+def _answered_everywhere(schema: dict[str, Any], api: FastAPI) -> None:
+    """What a request may be answered before its route runs, whatever the route: 413 (the
+    body limit), and in development mode 421 (a `Host` that is no loopback name)."""
+    statuses = [413, 421] if api.state.auth.dev_mode else [413]
+    content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for operation in _operations(schema):
+        answers = operation.setdefault("responses", {})
+        for status in statuses:
+            answers.setdefault(str(status), {"description": described(status), "content": content})
+
+
 def _security(schema: dict[str, Any], api: FastAPI) -> None:
     """Bearer tokens (OFFLOAD_API_TOKENS), where they decide who calls: every /v1 operation
     asks for one (the event stream takes a ticket instead). An auth hook's credentials are
@@ -218,6 +237,7 @@ def openapi_document(api: FastAPI) -> dict[str, Any]:
         _parameters_never_null(schema)
         _problems_as_problems(schema)
         _events_as_events(schema)
+        _answered_everywhere(schema, api)
         _security(schema, api)
         _operators_marked(schema)
         api.openapi_schema = schema

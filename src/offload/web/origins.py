@@ -10,14 +10,15 @@ browser never adds on its own, so no origin check is needed there.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .problems import Problem
+from .problems import Problem, problem
 
 if TYPE_CHECKING:
     from .auth import Auth
@@ -30,6 +31,9 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WEB_SCHEMES = {"ws": "http", "wss": "https"}
 #: The headers `cross_site_reason` reads, with the `Host` the request came to.
 _SITE_HEADERS = frozenset({b"origin", b"sec-fetch-site", b"host"})
+_HOST = frozenset({b"host"})
+#: Why a cross-site write is refused here, by whether an auth hook is absent.
+_MODE = {True: "without API tokens (development mode)", False: "behind an auth hook"}
 
 
 def first_headers(scope: Scope, names: frozenset[bytes]) -> dict[str, str]:
@@ -108,10 +112,64 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
     if why is not None:
         raise Problem(
             403,
-            f"refused {why}: without API tokens (development mode) only pages of this "
-            "server and clients that are not browsers may change jobs",
+            f"refused {why}: {_MODE[auth.hook is None]} only pages of this server and "
+            "clients that are not browsers may change jobs",
             slug="cross-site-request",
         )
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a `Host` header names this machine's loopback, with any port: `localhost`
+    (or a name under it, RFC 6761) or a loopback address (`127.0.0.1`, `[::1]`)."""
+    parts = urlsplit(f"//{host}")
+    try:
+        parts.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        return False
+    name = parts.hostname
+    if not name:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+class LoopbackHostMiddleware:
+    """Development mode answers only requests sent to a loopback name (`Host`).
+
+    Its server listens on loopback, but a page of any site can reach it through a DNS name
+    it rebinds to 127.0.0.1: to the browser that page and the server are then one origin,
+    so the cross-site checks above pass and the page reads every job. Such a request
+    carries the page's name in `Host`, which this refuses (`421`); a WebSocket handshake
+    is closed before it is accepted. A request without `Host` (HTTP/1.0) comes from no
+    browser and is served.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = first_headers(scope, _HOST).get("host")
+            if host is not None and not loopback_host(host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                refused = problem(
+                    421,
+                    f"this server answers loopback names only, not {host[:100]!r}: without "
+                    "API tokens (development mode) it serves this machine alone; set "
+                    "OFFLOAD_API_TOKENS to serve other names",
+                    slug="not-loopback-host",
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def cross_site_guard(conn: HTTPConnection) -> None:

@@ -37,6 +37,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         "The body is not declared as JSON",
         {"Accept-Post": header("the media types a message may come as", STRING)},
     ),
+    421: (
+        "Development mode (no API tokens): the request's `Host` is no loopback name, as a "
+        "page of a DNS name rebound to this machine would send",
+        {},
+    ),
     422: ("The request is not valid: `errors` says where and why", {}),
     500: ("An internal error (logged; no traceback reaches the client)", {}),
     501: ("Not available in this installation (an optional extra is missing)", {}),
@@ -100,6 +105,11 @@ def problems(
             entry["content"] = {"application/json": {"examples": examples}}
         out[status] = entry
     return out
+
+
+def described(status: int) -> str:
+    """What an error status means wherever it is answered (its usual description)."""
+    return _ERRORS[status][0]
 
 
 #: What every /v1 route may answer besides its own: no caller, a backend down, a fault.
