@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._signing import load_or_create_key, signed_query
 from .contract import JobRow, public_error, status_record
-from .stores.blobs import BLOB_REF_PREFIX, blob_path, url_of
+from .stores.blobs import BLOB_REF_PREFIX, blob_path, check_key, url_of
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -41,6 +41,28 @@ def blob_refs(value: Any) -> list[str]:
     if isinstance(value, list):
         return [k for v in value for k in blob_refs(v)]
     return []
+
+
+def linkable(key: str, job_id: str) -> bool:
+    """Whether a `blob:<key>` in the result of job `job_id` becomes a signed link: a valid
+    key that names the job (contains its id, as `f"reports/{ctx.job_id}.pdf"` does).
+
+    A handler may put text a client sent into its result; were every `blob:` string
+    linked, a client could name another owner's file (`blob:reports/<their job>.pdf`) and
+    get a link to it. A key holding this job's id names a file of this job alone.
+    """
+    if not job_id or job_id not in key:
+        return False
+    try:
+        check_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+def result_refs(result: Any, job_id: str) -> list[str]:
+    """The keys of the `blob:` references in job `job_id`'s result that become links."""
+    return [key for key in blob_refs(result) if linkable(key, job_id)]
 
 
 class Presenter:
@@ -100,13 +122,18 @@ class Presenter:
         expires = int((now or time.time()) + self.ttl_s)
         return f"{self.prefix}{path}?{signed_query(self.secret, path, expires)}"
 
-    def sign_refs(self, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(BLOB_REF_PREFIX):
-            return self.link(value[len(BLOB_REF_PREFIX) :])
+    def sign_refs(self, value: Any, job_id: str) -> Any:
+        """Job `job_id`'s result `value` with each `blob:` reference that names the job
+        (`linkable`) as a signed link; any other is left as the text it is."""
+        if isinstance(value, str):
+            if value.startswith(BLOB_REF_PREFIX):
+                key = value[len(BLOB_REF_PREFIX) :]
+                return self.link(key) if linkable(key, job_id) else value
+            return value
         if isinstance(value, dict):
-            return {k: self.sign_refs(v) for k, v in value.items()}
+            return {k: self.sign_refs(v, job_id) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.sign_refs(v) for v in value]
+            return [self.sign_refs(v, job_id) for v in value]
         return value
 
     def record(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +144,7 @@ class Presenter:
         if not self.tracebacks and record.get("error") is not None:
             changes["error"] = public_error(record["error"])
         if record.get("result") is not None:
-            changes["result"] = self.sign_refs(record["result"])
+            changes["result"] = self.sign_refs(record["result"], record["id"])
         links = record.get("links")
         if self.mount and isinstance(links, dict):
             changes["links"] = {name: self.mount + path for name, path in links.items()}
@@ -128,4 +155,4 @@ class Presenter:
         record = status_record(row, prefix=f"{self.mount}{JOBS_PATH}", tracebacks=self.tracebacks)
         if record["result"] is None:
             return record
-        return {**record, "result": self.sign_refs(record["result"])}
+        return {**record, "result": self.sign_refs(record["result"], row.id)}

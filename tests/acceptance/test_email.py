@@ -53,7 +53,8 @@ def declare(app: App) -> None:
 
     @app.handles(Report)
     async def report(msg: Report, ctx: Context) -> dict[str, str]:
-        return {"pdf": await ctx.blobs.put(f"reports/{msg.user_id}.pdf", b"%PDF-1.4 fake")}
+        key = f"reports/{msg.user_id}-{ctx.job_id}.pdf"  # names the job: its result links it
+        return {"pdf": await ctx.blobs.put(key, b"%PDF-1.4 fake")}
 
 
 async def mail(sink: MailSink, count: int = 1, timeout: float = 15.0) -> None:
@@ -87,7 +88,7 @@ async def test_completion_email_has_both_parts_and_the_result_link(
     assert set(found) == {"text/plain", "text/html"}
     text, html = found["text/plain"], found["text/html"]
     link = next(w for w in text.split() if w.startswith(f"{PUBLIC}/files/"))
-    assert "reports/ann.pdf" in link and "signature=" in link
+    assert f"reports/ann-{job_id}.pdf" in link and "signature=" in link
     assert f'href="{link.replace("&", "&amp;")}"' in html
     assert f"{PUBLIC}/v1/jobs/{job_id}" in text and f"{PUBLIC}/v1/jobs/{job_id}" in html
     # and the link serves the file.
@@ -119,7 +120,7 @@ async def test_an_app_overrides_the_template_of_a_kind(
     (message,) = sink.messages
     assert message["Subject"] == f"Your report {job.id} is ready"
     found = dict(parts(message))
-    assert found["text/plain"].startswith(f"Download: {PUBLIC}/files/reports/bo.pdf?")
+    assert found["text/plain"].startswith(f"Download: {PUBLIC}/files/reports/bo-{job.id}.pdf?")
     assert "<i>t.report</i>" in found["text/html"]
 
 

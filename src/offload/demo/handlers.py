@@ -94,7 +94,8 @@ async def make_thumbnails(msg: MakeThumbnails, ctx: Context) -> dict[str, Any]:
     for i, thumb in enumerate(thumbnails, 1):
         refs.append(await ctx.blobs.put(f"thumbnails/{ctx.job_id}/{thumb.size}.webp", thumb.data))
         await ctx.progress(0.3 + 0.7 * i / len(thumbnails), f"stored {thumb.size} px")
-    return images.thumbnails_result(msg.image_key, msg.filename, info, thumbnails, refs)
+    copy = await ctx.blobs.put(images.original_key(ctx.job_id, msg.image_key), original)
+    return images.thumbnails_result(copy, msg.filename, info, thumbnails, refs)
 
 
 @app.handles(SendConfirmation, max_attempts=8, timeout=60)

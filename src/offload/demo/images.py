@@ -6,6 +6,7 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -90,13 +91,20 @@ def make_thumbnails(data: bytes, sizes: Sequence[int]) -> list[Thumbnail]:
     return thumbnails
 
 
+def original_key(job_id: str, image_key: str) -> str:
+    """Where a thumbnail job keeps its copy of the upload: under its own id, so that its
+    result may link it (a result links only keys that name its job)."""
+    return f"thumbnails/{job_id}/original{PurePosixPath(image_key).suffix}"
+
+
 def thumbnails_result(
-    image_key: str, filename: str, info: ImageInfo, thumbnails: list[Thumbnail], refs: list[str]
+    original: str, filename: str, info: ImageInfo, thumbnails: list[Thumbnail], refs: list[str]
 ) -> dict[str, Any]:
-    """The job result of a thumbnail set (the same in queued and inline mode)."""
+    """The job result of a thumbnail set (the same in queued and inline mode); `original`
+    is the reference of the job's copy of the upload (`original_key`)."""
     return {
         "filename": filename,
-        "original": f"blob:{image_key}",
+        "original": original,
         "width": info.width,
         "height": info.height,
         "format": info.format,

@@ -145,7 +145,8 @@ class InlineExports:
                 await self.blobs.put(f"thumbnails/{job_id}/{t.size}.webp", t.data)
                 for t in thumbnails
             ]
-            return images.thumbnails_result(image_key, filename, info, thumbnails, refs)
+            copy = await self.blobs.put(images.original_key(job_id, image_key), original)
+            return images.thumbnails_result(copy, filename, info, thumbnails, refs)
 
         payload = {"image_key": image_key, "filename": filename}
         return await self._finish(user.id, THUMBNAILS_KIND, payload, time.time(), work)

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
-from .._links import Presenter, blob_refs, signing_key
+from .._links import Presenter, result_refs, signing_key
 from ..contract import JobRow
 from ..errors import Cancel, DeliveryError, TargetRefused
 from ..retry import Backoff
@@ -133,7 +133,7 @@ class Dispatcher:
         presenter = self.presenters[channel]
         record = presenter.row(row)
         base = presenter.prefix
-        refs = blob_refs(row.result) if state == "succeeded" else []
+        refs = result_refs(row.result, job_id) if state == "succeeded" else []
         result = presenter.link(refs[0]) if len(refs) == 1 else f"{base}/v1/jobs/{job_id}/result"
         return Notification(
             id=nid,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from .._links import Presenter, blob_refs
+from .._links import Presenter, result_refs
 
-__all__ = ["Presenter", "blob_refs", "presenter_of", "root_of"]
+__all__ = ["Presenter", "presenter_of", "result_refs", "root_of"]
 
 
 def root_of(conn: HTTPConnection) -> str:

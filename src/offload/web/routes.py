@@ -27,7 +27,7 @@ from .models import (
     Workers,
 )
 from .origins import cross_site_guard
-from .present import blob_refs, presenter_of, root_of
+from .present import presenter_of, result_refs, root_of
 from .problems import JSONResponse, Problem
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
@@ -129,10 +129,10 @@ async def result(request: Request, job_id: str) -> Response:
             slug="not-done",
             job=present.row(row),
         )
-    refs = blob_refs(row.result)
+    refs = result_refs(row.result, row.id)
     if len(refs) == 1:
         return RedirectResponse(present.link(refs[0]), status_code=303)
-    return JSONResponse({"id": job_id, "result": present.sign_refs(row.result)})
+    return JSONResponse({"id": row.id, "result": present.sign_refs(row.result, row.id)})
 
 
 @router.get(

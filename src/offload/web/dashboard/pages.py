@@ -174,7 +174,7 @@ async def job(request: Request, job_id: str, part: str = "") -> Response:
     row = await app.get(job_id)
     if row is None:
         raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
-    result = presenter_of(request).sign_refs(row.result)  # file references as links
+    result = presenter_of(request).sign_refs(row.result, row.id)  # the job's files as links
     # The row's error is shown whole: operators see tracebacks.
     context: dict[str, Any] = {
         "row": row,
