@@ -239,6 +239,25 @@ async def test_the_scheduler_enqueues_each_due_tick_and_sleeps_until_the_next() 
 
 
 @pytest.mark.anyio
+async def test_a_look_just_before_a_tick_does_not_leave_it_for_the_next() -> None:
+    # A sleep wakes a little before the tick (timers and the wall clock disagree by a
+    # fraction of a millisecond): the look finds nothing due, and by the time the next
+    # sleep is worked out the clock has passed the tick.
+    clock = FakeClock(1_800_000_000.5)
+    app = App("t", url="memory://", clock=clock)
+    app.message("d.digest")(Digest)
+    app.periodic(Digest(), every=timedelta(seconds=5), name="digest")
+    async with app:
+        scheduler = Scheduler(app, since=clock.now())
+        clock.advance(4.4996)
+        assert await scheduler.fire_due() == 0  # the tick at +5 s is not due yet
+        clock.advance(0.0008)  # past it now
+        assert scheduler.sleep_s() == 0.0  # look again at once, not 5 s on
+        assert await scheduler.fire_due() == 1
+        assert scheduler.sleep_s() == pytest.approx(4.9996)
+
+
+@pytest.mark.anyio
 async def test_the_scheduler_looks_again_within_the_poll_for_a_far_tick() -> None:
     app = _app()
     app.periodic(Digest(), cron="0 0 1 1 *")

@@ -37,12 +37,15 @@ class Scheduler:
         self.since = since
         #: Jobs this scheduler stored (a tick another process had is not counted).
         self.created = 0
+        #: The time the last look at the schedules (`fire_due`) judged what was due by.
+        self.looked_at: float | None = None
 
     async def fire_due(self) -> int:
         """Enqueue every schedule's due ticks once; returns how many jobs this call stored."""
         backend = await self.app._opened_backend()
         last = {s.name: s.last_tick for s in await backend.schedule_states()}
         now = self.app.clock.now()
+        self.looked_at = now
         stored = 0
         for schedule in self.app.schedules.values():
             ticks = due(schedule, last=last.get(schedule.name), now=now, since=self.since)
@@ -64,9 +67,16 @@ class Scheduler:
         return len(created)
 
     def sleep_s(self) -> float:
-        """Seconds until the next tick of any schedule, at most `DEFAULT_SCHEDULER_POLL_S`."""
+        """Seconds until the next tick of any schedule, at most `DEFAULT_SCHEDULER_POLL_S`.
+
+        The next tick is the first after the time the last look judged by (`looked_at`),
+        not after the clock now: a sleep that woke a little before a tick found it not yet
+        due, and by now the clock may have passed it; the next tick after now would leave it
+        waiting for the following one (up to the poll, 5 s late). This one is due at once.
+        """
         now = self.app.clock.now()
-        ticks = [s.next_after(now) for s in self.app.schedules.values()]
+        looked = now if self.looked_at is None else min(self.looked_at, now)
+        ticks = [s.next_after(looked) for s in self.app.schedules.values()]
         upcoming = [t for t in ticks if t is not None]
         if not upcoming:
             return DEFAULT_SCHEDULER_POLL_S
