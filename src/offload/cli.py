@@ -986,12 +986,18 @@ def jobs_delete(
         return
     one = job_id
 
-    async def delete(a: App) -> tuple[str, int]:
+    async def finished(a: App) -> tuple[str, bool]:
         found = await _resolve(a, one)
-        return found, await a.delete_jobs(JobFilter(id_prefix=found))
+        row = await a.get(found)
+        return found, row is not None and row.state in FINAL_STATES
 
-    found, n = _with_app(app, url, delete)
-    if not n:
+    found, final = _with_app(app, url, finished)
+    if not final:
+        raise _fail(f"job {found} is not finished: only a finished job can be deleted")
+    if not yes:
+        typer.confirm(f"delete job {found} with its history?", abort=True)
+    n = _with_app(app, url, lambda a: a.delete_jobs(JobFilter(id_prefix=found)))
+    if not n:  # it was made to run again meanwhile
         raise _fail(f"job {found} is not finished: only a finished job can be deleted")
     _console().print(f"job {found} deleted")
 
@@ -1222,8 +1228,9 @@ def queues_pause(ctx: typer.Context, name: QueueName, app: OptApp = None, url: U
     said = f"queue {name} paused" if changed else f"queue {name} was paused already"
     _console().print(said, soft_wrap=True, highlight=False, markup=False)
     if not known:
+        routes = "no kind of this app routes to it" if ref else "without --app no kind is known"
         _console(stderr=True).print(
-            f"warning: no job is in queue {name} and no kind of this app routes to it; "
+            f"warning: no job is in queue {name} and {routes}; "
             "a misspelt name? (`offload queues resume` undoes the pause)",
             soft_wrap=True, highlight=False, markup=False,
         )  # fmt: skip

@@ -197,8 +197,13 @@ def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: st
     refused = invoke("jobs", "delete", shout, "--url", url)
     assert refused.exit_code == 1 and "only a finished job can be deleted" in refused.output
     invoke("jobs", "cancel", shout, "--url", url)
-    deleted = invoke("jobs", "delete", shout[:30], "--url", url)
+    # One job's delete asks too: a "no" keeps it, a "yes" deletes it
+    kept = invoke("jobs", "delete", shout[:30], "--url", url, input="n\n")
+    assert kept.exit_code == 1 and f"delete job {shout} with its history?" in kept.output
+    assert "Aborted." in kept.output and shout in invoke("jobs", "list", "--url", url).output
+    deleted = invoke("jobs", "delete", shout[:30], "--url", url, input="y\n")
     assert deleted.exit_code == 0 and f"job {shout} deleted" in deleted.output
+    assert shout not in invoke("jobs", "list", "--url", url).output
 
 
 def test_a_bulk_action_needs_an_id_or_all_matching_never_both(url: str) -> None:
