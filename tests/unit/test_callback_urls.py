@@ -1,5 +1,6 @@
 """One callback-URL rule: the kind default, the job option and the delivery-time check agree,
-and only an address literal is refused on submission (names are judged when sent)."""
+and a host that stands for an address without a lookup is refused on submission as it would
+be when sent (names are judged when sent)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from offload import App, Message
 from offload.errors import ConfigurationError, TargetRefused
 from offload.notify.targets import (
     MAX_CALLBACK_URL_LENGTH,
+    address_of,
     callback_url_error,
     callback_url_refusal,
     delivery_option_errors,
@@ -42,6 +44,8 @@ BAD = [
     ("http://receiver.example:99999/", "not a valid URL"),
     ("http://receiver.example:port/", "not a valid URL"),
     ("http://[::1/x", "not a valid URL"),
+    ("http://0177.0.0.1/", "not a valid URL"),  # the sender's parser refuses these
+    ("http://①②⑦.0.0.1/", "not a valid URL"),
     ("https://" + "a" * MAX_CALLBACK_URL_LENGTH, "longer than"),
 ]
 
@@ -86,7 +90,15 @@ def test_empty_delivery_options_are_no_options() -> None:
     ("url", "allow_private", "why"),
     [
         ("https://hooks.example.com/in", False, None),  # a name: judged when sent
-        ("https://localhost/in", False, None),
+        ("http://dead.beef/in", False, None),
+        ("https://localhost/in", False, "loopback"),  # always loopback (RFC 6761)
+        ("https://hooks.localhost/in", False, "loopback"),
+        ("https://localhost/in", True, None),
+        ("http://127.1/", False, "loopback"),  # numbers the resolver reads as IPv4
+        ("http://0x7f.1/", False, "loopback"),
+        ("http://2130706433/", False, "loopback"),
+        ("http://017700000001/", False, "loopback"),
+        ("http://2852039166/", True, "metadata"),  # 169.254.169.254
         ("https://93.184.215.14/in", False, None),
         ("https://127.0.0.1:9/in", False, "loopback"),
         ("https://[::1]/in", False, "loopback"),
@@ -95,7 +107,7 @@ def test_empty_delivery_options_are_no_options() -> None:
         ("http://169.254.169.254/latest", True, "metadata"),
     ],
 )
-def test_only_an_address_literal_is_refused_on_submission(
+def test_a_host_that_needs_no_lookup_is_judged_on_submission(
     url: str, allow_private: bool, why: str | None
 ) -> None:
     refused = callback_url_refusal(url, allow_private=allow_private)
@@ -103,3 +115,11 @@ def test_only_an_address_literal_is_refused_on_submission(
         assert refused is None
     else:
         assert refused is not None and why in refused
+        # and the sender, resolving as the system does, refuses it alike
+        resolved = {"localhost": "127.0.0.1", "hooks.localhost": "127.0.0.1"}
+
+        def system(host: str, port: int) -> list[str]:
+            return [resolved.get(host) or str(address_of(host))]
+
+        with pytest.raises(TargetRefused, match=why):
+            check_target(url, resolve=system, allow_private=allow_private)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+import httpx
 
 from ..contract import Envelope, JobRow, JobState, Message
 from .base import (
@@ -42,6 +45,8 @@ METADATA_ADDRESSES = frozenset(
 DELIVERY_KINDS = frozenset({WEBHOOK_KIND, EMAIL_KIND})
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+#: The characters of an IPv4 address in the forms the resolver reads (`0x7f.1`).
+_IPV4_NUMBER = frozenset("0123456789abcdefx.")
 
 
 def callback_url_error(url: str) -> str | None:
@@ -64,6 +69,10 @@ def callback_url_error(url: str) -> str | None:
         return "callback_url must be an http:// or https:// URL"
     if not parts.hostname:
         return "callback_url must name a host"
+    try:  # the parser the webhook is sent with: what it refuses (0177.0.0.1) is no URL
+        httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        return f"callback_url is not a valid URL: {exc}"
     return None
 
 
@@ -105,17 +114,39 @@ def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
     return None
 
 
-def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None:
-    """Why a valid callback URL is refused now, or None: only a host that is an address
-    literal is judged on submission; a name is resolved and judged when the webhook is
-    sent, for it may resolve differently by then."""
-    host = urlsplit(url).hostname or ""
+def address_of(host: str) -> IPAddress | None:
+    """The address a host stands for without a lookup, or None for a name to resolve: an
+    address literal, a number the resolver reads as an IPv4 address (`127.1`, `0x7f.1`,
+    `2130706433`), or `localhost` (and names under it, RFC 6761: always loopback)."""
     try:
-        ip = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
+        pass
+    if host == "localhost" or host.endswith(".localhost"):
+        return ipaddress.ip_address("127.0.0.1")
+    if host and set(host) <= _IPV4_NUMBER:
+        try:  # inet_aton parses as the resolver does; no lookup
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None:
+    """Why a valid callback URL is refused now, or None: a host that stands for an address
+    without a lookup (`address_of`) is judged on submission, as the sender would judge it;
+    a name is resolved and judged when the webhook is sent, for it may resolve differently
+    by then."""
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, TypeError):
+        return None  # no URL at all: callback_url_error's answer
+    ip = address_of(host)
+    if ip is None:
         return None
     why = refusal(ip, allow_private=allow_private)
-    return None if why is None else f"{host} is {why}; webhooks go to public hosts"
+    shown = host if str(ip) == host else f"{host} ({ip})"
+    return None if why is None else f"{shown} is {why}; webhooks go to public hosts"
 
 
 # -- which targets a job names, and the delivery jobs its end calls for ----------------------
