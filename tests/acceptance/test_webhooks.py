@@ -138,6 +138,13 @@ async def test_webhook_is_signed_per_the_spec_and_carries_the_status_record(
         assert body["data"]["id"] == job_id and body["data"]["result"] == {"user": "u1"}
         assert body["data"]["state"] == "succeeded"
         assert body["timestamp"] == body["data"]["finished_at"]
+        # with its links at the public URL, as every link that leaves the web tier
+        base = f"https://jobs.example.test/v1/jobs/{job_id}"
+        assert body["data"]["links"] == {
+            "self": base,
+            "events": f"{base}/events",
+            "result": f"{base}/result",
+        }
     # The delivery is visible on the job, with its stable id and the receiver's answer.
     record = (await web.get(f"/v1/jobs/{job_id}")).json()
     (shown,) = record["deliveries"]

@@ -64,11 +64,11 @@ class Dispatcher:
         # A notification leaves for a third party: tracebacks only when exposed on purpose.
         shown = s.expose_tracebacks
         email_ttl_s = max(s.link_ttl_s, DEFAULT_EMAIL_LINK_TTL_S)
+        # Links that leave the web tier point at its public URL: the files' and the jobs'.
+        base = s.public_url
         self.presenters = {
-            "webhook": Presenter(
-                key, s.link_ttl_s, s.public_url, tracebacks=shown, blobs=app.blobs
-            ),
-            "email": Presenter(key, email_ttl_s, s.public_url, tracebacks=shown, blobs=app.blobs),
+            channel: Presenter(key, ttl_s, base, mount=base, tracebacks=shown, blobs=app.blobs)
+            for channel, ttl_s in (("webhook", s.link_ttl_s), ("email", email_ttl_s))
         }
 
     def handlers(self) -> dict[str, HandlerSpec]:
