@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+#: The latest time a job may be set to run (RFC 3339 has four-digit years).
+LATEST_RUN_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 #: The principal that owns jobs enqueued from Python without an `owner`.
 DEFAULT_OWNER = "local"

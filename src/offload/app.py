@@ -17,7 +17,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._group import GroupCommit
 from ._ids import uuid7, uuid7_block
-from ._options import DEFAULT_OWNER, JobOptions
+from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, open_backend
@@ -652,6 +652,8 @@ class App:
             when = max(now, run_at.timestamp())
         elif delay is not None:
             when = now + max(0.0, _seconds(delay) or 0.0)
+        if when > LATEST_RUN_AT:
+            raise ValueError("run_at (or now + delay) is after 9999-12-31T23:59:59Z")
         for problem in delivery_option_errors(callback_url, notify_email).values():
             raise ValueError(problem)
         options = {

@@ -222,6 +222,11 @@ async def test_list_pages_the_callers_jobs_newest_first(
     queued = (await alice.get("/v1/jobs", params={"state": "queued"})).json()
     assert len(queued["items"]) == 3
     assert (await alice.get("/v1/jobs", params={"state": "dead"})).json()["items"] == []
+    # A cursor that is no job id is refused, not read as the first page
+    for bad in ("zzz", ids[0].upper(), ids[0] + "x"):
+        refused = await alice.get("/v1/jobs", params={"cursor": bad})
+        assert refused.status_code == 422, bad
+        assert refused.headers["content-type"] == "application/problem+json"
 
 
 async def test_queues_lists_every_registered_queue_even_when_empty(

@@ -222,7 +222,7 @@ async def test_events_need_credentials(base: str) -> None:
         assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
 
 
-@pytest.mark.parametrize("event_id", [b"x", b"-1", "²".encode("latin-1")])
+@pytest.mark.parametrize("event_id", [b"x", b"-1", "²".encode("latin-1"), b"9" * 24])
 async def test_a_job_stream_resumes_after_ascii_digits_only(
     clients: dict[str, httpx.AsyncClient], event_id: bytes
 ) -> None:
@@ -231,6 +231,18 @@ async def test_a_job_stream_resumes_after_ascii_digits_only(
     job_id = await submit(alice, "waits")
     bad = await alice.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": event_id})
     assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
+
+
+async def test_a_job_stream_refuses_a_position_past_the_engines_integers(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    # A position no engine stores (past 64 bits) was an empty 200 stream with an overflow
+    # raised inside it
+    alice = clients["alice"]
+    job_id = await submit(alice, "waits")
+    bad = await alice.get(f"/v1/jobs/{job_id}/events", params={"since": "9" * 24})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["errors"][0]["loc"] == ["query", "since"]
 
 
 async def _hello(ws: ClientConnection) -> int:

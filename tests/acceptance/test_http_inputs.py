@@ -29,6 +29,10 @@ class Receipt(Message):
     text: str
 
 
+class Note(Message):
+    text: str
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
@@ -44,6 +48,7 @@ def app(settings: Settings) -> App:
     app = App("inputs", settings=settings)
     app.message("t.report", queue="reports")(Report)
     app.message("t.receipt", queue="mail", http=False)(Receipt)
+    app.message("t.note", queue="reports")(Note)
     return app
 
 
@@ -182,8 +187,10 @@ def test_a_from_principal_field_must_be_a_string() -> None:
 # -- job options and methods --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run_at", ["1700000000", "0.5", "-1"])
-async def test_run_at_is_a_date_time_not_a_number(
+@pytest.mark.parametrize(
+    "run_at", ["1700000000", "0.5", "-1", "9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59-00:01"]
+)
+async def test_run_at_is_a_date_time_not_a_number_nor_past_year_9999(
     app: App, clients: dict[str, httpx.AsyncClient], run_at: str
 ) -> None:
     answer = await clients["alice"].post(
@@ -268,3 +275,23 @@ async def test_options_in_range_are_the_jobs(
     (row,) = await stored(app)
     assert (row.priority, row.idempotency_key) == (-1000, "k" * 255)
     assert row.run_at >= row.enqueued_at + 5
+
+
+async def test_an_idempotency_key_replays_its_own_kind_only(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    alice = clients["alice"]
+    key = {"Idempotency-Key": "K1"}
+    first = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"}, headers=key)
+    assert first.status_code == 202
+    # The same key sent for another kind is no repeat of that request: 409, nothing stored
+    other = await alice.post("/v1/jobs/t.note", json={"text": "hi"}, headers=key)
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+    assert other.json()["type"].endswith("/idempotency-key-reused")
+    assert "t.report" in other.json()["detail"]
+    assert len(await stored(app)) == 1
+    # and the repeat of the first request is answered with its job, as before
+    again = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"}, headers=key)
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]

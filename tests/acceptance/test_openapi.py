@@ -6,10 +6,12 @@ and its body, member for member. Jobs in every state give the cases real ids."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +29,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi
 
 from offload import App, Context, FromPrincipal, JobState, Message, Settings
+from offload._options import LATEST_RUN_AT
 from offload.notify.targets import callback_url_refusal, delivery_option_errors
 from offload.web import create_app, lifespan
 from offload.worker.runner import Worker
@@ -279,6 +282,9 @@ def _within_option_rules(allow_private: bool) -> Callable[..., Any]:
         query = case.query
         if query.get("delay") is not None:
             query.pop("run_at", None)
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # past year 9999: refused
+            if datetime.fromisoformat(query["run_at"]).timestamp() > LATEST_RUN_AT:
+                query.pop("run_at")
         bad = delivery_option_errors(query.get("callback_url"), query.get("notify_email"))
         url = query.get("callback_url")
         if url and not bad.get("callback_url"):

@@ -81,6 +81,12 @@ def principal_of(conn: HTTPConnection, ticket: str | None) -> str:
     return found
 
 
+#: A feed position, as Last-Event-ID and `since` give it (documented; checked by `cursor_of`):
+#: at most 18 digits, so that every one fits the engines' 64-bit integers.
+FEED_POSITION = {"pattern": "^[0-9]{0,18}$"}
+MAX_FEED_POSITION = 10**18 - 1
+
+
 def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     """The position to resume after (Last-Event-ID wins over `since`); None: from now on.
 
@@ -124,10 +130,6 @@ async def ws_ticket(request: Request) -> Response:
         status_code=201,
         headers={"Cache-Control": "no-store"},
     )
-
-
-#: A feed position, as Last-Event-ID and `since` give it (documented; checked by `cursor_of`).
-FEED_POSITION = {"pattern": "^[0-9]{0,18}$"}
 
 
 @router.get(

@@ -68,7 +68,20 @@ SUBMIT_ANSWERS: dict[str, Any] = {
                 ),
             }
         },
-        **problems(*API_ERRORS, 403, 404, 413, 415, 422, meaning={404: "No job kind of that name"}),
+        **problems(
+            *API_ERRORS,
+            403,
+            404,
+            409,
+            413,
+            415,
+            422,
+            meaning={
+                404: "No job kind of that name",
+                409: "The Idempotency-Key was used for a job of another kind "
+                "(`idempotency-key-reused`): nothing stored",
+            },
+        ),
     },
 }
 

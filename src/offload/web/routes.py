@@ -15,7 +15,7 @@ from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from .auth import admin_only, authenticated
 from .events import EventStreamResponse, job_stream
-from .feeds import is_digits
+from .feeds import FEED_POSITION, MAX_FEED_POSITION, cursor_of
 from .models import (
     JobEvent,
     JobPage,
@@ -38,7 +38,9 @@ router = APIRouter(
     dependencies=[Depends(cross_site_guard), Depends(opened), Depends(authenticated)],
 )
 #: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
-EVENT_ID = {"pattern": "^[0-9]*$"}
+EVENT_ID = FEED_POSITION
+#: A job id (a UUID, as offload writes them): what `cursor` of the job list takes.
+JOB_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 #: Marks an operation for operators only (`admin_only`) in the OpenAPI document, which
 #: states how anyone else is answered (`openapi._security`); the marker itself is dropped.
 OPERATORS_ONLY = "x-offload-operators-only"
@@ -145,17 +147,12 @@ async def events(
     request: Request,
     job_id: str,
     last_event_id: Annotated[str | None, Header(json_schema_extra=EVENT_ID)] = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[int | None, Query(ge=0, le=MAX_FEED_POSITION)] = None,
 ) -> Response:
     """Server-sent events of every change of the job, until its final state."""
     await _owned(request, job_id)
-    cursor = since or 0
-    if last_event_id:
-        if not is_digits(last_event_id):
-            raise Problem(
-                400, "Last-Event-ID must be an event id of this stream", slug="bad-event-id"
-            )
-        cursor = int(last_event_id)
+    resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
+    cursor = resumed if resumed is not None else since or 0
     hub = _state(request).runtime.hub
     stream = job_stream(hub, _app(request), job_id, cursor, presenter_of(request).row)
     return EventStreamResponse(stream)
@@ -197,7 +194,7 @@ async def list_jobs(
     request: Request,
     state: JobState | None = None,
     kind: str | None = None,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """The caller's jobs, newest first; follow `next` for the following page."""

@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .._links import JOBS_PATH
+from .._options import LATEST_RUN_AT
 from ..app import App, MessageSpec
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
 from .auth import kind_allowed
@@ -101,6 +102,8 @@ def _check_options(request: Request, options: JobOptions) -> None:
         errors.append({"loc": ["query", "run_at"], "msg": "give delay or run_at, not both"})
     if run_at is not None and run_at.tzinfo is None:
         errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
+    elif run_at is not None and run_at.timestamp() > LATEST_RUN_AT:
+        errors.append({"loc": ["query", "run_at"], "msg": "run_at is after 9999-12-31T23:59:59Z"})
     invalid = delivery_option_errors(callback_url, options.notify_email)
     errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
     if callback_url is not None and "callback_url" not in invalid:
@@ -263,6 +266,14 @@ async def submit(request: Request) -> Response:
         notify_email=options.notify_email,
     )
     job, row = await app.submit(envelope)
+    if not job.created and not job.unique_repeat and row.kind != kind:
+        # The key named a request for another kind: this one is not its repeat.
+        raise Problem(
+            409,
+            f"Idempotency-Key {options.idempotency_key!r} was used for a job of kind "
+            f"{row.kind!r}: a repeat must be the same request; use a new key",
+            slug="idempotency-key-reused",
+        )
     location = f"{root_of(request)}{JOBS_PATH}/{job.id}"
     record = presenter_of(request).row(row)
     headers = [(b"location", location.encode("latin-1"))]
