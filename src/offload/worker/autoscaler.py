@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import OffloadError
 from .scaling import Backlog, Decision, ScalingPolicy
-from .supervisor import DEFAULT_RESTART_BACKOFF_S
+from .supervisor import DEFAULT_RESTART_BACKOFF_S, stopped_cleanly
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -197,6 +197,8 @@ class AutoscalingSupervisor:
         self.slots: list[_Child | None] = [None] * policy.max_processes
         self.metrics = None if metrics is None else ScalingMetrics(metrics, lambda: self.size)
         self._stopping = asyncio.Event()
+        #: The signal the processes were sent to stop (None until then).
+        self._stop_signal: int | None = None
 
     @property
     def size(self) -> int:
@@ -255,6 +257,7 @@ class AutoscalingSupervisor:
                 extra={"action": "autoscale_stop", "processes": self.alive},
             )
         self._stopping.set()
+        self._stop_signal = signum
         for child in self.slots:
             if child is not None and child.proc is not None and not child.stopping:
                 if child.proc.poll() is None:
@@ -366,4 +369,4 @@ class AutoscalingSupervisor:
         for child in self.slots:
             if child is not None:
                 child.close_ready()
-        return 0 if all(code == 0 for code in codes) else 1
+        return 0 if all(stopped_cleanly(code, self._stop_signal) for code in codes) else 1

@@ -15,6 +15,14 @@ log = logging.getLogger("offload.supervisor")
 DEFAULT_RESTART_BACKOFF_S = 1.0
 
 
+def stopped_cleanly(code: int, stop_signal: int | None) -> bool:
+    """Whether a worker process's exit code is a clean stop: 0, or death by the signal the
+    supervisor sent it to stop (`stop_signal`). A process signalled before its worker set
+    up its handlers (still importing, on a busy machine) dies of the signal's default
+    action; it had claimed nothing, so it stopped as asked."""
+    return code == 0 or (stop_signal is not None and code == -stop_signal)
+
+
 class Supervisor:
     """Keeps `processes` copies of a worker command running until asked to stop.
 
@@ -46,6 +54,8 @@ class Supervisor:
         self.started_at = [0.0] * processes
         self.done = [False] * processes
         self.stopping = False
+        #: The signal the processes were sent to stop (None until then).
+        self.stop_signal: int | None = None
 
     def _spawn(self, slot: int) -> None:
         argv = self.argv if slot == 0 else self.others_argv
@@ -65,6 +75,7 @@ class Supervisor:
                 extra={"action": "supervisor_stop", "processes": running},
             )
         self.stopping = True
+        self.stop_signal = signum
         for child in self.children:
             if child is not None and child.poll() is None:
                 child.send_signal(signum)
@@ -95,7 +106,7 @@ class Supervisor:
                     self._spawn(slot)
             time.sleep(0.2)
         codes = [child.wait() for child in self.children if child is not None]
-        return 0 if all(code == 0 for code in codes) else 1
+        return 0 if all(stopped_cleanly(code, self.stop_signal) for code in codes) else 1
 
 
 def worker_argv(app_ref: str, options: Sequence[str]) -> list[str]:
