@@ -42,7 +42,7 @@ class Demo:
 
     def client(self) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.web)
-        return httpx.AsyncClient(transport=transport, base_url="http://demo.test", timeout=60)
+        return httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=60)
 
     async def signed_in(self, user: str) -> httpx.AsyncClient:
         client = self.client()
@@ -67,7 +67,7 @@ async def running(
     config = prepare(
         DemoConfig(
             folder=folder,
-            base_url="http://demo.test",
+            base_url="http://localhost",
             pace_s=0.0,
             inline=inline,
             max_upload_bytes=UPLOAD_LIMIT,
@@ -123,6 +123,18 @@ def png(size: tuple[int, int] = (600, 400)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, "orange").save(out, format="PNG")
     return out.getvalue()
+
+
+async def test_a_page_of_a_rebound_name_cannot_sign_in_nor_read(demo: Demo) -> None:
+    # A page whose name was rebound to 127.0.0.1 is one origin with the demo to the browser
+    rebound = {"Host": "rebind.example:8000", "Origin": "http://rebind.example:8000"}
+    async with demo.client() as client:
+        login = await client.post("/login", data={"user": "alice"}, headers=rebound)
+        assert login.status_code == 421 and "set-cookie" not in login.headers
+        assert login.headers["content-type"] == "application/problem+json"
+        for path in ("/reports", "/v1/jobs", "/dashboard/"):
+            assert (await client.get(path, headers=rebound)).status_code == 421, path
+    assert (await (await demo.signed_in("alice")).get("/reports")).status_code == 200
 
 
 async def test_pages_need_a_signed_in_user(demo: Demo) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -20,6 +21,7 @@ from ..settings import Settings
 from ..web import create_app
 from ..web.app import signing_key
 from ..web.auth import TokenAuth
+from ..web.origins import LoopbackHostMiddleware
 from ..web.problems import problem
 from . import uploads
 from .config import DemoConfig
@@ -153,6 +155,10 @@ def _exports(config: DemoConfig, api: Any) -> Exports:
     return InlineExports(config, demo_app.blobs, api.state.present)
 
 
+#: Why the demo answers loopback names only (the 421's detail), without API tokens.
+DEMO_HOSTS = "the demo serves this machine alone (its users have no passwords)"
+
+
 def create_demo_app(config: DemoConfig, *, catching_mail: bool = True) -> Starlette:
     """The demo's web tier: its pages, static files, and offload's API (`create_app`).
 
@@ -195,6 +201,11 @@ def create_demo_app(config: DemoConfig, *, catching_mail: bool = True) -> Starle
             Mount("", app=api),
         ],
         lifespan=lifespan,
+        # Without API tokens its users have no passwords: this machine's browser alone may
+        # reach it, not a page whose name was rebound to 127.0.0.1 (its Host gives it away).
+        middleware=[Middleware(LoopbackHostMiddleware, why=DEMO_HOSTS)]
+        if settings.dev_mode
+        else [],
     )
     web.state.site = site
     return web

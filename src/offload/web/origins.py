@@ -10,6 +10,7 @@ browser never adds on its own, so no origin check is needed there.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -118,6 +119,7 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)  # every request asks it: the same few Hosts, parsed once
 def loopback_host(host: str) -> bool:
     """Whether a `Host` header names this machine's loopback, with any port: `localhost`
     (or a name under it, RFC 6761) or a loopback address (`127.0.0.1`, `[::1]`)."""
@@ -126,8 +128,8 @@ def loopback_host(host: str) -> bool:
         parts.port  # noqa: B018 - a malformed port raises here
     except ValueError:
         return False
-    name = parts.hostname
-    if not name:
+    name = (parts.hostname or "").rstrip(".")  # `localhost.`: the same name, fully qualified
+    if not name or "@" in host:  # no browser sends user info in Host
         return False
     if name == "localhost" or name.endswith(".localhost"):
         return True
@@ -137,6 +139,13 @@ def loopback_host(host: str) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+#: Why development mode answers loopback names only (the 421's detail).
+DEV_MODE_HOSTS = (
+    "without API tokens (development mode) it serves this machine alone; set "
+    "OFFLOAD_API_TOKENS to serve other names"
+)
 
 
 class LoopbackHostMiddleware:
@@ -150,24 +159,27 @@ class LoopbackHostMiddleware:
     browser and is served.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, why: str = DEV_MODE_HOSTS) -> None:
         self.app = app
+        self.why = why
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             host = first_headers(scope, _HOST).get("host")
             if host is not None and not loopback_host(host):
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                    return
                 refused = problem(
                     421,
-                    f"this server answers loopback names only, not {host[:100]!r}: without "
-                    "API tokens (development mode) it serves this machine alone; set "
-                    "OFFLOAD_API_TOKENS to serve other names",
+                    f"this server answers loopback names only, not {host[:100]!r}: {self.why}",
                     slug="not-loopback-host",
+                    instance=scope.get("root_path", "") + scope["path"],
                 )
-                await refused(scope, receive, send)
+                if scope["type"] == "http":
+                    await refused(scope, receive, send)
+                elif "websocket.http.response" in scope.get("extensions", {}):
+                    await receive()  # the handshake (websocket.connect), then the refusal
+                    await refused(scope, receive, send)  # as HTTP: the problem document
+                else:
+                    await send({"type": "websocket.close", "code": 1008})
                 return
         await self.app(scope, receive, send)
 
