@@ -99,6 +99,15 @@ def test_empty_delivery_options_are_no_options() -> None:
         ("http://2130706433/", False, "loopback"),
         ("http://017700000001/", False, "loopback"),
         ("http://2852039166/", True, "metadata"),  # 169.254.169.254
+        ("http://localhost./", False, "loopback"),  # a final dot names the same host
+        ("http://127.0.0.1./", False, "loopback"),
+        ("http://169.254.169.254./", True, "metadata"),
+        ("http://[::127.0.0.1]/", False, "loopback"),  # IPv6 forms that carry an IPv4 one
+        ("http://[64:ff9b::7f00:1]/", False, "loopback"),  # NAT64
+        ("http://[2002:7f00:1::]/", False, "loopback"),  # 6to4
+        ("http://[64:ff9b::a9fe:a9fe]/", True, "metadata"),
+        ("http://[2002:a9fe:a9fe::]/", True, "metadata"),
+        ("http://[2002:5db8:d70e::]/", False, None),  # 6to4 of a public address
         ("https://93.184.215.14/in", False, None),
         ("https://127.0.0.1:9/in", False, "loopback"),
         ("https://[::1]/in", False, "loopback"),

@@ -45,6 +45,8 @@ METADATA_ADDRESSES = frozenset(
 DELIVERY_KINDS = frozenset({WEBHOOK_KIND, EMAIL_KIND})
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 #: The characters of an IPv4 address in the forms the resolver reads (`0x7f.1`).
 _IPV4_NUMBER = frozenset("0123456789abcdefx.")
 
@@ -93,10 +95,24 @@ def delivery_option_errors(callback_url: str | None, notify_email: str | None) -
     return {name: why for name, why in found.items() if why}
 
 
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries on to, or None: IPv4-mapped
+    (`::ffff:a.b.c.d`), 6to4 (`2002::/16`), the NAT64 well-known prefix (`64:ff9b::/96`)
+    and the deprecated IPv4-compatible form (`::a.b.c.d`)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # :: and ::1 are their own
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
-    """Why a webhook may not go to `ip`, or None when it may."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Why a webhook may not go to `ip`, or None when it may (an IPv6 address that
+    carries an IPv4 one is judged as that one: `embedded_ipv4`)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = embedded_ipv4(ip) or ip
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if ip.is_unspecified or ip.is_multicast:
@@ -117,7 +133,9 @@ def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
 def address_of(host: str) -> IPAddress | None:
     """The address a host stands for without a lookup, or None for a name to resolve: an
     address literal, a number the resolver reads as an IPv4 address (`127.1`, `0x7f.1`,
-    `2130706433`), or `localhost` (and names under it, RFC 6761: always loopback)."""
+    `2130706433`), or `localhost` (and names under it, RFC 6761: always loopback); a
+    final dot (`localhost.`, `127.0.0.1.`) names the same."""
+    host = host[:-1] if host.endswith(".") and not host.endswith("..") else host
     try:
         return ipaddress.ip_address(host)
     except ValueError:

@@ -32,7 +32,7 @@ from .. import tracing
 from ..errors import DeliveryError, TargetRefused
 from .base import Notification, Receipt
 from .targets import METADATA_ADDRESSES as METADATA_ADDRESSES  # re-exported (older home)
-from .targets import IPAddress, callback_url_error, refusal
+from .targets import IPAddress, address_of, callback_url_error, refusal
 
 log = logging.getLogger("offload.notify")
 
@@ -140,7 +140,7 @@ def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) ->
     except (httpx.InvalidURL, TypeError) as exc:
         raise TargetRefused(f"not a valid URL: {exc}") from None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    literal = _literal(parsed.host)
+    literal = address_of(parsed.host)  # as the web tier judged it: no lookup needed
     if literal is not None:
         addresses = [literal]
     else:
