@@ -24,7 +24,10 @@ def moment(value: str | None, *, now: float) -> datetime | None:
     age = _AGE.match(value)
     if age:
         seconds = float(age[1]) * _UNITS[age[2]]
-        return datetime.fromtimestamp(now, UTC) - timedelta(seconds=seconds)
+        try:
+            return datetime.fromtimestamp(now, UTC) - timedelta(seconds=seconds)
+        except OverflowError:  # before year 1
+            raise ValueError(f"{value!r} is longer ago than any job") from None
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:

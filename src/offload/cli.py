@@ -804,7 +804,7 @@ def jobs_list(
     until: UntilOpt = None,
     search: SearchOpt = None,
     id_prefix: IdOpt = None,
-    limit: int = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="show at most this many")] = 50,
     wide: Annotated[bool, typer.Option("--wide", help="also queue, owner, worker")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

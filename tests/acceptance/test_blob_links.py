@@ -63,3 +63,16 @@ async def test_a_signed_link_serves_a_blob_from_a_store_off_this_filesystem(
             assert gone.headers["content-type"] == "application/problem+json"
             forged = await c.get(f"{link.path}?expires=9999999999&signature=bad")
             assert forged.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "key", ["reports/x\n", "reports/x\r", "\nreports/x", "../x", "a//b", "a/./b", ".hidden", ""]
+)
+def test_a_key_with_a_line_break_or_a_bad_segment_is_refused(key: str) -> None:
+    # `$` matches before a final line break: a key ending in one passed the check before
+    with pytest.raises(ValueError, match="invalid blob key"):
+        check_key(key)
+
+
+def test_a_key_of_safe_characters_passes() -> None:
+    assert check_key("reports/2026-12/r1.v2.pdf") == "reports/2026-12/r1.v2.pdf"

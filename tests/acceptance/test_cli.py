@@ -168,6 +168,12 @@ def test_jobs_list_filters_by_queue_text_and_time_and_counts_the_matches(url: st
     assert second in mine.output and first not in mine.output
     bad = invoke("jobs", "list", "--url", url, "--since", "soon")
     assert bad.exit_code == 2 and "neither an age" in one_line(bad)
+    # An age before year 1 was a traceback (OverflowError); a limit out of range too
+    for age in ("999999d", "99999999999d"):
+        too_old = invoke("jobs", "list", "--url", url, "--since", age)
+        assert too_old.exit_code == 2 and "longer ago than any job" in one_line(too_old)
+    for limit in ("0", "-1", "99999999999999999999"):
+        assert invoke("jobs", "list", "--url", url, "--limit", limit).exit_code == 2, limit
 
 
 def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: str) -> None:

@@ -411,6 +411,10 @@ async def test_pause_and_resume_a_queue_from_the_overview(app: App, web: httpx.A
     (resume,) = [f for f in page.post_forms() if f["action"].endswith("/queues/billing/resume")]
     assert (await web.post(resume["action"], data=resume["f"], headers=OPS)).status_code == 303
     assert (await app.stats())["billing"]["paused"] is False
+    # A made-up queue is not paused (it would stay in the overview for good)
+    made_up = pause["action"].replace("/queues/billing/", "/queues/no-such-queue/")
+    refused = await web.post(made_up, data=pause["f"], headers=OPS)
+    assert refused.status_code == 404 and "no-such-queue" not in await app.stats()
 
 
 async def test_read_only_mode_hides_every_action_and_refuses_them(tmp_path: Path) -> None:
@@ -722,3 +726,12 @@ async def test_actions_refuse_what_is_no_dashboard_form(app: App, web: httpx.Asy
     assert answer.status_code == 409
     assert await _states(app, [job_id]) == {JobState.DEAD}
     assert (await web.get("/dashboard/jobs/confirm?action=explode", headers=OPS)).status_code == 422
+
+
+async def test_a_jobs_page_cursor_that_is_no_job_id_is_refused(web: httpx.AsyncClient) -> None:
+    # It was read as the first page (any text) or as an empty one (a space)
+    for bad in ("zzz", "ZZZ", " ", "01a2"):
+        answer = await web.get("/dashboard/jobs", params={"cursor": bad}, headers=OPS)
+        assert answer.status_code == 422, bad
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert (await web.get("/dashboard/jobs", params={"cursor": ""}, headers=OPS)).status_code == 200

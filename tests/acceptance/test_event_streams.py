@@ -308,3 +308,27 @@ async def test_websocket_refuses_a_bad_ticket_with_a_problem_document(base: str)
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
         assert orjson.loads(response.body)["status"] == 401
+
+
+async def test_a_position_past_the_newest_event_resumes_from_the_newest(
+    clients: dict[str, httpx.AsyncClient], base: str, start_worker: Callable[..., Any]
+) -> None:
+    # A job's stream resumed past every event waited for changes it would never send, and
+    # never ended; the other streams skipped every change numbered up to the position
+    alice = clients["alice"]
+    ahead = "999999999999999999"
+    await start_worker()
+    done_id = await submit(alice, "done")
+    await done(alice, done_id)
+    for how in ({"params": {"since": ahead}}, {"headers": {"Last-Event-ID": ahead}}):
+        ended = await alice.get(f"/v1/jobs/{done_id}/events", **how)  # type: ignore[arg-type]
+        assert ended.status_code == 200  # and it ended: its job is final
+    feed = EventStream(alice, "/v1/events", {"Last-Event-ID": ahead})
+    async with feed.open():
+        assert feed.cursor is not None and feed.cursor < int(ahead)  # the newest, not past it
+        new = await submit(alice, "after")
+        seen = await feed.until_final(new)
+        assert [event for _, event, data in seen if data["id"] == new][-1] == "succeeded"
+    auth = {"Authorization": "Bearer tok-alice"}
+    async with connect(f"ws://{base}/v1/ws?since={ahead}", additional_headers=auth) as ws:
+        assert await _hello(ws) < int(ahead)

@@ -26,7 +26,7 @@ StreamSource = str | os.PathLike[str] | IO[bytes] | AsyncIterable[bytes]
 
 def check_key(key: str) -> str:
     """A blob key is a relative path of safe characters, with no `..` segment."""
-    if not _KEY.match(key) or any(p in ("", ".", "..") for p in key.split("/")):
+    if not _KEY.fullmatch(key) or any(p in ("", ".", "..") for p in key.split("/")):
         raise ValueError(f"invalid blob key {key!r}")
     return key
 

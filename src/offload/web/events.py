@@ -167,6 +167,16 @@ class Hub:
                 return await self._shared_head()
         return self.position
 
+    async def within(self, position: int) -> int:
+        """`position`, or the feed's newest where it is past it: no event of any stream has
+        it (a made-up Last-Event-ID, or one of a feed since reset); resumed there, a stream
+        would skip every change numbered up to it, and a job's stream never end. Judged by
+        the store's newest position, not the hub's alone: another web process may have
+        sent a change this hub has not read yet."""
+        if position <= self.position:
+            return position
+        return min(position, await self.store.last_seq())
+
     async def _shared_head(self) -> int:
         """The feed's head, read once for every stream that asks while the read runs: a
         burst of new streams on a busy process must not take one pooled connection each."""

@@ -87,6 +87,12 @@ FEED_POSITION = {"pattern": "^[0-9]{0,18}$"}
 MAX_FEED_POSITION = 10**18 - 1
 
 
+async def within_feed(hub: Hub, cursor: int | None) -> int | None:
+    """`cursor`, or the feed's newest position where it is past it (`Hub.within`): a
+    stream resumed there sends every change from then on, none skipped."""
+    return None if cursor is None else await hub.within(cursor)
+
+
 def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     """The position to resume after (Last-Event-ID wins over `since`); None: from now on.
 
@@ -151,8 +157,8 @@ async def events(
     `event` = state, `data` = status record. Resumable with Last-Event-ID (or `?since=`);
     without either it starts from now. Never closes on its own."""
     principal = principal_of(request, ticket)
-    cursor = cursor_of(last_event_id, since)
     state = request.app.state
+    cursor = await within_feed(state.runtime.hub, cursor_of(last_event_id, since))
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
     return EventStreamResponse(stream)
@@ -200,9 +206,12 @@ async def ws(websocket: WebSocket) -> None:
         hub = await _opened(websocket)
         await state.auth.authenticate(websocket)
         principal = principal_of(websocket, query.get("ticket"))
-        cursor = cursor_of(None, query.get("since"))
+        cursor = await within_feed(hub, cursor_of(None, query.get("since")))
     except Problem as problem:
         await _refuse(websocket, problem)
+        return
+    except BackendError as exc:
+        await _refuse(websocket, backend_unavailable(exc))
         return
     feed = state.offload
     present = presenter_of(websocket)

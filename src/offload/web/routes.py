@@ -15,7 +15,7 @@ from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from .auth import admin_only, authenticated
 from .events import EventStreamResponse, job_stream
-from .feeds import FEED_POSITION, MAX_FEED_POSITION, cursor_of
+from .feeds import FEED_POSITION, MAX_FEED_POSITION, cursor_of, within_feed
 from .models import (
     JobEvent,
     JobPage,
@@ -39,8 +39,9 @@ router = APIRouter(
 )
 #: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
 EVENT_ID = FEED_POSITION
-#: A job id (a UUID, as offload writes them): what `cursor` of the job list takes.
-JOB_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+#: A job id (a UUID, as offload writes them): what `cursor` of a job list takes.
+JOB_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+JOB_ID_PATTERN = f"^{JOB_ID}$"
 #: Marks an operation for operators only (`admin_only`) in the OpenAPI document, which
 #: states how anyone else is answered (`openapi._security`); the marker itself is dropped.
 OPERATORS_ONLY = "x-offload-operators-only"
@@ -152,8 +153,8 @@ async def events(
     """Server-sent events of every change of the job, until its final state."""
     await _owned(request, job_id)
     resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
-    cursor = resumed if resumed is not None else since or 0
     hub = _state(request).runtime.hub
+    cursor = await within_feed(hub, resumed if resumed is not None else since) or 0
     stream = job_stream(hub, _app(request), job_id, cursor, presenter_of(request).row)
     return EventStreamResponse(stream)
 

@@ -95,6 +95,10 @@ async def queue(request: Request, queue: str, action: str) -> Response:
     await form_of(request)
     app = app_of(request)
     if action == "pause":
+        # Only a queue the overview can show (a kind routes to it, or it holds jobs): a
+        # made-up name would stay paused in the overview for good.
+        if queue not in app.queues and queue not in await app.stats():
+            raise Problem(404, f"no queue {queue[:60]!r}", slug="queue-not-found")
         await app.pause(queue)
         return back_to(request, "", f"Paused queue {queue}")
     await app.resume(queue)

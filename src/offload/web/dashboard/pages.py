@@ -20,9 +20,10 @@ from ...contract import (
 )
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
-from ..feeds import cursor_of
+from ..feeds import cursor_of, within_feed
 from ..present import presenter_of
 from ..problems import Problem
+from ..routes import JOB_ID
 from ..runtime import opened
 from .chart import Minute, throughput_svg
 from .filters import DEFAULT_PAGE_SIZE, JobQuery
@@ -115,7 +116,9 @@ def _choices(request: Request, query: JobQuery) -> dict[str, Any]:
 
 
 @router.get("/jobs")
-async def jobs(request: Request, cursor: Annotated[str, Query(max_length=100)] = "") -> Response:
+async def jobs(
+    request: Request, cursor: Annotated[str, Query(pattern=f"^(?:{JOB_ID})?$")] = ""
+) -> Response:
     """Jobs matching the filter, newest first, a page at a time (keyset: `cursor` is the
     last id of the previous page); how many match, and the actions on all of them."""
     app = app_of(request)
@@ -195,8 +198,8 @@ async def events(
 ) -> Response:
     """Server-sent events of every change of every job (the change feed), from now or
     resumed after Last-Event-ID; the overview follows it."""
-    cursor = cursor_of(last_event_id, since)
     hub = request.app.state.runtime.hub
+    cursor = await within_feed(hub, cursor_of(last_event_id, since))
     stream = owner_stream(hub, app_of(request), None, cursor, presenter_of(request).row)
     return EventStreamResponse(stream)
 
@@ -210,8 +213,8 @@ async def job_events(
     """Server-sent events of one job until its final state (any owner's)."""
     if await app_of(request).get(job_id) is None:
         raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
-    cursor = cursor_of(last_event_id, None) or 0
     hub = request.app.state.runtime.hub
+    cursor = await within_feed(hub, cursor_of(last_event_id, None)) or 0
     stream = job_stream(hub, app_of(request), job_id, cursor, presenter_of(request).row)
     return EventStreamResponse(stream)
 
