@@ -10,8 +10,6 @@ browser never adds on its own, so no origin check is needed there.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -19,6 +17,7 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._hosts import loopback_host
 from .problems import Problem, problem
 
 if TYPE_CHECKING:
@@ -117,28 +116,6 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
             "clients that are not browsers may change jobs",
             slug="cross-site-request",
         )
-
-
-@functools.lru_cache(maxsize=64)  # every request asks it: the same few Hosts, parsed once
-def loopback_host(host: str) -> bool:
-    """Whether a `Host` header names this machine's loopback, with any port: `localhost`
-    (or a name under it, RFC 6761) or a loopback address (`127.0.0.1`, `[::1]`)."""
-    parts = urlsplit(f"//{host}")
-    try:
-        parts.port  # noqa: B018 - a malformed port raises here
-    except ValueError:
-        return False
-    name = (parts.hostname or "").rstrip(".")  # `localhost.`: the same name, fully qualified
-    if not name or "@" in host:  # no browser sends user info in Host
-        return False
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 #: Why development mode answers loopback names only (the 421's detail).
