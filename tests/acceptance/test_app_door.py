@@ -22,6 +22,7 @@ from offload import (
 from offload.app import DEFAULT_MAX_ATTEMPTS
 from offload.contract import status_record
 from offload.web import create_app
+from tests.web_clients import clients_of
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
@@ -70,21 +71,8 @@ def app(settings: Settings) -> App:
 
 @pytest.fixture
 async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    api = create_app(app)
-    async with api.router.lifespan_context(api):
-        transport = httpx.ASGITransport(app=api)
-        out = {}
-        for who, token in TOKENS.items():
-            out[who] = httpx.AsyncClient(
-                transport=transport,
-                base_url="http://localhost",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-        try:
-            yield out
-        finally:
-            for client in out.values():
-                await client.aclose()
+    async with clients_of(app, TOKENS) as out:
+        yield out
 
 
 # -- the routes, pinned -------------------------------------------------------------------

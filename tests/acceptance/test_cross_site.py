@@ -206,12 +206,12 @@ async def test_cross_site_reads_are_left_to_the_same_origin_policy(
     assert "access-control-allow-origin" not in answer.headers  # the page cannot read it
 
 
-async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -> None:
-    # A page on another site may open a WebSocket to loopback (no CORS there) and would
-    # read every job of `local`.
+@contextlib.asynccontextmanager
+async def served(app: App) -> AsyncIterator[int]:
+    """`app`'s web tier served by uvicorn on a loopback port (yielded), for WebSockets."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        port: int = s.getsockname()[1]
     config = uvicorn.Config(
         create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
@@ -219,9 +219,19 @@ async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -
     server.capture_signals = contextlib.nullcontext
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
+        while not server.started:  # uvicorn sets a flag, no event
             assert not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -> None:
+    # A page on another site may open a WebSocket to loopback (no CORS there) and would
+    # read every job of `local`.
+    async with served(app) as port:
         url = f"ws://127.0.0.1:{port}/v1/ws"
         with pytest.raises(InvalidStatus) as refused:
             async with connect(url, origin=EVIL):
@@ -233,9 +243,6 @@ async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -
             assert orjson.loads(await ws.recv())["type"] == "hello"
         async with connect(url) as ws:  # no Origin: not a browser
             assert orjson.loads(await ws.recv())["type"] == "hello"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 # -- DNS rebinding: a page's own name resolved to 127.0.0.1 ------------------------------
@@ -286,19 +293,7 @@ async def test_the_openapi_document_declares_421_in_development_mode_only(
 
 
 async def test_a_rebound_websocket_handshake_is_refused(app: App) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "uvicorn did not start"
-            await asyncio.sleep(0.01)
+    async with served(app) as port:
 
         async def handshake(host: str, *, refused: bool) -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -323,9 +318,6 @@ async def test_a_rebound_websocket_handshake_is_refused(app: App) -> None:
         assert b"/not-loopback-host" in refused
         accepted = await handshake(f"127.0.0.1:{port}", refused=False)
         assert accepted.startswith(b"HTTP/1.1 101 ")
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.mark.parametrize(

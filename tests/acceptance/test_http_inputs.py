@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 import offload
 from offload import App, ConfigurationError, FromPrincipal, Message, Settings
 from offload.web import create_app
+from tests.web_clients import clients_of
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
@@ -54,22 +55,8 @@ def app(settings: Settings) -> App:
 
 @pytest.fixture
 async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    api = create_app(app)
-    async with api.router.lifespan_context(api):
-        transport = httpx.ASGITransport(app=api)
-        out = {
-            who: httpx.AsyncClient(
-                transport=transport,
-                base_url="http://localhost",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            for who, token in TOKENS.items()
-        }
-        try:
-            yield out
-        finally:
-            for client in out.values():
-                await client.aclose()
+    async with clients_of(app, TOKENS) as out:
+        yield out
 
 
 async def stored(app: App) -> list[offload.JobRow]:

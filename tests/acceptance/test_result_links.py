@@ -13,10 +13,11 @@ import pytest
 
 from offload import App, Context, Message, Settings
 from offload._links import Presenter, linkable, result_refs
-from offload.web import create_app
+from tests.web_clients import clients_of
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+PRINCIPALS = {who: token for token, who in TOKENS.items()}
 
 
 class Report(Message):
@@ -47,22 +48,8 @@ def app(settings: Settings) -> App:
 
 @pytest.fixture
 async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    api = create_app(app)
-    async with api.router.lifespan_context(api):
-        transport = httpx.ASGITransport(app=api)
-        out = {
-            who: httpx.AsyncClient(
-                transport=transport,
-                base_url="http://localhost",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            for token, who in TOKENS.items()
-        }
-        try:
-            yield out
-        finally:
-            for client in out.values():
-                await client.aclose()
+    async with clients_of(app, PRINCIPALS) as out:
+        yield out
 
 
 async def finished(client: httpx.AsyncClient, kind: str, body: dict[str, str]) -> dict[str, Any]:
