@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +57,24 @@ def declare(app: App) -> None:
         return {"pdf": await ctx.blobs.put(key, b"%PDF-1.4 fake")}
 
 
+async def deliveries_of(app: App, job_id: str) -> list[dict[str, Any]]:
+    deliveries: list[dict[str, Any]] = (await app.status(job_id))["deliveries"]
+    return deliveries
+
+
+async def settled(
+    read: Callable[[], Awaitable[list[dict[str, Any]]]], count: int = 1, timeout: float = 15.0
+) -> list[dict[str, Any]]:
+    """The job's deliveries once `count` of them are recorded delivered (the receiver has
+    the message a moment before its answer is stored on the job)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            deliveries = await read()
+            if len(deliveries) == count and all(d["state"] == "delivered" for d in deliveries):
+                return deliveries
+            await asyncio.sleep(0.02)
+
+
 async def mail(sink: MailSink, count: int = 1, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while len(sink.messages) < count:
@@ -94,9 +112,16 @@ async def test_completion_email_has_both_parts_and_the_result_link(
     # and the link serves the file.
     served = await web.get(urlsplit(link).path + "?" + urlsplit(link).query)
     assert served.status_code == 200 and served.content == b"%PDF-1.4 fake"
-    # The Message-ID is the notification id, recorded on the job with the server's answer.
-    record = (await web.get(f"/v1/jobs/{job_id}")).json()
-    (sent,) = record["deliveries"]
+
+    # The Message-ID is the notification id, recorded on the job with the server's answer
+    # (once the server has answered: the message may arrive before that is stored).
+    async def recorded() -> list[dict[str, Any]]:
+        deliveries: list[dict[str, Any]] = (await web.get(f"/v1/jobs/{job_id}")).json()[
+            "deliveries"
+        ]
+        return deliveries
+
+    (sent,) = await settled(recorded)
     assert message["Message-ID"] == f"<{sent['id']}@shop.example>"
     assert sent["channel"] == "email" and sent["target"] == "ann@example.com"
     assert sent["state"] == "delivered" and [a["code"] for a in sent["attempts"]] == [250]
@@ -153,14 +178,7 @@ async def test_a_temporary_smtp_refusal_is_retried(
     await start_worker()
     await mail(sink)
 
-    async def delivered() -> dict[str, Any]:
-        while True:
-            (sent,) = (await app.status(job.id))["deliveries"]
-            if sent["state"] == "delivered":
-                return dict(sent)
-            await asyncio.sleep(0.02)
-
-    sent = await asyncio.wait_for(delivered(), 10)
+    (sent,) = await settled(lambda: deliveries_of(app, job.id))
     assert [a["code"] for a in sent["attempts"]] == [451, 250]
     assert len(sink.messages) == 1
 
@@ -178,11 +196,7 @@ async def test_one_job_can_ask_for_a_webhook_and_an_email(
         )
         await start_worker()
         await mail(sink)
-        for _ in range(500):
-            sent = (await app.status(job.id))["deliveries"]
-            if [d["state"] for d in sent] == ["delivered", "delivered"]:
-                break
-            await asyncio.sleep(0.02)
+        sent = await settled(lambda: deliveries_of(app, job.id), count=2)
     assert [d["channel"] for d in sent] == ["webhook", "email"]
     assert sent[0]["id"] == sent[1]["id"]  # one notification, two channels
     assert receiver.requests[0].headers["webhook-id"] == sent[0]["id"]
