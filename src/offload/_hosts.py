@@ -8,6 +8,12 @@ import ipaddress
 from urllib.parse import urlsplit
 
 
+def localhost_name(name: str) -> bool:
+    """Whether a host name is `localhost` or a name under it: loopback by definition
+    (RFC 6761), whatever a resolver says."""
+    return name == "localhost" or name.endswith(".localhost")
+
+
 @functools.lru_cache(maxsize=64)  # every request asks it: the same few Hosts, parsed once
 def loopback_host(host: str) -> bool:
     """Whether a `Host` header names this machine's loopback, with any port: `localhost`
@@ -20,7 +26,7 @@ def loopback_host(host: str) -> bool:
     name = (parts.hostname or "").rstrip(".")  # `localhost.`: the same name, fully qualified
     if not name or "@" in host:  # no browser sends user info in Host
         return False
-    if name == "localhost" or name.endswith(".localhost"):
+    if localhost_name(name):
         return True
     try:
         address = ipaddress.ip_address(name)

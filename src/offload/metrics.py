@@ -471,15 +471,21 @@ def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], 
     if loopback_bind(host):
         app = _loopback_names_only(app)
 
-    class Server(ThreadingWSGIServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
     class Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # the base class names it
             pass  # a scrape every few seconds is no news
 
     try:
-        server = make_server(host, port, app, Server, handler_class=Quiet)
+        # The address family of what `host` resolves to, as prometheus-client's own server
+        # picks it (a name may stand for an IPv6 address alone).
+        family, *_, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+        server = make_server(str(address[0]), port, app, Server, handler_class=Quiet)
     except OSError as exc:
         raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from None
     thread = threading.Thread(target=server.serve_forever, name="offload-metrics", daemon=True)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .._hosts import localhost_name
 from ..contract import Envelope, JobRow, JobState, Message
 from .base import (
     EMAIL_KIND,
@@ -140,7 +141,7 @@ def address_of(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
-    if host == "localhost" or host.endswith(".localhost"):
+    if localhost_name(host):
         return ipaddress.ip_address("127.0.0.1")
     if host and set(host) <= _IPV4_NUMBER:
         try:  # inet_aton parses as the resolver does; no lookup

@@ -37,8 +37,6 @@ router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(cross_site_guard), Depends(opened), Depends(authenticated)],
 )
-#: An event id of a job's stream, as Last-Event-ID gives it (documented; checked by `events`).
-EVENT_ID = FEED_POSITION
 #: A job id (a UUID, as offload writes them): what `cursor` of a job list takes.
 JOB_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 JOB_ID_PATTERN = f"^{JOB_ID}$"
@@ -147,7 +145,7 @@ async def result(request: Request, job_id: str) -> Response:
 async def events(
     request: Request,
     job_id: str,
-    last_event_id: Annotated[str | None, Header(json_schema_extra=EVENT_ID)] = None,
+    last_event_id: Annotated[str | None, Header(json_schema_extra=FEED_POSITION)] = None,
     since: Annotated[int | None, Query(ge=0, le=MAX_FEED_POSITION)] = None,
 ) -> Response:
     """Server-sent events of every change of the job, until its final state."""

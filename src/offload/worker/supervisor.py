@@ -53,9 +53,13 @@ class Supervisor:
         self.children: list[subprocess.Popen[bytes] | None] = [None] * processes
         self.started_at = [0.0] * processes
         self.done = [False] * processes
-        self.stopping = False
         #: The signal the processes were sent to stop (None until then).
         self.stop_signal: int | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the processes were told to stop."""
+        return self.stop_signal is not None
 
     def _spawn(self, slot: int) -> None:
         argv = self.argv if slot == 0 else self.others_argv
@@ -74,7 +78,6 @@ class Supervisor:
                 signal.Signals(signum).name,
                 extra={"action": "supervisor_stop", "processes": running},
             )
-        self.stopping = True
         self.stop_signal = signum
         for child in self.children:
             if child is not None and child.poll() is None:
