@@ -98,6 +98,39 @@ async def test_plain_handler_past_its_timeout_sees_cancelled_and_stops(
     assert await asyncio.to_thread(stopped.wait, 15)
 
 
+async def test_a_plain_handler_running_past_the_grace_period_keeps_its_job(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    """A stopping worker cannot stop a thread: it waits for the handler rather than release
+    a job that would then run twice at once (once here, once on another worker)."""
+    app.message("t.plain_grace")(Ping)
+    started, asked, finish = threading.Event(), threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    @app.handles(Ping)
+    def handle(msg: Ping, ctx: Context) -> str:
+        runs.append(ctx.job_id)
+        started.set()
+        if ctx.cancelled.wait(15):  # set once the grace period is over
+            asked.set()
+        finish.wait(15)
+        return "finished"
+
+    worker: Worker = await start_worker(grace_s=0.05)
+    job = await app.enqueue(Ping())
+    assert await asyncio.to_thread(started.wait, 15)
+    worker.request_stop()
+    assert await asyncio.to_thread(asked.wait, 15)
+    # Past the grace period, the job is still this worker's: not queued for another.
+    assert (await app.status(job.id))["state"] == "running"
+    assert not worker.stopped.is_set()
+    finish.set()
+    await asyncio.wait_for(worker.stopped.wait(), 30)
+    record = await app.status(job.id)
+    assert record["state"] == "succeeded" and record["attempt"] == 1
+    assert record["result"] == "finished" and runs == [job.id]
+
+
 async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> None:
     """The flag is made on first use: the loop and handler threads asking at once share one."""
     app.message("t.flag")(Ping)

@@ -14,7 +14,7 @@ import secrets
 import socket
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -218,6 +218,8 @@ class Worker:
         self._flushed.set()
         self._slot_free = asyncio.Event()
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
+        #: The jobs whose plain (`def`) handler runs in a thread of `_threads`: its call.
+        self._in_threads: dict[str, asyncio.Future[Any]] = {}
         #: The side tasks by name; when each last failed (loop time).
         self._side: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
@@ -704,7 +706,7 @@ class Worker:
             else:
                 # In the caller's context, so the handler's spans are the process span's.
                 run = functools.partial(contextvars.copy_context().run, spec.fn, message, ctx)
-                call = asyncio.get_running_loop().run_in_executor(self._threads, run)
+                call = self._in_thread(env.id, run)
             result = await asyncio.wait_for(call, timeout) if timeout else await call
             self._prefetch.ran(loop.time() - began)
             return Outcome(
@@ -730,6 +732,13 @@ class Worker:
         except Exception as exc:
             self._prefetch.ran(loop.time() - began)
             return self._failed(lease, spec, exc)
+
+    def _in_thread(self, job_id: str, run: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run a plain handler in the pool, kept in `_in_threads` until it returns."""
+        call = asyncio.get_running_loop().run_in_executor(self._threads, run)
+        self._in_threads[job_id] = call
+        call.add_done_callback(lambda _: self._in_threads.pop(job_id, None))
+        return call
 
     async def _payload(self, lease: Lease, spec: HandlerSpec) -> dict[str, Any] | Outcome:
         """The job's payload, read back from the blob store when it was checked in (a
@@ -1118,6 +1127,38 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
+    async def _threads_return(self, supervisor: asyncio.Task[None]) -> set[str]:
+        """Past the grace period, wait for the plain handlers still running in threads;
+        the ids of the jobs whose handlers returned.
+
+        A thread cannot be stopped: were its job released, another worker would run it while
+        the thread runs on (and the thread's outcome would be refused). Their jobs keep their
+        leases, `ctx.cancelled` tells the handlers to stop, and their outcomes are recorded
+        as they return. A process killed meanwhile leaves the leases to lapse: the jobs are
+        rescued and run again. Only a side task stopping for good (the leases beat no more)
+        ends the wait; what still runs is then released.
+        """
+        calls = {job_id: call for job_id, call in self._in_threads.items() if job_id in self._jobs}
+        if not calls or supervisor.done():
+            return set()
+        for job_id in calls:
+            context = self._jobs[job_id].context
+            if context is not None:
+                context.cancelled.set()
+        log.warning(
+            "%d jobs run on in threads past the grace period (a thread cannot be stopped): "
+            "waiting for their handlers to return (ctx.cancelled is set)",
+            len(calls),
+            extra={"action": "drain", "count": len(calls)},
+        )
+        running = set(calls.values())
+        while running and not supervisor.done():
+            _, running = await asyncio.wait(
+                {*running, supervisor}, return_when=asyncio.FIRST_COMPLETED
+            )
+            running.discard(supervisor)
+        return {job_id for job_id, call in calls.items() if call.done()}
+
     async def _shutdown(self, supervisor: asyncio.Task[None]) -> None:
         """Finish running jobs within the grace period, release the rest, flush outcomes.
 
@@ -1145,8 +1186,10 @@ class Worker:
                 self._busy,
                 extra={"action": "drain"},
             )
+        returned = await self._threads_return(supervisor)
         for job in list(self._jobs.values()):
-            self._interrupt(job, _SHUTDOWN)
+            if job.lease.job_id not in returned:  # those report their outcome on their own
+                self._interrupt(job, _SHUTDOWN)
         await self._idle.wait()  # cancelled runs end at their next step
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
