@@ -53,3 +53,55 @@ def test_two_slash_sqlite_url_does_not_silently_lose_jobs() -> None:
 def test_unknown_scheme_raises_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="mysql"):
         open_backend("mysql://localhost/db")
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # A misspelt option would leave the file at NORMAL, not the FULL asked for.
+        ("sqlite:///jobs.db?synchronus=FULL", "unknown SQLite URL option 'synchronus'"),
+        ("sqlite:///jobs.db?synchronous=BOGUS", "synchronous must be one of"),
+        ("sqlite:///jobs.db?synchronous=FULL;DROP", "synchronous must be one of"),
+        ("memory://?nonsense=1", "unknown SQLite URL option 'nonsense'"),
+    ],
+)
+def test_sqlite_url_refuses_options_it_does_not_take(url: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        open_backend(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://u@127.0.0.1:5432/db?pool_size=abc", "pool_size must be a whole number"),
+        ("postgresql://u@127.0.0.1:5432/db?pool_size=0", "pool_size must be a whole number"),
+        ("postgresql://u:secret@127.0.0.1:nope/db", "port is no number: '127.0.0.1:nope'"),
+    ],
+)
+def test_postgres_url_numbers_are_judged_before_connecting(url: str, says: str) -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(ConfigurationError, match=says) as raised:
+        open_backend(url)
+    assert "secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # redis-py reads a database that is no number as none: database 0, another app's.
+        ("redis://127.0.0.1:6379/abc", "database is no number: 'abc'"),
+        ("redis://127.0.0.1:6379/7?prefix=a:&bogus=1", "unknown Redis URL option 'bogus'"),
+        ("redis://127.0.0.1:6379/7?socket_timeout=abc", "socket_timeout"),
+        ("redis://127.0.0.1:6379/7?pool_size=abc", "pool_size must be an integer"),
+    ],
+)
+def test_redis_url_options_are_judged_before_connecting(url: str, says: str) -> None:
+    pytest.importorskip("redis")
+    with pytest.raises(ConfigurationError, match=says):
+        open_backend(url)
+
+
+def test_redis_url_passes_redis_py_options_through() -> None:
+    pytest.importorskip("redis")
+    backend = open_backend("redis://127.0.0.1:6379/7?client_name=jobs&socket_keepalive=true")
+    assert "client_name=jobs" in backend.url  # type: ignore[attr-defined]

@@ -83,6 +83,6 @@ def open_backend(
         )
         return cast(Backend, sqs)  # the store's methods reach it through __getattr__
     raise ConfigurationError(
-        f"unsupported backend URL scheme {scheme!r} in OFFLOAD_URL; "
+        f"unsupported backend URL scheme {scheme!r} (OFFLOAD_URL or --url); "
         "expected sqlite://, memory://, postgresql://, redis://, rediss:// or sqs://"
     )

@@ -33,7 +33,7 @@ from ...contract import (
     ScheduleState,
     WorkerInfo,
 )
-from ...errors import BackendError, InvalidTransition, JobNotFound, SchemaError
+from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound, SchemaError
 from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of, fields_of_record
 from .._sql import queries
@@ -99,6 +99,21 @@ class SyncConnection(Protocol):
     """A synchronous DB-API connection to the backend's database (`enqueue_in_sync`)."""
 
     def cursor(self) -> SyncCursor: ...
+
+
+def _pool_size(text: str) -> int:
+    """A URL's `pool_size`.
+
+    Raises:
+        ConfigurationError: not a whole number of at least 1.
+    """
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigurationError(f"pool_size must be a whole number of at least 1: {text!r}")
+    return size
 
 
 def _row(raw: dict[str, Any]) -> JobRow:
@@ -293,10 +308,19 @@ class PostgresBackend:
         Args:
             connect_timeout_s: how long `open` waits for the server (default 5 s).
             retry_deadline_s: how long a call tries again after a lost connection (10 s).
+
+        Raises:
+            ConfigurationError: a port or `pool_size` that is no number (libpq judges its
+                own options when it connects).
         """
         parts = urlsplit(url)
-        options = parse_qs(parts.query)
-        pool_size = int(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
+        try:
+            parts.port  # noqa: B018 (raises for a port that is no number)
+        except ValueError:
+            where = parts.netloc.rpartition("@")[2]  # not the credentials
+            raise ConfigurationError(f"the PostgreSQL URL's port is no number: {where!r}") from None
+        options = parse_qs(parts.query, keep_blank_values=True)
+        pool_size = _pool_size(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
         # %20, not +, for spaces: libpq decodes percent escapes only (options=-c a=1 -c b=2)
         query = urlencode({k: v[-1] for k, v in options.items()}, quote_via=quote)
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme

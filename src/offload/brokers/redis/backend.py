@@ -99,6 +99,26 @@ SCHEMA_VERSION = 1
 
 
 @functools.cache
+def _check_driver_options(url: str) -> None:
+    """Judge the URL's options for redis-py as it will when it first connects (making a
+    connection object sends nothing), so that a misspelt one stops the process at once.
+
+    Raises:
+        ConfigurationError: an option redis-py does not take, or a value it refuses.
+    """
+    try:
+        pool = aioredis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:  # ... got an unexpected keyword argument 'x'
+        unknown = str(exc).rpartition(" ")[2]
+        raise ConfigurationError(
+            f"unknown Redis URL option {unknown}: neither offload's (prefix, pool_size) nor "
+            "redis-py's"
+        ) from None
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL option: {exc}") from None
+
+
 def _lua(name: str) -> str:
     folder = resources.files(__package__).joinpath("lua")
     return folder.joinpath("_lib.lua").read_text("utf-8") + folder.joinpath(
@@ -264,7 +284,8 @@ class RedisBackend:
         tries again after a lost connection (default 10 s).
 
         Raises:
-            ConfigurationError: not a redis URL, or a bad option.
+            ConfigurationError: not a redis URL, a database that is no number, or an option
+                that is ours or redis-py's with a bad value, or neither's.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
@@ -282,7 +303,12 @@ class RedisBackend:
             raise ConfigurationError(
                 f"pool_size must be an integer: {ours['pool_size']!r}"
             ) from None
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            # redis-py would ignore it and use database 0, which may hold another app's data.
+            raise ConfigurationError(f"the Redis URL's database is no number: {database!r}")
         driver_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        _check_driver_options(driver_url)
         timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
         return cls(
             driver_url,

@@ -220,6 +220,12 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
     return [*args, limit]
 
 
+#: The options an SQLite URL takes (`?synchronous=FULL&wal_cap_mib=64`).
+_URL_OPTIONS = frozenset({"synchronous", "wal_cap_mib"})
+#: SQLite's `PRAGMA synchronous` levels.
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
 def _wal_cap_bytes(url: str, mib: str | None) -> int:
     """`?wal_cap_mib=` of `url` in bytes (`DEFAULT_WAL_CAP_BYTES` without one).
 
@@ -411,11 +417,23 @@ class SQLiteBackend:
 
         Raises:
             ConfigurationError: `sqlite://name.db` (two slashes), which would otherwise
-                silently name a host instead of a file; a `wal_cap_mib` that is no number.
+                silently name a host instead of a file; an unknown option (a misspelt
+                `synchronous` would leave the file at `NORMAL`); a `synchronous` that is no
+                level; a `wal_cap_mib` that is no number.
         """
         parts = urlsplit(url)
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = sorted(set(options) - _URL_OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown SQLite URL option {unknown[0]!r}: the options are "
+                + ", ".join(sorted(_URL_OPTIONS))
+            )
         synchronous = options.get("synchronous", "NORMAL")
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}: {synchronous!r}"
+            )
         cap = _wal_cap_bytes(url, options.get("wal_cap_mib"))
         if parts.scheme == "memory" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
             path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
