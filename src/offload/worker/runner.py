@@ -858,7 +858,10 @@ class Worker:
 
     async def _scheduler(self) -> None:
         """Enqueue the due ticks of the app's periodic schedules (see `worker.scheduler`)."""
-        await Scheduler(self.app, since=self.started_at.timestamp()).run()
+        await Scheduler(self.app, since=self.started_at.timestamp()).run(until=self._stop)
+        # A stopping worker schedules nothing more; the task waits to be cancelled with the
+        # others (a side task that returns would stop the worker as failed).
+        await asyncio.Event().wait()
 
     async def _supervise(self) -> None:
         """Watch the side tasks for as long as the worker runs (its shutdown included).
