@@ -148,9 +148,10 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except JobNotFound as exc:
-        raise _fail(f"no job {exc}") from None
+        shown = str(exc) or "(an empty id)"
+        raise _fail(f"no job {shown}", prefix="error: ") from None
     except _AmbiguousId as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), prefix="error: ") from None
     except ConfigurationError as exc:
         raise _fail(str(exc), prefix="error: ", code=2) from None
     except OffloadError as exc:
@@ -224,6 +225,23 @@ def banner_lines(
         lines.append(("schedules", ", ".join(sorted(schedules))))
     lines.append(("blobs", describe_blobs(app.blobs)))
     return [title, *(f"  {name:<12} {value}" for name, value in lines)]
+
+
+def _warn_unrouted(named: Iterable[str], routed: set[str]) -> None:
+    """Warn of each queue given to `--queues` that no kind the worker handles is routed to:
+    a misspelt name leaves the worker idle."""
+    from .notify.base import NOTIFY_QUEUE
+
+    for queue in named:
+        if queue not in routed and queue != NOTIFY_QUEUE:
+            known = ", ".join(sorted(routed)) or "(none)"
+            message = f"no kind this worker handles is routed to queue {queue} (theirs: {known})"
+            _console(stderr=True).print(
+                f"warning: {message}; a misspelt name?",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
 
 
 async def _check_blobs(app: App) -> None:
@@ -335,23 +353,23 @@ def worker(
         ),
     ] = None,
     target_wait: Annotated[
-        float,
+        float | None,
         typer.Option(
             parser=_duration,
             metavar="DURATION",
             show_default="2s",
             help="--autoscale: add a process when the oldest ready job waited longer (2s, 500ms)",
         ),
-    ] = DEFAULT_TARGET_WAIT_S,
+    ] = None,
     scale_down_after: Annotated[
-        float,
+        float | None,
         typer.Option(
             parser=_duration,
             metavar="DURATION",
             show_default="30s",
             help="--autoscale: remove a process after the backlog was quiet this long",
         ),
-    ] = DEFAULT_SCALE_DOWN_AFTER_S,
+    ] = None,
     banner: Annotated[bool, typer.Option(hidden=True)] = True,
     of_processes: Annotated[int, typer.Option(hidden=True)] = 1,
     slot: Annotated[int | None, typer.Option(hidden=True)] = None,
@@ -362,8 +380,18 @@ def worker(
     from .worker.supervisor import Supervisor, worker_argv
 
     _setup_logging()
-    if autoscale is not None:
+    if autoscale is None:
+        for given, flag in (
+            (target_wait, "--target-wait"),
+            (scale_down_after, "--scale-down-after"),
+        ):
+            if given is not None:  # it would do nothing: say so rather than run without it
+                raise typer.BadParameter("only with --autoscale MIN:MAX", param_hint=f"'{flag}'")
+    else:
         bounds = _autoscale_bounds(autoscale, processes, max_jobs, exit_when_idle)
+        target_wait = DEFAULT_TARGET_WAIT_S if target_wait is None else target_wait
+        if scale_down_after is None:
+            scale_down_after = DEFAULT_SCALE_DOWN_AFTER_S
         if target_wait <= 0:
             raise typer.BadParameter("must be above 0", param_hint="'--target-wait'")
         if metrics_port is not None and metrics_port + bounds[1] > 65535:
@@ -432,14 +460,16 @@ def worker(
         )
         if banner:
             processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
+            routed = {kind: spec.message.queue for kind, spec in offload_app.handlers.items()}
             _banner(
                 f"offload worker (app {offload_app.name})",
                 offload_app,
                 queues=runner.queues,
-                kinds=offload_app.handlers,
+                kinds=[kind for kind, queue in routed.items() if queue in runner.queues],
                 concurrency=f"{concurrency}{processes_shown}, prefetch {prefetch}",
                 schedules=offload_app.schedules,
             )
+            _warn_unrouted(queues.split(",") if queues else [], set(routed.values()))
 
         async def main() -> None:
             await _check_blobs(offload_app)
@@ -879,7 +909,7 @@ def _bulk(
     names = sorted(s.value for s in states)
     which = ", ".join(names[:-1]) + " or " + names[-1]
     if n == 0:
-        _console().print(f"no {which} job matches {described(f)}", highlight=False)
+        _console().print(f"no {which} job matches {described(f)}", highlight=False, soft_wrap=True)
         return
     if not yes:
         typer.confirm(f"{verb} {n:,} {which} jobs matching {described(f)}?", abort=True)
@@ -993,12 +1023,16 @@ def jobs_delete(
 
     found, final = _with_app(app, url, finished)
     if not final:
-        raise _fail(f"job {found} is not finished: only a finished job can be deleted")
+        raise _fail(
+            f"job {found} is not finished: only a finished job can be deleted", prefix="error: "
+        )
     if not yes:
         typer.confirm(f"delete job {found} with its history?", abort=True)
     n = _with_app(app, url, lambda a: a.delete_jobs(JobFilter(id_prefix=found)))
     if not n:  # it was made to run again meanwhile
-        raise _fail(f"job {found} is not finished: only a finished job can be deleted")
+        raise _fail(
+            f"job {found} is not finished: only a finished job can be deleted", prefix="error: "
+        )
     _console().print(f"job {found} deleted")
 
 
@@ -1010,8 +1044,19 @@ def jobs_purge(
     yes: Annotated[bool, typer.Option("--yes", help="don't ask")] = False,
 ) -> None:
     """Delete every job waiting in QUEUE (running jobs are left alone)."""
+    from ._bulk import DEFAULT_COUNT_CAP
+
     if not yes:
-        typer.confirm(f"delete every waiting job in {queue!r}?", abort=True)
+        waiting = {JobState.QUEUED, JobState.RETRYING}
+        f = JobFilter(queue=queue)
+        count = _with_app(
+            app, url, lambda a: a.count_jobs(f, cap=DEFAULT_COUNT_CAP, states=waiting)
+        )
+        if count == 0:
+            _console().print(f"no job waits in {queue}", highlight=False, soft_wrap=True)
+            return
+        shown = f"{count:,} or more" if count >= DEFAULT_COUNT_CAP else f"{count:,}"
+        typer.confirm(f"delete the {shown} waiting jobs in {queue!r}?", abort=True)
     n = _with_app(app, url, lambda a: a.purge(queue))
     _console().print(f"purged {n} jobs from {queue}")
 
@@ -1217,20 +1262,18 @@ def queues_pause(ctx: typer.Context, name: QueueName, app: OptApp = None, url: U
 
     async def pause(a: App) -> tuple[bool, bool]:
         changed = await a.pause(name)
-        stats = await a.stats()
-        # Known: a kind of the app routes to it, or jobs are in it (maybe another app's).
-        known = name in a.queues or any(
-            stats.get(name, {}).get(k) for k in ("queued", "scheduled", "running", "dead")
-        )
+        # Known: a kind of the app routes to it, or it holds a job, finished ones included
+        # (maybe another app's).
+        known = name in a.queues or await a.count_jobs(JobFilter(queue=name), cap=1) > 0
         return changed, known
 
     changed, known = _with_app(ref, where, pause)
     said = f"queue {name} paused" if changed else f"queue {name} was paused already"
     _console().print(said, soft_wrap=True, highlight=False, markup=False)
-    if not known:
+    if changed and not known:
         routes = "no kind of this app routes to it" if ref else "without --app no kind is known"
         _console(stderr=True).print(
-            f"warning: no job is in queue {name} and {routes}; "
+            f"warning: queue {name} holds no job, finished or not, and {routes}; "
             "a misspelt name? (`offload queues resume` undoes the pause)",
             soft_wrap=True, highlight=False, markup=False,
         )  # fmt: skip

@@ -212,6 +212,20 @@ def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: st
     assert shout not in invoke("jobs", "list", "--url", url).output
 
 
+def test_purge_asks_with_the_count_of_waiting_jobs(url: str) -> None:
+    enqueue(url, Report(period="1"), Report(period="2"), Shout(text="x"))
+    no = invoke("jobs", "purge", "reports", "--url", url, input="n\n")
+    assert no.exit_code == 1 and "delete the 2 waiting jobs in 'reports'?" in no.output
+    assert (
+        "2 shown of 2 matching" in invoke("jobs", "list", "--queue", "reports", "--url", url).output
+    )
+    yes = invoke("jobs", "purge", "reports", "--url", url, input="y\n")
+    assert yes.exit_code == 0 and "purged 2 jobs from reports" in yes.output
+    empty = invoke("jobs", "purge", "reports", "--url", url)  # nothing to ask about
+    assert empty.exit_code == 0 and one_line(empty) == "no job waits in reports"
+    assert "1 shown of 1 matching" in invoke("jobs", "list", "--url", url).output
+
+
 def test_a_bulk_action_needs_an_id_or_all_matching_never_both(url: str) -> None:
     (job_id,) = enqueue(url, Report(period="1"))
     for args in (
@@ -260,7 +274,7 @@ def test_prefixes_resolve_on_server_backends(workdir: Path, server_url: str) -> 
     cancelled = invoke("jobs", "cancel", second.replace("-", "")[:31].upper(), "--url", server_url)
     assert cancelled.exit_code == 0 and f"job {second} cancelled" in cancelled.output
     unknown = invoke("jobs", "show", "0" * 12, "--url", server_url)
-    assert unknown.exit_code == 1 and one_line(unknown) == f"no job {'0' * 12}"
+    assert unknown.exit_code == 1 and one_line(unknown) == f"error: no job {'0' * 12}"
 
 
 @pytest.mark.parametrize("command", ["show", "retry", "cancel"])
@@ -269,9 +283,11 @@ def test_an_unknown_id_is_no_job_and_exit_1(url: str, command: str) -> None:
     unknown = "01a2229f-9ca6-7065-bb1a-9a899badf774"
     result = invoke("jobs", command, unknown, "--url", url)
     assert result.exit_code == 1
-    assert one_line(result) == f"no job {unknown}"
+    assert one_line(result) == f"error: no job {unknown}"
     result = invoke("jobs", command, "not-an-id", "--url", url)
-    assert result.exit_code == 1 and one_line(result) == "no job not-an-id"
+    assert result.exit_code == 1 and one_line(result) == "error: no job not-an-id"
+    result = invoke("jobs", command, "", "--url", url)
+    assert result.exit_code == 1 and one_line(result) == "error: no job (an empty id)"
 
 
 def test_a_bogus_state_is_an_error_naming_the_valid_ones(url: str) -> None:
@@ -384,6 +400,23 @@ def test_worker_prints_its_backend_queues_kinds_and_concurrency(workdir: Path) -
     assert fields["queues"] == "reports, offload.notify"
     assert fields["kinds"] == "cli.report"
     assert fields["concurrency"].startswith("3")
+
+
+@pytest.mark.usefixtures("no_serving")
+def test_a_worker_on_a_queue_no_handled_kind_uses_warns_and_lists_no_kind(
+    workdir: Path,
+) -> None:
+    result = invoke("worker", "--app", APP_REF, "--queues", "reprots,offload.notify")
+    assert result.exit_code == 0, result.output
+    fields = banner_fields(result.output)
+    assert fields["queues"] == "reprots, offload.notify" and fields["kinds"] == "(none)"
+    assert (
+        "warning: no kind this worker handles is routed to queue reprots (theirs: reports); "
+        "a misspelt name?" in result.output
+    )
+    served = invoke("worker", "--app", APP_REF, "--queues", "reports")
+    assert banner_fields(served.output)["kinds"] == "cli.report"
+    assert "warning" not in served.output
 
 
 @pytest.mark.usefixtures("no_serving")

@@ -24,6 +24,9 @@ from offload.cli import cli
         (("--autoscale", "1:3", "--target-wait", "0ms"), "'--target-wait': must be above 0"),
         (("--autoscale", "1:3", "--metrics-port", "65533"), "up to N + MAX (65536)"),
         (("--autoscale", "1:3", "--scale-down-after", "1d"), "'1d' is not a duration"),
+        # Without --autoscale they would do nothing.
+        (("--target-wait", "2s"), "'--target-wait': only with --autoscale MIN:MAX"),
+        (("--scale-down-after", "1m"), "'--scale-down-after': only with --autoscale MIN:MAX"),
     ],
 )
 def test_malformed_autoscale_flags_are_refused_with_the_reason(

@@ -89,6 +89,7 @@ def test_pause_and_resume_a_queue_and_see_it_in_queues(url: str) -> None:
     assert "a misspelt name?" in paused.stderr
     again = invoke("queues", "--url", url, "pause", "reports")  # options before the command
     assert again.exit_code == 0 and again.stdout.strip() == "queue reports was paused already"
+    assert again.stderr == ""  # warned once, at the pause itself
     assert as_json(invoke("queues", "--url", url, "--json"))["reports"]["paused"] is True
     table = invoke("queues", "--url", url)
     assert table.exit_code == 0
@@ -100,6 +101,19 @@ def test_pause_and_resume_a_queue_and_see_it_in_queues(url: str) -> None:
     again = invoke("queues", "resume", "reports", "--url", url)
     assert again.exit_code == 0 and again.output.strip() == "queue reports was not paused"
     assert set(as_json(invoke("queues", "--url", url, "--json"))) == {"offload.notify"}
+
+
+def test_pausing_a_queue_that_holds_finished_jobs_only_warns_of_nothing(url: str) -> None:
+    async def finished_job() -> None:
+        async with App("other", url=url) as other:  # another app's kind: unknown here
+            other.message("other.done", queue="archive")(Tick)
+            job = await other.enqueue(Tick(n=1))
+            await other.cancel(job.id)
+
+    asyncio.run(finished_job())
+    paused = invoke("queues", "pause", "archive", "--url", url)
+    assert paused.exit_code == 0 and paused.stdout.strip() == "queue archive paused"
+    assert paused.stderr == ""
 
 
 def test_pausing_a_queue_of_the_app_warns_of_nothing(url: str) -> None:
