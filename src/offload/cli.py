@@ -1293,7 +1293,19 @@ def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
     from rich import box
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    caption = (
+        "(n/m): what a lost worker ran at its last heartbeat; those jobs are rescued once "
+        "their leases lapse"
+        if any(w.lost for w in workers)
+        else None
+    )
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption=caption,
+        caption_justify="left",
+    )
     names = ("id", "host", "pid", "state", "queues", "running", "processed", "failed")
     for name in (*names, "version", "started", "heartbeat"):
         table.add_column(name, no_wrap=True)
@@ -1305,7 +1317,9 @@ def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
             str(w.pid),
             "lost" if w.lost else "live",
             ", ".join(w.queues),
-            f"{len(w.running)}/{w.concurrency}",
+            f"({len(w.running)}/{w.concurrency})"
+            if w.lost
+            else f"{len(w.running)}/{w.concurrency}",
             str(w.processed),
             str(w.failed),
             w.version,

@@ -201,10 +201,10 @@ def test_workers_lists_worker_processes_live_gone_when_stopped_and_lost_when_kil
         # Then the first is gone at once, and the second shows lost once its heartbeats lapse
         assert stopping.pid not in listed(url)
         until(lambda: listed(url).get(killed.pid, {}).get("lost"), "the killed one is lost")
-        (row,) = [
-            line for line in invoke("workers", "--url", url).output.splitlines() if "lost" in line
-        ]
-        assert str(killed.pid) in row
+        shown = invoke("workers", "--url", url).output
+        (row,) = [line for line in shown.splitlines() if f" {killed.pid} " in line]
+        assert " lost " in row and "(0/2)" in row  # what it ran when last heard of
+        assert "what a lost worker ran at its last heartbeat" in shown
     finally:
         for process in (stopping, killed):
             if process.poll() is None:

@@ -310,7 +310,8 @@ async def test_workers_whose_heartbeat_lapsed_are_marked_lost(tmp_path: Path) ->
     alive = html[html.index('data-worker="alive"') : html.index('data-worker="gone"')]
     assert 'class="pill lost"' in gone and 'class="pill lost"' not in alive
     assert re.search(r'data-col="heartbeat">60 s ago', gone)
-    assert 'href="/dashboard/jobs/j-1"' in gone
+    assert 'href="/dashboard/jobs/j-1"' in gone and "at its last heartbeat" in gone
+    assert "at its last heartbeat" not in alive
     assert "1 live, 1 lost" in html
 
 
