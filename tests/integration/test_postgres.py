@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
@@ -23,6 +23,7 @@ from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import Q
 from offload.contract import status_record
+from offload.errors import BackendError
 from offload.web.events import Hub, owner_stream
 from offload.worker.runner import Worker
 
@@ -231,6 +232,65 @@ async def test_unreachable_server_is_a_clear_error_at_open() -> None:
     backend = PostgresBackend.from_url("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1")
     with pytest.raises(Exception, match=r"cannot connect to PostgreSQL at 127\.0\.0\.1:1"):
         await backend.open()
+
+
+class Proxy:
+    """A TCP relay on loopback to the test server, to take the server away: `stop` closes
+    the listener and every relayed connection, as a server that went down would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for link in self.links:
+            link.close()
+        await self.server.wait_closed()
+
+
+async def test_a_call_while_the_server_is_down_fails_by_the_retry_deadline(
+    schema: PgSchema,
+) -> None:
+    # Given a backend whose server goes away (a relay on loopback, then closed),
+    target = urlsplit(PG_URL)
+    proxy = Proxy(target.hostname or "127.0.0.1", target.port or 5432)
+    port = await proxy.start()
+    url = schema.url.replace(target.netloc, f"{target.netloc.rpartition('@')[0]}@127.0.0.1:{port}")
+    backend = PostgresBackend.from_url(url, connect_timeout_s=1.0, retry_deadline_s=1.0)
+    await backend.open()
+    try:
+        assert await backend.stats() == {}
+        await proxy.stop()
+        # when a call is made, it fails by its deadline (each wait for a connection is
+        # bounded by the longer of the connect timeout and the retry deadline), not after
+        # the 30 s psycopg_pool waits by default.
+        with pytest.raises(BackendError):
+            async with asyncio.timeout(20):  # a TimeoutError here fails the test
+                await backend.stats()
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.stop()
+        await backend.close()
 
 
 async def test_transactional_enqueue_exists_only_if_the_transaction_commits(

@@ -408,7 +408,11 @@ class PostgresBackend:
             kwargs={"autocommit": True},
             open=False,
             name="offload",
-            timeout=30.0,
+            # How long a call waits for a connection: a busy pool's turn, or, with the
+            # server gone, the pool's reconnection. A call fails by its retry deadline
+            # (OFFLOAD_RETRY_DEADLINE), or the connect timeout when that is longer, not
+            # after psycopg_pool's 30 s.
+            timeout=max(self.connect_timeout_s, self.retrier.deadline_s),
         )
         try:
             await pool.open(wait=True, timeout=self.connect_timeout_s)
