@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import secrets
 from urllib.parse import parse_qs, quote, urlsplit
@@ -158,3 +159,53 @@ def drop_redis_url(url: str) -> None:
 def _drop_all_redis_prefixes() -> None:
     if probe_redis() is None:
         drop_redis_prefix(REDIS_SESSION + "*")
+
+
+class Relay:
+    """A TCP relay on loopback to a test server, to take the server away: `stop` closes the
+    listener and every relayed connection, as a server that went down would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    @classmethod
+    def to_pg(cls) -> Relay:
+        target = urlsplit(PG_URL)
+        return cls(target.hostname or "127.0.0.1", target.port or 5432)
+
+    async def start(self) -> int:
+        """Listen on a free loopback port; that port."""
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def start_for(self, url: str) -> str:
+        """Listen, and `url` (of the target server) with the relay's address in its place."""
+        port = await self.start()
+        parts = urlsplit(url)
+        user_info = parts.netloc.rpartition("@")[0]
+        at = f"{user_info}@" if user_info else ""
+        return parts._replace(netloc=f"{at}127.0.0.1:{port}").geturl()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        """Close the listener and every relayed connection (again: nothing more)."""
+        if self.server is None:
+            return
+        self.server.close()
+        for link in self.links:
+            link.close()
+        await self.server.wait_closed()

@@ -12,8 +12,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+import httpx
 import psycopg
 import pytest
 
@@ -24,11 +25,12 @@ from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import Q
 from offload.contract import status_record
 from offload.errors import BackendError
+from offload.web import create_app
 from offload.web.events import Hub, owner_stream
 from offload.worker.runner import Worker
 
 from ..contract._support import claim, envelope, worker_info
-from ..services import PG_URL, PgSchema, require_pg
+from ..services import PG_URL, PgSchema, Relay, require_pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 #: Where the offload these tests import lives: commands they run import that one too (a
@@ -234,48 +236,12 @@ async def test_unreachable_server_is_a_clear_error_at_open() -> None:
         await backend.open()
 
 
-class Proxy:
-    """A TCP relay on loopback to the test server, to take the server away: `stop` closes
-    the listener and every relayed connection, as a server that went down would."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.links: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.links += [writer, up_writer]
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for link in self.links:
-            link.close()
-        await self.server.wait_closed()
-
-
 async def test_a_call_while_the_server_is_down_fails_by_the_retry_deadline(
     schema: PgSchema,
 ) -> None:
     # Given a backend whose server goes away (a relay on loopback, then closed),
-    target = urlsplit(PG_URL)
-    proxy = Proxy(target.hostname or "127.0.0.1", target.port or 5432)
-    port = await proxy.start()
-    url = schema.url.replace(target.netloc, f"{target.netloc.rpartition('@')[0]}@127.0.0.1:{port}")
+    proxy = Relay.to_pg()
+    url = await proxy.start_for(schema.url)
     backend = PostgresBackend.from_url(url, connect_timeout_s=1.0, retry_deadline_s=1.0)
     await backend.open()
     try:
@@ -291,6 +257,30 @@ async def test_a_call_while_the_server_is_down_fails_by_the_retry_deadline(
         with contextlib.suppress(Exception):
             await proxy.stop()
         await backend.close()
+
+
+async def test_an_event_stream_asked_for_while_the_server_is_down_is_a_503(
+    schema: PgSchema,
+) -> None:
+    # Given a web tier open on a server that then goes away,
+    proxy = Relay.to_pg()
+    url = await proxy.start_for(schema.url)
+    app = App("pg-down", settings=Settings(url=url, connect_timeout_s=1.0, retry_deadline_s=1.0))
+    api = create_app(app)
+    try:
+        async with api.router.lifespan_context(api):
+            transport = httpx.ASGITransport(app=api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
+                assert (await web.get("/v1/jobs")).status_code == 200
+                await proxy.stop()
+                # when a client opens the stream of its jobs' changes, it is told at once
+                # (a 200 could only end the stream: no retry advice, no problem document).
+                answer = await web.get("/v1/events")
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "5"
+                assert answer.headers["content-type"] == "application/problem+json"
+    finally:
+        await proxy.stop()
 
 
 async def test_transactional_enqueue_exists_only_if_the_transaction_commits(

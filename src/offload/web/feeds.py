@@ -158,7 +158,11 @@ async def events(
     without either it starts from now. Never closes on its own."""
     principal = principal_of(request, ticket)
     state = request.app.state
-    cursor = await within_feed(state.runtime.hub, cursor_of(last_event_id, since))
+    position = cursor_of(last_event_id, since)
+    # Once the 200 is sent the stream could only end: a backend that does not answer now
+    # gets the 503 every /v1 route answers then (`within_feed` may read it too).
+    await state.offload.ping()
+    cursor = await within_feed(state.runtime.hub, position)
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
     return EventStreamResponse(stream)
@@ -186,6 +190,7 @@ async def _opened(websocket: WebSocket) -> Hub:
     """The hub, once the web tier is open; a 503 problem while the backend is unreachable."""
     try:
         hub: Hub = await websocket.app.state.runtime.ensure()
+        await websocket.app.state.offload.ping()  # refused now, not accepted to close
         return hub
     except BackendError as exc:
         raise backend_unavailable(exc) from None
