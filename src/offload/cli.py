@@ -93,9 +93,11 @@ AppRef = Annotated[
 Url = Annotated[str | None, typer.Option("--url", help="backend URL (default OFFLOAD_URL)")]
 
 
-#: Loggers of the AWS SDK whose INFO lines ("Found credentials in environment variables")
-#: are noise in a worker's log: WARNING and above only, where offload sets logging up.
-QUIET_LOGGERS = ("aiobotocore", "botocore", "boto3", "aioboto3")
+#: Loggers whose INFO lines offload's processes leave out (WARNING and above only, where
+#: offload sets logging up): the AWS SDK's ("Found credentials in environment variables"),
+#: and httpx's, which logs each request's whole URL, a webhook's query string included (it
+#: may carry a secret; the delivery record shows the URL without it).
+QUIET_LOGGERS = ("aiobotocore", "botocore", "boto3", "aioboto3", "httpx", "httpcore")
 
 
 def _setup_logging() -> None:

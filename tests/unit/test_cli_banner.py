@@ -67,6 +67,8 @@ def test_offloads_logging_quiets_the_aws_sdk(monkeypatch: pytest.MonkeyPatch) ->
     assert not creds.isEnabledFor(logging.INFO)
     assert creds.isEnabledFor(logging.WARNING)
     assert logging.getLogger("offload.worker").isEnabledFor(logging.INFO)
+    # httpx would log each webhook's whole URL, a secret in its query string included.
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
 
 
 def test_a_level_the_user_set_on_the_sdk_stays(monkeypatch: pytest.MonkeyPatch) -> None:
