@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import warnings
+import weakref
 from typing import Protocol
 
 
@@ -29,7 +31,29 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+    if loop not in _closed_at_exit:
+        _closed_at_exit.add(loop)
+        atexit.register(_close_at_exit, loop)
     return loop
+
+
+#: The loops `_close_at_exit` will close.
+_closed_at_exit: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
+    """Close what the handlers left open on `loop` (the backend, the web tier's hold on
+    it) when the interpreter exits: a script or a test that called a handler ends quietly,
+    where its pending tasks were destroyed with warnings. (Lambda freezes or kills its
+    processes without running this.)"""
+    if loop.is_closed() or loop.is_running():
+        return
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def remaining_s(context: LambdaContext | None) -> float | None:
