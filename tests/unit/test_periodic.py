@@ -4,7 +4,6 @@ on a fake clock, and the listing."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +13,6 @@ from offload import App, Message
 from offload.clock import FakeClock, iso
 from offload.errors import ConfigurationError
 from offload.periodic import DEFAULT_LATE_S, Schedule, declare, due
-from offload.worker import scheduler as scheduler_module
 from offload.worker.scheduler import DEFAULT_SCHEDULER_POLL_S, Scheduler
 
 
@@ -238,33 +236,6 @@ async def test_the_scheduler_enqueues_each_due_tick_and_sleeps_until_the_next() 
         assert entry["next_run"] == iso(1_800_000_008.0)
         assert entry["last_job_state"] == "queued"
         assert (entry["every_s"], entry["cron"], entry["declared"]) == (4.0, None, True)
-
-
-@pytest.mark.anyio
-async def test_a_stopping_worker_s_scheduler_ends_its_sleep_and_enqueues_no_more_ticks(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Its worker drains after SIGTERM: a tick enqueued now would wait for other workers.
-    monkeypatch.setattr(scheduler_module, "DEFAULT_SCHEDULER_POLL_S", 3600.0)
-    clock = FakeClock(1_800_000_000.5)
-    app = App("t", url="memory://", clock=clock)
-    app.message("d.digest")(Digest)
-    app.periodic(Digest(), cron="0 0 1 1 *", name="digest")  # next tick: far off
-    async with app:
-        scheduler = Scheduler(app, since=clock.now())
-        stop = asyncio.Event()
-        running = asyncio.create_task(scheduler.run(until=stop))
-        async with asyncio.timeout(30):
-            while scheduler.looked_at is None:  # noqa: ASYNC110 (no event to wait on)
-                await asyncio.sleep(0.01)
-        assert scheduler.sleep_s() == 3600.0  # it sleeps up to an hour ...
-        clock.advance(366 * 86400)  # ... and a tick falls due meanwhile
-        stop.set()
-        await asyncio.wait_for(running, 30)  # ... but the stop ends the sleep
-        assert scheduler.created == 0
-        stop_first = Scheduler(app, since=clock.now() - 400 * 86400)
-        await asyncio.wait_for(stop_first.run(until=stop), 30)  # already stopping
-        assert stop_first.looked_at is None and await app.list_jobs(owner=None) == []
 
 
 @pytest.mark.anyio

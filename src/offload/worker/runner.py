@@ -858,10 +858,7 @@ class Worker:
 
     async def _scheduler(self) -> None:
         """Enqueue the due ticks of the app's periodic schedules (see `worker.scheduler`)."""
-        await Scheduler(self.app, since=self.started_at.timestamp()).run(until=self._stop)
-        # A stopping worker schedules nothing more; the task waits to be cancelled with the
-        # others (a side task that returns would stop the worker as failed).
-        await asyncio.Event().wait()
+        await Scheduler(self.app, since=self.started_at.timestamp()).run()
 
     async def _supervise(self) -> None:
         """Watch the side tasks for as long as the worker runs (its shutdown included).

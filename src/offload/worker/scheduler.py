@@ -8,7 +8,6 @@ stored once however many race for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from ..app import App
@@ -83,22 +82,13 @@ class Scheduler:
             return DEFAULT_SCHEDULER_POLL_S
         return max(0.0, min(min(upcoming) - now, DEFAULT_SCHEDULER_POLL_S))
 
-    async def run(self, until: asyncio.Event | None = None) -> None:
-        """Fire due ticks, then sleep until the next one, until cancelled or `until` is set
-        (a stopping worker enqueues no more ticks while it drains; a look under way ends)."""
-        stop = until or asyncio.Event()
-        while not stop.is_set():
+    async def run(self) -> None:
+        """Fire due ticks, then sleep until the next one, until cancelled."""
+        while True:
             try:
                 await self.fire_due()
             except BackendError as exc:
                 log.warning("scheduler: %s", exc, extra={"action": "periodic_error"})
-                await _nap(stop, BACKEND_RETRY_S)
+                await asyncio.sleep(BACKEND_RETRY_S)
                 continue
-            await _nap(stop, self.sleep_s())
-
-
-async def _nap(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less once `stop` is set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
+            await asyncio.sleep(self.sleep_s())
