@@ -131,6 +131,88 @@ async def test_a_plain_handler_running_past_the_grace_period_keeps_its_job(
     assert record["result"] == "finished" and runs == [job.id]
 
 
+class Other(Message):
+    text: str = "hi"
+
+
+async def test_past_the_grace_the_jobs_that_can_stop_are_released_while_a_thread_runs_on(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.grace_plain")(Ping)
+    app.message("t.grace_async")(Other)
+    started, asked, finish = threading.Event(), threading.Event(), threading.Event()
+    began: list[str] = []
+
+    @app.handles(Ping)
+    def plain(msg: Ping, ctx: Context) -> str:
+        started.set()
+        if ctx.cancelled.wait(15):
+            asked.set()
+        finish.wait(15)
+        return "finished"
+
+    @app.handles(Other)
+    async def waits(msg: Other, ctx: Context) -> None:
+        began.append(ctx.job_id)
+        await asyncio.Event().wait()  # until cancelled
+
+    worker: Worker = await start_worker(concurrency=2, prefetch=0, grace_s=0.05)
+    threaded, cancellable = await app.enqueue(Ping()), await app.enqueue(Other())
+    assert await asyncio.to_thread(started.wait, 15)
+    async with asyncio.timeout(15):
+        while not began:  # noqa: ASYNC110 (a list the handler appends to)
+            await asyncio.sleep(0.01)
+    worker.request_stop()
+    assert await asyncio.to_thread(asked.wait, 15)
+    # The async job is released at the grace period, not kept until the thread returns.
+    async with asyncio.timeout(15):
+        while (await app.status(cancellable.id))["state"] != "queued":  # noqa: ASYNC110 (a stored state)
+            await asyncio.sleep(0.01)
+    assert (await app.status(threaded.id))["state"] == "running"
+    finish.set()
+    await asyncio.wait_for(worker.stopped.wait(), 30)
+    assert (await app.status(threaded.id))["state"] == "succeeded"
+    record = await app.status(cancellable.id)
+    assert record["state"] == "queued" and record["attempt"] == 0
+
+
+async def test_a_plain_handler_still_waiting_for_a_thread_is_released_not_waited_for(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.stuck", max_attempts=1)(Ping)
+    app.message("t.behind")(Other)
+    stuck, free = threading.Event(), threading.Event()
+    behind_ran: list[str] = []
+
+    @app.handles(Ping, timeout=0.1)
+    def ignores_its_timeout(msg: Ping, ctx: Context) -> None:
+        stuck.set()
+        free.wait(30)  # never looks at ctx.cancelled: its thread outlives the attempt
+
+    @app.handles(Other)
+    def behind(msg: Other, ctx: Context) -> None:
+        behind_ran.append(ctx.job_id)
+
+    try:
+        # One thread: the stuck handler holds it after its attempt timed out (dead),
+        worker: Worker = await start_worker(concurrency=1, prefetch=0, grace_s=0.05)
+        first = await app.enqueue(Ping())
+        assert (await finished(app, first.id)).state is JobState.DEAD
+        # so the next plain job is claimed and its call waits for the pool's thread.
+        waiting = await app.enqueue(Other())
+        async with asyncio.timeout(15):
+            while (await app.status(waiting.id))["state"] != "running":  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        worker.request_stop()
+        # Then the stop releases it (it never started) and does not wait for the thread.
+        await asyncio.wait_for(worker.stopped.wait(), 30)
+        record = await app.status(waiting.id)
+        assert record["state"] == "queued" and record["attempt"] == 0
+    finally:
+        free.set()
+    assert behind_ran == []
+
+
 async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> None:
     """The flag is made on first use: the loop and handler threads asking at once share one."""
     app.message("t.flag")(Ping)

@@ -12,6 +12,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -104,6 +105,31 @@ class _Job:
     #: When its run began (loop time), and how long it ran once it ended (metrics).
     began: float = 0.0
     ran_s: float | None = None
+
+
+class _ThreadRun:
+    """A plain handler's call as the thread pool runs it, which a stopping worker may
+    abandon while it still waits for a thread (then it returns without calling)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self._lock = threading.Lock()
+        self._started = False
+        self._abandoned = False
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._abandoned:
+                return None  # its job was released; no one reads this
+            self._started = True
+        return self.fn()
+
+    def abandon(self) -> bool:
+        """Whether the call will never start (abandoned now, or before); False once it runs."""
+        with self._lock:
+            if not self._started:
+                self._abandoned = True
+            return self._abandoned
 
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
@@ -219,7 +245,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
         #: The jobs whose plain (`def`) handler runs in a thread of `_threads`: its call.
-        self._in_threads: dict[str, asyncio.Future[Any]] = {}
+        self._in_threads: dict[str, tuple[asyncio.Future[Any], _ThreadRun]] = {}
         #: The side tasks by name; when each last failed (loop time).
         self._side: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
@@ -733,11 +759,17 @@ class Worker:
             self._prefetch.ran(loop.time() - began)
             return self._failed(lease, spec, exc)
 
-    def _in_thread(self, job_id: str, run: Callable[[], Any]) -> asyncio.Future[Any]:
+    def _in_thread(self, job_id: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run a plain handler in the pool, kept in `_in_threads` until it returns."""
+        run = _ThreadRun(fn)
         call = asyncio.get_running_loop().run_in_executor(self._threads, run)
-        self._in_threads[job_id] = call
-        call.add_done_callback(lambda _: self._in_threads.pop(job_id, None))
+        self._in_threads[job_id] = (call, run)
+
+        def forget(_: asyncio.Future[Any]) -> None:
+            if self._in_threads.get(job_id, (None,))[0] is call:  # not a later run's
+                del self._in_threads[job_id]
+
+        call.add_done_callback(forget)
         return call
 
     async def _payload(self, lease: Lease, spec: HandlerSpec) -> dict[str, Any] | Outcome:
@@ -1127,9 +1159,21 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    async def _threads_return(self, supervisor: asyncio.Task[None]) -> set[str]:
-        """Past the grace period, wait for the plain handlers still running in threads;
-        the ids of the jobs whose handlers returned.
+    def _running_in_threads(self) -> dict[str, asyncio.Future[Any]]:
+        """The jobs whose plain handler runs in a thread now, by id, with its call; a call
+        still waiting for a thread of the pool is abandoned (it will not start), so that
+        its job is released as any other."""
+        return {
+            job_id: call
+            for job_id, (call, run) in list(self._in_threads.items())
+            if job_id in self._jobs and not call.done() and not run.abandon()
+        }
+
+    async def _threads_return(
+        self, calls: dict[str, asyncio.Future[Any]], supervisor: asyncio.Task[None]
+    ) -> set[str]:
+        """Past the grace period, wait for the plain handlers still running in threads
+        (`calls`); the ids of the jobs whose handlers returned.
 
         A thread cannot be stopped: were its job released, another worker would run it while
         the thread runs on (and the thread's outcome would be refused). Their jobs keep their
@@ -1138,7 +1182,6 @@ class Worker:
         rescued and run again. Only a side task stopping for good (the leases beat no more)
         ends the wait; what still runs is then released.
         """
-        calls = {job_id: call for job_id, call in self._in_threads.items() if job_id in self._jobs}
         if not calls or supervisor.done():
             return set()
         for job_id in calls:
@@ -1186,10 +1229,14 @@ class Worker:
                 self._busy,
                 extra={"action": "drain"},
             )
-        returned = await self._threads_return(supervisor)
-        for job in list(self._jobs.values()):
-            if job.lease.job_id not in returned:  # those report their outcome on their own
+        threads = {} if supervisor.done() else self._running_in_threads()
+        for job in list(self._jobs.values()):  # release what can be stopped, at once
+            if job.lease.job_id not in threads:
                 self._interrupt(job, _SHUTDOWN)
+        returned = await self._threads_return(threads, supervisor)
+        for job_id in threads.keys() - returned:  # the wait ended early: a side task stopped
+            if (still := self._jobs.get(job_id)) is not None:
+                self._interrupt(still, _SHUTDOWN)
         await self._idle.wait()  # cancelled runs end at their next step
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
