@@ -13,6 +13,7 @@ import pytest
 
 from offload import App, Context, JobFilter, JobState, Message, Settings
 from offload.brokers.sqlite import SQLiteBackend
+from offload.web.runtime import runtime_of
 
 pytestmark = pytest.mark.anyio
 STORAGE_FULL = "https://offload.dev/problems/storage-full"
@@ -65,6 +66,10 @@ async def test_a_database_that_cannot_grow_answers_storage_full_until_it_can(
     ready = await web.get("/readyz")
     assert ready.status_code == 503 and ready.json()["type"] == STORAGE_FULL
     assert (await web.get("/readyz")).status_code == 503  # it probes again: still full
+    # Reading works meanwhile: the job list, and the check an event stream or a WebSocket
+    # makes before it answers (a read of the feed, no write probe), so they still open.
+    assert (await web.get("/v1/jobs")).status_code == 200
+    await runtime_of(app).answering()
     # When the database may grow again, readiness comes back with the next probe,
     await _limit_pages(backend, 1 << 30)
     assert (await web.get("/readyz")).status_code == 200

@@ -161,7 +161,7 @@ async def events(
     position = cursor_of(last_event_id, since)
     # Once the 200 is sent the stream could only end: a backend that does not answer now
     # gets the 503 every /v1 route answers then (`within_feed` may read it too).
-    await state.offload.ping()
+    await state.runtime.answering()
     cursor = await within_feed(state.runtime.hub, position)
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
@@ -190,7 +190,7 @@ async def _opened(websocket: WebSocket) -> Hub:
     """The hub, once the web tier is open; a 503 problem while the backend is unreachable."""
     try:
         hub: Hub = await websocket.app.state.runtime.ensure()
-        await websocket.app.state.offload.ping()  # refused now, not accepted to close
+        await websocket.app.state.runtime.answering()  # refused now, not accepted to close
         return hub
     except BackendError as exc:
         raise backend_unavailable(exc) from None

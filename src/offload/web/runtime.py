@@ -24,6 +24,8 @@ log = logging.getLogger("offload.web")
 #: After a failed open on first use, requests within this many seconds fail at once (503)
 #: instead of each waiting on another attempt.
 DEFAULT_REOPEN_AFTER_S = 1.0
+#: A ping that succeeded this many seconds ago still answers `answering` (no new one).
+PING_FRESH_S = 1.0
 
 
 class Runtime:
@@ -44,6 +46,9 @@ class Runtime:
         self._failed_at = -math.inf
         self._failure = ""
         self._holder: asyncio.Task[None] | None = None
+        #: The ping `answering` shares, and when one last succeeded (monotonic).
+        self._ping: asyncio.Future[None] | None = None
+        self._pinged_at = -math.inf
 
     @property
     def app(self) -> App:
@@ -115,6 +120,28 @@ class Runtime:
                     extra={"action": "web_open_lazily"},
                 )
         return self.hub
+
+    async def answering(self) -> None:
+        """Whether the backend answers now, for a response that cannot fail once it starts
+        (an event stream's 200, a WebSocket accepted): one ping shared by every caller while
+        it runs, none within `PING_FRESH_S` of one that succeeded, so that a thousand
+        streams opened at once cost one round trip and one pooled connection, not a thousand.
+
+        Raises:
+            BackendError: the backend does not answer.
+        """
+        if time.monotonic() - self._pinged_at < PING_FRESH_S:
+            return
+        ping = self._ping
+        if ping is None or ping.done() or ping.get_loop() is not asyncio.get_running_loop():
+            ping = self._ping = asyncio.ensure_future(self._ping_once())
+        await asyncio.shield(ping)
+
+    async def _ping_once(self) -> None:
+        # A read of the feed, which the streams read too: not `App.ping`, whose write probe
+        # fails while SQLite's disk is full, when reading jobs and their changes still works.
+        await self.app.last_seq()
+        self._pinged_at = time.monotonic()
 
     async def _hold(self) -> None:
         """Hold the open of `ensure` until this task is cancelled: at the latest when the

@@ -198,8 +198,10 @@ async def events(
 ) -> Response:
     """Server-sent events of every change of every job (the change feed), from now or
     resumed after Last-Event-ID; the overview follows it."""
+    position = cursor_of(last_event_id, since)
+    await request.app.state.runtime.answering()  # a 503 now, not a 200 that ends at once
     hub = request.app.state.runtime.hub
-    cursor = await within_feed(hub, cursor_of(last_event_id, since))
+    cursor = await within_feed(hub, position)
     stream = owner_stream(hub, app_of(request), None, cursor, presenter_of(request).row)
     return EventStreamResponse(stream)
 
