@@ -169,6 +169,7 @@ class Relay:
         self.target = (host, port)
         self.links: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+        self.stopped = False
 
     @classmethod
     def to_pg(cls) -> Relay:
@@ -189,8 +190,17 @@ class Relay:
         return parts._replace(netloc=f"{at}127.0.0.1:{port}").geturl()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.links += [writer, up_writer]
+        self.links.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.links.append(up_writer)
+        if self.stopped:  # accepted before the stop, connected after it: relays nothing
+            writer.close()
+            up_writer.close()
+            return
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
@@ -203,6 +213,7 @@ class Relay:
 
     async def stop(self) -> None:
         """Close the listener and every relayed connection (again: nothing more)."""
+        self.stopped = True
         if self.server is None:
             return
         self.server.close()

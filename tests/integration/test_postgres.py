@@ -259,6 +259,33 @@ async def test_a_call_while_the_server_is_down_fails_by_the_retry_deadline(
         await backend.close()
 
 
+async def test_a_call_on_a_busy_pool_waits_its_turn_past_the_retry_deadline(
+    schema: PgSchema,
+) -> None:
+    # Given a pool of two connections, both held by long statements,
+    backend = PostgresBackend.from_url(
+        schema.url + "&pool_size=2", connect_timeout_s=1.0, retry_deadline_s=1.0
+    )
+    await backend.open()
+    entered = [asyncio.Event(), asyncio.Event()]
+
+    async def hold(inside: asyncio.Event) -> None:
+        async with backend._conn() as conn:
+            inside.set()
+            await conn.execute("SELECT pg_sleep(2.5)")
+
+    try:
+        holders = [asyncio.create_task(hold(inside)) for inside in entered]
+        for inside in entered:
+            await asyncio.wait_for(inside.wait(), 30)
+        # when a call needs one, it waits for its turn (the server answers: it is busy, not
+        # gone), longer than the connect timeout and the retry deadline, and is answered.
+        assert await backend.stats() == {}
+        await asyncio.gather(*holders)
+    finally:
+        await backend.close()
+
+
 async def test_an_event_stream_asked_for_while_the_server_is_down_is_a_503(
     schema: PgSchema,
 ) -> None:
@@ -275,7 +302,8 @@ async def test_an_event_stream_asked_for_while_the_server_is_down_is_a_503(
                 await proxy.stop()
                 # when a client opens the stream of its jobs' changes, it is told at once
                 # (a 200 could only end the stream: no retry advice, no problem document).
-                answer = await web.get("/v1/events")
+                async with asyncio.timeout(30):  # an open stream would never end here
+                    answer = await web.get("/v1/events")
                 assert answer.status_code == 503, answer.text
                 assert answer.headers["retry-after"] == "5"
                 assert answer.headers["content-type"] == "application/problem+json"

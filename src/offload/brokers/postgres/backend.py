@@ -17,7 +17,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...clock import Clock
 from ...contract import (
@@ -48,6 +48,10 @@ Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
 SCHEMA_VERSION = 12
+#: How long a call waits for a pooled connection before it asks the server directly whether
+#: it answers (a busy pool, or a server gone while the pool reconnects), and in all.
+POOL_PATIENCE_S = 1.0
+POOL_WAIT_S = 30.0
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -292,6 +296,8 @@ class PostgresBackend:
         #: The limited kinds (and their queues) this instance claimed: their settles wake
         #: the workers waiting for a free slot.
         self._limited: dict[str, str] = {}
+        #: The direct connection `_lend` makes to ask whether the server answers.
+        self._asking: asyncio.Future[None] | None = None
 
     @classmethod
     def from_url(
@@ -354,11 +360,36 @@ class PostgresBackend:
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """A pooled connection for one call (its transaction ended as it is given back)."""
         try:
-            async with self.pool.connection() as conn:
-                yield conn  # type: ignore[misc]
+            conn = await self._lend()
+            try:
+                async with conn:
+                    yield conn
+            finally:
+                await self.pool.putconn(conn)
         except psycopg.Error as exc:
             raise BackendError(f"PostgreSQL: {exc}") from exc
+
+    async def _lend(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of the pool. None free within `POOL_PATIENCE_S`: a busy pool, or a
+        server that is gone while the pool reconnects; the server is asked directly (one
+        connection made for every call that asks meanwhile), so that a busy pool's caller
+        waits its turn (up to `POOL_WAIT_S`) and a gone server's fails now, with the reason,
+        for `Retrier` to try again until the retry deadline."""
+        pool = self.pool
+        try:
+            return await pool.getconn(timeout=POOL_PATIENCE_S)
+        except PoolTimeout:
+            pass
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self._ask_server())
+        await asyncio.shield(self._asking)  # BackendError: the server does not answer
+        return await pool.getconn(timeout=POOL_WAIT_S - POOL_PATIENCE_S)
+
+    async def _ask_server(self) -> None:
+        conn = await self._connect()
+        await conn.close()
 
     async def _retrying(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run `fn` on a pooled connection, again on another while the connection is lost
@@ -408,11 +439,7 @@ class PostgresBackend:
             kwargs={"autocommit": True},
             open=False,
             name="offload",
-            # How long a call waits for a connection: a busy pool's turn, or, with the
-            # server gone, the pool's reconnection. A call fails by its retry deadline
-            # (OFFLOAD_RETRY_DEADLINE), or the connect timeout when that is longer, not
-            # after psycopg_pool's 30 s.
-            timeout=max(self.connect_timeout_s, self.retrier.deadline_s),
+            timeout=POOL_WAIT_S,  # `_lend` asks the server first when none comes at once
         )
         try:
             await pool.open(wait=True, timeout=self.connect_timeout_s)
