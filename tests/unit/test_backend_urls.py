@@ -25,6 +25,7 @@ def test_sqlite_url_names_a_file(url: str, path: str) -> None:
 def test_sqlite_url_synchronous_option() -> None:
     assert SQLiteBackend.from_url("sqlite:///jobs.db?synchronous=full").synchronous == "FULL"
     assert SQLiteBackend.from_url("sqlite:///jobs.db").synchronous == "NORMAL"
+    assert SQLiteBackend.from_url("sqlite:///jobs.db?synchronous=2").synchronous == "FULL"
 
 
 def test_sqlite_url_wal_cap_option() -> None:
@@ -93,6 +94,8 @@ def test_postgres_url_numbers_are_judged_before_connecting(url: str, says: str) 
         ("redis://127.0.0.1:6379/7?prefix=a:&bogus=1", "unknown Redis URL option 'bogus'"),
         ("redis://127.0.0.1:6379/7?socket_timeout=abc", "socket_timeout"),
         ("redis://127.0.0.1:6379/7?pool_size=abc", "pool_size must be an integer"),
+        ("redis://127.0.0.1:6379/\u00b2", "database is no number"),  # a superscript two
+        ("rediss://127.0.0.1:6379/7?ssl_cert_reqs=bogus", "bad Redis URL option"),
     ],
 )
 def test_redis_url_options_are_judged_before_connecting(url: str, says: str) -> None:
@@ -105,3 +108,27 @@ def test_redis_url_passes_redis_py_options_through() -> None:
     pytest.importorskip("redis")
     backend = open_backend("redis://127.0.0.1:6379/7?client_name=jobs&socket_keepalive=true")
     assert "client_name=jobs" in backend.url  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "conninfo"),
+    [
+        # libpq's failover form: each host's port is a number
+        (
+            "postgresql://u@127.0.0.1:5432,127.0.0.2:5433/db?target_session_attrs=read-write",
+            "postgresql://u@127.0.0.1:5432,127.0.0.2:5433/db?target_session_attrs=read-write",
+        ),
+        # no host in the URL (a socket folder as an option): the // stays for libpq
+        ("postgresql:///db?host=/run/postgresql", "postgresql:///db?host=%2Frun%2Fpostgresql"),
+        ("postgres://u@[::1]:5432/db", "postgresql://u@[::1]:5432/db"),
+    ],
+)
+def test_postgres_urls_libpq_takes_pass_through(url: str, conninfo: str) -> None:
+    pytest.importorskip("psycopg")
+    assert open_backend(url).conninfo == conninfo  # type: ignore[attr-defined]
+
+
+def test_a_postgres_failover_url_with_a_bad_port_is_refused() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(ConfigurationError, match="port is no number"):
+        open_backend("postgresql://u@127.0.0.1:5432,127.0.0.2:x/db")

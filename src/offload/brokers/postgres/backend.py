@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
-from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import orjson
 import psycopg
@@ -320,17 +320,20 @@ class PostgresBackend:
                 own options when it connects).
         """
         parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 (raises for a port that is no number)
-        except ValueError:
-            where = parts.netloc.rpartition("@")[2]  # not the credentials
-            raise ConfigurationError(f"the PostgreSQL URL's port is no number: {where!r}") from None
+        hosts = parts.netloc.rpartition("@")[2]  # not the credentials
+        for host in hosts.split(","):  # libpq's failover form: h1:5432,h2:5432
+            port = host.rpartition("]")[2] if host.startswith("[") else host
+            port = port.rpartition(":")[2] if ":" in port else ""
+            if port and not (port.isascii() and port.isdigit()):
+                raise ConfigurationError(f"the PostgreSQL URL's port is no number: {hosts!r}")
         options = parse_qs(parts.query, keep_blank_values=True)
         pool_size = _pool_size(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
         # %20, not +, for spaces: libpq decodes percent escapes only (options=-c a=1 -c b=2)
         query = urlencode({k: v[-1] for k, v in options.items()}, quote_via=quote)
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
-        conninfo = urlunsplit((scheme, parts.netloc, parts.path, query, ""))
+        # Not urlunsplit: without a host (postgresql:///db?host=/run/postgresql) it drops
+        # the // that libpq needs.
+        conninfo = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
         timeout = DEFAULT_CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
         deadline = DEFAULT_RETRY_DEADLINE_S if retry_deadline_s is None else retry_deadline_s
         return cls(
@@ -487,8 +490,12 @@ class PostgresBackend:
         return BackendError(f"cannot connect to PostgreSQL at {self._where()}: {reason}")
 
     def _where(self) -> str:
+        """Host(s), port(s) and database, without credentials (for messages)."""
         parts = urlsplit(self.conninfo)
-        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+        hosts = parts.netloc.rpartition("@")[2] or "localhost"
+        if "," not in hosts and not hosts.rpartition("]")[2].count(":"):
+            hosts += ":5432"  # the default port, said
+        return f"{hosts}{parts.path}"
 
     async def _schema_version(self, conn: psycopg.AsyncConnection[Any]) -> int:
         cur = await conn.execute("SELECT to_regclass('offload_migrations') IS NOT NULL")

@@ -115,7 +115,7 @@ def _check_driver_options(url: str) -> None:
             f"unknown Redis URL option {unknown}: neither offload's (prefix, pool_size) nor "
             "redis-py's"
         ) from None
-    except ValueError as exc:
+    except (ValueError, RedisError) as exc:  # RedisError: ssl_cert_reqs=bogus, protocol=7
         raise ConfigurationError(f"bad Redis URL option: {exc}") from None
 
 
@@ -304,7 +304,7 @@ class RedisBackend:
                 f"pool_size must be an integer: {ours['pool_size']!r}"
             ) from None
         database = parts.path.strip("/")
-        if database and not database.isdigit():
+        if database and not (database.isascii() and database.isdigit()):
             # redis-py would ignore it and use database 0, which may hold another app's data.
             raise ConfigurationError(f"the Redis URL's database is no number: {database!r}")
         driver_url = urlunsplit(parts._replace(query=urlencode(rest)))

@@ -222,7 +222,7 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
 
 #: The options an SQLite URL takes (`?synchronous=FULL&wal_cap_mib=64`).
 _URL_OPTIONS = frozenset({"synchronous", "wal_cap_mib"})
-#: SQLite's `PRAGMA synchronous` levels.
+#: SQLite's `PRAGMA synchronous` levels (a URL may give their numbers, 0 to 3).
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -430,6 +430,8 @@ class SQLiteBackend:
                 + ", ".join(sorted(_URL_OPTIONS))
             )
         synchronous = options.get("synchronous", "NORMAL")
+        if synchronous in ("0", "1", "2", "3"):
+            synchronous = _SYNCHRONOUS[int(synchronous)]
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be one of {', '.join(_SYNCHRONOUS)}: {synchronous!r}"
