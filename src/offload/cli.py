@@ -544,6 +544,7 @@ def _autoscaled(
     from .worker.autoscaler import AutoscalingSupervisor, BacklogReader, sample_interval
     from .worker.scaling import ScalingPolicy
 
+    named_queues = queues or []
     if queues is None:  # what each worker claims from by default
         queues = [*sorted({h.message.queue for h in app.handlers.values()}), NOTIFY_QUEUE]
     port, host = metrics
@@ -570,15 +571,17 @@ def _autoscaled(
         sample_s=sample_interval(waits[0]),
         metrics=offload_metrics,
     )
+    routed = {kind: spec.message.queue for kind, spec in app.handlers.items()}
     _banner(
         f"offload worker (app {app.name}, autoscaled)",
         app,
         queues=queues,
-        kinds=app.handlers,
+        kinds=[kind for kind, queue in routed.items() if queue in queues],
         concurrency=f"{concurrency[0]} in each of {bounds[0]} to {bounds[1]} processes, "
         f"prefetch {concurrency[1]}",
         schedules=app.schedules,
     )
+    _warn_unrouted(named_queues, set(routed.values()))
 
     async def main() -> int:
         async with app:

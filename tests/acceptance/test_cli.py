@@ -419,6 +419,21 @@ def test_a_worker_on_a_queue_no_handled_kind_uses_warns_and_lists_no_kind(
     assert "warning" not in served.output
 
 
+def test_an_autoscaled_worker_on_an_unrouted_queue_warns_too(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload.worker.autoscaler import AutoscalingSupervisor
+
+    async def run(self: AutoscalingSupervisor) -> int:  # starts no process
+        return 0
+
+    monkeypatch.setattr(AutoscalingSupervisor, "run", run)
+    result = invoke("worker", "--app", APP_REF, "--queues", "reprots", "--autoscale", "1:2")
+    assert result.exit_code == 0, result.output
+    assert banner_fields(result.output)["kinds"] == "(none)"
+    assert "warning: no kind this worker handles is routed to queue reprots" in result.output
+
+
 @pytest.mark.usefixtures("no_serving")
 def test_web_prints_its_backend_with_the_password_masked(workdir: Path) -> None:
     pytest.importorskip("psycopg")

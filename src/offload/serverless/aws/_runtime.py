@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import warnings
-import weakref
 from typing import Protocol
+
+log = logging.getLogger("offload.serverless")
 
 
 class LambdaContext(Protocol):
@@ -31,14 +33,14 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-    if loop not in _closed_at_exit:
-        _closed_at_exit.add(loop)
+    if not any(loop is known for known in _closed_at_exit):
+        _closed_at_exit.append(loop)
         atexit.register(_close_at_exit, loop)
     return loop
 
 
-#: The loops `_close_at_exit` will close.
-_closed_at_exit: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+#: The loops `_close_at_exit` will close (kept, as atexit keeps them: one per thread).
+_closed_at_exit: list[asyncio.AbstractEventLoop] = []
 
 
 def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
@@ -51,7 +53,12 @@ def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
-    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    ended = loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    for failure in ended:
+        # SQLite's close needs thread pools the interpreter has shut down by now: the file
+        # is then closed by the exit itself, which its write-ahead log makes safe.
+        if isinstance(failure, Exception):
+            log.debug("closing at exit: %s", failure)
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
 
