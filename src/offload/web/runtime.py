@@ -26,6 +26,8 @@ log = logging.getLogger("offload.web")
 DEFAULT_REOPEN_AFTER_S = 1.0
 #: A ping that succeeded this many seconds ago still answers `answering` (no new one).
 PING_FRESH_S = 1.0
+#: How long `answering` waits for the backend before it answers that it does not.
+ANSWER_WITHIN_S = 2.0
 
 
 class Runtime:
@@ -139,8 +141,13 @@ class Runtime:
 
     async def _ping_once(self) -> None:
         # A read of the feed, which the streams read too: not `App.ping`, whose write probe
-        # fails while SQLite's disk is full, when reading jobs and their changes still works.
-        await self.app.last_seq()
+        # fails while SQLite's disk is full, when reading jobs and their changes still works;
+        # bounded as that ping is, not by the retry deadline of the backend's own calls.
+        try:
+            async with asyncio.timeout(ANSWER_WITHIN_S):
+                await self.app.last_seq()
+        except TimeoutError:
+            raise BackendError(f"the backend did not answer within {ANSWER_WITHIN_S:g}s") from None
         self._pinged_at = time.monotonic()
 
     async def _hold(self) -> None:

@@ -866,7 +866,11 @@ class Worker:
         return Outcome(lease=lease, state=JobState.QUEUED, refund=True, error=_RELEASED)
 
     def _interrupt(self, job: _Job, reason: str) -> None:
-        """Cancel a job's run (if it has one), telling it why for `_interrupted`."""
+        """Cancel a job's run (if it has one), telling it why for `_interrupted`; a plain
+        handler's call still waiting for a pool thread never starts."""
+        in_thread = self._in_threads.get(job.lease.job_id)
+        if in_thread is not None:
+            in_thread[1].abandon()
         if job.context is not None:
             job.context.cancelled.set()
         if job.task is not None and not job.task.done():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -52,6 +53,10 @@ SCHEMA_VERSION = 12
 #: it answers (a busy pool, or a server gone while the pool reconnects), and in all.
 POOL_PATIENCE_S = 1.0
 POOL_WAIT_S = 30.0
+#: After the server answered that question, calls that wait wait without asking again.
+ANSWERED_FRESH_S = 5.0
+#: What a server says when it takes no more connections (it is up, and full).
+_SERVER_FULL = ("too many clients", "remaining connection slots are reserved")
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -296,8 +301,10 @@ class PostgresBackend:
         #: The limited kinds (and their queues) this instance claimed: their settles wake
         #: the workers waiting for a free slot.
         self._limited: dict[str, str] = {}
-        #: The direct connection `_lend` makes to ask whether the server answers.
+        #: The direct connection `_lend` makes to ask whether the server answers, and when
+        #: it last did (monotonic).
         self._asking: asyncio.Future[None] | None = None
+        self._answered_at = -math.inf
 
     @classmethod
     def from_url(
@@ -365,34 +372,43 @@ class PostgresBackend:
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         """A pooled connection for one call (its transaction ended as it is given back)."""
         try:
-            conn = await self._lend()
+            pool = self.pool  # the one the connection goes back to, if close runs meanwhile
+            conn = await self._lend(pool)
             try:
                 async with conn:
                     yield conn
             finally:
-                await self.pool.putconn(conn)
+                await pool.putconn(conn)
         except psycopg.Error as exc:
             raise BackendError(f"PostgreSQL: {exc}") from exc
 
-    async def _lend(self) -> psycopg.AsyncConnection[Any]:
+    async def _lend(self, pool: AsyncConnectionPool) -> psycopg.AsyncConnection[Any]:
         """A connection of the pool. None free within `POOL_PATIENCE_S`: a busy pool, or a
         server that is gone while the pool reconnects; the server is asked directly (one
         connection made for every call that asks meanwhile), so that a busy pool's caller
         waits its turn (up to `POOL_WAIT_S`) and a gone server's fails now, with the reason,
         for `Retrier` to try again until the retry deadline."""
-        pool = self.pool
         try:
             return await pool.getconn(timeout=POOL_PATIENCE_S)
         except PoolTimeout:
             pass
-        if self._asking is None or self._asking.done():
-            self._asking = asyncio.ensure_future(self._ask_server())
-        await asyncio.shield(self._asking)  # BackendError: the server does not answer
+        if time.monotonic() - self._answered_at > ANSWERED_FRESH_S:
+            if self._asking is None or self._asking.done():
+                self._asking = asyncio.ensure_future(self._ask_server())
+            await asyncio.shield(self._asking)  # BackendError: the server does not answer
         return await pool.getconn(timeout=POOL_WAIT_S - POOL_PATIENCE_S)
 
     async def _ask_server(self) -> None:
-        conn = await self._connect()
-        await conn.close()
+        """Whether the server answers a new connection; one that refuses it for want of
+        slots (a full server: the pools are busy, not broken) answers too."""
+        try:
+            conn = await self._connect()
+        except BackendError as exc:
+            if not any(full in str(exc) for full in _SERVER_FULL):
+                raise
+        else:
+            await conn.close()
+        self._answered_at = time.monotonic()
 
     async def _retrying(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run `fn` on a pooled connection, again on another while the connection is lost
@@ -546,6 +562,10 @@ class PostgresBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BackendError):
+                await self._asking
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
