@@ -334,9 +334,13 @@ async def test_on_a_sqlite_file_the_metrics_show_its_wal_and_the_writes_it_pause
         assert found.types["offload_sqlite_write_pauses"] == "counter"
         assert found.types["offload_sqlite_wal_bytes"] == "gauge"
         # A second backend of the file (the twin blocking calls use) pauses with it: the
-        # file's pauses count once.
+        # file's pauses count once, not once per backend. (Its write may start a pause of
+        # its own where the checkpoint thread, starved of CPU, has not rewound the WAL the
+        # reader held: a fresh-clone run under load counted 2, the file's 2.)
         await asyncio.to_thread(app.enqueue_sync, Ping())
-        assert scrape(metrics).value("offload_sqlite_write_pauses_total") == 1
+        before = checkpointer.pauses  # the file's count (the thread may start one meanwhile)
+        counted = scrape(metrics).value("offload_sqlite_write_pauses_total")
+        assert 1 <= before <= counted <= checkpointer.pauses
     # Once the app closes, its file is no longer read.
     assert ("offload_sqlite_write_pauses_total", frozenset()) not in scrape(metrics).samples
 
