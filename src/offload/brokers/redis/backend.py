@@ -98,7 +98,6 @@ _SCRIPTS = (
 SCHEMA_VERSION = 1
 
 
-@functools.cache
 def _check_driver_options(url: str) -> None:
     """Judge the URL's options for redis-py as it will when it first connects (making a
     connection object sends nothing), so that a misspelt one stops the process at once.
@@ -119,6 +118,7 @@ def _check_driver_options(url: str) -> None:
         raise ConfigurationError(f"bad Redis URL option: {exc}") from None
 
 
+@functools.cache
 def _lua(name: str) -> str:
     folder = resources.files(__package__).joinpath("lua")
     return folder.joinpath("_lib.lua").read_text("utf-8") + folder.joinpath(
