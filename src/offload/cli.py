@@ -229,11 +229,17 @@ def banner_lines(
     return [title, *(f"  {name:<12} {value}" for name, value in lines)]
 
 
-def _warn_unrouted(named: Iterable[str], routed: set[str]) -> None:
+def _kinds_served(app: App, queues: Sequence[str]) -> list[str]:
+    """The kinds a worker of `app` runs from `queues`: those its handlers route there."""
+    return [kind for kind, spec in app.handlers.items() if spec.message.queue in queues]
+
+
+def _warn_unrouted(app: App, named: Iterable[str]) -> None:
     """Warn of each queue given to `--queues` that no kind the worker handles is routed to:
     a misspelt name leaves the worker idle."""
     from .notify.base import NOTIFY_QUEUE
 
+    routed = {spec.message.queue for spec in app.handlers.values()}
     for queue in named:
         if queue not in routed and queue != NOTIFY_QUEUE:
             known = ", ".join(sorted(routed)) or "(none)"
@@ -391,7 +397,8 @@ def worker(
                 raise typer.BadParameter("only with --autoscale MIN:MAX", param_hint=f"'{flag}'")
     else:
         bounds = _autoscale_bounds(autoscale, processes, max_jobs, exit_when_idle)
-        target_wait = DEFAULT_TARGET_WAIT_S if target_wait is None else target_wait
+        if target_wait is None:
+            target_wait = DEFAULT_TARGET_WAIT_S
         if scale_down_after is None:
             scale_down_after = DEFAULT_SCALE_DOWN_AFTER_S
         if target_wait <= 0:
@@ -462,16 +469,15 @@ def worker(
         )
         if banner:
             processes_shown = f" in each of {of_processes} processes" if of_processes > 1 else ""
-            routed = {kind: spec.message.queue for kind, spec in offload_app.handlers.items()}
             _banner(
                 f"offload worker (app {offload_app.name})",
                 offload_app,
                 queues=runner.queues,
-                kinds=[kind for kind, queue in routed.items() if queue in runner.queues],
+                kinds=_kinds_served(offload_app, runner.queues),
                 concurrency=f"{concurrency}{processes_shown}, prefetch {prefetch}",
                 schedules=offload_app.schedules,
             )
-            _warn_unrouted(queues.split(",") if queues else [], set(routed.values()))
+            _warn_unrouted(offload_app, queues.split(",") if queues else [])
 
         async def main() -> None:
             await _check_blobs(offload_app)
@@ -571,17 +577,16 @@ def _autoscaled(
         sample_s=sample_interval(waits[0]),
         metrics=offload_metrics,
     )
-    routed = {kind: spec.message.queue for kind, spec in app.handlers.items()}
     _banner(
         f"offload worker (app {app.name}, autoscaled)",
         app,
         queues=queues,
-        kinds=[kind for kind, queue in routed.items() if queue in queues],
+        kinds=_kinds_served(app, queues),
         concurrency=f"{concurrency[0]} in each of {bounds[0]} to {bounds[1]} processes, "
         f"prefetch {concurrency[1]}",
         schedules=app.schedules,
     )
-    _warn_unrouted(named_queues, set(routed.values()))
+    _warn_unrouted(app, named_queues)
 
     async def main() -> int:
         async with app:

@@ -1186,7 +1186,7 @@ class Worker:
         rescued and run again. Only a side task stopping for good (the leases beat no more)
         ends the wait; what still runs is then released.
         """
-        if not calls or supervisor.done():
+        if not calls:  # (the caller passes none once the supervisor stopped)
             return set()
         for job_id in calls:
             context = self._jobs[job_id].context
