@@ -4,8 +4,10 @@ and a job's stream ends with its final change, whenever that lands."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +125,68 @@ async def test_a_stream_from_now_on_starts_at_the_head_when_the_hub_was_idle(
     finally:
         await hub.stop()
         await store.close()
+
+
+class InFlight(Through):
+    """A real store whose feed reads each take a moment (a busy server), counting the most
+    that ran at once: each would hold a pooled connection of its own."""
+
+    def __init__(self, store: SQLiteBackend) -> None:
+        super().__init__(store)
+        self.running = self.most = self.reads = 0
+
+    async def _timed(self, read: Any) -> Any:
+        self.running += 1
+        self.reads += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.005)
+            return await read
+        finally:
+            self.running -= 1
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        return await self._timed(
+            super().changes_since(seq, job_id=job_id, owner=owner, limit=limit)
+        )
+
+    async def feed_head(self, seq: int) -> int:
+        return await self._timed(super().feed_head(seq))
+
+    async def last_seq(self) -> int:
+        return await self._timed(super().last_seq())
+
+
+async def test_the_streams_check_and_the_hubs_reads_hold_one_connection_between_them(
+    tmp_path: Path,
+) -> None:
+    # Given a hub following a real store's feed while jobs are stored, with no read of its
+    # own for a while (so the streams' check must read: nothing fresh answers for it),
+    store = SQLiteBackend(str(tmp_path / "jobs.db"))
+    await store.open()
+    feed = InFlight(store)
+    hub = Hub(feed, feed.last_seq, idle_s=0.01)
+    await hub.start()
+    try:
+        with hub.subscribe(owner="alice"):
+            # when 300 streams open in waves and each checks the feed answers, some asking
+            # "now" too, while the hub reads what the jobs change,
+            async def opens() -> None:
+                for wave in range(30):
+                    hub._read_at = -math.inf
+                    checks = [hub.answering(5.0) for _ in range(10)]
+                    await asyncio.gather(*checks, *(hub._shared_head() for _ in range(wave % 2)))
+
+            await asyncio.gather(opens(), store.enqueue([_job("alice") for _ in range(50)]))
+    finally:
+        await hub.stop()
+        await store.close()
+    # then no two of those reads ever ran at once (one pooled connection serves them all),
+    # and the checks shared theirs: far fewer reads than checks.
+    assert feed.most == 1
+    assert feed.reads < 300 // 2
 
 
 def _change(seq: int, state: JobState) -> Change:

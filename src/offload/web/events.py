@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -25,6 +27,10 @@ DEFAULT_KEEPALIVE_S = 15.0
 DEFAULT_WATCH_S = 1.0
 #: Seconds between the moves of a hub that nobody listens to up to the feed's head.
 DEFAULT_IDLE_S = 1.0
+#: A read of the feed that succeeded this many seconds ago still answers `answering`.
+READ_FRESH_S = 1.0
+
+T = TypeVar("T")
 
 
 #: Headers of an event stream: no cache, and no proxy buffering (nginx) on the way.
@@ -112,9 +118,14 @@ class Hub:
         self._caught_up = asyncio.Event()
         #: The head read that streams waiting past DEFAULT_WATCH_S share (`_shared_head`).
         self._head_read: asyncio.Future[int] | None = None
+        #: The hub reads the store one read at a time (`_read`): its watcher, the streams'
+        #: shared head read and their check hold one pooled connection between them.
+        self._reads = asyncio.Lock()
+        #: When a read of the feed last succeeded (monotonic).
+        self._read_at = -math.inf
 
     async def start(self) -> None:
-        self.position = await self._last_seq()
+        self.position = await self._read(self._last_seq)
         self._task = asyncio.create_task(self._watch(), name="offload-hub")
 
     async def stop(self) -> None:
@@ -177,13 +188,38 @@ class Hub:
             return position
         return min(position, await self.store.last_seq())
 
+    async def answering(self, within_s: float) -> None:
+        """Whether the feed can be read now, for a response that cannot fail once it starts
+        (an event stream's 200, a WebSocket accepted): a read of the hub's that succeeded
+        within `READ_FRESH_S` answers, else the head read streams share, so that a thousand
+        streams opened at once cost no pooled connection beyond the hub's one.
+
+        Raises:
+            BackendError: no read succeeds within `within_s`.
+        """
+        if time.monotonic() - self._read_at < READ_FRESH_S:
+            return
+        try:
+            async with asyncio.timeout(within_s):
+                await self._shared_head()
+        except TimeoutError:
+            raise BackendError(f"the backend did not answer within {within_s:g}s") from None
+
     async def _shared_head(self) -> int:
         """The feed's head, read once for every stream that asks while the read runs: a
         burst of new streams on a busy process must not take one pooled connection each."""
         if self._head_read is None or self._head_read.done():
-            self._head_read = asyncio.ensure_future(self.store.feed_head(self.position))
+            read = self._read(lambda: self.store.feed_head(self.position))
+            self._head_read = asyncio.ensure_future(read)
             self._head_read.add_done_callback(_retrieve)
         return await asyncio.shield(self._head_read)
+
+    async def _read(self, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, after any other read of the hub's has ended; noted when it succeeds."""
+        async with self._reads:
+            result = await read()
+        self._read_at = time.monotonic()
+        return result
 
     def _listened(self) -> bool:
         return bool(self.by_job or self.by_owner or self.everyone)
@@ -206,7 +242,7 @@ class Hub:
     async def _pass_on(self) -> None:
         """Read the changes after the position and offer each to its subscribers; wait for
         more when the feed has no more."""
-        changes = await self.store.changes_since(self.position, limit=1000)
+        changes = await self._read(lambda: self.store.changes_since(self.position, limit=1000))
         for change in changes:
             self.position = change.seq
             for sub in self.by_job.get(change.job_id, ()):
@@ -230,7 +266,7 @@ class Hub:
         """
         self._caught_up.clear()
         generation = self._generation
-        head = await self.store.feed_head(self.position)
+        head = await self._read(lambda: self.store.feed_head(self.position))
         if generation == self._generation:
             self.position = head
         if self._listened():

@@ -24,8 +24,6 @@ log = logging.getLogger("offload.web")
 #: After a failed open on first use, requests within this many seconds fail at once (503)
 #: instead of each waiting on another attempt.
 DEFAULT_REOPEN_AFTER_S = 1.0
-#: A ping that succeeded this many seconds ago still answers `answering` (no new one).
-PING_FRESH_S = 1.0
 #: How long `answering` waits for the backend before it answers that it does not.
 ANSWER_WITHIN_S = 2.0
 
@@ -48,9 +46,6 @@ class Runtime:
         self._failed_at = -math.inf
         self._failure = ""
         self._holder: asyncio.Task[None] | None = None
-        #: The ping `answering` shares, and when one last succeeded (monotonic).
-        self._ping: asyncio.Future[None] | None = None
-        self._pinged_at = -math.inf
 
     @property
     def app(self) -> App:
@@ -125,30 +120,15 @@ class Runtime:
 
     async def answering(self) -> None:
         """Whether the backend answers now, for a response that cannot fail once it starts
-        (an event stream's 200, a WebSocket accepted): one ping shared by every caller while
-        it runs, none within `PING_FRESH_S` of one that succeeded, so that a thousand
-        streams opened at once cost one round trip and one pooled connection, not a thousand.
+        (an event stream's 200, a WebSocket accepted): a read of the feed, which the streams
+        read too (not `App.ping`, whose write probe fails while SQLite's disk is full, when
+        reading jobs and their changes still works), shared with the hub's own reads
+        (`Hub.answering`) and bounded as that ping is, not by the backend's retry deadline.
 
         Raises:
             BackendError: the backend does not answer.
         """
-        if time.monotonic() - self._pinged_at < PING_FRESH_S:
-            return
-        ping = self._ping
-        if ping is None or ping.done() or ping.get_loop() is not asyncio.get_running_loop():
-            ping = self._ping = asyncio.ensure_future(self._ping_once())
-        await asyncio.shield(ping)
-
-    async def _ping_once(self) -> None:
-        # A read of the feed, which the streams read too: not `App.ping`, whose write probe
-        # fails while SQLite's disk is full, when reading jobs and their changes still works;
-        # bounded as that ping is, not by the retry deadline of the backend's own calls.
-        try:
-            async with asyncio.timeout(ANSWER_WITHIN_S):
-                await self.app.last_seq()
-        except TimeoutError:
-            raise BackendError(f"the backend did not answer within {ANSWER_WITHIN_S:g}s") from None
-        self._pinged_at = time.monotonic()
+        await self.hub.answering(ANSWER_WITHIN_S)
 
     async def _hold(self) -> None:
         """Hold the open of `ensure` until this task is cancelled: at the latest when the
