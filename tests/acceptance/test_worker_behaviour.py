@@ -213,6 +213,44 @@ async def test_a_plain_handler_still_waiting_for_a_thread_is_released_not_waited
     assert behind_ran == []
 
 
+async def test_a_cancelled_job_whose_plain_call_waits_for_a_thread_never_runs(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.stuck", max_attempts=1)(Ping)
+    app.message("t.behind")(Other)
+    stuck, free = threading.Event(), threading.Event()
+    behind_ran: list[str] = []
+
+    @app.handles(Ping, timeout=0.1)
+    def ignores_its_timeout(msg: Ping, ctx: Context) -> None:
+        stuck.set()
+        free.wait(30)  # never looks at ctx.cancelled: its thread outlives the attempt
+
+    @app.handles(Other)
+    def behind(msg: Other, ctx: Context) -> None:
+        behind_ran.append(ctx.job_id)
+
+    try:
+        # Given one thread, held by a handler after its attempt timed out (dead),
+        await start_worker(concurrency=1, prefetch=0)
+        first = await app.enqueue(Ping())
+        assert (await finished(app, first.id)).state is JobState.DEAD
+        # and a plain job claimed since, whose call waits for that thread,
+        waiting = await app.enqueue(Other(text="waiting"))
+        async with asyncio.timeout(15):
+            while (await app.status(waiting.id))["state"] != "running":  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        # when it is cancelled, it ends cancelled while the thread is still held,
+        await app.cancel(waiting.id)
+        assert (await finished(app, waiting.id)).state is JobState.CANCELLED
+    finally:
+        free.set()
+    # and once the thread is free its call never starts: the next job runs, it does not.
+    after = await app.enqueue(Other(text="after"))
+    assert (await finished(app, after.id)).state is JobState.SUCCEEDED
+    assert behind_ran == [after.id]
+
+
 async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> None:
     """The flag is made on first use: the loop and handler threads asking at once share one."""
     app.message("t.flag")(Ping)

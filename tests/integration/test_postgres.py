@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -284,6 +284,75 @@ async def test_a_call_on_a_busy_pool_waits_its_turn_past_the_retry_deadline(
         await asyncio.gather(*holders)
     finally:
         await backend.close()
+
+
+async def test_a_call_waits_its_turn_on_a_pool_at_its_roles_connection_limit(
+    schema: PgSchema,
+) -> None:
+    # Given a role that may hold two connections, and a pool of five of its,
+    role = f"{schema.name}_r"
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+        await conn.execute(f"GRANT ALL ON SCHEMA {schema.name} TO {role}")
+        for things in ("TABLES", "SEQUENCES", "FUNCTIONS"):
+            await conn.execute(f"GRANT ALL ON ALL {things} IN SCHEMA {schema.name} TO {role}")
+    parts = urlsplit(schema.url)
+    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    backend = PostgresBackend.from_url(
+        url + "&pool_size=5", connect_timeout_s=1.0, retry_deadline_s=1.0
+    )
+    entered = [asyncio.Event(), asyncio.Event()]
+
+    async def hold(inside: asyncio.Event) -> None:
+        async with backend._conn() as conn:
+            inside.set()
+            await conn.execute("SELECT pg_sleep(2.5)")
+
+    try:
+        await backend.open()
+        # both held by long statements,
+        holders = [asyncio.create_task(hold(inside)) for inside in entered]
+        for inside in entered:
+            await asyncio.wait_for(inside.wait(), 30)
+        # when a call needs a third, which the server refuses the role ("too many connections
+        # for role"), it waits for its turn, past the retry deadline: the server answers.
+        assert await backend.stats() == {}
+        await asyncio.gather(*holders)
+    finally:
+        await backend.close()
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+            await conn.execute(f"DROP OWNED BY {role}")
+            await conn.execute(f"DROP ROLE {role}")
+
+
+async def test_a_call_under_way_when_the_backend_closes_ends_as_it_would_and_leaks_nothing(
+    schema: PgSchema,
+) -> None:
+    # Given a call under way on a pooled connection,
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open()
+    inside = asyncio.Event()
+
+    async def call() -> int:
+        async with backend._conn() as conn:
+            inside.set()
+            cur = await conn.execute("SELECT 42 FROM pg_sleep(0.3)")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    task = asyncio.create_task(call())
+    await asyncio.wait_for(inside.wait(), 30)
+    # when the backend closes meanwhile,
+    await backend.close()
+    # then the call ends with its own answer (not "not open"), and its connection goes back
+    # to the pool it came from, which closes it: none of the backend's is left on the server.
+    assert await task == 42
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [schema.name]
+        )
+        assert await cur.fetchone() == (0,)
 
 
 async def test_an_event_stream_asked_for_while_the_server_is_down_is_a_503(

@@ -15,6 +15,7 @@ from offload._ids import uuid7
 from offload.brokers.base import Change
 from offload.brokers.sqlite import SQLiteBackend
 from offload.contract import Envelope, JobRow, JobState
+from offload.errors import BackendError
 from offload.web.events import Hub, job_stream
 
 from ..feed_support import Through
@@ -187,6 +188,44 @@ async def test_the_streams_check_and_the_hubs_reads_hold_one_connection_between_
     # and the checks shared theirs: far fewer reads than checks.
     assert feed.most == 1
     assert feed.reads < 300 // 2
+
+
+class Hangs(Through):
+    """A real store whose head reads hang from `hang()` on (a server that stopped
+    answering without closing its connections)."""
+
+    def __init__(self, store: SQLiteBackend) -> None:
+        super().__init__(store)
+        self.hanging = False
+
+    async def feed_head(self, seq: int) -> int:
+        if self.hanging:
+            await asyncio.Event().wait()
+        return await super().feed_head(seq)
+
+
+async def test_the_streams_check_answers_within_its_bound_when_reads_hang(
+    tmp_path: Path,
+) -> None:
+    # Given a hub whose store answered, then stopped answering (nobody listens: it reads heads),
+    store = SQLiteBackend(str(tmp_path / "jobs.db"))
+    await store.open()
+    feed = Hangs(store)
+    hub = Hub(feed, feed.last_seq, idle_s=0.01)
+    await hub.start()
+    try:
+        await hub.answering(5.0)  # answers while the store does
+        feed.hanging = True
+        hub._read_at = -math.inf  # no read of late answers for it
+        # when a stream checks, then it is told the backend does not answer, within the bound
+        # (not after the backend's retry deadline), whether its read or the hub's hangs.
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"did not answer within 0\.2s"):
+            await hub.answering(0.2)
+        assert time.monotonic() - started < 5
+    finally:
+        await hub.stop()
+        await store.close()
 
 
 def _change(seq: int, state: JobState) -> Change:

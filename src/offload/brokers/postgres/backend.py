@@ -55,8 +55,13 @@ POOL_PATIENCE_S = 1.0
 POOL_WAIT_S = 30.0
 #: After the server answered that question, calls that wait wait without asking again.
 ANSWERED_FRESH_S = 5.0
-#: What a server says when it takes no more connections (it is up, and full).
-_SERVER_FULL = ("too many clients", "remaining connection slots are reserved")
+#: What a server says when it takes no more connections (it is up, and full): its own limit,
+#: a role's or a database's (`CONNECTION LIMIT`), or the slots it keeps for others.
+_SERVER_FULL = (
+    "too many clients",
+    "too many connections for",
+    "remaining connection slots are reserved",
+)
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
