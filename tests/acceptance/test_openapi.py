@@ -216,6 +216,9 @@ class Declared:
         answers = self.document["paths"][path][method.lower()]["responses"]
         assert str(response.status_code) in answers, f"{method} {path}: {response.status_code}"
         media = response.headers.get("content-type", "").partition(";")[0]
+        if method.upper() == "HEAD":  # GET's headers, and no body
+            assert not response.content, f"HEAD {path}: a body"
+            return
         if media not in self.JSON:
             return
         schema = self.schema(path, method, response.status_code, media)
@@ -231,6 +234,9 @@ class Declared:
             path, method = case.operation.path, case.operation.method
             # Other methods are unsupported_method's; undeclared answers the conformance checks'.
             if media not in self.JSON or case.method.lower() != method.lower():
+                return
+            if method.upper() == "HEAD":  # no body to read
+                assert not response.content, f"HEAD {path}: a body"
                 return
             schema = self.schema(path, method, response.status_code, media)
             if schema is not None:
@@ -433,6 +439,21 @@ async def test_the_seeded_jobs_answer_as_declared(seeded: Seeded) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_probes_answer_head_as_get_without_a_body(tmp_path: Path) -> None:
+    # Given a web tier with API tokens set (the probes need none),
+    app = _app(tmp_path, "tokens")
+    declared = Declared(create_app(app).openapi())
+    async with lifespan(app), _client(app, {}) as client:
+        # when an uptime monitor asks with HEAD, each probe answers as to GET, with no body.
+        for path in ("/healthz", "/readyz"):
+            got, head = await client.get(path), await client.head(path)
+            assert head.status_code == got.status_code == 200, (path, head.text)
+            assert head.headers["content-length"] == got.headers["content-length"]
+            assert head.content == b""
+            declared.check(path, "HEAD", head)
+
+
+@pytest.mark.anyio
 async def test_while_the_backend_is_unreachable_every_answer_is_the_declared_503(
     tmp_path: Path,
 ) -> None:
@@ -444,7 +465,9 @@ async def test_while_the_backend_is_unreachable_every_answer_is_the_declared_503
     async with _client(app, {}) as client:  # no lifespan: it opens on first use, and fails
         declared = Declared((await client.get("/openapi.json")).json())
         for path, item in declared.document["paths"].items():
-            for method in set(item) - ({"get"} if path in ("/healthz", "/files/{key}") else set()):
+            for method in set(item) - (
+                {"get", "head"} if path in ("/healthz", "/files/{key}") else set()
+            ):
                 body = {"user_id": "u1", "period": "p"} if method == "post" else None
                 answer = await client.request(method, path.format(job_id="j1"), json=body)
                 assert answer.status_code == 503, (method, path, answer.text)

@@ -211,6 +211,21 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             )
         return JSONResponse({"status": "ready"})
 
+    # HEAD too, as uptime monitors ask (the same answer, its body left out by the server).
+    for path, probe, model, answers in (
+        ("/healthz", healthz, Health, None),
+        ("/readyz", readyz, Readiness, _NOT_READY),
+    ):
+        api.add_api_route(
+            path,
+            probe,
+            methods=["HEAD"],
+            response_model=model,
+            responses=answers,
+            openapi_extra=_PUBLIC,
+            name=f"{probe.__name__}_head",
+        )
+
     @api.get(
         "/files/{key:path}",
         response_class=Response,
