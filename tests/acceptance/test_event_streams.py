@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,12 @@ class _Server(uvicorn.Server):
 
 @pytest.fixture
 async def base(app: App) -> AsyncIterator[str]:
+    async with _serving(app) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: App) -> AsyncIterator[str]:
     """The web tier served by uvicorn on 127.0.0.1 (a real socket), in the test's loop."""
     port = free_port()
     config = uvicorn.Config(
@@ -297,6 +304,33 @@ async def test_websocket_shows_each_principal_only_their_jobs_and_resumes(
         assert {m["data"]["id"] for m in missed} == {a2}
         assert [m["event"] for m in missed] == ["queued", "running", "running", "succeeded"]
         assert all(m["id"] > cursor for m in missed)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_websocket_its_client_closes_leaves_no_error_in_the_servers_log(app: App) -> None:
+    records, server_log = _Records(), logging.getLogger("uvicorn.error")
+    # Given clients that each open the WebSocket, read its hello and close as they should,
+    try:
+        async with _serving(app) as base:
+            server_log.addHandler(records)  # once uvicorn has set its logging up
+            auth = {"Authorization": f"Bearer {TOKENS['alice']}"}
+            for _ in range(3):
+                async with connect(f"ws://{base}/v1/ws", additional_headers=auth) as ws:
+                    await _hello(ws)
+                    await ws.send('{"type":"hello"}')  # what a client may say (unread)
+        # (the server has stopped since: each connection's handler has ended)
+    finally:
+        server_log.removeHandler(records)
+    # then the server logged no error for any of them (it logged each close's traceback).
+    assert [r.getMessage() for r in records.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_websocket_refuses_a_bad_ticket_with_a_problem_document(base: str) -> None:

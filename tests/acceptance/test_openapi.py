@@ -471,6 +471,7 @@ async def test_while_the_backend_is_unreachable_every_answer_is_the_declared_503
                 body = {"user_id": "u1", "period": "p"} if method == "post" else None
                 answer = await client.request(method, path.format(job_id="j1"), json=body)
                 assert answer.status_code == 503, (method, path, answer.text)
+                assert str(port) not in answer.text, (method, path, answer.text)  # no address
                 assert answer.headers["retry-after"] == "5"
                 declared.check(path, method, answer)
 

@@ -206,8 +206,10 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         except StorageFull:
             return storage_full()
         except (BackendError, ConfigurationError) as exc:
+            # The reason names the backend's address: for the log, not for whoever asks.
+            log.warning("not ready: %s", exc, extra={"action": "not_ready"})
             return problem(
-                503, f"backend unreachable: {exc}", slug="not-ready", headers=BACKEND_RETRY_AFTER
+                503, "the job backend is unreachable", slug="not-ready", headers=BACKEND_RETRY_AFTER
             )
         return JSONResponse({"status": "ready"})
 

@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocketDisconnect
 
 from .._signing import sign, verify
 from ..brokers.base import Change
@@ -262,5 +263,5 @@ async def ws(websocket: WebSocket) -> None:
                 log.warning(
                     "websocket stream ended: %s", task.exception(), extra={"action": "ws_error"}
                 )
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # closed already, or gone
         await websocket.close()
