@@ -622,7 +622,8 @@ class App:
             notify_email: an address emailed when the job ends.
 
         Raises:
-            ValueError: a bad `run_at`, `callback_url` or `notify_email`.
+            ValueError: a bad `run_at`, `callback_url` or `notify_email`, or an empty
+                `idempotency_key`.
         """
         spec = self.spec_of(type(message))
         now, when, options = self._moment(delay, run_at, callback_url, notify_email)
@@ -676,6 +677,8 @@ class App:
         trace: dict[str, str] | None,
     ) -> Envelope:
         """The envelope of `message`, stamped."""
+        if idempotency_key == "":  # every later enqueue would repeat the first
+            raise ValueError("idempotency_key must not be empty")
         payload = message.model_dump(mode="json")
         key = None
         if spec.unique is not None:

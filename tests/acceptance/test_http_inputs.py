@@ -230,6 +230,8 @@ async def test_a_405_names_every_method_of_the_resource(
         ("priority=1&priority=x", {}, [(["query", "priority"], "int_parsing")]),  # the last
         ("notify_email=" + "a" * 255, {}, [(["query", "notify_email"], "string_too_long")]),
         ("", {"Idempotency-Key": "k" * 256}, [(["header", "idempotency-key"], "string_too_long")]),
+        # An empty key (a client's unset variable) would make every later post a repeat.
+        ("", {"Idempotency-Key": ""}, [(["header", "idempotency-key"], "string_too_short")]),
     ],
 )
 async def test_invalid_options_answer_422_naming_each_and_enqueue_nothing(

@@ -180,6 +180,13 @@ def test_envelope_naive_run_at_raises_value_error() -> None:
         app.envelope(_registered(app)(user_id="u1"), run_at=datetime(2030, 1, 1))
 
 
+def test_envelope_refuses_an_empty_idempotency_key() -> None:
+    # An empty key (an unset variable) would make every later enqueue a repeat of the first.
+    app = _app()
+    with pytest.raises(ValueError, match="idempotency_key must not be empty"):
+        app.envelope(_registered(app)(user_id="u1"), idempotency_key="")
+
+
 def test_envelope_run_at_wins_over_delay() -> None:
     app = _app()
     env = app.envelope(

@@ -87,7 +87,11 @@ async def job_options(
     ] = None,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=255, description="a repeat with the same key returns the first job"),
+        Header(
+            min_length=1,
+            max_length=255,
+            description="a repeat with the same key returns the first job",
+        ),
     ] = None,
 ) -> JobOptions:
     """The options of a submission as the OpenAPI document shows them (`submit` validates
