@@ -199,6 +199,8 @@ async def test_run_at_is_a_date_time_not_a_number_nor_past_year_9999(
         ("PATCH", "/v1/jobs/t.report", "POST"),  # a kind
         ("POST", "/v1/jobs", "GET"),
         ("DELETE", "/v1/queues", "GET"),
+        ("POST", "/v1/kinds", "GET"),  # a route of a router of its own (its Allow was empty)
+        ("HEAD", "/v1/kinds", "GET"),
     ],
 )
 async def test_a_405_names_every_method_of_the_resource(

@@ -55,11 +55,15 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
         await asyncio.wait_for(task, 30)
 
 
-async def assert_absent(caller: httpx.AsyncClient, path: str) -> None:
+async def assert_absent(caller: httpx.AsyncClient, path: str, method: str = "GET") -> None:
     """`path` answers as a path that does not exist: the same 404 problem document."""
-    answer, nowhere = await caller.get(path), await caller.get("/v1/no-such-path")
-    assert answer.status_code == nowhere.status_code == 404, answer.text
+    answer = await caller.request(method, path)
+    nowhere = await caller.request(method, "/v1/no-such-path")
+    assert answer.status_code == nowhere.status_code == 404, (method, path, answer.text)
     assert answer.headers["content-type"] == "application/problem+json"
+    assert "allow" not in answer.headers and "location" not in answer.headers
+    if method == "HEAD":  # no body to compare
+        return
     body, expected = answer.json(), nowhere.json()
     assert (body.pop("instance"), expected.pop("instance")) == (path, "/v1/no-such-path")
     assert body == expected
@@ -89,6 +93,29 @@ async def test_an_admin_sees_the_running_worker_and_others_find_nothing(
             await assert_absent(stranger, "/v1/workers")
         async with client(api) as anonymous:
             await assert_absent(anonymous, "/v1/workers")
+
+
+async def test_the_operators_routes_tell_no_one_else_they_exist_by_any_method_or_slash(
+    settings: Settings,
+) -> None:
+    app = _app(settings, api_tokens=TOKENS, admin_principals=frozenset({"ops"}))
+    api = create_app(app)
+    paths = ("/v1/workers", "/v1/schedules", "/metrics")
+    async with lifespan(app):
+        # Given a signed-in non-admin and a caller with no token, whatever method they use
+        # on an operators' route, or with a slash too many, there is nothing there (it was
+        # a 405 naming GET, and a 307 to the route);
+        async with client(api, authorization="Bearer t-bob") as bob, client(api) as nobody:
+            for caller in (bob, nobody):
+                for path in paths:
+                    for method in ("POST", "DELETE", "HEAD"):
+                        await assert_absent(caller, path, method)
+                    await assert_absent(caller, path + "/")
+        # while an admin is told which method the route answers.
+        async with client(api, authorization="Bearer t-ops") as ops:
+            for path in paths:
+                answer = await ops.post(path)
+                assert answer.status_code == 405 and answer.headers["allow"] == "GET", path
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, RedirectResponse, Response
 
@@ -42,8 +42,9 @@ from .problems import (
     problem,
 )
 from .responses import STRING, header, problems
-from .routes import allowed_methods, router
+from .routes import allowed_methods, operators_only, router
 from .runtime import lifespan, runtime_of
+from .scrape import may_scrape
 from .scrape import router as scrape_router
 from .submit import submit
 
@@ -130,14 +131,18 @@ async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
     )
 
 
-def _answer_allow(api: FastAPI) -> None:
-    """A 405 names the methods the path answers (`Allow`), as the routes say."""
+def _answer_allow(api: FastAPI, routers: tuple[APIRouter, ...]) -> None:
+    """A 405 names the methods the path answers (`Allow`), as the routes say (`routers`:
+    those included, whose routes `api.routes` does not list one by one); at an operators'
+    route it is the 404 of a path that does not exist, to anyone but an operator."""
 
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
-            routes = (*router.routes, *feeds_router.routes, *api.routes)
+            routes = (*(r for included in routers for r in included.routes), *api.routes)
+            if operators_only(request, routes) and not await may_scrape(request):
+                return problem(404, "Not Found", instance=request.url.path)
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request, routes))}
         return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
 
@@ -166,6 +171,9 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         version="1",
         lifespan=lambda _api: lifespan(app),
         default_response_class=JSONResponse,
+        # A path with a slash too many is a 404, not a redirect built from the Host header
+        # that tells an operators' route from a path that does not exist.
+        redirect_slashes=False,
         openapi_url=None,  # served by install_docs: offline, and behind the API's auth
         docs_url=None,
         redoc_url=None,
@@ -181,14 +189,12 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     if api.state.auth.dev_mode:  # no credentials: loopback names only (DNS rebinding)
         api.add_middleware(LoopbackHostMiddleware)
     problem_details(api)
-    _answer_allow(api)
+    included = (router, feeds_router, kinds_router, scrape_router, dashboard_router)
+    _answer_allow(api, included)
     # The hot path: a plain route (submit.py says why), first in line.
     api.add_route(f"{JOBS_PATH}/{{kind}}", submit, ["POST"], "submit", include_in_schema=False)
-    api.include_router(router)
-    api.include_router(feeds_router)
-    api.include_router(kinds_router)
-    api.include_router(scrape_router)
-    api.include_router(dashboard_router)  # /dashboard: admins only, not in the schema
+    for each in included:  # /dashboard: admins only, not in the schema
+        api.include_router(each)
     install_docs(api)
 
     @api.get("/healthz", response_model=Health, openapi_extra=_PUBLIC)

@@ -45,6 +45,19 @@ JOB_ID_PATTERN = f"^{JOB_ID}$"
 OPERATORS_ONLY = "x-offload-operators-only"
 
 
+def operators_only(request: Request, routes: Iterable[BaseRoute]) -> bool:
+    """Whether every route at the request's path is an operators' one (`OPERATORS_ONLY`)."""
+    scope = {**request.scope, "path_params": {}}
+    found = [
+        route
+        for route in routes
+        if isinstance(route, Route) and route.matches(scope)[0] is not Match.NONE
+    ]
+    return bool(found) and all(
+        (getattr(route, "openapi_extra", None) or {}).get(OPERATORS_ONLY) for route in found
+    )
+
+
 def allowed_methods(request: Request, routes: Iterable[BaseRoute]) -> list[str]:
     """The methods the resource at the request's path answers (a 405's `Allow`): those of
     each of `routes` whose path matches it, where Starlette names the first one's only. A
