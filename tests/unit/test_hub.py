@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,65 @@ async def test_the_streams_check_answers_within_its_bound_when_reads_hang(
     finally:
         await hub.stop()
         await store.close()
+
+
+class Stuck(Through):
+    """A real store whose reads of the whole feed block while `holding` is set."""
+
+    def __init__(self, store: SQLiteBackend) -> None:
+        super().__init__(store)
+        self.holding, self.stuck, self.release = (threading.Event() for _ in range(3))
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        if self.holding.is_set() and job_id is None and owner is None:
+            self.stuck.set()
+            await asyncio.to_thread(self.release.wait, 30)
+        return await super().changes_since(seq, job_id=job_id, owner=owner, limit=limit)
+
+
+def test_a_check_from_another_event_loop_does_not_wait_for_the_hubs_turn(
+    tmp_path: Path,
+) -> None:
+    # Given a hub running in an event loop of its own (a test client serves each connection
+    # in a loop of its own), following the feed for a subscriber, its read stuck (it holds
+    # the hub's turn), long enough after a read that a stream's check must read,
+    hubs_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=hubs_loop.run_forever, daemon=True)
+    thread.start()
+    store = SQLiteBackend(str(tmp_path / "jobs.db"))
+    feed = Stuck(store)
+    hub = Hub(feed, feed.last_seq)
+    unsubscribe = threading.Event()
+
+    def in_hubs_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, hubs_loop).result(30)
+
+    async def subscribed() -> None:
+        with hub.subscribe(owner="alice"):
+            await asyncio.to_thread(unsubscribe.wait, 30)
+
+    in_hubs_loop(store.open())
+    in_hubs_loop(hub.start())
+    following = asyncio.run_coroutine_threadsafe(subscribed(), hubs_loop)
+    try:
+        feed.holding.set()
+        assert feed.stuck.wait(30), "the hub did not read the feed"
+        hub._read_at = -math.inf
+        # when a stream checks from another loop, it reads the feed itself and is answered
+        # (it waited for the hub's turn: the hub's loop never woke it, a 503 after the bound).
+        asyncio.run(asyncio.wait_for(hub.answering(5.0), 10))
+    finally:
+        feed.holding.clear()
+        feed.release.set()
+        unsubscribe.set()
+        following.result(30)
+        in_hubs_loop(hub.stop())
+        in_hubs_loop(store.close())
+        hubs_loop.call_soon_threadsafe(hubs_loop.stop)
+        thread.join(30)
+        hubs_loop.close()
 
 
 def _change(seq: int, state: JobState) -> Change:
