@@ -76,3 +76,34 @@ def test_a_key_with_a_line_break_or_a_bad_segment_is_refused(key: str) -> None:
 
 def test_a_key_of_safe_characters_passes() -> None:
     assert check_key("reports/2026-12/r1.v2.pdf") == "reports/2026-12/r1.v2.pdf"
+
+
+async def test_a_signed_link_serves_the_range_asked_for_and_answers_others_as_the_api_does(
+    settings: Settings,
+) -> None:
+    # Given a file of ten bytes in the local store, behind a signed link,
+    app = App("ranges", settings=settings)
+    await app.blobs.put("reports/r.bin", b"0123456789")
+    link = urlsplit(Presenter(b"test-secret", ttl_s=60).link("reports/r.bin"))
+    url = f"{link.path}?{link.query}"
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            # a Range within it is sent (206),
+            part = await c.get(url, headers={"Range": "bytes=2-4"})
+            assert (part.status_code, part.content) == (206, b"234")
+            assert part.headers["content-range"] == "bytes 2-4/10"
+            # a Range that cannot be read is ignored: the whole file (it was a plain-text 400),
+            for unread in ("bytes=abc", "items=0-5", "bytes=5-2"):
+                whole = await c.get(url, headers={"Range": unread})
+                assert (whole.status_code, whole.content) == (200, b"0123456789"), unread
+            # and one past the end is a 416 problem document naming the size (plain text).
+            past = await c.get(url, headers={"Range": "bytes=20-30"})
+            assert past.status_code == 416
+            assert past.headers["content-type"] == "application/problem+json"
+            assert past.json()["type"].endswith("/range-not-satisfiable")
+            assert past.headers["content-range"] == "bytes */10"
+    # Each of those answers is declared.
+    answers = api.openapi()["paths"]["/files/{key}"]["get"]["responses"]
+    assert {"200", "206", "416"} <= set(answers)

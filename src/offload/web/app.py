@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
 from .._links import JOBS_PATH
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
@@ -91,13 +92,57 @@ _FILE_ANSWERS: dict[int | str, Any] = {
         "description": "The blob store serves its own links (S3): its presigned, expiring URL",
         "headers": {"Location": header("the presigned URL", STRING)},
     },
+    206: {
+        "description": "The part of the file a `Range` asked for (a Range it cannot read is "
+        "ignored: the whole file)",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": {
+            "Content-Range": header("the part sent: `bytes <first>-<last>/<size>`", STRING)
+        },
+    },
     **problems(
         403,
         404,
+        416,
         500,
         meaning={403: "The link is invalid or has expired", 404: "No such file"},
     ),
 }
+
+
+class _Download(FileResponse):
+    """A file, as `FileResponse` sends it, except where it cannot serve the `Range` asked
+    for: a Range it cannot read is ignored (the whole file, as RFC 9110 lets a server
+    answer), and one past the file's end is the API's 416 problem document, where both
+    were plain text."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not any(name == b"range" for name, _ in scope.get("headers", ())):
+            return await super().__call__(scope, receive, send)
+        refused: list[Message] = []
+
+        async def unless_refused(message: Message) -> None:
+            start = message["type"] == "http.response.start"
+            if refused or (start and message["status"] in (400, 416)):
+                refused.append(message)  # its plain-text answer is held back
+            else:
+                await send(message)
+
+        await super().__call__(scope, receive, unless_refused)
+        if not refused:
+            return None
+        if refused[0]["status"] == 400:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"range"]
+            return await super().__call__({**scope, "headers": headers}, receive, send)
+        sent = dict(refused[0].get("headers", ()))
+        answer = problem(
+            416,
+            "the range asked for is not within the file",
+            slug="range-not-satisfiable",
+            headers={"Content-Range": sent.get(b"content-range", b"").decode("latin-1")},
+            instance=scope.get("path"),
+        )
+        return await answer(scope, receive, send)
 
 
 async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
@@ -123,7 +168,7 @@ async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
         )
     if not local.is_file():
         raise Problem(404, "no such file", slug="file-not-found")
-    return FileResponse(
+    return _Download(
         local,
         media_type=content_type_of(key),
         filename=local.name,

@@ -37,6 +37,10 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         "The body is not declared as JSON",
         {"Accept-Post": header("the media types a message may come as", STRING)},
     ),
+    416: (
+        "The `Range` asked for is not within the file",
+        {"Content-Range": header("the file's size: `bytes */<size>`", STRING)},
+    ),
     421: (
         "Development mode (no API tokens): the request's `Host` is no loopback name, as a "
         "page of a DNS name rebound to this machine would send",
