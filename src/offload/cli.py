@@ -272,6 +272,8 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
 def _server(api: Any, host: str, port: int) -> Any:
     import uvicorn
 
+    from .web.serve import server_options
+
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:  # we route signals ourselves
@@ -287,6 +289,7 @@ def _server(api: Any, host: str, port: int) -> Any:
         # Event streams never end on their own: on shutdown, give requests this long, then
         # close the streams (clients resume elsewhere with Last-Event-ID).
         timeout_graceful_shutdown=DEFAULT_SHUTDOWN_GRACE_S,
+        **server_options(),  # a bounded request head; refusals as problem documents
     )
     return Server(config)
 

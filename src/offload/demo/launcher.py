@@ -165,6 +165,8 @@ class WorkerPool:
 def _server(web: Any, host: str, port: int, on_ready: Callable[[], Any]) -> Any:
     import uvicorn
 
+    from ..web.serve import server_options
+
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:  # the launcher routes signals itself
@@ -183,6 +185,7 @@ def _server(web: Any, host: str, port: int, on_ready: Callable[[], Any]) -> Any:
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=int(DEFAULT_WEB_GRACE_S),
+        **server_options(),  # as `offload web` serves
     )
     return Server(config)
 

@@ -47,6 +47,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         {},
     ),
     422: ("The request is not valid: `errors` says where and why", {}),
+    431: (
+        "The request's line and headers exceed 64 KiB (`request-head-too-large`), refused "
+        "by the server `offload web` runs before any route",
+        {},
+    ),
     500: ("An internal error (logged; no traceback reaches the client)", {}),
     501: ("Not available in this installation (an optional extra is missing)", {}),
     503: (

@@ -1,0 +1,142 @@
+"""The HTTP server `offload web` runs, over a real socket: a request's head is bounded, and
+what the server refuses before any route is a problem document like every other error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from offload import App, Message, Settings
+from offload.web import create_app
+from offload.web.serve import MAX_HEAD_BYTES, _h11_protocol, server_options
+
+from ..ports import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+class Note(Message):
+    n: str
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signals
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[int]:
+    """The web tier served by uvicorn as `offload web` serves it, on a loopback port."""
+    app = App("served", settings=Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    app.message("t.note")(Note)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(app), host="127.0.0.1", port=port, log_level="error", lifespan="on",
+        **(options or server_options()),
+    )  # fmt: skip
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """Send `request` whole and read every byte answered until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def answer_of(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+    return int(line.split()[1]), headers, body
+
+
+def _get(headers: bytes = b"", end: bool = True) -> bytes:
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers
+    return request + (b"\r\n" if end else b"")
+
+
+async def test_a_request_head_over_the_bound_is_a_431_problem(tmp_path: Path) -> None:
+    async with serving(tmp_path) as port:
+        # Given a header field larger than the bound, its head never ending,
+        request = _get(b"X-A: " + b"a" * (MAX_HEAD_BYTES + 1000), end=False)
+        # when it is sent, the server answers 431, a problem document, and closes.
+        status, headers, body = answer_of(await asyncio.to_thread(exchange, port, request))
+        assert status == 431
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        assert json.loads(body)["type"].endswith("/request-head-too-large")
+
+
+async def test_a_head_within_the_bound_is_served_whatever_follows_it(tmp_path: Path) -> None:
+    async with serving(tmp_path) as port:
+        # Given a head just within the bound, followed in the same send by a body larger
+        # than the bound (the count stops at the head's end),
+        fields = b"X-A: " + b"a" * (MAX_HEAD_BYTES - 200) + b"\r\n"
+        body = b'{"n": "' + b"b" * (2 * MAX_HEAD_BYTES) + b'"}'
+        request = (
+            b"POST /v1/jobs/t.note HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + fields
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        assert len(request.partition(b"\r\n\r\n")[0]) < MAX_HEAD_BYTES
+        status, _, answer = answer_of(await asyncio.to_thread(exchange, port, request))
+        # then the route takes it in, not the server refusing it.
+        assert status == 202, answer
+        # And two requests sent at once on one connection are both answered.
+        both = _get() + _get(b"Connection: close\r\n")
+        raw = await asyncio.to_thread(exchange, port, both)
+        assert raw.count(b"HTTP/1.1 200 OK") == 2
+
+
+async def test_a_request_that_is_not_http_is_a_400_problem(tmp_path: Path) -> None:
+    async with serving(tmp_path) as port:
+        for request in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: \x00\r\n\r\n"):
+            status, headers, body = answer_of(await asyncio.to_thread(exchange, port, request))
+            assert status == 400, request
+            assert headers["content-type"] == "application/problem+json"
+            assert json.loads(body)["type"].endswith("/malformed-request")
+
+
+async def test_without_httptools_h11_bounds_the_head_and_answers_a_problem(
+    tmp_path: Path,
+) -> None:
+    options = {"http": _h11_protocol(), "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+    async with serving(tmp_path, **options) as port:
+        request = _get(b"X-A: " + b"a" * (MAX_HEAD_BYTES + 1000), end=False)
+        status, headers, body = answer_of(await asyncio.to_thread(exchange, port, request))
+        assert status == 400 and headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["type"].endswith("/malformed-request")
+        ok = answer_of(await asyncio.to_thread(exchange, port, _get(b"Connection: close\r\n")))
+        assert ok[0] == 200
+
+
+def test_offload_web_serves_with_these_options() -> None:
+    from offload.cli import _server
+
+    server = _server(object(), "127.0.0.1", 8000)
+    assert server.config.http is server_options()["http"]
+    assert server.config.h11_max_incomplete_event_size == MAX_HEAD_BYTES
