@@ -121,6 +121,14 @@ async def test_mounted_under_jobs_the_whole_loop_stays_under_the_mount_path(
         assert download.status_code == 200 and download.text == "report for u1"
         assert (await c.get(link.removeprefix("/jobs"))).status_code == 404  # the host's
 
+        # And a refusal names the path as the client sent it, the body limit's too.
+        path = "/jobs/v1/jobs/reports.export"
+        too_big = await c.post(path, json={"user_id": "u" * (2 << 20)})
+        assert too_big.status_code == 413 and too_big.json()["instance"] == path
+        missing = await c.get("/jobs/v1/jobs/0193a1c2-0000-7000-8000-000000000000")
+        assert missing.status_code == 404
+        assert missing.json()["instance"] == "/jobs/v1/jobs/0193a1c2-0000-7000-8000-000000000000"
+
 
 @pytest.mark.anyio
 async def test_mounted_pages_tickets_and_signed_results_carry_the_mount_path(app: App) -> None:

@@ -145,6 +145,7 @@ def test_rejected_requests_enqueue_nothing(stack: Stack) -> None:
     too_big = alice.post("/v1/jobs/e2e.export", json={"user_id": "u" * 10_000})
     assert too_big.status_code == 413
     assert too_big.headers["content-type"] == "application/problem+json"
+    assert too_big.json()["instance"] == "/v1/jobs/e2e.export"
 
     assert job_count(stack) == before == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import problem
@@ -25,7 +26,7 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._too_large()(scope, receive, send)
+                    await self._too_large(scope)(scope, receive, send)
                     return
         seen = 0
         started = False
@@ -49,10 +50,14 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._too_large()(scope, receive, send)
+                await self._too_large(scope)(scope, receive, send)
 
-    def _too_large(self) -> ASGIApp:
-        """The 413 answer (made when needed: most requests fit)."""
+    def _too_large(self, scope: Scope) -> ASGIApp:
+        """The 413 answer (made when needed: most requests fit), its `instance` the path
+        as every other problem's is."""
         return problem(
-            413, f"the request body is larger than {self.max_bytes} bytes", slug="body-too-large"
+            413,
+            f"the request body is larger than {self.max_bytes} bytes",
+            slug="body-too-large",
+            instance=Request(scope).url.path,
         )
