@@ -90,6 +90,11 @@ async def test_a_signed_link_serves_the_range_asked_for_and_answers_others_as_th
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            # HEAD tells its size, and sends nothing,
+            head = await c.head(url)
+            assert (head.status_code, head.content) == (200, b"")
+            assert head.headers["content-length"] == "10"
+            assert (await c.head(url.replace("signature=", "signature=0"))).status_code == 403
             # a Range within it is sent (206),
             part = await c.get(url, headers={"Range": "bytes=2-4"})
             assert (part.status_code, part.content) == (206, b"234")

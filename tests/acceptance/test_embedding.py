@@ -246,6 +246,19 @@ async def test_while_the_backend_is_unreachable_every_route_answers_503_problems
 
 
 @pytest.mark.anyio
+async def test_readiness_logs_why_the_backend_is_unreachable_once_not_at_every_probe(
+    down: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="offload.web")
+    async with client(host_app(down, with_lifespan=False)) as c:
+        for _ in range(3):  # a monitor polling while the backend is down
+            assert (await c.get("/jobs/readyz")).status_code == 503
+    said = [r for r in caplog.records if getattr(r, "action", None) == "not_ready"]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "127.0.0.1" in said[0].getMessage()  # the reason, for the operator
+
+
+@pytest.mark.anyio
 async def test_with_the_host_lifespan_an_unreachable_backend_fails_the_start(down: App) -> None:
     api = host_app(down, with_lifespan=True)
     with pytest.raises(BackendError):

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from offload import App, Context, Message, Settings
 from offload.web import Admin, create_app, lifespan
@@ -98,7 +98,9 @@ async def test_an_admin_sees_the_running_worker_and_others_find_nothing(
 async def test_the_operators_routes_tell_no_one_else_they_exist_by_any_method_or_slash(
     settings: Settings,
 ) -> None:
-    app = _app(settings, api_tokens=TOKENS, admin_principals=frozenset({"ops"}))
+    app = _app(
+        settings, api_tokens=TOKENS, admin_principals=frozenset({"ops"}), metrics_token="t-scrape"
+    )
     api = create_app(app)
     paths = ("/v1/workers", "/v1/schedules", "/metrics")
     async with lifespan(app):
@@ -111,11 +113,31 @@ async def test_the_operators_routes_tell_no_one_else_they_exist_by_any_method_or
                     for method in ("POST", "DELETE", "HEAD"):
                         await assert_absent(caller, path, method)
                     await assert_absent(caller, path + "/")
-        # while an admin is told which method the route answers.
+        # The metrics token is told of /metrics alone,
+        async with client(api, authorization="Bearer t-scrape") as scraper:
+            answer = await scraper.post("/metrics")
+            assert answer.status_code == 405 and answer.headers["allow"] == "GET"
+            for path in paths[:2]:
+                await assert_absent(scraper, path, "POST")
+        # while an admin is told which method each route answers.
         async with client(api, authorization="Bearer t-ops") as ops:
             for path in paths:
                 answer = await ops.post(path)
                 assert answer.status_code == 405 and answer.headers["allow"] == "GET", path
+
+
+async def test_an_auth_hooks_own_401_is_answered_whatever_the_method(settings: Settings) -> None:
+    app = _app(settings)
+
+    def hook(request: Request) -> str | None:
+        raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": 'Basic realm="x"'})
+
+    async with lifespan(app), client(create_app(app, auth=hook)) as caller:
+        for method in ("GET", "POST"):
+            answer = await caller.request(method, "/v1/workers")
+            assert answer.status_code == 401, (method, answer.text)
+            assert answer.headers["www-authenticate"] == 'Basic realm="x"'
+            assert answer.headers["content-type"] == "application/problem+json"
 
 
 @pytest.mark.parametrize(
@@ -172,7 +194,7 @@ def test_the_document_declares_the_registry_for_operators_and_its_404(settings: 
     operation = document["paths"]["/v1/workers"]["get"]
     # A bearer token of an admin; anyone else (without a token too) is answered 404
     assert operation["security"] == [{"bearer": []}, {}]
-    assert set(operation["responses"]) == {"200", "401", "404", "413", "500", "503"}
+    assert set(operation["responses"]) == {"200", "401", "404", "413", "431", "500", "503"}
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/Workers"}
     queue = document["components"]["schemas"]["QueueStats"]

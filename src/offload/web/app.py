@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from .._links import JOBS_PATH
@@ -46,6 +47,7 @@ from .responses import STRING, header, problems
 from .routes import allowed_methods, operators_only, router
 from .runtime import lifespan, runtime_of
 from .scrape import may_scrape
+from .scrape import metrics as scrape_metrics
 from .scrape import router as scrape_router
 from .submit import submit
 
@@ -176,6 +178,25 @@ async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
     )
 
 
+class _Readiness:
+    """Why readiness last found the backend unreachable: logged once for each new reason,
+    not at every probe of a monitor polling meanwhile."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def unready(self, exc: Exception) -> None:
+        reason = str(exc)
+        level = logging.DEBUG if reason == self.reason else logging.WARNING
+        log.log(level, "not ready: %s", reason, extra={"action": "not_ready"})
+        self.reason = reason
+
+    def ready(self) -> None:
+        if self.reason is not None:
+            self.reason = None
+            log.info("ready again", extra={"action": "ready"})
+
+
 def _answer_allow(api: FastAPI, routers: tuple[APIRouter, ...]) -> None:
     """A 405 names the methods the path answers (`Allow`), as the routes say (`routers`:
     those included, whose routes `api.routes` does not list one by one); at an operators'
@@ -186,10 +207,26 @@ def _answer_allow(api: FastAPI, routers: tuple[APIRouter, ...]) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             routes = (*(r for included in routers for r in included.routes), *api.routes)
-            if operators_only(request, routes) and not await may_scrape(request):
-                return problem(404, "Not Found", instance=request.url.path)
-            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request, routes))}
+            found = operators_only(request, routes)
+            try:
+                if found and not await _operator(request, found):
+                    return problem(404, "Not Found", instance=request.url.path)
+            except HTTPException as refused:  # the auth hook's own answer (401, its challenge)
+                exc, headers = refused, refused.headers
+            else:
+                allow = ", ".join(allowed_methods(request, routes))
+                headers = {**(headers or {}), "Allow": allow}
         return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
+
+
+async def _operator(request: Request, routes: list[Route]) -> bool:
+    """Whether the caller may know of these operators' routes: the metrics route's holders
+    of the metrics token, and admins (as the routes themselves let in)."""
+    if any(getattr(route, "endpoint", None) is scrape_metrics for route in routes):
+        return await may_scrape(request)
+    auth: Auth = request.app.state.auth
+    await auth.authenticate(request)
+    return auth.is_admin(request)
 
 
 def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
@@ -247,6 +284,8 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         """Liveness: the process serves."""
         return JSONResponse({"status": "ok"})
 
+    readiness = _Readiness()
+
     @api.get("/readyz", response_model=Readiness, responses=_NOT_READY, openapi_extra=_PUBLIC)
     async def readyz() -> Response:
         """Readiness: the process serves, its backend answers, and its storage has room
@@ -257,11 +296,11 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         except StorageFull:
             return storage_full()
         except (BackendError, ConfigurationError) as exc:
-            # The reason names the backend's address: for the log, not for whoever asks.
-            log.warning("not ready: %s", exc, extra={"action": "not_ready"})
+            readiness.unready(exc)  # the reason names the backend's address: logged only
             return problem(
                 503, "the job backend is unreachable", slug="not-ready", headers=BACKEND_RETRY_AFTER
             )
+        readiness.ready()
         return JSONResponse({"status": "ready"})
 
     # HEAD too, as uptime monitors ask (the same answer, its body left out by the server).
@@ -296,5 +335,15 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
             raise Problem(403, "the link is invalid or has expired", slug="bad-signature")
         ttl = timedelta(seconds=max(1.0, float(expires) - now))
         return await _serve_blob(app, key, ttl)
+
+    api.add_api_route(  # HEAD too: a download manager asks for the size first
+        "/files/{key:path}",
+        files,
+        methods=["HEAD"],
+        response_class=Response,
+        responses=_FILE_ANSWERS,
+        openapi_extra=_PUBLIC,
+        name="files_head",
+    )
 
     return api

@@ -45,17 +45,18 @@ JOB_ID_PATTERN = f"^{JOB_ID}$"
 OPERATORS_ONLY = "x-offload-operators-only"
 
 
-def operators_only(request: Request, routes: Iterable[BaseRoute]) -> bool:
-    """Whether every route at the request's path is an operators' one (`OPERATORS_ONLY`)."""
+def operators_only(request: Request, routes: Iterable[BaseRoute]) -> list[Route]:
+    """The routes at the request's path where every one is an operators' route
+    (`OPERATORS_ONLY`); none where any is not."""
     scope = {**request.scope, "path_params": {}}
     found = [
         route
         for route in routes
         if isinstance(route, Route) and route.matches(scope)[0] is not Match.NONE
     ]
-    return bool(found) and all(
-        (getattr(route, "openapi_extra", None) or {}).get(OPERATORS_ONLY) for route in found
-    )
+    if all((getattr(route, "openapi_extra", None) or {}).get(OPERATORS_ONLY) for route in found):
+        return found
+    return []
 
 
 def allowed_methods(request: Request, routes: Iterable[BaseRoute]) -> list[str]:

@@ -55,29 +55,47 @@ def server_options() -> dict[str, Any]:
 
 
 class _Refusing:
-    """What both protocols share: a refusal sent, then a lingering close."""
+    """What both protocols share: a refusal answered once the responses under way are sent,
+    then a lingering close."""
 
     transport: asyncio.Transport
     _refused: bool = False
+    _owed: bytes | None = None
     _linger: asyncio.TimerHandle | None = None
 
     def refuse(self, answer: bytes) -> None:
-        """Send `answer`, stop reading requests, and close once the client had time to read
-        it (or at once, when it closes its end)."""
+        """Read no more requests; answer `answer` once the responses under way are sent
+        (written now, it would be read as theirs), and close once the client had time to
+        read it."""
         self._refused = True
+        if self._answering():
+            self._owed = answer
+        else:
+            self._send_refusal(answer)
+
+    def _answering(self) -> bool:
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
+
+    def _send_refusal(self, answer: bytes) -> None:
+        if self.transport.is_closing():
+            return
         self.transport.write(answer)
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the answer is whole: the client may read it to EOF
         self._linger = asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
+        flow = getattr(self, "flow", None)
+        if flow is not None:  # paused for a pipelined request: read (and drop) again
+            flow.resume_reading()
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(refusal(400, *_MALFORMED))
 
-    def eof_received(self) -> None:
-        if self._refused:  # the client is done sending: nothing to wait for
-            self.transport.close()
-            return
-        super().eof_received()  # type: ignore[misc]
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if self._owed is not None and not self._answering():
+            answer, self._owed = self._owed, None
+            self._send_refusal(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
@@ -97,40 +115,70 @@ def _h11_protocol() -> type:
     return ProblemH11
 
 
+class _HeadBound(_Refusing):
+    """httptools' protocol (the class after this one), bounding each request's head as it
+    arrives: past `MAX_HEAD_BYTES` without its end, the request is refused (431) before the
+    parser buffers more of it. The head is what the parser has passed on of it (its target
+    and fields) and what came since it last passed anything on: the parser's events tell
+    where a head begins and ends, whatever else one read carries."""
+
+    logger: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # a connection begins with a request's head
+        self._fields = 0  # bytes of the head the parser has passed on
+        self._since = 0  # bytes read since the parser last passed anything on
+        self._tail = b""  # the last bytes read, where a head's end may begin
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()  # type: ignore[misc]
+        self._since = self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)  # type: ignore[misc]
+        self._since, self._fields = 0, self._fields + len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)  # type: ignore[misc]
+        self._since, self._fields = 0, self._fields + len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._since = False, 0
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)  # type: ignore[misc]
+        self._since = 0
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()  # type: ignore[misc]
+        self._in_head, self._since, self._fields = True, 0, 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # dropped while the connection lingers
+            return
+        if self._in_head:
+            if self._past_bound(data):
+                self.logger.warning("request head over %d bytes: refused", MAX_HEAD_BYTES)
+                detail = f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes"
+                self.refuse(refusal(431, detail, "request-head-too-large"))
+                return
+            self._since += len(data)  # back to 0 when the parser passes something on
+        super().data_received(data)  # type: ignore[misc]
+        tail = len(_HEAD_END) - 1
+        self._tail = data[-tail:] if len(data) >= tail else (self._tail + data)[-tail:]
+
+    def _past_bound(self, data: bytes) -> bool:
+        """Whether `data` takes the head past `MAX_HEAD_BYTES` before it ends."""
+        used = self._fields + self._since
+        if used + len(data) <= MAX_HEAD_BYTES:
+            return False
+        room = max(0, MAX_HEAD_BYTES - used)
+        return _HEAD_END not in self._tail + data[:room]
+
+
 @functools.cache
 def _bounded(base: type) -> type:
-    class BoundedHead(_Refusing, base):  # type: ignore[misc]
-        """httptools' protocol, counting each request's head as it arrives: past
-        `MAX_HEAD_BYTES` without its end, the request is refused (431) before the parser
-        buffers more of it."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._in_head = True  # a connection begins with a request's head
-            self._head_bytes = 0
-            self._tail = b""  # the last bytes read, where a head's end may begin
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_head, self._head_bytes, self._tail = True, 0, b""
-
-        def on_headers_complete(self) -> None:
-            self._in_head = False
-            super().on_headers_complete()
-
-        def data_received(self, data: bytes) -> None:
-            if self._refused:  # dropped while the connection lingers
-                return
-            if self._in_head and self._head_bytes + len(data) > MAX_HEAD_BYTES:
-                room = MAX_HEAD_BYTES - self._head_bytes
-                if _HEAD_END not in self._tail + data[:room]:
-                    self.logger.warning("request head over %d bytes: refused", MAX_HEAD_BYTES)
-                    detail = f"the request's line and headers exceed {MAX_HEAD_BYTES} bytes"
-                    self.refuse(refusal(431, detail, "request-head-too-large"))
-                    return
-            super().data_received(data)
-            if self._in_head:
-                self._head_bytes += len(data)
-                self._tail = (self._tail + data)[-(len(_HEAD_END) - 1) :]
-
-    return BoundedHead
+    """httptools' protocol `base`, its requests' heads bounded (`_HeadBound`)."""
+    return type("BoundedHead", (_HeadBound, base), {})
