@@ -195,17 +195,16 @@ class Checker:
 
         Before a kill or a stop: a finished run whose outcome the worker had not written yet
         (the lease lapses). After a stop: the jobs it held ahead, started as it resumes.
-        After an engine's return: leases left unbeaten meanwhile lapse within a lease.
-        Before a crash of a Redis that fsyncs every second: its last writes.
+        Before an engine goes away: a finished run whose outcome was not written yet (on a
+        loaded machine the settle of a run that ended a moment before waits out the outage
+        while its lease lapses, and a rescuer may hand the job on first), and, for a Redis
+        that fsyncs every second, its last writes (within a lease too). After an engine's
+        return: leases left unbeaten meanwhile lapse within a lease.
         """
         lease = self.lease_s
         if kind == "worker_kill":
             return lease, 0.0
-        if kind == "engine_crash" and self.everysec:
-            return EVERYSEC_LOSS_S, lease
-        if kind == "worker_stop":
-            return lease, lease
-        return 0.0, lease
+        return max(lease, EVERYSEC_LOSS_S), lease
 
     def keys(self, rows: dict[str, JobRow | None]) -> None:
         r = self.report

@@ -82,3 +82,18 @@ def test_a_flaky_jobs_deliberate_first_failure_is_no_duplicate(tmp_path: Path) -
     lines = ["start j 1 10 100.0", "fail j 1 10 100.1", "start j 2 10 100.3", "end j 2 10 100.4"]
     report = judge(tmp_path, lines, {"j": row("j", 2, ok(2, 10))}, [])
     assert report.duplicates_explained == 0 and not report.problems()
+
+
+def test_a_run_that_ended_just_before_the_engine_went_away_is_explained(tmp_path: Path) -> None:
+    # Its outcome was still on its way when the engine went down: its lease lapsed meanwhile.
+    lines = ["start j 1 10 100.0", "end j 1 10 100.1", "start j 2 11 106.0", "end j 2 11 106.1"]
+    crash = Fault("engine_crash", 100.3, 104.0)
+    report = judge(tmp_path, lines, {"j": row("j", 2, ok(2, 11))}, [crash])
+    assert report.duplicates_unexplained == [] and report.explained_by == {"engine_crash": 1}
+
+
+def test_a_run_that_ended_a_lease_before_the_engine_went_away_is_not(tmp_path: Path) -> None:
+    lines = ["start j 1 10 100.0", "end j 1 10 100.1", "start j 2 11 112.0", "end j 2 11 112.1"]
+    crash = Fault("engine_crash", 100.1 + LEASE_S + 0.5, 110.0)
+    report = judge(tmp_path, lines, {"j": row("j", 2, ok(2, 11))}, [crash])
+    assert report.duplicates_unexplained == ["j@10/1"]
