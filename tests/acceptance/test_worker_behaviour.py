@@ -176,23 +176,29 @@ async def test_past_the_grace_the_jobs_that_can_stop_are_released_while_a_thread
     assert record["state"] == "queued" and record["attempt"] == 0
 
 
-async def test_a_plain_handler_still_waiting_for_a_thread_is_released_not_waited_for(
-    app: App, start_worker: Callable[..., Any]
-) -> None:
+def _thread_holder_and_one_behind(app: App) -> tuple[threading.Event, list[str]]:
+    """Two plain handlers: `Ping`'s times out (0.1 s, dead at once) but keeps its thread until
+    the event returned is set; `Other`'s notes in the list returned each job it runs."""
     app.message("t.stuck", max_attempts=1)(Ping)
     app.message("t.behind")(Other)
-    stuck, free = threading.Event(), threading.Event()
+    free = threading.Event()
     behind_ran: list[str] = []
 
     @app.handles(Ping, timeout=0.1)
     def ignores_its_timeout(msg: Ping, ctx: Context) -> None:
-        stuck.set()
         free.wait(30)  # never looks at ctx.cancelled: its thread outlives the attempt
 
     @app.handles(Other)
     def behind(msg: Other, ctx: Context) -> None:
         behind_ran.append(ctx.job_id)
 
+    return free, behind_ran
+
+
+async def test_a_plain_handler_still_waiting_for_a_thread_is_released_not_waited_for(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    free, behind_ran = _thread_holder_and_one_behind(app)
     try:
         # One thread: the stuck handler holds it after its attempt timed out (dead),
         worker: Worker = await start_worker(concurrency=1, prefetch=0, grace_s=0.05)
@@ -216,20 +222,7 @@ async def test_a_plain_handler_still_waiting_for_a_thread_is_released_not_waited
 async def test_a_cancelled_job_whose_plain_call_waits_for_a_thread_never_runs(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
-    app.message("t.stuck", max_attempts=1)(Ping)
-    app.message("t.behind")(Other)
-    stuck, free = threading.Event(), threading.Event()
-    behind_ran: list[str] = []
-
-    @app.handles(Ping, timeout=0.1)
-    def ignores_its_timeout(msg: Ping, ctx: Context) -> None:
-        stuck.set()
-        free.wait(30)  # never looks at ctx.cancelled: its thread outlives the attempt
-
-    @app.handles(Other)
-    def behind(msg: Other, ctx: Context) -> None:
-        behind_ran.append(ctx.job_id)
-
+    free, behind_ran = _thread_holder_and_one_behind(app)
     try:
         # Given one thread, held by a handler after its attempt timed out (dead),
         await start_worker(concurrency=1, prefetch=0)

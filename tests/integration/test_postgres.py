@@ -259,6 +259,22 @@ async def test_a_call_while_the_server_is_down_fails_by_the_retry_deadline(
         await backend.close()
 
 
+async def _two_held(backend: PostgresBackend) -> list[asyncio.Task[None]]:
+    """Two pooled connections of `backend`, each held by a statement of 2.5 s (the tasks
+    holding them, once both have theirs)."""
+    entered = [asyncio.Event(), asyncio.Event()]
+
+    async def hold(inside: asyncio.Event) -> None:
+        async with backend._conn() as conn:
+            inside.set()
+            await conn.execute("SELECT pg_sleep(2.5)")
+
+    holders = [asyncio.create_task(hold(inside)) for inside in entered]
+    for inside in entered:
+        await asyncio.wait_for(inside.wait(), 30)
+    return holders
+
+
 async def test_a_call_on_a_busy_pool_waits_its_turn_past_the_retry_deadline(
     schema: PgSchema,
 ) -> None:
@@ -267,17 +283,8 @@ async def test_a_call_on_a_busy_pool_waits_its_turn_past_the_retry_deadline(
         schema.url + "&pool_size=2", connect_timeout_s=1.0, retry_deadline_s=1.0
     )
     await backend.open()
-    entered = [asyncio.Event(), asyncio.Event()]
-
-    async def hold(inside: asyncio.Event) -> None:
-        async with backend._conn() as conn:
-            inside.set()
-            await conn.execute("SELECT pg_sleep(2.5)")
-
     try:
-        holders = [asyncio.create_task(hold(inside)) for inside in entered]
-        for inside in entered:
-            await asyncio.wait_for(inside.wait(), 30)
+        holders = await _two_held(backend)
         # when a call needs one, it waits for its turn (the server answers: it is busy, not
         # gone), longer than the connect timeout and the retry deadline, and is answered.
         assert await backend.stats() == {}
@@ -301,19 +308,10 @@ async def test_a_call_waits_its_turn_on_a_pool_at_its_roles_connection_limit(
     backend = PostgresBackend.from_url(
         url + "&pool_size=5", connect_timeout_s=1.0, retry_deadline_s=1.0
     )
-    entered = [asyncio.Event(), asyncio.Event()]
-
-    async def hold(inside: asyncio.Event) -> None:
-        async with backend._conn() as conn:
-            inside.set()
-            await conn.execute("SELECT pg_sleep(2.5)")
-
     try:
         await backend.open()
         # both held by long statements,
-        holders = [asyncio.create_task(hold(inside)) for inside in entered]
-        for inside in entered:
-            await asyncio.wait_for(inside.wait(), 30)
+        holders = await _two_held(backend)
         # when a call needs a third, which the server refuses the role ("too many connections
         # for role"), it waits for its turn, past the retry deadline: the server answers.
         assert await backend.stats() == {}

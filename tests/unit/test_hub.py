@@ -4,9 +4,11 @@ and a job's stream ends with its final change, whenever that lands."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,29 @@ def _job(owner: str) -> Envelope:
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def running_hub(
+    tmp_path: Path, wrap: Callable[[SQLiteBackend], Any] | None = None, **options: Any
+) -> AsyncIterator[tuple[Hub, Any, SQLiteBackend]]:
+    """A started hub of a real SQLite store, seen through `wrap` where one is given (the hub,
+    what it reads, the store); stopped, and the store closed, at the end."""
+    store = SQLiteBackend(str(tmp_path / "jobs.db"))
+    await store.open()
+    feed = store if wrap is None else wrap(store)
+    hub = Hub(feed, feed.last_seq, **options)
+    await hub.start()
+    try:
+        yield hub, feed, store
+    finally:
+        await hub.stop()
+        await store.close()
+
+
 async def test_the_hub_survives_a_backend_outage_and_goes_on_fanning_out(
     tmp_path: Path,
 ) -> None:
     # Given a hub watching a real SQLite store, with a subscriber,
-    store = SQLiteBackend(str(tmp_path / "jobs.db"))
-    await store.open()
-    hub = Hub(store, store.last_seq)
-    await hub.start()
-    try:
+    async with running_hub(tmp_path) as (hub, _, store):
         with hub.subscribe(owner="alice") as sub:
             # when the store goes away under it while it waits (reads fail) and comes back,
             await asyncio.sleep(0.1)
@@ -52,9 +68,6 @@ async def test_the_hub_survives_a_backend_outage_and_goes_on_fanning_out(
             # then the watcher is still alive and the subscriber gets alice's change only.
             change = await asyncio.wait_for(sub.queue.get(), 5)
             assert change.job_id == job.id and sub.queue.empty()
-    finally:
-        await hub.stop()
-        await store.close()
 
 
 class Reads(Through):
@@ -76,12 +89,7 @@ async def test_a_hub_nobody_listens_to_reads_no_change_and_keeps_up_with_the_fee
     tmp_path: Path,
 ) -> None:
     # Given a hub of a real store that nobody subscribes to
-    store = SQLiteBackend(str(tmp_path / "jobs.db"))
-    await store.open()
-    feed = Reads(store)
-    hub = Hub(feed, feed.last_seq, idle_s=0.01)
-    await hub.start()
-    try:
+    async with running_hub(tmp_path, Reads, idle_s=0.01) as (hub, feed, store):
         # when 50 jobs are stored (a web process that only takes jobs in),
         await store.enqueue([_job("alice") for _ in range(50)])
         head = await store.last_seq()
@@ -97,20 +105,13 @@ async def test_a_hub_nobody_listens_to_reads_no_change_and_keeps_up_with_the_fee
             change = await asyncio.wait_for(sub.queue.get(), 5)
             assert change.job_id == job.id and sub.queue.empty()
         assert feed.whole_feed_reads > 0
-    finally:
-        await hub.stop()
-        await store.close()
 
 
 async def test_a_stream_from_now_on_starts_at_the_head_when_the_hub_was_idle(
     tmp_path: Path,
 ) -> None:
     # Given a hub nobody listened to while 20 jobs were stored (it moves once a minute)
-    store = SQLiteBackend(str(tmp_path / "jobs.db"))
-    await store.open()
-    hub = Hub(store, store.last_seq, idle_s=60)
-    await hub.start()
-    try:
+    async with running_hub(tmp_path, idle_s=60) as (hub, _, store):
         await store.enqueue([_job("alice") for _ in range(20)])
         head = await store.last_seq()
         # when a stream subscribes and asks where "now" is,
@@ -124,9 +125,6 @@ async def test_a_stream_from_now_on_starts_at_the_head_when_the_hub_was_idle(
             while (change := await asyncio.wait_for(sub.queue.get(), 5)).seq <= now:
                 pass
             assert change.job_id == job.id
-    finally:
-        await hub.stop()
-        await store.close()
 
 
 class InFlight(Through):
@@ -166,12 +164,7 @@ async def test_the_streams_check_and_the_hubs_reads_hold_one_connection_between_
 ) -> None:
     # Given a hub following a real store's feed while jobs are stored, with no read of its
     # own for a while (so the streams' check must read: nothing fresh answers for it),
-    store = SQLiteBackend(str(tmp_path / "jobs.db"))
-    await store.open()
-    feed = InFlight(store)
-    hub = Hub(feed, feed.last_seq, idle_s=0.01)
-    await hub.start()
-    try:
+    async with running_hub(tmp_path, InFlight, idle_s=0.01) as (hub, feed, store):
         with hub.subscribe(owner="alice"):
             # when 300 streams open in waves and each checks the feed answers, some asking
             # "now" too, while the hub reads what the jobs change,
@@ -182,9 +175,6 @@ async def test_the_streams_check_and_the_hubs_reads_hold_one_connection_between_
                     await asyncio.gather(*checks, *(hub._shared_head() for _ in range(wave % 2)))
 
             await asyncio.gather(opens(), store.enqueue([_job("alice") for _ in range(50)]))
-    finally:
-        await hub.stop()
-        await store.close()
     # then no two of those reads ever ran at once (one pooled connection serves them all),
     # and the checks shared theirs: far fewer reads than checks.
     assert feed.most == 1
@@ -192,7 +182,7 @@ async def test_the_streams_check_and_the_hubs_reads_hold_one_connection_between_
 
 
 class Hangs(Through):
-    """A real store whose head reads hang from `hang()` on (a server that stopped
+    """A real store whose head reads hang once `hanging` is set (a server that stopped
     answering without closing its connections)."""
 
     def __init__(self, store: SQLiteBackend) -> None:
@@ -209,12 +199,7 @@ async def test_the_streams_check_answers_within_its_bound_when_reads_hang(
     tmp_path: Path,
 ) -> None:
     # Given a hub whose store answered, then stopped answering (nobody listens: it reads heads),
-    store = SQLiteBackend(str(tmp_path / "jobs.db"))
-    await store.open()
-    feed = Hangs(store)
-    hub = Hub(feed, feed.last_seq, idle_s=0.01)
-    await hub.start()
-    try:
+    async with running_hub(tmp_path, Hangs, idle_s=0.01) as (hub, feed, _):
         await hub.answering(5.0)  # answers while the store does
         feed.hanging = True
         hub._read_at = -math.inf  # no read of late answers for it
@@ -224,9 +209,6 @@ async def test_the_streams_check_answers_within_its_bound_when_reads_hang(
         with pytest.raises(BackendError, match=r"did not answer within 0\.2s"):
             await hub.answering(0.2)
         assert time.monotonic() - started < 5
-    finally:
-        await hub.stop()
-        await store.close()
 
 
 class Stuck(Through):
