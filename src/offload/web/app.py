@@ -26,7 +26,7 @@ from ..errors import (
 from ..metrics import Metrics, available
 from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of, url_of
-from .auth import Auth, AuthHook
+from .auth import Auth, AuthHook, caller_is_admin
 from .dashboard import router as dashboard_router
 from .docs import install_docs
 from .feeds import router as feeds_router
@@ -224,9 +224,7 @@ async def _operator(request: Request, routes: list[Route]) -> bool:
     of the metrics token, and admins (as the routes themselves let in)."""
     if any(getattr(route, "endpoint", None) is scrape_metrics for route in routes):
         return await may_scrape(request)
-    auth: Auth = request.app.state.auth
-    await auth.authenticate(request)
-    return auth.is_admin(request)
+    return await caller_is_admin(request)
 
 
 def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:

@@ -175,13 +175,19 @@ async def authenticated(conn: HTTPConnection) -> None:
         await conn.app.state.auth.authenticate(conn)
 
 
-async def admin_only(request: Request) -> None:
-    """A dependency of the operators' routes: anyone else, signed in or not, finds nothing
-    there (404), so the routes tell no one that they exist."""
+async def caller_is_admin(request: Request) -> bool:
+    """Whether the caller is an admin (`Auth.is_admin`), asking who calls first where
+    nothing has asked yet."""
     auth: Auth = request.app.state.auth
     if getattr(request.state, _PRINCIPAL, _UNASKED) is _UNASKED:
         await auth.authenticate(request)
-    if not auth.is_admin(request):
+    return auth.is_admin(request)
+
+
+async def admin_only(request: Request) -> None:
+    """A dependency of the operators' routes: anyone else, signed in or not, finds nothing
+    there (404), so the routes tell no one that they exist."""
+    if not await caller_is_admin(request):
         raise Problem(404, "Not Found")  # as for a path that does not exist
 
 
