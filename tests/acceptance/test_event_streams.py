@@ -14,6 +14,8 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
@@ -67,11 +69,11 @@ async def base(app: App) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _serving(app: App) -> AsyncIterator[str]:
+async def _serving(app: App, **web: Any) -> AsyncIterator[str]:
     """The web tier served by uvicorn on 127.0.0.1 (a real socket), in the test's loop."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(app, **web), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve())
@@ -342,6 +344,52 @@ async def test_websocket_refuses_a_bad_ticket_with_a_problem_document(base: str)
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
         assert orjson.loads(response.body)["status"] == 401
+
+
+async def test_behind_an_auth_hook_the_streams_take_its_caller_or_a_tickets(app: App) -> None:
+    asked: list[str] = []
+
+    def session(request: Request) -> str:  # the host's hook: a session cookie, or its 401
+        asked.append(request.url.path)
+        cookie = request.cookies.get("session", "")
+        if cookie == "boom":
+            raise RuntimeError("the session store is down")
+        if cookie != "s-alice":
+            challenge = {"WWW-Authenticate": 'Cookie realm="app"'}
+            raise HTTPException(401, "sign in first", headers=challenge)
+        return "alice"
+
+    async with _serving(app, auth=session) as base:
+        # The WebSocket's caller is whom the hook names (its handshake crashed with a 500),
+        signed_in = {"Cookie": "session=s-alice"}
+        async with connect(f"ws://{base}/v1/ws", additional_headers=signed_in) as ws:
+            await _hello(ws)
+        assert asked == ["/v1/ws"]
+        async with httpx.AsyncClient(base_url=f"http://{base}", headers=signed_in) as alice:
+            ticket = (await alice.post("/v1/ws-ticket")).json()["ticket"]
+        # a ticket's holder is whom it names, the hook not asked (it would refuse them),
+        asked.clear()
+        async with connect(f"ws://{base}/v1/ws?ticket={ticket}") as ws:
+            await _hello(ws)
+        async with httpx.AsyncClient(base_url=f"http://{base}") as anonymous:
+            feed = EventStream(anonymous, f"/v1/events?ticket={ticket}", {})
+            async with feed.open():
+                assert feed.status == 200
+        assert asked == []
+        # and the hook's refusal and crash are problem documents at the handshake.
+        for cookie, status in (("nobody", 401), ("boom", 500)):
+            with pytest.raises(InvalidStatus) as refused:
+                headers = {"Cookie": f"session={cookie}"}
+                async with connect(f"ws://{base}/v1/ws", additional_headers=headers):
+                    pass
+            response = refused.value.response
+            assert response.status_code == status
+            assert response.headers["content-type"] == "application/problem+json"
+            body = orjson.loads(response.body)
+            assert body["status"] == status and "Traceback" not in response.body.decode()
+            if status == 401:
+                assert response.headers["www-authenticate"] == 'Cookie realm="app"'
+                assert body["detail"] == "sign in first"
 
 
 async def test_a_position_past_the_newest_event_resumes_from_the_newest(

@@ -20,7 +20,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from ..ports import free_port
 from ..services import PG_URL, probe_pg, unavailable
@@ -249,3 +252,18 @@ def test_mounted_status_api_answers_the_session_user_only(site: Site) -> None:
     assert mine.json()["links"]["self"] == f"/offload/v1/jobs/{job_id}"
     assert bob.get(f"/offload/v1/jobs/{job_id}").status_code == 404
     assert httpx.get(f"{site.base}/offload/v1/jobs/{job_id}").status_code == 401
+
+
+def test_the_mounted_websocket_takes_the_session_user_or_a_ticket(site: Site) -> None:
+    alice = site.user("alice")
+    ws = f"ws://127.0.0.1:{site.port}/offload/v1/ws"
+    session = "; ".join(f"{name}={value}" for name, value in alice.cookies.items())
+    with connect(ws, additional_headers={"Cookie": session}, open_timeout=30) as signed_in:
+        assert orjson.loads(signed_in.recv(timeout=30))["type"] == "hello"
+    ticket = alice.post("/offload/v1/ws-ticket")
+    assert ticket.status_code == 201, ticket.text
+    with connect(f"{ws}?ticket={ticket.json()['ticket']}", open_timeout=30) as holder:
+        assert orjson.loads(holder.recv(timeout=30))["type"] == "hello"
+    with pytest.raises(InvalidStatus) as refused, connect(ws, open_timeout=30):
+        pass
+    assert refused.value.response.status_code == 401

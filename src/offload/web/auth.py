@@ -99,6 +99,12 @@ def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
+def handshake_request(conn: HTTPConnection) -> Request:
+    """A WebSocket's handshake as the `Request` an auth hook reads (a GET of its path, with
+    its headers, cookies and query): Starlette builds no `Request` of a WebSocket scope."""
+    return Request({**conn.scope, "type": "http", "method": "GET"})
+
+
 class Auth:
     """The authentication of one web tier: asks the hook once per request (`authenticate`,
     a route dependency), then answers `principal` from what it said.
@@ -123,7 +129,7 @@ class Auth:
             principal = self.token_auth(conn)
             kinds = self.token_auth.kinds_of(conn) if principal is not None else None
         else:
-            request = conn if isinstance(conn, Request) else Request(conn.scope)
+            request = conn if isinstance(conn, Request) else handshake_request(conn)
             if _is_async(self.hook):
                 answer = self.hook(request)
             else:
@@ -173,6 +179,17 @@ async def authenticated(conn: HTTPConnection) -> None:
     refuses no one itself: an event stream may come with a ticket instead."""
     if conn.scope["type"] == "http":  # a WebSocket route asks itself, to refuse in kind
         await conn.app.state.auth.authenticate(conn)
+
+
+async def authenticated_unless_ticket(conn: HTTPConnection) -> None:
+    """`authenticated`, for the event streams' routes: a caller with `?ticket=` is who the
+    ticket names (`feeds.principal_of`), and the hook is not asked, so that one which
+    raises for a caller without credentials of its own does not refuse the ticket's."""
+    if "ticket" in conn.query_params:
+        setattr(conn.state, _PRINCIPAL, None)  # no one but the ticket's holder
+        setattr(conn.state, _KINDS, None)
+    else:
+        await authenticated(conn)
 
 
 async def caller_is_admin(request: Request) -> bool:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocketDisconnect
@@ -21,17 +22,19 @@ from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
 from ..errors import BackendError
-from .auth import DEFAULT_CHALLENGE, authenticated
+from .auth import DEFAULT_CHALLENGE, authenticated_unless_ticket
 from .events import EventStreamResponse, Hub, follow_owner, owner_stream
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import JSONResponse, Problem, backend_unavailable
+from .problems import JSONResponse, Problem, as_problem, backend_unavailable
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
 log = logging.getLogger("offload.web")
-router = APIRouter(prefix="/v1", dependencies=[Depends(opened), Depends(authenticated)])
+router = APIRouter(
+    prefix="/v1", dependencies=[Depends(opened), Depends(authenticated_unless_ticket)]
+)
 
 #: How long a WebSocket / event-stream ticket stays valid (seconds).
 DEFAULT_TICKET_TTL_S = 60
@@ -197,6 +200,28 @@ async def _opened(websocket: WebSocket) -> Hub:
         raise backend_unavailable(exc) from None
 
 
+async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None:
+    """The hub, the caller and the position to resume after, once the handshake passes
+    every check; None once it is refused (a problem document, where the server can)."""
+    query = websocket.query_params
+    try:
+        refuse_cross_site(websocket)  # no CORS for WebSockets: another site could read
+        hub = await _opened(websocket)
+        ticket = query.get("ticket")
+        if ticket is None:  # the ticket's holder is who it names: the hook is not asked
+            await websocket.app.state.auth.authenticate(websocket)
+        principal = principal_of(websocket, ticket)
+        return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
+    except HTTPException as refused:  # a Problem, or the auth hook's own answer (its 401)
+        await _refuse(websocket, as_problem(refused))
+    except BackendError as exc:
+        await _refuse(websocket, backend_unavailable(exc))
+    except Exception:  # the auth hook's crash: a logged 500, as on every route
+        log.exception("unhandled error", extra={"action": "web_error"})
+        await _refuse(websocket, Problem(500, "internal error"))
+    return None
+
+
 @router.websocket("/ws")
 async def ws(websocket: WebSocket) -> None:
     """Every change of every job of the caller, as JSON text messages.
@@ -205,20 +230,11 @@ async def ws(websocket: WebSocket) -> None:
     "id": seq, "event": state, "data": record}` per change. Resume with `?since=<id>`.
     Authenticate with `Authorization: Bearer …` or `?ticket=` from POST /v1/ws-ticket.
     """
-    query = websocket.query_params
+    opened = await _handshake(websocket)
+    if opened is None:
+        return  # refused
+    hub, principal, cursor = opened
     state = websocket.app.state
-    try:
-        refuse_cross_site(websocket)  # no CORS for WebSockets: another site could read
-        hub = await _opened(websocket)
-        await state.auth.authenticate(websocket)
-        principal = principal_of(websocket, query.get("ticket"))
-        cursor = await within_feed(hub, cursor_of(None, query.get("since")))
-    except Problem as problem:
-        await _refuse(websocket, problem)
-        return
-    except BackendError as exc:
-        await _refuse(websocket, backend_unavailable(exc))
-        return
     feed = state.offload
     present = presenter_of(websocket)
     with hub.subscribe(owner=principal) as sub:

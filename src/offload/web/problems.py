@@ -82,6 +82,15 @@ class Problem(HTTPException):
         )
 
 
+def as_problem(exc: HTTPException) -> Problem:
+    """`exc` as a Problem: itself, or one of its status, detail and headers (an
+    `HTTPException` an auth hook raised)."""
+    if isinstance(exc, Problem):
+        return exc
+    headers = dict(exc.headers) if exc.headers else None
+    return Problem(exc.status_code, str(exc.detail), headers=headers)
+
+
 def problem(
     status: int,
     detail: str,
