@@ -17,7 +17,14 @@ from starlette.responses import Response
 
 from offload import App, ConfigurationError, Message, Settings
 from offload.contract import JobFilter
-from offload.web import Jobs, OffloadJobs, create_app, offload_jobs, problem_details
+from offload.web import (
+    Jobs,
+    OffloadJobs,
+    create_app,
+    offload_jobs,
+    problem_details,
+    problem_responses,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -165,3 +172,65 @@ async def test_a_token_limited_to_other_kinds_may_not_enqueue_through_the_route(
         assert await app.count_jobs(JobFilter()) == 0
         assert (await alice.post("/exports", params={"period": "2026-10"})).status_code == 202
     await app.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("callback_url", "notaurl"),
+        ("callback_url", "http://127.0.0.1/hook"),  # judged, not sent: a private host
+        ("notify_email", "nope"),
+    ],
+)
+async def test_delivery_options_the_route_passes_on_are_refused_as_the_api_refuses_them(
+    app: App, closing: None, option: str, value: str
+) -> None:
+    """A host route handing its client's callback_url or notify_email to `jobs.enqueue`:
+    what the submit route answers 422 to is 422 there too (not a 500), and stores nothing."""
+    api = FastAPI()
+    api.mount("/jobs", create_app(app))
+    problem_details(api)
+
+    @api.post("/exports", status_code=202)
+    async def export(
+        jobs: Annotated[Jobs, Depends(offload_jobs)],
+        callback_url: str | None = None,
+        notify_email: str | None = None,
+    ) -> Response:
+        message = Export(user=jobs.principal, period="2026-10")
+        job = await jobs.enqueue(message, callback_url=callback_url, notify_email=notify_email)
+        return await jobs.accepted(job)
+
+    async with client(api) as local:
+        refused = await local.post("/exports", params={option: value})
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("invalid-options")
+        assert [e["loc"] for e in refused.json()["errors"]] == [[option]]
+        assert await app.count_jobs(JobFilter()) == 0
+        fine = {"callback_url": "https://hooks.example.com/done", "notify_email": "a@example.com"}
+        accepted = await local.post("/exports", params={option: fine[option]})
+        assert accepted.status_code == 202, accepted.text
+
+
+def test_the_hosts_document_declares_its_problem_answers_as_problem_documents() -> None:
+    api = FastAPI()
+    problem_details(api)
+
+    @api.post("/exports", status_code=202, responses=problem_responses(401, 422, 503))
+    async def export(period: str) -> None: ...
+
+    @api.get("/own", responses={404: {"description": "the host's own, in its own format"}})
+    async def own() -> None: ...
+
+    answers = api.openapi()["paths"]["/exports"]["post"]["responses"]
+    for status in ("401", "422", "503"):
+        assert list(answers[status]["content"]) == ["application/problem+json"], status
+    assert answers["401"]["content"]["application/problem+json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"
+    }
+    assert "examples" in answers["503"]["content"]["application/problem+json"]
+    assert list(answers["202"]["content"]) == ["application/json"]
+    assert api.openapi()["paths"]["/own"]["get"]["responses"]["404"] == {
+        "description": "the host's own, in its own format"
+    }

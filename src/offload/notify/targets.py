@@ -168,6 +168,20 @@ def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None
     return None if why is None else f"{shown} is {why}; webhooks go to public hosts"
 
 
+def refused_delivery_options(
+    callback_url: str | None, notify_email: str | None, *, allow_private: bool
+) -> dict[str, str]:
+    """What a web tier refuses of a job's delivery options, by option name (empty when
+    nothing): `delivery_option_errors`, and a valid callback URL whose host is refused
+    (`callback_url_refusal`)."""
+    found = delivery_option_errors(callback_url, notify_email)
+    if callback_url and "callback_url" not in found:
+        why = callback_url_refusal(callback_url, allow_private=allow_private)
+        if why:
+            found["callback_url"] = why
+    return found
+
+
 # -- which targets a job names, and the delivery jobs its end calls for ----------------------
 
 

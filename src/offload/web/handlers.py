@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +25,7 @@ from .problems import (
     backend_unavailable,
     problem,
 )
+from .responses import PROBLEM_MEDIA_TYPE
 
 log = logging.getLogger("offload.web")
 
@@ -46,12 +48,35 @@ def storage_full(instance: str | None = None) -> Response:
     )
 
 
+def _declared_as_problems(api: FastAPI) -> None:
+    """`api`'s OpenAPI document with the answers of the `Problem` model (`problem_responses`)
+    under `application/problem+json`, where FastAPI puts them under `application/json`."""
+    make = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = make()
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    for response in operation.get("responses", {}).values():
+                        content = response.get("content", {})
+                        body = content.get("application/json", {})
+                        if body.get("schema", {}).get("$ref", "").endswith("/schemas/Problem"):
+                            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        return api.openapi_schema or make()
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
 def problem_details(api: FastAPI) -> None:
     """Answer every error of `api` as offload's web tier does: an RFC 9457 problem document
     (`application/problem+json`). For your own app beside a mounted web tier, so that
     `Depends(offload_jobs)` refusals (401, 403), invalid requests (422), `HTTPException`s
     and offload's errors (an unreachable backend: 503) come as problem documents; nothing
-    else of the app changes. No traceback reaches a client: a crash is a logged 500."""
+    else of the app changes. No traceback reaches a client: a crash is a logged 500.
+    The answers a route declares with `problem_responses` are problem documents in the
+    app's OpenAPI document too (`application/problem+json`)."""
+    _declared_as_problems(api)
 
     @api.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> Response:

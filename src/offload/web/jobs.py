@@ -17,7 +17,7 @@ from ..app import App
 from ..contract import Message
 from ..errors import ConfigurationError
 from ..job import Job
-from ..notify.targets import callback_url_refusal
+from ..notify.targets import refused_delivery_options
 from .auth import Auth
 from .origins import check_same_site
 from .problems import JSONResponse, Problem
@@ -59,18 +59,17 @@ class Jobs:
 
         Raises:
             Problem: 403 for a kind the caller's token may not submit; 422 for a
-                `callback_url` the web tier would refuse (a private host).
+                `callback_url` or `notify_email` the web tier would refuse (not a URL or
+                an address, or a private host), as its submit route does.
             ValueError, TypeError: an option `App.enqueue` refuses.
         """
         kind = self.app.spec_of(type(message)).kind if self.kinds is not None else ""
         if self.kinds is not None and kind not in self.kinds:
             raise Problem(403, f"this token may not submit {kind!r} jobs", slug="kind-not-allowed")
-        if callback_url is not None:
-            allow = self.app.settings.webhook_allow_private
-            why = callback_url_refusal(callback_url, allow_private=allow)
-            if why:
-                errors = [{"loc": ["callback_url"], "msg": why}]
-                raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
+        allow = self.app.settings.webhook_allow_private
+        if refused := refused_delivery_options(callback_url, notify_email, allow_private=allow):
+            errors = [{"loc": [name], "msg": msg} for name, msg in refused.items()]
+            raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
         return await self.app.enqueue(
             message,
             priority=priority,

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT
 from ..app import App, MessageSpec
-from ..notify.targets import MAX_CALLBACK_URL_LENGTH, callback_url_refusal, delivery_option_errors
+from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
 from .origins import first_headers, refuse_cross_site
@@ -108,13 +108,9 @@ def _check_options(request: Request, options: JobOptions) -> None:
         errors.append({"loc": ["query", "run_at"], "msg": "run_at needs a timezone (…Z)"})
     elif run_at is not None and run_at.timestamp() > LATEST_RUN_AT:
         errors.append({"loc": ["query", "run_at"], "msg": "run_at is after 9999-12-31T23:59:59Z"})
-    invalid = delivery_option_errors(callback_url, options.notify_email)
-    errors += [{"loc": ["query", name], "msg": msg} for name, msg in invalid.items()]
-    if callback_url is not None and "callback_url" not in invalid:
-        allow = _app(request).settings.webhook_allow_private
-        why = callback_url_refusal(callback_url, allow_private=allow)
-        if why:
-            errors.append({"loc": ["query", "callback_url"], "msg": why})
+    allow = _app(request).settings.webhook_allow_private
+    refused = refused_delivery_options(callback_url, options.notify_email, allow_private=allow)
+    errors += [{"loc": ["query", name], "msg": msg} for name, msg in refused.items()]
     if errors:
         raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
 
