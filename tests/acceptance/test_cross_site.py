@@ -268,6 +268,21 @@ async def test_a_rebound_name_is_refused_in_development_mode(
         assert (await web.get("/v1/jobs", headers={"Host": host})).status_code == 200, host
 
 
+async def test_a_rebound_name_is_refused_at_the_path_it_asked_for_under_a_mount(
+    app: App,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    host = Starlette(routes=[Mount("/jobs", app=create_app(app))])
+    transport = httpx.ASGITransport(app=host)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rebind.example") as web:
+        refused = await web.get("/jobs/v1/jobs")
+    assert refused.status_code == 421
+    assert refused.json()["instance"] == "/jobs/v1/jobs"  # (it was /jobs/jobs/v1/jobs)
+    await app.close()
+
+
 async def test_with_api_tokens_any_host_is_served(tmp_path: Path) -> None:
     app = make_app(tmp_path, tokens={"tok-a": "alice"})
     async with serving(app) as client:

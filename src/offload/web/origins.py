@@ -148,7 +148,7 @@ class LoopbackHostMiddleware:
                     421,
                     f"this server answers loopback names only, not {host[:100]!r}: {self.why}",
                     slug="not-loopback-host",
-                    instance=scope.get("root_path", "") + scope["path"],
+                    instance=scope["path"],  # the mount path included (Starlette, uvicorn)
                 )
                 if scope["type"] == "http":
                     await refused(scope, receive, send)
