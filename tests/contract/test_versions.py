@@ -239,6 +239,49 @@ async def test_a_job_too_new_for_a_worker_waits_unspent_and_runs_when_a_newer_wo
     assert (await app.stats())[QUEUE]["awaiting_newer_worker"] == 0
 
 
+class Farewell(Message):
+    name: str
+
+
+async def test_a_job_of_a_kind_a_worker_does_not_handle_waits_unspent_for_one_that_does(
+    app: App, clock: ShiftClock
+) -> None:
+    # Given a kind on the workers' queue that their release has no handler for (a worker
+    # of another deploy handles it, or will: the web tier went out first)
+    deploy(app, 1)
+    app.message("farewell", queue=QUEUE)(Farewell)
+    job = await app.enqueue(Farewell(name="Ada"))
+    before = clock.now()
+    async with running(Worker(app)):
+
+        async def given_back() -> bool:
+            error = (await app.status(job.id))["error"]
+            return error is not None and error["type"] == NEWER_VERSION
+
+        # When such a worker claims it
+        await until(given_back, "the worker gives the job back")
+        after = clock.now()
+    # Then it is queued again for later, unspent (no attempt, so no dead letter), counted
+    record = await app.status(job.id)
+    assert record["state"] == "queued" and record["attempt"] == 0
+    assert "farewell waits for a worker that handles it" in record["error"]["message"]
+    run_at = (await job.status()).run_at.timestamp()
+    assert before + NEWER_VERSION_DELAY_S <= run_at <= after + NEWER_VERSION_DELAY_S
+    assert (await app.stats())[QUEUE]["awaiting_newer_worker"] == 1
+
+    # When a worker with its handler starts and the delay passes
+    @app.handles(Farewell)
+    async def farewell(msg: Farewell, ctx: Context) -> str:
+        return f"bye {msg.name}"
+
+    async with running(Worker(app)):
+        clock.advance(NEWER_VERSION_DELAY_S)
+        final = await job.wait(PATIENCE_S)
+    # Then it runs there, on its first attempt
+    assert final.state is JobState.SUCCEEDED, final.error
+    assert (final.result, final.attempt) == ("bye Ada", 1)
+
+
 async def test_a_worker_records_what_it_runs_refreshes_it_and_deletes_it_when_it_stops(
     app: App, clock: ShiftClock
 ) -> None:

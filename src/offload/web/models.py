@@ -137,7 +137,8 @@ class QueueStats(Answer):
     running: int
     dead: int
     oldest_age_s: float
-    #: Waiting jobs given back for a worker that knows their newer version.
+    #: Waiting jobs given back for a worker that knows their newer version, or handles
+    #: their kind.
     awaiting_newer_worker: int
     paused: bool = Field(description="no worker claims its jobs until it is resumed")
     limits: dict[str, KindLimitStats] = Field(

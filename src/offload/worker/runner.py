@@ -714,9 +714,7 @@ class Worker:
     async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
         env = lease.envelope
         if spec is None:
-            return self._failed(
-                lease, None, ConfigurationError(f"this worker has no handler for kind {env.kind!r}")
-            )
+            return self._unhandled(lease)
         payload = await self._payload(lease, spec)
         if isinstance(payload, Outcome):
             return payload
@@ -829,21 +827,38 @@ class Worker:
                 "known": known,
             },
         )
-        error = {
-            "type": NEWER_VERSION,
-            "message": f"{env.kind} version {env.version} waits for a worker that runs it "
-            f"(worker {self.id} runs version {known})",
-        }
+        why = f"{env.kind} version {env.version} waits for a worker that runs it"
+        return self._given_back(lease, f"{why} (worker {self.id} runs version {known})")
+
+    def _unhandled(self, lease: Lease) -> Outcome:
+        """Give back a job of a kind this worker has no handler for (a worker of another
+        deploy shares its queue, or the web tier went out before the kind's workers), as
+        one too new for it: unspent, for a worker that handles the kind."""
+        env = lease.envelope
+        log.warning(
+            "job %s is of kind %s, which this worker has no handler for: given back unspent "
+            "for a worker that handles it (claimable again in %gs)",
+            env.id,
+            env.kind,
+            NEWER_VERSION_DELAY_S,
+            extra={"action": "unhandled_kind", "job_id": env.id, "kind": env.kind},
+        )
+        why = f"{env.kind} waits for a worker that handles it"
+        return self._given_back(lease, f"{why} (worker {self.id} has no handler for it)")
+
+    def _given_back(self, lease: Lease, why: str) -> Outcome:
+        """Queued again, its attempt refunded, claimable after `NEWER_VERSION_DELAY_S`,
+        with an error (`NEWER_VERSION`) that says `why` and that `stats` counts."""
         return Outcome(
             lease=lease,
             state=JobState.QUEUED,
             refund=True,
-            error=error,
+            error={"type": NEWER_VERSION, "message": why},
             run_at=self.app.clock.now() + NEWER_VERSION_DELAY_S,
         )
 
     def _failed(
-        self, lease: Lease, spec: HandlerSpec | None, exc: BaseException, delay: float | None = None
+        self, lease: Lease, spec: HandlerSpec, exc: BaseException, delay: float | None = None
     ) -> Outcome:
         env = lease.envelope
         log.warning(
@@ -853,8 +868,6 @@ class Worker:
             exc,
             extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
         )
-        if delay is None and spec is None:
-            delay = 5.0  # no handler for the kind here, so no backoff of its own
         return retry_or_dead(lease, spec, _error(exc), self.app.clock.now(), delay)
 
     def _interrupted(self, job: _Job) -> Outcome | None:
