@@ -10,9 +10,10 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from .worker.runner import Worker
+
 T = TypeVar("T")
+log = logging.getLogger("offload.worker")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
 DEFAULT_SHUTDOWN_GRACE_S = 5
 cli = typer.Typer(
@@ -497,9 +501,40 @@ def worker(
 
         stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
         try:
-            _run(main)
+            _run_worker(runner, main)
         finally:
             stop_metrics()
+
+
+def _run_worker(runner: Worker, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run the worker's `main`; where handlers' threads run on past their attempts once it
+    has stopped, end the process without waiting for them (`_exit_leaving_threads`)."""
+    try:
+        _run(main)
+    except Exception:
+        if runner.wedged:  # said in the log; a new process gets fresh threads
+            _exit_leaving_threads(runner, 1)
+        if runner.threads_running_on:
+            traceback.print_exc()
+            _exit_leaving_threads(runner, 1)
+        raise
+    if runner.threads_running_on:
+        _exit_leaving_threads(runner, 0)
+
+
+def _exit_leaving_threads(runner: Worker, code: int) -> NoReturn:
+    """End the process with `code` now, without waiting for the handlers' threads that run
+    on past their attempts (an interpreter's exit would wait for them, maybe forever):
+    their jobs' outcomes are written, and no thread can be stopped otherwise."""
+    log.warning(
+        "exiting without waiting for %d handler threads that run on past their attempts",
+        runner.threads_running_on,
+        extra={"action": "worker_exit"},
+    )
+    logging.shutdown()  # flush every log handler
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _report_started(runner: Any, fd: int) -> None:
@@ -661,7 +696,7 @@ def dev(
             concurrency=str(concurrency),
             schedules=offload_app.schedules,
         )
-        _run(main)
+        _run_worker(runner, main)
 
 
 @cli.command()

@@ -195,53 +195,50 @@ def _thread_holder_and_one_behind(app: App) -> tuple[threading.Event, list[str]]
     return free, behind_ran
 
 
-async def test_a_plain_handler_still_waiting_for_a_thread_is_released_not_waited_for(
+async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a_thread(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
     free, behind_ran = _thread_holder_and_one_behind(app)
     try:
-        # One thread: the stuck handler holds it after its attempt timed out (dead),
-        worker: Worker = await start_worker(concurrency=1, prefetch=0, grace_s=0.05)
+        # Given one slot, and a handler whose thread runs on after its attempt timed out,
+        worker: Worker = await start_worker(concurrency=1, prefetch=0)
         first = await app.enqueue(Ping())
         assert (await finished(app, first.id)).state is JobState.DEAD
-        # so the next plain job is claimed and its call waits for the pool's thread.
+        assert worker.threads_running_on == 1
+        # the next plain job runs on a spare thread (it waited for the held one, and ran
+        # over its own timeout without ever starting),
+        after = await app.enqueue(Other(text="after"))
+        assert (await finished(app, after.id)).state is JobState.SUCCEEDED
+        assert behind_ran == [after.id] and not worker.wedged
+    finally:
+        free.set()
+    # and the thread that ran on counts no more once it returns.
+    async with asyncio.timeout(15):
+        while worker.threads_running_on:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_more_threads_running_on_than_spares_stop_the_worker(app: App) -> None:
+    free, behind_ran = _thread_holder_and_one_behind(app)
+    worker = Worker(app, concurrency=1, prefetch=0)
+    run = asyncio.create_task(worker.run())
+    try:
+        # Given one slot (one spare thread), when two handlers' threads run on past their
+        # attempts,
+        for _ in range(2):
+            job = await app.enqueue(Ping())
+            assert (await finished(app, job.id)).state is JobState.DEAD
+        # then the worker stops by itself (a process would start again with fresh threads),
+        with pytest.raises(RuntimeError, match="threads ran on"):
+            await asyncio.wait_for(run, 30)
+        assert worker.wedged and worker.threads_running_on == 2
+        # and claims nothing more: a job enqueued since waits for another worker.
         waiting = await app.enqueue(Other())
-        async with asyncio.timeout(15):
-            while (await app.status(waiting.id))["state"] != "running":  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        worker.request_stop()
-        # Then the stop releases it (it never started) and does not wait for the thread.
-        await asyncio.wait_for(worker.stopped.wait(), 30)
-        record = await app.status(waiting.id)
-        assert record["state"] == "queued" and record["attempt"] == 0
+        assert (await app.status(waiting.id))["state"] == "queued"
     finally:
         free.set()
+        await app.close()
     assert behind_ran == []
-
-
-async def test_a_cancelled_job_whose_plain_call_waits_for_a_thread_never_runs(
-    app: App, start_worker: Callable[..., Any]
-) -> None:
-    free, behind_ran = _thread_holder_and_one_behind(app)
-    try:
-        # Given one thread, held by a handler after its attempt timed out (dead),
-        await start_worker(concurrency=1, prefetch=0)
-        first = await app.enqueue(Ping())
-        assert (await finished(app, first.id)).state is JobState.DEAD
-        # and a plain job claimed since, whose call waits for that thread,
-        waiting = await app.enqueue(Other(text="waiting"))
-        async with asyncio.timeout(15):
-            while (await app.status(waiting.id))["state"] != "running":  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        # when it is cancelled, it ends cancelled while the thread is still held,
-        await app.cancel(waiting.id)
-        assert (await finished(app, waiting.id)).state is JobState.CANCELLED
-    finally:
-        free.set()
-    # and once the thread is free its call never starts: the next job runs, it does not.
-    after = await app.enqueue(Other(text="after"))
-    assert (await finished(app, after.id)).state is JobState.SUCCEEDED
-    assert behind_ran == [after.id]
 
 
 async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> None:

@@ -146,3 +146,28 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
             return {"succeeded": len(rows), "queued": bulk["queued"], "running": bulk["running"]}
 
     assert asyncio.run(states()) == {"succeeded": 2000, "queued": 0, "running": 0}
+
+
+def test_a_worker_whose_plain_handler_runs_on_past_its_attempt_still_exits(stack: Stack) -> None:
+    stack.start_web()
+    alice = stack.client()
+
+    def stuck_job_dies() -> None:
+        job_id = alice.post("/v1/jobs/e2e.stuck", json={}).json()["id"]
+        record = stack.wait_state(alice, job_id, {"dead"}, timeout=30)
+        assert record["error"]["type"] == "TimeoutError"
+
+    # Given a worker whose plain handler's thread runs on after its attempt timed out,
+    worker = stack.start_worker("--concurrency", "1", "--queues", "stuck")
+    stuck_job_dies()
+    # when it is asked to stop, it exits 0 without waiting for that thread (it waited
+    # for it forever once it said "worker stopped").
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, stack.output()
+    # A worker with more such threads than spare ones (one per slot) stops by itself,
+    # exit 1, for its supervisor to start it again with fresh threads.
+    worker = stack.start_worker("--concurrency", "1", "--queues", "stuck")
+    stuck_job_dies()
+    stuck_job_dies()
+    assert worker.wait(timeout=30) == 1, stack.output()
+    assert "handler threads run on past their attempts" in stack.output()

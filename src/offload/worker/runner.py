@@ -16,7 +16,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -243,9 +243,16 @@ class Worker:
         self._flushed = asyncio.Event()
         self._flushed.set()
         self._slot_free = asyncio.Event()
-        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="offload-handler")
+        # As many threads again as slots: spares for the plain handlers that run on past
+        # their attempt (a thread cannot be stopped), whose slots are free again at once.
+        self._threads = ThreadPoolExecutor(2 * concurrency, thread_name_prefix="offload-handler")
         #: The jobs whose plain (`def`) handler runs in a thread of `_threads`: its call.
         self._in_threads: dict[str, tuple[asyncio.Future[Any], _ThreadRun]] = {}
+        #: The pool's calls that ran on past their attempt (its timeout, a cancel), which
+        #: may still run: `threads_running_on`.
+        self._ran_on: list[Future[Any]] = []
+        #: Whether the worker stopped because more threads ran on than it has spares.
+        self.wedged = False
         #: The side tasks by name; when each last failed (loop time).
         self._side: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
@@ -305,7 +312,10 @@ class Worker:
 
         Raises:
             RuntimeError: a side task stopped for good (the worker stopped at once, its
-                running jobs released); chained to the side task's error.
+                running jobs released); chained to the side task's error. Or more plain
+                handlers' threads ran on past their attempts than it has spares (`wedged`:
+                it stopped as on `request_stop`); a process should then end without
+                waiting for them (`threads_running_on`), as `offload worker` does.
         """
         await self.app.open()
         self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
@@ -333,6 +343,8 @@ class Worker:
             if self._failure is not None:
                 name, cause = self._failure
                 raise RuntimeError(f"worker side task {name} stopped") from cause
+            if self.wedged:
+                raise RuntimeError("more handler threads ran on past their attempts than spare")
         finally:
             try:
                 unwatch()
@@ -758,17 +770,54 @@ class Worker:
             return self._failed(lease, spec, exc)
 
     def _in_thread(self, job_id: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run a plain handler in the pool, kept in `_in_threads` until it returns."""
+        """Run a plain handler in the pool, kept in `_in_threads` until its attempt ends;
+        a thread that runs on past it is `_runs_on`'s."""
         run = _ThreadRun(fn)
-        call = asyncio.get_running_loop().run_in_executor(self._threads, run)
+        in_pool = self._threads.submit(run)
+        call = asyncio.wrap_future(in_pool)
         self._in_threads[job_id] = (call, run)
 
         def forget(_: asyncio.Future[Any]) -> None:
             if self._in_threads.get(job_id, (None,))[0] is call:  # not a later run's
                 del self._in_threads[job_id]
+            if not in_pool.done():  # the attempt ended (cancelled), the thread runs on
+                self._runs_on(job_id, in_pool)
 
         call.add_done_callback(forget)
         return call
+
+    @property
+    def threads_running_on(self) -> int:
+        """Plain handlers' threads that still run past their attempt (its timeout, or a
+        cancel): a thread cannot be stopped, and the process's exit would wait for them."""
+        self._ran_on = [call for call in self._ran_on if not call.done()]
+        return len(self._ran_on)
+
+    def _runs_on(self, job_id: str, in_pool: Future[Any]) -> None:
+        """A plain handler's thread runs on past its attempt (`ctx.cancelled` is set): one
+        of the pool's spares takes its place. Once more run on than there are spares (as
+        many as slots), a handler's next call could wait for a thread that never comes:
+        the worker stops, for a new process with fresh threads."""
+        self._ran_on.append(in_pool)
+        count = self.threads_running_on
+        log.warning(
+            "job %s: its handler's thread runs on past its attempt (a thread cannot be "
+            "stopped; ctx.cancelled is set): %d such threads, %d spare",
+            job_id,
+            count,
+            self.concurrency,
+            extra={"action": "thread_runs_on", "job_id": job_id, "count": count},
+        )
+        if count > self.concurrency and not self._stop.is_set():
+            self.wedged = True
+            log.error(
+                "%d handler threads run on past their attempts, more than the %d spare: the "
+                "worker stops, to be started again with fresh threads",
+                count,
+                self.concurrency,
+                extra={"action": "worker_wedged", "count": count},
+            )
+            self.request_stop()
 
     async def _payload(self, lease: Lease, spec: HandlerSpec) -> dict[str, Any] | Outcome:
         """The job's payload, read back from the blob store when it was checked in (a

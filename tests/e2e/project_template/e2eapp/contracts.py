@@ -28,3 +28,8 @@ class Flaky(Message):
 @app.message("e2e.noop", queue="bulk")
 class Noop(Message):
     n: int
+
+
+@app.message("e2e.stuck", queue="stuck", max_attempts=1)
+class Stuck(Message):
+    pass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
-from e2eapp.contracts import Export, Flaky, Noop, Slow, app
+from e2eapp.contracts import Export, Flaky, Noop, Slow, Stuck, app
 from offload import Backoff, Context
 
 __all__ = ["app"]
@@ -49,3 +50,8 @@ def flaky(msg: Flaky, ctx: Context) -> str:
 @app.handles(Noop)
 async def noop(msg: Noop, ctx: Context) -> None:
     _record("noop.log", ctx.job_id)
+
+
+@app.handles(Stuck, timeout=0.5)
+def stuck(msg: Stuck, ctx: Context) -> None:
+    time.sleep(3600)  # never looks at ctx.cancelled: its thread runs on past the attempt
