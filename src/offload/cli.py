@@ -856,13 +856,19 @@ def _filter(
 
     try:
         now = time.time()
+        after, before = moment(since, now=now), moment(until, now=now)
+        if after is not None and before is not None and after >= before:
+            raise ValueError(
+                f"--since ({after:%Y-%m-%d %H:%M:%S}) is not before --until "
+                f"({before:%Y-%m-%d %H:%M:%S}): no job could match"
+            )
         return JobFilter(
             state=state.value if state else None,
             kind=kind,
             queue=queue,
             owner=owner,
-            created_after=moment(since, now=now),
-            created_before=moment(until, now=now),
+            created_after=after,
+            created_before=before,
             id_prefix=id_prefix,
             text=search,
         )
@@ -956,11 +962,16 @@ def _bulk(
     n = _with_app(ref, url, lambda a: a.count_jobs(f, states=states))
     names = sorted(s.value for s in states)
     which = ", ".join(names[:-1]) + " or " + names[-1]
+    # A filter that names a state says which jobs it is; one of another state finds none.
+    shown = "" if f.state else f"{which} "
     if n == 0:
-        _console().print(f"no {which} job matches {described(f)}", highlight=False, soft_wrap=True)
+        said = f"no {shown}job matches {described(f)}"
+        if f.state and JobState(f.state) not in states:
+            said += f": only {which} jobs can be {past}"
+        _console().print(said, highlight=False, soft_wrap=True)
         return
     if not yes:
-        typer.confirm(f"{verb} {n:,} {which} jobs matching {described(f)}?", abort=True)
+        typer.confirm(f"{verb} {n:,} {shown}jobs matching {described(f)}?", abort=True)
     done = _with_app(ref, url, act)
     _console().print(f"{past} {done:,} job{'' if done == 1 else 's'}", highlight=False)
 
@@ -1106,7 +1117,10 @@ def jobs_purge(
         shown = f"{count:,} or more" if count >= DEFAULT_COUNT_CAP else f"{count:,}"
         typer.confirm(f"delete the {shown} waiting jobs in {queue!r}?", abort=True)
     n = _with_app(app, url, lambda a: a.purge(queue))
-    _console().print(f"purged {n} jobs from {queue}")
+    said = (
+        f"purged {n:,} job{'' if n == 1 else 's'} from {queue}" if n else f"no job waits in {queue}"
+    )
+    _console().print(said, highlight=False, soft_wrap=True)
 
 
 contracts_cli = typer.Typer(
@@ -1210,20 +1224,27 @@ def bench_burst(
 def migrate(url: Url = None) -> None:
     """Create or upgrade the backend's store (SQLite file, PostgreSQL schema)."""
     from .brokers import open_backend
+    from .brokers.sqlite.backend import SQLiteBackend
 
-    async def main() -> list[int]:
-        backend = open_backend(settings.url, connect_timeout_s=settings.connect_timeout_s)
+    async def main(backend: Any) -> list[int]:
         await backend.open(check_schema=False)
         try:
-            return await backend.migrate()
+            return list(await backend.migrate())
         finally:
             await backend.close()
 
     with _errors():
         settings = Settings.from_env(url=url)
-        applied = _run(main)
+        backend = open_backend(settings.url, connect_timeout_s=settings.connect_timeout_s)
+        # A SQLite file is made (and upgraded) as it opens: whether it was there before.
+        made = isinstance(backend, SQLiteBackend) and not (
+            backend.in_memory or os.path.exists(backend.path)
+        )
+        applied = _run(lambda: main(backend))
     where = _shown_url(settings.url)
-    if applied:
+    if made:
+        _console().print(f"created an offload database at {where}", soft_wrap=True)
+    elif applied:
         _console().print(f"applied schema migrations {applied} to {where}", soft_wrap=True)
     else:
         _console().print(f"schema is up to date at {where}", soft_wrap=True)

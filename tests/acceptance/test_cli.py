@@ -110,7 +110,10 @@ def test_a_database_in_a_missing_folder_is_reported_not_created(workdir: Path) -
 
 def test_migrate_creates_the_database_the_read_only_commands_then_read(url: str) -> None:
     assert invoke("queues", "--url", url).exit_code == 1
-    assert invoke("migrate", "--url", url).exit_code == 0
+    made = invoke("migrate", "--url", url)
+    assert made.exit_code == 0 and "created an offload database" in made.output
+    again = invoke("migrate", "--url", url)  # (it said "up to date" the first time too)
+    assert again.exit_code == 0 and "schema is up to date" in again.output
     result = invoke("queues", "--url", url, "--json")
     assert result.exit_code == 0
     assert set(orjson.loads(result.output)) == {"offload.notify"}  # no job anywhere yet
@@ -168,6 +171,8 @@ def test_jobs_list_filters_by_queue_text_and_time_and_counts_the_matches(url: st
     assert second in mine.output and first not in mine.output
     bad = invoke("jobs", "list", "--url", url, "--since", "soon")
     assert bad.exit_code == 2 and "neither an age" in one_line(bad)
+    inverted = invoke("jobs", "list", "--url", url, "--since", "30m", "--until", "1h")
+    assert inverted.exit_code == 2 and "is not before --until" in one_line(inverted)
     # An age before year 1 was a traceback (OverflowError); a limit out of range too
     for age in ("999999d", "99999999999d"):
         too_old = invoke("jobs", "list", "--url", url, "--since", age)
@@ -190,12 +195,20 @@ def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: st
     assert yes.exit_code == 0 and "cancelled 2 jobs" in yes.output
     cancelled = invoke("jobs", "list", "--state", "cancelled", "--json", "--url", url).output
     assert first in cancelled and second in cancelled and shout not in cancelled
+    # A filter that names a state is the question (it listed every retryable state too)
+    asked = invoke("jobs", "retry", "--all-matching", "--state", "cancelled", "--url", url,
+                   input="n\n")  # fmt: skip
+    assert "retry 2 jobs matching state=cancelled?" in asked.output
     retried = invoke("jobs", "retry", "--all-matching", "--kind", "cli.report", "--yes",
                      "--url", url)  # fmt: skip
     assert retried.exit_code == 0 and "retried 2 jobs" in retried.output
     # A bulk delete never touches waiting jobs: there is nothing it may delete
     nothing = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
     assert "no cancelled, dead, failed or succeeded job matches (every job)" in nothing.output
+    waiting = invoke("jobs", "delete", "--all-matching", "--state", "queued", "--url", url)
+    assert one_line(waiting) == (
+        "no job matches state=queued: only cancelled, dead, failed or succeeded jobs can be deleted"
+    )
     invoke("jobs", "cancel", first, "--url", url)
     gone = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
     assert gone.exit_code == 0 and "deleted 1 job" in gone.output and "1 jobs" not in gone.output
@@ -223,6 +236,9 @@ def test_purge_asks_with_the_count_of_waiting_jobs(url: str) -> None:
     assert yes.exit_code == 0 and "purged 2 jobs from reports" in yes.output
     empty = invoke("jobs", "purge", "reports", "--url", url)  # nothing to ask about
     assert empty.exit_code == 0 and one_line(empty) == "no job waits in reports"
+    for queue in ("reports", "no-such-queue"):  # with --yes too (it said "purged 0 jobs")
+        told = invoke("jobs", "purge", queue, "--yes", "--url", url)
+        assert told.exit_code == 0 and one_line(told) == f"no job waits in {queue}"
     assert "1 shown of 1 matching" in invoke("jobs", "list", "--url", url).output
 
 

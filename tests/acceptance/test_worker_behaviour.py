@@ -136,7 +136,7 @@ class Other(Message):
 
 
 async def test_past_the_grace_the_jobs_that_can_stop_are_released_while_a_thread_runs_on(
-    app: App, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     app.message("t.grace_plain")(Ping)
     app.message("t.grace_async")(Other)
@@ -169,6 +169,12 @@ async def test_past_the_grace_the_jobs_that_can_stop_are_released_while_a_thread
         while (await app.status(cancellable.id))["state"] != "queued":  # noqa: ASYNC110 (a stored state)
             await asyncio.sleep(0.01)
     assert (await app.status(threaded.id))["state"] == "running"
+    # (said in the log: it said only that it waited, then that it had stopped)
+    said = [r.getMessage() for r in caplog.records if r.name == "offload.worker"]
+    assert (
+        "releasing 1 running job past the grace period: queued again, the attempt given back"
+        in said
+    )
     finish.set()
     await asyncio.wait_for(worker.stopped.wait(), 30)
     assert (await app.status(threaded.id))["state"] == "succeeded"

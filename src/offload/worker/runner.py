@@ -1214,8 +1214,9 @@ class Worker:
         rescued = sum(applied)
         if rescued:
             log.warning(
-                "rescued %d jobs whose lease lapsed",
+                "rescued %d %s whose lease lapsed",
                 rescued,
+                "job" if rescued == 1 else "jobs",
                 extra={"action": "rescue", "count": rescued},
             )
         return len(lapsed)
@@ -1296,9 +1297,18 @@ class Worker:
                 extra={"action": "drain"},
             )
         threads = {} if supervisor.done() else self._running_in_threads()
-        for job in list(self._jobs.values()):  # release what can be stopped, at once
-            if job.lease.job_id not in threads:
-                self._interrupt(job, _SHUTDOWN)
+        stopped = [job for job in self._jobs.values() if job.lease.job_id not in threads]
+        running = sum(1 for job in stopped if job.task is not None and not job.task.done())
+        if running and not supervisor.done():  # (a side task's stop said so above)
+            log.warning(
+                "releasing %d running %s past the grace period: queued again, the attempt "
+                "given back",
+                running,
+                "job" if running == 1 else "jobs",
+                extra={"action": "drain", "count": running},
+            )
+        for job in stopped:  # release what can be stopped, at once
+            self._interrupt(job, _SHUTDOWN)
         returned = await self._threads_return(threads, supervisor)
         for job_id in threads.keys() - returned:  # the wait ended early: a side task stopped
             if (still := self._jobs.get(job_id)) is not None:
