@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from offload import App, ConfigurationError, Message, Settings
 from offload.contract import JobFilter
@@ -223,6 +223,9 @@ def test_the_hosts_document_declares_its_problem_answers_as_problem_documents() 
     @api.get("/own", responses={404: {"description": "the host's own, in its own format"}})
     async def own() -> None: ...
 
+    @api.get("/page", response_class=HTMLResponse, responses=problem_responses(404))
+    async def page() -> str: ...
+
     answers = api.openapi()["paths"]["/exports"]["post"]["responses"]
     for status in ("401", "422", "503"):
         assert list(answers[status]["content"]) == ["application/problem+json"], status
@@ -231,6 +234,9 @@ def test_the_hosts_document_declares_its_problem_answers_as_problem_documents() 
     }
     assert "examples" in answers["503"]["content"]["application/problem+json"]
     assert list(answers["202"]["content"]) == ["application/json"]
+    html = api.openapi()["paths"]["/page"]["get"]["responses"]
+    assert list(html["404"]["content"]) == ["application/problem+json"]
+    assert list(html["200"]["content"]) == ["text/html"]
     assert api.openapi()["paths"]["/own"]["get"]["responses"]["404"] == {
         "description": "the host's own, in its own format"
     }

@@ -48,21 +48,33 @@ def storage_full(instance: str | None = None) -> Response:
     )
 
 
+def _as_problems(schema: dict[str, Any]) -> None:
+    """Every answer of `schema` whose body is the `Problem` model: under the problem media
+    type alone (with what the route's own media types held for it: examples)."""
+    operations = [op for item in schema.get("paths", {}).values() for op in item.values()]
+    for operation in operations:
+        if isinstance(operation, dict):  # (not a path's own `parameters`)
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if any(
+                    str(body.get("schema", {}).get("$ref", "")).endswith("/schemas/Problem")
+                    for body in content.values()
+                ):
+                    merged: dict[str, Any] = {}
+                    for body in content.values():
+                        merged.update(body)
+                    response["content"] = {PROBLEM_MEDIA_TYPE: merged}
+
+
 def _declared_as_problems(api: FastAPI) -> None:
     """`api`'s OpenAPI document with the answers of the `Problem` model (`problem_responses`)
-    under `application/problem+json`, where FastAPI puts them under `application/json`."""
+    under `application/problem+json`, where FastAPI puts them under the route's media type
+    (`application/json`, or `text/html` for an HTMLResponse route)."""
     make = api.openapi
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
-            schema = make()
-            for item in schema.get("paths", {}).values():
-                for operation in item.values():
-                    for response in operation.get("responses", {}).values():
-                        content = response.get("content", {})
-                        body = content.get("application/json", {})
-                        if body.get("schema", {}).get("$ref", "").endswith("/schemas/Problem"):
-                            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+            _as_problems(make())
         return api.openapi_schema or make()
 
     api.openapi = openapi  # type: ignore[method-assign]
