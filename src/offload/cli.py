@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import logging
@@ -511,13 +512,15 @@ def _run_worker(runner: Worker, main: Callable[[], Coroutine[Any, Any, None]]) -
     has stopped, end the process without waiting for them (`_exit_leaving_threads`)."""
     try:
         _run(main)
-    except Exception:
-        if runner.wedged:  # said in the log; a new process gets fresh threads
-            _exit_leaving_threads(runner, 1)
-        if runner.threads_running_on:
-            traceback.print_exc()
-            _exit_leaving_threads(runner, 1)
-        raise
+    except Exception as exc:
+        if not (runner.wedged or runner.threads_running_on):
+            raise
+        if not runner.wedged:  # (a wedged worker said why in its log)
+            if isinstance(exc, OffloadError):  # one line, as `_errors` shows it
+                _fail(" ".join(str(exc).split()), prefix="error: ")
+            else:
+                traceback.print_exc()
+        _exit_leaving_threads(runner, 1)
     if runner.threads_running_on:
         _exit_leaving_threads(runner, 0)
 
@@ -525,13 +528,15 @@ def _run_worker(runner: Worker, main: Callable[[], Coroutine[Any, Any, None]]) -
 def _exit_leaving_threads(runner: Worker, code: int) -> NoReturn:
     """End the process with `code` now, without waiting for the handlers' threads that run
     on past their attempts (an interpreter's exit would wait for them, maybe forever):
-    their jobs' outcomes are written, and no thread can be stopped otherwise."""
-    log.warning(
-        "exiting without waiting for %d handler threads that run on past their attempts",
-        runner.threads_running_on,
-        extra={"action": "worker_exit"},
-    )
-    logging.shutdown()  # flush every log handler
+    their jobs' outcomes are written, and no thread can be stopped otherwise. The exit
+    functions run first (`atexit`: a tracer's last export, the log handlers' flush)."""
+    if runner.threads_running_on:
+        log.warning(
+            "exiting without waiting for %d handler threads that run on past their attempts",
+            runner.threads_running_on,
+            extra={"action": "worker_exit"},
+        )
+    atexit._run_exitfuncs()  # what the interpreter's exit runs (logging.shutdown among them)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

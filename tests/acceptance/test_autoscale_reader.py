@@ -51,3 +51,25 @@ async def test_the_reader_sees_ready_jobs_and_counts_the_ended_ones(app: App) ->
         # ... and a paused queue holds nothing ready (no process could claim it)
         await app.pause("work")
         assert (await reader.read()).ready == 0
+
+
+async def test_jobs_given_back_for_another_worker_are_not_ready_while_they_wait_ahead(
+    app: App,
+) -> None:
+    app.message("as.tick", queue="work")(Tick)
+    app.message("as.unhandled", queue="work")(Other)
+
+    @app.handles(Tick)
+    async def tick(msg: Tick, ctx: Context) -> None:
+        pass
+
+    async with app:
+        reader = BacklogReader(app, ["work"])
+        # Given 3 jobs a worker gave back (no handler for their kind: due in 30 s)
+        await app.enqueue_many([Other(n=i) for i in range(3)])
+        await asyncio.wait_for(Worker(app, queues=["work"], exit_when_idle_s=0.2).run(), 30)
+        stats = (await app.stats())["work"]
+        assert (stats["queued"], stats["scheduled"], stats["awaiting_newer_worker"]) == (0, 3, 3)
+        # when 3 jobs it runs are ready, they are the backlog (it read none: 3 - 3)
+        await app.enqueue_many([Tick(n=i) for i in range(3)])
+        assert (await reader.read()).ready == 3

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +61,23 @@ async def test_plain_function_handlers_run_in_threads(
     assert record.state is JobState.SUCCEEDED and record.result == {"echo": "ABC"}
     assert record.progress == Progress(fraction=0.5, message="half way")
     assert seen and seen[0].startswith("offload-handler")
+
+
+async def test_plain_handlers_run_in_as_many_threads_as_slots(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.many")(Ping)
+    names: set[str] = set()
+
+    @app.handles(Ping)
+    def handle(msg: Ping, ctx: Context) -> None:
+        names.add(threading.current_thread().name)
+
+    await start_worker(concurrency=2)
+    jobs = await app.enqueue_many([Ping(text=str(n)) for n in range(300)])
+    for job in jobs:
+        assert (await finished(app, job.id)).state is JobState.SUCCEEDED
+    assert 1 <= len(names) <= 2, names  # (a pool of twice that grew to it under load)
 
 
 async def test_timeout_spends_attempts_then_dead(
@@ -211,7 +229,7 @@ async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a
         first = await app.enqueue(Ping())
         assert (await finished(app, first.id)).state is JobState.DEAD
         assert worker.threads_running_on == 1
-        # the next plain job runs on a spare thread (it waited for the held one, and ran
+        # the next plain job runs in a new thread (it waited for the held one, and ran
         # over its own timeout without ever starting),
         after = await app.enqueue(Other(text="after"))
         assert (await finished(app, after.id)).state is JobState.SUCCEEDED
@@ -224,12 +242,12 @@ async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a
             await asyncio.sleep(0.01)
 
 
-async def test_more_threads_running_on_than_spares_stop_the_worker(app: App) -> None:
+async def test_more_threads_running_on_than_slots_stop_the_worker(app: App) -> None:
     free, behind_ran = _thread_holder_and_one_behind(app)
     worker = Worker(app, concurrency=1, prefetch=0)
     run = asyncio.create_task(worker.run())
     try:
-        # Given one slot (one spare thread), when two handlers' threads run on past their
+        # Given one slot, when two handlers' threads run on past their
         # attempts,
         for _ in range(2):
             job = await app.enqueue(Ping())
@@ -469,3 +487,43 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
         finally:
             rescuer.request_stop()
             await asyncio.wait_for(task, 30)
+
+
+async def test_jobs_given_back_for_another_worker_are_no_work_for_idle_or_max_jobs(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of a kind this worker has no handler for comes back every NEWER_VERSION_DELAY_S
+    (30 s; 0.2 s here): each claim of it kept an idle worker from ever exiting, and counted
+    as one of its max_jobs, the job it then ran not."""
+    monkeypatch.setattr("offload.worker.runner.NEWER_VERSION_DELAY_S", 0.2)
+    app.message("t.unhandled")(Other)
+    app.message("t.handled")(Ping)
+    ran: list[str] = []
+
+    @app.handles(Ping)
+    async def handled(msg: Ping, ctx: Context) -> None:
+        ran.append(ctx.job_id)
+
+    unhandled = await app.enqueue(Other())
+    worker = Worker(app, exit_when_idle_s=1.0, prefetch=0, idle_poll_s=0.05)
+    await asyncio.wait_for(worker.run(), 15)  # it never stopped
+    assert (await app.status(unhandled.id))["state"] == "queued"
+    handled_job = await app.enqueue(Ping())
+    await asyncio.wait_for(Worker(app, max_jobs=1, prefetch=0, concurrency=1).run(), 15)
+    assert ran == [handled_job.id]  # the give-back first, then the one it runs
+    await app.close()
+
+
+def test_a_worker_without_its_claim_loop_is_not_stopped_by_threads_running_on(app: App) -> None:
+    """offload.serverless runs handlers through a Worker whose claim loop never runs: its
+    threads running on get new pools, and no stop is asked that nothing would read."""
+    app.message("t.serverless")(Ping)
+    app.handles(Ping)(lambda msg, ctx: None)
+    worker = Worker(app, concurrency=1)
+    running_on = [Future[Any]() for _ in range(3)]  # calls that never end
+    for n, call in enumerate(running_on):
+        worker._runs_on(f"job-{n}", call)
+    assert worker.threads_running_on == 3 and not worker.wedged
+    for call in running_on:
+        call.set_result(None)
+    assert worker.threads_running_on == 0

@@ -164,7 +164,8 @@ def test_a_worker_whose_plain_handler_runs_on_past_its_attempt_still_exits(stack
     # for it forever once it said "worker stopped").
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, stack.output()
-    # A worker with more such threads than spare ones (one per slot) stops by itself,
+    assert str(worker.pid) in stack.log_lines("exits.log")  # its exit functions ran
+    # A worker with more such threads than slots stops by itself,
     # exit 1, for its supervisor to start it again with fresh threads.
     worker = stack.start_worker("--concurrency", "1", "--queues", "stuck")
     stuck_job_dies()

@@ -70,7 +70,12 @@ class BacklogReader:
         for queue in self.stats.values():
             if queue.get("paused"):
                 continue  # no worker may claim them: more processes would not help
-            waiting = int(queue["queued"]) - int(queue.get("awaiting_newer_worker", 0))
+            # Jobs given back for another worker are no work for this one; given back they
+            # wait ahead (`scheduled`) until they are due, so at most those beyond the
+            # scheduled ones are ready (it took them all from the ready ones).
+            given_back = int(queue.get("awaiting_newer_worker", 0))
+            due = max(0, given_back - int(queue.get("scheduled", 0)))
+            waiting = int(queue["queued"]) - due
             if waiting > 0:
                 ready += waiting
                 oldest = max(oldest, float(queue["oldest_age_s"]))

@@ -243,15 +243,13 @@ class Worker:
         self._flushed = asyncio.Event()
         self._flushed.set()
         self._slot_free = asyncio.Event()
-        # As many threads again as slots: spares for the plain handlers that run on past
-        # their attempt (a thread cannot be stopped), whose slots are free again at once.
-        self._threads = ThreadPoolExecutor(2 * concurrency, thread_name_prefix="offload-handler")
+        self._threads = self._pool()
         #: The jobs whose plain (`def`) handler runs in a thread of `_threads`: its call.
         self._in_threads: dict[str, tuple[asyncio.Future[Any], _ThreadRun]] = {}
         #: The pool's calls that ran on past their attempt (its timeout, a cancel), which
         #: may still run: `threads_running_on`.
         self._ran_on: list[Future[Any]] = []
-        #: Whether the worker stopped because more threads ran on than it has spares.
+        #: Whether the worker stopped because more threads ran on than it has slots.
         self.wedged = False
         #: The side tasks by name; when each last failed (loop time).
         self._side: dict[str, asyncio.Task[None]] = {}
@@ -313,7 +311,7 @@ class Worker:
         Raises:
             RuntimeError: a side task stopped for good (the worker stopped at once, its
                 running jobs released); chained to the side task's error. Or more plain
-                handlers' threads ran on past their attempts than it has spares (`wedged`:
+                handlers' threads ran on past their attempts than it has slots (`wedged`:
                 it stopped as on `request_stop`); a process should then end without
                 waiting for them (`threads_running_on`), as `offload worker` does.
         """
@@ -344,7 +342,7 @@ class Worker:
                 name, cause = self._failure
                 raise RuntimeError(f"worker side task {name} stopped") from cause
             if self.wedged:
-                raise RuntimeError("more handler threads ran on past their attempts than spare")
+                raise RuntimeError("more handler threads ran on past their attempts than slots")
         finally:
             try:
                 unwatch()
@@ -385,7 +383,7 @@ class Worker:
                         continue
                 drained = False
                 if not leases:
-                    wait_s = self._idle_wait(bool(self._busy or self._line))
+                    wait_s = self._idle_wait(self._working())
                     if wait_s is None:
                         break  # idle for --exit-when-idle
                     # Asked at each wait: the gate turns gated when limits appear meanwhile.
@@ -398,8 +396,9 @@ class Worker:
                     if leases is None:
                         continue
                     drained = 0 < len(leases) < limit
-                if leases:
+                if any(self._will_run(lease) for lease in leases):  # (not only give-backs)
                     self._idle_since = None
+                if leases:
                     # The jobs just started reach their handlers before the next claim's
                     # request is built and sent (a claim's CPU, not its round trip, would
                     # otherwise come first: about 0.3 ms of pickup, bench/pickup_stages.py).
@@ -466,6 +465,12 @@ class Worker:
             extra={"action": "max_jobs", "worker": self.id},
         )
         return True
+
+    def _working(self) -> bool:
+        """Whether a job runs or is held that this worker runs (not one it gives back)."""
+        if self.exit_when_idle_s is None:
+            return bool(self._busy or self._line)  # (not asked)
+        return any(self._will_run(job.lease) for job in self._jobs.values())
 
     def _idle_wait(self, working: bool) -> float | None:
         """After a claim that found nothing: how long to wait for work, or None to stop
@@ -595,7 +600,7 @@ class Worker:
         job.began = loop.time()
         env = job.lease.envelope
         self.app.metrics.started(env.queue, self.app.clock.now() - max(env.enqueued_at, env.run_at))
-        self.begun += 1
+        self.begun += self._will_run(job.lease)  # a job given back unspent is none of max_jobs
         self._busy += 1
         self._idle.clear()
         job.task.add_done_callback(functools.partial(self._finished, job))
@@ -793,25 +798,31 @@ class Worker:
         self._ran_on = [call for call in self._ran_on if not call.done()]
         return len(self._ran_on)
 
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.concurrency, thread_name_prefix="offload-handler")
+
     def _runs_on(self, job_id: str, in_pool: Future[Any]) -> None:
-        """A plain handler's thread runs on past its attempt (`ctx.cancelled` is set): one
-        of the pool's spares takes its place. Once more run on than there are spares (as
-        many as slots), a handler's next call could wait for a thread that never comes:
+        """A plain handler's thread runs on past its attempt (`ctx.cancelled` is set): the
+        next calls go to a new pool, so that its slot has a thread again, and the old pool
+        ends each of its threads as it returns. Once more run on than there are slots,
         the worker stops, for a new process with fresh threads."""
         self._ran_on.append(in_pool)
+        retired, self._threads = self._threads, self._pool()
+        retired.shutdown(wait=False)  # its calls under way go on; its idle threads end
         count = self.threads_running_on
         log.warning(
             "job %s: its handler's thread runs on past its attempt (a thread cannot be "
-            "stopped; ctx.cancelled is set): %d such threads, %d spare",
+            "stopped; ctx.cancelled is set): %d such threads of %d at most",
             job_id,
             count,
             self.concurrency,
             extra={"action": "thread_runs_on", "job_id": job_id, "count": count},
         )
-        if count > self.concurrency and not self._stop.is_set():
+        # (a worker that runs no claim loop, as `offload.serverless` uses it, has no stop)
+        if count > self.concurrency and self.started.is_set() and not self._stop.is_set():
             self.wedged = True
             log.error(
-                "%d handler threads run on past their attempts, more than the %d spare: the "
+                "%d handler threads run on past their attempts, more than its %d slots: the "
                 "worker stops, to be started again with fresh threads",
                 count,
                 self.concurrency,
@@ -1223,6 +1234,12 @@ class Worker:
 
     def _spec_of(self, kind: str) -> HandlerSpec | None:
         return self.app.handlers.get(kind) or self.builtin.get(kind)
+
+    def _will_run(self, lease: Lease) -> bool:
+        """Whether this worker runs the job, rather than give it back unspent for another
+        (`_unhandled`, `_newer`): a handler for its kind, at its version or newer."""
+        spec = self._spec_of(lease.envelope.kind)
+        return spec is not None and lease.envelope.version <= spec.message.version
 
     # -- shutdown ---------------------------------------------------------------------------
 

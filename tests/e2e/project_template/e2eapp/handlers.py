@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import sys
 import time
@@ -21,6 +22,10 @@ with open(LOG / "imports.log", "a") as _f:
 def _record(name: str, line: str) -> None:
     with open(LOG / name, "a") as f:  # O_APPEND: one short write per line is atomic
         f.write(line + "\n")
+
+
+# What a process's exit functions see (a tracer's last export would run so): whether they ran.
+atexit.register(_record, "exits.log", str(os.getpid()))
 
 
 @app.handles(Export)
