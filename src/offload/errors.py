@@ -137,3 +137,13 @@ class Cancel(HandlerSignal):
     def __init__(self, reason: str = "cancelled by handler") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _ForAnotherWorker(HandlerSignal):
+    """Give this job back unspent, for a worker whose code can run it (offload's own use:
+    a Django task this worker's code lacks); the job waits as one given back for its
+    version does. `reason` says what it waits for."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

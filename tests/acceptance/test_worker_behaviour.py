@@ -25,7 +25,9 @@ from offload import (
     Retry,
     Settings,
 )
+from offload.brokers.base import NEWER_VERSION
 from offload.contract import Lease
+from offload.errors import _ForAnotherWorker
 from offload.status import Progress
 from offload.worker.runner import Worker
 
@@ -527,3 +529,24 @@ def test_a_worker_without_its_claim_loop_is_not_stopped_by_threads_running_on(ap
     for call in running_on:
         call.set_result(None)
     assert worker.threads_running_on == 0
+
+
+async def test_a_handler_may_give_its_job_back_unspent_for_another_worker(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    """What the Django worker does with a task its code lacks (offload's own signal)."""
+    app.message("t.elsewhere", max_attempts=1)(Ping)
+
+    @app.handles(Ping)
+    def elsewhere(msg: Ping, ctx: Context) -> None:
+        raise _ForAnotherWorker("t.elsewhere waits for a worker that has its task")
+
+    await start_worker()
+    job = await app.enqueue(Ping())
+    async with asyncio.timeout(15):
+        while (await app.status(job.id))["error"] is None:  # noqa: ASYNC110 (a stored error)
+            await asyncio.sleep(0.01)
+    record = await app.status(job.id)
+    assert (record["state"], record["attempt"]) == ("queued", 0)  # not spent: not dead
+    assert record["error"]["type"] == NEWER_VERSION
+    assert record["error"]["message"].startswith("t.elsewhere waits for a worker that has its")

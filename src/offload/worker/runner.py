@@ -29,7 +29,14 @@ from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
 from ..contract import Extension, JobState, Lease, Message, Outcome, WorkerInfo
-from ..errors import BackendError, Cancel, ConfigurationError, Retry, UpgradeError
+from ..errors import (
+    BackendError,
+    Cancel,
+    ConfigurationError,
+    Retry,
+    UpgradeError,
+    _ForAnotherWorker,
+)
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
@@ -758,6 +765,15 @@ class Worker:
             )
         except Retry as signal:
             return self._failed(lease, spec, signal, delay=signal.delay)
+        except _ForAnotherWorker as signal:
+            log.warning(
+                "job %s: %s: given back unspent (claimable again in %gs)",
+                env.id,
+                signal.reason,
+                NEWER_VERSION_DELAY_S,
+                extra={"action": "unhandled_kind", "job_id": env.id, "kind": env.kind},
+            )
+            return self._given_back(lease, f"{signal.reason} (worker {self.id})")
         except Cancel as signal:
             return Outcome(
                 lease=lease,

@@ -19,7 +19,7 @@ from django.utils.json import normalize_json
 
 from ...app import App
 from ...context import Context
-from ...errors import ConfigurationError, Retry
+from ...errors import ConfigurationError, _ForAnotherWorker
 from ._logging import print_once
 from .backend import OffloadBackend
 from .calls import TaskCall, kind_of
@@ -62,16 +62,14 @@ def _known(path: str) -> Task:
     """The task `path` names in this worker's code.
 
     Raises:
-        Retry: none does (a task deployed to the web tier before this worker, or removed):
-            retried with the kind's backoff while attempts remain (OPTIONS max_attempts),
-            so a worker that knows the task can run it; the last attempt fails it.
+        _ForAnotherWorker: none does (a task deployed to the web tier before this worker,
+            or removed): the job is given back unspent, for a worker that knows the task.
     """
     try:
         return task_of(path)
     except TaskResultDoesNotExist:
-        raise Retry(
-            reason=f"{path} is not a task in this worker's code (deploy workers before the web "
-            "tier; with max_attempts above 1 it waits for one that knows it)"
+        raise _ForAnotherWorker(
+            f"{path} waits for a worker whose code has that task (this one's has not)"
         ) from None
 
 
