@@ -489,7 +489,7 @@ def worker(
 
         async def main() -> None:
             await _check_blobs(offload_app)
-            _stop_on_signals(runner.request_stop)
+            _stop_on_signals(_asked_twice(runner))
             freeze_start_up()
             if ready_fd is None:
                 await runner.run()
@@ -505,6 +505,19 @@ def worker(
             _run_worker(runner, main)
         finally:
             stop_metrics()
+
+
+def _asked_twice(runner: Worker) -> Callable[[], None]:
+    """What a signal to stop does to a worker: the first stops it gracefully, and another
+    ends the grace period at once (its running jobs are released)."""
+    asked = False
+
+    def stop() -> None:
+        nonlocal asked
+        runner.request_stop(now=asked)
+        asked = True
+
+    return stop
 
 
 def _run_worker(runner: Worker, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -678,9 +691,11 @@ def dev(
         runner = Worker(offload_app, concurrency=concurrency)
 
         async def main() -> None:
+            stop_worker = _asked_twice(runner)
+
             def stop() -> None:
                 server.should_exit = True
-                runner.request_stop()
+                stop_worker()
 
             async with offload_app:  # an unreachable backend: one line, before serving
                 await _check_blobs(offload_app)

@@ -192,7 +192,7 @@ async def test_past_the_grace_the_jobs_that_can_stop_are_released_while_a_thread
     # (said in the log: it said only that it waited, then that it had stopped)
     said = [r.getMessage() for r in caplog.records if r.name == "offload.worker"]
     assert (
-        "releasing 1 running job past the grace period: queued again, the attempt given back"
+        "releasing 1 running job (the grace period is over): queued again, the attempt given back"
         in said
     )
     finish.set()
@@ -550,3 +550,30 @@ async def test_a_handler_may_give_its_job_back_unspent_for_another_worker(
     assert (record["state"], record["attempt"]) == ("queued", 0)  # not spent: not dead
     assert record["error"]["type"] == NEWER_VERSION
     assert record["error"]["message"].startswith("t.elsewhere waits for a worker that has its")
+
+
+async def test_asked_to_stop_again_a_worker_releases_its_running_jobs_at_once(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.message("t.long")(Ping)
+    began = asyncio.Event()
+
+    @app.handles(Ping)
+    async def long(msg: Ping, ctx: Context) -> None:
+        began.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    worker = Worker(app, grace_s=600)  # a grace longer than the test could wait
+    run = asyncio.create_task(worker.run())
+    job = await app.enqueue(Ping())
+    await asyncio.wait_for(began.wait(), 15)
+    worker.request_stop()  # SIGTERM: the job may finish within the grace period
+    await asyncio.sleep(0)
+    assert not run.done()
+    worker.request_stop(now=True)  # a second one: released now
+    await asyncio.wait_for(run, 15)
+    record = await app.status(job.id)
+    assert (record["state"], record["attempt"]) == ("queued", 0)
+    said = [r.getMessage() for r in caplog.records if r.name == "offload.worker"]
+    assert any(line.startswith("asked to stop again") for line in said)
+    await app.close()

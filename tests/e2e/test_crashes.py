@@ -172,3 +172,24 @@ def test_a_worker_whose_plain_handler_runs_on_past_its_attempt_still_exits(stack
     stuck_job_dies()
     assert worker.wait(timeout=30) == 1, stack.output()
     assert "handler threads run on past their attempts" in stack.output()
+
+
+def test_a_second_signal_ends_the_grace_period(stack: Stack) -> None:
+    stack.start_web()
+    alice = stack.client()
+    worker = stack.start_worker("--grace", "600", "--queues", "slow")
+    job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 60}).json()["id"]
+    wait_for(
+        lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
+        20,
+        "the job to start",
+        stack,
+    )
+    # Given a worker asked to stop while its job has a minute to go (in ten of grace),
+    worker.send_signal(signal.SIGINT)
+    wait_for(lambda: "waiting up to" in stack.output(), 20, "the grace period", stack)
+    # when it is asked again (Ctrl+C twice), it releases the job at once and exits 0.
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=30) == 0, stack.output()
+    record = alice.get(f"/v1/jobs/{job_id}").json()
+    assert (record["state"], record["attempt"]) == ("queued", 0)

@@ -232,6 +232,7 @@ class Worker:
         self.record_every_s = self.heartbeat_s
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = asyncio.Event()
+        self._stop_now = asyncio.Event()
         #: Every job whose lease this worker holds (and beats), by job id.
         self._jobs: dict[str, _Job] = {}
         #: The jobs claimed ahead, in line for a free slot.
@@ -296,9 +297,18 @@ class Worker:
                 kinds[kind] = runnable_versions(handler.message.version, steps)
         return kinds
 
-    def request_stop(self) -> None:
-        """Stop claiming; running jobs get `grace_s` to finish (thread-safe via the loop)."""
+    def request_stop(self, *, now: bool = False) -> None:
+        """Stop claiming; running jobs get `grace_s` to finish, or with `now` none: they are
+        released at once (a second SIGTERM or SIGINT asks so)."""
+        if now and self._stop.is_set() and not self._stop_now.is_set():
+            log.warning(
+                "asked to stop again: releasing the running jobs now, without the rest of the "
+                "grace period",
+                extra={"action": "drain"},
+            )
         self._stop.set()
+        if now:
+            self._stop_now.set()
 
     @property
     def running(self) -> int:
@@ -1319,10 +1329,12 @@ class Worker:
                 extra={"action": "drain"},
             )
             idle = asyncio.create_task(self._idle.wait())
+            now = asyncio.create_task(self._stop_now.wait())
             await asyncio.wait(
-                {idle, supervisor}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+                {idle, now, supervisor}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
             )
             idle.cancel()
+            now.cancel()
         elif self._busy:
             log.warning(
                 "releasing %d running jobs at once: a side task stopped",
@@ -1334,8 +1346,8 @@ class Worker:
         running = sum(1 for job in stopped if job.task is not None and not job.task.done())
         if running and not supervisor.done():  # (a side task's stop said so above)
             log.warning(
-                "releasing %d running %s past the grace period: queued again, the attempt "
-                "given back",
+                "releasing %d running %s (the grace period is over): queued again, the "
+                "attempt given back",
                 running,
                 "job" if running == 1 else "jobs",
                 extra={"action": "drain", "count": running},
