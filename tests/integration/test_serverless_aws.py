@@ -336,10 +336,53 @@ def test_the_relay_sends_a_message_whose_send_was_lost_after_the_commit(stack: S
     finally:
         relay.loop.run_until_complete(relay.close())
     # Then the message is sent, and the job runs
-    assert relayed == {"rescued": 0, "relayed": 1}
+    assert relayed == {"rescued": 0, "relayed": 1, "resent": 0}
     status = stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
     assert status["result"] == {"greeting": "hello lost"}
     assert stack.run(broker.relay(older_than_s=0)) == 0  # the outbox is empty
+    stack.run(stack.app.close())
+
+
+def test_a_message_whose_job_id_is_no_id_is_acknowledged(stack: Stack) -> None:
+    # (it failed the batch item at every delivery: PostgreSQL refused "nope" as a uuid)
+    for job in ("nope", 7, ""):
+        stack.sqs.send_message(
+            QueueUrl=stack.queue_url, MessageBody=orjson.dumps({"v": 1, "job": job}).decode()
+        )
+    while (result := stack.deliver()) is not None:
+        assert result == {"batchItemFailures": []}
+    assert stack.depth() == 0 and stack.ran == []
+
+
+def test_the_relay_sends_again_the_message_of_a_job_whose_message_was_lost(
+    stack: Stack,
+) -> None:
+    stack.run(stack.app.open())
+    broker: Any = stack.app._require_backend()
+    code, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "stranded"})
+    assert code == 202, body
+    job_id = body["id"]
+    before = stack.status(job_id)["run_at"]
+    # Given its message gone (a dead-letter queue took it: no function could run it)
+    got = stack.sqs.receive_message(QueueUrl=stack.queue_url, WaitTimeSeconds=1)
+    for m in got["Messages"]:
+        stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    assert stack.depth() == 0 and stack.status(job_id)["state"] == "queued"
+    # When the scheduled relay runs, the job having waited ready longer than resend_after
+    relay = relay_handler(stack.app)
+    try:
+        broker.resend_after_s = 3600.0
+        assert relay({}, LambdaContext(30))["resent"] == 0  # not long enough yet
+        broker.resend_after_s = 0.0
+        assert relay({}, LambdaContext(30)) == {"rescued": 0, "relayed": 0, "resent": 1}
+        broker.resend_after_s = 3600.0
+        assert relay({}, LambdaContext(30))["resent"] == 0  # once per resend_after at most
+    finally:
+        relay.loop.run_until_complete(relay.close())
+    # Then its message is sent again (its run_at moved to then), and it runs
+    assert stack.status(job_id)["run_at"] > before
+    status = stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
+    assert status["result"] == {"greeting": "hello stranded"}
     stack.run(stack.app.close())
 
 

@@ -42,6 +42,10 @@ Q = queries(__package__)
 DEFAULT_RELAY_AGE_S = 5.0
 #: Seconds between two relay passes of an open broker (0: only when called).
 DEFAULT_RELAY_EVERY_S = 5.0
+#: Seconds a job waits ready, its message not taken, before the scheduled relay sends its
+#: message again (it was lost: a dead-letter queue took it after deliveries no function could
+#: run, or SQS lost it).
+DEFAULT_RESEND_AFTER_S = 900.0
 #: Rows one relay pass reads at most per transaction.
 RELAY_BATCH = 100
 #: SQS's longest message delay (seconds): a job due later is sent early and sent again.
@@ -52,7 +56,7 @@ SEND_BATCH = 10
 SEND_CONCURRENCY = 8
 #: The version of the message body ({"v", "job", "queue"}).
 BODY_VERSION = 1
-_OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every"}
+_OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every", "resend_after"}
 _STORE = re.compile(r"(?:^|&)store=(.*)$", re.S)
 
 
@@ -122,6 +126,7 @@ class SQSBackend:
         region: str | None = None,
         relay_age_s: float = DEFAULT_RELAY_AGE_S,
         relay_every_s: float = DEFAULT_RELAY_EVERY_S,
+        resend_after_s: float = DEFAULT_RESEND_AFTER_S,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -129,6 +134,7 @@ class SQSBackend:
         self.region = region
         self.relay_age_s = relay_age_s
         self.relay_every_s = relay_every_s
+        self.resend_after_s = resend_after_s
         self.queue_url: str | None = None
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -158,6 +164,7 @@ class SQSBackend:
             region=options.get("region"),
             relay_age_s=float(options.get("relay_age", DEFAULT_RELAY_AGE_S)),
             relay_every_s=float(options.get("relay_every", DEFAULT_RELAY_EVERY_S)),
+            resend_after_s=float(options.get("resend_after", DEFAULT_RESEND_AFTER_S)),
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -284,6 +291,26 @@ class SQSBackend:
             sent += count
             if count < RELAY_BATCH:
                 return sent
+
+    async def resend_stale(self, *, older_than_s: float | None = None) -> int:
+        """Send again the message of each job that has waited ready, in a queue not paused
+        and with no outbox row, longer than `older_than_s` (default `resend_after_s`): its
+        message was lost (a dead-letter queue took it after deliveries that no function
+        could run, or SQS lost it), and nothing else would send one. Its `run_at` moves to
+        now, so it is sent again once per that age at most; a message that was not lost
+        but waits behind a backlog then arrives twice, and the fenced claim runs it once.
+        At most `RELAY_BATCH` jobs a call, the longest waiting first. Returns how many."""
+        age = self.resend_after_s if older_than_s is None else older_than_s
+        params = {"age": age, "limit": RELAY_BATCH, "now": self.store._now()}
+        sent = await self._take_and_send(Q["resend_stale"], params)
+        if sent:
+            log.warning(
+                "sent again the messages of %d jobs that waited ready over %gs (lost messages)",
+                sent,
+                age,
+                extra={"action": "sqs_resend", "count": sent},
+            )
+        return sent
 
     async def _relay_loop(self) -> None:
         while True:

@@ -17,6 +17,21 @@ DELETE FROM offload_outbox WHERE id IN (
     ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING id, job_id::text, queue, extract(epoch FROM run_at)::float8
 
+-- name: resend_stale
+-- Jobs that have waited ready longer than `age` seconds, in a queue not paused (whose
+-- messages come back on their own), with no outbox row: their message was lost. Their
+-- run_at moves to now in the caller's transaction (it commits after the send), so each is
+-- sent again once per `age` at most. No change of state: no outbox row, no feed entry.
+UPDATE offload_jobs j SET run_at = coalesce(%(now)s, now())
+WHERE j.id IN (
+    SELECT k.id FROM offload_jobs k
+    WHERE k.state IN ('queued', 'retrying')
+        AND k.run_at < coalesce(%(now)s, now()) - make_interval(secs => %(age)s)
+        AND NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = k.queue)
+        AND NOT EXISTS (SELECT 1 FROM offload_outbox o WHERE o.job_id = k.id)
+    ORDER BY k.run_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING 0, j.id::text, j.queue, extract(epoch FROM j.run_at)::float8
+
 -- name: claim_job
 -- `claim` (postgres/queries.sql) of one job named by its message: only while it waits, is
 -- due and its queue is not paused; one attempt spent, a fresh token. The SELECT list is

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -107,7 +108,7 @@ class SQSConsumer:
     ) -> bool:
         """One message: True to acknowledge it (its job settled, or nothing to run)."""
         try:
-            job_id = str(orjson.loads(record["body"])["job"])
+            job_id = str(uuid.UUID(str(orjson.loads(record["body"])["job"])))
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
             log.warning("not an offload message: acknowledged", extra={"action": "sqs_poison"})
             return True
@@ -209,18 +210,22 @@ class RelayFunction(SQSConsumer):
     """The scheduled sweep as a Lambda handler (see `relay_handler`)."""
 
     def __call__(self, event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-        """`{"rescued": n, "relayed": m}`: jobs given back from dead functions, messages sent."""
+        """`{"rescued": n, "relayed": m, "resent": k}`: jobs given back from dead functions,
+        outbox rows sent, and messages sent again for jobs whose message was lost."""
         return self.loop.run_until_complete(self.sweep())
 
     async def sweep(self) -> dict[str, Any]:
         worker = await self.open()
         rescued = await worker.rescue_lapsed()
-        return {"rescued": rescued, "relayed": await self._broker().relay()}
+        broker = self._broker()
+        relayed = await broker.relay()
+        return {"rescued": rescued, "relayed": relayed, "resent": await broker.resend_stale()}
 
 
 def relay_handler(app: App) -> RelayFunction:
     """A Lambda handler for a schedule (EventBridge, every minute): rescue the jobs whose
-    function died mid-run and send the outbox rows whose send was lost (older than the
-    URL's `relay_age`). Deploy it with the worker's code (a rescue decides with the
+    function died mid-run, send the outbox rows whose send was lost (older than the URL's
+    `relay_age`), and send again the messages of jobs ready for longer than `resend_after`
+    (lost to a dead-letter queue). Deploy it with the worker's code (a rescue decides with the
     handlers' budgets)."""
     return RelayFunction(app)
