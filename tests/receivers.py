@@ -90,7 +90,8 @@ class Receiver:
 
 class MailSink:
     """An aiosmtpd SMTP server on 127.0.0.1 that keeps every message; `codes` scripts the
-    reply to each DATA (e.g. ["451 4.3.0 try later"] then 250 for the rest)."""
+    reply to each DATA (e.g. ["451 4.3.0 try later"] then 250 for the rest), and
+    `rcpt_codes` to each RCPT TO (a recipient refused) likewise."""
 
     def __init__(
         self, *codes: str, credentials: tuple[str, str] | None = None, port: int = 0
@@ -98,6 +99,7 @@ class MailSink:
         from aiosmtpd.controller import Controller
 
         self.codes = list(codes)
+        self.rcpt_codes: list[str] = []
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.logins: list[str] = []
@@ -126,6 +128,14 @@ class MailSink:
             return AuthResult(success=ok)
 
         return check
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.rcpt_codes:
+            return self.rcpt_codes.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.codes:

@@ -183,6 +183,21 @@ async def test_a_temporary_smtp_refusal_is_retried(
     assert len(sink.messages) == 1
 
 
+async def test_a_permanent_smtp_refusal_ends_refused_with_its_code(
+    app: App, start_worker: Callable[..., Any], sink: MailSink
+) -> None:
+    declare(app)
+    sink.rcpt_codes = ["550 5.1.1 no such mailbox"]
+    job = await app.enqueue(Report(user_id="ed"), notify_email="ed@example.com")
+    await start_worker()
+    async with asyncio.timeout(15):
+        while not (found := await deliveries_of(app, job.id)) or found[0]["state"] != "refused":  # noqa: ASYNC110 (a stored state)
+            await asyncio.sleep(0.02)
+    (refused,) = found
+    assert [a["code"] for a in refused["attempts"]] == [550]  # (it recorded none)
+    assert sink.messages == []
+
+
 async def test_one_job_can_ask_for_a_webhook_and_an_email(
     app: App, settings: Settings, start_worker: Callable[..., Any], sink: MailSink
 ) -> None:

@@ -184,8 +184,9 @@ class Dispatcher:
             with tracing.deliver(channel, shown, job_id=job_id, notification=nid) as span:
                 receipt = await notifier.deliver(notification)
                 tracing.delivered(span, channel, receipt.code)
-        except TargetRefused as exc:
-            await record("refused", error=str(exc), duration_s=time.monotonic() - started)
+        except TargetRefused as exc:  # (the receiver's code, where it answered: SMTP's 550)
+            elapsed = time.monotonic() - started
+            await record("refused", code=exc.code, error=str(exc), duration_s=elapsed)
             raise Cancel(f"{channel} target refused: {exc}") from None
         except Exception as exc:
             last = ctx.attempt >= ctx.max_attempts

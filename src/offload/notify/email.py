@@ -161,7 +161,9 @@ class EmailNotifier:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             if codes and all(500 <= code < 600 for code in codes):
-                raise TargetRefused(f"the mail server refused {notification.target}") from None
+                raise TargetRefused(
+                    f"the mail server refused {notification.target}: {exc}", code=codes[0]
+                ) from None
             code = codes[0] if codes else None
             raise DeliveryError(f"recipient refused: {exc}", code=code) from None
         except aiosmtplib.SMTPResponseException as exc:
