@@ -22,6 +22,7 @@ from .contract import (
 )
 from .errors import (
     BackendError,
+    BlobStoreError,
     Cancel,
     ConfigurationError,
     InvalidTransition,
@@ -42,6 +43,7 @@ __all__ = [
     "App",
     "BackendError",
     "Backoff",
+    "BlobStoreError",
     "Cancel",
     "ConfigurationError",
     "Context",

@@ -43,6 +43,11 @@ class SchemaError(BackendError):
     """The backend's schema is older (or newer) than this version of offload."""
 
 
+class BlobStoreError(BackendError):
+    """The blob store (S3, a folder) failed or cannot be reached: payloads over the claim
+    check's size and results' files wait for it; the job backend may be fine."""
+
+
 class StorageFull(BackendError):
     """The backend's storage is full: nothing more can be written until space is freed
     (what is already written is kept)."""

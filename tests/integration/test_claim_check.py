@@ -22,6 +22,7 @@ from offload.web import create_app
 from offload.worker.runner import Worker
 
 from ..moto_support import create_bucket, moto_endpoint, unique_bucket
+from ..ports import free_port
 from ..services import (
     PgSchema,
     drop_redis_prefix,
@@ -253,3 +254,26 @@ async def test_the_sweep_deletes_orphans_in_bounded_batches(
         assert await sweep(app, older_than_s=0, limit=1) == 1
         assert await sweep(app, older_than_s=0, limit=1) == 1
         assert await sweep(app, older_than_s=0) == 0
+
+
+async def test_a_blob_store_that_does_not_answer_is_named_by_the_503(tmp_path: Path) -> None:
+    # S3 down (nothing listens on its endpoint, a loopback port): a large payload cannot be
+    # checked in, so the request is refused and nothing is stored; the 503 names the blob
+    # store (it said the job backend was unavailable, which answered all along).
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=f"s3://bucket/offload?endpoint_url={dead}",
+        secret_key=b"test",
+    )
+    app = App("claim-check", settings=settings)
+    app.message("t.upload")(Upload)
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
+            refused = await web.post("/v1/jobs/t.upload", json={"name": "a", "text": "x" * BIG})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["detail"] == "the blob store is unavailable; try again shortly"
+            assert refused.json()["type"].endswith("/backend-unavailable")
+            assert await app.count_jobs(JobFilter()) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import BlobStoreError, ConfigurationError
 
 #: A result value that names a stored blob starts with this; the web tier signs it.
 BLOB_REF_PREFIX = "blob:"
@@ -104,7 +104,7 @@ async def probe_blobs(store: BlobStore, timeout_s: float) -> None:
     store of the user's own without a `probe` method is taken as it is).
 
     Raises:
-        BackendError: one line naming the store and what failed.
+        BlobStoreError: one line naming the store and what failed.
     """
     probe = getattr(store, "probe", None)
     if probe is None:
@@ -112,7 +112,7 @@ async def probe_blobs(store: BlobStore, timeout_s: float) -> None:
     try:
         await asyncio.wait_for(probe(timeout_s), timeout_s * 2)
     except TimeoutError:
-        raise BackendError(
+        raise BlobStoreError(
             f"blob store {describe_blobs(store)}: no answer within {timeout_s:g} s "
             "(OFFLOAD_CONNECT_TIMEOUT)"
         ) from None
@@ -132,7 +132,7 @@ class FileBlobStore:
         """Check that the folder exists (or can be made) and takes a file.
 
         Raises:
-            BackendError: it cannot be made or written, saying why.
+            BlobStoreError: it cannot be made or written, saying why.
         """
         await asyncio.to_thread(self._probe)
 
@@ -144,7 +144,7 @@ class FileBlobStore:
             probe.unlink()
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            raise BackendError(
+            raise BlobStoreError(
                 f"blob store folder {self.describe()} is not writable: {reason}"
             ) from None
 

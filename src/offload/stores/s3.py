@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import BlobStoreError, ConfigurationError
 from .blobs import BLOB_REF_PREFIX, StreamSource, check_key, chunks_of, content_type_of
 
 #: Size of one part of a multipart upload (bytes); a streamed source above it goes up in
@@ -173,7 +173,7 @@ class S3BlobStore:
         no retries: the bucket exists and these credentials may use it.
 
         Raises:
-            BackendError: one line naming the store and what failed.
+            BlobStoreError: one line naming the store and what failed.
         """
         from aiobotocore.config import AioConfig
         from botocore.exceptions import BotoCoreError, ClientError
@@ -194,9 +194,9 @@ class S3BlobStore:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code"))
             why = _HEAD_ERRORS.get(code, f"HeadBucket answered {code}")
-            raise BackendError(f"blob store {self.describe()}: {why}") from None
+            raise BlobStoreError(f"blob store {self.describe()}: {why}") from None
         except BotoCoreError as exc:
-            raise BackendError(f"blob store {self.describe()}: {exc}") from None
+            raise BlobStoreError(f"blob store {self.describe()}: {exc}") from None
 
     def _config(self) -> dict[str, Any]:
         loc = self.location
@@ -218,9 +218,9 @@ class S3BlobStore:
             except ClientError as exc:
                 if _is_missing(exc):
                     raise FileNotFoundError(str(exc)) from exc
-                raise BackendError(f"S3 {self.location.bucket}: {exc}") from exc
+                raise BlobStoreError(f"S3 {self.location.bucket}: {exc}") from exc
             except BotoCoreError as exc:
-                raise BackendError(f"S3 {self.location.bucket}: {exc}") from exc
+                raise BlobStoreError(f"S3 {self.location.bucket}: {exc}") from exc
 
     def path_of(self, key: str) -> Path | None:
         check_key(key)

@@ -10,7 +10,7 @@ import orjson
 from starlette import responses
 from starlette.exceptions import HTTPException
 
-from ..errors import BackendError
+from ..errors import BackendError, BlobStoreError
 
 log = logging.getLogger("offload.web")
 
@@ -117,9 +117,10 @@ def problem(
 def backend_unavailable(exc: BackendError) -> Problem:
     """The 503 problem of a backend that cannot be reached (its cause logged, not shown)."""
     log.error("backend error: %s", exc, extra={"action": "backend_error"})
+    which = "blob store" if isinstance(exc, BlobStoreError) else "job backend"
     return Problem(
         503,
-        "the job backend is unavailable; try again shortly",
+        f"the {which} is unavailable; try again shortly",
         slug="backend-unavailable",
         headers=BACKEND_RETRY_AFTER,
     )
