@@ -39,6 +39,8 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+#: Seconds `_close_at_exit` waits for the loop's tasks to end once cancelled.
+EXIT_WAIT_S = 5.0
 #: The loops `_close_at_exit` will close (kept, as atexit keeps them: one per thread).
 _closed_at_exit: list[asyncio.AbstractEventLoop] = []
 
@@ -53,13 +55,15 @@ def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
-    ended = loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    for failure in ended:
-        # SQLite's close needs thread pools the interpreter has shut down by now: the file
-        # is then closed by the exit itself, which its write-ahead log makes safe.
-        if isinstance(failure, Exception):
-            log.debug("closing at exit: %s", failure)
-    loop.run_until_complete(loop.shutdown_asyncgens())
+    if tasks:  # bounded: a task that never ends (a pool's connection attempt under way, seen
+        # to hang a script's exit for minutes) is left to the exit, which ends it anyway
+        ended, _ = loop.run_until_complete(asyncio.wait(tasks, timeout=EXIT_WAIT_S))
+        for task in ended:
+            # SQLite's close needs thread pools the interpreter has shut down by now: the
+            # file is then closed by the exit itself, which its write-ahead log makes safe.
+            if not task.cancelled() and isinstance(task.exception(), Exception):
+                log.debug("closing at exit: %s", task.exception())
+    loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), EXIT_WAIT_S))
     loop.close()
 
 
