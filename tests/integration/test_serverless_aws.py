@@ -448,3 +448,36 @@ def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> N
 
     # Then its connections write no outbox row (the triggers' WHEN reads a setting it lacks)
     assert asyncio.run(enqueue_and_count()) == 0
+
+
+def test_an_enqueue_while_sqs_is_down_waits_for_it_briefly_and_leaves_the_outbox_row(
+    schema: PgSchema, moto_endpoint: str, tmp_path: Path
+) -> None:
+    """The web function's request is not held by the SDK's retries (five tries with backoff,
+    10.8 s in a trial) while SQS does not answer: the outbox row holds the job, and the
+    relay sends it once SQS is back."""
+    from moto.server import ThreadedMotoServer
+
+    own = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # stopped below
+    own.start()
+    host, port = own.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_queue(QueueName="down")
+    url = f"sqs://down?endpoint_url={endpoint}&region=us-east-1&relay_every=0&store={schema.url}"
+    app = App("sls-down", settings=Settings(url=url, blobs_url=str(tmp_path / "blobs")))
+    app.message("sls.hello")(Hello)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(app.open())
+        own.stop()  # SQS goes away
+        began = time.monotonic()
+        job = loop.run_until_complete(app.enqueue(Hello(name="while down")))
+        took = time.monotonic() - began
+        assert job.created
+        broker: Any = app._require_backend()
+        assert loop.run_until_complete(broker.relay(older_than_s=0)) == 0  # still down: kept
+        assert took < 8, f"the enqueue waited {took:.1f} s for SQS"
+    finally:
+        loop.run_until_complete(app.close())
+        loop.close()

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunspl
 import aioboto3
 import orjson
 import psycopg
+from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ...clock import Clock
@@ -56,6 +57,12 @@ SEND_BATCH = 10
 SEND_CONCURRENCY = 8
 #: The version of the message body ({"v", "job", "queue"}).
 BODY_VERSION = 1
+#: How long a call to SQS may take before it fails (the outbox row then waits for the
+#: relay): the SDK's default, five tries with backoff and a minute to connect, held a web
+#: request 10.8 s while SQS did not answer.
+_SDK = AioConfig(
+    connect_timeout=2, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2}
+)
 _OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every", "resend_after"}
 _STORE = re.compile(r"(?:^|&)store=(.*)$", re.S)
 
@@ -188,7 +195,9 @@ class SQSBackend:
         try:
             session = aioboto3.Session()
             self._client = await stack.enter_async_context(
-                session.client("sqs", endpoint_url=self.endpoint_url, region_name=self.region)
+                session.client(
+                    "sqs", endpoint_url=self.endpoint_url, region_name=self.region, config=_SDK
+                )
             )
             answer = await self._client.get_queue_url(QueueName=self.queue)
             self.queue_url = answer["QueueUrl"]
