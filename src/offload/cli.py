@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from .worker.runner import Worker
 
 T = TypeVar("T")
+#: Seconds a worker leaving handlers' threads behind gives the exit functions (`atexit`).
+EXIT_FUNCTIONS_S = 5.0
 log = logging.getLogger("offload.worker")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
 DEFAULT_SHUTDOWN_GRACE_S = 5
@@ -549,7 +552,11 @@ def _exit_leaving_threads(runner: Worker, code: int) -> NoReturn:
             runner.threads_running_on,
             extra={"action": "worker_exit"},
         )
-    atexit._run_exitfuncs()  # what the interpreter's exit runs (logging.shutdown among them)
+    # What the interpreter's exit runs (logging.shutdown among them), within a bound: one
+    # may wait for what a handler left running too (multiprocessing joins its children).
+    exits = threading.Thread(target=atexit._run_exitfuncs, name="offload-exit", daemon=True)
+    exits.start()
+    exits.join(EXIT_FUNCTIONS_S)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

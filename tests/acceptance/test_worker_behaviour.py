@@ -491,14 +491,16 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
             await asyncio.wait_for(task, 30)
 
 
+@pytest.mark.parametrize("how", ["no handler", "the handler's signal"])
 async def test_jobs_given_back_for_another_worker_are_no_work_for_idle_or_max_jobs(
-    app: App, monkeypatch: pytest.MonkeyPatch
+    app: App, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """A job of a kind this worker has no handler for comes back every NEWER_VERSION_DELAY_S
+    """A job given back for another worker (no handler for its kind here; or a Django task
+    this worker's code lacks, its handler's signal) comes back every NEWER_VERSION_DELAY_S
     (30 s; 0.2 s here): each claim of it kept an idle worker from ever exiting, and counted
     as one of its max_jobs, the job it then ran not."""
     monkeypatch.setattr("offload.worker.runner.NEWER_VERSION_DELAY_S", 0.2)
-    app.message("t.unhandled")(Other)
+    app.message("t.elsewhere")(Other)
     app.message("t.handled")(Ping)
     ran: list[str] = []
 
@@ -506,10 +508,17 @@ async def test_jobs_given_back_for_another_worker_are_no_work_for_idle_or_max_jo
     async def handled(msg: Ping, ctx: Context) -> None:
         ran.append(ctx.job_id)
 
-    unhandled = await app.enqueue(Other())
+    if how == "the handler's signal":
+
+        @app.handles(Other)
+        async def elsewhere(msg: Other, ctx: Context) -> None:
+            raise _ForAnotherWorker("t.elsewhere waits for a worker that has its task")
+
+    given_back = await app.enqueue(Other())
     worker = Worker(app, exit_when_idle_s=1.0, prefetch=0, idle_poll_s=0.05)
     await asyncio.wait_for(worker.run(), 15)  # it never stopped
-    assert (await app.status(unhandled.id))["state"] == "queued"
+    assert (await app.status(given_back.id))["state"] == "queued"
+    assert (await app.status(given_back.id))["error"]["type"] == NEWER_VERSION
     handled_job = await app.enqueue(Ping())
     await asyncio.wait_for(Worker(app, max_jobs=1, prefetch=0, concurrency=1).run(), 15)
     assert ran == [handled_job.id]  # the give-back first, then the one it runs
@@ -577,3 +586,34 @@ async def test_asked_to_stop_again_a_worker_releases_its_running_jobs_at_once(
     said = [r.getMessage() for r in caplog.records if r.name == "offload.worker"]
     assert any(line.startswith("asked to stop again") for line in said)
     await app.close()
+
+
+async def test_asked_to_stop_again_a_plain_handlers_job_keeps_its_lease_to_lapse(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second stop does not wait for a thread (it waited until the handler returned,
+    Ctrl+C twice doing nothing); the job is not released either, as another worker would
+    run it while the thread runs on: its lease lapses, once the process has ended it."""
+    app.message("t.plain_long")(Ping)
+    started, free = threading.Event(), threading.Event()
+
+    @app.handles(Ping)
+    def long(msg: Ping, ctx: Context) -> None:
+        started.set()
+        free.wait(30)  # never looks at ctx.cancelled
+
+    worker = Worker(app, grace_s=600)
+    run = asyncio.create_task(worker.run())
+    try:
+        job = await app.enqueue(Ping())
+        assert await asyncio.to_thread(started.wait, 15)
+        worker.request_stop()
+        worker.request_stop(now=True)
+        await asyncio.wait_for(run, 15)
+        assert (await app.status(job.id))["state"] == "running"  # its lease left to lapse
+        assert worker.threads_running_on == 1
+        said = [r.getMessage() for r in caplog.records if r.name == "offload.worker"]
+        assert any(line.startswith("leaving 1 job whose plain handler") for line in said)
+    finally:
+        free.set()
+        await app.close()

@@ -139,6 +139,11 @@ class _ThreadRun:
             return self._abandoned
 
 
+def _for_another(outcome: Outcome) -> bool:
+    """Whether a run gave its job back unspent for another worker (`Worker._given_back`)."""
+    return bool(outcome.refund) and (outcome.error or {}).get("type") == NEWER_VERSION
+
+
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
     return {
         "type": type_name or type(exc).__name__,
@@ -224,8 +229,9 @@ class Worker:
         self.label = "worker" if slot is None else f"worker {slot} (pid {os.getpid()})"
         #: Jobs started (counted against `max_jobs`).
         self.begun = 0
-        #: Since when (loop time) no job ran, was held or was claimed; None while one was.
-        self._idle_since: float | None = None
+        #: When (loop time) the last run ended that was not a give-back for another worker,
+        #: or the claim loop first found nothing to do; `exit_when_idle_s` counts from it.
+        self._active_at: float | None = None
         self.heartbeat_s = min(DEFAULT_HEARTBEAT_S, self.lease_s / 3)
         #: Seconds between two records in the registry: every heartbeat, so one that stops
         #: shows as lost after three missed (`brokers.base.WORKER_LOST_AFTER_S`).
@@ -400,7 +406,7 @@ class Worker:
                         continue
                 drained = False
                 if not leases:
-                    wait_s = self._idle_wait(self._working())
+                    wait_s = self._idle_wait(bool(self._busy or self._line))
                     if wait_s is None:
                         break  # idle for --exit-when-idle
                     # Asked at each wait: the gate turns gated when limits appear meanwhile.
@@ -413,8 +419,6 @@ class Worker:
                     if leases is None:
                         continue
                     drained = 0 < len(leases) < limit
-                if any(self._will_run(lease) for lease in leases):  # (not only give-backs)
-                    self._idle_since = None
                 if leases:
                     # The jobs just started reach their handlers before the next claim's
                     # request is built and sent (a claim's CPU, not its round trip, would
@@ -483,22 +487,18 @@ class Worker:
         )
         return True
 
-    def _working(self) -> bool:
-        """Whether a job runs or is held that this worker runs (not one it gives back)."""
-        if self.exit_when_idle_s is None:
-            return bool(self._busy or self._line)  # (not asked)
-        return any(self._will_run(job.lease) for job in self._jobs.values())
-
     def _idle_wait(self, working: bool) -> float | None:
         """After a claim that found nothing: how long to wait for work, or None to stop
-        (nothing ran, was held or was found for `exit_when_idle_s`)."""
+        (for `exit_when_idle_s` no job ran or was held, but for jobs given back for
+        another worker: one no worker handles comes back every 30 s)."""
         if self.exit_when_idle_s is None:
             return self.idle_poll_s
         now = asyncio.get_running_loop().time()
-        if working or self._idle_since is None:
-            self._idle_since = None if working else now
+        if self._active_at is None:
+            self._active_at = now
+        if working:
             return self.idle_poll_s
-        left = self.exit_when_idle_s - (now - self._idle_since)
+        left = self.exit_when_idle_s - (now - self._active_at)
         if left <= 0:
             log.info(
                 "no job for %gs (exit_when_idle): stopping",
@@ -617,7 +617,7 @@ class Worker:
         job.began = loop.time()
         env = job.lease.envelope
         self.app.metrics.started(env.queue, self.app.clock.now() - max(env.enqueued_at, env.run_at))
-        self.begun += self._will_run(job.lease)  # a job given back unspent is none of max_jobs
+        self.begun += 1
         self._busy += 1
         self._idle.clear()
         job.task.add_done_callback(functools.partial(self._finished, job))
@@ -633,6 +633,10 @@ class Worker:
             # Cancelled before its first step, `_execute` never saw the cancellation: report
             # what it would have (released, cancelled, or nothing for a lost lease).
             outcome = self._interrupted(job) if task.cancelled() else task.result()
+            if outcome is not None and _for_another(outcome):
+                self.begun -= 1  # none of max_jobs, and no activity for exit_when_idle
+            else:
+                self._active_at = task.get_loop().time()
             if outcome is not None:
                 self._count(outcome)
                 self._report(job, outcome)
@@ -1261,12 +1265,6 @@ class Worker:
     def _spec_of(self, kind: str) -> HandlerSpec | None:
         return self.app.handlers.get(kind) or self.builtin.get(kind)
 
-    def _will_run(self, lease: Lease) -> bool:
-        """Whether this worker runs the job, rather than give it back unspent for another
-        (`_unhandled`, `_newer`): a handler for its kind, at its version or newer."""
-        spec = self._spec_of(lease.envelope.kind)
-        return spec is not None and lease.envelope.version <= spec.message.version
-
     # -- shutdown ---------------------------------------------------------------------------
 
     def _running_in_threads(self) -> dict[str, asyncio.Future[Any]]:
@@ -1290,7 +1288,8 @@ class Worker:
         leases, `ctx.cancelled` tells the handlers to stop, and their outcomes are recorded
         as they return. A process killed meanwhile leaves the leases to lapse: the jobs are
         rescued and run again. Only a side task stopping for good (the leases beat no more)
-        ends the wait; what still runs is then released.
+        ends the wait, and a second stop (`request_stop(now=True)`): `_shutdown` says then
+        what becomes of what still runs.
         """
         if not calls:  # (the caller passes none once the supervisor stopped)
             return set()
@@ -1305,12 +1304,35 @@ class Worker:
             extra={"action": "drain", "count": len(calls)},
         )
         running = set(calls.values())
-        while running and not supervisor.done():
-            _, running = await asyncio.wait(
-                {*running, supervisor}, return_when=asyncio.FIRST_COMPLETED
-            )
-            running.discard(supervisor)
+        now = asyncio.ensure_future(self._stop_now.wait())
+        try:
+            while running and not (supervisor.done() or now.done()):
+                _, running = await asyncio.wait(
+                    {*running, supervisor, now}, return_when=asyncio.FIRST_COMPLETED
+                )
+                running -= {supervisor, now}
+        finally:
+            now.cancel()
         return {job_id for job_id, call in calls.items() if call.done()}
+
+    def _threads_left(self, left: set[str], supervisor: asyncio.Task[None]) -> None:
+        """The jobs whose plain handler still runs once `_threads_return` stopped waiting:
+        a side task stopped (released: their leases beat no more), or a second stop (they
+        keep their leases, left to lapse: the process's end ends their threads, and the
+        rescuer runs the jobs again)."""
+        lapse = bool(left) and self._stop_now.is_set() and not supervisor.done()
+        if lapse:
+            log.warning(
+                "leaving %d %s whose plain handler still runs in a thread: the %s lapse, and "
+                "the rescuer runs them again",
+                len(left),
+                "job" if len(left) == 1 else "jobs",
+                "lease" if len(left) == 1 else "leases",
+                extra={"action": "drain", "count": len(left)},
+            )
+        for job_id in left:
+            if (still := self._jobs.get(job_id)) is not None:
+                self._interrupt(still, _LOST if lapse else _SHUTDOWN)
 
     async def _shutdown(self, supervisor: asyncio.Task[None]) -> None:
         """Finish running jobs within the grace period, release the rest, flush outcomes.
@@ -1355,9 +1377,7 @@ class Worker:
         for job in stopped:  # release what can be stopped, at once
             self._interrupt(job, _SHUTDOWN)
         returned = await self._threads_return(threads, supervisor)
-        for job_id in threads.keys() - returned:  # the wait ended early: a side task stopped
-            if (still := self._jobs.get(job_id)) is not None:
-                self._interrupt(still, _SHUTDOWN)
+        self._threads_left(threads.keys() - returned, supervisor)
         await self._idle.wait()  # cancelled runs end at their next step
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
