@@ -26,6 +26,7 @@ from offload import App, Context, Message, Retry, Settings
 from offload.serverless.aws import SQSConsumer, http_handler, sqs_handler
 from offload.serverless.aws.consumer import relay_handler
 
+from ..contract._support import ShiftClock
 from ..moto_support import moto_endpoint
 from ..services import PgSchema, require_pg
 
@@ -357,30 +358,38 @@ def test_a_message_whose_job_id_is_no_id_is_acknowledged(stack: Stack) -> None:
 def test_the_relay_sends_again_the_message_of_a_job_whose_message_was_lost(
     stack: Stack,
 ) -> None:
+    clock = ShiftClock()  # the store's now: the job waits for its resend without a sleep
+    stack.app.clock = clock
     stack.run(stack.app.open())
     broker: Any = stack.app._require_backend()
+    broker.store.clock = clock
     code, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "stranded"})
     assert code == 202, body
     job_id = body["id"]
-    before = stack.status(job_id)["run_at"]
+    run_at = stack.status(job_id)["run_at"]
     # Given its message gone (a dead-letter queue took it: no function could run it)
     got = stack.sqs.receive_message(QueueUrl=stack.queue_url, WaitTimeSeconds=1)
     for m in got["Messages"]:
         stack.sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=m["ReceiptHandle"])
     assert stack.depth() == 0 and stack.status(job_id)["state"] == "queued"
-    # When the scheduled relay runs, the job having waited ready longer than resend_after
     relay = relay_handler(stack.app)
     try:
-        broker.resend_after_s = 3600.0
-        assert relay({}, LambdaContext(30))["resent"] == 0  # not long enough yet
-        broker.resend_after_s = 0.0
+        # When the scheduled relay runs before it has waited ready resend_after, nothing;
+        assert relay({}, LambdaContext(30))["resent"] == 0
+        clock.advance(broker.resend_after_s + 1)
+        # once it has, its message is sent again, once per resend_after at most;
         assert relay({}, LambdaContext(30)) == {"rescued": 0, "relayed": 0, "resent": 1}
-        broker.resend_after_s = 3600.0
-        assert relay({}, LambdaContext(30))["resent"] == 0  # once per resend_after at most
+        assert relay({}, LambdaContext(30))["resent"] == 0
+        # a paused queue's (its messages come back on their own) are not, until resumed.
+        clock.advance(broker.resend_after_s + 1)
+        stack.run(stack.app.pause("default"))
+        assert relay({}, LambdaContext(30))["resent"] == 0
+        stack.run(stack.app.resume("default"))
+        assert relay({}, LambdaContext(30))["resent"] == 1
     finally:
         relay.loop.run_until_complete(relay.close())
-    # Then its message is sent again (its run_at moved to then), and it runs
-    assert stack.status(job_id)["run_at"] > before
+    # Then it runs, its run_at as it was (its order and its age kept)
+    assert stack.status(job_id)["run_at"] == run_at
     status = stack.deliver_until(job_id, lambda s: s["state"] == "succeeded")
     assert status["result"] == {"greeting": "hello stranded"}
     stack.run(stack.app.close())

@@ -48,7 +48,7 @@ log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 #: How long a call waits for a pooled connection before it asks the server directly whether
 #: it answers (a busy pool, or a server gone while the pool reconnects), and in all.
 POOL_PATIENCE_S = 1.0

@@ -316,6 +316,12 @@ BEGIN
     END LOOP;
 END $$
 
+-- name: migration_13
+-- When the SQS broker's relay last sent a waiting job's message again, its first lost
+-- (brokers/sqs, resend_stale): it sends one again once per `resend_after` at most, and the
+-- job's own run_at (its order, its age) stays as it was. NULL on every other job.
+ALTER TABLE offload_jobs ADD COLUMN IF NOT EXISTS resent_at timestamptz
+
 -- Every query below takes %(now)s: NULL for the server's clock, or the time of a clock
 -- injected into the backend (tests move it instead of sleeping).
 

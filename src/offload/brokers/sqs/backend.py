@@ -305,13 +305,29 @@ class SQSBackend:
         """Send again the message of each job that has waited ready, in a queue not paused
         and with no outbox row, longer than `older_than_s` (default `resend_after_s`): its
         message was lost (a dead-letter queue took it after deliveries that no function
-        could run, or SQS lost it), and nothing else would send one. Its `run_at` moves to
-        now, so it is sent again once per that age at most; a message that was not lost
-        but waits behind a backlog then arrives twice, and the fenced claim runs it once.
-        At most `RELAY_BATCH` jobs a call, the longest waiting first. Returns how many."""
+        could run, or SQS lost it), and nothing else would send one. It is marked resent
+        (`resent_at`) before the send, so sent again once per that age at most (a failed
+        send takes the mark back); a message that was not lost but waits behind a backlog
+        then arrives twice, and the fenced claim runs it once. At most `RELAY_BATCH` jobs
+        a call, the longest waiting first. Returns how many went."""
         age = self.resend_after_s if older_than_s is None else older_than_s
         params = {"age": age, "limit": RELAY_BATCH, "now": self.store._now()}
-        sent = await self._take_and_send(Q["resend_stale"], params)
+        try:
+            async with self.store.pool.connection() as conn:
+                cur = await conn.execute(Q["resend_stale"], params)
+                jobs = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+        except psycopg.Error as exc:
+            raise BackendError(f"PostgreSQL: {exc}") from exc
+        try:
+            await self._send(jobs)
+        except BackendError as exc:
+            log.warning(
+                "SQS send failed, resent next time: %s", exc, extra={"action": "sqs_send_error"}
+            )
+            async with self.store.pool.connection() as conn:
+                await conn.execute(Q["resend_undo"], {"ids": [job_id for job_id, _, _ in jobs]})
+            return 0
+        sent = len(jobs)
         if sent:
             log.warning(
                 "sent again the messages of %d jobs that waited ready over %gs (lost messages)",

@@ -18,19 +18,24 @@ DELETE FROM offload_outbox WHERE id IN (
 RETURNING id, job_id::text, queue, extract(epoch FROM run_at)::float8
 
 -- name: resend_stale
--- Jobs that have waited ready longer than `age` seconds, in a queue not paused (whose
--- messages come back on their own), with no outbox row: their message was lost. Their
--- run_at moves to now in the caller's transaction (it commits after the send), so each is
--- sent again once per `age` at most. No change of state: no outbox row, no feed entry.
-UPDATE offload_jobs j SET run_at = coalesce(%(now)s, now())
+-- Jobs that have waited ready longer than `age` seconds (and as long since their last
+-- resend), in a queue not paused (whose messages come back on their own), with no outbox
+-- row: their message was lost. Marked resent now, committed before the send (no row stays
+-- locked while SQS answers); their run_at stays. No change of state: no feed entry.
+UPDATE offload_jobs j SET resent_at = coalesce(%(now)s, now())
 WHERE j.id IN (
     SELECT k.id FROM offload_jobs k
     WHERE k.state IN ('queued', 'retrying')
-        AND k.run_at < coalesce(%(now)s, now()) - make_interval(secs => %(age)s)
+        AND greatest(k.run_at, k.resent_at)
+            < coalesce(%(now)s, now()) - make_interval(secs => %(age)s)
         AND NOT EXISTS (SELECT 1 FROM offload_paused p WHERE p.queue = k.queue)
         AND NOT EXISTS (SELECT 1 FROM offload_outbox o WHERE o.job_id = k.id)
     ORDER BY k.run_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING 0, j.id::text, j.queue, extract(epoch FROM j.run_at)::float8
+RETURNING j.id::text, j.queue, extract(epoch FROM j.run_at)::float8
+
+-- name: resend_undo
+-- The resends a failed send did not make: tried again at the next relay pass.
+UPDATE offload_jobs SET resent_at = NULL WHERE id = ANY(%(ids)s::uuid[])
 
 -- name: claim_job
 -- `claim` (postgres/queries.sql) of one job named by its message: only while it waits, is
