@@ -58,3 +58,16 @@ def test_a_message_is_delayed_until_its_job_is_due_at_most_fifteen_minutes(
     run_at: float, now: float, delay: int
 ) -> None:
     assert delay_s(run_at, now) == delay
+
+
+def test_the_sdk_retries_briefly_unless_the_operator_chose_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from offload.brokers.sqs.backend import sdk_config
+
+    for name in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    assert sdk_config().retries == {"mode": "standard", "total_max_attempts": 2}
+    assert (sdk_config().connect_timeout, sdk_config().read_timeout) == (2, 10)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # theirs: the SDK reads it (it was overridden)
+    assert sdk_config().retries is None

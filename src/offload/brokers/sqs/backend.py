@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,12 +58,21 @@ SEND_BATCH = 10
 SEND_CONCURRENCY = 8
 #: The version of the message body ({"v", "job", "queue"}).
 BODY_VERSION = 1
-#: How long a call to SQS may take before it fails (the outbox row then waits for the
-#: relay): the SDK's default, five tries with backoff and a minute to connect, held a web
-#: request 10.8 s while SQS did not answer.
-_SDK = AioConfig(
-    connect_timeout=2, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2}
-)
+#: The environment variables in which an operator chooses the SDK's retries themselves.
+_RETRY_SETTINGS = ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+
+
+def sdk_config() -> AioConfig:
+    """How long a call to SQS may take before it fails (the outbox row then waits for the
+    relay): 2 s to connect, 10 s to answer, and one more try unless AWS_MAX_ATTEMPTS or
+    AWS_RETRY_MODE says otherwise. The SDK's default, five tries with backoff and a minute
+    to connect, held a web request 10.8 s while SQS did not answer."""
+    if any(name in os.environ for name in _RETRY_SETTINGS):
+        return AioConfig(connect_timeout=2, read_timeout=10)
+    retries = {"mode": "standard", "total_max_attempts": 2}
+    return AioConfig(connect_timeout=2, read_timeout=10, retries=retries)
+
+
 _OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every", "resend_after"}
 _STORE = re.compile(r"(?:^|&)store=(.*)$", re.S)
 
@@ -196,7 +206,10 @@ class SQSBackend:
             session = aioboto3.Session()
             self._client = await stack.enter_async_context(
                 session.client(
-                    "sqs", endpoint_url=self.endpoint_url, region_name=self.region, config=_SDK
+                    "sqs",
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region,
+                    config=sdk_config(),
                 )
             )
             answer = await self._client.get_queue_url(QueueName=self.queue)
