@@ -256,15 +256,20 @@ async def test_the_sweep_deletes_orphans_in_bounded_batches(
         assert await sweep(app, older_than_s=0) == 0
 
 
-async def test_a_blob_store_that_does_not_answer_is_named_by_the_503(tmp_path: Path) -> None:
-    # S3 down (nothing listens on its endpoint, a loopback port): a large payload cannot be
-    # checked in, so the request is refused and nothing is stored; the 503 names the blob
-    # store (it said the job backend was unavailable, which answered all along).
-    dead = f"http://127.0.0.1:{free_port()}"
+@pytest.mark.parametrize("store", ["s3 down", "folder unwritable"])
+async def test_a_blob_store_that_fails_is_named_by_the_503(tmp_path: Path, store: str) -> None:
+    # S3 down (nothing listens on its endpoint, a loopback port), or a folder whose
+    # `payloads` is a file: a large payload cannot be checked in, so the request is refused
+    # and nothing is stored; the 503 names the blob store (S3's said the job backend was
+    # unavailable, which answered all along; the folder's was a 500).
+    if store == "s3 down":
+        blobs = f"s3://bucket/offload?endpoint_url=http://127.0.0.1:{free_port()}"
+    else:
+        (tmp_path / "blobs").mkdir()
+        (tmp_path / "blobs" / "payloads").write_bytes(b"")
+        blobs = str(tmp_path / "blobs")
     settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        blobs_url=f"s3://bucket/offload?endpoint_url={dead}",
-        secret_key=b"test",
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=blobs, secret_key=b"test"
     )
     app = App("claim-check", settings=settings)
     app.message("t.upload")(Upload)

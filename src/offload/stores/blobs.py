@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import os
 import re
@@ -162,8 +163,23 @@ class FileBlobStore:
         os.replace(tmp, path)
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
-        await asyncio.to_thread(self._put, key, data)
+        with self._failing("write", key):
+            await asyncio.to_thread(self._put, key, data)
         return BLOB_REF_PREFIX + key
+
+    @contextlib.contextmanager
+    def _failing(self, what: str, key: str) -> Iterator[None]:
+        """The folder's own failures (a full disk, a permission, a file where a folder
+        should be) as `BlobStoreError`; a blob that is not there stays FileNotFoundError."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise BlobStoreError(
+                f"blob store folder {self.describe()}: cannot {what} {key}: {reason}"
+            ) from exc
 
     async def put_stream(
         self, key: str, source: StreamSource, content_type: str | None = None
@@ -182,10 +198,12 @@ class FileBlobStore:
         return BLOB_REF_PREFIX + key
 
     async def get(self, key: str) -> bytes:
-        return await asyncio.to_thread(self.path_of(key).read_bytes)
+        with self._failing("read", key):
+            return await asyncio.to_thread(self.path_of(key).read_bytes)
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self.path_of(key).unlink, True)
+        with self._failing("delete", key):
+            await asyncio.to_thread(self.path_of(key).unlink, True)
 
     def url(self, key: str, ttl: timedelta) -> str | None:
         """None: a local folder has no links of its own; the web tier signs `/files` links."""
