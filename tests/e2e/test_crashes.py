@@ -21,6 +21,16 @@ def wait_for(predicate: object, timeout: float, what: str, stack: Stack) -> None
     raise AssertionError(f"timed out waiting for {what}\n{stack.output()}")
 
 
+def slow_job_started(stack: Stack) -> None:
+    """Wait until an `e2e.slow` job's handler has begun (its log says so)."""
+    wait_for(
+        lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
+        20,
+        "the job to start",
+        stack,
+    )
+
+
 def test_sigkilled_worker_job_runs_again_after_lease_lapses(stack: Stack) -> None:
     stack.start_web()
     alice = stack.client()
@@ -28,12 +38,7 @@ def test_sigkilled_worker_job_runs_again_after_lease_lapses(stack: Stack) -> Non
     job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 2.5}).json()["id"]
 
     # Given a worker in the middle of the job,
-    wait_for(
-        lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
-        20,
-        "the job to start",
-        stack,
-    )
+    slow_job_started(stack)
     # when it is killed without a chance to clean up,
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -179,13 +184,8 @@ def test_a_second_signal_ends_the_grace_period(stack: Stack) -> None:
     alice = stack.client()
     worker = stack.start_worker("--grace", "600", "--queues", "slow")
     job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 60}).json()["id"]
-    wait_for(
-        lambda: any(line.startswith("start") for line in stack.log_lines("slow.log")),
-        20,
-        "the job to start",
-        stack,
-    )
-    # Given a worker asked to stop while its job has a minute to go (in ten of grace),
+    slow_job_started(stack)
+    # Given a worker asked to stop while its job has a minute to go (its grace ten minutes),
     worker.send_signal(signal.SIGINT)
     wait_for(lambda: "waiting up to" in stack.output(), 20, "the grace period", stack)
     # when it is asked again (Ctrl+C twice), it releases the job at once and exits 0.
