@@ -79,26 +79,52 @@ class Streams:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def open(self, n: int, principal: str) -> None:
+        """Open `n` streams and wait until each is live; a stream that fails says why at
+        once (its status), rather than leaving the wait to run out."""
         headers = {"Authorization": f"Bearer {TOKENS[principal]}"}
         ready = [asyncio.Event() for _ in range(n)]
+        mine = []
         for event in ready:
             counts: Counter[str] = Counter()
             self.seen[principal].append(counts)
-            self.tasks.append(asyncio.create_task(self._read(headers, event, counts)))
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 60)
+            mine.append(asyncio.create_task(self._read(headers, event, counts)))
+        self.tasks += mine
+        live = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in ready)))
+        try:
+            done, _ = await asyncio.wait({live, *mine}, timeout=60, return_when="FIRST_COMPLETED")
+            for task in done - {live}:
+                task.result()  # a stream that ended: its error (an early end is one too)
+                raise AssertionError("a stream ended before the others opened")
+            opened = sum(event.is_set() for event in ready)
+            assert live in done, f"{opened} of {n} streams opened within 60 s"
+        finally:
+            live.cancel()
 
     async def _read(
         self, headers: dict[str, str], ready: asyncio.Event, counts: Counter[str]
     ) -> None:
-        async with self.client.stream("GET", "/v1/events", headers=headers) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                if line.startswith("id: "):
-                    ready.set()  # the opening line: the stream is live
-                elif line.startswith("data: "):
-                    record = orjson.loads(line[6:])
-                    if record["state"] == "succeeded":
-                        counts[record["id"]] += 1
+        while True:
+            async with self.client.stream("GET", "/v1/events", headers=headers) as response:
+                if response.status_code == 503:  # the backend slow to answer (an overloaded
+                    # machine): asked again, as a client honouring Retry-After would
+                    await asyncio.sleep(0.5)
+                    continue
+                if response.status_code != 200:
+                    await response.aread()
+                    raise AssertionError(f"{response.status_code}: {response.text}")
+                await self._follow(response, ready, counts)
+                return
+
+    async def _follow(
+        self, response: httpx.Response, ready: asyncio.Event, counts: Counter[str]
+    ) -> None:
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                ready.set()  # the opening line: the stream is live
+            elif line.startswith("data: "):
+                record = orjson.loads(line[6:])
+                if record["state"] == "succeeded":
+                    counts[record["id"]] += 1
 
     async def close(self) -> None:
         for task in self.tasks:
