@@ -25,7 +25,7 @@ from .problems import (
     backend_unavailable,
     problem,
 )
-from .responses import PROBLEM_MEDIA_TYPE
+from .responses import operations, under_problem_media_type
 
 log = logging.getLogger("offload.web")
 
@@ -51,19 +51,14 @@ def storage_full(instance: str | None = None) -> Response:
 def _as_problems(schema: dict[str, Any]) -> None:
     """Every answer of `schema` whose body is the `Problem` model: under the problem media
     type alone (with what the route's own media types held for it: examples)."""
-    operations = [op for item in schema.get("paths", {}).values() for op in item.values()]
-    for operation in operations:
-        if isinstance(operation, dict):  # (not a path's own `parameters`)
-            for response in operation.get("responses", {}).values():
-                content = response.get("content", {})
-                if any(
-                    str(body.get("schema", {}).get("$ref", "")).endswith("/schemas/Problem")
-                    for body in content.values()
-                ):
-                    merged: dict[str, Any] = {}
-                    for body in content.values():
-                        merged.update(body)
-                    response["content"] = {PROBLEM_MEDIA_TYPE: merged}
+    for operation in operations(schema):
+        for response in operation.get("responses", {}).values():
+            bodies = response.get("content", {}).values()
+            if any(
+                str(body.get("schema", {}).get("$ref", "")).endswith("/schemas/Problem")
+                for body in bodies
+            ):
+                under_problem_media_type(response)
 
 
 def _declared_as_problems(api: FastAPI) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI
@@ -31,7 +30,9 @@ from .responses import (
     described,
     header,
     problems,
+    under_problem_media_type,
 )
+from .responses import operations as _operations
 from .routes import OPERATORS_ONLY
 from .submit import JobOptions, job_options, submit
 
@@ -140,23 +141,14 @@ def _routes(api: FastAPI) -> list[BaseRoute]:
     return [*(_kind_route(spec) for spec in app.kinds.values() if spec.http), *api.routes]
 
 
-def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for item in schema.get("paths", {}).values():
-        yield from item.values()
-
-
 def _problems_as_problems(schema: dict[str, Any]) -> None:
     """Every error answer is a problem document, of its own media type (FastAPI puts a
     response's model under the route's media type, and its examples where `responses.py`
     put them: merged here)."""
     for operation in _operations(schema):
         for status, response in operation.get("responses", {}).items():
-            content = response.get("content")
-            if status[0] in "45" and content:
-                merged: dict[str, Any] = {}
-                for media in content.values():
-                    merged.update(media)
-                response["content"] = {PROBLEM_MEDIA_TYPE: merged}
+            if status[0] in "45" and response.get("content"):
+                under_problem_media_type(response)
 
 
 def _no_default_422(schema: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -114,6 +115,22 @@ def problems(
             entry["content"] = {"application/json": {"examples": examples}}
         out[status] = entry
     return out
+
+
+def operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every operation of an OpenAPI document (a path's own `parameters` aside)."""
+    for item in schema.get("paths", {}).values():
+        yield from (operation for operation in item.values() if isinstance(operation, dict))
+
+
+def under_problem_media_type(response: dict[str, Any]) -> None:
+    """An error answer's content under the problem media type alone: FastAPI puts a
+    response's model under the route's media type, and its examples where `problems` put
+    them (`application/json`): merged here."""
+    merged: dict[str, Any] = {}
+    for body in response.get("content", {}).values():
+        merged.update(body)
+    response["content"] = {PROBLEM_MEDIA_TYPE: merged}
 
 
 def described(status: int) -> str:
