@@ -181,15 +181,21 @@ async def authenticated(conn: HTTPConnection) -> None:
         await conn.app.state.auth.authenticate(conn)
 
 
-async def authenticated_unless_ticket(conn: HTTPConnection) -> None:
-    """`authenticated`, for the event streams' routes: a caller with `?ticket=` is who the
-    ticket names (`feeds.principal_of`), and the hook is not asked, so that one which
-    raises for a caller without credentials of its own does not refuse the ticket's."""
+async def authenticate_unless_ticket(conn: HTTPConnection) -> None:
+    """Ask who is calling an event stream (HTTP or WebSocket): a caller with `?ticket=` is
+    who the ticket names (`feeds.principal_of`), and the hook is not asked, so that one
+    which raises for a caller without credentials of its own does not refuse the ticket's."""
     if "ticket" in conn.query_params:
         setattr(conn.state, _PRINCIPAL, None)  # no one but the ticket's holder
         setattr(conn.state, _KINDS, None)
     else:
-        await authenticated(conn)
+        await conn.app.state.auth.authenticate(conn)
+
+
+async def authenticated_unless_ticket(conn: HTTPConnection) -> None:
+    """`authenticated`, for the event streams' routes (`authenticate_unless_ticket`)."""
+    if conn.scope["type"] == "http":  # a WebSocket route asks itself, to refuse in kind
+        await authenticate_unless_ticket(conn)
 
 
 async def caller_is_admin(request: Request) -> bool:

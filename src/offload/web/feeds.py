@@ -22,7 +22,7 @@ from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
 from ..errors import BackendError
-from .auth import DEFAULT_CHALLENGE, authenticated_unless_ticket
+from .auth import DEFAULT_CHALLENGE, authenticate_unless_ticket, authenticated_unless_ticket
 from .events import EventStreamResponse, Hub, follow_owner, owner_stream
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
@@ -207,10 +207,8 @@ async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None
     try:
         refuse_cross_site(websocket)  # no CORS for WebSockets: another site could read
         hub = await _opened(websocket)
-        ticket = query.get("ticket")
-        if ticket is None:  # the ticket's holder is who it names: the hook is not asked
-            await websocket.app.state.auth.authenticate(websocket)
-        principal = principal_of(websocket, ticket)
+        await authenticate_unless_ticket(websocket)
+        principal = principal_of(websocket, query.get("ticket"))
         return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
     except HTTPException as refused:  # a Problem, or the auth hook's own answer (its 401)
         await _refuse(websocket, as_problem(refused))
