@@ -751,8 +751,9 @@ class Worker:
 
     async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
         env = lease.envelope
-        if spec is None:
-            return self._unhandled(lease)
+        if spec is None:  # a worker of another deploy shares the queue, or will handle it
+            why = f"{env.kind} waits for a worker that handles it"
+            return self._handed_on(lease, why, here=" has no handler for it")
         payload = await self._payload(lease, spec)
         if isinstance(payload, Outcome):
             return payload
@@ -780,14 +781,7 @@ class Worker:
         except Retry as signal:
             return self._failed(lease, spec, signal, delay=signal.delay)
         except _ForAnotherWorker as signal:
-            log.warning(
-                "job %s: %s: given back unspent (claimable again in %gs)",
-                env.id,
-                signal.reason,
-                NEWER_VERSION_DELAY_S,
-                extra={"action": "unhandled_kind", "job_id": env.id, "kind": env.kind},
-            )
-            return self._given_back(lease, f"{signal.reason} (worker {self.id})")
+            return self._handed_on(lease, signal.reason)
         except Cancel as signal:
             return Outcome(
                 lease=lease,
@@ -920,21 +914,19 @@ class Worker:
         why = f"{env.kind} version {env.version} waits for a worker that runs it"
         return self._given_back(lease, f"{why} (worker {self.id} runs version {known})")
 
-    def _unhandled(self, lease: Lease) -> Outcome:
-        """Give back a job of a kind this worker has no handler for (a worker of another
-        deploy shares its queue, or the web tier went out before the kind's workers), as
-        one too new for it: unspent, for a worker that handles the kind."""
+    def _handed_on(self, lease: Lease, why: str, *, here: str = "") -> Outcome:
+        """Give back, as one too new for it, a job this worker's code cannot run: of a kind
+        it has no handler for, or whose handler said so (`_ForAnotherWorker`: a Django task
+        its code lacks). `why` says what the job waits for, `here` what this worker lacks."""
         env = lease.envelope
         log.warning(
-            "job %s is of kind %s, which this worker has no handler for: given back unspent "
-            "for a worker that handles it (claimable again in %gs)",
+            "job %s: %s: given back unspent (claimable again in %gs)",
             env.id,
-            env.kind,
+            why,
             NEWER_VERSION_DELAY_S,
             extra={"action": "unhandled_kind", "job_id": env.id, "kind": env.kind},
         )
-        why = f"{env.kind} waits for a worker that handles it"
-        return self._given_back(lease, f"{why} (worker {self.id} has no handler for it)")
+        return self._given_back(lease, f"{why} (worker {self.id}{here})")
 
     def _given_back(self, lease: Lease, why: str) -> Outcome:
         """Queued again, its attempt refunded, claimable after `NEWER_VERSION_DELAY_S`,
