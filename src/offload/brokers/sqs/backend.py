@@ -67,10 +67,9 @@ def sdk_config() -> AioConfig:
     relay): 2 s to connect, 10 s to answer, and one more try unless AWS_MAX_ATTEMPTS or
     AWS_RETRY_MODE says otherwise. The SDK's default, five tries with backoff and a minute
     to connect, held a web request 10.8 s while SQS did not answer."""
-    if any(name in os.environ for name in _RETRY_SETTINGS):
-        return AioConfig(connect_timeout=2, read_timeout=10)
-    retries = {"mode": "standard", "total_max_attempts": 2}
-    return AioConfig(connect_timeout=2, read_timeout=10, retries=retries)
+    theirs = any(name in os.environ for name in _RETRY_SETTINGS)
+    retries = {} if theirs else {"retries": {"mode": "standard", "total_max_attempts": 2}}
+    return AioConfig(connect_timeout=2, read_timeout=10, **retries)
 
 
 _OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every", "resend_after"}
@@ -337,8 +336,11 @@ class SQSBackend:
             log.warning(
                 "SQS send failed, resent next time: %s", exc, extra={"action": "sqs_send_error"}
             )
-            async with self.store.pool.connection() as conn:
-                await conn.execute(Q["resend_undo"], {"ids": [job_id for job_id, _, _ in jobs]})
+            # (PostgreSQL failing too, the marks stay: those are sent again a `resend_after` on)
+            with contextlib.suppress(psycopg.Error):
+                async with self.store.pool.connection() as conn:
+                    ids = [job_id for job_id, _, _ in jobs]
+                    await conn.execute(Q["resend_undo"], {"ids": ids})
             return 0
         sent = len(jobs)
         if sent:
