@@ -130,6 +130,13 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
     # when 4 worker processes compete for them,
     supervisor = stack.start_worker("--processes", "4", "--concurrency", "16", "--queues", "bulk")
     wait_for(lambda: len(stack.log_lines("noop.log")) >= 2000, 120, "2,000 runs", stack)
+
+    def importers() -> list[str]:  # the processes that imported the handlers: each worker
+        return [line for line in stack.log_lines("imports.log") if "worker" in line]
+
+    # (three can drain the 2,000 while a loaded machine still starts the fourth, which a
+    # stop then ends before its import: wait for it, as the assertion below counts four)
+    wait_for(lambda: len(importers()) >= 4, 60, "the four processes to start", stack)
     time.sleep(0.5)  # a duplicate run would show up here
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=30) == 0, stack.output()
@@ -137,8 +144,7 @@ def test_four_worker_processes_drain_2000_jobs_exactly_once(stack: Stack) -> Non
     # then every job ran exactly once, by several processes, and is succeeded.
     runs = Counter(stack.log_lines("noop.log"))
     assert len(runs) == 2000 and set(runs.values()) == {1}
-    importers = [line for line in stack.log_lines("imports.log") if "worker" in line]
-    assert len(importers) == 4
+    assert len(importers()) == 4
     # The first process said once what all four serve; the supervisor imported nothing.
     said = [line.strip() for line in stack.output().splitlines() if "concurrency" in line]
     assert said == ["concurrency  16 in each of 4 processes, prefetch 256"]
