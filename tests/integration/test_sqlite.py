@@ -718,3 +718,28 @@ async def test_a_claim_of_a_few_jobs_stays_on_the_loops_thread_and_a_batch_or_a_
         assert backend.conn.execute(claimed).fetchone()[0] == 24
     finally:
         await backend.close()
+
+
+async def test_a_feed_entry_read_back_in_sql_shows_the_rows_times_to_the_millisecond(
+    tmp_path: Path,
+) -> None:
+    # A time 2.4 µs before a millisecond's end: JSON's 15 digits (10 µs) rounded it into
+    # the next millisecond in the entry read back in SQL, not in the row (a quiet CI run
+    # failed test_a_feed_entry_made_from_what_was_written_reads_as_the_row so, once).
+    from offload.clock import FakeClock
+
+    later = int(time.time()) + 3600  # (the envelope is due now, by this host's clock)
+    backend = SQLiteBackend(str(tmp_path / "feed.db"), clock=FakeClock(later + 0.2169976))
+    await backend.open()
+    try:
+        await backend.enqueue([envelope("qt")])
+        (lease,) = await claim(backend, "qt")
+        await backend.progress(lease, 0.5, "half")  # its entry: made in SQL
+        (*_, progressed) = await backend.changes_since(0)
+        row = await backend.get(lease.job_id)
+        assert row is not None
+        shown = status_record(progressed.row)
+        assert status_record(row)["started_at"].endswith(".216Z")
+        assert shown["started_at"] == status_record(row)["started_at"]
+    finally:
+        await backend.close()
