@@ -109,6 +109,22 @@ async def test_a_signed_link_serves_the_range_asked_for_and_answers_others_as_th
             assert past.headers["content-type"] == "application/problem+json"
             assert past.json()["type"].endswith("/range-not-satisfiable")
             assert past.headers["content-range"] == "bytes */10"
+            # Of a Range of several parts, those past the end are left out when another is
+            # within the file (it was a 416 for the whole): one part left is sent alone,
+            one_left = await c.get(url, headers={"Range": "bytes=2-4, 20-30, -0"})
+            assert (one_left.status_code, one_left.content) == (206, b"234")
+            assert one_left.headers["content-range"] == "bytes 2-4/10"
+            # two left are sent as parts,
+            two_left = await c.get(url, headers={"Range": "bytes=0-1,12-,7-8"})
+            assert two_left.status_code == 206
+            assert two_left.headers["content-type"].startswith("multipart/byteranges")
+            assert b"Content-Range: bytes 0-1/10" in two_left.content
+            assert b"Content-Range: bytes 7-8/10" in two_left.content
+            assert b"Content-Range: bytes 12" not in two_left.content
+            # and when none is within it, the answer is the 416 still.
+            none_left = await c.get(url, headers={"Range": "bytes=10-,20-30"})
+            assert none_left.status_code == 416
+            assert none_left.headers["content-range"] == "bytes */10"
     # Each of those answers is declared.
     answers = api.openapi()["paths"]["/files/{key}"]["get"]["responses"]
     assert {"200", "206", "416"} <= set(answers)

@@ -115,8 +115,19 @@ _FILE_ANSWERS: dict[int | str, Any] = {
 class _Download(FileResponse):
     """A file, as `FileResponse` sends it, except where it cannot serve the `Range` asked
     for: a Range it cannot read is ignored (the whole file, as RFC 9110 lets a server
-    answer), and one past the file's end is the API's 416 problem document, where both
-    were plain text."""
+    answer), one past the file's end is the API's 416 problem document, where both were
+    plain text, and the parts of a multi-part Range that start past the end are left out
+    when another part can be sent (RFC 9110, 14.1.1), where any one made the whole a 416."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        unit, equals, ranges = http_range.partition("=")
+        if equals and "," in ranges:
+            parts = ranges.split(",")
+            within = [part for part in parts if not _past_the_end(part, file_size)]
+            if within and len(within) < len(parts):
+                http_range = f"{unit}={','.join(within)}"
+        return super()._parse_range_header(http_range, file_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not any(name == b"range" for name, _ in scope.get("headers", ())):
@@ -145,6 +156,17 @@ class _Download(FileResponse):
             instance=scope.get("path"),
         )
         return await answer(scope, receive, send)
+
+
+def _past_the_end(part: str, size: int) -> bool:
+    """Whether one range of a `Range` header (`first-last`, `first-` or `-suffix`) starts
+    at or past the end of a file of `size` bytes, so that it cannot be satisfied; one that
+    cannot be read is not (it is ignored, as a bad header is)."""
+    first, dash, last = part.strip().partition("-")
+    try:
+        return bool(dash) and (int(first) >= size if first.strip() else int(last) == 0)
+    except ValueError:
+        return False
 
 
 async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
