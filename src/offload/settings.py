@@ -42,6 +42,10 @@ DEFAULT_NOTIFY_BACKOFF_S = 5.0
 _WHSEC = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
 
 
+#: The owners of offload's own jobs begin so (`offload.notify`, the deliveries';
+#: `offload.periodic`, the schedules' ticks): no caller of the API may be one.
+RESERVED_PRINCIPAL_PREFIX = "offload."
+
 _TOKENS_FORMAT = (
     "OFFLOAD_API_TOKENS must be comma-separated token=principal pairs, each optionally "
     "limited to kinds: token=principal[kind|kind]"
@@ -68,6 +72,12 @@ def _token_entries(raw: str | None) -> list[tuple[str, str, frozenset[str] | Non
             principal = ""  # brackets only around the kinds
         if not sep or not token or not principal or kinds == frozenset():
             raise ConfigurationError(_TOKENS_FORMAT)
+        if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
+            raise ConfigurationError(
+                f"OFFLOAD_API_TOKENS: the principal {principal!r} is reserved: names that "
+                f"begin {RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs (deliveries, "
+                "schedules' ticks)"
+            )
         entries.append((token, principal, kinds))
     return entries
 

@@ -14,8 +14,8 @@ import pytest
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.requests import HTTPConnection
 
-from offload import App, Message, Settings
-from offload.web import create_app, lifespan
+from offload import App, ConfigurationError, Message, Settings
+from offload.web import Admin, create_app, lifespan
 
 pytestmark = pytest.mark.anyio
 ROOT = "http://localhost"
@@ -231,3 +231,46 @@ async def test_a_hook_may_refuse_with_a_challenge_of_its_own(app: App) -> None:
         assert (
             await c.get("/v1/jobs", headers={"authorization": "Basic ZXZlOnB3"})
         ).status_code == 200
+
+
+async def test_a_principal_that_offload_keeps_for_its_own_jobs_is_refused(
+    host: FastAPI, app: App
+) -> None:
+    # Given deliveries owned by `offload.notify` (a webhook's, as the notifier enqueues it),
+    delivery = await app.enqueue(Export(user_id="u"), owner="offload.notify")
+    async with client(host) as impostor, client(host) as alice:
+        # when the host's sign-in names a user `offload.notify` (a name users choose),
+        await impostor.post("/login/offload.notify")
+        await alice.post("/login/alice")
+        # then every route refuses that caller, saying why (the hook's answer is logged),
+        for method, path in [
+            ("GET", "/jobs/v1/jobs"),
+            ("GET", f"/jobs/v1/jobs/{delivery.id}"),
+            ("DELETE", f"/jobs/v1/jobs/{delivery.id}"),
+            ("GET", "/jobs/v1/events?since=0"),
+            ("POST", "/jobs/v1/ws-ticket"),
+            ("POST", "/jobs/v1/jobs/reports.export"),
+        ]:
+            refused = await impostor.request(method, path, json={"user_id": "u"})
+            assert_unauthorized(refused)
+            assert "'offload.notify' is reserved" in refused.json()["detail"], path
+        # and the delivery is untouched, while other callers are served as ever.
+        row = await app.get(delivery.id)
+        assert row is not None and row.state.value == "queued"
+        assert (await alice.get("/jobs/v1/jobs")).status_code == 200
+
+
+async def test_an_admin_named_as_offload_own_jobs_is_nobody(app: App) -> None:
+    def hook(request: Request) -> str:
+        return Admin("offload.periodic")
+
+    api = create_app(app, auth=hook)
+    async with lifespan(api), client(api) as c:
+        assert_unauthorized(await c.get("/v1/jobs"))
+        assert (await c.get("/v1/workers")).status_code == 404  # the operators' routes
+
+
+@pytest.mark.parametrize("principal", ["offload.notify", "offload.periodic", "offload.x[a]"])
+def test_api_tokens_may_not_name_a_principal_offload_keeps(principal: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"'offload\.[a-z]+' is reserved"):
+        Settings.from_env({"OFFLOAD_API_TOKENS": f"t1=alice,t2={principal}"})

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import hmac
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
-from ..settings import Settings
+from ..settings import RESERVED_PRINCIPAL_PREFIX, Settings
 from .problems import Problem
 
 #: The principal of every caller when no API tokens are configured.
@@ -38,6 +39,14 @@ class Admin(str):
 _PRINCIPAL = "offload_principal"
 _KINDS = "offload_kinds"
 _UNASKED = object()
+log = logging.getLogger("offload.web")
+
+
+class _Reserved(str):
+    """What the hook answered when it named a principal offload keeps for its own jobs:
+    no one may call as it (a 401 naming why)."""
+
+    __slots__ = ()
 
 
 class TokenAuth:
@@ -135,6 +144,14 @@ class Auth:
             else:
                 answer = await run_in_threadpool(self.hook, request)
             principal = await answer if inspect.isawaitable(answer) else answer
+            if isinstance(principal, str) and principal.startswith(RESERVED_PRINCIPAL_PREFIX):
+                log.warning(
+                    "the auth hook named %r, a principal offload keeps for its own jobs "
+                    "(names that begin %r): the caller is refused",
+                    principal,
+                    RESERVED_PRINCIPAL_PREFIX,
+                )
+                principal = _Reserved(principal)
         setattr(conn.state, _PRINCIPAL, principal)
         setattr(conn.state, _KINDS, kinds)
         return principal
@@ -154,13 +171,18 @@ class Auth:
             raise unauthorized(detail if self.hook else "a valid bearer token is required")
         if not isinstance(principal, str):
             raise TypeError(f"an auth hook returns a str principal or None, not {principal!r}")
+        if isinstance(principal, _Reserved):
+            raise unauthorized(
+                f"the principal {str(principal)!r} is reserved: names that begin "
+                f"{RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs"
+            )
         return principal
 
     def is_admin(self, conn: HTTPConnection) -> bool:
         """Whether the caller is an operator: the auth hook answered `Admin(name)`, or the
         principal is in OFFLOAD_ADMIN_PRINCIPALS, or this is development mode (`local`)."""
         principal = getattr(conn.state, _PRINCIPAL, None)
-        if not isinstance(principal, str):
+        if not isinstance(principal, str) or isinstance(principal, _Reserved):
             return False
         return (
             isinstance(principal, Admin)
