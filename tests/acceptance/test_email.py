@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,7 +15,10 @@ import httpx
 import pytest
 
 from offload import App, Context, Message, Settings
+from offload.errors import TargetRefused
 from offload.notify import EmailTemplate
+from offload.notify.base import Notification
+from offload.notify.email import EmailNotifier, parse_smtp_url
 
 from ..receivers import MailSink, parts
 
@@ -215,3 +219,28 @@ async def test_one_job_can_ask_for_a_webhook_and_an_email(
     assert [d["channel"] for d in sent] == ["webhook", "email"]
     assert sent[0]["id"] == sent[1]["id"]  # one notification, two channels
     assert receiver.requests[0].headers["webhook-id"] == sent[0]["id"]
+
+
+async def test_a_target_of_several_addresses_is_refused_and_nothing_is_sent(
+    settings: Settings, sink: MailSink
+) -> None:
+    # Given a delivery whose target is a list (as a job stored before the web tier refused
+    # one held it: its To field would name `root` and `postmaster` to the relay too),
+    notifier = EmailNotifier(parse_smtp_url(settings.smtp_url or ""), sender="r@shop.example")
+    listed = Notification(
+        id="msg_1",
+        channel="email",
+        target="root,postmaster,ann@example.com",
+        event="job.succeeded",
+        record={"id": "j1", "kind": "t.report", "state": "succeeded"},
+        sent_at=time.time(),
+        links={},
+    )
+    # then it is refused for good, with nothing handed to the server;
+    with pytest.raises(TargetRefused, match="not an email address"):
+        await notifier.deliver(listed)
+    assert sink.envelopes == [] and sink.messages == []
+    # and one address is the envelope's only recipient.
+    receipt = await notifier.deliver(replace(listed, target="ann@example.com"))
+    assert receipt.code == 250
+    assert sink.envelopes == [("r@shop.example", ["ann@example.com"])]

@@ -180,6 +180,7 @@ async def test_a_token_limited_to_other_kinds_may_not_enqueue_through_the_route(
         ("callback_url", "notaurl"),
         ("callback_url", "http://127.0.0.1/hook"),  # judged, not sent: a private host
         ("notify_email", "nope"),
+        ("notify_email", "root,postmaster,a@example.com"),  # a list: one address only
     ],
 )
 async def test_delivery_options_the_route_passes_on_are_refused_as_the_api_refuses_them(

@@ -14,6 +14,7 @@ from offload.notify.targets import (
     callback_url_error,
     callback_url_refusal,
     delivery_option_errors,
+    notify_email_error,
 )
 from offload.notify.webhook import check_target
 from offload.settings import Settings
@@ -82,8 +83,59 @@ def test_empty_delivery_options_are_no_options() -> None:
     assert delivery_option_errors("", "") == {}
     assert delivery_option_errors(None, None) == {}
     assert delivery_option_errors(None, "nope") == {
-        "notify_email": "notify_email is not an email address"
+        "notify_email": "notify_email is not an email address (one address, local@domain)"
     }
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "ann@example.com",
+        "me.you+tag@sub.example.co.uk",
+        "o'neil@x.io",
+        "jörg@bücher.de",
+        "a_b@x-y.example.com",
+        "x@x.xn--p1ai",
+        "x" * 64 + "@example.com",
+    ],
+)
+def test_one_email_address_is_an_address_to_notify(address: str) -> None:
+    assert notify_email_error(address) is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        # what a To field reads as several recipients, or a group of them (a relay would
+        # mail each: `root`, `postmaster`, the relay's own mailboxes),
+        "root,postmaster,me@example.com",
+        "a@example.com, b@example.com",
+        "list:root,abuse;x@example.com",
+        "a@example.com;b@example.com",
+        "Ann <ann@example.com>",
+        '"a b"@example.com',
+        "(x)a@example.com",
+        # and what is not one address at all
+        "a b@example.com",
+        "a\x01b@example.com",
+        "ann@example.com\n",
+        "ann@localhost",
+        "ann@[127.0.0.1]",
+        "ann@1.2.3.4",
+        ".ann@example.com",
+        "ann.@example.com",
+        "a..b@example.com",
+        "ann@.example.com",
+        "ann@example..com",
+        "ann@-example.com",
+        "ann@example-.com",
+        "ann@example.com-",
+        "x" * 65 + "@example.com",
+        "a@" + "b" * 250 + ".com",
+    ],
+)
+def test_anything_but_one_address_is_refused_to_notify(address: str) -> None:
+    assert notify_email_error(address) is not None
 
 
 @pytest.mark.parametrize(

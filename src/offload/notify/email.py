@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -16,6 +16,7 @@ from .base import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported (older hom
 from .base import SAMPLE_CONTEXT as SAMPLE_CONTEXT  # re-exported (older home)
 from .base import EmailTemplate as EmailTemplate  # re-exported (older home)
 from .base import Notification, Receipt
+from .targets import notify_email_error
 
 #: Longest wait for the SMTP server, per command (seconds).
 DEFAULT_SMTP_TIMEOUT_S = 30.0
@@ -76,14 +77,18 @@ def parse_smtp_url(url: str) -> SMTPConfig:
     )
 
 
-async def send_message(message: EmailMessage, smtp: SMTPConfig) -> tuple[Any, str]:
+async def send_message(
+    message: EmailMessage, smtp: SMTPConfig, *, recipients: Sequence[str] | None = None
+) -> tuple[Any, str]:
     """Hand `message` to the SMTP server; returns aiosmtplib's (refusals, answer).
+    `recipients` are the envelope's, else those its To, Cc and Bcc fields name.
 
     Raises:
         aiosmtplib.SMTPException: the server refused it or could not be reached.
     """
     result: tuple[Any, str] = await aiosmtplib.send(
         message,
+        recipients=recipients,
         hostname=smtp.host,
         port=smtp.port,
         username=smtp.username,
@@ -156,8 +161,15 @@ class EmailNotifier:
         return message
 
     async def deliver(self, notification: Notification) -> Receipt:
+        # The one address a job names, checked again (a job stored before the web tier
+        # checked as closely), and the envelope's only recipient whatever the header says.
+        if why := notify_email_error(notification.target):
+            raise TargetRefused(f"{notification.target!r}: {why}")
+        message = self.compose(notification)
         try:
-            _refused, answer = await send_message(self.compose(notification), self.config)
+            _refused, answer = await send_message(
+                message, self.config, recipients=[notification.target]
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             if codes and all(500 <= code < 600 for code in codes):

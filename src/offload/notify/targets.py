@@ -45,7 +45,13 @@ METADATA_ADDRESSES = frozenset(
 #: Kinds that never call for notifications of their own (no webhook about a webhook).
 DELIVERY_KINDS = frozenset({WEBHOOK_KIND, EMAIL_KIND})
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+#: One address, `local@domain.tld`: a dot-atom local part (none of the characters that
+#: make a header field a list or a group, `,;:<>()[]\"`, nor a leading, trailing or doubled
+#: dot) and a domain of dot-separated labels (letters, digits, `-`; non-ASCII for IDNs).
+_EMAIL = re.compile(
+    r"(?=[^@]{1,64}@)(?!\.)(?:\.?[^\s\x00-\x1f\x7f@,;:<>()\[\]\\\".])+"
+    r"@(?:(?!-)[^\W_](?:[^\W_]|-)*(?<!-)\.)+[^\W\d_](?:[^\W_]|-)*(?<!-)"
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 #: The characters of an IPv4 address in the forms the resolver reads (`0x7f.1`).
@@ -81,7 +87,9 @@ def callback_url_error(url: str) -> str | None:
 
 def notify_email_error(address: str) -> str | None:
     """Why `address` is not an email address to notify, or None when it is one."""
-    return None if _EMAIL.match(address) else "notify_email is not an email address"
+    if len(address) <= 254 and _EMAIL.fullmatch(address):
+        return None
+    return "notify_email is not an email address (one address, local@domain)"
 
 
 def delivery_option_errors(callback_url: str | None, notify_email: str | None) -> dict[str, str]:
