@@ -160,6 +160,18 @@ def test_anything_but_one_address_is_refused_to_notify(address: str) -> None:
         ("http://[64:ff9b::a9fe:a9fe]/", True, "metadata"),
         ("http://[2002:a9fe:a9fe::]/", True, "metadata"),
         ("http://[2002:5db8:d70e::]/", False, None),  # 6to4 of a public address
+        ("http://[::ffff:0:7f00:1]/", False, "loopback"),  # IPv4-translated (RFC 2765)
+        ("http://[::ffff:0:a9fe:a9fe]/", True, "metadata"),
+        ("http://[::ffff:0:a00:1]/", True, None),
+        ("http://[64:ff9b:1:a9fe:a9:fe00::]/", True, "metadata"),  # local-use NAT64
+        ("http://[64:ff9b:1:5db8:d7:e00::]/", False, "private"),  # (a local translator)
+        ("http://[64:ff9b:1::a00:1]/", False, "not a"),
+        ("http://[fec0::1]/", False, "not a public"),  # the old site-local
+        ("http://[fec0::1]/", True, None),
+        ("http://[5f00::1]/", False, "not a public"),  # segment routing (RFC 9602)
+        ("http://[3fff::1]/", False, "not a public"),  # documentation (RFC 9637)
+        ("http://[::1:2:3:4]/", False, "not a public"),  # outside 2000::/3
+        ("http://[2606:4700::1111]/", False, None),  # global unicast
         ("https://93.184.215.14/in", False, None),
         ("https://127.0.0.1:9/in", False, "loopback"),
         ("https://[::1]/in", False, "loopback"),

@@ -53,7 +53,16 @@ _EMAIL = re.compile(
     r"@(?:(?!-)[^\W_](?:[^\W_]|-)*(?<!-)\.)+[^\W\d_](?:[^\W_]|-)*(?<!-)"
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: The local-use NAT64 prefix (RFC 8215): a translator of this network's own.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+#: IPv4-translated addresses (`::ffff:0:a.b.c.d`, RFC 2765).
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+#: Where every public IPv6 address is (global unicast, RFC 4291), and the part of it kept
+#: for documentation (RFC 9637) that older Pythons call global: outside, `fec0::/10` (the
+#: old site-local), `5f00::/16` (segment routing) and the rest that is no one's to reach.
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_DOCUMENTATION = ipaddress.IPv6Network("3fff::/20")
 #: The characters of an IPv4 address in the forms the resolver reads (`0x7f.1`).
 _IPV4_NUMBER = frozenset("0123456789abcdefx.")
 
@@ -106,22 +115,27 @@ def delivery_option_errors(callback_url: str | None, notify_email: str | None) -
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries on to, or None: IPv4-mapped
-    (`::ffff:a.b.c.d`), 6to4 (`2002::/16`), the NAT64 well-known prefix (`64:ff9b::/96`)
+    (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), 6to4 (`2002::/16`), the NAT64
+    prefixes (`64:ff9b::/96`, and the local-use `64:ff9b:1::/48` as RFC 6052 lays out a /48)
     and the deprecated IPv4-compatible form (`::a.b.c.d`)."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
-    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # :: and ::1 are their own
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    number = int(ip)
+    if ip in _LOCAL_NAT64:  # bits 48 to 63, then (past the u octet) 72 to 87
+        return ipaddress.IPv4Address(((number >> 64) & 0xFFFF) << 16 | (number >> 40) & 0xFFFF)
+    if ip in _NAT64 or ip in _IPV4_TRANSLATED or (ip in _IPV4_COMPATIBLE and number > 1):
+        return ipaddress.IPv4Address(number & 0xFFFFFFFF)  # :: and ::1 are their own
     return None
 
 
 def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
     """Why a webhook may not go to `ip`, or None when it may (an IPv6 address that
     carries an IPv4 one is judged as that one: `embedded_ipv4`)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        ip = embedded_ipv4(ip) or ip
+    translated = False
+    if isinstance(ip, ipaddress.IPv6Address) and (carried := embedded_ipv4(ip)) is not None:
+        ip, translated = carried, ip in _LOCAL_NAT64
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if ip.is_unspecified or ip.is_multicast:
@@ -131,12 +145,20 @@ def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
     for test, what in (
         (ip.is_loopback, "a loopback address"),
         (ip.is_link_local, "a link-local address"),
-        (ip.is_private, "a private address"),
-        (not ip.is_global, "not a public address"),
+        (ip.is_private or translated, "a private address"),  # a local translator's
+        (not ip.is_global or not _public_ipv6_space(ip), "not a public address"),
     ):
         if test:
             return what
     return None
+
+
+def _public_ipv6_space(ip: IPAddress) -> bool:
+    """Whether an IPv6 address is where public ones are (an IPv4 address: yes), which
+    Pythons before 3.12.4 do not all judge as the IANA registries do."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return True
+    return ip in _GLOBAL_UNICAST and ip not in _DOCUMENTATION
 
 
 def address_of(host: str) -> IPAddress | None:
