@@ -13,10 +13,17 @@ from typing import Any
 
 import pytest
 import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError
 
 from offload import App, Message, Settings
 from offload.web import create_app
-from offload.web.serve import MAX_HEAD_BYTES, _h11_protocol, server_options
+from offload.web.serve import (
+    MAX_HEAD_BYTES,
+    MAX_WS_MESSAGE_BYTES,
+    _h11_protocol,
+    server_options,
+)
 
 from ..ports import free_port
 
@@ -140,3 +147,19 @@ def test_offload_web_serves_with_these_options() -> None:
     server = _server(object(), "127.0.0.1", 8000)
     assert server.config.http is server_options()["http"]
     assert server.config.h11_max_incomplete_event_size == MAX_HEAD_BYTES
+    assert server.config.ws_max_size == MAX_WS_MESSAGE_BYTES
+
+
+async def test_a_websocket_message_over_the_bound_closes_the_stream(tmp_path: Path) -> None:
+    # /v1/ws reads no client message: one within the bound is ignored, a larger one ends
+    # the connection (1009) rather than being read whole, up to uvicorn's 16 MiB.
+    async with serving(tmp_path) as port:
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            await ws.send("x" * 1000)
+            await (await ws.ping())  # answered: the stream is still open
+            await ws.send("x" * (MAX_WS_MESSAGE_BYTES + 1))
+            with pytest.raises(ConnectionClosedError) as closed:
+                async with asyncio.timeout(30):
+                    await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

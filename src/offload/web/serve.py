@@ -18,6 +18,10 @@ from .problems import problem
 #: The most a request's line and header fields may take, in bytes: eight times what
 #: browsers send at most in practice, and the bound of common proxies' large header buffers.
 MAX_HEAD_BYTES = 64 * 1024
+#: The most a WebSocket client's message may take, in bytes: /v1/ws reads none (it only
+#: notices the close), so a larger one closes the connection (1009) rather than being read
+#: whole up to uvicorn's 16 MiB.
+MAX_WS_MESSAGE_BYTES = 4 * 1024
 #: What a head's end looks like (the blank line after its last field).
 _HEAD_END = b"\r\n\r\n"
 #: After a refusal, how long what the client still sends is read and dropped before the
@@ -46,12 +50,14 @@ _MALFORMED = ("the request is not valid HTTP/1.1", "malformed-request")
 def server_options() -> dict[str, Any]:
     """The `uvicorn.Config` options that bound a request's head and answer the server's own
     refusals as problem documents: with httptools (the `speed` extra) a head over
-    `MAX_HEAD_BYTES` is a 431, else h11's bound makes it a 400."""
+    `MAX_HEAD_BYTES` is a 431, else h11's bound makes it a 400; and that bound a WebSocket
+    client's message (`MAX_WS_MESSAGE_BYTES`)."""
+    bounds = {"h11_max_incomplete_event_size": MAX_HEAD_BYTES, "ws_max_size": MAX_WS_MESSAGE_BYTES}
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: h11, which bounds what it buffers
-        return {"http": _h11_protocol(), "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
-    return {"http": _bounded(HttpToolsProtocol), "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+        return {"http": _h11_protocol(), **bounds}
+    return {"http": _bounded(HttpToolsProtocol), **bounds}
 
 
 class _Refusing:
