@@ -137,6 +137,28 @@ async def test_a_page_of_a_rebound_name_cannot_sign_in_nor_read(demo: Demo) -> N
     assert (await (await demo.signed_in("alice")).get("/reports")).status_code == 200
 
 
+async def test_another_site_cannot_sign_a_visitor_in_nor_out(demo: Demo) -> None:
+    # A form on another site that posts to /login (as bob) or /logout: before one signs in
+    # there is no form token, so the origin tells.
+    alice = await demo.signed_in("alice")
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        for path, data in (("/login", {"user": "bob"}), ("/logout", {})):
+            refused = await alice.post(path, data=data, headers=headers)
+            assert refused.status_code == 403, (path, headers)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["type"].endswith("/cross-site-request")
+            assert "set-cookie" not in refused.headers
+    mine = (await alice.get("/reports")).text
+    assert "Alice Martin" in mine and "Bob Okafor" not in mine  # still alice, signed in
+    # Its own pages (their origin, or a browser's same-origin fetch) sign in and out.
+    own = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    assert (await alice.post("/logout", headers=own)).status_code == 303
+    async with demo.client() as client:
+        login = await client.post("/login", data={"user": "bob"}, headers=own)
+        assert login.status_code == 303 and "set-cookie" in login.headers
+    await alice.aclose()
+
+
 async def test_pages_need_a_signed_in_user(demo: Demo) -> None:
     async with demo.client() as client:
         assert (await client.get("/")).headers["location"] == "/login"

@@ -21,7 +21,7 @@ from ..settings import Settings
 from ..web import create_app
 from ..web.app import signing_key
 from ..web.auth import TokenAuth
-from ..web.origins import LoopbackHostMiddleware
+from ..web.origins import LoopbackHostMiddleware, cross_site_reason
 from ..web.problems import problem
 from . import uploads
 from .config import DemoConfig
@@ -59,7 +59,18 @@ def _next(request: Request) -> str:
     return target if target.startswith("/") and not target.startswith("//") else "/reports"
 
 
+def _from_another_site(request: Request) -> Response | None:
+    """A 403 for a sign-in or sign-out another site's page posted (no CSRF token exists
+    before one signs in: its origin is what tells), else None."""
+    why = cross_site_reason(request.headers, request.url.scheme, request.headers.get("host", ""))
+    if why is None:
+        return None
+    return problem(403, f"refused {why}: sign in here", slug="cross-site-request")
+
+
 async def login(request: Request) -> Response:
+    if refused := _from_another_site(request):
+        return refused
     form = await request.form()
     user_id = str(form.get("user", ""))
     if user_id not in USERS:
@@ -73,6 +84,8 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    if refused := _from_another_site(request):
+        return refused
     response = RedirectResponse("/login", status_code=303)
     Sessions.sign_out(response)
     return response
