@@ -18,6 +18,7 @@ import pytest
 
 from offload.brokers.base import Backend, Capability
 from offload.contract import JobState, KindLimits
+from offload.errors import BackendError
 from offload.web.events import Hub, owner_stream
 
 from ..contract._support import KIND, claim, done, envelope
@@ -286,6 +287,56 @@ async def test_a_claim_whose_reply_was_lost_hands_over_what_it_leased(
     assert [le.envelope.attempt for le in leases] == [1, 1]
     assert [le.job_id for le in await claim(backend)] == [envs[2].id]
     assert await backend.settle([done(le) for le in leases]) == [True, True]
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("runs", ["before the next claim", "after the next claim"])
+async def test_a_claim_given_up_on_that_a_stalled_server_runs_later_leases_nothing_unheard_of(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, gated: bool, runs: str
+) -> None:
+    # Given three ready jobs, and a claim of two that got no answer by the retry deadline
+    # (a stalled server: the client gives up, while its attempt waits in the server's
+    # buffer, to run once the server goes on),
+    envs = [envelope() for _ in range(3)]
+    await backend.enqueue(envs)
+    given_up: list[Any] = []
+    run = backend.retrier.run
+
+    async def stalled(attempt: Any, **kw: Any) -> Any:
+        if not given_up:
+            given_up.append(attempt)
+            raise BackendError("Redis: no answer within 10s")
+        return await run(attempt, **kw)
+
+    monkeypatch.setattr(backend.retrier, "run", stalled)
+
+    async def next_claim(limit: int = 2) -> list[str]:
+        if gated:
+            leases = await backend.claim_gated(["q"], worker_id="w1", lease_for=60.0, limit=limit)
+        else:
+            leases = await claim(backend, limit=limit)
+        return [le.job_id for le in leases]
+
+    with pytest.raises(BackendError):
+        await next_claim()
+    # when the server runs that attempt before the worker's next claim, or after it,
+    if runs == "before the next claim":
+        await given_up[0](False)
+        claimed = await next_claim()
+    else:
+        claimed = await next_claim()
+        await given_up[0](False)
+    # then the next claim gets the two jobs (their first attempt) whichever ran first, and
+    # the attempt given up on leased no others: none lapses, its attempt spent, unrun.
+    assert claimed == [e.id for e in envs[:2]]
+    rows = [await backend.get(e.id) for e in envs]
+    assert [(r.state, r.attempt) for r in rows if r] == [
+        (JobState.RUNNING, 1),
+        (JobState.RUNNING, 1),
+        (JobState.QUEUED, 0),
+    ]
+    assert await next_claim(10) == [envs[2].id]  # a claim after those takes anew
 
 
 @pytest.mark.parametrize("gate", ["limited", "fair"])

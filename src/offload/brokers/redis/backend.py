@@ -9,7 +9,15 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -249,6 +257,8 @@ class RedisBackend:
         self._waiting: str | None = None
         #: Whether the last blocked wait lost its connection (the next one logs its return).
         self._wait_lost = False
+        #: The token of a claim that got no answer (`_claim_token`), for the next claim.
+        self._unanswered: str | None = None
         #: The enqueue script on a blocking client, for threads with no event loop
         #: (`enqueue_sync`): made on first use, under `_blocking_lock`.
         self._blocking: tuple[redis.Redis, Any] | None = None
@@ -689,27 +699,41 @@ class RedisBackend:
                 self._blocking = (client, client.register_script(_lua("enqueue")))
             return self._blocking
 
+    @contextlib.contextmanager
+    def _claim_token(self) -> Iterator[str]:
+        """The token of a claim: a new one, or the one of the last claim when that got no
+        answer (it failed past the retry deadline), so that an attempt of it still waiting
+        at a stalled server, run once the server goes on, leases nothing the worker never
+        hears of: the claim script notes what a token leased, and of all the claims sent
+        under one token the first to run claims and the others answer its jobs. A claim
+        that fails leaves its token to the next."""
+        token, self._unanswered = self._unanswered or secrets.token_hex(12), None
+        try:
+            yield token
+        except BaseException:
+            self._unanswered = token
+            raise
+
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
     ) -> list[Lease]:
         """Lease up to `limit` ready jobs in one script call (see Broker.claim).
 
-        Sent again on a lost connection with the same token, marked as a resend: the script
-        notes the ids each claim leased (under its token, for as long as the lease), and a
-        resend answers those of them still leased to the token instead of claiming more, so
-        a claim whose reply was lost neither leaves its jobs to lapse with an attempt spent
-        nor leases a second batch. A resend that finds no note claims anew.
+        Sent again on a lost connection with the same token: the script notes the ids each
+        claim leased (under its token, for as long as the lease), and a claim whose token
+        noted some answers those still leased to it instead of claiming more, so a claim
+        whose reply was lost neither leaves its jobs to lapse with an attempt spent nor
+        leases a second batch; one that finds no note claims anew. A claim that got no
+        answer at all passes its token to the next (`_claim_token`).
         """
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._work_mark()
-        token = secrets.token_hex(12)
-        args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
-        answer = await self.retrier.run(
-            lambda resent: self._script(
-                "claim", *args, _flag(resent), opt(None), *dict.fromkeys(queues)
+        with self._claim_token() as token:
+            args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
+            answer = await self.retrier.run(
+                lambda _resent: self._script("claim", *args, opt(None), *dict.fromkeys(queues))
             )
-        )
         return _leases(answer, token, worker_id)
 
     async def wait_and_claim(
@@ -736,12 +760,23 @@ class RedisBackend:
         timeout = await self._wait_timeout(queues, timeout)
         if timeout <= 0:
             return await self.claim(queues, worker_id=worker_id, lease_for=lease_for, limit=limit)
-        token = secrets.token_hex(12)
+        with self._claim_token() as token:
+            return await self._wait_and_claim(queues, timeout, token, worker_id, lease_for, limit)
+
+    async def _wait_and_claim(
+        self,
+        queues: Sequence[str],
+        timeout: float,
+        token: str,
+        worker_id: str,
+        lease_for: float,
+        limit: int,
+    ) -> list[Lease]:
         names = list(dict.fromkeys(queues))
         args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
         code = self._scripts["claim"]
         blpop = ("BLPOP", *[self._key("wake:" + q) for q in names], self._key("waiter:" + token))
-        evalsha = ("EVALSHA", code.sha, 1, self._key("seq"), self.keyspace, *args, "0")
+        evalsha = ("EVALSHA", code.sha, 1, self._key("seq"), self.keyspace, *args)
         pool = self._redis.connection_pool
         self._waiting = token
         try:
@@ -772,7 +807,7 @@ class RedisBackend:
             # (or claims anew). The connection was dropped with the error: the next wait
             # connects again.
             answer = await self.retrier.run(
-                lambda _resent: self._script("claim", *args, "1", opt(None), *names)
+                lambda _resent: self._script("claim", *args, opt(None), *names)
             )
         finally:
             self._waiting = None
@@ -809,20 +844,19 @@ class RedisBackend:
         wait in per-owner lists that only fair claims read: every worker of a fair queue
         must declare it fair (run one version of the code).
 
-        Sent again on a lost connection with the same token, marked as a resend, as `claim`
-        is: a resend answers the jobs the lost attempt leased, and leases no more."""
+        Sent again on a lost connection with the same token, as `claim` is: a resend
+        answers the jobs the lost attempt leased, and leases no more; a claim that got no
+        answer passes its token to the next (`_claim_token`)."""
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._work_mark()
-        token = secrets.token_hex(12)
         fairs = sorted(set(fair))
-        head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
         tail: tuple[str | int, ...] = (len(fairs), *fairs, *dict.fromkeys(queues))
-        flats, held, next_start_at, kinds = await self.retrier.run(
-            lambda resent: self._script(
-                "claim_gated", *head, DEFAULT_GATED_SCAN_MAX, _flag(resent), *tail
+        with self._claim_token() as token:
+            head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
+            flats, held, next_start_at, kinds = await self.retrier.run(
+                lambda _resent: self._script("claim_gated", *head, DEFAULT_GATED_SCAN_MAX, *tail)
             )
-        )
         self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
         self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
         return [lease_of(values, token, worker_id) for values in flats]  # in the order taken

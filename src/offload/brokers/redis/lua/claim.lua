@@ -1,23 +1,23 @@
 -- claim: ARGV = K, now (opt: none for the server's clock), token, lease_for (seconds),
--- worker, limit, promote_max, resent, halt (opt: the halt key of a blocked waiter), queue...
+-- worker, limit, promote_max, halt (opt: the halt key of a blocked waiter), queue...
 -- Promotes due scheduled jobs, then leases the `limit` best ready jobs across the queues
 -- (lowest priority, then run_at, then id). Returns the claimed jobs' lease rows (lease_row).
--- The leased ids are noted under the token for as long as the lease: a resent claim (its
--- first reply lost) answers the noted jobs still leased to the token, and claims no more.
+-- The leased ids are noted under the token for as long as the lease: a claim whose token
+-- noted some (sent again, its first reply lost; or sent once more after the client gave up
+-- on it, while an attempt of it still waited at a stalled server) answers the noted jobs
+-- still leased to the token, and claims no more: whichever attempt runs first claims.
 -- A claim sent behind a waiter's BLPOP (wait_and_claim) takes nothing once its halt key
 -- is set (its worker stopping made the BLPOP return), and drops the key. A claim that took
 -- `limit` jobs and left ready ones behind wakes one more blocked worker.
 local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
 local expires = seconds_after(now, ARGV[4])
 local limit, promote_max = tonumber(ARGV[6]), tonumber(ARGV[7])
-if ARGV[8] == '1' then
-  local noted = noted_claim(token)
-  if noted then return noted end
-end
-local halt = opt(ARGV[9])
+local noted = noted_claim(token)
+if noted then return noted end
+local halt = opt(ARGV[8])
 if halt and redis.call('DEL', K .. 'halt:' .. halt) == 1 then return {} end
 local queues = {}
-for i = 10, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
+for i = 9, #ARGV do   -- a paused queue gives nothing (one set lookup per queue)
   if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then queues[#queues + 1] = ARGV[i] end
 end
 if #queues == 0 then return {} end

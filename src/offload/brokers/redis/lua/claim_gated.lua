@@ -1,6 +1,6 @@
 -- claim_gated: ARGV = K, now (opt: none for the server's clock), token, lease_for
--- (seconds), worker, limit, promote_max, scan_max, resent, n_fair, then n_fair fair queues,
--- then the queues to claim from.
+-- (seconds), worker, limit, promote_max, scan_max, n_fair, then n_fair fair queues, then
+-- the queues to claim from.
 -- `claim` within the limits of the claimed queues' kinds (see kind_gates): a held-back
 -- kind's jobs are passed over (at most `scan_max` entries read per queue), each limited
 -- kind gets at most its allowance, and its leased jobs and starts are logged.
@@ -9,19 +9,20 @@
 -- fring:<q> (zset by each owner's last turn, from the counter fturn:<q>); the claim takes
 -- one job of each owner in turn, least recently served first. Fair queues and the plain
 -- ones (merged in claim order) take turns.
--- The leased ids are noted under the token (lease_picked): a resent claim (its first reply
--- lost) answers the noted jobs still leased to the token, and claims no more.
+-- The leased ids are noted under the token (lease_picked): a claim whose token noted some
+-- (sent again, as `claim` is) answers the noted jobs still leased to the token, and claims
+-- no more.
 -- Returns {claimed rows in the order taken, 1 when a limit holds jobs back now (else 0),
 -- the time a start is next due by a rate ('' for none), the limited kinds with their
 -- queues (flat pairs)}.
 local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
 local expires = seconds_after(now, ARGV[4])
 local limit, promote_max, scan_max = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local resent, n_fair = ARGV[9] == '1', tonumber(ARGV[10])
+local n_fair = tonumber(ARGV[9])
 local fair = {}
-for i = 11, 10 + n_fair do fair[ARGV[i]] = true end
+for i = 10, 9 + n_fair do fair[ARGV[i]] = true end
 local queues, open = {}, {}
-for i = 11 + n_fair, #ARGV do
+for i = 10 + n_fair, #ARGV do
   if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then
     queues[#queues + 1] = ARGV[i]
     open[ARGV[i]] = true
@@ -41,10 +42,8 @@ local function answer(out)
   return {out, held, next_due and string.format('%.6f', next_due) or '', kinds}
 end
 
-if resent then
-  local noted = noted_claim(token)
-  if noted then return answer(noted) end
-end
+local noted = noted_claim(token)
+if noted then return answer(noted) end
 if #queues == 0 then return {{}, 0, '', {}} end
 
 for _, queue in ipairs(queues) do
