@@ -369,6 +369,7 @@ async def test_an_event_stream_asked_for_while_the_server_is_down_is_a_503(
     proxy = Relay.to_pg()
     url = await proxy.start_for(schema.url)
     app = App("pg-down", settings=Settings(url=url, connect_timeout_s=1.0, retry_deadline_s=1.0))
+    app.message("t.ping")(Ping)
     api = create_app(app)
     try:
         async with api.router.lifespan_context(api):
@@ -383,6 +384,14 @@ async def test_an_event_stream_asked_for_while_the_server_is_down_is_a_503(
                 assert answer.status_code == 503, answer.text
                 assert answer.headers["retry-after"] == "5"
                 assert answer.headers["content-type"] == "application/problem+json"
+                # A submission's 503 says how to send it again safely (a stalled server
+                # may still store it); a read's does not.
+                submitted = await web.post("/v1/jobs/t.ping", json={"n": 1})
+                assert submitted.status_code == 503, submitted.text
+                assert "the same Idempotency-Key is stored once" in submitted.json()["detail"]
+                read = await web.get("/v1/jobs")
+                assert read.status_code == 503
+                assert read.json()["detail"] == "the job backend is unavailable; try again shortly"
     finally:
         await proxy.stop()
 

@@ -110,7 +110,8 @@ def problem_details(api: FastAPI) -> None:
 
     @api.exception_handler(BackendError)
     async def on_backend(request: Request, exc: BackendError) -> Response:
-        return backend_unavailable(exc).response(instance=request.url.path)
+        write = request.method not in ("GET", "HEAD")
+        return backend_unavailable(exc, write=write).response(instance=request.url.path)
 
     @api.exception_handler(StorageFull)
     async def on_storage_full(request: Request, exc: StorageFull) -> Response:

@@ -114,13 +114,21 @@ def problem(
     return ProblemResponse(body, status_code=status, headers=headers)
 
 
-def backend_unavailable(exc: BackendError) -> Problem:
-    """The 503 problem of a backend that cannot be reached (its cause logged, not shown)."""
+def backend_unavailable(exc: BackendError, *, write: bool = False) -> Problem:
+    """The 503 problem of a backend that cannot be reached (its cause logged, not shown).
+    Of a `write` to the job backend, it says how to send it again safely: a stalled server
+    may still apply it."""
     log.error("backend error: %s", exc, extra={"action": "backend_error"})
     which = "blob store" if isinstance(exc, BlobStoreError) else "job backend"
+    detail = f"the {which} is unavailable; try again shortly"
+    if write and which == "job backend":
+        detail += (
+            " (whether this request was applied is not known: a submission sent again with "
+            "the same Idempotency-Key is stored once)"
+        )
     return Problem(
         503,
-        f"the {which} is unavailable; try again shortly",
+        detail,
         slug="backend-unavailable",
         headers=BACKEND_RETRY_AFTER,
     )
