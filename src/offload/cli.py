@@ -986,16 +986,19 @@ def _bulk(
     """Count what `act` would change, ask (unless `yes`), act, and report the count."""
     from ._cli_filters import described
 
-    n = _with_app(ref, url, lambda a: a.count_jobs(f, states=states))
     names = sorted(s.value for s in states)
     which = ", ".join(names[:-1]) + " or " + names[-1]
-    # A filter that names a state says which jobs it is; one of another state finds none.
+    if f.state and JobState(f.state) not in states:  # a question with no answer but "none"
+        raise _fail(
+            f"{f.state} jobs cannot be {past}: only {which} jobs can be",
+            prefix="error: ",
+            code=2,
+        )
+    n = _with_app(ref, url, lambda a: a.count_jobs(f, states=states))
+    # A filter that names a state says which jobs it is.
     shown = "" if f.state else f"{which} "
     if n == 0:
-        said = f"no {shown}job matches {described(f)}"
-        if f.state and JobState(f.state) not in states:
-            said += f": only {which} jobs can be {past}"
-        _console().print(said, highlight=False, soft_wrap=True)
+        _console().print(f"no {shown}job matches {described(f)}", highlight=False, soft_wrap=True)
         return
     if not yes:
         typer.confirm(f"{verb} {n:,} {shown}jobs matching {described(f)}?", abort=True)

@@ -205,10 +205,13 @@ def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: st
     # A bulk delete never touches waiting jobs: there is nothing it may delete
     nothing = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
     assert "no cancelled, dead, failed or succeeded job matches (every job)" in nothing.output
+    # (asked for queued jobs, while one is queued: it said "no job matches", and exited 0)
     waiting = invoke("jobs", "delete", "--all-matching", "--state", "queued", "--url", url)
-    assert one_line(waiting) == (
-        "no job matches state=queued: only cancelled, dead, failed or succeeded jobs can be deleted"
+    assert waiting.exit_code == 2 and one_line(waiting) == (
+        "error: queued jobs cannot be deleted: only cancelled, dead, failed or succeeded jobs "
+        "can be"
     )
+    assert shout in invoke("jobs", "list", "--state", "queued", "--url", url).output
     invoke("jobs", "cancel", first, "--url", url)
     gone = invoke("jobs", "delete", "--all-matching", "--yes", "--url", url)
     assert gone.exit_code == 0 and "deleted 1 job" in gone.output and "1 jobs" not in gone.output
