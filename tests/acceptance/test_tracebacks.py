@@ -66,7 +66,26 @@ def app(settings: Settings) -> App:
     async def broken(msg: Broken, ctx: Context) -> None:
         raise RuntimeError(f"the printer of {msg.user_id} is on fire")
 
+    app.message("t.unread", max_attempts=1)(Unread)
+    app.message("t.unread_async", max_attempts=1)(UnreadAsync)
+
+    @app.handles(Unread)
+    def unread(msg: Unread, ctx: Context) -> None:  # a plain handler: a thread
+        Path(msg.path).read_bytes()
+
+    @app.handles(UnreadAsync)
+    async def unread_async(msg: UnreadAsync, ctx: Context) -> None:
+        await asyncio.to_thread(Path(msg.path).rename, msg.path + ".done")  # two files named
+
     return app
+
+
+class Unread(Message):
+    path: str
+
+
+class UnreadAsync(Message):
+    path: str
 
 
 @dataclass
@@ -167,3 +186,27 @@ def test_the_setting_is_off_unless_set() -> None:
     assert Settings.from_env({}).expose_tracebacks is False
     assert Settings.from_env({"OFFLOAD_EXPOSE_TRACEBACKS": "0"}).expose_tracebacks is False
     assert Settings.from_env({"OFFLOAD_EXPOSE_TRACEBACKS": "1"}).expose_tracebacks is True
+
+
+async def test_an_os_error_tells_clients_its_reason_not_the_server_path_it_names(
+    app: App, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given handlers that fail on a file of the server (a path clients must not learn),
+    secret = tmp_path / "srv" / "private-data" / "ledger.csv"
+    jobs = [
+        await app.enqueue(Unread(path=str(secret))),
+        await app.enqueue(UnreadAsync(path=str(secret))),
+    ]
+    await start_worker()
+    for job in jobs:
+        async with asyncio.timeout(20):
+            while (record := await app.status(job.id))["state"] != "dead":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        # then the message clients see says why, without the path (it was `…: '/…/ledger.csv'`),
+        assert record["error"] == {
+            "type": "FileNotFoundError",
+            "message": "[Errno 2] No such file or directory",
+        }
+        # and the operators' traceback keeps it.
+        stored = await app.status(job.id, tracebacks=True)
+        assert str(secret) in stored["error"]["traceback"]

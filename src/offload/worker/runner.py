@@ -147,9 +147,17 @@ def _for_another(outcome: Outcome) -> bool:
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
     return {
         "type": type_name or type(exc).__name__,
-        "message": str(exc)[:2000],
+        "message": _message(exc)[:2000],
         "traceback": "".join(traceback.format_exception(exc))[-8000:],
     }
+
+
+def _message(exc: BaseException) -> str:
+    """An error's message as clients see it: an OS error's without the file it names (a
+    server path: `[Errno 2] No such file or directory`), which its traceback keeps."""
+    if isinstance(exc, OSError) and exc.strerror and (exc.filename or exc.filename2):
+        return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno is not None else exc.strerror
+    return str(exc)
 
 
 def _jsonable(value: Any) -> Any:
