@@ -339,6 +339,37 @@ async def test_a_claim_given_up_on_that_a_stalled_server_runs_later_leases_nothi
     assert await next_claim(10) == [envs[2].id]  # a claim after those takes anew
 
 
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_a_claim_given_up_on_that_runs_after_empty_claims_leases_nothing_unheard_of(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a claim given up on (as above) while the queue was empty, and the worker's next
+    # claims, which find nothing either,
+    given_up: list[Any] = []
+    run = backend.retrier.run
+
+    async def stalled(attempt: Any, **kw: Any) -> Any:
+        if not given_up:
+            given_up.append(attempt)
+            raise BackendError("Redis: no answer within 10s")
+        return await run(attempt, **kw)
+
+    monkeypatch.setattr(backend.retrier, "run", stalled)
+    with pytest.raises(BackendError):
+        await claim(backend)
+    assert await claim(backend) == [] and await claim(backend) == []
+    # when a job comes, and only then the server runs the attempt given up on (a server
+    # serves the connections that waited through a stall in no set order),
+    env = envelope()
+    await backend.enqueue([env])
+    await given_up[0](False)
+    # then the worker's next claim gets the job it leased (its first attempt), leased to no
+    # one else.
+    (lease,) = await claim(backend)
+    assert (lease.job_id, lease.envelope.attempt) == (env.id, 1)
+    assert await backend.settle([done(lease)]) == [True]
+
+
 @pytest.mark.parametrize("gate", ["limited", "fair"])
 async def test_a_gated_claim_whose_reply_was_lost_hands_over_what_it_leased(
     backend: Backend, loss: ReplyLoss, gate: str

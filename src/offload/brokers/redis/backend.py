@@ -9,15 +9,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Collection,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -257,7 +249,7 @@ class RedisBackend:
         self._waiting: str | None = None
         #: Whether the last blocked wait lost its connection (the next one logs its return).
         self._wait_lost = False
-        #: The token of a claim that got no answer (`_claim_token`), for the next claim.
+        #: The token of a claim that got no answer (`_claiming`), for the next claim.
         self._unanswered: str | None = None
         #: The enqueue script on a blocking client, for threads with no event loop
         #: (`enqueue_sync`): made on first use, under `_blocking_lock`.
@@ -699,20 +691,24 @@ class RedisBackend:
                 self._blocking = (client, client.register_script(_lua("enqueue")))
             return self._blocking
 
-    @contextlib.contextmanager
-    def _claim_token(self) -> Iterator[str]:
-        """The token of a claim: a new one, or the one of the last claim when that got no
-        answer (it failed past the retry deadline), so that an attempt of it still waiting
-        at a stalled server, run once the server goes on, leases nothing the worker never
-        hears of: the claim script notes what a token leased, and of all the claims sent
-        under one token the first to run claims and the others answer its jobs. A claim
-        that fails leaves its token to the next."""
-        token, self._unanswered = self._unanswered or secrets.token_hex(12), None
+    async def _claiming(self, claim: Callable[[str], Awaitable[list[Lease]]]) -> list[Lease]:
+        """`claim(token)` under a new token, or under the one of the last claim when that
+        got no answer (it failed past the retry deadline), so that an attempt of it still
+        waiting at a stalled server, run once the server goes on, leases nothing the worker
+        never hears of: the claim script notes what a token leased, and of all the claims
+        sent under one token the first to run that leases claims, the others answer its
+        jobs. A claim that fails leaves its token to the next; so does one under a token
+        passed on that leased nothing (the attempt given up on may run after it)."""
+        carried = self._unanswered
+        token, self._unanswered = carried or secrets.token_hex(12), None
         try:
-            yield token
+            leases = await claim(token)
         except BaseException:
             self._unanswered = token
             raise
+        if carried is not None and not leases:
+            self._unanswered = token
+        return leases
 
     async def claim(
         self, queues: Sequence[str], *, worker_id: str, lease_for: float, limit: int
@@ -724,17 +720,20 @@ class RedisBackend:
         noted some answers those still leased to it instead of claiming more, so a claim
         whose reply was lost neither leaves its jobs to lapse with an attempt spent nor
         leases a second batch; one that finds no note claims anew. A claim that got no
-        answer at all passes its token to the next (`_claim_token`).
+        answer at all passes its token on (`_claiming`).
         """
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._work_mark()
-        with self._claim_token() as token:
+
+        async def claim(token: str) -> list[Lease]:
             args = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
             answer = await self.retrier.run(
                 lambda _resent: self._script("claim", *args, opt(None), *dict.fromkeys(queues))
             )
-        return _leases(answer, token, worker_id)
+            return _leases(answer, token, worker_id)
+
+        return await self._claiming(claim)
 
     async def wait_and_claim(
         self, queues: Sequence[str], timeout: float, *, worker_id: str, lease_for: float, limit: int
@@ -760,8 +759,9 @@ class RedisBackend:
         timeout = await self._wait_timeout(queues, timeout)
         if timeout <= 0:
             return await self.claim(queues, worker_id=worker_id, lease_for=lease_for, limit=limit)
-        with self._claim_token() as token:
-            return await self._wait_and_claim(queues, timeout, token, worker_id, lease_for, limit)
+        return await self._claiming(
+            lambda token: self._wait_and_claim(queues, timeout, token, worker_id, lease_for, limit)
+        )
 
     async def _wait_and_claim(
         self,
@@ -846,20 +846,23 @@ class RedisBackend:
 
         Sent again on a lost connection with the same token, as `claim` is: a resend
         answers the jobs the lost attempt leased, and leases no more; a claim that got no
-        answer passes its token to the next (`_claim_token`)."""
+        answer passes its token on (`_claiming`)."""
         if limit <= 0 or not queues:
             return []
         self._seen_work = self._work_mark()
         fairs = sorted(set(fair))
         tail: tuple[str | int, ...] = (len(fairs), *fairs, *dict.fromkeys(queues))
-        with self._claim_token() as token:
+
+        async def claim(token: str) -> list[Lease]:
             head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
             flats, held, next_start_at, kinds = await self.retrier.run(
                 lambda _resent: self._script("claim_gated", *head, DEFAULT_GATED_SCAN_MAX, *tail)
             )
-        self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
-        self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
-        return [lease_of(values, token, worker_id) for values in flats]  # in the order taken
+            self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
+            self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))
+            return [lease_of(values, token, worker_id) for values in flats]  # in the order taken
+
+        return await self._claiming(claim)
 
     async def declare_limits(self, limits: Sequence[KindLimits]) -> None:
         args: list[str] = []
