@@ -4,6 +4,8 @@ be when sent (names are judged when sent)."""
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+
 import pytest
 
 from offload import App, Message
@@ -101,6 +103,10 @@ def test_empty_delivery_options_are_no_options() -> None:
 )
 def test_one_email_address_is_an_address_to_notify(address: str) -> None:
     assert notify_email_error(address) is None
+    # and a message's To field names it alone, as it is
+    message = EmailMessage()
+    message["To"] = address
+    assert [a.addr_spec for a in message["To"].addresses] == [address]
 
 
 @pytest.mark.parametrize(
@@ -119,6 +125,9 @@ def test_one_email_address_is_an_address_to_notify(address: str) -> None:
         "a b@example.com",
         "a\x01b@example.com",
         "ann@example.com\n",
+        # an encoded word, which a To field decodes into a list, or a line break
+        "=?utf-8?q?victim=40other.example=2C_x?=@example.com",
+        "=?utf-8?q?a=0D=0ABcc=3A_evil=40attacker.example?=@example.com",
         "ann@localhost",
         "ann@[127.0.0.1]",
         "ann@1.2.3.4",
@@ -163,9 +172,15 @@ def test_anything_but_one_address_is_refused_to_notify(address: str) -> None:
         ("http://[::ffff:0:7f00:1]/", False, "loopback"),  # IPv4-translated (RFC 2765)
         ("http://[::ffff:0:a9fe:a9fe]/", True, "metadata"),
         ("http://[::ffff:0:a00:1]/", True, None),
-        ("http://[64:ff9b:1:a9fe:a9:fe00::]/", True, "metadata"),  # local-use NAT64
+        ("http://[64:ff9b:1:a9fe:a9:fe00::]/", True, "metadata"),  # local-use NAT64: /48,
+        ("http://[64:ff9b:1:a9:fe:a9fe::]/", True, "metadata"),  # /56,
+        ("http://[64:ff9b:1:1:a9:fea9:fe00:0]/", True, "metadata"),  # /64,
+        ("http://[64:ff9b:1::a9fe:a9fe]/", True, "metadata"),  # /96 prefixes
         ("http://[64:ff9b:1:5db8:d7:e00::]/", False, "private"),  # (a local translator)
-        ("http://[64:ff9b:1::a00:1]/", False, "not a"),
+        ("http://[64:ff9b:1::a00:1]/", False, "private"),
+        ("http://[64:ff9b:1::a00:1]/", True, None),
+        ("http://[fd00:ec2::254%25eth0]/", True, "metadata"),  # a zone: the same address
+        ("http://[fe80::1%25eth0]/", False, "link-local"),
         ("http://[fec0::1]/", False, "not a public"),  # the old site-local
         ("http://[fec0::1]/", True, None),
         ("http://[5f00::1]/", False, "not a public"),  # segment routing (RFC 9602)

@@ -47,7 +47,8 @@ DELIVERY_KINDS = frozenset({WEBHOOK_KIND, EMAIL_KIND})
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 #: One address, `local@domain.tld`: a dot-atom local part (none of the characters that
 #: make a header field a list or a group, `,;:<>()[]\"`, nor a leading, trailing or doubled
-#: dot) and a domain of dot-separated labels (letters, digits, `-`; non-ASCII for IDNs).
+#: dot, nor an encoded word: `notify_email_error`) and a domain of dot-separated labels
+#: (letters, digits, `-`; non-ASCII for IDNs).
 _EMAIL = re.compile(
     r"(?=[^@]{1,64}@)(?!\.)(?:\.?[^\s\x00-\x1f\x7f@,;:<>()\[\]\\\".])+"
     r"@(?:(?!-)[^\W_](?:[^\W_]|-)*(?<!-)\.)+[^\W\d_](?:[^\W_]|-)*(?<!-)"
@@ -96,7 +97,8 @@ def callback_url_error(url: str) -> str | None:
 
 def notify_email_error(address: str) -> str | None:
     """Why `address` is not an email address to notify, or None when it is one."""
-    if len(address) <= 254 and _EMAIL.fullmatch(address):
+    # `=?…?=` is an encoded word, which a To field decodes: into a list, or a line break.
+    if len(address) <= 254 and _EMAIL.fullmatch(address) and "=?" not in address:
         return None
     return "notify_email is not an email address (one address, local@domain)"
 
@@ -116,26 +118,49 @@ def delivery_option_errors(callback_url: str | None, notify_email: str | None) -
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries on to, or None: IPv4-mapped
     (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), 6to4 (`2002::/16`), the NAT64
-    prefixes (`64:ff9b::/96`, and the local-use `64:ff9b:1::/48` as RFC 6052 lays out a /48)
-    and the deprecated IPv4-compatible form (`::a.b.c.d`)."""
+    well-known prefix (`64:ff9b::/96`) and the deprecated IPv4-compatible form
+    (`::a.b.c.d`). (The local-use NAT64 prefix: `local_nat64_ipv4s`.)"""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
     number = int(ip)
-    if ip in _LOCAL_NAT64:  # bits 48 to 63, then (past the u octet) 72 to 87
-        return ipaddress.IPv4Address(((number >> 64) & 0xFFFF) << 16 | (number >> 40) & 0xFFFF)
     if ip in _NAT64 or ip in _IPV4_TRANSLATED or (ip in _IPV4_COMPATIBLE and number > 1):
         return ipaddress.IPv4Address(number & 0xFFFFFFFF)  # :: and ::1 are their own
     return None
 
 
+def local_nat64_ipv4s(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an address of the local-use NAT64 prefix `64:ff9b:1::/48` may
+    carry, one per way RFC 6052 lays one out under a prefix of it (a /48, /56, /64 or /96:
+    which one, only the network's translator knows); none for another address."""
+    if ip not in _LOCAL_NAT64:
+        return []
+    n = int(ip)  # the u octet, bits 64 to 71, is skipped
+    return [
+        ipaddress.IPv4Address(value)
+        for value in (
+            ((n >> 64) & 0xFFFF) << 16 | (n >> 40) & 0xFFFF,  # /48: bits 48-63, 72-87
+            ((n >> 64) & 0xFF) << 24 | (n >> 32) & 0xFFFFFF,  # /56: bits 56-63, 72-95
+            (n >> 24) & 0xFFFFFFFF,  # /64: bits 72-103
+            n & 0xFFFFFFFF,  # /96: bits 96-127
+        )
+    ]
+
+
 def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
     """Why a webhook may not go to `ip`, or None when it may (an IPv6 address that
-    carries an IPv4 one is judged as that one: `embedded_ipv4`)."""
-    translated = False
-    if isinstance(ip, ipaddress.IPv6Address) and (carried := embedded_ipv4(ip)) is not None:
-        ip, translated = carried, ip in _LOCAL_NAT64
+    carries an IPv4 one is judged as that one: `embedded_ipv4`; one of the local-use NAT64
+    prefix is a private address, refused as a metadata address when any IPv4 address it
+    may carry is one)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:  # `fe80::1%eth0`: the address, whatever its zone
+            ip = ipaddress.IPv6Address(int(ip))
+        if any(v4 in METADATA_ADDRESSES for v4 in local_nat64_ipv4s(ip)):
+            return "a cloud metadata address"
+        if ip in _LOCAL_NAT64:
+            return None if allow_private else "a private address (a local NAT64 translator's)"
+        ip = embedded_ipv4(ip) or ip
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if ip.is_unspecified or ip.is_multicast:
@@ -145,7 +170,7 @@ def refusal(ip: IPAddress, *, allow_private: bool = False) -> str | None:
     for test, what in (
         (ip.is_loopback, "a loopback address"),
         (ip.is_link_local, "a link-local address"),
-        (ip.is_private or translated, "a private address"),  # a local translator's
+        (ip.is_private, "a private address"),
         (not ip.is_global or not _public_ipv6_space(ip), "not a public address"),
     ):
         if test:
