@@ -121,10 +121,14 @@ async def test_a_signed_link_serves_the_range_asked_for_and_answers_others_as_th
             assert b"Content-Range: bytes 0-1/10" in two_left.content
             assert b"Content-Range: bytes 7-8/10" in two_left.content
             assert b"Content-Range: bytes 12" not in two_left.content
-            # and when none is within it, the answer is the 416 still.
-            none_left = await c.get(url, headers={"Range": "bytes=10-,20-30"})
-            assert none_left.status_code == 416
-            assert none_left.headers["content-range"] == "bytes */10"
+            # and when none is within it, the answer is the 416 still (parts that cannot be
+            # read beside it too: they are ignored).
+            for none_within in ("bytes=10-,20-30", "bytes=20-30,", "bytes=20-30,x-y,5"):
+                none_left = await c.get(url, headers={"Range": none_within})
+                assert none_left.status_code == 416, none_within
+                assert none_left.headers["content-range"] == "bytes */10"
+            kept = await c.get(url, headers={"Range": "bytes=x-y,2-4,20-"})
+            assert (kept.status_code, kept.content) == (206, b"234")
     # Each of those answers is declared.
     answers = api.openapi()["paths"]["/files/{key}"]["get"]["responses"]
     assert {"200", "206", "416"} <= set(answers)

@@ -123,9 +123,9 @@ class _Download(FileResponse):
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
         unit, equals, ranges = http_range.partition("=")
         if equals and "," in ranges:
-            parts = ranges.split(",")
-            within = [part for part in parts if not _past_the_end(part, file_size)]
-            if within and len(within) < len(parts):
+            parts = [(part, _past_the_end(part, file_size)) for part in ranges.split(",")]
+            within = [part for part, past in parts if past is False]
+            if within and any(past for _, past in parts):
                 http_range = f"{unit}={','.join(within)}"
         return super()._parse_range_header(http_range, file_size)
 
@@ -158,15 +158,17 @@ class _Download(FileResponse):
         return await answer(scope, receive, send)
 
 
-def _past_the_end(part: str, size: int) -> bool:
+def _past_the_end(part: str, size: int) -> bool | None:
     """Whether one range of a `Range` header (`first-last`, `first-` or `-suffix`) starts
-    at or past the end of a file of `size` bytes, so that it cannot be satisfied; one that
-    cannot be read is not (it is ignored, as a bad header is)."""
+    at or past the end of a file of `size` bytes, so that it cannot be satisfied; None for
+    one that cannot be read (ignored, as a bad header is)."""
     first, dash, last = part.strip().partition("-")
+    if not dash:
+        return None
     try:
-        return bool(dash) and (int(first) >= size if first.strip() else int(last) == 0)
+        return int(first) >= size if first.strip() else int(last) == 0
     except ValueError:
-        return False
+        return None
 
 
 async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
