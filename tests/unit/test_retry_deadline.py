@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from offload import Settings
-from offload.brokers import open_backend
-from offload.errors import ConfigurationError
+from offload.brokers import _retry, open_backend
+from offload.brokers._retry import RETRY_WARNING_EVERY_S, Retrier
+from offload.errors import BackendError, ConfigurationError
 
 
 def test_the_retry_deadline_defaults_to_10_s_and_is_read_from_the_environment() -> None:
@@ -27,3 +30,42 @@ def test_server_backends_get_the_retry_deadline(url: str) -> None:
     backend = open_backend(url, retry_deadline_s=3.0)
     assert backend.retrier.deadline_s == 3.0  # type: ignore[attr-defined]
     assert open_backend(url).retrier.deadline_s == 10.0  # type: ignore[attr-defined]
+
+
+def test_an_outage_is_warned_of_once_every_so_often_not_at_every_retry(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a backend's retrier (every call of the backend shares it), on a clock of the
+    # test's own, and calls that lose their connection until the server comes back,
+    clock = [1000.0]
+    monkeypatch.setattr(_retry.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_retry.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    retrier = Retrier(lambda exc: True, deadline_s=60.0, log=logging.getLogger("t"), engine="X")
+    failures = [0]
+
+    def attempt(resent: bool) -> str:
+        if failures[0]:
+            failures[0] -= 1
+            raise BackendError("X: connection refused") from ConnectionError()
+        return "done"
+
+    def warned() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "action", None) == "backend_retry"]
+
+    with caplog.at_level(logging.DEBUG, logger="t"):
+        # when one call retries six times (within 2 s), and two more calls retry at once,
+        failures[0] = 6
+        assert retrier.run_sync(attempt) == "done"
+        for _ in range(2):
+            failures[0] = 1
+            assert retrier.run_sync(attempt) == "done"
+        # then the first retry was a warning, the others debug lines;
+        assert [r.levelno for r in warned()] == [logging.WARNING]
+        assert clock[0] - 1000.0 < RETRY_WARNING_EVERY_S
+        # and a retry 10 s on is warned of again, with how many were not.
+        clock[0] += RETRY_WARNING_EVERY_S
+        failures[0] = 1
+        assert retrier.run_sync(attempt) == "done"
+    last = warned()[-1]
+    assert len(warned()) == 2 and last.unsaid == 7  # type: ignore[attr-defined]
+    assert "7 more retries since the last warning" in last.getMessage()

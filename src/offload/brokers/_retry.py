@@ -23,6 +23,8 @@ PING_DEADLINE_S = 1.0
 #: is simply replaced).
 _MAX_PAUSE_S = 1.0
 _FIRST_PAUSE_S = 0.05
+#: The least time between two warnings of retries (the others, and how many, at debug).
+RETRY_WARNING_EVERY_S = 10.0
 
 
 class Retrier:
@@ -36,7 +38,9 @@ class Retrier:
     Args:
         transient: whether a driver error (the BackendError's cause) is a lost connection.
         deadline_s: how long after the first attempt a new one may start.
-        log: where each retry is reported, once, at warning.
+        log: where retries are reported: at warning, at most once every
+            `RETRY_WARNING_EVERY_S` with how many there were since (every call of a backend
+            shares its retrier, so an outage is a few lines, not one a retry), else debug.
         engine: the engine's name, for the log.
     """
 
@@ -55,6 +59,9 @@ class Retrier:
         self.engine = engine
         #: Run before each new attempt (PostgreSQL checks its idle pooled connections).
         self.on_retry = on_retry
+        #: When a retry may be warned of again, and the retries not warned of since.
+        self._warn_after = 0.0
+        self._unsaid = 0
 
     async def run(
         self, attempt: Callable[[bool], Awaitable[T]], *, deadline_s: float | None = None
@@ -97,11 +104,19 @@ class Retrier:
         cause = exc.__cause__
         if cause is None or not self.transient(cause):
             raise exc
-        if time.monotonic() + pause >= give_up:
+        now = time.monotonic()
+        if now + pause >= give_up:
             raise exc
+        if now < self._warn_after:
+            self._unsaid += 1
+            self.log.debug("%s connection lost (%s); trying again", self.engine, exc)
+            return
+        unsaid, self._unsaid, self._warn_after = self._unsaid, 0, now + RETRY_WARNING_EVERY_S
+        since = f" ({unsaid} more retries since the last warning)" if unsaid else ""
         self.log.warning(
-            "%s connection lost (%s); trying again",
+            "%s connection lost (%s); trying again%s",
             self.engine,
             exc,
-            extra={"action": "backend_retry", "engine": self.engine},
+            since,
+            extra={"action": "backend_retry", "engine": self.engine, "unsaid": unsaid},
         )
