@@ -95,3 +95,40 @@ async def test_a_held_job_whose_lease_is_still_its_own_is_renewed_and_runs(app: 
     assert (await app.status(job.id))["state"] == "succeeded"
     worker._threads.shutdown()
     await app.close()
+
+
+async def test_an_outcome_refused_for_a_lease_another_worker_took_is_said_and_not_counted(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.message("s.late", queue="default")(Step)
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        pass
+
+    await app.open()
+    job = await app.enqueue(Step())
+    worker = Worker(app, concurrency=1, lease_s=2.0)
+    backend = app._require_backend()
+    (lease,) = await backend.claim(worker.queues, worker_id=worker.id, lease_for=0.05, limit=1)
+    # Given a run that ended after its worker froze past the lease, while another worker
+    # rescued and took the job (the run was counted as it ended),
+    await lapse_and_take(app, lease)
+    late = Outcome(lease=lease, state=JobState.SUCCEEDED)
+    worker._count(late)
+    failed = Outcome(lease=lease, state=JobState.RETRYING)
+    worker._count(failed)
+    # when the backend refuses its outcomes,
+    applied = await backend.settle([late, failed])
+    assert applied == [False, False]
+    worker._not_recorded([late, failed], applied)
+    # then the worker says so (it said nothing: its registry entry counted attempts whose
+    # outcome was thrown away), and counts them as no runs.
+    said = [r for r in caplog.records if getattr(r, "action", None) == "outcome_not_recorded"]
+    assert len(said) == 2 and all(job.id in r.getMessage() for r in said)
+    assert "was not recorded" in said[0].getMessage()
+    assert (worker.processed, worker.failed) == (0, 0)
+    row = await app.get(job.id)
+    assert row is not None and row.state == JobState.RUNNING  # the other worker's run
+    worker._threads.shutdown()
+    await app.close()

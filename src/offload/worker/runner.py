@@ -1065,6 +1065,7 @@ class Worker:
                     self._pending_ready.set()
                     raise
                 self._meter(batch, applied)
+                self._not_recorded(batch, applied)
                 for outcome in batch:
                     job = self._jobs.get(outcome.lease.job_id)
                     if job is not None and job.lease.token == outcome.lease.token:
@@ -1072,6 +1073,27 @@ class Worker:
                 self.settled += len(batch)
             if not self._pending:
                 self._flushed.set()
+
+    def _not_recorded(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
+        """Say which attempts' outcomes the backend refused (the job is no longer this
+        worker's: a stalled worker's lease lapsed and the job was rescued, or it was deleted
+        meanwhile), and take them out of the registry's counts, which `_finished` made as
+        the runs ended."""
+        for outcome, written in zip(outcomes, applied, strict=False):
+            if written or outcome.refund:
+                continue
+            self.processed -= 1
+            if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
+                self.failed -= 1
+            env = outcome.lease.envelope
+            log.warning(
+                "job %s: the outcome of attempt %d (%s) was not recorded: the job is no "
+                "longer this worker's (its lease lapsed and it was rescued, or it was deleted)",
+                env.id,
+                env.attempt,
+                outcome.state,
+                extra={"action": "outcome_not_recorded", "job_id": env.id, "kind": env.kind},
+            )
 
     def _meter(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
         """Count the attempts that ended (metrics): each outcome written, but a job given
