@@ -48,6 +48,7 @@ METRIC_NAMES = (
     "offload_job_wait_seconds",
     "offload_queue_depth",
     "offload_queue_oldest_age_seconds",
+    "offload_queue_paused",
     "offload_worker_slots",
     "offload_deliveries_total",
 )
@@ -401,8 +402,8 @@ class _WalCollector:
 
 
 class QueueGauges:
-    """`offload_queue_depth{queue,state}` and `offload_queue_oldest_age_seconds{queue}`,
-    from the backend's stats as last read by `refresh` (nothing before the first)."""
+    """`offload_queue_depth{queue,state}`, `offload_queue_oldest_age_seconds{queue}` and
+    `offload_queue_paused{queue}`, from the backend's stats as last read by `refresh` (nothing before the first)."""
 
     def __init__(self) -> None:
         self.stats: Mapping[str, Mapping[str, Any]] = {}
@@ -442,12 +443,19 @@ class QueueGauges:
             "Age of each queue's oldest job ready to run",
             labels=("queue",),
         )
+        paused = GaugeMetricFamily(
+            "offload_queue_paused",
+            "1 while a queue is paused (no worker claims from it), else 0",
+            labels=("queue",),
+        )
         for queue, stats in sorted(self.stats.items()):
             for state in DEPTH_STATES:
                 depth.add_metric((queue, state), float(stats.get(state, 0)))
             age.add_metric((queue,), float(stats.get("oldest_age_s", 0.0)))
+            paused.add_metric((queue,), 1.0 if stats.get("paused") else 0.0)
         yield depth
         yield age
+        yield paused
 
     def describe(self) -> list[Metric]:
         return []

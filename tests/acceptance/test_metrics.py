@@ -173,6 +173,7 @@ async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -
         assert (await web.post("/v1/jobs/m.ping", json={"n": 1})).status_code == 202
         await app.enqueue(Ping(n=2), delay=3600)  # scheduled
         await app.enqueue(Flop())  # no handler here: stays queued
+        assert await app.pause("default")
         worker = Worker(app, queues=["pings", "offload.notify"], concurrency=2)
         task = asyncio.create_task(worker.run())
         try:
@@ -193,6 +194,9 @@ async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -
     assert found.value("offload_queue_depth", queue="pings", state="queued") == 0
     assert found.value("offload_queue_depth", queue="default", state="queued") == 1
     assert found.value("offload_queue_oldest_age_seconds", queue="default") >= 0
+    # A paused queue says so (its depth and age grow while no one may claim from it).
+    assert found.value("offload_queue_paused", queue="default") == 1
+    assert found.value("offload_queue_paused", queue="pings") == 0
     assert (
         found.value("offload_worker_slots", state="busy")
         + found.value("offload_worker_slots", state="idle")
