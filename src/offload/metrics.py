@@ -403,7 +403,8 @@ class _WalCollector:
 
 class QueueGauges:
     """`offload_queue_depth{queue,state}`, `offload_queue_oldest_age_seconds{queue}` and
-    `offload_queue_paused{queue}`, from the backend's stats as last read by `refresh` (nothing before the first)."""
+    `offload_queue_paused{queue}`, from the backend's stats as last read by `refresh`
+    (nothing before the first)."""
 
     def __init__(self) -> None:
         self.stats: Mapping[str, Mapping[str, Any]] = {}
