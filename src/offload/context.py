@@ -57,15 +57,18 @@ class Context:
                     made = self._cancelled = threading.Event()
         return made
 
+    def _on_loop(self) -> bool:
+        """Whether the caller runs on the worker's loop (an async handler), not in a thread."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
     def _bridge(self, coro: Awaitable[Any]) -> Any:
         """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
+        if self._on_loop():
             return coro
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop).result()
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
@@ -77,12 +80,24 @@ class Context:
         return self._bridge(self._backend.progress(self.lease, fraction, message))
 
     def once(self, step: str, fn: Callable[[], Any]) -> Any:
-        """Run a side step at most once per job across retries and re-deliveries.
+        """Run a side step once per job across retries and re-deliveries.
 
-        The step's JSON result is stored; a repeat returns it without running `fn` again.
-        `fn` may be a plain function or an async one.
+        The step's JSON result is stored once `fn` returns; a repeat returns it without
+        running `fn` again. (A worker that dies, or loses its lease, while `fn` runs may
+        run it again: give external calls `idempotency_key(step)`.) `fn` may be a plain
+        function or an async one; from a plain handler, a plain `fn` runs in the handler's
+        thread, so a blocking step blocks that handler alone.
         """
-        return self._bridge(self._once(step, fn))
+        if self._on_loop():
+            return self._once(step, fn)
+        found, value = self._bridge(self._backend.recall(self.job_id, step))
+        if found:
+            return value
+        value = fn()
+        if inspect.isawaitable(value):
+            value = self._bridge(value)
+        self._bridge(self._backend.remember(self.job_id, step, value))
+        return value
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
         found, value = await self._backend.recall(self.job_id, step)
@@ -104,3 +119,8 @@ class Context:
     def idempotency_key(self, step: str = "") -> str:
         """A stable key for an external call (payments, emails): the same on every attempt."""
         return f"{self.job_id}:{step}" if step else self.job_id
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """`awaitable` as a coroutine (what `run_coroutine_threadsafe` takes)."""
+    return await awaitable

@@ -41,6 +41,10 @@ class Ping(Message):
     text: str = "hi"
 
 
+class Quick(Message):
+    pass
+
+
 async def finished(app: App, job_id: str, timeout: float = 15) -> JobStatus:
     return await Job(job_id, True, app).wait(timeout)
 
@@ -372,6 +376,44 @@ async def test_once_runs_a_side_step_once_across_attempts(
     record = await finished(app, job.id)
     assert record.state is JobState.SUCCEEDED and record.result == "r-1"
     assert charges == [job.id]
+
+
+async def test_once_in_a_plain_handler_runs_its_step_in_the_handlers_thread(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.once_plain")(Ping)
+    app.message("t.quick")(Quick)
+    step_threads: list[str] = []
+    release, quick_ran = threading.Event(), threading.Event()
+
+    def charge() -> str:
+        step_threads.append(threading.current_thread().name)
+        # blocks until a job on the loop has run: a step run on the loop (it was) would
+        # hold that job, and itself, until this wait's end
+        release.wait(10)
+        return "r-1"
+
+    @app.handles(Ping, backoff=FAST)
+    def plain(msg: Ping, ctx: Context) -> str:
+        receipt = ctx.once("charge", charge)
+        if ctx.attempt == 1:
+            raise RuntimeError("crash after charging")
+        return str(receipt)
+
+    @app.handles(Quick)
+    async def quick(msg: Quick, ctx: Context) -> None:
+        quick_ran.set()
+        release.set()
+
+    await start_worker(concurrency=2)
+    job = await app.enqueue(Ping())
+    await app.enqueue(Quick())
+    record = await finished(app, job.id)
+    # The step ran once, in the handler's thread, while the loop ran the other job; the
+    # retry found its result.
+    assert record.state is JobState.SUCCEEDED and record.result == "r-1"
+    assert len(step_threads) == 1 and step_threads[0].startswith("offload-handler")
+    assert quick_ran.is_set()
 
 
 async def test_delete_signals_a_running_handler(
