@@ -7,7 +7,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .contract import Lease
 from .stores.blobs import StreamSource, put_stream
@@ -37,11 +37,20 @@ class Context:
         self.max_attempts = lease.envelope.max_attempts
         self.kind = lease.envelope.kind
         self.owner = lease.envelope.owner
-        self.blobs = blobs
+        self._blobs = blobs
         self.log = logging.LoggerAdapter(logger, {"job_id": self.job_id, "kind": self.kind})
         self._cancelled: threading.Event | None = None
         self._backend = backend
         self._loop = loop
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store: `await ctx.blobs.put(key, data)` in an async handler; in a plain
+        (threaded) handler `ctx.blobs.put(key, data)` without await, which blocks until the
+        blob is stored (run on the worker's loop), as `progress` does."""
+        if self._on_loop():
+            return self._blobs
+        return cast("BlobStore", _BlockingBlobs(self._blobs, self._bridge))
 
     @property
     def cancelled(self) -> threading.Event:
@@ -114,7 +123,7 @@ class Context:
         file path, a binary file object or an async iterator of bytes (S3: a multipart
         upload above the part size; a folder: a temp file renamed into place). Returns the
         reference `blob:<key>` to put in the result (awaitable in an async handler)."""
-        return self._bridge(put_stream(self.blobs, key, source, content_type))
+        return self._bridge(put_stream(self._blobs, key, source, content_type))
 
     def idempotency_key(self, step: str = "") -> str:
         """A stable key for an external call (payments, emails): the same on every attempt."""
@@ -124,3 +133,18 @@ class Context:
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     """`awaitable` as a coroutine (what `run_coroutine_threadsafe` takes)."""
     return await awaitable
+
+
+class _BlockingBlobs:
+    """A blob store as a handler's thread calls it: each of its async methods blocks until
+    it is done on the worker's loop (`bridge`); the rest (`path_of`) are the store's."""
+
+    def __init__(self, store: BlobStore, bridge: Callable[[Awaitable[Any]], Any]) -> None:
+        self._store = store
+        self._bridge = bridge
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._store, name)
+        if not inspect.iscoroutinefunction(found):
+            return found
+        return lambda *args, **kwargs: self._bridge(found(*args, **kwargs))

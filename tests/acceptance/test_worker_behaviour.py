@@ -69,6 +69,25 @@ async def test_plain_function_handlers_run_in_threads(
     assert seen and seen[0].startswith("offload-handler")
 
 
+async def test_a_plain_handler_stores_and_reads_blobs_without_await(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.blob_plain")(Ping)
+
+    @app.handles(Ping)
+    def handle(msg: Ping, ctx: Context) -> dict[str, Any]:
+        ref = ctx.blobs.put(f"plain/{ctx.job_id}.txt", msg.text.encode())
+        return {"ref": ref, "back": ctx.blobs.get(f"plain/{ctx.job_id}.txt").decode()}
+
+    await start_worker()
+    job = await app.enqueue(Ping(text="stored"))
+    record = await finished(app, job.id)
+    # (it returned an un-awaited coroutine: nothing stored, and the job failed to serialise)
+    assert record.state is JobState.SUCCEEDED, record.error
+    assert record.result == {"ref": f"blob:plain/{job.id}.txt", "back": "stored"}
+    assert await app.blobs.get(f"plain/{job.id}.txt") == b"stored"
+
+
 async def test_plain_handlers_run_in_as_many_threads_as_slots(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
