@@ -465,7 +465,7 @@ def worker(
             until_done=max_jobs is not None or exit_when_idle is not None,
         )
         raise typer.Exit(supervisor.run())
-    with _errors():
+    with _errors(), _interrupted_as_by_signal():
         offload_app = _app(app, url)
         runner = Worker(
             offload_app,
@@ -510,15 +510,38 @@ def worker(
             stop_metrics()
 
 
-def _asked_twice(runner: Worker) -> Callable[[], None]:
+@contextlib.contextmanager
+def _interrupted_as_by_signal() -> Iterator[None]:
+    """A worker interrupted (SIGINT) before its own handling of signals began (importing
+    the app, opening the backend) ends as the signal ends a process, not with click's
+    "Aborted!" and exit 1: it had claimed nothing, and a supervisor that forwarded the
+    signal counts that as stopped as asked (`stopped_cleanly`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise  # (where the signal does not end it at once)
+
+
+#: Signals to stop within this long of the first are that one, delivered twice (seconds).
+SAME_STOP_S = 1.0
+
+
+def _asked_twice(runner: Worker, clock: Callable[[], float] = time.monotonic) -> Callable[[], None]:
     """What a signal to stop does to a worker: the first stops it gracefully, and another
-    ends the grace period at once (its running jobs are released)."""
-    asked = False
+    ends the grace period at once (its running jobs are released). One within `SAME_STOP_S`
+    of the first is the same request come twice: a terminal's Ctrl+C reaches every process
+    of its group, a supervisor's children among them, which the supervisor forwards it to
+    as well, and systemd signals every process of a service."""
+    first: float | None = None
 
     def stop() -> None:
-        nonlocal asked
-        runner.request_stop(now=asked)
-        asked = True
+        nonlocal first
+        now = clock()
+        if first is None:
+            first = now
+        runner.request_stop(now=now - first >= SAME_STOP_S)
 
     return stop
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from offload import App, Message, Settings
+from offload.cli import SAME_STOP_S
 
 from .conftest import Stack
 
@@ -194,8 +199,64 @@ def test_a_second_signal_ends_the_grace_period(stack: Stack) -> None:
     # Given a worker asked to stop while its job has a minute to go (its grace ten minutes),
     worker.send_signal(signal.SIGINT)
     wait_for(lambda: "waiting up to" in stack.output(), 20, "the grace period", stack)
-    # when it is asked again (Ctrl+C twice), it releases the job at once and exits 0.
+    # when it is asked again (Ctrl+C twice: a second on from the first, which it took, so
+    # that it is no copy of the first come twice), it releases the job at once and exits 0.
+    time.sleep(SAME_STOP_S)
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=30) == 0, stack.output()
     record = alice.get(f"/v1/jobs/{job_id}").json()
     assert (record["state"], record["attempt"]) == ("queued", 0)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, ended but not reaped yet, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_worker_processes_end_when_their_supervisor_is_killed_outright(stack: Stack) -> None:
+    # Given a supervisor of two worker processes (each writes its pid as it imports),
+    supervisor = stack.start_worker("--processes", "2", "--queues", "bulk")
+
+    def children() -> list[int]:
+        return [int(line.split()[0]) for line in stack.log_lines("imports.log")]
+
+    wait_for(lambda: len(children()) >= 2, 60, "the two processes to start", stack)
+    # when it is killed without a chance to stop them (SIGKILL, out of memory),
+    supervisor.kill()
+    supervisor.wait()
+    # then they stop too (they ran on unsupervised), asked by the kernel.
+    wait_for(lambda: not any(_alive(pid) for pid in children()), 30, "them to end", stack)
+    assert "stopping" in stack.output() or "stopped" in stack.output()
+
+
+def test_ctrl_c_to_the_process_group_of_a_supervisor_stops_it_gracefully(stack: Stack) -> None:
+    stack.start_web()
+    alice = stack.client()
+    # Given a supervisor of two worker processes started from a terminal (its own process
+    # group here, so that the signal below reaches it and its children alone),
+    with open(stack.logs / "group.out", "wb") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "offload", "worker", "--app", "e2eapp.handlers:app",
+             "--processes", "2", "--grace", "60", "--queues", "slow"],
+            cwd=stack.root, env=stack.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 3}).json()["id"]
+            slow_job_started(stack)
+            # when Ctrl+C reaches the group (each child gets it from the terminal, and again
+            # from the supervisor, which forwards it),
+            os.killpg(supervisor.pid, signal.SIGINT)
+            assert supervisor.wait(timeout=60) == 0, stack.output()
+        finally:
+            if supervisor.poll() is None:
+                os.killpg(supervisor.pid, signal.SIGKILL)
+                supervisor.wait()
+    # then that is one request to stop: the job finished within the grace period (it was
+    # taken as Ctrl+C twice, and released at once).
+    record = alice.get(f"/v1/jobs/{job_id}").json()
+    assert (record["state"], record["attempt"]) == ("succeeded", 1), stack.output()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .._children import die_with_parent
 from .._loop import freeze_start_up, run
 from ..errors import ConfigurationError
 from ..settings import Settings
@@ -47,8 +47,6 @@ WORKER_NICE = 10
 DEFAULT_WEB_GRACE_S = 3.0
 #: Longest pause before restarting a worker that crashed (seconds).
 DEFAULT_RESTART_MAX_S = 10.0
-#: prctl(2) option: the signal a process gets when its parent dies.
-PR_SET_PDEATHSIG = 1
 
 
 #: Modules of the `demo` extra (import name: package name).
@@ -81,8 +79,7 @@ def prepare(config: DemoConfig) -> DemoConfig:
 def _worker_preexec() -> None:
     """In a worker process, before it runs: ask Linux for SIGTERM when the launcher dies,
     and yield the CPU to the web tier (`WORKER_NICE`)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._children import CHILD_OPTIONS, FORWARDED
 from ..errors import OffloadError
 from .scaling import Backlog, Decision, ScalingPolicy
 from .supervisor import DEFAULT_RESTART_BACKOFF_S, stopped_cleanly
@@ -262,11 +263,11 @@ class AutoscalingSupervisor:
                 extra={"action": "autoscale_stop", "processes": self.alive},
             )
         self._stopping.set()
-        self._stop_signal = signum
+        self._stop_signal = FORWARDED
         for child in self.slots:
             if child is not None and child.proc is not None and not child.stopping:
                 if child.proc.poll() is None:
-                    child.proc.send_signal(signum)
+                    child.proc.send_signal(FORWARDED)
 
     async def _step(self) -> None:
         """Read the backlog, decide, and carry the decision out."""
@@ -307,7 +308,9 @@ class AutoscalingSupervisor:
         read, write = os.pipe()
         os.set_blocking(read, False)
         try:
-            proc = subprocess.Popen([*self.argv, *extra, f"--ready-fd={write}"], pass_fds=(write,))
+            proc = subprocess.Popen(  # type: ignore[call-overload]
+                [*self.argv, *extra, f"--ready-fd={write}"], pass_fds=(write,), **CHILD_OPTIONS
+            )
         except BaseException:
             os.close(read)
             raise

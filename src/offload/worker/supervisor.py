@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from .._children import CHILD_OPTIONS, FORWARDED
+
 log = logging.getLogger("offload.supervisor")
 
 #: Shortest gap between two restarts of one slot (seconds), so a crash loop can't spin.
@@ -65,7 +67,7 @@ class Supervisor:
         argv = self.argv if slot == 0 else self.others_argv
         if self.slot_argv is not None:
             argv = [*argv, *self.slot_argv(slot)]
-        self.children[slot] = subprocess.Popen(argv)
+        self.children[slot] = subprocess.Popen(argv, **CHILD_OPTIONS)  # type: ignore[call-overload]
         self.started_at[slot] = time.monotonic()
 
     def _signal(self, signum: int, _frame: object) -> None:
@@ -78,10 +80,10 @@ class Supervisor:
                 signal.Signals(signum).name,
                 extra={"action": "supervisor_stop", "processes": running},
             )
-        self.stop_signal = signum
+        self.stop_signal = FORWARDED
         for child in self.children:
             if child is not None and child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(FORWARDED)
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; returns the exit code (0 when all stopped cleanly)."""
