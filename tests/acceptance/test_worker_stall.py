@@ -11,7 +11,7 @@ import pytest
 from offload import App, Context, Message
 from offload.contract import JobState, Lease, Outcome
 from offload.worker.lease import Renewal
-from offload.worker.runner import Worker
+from offload.worker.runner import Worker, _Job
 
 pytestmark = pytest.mark.anyio
 
@@ -114,10 +114,12 @@ async def test_an_outcome_refused_for_a_lease_another_worker_took_is_said_and_no
     # Given a run that ended after its worker froze past the lease, while another worker
     # rescued and took the job (the run was counted as it ended),
     await lapse_and_take(app, lease)
+    worker._jobs[lease.job_id] = ran = _Job(lease=lease, renewed=stalled(worker, 5.0))
     late = Outcome(lease=lease, state=JobState.SUCCEEDED)
     worker._count(late)
     failed = Outcome(lease=lease, state=JobState.RETRYING)
     worker._count(failed)
+    ran.counted = True
     # when the backend refuses its outcomes,
     applied = await backend.settle([late, failed])
     assert applied == [False, False]
@@ -128,6 +130,14 @@ async def test_an_outcome_refused_for_a_lease_another_worker_took_is_said_and_no
     assert len(said) == 2 and all(job.id in r.getMessage() for r in said)
     assert "was not recorded" in said[0].getMessage()
     assert (worker.processed, worker.failed) == (0, 0)
+    # An outcome sent again after a settle that failed (it may have applied then), or one
+    # of no run of this worker's counts (a held job's cancel), is left out of that.
+    worker._count(late)
+    worker._unknown.add(lease.token)
+    worker._not_recorded([late], [False])
+    del worker._jobs[lease.job_id]
+    worker._not_recorded([late], [False])
+    assert worker.processed == 1
     row = await app.get(job.id)
     assert row is not None and row.state == JobState.RUNNING  # the other worker's run
     worker._threads.shutdown()

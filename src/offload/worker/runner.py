@@ -112,6 +112,8 @@ class _Job:
     #: When its run began (loop time), and how long it ran once it ended (metrics).
     began: float = 0.0
     ran_s: float | None = None
+    #: Whether its run's outcome is in the registry's counts (`_count`, as the run ended).
+    counted: bool = False
 
 
 class _ThreadRun:
@@ -291,6 +293,8 @@ class Worker:
         #: Attempts run to an outcome, and how many of those failed (the registry shows both).
         self.processed = 0
         self.failed = 0
+        #: Lease tokens of outcomes sent again after a settle failed (`_not_recorded`).
+        self._unknown: set[str] = set()
         #: When `run` began (the registry's `started_at`).
         self.started_at = datetime.now(UTC)
 
@@ -647,6 +651,7 @@ class Worker:
                 self._active_at = task.get_loop().time()
             if outcome is not None:
                 self._count(outcome)
+                job.counted = True
                 self._report(job, outcome)
         except Exception:
             outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
@@ -1056,12 +1061,14 @@ class Worker:
                     # Keep the outcomes (their leases keep beating) and try again shortly.
                     log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
                     self._pending = batch + self._pending
+                    self._unknown.update(o.lease.token for o in batch)  # it may have applied
                     self._pending_ready.set()
                     await asyncio.sleep(0.5)
                     continue
                 except BaseException:
                     # Not written: keep them for a restarted settler, or the last try.
                     self._pending = batch + self._pending
+                    self._unknown.update(o.lease.token for o in batch)
                     self._pending_ready.set()
                     raise
                 self._meter(batch, applied)
@@ -1077,14 +1084,21 @@ class Worker:
     def _not_recorded(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
         """Say which attempts' outcomes the backend refused (the job is no longer this
         worker's: a stalled worker's lease lapsed and the job was rescued, or it was deleted
-        meanwhile), and take them out of the registry's counts, which `_finished` made as
-        the runs ended."""
+        meanwhile), and take the runs' out of the registry's counts, which `_finished` made
+        as they ended. An outcome sent again after a settle that failed (it may have been
+        applied then, its answer lost: a refusal now says nothing) is left alone."""
         for outcome, written in zip(outcomes, applied, strict=False):
+            token = outcome.lease.token
+            if token in self._unknown:
+                self._unknown.discard(token)
+                continue
             if written or outcome.refund:
                 continue
-            self.processed -= 1
-            if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
-                self.failed -= 1
+            job = self._jobs.get(outcome.lease.job_id)
+            if job is not None and job.lease.token == token and job.counted:
+                self.processed -= 1
+                if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
+                    self.failed -= 1
             env = outcome.lease.envelope
             log.warning(
                 "job %s: the outcome of attempt %d (%s) was not recorded: the job is no "
