@@ -68,16 +68,16 @@ class Context:
 
     def _on_loop(self) -> bool:
         """Whether the caller runs on the worker's loop (an async handler), not in a thread."""
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
+        return _running_loop() is self._loop
 
     def _bridge(self, coro: Awaitable[Any]) -> Any:
-        """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread."""
-        if self._on_loop():
+        """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread;
+        awaitable on a loop of the handler's own (`asyncio.run` in a plain handler)."""
+        running = _running_loop()
+        if running is self._loop:
             return coro
-        return asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
+        return future.result() if running is None else asyncio.wrap_future(future)
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
@@ -99,6 +99,8 @@ class Context:
         """
         if self._on_loop():
             return self._once(step, fn)
+        if _running_loop() is not None:  # a loop of the handler's own: awaitable there
+            return self._bridge(self._once(step, fn))
         found, value = self._bridge(self._backend.recall(self.job_id, step))
         if found:
             return value
@@ -148,3 +150,10 @@ class _BlockingBlobs:
         if not inspect.iscoroutinefunction(found):
             return found
         return lambda *args, **kwargs: self._bridge(found(*args, **kwargs))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -88,6 +88,28 @@ async def test_a_plain_handler_stores_and_reads_blobs_without_await(
     assert await app.blobs.get(f"plain/{job.id}.txt") == b"stored"
 
 
+async def test_a_plain_handler_with_a_loop_of_its_own_awaits_the_context(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.own_loop")(Ping)
+
+    @app.handles(Ping)
+    def handle(msg: Ping, ctx: Context) -> str:
+        async def inner() -> str:
+            await ctx.progress(0.5, "inside")
+            ref: str = await ctx.blobs.put(f"own/{ctx.job_id}.txt", msg.text.encode())
+            return ref
+
+        return asyncio.run(inner())  # (awaiting the blob store raised a TypeError)
+
+    await start_worker()
+    job = await app.enqueue(Ping(text="own"))
+    record = await finished(app, job.id)
+    assert record.state is JobState.SUCCEEDED, record.error
+    assert record.result == f"blob:own/{job.id}.txt"
+    assert await app.blobs.get(f"own/{job.id}.txt") == b"own"
+
+
 async def test_plain_handlers_run_in_as_many_threads_as_slots(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
