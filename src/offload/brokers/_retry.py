@@ -62,6 +62,8 @@ class Retrier:
         #: When a retry may be warned of again, and the retries not warned of since.
         self._warn_after = 0.0
         self._unsaid = 0
+        #: Whether a retry was warned of since the backend last answered after one.
+        self._warned = False
 
     async def run(
         self, attempt: Callable[[bool], Awaitable[T]], *, deadline_s: float | None = None
@@ -72,9 +74,13 @@ class Retrier:
         pause, resent = 0.0, False
         while True:
             try:
-                return await attempt(resent)
+                answer = await attempt(resent)
             except BackendError as exc:
                 self._again(exc, give_up, pause)
+            else:
+                if resent and self._warned:
+                    self._back()
+                return answer
             await asyncio.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(_MAX_PAUSE_S, max(_FIRST_PAUSE_S, pause * 2))
             resent = True
@@ -91,9 +97,13 @@ class Retrier:
         pause, resent = 0.0, False
         while True:
             try:
-                return attempt(resent)
+                answer = attempt(resent)
             except BackendError as exc:
                 self._again(exc, give_up, pause)
+            else:
+                if resent and self._warned:
+                    self._back()
+                return answer
             time.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(_MAX_PAUSE_S, max(_FIRST_PAUSE_S, pause * 2))
             resent = True
@@ -112,6 +122,7 @@ class Retrier:
             self.log.debug("%s connection lost (%s); trying again", self.engine, exc)
             return
         unsaid, self._unsaid, self._warn_after = self._unsaid, 0, now + RETRY_WARNING_EVERY_S
+        self._warned = True
         since = f" ({unsaid} more retries since the last warning)" if unsaid else ""
         self.log.warning(
             "%s connection lost (%s); trying again%s",
@@ -119,4 +130,15 @@ class Retrier:
             exc,
             since,
             extra={"action": "backend_retry", "engine": self.engine, "unsaid": unsaid},
+        )
+
+    def _back(self) -> None:
+        """A call answered after retries, one of them warned of: say so, with the retries
+        not warned of since."""
+        unsaid, self._unsaid, self._warned = self._unsaid, 0, False
+        self.log.info(
+            "%s answers again (%d more retries since the last warning)",
+            self.engine,
+            unsaid,
+            extra={"action": "backend_back", "engine": self.engine, "unsaid": unsaid},
         )
