@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from offload import App, Message, Settings
 from offload.cli import SAME_STOP_S
 
@@ -233,7 +235,12 @@ def test_worker_processes_end_when_their_supervisor_is_killed_outright(stack: St
     assert "stopping" in stack.output() or "stopped" in stack.output()
 
 
-def test_ctrl_c_to_the_process_group_of_a_supervisor_stops_it_gracefully(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("to", "signum"), [("group", signal.SIGINT), ("supervisor", signal.SIGHUP)]
+)
+def test_ctrl_c_to_the_process_group_of_a_supervisor_stops_it_gracefully(
+    stack: Stack, to: str, signum: signal.Signals
+) -> None:
     stack.start_web()
     alice = stack.client()
     # Given a supervisor of two worker processes started from a terminal (its own process
@@ -249,8 +256,11 @@ def test_ctrl_c_to_the_process_group_of_a_supervisor_stops_it_gracefully(stack: 
             job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 3}).json()["id"]
             slow_job_started(stack)
             # when Ctrl+C reaches the group (each child gets it from the terminal, and again
-            # from the supervisor, which forwards it),
-            os.killpg(supervisor.pid, signal.SIGINT)
+            # from the supervisor, which forwards it), or the terminal closes (SIGHUP),
+            if to == "group":
+                os.killpg(supervisor.pid, signum)
+            else:
+                supervisor.send_signal(signum)
             assert supervisor.wait(timeout=60) == 0, stack.output()
         finally:
             if supervisor.poll() is None:

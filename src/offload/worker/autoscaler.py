@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._children import CHILD_OPTIONS, FORWARDED
+from .._children import FORWARDED, child_options
 from ..errors import OffloadError
 from .scaling import Backlog, Decision, ScalingPolicy
-from .supervisor import DEFAULT_RESTART_BACKOFF_S, stopped_cleanly
+from .supervisor import DEFAULT_RESTART_BACKOFF_S, STOP_SIGNALS, stopped_cleanly
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -217,10 +217,10 @@ class AutoscalingSupervisor:
         return sum(1 for c in self.slots if c is not None)
 
     async def run(self) -> int:
-        """Supervise until SIGTERM/SIGINT; the exit code (0 when every child stopped
-        cleanly)."""
+        """Supervise until SIGTERM, SIGINT or SIGHUP; the exit code (0 when every child
+        stopped cleanly)."""
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._stop, signum)
         try:
             await self._supervise()
@@ -308,8 +308,8 @@ class AutoscalingSupervisor:
         read, write = os.pipe()
         os.set_blocking(read, False)
         try:
-            proc = subprocess.Popen(  # type: ignore[call-overload]
-                [*self.argv, *extra, f"--ready-fd={write}"], pass_fds=(write,), **CHILD_OPTIONS
+            proc = subprocess.Popen(
+                [*self.argv, *extra, f"--ready-fd={write}"], pass_fds=(write,), **child_options()
             )
         except BaseException:
             os.close(read)

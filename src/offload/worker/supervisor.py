@@ -9,10 +9,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from .._children import CHILD_OPTIONS, FORWARDED
+from .._children import FORWARDED, child_options
 
 log = logging.getLogger("offload.supervisor")
 
+#: The signals a supervisor stops on (and forwards, as `FORWARDED`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: Shortest gap between two restarts of one slot (seconds), so a crash loop can't spin.
 DEFAULT_RESTART_BACKOFF_S = 1.0
 
@@ -57,6 +59,8 @@ class Supervisor:
         self.done = [False] * processes
         #: The signal the processes were sent to stop (None until then).
         self.stop_signal: int | None = None
+        #: The processes told to stop (pids).
+        self._told: set[int] = set()
 
     @property
     def stopping(self) -> bool:
@@ -67,7 +71,7 @@ class Supervisor:
         argv = self.argv if slot == 0 else self.others_argv
         if self.slot_argv is not None:
             argv = [*argv, *self.slot_argv(slot)]
-        self.children[slot] = subprocess.Popen(argv, **CHILD_OPTIONS)  # type: ignore[call-overload]
+        self.children[slot] = subprocess.Popen(argv, **child_options())
         self.started_at[slot] = time.monotonic()
 
     def _signal(self, signum: int, _frame: object) -> None:
@@ -84,11 +88,14 @@ class Supervisor:
         for child in self.children:
             if child is not None and child.poll() is None:
                 child.send_signal(FORWARDED)
+                self._told.add(child.pid)
 
     def run(self) -> int:
-        """Supervise until SIGTERM/SIGINT; returns the exit code (0 when all stopped cleanly)."""
-        signal.signal(signal.SIGTERM, self._signal)
-        signal.signal(signal.SIGINT, self._signal)
+        """Supervise until SIGTERM, SIGINT or SIGHUP (its terminal closed: its children, in
+        sessions of their own, get no SIGHUP of theirs); returns the exit code (0 when all
+        stopped cleanly)."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._signal)
         for slot in range(self.processes):
             self._spawn(slot)
         while not (self.stopping or all(self.done)):
@@ -110,6 +117,9 @@ class Supervisor:
                 if not self.stopping:
                     self._spawn(slot)
             time.sleep(0.2)
+        for child in self.children:  # one restarted as the stop came: tell it too, once
+            if child is not None and child.pid not in self._told and child.poll() is None:
+                child.send_signal(FORWARDED)
         codes = [child.wait() for child in self.children if child is not None]
         return 0 if all(stopped_cleanly(code, self.stop_signal) for code in codes) else 1
 
