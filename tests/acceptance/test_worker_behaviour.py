@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -524,10 +525,11 @@ async def test_bad_delivery_options_are_422_and_enqueue_nothing(
 
 
 async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget(
-    settings: Settings,
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a kind allowing 5 attempts whose handler allows 2 with a 30 s backoff, and a
     # worker that rescues lapsed leases (it claims from another queue only)
+    caplog.set_level(logging.INFO, logger="offload.worker")
     clock = ShiftClock()
     app = App("rescue", settings=settings, clock=clock)
     app.message("t.rescue", max_attempts=5)(Ping)
@@ -569,6 +571,13 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
             # And its notification was enqueued with that change
             (email,) = await app.list_jobs(owner=None, kind="offload.email")
             assert email.state == "queued"
+            # and each rescue named the job, the worker that lost it and what it became.
+            said = [
+                (r.job_id, r.lost_worker, r.state)  # type: ignore[attr-defined]
+                for r in caplog.records
+                if getattr(r, "action", None) == "rescued"
+            ]
+            assert said == [(job.id, "doomed", "retrying"), (job.id, "doomed", "dead")]
         finally:
             rescuer.request_stop()
             await asyncio.wait_for(task, 30)

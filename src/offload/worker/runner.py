@@ -1296,6 +1296,24 @@ class Worker:
                 "job" if rescued == 1 else "jobs",
                 extra={"action": "rescue", "count": rescued},
             )
+        for decision, written in zip(decisions, applied, strict=False):
+            if written:  # each job, the worker that lost it, and what became of it
+                lease = decision.lease
+                log.info(
+                    "job %s (%s, attempt %d): its lease lapsed on worker %s; now %s",
+                    lease.job_id,
+                    lease.envelope.kind,
+                    lease.envelope.attempt,
+                    lease.worker,
+                    decision.state,
+                    extra={
+                        "action": "rescued",
+                        "job_id": lease.job_id,
+                        "kind": lease.envelope.kind,
+                        "lost_worker": lease.worker,
+                        "state": str(decision.state),
+                    },
+                )
         return len(lapsed)
 
     def _spec_of(self, kind: str) -> HandlerSpec | None:
