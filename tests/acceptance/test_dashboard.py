@@ -497,6 +497,9 @@ async def test_filters_search_and_pages_show_the_right_rows(tmp_path: Path) -> N
         assert everything == created[::-1]
         html, page = await _page(web, "/dashboard/jobs")
         assert len(page.rows) == 50 and 'data-testid="match-count">82<' in html
+        # The menus offer offload's own kinds and queue too (the deliveries').
+        for own in ("offload.webhook", "offload.email", "offload.notify"):
+            assert f"<option >{own}</option>" in html, own
         # One kind and state.
         dead = await _all_rows(web, kind="billing.invoice", state="dead")
         assert dead == groups["dead"][::-1]

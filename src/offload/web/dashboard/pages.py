@@ -18,6 +18,8 @@ from ...contract import (
     JobState,
     Throughput,
 )
+from ...notify.base import NOTIFY_QUEUE
+from ...notify.targets import DELIVERY_KINDS
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_stream, owner_stream
 from ..feeds import cursor_of, within_feed
@@ -105,13 +107,13 @@ async def workers(request: Request) -> Response:
 
 
 def _choices(request: Request, query: JobQuery) -> dict[str, Any]:
-    """What the filter's menus offer: every state, the app's kinds and queues (and the one
-    asked for, if it is none of them)."""
+    """What the filter's menus offer: every state, the app's kinds and queues, offload's
+    own (the deliveries' kinds and queue), and the one asked for, if it is none of them."""
     app = app_of(request)
     return {
         "states": [state.value for state in JobState],
-        "kinds": sorted({*app.kinds, query.kind} - {""}),
-        "queues_known": sorted({*app.queues, query.queue} - {""}),
+        "kinds": sorted({*app.kinds, *DELIVERY_KINDS, query.kind} - {""}),
+        "queues_known": sorted({*app.queues, NOTIFY_QUEUE, query.queue} - {""}),
     }
 
 
