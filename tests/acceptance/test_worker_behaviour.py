@@ -333,8 +333,9 @@ async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> Non
 
 
 async def test_retry_signal_schedules_the_next_attempt(
-    app: App, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="offload.worker")
     app.message("t.retry")(Ping)
     attempts: list[tuple[int, float]] = []
 
@@ -350,6 +351,9 @@ async def test_retry_signal_schedules_the_next_attempt(
     record = await finished(app, job.id)
     assert record.state is JobState.SUCCEEDED and record.attempt == 2
     assert attempts[1][1] - attempts[0][1] >= 0.35
+    # A retry the handler asked for is said at info, not as a fault (a warning).
+    said = [r for r in caplog.records if getattr(r, "action", None) == "job_failed"]
+    assert [(r.levelno, "rate limited" in r.getMessage()) for r in said] == [(logging.INFO, True)]
 
 
 async def test_cancel_signal_and_permanent_errors(

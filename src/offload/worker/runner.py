@@ -849,7 +849,8 @@ class Worker:
         count = self.threads_running_on
         log.warning(
             "job %s: its handler's thread runs on past its attempt (a thread cannot be "
-            "stopped; ctx.cancelled is set): %d such threads of %d at most",
+            "stopped; ctx.cancelled is set): %d run on now, and the worker stops once more "
+            "than %d do",
             job_id,
             count,
             self.concurrency,
@@ -956,7 +957,8 @@ class Worker:
         self, lease: Lease, spec: HandlerSpec, exc: BaseException, delay: float | None = None
     ) -> Outcome:
         env = lease.envelope
-        log.warning(
+        log.log(
+            logging.INFO if isinstance(exc, Retry) else logging.WARNING,  # asked for: no fault
             "job %s attempt %d failed: %s",
             env.id,
             env.attempt,
