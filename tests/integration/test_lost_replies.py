@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -289,27 +289,40 @@ async def test_a_claim_whose_reply_was_lost_hands_over_what_it_leased(
     assert await backend.settle([done(le) for le in leases]) == [True, True]
 
 
+@pytest.fixture
+def stall(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[Any]]:
+    """`stall()`: from now, the backend's next retried call fails as past the retry deadline
+    (a stalled server: the client gives up) without being sent; the list it returns holds
+    that call's attempt, for the test to run as the server would once it goes on."""
+
+    def arm() -> list[Any]:
+        given_up: list[Any] = []
+        run = backend.retrier.run  # type: ignore[attr-defined]
+
+        async def stalled(attempt: Any, **kw: Any) -> Any:
+            if not given_up:
+                given_up.append(attempt)
+                raise BackendError("Redis: no answer within 10s")
+            return await run(attempt, **kw)
+
+        monkeypatch.setattr(backend.retrier, "run", stalled)  # type: ignore[attr-defined]
+        return given_up
+
+    return arm
+
+
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("runs", ["before the next claim", "after the next claim"])
 async def test_a_claim_given_up_on_that_a_stalled_server_runs_later_leases_nothing_unheard_of(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch, gated: bool, runs: str
+    backend: Backend, stall: Callable[[], list[Any]], gated: bool, runs: str
 ) -> None:
     # Given three ready jobs, and a claim of two that got no answer by the retry deadline
     # (a stalled server: the client gives up, while its attempt waits in the server's
     # buffer, to run once the server goes on),
     envs = [envelope() for _ in range(3)]
     await backend.enqueue(envs)
-    given_up: list[Any] = []
-    run = backend.retrier.run
-
-    async def stalled(attempt: Any, **kw: Any) -> Any:
-        if not given_up:
-            given_up.append(attempt)
-            raise BackendError("Redis: no answer within 10s")
-        return await run(attempt, **kw)
-
-    monkeypatch.setattr(backend.retrier, "run", stalled)
+    given_up = stall()
 
     async def next_claim(limit: int = 2) -> list[str]:
         if gated:
@@ -341,20 +354,11 @@ async def test_a_claim_given_up_on_that_a_stalled_server_runs_later_leases_nothi
 
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
 async def test_a_claim_given_up_on_that_runs_after_empty_claims_leases_nothing_unheard_of(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, stall: Callable[[], list[Any]]
 ) -> None:
     # Given a claim given up on (as above) while the queue was empty, and the worker's next
     # claims, which find nothing either,
-    given_up: list[Any] = []
-    run = backend.retrier.run
-
-    async def stalled(attempt: Any, **kw: Any) -> Any:
-        if not given_up:
-            given_up.append(attempt)
-            raise BackendError("Redis: no answer within 10s")
-        return await run(attempt, **kw)
-
-    monkeypatch.setattr(backend.retrier, "run", stalled)
+    given_up = stall()
     with pytest.raises(BackendError):
         await claim(backend)
     assert await claim(backend) == [] and await claim(backend) == []
