@@ -662,13 +662,14 @@ class Worker:
         self._fill()
         self._slot_free.set()
 
-    def _count(self, outcome: Outcome) -> None:
-        """Count a run's outcome for the registry: a release (unspent) is no attempt run."""
+    def _count(self, outcome: Outcome, step: int = 1) -> None:
+        """Count a run's outcome for the registry (`step` -1: take it back out): a release
+        (unspent) is no attempt run."""
         if outcome.refund:
             return
-        self.processed += 1
+        self.processed += step
         if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
-            self.failed += 1
+            self.failed += step
 
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows (jobs turned out long)
@@ -1098,9 +1099,7 @@ class Worker:
                 continue
             job = self._jobs.get(outcome.lease.job_id)
             if job is not None and job.lease.token == token and job.counted:
-                self.processed -= 1
-                if outcome.state in (JobState.RETRYING, JobState.DEAD, JobState.FAILED):
-                    self.failed -= 1
+                self._count(outcome, -1)
             env = outcome.lease.envelope
             log.warning(
                 "job %s: the outcome of attempt %d (%s) was not recorded: the job is no "
