@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._hosts import loopback_bind, loopback_host
-from .errors import ConfigurationError
+from .errors import BackendError, ConfigurationError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds one reading of the queue stats serves every scrape (many scrapers, one query).
 QUEUE_STATS_TTL_S = 1.0
+#: Longest a scrape waits for the queue stats before it answers without them (seconds):
+#: well under Prometheus's default scrape timeout (10 s), where the backend's retries of a
+#: reading run to their deadline (10 s by default) before it is said to be unavailable.
+QUEUE_STATS_WAIT_S = 5.0
 #: Buckets of the run time and the wait histograms (seconds): 5 ms to an hour.
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
@@ -49,6 +53,7 @@ METRIC_NAMES = (
     "offload_queue_depth",
     "offload_queue_oldest_age_seconds",
     "offload_queue_paused",
+    "offload_queue_stats_up",
     "offload_worker_slots",
     "offload_deliveries_total",
 )
@@ -404,13 +409,19 @@ class _WalCollector:
 class QueueGauges:
     """`offload_queue_depth{queue,state}`, `offload_queue_oldest_age_seconds{queue}` and
     `offload_queue_paused{queue}`, from the backend's stats as last read by `refresh`
-    (nothing before the first)."""
+    (nothing before the first), and `offload_queue_stats_up`: 1 when the last scrape got
+    them, 0 when the backend did not answer it in time (the queue gauges are left out; a
+    frozen depth would read as a queue that stopped moving)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wait_s: float = QUEUE_STATS_WAIT_S) -> None:
         self.stats: Mapping[str, Mapping[str, Any]] = {}
         #: When the stats were read (the reader's clock), None before the first reading.
         self.read_at: float | None = None
-        self._lock: asyncio.Lock | None = None
+        #: Whether the last scrape got the stats; None where none asked (a worker's own).
+        self.up: bool | None = None
+        #: Longest a scrape waits for a reading (seconds).
+        self.wait_s = wait_s
+        self._reading: asyncio.Future[None] | None = None
 
     async def refresh(
         self,
@@ -419,16 +430,41 @@ class QueueGauges:
         ttl_s: float = QUEUE_STATS_TTL_S,
     ) -> None:
         """Read the stats unless the last reading is under `ttl_s` old; scrapes that come
-        while a reading is under way wait for it and share it (one query for all)."""
+        while a reading is under way wait for it and share it (one query for all).
+
+        A reading the backend has not answered within `self.wait_s`, or that it could not answer
+        (`BackendError`), leaves the stats out of this scrape (`up` False): the process's
+        own counters are still served, where a scrape that failed lost them too. A reading
+        still under way goes on; the scrapes within its time-to-live after it ends get it.
+        """
         if self._fresh(now(), ttl_s):
+            self.up = True
             return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._fresh(now(), ttl_s):
-                return  # read by the scrape this one waited for
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read(read, now))
+            self._reading.add_done_callback(_retrieved)
+        reading = self._reading
+        done, _ = await asyncio.wait((reading,), timeout=self.wait_s)
+        if not done:
+            self.up = False
+            return
+        try:
+            reading.result()
+        except BackendError:
+            self.up = False
+        else:
+            self.up = True
+
+    async def _read(
+        self,
+        read: Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]],
+        now: Callable[[], float],
+    ) -> None:
+        try:
             self.stats = await read()
             self.read_at = now()
+        finally:
+            self._reading = None
 
     def _fresh(self, now: float, ttl_s: float) -> bool:
         return self.read_at is not None and 0 <= now - self.read_at < ttl_s
@@ -449,17 +485,32 @@ class QueueGauges:
             "1 while a queue is paused (no worker claims from it), else 0",
             labels=("queue",),
         )
-        for queue, stats in sorted(self.stats.items()):
-            for state in DEPTH_STATES:
-                depth.add_metric((queue, state), float(stats.get(state, 0)))
-            age.add_metric((queue,), float(stats.get("oldest_age_s", 0.0)))
-            paused.add_metric((queue,), 1.0 if stats.get("paused") else 0.0)
+        if self.up is not False:
+            for queue, stats in sorted(self.stats.items()):
+                for state in DEPTH_STATES:
+                    depth.add_metric((queue, state), float(stats.get(state, 0)))
+                age.add_metric((queue,), float(stats.get("oldest_age_s", 0.0)))
+                paused.add_metric((queue,), 1.0 if stats.get("paused") else 0.0)
         yield depth
         yield age
         yield paused
+        if self.up is not None:
+            yield GaugeMetricFamily(
+                "offload_queue_stats_up",
+                "1 when this scrape read the queue gauges from the backend, 0 when the backend "
+                "did not answer in time (the queue gauges are left out)",
+                value=1.0 if self.up else 0.0,
+            )
 
     def describe(self) -> list[Metric]:
         return []
+
+
+def _retrieved(reading: asyncio.Future[None]) -> None:
+    """Take a finished reading's error, which no scrape may have waited for (a reading
+    that ran past every scrape's wait): the backend's retries have logged it."""
+    if not reading.cancelled():
+        reading.exception()
 
 
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], None]:

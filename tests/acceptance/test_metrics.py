@@ -18,7 +18,7 @@ import pytest
 
 from offload import App, Backoff, Context, Message, Settings
 from offload.clock import FakeClock
-from offload.errors import ConfigurationError
+from offload.errors import BackendError, ConfigurationError
 from offload.metrics import CONTENT_TYPE, METRIC_NAMES, NO_METRICS, SQLITE_METRIC_NAMES, Metrics
 from offload.web import create_app
 from offload.worker.runner import Worker
@@ -238,6 +238,67 @@ async def test_scrapes_within_a_second_share_one_stats_reading(settings: Setting
         found = parse((await web.get("/metrics")).text)
         assert found.value("offload_queue_depth", queue="pings", state="queued") == 1
         assert app.readings == 3
+
+
+class OutageApp(App):
+    """An App whose stats the test can make fail as an unreachable backend does, or hold
+    unanswered until it lets them go (a stalled server), counting the readings begun."""
+
+    readings = 0
+    down = False
+    held: asyncio.Event | None = None
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        self.readings += 1
+        if self.down:
+            raise BackendError("redis connection lost, and not back within the deadline")
+        if self.held is not None:
+            await self.held.wait()
+        return await super().stats()
+
+
+async def test_while_the_backend_does_not_answer_the_counters_are_served_without_the_gauges(
+    settings: Settings,
+) -> None:
+    clock = FakeClock()
+    app = OutageApp("outage", settings=settings, clock=clock)
+    declare(app)
+    async with serving(app) as web:
+        assert isinstance(app.metrics, Metrics)
+        app.metrics.queues.wait_s = 0.05  # how long a scrape waits for the stats
+        await app.enqueue(Ping())
+        # Given a scrape that read the queue gauges,
+        found = parse((await web.get("/metrics")).text)
+        assert found.value("offload_queue_depth", queue="pings", state="queued") == 1
+        assert found.value("offload_queue_stats_up") == 1
+        # when the backend cannot be reached, the next scrape still answers 200 with this
+        # process's counters, and leaves out the gauges it could not read (not stale ones);
+        app.down = True
+        clock.advance(1.0)
+        answer = await web.get("/metrics")
+        assert answer.status_code == 200, answer.text
+        found = parse(answer.text)
+        assert found.value("offload_jobs_enqueued_total", kind="m.ping", queue="pings") == 1
+        assert found.labels("offload_queue_depth") == []
+        assert found.labels("offload_queue_paused") == []
+        assert ("offload_queue_stats_up", frozenset()) in found.samples
+        assert found.value("offload_queue_stats_up") == 0
+        # and when it stalls, scrapes answer after their wait, sharing the reading under way,
+        app.down, app.held = False, asyncio.Event()
+        before, last_read = app.readings, app.metrics.queues.read_at
+        answers = await asyncio.gather(web.get("/metrics"), web.get("/metrics"))
+        assert [a.status_code for a in answers] == [200, 200]
+        for answer in answers:
+            assert parse(answer.text).value("offload_queue_stats_up") == 0
+            assert parse(answer.text).labels("offload_queue_depth") == []
+        assert app.readings == before + 1
+        # which, once the backend answers, serves the scrapes within its second.
+        app.held.set()
+        await until(lambda: app.metrics.queues.read_at != last_read)
+        found = parse((await web.get("/metrics")).text)
+        assert found.value("offload_queue_stats_up") == 1
+        assert found.value("offload_queue_depth", queue="pings", state="queued") == 1
+        assert app.readings == before + 1
 
 
 async def test_metrics_need_an_admin_or_the_scrape_token(settings: Settings) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..app import App
+from ..errors import BackendError
 from ..metrics import CONTENT_TYPE, Metrics
 from .auth import caller_is_admin
 from .problems import Problem
@@ -27,7 +28,6 @@ _ANSWERS: dict[int | str, Any] = {
         404,
         500,
         501,
-        503,
         meaning={
             404: "The caller is neither an admin nor the holder of OFFLOAD_METRICS_TOKEN "
             "(as for a path that does not exist)"
@@ -55,7 +55,9 @@ async def may_scrape(request: Request) -> bool:
 )
 async def metrics(request: Request) -> Response:
     """offload's Prometheus metrics: this process's counters and histograms, and the queue
-    gauges from the backend's stats (read at most once a second, whoever scrapes)."""
+    gauges from the backend's stats (read at most once a second, whoever scrapes). While the
+    backend does not answer, the counters are served without the queue gauges, and
+    `offload_queue_stats_up` is 0."""
     if not await may_scrape(request):
         raise Problem(404, "Not Found")  # the route tells no one else that it exists
     app: App = request.app.state.offload
@@ -66,6 +68,10 @@ async def metrics(request: Request) -> Response:
             "metrics are off: install prometheus-client (pip install 'offload[metrics]')",
             slug="metrics-unavailable",
         )
-    await request.app.state.runtime.ensure()
-    await found.queues.refresh(app.stats, app.clock.now)
+    try:
+        await request.app.state.runtime.ensure()
+    except BackendError:  # the counters are served all the same, the gauges said missing
+        found.queues.up = False
+    else:
+        await found.queues.refresh(app.stats, app.clock.now)
     return Response(found.render(), media_type=CONTENT_TYPE)
