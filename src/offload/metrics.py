@@ -494,13 +494,14 @@ class QueueGauges:
         yield depth
         yield age
         yield paused
-        if self.up is not None:
-            yield GaugeMetricFamily(
-                "offload_queue_stats_up",
-                "1 when this scrape read the queue gauges from the backend, 0 when the backend "
-                "did not answer in time (the queue gauges are left out)",
-                value=1.0 if self.up else 0.0,
-            )
+        up = GaugeMetricFamily(
+            "offload_queue_stats_up",
+            "1 when this scrape read the queue gauges from the backend, 0 when the backend "
+            "did not answer in time (the queue gauges are left out)",
+        )
+        if self.up is not None:  # no sample where no scrape reads the stats (a worker's)
+            up.add_metric((), 1.0 if self.up else 0.0)
+        yield up
 
     def describe(self) -> list[Metric]:
         return []

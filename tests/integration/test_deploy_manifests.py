@@ -189,6 +189,10 @@ async def test_the_postgresql_scalers_sql_runs_on_the_real_schema(pg_app: App) -
             stats["queued"] + stats["running"],
         )
         assert (await (await conn.execute(scaled_job)).fetchone()) == (stats["queued"],)
+        # While the queue is paused its ready jobs wait for no worker: the running ones count.
+        assert await pg_app.pause("reports")
+        assert (await (await conn.execute(scaled_object)).fetchone()) == (stats["running"],)
+        assert (await (await conn.execute(scaled_job)).fetchone()) == (0,)
 
 
 @pytest.mark.anyio
