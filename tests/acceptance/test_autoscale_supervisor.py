@@ -1,17 +1,21 @@
-"""The autoscaling supervisor when the backlog cannot be read: it says so and keeps its
-processes (here stand-ins that wait for SIGTERM), then stops them on request."""
+"""The autoscaling supervisor (its processes here stand-ins that wait for SIGTERM): when the
+backlog cannot be read it says so and keeps its processes, then stops them on request; a
+scale-down stops the process that runs the fewest jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from offload import App, Settings
+from offload.contract import WorkerInfo
 from offload.worker.autoscaler import AutoscalingSupervisor, BacklogReader
 from offload.worker.scaling import ScalingPolicy
 
@@ -65,3 +69,94 @@ async def test_an_unreadable_backlog_keeps_the_size(
         if not task.done():
             supervisor._stop(signal.SIGKILL)
             await task
+
+
+def _ready(folder: Path) -> int:
+    """How many stand-ins have said they are ready."""
+    return len(list(folder.iterdir()))
+
+
+async def _started(folder: Path, count: int) -> None:
+    """Until `count` stand-ins have said they are ready."""
+    async with asyncio.timeout(60):
+        while _ready(folder) < count:  # noqa: ASYNC110 (files set no event)
+            await asyncio.sleep(0.05)
+
+
+def _entry(pid: int, running: int, *, host: str | None = None) -> WorkerInfo:
+    """A registry entry of the process `pid` on this host, running `running` jobs."""
+    now = datetime.now(UTC)
+    return WorkerInfo(
+        id=f"{host or 'here'}-{pid}",
+        host=host or socket.gethostname(),
+        pid=pid,
+        queues=("q",),
+        concurrency=4,
+        version="1",
+        kinds={},
+        started_at=now,
+        heartbeat_at=now,
+        running=tuple(f"j-{pid}-{i}" for i in range(running)),
+    )
+
+
+async def test_a_scale_down_stops_the_process_that_runs_the_fewest_jobs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ready"
+    folder.mkdir()
+    app = App("scaling", settings=settings)
+    policy = ScalingPolicy(min_processes=1, max_processes=4, target_wait_s=0.2)
+    argv = [sys.executable, "-c", CHILD, str(folder)]
+    supervisor = AutoscalingSupervisor(policy, BacklogReader(app, ["q"]), argv)
+    async with app:
+        for _ in range(4):
+            supervisor._add()
+        try:
+            await _started(folder, 4)
+            oldest, second, third, newest = (c.proc.pid for c in supervisor.slots if c and c.proc)
+            # Given four processes whose heartbeats said they run 2, 0, 1 and 3 jobs (and a
+            # process of that pid on another host, idle, which is none of these),
+            backend = app._require_backend()
+            for pid, jobs in ((oldest, 2), (second, 0), (third, 1), (newest, 3)):
+                await backend.record_worker(_entry(pid, jobs))
+            await backend.record_worker(_entry(oldest, 0, host="elsewhere"))
+            # when the backlog asks for fewer, the idle one is stopped, not the newest;
+            assert await supervisor._remove()
+            assert [c.stopping for c in supervisor.slots if c] == [False, True, False, False]
+            # then the one of fewest jobs left;
+            assert await supervisor._remove()
+            assert [c.stopping for c in supervisor.slots if c] == [False, True, True, False]
+            # and of equals (every process unknown to a registry that has forgotten them),
+            # the newest.
+            for pid in (oldest, second, third, newest):
+                await backend.forget_worker(f"here-{pid}")
+            assert await supervisor._remove()
+            assert [c.stopping for c in supervisor.slots if c] == [False, True, True, True]
+        finally:
+            supervisor._stop(signal.SIGTERM)
+            assert await asyncio.wait_for(supervisor._wait_all(), 60) == 0
+
+
+async def test_a_scale_down_with_the_registry_unreadable_stops_the_newest(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "ready"
+    folder.mkdir()
+    # Given a backend nothing listens for (port 1 on loopback refuses at once), retried
+    # for a moment only,
+    url = "postgresql://offload@127.0.0.1:1/none"
+    app = App("unreachable", settings=Settings(url=url, retry_deadline_s=0.2))
+    policy = ScalingPolicy(min_processes=1, max_processes=3, target_wait_s=0.2)
+    argv = [sys.executable, "-c", CHILD, str(folder)]
+    supervisor = AutoscalingSupervisor(policy, BacklogReader(app, ["q"]), argv)
+    for _ in range(3):
+        supervisor._add()
+    try:
+        await _started(folder, 3)
+        # when a scale-down cannot read which process is busy, it stops the newest
+        assert await supervisor._remove()
+        assert [c.stopping for c in supervisor.slots if c] == [False, False, True]
+    finally:
+        supervisor._stop(signal.SIGTERM)
+        assert await asyncio.wait_for(supervisor._wait_all(), 60) == 0

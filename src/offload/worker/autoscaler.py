@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -82,6 +83,18 @@ class BacklogReader:
                 oldest = max(oldest, float(queue["oldest_age_s"]))
         await self._count_completions()
         return Backlog(ready=ready, oldest_age_s=oldest, completed=self._completed)
+
+    async def running_by_pid(self) -> dict[int, int]:
+        """How many jobs each worker process of this host ran at its last heartbeat, by pid
+        (the worker registry; lost entries left out).
+
+        Raises:
+            OffloadError: the backend could not be read.
+        """
+        host = socket.gethostname()
+        return {
+            w.pid: len(w.running) for w in await self.app.workers() if w.host == host and not w.lost
+        }
 
     async def _count_completions(self) -> None:
         minutes: dict[float, int] = {}
@@ -169,9 +182,10 @@ class AutoscalingSupervisor:
     """Runs `policy.min_processes` worker processes, then adds and removes them as `policy`
     decides from `reader`'s readings, until SIGTERM or SIGINT (forwarded to every child).
 
-    A removed process gets SIGTERM: it claims no more, gives back the jobs it holds ahead
-    unspent, and finishes its running jobs within its grace period. A process that dies is
-    restarted in its slot and counts toward the size meanwhile.
+    A removed process (the one that ran the fewest jobs at its last heartbeat) gets SIGTERM:
+    it claims no more, gives back the jobs it holds ahead unspent, and finishes its running
+    jobs within its grace period. A process that dies is restarted in its slot and counts
+    toward the size meanwhile.
 
     Each process reports on a pipe (`--ready-fd`) once it has started claiming; until it
     has (or `policy.start_wait_s` passed), it is starting, and no further process is added.
@@ -291,8 +305,8 @@ class AutoscalingSupervisor:
             return
         if decision.direction == "up":
             self._add()
-        else:
-            self._remove()
+        elif not await self._remove():
+            return
         log.info(
             "%s",
             decision,
@@ -326,16 +340,31 @@ class AutoscalingSupervisor:
         slot = self.slots.index(None)  # the policy never asks beyond MAX slots taken
         self.slots[slot] = self._spawn(slot)
 
-    def _remove(self) -> None:
-        """Stop the newest running process gracefully (its slot frees once it exits)."""
-        for child in reversed(self.slots):
-            if child is not None and not child.stopping:
-                child.stopping = True
-                if child.proc is None:  # awaiting a restart: nothing to stop
-                    self.slots[self.slots.index(child)] = None
-                elif child.proc.poll() is None:
-                    child.proc.send_signal(signal.SIGTERM)
-                return
+    async def _remove(self) -> bool:
+        """Stop one process gracefully (its slot frees once it exits): one awaiting its
+        restart if any, else the one that ran the fewest jobs at its last heartbeat (the
+        worker registry), the newest of equals; the newest when the registry cannot be read.
+        A busy process stopped runs its jobs past its grace period, then gives them back.
+        False when there was none to stop (a stop came meanwhile)."""
+        try:
+            running = await asyncio.wait_for(self.reader.running_by_pid(), READ_TIMEOUT_S)
+        except (OffloadError, OSError, TimeoutError) as exc:
+            log.debug("cannot read the worker registry (%s); stopping the newest", exc)
+            running = {}
+
+        def busy(child: _Child) -> int:
+            return -1 if child.proc is None else running.get(child.proc.pid, 0)
+
+        kept = [c for c in reversed(self.slots) if c is not None and not c.stopping]
+        if not kept or self._stopping.is_set():
+            return False
+        child = min(kept, key=busy)  # the first of equals: the newest
+        child.stopping = True
+        if child.proc is None:  # awaiting a restart: nothing to stop
+            self.slots[self.slots.index(child)] = None
+        elif child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+        return True
 
     def _tend(self) -> None:
         """Free the slots of removed processes that exited; restart the others that died."""
