@@ -135,6 +135,14 @@ def _app(ref: str | None, url: str | None) -> App:
     return app
 
 
+def _served_app(ref: str, url: str | None) -> App:
+    """The app of a command that serves or works, logging set up once it is imported: what
+    its module set up is left alone (offload's own beside it would print each line twice)."""
+    app = _app(ref, url)
+    _setup_logging()
+    return app
+
+
 class _AmbiguousId(Exception):
     """More than one job's id starts with the prefix given."""
 
@@ -307,9 +315,8 @@ def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None)
     """Serve the HTTP API (never imports handler modules)."""
     from .web import check_bind, create_app
 
-    _setup_logging()
     with _errors():
-        offload_app = _app(app, url)
+        offload_app = _served_app(app, url)
         check_bind(host, offload_app.settings)
         server = _server(create_app(offload_app), host, port)
 
@@ -398,7 +405,6 @@ def worker(
     from .worker.runner import Worker
     from .worker.supervisor import Supervisor, worker_argv
 
-    _setup_logging()
     if autoscale is None:
         for given, flag in (
             (target_wait, "--target-wait"),
@@ -428,7 +434,7 @@ def worker(
         with _errors():
             # Unlike --processes, this process loads the app (handlers included): it reads
             # the backlog through it, from the backend and queues its workers serve.
-            offload_app = _app(app, url)
+            offload_app = _served_app(app, url)
             code = _autoscaled(
                 offload_app,
                 worker_argv(app, [*options, "--no-banner"]),
@@ -449,6 +455,7 @@ def worker(
         options += [f"--max-jobs={max_jobs}"] if max_jobs else []
         options += [f"--exit-when-idle={exit_when_idle}"] if exit_when_idle is not None else []
         options += [f"--metrics-host={metrics_host}"] if metrics_port else []
+        _setup_logging()
         first = worker_argv(app, [*options, f"--of-processes={processes}"])
         others = worker_argv(app, [*options, "--no-banner"])
         supervisor = Supervisor(
@@ -466,7 +473,7 @@ def worker(
         )
         raise typer.Exit(supervisor.run())
     with _errors(), _interrupted_as_by_signal():
-        offload_app = _app(app, url)
+        offload_app = _served_app(app, url)
         runner = Worker(
             offload_app,
             queues=queues.split(",") if queues else None,
@@ -713,9 +720,8 @@ def dev(
     from .web import check_bind, create_app
     from .worker.runner import Worker
 
-    _setup_logging()
     with _errors():
-        offload_app = _app(app, url)
+        offload_app = _served_app(app, url)
         check_bind(host, offload_app.settings)
         server = _server(create_app(offload_app), host, port)
         runner = Worker(offload_app, concurrency=concurrency)
