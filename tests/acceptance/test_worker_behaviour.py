@@ -32,7 +32,7 @@ from offload.errors import _ForAnotherWorker
 from offload.status import Progress
 from offload.worker.runner import Worker
 
-from ..contract._support import ShiftClock
+from ..contract._support import PATIENCE_S, ShiftClock
 
 pytestmark = pytest.mark.anyio
 FAST = Backoff(base_s=0.01, cap_s=0.05)
@@ -292,11 +292,11 @@ async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a
 
 async def test_more_threads_running_on_than_slots_stop_the_worker(app: App) -> None:
     free, behind_ran = _thread_holder_and_one_behind(app)
-    worker = Worker(app, concurrency=1, prefetch=0)
+    worker = Worker(app, concurrency=1, prefetch=0, grace_s=0.1)
     run = asyncio.create_task(worker.run())
     try:
-        # Given one slot, when two handlers' threads run on past their
-        # attempts,
+        # Given one slot, when two handlers' threads run on past their attempts, and still
+        # run a grace period later,
         for _ in range(2):
             job = await app.enqueue(Ping())
             assert (await finished(app, job.id)).state is JobState.DEAD
@@ -311,6 +311,54 @@ async def test_more_threads_running_on_than_slots_stop_the_worker(app: App) -> N
         free.set()
         await app.close()
     assert behind_ran == []
+
+
+async def test_cancelled_threads_that_return_within_the_grace_never_stop_the_worker(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.message("t.slow_plain")(Ping)
+    app.message("t.after")(Other)
+    started: list[str] = []
+    cleanup = threading.Event()  # what a handler does after it saw the cancel
+
+    @app.handles(Ping)
+    def winds_down(msg: Ping, ctx: Context) -> None:
+        started.append(ctx.job_id)
+        ctx.cancelled.wait(30)
+        cleanup.wait(30)  # (a Django task, say, that cannot see the cancel, sleeps on)
+
+    @app.handles(Other)
+    def after(msg: Other, ctx: Context) -> str:
+        return "ran"
+
+    worker = Worker(app, concurrency=1, prefetch=0, grace_s=30)
+    run = asyncio.create_task(worker.run())
+    try:
+        # Given one slot, when three running jobs are cancelled one after another (each
+        # handler's thread runs on: more than the worker's slots),
+        for n in range(3):
+            job = await app.enqueue(Ping())
+            async with asyncio.timeout(PATIENCE_S):
+                while len(started) <= n:  # noqa: ASYNC110 (a list the handler appends to)
+                    await asyncio.sleep(0.01)
+            await app.cancel(job.id)
+            assert (await finished(app, job.id)).state is JobState.CANCELLED
+        assert worker.threads_running_on == 3
+        # then the worker runs on (they are within their grace), and runs the next job;
+        assert not worker.wedged and not run.done()
+        later = await app.enqueue(Other())
+        assert (await finished(app, later.id)).state is JobState.SUCCEEDED
+        # and once they return, none is left running on, and none was said overdue.
+        cleanup.set()
+        async with asyncio.timeout(PATIENCE_S):
+            while worker.threads_running_on:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert not worker.wedged
+        assert not [r for r in caplog.records if getattr(r, "action", "") == "thread_overdue"]
+    finally:
+        cleanup.set()
+        worker.request_stop()
+        await asyncio.wait_for(run, PATIENCE_S)
 
 
 async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> None:

@@ -271,8 +271,10 @@ class Worker:
         #: The jobs whose plain (`def`) handler runs in a thread of `_threads`: its call.
         self._in_threads: dict[str, tuple[asyncio.Future[Any], _ThreadRun]] = {}
         #: The pool's calls that ran on past their attempt (its timeout, a cancel), which
-        #: may still run: `threads_running_on`.
+        #: may still run: `threads_running_on`; of those, the ones that still ran `grace_s`
+        #: after their attempt ended.
         self._ran_on: list[Future[Any]] = []
+        self._overdue: set[Future[Any]] = set()
         #: Whether the worker stopped because more threads ran on than it has slots.
         self.wedged = False
         #: The side tasks by name; when each last failed (loop time).
@@ -346,8 +348,8 @@ class Worker:
         Raises:
             RuntimeError: a side task stopped for good (the worker stopped at once, its
                 running jobs released); chained to the side task's error. Or more plain
-                handlers' threads ran on past their attempts than it has slots (`wedged`:
-                it stopped as on `request_stop`); a process should then end without
+                handlers' threads ran on `grace_s` past their attempts than it has slots
+                (`wedged`: it stopped as on `request_stop`); a process should then end without
                 waiting for them (`threads_running_on`), as `offload worker` does.
         """
         await self.app.open()
@@ -842,28 +844,50 @@ class Worker:
     def _runs_on(self, job_id: str, in_pool: Future[Any]) -> None:
         """A plain handler's thread runs on past its attempt (`ctx.cancelled` is set): the
         next calls go to a new pool, so that its slot has a thread again, and the old pool
-        ends each of its threads as it returns. Once more run on than there are slots,
-        the worker stops, for a new process with fresh threads."""
+        ends each of its threads as it returns. One that still runs `grace_s` later is
+        overdue (`_overdue_on`)."""
         self._ran_on.append(in_pool)
         retired, self._threads = self._threads, self._pool()
         retired.shutdown(wait=False)  # its calls under way go on; its idle threads end
         count = self.threads_running_on
-        log.warning(
-            "job %s: its handler's thread runs on past its attempt (a thread cannot be "
-            "stopped; ctx.cancelled is set): %d run on now, and the worker stops once more "
-            "than %d do",
+        log.info(
+            "job %s: its handler's thread runs on past its attempt until it returns (a "
+            "thread cannot be stopped; ctx.cancelled is set): %d run on now",
             job_id,
             count,
-            self.concurrency,
             extra={"action": "thread_runs_on", "job_id": job_id, "count": count},
         )
         # (a worker that runs no claim loop, as `offload.serverless` uses it, has no stop)
+        if self.started.is_set() and not self._stop.is_set():
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.grace_s, self._overdue_on, job_id, in_pool)
+
+    def _overdue_on(self, job_id: str, in_pool: Future[Any]) -> None:
+        """A thread that ran on still runs `grace_s` after its attempt ended (its handler does
+        not return when `ctx.cancelled` is set). Once more are overdue than there are
+        slots, the worker stops, for a new process with fresh threads: a thread that never
+        returns holds its memory and whatever it locked, and the process's exit waits for it."""
+        if in_pool.done():
+            return
+        self._overdue = {call for call in self._overdue if not call.done()} | {in_pool}
+        count = len(self._overdue)
+        log.warning(
+            "job %s: its handler's thread still runs %gs after its attempt ended (it does not "
+            "return when ctx.cancelled is set): %d such threads, and the worker stops once "
+            "more than %d are",
+            job_id,
+            self.grace_s,
+            count,
+            self.concurrency,
+            extra={"action": "thread_overdue", "job_id": job_id, "count": count},
+        )
         if count > self.concurrency and self.started.is_set() and not self._stop.is_set():
             self.wedged = True
             log.error(
-                "%d handler threads run on past their attempts, more than its %d slots: the "
-                "worker stops, to be started again with fresh threads",
+                "%d handler threads run on %gs past their attempts, more than its %d slots: "
+                "the worker stops, to be started again with fresh threads",
                 count,
+                self.grace_s,
                 self.concurrency,
                 extra={"action": "worker_wedged", "count": count},
             )
