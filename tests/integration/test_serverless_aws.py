@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import orjson
@@ -29,6 +30,7 @@ from offload.serverless.aws.consumer import relay_handler
 from ..contract._support import ShiftClock
 from ..moto_support import moto_endpoint
 from ..services import PgSchema, require_pg
+from ..tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.postgres]
 __all__ = ["moto_endpoint"]  # the fixture, used by name
@@ -201,11 +203,21 @@ def _record(m: Mapping[str, Any], queue_url: str) -> dict[str, Any]:
 def stack(
     schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
 ) -> Iterator[Stack]:
+    s = _stack(schema.url, moto_endpoint, sqs, queue_url, tmp_path)
+    yield s
+    _close(s)
+
+
+def _close(s: Stack) -> None:
+    s.run(s.worker.close())
+    s.run(s.app.close())  # the HTTP function's lazily opened backend
+    _end_loop(s.worker.loop)
+
+
+def _stack(store: str, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path) -> Stack:
+    """The deployment of these tests, its job rows at the PostgreSQL URL `store`."""
     name = queue_url.rsplit("/", 1)[1]
-    url = (
-        f"sqs://{name}?endpoint_url={moto_endpoint}&region=us-east-1&relay_every=0"
-        f"&store={schema.url}"
-    )
+    url = f"sqs://{name}?endpoint_url={moto_endpoint}&region=us-east-1&relay_every=0&store={store}"
     app = App(
         "sls",
         settings=Settings(
@@ -239,10 +251,7 @@ def stack(
         await asyncio.sleep(msg.seconds)
         return "slept"
 
-    yield s
-    s.run(s.worker.close())
-    s.run(app.close())  # the HTTP function's lazily opened backend
-    _end_loop(s.worker.loop)
+    return s
 
 
 def _end_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -437,6 +446,41 @@ def test_a_job_still_running_near_the_invocations_end_is_released_and_sent_again
     assert status["state"] == "queued"
     assert status["attempt"] == 0
     assert stack.depth() == 1
+
+
+def test_an_invocation_answers_before_its_end_when_postgresql_goes_away(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> None:
+    port = urlsplit(schema.url).port or 5432
+    with TcpProxy(port) as proxy:
+        # Given a function whose job rows are reached through a network that can fail,
+        through = schema.url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}", 1)
+        s = _stack(through, moto_endpoint, sqs, queue_url, tmp_path)
+        try:
+            _, body = s.http("POST", "/v1/jobs/sls.slow", {"seconds": 2.0})
+
+            def cut_once_it_runs() -> None:
+                deadline = time.monotonic() + WAIT_S
+                while not s.ran and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                proxy.cut()
+
+            cutter = threading.Thread(target=cut_once_it_runs)
+            cutter.start()
+            # when the network to PostgreSQL fails while its job runs, in an invocation
+            # with 8 s left,
+            began = time.monotonic()
+            result = s.deliver(context_s=8.0)
+            took = time.monotonic() - began
+            cutter.join(WAIT_S)
+            # then the function answers before its end (the settle waits no longer), and
+            # names the message whose outcome it could not write: it comes back.
+            assert s.ran == [body["id"]]
+            assert result is not None and len(result["batchItemFailures"]) == 1
+            assert took < 8.0, f"the invocation answered after {took:.1f} s"
+        finally:
+            proxy.cut()
+            _close(s)
 
 
 def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:

@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import aioboto3
@@ -324,12 +324,9 @@ class SQSBackend:
         a call, the longest waiting first. Returns how many went."""
         age = self.resend_after_s if older_than_s is None else older_than_s
         params = {"age": age, "limit": RELAY_BATCH, "now": self.store._now()}
-        try:
-            async with self.store.pool.connection() as conn:
-                cur = await conn.execute(Q["resend_stale"], params)
-                jobs = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
-        except psycopg.Error as exc:
-            raise BackendError(f"PostgreSQL: {exc}") from exc
+        async with self.store._conn() as conn:  # BackendError: the server does not answer
+            cur = await _tuples(conn).execute(Q["resend_stale"], params)
+            jobs = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
         try:
             await self._send(jobs)
         except BackendError as exc:
@@ -337,8 +334,8 @@ class SQSBackend:
                 "SQS send failed, resent next time: %s", exc, extra={"action": "sqs_send_error"}
             )
             # (PostgreSQL failing too, the marks stay: those are sent again a `resend_after` on)
-            with contextlib.suppress(psycopg.Error):
-                async with self.store.pool.connection() as conn:
+            with contextlib.suppress(BackendError):
+                async with self.store._conn() as conn:
                     ids = [job_id for job_id, _, _ in jobs]
                     await conn.execute(Q["resend_undo"], {"ids": ids})
             return 0
@@ -361,9 +358,9 @@ class SQSBackend:
                     log.info("relayed %d messages", sent, extra={"action": "sqs_relay"})
 
     async def _take_and_send(self, sql: str, params: dict[str, Any]) -> int:
-        try:
-            async with self.store.pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(sql, params)
+        try:  # (a pooled connection lent as the store lends one: a gone server fails fast)
+            async with self.store._conn() as conn, conn.transaction():
+                cur = await _tuples(conn).execute(sql, params)
                 rows = await cur.fetchall()
                 await self._send([(r[1], r[2], r[3]) for r in rows])
                 return len(rows)
@@ -446,13 +443,15 @@ class SQSBackend:
             "worker": worker_id,
             "now": self.store._now(),
         }
-        async with self.store.pool.connection() as conn:
-            try:
-                cur = await conn.execute(Q["claim_job"], params)
-                row = await cur.fetchone()
-            except psycopg.Error as exc:
-                raise BackendError(f"PostgreSQL: {exc}") from exc
+        async with self.store._conn() as conn:  # BackendError: the server does not answer
+            cur = await _tuples(conn).execute(Q["claim_job"], params)
+            row = await cur.fetchone()
         return None if row is None else _lease_of(row, token, worker_id)
+
+
+def _tuples(conn: psycopg.AsyncConnection[dict[str, Any]]) -> psycopg.AsyncConnection[Any]:
+    """The store's pooled connection, whose rows are tuples (psycopg's default)."""
+    return cast(psycopg.AsyncConnection[Any], conn)
 
 
 def _forward(name: str) -> Any:

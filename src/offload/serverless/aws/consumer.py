@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, cast
 
 import orjson
@@ -35,6 +35,10 @@ log = logging.getLogger("offload.serverless")
 #: Seconds of an invocation kept back: a job still running this close to the function's
 #: timeout is released unspent (sent again at once) and its outcome written in time.
 DEFAULT_MARGIN_S = 3.0
+#: Seconds before the invocation's end by which the handler answers, whatever still waits
+#: on the backend then (a claim, a settle, the relay): those messages come back (Lambda
+#: must get the batch's failures before it ends the function, or every message comes back).
+ANSWER_MARGIN_S = 0.5
 #: Seconds before a job due now that could not be claimed (its queue paused, or its row
 #: held by another consumer this instant) is looked at again: its message is sent again.
 RECHECK_S = 30.0
@@ -90,18 +94,38 @@ class SQSConsumer:
         left = remaining_s(context)
         loop = asyncio.get_running_loop()
         deadline = None if left is None else loop.time() + left - self.margin_s
-        with contextlib.suppress(BackendError):
-            await worker.rescue_lapsed()  # jobs of functions that died: ready again
+        answer_by = None if left is None else loop.time() + left - ANSWER_MARGIN_S
+        with contextlib.suppress(BackendError, TimeoutError):
+            async with asyncio.timeout_at(answer_by):
+                await worker.rescue_lapsed()  # jobs of functions that died: ready again
         records = list(event.get("Records", []))
-        done = await asyncio.gather(*(self._record(worker, r, deadline) for r in records))
-        with contextlib.suppress(BackendError):
-            await self._broker().relay()
+        done = await asyncio.gather(
+            *(self._answered(self._record(worker, r, deadline), answer_by) for r in records)
+        )
+        with contextlib.suppress(BackendError, TimeoutError):
+            async with asyncio.timeout_at(answer_by):
+                await self._broker().relay()  # what is left, the next invocation's relay sends
         failures = [
             {"itemIdentifier": r["messageId"]}
             for r, ok in zip(records, done, strict=True)
             if not ok
         ]
         return {"batchItemFailures": failures}
+
+    @staticmethod
+    async def _answered(handled: Coroutine[Any, Any, bool], answer_by: float | None) -> bool:
+        """A record's answer by `answer_by` (loop time): one still waiting on the backend
+        then (its job's claim or settle) is False, its message delivered again (a job it
+        leased lapses, and is rescued)."""
+        try:
+            async with asyncio.timeout_at(answer_by):
+                return await handled
+        except TimeoutError:
+            log.warning(
+                "the backend did not answer before the invocation's end: the message comes back",
+                extra={"action": "sqs_record_error"},
+            )
+            return False
 
     async def _record(
         self, worker: Worker, record: Mapping[str, Any], deadline: float | None
