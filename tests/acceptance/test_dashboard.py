@@ -646,6 +646,12 @@ async def test_a_job_stream_replays_a_finished_job_and_ends(
     assert answer.status_code == 200
     states = re.findall(r"^event: (\w+)$", answer.text, flags=re.M)
     assert states == ["queued", "running", "dead"]
+    # The page's EventSource reconnecting after the end is told to stop (204).
+    last = re.findall(r"^id: (\d+)$", answer.text, flags=re.M)[-1]
+    ended = await web.get(
+        f"/dashboard/jobs/{job_id}/events", headers={**OPS, "Last-Event-ID": last}
+    )
+    assert ended.status_code == 204
     bad = await web.get(f"/dashboard/jobs/{job_id}/events", headers={**OPS, "Last-Event-ID": "x"})
     assert bad.status_code == 400
 

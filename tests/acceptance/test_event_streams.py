@@ -231,6 +231,30 @@ async def test_events_need_credentials(base: str) -> None:
         assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
 
 
+async def test_a_finished_jobs_stream_tells_a_reconnecting_browser_to_stop(
+    clients: dict[str, httpx.AsyncClient], start_worker: Callable[..., Any]
+) -> None:
+    alice = clients["alice"]
+    await start_worker()
+    job_id = await submit(alice, "ends")
+    await done(alice, job_id)
+    # Given a finished job, its stream replays its changes to the final one, then ends;
+    answer = await alice.get(f"/v1/jobs/{job_id}/events")
+    assert answer.status_code == 200
+    ids = [line.removeprefix("id: ") for line in answer.text.splitlines() if line.startswith("id:")]
+    events = [line for line in answer.text.splitlines() if line.startswith("event:")]
+    assert events[-1] == "event: succeeded"
+    # when the browser reconnects with the last event's id (as it does to any stream that
+    # ended), it is told 204, which an EventSource takes as "stop", and no event stream;
+    again = await alice.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": ids[-1]})
+    assert again.status_code == 204 and again.content == b""
+    assert "text/event-stream" not in again.headers.get("content-type", "")
+    # while a position before its final change still replays what follows it.
+    earlier = await alice.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": ids[-2]})
+    assert earlier.status_code == 200 and "event: succeeded" in earlier.text
+    assert f"id: {ids[-2]}\n" not in earlier.text
+
+
 @pytest.mark.parametrize("event_id", [b"x", b"-1", "²".encode("latin-1"), b"9" * 24])
 async def test_a_job_stream_resumes_after_ascii_digits_only(
     clients: dict[str, httpx.AsyncClient], event_id: bytes
@@ -404,7 +428,7 @@ async def test_a_position_past_the_newest_event_resumes_from_the_newest(
     await done(alice, done_id)
     for how in ({"params": {"since": ahead}}, {"headers": {"Last-Event-ID": ahead}}):
         ended = await alice.get(f"/v1/jobs/{done_id}/events", **how)  # type: ignore[arg-type]
-        assert ended.status_code == 200  # and it ended: its job is final
+        assert ended.status_code == 204  # it ended: its job is final, nothing follows
     feed = EventStream(alice, "/v1/events", {"Last-Event-ID": ahead})
     async with feed.open():
         assert feed.cursor is not None and feed.cursor < int(ahead)  # the newest, not past it

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Protocol, TypeVar
 
 import orjson
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ..brokers.base import Change
 from ..contract import JobRow
@@ -307,6 +307,18 @@ async def _ending_cleanly(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[
                 yield chunk
     except BackendError as exc:
         log.warning("event stream ended: %s", exc, extra={"action": "stream_backend_error"})
+
+
+async def job_events_response(
+    hub: Hub, store: Feed, row: JobRow, since: int, present: Callable[[JobRow], dict[str, Any]]
+) -> Response:
+    """The response of one job's event stream from feed position `since`: `job_stream`, or
+    204 when the job is final and no change of it follows `since`. A browser reconnects to
+    a stream that ended, with the last event's id, every few seconds for as long as the page
+    stays open; an EventSource stops only when told 204."""
+    if row.state.final and not await store.changes_since(since, job_id=row.id, limit=1):
+        return Response(status_code=204)
+    return EventStreamResponse(job_stream(hub, store, row.id, since, present))
 
 
 def job_stream(

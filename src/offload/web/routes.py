@@ -14,7 +14,7 @@ from ..app import App
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from .auth import admin_only, authenticated
-from .events import EventStreamResponse, job_stream
+from .events import EventStreamResponse, job_events_response
 from .feeds import FEED_POSITION, MAX_FEED_POSITION, cursor_of, within_feed
 from .models import (
     JobEvent,
@@ -154,7 +154,14 @@ async def result(request: Request, job_id: str) -> Response:
     "/jobs/{job_id}/events",
     response_class=EventStreamResponse,
     response_description="Every change of the job until its final state, then the stream ends",
-    responses={200: {"model": JobEvent}, **problems(*API_ERRORS, 400, 404, 422)},
+    responses={
+        200: {"model": JobEvent},
+        204: {
+            "description": "The job is final and no change of it follows the position asked "
+            "for (an EventSource that resumes after the stream ended stops reconnecting)"
+        },
+        **problems(*API_ERRORS, 400, 404, 422),
+    },
 )
 async def events(
     request: Request,
@@ -162,13 +169,13 @@ async def events(
     last_event_id: Annotated[str | None, Header(json_schema_extra=FEED_POSITION)] = None,
     since: Annotated[int | None, Query(ge=0, le=MAX_FEED_POSITION)] = None,
 ) -> Response:
-    """Server-sent events of every change of the job, until its final state."""
-    await _owned(request, job_id)
+    """Server-sent events of every change of the job, until its final state; 204 when it is
+    final and nothing follows the position asked for."""
+    row = await _owned(request, job_id)
     resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
     hub = _state(request).runtime.hub
     cursor = await within_feed(hub, resumed if resumed is not None else since) or 0
-    stream = job_stream(hub, _app(request), job_id, cursor, presenter_of(request).row)
-    return EventStreamResponse(stream)
+    return await job_events_response(hub, _app(request), row, cursor, presenter_of(request).row)
 
 
 @router.delete(

@@ -21,7 +21,7 @@ from ...contract import (
 from ...notify.base import NOTIFY_QUEUE
 from ...notify.targets import DELIVERY_KINDS
 from ..auth import admin_only
-from ..events import EventStreamResponse, job_stream, owner_stream
+from ..events import EventStreamResponse, job_events_response, owner_stream
 from ..feeds import cursor_of, within_feed
 from ..present import presenter_of
 from ..problems import Problem
@@ -214,13 +214,14 @@ async def job_events(
     job_id: str,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Server-sent events of one job until its final state (any owner's)."""
-    if await app_of(request).get(job_id) is None:
+    """Server-sent events of one job until its final state (any owner's); 204 once it is
+    final and nothing follows the position asked for."""
+    row = await app_of(request).get(job_id)
+    if row is None:
         raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
     hub = request.app.state.runtime.hub
     cursor = await within_feed(hub, cursor_of(last_event_id, None)) or 0
-    stream = job_stream(hub, app_of(request), job_id, cursor, presenter_of(request).row)
-    return EventStreamResponse(stream)
+    return await job_events_response(hub, app_of(request), row, cursor, presenter_of(request).row)
 
 
 @router.get("/static/{name}")
