@@ -255,6 +255,28 @@ async def test_a_finished_jobs_stream_tells_a_reconnecting_browser_to_stop(
     assert f"id: {ids[-2]}\n" not in earlier.text
 
 
+async def test_a_browser_follows_one_job_with_a_ticket_and_no_one_elses(
+    clients: dict[str, httpx.AsyncClient], start_worker: Callable[..., Any]
+) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    await start_worker()
+    job_id = await submit(alice, "followed")
+    await done(alice, job_id)
+    mine = (await alice.post("/v1/ws-ticket")).json()["ticket"]
+    theirs = (await bob.post("/v1/ws-ticket")).json()["ticket"]
+    async with httpx.AsyncClient(base_url=alice.base_url) as browser:  # no Authorization
+        # An EventSource cannot send a header: a ticket names its caller,
+        answer = await browser.get(f"/v1/jobs/{job_id}/events", params={"ticket": mine})
+        assert answer.status_code == 200 and "event: succeeded" in answer.text
+        # another principal's ticket finds no such job, and a bad one is refused.
+        other = await browser.get(f"/v1/jobs/{job_id}/events", params={"ticket": theirs})
+        assert other.status_code == 404 and other.json()["type"].endswith("/job-not-found")
+        bad = await browser.get(f"/v1/jobs/{job_id}/events", params={"ticket": "x" + mine})
+        assert bad.status_code == 401 and bad.json()["type"].endswith("/bad-ticket")
+        nothing = await browser.get(f"/v1/jobs/{job_id}/events")
+        assert nothing.status_code == 401
+
+
 @pytest.mark.parametrize("event_id", [b"x", b"-1", "²".encode("latin-1"), b"9" * 24])
 async def test_a_job_stream_resumes_after_ascii_digits_only(
     clients: dict[str, httpx.AsyncClient], event_id: bytes

@@ -23,11 +23,11 @@ from ..brokers.base import Change
 from ..clock import iso
 from ..errors import BackendError
 from .auth import DEFAULT_CHALLENGE, authenticate_unless_ticket, authenticated_unless_ticket
-from .events import EventStreamResponse, Hub, follow_owner, owner_stream
+from .events import EventStreamResponse, Hub, follow_owner, job_events_response, owner_stream
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import JSONResponse, Problem, as_problem, backend_unavailable
+from .problems import JSONResponse, Problem, as_problem, backend_unavailable, job_not_found
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
@@ -124,8 +124,9 @@ def cursor_of(last_event_id: str | None, since: str | None) -> int | None:
     },
 )
 async def ws_ticket(request: Request) -> Response:
-    """A ticket for /v1/ws or /v1/events (`?ticket=`), for clients that cannot send an
-    Authorization header (browsers' WebSocket and EventSource). Valid for 60 s."""
+    """A ticket for /v1/ws, /v1/events and /v1/jobs/{id}/events (`?ticket=`), for clients
+    that cannot send an Authorization header (browsers' WebSocket and EventSource). Valid
+    for 60 s."""
     principal = request.app.state.auth.principal(request)
     expires = int(time.time()) + DEFAULT_TICKET_TTL_S
     ticket = make_ticket(request.app.state.present.secret, principal, expires)
@@ -170,6 +171,40 @@ async def events(
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
     return EventStreamResponse(stream)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventStreamResponse,
+    response_description="Every change of the job until its final state, then the stream ends",
+    responses={
+        200: {"model": JobEvent},
+        204: {
+            "description": "The job is final and no change of it follows the position asked "
+            "for (an EventSource that resumes after the stream ended stops reconnecting)"
+        },
+        **problems(*API_ERRORS, 400, 404, 422, meaning={401: "No valid bearer token or ticket"}),
+    },
+)
+async def job_events(
+    request: Request,
+    job_id: str,
+    last_event_id: Annotated[str | None, Header(json_schema_extra=FEED_POSITION)] = None,
+    since: Annotated[int | None, Query(ge=0, le=MAX_FEED_POSITION)] = None,
+    ticket: str | None = None,
+) -> Response:
+    """Server-sent events of every change of the job, until its final state; 204 when it is
+    final and nothing follows the position asked for. A browser's EventSource passes a
+    ticket (`?ticket=`, as on /v1/events) where it cannot send an Authorization header."""
+    principal = principal_of(request, ticket)
+    state = request.app.state
+    row = await state.offload.get(job_id, owner=principal)
+    if row is None:
+        raise job_not_found(job_id)
+    resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
+    hub = state.runtime.hub
+    cursor = await within_feed(hub, resumed if resumed is not None else since) or 0
+    return await job_events_response(hub, state.offload, row, cursor, presenter_of(request).row)
 
 
 def _message(change: Change, present: Any) -> str:

@@ -132,3 +132,8 @@ def backend_unavailable(exc: BackendError, *, write: bool = False) -> Problem:
         slug="backend-unavailable",
         headers=BACKEND_RETRY_AFTER,
     )
+
+
+def job_not_found(job_id: str) -> Problem:
+    """The 404 of a job that does not exist, or is another principal's (the same answer)."""
+    return Problem(404, f"no job {job_id}", slug="job-not-found")

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
@@ -14,10 +14,7 @@ from ..app import App
 from ..contract import JobRow, JobState
 from ..errors import InvalidTransition, JobNotFound
 from .auth import admin_only, authenticated
-from .events import EventStreamResponse, job_events_response
-from .feeds import FEED_POSITION, MAX_FEED_POSITION, cursor_of, within_feed
 from .models import (
-    JobEvent,
     JobPage,
     JobResult,
     Queues,
@@ -28,7 +25,7 @@ from .models import (
 )
 from .origins import cross_site_guard
 from .present import presenter_of, result_refs, root_of
-from .problems import JSONResponse, Problem
+from .problems import JSONResponse, Problem, job_not_found
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
@@ -95,12 +92,8 @@ async def _owned(request: Request, job_id: str) -> JobRow:
     principal = _state(request).auth.principal(request)
     row = await _app(request).get(job_id, owner=principal)
     if row is None:
-        raise _not_found(job_id)
+        raise job_not_found(job_id)
     return row
-
-
-def _not_found(job_id: str) -> Problem:
-    return Problem(404, f"no job {job_id}", slug="job-not-found")
 
 
 @router.get(
@@ -115,7 +108,7 @@ async def show(request: Request, job_id: str) -> Response:
     try:
         record = await _app(request).status(job_id, owner=principal, tracebacks=present.tracebacks)
     except JobNotFound:
-        raise _not_found(job_id) from None
+        raise job_not_found(job_id) from None
     return JSONResponse(present.record(record))
 
 
@@ -150,34 +143,6 @@ async def result(request: Request, job_id: str) -> Response:
     return JSONResponse({"id": row.id, "result": present.sign_refs(row.result, row.id)})
 
 
-@router.get(
-    "/jobs/{job_id}/events",
-    response_class=EventStreamResponse,
-    response_description="Every change of the job until its final state, then the stream ends",
-    responses={
-        200: {"model": JobEvent},
-        204: {
-            "description": "The job is final and no change of it follows the position asked "
-            "for (an EventSource that resumes after the stream ended stops reconnecting)"
-        },
-        **problems(*API_ERRORS, 400, 404, 422),
-    },
-)
-async def events(
-    request: Request,
-    job_id: str,
-    last_event_id: Annotated[str | None, Header(json_schema_extra=FEED_POSITION)] = None,
-    since: Annotated[int | None, Query(ge=0, le=MAX_FEED_POSITION)] = None,
-) -> Response:
-    """Server-sent events of every change of the job, until its final state; 204 when it is
-    final and nothing follows the position asked for."""
-    row = await _owned(request, job_id)
-    resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
-    hub = _state(request).runtime.hub
-    cursor = await within_feed(hub, resumed if resumed is not None else since) or 0
-    return await job_events_response(hub, _app(request), row, cursor, presenter_of(request).row)
-
-
 @router.delete(
     "/jobs/{job_id}",
     response_model=StatusRecord,
@@ -195,7 +160,7 @@ async def cancel(request: Request, job_id: str) -> Response:
     except InvalidTransition as exc:
         raise Problem(409, str(exc), slug="already-final") from None
     except JobNotFound:
-        raise _not_found(job_id) from None
+        raise job_not_found(job_id) from None
     status = 200 if row.state is JobState.CANCELLED else 202
     return JSONResponse(presenter_of(request).row(row), status_code=status)
 
