@@ -1219,10 +1219,11 @@ def contracts_check(
     """Compare the code with a committed snapshot: exit 1 with one line per breaking change.
     A kind's schema may only widen (new optional fields, wider types) unless it gets a new
     version with an upgrader from each older one; a changed queue or a removed kind breaks
-    whatever the version."""
+    whatever the version. A new version of a kind posted over HTTP is warned of, field by
+    field, where the old body would be refused (the API takes the current version only)."""
     from pathlib import Path
 
-    from .contracts import breaking_changes, dumps, loads, snapshot
+    from .contracts import breaking_changes, client_changes, dumps, loads, snapshot
 
     with _errors():
         try:
@@ -1232,6 +1233,10 @@ def contracts_check(
         was = loads(text, source=committed)
         now = snapshot(_app(app, None))
         found = breaking_changes(was, now, allow_removed=set(allow_removed or ()))
+    for note in client_changes(was, now):  # a new version may; its HTTP clients must move
+        _console(stderr=True).print(
+            f"warning: {note}", soft_wrap=True, highlight=False, markup=False
+        )
     console = _console()
     for change in found:
         console.print(str(change), soft_wrap=True, highlight=False, markup=False)

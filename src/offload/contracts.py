@@ -5,11 +5,12 @@ changes `offload contracts check` finds between a committed snapshot and the cod
 A change is breaking when something already out there could no longer be read or routed:
 jobs stored at the snapshot's version, clients posting what the snapshot promised. A
 kind's schema may change in any way under a new version when upgraders lead from the
-snapshot's version to it (a worker upgrades older payloads step by step); at the same
-version it may only widen, and the HTTP API may not take away what clients were promised
-(the kind itself, a field they send). A changed queue, a removed upgrader and a removed
-kind strand stored jobs whatever the version; a removed kind passes once named in
-`allow_removed` (its jobs drained).
+snapshot's version to it (a worker upgrades older payloads step by step; the HTTP API
+takes the current version only, so its clients must move with it: `client_changes` says
+what they would meet); at the same version it may only widen, and the HTTP API may not
+take away what clients were promised (the kind itself, a field they send). A changed
+queue, a removed upgrader and a removed kind strand stored jobs whatever the version; a
+removed kind passes once named in `allow_removed` (its jobs drained).
 """
 
 from __future__ import annotations
@@ -217,6 +218,36 @@ def _version_changes(
         for v in range(old_v, new_v)
         if v not in steps
     ]
+
+
+def client_changes(
+    committed: Mapping[str, Any], current: Mapping[str, Any]
+) -> list[BreakingChange]:
+    """What new versions break for HTTP clients, which a new version is allowed to (so these
+    are no breaking changes): the API takes a kind's current version only (upgraders turn
+    stored jobs, not request bodies), so a client that posts what the snapshot's version
+    promised gets 422 where the new one narrowed it, and 404 where the kind left the API."""
+    found: list[BreakingChange] = []
+    for kind, was in sorted(committed["kinds"].items()):
+        now = current["kinds"].get(kind)
+        if now is None or not was["http"] or int(now["version"]) <= int(was["version"]):
+            continue
+        old_v, new_v = int(was["version"]), int(now["version"])
+        if not now["http"]:
+            found.append(
+                BreakingChange(kind, new_v, None, "no longer posted over HTTP: clients get 404")
+            )
+            continue
+        found += [
+            BreakingChange(
+                kind,
+                new_v,
+                n.path or None,
+                f"{n.detail}: clients that post the v{old_v} body get 422",
+            )
+            for n in narrowings(was["schema"], now["schema"])
+        ]
+    return found
 
 
 def _same_version_changes(

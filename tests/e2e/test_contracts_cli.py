@@ -148,6 +148,13 @@ def test_a_new_version_passes_with_its_upgrader_and_a_removed_kind_when_allowed(
     done = project.check("--allow-removed", "shop.ping")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no breaking change; export again to record the changes" in done.stdout
+    # (HTTP clients that post the v1 body would be refused: it warns, field by field)
+    assert done.stderr.splitlines() == [
+        "warning: shop.export v2, field period: type changed from string to integer: "
+        "clients that post the v1 body get 422",
+        "warning: shop.export v2, field user_id: removed (or renamed): clients that post the "
+        "v1 body get 422",
+    ]
 
     # Exported again, the snapshot records version 2 and its upgrader.
     project.export()

@@ -15,6 +15,7 @@ from offload import App, FromPrincipal, Message
 from offload.contracts import (
     BreakingChange,
     breaking_changes,
+    client_changes,
     client_schema,
     dumps,
     enqueue_options_schema,
@@ -449,6 +450,26 @@ def test_a_new_version_with_its_upgraders_may_change_anything_but_the_queue() ->
     old = contract(Owned)
     new = contract(NameInt, version=3, upgrades_from=(1, 2), http=False)
     assert lines(old, new) == []
+
+
+def test_a_new_version_says_what_its_http_clients_would_meet() -> None:
+    # No breaking change (stored jobs are upgraded), but the API takes v3 bodies only:
+    old, new = contract(Base), contract(NameInt, version=3, upgrades_from=(1, 2))
+    assert lines(old, new) == []
+    assert [str(c) for c in client_changes(old, new)] == [
+        f"{KIND} v3, field name: type changed from string to integer: clients that post "
+        "the v1 body get 422"
+    ]
+    # a kind that leaves the API under a new version is gone for them,
+    off = contract(Base, version=2, upgrades_from=(1,), http=False)
+    assert [str(c) for c in client_changes(old, off)] == [
+        f"{KIND} v2: no longer posted over HTTP: clients get 404"
+    ]
+    # and a widening, a kind never on the API, or one unchanged in version says nothing.
+    assert client_changes(old, contract(Base, version=2, upgrades_from=(1,))) == []
+    internal = contract(Base, http=False)
+    assert client_changes(internal, contract(NameInt, version=2, upgrades_from=(1,))) == []
+    assert client_changes(old, contract(NameInt)) == []
 
 
 def test_a_version_that_goes_down_is_breaking() -> None:
