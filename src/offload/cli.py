@@ -1485,7 +1485,9 @@ def _schedules_table(entries: Sequence[dict[str, Any]]) -> Table:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    names = ("name", "kind", "when", "catch-up", "next run", "last run", "last job", "state")
+    names = (
+        "name", "kind", "when", "catch-up", "next run", "last run", "last job", "state", "missed"
+    )  # fmt: skip
     for name in names:
         table.add_column(name, no_wrap=True)
     for e in entries:
@@ -1501,6 +1503,7 @@ def _schedules_table(entries: Sequence[dict[str, Any]]) -> Table:
             e["last_run"] or "never",
             e["last_job_id"] or "-",
             e["last_job_state"] or ("-" if e["last_job_id"] is None else "pruned"),
+            f"since {e['missed_since']}" if e.get("missed_since") else "-",
         )
     return table
 
@@ -1511,8 +1514,9 @@ def schedules(
 ) -> None:
     """Periodic schedules: every one the app declares (`app.periodic`, so name the module
     that declares them with --app) and every one a worker's scheduler stored, with its cron
-    or interval, time zone, catch-up, next run, last run (the newest tick enqueued), and the
-    job of that run with its state."""
+    or interval, time zone, catch-up, next run, last run (the newest tick enqueued), the
+    job of that run with its state, and since when it is missed (no scheduler enqueued a
+    tick for over a minute: retired, or no worker runs it)."""
     entries = _with_app(app, url, lambda a: a.list_schedules())
     if as_json:
         _console().print_json(orjson.dumps(entries).decode())

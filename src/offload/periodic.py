@@ -29,6 +29,9 @@ DEFAULT_TZ = "UTC"
 #: Seconds a tick may be late and still count as on time (a stalled loop, a busy machine);
 #: an older tick that no scheduler enqueued counts as missed (see `catch_up`).
 DEFAULT_LATE_S = 30.0
+#: Seconds after a tick that a listing says the schedule is missed when no scheduler has
+#: enqueued it (`missed_since`): well past a scheduler's poll (5 s) and a late tick.
+MISSED_AFTER_S = 60.0
 #: The shortest `every` interval, seconds.
 MIN_EVERY_S = 1.0
 #: The most missed ticks a schedule may catch up at once (one transaction stores them).
@@ -106,14 +109,16 @@ def listing(
     declared: Mapping[str, Schedule], states: Sequence[ScheduleState], now: float
 ) -> list[dict[str, Any]]:
     """Every schedule declared here or stored, by name: how it ticks, its next run, its last
-    run and that run's job id. A stored schedule not declared here (declared in a worker
-    module this process did not import, or removed) shows the spec stored with its state."""
+    run and that run's job id, and since which tick it is missed (`missed_since`). A stored
+    schedule not declared here (declared in a worker module this process did not import, or
+    removed) shows the spec stored with its state."""
     stored = {s.name: s for s in states}
     entries = []
     for name in sorted({*declared, *stored}):
         state = stored.get(name)
         schedule = declared.get(name)
         spec = schedule.spec() if schedule is not None else dict(state.spec if state else {})
+        missed = missed_since(spec, state.last_tick, now) if spec and state else None
         entries.append(
             {
                 "name": name,
@@ -122,9 +127,20 @@ def listing(
                 "next_run": iso(next_tick(spec, now)) if spec else None,
                 "last_run": iso(state.last_tick) if state else None,
                 "last_job_id": state.last_job_id if state else None,
+                "missed_since": iso(missed) if missed is not None else None,
             }
         )
     return entries
+
+
+def missed_since(spec: Mapping[str, Any], last: float, now: float) -> float | None:
+    """The first tick after `last` (the newest tick enqueued) when it came more than
+    `MISSED_AFTER_S` before `now`: no scheduler enqueued it, so no worker that declares the
+    schedule runs (it was retired, or every worker is down). None while it is kept."""
+    first = next_tick(spec, last)
+    if first is None or first > now - MISSED_AFTER_S:
+        return None
+    return first
 
 
 def declare(

@@ -81,6 +81,7 @@ def test_offload_schedules_lists_each_schedule_with_its_last_run(workdir: Path) 
     digest = after["digest"]
     assert digest["last_run"] == iso(tick)
     assert digest["last_job_state"] == "queued" and digest["declared"] is True
+    assert digest["missed_since"] is None  # its next tick is not yet due
     table = invoke("schedules", "--app", APP_REF, "--url", url)
     assert table.exit_code == 0, table.output
     assert "every 60s" in table.output and "0 7 * * mon-fri (Europe/Paris)" in table.output

@@ -263,3 +263,29 @@ async def test_the_scheduler_looks_again_within_the_poll_for_a_far_tick() -> Non
     app.periodic(Digest(), cron="0 0 1 1 *")
     scheduler = Scheduler(app, since=app.clock.now())
     assert 0 < scheduler.sleep_s() <= DEFAULT_SCHEDULER_POLL_S
+
+
+def test_a_listing_says_since_when_no_scheduler_enqueued_a_schedules_ticks() -> None:
+    from offload.contract import ScheduleState
+    from offload.periodic import MISSED_AFTER_S, listing
+
+    schedule = _every(30)
+    last = _utc(2026, 12, 6, 9, 0, 0)
+    state = ScheduleState(
+        name=schedule.name, last_tick=last, last_job_id="j", fired_at=last, spec=schedule.spec()
+    )
+
+    def missed(now: float, declared: bool = True) -> str | None:
+        found = {schedule.name: schedule} if declared else {}
+        (entry,) = listing(found, [state], now)
+        value: str | None = entry["missed_since"]
+        return value
+
+    # Kept: the next tick (09:00:30) is not yet a minute old, stored or declared alike,
+    assert missed(last + 30 + MISSED_AFTER_S - 1) is None
+    # then missed since that tick once it is (a retired schedule, or no worker running),
+    assert missed(last + 30 + MISSED_AFTER_S + 1) == iso(last + 30)
+    assert missed(last + 3600, declared=False) == iso(last + 30)
+    # and a schedule never stored (declared here, no scheduler ran yet) says nothing.
+    (fresh,) = listing({schedule.name: schedule}, [], last + 3600)
+    assert fresh["missed_since"] is None

@@ -190,6 +190,12 @@ class ScheduleEntry(Answer):
     last_run: datetime | None = Field(None, description="the newest tick enqueued")
     last_job_id: str | None = None
     last_job_state: JobState | None = Field(None, description="null once that job is pruned")
+    missed_since: datetime | None = Field(
+        None,
+        description="the first tick no scheduler enqueued, over a minute ago: no worker that "
+        "declares the schedule runs (it was retired, or every worker is down); null while "
+        "it is kept",
+    )
 
 
 class Schedules(Answer):
@@ -199,7 +205,7 @@ class Schedules(Answer):
 
 
 class Ticket(Answer):
-    """A short-lived ticket for /v1/ws and /v1/events (`?ticket=`)."""
+    """A short-lived ticket for /v1/ws, /v1/events and /v1/jobs/{id}/events (`?ticket=`)."""
 
     ticket: str
     expires_at: datetime
