@@ -231,6 +231,8 @@ class App:
         self._given_blobs = blobs
         self._blobs: BlobStore | None = blobs
         self._open_lock: asyncio.Lock | None = None
+        #: The event loop the backend was opened on (a backend belongs to it).
+        self._opened_on: asyncio.AbstractEventLoop | None = None
         self._sync: SyncRunner[App] | None = None
         self._users = 0
         self._group: GroupCommit | None = None
@@ -536,6 +538,14 @@ class App:
 
     async def _ensure_open(self, *, create: bool = True) -> App:
         if self._backend is not None:
+            opened_on = self._opened_on
+            if opened_on is not None and opened_on.is_closed() and self._loop_bound():
+                raise ConfigurationError(
+                    f"app {self.name!r} was opened on an event loop that has ended (an "
+                    "asyncio.run that returned): its connections ended with it. Open and "
+                    "close it within one loop (async with app: ...), or call the *_sync "
+                    "methods from synchronous code"
+                )
             return self
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
@@ -551,10 +561,16 @@ class App:
                 )
                 await backend.open(create=create)
                 self._backend = backend
+                self._opened_on = asyncio.get_running_loop()
                 self._watch_wal(backend)
                 if self._blobs is None:
                     self._blobs = open_blobs(self.settings.blobs_url)
         return self
+
+    def _loop_bound(self) -> bool:
+        """Whether the open backend's connections belong to the loop that opened it
+        (PostgreSQL, Redis, SQS: not SQLite, whose calls run on its own threads)."""
+        return self._backend is not None and _bound(self._backend)
 
     async def close(self) -> None:
         """Release one `open`; the last one (or a lazily opened app) closes the backend."""
@@ -565,7 +581,10 @@ class App:
             backend, self._backend = self._backend, None
             self._group = None
             self._watch_wal(None)
-            await backend.close()
+            opened_on, self._opened_on = self._opened_on, None
+            if opened_on is None or not opened_on.is_closed() or not _bound(backend):
+                await backend.close()
+            # (else its connections ended with their loop: there is nothing left to close)
         with start_lock():
             runner, self._sync = self._sync, None
         if runner is not None:
@@ -1042,6 +1061,31 @@ class App:
         job = self._sync_call(lambda twin: twin.job(job_id, owner=owner))
         return None if job is None else replace(job, app=self)
 
+    def list_jobs_sync(
+        self,
+        *,
+        owner: str | None,
+        state: str | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRow]:
+        """`list_jobs` for synchronous code (a Flask view's "my exports" page)."""
+        return self._sync_call(
+            lambda twin: twin.list_jobs(
+                owner=owner, state=state, kind=kind, before=before, limit=limit
+            )
+        )
+
+    def cancel_sync(self, job_id: str) -> JobRow:
+        """`cancel` for synchronous code (any owner's job: check the caller's first, as
+        `job_sync(id, owner=user)` does, then `job.cancel_sync()`)."""
+        return self._sync_call(lambda twin: twin.cancel(job_id))
+
+    def requeue_sync(self, job_id: str) -> JobRow:
+        """`requeue` for synchronous code."""
+        return self._sync_call(lambda twin: twin.requeue(job_id))
+
     def _sync_call(self, fn: Callable[[App], Awaitable[T]]) -> T:
         """Run `fn` with this App's twin on the private loop thread, blocking until done
         (the `*_sync` methods of App and Job)."""
@@ -1410,3 +1454,8 @@ def _queue_name(queue: str) -> str:
     if not queue or not queue.strip():
         raise ConfigurationError("a queue name must not be empty")
     return queue
+
+
+def _bound(backend: Backend) -> bool:
+    """Whether `backend`'s connections belong to the loop that opened it (`App._loop_bound`)."""
+    return bool(getattr(backend, "loop_bound", False))

@@ -1,4 +1,5 @@
-"""Job: a handle on one enqueued job, to read its status or wait for its end (async or sync)."""
+"""Job: a handle on one enqueued job, to read its status, wait for its end or cancel it
+(async or sync)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,22 @@ class Job:
             if row.state.final:
                 return await self.status()
             await asyncio.sleep(poll_s)
+
+    async def cancel(self) -> JobStatus:
+        """Cancel the job (`App.cancel`): a waiting one ends `cancelled`, a running one is
+        signalled (`ctx.cancelled`) and ends `cancelled` once its worker hears of it (at its
+        next heartbeat). Returns its status after the change.
+
+        Raises:
+            JobNotFound: the job is gone.
+            InvalidTransition: it is already final.
+        """
+        await self.app.cancel(self.id)
+        return await self.status()
+
+    def cancel_sync(self) -> JobStatus:
+        """`cancel` for synchronous code, on the App's private loop thread."""
+        return self.app._sync_call(lambda app: replace(self, app=app).cancel())
 
     def status_sync(self) -> JobStatus:
         """`status` for synchronous code, on the App's private loop thread (as `enqueue_sync`)."""

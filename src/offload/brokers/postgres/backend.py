@@ -246,6 +246,9 @@ class PostgresBackend:
     otherwise receive, and parse, a notification for every job it stores.
     """
 
+    #: Its connections belong to the event loop that opened it (`App` refuses another).
+    loop_bound = True
+
     capabilities = frozenset(
         {
             Capability.DELAY,

@@ -196,6 +196,9 @@ class RedisBackend:
             the server's (`Clock.stands_in_for_server`).
     """
 
+    #: Its connections belong to the event loop that opened it (`App` refuses another).
+    loop_bound = True
+
     capabilities = frozenset(
         {
             Capability.DELAY,

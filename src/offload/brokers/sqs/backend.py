@@ -129,6 +129,9 @@ class SQSBackend:
     messages of the jobs it ran then find nothing to claim and are acknowledged.
     """
 
+    #: Its connections belong to the event loop that opened it (`App` refuses another).
+    loop_bound = True
+
     capabilities = frozenset(
         {Capability.DELAY, Capability.PUSH, Capability.DEDUP, Capability.TRANSACTIONAL_ENQUEUE}
     )
