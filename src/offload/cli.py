@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -295,6 +296,13 @@ def _server(api: Any, host: str, port: int) -> Any:
         def capture_signals(self) -> Iterator[None]:  # we route signals ourselves
             yield
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Event streams never end on their own: end them now (their clients resume
+            # elsewhere with the last event's id), so the server need not wait them out
+            # and then cancel them, each with an error in the log.
+            api.state.runtime.end_streams()
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         api,
         host=host,
@@ -302,8 +310,7 @@ def _server(api: Any, host: str, port: int) -> Any:
         log_level="warning",
         lifespan="on",
         access_log=False,
-        # Event streams never end on their own: on shutdown, give requests this long, then
-        # close the streams (clients resume elsewhere with Last-Event-ID).
+        # On shutdown, requests get this long (the streams end at once: see shutdown).
         timeout_graceful_shutdown=DEFAULT_SHUTDOWN_GRACE_S,
         **server_options(),  # a bounded request head; refusals as problem documents
     )

@@ -445,6 +445,10 @@ def test_a_job_still_running_near_the_invocations_end_is_released_and_sent_again
     status = stack.status(job_id)
     assert status["state"] == "queued"
     assert status["attempt"] == 0
+    assert status["error"] == {
+        "type": "Released",
+        "message": "the invocation was ending; job released, to run again",
+    }
     assert stack.depth() == 1
 
 

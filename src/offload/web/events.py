@@ -76,8 +76,17 @@ class Subscription:
     def __init__(self, *, job_id: str | None = None, owner: str | None = None) -> None:
         self.job_id = job_id
         self.owner = owner
-        self.queue: asyncio.Queue[Change] = asyncio.Queue(DEFAULT_SUBSCRIBER_BUFFER)
+        #: Changes in feed order; None once the stream is to end (`end`).
+        self.queue: asyncio.Queue[Change | None] = asyncio.Queue(DEFAULT_SUBSCRIBER_BUFFER)
         self.overflowed = False
+        #: Set by `end`: the server is shutting down, the stream ends (the client resumes).
+        self.ended = False
+
+    def end(self) -> None:
+        """End the stream that reads this subscription at its next read."""
+        self.ended = True
+        with contextlib.suppress(asyncio.QueueFull):  # (a full queue: it reads `ended`)
+            self.queue.put_nowait(None)
 
     def offer(self, change: Change) -> None:
         try:
@@ -125,6 +134,8 @@ class Hub:
         self._read_at = -math.inf
         #: The event loop the hub runs in (`start`): its lock and shared read belong to it.
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set by `end_streams`: the server is shutting down.
+        self.ending = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -139,11 +150,22 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def end_streams(self) -> None:
+        """End every stream, and every one opened from now on, at its next read: the server
+        is shutting down, and streams never end on their own (a server would wait for them
+        until its graceful timeout, then cancel them). Their clients resume elsewhere with
+        the last event's id."""
+        self.ending = True
+        for sub in [*self.everyone, *_all(self.by_job), *_all(self.by_owner)]:
+            sub.end()
+
     @contextlib.contextmanager
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
         """A subscription to one job's changes, one owner's, or (neither given) every
         change of every job (operators: the dashboard)."""
         sub = Subscription(job_id=job_id, owner=owner)
+        if self.ending:
+            sub.end()
         self._generation += 1
         self._wanted.set()
         if job_id is None and owner is None:
@@ -321,6 +343,10 @@ async def job_events_response(
     return EventStreamResponse(job_stream(hub, store, row.id, since, present))
 
 
+def _all(index: Mapping[str, set[Subscription]]) -> list[Subscription]:
+    return [sub for subs in index.values() for sub in subs]
+
+
 def job_stream(
     hub: Hub,
     store: Feed,
@@ -367,6 +393,8 @@ async def _job_events(
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            if change is None or sub.ended:
+                return
             if change.seq <= last:
                 continue
             last = change.seq
@@ -410,16 +438,18 @@ async def follow_owner(
             last = max(last, settled)
             replay = False
         try:
-            change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+            live = await asyncio.wait_for(sub.queue.get(), keepalive_s)
         except TimeoutError:
             yield None
             continue
+        if live is None or sub.ended:
+            return
         if sub.overflowed:
             sub.reset()
             replay = True
-        elif change.seq > last:
-            last = change.seq
-            yield change
+        elif live.seq > last:
+            last = live.seq
+            yield live
 
 
 async def _replay(

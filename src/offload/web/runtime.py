@@ -65,6 +65,17 @@ class Runtime:
             raise ConfigurationError(f"the web tier of {self.app.name!r} is not open")
         return self._hub
 
+    @property
+    def ending(self) -> bool:
+        """Whether `end_streams` ran: the server is shutting down."""
+        return self._hub is not None and self._hub.ending
+
+    def end_streams(self) -> None:
+        """End every event stream and WebSocket of this web tier (`Hub.end_streams`): the
+        server is shutting down. Nothing to do where it never opened."""
+        if self._hub is not None:
+            self._hub.end_streams()
+
     def _locked(self) -> asyncio.Lock:
         # One lock per event loop: a lock used in one loop cannot be waited on in another
         # (a test client may run each request in a loop of its own).

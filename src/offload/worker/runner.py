@@ -731,12 +731,15 @@ class Worker:
         self._count(outcome)
         return self._with_follow_ups(outcome, trace)
 
-    def interrupted(self, lease: Lease, *, cancel: bool) -> Outcome:
+    def interrupted(self, lease: Lease, *, cancel: bool, why: str | None = None) -> Outcome:
         """The outcome of a run the caller cancelled: cancelled (asked by a user), else
-        released unspent (out of time), with its notifications."""
+        released unspent (out of time; `why` says why, in the job's error), with its
+        notifications."""
         job = _Job(lease=lease, renewed=self._renewal(), reason=_CANCEL if cancel else _SHUTDOWN)
         outcome = self._interrupted(job)
         assert outcome is not None  # only a lost lease reports none
+        if why is not None and not cancel:
+            outcome = dataclasses.replace(outcome, error={**_RELEASED, "message": why})
         return self._with_follow_ups(outcome)
 
     def _report(self, job: _Job, outcome: Outcome) -> None:

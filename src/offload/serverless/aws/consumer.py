@@ -203,7 +203,8 @@ class SQSConsumer:
         try:
             return await task
         except asyncio.CancelledError:
-            return worker.interrupted(lease, cancel=cancel)
+            why = "the invocation was ending; job released, to run again"
+            return worker.interrupted(lease, cancel=cancel, why=why)
 
     async def _beat(self, lease: Lease, receipt: str | None) -> tuple[bool, bool]:
         """Extend the lease and the message's visibility: (still held, cancel asked). A
