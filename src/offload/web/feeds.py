@@ -312,7 +312,5 @@ async def ws(websocket: WebSocket) -> None:
                 log.warning(
                     "websocket stream ended: %s", task.exception(), extra={"action": "ws_error"}
                 )
-    # 1001 (going away) when the server is shutting down: the client resumes elsewhere
-    code = 1001 if websocket.app.state.runtime.ending else 1000
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # closed already, or gone
-        await websocket.close(code=code)
+        await websocket.close()

@@ -65,14 +65,9 @@ class Runtime:
             raise ConfigurationError(f"the web tier of {self.app.name!r} is not open")
         return self._hub
 
-    @property
-    def ending(self) -> bool:
-        """Whether `end_streams` ran: the server is shutting down."""
-        return self._hub is not None and self._hub.ending
-
     def end_streams(self) -> None:
-        """End every event stream and WebSocket of this web tier (`Hub.end_streams`): the
-        server is shutting down. Nothing to do where it never opened."""
+        """End every event stream of this web tier (`Hub.end_streams`): the server is
+        shutting down. Nothing to do where it never opened."""
         if self._hub is not None:
             self._hub.end_streams()
 
