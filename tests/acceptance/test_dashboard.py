@@ -388,7 +388,15 @@ async def test_an_action_without_the_right_csrf_token_changes_nothing(
 async def test_cancel_and_purge_one_job(app: App, web: httpx.AsyncClient) -> None:
     waiting = await app.enqueue(Ping(n=1), delay=3600)
     _, page = await _page(web, f"/dashboard/jobs/{waiting.id}")
+    assert not [f for f in page.post_forms() if f["action"].endswith("/purge")]  # not final
     (cancel,) = [f for f in page.post_forms() if f["action"].endswith("/cancel")]
+    # (a purge posted anyway, from a page of another moment, is refused, and says why)
+    purge_path = cancel["action"].replace("/cancel", "/purge")
+    early = await web.post(purge_path, data=cancel["f"], headers=OPS)
+    assert early.status_code == 303 and f"/jobs/{waiting.id}?notice=" in early.headers["location"]
+    shown = await web.get(early.headers["location"], headers=OPS)
+    assert "Not purged: the job is queued" in shown.text
+    assert await app.get(waiting.id) is not None
     assert (await web.post(cancel["action"], data=cancel["f"], headers=OPS)).status_code == 303
     row = await app.get(waiting.id)
     assert row is not None and row.state is JobState.CANCELLED
@@ -731,9 +739,12 @@ async def test_actions_refuse_what_is_no_dashboard_form(app: App, web: httpx.Asy
         answer = await web.post(path, headers=headers, **request)
         assert answer.status_code == status, (path, answer.text)
         assert answer.headers["content-type"] == "application/problem+json"
-    # A finished job cannot be cancelled (409), and stays as it was.
+    # A finished job cannot be cancelled (its page says why), and stays as it was.
     answer = await web.post(f"/dashboard/jobs/{job_id}/cancel", data={"csrf": token}, headers=OPS)
-    assert answer.status_code == 409
+    assert (
+        answer.status_code == 303
+        and f"/jobs/{job_id}?notice=Not+done" in answer.headers["location"]
+    )
     assert await _states(app, [job_id]) == {JobState.DEAD}
     assert (await web.get("/dashboard/jobs/confirm?action=explode", headers=OPS)).status_code == 422
 

@@ -69,9 +69,12 @@ async def _one(request: Request, job_id: str, action: str) -> tuple[str, str]:
     except JobNotFound:
         raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found") from None
     except InvalidTransition as exc:
-        raise Problem(409, str(exc), slug="invalid-transition") from None
+        # The page was older than the job's state: show it as it is now, and say why
+        return _job_path(job_id), f"Not done: {exc}"
     if not purged:
-        raise Problem(409, f"job {job_id[:60]} cannot be purged now", slug="invalid-transition")
+        now = await app.get(job_id)
+        state = "gone" if now is None else now.state.value
+        return _job_path(job_id), f"Not purged: the job is {state} (only a finished job is)"
     return "/jobs", f"Purged job {job_id}"
 
 
