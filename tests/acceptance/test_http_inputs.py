@@ -230,6 +230,12 @@ async def test_a_405_names_every_method_of_the_resource(
         ("delay=", {}, [(["query", "delay"], "float_parsing")]),
         ("delay=nan", {}, [(["query", "delay"], "less_than_equal")]),
         ("priority=1&priority=x", {}, [(["query", "priority"], "int_parsing")]),  # the last
+        # A misspelt option would otherwise be ignored: ?dealy=600 would run at once.
+        (
+            "dealy=600&prio=1",
+            {},
+            [(["query", "dealy"], "extra_forbidden"), (["query", "prio"], "extra_forbidden")],
+        ),
         ("notify_email=" + "a" * 255, {}, [(["query", "notify_email"], "string_too_long")]),
         ("", {"Idempotency-Key": "k" * 256}, [(["header", "idempotency-key"], "string_too_long")]),
         # An empty key (a client's unset variable) would make every later post a repeat.
@@ -258,7 +264,7 @@ async def test_options_in_range_are_the_jobs(
     app: App, clients: dict[str, httpx.AsyncClient]
 ) -> None:
     answer = await clients["alice"].post(
-        "/v1/jobs/t.report?priority=-1000&delay=5&unknown=1",
+        "/v1/jobs/t.report?priority=-1000&delay=5",
         json={"period": "2026-10"},
         headers={"Idempotency-Key": "k" * 255},
     )

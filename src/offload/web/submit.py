@@ -185,11 +185,22 @@ def read_options(request: Request, key: str | None) -> JobOptions:
     validates `job_options`.
 
     Raises:
-        RequestValidationError: (422, `invalid-request`) an option is not valid.
+        RequestValidationError: (422, `invalid-request`) an option is not valid, or not
+            one (a misspelt `?dealy=600` would otherwise run the job at once).
     """
     if not request.scope["query_string"] and key is None:
         return _DEFAULT_OPTIONS
     query = request.query_params
+    unknown = sorted(set(query) - set(_QUERY_NAMES))
+    if unknown:
+        known = ", ".join(_QUERY_NAMES)
+        raise RequestValidationError(
+            [
+                {"loc": ["query", name], "msg": f"no such option (the options: {known})",
+                 "type": "extra_forbidden"}
+                for name in unknown
+            ]
+        )  # fmt: skip
     data = {name: query[name] for name in _QUERY_NAMES if name in query}
     if key is not None:
         data["idempotency_key"] = key
