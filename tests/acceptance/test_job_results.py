@@ -167,6 +167,26 @@ async def test_a_wrongly_typed_option_is_a_type_error_naming_it(
     await app.close()
 
 
+@pytest.mark.parametrize(
+    ("owner", "said"),
+    [("", "owner must not be empty"), ("offload.notify", "are offload's own")],
+)
+async def test_an_owner_no_caller_could_be_is_refused_from_python_too(
+    app: App, owner: str, said: str
+) -> None:
+    # The API refuses such principals; from code they would make jobs no user sees, or
+    # ones shown among the deliveries (offload.notify) or the schedules' ticks.
+    app.message("t.export")(Export)
+    with pytest.raises(ValueError, match=said):
+        await app.enqueue(Export(period="p"), owner=owner)
+    with pytest.raises(ValueError, match=said):
+        await app.enqueue_many([Export(period="p")], owner=owner, priority=1)
+    with pytest.raises(ValueError, match=said):
+        await asyncio.to_thread(app.enqueue_sync, Export(period="p"), owner=owner)
+    assert await app.list_jobs(owner=None) == []
+    await app.close()
+
+
 async def test_well_typed_options_are_applied(app: App) -> None:
     app.message("t.export")(Export)
     when = datetime.now(UTC) + timedelta(hours=2)

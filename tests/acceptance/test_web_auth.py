@@ -237,7 +237,7 @@ async def test_a_principal_that_offload_keeps_for_its_own_jobs_is_refused(
     host: FastAPI, app: App
 ) -> None:
     # Given deliveries owned by `offload.notify` (a webhook's, as the notifier enqueues it),
-    delivery = await app.enqueue(Export(user_id="u"), owner="offload.notify")
+    (delivery, _) = await app.submit(app.envelope(Export(user_id="u"), owner="offload.notify"))
     async with client(host) as impostor, client(host) as alice:
         # when the host's sign-in names a user `offload.notify` (a name users choose),
         await impostor.post("/login/offload.notify")
