@@ -183,13 +183,14 @@ def test_a_worker_whose_plain_handler_runs_on_past_its_attempt_still_exits(stack
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, stack.output()
     assert str(worker.pid) in stack.log_lines("exits.log")  # its exit functions ran
-    # A worker with more such threads than slots stops by itself,
-    # exit 1, for its supervisor to start it again with fresh threads.
-    worker = stack.start_worker("--concurrency", "1", "--queues", "stuck")
+    # A worker with more such threads than slots, still running a grace period (1 s here)
+    # after their attempts, stops by itself, exit 1, for its supervisor to start it again
+    # with fresh threads.
+    worker = stack.start_worker("--concurrency", "1", "--queues", "stuck", "--grace", "1")
     stuck_job_dies()
     stuck_job_dies()
     assert worker.wait(timeout=30) == 1, stack.output()
-    assert "handler threads run on past their attempts" in stack.output()
+    assert "handler threads run on 1s past their attempts" in stack.output()
 
 
 def test_a_second_signal_ends_the_grace_period(stack: Stack) -> None:
