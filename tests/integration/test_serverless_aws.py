@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from offload import App, Context, Message, Retry, Settings
+from offload.errors import BackendError
 from offload.serverless.aws import SQSConsumer, http_handler, sqs_handler
 from offload.serverless.aws.consumer import relay_handler
 
@@ -538,3 +539,55 @@ def test_an_enqueue_while_sqs_is_down_waits_for_it_briefly_and_leaves_the_outbox
     finally:
         loop.run_until_complete(app.close())
         loop.close()
+
+
+def test_a_cold_start_while_sqs_is_down_serves_reads_and_keeps_enqueues_for_the_relay(
+    schema: PgSchema, moto_endpoint: str, tmp_path: Path
+) -> None:
+    """The HTTP function's first request, with SQS not answering: the job rows are
+    PostgreSQL's, so reads are served and an enqueue is stored in the outbox, sent once SQS
+    answers again; it answered 503 to everything until then (found by a trial)."""
+    from moto.server import ThreadedMotoServer
+
+    own = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    own.start()
+    host, port = own.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+    queue_url = client.create_queue(QueueName="cold")["QueueUrl"]
+    own.stop()  # SQS goes away before the function's first request
+    url = f"sqs://cold?endpoint_url={endpoint}&region=us-east-1&relay_every=0&store={schema.url}"
+    app = App("sls-cold", settings=Settings(url=url, blobs_url=str(tmp_path / "blobs")))
+    app.message("sls.hello")(Hello)
+    loop = asyncio.new_event_loop()
+    again = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    try:
+        # Given a cold start (the app opens) while SQS does not answer,
+        loop.run_until_complete(app.open())
+        # an enqueue is stored (its message kept in the outbox), and reads are served;
+        job = loop.run_until_complete(app.enqueue(Hello(name="cold")))
+        assert job.created
+        row = loop.run_until_complete(app.get(job.id))
+        assert row is not None and row.state.value == "queued"
+        # when SQS answers again (its queue kept), the relay sends the message.
+        again.start()
+        broker: Any = app._require_backend()
+        assert loop.run_until_complete(broker.relay(older_than_s=0)) == 1
+        got = client.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+        assert [orjson.loads(m["Body"])["job"] for m in got] == [job.id]
+    finally:
+        loop.run_until_complete(app.close())
+        loop.close()
+        again.stop()
+
+
+def test_a_queue_sqs_says_does_not_exist_fails_the_open(
+    schema: PgSchema, moto_endpoint: str, tmp_path: Path
+) -> None:
+    url = (
+        f"sqs://no-such-queue?endpoint_url={moto_endpoint}&region=us-east-1&relay_every=0"
+        f"&store={schema.url}"
+    )
+    app = App("sls-none", settings=Settings(url=url, blobs_url=str(tmp_path / "blobs")))
+    with pytest.raises(BackendError, match="no-such-queue"):
+        asyncio.run(app.open())

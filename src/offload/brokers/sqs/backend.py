@@ -27,7 +27,8 @@ import aioboto3
 import orjson
 import psycopg
 from aiobotocore.config import AioConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as SdkConnectionError
 
 from ...clock import Clock
 from ...contract import EnqueueResult, Envelope, Lease, Outcome
@@ -72,6 +73,9 @@ def sdk_config() -> AioConfig:
     return AioConfig(connect_timeout=2, read_timeout=10, **retries)
 
 
+#: What the SDK raises when SQS did not answer (no connection, or no reply in time), as
+#: opposed to an answer (a missing queue) or a mistake of ours (no credentials).
+_UNANSWERED = (SdkConnectionError, HTTPClientError)
 _OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every", "resend_after"}
 _STORE = re.compile(r"(?:^|&)store=(.*)$", re.S)
 
@@ -195,10 +199,14 @@ class SQSBackend:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
-        """Open the store, then the SQS client, and find the queue's URL.
+        """Open the store, then the SQS client, and find the queue's URL. SQS not answering
+        then is no failure (a cold start during its outage: the job rows, and everything read
+        from them, are PostgreSQL's): the URL is looked up again at the next send, and the
+        outbox keeps the jobs until one goes.
 
         Raises:
-            BackendError: PostgreSQL or SQS unreachable, or the queue does not exist.
+            BackendError: PostgreSQL unreachable, or SQS answered that the queue does not
+                exist (or may not be used).
         """
         if self._client is not None:
             return
@@ -214,8 +222,20 @@ class SQSBackend:
                     config=sdk_config(),
                 )
             )
-            answer = await self._client.get_queue_url(QueueName=self.queue)
-            self.queue_url = answer["QueueUrl"]
+            await self._queue_url()
+        except BackendError as exc:
+            if isinstance(exc.__cause__, _UNANSWERED) and self._client is not None:
+                log.warning(
+                    "SQS queue %r does not answer (%s): the outbox keeps the jobs until it does",
+                    self.queue,
+                    exc.__cause__,
+                    extra={"action": "sqs_send_error"},
+                )
+            else:  # it answered no: the URL or the credentials are wrong
+                self._client = None
+                await stack.aclose()
+                await self.store.close()
+                raise
         except (BotoCoreError, ClientError) as exc:
             self._client = None
             await stack.aclose()
@@ -381,7 +401,10 @@ class SQSBackend:
         Raises:
             BackendError: SQS refused or did not answer (some may have gone: duplicates).
         """
+        if not jobs:
+            return
         now = self.store._clock_now()
+        queue_url = await self._queue_url()
         batches = [jobs[i : i + SEND_BATCH] for i in range(0, len(jobs), SEND_BATCH)]
         limit = asyncio.Semaphore(SEND_CONCURRENCY)
 
@@ -393,7 +416,7 @@ class SQSBackend:
             async with limit:
                 try:
                     answer = await self._sqs().send_message_batch(
-                        QueueUrl=self.queue_url, Entries=entries
+                        QueueUrl=queue_url, Entries=entries
                     )
                 except (BotoCoreError, ClientError) as exc:
                     raise BackendError(f"SQS: {exc}") from exc
@@ -422,7 +445,9 @@ class SQSBackend:
         """
         try:
             await self._sqs().change_message_visibility(
-                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=int(timeout_s)
+                QueueUrl=await self._queue_url(),
+                ReceiptHandle=receipt,
+                VisibilityTimeout=int(timeout_s),
             )
         except (BotoCoreError, ClientError) as exc:
             raise BackendError(f"SQS: {exc}") from exc
@@ -431,6 +456,21 @@ class SQSBackend:
         if self._client is None:
             raise BackendError("the SQS backend is not open")
         return self._client
+
+    async def _queue_url(self) -> str:
+        """The queue's URL, looked up once it answers.
+
+        Raises:
+            BackendError: SQS did not answer (caused by one of `_UNANSWERED`), or answered
+                no, or the SDK could not ask (no credentials).
+        """
+        if self.queue_url is None:
+            try:
+                answer = await self._sqs().get_queue_url(QueueName=self.queue)
+            except (BotoCoreError, ClientError) as exc:
+                raise BackendError(f"SQS queue {self.queue!r}: {exc}") from exc
+            self.queue_url = str(answer["QueueUrl"])
+        return self.queue_url
 
     # -- the consumer's claim ---------------------------------------------------------------
 
