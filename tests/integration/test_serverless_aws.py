@@ -544,7 +544,9 @@ def test_an_enqueue_while_sqs_is_down_waits_for_it_briefly_and_leaves_the_outbox
 def test_a_cold_start_while_sqs_is_down_serves_reads_and_keeps_enqueues_for_the_relay(
     schema: PgSchema, moto_endpoint: str, tmp_path: Path
 ) -> None:
-    """The HTTP function's first request, with SQS not answering: the job rows are
+    """(`moto_endpoint`: its fixture gives the SDK its test credentials.)
+
+    The HTTP function's first request, with SQS not answering: the job rows are
     PostgreSQL's, so reads are served and an enqueue is stored in the outbox, sent once SQS
     answers again; it answered 503 to everything until then (found by a trial)."""
     from moto.server import ThreadedMotoServer
