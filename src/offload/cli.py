@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -1428,6 +1428,20 @@ def queues_resume(ctx: typer.Context, name: QueueName, app: OptApp = None, url: 
     _console().print(said, soft_wrap=True, highlight=False, markup=False)
 
 
+def _kinds_shown(kinds: Mapping[str, Sequence[int]]) -> str:
+    """A worker's kinds with the versions it runs: `reports.export v1-3, ops.tick v2` (a
+    rolling deploy's old and new workers, side by side)."""
+    shown = []
+    for kind, versions in sorted(kinds.items()):
+        vs = sorted(versions)
+        contiguous = vs == list(range(vs[0], vs[-1] + 1)) if vs else True
+        if len(vs) > 1 and contiguous:
+            shown.append(f"{kind} v{vs[0]}-{vs[-1]}")
+        else:
+            shown.append(f"{kind} " + ",".join(f"v{v}" for v in vs))
+    return ", ".join(shown) or "-"
+
+
 def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
     """One row per worker process: where it runs, its state, what it serves and how it does."""
     from rich import box
@@ -1447,7 +1461,7 @@ def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
         caption_justify="left",
     )
     names = ("id", "host", "pid", "state", "queues", "running", "processed", "failed")
-    for name in (*names, "version", "started", "heartbeat"):
+    for name in (*names, "kinds (versions)", "offload", "started", "heartbeat"):
         table.add_column(name, no_wrap=True)
     now = time.time()
     for w in workers:
@@ -1462,6 +1476,7 @@ def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
             else f"{len(w.running)}/{w.concurrency}",
             str(w.processed),
             str(w.failed),
+            _kinds_shown(w.kinds),
             w.version,
             f"{_age(now - w.started_at.timestamp())} ago",
             f"{_age(now - w.heartbeat_at.timestamp())} ago",

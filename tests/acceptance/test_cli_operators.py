@@ -193,6 +193,7 @@ def test_workers_lists_worker_processes_live_gone_when_stopped_and_lost_when_kil
         for entry in both.values():
             (row,) = [line for line in table.output.splitlines() if entry["id"] in line]
             assert "live" in row and "ticks, offload.notify" in row and "0/2" in row
+            assert "ops.tick v1" in row  # the kinds it runs, with their versions
         # When one stops cleanly and the other is killed
         stopping.send_signal(signal.SIGTERM)
         killed.send_signal(signal.SIGKILL)
