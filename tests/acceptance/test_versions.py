@@ -16,7 +16,7 @@ from offload import App, Context, Job, JobState, Message, Settings
 from offload.cli import cli
 from offload.versions import LIVE_VERSIONS_TTL_S
 
-from ..contract._support import ShiftClock
+from ..contract._support import PATIENCE_S, ShiftClock, worker_info
 
 pytestmark = pytest.mark.anyio
 
@@ -155,6 +155,31 @@ async def test_a_job_whose_upgrade_step_is_gone_fails_for_good_naming_the_step(
     assert record.state is JobState.FAILED and record.attempt == 1
     assert record.error is not None and record.error.type == "MissingUpgrader"
     assert "@app.upgrade('reports.export', 1)" in record.error.message
+
+
+async def test_a_job_whose_upgrade_step_is_gone_waits_while_a_live_worker_still_reads_it(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # Given a job stored at version 1, a worker at version 2 without the upgrader from 1,
+    # and a live worker of the deploy before, which runs version 1 (still draining),
+    declare(app, 2, upgraders=False)
+    stored = app.envelope(ExportV2(period="2026-10"))
+    async with app:
+        await app.submit(dataclasses.replace(stored, version=1, payload={"period": "2026-10"}))
+        old = worker_info("old-deploy", {"reports.export": [1]}, queues=("reports",))
+        await app._require_backend().record_worker(old)
+    # when the new worker claims it,
+    await start_worker()
+    # then it is given back unspent, for that worker, not failed.
+    async with asyncio.timeout(PATIENCE_S):
+        while (row := await app.get(stored.id)) is None or row.error is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert (row.state, row.attempt) == (JobState.QUEUED, 0)
+    assert row.error == {
+        "type": "NewerVersion",
+        "message": f"reports.export version 1 waits for a worker that still reads it (worker "
+        f"{row.worker} has no upgrader from 1)",
+    }
 
 
 def test_offload_queues_shows_the_jobs_waiting_for_a_newer_worker(settings: Settings) -> None:

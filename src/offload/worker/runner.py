@@ -33,6 +33,7 @@ from ..errors import (
     BackendError,
     Cancel,
     ConfigurationError,
+    MissingUpgrader,
     Retry,
     UpgradeError,
     _ForAnotherWorker,
@@ -777,6 +778,8 @@ class Worker:
         if isinstance(payload, Outcome):
             return payload
         message = self._message(lease, spec, payload)
+        if isinstance(message, MissingUpgrader):
+            message = await self._unreadable(lease, message)
         if isinstance(message, Outcome):
             return message
         timeout = spec.timeout if spec.timeout is not None else env.timeout
@@ -911,10 +914,11 @@ class Worker:
 
     def _message(
         self, lease: Lease, spec: HandlerSpec, payload: dict[str, Any]
-    ) -> Message | Outcome:
+    ) -> Message | Outcome | MissingUpgrader:
         """The job's message at the version its handler takes, or how the attempt ends
         without running: given back unspent (stored at a newer version), or failed for good
-        (no upgrade from its version, or a payload that does not fit the contract)."""
+        (an upgrader that failed, or a payload that does not fit the contract); or the
+        missing step of its upgrade (`_unreadable` decides)."""
         env, current = lease.envelope, spec.message.version
         if env.version > current:
             return self._newer(lease, current)
@@ -923,14 +927,34 @@ class Worker:
                 steps = self.app.upgraders.get(env.kind, {})
                 payload = upgrade(env.kind, env.version, payload, current=current, steps=steps)
             return spec.message.cls.model_validate(payload)
+        except MissingUpgrader as exc:
+            return exc
         except (ValidationError, UpgradeError) as exc:  # no retry would change it: permanent
-            log.warning(
-                "job %s failed for good: %s",
-                env.id,
-                exc,
-                extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
-            )
-            return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
+            return self._failed_for_good(lease, exc)
+
+    async def _unreadable(self, lease: Lease, missing: MissingUpgrader) -> Outcome:
+        """A job stored at a version this worker's upgraders no longer read: given back
+        unspent while a live worker (a rolling deploy's older one) still runs that version,
+        else failed for good (no retry would change it)."""
+        env = lease.envelope
+        try:
+            live = await self.app.live_versions()
+        except BackendError:
+            live = {}
+        if env.version in live.get(env.kind, ()):
+            why = f"{env.kind} version {env.version} waits for a worker that still reads it"
+            return self._handed_on(lease, why, here=f" has no upgrader from {env.version}")
+        return self._failed_for_good(lease, missing)
+
+    def _failed_for_good(self, lease: Lease, exc: BaseException) -> Outcome:
+        env = lease.envelope
+        log.warning(
+            "job %s failed for good: %s",
+            env.id,
+            exc,
+            extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
+        )
+        return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
 
     def _newer(self, lease: Lease, known: int) -> Outcome:
         """Give back a job stored at a version newer than this worker runs: queued again,
