@@ -156,6 +156,10 @@ class Settings:
     #: A bearer token that may read GET /metrics and nothing else (OFFLOAD_METRICS_TOKEN):
     #: for a Prometheus scraper, which need not be an admin principal.
     metrics_token: str | None = None
+    #: Origins of pages on other sites that may call the API from a browser
+    #: (OFFLOAD_CORS_ORIGINS, comma-separated, each `scheme://host[:port]`): a single-page
+    #: app served elsewhere. None by default: no page of another origin may.
+    cors_origins: frozenset[str] = frozenset()
 
     @property
     def dev_mode(self) -> bool:
@@ -202,6 +206,11 @@ class Settings:
                 ),
                 dashboard_readonly=_flag(e.get("OFFLOAD_DASHBOARD_READONLY")),
                 metrics_token=(e.get("OFFLOAD_METRICS_TOKEN") or "").strip() or None,
+                cors_origins=frozenset(
+                    origin.strip()
+                    for origin in (e.get("OFFLOAD_CORS_ORIGINS") or "").split(",")
+                    if origin.strip()
+                ),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad offload setting: {exc}") from exc

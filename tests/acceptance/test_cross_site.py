@@ -417,3 +417,68 @@ async def test_behind_an_auth_hook_a_cross_site_write_is_refused_too(tmp_path: P
                 "/v1/jobs/t.task", content=b'{"name": "x"}', headers={**json, "Origin": BASE}
             )
             assert own.status_code == 202 and await count(app) == 1
+
+
+# -- OFFLOAD_CORS_ORIGINS: pages of named other origins may call ----------------------------
+
+APP_ORIGIN = "http://localhost:5173"  # a single-page app's dev server, say
+
+
+async def test_a_named_origins_page_may_call_and_read_and_no_other(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    app.configure(app.settings.with_(cors_origins=frozenset({APP_ORIGIN + "/"})))
+    async with serving(app) as web:
+        # Given a page of a named origin, its preflight for a JSON post with a key is granted,
+        asked = {
+            "Origin": APP_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, idempotency-key",
+        }
+        preflight = await web.options("/v1/jobs/t.task", headers=asked)
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        # its post is served (not refused as cross-site), and it may read the answer's
+        # headers it needs,
+        sent = {"Origin": APP_ORIGIN, "Sec-Fetch-Site": "same-site"}
+        submit = await web.post("/v1/jobs/t.task", json={"name": "spa"}, headers=sent)
+        assert submit.status_code == 202, submit.text
+        assert submit.headers["access-control-allow-origin"] == APP_ORIGIN
+        assert "location" in submit.headers["access-control-expose-headers"].lower()
+        read = await web.get(submit.headers["location"], headers=sent)
+        assert read.headers["access-control-allow-origin"] == APP_ORIGIN
+        # while another origin's preflight is refused with a problem document, its
+        # writes are refused as before, and it may read nothing.
+        evil = {**asked, "Origin": EVIL}
+        refused = await web.options("/v1/jobs/t.task", headers=evil)
+        assert refused.status_code == 403
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("/cross-origin-refused")
+        forged = await web.post(
+            "/v1/jobs/t.task", json={"name": "forged"}, headers={"Origin": EVIL}
+        )
+        assert forged.status_code == 403
+        other = await web.get(submit.headers["location"], headers={"Origin": EVIL})
+        assert "access-control-allow-origin" not in other.headers
+    assert await count(app) == 1
+
+
+@pytest.mark.parametrize(
+    "origin", ["*", "https://*.example.com", "https://app.example.com/path", "ftp://x", "app"]
+)
+async def test_an_origin_that_names_no_page_exactly_is_a_configuration_error(
+    tmp_path: Path, origin: str
+) -> None:
+    from offload.errors import ConfigurationError
+
+    app = make_app(tmp_path)
+    app.configure(app.settings.with_(cors_origins=frozenset({origin})))
+    with pytest.raises(ConfigurationError, match="OFFLOAD_CORS_ORIGINS"):
+        create_app(app)
+
+
+def test_the_setting_reads_a_comma_separated_list() -> None:
+    env = {"OFFLOAD_CORS_ORIGINS": " https://app.example.com, http://localhost:5173 ,"}
+    assert Settings.from_env(env).cors_origins == frozenset(
+        {"https://app.example.com", "http://localhost:5173"}
+    )

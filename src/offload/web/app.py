@@ -34,7 +34,7 @@ from .handlers import problem_details, storage_full
 from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
-from .origins import LoopbackHostMiddleware
+from .origins import CorsMiddleware, LoopbackHostMiddleware
 from .present import Presenter
 from .problems import (
     BACKEND_RETRY_AFTER,
@@ -251,6 +251,16 @@ async def _operator(request: Request, routes: list[Route]) -> bool:
     return await caller_is_admin(request)
 
 
+def _guard(api: FastAPI, auth: Auth, settings: Settings) -> None:
+    """The middleware around every route: a bounded body; in development mode, loopback
+    names only (DNS rebinding); the CORS of the origins OFFLOAD_CORS_ORIGINS names."""
+    api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if auth.dev_mode:
+        api.add_middleware(LoopbackHostMiddleware)
+    if auth.cors_origins:  # outermost: a preflight is answered before anything else
+        api.add_middleware(CorsMiddleware, origins=auth.cors_origins)
+
+
 def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     """The web tier of `app`: the /v1 API, health checks, signed file downloads, docs and
     the operators' dashboard (/dashboard, admins only).
@@ -289,9 +299,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.state.present = Presenter(
         secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks, blobs=app.blobs
     )
-    api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if api.state.auth.dev_mode:  # no credentials: loopback names only (DNS rebinding)
-        api.add_middleware(LoopbackHostMiddleware)
+    _guard(api, api.state.auth, settings)
     problem_details(api)
     included = (router, feeds_router, kinds_router, scrape_router, dashboard_router)
     _answer_allow(api, included)

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
 from ..settings import RESERVED_PRINCIPAL_PREFIX, Settings
+from .origins import allowed_origin
 from .problems import Problem
 
 #: The principal of every caller when no API tokens are configured.
@@ -130,6 +131,8 @@ class Auth:
         self.dev_mode = hook is None and settings.dev_mode
         #: Whether anyone may be refused: a hook, or tokens (else development mode).
         self.required = hook is not None or bool(self.token_auth.tokens)
+        #: The origins of other sites' pages that may call the API (OFFLOAD_CORS_ORIGINS).
+        self.cors_origins = frozenset(allowed_origin(o) for o in settings.cors_origins)
 
     async def authenticate(self, conn: HTTPConnection) -> str | None:
         """Ask who is calling and remember the answer on the request (None: nobody)."""

@@ -10,14 +10,18 @@ browser never adds on its own, so no origin check is needed there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._hosts import loopback_host
+from ..errors import ConfigurationError
 from .problems import Problem, problem
 
 if TYPE_CHECKING:
@@ -59,6 +63,42 @@ def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
     if not parts.hostname or port is None:
         return None
     return scheme, parts.hostname.lower(), port
+
+
+def allowed_origin(text: str) -> tuple[str, str, int]:
+    """An origin of OFFLOAD_CORS_ORIGINS, as (scheme, host, port) to compare with a request's
+    `Origin`.
+
+    Raises:
+        ConfigurationError: not `http(s)://host[:port]` (a path, a wildcard, a user, or
+            another scheme: an allow-list names the pages it lets in, exactly).
+    """
+    parts = urlsplit(text.strip())
+    origin = _origin(parts.scheme, parts.netloc) if "://" in text else None
+    if (
+        origin is None
+        or origin[0] not in _DEFAULT_PORTS
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+        or "*" in text
+    ):
+        raise ConfigurationError(
+            f"OFFLOAD_CORS_ORIGINS: {text.strip()[:100]!r} is no origin; name each page's "
+            "origin as scheme://host[:port] (https://app.example.com)"
+        )
+    return origin
+
+
+def sent_origin(headers: Mapping[str, str]) -> tuple[str, str, int] | None:
+    """The request's `Origin`, as `allowed_origin` gives one; None when not sent (or not
+    one: `null`, a path)."""
+    origin = headers.get("origin")
+    if origin is None or "://" not in origin:
+        return None
+    parts = urlsplit(origin)
+    return None if parts.path else _origin(parts.scheme, parts.netloc)
 
 
 def cross_site_reason(headers: Mapping[str, str], scheme: str, host: str) -> str | None:
@@ -108,6 +148,8 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
     # The scheme as `conn.url` gives it, without building the whole URL on every write.
     scheme = conn.scope.get("scheme", "http")
     sent = first_headers(conn.scope, _SITE_HEADERS)
+    if auth.cors_origins and sent_origin(sent) in auth.cors_origins:
+        return  # a page of an origin OFFLOAD_CORS_ORIGINS lets in
     why = cross_site_reason(sent, scheme, sent.get("host", ""))
     if why is not None:
         raise Problem(
@@ -165,3 +207,46 @@ async def cross_site_guard(conn: HTTPConnection) -> None:
     """`refuse_cross_site` as a route dependency, run on the event loop: FastAPI runs a
     plain function dependency in its thread pool, a thread hop on every request."""
     refuse_cross_site(conn)
+
+
+#: What a page of an allowed origin may send and read (OFFLOAD_CORS_ORIGINS).
+CORS_METHODS = ("GET", "HEAD", "POST", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
+CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "Idempotent-Replayed", "Link")
+#: Seconds a browser may keep a granted preflight.
+CORS_MAX_AGE_S = 600
+
+
+def _serialized(origin: tuple[str, str, int]) -> str:
+    """An origin as a browser's `Origin` header writes it (no default port)."""
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if _DEFAULT_PORTS[scheme] == port else f":{port}")
+
+
+class CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS for the origins OFFLOAD_CORS_ORIGINS names (`allowed_origin`),
+    credentials allowed (a host's auth hook may read a cookie), whose refusal of a preflight
+    is a problem document (`403`, `cross-origin-refused`), not Starlette's plain text."""
+
+    def __init__(self, app: ASGIApp, origins: Collection[tuple[str, str, int]]) -> None:
+        super().__init__(
+            app,
+            allow_origins=sorted(_serialized(o) for o in origins),
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_REQUEST_HEADERS,
+            allow_credentials=True,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=CORS_MAX_AGE_S,
+        )
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code < 400:
+            return answer
+        why = bytes(answer.body).decode("latin-1", "replace").lower()
+        return problem(
+            403,
+            f"refused a preflight: {why} (OFFLOAD_CORS_ORIGINS names the pages that may call)",
+            slug="cross-origin-refused",
+        )
