@@ -92,10 +92,13 @@ def enqueue_options_schema() -> dict[str, Any]:
 def kind_contract(spec: MessageSpec, upgrades_from: Collection[int] = ()) -> dict[str, Any]:
     """One kind's entry in a snapshot."""
     return {
+        "fair": spec.fair,
         "from_principal": sorted(spec.principal_fields),
         "http": spec.http,
         "queue": spec.queue,
         "schema": message_schema(spec),
+        "unique": spec.unique,
+        "unique_key": list(spec.unique_key),
         "upgrades_from": sorted(upgrades_from),
         "version": spec.version,
     }
@@ -179,8 +182,9 @@ def _stranding_changes(
     kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
 ) -> list[BreakingChange]:
     """Changes that leave stored jobs behind whatever the version: another queue, an
-    upgrader gone."""
-    found = []
+    upgrader gone; and those that change how the queue's jobs are claimed or matched,
+    which every worker and stored key must agree on (`_routing_changes`)."""
+    found = _routing_changes(kind, was, now)
     if now["queue"] != was["queue"]:
         detail = (
             f"queue changed from {was['queue']} to {now['queue']}: jobs waiting in "
@@ -198,6 +202,41 @@ def _stranding_changes(
         for v in gone
     ]
     return found
+
+
+def _routing_changes(
+    kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
+) -> list[BreakingChange]:
+    """A kind made fair or no longer (its whole queue claims otherwise, and on Redis every
+    worker of the queue must run one declaration), and a changed uniqueness (stored jobs
+    keep the key they were made with: a job waiting under the old rule and a new one no
+    longer match). A snapshot from before these were recorded says nothing of them."""
+    found = []
+    version = int(was["version"])
+    if "fair" in was and bool(now["fair"]) != bool(was["fair"]):
+        detail = (
+            f"fair changed from {str(bool(was['fair'])).lower()} to "
+            f"{str(bool(now['fair'])).lower()}: the queue {now['queue']} is claimed otherwise, "
+            "and on Redis every worker of it must run one declaration (deploy them together)"
+        )
+        found.append(BreakingChange(kind, version, None, detail))
+    if "unique" in was and (was["unique"], list(was["unique_key"])) != (
+        now["unique"],
+        list(now["unique_key"]),
+    ):
+        detail = (
+            f"uniqueness changed from {_uniqueness(was)} to {_uniqueness(now)}: a job stored under "
+            "the old rule and a new one no longer match (drain or expect duplicates)"
+        )
+        found.append(BreakingChange(kind, version, None, detail))
+    return found
+
+
+def _uniqueness(contract: Mapping[str, Any]) -> str:
+    if contract["unique"] is None:
+        return "not unique"
+    fields = ", ".join(contract["unique_key"]) or "the whole payload"
+    return f"unique={contract['unique']!r} on {fields}"
 
 
 def _version_changes(

@@ -523,13 +523,43 @@ def test_a_malformed_kind_entry_is_a_configuration_error() -> None:
 def test_a_snapshot_holds_each_kind_with_its_routing_and_upgraders() -> None:
     entry = contract(Owned, version=2, upgrades_from=(1,))["kinds"][KIND]
     assert entry == {
+        "fair": False,
         "from_principal": ["user_id"],
         "http": True,
         "queue": "reports",
         "schema": Owned.model_json_schema(),
+        "unique": None,
+        "unique_key": [],
         "upgrades_from": [1],
         "version": 2,
     }
+
+
+def _declared(fair: bool = False, unique: str | None = None, key: tuple[str, ...] = ()) -> Any:
+    app = App("contracts")
+    app.message(KIND, queue="reports", fair=fair, unique=unique, unique_key=key or None)(Base)
+    return json.loads(dumps(snapshot(app)))
+
+
+def test_a_kind_made_fair_or_unique_otherwise_is_breaking_and_an_old_snapshot_is_not() -> None:
+    plain = _declared()
+    assert lines(plain, _declared(fair=True)) == [
+        f"{KIND} v1: fair changed from false to true: the queue reports is claimed "
+        "otherwise, and on Redis every worker of it must run one declaration (deploy them "
+        "together)"
+    ]
+    queued = _declared(unique="queued", key=("name",))
+    assert lines(queued, _declared(unique="active", key=("name",))) == [
+        f"{KIND} v1: uniqueness changed from unique='queued' on name to unique='active' on "
+        "name: a job stored under the old rule and a new one no longer match (drain or "
+        "expect duplicates)"
+    ]
+    assert len(lines(plain, queued)) == 1 and lines(queued, queued) == []
+    # A snapshot exported before fair and unique were recorded says nothing of them.
+    old = json.loads(json.dumps(plain))
+    for name in ("fair", "unique", "unique_key"):
+        del old["kinds"][KIND][name]
+    assert lines(old, _declared(fair=True, unique="queued")) == []
 
 
 def test_the_enqueue_options_are_the_typed_options_of_enqueue() -> None:
