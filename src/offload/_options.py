@@ -6,8 +6,6 @@ import reprlib
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
-from .settings import RESERVED_PRINCIPAL_PREFIX
-
 #: The latest time a job may be set to run (RFC 3339 has four-digit years).
 LATEST_RUN_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
@@ -53,8 +51,8 @@ class JobOptions:
             and type(self.owner) is str
             and (self.idempotency_key is None or type(self.idempotency_key) is str)
         ):
-            if not self.owner or self.owner.startswith(RESERVED_PRINCIPAL_PREFIX):
-                _refuse_owner(self.owner)
+            if not self.owner:
+                raise ValueError(_EMPTY_OWNER)
             return
         for f in fields(self):
             value = getattr(self, f.name)
@@ -63,16 +61,9 @@ class JobOptions:
             if isinstance(value, bool) or not isinstance(value, accepted):
                 shown = f"{type(value).__name__} {reprlib.repr(value)}"
                 raise TypeError(f"{f.name} must be {what}, not {shown}")
-        if not self.owner or self.owner.startswith(RESERVED_PRINCIPAL_PREFIX):
-            _refuse_owner(self.owner)
+        if not self.owner:
+            raise ValueError(_EMPTY_OWNER)
 
 
-def _refuse_owner(owner: str) -> None:
-    """Raise why `owner` owns no job enqueued through the App: an empty one, or one of
-    offload's own (`offload.notify` owns the deliveries, `offload.periodic` the schedules'
-    ticks; a job of one would show among them, to no user)."""
-    if not owner:
-        raise ValueError("owner must not be empty")
-    raise ValueError(
-        f"owner {owner!r}: principals that begin {RESERVED_PRINCIPAL_PREFIX!r} are offload's own"
-    )
+#: An empty owner names no caller the API could ever have: its jobs would be no one's.
+_EMPTY_OWNER = "owner must not be empty"
