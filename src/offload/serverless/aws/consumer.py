@@ -177,34 +177,40 @@ class SQSConsumer:
         task = asyncio.create_task(worker.run_leased(lease, ctx), name=f"job-{lease.job_id}")
         loop = asyncio.get_running_loop()
         cancel = False
-        while not task.done():
-            wait = (
-                self.heartbeat_s
-                if deadline is None
-                else min(self.heartbeat_s, deadline - loop.time())
-            )
-            if wait <= 0:
-                break  # out of time: released below
-            await asyncio.wait({task}, timeout=wait)
-            if task.done():
-                break
-            held, cancel = await self._beat(lease, receipt)
-            if not held:
+        try:
+            while not task.done():
+                wait = (
+                    self.heartbeat_s
+                    if deadline is None
+                    else min(self.heartbeat_s, deadline - loop.time())
+                )
+                if wait <= 0:
+                    break  # out of time: released below
+                await asyncio.wait({task}, timeout=wait)
+                if task.done():
+                    break
+                held, cancel = await self._beat(lease, receipt)
+                if not held:
+                    await _stop(task, ctx)
+                    return None
+                if cancel:
+                    break
+            if not task.done():
                 ctx.cancelled.set()
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return None
-            if cancel:
-                break
-        if not task.done():
-            ctx.cancelled.set()
-            task.cancel()
-        try:
-            return await task
+            try:
+                return await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the invocation's answer is due (`_answered`), not the job's end
+                why = "the invocation was ending; job released, to run again"
+                return worker.interrupted(lease, cancel=cancel, why=why)
         except asyncio.CancelledError:
-            why = "the invocation was ending; job released, to run again"
-            return worker.interrupted(lease, cancel=cancel, why=why)
+            # The answer is due while the job runs (a beat stuck on an unreachable
+            # backend): the job must not run on into the next invocation of this loop.
+            await asyncio.shield(_stop(task, ctx))
+            raise
 
     async def _beat(self, lease: Lease, receipt: str | None) -> tuple[bool, bool]:
         """Extend the lease and the message's visibility: (still held, cancel asked). A
@@ -254,3 +260,11 @@ def relay_handler(app: App) -> RelayFunction:
     (lost to a dead-letter queue). Deploy it with the worker's code (a rescue decides with the
     handlers' budgets)."""
     return RelayFunction(app)
+
+
+async def _stop(task: asyncio.Task[Outcome | None], ctx: Any) -> None:
+    """End a job's run: its handler told (`ctx.cancelled`) and cancelled, and waited for."""
+    ctx.cancelled.set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
