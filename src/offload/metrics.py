@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds one reading of the queue stats serves every scrape (many scrapers, one query).
 QUEUE_STATS_TTL_S = 1.0
+#: Longest one reading of the queue stats may take before it is given up (seconds): past
+#: the backend's retries of it (10 s by default), where only a connection that never
+#: answers keeps it.
+STUCK_READING_S = 30.0
 #: Longest a scrape waits for the queue stats before it answers without them (seconds):
 #: well under Prometheus's default scrape timeout (10 s), where the backend's retries of a
 #: reading run to their deadline (10 s by default) before it is said to be unavailable.
@@ -442,15 +446,15 @@ class QueueGauges:
             return
         if self._reading is None:
             self._reading = asyncio.ensure_future(self._read(read, now))
-            self._reading.add_done_callback(_retrieved)
+            self._reading.add_done_callback(self._ended)
         reading = self._reading
         done, _ = await asyncio.wait((reading,), timeout=self.wait_s)
-        if not done:
+        if not done or reading.cancelled():
             self.up = False
             return
         try:
             reading.result()
-        except BackendError:
+        except (BackendError, TimeoutError):
             self.up = False
         else:
             self.up = True
@@ -460,11 +464,19 @@ class QueueGauges:
         read: Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]],
         now: Callable[[], float],
     ) -> None:
-        try:
+        # Bounded: a reading stuck on a connection that never answers (no reply, no reset)
+        # would keep every later scrape waiting on it after the backend is back.
+        async with asyncio.timeout(STUCK_READING_S):
             self.stats = await read()
-            self.read_at = now()
-        finally:
+        self.read_at = now()
+
+    def _ended(self, reading: asyncio.Future[None]) -> None:
+        """A reading ended (answered, failed, timed out or cancelled): the next scrape
+        starts a new one; its error is taken here, as no scrape may have waited for it."""
+        if self._reading is reading:
             self._reading = None
+        if not reading.cancelled():
+            reading.exception()
 
     def _fresh(self, now: float, ttl_s: float) -> bool:
         return self.read_at is not None and 0 <= now - self.read_at < ttl_s
@@ -505,13 +517,6 @@ class QueueGauges:
 
     def describe(self) -> list[Metric]:
         return []
-
-
-def _retrieved(reading: asyncio.Future[None]) -> None:
-    """Take a finished reading's error, which no scrape may have waited for (a reading
-    that ran past every scrape's wait): the backend's retries have logged it."""
-    if not reading.cancelled():
-        reading.exception()
 
 
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], None]:

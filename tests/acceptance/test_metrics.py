@@ -301,6 +301,34 @@ async def test_while_the_backend_does_not_answer_the_counters_are_served_without
         assert app.readings == before + 1
 
 
+async def test_a_reading_stuck_on_a_silent_connection_is_given_up_for_a_new_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("offload.metrics.STUCK_READING_S", 0.2)
+    clock = FakeClock()
+    app = OutageApp("stuck", settings=settings, clock=clock)
+    declare(app)
+    async with serving(app) as web:
+        assert isinstance(app.metrics, Metrics)
+        app.metrics.queues.wait_s = 0.05
+        # Given a reading that never gets an answer (a connection that went silent),
+        app.held = asyncio.Event()
+        assert parse((await web.get("/metrics")).text).value("offload_queue_stats_up") == 0
+        # when the backend answers again, a later scrape does not wait on that reading
+        # for ever: it was given up, and a new one reads the gauges.
+        held, app.held = app.held, None
+
+        async def fresh() -> bool:
+            found = parse((await web.get("/metrics")).text)
+            return found.value("offload_queue_stats_up") == 1
+
+        async with asyncio.timeout(20):
+            while not await fresh():  # noqa: ASYNC110 (polls a scrape: no event to wait on)
+                await asyncio.sleep(0.05)
+        assert app.readings >= 2
+        held.set()
+
+
 async def test_metrics_need_an_admin_or_the_scrape_token(settings: Settings) -> None:
     app = App(
         "guarded",
