@@ -110,9 +110,16 @@ QUIET_LOGGERS = ("aiobotocore", "botocore", "boto3", "aioboto3", "httpx", "httpc
 
 
 def _setup_logging() -> None:
-    """INFO to stderr, unless logging was configured already (then it is left alone)."""
-    if logging.getLogger().handlers:
-        return  # the user's own configuration: theirs to tune
+    """INFO to stderr, unless logging was configured already: then its handlers are left
+    alone, and offload's own lines (the worker's start, its stop, a job's failure) still
+    pass at INFO unless a level was set on the `offload` logger. A root configured by
+    accident (a `logging.warning` call while a module was imported sets up WARNING) would
+    otherwise hide them all."""
+    if logging.getLogger().handlers:  # the user's own configuration: theirs to tune
+        own = logging.getLogger("offload")
+        if own.level == logging.NOTSET:
+            own.setLevel(logging.INFO)
+        return
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

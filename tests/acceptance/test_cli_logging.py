@@ -30,6 +30,11 @@ async def ping(msg: Ping, ctx: Context) -> None:
     pass
 """
 SETUPS = {
+    # A library's logging.warning at import sets up a WARNING root by itself.
+    "an implicit basicConfig": (
+        'logging.warning("APP|root|imported")\n'
+        'logging.getLogger().handlers[0].setFormatter(logging.Formatter("APP|%(name)s|%(message)s"))'
+    ),
     "basicConfig": 'logging.basicConfig(level=logging.INFO, format="APP|%(name)s|%(message)s")',
     "a root handler": (
         "_h = logging.StreamHandler()\n"
