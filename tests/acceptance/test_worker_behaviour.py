@@ -30,7 +30,7 @@ from offload.brokers.base import NEWER_VERSION
 from offload.contract import Lease
 from offload.errors import _ForAnotherWorker
 from offload.status import Progress
-from offload.worker.runner import Worker
+from offload.worker.runner import RUN_ON_LIMIT_PER_SLOT, Worker
 
 from ..contract._support import PATIENCE_S, ShiftClock
 
@@ -311,6 +311,27 @@ async def test_more_threads_running_on_than_slots_stop_the_worker(app: App) -> N
         free.set()
         await app.close()
     assert behind_ran == []
+
+
+async def test_threads_running_on_past_four_a_slot_stop_the_worker_within_its_grace(
+    app: App,
+) -> None:
+    free, _ = _thread_holder_and_one_behind(app)
+    worker = Worker(app, concurrency=1, prefetch=0, grace_s=600)
+    run = asyncio.create_task(worker.run())
+    try:
+        # Given one slot and a long grace, when handler threads pile up past their attempts
+        # (each timed out, none returns), four are let run on, and the fifth stops it.
+        for n in range(RUN_ON_LIMIT_PER_SLOT + 1):
+            job = await app.enqueue(Ping())
+            assert (await finished(app, job.id)).state is JobState.DEAD
+            assert worker.wedged is (n == RUN_ON_LIMIT_PER_SLOT)
+        with pytest.raises(RuntimeError, match="threads ran on"):
+            await asyncio.wait_for(run, 30)
+        assert worker.threads_running_on == RUN_ON_LIMIT_PER_SLOT + 1
+    finally:
+        free.set()
+        await app.close()
 
 
 async def test_cancelled_threads_that_return_within_the_grace_never_stop_the_worker(

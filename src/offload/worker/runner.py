@@ -70,6 +70,10 @@ FLUSH_GUARD_S = 30.0
 #: Seconds before a job stored at a version newer than this worker runs may be claimed
 #: again, after the worker gave it back unspent (for a worker that knows its version).
 NEWER_VERSION_DELAY_S = 30.0
+#: Threads running on past their attempts at once, per slot, past which the worker stops
+#: whatever their age (each holds a thread and its memory; cancels and short timeouts of
+#: handlers that never look at `ctx.cancelled` could pile up thousands within a long grace).
+RUN_ON_LIMIT_PER_SLOT = 4
 #: A side task that raises is restarted, unless it already failed this many seconds before
 #: or less: then the worker stops loudly (see `Worker._supervise`).
 SIDE_RESTART_WINDOW_S = 60.0
@@ -865,6 +869,9 @@ class Worker:
         )
         # (a worker that runs no claim loop, as `offload.serverless` uses it, has no stop)
         if self.started.is_set() and not self._stop.is_set():
+            if count > RUN_ON_LIMIT_PER_SLOT * self.concurrency:
+                self._wedged(count, f"{count} handler threads run on past their attempts")
+                return
             loop = asyncio.get_running_loop()
             loop.call_later(self.grace_s, self._overdue_on, job_id, in_pool)
 
@@ -888,16 +895,21 @@ class Worker:
             extra={"action": "thread_overdue", "job_id": job_id, "count": count},
         )
         if count > self.concurrency and self.started.is_set() and not self._stop.is_set():
-            self.wedged = True
-            log.error(
-                "%d handler threads run on %gs past their attempts, more than its %d slots: "
-                "the worker stops, to be started again with fresh threads",
-                count,
-                self.grace_s,
-                self.concurrency,
-                extra={"action": "worker_wedged", "count": count},
+            self._wedged(
+                count, f"{count} handler threads run on {self.grace_s:g}s past their attempts"
             )
-            self.request_stop()
+
+    def _wedged(self, count: int, what: str) -> None:
+        """Stop, for a new process with fresh threads: too many threads run on."""
+        self.wedged = True
+        log.error(
+            "%s, more than the worker's slots allow (%d): it stops, to be started again with "
+            "fresh threads",
+            what,
+            self.concurrency,
+            extra={"action": "worker_wedged", "count": count},
+        )
+        self.request_stop()
 
     async def _payload(self, lease: Lease, spec: HandlerSpec) -> dict[str, Any] | Outcome:
         """The job's payload, read back from the blob store when it was checked in (a
