@@ -444,7 +444,8 @@ async def test_a_named_origins_page_may_call_and_read_and_no_other(tmp_path: Pat
         submit = await web.post("/v1/jobs/t.task", json={"name": "spa"}, headers=sent)
         assert submit.status_code == 202, submit.text
         assert submit.headers["access-control-allow-origin"] == APP_ORIGIN
-        assert "location" in submit.headers["access-control-expose-headers"].lower()
+        exposed = submit.headers["access-control-expose-headers"].lower()
+        assert "location" in exposed and "content-disposition" in exposed
         read = await web.get(submit.headers["location"], headers=sent)
         assert read.headers["access-control-allow-origin"] == APP_ORIGIN
         # while another origin's preflight is refused with a problem document, its
@@ -460,6 +461,10 @@ async def test_a_named_origins_page_may_call_and_read_and_no_other(tmp_path: Pat
         assert forged.status_code == 403
         other = await web.get(submit.headers["location"], headers={"Origin": EVIL})
         assert "access-control-allow-origin" not in other.headers
+        # The operators' pages are no API of its: not even a named origin may read them.
+        for path in ("/dashboard", "/metrics"):
+            page = await web.get(path, headers=sent)
+            assert "access-control-allow-origin" not in page.headers, path
     assert await count(app) == 1
 
 
@@ -482,3 +487,24 @@ def test_the_setting_reads_a_comma_separated_list() -> None:
     assert Settings.from_env(env).cors_origins == frozenset(
         {"https://app.example.com", "http://localhost:5173"}
     )
+
+
+async def test_with_tokens_a_websocket_from_another_origin_needs_it_named(tmp_path: Path) -> None:
+    # No CORS applies to a WebSocket: with a ticket (which travels in URLs) a page of any
+    # site could read the stream. Only a named origin's page may open it.
+    app = make_app(tmp_path, tokens={"tok-alice": "alice"})
+    app.configure(app.settings.with_(cors_origins=frozenset({APP_ORIGIN})))
+    async with served(app) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            auth = {"Authorization": "Bearer tok-alice"}
+            tickets = [(await client.post("/v1/ws-ticket", headers=auth)).json()["ticket"]]
+            tickets.append((await client.post("/v1/ws-ticket", headers=auth)).json()["ticket"])
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://127.0.0.1:{port}/v1/ws?ticket={tickets[0]}", origin=EVIL):
+                pass
+        assert refused.value.response.status_code == 403
+        named = f"ws://127.0.0.1:{port}/v1/ws?ticket={tickets[1]}"
+        async with connect(named, origin=APP_ORIGIN) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "hello"
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws", additional_headers=auth) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "hello"  # no Origin: no browser

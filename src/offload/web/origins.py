@@ -36,8 +36,13 @@ _WEB_SCHEMES = {"ws": "http", "wss": "https"}
 #: The headers `cross_site_reason` reads, with the `Host` the request came to.
 _SITE_HEADERS = frozenset({b"origin", b"sec-fetch-site", b"host"})
 _HOST = frozenset({b"host"})
-#: Why a cross-site write is refused here, by whether an auth hook is absent.
-_MODE = {True: "without API tokens (development mode)", False: "behind an auth hook"}
+
+
+def _mode(auth: Auth) -> str:
+    """The mode whose rule refused a cross-site request, as the refusal says it."""
+    if auth.hook is not None:
+        return "behind an auth hook"
+    return "with API tokens" if auth.required else "without API tokens (development mode)"
 
 
 def first_headers(scope: Scope, names: frozenset[bytes]) -> dict[str, str]:
@@ -139,10 +144,13 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
     Raises:
         Problem: 403 for a cross-site request.
     """
-    if conn.scope["type"] == "http" and conn.scope["method"] not in STATE_CHANGING_METHODS:
+    websocket = conn.scope["type"] == "websocket"
+    if not websocket and conn.scope["method"] not in STATE_CHANGING_METHODS:
         return  # reads: the same-origin policy keeps their answers from other sites
-    if auth.hook is None and auth.required:
+    if auth.hook is None and auth.required and not websocket:
         return  # bearer tokens: a browser never adds one on its own
+    # (A WebSocket is checked in every mode: no CORS applies to it, so a page of another
+    # site holding a ticket, which travels in URLs, could read the stream.)
     # Development mode (no credential at all) and an auth hook (it may read a cookie of the
     # host's, which a browser sends along with a forged request) refuse them.
     # The scheme as `conn.url` gives it, without building the whole URL on every write.
@@ -154,8 +162,9 @@ def check_same_site(conn: HTTPConnection, auth: Auth) -> None:
     if why is not None:
         raise Problem(
             403,
-            f"refused {why}: {_MODE[auth.hook is None]} only pages of this server and "
-            "clients that are not browsers may change jobs",
+            f"refused {why}: {_mode(auth)} only pages of this server (and of the origins "
+            "OFFLOAD_CORS_ORIGINS names) and clients that are not browsers may change jobs "
+            "or follow them",
             slug="cross-site-request",
         )
 
@@ -212,7 +221,9 @@ async def cross_site_guard(conn: HTTPConnection) -> None:
 #: What a page of an allowed origin may send and read (OFFLOAD_CORS_ORIGINS).
 CORS_METHODS = ("GET", "HEAD", "POST", "DELETE")
 CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
-CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "Idempotent-Replayed", "Link")
+CORS_EXPOSED_HEADERS = (
+    "Location", "Retry-After", "Idempotent-Replayed", "Link", "Content-Disposition"
+)  # fmt: skip
 #: Seconds a browser may keep a granted preflight.
 CORS_MAX_AGE_S = 600
 
@@ -240,13 +251,38 @@ class CorsMiddleware(CORSMiddleware):
             max_age=CORS_MAX_AGE_S,
         )
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The API's routes alone: the dashboard and /metrics are operators' pages, which
+        # no page of another site may read with an operator's cookie.
+        if scope["type"] == "http" and _under_api(scope):
+            await super().__call__(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
     def preflight_response(self, request_headers: Headers) -> Response:
         answer = super().preflight_response(request_headers)
         if answer.status_code < 400:
             return answer
+        origin = request_headers.get("origin", "")[:100]
         why = bytes(answer.body).decode("latin-1", "replace").lower()
+        hint = (
+            "OFFLOAD_CORS_ORIGINS names the pages that may call"
+            if "origin" in why
+            else f"a page may send {', '.join(CORS_METHODS)} with the headers "
+            f"{', '.join(CORS_REQUEST_HEADERS)}"
+        )
         return problem(
             403,
-            f"refused a preflight: {why} (OFFLOAD_CORS_ORIGINS names the pages that may call)",
+            f"refused a preflight from {origin!r}: {why} ({hint})",
             slug="cross-origin-refused",
         )
+
+
+def _under_api(scope: Scope) -> bool:
+    """Whether the request is for the API (`/v1/…`) or a signed download (`/files/…`),
+    the mount path (`root_path`) aside."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.startswith(("/v1/", "/files/"))
