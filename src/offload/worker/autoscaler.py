@@ -86,15 +86,15 @@ class BacklogReader:
 
     async def running_by_pid(self) -> dict[int, int]:
         """How many jobs each worker process of this host ran at its last heartbeat, by pid
-        (the worker registry; lost entries left out).
+        (the worker registry). A lost entry counts too (a process whose loop stalled past
+        its heartbeats still runs its jobs), unless a live one has its pid.
 
         Raises:
             OffloadError: the backend could not be read.
         """
         host = socket.gethostname()
-        return {
-            w.pid: len(w.running) for w in await self.app.workers() if w.host == host and not w.lost
-        }
+        mine = [w for w in await self.app.workers() if w.host == host]
+        return {w.pid: len(w.running) for w in sorted(mine, key=lambda w: not w.lost)}
 
     async def _count_completions(self) -> None:
         minutes: dict[float, int] = {}
@@ -352,13 +352,16 @@ class AutoscalingSupervisor:
             log.debug("cannot read the worker registry (%s); stopping the newest", exc)
             running = {}
 
-        def busy(child: _Child) -> int:
-            return -1 if child.proc is None else running.get(child.proc.pid, 0)
+        def busy(child: _Child) -> tuple[int, float]:
+            """Fewest jobs first (one awaiting its restart before any), then the newest
+            (a process not recorded yet is starting: it runs none)."""
+            jobs = -1 if child.proc is None else running.get(child.proc.pid, 0)
+            return jobs, -child.started_at
 
-        kept = [c for c in reversed(self.slots) if c is not None and not c.stopping]
+        kept = [c for c in self.slots if c is not None and not c.stopping]
         if not kept or self._stopping.is_set():
             return False
-        child = min(kept, key=busy)  # the first of equals: the newest
+        child = min(kept, key=busy)
         child.stopping = True
         if child.proc is None:  # awaiting a restart: nothing to stop
             self.slots[self.slots.index(child)] = None

@@ -949,12 +949,12 @@ class Worker:
         unspent while a live worker (a rolling deploy's older one) still runs that version,
         else failed for good (no retry would change it)."""
         env = lease.envelope
+        why = f"{env.kind} version {env.version} waits for a worker that still reads it"
         try:
             live = await self.app.live_versions()
-        except BackendError:
-            live = {}
+        except BackendError:  # unknown now: asked again when it comes back, not failed
+            return self._handed_on(lease, why, here=f" has no upgrader from {env.version}")
         if env.version in live.get(env.kind, ()):
-            why = f"{env.kind} version {env.version} waits for a worker that still reads it"
             return self._handed_on(lease, why, here=f" has no upgrader from {env.version}")
         return self._failed_for_good(lease, missing)
 
