@@ -208,9 +208,10 @@ def _routing_changes(
     kind: str, was: Mapping[str, Any], now: Mapping[str, Any]
 ) -> list[BreakingChange]:
     """A kind made fair or no longer (its whole queue claims otherwise, and on Redis every
-    worker of the queue must run one declaration), and a changed uniqueness (stored jobs
-    keep the key they were made with: a job waiting under the old rule and a new one no
-    longer match). A snapshot from before these were recorded says nothing of them."""
+    worker of the queue must run one declaration); a unique kind's key fields changed
+    (stored jobs keep the key they were made with: one waiting under the old key and a new
+    one no longer match) or its mode (`queued`, `active`: whether a running job holds its
+    key). A snapshot from before these were recorded says nothing of them."""
     found = []
     version = int(was["version"])
     if "fair" in was and bool(now["fair"]) != bool(was["fair"]):
@@ -220,23 +221,26 @@ def _routing_changes(
             "and on Redis every worker of it must run one declaration (deploy them together)"
         )
         found.append(BreakingChange(kind, version, None, detail))
-    if "unique" in was and (was["unique"], list(was["unique_key"])) != (
-        now["unique"],
-        list(now["unique_key"]),
-    ):
-        detail = (
-            f"uniqueness changed from {_uniqueness(was)} to {_uniqueness(now)}: a job stored under "
-            "the old rule and a new one no longer match (drain or expect duplicates)"
-        )
-        found.append(BreakingChange(kind, version, None, detail))
+    if "unique" in was and was["unique"] is not None and now["unique"] is not None:
+        # (made unique, or no longer, strands nothing: jobs of before match nothing either)
+        if sorted(was["unique_key"]) != sorted(now["unique_key"]):  # the key's fields
+            detail = (
+                f"unique key changed from {_fields(was)} to {_fields(now)}: a job stored "
+                "under the old key and a new one no longer match (drain, or expect a repeat)"
+            )
+            found.append(BreakingChange(kind, version, None, detail))
+        if was["unique"] != now["unique"]:
+            detail = (
+                f"unique changed from {was['unique']!r} to {now['unique']!r}: a job that runs "
+                f"{'now holds its key' if now['unique'] == 'active' else 'no longer holds its key'}"
+                ", so a repeat meanwhile is answered otherwise (200 with it, or a new job)"
+            )
+            found.append(BreakingChange(kind, version, None, detail))
     return found
 
 
-def _uniqueness(contract: Mapping[str, Any]) -> str:
-    if contract["unique"] is None:
-        return "not unique"
-    fields = ", ".join(contract["unique_key"]) or "the whole payload"
-    return f"unique={contract['unique']!r} on {fields}"
+def _fields(contract: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(contract["unique_key"])) or "the whole payload"
 
 
 def _version_changes(

@@ -550,11 +550,18 @@ def test_a_kind_made_fair_or_unique_otherwise_is_breaking_and_an_old_snapshot_is
     ]
     queued = _declared(unique="queued", key=("name",))
     assert lines(queued, _declared(unique="active", key=("name",))) == [
-        f"{KIND} v1: uniqueness changed from unique='queued' on name to unique='active' on "
-        "name: a job stored under the old rule and a new one no longer match (drain or "
-        "expect duplicates)"
+        f"{KIND} v1: unique changed from 'queued' to 'active': a job that runs now holds its "
+        "key, so a repeat meanwhile is answered otherwise (200 with it, or a new job)"
     ]
-    assert len(lines(plain, queued)) == 1 and lines(queued, queued) == []
+    assert lines(queued, _declared(unique="queued", key=("name", "amount"))) == [
+        f"{KIND} v1: unique key changed from name to amount, name: a job stored under the "
+        "old key and a new one no longer match (drain, or expect a repeat)"
+    ]
+    # The key's fields in another order make the same key; made unique, or no longer,
+    # strands no stored job.
+    both = _declared(unique="queued", key=("name", "amount"))
+    assert lines(both, _declared(unique="queued", key=("amount", "name"))) == []
+    assert lines(plain, queued) == lines(queued, plain) == lines(queued, queued) == []
     # A snapshot exported before fair and unique were recorded says nothing of them.
     old = json.loads(json.dumps(plain))
     for name in ("fair", "unique", "unique_key"):
