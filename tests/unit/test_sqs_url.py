@@ -71,3 +71,20 @@ def test_the_sdk_retries_briefly_unless_the_operator_chose_otherwise(
     assert (sdk_config().connect_timeout, sdk_config().read_timeout) == (2, 10)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # theirs: the SDK reads it (it was overridden)
     assert sdk_config().retries is None
+
+
+def test_an_sqs_out_of_service_or_throttling_counts_as_not_answering() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    from offload.brokers.sqs.backend import _unanswered
+
+    def refused(code: str, status: int) -> ClientError:
+        answer = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(answer, "GetQueueUrl")  # type: ignore[arg-type]
+
+    assert _unanswered(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert _unanswered(refused("InternalError", 500))
+    assert _unanswered(refused("ThrottlingException", 400))
+    assert not _unanswered(refused("AWS.SimpleQueueService.NonExistentQueue", 400))
+    assert not _unanswered(refused("AccessDenied", 403))
+    assert not _unanswered(NoCredentialsError())

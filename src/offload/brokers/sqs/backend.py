@@ -76,6 +76,25 @@ def sdk_config() -> AioConfig:
 #: What the SDK raises when SQS did not answer (no connection, or no reply in time), as
 #: opposed to an answer (a missing queue) or a mistake of ours (no credentials).
 _UNANSWERED = (SdkConnectionError, HTTPClientError)
+#: Error codes of an SQS that answered but is out of service or throttling: as unanswered.
+_UNAVAILABLE_CODES = frozenset(
+    {"ServiceUnavailable", "InternalError", "InternalFailure", "ThrottlingException",
+     "RequestThrottled", "Throttling", "SlowDown"}
+)  # fmt: skip
+
+
+def _unanswered(exc: BaseException | None) -> bool:
+    """Whether an SDK error means SQS is not serving now (no connection, no reply, a 5xx
+    or throttling), as opposed to a refusal (no such queue) or a mistake of ours."""
+    if isinstance(exc, _UNANSWERED):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        return int(status or 0) >= 500 or code in _UNAVAILABLE_CODES
+    return False
+
+
 _OPTIONS = {"endpoint_url", "region", "relay_age", "relay_every", "resend_after"}
 _STORE = re.compile(r"(?:^|&)store=(.*)$", re.S)
 
@@ -224,7 +243,7 @@ class SQSBackend:
             )
             await self._queue_url()
         except BackendError as exc:
-            if isinstance(exc.__cause__, _UNANSWERED) and self._client is not None:
+            if _unanswered(exc.__cause__) and self._client is not None:
                 log.warning(
                     "SQS queue %r does not answer (%s): the outbox keeps the jobs until it does",
                     self.queue,
