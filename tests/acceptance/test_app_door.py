@@ -3,6 +3,7 @@ façade methods, and those answer what the routes answer (status codes, fields, 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -245,6 +246,43 @@ async def test_readyz_is_ready_while_the_backend_answers(
 ) -> None:
     response = await clients["alice"].get("/readyz")
     assert response.status_code == 200 and response.json() == {"status": "ready"}
+
+
+class StalledApp(App):
+    """An App whose backend stops answering pings while `held` is set (a stalled server,
+    whose pings retry to their deadline), counting the pings begun."""
+
+    held: asyncio.Event | None = None
+    pings = 0
+
+    async def ping(self) -> None:
+        self.pings += 1
+        if self.held is not None:
+            await self.held.wait()
+        await super().ping()
+
+
+async def test_readyz_answers_within_its_bound_while_the_backend_stalls(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("offload.web.app.READY_WITHIN_S", 0.1)
+    app = StalledApp("stalled", settings=settings)
+    api = create_app(app)
+    transport = httpx.ASGITransport(app=api)
+    async with api.router.lifespan_context(api):
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            # Given a backend that stops answering, probes get 503 within their bound,
+            # sharing the one ping still under way,
+            app.held = asyncio.Event()
+            for _ in range(3):
+                answer = await c.get("/readyz")
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["type"].endswith("/not-ready")
+            assert app.pings == 1
+            # and once it answers again, they are ready.
+            held, app.held = app.held, None
+            held.set()
+            assert (await c.get("/readyz")).status_code == 200
 
 
 # -- the façade methods --------------------------------------------------------------------

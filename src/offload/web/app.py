@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -77,6 +78,9 @@ def check_bind(host: str, settings: Settings) -> None:
 
 #: An operation that asks no credentials (in a document that declares some).
 _PUBLIC: dict[str, Any] = {"security": []}
+#: Longest GET /readyz waits for the backend's answer (seconds): a probe's own timeout is
+#: short, and a stalled backend's retries run to their deadline (10 s).
+READY_WITHIN_S = 3.0
 #: What GET /readyz answers besides ready.
 _NOT_READY = problems(
     500,
@@ -251,6 +255,36 @@ async def _operator(request: Request, routes: list[Route]) -> bool:
     return await caller_is_admin(request)
 
 
+class _Pings:
+    """`App.ping` for readiness probes: one at a time, shared by the probes that come while
+    it runs, and waited for at most a bound (a stalled backend's ping goes on retrying to
+    its deadline, 10 s by default, past a probe's own timeout)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._ping: asyncio.Future[None] | None = None
+
+    async def answered(self, within_s: float) -> None:
+        """Return once the backend answered a ping.
+
+        Raises:
+            BackendError: it failed, or did not answer within `within_s`.
+        """
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self.app.ping())
+            self._ping.add_done_callback(_taken)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ping), within_s)
+        except TimeoutError:
+            raise BackendError(f"no answer to a ping within {within_s:g}s") from None
+
+
+def _taken(ping: asyncio.Future[None]) -> None:
+    """Take a ping's error, which no probe may have waited for (it ran past their wait)."""
+    if not ping.cancelled():
+        ping.exception()
+
+
 def _guard(api: FastAPI, auth: Auth, settings: Settings) -> None:
     """The middleware around every route: a bounded body; in development mode, loopback
     names only (DNS rebinding); the CORS of the origins OFFLOAD_CORS_ORIGINS names."""
@@ -316,13 +350,16 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
 
     readiness = _Readiness()
 
+    pings = _Pings(app)
+
     @api.get("/readyz", response_model=Readiness, responses=_NOT_READY, openapi_extra=_PUBLIC)
     async def readyz() -> Response:
-        """Readiness: the process serves, its backend answers, and its storage has room
-        (after a write failed for want of space, until a small write fits again)."""
+        """Readiness: the process serves, its backend answers (within `READY_WITHIN_S`), and
+        its storage has room (after a write failed for want of space, until a small write
+        fits again)."""
         try:
             await api.state.runtime.ensure()
-            await app.ping()
+            await pings.answered(READY_WITHIN_S)
         except StorageFull:
             return storage_full()
         except (BackendError, ConfigurationError) as exc:
