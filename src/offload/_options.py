@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import reprlib
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 #: The latest time a job may be set to run (RFC 3339 has four-digit years).
 LATEST_RUN_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
+#: The priorities a job may have (lower runs first), over HTTP and from code alike.
+MAX_PRIORITY = 1000
 #: The principal that owns jobs enqueued from Python without an `owner`.
 DEFAULT_OWNER = "local"
 
@@ -53,6 +56,8 @@ class JobOptions:
         ):
             if not self.owner:
                 raise ValueError(_EMPTY_OWNER)
+            if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
+                raise ValueError(_PRIORITY)
             return
         for f in fields(self):
             value = getattr(self, f.name)
@@ -63,7 +68,13 @@ class JobOptions:
                 raise TypeError(f"{f.name} must be {what}, not {shown}")
         if not self.owner:
             raise ValueError(_EMPTY_OWNER)
+        if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise ValueError(_PRIORITY)
+        delay = self.delay.total_seconds() if isinstance(self.delay, timedelta) else self.delay
+        if delay is not None and not math.isfinite(delay):
+            raise ValueError(f"delay must be a finite number of seconds, not {delay!r}")
 
 
 #: An empty owner names no caller the API could ever have: its jobs would be no one's.
 _EMPTY_OWNER = "owner must not be empty"
+_PRIORITY = f"priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY} (lower runs first)"

@@ -167,6 +167,27 @@ async def test_a_wrongly_typed_option_is_a_type_error_naming_it(
     await app.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"priority": 1001}, "priority must be from -1000 to 1000"),
+        ({"priority": -5000}, "priority must be from -1000 to 1000"),
+        ({"delay": float("nan")}, "delay must be a finite number"),
+        ({"delay": float("inf")}, "delay must be a finite number"),
+    ],
+)
+async def test_an_option_the_api_refuses_is_refused_from_python_too(
+    app: App, options: dict[str, Any], said: str
+) -> None:
+    app.message("t.export")(Export)
+    with pytest.raises(ValueError, match=said):
+        await app.enqueue(Export(period="p"), **options)
+    with pytest.raises(ValueError, match=said):
+        await asyncio.to_thread(app.enqueue_sync, Export(period="p"), **options)
+    assert await app.list_jobs(owner=None) == []
+    await app.close()
+
+
 async def test_an_empty_owner_is_refused_from_python_too(app: App) -> None:
     # No caller of the API is one: its jobs would be no one's. (A scheduled job's handler
     # passes ctx.owner on, offload.periodic: that one stays allowed from code.)

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .._links import JOBS_PATH
-from .._options import LATEST_RUN_AT
+from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from ..app import App, MessageSpec
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
@@ -70,9 +70,17 @@ def _no_unix_time(value: Any) -> Any:
 
 
 async def job_options(
-    priority: Annotated[int, Query(ge=-1000, le=1000, description="lower runs first")] = 0,
+    priority: Annotated[
+        int, Query(ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="lower runs first")
+    ] = 0,
     delay: Annotated[
-        float | None, Query(ge=0, le=366 * 86400, description="seconds to wait before it runs")
+        float | None,
+        Query(
+            ge=0,
+            le=366 * 86400,
+            allow_inf_nan=False,
+            description="seconds to wait before it runs",
+        ),
     ] = None,
     run_at: Annotated[
         Annotated[datetime, BeforeValidator(_no_unix_time)] | None,
