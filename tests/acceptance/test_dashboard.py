@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import socket
 import time
@@ -258,6 +259,28 @@ async def test_overview_shows_each_queue_its_depth_and_the_last_hour(
     # The part the page's script redraws is the same table, alone.
     live = (await web.get("/dashboard", params={"part": "live"}, headers=OPS)).text
     assert "<html" not in live and 'data-queue="misc"' in live
+
+
+async def test_overview_counts_the_jobs_given_back_for_a_newer_worker(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # Given a job stored at a version newer than the worker's (the web tier deployed first),
+    newer = dataclasses.replace(app.envelope(Ping(n=9)), version=2)
+    await app.submit(newer)
+    worker = Worker(app)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(30):
+            while (row := await app.get(newer.id)) is None or row.error is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    # when the worker gave it back, the overview says so beside the queue's scheduled jobs.
+    html, _ = await _page(web, "/dashboard")
+    misc = html[html.index('data-queue="misc"') :]
+    misc = misc[: misc.index("</tr>")]
+    assert "(1 for a newer worker)" in misc
 
 
 async def test_assets_come_from_the_package(web: httpx.AsyncClient) -> None:
