@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from offload import App, Context, Job, JobState, Message, Settings
 from offload.cli import cli
+from offload.contract import Envelope
 from offload.versions import LIVE_VERSIONS_TTL_S
 
 from ..contract._support import PATIENCE_S, ShiftClock, worker_info
@@ -140,14 +141,21 @@ async def test_the_check_is_off_by_default(settings: Settings) -> None:
             assert (await submit(web)).status_code == 202  # it waits in its queue
 
 
-async def test_a_job_whose_upgrade_step_is_gone_fails_for_good_naming_the_step(
-    app: App, start_worker: Callable[..., Any]
-) -> None:
-    # Given a job stored at version 1, and workers at version 2 without the upgrader from 1
+async def _stored_at_v1_without_its_upgrader(app: App) -> Envelope:
+    """The app's kind declared at version 2 without the upgrader from 1, and a job of it
+    stored at version 1 (as the deploy before stored it)."""
     declare(app, 2, upgraders=False)
     stored = app.envelope(ExportV2(period="2026-10"))
     async with app:
         await app.submit(dataclasses.replace(stored, version=1, payload={"period": "2026-10"}))
+    return stored
+
+
+async def test_a_job_whose_upgrade_step_is_gone_fails_for_good_naming_the_step(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # Given a job stored at version 1, and workers at version 2 without the upgrader from 1
+    stored = await _stored_at_v1_without_its_upgrader(app)
     # When a worker claims it
     await start_worker()
     record = await Job(stored.id, True, app).wait(15)
@@ -162,10 +170,8 @@ async def test_a_job_whose_upgrade_step_is_gone_waits_while_a_live_worker_still_
 ) -> None:
     # Given a job stored at version 1, a worker at version 2 without the upgrader from 1,
     # and a live worker of the deploy before, which runs version 1 (still draining),
-    declare(app, 2, upgraders=False)
-    stored = app.envelope(ExportV2(period="2026-10"))
+    stored = await _stored_at_v1_without_its_upgrader(app)
     async with app:
-        await app.submit(dataclasses.replace(stored, version=1, payload={"period": "2026-10"}))
         old = worker_info("old-deploy", {"reports.export": [1]}, queues=("reports",))
         await app._require_backend().record_worker(old)
     # when the new worker claims it,

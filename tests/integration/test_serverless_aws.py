@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 import threading
 import time
@@ -453,72 +454,65 @@ def test_a_job_still_running_near_the_invocations_end_is_released_and_sent_again
     assert stack.depth() == 1
 
 
+@contextlib.contextmanager
+def _cut_off_once_a_job_runs(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> Iterator[Stack]:
+    """The deployment, its job rows reached through a network to PostgreSQL that is cut
+    (every connection closed, new ones refused) once a handler has begun."""
+    port = urlsplit(schema.url).port or 5432
+    with TcpProxy(port) as proxy:
+        through = schema.url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}", 1)
+        s = _stack(through, moto_endpoint, sqs, queue_url, tmp_path)
+
+        def cut_once_it_runs() -> None:
+            deadline = time.monotonic() + WAIT_S
+            while not s.ran and time.monotonic() < deadline:
+                time.sleep(0.01)
+            proxy.cut()
+
+        cutter = threading.Thread(target=cut_once_it_runs)
+        cutter.start()
+        try:
+            yield s
+        finally:
+            proxy.cut()
+            cutter.join(WAIT_S)
+            _close(s)
+
+
 def test_an_invocation_answers_before_its_end_when_postgresql_goes_away(
     schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
 ) -> None:
-    port = urlsplit(schema.url).port or 5432
-    with TcpProxy(port) as proxy:
-        # Given a function whose job rows are reached through a network that can fail,
-        through = schema.url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}", 1)
-        s = _stack(through, moto_endpoint, sqs, queue_url, tmp_path)
-        try:
-            _, body = s.http("POST", "/v1/jobs/sls.slow", {"seconds": 2.0})
-
-            def cut_once_it_runs() -> None:
-                deadline = time.monotonic() + WAIT_S
-                while not s.ran and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                proxy.cut()
-
-            cutter = threading.Thread(target=cut_once_it_runs)
-            cutter.start()
-            # when the network to PostgreSQL fails while its job runs, in an invocation
-            # with 8 s left,
-            began = time.monotonic()
-            result = s.deliver(context_s=8.0)
-            took = time.monotonic() - began
-            cutter.join(WAIT_S)
-            # then the function answers before its end (the settle waits no longer), and
-            # names the message whose outcome it could not write: it comes back.
-            assert s.ran == [body["id"]]
-            assert result is not None and len(result["batchItemFailures"]) == 1
-            # (8 s of the context's, plus the poller's own calls to SQS around it)
-            assert took < 12.0, f"the invocation answered after {took:.1f} s"
-        finally:
-            proxy.cut()
-            _close(s)
+    # Given a function whose job rows are reached through a network that can fail,
+    with _cut_off_once_a_job_runs(schema, moto_endpoint, sqs, queue_url, tmp_path) as s:
+        _, body = s.http("POST", "/v1/jobs/sls.slow", {"seconds": 2.0})
+        # when the network to PostgreSQL fails while its job runs, in an invocation with
+        # 8 s left,
+        began = time.monotonic()
+        result = s.deliver(context_s=8.0)
+        took = time.monotonic() - began
+        # then the function answers before its end (the settle waits no longer), and
+        # names the message whose outcome it could not write: it comes back.
+        assert s.ran == [body["id"]]
+        assert result is not None and len(result["batchItemFailures"]) == 1
+        # (8 s of the context's, plus the poller's own calls to SQS around it)
+        assert took < 12.0, f"the invocation answered after {took:.1f} s"
 
 
 def test_a_job_whose_beats_stall_at_the_invocations_end_does_not_run_on_into_the_next(
     schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
 ) -> None:
-    port = urlsplit(schema.url).port or 5432
-    with TcpProxy(port) as proxy:
-        through = schema.url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}", 1)
-        s = _stack(through, moto_endpoint, sqs, queue_url, tmp_path)
-        try:
-            # Given a long job, and PostgreSQL cut off once it runs (its beats then retry),
-            s.http("POST", "/v1/jobs/sls.slow", {"seconds": 60.0})
-
-            def cut_once_it_runs() -> None:
-                deadline = time.monotonic() + WAIT_S
-                while not s.ran and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                proxy.cut()
-
-            cutter = threading.Thread(target=cut_once_it_runs)
-            cutter.start()
-            # when the invocation's answer comes due while a beat still retries,
-            result = s.deliver(context_s=6.0)
-            cutter.join(WAIT_S)
-            assert result is not None and len(result["batchItemFailures"]) == 1
-            # then the job's run ended with it: nothing of it is left on the function's
-            # loop to go on in the next invocation, beside the message delivered again.
-            left = [t for t in asyncio.all_tasks(s.worker.loop) if t.get_name().startswith("job-")]
-            assert left == []
-        finally:
-            proxy.cut()
-            _close(s)
+    # Given a long job, and PostgreSQL cut off once it runs (its beats then retry),
+    with _cut_off_once_a_job_runs(schema, moto_endpoint, sqs, queue_url, tmp_path) as s:
+        s.http("POST", "/v1/jobs/sls.slow", {"seconds": 60.0})
+        # when the invocation's answer comes due while a beat still retries,
+        result = s.deliver(context_s=6.0)
+        assert result is not None and len(result["batchItemFailures"]) == 1
+        # then the job's run ended with it: nothing of it is left on the function's loop
+        # to go on in the next invocation, beside the message delivered again.
+        left = [t for t in asyncio.all_tasks(s.worker.loop) if t.get_name().startswith("job-")]
+        assert left == []
 
 
 def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:

@@ -116,8 +116,7 @@ def cross_site_reason(headers: Mapping[str, str], scheme: str, host: str) -> str
     """
     origin = headers.get("origin")
     if origin is not None:
-        parts = urlsplit(origin) if "://" in origin else None
-        sent = None if parts is None or parts.path else _origin(parts.scheme, parts.netloc)
+        sent = sent_origin(headers)
         if sent is None or sent != _origin(scheme, host):
             return f"a request from another origin ({origin[:100]})"
     site = headers.get("sec-fetch-site")

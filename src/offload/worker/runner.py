@@ -951,10 +951,10 @@ class Worker:
         env = lease.envelope
         why = f"{env.kind} version {env.version} waits for a worker that still reads it"
         try:
-            live = await self.app.live_versions()
+            live: dict[str, set[int]] | None = await self.app.live_versions()
         except BackendError:  # unknown now: asked again when it comes back, not failed
-            return self._handed_on(lease, why, here=f" has no upgrader from {env.version}")
-        if env.version in live.get(env.kind, ()):
+            live = None
+        if live is None or env.version in live.get(env.kind, ()):
             return self._handed_on(lease, why, here=f" has no upgrader from {env.version}")
         return self._failed_for_good(lease, missing)
 
