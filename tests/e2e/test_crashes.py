@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -227,7 +228,18 @@ def test_worker_processes_end_when_their_supervisor_is_killed_outright(stack: St
     def children() -> list[int]:
         return [int(line.split()[0]) for line in stack.log_lines("imports.log")]
 
+    def registered() -> set[int]:
+        listed = stack.run_cli("workers", "--json")
+        return (
+            {w["pid"] for w in json.loads(listed.stdout or "[]")}
+            if listed.returncode == 0
+            else set()
+        )
+
+    # both up and registered (a process still importing has no signal handler yet: the
+    # kernel's SIGTERM would end it without a word),
     wait_for(lambda: len(children()) >= 2, 60, "the two processes to start", stack)
+    wait_for(lambda: set(children()) <= registered(), 60, "the two processes to register", stack)
     # when it is killed without a chance to stop them (SIGKILL, out of memory),
     supervisor.kill()
     supervisor.wait()
