@@ -154,13 +154,16 @@ def test_idempotency_key_returns_the_first_job(stack: Stack) -> None:
     stack.start_web()
     alice, bob = stack.client("alice"), stack.client("bob")
     headers = {"Idempotency-Key": "order-42"}
-    first = alice.post("/v1/jobs/e2e.slow", json={"seconds": 0}, headers=headers)
-    again = alice.post("/v1/jobs/e2e.slow", json={"seconds": 0}, headers=headers)
+    first = alice.post("/v1/jobs/e2e.slow", json={"seconds": 0.1}, headers=headers)
+    again = alice.post("/v1/jobs/e2e.slow", json={"seconds": 0.1}, headers=headers)
     other = bob.post("/v1/jobs/e2e.slow", json={"seconds": 0}, headers=headers)
     assert first.status_code == again.status_code == other.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
     assert other.json()["id"] != first.json()["id"]
+    # The key with another body is no repeat (the first's read back from the engine): 409
+    changed = alice.post("/v1/jobs/e2e.slow", json={"seconds": 0.2}, headers=headers)
+    assert changed.status_code == 409 and changed.json()["type"].endswith("/idempotency-key-reused")
     assert job_count(stack) == 2
 
 

@@ -79,8 +79,9 @@ SUBMIT_ANSWERS: dict[str, Any] = {
             422,
             meaning={
                 404: "No job kind of that name",
-                409: "The Idempotency-Key was used for a job of another kind "
-                "(`idempotency-key-reused`): nothing stored",
+                409: "The Idempotency-Key was used for another request: a job of another "
+                "kind, or another message of this kind (`idempotency-key-reused`): nothing "
+                "stored",
             },
         ),
     },

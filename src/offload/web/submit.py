@@ -22,9 +22,11 @@ from pydantic import BaseModel, BeforeValidator, ValidationError, create_model
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from .._claim_check import same_payload
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from ..app import App, MessageSpec
+from ..contract import Envelope, JobRow
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
@@ -285,14 +287,8 @@ async def submit(request: Request) -> Response:
         notify_email=options.notify_email,
     )
     job, row = await app.submit(envelope)
-    if not job.created and not job.unique_repeat and row.kind != kind:
-        # The key named a request for another kind: this one is not its repeat.
-        raise Problem(
-            409,
-            f"Idempotency-Key {options.idempotency_key!r} was used for a job of kind "
-            f"{row.kind!r}: a repeat must be the same request; use a new key",
-            slug="idempotency-key-reused",
-        )
+    if not job.created and not job.unique_repeat:
+        _check_repeat(row, envelope)
     location = f"{root_of(request)}{JOBS_PATH}/{job.id}"
     record = presenter_of(request).row(row)
     headers = [(b"location", location.encode("latin-1"))]
@@ -302,6 +298,32 @@ async def submit(request: Request) -> Response:
     if not job.created:
         headers.append(_REPLAYED)
     return _Answer(record, 202, headers)
+
+
+def _check_repeat(row: JobRow, envelope: Envelope) -> None:
+    """Refuse a request whose Idempotency-Key named another one: its first job `row` is of
+    another kind, or of this kind and version with another message. Across a version bump
+    the message is not compared: a retry's body is the new version's, the first job's the
+    old one's.
+
+    Raises:
+        Problem: 409 (`idempotency-key-reused`); nothing was stored.
+    """
+    key = envelope.idempotency_key
+    if row.kind != envelope.kind:
+        raise Problem(
+            409,
+            f"Idempotency-Key {key!r} was used for a job of kind {row.kind!r}: a repeat "
+            "must be the same request; use a new key",
+            slug="idempotency-key-reused",
+        )
+    if row.version == envelope.version and not same_payload(row.payload, envelope.payload):
+        raise Problem(
+            409,
+            f"Idempotency-Key {key!r} was used for another {row.kind} message (job "
+            f"{row.id}): a repeat must send the same body; use a new key for a new request",
+            slug="idempotency-key-reused",
+        )
 
 
 class _Answer(Response):
