@@ -293,9 +293,12 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(signum, stop)
 
 
-def _server(api: Any, host: str, port: int) -> Any:
+def _server(api: Any, host: str, port: int, *, access_log: bool = False) -> Any:
+    """The uvicorn server of `api`; with `access_log`, a line per request on the
+    `offload.access` logger (uvicorn's own stays off: it logs query strings)."""
     import uvicorn
 
+    from .web.access import AccessLog
     from .web.serve import server_options
 
     class Server(uvicorn.Server):
@@ -311,7 +314,7 @@ def _server(api: Any, host: str, port: int) -> Any:
             await super().shutdown(sockets)
 
     config = uvicorn.Config(
-        api,
+        AccessLog(api) if access_log else api,
         host=host,
         port=port,
         log_level="warning",
@@ -324,15 +327,31 @@ def _server(api: Any, host: str, port: int) -> Any:
     return Server(config)
 
 
+AccessLogFlag = Annotated[
+    bool,
+    typer.Option(
+        "--access-log",
+        envvar="OFFLOAD_ACCESS_LOG",
+        help="log each request (client, method, path without its query, status, ms, principal)",
+    ),
+]
+
+
 @cli.command()
-def web(app: AppRef, host: str = "127.0.0.1", port: int = 8000, url: Url = None) -> None:
+def web(
+    app: AppRef,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    url: Url = None,
+    access_log: AccessLogFlag = False,
+) -> None:
     """Serve the HTTP API (never imports handler modules)."""
     from .web import check_bind, create_app
 
     with _errors():
         offload_app = _served_app(app, url)
         check_bind(host, offload_app.settings)
-        server = _server(create_app(offload_app), host, port)
+        server = _server(create_app(offload_app), host, port, access_log=access_log)
 
         async def main() -> None:
             # Opened before serving (the lifespan's open then shares it): an unreachable
@@ -728,7 +747,12 @@ def _serve_metrics(app: App, port: int | None, host: str) -> Callable[[], None]:
 
 @cli.command()
 def dev(
-    app: AppRef, host: str = "127.0.0.1", port: int = 8000, concurrency: int = 16, url: Url = None
+    app: AppRef,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    concurrency: int = 16,
+    url: Url = None,
+    access_log: AccessLogFlag = False,
 ) -> None:
     """Web tier and a worker in one process, for development (imports the handlers)."""
     from .web import check_bind, create_app
@@ -737,7 +761,7 @@ def dev(
     with _errors():
         offload_app = _served_app(app, url)
         check_bind(host, offload_app.settings)
-        server = _server(create_app(offload_app), host, port)
+        server = _server(create_app(offload_app), host, port, access_log=access_log)
         runner = Worker(offload_app, concurrency=concurrency)
 
         async def main() -> None:

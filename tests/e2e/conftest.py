@@ -90,9 +90,9 @@ class Stack:
             timeout=60,
         )
 
-    def start_web(self, app: str = "e2eapp.contracts:app") -> subprocess.Popen[bytes]:
+    def start_web(self, app: str = "e2eapp.contracts:app", *flags: str) -> subprocess.Popen[bytes]:
         self.port = free_port()
-        proc = self.offload("web", "--app", app, "--port", str(self.port))
+        proc = self.offload("web", "--app", app, "--port", str(self.port), *flags)
         deadline = time.monotonic() + READY_DEADLINE_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:

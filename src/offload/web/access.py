@@ -1,0 +1,81 @@
+"""The access log of `offload web --access-log`: a line per request once it is answered.
+
+Each line names the client, the method, the path (never the query string: a WebSocket ticket,
+a signed link's signature or a webhook's secret may travel there), the status, how long the
+answer took and the principal who asked. An event stream's line comes when the stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import _PRINCIPAL
+
+log = logging.getLogger("offload.access")
+
+#: The status logged for a WebSocket: accepted, or closed before it was.
+WS_ACCEPTED, WS_REFUSED = 101, 403
+
+
+class AccessLog:
+    """ASGI middleware: log each HTTP request and WebSocket handshake at INFO on
+    `offload.access`, with its fields as the record's extras (`method`, `path`, `status`,
+    `duration_ms`, `principal`, `client`) for a structured formatter."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0  # no answer: the client went away first, or the app raised
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "websocket.accept":
+                status = WS_ACCEPTED
+            elif kind == "websocket.close" and not status:
+                status = WS_REFUSED
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            _record(scope, status, (time.perf_counter() - started) * 1000)
+
+
+def _record(scope: Scope, status: int, duration_ms: float) -> None:
+    client = scope.get("client")
+    host = f"{client[0]}:{client[1]}" if client else "-"
+    method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+    path = scope.get("path", "")
+    principal = scope.get("state", {}).get(_PRINCIPAL)
+    who = principal if isinstance(principal, str) else "-"
+    log.info(
+        '%s "%s %s" %d %.1f ms %s',
+        host,
+        method,
+        path,
+        status,
+        duration_ms,
+        who,
+        extra={
+            "action": "http_request",
+            "client": host,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 3),
+            "principal": who,
+        },
+    )

@@ -1,0 +1,85 @@
+"""`offload web --access-log`: a line per request on the `offload.access` logger, with the
+client, method, path (never its query string: tickets and signatures travel there), status,
+time taken and principal; a WebSocket handshake's too. Without the flag, none."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from .conftest import TEMPLATE, TOKENS, Stack
+
+#: An access line as offload's default logging prints it.
+LINE = re.compile(
+    r'offload\.access: 127\.0\.0\.1:\d+ "(?P<method>\S+) (?P<path>\S+)" (?P<status>\d+) '
+    r"(?P<ms>\d+\.\d) ms (?P<principal>\S+)$"
+)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
+    s = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def logged(stack: Stack) -> list[tuple[str, str, int, str]]:
+    """(method, path, status, principal) of every access line so far but the readiness
+    probes' (start_web's), in order."""
+    found = []
+    for line in stack.output().splitlines():
+        if (match := LINE.search(line)) and match["path"] != "/readyz":
+            found.append((match["method"], match["path"], int(match["status"]), match["principal"]))
+    return found
+
+
+def wait_logged(stack: Stack, count: int) -> list[tuple[str, str, int, str]]:
+    """The access lines once there are `count` (each is written once its answer is sent)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len(lines := logged(stack)) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{count} access lines expected:\n{stack.output()}")
+
+
+def test_each_request_is_logged_without_its_query_string(stack: Stack) -> None:
+    stack.start_web("e2eapp.contracts:app", "--access-log")
+    alice = stack.client("alice")
+    # Given a submission with options in its query, a read of its record, a caller with no
+    # token, and WebSocket handshakes (one accepted, one from another site, refused),
+    job_id = alice.post("/v1/jobs/e2e.slow?priority=3", json={"seconds": 0}).json()["id"]
+    assert alice.get(f"/v1/jobs/{job_id}", params={"secret": "s3cr3t"}).status_code == 200
+    assert httpx.get(f"{stack.base}/v1/jobs/{job_id}").status_code == 401
+    ws = stack.base.replace("http://", "ws://") + "/v1/ws"
+    bearer = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    with connect(ws, additional_headers=bearer):
+        pass
+    with pytest.raises(InvalidStatus):
+        connect(ws, additional_headers=bearer, origin="https://elsewhere.example")  # type: ignore[arg-type]
+    # then each has its line: method, path without the query, status and principal.
+    lines = wait_logged(stack, 5)
+    assert lines[:3] == [
+        ("POST", "/v1/jobs/e2e.slow", 202, "alice"),
+        ("GET", f"/v1/jobs/{job_id}", 200, "alice"),
+        ("GET", f"/v1/jobs/{job_id}", 401, "-"),
+    ]
+    assert sorted(lines[3:]) == [("WS", "/v1/ws", 101, "alice"), ("WS", "/v1/ws", 403, "-")]
+    assert "s3cr3t" not in stack.output() and "priority=3" not in stack.output()
+
+
+def test_no_access_log_unless_asked(stack: Stack) -> None:
+    stack.start_web()
+    assert stack.client("alice").get("/v1/jobs").status_code == 200
+    assert "offload.access" not in stack.output()
