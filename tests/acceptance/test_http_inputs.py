@@ -317,6 +317,31 @@ async def test_an_idempotency_key_replays_the_same_message_only(
     await app.close()
 
 
+async def test_a_repeat_across_a_version_bump_is_not_compared(settings: Settings) -> None:
+    # Given a request stored at version 1 of a kind (its body without `pages`),
+    class MemoV1(Message):
+        text: str
+
+    key = {"Idempotency-Key": "K1"}
+    before = App("inputs", settings=settings)
+    before.message("t.memo", queue="reports")(MemoV1)
+    async with clients_of(before, TOKENS) as clients:
+        first = await clients["alice"].post("/v1/jobs/t.memo", json={"text": "a"}, headers=key)
+    await before.close()
+    assert first.status_code == 202
+    # when its client retries after a deploy made the kind's version 2 (`pages` added),
+    after = App("inputs", settings=settings)
+    after.message("t.memo", queue="reports", version=2)(Memo)
+    after.upgrade("t.memo", 1)(lambda payload: {**payload, "pages": 1})
+    async with clients_of(after, TOKENS) as clients:
+        again = await clients["alice"].post("/v1/jobs/t.memo", json={"text": "a"}, headers=key)
+        # then it is the repeat: its body is the new version's, the stored one the old one's
+        assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"]
+        assert len(await stored(after)) == 1
+    await after.close()
+
+
 async def test_an_idempotency_key_replays_its_own_kind_only(
     app: App, clients: dict[str, httpx.AsyncClient]
 ) -> None:
