@@ -18,8 +18,8 @@ def localhost_name(name: str) -> bool:
 def loopback_host(host: str) -> bool:
     """Whether a `Host` header names this machine's loopback, with any port: `localhost`
     (or a name under it, RFC 6761) or a loopback address (`127.0.0.1`, `[::1]`)."""
-    parts = urlsplit(f"//{host}")
     try:
+        parts = urlsplit(f"//{host}")  # an unclosed `[::1` raises here
         parts.port  # noqa: B018 - a malformed port raises here
     except ValueError:
         return False

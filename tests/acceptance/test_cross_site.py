@@ -264,6 +264,10 @@ async def test_a_rebound_name_is_refused_in_development_mode(
         read = await web.get(path, headers={"Host": "rebind.example:8000"})
         assert read.status_code == 421, path
         assert "mine" not in read.text
+    for host in ("[::1", "[::1]:x", "a@localhost"):  # malformed: no loopback name either
+        malformed = await web.get("/v1/jobs", headers={"Host": host})
+        assert malformed.status_code == 421, host
+        assert malformed.headers["content-type"] == "application/problem+json"
     for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "app.localhost"):
         assert (await web.get("/v1/jobs", headers={"Host": host})).status_code == 200, host
 

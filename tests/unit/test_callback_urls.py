@@ -32,6 +32,8 @@ GOOD = [
     "https://user:pw@hooks.example.com/in",
     "HTTPS://Hooks.Example.com/in",
     "http://[2606:4700:4700::1111]/x",
+    "https://bücher.example/in",
+    "https://xn--bcher-kva.example/in",
     "https://" + "a" * (MAX_CALLBACK_URL_LENGTH - len("https://")),
 ]
 BAD = [
@@ -49,6 +51,9 @@ BAD = [
     ("http://[::1/x", "not a valid URL"),
     ("http://0177.0.0.1/", "not a valid URL"),  # the sender's parser refuses these
     ("http://①②⑦.0.0.1/", "not a valid URL"),
+    ("http://xn--a-/", "not a valid URL"),  # IDNA labels that do not decode
+    ("http://xn--/", "not a valid URL"),
+    ("http://xn--ls8h.example/", "not a valid URL"),
     ("https://" + "a" * MAX_CALLBACK_URL_LENGTH, "longer than"),
 ]
 

@@ -88,9 +88,9 @@ def callback_url_error(url: str) -> str | None:
         return "callback_url must be an http:// or https:// URL"
     if not parts.hostname:
         return "callback_url must name a host"
-    try:  # the parser the webhook is sent with: what it refuses (0177.0.0.1) is no URL
-        httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
+    try:  # the parser the webhook is sent with: what it refuses (0177.0.0.1) is no URL,
+        httpx.URL(url).host  # noqa: B018 - nor is a host it cannot decode (`xn--a-`: IDNA)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
         return f"callback_url is not a valid URL: {exc}"
     return None
 
@@ -213,7 +213,7 @@ def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None
     by then."""
     try:
         host = httpx.URL(url).host
-    except (httpx.InvalidURL, TypeError):
+    except (httpx.InvalidURL, TypeError, ValueError):  # (an IDNA error is a ValueError)
         return None  # no URL at all: callback_url_error's answer
     ip = address_of(host)
     if ip is None:

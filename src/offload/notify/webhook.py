@@ -137,24 +137,25 @@ def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) ->
         raise TargetRefused(why)
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
+        host = parsed.host  # decoded here: a malformed IDNA label raises
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise TargetRefused(f"not a valid URL: {exc}") from None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    literal = address_of(parsed.host)  # as the web tier judged it: no lookup needed
+    literal = address_of(host)  # as the web tier judged it: no lookup needed
     if literal is not None:
         addresses = [literal]
     else:
         try:
-            found = resolve(parsed.host, port)
+            found = resolve(host, port)
         except OSError as exc:
-            raise DeliveryError(f"cannot resolve {parsed.host}: {exc}") from None
+            raise DeliveryError(f"cannot resolve {host}: {exc}") from None
         addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
         if not addresses:
-            raise DeliveryError(f"{parsed.host} resolves to no address")
+            raise DeliveryError(f"{host} resolves to no address")
     for ip in addresses:
         why = refusal(ip, allow_private=allow_private)
         if why is not None:
-            raise TargetRefused(f"{parsed.host} is {why} ({ip}); webhooks go to public hosts")
+            raise TargetRefused(f"{host} is {why} ({ip}); webhooks go to public hosts")
     return Target(url=parsed, address=str(addresses[0]))
 
 
