@@ -4,13 +4,13 @@ façade methods, and those answer what the routes answer (status codes, fields, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from starlette.requests import ClientDisconnect
 
 from offload import (
     App,
@@ -99,6 +99,26 @@ async def test_submit_answers_202_with_location_and_the_status_record(
     assert shown["deliveries"] == []
 
 
+async def test_no_answer_about_jobs_may_be_cached(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    # Each is one caller's (their jobs, signed links): no shared or browser cache keeps it.
+    alice = clients["alice"]
+    submitted = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"})
+    job_id = submitted.json()["id"]
+    answers = [
+        submitted,
+        await alice.get(f"/v1/jobs/{job_id}"),
+        await alice.get("/v1/jobs"),
+        await alice.get(f"/v1/jobs/{job_id}/result"),  # 409: not done (a problem document)
+        await alice.get("/v1/queues"),
+        await alice.get("/v1/kinds"),
+        await alice.get("/v1/jobs/no-such-job"),
+    ]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+
+
 async def test_a_replayed_idempotency_key_answers_the_first_job_and_says_so(
     app: App, clients: dict[str, httpx.AsyncClient]
 ) -> None:
@@ -132,7 +152,9 @@ async def test_a_submission_sent_in_chunks_is_read_whole(
     assert job is not None and job.payload == {"period": "2026-11"}
 
 
-async def test_a_client_that_leaves_mid_body_enqueues_nothing(app: App) -> None:
+async def test_a_client_that_leaves_mid_body_enqueues_nothing_and_logs_no_error(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     api = create_app(app)
     sent: list[dict[str, object]] = []
     messages = iter(
@@ -167,9 +189,12 @@ async def test_a_client_that_leaves_mid_body_enqueues_nothing(app: App) -> None:
         "server": ("localhost", 80),
     }
     async with api.router.lifespan_context(api):
-        with pytest.raises(ClientDisconnect):  # as Starlette's own reading raises it
-            await api(scope, receive, send)
+        with caplog.at_level(logging.INFO):
+            await api(scope, receive, send)  # (Starlette's own reading raises ClientDisconnect)
         assert await app.list_jobs(owner="alice") == []
+    # A client gone is no fault of the server: no error, no traceback, one INFO line.
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert any("went away" in r.getMessage() for r in caplog.records)
 
 
 async def test_another_principals_job_is_404_on_every_job_route(

@@ -57,6 +57,7 @@ async def test_a_signed_link_serves_a_blob_from_a_store_off_this_filesystem(
             assert ok.status_code == 200 and ok.content == b"%PDF-1.4 remote"
             assert ok.headers["content-type"] == "application/pdf"
             assert 'filename="r1.pdf"' in ok.headers["content-disposition"]
+            assert ok.headers["x-content-type-options"] == "nosniff"  # never sniffed as a page
             missing = urlsplit(presenter.link("reports/none.pdf"))
             gone = await c.get(f"{missing.path}?{missing.query}")
             assert gone.status_code == 404

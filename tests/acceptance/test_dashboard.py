@@ -256,6 +256,8 @@ async def test_overview_shows_each_queue_its_depth_and_the_last_hour(
     headers = (await web.get("/dashboard", headers=OPS)).headers
     assert "default-src 'self'" in headers["content-security-policy"]  # the browser holds to it
     assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "same-origin"  # its addresses name jobs
     # The part the page's script redraws is the same table, alone.
     live = (await web.get("/dashboard", params={"part": "live"}, headers=OPS)).text
     assert "<html" not in live and 'data-queue="misc"' in live

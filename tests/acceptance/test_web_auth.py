@@ -193,6 +193,11 @@ async def test_docs_are_open_in_development_mode_and_load_nothing_from_elsewhere
     async with client(api) as c:
         page = await c.get("/docs")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        # Never framed by another page (its requests carry the caller's cookies); its own
+        # origin's files only (the browser test runs Swagger UI under this policy).
+        assert page.headers["x-frame-options"] == "DENY"
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
         # No external host: every URL in the page is a path of this server.
         assert not re.search(r"https?:|//[a-z]", page.text, re.IGNORECASE)
         assert '"validatorUrl": null' in page.text  # Swagger UI's badge would call out

@@ -191,10 +191,7 @@ async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
         return Response(
             data,
             media_type=content_type_of(key),
-            headers={
-                "Cache-Control": "private",
-                "Content-Disposition": f'attachment; filename="{name}"',
-            },
+            headers={**DOWNLOAD_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
         )
     if not local.is_file():
         raise Problem(404, "no such file", slug="file-not-found")
@@ -202,8 +199,13 @@ async def _serve_blob(app: App, key: str, ttl: timedelta) -> Response:
         local,
         media_type=content_type_of(key),
         filename=local.name,
-        headers={"Cache-Control": "private"},
+        headers=DOWNLOAD_HEADERS,
     )
+
+
+#: A download's headers: for the caller's cache only; its type as declared, never sniffed
+#: (a text file that looks like HTML is not run as a page).
+DOWNLOAD_HEADERS = {"Cache-Control": "private", "X-Content-Type-Options": "nosniff"}
 
 
 class _Readiness:

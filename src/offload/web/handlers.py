@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..errors import (
@@ -127,6 +128,18 @@ def problem_details(api: FastAPI) -> None:
         # that cannot work, a bug), never the caller's: 500, logged.
         log.error("offload error: %s", exc, extra={"action": "web_error"}, exc_info=exc)
         return problem(500, "internal error", instance=request.url.path)
+
+    @api.exception_handler(ClientDisconnect)
+    async def on_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client went away before sending its whole body: nothing was done, nobody
+        # reads the answer, and it is no fault of the server's (no error, no traceback).
+        log.info(
+            "%s %s: the client went away before sending the whole request",
+            request.method,
+            request.url.path,
+            extra={"action": "client_gone"},
+        )
+        return problem(400, "the request ended before its body did", instance=request.url.path)
 
     @api.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> Response:

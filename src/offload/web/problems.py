@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -27,12 +28,23 @@ STORAGE_FULL_DETAIL = (
 )
 
 
+#: The header of an answer no cache may keep.
+NO_STORE = (b"cache-control", b"no-store")
+
+
 class JSONResponse(responses.JSONResponse):
     """JSON encoded with orjson (fast, and datetimes come out as RFC 3339). A Starlette
     JSONResponse, so that FastAPI documents a route's `response_model` as its body."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        """The given headers, and `Cache-Control: no-store` unless they say otherwise: an
+        answer is one caller's (their jobs, signed links), for no cache to keep."""
+        super().init_headers(headers)
+        if headers is None or not any(k.lower() == "cache-control" for k in headers):
+            self.raw_headers.append(NO_STORE)
 
 
 class ProblemResponse(JSONResponse):

@@ -32,7 +32,7 @@ from .auth import kind_allowed
 from .fleet import require_live_worker
 from .origins import first_headers, refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import Problem
+from .problems import NO_STORE, Problem
 
 #: Seconds a client is told to wait before polling a new job.
 DEFAULT_RETRY_AFTER_S = 1
@@ -338,4 +338,5 @@ class _Answer(Response):
         self.body = orjson.dumps(record)
         headers.append((b"content-length", str(len(self.body)).encode()))
         headers.append((b"content-type", b"application/json"))
+        headers.append(NO_STORE)
         self.raw_headers = headers

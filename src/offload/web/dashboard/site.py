@@ -27,7 +27,8 @@ STATIC = Path(__file__).parent / "static"
 DASHBOARD_PATH = "/dashboard"
 #: Every page's headers: never cached; its own origin's script, styles and streams only
 #: (the browser enforces that nothing comes from elsewhere); never framed by another page
-#: (a framed page could be clicked through its actions).
+#: (a framed page could be clicked through its actions); its type never sniffed; its
+#: address not sent to other sites.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
@@ -35,6 +36,8 @@ PAGE_HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
     "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # a page's address (a job id, a filter) stays here
 }
 #: The longest form body a dashboard action reads (bytes): a filter and a token.
 MAX_FORM_BYTES = 16 * 1024
