@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
 from offload import App, Message, Settings
-from offload.web import create_app
+from offload.web import create_app, serve
 from offload.web.serve import (
     MAX_HEAD_BYTES,
     MAX_WS_MESSAGE_BYTES,
@@ -163,3 +163,21 @@ async def test_a_websocket_message_over_the_bound_closes_the_stream(tmp_path: Pa
                 async with asyncio.timeout(30):
                     await ws.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_a_head_that_stops_coming_is_a_408_and_a_websocket_outlives_that_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serve, "HEAD_TIMEOUT_S", 0.3)
+    async with serving(tmp_path) as port:
+        # Given a WebSocket open (its head came whole: the bound is not its lifetime),
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            # when a head stops coming on another connection, it is answered 408 and closed
+            status, headers, body = answer_of(
+                await asyncio.to_thread(exchange, port, _get(end=False))
+            )
+            assert status == 408 and headers["content-type"] == "application/problem+json"
+            assert json.loads(body)["type"].endswith("/request-timeout")
+            # and the WebSocket, open for longer than that bound by now, still answers.
+            await (await ws.ping())

@@ -10,6 +10,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from offload.web import serve
 from offload.web.serve import MAX_HEAD_BYTES, server_options
 
 pytestmark = pytest.mark.anyio
@@ -19,6 +20,7 @@ class Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.out, self.closed, self.ended = b"", False, False
+        self.protocol: asyncio.BaseProtocol | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.out += bytes(data)
@@ -37,6 +39,9 @@ class Transport(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
 
     def pause_reading(self) -> None:
         pass
@@ -70,6 +75,7 @@ def connection(app: App) -> tuple[asyncio.Protocol, Transport]:
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = Transport()
+    transport.protocol = protocol
     protocol.connection_made(transport)
     return protocol, transport
 
@@ -125,3 +131,63 @@ async def test_a_refusal_waits_for_the_answer_under_way() -> None:
     app.release.set()
     await answered(transport, [b"200", b"431"])
     assert transport.ended and app.errors == []
+
+
+# -- time: a head and a body that do not come --------------------------------------------
+
+#: The bounds in these tests (seconds): short, for the timers to fire in the test's time.
+SHORT_S = 0.05
+
+
+@pytest.fixture
+def short_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve, "HEAD_TIMEOUT_S", SHORT_S)
+    monkeypatch.setattr(serve, "BODY_IDLE_S", SHORT_S)
+
+
+async def closed(transport: Transport) -> None:
+    async with asyncio.timeout(10):
+        while not transport.closed and not transport.ended:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.usefixtures("short_bounds")
+async def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
+    _, transport = connection(App())
+    await closed(transport)
+    assert transport.out == b""
+
+
+@pytest.mark.usefixtures("short_bounds")
+@pytest.mark.parametrize("answered_before", [False, True], ids=["first", "after-an-answer"])
+async def test_a_head_that_stops_coming_is_answered_408(answered_before: bool) -> None:
+    protocol, transport = connection(App())
+    expected = []
+    if answered_before:
+        protocol.data_received(_get("/a"))
+        await answered(transport, [b"200"])
+        expected = [b"200"]
+    protocol.data_received(b"GET /b HTTP/1.1\r\nHo")  # and then nothing
+    await answered(transport, [*expected, b"408"])
+    await closed(transport)
+    assert b"application/problem+json" in transport.out and b"request-timeout" in transport.out
+
+
+@pytest.mark.usefixtures("short_bounds")
+async def test_a_body_that_stops_coming_closes_the_connection() -> None:
+    app = App()
+    protocol, transport = connection(app)
+    protocol.data_received(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    await closed(transport)
+    assert statuses(transport.out) == []
+
+
+@pytest.mark.usefixtures("short_bounds")
+async def test_a_request_being_answered_is_not_cut_by_the_heads_bound() -> None:
+    app = App()
+    protocol, transport = connection(app)
+    protocol.data_received(_get("/slow"))
+    await asyncio.sleep(10 * SHORT_S)  # (a longer wait only makes the check stronger)
+    assert not transport.closed and statuses(transport.out) == []
+    app.release.set()
+    await answered(transport, [b"200"])

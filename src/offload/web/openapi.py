@@ -188,10 +188,10 @@ def _events_as_events(schema: dict[str, Any]) -> None:
 
 
 def _answered_everywhere(schema: dict[str, Any], api: FastAPI) -> None:
-    """What a request may be answered before its route runs, whatever the route: 413 (the
-    body limit), 431 (the head's bound, where `offload web` serves), and in development
-    mode 421 (a `Host` that is no loopback name)."""
-    statuses = [413, 421, 431] if api.state.auth.dev_mode else [413, 431]
+    """What a request may be answered before its route runs, whatever the route: 408 and
+    431 (the head's bounds in time and size, where `offload web` serves), 413 (the body
+    limit), and in development mode 421 (a `Host` that is no loopback name)."""
+    statuses = [408, 413, 421, 431] if api.state.auth.dev_mode else [408, 413, 431]
     content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for operation in _operations(schema):
         answers = operation.setdefault("responses", {})

@@ -10,6 +10,7 @@ from typing import Any
 
 from .models import Problem
 from .problems import PROBLEM_TYPE_BASE, STORAGE_FULL_DETAIL
+from .serve import HEAD_TIMEOUT_S
 
 #: The problem document's media type: the OpenAPI document gives it every error answer.
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -33,6 +34,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     403: ("A cross-site request, refused (development mode, or behind an auth hook)", {}),
     404: ("No such job for the caller", {}),
     409: ("The job is not in a state that allows this", {}),
+    408: (
+        f"The request's line and headers did not arrive within {HEAD_TIMEOUT_S:g} s "
+        "(`request-timeout`), refused by the server `offload web` runs before any route",
+        {},
+    ),
     413: ("The request body is larger than OFFLOAD_MAX_BODY_BYTES", {}),
     415: (
         "The body is not declared as JSON",

@@ -28,6 +28,16 @@ _HEAD_END = b"\r\n\r\n"
 #: connection closes: closed with unread bytes, a socket resets the connection, and the
 #: client may lose the answer (a "lingering close", as nginx makes).
 LINGER_S = 2.0
+#: How long a request's head may take to arrive whole, from the connection's start or the
+#: previous answer's end (seconds): past it, a connection that sent nothing is closed and
+#: one that sent part of a head is answered 408. uvicorn bounds no head in time, so a
+#: client that opens connections and sends nothing, or a byte now and then, would hold them
+#: (and the process's file descriptors) for ever.
+HEAD_TIMEOUT_S = 10.0
+#: How long a request's body may go without a byte arriving (seconds), while the server
+#: waits for it (not while it paused reading itself): past it, the connection is closed,
+#: and the route reading it sees the client gone.
+BODY_IDLE_S = 30.0
 
 
 def refusal(status: int, detail: str, slug: str) -> bytes:
@@ -62,12 +72,78 @@ def server_options() -> dict[str, Any]:
 
 class _Refusing:
     """What both protocols share: a refusal answered once the responses under way are sent,
-    then a lingering close."""
+    then a lingering close; and the time a request's head and body may take (`HEAD_TIMEOUT_S`,
+    `BODY_IDLE_S`).
+
+    A head is awaited from the connection's start and from each answer's end with nothing
+    running; it has arrived once the protocol made a request of it (its `cycle`). A body is
+    awaited while that request says more is to come."""
 
     transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
     _refused: bool = False
     _owed: bytes | None = None
     _linger: asyncio.TimerHandle | None = None
+    _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0  # of the head awaited, read so far
+    _seen_cycle: Any = None  # the last request whose head arrived
+
+    def connection_made(self, transport: asyncio.BaseTransport, *args: Any) -> None:
+        super().connection_made(transport, *args)  # type: ignore[misc]
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            self._head_bytes += len(data)
+        super().data_received(data)  # type: ignore[misc]
+        cycle = getattr(self, "cycle", None)
+        if cycle is not self._seen_cycle:  # a request's head arrived whole
+            self._seen_cycle = cycle
+            self._stop("_head_timer")
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            self._stop("_body_timer")  # a byte of its body came: its idle time starts again
+            self._body_timer = self.loop.call_later(BODY_IDLE_S, self._body_late)
+        elif self._body_timer is not None:
+            self._stop("_body_timer")
+
+    def _await_head(self) -> None:
+        self._stop("_head_timer")
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
+
+    def _stop(self, name: str) -> None:
+        timer = getattr(self, name)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, name, None)
+
+    def _gone(self) -> bool:
+        """Whether this connection is no longer this protocol's to act on: closing, or
+        upgraded to a WebSocket (its transport handed to another protocol)."""
+        protocol: object = self.transport.get_protocol()
+        return self.transport.is_closing() or protocol is not self
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._gone() or self._refused or self._answering():
+            return
+        if not self._head_bytes:  # an idle connection: closed, as keep-alive's timeout does
+            self.transport.close()
+            return
+        detail = f"the request's line and headers did not arrive within {HEAD_TIMEOUT_S:g} s"
+        self.refuse(refusal(408, detail, "request-timeout"))
+
+    def _body_late(self) -> None:
+        self._body_timer = None
+        cycle = getattr(self, "cycle", None)
+        if self._gone() or cycle is None or not cycle.more_body:
+            return
+        flow = getattr(self, "flow", None)
+        if flow is not None and flow.read_paused:  # the route reads slowly, not the client
+            self._body_timer = self.loop.call_later(BODY_IDLE_S, self._body_late)
+            return
+        self.transport.close()  # the route reading it sees the client gone
 
     def refuse(self, answer: bytes) -> None:
         """Read no more requests; answer `answer` once the responses under way are sent
@@ -102,10 +178,12 @@ class _Refusing:
         if self._owed is not None and not self._answering():
             answer, self._owed = self._owed, None
             self._send_refusal(answer)
+        elif not self._answering() and not self._refused and not self._gone():
+            self._await_head()  # nothing runs (no request sent at once after it): the next
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
+        for name in ("_linger", "_head_timer", "_body_timer"):
+            self._stop(name)
         super().connection_lost(exc)  # type: ignore[misc]
 
 
@@ -171,7 +249,7 @@ class _HeadBound(_Refusing):
                 self.refuse(refusal(431, detail, "request-head-too-large"))
                 return
             self._since += len(data)  # back to 0 when the parser passes something on
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)
         tail = len(_HEAD_END) - 1
         self._tail = data[-tail:] if len(data) >= tail else (self._tail + data)[-tail:]
 
