@@ -7,9 +7,11 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
 from .contract import Lease
+from .errors import BackendError
 from .stores.blobs import StreamSource, put_stream
 
 if TYPE_CHECKING:
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
     from .stores import BlobStore
 
 logger = logging.getLogger("offload.job")
+#: After a progress update the backend could not store, how long later ones are skipped
+#: (seconds): each would wait out the retry deadline again while the outage lasts.
+PROGRESS_PAUSE_S = 5.0
 _MAKING = threading.Lock()
 
 
@@ -42,6 +47,7 @@ class Context:
         self._cancelled: threading.Event | None = None
         self._backend = backend
         self._loop = loop
+        self._progress_paused_until = 0.0  # monotonic: `progress` skips until then
 
     @property
     def blobs(self) -> BlobStore:
@@ -86,7 +92,27 @@ class Context:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
             message = message[:200]
-        return self._bridge(self._backend.progress(self.lease, fraction, message))
+        return self._bridge(self._progress(fraction, message))
+
+    async def _progress(self, fraction: float | None, message: str | None) -> bool:
+        """Store the progress, at best: it is for those who watch the job, so a backend that
+        cannot be reached (past the retry deadline) costs them this update, not the job its
+        attempt; and the calls of the next `PROGRESS_PAUSE_S` are skipped at once, not each
+        held up to that deadline. Returns True then (this worker may well still hold the
+        job: its outcome is fenced by its lease whatever it is told here)."""
+        if self._progress_paused_until > monotonic():
+            return True
+        try:
+            return bool(await self._backend.progress(self.lease, fraction, message))
+        except BackendError as exc:
+            self._progress_paused_until = monotonic() + PROGRESS_PAUSE_S
+            self.log.warning(
+                "progress not stored (the next %g s of it skipped): %s",
+                PROGRESS_PAUSE_S,
+                exc,
+                extra={"action": "progress_not_stored"},
+            )
+            return True
 
     def once(self, step: str, fn: Callable[[], Any]) -> Any:
         """Run a side step once per job across retries and re-deliveries.

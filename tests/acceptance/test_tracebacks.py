@@ -77,7 +77,17 @@ def app(settings: Settings) -> App:
     async def unread_async(msg: UnreadAsync, ctx: Context) -> None:
         await asyncio.to_thread(Path(msg.path).rename, msg.path + ".done")  # two files named
 
+    app.message("t.stored", max_attempts=1)(Stored)
+
+    @app.handles(Stored)
+    async def stored(msg: Stored, ctx: Context) -> None:
+        await ctx.blobs.put(f"{msg.folder}/out.txt", b"x")
+
     return app
+
+
+class Stored(Message):
+    folder: str
 
 
 class Unread(Message):
@@ -210,3 +220,30 @@ async def test_an_os_error_tells_clients_its_reason_not_the_server_path_it_names
         # and the operators' traceback keeps it.
         stored = await app.status(job.id, tracebacks=True)
         assert str(secret) in stored["error"]["traceback"]
+
+
+def _file_at(folder: Path, name: str) -> Path:
+    """Put a file named `name` in `folder` (made if need be); return the folder, resolved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("a file, not a folder")
+    return folder.resolve()
+
+
+async def test_a_blob_store_failure_tells_clients_which_store_not_where_it_is(
+    app: App, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given a handler whose blob cannot be written (a file where its folder should be),
+    blobs = await asyncio.to_thread(_file_at, Path(app.settings.blobs_url), "taken")
+    job = await app.enqueue(Stored(folder="taken"))
+    await start_worker()
+    async with asyncio.timeout(20):
+        while (record := await app.status(job.id))["state"] != "dead":  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    # then clients learn that the blob store failed, not the server's folder (it was
+    # `blob store folder /…/blobs: cannot write taken/out.txt: File exists`),
+    assert record["error"]["type"] == "BlobStoreError"
+    assert str(blobs) not in record["error"]["message"]
+    assert "blob store" in record["error"]["message"]
+    # and the operators' traceback keeps where and why.
+    stored = await app.status(job.id, tracebacks=True)
+    assert str(blobs) in stored["error"]["traceback"]

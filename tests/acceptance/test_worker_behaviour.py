@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+import offload.context
 from offload import (
     App,
     Backoff,
@@ -27,8 +28,9 @@ from offload import (
     Settings,
 )
 from offload.brokers.base import NEWER_VERSION
+from offload.context import PROGRESS_PAUSE_S
 from offload.contract import Lease
-from offload.errors import _ForAnotherWorker
+from offload.errors import BackendError, _ForAnotherWorker
 from offload.status import Progress
 from offload.worker.runner import RUN_ON_LIMIT_PER_SLOT, Worker
 
@@ -399,6 +401,43 @@ async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> Non
             assert all(flag is flags[0] for flag in flags)
             ctx.cancelled.set()
             assert flags[0].is_set()
+
+
+class _Unreachable:
+    """A backend whose progress writes fail as an outage past the retry deadline does."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def progress(self, lease: Lease, fraction: float | None, message: str | None) -> bool:
+        self.writes += 1
+        raise BackendError("cannot connect to PostgreSQL at db.internal:5432")
+
+
+async def test_progress_the_backend_cannot_store_costs_the_update_not_the_attempt(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.message("t.progress")(Ping)
+    lease = Lease(envelope=app.envelope(Ping()), token="t", expires_at=0.0, worker="w")
+    backend = _Unreachable()
+    ctx = Context(lease, backend, app.blobs, asyncio.get_running_loop())  # type: ignore[arg-type]
+    now = [1000.0]
+    monkeypatch.setattr(offload.context, "monotonic", lambda: now[0])
+    # Given a backend that cannot be reached, a handler's progress raises nothing (the
+    # update is lost, the handler goes on, as async and as plain handler),
+    with caplog.at_level(logging.WARNING, logger="offload.job"):
+        assert await ctx.progress(0.1, "one") is True
+        assert await asyncio.to_thread(ctx.progress, 0.2, "two") is True
+    # and the updates of the next PROGRESS_PAUSE_S are skipped without asking it again,
+    assert backend.writes == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress not stored (the next 5 s of it skipped): "
+        "cannot connect to PostgreSQL at db.internal:5432"
+    ]
+    # then asked again once they have passed.
+    now[0] += PROGRESS_PAUSE_S + 0.1
+    assert await ctx.progress(0.3) is True
+    assert backend.writes == 2
 
 
 async def test_retry_signal_schedules_the_next_attempt(

@@ -31,6 +31,7 @@ from ..brokers.base import NEWER_VERSION
 from ..contract import Extension, JobState, Lease, Message, Outcome, WorkerInfo
 from ..errors import (
     BackendError,
+    BlobStoreError,
     Cancel,
     ConfigurationError,
     MissingUpgrader,
@@ -161,7 +162,12 @@ def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
 
 def _message(exc: BaseException) -> str:
     """An error's message as clients see it: an OS error's without the file it names (a
-    server path: `[Errno 2] No such file or directory`), which its traceback keeps."""
+    server path: `[Errno 2] No such file or directory`), and one of offload's own stores
+    (the blob store, the job backend) without where it is (a folder, a host), which the
+    traceback keeps for operators."""
+    if isinstance(exc, BackendError):
+        which = "blob store" if isinstance(exc, BlobStoreError) else "job backend"
+        return f"the {which} failed; operators find why in the job's traceback"
     if isinstance(exc, OSError) and exc.strerror and (exc.filename or exc.filename2):
         return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno is not None else exc.strerror
     return str(exc)
