@@ -657,15 +657,55 @@ async def test_driver_errors_are_backend_errors_with_the_cause_kept(
     assert isinstance(info.value.__cause__, ResponseError)
 
 
-async def test_an_evicting_server_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    class Evicting:
-        async def info(self, section: str) -> dict[str, str]:
-            return {"maxmemory_policy": "allkeys-lru"}
+class _Configured:
+    """A Redis server's answers to what `open` asks of its durability."""
 
+    def __init__(
+        self, policy: str = "noeviction", aof: str = "1", save: str | None = "3600 1"
+    ) -> None:
+        self.policy, self.aof, self.save = policy, aof, save
+
+    async def info(self, section: str) -> dict[str, str]:
+        if section == "memory":
+            return {"maxmemory_policy": self.policy}
+        return {"aof_enabled": self.aof}
+
+    async def config_get(self, name: str) -> dict[str, str]:
+        if self.save is None:  # a managed server that refuses CONFIG
+            raise ResponseError("unknown command 'CONFIG'")
+        return {name: self.save}
+
+
+@pytest.mark.parametrize(
+    ("server", "warned"),
+    [
+        (_Configured(), []),
+        (_Configured(policy="allkeys-lru"), ["allkeys-lru", "set maxmemory-policy noeviction"]),
+        (_Configured(aof="0", save=""), ["appendonly no", "a restart loses every job"]),
+        (_Configured(aof="0"), ["the jobs written since its last snapshot", "appendonly yes"]),
+        (_Configured(aof="0", save=None), ["the jobs written since its last snapshot"]),
+    ],
+    ids=["durable", "evicting", "no-persistence", "snapshots-only", "config-refused"],
+)
+async def test_a_server_that_may_lose_jobs_is_warned_about(
+    caplog: pytest.LogCaptureFixture, server: _Configured, warned: list[str]
+) -> None:
     b = RedisBackend.from_url("redis://127.0.0.1:6379/0")
     with caplog.at_level("WARNING", logger="offload.brokers"):
-        await b._check_eviction(Evicting())  # type: ignore[arg-type]
-    assert "allkeys-lru" in caplog.text and "noeviction" in caplog.text
+        await b._check_durability(server)  # type: ignore[arg-type]
+    assert all(part in caplog.text for part in warned), caplog.text
+    assert bool(caplog.records) is bool(warned)
+
+
+async def test_opening_warns_of_the_servers_persistence_as_it_is(
+    caplog: pytest.LogCaptureFixture, prefix: str, raw: aioredis.Redis
+) -> None:
+    appendonly = (await raw.config_get("appendonly"))["appendonly"]
+    with caplog.at_level("WARNING", logger="offload.brokers"):
+        b = await opened(redis_url(prefix))
+    await b.close()
+    warned = "keeps no append-only file (appendonly no)" in caplog.text
+    assert warned is (appendonly == "no"), caplog.text
 
 
 # -- URLs and the factory ----------------------------------------------------------------------

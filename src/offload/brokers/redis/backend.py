@@ -494,7 +494,7 @@ class RedisBackend:
 
         async def prepare(_resent: bool) -> None:
             async with self._guard(where):
-                await self._check_eviction(client)
+                await self._check_durability(client)
                 await news.start()
                 for name in _SCRIPTS:
                     self._scripts[name] = client.register_script(_lua(name))
@@ -516,7 +516,10 @@ class RedisBackend:
             raise
         self._client, self._news = client, news
 
-    async def _check_eviction(self, client: aioredis.Redis) -> None:
+    async def _check_durability(self, client: aioredis.Redis) -> None:
+        """Warn, once as it opens, of a server that may lose jobs: one that evicts keys,
+        or one that keeps no append-only file (a restart loses what was written since its
+        last snapshot, and everything when it takes none)."""
         memory = await client.info("memory")
         policy = memory.get("maxmemory_policy", "noeviction")
         if policy != "noeviction":
@@ -527,6 +530,21 @@ class RedisBackend:
                 policy,
                 extra={"action": "redis_eviction_policy", "policy": policy},
             )
+        persistence = await client.info("persistence")
+        if str(persistence.get("aof_enabled", "1")) != "0":
+            return
+        try:  # a managed server may refuse CONFIG: then what INFO said is all there is
+            snapshots = (await client.config_get("save")).get("save", "?")
+        except aioredis.ResponseError:
+            snapshots = "?"
+        lost = "every job" if snapshots == "" else "the jobs written since its last snapshot"
+        log.warning(
+            "Redis at %s keeps no append-only file (appendonly no): a restart loses %s; "
+            "set appendonly yes",
+            self._where(),
+            lost,
+            extra={"action": "redis_not_durable", "snapshots": snapshots},
+        )
 
     async def close(self) -> None:
         if self._client is None:
