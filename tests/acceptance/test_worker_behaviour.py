@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -401,6 +402,71 @@ async def test_context_makes_one_cancel_flag_for_racing_threads(app: App) -> Non
             assert all(flag is flags[0] for flag in flags)
             ctx.cancelled.set()
             assert flags[0].is_set()
+
+
+class Sized(Message):
+    pages: int
+
+
+async def test_every_final_state_carries_the_handlers_retry_budget(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # Given a kind whose message allows 5 attempts and whose handler allows 2,
+    app.message("t.budget", max_attempts=5)(Sized)
+    started = asyncio.Event()
+
+    @app.handles(Sized, max_attempts=2)
+    async def handle(msg: Sized, ctx: Context) -> None:
+        if msg.pages == 0:
+            raise Cancel("nothing to print")
+        started.set()
+        await asyncio.sleep(60)  # until cancelled
+
+    await start_worker()
+    # its jobs enqueued by a web tier, which knows the message's budget only,
+    web = App("web", settings=app.settings)
+    web.message("t.budget", max_attempts=5)(Sized)
+    refused = await web.enqueue(Sized(pages=0))  # the handler cancels it
+    running = await web.enqueue(Sized(pages=9))  # cancelled while it runs
+    # (a payload that no longer validates: failed for good before its handler runs)
+    stale = web.envelope(Sized(pages=1))
+    stale = dataclasses.replace(stale, payload={"pages": "many"})
+    await web._require_backend().enqueue([stale])
+    await web.close()
+    await asyncio.wait_for(started.wait(), PATIENCE_S)
+    await app.cancel(running.id)
+    # then each ends with the handler's budget, as a success or a retry would show it.
+    for job_id, state in (
+        (refused.id, "cancelled"),
+        (running.id, "cancelled"),
+        (stale.id, "failed"),
+    ):
+        async with asyncio.timeout(PATIENCE_S):
+            while (record := await app.status(job_id))["state"] != state:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert record["max_attempts"] == 2, (job_id, record)
+
+
+async def test_the_log_says_which_failed_attempt_was_the_last(
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="offload.worker")
+    app.message("t.fails", max_attempts=2)(Ping)
+
+    @app.handles(Ping, backoff=Backoff(base_s=0.01, cap_s=0.01, jitter=0.0))
+    async def handle(msg: Ping, ctx: Context) -> None:
+        raise RuntimeError("no paper")
+
+    job = await app.enqueue(Ping())
+    await start_worker()
+    async with asyncio.timeout(PATIENCE_S):
+        while (await app.status(job.id))["state"] != "dead":  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    said = [r.getMessage() for r in caplog.records if getattr(r, "action", "") == "job_failed"]
+    assert said == [
+        f"job {job.id} attempt 1 failed: no paper",
+        f"job {job.id} attempt 2 failed, its last of 2: dead: no paper",
+    ]
 
 
 class _Unreachable:

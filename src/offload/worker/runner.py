@@ -764,10 +764,16 @@ class Worker:
     def _with_follow_ups(self, outcome: Outcome, trace: dict[str, str] | None = None) -> Outcome:
         """The outcome with the notifications of its final state, which commit with it (and
         only if it applies); the lease token marks them, so a repeat collapses. They continue
-        `trace` (the span of the run that ended), else the job's own."""
+        `trace` (the span of the run that ended), else the job's own. A final state carries
+        the handler's retry budget where it overrides the message's, whatever ended the job
+        (a cancel, an upgrade that failed), as a success or a retry does."""
         if not outcome.state.final:
             return outcome
         env = outcome.lease.envelope
+        if outcome.max_attempts is None:
+            spec = self._spec_of(env.kind)
+            if spec is not None and spec.max_attempts is not None:
+                outcome = dataclasses.replace(outcome, max_attempts=spec.max_attempts)
         notes = follow_ups(
             self.app,
             job_id=env.id,
@@ -1027,15 +1033,18 @@ class Worker:
         self, lease: Lease, spec: HandlerSpec, exc: BaseException, delay: float | None = None
     ) -> Outcome:
         env = lease.envelope
+        outcome = retry_or_dead(lease, spec, _error(exc), self.app.clock.now(), delay)
+        dead = outcome.state is JobState.DEAD
         log.log(
             logging.INFO if isinstance(exc, Retry) else logging.WARNING,  # asked for: no fault
-            "job %s attempt %d failed: %s",
+            "job %s attempt %d failed%s: %s",
             env.id,
             env.attempt,
+            f", its last of {outcome.max_attempts}: dead" if dead else "",
             exc,
-            extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
+            extra={"action": "job_failed", "job_id": env.id, "kind": env.kind, "dead": dead},
         )
-        return retry_or_dead(lease, spec, _error(exc), self.app.clock.now(), delay)
+        return outcome
 
     def _interrupted(self, job: _Job) -> Outcome | None:
         lease = job.lease
