@@ -414,11 +414,13 @@ async def test_every_final_state_carries_the_handlers_retry_budget(
     # Given a kind whose message allows 5 attempts and whose handler allows 2,
     app.message("t.budget", max_attempts=5)(Sized)
     started = asyncio.Event()
+    seen: list[tuple[int, int]] = []
 
     @app.handles(Sized, max_attempts=2)
     async def handle(msg: Sized, ctx: Context) -> None:
         if msg.pages == 0:
             raise Cancel("nothing to print")
+        seen.append((ctx.attempt, ctx.max_attempts))
         started.set()
         await asyncio.sleep(60)  # until cancelled
 
@@ -445,6 +447,7 @@ async def test_every_final_state_carries_the_handlers_retry_budget(
             while (record := await app.status(job_id))["state"] != state:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         assert record["max_attempts"] == 2, (job_id, record)
+    assert seen == [(1, 2)]  # and the handler's context said that budget too
 
 
 async def test_the_log_says_which_failed_attempt_was_the_last(

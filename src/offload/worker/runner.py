@@ -637,7 +637,7 @@ class Worker:
     def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
         job.phase = _Phase.RUNNING
-        job.context = ctx = Context(job.lease, self.app._require_backend(), self.app.blobs, loop)
+        job.context = ctx = self.context_for(job.lease)
         job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
         job.began = loop.time()
         env = job.lease.envelope
@@ -726,9 +726,14 @@ class Worker:
     # -- one job for a caller that holds its lease (offload.serverless) ----------------------
 
     def context_for(self, lease: Lease) -> Context:
-        """The handler's context of a job whose lease the caller holds and beats."""
+        """The handler's context of a job whose lease the caller holds and beats (its
+        `max_attempts` the handler's budget, where it overrides the message's)."""
         loop = asyncio.get_running_loop()
-        return Context(lease, self.app._require_backend(), self.app.blobs, loop)
+        ctx = Context(lease, self.app._require_backend(), self.app.blobs, loop)
+        spec = self._spec_of(lease.envelope.kind)
+        if spec is not None and spec.max_attempts is not None:
+            ctx.max_attempts = spec.max_attempts
+        return ctx
 
     async def run_leased(self, lease: Lease, ctx: Context) -> Outcome:
         """Run a job the caller claimed to its outcome as the claim loop runs one: the
