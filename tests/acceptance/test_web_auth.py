@@ -4,6 +4,7 @@ auth, served offline."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -157,9 +158,20 @@ async def test_a_token_limited_to_kinds_finds_no_other_kind(settings: Settings) 
                 assert answer.status_code == 404
                 assert answer.headers["content-type"] == "application/problem+json"
                 assert answer.json()["type"].endswith("/unknown-kind")
+            # nor in its OpenAPI document: no route, and not its message's schema.
+            mine = (await limited.get("/openapi.json")).json()
         async with client(api, authorization="Bearer t-all") as everything:
             answer = await everything.post("/v1/jobs/reports.other", json={"n": 1})
             assert answer.status_code == 202
+            whole = (await everything.get("/openapi.json")).json()
+    assert "/v1/jobs/reports.other" in whole["paths"] and "Other" in whole["components"]["schemas"]
+    assert "/v1/jobs/reports.other" not in mine["paths"]
+    assert "Other" not in mine["components"]["schemas"]
+    assert "/v1/jobs/reports.export" in mine["paths"] and "Export" in mine["components"]["schemas"]
+    assert set(whole["paths"]) - set(mine["paths"]) == {"/v1/jobs/reports.other"}
+    # (every schema it refers to is still there)
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(mine)))
+    assert refs <= set(mine["components"]["schemas"])
 
 
 def _tokens_of(settings: Settings) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from .openapi import openapi_document
+from .._links import JOBS_PATH
+from .openapi import for_caller, openapi_document
 from .problems import JSONResponse
 
 #: Swagger UI's script, style sheet and icon, as the fastapi-offline package ships them.
@@ -62,7 +63,13 @@ def install_docs(api: FastAPI) -> None:
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> Response:
         await _authorize(request)
-        schema = openapi_document(api)
+        auth, app = request.app.state.auth, request.app.state.offload
+        hidden = {
+            f"{JOBS_PATH}/{kind}"
+            for kind, spec in app.kinds.items()
+            if spec.http and not auth.may_submit(request, kind)
+        }
+        schema = for_caller(openapi_document(api), hidden)
         if _root(request):  # mounted: the paths are below the mount path
             schema = {**schema, "servers": [{"url": _root(request)}]}
         return JSONResponse(schema)

@@ -231,6 +231,37 @@ def _operators_marked(schema: dict[str, Any]) -> None:
         operation.pop(OPERATORS_ONLY, None)
 
 
+def for_caller(schema: dict[str, Any], hidden: set[str]) -> dict[str, Any]:
+    """The document without the paths `hidden` (the submission routes of kinds the caller
+    may not submit) and without the schemas only those reached: for a token limited to
+    kinds, the others do not exist, here as on the routes. `schema` is left as it is."""
+    if not hidden:
+        return schema
+    paths = {path: item for path, item in schema["paths"].items() if path not in hidden}
+    components = schema.get("components", {})
+    schemas: dict[str, Any] = components.get("schemas", {})
+    reached: set[str] = set()
+    todo = [paths, {k: v for k, v in components.items() if k != "schemas"}]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(_SCHEMA_REF):
+                name = ref.removeprefix(_SCHEMA_REF)
+                if name not in reached and name in schemas:
+                    reached.add(name)
+                    todo.append(schemas[name])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    kept = {name: body for name, body in schemas.items() if name in reached}
+    return {**schema, "paths": paths, "components": {**components, "schemas": kept}}
+
+
+#: How a document refers to one of its schemas.
+_SCHEMA_REF = "#/components/schemas/"
+
+
 def openapi_document(api: FastAPI) -> dict[str, Any]:
     """The OpenAPI document of the web tier (made once, on first use)."""
     if api.openapi_schema is None:
