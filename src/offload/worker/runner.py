@@ -1483,9 +1483,10 @@ class Worker:
             self._recheck.cancel()
         if self._busy and not supervisor.done():
             log.info(
-                "waiting up to %.0fs for %d running jobs",
+                "waiting up to %.0fs for %d running %s",
                 self.grace_s,
                 self._busy,
+                "job" if self._busy == 1 else "jobs",
                 extra={"action": "drain"},
             )
             idle = asyncio.create_task(self._idle.wait())
@@ -1497,8 +1498,9 @@ class Worker:
             now.cancel()
         elif self._busy:
             log.warning(
-                "releasing %d running jobs at once: a side task stopped",
+                "releasing %d running %s at once: a side task stopped",
                 self._busy,
+                "job" if self._busy == 1 else "jobs",
                 extra={"action": "drain"},
             )
         threads = {} if supervisor.done() else self._running_in_threads()
