@@ -889,7 +889,10 @@ def _jobs_table(rows: Sequence[JobRow], *, wide: bool) -> Table:
         table.add_column(name, no_wrap=True)
     now = time.time()
     for r in rows:
-        cells = [r.id, r.kind, r.state.value, f"{r.attempt}/{r.max_attempts}"]
+        state = r.state.value
+        if r.state in (JobState.QUEUED, JobState.RETRYING) and r.run_at > now + 1:
+            state += f" (runs in {_age(r.run_at - now)})"  # delayed: `scheduled` in queues
+        cells = [r.id, r.kind, state, f"{r.attempt}/{r.max_attempts}"]
         if wide:
             cells += [r.queue, r.owner, r.worker or ""]
         cells.append((iso(r.enqueued_at) or "") if wide else _age(now - r.enqueued_at))

@@ -140,6 +140,19 @@ def test_jobs_list_shows_whole_ids(url: str) -> None:
     assert wide.exit_code == 0 and "reports" in wide.output and "local" in wide.output
 
 
+def test_jobs_list_says_when_a_delayed_job_runs(url: str) -> None:
+    async def main() -> str:
+        async with App("setup", url=url) as setup:
+            setup.message("cli.report", queue="reports")(Report)
+            return (await setup.enqueue(Report(period="2026-10"), delay=600)).id
+
+    job_id = asyncio.run(main())
+    listed = invoke("jobs", "list", "--url", url)
+    assert listed.exit_code == 0, listed.output
+    (line,) = [line for line in listed.output.splitlines() if job_id in line]
+    assert "queued (runs in 9m)" in line  # `offload queues` counts it as scheduled
+
+
 def test_jobs_show_retry_and_cancel_take_a_unique_prefix(url: str) -> None:
     (job_id,) = enqueue(url, Report(period="2026-10"))
     shown = invoke("jobs", "show", job_id[:13], "--url", url)
