@@ -351,6 +351,15 @@ def web(
     with _errors():
         offload_app = _served_app(app, url)
         check_bind(host, offload_app.settings)
+        if offload_app.handlers:
+            logging.getLogger("offload.web").warning(
+                "the app %s names has handlers (%s): its module imports the worker's code, "
+                "which the web tier does not need; give --app the module that declares the "
+                "messages only (as myproj.contracts:app), so the web process stays light",
+                app,
+                ", ".join(sorted(offload_app.handlers)),
+                extra={"action": "web_with_handlers"},
+            )
         server = _server(create_app(offload_app), host, port, access_log=access_log)
 
         async def main() -> None:

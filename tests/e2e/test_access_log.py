@@ -1,6 +1,7 @@
-"""`offload web --access-log`: a line per request on the `offload.access` logger, with the
-client, method, path (never its query string: tickets and signatures travel there), status,
-time taken and principal; a WebSocket handshake's too. Without the flag, none."""
+"""What `offload web` logs: with `--access-log`, a line per request on the `offload.access`
+logger, with the client, method, path (never its query string: tickets and signatures travel
+there), status, time taken and principal; a WebSocket handshake's too; without the flag,
+none. And a warning when its app imports the worker's handlers."""
 
 from __future__ import annotations
 
@@ -83,3 +84,14 @@ def test_no_access_log_unless_asked(stack: Stack) -> None:
     stack.start_web()
     assert stack.client("alice").get("/v1/jobs").status_code == 200
     assert "offload.access" not in stack.output()
+
+
+def test_a_web_tier_given_the_workers_app_says_so(stack: Stack) -> None:
+    stack.start_web("e2eapp.handlers:app")  # the worker's module: it imports the handlers
+    assert "the web tier does not need" in stack.output()
+    assert "e2e.slow" in stack.output()
+
+
+def test_a_web_tier_given_the_contracts_says_nothing_of_handlers(stack: Stack) -> None:
+    stack.start_web()
+    assert "the web tier does not need" not in stack.output()
