@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._hosts import loopback_bind, loopback_host
 from .errors import BackendError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -521,65 +519,17 @@ class QueueGauges:
 
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
     """Serve `metrics` over HTTP on `host:port` from a thread (a worker's endpoint); returns
-    the function that stops the server. Bound to loopback, it answers only requests sent to
-    a loopback name (`Host`): it asks no credentials, and a page whose name was rebound to
+    the function that stops the server. It answers `GET /metrics`, and anything else with a
+    problem document (404, 405). Bound to loopback, it answers only requests sent to a
+    loopback name (`Host`): it asks no credentials, and a page whose name was rebound to
     127.0.0.1 would otherwise read it (421 for those).
 
     Raises:
         ConfigurationError: the port cannot be bound.
     """
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    from ._metrics_endpoint import serve_registry  # the HTTP server, loaded when served
 
-    from prometheus_client import make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer
-
-    app = make_wsgi_app(metrics.registry)
-    if loopback_bind(host):
-        app = _loopback_names_only(app)
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # the base class names it
-            pass  # a scrape every few seconds is no news
-
-    try:
-        # The address family of what `host` resolves to, as prometheus-client's own server
-        # picks it (a name may stand for an IPv6 address alone).
-        family, *_, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-
-        class Server(ThreadingWSGIServer):
-            address_family = family
-
-        server = make_server(str(address[0]), port, app, Server, handler_class=Quiet)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from None
-    thread = threading.Thread(target=server.serve_forever, name="offload-metrics", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-    return stop
-
-
-def _loopback_names_only(app: Any) -> Any:
-    """The WSGI app `app`, answering 421 to a request whose `Host` is no loopback name."""
-
-    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
-        host = environ.get("HTTP_HOST")
-        if host is not None and not loopback_host(host):
-            body = b"421 this endpoint answers loopback names only\n"
-            start_response(
-                "421 Misdirected Request",
-                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-            )
-            return [body]
-        return app(environ, start_response)
-
-    return guarded
+    return serve_registry(metrics.registry, port, host)
 
 
 __all__ = [

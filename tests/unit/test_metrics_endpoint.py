@@ -1,38 +1,168 @@
-"""A worker's metrics endpoint on loopback answers loopback names only: it asks no
-credentials, and a page whose name was rebound to 127.0.0.1 would otherwise read it."""
+"""A worker's metrics endpoint (`offload worker --metrics-port`): the metrics at `GET
+/metrics` and nowhere else, every refusal a problem document as the web tier's are, no
+`Server` header naming the Python version; on loopback it answers loopback names only: it
+asks no credentials, and a page whose name was rebound to 127.0.0.1 would otherwise read it."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from offload._hosts import loopback_bind
+from offload._problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
 from offload.metrics import Metrics, serve
+
+from ..ports import free_port
 
 pytest.importorskip("prometheus_client")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def test_a_loopback_endpoint_refuses_other_host_names() -> None:
-    port = _free_port()
-    stop = serve(Metrics(), port, "127.0.0.1")
+@contextlib.contextmanager
+def served(metrics: Metrics) -> Iterator[str]:
+    """The base URL of `metrics` served on loopback."""
+    port = free_port()
+    stop = serve(metrics, port, "127.0.0.1")
     try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        ok = httpx.get(url)
-        assert ok.status_code == 200 and "offload_" in ok.text
-        assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
-        rebound = httpx.get(url, headers={"Host": f"rebind.example:{port}"})
-        assert rebound.status_code == 421 and "offload_" not in rebound.text
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop()
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """One endpoint for the tests that read it only (a stop waits out a poll, 0.5 s)."""
+    with served(Metrics()) as url:
+        yield url
+
+
+def assert_problem(answer: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    """`answer` is the problem document of `status`, its type ending in `slug`."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    assert answer.headers["cache-control"] == "no-store"
+    document: dict[str, Any] = answer.json()
+    assert document["type"] == PROBLEM_TYPE_BASE + slug
+    assert document["status"] == status and document["title"] and document["detail"]
+    assert "offload_" not in answer.text
+    return document
+
+
+def test_a_loopback_endpoint_refuses_other_host_names(endpoint: str) -> None:
+    url = f"{endpoint}/metrics"
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    ok = httpx.get(url)
+    assert ok.status_code == 200 and "offload_" in ok.text
+    assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
+    rebound = httpx.get(url, headers={"Host": f"rebind.example:{port}"})
+    document = assert_problem(rebound, 421, "not-loopback-host")
+    assert document["instance"] == "/metrics"
+
+
+@pytest.mark.parametrize("path", ["/nope", "/", "/metrics/", "/metricsx", "/favicon.ico"])
+def test_only_the_metrics_path_answers_the_metrics(endpoint: str, path: str) -> None:
+    # Prometheus-client's server answers the metrics at any path
+    document = assert_problem(httpx.get(endpoint + path), 404, "not-found")
+    assert document["instance"] == path
+    assert httpx.get(f"{endpoint}/metrics?name[]=offload_worker_slots").status_code == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "HEAD"])
+def test_another_method_is_a_405_problem_naming_get(endpoint: str, method: str) -> None:
+    answer = httpx.request(method, f"{endpoint}/metrics")
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET"
+    if method != "HEAD":
+        assert_problem(answer, 405, "method-not-allowed")
+
+
+def test_a_head_is_answered_without_a_body(endpoint: str) -> None:
+    answer = _raw(endpoint, b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 405 ") and b"Content-Length: " in head and body == b""
+
+
+def test_no_answer_names_the_server_software(endpoint: str) -> None:
+    answers = [
+        httpx.get(f"{endpoint}/metrics"),
+        httpx.get(f"{endpoint}/nope"),
+        httpx.post(f"{endpoint}/metrics"),
+        httpx.get(f"{endpoint}/metrics", headers={"Host": "rebind.example"}),
+    ]
+    assert [a.status_code for a in answers] == [200, 404, 405, 421]
+    for answer in answers:
+        assert "server" not in answer.headers, answer.headers
+
+
+class _Broken:
+    """A collector whose reading fails."""
+
+    def collect(self) -> Iterator[Any]:
+        raise RuntimeError("the reading failed")
+
+    def describe(self) -> list[Any]:
+        return []
+
+
+def test_a_failed_reading_is_a_logged_500_problem(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    metrics.registry.register(_Broken())
+    with served(metrics) as endpoint, caplog.at_level(logging.ERROR, logger="offload.metrics"):
+        answer = httpx.get(f"{endpoint}/metrics")
+    document = assert_problem(answer, 500, "internal-server-error")
+    assert "the reading failed" not in answer.text and "server" not in answer.headers
+    assert document["detail"] == "internal error"
+    # (logged before the answer is written: no wait)
+    [record] = [r for r in caplog.records if r.name == "offload.metrics"]
+    assert record.action == "metrics_error"  # type: ignore[attr-defined]
+    assert record.exc_info is not None and "the reading failed" in str(record.exc_info[1])
+
+
+def _raw(endpoint: str, request: bytes) -> bytes:
+    """What the endpoint answers `request`, read to the end (it closes)."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+    ],
+    ids=["long-line", "long-field", "many-fields"],
+)
+def test_a_request_the_server_cannot_parse_is_a_problem_document(
+    endpoint: str, request_: bytes, status: int
+) -> None:
+    # The standard library's own refusal is an HTML page whose Server header names the
+    # Python version
+    answer = _raw(endpoint, request_)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.0 {status} ".encode()), answer[:200]
+    fields = head.decode("latin-1").lower()
+    assert f"content-type: {PROBLEM_MEDIA_TYPE}" in fields and "server:" not in fields
+    response = httpx.Response(status, headers={"content-type": PROBLEM_MEDIA_TYPE}, content=body)
+    assert response.json()["type"] == PROBLEM_TYPE_BASE + "request-head-too-large"
+    assert response.json()["status"] == status
+
+
+def test_a_request_line_that_does_not_parse_is_a_problem_document(endpoint: str) -> None:
+    # (no head: the server cannot tell the request's HTTP version, so it answers as HTTP/0.9)
+    for line, status in ((b"GARBAGE\r\n\r\n", 400), (b"GET /metrics HTTP/9.9\r\n\r\n", 505)):
+        answer = _raw(endpoint, line)
+        document = httpx.Response(status, content=answer).json()
+        assert document["status"] == status and document["type"].startswith(PROBLEM_TYPE_BASE)
 
 
 @pytest.mark.parametrize(

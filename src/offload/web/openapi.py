@@ -20,11 +20,11 @@ from pydantic import BaseModel, create_model
 from starlette.routing import BaseRoute
 
 from .._links import JOBS_PATH
+from .._problems import PROBLEM_MEDIA_TYPE
 from ..app import App, MessageSpec
 from .models import StatusRecord
 from .responses import (
     API_ERRORS,
-    PROBLEM_MEDIA_TYPE,
     SECONDS,
     STRING,
     described,

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 from starlette import responses
 from starlette.exceptions import HTTPException
 
+from .._problems import PROBLEM_MEDIA_TYPE, problem_document
 from ..errors import BackendError, BlobStoreError
 
 log = logging.getLogger("offload.web")
 
-PROBLEM_TYPE_BASE = "https://offload.dev/problems/"
 #: The headers of a 503 while the backend is unreachable: when to try again.
 BACKEND_RETRY_AFTER = {"Retry-After": "5"}
 #: The headers of a 503 while the backend's storage is full: space comes back when someone
@@ -48,7 +47,7 @@ class JSONResponse(responses.JSONResponse):
 
 
 class ProblemResponse(JSONResponse):
-    media_type = "application/problem+json"
+    media_type = PROBLEM_MEDIA_TYPE
 
 
 class Problem(HTTPException):
@@ -113,13 +112,7 @@ def problem(
     **extra: Any,
 ) -> ProblemResponse:
     """A problem document response."""
-    phrase = HTTPStatus(status).phrase
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + (slug or phrase.lower().replace(" ", "-").replace("'", "")),
-        "title": phrase,
-        "status": status,
-        "detail": detail,
-    }
+    body = problem_document(status, detail, slug=slug)
     if instance:
         body["instance"] = instance
     body.update(extra)

@@ -8,12 +8,10 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
+from .._problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
 from .models import Problem
-from .problems import PROBLEM_TYPE_BASE, STORAGE_FULL_DETAIL
+from .problems import STORAGE_FULL_DETAIL
 from .serve import HEAD_TIMEOUT_S
-
-#: The problem document's media type: the OpenAPI document gives it every error answer.
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 def header(description: str, schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""A worker's metrics endpoint (`offload worker --metrics-port`): the Prometheus text at
+`GET /metrics` from a thread's HTTP server, every refusal a problem document like every
+other HTTP error of offload, and no `Server` header (the standard library's names the exact
+Python version, which tells a prober which of its flaws to try)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, make_server
+
+import orjson
+
+from ._hosts import loopback_bind, loopback_host
+from ._problems import PROBLEM_MEDIA_TYPE, problem_document
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+log = logging.getLogger("offload.metrics")
+
+#: The one path that answers the metrics: the web tier's, and Prometheus's default.
+METRICS_PATH = "/metrics"
+#: The method it answers (a 405 names it).
+METRICS_METHOD = "GET"
+#: The detail of the 421 to a request sent to a name that is not loopback.
+NOT_LOOPBACK = (
+    "this endpoint answers loopback names only: a page whose name was rebound to "
+    "127.0.0.1 would otherwise read it (bind --metrics-host elsewhere to serve other names)"
+)
+#: The HTTP server's own refusals, of requests it cannot parse (the endpoint never sees
+#: them): their details and slugs, fixed (the parser's messages quote the request).
+_SERVER_REFUSALS = {
+    400: ("the request is not valid HTTP/1.1", "malformed-request"),
+    414: ("the request line is too long", "request-head-too-large"),
+    431: ("the request's header fields are too many or too long", "request-head-too-large"),
+    505: ("the request's HTTP version is not supported", None),
+}
+
+StartResponse = Callable[..., Any]
+
+
+def serve_registry(registry: CollectorRegistry, port: int, host: str) -> Callable[[], None]:
+    """Serve `registry` on `host:port` from a thread; returns the function that stops it.
+
+    Raises:
+        ConfigurationError: the port cannot be bound.
+    """
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    app = _endpoint(registry, loopback_only=loopback_bind(host))
+    try:
+        # The address family of what `host` resolves to, as prometheus-client's own server
+        # picks it (a name may stand for an IPv6 address alone).
+        family, *_, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+        server = make_server(str(address[0]), port, app, Server, handler_class=_RequestHandler)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    thread = threading.Thread(target=server.serve_forever, name="offload-metrics", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
+
+
+def _endpoint(registry: CollectorRegistry, *, loopback_only: bool) -> Callable[..., Any]:
+    """The WSGI app of the endpoint: a loopback name (`loopback_only`), then the path, then
+    the method, else a problem document (421, 404, 405); then prometheus-client's answer."""
+    from prometheus_client import make_wsgi_app
+
+    metrics = make_wsgi_app(registry)
+
+    def answer(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST")
+        path = environ.get("PATH_INFO", "")
+        if loopback_only and host is not None and not loopback_host(host):
+            return _refuse(start_response, 421, NOT_LOOPBACK, slug="not-loopback-host", at=path)
+        if path != METRICS_PATH:
+            return _refuse(start_response, 404, "Not Found", at=path)
+        if environ["REQUEST_METHOD"] != METRICS_METHOD:
+            allow = {"Allow": METRICS_METHOD}
+            return _refuse(start_response, 405, "Method Not Allowed", at=path, headers=allow)
+        found: Iterable[bytes] = metrics(environ, start_response)
+        return found
+
+    def endpoint(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        body = answer(environ, start_response)
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else body  # wsgiref sends any body
+
+    return endpoint
+
+
+def _problem(status: int, detail: str, slug: str | None, at: str | None) -> bytes:
+    """The problem document, its `instance` the path asked for (`at`), as the web tier's."""
+    document = problem_document(status, detail, slug=slug)
+    if at:
+        document["instance"] = at
+    return orjson.dumps(document)
+
+
+def _refuse(
+    start_response: StartResponse,
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    at: str | None = None,
+    headers: dict[str, str] | None = None,
+    exc_info: Any = None,
+) -> list[bytes]:
+    """Answer a problem document (no cache keeps it, as the web tier's)."""
+    body = _problem(status, detail, slug, at)
+    head = {
+        "Content-Type": PROBLEM_MEDIA_TYPE,
+        "Content-Length": str(len(body)),
+        "Cache-Control": "no-store",
+        **(headers or {}),
+    }
+    start_response(f"{status} {HTTPStatus(status).phrase}", list(head.items()), exc_info)
+    return [body]
+
+
+class _ServerHandler(ServerHandler):
+    """wsgiref's handler of one request, without its `Server` header, and whose 500 (the
+    metrics could not be read: a collector raised) is a problem document, logged."""
+
+    server_software = ""  # no Server header (wsgiref's names the Python version)
+
+    def error_output(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        at = environ.get("PATH_INFO")
+        return _refuse(start_response, 500, "internal error", at=at, exc_info=sys.exc_info())
+
+    def log_exception(self, exc_info: Any) -> None:
+        log.error("metrics endpoint error", exc_info=exc_info, extra={"action": "metrics_error"})
+
+
+class _RequestHandler(WSGIRequestHandler):
+    """wsgiref's request handler, with `_ServerHandler`, quiet, and whose refusals of a
+    request it cannot parse are problem documents (its own are HTML pages that name the
+    server and the Python version)."""
+
+    def handle(self) -> None:
+        # wsgiref's `handle`, which names its ServerHandler class (the Server header) inline.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # refused already (send_error)
+            return
+        handler = _ServerHandler(
+            self.rfile,
+            self.wfile,  # type: ignore[arg-type]  # a socket's file (typeshed: BufferedIOBase)
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's, for its log
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        detail, slug = _SERVER_REFUSALS.get(code, (HTTPStatus(code).description, None))
+        body = _problem(code, detail, slug, None)  # no path: the request line may not parse
+        self.close_connection = True
+        self.send_response_only(code)  # send_response would add a Server header
+        for name, value in (
+            ("Date", self.date_time_string()),
+            ("Content-Type", PROBLEM_MEDIA_TYPE),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ):
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base class names it
+        pass  # a scrape every few seconds is no news
