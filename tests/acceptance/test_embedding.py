@@ -7,18 +7,23 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
+import uvicorn
+from fastapi import FastAPI, WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 import offload.web
 from offload import App, BackendError, Context, Message, Settings
 from offload.web import create_app
 from offload.web.runtime import runtime_of
+
+from ..ports import free_port
 
 ROOT = "http://localhost"
 
@@ -197,6 +202,67 @@ def test_without_a_lifespan_it_opens_on_first_use_and_closes_when_the_loop_ends(
     assert app._backend is None
     leftovers = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert leftovers == []
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signals
+        yield
+
+
+@contextlib.asynccontextmanager
+async def served(api: FastAPI) -> AsyncIterator[int]:
+    """`api` served by uvicorn on a loopback port (yielded): WebSockets over a real socket."""
+    port = free_port()
+    config = uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # uvicorn sets a flag, no event
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def refusal(url: str) -> tuple[int, str | None, bytes]:
+    """The status, type and body of the HTTP answer that refused a WebSocket handshake."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    answer = refused.value.response
+    return answer.status_code, answer.headers.get("content-type"), bytes(answer.body or b"")
+
+
+@pytest.mark.anyio
+async def test_mounted_a_websocket_at_a_path_without_one_is_its_404_the_hosts_are_its_own(
+    app: App,
+) -> None:
+    # Given a host with a WebSocket of its own and the API mounted at /jobs,
+    api = host_app(app, with_lifespan=True)
+
+    @api.websocket("/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("host")
+        await websocket.close()
+
+    async with served(api) as port:
+        base = f"ws://127.0.0.1:{port}"
+        # When a handshake goes to a path under the mount that has no WebSocket, it is the
+        # mounted API's 404 problem document, naming the path as the client sent it;
+        status, media_type, body = await refusal(f"{base}/jobs/nope")
+        assert (status, media_type) == (404, "application/problem+json")
+        assert orjson.loads(body)["instance"] == "/jobs/nope"
+        # Then the API's own WebSocket and the host's are accepted,
+        async with connect(f"{base}/jobs/v1/ws") as ws:
+            assert orjson.loads(await ws.recv())["type"] == "hello"
+        async with connect(f"{base}/live") as ws:
+            assert await ws.recv() == "host"
+        # and a path outside the mount is the host's to answer (Starlette's: a bare 403).
+        assert (await refusal(f"{base}/nope"))[0] == 403
 
 
 def closed_port() -> int:

@@ -181,3 +181,46 @@ async def test_a_head_that_stops_coming_is_a_408_and_a_websocket_outlives_that_b
             assert json.loads(body)["type"].endswith("/request-timeout")
             # and the WebSocket, open for longer than that bound by now, still answers.
             await (await ws.ping())
+
+
+def _handshake(path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+#: Paths with no WebSocket: none at all, an HTTP route's (an event stream's, the
+#: dashboard's), /v1/ws with a slash too many, and a file of the docs' static mount.
+NO_WEBSOCKET = (
+    "/v1/wsx", "/nope", "/dashboard", "/v1/events", "/v1/ws/", "/docs/assets/swagger-ui.css"
+)  # fmt: skip
+
+
+async def test_a_websocket_handshake_at_a_path_without_one_is_a_404_problem(
+    tmp_path: Path,
+) -> None:
+    # Starlette's router (and static files) close such a handshake unanswered, which uvicorn
+    # sends as a bare 403 with no body, where every other refusal is a problem document.
+    async with serving(tmp_path) as port:
+        for path in NO_WEBSOCKET:
+            raw = await asyncio.to_thread(exchange, port, _handshake(path))
+            status, headers, body = answer_of(raw)
+            assert status == 404, raw[:300]
+            assert headers["content-type"] == "application/problem+json"
+            assert json.loads(body) == {
+                "type": "https://offload.dev/problems/not-found",
+                "title": "Not Found",
+                "status": 404,
+                "detail": "Not Found",
+                "instance": path,
+            }
+        # while an HTTP request there is the 404 it was,
+        request = b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        status, headers, body = answer_of(await asyncio.to_thread(exchange, port, request))
+        assert status == 404 and headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["instance"] == "/nope"
+        # and the WebSocket route accepts.
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"

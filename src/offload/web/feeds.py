@@ -27,7 +27,14 @@ from .events import EventStreamResponse, Hub, follow_owner, job_events_response,
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
 from .present import presenter_of, root_of
-from .problems import JSONResponse, Problem, as_problem, backend_unavailable, job_not_found
+from .problems import (
+    JSONResponse,
+    Problem,
+    as_problem,
+    backend_unavailable,
+    job_not_found,
+    refuse_handshake,
+)
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
 
@@ -217,14 +224,6 @@ def _message(change: Change, present: Any) -> str:
     return orjson.dumps(data).decode()
 
 
-async def _refuse(websocket: WebSocket, problem: Problem) -> None:
-    """Answer the handshake with the problem document (HTTP), where the server can."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(problem.response(instance=websocket.url.path))
-    else:
-        await websocket.close(code=1008, reason=problem.detail[:120])
-
-
 async def _opened(websocket: WebSocket) -> Hub:
     """The hub, once the web tier is open; a 503 problem while the backend is unreachable."""
     try:
@@ -246,12 +245,12 @@ async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None
         principal = principal_of(websocket, query.get("ticket"))
         return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
     except HTTPException as refused:  # a Problem, or the auth hook's own answer (its 401)
-        await _refuse(websocket, as_problem(refused))
+        await refuse_handshake(websocket, as_problem(refused))
     except BackendError as exc:
-        await _refuse(websocket, backend_unavailable(exc))
+        await refuse_handshake(websocket, backend_unavailable(exc))
     except Exception:  # the auth hook's crash: a logged 500, as on every route
         log.exception("unhandled error", extra={"action": "web_error"})
-        await _refuse(websocket, Problem(500, "internal error"))
+        await refuse_handshake(websocket, Problem(500, "internal error"))
     return None
 
 
@@ -274,7 +273,7 @@ async def ws(websocket: WebSocket) -> None:
         try:
             last = await hub.now() if cursor is None else cursor
         except BackendError as exc:
-            await _refuse(websocket, backend_unavailable(exc))
+            await refuse_handshake(websocket, backend_unavailable(exc))
             return
         await websocket.accept()
         await websocket.send_text(orjson.dumps({"type": "hello", "cursor": last}).decode())

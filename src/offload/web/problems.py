@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 from starlette import responses
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from .._problems import PROBLEM_MEDIA_TYPE, problem_document
 from ..errors import BackendError, BlobStoreError
@@ -142,3 +144,19 @@ def backend_unavailable(exc: BackendError, *, write: bool = False) -> Problem:
 def job_not_found(job_id: str) -> Problem:
     """The 404 of a job that does not exist, or is another principal's (the same answer)."""
     return Problem(404, f"no job {job_id}", slug="job-not-found")
+
+
+async def refuse_handshake(websocket: WebSocket, problem: Problem) -> None:
+    """Answer a WebSocket handshake with the problem document (HTTP), where the server can
+    (the `websocket.http.response` extension); else close it before accepting it (1008)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(problem.response(instance=websocket.url.path))
+    else:
+        await websocket.close(code=1008, reason=problem.detail[:120])
+
+
+async def no_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI answer to a WebSocket handshake at a path that has none: the `404` problem
+    document of a path that does not exist, where Starlette closes the handshake unanswered
+    (a server then sends a bare `403`, no body)."""
+    await refuse_handshake(WebSocket(scope, receive, send), Problem(404, "Not Found"))
