@@ -198,7 +198,7 @@ def test_the_document_declares_the_registry_for_operators_and_its_404(settings: 
     operation = document["paths"]["/v1/workers"]["get"]
     # A bearer token of an admin; anyone else (without a token too) is answered 404
     assert operation["security"] == [{"bearer": []}, {}]
-    assert set(operation["responses"]) == {"200", "401", "404", "413", "431", "500", "503"}
+    assert set(operation["responses"]) == {"200", "401", "404", "408", "413", "431", "500", "503"}
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/Workers"}
     queue = document["components"]["schemas"]["QueueStats"]
