@@ -163,13 +163,15 @@ def _drop_all_redis_prefixes() -> None:
 
 class Relay:
     """A TCP relay on loopback to a test server, to take the server away: `stop` closes the
-    listener and every relayed connection, as a server that went down would."""
+    listener and every relayed connection, as a server that went down would; `resume`
+    listens again on the same port, as the server coming back."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.links: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
         self.stopped = False
+        self.port = 0
 
     @classmethod
     def to_pg(cls) -> Relay:
@@ -179,7 +181,8 @@ class Relay:
     async def start(self) -> int:
         """Listen on a free loopback port; that port."""
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self.port
 
     async def start_for(self, url: str) -> str:
         """Listen, and `url` (of the target server) with the relay's address in its place."""
@@ -220,3 +223,8 @@ class Relay:
         for link in self.links:
             link.close()
         await self.server.wait_closed()
+
+    async def resume(self) -> None:
+        """Listen again, on the port `start` took, after a `stop`."""
+        self.stopped, self.links = False, []
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)

@@ -22,7 +22,7 @@ import offload
 from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
-from offload.brokers.postgres.backend import Q
+from offload.brokers.postgres.backend import POOL_PATIENCE_S, Q
 from offload.contract import status_record
 from offload.errors import BackendError
 from offload.web import create_app, events
@@ -257,6 +257,55 @@ async def test_a_call_while_the_server_is_down_fails_by_the_retry_deadline(
     finally:
         with contextlib.suppress(Exception):
             await proxy.stop()
+        await backend.close()
+
+
+#: Failed attempts of psycopg_pool to make its lost connection again, after which its next
+#: one is a pause of 8 s away (1, 2, 4, then 8 s: it doubles, with 10% of jitter).
+POOL_FAILURES = 4
+#: How soon after the server's return a call is answered again: a second of waiting on the
+#: pool before the server is asked directly, and the new pool's first connection.
+BACK_WITHIN_S = 3.0
+
+
+async def test_calls_are_answered_soon_after_the_server_returns_from_a_long_outage(
+    schema: PgSchema,
+) -> None:
+    # Given a backend of one pooled connection whose server goes away (a relay, then cut),
+    proxy = Relay.to_pg()
+    url = await proxy.start_for(schema.url)
+    backend = PostgresBackend.from_url(
+        url + "&pool_size=1", connect_timeout_s=1.0, retry_deadline_s=0.5
+    )
+    await backend.open()
+    try:
+        assert await backend.stats() == {}
+        await proxy.stop()
+        # and stays away while calls fail, until the pool's attempts to make its lost
+        # connection again are a long pause apart (as after an outage of minutes),
+        with pytest.raises(BackendError):
+            await backend.stats()
+        async with asyncio.timeout(30):
+            while True:
+                if backend.pool.get_stats().get("connections_errors", 0) >= POOL_FAILURES:
+                    break
+                await asyncio.sleep(0.05)
+        # when the server is back,
+        await proxy.resume()
+        back = time.monotonic()
+        # then a readiness ping (what /readyz asks), a claim that waits on the pool while the
+        # ping finds the server back, and a read are answered within seconds, not at the
+        # pool's next attempt (8 s or more away).
+        async with asyncio.timeout(30):
+            pinged = asyncio.create_task(backend.ping())
+            await asyncio.sleep(POOL_PATIENCE_S / 2)
+            assert await claim(backend, "default") == []
+            await pinged
+            assert await backend.stats() == {}
+        took = time.monotonic() - back
+        assert took < BACK_WITHIN_S, f"answered {took:.2f}s after the server's return"
+    finally:
+        await proxy.stop()
         await backend.close()
 
 

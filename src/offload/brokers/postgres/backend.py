@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ...clock import Clock
 from ...contract import (
@@ -309,10 +309,13 @@ class PostgresBackend:
         #: The limited kinds (and their queues) this instance claimed: their settles wake
         #: the workers waiting for a free slot.
         self._limited: dict[str, str] = {}
-        #: The direct connection `_lend` makes to ask whether the server answers, and when
-        #: it last did (monotonic).
+        #: The direct connection `_lend` makes to ask whether the server answers, when it
+        #: last did (monotonic), and whether it did not the last time it was asked.
         self._asking: asyncio.Future[None] | None = None
         self._answered_at = -math.inf
+        self._unanswered = False
+        #: The closing of pools replaced by `_renew_pool` (awaited by `close`).
+        self._retired: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -380,8 +383,8 @@ class PostgresBackend:
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         """A pooled connection for one call (its transaction ended as it is given back)."""
         try:
-            pool = self.pool  # the one the connection goes back to, if close runs meanwhile
-            conn = await self._lend(pool)
+            # The pool the connection goes back to, if close or a renewal runs meanwhile.
+            pool, conn = await self._lend()
             try:
                 async with conn:
                     yield conn
@@ -390,33 +393,84 @@ class PostgresBackend:
         except psycopg.Error as exc:
             raise BackendError(f"PostgreSQL: {exc}") from exc
 
-    async def _lend(self, pool: AsyncConnectionPool) -> psycopg.AsyncConnection[Any]:
-        """A connection of the pool. None free within `POOL_PATIENCE_S`: a busy pool, or a
-        server that is gone while the pool reconnects; the server is asked directly (one
-        connection made for every call that asks meanwhile), so that a busy pool's caller
-        waits its turn (up to `POOL_WAIT_S`) and a gone server's fails now, with the reason,
-        for `Retrier` to try again until the retry deadline."""
+    async def _lend(self) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
+        """A connection of the pool, and that pool. None free within `POOL_PATIENCE_S`: a
+        busy pool, or a server that is gone while the pool reconnects; the server is asked
+        directly (one connection made for every call that asks meanwhile), so that a busy
+        pool's caller waits its turn (up to `POOL_WAIT_S`) and a gone server's fails now,
+        with the reason, for `Retrier` to try again until the retry deadline."""
         try:
-            return await pool.getconn(timeout=POOL_PATIENCE_S)
+            return await self._take(POOL_PATIENCE_S)
         except PoolTimeout:
             pass
         if time.monotonic() - self._answered_at > ANSWERED_FRESH_S:
             if self._asking is None or self._asking.done():
                 self._asking = asyncio.ensure_future(self._ask_server())
             await asyncio.shield(self._asking)  # BackendError: the server does not answer
-        return await pool.getconn(timeout=POOL_WAIT_S - POOL_PATIENCE_S)
+        return await self._take(POOL_WAIT_S - POOL_PATIENCE_S)
+
+    async def _take(
+        self, timeout: float
+    ) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
+        """A connection of the pool within `timeout`; a wait that the pool's renewal ends
+        (`_renew_pool` closes the pool it replaces) goes on with the new pool."""
+        while True:
+            pool = self.pool
+            try:
+                return pool, await pool.getconn(timeout=timeout)
+            except PoolClosed:
+                if self._pool is pool or self._pool is None:
+                    raise  # the backend is closing, not renewing its pool
 
     async def _ask_server(self) -> None:
         """Whether the server answers a new connection; one that refuses it for want of
-        slots (a full server: the pools are busy, not broken) answers too."""
+        slots (a full server: the pools are busy, not broken) answers too. Answering after
+        it did not, it has the pool renewed."""
         try:
             conn = await self._connect()
         except BackendError as exc:
             if not any(full in str(exc) for full in _SERVER_FULL):
+                self._unanswered = True
                 raise
         else:
             await conn.close()
         self._answered_at = time.monotonic()
+        if self._unanswered:
+            self._unanswered = False
+            await self._renew_pool()
+
+    def _new_pool(self) -> AsyncConnectionPool:
+        """A pool of up to `pool_size` connections, not open yet."""
+        return AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="offload",
+            timeout=POOL_WAIT_S,  # `_lend` asks the server first when none comes at once
+        )
+
+    async def _renew_pool(self) -> None:
+        """Replace the pool by a new one, which connects at once, and close the old one.
+
+        The server is back after it did not answer: the old pool's connections are lost,
+        and psycopg_pool makes each again after a pause that doubles with every failed
+        attempt (1, 2, 4, 8 ... s, for up to 5 minutes), so that after a long outage its
+        next attempt can come a minute after the server's return (nothing in its API asks
+        for one now). Calls waiting on the old pool go on with the new one (`_take`);
+        connections lent by the old one are closed when given back to it.
+        """
+        old = self._pool
+        if old is None:  # closed meanwhile
+            return
+        new = self._new_pool()
+        await new.open()  # not waiting for its first connection: callers wait their turn
+        self._pool = new
+        log.info("PostgreSQL is back: new connection pool", extra={"action": "pg_pool_renewed"})
+        closing = asyncio.create_task(old.close(), name="offload-pg-pool-close")
+        self._retired.add(closing)
+        closing.add_done_callback(self._retired.discard)
 
     async def _retrying(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run `fn` on a pooled connection, again on another while the connection is lost
@@ -459,15 +513,7 @@ class PostgresBackend:
             return
         await self._probe(check_schema)
         self._wakeup.open()
-        pool = AsyncConnectionPool(
-            self.conninfo,
-            min_size=1,
-            max_size=self.pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name="offload",
-            timeout=POOL_WAIT_S,  # `_lend` asks the server first when none comes at once
-        )
+        pool = self._new_pool()
         try:
             await pool.open(wait=True, timeout=self.connect_timeout_s)
         except Exception as exc:
@@ -577,6 +623,7 @@ class PostgresBackend:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+        await asyncio.gather(*self._retired, return_exceptions=True)
 
     async def ping(self) -> None:
         """Check the server answers, retrying a lost connection for a second at most."""
