@@ -51,16 +51,6 @@ def claim_of(payload: dict[str, Any]) -> dict[str, Any] | None:
     return claim if isinstance(claim, dict) else None
 
 
-def same_payload(stored: dict[str, Any], payload: dict[str, Any]) -> bool:
-    """Whether `stored` (a payload as its row holds it: the message, or the claim check
-    that stands for it) is `payload`, compared as JSON values (a claim by its checksum)."""
-    raw = orjson.dumps(payload)
-    claim = claim_of(stored)
-    if claim is not None:
-        return claim.get("sha256") == hashlib.sha256(raw).hexdigest()
-    return bool(stored == orjson.loads(raw))
-
-
 def fits(envelopes: Sequence[Envelope], threshold: int) -> bool:
     """Whether `check_in` would store every payload as it is (none over `threshold`)."""
     return threshold <= 0 or all(len(orjson.dumps(e.payload)) <= threshold for e in envelopes)

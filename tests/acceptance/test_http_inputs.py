@@ -4,6 +4,7 @@ no field the web tier fills from the caller (`FromPrincipal`)."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
@@ -278,37 +279,48 @@ async def test_options_in_range_are_the_jobs(
 class Memo(Message):
     text: str
     pages: int = 1
+    tags: set[str] = set()
+    meta: dict[str, int] = {}
+    stamp: str = Field(default_factory=lambda: uuid.uuid4().hex)  # made anew each time
 
 
 @pytest.mark.parametrize("claim_check_bytes", [0, 64], ids=["in-the-row", "claim-checked"])
 async def test_an_idempotency_key_replays_the_same_message_only(
     settings: Settings, claim_check_bytes: int
 ) -> None:
-    # Given a kind whose bodies may be spelt differently (key order, a default sent or not),
-    # stored in the row, or in the blob store for a large one (its claim check in the row),
+    # Given a kind whose bodies may be spelt differently (key order, a set's order, a default
+    # sent or not, a default made anew each time), stored in the row, or in the blob store
+    # for a large one (its claim check in the row),
     app = App("inputs", settings=dataclasses.replace(settings, claim_check_bytes=claim_check_bytes))
     app.message("t.memo", queue="reports")(Memo)
     text = "x" * 100
     key = {"Idempotency-Key": "K1"}
     async with clients_of(app, TOKENS) as clients:
         alice = clients["alice"]
-        first = await alice.post("/v1/jobs/t.memo", json={"text": text}, headers=key)
+        body = {"text": text, "tags": ["a", "b"], "meta": {"x": 1, "y": 2}}
+        first = await alice.post("/v1/jobs/t.memo", json=body, headers=key)
         assert first.status_code == 202
         # when the request is sent again with the same message spelt otherwise, it is a repeat
-        again = await alice.post(
-            "/v1/jobs/t.memo", content=f'{{"pages": 1, "text": "{text}"}}', headers={
-                **key, "Content-Type": "application/json"
-            }
-        )  # fmt: skip
-        assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
-        assert again.json()["id"] == first.json()["id"]
+        for again_body in (
+            f'{{"meta": {{"y": 2, "x": 1}}, "pages": 1, "tags": ["b", "a"], "text": "{text}"}}',
+            f'{{"text": "{text}"}}',  # (what a repeat leaves out is not compared)
+        ):
+            again = await alice.post(
+                "/v1/jobs/t.memo",
+                content=again_body,
+                headers={**key, "Content-Type": "application/json"},
+            )
+            assert again.status_code == 202, again.text
+            assert again.headers["idempotent-replayed"] == "true"
+            assert again.json()["id"] == first.json()["id"]
         # but with another message under the same key: 409, nothing stored
-        other = await alice.post("/v1/jobs/t.memo", json={"text": text, "pages": 2}, headers=key)
-        assert other.status_code == 409, other.text
-        assert other.headers["content-type"] == "application/problem+json"
-        problem = other.json()
-        assert problem["type"].endswith("/idempotency-key-reused")
-        assert first.json()["id"] in problem["detail"] and "same body" in problem["detail"]
+        for other_body in ({**body, "pages": 2}, {**body, "tags": ["a"]}):
+            other = await alice.post("/v1/jobs/t.memo", json=other_body, headers=key)
+            assert other.status_code == 409, other.text
+            assert other.headers["content-type"] == "application/problem+json"
+            problem = other.json()
+            assert problem["type"].endswith("/idempotency-key-reused")
+            assert first.json()["id"] in problem["detail"] and "same body" in problem["detail"]
         (row,) = await stored(app)
         assert row.id == first.json()["id"]
         # and the same key from another principal is theirs: a request of its own

@@ -22,11 +22,11 @@ from pydantic import BaseModel, BeforeValidator, ValidationError, create_model
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .._claim_check import same_payload
+from .._claim_check import ClaimCheckError, check_out, claim_of
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from ..app import App, MessageSpec
-from ..contract import Envelope, JobRow
+from ..contract import Envelope, JobRow, Message
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
@@ -288,7 +288,7 @@ async def submit(request: Request) -> Response:
     )
     job, row = await app.submit(envelope)
     if not job.created and not job.unique_repeat:
-        _check_repeat(row, envelope)
+        await _check_repeat(app, spec, row, envelope, message)
     location = f"{root_of(request)}{JOBS_PATH}/{job.id}"
     record = presenter_of(request).row(row)
     headers = [(b"location", location.encode("latin-1"))]
@@ -300,7 +300,9 @@ async def submit(request: Request) -> Response:
     return _Answer(record, 202, headers)
 
 
-def _check_repeat(row: JobRow, envelope: Envelope) -> None:
+async def _check_repeat(
+    app: App, spec: MessageSpec, row: JobRow, envelope: Envelope, message: Message
+) -> None:
     """Refuse a request whose Idempotency-Key named another one: its first job `row` is of
     another kind, or of this kind and version with another message. Across a version bump
     the message is not compared: a retry's body is the new version's, the first job's the
@@ -317,13 +319,31 @@ def _check_repeat(row: JobRow, envelope: Envelope) -> None:
             "must be the same request; use a new key",
             slug="idempotency-key-reused",
         )
-    if row.version == envelope.version and not same_payload(row.payload, envelope.payload):
+    if row.version == envelope.version and not await _same_message(app, spec, row, message):
         raise Problem(
             409,
             f"Idempotency-Key {key!r} was used for another {row.kind} message (job "
             f"{row.id}): a repeat must send the same body; use a new key for a new request",
             slug="idempotency-key-reused",
         )
+
+
+async def _same_message(app: App, spec: MessageSpec, row: JobRow, message: Message) -> bool:
+    """Whether the first job's message is `message`, compared as messages: each field the
+    repeat sent equal as the class reads it (a set in any order, a mapping's keys in any
+    order, a float however the engine gave it back), and a field it left out not compared
+    (its default may be made anew, as a `default_factory`'s is). A first message that can
+    no longer be read (its checked-in payload gone, or no longer this class's) is not
+    compared: the repeat is answered with its job."""
+    stored = row.payload
+    claim = claim_of(stored)
+    try:
+        if claim is not None:  # BackendError: the blob store failed (503, tried again)
+            stored = await check_out(app.blobs, claim)
+        first = spec.cls.model_validate(stored)
+    except (ClaimCheckError, ValidationError):
+        return True
+    return all(getattr(first, name) == getattr(message, name) for name in message.model_fields_set)
 
 
 class _Answer(Response):
