@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from offload.web import serve
-from offload.web.serve import MAX_HEAD_BYTES, server_options
+from offload.web.serve import MAX_HEAD_BYTES, _h11_protocol, server_options
 
 pytestmark = pytest.mark.anyio
 
@@ -51,15 +51,16 @@ class Transport(asyncio.Transport):
 
 
 class App:
-    """Answers 200 to every request once its body is read; /slow only once released."""
+    """Answers 200 to every request once its body is read (/early at once); /slow only once
+    released."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.errors: list[BaseException] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        while (await receive()).get("more_body"):
-            pass
+        while scope["path"] != "/early" and (await receive()).get("more_body"):
+            pass  # (/early answers without reading the body, as a 413 by Content-Length does)
         if scope["path"] == "/slow":
             await self.release.wait()
         try:
@@ -70,8 +71,10 @@ class App:
             raise
 
 
-def connection(app: App) -> tuple[asyncio.Protocol, Transport]:
-    config = uvicorn.Config(app, log_level="error", lifespan="off", **server_options())
+def connection(app: App, http: type | None = None) -> tuple[asyncio.Protocol, Transport]:
+    """A connection served by `offload web`'s protocol (httptools'), or by `http`."""
+    options = server_options() if http is None else {**server_options(), "http": http}
+    config = uvicorn.Config(app, log_level="error", lifespan="off", **options)
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = Transport()
@@ -158,19 +161,47 @@ async def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> 
     assert transport.out == b""
 
 
-@pytest.mark.usefixtures("short_bounds")
-@pytest.mark.parametrize("answered_before", [False, True], ids=["first", "after-an-answer"])
-async def test_a_head_that_stops_coming_is_answered_408(answered_before: bool) -> None:
-    protocol, transport = connection(App())
-    expected = []
-    if answered_before:
-        protocol.data_received(_get("/a"))
-        await answered(transport, [b"200"])
-        expected = [b"200"]
-    protocol.data_received(b"GET /b HTTP/1.1\r\nHo")  # and then nothing
+#: Both protocols: httptools' (the `speed` extra), and h11's (without it).
+PROTOCOLS = [pytest.param(None, id="httptools"), pytest.param(_h11_protocol(), id="h11")]
+
+
+def fire_head_timer(protocol: Any) -> None:
+    """Run the head's timer now, asserting it is armed (the test need not wait it out)."""
+    timer = protocol._head_timer
+    assert timer is not None, "the next request's head is not awaited"
+    timer.cancel()
+    protocol._head_late()
+
+
+@pytest.mark.parametrize("http", PROTOCOLS)
+@pytest.mark.parametrize("before", ["nothing", "an-answer", "two-answers-at-once"])
+async def test_a_head_that_stops_coming_is_answered_408(http: type | None, before: str) -> None:
+    protocol, transport = connection(App(), http)
+    sent = {"nothing": b"", "an-answer": _get("/a"), "two-answers-at-once": _get("/a") + _get("/b")}
+    expected = [b"200"] * sent[before].count(b"GET ")
+    if expected:  # (pipelined, h11 makes the second request as the first's answer ends)
+        protocol.data_received(sent[before])
+        await answered(transport, expected)
+    protocol.data_received(b"GET /c HTTP/1.1\r\nHo")  # and then nothing
+    fire_head_timer(protocol)  # still awaited: the bytes of a head that did not end
     await answered(transport, [*expected, b"408"])
-    await closed(transport)
     assert b"application/problem+json" in transport.out and b"request-timeout" in transport.out
+
+
+@pytest.mark.parametrize("http", PROTOCOLS)
+async def test_a_body_still_coming_after_an_early_answer_is_no_late_head(
+    http: type | None,
+) -> None:
+    # Given a request answered before its body was read (a 413 by its Content-Length),
+    protocol, transport = connection(App(), http)
+    protocol.data_received(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    await answered(transport, [b"200"])
+    # its body's end is awaited (as a body), not the next head: what comes is no late head
+    assert protocol._head_timer is None and protocol._body_timer is not None
+    protocol.data_received(b"x" * 99)
+    # and once it ended, the next head is.
+    fire_head_timer(protocol)
+    assert transport.closed and statuses(transport.out) == [b"200"]  # nothing sent: closed
 
 
 @pytest.mark.usefixtures("short_bounds")

@@ -101,15 +101,35 @@ class _Refusing:
         if cycle is not self._seen_cycle:  # a request's head arrived whole
             self._seen_cycle = cycle
             self._stop("_head_timer")
-        if cycle is not None and cycle.more_body and not cycle.response_complete:
-            self._stop("_body_timer")  # a byte of its body came: its idle time starts again
-            self._body_timer = self.loop.call_later(BODY_IDLE_S, self._body_late)
-        elif self._body_timer is not None:
+        if cycle is not None and not self._request_ended():
+            # A byte of its body came (read by the route, or dropped after an answer that
+            # did not wait for it): its idle time starts again.
             self._stop("_body_timer")
+            self._body_timer = self.loop.call_later(BODY_IDLE_S, self._body_late)
+            return
+        self._stop("_body_timer")
+        if cycle is not None and cycle.response_complete and self._head_timer is None:
+            self._await_next()  # the body of a request answered early has ended
+
+    def _await_next(self) -> None:
+        """Await the next request's head, unless the connection is done with, a request
+        is being answered, or the last one's body is still coming (after an answer that did
+        not wait for it: its end is awaited first, under `BODY_IDLE_S`)."""
+        if self._refused or self._gone() or self._answering() or not self._request_ended():
+            return
+        self._await_head()
+
+    def _request_ended(self) -> bool:
+        """Whether the last request's body has all come (the protocol's parser says: its
+        `cycle.more_body` stays true for a body that ends after the answer)."""
+        raise NotImplementedError
 
     def _await_head(self) -> None:
         self._stop("_head_timer")
         self._head_bytes = 0
+        # The request whose head arrived last: only one made after it is a new head (h11
+        # makes a pipelined request's as the previous answer completes, not as it reads).
+        self._seen_cycle = getattr(self, "cycle", None)
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
 
     def _stop(self, name: str) -> None:
@@ -136,8 +156,7 @@ class _Refusing:
 
     def _body_late(self) -> None:
         self._body_timer = None
-        cycle = getattr(self, "cycle", None)
-        if self._gone() or cycle is None or not cycle.more_body:
+        if self._gone() or self._request_ended():
             return
         flow = getattr(self, "flow", None)
         if flow is not None and flow.read_paused:  # the route reads slowly, not the client
@@ -178,8 +197,8 @@ class _Refusing:
         if self._owed is not None and not self._answering():
             answer, self._owed = self._owed, None
             self._send_refusal(answer)
-        elif not self._answering() and not self._refused and not self._gone():
-            self._await_head()  # nothing runs (no request sent at once after it): the next
+        else:
+            self._await_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for name in ("_linger", "_head_timer", "_body_timer"):
@@ -189,9 +208,13 @@ class _Refusing:
 
 @functools.cache
 def _h11_protocol() -> type:
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class ProblemH11(_Refusing, H11Protocol):
+        def _request_ended(self) -> bool:
+            return bool(self.conn.their_state is not h11.SEND_BODY)
+
         def data_received(self, data: bytes) -> None:
             if not self._refused:  # else dropped while the connection lingers
                 super().data_received(data)
@@ -226,6 +249,9 @@ class _HeadBound(_Refusing):
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)  # type: ignore[misc]
         self._since, self._fields = 0, self._fields + len(name) + len(value) + 4
+
+    def _request_ended(self) -> bool:
+        return self._in_head  # (its body's end begins the next head)
 
     def on_headers_complete(self) -> None:
         self._in_head, self._since = False, 0
