@@ -106,11 +106,11 @@ class Context:
             return bool(await self._backend.progress(self.lease, fraction, message))
         except BackendError as exc:
             self._progress_paused_until = monotonic() + PROGRESS_PAUSE_S
-            self.log.warning(
+            logger.warning(  # (not self.log: an adapter replaces `extra` before 3.13)
                 "progress not stored (the next %g s of it skipped): %s",
                 PROGRESS_PAUSE_S,
                 exc,
-                extra={"action": "progress_not_stored"},
+                extra={"action": "progress_not_stored", "job_id": self.job_id, "kind": self.kind},
             )
             return True
 

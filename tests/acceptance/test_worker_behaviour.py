@@ -503,6 +503,8 @@ async def test_progress_the_backend_cannot_store_costs_the_update_not_the_attemp
         "progress not stored (the next 5 s of it skipped): "
         "cannot connect to PostgreSQL at db.internal:5432"
     ]
+    (said,) = caplog.records
+    assert (said.action, said.job_id) == ("progress_not_stored", lease.job_id)  # type: ignore[attr-defined]
     # then asked again once they have passed.
     now[0] += PROGRESS_PAUSE_S + 0.1
     assert await ctx.progress(0.3) is True

@@ -78,6 +78,24 @@ def test_each_request_is_logged_without_its_query_string(stack: Stack) -> None:
     ]
     assert sorted(lines[3:]) == [("WS", "/v1/ws", 101, "alice"), ("WS", "/v1/ws", 403, "-")]
     assert "s3cr3t" not in stack.output() and "priority=3" not in stack.output()
+    # A stream opened with a ticket is logged with the ticket's holder,
+    ticket = alice.post("/v1/ws-ticket").json()["ticket"]
+    with connect(f"{ws}?ticket={ticket}"):
+        pass
+    deadline = time.monotonic() + 30
+    while logged(stack).count(("WS", "/v1/ws", 101, "alice")) < 2:  # the bearer's, the ticket's
+        assert time.monotonic() < deadline, stack.output()
+        time.sleep(0.05)
+    assert ticket not in stack.output()
+    # and a path cannot forge a line or a field: it is logged as sent, its line break and
+    # quotes escaped.
+    forged = '/x%0A10.0.0.9:1 "DELETE /v1/jobs/1" 204 1.0 ms alice'.replace(" ", "%20")
+    assert alice.get(forged.replace('"', "%22")).status_code == 404
+    escaped = forged.replace('"', "%22")
+    lines = wait_logged(stack, 8)
+    assert ("GET", escaped, 404, "-") in lines  # (no route: nobody was asked who called)
+    assert not any(line[0] == "DELETE" for line in lines)
+    assert not any(line.startswith("10.0.0.9") for line in stack.output().splitlines())
 
 
 def test_no_access_log_unless_asked(stack: Stack) -> None:

@@ -12,7 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import _PRINCIPAL
+from .auth import _PRINCIPAL, TICKET_PRINCIPAL
 
 log = logging.getLogger("offload.access")
 
@@ -54,12 +54,20 @@ class AccessLog:
             _record(scope, status, (time.perf_counter() - started) * 1000)
 
 
+def _shown(raw: bytes) -> str:
+    """A request's path as it was sent, fit for a log line: each byte that is no printable
+    ASCII (a line break, an escape sequence) and each `"` as its %XX, so that a path cannot
+    forge a line or a field (the path as decoded would print `%0A` as a line break)."""
+    return "".join(chr(b) if 0x20 < b < 0x7F and b != 0x22 else f"%{b:02X}" for b in raw)
+
+
 def _record(scope: Scope, status: int, duration_ms: float) -> None:
     client = scope.get("client")
     host = f"{client[0]}:{client[1]}" if client else "-"
     method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
-    path = scope.get("path", "")
-    principal = scope.get("state", {}).get(_PRINCIPAL)
+    path = _shown(scope.get("raw_path") or scope.get("path", "").encode("utf-8"))
+    state = scope.get("state", {})
+    principal = state.get(_PRINCIPAL) or state.get(TICKET_PRINCIPAL)
     who = principal if isinstance(principal, str) else "-"
     log.info(
         '%s "%s %s" %d %.1f ms %s',

@@ -38,6 +38,9 @@ class Admin(str):
 
 
 _PRINCIPAL = "offload_principal"
+#: Where a stream opened with a ticket keeps whom the ticket names (shown by the access
+#: log: the request's own principal is no one, the ticket's holder alone being served).
+TICKET_PRINCIPAL = "offload_ticket_principal"
 _KINDS = "offload_kinds"
 _UNASKED = object()
 log = logging.getLogger("offload.web")

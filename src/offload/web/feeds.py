@@ -22,7 +22,12 @@ from .._signing import sign, verify
 from ..brokers.base import Change
 from ..clock import iso
 from ..errors import BackendError
-from .auth import DEFAULT_CHALLENGE, authenticate_unless_ticket, authenticated_unless_ticket
+from .auth import (
+    DEFAULT_CHALLENGE,
+    TICKET_PRINCIPAL,
+    authenticate_unless_ticket,
+    authenticated_unless_ticket,
+)
 from .events import EventStreamResponse, Hub, follow_owner, job_events_response, owner_stream
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
@@ -89,6 +94,7 @@ def principal_of(conn: HTTPConnection, ticket: str | None) -> str:
         detail = "the ticket is invalid or has expired"
         challenge = {"WWW-Authenticate": DEFAULT_CHALLENGE}
         raise Problem(401, detail, slug="bad-ticket", headers=challenge)
+    conn.scope.setdefault("state", {})[TICKET_PRINCIPAL] = found  # for the access log
     return found
 
 
