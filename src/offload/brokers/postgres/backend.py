@@ -414,13 +414,19 @@ class PostgresBackend:
     ) -> tuple[AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
         """A connection of the pool within `timeout`; a wait that the pool's renewal ends
         (`_renew_pool` closes the pool it replaces) goes on with the new pool."""
+        deadline = time.monotonic() + timeout
         while True:
             pool = self.pool
             try:
-                return pool, await pool.getconn(timeout=timeout)
+                conn = await pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
             except PoolClosed:
                 if self._pool is pool or self._pool is None:
                     raise  # the backend is closing, not renewing its pool
+                continue
+            # A connection came: the pool is whole again (it reconnected by itself), and
+            # an outage noted before needs no renewal once the server answers a probe.
+            self._unanswered = False
+            return pool, conn
 
     async def _ask_server(self) -> None:
         """Whether the server answers a new connection; one that refuses it for want of
@@ -432,8 +438,9 @@ class PostgresBackend:
             if not any(full in str(exc) for full in _SERVER_FULL):
                 self._unanswered = True
                 raise
-        else:
-            await conn.close()
+            self._answered_at = time.monotonic()  # full: a new pool would only add to it
+            return
+        await conn.close()
         self._answered_at = time.monotonic()
         if self._unanswered:
             self._unanswered = False
