@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .._links import JOBS_PATH
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
@@ -42,7 +42,7 @@ from .problems import (
     STORAGE_FULL_DETAIL,
     JSONResponse,
     Problem,
-    no_websocket,
+    http_only,
     problem,
 )
 from .responses import STRING, header, problems
@@ -250,21 +250,6 @@ def _answer_allow(api: FastAPI, routers: tuple[APIRouter, ...]) -> None:
         return problem(exc.status_code, str(exc.detail), instance=request.url.path, headers=headers)
 
 
-def _unrouted(http: ASGIApp) -> ASGIApp:
-    """The router's answer where no route matches: `http` (its own: a 404 its exception
-    handler makes a problem document) for a request; for a WebSocket handshake the same
-    404 problem document (`no_websocket`), where the router closes it unanswered, which a
-    server sends as a bare 403."""
-
-    async def unrouted(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await no_websocket(scope, receive, send)
-        else:
-            await http(scope, receive, send)
-
-    return unrouted
-
-
 async def _operator(request: Request, routes: list[Route]) -> bool:
     """Whether the caller may know of these operators' routes: the metrics route's holders
     of the metrics token, and admins (as the routes themselves let in)."""
@@ -344,7 +329,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    api.router.default = _unrouted(api.router.default)
+    api.router.default = http_only(api.router.default)  # a handshake: the 404 problem
     api.state.offload = app
     api.state.runtime = runtime_of(app)
     api.state.auth = Auth(auth, settings)

@@ -8,7 +8,7 @@ import hmac
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
@@ -16,6 +16,9 @@ from starlette.requests import HTTPConnection, Request
 from ..settings import RESERVED_PRINCIPAL_PREFIX, Settings
 from .origins import allowed_origin
 from .problems import Problem
+
+if TYPE_CHECKING:
+    from ..app import MessageSpec
 
 #: The principal of every caller when no API tokens are configured.
 LOCAL_PRINCIPAL = "local"
@@ -195,6 +198,11 @@ class Auth:
             or principal in self.admins
             or (self.dev_mode and principal == LOCAL_PRINCIPAL)
         )
+
+    def offers(self, conn: HTTPConnection, spec: MessageSpec) -> bool:
+        """Whether the caller is offered `spec`'s kind over HTTP (listed, documented): a
+        kind on the API (not `http=False`) that its token may submit."""
+        return spec.http and self.may_submit(conn, spec.kind)
 
     def may_submit(self, conn: HTTPConnection, kind: str) -> bool:
         """Whether the caller's token may submit jobs of `kind` (tokens limited to kinds)."""

@@ -11,11 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
 
 from .._links import JOBS_PATH
 from .openapi import for_caller, openapi_document
-from .problems import JSONResponse, no_websocket
+from .problems import JSONResponse, http_only
 
 #: Swagger UI's script, style sheet and icon, as the fastapi-offline package ships them.
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -40,17 +39,6 @@ DOCS_HEADERS = {
 }
 
 
-class _Assets(StaticFiles):
-    """Swagger UI's files; a WebSocket handshake there gets the `404` problem document of
-    any path without a WebSocket (StaticFiles closes it unanswered: a bare `403`)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await no_websocket(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
-
-
 async def _authorize(request: Request) -> None:
     """Where the API needs a principal, so do its docs (401 otherwise)."""
     auth = request.app.state.auth
@@ -69,7 +57,8 @@ def install_docs(api: FastAPI) -> None:
     The FastAPI app must be made with `openapi_url=None, docs_url=None`: these replace
     FastAPI's own routes, which load Swagger UI from a CDN and ask no credentials.
     """
-    api.mount(ASSETS_PATH, _Assets(directory=ASSETS), name="docs-assets")
+    # (a WebSocket handshake there: the 404 problem document, as at any path without one)
+    api.mount(ASSETS_PATH, http_only(StaticFiles(directory=ASSETS)), name="docs-assets")
     api.openapi = lambda: openapi_document(api)  # type: ignore[method-assign]
 
     @api.get("/openapi.json", include_in_schema=False)
@@ -79,7 +68,7 @@ def install_docs(api: FastAPI) -> None:
         hidden = {
             f"{JOBS_PATH}/{kind}"
             for kind, spec in app.kinds.items()
-            if spec.http and not auth.may_submit(request, kind)
+            if spec.http and not auth.offers(request, spec)
         }
         schema = for_caller(openapi_document(api), hidden)
         if _root(request):  # mounted: the paths are below the mount path

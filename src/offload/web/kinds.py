@@ -91,7 +91,7 @@ async def kinds(request: Request) -> KindList:
             "links": {"submit": f"{root}/v1/jobs/{kind}"},
         }
         for kind, spec in sorted(app.kinds.items())
-        if spec.http and auth.may_submit(request, kind)
+        if auth.offers(request, spec)
     ]
     return KindList.model_validate({"kinds": listed})
 

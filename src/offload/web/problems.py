@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from starlette import responses
 from starlette.exceptions import HTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .._problems import PROBLEM_MEDIA_TYPE, problem_document
@@ -153,6 +153,19 @@ async def refuse_handshake(websocket: WebSocket, problem: Problem) -> None:
         await websocket.send_denial_response(problem.response(instance=websocket.url.path))
     else:
         await websocket.close(code=1008, reason=problem.detail[:120])
+
+
+def http_only(app: ASGIApp) -> ASGIApp:
+    """`app` for requests; a WebSocket handshake is answered `no_websocket` (the router's
+    own fallback, and StaticFiles, close it unanswered: a server sends a bare `403`)."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await no_websocket(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return serve
 
 
 async def no_websocket(scope: Scope, receive: Receive, send: Send) -> None:

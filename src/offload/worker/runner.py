@@ -730,9 +730,7 @@ class Worker:
         `max_attempts` the handler's budget, where it overrides the message's)."""
         loop = asyncio.get_running_loop()
         ctx = Context(lease, self.app._require_backend(), self.app.blobs, loop)
-        spec = self._spec_of(lease.envelope.kind)
-        if spec is not None and spec.max_attempts is not None:
-            ctx.max_attempts = spec.max_attempts
+        ctx.max_attempts = self._handler_budget(lease.envelope.kind) or ctx.max_attempts
         return ctx
 
     async def run_leased(self, lease: Lease, ctx: Context) -> Outcome:
@@ -775,10 +773,8 @@ class Worker:
         if not outcome.state.final:
             return outcome
         env = outcome.lease.envelope
-        if outcome.max_attempts is None:
-            spec = self._spec_of(env.kind)
-            if spec is not None and spec.max_attempts is not None:
-                outcome = dataclasses.replace(outcome, max_attempts=spec.max_attempts)
+        if outcome.max_attempts is None and (budget := self._handler_budget(env.kind)):
+            outcome = dataclasses.replace(outcome, max_attempts=budget)
         notes = follow_ups(
             self.app,
             job_id=env.id,
@@ -1402,6 +1398,11 @@ class Worker:
 
     def _spec_of(self, kind: str) -> HandlerSpec | None:
         return self.app.handlers.get(kind) or self.builtin.get(kind)
+
+    def _handler_budget(self, kind: str) -> int | None:
+        """The retry budget `kind`'s handler sets over its message's, or None."""
+        spec = self._spec_of(kind)
+        return None if spec is None else spec.max_attempts
 
     # -- shutdown ---------------------------------------------------------------------------
 
