@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import httpx
+import uvicorn
 
 from offload import App
 from offload.web import create_app
+
+from .ports import free_port
 
 #: The Host the in-process clients send: a loopback name, as development mode requires.
 BASE = "http://localhost"
@@ -34,3 +39,28 @@ async def clients_of(
         finally:
             for client in out.values():
                 await client.aclose()
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signals
+        yield
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_served(api: Any, **options: Any) -> AsyncIterator[int]:
+    """The ASGI app `api` served by uvicorn in this process on a loopback port (yielded),
+    with uvicorn's `options` (log level warning unless given): WebSockets and the server's
+    own behaviour over a real socket."""
+    port = free_port()
+    options.setdefault("log_level", "warning")
+    server = _Server(uvicorn.Config(api, host="127.0.0.1", port=port, lifespan="on", **options))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # uvicorn sets a flag, no event
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)

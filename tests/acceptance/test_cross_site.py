@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from offload import App, Message, Settings
 from offload.web import create_app
 from offload.web.origins import cross_site_reason, loopback_host
+from tests.web_clients import uvicorn_served
 
 pytestmark = pytest.mark.anyio
 BASE = "http://localhost"
@@ -206,26 +205,9 @@ async def test_cross_site_reads_are_left_to_the_same_origin_policy(
     assert "access-control-allow-origin" not in answer.headers  # the page cannot read it
 
 
-@contextlib.asynccontextmanager
-async def served(app: App) -> AsyncIterator[int]:
+def served(app: App) -> contextlib.AbstractAsyncContextManager[int]:
     """`app`'s web tier served by uvicorn on a loopback port (yielded), for WebSockets."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # uvicorn sets a flag, no event
-            assert not task.done(), "uvicorn did not start"
-            await asyncio.sleep(0.01)
-        yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    return uvicorn_served(create_app(app))
 
 
 async def test_a_cross_site_websocket_is_refused_in_development_mode(app: App) -> None:

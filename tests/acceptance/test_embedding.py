@@ -7,13 +7,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -22,8 +21,7 @@ import offload.web
 from offload import App, BackendError, Context, Message, Settings
 from offload.web import create_app
 from offload.web.runtime import runtime_of
-
-from ..ports import free_port
+from tests.web_clients import uvicorn_served
 
 ROOT = "http://localhost"
 
@@ -204,27 +202,8 @@ def test_without_a_lifespan_it_opens_on_first_use_and_closes_when_the_loop_ends(
     assert leftovers == []
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signals
-        yield
-
-
-@contextlib.asynccontextmanager
-async def served(api: FastAPI) -> AsyncIterator[int]:
-    """`api` served by uvicorn on a loopback port (yielded): WebSockets over a real socket."""
-    port = free_port()
-    config = uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # uvicorn sets a flag, no event
-            assert not task.done(), "uvicorn did not start"
-            await asyncio.sleep(0.01)
-        yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+#: `api` served by uvicorn on a loopback port (yielded): WebSockets over a real socket.
+served = uvicorn_served
 
 
 async def refusal(url: str) -> tuple[int, str | None, bytes]:

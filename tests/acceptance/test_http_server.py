@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
@@ -24,8 +23,7 @@ from offload.web.serve import (
     _h11_protocol,
     server_options,
 )
-
-from ..ports import free_port
+from tests.web_clients import uvicorn_served
 
 pytestmark = pytest.mark.anyio
 
@@ -34,32 +32,15 @@ class Note(Message):
     n: str
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own signals
-        yield
-
-
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[int]:
     """The web tier served by uvicorn as `offload web` serves it, on a loopback port."""
     app = App("served", settings=Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}"))
     app.message("t.note")(Note)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(app), host="127.0.0.1", port=port, log_level="error", lifespan="on",
-        **(options or server_options()),
-    )  # fmt: skip
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    try:
+    async with uvicorn_served(
+        create_app(app), log_level="error", **(options or server_options())
+    ) as port:
         yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 def exchange(port: int, request: bytes) -> bytes:

@@ -184,11 +184,25 @@ def backend_url(name: str, tmp_path: Path) -> Iterator[str]:
 )
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     """The project folder and its processes, on each backend in turn."""
-    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    with backend_url(request.param, tmp_path) as url:
-        s = Stack(tmp_path, url)
+    with backend_url(request.param, tmp_path) as url, project(tmp_path, url) as s:
         s.backend = request.param
-        try:
-            yield s
-        finally:
-            s.stop()
+        yield s
+
+
+@contextlib.contextmanager
+def project(tmp_path: Path, url: str) -> Iterator[Stack]:
+    """The project folder in `tmp_path` on the backend at `url`; its processes stopped at
+    the end."""
+    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
+    s = Stack(tmp_path, url)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
+    """The project folder and its processes on SQLite alone."""
+    with project(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}") as s:
+        yield s

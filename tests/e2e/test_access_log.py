@@ -6,17 +6,14 @@ none. And a warning when its app imports the worker's handlers."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import TEMPLATE, TOKENS, Stack
+from .conftest import TOKENS, Stack
 
 #: An access line as offload's default logging prints it.
 LINE = re.compile(
@@ -26,13 +23,8 @@ LINE = re.compile(
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    s = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}")
-    try:
-        yield s
-    finally:
-        s.stop()
+def stack(sqlite_stack: Stack) -> Stack:
+    return sqlite_stack
 
 
 def logged(stack: Stack) -> list[tuple[str, str, int, str]]:

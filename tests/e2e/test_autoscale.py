@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -25,7 +23,7 @@ from offload import App, Message, Settings
 from offload.contract import JobFilter
 
 from ..ports import free_ports
-from .conftest import TEMPLATE, Stack, backend_url
+from .conftest import Stack
 from .test_metrics import scrape
 
 pytestmark = pytest.mark.slow
@@ -160,19 +158,6 @@ def test_a_burst_grows_the_workers_to_max_and_a_quiet_period_shrinks_them_to_min
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=30) == 0, stack.output()
     wait_for(lambda: producer.workers() == 0, "the workers to deregister", stack, timeout=30)
-
-
-@pytest.fixture
-def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
-    """The project folder and its processes on SQLite (restarts do not depend on the
-    backend)."""
-    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    with backend_url("sqlite", tmp_path) as url:
-        s = Stack(tmp_path, url)
-        try:
-            yield s
-        finally:
-            s.stop()
 
 
 def test_a_process_that_dies_is_restarted_and_counts_toward_the_size(sqlite_stack: Stack) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import TEMPLATE, Stack
+from .conftest import Stack
 from .test_crashes import wait_for
 
 pytestmark = pytest.mark.slow
@@ -20,16 +18,6 @@ pytestmark = pytest.mark.slow
 LEASE_S = 1.5
 #: How long another connection holds the write lock (seconds).
 STALL_S = 4.0
-
-
-@pytest.fixture
-def sqlite_stack(tmp_path: Path) -> Iterator[Stack]:
-    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    stack = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}")
-    try:
-        yield stack
-    finally:
-        stack.stop()
 
 
 def _hold_write_lock(path: Path, seconds: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from offload._bulk import DEFAULT_COUNT_CAP
 from offload.brokers.sqlite.checkpoint import wal_bound
 
-from .conftest import TEMPLATE, Stack
+from .conftest import Stack, project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -36,12 +35,8 @@ MIB = 1 << 20
 
 @pytest.fixture
 def wal_stack(tmp_path: Path) -> Iterator[Stack]:
-    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    stack = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}?wal_cap_mib={CAP_MIB}")
-    try:
+    with project(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}?wal_cap_mib={CAP_MIB}") as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _size(path: Path) -> int:

@@ -4,10 +4,7 @@ graceful timeout and then cancelling each stream with an error and a traceback i
 
 from __future__ import annotations
 
-import shutil
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -15,17 +12,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import TEMPLATE, TOKENS, Stack
+from .conftest import TOKENS, Stack
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    shutil.copytree(TEMPLATE, tmp_path, dirs_exist_ok=True)
-    s = Stack(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}")
-    try:
-        yield s
-    finally:
-        s.stop()
+def stack(sqlite_stack: Stack) -> Stack:
+    return sqlite_stack
 
 
 def test_a_stopping_web_process_ends_its_event_streams_and_exits_cleanly(stack: Stack) -> None:
