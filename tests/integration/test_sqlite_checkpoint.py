@@ -113,11 +113,13 @@ def _pin(path: Path) -> sqlite3.Connection:
 #: The byte of the `-shm` file SQLite's unix VFS locks while a connection checkpoints
 #: (the wal-index's lock bytes begin at 120; the checkpoint's is the second).
 CHECKPOINT_LOCK_BYTE = 121
-#: Another process that holds the checkpoint lock until its standard input closes.
+#: Another process that holds the checkpoint lock until its standard input closes. It
+#: waits for the lock: the backend's own checkpointer may hold it for a moment (a run of
+#: CI found it so: taken without waiting, the lock was refused, EAGAIN).
 HOLD_CHECKPOINT = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))
+fcntl.lockf(fd, fcntl.LOCK_EX, 1, int(sys.argv[2]))
 print("held", flush=True)
 sys.stdin.read()
 """
