@@ -54,8 +54,8 @@ class JobOptions:
             and type(self.owner) is str
             and (self.idempotency_key is None or type(self.idempotency_key) is str)
         ):
-            if not self.owner:
-                raise ValueError(_EMPTY_OWNER)
+            if self.owner is not DEFAULT_OWNER and (fault := owner_fault(self.owner)):
+                raise ValueError(fault)
             if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
                 raise ValueError(_PRIORITY)
             return
@@ -66,8 +66,8 @@ class JobOptions:
             if isinstance(value, bool) or not isinstance(value, accepted):
                 shown = f"{type(value).__name__} {reprlib.repr(value)}"
                 raise TypeError(f"{f.name} must be {what}, not {shown}")
-        if not self.owner:
-            raise ValueError(_EMPTY_OWNER)
+        if fault := owner_fault(self.owner):
+            raise ValueError(fault)
         if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
             raise ValueError(_PRIORITY)
         delay = self.delay.total_seconds() if isinstance(self.delay, timedelta) else self.delay
@@ -75,6 +75,16 @@ class JobOptions:
             raise ValueError(f"delay must be a finite number of seconds, not {delay!r}")
 
 
-#: An empty owner names no caller the API could ever have: its jobs would be no one's.
+def owner_fault(owner: str, what: str = "owner") -> str | None:
+    """Why `owner` names no caller, or None. An empty one names no one (its jobs would be
+    no one's); one with a control character or white space around it is a mistake that
+    would own jobs apart from the caller it was meant for (`"user:1\\n"`)."""
+    if not owner:
+        return _EMPTY_OWNER
+    if not owner.isprintable() or owner.strip() != owner:
+        return f"{what} must be printable text with no white space around it, not {owner!r}"
+    return None
+
+
 _EMPTY_OWNER = "owner must not be empty"
 _PRIORITY = f"priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY} (lower runs first)"

@@ -641,8 +641,8 @@ class App:
             notify_email: an address emailed when the job ends.
 
         Raises:
-            ValueError: a bad `run_at`, `callback_url` or `notify_email`, or an empty
-                `idempotency_key`.
+            ValueError: a bad `run_at`, `delay` and `run_at` both, a bad `callback_url` or
+                `notify_email`, or an empty `idempotency_key`.
         """
         spec = self.spec_of(type(message))
         now, when, options = self._moment(delay, run_at, callback_url, notify_email)
@@ -662,10 +662,13 @@ class App:
         """Now, when a job stamped now runs, and its delivery options, checked.
 
         Raises:
-            ValueError: a naive `run_at`, a bad `callback_url` or `notify_email`.
+            ValueError: a naive `run_at`, `delay` and `run_at` both (as over HTTP), a bad
+                `callback_url` or `notify_email`.
         """
         now = self.clock.now()
         when = now
+        if run_at is not None and delay is not None:
+            raise ValueError("give delay or run_at, not both")
         if run_at is not None:
             if run_at.tzinfo is None:
                 raise ValueError("run_at must be timezone-aware")

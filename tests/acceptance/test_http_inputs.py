@@ -130,8 +130,8 @@ async def test_a_client_that_sends_a_from_principal_field_gets_422_and_nothing_i
     assert await stored(app) == []
 
 
-async def test_the_filled_field_is_validated_like_any_other(
-    app: App, settings: Settings, tmp_path: Path
+async def test_a_principal_the_filled_field_does_not_accept_is_refused_not_the_body(
+    app: App, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a principal longer than the field allows,
     long = "p" * 65
@@ -144,9 +144,19 @@ async def test_the_filled_field_is_validated_like_any_other(
             transport=transport, base_url="http://localhost", headers=headers
         ) as client:
             answer = await client.post("/v1/jobs/t.report", json={"period": "2026-10"})
-    # then the message is invalid, as it would be from Python.
-    assert answer.status_code == 422
-    assert [e["loc"] for e in answer.json()["errors"]] == [["user_id"]]
+    # then the field is validated as any other (as it would be from Python), and the
+    # caller is refused, not its body (which it cannot mend): a 403 naming the field, the
+    # operator told of a kind and an auth setting that disagree;
+    assert answer.status_code == 403, answer.text
+    problem = answer.json()
+    assert problem["type"].endswith("/principal-refused")
+    assert problem["detail"].startswith(
+        "the caller's principal cannot own a t.report job (user_id:"
+    )
+    assert [e["loc"] for e in problem["errors"]] == [["user_id"]]
+    assert long not in answer.text  # (the caller's own name, not echoed back)
+    assert "does not fit the kind" in caplog.text and long in caplog.text
+    # and nothing was stored.
     assert await stored(app) == []
 
 

@@ -174,6 +174,9 @@ async def test_a_wrongly_typed_option_is_a_type_error_naming_it(
         ({"priority": -5000}, "priority must be from -1000 to 1000"),
         ({"delay": float("nan")}, "delay must be a finite number"),
         ({"delay": float("inf")}, "delay must be a finite number"),
+        ({"delay": 5, "run_at": datetime.now(UTC)}, "give delay or run_at, not both"),
+        ({"owner": "user:1\n"}, "owner must be printable text with no white space around"),
+        ({"owner": " bob"}, "owner must be printable text with no white space around"),
     ],
 )
 async def test_an_option_the_api_refuses_is_refused_from_python_too(

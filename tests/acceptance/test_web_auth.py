@@ -277,6 +277,48 @@ async def test_a_principal_that_offload_keeps_for_its_own_jobs_is_refused(
         assert (await alice.get("/jobs/v1/jobs")).status_code == 200
 
 
+@pytest.mark.parametrize("answer", ["", Admin("")])
+async def test_a_hook_that_answers_an_empty_principal_names_no_one(app: App, answer: str) -> None:
+    # Given a hook that falls back on "" for a caller it does not know (a host's
+    # `request.cookies.get("user", "")`), where two such callers would share one owner,
+    api = create_app(app, auth=lambda request: answer)
+    async with lifespan(api), client(api) as c:
+        # then the caller is not signed in: 401 on every route, as for None,
+        for method, path in [
+            ("POST", "/v1/jobs/reports.export"),
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/ws-ticket"),
+            ("GET", "/v1/events?since=0"),
+        ]:
+            refused = await c.request(method, path, json={"user_id": "u"})
+            assert_unauthorized(refused)
+            assert refused.json()["detail"] == "authentication is required"
+        assert (await c.get("/v1/workers")).status_code == 404  # and no operator
+        # and nothing was stored.
+        assert await app.list_jobs(owner=None) == []
+
+
+@pytest.mark.parametrize("answer", ["user:1\n", " bob", "bob\t", "a\x00b", Admin("root ")])
+async def test_a_principal_with_control_characters_or_white_space_around_is_refused(
+    app: App, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a hook that answers a name with a line end or a blank kept from its source,
+    api = create_app(app, auth=lambda request: answer)
+    async with lifespan(api), client(api) as c:
+        # then the caller is refused, saying why, the hook's answer logged for the operator,
+        refused = await c.post("/v1/jobs/reports.export", json={"user_id": "u"})
+        assert_unauthorized(refused)
+        assert refused.json()["detail"] == (
+            "the auth hook named no valid principal: a principal must be printable text "
+            f"with no white space around it, not {answer!r}"
+        )
+        assert any(repr(answer) in r.getMessage() for r in caplog.records)
+        assert_unauthorized(await c.get("/v1/jobs"))
+        assert (await c.get("/v1/workers")).status_code == 404
+    # and nothing was stored.
+    assert await app.list_jobs(owner=None) == []
+
+
 async def test_an_admin_named_as_offload_own_jobs_is_nobody(app: App) -> None:
     def hook(request: Request) -> str:
         return Admin("offload.periodic")

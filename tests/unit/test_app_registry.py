@@ -187,12 +187,13 @@ def test_envelope_refuses_an_empty_idempotency_key() -> None:
         app.envelope(_registered(app)(user_id="u1"), idempotency_key="")
 
 
-def test_envelope_run_at_wins_over_delay() -> None:
+def test_envelope_refuses_delay_and_run_at_both() -> None:
+    # As the API does (a 422): one of them would be dropped without a word.
     app = _app()
-    env = app.envelope(
-        _registered(app)(user_id="u1"), delay=5, run_at=datetime.fromtimestamp(NOW + 100, UTC)
-    )
-    assert env.run_at == pytest.approx(NOW + 100)
+    with pytest.raises(ValueError, match="give delay or run_at, not both"):
+        app.envelope(
+            _registered(app)(user_id="u1"), delay=5, run_at=datetime.fromtimestamp(NOW + 100, UTC)
+        )
 
 
 def test_envelope_carries_priority_key_owner_budget_and_options() -> None:

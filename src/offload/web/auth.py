@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
+from .._options import owner_fault
 from ..settings import RESERVED_PRINCIPAL_PREFIX, Settings
 from .origins import allowed_origin
 from .problems import Problem
@@ -49,11 +50,29 @@ _UNASKED = object()
 log = logging.getLogger("offload.web")
 
 
-class _Reserved(str):
-    """What the hook answered when it named a principal offload keeps for its own jobs:
-    no one may call as it (a 401 naming why)."""
+class _Refused(str):
+    """What the hook answered when it named a principal no caller may be: one offload keeps
+    for its own jobs, or one with a control character or white space around it (a 401
+    naming why, `detail`)."""
 
-    __slots__ = ()
+    detail: str
+
+
+def _refused(principal: str) -> _Refused | None:
+    """`principal` refused, with a warning to the log, if no caller may be it; else None."""
+    if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
+        detail = (
+            f"the principal {principal!r} is reserved: names that begin "
+            f"{RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs"
+        )
+    elif (fault := owner_fault(principal, "a principal")) is not None:
+        detail = f"the auth hook named no valid principal: {fault}"
+    else:
+        return None
+    log.warning("the auth hook named %r, a principal no caller may be: %s", principal, detail)
+    refused = _Refused(principal)
+    refused.detail = detail
+    return refused
 
 
 class TokenAuth:
@@ -153,14 +172,10 @@ class Auth:
             else:
                 answer = await run_in_threadpool(self.hook, request)
             principal = await answer if inspect.isawaitable(answer) else answer
-            if isinstance(principal, str) and principal.startswith(RESERVED_PRINCIPAL_PREFIX):
-                log.warning(
-                    "the auth hook named %r, a principal offload keeps for its own jobs "
-                    "(names that begin %r): the caller is refused",
-                    principal,
-                    RESERVED_PRINCIPAL_PREFIX,
-                )
-                principal = _Reserved(principal)
+            if principal == "":  # a hook's fallback for no one, as `cookies.get("user", "")`
+                principal = None
+            elif isinstance(principal, str):
+                principal = _refused(principal) or principal
         setattr(conn.state, _PRINCIPAL, principal)
         setattr(conn.state, _KINDS, kinds)
         return principal
@@ -180,18 +195,15 @@ class Auth:
             raise unauthorized(detail if self.hook else "a valid bearer token is required")
         if not isinstance(principal, str):
             raise TypeError(f"an auth hook returns a str principal or None, not {principal!r}")
-        if isinstance(principal, _Reserved):
-            raise unauthorized(
-                f"the principal {str(principal)!r} is reserved: names that begin "
-                f"{RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs"
-            )
+        if isinstance(principal, _Refused):
+            raise unauthorized(principal.detail)
         return principal
 
     def is_admin(self, conn: HTTPConnection) -> bool:
         """Whether the caller is an operator: the auth hook answered `Admin(name)`, or the
         principal is in OFFLOAD_ADMIN_PRINCIPALS, or this is development mode (`local`)."""
         principal = getattr(conn.state, _PRINCIPAL, None)
-        if not isinstance(principal, str) or isinstance(principal, _Reserved):
+        if not isinstance(principal, str) or isinstance(principal, _Refused):
             return False
         return (
             isinstance(principal, Admin)

@@ -21,7 +21,7 @@ from ..notify.targets import refused_delivery_options
 from .auth import Auth
 from .origins import check_same_site
 from .problems import JSONResponse, Problem
-from .submit import DEFAULT_RETRY_AFTER_S
+from .submit import DEFAULT_RETRY_AFTER_S, options_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +68,7 @@ class Jobs:
             raise Problem(403, f"this token may not submit {kind!r} jobs", slug="kind-not-allowed")
         allow = self.app.settings.webhook_allow_private
         if refused := refused_delivery_options(callback_url, notify_email, allow_private=allow):
-            errors = [{"loc": [name], "msg": msg} for name, msg in refused.items()]
-            raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
+            raise options_problem([{"loc": [name], "msg": msg} for name, msg in refused.items()])
         return await self.app.enqueue(
             message,
             priority=priority,

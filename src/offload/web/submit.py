@@ -11,6 +11,7 @@ The OpenAPI document shows the route once per kind, its options from `job_option
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, get_type_hints
@@ -41,6 +42,8 @@ _RETRY_AFTER: RawHeader = (b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode())
 _REPLAYED: RawHeader = (b"idempotent-replayed", b"true")
 #: The request headers a submission reads itself (the origin check reads its own).
 _SUBMIT_HEADERS = frozenset({b"content-type", b"idempotency-key"})
+
+log = logging.getLogger("offload.web")
 
 
 def _app(request: Request) -> App:
@@ -122,7 +125,14 @@ def _check_options(request: Request, options: JobOptions) -> None:
     refused = refused_delivery_options(callback_url, options.notify_email, allow_private=allow)
     errors += [{"loc": ["query", name], "msg": msg} for name, msg in refused.items()]
     if errors:
-        raise Problem(422, "invalid job options", slug="invalid-options", errors=errors)
+        raise options_problem(errors)
+
+
+def options_problem(errors: list[dict[str, Any]]) -> Problem:
+    """The 422 of refused job options, its detail naming each option and why (a host that
+    shows only the detail, as FastAPI's own handler does, still says why)."""
+    said = "; ".join(f"{error['loc'][-1]}: {error['msg']}" for error in errors)
+    return Problem(422, f"invalid job options ({said})", slug="invalid-options", errors=errors)
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -163,6 +173,34 @@ def _with_principal(data: Any, spec: MessageSpec, principal: str) -> Any:
         detail = f"the body is not a valid {spec.kind} message"
         raise Problem(422, detail, slug="invalid-payload", errors=errors)
     return {**data, **dict.fromkeys(spec.principal_fields, principal)}
+
+
+def _refuse_principal(spec: MessageSpec, principal: str, errors: list[dict[str, Any]]) -> None:
+    """Refuse the caller whose principal a `FromPrincipal` field of the kind does not
+    accept (a pattern for user principals, a service token's caller): not the body's
+    fault, nor one the client could mend by sending another.
+
+    Raises:
+        Problem: 403 (`principal-refused`), naming the field and why; logged for the
+            operator, as a kind and an auth hook that disagree.
+    """
+    refused = [e for e in errors if e.get("loc") and e["loc"][0] in spec.principal_fields]
+    if not refused:
+        return
+    said = "; ".join(f"{e['loc'][0]}: {e.get('msg', '')}" for e in refused)
+    log.warning(
+        "a caller was refused a %s job: its principal %r does not fit the kind (%s)",
+        spec.kind,
+        principal,
+        said,
+        extra={"action": "principal_refused", "kind": spec.kind},
+    )
+    raise Problem(
+        403,
+        f"the caller's principal cannot own a {spec.kind} job ({said})",
+        slug="principal-refused",
+        errors=[{"loc": e["loc"], "msg": e.get("msg"), "type": e.get("type")} for e in refused],
+    )
 
 
 def _options_model() -> type[BaseModel]:
@@ -271,6 +309,7 @@ async def submit(request: Request) -> Response:
         message = spec.cls.model_validate(data)
     except ValidationError as exc:
         errors = orjson.loads(exc.json(include_url=False))
+        _refuse_principal(spec, principal, errors)
         raise Problem(
             422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
         ) from None
