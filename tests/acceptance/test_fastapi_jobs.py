@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from offload import App, ConfigurationError, Message, Settings
 from offload.contract import JobFilter
@@ -154,6 +154,65 @@ async def test_the_web_tier_is_named_where_several_are_mounted(app: App, closing
             await local.get("/ambiguous")
 
 
+async def test_a_route_of_an_app_mounted_beside_the_web_tier_finds_it(
+    app: App, closing: None
+) -> None:
+    # Given offload's API at /jobs and a versioned sub-app of the host's at /v2, whose
+    # routes ask for offload_jobs (the request's app is the sub-app, not the host),
+    web = create_app(app)
+    api = FastAPI()
+    api.mount("/jobs", web)
+    v2 = FastAPI()
+    chosen = Depends(OffloadJobs(web))
+
+    @v2.get("/named")
+    async def named(jobs: Jobs = chosen) -> str:
+        return jobs.location("j1")
+
+    @v2.post("/exports", status_code=202)
+    async def export(jobs: Annotated[Jobs, Depends(offload_jobs)]) -> Response:
+        return await jobs.accepted(await jobs.enqueue(Export(user=jobs.principal, period="p")))
+
+    api.mount("/v2", v2)
+    # then each finds the one mounted in the host, its links where clients reach it,
+    async with client(api) as local:
+        assert (await local.get("/v2/named")).json() == "/jobs/v1/jobs/j1"
+        answer = await local.post("/v2/exports")
+        assert answer.status_code == 202, answer.text
+        assert (await local.get(answer.headers["location"])).json()["state"] == "queued"
+    # under the server's own root path too (behind a proxy at /api),
+    transport = httpx.ASGITransport(app=api, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as proxied:
+        assert (await proxied.get("/api/v2/named")).json() == "/api/jobs/v1/jobs/j1"
+    # and a sub-app beside two web tiers still has to name one.
+    api.mount("/more", create_app(app))
+    async with client(api, raising=True) as local:
+        assert (await local.get("/v2/named")).json() == "/jobs/v1/jobs/j1"
+        with pytest.raises(ConfigurationError, match="one offload web tier"):
+            await local.post("/v2/exports")
+
+
+async def test_a_refusal_of_the_dependency_goes_to_the_hosts_handler_of_fastapi_errors(
+    settings: Settings, closing: None
+) -> None:
+    # Given a host that formats every fastapi.HTTPException of its own routes its way,
+    app = App("host", settings=replace(settings, api_tokens={"t-a": "alice"}))
+    app.message("t.export")(Export)
+    api = host(app, problems=False)
+
+    @api.exception_handler(HTTPException)
+    async def own_format(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    # then the dependency's refusal is one of them, and comes in that format.
+    async with client(api) as nobody:
+        refused = await nobody.get("/whoami")
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "a valid bearer token is required"}
+    await app.close()
+
+
 async def test_a_token_limited_to_other_kinds_may_not_enqueue_through_the_route(
     settings: Settings, closing: None
 ) -> None:
@@ -208,6 +267,8 @@ async def test_delivery_options_the_route_passes_on_are_refused_as_the_api_refus
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["type"].endswith("invalid-options")
         assert [e["loc"] for e in refused.json()["errors"]] == [[option]]
+        # The detail says why too (a host without problem_details shows it alone).
+        assert refused.json()["detail"].startswith(f"invalid job options ({option}: ")
         assert await app.count_jobs(JobFilter()) == 0
         fine = {"callback_url": "https://hooks.example.com/done", "notify_email": "a@example.com"}
         accepted = await local.post("/exports", params={option: fine[option]})

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from .._links import Presenter
 from ..app import App
@@ -130,29 +130,45 @@ class OffloadJobs:
         await auth.authenticate(request)
         principal = auth.principal(request)
         kinds = auth.token_auth.kinds_of(request) if auth.hook is None else None
-        root = request.scope.get("root_path", "").rstrip("/") + root
         return Jobs(web.state.offload, principal, root, web.state.present.at(root), kinds)
 
     def _mounted(self, request: Request) -> tuple[FastAPI, str]:
-        """The web tier and the path it is mounted at in the request's app.
+        """The web tier and the path clients reach it at: one mounted in the request's app,
+        or else, for a route of an app mounted beside it (`api.mount("/v2", v2)`), one
+        mounted anywhere in the outermost app.
 
         Raises:
             ConfigurationError: none is mounted there (or several, with no `web` given).
         """
-        found = [
-            (route.app, route.path)
-            for route in request.app.routes
-            if isinstance(route, Mount)
-            and isinstance(route.app, FastAPI)
-            and hasattr(route.app.state, "offload")
-            and (self.web is None or route.app is self.web)
-        ]
+        here = request.scope.get("root_path", "").rstrip("/")
+        found = [(web, here + path) for web, path in self._tiers(request.app.routes, deep=False)]
+        top = request.scope.get("router")  # the outermost app's router, as Starlette sets it
+        if not found and top is not None and top is not request.app.router:
+            base = request.scope.get("app_root_path", "").rstrip("/")
+            found = [(web, base + path) for web, path in self._tiers(top.routes, deep=True)]
         if len(found) != 1:
             raise ConfigurationError(
                 "offload_jobs needs one offload web tier mounted in this app: "
                 "api.mount('/jobs', create_app(app)) (several: OffloadJobs(that_one))"
             )
         return found[0]
+
+    def _tiers(
+        self, routes: list[BaseRoute], *, deep: bool, at: str = ""
+    ) -> list[tuple[FastAPI, str]]:
+        """The web tiers mounted among `routes` (and, `deep`, in the apps mounted there) that
+        this dependency may use, each with its path under `at`."""
+        found = []
+        for route in routes:
+            if not isinstance(route, Mount):
+                continue
+            path = at + route.path
+            if isinstance(route.app, FastAPI) and hasattr(route.app.state, "offload"):
+                if self.web is None or route.app is self.web:
+                    found.append((route.app, path))
+            elif deep:
+                found += self._tiers(route.routes, deep=True, at=path)
+        return found
 
 
 #: The dependency for the one web tier mounted in the route's app.

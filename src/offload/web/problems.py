@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from fastapi import HTTPException
 from starlette import responses
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -53,9 +54,10 @@ class ProblemResponse(JSONResponse):
 
 
 class Problem(HTTPException):
-    """Raise inside a route to answer with a problem document. It is a Starlette
-    `HTTPException`, so an app without offload's handlers (`problem_details`) still answers
-    with its status and headers, in that app's own error format.
+    """Raise inside a route to answer with a problem document. It is a FastAPI
+    `HTTPException` (so a Starlette one), so an app without offload's handlers
+    (`problem_details`) still answers with its status and headers, in that app's own error
+    format, through its own handler of FastAPI's errors if it has one.
 
     Args:
         status: HTTP status code.
@@ -95,7 +97,7 @@ class Problem(HTTPException):
         )
 
 
-def as_problem(exc: HTTPException) -> Problem:
+def as_problem(exc: StarletteHTTPException) -> Problem:
     """`exc` as a Problem: itself, or one of its status, detail and headers (an
     `HTTPException` an auth hook raised)."""
     if isinstance(exc, Problem):
