@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -75,6 +76,9 @@ DEFAULT_MAX_ATTEMPTS = 5
 STREAM_CHUNK = 1000
 #: Queue of a kind declared without one.
 DEFAULT_QUEUE = "default"
+log = logging.getLogger("offload")
+#: The name of the task that closes a loop's backend as that loop ends (`App._hold`).
+_HOLD_TASK = "offload-app-open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,8 @@ class App:
         self._open_lock: asyncio.Lock | None = None
         #: The event loop the backend was opened on (a backend belongs to it).
         self._opened_on: asyncio.AbstractEventLoop | None = None
+        #: The tasks that close a loop's backend when that loop ends (`_hold`).
+        self._holds: set[asyncio.Task[None]] = set()
         self._sync: SyncRunner[App] | None = None
         self._users = 0
         self._group: GroupCommit | None = None
@@ -539,14 +545,20 @@ class App:
     async def _ensure_open(self, *, create: bool = True) -> App:
         if self._backend is not None:
             opened_on = self._opened_on
-            if opened_on is not None and opened_on.is_closed() and self._loop_bound():
+            if opened_on is None or not opened_on.is_closed() or not self._loop_bound():
+                return self
+            if self._users:
                 raise ConfigurationError(
                     f"app {self.name!r} was opened on an event loop that has ended (an "
                     "asyncio.run that returned): its connections ended with it. Open and "
                     "close it within one loop (async with app: ...), or call the *_sync "
                     "methods from synchronous code"
                 )
-            return self
+            # Opened by a first call (no `open` holds it) on a loop that has ended since,
+            # as a test client's loop of one request: its connections ended with that
+            # loop, so it opens anew on this one, as it opened there.
+            self._detach()
+            self._open_lock = None  # a lock used on the ended loop may be bound to it
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:  # web lifespan and worker may open one app at once
@@ -561,11 +573,34 @@ class App:
                 )
                 await backend.open(create=create)
                 self._backend = backend
-                self._opened_on = asyncio.get_running_loop()
+                self._opened_on = loop = asyncio.get_running_loop()
                 self._watch_wal(backend)
+                if _bound(backend):
+                    self._holds.add(loop.create_task(self._hold(backend), name=_HOLD_TASK))
                 if self._blobs is None:
                     self._blobs = open_blobs(self.settings.blobs_url)
         return self
+
+    async def _hold(self, backend: Backend) -> None:
+        """Close `backend`, bound to this loop, when the loop ends (asyncio.run, a test
+        client's loop of one request and uvicorn cancel every task left) if no `open` holds
+        it then: its connections close there, not unclosed in a later loop's garbage."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self._holds.discard(asyncio.current_task())
+            if self._backend is backend and not self._users:
+                try:
+                    await self._detach().close()
+                except Exception as exc:  # the loop is ending: nothing more to do about it
+                    log.debug("closing as its loop ended: %s", exc)
+
+    def _detach(self) -> Backend:
+        """Forget the open backend (the caller closes it, if its loop still runs)."""
+        backend = self._require_backend()
+        self._backend, self._opened_on, self._group = None, None, None
+        self._watch_wal(None)
+        return backend
 
     def _loop_bound(self) -> bool:
         """Whether the open backend's connections belong to the loop that opened it
@@ -578,10 +613,8 @@ class App:
         if self._users:
             return
         if self._backend is not None:
-            backend, self._backend = self._backend, None
-            self._group = None
-            self._watch_wal(None)
-            opened_on, self._opened_on = self._opened_on, None
+            opened_on = self._opened_on
+            backend = self._detach()
             if opened_on is None or not opened_on.is_closed() or not _bound(backend):
                 await backend.close()
             # (else its connections ended with their loop: there is nothing left to close)

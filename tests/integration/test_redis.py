@@ -38,6 +38,7 @@ try:
     from redis.exceptions import ResponseError
 
     from offload.brokers.redis import RedisBackend
+    from offload.brokers.redis.backend import DURABILITY_WARNED
 except ImportError as exc:  # pragma: no cover - only without the redis extra
     if os.environ.get("OFFLOAD_REQUIRE_SERVICES") == "1":
         raise
@@ -687,20 +688,29 @@ class _Configured:
     ],
     ids=["durable", "evicting", "no-persistence", "snapshots-only", "config-refused"],
 )
-async def test_a_server_that_may_lose_jobs_is_warned_about(
+async def test_a_server_that_may_lose_jobs_is_warned_about_once(
     caplog: pytest.LogCaptureFixture, server: _Configured, warned: list[str]
 ) -> None:
-    b = RedisBackend.from_url("redis://127.0.0.1:6379/0")
+    DURABILITY_WARNED.clear()  # (what earlier tests of this process were told)
     with caplog.at_level("WARNING", logger="offload.brokers"):
+        b = RedisBackend.from_url("redis://127.0.0.1:6379/0")
         await b._check_durability(server)  # type: ignore[arg-type]
-    assert all(part in caplog.text for part in warned), caplog.text
-    assert bool(caplog.records) is bool(warned)
+        assert all(part in caplog.text for part in warned), caplog.text
+        assert bool(caplog.records) is bool(warned)
+        # A backend opened anew in this process (an app on a test client's next loop)
+        # says it no more; one of another server does.
+        caplog.clear()
+        await RedisBackend.from_url("redis://127.0.0.1:6379/0")._check_durability(server)  # type: ignore[arg-type]
+        assert caplog.records == []
+        await RedisBackend.from_url("redis://127.0.0.1:6379/1")._check_durability(server)  # type: ignore[arg-type]
+        assert bool(caplog.records) is bool(warned)
 
 
 async def test_opening_warns_of_the_servers_persistence_as_it_is(
     caplog: pytest.LogCaptureFixture, prefix: str, raw: aioredis.Redis
 ) -> None:
     appendonly = (await raw.config_get("appendonly"))["appendonly"]
+    DURABILITY_WARNED.clear()
     with caplog.at_level("WARNING", logger="offload.brokers"):
         b = await opened(redis_url(prefix))
     await b.close()

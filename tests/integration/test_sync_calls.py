@@ -1,7 +1,8 @@
 """Synchronous code (a Flask view, a script) on a server backend: the `*_sync` methods list,
 cancel and re-queue a user's jobs on the App's own loop thread; and an App opened by one
-`asyncio.run` and used by another says why it cannot, where Redis's connections, bound to
-the ended loop, failed every other call with `Event loop is closed`."""
+`asyncio.run` by its first call opens anew on the next one, and one left open by one says
+why it cannot be used from another, where Redis's connections, bound to the ended loop,
+failed every other call with `Event loop is closed`."""
 
 from __future__ import annotations
 
@@ -52,24 +53,70 @@ def test_a_views_sync_calls_list_cancel_and_requeue_a_users_jobs(app: App) -> No
         asyncio.run(app.close())
 
 
+def test_an_app_a_first_call_opened_opens_anew_on_each_later_loop(app: App) -> None:
+    # Given an App a first asyncio.run opened by its first call (a script's, or a test
+    # client's that runs each request on a loop of its own), no `open` holding it,
+    job = asyncio.run(app.enqueue(Export(period="2026-10")))
+    # each later asyncio.run opens it anew, as the first did (its connections ended with
+    # the first loop).
+    for period in ("2026-11", "2026-12"):
+        assert asyncio.run(app.enqueue(Export(period=period))).created
+    row = asyncio.run(app.get(job.id))
+    assert row is not None and row.state is JobState.QUEUED
+    assert len(asyncio.run(app.list_jobs(owner=None))) == 3
+    # and closes as each loop ends: no connection is left unclosed (a warning, an error
+    # under this suite's filters).
+    gc.collect()
+    asyncio.run(app.close())
+
+
 # The first run's loop ended with its connections open (the mistake this test makes on
 # purpose): they are collected unclosed, and Python says so.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_an_app_used_from_a_second_asyncio_run_says_why_not_each_time(app: App) -> None:
-    # Given an App a first asyncio.run opened (a script's first call),
-    job = asyncio.run(app.enqueue(Export(period="2026-10")))
+def test_an_app_left_open_on_a_loop_that_ended_says_why_not_each_time(app: App) -> None:
+    # Given an App a first asyncio.run opened and left open (an `open` not closed there),
+    asyncio.run(app.open())
     # every call from a later asyncio.run is refused the same way, naming the fix,
     for _ in range(3):
         with pytest.raises(ConfigurationError, match=r"event loop that has ended.*_sync"):
-            asyncio.run(app.get(job.id))
+            asyncio.run(app.enqueue(Export(period="2026-10")))
     # and once closed (its connections ended with that loop), a new run opens it anew.
     asyncio.run(app.close())
     gc.collect()  # (the dropped connections go now, under this test's warning filters)
 
-    async def read_and_close() -> JobState | None:
+    async def enqueue_and_close() -> bool:
         async with app:
-            row = await app.get(job.id)
-            return None if row is None else row.state
+            return (await app.enqueue(Export(period="2026-10"))).created
 
-    assert asyncio.run(read_and_close()) is JobState.QUEUED
+    assert asyncio.run(enqueue_and_close())
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_host_route_that_enqueues_works_under_a_test_client_of_a_loop_per_request(
+    app: App,
+) -> None:
+    # Given a host app with offload's API mounted and a route of its own that enqueues,
+    # under FastAPI's TestClient used without `with` (each request on a loop of its own),
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from offload.web import create_app
+
+    api = FastAPI()
+    api.mount("/jobs", create_app(app))
+
+    @api.post("/exports", status_code=202)
+    async def export() -> dict[str, str]:
+        return {"id": (await app.enqueue(Export(period="2026-10"), owner="local")).id}
+
+    client = TestClient(api, base_url="http://localhost")  # development mode: loopback names
+    # then the route answers every request, and the mounted API after it.
+    ids = [client.post("/exports").json()["id"] for _ in range(3)]
+    for job_id in ids:
+        answer = client.get(f"/jobs/v1/jobs/{job_id}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "queued"
+    assert client.post("/jobs/v1/jobs/t.export", json={"period": "p"}).status_code == 202
+    assert client.post("/exports").status_code == 202
+    gc.collect()  # (no connection left unclosed: each loop's closed as it ended)

@@ -64,6 +64,8 @@ from .wake import Announcements, FeedMark, WorkMark
 
 T = TypeVar("T")
 log = logging.getLogger("offload.brokers")
+#: The durability warnings this process gave: (server, setting, value).
+DURABILITY_WARNED: set[tuple[str, str, str]] = set()
 
 #: Key prefix of one application; each key starts with it wrapped in a hash tag.
 DEFAULT_PREFIX = "offload:"
@@ -517,12 +519,13 @@ class RedisBackend:
         self._client, self._news = client, news
 
     async def _check_durability(self, client: aioredis.Redis) -> None:
-        """Warn, once as it opens, of a server that may lose jobs: one that evicts keys,
-        or one that keeps no append-only file (a restart loses what was written since its
-        last snapshot, and everything when it takes none)."""
+        """Warn, as it opens, of a server that may lose jobs: one that evicts keys, or one
+        that keeps no append-only file (a restart loses what was written since its last
+        snapshot, and everything when it takes none). Once a process for each server and
+        setting: an app opened anew on each loop (a test client's) says it once."""
         memory = await client.info("memory")
         policy = memory.get("maxmemory_policy", "noeviction")
-        if policy != "noeviction":
+        if policy != "noeviction" and self._first_warning("maxmemory-policy", policy):
             log.warning(
                 "Redis at %s evicts keys (maxmemory-policy %s): jobs can vanish; "
                 "set maxmemory-policy noeviction",
@@ -538,6 +541,8 @@ class RedisBackend:
         except aioredis.ResponseError:
             snapshots = "?"
         lost = "every job" if snapshots == "" else "the jobs written since its last snapshot"
+        if not self._first_warning("appendonly", str(snapshots)):
+            return
         log.warning(
             "Redis at %s keeps no append-only file (appendonly no): a restart loses %s; "
             "set appendonly yes",
@@ -545,6 +550,14 @@ class RedisBackend:
             lost,
             extra={"action": "redis_not_durable", "snapshots": snapshots},
         )
+
+    def _first_warning(self, setting: str, value: str) -> bool:
+        """Whether this process has not yet warned of `setting` at `value` on this server."""
+        said = (self._where(), setting, value)
+        if said in DURABILITY_WARNED:
+            return False
+        DURABILITY_WARNED.add(said)
+        return True
 
     async def close(self) -> None:
         if self._client is None:
