@@ -24,6 +24,7 @@ import typer
 
 from . import __version__
 from ._loading import load
+from ._logging import print_once
 from ._loop import freeze_start_up
 from ._loop import run as _run
 from .app import App
@@ -125,6 +126,7 @@ def _setup_logging() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    print_once()  # a line a library's own console handler printed is not printed again
     for name in QUIET_LOGGERS:
         quiet = logging.getLogger(name)
         if quiet.level == logging.NOTSET:  # a level set on purpose stays
@@ -353,7 +355,7 @@ def web(
         check_bind(host, offload_app.settings)
         if offload_app.handlers:
             logging.getLogger("offload.web").warning(
-                "the app %s names has handlers (%s): its module imports the worker's code, "
+                "the app %s has handlers (%s): its module imports the worker's code, "
                 "which the web tier does not need; give --app the module that declares the "
                 "messages only (as myproj.contracts:app), so the web process stays light",
                 app,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,7 +51,7 @@ from offload.contrib.django.management.commands.offload_worker import (
     worker_command,
 )
 from offload.contrib.django.results import result_of
-from offload.errors import ConfigurationError
+from offload.errors import Cancel, ConfigurationError, JobError, JobTimeout
 
 
 @task()
@@ -218,6 +220,26 @@ def test_success_and_failure_carry_value_and_error() -> None:
         result_of(dataclasses.replace(_row(JobState.QUEUED), kind="other"), "default")
 
 
+@pytest.mark.parametrize(
+    ("error", "cls"),
+    [
+        ({"type": "Cancelled", "message": "cancelled while running"}, Cancel),
+        ({"type": "Cancel", "message": "no longer wanted"}, Cancel),
+        ({"type": "JobTimeout", "message": "ran past 5 s"}, JobTimeout),
+        ({"type": "LeaseExpired", "message": "its worker was lost"}, JobError),
+        ({"type": "Gone", "message": "a class no traceback names"}, JobError),
+    ],
+)
+def test_offloads_own_errors_name_a_class_django_can_import(
+    error: dict[str, str], cls: type[BaseException]
+) -> None:
+    # A task cancelled while it ran (or ended by offload) has no traceback: its TaskError
+    # still names a class Django imports, and says what offload recorded.
+    found = result_of(_row(JobState.CANCELLED, error=error), "default").errors[0]
+    assert found.exception_class is cls
+    assert found.traceback == f"{error['type']}: {error['message']}"
+
+
 class Undo(Exception):
     """An exception of the project's own."""
 
@@ -351,7 +373,7 @@ def test_a_record_django_prints_is_not_printed_again_at_the_root() -> None:
     from django.test import override_settings
     from django.utils.log import RequireDebugTrue
 
-    from offload.contrib.django._logging import ShownAbove, print_once
+    from offload._logging import ShownAbove, print_once
 
     parent, ours, theirs = logging.getLogger("djtest"), io.StringIO(), io.StringIO()
     django_console = logging.StreamHandler(theirs)  # as Django's default LOGGING has it
@@ -374,6 +396,29 @@ def test_a_record_django_prints_is_not_printed_again_at_the_root() -> None:
             handler.filters = [f for f in handler.filters if not isinstance(f, ShownAbove)]
     assert theirs.getvalue() == "debug on\n"
     assert ours.getvalue() == "debug off\n"
+
+
+def test_the_worker_prints_a_django_line_once_with_debug_on() -> None:
+    # As `manage.py offload_worker` runs: Django set up with DEBUG on and its default
+    # LOGGING (a console handler on `django`), the worker's module imported (it calls
+    # print_once), then offload's command sets the root's handler up.
+    script = """
+import logging, django
+from django.conf import settings
+settings.configure(DEBUG=True)
+django.setup()
+from offload._logging import print_once
+print_once()
+from offload.cli import _setup_logging
+_setup_logging()
+logging.getLogger("django.tasks").info("Task id=1 state=RUNNING")
+logging.getLogger("offload.worker").info("offload's own line")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr.count("Task id=1 state=RUNNING") == 1, done.stderr
+    assert done.stderr.count("offload's own line") == 1, done.stderr
 
 
 def test_a_task_the_worker_does_not_know_is_given_back_not_failed() -> None:

@@ -11,6 +11,7 @@ from django.tasks.base import TaskError
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils.module_loading import import_string
 
+from ... import errors
 from ...contract import JobRow, JobState
 from .calls import KIND_PREFIX, TaskCall
 
@@ -52,25 +53,34 @@ def _when(ts: float | None) -> datetime | None:
 
 
 def _class_path(error: dict[str, Any]) -> str:
-    """A TaskError's class path from offload's error (its type is a class name): the
-    traceback's last line names the class with its module (`shop.tasks.ReportError: …`)
-    except for builtins (`builtins.ValueError`); else the name alone."""
+    """A TaskError's class path from offload's error (its type is a class name), one Django
+    can import: the traceback's last line names the class with its module
+    (`shop.tasks.ReportError: …`) except for builtins (`builtins.ValueError`); offload's
+    own records name one of `offload.errors` (a task cancelled while it ran: `Cancel`), or
+    no class (a lease lost, a task given back: `JobError`, the name kept in the traceback)."""
     name = str(error.get("type") or "Exception")
     lines = str(error.get("traceback") or "").strip().splitlines()
     head = lines[-1].partition(":")[0].strip() if lines else ""
     if head.endswith(f".{name}") and " " not in head:
         return head
-    known = getattr(builtins, name, None)
-    if isinstance(known, type) and issubclass(known, BaseException):
-        return f"builtins.{name}"
-    return name
+    name = _OWN_TYPES.get(name, name)
+    for module, where in ((builtins, "builtins"), (errors, "offload.errors")):
+        known = getattr(module, name, None)
+        if isinstance(known, type) and issubclass(known, BaseException):
+            return f"{where}.{name}"
+    return "offload.errors.JobError"
+
+
+#: The types of offload's own error records that are no class's name.
+_OWN_TYPES = {"Cancelled": "Cancel"}
 
 
 def _errors(row: JobRow) -> list[TaskError]:
     if row.error is None or row.state is JobState.SUCCEEDED:
         return []
     path = _class_path(row.error)
-    trace = row.error.get("traceback") or f"{path}: {row.error.get('message', '')}"
+    said = f"{row.error.get('type') or 'Exception'}: {row.error.get('message', '')}"
+    trace = row.error.get("traceback") or said
     return [TaskError(exception_class_path=path, traceback=trace)]
 
 

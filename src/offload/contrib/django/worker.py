@@ -17,10 +17,10 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
+from ..._logging import print_once
 from ...app import App
 from ...context import Context
 from ...errors import ConfigurationError, _ForAnotherWorker
-from ._logging import print_once
 from .backend import OffloadBackend
 from .calls import TaskCall, kind_of
 from .config import BACKEND_ENV

@@ -1,8 +1,9 @@
-"""One line per log record in `manage.py offload_worker`.
+"""One line per log record where offload sets the root's handler up (`offload worker`,
+`manage.py offload_worker`).
 
-offload's worker logs through the root logger's handler; Django's default LOGGING gives the
-`django` logger a console handler of its own (shown when DEBUG is on) that also propagates
-to the root. A `django.tasks` line would print twice: once plain, once formatted.
+A library may give its own logger a console handler that also propagates to the root:
+Django's default LOGGING gives `django` one (shown when DEBUG is on). A `django.tasks` line
+would print twice: once plain, once formatted by offload's root handler.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def _prints(handler: logging.Handler, record: logging.LogRecord) -> bool:
 
 
 def print_once() -> None:
-    """Give every root handler the `ShownAbove` filter (once)."""
+    """Give every root handler the `ShownAbove` filter (once): the one offload sets up, and
+    those a project set up before (Django's `manage.py offload_worker` calls it as it
+    imports the worker's app, before offload's own handler is there)."""
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, ShownAbove) for f in handler.filters):
             handler.addFilter(ShownAbove())
