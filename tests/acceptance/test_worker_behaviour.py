@@ -270,6 +270,19 @@ def _thread_holder_and_one_behind(app: App) -> tuple[threading.Event, list[str]]
     return free, behind_ran
 
 
+async def one_more_runs_on(app: App, worker: Worker) -> None:
+    """Enqueue `Ping`s (`_thread_holder_and_one_behind`) until one more handler thread runs
+    on past its attempt: a thread that had not started by the 0.1 s timeout (a loaded
+    machine) never ran, and its job ended dead with no thread left running."""
+    before = worker.threads_running_on
+    for _ in range(20):
+        job = await app.enqueue(Ping())
+        assert (await finished(app, job.id)).state is JobState.DEAD
+        if worker.threads_running_on > before:
+            return
+    raise AssertionError("no handler's thread started within its timeout in 20 jobs")
+
+
 async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a_thread(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
@@ -277,8 +290,7 @@ async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a
     try:
         # Given one slot, and a handler whose thread runs on after its attempt timed out,
         worker: Worker = await start_worker(concurrency=1, prefetch=0)
-        first = await app.enqueue(Ping())
-        assert (await finished(app, first.id)).state is JobState.DEAD
+        await one_more_runs_on(app, worker)
         assert worker.threads_running_on == 1
         # the next plain job runs in a new thread (it waited for the held one, and ran
         # over its own timeout without ever starting),
@@ -301,8 +313,7 @@ async def test_more_threads_running_on_than_slots_stop_the_worker(app: App) -> N
         # Given one slot, when two handlers' threads run on past their attempts, and still
         # run a grace period later,
         for _ in range(2):
-            job = await app.enqueue(Ping())
-            assert (await finished(app, job.id)).state is JobState.DEAD
+            await one_more_runs_on(app, worker)
         # then the worker stops by itself (a process would start again with fresh threads),
         with pytest.raises(RuntimeError, match="threads ran on"):
             await asyncio.wait_for(run, 30)
@@ -326,8 +337,7 @@ async def test_threads_running_on_past_four_a_slot_stop_the_worker_within_its_gr
         # Given one slot and a long grace, when handler threads pile up past their attempts
         # (each timed out, none returns), four are let run on, and the fifth stops it.
         for n in range(RUN_ON_LIMIT_PER_SLOT + 1):
-            job = await app.enqueue(Ping())
-            assert (await finished(app, job.id)).state is JobState.DEAD
+            await one_more_runs_on(app, worker)
             assert worker.wedged is (n == RUN_ON_LIMIT_PER_SLOT)
         with pytest.raises(RuntimeError, match="threads ran on"):
             await asyncio.wait_for(run, 30)
