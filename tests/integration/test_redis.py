@@ -1106,3 +1106,25 @@ async def test_a_forked_child_takes_its_own_blocking_lane(backend: RedisBackend)
     assert child.exitcode == 0
     assert all(sent == answered for sent, answered in parents + childs)
     assert (await backend.stats())[QUEUE]["queued"] == 601
+
+
+async def test_reading_the_schedules_is_tried_again_when_the_connection_is_lost(
+    backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a connection lost under the first read of the schedules' states (an outage's
+    # start: the dashboard's /v1/schedules answered 503 at once, each scheduler warned
+    # every second), as every other read,
+    tries = 0
+    hgetall = backend._redis.hgetall
+
+    async def lost_once(*args: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return await hgetall(*args)
+
+    monkeypatch.setattr(backend._redis, "hgetall", lost_once)
+    # then it is tried again on a fresh connection, and answers.
+    assert await backend.schedule_states() == []
+    assert tries == 2

@@ -1370,8 +1370,7 @@ class RedisBackend:
         ]
 
     async def schedule_states(self) -> list[ScheduleState]:
-        async with self._guard():
-            stored = await self._redis.hgetall(self._key("periodic"))
+        stored = await self._retried(lambda: self._redis.hgetall(self._key("periodic")))
         states = []
         for name, raw in stored.items():
             state = orjson.loads(raw)
