@@ -68,6 +68,9 @@ RESCUE_BATCH = 500
 #: Longest a stopping worker waits for its settler to write the last outcomes (seconds);
 #: then it cancels it and tries once itself.
 FLUSH_GUARD_S = 30.0
+#: Seconds a stopping worker gives the deletion of its registry entry: one not deleted shows
+#: as lost, and is forgotten in time (an outage would hold the exit its retry deadline).
+FORGET_WITHIN_S = 3.0
 #: Seconds before a job stored at a version newer than this worker runs may be claimed
 #: again, after the worker gave it back unspent (for a worker that knows its version).
 NEWER_VERSION_DELAY_S = 30.0
@@ -277,6 +280,13 @@ class Worker:
         #: Set while every reported outcome is written (none pending, none being written).
         self._flushed = asyncio.Event()
         self._flushed.set()
+        #: The last settle failed (the backend out of reach past its retry deadline), and
+        #: none succeeded since.
+        self._settle_failed: BackendError | None = None
+        self._settle_failing = asyncio.Event()
+        #: Why a stopping worker gave up writing its last outcomes: a settle failed while it
+        #: waited for them (`_shutdown`).
+        self._gave_up: BackendError | None = None
         self._slot_free = asyncio.Event()
         self._threads = self._pool()
         #: The jobs whose plain (`def`) handler runs in a thread of `_threads`: its call.
@@ -1142,6 +1152,8 @@ class Worker:
                 except BackendError as exc:
                     # Keep the outcomes (their leases keep beating) and try again shortly.
                     log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
+                    self._settle_failed = exc
+                    self._settle_failing.set()
                     self._pending = batch + self._pending
                     self._unknown.update(o.lease.token for o in batch)  # it may have applied
                     self._pending_ready.set()
@@ -1153,6 +1165,8 @@ class Worker:
                     self._unknown.update(o.lease.token for o in batch)
                     self._pending_ready.set()
                     raise
+                self._settle_failed = None
+                self._settle_failing.clear()
                 self._meter(batch, applied)
                 self._not_recorded(batch, applied)
                 for outcome in batch:
@@ -1234,13 +1248,38 @@ class Worker:
         except BackendError as exc:
             log.warning("recording this worker failed: %s", exc, extra={"action": "record_error"})
 
+    def _unrecorded(self, outcomes: list[Outcome], cause: BackendError) -> BackendError:
+        """The error a stopping worker ends with when the outcomes of its last attempts could
+        not be written (the backend out of reach): those jobs stay as the backend has them,
+        running under this worker, until their leases expire and another worker runs them
+        again. Each is named in the log."""
+        for outcome in outcomes:
+            log.error(
+                "job %s: its outcome (%s) could not be recorded: %s; it runs again once its "
+                "lease expires",
+                outcome.lease.job_id,
+                outcome.state.value,
+                cause,
+                extra={"action": "outcome_lost", "job_id": outcome.lease.job_id},
+            )
+        n = len(outcomes)
+        return BackendError(
+            f"the outcomes of {n} {'job' if n == 1 else 'jobs'} could not be recorded "
+            f"({cause}): {'it runs' if n == 1 else 'they run'} again once "
+            f"{'its lease expires' if n == 1 else 'their leases expire'}"
+        )
+
     async def _forget_record(self) -> None:
         """Delete this worker's registry entry (a clean stop); a failure is logged (the
         entry then shows as lost, and is forgotten in time)."""
+        if self._gave_up is not None:  # out of reach: its entry shows lost in time
+            return
         try:
-            await self.app._require_backend().forget_worker(self.id)
-        except BackendError as exc:
-            log.warning("forgetting this worker failed: %s", exc, extra={"action": "record_error"})
+            async with asyncio.timeout(FORGET_WITHIN_S):
+                await self.app._require_backend().forget_worker(self.id)
+        except (BackendError, TimeoutError) as exc:
+            why = exc if isinstance(exc, BackendError) else f"no answer in {FORGET_WITHIN_S:g}s"
+            log.warning("forgetting this worker failed: %s", why, extra={"action": "record_error"})
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1524,16 +1563,27 @@ class Worker:
         await asyncio.gather(supervisor, return_exceptions=True)
         settler = self._side["settler"]
         if not (self._flushed.is_set() or settler.done()):
+            # Until written, or until a settle failed for good: the backend did not answer
+            # within its retry deadline, and waiting on would outlast a pod's grace.
+            self._settle_failing.clear()  # (one before the stop: the next try may write)
             flushed = asyncio.create_task(self._flushed.wait())
+            failing = asyncio.create_task(self._settle_failing.wait())
             await asyncio.wait(
-                {flushed, settler}, timeout=FLUSH_GUARD_S, return_when=asyncio.FIRST_COMPLETED
+                {flushed, failing, settler},
+                timeout=FLUSH_GUARD_S,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             flushed.cancel()
+            failing.cancel()
+            if self._settle_failing.is_set() and self._pending:
+                self._gave_up = self._settle_failed
         for task in self._side.values():
             task.cancel()
         await asyncio.gather(*self._side.values(), return_exceptions=True)
         try:
-            if self._pending:  # settler gone (or failing): one last direct try
+            if self._pending and self._gave_up is not None:
+                raise self._unrecorded(self._pending, self._gave_up)
+            if self._pending:  # settler gone: one last direct try
                 batch, self._pending = self._pending, []
                 self._meter(batch, await self.app._require_backend().settle(batch))
         finally:
