@@ -108,6 +108,10 @@ Url = Annotated[str | None, typer.Option("--url", help="backend URL (default OFF
 #: and httpx's, which logs each request's whole URL, a webhook's query string included (it
 #: may carry a secret; the delivery record shows the URL without it).
 QUIET_LOGGERS = ("aiobotocore", "botocore", "boto3", "aioboto3", "httpx", "httpcore")
+#: Loggers whose warnings offload's processes leave out (errors only): psycopg's pool warns
+#: of each failed connection attempt, several lines each, all through an outage, which
+#: offload's own warnings already tell (the backend's retries, each loop's failures).
+OUTAGE_LOGGERS = (("psycopg.pool", logging.ERROR),)
 
 
 def _setup_logging() -> None:
@@ -127,10 +131,10 @@ def _setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     print_once()  # a line a library's own console handler printed is not printed again
-    for name in QUIET_LOGGERS:
+    for name, level in [*((n, logging.WARNING) for n in QUIET_LOGGERS), *OUTAGE_LOGGERS]:
         quiet = logging.getLogger(name)
         if quiet.level == logging.NOTSET:  # a level set on purpose stays
-            quiet.setLevel(logging.WARNING)
+            quiet.setLevel(level)
 
 
 def _app(ref: str | None, url: str | None) -> App:

@@ -10,6 +10,7 @@ from ..app import App
 from ..brokers import Backend
 from ..contract import KindLimits, Lease
 from ..errors import BackendError
+from .failures import FailureLog
 
 log = logging.getLogger("offload.worker")
 
@@ -32,8 +33,9 @@ class ClaimGate:
         queues: the queues the worker claims from.
     """
 
-    def __init__(self, app: App, queues: Sequence[str]) -> None:
+    def __init__(self, app: App, queues: Sequence[str], failures: FailureLog | None = None) -> None:
         self.queues = frozenset(queues)
+        self.failures = failures or FailureLog()
         #: What this worker declares: every kind it runs, limited or not (the latest
         #: declaration of a kind wins, so one without limits lifts them).
         self.declared: list[KindLimits] = [
@@ -50,7 +52,7 @@ class ClaimGate:
         try:
             await backend.declare_limits(self.declared)
         except BackendError as exc:
-            log.warning("declaring limits failed: %s", exc, extra={"action": "limits_error"})
+            self.failures.warn("declaring limits", exc, action="limits_error")
         await self.refresh(backend)
 
     async def refresh(self, backend: Backend) -> None:
@@ -59,7 +61,7 @@ class ClaimGate:
         try:
             stored = await backend.limits()
         except BackendError as exc:
-            log.warning("reading limits failed: %s", exc, extra={"action": "limits_error"})
+            self.failures.warn("reading limits", exc, action="limits_error")
             return
         self.gated = bool(self.fair) or any(lim.queue in self.queues for lim in stored)
 

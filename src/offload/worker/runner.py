@@ -44,6 +44,7 @@ from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
 from ..versions import chain_problem, runnable_versions, upgrade
 from .context import Context
+from .failures import FailureLog
 from .gating import ClaimGate
 from .lease import Renewal, fresh, stalled_s
 from .prefetch import DEFAULT_PREFETCH, Prefetch
@@ -237,7 +238,9 @@ class Worker:
         #: The versions this worker runs of each kind it claims, as it records them.
         self.kinds = self._runnable(app)
         #: The limits per kind on its queues: which claim it makes.
-        self.gate = ClaimGate(app, self.queues)
+        #: Warns of failed calls to the backend, each kind once in a while (an outage).
+        self.failures = FailureLog()
+        self.gate = ClaimGate(app, self.queues, self.failures)
         self.dispatcher = Dispatcher(app, **(notifiers or {}))
         #: Handlers of the built-in delivery kinds (the app's own are looked up as jobs come).
         self.builtin = self.dispatcher.handlers()
@@ -471,7 +474,7 @@ class Worker:
         try:
             leases = await claim
         except BackendError as exc:
-            log.warning("claim failed: %s", exc, extra={"action": "claim_error"})
+            self.failures.warn("claim", exc, action="claim_error")
             await self._race(asyncio.sleep(1.0), stop_wait)
             return None
         self._hold(leases, sent)
@@ -501,7 +504,7 @@ class Worker:
             try:
                 await backend.halt_wait()
             except BackendError as exc:
-                log.warning("wait for work failed: %s", exc, extra={"action": "wait_error"})
+                self.failures.warn("wait for work", exc, action="wait_error")
                 task.cancel()
             await asyncio.wait({task})
         if task.cancelled():
@@ -543,8 +546,7 @@ class Worker:
             return None
         return min(self.idle_poll_s, left)
 
-    @staticmethod
-    async def _race(coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
+    async def _race(self, coro: Awaitable[Any], stop_wait: asyncio.Task[Any]) -> None:
         """Wait for `coro` or the stop, whichever comes first. A wait for work that fails
         (the backend unreachable past its retry deadline) ends the wait early, its error
         logged here: the claim that follows meets the backend's state and handles it."""
@@ -557,7 +559,7 @@ class Worker:
                 await asyncio.gather(task, return_exceptions=True)
         error = None if task.cancelled() else task.exception()
         if isinstance(error, BackendError):
-            log.warning("wait for work failed: %s", error, extra={"action": "wait_error"})
+            self.failures.warn("wait for work", error, action="wait_error")
         elif error is not None:
             log.error("wait for work failed", exc_info=error, extra={"action": "wait_error"})
 
@@ -1094,7 +1096,7 @@ class Worker:
 
     async def _scheduler(self) -> None:
         """Enqueue the due ticks of the app's periodic schedules (see `worker.scheduler`)."""
-        await Scheduler(self.app, since=self.started_at.timestamp()).run()
+        await Scheduler(self.app, since=self.started_at.timestamp(), failures=self.failures).run()
 
     async def _supervise(self) -> None:
         """Watch the side tasks for as long as the worker runs (its shutdown included).
@@ -1151,7 +1153,7 @@ class Worker:
                     applied = await backend.settle(batch)
                 except BackendError as exc:
                     # Keep the outcomes (their leases keep beating) and try again shortly.
-                    log.warning("settle failed: %s", exc, extra={"action": "settle_error"})
+                    self.failures.warn("settle", exc, action="settle_error")
                     self._settle_failed = exc
                     self._settle_failing.set()
                     self._pending = batch + self._pending
@@ -1246,7 +1248,7 @@ class Worker:
         try:
             await self.app._require_backend().record_worker(self.info())
         except BackendError as exc:
-            log.warning("recording this worker failed: %s", exc, extra={"action": "record_error"})
+            self.failures.warn("recording this worker", exc, action="record_error")
 
     def _unrecorded(self, outcomes: list[Outcome], cause: BackendError) -> BackendError:
         """The error a stopping worker ends with when the outcomes of its last attempts could
@@ -1315,7 +1317,7 @@ class Worker:
             try:
                 await halt()
             except BackendError as exc:
-                log.warning("wait for work failed: %s", exc, extra={"action": "wait_error"})
+                self.failures.warn("wait for work", exc, action="wait_error")
 
     async def _beat(self, jobs: Sequence[_Job]) -> bool:
         """Extend the leases of `jobs` and act on the answers (renewed, lost, cancel
@@ -1325,7 +1327,7 @@ class Worker:
         try:
             answers = await backend.extend([job.lease for job in jobs], lease_for=self.lease_s)
         except BackendError as exc:
-            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_error"})
+            self.failures.warn("heartbeat", exc, action="heartbeat_error")
             return False
         beaten = {job.lease.job_id: job for job in jobs}
         for answer in answers:
@@ -1380,7 +1382,7 @@ class Worker:
                         log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
                     await self._sweep_payloads()
             except BackendError as exc:
-                log.warning("rescue failed: %s", exc, extra={"action": "rescue_error"})
+                self.failures.warn("rescue", exc, action="rescue_error")
             await asyncio.sleep(every)
 
     async def _sweep_payloads(self) -> None:
@@ -1388,7 +1390,7 @@ class Worker:
         try:
             swept = await claim_check.sweep(self.app)
         except Exception as exc:
-            log.warning("payload sweep failed: %s", exc, extra={"action": "claim_sweep_error"})
+            self.failures.warn("payload sweep", exc, action="claim_sweep_error")
             return
         if swept:
             log.info("deleted %d payload blobs", swept, extra={"action": "claim_sweep"})

@@ -13,6 +13,7 @@ import logging
 from ..app import App
 from ..errors import BackendError
 from ..periodic import Schedule, due
+from .failures import FailureLog
 
 log = logging.getLogger("offload.worker")
 
@@ -32,8 +33,9 @@ class Scheduler:
             process enqueued them (see `periodic.due`).
     """
 
-    def __init__(self, app: App, *, since: float) -> None:
+    def __init__(self, app: App, *, since: float, failures: FailureLog | None = None) -> None:
         self.app = app
+        self.failures = failures or FailureLog()
         self.since = since
         #: Jobs this scheduler stored (a tick another process had is not counted).
         self.created = 0
@@ -88,7 +90,7 @@ class Scheduler:
             try:
                 await self.fire_due()
             except BackendError as exc:
-                log.warning("scheduler: %s", exc, extra={"action": "periodic_error"})
+                self.failures.warn("scheduler", exc, action="periodic_error")
                 await asyncio.sleep(BACKEND_RETRY_S)
                 continue
             await asyncio.sleep(self.sleep_s())

@@ -1,0 +1,40 @@
+"""A worker's warnings of its failed calls to the backend, each kind at most once every
+`RETRY_WARNING_EVERY_S`: in an outage every loop of a worker (claims, heartbeats, the
+rescuer, the scheduler, the registry, the limits) fails again every second or so, and an
+operator needs to read that it fails, and since when, not a line for each failure."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..brokers._retry import RETRY_WARNING_EVERY_S
+
+log = logging.getLogger("offload.worker")
+
+
+class FailureLog:
+    """Warns of a failure of one kind (`what`) at once, then of the next only once
+    `every_s` has passed, with how many it did not warn of since (those at debug)."""
+
+    def __init__(
+        self, every_s: float = RETRY_WARNING_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self._unsaid: dict[str, int] = {}
+
+    def warn(self, what: str, exc: BaseException, *, action: str) -> None:
+        """Log "`what` failed: `exc`" under `action` (a record's extra), at warning unless
+        one of `what` was warned of less than `every_s` ago."""
+        now = self._clock()
+        if now < self._next.get(what, float("-inf")):
+            self._unsaid[what] = self._unsaid.get(what, 0) + 1
+            log.debug("%s failed: %s", what, exc, extra={"action": action})
+            return
+        unsaid = self._unsaid.pop(what, 0)
+        self._next[what] = now + self.every_s
+        since = f" ({unsaid} more since the last warning)" if unsaid else ""
+        log.warning("%s failed: %s%s", what, exc, since, extra={"action": action, "unsaid": unsaid})
