@@ -10,10 +10,22 @@ from typing import Any
 
 import pytest
 
+from offload import App, Message, Settings
 from offload.errors import BackendError
 from offload.worker.runner import Worker
 
 pytestmark = pytest.mark.anyio
+
+
+class Ping(Message):
+    n: int = 0
+
+
+def _worker() -> Worker:
+    app = App("waits", settings=Settings(url="sqlite:///:memory:"))
+    app.message("t.ping")(Ping)
+    app.handles(Ping)(lambda msg, ctx: None)
+    return Worker(app)
 
 
 async def _failing_wait(error: Exception) -> None:
@@ -36,7 +48,7 @@ async def test_a_failed_wait_for_work_is_logged_not_left_unretrieved(
     try:
         # When the worker's wait for work fails (a backend error, or a surprise)
         with caplog.at_level(logging.WARNING, logger="offload.worker"):
-            await Worker._race(_failing_wait(error), stop)
+            await _worker()._race(_failing_wait(error), stop)
         gc.collect()  # a task freed with its exception unread is reported here
         await asyncio.sleep(0)
     finally:
