@@ -324,7 +324,9 @@ async def test_workers_whose_heartbeat_lapsed_are_marked_lost(tmp_path: Path) ->
     async with _client(app) as web:
         # Given a worker that recorded itself running a job, then fell silent for a minute,
         backend = app._require_backend()
-        await backend.record_worker(worker_info("gone", queues=("billing",), running=("j-1",)))
+        same_ms = ("01a24bf7-ef9f-7000-8000-000000000001", "01a24bf7-ef9f-7000-8000-000000000002")
+        running = ("j-1", *same_ms)  # two of one enqueue_many share their first 13 characters
+        await backend.record_worker(worker_info("gone", queues=("billing",), running=running))
         clock.advance(60)
         # and one that recorded itself just now,
         await backend.record_worker(worker_info("alive", queues=("misc",), processed=7))
@@ -336,6 +338,7 @@ async def test_workers_whose_heartbeat_lapsed_are_marked_lost(tmp_path: Path) ->
     assert 'class="pill lost"' in gone and 'class="pill lost"' not in alive
     assert re.search(r'data-col="heartbeat">60 s ago', gone)
     assert 'href="/dashboard/jobs/j-1"' in gone and "at its last heartbeat" in gone
+    assert all(f"<code>{job_id}</code>" in gone for job_id in same_ms)  # each told apart
     assert "at its last heartbeat" not in alive
     assert "1 live, 1 lost" in html
 
