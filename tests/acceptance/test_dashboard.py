@@ -741,6 +741,32 @@ async def test_cancel_then_purge_everything_matching(app: App, web: httpx.AsyncC
     assert await _states(app, [done]) == {JobState.SUCCEEDED}
 
 
+async def test_a_bulk_action_that_would_change_more_than_confirmed_asks_again(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # Given the confirmation to retry two dead jobs,
+    dead = [await _dead(app, f"Twice {i}") for i in range(2)]
+    await _run_until_idle(app, dead)
+    _, page = await _page(web, "/dashboard/jobs/confirm", action="retry", state="dead")
+    (form,) = page.post_forms()
+    # when a third has died before the operator confirms,
+    dead.append(await _dead(app, "Since"))
+    await _run_until_idle(app, dead[2:])
+    answer = await web.post(form["action"], data=form["f"], headers=OPS)
+    # then nothing is done: the confirmation again, counting three and saying why,
+    assert answer.status_code == 303
+    html, page = await _page(web, answer.headers["location"])
+    assert "3 jobs match now, 2 when you confirmed: nothing was done yet" in html
+    assert '<b data-testid="confirm-count">3</b>' in html
+    assert await _states(app, dead) == {JobState.DEAD}
+    # and once confirmed, the three are retried.
+    (form,) = page.post_forms()
+    answer = await web.post(form["action"], data=form["f"], headers=OPS)
+    html, _ = await _page(web, answer.headers["location"])
+    assert "Retried 3 jobs (state dead)" in html
+    assert await _states(app, dead) == {JobState.QUEUED}
+
+
 async def test_actions_refuse_what_is_no_dashboard_form(app: App, web: httpx.AsyncClient) -> None:
     job_id = await _dead(app, "Refused")
     await _run_until_idle(app, [job_id])

@@ -4,7 +4,7 @@ cross-site, CSRF token) before anything changes; then back to the page it came f
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -13,7 +13,7 @@ from ...contract import JobFilter
 from ...errors import InvalidTransition, JobNotFound
 from ..problems import Problem
 from .filters import JobQuery
-from .pages import GUARDS
+from .pages import BULK_STATES, GUARDS
 from .site import DASHBOARD_PATH, app_of, back_to, form_of
 
 router = APIRouter(prefix=DASHBOARD_PATH, dependencies=GUARDS, include_in_schema=False)
@@ -38,6 +38,15 @@ async def bulk(request: Request) -> Response:
         raise Problem(422, "confirm the action first", slug="not-confirmed")
     app = app_of(request)
     wanted = query.to_filter()
+    expected = form.get("expected", "")
+    if action in BULK_STATES and expected.isdigit():
+        # More jobs match than the operator confirmed (dead ones since, say): nothing
+        # changes; the confirmation again, with the new count.
+        now = await app.count_jobs(wanted, states=BULK_STATES[action])
+        if now > int(expected):
+            again = f"/jobs/confirm?{urlencode({'action': action})}&{query.query_string()}"
+            said = f"{now} jobs match now, {expected} when you confirmed: nothing was done yet"
+            return back_to(request, again, said)
     if action == "retry":
         done, verb = await app.retry_jobs(wanted), "Retried"
     elif action == "cancel":
@@ -46,7 +55,6 @@ async def bulk(request: Request) -> Response:
         done, verb = await app.delete_jobs(wanted), "Purged"
     else:
         raise Problem(422, f"no bulk action {action[:20]!r}", slug="invalid-action")
-    expected = form.get("expected", "")
     notice = f"{verb} {_plural(done)} ({query.describe()})"
     if expected.isdigit() and int(expected) != done:
         notice += f"; {expected} matched when you confirmed"
