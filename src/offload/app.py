@@ -237,8 +237,10 @@ class App:
         self._open_lock: asyncio.Lock | None = None
         #: The event loop the backend was opened on (a backend belongs to it).
         self._opened_on: asyncio.AbstractEventLoop | None = None
-        #: The tasks that close a loop's backend when that loop ends (`_hold`).
-        self._holds: set[asyncio.Task[None]] = set()
+        #: The loop `_open_lock` was made on.
+        self._open_lock_loop: asyncio.AbstractEventLoop | None = None
+        #: The task that closes a lazily opened backend when its loop ends (`_hold`).
+        self._hold_task: asyncio.Task[None] | None = None
         self._sync: SyncRunner[App] | None = None
         self._users = 0
         self._group: GroupCommit | None = None
@@ -538,15 +540,33 @@ class App:
             BackendError: the backend is unreachable, or (`create=False`) missing.
         """
         tracing.resolve()  # a process configures its SDK before it starts serving
-        await self._ensure_open(create=create)
+        await self._ensure_open(create=create, lazily=False)
         self._users += 1
         return self
 
-    async def _ensure_open(self, *, create: bool = True) -> App:
+    async def _ensure_open(self, *, create: bool = True, lazily: bool = True) -> App:
+        """Open the backend unless it is open on this loop (or on none: SQLite).
+
+        Args:
+            lazily: opened by a first call, no `open` holding it: it closes as its loop
+                ends, and opens anew on a later loop (a test client's loop per request).
+
+        Raises:
+            ConfigurationError: a backend bound to its loop (PostgreSQL, Redis, SQS) is open
+                on another loop that still runs (another thread's), or `open` left it open
+                on a loop that has ended.
+        """
+        loop = asyncio.get_running_loop()
         if self._backend is not None:
             opened_on = self._opened_on
-            if opened_on is None or not opened_on.is_closed() or not self._loop_bound():
+            if opened_on is None or opened_on is loop or not self._loop_bound():
                 return self
+            if not opened_on.is_closed():
+                raise ConfigurationError(
+                    f"app {self.name!r} is open on another event loop, which still runs (another "
+                    "thread's): its connections belong to that loop. Use an App from one loop, "
+                    "or call the *_sync methods from other threads"
+                )
             if self._users:
                 raise ConfigurationError(
                     f"app {self.name!r} was opened on an event loop that has ended (an "
@@ -554,13 +574,13 @@ class App:
                     "close it within one loop (async with app: ...), or call the *_sync "
                     "methods from synchronous code"
                 )
-            # Opened by a first call (no `open` holds it) on a loop that has ended since,
-            # as a test client's loop of one request: its connections ended with that
-            # loop, so it opens anew on this one, as it opened there.
+            # Opened by a first call (no `open` holds it) on a loop that ended without
+            # cancelling its tasks (else `_hold` closed it there): its connections ended
+            # with that loop, so it opens anew on this one.
             self._detach()
-            self._open_lock = None  # a lock used on the ended loop may be bound to it
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
+        if self._open_lock is None or self._open_lock_loop is not loop:
+            # (a lock another loop waited on is bound to that loop)
+            self._open_lock, self._open_lock_loop = asyncio.Lock(), loop
         async with self._open_lock:  # web lifespan and worker may open one app at once
             if self._backend is None:
                 tracing.resolve()  # opened by a first enqueue: as `open` does
@@ -573,31 +593,37 @@ class App:
                 )
                 await backend.open(create=create)
                 self._backend = backend
-                self._opened_on = loop = asyncio.get_running_loop()
+                self._opened_on = loop
                 self._watch_wal(backend)
-                if _bound(backend):
-                    self._holds.add(loop.create_task(self._hold(backend), name=_HOLD_TASK))
+                if lazily and _bound(backend):
+                    self._hold_task = loop.create_task(self._hold(backend), name=_HOLD_TASK)
                 if self._blobs is None:
                     self._blobs = open_blobs(self.settings.blobs_url)
         return self
 
     async def _hold(self, backend: Backend) -> None:
-        """Close `backend`, bound to this loop, when the loop ends (asyncio.run, a test
-        client's loop of one request and uvicorn cancel every task left) if no `open` holds
-        it then: its connections close there, not unclosed in a later loop's garbage."""
+        """Close `backend`, opened on this loop by a first call, when the loop ends
+        (asyncio.run, a test client's loop of one request and uvicorn cancel every task
+        left) if no `open` holds it then: its connections close there, not unclosed in a
+        later loop's garbage. A close before (`_detach`) cancels this task."""
         try:
             await asyncio.get_running_loop().create_future()
-        finally:
-            self._holds.discard(asyncio.current_task())
+        except asyncio.CancelledError:
             if self._backend is backend and not self._users:
                 try:
                     await self._detach().close()
                 except Exception as exc:  # the loop is ending: nothing more to do about it
                     log.debug("closing as its loop ended: %s", exc)
+            raise
 
     def _detach(self) -> Backend:
-        """Forget the open backend (the caller closes it, if its loop still runs)."""
+        """Forget the open backend (the caller closes it, if its loop still runs), and the
+        task that would have closed it as its loop ended."""
         backend = self._require_backend()
+        hold, self._hold_task = self._hold_task, None
+        if hold is not None and not hold.done() and hold.get_loop() is _running_loop():
+            if hold is not asyncio.current_task():
+                hold.cancel()
         self._backend, self._opened_on, self._group = None, None, None
         self._watch_wal(None)
         return backend
@@ -1495,3 +1521,11 @@ def _queue_name(queue: str) -> str:
 def _bound(backend: Backend) -> bool:
     """Whether `backend`'s connections belong to the loop that opened it (`App._loop_bound`)."""
     return bool(getattr(backend, "loop_bound", False))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -92,6 +92,61 @@ def test_an_app_left_open_on_a_loop_that_ended_says_why_not_each_time(app: App) 
     assert asyncio.run(enqueue_and_close())
 
 
+def test_first_calls_at_once_open_it_once_on_each_loop(app: App) -> None:
+    # Given two first calls at once on each of two loops in turn (their wait for the open
+    # on the first loop binds its lock to that loop),
+    async def two() -> list[bool]:
+        jobs = await asyncio.gather(*(app.enqueue(Export(period=p)) for p in ("a", "b")))
+        return [job.created for job in jobs]
+
+    # then each loop's pair is served, and no backend is left open on a loop gone.
+    assert asyncio.run(two()) == [True, True]
+    assert asyncio.run(two()) == [True, True]
+    gc.collect()
+
+
+@pytest.mark.anyio
+async def test_opening_and_closing_on_one_loop_leaves_no_task_behind(app: App) -> None:
+    # Given a service that opens and closes the app for each unit of work on one loop,
+    # and one that lets a first call open it and closes it,
+    for _ in range(3):
+        async with app:
+            await app.enqueue(Export(period="p"))
+    for _ in range(3):
+        await app.enqueue(Export(period="p"))
+        await app.close()
+    await asyncio.sleep(0)  # (a cancelled task ends at its next step)
+    # then no task is left waiting to close a backend already closed.
+    left = [t for t in asyncio.all_tasks() if t.get_name() == "offload-app-open"]
+    assert left == []
+
+
+def test_an_app_open_on_a_loop_that_still_runs_is_refused_from_another(app: App) -> None:
+    import threading
+
+    # Given an App opened by a first call on one thread's loop, which still runs,
+    ready, done = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        await app.enqueue(Export(period="a"))
+        ready.set()
+        while not done.is_set():  # noqa: ASYNC110 (a thread's event, not the loop's)
+            await asyncio.sleep(0.01)
+        await app.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(30)
+        # then a call from another thread's loop is refused, saying why (its connections
+        # belong to that loop: the driver would fail it, or worse, use them from two).
+        with pytest.raises(ConfigurationError, match="open on another event loop"):
+            asyncio.run(app.enqueue(Export(period="b")))
+    finally:
+        done.set()
+        thread.join(30)
+
+
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_host_route_that_enqueues_works_under_a_test_client_of_a_loop_per_request(
     app: App,
