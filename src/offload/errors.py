@@ -38,6 +38,10 @@ class ConfigurationError(OffloadError):
 class BackendError(OffloadError):
     """The queue or store backend failed; the driver's error is kept as the cause."""
 
+    #: The backend was out of reach for the whole retry deadline: a lost, refused or silent
+    #: connection, tried again until then (not an error the server answered).
+    out_of_reach: bool = False
+
 
 class SchemaError(BackendError):
     """The backend's schema is older (or newer) than this version of offload."""

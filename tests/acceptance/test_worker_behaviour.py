@@ -902,3 +902,44 @@ async def test_asked_to_stop_again_a_plain_handlers_job_keeps_its_lease_to_lapse
     finally:
         free.set()
         await app.close()
+
+
+async def test_a_settle_the_server_refused_once_at_shutdown_is_tried_again(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job that ends during the worker's grace, whose first settle the server refuses
+    # (a deadlock, a statement timeout: an answer, not the backend out of reach),
+    app.message("t.ends_in_grace")(Ping)
+    release = asyncio.Event()
+
+    @app.handles(Ping)
+    async def ends(msg: Ping, ctx: Context) -> str:
+        await release.wait()
+        return "done"
+
+    job = await app.enqueue(Ping())
+    worker = Worker(app, concurrency=1, prefetch=0, grace_s=30)
+    backend = app._require_backend()
+    settle, refused = backend.settle, []
+
+    async def refused_once(outcomes: Any) -> Any:
+        if not refused:
+            refused.append(len(outcomes))
+            await asyncio.sleep(0.5)  # (answered while the stopping worker waits on it)
+            raise BackendError("deadlock detected")
+        return await settle(outcomes)
+
+    monkeypatch.setattr(backend, "settle", refused_once)
+    run = asyncio.create_task(worker.run())
+    async with asyncio.timeout(PATIENCE_S):
+        while (await app.status(job.id))["state"] != "running":  # noqa: ASYNC110 (a poll)
+            await asyncio.sleep(0.01)
+    # when the worker is told to stop, and the job ends in its grace,
+    worker.request_stop()
+    release.set()
+    # then the settle is tried again and written: the worker ends cleanly, the job done.
+    async with asyncio.timeout(PATIENCE_S):
+        await run
+    assert refused == [1]
+    assert (await app.status(job.id))["state"] == "succeeded"
+    await app.close()

@@ -116,6 +116,7 @@ class Retrier:
             raise exc
         now = time.monotonic()
         if now + pause >= give_up:
+            exc.out_of_reach = True
             raise exc
         if now < self._warn_after:
             self._unsaid += 1

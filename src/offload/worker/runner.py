@@ -283,8 +283,10 @@ class Worker:
         #: Set while every reported outcome is written (none pending, none being written).
         self._flushed = asyncio.Event()
         self._flushed.set()
-        #: The last settle failed (the backend out of reach past its retry deadline), and
-        #: none succeeded since.
+        #: When the worker began to stop (`_shutdown`): its last outcomes are written after.
+        self._flush_began: float | None = None
+        #: A settle begun since then failed, the backend out of reach for its whole retry
+        #: deadline: the stopping worker waits no longer (`_shutdown`).
         self._settle_failed: BackendError | None = None
         self._settle_failing = asyncio.Event()
         #: Why a stopping worker gave up writing its last outcomes: a settle failed while it
@@ -1144,18 +1146,24 @@ class Worker:
     async def _settler(self) -> None:
         """Write finished attempts in batches: one transaction for many jobs."""
         backend = self.app._require_backend()
+        loop = asyncio.get_running_loop()
         while True:
             await self._pending_ready.wait()
             self._pending_ready.clear()
             batch, self._pending = self._pending, []
             if batch:
+                began = loop.time()
                 try:
                     applied = await backend.settle(batch)
                 except BackendError as exc:
                     # Keep the outcomes (their leases keep beating) and try again shortly.
                     self.failures.warn("settle", exc, action="settle_error")
-                    self._settle_failed = exc
-                    self._settle_failing.set()
+                    flushing = self._flush_began
+                    if exc.out_of_reach and flushing is not None and began >= flushing:
+                        # A stopping worker's settle, tried for the whole retry deadline:
+                        # it waits no longer (`_shutdown`).
+                        self._settle_failed = exc
+                        self._settle_failing.set()
                     self._pending = batch + self._pending
                     self._unknown.update(o.lease.token for o in batch)  # it may have applied
                     self._pending_ready.set()
@@ -1167,8 +1175,6 @@ class Worker:
                     self._unknown.update(o.lease.token for o in batch)
                     self._pending_ready.set()
                     raise
-                self._settle_failed = None
-                self._settle_failing.clear()
                 self._meter(batch, applied)
                 self._not_recorded(batch, applied)
                 for outcome in batch:
@@ -1249,6 +1255,28 @@ class Worker:
             await self.app._require_backend().record_worker(self.info())
         except BackendError as exc:
             self.failures.warn("recording this worker", exc, action="record_error")
+
+    async def _last_settle(self) -> None:
+        """Write the outcomes the stopped settler left: at once, unless a settle of the stop
+        found the backend out of reach; bounded, as a network that drops packets answers
+        no attempt.
+
+        Raises:
+            BackendError: they could not be written (`_unrecorded`).
+        """
+        if not self._pending:
+            return
+        if self._gave_up is not None:
+            raise self._unrecorded(self._pending, self._gave_up)
+        batch, self._pending = self._pending, []
+        bound = self.app.settings.retry_deadline_s + FORGET_WITHIN_S
+        try:
+            async with asyncio.timeout(bound):
+                applied = await self.app._require_backend().settle(batch)
+        except TimeoutError:
+            self._gave_up = BackendError(f"no answer in {bound:g}s")
+            raise self._unrecorded(batch, self._gave_up) from None
+        self._meter(batch, applied)
 
     def _unrecorded(self, outcomes: list[Outcome], cause: BackendError) -> BackendError:
         """The error a stopping worker ends with when the outcomes of its last attempts could
@@ -1518,6 +1546,7 @@ class Worker:
         """Finish running jobs within the grace period, release the rest, flush outcomes.
 
         A side task stopping for good (the supervisor returns) ends the grace period."""
+        self._flush_began = asyncio.get_running_loop().time()
         self._give_back(len(self._line))  # never started: give them back at once
         if self._give_back_due is not None:
             self._give_back_due.cancel()
@@ -1567,7 +1596,6 @@ class Worker:
         if not (self._flushed.is_set() or settler.done()):
             # Until written, or until a settle failed for good: the backend did not answer
             # within its retry deadline, and waiting on would outlast a pod's grace.
-            self._settle_failing.clear()  # (one before the stop: the next try may write)
             flushed = asyncio.create_task(self._flushed.wait())
             failing = asyncio.create_task(self._settle_failing.wait())
             await asyncio.wait(
@@ -1583,11 +1611,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._side.values(), return_exceptions=True)
         try:
-            if self._pending and self._gave_up is not None:
-                raise self._unrecorded(self._pending, self._gave_up)
-            if self._pending:  # settler gone: one last direct try
-                batch, self._pending = self._pending, []
-                self._meter(batch, await self.app._require_backend().settle(batch))
+            await self._last_settle()
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self.dispatcher.aclose()
