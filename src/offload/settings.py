@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._options import owner_fault
 from .errors import ConfigurationError
 
 #: Where jobs live when OFFLOAD_URL is unset: an SQLite file in the working directory.
@@ -72,6 +73,8 @@ def _token_entries(raw: str | None) -> list[tuple[str, str, frozenset[str] | Non
             principal = ""  # brackets only around the kinds
         if not sep or not token or not principal or kinds == frozenset():
             raise ConfigurationError(_TOKENS_FORMAT)
+        if fault := owner_fault(principal, "a principal"):
+            raise ConfigurationError(f"OFFLOAD_API_TOKENS: {fault}")
         if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
             raise ConfigurationError(
                 f"OFFLOAD_API_TOKENS: the principal {principal!r} is reserved: names that "

@@ -277,7 +277,7 @@ async def test_a_principal_that_offload_keeps_for_its_own_jobs_is_refused(
         assert (await alice.get("/jobs/v1/jobs")).status_code == 200
 
 
-@pytest.mark.parametrize("answer", ["", Admin("")])
+@pytest.mark.parametrize("answer", ["", " ", Admin("")])
 async def test_a_hook_that_answers_an_empty_principal_names_no_one(app: App, answer: str) -> None:
     # Given a hook that falls back on "" for a caller it does not know (a host's
     # `request.cookies.get("user", "")`), where two such callers would share one owner,
@@ -327,6 +327,12 @@ async def test_an_admin_named_as_offload_own_jobs_is_nobody(app: App) -> None:
     async with lifespan(api), client(api) as c:
         assert_unauthorized(await c.get("/v1/jobs"))
         assert (await c.get("/v1/workers")).status_code == 404  # the operators' routes
+
+
+@pytest.mark.parametrize("principal", ["al\tice", "bob\x00", "caf\u00e9\u200b"])
+def test_api_tokens_may_not_name_a_principal_with_a_control_character(principal: str) -> None:
+    with pytest.raises(ConfigurationError, match="a principal must be printable text"):
+        Settings.from_env({"OFFLOAD_API_TOKENS": f"t1=alice,t2={principal}"})
 
 
 @pytest.mark.parametrize("principal", ["offload.notify", "offload.periodic", "offload.x[a]"])

@@ -172,8 +172,8 @@ class Auth:
             else:
                 answer = await run_in_threadpool(self.hook, request)
             principal = await answer if inspect.isawaitable(answer) else answer
-            if principal == "":  # a hook's fallback for no one, as `cookies.get("user", "")`
-                principal = None
+            if isinstance(principal, str) and not principal.strip():
+                principal = None  # a hook's fallback for no one: `cookies.get("user", "")`
             elif isinstance(principal, str):
                 principal = _refused(principal) or principal
         setattr(conn.state, _PRINCIPAL, principal)
