@@ -265,10 +265,12 @@ async def test_while_the_backend_does_not_answer_the_counters_are_served_without
     declare(app)
     async with serving(app) as web:
         assert isinstance(app.metrics, Metrics)
-        app.metrics.queues.wait_s = 0.05  # how long a scrape waits for the stats
         await app.enqueue(Ping())
-        # Given a scrape that read the queue gauges,
+        # Given a scrape that read the queue gauges (waiting for them as long as they take:
+        # under load a reading took longer than the 0.05 s the stalls below wait),
+        app.metrics.queues.wait_s = 30
         found = parse((await web.get("/metrics")).text)
+        app.metrics.queues.wait_s = 0.05  # how long a scrape waits for the stats
         assert found.value("offload_queue_depth", queue="pings", state="queued") == 1
         assert found.value("offload_queue_stats_up") == 1
         # when the backend cannot be reached, the next scrape still answers 200 with this
