@@ -43,6 +43,25 @@ def test_each_kind_is_warned_of_once_in_a_while_with_the_count_left_unsaid(
     assert sum(r.levelname == "DEBUG" for r in caplog.records) == 22
 
 
+def test_another_sort_of_failure_is_warned_of_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    failures = FailureLog(every_s=10, clock=lambda: now[0])
+    down = BackendError("cannot connect")
+    down.out_of_reach = True
+    with caplog.at_level("WARNING", logger="offload.worker"):
+        # Given settles failing in an outage, warned of a second ago,
+        failures.warn("settle", down, action="settle_error")
+        now[0] += 1
+        failures.warn("settle", down, action="settle_error")
+        # when one fails otherwise (the server answered: a bug, a constraint),
+        failures.warn("settle", BackendError("violates check constraint"), action="settle_error")
+    # then that one is warned of at once.
+    assert [r.getMessage() for r in caplog.records] == [
+        "settle failed: cannot connect",
+        "settle failed: violates check constraint",
+    ]
+
+
 def test_offloads_processes_leave_the_pools_connection_warnings_out() -> None:
     import subprocess
     import sys

@@ -15,8 +15,8 @@ log = logging.getLogger("offload.worker")
 
 
 class FailureLog:
-    """Warns of a failure of one kind (`what`) at once, then of the next only once
-    `every_s` has passed, with how many it did not warn of since (those at debug)."""
+    """Warns of a failure of one kind (`what` failed, and how) at once, then of the next
+    only once `every_s` has passed, with how many it did not warn of since (at debug)."""
 
     def __init__(
         self, every_s: float = RETRY_WARNING_EVERY_S, clock: Callable[[], float] = time.monotonic
@@ -30,11 +30,14 @@ class FailureLog:
         """Log "`what` failed: `exc`" under `action` (a record's extra), at warning unless
         one of `what` was warned of less than `every_s` ago."""
         now = self._clock()
-        if now < self._next.get(what, float("-inf")):
-            self._unsaid[what] = self._unsaid.get(what, 0) + 1
+        # One kind: the call, and how it failed (an error of another sort during an
+        # outage, a bug say, is warned of at once, not counted with the outage's).
+        kind = f"{what}/{type(exc).__name__}/{getattr(exc, 'out_of_reach', False)}"
+        if now < self._next.get(kind, float("-inf")):
+            self._unsaid[kind] = self._unsaid.get(kind, 0) + 1
             log.debug("%s failed: %s", what, exc, extra={"action": action})
             return
-        unsaid = self._unsaid.pop(what, 0)
-        self._next[what] = now + self.every_s
+        unsaid = self._unsaid.pop(kind, 0)
+        self._next[kind] = now + self.every_s
         since = f" ({unsaid} more since the last warning)" if unsaid else ""
         log.warning("%s failed: %s%s", what, exc, since, extra={"action": action, "unsaid": unsaid})
