@@ -1085,8 +1085,14 @@ def _bulk(
     if n == 0:
         _console().print(f"no {shown}job matches {described(f)}", highlight=False, soft_wrap=True)
         return
-    if not yes:
+    while not yes:
         typer.confirm(f"{verb} {n:,} {shown}jobs matching {described(f)}?", abort=True)
+        # More match now than were asked about (dead ones since, say): ask again.
+        now = _with_app(ref, url, lambda a: a.count_jobs(f, states=states))
+        if now <= n:
+            break
+        _console().print(f"{now - n:,} more match now", highlight=False)
+        n = now
     done = _with_app(ref, url, act)
     _console().print(f"{past} {done:,} job{'' if done == 1 else 's'}", highlight=False)
 

@@ -194,6 +194,29 @@ def test_jobs_list_filters_by_queue_text_and_time_and_counts_the_matches(url: st
         assert invoke("jobs", "list", "--url", url, "--limit", limit).exit_code == 2, limit
 
 
+def test_a_bulk_action_asks_again_when_more_match_than_it_asked_about(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(url, Report(period="1"), Report(period="2"))
+    asked: list[str] = []
+    confirm = cli_module.typer.confirm
+
+    def meanwhile(text: str, **kw: object) -> bool:
+        # Given a third report enqueued while the operator reads the first question,
+        asked.append(text)
+        if len(asked) == 1:
+            enqueue(url, Report(period="3"))
+        return confirm(text, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli_module.typer, "confirm", meanwhile)
+    answer = invoke("jobs", "cancel", "--all-matching", "--queue", "reports", "--url", url,
+                    input="y\ny\n")  # fmt: skip
+    # then the question comes again with the new count, and all three are cancelled.
+    assert answer.exit_code == 0, answer.output
+    assert [q.split(" queued")[0] for q in asked] == ["cancel 2", "cancel 3"]
+    assert "1 more match now" in answer.output and "cancelled 3 jobs" in answer.output
+
+
 def test_bulk_actions_ask_with_the_count_and_change_exactly_what_matches(url: str) -> None:
     first, second, shout = enqueue(url, Report(period="1"), Report(period="2"), Shout(text="x"))
     ask = ["jobs", "cancel", "--all-matching", "--queue", "reports", "--url", url]
