@@ -192,6 +192,24 @@ async def test_a_route_of_an_app_mounted_beside_the_web_tier_finds_it(
             await local.post("/v2/exports")
 
 
+async def test_a_route_of_the_host_finds_the_web_tier_inside_an_app_it_mounted(
+    app: App, closing: None
+) -> None:
+    # Given offload's API mounted inside a sub-app of the host's (/ops/jobs),
+    ops = FastAPI()
+    ops.mount("/jobs", create_app(app))
+    api = FastAPI()
+    api.mount("/ops", ops)
+
+    @api.get("/where")
+    async def where(jobs: Annotated[Jobs, Depends(offload_jobs)]) -> str:
+        return jobs.location("j1")
+
+    # then a route of the host finds it there.
+    async with client(api) as local:
+        assert (await local.get("/where")).json() == "/ops/jobs/v1/jobs/j1"
+
+
 async def test_a_refusal_of_the_dependency_goes_to_the_hosts_handler_of_fastapi_errors(
     settings: Settings, closing: None
 ) -> None:

@@ -134,8 +134,8 @@ class OffloadJobs:
 
     def _mounted(self, request: Request) -> tuple[FastAPI, str]:
         """The web tier and the path clients reach it at: one mounted in the request's app,
-        or else, for a route of an app mounted beside it (`api.mount("/v2", v2)`), one
-        mounted anywhere in the outermost app.
+        or else one mounted anywhere in the outermost app (inside an app mounted in it, or
+        beside the route's own: `api.mount("/v2", v2)`).
 
         Raises:
             ConfigurationError: none is mounted there (or several, with no `web` given).
@@ -143,7 +143,7 @@ class OffloadJobs:
         here = request.scope.get("root_path", "").rstrip("/")
         found = [(web, here + path) for web, path in self._tiers(request.app.routes, deep=False)]
         top = request.scope.get("router")  # the outermost app's router, as Starlette sets it
-        if not found and top is not None and top is not request.app.router:
+        if not found and top is not None:  # (in an app mounted in this one, or beside it)
             base = request.scope.get("app_root_path", "").rstrip("/")
             found = [(web, base + path) for web, path in self._tiers(top.routes, deep=True)]
         if len(found) != 1:
