@@ -29,7 +29,7 @@ from ._loop import freeze_start_up
 from ._loop import run as _run
 from .app import App
 from .contract import JobFilter, JobRow, JobState, WorkerInfo
-from .errors import ConfigurationError, JobNotFound, OffloadError
+from .errors import ConfigurationError, JobNotFound, OffloadError, SchemaError
 from .settings import Settings
 from .stores.blobs import describe_blobs, probe_blobs
 from .worker.scaling import DEFAULT_SCALE_DOWN_AFTER_S, DEFAULT_TARGET_WAIT_S
@@ -176,7 +176,9 @@ def _fail(message: str, *, prefix: str = "", code: int = 1) -> typer.Exit:
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
-    """offload's errors as one line: exit 2 for a configuration error, else 1."""
+    """offload's errors as one line: exit 2 for a configuration error or a schema that
+    needs `offload migrate` or a newer offload (a supervisor restarts no process that exits
+    so), else 1."""
     try:
         yield
     except JobNotFound as exc:
@@ -184,8 +186,8 @@ def _errors() -> Iterator[None]:
         raise _fail(f"no job {shown}", prefix="error: ") from None
     except _AmbiguousId as exc:
         raise _fail(str(exc), prefix="error: ") from None
-    except ConfigurationError as exc:
-        raise _fail(str(exc), prefix="error: ", code=2) from None
+    except (ConfigurationError, SchemaError) as exc:  # a restart cannot mend either
+        raise _fail(" ".join(str(exc).split()), prefix="error: ", code=2) from None
     except OffloadError as exc:
         raise _fail(" ".join(str(exc).split()), prefix="error: ") from None
 

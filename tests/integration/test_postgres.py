@@ -59,6 +59,18 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
         with pytest.raises(SchemaError, match="offload migrate"):
             await backend.open()
         env = {"OFFLOAD_URL": empty.url, "PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE}
+        # (worker processes under a supervisor stop, exit 2, rather than restart for ever)
+        workers = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "offload", "worker", "--app", "offload.demo.handlers:app",
+             "--processes", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert workers.returncode == 2, workers.stderr
+        assert "offload migrate" in workers.stderr and "restarting" not in workers.stderr
         first = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "offload", "migrate"],

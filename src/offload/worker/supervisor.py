@@ -17,6 +17,14 @@ log = logging.getLogger("offload.supervisor")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: Shortest gap between two restarts of one slot (seconds), so a crash loop can't spin.
 DEFAULT_RESTART_BACKOFF_S = 1.0
+#: The gap doubles for each process that dies within this many seconds of its start (a
+#: backend out of reach at start, say), up to `MAX_RESTART_BACKOFF_S`.
+QUICK_DEATH_S = 10.0
+MAX_RESTART_BACKOFF_S = 30.0
+#: The exit code of a worker process that cannot start as configured (a configuration
+#: error, a schema that needs `offload migrate` or a newer offload): a restart would fail
+#: the same way, so the supervisor stops, with this code.
+CANNOT_START = 2
 
 
 def stopped_cleanly(code: int, stop_signal: int | None) -> bool:
@@ -57,6 +65,12 @@ class Supervisor:
         self.children: list[subprocess.Popen[bytes] | None] = [None] * processes
         self.started_at = [0.0] * processes
         self.done = [False] * processes
+        #: Each slot's gap between its process's start and the next (doubled on quick
+        #: deaths), and when its next process starts (after a death).
+        self.backoff = [DEFAULT_RESTART_BACKOFF_S] * processes
+        self.respawn_at: list[float | None] = [None] * processes
+        #: The exit code of a process that could not start as configured (CANNOT_START).
+        self.cannot_start: int | None = None
         #: The signal the processes were sent to stop (None until then).
         self.stop_signal: int | None = None
         #: The processes told to stop (pids).
@@ -92,36 +106,66 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until SIGTERM, SIGINT or SIGHUP (its terminal closed: its children, in
-        sessions of their own, get no SIGHUP of theirs); returns the exit code (0 when all
-        stopped cleanly)."""
+        sessions of their own, get no SIGHUP of theirs), or until a process cannot start as
+        configured; returns the exit code (0 when all stopped cleanly; `CANNOT_START`)."""
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._signal)
         for slot in range(self.processes):
             self._spawn(slot)
         while not (self.stopping or all(self.done)):
-            for slot, child in enumerate(self.children):
-                if child is None or child.poll() is None or self.done[slot]:
-                    continue
-                if self.until_done and child.returncode == 0:
-                    self.done[slot] = True  # ran what it was to run
-                    continue
-                log.warning(
-                    "worker process %d exited with %s; restarting",
-                    child.pid,
-                    child.returncode,
-                    extra={"action": "worker_restart"},
-                )
-                wait = DEFAULT_RESTART_BACKOFF_S - (time.monotonic() - self.started_at[slot])
-                if wait > 0:
-                    time.sleep(wait)
-                if not self.stopping:
-                    self._spawn(slot)
+            for slot in range(self.processes):
+                self._look_after(slot)
             time.sleep(0.2)
         for child in self.children:  # one restarted as the stop came: tell it too, once
             if child is not None and child.pid not in self._told and child.poll() is None:
                 child.send_signal(FORWARDED)
         codes = [child.wait() for child in self.children if child is not None]
+        if self.cannot_start is not None:
+            return self.cannot_start
         return 0 if all(stopped_cleanly(code, self.stop_signal) for code in codes) else 1
+
+    def _look_after(self, slot: int) -> None:
+        """Restart the slot's process once it died (after its backoff), unless it was done
+        or could not start as configured (then stop them all)."""
+        child, now = self.children[slot], time.monotonic()
+        if self.done[slot] or self.stopping:
+            return
+        if child is not None and child.poll() is None:
+            return
+        if child is not None:  # it has just ended
+            code = child.returncode
+            if self.until_done and code == 0:
+                self.done[slot] = True  # ran what it was to run
+                return
+            if code == CANNOT_START:
+                log.error(
+                    "worker process %d exited with %d: it cannot start as configured (its "
+                    "message above), and would not on a restart; stopping",
+                    child.pid,
+                    code,
+                    extra={"action": "worker_cannot_start"},
+                )
+                self.cannot_start = code
+                self._signal(signal.SIGTERM, None)
+                return
+            lived = now - self.started_at[slot]
+            quick = lived < QUICK_DEATH_S
+            gap = min(MAX_RESTART_BACKOFF_S, self.backoff[slot] * 2) if quick else None
+            self.backoff[slot] = gap or DEFAULT_RESTART_BACKOFF_S
+            self.respawn_at[slot] = due = max(now, self.started_at[slot] + self.backoff[slot])
+            self.children[slot] = None
+            log.warning(
+                "worker process %d exited with %s; restarting in %.0fs",
+                child.pid,
+                code,
+                due - now,
+                extra={"action": "worker_restart"},
+            )
+            return
+        respawn = self.respawn_at[slot]
+        if respawn is not None and now >= respawn:
+            self.respawn_at[slot] = None
+            self._spawn(slot)
 
 
 def worker_argv(app_ref: str, options: Sequence[str]) -> list[str]:
