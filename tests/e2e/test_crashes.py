@@ -236,10 +236,13 @@ def test_worker_processes_end_when_their_supervisor_is_killed_outright(stack: St
             else set()
         )
 
+    def running() -> set[int]:  # (one that died at its start was restarted: a new pid)
+        return {pid for pid in children() if _alive(pid)}
+
     # both up and registered (a process still importing has no signal handler yet: the
     # kernel's SIGTERM would end it without a word),
-    wait_for(lambda: len(children()) >= 2, 60, "the two processes to start", stack)
-    wait_for(lambda: set(children()) <= registered(), 60, "the two processes to register", stack)
+    wait_for(lambda: len(running()) >= 2, 60, "the two processes to start", stack)
+    wait_for(lambda: running() <= registered(), 60, "the two processes to register", stack)
     # when it is killed without a chance to stop them (SIGKILL, out of memory),
     supervisor.kill()
     supervisor.wait()
