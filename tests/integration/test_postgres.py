@@ -97,6 +97,30 @@ async def test_an_unmigrated_database_is_refused_until_offload_migrate() -> None
         await empty.drop()
 
 
+async def test_calls_go_on_when_a_migration_adds_a_column_under_prepared_statements(
+    app: App, schema: PgSchema
+) -> None:
+    # Given a process whose connections have run its reads often enough to prepare them
+    # (psycopg prepares a statement run five times), on several connections at once,
+    jobs = [await app.enqueue(Ping(n=i)) for i in range(3)]
+
+    async def reads() -> None:
+        for job in jobs:
+            assert await app.get(job.id) is not None
+        assert len(await app.list_jobs(owner=None)) == 3
+
+    for _ in range(8):
+        await asyncio.gather(*(reads() for _ in range(4)))
+    # when a migration adds a column to the jobs (as migration 13 did, resent_at),
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"ALTER TABLE {schema.name}.offload_jobs ADD COLUMN later integer")
+    # then its reads, cancels and listings answer as before (each connection forgets what
+    # it prepared: the server refused those, "cached plan must not change result type").
+    for _ in range(3):
+        await asyncio.gather(*(reads() for _ in range(4)))
+    assert (await app.cancel(jobs[0].id)).state.value == "cancelled"
+
+
 async def test_feed_entries_written_under_schema_1_read_the_same_after_migration_2() -> None:
     require_pg()
     old = PgSchema(migrate=False)

@@ -9,6 +9,7 @@ import math
 import secrets
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
@@ -218,11 +219,25 @@ _GONE = frozenset({"57P01", "57P02", "57P03"})
 def _lost_connection(exc: BaseException) -> bool:
     """A lost or refused connection: the libpq errors without a SQLSTATE (closed socket,
     refused connection), class 08 (connection exception) and the sessions the server
-    ended. Not an integrity, data or syntax error, nor a cancelled statement."""
+    ended; or a statement prepared before a migration changed what it returns (`_stale_plan`:
+    the connection forgets its prepared statements, and the call is tried again). Not an
+    integrity, data or syntax error, nor a cancelled statement."""
+    if _stale_plan(exc):
+        return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = exc.sqlstate
     return state is None or state.startswith("08") or state in _GONE
+
+
+def _stale_plan(exc: BaseException) -> bool:
+    """A statement prepared on a connection (psycopg prepares one run often) before a
+    migration added a column to the rows it returns: the server refuses to run it ("cached
+    plan must not change result type"), and runs nothing of it."""
+    if not isinstance(exc, psycopg.errors.FeatureNotSupported):
+        return False
+    where = getattr(exc.diag, "source_function", None)  # not translated, as the message is
+    return where == "RevalidateCachedQuery" or "cached plan" in str(exc)
 
 
 def _uuid(job_id: str) -> uuid.UUID | None:
@@ -286,6 +301,11 @@ class PostgresBackend:
         self.pool_size = pool_size
         self.gap_wait_s = gap_wait_s
         self._pool: AsyncConnectionPool | None = None
+        #: Statements prepared before a migration changed the rows they return fail once;
+        #: then every connection forgets its prepared ones when next lent (`_conn`): the
+        #: era each connection last did, and the current one.
+        self._plans: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._plans_era = 0
         self._listener: asyncio.Task[None] | None = None
         self._versions = {"work": 0, "feed": 0}
         self._seen: dict[str, int] = {}
@@ -386,8 +406,15 @@ class PostgresBackend:
             # The pool the connection goes back to, if close or a renewal runs meanwhile.
             pool, conn = await self._lend()
             try:
+                if self._plans.get(conn, 0) < self._plans_era:
+                    await conn.execute("DEALLOCATE ALL")  # (psycopg forgets its own too)
+                self._plans[conn] = self._plans_era
                 async with conn:
                     yield conn
+            except psycopg.Error as exc:
+                if _stale_plan(exc):  # every connection's prepared statements may be stale
+                    self._plans_era += 1
+                raise
             finally:
                 await pool.putconn(conn)
         except psycopg.Error as exc:
