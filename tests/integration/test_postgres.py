@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -119,6 +120,44 @@ async def test_calls_go_on_when_a_migration_adds_a_column_under_prepared_stateme
     for _ in range(3):
         await asyncio.gather(*(reads() for _ in range(4)))
     assert (await app.cancel(jobs[0].id)).state.value == "cancelled"
+
+
+async def test_a_migration_that_waits_for_a_lock_gives_way_and_tries_again(
+    schema: PgSchema, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from offload.brokers.postgres import backend as pg
+
+    monkeypatch.setattr(pg, "MIGRATE_LOCK_WAIT_S", 0.3)
+    # Given a database one migration behind (13 adds a column to the jobs),
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"ALTER TABLE {schema.name}.offload_jobs DROP COLUMN resent_at")
+        await conn.execute(f"DELETE FROM {schema.name}.offload_migrations WHERE version = 13")
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open(check_schema=False)
+    holder = await psycopg.AsyncConnection.connect(schema.url)
+    try:
+        # and a transaction left open that read the jobs (a psql session, a report),
+        await holder.execute("SELECT count(*) FROM offload_jobs")
+        # when the migration runs, it gives way, saying which transaction is in the way,
+        migrating = asyncio.create_task(backend.migrate())
+        async with asyncio.timeout(30):
+            while not [r for r in caplog.records if r.getMessage().startswith("migrating")]:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        said = next(r for r in caplog.records if r.getMessage().startswith("migrating"))
+        assert f"pid {holder.info.backend_pid} (idle in transaction" in said.getMessage()
+        assert "SELECT count(*) FROM offload_jobs" in said.getMessage()
+        # so that calls go on meanwhile (each waited behind its lock, for as long as the
+        # transaction stayed open),
+        async with asyncio.timeout(10):
+            assert await backend.get(str(uuid.uuid4())) is None
+        assert not migrating.done()
+        # and once the transaction ends, it applies.
+        await holder.rollback()
+        async with asyncio.timeout(60):
+            assert await migrating == [13]
+    finally:
+        await holder.close()
+        await backend.close()
 
 
 async def test_feed_entries_written_under_schema_1_read_the_same_after_migration_2() -> None:

@@ -79,6 +79,11 @@ DEFAULT_RELISTEN_MAX_S = 1.0
 LISTEN_WAIT_S = 10.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK = 0x0FF10AD
+#: Longest a migration's statement waits for a lock (seconds): a lock on the jobs table
+#: waits for every transaction that read it, and every call waits behind that wait. Then
+#: the migration is undone and tried again later (`MIGRATE_PATIENCE_S` in all).
+MIGRATE_LOCK_WAIT_S = 2.0
+MIGRATE_PATIENCE_S = 600.0
 _TIME_COLUMNS = ("run_at", "enqueued_at", "lease_expires", "started_at", "finished_at")
 #: Feed positions `feed_head` reads per query.
 _HEAD_CHUNK = 10_000
@@ -622,10 +627,61 @@ class PostgresBackend:
             )
 
     async def migrate(self) -> list[int]:
-        """Apply pending schema migrations (under an advisory lock); returns those applied."""
+        """Apply pending schema migrations (under an advisory lock); returns those applied.
+
+        A statement of theirs waits `MIGRATE_LOCK_WAIT_S` at most for a lock (a transaction
+        left open on the jobs table holds one): then they are undone, the transactions in
+        the way are logged, and they are tried again after a pause that doubles, for up to
+        `MIGRATE_PATIENCE_S`, rather than hold every call behind the lock they wait for.
+
+        Raises:
+            BackendError: the locks were not had within `MIGRATE_PATIENCE_S`.
+        """
+        give_up = time.monotonic() + MIGRATE_PATIENCE_S
+        pause = 1.0
+        while True:
+            try:
+                return await self._migrate()
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                    raise
+                if time.monotonic() + pause > give_up:
+                    raise BackendError(
+                        f"offload migrate: no lock on offload's tables within "
+                        f"{MIGRATE_PATIENCE_S:g}s; {await self._in_the_way()}"
+                    ) from exc
+            log.warning(
+                "migrating waits for a lock on offload's tables, held by another "
+                "transaction: %s; trying again in %gs",
+                await self._in_the_way(),
+                pause,
+                extra={"action": "migrate_lock_wait"},
+            )
+            await asyncio.sleep(pause)
+            pause = min(30.0, pause * 2)
+
+    async def _in_the_way(self) -> str:
+        """The other transactions open on this database, oldest first (for a log line)."""
+        async with self._conn() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(
+                "SELECT pid, extract(epoch FROM now() - xact_start), state, left(query, 60) "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND xact_start IS NOT NULL AND pid <> pg_backend_pid() "
+                "ORDER BY xact_start LIMIT 3"
+            )
+            rows = await cur.fetchall()
+        said = [
+            f"pid {pid} ({state}, open {float(open_s):.0f}s: {' '.join(str(query).split())})"
+            for pid, open_s, state, query in rows
+        ]
+        return "; ".join(said) or "none open now"
+
+    async def _migrate(self) -> list[int]:
         applied: list[int] = []
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            wait_ms = int(MIGRATE_LOCK_WAIT_S * 1000)
+            await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS offload_migrations ("
                 "version integer PRIMARY KEY, "
