@@ -122,6 +122,20 @@ async def test_calls_go_on_when_a_migration_adds_a_column_under_prepared_stateme
     assert (await app.cancel(jobs[0].id)).state.value == "cancelled"
 
 
+async def test_migrating_a_schema_newer_than_this_offload_is_refused(schema: PgSchema) -> None:
+    # Given a database a newer offload migrated (a rollback of the code, say),
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"INSERT INTO {schema.name}.offload_migrations (version) VALUES (99)")
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open(check_schema=False)
+    try:
+        # then offload migrate says so, where it said the schema was up to date.
+        with pytest.raises(SchemaError, match="at version 99, newer than this offload"):
+            await backend.migrate()
+    finally:
+        await backend.close()
+
+
 async def test_a_migration_that_waits_for_a_lock_gives_way_and_tries_again(
     schema: PgSchema, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -688,6 +688,8 @@ class PostgresBackend:
                 "applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = await self._schema_version(conn)
+            if current > SCHEMA_VERSION:  # a rollback's migrate: not "up to date"
+                self._check_version(current)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 await conn.execute(Q[f"migration_{version}"].encode())
                 await conn.execute(
