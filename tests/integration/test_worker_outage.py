@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,7 +15,7 @@ from offload.contract import JobState
 from offload.errors import BackendError
 from offload.worker.runner import FLUSH_GUARD_S, Worker
 
-from ..services import PgSchema, require_pg
+from ..services import PgSchema
 from ..tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -28,17 +27,6 @@ GRACE_S = 0.5
 
 class Long(Message):
     seconds: float = 600
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[PgSchema]:
-    require_pg()
-    schema = PgSchema()
-    await schema.create()
-    try:
-        yield schema
-    finally:
-        await schema.drop()
 
 
 async def test_a_worker_stopped_in_an_outage_ends_soon_and_names_what_it_could_not_record(
