@@ -17,6 +17,14 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return result
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _runner() -> Callable[[Coroutine[Any, Any, Any]], Any]:
     # Chosen here and returned, never run inside the `except`: a loop run in that block
     # would chain every exception raised on it to the ImportError ("During handling of the

@@ -18,6 +18,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._group import GroupCommit
 from ._ids import uuid7, uuid7_block
+from ._loop import running_loop
 from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
@@ -621,7 +622,7 @@ class App:
         task that would have closed it as its loop ended."""
         backend = self._require_backend()
         hold, self._hold_task = self._hold_task, None
-        if hold is not None and not hold.done() and hold.get_loop() is _running_loop():
+        if hold is not None and not hold.done() and hold.get_loop() is running_loop():
             if hold is not asyncio.current_task():
                 hold.cancel()
         self._backend, self._opened_on, self._group = None, None, None
@@ -1521,11 +1522,3 @@ def _queue_name(queue: str) -> str:
 def _bound(backend: Backend) -> bool:
     """Whether `backend`'s connections belong to the loop that opened it (`App._loop_bound`)."""
     return bool(getattr(backend, "loop_bound", False))
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, or None."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

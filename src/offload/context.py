@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
+from ._loop import running_loop
 from .contract import Lease
 from .errors import BackendError
 from .stores.blobs import StreamSource, put_stream
@@ -74,12 +75,12 @@ class Context:
 
     def _on_loop(self) -> bool:
         """Whether the caller runs on the worker's loop (an async handler), not in a thread."""
-        return _running_loop() is self._loop
+        return running_loop() is self._loop
 
     def _bridge(self, coro: Awaitable[Any]) -> Any:
         """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread;
         awaitable on a loop of the handler's own (`asyncio.run` in a plain handler)."""
-        running = _running_loop()
+        running = running_loop()
         if running is self._loop:
             return coro
         future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
@@ -125,7 +126,7 @@ class Context:
         """
         if self._on_loop():
             return self._once(step, fn)
-        if _running_loop() is not None:  # a loop of the handler's own: awaitable there
+        if running_loop() is not None:  # a loop of the handler's own: awaitable there
             return self._bridge(self._once(step, fn))
         found, value = self._bridge(self._backend.recall(self.job_id, step))
         if found:
@@ -176,10 +177,3 @@ class _BlockingBlobs:
         if not inspect.iscoroutinefunction(found):
             return found
         return lambda *args, **kwargs: self._bridge(found(*args, **kwargs))
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
