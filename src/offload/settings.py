@@ -47,6 +47,18 @@ _WHSEC = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
 #: `offload.periodic`, the schedules' ticks): no caller of the API may be one.
 RESERVED_PRINCIPAL_PREFIX = "offload."
 
+
+def principal_fault(principal: str) -> str | None:
+    """Why no caller of the API may be `principal`, or None: a name offload keeps for its
+    own jobs, or one no owner may have (`owner_fault`)."""
+    if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
+        return (
+            f"the principal {principal!r} is reserved: names that begin "
+            f"{RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs (deliveries, schedules' ticks)"
+        )
+    return owner_fault(principal, "a principal")
+
+
 _TOKENS_FORMAT = (
     "OFFLOAD_API_TOKENS must be comma-separated token=principal pairs, each optionally "
     "limited to kinds: token=principal[kind|kind]"
@@ -73,14 +85,8 @@ def _token_entries(raw: str | None) -> list[tuple[str, str, frozenset[str] | Non
             principal = ""  # brackets only around the kinds
         if not sep or not token or not principal or kinds == frozenset():
             raise ConfigurationError(_TOKENS_FORMAT)
-        if fault := owner_fault(principal, "a principal"):
+        if fault := principal_fault(principal):
             raise ConfigurationError(f"OFFLOAD_API_TOKENS: {fault}")
-        if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
-            raise ConfigurationError(
-                f"OFFLOAD_API_TOKENS: the principal {principal!r} is reserved: names that "
-                f"begin {RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs (deliveries, "
-                "schedules' ticks)"
-            )
         entries.append((token, principal, kinds))
     return entries
 

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
-from .._options import owner_fault
-from ..settings import RESERVED_PRINCIPAL_PREFIX, Settings
+from ..settings import Settings, principal_fault
 from .origins import allowed_origin
 from .problems import Problem
 
@@ -60,15 +59,9 @@ class _Refused(str):
 
 def _refused(principal: str) -> _Refused | None:
     """`principal` refused, with a warning to the log, if no caller may be it; else None."""
-    if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
-        detail = (
-            f"the principal {principal!r} is reserved: names that begin "
-            f"{RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs"
-        )
-    elif (fault := owner_fault(principal, "a principal")) is not None:
-        detail = f"the auth hook named no valid principal: {fault}"
-    else:
+    if (fault := principal_fault(principal)) is None:
         return None
+    detail = f"the auth hook named no valid principal: {fault}"
     log.warning("the auth hook named %r, a principal no caller may be: %s", principal, detail)
     refused = _Refused(principal)
     refused.detail = detail
