@@ -308,7 +308,8 @@ class PostgresBackend:
         self._pool: AsyncConnectionPool | None = None
         #: Statements prepared before a migration changed the rows they return fail once;
         #: then every connection forgets its prepared ones when next lent (`_conn`): the
-        #: era each connection last did, and the current one.
+        #: era each connection last did so in, and the current one (0: none failed yet, and
+        #: a lend looks nothing up).
         self._plans: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._plans_era = 0
         self._listener: asyncio.Task[None] | None = None
@@ -411,9 +412,9 @@ class PostgresBackend:
             # The pool the connection goes back to, if close or a renewal runs meanwhile.
             pool, conn = await self._lend()
             try:
-                if self._plans.get(conn, 0) < self._plans_era:
+                if self._plans_era and self._plans.get(conn, 0) < self._plans_era:
                     await conn.execute("DEALLOCATE ALL")  # (psycopg forgets its own too)
-                self._plans[conn] = self._plans_era
+                    self._plans[conn] = self._plans_era
                 async with conn:
                     yield conn
             except psycopg.Error as exc:
