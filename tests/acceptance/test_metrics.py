@@ -161,6 +161,43 @@ async def test_a_worker_counts_attempts_waits_run_times_slots_and_deliveries(
     assert scrape(metrics).labels("offload_worker_slots") == []
 
 
+async def test_a_job_given_back_unspent_is_no_start_and_no_wait(settings: Settings) -> None:
+    app = App("given-back-metrics", settings=settings)
+    declare(app)
+    app.metrics = metrics = Metrics()
+
+    @app.handles(Ping)
+    async def ping(msg: Ping, ctx: Context) -> int:
+        return msg.n
+
+    async with app:
+        # Given a job stored at a version newer than this worker runs, and one it runs,
+        newer = dataclasses.replace(app.envelope(Ping(n=9)), version=2)
+        await app.submit(newer)
+        await app.enqueue(Ping(n=1))
+        worker = Worker(app, concurrency=1)
+        task = asyncio.create_task(worker.run())
+        try:
+            # when the worker has given the newer one back and run the other,
+            async def given_back() -> bool:
+                status = await app.get(newer.id, owner=None)
+                return status is not None and status.error is not None
+
+            async with asyncio.timeout(20):
+                while not await given_back():  # noqa: ASYNC110 (a backend record, no event)
+                    await asyncio.sleep(0.01)
+            completed = "offload_jobs_completed_total"
+            await until(lambda: scrape(metrics).total(completed, kind="m.ping") == 1)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+    # only the job it ran started: the one given back waits on, uncounted.
+    found = scrape(metrics)
+    assert found.value("offload_job_wait_seconds_count", queue="pings") == 1
+    assert found.value("offload_job_duration_seconds_count", kind="m.ping", queue="pings") == 1
+    assert found.total(completed, kind="m.ping") == 1
+
+
 async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -> None:
     declare(app)
 

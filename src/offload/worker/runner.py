@@ -654,8 +654,6 @@ class Worker:
         job.context = ctx = self.context_for(job.lease)
         job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
         job.began = loop.time()
-        env = job.lease.envelope
-        self.app.metrics.started(env.queue, self.app.clock.now() - max(env.enqueued_at, env.run_at))
         self.begun += 1
         self._busy += 1
         self._idle.clear()
@@ -806,11 +804,14 @@ class Worker:
             why = f"{env.kind} waits for a worker that handles it"
             return self._handed_on(lease, why, here=" has no handler for it")
         payload = await self._payload(lease, spec)
-        if isinstance(payload, Outcome):
-            return payload
-        message = self._message(lease, spec, payload)
+        message = payload if isinstance(payload, Outcome) else self._message(lease, spec, payload)
         if isinstance(message, MissingUpgrader):
             message = await self._unreadable(lease, message)
+        if isinstance(message, Outcome) and _for_another(message):
+            return message  # given back unspent (a newer version): it did not start
+        # Its wait ends here: it starts, to run its handler or to fail at once (a payload
+        # that fits no contract).
+        self.app.metrics.started(env.queue, self.app.clock.now() - max(env.enqueued_at, env.run_at))
         if isinstance(message, Outcome):
             return message
         timeout = spec.timeout if spec.timeout is not None else env.timeout
