@@ -251,7 +251,9 @@ async def test_overview_shows_each_queue_its_depth_and_the_last_hour(
     assert re.search(r'data-col="queued">3<', misc)
     billing = html[html.index('data-queue="billing"') : html.index('data-queue="misc"')]
     assert re.search(r'data-col="dead"><a [^>]*>1</a>', billing)
-    assert 'aria-label="Jobs finished per minute: 0 succeeded, 1 failed"' in html
+    # the dead job in the last hour is dead, not failed,
+    assert 'aria-label="Jobs finished per minute: 0 succeeded, 0 failed, 1 dead"' in html
+    assert '0 succeeded · <span class="key bad"></span>0 failed · 1 dead</small>' in html
     assert "cdn" not in html.lower() and "https://" not in html  # every asset is offload's
     headers = (await web.get("/dashboard", headers=OPS)).headers
     assert "default-src 'self'" in headers["content-security-policy"]  # the browser holds to it
@@ -356,6 +358,12 @@ async def test_job_page_shows_envelope_attempts_error_and_traceback(
     assert "Traceback (most recent call last)" in html  # operators see tracebacks
     assert "&#34;customer&#34;: &#34;Globex&#34;" in html or '"customer": "Globex"' in html
     assert "No webhook or email for this job." in html
+    # A dead job may be retried or purged; a succeeded one only purged (a retry refuses it).
+    assert {"retry", "purge"} <= page.testids.keys() and "cancel" not in page.testids
+    done = await app.enqueue(Ping(n=1))
+    await _run_until_idle(app, [done.id])
+    _, page = await _page(web, f"/dashboard/jobs/{done.id}")
+    assert "purge" in page.testids and "retry" not in page.testids
     missing = await web.get("/dashboard/jobs/nope", headers=OPS)
     assert missing.status_code == 404
     assert missing.json()["type"].endswith("/job-not-found")

@@ -279,7 +279,7 @@ def test_an_operator_finds_retries_pauses_and_resumes(browser: Browser, shop: Sh
     expect(page.locator("#activity .state-succeeded").first).to_be_visible()
     # The last hour's chart counts each job where it ended: all ten succeeded in the end.
     expect(page.get_by_test_id("throughput-chart")).to_have_attribute(
-        "aria-label", re.compile(r": 10 succeeded, 0 failed$")
+        "aria-label", re.compile(r": 10 succeeded, 0 failed, 0 dead$")
     )
     page.context.close()
 

@@ -39,11 +39,13 @@ def test_the_chart_scale_is_a_round_number_at_least_the_peak(peak: int, top: int
 
 def test_the_chart_stacks_failures_on_successes_and_says_the_totals() -> None:
     minutes = [Minute(NOW + 60 * i, i, 1 if i == 3 else 0) for i in range(5)]
+    minutes.append(Minute(NOW + 300, 0, 0, 2))
     svg = str(throughput_svg(minutes))
-    assert 'aria-label="Jobs finished per minute: 10 succeeded, 1 failed"' in svg
+    assert 'aria-label="Jobs finished per minute: 10 succeeded, 1 failed, 2 dead"' in svg
+    assert "0 succeeded, 0 failed, 2 dead</title>" in svg  # the dead drawn as failures are
     heights = [float(h) for h in re.findall(r'class="ok" [^>]*height="([\d.]+)"', svg)]
     assert heights == sorted(heights) and len(heights) == 4  # the idle minute draws nothing
-    (bad,) = re.findall(r'<rect class="bad" x="[\d.]+" y="([\d.]+)"', svg)
+    bad, _dead = re.findall(r'<rect class="bad" x="[\d.]+" y="([\d.]+)"', svg)
     ok_y = re.findall(r'<rect class="ok" x="[\d.]+" y="([\d.]+)"', svg)
     assert float(bad) < float(ok_y[2])  # the failure sits on top of that minute's successes
     assert "<title>" in svg and str(throughput_svg([])).startswith("<svg")

@@ -16,11 +16,13 @@ _LEFT, _BOTTOM, _TOP = 36, 22, 8
 
 @dataclass(frozen=True, slots=True)
 class Minute:
-    """One minute of history: when it started (epoch seconds) and what ended in it."""
+    """One minute of history: when it started (epoch seconds) and what ended in it: failed
+    for good (`failed`) or out of attempts (`dead`)."""
 
     start: float
     succeeded: int
     failed: int
+    dead: int = 0
 
 
 def _clock(epoch: float) -> str:
@@ -55,16 +57,17 @@ def _grid(top: int) -> list[str]:
 
 
 def _bar(m: Minute, x: float, w: float, top: int) -> str:
-    """One minute: succeeded below, failed stacked on it, and what they were as a tooltip."""
-    ok_h, bad_h = _PLOT_H * m.succeeded / top, _PLOT_H * m.failed / top
-    label = f"{_clock(m.start)}: {m.succeeded} succeeded, {m.failed} failed"
+    """One minute: succeeded below, failed and dead stacked on it, and what they were as a
+    tooltip."""
+    ok_h, bad_h = _PLOT_H * m.succeeded / top, _PLOT_H * (m.failed + m.dead) / top
+    label = f"{_clock(m.start)}: {m.succeeded} succeeded, {m.failed} failed, {m.dead} dead"
     out = f"<g><title>{label}</title>"
     if m.succeeded:
         out += (
             f'<rect class="ok" x="{x:.1f}" y="{_BASE - ok_h:.1f}" width="{w:.1f}" '
             f'height="{ok_h:.1f}"/>'
         )
-    if m.failed:
+    if m.failed or m.dead:
         out += (
             f'<rect class="bad" x="{x:.1f}" y="{_BASE - ok_h - bad_h:.1f}" width="{w:.1f}" '
             f'height="{bad_h:.1f}"/>'
@@ -73,16 +76,17 @@ def _bar(m: Minute, x: float, w: float, top: int) -> str:
 
 
 def throughput_svg(minutes: Sequence[Minute]) -> Markup:
-    """The chart of `minutes` (oldest first): succeeded bars in green, failed in red on top
-    of them, the y axis in jobs per minute, the x axis in UTC clock times (every tenth
+    """The chart of `minutes` (oldest first): succeeded bars in green, failed and dead in red
+    on top of them, the y axis in jobs per minute, the x axis in UTC clock times (every tenth
     minute, and the last)."""
-    top = _scale(max((m.succeeded + m.failed for m in minutes), default=1))
+    top = _scale(max((m.succeeded + m.failed + m.dead for m in minutes), default=1))
     slot = (WIDTH - _LEFT - 4) / max(len(minutes), 1)
     succeeded, failed = sum(m.succeeded for m in minutes), sum(m.failed for m in minutes)
+    dead = sum(m.dead for m in minutes)
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" data-testid='
         f'"throughput-chart" aria-label="Jobs finished per minute: {succeeded} succeeded, '
-        f'{failed} failed">',
+        f'{failed} failed, {dead} dead">',
         f'<line class="axis" x1="{_LEFT}" y1="{_BASE}" x2="{WIDTH - 4}" y2="{_BASE}"/>',
         *_grid(top),
     ]

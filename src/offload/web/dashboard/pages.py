@@ -53,12 +53,12 @@ DEFAULT_HISTORY_MINUTES = 60
 
 
 def _minutes(history: list[Throughput]) -> list[Minute]:
-    """Every queue's minutes added up, oldest first; dead jobs count as failures."""
+    """Every queue's minutes added up, oldest first."""
     by_minute: dict[datetime, Minute] = {}
     for b in history:
         had = by_minute.get(b.minute, Minute(b.minute.timestamp(), 0, 0))
         by_minute[b.minute] = Minute(
-            had.start, had.succeeded + b.succeeded, had.failed + b.failed + b.dead
+            had.start, had.succeeded + b.succeeded, had.failed + b.failed, had.dead + b.dead
         )
     return [by_minute[m] for m in sorted(by_minute)]
 
@@ -75,6 +75,7 @@ async def _overview(request: Request) -> dict[str, Any]:
         "chart": throughput_svg(history),
         "finished": sum(m.succeeded for m in history),
         "failed": sum(m.failed for m in history),
+        "dead": sum(m.dead for m in history),
         "position": position,
     }
 
@@ -183,6 +184,7 @@ async def job(request: Request, job_id: str, part: str = "") -> Response:
     # The row's error is shown whole: operators see tracebacks.
     context: dict[str, Any] = {
         "row": row,
+        "retryable": row.state in RETRYABLE_STATES,  # a succeeded job is not re-queued
         "result": None if result is None else _pretty(result),
         "envelope": _pretty(row.envelope().to_dict()),
         "deliveries": await app.deliveries(job_id),
