@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .contract import Envelope, JobState, Lease, Outcome
 
@@ -41,6 +41,8 @@ try:
     _API = True
 except ImportError:  # pragma: no cover - the `otel` extra is not installed
     _API = False
+#: Whether OpenTelemetry's API is installed (spans need an SDK besides: `active`).
+API = _API
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -290,3 +292,29 @@ def delivered(span: Span | None, channel: str, code: int | None) -> None:
         return
     key = "http.response.status_code" if channel == "webhook" else "offload.smtp.reply_code"
     span.set_attribute(key, code)
+
+
+# -- the request's own span --------------------------------------------------------------------
+
+#: Query parameters of offload's routes that carry a secret or an address: a stream's
+#: ticket, a download's signature, a job's `callback_url` (credentials, tokens) and `email`,
+#: the dashboard notice's MAC.
+SECRET_QUERY_KEYS = frozenset({"ticket", "signature", "callback_url", "email", "nmac"})
+_SECRET_QUERY_MARKS = tuple(f"{key}=".encode() for key in SECRET_QUERY_KEYS)
+
+
+def redact_query(query_string: bytes) -> None:
+    """Rewrite the current span's `url.query` (the request's SERVER span, which FastAPI's
+    telemetry or an ASGI instrumentation records as sent) with the values of
+    `SECRET_QUERY_KEYS` replaced by `REDACTED`, as offload's access log leaves out the
+    query. Nothing unless such a key is there and the span records."""
+    if not _API or not any(mark in query_string for mark in _SECRET_QUERY_MARKS):
+        return
+    span = _api.get_current_span()
+    if not span.is_recording():
+        return
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    span.set_attribute(
+        "url.query",
+        urlencode([(k, "REDACTED" if k in SECRET_QUERY_KEYS else v) for k, v in pairs]),
+    )

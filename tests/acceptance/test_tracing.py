@@ -11,12 +11,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from offload import App, Context, Message, Settings
+from offload.web import create_app
 
 from ..receivers import MailSink, Receiver
 from ..tracing_support import in_memory
@@ -276,3 +278,31 @@ async def test_the_webhook_of_a_job_cancelled_while_waiting_continues_its_trace(
     (send,) = await ended(spans, "send reports")
     assert parent_of(notify) == span_id(send) and parent_of(post) == span_id(notify)
     assert not [s for s in spans.get_finished_spans() if s.name == "process reports"]
+
+
+async def test_the_requests_span_keeps_no_secret_of_its_query(
+    app: App, settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    declare(app)
+    api = create_app(app)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
+            # Given a job submitted with a callback URL that holds a password and a token,
+            hook = "http://hook:pw@127.0.0.1:9/in?token=s3cr3t"
+            params = {"priority": "3", "callback_url": hook}
+            answer = await web.post("/v1/jobs/t.export", params=params, json={"user_id": "u"})
+            assert answer.status_code == 202, answer.text
+            # and a stream opened with a ticket,
+            ticket = (await web.post("/v1/ws-ticket")).json()["ticket"]
+            job = answer.json()["id"]
+            await app.cancel(job)
+            await web.get(f"/v1/jobs/{job}/events", params={"ticket": ticket})
+    (submitted,) = [s for s in spans.get_finished_spans() if s.name.startswith("POST /v1/jobs")]
+    (streamed,) = [s for s in spans.get_finished_spans() if s.name.startswith("GET /v1/jobs")]
+    # then the request spans FastAPI made show what was asked, without those secrets.
+    assert submitted.kind is trace.SpanKind.SERVER and submitted.attributes is not None
+    assert submitted.attributes["url.query"] == "priority=3&callback_url=REDACTED"
+    assert streamed.attributes is not None
+    assert streamed.attributes["url.query"] == "ticket=REDACTED"
+    assert all("s3cr3t" not in str(s.attributes) for s in spans.get_finished_spans())

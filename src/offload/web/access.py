@@ -12,6 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import tracing
 from .auth import _PRINCIPAL, TICKET_PRINCIPAL
 
 log = logging.getLogger("offload.access")
@@ -87,3 +88,17 @@ def _record(scope: Scope, status: int, duration_ms: float) -> None:
             "principal": who,
         },
     )
+
+
+class RedactedQuery:
+    """ASGI middleware: keep the secrets of a request's query (a ticket, a signature, a
+    `callback_url`) out of its tracing span as the access log keeps them out of its lines
+    (`tracing.redact_query`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            tracing.redact_query(scope["query_string"])
+        await self.app(scope, receive, send)

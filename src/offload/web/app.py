@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from .. import tracing
 from .._links import JOBS_PATH
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
 from .._signing import check_signed
@@ -27,6 +28,7 @@ from ..errors import (
 from ..metrics import Metrics, available
 from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of, url_of
+from .access import RedactedQuery
 from .auth import Auth, AuthHook, caller_is_admin
 from .dashboard import router as dashboard_router
 from .docs import install_docs
@@ -290,8 +292,11 @@ def _taken(ping: asyncio.Future[None]) -> None:
 
 def _guard(api: FastAPI, auth: Auth, settings: Settings) -> None:
     """The middleware around every route: a bounded body; in development mode, loopback
-    names only (DNS rebinding); the CORS of the origins OFFLOAD_CORS_ORIGINS names."""
+    names only (DNS rebinding); the CORS of the origins OFFLOAD_CORS_ORIGINS names; where
+    OpenTelemetry's API is installed, the query's secrets out of the request's span."""
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if tracing.API:
+        api.add_middleware(RedactedQuery)
     if auth.dev_mode:
         api.add_middleware(LoopbackHostMiddleware)
     if auth.cors_origins:  # outermost: a preflight is answered before anything else
