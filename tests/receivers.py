@@ -33,6 +33,9 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    #: When set, the answer's head never ends: a header line every `drip_s` seconds (for a
+    #: minute at most, or until the client hangs up).
+    drip_s: float = 0.0
 
 
 class Receiver:
@@ -57,6 +60,9 @@ class Receiver:
                 answer = receiver.answers[min(n, len(receiver.answers)) - 1]
                 time.sleep(answer.delay_s)
                 self.send_response(answer.status)
+                if answer.drip_s:
+                    self._drip(answer.drip_s)
+                    return
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
                 self.send_header("content-length", "2")
@@ -64,6 +70,18 @@ class Receiver:
                 self.wfile.write(b"ok")
 
             do_GET = do_POST
+
+            def _drip(self, every_s: float) -> None:
+                self.close_connection = True
+                deadline = time.monotonic() + 60
+                try:
+                    self.flush_headers()  # the status line, and no end to the head
+                    while time.monotonic() < deadline:
+                        self.wfile.write(b"x-drip: 1\r\n")
+                        self.wfile.flush()
+                        time.sleep(every_s)
+                except OSError:
+                    pass  # the client hung up
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

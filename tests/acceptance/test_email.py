@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from offload import App, Context, Message, Settings
-from offload.errors import TargetRefused
+from offload.errors import DeliveryError, TargetRefused
 from offload.notify import EmailTemplate
 from offload.notify.base import Notification
 from offload.notify.email import EmailNotifier, parse_smtp_url
@@ -170,7 +170,11 @@ async def test_a_failed_job_email_tells_the_error(
     found = dict(parts(message))
     assert "the <printer> is on fire" in found["text/plain"]
     assert "the &lt;printer&gt; is on fire" in found["text/html"]
-    assert f"{PUBLIC}/v1/jobs/{job.id}/result" in found["text/plain"]
+    # with its status, and no link to a result it does not have (the link would answer 409),
+    assert f"{PUBLIC}/v1/jobs/{job.id}" in found["text/plain"]
+    assert "/result" not in found["text/plain"] and "/result" not in found["text/html"]
+    assert "Open the result" not in found["text/html"]
+    assert message["Subject"].endswith("failed on its last attempt")
 
 
 async def test_a_temporary_smtp_refusal_is_retried(
@@ -244,3 +248,43 @@ async def test_a_target_of_several_addresses_is_refused_and_nothing_is_sent(
     receipt = await notifier.deliver(replace(listed, target="ann@example.com"))
     assert receipt.code == 250
     assert sink.envelopes == [("r@shop.example", ["ann@example.com"])]
+
+
+async def test_a_mail_server_that_answers_each_command_slowly_runs_out_of_the_timeout() -> None:
+    # Given a mail server on loopback that answers every command, each after 0.4 s,
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.sleep(0.4)
+            writer.write(b"220 slow.example ESMTP\r\n")
+            while line := await reader.readline():
+                await asyncio.sleep(0.4)
+                writer.write(
+                    b"250 ok\r\n" if not line.upper().startswith(b"DATA") else b"354 go\r\n"
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = parse_smtp_url(f"smtp://127.0.0.1:{port}?timeout=1")
+        notifier = EmailNotifier(config, sender="r@shop.example")
+        note = Notification(
+            id="msg_1",
+            channel="email",
+            target="ann@example.com",
+            event="job.succeeded",
+            record={"id": "j1", "kind": "t.report", "state": "succeeded"},
+            sent_at=time.time(),
+            links={},
+        )
+        # the handing over ends at its timeout as a whole (each answer came within it),
+        with pytest.raises(DeliveryError, match="no answer within 1s"):
+            async with asyncio.timeout(30):
+                await notifier.deliver(note)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -237,6 +237,35 @@ async def test_a_slow_receiver_times_out_and_is_retried(
     assert second["code"] == 200
 
 
+async def test_a_receiver_that_answers_a_line_at_a_time_runs_out_of_its_timeout(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    declare(app)
+    # Given a receiver that sends its answer's head a line at a time and never ends it,
+    with Receiver(Answer(200, drip_s=0.2), 200) as receiver:
+        job = await app.enqueue(Export(user_id="u5"), callback_url=receiver.url)
+        await start_worker()
+        sent = await delivery(app, job.id, {"delivered"})
+    # the attempt ends at the webhook timeout (2 s) as one that is not answered, recorded,
+    # and the next is delivered (each read came within the timeout: httpx's alone would wait).
+    first, second = sent["attempts"]
+    assert first["code"] is None and "no answer within 2s" in first["error"]
+    assert second["code"] == 200
+
+
+def test_a_delivery_jobs_timeout_outlasts_its_notifiers_bound(app: App) -> None:
+    from offload.notify import EMAIL_KIND
+    from offload.notify.dispatch import BACKSTOP_MARGIN_S, Dispatcher
+
+    # The kind's 60 s where the notifier's bound is shorter, else that bound and a margin:
+    # an attempt that runs out is ended by its notifier and recorded, not cut off unrecorded.
+    assert Dispatcher(app).handlers()[WEBHOOK_KIND].timeout == 60
+    slow = App("slow", settings=app.settings.with_(webhook_timeout_s=90.0))
+    specs = Dispatcher(slow).handlers()
+    assert specs[WEBHOOK_KIND].timeout == 90 + BACKSTOP_MARGIN_S
+    assert specs[EMAIL_KIND].timeout == 60  # no SMTP server set
+
+
 async def test_a_kind_default_callback_and_a_per_job_override(
     app: App, start_worker: Callable[..., Any]
 ) -> None:

@@ -144,6 +144,11 @@ class EmailTemplate:
 
 #: The template of kinds the app did not give one.
 DEFAULT_TEMPLATE = EmailTemplate()
+#: The default's body for a job that did not succeed: no result to open.
+DEFAULT_TEMPLATE_NO_RESULT = EmailTemplate(
+    text=DEFAULT_TEMPLATE.text.replace("Result: {result_url}\n", ""),
+    html=DEFAULT_TEMPLATE.html.replace('<a href="{result_url}">Open the result</a> · ', ""),
+)
 #: Values a template is checked against when it is registered.
 SAMPLE_CONTEXT = {
     k: k

@@ -12,6 +12,7 @@ from ..errors import Cancel, DeliveryError, TargetRefused
 from ..retry import Backoff
 from . import ledger
 from .base import (
+    DEFAULT_NOTIFY_TIMEOUT_S,
     EMAIL_KIND,
     WEBHOOK_KIND,
     EmailDelivery,
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 DEFAULT_EMAIL_LINK_TTL_S = 7 * 86400.0
 #: Longest delay between two delivery attempts (seconds).
 DEFAULT_NOTIFY_BACKOFF_CAP_S = 3600.0
+#: A delivery job's timeout beyond its notifier's bound on an attempt, where that is longer
+#: than the kind's: time to record the attempt that ran out.
+BACKSTOP_MARGIN_S = 30.0
 
 
 class Dispatcher:
@@ -83,12 +87,27 @@ class Dispatcher:
                 fn=fn,
                 message=self.app.spec_of(kind),
                 max_attempts=None,
-                timeout=None,
+                timeout=self._backstop(channel),
                 backoff=backoff,
                 is_async=True,
             )
-            for kind, fn in ((WEBHOOK_KIND, self.webhook), (EMAIL_KIND, self.email))
+            for kind, channel, fn in (
+                (WEBHOOK_KIND, "webhook", self.webhook),
+                (EMAIL_KIND, "email", self.email),
+            )
         }
+
+    def _backstop(self, channel: str) -> float:
+        """The timeout of a delivery job of `channel`: the notifier's own bound on an attempt
+        ends it first, and the attempt is recorded (the kind's 60 s, or that bound and
+        `BACKSTOP_MARGIN_S` where it is longer)."""
+        notifier = self.notifiers[channel]
+        bound = getattr(notifier, "timeout_s", None)
+        if notifier is None and channel == "webhook":
+            bound = self.app.settings.webhook_timeout_s  # the default notifier's, made later
+        if not isinstance(bound, int | float):
+            return DEFAULT_NOTIFY_TIMEOUT_S
+        return max(DEFAULT_NOTIFY_TIMEOUT_S, bound + BACKSTOP_MARGIN_S)
 
     def _notifier(self, channel: str) -> Notifier | None:
         notifier = self.notifiers[channel]
@@ -133,8 +152,11 @@ class Dispatcher:
         presenter = self.presenters[channel]
         record = presenter.row(row)
         base = presenter.prefix
-        refs = result_refs(row.result, job_id) if state == "succeeded" else []
-        result = presenter.link(refs[0]) if len(refs) == 1 else f"{base}/v1/jobs/{job_id}/result"
+        links = {"job": f"{base}/v1/jobs/{job_id}"}
+        if state == "succeeded":  # only a succeeded job has a result to open
+            refs = result_refs(row.result, job_id)
+            one = len(refs) == 1
+            links["result"] = presenter.link(refs[0]) if one else f"{base}/v1/jobs/{job_id}/result"
         return Notification(
             id=nid,
             channel=channel,
@@ -142,7 +164,7 @@ class Dispatcher:
             event=f"job.{state}",
             record=record,
             sent_at=time.time(),
-            links={"job": f"{base}/v1/jobs/{job_id}", "result": result},
+            links=links,
         )
 
     async def _deliver(

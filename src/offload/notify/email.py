@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -13,9 +14,9 @@ import aiosmtplib
 
 from ..errors import ConfigurationError, DeliveryError, TargetRefused
 from .base import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported (older home)
+from .base import DEFAULT_TEMPLATE_NO_RESULT, Notification, Receipt
 from .base import SAMPLE_CONTEXT as SAMPLE_CONTEXT  # re-exported (older home)
 from .base import EmailTemplate as EmailTemplate  # re-exported (older home)
-from .base import Notification, Receipt
 from .targets import notify_email_error
 
 #: Longest wait for the SMTP server, per command (seconds).
@@ -24,7 +25,7 @@ DEFAULT_SMTP_TIMEOUT_S = 30.0
 _OUTCOMES = {
     "succeeded": "is done",
     "failed": "failed",
-    "dead": "failed after every retry",
+    "dead": "failed on its last attempt",
     "cancelled": "was cancelled",
 }
 
@@ -140,12 +141,16 @@ class EmailNotifier:
         app_name: str = "offload",
     ) -> None:
         self.config = config
+        #: Longest one email's handing over may take, connection and all (seconds).
+        self.timeout_s = config.timeout_s
         self.sender = sender
         self.templates = templates or (lambda _kind: DEFAULT_TEMPLATE)
         self.app_name = app_name
 
     def compose(self, n: Notification) -> EmailMessage:
         template = self.templates(str(n.record["kind"]))
+        if template is DEFAULT_TEMPLATE and not n.links.get("result"):
+            template = DEFAULT_TEMPLATE_NO_RESULT  # a job that did not succeed
         subject, text, body = template.render(template_context(n, self.app_name))
         message = EmailMessage()
         message["From"] = self.sender
@@ -167,9 +172,13 @@ class EmailNotifier:
             raise TargetRefused(f"{notification.target!r}: {why}")
         message = self.compose(notification)
         try:
-            _refused, answer = await send_message(
-                message, self.config, recipients=[notification.target]
-            )
+            # The whole exchange within the timeout (aiosmtplib's bounds each command alone).
+            async with asyncio.timeout(self.timeout_s):
+                _refused, answer = await send_message(
+                    message, self.config, recipients=[notification.target]
+                )
+        except TimeoutError:
+            raise DeliveryError(f"no answer within {self.timeout_s:g}s") from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             if codes and all(500 <= code < 600 for code in codes):

@@ -244,17 +244,22 @@ class WebhookNotifier:
         )
 
     async def deliver(self, notification: Notification) -> Receipt:
-        target = await asyncio.to_thread(
-            check_target,
-            notification.target,
-            resolve=self.resolve,
-            allow_private=self.allow_private,
-        )
-        request = self.request(notification, target)
+        """POST `notification` to its target: its name resolved and checked, the connection
+        and the answer's head all within `timeout_s` (httpx's own timeout bounds each read
+        alone, and a receiver that sends its answer a line at a time would hold the attempt
+        on)."""
         try:
-            response = await self.client.send(request, stream=True, follow_redirects=False)
-            await response.aclose()  # the answer's body is not ours to read
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.timeout_s):
+                target = await asyncio.to_thread(
+                    check_target,
+                    notification.target,
+                    resolve=self.resolve,
+                    allow_private=self.allow_private,
+                )
+                request = self.request(notification, target)
+                response = await self.client.send(request, stream=True, follow_redirects=False)
+                await response.aclose()  # the answer's body is not ours to read
+        except (httpx.TimeoutException, TimeoutError):
             raise DeliveryError(f"no answer within {self.timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
