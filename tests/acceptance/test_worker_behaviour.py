@@ -270,16 +270,23 @@ def _thread_holder_and_one_behind(app: App) -> tuple[threading.Event, list[str]]
     return free, behind_ran
 
 
-async def one_more_runs_on(app: App, worker: Worker) -> None:
+async def one_more_runs_on(app: App, worker: Worker) -> str:
     """Enqueue `Ping`s (`_thread_holder_and_one_behind`) until one more handler thread runs
-    on past its attempt: a thread that had not started by the 0.1 s timeout (a loaded
-    machine) never ran, and its job ended dead with no thread left running."""
+    on past its attempt, and return its job's id: a thread that had not started by the
+    0.1 s timeout (a loaded machine) never ran, and its job ended dead with no thread left
+    running. One that runs on keeps its job `running` (its lease held) until it returns."""
     before = worker.threads_running_on
     for _ in range(20):
         job = await app.enqueue(Ping())
-        assert (await finished(app, job.id)).state is JobState.DEAD
-        if worker.threads_running_on > before:
-            return
+        async with asyncio.timeout(PATIENCE_S):
+            while worker.threads_running_on == before:
+                if (await app.status(job.id))["state"] == "dead":
+                    break  # its thread never started
+                await asyncio.sleep(0.01)
+            else:
+                if not worker.wedged:  # (a stopping worker records the outcome at once)
+                    assert (await app.status(job.id))["state"] == "running"
+                return job.id
     raise AssertionError("no handler's thread started within its timeout in 20 jobs")
 
 
@@ -290,16 +297,20 @@ async def test_a_plain_handler_running_on_past_its_timeout_leaves_the_next_one_a
     try:
         # Given one slot, and a handler whose thread runs on after its attempt timed out,
         worker: Worker = await start_worker(concurrency=1, prefetch=0)
-        await one_more_runs_on(app, worker)
+        stuck = await one_more_runs_on(app, worker)
         assert worker.threads_running_on == 1
         # the next plain job runs in a new thread (it waited for the held one, and ran
         # over its own timeout without ever starting),
         after = await app.enqueue(Other(text="after"))
         assert (await finished(app, after.id)).state is JobState.SUCCEEDED
         assert behind_ran == [after.id] and not worker.wedged
+        # while the job whose thread runs on is still running: it holds its lease,
+        assert (await app.status(stuck))["state"] == "running"
     finally:
         free.set()
-    # and the thread that ran on counts no more once it returns.
+    # and once its thread returns, the thread counts no more and its job is dead (its one
+    # attempt ran over its timeout).
+    assert (await finished(app, stuck)).state is JobState.DEAD
     async with asyncio.timeout(15):
         while worker.threads_running_on:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -370,20 +381,31 @@ async def test_cancelled_threads_that_return_within_the_grace_never_stop_the_wor
     try:
         # Given one slot, when three running jobs are cancelled one after another (each
         # handler's thread runs on: more than the worker's slots),
+        jobs = []
         for n in range(3):
             job = await app.enqueue(Ping())
+            jobs.append(job.id)
             async with asyncio.timeout(PATIENCE_S):
                 while len(started) <= n:  # noqa: ASYNC110 (a list the handler appends to)
                     await asyncio.sleep(0.01)
             await app.cancel(job.id)
-            assert (await finished(app, job.id)).state is JobState.CANCELLED
+            async with asyncio.timeout(PATIENCE_S):
+                while worker.threads_running_on <= n:  # noqa: ASYNC110 (a worker's count)
+                    await asyncio.sleep(0.01)
         assert worker.threads_running_on == 3
-        # then the worker runs on (they are within their grace), and runs the next job;
+        # then the worker runs on (they are within their grace), and runs the next job,
         assert not worker.wedged and not run.done()
         later = await app.enqueue(Other())
         assert (await finished(app, later.id)).state is JobState.SUCCEEDED
-        # and once they return, none is left running on, and none was said overdue.
+        # while the cancelled jobs stay running (cancel requested) as their threads do;
+        for job_id in jobs:
+            row = await app.get(job_id)
+            assert row is not None and row.state is JobState.RUNNING and row.cancel_requested
+        # and once they return, each is cancelled, none is left running on, and none was
+        # said overdue.
         cleanup.set()
+        for job_id in jobs:
+            assert (await finished(app, job_id)).state is JobState.CANCELLED
         async with asyncio.timeout(PATIENCE_S):
             while worker.threads_running_on:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
@@ -943,3 +965,49 @@ async def test_a_settle_the_server_refused_once_at_shutdown_is_tried_again(
     assert refused == [1]
     assert (await app.status(job.id))["state"] == "succeeded"
     await app.close()
+
+
+async def test_a_cancelled_job_whose_thread_runs_on_keeps_its_limit_slot_and_unique_key(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    class Export(Message):
+        user_id: str
+
+    app.message("t.capped", unique="active", unique_key=("user_id",))(Export)
+    started: list[str] = []
+    done = threading.Event()
+
+    @app.handles(Export, max_running=1)
+    def export(msg: Export, ctx: Context) -> None:
+        started.append(ctx.job_id)
+        done.wait(30)  # never looks at ctx.cancelled
+
+    worker: Worker = await start_worker(concurrency=2, prefetch=0)
+    first = await app.enqueue(Export(user_id="u1"))
+    other = await app.enqueue(Export(user_id="u2"))
+    try:
+        async with asyncio.timeout(PATIENCE_S):
+            while not started:  # noqa: ASYNC110 (a list the handler appends to)
+                await asyncio.sleep(0.01)
+        # Given a running job of a kind capped at one, whose handler ignores a cancel,
+        await app.cancel(first.id)
+        async with asyncio.timeout(PATIENCE_S):
+            while not worker.threads_running_on:  # noqa: ASYNC110 (a worker's count)
+                await asyncio.sleep(0.01)
+            while not worker._flushed.is_set():  # noqa: ASYNC110 (an outcome it wrote)
+                await asyncio.sleep(0.01)
+        # when its attempt has ended and the worker has written what it had to write,
+        # the job still runs, as its handler does: it holds the kind's one slot (the other
+        # job waits) and its unique key (the same key answers it, no second job runs).
+        row = await app.get(first.id)
+        assert row is not None and row.state is JobState.RUNNING and row.cancel_requested
+        again = await app.enqueue(Export(user_id="u1"))
+        assert again.id == first.id and not again.created
+        assert started == [first.id]
+        assert (await app.status(other.id))["state"] == "queued"
+    finally:
+        done.set()
+    # Once the handler returns, the job is cancelled and the other one runs.
+    assert (await finished(app, first.id)).state is JobState.CANCELLED
+    assert (await finished(app, other.id)).state is JobState.SUCCEEDED
+    assert started == [first.id, other.id]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import enum
@@ -124,6 +125,11 @@ class _Job:
     ran_s: float | None = None
     #: Whether its run's outcome is in the registry's counts (`_count`, as the run ended).
     counted: bool = False
+    #: Its plain handler's call in the thread pool (while it runs, and after, if it ran on).
+    thread: Future[Any] | None = None
+    #: The outcome of an attempt that ended while its thread runs on (a timeout, a cancel):
+    #: reported once the thread returns (`_hold_until_returned`).
+    held: Outcome | None = None
 
 
 class _ThreadRun:
@@ -677,7 +683,10 @@ class Worker:
             if outcome is not None:
                 self._count(outcome)
                 job.counted = True
-                self._report(job, outcome)
+                if job.thread is not None and not job.thread.done():
+                    self._hold_until_returned(job, outcome)
+                else:
+                    self._report(job, outcome)
         except Exception:
             outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
             log.exception("job %s: its outcome could not be reported", job.lease.job_id)
@@ -686,6 +695,37 @@ class Worker:
         self._release_excess()
         self._fill()
         self._slot_free.set()
+
+    def _hold_until_returned(self, job: _Job, outcome: Outcome) -> None:
+        """An attempt ended (its timeout, a cancel) while its plain handler's thread runs on:
+        the job keeps its lease, and so its place under its kind's `max_running` and its
+        unique key, until the thread returns; only then is the outcome reported, and the job
+        may run again (never two runs of one job at once). The worker's slot is free at
+        once. A stopping worker reports it without waiting (`_report_held`)."""
+        job.held = outcome
+        loop = asyncio.get_running_loop()
+
+        def returned(_: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the worker is gone
+                loop.call_soon_threadsafe(self._returned, job)
+
+        assert job.thread is not None
+        job.thread.add_done_callback(returned)
+
+    def _returned(self, job: _Job) -> None:
+        """A thread that ran on past its job's attempt returned: report the held outcome,
+        unless the job left this worker meanwhile (its lease lost, or reported at a stop)."""
+        outcome, job.held = job.held, None
+        if outcome is not None and self._jobs.get(job.lease.job_id) is job:
+            self._report(job, outcome)
+
+    def _report_held(self) -> None:
+        """Report at once the outcomes held for threads that run on: the stopping worker's
+        process does not wait for them."""
+        for job in list(self._jobs.values()):
+            if job.held is not None:
+                outcome, job.held = job.held, None
+                self._report(job, outcome)
 
     def _count(self, outcome: Outcome, step: int = 1) -> None:
         """Count a run's outcome for the registry (`step` -1: take it back out): a release
@@ -859,6 +899,9 @@ class Worker:
         in_pool = self._threads.submit(run)
         call = asyncio.wrap_future(in_pool)
         self._in_threads[job_id] = (call, run)
+        job = self._jobs.get(job_id)
+        if job is not None and job.phase is _Phase.RUNNING:
+            job.thread = in_pool
 
         def forget(_: asyncio.Future[Any]) -> None:
             if self._in_threads.get(job_id, (None,))[0] is call:  # not a later run's
@@ -1591,6 +1634,7 @@ class Worker:
         returned = await self._threads_return(threads, supervisor)
         self._threads_left(threads.keys() - returned, supervisor)
         await self._idle.wait()  # cancelled runs end at their next step
+        self._report_held()
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
         settler = self._side["settler"]
