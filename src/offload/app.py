@@ -1445,11 +1445,17 @@ class App:
         ]
 
     async def list_schedules(self) -> list[dict[str, Any]]:
-        """Every schedule declared in this app or stored by a worker's scheduler: name,
+        """Every schedule declared in this app, stored by a worker's scheduler, or declared
+        by a live worker (before its first tick): name,
         kind, cron, tz, every_s, catch_up, declared (here), next_run, last_run (the newest
         tick enqueued), last_job_id and last_job_state (None once that job is pruned)."""
         backend = await self._opened_backend()
-        entries = listing(self.schedules, await backend.schedule_states(), self.clock.now())
+        states = await backend.schedule_states()
+        live: dict[str, dict[str, Any]] = {}
+        for worker in await backend.workers(lost_after_s=WORKER_LOST_AFTER_S):
+            if not worker.lost:
+                live.update(worker.schedules)
+        entries = listing(self.schedules, states, self.clock.now(), live)
         for entry in entries:
             job_id = entry["last_job_id"]
             row = None if job_id is None else await backend.get(job_id)

@@ -407,6 +407,9 @@ class WorkerInfo:
     processed: int = 0
     failed: int = 0
     lost: bool = False
+    #: The periodic schedules its app declares (each runs its scheduler), by name: how each
+    #: ticks (`periodic.Schedule.spec`), for listings before a schedule's first tick.
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def entry(self) -> dict[str, Any]:
         """What a backend stores of the worker (JSON): everything but `heartbeat_at` (the
@@ -423,13 +426,17 @@ class WorkerInfo:
             "running": list(self.running),
             "processed": self.processed,
             "failed": self.failed,
+            "schedules": self.schedules,
         }
 
     def to_dict(self) -> dict[str, Any]:
         """The worker as JSON shows it (`offload workers --json`, `GET /v1/workers`): the
-        fields, times as RFC 3339 strings."""
+        fields but its schedules (`offload schedules` lists them), times as RFC 3339
+        strings."""
+        entry = self.entry()
+        del entry["schedules"]
         return {
-            **self.entry(),
+            **entry,
             "started_at": iso(self.started_at.timestamp()),
             "heartbeat_at": iso(self.heartbeat_at.timestamp()),
             "lost": self.lost,
@@ -453,6 +460,7 @@ class WorkerInfo:
             processed=int(entry.get("processed", 0)),
             failed=int(entry.get("failed", 0)),
             lost=lost,
+            schedules=dict(entry.get("schedules") or {}),
         )
 
 

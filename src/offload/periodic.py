@@ -2,8 +2,9 @@
 
 Time here is float epoch seconds (the `Clock`'s); a cron schedule reads the wall clock of its
 time zone (zoneinfo), so "0 7 * * *" in Europe/Paris is 07:00 there across DST changes: a
-tick that falls in the hour skipped in spring runs when it ends (03:00), one in the hour
-repeated in autumn runs once (its first occurrence), as Debian cron does (cronsim's rules).
+tick that falls in the hour skipped in spring runs when it ends (03:00), a fixed time in the
+hour repeated in autumn runs once (its first occurrence), and an expression whose hour is a
+wildcard runs in both passes of that hour, as Debian cron does (cronsim's rules).
 An `every` schedule ticks at the multiples of its interval since the epoch, so every process
 agrees on its ticks without talking to another.
 """
@@ -106,25 +107,34 @@ def next_tick(spec: Mapping[str, Any], t: float) -> float | None:
 
 
 def listing(
-    declared: Mapping[str, Schedule], states: Sequence[ScheduleState], now: float
+    declared: Mapping[str, Schedule],
+    states: Sequence[ScheduleState],
+    now: float,
+    live: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every schedule declared here or stored, by name: how it ticks, its next run, its last
-    run and that run's job id, and since which tick it is missed (`missed_since`). A stored
+    """Every schedule declared here, stored, or declared by a live worker (`live`, by name:
+    its spec), by name: how it ticks, its next run, its last run and that run's job id, and
+    since which tick it is missed (`missed_since`; no next run then: no scheduler runs it). A
     schedule not declared here (declared in a worker module this process did not import, or
-    removed) shows the spec stored with its state."""
+    removed) shows the spec stored with its state, else the one a live worker declares (a
+    new schedule before its first tick)."""
+    live = live or {}
     stored = {s.name: s for s in states}
     entries = []
-    for name in sorted({*declared, *stored}):
+    for name in sorted({*declared, *stored, *live}):
         state = stored.get(name)
         schedule = declared.get(name)
-        spec = schedule.spec() if schedule is not None else dict(state.spec if state else {})
+        if schedule is not None:
+            spec = schedule.spec()
+        else:
+            spec = dict(state.spec if state else live[name])
         missed = missed_since(spec, state.last_tick, now) if spec and state else None
         entries.append(
             {
                 "name": name,
                 **spec,
                 "declared": schedule is not None,
-                "next_run": iso(next_tick(spec, now)) if spec else None,
+                "next_run": iso(next_tick(spec, now)) if spec and missed is None else None,
                 "last_run": iso(state.last_tick) if state else None,
                 "last_job_id": state.last_job_id if state else None,
                 "missed_since": iso(missed) if missed is not None else None,

@@ -142,3 +142,35 @@ async def test_the_dashboard_overview_lists_the_schedules(settings: Settings) ->
     assert "every 60s" in row and digest["last_run"] in row and digest["next_run"] in row
     assert f'/jobs/{digest["last_job_id"]}"' in row and "queued" in row
     assert f'<tr data-schedule="{CRON_NAME}"' in html and "0 7 * * mon-fri (Europe/Paris)" in html
+
+
+@pytest.mark.anyio
+async def test_a_schedule_a_running_worker_declares_is_listed_before_its_first_tick(
+    settings: Settings,
+) -> None:
+    from offload.worker.runner import Worker
+
+    # Given a worker running this module's schedules, none of which has ticked yet (the
+    # weekday one waits for 07:00 in Paris),
+    app.configure(settings)
+    async with app:
+        worker = Worker(app, concurrency=1, queues=["digests"])  # (this app has no handlers)
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.started.wait(), 10)
+            # an operator's listing without the worker's module (the web tier's, the CLI's
+            # without --app) shows it, declared by a live worker, never run, with its next run;
+            bare = App("schedules-bare")
+            bare.configure(settings)
+            async with bare:
+                listed = {e["name"]: e for e in await bare.list_schedules()}
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+        cron = listed[CRON_NAME]
+        assert cron["declared"] is False and cron["last_run"] is None
+        assert (cron["cron"], cron["tz"]) == ("0 7 * * mon-fri", "Europe/Paris")
+        assert cron["next_run"] is not None and cron["missed_since"] is None
+        # and once the worker has stopped, a schedule that never ticked is gone from it.
+        async with App("schedules-bare-after", settings=settings) as after:
+            assert CRON_NAME not in {e["name"] for e in await after.list_schedules()}

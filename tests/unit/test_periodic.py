@@ -289,3 +289,28 @@ def test_a_listing_says_since_when_no_scheduler_enqueued_a_schedules_ticks() -> 
     # and a schedule never stored (declared here, no scheduler ran yet) says nothing.
     (fresh,) = listing({schedule.name: schedule}, [], last + 3600)
     assert fresh["missed_since"] is None
+
+
+def test_a_listing_gives_no_next_run_to_a_missed_schedule_and_shows_a_live_workers_new_one() -> (
+    None
+):
+    from offload.contract import ScheduleState
+    from offload.periodic import MISSED_AFTER_S, listing
+
+    schedule = _every(30)
+    last = _utc(2026, 12, 6, 9, 0, 0)
+    state = ScheduleState(
+        name=schedule.name, last_tick=last, last_job_id="j", fired_at=last, spec=schedule.spec()
+    )
+    # A schedule missed (retired, or every worker down) has no next run: no scheduler runs it,
+    (retired,) = listing({}, [state], last + 30 + MISSED_AFTER_S + 1)
+    assert retired["missed_since"] == iso(last + 30) and retired["next_run"] is None
+    # while one kept has its next tick.
+    (kept,) = listing({}, [state], last + 31)
+    assert kept["next_run"] == iso(last + 60) and kept["missed_since"] is None
+    # A schedule a live worker declares and no scheduler stored yet (before its first tick)
+    # is listed, never run, with its next run, whichever module this process imported.
+    (new,) = listing({}, [], last + 1, live={"weekly": {**schedule.spec(), "every_s": 60.0}})
+    assert (new["name"], new["declared"], new["every_s"]) == ("weekly", False, 60.0)
+    assert new["next_run"] == iso(last + 60) and new["last_run"] is None
+    assert new["missed_since"] is None

@@ -185,8 +185,10 @@ class ScheduleEntry(Answer):
     tz: str | None = Field(None, description="the time zone its cron expression reads")
     every_s: float | None = Field(None, description="its interval, ticking from the epoch")
     catch_up: int | None = Field(None, description="missed ticks enqueued after downtime")
-    declared: bool = Field(description="declared in this process's app (else only stored)")
-    next_run: datetime | None = None
+    declared: bool = Field(
+        description="declared in this process's app (else stored, or declared by a live worker)"
+    )
+    next_run: datetime | None = Field(None, description="null while it is missed")
     last_run: datetime | None = Field(None, description="the newest tick enqueued")
     last_job_id: str | None = None
     last_job_state: JobState | None = Field(None, description="null once that job is pruned")

@@ -1290,6 +1290,7 @@ class Worker:
             ),
             processed=self.processed,
             failed=self.failed,
+            schedules={s.name: s.spec() for s in self.app.schedules.values()},
         )
 
     async def _record(self) -> None:
