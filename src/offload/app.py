@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
+from zoneinfo import ZoneInfo
 
 from . import _claim_check as claim_check
 from . import tracing
@@ -452,12 +453,13 @@ class App:
         message: Message,
         *,
         cron: str | None = None,
-        tz: str | None = None,
+        tz: str | ZoneInfo | None = None,
         every: timedelta | None = None,
         catch_up: int = 0,
         name: str | None = None,
     ) -> Schedule:
-        """Enqueue `message` at each tick of `cron` (in time zone `tz`, UTC by default) or
+        """Enqueue `message` at each tick of `cron` (in time zone `tz`, a zoneinfo name or a
+        `ZoneInfo`, UTC by default) or
         of `every` (ticks at the multiples of the interval since the epoch). Every worker
         process runs the schedules of its app (no separate process), and each tick is
         enqueued at most once however many run it: the backend decides.
@@ -490,8 +492,9 @@ class App:
             message, kind, cron=cron, tz=tz, every=every, catch_up=catch_up, name=name
         )
         if schedule.name in self.schedules:
+            mend = "give each a name= of its own" if name is not None else "give each a name="
             raise ConfigurationError(
-                f"periodic schedule {schedule.name!r} is declared twice; give each a name="
+                f"periodic schedule {schedule.name!r} is declared twice; {mend}"
             )
         self.schedules[schedule.name] = schedule
         return schedule

@@ -37,6 +37,8 @@ MISSED_AFTER_S = 60.0
 MIN_EVERY_S = 1.0
 #: The most missed ticks a schedule may catch up at once (one transaction stores them).
 MAX_CATCH_UP = 1000
+#: The longest name a schedule may be given (it keys its state and its jobs' idempotency).
+MAX_NAME_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +160,7 @@ def declare(
     kind: str,
     *,
     cron: str | None,
-    tz: str | None,
+    tz: str | ZoneInfo | None,
     every: timedelta | None,
     catch_up: int,
     name: str | None,
@@ -176,10 +178,14 @@ def declare(
         raise ConfigurationError(f"periodic {kind!r}: catch_up must be an int")
     if not 0 <= catch_up <= MAX_CATCH_UP:
         raise ConfigurationError(f"periodic {kind!r}: catch_up must be 0 to {MAX_CATCH_UP}")
+    if name is not None and (why := _name_fault(name)):
+        raise ConfigurationError(f"periodic {kind!r}: name= {why}")
+    if isinstance(tz, ZoneInfo):
+        tz = tz.key
     every_s = None
     if every is not None:
         every_s = _interval(kind, every, tz)
-        derived = f"{kind}@every {every_s:g}s"
+        derived = f"{kind}@every {_seconds(every_s)}s"
     else:
         tz = tz or DEFAULT_TZ
         _check_cron(kind, cron or "", tz)
@@ -193,6 +199,26 @@ def declare(
         every_s=every_s,
         catch_up=catch_up,
     )
+
+
+def _name_fault(name: object) -> str | None:
+    """Why `name` cannot name a schedule, or None."""
+    if not isinstance(name, str):
+        return f"must be a str, not {type(name).__name__}"
+    if not name.strip():
+        return "must not be empty"
+    if name != name.strip() or not name.isprintable():
+        return f"{name!r} has white space around it or a control character"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is longer than {MAX_NAME_LENGTH} characters"
+    return None
+
+
+def _seconds(every_s: float) -> str:
+    """An interval as a name shows it: `%g` (30, 1e+06), unless that rounds it, where two
+    intervals would share a name (1234567 and 1234568): then in full."""
+    short = f"{every_s:g}"
+    return short if float(short) == every_s else repr(every_s).removesuffix(".0")
 
 
 def _interval(kind: str, every: timedelta, tz: str | None) -> float:

@@ -175,6 +175,26 @@ def test_a_schedule_is_named_from_kind_and_timing_unless_named() -> None:
     assert cron.key(0.0) == "d.digest@0 7 * * mon-fri Europe/Paris@1970-01-01T00:00:00.000Z"
 
 
+def test_intervals_that_print_alike_name_two_schedules_and_a_zoneinfo_names_its_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    app = _app()
+    names = [
+        app.periodic(Digest(), every=timedelta(seconds=s)).name
+        for s in (1234567, 1234568, 1.000001, 1, 1e6, 86400)
+    ]
+    assert names == [
+        "d.digest@every 1234567s",
+        "d.digest@every 1234568s",
+        "d.digest@every 1.000001s",
+        "d.digest@every 1s",
+        "d.digest@every 1e+06s",  # as ever: a name is a schedule's key across deploys
+        "d.digest@every 86400s",
+    ]
+    zoned = app.periodic(Digest(), cron="0 7 * * *", tz=ZoneInfo("Europe/Paris"))
+    assert zoned.tz == "Europe/Paris" and zoned.name == "d.digest@0 7 * * * Europe/Paris"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "says"),
     [
@@ -189,6 +209,12 @@ def test_a_schedule_is_named_from_kind_and_timing_unless_named() -> None:
         ({"every": timedelta(seconds=5), "catch_up": -1}, "catch_up must be 0 to 1000"),
         ({"every": timedelta(seconds=5), "catch_up": 1001}, "catch_up must be 0 to 1000"),
         ({"every": timedelta(seconds=5), "catch_up": True}, "catch_up must be an int"),
+        ({"every": timedelta(seconds=5), "name": ""}, "name= must not be empty"),
+        ({"every": timedelta(seconds=5), "name": "  "}, "name= must not be empty"),
+        ({"every": timedelta(seconds=5), "name": " x "}, "white space around it"),
+        ({"every": timedelta(seconds=5), "name": "x\n"}, "white space around it"),
+        ({"every": timedelta(seconds=5), "name": "x" * 201}, "longer than 200"),
+        ({"every": timedelta(seconds=5), "name": 7}, "must be a str"),
     ],
 )
 def test_a_bad_declaration_is_refused_with_the_reason(kwargs: dict[str, object], says: str) -> None:
@@ -199,8 +225,11 @@ def test_a_bad_declaration_is_refused_with_the_reason(kwargs: dict[str, object],
 def test_a_duplicate_schedule_is_refused_and_asks_for_a_name() -> None:
     app = _app()
     app.periodic(Digest(), every=timedelta(seconds=30))
-    with pytest.raises(ConfigurationError, match="declared twice; give each a name="):
+    with pytest.raises(ConfigurationError, match=r"declared twice; give each a name=$"):
         app.periodic(Digest(user="u2"), every=timedelta(seconds=30))
+    app.periodic(Digest(user="u3"), every=timedelta(seconds=60), name="n")
+    with pytest.raises(ConfigurationError, match="declared twice; give each a name= of its own"):
+        app.periodic(Digest(user="u4"), cron="0 7 * * *", name="n")
 
 
 def test_a_message_of_an_unknown_kind_is_refused() -> None:
