@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -115,3 +116,26 @@ def test_a_process_that_dies_soon_after_its_start_is_restarted_ever_later(
     supervisor._look_after(0)
     supervisor._look_after(0)
     assert starts[-1] == now[0] and supervisor.backoff[0] == 1.0
+
+
+def test_a_process_that_died_just_before_the_stop_is_said_and_the_stop_is_clean(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a process killed outright (SIGKILL) a moment before the supervisor's stop came,
+    # between two of its looks, beside one that stops as asked,
+    supervisor = Supervisor(NO_HANDLER, 2)
+    running = subprocess.Popen(NO_HANDLER)
+    supervisor.children = [_Died(-signal.SIGKILL), running]  # type: ignore[list-item]
+    try:
+        supervisor._signal(signal.SIGTERM, None)
+        # then the supervisor says it died, and exits 0 as after any stop that went as
+        # asked (it said the deaths its looks saw, and exited 0 after them too).
+        assert supervisor._finish() == 0
+    finally:
+        running.kill()
+        running.wait()
+    (said,) = [r for r in caplog.records if getattr(r, "action", "") == "worker_died"]
+    assert said.getMessage() == (
+        f"worker process 4242 exited with {-signal.SIGKILL} before the stop reached it"
+    )
+    assert running.returncode == -signal.SIGTERM

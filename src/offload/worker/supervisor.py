@@ -116,10 +116,29 @@ class Supervisor:
             for slot in range(self.processes):
                 self._look_after(slot)
             time.sleep(0.2)
-        for child in self.children:  # one restarted as the stop came: tell it too, once
-            if child is not None and child.pid not in self._told and child.poll() is None:
-                child.send_signal(FORWARDED)
-        codes = [child.wait() for child in self.children if child is not None]
+        return self._finish()
+
+    def _finish(self) -> int:
+        """Wait for every process to stop; the exit code. A process that had died on its
+        own before the stop reached it (between two looks) is said, as a death seen by a
+        look is, and does not count against the stop, which went as asked."""
+        codes = []
+        for slot, child in enumerate(self.children):
+            if child is None:
+                continue
+            if not self.done[slot] and child.pid not in self._told:
+                code = child.poll()
+                if code is not None and code not in (0, CANNOT_START):
+                    log.warning(
+                        "worker process %d exited with %s before the stop reached it",
+                        child.pid,
+                        code,
+                        extra={"action": "worker_died"},
+                    )
+                    continue
+                if code is None:
+                    child.send_signal(FORWARDED)  # one restarted as the stop came: tell it
+            codes.append(child.wait())
         if self.cannot_start is not None:
             return self.cannot_start
         return 0 if all(stopped_cleanly(code, self.stop_signal) for code in codes) else 1
