@@ -284,7 +284,8 @@ async def one_more_runs_on(app: App, worker: Worker) -> str:
                     break  # its thread never started
                 await asyncio.sleep(0.01)
             else:
-                if not worker.wedged:  # (a stopping worker records the outcome at once)
+                # (held for the grace at most; a stopping worker records the outcome at once)
+                if not worker.wedged and worker.grace_s >= 10:
                     assert (await app.status(job.id))["state"] == "running"
                 return job.id
     raise AssertionError("no handler's thread started within its timeout in 20 jobs")
@@ -376,7 +377,7 @@ async def test_cancelled_threads_that_return_within_the_grace_never_stop_the_wor
     def after(msg: Other, ctx: Context) -> str:
         return "ran"
 
-    worker = Worker(app, concurrency=1, prefetch=0, grace_s=30)
+    worker = Worker(app, concurrency=1, prefetch=0, grace_s=120)
     run = asyncio.create_task(worker.run())
     try:
         # Given one slot, when three running jobs are cancelled one after another (each
@@ -1011,3 +1012,67 @@ async def test_a_cancelled_job_whose_thread_runs_on_keeps_its_limit_slot_and_uni
     assert (await finished(app, first.id)).state is JobState.CANCELLED
     assert (await finished(app, other.id)).state is JobState.SUCCEEDED
     assert started == [first.id, other.id]
+
+
+async def test_a_cancel_heard_while_a_timed_out_thread_runs_on_ends_its_job_cancelled(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.overrun")(Ping)
+    starts: list[int] = []
+    free = threading.Event()
+
+    @app.handles(Ping, timeout=0.3, max_attempts=5, backoff=Backoff(base_s=0.01, cap_s=0.02))
+    def overrun(msg: Ping, ctx: Context) -> None:
+        starts.append(ctx.attempt)
+        free.wait(30)  # ignores ctx.cancelled
+
+    worker: Worker = await start_worker(concurrency=1, prefetch=0)
+    job = await app.enqueue(Ping())
+    try:
+        # Given an attempt that ran over its timeout (a retry decided) while its thread runs
+        # on, the job still running,
+        async with asyncio.timeout(PATIENCE_S):
+            while not worker.threads_running_on:  # noqa: ASYNC110 (a worker's count)
+                await asyncio.sleep(0.01)
+        # when it is cancelled, and the worker hears of it at a heartbeat,
+        await app.cancel(job.id)
+        async with asyncio.timeout(PATIENCE_S):
+            while (held := worker._jobs[job.id].held) is None or not held.state.final:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        free.set()
+    # then once the thread returns the job ends cancelled, never tried again.
+    assert (await finished(app, job.id)).state is JobState.CANCELLED
+    assert starts == [1]
+
+
+async def test_a_thread_that_runs_on_past_the_grace_holds_its_job_no_longer(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    app.message("t.hung", max_attempts=1)(Ping)
+    free = threading.Event()
+
+    @app.handles(Ping, timeout=0.2)
+    def hung(msg: Ping, ctx: Context) -> None:
+        free.wait(30)  # a read without a timeout, say: never sees ctx.cancelled
+
+    worker: Worker = await start_worker(concurrency=2, prefetch=0, grace_s=0.5)
+    try:
+        # Given a handler's thread that runs on past its timeout and never returns (one that
+        # had not started by then never ran: its job is dead at once, and another is tried),
+        for _ in range(20):
+            job = await app.enqueue(Ping())
+            async with asyncio.timeout(PATIENCE_S):
+                while not worker.threads_running_on:
+                    if (await app.status(job.id))["state"] == "dead":
+                        break
+                    await asyncio.sleep(0.01)
+            if worker.threads_running_on:
+                break
+        assert worker.threads_running_on == 1
+        # once the grace after the attempt's end is over, its job ends as the timeout
+        # decided (dead: one attempt), the thread still running.
+        assert (await finished(app, job.id)).state is JobState.DEAD
+        assert worker.threads_running_on == 1
+    finally:
+        free.set()

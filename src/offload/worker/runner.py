@@ -128,8 +128,9 @@ class _Job:
     #: Its plain handler's call in the thread pool (while it runs, and after, if it ran on).
     thread: Future[Any] | None = None
     #: The outcome of an attempt that ended while its thread runs on (a timeout, a cancel):
-    #: reported once the thread returns (`_hold_until_returned`).
+    #: reported once the thread returns (`_hold_until_returned`), and since when (loop time).
     held: Outcome | None = None
+    held_since: float = 0.0
 
 
 class _ThreadRun:
@@ -590,8 +591,12 @@ class Worker:
 
     def _let_go(self, job: _Job) -> None:
         """Stop holding a job whose lease is gone (another worker, or a new claim, owns the
-        job now): no beat, no outcome, and a run it has is cancelled."""
+        job now): no beat, no outcome, and a run it has is cancelled (an outcome held for
+        its thread is dropped, and taken out of the counts it entered as the run ended)."""
         self._forget(job)
+        held, job.held = job.held, None
+        if held is not None and job.counted:
+            self._count(held, -1)
         if job.phase is _Phase.AHEAD:
             self._line.remove(job)
         elif job.phase is _Phase.RUNNING:
@@ -699,33 +704,52 @@ class Worker:
     def _hold_until_returned(self, job: _Job, outcome: Outcome) -> None:
         """An attempt ended (its timeout, a cancel) while its plain handler's thread runs on:
         the job keeps its lease, and so its place under its kind's `max_running` and its
-        unique key, until the thread returns; only then is the outcome reported, and the job
-        may run again (never two runs of one job at once). The worker's slot is free at
-        once. A stopping worker reports it without waiting (`_report_held`)."""
-        job.held = outcome
+        unique key, until the thread returns, for `grace_s` at most; only then is the
+        outcome reported, and the job may run again (never two runs of one job at once while
+        the thread returns within the grace). The worker's slot is free at once. A stopping
+        worker reports it without waiting (`_report_held`)."""
         loop = asyncio.get_running_loop()
+        job.held, job.held_since = outcome, loop.time()
 
         def returned(_: Future[Any]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: the worker is gone
-                loop.call_soon_threadsafe(self._returned, job)
+                loop.call_soon_threadsafe(self._release_held, job)
 
         assert job.thread is not None
         job.thread.add_done_callback(returned)
+        # A thread that never returns (it ignores ctx.cancelled) holds the job no longer
+        # than a stopping worker waits for a run: its grace.
+        loop.call_later(self.grace_s, self._release_held, job)
 
-    def _returned(self, job: _Job) -> None:
-        """A thread that ran on past its job's attempt returned: report the held outcome,
-        unless the job left this worker meanwhile (its lease lost, or reported at a stop)."""
+    def _release_held(self, job: _Job) -> None:
+        """Report the outcome held for a job whose thread ran on past its attempt: the
+        thread returned, or its grace is over (whichever comes first; the other finds
+        nothing held). A job that left this worker meanwhile (its lease lost) has nothing
+        reported."""
         outcome, job.held = job.held, None
-        if outcome is not None and self._jobs.get(job.lease.job_id) is job:
-            self._report(job, outcome)
+        if outcome is None or self._jobs.get(job.lease.job_id) is not job:
+            return
+        held_s = asyncio.get_running_loop().time() - job.held_since
+        if outcome.run_at is not None:  # a retry's backoff runs from when it is reported
+            outcome = dataclasses.replace(outcome, run_at=outcome.run_at + held_s)
+        self._report(job, outcome)
+
+    def _cancel_held(self, job: _Job) -> None:
+        """A cancel asked while a job's outcome is held (its thread runs on): a retry or
+        a release becomes the cancel, written when the hold ends; a final outcome stays."""
+        held = job.held
+        if held is not None and not held.state.final:
+            job.held = Outcome(lease=held.lease, state=JobState.CANCELLED, error=_CANCELLED)
+            if job.counted:  # counted as the run ended: count what it now ends as
+                self._count(held, -1)
+                self._count(job.held)
 
     def _report_held(self) -> None:
         """Report at once the outcomes held for threads that run on: the stopping worker's
         process does not wait for them."""
         for job in list(self._jobs.values()):
             if job.held is not None:
-                outcome, job.held = job.held, None
-                self._report(job, outcome)
+                self._release_held(job)
 
     def _count(self, outcome: Outcome, step: int = 1) -> None:
         """Count a run's outcome for the registry (`step` -1: take it back out): a release
@@ -1436,6 +1460,7 @@ class Worker:
                 self._let_go(job)
             elif answer.cancel_requested:
                 self._interrupt(job, _CANCEL)
+                self._cancel_held(job)
         # SETTLING: the outcome is on its way (a token already gone means it was written).
 
     async def _rescuer(self) -> None:
