@@ -4,9 +4,11 @@ composition, SMTP URLs, stream tickets and the new settings."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -284,3 +286,45 @@ def test_python_enqueue_takes_and_checks_delivery_options() -> None:
         app.envelope(Thing(), callback_url="javascript:alert(1)")
     with pytest.raises(ValueError, match="notify_email"):
         app.envelope(Thing(), notify_email="not an address")
+
+
+def test_an_email_for_a_job_that_did_not_succeed_links_no_result_subject_of_its_own_or_not() -> (
+    None
+):
+    dead = replace(
+        _note("dead", {"type": "ValueError", "message": "no paper"}),
+        links={"job": "https://x/v1/jobs/j1"},
+    )
+    for template in (None, EmailTemplate(subject="Report {kind}: {state}")):
+        templates = None if template is None else (lambda _kind, t=template: t)
+        notifier = EmailNotifier(
+            parse_smtp_url("smtp://h"), sender="jobs@shop.example", templates=templates
+        )
+        message = notifier.compose(dead)
+        text, html = message.get_body(("plain",)), message.get_body(("html",))
+        assert text is not None and html is not None
+        assert "Result:" not in text.get_content() and "Open the result" not in html.get_content()
+        assert "https://x/v1/jobs/j1" in text.get_content() and "no paper" in text.get_content()
+    assert message["Subject"] == "Report t.thing: dead"
+
+
+@pytest.mark.anyio
+async def test_a_webhook_target_resolves_in_offloads_own_threads() -> None:
+    import threading
+
+    from offload.errors import DeliveryError
+    from offload.notify.webhook import WebhookNotifier
+
+    seen: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        seen.append(threading.current_thread().name)
+        raise OSError("no such name")
+
+    async with httpx.AsyncClient() as client:
+        notifier = WebhookNotifier(client, resolve=resolve, timeout_s=5)
+        note = replace(_note(), channel="webhook", target="https://hooks.example.com/in")
+        with pytest.raises(DeliveryError):
+            await notifier.deliver(note)
+    # (not the event loop's shared pool, which a resolver that stalls would fill)
+    assert len(seen) == 1 and seen[0].startswith("offload-resolve")

@@ -61,7 +61,8 @@ class Notification:
         event: the event type, `job.<state>` (e.g. `job.succeeded`).
         record: the job's status record, with signed absolute links to its files.
         sent_at: when this attempt is made (epoch seconds).
-        links: absolute `job` and `result` URLs of the web tier.
+        links: absolute URLs of the web tier: `job`, and `result` for a job that
+            succeeded (the one place a result is).
     """
 
     id: str

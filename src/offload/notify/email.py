@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -149,8 +150,13 @@ class EmailNotifier:
 
     def compose(self, n: Notification) -> EmailMessage:
         template = self.templates(str(n.record["kind"]))
-        if template is DEFAULT_TEMPLATE and not n.links.get("result"):
-            template = DEFAULT_TEMPLATE_NO_RESULT  # a job that did not succeed
+        if not n.links.get("result") and (template.text, template.html) == (
+            DEFAULT_TEMPLATE.text,
+            DEFAULT_TEMPLATE.html,
+        ):  # a job that did not succeed, and the default bodies (an app's own subject kept)
+            template = dataclasses.replace(
+                template, text=DEFAULT_TEMPLATE_NO_RESULT.text, html=DEFAULT_TEMPLATE_NO_RESULT.html
+            )
         subject, text, body = template.render(template_context(n, self.app_name))
         message = EmailMessage()
         message["From"] = self.sender

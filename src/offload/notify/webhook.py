@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -21,6 +22,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -159,6 +161,20 @@ def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) ->
     return Target(url=parsed, address=str(addresses[0]))
 
 
+#: Threads that resolve webhook targets at once, per process: a resolver that stalls (its
+#: name server silent) holds a thread past its attempt's timeout, and holds one of these,
+#: not one of the event loop's shared pool (local blob storage, SQLite's hops).
+RESOLVER_THREADS = 8
+_resolvers: ThreadPoolExecutor | None = None
+
+
+def _resolver_pool() -> ThreadPoolExecutor:
+    global _resolvers
+    if _resolvers is None:
+        _resolvers = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="offload-resolve")
+    return _resolvers
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     """Every address `host` resolves to (blocking: run it in a thread)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -250,12 +266,13 @@ class WebhookNotifier:
         on)."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                target = await asyncio.to_thread(
+                check = functools.partial(
                     check_target,
                     notification.target,
                     resolve=self.resolve,
                     allow_private=self.allow_private,
                 )
+                target = await asyncio.get_running_loop().run_in_executor(_resolver_pool(), check)
                 request = self.request(notification, target)
                 response = await self.client.send(request, stream=True, follow_redirects=False)
                 await response.aclose()  # the answer's body is not ours to read
