@@ -176,8 +176,9 @@ def test_a_worker_whose_plain_handler_runs_on_past_its_attempt_still_exits(stack
         record = stack.wait_state(alice, job_id, {"dead"}, timeout=30)
         assert record["error"]["type"] == "TimeoutError"
 
-    # Given a worker whose plain handler's thread runs on after its attempt timed out,
-    worker = stack.start_worker("--concurrency", "1", "--queues", "stuck")
+    # Given a worker whose plain handler's thread runs on after its attempt timed out (its
+    # job held running for the grace, 2 s here, then dead),
+    worker = stack.start_worker("--concurrency", "1", "--queues", "stuck", "--grace", "2")
     stuck_job_dies()
     # when it is asked to stop, it exits 0 without waiting for that thread (it waited
     # for it forever once it said "worker stopped").
