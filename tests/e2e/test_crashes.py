@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,6 +271,14 @@ def test_ctrl_c_to_the_process_group_of_a_supervisor_stops_it_gracefully(
             start_new_session=True,
         )  # fmt: skip
         try:
+            # both processes started (a process signalled while it starts has no handler
+            # yet: the signal ends it, as tests/unit/test_supervisor_stop.py shows; here the
+            # stop finds both running),
+            def both_started() -> bool:
+                said = (stack.logs / "group.out").read_text()
+                return all(re.search(rf"worker {n} \(pid \d+\) started", said) for n in (1, 2))
+
+            wait_for(both_started, 60, "the two processes to start", stack)
             job_id = alice.post("/v1/jobs/e2e.slow", json={"seconds": 3}).json()["id"]
             slow_job_started(stack)
             # when Ctrl+C reaches the group (each child gets it from the terminal, and again
