@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import secrets
 import subprocess
 import sys
@@ -662,6 +663,47 @@ async def test_a_process_that_only_enqueues_listens_to_nothing(schema: PgSchema)
             await other.close()
     finally:
         await backend.close()
+
+
+async def _listener_pids(schema: PgSchema) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE application_name = %s AND query LIKE 'LISTEN %%'",
+            (schema.name,),
+        )
+        return [int(row[0]) for row in await cur.fetchall()]
+
+
+async def test_a_listen_connection_killed_again_and_again_is_a_warning_once_a_minute(
+    schema: PgSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="offload.postgres")
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open()
+    try:
+        assert await claim(backend, "reports") == []  # its LISTEN is in place
+
+        def returns() -> int:
+            return sum(getattr(r, "action", "") == "pg_listen_back" for r in caplog.records)
+
+        # Given its LISTEN connection killed three times in a row, each time it was back,
+        for n in range(3):
+            (pid,) = await _listener_pids(schema)
+            async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+                await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            async with asyncio.timeout(30):
+                while returns() <= n or len(await _listener_pids(schema)) != 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+    finally:
+        await backend.close()
+    # then the loss was a warning once (within the minute), the others and the returns
+    # debug lines, each loss said all the same.
+    said = [r for r in caplog.records if getattr(r, "action", "").startswith("pg_listen")]
+    lost = [r.levelno for r in said if r.action == "pg_listen"]  # type: ignore[attr-defined]
+    assert lost == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    back = [r.levelno for r in said if r.action == "pg_listen_back"]  # type: ignore[attr-defined]
+    assert back[:3] == [logging.INFO, logging.DEBUG, logging.DEBUG]
 
 
 async def test_a_waiting_claimer_sleeps_through_work_on_other_queues(

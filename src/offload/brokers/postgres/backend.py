@@ -75,6 +75,10 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_RELISTEN_FIRST_S = 0.05
 #: Longest pause between two attempts to LISTEN again while the server is away (seconds).
 DEFAULT_RELISTEN_MAX_S = 1.0
+#: A lost LISTEN connection is a warning at most once in this many seconds (its connection
+#: killed again and again, as a pooler or an operator's script may, says it once a minute;
+#: the others, and each return, are at debug level).
+RELISTEN_WARN_EVERY_S = 60.0
 #: Longest a process's first claim or feed read waits for its LISTEN to be in place (seconds).
 LISTEN_WAIT_S = 10.0
 #: Arbitrary key of the advisory lock that serialises concurrent migrations.
@@ -733,6 +737,9 @@ class PostgresBackend:
         return within about that of the server's return, however long it was away."""
         pause = DEFAULT_RELISTEN_FIRST_S
         lost = False
+        loop = asyncio.get_running_loop()
+        warned_at: float | None = None  # when a loss was last a warning (loop time)
+        level = logging.INFO  # of the loss being mended, and so of its return
         while True:
             try:
                 async with await self._listen_connection() as conn:
@@ -741,7 +748,7 @@ class PostgresBackend:
                     # the first): a waiter that marked what it had seen looks again.
                     self._bump("work", "feed")
                     if lost:
-                        log.info("LISTEN connection back", extra={"action": "pg_listen_back"})
+                        log.log(level, "LISTEN connection back", extra={"action": "pg_listen_back"})
                     lost = False
                     self._listening.set()
                     # Other schemas of the database use the same channels (migration_10).
@@ -754,7 +761,15 @@ class PostgresBackend:
                             self._bump("feed")
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if not lost:
-                    log.warning("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
+                    now = loop.time()
+                    if warned_at is None or now - warned_at >= RELISTEN_WARN_EVERY_S:
+                        warned_at, level = now, logging.INFO
+                        log.warning(
+                            "LISTEN connection lost: %s", exc, extra={"action": "pg_listen"}
+                        )
+                    else:
+                        level = logging.DEBUG
+                        log.debug("LISTEN connection lost: %s", exc, extra={"action": "pg_listen"})
                 lost = True
             await asyncio.sleep(pause)
             pause = min(pause * 2, DEFAULT_RELISTEN_MAX_S)
