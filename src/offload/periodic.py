@@ -11,6 +11,7 @@ agrees on its ticks without talking to another.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,8 @@ from cronsim import CronSim, CronSimError
 from .clock import iso
 from .contract import Message, ScheduleState
 from .errors import ConfigurationError
+
+log = logging.getLogger("offload.periodic")
 
 #: The owner of the jobs schedules enqueue (and the scope of their idempotency keys).
 PERIODIC_OWNER = "offload.periodic"
@@ -37,7 +40,7 @@ MISSED_AFTER_S = 60.0
 MIN_EVERY_S = 1.0
 #: The most missed ticks a schedule may catch up at once (one transaction stores them).
 MAX_CATCH_UP = 1000
-#: The longest name a schedule may be given (it keys its state and its jobs' idempotency).
+#: The longest name a schedule should be given (a longer one is warned of when declared).
 MAX_NAME_LENGTH = 200
 
 
@@ -178,14 +181,28 @@ def declare(
         raise ConfigurationError(f"periodic {kind!r}: catch_up must be an int")
     if not 0 <= catch_up <= MAX_CATCH_UP:
         raise ConfigurationError(f"periodic {kind!r}: catch_up must be 0 to {MAX_CATCH_UP}")
+    if name is not None and not isinstance(name, str):
+        raise ConfigurationError(
+            f"periodic {kind!r}: name= must be a str, not {type(name).__name__}"
+        )
     if name is not None and (why := _name_fault(name)):
-        raise ConfigurationError(f"periodic {kind!r}: name= {why}")
+        # Warned of, not refused: a schedule that ran under such a name keeps its state
+        # (and the workers of a deploy start); a new name would start a new schedule.
+        log.warning(
+            "periodic %r: name= %s; a name keys the schedule's state, so renaming it starts "
+            "a new schedule",
+            kind,
+            why,
+            extra={"action": "schedule_name"},
+        )
     if isinstance(tz, ZoneInfo):
         tz = tz.key
     every_s = None
     if every is not None:
         every_s = _interval(kind, every, tz)
-        derived = f"{kind}@every {_seconds(every_s)}s"
+        # `%g` as ever: a schedule's name keys its state, and renaming every one whose
+        # interval `%g` rounds (1234567 s) would double its ticks beside older workers.
+        derived = f"{kind}@every {every_s:g}s"
     else:
         tz = tz or DEFAULT_TZ
         _check_cron(kind, cron or "", tz)
@@ -201,10 +218,8 @@ def declare(
     )
 
 
-def _name_fault(name: object) -> str | None:
-    """Why `name` cannot name a schedule, or None."""
-    if not isinstance(name, str):
-        return f"must be a str, not {type(name).__name__}"
+def _name_fault(name: str) -> str | None:
+    """Why `name` names a schedule badly, or None."""
     if not name.strip():
         return "must not be empty"
     if name != name.strip() or not name.isprintable():
@@ -212,13 +227,6 @@ def _name_fault(name: object) -> str | None:
     if len(name) > MAX_NAME_LENGTH:
         return f"is longer than {MAX_NAME_LENGTH} characters"
     return None
-
-
-def _seconds(every_s: float) -> str:
-    """An interval as a name shows it: `%g` (30, 1e+06), unless that rounds it, where two
-    intervals would share a name (1234567 and 1234568): then in full."""
-    short = f"{every_s:g}"
-    return short if float(short) == every_s else repr(every_s).removesuffix(".0")
 
 
 def _interval(kind: str, every: timedelta, tz: str | None) -> float:
