@@ -140,6 +140,10 @@ class HandlerSpec:
     max_running: int | None = None
     #: Starts of the kind allowed within any `per_s` seconds (`rate="100/m"`; None: none).
     rate: tuple[int, float] | None = None
+    #: Why this process's code cannot run a message of the kind, or None: such a job is
+    #: given back unspent before it starts, for a worker whose code can (a Django task
+    #: deployed to the web tier before the workers).
+    unready: Callable[[Any], str | None] | None = None
 
     def limits(self) -> KindLimits:
         """The kind's fleet-wide limits as a worker declares them to the backend."""

@@ -198,6 +198,48 @@ async def test_a_job_given_back_unspent_is_no_start_and_no_wait(settings: Settin
     assert found.total(completed, kind="m.ping") == 1
 
 
+async def test_a_job_its_handler_is_not_ready_for_is_given_back_before_it_starts(
+    settings: Settings,
+) -> None:
+    app = App("unready-metrics", settings=settings)
+    declare(app)
+    app.metrics = metrics = Metrics()
+
+    @app.handles(Ping)
+    async def ping(msg: Ping, ctx: Context) -> int:
+        return msg.n
+
+    # Given a handler whose code cannot run some of its messages (a Django task this
+    # worker's code lacks, say),
+    app.handlers["m.ping"] = dataclasses.replace(
+        app.handlers["m.ping"], unready=lambda msg: "needs n < 9" if msg.n >= 9 else None
+    )
+    async with app:
+        later = await app.enqueue(Ping(n=9))
+        await app.enqueue(Ping(n=1))
+        worker = Worker(app, concurrency=1)
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def given_back() -> bool:
+                status = await app.get(later.id, owner=None)
+                return status is not None and status.error is not None
+
+            async with asyncio.timeout(20):
+                while not await given_back():  # noqa: ASYNC110 (a backend record, no event)
+                    await asyncio.sleep(0.01)
+            completed = "offload_jobs_completed_total"
+            await until(lambda: scrape(metrics).total(completed, kind="m.ping") == 1)
+            row = await app.get(later.id, owner=None)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+    # it is given back unspent, saying why, and counts no start: only the other waited.
+    assert row is not None and row.state.value == "queued" and row.attempt == 0
+    assert row.error is not None and "needs n < 9" in row.error["message"]
+    assert scrape(metrics).value("offload_job_wait_seconds_count", queue="pings") == 1
+
+
 async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -> None:
     declare(app)
 

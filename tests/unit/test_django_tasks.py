@@ -430,3 +430,8 @@ def test_a_task_the_worker_does_not_know_is_given_back_not_failed() -> None:
     # (it was a Retry, spending an attempt: with the default max_attempts of 1, failed at once)
     with pytest.raises(_ForAnotherWorker, match=r"shop\.tasks\.deployed_later waits for a"):
         run_call(call, ctx=None)  # type: ignore[arg-type]  # refused before the context is read
+    # and the worker asks before the job starts (no start, no wait counted), as it does of
+    # a kind it has no handler for.
+    from offload.contrib.django.worker import _unready
+
+    assert "shop.tasks.deployed_later waits for a" in (_unready(call) or "")

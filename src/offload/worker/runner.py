@@ -862,7 +862,10 @@ class Worker:
         )
         return dataclasses.replace(outcome, follow_ups=notes) if notes else outcome
 
-    async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
+    async def _to_run(self, lease: Lease, spec: HandlerSpec | None) -> Message | Outcome:
+        """The message its handler is to run, or the attempt's outcome without running it:
+        given back unspent (no handler here, a newer version, a message this code is not
+        ready for), or failed at once (a payload that fits no contract)."""
         env = lease.envelope
         if spec is None:  # a worker of another deploy shares the queue, or will handle it
             why = f"{env.kind} waits for a worker that handles it"
@@ -871,13 +874,22 @@ class Worker:
         message = payload if isinstance(payload, Outcome) else self._message(lease, spec, payload)
         if isinstance(message, MissingUpgrader):
             message = await self._unreadable(lease, message)
+        if not isinstance(message, Outcome) and spec.unready is not None:
+            if (lacks := spec.unready(message)) is not None:
+                return self._handed_on(lease, lacks)
+        return message
+
+    async def _attempt(self, lease: Lease, ctx: Context, spec: HandlerSpec | None) -> Outcome:
+        env = lease.envelope
+        message = await self._to_run(lease, spec)
         if isinstance(message, Outcome) and _for_another(message):
-            return message  # given back unspent (a newer version): it did not start
+            return message  # given back unspent: it did not start
         # Its wait ends here: it starts, to run its handler or to fail at once (a payload
         # that fits no contract).
         self.app.metrics.started(env.queue, self.app.clock.now() - max(env.enqueued_at, env.run_at))
         if isinstance(message, Outcome):
             return message
+        assert spec is not None  # (`_to_run` gave no message without one)
         timeout = spec.timeout if spec.timeout is not None else env.timeout
         loop = asyncio.get_running_loop()
         began = loop.time()

@@ -7,6 +7,7 @@ with a handler for each of its queues.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -58,6 +59,16 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
         close_old_connections()
 
 
+def _unready(call: TaskCall) -> str | None:
+    """Why this worker's code cannot run `call` (its task is unknown here), or None: the
+    worker gives such a job back before it starts (`HandlerSpec.unready`)."""
+    try:
+        _known(call.task)
+    except _ForAnotherWorker as signal:
+        return signal.reason
+    return None
+
+
 def _known(path: str) -> Task:
     """The task `path` names in this worker's code.
 
@@ -93,6 +104,7 @@ def worker_app(alias: str) -> App:
         kind = kind_of(queue)
         if kind not in app.handlers:
             app.handles(app.spec_of(kind).cls)(run_call)
+            app.handlers[kind] = dataclasses.replace(app.handlers[kind], unready=_unready)
     return app
 
 
