@@ -225,21 +225,26 @@ async def test_one_job_can_ask_for_a_webhook_and_an_email(
     assert receiver.requests[0].headers["webhook-id"] == sent[0]["id"]
 
 
+def succeeded_note(target: str) -> Notification:
+    """The email notification of a succeeded job (no links) to `target`."""
+    return Notification(
+        id="msg_1",
+        channel="email",
+        target=target,
+        event="job.succeeded",
+        record={"id": "j1", "kind": "t.report", "state": "succeeded"},
+        sent_at=time.time(),
+        links={},
+    )
+
+
 async def test_a_target_of_several_addresses_is_refused_and_nothing_is_sent(
     settings: Settings, sink: MailSink
 ) -> None:
     # Given a delivery whose target is a list (as a job stored before the web tier refused
     # one held it: its To field would name `root` and `postmaster` to the relay too),
     notifier = EmailNotifier(parse_smtp_url(settings.smtp_url or ""), sender="r@shop.example")
-    listed = Notification(
-        id="msg_1",
-        channel="email",
-        target="root,postmaster,ann@example.com",
-        event="job.succeeded",
-        record={"id": "j1", "kind": "t.report", "state": "succeeded"},
-        sent_at=time.time(),
-        links={},
-    )
+    listed = succeeded_note("root,postmaster,ann@example.com")
     # then it is refused for good, with nothing handed to the server;
     with pytest.raises(TargetRefused, match="not an email address"):
         await notifier.deliver(listed)
@@ -272,15 +277,7 @@ async def test_a_mail_server_that_answers_each_command_slowly_runs_out_of_the_ti
     try:
         config = parse_smtp_url(f"smtp://127.0.0.1:{port}?timeout=1")
         notifier = EmailNotifier(config, sender="r@shop.example")
-        note = Notification(
-            id="msg_1",
-            channel="email",
-            target="ann@example.com",
-            event="job.succeeded",
-            record={"id": "j1", "kind": "t.report", "state": "succeeded"},
-            sent_at=time.time(),
-            links={},
-        )
+        note = succeeded_note("ann@example.com")
         # the handing over ends at its timeout as a whole (each answer came within it),
         with pytest.raises(DeliveryError, match="no answer within 1s"):
             async with asyncio.timeout(30):

@@ -18,6 +18,7 @@ import pytest
 
 from offload import App, Backoff, Context, Message, Settings
 from offload.clock import FakeClock
+from offload.contract import JobRow
 from offload.errors import BackendError, ConfigurationError
 from offload.metrics import CONTENT_TYPE, METRIC_NAMES, NO_METRICS, SQLITE_METRIC_NAMES, Metrics
 from offload.web import create_app
@@ -161,8 +162,9 @@ async def test_a_worker_counts_attempts_waits_run_times_slots_and_deliveries(
     assert scrape(metrics).labels("offload_worker_slots") == []
 
 
-async def test_a_job_given_back_unspent_is_no_start_and_no_wait(settings: Settings) -> None:
-    app = App("given-back-metrics", settings=settings)
+def pinging(name: str, settings: Settings) -> tuple[App, Metrics]:
+    """An app with metrics on whose `Ping` handler returns its number."""
+    app = App(name, settings=settings)
     declare(app)
     app.metrics = metrics = Metrics()
 
@@ -170,45 +172,51 @@ async def test_a_job_given_back_unspent_is_no_start_and_no_wait(settings: Settin
     async def ping(msg: Ping, ctx: Context) -> int:
         return msg.n
 
+    return app, metrics
+
+
+async def given_back_beside_one_run(app: App, metrics: Metrics, job_id: str) -> JobRow:
+    """Run a worker until it has given `job_id` back (its error says why) and run one
+    `m.ping`; the given-back job's row then."""
+    worker = Worker(app, concurrency=1)
+    task = asyncio.create_task(worker.run())
+    try:
+
+        async def given_back() -> JobRow | None:
+            row = await app.get(job_id, owner=None)
+            return row if row is not None and row.error is not None else None
+
+        async with asyncio.timeout(20):
+            while (row := await given_back()) is None:  # noqa: ASYNC110 (a backend record)
+                await asyncio.sleep(0.01)
+        completed = "offload_jobs_completed_total"
+        await until(lambda: scrape(metrics).total(completed, kind="m.ping") == 1)
+        return row
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_job_given_back_unspent_is_no_start_and_no_wait(settings: Settings) -> None:
+    app, metrics = pinging("given-back-metrics", settings)
     async with app:
         # Given a job stored at a version newer than this worker runs, and one it runs,
         newer = dataclasses.replace(app.envelope(Ping(n=9)), version=2)
         await app.submit(newer)
         await app.enqueue(Ping(n=1))
-        worker = Worker(app, concurrency=1)
-        task = asyncio.create_task(worker.run())
-        try:
-            # when the worker has given the newer one back and run the other,
-            async def given_back() -> bool:
-                status = await app.get(newer.id, owner=None)
-                return status is not None and status.error is not None
-
-            async with asyncio.timeout(20):
-                while not await given_back():  # noqa: ASYNC110 (a backend record, no event)
-                    await asyncio.sleep(0.01)
-            completed = "offload_jobs_completed_total"
-            await until(lambda: scrape(metrics).total(completed, kind="m.ping") == 1)
-        finally:
-            worker.request_stop()
-            await asyncio.wait_for(task, 30)
+        # when the worker has given the newer one back and run the other,
+        await given_back_beside_one_run(app, metrics, newer.id)
     # only the job it ran started: the one given back waits on, uncounted.
     found = scrape(metrics)
     assert found.value("offload_job_wait_seconds_count", queue="pings") == 1
     assert found.value("offload_job_duration_seconds_count", kind="m.ping", queue="pings") == 1
-    assert found.total(completed, kind="m.ping") == 1
+    assert found.total("offload_jobs_completed_total", kind="m.ping") == 1
 
 
 async def test_a_job_its_handler_is_not_ready_for_is_given_back_before_it_starts(
     settings: Settings,
 ) -> None:
-    app = App("unready-metrics", settings=settings)
-    declare(app)
-    app.metrics = metrics = Metrics()
-
-    @app.handles(Ping)
-    async def ping(msg: Ping, ctx: Context) -> int:
-        return msg.n
-
+    app, metrics = pinging("unready-metrics", settings)
     # Given a handler whose code cannot run some of its messages (a Django task this
     # worker's code lacks, say),
     app.handlers["m.ping"] = dataclasses.replace(
@@ -217,25 +225,9 @@ async def test_a_job_its_handler_is_not_ready_for_is_given_back_before_it_starts
     async with app:
         later = await app.enqueue(Ping(n=9))
         await app.enqueue(Ping(n=1))
-        worker = Worker(app, concurrency=1)
-        task = asyncio.create_task(worker.run())
-        try:
-
-            async def given_back() -> bool:
-                status = await app.get(later.id, owner=None)
-                return status is not None and status.error is not None
-
-            async with asyncio.timeout(20):
-                while not await given_back():  # noqa: ASYNC110 (a backend record, no event)
-                    await asyncio.sleep(0.01)
-            completed = "offload_jobs_completed_total"
-            await until(lambda: scrape(metrics).total(completed, kind="m.ping") == 1)
-            row = await app.get(later.id, owner=None)
-        finally:
-            worker.request_stop()
-            await asyncio.wait_for(task, 30)
+        row = await given_back_beside_one_run(app, metrics, later.id)
     # it is given back unspent, saying why, and counts no start: only the other waited.
-    assert row is not None and row.state.value == "queued" and row.attempt == 0
+    assert row.state.value == "queued" and row.attempt == 0
     assert row.error is not None and "needs n < 9" in row.error["message"]
     assert scrape(metrics).value("offload_job_wait_seconds_count", queue="pings") == 1
 
