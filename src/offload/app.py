@@ -1459,7 +1459,7 @@ class App:
         backend = await self._opened_backend()
         states = await backend.schedule_states()
         live: dict[str, dict[str, Any]] = {}
-        for worker in await backend.workers(lost_after_s=WORKER_LOST_AFTER_S):
+        for worker in await self.workers():
             if not worker.lost:
                 live.update(worker.schedules)
         entries = listing(self.schedules, states, self.clock.now(), live)

@@ -244,6 +244,8 @@ class Worker:
         self.queues = list(queues) if queues else [*handled, NOTIFY_QUEUE]
         #: The versions this worker runs of each kind it claims, as it records them.
         self.kinds = self._runnable(app)
+        #: How each periodic schedule its app declares ticks, by name, as it records them.
+        self.schedules = {s.name: s.spec() for s in app.schedules.values()}
         #: The limits per kind on its queues: which claim it makes.
         #: Warns of failed calls to the backend, each kind once in a while (an outage).
         self.failures = FailureLog()
@@ -1326,7 +1328,7 @@ class Worker:
             ),
             processed=self.processed,
             failed=self.failed,
-            schedules={s.name: s.spec() for s in self.app.schedules.values()},
+            schedules=self.schedules,
         )
 
     async def _record(self) -> None:
