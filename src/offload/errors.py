@@ -156,3 +156,13 @@ class _ForAnotherWorker(HandlerSignal):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Unstorable(HandlerSignal):
+    """A handler's return value its job's result cannot store (offload's own use: a Django
+    task's value `normalize_json` refuses); `cause` says why. The job fails for good: its
+    handler ran, and a retry would only run it again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

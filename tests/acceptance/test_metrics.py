@@ -232,6 +232,36 @@ async def test_a_job_its_handler_is_not_ready_for_is_given_back_before_it_starts
     assert scrape(metrics).value("offload_job_wait_seconds_count", queue="pings") == 1
 
 
+async def test_a_readiness_check_that_raises_lets_the_handler_fail_with_the_error(
+    settings: Settings,
+) -> None:
+    app = App("unready-raises", settings=settings)
+    declare(app)
+
+    def broken(msg: Ping) -> str | None:  # a Django task module that raises as it imports
+        raise KeyError("DJ_BROKEN_KEY")
+
+    @app.handles(Ping, max_attempts=1)
+    def ping(msg: Ping, ctx: Context) -> int:
+        raise KeyError("DJ_BROKEN_KEY")  # the handler meets the same error
+
+    app.handlers["m.ping"] = dataclasses.replace(app.handlers["m.ping"], unready=broken)
+    async with app:
+        job = await app.enqueue(Ping(n=1))
+        worker = Worker(app, concurrency=1, lease_s=300)
+        task = asyncio.create_task(worker.run())
+        try:
+            record = await job.wait(20)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+    # The attempt ends with the handler's error, at once: not left running until its
+    # lease lapsed, as a raising check left it.
+    assert record.state.value == "dead" and record.attempt == 1
+    assert record.error is not None and record.error.type == "KeyError"
+    assert "DJ_BROKEN_KEY" in record.error.message
+
+
 async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -> None:
     declare(app)
 

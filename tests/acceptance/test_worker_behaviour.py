@@ -572,12 +572,14 @@ async def test_cancel_signal_and_permanent_errors(
     app: App, start_worker: Callable[..., Any]
 ) -> None:
     app.message("t.cancel", max_attempts=2)(Ping)
+    ran: list[str] = []
 
     @app.handles(Ping, backoff=FAST)
     async def handle(msg: Ping, ctx: Context) -> object:
         if msg.text == "cancel":
             raise Cancel("not wanted any more")
-        return object()  # not JSON: a failed attempt, retried, then dead
+        ran.append(msg.text)
+        return object()  # not JSON: failed for good, not run again
 
     await start_worker()
     cancelled = await app.enqueue(Ping(text="cancel"))
@@ -586,8 +588,12 @@ async def test_cancel_signal_and_permanent_errors(
     assert record.error is not None and record.error.message == "not wanted any more"
     not_json = await app.enqueue(Ping(text="x"))
     record = await finished(app, not_json.id)
-    assert record.state is JobState.DEAD and record.attempt == 2
+    # its handler ran, so a retry would only run it again for the same value: failed at
+    # its first attempt, saying why
+    assert record.state is JobState.FAILED and record.attempt == 1 and ran == ["x"]
     assert record.error is not None and record.error.type == "TypeError"
+    assert "return value cannot be stored" in record.error.message
+    assert "not retried" in record.error.message
 
 
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(

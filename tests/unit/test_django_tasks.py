@@ -39,6 +39,7 @@ from django.core.management.base import CommandError
 from django.db import transaction
 from django.tasks import TaskResultStatus, task, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_started
 
 from offload.contract import JobRow, JobState
 from offload.contrib.django import OffloadBackend, owner
@@ -62,6 +63,11 @@ def add(a: int, b: int) -> int:
 @task()
 async def later(n: int) -> int:
     return n
+
+
+@task()
+def dated() -> datetime:
+    return datetime(2026, 12, 6, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,7 +142,19 @@ def test_an_argument_json_cannot_carry_is_named_and_nothing_is_enqueued() -> Non
         add.enqueue(1, b=datetime.now(UTC))
     with pytest.raises(TypeError, match=r"positional argument 0\[1\]\['x'\]: nan is not"):
         add.enqueue([1, {"x": float("nan")}], 2)
+    # an integer larger than a job's JSON carries is refused here, before any transaction
+    # commits (after it, on the on-commit path, it lost the job)
+    with pytest.raises(TypeError, match=r"argument 'b'\[0\]: 1180591620717411303424 does not"):
+        with transaction.atomic():
+            add.enqueue(1, b=[2**70])
     assert len(_jobs()) == before
+
+
+def test_a_tuple_argument_travels_as_a_list() -> None:
+    result = add.enqueue((1, (2, 3)), b={"pair": (4, 5)})
+    assert (result.args, result.kwargs) == ([[1, [2, 3]]], {"b": {"pair": [4, 5]}})
+    stored = add.get_result(result.id)
+    assert (stored.args, stored.kwargs) == ([[1, [2, 3]]], {"b": {"pair": [4, 5]}})
 
 
 @pytest.mark.parametrize(
@@ -148,6 +166,9 @@ def test_an_argument_json_cannot_carry_is_named_and_nothing_is_enqueued() -> Non
         ([0, {"a": {1}}], "[1]['a']: a builtins.set is not JSON"),
         (b"x", "a builtins.bytes is not JSON"),
         (float("inf"), "inf is not a JSON number"),
+        ([2**64 - 1, -(2**63)], None),
+        ([2**64], "[0]: 18446744073709551616 does not fit 64 bits (pass it as a string)"),
+        (-(2**63) - 1, "-9223372036854775809 does not fit 64 bits (pass it as a string)"),
     ],
 )
 def test_json_problem(value: Any, problem: str | None) -> None:
@@ -435,3 +456,36 @@ def test_a_task_the_worker_does_not_know_is_given_back_not_failed() -> None:
     from offload.contrib.django.worker import _unready
 
     assert "shop.tasks.deployed_later waits for a" in (_unready(call) or "")
+
+
+def test_a_return_value_json_cannot_carry_fails_the_task_at_once_not_retried() -> None:
+    from offload.contrib.django.config import app_for
+    from offload.contrib.django.worker import run_call
+    from offload.worker.runner import Worker
+
+    # Given a backend that gives each task 3 attempts, and a task returning a datetime,
+    app = app_for(TaskConfig.of({"url": "memory://", "max_attempts": 3}, {"dates"}))
+    app.handles(app.spec_of("django.tasks.dates").cls)(run_call)
+    ran: list[str] = []
+    task_started.connect(
+        lambda sender, task_result, **_: ran.append(task_result.id), weak=False, dispatch_uid="ran"
+    )
+
+    async def run_one() -> JobRow | None:
+        async with app:
+            call = {"task": dated.module_path, "args": [], "kwargs": {}}
+            job = await app.enqueue(app.spec_of("django.tasks.dates").cls(**call))
+            await Worker(app, concurrency=1, max_jobs=1).run()
+            return await app.get(job.id, owner=None)
+
+    try:
+        row = asyncio.run(run_one())
+    finally:
+        task_started.disconnect(dispatch_uid="ran")
+    # when a worker runs it, it ran once and failed for good, saying why: a retry would
+    # only run it again (it was retried until its attempts were spent)
+    assert row is not None and (row.state, row.attempt) == (JobState.FAILED, 1)
+    assert len(ran) == 1
+    assert row.error is not None and row.error["type"] == "TypeError"
+    assert "return value cannot be stored" in row.error["message"]
+    assert "Unsupported type" in row.error["message"]

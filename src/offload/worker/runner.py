@@ -39,6 +39,7 @@ from ..errors import (
     Retry,
     UpgradeError,
     _ForAnotherWorker,
+    _Unstorable,
 )
 from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
@@ -158,6 +159,18 @@ class _ThreadRun:
             return self._abandoned
 
 
+async def _unready(check: Callable[[Any], str | None], message: Any) -> str | None:
+    """What `HandlerSpec.unready` says of `message`, asked in a thread: it may import the
+    user's code (a Django task's module), which must not hold the event loop. A check that
+    raises says nothing: the handler runs and meets the same error, which its attempt records.
+    """
+    try:
+        return await asyncio.to_thread(check, message)
+    except Exception:
+        log.debug("the readiness check of a %s raised; its handler runs", type(message).__name__)
+        return None
+
+
 def _for_another(outcome: Outcome) -> bool:
     """Whether a run gave its job back unspent for another worker (`Worker._given_back`)."""
     return bool(outcome.refund) and (outcome.error or {}).get("type") == NEWER_VERSION
@@ -185,10 +198,26 @@ def _message(exc: BaseException) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """A handler's return value as its job's result stores it.
+
+    Raises:
+        TypeError: a value JSON cannot carry (or an integer past 64 bits).
+        ValueError: a pydantic model that cannot be dumped as JSON.
+    """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     orjson.dumps(value)  # raises TypeError for values a status record cannot carry
     return value
+
+
+def _unstorable(exc: Exception) -> TypeError:
+    """The error of a job whose handler returned what its result cannot store."""
+    error = TypeError(
+        f"the handler's return value cannot be stored as the job's result ({exc}); it is "
+        "not retried, as its handler ran: return what JSON carries"
+    )
+    error.__cause__ = exc
+    return error
 
 
 class Worker:
@@ -877,7 +906,7 @@ class Worker:
         if isinstance(message, MissingUpgrader):
             message = await self._unreadable(lease, message)
         if not isinstance(message, Outcome) and spec.unready is not None:
-            if (lacks := spec.unready(message)) is not None:
+            if (lacks := await _unready(spec.unready, message)) is not None:
                 return self._handed_on(lease, lacks)
         return message
 
@@ -904,16 +933,22 @@ class Worker:
                 call = self._in_thread(env.id, run)
             result = await asyncio.wait_for(call, timeout) if timeout else await call
             self._prefetch.ran(loop.time() - began)
+            try:
+                stored = _jsonable(result)
+            except (TypeError, ValueError) as exc:  # its handler ran: a retry would run it again
+                return self._failed_for_good(lease, _unstorable(exc))
             return Outcome(
                 lease=lease,
                 state=JobState.SUCCEEDED,
-                result=_jsonable(result),
+                result=stored,
                 max_attempts=spec.max_attempts,
             )
         except Retry as signal:
             return self._failed(lease, spec, signal, delay=signal.delay)
         except _ForAnotherWorker as signal:
             return self._handed_on(lease, signal.reason)
+        except _Unstorable as signal:
+            return self._failed_for_good(lease, _unstorable(signal.cause))
         except Cancel as signal:
             return Outcome(
                 lease=lease,

@@ -13,7 +13,7 @@ from django.tasks.signals import task_enqueued
 
 from ...app import App
 from ...contract import Envelope, JobRow
-from .calls import TaskCall, check_arguments, kind_of
+from .calls import TaskCall, check_arguments, kind_of, plain
 from .config import TaskConfig, app_for
 from .principal import current_owner
 from .results import priority_of, ready_result, result_of
@@ -56,7 +56,12 @@ class OffloadBackend(BaseTaskBackend):
         self.validate_task(task)
         check_arguments(task.module_path, args, kwargs)
         call = TaskCall.model_validate(
-            {"task": task.module_path, "args": args, "kwargs": kwargs, "run_after": task.run_after}
+            {
+                "task": task.module_path,
+                "args": plain(args),
+                "kwargs": plain(kwargs),
+                "run_after": task.run_after,
+            }
         )
         options = {
             "priority": priority_of(task.priority),

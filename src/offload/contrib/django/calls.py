@@ -29,6 +29,21 @@ class TaskCall(Message):
     run_after: datetime | None = None
 
 
+#: The integers a job's JSON carries: 64 bits, signed or not (larger ones are refused as it
+#: is written).
+INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON gives it back: a tuple as a list, inside lists and dicts too (as
+    Django's `normalize_json` makes a task's return value)."""
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
 def json_problem(value: Any) -> str | None:
     """Why `value` cannot travel as JSON unchanged, or None: a type JSON has not (a
     datetime, a model instance, bytes), a float that is not finite, a key not a string.
@@ -42,8 +57,12 @@ def json_problem(value: Any) -> str | None:
 
 def _problem(value: Any) -> tuple[str, str] | None:
     """(where inside `value`, what) of the first thing JSON cannot carry, or None."""
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, str | bool):
         return None
+    if isinstance(value, int):
+        if INT_RANGE[0] <= value <= INT_RANGE[1]:
+            return None
+        return "", f"{value} does not fit 64 bits (pass it as a string)"
     if isinstance(value, float):
         return None if math.isfinite(value) else ("", f"{value!r} is not a JSON number")
     items: list[tuple[str, Any]]
@@ -64,7 +83,8 @@ def _problem(value: Any) -> tuple[str, str] | None:
 
 
 def check_arguments(path: str, args: Any, kwargs: dict[str, Any]) -> None:
-    """Raise unless every argument of a call of task `path` travels as JSON unchanged.
+    """Raise unless every argument of a call of task `path` travels as JSON unchanged (a
+    tuple arrives as a list, as JSON carries it).
 
     Raises:
         TypeError: names the argument, and what in it JSON cannot carry.

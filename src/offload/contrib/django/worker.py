@@ -21,7 +21,7 @@ from django.utils.json import normalize_json
 from ..._logging import print_once
 from ...app import App
 from ...context import Context
-from ...errors import ConfigurationError, _ForAnotherWorker
+from ...errors import ConfigurationError, _ForAnotherWorker, _Unstorable
 from .backend import OffloadBackend
 from .calls import TaskCall, kind_of
 from .config import BACKEND_ENV
@@ -36,6 +36,9 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
 
     Returns:
         The task's return value, made JSON as Django makes it (`normalize_json`).
+
+    Raises:
+        _Unstorable: a return value `normalize_json` refuses: the job fails for good.
     """
     close_old_connections()
     try:
@@ -47,7 +50,11 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
             args = list(call.args)
             if task.takes_context:
                 args.insert(0, TaskContext(task_result=result))
-            value = normalize_json(task.call(*args, **call.kwargs))
+            raw = task.call(*args, **call.kwargs)
+            try:
+                value = normalize_json(raw)
+            except (TypeError, ValueError) as exc:  # failed for good: it ran
+                raise _Unstorable(exc) from exc
         except BaseException:
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
             task_finished.send(sender, task_result=result)
