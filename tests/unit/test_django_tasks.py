@@ -40,11 +40,13 @@ from django.db import transaction
 from django.tasks import TaskResultStatus, task, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_started
+from django.test import override_settings
 
 from offload.contract import JobRow, JobState
 from offload.contrib.django import OffloadBackend, owner
 from offload.contrib.django._same_db import Incomparable, server_settings
 from offload.contrib.django.calls import check_arguments, json_problem
+from offload.contrib.django.checks import AUTHENTICATION, PRINCIPAL
 from offload.contrib.django.config import TaskConfig
 from offload.contrib.django.management.commands.offload_worker import (
     check_backend,
@@ -68,6 +70,11 @@ async def later(n: int) -> int:
 @task()
 def dated() -> datetime:
     return datetime(2026, 12, 6, tzinfo=UTC)
+
+
+@task()
+def spawns() -> str:
+    return add.enqueue(1, 2).id
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -391,7 +398,6 @@ def test_a_record_django_prints_is_not_printed_again_at_the_root() -> None:
     import io
     import logging
 
-    from django.test import override_settings
     from django.utils.log import RequireDebugTrue
 
     from offload._logging import ShownAbove, print_once
@@ -489,3 +495,49 @@ def test_a_return_value_json_cannot_carry_fails_the_task_at_once_not_retried() -
     assert row.error is not None and row.error["type"] == "TypeError"
     assert "return value cannot be stored" in row.error["message"]
     assert "Unsupported type" in row.error["message"]
+
+
+def test_a_task_enqueued_by_a_running_task_belongs_to_that_tasks_owner() -> None:
+    from offload.contrib.django.config import app_for
+    from offload.contrib.django.worker import run_call
+    from offload.worker.runner import Worker
+
+    app = app_for(TaskConfig.of({"url": "memory://"}, {"spawning"}))
+    app.handles(app.spec_of("django.tasks.spawning").cls)(run_call)
+
+    async def run_one() -> JobRow | None:
+        async with app:
+            call = {"task": spawns.module_path, "args": [], "kwargs": {}}
+            cls = app.spec_of("django.tasks.spawning").cls
+            job = await app.enqueue(cls(**call), owner="user:42")
+            await Worker(app, concurrency=1, max_jobs=1).run()
+            return await app.get(job.id, owner=None)
+
+    # Given a task of user 42's that enqueues another, when a worker runs it,
+    row = asyncio.run(run_one())
+    assert row is not None and row.state is JobState.SUCCEEDED
+    # the task it enqueued is user 42's too (it was `local`'s: no user could see it)
+    child = next(r for r in _jobs() if r.id == row.result)
+    assert (child.kind, child.owner) == ("django.tasks.default", "user:42")
+
+
+@pytest.mark.parametrize(
+    ("middleware", "problem"),
+    [
+        ([AUTHENTICATION, PRINCIPAL], None),
+        (["x.Other"], None),
+        (
+            [PRINCIPAL, AUTHENTICATION],
+            "PrincipalMiddleware is before AuthenticationMiddleware in MIDDLEWARE",
+        ),
+        ([PRINCIPAL], "PrincipalMiddleware is in MIDDLEWARE without AuthenticationMiddleware"),
+    ],
+)
+def test_manage_py_check_finds_the_principal_middleware_out_of_order(
+    middleware: list[str], problem: str | None
+) -> None:
+    from django.core.checks import run_checks
+
+    with override_settings(MIDDLEWARE=middleware):
+        found = [e for e in run_checks() if e.id == "offload.E001"]
+    assert [e.msg for e in found] == ([problem] if problem else [])

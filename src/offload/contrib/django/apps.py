@@ -11,3 +11,6 @@ class OffloadConfig(AppConfig):
     name = "offload.contrib.django"
     label = "offload"
     verbose_name = "offload"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers offload's system checks)

@@ -25,6 +25,7 @@ from ...errors import ConfigurationError, _ForAnotherWorker, _Unstorable
 from .backend import OffloadBackend
 from .calls import TaskCall, kind_of
 from .config import BACKEND_ENV
+from .principal import owner
 from .results import running_result, task_of
 
 
@@ -43,6 +44,14 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
     close_old_connections()
     try:
         task = _known(call.task)
+        return _run(task, call, ctx)
+    finally:
+        close_old_connections()
+
+
+def _run(task: Task, call: TaskCall, ctx: Context) -> Any:
+    """Run `task` as `run_call` does: tasks it enqueues belong to its own job's owner."""
+    with owner(ctx.owner):
         result = running_result(task, ctx.job_id, call, ctx.attempt, _worker_id(ctx))
         sender = type(task.get_backend())
         task_started.send(sender, task_result=result)
@@ -62,8 +71,6 @@ def run_call(call: TaskCall, ctx: Context) -> Any:
         object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
         task_finished.send(sender, task_result=result)
         return value
-    finally:
-        close_old_connections()
 
 
 def _unready(call: TaskCall) -> str | None:

@@ -1,0 +1,37 @@
+"""`manage.py check` of offload's Django settings: mistakes that would otherwise show only
+as a failed request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+#: The middleware whose `request.user` PrincipalMiddleware reads.
+AUTHENTICATION = "django.contrib.auth.middleware.AuthenticationMiddleware"
+PRINCIPAL = "offload.contrib.django.principal.PrincipalMiddleware"
+
+
+@register(Tags.compatibility)  # type: ignore[untyped-decorator]
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """PrincipalMiddleware after Django's AuthenticationMiddleware: before it (or without
+    it), every request that enqueues a task fails, as `request.user` is not yet set."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if PRINCIPAL not in middleware:
+        return []
+    here = middleware.index(PRINCIPAL)
+    if AUTHENTICATION in middleware[:here]:
+        return []
+    if AUTHENTICATION in middleware:
+        problem = "PrincipalMiddleware is before AuthenticationMiddleware in MIDDLEWARE"
+    else:
+        problem = "PrincipalMiddleware is in MIDDLEWARE without AuthenticationMiddleware"
+    return [
+        Error(
+            problem,
+            hint=f"put {PRINCIPAL!r} after {AUTHENTICATION!r}: it reads request.user",
+            obj="MIDDLEWARE",
+            id="offload.E001",
+        )
+    ]
