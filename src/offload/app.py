@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
@@ -81,6 +82,23 @@ DEFAULT_QUEUE = "default"
 log = logging.getLogger("offload")
 #: The name of the task that closes a loop's backend as that loop ends (`App._hold`).
 _HOLD_TASK = "offload-app-open"
+_ANOTHER_LOOP = (
+    "app {name!r} is open on another event loop, which still runs (another thread's): its "
+    "connections belong to that loop. Use an App from one loop, or call the *_sync methods "
+    "from other threads"
+)
+
+
+@dataclass(eq=False)
+class _Opening:
+    """An open of an App's backend under way (`App._ensure_open`): on which loop, whether
+    its connections will belong to that loop, and done once it ended (opened or not)."""
+
+    loop: asyncio.AbstractEventLoop
+    bound: bool
+    done: concurrent.futures.Future[None] = dataclasses.field(
+        default_factory=concurrent.futures.Future
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,11 +258,10 @@ class App:
         #: A store given here is kept; otherwise OFFLOAD_BLOBS_URL picks one when needed.
         self._given_blobs = blobs
         self._blobs: BlobStore | None = blobs
-        self._open_lock: asyncio.Lock | None = None
         #: The event loop the backend was opened on (a backend belongs to it).
         self._opened_on: asyncio.AbstractEventLoop | None = None
-        #: The loop `_open_lock` was made on.
-        self._open_lock_loop: asyncio.AbstractEventLoop | None = None
+        #: The open under way (`_ensure_open`), which every other caller waits for.
+        self._opening: _Opening | None = None
         #: The task that closes a lazily opened backend when its loop ends (`_hold`).
         self._hold_task: asyncio.Task[None] | None = None
         self._sync: SyncRunner[App] | None = None
@@ -549,7 +566,8 @@ class App:
         """
         tracing.resolve()  # a process configures its SDK before it starts serving
         await self._ensure_open(create=create, lazily=False)
-        self._users += 1
+        with start_lock():
+            self._users += 1
         return self
 
     async def _ensure_open(self, *, create: bool = True, lazily: bool = True) -> App:
@@ -565,49 +583,68 @@ class App:
                 on a loop that has ended.
         """
         loop = asyncio.get_running_loop()
-        if self._backend is not None:
-            opened_on = self._opened_on
-            if opened_on is None or opened_on is loop or not self._loop_bound():
-                return self
-            if not opened_on.is_closed():
-                raise ConfigurationError(
-                    f"app {self.name!r} is open on another event loop, which still runs (another "
-                    "thread's): its connections belong to that loop. Use an App from one loop, "
-                    "or call the *_sync methods from other threads"
-                )
-            if self._users:
-                raise ConfigurationError(
-                    f"app {self.name!r} was opened on an event loop that has ended (an "
-                    "asyncio.run that returned): its connections ended with it. Open and "
-                    "close it within one loop (async with app: ...), or call the *_sync "
-                    "methods from synchronous code"
-                )
-            # Opened by a first call (no `open` holds it) on a loop that ended without
-            # cancelling its tasks (else `_hold` closed it there): its connections ended
-            # with that loop, so it opens anew on this one.
-            self._detach()
-        if self._open_lock is None or self._open_lock_loop is not loop:
-            # (a lock another loop waited on is bound to that loop)
-            self._open_lock, self._open_lock_loop = asyncio.Lock(), loop
-        async with self._open_lock:  # web lifespan and worker may open one app at once
-            if self._backend is None:
-                tracing.resolve()  # opened by a first enqueue: as `open` does
-                settings = self.settings
-                backend = open_backend(
-                    settings.url,
-                    clock=self._injected_clock,
-                    connect_timeout_s=settings.connect_timeout_s,
-                    retry_deadline_s=settings.retry_deadline_s,
-                )
-                await backend.open(create=create)
+        while True:
+            with start_lock():  # the state is shared by every thread's loop
+                if self._backend is not None and self._usable_on(loop):
+                    return self
+                opening = self._opening
+                if opening is None:
+                    settings = self.settings
+                    backend = open_backend(
+                        settings.url,
+                        clock=self._injected_clock,
+                        connect_timeout_s=settings.connect_timeout_s,
+                        retry_deadline_s=settings.retry_deadline_s,
+                    )
+                    self._opening = mine = _Opening(loop, _bound(backend))
+                    break
+            if opening.loop is not loop and opening.bound and not opening.loop.is_closed():
+                raise ConfigurationError(_ANOTHER_LOOP.format(name=self.name))
+            # One open at a time (a web lifespan and a worker may open one app at once, an
+            # SQLite app's first calls from several threads): the others wait for it, then
+            # look again (it may have failed, or been cancelled).
+            await asyncio.wrap_future(opening.done)
+        try:
+            tracing.resolve()  # opened by a first enqueue: as `open` does
+            await backend.open(create=create)
+            with start_lock():
                 self._backend = backend
                 self._opened_on = loop
                 self._watch_wal(backend)
-                if lazily and _bound(backend):
+                if lazily and mine.bound:
                     self._hold_task = loop.create_task(self._hold(backend), name=_HOLD_TASK)
-                if self._blobs is None:
-                    self._blobs = open_blobs(self.settings.blobs_url)
+            if self._blobs is None:
+                self._blobs = open_blobs(self.settings.blobs_url)
+        finally:
+            with start_lock():
+                self._opening = None
+            mine.done.set_result(None)
         return self
+
+    def _usable_on(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the open backend serves calls on `loop` (under `start_lock`): True, or
+        False once forgotten (opened lazily on a loop that ended), or raises.
+
+        Raises:
+            ConfigurationError: see `_ensure_open`.
+        """
+        opened_on = self._opened_on
+        if opened_on is None or opened_on is loop or not self._loop_bound():
+            return True
+        if not opened_on.is_closed():
+            raise ConfigurationError(_ANOTHER_LOOP.format(name=self.name))
+        if self._users:
+            raise ConfigurationError(
+                f"app {self.name!r} was opened on an event loop that has ended (an "
+                "asyncio.run that returned): its connections ended with it. Open and "
+                "close it within one loop (async with app: ...), or call the *_sync "
+                "methods from synchronous code"
+            )
+        # Opened by a first call (no `open` holds it) on a loop that ended without
+        # cancelling its tasks (else `_hold` closed it there): its connections ended
+        # with that loop, so it opens anew on this one.
+        self._detach()
+        return False
 
     async def _hold(self, backend: Backend) -> None:
         """Close `backend`, opened on this loop by a first call, when the loop ends
@@ -617,16 +654,20 @@ class App:
         try:
             await asyncio.get_running_loop().create_future()
         except asyncio.CancelledError:
-            if self._backend is backend and not self._users:
+            with start_lock():
+                ours = self._backend is backend and not self._users
+                if ours:
+                    self._detach()
+            if ours:
                 try:
-                    await self._detach().close()
+                    await backend.close()
                 except Exception as exc:  # the loop is ending: nothing more to do about it
                     log.debug("closing as its loop ended: %s", exc)
             raise
 
     def _detach(self) -> Backend:
         """Forget the open backend (the caller closes it, if its loop still runs), and the
-        task that would have closed it as its loop ended."""
+        task that would have closed it as its loop ended (under `start_lock`)."""
         backend = self._require_backend()
         hold, self._hold_task = self._hold_task, None
         if hold is not None and not hold.done() and hold.get_loop() is running_loop():
@@ -643,12 +684,14 @@ class App:
 
     async def close(self) -> None:
         """Release one `open`; the last one (or a lazily opened app) closes the backend."""
-        self._users = max(0, self._users - 1)
-        if self._users:
-            return
-        if self._backend is not None:
-            opened_on = self._opened_on
-            backend = self._detach()
+        with start_lock():
+            self._users = max(0, self._users - 1)
+            if self._users:
+                return
+            opened_on, backend = self._opened_on, self._backend
+            if backend is not None:
+                self._detach()
+        if backend is not None:
             if opened_on is None or not opened_on.is_closed() or not _bound(backend):
                 await backend.close()
             # (else its connections ended with their loop: there is nothing left to close)

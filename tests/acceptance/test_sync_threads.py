@@ -54,6 +54,28 @@ def test_many_threads_share_one_loop_thread_and_close_ends_it(app: App) -> None:
     assert len(sync_threads()) == before
 
 
+def test_threads_each_on_a_loop_of_their_own_share_an_sqlite_app(app: App) -> None:
+    # Given an App on an SQLite file, and request threads that each run their call on an
+    # event loop of their own (Flask's `async def` views: a loop per request)
+    app.message("t.export")(Export)
+    start = threading.Barrier(THREADS)
+
+    def request(i: int) -> str:
+        start.wait(timeout=30)
+        return asyncio.run(app.enqueue(Export(period=f"2026-{i:02}"))).id
+
+    # When they enqueue at once, twice over
+    with ThreadPoolExecutor(THREADS) as pool:
+        ids = list(pool.map(request, range(THREADS)))
+        ids += list(pool.map(request, range(THREADS)))
+    # Then every call stored its job (they opened the app once, and wrote on its one
+    # connection in turn: two at once failed with "cannot start a transaction within a
+    # transaction")
+    stored = {row.id for row in app.list_jobs_sync(owner=None, limit=100)}
+    assert len(ids) == 2 * THREADS and stored == set(ids)
+    asyncio.run(app.close())
+
+
 def test_waiting_threads_do_not_block_each_other(app: App) -> None:
     # Given jobs that will not finish on their own (no worker)
     app.message("t.export")(Export)

@@ -147,6 +147,36 @@ def test_an_app_open_on_a_loop_that_still_runs_is_refused_from_another(app: App)
         thread.join(30)
 
 
+def test_threads_each_on_a_loop_of_their_own_are_refused_or_served_never_hung(app: App) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Given request threads that each run their call on an event loop of their own (Flask's
+    # `async def` views), on a backend whose connections belong to the loop that opened it
+    threads = 8
+    start = threading.Barrier(threads)
+
+    def request(i: int) -> str:
+        start.wait(timeout=30)
+        try:
+            return asyncio.run(app.enqueue(Export(period=f"p{i}"))).id
+        except ConfigurationError as exc:
+            assert "open on another event loop" in str(exc)
+            return "refused"
+
+    # When they all call at once, many times over,
+    with ThreadPoolExecutor(threads) as pool:
+        done = pool.map(request, range(threads * 5), timeout=60)
+        answers = list(done)  # (each call ended: several opening at once hung some)
+    # then each call stored its job or was refused, saying why, and the jobs stored are
+    # exactly those answered
+    stored = {row.id for row in app.list_jobs_sync(owner=None, limit=100)}
+    assert stored == {a for a in answers if a != "refused"} and stored
+    # and a later loop still opens it.
+    assert asyncio.run(app.enqueue(Export(period="after"))).id
+    asyncio.run(app.close())
+
+
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_a_host_route_that_enqueues_works_under_a_test_client_of_a_loop_per_request(
     app: App,

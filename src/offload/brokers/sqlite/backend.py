@@ -387,6 +387,9 @@ class SQLiteBackend:
         self._executor: ThreadPoolExecutor | None = None
         #: Calls handed to the writer thread and not yet back (see `_enqueue_now`).
         self._queued = 0
+        #: Held by whichever thread uses `_conn`: the writer thread, or an event loop's
+        #: thread writing inline (`_now`; several threads' loops may share one backend).
+        self._conn_lock = threading.Lock()
         #: Status reads on a connection and thread of their own (files only: reader.py).
         self._reader: Reader | None = None
         self._local_writes = 0
@@ -455,11 +458,16 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         self._queued += 1
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await loop.run_in_executor(self._executor, self._serially, fn, *args)
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
         finally:
             self._queued -= 1
+
+    def _serially(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the writer thread, the connection its own meanwhile."""
+        with self._conn_lock:
+            return fn(*args)
 
     def _failure(self, exc: sqlite3.Error) -> BackendError:
         if _is_full(exc):
@@ -805,14 +813,16 @@ class SQLiteBackend:
         waiting (`_tx(wait=False)`) is free at once. Else None, nothing written, and the
         caller hands the call to the writer thread, which waits for the lock. It saves the
         hop to the writer thread and back (bench/RESULTS.md)."""
-        if not self._connection_idle():
-            return None
+        if not self._connection_idle() or not self._conn_lock.acquire(blocking=False):
+            return None  # (another thread's loop, or the writer thread, uses it now)
         try:
             return fn(*args)
         except _Busy:
             return None
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+        finally:
+            self._conn_lock.release()
 
     def _enqueue_now(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """The enqueue (a small one, where `_inline` allows) on the loop's thread (`_now`):
