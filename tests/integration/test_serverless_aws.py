@@ -435,22 +435,20 @@ def test_a_long_job_keeps_its_message_hidden_while_it_runs(stack: Stack) -> None
     assert stack.ran == [job_id]
 
 
-def test_a_job_still_running_near_the_invocations_end_is_released_and_sent_again(
+def test_a_job_still_running_near_the_invocations_end_spends_its_attempt_and_is_sent_again(
     stack: Stack,
 ) -> None:
     _, body = stack.http("POST", "/v1/jobs/sls.slow", {"seconds": 30.0})
     job_id = body["id"]
     # When the invocation has 2 s left (the margin is 1 s)
     result = stack.deliver(context_s=2.0)
-    # Then the job is given back unspent, its message sent again, and the batch succeeded
+    # Then the job's attempt failed, as a timeout does (released unspent, a job longer
+    # than the function ran again for ever), its next one is sent, and the batch succeeded
     assert result == {"batchItemFailures": []}
     status = stack.status(job_id)
-    assert status["state"] == "queued"
-    assert status["attempt"] == 0
-    assert status["error"] == {
-        "type": "Released",
-        "message": "the invocation was ending; job released, to run again",
-    }
+    assert status["state"] == "retrying"
+    assert status["attempt"] == 1
+    assert status["error"] == {"type": "TimeoutError", "message": "ran past the function's time"}
     assert stack.depth() == 1
 
 

@@ -863,6 +863,14 @@ class Worker:
             outcome = dataclasses.replace(outcome, error={**_RELEASED, "message": why})
         return self._with_follow_ups(outcome)
 
+    def out_of_time(self, lease: Lease, why: str) -> Outcome:
+        """The outcome of a run stopped as the time it was given ended (a serverless
+        invocation's): a failed attempt, as a timeout is, retried after the handler's
+        backoff, dead once its attempts are spent; `why` says why, in the job's error."""
+        spec = self.app.handlers.get(lease.envelope.kind)
+        assert spec is not None  # (a job with no handler here was given back, not run)
+        return self._with_follow_ups(self._failed(lease, spec, TimeoutError(why)))
+
     def _report(self, job: _Job, outcome: Outcome) -> None:
         """Hand an outcome to the settler, with the notifications a final state sends; the
         lease beats until the outcome is written."""

@@ -204,8 +204,11 @@ class SQSConsumer:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise  # the invocation's answer is due (`_answered`), not the job's end
-                why = "the invocation was ending; job released, to run again"
-                return worker.interrupted(lease, cancel=cancel, why=why)
+                if cancel:
+                    return worker.interrupted(lease, cancel=True)
+                # It ran all the time the function had: a failed attempt, as a timeout is
+                # (released unspent, it ran again, and again, for ever).
+                return worker.out_of_time(lease, "ran past the function's time")
         except asyncio.CancelledError:
             # The answer is due while the job runs (a beat stuck on an unreachable
             # backend): the job must not run on into the next invocation of this loop.
