@@ -1,5 +1,6 @@
 """A TCP forwarder on loopback that a test can cut, as a network between a process and its
-server fails: every connection through it is closed, and new ones are refused."""
+server fails: every connection through it is closed, and new ones are refused; or stall,
+as a server that takes connections and answers nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._cut: asyncio.Event | None = None
+        #: Set while bytes flow; cleared by `stall`.
+        self._flowing: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
 
     def __enter__(self) -> TcpProxy:
@@ -36,6 +39,13 @@ class TcpProxy:
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
                 self._loop.call_soon_threadsafe(self._cut.set)
 
+    def stall(self) -> None:
+        """Forward nothing more, either way, on any connection (new ones are taken): a
+        server that answers nothing."""
+        if self._flowing is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._flowing.clear)
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
@@ -45,11 +55,14 @@ class TcpProxy:
 
     async def _serve(self) -> None:
         self._cut = asyncio.Event()
+        self._flowing = flowing = asyncio.Event()
+        flowing.set()
         writers: set[asyncio.StreamWriter] = set()
 
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await reader.read(65536):
+                    await flowing.wait()
                     writer.write(data)
                     await writer.drain()
             writer.close()
@@ -67,6 +80,7 @@ class TcpProxy:
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         await self._cut.wait()
+        flowing.set()  # (stalled pipes go on, to the closed connections, and end)
         server.close()
         for writer in writers:
             writer.transport.abort()

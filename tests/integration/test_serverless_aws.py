@@ -513,6 +513,100 @@ def test_a_job_whose_beats_stall_at_the_invocations_end_does_not_run_on_into_the
         assert left == []
 
 
+def test_a_finished_jobs_outcome_is_written_while_sqs_answers_nothing(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> None:
+    # Given a function that reaches SQS through a network that can stall,
+    port = urlsplit(moto_endpoint).port
+    assert port is not None
+    with TcpProxy(port) as proxy:
+        s = _stack(schema.url, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
+
+        def stall_once_it_runs() -> None:
+            deadline = time.monotonic() + WAIT_S
+            while not s.ran and time.monotonic() < deadline:
+                time.sleep(0.01)
+            proxy.stall()
+
+        staller = threading.Thread(target=stall_once_it_runs)
+        try:
+            _, body = s.http("POST", "/v1/jobs/sls.slow", {"seconds": 2.5})
+            staller.start()
+            # when SQS stops answering (its connections open, no reply) while the job runs,
+            # so that the beats that keep its message hidden wait on it,
+            result = s.deliver(context_s=8.0)
+            # then the job's end is not held by a beat: its outcome is written, and its
+            # message acknowledged (a beat held it until the invocation's end, and the job
+            # stayed running, to run again)
+            assert result == {"batchItemFailures": []}
+            assert s.ran == [body["id"]]
+            proxy.cut()
+            assert s.status(body["id"])["state"] == "succeeded"
+        finally:
+            proxy.cut()
+            staller.join(WAIT_S)
+            _close(s)
+
+
+def test_a_cold_web_function_answers_within_seconds_while_sqs_answers_nothing(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> None:
+    from offload.brokers.sqs.backend import SEND_WAIT_S
+
+    port = urlsplit(moto_endpoint).port
+    assert port is not None
+    with TcpProxy(port) as proxy:
+        s = _stack(schema.url, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
+        try:
+            # Given SQS taking connections and answering nothing, when a cold web function
+            # takes a job (opening looks the queue up, the enqueue sends its message),
+            proxy.stall()
+            began = time.monotonic()
+            code, body = s.http("POST", "/v1/jobs/sls.hello", {"name": "stalled"})
+            took = time.monotonic() - began
+            # then it answers 202 within the two bounded waits, the job stored with its
+            # message kept in the outbox for the relay (it answered after 42 s)
+            assert code == 202, body
+            assert took < 2 * SEND_WAIT_S + 3.0, f"the POST answered after {took:.1f} s"
+            assert s.status(body["id"])["state"] == "queued"
+            proxy.cut()
+        finally:
+            proxy.cut()
+            _close(s)
+    import psycopg
+
+    with psycopg.connect(schema.url) as conn:
+        (kept,) = conn.execute(
+            "SELECT count(*) FROM offload_outbox WHERE job_id = %s", (body["id"],)
+        ).fetchone() or (0,)
+    assert kept == 1
+
+
+def test_a_cold_function_whose_backend_does_not_open_in_time_names_every_message(
+    moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> None:
+    # Given a cold function whose PostgreSQL takes connections and answers nothing,
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        store = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/test"
+        s = _stack(store, moto_endpoint, sqs, queue_url, tmp_path)
+        sqs.send_message(QueueUrl=queue_url, MessageBody='{"v": 1, "job": "x", "queue": "q"}')
+        got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+        # when a batch comes with 3 s left,
+        began = time.monotonic()
+        event = {"Records": [_record(m, queue_url) for m in got]}
+        result = s.worker(event, LambdaContext(3.0))
+        took = time.monotonic() - began
+        # then it answers before its end, naming every message (they come back), where
+        # opening waited on past the function's timeout
+        assert result == {"batchItemFailures": [{"itemIdentifier": got[0]["MessageId"]}]}
+        assert took < 4.5, f"the invocation answered after {took:.1f} s"  # (connecting: 5 s)
+        _end_loop(s.worker.loop)
+
+
 def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:
     import psycopg
 

@@ -59,6 +59,10 @@ SEND_BATCH = 10
 SEND_CONCURRENCY = 8
 #: The version of the message body ({"v", "job", "queue"}).
 BODY_VERSION = 1
+#: How long a send of outbox rows (or the queue's URL) may wait on SQS before it is left to
+#: the relay: an enqueue answers within it while SQS takes connections and answers nothing
+#: (the SDK's own bound, two tries of 10 s, held a cold web function's request 42 s).
+SEND_WAIT_S = 3.0
 #: The environment variables in which an operator chooses the SDK's retries themselves.
 _RETRY_SETTINGS = ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
 
@@ -241,7 +245,15 @@ class SQSBackend:
                     config=sdk_config(),
                 )
             )
-            await self._queue_url()
+            async with asyncio.timeout(SEND_WAIT_S):
+                await self._queue_url()
+        except TimeoutError:
+            log.warning(
+                "SQS queue %r does not answer within %g s: the outbox keeps the jobs until it does",
+                self.queue,
+                SEND_WAIT_S,
+                extra={"action": "sqs_send_error"},
+            )
         except BackendError as exc:
             if _unanswered(exc.__cause__) and self._client is not None:
                 log.warning(
@@ -404,12 +416,13 @@ class SQSBackend:
             async with self.store._conn() as conn, conn.transaction():
                 cur = await _tuples(conn).execute(sql, params)
                 rows = await cur.fetchall()
-                await self._send([(r[1], r[2], r[3]) for r in rows])
+                async with asyncio.timeout(SEND_WAIT_S):  # else rolled back: rows kept
+                    await self._send([(r[1], r[2], r[3]) for r in rows])
                 return len(rows)
-        except (psycopg.Error, BackendError) as exc:
+        except (psycopg.Error, BackendError, TimeoutError) as exc:
             log.warning(
                 "SQS send failed, the outbox keeps the messages for the relay: %s",
-                exc,
+                exc or f"no answer within {SEND_WAIT_S:g} s",
                 extra={"action": "sqs_send_error"},
             )
             return 0

@@ -90,15 +90,24 @@ class SQSConsumer:
         self, event: Mapping[str, Any], context: LambdaContext | None
     ) -> dict[str, Any]:
         """Run every record of the batch at once; report the ones to deliver again."""
-        worker = await self.open()
         left = remaining_s(context)
         loop = asyncio.get_running_loop()
         deadline = None if left is None else loop.time() + left - self.margin_s
         answer_by = None if left is None else loop.time() + left - ANSWER_MARGIN_S
+        records = list(event.get("Records", []))
+        try:
+            async with asyncio.timeout_at(answer_by):
+                worker = await self.open()  # (a cold start: PostgreSQL, and the queue's URL)
+        except (BackendError, TimeoutError) as exc:
+            log.warning(
+                "not open before the invocation's end (%s): every message comes back",
+                exc or "no answer",
+                extra={"action": "sqs_record_error"},
+            )
+            return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in records]}
         with contextlib.suppress(BackendError, TimeoutError):
             async with asyncio.timeout_at(answer_by):
                 await worker.rescue_lapsed()  # jobs of functions that died: ready again
-        records = list(event.get("Records", []))
         done = await asyncio.gather(
             *(self._answered(self._record(worker, r, deadline), answer_by) for r in records)
         )
@@ -189,7 +198,10 @@ class SQSConsumer:
                 await asyncio.wait({task}, timeout=wait)
                 if task.done():
                     break
-                held, cancel = await self._beat(lease, receipt)
+                beat = await self._beat_beside(task, lease, receipt, deadline)
+                if beat is None:
+                    continue  # the job ended, or its time did, first: the loop's checks say
+                held, cancel = beat
                 if not held:
                     await _stop(task, ctx)
                     return None
@@ -214,6 +226,20 @@ class SQSConsumer:
             # backend): the job must not run on into the next invocation of this loop.
             await asyncio.shield(_stop(task, ctx))
             raise
+
+    async def _beat_beside(
+        self, task: asyncio.Task[Any], lease: Lease, receipt: str | None, deadline: float | None
+    ) -> tuple[bool, bool] | None:
+        """`_beat`, given up when the job ends or its time does first (None): a beat that
+        waits on SQS (it answers nothing) must not hold a finished job's outcome until
+        the invocation's end, which lost it."""
+        beat = asyncio.create_task(self._beat(lease, receipt), name=f"beat-{lease.job_id}")
+        left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait({task, beat}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            return beat.result() if beat.done() else None
+        finally:
+            beat.cancel()  # (done: nothing; else it ends at its next step)
 
     async def _beat(self, lease: Lease, receipt: str | None) -> tuple[bool, bool]:
         """Extend the lease and the message's visibility: (still held, cancel asked). A
