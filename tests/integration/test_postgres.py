@@ -620,6 +620,30 @@ async def woken_by_an_enqueue(app: App, schema: PgSchema, wait: Awaitable[None])
         await other.close()
 
 
+async def test_a_settle_and_a_heartbeat_of_shared_jobs_in_opposite_orders_never_deadlock(
+    schema: PgSchema,
+) -> None:
+    from ..contract._support import done
+
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open()
+    try:
+        for _ in range(25):
+            # Given a worker's 40 running jobs, and its settle of them racing its heartbeat
+            # of them on another connection, each sent in the order the worker holds them
+            # (opposite orders here: the worse case),
+            await backend.enqueue([envelope() for _ in range(40)])
+            leases = await claim(backend, limit=40)
+            assert len(leases) == 40
+            outcomes = [done(lease) for lease in reversed(leases)]
+            beat = backend.extend(leases, lease_for=30.0)
+            # when both run at once, then neither is chosen as a deadlock's victim (each
+            # cost a second and an error now and then: a worker's settle was retried)
+            await asyncio.gather(beat, backend.settle(outcomes))
+    finally:
+        await backend.close()
+
+
 async def test_listen_notify_wakes_a_waiting_claimer(app: App, schema: PgSchema) -> None:
     backend = app._require_backend()
     assert await backend.claim(["default"], worker_id="w", lease_for=5, limit=1) == []

@@ -436,9 +436,19 @@ WHERE state = 'running' AND lease_expires IS NOT NULL AND lease_token = %(token)
 ORDER BY priority, run_at, id
 
 -- name: extend
+-- The rows are locked in id order first, as `settle` locks them: a worker's heartbeat and
+-- its settle, on two connections, share rows, and in any order they deadlocked now and then.
+WITH locked AS (
+    SELECT j.id FROM offload_jobs j
+    JOIN unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
+        ON j.id = l.id AND j.lease_token = l.token
+    WHERE j.state = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j
+)
 UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
-FROM unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
-WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+FROM locked
+WHERE j.id = locked.id
 RETURNING j.id, j.cancel_requested
 
 -- name: settle
@@ -446,6 +456,12 @@ WITH o AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
         id uuid, token text, state text, final boolean, result jsonb, error jsonb,
         run_at double precision, refund integer, max_attempts integer, lapsed boolean)
+), locked AS (
+    -- in id order, as `extend` locks them (see there)
+    SELECT j.id FROM offload_jobs j JOIN o ON j.id = o.id
+    WHERE j.lease_token = o.token AND j.state = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j
 ), upd AS (
     UPDATE offload_jobs j
     SET state = o.state,
@@ -460,7 +476,7 @@ WITH o AS (
         -- whose first attempt applied (its reply lost) finds its mark in `again`
         lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END,
         lease_expires = NULL
-    FROM o
+    FROM o JOIN locked ON locked.id = o.id
     WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
         -- a rescue's decision applies only while the lease is still lapsed
         AND (NOT o.lapsed OR j.lease_expires < coalesce(%(now)s, now()))
