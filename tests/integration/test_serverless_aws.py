@@ -96,8 +96,25 @@ class Stack:
         self.ran: list[str] = []
 
     def http(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
-        """One API Gateway HTTP API (payload 2.0) event through the HTTP function."""
-        headers = {"content-type": "application/json", "host": "api.example.test"}
+        """One API Gateway HTTP API (payload 2.0) event through the HTTP function: the
+        status and the JSON body."""
+        answer = self.raw(method, path, body, token)
+        text = answer["body"]
+        if answer.get("isBase64Encoded"):
+            text = base64.b64decode(text).decode()
+        return answer["statusCode"], (orjson.loads(text) if text else None)
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = TOKEN,
+        more: Mapping[str, str] | None = None,
+        web: Callable[..., Any] | None = None,
+    ) -> dict[str, Any]:
+        """One event through the HTTP function (`web`, else the stack's): its answer."""
+        headers = {"content-type": "application/json", "host": "api.example.test", **(more or {})}
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
         raw = b"" if body is None else orjson.dumps(body)
@@ -127,11 +144,7 @@ class Stack:
             "body": base64.b64encode(raw).decode(),
             "isBase64Encoded": True,
         }
-        answer = self.web(event, LambdaContext(30))
-        text = answer["body"]
-        if answer.get("isBase64Encoded"):
-            text = base64.b64decode(text).decode()
-        return answer["statusCode"], (orjson.loads(text) if text else None)
+        return dict((web or self.web)(event, LambdaContext(30)))
 
     def deliver(self, context_s: float = 60.0) -> dict[str, Any] | None:
         """Receive one batch as Lambda's poller does and hand it to the SQS function;
@@ -605,6 +618,36 @@ def test_a_cold_function_whose_backend_does_not_open_in_time_names_every_message
         assert result == {"batchItemFailures": [{"itemIdentifier": got[0]["MessageId"]}]}
         assert took < 4.5, f"the invocation answered after {took:.1f} s"  # (connecting: 5 s)
         _end_loop(s.worker.loop)
+
+
+def test_an_event_stream_through_the_http_function_answers_and_resumes(stack: Stack) -> None:
+    # Given a waiting job, and an HTTP function whose streams end after 1 s
+    web = http_handler(stack.app, stream_window_s=1.0)
+    _, body = stack.http("POST", "/v1/jobs/sls.hello", {"name": "stream"})
+    path = f"/v1/jobs/{body['id']}/events"
+    stream = {"accept": "text/event-stream"}
+    # when a client follows it (a function answers whole, once its answer ends),
+    began = time.monotonic()
+    answer = stack.raw("GET", path, more=stream, web=web)
+    took = time.monotonic() - began
+    # then the stream answers within its window, with the job's changes so far (it waited
+    # for the job's end, until the function was killed),
+    text = _text(answer)
+    assert answer["statusCode"] == 200 and took < 10.0, (answer["statusCode"], took)
+    assert answer["headers"]["content-type"].startswith("text/event-stream")
+    assert "retry: 1000" in text and '"state":"queued"' in text.replace(" ", "")
+    last = [line for line in text.splitlines() if line.startswith("id:")][-1].split(":")[1]
+    # and the client's reconnection resumes after its last event: once the job ran, it
+    # gets the rest, and the stream ends with the job.
+    stack.deliver_until(body["id"], lambda s: s["state"] == "succeeded")
+    again = _text(stack.raw("GET", path, more={**stream, "last-event-id": last.strip()}, web=web))
+    assert '"state":"queued"' not in again.replace(" ", "")
+    assert '"state":"succeeded"' in again.replace(" ", "")
+
+
+def _text(answer: Mapping[str, Any]) -> str:
+    text = answer["body"]
+    return str(base64.b64decode(text).decode() if answer.get("isBase64Encoded") else text)
 
 
 def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:
