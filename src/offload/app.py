@@ -382,8 +382,27 @@ class App:
         return register
 
     def spec_of(self, cls_or_kind: type[Message] | str) -> MessageSpec:
+        """The registered kind of a message class or kind name.
+
+        Raises:
+            UnknownKind: none is registered.
+            TypeError: neither a message class nor a kind name (a dict, say).
+        """
+        if not isinstance(cls_or_kind, str) and not (
+            isinstance(cls_or_kind, type) and hasattr(cls_or_kind, "__kind__")
+        ):
+            what = cls_or_kind.__name__ if isinstance(cls_or_kind, type) else repr(cls_or_kind)
+            raise TypeError(
+                "a job is a message (an instance of a class declared with @app.message), "
+                f"not a {what}"
+            )
         kind = cls_or_kind if isinstance(cls_or_kind, str) else cls_or_kind.__kind__
         spec = self.kinds.get(kind) or self.internal_kinds.get(kind)
+        if spec is None and not kind and not isinstance(cls_or_kind, str):
+            raise UnknownKind(
+                f"{cls_or_kind.__name__} is no message kind: declare it with "
+                f"@app.message('<kind>') first"
+            )
         if spec is None:
             raise UnknownKind(f"no message kind {kind!r} is registered")
         if not isinstance(cls_or_kind, str) and spec.cls is not cls_or_kind:

@@ -122,6 +122,20 @@ def test_handles_on_an_unregistered_subclass_raises_unknown_kind() -> None:
         app.handles(Child)
 
 
+def test_a_job_that_is_no_message_is_a_type_error_saying_so() -> None:
+    app = _app()
+    _registered(app, "known")
+    for bad, named in (({"n": 1}, "not a dict"), ([1], "not a list"), ("x", "not a str")):
+        with pytest.raises(TypeError, match=f"a job is a message .*{named}"):
+            app.envelope(bad)  # type: ignore[arg-type]  # (it raised AttributeError: __kind__)
+
+    class Loose(Message):
+        x: int
+
+    with pytest.raises(UnknownKind, match=r"Loose is no message kind: declare it with @app"):
+        app.envelope(Loose(x=1))
+
+
 def test_spec_of_an_unknown_kind_raises_unknown_kind() -> None:
     with pytest.raises(UnknownKind, match="nope"):
         _app().spec_of("nope")
