@@ -650,6 +650,52 @@ def _text(answer: Mapping[str, Any]) -> str:
     return str(base64.b64decode(text).decode() if answer.get("isBase64Encoded") else text)
 
 
+WORKER_SCRIPT = """
+import sys
+from offload import App, Message, Settings
+from offload.serverless.aws import relay_handler, sqs_handler
+
+app = App("script", settings=Settings(url=sys.argv[1]))
+
+@app.message("script.hello")
+class Hello(Message):
+    name: str
+
+@app.handles(Hello)
+async def hello(msg, ctx):
+    return msg.name
+
+print(sqs_handler(app)({"Records": []}, None), relay_handler(app)({}, None))
+"""
+
+
+def test_a_script_that_called_the_queue_functions_exits_quietly(
+    schema: PgSchema, moto_endpoint: str, queue_url: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import offload
+
+    # Given a script that calls the queue-triggered function and the relay, as README's
+    # "Calling a handler yourself" says one may (each opens the app: SQS and PostgreSQL),
+    name = queue_url.rsplit("/", 1)[1]
+    url = f"sqs://{name}?endpoint_url={moto_endpoint}&region=us-east-1&store={schema.url}"
+    script = tmp_path / "call.py"
+    script.write_text(WORKER_SCRIPT)
+    source = str(Path(offload.__file__).resolve().parents[1])
+    ran = subprocess.run(
+        [sys.executable, str(script), url],
+        env={**os.environ, "PYTHONPATH": source}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    # when it ends, what they opened was closed at its exit (the SDK's session was left
+    # unclosed, and said so)
+    assert ran.returncode == 0, ran.stderr
+    assert "batchItemFailures" in ran.stdout
+    assert "Unclosed" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+
+
 def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:
     import psycopg
 

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import logging
 import warnings
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 log = logging.getLogger("offload.serverless")
@@ -43,6 +44,14 @@ def thread_loop() -> asyncio.AbstractEventLoop:
 EXIT_WAIT_S = 5.0
 #: The loops `_close_at_exit` will close (kept, as atexit keeps them: one per thread).
 _closed_at_exit: list[asyncio.AbstractEventLoop] = []
+#: What `_close_at_exit` awaits on each loop first (`close_at_exit`).
+_closers: dict[asyncio.AbstractEventLoop, list[Callable[[], Awaitable[object]]]] = {}
+
+
+def close_at_exit(loop: asyncio.AbstractEventLoop, close: Callable[[], Awaitable[object]]) -> None:
+    """Have `close()` awaited on `loop` when the interpreter exits (an app a handler opened
+    with `open`, which no task of the loop holds: its SDK sessions were left unclosed)."""
+    _closers.setdefault(loop, []).append(close)
 
 
 def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
@@ -52,6 +61,11 @@ def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
     processes without running this.)"""
     if loop.is_closed() or loop.is_running():
         return
+    for close in _closers.pop(loop, []):
+        try:
+            loop.run_until_complete(asyncio.wait_for(close(), EXIT_WAIT_S))
+        except Exception as exc:  # the process is ending: nothing more to do about it
+            log.debug("closing at exit: %s", exc)
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()

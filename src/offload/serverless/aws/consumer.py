@@ -28,7 +28,7 @@ from ...brokers.sqs import SQSBackend
 from ...contract import JobState, Lease, Outcome
 from ...errors import BackendError, ConfigurationError
 from ...worker.runner import DEFAULT_HEARTBEAT_S, Worker
-from ._runtime import LambdaContext, remaining_s, thread_loop
+from ._runtime import LambdaContext, close_at_exit, remaining_s, thread_loop
 
 log = logging.getLogger("offload.serverless")
 
@@ -72,7 +72,12 @@ class SQSConsumer:
             if not isinstance(self.app._require_backend(), SQSBackend):
                 await self.app.close()
                 raise ConfigurationError("sqs_handler needs OFFLOAD_URL=sqs://…")
-            self._worker = Worker(self.app)
+            try:
+                self._worker = Worker(self.app)
+            except BaseException:
+                await self.app.close()
+                raise
+            close_at_exit(self.loop, self.close)
         return self._worker
 
     async def close(self) -> None:
