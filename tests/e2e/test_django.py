@@ -267,3 +267,30 @@ def test_the_mounted_websocket_takes_the_session_user_or_a_ticket(site: Site) ->
     with pytest.raises(InvalidStatus) as refused, connect(ws, open_timeout=30):
         pass
     assert refused.value.response.status_code == 401
+
+
+CALL_COMMAND = """
+import django
+django.setup()
+from django.core.management import CommandError, call_command
+call_command("offload_worker", exit_when_idle=0.5, concurrency=2)
+call_command("offload_worker", "--exit-when-idle", "0.5")
+try:
+    call_command("offload_worker", concurrency="many")
+except CommandError as exc:
+    print("refused:", exc)
+print("stopped")
+"""
+
+
+def test_the_worker_runs_from_call_command_and_takes_djangos_own_options(site: Site) -> None:
+    # A project's test runs the worker through Django's call_command, by keyword or as
+    # arguments (it raised TypeError: unknown options), until it is idle;
+    out = site.run(sys.executable, "-c", CALL_COMMAND)
+    assert out.splitlines()[-1] == "stopped", out
+    assert "refused: Invalid value for '--concurrency'" in out, out
+    # and the command line takes the options every Django command takes (-v 2 was refused).
+    site.run(
+        sys.executable, "manage.py", "offload_worker", "-v", "2", "--traceback",
+        "--exit-when-idle", "0.5",
+    )  # fmt: skip

@@ -363,6 +363,9 @@ def test_options_are_checked() -> None:
 def test_worker_command_drops_the_options_of_manage_py() -> None:
     argv = ["--concurrency", "4", "--backend", "bulk", "--settings=x.y", "--pythonpath", "p"]
     assert worker_args(argv) == ["--concurrency", "4", "--backend", "bulk"]
+    # and those every Django command takes (-v 2 was refused: "No such option: -v")
+    argv = ["-v", "2", "--traceback", "--verbosity=3", "-v0", "--no-color", "--max-jobs", "1"]
+    assert worker_args(argv) == ["--max-jobs", "1"]
 
 
 def test_worker_command_has_its_own_usage() -> None:

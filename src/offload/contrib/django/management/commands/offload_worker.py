@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import sys
@@ -15,7 +16,9 @@ from ...config import BACKEND_ENV
 #: The reference `offload worker --app` is given: the handlers of the project's tasks.
 APP_REF = "offload.contrib.django.worker:app"
 #: Options of manage.py itself, handled before the command runs (not the worker's).
-_DJANGO_OPTIONS = ("--settings", "--pythonpath")
+_DJANGO_OPTIONS = ("--settings", "--pythonpath", "--verbosity", "-v")
+#: Flags every Django command takes, which mean nothing to the worker: dropped.
+_DJANGO_FLAGS = ("--traceback", "--no-color", "--force-color", "--skip-checks")
 HELP = (
     "Run offload workers for this project's tasks (the TASKS entry --backend names; its "
     "OPTIONS say offload's URL), with the options of `offload worker`."
@@ -23,16 +26,35 @@ HELP = (
 
 
 def worker_args(argv: list[str]) -> list[str]:
-    """The command's arguments without manage.py's own (--settings, --pythonpath)."""
+    """The command's arguments without the options every Django command takes (--settings,
+    --pythonpath, -v/--verbosity, --traceback …)."""
     rest, i = [], 0
     while i < len(argv):
         arg = argv[i]
         if arg in _DJANGO_OPTIONS and i + 1 < len(argv):
             i += 1
+        elif arg in _DJANGO_FLAGS or (arg.startswith("-v") and arg[2:].isdigit()):
+            pass
         elif not arg.startswith(tuple(f"{o}=" for o in _DJANGO_OPTIONS)):
             rest.append(arg)
         i += 1
     return rest
+
+
+def option_argv(command: Any, options: dict[str, Any]) -> list[str]:
+    """The command line of `command`'s options given by name (`call_command`'s keywords):
+    `exit_when_idle=1` is `--exit-when-idle 1`, `banner=False` `--no-banner`."""
+    argv: list[str] = []
+    for param in command.params:
+        if param.name not in options or options[param.name] is None:
+            continue
+        value = options[param.name]
+        if getattr(param, "is_flag", False):
+            flags = param.opts if value else param.secondary_opts
+            argv += flags[:1]
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
 
 
 def _backend_option(
@@ -134,5 +156,40 @@ class Command(BaseCommand):
             self.stderr.write(f"CommandError: {exc}")
             sys.exit(exc.returncode)
 
-    def handle(self, *args: Any, **options: Any) -> None:  # call_command: not supported
-        raise NotImplementedError("run it from the command line: manage.py offload_worker")
+    def add_arguments(self, parser: Any) -> None:
+        """`offload worker`'s options, for `call_command` (the command line is click's)."""
+        for param in worker_command("manage.py offload_worker").params:
+            if getattr(param, "hidden", False):
+                continue
+            if getattr(param, "is_flag", False):
+                parser.add_argument(
+                    *param.opts, dest=param.name, action="store_true", default=argparse.SUPPRESS
+                )
+                if param.secondary_opts:
+                    parser.add_argument(
+                        *param.secondary_opts,
+                        dest=param.name,
+                        action="store_false",
+                        default=argparse.SUPPRESS,
+                    )
+            else:
+                parser.add_argument(*param.opts, dest=param.name, default=argparse.SUPPRESS)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """`call_command("offload_worker", exit_when_idle=1, …)`: the worker, run as the
+        command line runs it, until it stops.
+
+        Raises:
+            CommandError: an option the worker refuses, or a worker that failed.
+        """
+        prog = "manage.py offload_worker"
+        command = worker_command(prog)
+        try:
+            code = command.main(
+                option_argv(command, options), prog_name=prog, standalone_mode=False
+            )
+        except typer.TyperException as exc:  # (a click error, typer's own click's)
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            raise CommandError(message) from exc
+        if isinstance(code, int) and code:
+            raise CommandError(f"the worker exited with status {code}", returncode=code)
