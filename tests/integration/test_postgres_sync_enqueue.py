@@ -64,3 +64,23 @@ async def test_sync_enqueue_refuses_unique_kinds_and_engines_without_it(
     sqlite.message("pg.note")(Note)
     with pytest.raises(ConfigurationError, match="cannot enqueue inside a synchronous"):
         sqlite.enqueue_in_sync(object(), Note())
+
+
+def test_sync_enqueue_before_offload_migrate_says_to_run_it() -> None:
+    from offload import SchemaError
+    from offload.brokers.postgres.backend import UNDEFINED_TABLE, _sqlstate
+
+    # Given a database offload was never migrated in (Django's own, on its first deploy)
+    empty = PgSchema(migrate=False)
+    empty.create_sync()
+    try:
+        app = App("pg-sync-empty", settings=Settings(url=empty.url))
+        app.message("pg.note")(Note)
+        with psycopg.connect(empty.url) as conn:
+            # when a view enqueues on its connection, then the error says what to do (it
+            # was the driver's own: relation "offload_jobs" does not exist)
+            with pytest.raises(SchemaError, match="run `offload migrate`") as raised:
+                app.enqueue_in_sync(conn, Note(n=1))
+            assert _sqlstate(raised.value.__cause__) == UNDEFINED_TABLE
+    finally:
+        empty.drop_sync()

@@ -923,7 +923,15 @@ class PostgresBackend:
         if any(e.unique_key is not None for e in envelopes):
             raise BackendError("jobs of unique kinds are enqueued on async connections only")
         with conn.cursor() as cur:
-            cur.execute(Q["enqueue"], {"batch": self._batch(envelopes)})
+            try:
+                cur.execute(Q["enqueue"], {"batch": self._batch(envelopes)})
+            except Exception as exc:
+                if UNDEFINED_TABLE in (_sqlstate(exc), _sqlstate(exc.__cause__)):
+                    raise SchemaError(
+                        f"offload's tables are not in the database at {self._where()} (or "
+                        "not on its search_path): run `offload migrate` with this URL"
+                    ) from exc
+                raise
             created = {str(r[0]) for r in cur.fetchall()}
             first: dict[tuple[str, str], str] = {}
             repeats = [e for e in envelopes if e.id not in created and e.idempotency_key]
@@ -1752,3 +1760,13 @@ async def _repeats(
 
 def _job_id(lease: Lease) -> str:
     return lease.job_id
+
+
+#: The SQLSTATE of a table that does not exist.
+UNDEFINED_TABLE = "42P01"
+
+
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver's error: psycopg's (`sqlstate`) or psycopg2's (`pgcode`), as
+    a framework's connection raises it or wraps it (Django's `ProgrammingError`)."""
+    return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
