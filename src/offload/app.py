@@ -100,6 +100,9 @@ class _Opening:
         default_factory=concurrent.futures.Future
     )
 
+    def __post_init__(self) -> None:
+        self.done.set_running_or_notify_cancel()  # a waiter's cancel must not cancel it
+
 
 @dataclass(frozen=True, slots=True)
 class MessageSpec:
@@ -607,7 +610,8 @@ class App:
                 if self._backend is not None and self._usable_on(loop):
                     return self
                 opening = self._opening
-                if opening is None:
+                # None under way, or one on a loop that ended before it did (it never will)
+                if opening is None or opening.loop.is_closed():
                     settings = self.settings
                     backend = open_backend(
                         settings.url,
@@ -617,15 +621,25 @@ class App:
                     )
                     self._opening = mine = _Opening(loop, _bound(backend))
                     break
-            if opening.loop is not loop and opening.bound and not opening.loop.is_closed():
+            if opening.loop is not loop and opening.bound:
                 raise ConfigurationError(_ANOTHER_LOOP.format(name=self.name))
             # One open at a time (a web lifespan and a worker may open one app at once, an
             # SQLite app's first calls from several threads): the others wait for it, then
-            # look again (it may have failed, or been cancelled).
+            # look again (it may have failed, or been cancelled). A waiter cancelled is
+            # cancelled alone: `done` runs, so the wrapper's cancel does not reach it.
             await asyncio.wrap_future(opening.done)
         try:
             tracing.resolve()  # opened by a first enqueue: as `open` does
-            await backend.open(create=create)
+            try:
+                await backend.open(create=create)
+            except (Exception, asyncio.CancelledError):
+                # (cancelled by a deadline, say): what it opened so far is closed, on its
+                # loop (none left when a loop that ended drops this coroutine)
+                if running_loop() is loop:
+                    closing = asyncio.ensure_future(backend.close())
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.shield(closing)
+                raise
             with start_lock():
                 self._backend = backend
                 self._opened_on = loop
@@ -635,9 +649,12 @@ class App:
             if self._blobs is None:
                 self._blobs = open_blobs(self.settings.blobs_url)
         finally:
-            with start_lock():
+            # Without the lock: a coroutine its loop dropped runs this as it is collected,
+            # maybe on a thread that holds the lock. A later loop may have taken over.
+            if self._opening is mine:
                 self._opening = None
-            mine.done.set_result(None)
+            if not mine.done.done():
+                mine.done.set_result(None)
         return self
 
     def _usable_on(self, loop: asyncio.AbstractEventLoop) -> bool:

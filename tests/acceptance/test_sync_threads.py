@@ -76,6 +76,27 @@ def test_threads_each_on_a_loop_of_their_own_share_an_sqlite_app(app: App) -> No
     asyncio.run(app.close())
 
 
+def test_a_call_cancelled_while_it_waits_for_the_open_is_cancelled_alone(app: App) -> None:
+    app.message("t.export")(Export)
+
+    async def main() -> list[str]:
+        # Given a first call opening the app, and two more waiting for that open,
+        opener = asyncio.create_task(app.enqueue(Export(period="a")))
+        await asyncio.sleep(0)
+        waiters = [asyncio.create_task(app.enqueue(Export(period=p))) for p in "bc"]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        # when one waiter is cancelled (its client went away),
+        waiters[0].cancel()
+        answers = await asyncio.gather(opener, *waiters, return_exceptions=True)
+        await app.close()
+        return [type(a).__name__ for a in answers]
+
+    # then the others are served (the cancel reached the open they shared: the opener
+    # raised InvalidStateError and the other waiter CancelledError)
+    assert asyncio.run(main()) == ["Job", "CancelledError", "Job"]
+
+
 def test_waiting_threads_do_not_block_each_other(app: App) -> None:
     # Given jobs that will not finish on their own (no worker)
     app.message("t.export")(Export)

@@ -1082,3 +1082,21 @@ async def test_a_thread_that_runs_on_past_the_grace_holds_its_job_no_longer(
         assert worker.threads_running_on == 1
     finally:
         free.set()
+
+
+def test_a_delivery_job_out_of_its_functions_time_is_a_failed_attempt(app: App) -> None:
+    from offload.notify.base import WebhookDelivery
+
+    # Given a worker (the serverless consumer's) and a webhook delivery job it ran,
+    app.message("t.quick")(Quick)
+    app.handles(Quick)(lambda msg, ctx: None)
+    worker = Worker(app)
+    delivery = WebhookDelivery(
+        job_id="j", url="https://hooks.example.test/h", state="succeeded", notification_id="n"
+    )
+    lease = Lease(envelope=app.envelope(delivery), token="t", expires_at=0.0, worker=worker.id)
+    # when the function's time ends while it runs, its attempt failed, as any job's (an
+    # AssertionError ended the invocation: a delivery job has no handler of the app's)
+    outcome = worker.out_of_time(lease, "ran past the function's time")
+    assert outcome.state is JobState.RETRYING and outcome.error is not None
+    assert outcome.error["type"] == "TimeoutError"

@@ -644,6 +644,28 @@ async def test_a_settle_and_a_heartbeat_of_shared_jobs_in_opposite_orders_never_
         await backend.close()
 
 
+async def test_a_result_with_a_nul_character_fails_its_job_alone(app: App) -> None:
+    from offload import Job, JobState
+
+    # Given a handler that returns a NUL character for one of four jobs settled together
+    # (PostgreSQL's jsonb refuses it: the whole batch's settle failed, again and again),
+    @app.handles(Ping)
+    async def ping(msg: Ping, ctx: Context) -> str:
+        return "a\x00b" if msg.n == 0 else "fine"
+
+    jobs = [await app.enqueue(Ping(n=n)) for n in range(4)]
+    worker = Worker(app, concurrency=4)
+    task = asyncio.create_task(worker.run())
+    try:
+        done = [await Job(j.id, True, app).wait(30) for j in jobs]
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    # then that job failed for good, saying why, and the others succeeded
+    assert [d.state for d in done] == [JobState.FAILED] + [JobState.SUCCEEDED] * 3
+    assert done[0].error is not None and "NUL" in done[0].error.message
+
+
 async def test_listen_notify_wakes_a_waiting_claimer(app: App, schema: PgSchema) -> None:
     backend = app._require_backend()
     assert await backend.claim(["default"], worker_id="w", lease_for=5, limit=1) == []

@@ -595,6 +595,47 @@ def test_a_cold_web_function_answers_within_seconds_while_sqs_answers_nothing(
     assert kept == 1
 
 
+def test_an_open_cut_off_by_the_invocations_end_leaves_no_connection_behind(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    name = f"leak-{secrets.token_hex(4)}"  # the function's connections, not other tests'
+
+    def connections() -> int:
+        with psycopg.connect(schema.url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+        return int(row[0] if row else 0)
+
+    # Given a warm function (one loop) whose SQS takes connections and answers nothing,
+    port = urlsplit(moto_endpoint).port
+    assert port is not None
+    store = schema.url + ("&" if "?" in schema.url else "?") + f"application_name={name}"
+    with TcpProxy(port) as proxy:
+        s = _stack(store, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
+        try:
+            sqs.send_message(QueueUrl=queue_url, MessageBody='{"v": 1, "job": "x", "queue": "q"}')
+            got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+            event = {"Records": [_record(m, queue_url) for m in got]}
+            proxy.stall()
+            before = connections()
+            # when invocations of Lambda's default 3 s each end while it still opens (its
+            # look-up of the queue waits on SQS),
+            after = []
+            for _ in range(3):
+                result = s.worker(event, LambdaContext(3.0))
+                assert result == {"batchItemFailures": [{"itemIdentifier": got[0]["MessageId"]}]}
+                after.append(connections())
+            # then what each opened was closed as it was cut off (each left a connection
+            # to PostgreSQL open: a warm function would run the server out of them)
+            assert after == [before] * 3, (before, after)
+        finally:
+            proxy.cut()
+            _close(s)
+
+
 def test_a_cold_function_whose_backend_does_not_open_in_time_names_every_message(
     moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
 ) -> None:

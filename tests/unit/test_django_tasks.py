@@ -544,3 +544,30 @@ def test_manage_py_check_finds_the_principal_middleware_out_of_order(
     with override_settings(MIDDLEWARE=middleware):
         found = [e for e in run_checks() if e.id == "offload.E001"]
     assert [e.msg for e in found] == ([problem] if problem else [])
+
+
+CHECK_SUBCLASS = """
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "offload.contrib.django"],
+    MIDDLEWARE=["__main__.Own", "offload.contrib.django.principal.PrincipalMiddleware"],
+)
+django.setup()
+from django.contrib.auth.middleware import AuthenticationMiddleware
+class Own(AuthenticationMiddleware):
+    pass
+from django.core.checks import run_checks
+print([e.id for e in run_checks() if e.id.startswith("offload")])
+"""
+
+
+def test_a_subclass_of_djangos_authentication_middleware_is_authentication() -> None:
+    # A project's own authentication middleware, Django's underneath, before
+    # PrincipalMiddleware: no error (it was one, stopping migrate and runserver).
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_SUBCLASS], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import random
+import re
 import secrets
 import socket
 import threading
@@ -179,8 +180,8 @@ def _for_another(outcome: Outcome) -> bool:
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
     return {
         "type": type_name or type(exc).__name__,
-        "message": _message(exc)[:2000],
-        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+        "message": _message(exc)[:2000].replace("\x00", "\\x00"),  # (no engine stores NUL alike)
+        "traceback": "".join(traceback.format_exception(exc))[-8000:].replace("\x00", "\\x00"),
     }
 
 
@@ -206,8 +207,15 @@ def _jsonable(value: Any) -> Any:
     """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    orjson.dumps(value)  # raises TypeError for values a status record cannot carry
+    dumped = orjson.dumps(value)  # raises TypeError for values a status record cannot carry
+    if b"\\u0000" in dumped and _NUL.search(dumped):
+        # PostgreSQL's jsonb refuses it, and with it the whole batch of outcomes it is in
+        raise TypeError("it contains a NUL character (\\u0000), which no engine stores alike")
     return value
+
+
+#: A NUL character in JSON text (`\u0000` not itself escaped).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _unstorable(exc: Exception) -> TypeError:
@@ -867,7 +875,7 @@ class Worker:
         """The outcome of a run stopped as the time it was given ended (a serverless
         invocation's): a failed attempt, as a timeout is, retried after the handler's
         backoff, dead once its attempts are spent; `why` says why, in the job's error."""
-        spec = self.app.handlers.get(lease.envelope.kind)
+        spec = self._spec_of(lease.envelope.kind)  # (a delivery job's too)
         assert spec is not None  # (a job with no handler here was given back, not run)
         return self._with_follow_ups(self._failed(lease, spec, TimeoutError(why)))
 

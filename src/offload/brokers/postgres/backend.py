@@ -563,6 +563,9 @@ class PostgresBackend:
         except Exception as exc:
             await pool.close()
             raise self._unreachable(exc) from exc
+        except asyncio.CancelledError:  # (a deadline): its connections are closed
+            await pool.close()
+            raise
         self._pool = pool
         self._listening = asyncio.Event()
 

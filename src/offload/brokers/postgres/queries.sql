@@ -674,8 +674,16 @@ WITH upd AS (
 SELECT id::text FROM upd
 
 -- name: cancel_many_running
-UPDATE offload_jobs SET cancel_requested = true
-WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND NOT cancel_requested
+-- In id order, as `extend` and `settle` lock running rows (see `extend`).
+WITH locked AS (
+    SELECT id FROM offload_jobs
+    WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND NOT cancel_requested
+    ORDER BY id
+    FOR NO KEY UPDATE
+)
+UPDATE offload_jobs j SET cancel_requested = true
+FROM locked
+WHERE j.id = locked.id
 
 -- name: delete_many
 WITH gone AS (

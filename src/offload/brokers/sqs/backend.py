@@ -272,6 +272,11 @@ class SQSBackend:
             await stack.aclose()
             await self.store.close()
             raise BackendError(f"SQS queue {self.queue!r}: {exc}") from exc
+        except asyncio.CancelledError:  # (a deadline): what it opened is closed
+            self._client = None
+            await stack.aclose()
+            await self.store.close()
+            raise
         self._stack = stack
         if self.relay_every_s > 0:
             self._relay = asyncio.create_task(self._relay_loop(), name="offload-sqs-relay")

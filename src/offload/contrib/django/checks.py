@@ -21,9 +21,9 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if PRINCIPAL not in middleware:
         return []
     here = middleware.index(PRINCIPAL)
-    if AUTHENTICATION in middleware[:here]:
+    if any(_authenticates(path) for path in middleware[:here]):
         return []
-    if AUTHENTICATION in middleware:
+    if any(_authenticates(path) for path in middleware):
         problem = "PrincipalMiddleware is before AuthenticationMiddleware in MIDDLEWARE"
     else:
         problem = "PrincipalMiddleware is in MIDDLEWARE without AuthenticationMiddleware"
@@ -35,3 +35,19 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             id="offload.E001",
         )
     ]
+
+
+def _authenticates(path: str) -> bool:
+    """Whether the middleware at `path` is Django's AuthenticationMiddleware or a subclass
+    of it (one that cannot be imported is left to Django's own checks)."""
+    if path == AUTHENTICATION:
+        return True
+    from django.utils.module_loading import import_string
+
+    try:  # (without django.contrib.auth installed, importing its middleware raises)
+        from django.contrib.auth.middleware import AuthenticationMiddleware
+
+        found = import_string(path)
+    except (ImportError, RuntimeError):
+        return False
+    return isinstance(found, type) and issubclass(found, AuthenticationMiddleware)
