@@ -82,6 +82,8 @@ DEFAULT_QUEUE = "default"
 log = logging.getLogger("offload")
 #: The name of the task that closes a loop's backend as that loop ends (`App._hold`).
 _HOLD_TASK = "offload-app-open"
+#: How often a caller waiting for another's open looks whether that open's loop ended.
+OPEN_RECHECK_S = 0.5
 _ANOTHER_LOOP = (
     "app {name!r} is open on another event loop, which still runs (another thread's): its "
     "connections belong to that loop. Use an App from one loop, or call the *_sync methods "
@@ -610,8 +612,9 @@ class App:
                 if self._backend is not None and self._usable_on(loop):
                     return self
                 opening = self._opening
-                # None under way, or one on a loop that ended before it did (it never will)
-                if opening is None or opening.loop.is_closed():
+                # None under way, or one that will never end (its loop ended first), or one
+                # its coroutine's collection ended without clearing it (see the finally)
+                if opening is None or opening.loop.is_closed() or opening.done.done():
                     settings = self.settings
                     backend = open_backend(
                         settings.url,
@@ -625,9 +628,10 @@ class App:
                 raise ConfigurationError(_ANOTHER_LOOP.format(name=self.name))
             # One open at a time (a web lifespan and a worker may open one app at once, an
             # SQLite app's first calls from several threads): the others wait for it, then
-            # look again (it may have failed, or been cancelled). A waiter cancelled is
-            # cancelled alone: `done` runs, so the wrapper's cancel does not reach it.
-            await asyncio.wrap_future(opening.done)
+            # look again (it may have failed, or been cancelled; or its loop may end before
+            # it does: looked at every half second). A waiter cancelled is cancelled alone:
+            # `done` runs, so no cancel reaches it.
+            await asyncio.wait({asyncio.wrap_future(opening.done)}, timeout=OPEN_RECHECK_S)
         try:
             tracing.resolve()  # opened by a first enqueue: as `open` does
             try:
@@ -649,10 +653,12 @@ class App:
             if self._blobs is None:
                 self._blobs = open_blobs(self.settings.blobs_url)
         finally:
-            # Without the lock: a coroutine its loop dropped runs this as it is collected,
-            # maybe on a thread that holds the lock. A later loop may have taken over.
-            if self._opening is mine:
-                self._opening = None
+            # Not when a coroutine its loop dropped runs this as it is collected (maybe on
+            # a thread that holds the lock): the next caller takes its stale open over.
+            if running_loop() is loop:
+                with start_lock():
+                    if self._opening is mine:  # (a later loop may have taken over)
+                        self._opening = None
             if not mine.done.done():
                 mine.done.set_result(None)
         return self

@@ -97,6 +97,46 @@ def test_a_call_cancelled_while_it_waits_for_the_open_is_cancelled_alone(app: Ap
     assert asyncio.run(main()) == ["Job", "CancelledError", "Job"]
 
 
+def test_a_call_waiting_for_an_open_whose_loop_ended_opens_it_itself(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload.brokers.sqlite import backend as sqlite
+
+    app.message("t.export")(Export)
+    # Given an SQLite file slow to open (a slow disk: half a second),
+    connect = sqlite.SQLiteBackend._connect
+
+    def slowly(self: sqlite.SQLiteBackend, create: bool) -> None:
+        time.sleep(0.5)
+        connect(self, create)
+
+    monkeypatch.setattr(sqlite.SQLiteBackend, "_connect", slowly)
+    # a first call opening it on a loop that ends while it opens (closed, its task left),
+    started = threading.Event()
+
+    def first() -> None:
+        loop = asyncio.new_event_loop()
+        loop.create_task(app.enqueue(Export(period="a")))
+        loop.call_soon(started.set)
+        loop.run_until_complete(asyncio.sleep(0.2))
+        loop.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert started.wait(30)
+
+    # and a call on another loop that began waiting for that open before its loop ended,
+    async def later() -> str:
+        return (await asyncio.wait_for(app.enqueue(Export(period="b")), 20)).id
+
+    # then that call opens it itself once it sees the loop ended (it waited for good)
+    try:
+        assert asyncio.run(later())
+    finally:
+        thread.join(30)
+        asyncio.run(app.close())
+
+
 def test_waiting_threads_do_not_block_each_other(app: App) -> None:
     # Given jobs that will not finish on their own (no worker)
     app.message("t.export")(Export)

@@ -645,15 +645,20 @@ async def test_a_settle_and_a_heartbeat_of_shared_jobs_in_opposite_orders_never_
 
 
 async def test_a_result_with_a_nul_character_fails_its_job_alone(app: App) -> None:
-    from offload import Job, JobState
+    from offload import Cancel, Job, JobState
 
-    # Given a handler that returns a NUL character for one of four jobs settled together
+    # Given a handler that returns a NUL character for one of the jobs settled together
     # (PostgreSQL's jsonb refuses it: the whole batch's settle failed, again and again),
-    @app.handles(Ping)
+    # or cancels one, or fails one, with a NUL in what it says,
+    @app.handles(Ping, max_attempts=1)
     async def ping(msg: Ping, ctx: Context) -> str:
+        if msg.n == 4:
+            raise Cancel("bad input a\x00b")  # (a cancel's reason, an error's message too)
+        if msg.n == 5:
+            raise ValueError("a\x00b")
         return "a\x00b" if msg.n == 0 else "fine"
 
-    jobs = [await app.enqueue(Ping(n=n)) for n in range(4)]
+    jobs = [await app.enqueue(Ping(n=n)) for n in range(6)]
     worker = Worker(app, concurrency=4)
     task = asyncio.create_task(worker.run())
     try:
@@ -661,9 +666,13 @@ async def test_a_result_with_a_nul_character_fails_its_job_alone(app: App) -> No
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
-    # then that job failed for good, saying why, and the others succeeded
-    assert [d.state for d in done] == [JobState.FAILED] + [JobState.SUCCEEDED] * 3
+    # then that job failed for good, saying why, the others succeeded, and the cancel's
+    # reason and the error's message are stored with the NUL written out
+    states = [d.state for d in done]
+    assert states[:4] == [JobState.FAILED] + [JobState.SUCCEEDED] * 3
     assert done[0].error is not None and "NUL" in done[0].error.message
+    assert states[4:] == [JobState.CANCELLED, JobState.DEAD]
+    assert done[4].error is not None and done[4].error.message == "bad input a\\x00b"
 
 
 async def test_listen_notify_wakes_a_waiting_claimer(app: App, schema: PgSchema) -> None:

@@ -179,10 +179,16 @@ def _for_another(outcome: Outcome) -> bool:
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
     return {
-        "type": type_name or type(exc).__name__,
-        "message": _message(exc)[:2000].replace("\x00", "\\x00"),  # (no engine stores NUL alike)
-        "traceback": "".join(traceback.format_exception(exc))[-8000:].replace("\x00", "\\x00"),
+        "type": _text(type_name or type(exc).__name__),
+        "message": _text(_message(exc)[:2000]),
+        "traceback": _text("".join(traceback.format_exception(exc))[-8000:]),
     }
+
+
+def _text(text: str) -> str:
+    """A handler's text as a job's error stores it: a NUL character written `\\x00`
+    (PostgreSQL's jsonb refuses NUL, and with it the whole batch of outcomes it is in)."""
+    return text.replace("\x00", "\\x00")
 
 
 def _message(exc: BaseException) -> str:
@@ -969,7 +975,7 @@ class Worker:
             return Outcome(
                 lease=lease,
                 state=JobState.CANCELLED,
-                error={"type": "Cancel", "message": signal.reason},
+                error={"type": "Cancel", "message": _text(signal.reason)},
             )
         except TimeoutError as exc:
             self._prefetch.ran(loop.time() - began)

@@ -673,8 +673,12 @@ class SQLiteBackend:
         self._wakeup.open()
         try:
             await self._run(self._connect, create)
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
             await self.close()
+            raise
+        except GeneratorExit:  # dropped by a loop that ended: no loop to close on
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
             raise
         if not self.in_memory:
             self._cross = CrossWake(self.path)

@@ -21,9 +21,9 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if PRINCIPAL not in middleware:
         return []
     here = middleware.index(PRINCIPAL)
-    if any(_authenticates(path) for path in middleware[:here]):
+    if AUTHENTICATION in middleware[:here] or any(map(_authenticates, middleware[:here])):
         return []
-    if any(_authenticates(path) for path in middleware):
+    if AUTHENTICATION in middleware or any(map(_authenticates, middleware)):
         problem = "PrincipalMiddleware is before AuthenticationMiddleware in MIDDLEWARE"
     else:
         problem = "PrincipalMiddleware is in MIDDLEWARE without AuthenticationMiddleware"
@@ -48,6 +48,6 @@ def _authenticates(path: str) -> bool:
         from django.contrib.auth.middleware import AuthenticationMiddleware
 
         found = import_string(path)
-    except (ImportError, RuntimeError):
+    except Exception:  # (a module that cannot be imported now is Django's to report)
         return False
     return isinstance(found, type) and issubclass(found, AuthenticationMiddleware)
