@@ -116,10 +116,11 @@ def test_a_call_waiting_for_an_open_whose_loop_ended_opens_it_itself(
 
     def first() -> None:
         loop = asyncio.new_event_loop()
-        loop.create_task(app.enqueue(Export(period="a")))
+        dropped = loop.create_task(app.enqueue(Export(period="a")))
         loop.call_soon(started.set)
         loop.run_until_complete(asyncio.sleep(0.2))
         loop.close()
+        assert not dropped.done()  # (its open never ends)
 
     thread = threading.Thread(target=first)
     thread.start()
