@@ -475,20 +475,43 @@ def _cut_off_once_a_job_runs(
     with TcpProxy(port) as proxy:
         through = schema.url.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxy.port}", 1)
         s = _stack(through, moto_endpoint, sqs, queue_url, tmp_path)
-
-        def cut_once_it_runs() -> None:
-            deadline = time.monotonic() + WAIT_S
-            while not s.ran and time.monotonic() < deadline:
-                time.sleep(0.01)
-            proxy.cut()
-
-        cutter = threading.Thread(target=cut_once_it_runs)
-        cutter.start()
+        cutter = _once_it_runs(s, proxy.cut)
         try:
             yield s
         finally:
             proxy.cut()
             cutter.join(WAIT_S)
+            _close(s)
+
+
+def _once_it_runs(s: Stack, then: Callable[[], None]) -> threading.Thread:
+    """A thread, started, that calls `then` once a handler of `s` has begun."""
+
+    def wait_then() -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not s.ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+        then()
+
+    thread = threading.Thread(target=wait_then)
+    thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def _sqs_through_a_proxy(
+    store: str, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> Iterator[tuple[Stack, TcpProxy]]:
+    """The deployment, its job rows at `store`, reaching SQS through a proxy the test can
+    stall (a server that takes connections and answers nothing) or cut."""
+    port = urlsplit(moto_endpoint).port
+    assert port is not None
+    with TcpProxy(port) as proxy:
+        s = _stack(store, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
+        try:
+            yield s, proxy
+        finally:
+            proxy.cut()
             _close(s)
 
 
@@ -530,35 +553,22 @@ def test_a_finished_jobs_outcome_is_written_while_sqs_answers_nothing(
     schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
 ) -> None:
     # Given a function that reaches SQS through a network that can stall,
-    port = urlsplit(moto_endpoint).port
-    assert port is not None
-    with TcpProxy(port) as proxy:
-        s = _stack(schema.url, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
-
-        def stall_once_it_runs() -> None:
-            deadline = time.monotonic() + WAIT_S
-            while not s.ran and time.monotonic() < deadline:
-                time.sleep(0.01)
-            proxy.stall()
-
-        staller = threading.Thread(target=stall_once_it_runs)
+    with _sqs_through_a_proxy(schema.url, moto_endpoint, sqs, queue_url, tmp_path) as (s, proxy):
+        _, body = s.http("POST", "/v1/jobs/sls.slow", {"seconds": 2.5})
+        staller = _once_it_runs(s, proxy.stall)
         try:
-            _, body = s.http("POST", "/v1/jobs/sls.slow", {"seconds": 2.5})
-            staller.start()
             # when SQS stops answering (its connections open, no reply) while the job runs,
             # so that the beats that keep its message hidden wait on it,
             result = s.deliver(context_s=8.0)
-            # then the job's end is not held by a beat: its outcome is written, and its
-            # message acknowledged (a beat held it until the invocation's end, and the job
-            # stayed running, to run again)
-            assert result == {"batchItemFailures": []}
-            assert s.ran == [body["id"]]
-            proxy.cut()
-            assert s.status(body["id"])["state"] == "succeeded"
         finally:
-            proxy.cut()
             staller.join(WAIT_S)
-            _close(s)
+        # then the job's end is not held by a beat: its outcome is written, and its
+        # message acknowledged (a beat held it until the invocation's end, and the job
+        # stayed running, to run again)
+        assert result == {"batchItemFailures": []}
+        assert s.ran == [body["id"]]
+        proxy.cut()
+        assert s.status(body["id"])["state"] == "succeeded"
 
 
 def test_a_cold_web_function_answers_within_seconds_while_sqs_answers_nothing(
@@ -566,26 +576,19 @@ def test_a_cold_web_function_answers_within_seconds_while_sqs_answers_nothing(
 ) -> None:
     from offload.brokers.sqs.backend import SEND_WAIT_S
 
-    port = urlsplit(moto_endpoint).port
-    assert port is not None
-    with TcpProxy(port) as proxy:
-        s = _stack(schema.url, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
-        try:
-            # Given SQS taking connections and answering nothing, when a cold web function
-            # takes a job (opening looks the queue up, the enqueue sends its message),
-            proxy.stall()
-            began = time.monotonic()
-            code, body = s.http("POST", "/v1/jobs/sls.hello", {"name": "stalled"})
-            took = time.monotonic() - began
-            # then it answers 202 within the two bounded waits, the job stored with its
-            # message kept in the outbox for the relay (it answered after 42 s)
-            assert code == 202, body
-            assert took < 2 * SEND_WAIT_S + 3.0, f"the POST answered after {took:.1f} s"
-            assert s.status(body["id"])["state"] == "queued"
-            proxy.cut()
-        finally:
-            proxy.cut()
-            _close(s)
+    with _sqs_through_a_proxy(schema.url, moto_endpoint, sqs, queue_url, tmp_path) as (s, proxy):
+        # Given SQS taking connections and answering nothing, when a cold web function
+        # takes a job (opening looks the queue up, the enqueue sends its message),
+        proxy.stall()
+        began = time.monotonic()
+        code, body = s.http("POST", "/v1/jobs/sls.hello", {"name": "stalled"})
+        took = time.monotonic() - began
+        # then it answers 202 within the two bounded waits, the job stored with its
+        # message kept in the outbox for the relay (it answered after 42 s)
+        assert code == 202, body
+        assert took < 2 * SEND_WAIT_S + 3.0, f"the POST answered after {took:.1f} s"
+        assert s.status(body["id"])["state"] == "queued"
+        proxy.cut()
     import psycopg
 
     with psycopg.connect(schema.url) as conn:
@@ -610,30 +613,23 @@ def test_an_open_cut_off_by_the_invocations_end_leaves_no_connection_behind(
         return int(row[0] if row else 0)
 
     # Given a warm function (one loop) whose SQS takes connections and answers nothing,
-    port = urlsplit(moto_endpoint).port
-    assert port is not None
     store = schema.url + ("&" if "?" in schema.url else "?") + f"application_name={name}"
-    with TcpProxy(port) as proxy:
-        s = _stack(store, f"http://127.0.0.1:{proxy.port}", sqs, queue_url, tmp_path)
-        try:
-            sqs.send_message(QueueUrl=queue_url, MessageBody='{"v": 1, "job": "x", "queue": "q"}')
-            got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
-            event = {"Records": [_record(m, queue_url) for m in got]}
-            proxy.stall()
-            before = connections()
-            # when invocations of Lambda's default 3 s each end while it still opens (its
-            # look-up of the queue waits on SQS),
-            after = []
-            for _ in range(3):
-                result = s.worker(event, LambdaContext(3.0))
-                assert result == {"batchItemFailures": [{"itemIdentifier": got[0]["MessageId"]}]}
-                after.append(connections())
-            # then what each opened was closed as it was cut off (each left a connection
-            # to PostgreSQL open: a warm function would run the server out of them)
-            assert after == [before] * 3, (before, after)
-        finally:
-            proxy.cut()
-            _close(s)
+    with _sqs_through_a_proxy(store, moto_endpoint, sqs, queue_url, tmp_path) as (s, proxy):
+        sqs.send_message(QueueUrl=queue_url, MessageBody='{"v": 1, "job": "x", "queue": "q"}')
+        got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+        event = {"Records": [_record(m, queue_url) for m in got]}
+        proxy.stall()
+        before = connections()
+        # when invocations of Lambda's default 3 s each end while it still opens (its
+        # look-up of the queue waits on SQS),
+        after = []
+        for _ in range(3):
+            result = s.worker(event, LambdaContext(3.0))
+            assert result == {"batchItemFailures": [{"itemIdentifier": got[0]["MessageId"]}]}
+            after.append(connections())
+        # then what each opened was closed as it was cut off (each left a connection
+        # to PostgreSQL open: a warm function would run the server out of them)
+        assert after == [before] * 3, (before, after)
 
 
 def test_a_cold_function_whose_backend_does_not_open_in_time_names_every_message(

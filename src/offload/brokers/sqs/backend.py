@@ -263,23 +263,23 @@ class SQSBackend:
                     extra={"action": "sqs_send_error"},
                 )
             else:  # it answered no: the URL or the credentials are wrong
-                self._client = None
-                await stack.aclose()
-                await self.store.close()
+                await self._abandon(stack)
                 raise
         except (BotoCoreError, ClientError) as exc:
-            self._client = None
-            await stack.aclose()
-            await self.store.close()
+            await self._abandon(stack)
             raise BackendError(f"SQS queue {self.queue!r}: {exc}") from exc
         except asyncio.CancelledError:  # (a deadline): what it opened is closed
-            self._client = None
-            await stack.aclose()
-            await self.store.close()
+            await self._abandon(stack)
             raise
         self._stack = stack
         if self.relay_every_s > 0:
             self._relay = asyncio.create_task(self._relay_loop(), name="offload-sqs-relay")
+
+    async def _abandon(self, stack: contextlib.AsyncExitStack) -> None:
+        """Close what an `open` that fails had opened: the SQS client, then the store."""
+        self._client = None
+        await stack.aclose()
+        await self.store.close()
 
     async def close(self) -> None:
         if self._relay is not None:
