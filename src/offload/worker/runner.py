@@ -866,15 +866,11 @@ class Worker:
         self._count(outcome)
         return self._with_follow_ups(outcome, trace)
 
-    def interrupted(self, lease: Lease, *, cancel: bool, why: str | None = None) -> Outcome:
-        """The outcome of a run the caller cancelled: cancelled (asked by a user), else
-        released unspent (out of time; `why` says why, in the job's error), with its
-        notifications."""
-        job = _Job(lease=lease, renewed=self._renewal(), reason=_CANCEL if cancel else _SHUTDOWN)
-        outcome = self._interrupted(job)
+    def cancelled(self, lease: Lease) -> Outcome:
+        """The outcome of a run the caller stopped as a user asked (a cancel), with its
+        notifications; one stopped as its time ended is `out_of_time`'s."""
+        outcome = self._interrupted(_Job(lease=lease, renewed=self._renewal(), reason=_CANCEL))
         assert outcome is not None  # only a lost lease reports none
-        if why is not None and not cancel:
-            outcome = dataclasses.replace(outcome, error={**_RELEASED, "message": why})
         return self._with_follow_ups(outcome)
 
     def out_of_time(self, lease: Lease, why: str) -> Outcome:

@@ -222,7 +222,7 @@ class SQSConsumer:
                 if current is not None and current.cancelling():
                     raise  # the invocation's answer is due (`_answered`), not the job's end
                 if cancel:
-                    return worker.interrupted(lease, cancel=True)
+                    return worker.cancelled(lease)
                 # It ran all the time the function had: a failed attempt, as a timeout is
                 # (released unspent, it ran again, and again, for ever).
                 return worker.out_of_time(lease, "ran past the function's time")
