@@ -1207,14 +1207,13 @@ class PostgresBackend:
     async def extend(self, leases: Sequence[Lease], *, lease_for: float) -> list[Extension]:
         if not leases:
             return []
-        ordered = sorted(leases, key=_job_id)  # rows locked in one order: see `_settle`
         rows = await self._fetch(
             Q["extend"],
             {
                 "lease_for": lease_for,
                 "now": self._now(),
-                "ids": [le.job_id for le in ordered],
-                "tokens": [le.token for le in ordered],
+                "ids": [le.job_id for le in leases],
+                "tokens": [le.token for le in leases],
             },
         )
         held = {str(r["id"]): r["cancel_requested"] for r in rows}
@@ -1259,10 +1258,7 @@ class PostgresBackend:
                     "max_attempts": o.max_attempts,
                     "lapsed": lapsed,
                 }
-                # By job id, as `extend` sends its leases: a worker's settle and its
-                # heartbeat, on two connections, lock the rows they share in one order
-                # (in any order, they deadlocked now and then, a second lost each time).
-                for o in sorted(outcomes, key=lambda o: o.lease.job_id)
+                for o in outcomes  # (locked in id order by the statement: see `extend`)
             ]
         ).decode()
 
@@ -1759,10 +1755,6 @@ async def _repeats(
         else:
             raise BackendError(f"job id {e.id} is already stored; nothing was stored")
     return again
-
-
-def _job_id(lease: Lease) -> str:
-    return lease.job_id
 
 
 #: The SQLSTATE of a table that does not exist.
