@@ -10,10 +10,11 @@ from django.tasks import Task, TaskResult
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
+from django.utils.json import normalize_json
 
 from ...app import App
 from ...contract import Envelope, JobRow
-from .calls import TaskCall, check_arguments, kind_of, plain
+from .calls import TaskCall, check_arguments, kind_of
 from .config import TaskConfig, app_for
 from .principal import current_owner
 from .results import priority_of, ready_result, result_of
@@ -58,8 +59,9 @@ class OffloadBackend(BaseTaskBackend):
         call = TaskCall.model_validate(
             {
                 "task": task.module_path,
-                "args": plain(args),
-                "kwargs": plain(kwargs),
+                # (checked: a tuple, as JSON gives it back, is all it changes)
+                "args": normalize_json(args),
+                "kwargs": normalize_json(kwargs),
                 "run_after": task.run_after,
             }
         )

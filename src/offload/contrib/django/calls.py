@@ -34,16 +34,6 @@ class TaskCall(Message):
 INT_RANGE = (-(2**63), 2**64 - 1)
 
 
-def plain(value: Any) -> Any:
-    """`value` as JSON gives it back: a tuple as a list, inside lists and dicts too (as
-    Django's `normalize_json` makes a task's return value)."""
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
-
-
 def json_problem(value: Any) -> str | None:
     """Why `value` cannot travel as JSON unchanged, or None: a type JSON has not (a
     datetime, a model instance, bytes), a float that is not finite, a key not a string.
