@@ -87,9 +87,16 @@ async def test_long_jobs_are_not_held_ahead(app: App, start_worker: Callable[...
 
 
 async def warm_and_block(
-    app: App, start_worker: Callable[..., Any], release: asyncio.Event, waiting: int
+    app: App,
+    start_worker: Callable[..., Any],
+    release: asyncio.Event,
+    waiting: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[Worker, list[int], list[Job]]:
-    """A worker with one slot busy on a blocking job and `waiting` jobs held ahead."""
+    """A worker with one slot busy on a blocking job and `waiting` jobs held ahead (held
+    for the test: a slot this long busy would otherwise give them back, see
+    `test_jobs_held_ahead_of_hung_slots_go_back_to_an_idle_worker`)."""
+    monkeypatch.setattr("offload.worker.prefetch.GIVE_BACK_AFTER_S", 3600.0)
     runs: list[int] = []
 
     @app.handles(Step)
@@ -108,11 +115,11 @@ async def warm_and_block(
 
 
 async def test_jobs_held_ahead_go_back_unspent_when_the_worker_stops(
-    app: App, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app.message("p.stop")(Step)
     release = asyncio.Event()
-    worker, runs, jobs = await warm_and_block(app, start_worker, release, waiting=20)
+    worker, runs, jobs = await warm_and_block(app, start_worker, release, 20, monkeypatch)
     for job in jobs:
         assert (await app.status(job.id))["state"] == "running"  # claimed, not started
     worker.request_stop()
@@ -129,10 +136,12 @@ async def test_jobs_held_ahead_go_back_unspent_when_the_worker_stops(
     assert sorted(runs) == list(range(-1, 21))
 
 
-async def test_cancelling_a_job_held_ahead(app: App, start_worker: Callable[..., Any]) -> None:
+async def test_cancelling_a_job_held_ahead(
+    app: App, start_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     app.message("p.cancel")(Step)
     release = asyncio.Event()
-    worker, runs, jobs = await warm_and_block(app, start_worker, release, waiting=5)
+    worker, runs, jobs = await warm_and_block(app, start_worker, release, 5, monkeypatch)
     await app.cancel(jobs[2].id)  # it is "running" (claimed): cancel asks the worker
     record = await Job(jobs[2].id, True, app).wait(10)  # the next heartbeat answers
     assert record.state is JobState.CANCELLED and record.attempt == 1
@@ -189,6 +198,46 @@ async def test_jobs_held_ahead_go_back_when_the_jobs_turn_out_long(
     for job in jobs:
         status = await Job(job.id, True, app).wait(15)
         assert status.state is JobState.SUCCEEDED and status.attempt == 1
+
+
+async def test_jobs_held_ahead_of_hung_slots_go_back_to_an_idle_worker(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # Every slot of a worker that learned short run times hangs before any long run has
+    # ended: the jobs it held ahead go back, unspent, to an idle worker, and it claims no
+    # more while its slots stay hung.
+    app.message("p.hung")(Step)
+    runs: list[int] = []
+    hang = asyncio.Event()
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        if msg.block:
+            await hang.wait()
+        runs.append(msg.n)
+
+    stuck: Worker = await start_worker(concurrency=2, prefetch=50)
+    await app.enqueue_many([Step(n=-1 - i) for i in range(20)])
+    await until(lambda: stuck.settled == 20)  # short runs: it claims ahead now
+    # One batch, claimed at once: the two hung jobs start, the ten after them are held.
+    hung, *jobs = await app.enqueue_many(
+        [Step(n=100, block=True), Step(n=101, block=True), *(Step(n=i) for i in range(10))]
+    )
+    await until(lambda: stuck.running == 2)
+    idle: Worker = await start_worker(concurrency=2, prefetch=0)
+    for job in jobs[1:]:
+        record = await Job(job.id, True, app).wait(15)
+        assert record.state is JobState.SUCCEEDED and record.attempt == 1
+    assert stuck.held_ahead == 0 and stuck.running == 2 and stuck.settled == 20 + 10
+    later = await app.enqueue_many([Step(n=200 + i) for i in range(4)])
+    for job in later:
+        assert (await Job(job.id, True, app).wait(15)).state is JobState.SUCCEEDED
+    # None of them went through the hung worker (claimed and given back: settled there).
+    assert idle.settled == 14 and stuck.settled == 30
+    hang.set()
+    for job in (hung, jobs[0]):
+        assert (await Job(job.id, True, app).wait(15)).state is JobState.SUCCEEDED
+    assert sorted(runs) == [*range(-20, 0), *range(10), 100, 101, *range(200, 204)]
 
 
 async def test_a_job_cancelled_before_its_first_step_is_still_reported(app: App) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: Most jobs a worker claims ahead of free slots (`--prefetch`; 0 turns prefetch off).
 DEFAULT_PREFETCH = 256
 #: Prefetch holds about this many seconds of work, by the mean run time of recent jobs: short
@@ -19,8 +21,14 @@ GIVE_BACK_AFTER_S = 0.5
 
 
 class Prefetch:
-    """The prefetch rule of one worker: no I/O, no clock; the worker reports run times and
-    passes its clock's time to `excess`.
+    """The prefetch rule of one worker: no I/O, no clock; the worker reports run times, and
+    passes its clock's time and when each of its runs still going began (`running`, loop
+    times) to the rest.
+
+    A run still going counts at what it has taken so far once that is more than the mean:
+    slots held by runs far longer than the recent ones (a hung handler, jobs that turned out
+    long before any of them ended) are not expected to finish anything within the horizon,
+    so the jobs held ahead for them go back to idle workers, and no more are claimed for them.
 
     Args:
         limit: most jobs held ahead (`--prefetch`); 0 turns prefetch off.
@@ -48,29 +56,39 @@ class Prefetch:
             weight = RUN_WEIGHT_UP if seconds > mean else RUN_WEIGHT_DOWN
             self.mean_run = mean + weight * (seconds - mean)
 
-    def allowance(self) -> int:
-        """Jobs to hold ahead now: what the slots run in `horizon_s`, up to `limit` (0 until
-        a run time is known)."""
-        if not self.limit or self.mean_run is None:
+    def allowance(self, now: float = 0.0, running: Iterable[float] = ()) -> int:
+        """Jobs to hold ahead now: what the slots finish in `horizon_s`, up to `limit` (0
+        until a run time is known). A free slot, or one whose run has taken no longer than
+        the mean so far, finishes `horizon_s / mean`; one whose run has taken `t` longer,
+        `horizon_s / t`."""
+        mean = self.mean_run
+        if not self.limit or mean is None:
             return 0
-        expected = self.concurrency * self.horizon_s / max(self.mean_run, 1e-6)
-        return min(self.limit, int(expected))
+        mean = max(mean, 1e-6)
+        slots = float(self.concurrency)
+        for began in running:
+            taken = now - began
+            if taken > mean:
+                slots -= 1.0 - mean / taken
+        return min(self.limit, int(slots * self.horizon_s / mean))
 
-    def claim_size(self, free: int, held_ahead: int) -> int:
+    def claim_size(
+        self, free: int, held_ahead: int, now: float = 0.0, running: Iterable[float] = ()
+    ) -> int:
         """How many jobs to claim: free slots plus the allowance, less those held ahead; 0
         to wait, also while enough is in hand that the next claim can gather a bigger batch
         (fewer than half the allowance missing)."""
-        allowance = self.allowance()
+        allowance = self.allowance(now, running)
         room = free + allowance - held_ahead
         if room <= 0 or (held_ahead and room < max(1, allowance // 2)):
             return 0
         return room
 
-    def excess(self, held_ahead: int, now: float) -> int:
+    def excess(self, held_ahead: int, now: float, running: Iterable[float] = ()) -> int:
         """How many of the jobs held ahead to give back (the jobs turned out long): those
         beyond the allowance, once more than twice the allowance has been held for
         GIVE_BACK_AFTER_S up to `now` (within twice it, the writes are not worth it)."""
-        keep = self.allowance()
+        keep = self.allowance(now, running)
         if held_ahead <= 2 * keep:
             self.over_since = None
             return 0

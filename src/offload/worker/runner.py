@@ -50,7 +50,7 @@ from .context import Context
 from .failures import FailureLog
 from .gating import ClaimGate
 from .lease import Renewal, fresh, stalled_s
-from .prefetch import DEFAULT_PREFETCH, Prefetch
+from .prefetch import DEFAULT_PREFETCH, GIVE_BACK_AFTER_S, Prefetch
 from .rescue import decide_all, retry_or_dead
 from .scheduler import Scheduler
 
@@ -330,6 +330,9 @@ class Worker:
         self._prefetch = Prefetch(prefetch, concurrency)
         #: The check of the jobs held ahead when their give-back falls due (see Prefetch).
         self._give_back_due: asyncio.TimerHandle | None = None
+        #: When each run still going began (loop time), by its job's identity: the prefetch
+        #: counts slots held by runs far longer than the recent ones as finishing little.
+        self._running: dict[int, float] = {}
         self._pending: list[Outcome] = []
         self._pending_ready = asyncio.Event()
         #: Set while every reported outcome is written (none pending, none being written).
@@ -533,6 +536,8 @@ class Worker:
             return None
         self._hold(leases, sent)
         self._fill()
+        if self._line:
+            self._release_excess()  # (its checks go on while jobs are held ahead)
         return leases
 
     def _claims_on_wake(self, backend: Backend) -> bool:
@@ -657,7 +662,12 @@ class Worker:
         if self.gate.gated:  # no prefetch (see ClaimGate)
             size = self.concurrency - self._busy - len(self._line)
         else:
-            size = self._prefetch.claim_size(self.concurrency - self._busy, len(self._line))
+            size = self._prefetch.claim_size(
+                self.concurrency - self._busy,
+                len(self._line),
+                asyncio.get_running_loop().time(),
+                self._running.values(),
+            )
         if self.max_jobs is not None:
             size = min(size, self.max_jobs - self.begun - len(self._line))
         return size
@@ -709,7 +719,7 @@ class Worker:
         job.phase = _Phase.RUNNING
         job.context = ctx = self.context_for(job.lease)
         job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
-        job.began = loop.time()
+        job.began = self._running[id(job)] = loop.time()
         self.begun += 1
         self._busy += 1
         self._idle.clear()
@@ -718,6 +728,7 @@ class Worker:
     def _finished(self, job: _Job, task: asyncio.Task[Outcome | None]) -> None:
         """A run ended: report its outcome and hand its slot on."""
         self._busy -= 1
+        del self._running[id(job)]
         if not self._busy:
             self._idle.set()
         job.task = job.context = None
@@ -808,12 +819,20 @@ class Worker:
     def _release_excess(self) -> None:
         """Give back jobs held ahead beyond what the prefetch allows (jobs turned out long)
         once they have been beyond it for a while: they go back to the queue unspent, for
-        idle workers to take. Until then, checked again when that while is up (long jobs
-        may end no run before it)."""
+        idle workers to take. Until then, checked again when that while is up, and every
+        `GIVE_BACK_AFTER_S` while jobs are held ahead: runs that go on and on (hung, or
+        long jobs none of which has ended yet) shrink the allowance with no run ending."""
         loop = asyncio.get_running_loop()
-        self._give_back(self._prefetch.excess(len(self._line), loop.time()), _GIVEN_BACK)
+        now = loop.time()
+        self._give_back(
+            self._prefetch.excess(len(self._line), now, self._running.values()), _GIVEN_BACK
+        )
+        if self._give_back_due is not None or self._stop.is_set():
+            return
         due = self._prefetch.give_back_at()
-        if due is not None and self._give_back_due is None and not self._stop.is_set():
+        if due is None and self._line:
+            due = now + GIVE_BACK_AFTER_S
+        if due is not None:
             self._give_back_due = loop.call_at(due, self._give_back_fell_due)
 
     def _give_back_fell_due(self) -> None:
