@@ -1,4 +1,5 @@
-"""HMAC signatures for expiring links (download URLs) and the key that makes them."""
+"""HMAC signatures for expiring links (download URLs) and the key that makes them, and the
+key of a webhook secret."""
 
 from __future__ import annotations
 
@@ -10,6 +11,31 @@ import secrets
 from pathlib import Path
 
 _EPOCH = re.compile(r"[0-9]{1,12}")
+#: A Standard Webhooks secret: `whsec_` (optional here) and the base64 of its key.
+_WHSEC = re.compile(r"(?:whsec_)?([A-Za-z0-9+/]+={0,2})")
+#: Sizes (bytes) of a webhook secret's key.
+WHSEC_KEY_BYTES = (24, 64)
+
+
+def whsec_key(secret: str) -> bytes:
+    """The HMAC key of a webhook secret: `whsec_` and the base64 of 24 to 64 bytes.
+
+    Raises:
+        ValueError: anything else (an empty or unset secret among them), so that no
+            signature made with an empty or truncated key is ever made or accepted.
+    """
+    found = _WHSEC.fullmatch(secret)
+    text = found.group(1).rstrip("=") if found else ""
+    try:  # its padding may be left out
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:  # (binascii.Error: a length no base64 has)
+        key = b""
+    low, high = WHSEC_KEY_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(
+            f"a webhook secret is whsec_ and the base64 of a key of {low} to {high} bytes"
+        )
+    return key
 
 
 def sign(secret: bytes, *parts: str) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._options import owner_fault
+from ._signing import whsec_key
 from .errors import ConfigurationError
 
 #: Where jobs live when OFFLOAD_URL is unset: an SQLite file in the working directory.
@@ -40,7 +39,6 @@ DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
 #: Delay before the first retry of a failed webhook or email delivery (seconds); it doubles.
 DEFAULT_NOTIFY_BACKOFF_S = 5.0
-_WHSEC = re.compile(r"^whsec_[A-Za-z0-9+/]+={0,2}$")
 
 
 #: The owners of offload's own jobs begin so (`offload.notify`, the deliveries';
@@ -107,15 +105,12 @@ def parse_webhook_secrets(raw: str | None) -> tuple[str, ...]:
     secrets = tuple(s.strip() for s in (raw or "").split(",") if s.strip())
     for secret in secrets:
         try:
-            size = len(base64.b64decode(secret[6:] + "==")) if _WHSEC.match(secret) else 0
-            ok = 24 <= size <= 64
-        except binascii.Error:
-            ok = False
-        if not ok:
+            whsec_key(secret if secret.startswith("whsec_") else "-")
+        except ValueError:
             raise ConfigurationError(
                 "OFFLOAD_WEBHOOK_SECRETS must be comma-separated whsec_<base64 key of 24 to 64 "
                 "bytes> secrets (Standard Webhooks)"
-            )
+            ) from None
     return secrets
 
 

@@ -4,6 +4,8 @@ composition, SMTP URLs, stream tickets and the new settings."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +70,9 @@ def test_the_reference_library_accepts_our_signature() -> None:
         {"now": SPEC_TS + 301},
         {"headers": {"webhook-id": "msg_other"}},
         {"headers": {"webhook-timestamp": "yesterday"}},
+        {"headers": {"webhook-timestamp": "²"}},  # a digit to str.isdigit, not to int()
+        {"headers": {"webhook-timestamp": "9" * 5000}},  # past int()'s digit limit
+        {"headers": {"webhook-timestamp": " " + str(SPEC_TS)}},
         {"headers": {"webhook-signature": "v2," + SPEC_SIGNATURE[3:]}},
         {"headers": {"webhook-signature": "v1,ünïcode"}},
     ],
@@ -84,6 +89,34 @@ def test_verify_refuses_anything_altered(change: dict[str, Any]) -> None:
     now = change.get("now", SPEC_TS)
     assert verify(secret, headers, body, now=now) is False
     assert verify(SPEC_SECRET, {}, SPEC_BODY, now=SPEC_TS) is False
+
+
+@pytest.mark.parametrize(
+    "secret", ["", "whsec_", "whsec_!!!!", "whsec_" + base64.b64encode(b"short").decode(), "x"]
+)
+def test_verify_refuses_to_check_against_no_secret(secret: str) -> None:
+    # An unset secret (`os.environ.get("WEBHOOK_SECRET", "")`) decoded to an empty key,
+    # against which anyone can sign.
+    forged = base64.b64encode(
+        hmac.new(b"", f"{SPEC_ID}.{SPEC_TS}.".encode() + SPEC_BODY, hashlib.sha256).digest()
+    ).decode()
+    headers = {
+        "webhook-id": SPEC_ID,
+        "webhook-timestamp": str(SPEC_TS),
+        "webhook-signature": "v1," + forged,
+    }
+    with pytest.raises(ValueError, match="24 to 64 bytes"):
+        verify(secret, headers, SPEC_BODY, now=SPEC_TS)
+
+
+def test_a_secret_without_its_prefix_or_padding_verifies_alike() -> None:
+    headers = {
+        "webhook-id": SPEC_ID,
+        "webhook-timestamp": str(SPEC_TS),
+        "webhook-signature": sign([OTHER], SPEC_ID, SPEC_TS, SPEC_BODY),
+    }
+    for secret in (OTHER, OTHER.removeprefix("whsec_"), OTHER.rstrip("=")):
+        assert verify(secret, headers, SPEC_BODY, now=SPEC_TS)
 
 
 def test_webhook_secrets_setting_checks_each_secret() -> None:

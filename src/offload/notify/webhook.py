@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from .. import tracing
+from .._signing import whsec_key
 from ..errors import DeliveryError, TargetRefused
 from .base import Notification, Receipt
 from .targets import METADATA_ADDRESSES as METADATA_ADDRESSES  # re-exported (older home)
@@ -51,8 +52,12 @@ _USER_AGENT = "offload-webhooks/1"
 
 
 def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret."""
-    return base64.b64decode(secret.removeprefix("whsec_") + "==")
+    """The HMAC key of a `whsec_<base64>` secret.
+
+    Raises:
+        ValueError: not a secret of a 24 to 64 byte key (an empty one among them).
+    """
+    return whsec_key(secret)
 
 
 def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
@@ -73,14 +78,23 @@ def verify(
     tolerance_s: float = DEFAULT_TOLERANCE_S,
 ) -> bool:
     """Receiver side: True when one `v1` signature in `headers` is valid for `body` and the
-    timestamp is within `tolerance_s` of `now` (replays of old requests fail)."""
+    timestamp is within `tolerance_s` of `now` (replays of old requests fail); False for
+    any other headers.
+
+    Raises:
+        ValueError: `secret` is no webhook secret (`whsec_` and the base64 of a 24 to 64
+            byte key): an unset one (`""`) would otherwise check against an empty key.
+    """
+    key = whsec_key(secret)
     lower = {k.lower(): v for k, v in headers.items()}
     msg_id, stamp = lower.get("webhook-id", ""), lower.get("webhook-timestamp", "")
-    if not msg_id or not stamp.isdigit():
+    if not msg_id or not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > tolerance_s:
         return False
-    expected = sign([secret], msg_id, int(stamp), body).encode()
+    content = f"{msg_id}.{stamp}.".encode() + body
+    mac = hmac.new(key, content, hashlib.sha256).digest()
+    expected = b"v1," + base64.b64encode(mac)
     return any(
         hmac.compare_digest(expected, given.encode())
         for given in lower.get("webhook-signature", "").split()
