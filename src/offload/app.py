@@ -38,6 +38,7 @@ from .clock import seconds as _seconds
 from .contract import (
     CANCELLABLE_STATES,
     FINAL_STATES,
+    MAX_NESTING,
     RETRYABLE_STATES,
     EnqueueResult,
     Envelope,
@@ -48,6 +49,7 @@ from .contract import (
     Message,
     Throughput,
     WorkerInfo,
+    nested_deeper,
     principal_fields,
     status_record,
 )
@@ -854,6 +856,11 @@ class App:
         if idempotency_key == "":  # every later enqueue would repeat the first
             raise ValueError("idempotency_key must not be empty")
         payload = message.model_dump(mode="json")
+        if nested_deeper(payload):
+            raise ValueError(
+                f"a {spec.kind} message nests objects and arrays more than {MAX_NESTING} "
+                "levels deep: its job could be stored but not served"
+            )
         key = None
         if spec.unique is not None:
             key = unique_key(spec.kind, owner, payload, spec.unique_key)

@@ -18,6 +18,34 @@ from .clock import iso
 #: Version of the envelope's JSON form (the wire contract).
 ENVELOPE_VERSION = 1
 
+#: Most levels of objects and arrays in a message's JSON, or a job's result. Every record
+#: that carries one (a status record, an event, a webhook) nests it a few levels deeper,
+#: and JSON encoders stop at about 255 levels: a value stored any deeper could be stored,
+#: but never served.
+MAX_NESTING = 100
+
+
+def nested_deeper(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether `value` (JSON as Python: dicts, lists, tuples) nests more than `limit` levels
+    of them (`{"a": [1]}` nests 2). Visits each container once, level by level."""
+    if not isinstance(value, _CONTAINERS):
+        return False
+    level, depth = [value], 0
+    while level:
+        if depth == limit:
+            return True
+        depth += 1
+        level = [
+            item
+            for container in level
+            for item in (container.values() if isinstance(container, dict) else container)
+            if isinstance(item, _CONTAINERS)
+        ]
+    return False
+
+
+_CONTAINERS = (dict, list, tuple)
+
 
 class Message(BaseModel):
     """Base class of every message kind: a pydantic v2 model that is the queue contract.

@@ -7,7 +7,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 import offload
 from offload import App, ConfigurationError, FromPrincipal, Message, Settings
+from offload.contract import MAX_NESTING
 from offload.web import create_app
 from tests.web_clients import clients_of
 
@@ -36,6 +37,10 @@ class Note(Message):
     text: str
 
 
+class Anything(Message):
+    data: Any
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
@@ -52,6 +57,7 @@ def app(settings: Settings) -> App:
     app.message("t.report", queue="reports")(Report)
     app.message("t.receipt", queue="mail", http=False)(Receipt)
     app.message("t.note", queue="reports")(Note)
+    app.message("t.any", queue="reports")(Anything)
     return app
 
 
@@ -63,6 +69,54 @@ async def clients(app: App) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
 
 async def stored(app: App) -> list[offload.JobRow]:
     return await app.list_jobs(owner=None, limit=100)
+
+
+def nested(levels: int) -> Any:
+    """`levels` arrays, one inside the other."""
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+# -- how deep a body nests ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("t.any", {"data": nested(MAX_NESTING)}),  # a valid message, one level too deep
+        ("t.any", {"data": nested(253)}),  # stored, it could no longer be served (500s)
+        ("t.note", {"text": nested(300)}),  # invalid: its refusal echoed it (a 500)
+    ],
+)
+async def test_a_body_nested_too_deep_is_refused_and_nothing_is_enqueued(
+    app: App, clients: dict[str, httpx.AsyncClient], kind: str, body: dict[str, Any]
+) -> None:
+    answer = await clients["alice"].post(f"/v1/jobs/{kind}", json=body)
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["type"].endswith("/invalid-payload")
+    assert problem["detail"] == "the body nests objects and arrays more than 100 levels deep"
+    assert await stored(app) == []
+    with pytest.raises(ValueError, match="more than 100 levels deep"):
+        await app.enqueue(Anything(data=nested(MAX_NESTING)))
+    assert await stored(app) == []
+
+
+async def test_a_body_nested_as_deep_as_allowed_is_taken(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    body = {"data": nested(MAX_NESTING - 1)}  # the body's own object is the 100th level
+    answer = await clients["alice"].post("/v1/jobs/t.any", json=body)
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    status = await clients["alice"].get(f"/v1/jobs/{job_id}")
+    assert status.status_code == 200 and status.json()["id"] == job_id
+    listed = await clients["alice"].get("/v1/jobs")
+    assert listed.status_code == 200 and [j["id"] for j in listed.json()["items"]] == [job_id]
+    row = await app.get(job_id)
+    assert row is not None and row.payload == body
 
 
 # -- http=False -------------------------------------------------------------------------------

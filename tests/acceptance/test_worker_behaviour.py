@@ -30,7 +30,7 @@ from offload import (
 )
 from offload.brokers.base import NEWER_VERSION
 from offload.context import PROGRESS_PAUSE_S
-from offload.contract import Lease
+from offload.contract import MAX_NESTING, Lease
 from offload.errors import BackendError, _ForAnotherWorker
 from offload.status import Progress
 from offload.worker.runner import RUN_ON_LIMIT_PER_SLOT, Worker
@@ -594,6 +594,35 @@ async def test_cancel_signal_and_permanent_errors(
     assert record.error is not None and record.error.type == "TypeError"
     assert "return value cannot be stored" in record.error.message
     assert "not retried" in record.error.message
+
+
+async def test_a_result_nested_too_deep_fails_for_good_and_one_within_is_served(
+    app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
+) -> None:
+    # A result nested past what a status record can be encoded with was stored, and then
+    # its job answered 500 on every route, and broke every stream it was an event of.
+    app.message("t.deep", max_attempts=3)(Ping)
+
+    @app.handles(Ping, backoff=FAST)
+    async def handle(msg: Ping, ctx: Context) -> object:
+        value: object = 0
+        for _ in range(int(msg.text)):
+            value = [value]
+        return value
+
+    await start_worker()
+    sent = await web.post("/v1/jobs/t.deep", json={"text": str(MAX_NESTING + 1)})
+    deep = await finished(app, sent.json()["id"])
+    assert deep.state is JobState.FAILED and deep.attempt == 1
+    assert deep.error is not None and "more than 100 levels deep" in deep.error.message
+    sent = await web.post("/v1/jobs/t.deep", json={"text": str(MAX_NESTING)})
+    within = await finished(app, sent.json()["id"])
+    assert within.state is JobState.SUCCEEDED
+    for path in ("", "/result", "/events"):
+        answer = await web.get(f"/v1/jobs/{within.id}{path}")
+        assert answer.status_code == 200, (path, answer.text)
+    listed = await web.get("/v1/jobs")
+    assert listed.status_code == 200 and len(listed.json()["items"]) == 2
 
 
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import orjson
 import pytest
 
 from offload._ids import uuid7
-from offload.contract import ENVELOPE_VERSION, Envelope, JobRow, status_record
+from offload.contract import ENVELOPE_VERSION, Envelope, JobRow, nested_deeper, status_record
 
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
@@ -206,3 +207,21 @@ def test_status_record_links_follow_the_prefix() -> None:
     record = status_record(_row(id="j1"), prefix="/api/v1/jobs")
     assert record["links"]["self"] == "/api/v1/jobs/j1"
     assert record["links"]["events"] == "/api/v1/jobs/j1/events"
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "deeper"),
+    [
+        (1, 0, False),
+        ("text", 0, False),
+        ({}, 1, False),
+        ({}, 0, True),
+        ({"a": [1]}, 2, False),
+        ({"a": [1]}, 1, True),
+        ([[], {"b": {"c": ()}}], 4, False),  # the deepest branch counts: 4 levels
+        ([[], {"b": {"c": ()}}], 3, True),
+        ([{"a": 1}] * 1000, 2, False),  # wide is not deep
+    ],
+)
+def test_nesting_counts_levels_of_objects_and_arrays(value: Any, limit: int, deeper: bool) -> None:
+    assert nested_deeper(value, limit) is deeper

@@ -27,7 +27,7 @@ from .._claim_check import ClaimCheckError, check_out, claim_of
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from ..app import App, MessageSpec
-from ..contract import Envelope, JobRow, Message
+from ..contract import MAX_NESTING, Envelope, JobRow, Message, nested_deeper
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
@@ -304,6 +304,9 @@ async def submit(request: Request) -> Response:
         data = orjson.loads(await _body(request))
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
+    if nested_deeper(data):  # (nor is a refusal's `errors` to echo it)
+        detail = f"the body nests objects and arrays more than {MAX_NESTING} levels deep"
+        raise Problem(422, detail, slug="invalid-payload")
     data = _with_principal(data, spec, principal)
     try:
         message = spec.cls.model_validate(data)

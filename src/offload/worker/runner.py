@@ -30,7 +30,16 @@ from .. import tracing
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
-from ..contract import Extension, JobState, Lease, Message, Outcome, WorkerInfo
+from ..contract import (
+    MAX_NESTING,
+    Extension,
+    JobState,
+    Lease,
+    Message,
+    Outcome,
+    WorkerInfo,
+    nested_deeper,
+)
 from ..errors import (
     BackendError,
     BlobStoreError,
@@ -213,6 +222,8 @@ def _jsonable(value: Any) -> Any:
     """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
+    if nested_deeper(value):
+        raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
     dumped = orjson.dumps(value)  # raises TypeError for values a status record cannot carry
     if b"\\u0000" in dumped and _NUL.search(dumped):
         # PostgreSQL's jsonb refuses it, and with it the whole batch of outcomes it is in
