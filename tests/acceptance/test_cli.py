@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,20 @@ def test_migrate_creates_the_database_the_read_only_commands_then_read(url: str)
     result = invoke("queues", "--url", url, "--json")
     assert result.exit_code == 0
     assert set(orjson.loads(result.output)) == {"offload.notify"}  # no job anywhere yet
+
+
+def test_an_older_file_is_upgraded_by_migrate_not_by_a_look_at_it(workdir: Path) -> None:
+    path = workdir / "old.db"
+    url = f"sqlite:///{path}"
+    assert invoke("migrate", "--url", url).exit_code == 0
+    with sqlite3.connect(path) as conn:  # as an older offload left it
+        conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
+    looked = invoke("queues", "--url", url)
+    assert looked.exit_code == 2
+    assert "older than this offload (5): run `offload migrate`" in one_line(looked)
+    migrated = invoke("migrate", "--url", url)
+    assert migrated.exit_code == 0 and "applied schema migrations [5]" in migrated.output
+    assert invoke("queues", "--url", url).exit_code == 0
 
 
 def test_a_file_that_is_not_an_offload_database_is_refused_untouched(workdir: Path) -> None:

@@ -77,8 +77,10 @@ async def test_a_file_from_a_newer_offload_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE offload_meta SET value = '99' WHERE key = 'schema_version'")
     from offload.errors import SchemaError
 
-    with pytest.raises(SchemaError, match="schema version 99"):
+    with pytest.raises(SchemaError, match=r"schema version 99, newer .*: upgrade offload"):
         await SQLiteBackend(str(path)).open()
+    with pytest.raises(SchemaError, match="schema version 99"):
+        await SQLiteBackend(str(path)).open(create=False)
 
 
 async def test_without_create_a_missing_file_is_an_error_and_stays_missing(
@@ -269,6 +271,38 @@ async def test_the_indexes_an_enqueue_no_longer_writes_go_on_open(tmp_path: Path
     assert not names & {"offload_jobs_created", "offload_jobs_kind_id"}
     assert "offload_jobs_state_kind_id" in names
     assert _version(path) == SCHEMA_VERSION == 5
+
+
+async def test_an_older_file_is_left_as_it_is_by_what_only_inspects(tmp_path: Path) -> None:
+    from offload.errors import SchemaError
+
+    # Given a schema 4 file (an older offload's, which refuses schema 5)
+    path = tmp_path / "four.db"
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute("CREATE INDEX offload_jobs_created ON offload_jobs (enqueued_at, id)")
+    # When an inspecting command's open (create=False) reads it, it is refused, saying
+    # what upgrades it, and left at schema 4: the older offload can still open it
+    inspecting = SQLiteBackend(str(path))
+    with pytest.raises(SchemaError, match=r"version 4, older .* run `offload migrate`"):
+        await inspecting.open(create=False)
+    assert _version(path) == 4
+    # and `offload migrate`'s open upgrades it, and says to which version
+    migrating = SQLiteBackend(str(path))
+    await migrating.open(check_schema=False)
+    try:
+        assert await migrating.migrate() == [5] and _version(path) == 5
+    finally:
+        await migrating.close()
+    again = SQLiteBackend(str(path))
+    await again.open(create=False)
+    try:
+        assert await again.migrate() == []
+    finally:
+        await again.close()
 
 
 async def test_a_feed_entry_made_from_what_was_written_reads_as_the_row(

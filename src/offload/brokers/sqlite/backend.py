@@ -384,6 +384,8 @@ class SQLiteBackend:
         self.clock = clock if clock is not None and clock.stands_in_for_server else Clock()
         self.poll_s = poll_s
         self._conn: sqlite3.Connection | None = None
+        #: The schema versions the open upgraded the file to (`migrate` reports them).
+        self.upgraded: list[int] = []
         self._executor: ThreadPoolExecutor | None = None
         #: Calls handed to the writer thread and not yet back (see `_enqueue_now`).
         self._queued = 0
@@ -543,31 +545,56 @@ class SQLiteBackend:
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._conn = conn
         with self._tx(stalls=False):  # the tables may not exist yet
+            version = self._stored_version(conn, create)
             for statement in (Q["schema"] + ";" + Q["search_indexes"]).split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            row = conn.execute(
-                "SELECT value FROM offload_meta WHERE key = 'schema_version'"
-            ).fetchone()
-            version = SCHEMA_VERSION if row is None else int(row[0])
-            if not 1 <= version <= SCHEMA_VERSION:
-                raise SchemaError(
-                    f"{self.path} has schema version {version}; this offload expects "
-                    f"{SCHEMA_VERSION}"
-                )
-            if row is None:
+            if version is None:
                 conn.execute(
                     "INSERT INTO offload_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
             if version == 1:
                 _migrate_feed_to_fields(conn)
-            if row is None or version <= 2:
+            if version is None or version <= 2:
                 _migrate_to_registry(conn)
-            if row is None or version <= 3:
+            if version is None or version <= 3:
                 _migrate_to_unique(conn)
-            if row is None or version <= 4:
+            if version is None or version <= 4:
                 _migrate_to_5(conn)
+            # (its versions 2 to 4 added tables and columns older code ignores: the file
+            # said 4 until the upgrade to 5 wrote it)
+            self.upgraded = [] if version is None else list(range(version + 1, SCHEMA_VERSION + 1))
         conn.execute(_progress_feed_trigger())
+
+    def _stored_version(self, conn: sqlite3.Connection, create: bool) -> int | None:
+        """The file's schema version (None: a new file, its tables not made yet).
+
+        Raises:
+            SchemaError: a version this offload does not know (a newer offload's file), or,
+                without `create` (the command line's inspecting commands, which change
+                nothing), an older one: upgrading it is for `offload migrate` or a worker,
+                as an older offload can no longer open it after.
+        """
+        if not conn.execute(Q["has_schema"]).fetchone():
+            return None
+        row = conn.execute("SELECT value FROM offload_meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            return None
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.where()} has schema version {version}, newer than this offload "
+                f"({SCHEMA_VERSION}): upgrade offload"
+            )
+        if version < 1:
+            raise SchemaError(f"{self.where()} has schema version {version}: no offload's")
+        if version < SCHEMA_VERSION and not create:
+            raise SchemaError(
+                f"{self.where()} has schema version {version}, older than this offload "
+                f"({SCHEMA_VERSION}): run `offload migrate` to upgrade it (a worker of this "
+                "release upgrades it as it starts); an older offload cannot open it after"
+            )
+        return version
 
     def _writing(self, conn: sqlite3.Connection) -> None:
         """Set what every connection that writes sets (the journal mode is the file's)."""
@@ -661,8 +688,9 @@ class SQLiteBackend:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def migrate(self) -> list[int]:
-        """The schema is made (and upgraded) when the file is opened: nothing to apply."""
-        return []
+        """The schema is made (and upgraded) when the file is opened: the versions that open
+        upgraded it to."""
+        return list(self.upgraded)
 
     async def open(self, *, check_schema: bool = True, create: bool = True) -> None:
         """Open the file, making it (and its folder and schema) unless `create` is False;
