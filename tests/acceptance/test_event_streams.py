@@ -288,14 +288,16 @@ async def test_a_job_stream_resumes_after_ascii_digits_only(
     assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-event-id")
 
 
-async def test_a_job_stream_refuses_a_position_past_the_engines_integers(
-    clients: dict[str, httpx.AsyncClient],
+@pytest.mark.parametrize("since", ["9" * 24, "+1", " 1", "-1", "1.0", "²"])
+async def test_a_job_stream_refuses_a_since_that_is_no_position(
+    clients: dict[str, httpx.AsyncClient], since: str
 ) -> None:
     # A position no engine stores (past 64 bits) was an empty 200 stream with an overflow
-    # raised inside it
+    # raised inside it; `+1` and ` 1` opened a stream (as an int reads them), where the
+    # other streams answer 400 to them
     alice = clients["alice"]
     job_id = await submit(alice, "waits")
-    bad = await alice.get(f"/v1/jobs/{job_id}/events", params={"since": "9" * 24})
+    bad = await alice.get(f"/v1/jobs/{job_id}/events", params={"since": since})
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
     assert bad.json()["errors"][0]["loc"] == ["query", "since"]
 

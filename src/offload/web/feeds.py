@@ -203,7 +203,7 @@ async def job_events(
     request: Request,
     job_id: str,
     last_event_id: Annotated[str | None, Header(json_schema_extra=FEED_POSITION)] = None,
-    since: Annotated[int | None, Query(ge=0, le=MAX_FEED_POSITION)] = None,
+    since: Annotated[str | None, Query(pattern="^[0-9]{1,18}$")] = None,
     ticket: str | None = None,
 ) -> Response:
     """Server-sent events of every change of the job, until its final state; 204 when it is
@@ -216,7 +216,9 @@ async def job_events(
         raise job_not_found(job_id)
     resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
     hub = state.runtime.hub
-    cursor = await within_feed(hub, resumed if resumed is not None else since) or 0
+    if resumed is None and since is not None:
+        resumed = int(since)  # (digits only: `+1` and ` 1` are 422s, as on int they were not)
+    cursor = await within_feed(hub, resumed) or 0
     return await job_events_response(hub, state.offload, row, cursor, presenter_of(request).row)
 
 
