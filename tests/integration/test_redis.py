@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ from offload import App, Context, Message, Settings
 from offload._ids import uuid7
 from offload.brokers import open_backend
 from offload.brokers.base import WORKER_LOST_AFTER_S
-from offload.contract import Envelope, JobState, KindLimits, Lease, Outcome
+from offload.contract import Envelope, Extension, JobState, KindLimits, Lease, Outcome
 from offload.errors import BackendError, ConfigurationError
 from offload.worker.runner import Worker
 
@@ -990,6 +991,39 @@ async def test_settle_packs_outcomes_into_one_argument_losslessly(backend: Redis
     assert row.error == {"type": "E", "message": text}
     stored = await backend.get(follow_up.id)
     assert stored is not None and stored.payload == {"s": text}
+
+
+# -- over maxmemory ---------------------------------------------------------------------------
+
+
+async def test_heartbeats_and_worker_records_go_on_over_maxmemory(
+    own_server: tuple[RedisBackend, aioredis.Redis],
+) -> None:
+    backend, raw = own_server
+    # Given a running job and a worker's record
+    await backend.enqueue([envelope()])
+    (lease,) = await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1)
+    await backend.record_worker(worker_info("w"))
+    # When the server is over its maxmemory, refusing what would grow it
+    await raw.config_set("maxmemory-policy", "noeviction")
+    await raw.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(BackendError, match="used memory > 'maxmemory'"):
+            await backend.enqueue([envelope()])
+        # Then the job's heartbeat still renews its lease (refused, the lease lapsed and the
+        # rescue, which was not refused, ran the job again while it ran), and the worker
+        # still records itself (refused, it showed as lost)
+        before = await raw.zscore(backend.keyspace + "leases", lease.job_id)
+        assert await backend.extend([lease], lease_for=60) == [
+            Extension(job_id=lease.job_id, held=True)
+        ]
+        after = await raw.zscore(backend.keyspace + "leases", lease.job_id)
+        assert before is not None and after is not None and after > before
+        await backend.record_worker(dataclasses.replace(worker_info("w"), processed=7))
+        (info,) = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
+        assert info.processed == 7 and not info.lost
+    finally:
+        await raw.config_set("maxmemory", "0")
 
 
 # -- the lane: script calls on a connection of their own ---------------------------------------

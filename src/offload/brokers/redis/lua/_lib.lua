@@ -35,6 +35,15 @@ local function opt(s)
   return string.sub(s, 2)
 end
 
+-- Over `maxmemory` (noeviction), Redis refuses a script whose first write is one that may
+-- grow memory (HSET, ZADD, ...), and lets a script that has written run to its end. A
+-- script that keeps existing state current, and must run then, calls this first with a
+-- key and a member it is about to write again: a heartbeat refused there let leases
+-- lapse, and jobs still running were rescued and started again.
+local function first_write_frees(zset, member)
+  redis.call('ZREM', zset, member)
+end
+
 local function set_or_del(key, field, value)
   if value == nil then
     redis.call('HDEL', key, field)

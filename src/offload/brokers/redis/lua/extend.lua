@@ -8,6 +8,7 @@ for i = 4, #ARGV, 2 do
   local jk = K .. 'job:' .. id
   local job = redis.call('HMGET', jk, 'state', 'lease_token', 'cancel_requested')
   if job[1] == 'running' and job[2] == token then
+    first_write_frees(K .. 'leases', id)  -- (so a heartbeat runs over maxmemory too)
     redis.call('HSET', jk, 'lease_expires', expires)
     redis.call('ZADD', K .. 'leases', expires, id)
     out[#out + 1] = job[3] == '1' and 2 or 1

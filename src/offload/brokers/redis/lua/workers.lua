@@ -15,6 +15,7 @@ if kinds == nil then
   redis.call('HDEL', K .. 'workers:info', id)
   redis.call('ZREM', K .. 'workers:seen', id)
 else
+  first_write_frees(K .. 'workers:seen', id)  -- (so it runs over maxmemory too)
   redis.call('HSET', K .. 'workers', id, kinds)
   set_or_del(K .. 'workers:info', id, info)
   redis.call('ZADD', K .. 'workers:seen', now, id)
