@@ -1026,6 +1026,27 @@ async def test_heartbeats_and_worker_records_go_on_over_maxmemory(
         await raw.config_set("maxmemory", "0")
 
 
+async def test_a_user_that_may_not_publish_to_the_channels_is_refused_at_open(
+    own_server: tuple[RedisBackend, aioredis.Redis],
+) -> None:
+    backend, raw = own_server
+    # Given a user with every command and key but no channel (a new ACL user's default
+    # on Redis 7): each script stored its jobs, then failed at its announcement
+    await raw.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "resetchannels")
+    url = backend.url.replace("redis://", "redis://app:pw@", 1)
+    refused = RedisBackend.from_url(url)
+    with pytest.raises(BackendError, match="may not publish to offload's channels"):
+        await refused.open()
+    assert await raw.dbsize() == 0  # nothing was written
+    # and with its channels granted, it opens and enqueues
+    await raw.execute_command("ACL", "SETUSER", "app", f"&{backend.keyspace}*")
+    granted = await opened(url)
+    try:
+        assert [r.created for r in await granted.enqueue([envelope()])] == [True]
+    finally:
+        await granted.close()
+
+
 # -- the lane: script calls on a connection of their own ---------------------------------------
 
 

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    NoPermissionError,
     NoScriptError,
     RedisError,
 )
@@ -497,6 +498,7 @@ class RedisBackend:
         async def prepare(_resent: bool) -> None:
             async with self._guard(where):
                 await self._check_durability(client)
+                await self._check_channels(client)
                 await news.start()
                 for name in _SCRIPTS:
                     self._scripts[name] = client.register_script(_lua(name))
@@ -517,6 +519,25 @@ class RedisBackend:
             await pool.disconnect()
             raise
         self._client, self._news = client, news
+
+    async def _check_channels(self, client: aioredis.Redis) -> None:
+        """Refuse a user that may not publish on offload's two channels (Redis 7's default
+        for a new ACL user, `acl-pubsub-default resetchannels`): a script announces work
+        and changes after its writes, which Redis does not undo when the announcement is
+        refused, so each enqueue would store its jobs and then fail (a retried request
+        stored them again). What is published here wakes no one for long: no queue has the
+        empty name, and a reader of the feed reads it once more."""
+        channels = (self._key("work"), self._key("changes"))
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.publish(channel, "")
+                await pipe.execute()
+        except NoPermissionError as exc:
+            raise NoPermissionError(
+                f"this user may not publish to offload's channels {', '.join(channels)} "
+                f"({exc}): grant them, as `ACL SETUSER <user> &{self.keyspace}*` does"
+            ) from exc
 
     async def _check_durability(self, client: aioredis.Redis) -> None:
         """Warn, as it opens, of a server that may lose jobs: one that evicts keys, or one
