@@ -126,8 +126,13 @@ class GroupCommit:
                 future.cancel()
             raise
         except Exception as exc:
-            if len(group) == 1:
-                _settle(group[0][1], exc)
+            if len(group) == 1 or getattr(exc, "out_of_reach", False):
+                # Out of reach for the whole retry deadline: whether the group was stored is
+                # not known, and each caller is told so, as a lone call would be (sent again
+                # as a first attempt, a stored group read as "already exists: nothing was
+                # stored", and each call waited out another deadline).
+                for _, future in group:
+                    _settle(future, exc)
                 return
             # The backend refused the group as a whole (all or none: nothing was stored).
             # Each call goes again alone, so only the one that carried the fault fails.

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,6 +114,33 @@ async def test_a_failing_job_in_a_group_fails_only_its_caller(app: App) -> None:
         assert row is not None and row.payload == {"n": n}
     row = await app.get(first.id)
     assert row is not None and row.payload == {"n": 0}
+
+
+async def test_a_group_out_of_reach_fails_each_caller_once_not_alone_again(app: App) -> None:
+    # Given a backend out of reach for the whole retry deadline as a group is sent (a
+    # stall that ran the group's write, say: whether it was stored is not known)
+    await app.enqueue(Item(n=-1))  # (the group is made with the first call)
+    calls: list[int] = []
+    stored = group_of(app)._store
+
+    async def out_of_reach(envelopes: Any) -> Any:
+        calls.append(len(envelopes))
+        if len(calls) == 1:
+            await stored(envelopes)  # the write ran, its answer never came
+        error = BackendError("no answer")
+        error.out_of_reach = True
+        raise error
+
+    group_of(app)._store = out_of_reach
+    # When callers share that group
+    results = await asyncio.gather(
+        *(app.enqueue(Item(n=n)) for n in range(5)), return_exceptions=True
+    )
+    # Then each is told the backend was out of reach (what it is told alone), and none
+    # is sent again as a first attempt: that read the stored group as "already exists:
+    # nothing was stored", after another whole deadline
+    assert calls == [5]
+    assert all(isinstance(r, BackendError) and r.out_of_reach for r in results)
 
 
 async def test_repeats_within_one_group_are_resolved_per_job(app: App) -> None:
