@@ -29,7 +29,7 @@ from offload.contract import Envelope, Extension, JobState, KindLimits, Lease, O
 from offload.errors import BackendError, ConfigurationError
 from offload.worker.runner import Worker
 
-from ..contract._support import ShiftClock, worker_info
+from ..contract._support import PATIENCE_S, ShiftClock, worker_info
 from ..services import REDIS_URL, drop_redis_prefix, redis_prefix, redis_url, require_redis
 
 try:
@@ -991,6 +991,38 @@ async def test_settle_packs_outcomes_into_one_argument_losslessly(backend: Redis
     assert row.error == {"type": "E", "message": text}
     stored = await backend.get(follow_up.id)
     assert stored is not None and stored.payload == {"s": text}
+
+
+# -- a server that lost its data ----------------------------------------------------------------
+
+
+async def test_streams_resume_when_the_feed_starts_anew(
+    backend: RedisBackend, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from offload.web.events import Hub
+
+    # Given a hub that followed the feed up to some position, and a stream on it
+    hub = Hub(backend, backend.last_seq)
+    await hub.start()
+    try:
+        with hub.subscribe() as everyone, hub.subscribe(owner="alice") as alices:
+            await backend.enqueue([envelope() for _ in range(5)])
+            async with asyncio.timeout(PATIENCE_S):
+                while hub.position < 5:  # noqa: ASYNC110 (the hub's own read moves it)
+                    await asyncio.sleep(0.01)
+            # When the server loses its data (a restart without persistence) and the
+            # feed numbers its changes from 1 again
+            drop_redis_prefix(prefix)
+            await backend.enqueue([envelope()])
+            # Then the hub follows the new feed, and each stream ends, for its client to
+            # resume (every change of the new feed was below what it had sent: none reached it)
+            async with asyncio.timeout(PATIENCE_S):
+                while not (everyone.ended and alices.ended):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert hub.position == 1 == await backend.last_seq()
+            assert any(r.action == "feed_reset" for r in caplog.records if hasattr(r, "action"))
+    finally:
+        await hub.stop()
 
 
 # -- over maxmemory ---------------------------------------------------------------------------

@@ -282,9 +282,29 @@ class Hub:
                 sub.offer(change)
             for sub in self.everyone:
                 sub.offer(change)
+        if not changes and 0 < (newest := await self._read(self.store.last_seq)) < self.position:
+            self._reset(newest)
         if len(changes) < 1000:
             self._caught_up.set()
             await self.store.wait_changes(DEFAULT_WATCH_S)
+
+    def _reset(self, newest: int) -> None:
+        """The feed numbers its changes anew from below the hub's position (a Redis that
+        lost its data: a restart without persistence, a failover to a replica behind):
+        every change from now on would be taken for one already sent, and no stream would
+        see it. The hub follows the new feed, and every stream ends, for its client to
+        resume (its last event id, past the new feed, resumes from its newest change)."""
+        log.warning(
+            "the change feed starts anew (its newest position %d is below %d, where this "
+            "process read it up to): the backend lost its data; open streams end, for "
+            "their clients to resume",
+            newest,
+            self.position,
+            extra={"action": "feed_reset"},
+        )
+        self.position = newest
+        for sub in [*self.everyone, *_all(self.by_job), *_all(self.by_owner)]:
+            sub.end()
 
     async def _idle(self) -> None:
         """Nobody listens: move the position to the feed's head, reading positions only,

@@ -1342,12 +1342,11 @@ class RedisBackend:
         return changes
 
     async def last_seq(self) -> int:
-        """The newest change-feed position (0 when the feed is empty)."""
-        newest = cast(
-            list[tuple[str, Any]],
-            await self._retried(lambda: self._redis.xrevrange(self._key("feed"), count=1)),
-        )
-        return int(newest[0][0].split("-")[0]) if newest else 0
+        """The newest change-feed position (0 before the first change): the counter every
+        entry takes its position from, kept when old entries are pruned (0 again only when
+        the server lost its data)."""
+        newest = await self._retried(lambda: self._redis.get(self._key("seq")))
+        return int(newest or 0)
 
     async def feed_head(self, seq: int) -> int:
         # Entries are appended by scripts, one at a time: no gap ever fills.
