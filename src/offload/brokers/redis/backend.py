@@ -24,6 +24,7 @@ from redis.exceptions import (
     AuthorizationError,
     NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
     RedisError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -44,7 +45,13 @@ from ...contract import (
     ScheduleState,
     WorkerInfo,
 )
-from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound
+from ...errors import (
+    BackendError,
+    ConfigurationError,
+    InvalidTransition,
+    JobNotFound,
+    StorageFull,
+)
 from .._retry import DEFAULT_RETRY_DEADLINE_S, PING_DEADLINE_S, Retrier
 from .._rows import envelope_of as _envelope
 from ..base import FORGET_WORKER_AFTER_S, Capability, Change, mark_paused
@@ -243,6 +250,9 @@ class RedisBackend:
             _lost_connection, deadline_s=retry_deadline_s, log=log, engine="Redis"
         )
         self._client: aioredis.Redis | None = None
+        #: A write was refused over the server's maxmemory, and none succeeded since: the
+        #: readiness check (`ping`) asks whether one fits again.
+        self._full = False
         self._scripts: dict[str, Any] = {}
         #: The lane (see `_on_lane`): a connection of the pool kept for script calls, and
         #: whether no call is on it now. Only with a connection left for the others beside
@@ -343,6 +353,9 @@ class RedisBackend:
                 yield
         except TimeoutError as exc:
             raise BackendError(f"{what}: no answer within {limit:g}s{setting}") from exc
+        except OutOfMemoryError as exc:  # refused as a whole: nothing of the call was written
+            self._full = True
+            raise StorageFull(f"{what}: the server is over its maxmemory ({_reason(exc)})") from exc
         except (RedisError, OSError) as exc:
             raise BackendError(f"{what}: {_reason(exc)}") from exc
 
@@ -600,11 +613,21 @@ class RedisBackend:
             await client.connection_pool.disconnect()
 
     async def ping(self) -> None:
-        """Check the server answers, retrying a lost connection for a second at most."""
+        """Check the server answers, retrying a lost connection for a second at most; after
+        a write was refused over the server's maxmemory, that a small write fits again.
+
+        Raises:
+            StorageFull: the server still refuses writes over its maxmemory.
+            BackendError: the server does not answer.
+        """
 
         async def attempt(_resent: bool) -> None:
             async with self._guard():
-                await self._redis.ping()
+                if self._full:
+                    await self._redis.set(self._key("probe"), "1", px=1000)
+                    self._full = False
+                else:
+                    await self._redis.ping()
 
         await self.retrier.run(attempt, deadline_s=min(PING_DEADLINE_S, self.retrier.deadline_s))
 
