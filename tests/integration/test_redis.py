@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from bench.chaos.engines import PrivateRedis
+from bench.chaos.engines import PrivateRedis, free_port
 
 import offload.clock
 from offload import App, Context, Message, Settings
@@ -659,17 +659,50 @@ async def test_driver_errors_are_backend_errors_with_the_cause_kept(
     assert isinstance(info.value.__cause__, ResponseError)
 
 
+async def test_a_node_of_a_redis_cluster_is_refused_at_open(tmp_path: Path) -> None:
+    # A cluster node answered MOVED for the keys of a slot it does not hold: offload,
+    # which follows no redirect, failed at its first read with only `15534 host:port`
+    require_redis()
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+        "--dir", str(tmp_path), stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        backend = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0")
+        async with asyncio.timeout(PATIENCE_S):
+            while True:
+                try:
+                    await backend.open()
+                except BackendError:  # not listening yet
+                    await asyncio.sleep(0.05)
+                    continue
+                except ConfigurationError as exc:
+                    assert "a node of a Redis Cluster" in str(exc)
+                    break
+                await backend.close()
+                pytest.fail("a cluster node was opened")
+    finally:
+        server.kill()
+        await server.wait()
+
+
 class _Configured:
     """A Redis server's answers to what `open` asks of its durability."""
 
     def __init__(
-        self, policy: str = "noeviction", aof: str = "1", save: str | None = "3600 1"
+        self,
+        policy: str = "noeviction",
+        aof: str = "1",
+        save: str | None = "3600 1",
+        maxmemory: str = "1073741824",
     ) -> None:
-        self.policy, self.aof, self.save = policy, aof, save
+        self.policy, self.aof, self.save, self.maxmemory = policy, aof, save, maxmemory
 
     async def info(self, section: str) -> dict[str, str]:
         if section == "memory":
-            return {"maxmemory_policy": self.policy}
+            return {"maxmemory_policy": self.policy, "maxmemory": self.maxmemory}
         return {"aof_enabled": self.aof}
 
     async def config_get(self, name: str) -> dict[str, str]:
@@ -683,11 +716,12 @@ class _Configured:
     [
         (_Configured(), []),
         (_Configured(policy="allkeys-lru"), ["allkeys-lru", "set maxmemory-policy noeviction"]),
+        (_Configured(policy="volatile-ttl", maxmemory="0"), []),  # no limit: nothing evicted
         (_Configured(aof="0", save=""), ["appendonly no", "a restart loses every job"]),
         (_Configured(aof="0"), ["the jobs written since its last snapshot", "appendonly yes"]),
         (_Configured(aof="0", save=None), ["the jobs written since its last snapshot"]),
     ],
-    ids=["durable", "evicting", "no-persistence", "snapshots-only", "config-refused"],
+    ids=["durable", "evicting", "unlimited", "no-persistence", "snapshots-only", "config-refused"],
 )
 async def test_a_server_that_may_lose_jobs_is_warned_about_once(
     caplog: pytest.LogCaptureFixture, server: _Configured, warned: list[str]

@@ -510,6 +510,7 @@ class RedisBackend:
 
         async def prepare(_resent: bool) -> None:
             async with self._guard(where):
+                await self._check_not_cluster(client)
                 await self._check_durability(client)
                 await self._check_channels(client)
                 await news.start()
@@ -552,6 +553,17 @@ class RedisBackend:
                 f"({exc}): grant them, as `ACL SETUSER <user> &{self.keyspace}*` does"
             ) from exc
 
+    async def _check_not_cluster(self, client: aioredis.Redis) -> None:
+        """Refuse a node of a Redis Cluster: offload talks to one server (a primary, with
+        replicas behind it or not), and follows no `MOVED` redirect, so it would work on the
+        node that holds its keys' slot until a reshard or failover moved it."""
+        cluster = await client.info("cluster")
+        if str(cluster.get("cluster_enabled", "0")) == "1":
+            raise ConfigurationError(
+                f"Redis at {self._where()} is a node of a Redis Cluster, which offload does "
+                "not use: point OFFLOAD_URL at a single Redis server (a primary)"
+            )
+
     async def _check_durability(self, client: aioredis.Redis) -> None:
         """Warn, as it opens, of a server that may lose jobs: one that evicts keys, or one
         that keeps no append-only file (a restart loses what was written since its last
@@ -559,7 +571,8 @@ class RedisBackend:
         setting: an app opened anew on each loop (a test client's) says it once."""
         memory = await client.info("memory")
         policy = memory.get("maxmemory_policy", "noeviction")
-        if policy != "noeviction" and self._first_warning("maxmemory-policy", policy):
+        limited = int(memory.get("maxmemory", 1) or 0) > 0  # (without a limit none is evicted)
+        if policy != "noeviction" and limited and self._first_warning("maxmemory-policy", policy):
             log.warning(
                 "Redis at %s evicts keys (maxmemory-policy %s): jobs can vanish; "
                 "set maxmemory-policy noeviction",
