@@ -1070,6 +1070,7 @@ async def test_heartbeats_and_worker_records_go_on_over_maxmemory(
     await backend.enqueue([envelope()])
     (lease,) = await backend.claim([QUEUE], worker_id="w", lease_for=30, limit=1)
     await backend.record_worker(worker_info("w"))
+    await backend.pause("drained")
     # When the server is over its maxmemory, refusing what would grow it
     await raw.config_set("maxmemory-policy", "noeviction")
     await raw.config_set("maxmemory", "1")
@@ -1089,6 +1090,9 @@ async def test_heartbeats_and_worker_records_go_on_over_maxmemory(
         ]
         after = await raw.zscore(backend.keyspace + "leases", lease.job_id)
         assert before is not None and after is not None and after > before
+        # and a paused queue can be resumed, to drain it (every transaction is refused)
+        assert await backend.resume("drained")
+        assert not await raw.sismember(backend.keyspace + "paused", "drained")
         await backend.record_worker(dataclasses.replace(worker_info("w"), processed=7))
         (info,) = await backend.workers(lost_after_s=WORKER_LOST_AFTER_S)
         assert info.processed == 7 and not info.lost

@@ -101,7 +101,7 @@ _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
     "search", "requeue_many", "cancel_many", "delete_many", "reindex", "periodic",
-    "claim_gated", "limits", "declare_limits",
+    "claim_gated", "limits", "declare_limits", "resume",
 )  # fmt: skip
 #: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
 #: 1 adds the jobs page's id indexes by state, kind and queue.
@@ -1141,19 +1141,9 @@ class RedisBackend:
         return bool(await self._retried(lambda: self._redis.sadd(self._key("paused"), queue)))
 
     async def resume(self, queue: str) -> bool:
-        """Resume `queue` and announce work on it, in one transaction: its waiting workers
-        wake as for an enqueue."""
-
-        async def run() -> list[Any]:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.srem(self._key("paused"), queue)
-                pipe.publish(self._key("work"), queue)
-                pipe.lpush(self._key("wake:" + queue), "1")
-                pipe.ltrim(self._key("wake:" + queue), 0, WAKE_TOKENS_MAX - 1)
-                return await pipe.execute()
-
-        removed, *_ = await self._retried(run)
-        return bool(removed)
+        """Resume `queue` and announce work on it, in one script: its waiting workers wake
+        as for an enqueue."""
+        return bool(await self._run("resume", queue))
 
     # -- job store --------------------------------------------------------------------------
 
