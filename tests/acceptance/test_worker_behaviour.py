@@ -566,6 +566,12 @@ async def test_retry_signal_schedules_the_next_attempt(
     # A retry the handler asked for is said at info, not as a fault (a warning).
     said = [r for r in caplog.records if getattr(r, "action", None) == "job_failed"]
     assert [(r.levelno, "rate limited" in r.getMessage()) for r in said] == [(logging.INFO, True)]
+    # Its fields say which job, where, which attempt and what failed it, for a log pipeline
+    fields = {k: getattr(said[0], k) for k in ("job_id", "kind", "queue", "attempt", "dead")}
+    assert fields == {
+        "job_id": job.id, "kind": "t.retry", "queue": "default", "attempt": 1, "dead": False
+    }  # fmt: skip
+    assert said[0].error_type == "Retry"
 
 
 async def test_cancel_signal_and_permanent_errors(

@@ -235,6 +235,20 @@ def _jsonable(value: Any) -> Any:
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def _failure_fields(env: Any, exc: BaseException, *, dead: bool) -> dict[str, Any]:
+    """The structured fields of a `job_failed` log record: which job, where, which attempt,
+    and what failed it (the error's type), for a log pipeline to count and filter by."""
+    return {
+        "action": "job_failed",
+        "job_id": env.id,
+        "kind": env.kind,
+        "queue": env.queue,
+        "attempt": env.attempt,
+        "error_type": type(exc).__name__,
+        "dead": dead,
+    }
+
+
 def _unstorable(exc: Exception) -> TypeError:
     """The error of a job whose handler returned what its result cannot store."""
     error = TypeError(
@@ -1156,7 +1170,7 @@ class Worker:
             "job %s failed for good: %s",
             env.id,
             exc,
-            extra={"action": "job_failed", "job_id": env.id, "kind": env.kind},
+            extra=_failure_fields(env, exc, dead=False),
         )
         return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
 
@@ -1222,7 +1236,7 @@ class Worker:
             env.attempt,
             f", its last of {outcome.max_attempts}: dead" if dead else "",
             exc,
-            extra={"action": "job_failed", "job_id": env.id, "kind": env.kind, "dead": dead},
+            extra=_failure_fields(env, exc, dead=dead),
         )
         return outcome
 
