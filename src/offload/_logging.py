@@ -1,5 +1,5 @@
 """One line per log record where offload sets the root's handler up (`offload worker`,
-`manage.py offload_worker`).
+`manage.py offload_worker`), as text or as JSON (`JsonLines`).
 
 A library may give its own logger a console handler that also propagates to the root:
 Django's default LOGGING gives `django` one (shown when DEBUG is on). A `django.tasks` line
@@ -9,6 +9,10 @@ would print twice: once plain, once formatted by offload's root handler.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 
 class ShownAbove(logging.Filter):
@@ -40,3 +44,33 @@ def print_once() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, ShownAbove) for f in handler.filters):
             handler.addFilter(ShownAbove())
+
+
+#: What every LogRecord has: the rest of its attributes are the `extra` fields a caller gave.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record (`OFFLOAD_LOG_FORMAT=json`): `time` (RFC 3339, UTC),
+    `level`, `logger`, `message`, every `extra` field (`action`, `job_id`, ...), and
+    `exception` (the traceback) where there is one; a field JSON cannot carry is its text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name not in _RECORD_FIELDS and name not in line:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        return orjson.dumps(line, default=str).decode()

@@ -24,7 +24,7 @@ import typer
 
 from . import __version__
 from ._loading import load
-from ._logging import print_once
+from ._logging import JsonLines, print_once
 from ._loop import freeze_start_up
 from ._loop import run as _run
 from .app import App
@@ -130,6 +130,14 @@ def _setup_logging() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    form = os.environ.get("OFFLOAD_LOG_FORMAT", "text").strip().lower()
+    if form == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLines())
+    elif form != "text":  # (said, not refused: a supervisor would refuse before it said)
+        logging.getLogger("offload").warning(
+            "OFFLOAD_LOG_FORMAT is text or json, not %r: text", form[:20]
+        )
     print_once()  # a line a library's own console handler printed is not printed again
     for name, level in [*((n, logging.WARNING) for n in QUIET_LOGGERS), *OUTAGE_LOGGERS]:
         quiet = logging.getLogger(name)
