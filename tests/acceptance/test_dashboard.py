@@ -752,14 +752,14 @@ async def test_cancel_then_purge_everything_matching(app: App, web: httpx.AsyncC
 async def test_a_bulk_action_that_would_change_more_than_confirmed_asks_again(
     app: App, web: httpx.AsyncClient
 ) -> None:
-    # Given the confirmation to retry two dead jobs,
+    # Given the confirmation to retry the two dead invoices, and a third invoice waiting,
     dead = [await _dead(app, f"Twice {i}") for i in range(2)]
     await _run_until_idle(app, dead)
-    _, page = await _page(web, "/dashboard/jobs/confirm", action="retry", state="dead")
+    later = await _dead(app, "Since", delay=3600)
+    _, page = await _page(web, "/dashboard/jobs/confirm", action="retry", kind="billing.invoice")
     (form,) = page.post_forms()
-    # when a third has died before the operator confirms,
-    dead.append(await _dead(app, "Since"))
-    await _run_until_idle(app, dead[2:])
+    # when the third one ends (cancelled: retry takes those too) before the operator confirms,
+    await app.cancel(later)
     answer = await web.post(form["action"], data=form["f"], headers=OPS)
     # then nothing is done: the confirmation again, counting three and saying why,
     assert answer.status_code == 303
@@ -771,8 +771,30 @@ async def test_a_bulk_action_that_would_change_more_than_confirmed_asks_again(
     (form,) = page.post_forms()
     answer = await web.post(form["action"], data=form["f"], headers=OPS)
     html, _ = await _page(web, answer.headers["location"])
-    assert "Retried 3 jobs (state dead)" in html
-    assert await _states(app, dead) == {JobState.QUEUED}
+    assert "Retried 3 jobs (kind billing.invoice)" in html
+    assert await _states(app, [*dead, later]) == {JobState.QUEUED}
+
+
+async def test_a_bulk_action_leaves_the_jobs_created_after_its_confirmation(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # Given the confirmation to purge two cancelled jobs,
+    shown = [(await app.enqueue(Ping(n=i), delay=3600)).id for i in range(2)]
+    for job_id in shown:
+        await app.cancel(job_id)
+    _, page = await _page(web, "/dashboard/jobs/confirm", action="purge", state="cancelled")
+    (form,) = page.post_forms()
+    # when another is created and cancelled before the operator confirms (the count the
+    # same: one of the two was retried meanwhile),
+    await app.requeue(shown[1])
+    unseen = (await app.enqueue(Ping(n=9), delay=3600)).id
+    await app.cancel(unseen)
+    answer = await web.post(form["action"], data=form["f"], headers=OPS)
+    # then only the one the operator was shown is purged
+    html, _ = await _page(web, answer.headers["location"])
+    assert "Purged 1 job (state cancelled); 2 matched when you confirmed" in html
+    assert await _states(app, [shown[0]]) == {None}
+    assert await _states(app, [unseen]) == {JobState.CANCELLED}
 
 
 async def test_actions_refuse_what_is_no_dashboard_form(app: App, web: httpx.AsyncClient) -> None:

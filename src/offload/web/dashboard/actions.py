@@ -13,7 +13,7 @@ from ...contract import JobFilter
 from ...errors import InvalidTransition, JobNotFound
 from ..problems import Problem
 from .filters import JobQuery
-from .pages import BULK_STATES, GUARDS
+from .pages import BULK_STATES, GUARDS, confirmed
 from .site import DASHBOARD_PATH, app_of, back_to, form_of
 
 router = APIRouter(prefix=DASHBOARD_PATH, dependencies=GUARDS, include_in_schema=False)
@@ -37,7 +37,7 @@ async def bulk(request: Request) -> Response:
     if form.get("confirm") != "yes":
         raise Problem(422, "confirm the action first", slug="not-confirmed")
     app = app_of(request)
-    wanted = query.to_filter()
+    wanted = confirmed(query.to_filter(), form.get("confirmed_at", ""))
     expected = form.get("expected", "")
     if action in BULK_STATES and expected.isdigit():
         # More jobs match than the operator confirmed (dead ones since, say): nothing

@@ -3,7 +3,8 @@ event streams and their assets. Admins only; everyone else finds nothing here (4
 
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -15,6 +16,7 @@ from ...contract import (
     CANCELLABLE_STATES,
     FINAL_STATES,
     RETRYABLE_STATES,
+    JobFilter,
     JobState,
     Throughput,
 )
@@ -157,7 +159,13 @@ async def confirm(request: Request, action: Annotated[str, Query(max_length=20)]
         raise Problem(422, f"no bulk action {action[:20]!r}", slug="invalid-action")
     query = JobQuery.of(request.query_params)
     # What the action would change: of the matching jobs, those in a state it acts on.
-    count = await app_of(request).count_jobs(query.to_filter(), states=BULK_STATES[action])
+    app = app_of(request)
+    # Stamped first: the jobs counted are those created before it, and the action, when
+    # confirmed, takes only those (a job created since was never shown to the operator).
+    confirmed_at = f"{app.clock.now():.6f}"
+    count = await app.count_jobs(
+        confirmed(query.to_filter(), confirmed_at), states=BULK_STATES[action]
+    )
     return render(
         request,
         "confirm.html",
@@ -166,7 +174,20 @@ async def confirm(request: Request, action: Annotated[str, Query(max_length=20)]
         verb=BULK_ACTIONS[action],
         query=query,
         count=count,
+        confirmed_at=confirmed_at,
     )
+
+
+def confirmed(wanted: JobFilter, confirmed_at: str) -> JobFilter:
+    """`wanted`, narrowed to the jobs created before the confirmation page was made (an
+    epoch time it carried; anything else narrows nothing)."""
+    try:
+        stamp = datetime.fromtimestamp(float(confirmed_at), UTC)
+    except (ValueError, OverflowError, OSError):
+        return wanted
+    if wanted.created_before is not None and wanted.created_before <= stamp:
+        return wanted
+    return dataclasses.replace(wanted, created_before=stamp)
 
 
 def _pretty(value: Any) -> str:
