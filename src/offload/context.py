@@ -23,6 +23,10 @@ logger = logging.getLogger("offload.job")
 #: After a progress update the backend could not store, how long later ones are skipped
 #: (seconds): each would wait out the retry deadline again while the outage lasts.
 PROGRESS_PAUSE_S = 5.0
+#: A process's progress that was not stored is said at most once per `PROGRESS_PAUSE_S` (at
+#: debug in between, counted in the next warning's `unsaid`): every running handler meets the
+#: same outage, and each said it (the worker's own loops say an outage once per 10 s).
+_progress_unsaid = {"until": float("-inf"), "count": 0}
 _MAKING = threading.Lock()
 
 
@@ -106,12 +110,21 @@ class Context:
         try:
             return bool(await self._backend.progress(self.lease, fraction, message))
         except BackendError as exc:
-            self._progress_paused_until = monotonic() + PROGRESS_PAUSE_S
+            now = monotonic()
+            self._progress_paused_until = now + PROGRESS_PAUSE_S
+            said = {"action": "progress_not_stored", "job_id": self.job_id, "kind": self.kind}
+            if now < _progress_unsaid["until"]:
+                _progress_unsaid["count"] += 1
+                logger.debug("progress not stored: %s", exc, extra=said)
+                return True
+            unsaid, _progress_unsaid["count"] = _progress_unsaid["count"], 0
+            _progress_unsaid["until"] = now + PROGRESS_PAUSE_S
             logger.warning(  # (not self.log: an adapter replaces `extra` before 3.13)
-                "progress not stored (the next %g s of it skipped): %s",
+                "progress not stored (the next %g s of it skipped%s): %s",
                 PROGRESS_PAUSE_S,
+                f"; {unsaid} more since the last warning" if unsaid else "",
                 exc,
-                extra={"action": "progress_not_stored", "job_id": self.job_id, "kind": self.kind},
+                extra={**said, "unsaid": unsaid},
             )
             return True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -525,6 +526,7 @@ async def test_progress_the_backend_cannot_store_costs_the_update_not_the_attemp
     ctx = Context(lease, backend, app.blobs, asyncio.get_running_loop())  # type: ignore[arg-type]
     now = [1000.0]
     monkeypatch.setattr(offload.context, "monotonic", lambda: now[0])
+    monkeypatch.setattr(offload.context, "_progress_unsaid", {"until": -math.inf, "count": 0})
     # Given a backend that cannot be reached, a handler's progress raises nothing (the
     # update is lost, the handler goes on, as async and as plain handler),
     with caplog.at_level(logging.WARNING, logger="offload.job"):
@@ -538,10 +540,25 @@ async def test_progress_the_backend_cannot_store_costs_the_update_not_the_attemp
     ]
     (said,) = caplog.records
     assert (said.action, said.job_id) == ("progress_not_stored", lease.job_id)  # type: ignore[attr-defined]
+    # Another job's progress that meets the same outage then is not said again (every
+    # running handler meets it): it is counted in the next warning,
+    other = Context(
+        Lease(envelope=app.envelope(Ping()), token="t", expires_at=0.0, worker="w"),
+        backend,  # type: ignore[arg-type]
+        app.blobs,
+        asyncio.get_running_loop(),
+    )
+    with caplog.at_level(logging.WARNING, logger="offload.job"):
+        assert await other.progress(0.5) is True
+    assert backend.writes == 2 and len(caplog.records) == 1
     # then asked again once they have passed.
     now[0] += PROGRESS_PAUSE_S + 0.1
-    assert await ctx.progress(0.3) is True
-    assert backend.writes == 2
+    with caplog.at_level(logging.WARNING, logger="offload.job"):
+        assert await ctx.progress(0.3) is True
+    assert backend.writes == 3
+    assert caplog.records[-1].getMessage().startswith(
+        "progress not stored (the next 5 s of it skipped; 1 more since the last warning)"
+    )
 
 
 async def test_retry_signal_schedules_the_next_attempt(
