@@ -556,9 +556,8 @@ async def test_progress_the_backend_cannot_store_costs_the_update_not_the_attemp
     with caplog.at_level(logging.WARNING, logger="offload.job"):
         assert await ctx.progress(0.3) is True
     assert backend.writes == 3
-    assert caplog.records[-1].getMessage().startswith(
-        "progress not stored (the next 5 s of it skipped; 1 more since the last warning)"
-    )
+    again = caplog.records[-1].getMessage()
+    assert again.startswith("progress not stored (the next 5 s of it skipped; 1 more since")
 
 
 async def test_retry_signal_schedules_the_next_attempt(
