@@ -1493,6 +1493,15 @@ def queues_resume(ctx: typer.Context, name: QueueName, app: OptApp = None, url: 
     _console().print(said, soft_wrap=True, highlight=False, markup=False)
 
 
+def _slots_shown(w: WorkerInfo) -> str:
+    """`3/4`, with the jobs held ahead (`3/4 +12 ahead`), in parentheses for a lost worker
+    (as of its last heartbeat)."""
+    shown = f"{len(w.running)}/{w.concurrency}"
+    if w.held_ahead:
+        shown += f" +{w.held_ahead} ahead"
+    return f"({shown})" if w.lost else shown
+
+
 def _kinds_shown(kinds: Mapping[str, Sequence[int]]) -> str:
     """A worker's kinds with the versions it runs: `reports.export v1-3, ops.tick v2` (a
     rolling deploy's old and new workers, side by side)."""
@@ -1536,9 +1545,7 @@ def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
             str(w.pid),
             "lost" if w.lost else "live",
             ", ".join(w.queues),
-            f"({len(w.running)}/{w.concurrency})"
-            if w.lost
-            else f"{len(w.running)}/{w.concurrency}",
+            _slots_shown(w),
             str(w.processed),
             str(w.failed),
             _kinds_shown(w.kinds),

@@ -431,6 +431,9 @@ class WorkerInfo:
     heartbeat_at: datetime
     #: The ids of the jobs whose handlers run now (as of its last record).
     running: tuple[str, ...] = ()
+    #: How many jobs it holds claimed ahead of its free slots (prefetch), which show as
+    #: `running` in their records but whose handlers have not started.
+    held_ahead: int = 0
     #: Attempts it ran to an outcome, and how many of those failed (retrying, dead, failed).
     processed: int = 0
     failed: int = 0
@@ -452,6 +455,7 @@ class WorkerInfo:
             "kinds": {kind: list(versions) for kind, versions in self.kinds.items()},
             "started_at": self.started_at.timestamp(),
             "running": list(self.running),
+            "held_ahead": self.held_ahead,
             "processed": self.processed,
             "failed": self.failed,
             "schedules": self.schedules,
@@ -485,6 +489,7 @@ class WorkerInfo:
             started_at=datetime.fromtimestamp(float(entry["started_at"]), UTC),
             heartbeat_at=datetime.fromtimestamp(heartbeat_at, UTC),
             running=tuple(entry.get("running", ())),
+            held_ahead=int(entry.get("held_ahead", 0)),
             processed=int(entry.get("processed", 0)),
             failed=int(entry.get("failed", 0)),
             lost=lost,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from offload import App, Context, Job, Message
+from offload.cli import _slots_shown
 from offload.contract import JobState, Lease, Outcome
 from offload.worker.runner import Worker
 
@@ -122,6 +123,11 @@ async def test_jobs_held_ahead_go_back_unspent_when_the_worker_stops(
     worker, runs, jobs = await warm_and_block(app, start_worker, release, 20, monkeypatch)
     for job in jobs:
         assert (await app.status(job.id))["state"] == "running"  # claimed, not started
+    # The registry says so: one running, twenty held ahead (`offload workers`: 1/1 +20 ahead)
+    await app._require_backend().record_worker(worker.info())
+    (info,) = await app.workers()
+    assert (len(info.running), info.held_ahead) == (1, 20)
+    assert _slots_shown(info) == "1/1 +20 ahead"
     worker.request_stop()
     release.set()  # the running job finishes within its grace period
     # The worker releases the App as it stops: read the records once it has stopped.

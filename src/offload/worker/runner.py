@@ -1423,6 +1423,7 @@ class Worker:
             running=tuple(
                 job_id for job_id, job in self._jobs.items() if job.phase is _Phase.RUNNING
             ),
+            held_ahead=len(self._line),
             processed=self.processed,
             failed=self.failed,
             schedules=self.schedules,
