@@ -24,7 +24,7 @@ import offload.clock
 from offload import App, Context, Message, Settings
 from offload._ids import uuid7
 from offload.brokers import open_backend
-from offload.brokers.base import WORKER_LOST_AFTER_S
+from offload.brokers.base import WORKER_LOST_AFTER_S, Capability
 from offload.contract import Envelope, Extension, JobState, KindLimits, Lease, Outcome
 from offload.errors import BackendError, ConfigurationError, StorageFull
 from offload.worker.runner import Worker
@@ -1036,7 +1036,8 @@ async def test_streams_resume_when_the_feed_starts_anew(
     from offload.web.events import Hub
 
     # Given a hub that followed the feed up to some position, and a stream on it
-    hub = Hub(backend, backend.last_seq)
+    assert Capability.FEED_RESTARTS in backend.capabilities  # (as the web tier asks)
+    hub = Hub(backend, backend.last_seq, restarts=True)
     await hub.start()
     try:
         with hub.subscribe() as everyone, hub.subscribe(owner="alice") as alices:
@@ -1079,6 +1080,8 @@ async def test_heartbeats_and_worker_records_go_on_over_maxmemory(
         # readiness check says so until a small write fits again)
         with pytest.raises(StorageFull, match=r"over its maxmemory .*used memory > 'maxmemory'"):
             await backend.enqueue([envelope()])
+        with pytest.raises(StorageFull):
+            await asyncio.to_thread(backend.enqueue_sync, [envelope()])  # (Django's, Flask's)
         with pytest.raises(StorageFull):
             await backend.ping()
         # Then the job's heartbeat still renews its lease (refused, the lease lapsed and the

@@ -362,3 +362,33 @@ async def test_the_hub_outlives_a_surprise_error_and_says_so(
             await hub.stop()
     assert change.seq == 1
     assert "change feed watcher failed" in caplog.text
+
+
+async def test_deleting_the_newest_jobs_is_no_feed_that_starts_anew(tmp_path: Path) -> None:
+    # On SQL engines a job's feed entries go with it (deleted, pruned): the newest position
+    # left may fall below the hub's, and that was taken for a backend that lost its data
+    # (every open stream ended). Their positions never go back: only Redis is watched.
+    from offload import App, Settings
+    from offload.web.runtime import runtime_of
+
+    app = App("hub", settings=Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    runtime = runtime_of(app)
+    await runtime.ensure()
+    try:
+        hub, store = runtime.hub, app._require_backend()
+        assert hub.restarts is False  # (the web tier's hub, as the backend says)
+        with hub.subscribe(owner="alice") as sub:
+            kept, newest = _job("alice"), _job("alice")
+            await store.enqueue([kept])
+            await store.enqueue([newest])
+            await store.cancel(newest.id)  # (a final job: what deletes and prunes take)
+            for _ in range(3):
+                await asyncio.wait_for(sub.queue.get(), 5)
+            assert await store.delete_many([newest.id]) == 1
+            assert await store.last_seq() < hub.position
+            later = _job("alice")
+            await store.enqueue([later])
+            change = await asyncio.wait_for(sub.queue.get(), 5)
+            assert change.job_id == later.id and not sub.ended
+    finally:
+        await runtime.exit()

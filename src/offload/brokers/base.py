@@ -55,6 +55,10 @@ class Capability(enum.StrEnum):
     #: `enqueue_stream(chunks)`: one atomic batch sent chunk by chunk as the caller makes
     #: them, so the server stores a chunk while the caller stamps the next.
     STREAMED_ENQUEUE = "streamed_enqueue"
+    #: Its change feed numbers changes anew, from 1, after the server lost its data (a
+    #: Redis restarted without persistence): its positions are a counter kept with the
+    #: data, where SQL engines' sequences never go back (`web.events.Hub` watches for it).
+    FEED_RESTARTS = "feed_restarts"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -110,10 +110,19 @@ class Hub:
     """
 
     def __init__(
-        self, store: Feed, last_seq: Callable[[], Any], *, idle_s: float = DEFAULT_IDLE_S
+        self,
+        store: Feed,
+        last_seq: Callable[[], Any],
+        *,
+        idle_s: float = DEFAULT_IDLE_S,
+        restarts: bool = False,
     ) -> None:
         self.store = store
         self.idle_s = idle_s
+        #: The feed may number its changes anew (`Capability.FEED_RESTARTS`): watched for
+        #: (`_reset`). Elsewhere a newest position below the hub's is that of jobs deleted
+        #: since (their entries go with them), not a feed that started again.
+        self.restarts = restarts
         self._last_seq = last_seq
         self.by_job: dict[str, set[Subscription]] = {}
         self.by_owner: dict[str, set[Subscription]] = {}
@@ -282,7 +291,11 @@ class Hub:
                 sub.offer(change)
             for sub in self.everyone:
                 sub.offer(change)
-        if not changes and 0 < (newest := await self._read(self.store.last_seq)) < self.position:
+        if (
+            self.restarts
+            and not changes
+            and 0 < (newest := await self._read(self.store.last_seq)) < self.position
+        ):
             self._reset(newest)
         if len(changes) < 1000:
             self._caught_up.set()

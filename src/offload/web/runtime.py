@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from ..app import App
+from ..brokers.base import Capability
 from ..errors import BackendError, ConfigurationError
 from .events import Hub
 
@@ -148,7 +149,8 @@ class Runtime:
         app = self.app
         await app.open()
         try:
-            hub = Hub(app, app.last_seq)
+            restarts = Capability.FEED_RESTARTS in app._require_backend().capabilities
+            hub = Hub(app, app.last_seq, restarts=restarts)
             await hub.start()
         except BaseException:
             await app.close()

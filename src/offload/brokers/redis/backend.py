@@ -216,6 +216,7 @@ class RedisBackend:
             Capability.DEDUP,
             Capability.PUSH,
             Capability.BLOCKING_ENQUEUE,
+            Capability.FEED_RESTARTS,
         }
     )
 
@@ -353,11 +354,17 @@ class RedisBackend:
                 yield
         except TimeoutError as exc:
             raise BackendError(f"{what}: no answer within {limit:g}s{setting}") from exc
-        except OutOfMemoryError as exc:  # refused as a whole: nothing of the call was written
-            self._full = True
-            raise StorageFull(f"{what}: the server is over its maxmemory ({_reason(exc)})") from exc
         except (RedisError, OSError) as exc:
-            raise BackendError(f"{what}: {_reason(exc)}") from exc
+            raise self._failed(what, exc) from exc
+
+    def _failed(self, what: str, exc: RedisError | OSError) -> BackendError:
+        """A driver error as the BackendError to raise: `StorageFull` for a write refused
+        over the server's maxmemory (as a whole: nothing of the call was written), which
+        the readiness check then asks after (`ping`)."""
+        if isinstance(exc, OutOfMemoryError):
+            self._full = True
+            return StorageFull(f"{what}: the server is over its maxmemory ({_reason(exc)})")
+        return BackendError(f"{what}: {_reason(exc)}")
 
     def _key(self, name: str) -> str:
         return self.keyspace + name
@@ -550,7 +557,8 @@ class RedisBackend:
         except NoPermissionError as exc:
             raise NoPermissionError(
                 f"this user may not publish to offload's channels {', '.join(channels)} "
-                f"({exc}): grant them, as `ACL SETUSER <user> &{self.keyspace}*` does"
+                f"({exc}): grant them, and the command, as `ACL SETUSER <user> +publish "
+                f"&{self.keyspace}*` does"
             ) from exc
 
     async def _check_not_cluster(self, client: aioredis.Redis) -> None:
@@ -738,7 +746,7 @@ class RedisBackend:
                         self._sync_lane_lock.release()
                 return script(keys=[self._key("seq")], args=args, client=client)
             except (RedisError, OSError) as exc:
-                raise BackendError(f"Redis: {_reason(exc)}") from exc
+                raise self._failed("Redis", exc) from exc
 
         return enqueue_results(self.retrier.run_sync(attempt))
 
