@@ -47,6 +47,7 @@ from .contract import (
     JobState,
     KindLimits,
     Message,
+    NestedTooDeep,
     Throughput,
     WorkerInfo,
     nested_deeper,
@@ -857,7 +858,7 @@ class App:
             raise ValueError("idempotency_key must not be empty")
         payload = message.model_dump(mode="json")
         if nested_deeper(payload):
-            raise ValueError(
+            raise NestedTooDeep(
                 f"a {spec.kind} message nests objects and arrays more than {MAX_NESTING} "
                 "levels deep: its job could be stored but not served"
             )

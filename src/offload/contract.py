@@ -25,6 +25,10 @@ ENVELOPE_VERSION = 1
 MAX_NESTING = 100
 
 
+class NestedTooDeep(ValueError):
+    """A message nests objects and arrays more than `MAX_NESTING` levels deep."""
+
+
 def nested_deeper(value: Any, limit: int = MAX_NESTING) -> bool:
     """Whether `value` (JSON as Python: dicts, lists, tuples) nests more than `limit` levels
     of them (`{"a": [1]}` nests 2). Visits each container once, level by level."""

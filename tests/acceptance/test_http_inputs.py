@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import orjson
 import pytest
-from pydantic import Field, ValidationError
+from pydantic import Field, Json, ValidationError
 
 import offload
 from offload import App, ConfigurationError, FromPrincipal, Message, Settings
@@ -41,6 +42,10 @@ class Anything(Message):
     data: Any
 
 
+class Encoded(Message):
+    data: Json[Any]  # JSON text in the body, nested once validated
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
@@ -58,6 +63,7 @@ def app(settings: Settings) -> App:
     app.message("t.receipt", queue="mail", http=False)(Receipt)
     app.message("t.note", queue="reports")(Note)
     app.message("t.any", queue="reports")(Anything)
+    app.message("t.encoded", queue="reports")(Encoded)
     return app
 
 
@@ -101,6 +107,18 @@ async def test_a_body_nested_too_deep_is_refused_and_nothing_is_enqueued(
     assert await stored(app) == []
     with pytest.raises(ValueError, match="more than 100 levels deep"):
         await app.enqueue(Anything(data=nested(MAX_NESTING)))
+    assert await stored(app) == []
+
+
+async def test_a_message_nested_too_deep_once_validated_is_refused(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    # The body is flat; the message it validates to is not (it answered 500)
+    body = {"data": orjson.dumps(nested(120)).decode()}
+    answer = await clients["alice"].post("/v1/jobs/t.encoded", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["type"].endswith("/invalid-payload")
+    assert "more than 100 levels deep" in answer.json()["detail"]
     assert await stored(app) == []
 
 

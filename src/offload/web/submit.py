@@ -27,7 +27,7 @@ from .._claim_check import ClaimCheckError, check_out, claim_of
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from ..app import App, MessageSpec
-from ..contract import MAX_NESTING, Envelope, JobRow, Message, nested_deeper
+from ..contract import MAX_NESTING, Envelope, JobRow, Message, NestedTooDeep, nested_deeper
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
@@ -318,16 +318,19 @@ async def submit(request: Request) -> Response:
         ) from None
     # OFFLOAD_REQUIRE_WORKER_VERSION=1: 503 unless a live worker runs this version.
     await require_live_worker(app, spec)
-    envelope = app.envelope(
-        message,
-        owner=principal,
-        priority=options.priority,
-        delay=options.delay,
-        run_at=options.run_at,
-        idempotency_key=options.idempotency_key,
-        callback_url=options.callback_url,
-        notify_email=options.notify_email,
-    )
+    try:
+        envelope = app.envelope(
+            message,
+            owner=principal,
+            priority=options.priority,
+            delay=options.delay,
+            run_at=options.run_at,
+            idempotency_key=options.idempotency_key,
+            callback_url=options.callback_url,
+            notify_email=options.notify_email,
+        )
+    except NestedTooDeep as exc:  # as validated (a `Json` field, a validator's making)
+        raise Problem(422, str(exc), slug="invalid-payload") from None
     job, row = await app.submit(envelope)
     if not job.created and not job.unique_repeat:
         await _check_repeat(app, spec, row, envelope, message)
