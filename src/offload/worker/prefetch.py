@@ -23,7 +23,7 @@ GIVE_BACK_AFTER_S = 0.5
 class Prefetch:
     """The prefetch rule of one worker: no I/O, no clock; the worker reports run times, and
     passes its clock's time and when each of its runs still going began (`running`, loop
-    times) to the rest.
+    times, oldest first) to the rest.
 
     A run still going counts at what it has taken so far once that is more than the mean:
     slots held by runs far longer than the recent ones (a hung handler, jobs that turned out
@@ -60,7 +60,9 @@ class Prefetch:
         """Jobs to hold ahead now: what the slots finish in `horizon_s`, up to `limit` (0
         until a run time is known). A free slot, or one whose run has taken no longer than
         the mean so far, finishes `horizon_s / mean`; one whose run has taken `t` longer,
-        `horizon_s / t`."""
+        `horizon_s / t`. `running` is oldest first: the walk stops at the first run that
+        has not taken longer than the mean (none after it has), so a worker of a thousand
+        slots reads only those of its runs that are late, as each of its runs ends."""
         mean = self.mean_run
         if not self.limit or mean is None:
             return 0
@@ -68,8 +70,9 @@ class Prefetch:
         slots = float(self.concurrency)
         for began in running:
             taken = now - began
-            if taken > mean:
-                slots -= 1.0 - mean / taken
+            if taken <= mean:
+                break
+            slots -= 1.0 - mean / taken
         return min(self.limit, int(slots * self.horizon_s / mean))
 
     def claim_size(

@@ -355,8 +355,9 @@ class Worker:
         self._prefetch = Prefetch(prefetch, concurrency)
         #: The check of the jobs held ahead when their give-back falls due (see Prefetch).
         self._give_back_due: asyncio.TimerHandle | None = None
-        #: When each run still going began (loop time), by its job's identity: the prefetch
-        #: counts slots held by runs far longer than the recent ones as finishing little.
+        #: When each run still going began (loop time), by its job's identity, oldest first
+        #: (in the order they started): the prefetch counts slots held by runs far longer
+        #: than the recent ones as finishing little.
         self._running: dict[int, float] = {}
         self._pending: list[Outcome] = []
         self._pending_ready = asyncio.Event()
