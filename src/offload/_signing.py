@@ -24,7 +24,7 @@ def whsec_key(secret: str) -> bytes:
         ValueError: anything else (an empty or unset secret among them), so that no
             signature made with an empty or truncated key is ever made or accepted.
     """
-    found = _WHSEC.fullmatch(secret)
+    found = _WHSEC.fullmatch(secret.strip())  # (read from a file, it ends in a newline)
     text = found.group(1).rstrip("=") if found else ""
     try:  # its padding may be left out
         key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)

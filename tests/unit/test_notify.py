@@ -109,13 +109,13 @@ def test_verify_refuses_to_check_against_no_secret(secret: str) -> None:
         verify(secret, headers, SPEC_BODY, now=SPEC_TS)
 
 
-def test_a_secret_without_its_prefix_or_padding_verifies_alike() -> None:
+def test_a_secret_without_its_prefix_or_padding_or_with_a_newline_verifies_alike() -> None:
     headers = {
         "webhook-id": SPEC_ID,
         "webhook-timestamp": str(SPEC_TS),
         "webhook-signature": sign([OTHER], SPEC_ID, SPEC_TS, SPEC_BODY),
     }
-    for secret in (OTHER, OTHER.removeprefix("whsec_"), OTHER.rstrip("=")):
+    for secret in (OTHER, OTHER.removeprefix("whsec_"), OTHER.rstrip("="), f" {OTHER}\n"):
         assert verify(secret, headers, SPEC_BODY, now=SPEC_TS)
 
 
