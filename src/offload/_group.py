@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from .contract import EnqueueResult, Envelope
+from .errors import StorageFull
 
 #: The most jobs one group carries; a call with at least this many goes alone.
 DEFAULT_GROUP_MAX_JOBS = 64
@@ -126,11 +127,13 @@ class GroupCommit:
                 future.cancel()
             raise
         except Exception as exc:
-            if len(group) == 1 or getattr(exc, "out_of_reach", False):
+            alike = getattr(exc, "out_of_reach", False) or isinstance(exc, StorageFull)
+            if len(group) == 1 or alike:
                 # Out of reach for the whole retry deadline: whether the group was stored is
                 # not known, and each caller is told so, as a lone call would be (sent again
                 # as a first attempt, a stored group read as "already exists: nothing was
-                # stored", and each call waited out another deadline).
+                # stored", and each call waited out another deadline). Storage full refuses
+                # every caller alike: sent alone, each would be refused again.
                 for _, future in group:
                     _settle(future, exc)
                 return

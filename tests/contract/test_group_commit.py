@@ -14,7 +14,7 @@ import pytest
 
 from offload import App, Message, Settings
 from offload._group import DEFAULT_GROUP_MAX_JOBS, GroupCommit
-from offload.errors import BackendError
+from offload.errors import BackendError, StorageFull
 
 from ._support import PATIENCE_S, ShiftClock, until
 
@@ -141,6 +141,22 @@ async def test_a_group_out_of_reach_fails_each_caller_once_not_alone_again(app: 
     # nothing was stored", after another whole deadline
     assert calls == [5]
     assert all(isinstance(r, BackendError) and r.out_of_reach for r in results)
+
+
+async def test_a_group_refused_for_want_of_storage_is_not_sent_again_alone(app: App) -> None:
+    # Storage full (a full disk, a Redis over its maxmemory) refuses every caller alike
+    await app.enqueue(Item(n=-1))  # (the group is made with the first call)
+    calls: list[int] = []
+
+    async def full(envelopes: Any) -> Any:
+        calls.append(len(envelopes))
+        raise StorageFull("no room")
+
+    group_of(app)._store = full
+    results = await asyncio.gather(
+        *(app.enqueue(Item(n=n)) for n in range(5)), return_exceptions=True
+    )
+    assert calls == [5] and all(isinstance(r, StorageFull) for r in results)
 
 
 async def test_repeats_within_one_group_are_resolved_per_job(app: App) -> None:
