@@ -12,6 +12,11 @@ PREFETCH_HORIZON_S = 0.1
 #: Weights of the newest run time in the mean that sizes the prefetch: a longer run moves it
 #: half way at once (long jobs stop the prefetch quickly), a shorter one only a little.
 RUN_WEIGHT_UP, RUN_WEIGHT_DOWN = 0.5, 0.05
+#: A run still going counts as late (its slot finishing less than others) once it has taken
+#: this many times the mean: run times spread, and a run a little past the mean is no sign
+#: of a hung handler (counted, a worker of a thousand slots walked hundreds of its runs as
+#: each of them ended, and gave back more on noise).
+LATE_AFTER_MEANS = 2.0
 #: Seconds the jobs held ahead must stay beyond what the prefetch allows before they go
 #: back: a moment's slowness (one slow run moves the mean half way, and a loaded machine
 #: slows every slot at once) gives nothing back, while jobs that did turn out long do, this
@@ -25,7 +30,7 @@ class Prefetch:
     passes its clock's time and when each of its runs still going began (`running`, loop
     times, oldest first) to the rest.
 
-    A run still going counts at what it has taken so far once that is more than the mean:
+    A run still going counts at what it has taken so far once that is twice the mean:
     slots held by runs far longer than the recent ones (a hung handler, jobs that turned out
     long before any of them ended) are not expected to finish anything within the horizon,
     so the jobs held ahead for them go back to idle workers, and no more are claimed for them.
@@ -58,19 +63,20 @@ class Prefetch:
 
     def allowance(self, now: float = 0.0, running: Iterable[float] = ()) -> int:
         """Jobs to hold ahead now: what the slots finish in `horizon_s`, up to `limit` (0
-        until a run time is known). A free slot, or one whose run has taken no longer than
-        the mean so far, finishes `horizon_s / mean`; one whose run has taken `t` longer,
-        `horizon_s / t`. `running` is oldest first: the walk stops at the first run that
-        has not taken longer than the mean (none after it has), so a worker of a thousand
-        slots reads only those of its runs that are late, as each of its runs ends."""
+        until a run time is known). A free slot, or one whose run is not late (has taken no
+        more than `LATE_AFTER_MEANS` times the mean so far), finishes `horizon_s / mean`; one
+        whose run has taken `t`, late, `horizon_s / t`. `running` is oldest first: the walk
+        stops at the first run that is not late (none after it is), so a worker reads only
+        its late runs."""
         mean = self.mean_run
         if not self.limit or mean is None:
             return 0
         mean = max(mean, 1e-6)
+        late = mean * LATE_AFTER_MEANS
         slots = float(self.concurrency)
         for began in running:
             taken = now - began
-            if taken <= mean:
+            if taken <= late:
                 break
             slots -= 1.0 - mean / taken
         return min(self.limit, int(slots * self.horizon_s / mean))
