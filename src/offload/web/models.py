@@ -165,6 +165,11 @@ class WorkerEntry(Answer):
     started_at: datetime
     heartbeat_at: datetime = Field(description="its last record (every heartbeat)")
     running: list[str] = Field(description="the ids of the jobs it runs now")
+    held_ahead: int = Field(
+        0,
+        description="jobs it holds claimed ahead of a free slot (prefetch): their records "
+        "say running, their handlers have not started",
+    )
     processed: int = Field(description="attempts it ran to an outcome")
     failed: int = Field(description="of those, the ones that failed")
     lost: bool = Field(description="its heartbeat lapsed: killed, hung or cut off")
