@@ -26,7 +26,7 @@ from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import POOL_PATIENCE_S, Q
 from offload.contract import status_record
-from offload.errors import BackendError
+from offload.errors import BackendError, ConfigurationError
 from offload.web import create_app, events
 from offload.web.events import Hub, owner_stream
 from offload.worker.runner import Worker
@@ -121,6 +121,30 @@ async def test_calls_go_on_when_a_migration_adds_a_column_under_prepared_stateme
     for _ in range(3):
         await asyncio.gather(*(reads() for _ in range(4)))
     assert (await app.cancel(jobs[0].id)).state.value == "cancelled"
+
+
+@pytest.mark.parametrize(("option", "prepared"), [("", True), ("&prepare_threshold=none", False)])
+async def test_prepare_threshold_none_prepares_nothing_as_a_transaction_pooler_needs(
+    schema: PgSchema, option: str, prepared: bool
+) -> None:
+    # Behind PgBouncer in transaction mode, one server connection serves many clients in
+    # turn: the statements one prepared there answered another's calls (a 202 for a job
+    # never stored). `?prepare_threshold=none` prepares nothing.
+    backend = PostgresBackend.from_url(schema.url + "&pool_size=1" + option)
+    await backend.open()
+    try:
+        for _ in range(8):  # (psycopg prepares a statement on its fifth run)
+            assert await backend.get(str(uuid.uuid4())) is None
+        (row,) = await backend._fetch("SELECT count(*) AS n FROM pg_prepared_statements", {})
+        assert (row["n"] > 0) is prepared
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("bad", ["-1", "1.5", "never"])
+def test_a_prepare_threshold_that_is_no_number_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="prepare_threshold must be a whole number"):
+        PostgresBackend.from_url(f"postgresql://u@127.0.0.1/db?prepare_threshold={bad}")
 
 
 async def test_migrating_a_schema_newer_than_this_offload_is_refused(schema: PgSchema) -> None:
@@ -447,6 +471,37 @@ async def test_a_call_on_a_busy_pool_waits_its_turn_past_the_retry_deadline(
         await asyncio.gather(*holders)
     finally:
         await backend.close()
+
+
+async def test_the_apps_role_runs_migrate_on_an_up_to_date_schema_and_its_calls(
+    schema: PgSchema,
+) -> None:
+    # Given a role with the grants the README names (no CREATE in the schema),
+    role = f"{schema.name}_app"
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {schema.name} TO {role}")
+        dml = "SELECT, INSERT, UPDATE, DELETE"
+        await conn.execute(f"GRANT {dml} ON ALL TABLES IN SCHEMA {schema.name} TO {role}")
+        await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema.name} TO {role}")
+    parts = urlsplit(schema.url)
+    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    backend = PostgresBackend.from_url(url)
+    try:
+        await backend.open(check_schema=False)
+        # `offload migrate` of an up-to-date schema creates nothing (it needed CREATE: a
+        # deploy step run with the app's credentials failed), and the calls work
+        assert await backend.migrate() == []
+        app = App("least", settings=Settings(url=url))
+        app.message("least.ping")(Ping)
+        job = await app.enqueue(Ping(n=1))
+        assert (await app.get(job.id)) is not None
+        await app.close()
+    finally:
+        await backend.close()
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+            await conn.execute(f"DROP OWNED BY {role}")
+            await conn.execute(f"DROP ROLE {role}")
 
 
 async def test_a_call_waits_its_turn_on_a_pool_at_its_roles_connection_limit(

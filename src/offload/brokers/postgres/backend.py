@@ -63,6 +63,9 @@ _SERVER_FULL = (
     "too many connections for",
     "remaining connection slots are reserved",
 )
+#: psycopg's default: a statement run this often on a connection is prepared there
+#: (`?prepare_threshold=none` prepares nothing: behind a transaction pooler).
+DEFAULT_PREPARE_THRESHOLD = 5
 #: Connections per process in the pool (override with `?pool_size=`).
 DEFAULT_POOL_SIZE = 10
 #: How long the feed reader waits for a missing position before taking it as rolled back.
@@ -123,6 +126,25 @@ class SyncConnection(Protocol):
     """A synchronous DB-API connection to the backend's database (`enqueue_in_sync`)."""
 
     def cursor(self) -> SyncCursor: ...
+
+
+def _prepare_threshold(text: str) -> int | None:
+    """A URL's `prepare_threshold`, as psycopg takes it: how many runs of a statement on a
+    connection before it is prepared there; `none` (or `off`) prepares nothing, as a
+    transaction pooler (PgBouncer's `pool_mode = transaction`) needs: it lends one server
+    connection to many clients in turn, and the statements one prepared there answered
+    another's calls.
+
+    Raises:
+        ConfigurationError: neither a whole number nor `none`.
+    """
+    if text.strip().lower() in ("none", "off"):
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigurationError(
+            f"prepare_threshold must be a whole number, or none to prepare nothing: {text!r}"
+        )
+    return int(text)
 
 
 def _pool_size(text: str) -> int:
@@ -293,9 +315,12 @@ class PostgresBackend:
         clock: Clock | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> None:
         self.conninfo = conninfo
         self.connect_timeout_s = connect_timeout_s
+        #: psycopg's: runs of a statement before a connection prepares it (None: never).
+        self.prepare_threshold = prepare_threshold
         self.retrier = Retrier(
             _lost_connection,
             deadline_s=retry_deadline_s,
@@ -357,15 +382,15 @@ class PostgresBackend:
         retry_deadline_s: float | None = None,
     ) -> PostgresBackend:
         """`postgresql://user@host:port/db?pool_size=20&sslmode=require` (libpq options pass
-        through; `pool_size` is ours).
+        through; `pool_size` and `prepare_threshold` are ours).
 
         Args:
             connect_timeout_s: how long `open` waits for the server (default 5 s).
             retry_deadline_s: how long a call tries again after a lost connection (10 s).
 
         Raises:
-            ConfigurationError: a port or `pool_size` that is no number (libpq judges its
-                own options when it connects).
+            ConfigurationError: a port, `pool_size` or `prepare_threshold` that is no
+                number (libpq judges its own options when it connects).
         """
         parts = urlsplit(url)
         hosts = parts.netloc.rpartition("@")[2]  # not the credentials
@@ -376,6 +401,7 @@ class PostgresBackend:
                 raise ConfigurationError(f"the PostgreSQL URL's port is no number: {hosts!r}")
         options = parse_qs(parts.query, keep_blank_values=True)
         pool_size = _pool_size(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
+        prepare = options.pop("prepare_threshold", [str(DEFAULT_PREPARE_THRESHOLD)])[-1]
         # %20, not +, for spaces: libpq decodes percent escapes only (options=-c a=1 -c b=2)
         query = urlencode({k: v[-1] for k, v in options.items()}, quote_via=quote)
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
@@ -390,6 +416,7 @@ class PostgresBackend:
             clock=clock,
             connect_timeout_s=timeout,
             retry_deadline_s=deadline,
+            prepare_threshold=_prepare_threshold(prepare),
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -489,7 +516,7 @@ class PostgresBackend:
             self.conninfo,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold},
             open=False,
             name="offload",
             timeout=POOL_WAIT_S,  # `_lend` asks the server first when none comes at once
@@ -593,7 +620,9 @@ class PostgresBackend:
         """A connection, or a BackendError saying why not within `connect_timeout_s`."""
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                return await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True, prepare_threshold=self.prepare_threshold
+                )
         except TimeoutError as exc:
             raise BackendError(
                 f"cannot connect to PostgreSQL at {self._where()}: "
@@ -690,12 +719,16 @@ class PostgresBackend:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             wait_ms = int(MIGRATE_LOCK_WAIT_S * 1000)
             await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
+            current = await self._schema_version(conn)
+            if current == SCHEMA_VERSION:
+                # Up to date: nothing is created, so the role the processes run as (which
+                # may not create in the schema) may run it too, as a deploy step.
+                return applied
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS offload_migrations ("
                 "version integer PRIMARY KEY, "
                 "applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            current = await self._schema_version(conn)
             if current > SCHEMA_VERSION:  # a rollback's migrate: not "up to date"
                 self._check_version(current)
             for version in range(current + 1, SCHEMA_VERSION + 1):
@@ -804,7 +837,9 @@ class PostgresBackend:
         """A connection LISTENing to the work channel (and the feed's, once wanted); the
         connect is bounded, as a server that accepts and never answers would hang it."""
         async with asyncio.timeout(self.connect_timeout_s):
-            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, prepare_threshold=self.prepare_threshold
+            )
         try:
             self._schema = await self._own_schema(conn)
             await conn.execute("LISTEN offload_work")
