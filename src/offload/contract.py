@@ -296,6 +296,11 @@ class Extension:
     job_id: str
     held: bool
     cancel_requested: bool = False
+    #: Whether the lease was renewed: False for one still held whose row another
+    #: transaction had locked (PostgreSQL passes over it rather than wait, so one locked row
+    #: holds up no other lease of the heartbeat); it lapses as before unless a later
+    #: heartbeat renews it.
+    renewed: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,7 +31,7 @@ from offload.web import create_app, events
 from offload.web.events import Hub, owner_stream
 from offload.worker.runner import Worker
 
-from ..contract._support import claim, envelope, worker_info
+from ..contract._support import PATIENCE_S, claim, envelope, worker_info
 from ..services import PG_URL, PgSchema, Relay, require_pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -649,6 +649,47 @@ async def test_a_unique_job_enqueued_in_a_rolled_back_transaction_holds_no_key(
             assert kept.created and kept.id != first.id
     assert await app.get(first.id) is None
     assert (await app.enqueue(Once())).id == kept.id
+
+
+async def _lease_ends(schema: PgSchema) -> dict[str, float]:
+    """When each job's lease ends (read without a lock)."""
+    async with await psycopg.AsyncConnection.connect(schema.url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT id::text, extract(epoch FROM lease_expires)::float8 FROM offload_jobs"
+        )
+        return {job_id: float(end) for job_id, end in await cur.fetchall()}
+
+
+async def test_a_heartbeat_passes_over_a_row_another_transaction_locked(
+    app: App, schema: PgSchema
+) -> None:
+    backend = app._require_backend()
+    # Given three running jobs, one of whose rows another transaction holds locked (an
+    # operator's SELECT ... FOR UPDATE, left open)
+    await backend.enqueue([envelope() for _ in range(3)])
+    leases = await claim(backend, limit=3)
+    locked, *others = leases
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT id FROM offload_jobs WHERE id = %s FOR UPDATE", (locked.job_id,)
+            )
+            before = await _lease_ends(schema)
+            # When the worker's heartbeat renews them, it does not wait for that row (it
+            # waited, and every lease of the heartbeat lapsed while the row stayed locked)
+            async with asyncio.timeout(PATIENCE_S):
+                answers = await backend.extend(leases, lease_for=60.0)
+        # Then the others are renewed, and the locked one is still held, not renewed
+        by_id = {a.job_id: a for a in answers}
+        assert (by_id[locked.job_id].held, by_id[locked.job_id].renewed) == (True, False)
+        after = await _lease_ends(schema)
+        for lease in others:
+            assert (by_id[lease.job_id].held, by_id[lease.job_id].renewed) == (True, True)
+            assert after[lease.job_id] > before[lease.job_id]
+        assert after[locked.job_id] == before[locked.job_id]
+    # and once the lock is gone, the next heartbeat renews it too
+    (again,) = await backend.extend([locked], lease_for=60.0)
+    assert (again.held, again.renewed) == (True, True)
 
 
 #: How long the waits below wait for work. Each test ends its wait well within it, by a

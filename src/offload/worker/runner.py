@@ -705,16 +705,8 @@ class Worker:
         pause, a suspended machine) does not start on it: every held lease is renewed first
         (`_renew_held`), the jobs it refuses are dropped unspent, and the line goes on then.
         """
-        loop = asyncio.get_running_loop()
         while self._line and self._busy < self.concurrency and not self._stop.is_set():
-            job = self._line[0]
-            if self._recheck is not None or not fresh(
-                job.renewed,
-                self.lease_s,
-                self.heartbeat_s,
-                mono=loop.time(),
-                wall=self.app.clock.now(),
-            ):
+            if self._recheck is not None or not self._first_fresh():
                 self._recheck = self._recheck or asyncio.create_task(
                     self._renew_held(), name="offload-renew-held"
                 )
@@ -728,7 +720,9 @@ class Worker:
         try:
             while True:
                 try:
-                    if await self._beat(list(self._jobs.values())):
+                    # Done once the first in line is renewed (its row may have been locked
+                    # by another transaction: passed over, tried again after a pause).
+                    if await self._beat(list(self._jobs.values())) and self._first_fresh():
                         break
                 except Exception:  # a bug: said loudly, then tried again as after an outage
                     log.exception(
@@ -739,6 +733,18 @@ class Worker:
             self._recheck = None
         self._fill()
         self._slot_free.set()
+
+    def _first_fresh(self) -> bool:
+        """Whether the first job in line may start on its lease (or none is in line)."""
+        if not self._line:
+            return True
+        return fresh(
+            self._line[0].renewed,
+            self.lease_s,
+            self.heartbeat_s,
+            mono=asyncio.get_running_loop().time(),
+            wall=self.app.clock.now(),
+        )
 
     def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
@@ -1543,7 +1549,7 @@ class Worker:
         for answer in answers:
             job = beaten.get(answer.job_id)
             if job is not None and self._jobs.get(answer.job_id) is job:  # still held
-                if answer.held:
+                if answer.held and answer.renewed:  # (not renewed: its row was locked)
                     job.renewed = sent
                 self._answered(job, answer)
         return True

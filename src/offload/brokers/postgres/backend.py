@@ -1251,10 +1251,24 @@ class PostgresBackend:
                 "tokens": [le.token for le in leases],
             },
         )
-        held = {str(r["id"]): r["cancel_requested"] for r in rows}
+        renewed = {str(r["id"]): r["cancel_requested"] for r in rows}
+        held = dict(renewed)
+        passed_over = [le for le in leases if le.job_id not in renewed]
+        if passed_over:  # lost, or locked by another transaction: which of the two
+            rows = await self._fetch(
+                Q["still_held"],
+                {
+                    "ids": [le.job_id for le in passed_over],
+                    "tokens": [le.token for le in passed_over],
+                },
+            )
+            held.update((str(r["id"]), r["cancel_requested"]) for r in rows)
         return [
             Extension(
-                job_id=le.job_id, held=le.job_id in held, cancel_requested=bool(held.get(le.job_id))
+                job_id=le.job_id,
+                held=le.job_id in held,
+                cancel_requested=bool(held.get(le.job_id)),
+                renewed=le.job_id in renewed,
             )
             for le in leases
         ]

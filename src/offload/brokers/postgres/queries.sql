@@ -438,18 +438,29 @@ ORDER BY priority, run_at, id
 -- name: extend
 -- The rows are locked in id order first, as `settle` locks them: a worker's heartbeat and
 -- its settle, on two connections, share rows, and in any order they deadlocked now and then.
+-- A row another transaction holds is passed over (`still_held` reads it), not waited for:
+-- waiting, one row locked past the lease held up every lease of the heartbeat, and they
+-- lapsed together.
 WITH locked AS (
     SELECT j.id FROM offload_jobs j
     JOIN unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
         ON j.id = l.id AND j.lease_token = l.token
     WHERE j.state = 'running'
     ORDER BY j.id
-    FOR NO KEY UPDATE OF j
+    FOR NO KEY UPDATE OF j SKIP LOCKED
 )
 UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
 FROM locked
 WHERE j.id = locked.id
 RETURNING j.id, j.cancel_requested
+
+-- name: still_held
+-- Of the leases an `extend` did not renew, those still held (their rows locked by another
+-- transaction: read without a lock), with their cancel flag.
+SELECT j.id::text AS id, j.cancel_requested FROM offload_jobs j
+JOIN unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
+    ON j.id = l.id AND j.lease_token = l.token
+WHERE j.state = 'running'
 
 -- name: settle
 WITH o AS (
