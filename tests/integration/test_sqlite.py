@@ -420,6 +420,43 @@ async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_pat
         await rescuer.close()
 
 
+async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lock held past the busy timeout (a minute) failed the writes waiting for it; the
+    # write tried again after it paid only its own last seconds, and a rescuer then ran
+    # again jobs whose holders could not heartbeat (16 of 32 in a trial's 70 s lock)
+    monkeypatch.setattr(backend_module, "DEFAULT_BUSY_TIMEOUT_S", 0.3)
+    path = str(tmp_path / "long-stall.db")
+    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
+    await holder.open()
+    await rescuer.open()
+    try:
+        # Given a job leased for 0.6 s by one process,
+        env = envelope()
+        await holder.enqueue([env])
+        (lease,) = await claim(holder, lease_for=0.6)
+        with write_lock_held(path):
+            # when another program holds the write lock past the lease, and the rescuer's
+            # process gave up a write for want of it (its heartbeat, say),
+            with pytest.raises(BackendError, match="locked"):
+                await rescuer.record_worker(worker_info("r"))
+            lapsed: list[Lapsed] = []
+            deadline = time.monotonic() + 30
+            while not lapsed and time.monotonic() < deadline:
+                lapsed = await rescuer.expired(limit=10)
+            assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
+        # then, the lock free again, its rescue (which waited for nothing itself) pays the
+        # stall from where its process began waiting: the lease is live, nothing applied
+        decisions = decide_all(lapsed, lambda kind: Policy(), time.time())
+        assert await rescuer.rescue(decisions) == [False]
+        (answer,) = await holder.extend([lease], lease_for=0.6)
+        assert answer.held and (await status(holder, env.id))["state"] == "running"
+    finally:
+        await holder.close()
+        await rescuer.close()
+
+
 async def test_a_stall_is_paid_once_to_the_leases_live_when_it_began(tmp_path: Path) -> None:
     from offload.brokers.sqlite.stalls import pause_leases
 

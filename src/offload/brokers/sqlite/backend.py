@@ -414,6 +414,11 @@ class SQLiteBackend:
         self._stall_s = _stalls.DEFAULT_STALL_S
         #: How long the last write transaction waited for the lock (seconds; its thread's).
         self._lock_wait_s = 0.0
+        #: When this instance's write that gave up waiting for the lock (busy past
+        #: `DEFAULT_BUSY_TIMEOUT_S`) began waiting, until one of its writes gets the lock:
+        #: the stall counts from then, not from the write that was tried again (which
+        #: paid only its own last seconds, and leases lapsed by a lock held past a minute).
+        self._stalled_since: float | None = None
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -634,12 +639,9 @@ class SQLiteBackend:
         conn = self.conn if on is None else on
         before = conn.total_changes
         began = self.clock.now() if waited_since is None else waited_since
-        checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.before_write():  # the WAL near its bound
-            if not wait:
-                raise _Busy
-            checkpointer.wait_for_room()
-        _begin(conn, wait=wait)
+        if own and stalls and self._stalled_since is not None:
+            began = min(began, self._stalled_since)
+        self._take_lock(conn, began, wait=wait, noted=own and stalls)
         lock_wait_s = self.clock.now() - began
         if own:
             self._lock_wait_s = lock_wait_s
@@ -665,9 +667,29 @@ class SQLiteBackend:
                 raise
         finally:
             _end_busy_wait(conn)
+        if own and stalls:
+            self._stalled_since = None  # (paid in this transaction, or by an earlier writer)
         self._full = False
         if own and conn.total_changes != before:  # only real writes wake this process's waiters
             self._local_writes += 1
+
+    def _take_lock(
+        self, conn: sqlite3.Connection, began: float, *, wait: bool, noted: bool
+    ) -> None:
+        """BEGIN IMMEDIATE once the WAL has room (checkpoint.py). With `noted`, a wait that
+        gave up (busy past `DEFAULT_BUSY_TIMEOUT_S`) leaves `began` as the stall's start,
+        for the write that gets the lock to pay it from (`_tx`)."""
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.before_write():  # the WAL near its bound
+            if not wait:
+                raise _Busy
+            checkpointer.wait_for_room()
+        try:
+            _begin(conn, wait=wait)
+        except sqlite3.OperationalError as exc:
+            if noted and _is_busy(exc) and self._stalled_since is None:
+                self._stalled_since = began
+            raise
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Append the current status record of each job in `rows` (whole rows, as a statement
