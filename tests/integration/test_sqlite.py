@@ -457,6 +457,49 @@ async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
         await rescuer.close()
 
 
+async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> None:
+    from offload.errors import StorageFull
+
+    path = str(tmp_path / "full.db")
+    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
+    await holder.open()
+    await rescuer.open()
+
+    async def limit(backend: SQLiteBackend, pages: int | None) -> None:
+        def run() -> None:
+            n = pages or backend.conn.execute("PRAGMA page_count").fetchone()[0]
+            backend.conn.execute(f"PRAGMA max_page_count = {n}")
+
+        await backend._run(run)
+
+    try:
+        # Given a job leased for 0.6 s by one process,
+        env = envelope()
+        await holder.enqueue([env])
+        (lease,) = await claim(holder, lease_for=0.6)
+        # when the disk fills (no process may write: no heartbeat either) past the lease,
+        # and the rescuer's process failed a write for want of room,
+        await limit(rescuer, None)
+        with pytest.raises(StorageFull):
+            await rescuer.enqueue([envelope(payload={"x": "y" * 200_000})])
+        lapsed: list[Lapsed] = []
+        deadline = time.monotonic() + 30
+        while not lapsed and time.monotonic() < deadline:
+            lapsed = await rescuer.expired(limit=10)
+        assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
+        # then, room again, its rescue pays the time the disk was full to the leases live
+        # then, and applies nothing (it ran the job again while its holder had finished it,
+        # its outcome waiting for room, in a trial)
+        await limit(rescuer, 1 << 30)
+        decisions = decide_all(lapsed, lambda kind: Policy(), time.time())
+        assert await rescuer.rescue(decisions) == [False]
+        (answer,) = await holder.extend([lease], lease_for=0.6)
+        assert answer.held and (await status(holder, env.id))["state"] == "running"
+    finally:
+        await holder.close()
+        await rescuer.close()
+
+
 async def test_a_stall_is_paid_once_to_the_leases_live_when_it_began(tmp_path: Path) -> None:
     from offload.brokers.sqlite.stalls import pause_leases
 

@@ -665,6 +665,12 @@ class SQLiteBackend:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+        except sqlite3.Error as exc:
+            # A full disk stops every writer as a held lock does: no heartbeat is written
+            # meanwhile, so the write that succeeds once there is room pays from here.
+            if own and stalls and _is_full(exc) and self._stalled_since is None:
+                self._stalled_since = began
+            raise
         finally:
             _end_busy_wait(conn)
         if own and stalls:
