@@ -457,6 +457,33 @@ async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
         await rescuer.close()
 
 
+async def test_a_file_this_process_may_only_read_is_refused_as_it_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from offload.errors import ConfigurationError
+
+    # A worker on a read-only file started, then failed every claim for ever, and a web
+    # tier answered ready and a 503 to each request
+    path = tmp_path / "data" / "jobs.db"
+    with caplog.at_level("INFO", logger="offload.sqlite"):
+        backend = SQLiteBackend(str(path))
+        await backend.open()  # (made, and said so: a volume that did not mount is seen)
+    assert any(getattr(r, "action", "") == "sqlite_created" for r in caplog.records)
+    try:
+        # (a connection SQLite opened read-only answers writes as one that may not write)
+        def check() -> None:
+            backend.conn.execute("PRAGMA query_only = 1")
+            try:
+                backend._writable(backend.conn)
+            finally:
+                backend.conn.execute("PRAGMA query_only = 0")
+
+        with pytest.raises(ConfigurationError, match=r"jobs\.db is read-only to this process"):
+            await backend._run(check)
+    finally:
+        await backend.close()
+
+
 async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> None:
     from offload.errors import StorageFull
 

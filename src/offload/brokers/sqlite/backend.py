@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import secrets
 import sqlite3
@@ -60,6 +61,8 @@ from . import stalls as _stalls
 from .checkpoint import DEFAULT_WAL_CAP_BYTES, Checkpointer
 from .reader import Reader
 from .wake import CrossWake
+
+log = logging.getLogger("offload.sqlite")
 
 T = TypeVar("T")
 
@@ -525,6 +528,12 @@ class SQLiteBackend:
         if self.in_memory:
             return self._sqlite_connect(self.path, uri=True)
         if create:
+            if not os.path.exists(self.path):  # (a volume that did not mount: said)
+                log.info(
+                    "creating an offload database at %s",
+                    self.where(),
+                    extra={"action": "sqlite_created"},
+                )
             if os.path.dirname(self.path):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             return self._sqlite_connect(self.path, uri=False)
@@ -569,7 +578,28 @@ class SQLiteBackend:
             # (its versions 2 to 4 added tables and columns older code ignores: the file
             # said 4 until the upgrade to 5 wrote it)
             self.upgraded = [] if version is None else list(range(version + 1, SCHEMA_VERSION + 1))
+            if create:
+                self._writable(conn)
         conn.execute(_progress_feed_trigger())
+
+    def _writable(self, conn: sqlite3.Connection) -> None:
+        """A write that changes nothing, in the opening transaction: a file this process may
+        only read is refused as it opens, naming it, rather than every write failing later
+        (a worker that claimed nothing for ever, a web tier ready that answered 503s).
+
+        Raises:
+            ConfigurationError: the file (or its `-wal` or `-shm`) is read-only to it.
+        """
+        try:
+            conn.execute("UPDATE offload_meta SET value = value WHERE key = 'schema_version'")
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) != sqlite3.SQLITE_READONLY:
+                raise
+            raise ConfigurationError(
+                f"{self.where()} is read-only to this process ({exc}): offload writes it, and "
+                "its -wal and -shm files beside it; check their owner and mode, and the "
+                "folder's"
+            ) from exc
 
     def _stored_version(self, conn: sqlite3.Connection, create: bool) -> int | None:
         """The file's schema version (None: a new file, its tables not made yet).
