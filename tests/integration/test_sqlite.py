@@ -484,6 +484,37 @@ async def test_a_file_this_process_may_only_read_is_refused_as_it_opens(
         await backend.close()
 
 
+async def test_a_write_tried_again_only_much_later_pays_no_old_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process whose write gave up for want of the lock, and which wrote next long after
+    # (a web tier's next enqueue), did not wait meanwhile: it must not add that time to the
+    # leases (a dead worker's job would be rescued that much later)
+    monkeypatch.setattr(backend_module, "DEFAULT_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(backend_module, "STALL_CARRY_S", 0.3)
+    path = str(tmp_path / "stale.db")
+    holder, other = SQLiteBackend(path), SQLiteBackend(path)
+    await holder.open()
+    await other.open()
+    try:
+        await holder.enqueue([envelope()])
+        await claim(holder, lease_for=30.0)
+
+        def lease_end() -> float:
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                return float(conn.execute("SELECT lease_expires FROM offload_jobs").fetchone()[0])
+
+        before = lease_end()
+        with write_lock_held(path), pytest.raises(BackendError, match="locked"):
+            await other.record_worker(worker_info("o"))
+        await asyncio.sleep(0.5)  # past STALL_CARRY_S, the lock free all along
+        await other.record_worker(worker_info("o"))
+        assert lease_end() == before
+    finally:
+        await holder.close()
+        await other.close()
+
+
 async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> None:
     from offload.errors import StorageFull
 

@@ -85,6 +85,11 @@ DEFAULT_BUSY_POLL_S = 0.001
 DEFAULT_BUSY_WINDOW_S = 1.0
 #: How long a writer waits for another process's write lock before failing (seconds).
 DEFAULT_BUSY_TIMEOUT_S = 60.0
+#: A write tried again within this many seconds of one that could not be made (the lock
+#: held past `DEFAULT_BUSY_TIMEOUT_S`, a full disk) waited through the stall with it: it
+#: pays the stall from the first one's start. After a longer pause, from its own (a
+#: process that stopped trying would pay, much later, for time it did not wait).
+STALL_CARRY_S = 5.0
 #: While another connection holds the write lock, a writer tries again after this long,
 #: doubling up to `DEFAULT_LOCK_RETRY_MAX_S` (seconds). SQLite's own busy handler sleeps 1,
 #: 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 then 100 ms between tries, so a writer missed a lock
@@ -418,10 +423,13 @@ class SQLiteBackend:
         #: How long the last write transaction waited for the lock (seconds; its thread's).
         self._lock_wait_s = 0.0
         #: When this instance's write that gave up waiting for the lock (busy past
-        #: `DEFAULT_BUSY_TIMEOUT_S`) began waiting, until one of its writes gets the lock:
-        #: the stall counts from then, not from the write that was tried again (which
-        #: paid only its own last seconds, and leases lapsed by a lock held past a minute).
+        #: `DEFAULT_BUSY_TIMEOUT_S`), or failed for want of room, began waiting, until one
+        #: of its writes gets through: the stall counts from then, not from the write that
+        #: was tried again (which paid only its own last seconds, and leases lapsed by a
+        #: lock held past a minute), while its writes are tried again without a pause
+        #: longer than `STALL_CARRY_S` (`_stall_seen_at`: when the last one failed).
         self._stalled_since: float | None = None
+        self._stall_seen_at = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -669,8 +677,8 @@ class SQLiteBackend:
         conn = self.conn if on is None else on
         before = conn.total_changes
         began = self.clock.now() if waited_since is None else waited_since
-        if own and stalls and self._stalled_since is not None:
-            began = min(began, self._stalled_since)
+        if own and stalls:
+            began = self._stall_start(began)
         self._take_lock(conn, began, wait=wait, noted=own and stalls)
         lock_wait_s = self.clock.now() - began
         if own:
@@ -698,8 +706,8 @@ class SQLiteBackend:
         except sqlite3.Error as exc:
             # A full disk stops every writer as a held lock does: no heartbeat is written
             # meanwhile, so the write that succeeds once there is room pays from here.
-            if own and stalls and _is_full(exc) and self._stalled_since is None:
-                self._stalled_since = began
+            if own and stalls and _is_full(exc):
+                self._stalled(began)
             raise
         finally:
             _end_busy_wait(conn)
@@ -723,9 +731,26 @@ class SQLiteBackend:
         try:
             _begin(conn, wait=wait)
         except sqlite3.OperationalError as exc:
-            if noted and _is_busy(exc) and self._stalled_since is None:
-                self._stalled_since = began
+            if noted and _is_busy(exc):
+                self._stalled(began)
             raise
+
+    def _stall_start(self, began: float) -> float:
+        """When the wait of a write that begins waiting at `began` began: at the first
+        write that could not be made, while they were tried again within `STALL_CARRY_S`."""
+        if self._stalled_since is None:
+            return began
+        if self.clock.now() - self._stall_seen_at > STALL_CARRY_S:
+            self._stalled_since = None  # it stopped trying: no wait went on through
+            return began
+        return min(began, self._stalled_since)
+
+    def _stalled(self, began: float) -> None:
+        """A write that began at `began` could not be made (the lock held past the busy
+        timeout, or no room): the stall counts from the first such write (`_tx`)."""
+        if self._stalled_since is None:
+            self._stalled_since = began
+        self._stall_seen_at = self.clock.now()
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Append the current status record of each job in `rows` (whole rows, as a statement
