@@ -74,3 +74,16 @@ def test_offloads_processes_leave_the_pools_connection_warnings_out() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == str(logging.ERROR)
+
+
+def test_a_message_of_several_lines_is_warned_of_on_one(caplog: pytest.LogCaptureFixture) -> None:
+    # libpq's errors carry CONTEXT and DETAIL lines, which broke line-oriented log parsing
+    failures = FailureLog(clock=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, logger="offload.worker"):
+        failures.warn(
+            "settle",
+            BackendError("canceling statement due to lock timeout\nCONTEXT:  while locking"),
+            action="settle_error",
+        )
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == "settle failed: canceling statement due to lock timeout CONTEXT: while locking"

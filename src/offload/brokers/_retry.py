@@ -128,7 +128,7 @@ class Retrier:
         self.log.warning(
             "%s connection lost (%s); trying again%s",
             self.engine,
-            exc,
+            " ".join(str(exc).split()),  # one line (libpq's message has several)
             since,
             extra={"action": "backend_retry", "engine": self.engine, "unsaid": unsaid},
         )

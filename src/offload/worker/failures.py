@@ -40,4 +40,6 @@ class FailureLog:
         unsaid = self._unsaid.pop(kind, 0)
         self._next[kind] = now + self.every_s
         since = f" ({unsaid} more since the last warning)" if unsaid else ""
-        log.warning("%s failed: %s%s", what, exc, since, extra={"action": action, "unsaid": unsaid})
+        said = " ".join(str(exc).split())  # one line: libpq's CONTEXT and DETAIL lines too
+        extra = {"action": action, "unsaid": unsaid}
+        log.warning("%s failed: %s%s", what, said, since, extra=extra)
