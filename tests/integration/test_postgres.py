@@ -492,6 +492,13 @@ async def test_the_apps_role_runs_migrate_on_an_up_to_date_schema_and_its_calls(
         # `offload migrate` of an up-to-date schema creates nothing (it needed CREATE: a
         # deploy step run with the app's credentials failed), and the calls work
         assert await backend.migrate() == []
+        # (and of a newer schema, a rolled-back deploy's, says so, not "permission denied")
+        async with await psycopg.AsyncConnection.connect(schema.url, autocommit=True) as conn:
+            await conn.execute("INSERT INTO offload_migrations (version) VALUES (99)")
+        with pytest.raises(SchemaError, match="newer than this offload"):
+            await backend.migrate()
+        async with await psycopg.AsyncConnection.connect(schema.url, autocommit=True) as conn:
+            await conn.execute("DELETE FROM offload_migrations WHERE version = 99")
         app = App("least", settings=Settings(url=url))
         app.message("least.ping")(Ping)
         job = await app.enqueue(Ping(n=1))
@@ -690,6 +697,42 @@ async def test_a_heartbeat_passes_over_a_row_another_transaction_locked(
     # and once the lock is gone, the next heartbeat renews it too
     (again,) = await backend.extend([locked], lease_for=60.0)
     assert (again.held, again.renewed) == (True, True)
+
+
+async def test_a_heartbeat_waits_a_moment_for_a_row_offload_itself_holds(
+    app: App, schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job's own progress writes lock its row for a moment, often: passed over, a job
+    # that reports progress in a loop missed most heartbeats, and lapsed (it ran again)
+    from offload.brokers.postgres import backend as pg_backend
+
+    monkeypatch.setattr(pg_backend, "EXTEND_LOCK_WAIT_MS", 30_000)  # (a loaded machine)
+    backend = app._require_backend()
+    await backend.enqueue([envelope() for _ in range(2)])
+    busy, idle = await claim(backend, limit=2)
+    async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT id FROM offload_jobs WHERE id = %s FOR UPDATE", (busy.job_id,))
+        beat = asyncio.ensure_future(backend.extend([busy, idle], lease_for=60.0))
+        # (once the heartbeat waits for that row, the write holding it ends)
+        async with asyncio.timeout(PATIENCE_S):
+            while not await _waiting_for_a_lock(schema):  # noqa: ASYNC110 (a server state)
+                await asyncio.sleep(0.02)
+        await conn.execute("COMMIT")
+        answers = await asyncio.wait_for(beat, PATIENCE_S)
+    assert [(a.held, a.renewed) for a in answers] == [(True, True), (True, True)]
+
+
+async def _waiting_for_a_lock(schema: PgSchema) -> bool:
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = %s AND wait_event_type = 'Lock'",
+            (schema.name,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return bool(row[0])
 
 
 #: How long the waits below wait for work. Each test ends its wait well within it, by a

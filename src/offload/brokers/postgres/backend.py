@@ -63,6 +63,9 @@ _SERVER_FULL = (
     "too many connections for",
     "remaining connection slots are reserved",
 )
+#: How long a heartbeat waits for the lock of a job row its first statement passed over
+#: (locked: by offload's own progress or settle for a moment, or by a session of yours).
+EXTEND_LOCK_WAIT_MS = 250
 #: psycopg's default: a statement run this often on a connection is prepared there
 #: (`?prepare_threshold=none` prepares nothing: behind a transaction pooler).
 DEFAULT_PREPARE_THRESHOLD = 5
@@ -720,6 +723,8 @@ class PostgresBackend:
             wait_ms = int(MIGRATE_LOCK_WAIT_S * 1000)
             await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
             current = await self._schema_version(conn)
+            if current > SCHEMA_VERSION:  # a rollback's migrate: not "up to date"
+                self._check_version(current)
             if current == SCHEMA_VERSION:
                 # Up to date: nothing is created, so the role the processes run as (which
                 # may not create in the schema) may run it too, as a deploy step.
@@ -729,8 +734,6 @@ class PostgresBackend:
                 "version integer PRIMARY KEY, "
                 "applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            if current > SCHEMA_VERSION:  # a rollback's migrate: not "up to date"
-                self._check_version(current)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 await conn.execute(Q[f"migration_{version}"].encode())
                 await conn.execute(
@@ -1252,15 +1255,15 @@ class PostgresBackend:
             },
         )
         renewed = {str(r["id"]): r["cancel_requested"] for r in rows}
-        held = dict(renewed)
         passed_over = [le for le in leases if le.job_id not in renewed]
-        if passed_over:  # lost, or locked by another transaction: which of the two
+        if passed_over:  # lost, or locked by another transaction: a moment's wait for those
+            renewed.update(await self._extend_waiting(passed_over, lease_for))
+        held = dict(renewed)
+        locked = [le for le in passed_over if le.job_id not in renewed]
+        if locked:  # lost, or still locked: which of the two
             rows = await self._fetch(
                 Q["still_held"],
-                {
-                    "ids": [le.job_id for le in passed_over],
-                    "tokens": [le.token for le in passed_over],
-                },
+                {"ids": [le.job_id for le in locked], "tokens": [le.token for le in locked]},
             )
             held.update((str(r["id"]), r["cancel_requested"]) for r in rows)
         return [
@@ -1272,6 +1275,46 @@ class PostgresBackend:
             )
             for le in leases
         ]
+
+    async def _extend_waiting(self, leases: Sequence[Lease], lease_for: float) -> dict[str, bool]:
+        """Renew the leases `extend` passed over, waiting `EXTEND_LOCK_WAIT_MS` at most for
+        their rows' locks: together, then, if one of them stays locked longer, one by one.
+        Returns the renewed ones' cancel flags by id."""
+        together = await self._renewed_waiting(leases, lease_for)
+        if together is not None:
+            return together
+        renewed: dict[str, bool] = {}
+        if len(leases) > 1:
+            for lease in leases:
+                renewed.update(await self._renewed_waiting([lease], lease_for) or {})
+        return renewed
+
+    async def _renewed_waiting(
+        self, leases: Sequence[Lease], lease_for: float
+    ) -> dict[str, bool] | None:
+        """One `extend_waiting` of `leases`: the renewed ones' cancel flags by id, or None
+        when a row stayed locked past `EXTEND_LOCK_WAIT_MS` (nothing renewed)."""
+        params = {
+            "lease_for": lease_for,
+            "now": self._now(),
+            "ids": [le.job_id for le in leases],
+            "tokens": [le.token for le in leases],
+        }
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {EXTEND_LOCK_WAIT_MS}")
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(Q["extend_waiting"], params)
+                    return await cur.fetchall()
+
+        try:
+            rows = await self._retrying(run)
+        except BackendError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                return None
+            raise
+        return {str(r["id"]): r["cancel_requested"] for r in rows}
 
     async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Apply the outcomes in one statement (with their follow-ups, one transaction).
