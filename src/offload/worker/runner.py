@@ -720,9 +720,7 @@ class Worker:
         try:
             while True:
                 try:
-                    # Done once the first in line is renewed (its row may have been locked
-                    # by another transaction: passed over, tried again after a pause).
-                    if await self._beat(list(self._jobs.values())) and self._first_fresh():
+                    if await self._beat(list(self._jobs.values())) and self._fresh_first():
                         break
                 except Exception:  # a bug: said loudly, then tried again as after an outage
                     log.exception(
@@ -733,6 +731,16 @@ class Worker:
             self._recheck = None
         self._fill()
         self._slot_free.set()
+
+    def _fresh_first(self) -> bool:
+        """After the held leases were renewed: put a job whose lease was not (its row locked
+        by another transaction, PostgreSQL) behind the others, so that they start; True
+        when the first in line may start now (or none is in line)."""
+        for _ in range(len(self._line)):
+            if self._first_fresh():
+                return True
+            self._line.rotate(-1)
+        return self._first_fresh()
 
     def _first_fresh(self) -> bool:
         """Whether the first job in line may start on its lease (or none is in line)."""
