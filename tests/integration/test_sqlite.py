@@ -20,7 +20,7 @@ from offload._group import DEFAULT_GROUP_MAX_JOBS
 from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
 from offload.brokers.sqlite import backend as backend_module
 from offload.contract import JobState, Lapsed, Outcome, status_record
-from offload.errors import BackendError
+from offload.errors import BackendError, StorageFull
 from offload.worker.rescue import decide_all
 
 from ..contract._support import Policy, claim, envelope, status, worker_info
@@ -513,6 +513,44 @@ async def test_a_write_tried_again_only_much_later_pays_no_old_stall(
     finally:
         await holder.close()
         await other.close()
+
+
+async def test_a_write_refused_for_room_while_others_wrote_pays_no_stall(
+    tmp_path: Path,
+) -> None:
+    # A web tier's big enqueue refused for want of room, while workers' small heartbeats
+    # still fitted, is no stall: its next write added the time since to every lease
+    path = str(tmp_path / "big.db")
+    holder, web = SQLiteBackend(path), SQLiteBackend(path)
+    await holder.open()
+    await web.open()
+
+    async def limit(backend: SQLiteBackend, pages: int | None) -> None:
+        def run() -> None:
+            n = pages or backend.conn.execute("PRAGMA page_count").fetchone()[0]
+            backend.conn.execute(f"PRAGMA max_page_count = {n}")
+
+        await backend._run(run)
+
+    def lease_end() -> float:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            return float(conn.execute("SELECT lease_expires FROM offload_jobs").fetchone()[0])
+
+    try:
+        await holder.enqueue([envelope()])
+        (lease,) = await claim(holder, lease_for=30.0)
+        await limit(web, None)
+        with pytest.raises(StorageFull):
+            await web.enqueue([envelope(payload={"x": "y" * 200_000})])
+        await limit(web, 1 << 30)
+        await asyncio.sleep(1.0)
+        await holder.extend([lease], lease_for=30.0)  # the worker wrote meanwhile
+        renewed = lease_end()
+        await web.record_worker(worker_info("w"))  # (within STALL_CARRY_S of the refusal)
+        assert lease_end() == renewed
+    finally:
+        await holder.close()
+        await web.close()
 
 
 async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> None:

@@ -430,6 +430,9 @@ class SQLiteBackend:
         #: longer than `STALL_CARRY_S` (`_stall_seen_at`: when the last one failed).
         self._stalled_since: float | None = None
         self._stall_seen_at = 0.0
+        #: Others' commits as of the last write that could not be made (`data_version`):
+        #: one since means others could write, and no stall went on through.
+        self._stall_version = 0
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> SQLiteBackend:
@@ -678,7 +681,7 @@ class SQLiteBackend:
         before = conn.total_changes
         began = self.clock.now() if waited_since is None else waited_since
         if own and stalls:
-            began = self._stall_start(began)
+            began = self._stall_start(conn, began)
         self._take_lock(conn, began, wait=wait, noted=own and stalls)
         lock_wait_s = self.clock.now() - began
         if own:
@@ -707,7 +710,7 @@ class SQLiteBackend:
             # A full disk stops every writer as a held lock does: no heartbeat is written
             # meanwhile, so the write that succeeds once there is room pays from here.
             if own and stalls and _is_full(exc):
-                self._stalled(began)
+                self._stalled(conn, began)
             raise
         finally:
             _end_busy_wait(conn)
@@ -732,25 +735,31 @@ class SQLiteBackend:
             _begin(conn, wait=wait)
         except sqlite3.OperationalError as exc:
             if noted and _is_busy(exc):
-                self._stalled(began)
+                self._stalled(conn, began)
             raise
 
-    def _stall_start(self, began: float) -> float:
+    def _stall_start(self, conn: sqlite3.Connection, began: float) -> float:
         """When the wait of a write that begins waiting at `began` began: at the first
-        write that could not be made, while they were tried again within `STALL_CARRY_S`."""
+        write that could not be made, while they were tried again within `STALL_CARRY_S`
+        and nobody else could write meanwhile (else from `began`)."""
         if self._stalled_since is None:
             return began
-        if self.clock.now() - self._stall_seen_at > STALL_CARRY_S:
-            self._stalled_since = None  # it stopped trying: no wait went on through
+        if (
+            self.clock.now() - self._stall_seen_at > STALL_CARRY_S
+            or conn.execute("PRAGMA data_version").fetchone()[0] != self._stall_version
+        ):
+            self._stalled_since = None  # it stopped trying, or others wrote: no stall on
             return began
         return min(began, self._stalled_since)
 
-    def _stalled(self, began: float) -> None:
+    def _stalled(self, conn: sqlite3.Connection, began: float) -> None:
         """A write that began at `began` could not be made (the lock held past the busy
         timeout, or no room): the stall counts from the first such write (`_tx`)."""
         if self._stalled_since is None:
             self._stalled_since = began
         self._stall_seen_at = self.clock.now()
+        with contextlib.suppress(sqlite3.Error):  # (never in place of the error that matters)
+            self._stall_version = conn.execute("PRAGMA data_version").fetchone()[0]
 
     def _event(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Append the current status record of each job in `rows` (whole rows, as a statement
