@@ -318,3 +318,29 @@ async def test_a_job_claimed_again_keeps_only_the_new_lease(app: App) -> None:
     await until(lambda: not worker.running)
     worker._threads.shutdown()
     await app.close()
+
+
+async def test_a_held_job_whose_lease_was_not_renewed_goes_behind_the_others(app: App) -> None:
+    # Its row locked by another transaction (PostgreSQL passes over it: renewed=False),
+    # the first job in line held back every other, fresh, one
+    from types import SimpleNamespace
+
+    from offload.worker.lease import Renewal
+
+    app.message("p.line")(Step)
+
+    @app.handles(Step)
+    async def handle(msg: Step, ctx: Context) -> None:
+        pass
+
+    worker = Worker(app, concurrency=1, lease_s=6.0)
+    loop = asyncio.get_running_loop()
+    now = Renewal(loop.time(), app.clock.now())
+    stale = SimpleNamespace(name="stale", renewed=Renewal(now.mono - 60, now.wall - 60))
+    first, second = (SimpleNamespace(name=n, renewed=now) for n in ("first", "second"))
+    worker._line.extend([stale, first, second])  # type: ignore[list-item]
+    assert worker._fresh_first() is True
+    assert [job.name for job in worker._line] == ["first", "second", "stale"]  # type: ignore[attr-defined]
+    worker._line.clear()
+    worker._line.append(stale)  # type: ignore[arg-type]
+    assert worker._fresh_first() is False  # (tried again after a pause: no hot loop)
