@@ -181,7 +181,11 @@ def test_resumed_worker_starts_no_held_job_whose_lease_lapsed(stack: Stack) -> N
     assert {job: by_job[job] for job in held} == dict.fromkeys(held, 1), stack.output()
     assert {pid for job, pid in runs if job in held} == {other.pid}
     assert {pid for job, pid in runs if job in after} == {frozen.pid}
-    assert "held ahead: its lease lapsed" in stack.output()  # it did hold them on waking
+    # It let them go: on waking, their leases lapsed; or, its one slot held by the gate
+    # for longer than its runs took before, it gave them back first, for idle workers
+    # (within about half a second: a freeze may come later, or earlier on a loaded machine).
+    said = stack.output()
+    assert "held ahead: its lease lapsed" in said or "held ahead: this worker's runs" in said
     assert frozen.poll() is None
     frozen.send_signal(signal.SIGTERM)
     assert frozen.wait(timeout=30) == 0

@@ -864,9 +864,15 @@ class Worker:
         long jobs none of which has ended yet) shrink the allowance with no run ending."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._give_back(
-            self._prefetch.excess(len(self._line), now, self._running.values()), _GIVEN_BACK
-        )
+        excess = self._prefetch.excess(len(self._line), now, self._running.values())
+        if excess:
+            log.info(
+                "gave back %d job%s held ahead: this worker's runs turned out long",
+                excess,
+                "" if excess == 1 else "s",
+                extra={"action": "gave_back", "jobs": excess},
+            )
+            self._give_back(excess, _GIVEN_BACK)
         if self._give_back_due is not None or self._stop.is_set():
             return
         due = self._prefetch.give_back_at()
