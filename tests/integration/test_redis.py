@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -663,29 +664,40 @@ async def test_a_node_of_a_redis_cluster_is_refused_at_open(tmp_path: Path) -> N
     # A cluster node answered MOVED for the keys of a slot it does not hold: offload,
     # which follows no redirect, failed at its first read with only `15534 host:port`
     require_redis()
-    port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
-        "--dir", str(tmp_path), stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        backend = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0")
-        async with asyncio.timeout(PATIENCE_S):
-            while True:
-                try:
-                    await backend.open()
-                except BackendError:  # not listening yet
-                    await asyncio.sleep(0.05)
-                    continue
-                except ConfigurationError as exc:
-                    assert "a node of a Redis Cluster" in str(exc)
-                    break
-                await backend.close()
-                pytest.fail("a cluster node was opened")
-    finally:
-        server.kill()
-        await server.wait()
+    async with _cluster_node(tmp_path) as url:
+        with pytest.raises(ConfigurationError, match="a node of a Redis Cluster"):
+            await RedisBackend.from_url(url).open()
+
+
+@contextlib.asynccontextmanager
+async def _cluster_node(tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a cluster-enabled redis-server of this test's own, answering; started
+    again on another port when the one chosen was taken meanwhile (it exits then)."""
+    for attempt in range(5):
+        port = free_port()
+        server = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{attempt}.conf",
+            "--dir", str(tmp_path), stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            async with asyncio.timeout(PATIENCE_S):
+                while server.returncode is None:
+                    try:
+                        await client.ping()
+                        break
+                    except (RedisConnectionError, OSError):
+                        await asyncio.sleep(0.05)
+            if server.returncode is None:
+                yield f"redis://127.0.0.1:{port}/0"
+                return
+        finally:
+            await client.aclose()
+            if server.returncode is None:
+                server.kill()
+            await server.wait()
+    pytest.fail("no cluster-enabled redis-server started")
 
 
 class _Configured:
