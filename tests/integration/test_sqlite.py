@@ -376,6 +376,32 @@ async def test_long_writes_go_in_chunks_and_miss_no_row(
         await backend.close()
 
 
+async def _lapsed(rescuer: SQLiteBackend) -> list[Lapsed]:
+    """The lapsed leases `rescuer` reads, once there are any (reads go on through a stall)."""
+    lapsed: list[Lapsed] = []
+    deadline = time.monotonic() + 30
+    while not lapsed and time.monotonic() < deadline:
+        lapsed = await rescuer.expired(limit=10)
+    return lapsed
+
+
+async def _limit_pages(backend: SQLiteBackend, pages: int | None) -> None:
+    """Let `backend`'s connection grow the file to `pages` pages at most (None: its size
+    now): a full disk to that connection alone."""
+
+    def run() -> None:
+        n = pages or backend.conn.execute("PRAGMA page_count").fetchone()[0]
+        backend.conn.execute(f"PRAGMA max_page_count = {n}")
+
+    await backend._run(run)
+
+
+def _lease_end(path: str) -> float:
+    """When the one job's lease in the file at `path` ends (read without a lock)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return float(conn.execute("SELECT lease_expires FROM offload_jobs").fetchone()[0])
+
+
 async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_path: Path) -> None:
     # Given a job leased for 0.6 s by one process, and another process's rescuer
     path = str(tmp_path / "stall.db")
@@ -401,10 +427,7 @@ async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_pat
         thread = threading.Thread(target=hold)
         thread.start()
         assert locked.wait(10)
-        lapsed: list[Lapsed] = []
-        deadline = time.monotonic() + 30
-        while not lapsed and time.monotonic() < deadline:
-            lapsed = await rescuer.expired(limit=10)
+        lapsed = await _lapsed(rescuer)
         assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
         decisions = decide_all(lapsed, lambda kind: Policy(), time.time())
         applying = asyncio.ensure_future(rescuer.rescue(decisions))
@@ -441,10 +464,7 @@ async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
             # process gave up a write for want of it (its heartbeat, say),
             with pytest.raises(BackendError, match="locked"):
                 await rescuer.record_worker(worker_info("r"))
-            lapsed: list[Lapsed] = []
-            deadline = time.monotonic() + 30
-            while not lapsed and time.monotonic() < deadline:
-                lapsed = await rescuer.expired(limit=10)
+            lapsed = await _lapsed(rescuer)
             assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
         # then, the lock free again, its rescue (which waited for nothing itself) pays the
         # stall from where its process began waiting: the lease is live, nothing applied
@@ -500,16 +520,12 @@ async def test_a_write_tried_again_only_much_later_pays_no_old_stall(
         await holder.enqueue([envelope()])
         await claim(holder, lease_for=30.0)
 
-        def lease_end() -> float:
-            with contextlib.closing(sqlite3.connect(path)) as conn:
-                return float(conn.execute("SELECT lease_expires FROM offload_jobs").fetchone()[0])
-
-        before = lease_end()
+        before = _lease_end(path)
         with write_lock_held(path), pytest.raises(BackendError, match="locked"):
             await other.record_worker(worker_info("o"))
         await asyncio.sleep(0.5)  # past STALL_CARRY_S, the lock free all along
         await other.record_worker(worker_info("o"))
-        assert lease_end() == before
+        assert _lease_end(path) == before
     finally:
         await holder.close()
         await other.close()
@@ -525,48 +541,28 @@ async def test_a_write_refused_for_room_while_others_wrote_pays_no_stall(
     await holder.open()
     await web.open()
 
-    async def limit(backend: SQLiteBackend, pages: int | None) -> None:
-        def run() -> None:
-            n = pages or backend.conn.execute("PRAGMA page_count").fetchone()[0]
-            backend.conn.execute(f"PRAGMA max_page_count = {n}")
-
-        await backend._run(run)
-
-    def lease_end() -> float:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            return float(conn.execute("SELECT lease_expires FROM offload_jobs").fetchone()[0])
-
     try:
         await holder.enqueue([envelope()])
         (lease,) = await claim(holder, lease_for=30.0)
-        await limit(web, None)
+        await _limit_pages(web, None)
         with pytest.raises(StorageFull):
             await web.enqueue([envelope(payload={"x": "y" * 200_000})])
-        await limit(web, 1 << 30)
+        await _limit_pages(web, 1 << 30)
         await asyncio.sleep(1.0)
         await holder.extend([lease], lease_for=30.0)  # the worker wrote meanwhile
-        renewed = lease_end()
+        renewed = _lease_end(path)
         await web.record_worker(worker_info("w"))  # (within STALL_CARRY_S of the refusal)
-        assert lease_end() == renewed
+        assert _lease_end(path) == renewed
     finally:
         await holder.close()
         await web.close()
 
 
 async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> None:
-    from offload.errors import StorageFull
-
     path = str(tmp_path / "full.db")
     holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
     await holder.open()
     await rescuer.open()
-
-    async def limit(backend: SQLiteBackend, pages: int | None) -> None:
-        def run() -> None:
-            n = pages or backend.conn.execute("PRAGMA page_count").fetchone()[0]
-            backend.conn.execute(f"PRAGMA max_page_count = {n}")
-
-        await backend._run(run)
 
     try:
         # Given a job leased for 0.6 s by one process,
@@ -575,18 +571,15 @@ async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> N
         (lease,) = await claim(holder, lease_for=0.6)
         # when the disk fills (no process may write: no heartbeat either) past the lease,
         # and the rescuer's process failed a write for want of room,
-        await limit(rescuer, None)
+        await _limit_pages(rescuer, None)
         with pytest.raises(StorageFull):
             await rescuer.enqueue([envelope(payload={"x": "y" * 200_000})])
-        lapsed: list[Lapsed] = []
-        deadline = time.monotonic() + 30
-        while not lapsed and time.monotonic() < deadline:
-            lapsed = await rescuer.expired(limit=10)
+        lapsed = await _lapsed(rescuer)
         assert [lapse.lease.job_id for lapse in lapsed] == [env.id]
         # then, room again, its rescue pays the time the disk was full to the leases live
         # then, and applies nothing (it ran the job again while its holder had finished it,
         # its outcome waiting for room, in a trial)
-        await limit(rescuer, 1 << 30)
+        await _limit_pages(rescuer, 1 << 30)
         decisions = decide_all(lapsed, lambda kind: Policy(), time.time())
         assert await rescuer.rescue(decisions) == [False]
         (answer,) = await holder.extend([lease], lease_for=0.6)
