@@ -47,6 +47,10 @@ from . import search as _search
 T = TypeVar("T")
 log = logging.getLogger("offload.postgres")
 Q = queries(__package__)
+#: `extend` for the rows it passed over: waiting for their locks (under a lock_timeout).
+_EXTEND_WAITING = Q["extend"].replace(
+    "FOR NO KEY UPDATE OF j SKIP LOCKED", "FOR NO KEY UPDATE OF j"
+)
 
 #: Schema version this code needs; `offload migrate` brings a database up to it.
 SCHEMA_VERSION = 13
@@ -1292,7 +1296,7 @@ class PostgresBackend:
     async def _renewed_waiting(
         self, leases: Sequence[Lease], lease_for: float
     ) -> dict[str, bool] | None:
-        """One `extend_waiting` of `leases`: the renewed ones' cancel flags by id, or None
+        """One `_EXTEND_WAITING` of `leases`: the renewed ones' cancel flags by id, or None
         when a row stayed locked past `EXTEND_LOCK_WAIT_MS` (nothing renewed)."""
         params = {
             "lease_for": lease_for,
@@ -1305,7 +1309,7 @@ class PostgresBackend:
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {EXTEND_LOCK_WAIT_MS}")
                 async with conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(Q["extend_waiting"], params)
+                    await cur.execute(_EXTEND_WAITING, params)
                     return await cur.fetchall()
 
         try:

@@ -440,8 +440,9 @@ ORDER BY priority, run_at, id
 -- its settle, on two connections, share rows, and in any order they deadlocked now and then.
 -- A row another transaction holds is passed over here, not waited for (waiting, one row
 -- locked past the lease held up every lease of the heartbeat, and they lapsed together):
--- `extend_waiting` then waits a moment for those (offload's own writes hold a row for
--- less than a millisecond), and `still_held` reads the ones still locked after it.
+-- the same statement without SKIP LOCKED (`_EXTEND_WAITING`) then waits a moment for those
+-- (offload's own writes hold a row for less than a millisecond), and `still_held` reads
+-- the ones still locked after it.
 WITH locked AS (
     SELECT j.id FROM offload_jobs j
     JOIN unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
@@ -449,21 +450,6 @@ WITH locked AS (
     WHERE j.state = 'running'
     ORDER BY j.id
     FOR NO KEY UPDATE OF j SKIP LOCKED
-)
-UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
-FROM locked
-WHERE j.id = locked.id
-RETURNING j.id, j.cancel_requested
-
--- name: extend_waiting
--- `extend` for the rows it passed over, waiting for their locks (under a lock_timeout).
-WITH locked AS (
-    SELECT j.id FROM offload_jobs j
-    JOIN unnest(%(ids)s::uuid[], %(tokens)s::text[]) AS l(id, token)
-        ON j.id = l.id AND j.lease_token = l.token
-    WHERE j.state = 'running'
-    ORDER BY j.id
-    FOR NO KEY UPDATE OF j
 )
 UPDATE offload_jobs j SET lease_expires = coalesce(%(now)s, now()) + make_interval(secs => %(lease_for)s)
 FROM locked
