@@ -723,18 +723,6 @@ async def test_a_heartbeat_waits_a_moment_for_a_row_offload_itself_holds(
     assert [(a.held, a.renewed) for a in answers] == [(True, True), (True, True)]
 
 
-async def _waiting_for_a_lock(schema: PgSchema) -> bool:
-    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = %s AND wait_event_type = 'Lock'",
-            (schema.name,),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return bool(row[0])
-
-
 #: How long the waits below wait for work. Each test ends its wait well within it, by a
 #: wake-up: it asserts that it was woken, never how soon (on a loaded machine, any bound in
 #: seconds may be missed), and a wait has nothing else that ends it early (no poll).
@@ -820,17 +808,25 @@ async def test_listen_notify_wakes_a_waiting_claimer(app: App, schema: PgSchema)
     await woken_by_an_enqueue(app, schema, backend.wait(["default"], WAIT_S))
 
 
-async def _listeners(schema: PgSchema) -> int:
-    """Server connections of `schema`'s processes whose last statement was a LISTEN."""
+async def _sessions(schema: PgSchema, where: str) -> int:
+    """Server connections of `schema`'s processes (its application name) matching `where`."""
     async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = %s AND query LIKE 'LISTEN %%'",
+            f"SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND {where}",
             (schema.name,),
         )
         row = await cur.fetchone()
         assert row is not None
         return int(row[0])
+
+
+async def _listeners(schema: PgSchema) -> int:
+    """Server connections of `schema`'s processes whose last statement was a LISTEN."""
+    return await _sessions(schema, "query LIKE 'LISTEN %%'")
+
+
+async def _waiting_for_a_lock(schema: PgSchema) -> bool:
+    return await _sessions(schema, "wait_event_type = 'Lock'") > 0
 
 
 async def test_a_process_that_only_enqueues_listens_to_nothing(schema: PgSchema) -> None:
