@@ -51,22 +51,19 @@ _USER_AGENT = "offload-webhooks/1"
 # -- signing (pure) -------------------------------------------------------------------------
 
 
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret.
-
-    Raises:
-        ValueError: not a secret of a 24 to 64 byte key (an empty one among them).
-    """
-    return whsec_key(secret)
+def _signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` with `key`."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
 
 
 def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header: `v1,<signature>` for each secret, space-separated."""
-    content = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(secret_key(s), content, hashlib.sha256).digest()).decode()
-        for s in secrets
-    )
+    """The `webhook-signature` header: `v1,<signature>` for each secret, space-separated.
+
+    Raises:
+        ValueError: a secret is no `whsec_` secret of a 24 to 64 byte key (`whsec_key`).
+    """
+    return " ".join(_signature(whsec_key(s), msg_id, str(timestamp), body) for s in secrets)
 
 
 def verify(
@@ -92,9 +89,7 @@ def verify(
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > tolerance_s:
         return False
-    content = f"{msg_id}.{stamp}.".encode() + body
-    mac = hmac.new(key, content, hashlib.sha256).digest()
-    expected = b"v1," + base64.b64encode(mac)
+    expected = _signature(key, msg_id, stamp, body).encode()
     return any(
         hmac.compare_digest(expected, given.encode())
         for given in lower.get("webhook-signature", "").split()
