@@ -105,7 +105,9 @@ def parse_webhook_secrets(raw: str | None) -> tuple[str, ...]:
     secrets = tuple(s.strip() for s in (raw or "").split(",") if s.strip())
     for secret in secrets:
         try:
-            whsec_key(secret if secret.startswith("whsec_") else "-")
+            if not secret.startswith("whsec_"):  # (a receiver may leave it out; not here)
+                raise ValueError(secret)
+            whsec_key(secret)
         except ValueError:
             raise ConfigurationError(
                 "OFFLOAD_WEBHOOK_SECRETS must be comma-separated whsec_<base64 key of 24 to 64 "
