@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -154,6 +155,23 @@ def drop_redis_prefix(prefix: str) -> int:
 def drop_redis_url(url: str) -> None:
     """Delete every key of the test prefix a `redis_url` names."""
     drop_redis_prefix(parse_qs(urlsplit(url).query)["prefix"][0])
+
+
+@contextlib.contextmanager
+def server_store(engine: str) -> Iterator[str]:
+    """A fresh store on a test server, `postgres` (a migrated schema of its own) or `redis`
+    (a key prefix of its own): its URL, dropped after (skipped or failed without the
+    server, as `require_pg` and `require_redis` say)."""
+    if engine == "postgres":
+        require_pg()
+        schema = PgSchema()
+        yield schema.create_sync()
+        schema.drop_sync()
+    else:
+        require_redis()
+        url = redis_url(redis_prefix())
+        yield url
+        drop_redis_url(url)
 
 
 def _drop_all_redis_prefixes() -> None:

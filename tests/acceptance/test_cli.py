@@ -24,12 +24,7 @@ from offload.contract import KindLimits
 from offload.worker.runner import Worker
 
 from ..services import (
-    PgSchema,
-    drop_redis_url,
-    redis_prefix,
-    redis_url,
-    require_pg,
-    require_redis,
+    server_store,
 )
 
 #: The App the commands below load with `--app` (this module, imported by name).
@@ -325,16 +320,8 @@ def test_an_ambiguous_prefix_lists_the_candidates(url: str) -> None:
 )
 def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh schema or key prefix on the test servers."""
-    if request.param == "postgres":
-        require_pg()
-        schema = PgSchema()
-        yield schema.create_sync()
-        schema.drop_sync()
-    else:
-        require_redis()
-        url = redis_url(redis_prefix())
+    with server_store(request.param) as url:
         yield url
-        drop_redis_url(url)
 
 
 def test_prefixes_resolve_on_server_backends(workdir: Path, server_url: str) -> None:

@@ -23,7 +23,9 @@ import offload
 from offload import App, Context, Message
 from offload.cli import cli
 
-from ..services import PgSchema, drop_redis_url, redis_prefix, redis_url, require_pg, require_redis
+from ..services import (
+    server_store,
+)
 
 #: The App the workers below load with `--app` (this module, imported by name).
 APP_REF = f"{__name__}:app"
@@ -66,16 +68,9 @@ def url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]:
         url = f"sqlite:///{workdir / 'jobs.db'}"
         assert invoke("migrate", "--url", url).exit_code == 0
         yield url
-    elif request.param == "postgres":
-        require_pg()
-        schema = PgSchema()
-        yield schema.create_sync()
-        schema.drop_sync()
     else:
-        require_redis()
-        url = redis_url(redis_prefix())
-        yield url
-        drop_redis_url(url)
+        with server_store(request.param) as url:
+            yield url
 
 
 # -- queues ---------------------------------------------------------------------------------
