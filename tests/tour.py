@@ -11,6 +11,9 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: The tour's project: the folder that holds `myproj/`.
 EXAMPLE = README.parent / "examples" / "quickstart"
+#: The README's section on users' own tests, and the test file it shows.
+TESTING = "## Testing your own code"
+USERS_TESTS = EXAMPLE / "tests" / "test_exports.py"
 #: The job id the README's HTTP steps show; a run puts the real one in its place.
 EXAMPLE_ID = "01a2229f-9ca6-7065-bb1a-9a899badf774"
 #: Where the README's commands say the web tier listens.
@@ -20,17 +23,28 @@ CURL_FLAGS = frozenset("siNL")
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
-def tour() -> str:
-    """The README's tour section: from its heading to the next heading."""
+def section(heading: str) -> str:
+    """A section of the README: from its heading (`## Five-minute tour`) to the next."""
     text = README.read_text()
-    start = text.index("## Five-minute tour\n")
+    start = text.index(f"{heading}\n")
     end = re.compile(r"^##+ ", re.MULTILINE).search(text, start + 3)
     return text[start : end.start() if end else len(text)]
 
 
-def blocks(lang: str) -> list[str]:
-    """The bodies of the tour's fenced code blocks in `lang`, in order."""
-    return [body for kind, body in _BLOCK.findall(tour()) if kind == lang]
+def tour() -> str:
+    """The README's tour section."""
+    return section("## Five-minute tour")
+
+
+def blocks(lang: str, heading: str = "## Five-minute tour") -> list[str]:
+    """The bodies of a section's fenced code blocks in `lang`, in order (the tour's)."""
+    return [body for kind, body in _BLOCK.findall(section(heading)) if kind == lang]
+
+
+def users_tests() -> str:
+    """The test file "Testing your own code" shows (examples/quickstart/tests/…)."""
+    (body,) = [b for b in blocks("python", TESTING) if b.startswith("# tests/test_exports.py")]
+    return body
 
 
 def python_files() -> dict[str, str]:

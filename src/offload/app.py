@@ -24,7 +24,7 @@ from ._loop import running_loop
 from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
-from .brokers import Backend, Capability, open_backend
+from .brokers import Backend, Capability, name_memory, open_backend
 from .brokers.base import (
     EMPTY_QUEUE_STATS,
     WORKER_LOST_AFTER_S,
@@ -272,6 +272,13 @@ class App:
         self._opening: _Opening | None = None
         #: The task that closes a lazily opened backend when its loop ends (`_hold`).
         self._hold_task: asyncio.Task[None] | None = None
+        #: The open backend was opened by a first call (no `open` then): the `close` of a
+        #: later `open` leaves it open.
+        self._lazy = False
+        #: The settings' URL and the one opened: a bare `memory://` named (`_store_url`).
+        self._named_url: tuple[str, str] | None = None
+        #: The runner of the `*_sync` calls when the first `open` came: its `close` keeps it.
+        self._runner_before_open: SyncRunner[App] | None = None
         self._sync: SyncRunner[App] | None = None
         self._users = 0
         self._group: GroupCommit | None = None
@@ -309,12 +316,29 @@ class App:
             self._settings = Settings.from_env(url=self._url)
         return self._settings
 
-    def configure(self, settings: Settings) -> None:
-        """Replace the settings (before the app is opened)."""
+    def _store_url(self) -> str:
+        """The backend URL to open: the settings', where a bare `memory://` (a fresh
+        database at each open) is named once for this App, so that the twin of its `*_sync`
+        calls, and this App opened again while the twin holds it, open the same one."""
+        url = self.settings.url
+        if self._named_url is None or self._named_url[0] != url:
+            self._named_url = (url, name_memory(url))
+        return self._named_url[1]
+
+    def configure(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        """Replace the settings (before the app is opened), and the clock when one is given
+        (a test's `FakeClock`; `Clock()` for the host's again). The `*_sync` calls follow:
+        the runner they used, on the old settings, is stopped."""
         if self._backend is not None:
             raise ConfigurationError("configure() must come before the app is opened")
+        with start_lock():
+            runner, self._sync = self._sync, None
+        if runner is not None:
+            runner.stop(App.close)
         self._settings = settings
         self._blobs = self._given_blobs  # else the blob store follows the new settings
+        if clock is not None:
+            self.clock = self._injected_clock = clock
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -594,6 +618,8 @@ class App:
         tracing.resolve()  # a process configures its SDK before it starts serving
         await self._ensure_open(create=create, lazily=False)
         with start_lock():
+            if not self._users:
+                self._runner_before_open = self._sync
             self._users += 1
         return self
 
@@ -620,7 +646,7 @@ class App:
                 if opening is None or opening.loop.is_closed() or opening.done.done():
                     settings = self.settings
                     backend = open_backend(
-                        settings.url,
+                        self._store_url(),
                         clock=self._injected_clock,
                         connect_timeout_s=settings.connect_timeout_s,
                         retry_deadline_s=settings.retry_deadline_s,
@@ -650,6 +676,7 @@ class App:
             with start_lock():
                 self._backend = backend
                 self._opened_on = loop
+                self._lazy = lazily
                 self._watch_wal(backend)
                 if lazily and mine.bound:
                     self._hold_task = loop.create_task(self._hold(backend), name=_HOLD_TASK)
@@ -719,6 +746,7 @@ class App:
             if hold is not asyncio.current_task():
                 hold.cancel()
         self._backend, self._opened_on, self._group = None, None, None
+        self._lazy = False
         self._watch_wal(None)
         return backend
 
@@ -728,20 +756,31 @@ class App:
         return self._backend is not None and _bound(self._backend)
 
     async def close(self) -> None:
-        """Release one `open`; the last one (or a lazily opened app) closes the backend."""
+        """Release one `open`; the last one closes the backend and stops the runner of the
+        `*_sync` calls, but for what was open before the first `open` (a backend a first
+        call opened, a runner a `*_sync` call started): that stays as it was. A close that
+        releases no `open` closes them all."""
         with start_lock():
+            released = self._users > 0
             self._users = max(0, self._users - 1)
             if self._users:
                 return
+            kept_runner = self._runner_before_open if released else None
             opened_on, backend = self._opened_on, self._backend
-            if backend is not None:
+            if released and self._lazy:
+                backend = None
+            elif backend is not None:
                 self._detach()
         if backend is not None:
             if opened_on is None or not opened_on.is_closed() or not _bound(backend):
                 await backend.close()
             # (else its connections ended with their loop: there is nothing left to close)
         with start_lock():
-            runner, self._sync = self._sync, None
+            runner = self._sync
+            if runner is kept_runner:
+                runner = None
+            else:
+                self._sync = None
         if runner is not None:
             runner.stop(App.close)
 
@@ -1134,7 +1173,7 @@ class App:
         envelopes = [self._stamp(message, o)]
         # Only the caller's connection is used: the backend need not be open (its pool and
         # listener belong to an event loop this thread may not have).
-        backend = self._backend or open_backend(self.settings.url, clock=self._injected_clock)
+        backend = self._backend or open_backend(self._store_url(), clock=self._injected_clock)
         store = getattr(backend, "enqueue_in_sync", None)
         if store is None:
             raise ConfigurationError(
@@ -1265,8 +1304,10 @@ class App:
         backend belongs to the loop that opened it) and the same kinds."""
         # The app's own clock only if one was injected: PostgreSQL keeps the server's else.
         # The same blob store: a large payload is checked into the one the worker reads.
+        # The same database: a bare `memory://` as this App names it (`_store_url`).
+        settings = replace(self.settings, url=self._store_url())
         twin = App(
-            self.name, settings=self.settings, clock=self._injected_clock, blobs=self._given_blobs
+            self.name, settings=settings, clock=self._injected_clock, blobs=self._given_blobs
         )
         twin.kinds = self.kinds
         twin.internal_kinds = self.internal_kinds

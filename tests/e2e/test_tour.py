@@ -5,6 +5,7 @@ README shows, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,25 @@ def test_the_readme_tour_runs_as_written(tour_stack: Stack) -> None:
     # The report's user is the caller (`local`, development mode), not the request's say.
     record = httpx.get(f"{tour_stack.base}/v1/jobs/{job_id}").json()
     assert record["state"] == "succeeded" and record["result"]["report"].startswith("/files/")
+
+
+def test_the_users_own_tests_the_readme_shows_pass(tmp_path: Path) -> None:
+    # Given a copy of the tour's project with the test file "Testing your own code" shows
+    root = tmp_path / "quickstart"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("__pycache__", ".ruff_cache"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OFFLOAD_", "PYTEST_"))}
+
+    # When a user runs pytest in it, with no configuration of their own
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # Then its three tests pass: a job run, a delay waited out on the test's clock, a
+    # handler's error raised in the test
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout, done.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload.brokers import open_backend
+from offload.brokers import name_memory, open_backend
 from offload.brokers.sqlite import SQLiteBackend
 from offload.errors import ConfigurationError
 
@@ -41,6 +41,30 @@ def test_memory_urls_give_a_private_in_memory_database(url: str) -> None:
     first, second = SQLiteBackend.from_url(url), SQLiteBackend.from_url(url)
     assert first.path.startswith("file:") and "mode=memory" in first.path
     assert first.path != second.path  # two backends never share one memory database
+
+
+@pytest.mark.parametrize(
+    "url", ["memory://", "sqlite://", "sqlite:///:memory:", "memory://?synchronous=FULL"]
+)
+def test_a_bare_memory_url_is_named_once_and_the_name_shares_the_database(url: str) -> None:
+    named = name_memory(url)
+    assert named.startswith("memory://app-") and named != name_memory(url)
+    assert named.endswith("?synchronous=FULL") == url.endswith("?synchronous=FULL")
+    a, b = SQLiteBackend.from_url(named), SQLiteBackend.from_url(named)
+    assert a.in_memory and a.path == b.path
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["memory://shop", "sqlite:///jobs.db", "postgresql://127.0.0.1/test", "redis://127.0.0.1"],
+)
+def test_a_url_that_names_its_database_stays_as_it_is(url: str) -> None:
+    assert name_memory(url) == url
+
+
+def test_a_memory_name_is_letters_digits_dashes() -> None:
+    with pytest.raises(ConfigurationError, match="letters, digits"):
+        SQLiteBackend.from_url("memory://a%20b")
 
 
 def test_two_slash_sqlite_url_does_not_silently_lose_jobs() -> None:

@@ -4,7 +4,7 @@ test knows how to run (tests/e2e/test_tour.py)."""
 
 from __future__ import annotations
 
-from ..tour import EXAMPLE, Command, Curl, blocks, python_files, steps
+from ..tour import EXAMPLE, USERS_TESTS, Command, Curl, blocks, python_files, steps, users_tests
 
 
 def test_every_file_block_of_the_tour_is_the_example_file() -> None:
@@ -39,3 +39,8 @@ def test_every_http_step_of_the_tour_sends_json_and_can_be_run() -> None:
         if call.body is not None:
             assert call.headers.get("Content-Type") == "application/json"
     assert all(block.strip() for block in blocks("sh"))
+
+
+def test_the_test_file_testing_your_own_code_shows_is_the_example_file() -> None:
+    # tests/e2e/test_tour.py runs it with pytest in a copy of examples/quickstart
+    assert USERS_TESTS.read_text() == users_tests()

@@ -1,4 +1,6 @@
 # myproj/worker.py: the worker half
+from datetime import datetime
+
 from offload import Context
 
 from myproj.contracts import ExportReport, app
@@ -6,7 +8,8 @@ from myproj.contracts import ExportReport, app
 
 def render(msg: ExportReport) -> bytes:
     """Your report: made with a PDF library or a template engine (plain text here)."""
-    return f"Sales report of {msg.user_id} for {msg.period}\n".encode()
+    month = datetime.strptime(msg.period, "%Y-%m")  # a period that is no month: ValueError
+    return f"Sales report of {msg.user_id} for {month:%B %Y}\n".encode()
 
 
 @app.handles(ExportReport, max_attempts=5, timeout=120)

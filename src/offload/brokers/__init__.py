@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .base import Backend, Broker, Capability, JobStore
-from .factory import open_backend
+from .factory import name_memory, open_backend
 
-__all__ = ["Backend", "Broker", "Capability", "JobStore", "open_backend"]
+__all__ = ["Backend", "Broker", "Capability", "JobStore", "name_memory", "open_backend"]

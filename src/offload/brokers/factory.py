@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ..clock import Clock
 from ..errors import ConfigurationError
 from .base import Backend
+
+
+def name_memory(url: str) -> str:
+    """`url`, or for a bare in-memory SQLite URL (`memory://`, `sqlite://`,
+    `sqlite:///:memory:`: a fresh database at each open) a name of its own,
+    `memory://NAME`: the backends opened on the URL returned share one database while one
+    of them is open."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if parts.netloc or scheme not in ("sqlite", "memory"):
+        return url
+    if scheme == "sqlite" and parts.path not in ("", "/", "/:memory:"):
+        return url
+    return urlunsplit(("memory", f"app-{secrets.token_hex(6)}", "", parts.query, ""))
 
 
 def open_backend(

@@ -279,6 +279,7 @@ class Worker:
             never).
         slot: the process's slot under a supervisor (`--processes`, `--autoscale`: 1 to
             N); its start and stop lines then name the slot and the pid.
+        scheduler: fire the app's periodic schedules (`offload.testing.run_jobs`: no).
     """
 
     def __init__(
@@ -296,6 +297,7 @@ class Worker:
         max_jobs: int | None = None,
         exit_when_idle_s: float | None = None,
         slot: int | None = None,
+        scheduler: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -329,6 +331,7 @@ class Worker:
         self.max_jobs = max_jobs
         self.exit_when_idle_s = exit_when_idle_s
         self.slot = slot
+        self.scheduler = scheduler
         #: How the start and stop lines name this worker: `worker 2 (pid 1234)` in a slot.
         self.label = "worker" if slot is None else f"worker {slot} (pid {os.getpid()})"
         #: Jobs started (counted against `max_jobs`).
@@ -1294,7 +1297,7 @@ class Worker:
 
     def _extra_side_tasks(self) -> tuple[str, ...]:
         """The side tasks this worker runs beyond the three every worker does."""
-        return ("scheduler",) if self.app.schedules else ()
+        return ("scheduler",) if self.scheduler and self.app.schedules else ()
 
     async def _scheduler(self) -> None:
         """Enqueue the due ticks of the app's periodic schedules (see `worker.scheduler`)."""

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -230,6 +231,8 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
 
 #: The options an SQLite URL takes (`?synchronous=FULL&wal_cap_mib=64`).
 _URL_OPTIONS = frozenset({"synchronous", "wal_cap_mib"})
+#: The name of a shared in-memory database, `memory://NAME`.
+_MEMORY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: SQLite's `PRAGMA synchronous` levels (a URL may give their numbers, 0 to 3).
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -462,7 +465,14 @@ class SQLiteBackend:
             )
         cap = _wal_cap_bytes(url, options.get("wal_cap_mib"))
         if parts.scheme == "memory" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
-            path = f"file:offload-{secrets.token_hex(6)}?mode=memory&cache=shared"
+            # `memory://NAME`: every backend of this process opened on it shares the database
+            # while one is open (`brokers.name_memory`); bare, a fresh one
+            name = parts.netloc or secrets.token_hex(6)
+            if not _MEMORY_NAME.fullmatch(name):
+                raise ConfigurationError(
+                    f"{url!r}: an in-memory database's name is letters, digits, '-' and '_'"
+                )
+            path = f"file:offload-{name}?mode=memory&cache=shared"
             return cls(path, synchronous=synchronous, clock=clock)
         if parts.netloc:
             raise ConfigurationError(
