@@ -57,7 +57,8 @@ def open_backend(
             from .postgres import PostgresBackend
         except ImportError as exc:
             raise ConfigurationError(
-                "OFFLOAD_URL names PostgreSQL but psycopg is not installed: "
+                "the backend URL (OFFLOAD_URL, --url or url=) names PostgreSQL but psycopg is not "
+                "installed: "
                 "pip install 'offload[postgres]'"
             ) from exc
         return PostgresBackend.from_url(
@@ -73,7 +74,8 @@ def open_backend(
             if not (exc.name or "").startswith("redis"):
                 raise
             raise ConfigurationError(
-                "OFFLOAD_URL names Redis but the redis package is not installed: "
+                "the backend URL (OFFLOAD_URL, --url or url=) names Redis but the redis package "
+                "is not installed: "
                 "pip install 'offload[redis]'"
             ) from exc
         return RedisBackend.from_url(
@@ -87,7 +89,8 @@ def open_backend(
             from .sqs import SQSBackend
         except ImportError as exc:
             raise ConfigurationError(
-                "OFFLOAD_URL names SQS but aioboto3 or psycopg is not installed: "
+                "the backend URL (OFFLOAD_URL, --url or url=) names SQS but aioboto3 or psycopg "
+                "is not installed: "
                 "pip install 'offload[aws,postgres]'"
             ) from exc
         sqs = SQSBackend.from_url(
