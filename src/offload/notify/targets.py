@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
-
 from .._hosts import localhost_name
 from ..contract import Envelope, JobRow, JobState, Message
 from .base import (
@@ -88,6 +86,8 @@ def callback_url_error(url: str) -> str | None:
         return "callback_url must be an http:// or https:// URL"
     if not parts.hostname:
         return "callback_url must name a host"
+    import httpx  # (here: a tenth of a second of every `import offload` otherwise)
+
     try:  # the parser the webhook is sent with: what it refuses (0177.0.0.1) is no URL,
         httpx.URL(url).host  # noqa: B018 - nor is a host it cannot decode (`xn--a-`: IDNA)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
@@ -211,6 +211,8 @@ def callback_url_refusal(url: str, *, allow_private: bool = False) -> str | None
     without a lookup (`address_of`) is judged on submission, as the sender would judge it;
     a name is resolved and judged when the webhook is sent, for it may resolve differently
     by then."""
+    import httpx
+
     try:
         host = httpx.URL(url).host
     except (httpx.InvalidURL, TypeError, ValueError):  # (an IDNA error is a ValueError)
