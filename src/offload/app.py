@@ -73,6 +73,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 #: An upgrader: a payload of one version in, the next version's payload (or message) out.
 Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
+#: An upgrader as its module declares it: `upgrade` keeps its own type (a test calls it).
+U = TypeVar("U", bound=Upgrader)
 
 #: Attempts a job gets when neither the message nor the handler says otherwise.
 DEFAULT_MAX_ATTEMPTS = 5
@@ -442,7 +444,7 @@ class App:
             raise UnknownKind(f"{cls_or_kind.__name__} is not registered (its parent is)")
         return spec
 
-    def upgrade(self, kind: str, from_version: int) -> Callable[[Upgrader], Upgrader]:
+    def upgrade(self, kind: str, from_version: int) -> Callable[[U], U]:
         """Register the function that turns a payload of `kind` at `from_version` into one at
         `from_version + 1`: it takes the stored payload (a dict) and returns the next
         version's payload (a dict, or a `Message` of that version). A worker runs the chain
@@ -454,7 +456,7 @@ class App:
         if from_version < 1:
             raise ConfigurationError("versions count from 1: nothing upgrades from below it")
 
-        def register(fn: Upgrader) -> Upgrader:
+        def register(fn: U) -> U:
             steps = self.upgraders.setdefault(kind, {})
             if from_version in steps:
                 raise ConfigurationError(f"{kind!r} already has an upgrader from {from_version}")

@@ -47,10 +47,11 @@ class Audit(Message):
     pass
 
 
-def shop(url: str, clock: FakeClock | None = None) -> App:
+def shop(url: str, folder: Path, clock: FakeClock | None = None) -> App:
     """An App as a user's project declares it: an export that enqueues its parts, a
     handler that raises, one that asks to run again later, one that enqueues itself."""
-    app = App("shop", settings=Settings(url=url, secret_key=b"test-secret"), clock=clock)
+    settings = Settings(url=url, blobs_url=str(folder / "blobs"), secret_key=b"test-secret")
+    app = App("shop", settings=settings, clock=clock)
     app.message("shop.export")(Export)
     app.message("shop.part")(Part)
     app.message("shop.broken")(Broken)
@@ -108,8 +109,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-async def app(url: str) -> AsyncIterator[App]:
-    app = shop(url)
+async def app(url: str, tmp_path: Path) -> AsyncIterator[App]:
+    app = shop(url, tmp_path)
     async with app:
         yield app
 
@@ -164,7 +165,7 @@ async def test_a_retry_asked_for_is_no_failure_and_runs_when_the_clock_moves(
 ) -> None:
     # Given an app on a clock the test moves
     clock = FakeClock()
-    async with shop(f"sqlite:///{tmp_path / 'jobs.db'}", clock) as app:
+    async with shop(f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path, clock) as app:
         job = await app.enqueue(Later())
         delayed = await app.enqueue(Export(user="u3"), delay=3600)
 
@@ -185,7 +186,7 @@ async def test_a_retry_asked_for_is_no_failure_and_runs_when_the_clock_moves(
 
 async def test_a_job_whose_budget_is_spent_fails_the_call_dead(tmp_path: Path) -> None:
     clock = FakeClock()
-    async with shop(f"sqlite:///{tmp_path / 'jobs.db'}", clock) as app:
+    async with shop(f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path, clock) as app:
         job = await app.enqueue(Broken(why="q5"))
         await run_jobs(app, raise_errors=False)
         clock.advance(3600)  # past any backoff
@@ -212,9 +213,9 @@ async def test_queues_choose_what_runs(app: App) -> None:
     assert (await exported.status()).state == "queued"
 
 
-async def test_an_app_opened_by_its_first_call_keeps_its_jobs(url: str) -> None:
+async def test_an_app_opened_by_its_first_call_keeps_its_jobs(url: str, tmp_path: Path) -> None:
     # Given an app no test fixture opened: its first enqueue opens it
-    app = shop(url)
+    app = shop(url, tmp_path)
     try:
         job = await app.enqueue(Export(user="u7"))
 
@@ -229,9 +230,9 @@ async def test_an_app_opened_by_its_first_call_keeps_its_jobs(url: str) -> None:
         await app.close()
 
 
-def test_sync_code_runs_what_enqueue_sync_stored(url: str) -> None:
+def test_sync_code_runs_what_enqueue_sync_stored(url: str, tmp_path: Path) -> None:
     # Given a synchronous test (Flask, Django views) that enqueues with enqueue_sync
-    app = shop(url)
+    app = shop(url, tmp_path)
     try:
         job = app.enqueue_sync(Export(user="u8", parts=1))
 
@@ -250,7 +251,7 @@ def test_sync_code_runs_what_enqueue_sync_stored(url: str) -> None:
 
 def test_configure_moves_the_sync_calls_and_the_clock_to_the_new_settings(tmp_path: Path) -> None:
     # Given a module-level app that one synchronous test used on its own database
-    app = shop(f"sqlite:///{tmp_path / 'a.db'}")
+    app = shop(f"sqlite:///{tmp_path / 'a.db'}", tmp_path)
     try:
         first = app.enqueue_sync(Export(user="a"))
 
@@ -271,7 +272,7 @@ def test_configure_moves_the_sync_calls_and_the_clock_to_the_new_settings(tmp_pa
 
 
 async def test_run_jobs_fires_no_periodic_schedule(tmp_path: Path) -> None:
-    app = shop(f"sqlite:///{tmp_path / 'jobs.db'}")
+    app = shop(f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path)
 
     app.periodic(Later(), every=timedelta(seconds=1))
     worker = Worker(app, scheduler=False)

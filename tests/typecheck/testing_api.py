@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import assert_type
+from typing import Any, assert_type
 
 from offload import App, JobRow, JobState, Settings
 from offload.testing import FakeClock, JobsFailed, RunawayJobs, run_jobs, run_jobs_sync
@@ -36,3 +36,13 @@ async def mistakes() -> None:
     await run_jobs(app, queue="reports")  # type: ignore[call-arg]
     await run_jobs(app, concurrency="2")  # type: ignore[arg-type]
     run_jobs_sync(app, raise_errors="no")  # type: ignore[arg-type]
+
+
+@app.upgrade("typecheck.ping", from_version=1)
+def split_period(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "year": 2026}
+
+
+def an_upgrader_keeps_its_type() -> None:
+    # A test of the upgrader indexes what it returns: the decorator left its type alone
+    assert_type(split_period({"period": "2026-10"})["year"], Any)
