@@ -145,26 +145,21 @@ def test_resumed_worker_starts_no_held_job_whose_lease_lapsed(stack: Stack) -> N
     # Given a worker that has learnt its jobs are short (so it claims ahead of its one slot),
     warm = producer.steps(0, 3)
     producer.wait_states(warm, "succeeded", 60, "the warm-up jobs")
-    # whose slot a gate job holds while more jobs wait in its hands, claimed ahead,
-    gate = producer.enqueue([Gate(flag="open.flag")])
+    # whose slot a gate job holds while more jobs wait in its hands, claimed ahead: stored
+    # together, one claim takes the gate and as many jobs as its prefetch allows (all six,
+    # unless the machine is slow enough that the warm-up runs looked long; enqueued once
+    # the gate had run a tenth of a second, none: a slot held that long finishes little)
+    gate, *held = producer.enqueue([Gate(flag="open.flag"), *(Step(n=n) for n in range(100, 106))])
     wait_for(lambda: len(starts(stack)) == 4, 30, "the gate job to start", stack)
-    steps = producer.steps(100, 6)
-    # (as many as its prefetch allows: all six, unless the machine is slow enough that
-    # the warm-up runs looked long; one claim takes them all)
-    held = wait_for(
-        lambda: [job for job, state in producer.states(steps).items() if state == "running"],
-        30,
-        "the worker to claim jobs ahead",
-        stack,
-    )
+    assert starts(stack)[3][0] == gate  # (first in line: ordered by id, the same time)
 
     # when it freezes past its leases, and another worker takes and finishes those jobs,
     frozen.send_signal(signal.SIGSTOP)
     try:
         (stack.logs / "open.flag").touch()
         other = _worker(stack, "--concurrency", "4")
-        producer.wait_states(steps, "succeeded", 60, "the other worker to run them")
-        producer.wait_states(gate, "cancelled", 60, "the other worker to open the gate")
+        producer.wait_states(held, "succeeded", 60, "the other worker to run them")
+        producer.wait_states([gate], "cancelled", 60, "the other worker to open the gate")
         other.send_signal(signal.SIGTERM)
         assert other.wait(timeout=30) == 0
         cut_connections(stack, frozen.pid)
