@@ -11,6 +11,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
 from ._loop import running_loop
+from ._text import storable
 from .contract import Lease
 from .errors import BackendError
 from .stores.blobs import StreamSource, put_stream
@@ -96,7 +97,7 @@ class Context:
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
-            message = message[:200]
+            message = storable(message[:200])
         return self._bridge(self._progress(fraction, message))
 
     async def _progress(self, fraction: float | None, message: str | None) -> bool:

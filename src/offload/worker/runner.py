@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import _claim_check as claim_check
 from .. import tracing
+from .._text import logged, said, storable
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
@@ -195,9 +196,8 @@ def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
 
 
 def _text(text: str) -> str:
-    """A handler's text as a job's error stores it: a NUL character written `\\x00`
-    (PostgreSQL's jsonb refuses NUL, and with it the whole batch of outcomes it is in)."""
-    return text.replace("\x00", "\\x00")
+    """A handler's text as a job's error stores it (`storable`)."""
+    return storable(text)
 
 
 def _message(exc: BaseException) -> str:
@@ -210,7 +210,7 @@ def _message(exc: BaseException) -> str:
         return f"the {which} failed; operators find why in the job's traceback"
     if isinstance(exc, OSError) and exc.strerror and (exc.filename or exc.filename2):
         return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno is not None else exc.strerror
-    return str(exc)
+    return said(exc)
 
 
 def _jsonable(value: Any) -> Any:
@@ -247,6 +247,13 @@ def _failure_fields(env: Any, exc: BaseException, *, dead: bool) -> dict[str, An
         "error_type": type(exc).__name__,
         "dead": dead,
     }
+
+
+def _cancelled_by_worker() -> bool:
+    """Whether the `CancelledError` being handled is the worker's cancel of the running
+    task (it asked: `cancelling`), not one a handler raised or let through of its own."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _unstorable(exc: Exception) -> TypeError:
@@ -791,7 +798,7 @@ class Worker:
                     self._hold_until_returned(job, outcome)
                 else:
                     self._report(job, outcome)
-        except Exception:
+        except BaseException:
             outcome = None  # a bug: let the lease lapse, for the rescuer to run the job again
             log.exception("job %s: its outcome could not be reported", job.lease.job_id)
         if outcome is None:
@@ -1029,27 +1036,42 @@ class Worker:
                 result=stored,
                 max_attempts=spec.max_attempts,
             )
-        except Retry as signal:
-            return self._failed(lease, spec, signal, delay=signal.delay)
-        except _ForAnotherWorker as signal:
-            return self._handed_on(lease, signal.reason)
-        except _Unstorable as signal:
-            return self._failed_for_good(lease, _unstorable(signal.cause))
-        except Cancel as signal:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker():
+                raise  # a stop, a cancel asked for, a lease lost: `_execute` says which
+            return self._raised(lease, ctx, spec, exc, timeout, loop.time() - began)
+
+    def _raised(
+        self,
+        lease: Lease,
+        ctx: Context,
+        spec: HandlerSpec,
+        exc: BaseException,
+        timeout: float | None,
+        ran_s: float,
+    ) -> Outcome:
+        """The outcome of an attempt whose handler raised `exc` after `ran_s` seconds: a
+        signal's (`Retry`, `Cancel` …), else a failed attempt, whatever it raised (a
+        `CancelledError` of its own, `sys.exit()`, a `BaseException`: none ends the worker,
+        or releases the job to run again at once, for ever)."""
+        if isinstance(exc, Retry):
+            return self._failed(lease, spec, exc, delay=exc.delay)
+        if isinstance(exc, _ForAnotherWorker):
+            return self._handed_on(lease, exc.reason)
+        if isinstance(exc, _Unstorable):
+            return self._failed_for_good(lease, _unstorable(exc.cause))
+        if isinstance(exc, Cancel):
             return Outcome(
                 lease=lease,
                 state=JobState.CANCELLED,
-                error={"type": "Cancel", "message": _text(signal.reason)},
+                error={"type": "Cancel", "message": _text(exc.reason)},
             )
-        except TimeoutError as exc:
-            self._prefetch.ran(loop.time() - began)
+        self._prefetch.ran(ran_s)
+        if isinstance(exc, TimeoutError):
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
-            if timeout and not str(exc):
+            if timeout and not said(exc):
                 exc = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
-            return self._failed(lease, spec, exc)
-        except Exception as exc:
-            self._prefetch.ran(loop.time() - began)
-            return self._failed(lease, spec, exc)
+        return self._failed(lease, spec, exc)
 
     def _in_thread(self, job_id: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run a plain handler in the pool, kept in `_in_threads` until its attempt ends;
@@ -1259,7 +1281,7 @@ class Worker:
             env.id,
             env.attempt,
             f", its last of {outcome.max_attempts}: dead" if dead else "",
-            exc,
+            logged(exc),
             extra=_failure_fields(env, exc, dead=dead),
         )
         return outcome

@@ -1,0 +1,36 @@
+"""A handler's text as offload stores and logs it, whatever the handler made of it."""
+
+from __future__ import annotations
+
+#: The most of a handler's error message a log line carries (as its job's record does).
+LOGGED_CHARS = 2000
+
+
+def storable(text: str) -> str:
+    """`text` as every engine stores it alike: a NUL character written `\\x00` (PostgreSQL's
+    jsonb refuses NUL, and with it the whole batch of outcomes it is in), and a character
+    UTF-8 cannot carry (a lone surrogate: a file name decoded with `surrogateescape`)
+    written as its escape, `\\udce9` (JSON encoders refuse it, and failed the whole batch)."""
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def said(exc: BaseException) -> str:
+    """`str(exc)`, or what stands for it when that raises (an exception's own `__str__`
+    may fail: it must not fail the report of its job)."""
+    try:
+        return str(exc)
+    except Exception as failed:
+        return f"<{type(exc).__name__}: its message could not be read ({type(failed).__name__})>"
+
+
+def logged(exc: BaseException) -> str:
+    """An error's message as a log line carries it: readable, storable, and cut after
+    `LOGGED_CHARS` (a handler's 10 MB message made a 10 MB line for each attempt)."""
+    text = storable(said(exc))
+    return text if len(text) <= LOGGED_CHARS else f"{text[:LOGGED_CHARS]}… ({len(text):,} chars)"

@@ -1,0 +1,169 @@
+"""Handlers that misbehave as real ones do: whatever a handler raises is a failed attempt of
+its job, recorded, and the worker goes on with its other jobs (a handler's own
+CancelledError, sys.exit(), KeyboardInterrupt, a BaseException, text UTF-8 cannot carry, a
+message that cannot be read or is huge)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from offload import App, Context, Message, Settings
+from offload.testing import run_jobs
+
+pytestmark = pytest.mark.anyio
+
+
+class Odd(Message):
+    case: str
+
+
+class OddSync(Odd):
+    pass
+
+
+class Fine(Message):
+    n: int
+
+
+class Boom(BaseException):
+    pass
+
+
+class Unreadable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+#: A file name as `os.listdir` decodes bytes that are not UTF-8 (`surrogateescape`).
+SURROGATE = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+
+
+async def _cancelled_task() -> None:
+    """A task the handler awaits, cancelled by someone else (as a timeout of a library's)."""
+    inner = asyncio.ensure_future(asyncio.sleep(60))
+    asyncio.get_running_loop().call_soon(inner.cancel)
+    await inner
+
+
+def _raise(case: str) -> None:
+    if case == "cancelled":
+        raise asyncio.CancelledError()
+    if case == "exit":
+        sys.exit(3)
+    if case == "interrupt":
+        raise KeyboardInterrupt
+    if case == "base":
+        raise Boom("a BaseException of the handler's own")
+    if case == "surrogate":
+        raise ValueError(f"cannot read {SURROGATE}")
+    if case == "unreadable":
+        raise Unreadable()
+    if case == "huge":
+        raise ValueError("x" * 1_000_000)
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    settings = Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"))
+    app = App("odd", settings=settings)
+    app.message("odd.async")(Odd)
+    app.message("odd.sync")(OddSync)
+    app.message("odd.fine")(Fine)
+
+    @app.handles(Odd, max_attempts=1)
+    async def odd(msg: Odd, ctx: Context) -> None:
+        if msg.case == "awaited-cancelled":
+            await _cancelled_task()
+        _raise(msg.case)
+
+    @app.handles(OddSync, max_attempts=1)
+    def odd_sync(msg: OddSync, ctx: Context) -> None:
+        _raise(msg.case)
+
+    @app.handles(Fine)
+    async def fine(msg: Fine, ctx: Context) -> int:
+        await ctx.progress(0.5, f"reading {SURROGATE}")  # stored escaped, not refused
+        return msg.n
+
+    async with app:
+        yield app
+
+
+CASES = ["cancelled", "awaited-cancelled", "exit", "interrupt", "base", "surrogate", "unreadable"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "case"),
+    [("odd.async", case) for case in CASES]
+    + [("odd.sync", case) for case in CASES if case != "awaited-cancelled"],  # awaits nothing
+)
+async def test_whatever_a_handler_raises_fails_its_attempt_and_the_worker_goes_on(
+    app: App, kind: str, case: str
+) -> None:
+    # Given a job whose handler raises that, between two ordinary jobs, on one slot
+    first = await app.enqueue(Fine(n=1))
+    odd = await app.enqueue((Odd if kind == "odd.async" else OddSync)(case=case))
+    last = await app.enqueue(Fine(n=2))
+
+    # When a worker runs them
+    ran = await run_jobs(app, raise_errors=False)
+
+    # Then the odd job ran once and is dead (its one attempt spent), its error recorded;
+    # the others succeeded, the one after it included (its slot was handed on)
+    assert [row.id for row in ran] == [first.id, odd.id, last.id]
+    by_id = {row.id: row for row in ran}
+    row = by_id[odd.id]
+    assert (row.state, row.attempt) == ("dead", 1)
+    assert row.error is not None
+    assert (
+        row.error["type"]
+        == {
+            "cancelled": "CancelledError",
+            "awaited-cancelled": "CancelledError",
+            "exit": "SystemExit",
+            "interrupt": "KeyboardInterrupt",
+            "base": "Boom",
+            "surrogate": "ValueError",
+            "unreadable": "Unreadable",
+        }[case]
+    )
+    assert [by_id[first.id].state, by_id[last.id].state] == ["succeeded", "succeeded"]
+    assert by_id[last.id].result == 2
+
+
+async def test_text_utf8_cannot_carry_is_stored_escaped(app: App) -> None:
+    job = await app.enqueue(Odd(case="surrogate"))
+    fine = await app.enqueue(Fine(n=3))
+    await run_jobs(app, raise_errors=False)
+    row = await app.get(job.id)
+    assert row is not None and row.error is not None
+    assert row.error["message"] == "cannot read caf\\udce9.txt"
+    assert "caf\\udce9.txt" in row.error["traceback"]
+    status = await fine.status()
+    assert status.progress is not None and status.progress.message == "reading caf\\udce9.txt"
+
+
+async def test_a_message_that_cannot_be_read_is_said_so(app: App) -> None:
+    job = await app.enqueue(Odd(case="unreadable"))
+    await run_jobs(app, raise_errors=False)
+    row = await app.get(job.id)
+    assert row is not None and row.error is not None
+    assert row.error["message"] == "<Unreadable: its message could not be read (RuntimeError)>"
+
+
+async def test_a_huge_message_is_cut_in_the_log_line(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await app.enqueue(Odd(case="huge"))
+    with caplog.at_level(logging.WARNING, logger="offload.worker"):
+        await run_jobs(app, raise_errors=False)
+    (line,) = [r.getMessage() for r in caplog.records if job.id in r.getMessage()]
+    assert len(line) < 2200 and line.endswith("… (1,000,000 chars)")
+    row = await app.get(job.id)
+    assert row is not None and row.error is not None and len(row.error["message"]) == 2000
