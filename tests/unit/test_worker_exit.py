@@ -3,6 +3,7 @@ its exit functions ran, and within a bound when one of them never returns."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -29,3 +30,55 @@ def test_exit_functions_run_and_none_holds_the_exit(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     assert mark.read_text() == "ran"  # a tracer's last export would run so
     assert time.monotonic() - began < 30  # (the join never returns: it hung for good)
+
+
+PROJECT = """
+import threading, time
+from offload import App, Context, Message
+
+app = App("leaky")
+
+@app.message("leaky.upload")
+class Upload(Message):
+    pass
+
+@app.handles(Upload)
+def upload(msg: Upload, ctx: Context) -> None:
+    # a thread of the handler's own that outlives it (not a daemon: an exit waits for it)
+    threading.Thread(target=time.sleep, args=(3600,), name="uploader").start()
+"""
+
+
+def test_a_thread_a_handler_left_running_does_not_hold_the_worker_s_exit(tmp_path: Path) -> None:
+    (tmp_path / "leaky.py").write_text(PROJECT)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
+        "OFFLOAD_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "OFFLOAD_BLOBS_URL": str(tmp_path / "blobs"),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    enqueue = "import asyncio, leaky; asyncio.run(leaky.app.enqueue(leaky.Upload()))"
+    subprocess.run([sys.executable, "-c", enqueue], env=env, cwd=tmp_path, check=True, timeout=60)
+    # When a worker runs the job, then stops (idle), with the handler's thread still running
+    began = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "offload",
+            "worker",
+            "--app",
+            "leaky:app",
+            "--exit-when-idle",
+            "0.5",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    # Then it exits 0 within its bound, saying which thread it left (it waited for ever)
+    assert done.returncode == 0, done.stderr
+    assert "without waiting for 1 thread a handler started, still running (uploader)" in done.stderr
+    assert time.monotonic() - began < 60
