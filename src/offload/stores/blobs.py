@@ -123,7 +123,8 @@ class FileBlobStore:
     """Blobs as files under one folder; writes are atomic (temp file, then rename)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        # Resolved now: a handler's os.chdir must not move later blobs elsewhere.
+        self.root = Path(root).absolute()
 
     def describe(self) -> str:
         """The folder's resolved path."""
