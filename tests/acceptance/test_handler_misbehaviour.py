@@ -167,3 +167,45 @@ async def test_a_huge_message_is_cut_in_the_log_line(
     assert len(line) < 2200 and line.endswith("… (1,000,000 chars)")
     row = await app.get(job.id)
     assert row is not None and row.error is not None and len(row.error["message"]) == 2000
+
+
+async def test_an_async_handler_that_blocks_the_loop_is_named_while_it_blocks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from offload.worker import loopwatch
+
+    monkeypatch.setattr(loopwatch, "BLOCKED_AFTER_S", 0.5)
+    settings = Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"))
+    app = App("blocking", settings=settings)
+    app.message("blocking.export")(Fine)
+    told = threading.Event()
+
+    @app.handles(Fine)
+    async def export(msg: Fine, ctx: Context) -> int:
+        # blocks the loop (a time.sleep, a computation) until the watch has said so
+        told.wait(30)
+        return msg.n
+
+    class Told(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "action", None) == "loop_blocked":
+                told.set()
+
+    watcher = Told()
+    logging.getLogger("offload.worker").addHandler(watcher)
+    try:
+        async with app:
+            job = await app.enqueue(Fine(n=7))
+            with caplog.at_level(logging.INFO, logger="offload.worker"):
+                (row,) = await run_jobs(app)
+    finally:
+        logging.getLogger("offload.worker").removeHandler(watcher)
+    assert told.is_set() and row.state == "succeeded"
+    (said,) = [r for r in caplog.records if getattr(r, "action", None) == "loop_blocked"]
+    text = said.getMessage()
+    assert f"by job {job.id} (blocking.export), at {__file__}:" in text
+    assert "in export: an async handler must not block" in text
+    assert "make it a plain def handler" in text
+    assert any(getattr(r, "action", None) == "loop_unblocked" for r in caplog.records)

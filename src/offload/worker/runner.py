@@ -60,6 +60,7 @@ from .context import Context
 from .failures import FailureLog
 from .gating import ClaimGate
 from .lease import Renewal, fresh, stalled_s
+from .loopwatch import LoopWatch
 from .prefetch import DEFAULT_PREFETCH, GIVE_BACK_AFTER_S, Prefetch
 from .rescue import decide_all, retry_or_dead
 from .scheduler import Scheduler
@@ -434,6 +435,11 @@ class Worker:
                 kinds[kind] = runnable_versions(handler.message.version, steps)
         return kinds
 
+    def _kind_of(self, job_id: str) -> str | None:
+        """The kind of a job this worker holds, or None (`LoopWatch`, from its thread)."""
+        job = self._jobs.get(job_id)
+        return None if job is None else job.lease.envelope.kind
+
     def request_stop(self, *, now: bool = False) -> None:
         """Stop claiming; running jobs get `grace_s` to finish, or with `now` none: they are
         released at once (a second SIGTERM or SIGINT asks so)."""
@@ -487,6 +493,8 @@ class Worker:
                 "slot": self.slot,
             },
         )
+        loop_watch = LoopWatch(self._kind_of)
+        loop_watch.start()
         try:
             try:
                 await self._claim_loop(self.app._require_backend())
@@ -500,6 +508,7 @@ class Worker:
         finally:
             try:
                 unwatch()
+                loop_watch.stop()
                 await self._forget_record()  # not live any more
                 await self.app.close()
             finally:
@@ -1138,11 +1147,12 @@ class Worker:
         count = len(self._overdue)
         log.warning(
             "job %s: its handler's thread still runs %gs after its attempt ended (it does not "
-            "return when ctx.cancelled is set): %d such threads, and the worker stops once "
+            "return when ctx.cancelled is set): %d such thread%s, and the worker stops once "
             "more than %d are",
             job_id,
             self.grace_s,
             count,
+            "" if count == 1 else "s",
             self.concurrency,
             extra={"action": "thread_overdue", "job_id": job_id, "count": count},
         )
@@ -1734,9 +1744,11 @@ class Worker:
             if context is not None:
                 context.cancelled.set()
         log.warning(
-            "%d jobs run on in threads past the grace period (a thread cannot be stopped): "
-            "waiting for their handlers to return (ctx.cancelled is set)",
+            "%d job%s run%s on in threads past the grace period (a thread cannot be "
+            "stopped): waiting for their handlers to return (ctx.cancelled is set)",
             len(calls),
+            "" if len(calls) == 1 else "s",
+            "s" if len(calls) == 1 else "",
             extra={"action": "drain", "count": len(calls)},
         )
         running = set(calls.values())
@@ -1759,11 +1771,12 @@ class Worker:
         lapse = bool(left) and self._stop_now.is_set() and not supervisor.done()
         if lapse:
             log.warning(
-                "leaving %d %s whose plain handler still runs in a thread: the %s lapse, and "
-                "the rescuer runs them again",
+                "leaving %d %s whose plain handler still runs in a thread: %s, and the "
+                "rescuer runs %s again",
                 len(left),
                 "job" if len(left) == 1 else "jobs",
-                "lease" if len(left) == 1 else "leases",
+                "its lease lapses" if len(left) == 1 else "their leases lapse",
+                "it" if len(left) == 1 else "them",
                 extra={"action": "drain", "count": len(left)},
             )
         for job_id in left:
