@@ -330,11 +330,23 @@ class App:
     def configure(self, settings: Settings, *, clock: Clock | None = None) -> None:
         """Replace the settings (before the app is opened), and the clock when one is given
         (a test's `FakeClock`; `Clock()` for the host's again). The `*_sync` calls follow:
-        the runner they used, on the old settings, is stopped."""
-        if self._backend is not None:
-            raise ConfigurationError("configure() must come before the app is opened")
+        the runner they used, on the old settings, is stopped. An SQLite backend a first call
+        opened, and no `open` holds, is closed (a test that used the app without opening it
+        left it so for the next).
+
+        Raises:
+            ConfigurationError: the app is open (an `open` holds it, or a first call opened
+                a backend bound to its event loop: PostgreSQL, Redis).
+        """
         with start_lock():
+            backend = self._backend
+            if backend is not None and (self._users or _bound(backend) or not self._lazy):
+                raise ConfigurationError("configure() must come before the app is opened")
+            if backend is not None:  # a first call opened it (SQLite), and no `open` holds it
+                self._detach()
             runner, self._sync = self._sync, None
+        if backend is not None:
+            _close_now(backend)
         if runner is not None:
             runner.stop(App.close)
         self._settings = settings
@@ -1666,6 +1678,23 @@ def _queue_name(queue: str) -> str:
     if not queue or not queue.strip():
         raise ConfigurationError("a queue name must not be empty")
     return queue
+
+
+def _close_now(backend: Backend) -> None:
+    """Close `backend`, which no event loop owns (SQLite), from synchronous code: at once
+    where no loop runs in this thread, else as a task of the loop that does."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(backend.close())
+    else:
+        task = loop.create_task(backend.close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+
+#: Closes `_close_now` started on a running loop (a task needs a reference until it ends).
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 def _bound(backend: Backend) -> bool:

@@ -88,6 +88,14 @@ class Context:
         running = running_loop()
         if running is self._loop:
             return coro
+        if self._loop.is_closed():  # a thread that ran on past its worker's end
+            if inspect.iscoroutine(coro):
+                coro.close()
+            raise RuntimeError(
+                f"job {self.job_id}: the worker that ran this attempt has stopped (its "
+                "handler's thread ran on past the attempt's end): return when ctx.cancelled "
+                "is set"
+            )
         future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
         return future.result() if running is None else asyncio.wrap_future(future)
 
@@ -98,6 +106,8 @@ class Context:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
             message = storable(message[:200])
+        if self._loop.is_closed() and running_loop() is None:
+            return False  # (its worker has stopped: it holds the job no more)
         return self._bridge(self._progress(fraction, message))
 
     async def _progress(self, fraction: float | None, message: str | None) -> bool:

@@ -39,6 +39,10 @@ __all__ = [
 #: enqueues jobs without end (a job that enqueues itself again).
 DEFAULT_MAX_JOBS = 1_000
 
+#: How long `run_jobs` waits for a plain handler's thread that ran on past its attempt (a
+#: timeout, a cancel) to return, before it fails: a thread left running acts in later tests.
+THREADS_END_S = 10.0
+
 #: How many lines of a handler's traceback `JobsFailed` quotes for each job.
 _TRACEBACK_LINES = 40
 
@@ -73,8 +77,9 @@ class RunawayJobs(OffloadError):
     def __init__(self, ran: Sequence[JobRow], max_jobs: int) -> None:
         self.ran = list(ran)
         super().__init__(
-            f"ran more than {max_jobs} jobs (max_jobs): does a handler enqueue "
-            "jobs without end? Pass a larger max_jobs if the test means it"
+            f"ran more than {max_jobs} jobs (max_jobs) and one more was ready: a handler "
+            "that enqueues jobs without end, or more jobs than the test meant to run? Pass "
+            "a larger max_jobs if it means them"
         )
 
 
@@ -114,6 +119,8 @@ async def run_jobs(
     Raises:
         JobsFailed: see `raise_errors`.
         RunawayJobs: see `max_jobs`.
+        OffloadError: a plain handler's thread ran on past its attempt (a timeout, a
+            cancel) and still ran `THREADS_END_S` later: it would act in later tests.
         ConfigurationError: the app has no handlers, or the arguments are out of range.
     """
     await app.open()
@@ -168,8 +175,13 @@ async def _run(
     """`run_jobs` on an open app: workers one after another until one finds nothing to run
     (a job's follow-ups, its deliveries, are written as its outcome is, after the worker
     that ran it may have looked for more)."""
+    if isinstance(queues, str):
+        raise ConfigurationError(f"queues is a list of queue names: queues=[{queues!r}]")
+    if max_jobs < 1:
+        raise ConfigurationError(f"max_jobs must be at least 1, not {max_jobs}")
     since = await app.last_seq()
     workers: set[str] = set()
+    ran_on = 0
     left = max_jobs + 1  # the one more that a call without end runs shows it
     while left > 0:
         worker = Worker(
@@ -183,9 +195,16 @@ async def _run(
         )
         workers.add(worker.id)
         await worker.run()
+        ran_on = max(ran_on, await _threads_end(worker))
         if not worker.begun:
             break
         left -= worker.begun
+    if ran_on:
+        raise OffloadError(
+            f"{ran_on} plain handler thread{'' if ran_on == 1 else 's'} still ran "
+            f"{THREADS_END_S:g}s after the attempt ended (a timeout, a cancel): it would act "
+            "in the tests that come next; return when ctx.cancelled is set"
+        )
     ran = await _ran(app, since, workers)
     if left <= 0:
         raise RunawayJobs(ran, max_jobs)
@@ -194,6 +213,15 @@ async def _run(
         if failed:
             raise JobsFailed(failed, ran)
     return ran
+
+
+async def _threads_end(worker: Worker) -> int:
+    """Wait up to `THREADS_END_S` for the threads of `worker`'s plain handlers that ran on
+    past their attempts (a timeout, a cancel) to return: how many still run."""
+    deadline = asyncio.get_running_loop().time() + THREADS_END_S
+    while worker.threads_running_on and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 (a pool's futures: no event to await)
+        await asyncio.sleep(0.01)
+    return worker.threads_running_on
 
 
 async def _ran(app: App, since: int, workers: set[str]) -> list[JobRow]:

@@ -4,13 +4,23 @@ engine, then read them; failures come back as the handler's traceback."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from offload import App, Context, Message, Retry, Settings
+from offload import (
+    App,
+    ConfigurationError,
+    Context,
+    Message,
+    OffloadError,
+    Retry,
+    Settings,
+    testing,
+)
 from offload.testing import FakeClock, JobsFailed, RunawayJobs, run_jobs, run_jobs_sync
 from offload.worker.runner import Worker
 
@@ -278,3 +288,87 @@ async def test_run_jobs_fires_no_periodic_schedule(tmp_path: Path) -> None:
     worker = Worker(app, scheduler=False)
     assert worker._extra_side_tasks() == ()
     assert Worker(app)._extra_side_tasks() == ("scheduler",)
+
+
+async def test_arguments_out_of_range_are_refused(app: App) -> None:
+    with pytest.raises(ConfigurationError, match=r"queues=\['reports'\]"):
+        await run_jobs(app, queues="reports")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="max_jobs must be at least 1, not 0"):
+        await run_jobs(app, max_jobs=0)
+
+
+class Slow(Message):
+    seconds: float
+
+
+async def test_a_plain_handler_that_runs_on_past_its_timeout_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a plain handler that ignores its 0.2 s timeout and reports progress after it
+    settings = Settings(url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"))
+    app = App("slow", settings=settings)
+    app.message("slow.job")(Slow)
+    release = threading.Event()
+    said: list[object] = []
+
+    @app.handles(Slow, timeout=0.2, max_attempts=1)
+    def slow(msg: Slow, ctx: Context) -> None:
+        release.wait(msg.seconds)
+        said.append(ctx.progress(1.0, "done late"))
+
+    async with app:
+        # When its jobs run: the call returns once the thread has (its attempt was over)
+        job = await app.enqueue(Slow(seconds=0.6))
+        (row,) = await run_jobs(app, raise_errors=False)
+        assert (row.id, row.state) == (job.id, "dead")
+        assert said == [False]  # it no longer held the job: told so, not an error
+
+        # and one that runs on past the wait fails the call, saying why
+        monkeypatch.setattr(testing, "THREADS_END_S", 0.3)
+        await app.enqueue(Slow(seconds=30))
+        try:
+            with pytest.raises(OffloadError, match=r"1 plain handler thread still ran 0\.3s after"):
+                await run_jobs(app, raise_errors=False)
+        finally:
+            release.set()
+
+
+def test_configure_closes_an_sqlite_app_a_first_call_left_open(tmp_path: Path) -> None:
+    # Given a test that used the app without opening it (its first call opened it)
+    app = shop(f"sqlite:///{tmp_path / 'a.db'}", tmp_path)
+    first = asyncio.run(app.enqueue(Export(user="a")))
+
+    # When the next test configures another database: no "must come before" error
+    app.configure(Settings(url=f"sqlite:///{tmp_path / 'b.db'}", blobs_url=str(tmp_path)))
+
+    async def next_test() -> list[str]:
+        async with app:
+            assert await app.get(first.id) is None  # the first test's database is not seen
+            return [row.kind for row in await run_jobs(app)]
+
+    assert asyncio.run(next_test()) == []
+
+
+async def test_configure_in_a_coroutine_closes_it_on_the_running_loop(tmp_path: Path) -> None:
+    app = shop(f"sqlite:///{tmp_path / 'a.db'}", tmp_path)
+    await app.enqueue(Export(user="a"))
+    app.configure(Settings(url=f"sqlite:///{tmp_path / 'b.db'}", blobs_url=str(tmp_path)))
+    async with app:
+        assert await app.list_jobs(owner=None) == []
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_the_test_client_pattern_the_readme_shows(url: str, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from offload.web import create_app
+
+    app = shop(url, tmp_path)
+    api = create_app(app)
+    with TestClient(api, base_url="http://localhost") as client:
+        created = client.post("/v1/jobs/shop.export", json={"user": "u9", "parts": 1})
+        assert created.status_code == 202, created.text
+        ran = client.portal.call(run_jobs, app)
+        assert [row.kind for row in ran] == ["shop.export", "shop.part"]
+        status = client.get(created.headers["Location"])
+        assert status.json()["state"] == "succeeded"
