@@ -80,6 +80,11 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
     async def odd(msg: Odd, ctx: Context) -> None:
         if msg.case == "awaited-cancelled":
             await _cancelled_task()
+        if msg.case == "own-deadline":  # a deadline of its own that cancels its task
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().call_later(0.01, task.cancel)
+            await asyncio.sleep(30)
         _raise(msg.case)
 
     @app.handles(OddSync, max_attempts=1)
@@ -95,13 +100,24 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
         yield app
 
 
-CASES = ["cancelled", "awaited-cancelled", "exit", "interrupt", "base", "surrogate", "unreadable"]
+CASES = [
+    "cancelled",
+    "awaited-cancelled",
+    "own-deadline",
+    "exit",
+    "interrupt",
+    "base",
+    "surrogate",
+    "unreadable",
+]
+#: Of those, the ones only an async handler can meet (a plain one awaits nothing).
+AWAITING = ("awaited-cancelled", "own-deadline")
 
 
 @pytest.mark.parametrize(
     ("kind", "case"),
     [("odd.async", case) for case in CASES]
-    + [("odd.sync", case) for case in CASES if case != "awaited-cancelled"],  # awaits nothing
+    + [("odd.sync", case) for case in CASES if case not in AWAITING],
 )
 async def test_whatever_a_handler_raises_fails_its_attempt_and_the_worker_goes_on(
     app: App, kind: str, case: str
@@ -126,6 +142,7 @@ async def test_whatever_a_handler_raises_fails_its_attempt_and_the_worker_goes_o
         == {
             "cancelled": "CancelledError",
             "awaited-cancelled": "CancelledError",
+            "own-deadline": "CancelledError",
             "exit": "SystemExit",
             "interrupt": "KeyboardInterrupt",
             "base": "Boom",
@@ -209,3 +226,41 @@ async def test_an_async_handler_that_blocks_the_loop_is_named_while_it_blocks(
     assert "in export: an async handler must not block" in text
     assert "make it a plain def handler" in text
     assert any(getattr(r, "action", None) == "loop_unblocked" for r in caplog.records)
+
+
+async def test_a_cancel_asked_for_ends_a_run_whose_cleanup_raises_as_cancelled(
+    tmp_path: Path,
+) -> None:
+    # Given a handler whose cleanup raises when it is cancelled
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=1.5
+    )
+    app = App("cleanup", settings=settings)
+    app.message("cleanup.job")(Fine)
+    started = asyncio.Event()
+
+    @app.handles(Fine)
+    async def job(msg: Fine, ctx: Context) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    from offload.worker.runner import Worker
+
+    async with app:
+        queued = await app.enqueue(Fine(n=1))
+        worker = Worker(app)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(started.wait(), 30)
+            # When a user cancels it while it runs
+            await app.cancel(queued.id)
+            status = await queued.wait(timeout=30)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(running, 30)
+    # Then it ends cancelled on its one attempt, where the cleanup's error failed it and
+    # it ran again
+    assert (status.state, status.attempt) == ("cancelled", 1)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from types import CodeType
 from typing import Any
 
 import orjson
@@ -250,13 +251,6 @@ def _failure_fields(env: Any, exc: BaseException, *, dead: bool) -> dict[str, An
     }
 
 
-def _cancelled_by_worker() -> bool:
-    """Whether the `CancelledError` being handled is the worker's cancel of the running
-    task (it asked: `cancelling`), not one a handler raised or let through of its own."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
 def _unstorable(exc: Exception) -> TypeError:
     """The error of a job whose handler returned what its result cannot store."""
     error = TypeError(
@@ -435,10 +429,24 @@ class Worker:
                 kinds[kind] = runnable_versions(handler.message.version, steps)
         return kinds
 
-    def _kind_of(self, job_id: str) -> str | None:
-        """The kind of a job this worker holds, or None (`LoopWatch`, from its thread)."""
+    def _job_of(self, job_id: str) -> tuple[str, bool] | None:
+        """The kind of a job this worker holds and whether its handler is plain, or None
+        (`LoopWatch`, from its thread)."""
         job = self._jobs.get(job_id)
-        return None if job is None else job.lease.envelope.kind
+        if job is None:
+            return None
+        kind = job.lease.envelope.kind
+        spec = self.app.handlers.get(kind) or self.builtin.get(kind)
+        return kind, spec is not None and not spec.is_async
+
+    def _async_handlers(self) -> dict[CodeType, str]:
+        """The code of each async handler, by kind (`LoopWatch`)."""
+        found = {}
+        for kind, spec in self.app.handlers.items():
+            code = getattr(spec.fn, "__code__", None)
+            if spec.is_async and isinstance(code, CodeType):
+                found[code] = kind
+        return found
 
     def request_stop(self, *, now: bool = False) -> None:
         """Stop claiming; running jobs get `grace_s` to finish, or with `now` none: they are
@@ -493,7 +501,7 @@ class Worker:
                 "slot": self.slot,
             },
         )
-        loop_watch = LoopWatch(self._kind_of)
+        loop_watch = LoopWatch(self._job_of, self._async_handlers())
         loop_watch.start()
         try:
             try:
@@ -1046,8 +1054,14 @@ class Worker:
                 max_attempts=spec.max_attempts,
             )
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker():
-                raise  # a stop, a cancel asked for, a lease lost: `_execute` says which
+            if ctx.cancelled.is_set():
+                # The worker (or its caller) asked the run to end first, and tells its
+                # handler so before it cancels: a stop, a cancel asked for, a lost lease.
+                # Whatever came out of the handler then (its cleanup may raise) ends the
+                # run as asked, `_execute` says how; any other is the handler's own.
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise asyncio.CancelledError() from exc
             return self._raised(lease, ctx, spec, exc, timeout, loop.time() - began)
 
     def _raised(
@@ -1059,10 +1073,11 @@ class Worker:
         timeout: float | None,
         ran_s: float,
     ) -> Outcome:
-        """The outcome of an attempt whose handler raised `exc` after `ran_s` seconds: a
-        signal's (`Retry`, `Cancel` …), else a failed attempt, whatever it raised (a
-        `CancelledError` of its own, `sys.exit()`, a `BaseException`: none ends the worker,
-        or releases the job to run again at once, for ever)."""
+        """The outcome of an attempt whose handler raised `exc` after `ran_s` seconds, the
+        worker not having asked it to end: a signal's (`Retry`, `Cancel` …), else a failed
+        attempt, whatever it raised (a `CancelledError` of its own, a deadline of its own
+        that cancelled it, `sys.exit()`, a `BaseException`: none ends the worker, or
+        releases the job to run again at once, for ever)."""
         if isinstance(exc, Retry):
             return self._failed(lease, spec, exc, delay=exc.delay)
         if isinstance(exc, _ForAnotherWorker):
