@@ -43,11 +43,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 #: Seconds a worker leaving handlers' threads behind gives the exit functions (`atexit`).
 EXIT_FUNCTIONS_S = 5.0
-#: How long a stopped worker waits for threads its handlers started to end by themselves.
-THREADS_LEFT_S = 2.0
-#: The names of pool threads an interpreter's exit ends (offload's own, asyncio's default
-#: executor's, any ThreadPoolExecutor's).
-_POOL_THREADS = ("offload", "asyncio_", "ThreadPoolExecutor-")
+#: When a stopped worker's process, its exit waiting for threads a handler started, says so.
+THREADS_LEFT_S = 5.0
 log = logging.getLogger("offload.worker")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
 DEFAULT_SHUTDOWN_GRACE_S = 5
@@ -632,36 +629,36 @@ def _run_worker(runner: Worker, main: Callable[[], Coroutine[Any, Any, None]]) -
         _exit_leaving_threads(runner, 1)
     if runner.threads_running_on:
         _exit_leaving_threads(runner, 0)
-    left = _threads_left(THREADS_LEFT_S)
-    if left:
-        log.warning(
-            "exiting without waiting for %d thread%s a handler started, still running (%s): "
-            "the interpreter would wait for them, maybe for ever; end them before the "
-            "handler returns, or make them daemon threads",
-            len(left),
-            "" if len(left) == 1 else "s",
-            ", ".join(t.name for t in left),
-            extra={"action": "worker_exit"},
-        )
-        _exit_leaving_threads(runner, 0)
+    _say_threads_left(THREADS_LEFT_S)
 
 
-def _threads_left(within_s: float) -> list[threading.Thread]:
-    """The threads a handler started that still run once the worker has stopped, each
-    given up to `within_s` in all to end: not daemon threads (an interpreter's exit waits
-    for those), nor the idle workers of thread pools (offload's, asyncio's, a handler's
-    ThreadPoolExecutor: the exit ends them)."""
-    deadline = time.monotonic() + within_s
-    left = []
-    for thread in threading.enumerate():
-        if thread is threading.current_thread() or thread.daemon:
-            continue
-        if thread.name.startswith(_POOL_THREADS):
-            continue
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            left.append(thread)
-    return left
+def _say_threads_left(after_s: float) -> None:
+    """Have the process say, `after_s` from now, which threads its exit still waits for:
+    threads a handler started that still run (not daemon threads; idle pools' workers
+    have ended by then). The exit waits for them, as Python's does, maybe for ever: a
+    thread may be finishing its work; the line says why the process has not ended."""
+
+    def say() -> None:
+        left = [
+            t.name
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()
+        ]
+        if left:
+            log.warning(
+                "the worker stopped, and the process's exit waits for %d thread%s a handler "
+                "started, still running (%s): end them before the handler returns, or make "
+                "them daemon threads",
+                len(left),
+                "" if len(left) == 1 else "s",
+                ", ".join(left),
+                extra={"action": "threads_left", "threads": left},
+            )
+
+    timer = threading.Timer(after_s, say)
+    timer.name = "offload-threads-left"
+    timer.daemon = True
+    timer.start()
 
 
 def _exit_leaving_threads(runner: Worker, code: int) -> NoReturn:
