@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -345,6 +346,7 @@ class App:
             if backend is not None:  # a first call opened it (SQLite), and no `open` holds it
                 self._detach()
             runner, self._sync = self._sync, None
+            self._named_url = None  # a memory:// of the new settings is a new database
         if backend is not None:
             _close_now(backend)
         if runner is not None:
@@ -630,12 +632,15 @@ class App:
             BackendError: the backend is unreachable, or (`create=False`) missing.
         """
         tracing.resolve()  # a process configures its SDK before it starts serving
-        await self._ensure_open(create=create, lazily=False)
-        with start_lock():
-            if not self._users:
-                self._runner_before_open = self._sync
-            self._users += 1
-        return self
+        while True:
+            await self._ensure_open(create=create, lazily=False)
+            with start_lock():
+                # (another thread's last close may have closed it meanwhile: open it again)
+                if self._backend is not None:
+                    if not self._users:
+                        self._runner_before_open = self._sync
+                    self._users += 1
+                    return self
 
     async def _ensure_open(self, *, create: bool = True, lazily: bool = True) -> App:
         """Open the backend unless it is open on this loop (or on none: SQLite).
@@ -1681,20 +1686,18 @@ def _queue_name(queue: str) -> str:
 
 
 def _close_now(backend: Backend) -> None:
-    """Close `backend`, which no event loop owns (SQLite), from synchronous code: at once
-    where no loop runs in this thread, else as a task of the loop that does."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    """Close `backend`, which no event loop owns (SQLite), from synchronous code, before
+    returning: where a loop runs in this thread, on a thread of its own (a task of that
+    loop would close it later, after the next open of the same database, or never, were
+    the loop ending)."""
+    if running_loop() is None:
         asyncio.run(backend.close())
-    else:
-        task = loop.create_task(backend.close())
-        _CLOSING.add(task)
-        task.add_done_callback(_CLOSING.discard)
-
-
-#: Closes `_close_now` started on a running loop (a task needs a reference until it ends).
-_CLOSING: set[asyncio.Task[None]] = set()
+        return
+    closing = threading.Thread(
+        target=lambda: asyncio.run(backend.close()), name="offload-close", daemon=True
+    )
+    closing.start()
+    closing.join()
 
 
 def _bound(backend: Backend) -> bool:

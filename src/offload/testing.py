@@ -177,6 +177,8 @@ async def _run(
     that ran it may have looked for more)."""
     if isinstance(queues, str):
         raise ConfigurationError(f"queues is a list of queue names: queues=[{queues!r}]")
+    if queues is not None and not queues:
+        raise ConfigurationError("queues names no queue: None runs every queue")
     if max_jobs < 1:
         raise ConfigurationError(f"max_jobs must be at least 1, not {max_jobs}")
     since = await app.last_seq()

@@ -293,6 +293,8 @@ async def test_run_jobs_fires_no_periodic_schedule(tmp_path: Path) -> None:
 async def test_arguments_out_of_range_are_refused(app: App) -> None:
     with pytest.raises(ConfigurationError, match=r"queues=\['reports'\]"):
         await run_jobs(app, queues="reports")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="names no queue"):
+        await run_jobs(app, queues=[])
     with pytest.raises(ConfigurationError, match="max_jobs must be at least 1, not 0"):
         await run_jobs(app, max_jobs=0)
 

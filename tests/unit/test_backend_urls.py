@@ -39,7 +39,7 @@ def test_sqlite_url_wal_cap_option() -> None:
 @pytest.mark.parametrize("url", ["memory://", "sqlite://", "sqlite:///:memory:"])
 def test_memory_urls_give_a_private_in_memory_database(url: str) -> None:
     first, second = SQLiteBackend.from_url(url), SQLiteBackend.from_url(url)
-    assert first.path.startswith("file:") and "mode=memory" in first.path
+    assert first.in_memory and "memdb" in first.path
     assert first.path != second.path  # two backends never share one memory database
 
 
@@ -65,6 +65,9 @@ def test_a_url_that_names_its_database_stays_as_it_is(url: str) -> None:
 def test_a_memory_name_is_letters_digits_dashes() -> None:
     with pytest.raises(ConfigurationError, match="letters, digits"):
         SQLiteBackend.from_url("memory://a%20b")
+    for url in ("memory:///x", "memory://x/y"):  # (a path, as sqlite:/// takes: ignored)
+        with pytest.raises(ConfigurationError, match="has a name, not a path"):
+            SQLiteBackend.from_url(url)
 
 
 def test_two_slash_sqlite_url_does_not_silently_lose_jobs() -> None:
@@ -72,7 +75,7 @@ def test_two_slash_sqlite_url_does_not_silently_lose_jobs() -> None:
         backend = SQLiteBackend.from_url("sqlite://jobs.db")
     except ConfigurationError:
         return
-    assert "mode=memory" not in backend.path
+    assert not backend.in_memory
 
 
 def test_unknown_scheme_raises_configuration_error() -> None:

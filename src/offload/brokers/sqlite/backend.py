@@ -231,6 +231,18 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
 
 #: The options an SQLite URL takes (`?synchronous=FULL&wal_cap_mib=64`).
 _URL_OPTIONS = frozenset({"synchronous", "wal_cap_mib"})
+
+
+def _memory_path(name: str) -> str:
+    """The URI of the in-memory database `name`, which every connection of this process
+    to it shares: in SQLite's memdb VFS, whose locks wait out the busy timeout as a file's
+    do (a shared cache's table locks fail at once, "database table is locked", when the
+    sync calls' connection and the App's write together); a shared cache before 3.36."""
+    if sqlite3.sqlite_version_info >= (3, 36):
+        return f"file:/offload-{name}?vfs=memdb"
+    return f"file:offload-{name}?mode=memory&cache=shared"
+
+
 #: The name of a shared in-memory database, `memory://NAME`.
 _MEMORY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: SQLite's `PRAGMA synchronous` levels (a URL may give their numbers, 0 to 3).
@@ -468,11 +480,15 @@ class SQLiteBackend:
             # `memory://NAME`: every backend of this process opened on it shares the database
             # while one is open (`brokers.name_memory`); bare, a fresh one
             name = parts.netloc or secrets.token_hex(6)
+            if parts.scheme == "memory" and parts.path not in ("", "/"):
+                raise ConfigurationError(
+                    f"{url!r}: an in-memory database has a name, not a path: memory://NAME"
+                )
             if not _MEMORY_NAME.fullmatch(name):
                 raise ConfigurationError(
                     f"{url!r}: an in-memory database's name is letters, digits, '-' and '_'"
                 )
-            path = f"file:offload-{name}?mode=memory&cache=shared"
+            path = _memory_path(name)
             return cls(path, synchronous=synchronous, clock=clock)
         if parts.netloc:
             raise ConfigurationError(
