@@ -233,6 +233,17 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
 _URL_OPTIONS = frozenset({"synchronous", "wal_cap_mib"})
 
 
+#: The lock of each in-memory database's connections (`SQLiteBackend._conn_lock`).
+_MEMORY_LOCKS: dict[str, threading.Lock] = {}
+_MEMORY_LOCKS_LOCK = threading.Lock()
+
+
+def _memory_lock(path: str) -> threading.Lock:
+    """The one lock of the connections of this process to the in-memory database `path`."""
+    with _MEMORY_LOCKS_LOCK:
+        return _MEMORY_LOCKS.setdefault(path, threading.Lock())
+
+
 def _memory_path(name: str) -> str:
     """The URI of the in-memory database `name`, which every connection of this process
     to it shares: in SQLite's memdb VFS, whose locks wait out the busy timeout as a file's
@@ -414,7 +425,10 @@ class SQLiteBackend:
         self._queued = 0
         #: Held by whichever thread uses `_conn`: the writer thread, or an event loop's
         #: thread writing inline (`_now`; several threads' loops may share one backend).
-        self._conn_lock = threading.Lock()
+        #: An in-memory database's is every backend's of this process on it: one at a time
+        #: (its memdb locks are a rollback journal's, where one connection's read blocks
+        #: another's write at once, "database is locked", as WAL's never do).
+        self._conn_lock = _memory_lock(path) if path.startswith("file:") else threading.Lock()
         #: Status reads on a connection and thread of their own (files only: reader.py).
         self._reader: Reader | None = None
         self._local_writes = 0
