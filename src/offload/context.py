@@ -54,6 +54,8 @@ class Context:
         self._backend = backend
         self._loop = loop
         self._progress_paused_until = 0.0  # monotonic: `progress` skips until then
+        #: The worker (or its caller) asked the run to end (`_end_run`).
+        self._ending = False
 
     @property
     def blobs(self) -> BlobStore:
@@ -77,6 +79,13 @@ class Context:
                 if made is None:
                     made = self._cancelled = threading.Event()
         return made
+
+    def _end_run(self) -> None:
+        """The worker (or the serverless consumer) asks this run to end, before it cancels
+        it: the handler is told (`cancelled`), and whatever the run raises from now on ends
+        it as asked (its cleanup may raise), not as a failure of its own."""
+        self._ending = True
+        self.cancelled.set()
 
     def _on_loop(self) -> bool:
         """Whether the caller runs on the worker's loop (an async handler), not in a thread."""

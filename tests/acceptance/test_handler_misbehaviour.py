@@ -85,6 +85,9 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
             assert task is not None
             asyncio.get_running_loop().call_later(0.01, task.cancel)
             await asyncio.sleep(30)
+        if msg.case == "sets-cancelled":  # tells threads of its own to stop, then fails
+            ctx.cancelled.set()
+            raise ValueError("gave up")
         _raise(msg.case)
 
     @app.handles(OddSync, max_attempts=1)
@@ -104,6 +107,7 @@ CASES = [
     "cancelled",
     "awaited-cancelled",
     "own-deadline",
+    "sets-cancelled",
     "exit",
     "interrupt",
     "base",
@@ -111,7 +115,7 @@ CASES = [
     "unreadable",
 ]
 #: Of those, the ones only an async handler can meet (a plain one awaits nothing).
-AWAITING = ("awaited-cancelled", "own-deadline")
+AWAITING = ("awaited-cancelled", "own-deadline", "sets-cancelled")
 
 
 @pytest.mark.parametrize(
@@ -143,6 +147,7 @@ async def test_whatever_a_handler_raises_fails_its_attempt_and_the_worker_goes_o
             "cancelled": "CancelledError",
             "awaited-cancelled": "CancelledError",
             "own-deadline": "CancelledError",
+            "sets-cancelled": "ValueError",
             "exit": "SystemExit",
             "interrupt": "KeyboardInterrupt",
             "base": "Boom",

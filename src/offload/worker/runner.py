@@ -1054,11 +1054,11 @@ class Worker:
                 max_attempts=spec.max_attempts,
             )
         except BaseException as exc:
-            if ctx.cancelled.is_set():
-                # The worker (or its caller) asked the run to end first, and tells its
-                # handler so before it cancels: a stop, a cancel asked for, a lost lease.
-                # Whatever came out of the handler then (its cleanup may raise) ends the
-                # run as asked, `_execute` says how; any other is the handler's own.
+            if ctx._ending:
+                # The worker (or its caller) asked the run to end before it cancelled it: a
+                # stop, a cancel asked for, a lost lease. Whatever came out of the handler
+                # then (its cleanup may raise) ends the run as asked, `_execute` says how;
+                # any other is the handler's own.
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise asyncio.CancelledError() from exc
@@ -1326,7 +1326,7 @@ class Worker:
         if in_thread is not None:
             in_thread[1].abandon()
         if job.context is not None:
-            job.context.cancelled.set()
+            job.context._end_run()
         if job.task is not None and not job.task.done():
             job.reason = reason
             job.task.cancel()
@@ -1757,7 +1757,7 @@ class Worker:
         for job_id in calls:
             context = self._jobs[job_id].context
             if context is not None:
-                context.cancelled.set()
+                context._end_run()
         log.warning(
             "%d job%s run%s on in threads past the grace period (a thread cannot be "
             "stopped): waiting for their handlers to return (ctx.cancelled is set)",

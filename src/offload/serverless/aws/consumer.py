@@ -213,7 +213,7 @@ class SQSConsumer:
                 if cancel:
                     break
             if not task.done():
-                ctx.cancelled.set()
+                ctx._end_run()
                 task.cancel()
             try:
                 return await task
@@ -298,7 +298,7 @@ def relay_handler(app: App) -> RelayFunction:
 
 async def _stop(task: asyncio.Task[Outcome | None], ctx: Any) -> None:
     """End a job's run: its handler told (`ctx.cancelled`) and cancelled, and waited for."""
-    ctx.cancelled.set()
+    ctx._end_run()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
