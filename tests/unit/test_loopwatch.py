@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sysconfig
+import threading
 from pathlib import Path
 
+import pytest
+
 from offload.worker import loopwatch
-from offload.worker.loopwatch import _handler_in, _users, _where
+from offload.worker.loopwatch import LoopWatch, _handler_in, _users, _where
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 OFFLOAD = Path(loopwatch.__file__).resolve().parents[1]
@@ -44,3 +49,28 @@ def test_a_handler_run_in_a_task_of_its_own_is_found_in_the_stack() -> None:
     frame = handler()
     assert _handler_in(frame, {handler.__code__: "reports.export"}) == "reports.export"
     assert _handler_in(frame, {}) is None
+
+
+def test_an_event_loops_own_package_is_not_the_users_code() -> None:
+    assert not _users(str(STDLIB / "site-packages" / "uvloop" / "__init__.py"))
+    assert not _users("/srv/venv/lib/python3.12/site-packages/uvloop/__init__.py")
+
+
+def test_a_block_while_plain_handlers_run_names_them_and_the_gil(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a watch whose loop runs no handler's task (a plain handler's thread holds the
+    # GIL: the loop waits for it wherever it is)
+    watch = LoopWatch(lambda job_id: None, {}, in_threads=lambda: ["j1 (reports.export)"])
+    loop = asyncio.new_event_loop()
+    try:
+        watch._loop, watch._loop_thread = loop, threading.get_ident()
+        with caplog.at_level(logging.WARNING, logger="offload.worker"):
+            watch._tell(2.5)
+    finally:
+        loop.close()
+    (said,) = caplog.records
+    text = said.getMessage()
+    assert text.startswith("the event loop has been blocked for 2.5s, at ")
+    assert "while plain handlers run in threads (j1 (reports.export))" in text
+    assert "holds the interpreter's lock (GIL)" in text

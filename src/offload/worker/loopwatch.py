@@ -27,6 +27,8 @@ BLOCKED_AFTER_S = 2.0
 _OFFLOAD = str(Path(__file__).resolve().parents[1]) + os.sep
 _STDLIB = str(Path(sysconfig.get_paths()["stdlib"]).resolve()) + os.sep
 _INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+#: Installed packages that are an event loop's own code, not the user's.
+_LOOPS = (f"{os.sep}uvloop{os.sep}",)
 
 #: What a job's task runs, as the watch is told of it: its kind and whether its handler
 #: is a plain (`def`) one, run in a thread.
@@ -42,6 +44,7 @@ class LoopWatch:
         handlers: the code of each async handler, by kind: a handler run in a task of
             its own (a timeout's, on Python 3.11) is found in the loop's stack.
         blocked_after_s: how long the loop may not run before the watch warns.
+        in_threads: the jobs whose plain handlers run in threads now, as `job (kind)`.
     """
 
     def __init__(
@@ -49,9 +52,11 @@ class LoopWatch:
         job_of: JobOf,
         handlers: dict[CodeType, str] | None = None,
         blocked_after_s: float | None = None,
+        in_threads: Callable[[], list[str]] | None = None,
     ) -> None:
         self.job_of = job_of
         self.handlers = handlers or {}
+        self.in_threads = in_threads or list
         self.blocked_after_s = BLOCKED_AFTER_S if blocked_after_s is None else blocked_after_s
         self._seen = monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,6 +139,19 @@ class LoopWatch:
             )
             return
         kind = job[0] if job is not None else _handler_in(frame, self.handlers)
+        plain = self.in_threads() if kind is None else []
+        if plain:  # no async handler runs: one of these holds the GIL, most likely
+            log.warning(
+                "the event loop has been blocked for %.1fs, at %s, while plain handlers run "
+                "in threads (%s): a computation that holds the interpreter's lock (GIL) stops "
+                "every thread; run it in a process (ProcessPoolExecutor), or with a library "
+                "that lets go of the lock",
+                blocked,
+                where,
+                ", ".join(plain),
+                extra={**fields, "plain": plain},
+            )
+            return
         if kind is None:
             log.warning(
                 "the event loop has been blocked for %.1fs, at %s: meanwhile no lease of this "
@@ -161,7 +179,7 @@ def _users(filename: str) -> bool:
     """Whether code of `filename` is the user's: not offload's, nor the standard library's
     (the packages installed under it are, for this)."""
     path = str(Path(filename).resolve())
-    if path.startswith(_OFFLOAD):
+    if path.startswith(_OFFLOAD) or any(part in path for part in _LOOPS):
         return False
     return not path.startswith(_STDLIB) or any(part in path for part in _INSTALLED)
 

@@ -439,6 +439,16 @@ class Worker:
         spec = self.app.handlers.get(kind) or self.builtin.get(kind)
         return kind, spec is not None and not spec.is_async
 
+    def _plain_running(self) -> list[str]:
+        """The jobs whose plain handlers run in threads now, as `job (kind)` (`LoopWatch`,
+        from its thread)."""
+        running = []
+        for job_id in list(self._in_threads):
+            job = self._jobs.get(job_id)
+            if job is not None:
+                running.append(f"{job_id} ({job.lease.envelope.kind})")
+        return running
+
     def _async_handlers(self) -> dict[CodeType, str]:
         """The code of each async handler, by kind (`LoopWatch`)."""
         found = {}
@@ -501,7 +511,7 @@ class Worker:
                 "slot": self.slot,
             },
         )
-        loop_watch = LoopWatch(self._job_of, self._async_handlers())
+        loop_watch = LoopWatch(self._job_of, self._async_handlers(), in_threads=self._plain_running)
         loop_watch.start()
         try:
             try:
