@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-#: The most of a handler's error message a log line carries (as its job's record does).
-LOGGED_CHARS = 2000
+#: The most of a handler's error message its job's record and a log line carry.
+MESSAGE_CHARS = 2000
 
 
 def storable(text: str) -> str:
@@ -31,6 +31,6 @@ def said(exc: BaseException) -> str:
 
 def logged(exc: BaseException) -> str:
     """An error's message as a log line carries it: readable, storable, and cut after
-    `LOGGED_CHARS` (a handler's 10 MB message made a 10 MB line for each attempt)."""
+    `MESSAGE_CHARS` (a handler's 10 MB message made a 10 MB line for each attempt)."""
     text = storable(said(exc))
-    return text if len(text) <= LOGGED_CHARS else f"{text[:LOGGED_CHARS]}… ({len(text):,} chars)"
+    return text if len(text) <= MESSAGE_CHARS else f"{text[:MESSAGE_CHARS]}… ({len(text):,} chars)"

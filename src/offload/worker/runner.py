@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import _claim_check as claim_check
 from .. import tracing
-from .._text import logged, said, storable
+from .._text import MESSAGE_CHARS, logged, said, storable
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
@@ -191,15 +191,10 @@ def _for_another(outcome: Outcome) -> bool:
 
 def _error(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
     return {
-        "type": _text(type_name or type(exc).__name__),
-        "message": _text(_message(exc)[:2000]),
-        "traceback": _text("".join(traceback.format_exception(exc))[-8000:]),
+        "type": storable(type_name or type(exc).__name__),
+        "message": storable(_message(exc)[:MESSAGE_CHARS]),
+        "traceback": storable("".join(traceback.format_exception(exc))[-8000:]),
     }
-
-
-def _text(text: str) -> str:
-    """A handler's text as a job's error stores it (`storable`)."""
-    return storable(text)
 
 
 def _message(exc: BaseException) -> str:
@@ -1098,7 +1093,7 @@ class Worker:
             return Outcome(
                 lease=lease,
                 state=JobState.CANCELLED,
-                error={"type": "Cancel", "message": _text(exc.reason)},
+                error={"type": "Cancel", "message": storable(exc.reason)},
             )
         self._prefetch.ran(ran_s)
         if isinstance(exc, TimeoutError):
