@@ -473,6 +473,12 @@ async def test_a_call_on_a_busy_pool_waits_its_turn_past_the_retry_deadline(
         await backend.close()
 
 
+def _as_role(url: str, role: str) -> str:
+    """`url` with `role` as its user (the server's trust auth takes it without a password)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+
+
 async def test_the_apps_role_runs_migrate_on_an_up_to_date_schema_and_its_calls(
     schema: PgSchema,
 ) -> None:
@@ -484,8 +490,7 @@ async def test_the_apps_role_runs_migrate_on_an_up_to_date_schema_and_its_calls(
         dml = "SELECT, INSERT, UPDATE, DELETE"
         await conn.execute(f"GRANT {dml} ON ALL TABLES IN SCHEMA {schema.name} TO {role}")
         await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema.name} TO {role}")
-    parts = urlsplit(schema.url)
-    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    url = _as_role(schema.url, role)
     backend = PostgresBackend.from_url(url)
     try:
         await backend.open(check_schema=False)
@@ -521,8 +526,7 @@ async def test_a_call_waits_its_turn_on_a_pool_at_its_roles_connection_limit(
         await conn.execute(f"GRANT ALL ON SCHEMA {schema.name} TO {role}")
         for things in ("TABLES", "SEQUENCES", "FUNCTIONS"):
             await conn.execute(f"GRANT ALL ON ALL {things} IN SCHEMA {schema.name} TO {role}")
-    parts = urlsplit(schema.url)
-    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    url = _as_role(schema.url, role)
     backend = PostgresBackend.from_url(
         url + "&pool_size=5", connect_timeout_s=1.0, retry_deadline_s=1.0
     )

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +396,21 @@ async def _limit_pages(backend: SQLiteBackend, pages: int | None) -> None:
     await backend._run(run)
 
 
+@contextlib.asynccontextmanager
+async def _two(path: str) -> AsyncIterator[tuple[SQLiteBackend, SQLiteBackend]]:
+    """Two backends on one file, as two processes hold it: open, and closed at the end."""
+    first, second = SQLiteBackend(path), SQLiteBackend(path)
+    await first.open()
+    try:
+        await second.open()
+        try:
+            yield first, second
+        finally:
+            await second.close()
+    finally:
+        await first.close()
+
+
 def _lease_end(path: str) -> float:
     """When the one job's lease in the file at `path` ends (read without a lock)."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -405,10 +420,7 @@ def _lease_end(path: str) -> float:
 async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_path: Path) -> None:
     # Given a job leased for 0.6 s by one process, and another process's rescuer
     path = str(tmp_path / "stall.db")
-    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
-    await holder.open()
-    await rescuer.open()
-    try:
+    async with _two(path) as (holder, rescuer):
         env = envelope()
         await holder.enqueue([env])
         (lease,) = await claim(holder, lease_for=0.6)
@@ -438,9 +450,6 @@ async def test_a_rescue_that_waited_out_a_held_lock_pays_the_stall_first(tmp_pat
         thread.join()
         (answer,) = await holder.extend([lease], lease_for=0.6)
         assert answer.held and (await status(holder, env.id))["state"] == "running"
-    finally:
-        await holder.close()
-        await rescuer.close()
 
 
 async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
@@ -451,10 +460,7 @@ async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
     # again jobs whose holders could not heartbeat (16 of 32 in a trial's 70 s lock)
     monkeypatch.setattr(backend_module, "DEFAULT_BUSY_TIMEOUT_S", 0.3)
     path = str(tmp_path / "long-stall.db")
-    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
-    await holder.open()
-    await rescuer.open()
-    try:
+    async with _two(path) as (holder, rescuer):
         # Given a job leased for 0.6 s by one process,
         env = envelope()
         await holder.enqueue([env])
@@ -472,9 +478,6 @@ async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
         assert await rescuer.rescue(decisions) == [False]
         (answer,) = await holder.extend([lease], lease_for=0.6)
         assert answer.held and (await status(holder, env.id))["state"] == "running"
-    finally:
-        await holder.close()
-        await rescuer.close()
 
 
 async def test_a_file_this_process_may_only_read_is_refused_as_it_opens(
@@ -513,10 +516,7 @@ async def test_a_write_tried_again_only_much_later_pays_no_old_stall(
     monkeypatch.setattr(backend_module, "DEFAULT_BUSY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(backend_module, "STALL_CARRY_S", 0.3)
     path = str(tmp_path / "stale.db")
-    holder, other = SQLiteBackend(path), SQLiteBackend(path)
-    await holder.open()
-    await other.open()
-    try:
+    async with _two(path) as (holder, other):
         await holder.enqueue([envelope()])
         await claim(holder, lease_for=30.0)
 
@@ -526,9 +526,6 @@ async def test_a_write_tried_again_only_much_later_pays_no_old_stall(
         await asyncio.sleep(0.5)  # past STALL_CARRY_S, the lock free all along
         await other.record_worker(worker_info("o"))
         assert _lease_end(path) == before
-    finally:
-        await holder.close()
-        await other.close()
 
 
 async def test_a_write_refused_for_room_while_others_wrote_pays_no_stall(
@@ -537,11 +534,7 @@ async def test_a_write_refused_for_room_while_others_wrote_pays_no_stall(
     # A web tier's big enqueue refused for want of room, while workers' small heartbeats
     # still fitted, is no stall: its next write added the time since to every lease
     path = str(tmp_path / "big.db")
-    holder, web = SQLiteBackend(path), SQLiteBackend(path)
-    await holder.open()
-    await web.open()
-
-    try:
+    async with _two(path) as (holder, web):
         await holder.enqueue([envelope()])
         (lease,) = await claim(holder, lease_for=30.0)
         await _limit_pages(web, None)
@@ -553,18 +546,11 @@ async def test_a_write_refused_for_room_while_others_wrote_pays_no_stall(
         renewed = _lease_end(path)
         await web.record_worker(worker_info("w"))  # (within STALL_CARRY_S of the refusal)
         assert _lease_end(path) == renewed
-    finally:
-        await holder.close()
-        await web.close()
 
 
 async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> None:
     path = str(tmp_path / "full.db")
-    holder, rescuer = SQLiteBackend(path), SQLiteBackend(path)
-    await holder.open()
-    await rescuer.open()
-
-    try:
+    async with _two(path) as (holder, rescuer):
         # Given a job leased for 0.6 s by one process,
         env = envelope()
         await holder.enqueue([env])
@@ -584,9 +570,6 @@ async def test_a_full_disk_is_paid_to_the_leases_as_a_stall(tmp_path: Path) -> N
         assert await rescuer.rescue(decisions) == [False]
         (answer,) = await holder.extend([lease], lease_for=0.6)
         assert answer.held and (await status(holder, env.id))["state"] == "running"
-    finally:
-        await holder.close()
-        await rescuer.close()
 
 
 async def test_a_stall_is_paid_once_to_the_leases_live_when_it_began(tmp_path: Path) -> None:
@@ -867,10 +850,7 @@ async def test_a_waiting_claimer_polls_on_the_loops_thread_and_wakes_for_another
     # Given a claimer that found nothing and waits, its polls reading the database's
     # version on the loop's thread (the writer thread has nothing of it meanwhile)
     path = str(tmp_path / "poll.db")
-    mine, theirs = SQLiteBackend(path), SQLiteBackend(path)
-    await mine.open()
-    await theirs.open()
-    try:
+    async with _two(path) as (mine, theirs):
         handed = hops(mine)
         assert await claim(mine) == []
         waiting = asyncio.ensure_future(mine.wait(["q"], 30.0))
@@ -881,9 +861,6 @@ async def test_a_waiting_claimer_polls_on_the_loops_thread_and_wakes_for_another
         await asyncio.wait_for(waiting, 10)
         assert "_version" not in handed
         assert len(await claim(mine)) == 1
-    finally:
-        await theirs.close()
-        await mine.close()
 
 
 async def test_a_claim_of_a_few_jobs_stays_on_the_loops_thread_and_a_batch_or_a_held_lock_hops(
