@@ -278,8 +278,9 @@ class App:
         #: The open backend was opened by a first call (no `open` then): the `close` of a
         #: later `open` leaves it open.
         self._lazy = False
-        #: The settings' URL and the one opened: a bare `memory://` named (`_store_url`).
-        self._named_url: tuple[str, str] | None = None
+        #: The URL opened: the settings', a bare `memory://` named (`_store_url`); None
+        #: until asked, and again when `configure` changes the settings.
+        self._named_url: str | None = None
         #: The runner of the `*_sync` calls when the first `open` came: its `close` keeps it.
         self._runner_before_open: SyncRunner[App] | None = None
         self._sync: SyncRunner[App] | None = None
@@ -323,10 +324,9 @@ class App:
         """The backend URL to open: the settings', where a bare `memory://` (a fresh
         database at each open) is named once for this App, so that the twin of its `*_sync`
         calls, and this App opened again while the twin holds it, open the same one."""
-        url = self.settings.url
-        if self._named_url is None or self._named_url[0] != url:
-            self._named_url = (url, name_memory(url))
-        return self._named_url[1]
+        if self._named_url is None:
+            self._named_url = name_memory(self.settings.url)
+        return self._named_url
 
     def configure(self, settings: Settings, *, clock: Clock | None = None) -> None:
         """Replace the settings (before the app is opened), and the clock when one is given
@@ -1687,12 +1687,9 @@ def _queue_name(queue: str) -> str:
 
 def _close_now(backend: Backend) -> None:
     """Close `backend`, which no event loop owns (SQLite), from synchronous code, before
-    returning: where a loop runs in this thread, on a thread of its own (a task of that
-    loop would close it later, after the next open of the same database, or never, were
-    the loop ending)."""
-    if running_loop() is None:
-        asyncio.run(backend.close())
-        return
+    returning: on a thread and loop of its own, wherever a loop may run in this one (a task
+    of that loop would close it later, after the next open of the same database, or never,
+    were the loop ending)."""
     closing = threading.Thread(
         target=lambda: asyncio.run(backend.close()), name="offload-close", daemon=True
     )
