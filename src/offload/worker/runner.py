@@ -431,7 +431,7 @@ class Worker:
         if job is None:
             return None
         kind = job.lease.envelope.kind
-        spec = self.app.handlers.get(kind) or self.builtin.get(kind)
+        spec = self._spec_of(kind)
         return kind, spec is not None and not spec.is_async
 
     def _plain_running(self) -> list[str]:
@@ -931,7 +931,7 @@ class Worker:
     async def _execute(self, job: _Job, ctx: Context) -> Outcome | None:
         """One run of a job's handler; its outcome is reported as the run ends (`_finished`)."""
         kind = job.lease.envelope.kind
-        spec = self.app.handlers.get(kind) or self.builtin.get(kind)
+        spec = self._spec_of(kind)
         with tracing.process(job.lease) as span:
             try:
                 outcome: Outcome | None = await self._attempt(job.lease, ctx, spec)
