@@ -109,8 +109,14 @@ async def warm_and_block(
     worker: Worker = await start_worker(concurrency=1, prefetch=50)
     await app.enqueue(Step(n=-1))
     await until(lambda: len(runs) == 1)
-    await app.enqueue(Step(n=0, block=True))
-    jobs = await app.enqueue_many([Step(n=i) for i in range(1, waiting + 1)])
+    # Stored together, one claim takes the blocking job and those held behind it (enqueued
+    # once it had run a tenth of a second, a loaded run's, none: a slot held that long
+    # finishes little), whatever the warm-up run took (hours of work held ahead)
+    worker._prefetch.horizon_s = 3600.0
+    stored = await app.enqueue_many(
+        [Step(n=0, block=True), *(Step(n=i) for i in range(1, waiting + 1))]
+    )
+    jobs = stored[1:]  # (behind the blocking job, first by id)
     await until(lambda: worker.held_ahead == waiting)
     return worker, runs, jobs
 
