@@ -7,7 +7,7 @@ and follow the job to its result.
 from __future__ import annotations
 
 from .app import App, Job
-from .context import Context
+from .context import Context, SyncContext
 from .contract import (
     Envelope,
     FromPrincipal,
@@ -66,6 +66,7 @@ __all__ = [
     "SchemaError",
     "Settings",
     "StorageFull",
+    "SyncContext",
     "Throughput",
     "UnknownKind",
     "WorkerInfo",

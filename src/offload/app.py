@@ -36,6 +36,7 @@ from .brokers.base import (
 )
 from .clock import Clock
 from .clock import seconds as _seconds
+from .context import Context, SyncContext
 from .contract import (
     CANCELLABLE_STATES,
     FINAL_STATES,
@@ -72,6 +73,11 @@ from .versions import WORKER_LIVE_S, LiveVersions
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+#: A handler's message class, context class (`Context`, or `SyncContext` for a plain
+#: handler) and return: `handles` checks the handler against the class it registers for.
+MT = TypeVar("MT", bound=Message)
+C = TypeVar("C", bound=Context)
+R = TypeVar("R")
 #: An upgrader: a payload of one version in, the next version's payload (or message) out.
 Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
 #: An upgrader as its module declares it: `upgrade` keeps its own type (a test calls it).
@@ -481,15 +487,16 @@ class App:
 
     def handles(
         self,
-        cls: type[Message],
+        cls: type[MT],
         *,
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         backoff: Backoff | None = None,
         max_running: int | None = None,
         rate: str | None = None,
-    ) -> Callable[[F], F]:
-        """Register the handler of a message class (in the worker half).
+    ) -> Callable[[Callable[[MT, C], R]], Callable[[MT, C], R]]:
+        """Register the handler of a message class (in the worker half): a function of the
+        message and the context, `async def` or plain `def`.
 
         Args:
             max_running: never more than this many jobs of the kind running at once, across
@@ -502,8 +509,9 @@ class App:
         starts; the latest declaration of a kind wins (so run one version of the code).
 
         Raises:
-            ConfigurationError: a kind with a handler already, `max_running` below 1, or a
-                `rate` not of the form `"100/m"`.
+            ConfigurationError: a kind with a handler already, a handler that cannot be
+                called with the message and the context, `max_running` below 1, or a `rate`
+                not of the form `"100/m"`.
         """
         spec = self.spec_of(cls)
         if max_running is not None and (
@@ -519,9 +527,10 @@ class App:
             )
         parsed_rate = None if rate is None else parse_rate(rate)
 
-        def register(fn: F) -> F:
+        def register(fn: Callable[[MT, C], R]) -> Callable[[MT, C], R]:
             if spec.kind in self.handlers:
                 raise ConfigurationError(f"kind {spec.kind!r} already has a handler")
+            _check_callable(fn, spec.kind)
             self.handlers[spec.kind] = HandlerSpec(
                 fn=fn,
                 message=spec,
@@ -1700,3 +1709,35 @@ def _close_now(backend: Backend) -> None:
 def _bound(backend: Backend) -> bool:
     """Whether `backend`'s connections belong to the loop that opened it (`App._loop_bound`)."""
     return bool(getattr(backend, "loop_bound", False))
+
+
+def _check_callable(fn: Callable[..., Any], kind: str) -> None:
+    """Refuse, as it is registered, a handler the worker could not call with the message
+    and the context (each of its jobs would fail, attempt after attempt, on a TypeError)."""
+    if not callable(fn):
+        raise ConfigurationError(f"the handler of {kind!r} must be a function, not {fn!r}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable Python cannot describe: the worker tries it
+        return
+    name = getattr(fn, "__qualname__", repr(fn))
+    try:
+        bound = signature.bind(None, None)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"the handler of {kind!r}, {name}{signature}, must take the message and the "
+            f"context, (msg, ctx): {exc}"
+        ) from None
+    context = signature.parameters[list(bound.arguments)[-1]].annotation
+    if isinstance(context, str):  # ("'SyncContext'": quoted under future annotations)
+        context = context.strip("'\"")
+    if inspect.iscoroutinefunction(fn) and context in _SYNC_CONTEXT:
+        raise ConfigurationError(
+            f"the handler of {kind!r}, {name}, is async: its context is a Context, whose "
+            "calls it awaits (SyncContext types a plain def handler's)"
+        )
+
+
+#: How a handler's signature may name `SyncContext` (a class, or text under
+#: `from __future__ import annotations`).
+_SYNC_CONTEXT = (SyncContext, "SyncContext", "offload.SyncContext", "offload.context.SyncContext")

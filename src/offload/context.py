@@ -7,8 +7,9 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from time import monotonic
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 from ._loop import running_loop
 from ._text import storable
@@ -29,6 +30,7 @@ PROGRESS_PAUSE_S = 5.0
 #: same outage, and each said it (the worker's own loops say an outage once per 10 s).
 _progress_unsaid = {"until": float("-inf"), "count": 0}
 _MAKING = threading.Lock()
+T = TypeVar("T")
 
 
 class Context:
@@ -190,6 +192,55 @@ class Context:
     def idempotency_key(self, step: str = "") -> str:
         """A stable key for an external call (payments, emails): the same on every attempt."""
         return f"{self.job_id}:{step}" if step else self.job_id
+
+
+class SyncBlobs(Protocol):
+    """The blob store as a plain handler calls it (`ctx.blobs` of a `SyncContext`): each
+    call blocks until it is done on the worker's loop."""
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
+        """Store `data` under `key` (replacing it); returns the reference `blob:<key>`."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The stored bytes. Raises FileNotFoundError."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; a missing one is not an error."""
+        ...
+
+    def path_of(self, key: str) -> Path | None:
+        """A local file for `key` when the store is on this filesystem, else None."""
+        ...
+
+
+class SyncContext(Context):
+    """The context of a plain (`def`) handler, typed for its calls without `await`: with
+    `ctx: SyncContext`, `ctx.progress(...)` is a `bool`, `ctx.blobs.put(...)` a `str` and
+    `ctx.once(step, fn)` what `fn` returns. The worker passes one to every plain handler (an
+    async handler gets a `Context`); it behaves as `Context` does, whose methods a type
+    checker takes to return anything, awaited or not."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def blobs(self) -> SyncBlobs:  # type: ignore[override]  # (the same store, unawaited)
+            ...
+
+        def progress(self, fraction: float | None = None, message: str | None = None) -> bool: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], Awaitable[T]]) -> T: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], T]) -> T: ...
+
+        def once(self, step: str, fn: Callable[[], Any]) -> Any: ...
+
+        def put_stream(
+            self, key: str, source: StreamSource, content_type: str | None = None
+        ) -> str: ...
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

@@ -19,6 +19,7 @@ from offload import (
     OffloadError,
     Retry,
     Settings,
+    SyncContext,
     testing,
 )
 from offload.testing import FakeClock, JobsFailed, RunawayJobs, run_jobs, run_jobs_sync
@@ -374,3 +375,40 @@ def test_the_test_client_pattern_the_readme_shows(url: str, tmp_path: Path) -> N
         assert [row.kind for row in ran] == ["shop.export", "shop.part"]
         status = client.get(created.headers["Location"])
         assert status.json()["state"] == "succeeded"
+
+
+async def test_a_plain_handler_gets_a_sync_context_and_an_async_one_a_context(
+    tmp_path: Path,
+) -> None:
+    # Given a plain handler typed with SyncContext and an async one typed with Context
+    seen: dict[str, object] = {}
+    async with shop(f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path) as app:
+
+        @app.message("shop.plain")
+        class Plain(Message):
+            pass
+
+        @app.message("shop.awaiting")
+        class Awaiting(Message):
+            pass
+
+        @app.handles(Plain)
+        def plain(msg: Plain, ctx: SyncContext) -> str:
+            seen["plain"] = (type(ctx), ctx.progress(0.5, "half"))
+            return ctx.blobs.put(f"notes/{ctx.job_id}.txt", b"plain")
+
+        @app.handles(Awaiting)
+        async def awaiting(msg: Awaiting, ctx: Context) -> str:
+            seen["awaiting"] = (type(ctx), await ctx.progress(0.5, "half"))
+            ref: str = await ctx.blobs.put(f"notes/{ctx.job_id}.txt", b"async")
+            return ref
+
+        # When both run
+        first = await app.enqueue(Plain())
+        second = await app.enqueue(Awaiting())
+        ran = {row.id: row for row in await run_jobs(app)}
+
+    # Then each got the context its typing says, and each call returned what it types
+    assert seen == {"plain": (SyncContext, True), "awaiting": (Context, True)}
+    assert ran[first.id].result == f"blob:notes/{first.id}.txt"
+    assert ran[second.id].result == f"blob:notes/{second.id}.txt"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from offload import App, ConfigurationError, Message, Settings, UnknownKind
+from offload import App, ConfigurationError, Context, Message, Settings, SyncContext, UnknownKind
 from offload.app import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from offload.clock import FakeClock
 from offload.web import check_bind
@@ -329,3 +329,43 @@ def test_upgraders_are_registered_per_kind_and_step() -> None:
         app.upgrade("reports.export", 1)(one_to_two)
     with pytest.raises(ConfigurationError, match="count from 1"):
         app.upgrade("reports.export", 0)
+
+
+def test_handles_refuses_a_handler_the_worker_could_not_call() -> None:
+    app = _app()
+    cls = _registered(app, "k")
+
+    def without_context(msg: Message) -> None: ...
+
+    def three(msg: Message, ctx: object, extra: int) -> None: ...
+
+    for wrong in (without_context, three, lambda: None):
+        with pytest.raises(ConfigurationError, match=r"must take the message and the context"):
+            app.handles(cls)(wrong)
+    with pytest.raises(ConfigurationError, match="must be a function"):
+        app.handles(cls)("handler")  # type: ignore[arg-type]
+    assert "k" not in app.handlers
+
+    def flexible(msg: Message, ctx: object, extra: int = 0, *more: object) -> None: ...
+
+    assert app.handles(cls)(flexible) is flexible
+
+
+def test_an_async_handler_typed_with_the_plain_handlers_context_is_refused() -> None:
+    # ctx.progress(...) unawaited there would do nothing: an async handler gets a Context
+    app = _app()
+
+    async def typed_as_a_class(msg: Message, ctx: SyncContext) -> None: ...
+
+    async def typed_as_text(msg: Message, ctx: "SyncContext") -> None: ...  # noqa: UP037
+
+    for wrong in (typed_as_a_class, typed_as_text):
+        with pytest.raises(ConfigurationError, match="is async: its context is a Context"):
+            app.handles(_registered(app, wrong.__name__))(wrong)
+
+    def plain(msg: Message, ctx: SyncContext) -> None: ...
+
+    async def awaiting(msg: Message, ctx: Context) -> None: ...
+
+    app.handles(_registered(app, "plain"))(plain)
+    app.handles(_registered(app, "awaiting"))(awaiting)

@@ -3,6 +3,6 @@ contract, so that handlers and the delivery kinds' handlers type it without the 
 
 from __future__ import annotations
 
-from ..context import Context
+from ..context import Context, SyncContext
 
-__all__ = ["Context"]
+__all__ = ["Context", "SyncContext"]

@@ -57,7 +57,7 @@ from ..notify.base import NOTIFY_QUEUE, Notifier
 from ..notify.dispatch import Dispatcher
 from ..notify.plan import follow_ups
 from ..versions import chain_problem, runnable_versions, upgrade
-from .context import Context
+from .context import Context, SyncContext
 from .failures import FailureLog
 from .gating import ClaimGate
 from .lease import Renewal, fresh, stalled_s
@@ -945,10 +945,13 @@ class Worker:
 
     def context_for(self, lease: Lease) -> Context:
         """The handler's context of a job whose lease the caller holds and beats (its
-        `max_attempts` the handler's budget, where it overrides the message's)."""
+        `max_attempts` the handler's budget, where it overrides the message's): a plain
+        handler's is a `SyncContext`, typed for its calls without `await`."""
         loop = asyncio.get_running_loop()
-        ctx = Context(lease, self.app._require_backend(), self.app.blobs, loop)
-        ctx.max_attempts = self._handler_budget(lease.envelope.kind) or ctx.max_attempts
+        spec = self._spec_of(lease.envelope.kind)
+        made = Context if spec is None or spec.is_async else SyncContext
+        ctx = made(lease, self.app._require_backend(), self.app.blobs, loop)
+        ctx.max_attempts = (None if spec is None else spec.max_attempts) or ctx.max_attempts
         return ctx
 
     async def run_leased(self, lease: Lease, ctx: Context) -> Outcome:
