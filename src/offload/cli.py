@@ -159,9 +159,14 @@ def _app(ref: str | None, url: str | None) -> App:
     return app
 
 
+#: Whether this process serves (web, worker, dev): its fatal errors are log records then.
+_SERVING = {"now": False}
+
+
 def _served_app(ref: str, url: str | None) -> App:
     """The app of a command that serves or works, logging set up once it is imported: what
     its module set up is left alone (offload's own beside it would print each line twice)."""
+    _SERVING["now"] = True
     app = _app(ref, url)
     _setup_logging()
     return app
@@ -176,7 +181,16 @@ class _AmbiguousId(Exception):
 
 
 def _fail(message: str, *, prefix: str = "", code: int = 1) -> typer.Exit:
-    """Print `message` as one line on stderr (never wrapped, never read as markup)."""
+    """Print `message` as one line on stderr (never wrapped, never read as markup); a
+    server process logging JSON (`_json_logs`, `_SERVING`) logs it as an error
+    record (`action` `exit`) with the code it exits with."""
+    if _json_logs() and _SERVING["now"]:
+        if not logging.getLogger().handlers:  # (it failed as its app was imported)
+            _setup_logging()
+        logging.getLogger("offload").error(
+            "%s", message, extra={"action": "exit", "exit_code": code}
+        )
+        return typer.Exit(code)
     from rich.text import Text
 
     line = Text.assemble((prefix, "red"), message) if prefix else Text(message)
@@ -233,10 +247,16 @@ def _banner(
     schedules: Iterable[str] = (),
 ) -> None:
     """What a server process is about to serve, printed once at its start: two processes
-    started in different folders or environments visibly point at different backends."""
-    lines = banner_lines(
-        title, app, queues=queues, kinds=kinds, concurrency=concurrency, schedules=schedules
+    started in different folders or environments visibly point at different backends.
+    Under JSON logs (`OFFLOAD_LOG_FORMAT=json`) it is one log record of its own (`action`
+    `serving`), so that a log collector reads every line of the process as JSON."""
+    fields = banner_fields(
+        app, queues=queues, kinds=kinds, concurrency=concurrency, schedules=schedules
     )
+    if _json_logs():
+        logging.getLogger("offload").info(title, extra={"action": "serving", **fields})
+        return
+    lines = _lines_of(title, fields)
     if not sys.stdout.isatty():
         # A log (a container's, a supervisor's) takes the same plain lines without rich,
         # whose import was 22 ms of a worker's 0.55 s start-up.
@@ -245,6 +265,34 @@ def _banner(
     console = _console()
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def _json_logs() -> bool:
+    """Whether the process logs JSON lines (`OFFLOAD_LOG_FORMAT=json`)."""
+    return os.environ.get("OFFLOAD_LOG_FORMAT", "text").strip().lower() == "json"
+
+
+def banner_fields(
+    app: App,
+    *,
+    queues: Iterable[str],
+    kinds: Iterable[str],
+    concurrency: str | None = None,
+    schedules: Iterable[str] = (),
+) -> dict[str, str | list[str]]:
+    """What a start-up banner tells: backend, queues, kinds, concurrency (when given),
+    schedules (when any) and blobs, secrets masked."""
+    fields: dict[str, str | list[str]] = {
+        "backend": _shown_url(app.settings.url),
+        "queues": list(queues),
+        "kinds": sorted(kinds),
+    }
+    if concurrency is not None:
+        fields["concurrency"] = concurrency
+    if schedules:  # the periodic schedules its scheduler runs (workers only)
+        fields["schedules"] = sorted(schedules)
+    fields["blobs"] = describe_blobs(app.blobs)
+    return fields
 
 
 def banner_lines(
@@ -256,19 +304,19 @@ def banner_lines(
     concurrency: str | None = None,
     schedules: Iterable[str] = (),
 ) -> list[str]:
-    """The lines of a start-up banner: the title, then backend, queues, kinds, concurrency
-    (when given), schedules (when any) and blobs, secrets masked."""
-    lines = [
-        ("backend", _shown_url(app.settings.url)),
-        ("queues", ", ".join(queues) or "(none)"),
-        ("kinds", ", ".join(sorted(kinds)) or "(none)"),
-    ]
-    if concurrency is not None:
-        lines.append(("concurrency", concurrency))
-    if schedules:  # the periodic schedules its scheduler runs (workers only)
-        lines.append(("schedules", ", ".join(sorted(schedules))))
-    lines.append(("blobs", describe_blobs(app.blobs)))
-    return [title, *(f"  {name:<12} {value}" for name, value in lines)]
+    """The lines of a start-up banner: the title, then what `banner_fields` tells."""
+    fields = banner_fields(
+        app, queues=queues, kinds=kinds, concurrency=concurrency, schedules=schedules
+    )
+    return _lines_of(title, fields)
+
+
+def _lines_of(title: str, fields: dict[str, str | list[str]]) -> list[str]:
+    shown = {
+        name: value if isinstance(value, str) else ", ".join(value) or "(none)"
+        for name, value in fields.items()
+    }
+    return [title, *(f"  {name:<12} {value}" for name, value in shown.items())]
 
 
 def _kinds_served(app: App, queues: Sequence[str]) -> list[str]:
@@ -286,6 +334,11 @@ def _warn_unrouted(app: App, named: Iterable[str]) -> None:
         if queue not in routed and queue != NOTIFY_QUEUE:
             known = ", ".join(sorted(routed)) or "(none)"
             message = f"no kind this worker handles is routed to queue {queue} (theirs: {known})"
+            if _json_logs():
+                logging.getLogger("offload").warning(
+                    "%s; a misspelt name?", message, extra={"action": "queue_unrouted"}
+                )
+                continue
             _console(stderr=True).print(
                 f"warning: {message}; a misspelt name?",
                 soft_wrap=True,
@@ -515,6 +568,7 @@ def worker(
         options += [f"--max-jobs={max_jobs}"] if max_jobs else []
         options += [f"--exit-when-idle={exit_when_idle}"] if exit_when_idle is not None else []
         options += [f"--metrics-host={metrics_host}"] if metrics_port else []
+        _SERVING["now"] = True
         _setup_logging()
         first = worker_argv(app, [*options, f"--of-processes={processes}"])
         others = worker_argv(app, [*options, "--no-banner"])

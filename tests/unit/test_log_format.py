@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -59,3 +60,82 @@ def test_a_record_without_extras_is_the_four_fields() -> None:
     line = orjson.loads(JsonLines().format(record))
     assert set(line) == {"time", "level", "logger", "message"}
     assert line["message"] == "hello you"
+
+
+PROJECT = """
+from offload import App, Message, SyncContext
+
+app = App("jsonlogs")
+
+@app.message("jsonlogs.ping")
+class Ping(Message):
+    pass
+
+@app.handles(Ping)
+def ping(msg: Ping, ctx: SyncContext) -> None:
+    return None
+"""
+
+
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
+    tmp_path: Path, form: str
+) -> None:
+    # Given a worker started with JSON logs (or text), serving a queue no kind routes to
+    (tmp_path / "jsonlogs.py").write_text(PROJECT)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
+        "OFFLOAD_LOG_FORMAT": form,
+        "OFFLOAD_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "OFFLOAD_BLOBS_URL": str(tmp_path / "blobs"),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["worker", "--app", "jsonlogs:app", "--queues", "default,defualt"]
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", *argv, "--exit-when-idle", "0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    if form == "text":  # the banner a person reads, on stdout
+        assert done.stdout.startswith("offload worker (app jsonlogs)\n  backend")
+        assert "warning: no kind this worker handles is routed to queue defualt" in done.stderr
+        return
+    # Then every line it wrote is a JSON object: the banner one record of its own
+    assert done.stdout == ""
+    records = [orjson.loads(line) for line in done.stderr.splitlines()]
+    (serving,) = [r for r in records if r.get("action") == "serving"]
+    assert serving["message"] == "offload worker (app jsonlogs)"
+    assert serving["level"] == "INFO" and serving["logger"] == "offload"
+    assert serving["queues"] == ["default", "defualt"]
+    assert serving["kinds"] == ["jsonlogs.ping"]
+    assert serving["backend"].startswith("sqlite:///") and serving["blobs"]
+    (unrouted,) = [r for r in records if r.get("action") == "queue_unrouted"]
+    assert unrouted["level"] == "WARNING" and "queue defualt" in unrouted["message"]
+
+
+def test_a_server_that_cannot_start_says_why_as_a_json_line_under_json_logs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "jsonlogs.py").write_text(PROJECT)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
+        "OFFLOAD_LOG_FORMAT": "json",
+        "OFFLOAD_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "offload", "worker", "--app", "jsonlogs:nosuch"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    (record,) = [orjson.loads(line) for line in done.stderr.splitlines()]
+    assert (record["level"], record["action"], record["exit_code"]) == ("ERROR", "exit", 2)
+    assert "nosuch" in record["message"] and not record["message"].startswith("error:")
