@@ -77,11 +77,8 @@ def ping(msg: Ping, ctx: SyncContext) -> None:
 """
 
 
-@pytest.mark.parametrize("form", ["json", "text"])
-def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
-    tmp_path: Path, form: str
-) -> None:
-    # Given a worker started with JSON logs (or text), serving a queue no kind routes to
+def _offload(tmp_path: Path, form: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`offload ARGV` on the project above (on SQLite in `tmp_path`), logging as `form`."""
     (tmp_path / "jsonlogs.py").write_text(PROJECT)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
@@ -90,15 +87,23 @@ def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
         "OFFLOAD_BLOBS_URL": str(tmp_path / "blobs"),
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
-    argv = ["worker", "--app", "jsonlogs:app", "--queues", "default,defualt"]
-    done = subprocess.run(
-        [sys.executable, "-m", "offload", *argv, "--exit-when-idle", "0"],
+    return subprocess.run(
+        [sys.executable, "-m", "offload", *argv],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
+    tmp_path: Path, form: str
+) -> None:
+    # Given a worker started with JSON logs (or text), serving a queue no kind routes to
+    argv = ["worker", "--app", "jsonlogs:app", "--queues", "default,defualt"]
+    done = _offload(tmp_path, form, *argv, "--exit-when-idle", "0")
     assert done.returncode == 0, done.stderr
     if form == "text":  # the banner a person reads, on stdout
         assert done.stdout.startswith("offload worker (app jsonlogs)\n  backend")
@@ -120,21 +125,7 @@ def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
 def test_a_server_that_cannot_start_says_why_as_a_json_line_under_json_logs(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "jsonlogs.py").write_text(PROJECT)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
-        "OFFLOAD_LOG_FORMAT": "json",
-        "OFFLOAD_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "offload", "worker", "--app", "jsonlogs:nosuch"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _offload(tmp_path, "json", "worker", "--app", "jsonlogs:nosuch")
     assert done.returncode == 2, done.stderr
     (record,) = [orjson.loads(line) for line in done.stderr.splitlines()]
     assert (record["level"], record["action"], record["exit_code"]) == ("ERROR", "exit", 2)
