@@ -4,7 +4,9 @@ a long-running command's heap aside once it has started."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -23,6 +25,14 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling `fn` makes a coroutine to await: a coroutine function, a partial of
+    one, or an object whose class has an async `__call__`."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _runner() -> Callable[[Coroutine[Any, Any, Any]], Any]:

@@ -9,6 +9,8 @@ import dataclasses
 import inspect
 import logging
 import threading
+import types
+import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -21,7 +23,7 @@ from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._group import GroupCommit
 from ._ids import uuid7, uuid7_block
-from ._loop import running_loop
+from ._loop import is_async_callable, running_loop
 from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
@@ -36,7 +38,7 @@ from .brokers.base import (
 )
 from .clock import Clock
 from .clock import seconds as _seconds
-from .context import Context, SyncContext
+from .context import SyncContext
 from .contract import (
     CANCELLABLE_STATES,
     FINAL_STATES,
@@ -73,11 +75,6 @@ from .versions import WORKER_LIVE_S, LiveVersions
 M = TypeVar("M", bound=type[Message])
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-#: A handler's message class, context class (`Context`, or `SyncContext` for a plain
-#: handler) and return: `handles` checks the handler against the class it registers for.
-MT = TypeVar("MT", bound=Message)
-C = TypeVar("C", bound=Context)
-R = TypeVar("R")
 #: An upgrader: a payload of one version in, the next version's payload (or message) out.
 Upgrader = Callable[[dict[str, Any]], "dict[str, Any] | Message"]
 #: An upgrader as its module declares it: `upgrade` keeps its own type (a test calls it).
@@ -487,14 +484,14 @@ class App:
 
     def handles(
         self,
-        cls: type[MT],
+        cls: type[Message],
         *,
         max_attempts: int | None = None,
         timeout: float | timedelta | None = None,
         backoff: Backoff | None = None,
         max_running: int | None = None,
         rate: str | None = None,
-    ) -> Callable[[Callable[[MT, C], R]], Callable[[MT, C], R]]:
+    ) -> Callable[[F], F]:
         """Register the handler of a message class (in the worker half): a function of the
         message and the context, `async def` or plain `def`.
 
@@ -510,8 +507,8 @@ class App:
 
         Raises:
             ConfigurationError: a kind with a handler already, a handler that cannot be
-                called with the message and the context, `max_running` below 1, or a `rate`
-                not of the form `"100/m"`.
+                called with the message and the context (or typed for another message
+                class), `max_running` below 1, or a `rate` not of the form `"100/m"`.
         """
         spec = self.spec_of(cls)
         if max_running is not None and (
@@ -527,17 +524,17 @@ class App:
             )
         parsed_rate = None if rate is None else parse_rate(rate)
 
-        def register(fn: Callable[[MT, C], R]) -> Callable[[MT, C], R]:
+        def register(fn: F) -> F:
             if spec.kind in self.handlers:
                 raise ConfigurationError(f"kind {spec.kind!r} already has a handler")
-            _check_callable(fn, spec.kind)
+            _check_callable(fn, spec.kind, spec.cls)
             self.handlers[spec.kind] = HandlerSpec(
                 fn=fn,
                 message=spec,
                 max_attempts=max_attempts,
                 timeout=_seconds(timeout) if timeout is not None else spec.timeout,
                 backoff=backoff or Backoff(),
-                is_async=inspect.iscoroutinefunction(fn),
+                is_async=is_async_callable(fn),
                 max_running=max_running,
                 rate=parsed_rate,
             )
@@ -1711,13 +1708,16 @@ def _bound(backend: Backend) -> bool:
     return bool(getattr(backend, "loop_bound", False))
 
 
-def _check_callable(fn: Callable[..., Any], kind: str) -> None:
+def _check_callable(fn: Callable[..., Any], kind: str, message: type[Message]) -> None:
     """Refuse, as it is registered, a handler the worker could not call with the message
-    and the context (each of its jobs would fail, attempt after attempt, on a TypeError)."""
+    and the context (each of its jobs would fail, attempt after attempt, on a TypeError),
+    one whose message is typed as another message class, and an async one whose context is
+    typed `SyncContext`. The signature is the one the worker calls: a decorator's wrapper
+    (`functools.wraps`) is taken as it is, not as the function it wraps."""
     if not callable(fn):
         raise ConfigurationError(f"the handler of {kind!r} must be a function, not {fn!r}")
     try:
-        signature = inspect.signature(fn)
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):  # a callable Python cannot describe: the worker tries it
         return
     name = getattr(fn, "__qualname__", repr(fn))
@@ -1728,14 +1728,39 @@ def _check_callable(fn: Callable[..., Any], kind: str) -> None:
             f"the handler of {kind!r}, {name}{signature}, must take the message and the "
             f"context, (msg, ctx): {exc}"
         ) from None
-    context = signature.parameters[list(bound.arguments)[-1]].annotation
+    params = [signature.parameters[p] for p in bound.arguments]
+    if params[0].kind is not params[0].VAR_POSITIONAL:
+        typed = _annotation(fn, params[0].name)
+        if typed and not any(issubclass(message, cls) for cls in typed):
+            shown = " | ".join(cls.__name__ for cls in typed)
+            raise ConfigurationError(
+                f"the handler of {kind!r}, {name}, takes a {shown}: its jobs carry a "
+                f"{message.__name__}"
+            )
+    context = params[-1].annotation
     if isinstance(context, str):  # ("'SyncContext'": quoted under future annotations)
         context = context.strip("'\"")
-    if inspect.iscoroutinefunction(fn) and context in _SYNC_CONTEXT:
+    wrapper = hasattr(fn, "__wrapped__")  # (its annotations are the wrapped function's)
+    if is_async_callable(fn) and context in _SYNC_CONTEXT and not wrapper:
         raise ConfigurationError(
             f"the handler of {kind!r}, {name}, is async: its context is a Context, whose "
             "calls it awaits (SyncContext types a plain def handler's)"
         )
+
+
+def _annotation(fn: Callable[..., Any], param: str) -> list[type[Message]]:
+    """The message classes a handler's parameter is typed as (a class, or a union of
+    them), or [] where it is typed otherwise, not at all, or in a way not resolved here."""
+    try:
+        typed = typing.get_type_hints(fn).get(param)
+    except Exception:  # (a name only its module's own import-time scope knew)
+        return []
+    members = typing.get_args(typed) if isinstance(typed, types.UnionType) else (typed,)
+    if typing.get_origin(typed) is typing.Union:
+        members = typing.get_args(typed)
+    if not all(isinstance(m, type) and issubclass(m, Message) for m in members):
+        return []
+    return list(members)
 
 
 #: How a handler's signature may name `SyncContext` (a class, or text under

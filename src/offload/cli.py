@@ -136,6 +136,7 @@ def _setup_logging() -> None:
     if form == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonLines())
+        logging.captureWarnings(True)  # a warning is a record too (`py.warnings`)
     elif form != "text":  # (said, not refused: a supervisor would refuse before it said)
         logging.getLogger("offload").warning(
             "OFFLOAD_LOG_FORMAT is text or json, not %r: text", form[:20]
@@ -167,7 +168,18 @@ def _served_app(ref: str, url: str | None) -> App:
     """The app of a command that serves or works, logging set up once it is imported: what
     its module set up is left alone (offload's own beside it would print each line twice)."""
     _SERVING["now"] = True
-    app = _app(ref, url)
+    try:
+        app = _app(ref, url)
+    except OffloadError:
+        raise  # (said by `_errors`)
+    except Exception:
+        if not _json_logs():
+            raise  # a person reads the traceback: it names the line of the module
+        _setup_logging()  # under JSON logs, the traceback is the record's `exception`
+        logging.getLogger("offload").exception(
+            "cannot load the app %s", ref, extra={"action": "exit", "exit_code": 1}
+        )
+        raise typer.Exit(1) from None
     _setup_logging()
     return app
 
@@ -389,6 +401,9 @@ def _server(api: Any, host: str, port: int, *, access_log: bool = False) -> Any:
         host=host,
         port=port,
         log_level="warning",
+        # Under JSON logs uvicorn's own lines (a malformed request, a port in use) go to
+        # the root's handler as every record does, not to a plain handler of uvicorn's.
+        log_config=None if _json_logs() else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         access_log=False,
         # On shutdown, requests get this long (the streams end at once: see shutdown).

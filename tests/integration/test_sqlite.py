@@ -20,7 +20,7 @@ from offload._group import DEFAULT_GROUP_MAX_JOBS
 from offload.brokers.sqlite import SCHEMA_VERSION, SQLiteBackend
 from offload.brokers.sqlite import backend as backend_module
 from offload.contract import JobState, Lapsed, Outcome, status_record
-from offload.errors import BackendError, StorageFull
+from offload.errors import BackendError, ConfigurationError, StorageFull
 from offload.worker.rescue import decide_all
 
 from ..contract._support import Policy, claim, envelope, status, worker_info
@@ -81,6 +81,15 @@ async def test_a_file_from_a_newer_offload_is_refused(tmp_path: Path) -> None:
         await SQLiteBackend(str(path)).open()
     with pytest.raises(SchemaError, match="schema version 99"):
         await SQLiteBackend(str(path)).open(create=False)
+
+
+async def test_a_folder_that_cannot_be_made_is_said_in_one_line(tmp_path: Path) -> None:
+    # A path under a file (or a folder this process may not write) cannot be made
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "a-file" / "sub" / "jobs.db"
+    with pytest.raises(ConfigurationError, match=r"cannot create .*a-file/sub, the folder of"):
+        await SQLiteBackend(str(path)).open()
+    assert not (tmp_path / "a-file").is_dir()
 
 
 async def test_without_create_a_missing_file_is_an_error_and_stays_missing(
@@ -483,8 +492,6 @@ async def test_a_stall_longer_than_the_busy_timeout_is_paid_from_its_start(
 async def test_a_file_this_process_may_only_read_is_refused_as_it_opens(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from offload.errors import ConfigurationError
-
     # A worker on a read-only file started, then failed every claim for ever, and a web
     # tier answered ready and a 503 to each request
     path = tmp_path / "data" / "jobs.db"

@@ -1,7 +1,7 @@
 """Checked by mypy (see `files` in pyproject.toml), never run: a plain handler's context
 (`SyncContext`) is typed for calls without `await`, an async handler's for awaits, and
-`@app.handles` refuses a handler of another message class or without the context (each
-`# type: ignore[...]` marks a mistake mypy must report)."""
+`@app.handles` leaves the handler's own type alone (a test calls it by keyword, with its
+options, or reads a decorator's attributes)."""
 
 from __future__ import annotations
 
@@ -52,9 +52,29 @@ def export_direct_call_keeps_its_type(ctx: SyncContext) -> None:
     assert_type(export_plain(Export(period="2026-10"), ctx), dict[str, str])
 
 
-@app.handles(Export)  # type: ignore[arg-type]
-def wrong_message(msg: Other, ctx: Context) -> None: ...
+@app.message("typecheck.count")
+class Count(Message):
+    pass
 
 
-@app.handles(Other)  # type: ignore[arg-type]
-def without_context(msg: Other) -> None: ...
+@app.handles(Other)
+@app.handles(Export)
+def either(msg: Export | Other, ctx: SyncContext, dry_run: bool = False) -> bool:
+    return dry_run
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, msg: Count, ctx: SyncContext) -> None:
+        self.calls += 1
+
+
+counting = app.handles(Count)(Counting())
+
+
+def handlers_keep_their_own_type(ctx: SyncContext) -> None:
+    assert_type(either(msg=Other(size=1), ctx=ctx, dry_run=True), bool)
+    assert_type(counting.calls, int)
+    either(Export(period="2026-10"), ctx, "yes")  # type: ignore[arg-type]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 import pytest
 
@@ -12,6 +16,7 @@ from offload.clock import FakeClock
 from offload.web import check_bind
 
 NOW = 1_800_000_000.0
+T = TypeVar("T")
 
 
 def _app() -> App:
@@ -369,3 +374,93 @@ def test_an_async_handler_typed_with_the_plain_handlers_context_is_refused() -> 
 
     app.handles(_registered(app, "plain"))(plain)
     app.handles(_registered(app, "awaiting"))(awaiting)
+
+
+class Invoice(Message):
+    number: int
+
+
+class Refund(Message):
+    number: int
+
+
+def _inject(session: str) -> Callable[[Callable[..., T]], Callable[[Message, object], T]]:
+    """A decorator as projects write them: the handler's extra argument filled in."""
+
+    def decorate(fn: Callable[..., T]) -> Callable[[Message, object], T]:
+        @functools.wraps(fn)
+        def wrapper(msg: Message, ctx: object) -> T:
+            return fn(msg, ctx, session)
+
+        return wrapper
+
+    return decorate
+
+
+def test_a_decorated_handler_is_taken_as_the_worker_calls_it() -> None:
+    app = _app()
+    app.message("invoice")(Invoice)
+    app.message("refund")(Refund)
+
+    # A wrapper (functools.wraps) that the worker calls with (msg, ctx) is accepted, though
+    # the function it wraps takes more
+    @app.handles(Invoice)
+    @_inject("db")
+    def bill(msg: Invoice, ctx: SyncContext, session: str) -> str:
+        return session
+
+    # and an async wrapper of a plain handler typed SyncContext (run in a thread of its own)
+    def in_thread(fn: Callable[[Refund, SyncContext], None]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def wrapper(msg: Refund, ctx: Any) -> None:
+            await asyncio.to_thread(fn, msg, ctx)
+
+        return wrapper
+
+    @app.handles(Refund)
+    @in_thread
+    def refund(msg: Refund, ctx: SyncContext) -> None: ...
+
+    assert not app.handlers["invoice"].is_async and app.handlers["refund"].is_async
+
+
+def test_a_handler_typed_for_another_message_class_is_refused() -> None:
+    app = _app()
+    app.message("invoice")(Invoice)
+    app.message("refund")(Refund)
+
+    def refund(msg: Refund, ctx: object) -> None: ...
+
+    def refund_or_nothing(msg: Refund | None, ctx: object) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="takes a Refund: its jobs carry a Invoice"):
+        app.handles(Invoice)(refund)
+
+    def either(msg: Invoice | Refund, ctx: object) -> None: ...
+
+    def any_message(msg: Message, ctx: object) -> None: ...
+
+    def untyped(msg, ctx):  # type: ignore[no-untyped-def]
+        return None
+
+    # A union that holds the class, its base class, no type, or a type that is not a union
+    # of message classes (not checked) are accepted
+    for fine in (either, any_message, untyped, refund_or_nothing):
+        app.handlers.clear()
+        app.handles(Invoice)(fine)
+        app.handles(Refund)(fine)
+
+
+def test_an_object_with_an_async_call_is_an_async_handler() -> None:
+    app = _app()
+    app.message("invoice")(Invoice)
+    app.message("refund")(Refund)
+
+    class Bill:
+        async def __call__(self, msg: Invoice, ctx: Context) -> None: ...
+
+    async def refund(msg: Refund, ctx: Context, *, dry_run: bool) -> None: ...
+
+    app.handles(Invoice)(Bill())
+    app.handles(Refund)(functools.partial(refund, dry_run=True))
+    assert app.handlers["invoice"].is_async and app.handlers["refund"].is_async

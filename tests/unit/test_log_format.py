@@ -4,16 +4,22 @@ project's), each record is one JSON object with its `extra` fields."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from offload._logging import JsonLines
+
+from ..ports import free_port
 
 SAY = """
 import logging
@@ -63,6 +69,7 @@ def test_a_record_without_extras_is_the_four_fields() -> None:
 
 
 PROJECT = """
+import warnings
 from offload import App, Message, SyncContext
 
 app = App("jsonlogs")
@@ -73,23 +80,28 @@ class Ping(Message):
 
 @app.handles(Ping)
 def ping(msg: Ping, ctx: SyncContext) -> None:
-    return None
+    warnings.warn("ping is deprecated", UserWarning, stacklevel=1)
 """
 
 
-def _offload(tmp_path: Path, form: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    """`offload ARGV` on the project above (on SQLite in `tmp_path`), logging as `form`."""
+def _env(tmp_path: Path, form: str) -> dict[str, str]:
+    """The environment of a process of the project above (on SQLite in `tmp_path`),
+    logging as `form`."""
     (tmp_path / "jsonlogs.py").write_text(PROJECT)
-    env = {
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
         "OFFLOAD_LOG_FORMAT": form,
         "OFFLOAD_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
         "OFFLOAD_BLOBS_URL": str(tmp_path / "blobs"),
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
+
+
+def _offload(tmp_path: Path, form: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`offload ARGV` on the project above, logging as `form`."""
     return subprocess.run(
         [sys.executable, "-m", "offload", *argv],
-        env=env,
+        env=_env(tmp_path, form),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -97,11 +109,25 @@ def _offload(tmp_path: Path, form: str, *argv: str) -> subprocess.CompletedProce
     )
 
 
+def _records(text: str) -> list[dict[str, Any]]:
+    """Each line of `text` as a JSON object (a line that is not one fails the test)."""
+    return [orjson.loads(line) for line in text.splitlines()]
+
+
 @pytest.mark.parametrize("form", ["json", "text"])
 def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
     tmp_path: Path, form: str
 ) -> None:
     # Given a worker started with JSON logs (or text), serving a queue no kind routes to
+    # and a job whose handler warns
+    enqueue = "import jsonlogs; jsonlogs.app.enqueue_sync(jsonlogs.Ping())"
+    subprocess.run(
+        [sys.executable, "-W", "error", "-c", enqueue],
+        env=_env(tmp_path, form),
+        cwd=tmp_path,
+        check=True,
+        timeout=60,
+    )
     argv = ["worker", "--app", "jsonlogs:app", "--queues", "default,defualt"]
     done = _offload(tmp_path, form, *argv, "--exit-when-idle", "0")
     assert done.returncode == 0, done.stderr
@@ -111,7 +137,7 @@ def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
         return
     # Then every line it wrote is a JSON object: the banner one record of its own
     assert done.stdout == ""
-    records = [orjson.loads(line) for line in done.stderr.splitlines()]
+    records = _records(done.stderr)
     (serving,) = [r for r in records if r.get("action") == "serving"]
     assert serving["message"] == "offload worker (app jsonlogs)"
     assert serving["level"] == "INFO" and serving["logger"] == "offload"
@@ -120,6 +146,9 @@ def test_a_worker_s_banner_and_warnings_are_json_lines_under_json_logs(
     assert serving["backend"].startswith("sqlite:///") and serving["blobs"]
     (unrouted,) = [r for r in records if r.get("action") == "queue_unrouted"]
     assert unrouted["level"] == "WARNING" and "queue defualt" in unrouted["message"]
+    # and the handler's warning is a record of the py.warnings logger
+    (warned,) = [r for r in records if r["logger"] == "py.warnings"]
+    assert "UserWarning: ping is deprecated" in warned["message"]
 
 
 def test_a_server_that_cannot_start_says_why_as_a_json_line_under_json_logs(
@@ -127,6 +156,52 @@ def test_a_server_that_cannot_start_says_why_as_a_json_line_under_json_logs(
 ) -> None:
     done = _offload(tmp_path, "json", "worker", "--app", "jsonlogs:nosuch")
     assert done.returncode == 2, done.stderr
-    (record,) = [orjson.loads(line) for line in done.stderr.splitlines()]
+    (record,) = _records(done.stderr)
     assert (record["level"], record["action"], record["exit_code"]) == ("ERROR", "exit", 2)
     assert "nosuch" in record["message"] and not record["message"].startswith("error:")
+
+    # A module that raises as it is imported: its traceback is the record's exception
+    (tmp_path / "broken.py").write_text("import os\nSECRET = os.environ['NO_SUCH_SETTING']\n")
+    for command in ("worker", "web"):
+        done = _offload(tmp_path, "json", command, "--app", "broken:app")
+        assert done.returncode == 1, done.stderr
+        (record,) = _records(done.stderr)
+        assert (record["action"], record["exit_code"]) == ("exit", 1)
+        assert record["message"] == "cannot load the app broken:app"
+        assert "KeyError: 'NO_SUCH_SETTING'" in record["exception"]
+        assert 'broken.py", line 2' in record["exception"]
+    # while a person at text logs reads the traceback as Python prints it
+    done = _offload(tmp_path, "text", "worker", "--app", "broken:app")
+    assert done.returncode == 1 and "KeyError: 'NO_SUCH_SETTING'" in done.stderr
+
+
+def test_the_web_server_s_own_lines_are_json_under_json_logs(tmp_path: Path) -> None:
+    # Given `offload web` logging JSON
+    port = free_port()
+    argv = ["web", "--app", "jsonlogs:app", "--port", str(port), "--access-log"]
+    web = subprocess.Popen(
+        [sys.executable, "-m", "offload", *argv],
+        env=_env(tmp_path, "json"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert web.poll() is None and time.monotonic() < deadline
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                    # When a client sends what is not HTTP (uvicorn's own warning)
+                    conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                    assert conn.recv(4096).startswith(b"HTTP/1.1 400")
+                    break
+            time.sleep(0.05)
+    finally:
+        web.terminate()
+        out, err = web.communicate(timeout=60)
+    # Then every line it wrote is a JSON object, uvicorn's warning among them
+    assert out == ""
+    records = _records(err)
+    assert any(r["logger"] == "uvicorn.error" and r["level"] == "WARNING" for r in records)

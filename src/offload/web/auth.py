@@ -3,16 +3,16 @@ limited to kinds), or `local` in development mode."""
 
 from __future__ import annotations
 
-import functools
 import hmac
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 
+from .._loop import is_async_callable
 from ..settings import Settings, principal_fault
 from .origins import allowed_origin
 from .problems import Problem
@@ -120,13 +120,6 @@ def unauthorized(detail: str) -> Problem:
     )
 
 
-def _is_async(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    # a coroutine function, or an object whose class has an async __call__
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-
-
 def handshake_request(conn: HTTPConnection) -> Request:
     """A WebSocket's handshake as the `Request` an auth hook reads (a GET of its path, with
     its headers, cookies and query): Starlette builds no `Request` of a WebSocket scope."""
@@ -160,7 +153,7 @@ class Auth:
             kinds = self.token_auth.kinds_of(conn) if principal is not None else None
         else:
             request = conn if isinstance(conn, Request) else handshake_request(conn)
-            if _is_async(self.hook):
+            if is_async_callable(self.hook):
                 answer = self.hook(request)
             else:
                 answer = await run_in_threadpool(self.hook, request)

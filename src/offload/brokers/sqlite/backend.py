@@ -575,6 +575,7 @@ class SQLiteBackend:
 
         Raises:
             BackendError: (`create=False`) no such file, or a file without offload's tables.
+            ConfigurationError: (`create`) a folder of the path that cannot be made.
         """
         if self.in_memory:
             return self._sqlite_connect(self.path, uri=True)
@@ -586,7 +587,14 @@ class SQLiteBackend:
                     extra={"action": "sqlite_created"},
                 )
             if os.path.dirname(self.path):
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(self.path).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"cannot create {folder}, the folder of the offload database at "
+                        f"{self.where()}: {exc.strerror or exc}"
+                    ) from exc
             return self._sqlite_connect(self.path, uri=False)
         if not os.path.isfile(self.path):
             raise BackendError(

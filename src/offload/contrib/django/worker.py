@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, cast
+from typing import Any
 
 import django
 from django.db import close_old_connections
@@ -117,7 +117,7 @@ def worker_app(alias: str) -> App:
     for queue in backend.config.queues:
         kind = kind_of(queue)
         if kind not in app.handlers:
-            app.handles(cast("type[TaskCall]", app.spec_of(kind).cls))(run_call)
+            app.handles(app.spec_of(kind).cls)(run_call)
             app.handlers[kind] = dataclasses.replace(app.handlers[kind], unready=_unready)
     return app
 
