@@ -297,23 +297,27 @@ def delivered(span: Span | None, channel: str, code: int | None) -> None:
 # -- the request's own span --------------------------------------------------------------------
 
 #: Query parameters of offload's routes that carry a secret or an address: a stream's
-#: ticket, a download's signature, a job's `callback_url` (credentials, tokens) and `email`,
-#: the dashboard notice's MAC.
-SECRET_QUERY_KEYS = frozenset({"ticket", "signature", "callback_url", "email", "nmac"})
-_SECRET_QUERY_MARKS = tuple(f"{key}=".encode() for key in SECRET_QUERY_KEYS)
+#: ticket, a download's signature, a job's `callback_url` (credentials, tokens) and
+#: `notify_email`, the dashboard notice's MAC (and `email`, which none reads).
+SECRET_QUERY_KEYS = frozenset(
+    {"ticket", "signature", "callback_url", "notify_email", "email", "nmac"}
+)
 
 
 def redact_query(query_string: bytes) -> None:
     """Rewrite the current span's `url.query` (the request's SERVER span, which FastAPI's
     telemetry or an ASGI instrumentation records as sent) with the values of
     `SECRET_QUERY_KEYS` replaced by `REDACTED`, as offload's access log leaves out the
-    query. Nothing unless such a key is there and the span records."""
-    if not _API or not any(mark in query_string for mark in _SECRET_QUERY_MARKS):
+    query. Keys are compared as the routes read them, decoded (`tick%65t` is `ticket`).
+    Nothing unless such a key is there and the span records."""
+    if not _API or not query_string:
         return
     span = _api.get_current_span()
     if not span.is_recording():
         return
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    if not any(k in SECRET_QUERY_KEYS for k, _ in pairs):
+        return
     span.set_attribute(
         "url.query",
         urlencode([(k, "REDACTED" if k in SECRET_QUERY_KEYS else v) for k, v in pairs]),

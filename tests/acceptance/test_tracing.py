@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -298,8 +299,22 @@ async def test_the_requests_span_keeps_no_secret_of_its_query(
             job = answer.json()["id"]
             await app.cancel(job)
             await web.get(f"/v1/jobs/{job}/events", params={"ticket": ticket})
-    (submitted,) = [s for s in spans.get_finished_spans() if s.name.startswith("POST /v1/jobs")]
-    (streamed,) = [s for s in spans.get_finished_spans() if s.name.startswith("GET /v1/jobs")]
+            # and the same keys percent-encoded (read as the routes read them), and an
+            # address to email
+            encoded = f"callback%5Furl={quote(hook, safe='')}&notify_email=ceo%40example.com"
+            await web.post(f"/v1/jobs/t.export?{encoded}", json={"user_id": "u"})
+            await web.get(f"/v1/jobs/{job}/events?tick%65t={ticket}")
+    submitted, encoded_post = [
+        s for s in spans.get_finished_spans() if s.name.startswith("POST /v1/jobs")
+    ]
+    streamed, encoded_get = [
+        s for s in spans.get_finished_spans() if s.name.startswith("GET /v1/jobs")
+    ]
+    assert encoded_post.attributes is not None and encoded_get.attributes is not None
+    assert encoded_post.attributes["url.query"] == "callback_url=REDACTED&notify_email=REDACTED"
+    assert encoded_get.attributes["url.query"] == "ticket=REDACTED"
+    assert all(ticket not in str(s.attributes) for s in spans.get_finished_spans())
+    assert all("ceo" not in str(s.attributes) for s in spans.get_finished_spans())
     # then the request spans FastAPI made show what was asked, without those secrets.
     assert submitted.kind is trace.SpanKind.SERVER and submitted.attributes is not None
     assert submitted.attributes["url.query"] == "priority=3&callback_url=REDACTED"
