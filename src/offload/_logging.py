@@ -9,6 +9,7 @@ would print twice: once plain, once formatted by offload's root handler.
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +57,8 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) 
 
 class JsonLines(logging.Formatter):
     """One JSON object per record (`OFFLOAD_LOG_FORMAT=json`): `time` (RFC 3339, UTC),
-    `level`, `logger`, `message`, every `extra` field (`action`, `job_id`, ...), and
+    `level`, `logger`, `message`, every `extra` field (`action`, `job_id`, ...), `trace_id`
+    and `span_id` where the record was written inside a span (OpenTelemetry's), and
     `exception` (the traceback) where there is one; a field JSON cannot carry is its text."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -69,8 +71,22 @@ class JsonLines(logging.Formatter):
         for name, value in vars(record).items():
             if name not in _RECORD_FIELDS and name not in line:
                 line[name] = value
+        _trace_of(line)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             line["exception"] = record.exc_text
         return orjson.dumps(line, default=str).decode()
+
+
+def _trace_of(line: dict[str, Any]) -> None:
+    """Add the ids of the span the record was written in (a job's `process` span, a
+    request's), in the W3C hex form tracing backends search by: a log line leads to its
+    trace. Nothing where OpenTelemetry's API was never imported (no cost to import it)."""
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
+        return
+    context = api.get_current_span().get_span_context()
+    if context.is_valid:  # (an `extra` field of the caller's own of that name stays)
+        line.setdefault("trace_id", format(context.trace_id, "032x"))
+        line.setdefault("span_id", format(context.span_id, "016x"))

@@ -51,7 +51,15 @@ class Context:
         self.kind = lease.envelope.kind
         self.owner = lease.envelope.owner
         self._blobs = blobs
-        self.log = logging.LoggerAdapter(logger, {"job_id": self.job_id, "kind": self.kind})
+        self.log = logging.LoggerAdapter(
+            logger,
+            {
+                "job_id": self.job_id,
+                "kind": self.kind,
+                "queue": lease.envelope.queue,
+                "attempt": self.attempt,
+            },
+        )
         self._cancelled: threading.Event | None = None
         self._backend = backend
         self._loop = loop

@@ -499,11 +499,34 @@ async def test_the_log_says_which_failed_attempt_was_the_last(
     async with asyncio.timeout(PATIENCE_S):
         while (await app.status(job.id))["state"] != "dead":  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    said = [r.getMessage() for r in caplog.records if getattr(r, "action", "") == "job_failed"]
-    assert said == [
+    records = [r for r in caplog.records if getattr(r, "action", "") == "job_failed"]
+    assert [r.getMessage() for r in records] == [
         f"job {job.id} attempt 1 failed: no paper",
         f"job {job.id} attempt 2 failed, its last of 2: dead: no paper",
     ]
+    # and a job that ends dead is an error (an alert on errors finds it), with its state
+    said = [(r.levelno, getattr(r, "state", None), getattr(r, "dead", None)) for r in records]
+    assert said == [(logging.WARNING, "retrying", False), (logging.ERROR, "dead", True)]
+
+
+async def test_a_retry_asked_for_on_the_last_attempt_is_logged_dead_as_an_error(
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="offload.worker")
+    app.message("t.asks", max_attempts=2)(Ping)
+
+    @app.handles(Ping, backoff=Backoff(base_s=0.01, cap_s=0.01, jitter=0.0))
+    async def handle(msg: Ping, ctx: Context) -> None:
+        raise Retry(delay=0, reason="still busy")
+
+    job = await app.enqueue(Ping())
+    await start_worker()
+    async with asyncio.timeout(PATIENCE_S):
+        while (await app.status(job.id))["state"] != "dead":  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    records = [r for r in caplog.records if getattr(r, "action", "") == "job_failed"]
+    said = [(r.levelno, getattr(r, "state", None)) for r in records]
+    assert said == [(logging.INFO, "retrying"), (logging.ERROR, "dead")]
 
 
 class _Unreachable:
@@ -591,8 +614,9 @@ async def test_retry_signal_schedules_the_next_attempt(
 
 
 async def test_cancel_signal_and_permanent_errors(
-    app: App, start_worker: Callable[..., Any]
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="offload.worker")
     app.message("t.cancel", max_attempts=2)(Ping)
     ran: list[str] = []
 
@@ -616,6 +640,9 @@ async def test_cancel_signal_and_permanent_errors(
     assert record.error is not None and record.error.type == "TypeError"
     assert "return value cannot be stored" in record.error.message
     assert "not retried" in record.error.message
+    # and is said as an error, with the state it left the job in
+    (said,) = [r for r in caplog.records if getattr(r, "action", "") == "job_failed"]
+    assert (said.levelno, said.state, said.dead) == (logging.ERROR, "failed", False)
 
 
 async def test_a_result_nested_too_deep_fails_for_good_and_one_within_is_served(

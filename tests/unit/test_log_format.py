@@ -205,3 +205,23 @@ def test_the_web_server_s_own_lines_are_json_under_json_logs(tmp_path: Path) -> 
     assert out == ""
     records = _records(err)
     assert any(r["logger"] == "uvicorn.error" and r["level"] == "WARNING" for r in records)
+
+
+def test_a_record_written_inside_a_span_carries_its_trace_and_span_ids() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+
+    def line(**extra: object) -> dict[str, Any]:
+        record = logging.LogRecord("offload.job", logging.INFO, __file__, 1, "hi", (), None)
+        record.__dict__.update(extra)
+        parsed: dict[str, Any] = orjson.loads(JsonLines().format(record))
+        return parsed
+
+    assert "trace_id" not in line()  # outside any span
+    with tracer.start_as_current_span("process reports") as span:
+        ids = span.get_span_context()
+        said = line()
+        own = line(trace_id="the caller's")
+    assert said["trace_id"] == f"{ids.trace_id:032x}" and said["span_id"] == f"{ids.span_id:016x}"
+    assert own["trace_id"] == "the caller's"  # an extra field of that name is the caller's

@@ -232,9 +232,10 @@ def _jsonable(value: Any) -> Any:
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def _failure_fields(env: Any, exc: BaseException, *, dead: bool) -> dict[str, Any]:
+def _failure_fields(env: Any, exc: BaseException, state: JobState) -> dict[str, Any]:
     """The structured fields of a `job_failed` log record: which job, where, which attempt,
-    and what failed it (the error's type), for a log pipeline to count and filter by."""
+    what failed it (the error's type) and the state it left the job in (`retrying`, `dead`
+    or `failed`), for a log pipeline to count and filter by."""
     return {
         "action": "job_failed",
         "job_id": env.id,
@@ -242,7 +243,8 @@ def _failure_fields(env: Any, exc: BaseException, *, dead: bool) -> dict[str, An
         "queue": env.queue,
         "attempt": env.attempt,
         "error_type": type(exc).__name__,
-        "dead": dead,
+        "state": state.value,
+        "dead": state is JobState.DEAD,
     }
 
 
@@ -1245,11 +1247,11 @@ class Worker:
 
     def _failed_for_good(self, lease: Lease, exc: BaseException) -> Outcome:
         env = lease.envelope
-        log.warning(
+        log.error(
             "job %s failed for good: %s",
             env.id,
             exc,
-            extra=_failure_fields(env, exc, dead=False),
+            extra=_failure_fields(env, exc, JobState.FAILED),
         )
         return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
 
@@ -1308,14 +1310,17 @@ class Worker:
         env = lease.envelope
         outcome = retry_or_dead(lease, spec, _error(exc), self.app.clock.now(), delay)
         dead = outcome.state is JobState.DEAD
+        # A job that ends dead is an error, whatever ended it (a retry asked for on its last
+        # attempt included); a retry asked for is no fault (info), any other a warning.
+        level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
         log.log(
-            logging.INFO if isinstance(exc, Retry) else logging.WARNING,  # asked for: no fault
+            logging.ERROR if dead else level,
             "job %s attempt %d failed%s: %s",
             env.id,
             env.attempt,
             f", its last of {outcome.max_attempts}: dead" if dead else "",
             logged(exc),
-            extra=_failure_fields(env, exc, dead=dead),
+            extra=_failure_fields(env, exc, outcome.state),
         )
         return outcome
 
