@@ -17,6 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
+from pydantic import AliasChoices
+
 from . import _claim_check as claim_check
 from . import tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
@@ -411,6 +413,7 @@ class App:
                 filled = principal_fields(cls)
             except TypeError as exc:
                 raise ConfigurationError(str(exc)) from None
+            _check_aliases(cls)
             key_fields = unique_fields(cls, unique, unique_key)
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
@@ -920,7 +923,8 @@ class App:
         """The envelope of `message`, stamped."""
         if idempotency_key == "":  # every later enqueue would repeat the first
             raise ValueError("idempotency_key must not be empty")
-        payload = message.model_dump(mode="json")
+        # By alias: what a client sends and the worker validates (`Field(alias=...)`)
+        payload = message.model_dump(mode="json", by_alias=True)
         if nested_deeper(payload):
             raise NestedTooDeep(
                 f"a {spec.kind} message nests objects and arrays more than {MAX_NESTING} "
@@ -1706,6 +1710,32 @@ def _close_now(backend: Backend) -> None:
 def _bound(backend: Backend) -> bool:
     """Whether `backend`'s connections belong to the loop that opened it (`App._loop_bound`)."""
     return bool(getattr(backend, "loop_bound", False))
+
+
+def _check_aliases(cls: type[Message]) -> None:
+    """Refuse a message field whose stored name would not validate back: a job's payload is
+    stored by alias (`Field(alias="customer")`), so the name it is read back by must be that
+    alias (or, with `populate_by_name`, the field's own name)."""
+    config = cls.model_config
+    by_name = bool(config.get("populate_by_name") or config.get("validate_by_name"))
+    for name, field in cls.model_fields.items():
+        stored = field.serialization_alias or name
+        read = field.validation_alias
+        if read is None:
+            names: list[object] = [name]
+        elif isinstance(read, str):
+            names = [read]
+        elif isinstance(read, AliasChoices):
+            names = list(read.choices)
+        else:  # an AliasPath: read from inside another field, never what is stored
+            names = []
+        if stored in names or (by_name and stored == name):
+            continue
+        raise ConfigurationError(
+            f"{cls.__name__}.{name} is stored as {stored!r} but read back only as "
+            f"{read!r}: give it one alias for both (Field(alias=...)), or add {stored!r} "
+            "to its validation aliases"
+        )
 
 
 def _check_callable(fn: Callable[..., Any], kind: str, message: type[Message]) -> None:

@@ -90,7 +90,7 @@ def upgrade(
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         if isinstance(out, Message):
-            out = out.model_dump(mode="json")
+            out = out.model_dump(mode="json", by_alias=True)  # (as App.envelope stores it)
         if not isinstance(out, dict):
             raise UpgradeError(
                 f"the upgrader of {kind} from version {step} returned a {type(out).__name__}, "

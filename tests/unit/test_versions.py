@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import Field
 
 from offload import App, ConfigurationError, Context, Message, Settings
 from offload.clock import FakeClock
@@ -69,6 +70,20 @@ def test_upgrade_runs_each_step_on_a_copy_and_takes_dicts_or_messages() -> None:
         "last": "B",
     }
     assert upgrade("k", 3, {"x": 1}, current=3, steps={}) == {"x": 1}
+
+
+class Aliased(Message):
+    customer_name: Annotated[str, Field(alias="customer")]
+
+
+def test_a_message_an_upgrader_returns_is_stored_by_its_aliases() -> None:
+    # (as App.envelope stores a message, so that the worker reads it back)
+    def to_aliased(payload: dict[str, Any]) -> Message:
+        return Aliased(customer=payload["name"])
+
+    assert upgrade("k", 1, {"name": "acme"}, current=2, steps={1: to_aliased}) == {
+        "customer": "acme"
+    }
 
 
 def test_a_missing_step_names_it() -> None:
