@@ -694,6 +694,35 @@ async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
     assert record.error is not None and record.error.type == "ValidationError"
 
 
+async def test_a_job_with_a_field_its_class_lacks_runs_without_it(
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A newer deploy added an optional field (a compatible change: no new version); a job
+    # it wrote reached a worker still on the old code, which failed it for good
+    caplog.set_level(logging.INFO, logger="offload.worker")
+    app.message("t.mail")(Ping)
+    seen: list[str] = []
+
+    @app.handles(Ping)
+    async def handle(msg: Ping, ctx: Context) -> None:
+        seen.append(msg.text)
+
+    envelopes = [app.envelope(Ping(text=f"m{n}")) for n in range(2)]
+    async with app:  # as the newer code stored them
+        for envelope in envelopes:
+            payload = {**envelope.payload, "cc": None, "bcc": "boss@example.com"}
+            await app.submit(type(envelope)(**{**_fields(envelope), "payload": payload}))
+    await start_worker()
+    for envelope in envelopes:
+        record = await finished(app, envelope.id)
+        assert record.state is JobState.SUCCEEDED, record.error
+    assert sorted(seen) == ["m0", "m1"]
+    # and the worker said so once, naming the fields
+    (said,) = [r for r in caplog.records if getattr(r, "action", "") == "fields_ignored"]
+    assert said.levelno == logging.WARNING and said.fields == ["bcc", "cc"]
+    assert "carry fields this worker's Ping lacks (bcc, cc)" in said.getMessage()
+
+
 def _fields(envelope: Any) -> dict[str, Any]:
     import dataclasses
 

@@ -248,6 +248,17 @@ def _failure_fields(env: Any, exc: BaseException, state: JobState) -> dict[str, 
     }
 
 
+def _unknown_fields(exc: ValidationError) -> frozenset[str]:
+    """The top-level fields a payload carries that its message class lacks, where those
+    are all that kept it from validating (else none): a field a newer deploy added (an
+    optional one, a compatible change) or one this code removed. The worker runs the job
+    without them, as a reader of a newer schema ignores what it does not know."""
+    errors = exc.errors()
+    if not all(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in errors):
+        return frozenset()
+    return frozenset(str(e["loc"][0]) for e in errors)
+
+
 def _unstorable(exc: Exception) -> TypeError:
     """The error of a job whose handler returned what its result cannot store."""
     error = TypeError(
@@ -406,6 +417,8 @@ class Worker:
         self.failed = 0
         #: Lease tokens of outcomes sent again after a settle failed (`_not_recorded`).
         self._unknown: set[str] = set()
+        #: The kinds and fields of jobs run without fields their class lacks, said once.
+        self._ignored_said: set[tuple[str, frozenset[str]]] = set()
         #: When `run` began (the registry's `started_at`).
         self.started_at = datetime.now(UTC)
 
@@ -1225,11 +1238,34 @@ class Worker:
             if env.version < current:
                 steps = self.app.upgraders.get(env.kind, {})
                 payload = upgrade(env.kind, env.version, payload, current=current, steps=steps)
-            return spec.message.cls.model_validate(payload)
+            try:
+                return spec.message.cls.model_validate(payload)
+            except ValidationError as exc:
+                if not (unknown := _unknown_fields(exc)):
+                    raise
+                self._say_ignored(env.kind, spec.message.cls.__name__, unknown)
+                kept = {k: v for k, v in payload.items() if k not in unknown}
+                return spec.message.cls.model_validate(kept)
         except MissingUpgrader as exc:
             return exc
         except (ValidationError, UpgradeError) as exc:  # no retry would change it: permanent
             return self._failed_for_good(lease, exc)
+
+    def _say_ignored(self, kind: str, cls: str, unknown: frozenset[str]) -> None:
+        """Warn, once per kind and fields in this worker, of fields a job carries that its
+        message class lacks (run without them)."""
+        if (kind, unknown) in self._ignored_said:
+            return
+        self._ignored_said.add((kind, unknown))
+        fields = ", ".join(sorted(unknown))
+        log.warning(
+            "jobs of %s carry fields this worker's %s lacks (%s), written by newer code or "
+            "before a field was removed: run without them (said once per worker)",
+            kind,
+            cls,
+            fields,
+            extra={"action": "fields_ignored", "kind": kind, "fields": sorted(unknown)},
+        )
 
     async def _unreadable(self, lease: Lease, missing: MissingUpgrader) -> Outcome:
         """A job stored at a version this worker's upgraders no longer read: given back
