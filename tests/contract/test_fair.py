@@ -101,3 +101,29 @@ async def test_owners_whose_jobs_went_away_do_not_take_the_turns(backend: Backen
     # When owners with jobs remain, Then a claim still finds them, first thing
     await backlog(backend, "bob", 2)
     assert await fair(backend, 2) == ["alice", "bob"]
+
+
+@pytest.mark.parametrize("plain_claim", ["claim", "claim_gated"])
+async def test_a_queue_no_longer_fair_gives_its_waiting_jobs_to_plain_claims(
+    backend: Backend, plain_claim: str
+) -> None:
+    # Given jobs of several owners that a fair claim has seen (on Redis it moved them to
+    # lists of each owner's), one of them cancelled since
+    await backlog(backend, "alice", 3)
+    owners_bob = [envelope(owner="bob") for _ in range(2)]
+    await backend.enqueue(owners_bob)
+    assert await fair(backend, 1) == ["alice"]
+    await backend.cancel(owners_bob[0].id)
+    # When the queue is read as a plain one (its kinds made plain, or the fair kind
+    # retired beside plain ones) and a job comes after
+    late = envelope(owner="carol")
+    await backend.enqueue([late])
+    claim = getattr(backend, plain_claim)
+    taken: list[str] = []
+    for _ in range(10):  # (Redis moves them back a chunk a claim)
+        leases = await claim(["q"], worker_id="w2", lease_for=LONG, limit=10)
+        if not leases:
+            break
+        taken += [le.envelope.owner for le in leases]
+    # Then every job still waiting is claimed, once, the cancelled one not
+    assert sorted(taken) == ["alice", "alice", "bob", "carol"]

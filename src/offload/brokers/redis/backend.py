@@ -940,8 +940,9 @@ class RedisBackend:
     ) -> list[Lease]:
         """`claim` within the limits of the queues' kinds, fair queues round-robin over
         owners, in one script call. Once a fair claim has seen a queue's ready jobs they
-        wait in per-owner lists that only fair claims read: every worker of a fair queue
-        must declare it fair (run one version of the code).
+        wait in per-owner lists: every worker of a fair queue should declare it fair (run
+        one version of the code); a claim that reads the queue plain (no kind of it fair
+        any more) moves them back, a chunk a claim (`gather_fair`).
 
         Sent again on a lost connection with the same token, as `claim` is: a resend
         answers the jobs the lost attempt leased, and leases no more; a claim that got no

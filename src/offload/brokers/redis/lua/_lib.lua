@@ -79,6 +79,37 @@ local function member_id(member)
   return string.sub(member, string.find(member, '|', 1, true) + 1)
 end
 
+-- A fair queue's owner's zset of ready entries (see claim_gated).
+local function fair_key(queue, owner)
+  return K .. 'fready:' .. string.len(queue) .. ':' .. queue .. owner
+end
+
+-- For a claim that reads `queue` as a plain one (no kind of it is fair any more: made
+-- plain, or retired beside plain ones): the entries a fair claim had spread into its
+-- owners' zsets go back to ready:<queue>, those still waiting there, at most `max` a call
+-- (the rest follow with the next claims). Else only a fair claim would ever read them.
+local function gather_fair(queue, max)
+  local ring = K .. 'fring:' .. queue
+  if redis.call('EXISTS', ring) == 0 then return end
+  local moved = 0
+  for _, owner in ipairs(redis.call('ZRANGE', ring, 0, 99)) do
+    local key = fair_key(queue, owner)
+    local entries = redis.call('ZRANGE', key, 0, max - moved - 1, 'WITHSCORES')
+    for i = 1, #entries, 2 do
+      local id = member_id(entries[i])
+      local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'queue', 'run_at')
+      if (job[1] == 'queued' or job[1] == 'retrying') and job[2] == queue
+          and ready_member(job[3], id) == entries[i] then
+        redis.call('ZADD', K .. 'ready:' .. queue, entries[i + 1], entries[i])
+      end
+      redis.call('ZREM', key, entries[i])
+    end
+    moved = moved + #entries / 2
+    if redis.call('EXISTS', key) == 0 then redis.call('ZREM', ring, owner) end
+    if moved >= max then return end
+  end
+end
+
 local function idem_field(owner, key)
   return string.len(owner) .. ':' .. owner .. key
 end

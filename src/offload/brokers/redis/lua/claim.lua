@@ -23,6 +23,7 @@ end
 if #queues == 0 then return {} end
 
 for _, queue in ipairs(queues) do
+  gather_fair(queue, promote_max)   -- (one EXISTS, unless a fair claim spread it once)
   local sched = K .. 'sched:' .. queue
   local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, promote_max)
   for _, id in ipairs(due) do

@@ -47,6 +47,7 @@ if noted then return answer(noted) end
 if #queues == 0 then return {{}, 0, '', {}} end
 
 for _, queue in ipairs(queues) do
+  if not fair[queue] then gather_fair(queue, promote_max) end
   local sched = K .. 'sched:' .. queue
   local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, promote_max)
   for _, id in ipairs(due) do
@@ -71,10 +72,6 @@ local function admit(kind)
   return true
 end
 
-local function owner_key(queue, owner)
-  return K .. 'fready:' .. string.len(queue) .. ':' .. queue .. owner
-end
-
 -- Move a fair queue's ready entries into its owners' zsets.
 local function spread(queue)
   local ready = K .. 'ready:' .. queue
@@ -82,7 +79,7 @@ local function spread(queue)
   for i = 1, #entries, 2 do
     local owner = redis.call('HGET', K .. 'job:' .. member_id(entries[i]), 'owner')
     if owner then
-      redis.call('ZADD', owner_key(queue, owner), entries[i + 1], entries[i])
+      redis.call('ZADD', fair_key(queue, owner), entries[i + 1], entries[i])
       redis.call('ZADD', K .. 'fring:' .. queue, 'NX', 0, owner)
     end
   end
@@ -123,7 +120,7 @@ local function fair_candidates(queue)
     local page = redis.call('ZRANGE', ring, at, at)
     if #page == 0 then break end
     local owner = page[1]
-    local key = owner_key(queue, owner)
+    local key = fair_key(queue, owner)
     local member, offset = next_entry(queue, key, 0, budget)
     if member ~= nil then
       owners[#owners + 1] = owner
@@ -143,7 +140,7 @@ local function fair_candidates(queue)
     any = false
     for i, owner in ipairs(owners) do
       if active[i] and #out < limit then
-        local key = owner_key(queue, owner)
+        local key = fair_key(queue, owner)
         local member
         member, offsets[i] = next_entry(queue, key, offsets[i], budget)
         if member == nil then
