@@ -34,6 +34,7 @@ from offload.context import PROGRESS_PAUSE_S
 from offload.contract import MAX_NESTING, Lease
 from offload.errors import BackendError, _ForAnotherWorker
 from offload.status import Progress
+from offload.worker import runner as runner_module
 from offload.worker.runner import RUN_ON_LIMIT_PER_SLOT, Worker
 
 from ..contract._support import PATIENCE_S, ShiftClock
@@ -1207,3 +1208,37 @@ def test_a_delivery_job_out_of_its_functions_time_is_a_failed_attempt(app: App) 
     outcome = worker.out_of_time(lease, "ran past the function's time")
     assert outcome.state is JobState.RETRYING and outcome.error is not None
     assert outcome.error["type"] == "TimeoutError"
+
+
+async def test_a_long_prune_holds_up_no_rescue_of_lapsed_leases(
+    app: App, start_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first prune after a retention made shorter ran for minutes in the rescuer's own
+    # loop, and no lapsed lease was rescued meanwhile
+    monkeypatch.setattr(runner_module, "DEFAULT_PRUNE_EVERY_S", 0.0)
+    app.message("t.rescued")(Ping)
+    ran: list[int] = []
+
+    @app.handles(Ping)
+    async def handle(msg: Ping, ctx: Context) -> None:
+        ran.append(ctx.attempt)
+
+    job = await app.enqueue(Ping())
+    async with app:
+        backend = app._require_backend()
+        pruning = asyncio.Event()
+
+        async def long_prune(older_than_s: float) -> int:
+            pruning.set()
+            await asyncio.Event().wait()  # (for as long as the test runs)
+            return 0
+
+        monkeypatch.setattr(backend, "prune", long_prune)
+        # Given a job whose worker died holding it (its lease lapses in half a second)
+        await backend.claim(["default"], worker_id="gone", lease_for=0.5, limit=1)
+        # When a worker starts, and its prune runs on
+        await start_worker()
+        await asyncio.wait_for(pruning.wait(), PATIENCE_S)
+        # Then the job is rescued and run all the same
+        record = await finished(app, job.id, timeout=PATIENCE_S)
+    assert record.state is JobState.SUCCEEDED and ran == [2]

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -25,7 +26,7 @@ from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import POOL_PATIENCE_S, Q
-from offload.contract import status_record
+from offload.contract import JobState, Outcome, status_record
 from offload.errors import BackendError, ConfigurationError
 from offload.web import create_app, events
 from offload.web.events import Hub, owner_stream
@@ -1095,6 +1096,35 @@ async def test_workers_survive_terminated_connections_and_lose_no_job(
     assert set(ran) == set(range(600))  # at least once each; a lost reply may repeat one
 
 
+async def test_prune_deletes_a_long_history_in_chunks(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A million finished jobs were one DELETE holding every row (and back vacuum) for
+    # minutes: chunks of PRUNE_CHUNK_ROWS, each its own transaction, until one is short
+    from offload.brokers.postgres import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "PRUNE_CHUNK_ROWS", 3)
+    backend = app._require_backend()
+    envelopes = [app.envelope(Ping(n=n)) for n in range(7)]
+    await backend.enqueue(envelopes)
+    leases = await backend.claim(["default"], worker_id="w", lease_for=5, limit=7)
+    await backend.settle([Outcome(lease=le, state=JobState.SUCCEEDED, result=1) for le in leases])
+    statements: list[str] = []
+    fetch = backend._fetch
+
+    async def counted(query: str, params: Any) -> Any:
+        statements.append(query)
+        return await fetch(query, params)
+
+    monkeypatch.setattr(backend, "_fetch", counted)
+    await asyncio.sleep(0.05)
+    assert await backend.prune(0.01) == 7
+    assert len(statements) == 3  # 3 + 3 + 1
+    for e in envelopes:
+        assert await backend.get(e.id) is None
+        assert await backend.changes_since(0, job_id=e.id) == []
+
+
 async def test_prune_removes_old_finished_jobs_but_keeps_dead_ones(app: App) -> None:
     backend = app._require_backend()
     done, dead = app.envelope(Ping(n=1)), app.envelope(Ping(n=2))
@@ -1103,8 +1133,6 @@ async def test_prune_removes_old_finished_jobs_but_keeps_dead_ones(app: App) -> 
         le.job_id: le
         for le in await backend.claim(["default"], worker_id="w", lease_for=5, limit=2)
     }
-    from offload import JobState, Outcome
-
     await backend.settle(
         [
             Outcome(lease=leases[done.id], state=JobState.SUCCEEDED, result=1),

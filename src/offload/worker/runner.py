@@ -1,4 +1,5 @@
-"""The worker: a claim loop plus named side tasks (heartbeat, rescuer, settler, scheduler)."""
+"""The worker: a claim loop plus named side tasks (heartbeat, rescuer, pruner, settler,
+scheduler)."""
 
 from __future__ import annotations
 
@@ -508,7 +509,7 @@ class Worker:
         unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
         await self._record()  # before the first claim: the web tier may ask
         await self.gate.declare(self.app._require_backend())
-        for name in ("heartbeat", "rescuer", "settler", *self._extra_side_tasks()):
+        for name in ("heartbeat", "rescuer", "pruner", "settler", *self._extra_side_tasks()):
             self._spawn(name)
         supervisor = asyncio.create_task(self._supervise(), name="offload-supervisor")
         log.info(
@@ -1386,13 +1387,14 @@ class Worker:
         work = {
             "heartbeat": self._heartbeat,
             "rescuer": self._rescuer,
+            "pruner": self._pruner,
             "settler": self._settler,
             "scheduler": self._scheduler,
         }
         self._side[name] = asyncio.create_task(work[name](), name=f"offload-{name}")
 
     def _extra_side_tasks(self) -> tuple[str, ...]:
-        """The side tasks this worker runs beyond the three every worker does."""
+        """The side tasks this worker runs beyond the four every worker does."""
         return ("scheduler",) if self.scheduler and self.app.schedules else ()
 
     async def _scheduler(self) -> None:
@@ -1696,24 +1698,31 @@ class Worker:
         # SETTLING: the outcome is on its way (a token already gone means it was written).
 
     async def _rescuer(self) -> None:
-        """Sweep lapsed leases often, and prune old finished jobs now and then."""
-        backend = self.app._require_backend()
+        """Sweep lapsed leases often."""
         every = min(5.0, max(0.2, self.lease_s / 2))
-        loop = asyncio.get_running_loop()
-        next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S * random.random()
         while True:
             try:
                 while await self.rescue_lapsed() >= RESCUE_BATCH:
                     pass  # a full batch: more may have lapsed
-                if loop.time() >= next_prune:
-                    next_prune = loop.time() + DEFAULT_PRUNE_EVERY_S
-                    pruned = await backend.prune(self.app.settings.retention_s)
-                    if pruned:
-                        log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
-                    await self._sweep_payloads()
             except BackendError as exc:
                 self.failures.warn("rescue", exc, action="rescue_error")
             await asyncio.sleep(every)
+
+    async def _pruner(self) -> None:
+        """Prune old finished jobs and sweep orphaned payloads now and then, beside the
+        rescuer (a long prune, the first after a retention made shorter, holds up no
+        rescue of lapsed leases)."""
+        backend = self.app._require_backend()
+        await asyncio.sleep(DEFAULT_PRUNE_EVERY_S * random.random())
+        while True:
+            try:
+                pruned = await backend.prune(self.app.settings.retention_s)
+                if pruned:
+                    log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
+                await self._sweep_payloads()
+            except BackendError as exc:
+                self.failures.warn("prune", exc, action="prune_error")
+            await asyncio.sleep(DEFAULT_PRUNE_EVERY_S)
 
     async def _sweep_payloads(self) -> None:
         """Delete checked-in payloads whose jobs are gone; a failing blob store is logged."""

@@ -70,6 +70,8 @@ _SERVER_FULL = (
 #: How long a heartbeat waits for the lock of a job row its first statement passed over
 #: (locked: by offload's own progress or settle for a moment, or by a session of yours).
 EXTEND_LOCK_WAIT_MS = 250
+#: Finished jobs a prune deletes per transaction (with their feed entries and step results).
+PRUNE_CHUNK_ROWS = 2000
 #: psycopg's default: a statement run this often on a connection is prepared there
 #: (`?prepare_threshold=none` prepares nothing: behind a transaction pooler).
 DEFAULT_PREPARE_THRESHOLD = 5
@@ -1705,8 +1707,15 @@ class PostgresBackend:
         return (True, rows[0]["value"]) if rows else (False, None)
 
     async def prune(self, older_than_s: float) -> int:
-        rows = await self._fetch(Q["prune"], {"age": older_than_s, "now": self._now()})
-        return int(rows[0]["count"])
+        """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago, with
+        their feed entries and step results, `PRUNE_CHUNK_ROWS` per transaction."""
+        total = 0
+        while True:
+            params = {"age": older_than_s, "now": self._now(), "chunk": PRUNE_CHUNK_ROWS}
+            n = int((await self._fetch(Q["prune"], params))[0]["count"])
+            total += n
+            if n < PRUNE_CHUNK_ROWS:
+                return total
 
     # -- periodic schedules -----------------------------------------------------------------
 

@@ -563,18 +563,29 @@ WITH upd AS (
 SELECT * FROM upd
 
 -- name: stats
+-- Each part reads its own index (the ready jobs', the leases', the dead jobs' partial
+-- index, index-only): one scan of every waiting, running and dead row read the whole table
+-- once dead jobs, kept for good, were a tenth of a large history.
+WITH waiting AS (
+    SELECT queue,
+           count(*) FILTER (WHERE run_at <= coalesce(%(now)s, now())) AS queued,
+           count(*) FILTER (WHERE run_at > coalesce(%(now)s, now())) AS scheduled,
+           count(*) FILTER (WHERE error->>'type' = 'NewerVersion') AS awaiting_newer_worker,
+           min(run_at) FILTER (WHERE run_at <= coalesce(%(now)s, now())) AS oldest
+    FROM offload_jobs WHERE state IN ('queued', 'retrying') GROUP BY queue
+), running AS (
+    SELECT queue, count(*) AS running FROM offload_jobs WHERE state = 'running' GROUP BY queue
+), dead AS (
+    SELECT queue, count(*) AS dead FROM offload_jobs WHERE state = 'dead' GROUP BY queue
+)
 SELECT queue,
-       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at <= coalesce(%(now)s, now())) AS queued,
-       count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at > coalesce(%(now)s, now())) AS scheduled,
-       count(*) FILTER (WHERE state = 'running') AS running,
-       count(*) FILTER (WHERE state = 'dead') AS dead,
-       count(*) FILTER (WHERE state IN ('queued', 'retrying')
-                          AND error->>'type' = 'NewerVersion') AS awaiting_newer_worker,
-       coalesce(extract(epoch FROM coalesce(%(now)s, now()) - min(run_at) FILTER (
-           WHERE state IN ('queued', 'retrying') AND run_at <= coalesce(%(now)s, now()))), 0) AS oldest_age_s
-FROM offload_jobs
-WHERE state IN ('queued', 'retrying', 'running', 'dead')
-GROUP BY queue
+       coalesce(w.queued, 0) AS queued,
+       coalesce(w.scheduled, 0) AS scheduled,
+       coalesce(r.running, 0) AS running,
+       coalesce(d.dead, 0) AS dead,
+       coalesce(w.awaiting_newer_worker, 0) AS awaiting_newer_worker,
+       coalesce(extract(epoch FROM coalesce(%(now)s, now()) - w.oldest), 0) AS oldest_age_s
+FROM waiting w FULL JOIN running r USING (queue) FULL JOIN dead d USING (queue)
 
 -- name: purge
 DELETE FROM offload_jobs WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
@@ -593,11 +604,19 @@ ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 SELECT value FROM offload_effects WHERE job_id = %(id)s AND key = %(key)s
 
 -- name: prune
-WITH gone AS (
-    DELETE FROM offload_jobs
+-- One chunk, oldest first by the finished jobs' index: a long history (a retention made
+-- shorter, an outage) is pruned in short transactions, never one that holds a million
+-- rows (and back vacuum) for minutes; rows another worker's prune holds are skipped.
+WITH doomed AS (
+    SELECT id FROM offload_jobs
     WHERE state IN ('succeeded', 'failed', 'cancelled')
       AND finished_at < coalesce(%(now)s, now()) - make_interval(secs => %(age)s)
-    RETURNING id
+    ORDER BY finished_at
+    LIMIT %(chunk)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM offload_jobs j USING doomed WHERE j.id = doomed.id
+    RETURNING j.id
 ), ev AS (
     DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)
 ), fx AS (
