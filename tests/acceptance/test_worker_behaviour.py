@@ -1242,3 +1242,39 @@ async def test_a_long_prune_holds_up_no_rescue_of_lapsed_leases(
         # Then the job is rescued and run all the same
         record = await finished(app, job.id, timeout=PATIENCE_S)
     assert record.state is JobState.SUCCEEDED and ran == [2]
+
+
+async def test_an_attempt_that_ran_over_its_timeout_says_where_its_handler_was(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # A timed-out attempt's traceback was the one line "TimeoutError: …": where the
+    # handler hung, what an operator needs, was lost
+    app.message("t.hang_async", timeout=0.3, max_attempts=1)(Ping)
+    app.message("t.hang_plain", timeout=0.3, max_attempts=1)(Quick)
+
+    async def stuck_awaiting() -> None:
+        await asyncio.Event().wait()
+
+    @app.handles(Ping)
+    async def hang_async(msg: Ping, ctx: Context) -> None:
+        await stuck_awaiting()
+
+    def stuck_in_thread(ctx: Context) -> None:
+        while not ctx.cancelled.wait(0.01):
+            pass
+
+    @app.handles(Quick)
+    def hang_plain(msg: Quick, ctx: Context) -> None:
+        stuck_in_thread(ctx)
+
+    await start_worker()
+    for job, frame in [
+        (await app.enqueue(Ping()), "in stuck_awaiting"),
+        (await app.enqueue(Quick()), "in stuck_in_thread"),
+    ]:
+        record = await finished(app, job.id)
+        assert record.state is JobState.DEAD and record.error is not None
+        assert record.error.message == "the attempt ran over its 0.3s timeout"
+        tracebacks = await app.status(job.id, tracebacks=True)
+        text = tracebacks["error"]["traceback"]
+        assert frame in text, text

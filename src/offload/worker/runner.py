@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import traceback
 from collections import deque
@@ -157,13 +158,25 @@ class _ThreadRun:
         self._lock = threading.Lock()
         self._started = False
         self._abandoned = False
+        self._thread: int | None = None
 
     def __call__(self) -> Any:
         with self._lock:
             if self._abandoned:
                 return None  # its job was released; no one reads this
             self._started = True
-        return self.fn()
+            self._thread = threading.get_ident()
+        try:
+            return self.fn()
+        finally:
+            self._thread = None
+
+    def where(self) -> str:
+        """The stack of the thread that runs the call now ('' once it returned): where a
+        handler that ran over its timeout was."""
+        ident = self._thread
+        frame = None if ident is None else sys._current_frames().get(ident)
+        return "" if frame is None else "".join(traceback.format_stack(frame))
 
     def abandon(self) -> bool:
         """Whether the call will never start (abandoned now, or before); False once it runs."""
@@ -1058,6 +1071,7 @@ class Worker:
         timeout = spec.timeout if spec.timeout is not None else env.timeout
         loop = asyncio.get_running_loop()
         began = loop.time()
+        thread_run: _ThreadRun | None = None
         try:
             if spec.is_async:
                 call = spec.fn(message, ctx)
@@ -1065,6 +1079,7 @@ class Worker:
                 # In the caller's context, so the handler's spans are the process span's.
                 run = functools.partial(contextvars.copy_context().run, spec.fn, message, ctx)
                 call = self._in_thread(env.id, run)
+                thread_run = self._in_threads[env.id][1]
             result = await asyncio.wait_for(call, timeout) if timeout else await call
             self._prefetch.ran(loop.time() - began)
             try:
@@ -1086,6 +1101,9 @@ class Worker:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise asyncio.CancelledError() from exc
+            if isinstance(exc, TimeoutError) and thread_run is not None:
+                if where := thread_run.where():  # (the thread runs on: where it is now)
+                    exc.add_note(f"the handler's thread was at:\n{where.rstrip()}")
             return self._raised(lease, ctx, spec, exc, timeout, loop.time() - began)
 
     def _raised(
@@ -1118,7 +1136,14 @@ class Worker:
         if isinstance(exc, TimeoutError):
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
             if timeout and not said(exc):
-                exc = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
+                # The timeout's own error, with what it cancelled as its cause (an async
+                # handler's frames, at the await it was cancelled in) and its notes (where a
+                # plain handler's thread was): the traceback tells where it hung.
+                ran_over = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
+                ran_over.__cause__ = exc.__cause__
+                for note in getattr(exc, "__notes__", ()):
+                    ran_over.add_note(note)
+                exc = ran_over
         return self._failed(lease, spec, exc)
 
     def _in_thread(self, job_id: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
