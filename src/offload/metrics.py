@@ -138,10 +138,17 @@ class Metrics(NoMetrics):
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         try:
-            from prometheus_client import CollectorRegistry
+            import prometheus_client
         except ImportError:
             raise ConfigurationError(_MISSING) from None
-        self.registry = CollectorRegistry() if registry is None else registry
+        if registry is None:
+            # The process's own CPU, memory, open files, Python and its garbage collector
+            # (prometheus-client's standard collectors, which its default registry has)
+            registry = prometheus_client.CollectorRegistry()
+            prometheus_client.ProcessCollector(registry=registry)
+            prometheus_client.PlatformCollector(registry=registry)
+            prometheus_client.GCCollector(registry=registry)
+        self.registry = registry
         # Every number, nested by label value (a look-up allocates nothing; a tuple key
         # would, per job): kind → queue (→ state), queue, or channel → outcome.
         self._lock = threading.Lock()

@@ -305,6 +305,10 @@ async def test_get_metrics_serves_every_metric_with_the_queue_gauges(app: App) -
     )
     assert found.types["offload_queue_depth"] == "gauge"
     assert found.types["offload_job_duration_seconds"] == "histogram"
+    # and the process's own (CPU, memory, Python's collector), as a default registry has
+    assert found.value("process_cpu_seconds_total") > 0
+    assert found.value("process_resident_memory_bytes") > 0
+    assert "python_info" in names and "python_gc_collections_total" in names
 
 
 class CountingApp(App):
