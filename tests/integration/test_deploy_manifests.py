@@ -1,6 +1,7 @@
 """The manifests under deploy/ hold together and say true things about offload: every
 document is a kind we mean, every reference resolves, every flag is one `offload worker`
-takes, every metric a Prometheus query names is one offload exports, the metrics-api
+takes, every metric a Prometheus query (a scaler's, an alert's) names is one offload
+exports with the labels it has, every alert rule is PromQL, the metrics-api
 scaler's valueLocation finds the number in a real GET /v1/queues, and the PostgreSQL
 scalers' SQL runs against the real schema and counts what `App.stats` counts."""
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import promql_parser
 import psycopg
 import pytest
 import typer
@@ -19,7 +21,7 @@ import yaml
 
 from offload import App, Message, Settings
 from offload.cli import cli
-from offload.metrics import DEPTH_STATES, METRIC_NAMES, Metrics
+from offload.metrics import DEPTH_STATES, METRIC_NAMES, SQLITE_METRIC_NAMES, Metrics
 from offload.web import create_app
 
 from ..scrape import parse
@@ -71,6 +73,7 @@ def test_every_manifest_is_a_kind_we_mean_and_its_references_resolve() -> None:
         "keda/scaledjob.yaml",
         "kubernetes/offload.yaml",
         "prometheus/scrape-config.yaml",
+        "prometheus/alerts.yaml",
     }
     for path, doc in docs:
         if path.startswith("prometheus/"):
@@ -116,7 +119,8 @@ def test_worker_commands_use_only_flags_offload_worker_takes() -> None:
 def test_prometheus_queries_name_metrics_and_labels_offload_exports() -> None:
     exported = parse(Metrics().render().decode())
     # METRIC_NAMES is what a registry of offload's serves (histograms by their base name).
-    assert {name.removesuffix("_total") for name in METRIC_NAMES} == set(exported.types)
+    ours = {name for name in exported.types if name.startswith("offload_")}
+    assert {name.removesuffix("_total") for name in METRIC_NAMES} == ours
     queries = [trigger["metadata"]["query"] for trigger in triggers("prometheus")]
     assert queries
     for query in queries:
@@ -130,6 +134,57 @@ def test_prometheus_queries_name_metrics_and_labels_offload_exports() -> None:
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
     assert jobs["offload-web"]["metrics_path"] == "/metrics"
     assert jobs["offload-web"]["authorization"]["type"] == "Bearer"
+
+
+#: The labels of each metric an alert names (the README's "Metrics" table).
+LABELS = {
+    "offload_jobs_completed_total": {"kind", "queue", "state"},
+    "offload_queue_depth": {"queue", "state"},
+    "offload_queue_oldest_age_seconds": {"queue"},
+    "offload_queue_paused": {"queue"},
+    "offload_queue_stats_up": set(),
+    "offload_worker_slots": {"state"},
+    "offload_deliveries_total": {"channel", "outcome"},
+    "offload_sqlite_write_pauses_spent_total": set(),
+}
+#: The values of the labels an alert matches on.
+VALUES = {
+    "state": {
+        "succeeded",
+        "failed",
+        "cancelled",
+        "dead",
+        "retrying",
+        *DEPTH_STATES,
+        "busy",
+        "idle",
+    },
+    "outcome": {"delivered", "retrying", "failed", "refused", "superseded"},
+    "channel": {"webhook", "email"},
+}
+
+
+def test_the_alert_rules_parse_and_name_what_offload_exports() -> None:
+    rules_file = yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text())
+    rules = [rule for group in rules_file["groups"] for rule in group["rules"]]
+    assert len({rule["alert"] for rule in rules}) == len(rules) >= 8
+    for rule in rules:
+        expr = rule["expr"]
+        promql_parser.parse(expr)  # PromQL, or ValueError
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        named = re.findall(r"(offload_[a-z_]+)(\{[^}]*\})?", expr)
+        assert named, rule["alert"]
+        labels: set[str] = set()
+        for name, matchers in named:
+            assert name in METRIC_NAMES or name in SQLITE_METRIC_NAMES, name
+            labels |= LABELS[name]
+            for label, value in re.findall(r'(\w+)\s*=~?\s*"([^"]*)"', matchers):
+                assert label in LABELS[name], (rule["alert"], name, label)
+                assert set(value.split("|")) <= VALUES[label], (rule["alert"], value)
+        for grouped in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            used = {g.strip() for g in grouped.split(",") if g.strip()}
+            assert used <= labels, (rule["alert"], used)
 
 
 def gjson(document: Any, path: str) -> Any:
