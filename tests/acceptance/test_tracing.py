@@ -227,7 +227,8 @@ async def test_webhook_attempts_are_client_spans_and_a_refused_answer_is_an_erro
 ) -> None:
     declare(app)
     with Receiver(502, 200) as receiver:
-        await app.enqueue(Export(user_id="u1"), callback_url=receiver.url)
+        hook = f"{receiver.url}?token=s3cr3t&v=2"
+        await app.enqueue(Export(user_id="u1"), callback_url=hook)
         await start_worker()
         failed, delivered = await ended(spans, "POST", 2)
         notifies = await ended(spans, "process offload.notify", 2)
@@ -237,6 +238,8 @@ async def test_webhook_attempts_are_client_spans_and_a_refused_answer_is_an_erro
     assert failed.attributes["error.type"] == "DeliveryError"
     assert delivered.status.status_code is trace.StatusCode.UNSET
     assert delivered.attributes["http.response.status_code"] == 200
+    # its url.full a valid URL, the query's keys kept and its values hidden
+    assert delivered.attributes["url.full"] == f"{receiver.url}?token=REDACTED&v=REDACTED"
     assert [parent_of(failed), parent_of(delivered)] == [span_id(n) for n in notifies]
     assert [n.status.status_code for n in notifies] == [
         trace.StatusCode.ERROR,

@@ -122,6 +122,12 @@ def test_shown_targets_lose_credentials_and_query() -> None:
         == "https://h.example.com:8443/p?…"
     )
     assert redact("http://[::1]:80/x") == "http://[::1]:80/x"
+    # A span's url.full: a valid URL, its keys kept and each value hidden
+    assert (
+        redact("https://u:pw@h.example.com/p?token=abc&v=2&flag", query="REDACTED")
+        == "https://h.example.com/p?token=REDACTED&v=REDACTED&flag=REDACTED"
+    )
+    assert redact("https://h.example.com/p", query="REDACTED") == "https://h.example.com/p"
 
 
 @pytest.mark.anyio

@@ -170,11 +170,11 @@ class Dispatcher:
     async def _deliver(
         self, channel: str, target: str, job_id: str, state: str, nid: str, ctx: Context
     ) -> dict[str, Any]:
-        shown = target
+        shown = traced = target
         if channel == "webhook":
             from .webhook import redact
 
-            shown = redact(target)
+            shown, traced = redact(target), redact(target, query="REDACTED")
 
         async def record(state: str, **attempt: Any) -> None:
             self.app.metrics.delivered(channel, state)
@@ -203,7 +203,7 @@ class Dispatcher:
         try:
             if notifier is None:
                 raise DeliveryError("OFFLOAD_SMTP_URL is not set: this worker cannot send email")
-            with tracing.deliver(channel, shown, job_id=job_id, notification=nid) as span:
+            with tracing.deliver(channel, traced, job_id=job_id, notification=nid) as span:
                 receipt = await notifier.deliver(notification)
                 tracing.delivered(span, channel, receipt.code)
         except TargetRefused as exc:  # (the receiver's code, where it answered: SMTP's 550)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -190,13 +190,19 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def redact(url: str) -> str:
-    """A URL fit to show: without credentials and without its query string."""
+def redact(url: str, *, query: str = "…") -> str:
+    """A URL fit to show: without credentials, and its query string as `query` says: `…`
+    for a person (the delivery record, a log line), `REDACTED` for a valid URL whose keys
+    stay and whose values are each `REDACTED` (a span's `url.full`)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
     netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+    shown = parts.query and query
+    if shown == "REDACTED":
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        shown = urlencode([(key, "REDACTED") for key, _ in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, shown, ""))
 
 
 # -- the notifier ---------------------------------------------------------------------------
