@@ -1396,7 +1396,7 @@ def contracts_check(
     field, where the old body would be refused (the API takes the current version only)."""
     from pathlib import Path
 
-    from .contracts import breaking_changes, client_changes, dumps, loads, snapshot
+    from .contracts import advisories, breaking_changes, client_changes, dumps, loads, snapshot
 
     with _errors():
         try:
@@ -1405,8 +1405,10 @@ def contracts_check(
             raise ConfigurationError(f"cannot read {committed}: {exc.strerror}") from None
         was = loads(text, source=committed)
         now = snapshot(_app(app, None))
-        found = breaking_changes(was, now, allow_removed=set(allow_removed or ()))
-    for note in client_changes(was, now):  # a new version may; its HTTP clients must move
+        allowed = set(allow_removed or ())
+        found = breaking_changes(was, now, allow_removed=allowed)
+    # A new version may narrow; its HTTP clients must move. And what breaks nothing yet.
+    for note in [*client_changes(was, now), *advisories(was, now, allow_removed=allowed)]:
         _console(stderr=True).print(
             f"warning: {note}", soft_wrap=True, highlight=False, markup=False
         )

@@ -293,6 +293,35 @@ def client_changes(
     return found
 
 
+def advisories(
+    committed: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    allow_removed: Collection[str] = (),
+) -> list[str]:
+    """What `check` warns of without failing: an `--allow-removed` kind that the snapshot
+    does not have (misspelt) or the code still declares (a stale option, which would let a
+    later removal pass unseen), and a kind made unique (jobs stored before carry no key, so
+    a repeat of one of them is a second job until they have run)."""
+    notes = []
+    for kind in sorted(allow_removed):
+        if kind not in committed["kinds"]:
+            notes.append(f"--allow-removed {kind}: the snapshot has no such kind (misspelt?)")
+        elif kind in current["kinds"]:
+            notes.append(
+                f"--allow-removed {kind}: the kind is still declared (drop the option, or it "
+                "lets a later removal pass unseen)"
+            )
+    for kind, was in sorted(committed["kinds"].items()):
+        now = current["kinds"].get(kind)
+        if now is not None and was.get("unique") is None and now.get("unique") is not None:
+            notes.append(
+                f"{kind}: made unique: jobs stored before carry no key, so a repeat of one of "
+                "them is a second job until they have run"
+            )
+    return notes
+
+
 def _same_version_changes(
     kind: str, version: int, was: Mapping[str, Any], now: Mapping[str, Any]
 ) -> list[BreakingChange]:

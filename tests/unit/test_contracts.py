@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from offload import App, FromPrincipal, Message
 from offload.contracts import (
     BreakingChange,
+    advisories,
     breaking_changes,
     client_changes,
     client_schema,
@@ -418,6 +419,23 @@ def test_a_removed_kind_is_breaking_unless_allowed() -> None:
         "--allow-removed shop.old)"
     ]
     assert lines(old, new, allow_removed={"shop.old"}) == []
+
+
+def test_check_warns_of_a_stale_or_misspelt_allow_removed_and_of_a_kind_made_unique() -> None:
+    old = contract(Base)
+    old["kinds"]["shop.old"] = contract(NameInt, kind="shop.old")["kinds"]["shop.old"]
+    new = contract(Base)
+    new["kinds"][KIND]["unique"] = "queued"
+    allowed = {"shop.old", "shop.olb", KIND}
+    assert lines(old, new, allow_removed=allowed) == []
+    assert advisories(old, new, allow_removed=allowed) == [
+        f"--allow-removed {KIND}: the kind is still declared (drop the option, or it lets a "
+        "later removal pass unseen)",
+        "--allow-removed shop.olb: the snapshot has no such kind (misspelt?)",
+        f"{KIND}: made unique: jobs stored before carry no key, so a repeat of one of them is "
+        "a second job until they have run",
+    ]
+    assert advisories(old, contract(Base), allow_removed={"shop.old"}) == []
 
 
 def test_a_changed_queue_is_breaking_even_with_a_new_version() -> None:
