@@ -501,10 +501,13 @@ async def test_purge_removes_waiting_jobs_only(backend: Backend) -> None:
     (running,) = await claim(backend, "p", limit=1)
     # When queue p is purged
     removed = await backend.purge("p")
-    # Then only its waiting jobs are gone
+    # Then only its waiting jobs are gone, with their feed entries (a prune deletes only
+    # finished jobs' entries: a purged job's stayed for good)
     assert removed == 3
     for env in waiting:
         assert await backend.get(env.id) is None
+        assert await backend.changes_since(0, job_id=env.id) == []
+    assert await backend.changes_since(0, job_id=other.id) != []
     assert (await status(backend, done_env.id))["state"] == "succeeded"
     assert (await status(backend, running_env.id))["state"] == "running"
     assert (await status(backend, other.id))["state"] == "queued"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -347,6 +348,46 @@ async def test_a_feed_entry_made_from_what_was_written_reads_as_the_row(
         assert [c.job_id for c in later] == [lease.job_id, lease.job_id]
         assert [status_record(c.row) for c in later] == [running, progressed]
         assert running["state"] == "running" and running["worker"] == "w1"
+    finally:
+        await backend.close()
+
+
+async def test_a_prune_reads_on_from_where_its_last_chunk_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each chunk read the finished jobs' index from its start, past every old dead job
+    # (kept for good) again: 40 s against 9 s for 200,000 jobs behind 100,000 dead ones
+    from offload.brokers.sqlite import backend as module
+
+    monkeypatch.setattr(module, "CHUNK_ROWS", 4)
+    backend = SQLiteBackend(str(tmp_path / "history.db"))
+    await backend.open()
+    try:
+        jobs = [envelope("history") for _ in range(20)]
+        await backend.enqueue(jobs)
+        with sqlite3.connect(tmp_path / "history.db") as conn:
+            conn.executemany(  # dead ones first and among the rest, times tied in pairs
+                "UPDATE offload_jobs SET state = ?, finished_at = ? WHERE id = ?",
+                [
+                    ("dead" if i < 4 or i % 5 == 0 else "succeeded", 1 + i // 2, job.id)
+                    for i, job in enumerate(jobs)
+                ],
+            )
+        # When it prunes, 4 a chunk, its statements seen as SQLite runs them
+        said: list[str] = []
+        backend.conn.set_trace_callback(said.append)
+        assert await backend.prune(3600) == 13
+        backend.conn.set_trace_callback(None)
+        # Then each chunk read on from where the one before stopped (the times go up, and
+        # the dead ones before that time were not read again), and only the dead are left
+        starts = [
+            float(m.group(1))
+            for m in (re.search(r"finished_at >= (\S+) AND", text) for text in said)
+            if m is not None
+        ]
+        assert starts == sorted(starts) and starts[0] < 0 and starts[-1] >= 7, starts
+        left = await backend.list_jobs(owner=None, limit=50)
+        assert sorted(r.state for r in left) == ["dead"] * 7
     finally:
         await backend.close()
 

@@ -70,7 +70,8 @@ _SERVER_FULL = (
 #: How long a heartbeat waits for the lock of a job row its first statement passed over
 #: (locked: by offload's own progress or settle for a moment, or by a session of yours).
 EXTEND_LOCK_WAIT_MS = 250
-#: Finished jobs a prune deletes per transaction (with their feed entries and step results).
+#: Jobs a prune (finished ones) or a purge (waiting ones) deletes per transaction, with
+#: their feed entries and step results.
 PRUNE_CHUNK_ROWS = 2000
 #: psycopg's default: a statement run this often on a connection is prepared there
 #: (`?prepare_threshold=none` prepares nothing: behind a transaction pooler).
@@ -1432,14 +1433,27 @@ class PostgresBackend:
         }
 
     async def purge(self, queue: str) -> int:
-        """Delete the waiting jobs of `queue`; a resend after a lost reply counts only what
-        it deleted itself."""
+        """Delete the waiting jobs of `queue`, with their feed entries and step results,
+        `PRUNE_CHUNK_ROWS` per transaction; those enqueued after the newest that waited
+        when it began are kept, as if it had been one. A resend after a lost reply counts
+        only what it deleted itself."""
+        rows = await self._fetch(Q["newest_waiting"], {"queue": queue})
+        newest = rows[0]["newest"] if rows else None
+        if newest is None:
+            return 0
+        params = {"queue": queue, "newest": newest, "chunk": PRUNE_CHUNK_ROWS}
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            cur = await conn.execute(Q["purge"], {"queue": queue})
-            return cur.rowcount
+            cur = await conn.execute(Q["purge"], params)
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
 
-        return await self._retrying(run)
+        total = 0
+        while True:
+            n = await self._retrying(run)
+            total += n
+            if n < PRUNE_CHUNK_ROWS:
+                return total
 
     # -- workers ----------------------------------------------------------------------------
 

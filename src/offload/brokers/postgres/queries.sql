@@ -587,8 +587,28 @@ SELECT queue,
        coalesce(extract(epoch FROM coalesce(%(now)s, now()) - w.oldest), 0) AS oldest_age_s
 FROM waiting w FULL JOIN running r USING (queue) FULL JOIN dead d USING (queue)
 
+-- name: newest_waiting
+SELECT max(enqueued_at) AS newest FROM offload_jobs
+WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
+
 -- name: purge
-DELETE FROM offload_jobs WHERE queue = %(queue)s AND state IN ('queued', 'retrying')
+-- One chunk of a queue's waiting jobs that waited when the purge began (`newest_waiting`),
+-- with their feed entries and step results (a prune deletes only finished jobs': those of
+-- a purged job would stay for good).
+WITH doomed AS (
+    SELECT id FROM offload_jobs
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND enqueued_at <= %(newest)s
+    LIMIT %(chunk)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM offload_jobs j USING doomed WHERE j.id = doomed.id
+    RETURNING j.id
+), ev AS (
+    DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)
+), fx AS (
+    DELETE FROM offload_effects WHERE job_id IN (SELECT id::text FROM gone)
+)
+SELECT count(*) FROM gone
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.

@@ -1399,7 +1399,19 @@ class SQLiteBackend:
 
     def _purge(self, queue: str, newest: float) -> int:
         with self._tx() as conn:
-            return conn.execute(Q["purge_chunk"], (queue, newest, CHUNK_ROWS)).rowcount
+            ids = [r[0] for r in conn.execute(Q["purge_chunk"], (queue, newest, CHUNK_ROWS))]
+            self._forget_rows(conn, ids)
+        return len(ids)
+
+    @staticmethod
+    def _forget_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
+        """Delete the feed entries and step results of the deleted jobs `ids`."""
+        if ids:
+            conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
+            conn.execute(
+                "DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(ids).decode(),),
+            )
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue`, `CHUNK_ROWS` per transaction; those enqueued
@@ -1716,27 +1728,27 @@ class SQLiteBackend:
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         return await self._run(self._recall, job_id, key)
 
-    def _prune(self, older_than_s: float) -> int:
+    def _prune(self, older_than_s: float, since: list[float]) -> int:
+        """One chunk of the prune: `since` holds where the chunk before stopped in the
+        finished jobs' index (moved on here)."""
         with self._tx() as conn:
             before = self.clock.now() - older_than_s
-            ids = [r[0] for r in conn.execute(Q["prune_ended"], (before, CHUNK_ROWS))]
+            rows = conn.execute(Q["prune_ended"], (since[0], before, CHUNK_ROWS)).fetchall()
+            ids = [r[0] for r in rows]
+            since[0] = max((r[1] for r in rows), default=since[0])
             if len(ids) < CHUNK_ROWS:
                 ids += [
                     r[0]
                     for r in conn.execute(Q["prune_cancelled"], (before, CHUNK_ROWS - len(ids)))
                 ]
-            if ids:
-                conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
-                conn.execute(
-                    "DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))",
-                    (orjson.dumps(ids).decode(),),
-                )
+            self._forget_rows(conn, ids)
         return len(ids)
 
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago,
         `CHUNK_ROWS` per transaction."""
-        return await self._until_short(lambda: self._prune(older_than_s))
+        since = [float("-inf")]
+        return await self._until_short(lambda: self._prune(older_than_s, since))
 
     # -- periodic schedules -----------------------------------------------------------------
 

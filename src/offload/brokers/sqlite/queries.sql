@@ -240,11 +240,12 @@ SELECT max(enqueued_at) FROM offload_jobs WHERE queue = ? AND state IN ('queued'
 
 -- name: purge_chunk
 -- One chunk (the LIMIT) of a queue's waiting jobs that waited when the purge began, read off
--- offload_jobs_ready.
+-- offload_jobs_ready (their feed entries and step results go with them).
 DELETE FROM offload_jobs WHERE id IN (
     SELECT id FROM offload_jobs
     WHERE queue = ? AND state IN ('queued', 'retrying') AND enqueued_at <= ?
     LIMIT ?)
+RETURNING id
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
@@ -261,12 +262,17 @@ SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
 
 -- name: prune_ended
 -- One chunk (the LIMIT) of the succeeded and failed jobs that ended before the cutoff, read
--- off offload_jobs_history (its WHERE repeated, so that the planner may use it).
+-- off offload_jobs_history (its WHERE repeated, so that the planner may use it) from where
+-- the chunk before stopped: the index holds the dead jobs too, kept for good, and a chunk
+-- read from its start walked past every old dead job again (a prune of a long history then
+-- took minutes, each chunk holding the write lock longer than the last).
 DELETE FROM offload_jobs WHERE id IN (
     SELECT id FROM offload_jobs INDEXED BY offload_jobs_history
-    WHERE state IN ('succeeded', 'failed', 'dead') AND state <> 'dead' AND finished_at < ?
+    WHERE state IN ('succeeded', 'failed', 'dead') AND state <> 'dead'
+        AND finished_at >= ? AND finished_at < ?
+    ORDER BY finished_at
     LIMIT ?)
-RETURNING id
+RETURNING id, finished_at
 
 -- name: prune_cancelled
 DELETE FROM offload_jobs WHERE id IN (

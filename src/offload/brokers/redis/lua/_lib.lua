@@ -110,6 +110,14 @@ local function gather_fair(queue, max)
   end
 end
 
+-- A deleted job's feed entries (the stream's, through its index jf:<id>) and effects.
+local function drop_history(id)
+  for _, seq in ipairs(redis.call('ZRANGE', K .. 'jf:' .. id, 0, -1)) do
+    redis.call('XDEL', K .. 'feed', seq .. '-0')
+  end
+  redis.call('DEL', K .. 'jf:' .. id, K .. 'fx:' .. id)
+end
+
 local function idem_field(owner, key)
   return string.len(owner) .. ':' .. owner .. key
 end

@@ -10,10 +10,7 @@ for i = 2, #ARGV do
     redis.call('ZREM', K .. 'finished', id)
     redis.call('SREM', K .. 'dead:' .. row.queue, id)
     forget(id, row)
-    for _, seq in ipairs(redis.call('ZRANGE', K .. 'jf:' .. id, 0, -1)) do
-      redis.call('XDEL', K .. 'feed', seq .. '-0')
-    end
-    redis.call('DEL', K .. 'jf:' .. id, K .. 'fx:' .. id)
+    drop_history(id)
     n = n + 1
   end
 end

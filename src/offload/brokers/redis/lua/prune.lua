@@ -6,9 +6,6 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', K .. 'finished', id)
   local row = hget_map(K .. 'job:' .. id)
   if row.owner ~= nil then forget(id, row) end
-  for _, seq in ipairs(redis.call('ZRANGE', K .. 'jf:' .. id, 0, -1)) do
-    redis.call('XDEL', K .. 'feed', seq .. '-0')
-  end
-  redis.call('DEL', K .. 'jf:' .. id, K .. 'fx:' .. id)
+  drop_history(id)
 end
 return #ids

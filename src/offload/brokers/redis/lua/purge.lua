@@ -1,5 +1,6 @@
--- purge: ARGV = K, queue, max. Deletes up to `max` waiting jobs of the queue (their feed
--- entries and effects stay, as in the SQL backends). Returns how many were deleted.
+-- purge: ARGV = K, queue, max. Deletes up to `max` waiting jobs of the queue, with their
+-- feed entries and effects (as prune does a finished job's: else they stayed for good).
+-- Returns how many were deleted.
 local queue, max = ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGE', K .. 'waiting:' .. queue, 0, max - 1)
 for _, id in ipairs(ids) do
@@ -10,5 +11,6 @@ for _, id in ipairs(ids) do
   else
     redis.call('ZREM', K .. 'waiting:' .. queue, id)
   end
+  drop_history(id)
 end
 return #ids
