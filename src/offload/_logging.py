@@ -87,6 +87,7 @@ def _trace_of(line: dict[str, Any]) -> None:
     if api is None:
         return
     context = api.get_current_span().get_span_context()
-    if context.is_valid:  # (an `extra` field of the caller's own of that name stays)
-        line.setdefault("trace_id", format(context.trace_id, "032x"))
-        line.setdefault("span_id", format(context.span_id, "016x"))
+    if context.is_valid and "trace_id" not in line and "span_id" not in line:
+        # (the caller's own `extra` of either name stays, and no id of ours is paired with it)
+        line["trace_id"] = format(context.trace_id, "032x")
+        line["span_id"] = format(context.span_id, "016x")

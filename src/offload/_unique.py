@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import orjson
 
+from ._payloads import stored_key
 from .contract import Message
 from .errors import ConfigurationError
 
@@ -45,7 +46,7 @@ def unique_fields(
     if fields is not None and not chosen:
         raise ConfigurationError("unique_key names no field (leave it out for the whole payload)")
     # As the payload stores them: a field's alias where it has one (`Field(alias=...)`)
-    return tuple(cls.model_fields[name].serialization_alias or name for name in chosen)
+    return tuple(stored_key(cls, name) for name in chosen)
 
 
 def unique_key(kind: str, owner: str, payload: Mapping[str, Any], fields: Sequence[str]) -> str:

@@ -17,10 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from pydantic import AliasChoices
-
 from . import _claim_check as claim_check
-from . import tracing
+from . import _payloads, tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
 from ._group import GroupCommit
@@ -413,7 +411,7 @@ class App:
                 filled = principal_fields(cls)
             except TypeError as exc:
                 raise ConfigurationError(str(exc)) from None
-            _check_aliases(cls)
+            _payloads.check(cls)
             key_fields = unique_fields(cls, unique, unique_key)
             cls.__kind__, cls.__version__ = kind, version
             cls.__queue__ = queue or DEFAULT_QUEUE
@@ -923,8 +921,7 @@ class App:
         """The envelope of `message`, stamped."""
         if idempotency_key == "":  # every later enqueue would repeat the first
             raise ValueError("idempotency_key must not be empty")
-        # By alias: what a client sends and the worker validates (`Field(alias=...)`)
-        payload = message.model_dump(mode="json", by_alias=True)
+        payload = _payloads.payload_of(message)  # (what its class reads back)
         if nested_deeper(payload):
             raise NestedTooDeep(
                 f"a {spec.kind} message nests objects and arrays more than {MAX_NESTING} "
@@ -1712,32 +1709,6 @@ def _bound(backend: Backend) -> bool:
     return bool(getattr(backend, "loop_bound", False))
 
 
-def _check_aliases(cls: type[Message]) -> None:
-    """Refuse a message field whose stored name would not validate back: a job's payload is
-    stored by alias (`Field(alias="customer")`), so the name it is read back by must be that
-    alias (or, with `populate_by_name`, the field's own name)."""
-    config = cls.model_config
-    by_name = bool(config.get("populate_by_name") or config.get("validate_by_name"))
-    for name, field in cls.model_fields.items():
-        stored = field.serialization_alias or name
-        read = field.validation_alias
-        if read is None:
-            names: list[object] = [name]
-        elif isinstance(read, str):
-            names = [read]
-        elif isinstance(read, AliasChoices):
-            names = list(read.choices)
-        else:  # an AliasPath: read from inside another field, never what is stored
-            names = []
-        if stored in names or (by_name and stored == name):
-            continue
-        raise ConfigurationError(
-            f"{cls.__name__}.{name} is stored as {stored!r} but read back only as "
-            f"{read!r}: give it one alias for both (Field(alias=...)), or add {stored!r} "
-            "to its validation aliases"
-        )
-
-
 def _check_callable(fn: Callable[..., Any], kind: str, message: type[Message]) -> None:
     """Refuse, as it is registered, a handler the worker could not call with the message
     and the context (each of its jobs would fail, attempt after attempt, on a TypeError),
@@ -1762,10 +1733,17 @@ def _check_callable(fn: Callable[..., Any], kind: str, message: type[Message]) -
     if params[0].kind is not params[0].VAR_POSITIONAL:
         typed = _annotation(fn, params[0].name)
         if typed and not any(issubclass(message, cls) for cls in typed):
-            shown = " | ".join(cls.__name__ for cls in typed)
+
+            classes = [*typed, message]
+
+            def named(cls: type) -> str:  # (a class of the same name elsewhere: its module)
+                same = any(c is not cls and c.__name__ == cls.__name__ for c in classes)
+                return f"{cls.__module__}.{cls.__qualname__}" if same else cls.__name__
+
+            shown = " | ".join(named(cls) for cls in typed)
             raise ConfigurationError(
                 f"the handler of {kind!r}, {name}, takes a {shown}: its jobs carry a "
-                f"{message.__name__}"
+                f"{named(message)}"
             )
     context = params[-1].annotation
     if isinstance(context, str):  # ("'SyncContext'": quoted under future annotations)

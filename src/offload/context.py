@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
@@ -51,7 +51,7 @@ class Context:
         self.kind = lease.envelope.kind
         self.owner = lease.envelope.owner
         self._blobs = blobs
-        self.log = logging.LoggerAdapter(
+        self.log = _JobLog(
             logger,
             {
                 "job_id": self.job_id,
@@ -249,6 +249,21 @@ class SyncContext(Context):
         def put_stream(
             self, key: str, source: StreamSource, content_type: str | None = None
         ) -> str: ...
+
+
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:  # (subscripted at run time only from Python 3.11.? on)
+    _Adapter = logging.LoggerAdapter
+
+
+class _JobLog(_Adapter):
+    """`ctx.log`: its records carry the job's fields and the `extra` a call passes (a
+    plain LoggerAdapter replaced the call's with its own before Python 3.13)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

@@ -75,7 +75,8 @@ class FromPrincipal:
 
 
 def principal_fields(cls: type[BaseModel]) -> tuple[str, ...]:
-    """The input keys (alias, else name) of the fields of `cls` marked `FromPrincipal`.
+    """The input keys (validation alias, else alias, else name) of the fields of `cls`
+    marked `FromPrincipal`.
 
     Raises:
         TypeError: a marked field is not a `str` (a principal is one).
@@ -85,7 +86,8 @@ def principal_fields(cls: type[BaseModel]) -> tuple[str, ...]:
         if any(isinstance(m, FromPrincipal) for m in info.metadata):
             if info.annotation is not str:
                 raise TypeError(f"{cls.__name__}.{name} is FromPrincipal, so it must be a str")
-            keys.append(info.alias or name)
+            read = info.validation_alias  # the key a request body is read by
+            keys.append(read if isinstance(read, str) else info.alias or name)
     return tuple(keys)
 
 

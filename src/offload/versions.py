@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from ._payloads import payload_of
 from .contract import Message
 from .errors import MissingUpgrader, UpgradeError
 
@@ -90,7 +91,7 @@ def upgrade(
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         if isinstance(out, Message):
-            out = out.model_dump(mode="json", by_alias=True)  # (as App.envelope stores it)
+            out = payload_of(out)  # (as App.envelope stores it)
         if not isinstance(out, dict):
             raise UpgradeError(
                 f"the upgrader of {kind} from version {step} returned a {type(out).__name__}, "

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import httpx
 import pytest
-from pydantic import AliasChoices, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
 
 from offload import App, ConfigurationError, Context, JobState, Message
 from offload.testing import run_jobs
@@ -58,15 +58,65 @@ async def test_a_field_whose_stored_name_would_not_read_back_is_refused(app: App
     class ReadOnlyAlias(Message):
         customer_name: Annotated[str, Field(validation_alias="customer")]
 
-    class WriteOnlyAlias(Message):
-        customer_name: Annotated[str, Field(serialization_alias="customer")]
+    class Street(BaseModel):
+        name: Annotated[str, Field(validation_alias="streetName")]
+
+    class NestedReadOnly(Message):
+        streets: list[Street]
 
     class Choices(Message):
         customer_name: Annotated[
             str, Field(validation_alias=AliasChoices("customer", "customer_name"))
         ]
 
-    for cls in (ReadOnlyAlias, WriteOnlyAlias):
-        with pytest.raises(ConfigurationError, match="customer_name is stored as"):
+    for cls, where in (
+        (ReadOnlyAlias, "ReadOnlyAlias.customer_name"),
+        (NestedReadOnly, "Street.name"),
+    ):
+        with pytest.raises(ConfigurationError, match=rf"{where} is stored as"):
             app.message(f"t.{cls.__name__.lower()}")(cls)
     app.message("t.choices")(Choices)  # its stored name is one of the names it reads
+
+
+class Address(BaseModel):  # an alias for output only, at depth: stored by name
+    street_name: Annotated[str, Field("UNSET", serialization_alias="streetName")]
+
+
+class Shipment(Message):
+    address: Address
+    note: Annotated[str, Field(serialization_alias="Note")] = ""
+
+
+class Renamed(Message):  # aliases that its class does not read: stored by name
+    model_config = ConfigDict(validate_by_alias=False, validate_by_name=True)
+
+    customer_name: Annotated[str, Field(alias="customer")]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def shouted(self) -> str:
+        return self.customer_name.upper()
+
+
+async def test_a_message_whose_aliases_are_for_output_only_is_stored_by_name(
+    app: App,
+) -> None:
+    # A nested model's serialization alias made its value the default, silently
+    app.message("t.ship")(Shipment)
+    app.message("t.renamed")(Renamed)
+    seen: list[object] = []
+
+    @app.handles(Shipment)
+    async def ship(msg: Shipment, ctx: Context) -> None:
+        seen.append(msg.address.street_name)
+
+    @app.handles(Renamed)
+    async def rename(msg: Renamed, ctx: Context) -> None:
+        seen.append(msg.shouted)
+
+    shipped = await app.enqueue(Shipment(address=Address(street_name="real"), note="n"))
+    renamed = await app.enqueue(Renamed(customer_name="acme"))
+    rows = {row.id: row for row in await run_jobs(app)}
+    assert rows[shipped.id].payload == {"address": {"street_name": "real"}, "note": "n"}
+    assert rows[renamed.id].payload == {"customer_name": "acme"}  # (no computed field)
+    assert sorted(map(str, seen)) == ["ACME", "real"]

@@ -4,6 +4,7 @@ engine, then read them; failures come back as the handler's traceback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -412,3 +413,25 @@ async def test_a_plain_handler_gets_a_sync_context_and_an_async_one_a_context(
     assert seen == {"plain": (SyncContext, True), "awaiting": (Context, True)}
     assert ran[first.id].result == f"blob:notes/{first.id}.txt"
     assert ran[second.id].result == f"blob:notes/{second.id}.txt"
+
+
+async def test_ctx_log_keeps_the_extra_a_handler_passes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ctx.log replaced a call's `extra` with the job's fields (a LoggerAdapter's way)
+    caplog.set_level(logging.INFO, logger="offload.job")
+    async with shop(f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path) as app:
+
+        @app.message("shop.charge")
+        class Charge(Message):
+            order: int
+
+        @app.handles(Charge)
+        async def charge(msg: Charge, ctx: Context) -> None:
+            ctx.log.info("charged", extra={"order_id": msg.order})
+
+        job = await app.enqueue(Charge(order=42))
+        await run_jobs(app)
+    (said,) = [r for r in caplog.records if r.getMessage() == "charged"]
+    fields = {k: getattr(said, k, None) for k in ("order_id", "job_id", "kind", "attempt")}
+    assert fields == {"order_id": 42, "job_id": job.id, "kind": "shop.charge", "attempt": 1}

@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
+from pydantic import Field
 
 import offload.context
 from offload import (
@@ -724,6 +725,61 @@ async def test_a_job_with_a_field_its_class_lacks_runs_without_it(
     assert "carry fields this worker's Ping lacks (bcc, cc)" in said.getMessage()
 
 
+class Charge(Message):
+    order_id: int
+    amount_cents: Annotated[int, Field(alias="amount")] = 0
+
+
+async def test_a_field_stored_by_its_name_before_aliases_were_is_read_under_its_alias(
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A backlog stored by an older offload (by name, where the class reads the alias): the
+    # worker dropped the value as an unknown field and ran the job with the default
+    caplog.set_level(logging.INFO, logger="offload.worker")
+    app.message("t.charge")(Charge)
+    seen: list[int] = []
+
+    @app.handles(Charge)
+    async def charge(msg: Charge, ctx: Context) -> None:
+        seen.append(msg.amount_cents)
+
+    envelope = app.envelope(Charge(order_id=7, amount=1999))
+    async with app:
+        stored = {"order_id": 7, "amount_cents": 1999}
+        await app.submit(type(envelope)(**{**_fields(envelope), "payload": stored}))
+    await start_worker()
+    assert (await finished(app, envelope.id)).state is JobState.SUCCEEDED
+    assert seen == [1999]
+    assert not [r for r in caplog.records if getattr(r, "action", "") == "fields_ignored"]
+
+
+async def test_a_field_an_upgrader_wrote_that_its_class_lacks_fails_the_job(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # Its own upgrader's mistake (a misspelt key), not a newer deploy's field: a job that
+    # ran with the field's default instead would do the wrong thing
+    @app.message("t.mail", version=2)
+    class Mail(Message):
+        recipient: str = "everyone@example.com"
+
+    @app.upgrade("t.mail", 1)
+    def to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"recipeint": payload["to"]}
+
+    @app.handles(Mail)
+    async def mail(msg: Mail, ctx: Context) -> None:
+        raise AssertionError(f"must not mail {msg.recipient}")
+
+    envelope = app.envelope(Mail())
+    async with app:
+        old = {**_fields(envelope), "version": 1, "payload": {"to": "bob@example.com"}}
+        await app.submit(type(envelope)(**old))
+    await start_worker()
+    record = await finished(app, envelope.id)
+    assert record.state is JobState.FAILED and record.error is not None
+    assert record.error.type == "ValidationError"
+
+
 def _fields(envelope: Any) -> dict[str, Any]:
     import dataclasses
 
@@ -903,11 +959,15 @@ async def test_a_job_whose_worker_died_backs_off_and_ends_by_the_handlers_budget
             assert email.state == "queued"
             # and each rescue named the job, the worker that lost it and what it became.
             said = [
-                (r.job_id, r.lost_worker, r.state)  # type: ignore[attr-defined]
+                (r.job_id, r.lost_worker, r.state, r.levelno)  # type: ignore[attr-defined]
                 for r in caplog.records
                 if getattr(r, "action", None) == "rescued"
             ]
-            assert said == [(job.id, "doomed", "retrying"), (job.id, "doomed", "dead")]
+            # (the job that ends dead so is an error, as one its handler failed is)
+            assert said == [
+                (job.id, "doomed", "retrying", logging.INFO),
+                (job.id, "doomed", "dead", logging.ERROR),
+            ]
         finally:
             rescuer.request_stop()
             await asyncio.wait_for(task, 30)
@@ -1278,3 +1338,27 @@ async def test_an_attempt_that_ran_over_its_timeout_says_where_its_handler_was(
         tracebacks = await app.status(job.id, tracebacks=True)
         text = tracebacks["error"]["traceback"]
         assert frame in text, text
+
+
+async def test_a_timeout_of_the_handlers_own_is_no_timeout_of_the_attempt(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # A deadline of the handler's own (a client's, asyncio's) that ran out was told as the
+    # attempt running over its timeout, and set ctx.cancelled
+    app.message("t.own_deadline", timeout=120, max_attempts=1)(Ping)
+    told: list[bool] = []
+
+    @app.handles(Ping)
+    async def own_deadline(msg: Ping, ctx: Context) -> None:
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), 0.05)
+        finally:
+            told.append(ctx.cancelled.is_set())
+
+    await start_worker()
+    job = await app.enqueue(Ping())
+    record = await finished(app, job.id)
+    assert record.state is JobState.DEAD and record.error is not None
+    assert record.error.type == "TimeoutError"
+    assert "120s" not in record.error.message
+    assert told == [False]

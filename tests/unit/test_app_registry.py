@@ -464,3 +464,46 @@ def test_an_object_with_an_async_call_is_an_async_handler() -> None:
     app.handles(Invoice)(Bill())
     app.handles(Refund)(functools.partial(refund, dry_run=True))
     assert app.handlers["invoice"].is_async and app.handlers["refund"].is_async
+
+
+def test_a_principal_field_is_filled_under_the_key_its_body_is_read_by() -> None:
+    # A field read by one alias and written by another was filled under neither: every
+    # request was refused (403) as one the principal could not own
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from offload import FromPrincipal
+    from offload.contract import principal_fields
+
+    class Split(Message):
+        customer: Annotated[
+            str,
+            FromPrincipal(),
+            Field(validation_alias="customerId", serialization_alias="customerId"),
+        ]
+
+    class Plain(Message):
+        user_id: Annotated[str, FromPrincipal()]
+
+    assert principal_fields(Split) == ("customerId",)
+    assert principal_fields(Plain) == ("user_id",)
+
+
+def test_a_refused_handler_of_a_same_named_class_names_their_modules() -> None:
+    app = _app()
+    app.message("invoice")(Invoice)
+
+    class Invoice2(Message):
+        number: int
+
+    Invoice2.__name__ = "Invoice"
+
+    def other(msg: Invoice2, ctx: object) -> None: ...
+
+    other.__annotations__["msg"] = Invoice2  # (resolved, as a module of its own has it)
+    with pytest.raises(ConfigurationError) as refused:
+        app.handles(Invoice)(other)
+    said = str(refused.value)
+    assert said.endswith(f"its jobs carry a {__name__}.Invoice"), said
+    assert f"takes a {__name__}.{Invoice2.__qualname__}: " in said

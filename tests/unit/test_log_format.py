@@ -225,3 +225,4 @@ def test_a_record_written_inside_a_span_carries_its_trace_and_span_ids() -> None
         own = line(trace_id="the caller's")
     assert said["trace_id"] == f"{ids.trace_id:032x}" and said["span_id"] == f"{ids.span_id:016x}"
     assert own["trace_id"] == "the caller's"  # an extra field of that name is the caller's
+    assert "span_id" not in own  # (and no span id of ours is paired with it)

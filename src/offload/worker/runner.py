@@ -273,6 +273,20 @@ def _unknown_fields(exc: ValidationError) -> frozenset[str]:
     return frozenset(str(e["loc"][0]) for e in errors)
 
 
+def _by_alias(
+    cls: type[Message], payload: Mapping[str, Any], keys: frozenset[str]
+) -> dict[str, str]:
+    """Of `keys` (those `cls` refused as unknown), the names of its fields that it reads by
+    alias only, with that alias, where the payload does not carry the alias too."""
+    out = {}
+    for key in keys:
+        field = cls.model_fields.get(key)
+        alias = None if field is None else field.validation_alias
+        if isinstance(alias, str) and alias != key and alias not in payload:
+            out[key] = alias
+    return out
+
+
 def _unstorable(exc: Exception) -> TypeError:
     """The error of a job whose handler returned what its result cannot store."""
     error = TypeError(
@@ -1072,6 +1086,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         began = loop.time()
         thread_run: _ThreadRun | None = None
+        deadline: asyncio.Timeout | None = None
         try:
             if spec.is_async:
                 call = spec.fn(message, ctx)
@@ -1080,7 +1095,11 @@ class Worker:
                 run = functools.partial(contextvars.copy_context().run, spec.fn, message, ctx)
                 call = self._in_thread(env.id, run)
                 thread_run = self._in_threads[env.id][1]
-            result = await asyncio.wait_for(call, timeout) if timeout else await call
+            if timeout:
+                async with asyncio.timeout(timeout) as deadline:
+                    result = await call
+            else:
+                result = await call
             self._prefetch.ran(loop.time() - began)
             try:
                 stored = _jsonable(result)
@@ -1101,10 +1120,14 @@ class Worker:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise asyncio.CancelledError() from exc
-            if isinstance(exc, TimeoutError) and thread_run is not None:
+            # The attempt's own timeout, not a TimeoutError of the handler's (a deadline of
+            # its own, a client's): that is a failed attempt like any other error
+            overran = deadline is not None and deadline.expired()
+            if overran and thread_run is not None:
                 if where := thread_run.where():  # (the thread runs on: where it is now)
                     exc.add_note(f"the handler's thread was at:\n{where.rstrip()}")
-            return self._raised(lease, ctx, spec, exc, timeout, loop.time() - began)
+            ran_over = timeout if overran else None
+            return self._raised(lease, ctx, spec, exc, ran_over, loop.time() - began)
 
     def _raised(
         self,
@@ -1112,10 +1135,11 @@ class Worker:
         ctx: Context,
         spec: HandlerSpec,
         exc: BaseException,
-        timeout: float | None,
+        ran_over: float | None,
         ran_s: float,
     ) -> Outcome:
-        """The outcome of an attempt whose handler raised `exc` after `ran_s` seconds, the
+        """The outcome of an attempt whose handler raised `exc` after `ran_s` seconds (or
+        that ran over its timeout of `ran_over` seconds, `exc` the timeout's error), the
         worker not having asked it to end: a signal's (`Retry`, `Cancel` …), else a failed
         attempt, whatever it raised (a `CancelledError` of its own, a deadline of its own
         that cancelled it, `sys.exit()`, a `BaseException`: none ends the worker, or
@@ -1133,17 +1157,17 @@ class Worker:
                 error={"type": "Cancel", "message": storable(exc.reason)},
             )
         self._prefetch.ran(ran_s)
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and ran_over:
             ctx.cancelled.set()  # a threaded handler cannot be killed; tell it to stop
-            if timeout and not said(exc):
+            if not said(exc):
                 # The timeout's own error, with what it cancelled as its cause (an async
                 # handler's frames, at the await it was cancelled in) and its notes (where a
                 # plain handler's thread was): the traceback tells where it hung.
-                ran_over = TimeoutError(f"the attempt ran over its {timeout:g}s timeout")
-                ran_over.__cause__ = exc.__cause__
+                over = TimeoutError(f"the attempt ran over its {ran_over:g}s timeout")
+                over.__cause__ = exc.__cause__
                 for note in getattr(exc, "__notes__", ()):
-                    ran_over.add_note(note)
-                exc = ran_over
+                    over.add_note(note)
+                exc = over
         return self._failed(lease, spec, exc)
 
     def _in_thread(self, job_id: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -1264,14 +1288,22 @@ class Worker:
             if env.version < current:
                 steps = self.app.upgraders.get(env.kind, {})
                 payload = upgrade(env.kind, env.version, payload, current=current, steps=steps)
+            cls = spec.message.cls
             try:
-                return spec.message.cls.model_validate(payload)
+                return cls.model_validate(payload)
             except ValidationError as exc:
                 if not (unknown := _unknown_fields(exc)):
                     raise
-                self._say_ignored(env.kind, spec.message.cls.__name__, unknown)
-                kept = {k: v for k, v in payload.items() if k not in unknown}
-                return spec.message.cls.model_validate(kept)
+                # A field's own name where its alias is read: stored so before aliases were
+                # (a backlog of older offload's): read under its alias
+                renamed = _by_alias(cls, payload, unknown)
+                unknown = unknown - frozenset(renamed)
+                if unknown and env.version < current:
+                    raise  # an upgrader's output: its mistake, not a newer deploy's field
+                if unknown:
+                    self._say_ignored(env.kind, cls.__name__, unknown)
+                kept = {renamed.get(k, k): v for k, v in payload.items() if k not in unknown}
+                return cls.model_validate(kept)
         except MissingUpgrader as exc:
             return exc
         except (ValidationError, UpgradeError) as exc:  # no retry would change it: permanent
@@ -1784,7 +1816,9 @@ class Worker:
         for decision, written in zip(decisions, applied, strict=False):
             if written:  # each job, the worker that lost it, and what became of it
                 lease = decision.lease
-                log.info(
+                ended = decision.state in (JobState.DEAD, JobState.FAILED)
+                log.log(  # (a job that ends so is an error, as a handler's failure is)
+                    logging.ERROR if ended else logging.INFO,
                     "job %s (%s, attempt %d): its lease lapsed on worker %s; now %s",
                     lease.job_id,
                     lease.envelope.kind,
