@@ -1733,7 +1733,6 @@ def _check_callable(fn: Callable[..., Any], kind: str, message: type[Message]) -
     if params[0].kind is not params[0].VAR_POSITIONAL:
         typed = _annotation(fn, params[0].name)
         if typed and not any(issubclass(message, cls) for cls in typed):
-
             classes = [*typed, message]
 
             def named(cls: type) -> str:  # (a class of the same name elsewhere: its module)
