@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -183,27 +185,27 @@ class Settings:
                 api_tokens=parse_tokens(e.get("OFFLOAD_API_TOKENS")),
                 token_kinds=parse_token_kinds(e.get("OFFLOAD_API_TOKENS")),
                 secret_key=secret.encode() if secret else None,
-                max_body_bytes=int(e.get("OFFLOAD_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
-                claim_check_bytes=int(
-                    e.get("OFFLOAD_CLAIM_CHECK_BYTES") or DEFAULT_CLAIM_CHECK_BYTES
+                max_body_bytes=_num(
+                    e, "OFFLOAD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, positive=True
                 ),
-                link_ttl_s=float(e.get("OFFLOAD_LINK_TTL") or DEFAULT_LINK_TTL_S),
-                lease_s=float(e.get("OFFLOAD_LEASE") or DEFAULT_LEASE_S),
-                retention_s=float(e.get("OFFLOAD_RETENTION") or DEFAULT_RETENTION_S),
+                claim_check_bytes=_num(
+                    e, "OFFLOAD_CLAIM_CHECK_BYTES", DEFAULT_CLAIM_CHECK_BYTES, int
+                ),
+                link_ttl_s=_num(e, "OFFLOAD_LINK_TTL", DEFAULT_LINK_TTL_S, positive=True),
+                lease_s=_num(e, "OFFLOAD_LEASE", DEFAULT_LEASE_S, positive=True),
+                retention_s=_num(e, "OFFLOAD_RETENTION", DEFAULT_RETENTION_S, infinite=True),
                 webhook_secrets=parse_webhook_secrets(e.get("OFFLOAD_WEBHOOK_SECRETS")),
                 webhook_allow_private=_flag(e.get("OFFLOAD_WEBHOOK_ALLOW_PRIVATE")),
-                webhook_timeout_s=float(
-                    e.get("OFFLOAD_WEBHOOK_TIMEOUT") or DEFAULT_WEBHOOK_TIMEOUT_S
+                webhook_timeout_s=_num(
+                    e, "OFFLOAD_WEBHOOK_TIMEOUT", DEFAULT_WEBHOOK_TIMEOUT_S, positive=True
                 ),
                 smtp_url=e.get("OFFLOAD_SMTP_URL") or None,
                 email_from=e.get("OFFLOAD_EMAIL_FROM") or DEFAULT_EMAIL_FROM,
                 public_url=(e.get("OFFLOAD_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
-                notify_backoff_s=float(e.get("OFFLOAD_NOTIFY_BACKOFF") or DEFAULT_NOTIFY_BACKOFF_S),
+                notify_backoff_s=_num(e, "OFFLOAD_NOTIFY_BACKOFF", DEFAULT_NOTIFY_BACKOFF_S),
                 expose_tracebacks=_flag(e.get("OFFLOAD_EXPOSE_TRACEBACKS")),
-                connect_timeout_s=float(
-                    e.get("OFFLOAD_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
-                ),
-                retry_deadline_s=float(e.get("OFFLOAD_RETRY_DEADLINE") or DEFAULT_RETRY_DEADLINE_S),
+                connect_timeout_s=_num(e, "OFFLOAD_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
+                retry_deadline_s=_num(e, "OFFLOAD_RETRY_DEADLINE", DEFAULT_RETRY_DEADLINE_S),
                 require_worker_version=_flag(e.get("OFFLOAD_REQUIRE_WORKER_VERSION")),
                 admin_principals=frozenset(
                     name.strip()
@@ -231,3 +233,31 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def _num(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    cast: Callable[[str], float] = float,
+    *,
+    positive: bool = False,
+    infinite: bool = False,
+) -> Any:
+    """The number setting `name` (`default` when unset): finite (or `inf`, where `infinite`
+    says so: `OFFLOAD_RETENTION=inf` keeps every job), never below 0 (never 0 either, where
+    `positive`), else a ConfigurationError that names it."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        what = "a whole number" if cast is int else "a number"
+        raise ConfigurationError(f"{name} must be {what}, not {raw[:40]!r}") from None
+    if math.isnan(value) or (math.isinf(value) and not (infinite and value > 0)):
+        raise ConfigurationError(f"{name} must be a finite number, not {raw[:40]!r}")
+    if value < 0 or (positive and value == 0):
+        least = "more than 0" if positive else "0 or more"
+        raise ConfigurationError(f"{name} must be {least}, not {raw[:40]!r}")
+    return value

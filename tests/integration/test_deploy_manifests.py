@@ -182,6 +182,9 @@ def test_the_alert_rules_parse_and_name_what_offload_exports() -> None:
             for label, value in re.findall(r'(\w+)\s*=~?\s*"([^"]*)"', matchers):
                 assert label in LABELS[name], (rule["alert"], name, label)
                 assert set(value.split("|")) <= VALUES[label], (rule["alert"], value)
+        # every web replica serves the same queue gauges: a sum would count them N times
+        summed = r"\bsum\b(?:\s*(?:by|without)\s*\([^)]*\))?\s*\(\s*offload_queue_"
+        assert not re.search(summed, expr), rule["alert"]
         for grouped in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
             used = {g.strip() for g in grouped.split(",") if g.strip()}
             assert used <= labels, (rule["alert"], used)

@@ -284,10 +284,35 @@ def test_settings_defaults_and_overrides() -> None:
     assert Settings.from_env({}).url == "sqlite:///offload.db"
 
 
-@pytest.mark.parametrize("name", ["OFFLOAD_MAX_BODY_BYTES", "OFFLOAD_LINK_TTL", "OFFLOAD_LEASE"])
-def test_settings_bad_numbers_raise_configuration_error(name: str) -> None:
-    with pytest.raises(ConfigurationError):
-        Settings.from_env({name: "lots"})
+NUMBERS = [
+    "OFFLOAD_MAX_BODY_BYTES",
+    "OFFLOAD_CLAIM_CHECK_BYTES",
+    "OFFLOAD_LINK_TTL",
+    "OFFLOAD_LEASE",
+    "OFFLOAD_RETENTION",
+    "OFFLOAD_WEBHOOK_TIMEOUT",
+    "OFFLOAD_NOTIFY_BACKOFF",
+    "OFFLOAD_CONNECT_TIMEOUT",
+    "OFFLOAD_RETRY_DEADLINE",
+]
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+@pytest.mark.parametrize("raw", ["lots", "nan", "-1", "-inf"])
+def test_settings_bad_numbers_raise_configuration_error_naming_them(name: str, raw: str) -> None:
+    # nan, inf and a negative number were taken (a prune then failed every five minutes)
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.from_env({name: raw})
+
+
+def test_retention_may_be_inf_and_other_numbers_may_not() -> None:
+    assert Settings.from_env({"OFFLOAD_RETENTION": "inf"}).retention_s == float("inf")
+    assert Settings.from_env({"OFFLOAD_RETENTION": "0"}).retention_s == 0
+    for name in (n for n in NUMBERS if n != "OFFLOAD_RETENTION"):
+        with pytest.raises(ConfigurationError, match=f"{name} must be a (finite|whole) number"):
+            Settings.from_env({name: "inf"})
+    with pytest.raises(ConfigurationError, match="OFFLOAD_LEASE must be more than 0"):
+        Settings.from_env({"OFFLOAD_LEASE": "0"})
 
 
 def test_settings_read_the_process_environment(

@@ -124,10 +124,14 @@ def test_shown_targets_lose_credentials_and_query() -> None:
     assert redact("http://[::1]:80/x") == "http://[::1]:80/x"
     # A span's url.full: a valid URL, its keys kept and each value hidden
     assert (
-        redact("https://u:pw@h.example.com/p?token=abc&v=2&flag", query="REDACTED")
+        redact("https://u:pw@h.example.com/p?token=abc&v=2&flag=", query="REDACTED")
         == "https://h.example.com/p?token=REDACTED&v=REDACTED&flag=REDACTED"
     )
     assert redact("https://h.example.com/p", query="REDACTED") == "https://h.example.com/p"
+    # a key that is not a plain name may be the secret itself: the whole query is hidden
+    for query in ("s3cr3tT0ken", "sig%3Dabc", "v=1&t0k3n", "%74oken=x", "a" * 65 + "=1"):
+        url = f"https://h.example.com/p?{query}"
+        assert redact(url, query="REDACTED") == "https://h.example.com/p?REDACTED", query
 
 
 @pytest.mark.anyio

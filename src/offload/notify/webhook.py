@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -199,10 +200,17 @@ def redact(url: str, *, query: str = "…") -> str:
     host = f"[{host}]" if ":" in host else host
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     shown = parts.query and query
-    if shown == "REDACTED":
+    if shown == "REDACTED" and all(
+        _PLAIN_KEY.fullmatch(item.partition("=")[0]) and "=" in item
+        for item in parts.query.split("&")
+    ):  # (a key that is not a plain name, `?t0k3n` or `?a%3Db`, may be the secret: hidden)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         shown = urlencode([(key, "REDACTED") for key, _ in pairs])
     return urlunsplit((parts.scheme, netloc, parts.path, shown, ""))
+
+
+#: A query key shown as it is in a span's `url.full` (its value hidden).
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 # -- the notifier ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import math
 import os
 import random
 import re
@@ -1773,7 +1774,9 @@ class Worker:
         await asyncio.sleep(DEFAULT_PRUNE_EVERY_S * random.random())
         while True:
             try:
-                pruned = await backend.prune(self.app.settings.retention_s)
+                retention = self.app.settings.retention_s
+                # (OFFLOAD_RETENTION=inf: every job is kept)
+                pruned = await backend.prune(retention) if math.isfinite(retention) else 0
                 if pruned:
                     log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
                 await self._sweep_payloads()
