@@ -70,6 +70,9 @@ _SERVER_FULL = (
 #: How long a heartbeat waits for the lock of a job row its first statement passed over
 #: (locked: by offload's own progress or settle for a moment, or by a session of yours).
 EXTEND_LOCK_WAIT_MS = 250
+#: A prune's and a purge's chunk: the jobs each picks (`doomed`), deleted with their history.
+_PRUNE = Q["prune"] + "\n" + Q["doomed_gone"]
+_PURGE = Q["purge"] + "\n" + Q["doomed_gone"]
 #: Jobs a prune (finished ones) or a purge (waiting ones) deletes per transaction, with
 #: their feed entries and step results.
 PRUNE_CHUNK_ROWS = 2000
@@ -1444,7 +1447,7 @@ class PostgresBackend:
         params = {"queue": queue, "newest": newest, "chunk": PRUNE_CHUNK_ROWS}
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            cur = await conn.execute(Q["purge"], params)
+            cur = await conn.execute(_PURGE, params)
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
@@ -1726,7 +1729,7 @@ class PostgresBackend:
         total = 0
         while True:
             params = {"age": older_than_s, "now": self._now(), "chunk": PRUNE_CHUNK_ROWS}
-            n = int((await self._fetch(Q["prune"], params))[0]["count"])
+            n = int((await self._fetch(_PRUNE, params))[0]["count"])
             total += n
             if n < PRUNE_CHUNK_ROWS:
                 return total

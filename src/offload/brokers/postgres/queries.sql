@@ -600,15 +600,7 @@ WITH doomed AS (
     WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND enqueued_at <= %(newest)s
     LIMIT %(chunk)s
     FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM offload_jobs j USING doomed WHERE j.id = doomed.id
-    RETURNING j.id
-), ev AS (
-    DELETE FROM offload_events WHERE job_id IN (SELECT id FROM gone)
-), fx AS (
-    DELETE FROM offload_effects WHERE job_id IN (SELECT id::text FROM gone)
 )
-SELECT count(*) FROM gone
 
 -- name: next_run_at
 -- Not of a paused queue: its due jobs would wake the claim loop at once, again and again.
@@ -634,7 +626,13 @@ WITH doomed AS (
     ORDER BY finished_at
     LIMIT %(chunk)s
     FOR UPDATE SKIP LOCKED
-), gone AS (
+)
+
+
+-- name: doomed_gone
+-- Completes `prune` and `purge`, whose `doomed` picks the jobs: deletes them with their
+-- feed entries and step results, and counts them.
+, gone AS (
     DELETE FROM offload_jobs j USING doomed WHERE j.id = doomed.id
     RETURNING j.id
 ), ev AS (
@@ -643,7 +641,6 @@ WITH doomed AS (
     DELETE FROM offload_effects WHERE job_id IN (SELECT id::text FROM gone)
 )
 SELECT count(*) FROM gone
-
 
 -- name: forget_worker
 DELETE FROM offload_workers WHERE id = %(id)s
