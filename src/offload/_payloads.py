@@ -9,45 +9,52 @@ models too, and a class that neither reads back is refused when its kind is decl
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel
+from pydantic.fields import FieldInfo
 
 from .errors import ConfigurationError
 
-#: Per message class: whether it is stored by alias, and its computed fields (left out: a
-#: message forbids a key it does not declare, and they are made again as it is read).
-_HOW: dict[type[BaseModel], tuple[bool, frozenset[str]]] = {}
+#: Per message class: whether it is stored by alias. (Computed fields are left out at
+#: every depth: a model that forbids keys it does not declare would refuse them, and they
+#: are made again as it is read.)
+_BY_ALIAS: dict[type[BaseModel], bool] = {}
 
 
 def payload_of(message: BaseModel) -> dict[str, Any]:
     """The JSON object a job of `message` stores (see the module's doc)."""
     cls = type(message)
-    how = _HOW.get(cls) or _decide(cls)
-    by_alias, computed = how
-    if computed:
-        return message.model_dump(mode="json", by_alias=by_alias, exclude=set(computed))
-    return message.model_dump(mode="json", by_alias=by_alias)
+    by_alias = _BY_ALIAS.get(cls)
+    if by_alias is None:
+        by_alias = _decide(cls)
+    return message.model_dump(mode="json", by_alias=by_alias, exclude_computed_fields=True)
 
 
 def stored_key(cls: type[BaseModel], name: str) -> str:
     """The key field `name` of `cls` is stored under (its alias, or its name)."""
-    by_alias, _ = _HOW.get(cls) or _decide(cls)
+    by_alias = _BY_ALIAS.get(cls)
+    if by_alias is None:
+        by_alias = _decide(cls)
     return (cls.model_fields[name].serialization_alias or name) if by_alias else name
 
 
 def check(cls: type[BaseModel]) -> None:
-    """Refuse a class whose stored payload would not validate back, by alias or by name.
+    """Refuse a class whose stored payload would not validate back, by alias or by name
+    (decided at its first job instead while a forward reference of it is unresolved).
 
     Raises:
         ConfigurationError: a field, at any depth, that neither way reads back.
     """
-    _decide(cls)
+    if getattr(cls, "__pydantic_complete__", True):
+        _decide(cls)
 
 
-def _decide(cls: type[BaseModel]) -> tuple[bool, frozenset[str]]:
+def _decide(cls: type[BaseModel]) -> bool:
     by_alias_fails = _unread(cls, by_alias=True, seen=set())
     if by_alias_fails is None:
         by_alias = True
@@ -56,37 +63,36 @@ def _decide(cls: type[BaseModel]) -> tuple[bool, frozenset[str]]:
     else:
         where, stored, read = by_alias_fails
         raise ConfigurationError(
-            f"{where} is stored as {stored!r} but read back only as {read!r}: give it one "
-            "alias for both (Field(alias=...)), or let its class read what it writes"
+            f"{where} is stored as {stored!r} but read back only as "
+            f"{' or '.join(map(repr, read)) or 'nothing'}: give it one alias for both "
+            "(Field(alias=...)), or let its class read what it writes"
         )
-    how = (by_alias, frozenset(cls.model_computed_fields))
-    _HOW[cls] = how
-    return how
+    if getattr(cls, "__pydantic_complete__", True):  # (else its annotations may change)
+        _BY_ALIAS[cls] = by_alias
+    return by_alias
 
 
-def _unread(
-    cls: type[BaseModel], *, by_alias: bool, seen: set[type[BaseModel]]
-) -> tuple[str, str, object] | None:
+def _unread(cls: type, *, by_alias: bool, seen: set[type]) -> tuple[str, str, list[str]] | None:
     """The first field of `cls` (or of a model nested in it) whose stored key its class
     would not read back when dumped `by_alias` (or by name): where, the key, what reads."""
     seen.add(cls)
-    config = cls.model_config
+    fields, config = _fields_of(cls)
     alias_read = config.get("validate_by_alias", True) is not False
     name_read = bool(config.get("validate_by_name") or config.get("populate_by_name"))
-    for name, field in cls.model_fields.items():
+    for name, field in fields.items():
         stored = (field.serialization_alias or name) if by_alias else name
         read = field.validation_alias
-        names: set[object] = set()
+        names: list[str] = []
         if read is None:
-            names.add(name)
+            names.append(name)
         else:
             if alias_read:
                 choices = read.choices if isinstance(read, AliasChoices) else [read]
-                names.update(c for c in choices if isinstance(c, str))
+                names += [c for c in choices if isinstance(c, str)]
             if name_read:
-                names.add(name)
+                names.append(name)
         if stored not in names:
-            return f"{cls.__name__}.{name}", stored, read if alias_read else name
+            return f"{cls.__name__}.{name}", stored, names
         for nested in _models_in(field.annotation):
             if nested not in seen:
                 found = _unread(nested, by_alias=by_alias, seen=seen)
@@ -95,9 +101,39 @@ def _unread(
     return None
 
 
-def _models_in(annotation: object) -> list[type[BaseModel]]:
-    """The pydantic models an annotation holds, at any depth (`list[Address] | None`)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _fields_of(cls: type) -> tuple[dict[str, FieldInfo], Mapping[str, Any]]:
+    """The fields and the configuration of a model, a pydantic dataclass or a TypedDict."""
+    if issubclass(cls, BaseModel):
+        return dict(cls.model_fields), cls.model_config
+    config = getattr(cls, "__pydantic_config__", None) or {}
+    if dataclasses.is_dataclass(cls):
+        found = getattr(cls, "__pydantic_fields__", None)
+        if found is None:  # a standard dataclass: aliases only as Annotated fields
+            found = {f.name: _field_info(f.type) for f in dataclasses.fields(cls)}
+        return dict(found), config
+    try:  # a TypedDict
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception:  # (a name only its module's own import-time scope knew)
+        hints = {}
+    return {name: _field_info(hint) for name, hint in hints.items()}, config
+
+
+def _field_info(annotation: object) -> FieldInfo:
+    """A field as pydantic reads an annotation (`Annotated[int, Field(alias="x")]`)."""
+    if isinstance(annotation, str):
+        return FieldInfo(annotation=None)
+    found: FieldInfo = FieldInfo.from_annotation(annotation)  # type: ignore[arg-type]
+    return found
+
+
+def _models_in(annotation: object) -> list[type]:
+    """The models, pydantic dataclasses and TypedDicts an annotation holds, at any depth
+    (`list[Address] | None`)."""
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel)
+        or dataclasses.is_dataclass(annotation)
+        or typing.is_typeddict(annotation)
+    ):
         return [annotation]
     args = typing.get_args(annotation)
     if isinstance(annotation, types.UnionType) or args:

@@ -246,7 +246,8 @@ def _num(
 ) -> Any:
     """The number setting `name` (`default` when unset): finite (or `inf`, where `infinite`
     says so: `OFFLOAD_RETENTION=inf` keeps every job), never below 0 (never 0 either, where
-    `positive`), else a ConfigurationError that names it."""
+    `positive`) nor above `_MOST_SECONDS` (`_MOST_BYTES`), else a ConfigurationError that
+    names it."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
@@ -260,4 +261,13 @@ def _num(
     if value < 0 or (positive and value == 0):
         least = "more than 0" if positive else "0 or more"
         raise ConfigurationError(f"{name} must be {least}, not {raw[:40]!r}")
+    most = _MOST_BYTES if cast is int else _MOST_SECONDS
+    if value > most and not math.isinf(value):
+        raise ConfigurationError(f"{name} must be at most {most:g}, not {raw[:40]!r}")
     return value
+
+
+#: The largest number of seconds a setting takes (about 31 years: a lease or a retention
+#: past it is out of the backends' time range) and of bytes (1 TiB).
+_MOST_SECONDS = 1e9
+_MOST_BYTES = 2**40

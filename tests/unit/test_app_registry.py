@@ -313,6 +313,13 @@ def test_retention_may_be_inf_and_other_numbers_may_not() -> None:
             Settings.from_env({name: "inf"})
     with pytest.raises(ConfigurationError, match="OFFLOAD_LEASE must be more than 0"):
         Settings.from_env({"OFFLOAD_LEASE": "0"})
+    # past the backends' time range: every claim (a lease) or every prune failed
+    for name in ("OFFLOAD_LEASE", "OFFLOAD_RETENTION"):
+        with pytest.raises(ConfigurationError, match=f"{name} must be at most 1e\\+09"):
+            Settings.from_env({name: "1e20"})
+    assert Settings.from_env({"OFFLOAD_RETENTION": "1e9"}).retention_s == 1e9
+    with pytest.raises(ConfigurationError, match="OFFLOAD_MAX_BODY_BYTES must be at most"):
+        Settings.from_env({"OFFLOAD_MAX_BODY_BYTES": str(2**41)})
 
 
 def test_settings_read_the_process_environment(

@@ -27,7 +27,7 @@ from types import CodeType
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from .. import _claim_check as claim_check
 from .. import tracing
@@ -263,28 +263,20 @@ def _failure_fields(env: Any, exc: BaseException, state: JobState) -> dict[str, 
     }
 
 
-def _unknown_fields(exc: ValidationError) -> frozenset[str]:
-    """The top-level fields a payload carries that its message class lacks, where those
-    are all that kept it from validating (else none): a field a newer deploy added (an
-    optional one, a compatible change) or one this code removed. The worker runs the job
-    without them, as a reader of a newer schema ignores what it does not know."""
-    errors = exc.errors()
-    if not all(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in errors):
-        return frozenset()
-    return frozenset(str(e["loc"][0]) for e in errors)
-
-
 def _by_alias(
     cls: type[Message], payload: Mapping[str, Any], keys: frozenset[str]
 ) -> dict[str, str]:
     """Of `keys` (those `cls` refused as unknown), the names of its fields that it reads by
-    alias only, with that alias, where the payload does not carry the alias too."""
+    alias only, with the alias to read them under, where the payload carries no alias of
+    the field (else the name is left out: the alias wins)."""
     out = {}
     for key in keys:
         field = cls.model_fields.get(key)
-        alias = None if field is None else field.validation_alias
-        if isinstance(alias, str) and alias != key and alias not in payload:
-            out[key] = alias
+        read = None if field is None else field.validation_alias
+        aliases = read.choices if isinstance(read, AliasChoices) else [read]
+        names = [a for a in aliases if isinstance(a, str) and a != key]
+        if names and not any(a in payload for a in names):
+            out[key] = names[0]
     return out
 
 
@@ -1169,6 +1161,13 @@ class Worker:
                 for note in getattr(exc, "__notes__", ()):
                     over.add_note(note)
                 exc = over
+        elif ran_over:  # cancelled at the timeout, it raised something else on its way out
+            ctx.cancelled.set()
+            exc.add_note(f"(raised as the attempt ran over its {ran_over:g}s timeout)")
+        elif isinstance(exc, TimeoutError) and not said(exc):  # a deadline of its own
+            own = TimeoutError("a deadline of the handler's own ran out")
+            own.__cause__ = exc
+            exc = own
         return self._failed(lease, spec, exc)
 
     def _in_thread(self, job_id: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -1293,22 +1292,44 @@ class Worker:
             try:
                 return cls.model_validate(payload)
             except ValidationError as exc:
-                if not (unknown := _unknown_fields(exc)):
-                    raise
-                # A field's own name where its alias is read: stored so before aliases were
-                # (a backlog of older offload's): read under its alias
-                renamed = _by_alias(cls, payload, unknown)
-                unknown = unknown - frozenset(renamed)
-                if unknown and env.version < current:
-                    raise  # an upgrader's output: its mistake, not a newer deploy's field
-                if unknown:
-                    self._say_ignored(env.kind, cls.__name__, unknown)
-                kept = {renamed.get(k, k): v for k, v in payload.items() if k not in unknown}
-                return cls.model_validate(kept)
+                return self._mended(env.kind, cls, payload, exc, upgraded=env.version < current)
         except MissingUpgrader as exc:
             return exc
         except (ValidationError, UpgradeError) as exc:  # no retry would change it: permanent
             return self._failed_for_good(lease, exc)
+
+    def _mended(
+        self,
+        kind: str,
+        cls: type[Message],
+        payload: dict[str, Any],
+        exc: ValidationError,
+        *,
+        upgraded: bool,
+    ) -> Message:
+        """The message of a payload `cls` refused for top-level keys it does not read
+        (`exc`, raised again where that is not all, or mending does not help): a field's
+        own name where its alias is read (stored so by an older offload) is read under the
+        alias; a field it lacks (a newer deploy's) is left out, said once, unless an
+        upgrader wrote it (its mistake: the job fails)."""
+        errors = exc.errors()
+        if not all(
+            e["type"] in ("extra_forbidden", "missing") and len(e["loc"]) == 1 for e in errors
+        ):
+            raise exc
+        extra = frozenset(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        renamed = _by_alias(cls, payload, extra)
+        unknown = frozenset(k for k in extra if k not in cls.model_fields)
+        if not extra or (unknown and upgraded):
+            raise exc
+        kept = {renamed.get(k, k): v for k, v in payload.items() if k not in extra or k in renamed}
+        try:
+            message = cls.model_validate(kept)
+        except ValidationError:
+            raise exc from None
+        if unknown:
+            self._say_ignored(kind, cls.__name__, unknown)
+        return message
 
     def _say_ignored(self, kind: str, cls: str, unknown: frozenset[str]) -> None:
         """Warn, once per kind and fields in this worker, of fields a job carries that its
@@ -1779,9 +1800,9 @@ class Worker:
                 pruned = await backend.prune(retention) if math.isfinite(retention) else 0
                 if pruned:
                     log.info("pruned %d finished jobs", pruned, extra={"action": "prune"})
-                await self._sweep_payloads()
             except BackendError as exc:
                 self.failures.warn("prune", exc, action="prune_error")
+            await self._sweep_payloads()  # (a prune that failed stops no sweep)
             await asyncio.sleep(DEFAULT_PRUNE_EVERY_S)
 
     async def _sweep_payloads(self) -> None:

@@ -1104,8 +1104,16 @@ class RedisBackend:
         return mark_paused(out, paused)
 
     async def purge(self, queue: str) -> int:
-        """Delete the waiting jobs of `queue` (in chunks of a few hundred per script call)."""
-        return await self._in_chunks("purge", queue)
+        """Delete the waiting jobs of `queue`, with their feed entries and effects, in chunks
+        of a few hundred per script call; those enqueued after it began (by the clock that
+        stamped them) are kept, as if it had been one call."""
+        cap, offset, total = num(self.clock.now()), 0, 0
+        while True:
+            deleted, read = (int(n) for n in await self._run("purge", queue, _CHUNK, cap, offset))
+            total += deleted
+            offset += read - deleted  # (the kept ones, which stay at the front)
+            if read < _CHUNK:
+                return total
 
     # -- workers ----------------------------------------------------------------------------
 
