@@ -319,6 +319,45 @@ async def test_a_job_stream_ends_with_the_final_change_even_when_it_lands_during
     assert [int(c.split(b"\n")[0].removeprefix(b"id: ")) for c in chunks] == expected
 
 
+class DeletedWhileWatched:
+    """A feed of a job that waits, then is deleted (purged): no change ever comes."""
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    async def changes_since(
+        self, seq: int, *, job_id: str | None = None, owner: str | None = None, limit: int = 500
+    ) -> list[Change]:
+        return [c for c in [_change(1, JobState.QUEUED)] if c.seq > seq and not self.gone]
+
+    async def get(self, job_id: str) -> JobRow | None:
+        return None if self.gone else _change(1, JobState.QUEUED).row
+
+    async def last_seq(self) -> int:
+        return 1
+
+    async def feed_head(self, seq: int) -> int:
+        return seq
+
+    async def wait_changes(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+
+
+async def test_a_job_stream_ends_once_its_job_is_deleted() -> None:
+    # A purged job's stream sent keep-alives for ever (a reconnect is answered 404, which
+    # ends an EventSource for good)
+    feed = DeletedWhileWatched()
+    hub = Hub(feed, feed.last_seq)
+    stream = job_stream(hub, feed, "j1", 0, lambda row: {}, keepalive_s=0.01)
+    chunks = [await anext(stream), await anext(stream), await anext(stream)]
+    assert chunks[0].startswith(b"id: 1") and chunks[1] == b"retry: 1000\n\n"
+    assert chunks[2] == b": keep-alive\n\n"
+    feed.gone = True
+    async with asyncio.timeout(5):
+        rest = [chunk async for chunk in stream]
+    assert rest == []
+
+
 class FailsOnce:
     """A feed whose first read fails with a surprise (not a BackendError), then holds one
     change of alice's."""

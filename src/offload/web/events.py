@@ -424,6 +424,9 @@ async def _job_events(
             try:
                 change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
             except TimeoutError:
+                if await store.get(job_id) is None:
+                    return  # deleted (purged) while waiting: no change will come; a client
+                    # that comes back is answered 404, which ends an EventSource for good
                 yield b": keep-alive\n\n"
                 continue
             if change is None or sub.ended:
