@@ -420,23 +420,36 @@ async def _job_events(
                 yield sse(change, present)
             return
         yield b"retry: 1000\n\n"
-        while not sub.overflowed:
-            try:
-                change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
-            except TimeoutError:
-                if await store.get(job_id) is None:
-                    return  # deleted (purged) while waiting: no change will come; a client
-                    # that comes back is answered 404, which ends an EventSource for good
-                yield b": keep-alive\n\n"
-                continue
-            if change is None or sub.ended:
-                return
-            if change.seq <= last:
-                continue
-            last = change.seq
-            yield sse(change, present)
-            if change.final:
-                return
+        async for chunk in _follow_job(sub, store, job_id, last, present, keepalive_s):
+            yield chunk
+
+
+async def _follow_job(
+    sub: Subscription,
+    store: Feed,
+    job_id: str,
+    last: int,
+    present: Callable[[JobRow], dict[str, Any]],
+    keepalive_s: float,
+) -> AsyncGenerator[bytes, None]:
+    """A job's live changes after `last`, until its final one (or its deletion)."""
+    while not sub.overflowed:
+        try:
+            change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+        except TimeoutError:
+            if await store.get(job_id) is None:
+                return  # deleted (purged) while waiting: no change will come; a client
+                # that comes back is answered 404, which ends an EventSource for good
+            yield b": keep-alive\n\n"
+            continue
+        if change is None or sub.ended:
+            return
+        if change.seq <= last:
+            continue
+        last = change.seq
+        yield sse(change, present)
+        if change.final:
+            return
 
 
 async def follow_owner(
