@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+import typing_extensions
 from pydantic import AliasChoices, BaseModel
 from pydantic.fields import FieldInfo
 
@@ -43,15 +44,23 @@ def stored_key(cls: type[BaseModel], name: str) -> str:
     return (cls.model_fields[name].serialization_alias or name) if by_alias else name
 
 
-def check(cls: type[BaseModel]) -> None:
-    """Refuse a class whose stored payload would not validate back, by alias or by name
-    (decided at its first job instead while a forward reference of it is unresolved).
+def check(cls: type[BaseModel], *, resolved: bool = False) -> None:
+    """Refuse a class whose stored payload would not validate back, by alias or by name.
+    While a forward reference of it is unresolved (a class declared before one it names)
+    this waits; `resolved` (the App opening: every module imported) resolves it or fails.
 
     Raises:
-        ConfigurationError: a field, at any depth, that neither way reads back.
+        ConfigurationError: a field, at any depth, that neither way reads back; with
+            `resolved`, a forward reference that does not resolve.
     """
-    if getattr(cls, "__pydantic_complete__", True):
-        _decide(cls)
+    if not getattr(cls, "__pydantic_complete__", True):
+        if not resolved:
+            return
+        try:
+            cls.model_rebuild()
+        except Exception as exc:  # (pydantic's own error names the missing name)
+            raise ConfigurationError(f"{cls.__name__} cannot be built: {exc}") from None
+    _decide(cls)
 
 
 def _decide(cls: type[BaseModel]) -> bool:
@@ -106,21 +115,22 @@ def _fields_of(cls: type) -> tuple[dict[str, FieldInfo], Mapping[str, Any]]:
     if issubclass(cls, BaseModel):
         return dict(cls.model_fields), cls.model_config
     config = getattr(cls, "__pydantic_config__", None) or {}
-    if dataclasses.is_dataclass(cls):
-        found = getattr(cls, "__pydantic_fields__", None)
-        if found is None:  # a standard dataclass: aliases only as Annotated fields
-            found = {f.name: _field_info(f.type) for f in dataclasses.fields(cls)}
+    found = getattr(cls, "__pydantic_fields__", None) if dataclasses.is_dataclass(cls) else None
+    if found is not None:  # a pydantic dataclass
         return dict(found), config
-    try:  # a TypedDict
+    # a standard dataclass or a TypedDict: aliases only as Annotated fields
+    try:
         hints = typing.get_type_hints(cls, include_extras=True)
     except Exception:  # (a name only its module's own import-time scope knew)
         hints = {}
+    if dataclasses.is_dataclass(cls):
+        hints = {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
     return {name: _field_info(hint) for name, hint in hints.items()}, config
 
 
 def _field_info(annotation: object) -> FieldInfo:
     """A field as pydantic reads an annotation (`Annotated[int, Field(alias="x")]`)."""
-    if isinstance(annotation, str):
+    if annotation is None or isinstance(annotation, str):
         return FieldInfo(annotation=None)
     found: FieldInfo = FieldInfo.from_annotation(annotation)  # type: ignore[arg-type]
     return found
@@ -132,7 +142,7 @@ def _models_in(annotation: object) -> list[type]:
     if isinstance(annotation, type) and (
         issubclass(annotation, BaseModel)
         or dataclasses.is_dataclass(annotation)
-        or typing.is_typeddict(annotation)
+        or typing_extensions.is_typeddict(annotation)  # (typing's misses its TypedDicts)
     ):
         return [annotation]
     args = typing.get_args(annotation)

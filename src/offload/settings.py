@@ -257,13 +257,15 @@ def _num(
         what = "a whole number" if cast is int else "a number"
         raise ConfigurationError(f"{name} must be {what}, not {raw[:40]!r}") from None
     if math.isnan(value) or (math.isinf(value) and not (infinite and value > 0)):
-        raise ConfigurationError(f"{name} must be a finite number, not {raw[:40]!r}")
+        what = "a finite number or inf" if infinite else "a finite number"
+        raise ConfigurationError(f"{name} must be {what}, not {raw[:40]!r}")
     if value < 0 or (positive and value == 0):
         least = "more than 0" if positive else "0 or more"
         raise ConfigurationError(f"{name} must be {least}, not {raw[:40]!r}")
     most = _MOST_BYTES if cast is int else _MOST_SECONDS
     if value > most and not math.isinf(value):
-        raise ConfigurationError(f"{name} must be at most {most:g}, not {raw[:40]!r}")
+        shown = f"{most:,}" if cast is int else f"{most:g}"
+        raise ConfigurationError(f"{name} must be at most {shown}, not {raw[:40]!r}")
     return value
 
 

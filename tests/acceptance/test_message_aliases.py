@@ -4,10 +4,12 @@ unique key of such a field holds; an alias that would not read back is refused."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import httpx
 import pytest
+import typing_extensions
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
@@ -193,3 +195,39 @@ async def test_a_message_declared_before_its_forward_references_resolve_is_decid
     await app.enqueue(Fwd(x=Later(q=1)))
     (row,) = await run_jobs(app)
     assert (row.state, row.payload, seen) == (JobState.SUCCEEDED, {"x": {"q": 1}}, [1])
+
+
+@dataclasses.dataclass
+class Addr:  # a standard dataclass (its annotations text, under future annotations)
+    street: Annotated[str, Field(validation_alias="streetName")]
+
+
+class Colours(typing_extensions.TypedDict):
+    colour: Annotated[str, Field(validation_alias="Colour")]
+
+
+class Ship(Message):
+    to: Addr
+
+
+class Paint(Message):
+    opts: Colours
+
+
+async def test_nested_standard_dataclasses_and_typeddicts_are_checked(app: App) -> None:
+    # Accepted, then every job failed for good (`to.streetName Field required`)
+    for cls, where in ((Ship, "Addr.street"), (Paint, "Colours.colour")):
+        with pytest.raises(ConfigurationError, match=rf"{where} is stored as"):
+            app.message(f"t.{cls.__name__.lower()}")(cls)
+
+
+async def test_a_forward_reference_that_never_resolves_is_refused_as_the_app_opens(
+    app: App,
+) -> None:
+    # Accepted, then every enqueue failed (over HTTP: 500)
+    class Order(Message):
+        lines: list[NeverDefined]  # type: ignore[name-defined]  # noqa: F821
+
+    app.message("t.order")(Order)
+    with pytest.raises(ConfigurationError, match="Order cannot be built"):
+        await app.open()

@@ -358,6 +358,28 @@ async def test_a_job_stream_ends_once_its_job_is_deleted() -> None:
     assert rest == []
 
 
+class Unreachable(DeletedWhileWatched):
+    """The same job's feed, whose backend stops answering as the stream waits."""
+
+    down = False
+
+    async def get(self, job_id: str) -> JobRow | None:
+        if self.down:
+            raise BackendError("no answer within 10s")
+        return await super().get(job_id)
+
+
+async def test_a_backend_that_does_not_answer_the_deletion_check_ends_no_stream() -> None:
+    # An outage ended the stream, and its reconnect was answered 503, which ends an
+    # EventSource for good
+    feed = Unreachable()
+    hub = Hub(feed, feed.last_seq)
+    stream = job_stream(hub, feed, "j1", 0, lambda row: {}, keepalive_s=0.01)
+    assert (await anext(stream)).startswith(b"id: 1") and await anext(stream)
+    feed.down = True
+    assert [await anext(stream) for _ in range(3)] == [b": keep-alive\n\n"] * 3
+
+
 class FailsOnce:
     """A feed whose first read fails with a surprise (not a BackendError), then holds one
     change of alice's."""

@@ -437,7 +437,7 @@ async def _follow_job(
         try:
             change = await asyncio.wait_for(sub.queue.get(), keepalive_s)
         except TimeoutError:
-            if await store.get(job_id) is None:
+            if await _deleted(store, job_id):
                 return  # deleted (purged) while waiting: no change will come; a client
                 # that comes back is answered 404, which ends an EventSource for good
             yield b": keep-alive\n\n"
@@ -450,6 +450,16 @@ async def _follow_job(
         yield sse(change, present)
         if change.final:
             return
+
+
+async def _deleted(store: Feed, job_id: str) -> bool:
+    """Whether the job is gone; a backend that does not answer says nothing (an outage
+    must not end a stream: its reconnect would be answered 503, which ends an
+    EventSource for good)."""
+    try:
+        return await store.get(job_id) is None
+    except BackendError:
+        return False
 
 
 async def follow_owner(

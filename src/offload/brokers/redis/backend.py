@@ -1105,15 +1105,18 @@ class RedisBackend:
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue`, with their feed entries and effects, in chunks
-        of a few hundred per script call; those enqueued after it began (by the clock that
-        stamped them) are kept, as if it had been one call."""
-        cap, offset, total = num(self.clock.now()), 0, 0
-        while True:
-            deleted, read = (int(n) for n in await self._run("purge", queue, _CHUNK, cap, offset))
-            total += deleted
-            offset += read - deleted  # (the kept ones, which stay at the front)
-            if read < _CHUNK:
-                return total
+        of a few hundred per script call, until a chunk comes back short or as many were
+        deleted as waited when it began (so that producers that keep up cannot keep it
+        going): a job enqueued while it runs may go too (the SQL backends keep those)."""
+        waiting = self._key(f"waiting:{queue}")
+        began = int(await self.retrier.run(lambda _resent: self._redis.zcard(waiting)))
+        total = 0
+        while total < began:
+            n: int = await self._run("purge", queue, _CHUNK)
+            total += n
+            if n < _CHUNK:
+                break
+        return total
 
     # -- workers ----------------------------------------------------------------------------
 
