@@ -44,23 +44,17 @@ def stored_key(cls: type[BaseModel], name: str) -> str:
     return (cls.model_fields[name].serialization_alias or name) if by_alias else name
 
 
-def check(cls: type[BaseModel], *, resolved: bool = False) -> None:
+def check(cls: type[BaseModel]) -> None:
     """Refuse a class whose stored payload would not validate back, by alias or by name.
-    While a forward reference of it is unresolved (a class declared before one it names)
-    this waits; `resolved` (the App opening: every module imported) resolves it or fails.
+    A class with a forward reference still unresolved (declared before a class it names)
+    is decided at its first job instead: pydantic resolves the name where the message is
+    built (rebuilding it here could take another class of that name).
 
     Raises:
-        ConfigurationError: a field, at any depth, that neither way reads back; with
-            `resolved`, a forward reference that does not resolve.
+        ConfigurationError: a field, at any depth, that neither way reads back.
     """
-    if not getattr(cls, "__pydantic_complete__", True):
-        if not resolved:
-            return
-        try:
-            cls.model_rebuild()
-        except Exception as exc:  # (pydantic's own error names the missing name)
-            raise ConfigurationError(f"{cls.__name__} cannot be built: {exc}") from None
-    _decide(cls)
+    if getattr(cls, "__pydantic_complete__", True):
+        _decide(cls)
 
 
 def _decide(cls: type[BaseModel]) -> bool:
@@ -124,14 +118,20 @@ def _fields_of(cls: type) -> tuple[dict[str, FieldInfo], Mapping[str, Any]]:
     except Exception:  # (a name only its module's own import-time scope knew)
         hints = {}
     if dataclasses.is_dataclass(cls):
-        hints = {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
+        return {
+            f.name: _field_info(hints.get(f.name), f.default) for f in dataclasses.fields(cls)
+        }, config
     return {name: _field_info(hint) for name, hint in hints.items()}, config
 
 
-def _field_info(annotation: object) -> FieldInfo:
-    """A field as pydantic reads an annotation (`Annotated[int, Field(alias="x")]`)."""
+def _field_info(annotation: object, default: object = dataclasses.MISSING) -> FieldInfo:
+    """A field as pydantic reads an annotation (`Annotated[int, Field(alias="x")]`), and
+    a default that may be a `Field(...)` of its own (a dataclass's `v: int = Field(...)`)."""
     if annotation is None or isinstance(annotation, str):
-        return FieldInfo(annotation=None)
+        return default if isinstance(default, FieldInfo) else FieldInfo(annotation=None)
+    if isinstance(default, FieldInfo):
+        given: FieldInfo = FieldInfo.from_annotated_attribute(annotation, default)  # type: ignore[arg-type]
+        return given
     found: FieldInfo = FieldInfo.from_annotation(annotation)  # type: ignore[arg-type]
     return found
 

@@ -637,12 +637,8 @@ class App:
 
         Raises:
             BackendError: the backend is unreachable, or (`create=False`) missing.
-            ConfigurationError: a message class whose forward references do not resolve,
-                or whose stored payload would not validate back.
         """
         tracing.resolve()  # a process configures its SDK before it starts serving
-        for spec in self.kinds.values():  # every module imported: forward references too
-            _payloads.check(spec.cls, resolved=True)
         while True:
             await self._ensure_open(create=create, lazily=False)
             with start_lock():

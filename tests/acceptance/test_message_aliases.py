@@ -202,6 +202,15 @@ class Addr:  # a standard dataclass (its annotations text, under future annotati
     street: Annotated[str, Field(validation_alias="streetName")]
 
 
+@dataclasses.dataclass
+class Box:  # its Field as the default, which pydantic reads as well
+    v: str = Field(validation_alias="V")  # type: ignore[assignment]
+
+
+class Crate(Message):
+    box: Box
+
+
 class Colours(typing_extensions.TypedDict):
     colour: Annotated[str, Field(validation_alias="Colour")]
 
@@ -216,18 +225,23 @@ class Paint(Message):
 
 async def test_nested_standard_dataclasses_and_typeddicts_are_checked(app: App) -> None:
     # Accepted, then every job failed for good (`to.streetName Field required`)
-    for cls, where in ((Ship, "Addr.street"), (Paint, "Colours.colour")):
+    for cls, where in ((Ship, "Addr.street"), (Paint, "Colours.colour"), (Crate, "Box.v")):
         with pytest.raises(ConfigurationError, match=rf"{where} is stored as"):
             app.message(f"t.{cls.__name__.lower()}")(cls)
 
 
-async def test_a_forward_reference_that_never_resolves_is_refused_as_the_app_opens(
+async def test_a_forward_reference_local_to_a_function_resolves_at_the_first_job(
     app: App,
 ) -> None:
-    # Accepted, then every enqueue failed (over HTTP: 500)
+    # The App's open resolved it in its own frame, failed, and refused an app that ran
     class Order(Message):
-        lines: list[NeverDefined]  # type: ignore[name-defined]  # noqa: F821
+        line: LineItem
+
+    class LineItem(BaseModel):
+        sku: str
 
     app.message("t.order")(Order)
-    with pytest.raises(ConfigurationError, match="Order cannot be built"):
-        await app.open()
+    async with app:
+        job = await app.enqueue(Order(line=LineItem(sku="a1")))
+    row = await app.get(job.id)
+    assert row is not None and row.payload == {"line": {"sku": "a1"}}

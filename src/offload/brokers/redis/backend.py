@@ -1104,19 +1104,17 @@ class RedisBackend:
         return mark_paused(out, paused)
 
     async def purge(self, queue: str) -> int:
-        """Delete the waiting jobs of `queue`, with their feed entries and effects, in chunks
-        of a few hundred per script call, until a chunk comes back short or as many were
-        deleted as waited when it began (so that producers that keep up cannot keep it
-        going): a job enqueued while it runs may go too (the SQL backends keep those)."""
-        waiting = self._key(f"waiting:{queue}")
-        began = int(await self.retrier.run(lambda _resent: self._redis.zcard(waiting)))
-        total = 0
-        while total < began:
-            n: int = await self._run("purge", queue, _CHUNK)
-            total += n
-            if n < _CHUNK:
-                break
-        return total
+        """Delete the waiting jobs of `queue`, with their feed entries and effects, a scan
+        step (a few hundred) per script call: every job that waited through it goes,
+        wherever its run_at sorts it; a job enqueued meanwhile may go too (the SQL backends
+        keep those)."""
+        cursor, total = "0", 0
+        while True:
+            cursor, deleted = await self._run("purge", queue, cursor, _CHUNK)
+            total += int(deleted)
+            cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            if cursor == "0":
+                return total
 
     # -- workers ----------------------------------------------------------------------------
 
