@@ -29,19 +29,28 @@ _BY_ALIAS: dict[type[BaseModel], bool] = {}
 
 def payload_of(message: BaseModel) -> dict[str, Any]:
     """The JSON object a job of `message` stores (see the module's doc)."""
-    cls = type(message)
-    by_alias = _BY_ALIAS.get(cls)
-    if by_alias is None:
-        by_alias = _decide(cls)
+    by_alias = _stored_by_alias(type(message))
     return message.model_dump(mode="json", by_alias=by_alias, exclude_computed_fields=True)
 
 
 def stored_key(cls: type[BaseModel], name: str) -> str:
     """The key field `name` of `cls` is stored under (its alias, or its name)."""
-    by_alias = _BY_ALIAS.get(cls)
-    if by_alias is None:
-        by_alias = _decide(cls)
+    by_alias = _stored_by_alias(cls)
     return (cls.model_fields[name].serialization_alias or name) if by_alias else name
+
+
+def aliases_read(field: FieldInfo) -> list[str]:
+    """The keys a field's validation alias reads (its choices', where it has several;
+    none for a path into another key)."""
+    read = field.validation_alias
+    choices = read.choices if isinstance(read, AliasChoices) else [read]
+    return [c for c in choices if isinstance(c, str)]
+
+
+def _stored_by_alias(cls: type[BaseModel]) -> bool:
+    """Whether `cls` is stored by alias: decided at its first use, kept once complete."""
+    by_alias = _BY_ALIAS.get(cls)
+    return _decide(cls) if by_alias is None else by_alias
 
 
 def check(cls: type[BaseModel]) -> None:
@@ -84,14 +93,12 @@ def _unread(cls: type, *, by_alias: bool, seen: set[type]) -> tuple[str, str, li
     name_read = bool(config.get("validate_by_name") or config.get("populate_by_name"))
     for name, field in fields.items():
         stored = (field.serialization_alias or name) if by_alias else name
-        read = field.validation_alias
         names: list[str] = []
-        if read is None:
+        if field.validation_alias is None:
             names.append(name)
         else:
             if alias_read:
-                choices = read.choices if isinstance(read, AliasChoices) else [read]
-                names += [c for c in choices if isinstance(c, str)]
+                names += aliases_read(field)
             if name_read:
                 names.append(name)
         if stored not in names:

@@ -27,10 +27,11 @@ from types import CodeType
 from typing import Any
 
 import orjson
-from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import _claim_check as claim_check
 from .. import tracing
+from .._payloads import aliases_read
 from .._text import MESSAGE_CHARS, logged, said, storable
 from ..app import App, HandlerSpec
 from ..brokers import Backend
@@ -272,9 +273,7 @@ def _by_alias(
     out = {}
     for key in keys:
         field = cls.model_fields.get(key)
-        read = None if field is None else field.validation_alias
-        aliases = read.choices if isinstance(read, AliasChoices) else [read]
-        names = [a for a in aliases if isinstance(a, str) and a != key]
+        names = [] if field is None else [a for a in aliases_read(field) if a != key]
         if names and not any(a in payload for a in names):
             out[key] = names[0]
     return out
