@@ -1400,18 +1400,8 @@ class SQLiteBackend:
     def _purge(self, queue: str, newest: float) -> int:
         with self._tx() as conn:
             ids = [r[0] for r in conn.execute(Q["purge_chunk"], (queue, newest, CHUNK_ROWS))]
-            self._forget_rows(conn, ids)
+            _search.forget(conn, ids)
         return len(ids)
-
-    @staticmethod
-    def _forget_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
-        """Delete the feed entries and step results of the deleted jobs `ids`."""
-        if ids:
-            conn.execute(Q["prune_events"], (orjson.dumps(ids).decode(),))
-            conn.execute(
-                "DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))",
-                (orjson.dumps(ids).decode(),),
-            )
 
     async def purge(self, queue: str) -> int:
         """Delete the waiting jobs of `queue`, `CHUNK_ROWS` per transaction; those enqueued
@@ -1741,7 +1731,7 @@ class SQLiteBackend:
                     r[0]
                     for r in conn.execute(Q["prune_cancelled"], (before, CHUNK_ROWS - len(ids)))
                 ]
-            self._forget_rows(conn, ids)
+            _search.forget(conn, ids)
         return len(ids)
 
     async def prune(self, older_than_s: float) -> int:

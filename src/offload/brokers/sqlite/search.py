@@ -119,10 +119,16 @@ def flag_running(conn: sqlite3.Connection, ids: Sequence[str]) -> int:
 def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> int:
     """Delete those of `ids` in a final state, with their feed entries and effects."""
     gone = [r[0] for r in conn.execute(Q["delete_many"], (_ids(ids),)).fetchall()]
+    forget(conn, gone)
+    return len(gone)
+
+
+def forget(conn: sqlite3.Connection, gone: Sequence[str]) -> None:
+    """Delete the feed entries and effects of the jobs `gone` (deleted: by `delete`, a
+    purge or a prune)."""
     if gone:
         conn.execute(Q["prune_events"], (_ids(gone),))
         conn.execute(Q["delete_effects"], (_ids(gone),))
-    return len(gone)
 
 
 def history(conn: sqlite3.Connection, since: float) -> list[tuple[float, str, str, int]]:
