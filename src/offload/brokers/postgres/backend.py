@@ -1445,15 +1445,15 @@ class PostgresBackend:
         if newest is None:
             return 0
         params = {"queue": queue, "newest": newest, "chunk": PRUNE_CHUNK_ROWS}
+        return await self._in_chunks(_PURGE, lambda: params)
 
-        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            cur = await conn.execute(_PURGE, params)
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
-
+    async def _in_chunks(self, sql: str, params: Callable[[], dict[str, Any]]) -> int:
+        """Run `sql`, a chunk of a prune or a purge (`doomed_gone`: it counts the jobs it
+        deleted), with `params()`, until a chunk deletes fewer than `PRUNE_CHUNK_ROWS`;
+        returns the jobs deleted in all."""
         total = 0
         while True:
-            n = await self._retrying(run)
+            n = int((await self._fetch(sql, params()))[0]["count"])
             total += n
             if n < PRUNE_CHUNK_ROWS:
                 return total
@@ -1726,13 +1726,9 @@ class PostgresBackend:
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs (not dead ones) that ended more than `older_than_s` ago, with
         their feed entries and step results, `PRUNE_CHUNK_ROWS` per transaction."""
-        total = 0
-        while True:
-            params = {"age": older_than_s, "now": self._now(), "chunk": PRUNE_CHUNK_ROWS}
-            n = int((await self._fetch(_PRUNE, params))[0]["count"])
-            total += n
-            if n < PRUNE_CHUNK_ROWS:
-                return total
+        return await self._in_chunks(
+            _PRUNE, lambda: {"age": older_than_s, "now": self._now(), "chunk": PRUNE_CHUNK_ROWS}
+        )
 
     # -- periodic schedules -----------------------------------------------------------------
 
