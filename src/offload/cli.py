@@ -132,7 +132,7 @@ def _setup_logging() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    form = os.environ.get("OFFLOAD_LOG_FORMAT", "text").strip().lower()
+    form = _log_format()
     if form == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonLines())
@@ -175,11 +175,8 @@ def _served_app(ref: str, url: str | None) -> App:
     except Exception:
         if not _json_logs():
             raise  # a person reads the traceback: it names the line of the module
-        _setup_logging()  # under JSON logs, the traceback is the record's `exception`
-        logging.getLogger("offload").exception(
-            "cannot load the app %s", ref, extra={"action": "exit", "exit_code": 1}
-        )
-        raise typer.Exit(1) from None
+        # under JSON logs, the traceback is the record's `exception`
+        raise _exit_record(1, f"cannot load the app {ref}", exc_info=True) from None
     _setup_logging()
     return app
 
@@ -197,16 +194,23 @@ def _fail(message: str, *, prefix: str = "", code: int = 1) -> typer.Exit:
     server process logging JSON (`_json_logs`, `_SERVING`) logs it as an error
     record (`action` `exit`) with the code it exits with."""
     if _json_logs() and _SERVING["now"]:
-        if not logging.getLogger().handlers:  # (it failed as its app was imported)
-            _setup_logging()
-        logging.getLogger("offload").error(
-            "%s", message, extra={"action": "exit", "exit_code": code}
-        )
-        return typer.Exit(code)
+        return _exit_record(code, message)
     from rich.text import Text
 
     line = Text.assemble((prefix, "red"), message) if prefix else Text(message)
     _console(stderr=True).print(line, soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _exit_record(code: int, message: str, *, exc_info: bool = False) -> typer.Exit:
+    """Log why a server process under JSON logs cannot start, as an ERROR record (`action`
+    `exit`, with the `exit_code`), logging set up first where it is not yet (its app
+    failed as it was imported); returns the exit to raise."""
+    if not logging.getLogger().handlers:
+        _setup_logging()
+    logging.getLogger("offload").error(
+        "%s", message, exc_info=exc_info, extra={"action": "exit", "exit_code": code}
+    )
     return typer.Exit(code)
 
 
@@ -279,9 +283,14 @@ def _banner(
         console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
+def _log_format() -> str:
+    """`OFFLOAD_LOG_FORMAT` as given: `text` (the default) or `json` (else said, as text)."""
+    return os.environ.get("OFFLOAD_LOG_FORMAT", "text").strip().lower()
+
+
 def _json_logs() -> bool:
     """Whether the process logs JSON lines (`OFFLOAD_LOG_FORMAT=json`)."""
-    return os.environ.get("OFFLOAD_LOG_FORMAT", "text").strip().lower() == "json"
+    return _log_format() == "json"
 
 
 def banner_fields(
