@@ -1762,9 +1762,8 @@ def _annotation(fn: Callable[..., Any], param: str) -> list[type[Message]]:
         typed = typing.get_type_hints(fn).get(param)
     except Exception:  # (a name only its module's own import-time scope knew)
         return []
-    members = typing.get_args(typed) if isinstance(typed, types.UnionType) else (typed,)
-    if typing.get_origin(typed) is typing.Union:
-        members = typing.get_args(typed)
+    union = isinstance(typed, types.UnionType) or typing.get_origin(typed) is typing.Union
+    members = typing.get_args(typed) if union else (typed,)
     if not all(isinstance(m, type) and issubclass(m, Message) for m in members):
         return []
     return list(members)
