@@ -44,6 +44,16 @@ QUEUE_STATS_WAIT_S = 5.0
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
 )  # fmt: skip
+#: Buckets of the web tier's answer time histogram (seconds): 1 ms to a minute (an event
+#: stream's whole life lands in the last ones).
+HTTP_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
+#: The request methods `offload_http_requests_total` names; any other counts as `other`, so
+#: that a client cannot make a series per made-up method.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})
+#: The `route` label of a request that no route matched (a 404 before any handler).
+UNMATCHED = "unmatched"
 #: The states `offload_queue_depth` reports per queue (keys of `App.stats()`).
 DEPTH_STATES = ("queued", "scheduled", "running", "dead")
 #: Every metric offload exports, as scraped (counters with their `_total`).
@@ -58,6 +68,8 @@ METRIC_NAMES = (
     "offload_queue_stats_up",
     "offload_worker_slots",
     "offload_deliveries_total",
+    "offload_http_requests_total",
+    "offload_http_request_duration_seconds",
 )
 #: What an app on a SQLite file adds (its WAL, as the checkpointer keeps it bounded).
 SQLITE_METRIC_NAMES = (
@@ -67,8 +79,16 @@ SQLITE_METRIC_NAMES = (
     "offload_sqlite_write_pauses_spent_total",
     "offload_sqlite_write_pause_seconds_total",
 )
-#: The `le` label of each bucket, as Prometheus writes bounds.
-_BOUNDS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
+
+
+def _bounds(buckets: Sequence[float]) -> tuple[str, ...]:
+    """The `le` label of each bucket, as Prometheus writes bounds."""
+    return (*(repr(float(b)) for b in buckets), "+Inf")
+
+
+_JOB_BOUNDS = _bounds(DURATION_BUCKETS)
+_HTTP_BOUNDS = _bounds(HTTP_BUCKETS)
+
 _MISSING = "Prometheus metrics need prometheus-client: pip install 'offload[metrics]'"
 
 
@@ -101,6 +121,11 @@ class NoMetrics:
 
     def delivered(self, channel: str, outcome: str) -> None:
         """Count one webhook or email delivery attempt and its outcome."""
+
+    def answered(self, method: str, route: str, status: int, took_s: float) -> None:
+        """Count one request the web tier answered: its method (`HTTP_METHODS`, else
+        `other`), its route's template (`UNMATCHED`: none), its status (0: no answer, the
+        client went first) and how long the answer took."""
 
     def watch_slots(self, read: Callable[[], tuple[int, int]]) -> Callable[[], None]:
         """Report a worker's slots at scrape time; returns the function that stops it."""
@@ -157,6 +182,8 @@ class Metrics(NoMetrics):
         self._duration: dict[str, dict[str, _Histogram]] = {}
         self._wait: dict[str, _Histogram] = {}
         self._deliveries: dict[str, dict[str, _Count]] = {}
+        self._requests: dict[str, dict[str, dict[int, _Count]]] = {}  # route → method → status
+        self._answers: dict[str, dict[str, _Histogram]] = {}  # route → method
         self._slots: list[Callable[[], tuple[int, int]]] = []
         self._wal: _WalCollector | None = None  # registered with the first SQLite file
         self.queues = QueueGauges()
@@ -225,6 +252,21 @@ class Metrics(NoMetrics):
         finally:
             self._lock.release()
 
+    def answered(self, method: str, route: str, status: int, took_s: float) -> None:
+        if method not in HTTP_METHODS:
+            method = "other"
+        by_status = _cell(self._requests, route, method, dict)
+        cell = by_status.get(status) or by_status.setdefault(status, _Count())
+        histogram = _cell(self._answers, route, method, _http_histogram)
+        slot = bisect.bisect_left(HTTP_BUCKETS, took_s)
+        self._lock.acquire()
+        try:
+            cell.value += 1
+            histogram.counts[slot] += 1
+            histogram.sum += took_s
+        finally:
+            self._lock.release()
+
     def watch_slots(self, read: Callable[[], tuple[int, int]]) -> Callable[[], None]:
         """Report `read()` = (busy, total) slots of a worker as `offload_worker_slots` at
         scrape time (nothing is written per job); returns the function that stops it."""
@@ -258,21 +300,27 @@ class _Count:
 
 
 class _Histogram:
-    """Counts per bucket of `DURATION_BUCKETS` (the last: above them all) and the sum."""
+    """Counts per bucket (the last: above them all) and the sum; `DURATION_BUCKETS` unless
+    told other bounds."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+    def __init__(self, bounds: tuple[str, ...] = _JOB_BOUNDS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
         self.sum = 0.0
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative counts by upper bound, as the text format has them (`le`)."""
         out, total = [], 0
-        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+        for bound, count in zip(self.bounds, self.counts, strict=True):
             total += count
             out.append((bound, float(total)))
         return out
+
+
+def _http_histogram() -> _Histogram:
+    return _Histogram(_HTTP_BOUNDS)
 
 
 T = TypeVar("T")
@@ -322,6 +370,15 @@ class _Collector:
             "offload_deliveries", "Webhook and email delivery attempts, by outcome",
             labels=("channel", "outcome"),
         )  # fmt: skip
+        requests = CounterMetricFamily(
+            "offload_http_requests", "Requests the web tier answered, by route and status",
+            labels=("method", "route", "status"),
+        )  # fmt: skip
+        answers = HistogramMetricFamily(
+            "offload_http_request_duration_seconds",
+            "How long the web tier took to answer (an event stream: its whole life)",
+            labels=("method", "route"),
+        )  # fmt: skip
         with m._lock:  # one consistent reading
             for (kind, queue), count in _pairs(m._enqueued):
                 enqueued.add_metric((kind, queue), count.value)
@@ -334,7 +391,12 @@ class _Collector:
                 wait.add_metric((queue,), hist.buckets(), hist.sum)
             for (channel, outcome), count in _pairs(m._deliveries):
                 deliveries.add_metric((channel, outcome), count.value)
-        yield from (enqueued, completed, duration, wait, deliveries)
+            for (route, method), statuses in _pairs(m._requests):
+                for status, count in sorted(statuses.items()):
+                    requests.add_metric((method, route, str(status)), count.value)
+            for (route, method), hist in _pairs(m._answers):
+                answers.add_metric((method, route), hist.buckets(), hist.sum)
+        yield from (enqueued, completed, duration, wait, deliveries, requests, answers)
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only (never while registering)

@@ -11,10 +11,12 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from offload import App, Backoff, Context, Message, Settings
 from offload.clock import FakeClock
@@ -22,6 +24,7 @@ from offload.contract import JobRow
 from offload.errors import BackendError, ConfigurationError
 from offload.metrics import CONTENT_TYPE, METRIC_NAMES, NO_METRICS, SQLITE_METRIC_NAMES, Metrics
 from offload.web import create_app
+from offload.web.access import HttpMetrics
 from offload.worker.runner import Worker
 from tests.receivers import Receiver
 from tests.scrape import Scrape, parse
@@ -464,6 +467,90 @@ async def test_metrics_need_an_admin_or_the_scrape_token(settings: Settings) -> 
             assert "offload_queue_depth" in answer.text
         # and the scrape token is no key to the API.
         assert (await web.get("/v1/queues", headers=bearer("scrape-secret"))).status_code == 401
+
+
+async def test_the_web_tier_counts_its_answers_by_route_template_and_status(app: App) -> None:
+    declare(app)
+    async with serving(app) as web:
+        job = (await web.post("/v1/jobs/m.ping", json={"n": 1})).json()["id"]
+        assert (await web.post("/v1/jobs/m.ping", json={"n": "x"})).status_code == 422
+        for _ in range(2):
+            assert (await web.get(f"/v1/jobs/{job}")).status_code == 200
+        assert (await web.get(f"/v1/jobs/{job}x/nothing")).status_code == 404
+        assert (await web.request("BREW", "/v1/jobs")).status_code == 405
+        found = parse((await web.get("/metrics")).text)
+    requests = "offload_http_requests_total"
+    assert found.value(requests, method="POST", route="/v1/jobs/{kind}", status="202") == 1
+    assert found.value(requests, method="POST", route="/v1/jobs/{kind}", status="422") == 1
+    assert found.value(requests, method="GET", route="/v1/jobs/{job_id}", status="200") == 2
+    # A path no route matched is one series, whatever the path; a made-up method is `other`.
+    assert found.value(requests, method="GET", route="unmatched", status="404") == 1
+    assert found.value(requests, method="other", route="/v1/jobs", status="405") == 1
+    # The answer times, by route: one per request, in the histogram's buckets.
+    timed = {"method": "GET", "route": "/v1/jobs/{job_id}"}
+    assert found.value("offload_http_request_duration_seconds_count", **timed) == 2
+    assert found.value("offload_http_request_duration_seconds_bucket", **timed, le="+Inf") == 2
+    assert 0 < found.value("offload_http_request_duration_seconds_sum", **timed) < 30
+    assert found.types["offload_http_request_duration_seconds"] == "histogram"
+    # No job id (or other part of a path) ever becomes a label.
+    values = {v for labels in found.labels(requests) for v in labels.values()}
+    assert not any(job in value for value in values)
+
+
+async def test_mounted_in_an_app_of_yours_its_routes_are_counted_by_its_own_templates(
+    app: App,
+) -> None:
+    declare(app)
+    api = create_app(app)
+    outer = FastAPI()
+    outer.mount("/jobs-api", api)
+
+    @outer.get("/yours")
+    async def yours() -> dict[str, str]:
+        return {}
+
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
+            assert (await web.post("/jobs-api/v1/jobs/m.ping", json={"n": 1})).status_code == 202
+            assert (await web.get("/jobs-api/v1/queues")).status_code == 200
+            assert (await web.get("/jobs-api/nothing/here")).status_code == 404
+            assert (await web.get("/yours")).status_code == 200  # not offload's to count
+            found = parse((await web.get("/jobs-api/metrics")).text)
+    assert found.labels("offload_http_requests_total") == [
+        {"method": "POST", "route": "/v1/jobs/{kind}", "status": "202"},
+        {"method": "GET", "route": "/v1/queues", "status": "200"},
+        {"method": "GET", "route": "unmatched", "status": "404"},
+    ]
+
+
+async def test_a_request_that_raised_counts_as_500_and_one_never_answered_as_0() -> None:
+    metrics = Metrics()
+    offload = SimpleNamespace(metrics=metrics)
+
+    async def raises(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug")
+
+    async def answers_nothing(scope: Any, receive: Any, send: Any) -> None:
+        return None  # the client went away before the answer began
+
+    async def accepts(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "websocket.accept"})
+
+    async def sent(message: Any) -> None:
+        pass
+
+    http = {"type": "http", "method": "GET", "path": "/x"}
+    with pytest.raises(RuntimeError):
+        await HttpMetrics(raises, offload, routes=tuple)(dict(http), None, sent)  # type: ignore[arg-type]
+    await HttpMetrics(answers_nothing, offload, routes=tuple)(dict(http), None, sent)  # type: ignore[arg-type]
+    await HttpMetrics(accepts, offload, routes=tuple)({"type": "websocket"}, None, sent)  # type: ignore[arg-type]
+    found = scrape(metrics)
+    assert found.labels("offload_http_requests_total") == [
+        {"method": "GET", "route": "unmatched", "status": "0"},
+        {"method": "GET", "route": "unmatched", "status": "500"},
+        {"method": "WS", "route": "unmatched", "status": "101"},
+    ]
 
 
 async def test_without_prometheus_client_offload_works_and_metrics_say_why_not(

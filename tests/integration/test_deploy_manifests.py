@@ -146,6 +146,7 @@ LABELS = {
     "offload_worker_slots": {"state"},
     "offload_deliveries_total": {"channel", "outcome"},
     "offload_sqlite_write_pauses_spent_total": set(),
+    "offload_http_requests_total": {"method", "route", "status"},
 }
 #: The values of the labels an alert matches on.
 VALUES = {
@@ -161,6 +162,7 @@ VALUES = {
     },
     "outcome": {"delivered", "retrying", "failed", "refused", "superseded"},
     "channel": {"webhook", "email"},
+    "status": {"5.."},  # a pattern of HTTP statuses: every server error
 }
 
 

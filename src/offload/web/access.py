@@ -1,4 +1,5 @@
-"""The access log of `offload web --access-log`: a line per request once it is answered.
+"""What each request was answered: the access log of `offload web --access-log` (a line per
+request once it is answered) and the web tier's request metrics (`HttpMetrics`).
 
 Each line names the client, the method, the path (never the query string: a WebSocket ticket,
 a signed link's signature or a webhook's secret may travel there), the status, how long the
@@ -9,11 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import tracing
+from ..metrics import UNMATCHED
 from .auth import _PRINCIPAL, TICKET_PRINCIPAL
+
+if TYPE_CHECKING:
+    from ..app import App
 
 log = logging.getLogger("offload.access")
 
@@ -34,25 +42,90 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0  # no answer: the client went away first, or the app raised
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif kind == "websocket.accept":
-                status = WS_ACCEPTED
-            elif kind == "websocket.close" and not status:
-                status = WS_REFUSED
-            elif kind == "websocket.http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = _Answer(send)
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receive, answer)
         finally:
-            _record(scope, status, (time.perf_counter() - started) * 1000)
+            _record(scope, answer.status, (time.perf_counter() - started) * 1000)
+
+
+class HttpMetrics:
+    """ASGI middleware: count each request and time its answer in the app's metrics
+    (`offload_http_requests_total`, `offload_http_request_duration_seconds`), labelled by its
+    route's template, never its path (`/v1/jobs/{id}`, not a series per job). A request that
+    raised is counted as the `500` it is answered with.
+
+    Args:
+        app: the ASGI app it wraps.
+        offload: the App whose metrics count (read at each request: it may be swapped).
+        routes: every route of the web tier, read at the first request: a plain route's
+            request names its endpoint, not its route, which gives the template.
+    """
+
+    def __init__(
+        self, app: ASGIApp, offload: App, routes: Callable[[], Iterable[BaseRoute]]
+    ) -> None:
+        self.app = app
+        self.offload = offload
+        self.routes = routes
+        self._paths: dict[Any, str] | None = None  # endpoint → template, of plain routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        entered = scope.get("route")  # mounted: the mount's route in the app around this one
+        started = time.perf_counter()
+        answer = _Answer(send)
+        try:
+            await self.app(scope, receive, answer)
+        except Exception:
+            if not answer.status:
+                answer.status = 500
+            raise
+        finally:
+            route = scope.get("route")
+            if route is not entered:
+                template = getattr(route, "path", UNMATCHED)
+            else:
+                template = self._path_of(scope.get("endpoint"))
+            method = scope["method"] if scope["type"] == "http" else "WS"
+            took = time.perf_counter() - started
+            self.offload.metrics.answered(method, template, answer.status, took)
+
+    def _path_of(self, endpoint: Any) -> str:
+        """The template of the plain route `endpoint` answers at (`UNMATCHED`: none)."""
+        if endpoint is None:
+            return UNMATCHED
+        if self._paths is None:
+            self._paths = {}
+            for route in self.routes():
+                path = getattr(route, "path", None)
+                if path is not None:
+                    self._paths.setdefault(getattr(route, "endpoint", None), path)
+        return self._paths.get(endpoint, UNMATCHED)
+
+
+class _Answer:
+    """A request's `send`, noting the status it answered with (0: none yet)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0  # no answer: the client went away first, or the app raised
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+        elif kind == "websocket.accept":
+            self.status = WS_ACCEPTED
+        elif kind == "websocket.close" and not self.status:
+            self.status = WS_REFUSED
+        elif kind == "websocket.http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 def _shown(raw: bytes) -> str:

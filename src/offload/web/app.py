@@ -28,7 +28,7 @@ from ..errors import (
 from ..metrics import Metrics, available
 from ..settings import Settings
 from ..stores.blobs import blob_path, content_type_of, url_of
-from .access import RedactedQuery
+from .access import HttpMetrics, RedactedQuery
 from .auth import Auth, AuthHook, caller_is_admin
 from .dashboard import router as dashboard_router
 from .docs import install_docs
@@ -351,6 +351,9 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     for each in included:  # /dashboard: admins only, not in the schema
         api.include_router(each)
     install_docs(api)
+    if app.metrics.enabled:  # outermost of offload's own: a refused preflight counts too
+        routes = lambda: (*api.routes, *(r for each in included for r in each.routes))  # noqa: E731
+        api.add_middleware(HttpMetrics, offload=app, routes=routes)
 
     @api.get("/healthz", response_model=Health, openapi_extra=_PUBLIC)
     async def healthz() -> Response:
