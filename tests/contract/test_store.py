@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -261,6 +262,45 @@ async def test_remember_and_recall_side_steps(backend: Backend) -> None:
     assert await backend.recall("other-job", "charge") == (False, None)
     await backend.remember(env.id, "charge", "replaced")
     assert await backend.recall(env.id, "charge") == (True, "replaced")
+
+
+#: Numbers as JSON writers write them: floats past 1e16 (an exponent), an integral float, a
+#: tiny one, the 64-bit integers' ends, and strings that look like them.
+NUMBERS = {
+    "avogadro": 6.02214076e23,
+    "e16": 1e16,
+    "two_60": 2.0**60,
+    "negative": -1e20,
+    "max": 1.7976931348623157e308,
+    "integral": 3.0,
+    "tiny": 5e-324,
+    "small": 1.5e-7,
+    "ints": [2**64 - 1, -(2**63), 0],
+    "text": 'a 1e+16 "b" 6.02e+23\\',
+    "1e+16": ["e+5", "1e+16"],
+}
+
+
+def _same_numbers(found: Any) -> None:
+    assert found == NUMBERS
+    assert {k: type(v) for k, v in found.items()} == {k: type(v) for k, v in NUMBERS.items()}
+    assert all(type(n) is int for n in found["ints"])
+
+
+async def test_numbers_read_back_as_they_were_written(backend: Backend) -> None:
+    # Given a payload, a result and a remembered step of floats with exponents and the rest
+    env = envelope(payload=NUMBERS)
+    await backend.enqueue([env])
+    (lease,) = await claim(backend)
+    await backend.remember(env.id, "step", NUMBERS)
+    await backend.settle([done(lease, NUMBERS)])
+    # Then each reads back the same numbers, floats as floats (PostgreSQL's jsonb wrote
+    # 6.02e+23 as the integer 602214076000000000000000), and text as it was.
+    row = await backend.get(env.id)
+    assert row is not None
+    _same_numbers(row.payload)
+    _same_numbers(row.result)
+    _same_numbers((await backend.recall(env.id, "step"))[1])
 
 
 async def test_list_is_newest_first_and_paginates_with_before(backend: Backend) -> None:

@@ -1145,3 +1145,25 @@ async def test_prune_removes_old_finished_jobs_but_keeps_dead_ones(app: App) -> 
     assert await backend.get(done.id) is None
     assert await backend.changes_since(0, job_id=done.id) == []
     assert getattr(await backend.get(dead.id), "state", None) == "dead"
+
+
+async def test_a_float_stored_as_a_long_integer_before_reads_as_a_float(
+    app: App, schema: PgSchema
+) -> None:
+    # Given a result jsonb wrote as a 79-bit integer (a float, 6.02e+23, stored before
+    # offload wrote such floats out in full),
+    job = await app.enqueue(Ping(n=1))
+    async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as conn:
+        await conn.execute(
+            f"UPDATE {schema.name}.offload_jobs SET state = 'succeeded', finished_at = now(),"
+            " result = '{\"avogadro\": 602214076000000000000000}' WHERE id = %s",
+            (job.id,),
+        )
+    # then it reads back as the float it was, and the API can answer with it.
+    assert (await job.status()).result == {"avogadro": 6.02214076e23}
+    api = create_app(app)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
+        answer = await web.get(f"/v1/jobs/{job.id}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"] == {"avogadro": 6.02214076e23}

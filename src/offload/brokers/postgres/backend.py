@@ -6,19 +6,22 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import secrets
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import orjson
 import psycopg
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row, tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ...clock import Clock
@@ -291,8 +294,41 @@ def _uuid(job_id: str) -> uuid.UUID | None:
         return None
 
 
+#: A JSON string (skipped as it is), or a number orjson wrote with a positive exponent.
+_EXPONENT = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9]+(?:\.[0-9]+)?e\+[0-9]+')
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text whose numbers jsonb keeps as they were.
+
+    jsonb stores a number as `numeric`, which keeps a fraction as written (`1.0` reads back
+    `1.0`, a float) but writes an exponent out: `6.02e+23`, as orjson writes a float from
+    1e16 up, would read back as the integer 602214076000000000000000, past what JSON's
+    readers take as an integer (64 bits) and no float any more. Such a float is written out
+    in full with its `.0`, the same number to the last digit.
+    """
+    data = orjson.dumps(value)
+    if b"e+" in data:  # rare: a float from 1e16 up, or a string that has the two letters
+        data = _EXPONENT.sub(_written_out, data)
+    return data.decode()
+
+
+def _written_out(found: re.Match[bytes]) -> bytes:
+    token = found[0]
+    if token[:1] == b'"':
+        return token
+    return format(Decimal(token.decode()), "f").encode() + b".0"
+
+
 def _json(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
+    return None if value is None else Jsonb(value, dumps=json_text)
+
+
+#: How offload's connections read json and jsonb: with orjson, which is faster than the
+#: standard library and reads an integer past 64 bits (written before `json_text`) as the
+#: float it was, where `json.loads` made an integer no JSON writer of offload's takes.
+_TYPES = AdaptersMap(psycopg.adapters)
+set_json_loads(orjson.loads, _TYPES)
 
 
 class PostgresBackend:
@@ -529,7 +565,11 @@ class PostgresBackend:
             self.conninfo,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": self.prepare_threshold,
+                "context": _TYPES,
+            },
             open=False,
             name="offload",
             timeout=POOL_WAIT_S,  # `_lend` asks the server first when none comes at once
@@ -634,7 +674,10 @@ class PostgresBackend:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 return await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True, prepare_threshold=self.prepare_threshold
+                    self.conninfo,
+                    autocommit=True,
+                    prepare_threshold=self.prepare_threshold,
+                    context=_TYPES,
                 )
         except TimeoutError as exc:
             raise BackendError(
@@ -851,7 +894,10 @@ class PostgresBackend:
         connect is bounded, as a server that accepts and never answers would hang it."""
         async with asyncio.timeout(self.connect_timeout_s):
             conn = await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, prepare_threshold=self.prepare_threshold
+                self.conninfo,
+                autocommit=True,
+                prepare_threshold=self.prepare_threshold,
+                context=_TYPES,
             )
         try:
             self._schema = await self._own_schema(conn)
@@ -900,7 +946,7 @@ class PostgresBackend:
 
     @staticmethod
     def _batch(envelopes: Sequence[Envelope]) -> str:
-        return orjson.dumps(
+        return json_text(
             [
                 {
                     "id": e.id,
@@ -924,7 +970,7 @@ class PostgresBackend:
                 }
                 for n, e in enumerate(envelopes)
             ]
-        ).decode()
+        )
 
     async def enqueue_in(
         self,
@@ -1346,7 +1392,7 @@ class PostgresBackend:
         if not outcomes:
             return []
         now = self._now()
-        batch = orjson.dumps(
+        batch = json_text(
             [
                 {
                     "id": o.lease.job_id,
@@ -1362,7 +1408,7 @@ class PostgresBackend:
                 }
                 for o in outcomes  # (locked in id order by the statement: see `extend`)
             ]
-        ).decode()
+        )
 
         async def run(conn: psycopg.AsyncConnection[Any], resent: bool) -> set[str]:
             async with conn.cursor() as cur:
