@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._text import has_nul
+from .contract import UnstorableMessage
+
 if TYPE_CHECKING:
     from .app import App
     from .contract import Envelope
@@ -51,9 +54,34 @@ def claim_of(payload: dict[str, Any]) -> dict[str, Any] | None:
     return claim if isinstance(claim, dict) else None
 
 
+def encoded(kind: str, payload: Any) -> bytes:
+    """A payload as the JSON text every engine stores, checked as every engine takes it.
+
+    Raises:
+        TypeError: a value JSON cannot carry (an integer past 64 bits, say).
+        UnstorableMessage: a NUL character (`\\u0000`), which PostgreSQL refuses and the
+            other engines keep: refused on every engine, as a handler's result is.
+    """
+    try:
+        raw = orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"a {kind} message cannot be stored as JSON: {exc}") from exc
+    if has_nul(raw):
+        raise UnstorableMessage(
+            f"a {kind} message holds a NUL character (\\u0000) in a string or bytes, "
+            "which not every engine stores: leave it out or encode it (base64, say)"
+        )
+    return raw
+
+
 def fits(envelopes: Sequence[Envelope], threshold: int) -> bool:
-    """Whether `check_in` would store every payload as it is (none over `threshold`)."""
-    return threshold <= 0 or all(len(orjson.dumps(e.payload)) <= threshold for e in envelopes)
+    """Whether `check_in` would store every payload as it is (none over `threshold`).
+
+    Raises:
+        TypeError, UnstorableMessage: as `encoded`.
+    """
+    sizes = [len(encoded(e.kind, e.payload)) for e in envelopes]
+    return threshold <= 0 or all(size <= threshold for size in sizes)
 
 
 async def check_in(
@@ -65,15 +93,15 @@ async def check_in(
 
     Args:
         blobs: gives the blob store, opened only when a payload is large.
+
+    Raises:
+        TypeError, UnstorableMessage: as `encoded`, before anything is stored.
     """
+    raws = [encoded(e.kind, e.payload) for e in envelopes]  # each checked before any is stored
     out: list[Envelope] = []
     keys: list[str] = []
-    for envelope in envelopes:
-        if threshold <= 0:
-            out.append(envelope)
-            continue
-        raw = orjson.dumps(envelope.payload)
-        if len(raw) <= threshold:
+    for envelope, raw in zip(envelopes, raws, strict=True):
+        if threshold <= 0 or len(raw) <= threshold:
             out.append(envelope)
             continue
         key = payload_key(envelope.id)

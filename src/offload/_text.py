@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 #: The most of a handler's error message its job's record and a log line carry.
 MESSAGE_CHARS = 2000
 
@@ -18,6 +20,17 @@ def storable(text: str) -> str:
         except UnicodeEncodeError:
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def has_nul(dumped: bytes) -> bool:
+    """Whether JSON text (orjson's) holds a NUL character, which PostgreSQL's jsonb refuses
+    (and with it the whole batch it is in) and the other engines keep: `\\u0000` not itself
+    escaped (a string of the six characters `\\u0000` is written `\\\\u0000`)."""
+    return b"\\u0000" in dumped and _NUL.search(dumped) is not None
+
+
+#: A NUL character in JSON text (`\u0000` not itself escaped).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def said(exc: BaseException) -> str:

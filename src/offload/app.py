@@ -572,7 +572,8 @@ class App:
         Raises:
             ConfigurationError: a message of a kind this app does not know, a name already
                 declared, both or neither of `cron` and `every`, a bad cron expression, an
-                unknown time zone, `tz` with `every`, or a `catch_up` outside 0 to 1000.
+                unknown time zone, `tz` with `every`, a `catch_up` outside 0 to 1000, or a
+                message that `enqueue` would refuse (a NUL character, an integer past 64 bits).
         """
         if not isinstance(message, Message):
             raise ConfigurationError(f"periodic needs a Message instance, not {message!r}")
@@ -591,6 +592,13 @@ class App:
             raise ConfigurationError(
                 f"periodic schedule {schedule.name!r} is declared twice; {mend}"
             )
+        try:  # as every tick's enqueue will: refused now, not by each worker at each tick
+            stamped = self.envelope(message, owner=PERIODIC_OWNER)
+            claim_check.encoded(kind, stamped.payload)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"periodic schedule {schedule.name!r}: its message cannot be stored: {exc}"
+            ) from exc
         self.schedules[schedule.name] = schedule
         return schedule
 
@@ -1598,6 +1606,8 @@ class App:
             self.envelope(schedule.message, owner=PERIODIC_OWNER, idempotency_key=schedule.key(t))
             for t in ticks
         ]
+        for envelope in stamped:  # (a mutable value inside the frozen message may have changed)
+            claim_check.encoded(envelope.kind, envelope.payload)
         with tracing.send(stamped, None) as envelopes:
             results = await backend.fire_schedule(
                 schedule.name, spec=schedule.spec(), fires=list(zip(ticks, envelopes, strict=True))

@@ -25,7 +25,11 @@ ENVELOPE_VERSION = 1
 MAX_NESTING = 100
 
 
-class NestedTooDeep(ValueError):
+class UnstorableMessage(ValueError):
+    """A message no engine could store, or not every engine alike; nothing was stored."""
+
+
+class NestedTooDeep(UnstorableMessage):
     """A message nests objects and arrays more than `MAX_NESTING` levels deep."""
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, Json, ValidationError
 
 import offload
 from offload import App, ConfigurationError, FromPrincipal, Message, Settings
-from offload.contract import MAX_NESTING
+from offload.contract import MAX_NESTING, UnstorableMessage
 from offload.web import create_app
 from tests.web_clients import clients_of
 
@@ -120,6 +120,34 @@ async def test_a_message_nested_too_deep_once_validated_is_refused(
     assert answer.json()["type"].endswith("/invalid-payload")
     assert "more than 100 levels deep" in answer.json()["detail"]
     assert await stored(app) == []
+
+
+# -- a NUL character ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [10, 300_000])  # inline, and past the claim check's size
+async def test_a_nul_character_is_refused_on_every_engine_and_nothing_is_enqueued(
+    app: App, clients: dict[str, httpx.AsyncClient], size: int
+) -> None:
+    # PostgreSQL refused it as a backend failure (a 503, retried for ever), the other
+    # engines kept it, and on PostgreSQL too once the message was large enough to be
+    # checked in to the blob store: every engine refuses it now, as a result's.
+    text = "a\x00b" + "x" * size
+    answer = await clients["alice"].post("/v1/jobs/t.any", json={"data": {"text": text}})
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["type"].endswith("/invalid-payload")
+    assert problem["detail"].startswith("a t.any message holds a NUL character (\\u0000)")
+    with pytest.raises(UnstorableMessage, match="NUL character"):
+        await app.enqueue(Note(text=text))
+    with pytest.raises(UnstorableMessage, match="NUL character"):
+        await app.enqueue_many([Note(text="fine"), Anything(data=[b"\x00"])])
+    assert await stored(app) == []
+    # The six characters \u0000 are no NUL: they are taken.
+    taken = await clients["alice"].post("/v1/jobs/t.note", json={"text": "\\u0000"})
+    assert taken.status_code == 202, taken.text
+    await app.enqueue(Note(text="\\\\u0000"))
+    assert sorted(row.payload["text"] for row in await stored(app)) == ["\\\\u0000", "\\u0000"]
 
 
 async def test_a_body_nested_as_deep_as_allowed_is_taken(

@@ -142,3 +142,39 @@ async def test_a_tick_at_or_before_the_stored_one_is_not_stored_again(apps: Any)
     (state,) = await backend.schedule_states()
     assert state.last_tick == 11.0 and state.last_job_id == results[2].id
     assert state.spec == spec
+
+
+class Notes(Message):
+    data: dict[str, Any]
+
+
+async def test_a_schedule_that_fails_leaves_the_schedules_after_it_firing(
+    backend_url: str,
+) -> None:
+    # Given three schedules, the first of which can no longer be stored (a value inside its
+    # frozen message changed after it was declared: a NUL, which no engine stores alike),
+    clock = FakeClock(START)
+    app = App("periodic-failing", url=backend_url, clock=clock)
+    app.message("test.tick")(Tick)
+    app.message("test.notes")(Notes)
+    poisoned = Notes(data={"text": "fine"})
+    app.periodic(poisoned, every=timedelta(seconds=1), name="a-poisoned")
+    app.periodic(Tick(n=1), every=timedelta(seconds=1), name="b-one")
+    app.periodic(Tick(n=2), every=timedelta(seconds=1), name="c-two")
+    poisoned.data["text"] = "a\x00b"
+    async with app:
+        scheduler = Scheduler(app, since=clock.now())
+        # when the scheduler looks at the next tick, the failing schedule is warned of and
+        # the others fire,
+        clock.advance(1)
+        assert await scheduler.fire_due() == 2
+        clock.advance(1)
+        assert await scheduler.fire_due() == 2
+        jobs = await app.list_jobs(owner=PERIODIC_OWNER)
+        assert sorted(j.payload["n"] for j in jobs) == [1, 1, 2, 2]
+        assert not [j for j in jobs if j.kind == "test.notes"]
+        # and once it can be stored again, it fires too, with the two ticks it failed at
+        # (late within the grace, as for a scheduler that was slow to look).
+        poisoned.data["text"] = "mended"
+        clock.advance(1)
+        assert await scheduler.fire_due() == 2 + 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -251,6 +252,33 @@ def test_a_message_of_an_unknown_kind_is_refused() -> None:
         _app().periodic(Stranger(), every=timedelta(seconds=30))
     with pytest.raises(ConfigurationError, match="Message instance"):
         _app().periodic(Digest, every=timedelta(seconds=30))  # type: ignore[arg-type]
+
+
+class Odd(Message):
+    text: str = ""
+    n: int = 0
+    data: dict[str, Any] = {}
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        (Odd(n=2**64), "a notes.odd message cannot be stored as JSON: Integer exceeds"),
+        (Odd(text="a\x00b"), r"a notes.odd message holds a NUL character"),
+        (Odd(data={"b": b"\x00"}), r"a notes.odd message holds a NUL character"),
+    ],
+)
+def test_a_message_enqueue_would_refuse_is_refused_as_it_is_declared(
+    message: Odd, says: str
+) -> None:
+    # (each worker would refuse it at each tick: the one refusal is now, with its name)
+    app = _app()
+    app.message("notes.odd")(Odd)
+    said = f"periodic schedule 'notes.odd@every 30s': its message cannot be stored: {says}"
+    with pytest.raises(ConfigurationError, match=said):
+        app.periodic(message, every=timedelta(seconds=30))
+    assert app.schedules == {}
+    app.periodic(Odd(text="a\\u0000b"), every=timedelta(seconds=30))  # the six characters
 
 
 # -- the scheduler on a fake clock ----------------------------------------------------------

@@ -27,7 +27,7 @@ from .._claim_check import ClaimCheckError, check_out, claim_of
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from ..app import App, MessageSpec
-from ..contract import MAX_NESTING, Envelope, JobRow, Message, NestedTooDeep, nested_deeper
+from ..contract import MAX_NESTING, Envelope, JobRow, Message, UnstorableMessage, nested_deeper
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
@@ -329,9 +329,9 @@ async def submit(request: Request) -> Response:
             callback_url=options.callback_url,
             notify_email=options.notify_email,
         )
-    except NestedTooDeep as exc:  # as validated (a `Json` field, a validator's making)
+        job, row = await app.submit(envelope)
+    except UnstorableMessage as exc:  # as validated: nested deeper (a `Json` field), a NUL
         raise Problem(422, str(exc), slug="invalid-payload") from None
-    job, row = await app.submit(envelope)
     if not job.created and not job.unique_repeat:
         await _check_repeat(app, spec, row, envelope, message)
     location = f"{root_of(request)}{JOBS_PATH}/{job.id}"

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import re
 import secrets
 import socket
 import sys
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from .. import _claim_check as claim_check
 from .. import tracing
 from .._payloads import aliases_read
-from .._text import MESSAGE_CHARS, logged, said, storable
+from .._text import MESSAGE_CHARS, has_nul, logged, said, storable
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
@@ -238,14 +237,10 @@ def _jsonable(value: Any) -> Any:
     if nested_deeper(value):
         raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
     dumped = orjson.dumps(value)  # raises TypeError for values a status record cannot carry
-    if b"\\u0000" in dumped and _NUL.search(dumped):
+    if has_nul(dumped):
         # PostgreSQL's jsonb refuses it, and with it the whole batch of outcomes it is in
         raise TypeError("it contains a NUL character (\\u0000), which no engine stores alike")
     return value
-
-
-#: A NUL character in JSON text (`\u0000` not itself escaped).
-_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _failure_fields(env: Any, exc: BaseException, state: JobState) -> dict[str, Any]:

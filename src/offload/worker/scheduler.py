@@ -51,8 +51,18 @@ class Scheduler:
         stored = 0
         for schedule in self.app.schedules.values():
             ticks = due(schedule, last=last.get(schedule.name), now=now, since=self.since)
-            if ticks:
+            if not ticks:
+                continue
+            # One schedule's failure is its own: the schedules after it still fire.
+            try:
                 stored += await self._fire(schedule, ticks)
+            except BackendError as exc:
+                if exc.out_of_reach:  # an outage: every other schedule would wait it out too
+                    self.created += stored
+                    raise
+                self.failures.warn(f"schedule {schedule.name}", exc, action="periodic_error")
+            except Exception as exc:  # its message, say; either way tried again at the next look
+                self.failures.warn(f"schedule {schedule.name}", exc, action="periodic_error")
         self.created += stored
         return stored
 
