@@ -21,7 +21,10 @@ OffloadError
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
+
+from .retry import retry_delay
 
 if TYPE_CHECKING:
     from .contract import JobState
@@ -130,13 +133,20 @@ class Retry(HandlerSignal):
     """Run this job again later, spending one attempt.
 
     Args:
-        delay: seconds to wait before the next attempt; the kind's backoff when None.
+        delay: seconds (or a `timedelta`) to wait before the next attempt, 0 to 366 days;
+            the kind's backoff when None.
         reason: why, recorded as the job's error.
+
+    Raises:
+        ValueError: a delay that is no number of seconds from 0 to 366 days (a NaN, an
+            infinity): the handler fails with it, and the job is retried by its backoff.
     """
 
-    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+    def __init__(
+        self, delay: float | timedelta | None = None, reason: str = "retry requested"
+    ) -> None:
         super().__init__(reason)
-        self.delay = delay
+        self.delay = None if delay is None else retry_delay(delay)
         self.reason = reason
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
@@ -613,6 +613,36 @@ async def test_retry_signal_schedules_the_next_attempt(
         "job_id": job.id, "kind": "t.retry", "queue": "default", "attempt": 1, "dead": False
     }  # fmt: skip
     assert said[0].error_type == "Retry"
+
+
+@pytest.mark.parametrize("delay", [math.nan, math.inf, -1.0, 1e12])
+async def test_a_retry_delay_that_is_no_time_fails_the_attempt_and_the_worker_goes_on(
+    app: App, start_worker: Callable[..., Any], delay: float
+) -> None:
+    # A NaN delay made the run time NULL: SQLite refused the outcome, and with it every
+    # outcome of the worker after it (all stayed running, to run again once rescued).
+    app.message("t.retry")(Ping)
+    ran: list[str] = []
+
+    @app.handles(Ping, backoff=FAST)
+    async def handle(msg: Ping, ctx: Context) -> str:
+        ran.append(msg.text)
+        if msg.text == "odd" and ctx.attempt == 1:
+            raise Retry(delay=delay)
+        return msg.text
+
+    await start_worker()
+    odd = await app.enqueue(Ping(text="odd"))
+    others = [await app.enqueue(Ping(text=f"n{i}")) for i in range(5)]
+    record = await finished(app, odd.id)
+    # The attempt failed on the delay, saying why, and the kind's backoff retried it;
+    assert record.state is JobState.SUCCEEDED and record.attempt == 2, record
+    for job in others:
+        assert (await finished(app, job.id)).state is JobState.SUCCEEDED
+    assert sorted(ran) == ["n0", "n1", "n2", "n3", "n4", "odd", "odd"]
+    with pytest.raises(ValueError, match=r"a retry's delay is 0 to 31622400 seconds \(366 days\)"):
+        Retry(delay=delay)
+    assert Retry(delay=timedelta(minutes=2)).delay == 120.0
 
 
 async def test_cancel_signal_and_permanent_errors(

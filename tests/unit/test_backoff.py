@@ -105,6 +105,8 @@ def test_default_first_retry_comes_within_a_few_seconds() -> None:
         {"factor": 0.5},
         {"factor": 0.0},
         {"cap_s": -0.1},
+        {"cap_s": float("inf")},  # a run time past year 9999 broke every read of the job
+        {"cap_s": 366 * 86400.0 + 1},
         {"jitter": -0.01},
         {"jitter": 1.01},
         {"jitter": float("nan")},

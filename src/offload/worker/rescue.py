@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..contract import JobState, Lapsed, Lease, Outcome
-from ..retry import Backoff, should_retry
+from ..retry import MAX_RETRY_DELAY_S, Backoff, should_retry
 
 #: The error a rescued job carries.
 LEASE_EXPIRED = {
@@ -58,7 +58,7 @@ def retry_or_dead(
     budget = (spec.max_attempts if spec is not None else None) or env.max_attempts
     if not should_retry(env.attempt, budget):
         return Outcome(lease=lease, state=JobState.DEAD, error=error, max_attempts=budget)
-    if delay is None:
+    if delay is None or not 0 <= delay <= MAX_RETRY_DELAY_S:  # (`Retry` checks its own)
         backoff = spec.backoff if spec is not None else _DEFAULT_BACKOFF
         delay = backoff.delay(env.attempt)
     return Outcome(
