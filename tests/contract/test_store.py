@@ -114,6 +114,36 @@ async def test_cancel_requested_survives_a_lapsed_lease(
     assert (await status(backend, env.id))["state"] == "cancelled"
 
 
+@pytest.mark.parametrize("given_back", [False, True])
+async def test_a_cancel_its_worker_had_not_seen_stands_when_the_attempt_would_run_again(
+    backend: Backend, clock: ShiftClock, given_back: bool
+) -> None:
+    # Given a running job cancelled between two heartbeats of its worker,
+    env = envelope()
+    await backend.enqueue([env])
+    (lease,) = await claim(backend)
+    await backend.cancel(env.id)
+    # when the attempt fails and would be retried (or is given back unspent at a stop),
+    state = JobState.QUEUED if given_back else JobState.RETRYING
+    error = {"type": "RuntimeError", "message": "boom"}
+    again = Outcome(lease=lease, state=state, error=error, run_at=clock.now(), refund=given_back)
+    assert await backend.settle([again]) == [True]
+    # then it ends cancelled and runs no more (it ran again, as often as its budget let it).
+    record = await status(backend, env.id)
+    assert record["state"] == "cancelled" and record["finished_at"] is not None
+    assert record["attempt"] == (0 if given_back else 1)
+    clock.advance(5)
+    assert await claim(backend) == []
+    assert [r.id for r in await backend.list_jobs(owner=None, state="cancelled")] == [env.id]
+    # A job retried with no cancel asked runs again, as ever.
+    other = envelope()
+    await backend.enqueue([other])
+    (lease,) = await claim(backend)
+    retry = Outcome(lease=lease, state=JobState.RETRYING, error=error, run_at=clock.now())
+    assert await backend.settle([retry]) == [True]
+    assert [lease.envelope.id for lease in await claim(backend)] == [other.id]
+
+
 @pytest.mark.parametrize(
     "final", [JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED]
 )

@@ -477,11 +477,14 @@ WITH o AS (
     FOR NO KEY UPDATE OF j
 ), upd AS (
     UPDATE offload_jobs j
-    SET state = o.state,
+    -- A cancel asked for while it ran, not yet seen by its worker: a job that would run
+    -- again ends cancelled (an attempt given back unspent is refunded still).
+    SET state = CASE WHEN NOT o.final AND j.cancel_requested THEN 'cancelled' ELSE o.state END,
         result = CASE WHEN o.final THEN o.result ELSE j.result END,
         error = o.error,
-        finished_at = CASE WHEN o.final THEN coalesce(%(now)s, now()) ELSE j.finished_at END,
-        run_at = CASE WHEN o.final THEN j.run_at
+        finished_at = CASE WHEN o.final OR j.cancel_requested THEN coalesce(%(now)s, now())
+                           ELSE j.finished_at END,
+        run_at = CASE WHEN o.final OR j.cancel_requested THEN j.run_at
                       ELSE coalesce(to_timestamp(o.run_at), coalesce(%(now)s, now())) END,
         attempt = j.attempt - o.refund,
         max_attempts = coalesce(o.max_attempts, j.max_attempts),

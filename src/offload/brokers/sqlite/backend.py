@@ -1252,6 +1252,7 @@ class SQLiteBackend:
                         o.state.value,
                         _dumps(o.error),
                         run_at,
+                        now,  # its end, if a cancel was asked for meanwhile
                         1 if o.refund else 0,
                         o.max_attempts,
                         o.lease.job_id,

@@ -154,8 +154,13 @@ WHERE id = ? AND lease_token = ? AND state = 'running' AND (? = 0 OR lease_expir
 RETURNING id
 
 -- name: settle_again
+-- A cancel asked for while it ran, not yet seen by its worker: the job ends cancelled
+-- rather than running again (an attempt given back unspent is refunded still).
 UPDATE offload_jobs
-SET state = ?, error = ?, run_at = ?, attempt = attempt - ?, lease_token = NULL,
+SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END, error = ?,
+    run_at = CASE WHEN cancel_requested THEN run_at ELSE ? END,
+    finished_at = CASE WHEN cancel_requested THEN ? ELSE finished_at END,
+    attempt = attempt - ?, lease_token = NULL,
     lease_expires = NULL, max_attempts = coalesce(?, max_attempts)
 WHERE id = ? AND lease_token = ? AND state = 'running' AND (? = 0 OR lease_expires < ?)
 RETURNING id

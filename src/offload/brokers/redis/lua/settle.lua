@@ -18,7 +18,7 @@ for i = 1, n do
   local b = (i - 1) * WIDTH
   local id, token, follow = ENV[b + 1], ENV[b + 2], tonumber(ENV[b + 9])
   local job = redis.call('HMGET', K .. 'job:' .. id, 'state', 'lease_token', 'queue', 'priority',
-    'lease_expires')
+    'lease_expires', 'cancel_requested')
   -- A second outcome for one job in this call finds it settled already: stale.
   if not taken[id] and job[1] == 'running' and job[2] == token
       and (not lapsed or tonumber(job[5]) < tonumber(now)) then
@@ -53,11 +53,17 @@ for i = 1, n do
     local queue = job[3]
     unleased[#unleased + 1] = id
     push(running, queue, id)
+    local again = state == 'queued' or state == 'retrying'
+    -- A cancel asked for while it ran, not yet seen by its worker: it ends cancelled
+    -- rather than running again (its attempt, given back unspent, is refunded still).
+    local refund = ENV[b + 7] == '1'
+    if again and job[6] == '1' then
+      state, again = 'cancelled', false
+    end
     local set, del = {'state', state, 'lease_token', ENV[b + 2] .. SPENT}, {'lease_expires'}
     field(set, del, 'error', opt(ENV[b + 5]))
     local budget = opt(ENV[b + 8])
     if budget ~= nil then field(set, del, 'max_attempts', budget) end
-    local again = state == 'queued' or state == 'retrying'
     local run_at = opt(ENV[b + 6]) or now
     if again then
       field(set, del, 'run_at', run_at)
@@ -69,8 +75,10 @@ for i = 1, n do
     redis.call('HSET', jk, unpack(set))
     push(now_in, state, id)
     count_ending(queue, state, now)
+    if refund and (again or state == 'cancelled') then
+      redis.call('HINCRBY', jk, 'attempt', -1)
+    end
     if again then
-      if ENV[b + 7] == '1' then redis.call('HINCRBY', jk, 'attempt', -1) end
       put_waiting(id, queue, job[4], run_at, now)
       if newer_version(opt(ENV[b + 5])) then redis.call('SADD', K .. 'newer:' .. queue, id) end
       woken[queue] = true
