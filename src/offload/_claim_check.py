@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._text import has_nul
-from .contract import UnstorableMessage
+from .contract import UnencodableMessage, UnstorableMessage
 
 if TYPE_CHECKING:
     from .app import App
@@ -58,20 +59,42 @@ def encoded(kind: str, payload: Any) -> bytes:
     """A payload as the JSON text every engine stores, checked as every engine takes it.
 
     Raises:
-        TypeError: a value JSON cannot carry (an integer past 64 bits, say).
-        UnstorableMessage: a NUL character (`\\u0000`), which PostgreSQL refuses and the
-            other engines keep: refused on every engine, as a handler's result is.
+        UnencodableMessage: a value JSON cannot carry (an integer past 64 bits, say): a
+            `TypeError` and an `UnstorableMessage`.
+        UnstorableMessage: a float NaN or infinity (JSON has neither: it would be stored as
+            null), or a NUL character (`\\u0000`), which PostgreSQL refuses and the other
+            engines keep: refused on every engine, as a handler's result is.
     """
     try:
         raw = orjson.dumps(payload)
     except orjson.JSONEncodeError as exc:
-        raise TypeError(f"a {kind} message cannot be stored as JSON: {exc}") from exc
+        raise UnencodableMessage(f"a {kind} message cannot be stored as JSON: {exc}") from exc
+    if b"null" in raw and _non_finite(payload):  # orjson writes NaN and infinity as null
+        raise UnstorableMessage(
+            f"a {kind} message holds a float NaN or infinity, which JSON cannot carry (it "
+            "would arrive as null): leave it out, or send it as text"
+        )
     if has_nul(raw):
         raise UnstorableMessage(
             f"a {kind} message holds a NUL character (\\u0000) in a string or bytes, "
             "which not every engine stores: leave it out or encode it (base64, say)"
         )
     return raw
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a float NaN or infinity is anywhere in `value` (JSON as Python)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def fits(envelopes: Sequence[Envelope], threshold: int) -> bool:

@@ -29,6 +29,11 @@ class UnstorableMessage(ValueError):
     """A message no engine could store, or not every engine alike; nothing was stored."""
 
 
+class UnencodableMessage(UnstorableMessage, TypeError):
+    """A message holds a value JSON cannot carry (an integer past 64 bits, text that is no
+    UTF-8): a `TypeError` as ever, and an `UnstorableMessage`."""
+
+
 class NestedTooDeep(UnstorableMessage):
     """A message nests objects and arrays more than `MAX_NESTING` levels deep."""
 

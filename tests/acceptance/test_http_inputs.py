@@ -4,6 +4,7 @@ no field the web tier fills from the caller (`FromPrincipal`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,6 +149,70 @@ async def test_a_nul_character_is_refused_on_every_engine_and_nothing_is_enqueue
     assert taken.status_code == 202, taken.text
     await app.enqueue(Note(text="\\\\u0000"))
     assert sorted(row.payload["text"] for row in await stored(app)) == ["\\\\u0000", "\\u0000"]
+
+
+# -- numbers JSON cannot carry -------------------------------------------------------------------
+
+
+class Ratio(Message):
+    limit: float = 0.0
+    ratio: float | None = None
+    data: Any = None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [Ratio(limit=math.inf), Ratio(ratio=math.nan), Ratio(limit=-math.inf, ratio=1.0)],
+)
+async def test_a_float_nan_or_infinity_is_refused_and_nothing_is_enqueued(
+    app: App, message: Ratio
+) -> None:
+    # (orjson wrote it as null: the job failed at every attempt, or got None for it)
+    app.message("t.ratio")(Ratio)
+    refused = r"a t\.ratio message holds a float NaN or infinity"
+    with pytest.raises(UnstorableMessage, match=refused):
+        await app.enqueue(message)
+    assert await stored(app) == []
+    await app.enqueue(Ratio(limit=1e308, ratio=None, data={"x": None}))  # null is no NaN
+    assert len(await stored(app)) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": 18446744073709551616}',
+        b'{"data": [1, -9223372036854775809]}',
+        b'{"data": {"n": 123456789012345678901234567890}}',
+    ],
+)
+async def test_an_integer_past_64_bits_in_a_body_is_refused_not_rounded(
+    app: App, clients: dict[str, httpx.AsyncClient], body: bytes
+) -> None:
+    # orjson read it as the nearest float: a field typed Any took it, changed.
+    headers = {"content-type": "application/json"}
+    answer = await clients["alice"].post("/v1/jobs/t.any", content=body, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert "an integer past 64 bits" in answer.json()["detail"]
+    assert await stored(app) == []
+
+
+async def test_long_numbers_within_64_bits_and_long_digits_in_text_are_taken(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    body = (
+        b'{"data": [18446744073709551615, -9223372036854775808, 1.2345678901234567890123,'
+        b' 12345678901234567890123.5, "123456789012345678901234567890",'
+        b' "a \\" 123456789012345678901234567890 \\""]}'
+    )
+    headers = {"content-type": "application/json"}
+    answer = await clients["alice"].post("/v1/jobs/t.any", content=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    (row,) = await stored(app)
+    assert row.payload["data"][:2] == [2**64 - 1, -(2**63)]
+    assert row.payload["data"][4:] == [
+        "123456789012345678901234567890",
+        'a " 123456789012345678901234567890 "',
+    ]
 
 
 async def test_a_body_nested_as_deep_as_allowed_is_taken(

@@ -12,6 +12,7 @@ The OpenAPI document shows the route once per kind, its options from `job_option
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, get_type_hints
@@ -42,6 +43,10 @@ _RETRY_AFTER: RawHeader = (b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode())
 _REPLAYED: RawHeader = (b"idempotent-replayed", b"true")
 #: The request headers a submission reads itself (the origin check reads its own).
 _SUBMIT_HEADERS = frozenset({b"content-type", b"idempotency-key"})
+#: Nineteen digits in a row: perhaps an integer past 64 bits, which orjson reads as a float.
+_LONG_RUN = re.compile(rb"[0-9]{19}")
+#: A JSON string (skipped as it is), or an integer of nineteen digits or more.
+_LONG_INTEGER = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|(?<![0-9.eE+\-])-?[0-9]{19,}(?![0-9.eE])')
 
 log = logging.getLogger("offload.web")
 
@@ -300,10 +305,12 @@ async def submit(request: Request) -> Response:
         raise Problem(404, f"no job kind {kind!r}", slug="unknown-kind")
     _require_json(sent.get("content-type", ""))
     _check_options(request, options)
+    body = await _body(request)
     try:
-        data = orjson.loads(await _body(request))
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
+    _refuse_long_integers(body)
     if nested_deeper(data):  # (nor is a refusal's `errors` to echo it)
         detail = f"the body nests objects and arrays more than {MAX_NESTING} levels deep"
         raise Problem(422, detail, slug="invalid-payload")
@@ -343,6 +350,21 @@ async def submit(request: Request) -> Response:
     if not job.created:
         headers.append(_REPLAYED)
     return _Answer(record, 202, headers)
+
+
+def _refuse_long_integers(body: bytes) -> None:
+    """Refuse an integer past 64 bits, which orjson reads as the nearest float (a field
+    typed `Any` would take it, changed) and which `app.enqueue` refuses."""
+    if _LONG_RUN.search(body) is None:
+        return
+    for found in _LONG_INTEGER.finditer(body):
+        token = found[0]
+        if token[:1] != b'"' and not -(2**63) <= int(token) < 2**64:
+            detail = (
+                f"the body holds an integer past 64 bits ({token[:40].decode()}), which "
+                "offload cannot store: send it as text"
+            )
+            raise Problem(422, detail, slug="invalid-payload")
 
 
 async def _check_repeat(
