@@ -158,6 +158,20 @@ class Cancel(HandlerSignal):
         self.reason = reason
 
 
+class Fail(HandlerSignal):
+    """End this job `failed` for good, whatever retry budget it has left: an error no retry
+    can mend (a card declined, a file that is not there). `raise Fail("why") from exc` keeps
+    the cause in the traceback operators read.
+
+    Args:
+        reason: why, recorded as the job's error.
+    """
+
+    def __init__(self, reason: str = "failed by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class _ForAnotherWorker(HandlerSignal):
     """Give this job back unspent, for a worker whose code can run it (offload's own use:
     a Django task this worker's code lacks); the job waits as one given back for its

@@ -23,6 +23,7 @@ from offload import (
     Backoff,
     Cancel,
     Context,
+    Fail,
     Job,
     JobState,
     JobStatus,
@@ -643,6 +644,42 @@ async def test_a_retry_delay_that_is_no_time_fails_the_attempt_and_the_worker_go
     with pytest.raises(ValueError, match=r"a retry's delay is 0 to 31622400 seconds \(366 days\)"):
         Retry(delay=delay)
     assert Retry(delay=timedelta(minutes=2)).delay == 120.0
+
+
+async def test_a_handler_fails_its_job_for_good_with_fail(
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Celery's "retry on ConnectionError, not on ValueError": Fail ends the job failed at
+    # once, whatever budget is left (Cancel recorded a bug as a user's cancellation).
+    caplog.set_level(logging.INFO, logger="offload.worker")
+    app.message("t.fail", max_attempts=5)(Ping)
+    ran: list[int] = []
+
+    @app.handles(Ping, backoff=FAST)
+    def charge(msg: Ping, ctx: offload.SyncContext) -> str:  # a plain handler, in a thread
+        ran.append(ctx.attempt)
+        if msg.text == "transient" and ctx.attempt == 1:
+            raise ConnectionError("the card network did not answer")
+        try:
+            int(msg.text)
+        except ValueError as exc:
+            raise Fail("the card number is not a number") from exc
+        return "charged"
+
+    await start_worker()
+    declined = await app.enqueue(Ping(text="4242-x"))
+    record = await finished(app, declined.id)
+    assert record.state is JobState.FAILED and record.attempt == 1
+    assert record.error is not None and record.error.type == "Fail"
+    assert record.error.message == "the card number is not a number"
+    full = await app.status(declined.id, tracebacks=True)
+    assert "ValueError: invalid literal for int()" in full["error"]["traceback"]
+    failed = [r for r in caplog.records if getattr(r, "action", None) == "job_failed"]
+    assert [(r.levelno, r.state) for r in failed] == [(logging.ERROR, "failed")]
+    # An ordinary error is retried as ever.
+    retried = await app.enqueue(Ping(text="transient"))
+    assert (await finished(app, retried.id)).state is JobState.FAILED  # "transient" fails next
+    assert ran == [1, 1, 2]
 
 
 async def test_cancel_signal_and_permanent_errors(

@@ -50,6 +50,7 @@ from ..errors import (
     BlobStoreError,
     Cancel,
     ConfigurationError,
+    Fail,
     MissingUpgrader,
     Retry,
     UpgradeError,
@@ -1127,7 +1128,7 @@ class Worker:
     ) -> Outcome:
         """The outcome of an attempt whose handler raised `exc` after `ran_s` seconds (or
         that ran over its timeout of `ran_over` seconds, `exc` the timeout's error), the
-        worker not having asked it to end: a signal's (`Retry`, `Cancel` …), else a failed
+        worker not having asked it to end: a signal's (`Retry`, `Fail`, `Cancel` …), else a failed
         attempt, whatever it raised (a `CancelledError` of its own, a deadline of its own
         that cancelled it, `sys.exit()`, a `BaseException`: none ends the worker, or
         releases the job to run again at once, for ever)."""
@@ -1137,6 +1138,8 @@ class Worker:
             return self._handed_on(lease, exc.reason)
         if isinstance(exc, _Unstorable):
             return self._failed_for_good(lease, _unstorable(exc.cause))
+        if isinstance(exc, Fail):
+            return self._failed_for_good(lease, exc)
         if isinstance(exc, Cancel):
             return Outcome(
                 lease=lease,
