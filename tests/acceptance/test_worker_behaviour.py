@@ -10,12 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 import offload.context
 from offload import (
@@ -741,6 +741,36 @@ async def test_a_result_nested_too_deep_fails_for_good_and_one_within_is_served(
         assert answer.status_code == 200, (path, answer.text)
     listed = await web.get("/v1/jobs")
     assert listed.status_code == 200 and len(listed.json()["items"]) == 2
+
+
+class Dog(BaseModel):
+    name: str
+    born: datetime
+
+
+async def test_a_result_of_models_in_a_list_or_dict_is_stored_as_their_json(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # A list of models failed its job for good ("Type is not JSON serializable: Dog"),
+    # while one model alone was stored.
+    app.message("t.dogs")(Ping)
+    born = datetime(2020, 5, 17, 8, 30, tzinfo=UTC)
+
+    @app.handles(Ping)
+    async def handle(msg: Ping, ctx: Context) -> object:
+        if msg.text == "set":
+            return {"pack": [Dog(name="rex", born=born)], "tags": {"a"}}  # a set: no JSON
+        return {"pack": [Dog(name="rex", born=born)], "lead": Dog(name="ace", born=born)}
+
+    await start_worker()
+    dogs = await finished(app, (await app.enqueue(Ping())).id)
+    assert dogs.state is JobState.SUCCEEDED, dogs.error
+    rex = {"name": "rex", "born": "2020-05-17T08:30:00Z"}
+    assert dogs.result == {"pack": [rex], "lead": {"name": "ace", "born": rex["born"]}}
+    # Anything else JSON cannot carry fails for good, as before.
+    other = await finished(app, (await app.enqueue(Ping(text="set"))).id)
+    assert other.state is JobState.FAILED and other.attempt == 1
+    assert other.error is not None and "set" in other.error.message
 
 
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(

@@ -226,6 +226,13 @@ def _message(exc: BaseException) -> str:
     return said(exc)
 
 
+def _model_json(value: Any) -> Any:
+    """orjson's `default` for a pydantic model nested in a result: its JSON form."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def _jsonable(value: Any) -> Any:
     """A handler's return value as its job's result stores it.
 
@@ -237,7 +244,17 @@ def _jsonable(value: Any) -> Any:
         value = value.model_dump(mode="json")
     if nested_deeper(value):
         raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
-    dumped = orjson.dumps(value)  # raises TypeError for values a status record cannot carry
+    try:
+        dumped: bytes | None = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        dumped = None
+    if dumped is None:
+        # A pydantic model inside a list or dict (`[Dog(...)]`): dumped as a model is, the
+        # value stored is what that JSON reads back. Anything else raises TypeError.
+        dumped = orjson.dumps(value, default=_model_json)
+        value = orjson.loads(dumped)
+        if nested_deeper(value):
+            raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
     if has_nul(dumped):
         # PostgreSQL's jsonb refuses it, and with it the whole batch of outcomes it is in
         raise TypeError("it contains a NUL character (\\u0000), which no engine stores alike")
