@@ -1194,6 +1194,7 @@ class App:
 
         Raises:
             ConfigurationError: the backend has no synchronous transactions to join.
+            UnstorableMessage: as `enqueue` (a NUL character, a float NaN ...).
         """
         o = JobOptions(
             priority=priority,
@@ -1205,6 +1206,8 @@ class App:
             owner=owner,
         )
         envelopes = [self._stamp(message, o)]
+        for envelope in envelopes:  # refused as every way in refuses (a NUL, a NaN ...)
+            claim_check.encoded(envelope.kind, envelope.payload)
         # Only the caller's connection is used: the backend need not be open (its pool and
         # listener belong to an event loop this thread may not have).
         backend = self._backend or open_backend(self._store_url(), clock=self._injected_clock)

@@ -49,9 +49,10 @@ DURATION_BUCKETS = (
 HTTP_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 )  # fmt: skip
-#: The request methods `offload_http_requests_total` names; any other counts as `other`, so
-#: that a client cannot make a series per made-up method.
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})
+#: The request methods `offload_http_requests_total` names (and `WS`, a WebSocket's
+#: handshake); any other counts as `other`, so that a client cannot make a series per
+#: made-up method.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The `route` label of a request that no route matched (a 404 before any handler).
 UNMATCHED = "unmatched"
 #: The states `offload_queue_depth` reports per queue (keys of `App.stats()`).
@@ -253,7 +254,7 @@ class Metrics(NoMetrics):
             self._lock.release()
 
     def answered(self, method: str, route: str, status: int, took_s: float) -> None:
-        if method not in HTTP_METHODS:
+        if method not in HTTP_METHODS and method != "WS":
             method = "other"
         by_status = _cell(self._requests, route, method, dict)
         cell = by_status.get(status) or by_status.setdefault(status, _Count())

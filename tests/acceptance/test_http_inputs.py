@@ -192,8 +192,23 @@ async def test_an_integer_past_64_bits_in_a_body_is_refused_not_rounded(
     headers = {"content-type": "application/json"}
     answer = await clients["alice"].post("/v1/jobs/t.any", content=body, headers=headers)
     assert answer.status_code == 422, answer.text
-    assert "an integer past 64 bits" in answer.json()["detail"]
+    assert answer.json()["detail"] == (
+        "a t.any message cannot be stored as JSON: Integer exceeds 64-bit range"
+    )
     assert await stored(app) == []
+
+
+async def test_an_integer_past_64_bits_sent_for_a_float_is_that_float(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    # (JavaScript's JSON.stringify(1e20) writes 100000000000000000000)
+    app.message("t.ratio")(Ratio)
+    body = b'{"limit": 100000000000000000000, "ratio": -123456789012345678901234567890}'
+    headers = {"content-type": "application/json"}
+    answer = await clients["alice"].post("/v1/jobs/t.ratio", content=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    (row,) = await stored(app)
+    assert row.payload == {"limit": 1e20, "ratio": -1.2345678901234568e29, "data": None}
 
 
 async def test_long_numbers_within_64_bits_and_long_digits_in_text_are_taken(

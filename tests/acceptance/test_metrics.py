@@ -642,3 +642,25 @@ async def test_metrics_on_before_a_sqlite_app_opens_read_its_wal_too(tmp_path: P
         found = scrape(metrics)
         assert found.value("offload_sqlite_wal_bound_bytes") == 64 << 20  # the default cap
         assert found.value("offload_sqlite_write_pauses_total") == 0
+
+
+async def test_a_mounted_route_a_refusal_before_routing_and_a_method_named_ws_are_told_apart(
+    app: App,
+) -> None:
+    declare(app)
+    async with serving(app) as web:
+        assert (await web.get("/docs/assets/swagger-ui.css")).status_code == 200
+        assert (await web.request("WS", "/v1/jobs")).status_code == 405
+        too_large = b'{"n": 1, "pad": "' + b"x" * (9 * 2**20) + b'"}'
+        headers = {"content-type": "application/json"}
+        refused = await web.post("/v1/jobs/m.ping", content=too_large, headers=headers)
+        assert refused.status_code == 413
+        found = parse((await web.get("/metrics")).text)
+    requests = "offload_http_requests_total"
+    # The mount's files count under its path;
+    assert found.value(requests, method="GET", route="/docs/assets", status="200") == 1
+    # a plain request whose method is WS is no WebSocket;
+    assert found.value(requests, method="other", route="/v1/jobs", status="405") == 1
+    assert found.total(requests, method="WS") == 0
+    # a body refused before any route read it counts as no route's.
+    assert found.value(requests, method="POST", route="unmatched", status="413") == 1

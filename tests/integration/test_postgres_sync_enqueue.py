@@ -3,12 +3,14 @@ exists if and only if the caller's transaction commits (Django's same-database p
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from offload import App, ConfigurationError, Message, Settings
+from offload.contract import UnstorableMessage
 from offload.errors import BackendError
 
 from ..services import PgSchema
@@ -51,6 +53,33 @@ async def test_sync_enqueue_exists_only_if_the_transaction_commits(
     row = await app.get(kept.id)
     assert row is not None and (row.state, row.owner, row.payload) == ("queued", "ann", {"n": 2})
     assert (again.id, again.created) == (kept.id, False)
+
+
+class Odd(Message):
+    text: str = ""
+    ratio: float = 0.0
+    n: int = 0
+
+
+@pytest.mark.parametrize(
+    ("message", "refused"),
+    [
+        (Odd(text="a\x00b"), "NUL character"),
+        (Odd(ratio=math.nan), "NaN or infinity"),
+        (Odd(n=2**64), "Integer exceeds 64-bit range"),
+    ],
+)
+async def test_sync_enqueue_refuses_what_every_way_in_refuses_and_the_transaction_goes_on(
+    app: App, schema: PgSchema, message: Odd, refused: str
+) -> None:
+    # It skipped the checks: a NaN stored as null (the job failed for good), a NUL the
+    # driver's error, which aborted the caller's transaction.
+    app.message("pg.odd")(Odd)
+    with psycopg.connect(schema.url) as conn, conn.transaction():
+        with pytest.raises(UnstorableMessage, match=refused):
+            app.enqueue_in_sync(conn, message)
+        kept = app.enqueue_in_sync(conn, Note(n=1))  # the transaction is still usable
+    assert [r.id for r in await app.list_jobs(owner=None)] == [kept.id]
 
 
 async def test_sync_enqueue_refuses_unique_kinds_and_engines_without_it(

@@ -42,7 +42,7 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_started
 from django.test import override_settings
 
-from offload.contract import JobRow, JobState
+from offload.contract import JobRow, JobState, UnstorableMessage
 from offload.contrib.django import OffloadBackend, owner
 from offload.contrib.django._same_db import Incomparable, server_settings
 from offload.contrib.django.calls import check_arguments, json_problem
@@ -154,6 +154,11 @@ def test_an_argument_json_cannot_carry_is_named_and_nothing_is_enqueued() -> Non
     with pytest.raises(TypeError, match=r"argument 'b'\[0\]: 1180591620717411303424 does not"):
         with transaction.atomic():
             add.enqueue(1, b=[2**70])
+    # and a NUL character, which PostgreSQL cannot store, before the caller commits too
+    # (refused only in the on-commit callback, it lost the job the caller had been given)
+    with transaction.atomic():
+        with pytest.raises(UnstorableMessage, match="NUL character"):
+            add.enqueue(1, b={"text": "a\x00b"})
     assert len(_jobs()) == before
 
 

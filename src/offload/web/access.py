@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import tracing
-from ..metrics import UNMATCHED
+from ..metrics import HTTP_METHODS, UNMATCHED
 from .auth import _PRINCIPAL, TICKET_PRINCIPAL
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class HttpMetrics:
                 template = getattr(route, "path", UNMATCHED)
             else:
                 template = self._path_of(scope.get("endpoint"))
-            method = scope["method"] if scope["type"] == "http" else "WS"
+            method = "WS" if scope["type"] == "websocket" else _http_method(scope["method"])
             took = time.perf_counter() - started
             self.offload.metrics.answered(method, template, answer.status, took)
 
@@ -101,9 +101,17 @@ class HttpMetrics:
             self._paths = {}
             for route in self.routes():
                 path = getattr(route, "path", None)
-                if path is not None:
-                    self._paths.setdefault(getattr(route, "endpoint", None), path)
+                # a route's endpoint; a mount's app (its requests name that as endpoint)
+                answers = getattr(route, "endpoint", None) or getattr(route, "app", None)
+                if path is not None and answers is not None:
+                    self._paths.setdefault(answers, path)
         return self._paths.get(endpoint, UNMATCHED)
+
+
+def _http_method(method: str) -> str:
+    """An HTTP request's method as a label: one of HTTP's own, else `other` (so a request
+    whose method is `WS` is not counted as a WebSocket)."""
+    return method if method in HTTP_METHODS else "other"
 
 
 class _Answer:

@@ -11,6 +11,7 @@ The OpenAPI document shows the route once per kind, its options from `job_option
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -310,7 +311,7 @@ async def submit(request: Request) -> Response:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
-    _refuse_long_integers(body)
+    data = _long_integers_exact(body, data)
     if nested_deeper(data):  # (nor is a refusal's `errors` to echo it)
         detail = f"the body nests objects and arrays more than {MAX_NESTING} levels deep"
         raise Problem(422, detail, slug="invalid-payload")
@@ -352,19 +353,22 @@ async def submit(request: Request) -> Response:
     return _Answer(record, 202, headers)
 
 
-def _refuse_long_integers(body: bytes) -> None:
-    """Refuse an integer past 64 bits, which orjson reads as the nearest float (a field
-    typed `Any` would take it, changed) and which `app.enqueue` refuses."""
+def _long_integers_exact(body: bytes, data: Any) -> Any:
+    """`data`, read again exactly where the body holds an integer past 64 bits, which orjson
+    reads as the nearest float: a `float` field takes the integer as the float it is (what
+    JavaScript writes for 1e20), and an `Any` or `int` field keeps it exact, to be refused
+    as a value offload cannot store (where a field typed `Any` took it, changed)."""
     if _LONG_RUN.search(body) is None:
-        return
+        return data
     for found in _LONG_INTEGER.finditer(body):
         token = found[0]
         if token[:1] != b'"' and not -(2**63) <= int(token) < 2**64:
-            detail = (
-                f"the body holds an integer past 64 bits ({token[:40].decode()}), which "
-                "offload cannot store: send it as text"
-            )
-            raise Problem(422, detail, slug="invalid-payload")
+            return json.loads(body, parse_constant=_no_constant)  # valid JSON: orjson read it
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise Problem(422, f"the body is not JSON: {name} is no JSON value", slug="invalid-payload")
 
 
 async def _check_repeat(

@@ -12,6 +12,7 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
+from ..._claim_check import encoded
 from ...app import App
 from ...contract import Envelope, JobRow
 from .calls import TaskCall, check_arguments, kind_of
@@ -53,6 +54,8 @@ class OffloadBackend(BaseTaskBackend):
         Raises:
             InvalidTask: what `validate_task` refuses.
             TypeError: an argument JSON cannot carry (named).
+            UnstorableMessage: a NUL character in an argument, which PostgreSQL cannot store
+                (refused on every engine).
         """
         self.validate_task(task)
         check_arguments(task.module_path, args, kwargs)
@@ -78,6 +81,8 @@ class OffloadBackend(BaseTaskBackend):
             job_id = job.id
         else:
             envelope = self.app.envelope(message, **options)
+            # refused now, as the other way in refuses it, not once the caller committed
+            encoded(envelope.kind, envelope.payload)
             transaction.on_commit(
                 functools.partial(_store, self.app, envelope), using=self.config.database
             )
