@@ -1167,3 +1167,25 @@ async def test_a_float_stored_as_a_long_integer_before_reads_as_a_float(
         answer = await web.get(f"/v1/jobs/{job.id}")
     assert answer.status_code == 200, answer.text
     assert answer.json()["result"] == {"avogadro": 6.02214076e23}
+
+
+async def test_a_cancel_that_a_settle_overtakes_between_its_two_statements_still_cancels(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a running job whose failed attempt settles `retrying` just as the cancel's first
+    # statement found it running (here: its second statement lands the settle itself),
+    job = await app.enqueue(Ping(n=1))
+    backend = app._require_backend()
+    (lease,) = await backend.claim(["default"], worker_id="w", lease_for=30, limit=1)
+    overtaken = (
+        "WITH moved AS (UPDATE offload_jobs SET state = 'retrying', lease_token = NULL"
+        " WHERE id = %(id)s AND state = 'running' RETURNING id)"
+        " SELECT * FROM offload_jobs WHERE false AND %(now)s::timestamptz IS NULL"
+    )
+    monkeypatch.setitem(Q, "cancel_running", overtaken)
+    # the cancel reads the job again and cancels it where it now waits (it answered 409
+    # "already retrying", and the job ran again).
+    row = await backend.cancel(job.id)
+    assert row.state == "cancelled"
+    assert (await job.status()).state == "cancelled"
+    assert lease.envelope.id == job.id

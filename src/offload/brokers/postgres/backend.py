@@ -320,6 +320,10 @@ def _written_out(found: re.Match[bytes]) -> bytes:
     return format(Decimal(token.decode()), "f").encode() + b".0"
 
 
+#: How often a cancel or a requeue reads a job that moved between its statements again.
+_TRANSITION_TRIES = 5
+
+
 def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value, dumps=json_text)
 
@@ -1632,9 +1636,11 @@ class PostgresBackend:
         fallback: str | None,
         refused: str,
         reached: str,
+        applies: frozenset[str],
         follow_ups: Sequence[Envelope] = (),
     ) -> JobRow:
-        """Try `first`, then `fallback`; `follow_ups` go in with `first` only.
+        """Try `first`, then `fallback`, which apply to a job in one of the states `applies`
+        names; `follow_ups` go in with `first` only.
 
         Tried again on a lost connection. A resend refused because the job is `reached`
         already answers the job as done: the lost attempt did it (or the job was there
@@ -1648,15 +1654,21 @@ class PostgresBackend:
         async def attempt(resent: bool) -> tuple[bool, dict[str, Any] | None]:
             async with self._conn() as conn, conn.transaction():
                 async with conn.cursor(row_factory=dict_row) as cur:
-                    for sql in filter(None, (Q[first], fallback and Q[fallback])):
-                        await cur.execute(sql, {"id": key, "now": self._now()})
-                        rows = await cur.fetchall()
-                        if rows:
-                            if sql == Q[first]:
-                                await self.enqueue_in(conn, follow_ups)
-                            return True, rows[0]
-                    await cur.execute(Q["get"], {"id": key})
-                    current = await cur.fetchone()
+                    # Each statement reads the job afresh: a job that moved between them (a
+                    # running job's attempt settled `retrying` after the first looked) fits
+                    # neither; it is tried again while its state is one they apply to.
+                    for _ in range(_TRANSITION_TRIES):
+                        for sql in filter(None, (Q[first], fallback and Q[fallback])):
+                            await cur.execute(sql, {"id": key, "now": self._now()})
+                            rows = await cur.fetchall()
+                            if rows:
+                                if sql == Q[first]:
+                                    await self.enqueue_in(conn, follow_ups)
+                                return True, rows[0]
+                        await cur.execute(Q["get"], {"id": key})
+                        current = await cur.fetchone()
+                        if current is None or current["state"] not in applies:
+                            break
             return resent and current is not None and current["state"] == reached, current
 
         done, current = await self.retrier.run(attempt)
@@ -1673,6 +1685,7 @@ class PostgresBackend:
             fallback="cancel_running",
             refused="job {id} is already {state}",
             reached="cancelled",
+            applies=frozenset({"queued", "retrying", "running"}),
             follow_ups=follow_ups,
         )
 
@@ -1683,6 +1696,7 @@ class PostgresBackend:
             fallback=None,
             refused="job {id} is {state}; only dead, failed or cancelled jobs can be re-queued",
             reached="queued",
+            applies=frozenset({"dead", "failed", "cancelled"}),
         )
 
     async def changes_since(
