@@ -177,7 +177,7 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = self._bridge(value)
-        self._bridge(self._backend.remember(self.job_id, step, value))
+        self._bridge(self._backend.remember(self.job_id, step, value, first=True))
         return value
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
@@ -187,7 +187,7 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = await value
-        await self._backend.remember(self.job_id, step, value)
+        await self._backend.remember(self.job_id, step, value, first=True)
         return value
 
     def put_stream(self, key: str, source: StreamSource, content_type: str | None = None) -> Any:

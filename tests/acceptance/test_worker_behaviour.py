@@ -773,6 +773,28 @@ async def test_a_result_of_models_in_a_list_or_dict_is_stored_as_their_json(
     assert other.error is not None and "set" in other.error.message
 
 
+async def test_a_step_another_worker_stored_meanwhile_is_not_written_over(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # A worker whose lease lapsed while its step ran (frozen, say) wrote its value over the
+    # one the worker that rescued the job had stored, and finished with, before it.
+    app.message("t.step")(Ping)
+
+    @app.handles(Ping)
+    async def handle(msg: Ping, ctx: Context) -> str:
+        async def charge() -> str:
+            # meanwhile, the rescuing worker runs the step and stores its own result
+            await app._require_backend().remember(ctx.job_id, "charge", "theirs", first=True)
+            return "mine"
+
+        return str(await ctx.once("charge", charge))
+
+    await start_worker()
+    job = await app.enqueue(Ping())
+    assert (await finished(app, job.id)).state is JobState.SUCCEEDED
+    assert await app._require_backend().recall(job.id, "charge") == (True, "theirs")
+
+
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
     app: App, start_worker: Callable[..., Any]
 ) -> None:

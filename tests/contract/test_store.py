@@ -292,6 +292,12 @@ async def test_remember_and_recall_side_steps(backend: Backend) -> None:
     assert await backend.recall("other-job", "charge") == (False, None)
     await backend.remember(env.id, "charge", "replaced")
     assert await backend.recall(env.id, "charge") == (True, "replaced")
+    # A step's first result stands where asked (`ctx.once`: a worker that lost its lease
+    # while the step ran wrote over the one another worker had stored and gone on with).
+    await backend.remember(env.id, "charge", "stale", first=True)
+    assert await backend.recall(env.id, "charge") == (True, "replaced")
+    await backend.remember(env.id, "fresh", "first", first=True)
+    assert await backend.recall(env.id, "fresh") == (True, "first")
 
 
 #: Numbers as JSON writers write them: floats past 1e16 (an exponent), an integral float, a

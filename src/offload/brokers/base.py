@@ -323,8 +323,10 @@ class JobStore(Protocol):
         """Return soon after another process may have committed a change (or on timeout)."""
         ...
 
-    async def remember(self, job_id: str, key: str, value: Any) -> None:
-        """Record the effect of a side step (`Context.once`) of a job."""
+    async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
+        """Record the effect of a side step (`Context.once`) of a job, replacing the one
+        recorded; with `first`, only where none is (a step's first result stands: a worker
+        that lost its lease while the step ran must not write over the one another stored)."""
         ...
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:

@@ -1776,8 +1776,9 @@ class PostgresBackend:
             timeout = min(timeout, 0.05)
         await self._wait_version(("feed",), timeout)
 
-    async def remember(self, job_id: str, key: str, value: Any) -> None:
-        await self._fetch(Q["remember"], {"id": job_id, "key": key, "value": _json(value)})
+    async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
+        sql = Q["remember_first" if first else "remember"]
+        await self._fetch(sql, {"id": job_id, "key": key, "value": _json(value)})
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         rows = await self._fetch(Q["recall"], {"id": job_id, "key": key})

@@ -615,6 +615,10 @@ WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
 INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
 ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 
+-- name: remember_first
+INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
+ON CONFLICT (job_id, key) DO NOTHING
+
 -- name: recall
 SELECT value FROM offload_effects WHERE job_id = %(id)s AND key = %(key)s
 

@@ -1401,9 +1401,10 @@ class RedisBackend:
         news = self._announcements
         await news.wait_until(lambda: self._seen_feed != news.feed_mark(), timeout)
 
-    async def remember(self, job_id: str, key: str, value: Any) -> None:
+    async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
         raw = orjson.dumps(value).decode()
-        await self._retried(lambda: self._redis.hset(self._key("fx:" + job_id), key, raw))
+        write = self._redis.hsetnx if first else self._redis.hset
+        await self._retried(lambda: write(self._key("fx:" + job_id), key, raw))
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         raw = await self._retried(lambda: self._redis.hget(self._key("fx:" + job_id), key))

@@ -1703,12 +1703,12 @@ class SQLiteBackend:
     async def wait_changes(self, timeout: float) -> None:
         await self._wait_change(timeout, "feed")
 
-    def _remember(self, job_id: str, key: str, value: Any) -> None:
+    def _remember(self, job_id: str, key: str, value: Any, first: bool) -> None:
         with self._tx() as conn:
-            conn.execute(Q["remember"], (job_id, key, _dumps(value)))
+            conn.execute(Q["remember_first" if first else "remember"], (job_id, key, _dumps(value)))
 
-    async def remember(self, job_id: str, key: str, value: Any) -> None:
-        await self._run(self._remember, job_id, key, value)
+    async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
+        await self._run(self._remember, job_id, key, value, first)
 
     def _recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         row = self.conn.execute(Q["recall"], (job_id, key)).fetchone()

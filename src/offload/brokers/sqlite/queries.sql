@@ -262,6 +262,10 @@ WHERE state IN ('queued', 'retrying') AND queue IN ({queues})
 INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
 ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 
+-- name: remember_first
+INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
+ON CONFLICT (job_id, key) DO NOTHING
+
 -- name: recall
 SELECT value FROM offload_effects WHERE job_id = ? AND key = ?
 
