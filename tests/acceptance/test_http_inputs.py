@@ -198,6 +198,31 @@ async def test_an_integer_past_64_bits_in_a_body_is_refused_not_rounded(
     assert await stored(app) == []
 
 
+class Strings(Message):
+    data: Json[list[str]]
+
+
+@pytest.mark.parametrize(
+    ("text", "echoed"), [("[1e400]", "Infinity"), ("[" + "9" * 400 + "]", "9" * 400)]
+)
+async def test_a_refusal_echoes_a_number_no_json_answer_carries_as_text(
+    app: App, clients: dict[str, httpx.AsyncClient], text: str, echoed: str
+) -> None:
+    # A Json field's text held it: pydantic's error repeated it, and reading that back
+    # failed, a 500 for what is the client's mistake.
+    app.message("t.strings")(Strings)
+    answer = await clients["alice"].post("/v1/jobs/t.strings", json={"data": text})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["input"] == echoed
+    # An unknown field's integer past 64 bits is echoed as its digits, not a rounded float.
+    body = b'{"data": "[]", "n": 123456789012345678901234567890}'
+    headers = {"content-type": "application/json"}
+    refused = await clients["alice"].post("/v1/jobs/t.strings", content=body, headers=headers)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["input"] == "123456789012345678901234567890"
+    assert await stored(app) == []
+
+
 async def test_an_integer_past_64_bits_sent_for_a_float_is_that_float(
     app: App, clients: dict[str, httpx.AsyncClient]
 ) -> None:

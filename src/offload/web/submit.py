@@ -319,7 +319,7 @@ async def submit(request: Request) -> Response:
     try:
         message = spec.cls.model_validate(data)
     except ValidationError as exc:
-        errors = orjson.loads(exc.json(include_url=False))
+        errors = _echoed(exc)
         _refuse_principal(spec, principal, errors)
         raise Problem(
             422, f"the body is not a valid {kind} message", slug="invalid-payload", errors=errors
@@ -365,6 +365,21 @@ def _long_integers_exact(body: bytes, data: Any) -> Any:
         if token[:1] != b'"' and not -(2**63) <= int(token) < 2**64:
             return json.loads(body, parse_constant=_no_constant)  # valid JSON: orjson read it
     return data
+
+
+def _echoed(exc: ValidationError) -> list[dict[str, Any]]:
+    """A refusal's errors as the 422 echoes them: pydantic's JSON of them, where a number no
+    JSON answer carries (an infinity, an integer past 64 bits, from a `Json` field's text
+    say) is echoed as its text (orjson, which read them before, refused those: a 500)."""
+    errors: list[dict[str, Any]] = json.loads(
+        exc.json(include_url=False), parse_constant=str, parse_int=_int_or_text
+    )
+    return errors
+
+
+def _int_or_text(text: str) -> int | str:
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else text
 
 
 def _no_constant(name: str) -> Any:
