@@ -11,10 +11,11 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
+from ._jsonable import jsonable
 from ._loop import running_loop
 from ._text import storable
 from .contract import Lease
-from .errors import BackendError
+from .errors import BackendError, _Unstorable
 from .stores.blobs import StreamSource, put_stream
 
 if TYPE_CHECKING:
@@ -177,7 +178,9 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = self._bridge(value)
-        self._bridge(self._backend.remember(self.job_id, step, value, first=True))
+        self._bridge(
+            self._backend.remember(self.job_id, step, _step_value(step, value), first=True)
+        )
         return value
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
@@ -187,7 +190,7 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = await value
-        await self._backend.remember(self.job_id, step, value, first=True)
+        await self._backend.remember(self.job_id, step, _step_value(step, value), first=True)
         return value
 
     def put_stream(self, key: str, source: StreamSource, content_type: str | None = None) -> Any:
@@ -284,3 +287,17 @@ class _BlockingBlobs:
         if not inspect.iscoroutinefunction(found):
             return found
         return lambda *args, **kwargs: self._bridge(found(*args, **kwargs))
+
+
+def _step_value(step: str, value: Any) -> Any:
+    """A `ctx.once` step's value as its record stores it, as a result is (a pydantic model
+    as its JSON).
+
+    Raises:
+        _Unstorable: what no record stores (a set, a NUL character): the job fails for good,
+            as its step ran (a retry would run it again, each attempt).
+    """
+    try:
+        return jsonable(value)
+    except (TypeError, ValueError) as exc:
+        raise _Unstorable(exc, step) from exc

@@ -184,9 +184,11 @@ class _ForAnotherWorker(HandlerSignal):
 
 class _Unstorable(HandlerSignal):
     """A handler's return value its job's result cannot store (offload's own use: a Django
-    task's value `normalize_json` refuses); `cause` says why. The job fails for good: its
-    handler ran, and a retry would only run it again."""
+    task's value `normalize_json` refuses), or, with `step`, a `ctx.once` step's value;
+    `cause` says why. The job fails for good: its handler (its step) ran, and a retry would
+    only run it again."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(self, cause: Exception, step: str | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.step = step

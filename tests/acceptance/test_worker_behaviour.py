@@ -795,6 +795,61 @@ async def test_a_step_another_worker_stored_meanwhile_is_not_written_over(
     assert await app._require_backend().recall(job.id, "charge") == (True, "theirs")
 
 
+async def test_a_step_that_returns_a_model_is_stored_as_its_json_and_a_set_fails_for_good(
+    app: App, start_worker: Callable[..., Any]
+) -> None:
+    # Storing a step's model (an SDK's answer) failed, and each retry ran the step again.
+    app.message("t.steps", max_attempts=3)(Ping)
+    ran: list[str] = []
+    born = datetime(2020, 5, 17, tzinfo=UTC)
+
+    @app.handles(Ping, backoff=FAST)
+    async def handle(msg: Ping, ctx: Context) -> object:
+        def step() -> object:
+            ran.append(msg.text)
+            return {"a"} if msg.text == "set" else [Dog(name="rex", born=born)]
+
+        return await ctx.once("charge", step)
+
+    await start_worker()
+    dogs = await app.enqueue(Ping(text="dogs"))
+    assert (await finished(app, dogs.id)).state is JobState.SUCCEEDED
+    stored = await app._require_backend().recall(dogs.id, "charge")
+    assert stored == (True, [{"name": "rex", "born": "2020-05-17T00:00:00Z"}])
+    odd = await finished(app, (await app.enqueue(Ping(text="set"))).id)
+    assert odd.state is JobState.FAILED and odd.attempt == 1
+    assert odd.error is not None and "the value of the step 'charge'" in odd.error.message
+    assert ran == ["dogs", "set"]  # each step ran once
+
+
+async def test_a_signal_raised_inside_a_task_group_counts(
+    app: App, start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Fail (or Cancel, or Retry) from a TaskGroup's subtask came out in an
+    # ExceptionGroup, an ordinary error: retried until the job was dead.
+    caplog.set_level(logging.INFO, logger="offload.worker")
+    app.message("t.group", max_attempts=3)(Ping)
+
+    @app.handles(Ping, backoff=FAST)
+    async def handle(msg: Ping, ctx: Context) -> None:
+        async def part(n: int) -> None:
+            if n == 1:
+                raise Fail("part 1: " + "x" * 5000)
+            await asyncio.sleep(30)
+
+        async with asyncio.TaskGroup() as group:
+            for n in range(3):
+                group.create_task(part(n))
+
+    await start_worker()
+    record = await finished(app, (await app.enqueue(Ping())).id)
+    assert record.state is JobState.FAILED and record.attempt == 1
+    assert record.error is not None and record.error.type == "Fail"
+    # and its log line is cut, as every error's is.
+    (said,) = [r for r in caplog.records if getattr(r, "action", None) == "job_failed"]
+    assert len(said.getMessage()) < 2200
+
+
 async def test_payload_that_no_longer_fits_the_contract_fails_for_good(
     app: App, start_worker: Callable[..., Any]
 ) -> None:

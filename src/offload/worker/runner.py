@@ -25,25 +25,23 @@ from datetime import UTC, datetime
 from types import CodeType
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .. import _claim_check as claim_check
 from .. import tracing
+from .._jsonable import jsonable
 from .._payloads import aliases_read
-from .._text import MESSAGE_CHARS, has_nul, logged, said, storable
+from .._text import MESSAGE_CHARS, logged, said, storable
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
 from ..contract import (
-    MAX_NESTING,
     Extension,
     JobState,
     Lease,
     Message,
     Outcome,
     WorkerInfo,
-    nested_deeper,
 )
 from ..errors import (
     BackendError,
@@ -226,41 +224,6 @@ def _message(exc: BaseException) -> str:
     return said(exc)
 
 
-def _model_json(value: Any) -> Any:
-    """orjson's `default` for a pydantic model nested in a result: its JSON form."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
-
-
-def _jsonable(value: Any) -> Any:
-    """A handler's return value as its job's result stores it.
-
-    Raises:
-        TypeError: a value JSON cannot carry (or an integer past 64 bits).
-        ValueError: a pydantic model that cannot be dumped as JSON.
-    """
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if nested_deeper(value):
-        raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
-    try:
-        dumped: bytes | None = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        dumped = None
-    if dumped is None:
-        # A pydantic model inside a list or dict (`[Dog(...)]`): dumped as a model is, the
-        # value stored is what that JSON reads back. Anything else raises TypeError.
-        dumped = orjson.dumps(value, default=_model_json)
-        value = orjson.loads(dumped)
-        if nested_deeper(value):
-            raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
-    if has_nul(dumped):
-        # PostgreSQL's jsonb refuses it, and with it the whole batch of outcomes it is in
-        raise TypeError("it contains a NUL character (\\u0000), which no engine stores alike")
-    return value
-
-
 def _failure_fields(env: Any, exc: BaseException, state: JobState) -> dict[str, Any]:
     """The structured fields of a `job_failed` log record: which job, where, which attempt,
     what failed it (the error's type) and the state it left the job in (`retrying`, `dead`
@@ -292,12 +255,32 @@ def _by_alias(
     return out
 
 
-def _unstorable(exc: Exception) -> TypeError:
-    """The error of a job whose handler returned what its result cannot store."""
-    error = TypeError(
-        f"the handler's return value cannot be stored as the job's result ({exc}); it is "
-        "not retried, as its handler ran: return what JSON carries"
-    )
+def _signal_in(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The signal an exception group (an `asyncio.TaskGroup`'s) holds, if any: `Fail` first,
+    then `Cancel`, then `Retry` (the one that says most about the job)."""
+    kinds: tuple[type[BaseException], ...] = (Fail, Cancel, Retry)
+    for kind in kinds:
+        found: BaseException | None = group.subgroup(kind)
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if found is not None:
+            return found
+    return None
+
+
+def _unstorable(exc: Exception, step: str | None = None) -> TypeError:
+    """The error of a job whose handler returned what its result cannot store (or whose
+    `ctx.once` step `step` did, what the step's record cannot)."""
+    if step is not None:
+        error = TypeError(
+            f"the value of the step {step!r} (ctx.once) cannot be stored ({exc}); the job is "
+            "not retried, as the step ran: return what JSON carries"
+        )
+    else:
+        error = TypeError(
+            f"the handler's return value cannot be stored as the job's result ({exc}); it "
+            "is not retried, as its handler ran: return what JSON carries"
+        )
     error.__cause__ = exc
     return error
 
@@ -1107,7 +1090,7 @@ class Worker:
                 result = await call
             self._prefetch.ran(loop.time() - began)
             try:
-                stored = _jsonable(result)
+                stored = jsonable(result)
             except (TypeError, ValueError) as exc:  # its handler ran: a retry would run it again
                 return self._failed_for_good(lease, _unstorable(exc))
             return Outcome(
@@ -1149,12 +1132,14 @@ class Worker:
         attempt, whatever it raised (a `CancelledError` of its own, a deadline of its own
         that cancelled it, `sys.exit()`, a `BaseException`: none ends the worker, or
         releases the job to run again at once, for ever)."""
+        if isinstance(exc, BaseExceptionGroup):  # a TaskGroup's: a signal inside it counts
+            exc = _signal_in(exc) or exc
         if isinstance(exc, Retry):
             return self._failed(lease, spec, exc, delay=exc.delay)
         if isinstance(exc, _ForAnotherWorker):
             return self._handed_on(lease, exc.reason)
         if isinstance(exc, _Unstorable):
-            return self._failed_for_good(lease, _unstorable(exc.cause))
+            return self._failed_for_good(lease, _unstorable(exc.cause, exc.step))
         if isinstance(exc, Fail):
             return self._failed_for_good(lease, exc)
         if isinstance(exc, Cancel):
@@ -1380,7 +1365,7 @@ class Worker:
         log.error(
             "job %s failed for good: %s",
             env.id,
-            exc,
+            logged(exc),
             extra=_failure_fields(env, exc, JobState.FAILED),
         )
         return Outcome(lease=lease, state=JobState.FAILED, error=_error(exc))
