@@ -1490,6 +1490,8 @@ class App:
         backend = await self._opened_backend()
 
         async def apply(rows: list[JobRow]) -> int:
+            # Every row's, a running one's too: it may be waiting again by the time the
+            # backend looks (its attempt failed), and end cancelled there, notified.
             notes = {
                 r.id: follow_ups_of_row(
                     self,
@@ -1497,7 +1499,6 @@ class App:
                     marker=f"cancel:{r.run_at!r}",
                 )
                 for r in rows
-                if r.state.waiting
             }
             return await backend.cancel_many([r.id for r in rows], notes)
 

@@ -163,11 +163,18 @@ class Context:
         """Run a side step once per job across retries and re-deliveries.
 
         The step's JSON result is stored once `fn` returns; a repeat returns it without
-        running `fn` again. (A worker that dies, or loses its lease, while `fn` runs may
-        run it again: give external calls `idempotency_key(step)`.) `fn` may be a plain
-        function or an async one; from a plain handler, a plain `fn` runs in the handler's
-        thread, so a blocking step blocks that handler alone.
+        running `fn` again. Every attempt gets the step's value as stored (a pydantic model
+        as its JSON, a tuple as a list), the first one stored: where another worker stored
+        its own meanwhile (this one lost its lease while `fn` ran), that one. (A worker that
+        dies, or loses its lease, while `fn` runs may run it again: give external calls
+        `idempotency_key(step)`.) `fn` may be a plain function or an async one; from a
+        plain handler, a plain `fn` runs in the handler's thread, so a blocking step blocks
+        that handler alone.
+
+        Raises:
+            ValueError: a step named `offload.…`, offload's own records' names.
         """
+        _check_step(step)
         if self._on_loop():
             return self._once(step, fn)
         if running_loop() is not None:  # a loop of the handler's own: awaitable there
@@ -178,10 +185,10 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = self._bridge(value)
-        self._bridge(
-            self._backend.remember(self.job_id, step, _step_value(step, value), first=True)
-        )
-        return value
+        stored = _step_value(step, value)
+        self._bridge(self._backend.remember(self.job_id, step, stored, first=True))
+        found, first = self._bridge(self._backend.recall(self.job_id, step))
+        return first if found else stored
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
         found, value = await self._backend.recall(self.job_id, step)
@@ -190,8 +197,10 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = await value
-        await self._backend.remember(self.job_id, step, _step_value(step, value), first=True)
-        return value
+        stored = _step_value(step, value)
+        await self._backend.remember(self.job_id, step, stored, first=True)
+        found, first = await self._backend.recall(self.job_id, step)
+        return first if found else stored
 
     def put_stream(self, key: str, source: StreamSource, content_type: str | None = None) -> Any:
         """Store a large file in the blob store without holding it in memory: `source` is a
@@ -301,3 +310,11 @@ def _step_value(step: str, value: Any) -> Any:
         return jsonable(value)
     except (TypeError, ValueError) as exc:
         raise _Unstorable(exc, step) from exc
+
+
+def _check_step(step: str) -> None:
+    if step.startswith("offload."):
+        raise ValueError(
+            f"a step named {step!r}: names starting with 'offload.' are offload's own "
+            "(a job's delivery records)"
+        )

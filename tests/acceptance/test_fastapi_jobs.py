@@ -293,6 +293,36 @@ async def test_delivery_options_the_route_passes_on_are_refused_as_the_api_refus
         assert accepted.status_code == 202, accepted.text
 
 
+@pytest.mark.parametrize("period", ["a\x00b", "nan", "big"])
+async def test_a_message_no_engine_stores_is_a_422_from_the_route_too(
+    app: App, closing: None, period: str
+) -> None:
+    """A host route's message holding a NUL, a NaN or an integer past 64 bits: the submit
+    route's 422, not a 500."""
+
+    class Odd(Message):
+        text: str
+        ratio: float = 0.0
+        n: int = 0
+
+    app.message("t.odd")(Odd)
+    api = FastAPI()
+    api.mount("/jobs", create_app(app))
+    problem_details(api)
+    odd = {"nan": Odd(text="x", ratio=float("nan")), "big": Odd(text="x", n=2**64)}
+
+    @api.post("/odd", status_code=202)
+    async def submit(jobs: Annotated[Jobs, Depends(offload_jobs)]) -> Response:
+        return await jobs.accepted(await jobs.enqueue(odd.get(period, Odd(text=period))))
+
+    async with client(api) as local:
+        refused = await local.post("/odd")
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["type"].endswith("invalid-payload")
+        assert refused.json()["detail"].startswith("a t.odd message ")
+    assert await app.count_jobs(JobFilter()) == 0
+
+
 def test_the_hosts_document_declares_its_problem_answers_as_problem_documents() -> None:
     api = FastAPI()
     problem_details(api)

@@ -791,8 +791,11 @@ async def test_a_step_another_worker_stored_meanwhile_is_not_written_over(
 
     await start_worker()
     job = await app.enqueue(Ping())
-    assert (await finished(app, job.id)).state is JobState.SUCCEEDED
+    record = await finished(app, job.id)
+    assert record.state is JobState.SUCCEEDED
     assert await app._require_backend().recall(job.id, "charge") == (True, "theirs")
+    # and this attempt goes on with the value that stands, not its own.
+    assert record.result == "theirs"
 
 
 async def test_a_step_that_returns_a_model_is_stored_as_its_json_and_a_set_fails_for_good(
@@ -809,17 +812,28 @@ async def test_a_step_that_returns_a_model_is_stored_as_its_json_and_a_set_fails
             ran.append(msg.text)
             return {"a"} if msg.text == "set" else [Dog(name="rex", born=born)]
 
-        return await ctx.once("charge", step)
+        got = await ctx.once("charge", step)
+        if msg.text == "group":  # a step's refusal out of a TaskGroup fails for good too
+            async with asyncio.TaskGroup() as group:
+                group.create_task(ctx.once("second", lambda: {1, 2}))
+        return got
 
     await start_worker()
     dogs = await app.enqueue(Ping(text="dogs"))
-    assert (await finished(app, dogs.id)).state is JobState.SUCCEEDED
-    stored = await app._require_backend().recall(dogs.id, "charge")
-    assert stored == (True, [{"name": "rex", "born": "2020-05-17T00:00:00Z"}])
+    record = await finished(app, dogs.id)
+    assert record.state is JobState.SUCCEEDED
+    rex = [{"name": "rex", "born": "2020-05-17T00:00:00Z"}]
+    assert await app._require_backend().recall(dogs.id, "charge") == (True, rex)
+    # The attempt that ran the step gets its stored form too, as every later one does.
+    assert record.result == rex
+    grouped = await finished(app, (await app.enqueue(Ping(text="group"))).id)
+    assert grouped.state is JobState.FAILED and grouped.attempt == 1, grouped.error
+    with pytest.raises(ValueError, match=r"names starting with 'offload\.' are offload's own"):
+        offload.context.Context.once(None, "offload.deliveries.email", lambda: 1)  # type: ignore[arg-type]
     odd = await finished(app, (await app.enqueue(Ping(text="set"))).id)
     assert odd.state is JobState.FAILED and odd.attempt == 1
     assert odd.error is not None and "the value of the step 'charge'" in odd.error.message
-    assert ran == ["dogs", "set"]  # each step ran once
+    assert ran == ["dogs", "group", "set"]  # each step ran once
 
 
 async def test_a_signal_raised_inside_a_task_group_counts(

@@ -17,7 +17,7 @@ from offload.brokers import Backend
 from offload.brokers.base import JobSearch
 from offload.contract import Envelope, JobFilter, JobRow, JobState, Outcome
 
-from ._support import LONG, ShiftClock, envelope
+from ._support import LONG, ShiftClock, claim, envelope
 
 pytestmark = pytest.mark.anyio
 
@@ -326,6 +326,37 @@ async def test_bulk_cancel_enqueues_the_notifications_of_each_ended_job(
     plain = envelope("qa", delay=60)
     await backend.enqueue([hooked, plain])
     assert await app.cancel_jobs(JobFilter(queue="qa")) == 2
+    deliveries = await app.search_jobs(JobFilter(kind="offload.webhook"))
+    assert [(r.payload["job_id"], r.payload["state"]) for r in deliveries] == [
+        (hooked.id, "cancelled")
+    ]
+
+
+async def test_bulk_cancel_notifies_a_job_listed_running_that_waits_by_the_cancel(
+    app: App, clock: ShiftClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a running job with a webhook, whose attempt fails (retrying) just after the
+    # bulk cancel listed it running,
+    backend = app._require_backend()
+    hooked = dataclasses.replace(
+        envelope("qa"), options={"callback_url": "https://example.com/hook"}
+    )
+    await backend.enqueue([hooked])
+    (lease,) = await claim(backend, "qa")
+    cancel_many = backend.cancel_many
+
+    async def failing_first(ids: Any, follow_ups: Any) -> int:
+        error = {"type": "RuntimeError", "message": "boom"}
+        again = Outcome(lease=lease, state=JobState.RETRYING, error=error, run_at=clock.now())
+        assert await backend.settle([again]) == [True]
+        return await cancel_many(ids, follow_ups)
+
+    monkeypatch.setattr(backend, "cancel_many", failing_first)
+    # then the cancel ends it where it waits, and its webhook is told (it was not: only
+    # the rows listed waiting had their notifications).
+    assert await app.cancel_jobs(JobFilter(queue="qa")) == 1
+    row = await backend.get(hooked.id)
+    assert row is not None and row.state is JobState.CANCELLED
     deliveries = await app.search_jobs(JobFilter(kind="offload.webhook"))
     assert [(r.payload["job_id"], r.payload["state"]) for r in deliveries] == [
         (hooked.id, "cancelled")

@@ -1189,3 +1189,22 @@ async def test_a_cancel_that_a_settle_overtakes_between_its_two_statements_still
     assert row.state == "cancelled"
     assert (await job.status()).state == "cancelled"
     assert lease.envelope.id == job.id
+
+
+async def test_a_bulk_cancel_that_a_settle_overtakes_between_its_statements_still_cancels(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As for one job's cancel: the job settles `retrying` after the first statement found
+    # it running (here: the second statement lands the settle itself, flagging nothing).
+    job = await app.enqueue(Ping(n=1))
+    backend = app._require_backend()
+    await backend.claim(["default"], worker_id="w", lease_for=30, limit=1)
+    moving = (
+        "UPDATE offload_jobs SET state = 'retrying', lease_token = NULL"
+        " WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running'"
+        " AND (%(now)s::timestamptz IS NULL OR true)"
+    )
+    monkeypatch.setitem(Q, "cancel_many_running", moving)
+    # The job ends cancelled (it stayed retrying, and ran again).
+    assert await app.cancel_jobs(offload.JobFilter(queue="default")) >= 1
+    assert (await job.status()).state == "cancelled"

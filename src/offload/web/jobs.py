@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Mount
 
 from .._links import Presenter
 from ..app import App
-from ..contract import Message
+from ..contract import Message, UnstorableMessage
 from ..errors import ConfigurationError
 from ..job import Job
 from ..notify.targets import refused_delivery_options
@@ -61,6 +61,8 @@ class Jobs:
             Problem: 403 for a kind the caller's token may not submit; 422 for a
                 `callback_url` or `notify_email` the web tier would refuse (not a URL or
                 an address, or a private host), as its submit route does.
+                422 too for a message no engine stores (`UnstorableMessage`: a NUL, a NaN,
+                an integer past 64 bits).
             ValueError, TypeError: an option `App.enqueue` refuses.
         """
         kind = self.app.spec_of(type(message)).kind if self.kinds is not None else ""
@@ -69,16 +71,19 @@ class Jobs:
         allow = self.app.settings.webhook_allow_private
         if refused := refused_delivery_options(callback_url, notify_email, allow_private=allow):
             raise options_problem([{"loc": [name], "msg": msg} for name, msg in refused.items()])
-        return await self.app.enqueue(
-            message,
-            priority=priority,
-            delay=delay,
-            run_at=run_at,
-            idempotency_key=idempotency_key,
-            callback_url=callback_url,
-            notify_email=notify_email,
-            owner=self.principal,
-        )
+        try:
+            return await self.app.enqueue(
+                message,
+                priority=priority,
+                delay=delay,
+                run_at=run_at,
+                idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                notify_email=notify_email,
+                owner=self.principal,
+            )
+        except UnstorableMessage as exc:  # as the submit route answers it
+            raise Problem(422, str(exc), slug="invalid-payload") from None
 
     def location(self, job: Job | str) -> str:
         """The job's status route in the mounted API (`/jobs/v1/jobs/{id}`)."""

@@ -256,9 +256,10 @@ def _by_alias(
 
 
 def _signal_in(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The signal an exception group (an `asyncio.TaskGroup`'s) holds, if any: `Fail` first,
-    then `Cancel`, then `Retry` (the one that says most about the job)."""
-    kinds: tuple[type[BaseException], ...] = (Fail, Cancel, Retry)
+    """The signal an exception group (an `asyncio.TaskGroup`'s) holds, if any: `Fail` first
+    (or a step's value that cannot be stored, which fails the job for good too), then
+    `Cancel`, then `Retry` (the one that says most about the job)."""
+    kinds: tuple[type[BaseException], ...] = (Fail, _Unstorable, Cancel, Retry)
     for kind in kinds:
         found: BaseException | None = group.subgroup(kind)
         while isinstance(found, BaseExceptionGroup):

@@ -1607,9 +1607,14 @@ class PostgresBackend:
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.execute(Q["cancel_many_waiting"], params)
                 ended = [job_id for (job_id,) in await cur.fetchall()]
-                await self.enqueue_in(conn, [e for i in ended for e in follow_ups.get(i, ())])
                 await cur.execute(Q["cancel_many_running"], params)
-                return len(ended) + cur.rowcount
+                flagged = cur.rowcount
+                # Each statement reads the jobs afresh: one whose attempt settled `retrying`
+                # after the first looked fits neither; a second look at the waiting finds it.
+                await cur.execute(Q["cancel_many_waiting"], params)
+                ended += [job_id for (job_id,) in await cur.fetchall()]
+                await self.enqueue_in(conn, [e for i in ended for e in follow_ups.get(i, ())])
+                return len(ended) + flagged
 
         return await self._retrying(run)
 
