@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -123,15 +124,20 @@ async def check_in(
     raws = [encoded(e.kind, e.payload) for e in envelopes]  # each checked before any is stored
     out: list[Envelope] = []
     keys: list[str] = []
-    for envelope, raw in zip(envelopes, raws, strict=True):
-        if threshold <= 0 or len(raw) <= threshold:
-            out.append(envelope)
-            continue
-        key = payload_key(envelope.id)
-        await blobs().put(key, raw, "application/json")
-        keys.append(key)
-        claim = {"key": key, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-        out.append(dataclasses.replace(envelope, payload={CLAIM_CHECK_FIELD: claim}))
+    try:
+        for envelope, raw in zip(envelopes, raws, strict=True):
+            if threshold <= 0 or len(raw) <= threshold:
+                out.append(envelope)
+                continue
+            key = payload_key(envelope.id)
+            await blobs().put(key, raw, "application/json")
+            keys.append(key)
+            claim = {"key": key, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+            out.append(dataclasses.replace(envelope, payload={CLAIM_CHECK_FIELD: claim}))
+    except BaseException:
+        if keys:  # a later payload's store failed: no job is stored, so none of these is
+            await discard(blobs(), keys)
+        raise
     return out, keys
 
 
@@ -169,22 +175,35 @@ async def sweep(
     limit: int = DEFAULT_SWEEP_LIMIT,
 ) -> int:
     """Delete payload blobs older than `older_than_s` whose job no longer exists (or never
-    did). A blob store that cannot list its keys is left alone. Returns how many went."""
+    did), looking at `limit` of them each time: each sweep goes on after the last key the
+    one before looked at (keys list in name order), and starts over past the end, so that
+    the payloads of jobs kept for good (dead ones) cannot hide the orphans after them. A
+    blob store that cannot list its keys is left alone. Returns how many went."""
     keys = getattr(app.blobs, "keys", None)
     if keys is None:
         return 0
     cutoff = time.time() - older_than_s  # blob times are wall-clock times
+    after = _SWEPT_TO.get(app, "")
     stale: list[str] = []
-    seen = 0
+    seen, last = 0, ""
     async with contextlib.aclosing(keys(PAYLOADS_PREFIX)) as listing:  # closed on break
         async for key, modified in listing:
+            if key <= after:
+                continue
             if seen >= limit:
                 break
-            seen += 1
+            seen, last = seen + 1, key
             name = key.rsplit("/", 1)[-1]
             if modified > cutoff or not name.endswith(".json"):
                 continue
             if await app.get(name.removesuffix(".json")) is None:
                 stale.append(key)
+        else:
+            last = ""  # the end: the next sweep starts over
+    _SWEPT_TO[app] = last
     await discard(app.blobs, stale)
     return len(stale)
+
+
+#: Per app, the last payload key its latest sweep looked at ("": start from the first).
+_SWEPT_TO: weakref.WeakKeyDictionary[App, str] = weakref.WeakKeyDictionary()

@@ -4,11 +4,14 @@ a folder or S3 (moto's server on loopback) as the blob store."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,6 +21,7 @@ from offload import App, Context, JobState, Message, Settings
 from offload._claim_check import CLAIM_CHECK_FIELD, payload_key, sweep
 from offload._links import Presenter
 from offload.contract import JobFilter
+from offload.errors import BlobStoreError
 from offload.web import create_app
 from offload.worker.runner import Worker
 
@@ -282,3 +286,48 @@ async def test_a_blob_store_that_fails_is_named_by_the_503(tmp_path: Path, store
             assert refused.json()["detail"] == "the blob store is unavailable; try again shortly"
             assert refused.json()["type"].endswith("/backend-unavailable")
             assert await app.count_jobs(JobFilter()) == 0
+
+
+async def test_the_sweep_goes_on_past_payloads_whose_jobs_are_kept(tmp_path: Path) -> None:
+    # Given three payloads of jobs kept (dead ones are kept for good) before an orphan: a
+    # sweep of two at a time always began at the oldest, and never reached the orphan.
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
+    )
+    async with App("sweep", settings=settings) as app:
+        app.message("t.upload")(Upload)
+        for n in range(3):
+            await app.enqueue(Upload(name=str(n), text="x" * BIG))
+        orphan = payload_key("ffffffff-0000-7000-8000-000000000001")  # after them by name
+        await app.blobs.put(orphan, b"{}")
+        found = [await sweep(app, older_than_s=0, limit=2) for _ in range(3)]
+        assert found == [0, 1, 0]
+        keys = getattr(app.blobs, "keys")  # noqa: B009 - the folder lists its keys
+        assert len([k async for k, _ in keys("payloads")]) == 3
+
+
+async def test_a_batch_whose_second_payload_cannot_be_stored_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first payload's blob was written before the store failed, outside the clean-up.
+    blobs = tmp_path / "blobs"
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(blobs), secret_key=b"t"
+    )
+    async with App("full", settings=settings) as app:
+        app.message("t.upload")(Upload)
+        replace = os.replace
+        calls: list[str] = []
+
+        def full_after_one(src: Any, dst: Any) -> None:
+            calls.append(str(dst))
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            replace(src, dst)
+
+        monkeypatch.setattr("offload.stores.blobs.os.replace", full_after_one)
+        with pytest.raises(BlobStoreError, match="No space left on device"):
+            await app.enqueue_many([Upload(name=str(n), text="x" * BIG) for n in range(3)])
+        assert await app.count_jobs(JobFilter()) == 0
+    # Neither the first payload nor the half-written second one's temp file is left.
+    assert [p.name for p in blobs.rglob("*") if p.is_file() and p.name != ".signing-key"] == []

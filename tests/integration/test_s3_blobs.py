@@ -6,8 +6,10 @@ import asyncio
 import hashlib
 import hmac
 import io
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +18,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import httpx
 import pytest
 
-from offload.errors import ConfigurationError
+from offload.errors import BlobStoreError, ConfigurationError
 from offload.stores import open_blobs
+from offload.stores import s3 as s3_module
 from offload.stores.blobs import FileBlobStore, put_stream
 from offload.stores.s3 import MIN_PART_BYTES, S3BlobStore
 
@@ -204,3 +207,24 @@ async def test_an_unreachable_bucket_is_a_backend_error(moto_endpoint: str) -> N
     store = open_blobs(f"s3://{unique_bucket('missing')}?endpoint_url={moto_endpoint}")
     with pytest.raises(BackendError, match="NoSuchBucket"):
         await store.put("a.txt", b"x")
+
+
+async def test_a_store_that_accepts_and_never_answers_fails_the_call_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A frozen S3 (it accepts, never answers) held a put for good: the HTTP client waited
+    # for the `100 Continue` of its upload with no limit. Each request is bounded now (here
+    # made short for the test).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")  # (none: refused before any request)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setattr(s3_module, "S3_READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(s3_module, "S3_CONNECT_TIMEOUT_S", 0.3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        store = open_blobs(f"s3://bucket/app?endpoint_url=http://127.0.0.1:{port}&region=us-east-1")
+        began = time.monotonic()
+        with pytest.raises(BlobStoreError, match="S3 bucket"):
+            await asyncio.wait_for(store.put("reports/a.txt", b"x"), 20)
+        assert time.monotonic() - began < 30  # three tries of 0.3 s, and backoff

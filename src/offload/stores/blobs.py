@@ -160,8 +160,12 @@ class FileBlobStore:
 
     def _put(self, key: str, data: bytes) -> None:
         path, tmp = self._temp_of(key)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk's half-written file: each retry left one
+            raise
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> str:
         with self._failing("write", key):
@@ -187,15 +191,16 @@ class FileBlobStore:
     ) -> str:
         """Store a file path, binary file object or async iterator of bytes chunk by chunk
         into a temp file, then rename it into place: readers never see half a blob."""
-        path, tmp = await asyncio.to_thread(self._temp_of, key)
-        try:
-            with open(tmp, "wb") as f:  # noqa: ASYNC230 - each write runs in a thread below
-                async for chunk in chunks_of(source):
-                    await asyncio.to_thread(f.write, chunk)
-            await asyncio.to_thread(os.replace, tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with self._failing("write", key):  # a full disk: BlobStoreError, as `put` raises
+            path, tmp = await asyncio.to_thread(self._temp_of, key)
+            try:
+                with open(tmp, "wb") as f:  # noqa: ASYNC230 - each write runs in a thread below
+                    async for chunk in chunks_of(source):
+                        await asyncio.to_thread(f.write, chunk)
+                await asyncio.to_thread(os.replace, tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return BLOB_REF_PREFIX + key
 
     async def get(self, key: str) -> bytes:

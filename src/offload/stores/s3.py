@@ -24,6 +24,11 @@ MIN_PART_BYTES = 5 << 20
 MAX_PART_BYTES = 5 << 30
 #: Longest life of a presigned link S3 honours (SigV4: seven days).
 MAX_PRESIGN_S = 7 * 86400
+#: Seconds a request to S3 may take to connect, and to answer once sent (each try).
+S3_CONNECT_TIMEOUT_S = 10.0
+S3_READ_TIMEOUT_S = 30.0
+#: Tries of one request (the first and two retries, the SDK's standard mode).
+S3_ATTEMPTS = 3
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _OPTIONS = ("endpoint_url", "region", "region_name", "addressing_style", "part_size")
 _MISSING = "OFFLOAD_BLOBS_URL=s3://… needs the s3 extra: pip install 'offload[s3]'"
@@ -211,8 +216,19 @@ class S3BlobStore:
             import aioboto3
 
             self._session = aioboto3.Session()
-        config = AioConfig(s3={"addressing_style": self.location.addressing_style})
+        config = AioConfig(
+            s3={"addressing_style": self.location.addressing_style},
+            # Bounded, so that a store that accepts and never answers fails the call (a
+            # web request's claim check, a handler's put) instead of holding it for good:
+            # the SDK's own 60 s a read, five times over, took minutes.
+            connect_timeout=S3_CONNECT_TIMEOUT_S,
+            read_timeout=S3_READ_TIMEOUT_S,
+            retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+        )
         async with self._session.client("s3", config=config, **self._config()) as client:
+            # No `Expect: 100-continue` on uploads: the HTTP client waits for the continue
+            # with no time limit of its own, so a store that never answers held a put for good
+            client.meta.events.register("before-sign.s3", _no_expect_continue)
             try:
                 yield client
             except ClientError as exc:
@@ -342,3 +358,9 @@ class S3BlobStore:
             session = botocore.session.get_session()  # AWS_PROFILE and friends, as aioboto3
             self._signer = session.create_client("s3", config=config, **self._config())
         return self._signer
+
+
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    """Drop the SDK's `Expect: 100-continue` from a request before it is signed and sent."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
