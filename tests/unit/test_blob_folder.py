@@ -1,14 +1,18 @@
-"""The blob folder of a relative OFFLOAD_BLOBS_URL is where the process started, whatever a
+"""The blob folder: a relative OFFLOAD_BLOBS_URL is where the process started, whatever a
 handler does to the working directory later (`os.chdir`: its blobs went elsewhere, and
-their links answered 404)."""
+their links answered 404); a write that fails leaves nothing behind."""
 
 from __future__ import annotations
 
+import errno
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from offload.stores.blobs import open_blobs
+from offload.errors import BlobStoreError
+from offload.stores.blobs import FileBlobStore, open_blobs
 
 
 @pytest.mark.anyio
@@ -25,3 +29,25 @@ async def test_a_relative_blob_folder_stays_put_when_the_working_directory_moves
     assert (tmp_path / "start" / "blobs" / "reports" / "1.txt").read_bytes() == b"hello"
     assert not (tmp_path / "elsewhere" / "blobs").exists()
     assert await store.get("reports/1.txt") == b"hello"
+
+
+@pytest.mark.anyio
+async def test_a_streamed_write_that_fails_is_a_blob_store_error_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (a full disk raised the bare OSError, where `put` raises BlobStoreError)
+    store = FileBlobStore(tmp_path)
+
+    def full(src: Any, dst: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("offload.stores.blobs.os.replace", full)
+    with pytest.raises(BlobStoreError, match="No space left on device"):
+        await store.put_stream("exports/a.bin", io.BytesIO(b"x" * 100_000))
+    with pytest.raises(BlobStoreError, match="No space left on device"):
+        await store.put("exports/b.bin", b"x" * 100_000)
+    assert _files(tmp_path) == []
+
+
+def _files(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if p.is_file()]
