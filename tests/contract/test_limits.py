@@ -204,3 +204,17 @@ async def test_a_claimer_held_back_by_the_rate_waits_until_the_next_start_is_due
             got = await gated(backend)
             await asyncio.sleep(0.05)
     assert len(got) == 1
+
+
+async def test_a_gated_claim_over_hundreds_of_queues_keeps_claim_order_and_limits(
+    backend: Backend,
+) -> None:
+    # SQLite refused a query of more than 500 parts: a worker of 500 queues claimed nothing.
+    queues = [f"q{n:03d}" for n in range(520)]
+    await backend.declare_limits([dataclasses.replace(limited(max_running=1), queue="q450")])
+    late = envelope("q519", priority=0)
+    held = [envelope("q450", priority=1, kind=LIMITED) for _ in range(2)]
+    free = envelope("q010", priority=2, kind=FREE)
+    await backend.enqueue([late, *held, free])
+    leases = await backend.claim_gated(queues, worker_id="w1", lease_for=LONG, limit=10)
+    assert [le.job_id for le in leases] == [late.id, held[0].id, free.id]

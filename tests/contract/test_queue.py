@@ -591,3 +591,20 @@ async def test_a_worker_killed_again_and_again_backs_off_and_ends_by_the_handler
     assert record["state"] == "dead" and record["attempt"] == 3
     assert record["max_attempts"] == 3 and record["error"]["type"] == "LeaseExpired"
     assert await claim(backend) == []
+
+
+async def test_a_claim_over_hundreds_of_queues_takes_them_in_claim_order(
+    backend: Backend,
+) -> None:
+    # SQLite refused a query of more than 500 parts: a worker of 500 queues claimed nothing.
+    queues = [f"q{n:03d}" for n in range(520)]
+    first, second, third = (
+        envelope("q519", priority=0),
+        envelope("q450", priority=1),
+        envelope("q010", priority=2),
+    )
+    await backend.enqueue([third, second, first])
+    leases = await backend.claim(queues, worker_id="w", lease_for=LONG, limit=2)
+    assert [le.job_id for le in leases] == [first.id, second.id]
+    (last,) = await backend.claim(queues, worker_id="w", lease_for=LONG, limit=2)
+    assert last.job_id == third.id

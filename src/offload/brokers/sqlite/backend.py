@@ -60,6 +60,7 @@ from . import gates as _gates
 from . import search as _search
 from . import stalls as _stalls
 from .checkpoint import DEFAULT_WAL_CAP_BYTES, Checkpointer
+from .gates import QUEUES_A_QUERY, in_chunks
 from .reader import Reader
 from .wake import CrossWake
 
@@ -217,9 +218,10 @@ def _unique_holder(conn: sqlite3.Connection, e: Envelope) -> str | None:
 
 @functools.cache
 def _ready_sql(n_queues: int) -> str:
-    """Ready job ids over `n_queues` queues in claim order, each queue read off its index."""
+    """Ready jobs (id, priority, run_at) over `n_queues` queues in claim order, each queue
+    read off its index."""
     union = " UNION ALL ".join([Q["claim_ids_one"]] * n_queues)
-    return f"SELECT id FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
+    return f"SELECT id, priority, run_at FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
 
 
 def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
@@ -227,6 +229,20 @@ def _ready_args(queues: Sequence[str], now: float, limit: int) -> list[Any]:
     for queue in queues:
         args += [queue, now, queue, limit]
     return [*args, limit]
+
+
+def _ready_ids(
+    conn: sqlite3.Connection, queues: Sequence[str], now: float, limit: int
+) -> list[str]:
+    """The ids of up to `limit` ready jobs of `queues`, in claim order: one query for up to
+    `QUEUES_A_QUERY` queues, and the claim order of the queries' answers past that (SQLite
+    refuses a query of more than 500 parts: a worker of 500 queues claimed nothing)."""
+    rows: list[Any] = []
+    for chunk in in_chunks(queues):
+        rows += conn.execute(_ready_sql(len(chunk)), _ready_args(chunk, now, limit)).fetchall()
+    if len(queues) > QUEUES_A_QUERY:
+        rows = sorted(rows, key=lambda r: (r[1], r[2], r[0]))[:limit]
+    return [r[0] for r in rows]
 
 
 #: The options an SQLite URL takes (`?synchronous=FULL&wal_cap_mib=64`).
@@ -1067,8 +1083,7 @@ class SQLiteBackend:
         lock, so that idle workers never contend with writers; what a claim's wait for a
         change compares against from here on."""
         self._seen["claim"] = self._version()
-        look = _ready_args(queues, self.clock.now(), at_most)
-        return len(self.conn.execute(_ready_sql(len(queues)), look).fetchall())
+        return len(_ready_ids(self.conn, queues, self.clock.now(), at_most))
 
     def _claim(
         self, queues: Sequence[str], worker_id: str, lease_for: float, limit: int
@@ -1103,11 +1118,10 @@ class SQLiteBackend:
     ) -> list[Lease]:
         """Lease up to `limit` ready jobs in one write transaction (`wait`: see `_tx`)."""
         token = secrets.token_hex(12)
-        ready = _ready_sql(len(queues))
         with self._tx(wait=wait) as conn:
             now = self.clock.now()  # after the lock: a wait for it must not shorten the lease
             expires = now + lease_for
-            ids = [r[0] for r in conn.execute(ready, _ready_args(queues, now, limit))]
+            ids = _ready_ids(conn, queues, now, limit)
             if not ids:
                 return []
             rows = self._returning(
@@ -1147,8 +1161,7 @@ class SQLiteBackend:
         self._seen["claim"] = self._version()
         token = secrets.token_hex(12)
         # Look before taking the write lock: idle workers then never contend with writers.
-        ready = _ready_args(queues, self.clock.now(), 1)
-        if not self.conn.execute(_ready_sql(len(queues)), ready).fetchone():
+        if not _ready_ids(self.conn, queues, self.clock.now(), 1):
             self._held_back = (False, None)
             return []
         with self._tx() as conn:  # the write lock: no other claim counts meanwhile

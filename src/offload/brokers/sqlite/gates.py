@@ -66,10 +66,37 @@ def read(
     return usage, gate(limits, running=running, starts=starts, now=now)
 
 
+#: Queues one claim query unions at most: SQLite refuses a query of more than 500 parts
+#: (SQLITE_MAX_COMPOUND_SELECT); a claim over more runs one query per this many.
+QUEUES_A_QUERY = 200
+
+
+def in_chunks(queues: Sequence[str]) -> list[Sequence[str]]:
+    """`queues` in runs of at most `QUEUES_A_QUERY`, in order."""
+    return [queues[at : at + QUEUES_A_QUERY] for at in range(0, len(queues), QUEUES_A_QUERY)]
+
+
 @functools.cache
 def _gated_sql(n_queues: int) -> str:
     union = " UNION ALL ".join([Q["gated_ids_one"]] * n_queues)
-    return f"SELECT id, kind FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
+    return f"SELECT id, kind, priority, run_at FROM ({union}) ORDER BY priority, run_at, id LIMIT ?"
+
+
+def _gated_rows(
+    conn: sqlite3.Connection, queues: Sequence[str], head: list[Any], want: int
+) -> list[tuple[str, str]]:
+    """Ready (id, kind) of `queues` in claim order, at most `want`: a query per
+    `QUEUES_A_QUERY` queues (SQLite refuses one of more than 500 parts), their answers in
+    claim order. `head`: each queue's arguments after its name and `now`."""
+    rows: list[Any] = []
+    for chunk in in_chunks(queues):
+        args: list[Any] = []
+        for queue in chunk:
+            args += [queue, *head[:1], queue, *head[1:]]
+        rows += conn.execute(_gated_sql(len(chunk)), [*args, want]).fetchall()
+    if len(queues) > QUEUES_A_QUERY:
+        rows = sorted(rows, key=lambda r: (r[2], r[3], r[0]))[:want]
+    return [(r[0], r[1]) for r in rows]
 
 
 def _plain(
@@ -83,12 +110,9 @@ def _plain(
     chosen: list[tuple[str, str]] = []
     while len(chosen) < limit:
         want = limit - len(chosen)
-        args: list[Any] = []
         skip = orjson.dumps(sorted(blocked)).decode()
         taken = orjson.dumps([i for i, _ in chosen]).decode()
-        for queue in queues:
-            args += [queue, now, queue, skip, taken, want]
-        rows = conn.execute(_gated_sql(len(queues)), [*args, want]).fetchall()
+        rows = _gated_rows(conn, queues, [now, skip, taken, want], want)
         for i in take(left, [kind for _, kind in rows], want):
             chosen.append(rows[i])
             if rows[i][1] in left:
