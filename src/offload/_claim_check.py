@@ -9,6 +9,7 @@ deleted, purged) or never came to be (a rolled-back `enqueue_in`, a replayed key
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -40,6 +41,8 @@ PAYLOADS_PREFIX = "payloads"
 DEFAULT_SWEEP_GRACE_S = 3600.0
 #: Payload blobs one sweep looks at most.
 DEFAULT_SWEEP_LIMIT = 1000
+#: Longest a failed enqueue waits to delete the payloads it wrote (seconds).
+DISCARD_WAIT_S = 5.0
 
 
 class ClaimCheckError(Exception):
@@ -130,13 +133,16 @@ async def check_in(
                 out.append(envelope)
                 continue
             key = payload_key(envelope.id)
+            keys.append(key)  # before the put: one interrupted may still land
             await blobs().put(key, raw, "application/json")
-            keys.append(key)
             claim = {"key": key, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
             out.append(dataclasses.replace(envelope, payload={CLAIM_CHECK_FIELD: claim}))
     except BaseException:
         if keys:  # a later payload's store failed: no job is stored, so none of these is
-            await discard(blobs(), keys)
+            # A bounded wait: on a store that does not answer, each delete would wait out
+            # its own deadline; what is left is an orphan the sweep deletes later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(discard(blobs(), keys), DISCARD_WAIT_S)
         raise
     return out, keys
 
@@ -175,35 +181,37 @@ async def sweep(
     limit: int = DEFAULT_SWEEP_LIMIT,
 ) -> int:
     """Delete payload blobs older than `older_than_s` whose job no longer exists (or never
-    did), looking at `limit` of them each time: each sweep goes on after the last key the
-    one before looked at (keys list in name order), and starts over past the end, so that
-    the payloads of jobs kept for good (dead ones) cannot hide the orphans after them. A
-    blob store that cannot list its keys is left alone. Returns how many went."""
+    did), looking at `limit` of them each time: each sweep goes on past the keys the ones
+    before it looked at (in the store's listing order, whatever it is), and starts over past
+    the end, so that the payloads of jobs kept for good (dead ones) cannot hide the orphans
+    after them. A blob store that cannot list its keys is left alone. Returns how many went."""
     keys = getattr(app.blobs, "keys", None)
     if keys is None:
         return 0
     cutoff = time.time() - older_than_s  # blob times are wall-clock times
-    after = _SWEPT_TO.get(app, "")
+    skip = _SWEPT_TO.get(app, 0)
     stale: list[str] = []
-    seen, last = 0, ""
+    listed = seen = 0
     async with contextlib.aclosing(keys(PAYLOADS_PREFIX)) as listing:  # closed on break
         async for key, modified in listing:
-            if key <= after:
+            listed += 1
+            if listed <= skip:
                 continue
             if seen >= limit:
                 break
-            seen, last = seen + 1, key
+            seen += 1
             name = key.rsplit("/", 1)[-1]
             if modified > cutoff or not name.endswith(".json"):
                 continue
             if await app.get(name.removesuffix(".json")) is None:
                 stale.append(key)
         else:
-            last = ""  # the end: the next sweep starts over
-    _SWEPT_TO[app] = last
+            skip = seen = 0  # the end: the next sweep starts over
+    # (the keys this one deletes no longer come before the next one's place)
+    _SWEPT_TO[app] = skip + seen - len(stale) if seen else 0
     await discard(app.blobs, stale)
     return len(stale)
 
 
-#: Per app, the last payload key its latest sweep looked at ("": start from the first).
-_SWEPT_TO: weakref.WeakKeyDictionary[App, str] = weakref.WeakKeyDictionary()
+#: Per app, how many payload keys its latest sweep went past (0: start from the first).
+_SWEPT_TO: weakref.WeakKeyDictionary[App, int] = weakref.WeakKeyDictionary()

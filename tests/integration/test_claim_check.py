@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from offload import App, Context, JobState, Message, Settings
+from offload import _claim_check as claim_check_module
 from offload._claim_check import CLAIM_CHECK_FIELD, payload_key, sweep
 from offload._links import Presenter
 from offload.contract import JobFilter
@@ -331,3 +332,60 @@ async def test_a_batch_whose_second_payload_cannot_be_stored_leaves_none(
         assert await app.count_jobs(JobFilter()) == 0
     # Neither the first payload nor the half-written second one's temp file is left.
     assert [p.name for p in blobs.rglob("*") if p.is_file() and p.name != ".signing-key"] == []
+
+
+async def test_the_sweep_goes_on_in_a_listing_of_any_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some S3-compatible stores list keys in another order than by name: a sweep that went
+    # on after the last key it had seen by name skipped orphans for good.
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
+    )
+    async with App("sweep", settings=settings) as app:
+        app.message("t.upload")(Upload)
+        for n in range(3):
+            await app.enqueue(Upload(name=str(n), text="x" * BIG))
+        orphan = payload_key("00000000-0000-7000-8000-000000000001")  # first by name
+        await app.blobs.put(orphan, b"{}")
+        keys = getattr(app.blobs, "keys")  # noqa: B009 - the folder lists its keys
+
+        async def backwards(prefix: str) -> AsyncIterator[tuple[str, float]]:
+            for key in reversed([k async for k in keys(prefix)]):
+                yield key
+
+        monkeypatch.setattr(app.blobs, "keys", backwards)
+        found = [await sweep(app, older_than_s=0, limit=2) for _ in range(3)]
+        assert found == [0, 1, 0]
+
+
+async def test_a_failed_batch_waits_a_bounded_time_to_delete_what_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a store that does not answer, each delete waited out its own deadline, one after
+    # another (275 s for a batch of five); what is left is an orphan for the sweep.
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
+    )
+    async with App("stalled", settings=settings) as app:
+        app.message("t.upload")(Upload)
+        put = app.blobs.put
+        written: list[str] = []
+
+        async def second_fails(key: str, data: bytes, content_type: str | None = None) -> str:
+            written.append(key)
+            if len(written) > 1:
+                raise BlobStoreError("the store failed")
+            return await put(key, data, content_type)
+
+        async def never_answers(key: str) -> None:
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(app.blobs, "put", second_fails)
+        monkeypatch.setattr(app.blobs, "delete", never_answers)
+        monkeypatch.setattr(claim_check_module, "DISCARD_WAIT_S", 0.2)
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(BlobStoreError, match="the store failed"):
+            await app.enqueue_many([Upload(name=str(n), text="x" * BIG) for n in range(3)])
+        assert asyncio.get_running_loop().time() - began < 10
+        assert await app.count_jobs(JobFilter()) == 0

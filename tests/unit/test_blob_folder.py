@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,18 @@ async def test_a_streamed_write_that_fails_is_a_blob_store_error_and_leaves_no_t
 
 def _files(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.anyio
+async def test_a_source_that_fails_mid_stream_raises_its_own_error(tmp_path: Path) -> None:
+    # (its ConnectionResetError became "blob store folder …: cannot write": a handler's own
+    # `except ConnectionError` no longer caught it, and clients were told the store failed)
+    store = FileBlobStore(tmp_path)
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        raise ConnectionResetError("the upstream went away")
+
+    with pytest.raises(ConnectionResetError, match="the upstream went away"):
+        await store.put_stream("exports/a.bin", source())
+    assert _files(tmp_path) == []

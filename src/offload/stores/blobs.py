@@ -191,16 +191,22 @@ class FileBlobStore:
     ) -> str:
         """Store a file path, binary file object or async iterator of bytes chunk by chunk
         into a temp file, then rename it into place: readers never see half a blob."""
-        with self._failing("write", key):  # a full disk: BlobStoreError, as `put` raises
+        # The folder's own failures (a full disk) are BlobStoreError, as `put` raises; the
+        # source's (a read error, a lost connection) come out as they are.
+        with self._failing("write", key):
             path, tmp = await asyncio.to_thread(self._temp_of, key)
-            try:
-                with open(tmp, "wb") as f:  # noqa: ASYNC230 - each write runs in a thread below
-                    async for chunk in chunks_of(source):
+        try:
+            with self._failing("write", key):
+                f = open(tmp, "wb")  # noqa: ASYNC230 - each write runs in a thread
+            with f:
+                async for chunk in chunks_of(source):
+                    with self._failing("write", key):
                         await asyncio.to_thread(f.write, chunk)
+            with self._failing("write", key):
                 await asyncio.to_thread(os.replace, tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return BLOB_REF_PREFIX + key
 
     async def get(self, key: str) -> bytes:
