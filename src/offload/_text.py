@@ -29,6 +29,10 @@ def has_nul(dumped: bytes) -> bool:
     return b"\\u0000" in dumped and _NUL.search(dumped) is not None
 
 
+#: A string in JSON text, quotes and escapes and all: a pattern that looks for numbers in
+#: JSON text matches this first, so that digits inside a string are skipped as a whole.
+JSON_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+
 #: A NUL character in JSON text (`\u0000` not itself escaped).
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 

@@ -185,10 +185,7 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = self._bridge(value)
-        stored = _step_value(step, value)
-        self._bridge(self._backend.remember(self.job_id, step, stored, first=True))
-        found, first = self._bridge(self._backend.recall(self.job_id, step))
-        return first if found else stored
+        return self._bridge(self._kept(step, value))
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
         found, value = await self._backend.recall(self.job_id, step)
@@ -197,6 +194,11 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = await value
+        return await self._kept(step, value)
+
+    async def _kept(self, step: str, value: Any) -> Any:
+        """Store a step's value unless one is stored already, and return the one that stands
+        (as stored: a model as its JSON)."""
         stored = _step_value(step, value)
         await self._backend.remember(self.job_id, step, stored, first=True)
         found, first = await self._backend.recall(self.job_id, step)

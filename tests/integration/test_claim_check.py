@@ -289,18 +289,29 @@ async def test_a_blob_store_that_fails_is_named_by_the_503(tmp_path: Path, store
             assert await app.count_jobs(JobFilter()) == 0
 
 
-async def test_the_sweep_goes_on_past_payloads_whose_jobs_are_kept(tmp_path: Path) -> None:
-    # Given three payloads of jobs kept (dead ones are kept for good) before an orphan: a
-    # sweep of two at a time always began at the oldest, and never reached the orphan.
+@asynccontextmanager
+async def _on_a_folder(tmp_path: Path, name: str) -> AsyncIterator[App]:
+    """An open App on a SQLite file and a blob folder, its uploads declared."""
     settings = Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
     )
-    async with App("sweep", settings=settings) as app:
+    async with App(name, settings=settings) as app:
         app.message("t.upload")(Upload)
-        for n in range(3):
-            await app.enqueue(Upload(name=str(n), text="x" * BIG))
-        orphan = payload_key("ffffffff-0000-7000-8000-000000000001")  # after them by name
-        await app.blobs.put(orphan, b"{}")
+        yield app
+
+
+async def _kept_and_an_orphan(app: App, orphan_id: str) -> None:
+    """Three payloads of stored jobs, and one of a job that is not there."""
+    for n in range(3):
+        await app.enqueue(Upload(name=str(n), text="x" * BIG))
+    await app.blobs.put(payload_key(orphan_id), b"{}")
+
+
+async def test_the_sweep_goes_on_past_payloads_whose_jobs_are_kept(tmp_path: Path) -> None:
+    # Given three payloads of jobs kept (dead ones are kept for good) before an orphan: a
+    # sweep of two at a time always began at the oldest, and never reached the orphan.
+    async with _on_a_folder(tmp_path, "sweep") as app:
+        await _kept_and_an_orphan(app, "ffffffff-0000-7000-8000-000000000001")  # last by name
         found = [await sweep(app, older_than_s=0, limit=2) for _ in range(3)]
         assert found == [0, 1, 0]
         keys = getattr(app.blobs, "keys")  # noqa: B009 - the folder lists its keys
@@ -312,11 +323,7 @@ async def test_a_batch_whose_second_payload_cannot_be_stored_leaves_none(
 ) -> None:
     # The first payload's blob was written before the store failed, outside the clean-up.
     blobs = tmp_path / "blobs"
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(blobs), secret_key=b"t"
-    )
-    async with App("full", settings=settings) as app:
-        app.message("t.upload")(Upload)
+    async with _on_a_folder(tmp_path, "full") as app:
         replace = os.replace
         calls: list[str] = []
 
@@ -339,15 +346,8 @@ async def test_the_sweep_goes_on_in_a_listing_of_any_order(
 ) -> None:
     # Some S3-compatible stores list keys in another order than by name: a sweep that went
     # on after the last key it had seen by name skipped orphans for good.
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
-    )
-    async with App("sweep", settings=settings) as app:
-        app.message("t.upload")(Upload)
-        for n in range(3):
-            await app.enqueue(Upload(name=str(n), text="x" * BIG))
-        orphan = payload_key("00000000-0000-7000-8000-000000000001")  # first by name
-        await app.blobs.put(orphan, b"{}")
+    async with _on_a_folder(tmp_path, "sweep") as app:
+        await _kept_and_an_orphan(app, "00000000-0000-7000-8000-000000000001")  # first by name
         keys = getattr(app.blobs, "keys")  # noqa: B009 - the folder lists its keys
 
         async def backwards(prefix: str) -> AsyncIterator[tuple[str, float]]:
@@ -364,11 +364,7 @@ async def test_a_failed_batch_waits_a_bounded_time_to_delete_what_it_wrote(
 ) -> None:
     # On a store that does not answer, each delete waited out its own deadline, one after
     # another (275 s for a batch of five); what is left is an orphan for the sweep.
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
-    )
-    async with App("stalled", settings=settings) as app:
-        app.message("t.upload")(Upload)
+    async with _on_a_folder(tmp_path, "stalled") as app:
         put = app.blobs.put
         written: list[str] = []
 

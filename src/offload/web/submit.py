@@ -28,6 +28,7 @@ from starlette.responses import Response
 from .._claim_check import ClaimCheckError, check_out, claim_of
 from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
+from .._text import JSON_STRING
 from ..app import App, MessageSpec
 from ..contract import MAX_NESTING, Envelope, JobRow, Message, UnstorableMessage, nested_deeper
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
@@ -47,7 +48,7 @@ _SUBMIT_HEADERS = frozenset({b"content-type", b"idempotency-key"})
 #: Nineteen digits in a row: perhaps an integer past 64 bits, which orjson reads as a float.
 _LONG_RUN = re.compile(rb"[0-9]{19}")
 #: A JSON string (skipped as it is), or an integer of nineteen digits or more.
-_LONG_INTEGER = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|(?<![0-9.eE+\-])-?[0-9]{19,}(?![0-9.eE])')
+_LONG_INTEGER = re.compile(JSON_STRING + rb"|(?<![0-9.eE+\-])-?[0-9]{19,}(?![0-9.eE])")
 
 log = logging.getLogger("offload.web")
 

@@ -56,12 +56,10 @@ class Scheduler:
             # One schedule's failure is its own: the schedules after it still fire.
             try:
                 stored += await self._fire(schedule, ticks)
-            except BackendError as exc:
-                if exc.out_of_reach:  # an outage: every other schedule would wait it out too
-                    self.created += stored
+            except Exception as exc:  # its message, a refusal: tried again at the next look
+                if isinstance(exc, BackendError) and exc.out_of_reach:
+                    self.created += stored  # an outage: every other schedule would wait it out
                     raise
-                self.failures.warn(f"schedule {schedule.name}", exc, action="periodic_error")
-            except Exception as exc:  # its message, say; either way tried again at the next look
                 self.failures.warn(f"schedule {schedule.name}", exc, action="periodic_error")
         self.created += stored
         return stored

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from ..._text import JSON_STRING
 from ...clock import Clock
 from ...contract import (
     EnqueueResult,
@@ -295,7 +296,7 @@ def _uuid(job_id: str) -> uuid.UUID | None:
 
 
 #: A JSON string (skipped as it is), or a number orjson wrote with a positive exponent.
-_EXPONENT = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9]+(?:\.[0-9]+)?e\+[0-9]+')
+_EXPONENT = re.compile(JSON_STRING + rb"|-?[0-9]+(?:\.[0-9]+)?e\+[0-9]+")
 
 
 def json_text(value: Any) -> str:
