@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -225,6 +225,10 @@ class Outcome:
         max_attempts: the handler's retry budget, stored when it overrides the message's.
         follow_ups: jobs to enqueue in the same transaction if, and only if, this outcome
             applies (the lease was still held): notifications of a final state.
+        on_cancel: for an outcome that runs the job again (retrying, or given back), the
+            notifications of a cancelled end, enqueued in the same transaction if, and only
+            if, the backend ends the job cancelled instead: a cancel was asked for while it
+            ran, and its worker had not heard (`Settled.cancelled`).
     """
 
     lease: Lease
@@ -235,6 +239,20 @@ class Outcome:
     refund: bool = False
     max_attempts: int | None = None
     follow_ups: tuple[Envelope, ...] = ()
+    on_cancel: tuple[Envelope, ...] = ()
+
+
+class Settled(list[bool]):
+    """What `settle` (or `rescue`) did with each outcome: True where it applied, False where
+    the lease was stale; and `cancelled`, the jobs of applied outcomes that were to run again
+    which the backend ended cancelled instead (a cancel asked for while they ran), their
+    `on_cancel` notifications enqueued with that end. A list still: it compares as one."""
+
+    cancelled: frozenset[str]
+
+    def __init__(self, applied: Iterable[bool] = (), cancelled: Iterable[str] = ()) -> None:
+        super().__init__(applied)
+        self.cancelled = frozenset(cancelled)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,10 @@ from standardwebhooks.webhooks import Webhook
 from offload import App, Context, Message, Settings
 from offload.brokers import Backend
 from offload.contract import JobRow
+from offload.metrics import Metrics
 from offload.notify import NOTIFY_QUEUE, WEBHOOK_KIND
+from offload.worker.runner import Worker
+from tests.scrape import parse
 
 from ..receivers import Answer, Receiver
 
@@ -297,6 +301,56 @@ async def test_cancelling_a_waiting_job_sends_its_webhook(
         (request,) = receiver.requests
     body = orjson.loads(request.body)
     assert body["type"] == "job.cancelled" and body["data"]["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("overrides", [{"lease_s": 600.0}])
+async def test_a_cancel_its_worker_had_not_heard_of_sends_its_webhook_when_the_attempt_fails(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.message("t.flaky", max_attempts=5)(Export)
+    app.metrics = metrics = Metrics()
+    started, go = asyncio.Event(), asyncio.Event()
+
+    @app.handles(Export)
+    async def flaky(msg: Export, ctx: Context) -> None:
+        started.set()
+        await go.wait()
+        raise RuntimeError("would be retried")
+
+    with Receiver() as receiver, caplog.at_level(logging.INFO, logger="offload"):
+        job = await app.enqueue(Export(user_id="u"), callback_url=receiver.url)
+        # Given a worker whose heartbeats, which would bring it word of a cancel, are held up,
+        backend: Backend = app._require_backend()
+        extend, beats = backend.extend, asyncio.Event()
+
+        async def held_up(*args: Any, **kwargs: Any) -> Any:
+            await beats.wait()
+            return await extend(*args, **kwargs)
+
+        monkeypatch.setattr(backend, "extend", held_up)
+        worker = Worker(app)
+        run = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+            # when its running job is cancelled, and the attempt then fails with retries left,
+            assert (await app.cancel(job.id)).state == "running"
+            go.set()
+            # then the job ends cancelled, and its webhook says so;
+            sent = await delivery(app, job.id, {"delivered"})
+            assert sent["state"] == "delivered"
+            (request,) = receiver.requests
+            assert orjson.loads(request.body)["type"] == "job.cancelled"
+            assert (await app.status(job.id))["state"] == "cancelled"
+        finally:
+            beats.set()
+            worker.request_stop()
+            await asyncio.wait_for(run, 30)
+    # its worker says what became of the attempt, and counts the job cancelled.
+    (said,) = [r for r in caplog.records if getattr(r, "action", "") == "cancelled_at_settle"]
+    assert said.job_id == job.id and "was to be retrying" in said.getMessage()
+    found = parse(metrics.render().decode())
+    assert found.total("offload_jobs_completed_total", kind="t.flaky", state="cancelled") == 1
+    assert found.total("offload_jobs_completed_total", kind="t.flaky", state="retrying") == 0
 
 
 async def test_a_job_that_dies_when_its_lease_lapses_sends_its_webhook(

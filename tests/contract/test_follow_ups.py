@@ -87,3 +87,66 @@ async def test_a_failing_follow_up_batch_rolls_back_the_outcome(backend: Backend
     # and the job is still running under its lease, to be settled again.
     row = await backend.get(job.id)
     assert row is not None and row.state == "running"
+
+
+@pytest.mark.parametrize("given_back", [False, True])
+async def test_a_cancel_its_worker_had_not_heard_of_enqueues_the_cancelled_notifications(
+    backend: Backend, clock: ShiftClock, given_back: bool
+) -> None:
+    # Given a running job cancelled between two heartbeats of its worker, and one not,
+    job, other = envelope("work"), envelope("work")
+    await backend.enqueue([job, other])
+    leases = await backend.claim(["work"], worker_id="w", lease_for=LONG, limit=2)
+    await backend.cancel(job.id)
+    # when both attempts fail and would run again (or are given back at a stop), each with
+    # the notifications a cancelled end would send,
+    state = JobState.QUEUED if given_back else JobState.RETRYING
+    notes = {le.job_id: envelope("notify", kind="offload.webhook") for le in leases}
+    outcomes = [
+        Outcome(
+            lease=le,
+            state=state,
+            error={"type": "RuntimeError", "message": "boom"},
+            run_at=clock.now(),
+            refund=given_back,
+            on_cancel=(notes[le.job_id],),
+        )
+        for le in leases
+    ]
+    applied = await backend.settle(outcomes)
+    # then the cancelled one ends so, its answer says so, and its notification is queued;
+    assert applied == [True, True]
+    assert applied.cancelled == {job.id}
+    row = await backend.get(job.id)
+    assert row is not None and row.state == "cancelled"
+    sent = await backend.get(notes[job.id].id)
+    assert sent is not None and sent.state == "queued" and sent.queue == "notify"
+    # the other runs again, and no notification of an end it did not reach is stored.
+    row = await backend.get(other.id)
+    assert row is not None and row.state == state
+    assert await backend.get(notes[other.id].id) is None
+
+
+async def test_a_rescue_that_a_cancel_overtook_enqueues_the_cancelled_notifications(
+    backend: Backend, clock: ShiftClock
+) -> None:
+    # Given a lapsed lease, read by a rescuer that decides to retry the job,
+    job = envelope("work")
+    await backend.enqueue([job])
+    await backend.claim(["work"], worker_id="w", lease_for=LONG, limit=1)
+    clock.advance(LONG + 1)
+    (lapsed,) = await backend.expired(limit=10)
+    assert not lapsed.cancel_requested
+    # when a cancel comes before its decision is applied,
+    await backend.cancel(job.id)
+    note = envelope("notify", kind="offload.email")
+    retry = Outcome(
+        lease=lapsed.lease, state=JobState.RETRYING, run_at=clock.now(), on_cancel=(note,)
+    )
+    applied = await backend.rescue([retry])
+    # then the job ends cancelled, with its notification.
+    assert applied == [True] and applied.cancelled == {job.id}
+    row = await backend.get(job.id)
+    assert row is not None and row.state == "cancelled"
+    sent = await backend.get(note.id)
+    assert sent is not None and sent.state == "queued"

@@ -25,6 +25,7 @@ from ..contract import (
     Lease,
     Outcome,
     ScheduleState,
+    Settled,
     WorkerInfo,
 )
 
@@ -185,10 +186,13 @@ class Broker(Protocol):
         """Heartbeat: push the leases' expiry out. A lease no longer held reports held=False."""
         ...
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         """Apply the outcomes of attempts in one transaction; False where the lease was stale.
 
-        The `follow_ups` of each applied outcome are enqueued in the same transaction.
+        The `follow_ups` of each applied outcome are enqueued in the same transaction. An
+        outcome that runs the job again (retrying, or given back) ends it cancelled instead
+        when a cancel was asked for while it ran; the answer names it (`Settled.cancelled`)
+        and its `on_cancel` notifications are enqueued in that transaction.
         """
         ...
 
@@ -199,12 +203,13 @@ class Broker(Protocol):
         """
         ...
 
-    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+    async def rescue(self, decisions: Sequence[Outcome]) -> Settled:
         """Apply the worker's decisions for lapsed leases, as `settle` does, in one round
         trip; fenced twice: an outcome applies only while its token is the job's AND the
         lease is still lapsed (a late heartbeat that renewed it wins). False otherwise.
 
-        The `follow_ups` of each applied decision are enqueued in the same transaction.
+        The `follow_ups` of each applied decision are enqueued in the same transaction, and
+        a cancel asked for meanwhile ends a job cancelled as in `settle`.
         """
         ...
 

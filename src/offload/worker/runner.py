@@ -41,6 +41,7 @@ from ..contract import (
     Lease,
     Message,
     Outcome,
+    Settled,
     WorkerInfo,
 )
 from ..errors import (
@@ -1026,22 +1027,29 @@ class Worker:
         only if it applies); the lease token marks them, so a repeat collapses. They continue
         `trace` (the span of the run that ended), else the job's own. A final state carries
         the handler's retry budget where it overrides the message's, whatever ended the job
-        (a cancel, an upgrade that failed), as a success or a retry does."""
-        if not outcome.state.final:
-            return outcome
+        (a cancel, an upgrade that failed), as a success or a retry does. One that runs the
+        job again carries those of a cancelled end, for the backend to commit if a cancel
+        asked for meanwhile ends the job so instead."""
         env = outcome.lease.envelope
-        if outcome.max_attempts is None and (budget := self._handler_budget(env.kind)):
+        final = outcome.state.final
+        if final and outcome.max_attempts is None and (budget := self._handler_budget(env.kind)):
             outcome = dataclasses.replace(outcome, max_attempts=budget)
         notes = follow_ups(
             self.app,
             job_id=env.id,
             kind=env.kind,
             options=env.options,
-            state=outcome.state,
+            # one that would run again: those of the cancelled end a cancel asked for
+            # meanwhile gives it instead (`Outcome.on_cancel`)
+            state=outcome.state if final else JobState.CANCELLED,
             marker=outcome.lease.token,
             trace=trace or env.trace,
         )
-        return dataclasses.replace(outcome, follow_ups=notes) if notes else outcome
+        if not notes:
+            return outcome
+        if final:
+            return dataclasses.replace(outcome, follow_ups=notes)
+        return dataclasses.replace(outcome, on_cancel=notes)
 
     async def _to_run(self, lease: Lease, spec: HandlerSpec | None) -> Message | Outcome:
         """The message its handler is to run, or the attempt's outcome without running it:
@@ -1557,6 +1565,7 @@ class Worker:
                     raise
                 self._meter(batch, applied)
                 self._not_recorded(batch, applied)
+                self._cancelled_instead(batch, applied)
                 for outcome in batch:
                     job = self._jobs.get(outcome.lease.job_id)
                     if job is not None and job.lease.token == outcome.lease.token:
@@ -1591,9 +1600,26 @@ class Worker:
                 extra={"action": "outcome_not_recorded", "job_id": env.id, "kind": env.kind},
             )
 
-    def _meter(self, outcomes: Sequence[Outcome], applied: Sequence[bool]) -> None:
-        """Count the attempts that ended (metrics): each outcome written, but a job given
-        back unspent (released, or left for a newer worker), which did not run."""
+    def _cancelled_instead(self, outcomes: Sequence[Outcome], applied: Settled) -> None:
+        """Say which jobs the backend ended cancelled where their outcomes would have run
+        them again: a cancel was asked for while they ran, and this worker had not heard."""
+        for outcome in outcomes:
+            if outcome.lease.job_id not in applied.cancelled:
+                continue
+            env = outcome.lease.envelope
+            log.info(
+                "job %s: a cancel asked for while attempt %d ran ends it cancelled (it was "
+                "to be %s)",
+                env.id,
+                env.attempt,
+                "given back" if outcome.refund else outcome.state,
+                extra={"action": "cancelled_at_settle", "job_id": env.id, "kind": env.kind},
+            )
+
+    def _meter(self, outcomes: Sequence[Outcome], applied: Settled) -> None:
+        """Count the attempts that ended (metrics), in the state each left its job in: each
+        outcome written, but a job given back unspent (released, or left for a newer
+        worker), which did not run."""
         metrics = self.app.metrics
         if not metrics.enabled:
             return
@@ -1605,7 +1631,8 @@ class Worker:
             ran_s = (
                 job.ran_s if job is not None and job.lease.token == outcome.lease.token else None
             )
-            metrics.ended(env.kind, env.queue, outcome.state, ran_s)  # a StrEnum: a str
+            state = JobState.CANCELLED if env.id in applied.cancelled else outcome.state
+            metrics.ended(env.kind, env.queue, state, ran_s)  # a StrEnum: a str
 
     def info(self) -> WorkerInfo:
         """This worker as the registry shows it, as of now (the backend stamps the time)."""
@@ -1659,6 +1686,7 @@ class Worker:
             self._gave_up = BackendError(f"no answer in {bound:g}s")
             raise self._unrecorded(batch, self._gave_up) from None
         self._meter(batch, applied)
+        self._cancelled_instead(batch, applied)
 
     def _unrecorded(self, outcomes: list[Outcome], cause: BackendError) -> BackendError:
         """The error a stopping worker ends with when the outcomes of its last attempts could
@@ -1840,7 +1868,8 @@ class Worker:
         for decision, written in zip(decisions, applied, strict=False):
             if written:  # each job, the worker that lost it, and what became of it
                 lease = decision.lease
-                ended = decision.state in (JobState.DEAD, JobState.FAILED)
+                state = JobState.CANCELLED if lease.job_id in applied.cancelled else decision.state
+                ended = state in (JobState.DEAD, JobState.FAILED)
                 log.log(  # (a job that ends so is an error, as a handler's failure is)
                     logging.ERROR if ended else logging.INFO,
                     "job %s (%s, attempt %d): its lease lapsed on worker %s; now %s",
@@ -1848,13 +1877,13 @@ class Worker:
                     lease.envelope.kind,
                     lease.envelope.attempt,
                     lease.worker,
-                    decision.state,
+                    state,
                     extra={
                         "action": "rescued",
                         "job_id": lease.job_id,
                         "kind": lease.envelope.kind,
                         "lost_worker": lease.worker,
-                        "state": str(decision.state),
+                        "state": str(state),
                     },
                 )
         return len(lapsed)

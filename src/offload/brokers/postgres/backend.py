@@ -32,11 +32,13 @@ from ...contract import (
     Extension,
     JobFilter,
     JobRow,
+    JobState,
     KindLimits,
     Lapsed,
     Lease,
     Outcome,
     ScheduleState,
+    Settled,
     WorkerInfo,
 )
 from ...errors import BackendError, ConfigurationError, InvalidTransition, JobNotFound, SchemaError
@@ -1377,7 +1379,7 @@ class PostgresBackend:
             raise
         return {str(r["id"]): r["cancel_requested"] for r in rows}
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         """Apply the outcomes in one statement (with their follow-ups, one transaction).
 
         Tried again on a lost connection, as a resend. A settle spends its lease token,
@@ -1393,9 +1395,9 @@ class PostgresBackend:
             await self._announce_slots(outcomes, applied)
         return applied
 
-    async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
+    async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> Settled:
         if not outcomes:
-            return []
+            return Settled()
         now = self._now()
         batch = json_text(
             [
@@ -1415,27 +1417,28 @@ class PostgresBackend:
             ]
         )
 
-        async def run(conn: psycopg.AsyncConnection[Any], resent: bool) -> set[str]:
+        async def run(conn: psycopg.AsyncConnection[Any], resent: bool) -> dict[str, str | None]:
             async with conn.cursor() as cur:
                 await cur.execute(Q["settle"], {"batch": batch, "now": now, "resent": resent})
-                return {job_id for (job_id,) in await cur.fetchall()}
+                return dict(await cur.fetchall())
 
-        follow = any(o.follow_ups for o in outcomes)
+        follow = any(o.follow_ups or o.on_cancel for o in outcomes)
 
-        async def attempt(resent: bool) -> set[str]:
+        async def attempt(resent: bool) -> dict[str, str | None]:
             async with self._conn() as conn:
                 if not follow:  # one statement: autocommit, one round trip
                     return await run(conn, resent)
                 async with conn.transaction():
                     applied = await run(conn, resent)
-                    follow_ups = [
-                        e for o in outcomes if o.lease.job_id in applied for e in o.follow_ups
-                    ]
-                    await self.enqueue_in(conn, follow_ups, resent=resent)
+                    notes = [e for o in outcomes for e in _notes(o, applied)]
+                    await self.enqueue_in(conn, notes, resent=resent)
                 return applied
 
         applied = await self.retrier.run(attempt)
-        return [o.lease.job_id in applied for o in outcomes]
+        return Settled(
+            (o.lease.job_id in applied for o in outcomes),
+            (o.lease.job_id for o in outcomes if _ended_cancelled(o, applied)),
+        )
 
     async def expired(self, *, limit: int) -> list[Lapsed]:
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
@@ -1448,7 +1451,7 @@ class PostgresBackend:
             for row in await self._retrying(run)
         ]
 
-    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+    async def rescue(self, decisions: Sequence[Outcome]) -> Settled:
         applied = await self._settle(decisions, lapsed=True)
         if self._limited:
             await self._announce_slots(decisions, applied)
@@ -1944,6 +1947,20 @@ async def _repeats(
 
 #: The SQLSTATE of a table that does not exist.
 UNDEFINED_TABLE = "42P01"
+
+
+def _ended_cancelled(outcome: Outcome, applied: Mapping[str, str | None]) -> bool:
+    """Whether a settle ended a job cancelled that its outcome would have run again (a
+    cancel asked for while it ran)."""
+    return not outcome.state.final and applied.get(outcome.lease.job_id) == JobState.CANCELLED
+
+
+def _notes(outcome: Outcome, applied: Mapping[str, str | None]) -> tuple[Envelope, ...]:
+    """The notifications to enqueue with an outcome as the settle applied it: none if it
+    did not apply, those of a cancelled end if it ended so instead."""
+    if outcome.lease.job_id not in applied:
+        return ()
+    return outcome.on_cancel if _ended_cancelled(outcome, applied) else outcome.follow_ups
 
 
 def _sqlstate(exc: BaseException | None) -> str | None:

@@ -507,7 +507,8 @@ WITH o AS (
     WHERE %(resent)s
         AND j.lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END
 )
-SELECT id::text FROM upd UNION ALL SELECT id::text FROM again
+-- with the state each applied outcome wrote (a resend's, written before: unknown)
+SELECT id::text, state FROM upd UNION ALL SELECT id::text, NULL FROM again
 
 -- name: expired
 -- Facts only: the lapsed leases, oldest lapse first, with what a lease carries (the

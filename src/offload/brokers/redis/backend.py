@@ -43,6 +43,7 @@ from ...contract import (
     Lease,
     Outcome,
     ScheduleState,
+    Settled,
     WorkerInfo,
 )
 from ...errors import (
@@ -1020,13 +1021,13 @@ class RedisBackend:
             for le, a in zip(leases, answers, strict=True)
         ]
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         applied = await self._settle(outcomes, lapsed=False)
         if self._limited:
             await self._announce_slots(outcomes, applied)
         return applied
 
-    async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> list[bool]:
+    async def _settle(self, outcomes: Sequence[Outcome], *, lapsed: bool) -> Settled:
         """Apply the outcomes, with the follow-ups of those that apply, in one script call.
 
         Sent again on a lost connection, marked as a resend. A settle (or rescue) spends its
@@ -1039,23 +1040,27 @@ class RedisBackend:
         takes its result as stale.
 
         Returns:
-            Per outcome, False where the lease was stale (its follow-ups are not stored).
+            Per outcome, False where the lease was stale (its follow-ups are not stored),
+            and the jobs that ended cancelled instead of running again.
 
         Raises:
             BackendError: a follow-up's id is already stored; nothing was applied.
         """
         if not outcomes:
-            return []
+            return Settled()
         fields: list[str] = []
-        for o in outcomes:
+        # An outcome's follow-ups; for one that runs the job again, those of a cancelled
+        # end, which the script stores only if the job ends so.
+        notes = [o.follow_ups if o.state.final else o.on_cancel for o in outcomes]
+        for o, mine in zip(outcomes, notes, strict=True):
             fields += [
                 o.lease.job_id, o.lease.token, o.state.value, opt(_json(o.result)),
                 opt(_json(o.error)), opt(None if o.run_at is None else num(o.run_at)),
                 "1" if o.refund else "0",
                 opt(None if o.max_attempts is None else str(o.max_attempts)),
-                str(len(o.follow_ups)),
+                str(len(mine)),
             ]  # fmt: skip
-        fields += envelope_args(f for o in outcomes for f in o.follow_ups)
+        fields += envelope_args(f for mine in notes for f in mine)
         # One argument for them all (as the enqueue's envelopes): the client packs one
         # string instead of nine or more per outcome.
         packed = orjson.dumps(fields).decode()
@@ -1063,7 +1068,10 @@ class RedisBackend:
         answer = await self.retrier.run(
             lambda resent: self._script("settle", now, n, rescue, _flag(resent), packed)
         )
-        return [bool(a) for a in answer]
+        return Settled(
+            (bool(a) for a in answer),
+            (o.lease.job_id for o, a in zip(outcomes, answer, strict=True) if a == 2),
+        )
 
     async def expired(self, *, limit: int) -> list[Lapsed]:
         """The lapsed leases, a few hundred index entries per script call."""
@@ -1078,7 +1086,7 @@ class RedisBackend:
                 break
         return out
 
-    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+    async def rescue(self, decisions: Sequence[Outcome]) -> Settled:
         applied = await self._settle(decisions, lapsed=True)
         if self._limited:
             await self._announce_slots(decisions, applied)

@@ -34,6 +34,7 @@ from ...contract import (
     Lease,
     Outcome,
     ScheduleState,
+    Settled,
     WorkerInfo,
 )
 from ...errors import (
@@ -1236,14 +1237,15 @@ class SQLiteBackend:
             return []
         return await self._run(self._extend, list(leases), lease_for)
 
-    def _settle(self, outcomes: Sequence[Outcome], lapsed: bool = False) -> list[bool]:
+    def _settle(self, outcomes: Sequence[Outcome], lapsed: bool = False) -> Settled:
         applied: list[bool] = []
         changed: list[str] = []
+        cancelled: list[str] = []
         with self._tx() as conn:
             if lapsed and self._lock_wait_s >= self._stall_s:
                 # The lapses were read before a stall: their holders could not heartbeat
                 # either. The next sweep decides again, once they had their turn.
-                return [False] * len(outcomes)
+                return Settled([False] * len(outcomes))
             now = self.clock.now()
             fence = (1 if lapsed else 0, now)
             for o in outcomes:
@@ -1273,20 +1275,25 @@ class SQLiteBackend:
                         *fence,
                     )
                     sql = Q["settle_again"]
-                held = conn.execute(sql, args).fetchone() is not None
-                applied.append(held)
-                if held:
-                    changed.append(o.lease.job_id)
-                    if o.follow_ups:
-                        self._insert(conn, o.follow_ups)
+                row = conn.execute(sql, args).fetchone()
+                applied.append(row is not None)
+                if row is None:
+                    continue
+                changed.append(o.lease.job_id)
+                notes = o.follow_ups
+                if not o.state.final and row[1] == JobState.CANCELLED:
+                    cancelled.append(o.lease.job_id)
+                    notes = o.on_cancel
+                if notes:
+                    self._insert(conn, notes)
             self._event_ids(conn, changed)
-        return applied
+        return Settled(applied, cancelled)
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         if not outcomes:
-            return []
+            return Settled()
         applied = await self._run(self._settle, list(outcomes))
-        if any(o.state.waiting or o.follow_ups for o in outcomes):
+        if any(o.state.waiting or o.follow_ups or o.on_cancel for o in outcomes):
             self._wake_waiters()
         return applied
 
@@ -1308,9 +1315,9 @@ class SQLiteBackend:
     async def expired(self, *, limit: int) -> list[Lapsed]:
         return await self._run(self._expired, limit)
 
-    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+    async def rescue(self, decisions: Sequence[Outcome]) -> Settled:
         if not decisions:
-            return []
+            return Settled()
         applied = await self._run(self._settle, list(decisions), True)
         self._wake_waiters()
         return applied

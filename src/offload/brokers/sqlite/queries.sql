@@ -163,7 +163,7 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END, error = ?,
     attempt = attempt - ?, lease_token = NULL,
     lease_expires = NULL, max_attempts = coalesce(?, max_attempts)
 WHERE id = ? AND lease_token = ? AND state = 'running' AND (? = 0 OR lease_expires < ?)
-RETURNING id
+RETURNING id, state
 
 -- name: expired
 SELECT * FROM offload_jobs

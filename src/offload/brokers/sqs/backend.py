@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as SdkConnectionError
 
 from ...clock import Clock
-from ...contract import EnqueueResult, Envelope, Lease, Outcome
+from ...contract import EnqueueResult, Envelope, Lease, Outcome, Settled
 from ...errors import BackendError, ConfigurationError
 from .._sql import queries
 from ..base import Broker, Capability, JobSearch, JobStore, Limiter, ScheduleStore
@@ -311,14 +311,14 @@ class SQSBackend:
         await conn.execute("SET LOCAL offload.outbox = 'on'")
         return await self.store.enqueue_in(conn, envelopes, **kw)
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         applied = await self.store.settle(outcomes)
-        await self.send_jobs(_ids(outcomes))
+        await self.send_jobs(_ids(outcomes, applied.cancelled))
         return applied
 
-    async def rescue(self, decisions: Sequence[Outcome]) -> list[bool]:
+    async def rescue(self, decisions: Sequence[Outcome]) -> Settled:
         applied = await self.store.rescue(decisions)
-        await self.send_jobs(_ids(decisions))
+        await self.send_jobs(_ids(decisions, applied.cancelled))
         return applied
 
     async def requeue(self, job_id: str) -> Any:
@@ -551,9 +551,14 @@ for _seam in (Broker, JobStore, JobSearch, ScheduleStore, Limiter):
             setattr(SQSBackend, _name, _forward(_name))
 
 
-def _ids(outcomes: Sequence[Outcome]) -> list[str]:
-    """The jobs an outcome may make ready again, and its follow-ups."""
-    return [o.lease.job_id for o in outcomes] + [e.id for o in outcomes for e in o.follow_ups]
+def _ids(outcomes: Sequence[Outcome], cancelled: Collection[str] = ()) -> list[str]:
+    """The jobs an outcome may make ready again, and its follow-ups (those of a cancelled
+    end where the job ended so instead: `cancelled`)."""
+    return [o.lease.job_id for o in outcomes] + [
+        e.id
+        for o in outcomes
+        for e in (o.on_cancel if o.lease.job_id in cancelled else o.follow_ups)
+    ]
 
 
 def body(job_id: str, queue: str) -> str:

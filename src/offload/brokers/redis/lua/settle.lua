@@ -2,10 +2,12 @@
 -- decisions, applied only while the lease is still lapsed), resent ('1': this call's first
 -- attempt may have run, its reply lost), then one JSON array (ENV): 9 fields per outcome
 -- (id, token, state, result, error, run_at (opt: none for now), refund 0/1, max_attempts,
--- number of follow-ups), then the follow-up envelopes of all outcomes in order. Optional
--- fields use opt(). Every lease and every follow-up of a held lease is checked before
--- anything is written, so a bad follow-up fails the whole call.
--- Returns 1/0 per outcome (0: the lease was stale; its follow-ups are dropped).
+-- number of follow-ups), then the follow-up envelopes of all outcomes in order (of an
+-- outcome that runs the job again: those of a cancelled end, stored only if it ends so).
+-- Optional fields use opt(). Every lease and every follow-up of a held lease is checked
+-- before anything is written, so a bad follow-up fails the whole call.
+-- Returns 1/0 per outcome (0: the lease was stale; its follow-ups are dropped), 2 where a
+-- job that would run again ended cancelled (a cancel asked for while it ran).
 -- An applied outcome leaves its token on the job, marked spent (SPENT): in a resend, an
 -- outcome whose first attempt applied finds the mark and answers 1, writing nothing.
 local now, n, lapsed, resent = now_or_server(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5] == '1'
@@ -24,7 +26,10 @@ for i = 1, n do
       and (not lapsed or tonumber(job[5]) < tonumber(now)) then
     taken[id] = true
     held[i] = job
-    plans[i] = check_envelopes(cursor, follow, seen)
+    local state = ENV[b + 3]
+    local keep = follow
+    if (state == 'queued' or state == 'retrying') and job[6] ~= '1' then keep = 0 end
+    plans[i] = check_envelopes(cursor, keep, seen)
   elseif resent and job[2] == token .. SPENT then
     again[i] = true
   end
@@ -57,8 +62,9 @@ for i = 1, n do
     -- A cancel asked for while it ran, not yet seen by its worker: it ends cancelled
     -- rather than running again (its attempt, given back unspent, is refunded still).
     local refund = ENV[b + 7] == '1'
+    local answer = 1
     if again and job[6] == '1' then
-      state, again = 'cancelled', false
+      state, again, answer = 'cancelled', false, 2
     end
     local set, del = {'state', state, 'lease_token', ENV[b + 2] .. SPENT}, {'lease_expires'}
     field(set, del, 'error', opt(ENV[b + 5]))
@@ -90,7 +96,7 @@ for i = 1, n do
     end
     event(id)
     store_envelopes(starts[i], plans[i], now, created, woken)
-    out[#out + 1] = 1
+    out[#out + 1] = answer
   elseif again[i] then
     out[#out + 1] = 1
   else
