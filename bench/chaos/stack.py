@@ -41,7 +41,7 @@ class Stack:
             "OFFLOAD_URL": url,
             "OFFLOAD_BLOBS_URL": str(root / "blobs"),
             "OFFLOAD_API_TOKENS": f"{TOKEN}={PRINCIPAL}",
-            "OFFLOAD_SECRET_KEY": "chaos-secret",
+            "OFFLOAD_SECRET_KEY": "chaos-secret-" + "k" * 32,
             "CHAOS_LOG_DIR": str(self.logs),
             "PYTHONPATH": os.pathsep.join(
                 [str(TOP), str(SOURCES), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]

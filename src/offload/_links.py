@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._signing import load_or_create_key, signed_query
+from ._signing import load_or_create_key, short_secret, signed_query
 from .contract import JobRow, public_error, status_record
 from .stores.blobs import BLOB_REF_PREFIX, blob_path, check_key, url_of
 
@@ -20,10 +20,18 @@ JOBS_PATH = "/v1/jobs"
 
 
 def signing_key(settings: Settings) -> bytes:
-    """OFFLOAD_SECRET_KEY, else a key kept beside the blobs (shared by local processes)."""
-    if settings.secret_key:
-        return settings.secret_key
+    """OFFLOAD_SECRET_KEY, else a key kept beside the blobs (shared by local processes).
+
+    Raises:
+        ConfigurationError: the key is too short to sign links (`MIN_SECRET_KEY_BYTES`),
+            or there is none and no local folder to keep one in.
+    """
     from .errors import ConfigurationError
+
+    if settings.secret_key:
+        if fault := short_secret(settings.secret_key):
+            raise ConfigurationError(fault)
+        return settings.secret_key
     from .stores import FileBlobStore, open_blobs
 
     store = open_blobs(settings.blobs_url)

@@ -15,6 +15,20 @@ _EPOCH = re.compile(r"[0-9]{1,12}")
 _WHSEC = re.compile(r"(?:whsec_)?([A-Za-z0-9+/]+={0,2})")
 #: Sizes (bytes) of a webhook secret's key.
 WHSEC_KEY_BYTES = (24, 64)
+#: The shortest key that may sign links (OFFLOAD_SECRET_KEY): a short one is guessed
+#: offline from any link it signed, and every link can then be forged.
+MIN_SECRET_KEY_BYTES = 32
+
+
+def short_secret(key: bytes) -> str | None:
+    """Why `key` may not sign links (too short), or None."""
+    if len(key) >= MIN_SECRET_KEY_BYTES:
+        return None
+    return (
+        f"OFFLOAD_SECRET_KEY is {len(key)} bytes: a key that signs links must be at least "
+        f"{MIN_SECRET_KEY_BYTES} bytes of random text, as "
+        '`python -c "import secrets; print(secrets.token_urlsafe(32))"` prints'
+    )
 
 
 def whsec_key(secret: str) -> bytes:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._options import owner_fault
-from ._signing import whsec_key
+from ._signing import short_secret, whsec_key
 from .errors import ConfigurationError
 
 #: Where jobs live when OFFLOAD_URL is unset: an SQLite file in the working directory.
@@ -229,6 +229,8 @@ class Settings:
             raise ConfigurationError("OFFLOAD_CLAIM_CHECK_BYTES must be 0 (off) or more bytes")
         if values["retry_deadline_s"] < 0:
             raise ConfigurationError("OFFLOAD_RETRY_DEADLINE must be 0 (no retry) or more seconds")
+        if values["secret_key"] and (fault := short_secret(values["secret_key"])):
+            raise ConfigurationError(fault)
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

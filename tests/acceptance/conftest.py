@@ -20,7 +20,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         lease_s=2.0,
     )
 

@@ -56,7 +56,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         lease_s=2.0,
         api_tokens={token: principal for principal, token in TOKENS.items()},
     )

@@ -47,7 +47,7 @@ async def test_a_signed_link_serves_a_blob_from_a_store_off_this_filesystem(
     assert isinstance(store, BlobStore)
     app = App("remote-blobs", settings=settings, blobs=store)
     await store.put("reports/r1.pdf", b"%PDF-1.4 remote")
-    presenter = Presenter(b"test-secret", ttl_s=60)
+    presenter = Presenter(b"test-secret-of-32-bytes-or-more!", ttl_s=60)
     api = create_app(app)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
@@ -85,7 +85,7 @@ async def test_a_signed_link_serves_the_range_asked_for_and_answers_others_as_th
     # Given a file of ten bytes in the local store, behind a signed link,
     app = App("ranges", settings=settings)
     await app.blobs.put("reports/r.bin", b"0123456789")
-    link = urlsplit(Presenter(b"test-secret", ttl_s=60).link("reports/r.bin"))
+    link = urlsplit(Presenter(b"test-secret-of-32-bytes-or-more!", ttl_s=60).link("reports/r.bin"))
     url = f"{link.path}?{link.query}"
     api = create_app(app)
     async with api.router.lifespan_context(api):

@@ -33,7 +33,7 @@ from tests.contract._support import worker_info
 
 pytestmark = pytest.mark.anyio
 TOKENS = {"ops": "t-ops", "bob": "t-bob"}
-SECRET = b"test-secret"
+SECRET = b"test-secret-of-32-bytes-or-more!"
 BASE = "http://localhost"
 START = 1_800_000_000.0
 

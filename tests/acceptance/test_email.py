@@ -43,7 +43,7 @@ def settings(tmp_path: Path, sink: MailSink) -> Settings:
     return Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         lease_s=2.0,
         smtp_url=f"smtp://mailer:s3cret%20pass@{host}:{port}?timeout=5",
         email_from="reports@shop.example",

@@ -52,7 +52,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         api_tokens={token: principal for principal, token in TOKENS.items()},
     )
 

@@ -93,7 +93,7 @@ def _app(tmp_path: Path, mode: str, url: str | None = None) -> App:
     settings_ = Settings(
         url=url or f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         api_tokens={TOKEN: "alice"} if mode == "tokens" else {},
         webhook_allow_private=True,  # the webhook receiver of the seeded jobs is on loopback
     )

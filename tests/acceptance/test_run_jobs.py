@@ -62,7 +62,9 @@ class Audit(Message):
 def shop(url: str, folder: Path, clock: FakeClock | None = None) -> App:
     """An App as a user's project declares it: an export that enqueues its parts, a
     handler that raises, one that asks to run again later, one that enqueues itself."""
-    settings = Settings(url=url, blobs_url=str(folder / "blobs"), secret_key=b"test-secret")
+    settings = Settings(
+        url=url, blobs_url=str(folder / "blobs"), secret_key=b"test-secret-of-32-bytes-or-more!"
+    )
     app = App("shop", settings=settings, clock=clock)
     app.message("shop.export")(Export)
     app.message("shop.part")(Part)

@@ -47,7 +47,7 @@ def settings(tmp_path: Path, sink: MailSink, expose: bool) -> Settings:
     env = {
         "OFFLOAD_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
         "OFFLOAD_BLOBS_URL": str(tmp_path / "blobs"),
-        "OFFLOAD_SECRET_KEY": "test-secret",
+        "OFFLOAD_SECRET_KEY": "test-secret-of-32-bytes-or-more!",
         "OFFLOAD_SMTP_URL": f"{sink.url}?timeout=5",
         "OFFLOAD_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver is on loopback
         "OFFLOAD_NOTIFY_BACKOFF": "0.05",

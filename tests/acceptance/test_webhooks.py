@@ -49,7 +49,7 @@ def settings(tmp_path: Path, overrides: dict[str, Any]) -> Settings:
     return Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         lease_s=2.0,
         webhook_secrets=(OLD_SECRET, NEW_SECRET),
         webhook_allow_private=True,  # the receiver is on loopback

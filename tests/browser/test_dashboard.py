@@ -60,7 +60,7 @@ class Shop:
             **{k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")},
             "OFFLOAD_URL": f"sqlite:///{root / 'jobs.db'}",
             "OFFLOAD_BLOBS_URL": str(root / "blobs"),
-            "OFFLOAD_SECRET_KEY": "dashboard-browser-test",
+            "OFFLOAD_SECRET_KEY": "dashboard-browser-test-" + "k" * 32,
             "OFFLOAD_API_TOKENS": ",".join(f"{t}={p}" for p, t in TOKENS.items()),
             "OFFLOAD_ADMIN_PRINCIPALS": "ops",
             "DASHPROJ_FAIL_FLAG": str(self.fail_flag),

@@ -45,7 +45,7 @@ def app(backend_url: str, tmp_path: Path) -> Iterator[App]:
     settings = Settings(
         url=backend_url,
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"k",
+        secret_key=b"k" * 32,
         claim_check_bytes=1024,
     )
     app = App("blocking", settings=settings)

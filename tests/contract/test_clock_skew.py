@@ -38,7 +38,7 @@ def _app(
     url: str, tmp_path: Path, runs: list[tuple[str, str, int]], clock: SkewedClock | None
 ) -> App:
     """An App running `Tick` whose handler records (job id, which worker, attempt)."""
-    settings = Settings(url=url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k")
+    settings = Settings(url=url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k" * 32)
     app = App("skew", settings=settings, clock=clock)
     app.message("skew.tick", queue="ticks")(Tick)
     who = "normal" if clock is None else "skewed"

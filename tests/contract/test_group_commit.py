@@ -34,7 +34,7 @@ class Once(Message):
 
 @pytest.fixture
 async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncIterator[App]:
-    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k")
+    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k" * 32)
     app = App("group", settings=settings, clock=clock)
     app.message("group.item", queue="items")(Item)
     app.message("group.once", queue="items", unique="queued")(Once)

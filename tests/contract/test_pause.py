@@ -157,7 +157,7 @@ class Other(Message):
 
 @pytest.fixture
 async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncIterator[App]:
-    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k")
+    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k" * 32)
     app = App("pause", settings=settings, clock=clock)
     app.message("pause.step", queue="steps")(Step)
     app.message("pause.other", queue="others")(Other)

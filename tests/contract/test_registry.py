@@ -138,7 +138,7 @@ class Task(Message):
 @pytest.fixture
 async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncIterator[App]:
     """An App on this test's backend and clock, held open across the workers it runs."""
-    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k")
+    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k" * 32)
     app = App("registry", settings=settings, clock=clock)
     app.message("registry.task", queue="tasks", max_attempts=1)(Task)
     async with app:

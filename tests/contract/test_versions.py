@@ -177,7 +177,7 @@ def deploy(app: App, version: int) -> type[Message]:
 async def app(backend_url: str, clock: ShiftClock, tmp_path: Path) -> AsyncIterator[App]:
     """An App on this test's backend and clock, held open across the workers it runs (an
     in-memory store lives as long as the App holds it)."""
-    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k")
+    settings = Settings(url=backend_url, blobs_url=str(tmp_path / "blobs"), secret_key=b"k" * 32)
     app = App("versions", settings=settings, clock=clock)
     async with app:
         yield app

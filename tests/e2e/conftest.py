@@ -55,7 +55,7 @@ class Stack:
             "OFFLOAD_URL": url,
             "OFFLOAD_BLOBS_URL": str(root / "blobs"),
             "OFFLOAD_API_TOKENS": ",".join(f"{t}={p}" for p, t in TOKENS.items()),
-            "OFFLOAD_SECRET_KEY": "e2e-secret",
+            "OFFLOAD_SECRET_KEY": "e2e-secret-" + "k" * 32,
             "OFFLOAD_MAX_BODY_BYTES": "4096",
             "E2E_LOG_DIR": str(self.logs),
             # The project first, then the caller's path: the processes run the offload

@@ -82,7 +82,12 @@ async def blobs_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def app(jobs_url: str, blobs_url: str) -> AsyncIterator[App]:
-    settings = Settings(url=jobs_url, blobs_url=blobs_url, secret_key=b"test", lease_s=5.0)
+    settings = Settings(
+        url=jobs_url,
+        blobs_url=blobs_url,
+        secret_key=b"test-secret-of-32-bytes-or-more!",
+        lease_s=5.0,
+    )
     app = App("claim-check", settings=settings)
     app.message("t.upload")(Upload)
     await app.open()
@@ -185,7 +190,7 @@ async def test_an_s3_result_link_redirects_to_a_presigned_url(
     settings = Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=f"s3://{bucket}/results?endpoint_url={moto_endpoint}",
-        secret_key=b"test",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
     )
     app = App("s3-links", settings=settings)
     app.message("t.upload")(Upload)
@@ -209,7 +214,11 @@ async def test_an_s3_result_link_redirects_to_a_presigned_url(
             location = result.headers["location"]
             assert location.startswith(moto_endpoint) and "X-Amz-Expires=" in location
             # An offload /files link (made before the store moved to S3) redirects there too
-            old = urlsplit(Presenter(b"test", 60).link(f"out/{answer.json()['id']}/r.txt"))
+            old = urlsplit(
+                Presenter(b"test-secret-of-32-bytes-or-more!", 60).link(
+                    f"out/{answer.json()['id']}/r.txt"
+                )
+            )
             moved = await client.get(f"{old.path}?{old.query}")
             assert moved.status_code == 303 and moved.headers["location"].startswith(moto_endpoint)
         async with httpx.AsyncClient() as s3:
@@ -249,7 +258,7 @@ async def test_the_sweep_deletes_orphans_in_bounded_batches(
     settings = Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=f"s3://{bucket}?endpoint_url={moto_endpoint}",
-        secret_key=b"test",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
     )
     async with App("sweep", settings=settings) as app:
         for job_id in ("0193a1c2-0000-7000-8000-000000000001", "0193a1c2-0000-7000-8000-2"):
@@ -274,7 +283,9 @@ async def test_a_blob_store_that_fails_is_named_by_the_503(tmp_path: Path, store
         (tmp_path / "blobs" / "payloads").write_bytes(b"")
         blobs = str(tmp_path / "blobs")
     settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=blobs, secret_key=b"test"
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=blobs,
+        secret_key=b"test-secret-of-32-bytes-or-more!",
     )
     app = App("claim-check", settings=settings)
     app.message("t.upload")(Upload)
@@ -293,7 +304,9 @@ async def test_a_blob_store_that_fails_is_named_by_the_503(tmp_path: Path, store
 async def _on_a_folder(tmp_path: Path, name: str) -> AsyncIterator[App]:
     """An open App on a SQLite file and a blob folder, its uploads declared."""
     settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "blobs"), secret_key=b"t"
+        url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        blobs_url=str(tmp_path / "blobs"),
+        secret_key=b"t" * 32,
     )
     async with App(name, settings=settings) as app:
         app.message("t.upload")(Upload)

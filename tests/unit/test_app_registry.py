@@ -6,11 +6,13 @@ import asyncio
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from offload import App, ConfigurationError, Context, Message, Settings, SyncContext, UnknownKind
+from offload._links import signing_key
 from offload.app import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from offload.clock import FakeClock
 from offload.web import check_bind
@@ -275,13 +277,27 @@ def test_settings_malformed_api_tokens_raise_configuration_error(raw: str) -> No
 
 
 def test_settings_defaults_and_overrides() -> None:
+    key = "k" * 32
     settings = Settings.from_env(
-        {"OFFLOAD_URL": "sqlite:///x.db", "OFFLOAD_LEASE": "12.5", "OFFLOAD_SECRET_KEY": "k"},
+        {"OFFLOAD_URL": "sqlite:///x.db", "OFFLOAD_LEASE": "12.5", "OFFLOAD_SECRET_KEY": key},
         blobs_url="files",
     )
     assert settings.url == "sqlite:///x.db" and settings.lease_s == 12.5
-    assert settings.secret_key == b"k" and settings.blobs_url == "files"
+    assert settings.secret_key == key.encode() and settings.blobs_url == "files"
     assert Settings.from_env({}).url == "sqlite:///offload.db"
+
+
+@pytest.mark.parametrize("key", ["k", "a-passphrase-of-31-bytes-longxx"])
+def test_a_signing_key_too_short_to_keep_links_safe_is_refused(key: str, tmp_path: Path) -> None:
+    # A key guessed offline from one signed link forges every link: from the environment,
+    with pytest.raises(ConfigurationError, match=f"OFFLOAD_SECRET_KEY is {len(key)} bytes"):
+        Settings.from_env({"OFFLOAD_SECRET_KEY": key})
+    # and in code, once anything would sign with it.
+    settings = Settings(blobs_url=str(tmp_path / "blobs"), secret_key=key.encode())
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
+        signing_key(settings)
+    long_enough = key.encode().ljust(32, b"x")
+    assert signing_key(settings.with_(secret_key=long_enough)) == long_enough
 
 
 NUMBERS = [
