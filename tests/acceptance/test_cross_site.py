@@ -33,7 +33,7 @@ def make_app(tmp_path: Path, tokens: dict[str, str] | None = None) -> App:
     settings = Settings(
         url=f"sqlite:///{tmp_path / 'jobs.db'}",
         blobs_url=str(tmp_path / "blobs"),
-        secret_key=b"test-secret",
+        secret_key=b"test-secret-of-32-bytes-or-more!",
         api_tokens=tokens or {},
     )
     app = App("cross-site", settings=settings)
@@ -452,6 +452,28 @@ async def test_a_named_origins_page_may_call_and_read_and_no_other(tmp_path: Pat
             page = await web.get(path, headers=sent)
             assert "access-control-allow-origin" not in page.headers, path
     assert await count(app) == 1
+
+
+async def test_with_no_origin_named_a_preflight_is_refused_as_cross_origin(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path)
+    async with serving(app) as web:
+        # Given no OFFLOAD_CORS_ORIGINS, a page of another origin's preflight (a dev server's)
+        asked = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"}
+        refused = await web.options("/v1/jobs/t.task", headers=asked)
+        # is refused as cross-origin, saying what would let it call, not as a bad method;
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("/cross-origin-refused")
+        assert "OFFLOAD_CORS_ORIGINS" in refused.json()["detail"]
+        assert "access-control-allow-origin" not in refused.headers
+        # an OPTIONS that is no preflight, or one for a page that is no API, is a 405 as ever.
+        plain = await web.options("/v1/jobs/t.task")
+        assert plain.status_code == 405 and "POST" in plain.headers["allow"]
+        page = await web.options("/healthz", headers=asked)
+        assert page.status_code == 405
+    assert await count(app) == 0
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from .handlers import problem_details, storage_full
 from .kinds import router as kinds_router
 from .limits import BodyLimitMiddleware
 from .models import Health, Readiness
-from .origins import CorsMiddleware, LoopbackHostMiddleware
+from .origins import CorsMiddleware, LoopbackHostMiddleware, refused_preflight
 from .present import Presenter
 from .problems import (
     BACKEND_RETRY_AFTER,
@@ -238,6 +238,8 @@ def _answer_allow(api: FastAPI, routers: tuple[APIRouter, ...]) -> None:
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
         headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (refused := refused_preflight(request)) is not None:
+            return refused
         if exc.status_code == 405:
             routes = (*(r for included in routers for r in included.routes), *api.routes)
             found = operators_only(request, routes)

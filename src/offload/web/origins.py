@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -275,6 +275,27 @@ class CorsMiddleware(CORSMiddleware):
             f"refused a preflight from {origin!r}: {why} ({hint})",
             slug="cross-origin-refused",
         )
+
+
+def refused_preflight(request: Request) -> Response | None:
+    """The answer to a browser's preflight for the API where OFFLOAD_CORS_ORIGINS names no
+    origin (`CorsMiddleware` answers them where it does): the `403` it would give any
+    origin it does not name, not the route's `405`. None for any other request."""
+    headers = request.headers
+    if (
+        request.method != "OPTIONS"
+        or "origin" not in headers
+        or "access-control-request-method" not in headers
+        or not _under_api(request.scope)
+    ):
+        return None
+    origin = headers["origin"][:100]
+    return problem(
+        403,
+        f"refused a preflight from {origin!r}: no page of another origin may call this API "
+        "(OFFLOAD_CORS_ORIGINS names the pages that may call)",
+        slug="cross-origin-refused",
+    )
 
 
 def _under_api(scope: Scope) -> bool:
