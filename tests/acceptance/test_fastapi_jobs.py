@@ -93,6 +93,10 @@ async def test_the_route_enqueues_as_the_token_holder_and_points_at_the_status_a
         assert answer.headers["location"] == f"/jobs/v1/jobs/{job_id}"
         assert (await alice.get(answer.headers["location"])).json()["state"] == "queued"
         assert (await app.get(job_id, owner="alice")) is not None
+        # Its body is what offload's own submit route answers, field for field.
+        own = await alice.post("/jobs/v1/jobs/t.export", json={"user": "a", "period": "2026-11"})
+        assert own.status_code == 202, own.text
+        assert list(answer.json()) == list(own.json())
         refused = await nobody.post("/exports", params={"period": "2026-10"})
         assert refused.status_code == 401
         assert refused.headers["content-type"] == "application/problem+json"

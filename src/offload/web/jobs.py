@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Mount
 
 from .._links import Presenter
 from ..app import App
-from ..contract import Message, UnstorableMessage
+from ..contract import JobRow, Message, UnstorableMessage
 from ..errors import ConfigurationError
 from ..job import Job
 from ..notify.targets import refused_delivery_options
@@ -92,9 +92,10 @@ class Jobs:
 
     async def accepted(self, job: Job) -> JSONResponse:
         """The answer the web tier's own submit route gives: `202 Accepted` with
-        `Location` (the status route), `Retry-After` and the status record as the body."""
+        `Location` (the status route), `Retry-After` and the status record as the body,
+        read from the job's row as that route reads it (without `deliveries`)."""
         return JSONResponse(
-            await self.status(job),
+            self.present.row(await self._own(job.id)),
             status_code=202,
             headers={"Location": self.location(job), "Retry-After": str(DEFAULT_RETRY_AFTER_S)},
         )
@@ -106,9 +107,19 @@ class Jobs:
             Problem: 404 for a job that is not the caller's (or none).
         """
         job_id = job if isinstance(job, str) else job.id
-        if await self.app.get(job_id, owner=self.principal) is None:
-            raise Problem(404, f"no job {job_id!r}", slug="job-not-found")
+        await self._own(job_id)
         return self.present.record(await self.app.status(job_id))
+
+    async def _own(self, job_id: str) -> JobRow:
+        """The caller's job's row.
+
+        Raises:
+            Problem: 404 for a job that is not the caller's (or none).
+        """
+        row = await self.app.get(job_id, owner=self.principal)
+        if row is None:
+            raise Problem(404, f"no job {job_id!r}", slug="job-not-found")
+        return row
 
 
 class OffloadJobs:
