@@ -1356,7 +1356,8 @@ def jobs_purge(
             _console().print(f"no job waits in {queue}", highlight=False, soft_wrap=True)
             return
         shown = f"{count:,} or more" if count >= DEFAULT_COUNT_CAP else f"{count:,}"
-        typer.confirm(f"delete the {shown} waiting jobs in {queue!r}?", abort=True)
+        jobs = "job" if count == 1 else "jobs"
+        typer.confirm(f"delete the {shown} waiting {jobs} in {queue!r}?", abort=True)
     n = _with_app(app, url, lambda a: a.purge(queue))
     said = (
         f"purged {n:,} job{'' if n == 1 else 's'} from {queue}" if n else f"no job waits in {queue}"
