@@ -635,24 +635,27 @@ def worker(
             )
             _warn_unrouted(offload_app, queues.split(",") if queues else [])
 
-        async def main() -> None:
-            await _check_blobs(offload_app)
-            _stop_on_signals(_asked_twice(runner))
-            freeze_start_up()
-            if ready_fd is None:
-                await runner.run()
-                return
-            ready = asyncio.create_task(_report_started(runner, ready_fd))
-            try:
-                await runner.run()
-            finally:
-                ready.cancel()
-
         stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
         try:
-            _run_worker(runner, main)
+            _run_worker(runner, lambda: _work(offload_app, runner, ready_fd))
         finally:
             stop_metrics()
+
+
+async def _work(app: App, runner: Worker, ready_fd: int | None) -> None:
+    """`offload worker`'s one process: run until stopped by a signal (twice: at once),
+    telling an autoscaler on `ready_fd` once it claims."""
+    await _check_blobs(app)
+    _stop_on_signals(_asked_twice(runner))
+    freeze_start_up()
+    ready = None if ready_fd is None else asyncio.create_task(_report_started(runner, ready_fd))
+    try:
+        await runner.run()
+    finally:
+        if ready is not None:
+            ready.cancel()
+    if runner.tasks_left:  # the loop's end would wait for them, maybe for ever
+        _exit_leaving_threads(runner, 0)
 
 
 @contextlib.contextmanager
@@ -748,6 +751,14 @@ def _exit_leaving_threads(runner: Worker, code: int) -> NoReturn:
         log.warning(
             "exiting without waiting for %d handler threads that run on past their attempts",
             runner.threads_running_on,
+            extra={"action": "worker_exit"},
+        )
+    if runner.tasks_left:
+        log.warning(
+            "exiting without waiting for %d handler run%s that ignored %s cancellation",
+            runner.tasks_left,
+            "" if runner.tasks_left == 1 else "s",
+            "its" if runner.tasks_left == 1 else "their",
             extra={"action": "worker_exit"},
         )
     # What the interpreter's exit runs (logging.shutdown among them), within a bound: one
@@ -916,6 +927,8 @@ def dev(
                 await server.serve()
                 runner.request_stop()
                 await worker_task
+            if runner.tasks_left:  # the loop's end would wait for them, maybe for ever
+                _exit_leaving_threads(runner, 0)
 
         _banner(
             f"offload dev on http://{host}:{port} (app {offload_app.name}: web + worker)",

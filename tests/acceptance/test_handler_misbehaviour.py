@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -269,3 +269,69 @@ async def test_a_cancel_asked_for_ends_a_run_whose_cleanup_raises_as_cancelled(
     # Then it ends cancelled on its one attempt, where the cleanup's error failed it and
     # it ran again
     assert (status.state, status.attempt) == ("cancelled", 1)
+
+
+@pytest.mark.parametrize("second_stop", [False, True])
+async def test_a_stop_leaves_a_run_whose_handler_ignores_its_cancellation(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    second_stop: bool,
+) -> None:
+    from offload.worker import runner as runner_module
+    from offload.worker.runner import Worker
+
+    # Given a handler that catches every cancellation and goes on (until the test ends it),
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=30
+    )
+    app = App("stubborn", settings=settings)
+    app.message("stubborn.job")(Fine)
+    started, done = asyncio.Event(), asyncio.Event()
+    ignored = 0
+
+    @app.handles(Fine)
+    async def stubborn(msg: Fine, ctx: Context) -> None:
+        nonlocal ignored
+        started.set()
+        while not done.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                ignored += 1
+
+    # (the wait for a cancelled run is the operator's grace, or a floor: long, unless a
+    # second stop cuts it short)
+    monkeypatch.setattr(runner_module, "CANCELLED_RUNS_WAIT_S", 3600.0 if second_stop else 0.2)
+    async with app:
+        queued = await app.enqueue(Fine(n=1))
+        worker = Worker(app, grace_s=0.05)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(started.wait(), 30)
+            # when the worker is asked to stop (and, impatient, again),
+            with caplog.at_level(logging.ERROR, logger="offload.worker"):
+                worker.request_stop()
+                if second_stop:
+                    await _until(lambda: ignored > 0)
+                    worker.request_stop(now=True)
+                # then it stops all the same, leaving that run to the end of the process,
+                await asyncio.wait_for(running, 30)
+            assert worker.tasks_left == 1 and ignored >= 1
+            (said,) = [r for r in caplog.records if getattr(r, "action", "") == "cancel_ignored"]
+            assert queued.id in said.getMessage()
+            # and its job keeps its lease, to lapse and be run again: it was not released
+            # (released, another worker would run it beside the run that goes on).
+            row = await app.get(queued.id)
+            assert row is not None and row.state == "running" and row.attempt == 1
+        finally:
+            done.set()
+            if not running.done():
+                worker.request_stop(now=True)
+                await asyncio.wait_for(running, 30)
+
+
+async def _until(check: Callable[[], bool], timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 (polls a counter that sets no event)
+            await asyncio.sleep(0.01)

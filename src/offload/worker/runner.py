@@ -87,6 +87,10 @@ RESCUE_BATCH = 500
 #: Longest a stopping worker waits for its settler to write the last outcomes (seconds);
 #: then it cancels it and tries once itself.
 FLUSH_GUARD_S = 30.0
+#: Seconds at least that a stopping worker waits for the runs it cancelled to end (at
+#: their next step; a handler's own cleanup may take a while) before it leaves those whose
+#: handler ignores its cancellation (`tasks_left`); `grace_s` where that is longer.
+CANCELLED_RUNS_WAIT_S = 10.0
 #: Seconds a stopping worker gives the deletion of its registry entry: one not deleted shows
 #: as lost, and is forgotten in time (an outage would hold the exit its retry deadline).
 FORGET_WITHIN_S = 3.0
@@ -415,6 +419,10 @@ class Worker:
         self._overdue: set[Future[Any]] = set()
         #: Whether the worker stopped because more threads ran on than it has slots.
         self.wedged = False
+        #: Async handlers' runs a stop left running: each ignored its cancellation (it
+        #: caught `CancelledError` and went on). Their leases lapse; the event loop's end
+        #: would wait for them, maybe for ever (`offload worker` exits without).
+        self.tasks_left = 0
         #: The side tasks by name; when each last failed (loop time).
         self._side: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
@@ -1948,6 +1956,41 @@ class Worker:
             now.cancel()
         return {job_id for job_id, call in calls.items() if call.done()}
 
+    async def _cancelled_runs_end(self) -> None:
+        """Wait for the runs a stop cancelled to end, at their next step. One whose handler
+        does not let its cancellation through (it catches `CancelledError` and goes on) is
+        left running at a second stop, or `CANCELLED_RUNS_WAIT_S` (or `grace_s`) on: its
+        job keeps its lease, which lapses as the worker's heartbeat ends, and the rescuer
+        runs it again; as a thread that runs on, it ends with the process (`tasks_left`)."""
+        if self._idle.is_set():
+            return
+        idle = asyncio.create_task(self._idle.wait())
+        now = asyncio.create_task(self._stop_now.wait())
+        await asyncio.wait(
+            {idle, now},
+            timeout=max(self.grace_s, CANCELLED_RUNS_WAIT_S),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        idle.cancel()
+        now.cancel()
+        left = [job for job in self._jobs.values() if job.task is not None and not job.task.done()]
+        if self._idle.is_set() or not left:
+            return
+        for job in left:
+            job.reason = _LOST  # should it end after all: its lease lapses still
+        self.tasks_left = len(left)
+        log.error(
+            "leaving %d %s whose handler ignored its cancellation (it catches "
+            "CancelledError and goes on: let it through, after any cleanup), not released "
+            "after all: %s, and the rescuer runs %s again (%s)",
+            len(left),
+            "job" if len(left) == 1 else "jobs",
+            "its lease lapses" if len(left) == 1 else "their leases lapse",
+            "it" if len(left) == 1 else "them",
+            ", ".join(job.lease.job_id for job in left),
+            extra={"action": "cancel_ignored", "count": len(left)},
+        )
+
     def _threads_left(self, left: set[str], supervisor: asyncio.Task[None]) -> None:
         """The jobs whose plain handler still runs once `_threads_return` stopped waiting:
         a side task stopped (released: their leases beat no more), or a second stop (they
@@ -2015,7 +2058,7 @@ class Worker:
             self._interrupt(job, _SHUTDOWN)
         returned = await self._threads_return(threads, supervisor)
         self._threads_left(threads.keys() - returned, supervisor)
-        await self._idle.wait()  # cancelled runs end at their next step
+        await self._cancelled_runs_end()
         self._report_held()
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
