@@ -5,6 +5,7 @@ Python version, which tells a prober which of its flaws to try)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import sys
@@ -29,6 +30,10 @@ log = logging.getLogger("offload.metrics")
 METRICS_PATH = "/metrics"
 #: The method it answers (a 405 names it).
 METRICS_METHOD = "GET"
+#: A worker's liveness check: `200` while its `health` says nothing is wrong, else `503`.
+HEALTH_PATH = "/healthz"
+#: What a health check is: why the process is not healthy, or None.
+Health = Callable[[], "str | None"]
 #: The detail of the 421 to a request sent to a name that is not loopback.
 NOT_LOOPBACK = (
     "this endpoint answers loopback names only: a page whose name was rebound to "
@@ -46,15 +51,18 @@ _SERVER_REFUSALS = {
 StartResponse = Callable[..., Any]
 
 
-def serve_registry(registry: CollectorRegistry, port: int, host: str) -> Callable[[], None]:
-    """Serve `registry` on `host:port` from a thread; returns the function that stops it.
+def serve_registry(
+    registry: CollectorRegistry, port: int, host: str, health: Health | None = None
+) -> Callable[[], None]:
+    """Serve `registry` on `host:port` from a thread, and `health` at `HEALTH_PATH` where
+    given; returns the function that stops it.
 
     Raises:
         ConfigurationError: the port cannot be bound.
     """
     from prometheus_client.exposition import ThreadingWSGIServer
 
-    app = _endpoint(registry, loopback_only=loopback_bind(host))
+    app = _endpoint(registry, loopback_only=loopback_bind(host), health=health)
     try:
         # The address family of what `host` resolves to, as prometheus-client's own server
         # picks it (a name may stand for an IPv6 address alone).
@@ -79,31 +87,56 @@ def serve_registry(registry: CollectorRegistry, port: int, host: str) -> Callabl
     return stop
 
 
-def _endpoint(registry: CollectorRegistry, *, loopback_only: bool) -> Callable[..., Any]:
+def _endpoint(
+    registry: CollectorRegistry, *, loopback_only: bool, health: Health | None = None
+) -> Callable[..., Any]:
     """The WSGI app of the endpoint: a loopback name (`loopback_only`), then the path, then
-    the method, else a problem document (421, 404, 405); then prometheus-client's answer."""
+    the method, else a problem document (421, 404, 405); then prometheus-client's answer,
+    or the health check's."""
     from prometheus_client import make_wsgi_app
 
-    metrics = make_wsgi_app(registry)
+    # What each path serves, and the methods it answers (a health check: HEAD too, as
+    # uptime monitors ask).
+    paths: dict[str, tuple[Callable[..., Iterable[bytes]], tuple[str, ...]]] = {
+        METRICS_PATH: (make_wsgi_app(registry), (METRICS_METHOD,))
+    }
+    if health is not None:
+        paths[HEALTH_PATH] = (functools.partial(_health, health), ("GET", "HEAD"))
 
     def answer(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         host = environ.get("HTTP_HOST")
         path = environ.get("PATH_INFO", "")
         if loopback_only and host is not None and not loopback_host(host):
             return _refuse(start_response, 421, NOT_LOOPBACK, slug="not-loopback-host", at=path)
-        if path != METRICS_PATH:
+        if path not in paths:
             return _refuse(start_response, 404, "Not Found", at=path)
-        if environ["REQUEST_METHOD"] != METRICS_METHOD:
-            allow = {"Allow": METRICS_METHOD}
+        served, methods = paths[path]
+        if environ["REQUEST_METHOD"] not in methods:
+            allow = {"Allow": ", ".join(methods)}
             return _refuse(start_response, 405, "Method Not Allowed", at=path, headers=allow)
-        found: Iterable[bytes] = metrics(environ, start_response)
-        return found
+        return served(environ, start_response)
 
     def endpoint(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = answer(environ, start_response)
         return [] if environ["REQUEST_METHOD"] == "HEAD" else body  # wsgiref sends any body
 
     return endpoint
+
+
+def _health(health: Health, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    """`200 {"status": "ok"}`, or the `503` problem document that says what is wrong."""
+    fault = health()
+    if fault is not None:
+        at = environ.get("PATH_INFO")
+        return _refuse(start_response, 503, fault, slug="unhealthy", at=at)
+    body = b'{"status":"ok"}'
+    head = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+    ]
+    start_response("200 OK", head)
+    return [body]
 
 
 def _problem(status: int, detail: str, slug: str | None, at: str | None) -> bytes:

@@ -635,7 +635,7 @@ def worker(
             )
             _warn_unrouted(offload_app, queues.split(",") if queues else [])
 
-        stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host)
+        stop_metrics = _serve_metrics(offload_app, metrics_port, metrics_host, runner.health)
         try:
             _run_worker(runner, lambda: _work(offload_app, runner, ready_fd))
         finally:
@@ -875,9 +875,11 @@ def _nothing() -> None:
     pass
 
 
-def _serve_metrics(app: App, port: int | None, host: str) -> Callable[[], None]:
-    """Turn the app's metrics on and serve them on `host:port` (None: neither); returns the
-    function that stops serving.
+def _serve_metrics(
+    app: App, port: int | None, host: str, health: Callable[[], str | None] | None = None
+) -> Callable[[], None]:
+    """Turn the app's metrics on and serve them on `host:port` (None: neither), with a
+    worker's `health` check; returns the function that stops serving.
 
     Raises:
         ConfigurationError: prometheus-client is missing, or the port cannot be bound.
@@ -888,7 +890,7 @@ def _serve_metrics(app: App, port: int | None, host: str) -> Callable[[], None]:
 
     metrics = Metrics()
     app.metrics = metrics
-    return serve(metrics, port, host)
+    return serve(metrics, port, host, health)
 
 
 @cli.command()

@@ -587,10 +587,16 @@ class QueueGauges:
         return []
 
 
-def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+def serve(
+    metrics: Metrics,
+    port: int,
+    host: str = "127.0.0.1",
+    health: Callable[[], str | None] | None = None,
+) -> Callable[[], None]:
     """Serve `metrics` over HTTP on `host:port` from a thread (a worker's endpoint); returns
-    the function that stops the server. It answers `GET /metrics`, and anything else with a
-    problem document (404, 405). Bound to loopback, it answers only requests sent to a
+    the function that stops the server. It answers `GET /metrics`, `GET /healthz` where a
+    `health` check is given (`200`, or `503` with what it said is wrong), and anything else
+    with a problem document (404, 405). Bound to loopback, it answers only requests sent to a
     loopback name (`Host`): it asks no credentials, and a page whose name was rebound to
     127.0.0.1 would otherwise read it (421 for those).
 
@@ -599,7 +605,7 @@ def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Callable[[], 
     """
     from ._metrics_endpoint import serve_registry  # the HTTP server, loaded when served
 
-    return serve_registry(metrics.registry, port, host)
+    return serve_registry(metrics.registry, port, host, health)
 
 
 __all__ = [

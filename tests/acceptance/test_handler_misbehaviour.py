@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -335,3 +337,54 @@ async def _until(check: Callable[[], bool], timeout: float = 30) -> None:
     async with asyncio.timeout(timeout):
         while not check():  # noqa: ASYNC110 (polls a counter that sets no event)
             await asyncio.sleep(0.01)
+
+
+async def test_a_worker_whose_loop_a_handler_blocks_is_unhealthy_until_it_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload.worker import runner as runner_module
+    from offload.worker.runner import Worker
+
+    monkeypatch.setattr(runner_module, "UNHEALTHY_AFTER_S", 2.0)
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=30
+    )
+    app = App("blocking", settings=settings)
+    app.message("blocking.job")(Fine)
+    release = threading.Event()
+    seen: list[str | None] = []
+
+    @app.handles(Fine)
+    async def blocking(msg: Fine, ctx: Context) -> None:
+        release.wait(30)  # blocks the event loop, as a sync call in an async handler does
+
+    worker = Worker(app)
+
+    def probe() -> None:  # a liveness probe, from its own thread as the endpoint's server
+        deadline = time.monotonic() + 30
+        while (fault := worker.health()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(fault)
+        release.set()
+
+    async with app:
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.started.wait(), 30)
+            # Given a healthy worker,
+            assert worker.health() is None
+            prober = threading.Thread(target=probe)
+            prober.start()
+            # when a handler blocks its loop, its health check says so while it blocks,
+            job = await app.enqueue(Fine(n=1))
+            await job.wait(timeout=60)
+            prober.join(30)
+            (fault,) = seen
+            assert fault is not None and "event loop has not run for" in fault
+            # and it is healthy again once the loop runs.
+            assert worker.health() is None
+        finally:
+            release.set()
+            worker.request_stop()
+            await asyncio.wait_for(running, 30)
+    assert worker.health() is None  # stopped: no probe should restart it

@@ -127,6 +127,9 @@ def test_curl_metrics_during_a_run_shows_every_metric(stack: Stack) -> None:
         export = {"kind": "e2e.export", "queue": "reports"}
         # the export sleeps 0.15 s per step: its run time shows it,
         assert 0.15 <= found.value("offload_job_duration_seconds_sum", **export) < 30
+        # and beside its metrics, its liveness check answers.
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
         assert found.value("offload_job_duration_seconds_bucket", **export, le="0.1") == 0
         slots = [found.value("offload_worker_slots", state=s) for s in ("busy", "idle")]
         assert sum(slots) == 4

@@ -171,3 +171,29 @@ def test_a_request_line_that_does_not_parse_is_a_problem_document(endpoint: str)
 )
 def test_loopback_bind(host: str, loopback: bool) -> None:
     assert loopback_bind(host) is loopback
+
+
+def test_a_health_check_answers_at_healthz_where_one_is_given(endpoint: str) -> None:
+    # Without one (the supervisor's endpoint, a web tier's own /metrics), there is no such path;
+    assert_problem(httpx.get(f"{endpoint}/healthz"), 404, "not-found")
+    # with one, 200 while it finds nothing wrong, and a 503 saying what is wrong once it does.
+    said: list[str | None] = [None]
+    port = free_port()
+    stop = serve(Metrics(), port, "127.0.0.1", health=lambda: said[0])
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        ok = httpx.get(url)
+        assert ok.status_code == 200 and ok.json() == {"status": "ok"}
+        assert ok.headers["cache-control"] == "no-store"
+        assert httpx.head(url).status_code == 200
+        said[0] = "the worker's event loop has not run for 12s"
+        document = assert_problem(httpx.get(url), 503, "unhealthy")
+        assert document["detail"] == said[0] and document["instance"] == "/healthz"
+        assert httpx.head(url).status_code == 503
+        refused = httpx.post(url)
+        assert_problem(refused, 405, "method-not-allowed")
+        assert refused.headers["allow"] == "GET, HEAD"
+        # and /metrics is as it was.
+        assert httpx.head(f"http://127.0.0.1:{port}/metrics").status_code == 405
+    finally:
+        stop()

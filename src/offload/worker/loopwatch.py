@@ -81,6 +81,11 @@ class LoopWatch:
         if self._thread is not None:
             self._thread.join(1.0)
 
+    def blocked_s(self) -> float:
+        """How long the loop has not run now, in seconds (from any thread): a few tenths
+        while it runs, as its mark comes every `TICK_S`."""
+        return max(0.0, monotonic() - self._seen)
+
     def _tick(self) -> None:
         self._seen = monotonic()
         assert self._loop is not None

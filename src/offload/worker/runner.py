@@ -91,6 +91,9 @@ FLUSH_GUARD_S = 30.0
 #: their next step; a handler's own cleanup may take a while) before it leaves those whose
 #: handler ignores its cancellation (`tasks_left`); `grace_s` where that is longer.
 CANCELLED_RUNS_WAIT_S = 10.0
+#: Seconds a worker's event loop may not run before its health check fails (`health`):
+#: meanwhile no lease of its beats, and past the lease its jobs are run again elsewhere.
+UNHEALTHY_AFTER_S = 10.0
 #: Seconds a stopping worker gives the deletion of its registry entry: one not deleted shows
 #: as lost, and is forgotten in time (an outage would hold the exit its retry deadline).
 FORGET_WITHIN_S = 3.0
@@ -423,6 +426,7 @@ class Worker:
         #: caught `CancelledError` and went on). Their leases lapse; the event loop's end
         #: would wait for them, maybe for ever (`offload worker` exits without).
         self.tasks_left = 0
+        self._loop_watch: LoopWatch | None = None
         #: The side tasks by name; when each last failed (loop time).
         self._side: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
@@ -507,6 +511,24 @@ class Worker:
         if now:
             self._stop_now.set()
 
+    def health(self) -> str | None:
+        """Why this worker is not healthy, or None (a liveness probe's question, asked from
+        any thread: `offload worker --metrics-port` answers it at `GET /healthz`). Its event
+        loop has not run for `UNHEALTHY_AFTER_S`: an async handler blocks it (it sleeps,
+        computes or calls blocking I/O), no lease of its beats, and a restart is the way
+        out. A worker starting, stopping or waiting for its backend is healthy: a restart
+        would not help."""
+        watch = self._loop_watch
+        if watch is None or self.stopped.is_set():
+            return None
+        blocked = watch.blocked_s()
+        if blocked < UNHEALTHY_AFTER_S:
+            return None
+        return (
+            f"the worker's event loop has not run for {blocked:.0f}s: an async handler blocks "
+            "it (the log names the job and its line: action loop_blocked)"
+        )
+
     @property
     def running(self) -> int:
         """Handlers running now."""
@@ -549,6 +571,7 @@ class Worker:
         )
         loop_watch = LoopWatch(self._job_of, self._async_handlers(), in_threads=self._plain_running)
         loop_watch.start()
+        self._loop_watch = loop_watch
         try:
             try:
                 await self._claim_loop(self.app._require_backend())
@@ -562,6 +585,7 @@ class Worker:
         finally:
             try:
                 unwatch()
+                self._loop_watch = None  # (its marks end: no health check reads them)
                 loop_watch.stop()
                 await self._forget_record()  # not live any more
                 await self.app.close()
