@@ -468,6 +468,11 @@ async def test_with_no_origin_named_a_preflight_is_refused_as_cross_origin(
         assert refused.json()["type"].endswith("/cross-origin-refused")
         assert "OFFLOAD_CORS_ORIGINS" in refused.json()["detail"]
         assert "access-control-allow-origin" not in refused.headers
+        # (as for a path of the API that no route answers, the WebSocket's among them),
+        for path in ("/v1/nope", "/v1/ws"):
+            elsewhere = await web.options(path, headers=asked)
+            assert elsewhere.status_code == 403, path
+            assert elsewhere.json()["type"].endswith("/cross-origin-refused"), path
         # an OPTIONS that is no preflight, or one for a page that is no API, is a 405 as ever.
         plain = await web.options("/v1/jobs/t.task")
         assert plain.status_code == 405 and "POST" in plain.headers["allow"]

@@ -297,6 +297,40 @@ async def test_delivery_options_the_route_passes_on_are_refused_as_the_api_refus
         assert accepted.status_code == 202, accepted.text
 
 
+async def test_a_repeat_is_answered_as_the_submit_route_answers_it(app: App, closing: None) -> None:
+    """A job an idempotency key named again: `Idempotent-Replayed`; the job a unique key
+    named: `200`, without `Retry-After`, as offload's own submit route answers."""
+
+    class Nightly(Message):
+        user: str
+
+    app.message("t.nightly", unique="queued")(Nightly)
+    api = FastAPI()
+    api.mount("/jobs", create_app(app))
+
+    @api.post("/exports", status_code=202)
+    async def export(jobs: Annotated[Jobs, Depends(offload_jobs)], key: str) -> Response:
+        job = await jobs.enqueue(Export(user=jobs.principal, period="p"), idempotency_key=key)
+        return await jobs.accepted(job)
+
+    @api.post("/nightly", status_code=202)
+    async def nightly(jobs: Annotated[Jobs, Depends(offload_jobs)]) -> Response:
+        return await jobs.accepted(await jobs.enqueue(Nightly(user=jobs.principal)))
+
+    async with client(api) as local:
+        first, again = [await local.post("/exports", params={"key": "k1"}) for _ in range(2)]
+        assert (first.status_code, again.status_code) == (202, 202)
+        assert "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true" and "retry-after" in again.headers
+        assert again.json()["id"] == first.json()["id"]
+        first, again = [await local.post("/nightly") for _ in range(2)]
+        assert (first.status_code, again.status_code) == (202, 200)
+        assert "retry-after" in first.headers and "retry-after" not in again.headers
+        assert "idempotent-replayed" not in again.headers
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["location"] == first.headers["location"]
+
+
 @pytest.mark.parametrize("period", ["a\x00b", "nan", "big"])
 async def test_a_message_no_engine_stores_is_a_422_from_the_route_too(
     app: App, closing: None, period: str

@@ -304,8 +304,9 @@ async def test_cancelling_a_waiting_job_sends_its_webhook(
 
 
 @pytest.mark.parametrize("overrides", [{"lease_s": 600.0}])
-async def test_a_cancel_its_worker_had_not_heard_of_sends_its_webhook_when_the_attempt_fails(
-    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("given_back", [False, True])
+async def test_a_cancel_its_worker_had_not_heard_of_sends_its_webhook_when_the_attempt_ends(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, given_back: bool
 ) -> None:
     app.message("t.flaky", max_attempts=5)(Export)
     app.metrics = metrics = Metrics()
@@ -328,13 +329,20 @@ async def test_a_cancel_its_worker_had_not_heard_of_sends_its_webhook_when_the_a
             return await extend(*args, **kwargs)
 
         monkeypatch.setattr(backend, "extend", held_up)
-        worker = Worker(app)
+        worker, deliverer = Worker(app, grace_s=0.05), Worker(app)
         run = asyncio.create_task(worker.run())
+        delivering: asyncio.Task[None] | None = None
         try:
             await asyncio.wait_for(started.wait(), 10)
-            # when its running job is cancelled, and the attempt then fails with retries left,
+            # when its running job is cancelled, and the attempt then fails with retries left
+            # (or the worker stops, and gives it back),
             assert (await app.cancel(job.id)).state == "running"
-            go.set()
+            if given_back:
+                worker.request_stop()
+                await asyncio.wait_for(run, 30)
+                delivering = asyncio.create_task(deliverer.run())  # (that one has stopped)
+            else:
+                go.set()
             # then the job ends cancelled, and its webhook says so;
             sent = await delivery(app, job.id, {"delivered"})
             assert sent["state"] == "delivered"
@@ -345,9 +353,13 @@ async def test_a_cancel_its_worker_had_not_heard_of_sends_its_webhook_when_the_a
             beats.set()
             worker.request_stop()
             await asyncio.wait_for(run, 30)
+            if delivering is not None:
+                deliverer.request_stop()
+                await asyncio.wait_for(delivering, 30)
     # its worker says what became of the attempt, and counts the job cancelled.
     (said,) = [r for r in caplog.records if getattr(r, "action", "") == "cancelled_at_settle"]
-    assert said.job_id == job.id and "was to be retrying" in said.getMessage()
+    was = "given back" if given_back else "retrying"
+    assert said.job_id == job.id and f"was to be {was}" in said.getMessage()
     found = parse(metrics.render().decode())
     assert found.total("offload_jobs_completed_total", kind="t.flaky", state="cancelled") == 1
     assert found.total("offload_jobs_completed_total", kind="t.flaky", state="retrying") == 0

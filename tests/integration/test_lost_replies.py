@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from offload.brokers.base import Backend, Capability
-from offload.contract import JobState, KindLimits
+from offload.contract import JobState, KindLimits, Outcome
 from offload.errors import BackendError
 from offload.web.events import Hub, owner_stream
 
@@ -269,6 +270,35 @@ async def test_a_settle_whose_reply_was_lost_is_not_reported_stale(
     assert (follow.id in await _jobs(backend)) is follow_up
     # and the same outcome sent by its caller once more is stale, as before.
     assert await backend.settle([done(lease, "again")]) == [False]
+
+
+@pytest.mark.parametrize("given_back", [False, True])
+async def test_a_settle_a_cancel_ended_whose_reply_was_lost_says_so_and_notifies_once(
+    backend: Backend, loss: ReplyLoss, given_back: bool
+) -> None:
+    # Given a running job cancelled unheard, its attempt failed (or given back at a stop),
+    job = envelope()
+    await backend.enqueue([job])
+    (lease,) = await claim(backend)
+    await backend.cancel(job.id)
+    note = envelope("notify", kind="offload.webhook")
+    outcome = Outcome(
+        lease=lease,
+        state=JobState.QUEUED if given_back else JobState.RETRYING,
+        error={"type": "RuntimeError", "message": "boom"},
+        run_at=time.time(),
+        refund=given_back,
+        on_cancel=(note,),
+    )
+    loss.arm("settle")
+    # when its settle ends it cancelled, loses its reply and is sent again,
+    applied = await backend.settle([outcome])
+    # then the answer says it ended cancelled, and its notification is stored once.
+    assert loss.lost == 1
+    assert applied == [True] and applied.cancelled == {job.id}
+    row = await backend.get(job.id)
+    assert row is not None and row.state == JobState.CANCELLED
+    assert sorted(await _jobs(backend)) == sorted([job.id, note.id])
 
 
 async def test_a_claim_whose_reply_was_lost_hands_over_what_it_leased(

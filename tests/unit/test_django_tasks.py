@@ -42,6 +42,7 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_started
 from django.test import override_settings
 
+from offload._signing import short_secret
 from offload.contract import JobRow, JobState, UnstorableMessage
 from offload.contrib.django import OffloadBackend, owner
 from offload.contrib.django._same_db import Incomparable, server_settings
@@ -549,6 +550,21 @@ def test_manage_py_check_finds_the_principal_middleware_out_of_order(
     with override_settings(MIDDLEWARE=middleware):
         found = [e for e in run_checks() if e.id == "offload.E001"]
     assert [e.msg for e in found] == ([problem] if problem else [])
+
+
+@pytest.mark.parametrize(("key", "refused"), [("short", True), ("k" * 32, False), (None, False)])
+def test_manage_py_check_refuses_a_signing_key_offload_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, key: str | None, refused: bool
+) -> None:
+    from django.core.checks import run_checks
+
+    # A short OFFLOAD_SECRET_KEY failed only the first request that enqueued a task.
+    if key is None:
+        monkeypatch.delenv("OFFLOAD_SECRET_KEY", raising=False)
+    else:
+        monkeypatch.setenv("OFFLOAD_SECRET_KEY", key)
+    found = [e for e in run_checks() if e.id == "offload.E002"]
+    assert [e.msg for e in found] == ([f"{short_secret(b'short')}"] if refused else []), found
 
 
 CHECK_SUBCLASS = """

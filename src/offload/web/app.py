@@ -238,7 +238,7 @@ def _answer_allow(api: FastAPI, routers: tuple[APIRouter, ...]) -> None:
     @api.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
         headers = getattr(exc, "headers", None)
-        if exc.status_code == 405 and (refused := refused_preflight(request)) is not None:
+        if exc.status_code in (404, 405) and (refused := refused_preflight(request)) is not None:
             return refused
         if exc.status_code == 405:
             routes = (*(r for included in routers for r in included.routes), *api.routes)

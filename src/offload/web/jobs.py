@@ -93,11 +93,18 @@ class Jobs:
     async def accepted(self, job: Job) -> JSONResponse:
         """The answer the web tier's own submit route gives: `202 Accepted` with
         `Location` (the status route), `Retry-After` and the status record as the body,
-        read from the job's row as that route reads it (without `deliveries`)."""
+        read from the job's row as that route reads it (without `deliveries`); with
+        `Idempotent-Replayed: true` for a job an idempotency key named, and `200` without
+        `Retry-After` for the job a unique key named (`Job.unique_repeat`)."""
+        headers = {"Location": self.location(job)}
+        if not job.unique_repeat:
+            headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_S)
+            if not job.created:
+                headers["Idempotent-Replayed"] = "true"
         return JSONResponse(
             self.present.row(await self._own(job.id)),
-            status_code=202,
-            headers={"Location": self.location(job), "Retry-After": str(DEFAULT_RETRY_AFTER_S)},
+            status_code=200 if job.unique_repeat else 202,
+            headers=headers,
         )
 
     async def status(self, job: Job | str) -> dict[str, Any]:

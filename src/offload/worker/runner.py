@@ -1595,9 +1595,8 @@ class Worker:
                     self._unknown.update(o.lease.token for o in batch)
                     self._pending_ready.set()
                     raise
-                self._meter(batch, applied)
+                self.after_settle(batch, applied)
                 self._not_recorded(batch, applied)
-                self._cancelled_instead(batch, applied)
                 for outcome in batch:
                     job = self._jobs.get(outcome.lease.job_id)
                     if job is not None and job.lease.token == outcome.lease.token:
@@ -1632,6 +1631,13 @@ class Worker:
                 extra={"action": "outcome_not_recorded", "job_id": env.id, "kind": env.kind},
             )
 
+    def after_settle(self, outcomes: Sequence[Outcome], applied: Settled) -> None:
+        """Count and say what a settle of these outcomes did (its answer `applied`): the
+        attempts that ended (metrics), and the jobs a cancel ended instead of running them
+        again. The caller settled them itself (the queue-triggered function)."""
+        self._meter(outcomes, applied)
+        self._cancelled_instead(outcomes, applied)
+
     def _cancelled_instead(self, outcomes: Sequence[Outcome], applied: Settled) -> None:
         """Say which jobs the backend ended cancelled where their outcomes would have run
         them again: a cancel was asked for while they ran, and this worker had not heard."""
@@ -1651,14 +1657,15 @@ class Worker:
     def _meter(self, outcomes: Sequence[Outcome], applied: Settled) -> None:
         """Count the attempts that ended (metrics), in the state each left its job in: each
         outcome written, but a job given back unspent (released, or left for a newer
-        worker), which did not run."""
+        worker) that goes on waiting."""
         metrics = self.app.metrics
         if not metrics.enabled:
             return
         for outcome, written in zip(outcomes, applied, strict=False):
-            if not written or outcome.refund:
-                continue
             env = outcome.lease.envelope
+            # (one given back that a cancel ended ran, and ended: counted)
+            if not written or (outcome.refund and env.id not in applied.cancelled):
+                continue
             job = self._jobs.get(env.id)
             ran_s = (
                 job.ran_s if job is not None and job.lease.token == outcome.lease.token else None
@@ -1717,8 +1724,7 @@ class Worker:
         except TimeoutError:
             self._gave_up = BackendError(f"no answer in {bound:g}s")
             raise self._unrecorded(batch, self._gave_up) from None
-        self._meter(batch, applied)
-        self._cancelled_instead(batch, applied)
+        self.after_settle(batch, applied)
 
     def _unrecorded(self, outcomes: list[Outcome], cause: BackendError) -> BackendError:
         """The error a stopping worker ends with when the outcomes of its last attempts could

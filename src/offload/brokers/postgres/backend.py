@@ -1417,14 +1417,14 @@ class PostgresBackend:
             ]
         )
 
-        async def run(conn: psycopg.AsyncConnection[Any], resent: bool) -> dict[str, str | None]:
+        async def run(conn: psycopg.AsyncConnection[Any], resent: bool) -> _Applied:
             async with conn.cursor() as cur:
                 await cur.execute(Q["settle"], {"batch": batch, "now": now, "resent": resent})
-                return dict(await cur.fetchall())
+                return {job_id: (state, written) for job_id, state, written in await cur.fetchall()}
 
         follow = any(o.follow_ups or o.on_cancel for o in outcomes)
 
-        async def attempt(resent: bool) -> dict[str, str | None]:
+        async def attempt(resent: bool) -> _Applied:
             async with self._conn() as conn:
                 if not follow:  # one statement: autocommit, one round trip
                     return await run(conn, resent)
@@ -1949,18 +1949,30 @@ async def _repeats(
 UNDEFINED_TABLE = "42P01"
 
 
-def _ended_cancelled(outcome: Outcome, applied: Mapping[str, str | None]) -> bool:
+#: What the settle statement answers: each applied outcome's job, the state it left the
+#: job in, and whether it wrote it now (else a resend found its first attempt applied).
+_Applied = dict[str, tuple[str, bool]]
+
+
+def _ended_cancelled(outcome: Outcome, applied: _Applied) -> bool:
     """Whether a settle ended a job cancelled that its outcome would have run again (a
     cancel asked for while it ran)."""
-    return not outcome.state.final and applied.get(outcome.lease.job_id) == JobState.CANCELLED
+    found = applied.get(outcome.lease.job_id)
+    return found is not None and not outcome.state.final and found[0] == JobState.CANCELLED
 
 
-def _notes(outcome: Outcome, applied: Mapping[str, str | None]) -> tuple[Envelope, ...]:
+def _notes(outcome: Outcome, applied: _Applied) -> tuple[Envelope, ...]:
     """The notifications to enqueue with an outcome as the settle applied it: none if it
-    did not apply, those of a cancelled end if it ended so instead."""
-    if outcome.lease.job_id not in applied:
+    did not apply, those of a cancelled end if it ended so instead. A resend's outcome
+    found applied before stores its follow-ups again (each collapses into the stored one),
+    and a cancelled end's not at all: stored then, or the job cancelled by a user since,
+    whose cancel sent its own."""
+    found = applied.get(outcome.lease.job_id)
+    if found is None:
         return ()
-    return outcome.on_cancel if _ended_cancelled(outcome, applied) else outcome.follow_ups
+    if _ended_cancelled(outcome, applied):
+        return outcome.on_cancel if found[1] else ()
+    return outcome.follow_ups
 
 
 def _sqlstate(exc: BaseException | None) -> str | None:

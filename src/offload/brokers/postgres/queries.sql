@@ -503,12 +503,13 @@ WITH o AS (
 ), again AS (
     -- a resend's outcomes whose first attempt applied (read from the statement's snapshot,
     -- so never a row `upd` changes here); nothing, and no cost, in a first attempt
-    SELECT j.id FROM offload_jobs j JOIN o ON j.id = o.id
+    SELECT j.id, j.state FROM offload_jobs j JOIN o ON j.id = o.id
     WHERE %(resent)s
         AND j.lease_token = o.token || CASE WHEN o.lapsed THEN ':rescued' ELSE ':settled' END
 )
--- with the state each applied outcome wrote (a resend's, written before: unknown)
-SELECT id::text, state FROM upd UNION ALL SELECT id::text, NULL FROM again
+-- with the state each applied outcome left its job in, and whether it was written now (a
+-- resend's outcome found applied is not: its follow-ups were stored then)
+SELECT id::text, state, true FROM upd UNION ALL SELECT id::text, state, false FROM again
 
 -- name: expired
 -- Facts only: the lapsed leases, oldest lapse first, with what a lease carries (the

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -313,12 +313,12 @@ class SQSBackend:
 
     async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         applied = await self.store.settle(outcomes)
-        await self.send_jobs(_ids(outcomes, applied.cancelled))
+        await self.send_jobs(_ids(outcomes))
         return applied
 
     async def rescue(self, decisions: Sequence[Outcome]) -> Settled:
         applied = await self.store.rescue(decisions)
-        await self.send_jobs(_ids(decisions, applied.cancelled))
+        await self.send_jobs(_ids(decisions))
         return applied
 
     async def requeue(self, job_id: str) -> Any:
@@ -551,13 +551,11 @@ for _seam in (Broker, JobStore, JobSearch, ScheduleStore, Limiter):
             setattr(SQSBackend, _name, _forward(_name))
 
 
-def _ids(outcomes: Sequence[Outcome], cancelled: Collection[str] = ()) -> list[str]:
-    """The jobs an outcome may make ready again, and its follow-ups (those of a cancelled
-    end where the job ended so instead: `cancelled`)."""
+def _ids(outcomes: Sequence[Outcome]) -> list[str]:
+    """The jobs an outcome may make ready again, and its follow-ups, those of a cancelled
+    end too (sent only if stored: a resend's answer cannot tell whether they were)."""
     return [o.lease.job_id for o in outcomes] + [
-        e.id
-        for o in outcomes
-        for e in (o.on_cancel if o.lease.job_id in cancelled else o.follow_ups)
+        e.id for o in outcomes for e in (*o.follow_ups, *o.on_cancel)
     ]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
+from django.core.checks import Error
 from django.db import connections, transaction
 from django.tasks import Task, TaskResult
 from django.tasks.backends.base import BaseTaskBackend
@@ -13,6 +15,7 @@ from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
 from ..._claim_check import encoded
+from ..._signing import short_secret
 from ...app import App
 from ...contract import Envelope, JobRow
 from .calls import TaskCall, check_arguments, kind_of
@@ -45,6 +48,15 @@ class OffloadBackend(BaseTaskBackend):
     def app(self) -> App:
         """The process's offload App of this backend's configuration (shared by threads)."""
         return app_for(self.config)
+
+    def check(self, **kwargs: Any) -> list[Error]:
+        """`manage.py check` (and `runserver`, `migrate`): an OFFLOAD_SECRET_KEY that offload
+        refuses, which would otherwise fail the first request that enqueues a task."""
+        secret = os.environ.get("OFFLOAD_SECRET_KEY")
+        fault = short_secret(secret.encode()) if secret else None
+        if fault is None:
+            return []
+        return [Error(fault, obj=f"TASKS[{self.alias!r}]", id="offload.E002")]
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """Store the call as a job, inside the current transaction of the backend's

@@ -158,7 +158,7 @@ class SQSConsumer:
                 return True
             outcome = await self._run(worker, lease, record.get("receiptHandle"), deadline)
             if outcome is not None:
-                await broker.settle([outcome])
+                worker.after_settle([outcome], await broker.settle([outcome]))
             return True
         except BackendError as exc:
             log.warning(

@@ -98,7 +98,11 @@ for i = 1, n do
     store_envelopes(starts[i], plans[i], now, created, woken)
     out[#out + 1] = answer
   elseif again[i] then
-    out[#out + 1] = 1
+    -- (applied before, its reply lost: a job that ends cancelled where it was to run
+    -- again is said so, its notifications stored then)
+    local state = ENV[(i - 1) * WIDTH + 3]
+    local ended = redis.call('HGET', K .. 'job:' .. ENV[(i - 1) * WIDTH + 1], 'state')
+    out[#out + 1] = ((state == 'queued' or state == 'retrying') and ended == 'cancelled') and 2 or 1
   else
     out[#out + 1] = 0
   end
