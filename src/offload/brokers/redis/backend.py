@@ -393,7 +393,7 @@ class RedisBackend:
 
         return await self.retrier.run(attempt)
 
-    async def _script(self, script: str, *args: str | int) -> Any:
+    async def _script(self, script: str, *args: str | bytes | int) -> Any:
         """One attempt of one script call: on the lane when it is free, else on a connection
         of the pool."""
         client = self._redis
@@ -719,9 +719,11 @@ class RedisBackend:
         )
         return enqueue_results(out)
 
-    def _enqueue_args(self, envelopes: Sequence[Envelope]) -> tuple[str, str]:
-        """The enqueue script's time and packed envelopes, the same in every attempt."""
-        return num(self.clock.now()), orjson.dumps(envelope_args(envelopes)).decode()
+    def _enqueue_args(self, envelopes: Sequence[Envelope]) -> tuple[str, bytes]:
+        """The enqueue script's time and packed envelopes, the same in every attempt (as
+        bytes: the client sends them as they are, where text it would encode again, a
+        copy of what may be megabytes)."""
+        return num(self.clock.now()), orjson.dumps(envelope_args(envelopes))
 
     def enqueue_sync(self, envelopes: Sequence[Envelope]) -> list[EnqueueResult]:
         """`enqueue` for a thread that is not the event loop's (`App.enqueue_sync`): the
@@ -737,7 +739,7 @@ class RedisBackend:
         now, packed = self._enqueue_args(envelopes)
 
         def attempt(resent: bool) -> Any:
-            args = [self.keyspace, now, _flag(resent), packed]
+            args: list[str | bytes] = [self.keyspace, now, _flag(resent), packed]
             try:
                 # The lane when no other thread is on it (as `_script`), else the pool.
                 if self._sync_lane_lock.acquire(blocking=False):
@@ -751,7 +753,7 @@ class RedisBackend:
 
         return enqueue_results(self.retrier.run_sync(attempt))
 
-    def _on_sync_lane(self, client: redis.Redis, script: Any, args: list[str]) -> Any:
+    def _on_sync_lane(self, client: redis.Redis, script: Any, args: list[str | bytes]) -> Any:
         """`_on_lane` for the blocking client (the caller holds `_sync_lane_lock`). A lane
         taken before a fork is left to the parent: the child takes its own."""
         pool = client.connection_pool
