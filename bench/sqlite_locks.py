@@ -12,6 +12,7 @@ e.g. the code before chunking) as a column and writes the section of bench/RESUL
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import asyncio
 import json
@@ -76,14 +77,14 @@ class Probe(threading.Thread):
 
 
 def _set_all(path: Path, state: str) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(
             "UPDATE offload_jobs SET state = ?, finished_at = ?", (state, time.time() - OLD_S)
         )
 
 
 def _ids(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return [r[0] for r in conn.execute("SELECT id FROM offload_jobs")]
 
 
@@ -152,7 +153,7 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         work = Path(tmp)
         base = work / "base.db"
         build(base, args.jobs)
-        with sqlite3.connect(base) as conn:
+        with contextlib.closing(sqlite3.connect(base)) as conn, conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         figures = {}
         for name, (state, op) in OPERATIONS.items():

@@ -11,6 +11,7 @@ unless --no-write.
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import shutil
 import sqlite3
@@ -52,7 +53,7 @@ async def main(n: int, dead: int, write: bool) -> None:
         backend = SQLiteBackend(str(base))
         await backend.open()
         await backend.close()
-        with sqlite3.connect(base) as conn:
+        with contextlib.closing(sqlite3.connect(base)) as conn, conn:
             conn.execute(FILL, (n + dead, dead))
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         times = []

@@ -13,6 +13,7 @@ JSON; `--table` writes saved runs (of several trees) into bench/RESULTS.md.
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import asyncio
 import json
@@ -153,7 +154,7 @@ def run(
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(30)
-        with sqlite3.connect(path) as conn:
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
             done = conn.execute("SELECT count(*) FROM offload_jobs WHERE state = 'succeeded'")
             succeeded = done.fetchone()[0]
         db, wal = samples[-1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from offload.worker.runner import Worker
 from ..services import (
     server_store,
 )
+from ..sqlite_support import sqlite_file
 
 #: The App the commands below load with `--app` (this module, imported by name).
 APP_REF = f"{__name__}:app"
@@ -119,7 +119,7 @@ def test_an_older_file_is_upgraded_by_migrate_not_by_a_look_at_it(workdir: Path)
     path = workdir / "old.db"
     url = f"sqlite:///{path}"
     assert invoke("migrate", "--url", url).exit_code == 0
-    with sqlite3.connect(path) as conn:  # as an older offload left it
+    with sqlite_file(path) as conn:  # as an older offload left it
         conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
     looked = invoke("queues", "--url", url)
     assert looked.exit_code == 2

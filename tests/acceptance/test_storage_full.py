@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ import pytest
 from offload import App, Context, JobFilter, JobState, Message, Settings
 from offload.brokers.sqlite import SQLiteBackend
 from offload.web.runtime import runtime_of
+
+from ..sqlite_support import sqlite_file
 
 pytestmark = pytest.mark.anyio
 STORAGE_FULL = "https://offload.dev/problems/storage-full"
@@ -85,5 +86,5 @@ async def test_a_database_that_cannot_grow_answers_storage_full_until_it_can(
     for job_id in ids:
         row = await app.get(job_id)
         assert row is not None and row.state is JobState.SUCCEEDED
-    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+    with sqlite_file(tmp_path / "jobs.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from ..services import unavailable
+from ..sqlite_support import sqlite_file
 from .conftest import TEMPLATE, Stack
 
 pytestmark = pytest.mark.slow
@@ -120,5 +120,5 @@ def test_a_full_disk_answers_storage_full_and_loses_nothing(full_stack: Stack, d
             stack.wait_state(alice, job_id, {"succeeded", "dead", "failed"}, 60)["state"]
             == "succeeded"
         )
-    with sqlite3.connect(disk / "jobs.db") as conn:
+    with sqlite_file(disk / "jobs.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

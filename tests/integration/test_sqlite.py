@@ -25,6 +25,7 @@ from offload.errors import BackendError, ConfigurationError, StorageFull
 from offload.worker.rescue import decide_all
 
 from ..contract._support import Policy, claim, envelope, status, worker_info
+from ..sqlite_support import sqlite_file
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,7 @@ async def test_a_schema_1_file_is_migrated_and_its_feed_reads_the_same(tmp_path:
     await backend.settle([Outcome(lease=lease, state=JobState.SUCCEEDED, result={"n": 1})])
     before = [(c.seq, c.owner, status_record(c.row)) for c in await backend.changes_since(0)]
     await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.executemany(
             "UPDATE offload_events SET record = ? WHERE seq = ?",
             [(orjson.dumps(record).decode(), seq) for seq, _, record in before],
@@ -60,7 +61,7 @@ async def test_a_schema_1_file_is_migrated_and_its_feed_reads_the_same(tmp_path:
         assert last.row.state is JobState.CANCELLED and last.owner == "bob"
     finally:
         await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         (version,) = conn.execute(
             "SELECT value FROM offload_meta WHERE key = 'schema_version'"
         ).fetchone()
@@ -74,7 +75,7 @@ async def test_a_file_from_a_newer_offload_is_refused(tmp_path: Path) -> None:
     backend = SQLiteBackend(str(path))
     await backend.open()
     await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("UPDATE offload_meta SET value = '99' WHERE key = 'schema_version'")
     from offload.errors import SchemaError
 
@@ -109,7 +110,7 @@ async def test_without_create_a_missing_file_is_an_error_and_stays_missing(
 
 async def test_without_create_a_foreign_file_is_refused_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("CREATE TABLE notes (text TEXT)")
     before = path.read_bytes()
     with pytest.raises(BackendError, match="not an offload database"):
@@ -122,7 +123,7 @@ def _as_schema_2(path: Path, *, workers_table: bool = True) -> None:
     """Turn a file this code wrote into one as schema 2 left it: no paused queues, no
     registry entries (and, without `workers_table`, no workers table nor newer-version
     index either, as early schema 2 files have)."""
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("DROP TABLE offload_paused")
         conn.execute("DROP TABLE offload_workers")
         if workers_table:
@@ -136,7 +137,7 @@ def _as_schema_2(path: Path, *, workers_table: bool = True) -> None:
 
 
 def _version(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         (version,) = conn.execute(
             "SELECT value FROM offload_meta WHERE key = 'schema_version'"
         ).fetchone()
@@ -176,7 +177,7 @@ async def test_a_schema_2_file_is_migrated_to_3_with_its_workers_and_jobs(tmp_pa
     await backend.enqueue([env])
     await backend.close()
     _as_schema_2(path)
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute(
             "INSERT INTO offload_workers VALUES ('old', ?, ?)",
             (orjson.dumps({"test.job": [1]}).decode(), time.time()),
@@ -214,7 +215,7 @@ async def test_a_file_without_the_schedules_table_gains_it_on_open_at_the_same_v
     backend = SQLiteBackend(str(path))
     await backend.open()
     await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("DROP TABLE offload_schedules")
     # When this offload opens it, a schedule fires and is read back
     backend = SQLiteBackend(str(path))
@@ -241,7 +242,7 @@ async def test_a_schema_3_file_is_migrated_to_4_and_its_jobs_hold_no_unique_key(
     old = envelope()
     await backend.enqueue([old])
     await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("DROP INDEX offload_jobs_unique")
         conn.execute("ALTER TABLE offload_jobs DROP COLUMN unique_key")
         conn.execute("ALTER TABLE offload_jobs DROP COLUMN unique_mode")
@@ -267,7 +268,7 @@ async def test_the_indexes_an_enqueue_no_longer_writes_go_on_open(tmp_path: Path
     backend = SQLiteBackend(str(path))
     await backend.open()
     await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("CREATE INDEX offload_jobs_created ON offload_jobs (enqueued_at, id)")
         conn.execute("CREATE INDEX offload_jobs_kind_id ON offload_jobs (kind, id)")
         conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
@@ -276,7 +277,7 @@ async def test_the_indexes_an_enqueue_no_longer_writes_go_on_open(tmp_path: Path
     await backend.close()
     # Then they are gone, the index a kind's page reads instead is there, and the file is at
     # schema 5: an older offload (which would make the two again) refuses it
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert not names & {"offload_jobs_created", "offload_jobs_kind_id"}
     assert "offload_jobs_state_kind_id" in names
@@ -291,7 +292,7 @@ async def test_an_older_file_is_left_as_it_is_by_what_only_inspects(tmp_path: Pa
     backend = SQLiteBackend(str(path))
     await backend.open()
     await backend.close()
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("UPDATE offload_meta SET value = '4' WHERE key = 'schema_version'")
         conn.execute("CREATE INDEX offload_jobs_created ON offload_jobs (enqueued_at, id)")
     # When an inspecting command's open (create=False) reads it, it is refused, saying
@@ -365,7 +366,7 @@ async def test_a_prune_reads_on_from_where_its_last_chunk_stopped(
     try:
         jobs = [envelope("history") for _ in range(20)]
         await backend.enqueue(jobs)
-        with sqlite3.connect(tmp_path / "history.db") as conn:
+        with sqlite_file(tmp_path / "history.db") as conn:
             conn.executemany(  # dead ones first and among the rest, times tied in pairs
                 "UPDATE offload_jobs SET state = ?, finished_at = ? WHERE id = ?",
                 [
@@ -406,7 +407,7 @@ async def test_long_writes_go_in_chunks_and_miss_no_row(
         ended = [envelope("ended") for _ in range(31)]
         await backend.enqueue([*waiting, *ended])
         ids = [e.id for e in ended]
-        with sqlite3.connect(tmp_path / "chunks.db") as conn:
+        with sqlite_file(tmp_path / "chunks.db") as conn:
             conn.executemany(
                 "UPDATE offload_jobs SET state = ?, finished_at = 1 WHERE id = ?",
                 [("dead" if i < 12 else "succeeded", job_id) for i, job_id in enumerate(ids)],
@@ -415,7 +416,7 @@ async def test_long_writes_go_in_chunks_and_miss_no_row(
         purged = await backend.purge("purged")
         requeued = await backend.requeue_many(ids)  # the 12 dead ones
         cancelled = await backend.cancel_many(ids[:12], {})
-        with sqlite3.connect(tmp_path / "chunks.db") as conn:
+        with sqlite_file(tmp_path / "chunks.db") as conn:
             conn.execute("UPDATE offload_jobs SET finished_at = 1")
         pruned = await backend.prune(3600)  # the 19 succeeded and the 12 cancelled
         # Then every row was reached, none twice

@@ -18,6 +18,7 @@ from offload.brokers.sqlite import SQLiteBackend, checkpoint
 from offload.brokers.sqlite.checkpoint import Checkpointer, wal_bound
 
 from ..contract._support import envelope
+from ..sqlite_support import sqlite_file
 
 pytestmark = pytest.mark.anyio
 
@@ -35,7 +36,7 @@ def _wal_bytes(path: Path) -> int:
 
 def _held_frames(path: Path) -> int:
     """The frames the WAL holds since its last rewind (a PASSIVE checkpoint counts them)."""
-    with sqlite3.connect(path, isolation_level=None, timeout=0) as conn:
+    with sqlite_file(path, isolation_level=None, timeout=0) as conn:
         _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(frames)
 

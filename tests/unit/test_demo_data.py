@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from offload.demo.data import (
 from offload.demo.sales import load_sales
 
 from ..demo_support import expected_totals
+from ..sqlite_support import sqlite_file
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _dump(path: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         return conn.execute(
             "SELECT o.id, o.user_id, o.ordered_on, l.product_id, l.quantity, l.unit_price_cents"
             " FROM orders o JOIN order_lines l ON l.order_id = o.id ORDER BY o.id, l.rowid"
@@ -39,7 +39,7 @@ def test_dataset_is_deterministic(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_dataset_covers_a_year_for_every_user(dataset: Path) -> None:
-    with sqlite3.connect(dataset) as conn:
+    with sqlite_file(dataset) as conn:
         for user in USERS:
             first, last, months = conn.execute(
                 "SELECT MIN(ordered_on), MAX(ordered_on),"
