@@ -650,12 +650,10 @@ async def _work(app: App, runner: Worker, ready_fd: int | None) -> None:
     freeze_start_up()
     ready = None if ready_fd is None else asyncio.create_task(_report_started(runner, ready_fd))
     try:
-        await runner.run()
+        await _ran(runner, runner.run())
     finally:
         if ready is not None:
             ready.cancel()
-    if runner.tasks_left:  # the loop's end would wait for them, maybe for ever
-        _exit_leaving_threads(runner, 0)
 
 
 @contextlib.contextmanager
@@ -702,15 +700,35 @@ def _run_worker(runner: Worker, main: Callable[[], Coroutine[Any, Any, None]]) -
     except Exception as exc:
         if not (runner.wedged or runner.threads_running_on):
             raise
-        if not runner.wedged:  # (a wedged worker said why in its log)
-            if isinstance(exc, OffloadError):  # one line, as `_errors` shows it
-                _fail(" ".join(str(exc).split()), prefix="error: ")
-            else:
-                traceback.print_exc()
-        _exit_leaving_threads(runner, 1)
+        _exit_failed(runner, exc)
     if runner.threads_running_on:
         _exit_leaving_threads(runner, 0)
     _say_threads_left(THREADS_LEFT_S)
+
+
+async def _ran(runner: Worker, run: Awaitable[None]) -> None:
+    """Await the worker's `run`; where it left runs that ignored their cancellation, end
+    the process here, as it stopped (or failed), without the event loop's end, which would
+    wait for them, maybe for ever."""
+    try:
+        await run
+    except Exception as exc:
+        if runner.tasks_left:
+            _exit_failed(runner, exc)
+        raise
+    if runner.tasks_left:
+        _exit_leaving_threads(runner, 0)
+
+
+def _exit_failed(runner: Worker, exc: Exception) -> NoReturn:
+    """End the process with 1 for the worker's failure `exc`, said as `_errors` says it,
+    without waiting for what its handlers left running (`_exit_leaving_threads`)."""
+    if not runner.wedged:  # (a wedged worker said why in its log)
+        if isinstance(exc, OffloadError):  # one line, as `_errors` shows it
+            _fail(" ".join(str(exc).split()), prefix="error: ")
+        else:
+            traceback.print_exception(exc)
+    _exit_leaving_threads(runner, 1)
 
 
 def _say_threads_left(after_s: float) -> None:
@@ -928,9 +946,7 @@ def dev(
                 freeze_start_up()
                 await server.serve()
                 runner.request_stop()
-                await worker_task
-            if runner.tasks_left:  # the loop's end would wait for them, maybe for ever
-                _exit_leaving_threads(runner, 0)
+                await _ran(runner, worker_task)
 
         _banner(
             f"offload dev on http://{host}:{port} (app {offload_app.name}: web + worker)",

@@ -305,6 +305,7 @@ async def test_a_stop_leaves_a_run_whose_handler_ignores_its_cancellation(
     # (the wait for a cancelled run is the operator's grace, or a floor: long, unless a
     # second stop cuts it short)
     monkeypatch.setattr(runner_module, "CANCELLED_RUNS_WAIT_S", 3600.0 if second_stop else 0.2)
+    monkeypatch.setattr(runner_module, "CANCELLED_RUNS_FLOOR_S", 0.2)
     async with app:
         queued = await app.enqueue(Fine(n=1))
         worker = Worker(app, grace_s=0.05)
@@ -388,3 +389,52 @@ async def test_a_worker_whose_loop_a_handler_blocks_is_unhealthy_until_it_runs_a
             worker.request_stop()
             await asyncio.wait_for(running, 30)
     assert worker.health() is None  # stopped: no probe should restart it
+
+
+@pytest.mark.parametrize("handler", ["cleans_up", "ends_at_a_second_cancel"])
+async def test_a_second_stop_releases_a_run_that_lets_its_cancellation_through(
+    tmp_path: Path, handler: str
+) -> None:
+    from offload.worker.runner import Worker
+
+    # Given a handler with a short cleanup when cancelled (or one that ends at a second
+    # cancel only, as one whose first cancel a library it awaits swallowed),
+    settings = Settings(
+        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=30
+    )
+    app = App("polite", settings=settings)
+    app.message("polite.job")(Fine)
+    started = asyncio.Event()
+
+    @app.handles(Fine)
+    async def polite(msg: Fine, ctx: Context) -> None:
+        started.set()
+        if handler == "cleans_up":
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(0.05)  # closes its client, say
+        else:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+            await asyncio.sleep(3600)
+
+    async with app:
+        queued = await app.enqueue(Fine(n=1))
+        worker = Worker(app, grace_s=3600)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(started.wait(), 30)
+            # when its worker is asked to stop, twice,
+            worker.request_stop()
+            worker.request_stop(now=True)
+            await asyncio.wait_for(running, 30)
+        finally:
+            if not running.done():
+                running.cancel()
+        # then the run ended, and its job was released for another worker, attempt unspent.
+        assert worker.tasks_left == 0
+        row = await app.get(queued.id)
+        assert row is not None and (row.state, row.attempt) == ("queued", 0)

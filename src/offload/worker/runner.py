@@ -87,10 +87,13 @@ RESCUE_BATCH = 500
 #: Longest a stopping worker waits for its settler to write the last outcomes (seconds);
 #: then it cancels it and tries once itself.
 FLUSH_GUARD_S = 30.0
-#: Seconds at least that a stopping worker waits for the runs it cancelled to end (at
-#: their next step; a handler's own cleanup may take a while) before it leaves those whose
-#: handler ignores its cancellation (`tasks_left`); `grace_s` where that is longer.
+#: Seconds a stopping worker waits for the runs it cancelled to end (at their next step; a
+#: handler's own cleanup may take a while) before it cancels those still going once more,
+#: and leaves those that go on (their handler ignores its cancellation: `tasks_left`).
 CANCELLED_RUNS_WAIT_S = 10.0
+#: Seconds a stopping worker waits, after a second stop and after its second cancel, for
+#: cancelled runs to end (the short cleanups that let a cancellation through).
+CANCELLED_RUNS_FLOOR_S = 2.0
 #: Seconds a worker's event loop may not run before its health check fails (`health`):
 #: meanwhile no lease of its beats, and past the lease its jobs are run again elsewhere.
 UNHEALTHY_AFTER_S = 10.0
@@ -1987,24 +1990,29 @@ class Worker:
         return {job_id for job_id, call in calls.items() if call.done()}
 
     async def _cancelled_runs_end(self) -> None:
-        """Wait for the runs a stop cancelled to end, at their next step. One whose handler
-        does not let its cancellation through (it catches `CancelledError` and goes on) is
-        left running at a second stop, or `CANCELLED_RUNS_WAIT_S` (or `grace_s`) on: its
-        job keeps its lease, which lapses as the worker's heartbeat ends, and the rescuer
-        runs it again; as a thread that runs on, it ends with the process (`tasks_left`)."""
+        """Wait for the runs a stop cancelled to end, at their next step (after any cleanup
+        of theirs). One whose handler does not let its cancellation through (it catches
+        `CancelledError` and goes on) is cancelled once more `CANCELLED_RUNS_WAIT_S` on,
+        or `CANCELLED_RUNS_FLOOR_S` after a second stop, and left running if it goes on
+        `CANCELLED_RUNS_FLOOR_S` more: its job keeps its lease, which lapses as the
+        worker's heartbeat ends, and the rescuer runs it again; as a thread that runs on,
+        it ends with the process (`tasks_left`)."""
         if self._idle.is_set():
             return
-        idle = asyncio.create_task(self._idle.wait())
-        now = asyncio.create_task(self._stop_now.wait())
-        await asyncio.wait(
-            {idle, now},
-            timeout=max(self.grace_s, CANCELLED_RUNS_WAIT_S),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        idle.cancel()
-        now.cancel()
-        left = [job for job in self._jobs.values() if job.task is not None and not job.task.done()]
-        if self._idle.is_set() or not left:
+        if not self._stop_now.is_set():
+            now = asyncio.create_task(self._stop_now.wait())
+            try:
+                await self._until_idle(CANCELLED_RUNS_WAIT_S, now)
+            finally:
+                now.cancel()
+        if self._stop_now.is_set():  # (short, but long enough for cleanups to end)
+            await self._until_idle(CANCELLED_RUNS_FLOOR_S)
+        going = [job.task for job in self._jobs.values() if job.task and not job.task.done()]
+        for task in going:
+            task.cancel()  # (a handler that goes on after one cancel may end at two)
+        await self._until_idle(CANCELLED_RUNS_FLOOR_S)
+        left = [job for job in self._jobs.values() if job.task and not job.task.done()]
+        if not left:
             return
         for job in left:
             job.reason = _LOST  # should it end after all: its lease lapses still
@@ -2020,6 +2028,16 @@ class Worker:
             ", ".join(job.lease.job_id for job in left),
             extra={"action": "cancel_ignored", "count": len(left)},
         )
+
+    async def _until_idle(self, within_s: float, *also: asyncio.Future[Any]) -> None:
+        """Wait until no run goes on, `within_s` at most, or until one of `also` is done."""
+        if self._idle.is_set():
+            return
+        idle = asyncio.create_task(self._idle.wait())
+        try:
+            await asyncio.wait({idle, *also}, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
 
     def _threads_left(self, left: set[str], supervisor: asyncio.Task[None]) -> None:
         """The jobs whose plain handler still runs once `_threads_return` stopped waiting:
