@@ -18,6 +18,12 @@ def _model_json(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
+#: The most a stored value (a handler's result, a step's value) may take as JSON. A larger
+#: one belongs in the blob store; and orjson, out of memory as it writes one (a worker
+#: under a memory limit), ends the process (a segmentation fault) where it would raise.
+MAX_VALUE_BYTES = 64 * 2**20
+
+
 def jsonable(value: Any) -> Any:
     """A value as a job's record stores it (a handler's result, a step's value): JSON, a
     pydantic model (alone or inside lists and dicts) as its JSON.
@@ -28,6 +34,11 @@ def jsonable(value: Any) -> Any:
     """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
+    if _larger_than(value, MAX_VALUE_BYTES):
+        raise ValueError(
+            f"it takes more than {MAX_VALUE_BYTES // 2**20} MiB as JSON, more than a job's "
+            "record keeps: write it to the blob store (ctx.blobs.put) and return its reference"
+        )
     if nested_deeper(value):
         raise TypeError(f"it nests objects and arrays more than {MAX_NESTING} levels deep")
     try:
@@ -45,3 +56,28 @@ def jsonable(value: Any) -> Any:
         # PostgreSQL's jsonb refuses it, and with it the whole batch of outcomes it is in
         raise TypeError("it contains a NUL character (\\u0000), which no engine stores alike")
     return value
+
+
+def _larger_than(value: Any, limit: int) -> bool:
+    """Whether `value` (JSON as Python) takes more than `limit` bytes as JSON, by a cheap
+    count that never overstates: its strings' characters and a byte for each other item;
+    it stops at the first count over `limit`."""
+    if not isinstance(value, str | dict | list | tuple):
+        return False
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, dict):
+            size += len(item) + 2
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            size += len(item) + 2
+            stack.extend(item)
+        else:
+            size += 1
+        if size > limit:
+            return True
+    return False

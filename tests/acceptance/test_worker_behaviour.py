@@ -714,6 +714,31 @@ async def test_cancel_signal_and_permanent_errors(
     assert (said.levelno, said.state, said.dead) == (logging.ERROR, "failed", False)
 
 
+@pytest.mark.parametrize("shape", ["text", "items"])
+async def test_a_result_too_large_for_a_record_fails_for_good_and_the_worker_goes_on(
+    app: App, start_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, shape: str
+) -> None:
+    # A 300 MB result: orjson, out of memory as it wrote it under a memory limit, ended the
+    # worker's process (a segmentation fault), every job it held left to lapse.
+    from offload import _jsonable
+
+    monkeypatch.setattr(_jsonable, "MAX_VALUE_BYTES", 1000)
+    app.message("t.big", max_attempts=3)(Ping)
+
+    @app.handles(Ping, backoff=FAST)
+    async def handle(msg: Ping, ctx: Context) -> object:
+        if msg.text == "small":
+            return {"ok": "x" * 900}
+        return "x" * 1001 if shape == "text" else {"ok": [1] * 1000}
+
+    await start_worker()
+    big, small = await app.enqueue(Ping(text="big")), await app.enqueue(Ping(text="small"))
+    record = await finished(app, big.id)
+    assert record.state is JobState.FAILED and record.attempt == 1
+    assert record.error is not None and "ctx.blobs.put" in record.error.message
+    assert (await finished(app, small.id)).state is JobState.SUCCEEDED
+
+
 async def test_a_result_nested_too_deep_fails_for_good_and_one_within_is_served(
     app: App, start_worker: Callable[..., Any], web: httpx.AsyncClient
 ) -> None:
