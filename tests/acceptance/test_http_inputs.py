@@ -8,6 +8,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import httpx
@@ -587,3 +588,40 @@ async def test_an_idempotency_key_replays_its_own_kind_only(
     again = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"}, headers=key)
     assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
+
+
+@pytest.mark.parametrize("short_of", ["memory", "threads"])
+async def test_a_server_short_of_memory_or_threads_answers_503_not_a_refusal_of_the_body(
+    app: App, monkeypatch: pytest.MonkeyPatch, short_of: str
+) -> None:
+    # Under a memory limit orjson refused a fine body as "not JSON" (a 422: the client gave
+    # up on it for good); a thread that could not start (a blob written aside) was a 500.
+    from offload.web import create_app
+    from offload.web import submit as submit_module
+
+    if short_of == "memory":
+
+        def loads(_body: Any) -> Any:
+            raise orjson.JSONDecodeError("Not enough memory to allocate buffer for parsing", "", 0)
+
+        fake = SimpleNamespace(**{**vars(orjson), "loads": loads})
+        monkeypatch.setattr(submit_module, "orjson", fake)
+    else:
+
+        async def submit(*_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(app, "submit", submit)
+    api = create_app(app)
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    headers = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://localhost") as client,
+    ):
+        answer = await client.post("/v1/jobs/t.note", json={"text": "fine"}, headers=headers)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"].endswith("/server-overloaded")
+    assert answer.headers["retry-after"] == "5"
+    assert await stored(app) == []

@@ -61,7 +61,8 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     501: ("Not available in this installation (an optional extra is missing)", {}),
     503: (
         "The job backend is unavailable (`backend-unavailable`), or its storage is full "
-        "(`storage-full`: nothing new is accepted until space is freed): try again later",
+        "(`storage-full`: nothing new is accepted until space is freed), or the server is "
+        "short of memory or threads (`server-overloaded`): try again later",
         {"Retry-After": header("seconds to wait before trying again", SECONDS)},
     ),
 }
@@ -70,6 +71,7 @@ _TYPES: dict[int, dict[str, str]] = {
     503: {
         "backend-unavailable": "the job backend is unavailable; try again shortly",
         "storage-full": STORAGE_FULL_DETAIL,
+        "server-overloaded": "the server is short of memory or threads; try again shortly",
     },
 }
 

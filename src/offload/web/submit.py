@@ -311,6 +311,8 @@ async def submit(request: Request) -> Response:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "memory" in str(exc):  # ("Not enough memory to allocate buffer for parsing")
+            raise MemoryError(str(exc)) from None  # no fault of the body's: a 503
         raise Problem(422, f"the body is not JSON: {exc}", slug="invalid-payload") from None
     data = _long_integers_exact(body, data)
     if nested_deeper(data):  # (nor is a refusal's `errors` to echo it)
