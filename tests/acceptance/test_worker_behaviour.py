@@ -495,14 +495,22 @@ async def test_the_log_says_which_failed_attempt_was_the_last(
 
     @app.handles(Ping, backoff=Backoff(base_s=0.01, cap_s=0.01, jitter=0.0))
     async def handle(msg: Ping, ctx: Context) -> None:
+        if msg.text == "bare":
+            raise MemoryError  # (no message: the line names its type)
         raise RuntimeError("no paper")
 
     job = await app.enqueue(Ping())
+    bare = await app.enqueue(Ping(text="bare"))
     await start_worker()
     async with asyncio.timeout(PATIENCE_S):
-        while (await app.status(job.id))["state"] != "dead":  # noqa: ASYNC110
+        while {(await app.status(j.id))["state"] for j in (job, bare)} != {"dead"}:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     records = [r for r in caplog.records if getattr(r, "action", "") == "job_failed"]
+    assert sorted(r.getMessage() for r in records if r.job_id == bare.id) == [
+        f"job {bare.id} attempt 1 failed: MemoryError",
+        f"job {bare.id} attempt 2 failed, its last of 2: dead: MemoryError",
+    ]
+    records = [r for r in records if r.job_id == job.id]
     assert [r.getMessage() for r in records] == [
         f"job {job.id} attempt 1 failed: no paper",
         f"job {job.id} attempt 2 failed, its last of 2: dead: no paper",

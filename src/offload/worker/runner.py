@@ -1478,7 +1478,7 @@ class Worker:
             env.id,
             env.attempt,
             f", its last of {outcome.max_attempts}: dead" if dead else "",
-            logged(exc),
+            logged(exc) or type(exc).__name__,  # (a MemoryError has no message)
             extra=_failure_fields(env, exc, outcome.state),
         )
         return outcome
