@@ -309,8 +309,10 @@ async def test_a_repeat_is_answered_as_the_submit_route_answers_it(app: App, clo
     api.mount("/jobs", create_app(app))
 
     @api.post("/exports", status_code=202)
-    async def export(jobs: Annotated[Jobs, Depends(offload_jobs)], key: str) -> Response:
-        job = await jobs.enqueue(Export(user=jobs.principal, period="p"), idempotency_key=key)
+    async def export(
+        jobs: Annotated[Jobs, Depends(offload_jobs)], key: str, period: str = "p"
+    ) -> Response:
+        job = await jobs.enqueue(Export(user=jobs.principal, period=period), idempotency_key=key)
         return await jobs.accepted(job)
 
     @api.post("/nightly", status_code=202)
@@ -323,6 +325,10 @@ async def test_a_repeat_is_answered_as_the_submit_route_answers_it(app: App, clo
         assert "idempotent-replayed" not in first.headers
         assert again.headers["idempotent-replayed"] == "true" and "retry-after" in again.headers
         assert again.json()["id"] == first.json()["id"]
+        # (the key sent with another message is no repeat: a 409, as the submit route's)
+        other = await local.post("/exports", params={"key": "k1", "period": "q"})
+        assert other.status_code == 409, other.text
+        assert "a repeat must send the same body" in other.json()["detail"]
         first, again = [await local.post("/nightly") for _ in range(2)]
         assert (first.status_code, again.status_code) == (202, 200)
         assert "retry-after" in first.headers and "retry-after" not in again.headers

@@ -21,7 +21,7 @@ from ..notify.targets import refused_delivery_options
 from .auth import Auth
 from .origins import check_same_site
 from .problems import JSONResponse, Problem
-from .submit import DEFAULT_RETRY_AFTER_S, options_problem
+from .submit import DEFAULT_RETRY_AFTER_S, check_repeat, options_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,9 @@ class Jobs:
                 `callback_url` or `notify_email` the web tier would refuse (not a URL or
                 an address, or a private host), as its submit route does.
                 422 too for a message no engine stores (`UnstorableMessage`: a NUL, a NaN,
-                an integer past 64 bits).
+                an integer past 64 bits). 409 (`idempotency-key-reused`) for an
+                `idempotency_key` that named another request's job (another kind, or
+                another message), as the submit route answers.
             ValueError, TypeError: an option `App.enqueue` refuses.
         """
         kind = self.app.spec_of(type(message)).kind if self.kinds is not None else ""
@@ -72,7 +74,7 @@ class Jobs:
         if refused := refused_delivery_options(callback_url, notify_email, allow_private=allow):
             raise options_problem([{"loc": [name], "msg": msg} for name, msg in refused.items()])
         try:
-            return await self.app.enqueue(
+            job = await self.app.enqueue(
                 message,
                 priority=priority,
                 delay=delay,
@@ -84,6 +86,13 @@ class Jobs:
             )
         except UnstorableMessage as exc:  # as the submit route answers it
             raise Problem(422, str(exc), slug="invalid-payload") from None
+        if idempotency_key is not None and not (job.created or job.unique_repeat):
+            # The key named a job: of this request, or of another one (a 409).
+            row = await self._own(job.id)
+            await check_repeat(
+                self.app, self.app.spec_of(type(message)), row, message, idempotency_key
+            )
+        return job
 
     def location(self, job: Job | str) -> str:
         """The job's status route in the mounted API (`/jobs/v1/jobs/{id}`)."""

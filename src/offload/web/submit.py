@@ -30,7 +30,7 @@ from .._links import JOBS_PATH
 from .._options import LATEST_RUN_AT, MAX_PRIORITY
 from .._text import JSON_STRING
 from ..app import App, MessageSpec
-from ..contract import MAX_NESTING, Envelope, JobRow, Message, UnstorableMessage, nested_deeper
+from ..contract import MAX_NESTING, JobRow, Message, UnstorableMessage, nested_deeper
 from ..notify.targets import MAX_CALLBACK_URL_LENGTH, refused_delivery_options
 from .auth import kind_allowed
 from .fleet import require_live_worker
@@ -344,7 +344,7 @@ async def submit(request: Request) -> Response:
     except UnstorableMessage as exc:  # as validated: nested deeper (a `Json` field), a NUL
         raise Problem(422, str(exc), slug="invalid-payload") from None
     if not job.created and not job.unique_repeat:
-        await _check_repeat(app, spec, row, envelope, message)
+        await check_repeat(app, spec, row, message, envelope.idempotency_key)
     location = f"{root_of(request)}{JOBS_PATH}/{job.id}"
     record = presenter_of(request).row(row)
     headers = [(b"location", location.encode("latin-1"))]
@@ -389,26 +389,25 @@ def _no_constant(name: str) -> Any:
     raise Problem(422, f"the body is not JSON: {name} is no JSON value", slug="invalid-payload")
 
 
-async def _check_repeat(
-    app: App, spec: MessageSpec, row: JobRow, envelope: Envelope, message: Message
+async def check_repeat(
+    app: App, spec: MessageSpec, row: JobRow, message: Message, key: str | None
 ) -> None:
-    """Refuse a request whose Idempotency-Key named another one: its first job `row` is of
-    another kind, or of this kind and version with another message. Across a version bump
-    the message is not compared: a retry's body is the new version's, the first job's the
-    old one's.
+    """Refuse a request whose Idempotency-Key `key` named another one: its first job `row`
+    is of another kind than `spec`'s, or of this kind and version with another message.
+    Across a version bump the message is not compared: a retry's body is the new
+    version's, the first job's the old one's.
 
     Raises:
         Problem: 409 (`idempotency-key-reused`); nothing was stored.
     """
-    key = envelope.idempotency_key
-    if row.kind != envelope.kind:
+    if row.kind != spec.kind:
         raise Problem(
             409,
             f"Idempotency-Key {key!r} was used for a job of kind {row.kind!r}: a repeat "
             "must be the same request; use a new key",
             slug="idempotency-key-reused",
         )
-    if row.version == envelope.version and not await _same_message(app, spec, row, message):
+    if row.version == spec.version and not await _same_message(app, spec, row, message):
         raise Problem(
             409,
             f"Idempotency-Key {key!r} was used for another {row.kind} message (job "
