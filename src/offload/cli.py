@@ -25,7 +25,7 @@ import typer
 from . import __version__
 from ._loading import load
 from ._logging import JsonLines, print_once
-from ._loop import freeze_start_up
+from ._loop import freeze_start_up, raise_open_files
 from ._loop import run as _run
 from .app import App
 from .contract import JobFilter, JobRow, JobState, WorkerInfo
@@ -45,6 +45,8 @@ T = TypeVar("T")
 EXIT_FUNCTIONS_S = 5.0
 #: When a stopped worker's process, its exit waiting for threads a handler started, says so.
 THREADS_LEFT_S = 5.0
+#: An open-files limit a web tier warns of at start: a few thousand streams is no crowd.
+FEW_OPEN_FILES = 4096
 log = logging.getLogger("offload.worker")
 #: Seconds `offload web` lets requests (and open event streams) run on after SIGTERM.
 DEFAULT_SHUTDOWN_GRACE_S = 5
@@ -464,6 +466,7 @@ def web(
                 await _check_blobs(offload_app)
                 _stop_on_signals(lambda: setattr(server, "should_exit", True))
                 freeze_start_up()
+                _open_files(streams=True)
                 await server.serve()
 
         _banner(
@@ -648,6 +651,7 @@ async def _work(app: App, runner: Worker, ready_fd: int | None) -> None:
     await _check_blobs(app)
     _stop_on_signals(_asked_twice(runner))
     freeze_start_up()
+    _open_files(streams=False)
     ready = None if ready_fd is None else asyncio.create_task(_report_started(runner, ready_fd))
     try:
         await _ran(runner, runner.run())
@@ -758,6 +762,24 @@ def _say_threads_left(after_s: float) -> None:
     timer.name = "offload-threads-left"
     timer.daemon = True
     timer.start()
+
+
+def _open_files(*, streams: bool) -> None:
+    """Raise this process's limit of open files as far as it may (`raise_open_files`); a
+    web tier's (`streams`) says so where it stays low: each event stream takes a file, and
+    past what it leaves (`stream_limit`) new streams are refused (503)."""
+    limit = raise_open_files()
+    if streams and 0 <= limit < FEW_OPEN_FILES:
+        from .web.feeds import stream_limit
+
+        logging.getLogger("offload.web").warning(
+            "this process may open %d files (its hard limit): at most %d event streams and "
+            "WebSockets at once, past which new ones get 503; raise it (ulimit -Hn, "
+            "systemd's LimitNOFILE=) for more",
+            limit,
+            stream_limit(limit),
+            extra={"action": "open_files_limit", "limit": limit},
+        )
 
 
 def _exit_leaving_threads(runner: Worker, code: int) -> NoReturn:
@@ -944,6 +966,7 @@ def dev(
                 # A worker that dies takes the dev server down with it, loudly.
                 worker_task.add_done_callback(lambda _t: setattr(server, "should_exit", True))
                 freeze_start_up()
+                _open_files(streams=True)
                 await server.serve()
                 runner.request_stop()
                 await _ran(runner, worker_task)

@@ -69,12 +69,12 @@ async def base(app: App) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _serving(app: App, **web: Any) -> AsyncIterator[str]:
-    """The web tier served by uvicorn on 127.0.0.1 (a real socket), in the test's loop."""
+async def _serving(app: App, api: Any = None, **web: Any) -> AsyncIterator[str]:
+    """The web tier (`api`, else made) served by uvicorn on 127.0.0.1 (a real socket), in
+    the test's loop."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(app, **web), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    api = create_app(app, **web) if api is None else api
+    config = uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = _Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -462,3 +462,40 @@ async def test_a_position_past_the_newest_event_resumes_from_the_newest(
     auth = {"Authorization": "Bearer tok-alice"}
     async with connect(f"ws://{base}/v1/ws?since={ahead}", additional_headers=auth) as ws:
         assert await _hello(ws) < int(ahead)
+
+
+async def test_streams_past_what_the_open_files_leave_are_refused_and_the_rest_is_served(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past its limit of open files a web tier refused every connection, its POSTs' and its
+    # probes' too, without a word: streams past what the limit leaves are a 503 instead.
+    from offload.web import feeds
+
+    monkeypatch.setattr(feeds, "stream_limit", lambda open_files: 2)
+    monkeypatch.setattr(feeds, "_warned_at", -3600.0)  # (as in a process that has not warned)
+    api = create_app(app)
+    auth = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    async with _serving(app, api) as base, httpx.AsyncClient(base_url=f"http://{base}") as web:
+        hub = api.state.runtime.hub
+        # Given as many streams open as the process can keep (two, here),
+        with hub.subscribe(owner="alice"), hub.subscribe(owner="bob"):
+            # a new event stream, of every job or of one, and a WebSocket are refused,
+            with caplog.at_level(logging.WARNING, logger="offload.web"):
+                refused = await web.get("/v1/events", headers=auth)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["type"].endswith("/too-many-streams")
+            assert refused.headers["retry-after"] == "5"
+            posted = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers=auth)
+            assert posted.status_code == 202, posted.text  # while the rest is served
+            job = await web.get(f"/v1/jobs/{posted.json()['id']}/events", headers=auth)
+            assert job.status_code == 503
+            with pytest.raises(InvalidStatus) as ws_refused:
+                async with connect(f"ws://{base}/v1/ws", additional_headers=auth):
+                    pass
+            assert ws_refused.value.response.status_code == 503
+            assert (await web.get("/healthz")).status_code == 200
+            warned = [r for r in caplog.records if getattr(r, "action", "") == "streams_refused"]
+            assert len(warned) == 1  # (once a minute, not for each)
+        # and once one closes, a new stream opens.
+        async with web.stream("GET", "/v1/events", headers=auth) as opened:
+            assert opened.status_code == 200

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from .._children import die_with_parent
-from .._loop import freeze_start_up, run
+from .._loop import freeze_start_up, raise_open_files, run
 from ..errors import ConfigurationError
 from ..settings import Settings
 from ..web.app import check_bind
@@ -245,6 +245,7 @@ async def serve_demo(
         await pool.start()
         _announce(config, count, catcher)
         freeze_start_up()  # serving now: the site's start-up objects stay out of collections
+        raise_open_files()  # (each page's event stream takes a file)
 
     server = _server(create_demo_app(config, catching_mail=catcher is not None), host, port, ready)
     _stop_on_signals(server, pool)

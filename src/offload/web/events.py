@@ -127,6 +127,8 @@ class Hub:
         self.by_job: dict[str, set[Subscription]] = {}
         self.by_owner: dict[str, set[Subscription]] = {}
         self.everyone: set[Subscription] = set()
+        #: The subscriptions open now: each an event stream or a WebSocket (`admit_stream`).
+        self.streams = 0
         self.position = 0
         self._task: asyncio.Task[None] | None = None
         #: Set when a subscription begins; `_generation` counts them.
@@ -177,24 +179,28 @@ class Hub:
             sub.end()
         self._generation += 1
         self._wanted.set()
-        if job_id is None and owner is None:
-            self.everyone.add(sub)
+        self.streams += 1
+        try:
+            if job_id is None and owner is None:
+                self.everyone.add(sub)
+                try:
+                    yield sub
+                finally:
+                    self.everyone.discard(sub)
+                return
+            index, key = (self.by_job, job_id) if job_id is not None else (self.by_owner, owner)
+            assert key is not None
+            index.setdefault(key, set()).add(sub)
             try:
                 yield sub
             finally:
-                self.everyone.discard(sub)
-            return
-        index, key = (self.by_job, job_id) if job_id is not None else (self.by_owner, owner)
-        assert key is not None
-        index.setdefault(key, set()).add(sub)
-        try:
-            yield sub
+                subs = index.get(key)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del index[key]
         finally:
-            subs = index.get(key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del index[key]
+            self.streams -= 1
 
     async def now(self) -> int:
         """The feed's position now, for a stream that begins from now on.

@@ -52,6 +52,15 @@ router = APIRouter(
 DEFAULT_TICKET_TTL_S = 60
 #: Seconds a WebSocket may stay silent before the server sends a keep-alive message.
 DEFAULT_WS_KEEPALIVE_S = 30.0
+#: Seconds a stream refused as one too many is told to wait (Retry-After).
+TOO_MANY_STREAMS_RETRY_AFTER_S = 5
+#: Open files an event stream or WebSocket may not take, of the process's limit: a quarter
+#: of it, 64 at least, for the backend's connections, the requests that come meanwhile
+#: (a probe's, a POST's), files and blobs. A stream past the rest is a 503.
+STREAM_FILES_KEPT = 64
+#: Seconds between two warnings that streams are refused (one a minute, not one each).
+_REFUSAL_WARNED_EVERY_S = 60.0
+_warned_at = -_REFUSAL_WARNED_EVERY_S
 _TICKET = "ws-ticket"
 
 
@@ -156,6 +165,47 @@ async def ws_ticket(request: Request) -> Response:
     )
 
 
+def stream_limit(open_files: int) -> int:
+    """The most event streams and WebSockets a process keeps open at once: what its limit
+    of `open_files` (`RLIMIT_NOFILE`) leaves once `STREAM_FILES_KEPT` (or a quarter of it)
+    is kept for everything else."""
+    return max(0, open_files - max(STREAM_FILES_KEPT, open_files // 4))
+
+
+def admit_stream(hub: Hub) -> None:
+    """Refuse a new event stream or WebSocket once as many are open as `stream_limit`
+    allows: past it the process runs out of files, and then refused every connection,
+    its probes' and POSTs' too, without a word (each accepted and closed at once).
+
+    Raises:
+        Problem: 503 (`too-many-streams`, with Retry-After).
+    """
+    import resource
+
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if open_files == resource.RLIM_INFINITY or hub.streams < stream_limit(open_files):
+        return
+    global _warned_at
+    now = time.monotonic()
+    if now - _warned_at >= _REFUSAL_WARNED_EVERY_S:
+        _warned_at = now
+        log.warning(
+            "refusing new event streams: %d are open, as many as this process's limit of "
+            "open files (%d) leaves room for; raise it (ulimit -n, systemd's LimitNOFILE=) "
+            "or serve from more processes",
+            hub.streams,
+            open_files,
+            extra={"action": "streams_refused", "open": hub.streams, "open_files": open_files},
+        )
+    raise Problem(
+        503,
+        f"this server has {hub.streams} event streams open, the most it can keep; try again "
+        "shortly",
+        slug="too-many-streams",
+        headers={"Retry-After": str(TOO_MANY_STREAMS_RETRY_AFTER_S)},
+    )
+
+
 @router.get(
     "/events",
     response_class=EventStreamResponse,
@@ -180,6 +230,7 @@ async def events(
     # Once the 200 is sent the stream could only end: a backend that does not answer now
     # gets the 503 every /v1 route answers then (`within_feed` may read it too).
     await state.runtime.answering()
+    admit_stream(state.runtime.hub)
     cursor = await within_feed(state.runtime.hub, position)
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
@@ -216,6 +267,7 @@ async def job_events(
         raise job_not_found(job_id)
     resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
     hub = state.runtime.hub
+    admit_stream(hub)
     if resumed is None and since is not None:
         resumed = int(since)  # (digits only: `+1` and ` 1` are 422s, as on int they were not)
     cursor = await within_feed(hub, resumed) or 0
@@ -251,6 +303,7 @@ async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None
         hub = await _opened(websocket)
         await authenticate_unless_ticket(websocket)
         principal = principal_of(websocket, query.get("ticket"))
+        admit_stream(hub)
         return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
     except HTTPException as refused:  # a Problem, or the auth hook's own answer (its 401)
         await refuse_handshake(websocket, as_problem(refused))

@@ -62,7 +62,8 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     503: (
         "The job backend is unavailable (`backend-unavailable`), or its storage is full "
         "(`storage-full`: nothing new is accepted until space is freed), or the server is "
-        "short of memory or threads (`server-overloaded`): try again later",
+        "short of memory or threads (`server-overloaded`), or has as many event streams "
+        "open as it can keep (`too-many-streams`): try again later",
         {"Retry-After": header("seconds to wait before trying again", SECONDS)},
     ),
 }
@@ -72,6 +73,8 @@ _TYPES: dict[int, dict[str, str]] = {
         "backend-unavailable": "the job backend is unavailable; try again shortly",
         "storage-full": STORAGE_FULL_DETAIL,
         "server-overloaded": "the server is short of memory or threads; try again shortly",
+        "too-many-streams": "this server has 768 event streams open, the most it can keep; "
+        "try again shortly",
     },
 }
 
