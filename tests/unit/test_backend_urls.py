@@ -152,7 +152,28 @@ def test_redis_url_passes_redis_py_options_through() -> None:
 )
 def test_postgres_urls_libpq_takes_pass_through(url: str, conninfo: str) -> None:
     pytest.importorskip("psycopg")
-    assert open_backend(url).conninfo == conninfo  # type: ignore[attr-defined]
+    tcp = "keepalives=1&keepalives_idle=10&keepalives_interval=5&keepalives_count=2"
+    tcp += "&tcp_user_timeout=20000"
+    expected = f"{conninfo}{'&' if '?' in conninfo else '?'}{tcp}"
+    assert open_backend(url).conninfo == expected  # type: ignore[attr-defined]
+
+
+def test_a_postgres_url_keeps_its_own_tcp_settings_and_gets_the_rest() -> None:
+    # A server gone silent (packets dropped) held every call on its connections until the
+    # kernel gave up, some 15 minutes: libpq's keepalives and tcp_user_timeout, by default.
+    pytest.importorskip("psycopg")
+    from urllib.parse import parse_qs, urlsplit
+
+    url = "postgresql://u@db/app?keepalives_idle=60&tcp_user_timeout=0&sslmode=require"
+    options = parse_qs(urlsplit(open_backend(url).conninfo).query)  # type: ignore[attr-defined]
+    assert options == {
+        "keepalives_idle": ["60"],
+        "tcp_user_timeout": ["0"],
+        "sslmode": ["require"],
+        "keepalives": ["1"],
+        "keepalives_interval": ["5"],
+        "keepalives_count": ["2"],
+    }
 
 
 def test_a_postgres_failover_url_with_a_bad_port_is_refused() -> None:

@@ -66,6 +66,20 @@ POOL_PATIENCE_S = 1.0
 POOL_WAIT_S = 30.0
 #: After the server answered that question, calls that wait wait without asking again.
 ANSWERED_FRESH_S = 5.0
+#: libpq's TCP settings unless the URL sets its own: a connection whose server went
+#: silent (a link that drops every packet, a NAT or firewall that forgot it) fails, and is
+#: tried again on another, within about 20 s. Without them a call waited for a reply on it
+#: until the kernel gave up, some 15 minutes with data unacknowledged and never while
+#: idle: web requests hung, and a worker stopped without a word. Keepalives are probes
+#: the server's kernel answers however long a statement runs; `tcp_user_timeout`
+#: (milliseconds) bounds data the server does not acknowledge. Ignored on a Unix socket.
+TCP_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "2",
+    "tcp_user_timeout": "20000",
+}
 #: What a server says when it takes no more connections (it is up, and full): its own limit,
 #: a role's or a database's (`CONNECTION LIMIT`), or the slots it keeps for others.
 _SERVER_FULL = (
@@ -458,6 +472,8 @@ class PostgresBackend:
         options = parse_qs(parts.query, keep_blank_values=True)
         pool_size = _pool_size(options.pop("pool_size", [str(DEFAULT_POOL_SIZE)])[-1])
         prepare = options.pop("prepare_threshold", [str(DEFAULT_PREPARE_THRESHOLD)])[-1]
+        for name, value in TCP_DEFAULTS.items():
+            options.setdefault(name, [value])
         # %20, not +, for spaces: libpq decodes percent escapes only (options=-c a=1 -c b=2)
         query = urlencode({k: v[-1] for k, v in options.items()}, quote_via=quote)
         scheme = "postgresql" if parts.scheme.startswith("postgres") else parts.scheme
