@@ -310,6 +310,27 @@ async def test_readyz_answers_within_its_bound_while_the_backend_stalls(
             assert (await c.get("/readyz")).status_code == 200
 
 
+async def test_readyz_gives_up_on_a_ping_that_never_ends_and_asks_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ping stuck on a connection whose peer took the bytes and never answered (a proxy
+    # that hangs) held every probe at 503 for good, the server reachable again meanwhile.
+    monkeypatch.setattr("offload.web.app.READY_WITHIN_S", 0.1)
+    monkeypatch.setattr("offload.web.app.PING_GIVEN_UP_S", 0.3)
+    app = StalledApp("stuck", settings=settings)
+    api = create_app(app)
+    transport = httpx.ASGITransport(app=api)
+    async with api.router.lifespan_context(api):
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            app.held = asyncio.Event()  # (never set: that ping never ends)
+            assert (await c.get("/readyz")).status_code == 503
+            app.held = None  # the next ping answers
+            async with asyncio.timeout(30):
+                while (await c.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert app.pings == 2
+
+
 # -- the façade methods --------------------------------------------------------------------
 
 

@@ -262,6 +262,12 @@ async def _operator(request: Request, routes: list[Route]) -> bool:
     return await caller_is_admin(request)
 
 
+#: Seconds after which readiness probes stop waiting for a ping still under way and send
+#: another (the backend's retry deadline, 10 s by default, and a call's own bounds, pass
+#: well within it).
+PING_GIVEN_UP_S = 60.0
+
+
 class _Pings:
     """`App.ping` for readiness probes: one at a time, shared by the probes that come while
     it runs, and waited for at most a bound (a stalled backend's ping goes on retrying to
@@ -270,20 +276,36 @@ class _Pings:
     def __init__(self, app: App) -> None:
         self.app = app
         self._ping: asyncio.Future[None] | None = None
+        self._began = 0.0
 
     async def answered(self, within_s: float) -> None:
-        """Return once the backend answered a ping.
+        """Return once the backend answered a ping. A ping still waiting `PING_GIVEN_UP_S`
+        on is cancelled (its connection, on PostgreSQL, closed) and a new one sent: one
+        stuck on a connection whose peer never answers held every probe's answer at 503
+        for good, with the server reachable again on new connections.
 
         Raises:
             BackendError: it failed, or did not answer within `within_s`.
         """
-        if self._ping is None or self._ping.done():
-            self._ping = asyncio.ensure_future(self.app.ping())
-            self._ping.add_done_callback(_taken)
+        now = asyncio.get_running_loop().time()
+        ping = self._ping
+        stale = ping is not None and not ping.done() and now - self._began > PING_GIVEN_UP_S
+        if ping is None or ping.done() or stale:
+            if stale:
+                ping.cancel()  # type: ignore[union-attr]  # (not None when stale)
+            ping = self._ping = asyncio.ensure_future(self.app.ping())
+            ping.add_done_callback(_taken)
+            self._began = now
         try:
-            await asyncio.wait_for(asyncio.shield(self._ping), within_s)
+            await asyncio.wait_for(asyncio.shield(ping), within_s)
         except TimeoutError:
             raise BackendError(f"no answer to a ping within {within_s:g}s") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the probe's own
+            # the ping it shared was given up on (a later probe's, as above)
+            raise BackendError("no answer to a ping, given up on") from None
 
 
 def _taken(ping: asyncio.Future[None]) -> None:
