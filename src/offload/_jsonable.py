@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import orjson
@@ -59,25 +60,53 @@ def jsonable(value: Any) -> Any:
 
 
 def _larger_than(value: Any, limit: int) -> bool:
-    """Whether `value` (JSON as Python) takes more than `limit` bytes as JSON, by a cheap
-    count that never overstates: its strings' characters and a byte for each other item;
-    it stops at the first count over `limit`."""
-    if not isinstance(value, str | dict | list | tuple):
-        return False
+    """Whether `value` (JSON as Python, with pydantic models and dataclasses inside, as a
+    result may hold them) takes more than `limit` bytes as JSON, by a count that never
+    overstates: strings' characters and quotes, brackets, commas and colons, a byte for
+    each other value; it stops at the first count over `limit`."""
     size, stack = 0, [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             size += len(item) + 2
+        elif isinstance(item, list | tuple):
+            size += len(item) + 1 if item else 2  # brackets and commas
+            kinds = set(map(type, item))  # (a list of a million numbers: counted at C speed)
+            if kinds <= _SCALARS:
+                size += len(item)
+            elif kinds == {str}:
+                size += sum(map(len, item)) + 2 * len(item)
+            else:
+                for inner in item:
+                    if isinstance(inner, str):
+                        size += len(inner) + 2
+                    elif isinstance(inner, _NESTED):
+                        stack.append(inner)
+                    elif is_dataclass(inner):
+                        stack.append(_fields_of(inner))
+                    else:
+                        size += 1
         elif isinstance(item, dict):
-            size += len(item) + 2
+            size += len(item) + 2  # (at most its braces, colons and commas)
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            size += len(item) + 2
-            stack.extend(item)
+        elif isinstance(item, BaseModel):
+            stack.append(dict(item))
+        elif is_dataclass(item) and not isinstance(item, type):
+            stack.append(_fields_of(item))
         else:
             size += 1
         if size > limit:
             return True
     return False
+
+
+#: What `_larger_than` walks into rather than counts (dataclasses aside).
+_NESTED = (list, tuple, dict, BaseModel)
+#: Values JSON writes in a byte or more, none of them text.
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _fields_of(instance: Any) -> dict[str, Any]:
+    """A dataclass instance's fields, one level deep, as orjson writes them."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}

@@ -17,7 +17,7 @@ cli.EXIT_FUNCTIONS_S = 0.5
 threading.Thread(target=time.sleep, args=(3600,)).start()  # a thread that runs on
 atexit.register(threading.Event().wait)  # as multiprocessing's join of a child that runs on
 atexit.register(lambda: open(sys.argv[1], "w").write("ran"))  # (atexit runs it first)
-cli._exit_leaving_threads(types.SimpleNamespace(threads_running_on=1), 3)
+cli._exit_leaving_threads(types.SimpleNamespace(threads_running_on=1, tasks_left=0), 3)
 """
 
 

@@ -153,7 +153,7 @@ def problem_details(api: FastAPI) -> None:
                 request.method,
                 request.url.path,
                 "memory" if isinstance(exc, MemoryError) else "threads",
-                exc or type(exc).__name__,
+                str(exc) or type(exc).__name__,
                 extra={"action": "out_of_resources"},
             )
             return problem(
