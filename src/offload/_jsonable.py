@@ -70,22 +70,7 @@ def _larger_than(value: Any, limit: int) -> bool:
         if isinstance(item, str):
             size += len(item) + 2
         elif isinstance(item, list | tuple):
-            size += len(item) + 1 if item else 2  # brackets and commas
-            kinds = set(map(type, item))  # (a list of a million numbers: counted at C speed)
-            if kinds <= _SCALARS:
-                size += len(item)
-            elif kinds == {str}:
-                size += sum(map(len, item)) + 2 * len(item)
-            else:
-                for inner in item:
-                    if isinstance(inner, str):
-                        size += len(inner) + 2
-                    elif isinstance(inner, _NESTED):
-                        stack.append(inner)
-                    elif is_dataclass(inner):
-                        stack.append(_fields_of(inner))
-                    else:
-                        size += 1
+            size += (len(item) + 1 if item else 2) + _items(item, stack)
         elif isinstance(item, dict):
             size += len(item) + 2  # (at most its braces, colons and commas)
             stack.extend(item.keys())
@@ -99,6 +84,28 @@ def _larger_than(value: Any, limit: int) -> bool:
         if size > limit:
             return True
     return False
+
+
+def _items(items: list[Any] | tuple[Any, ...], stack: list[Any]) -> int:
+    """The bytes of a list's scalars and strings (each scalar one at least); what nests is
+    put on `stack`, for `_larger_than` to count. A list of a million numbers is counted at
+    C speed."""
+    kinds = set(map(type, items))
+    if kinds <= _SCALARS:
+        return len(items)
+    if kinds == {str}:
+        return sum(map(len, items)) + 2 * len(items)
+    size = 0
+    for inner in items:
+        if isinstance(inner, str):
+            size += len(inner) + 2
+        elif isinstance(inner, _NESTED):
+            stack.append(inner)
+        elif is_dataclass(inner):
+            stack.append(_fields_of(inner))
+        else:
+            size += 1
+    return size
 
 
 #: What `_larger_than` walks into rather than counts (dataclasses aside).
