@@ -485,6 +485,7 @@ async def test_streams_past_what_the_open_files_leave_are_refused_and_the_rest_i
             assert refused.status_code == 503, refused.text
             assert refused.json()["type"].endswith("/too-many-streams")
             assert refused.headers["retry-after"] == "5"
+            assert refused.headers["connection"] == "close"  # (no file held for it)
             posted = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers=auth)
             assert posted.status_code == 202, posted.text  # while the rest is served
             job = await web.get(f"/v1/jobs/{posted.json()['id']}/events", headers=auth)
@@ -499,3 +500,31 @@ async def test_streams_past_what_the_open_files_leave_are_refused_and_the_rest_i
         # and once one closes, a new stream opens.
         async with web.stream("GET", "/v1/events", headers=auth) as opened:
             assert opened.status_code == 200
+
+
+async def test_streams_admitted_in_a_burst_count_before_they_subscribe(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An event stream subscribes once its response has begun: a burst of requests each saw
+    # the streams before theirs, and all were let in, past the limit.
+    from offload.web import events, feeds
+    from offload.web.problems import Problem
+
+    monkeypatch.setattr(feeds, "stream_limit", lambda open_files: 2)
+    api = create_app(app)
+    async with _serving(app, api):
+        hub = api.state.runtime.hub
+        feeds.admit_stream(hub)
+        feeds.admit_stream(hub)  # two admitted, none subscribed yet
+        with pytest.raises(Problem) as refused:
+            feeds.admit_stream(hub)
+        assert refused.value.status_code == 503
+        with hub.subscribe(owner="alice"), hub.subscribe(owner="bob"):  # (they subscribe)
+            with pytest.raises(Problem):
+                feeds.admit_stream(hub)
+        # A place admitted whose stream never began is given up after a while.
+        monkeypatch.setattr(events, "OPENING_S", 0.0)
+        feeds.admit_stream(hub)
+        feeds.admit_stream(hub)
+        await asyncio.sleep(0.01)  # (any time past OPENING_S, 0 here)
+        feeds.admit_stream(hub)

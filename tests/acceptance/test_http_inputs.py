@@ -612,6 +612,10 @@ async def test_a_server_short_of_memory_or_threads_answers_503_not_a_refusal_of_
             raise RuntimeError("can't start new thread")
 
         monkeypatch.setattr(app, "submit", submit)
+    from offload.metrics import Metrics
+    from tests.scrape import parse
+
+    app.metrics = metrics = Metrics()
     api = create_app(app)
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {TOKENS['alice']}"}
@@ -624,4 +628,9 @@ async def test_a_server_short_of_memory_or_threads_answers_503_not_a_refusal_of_
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["type"].endswith("/server-overloaded")
     assert answer.headers["retry-after"] == "5"
+    assert answer.headers["connection"] == "close"
     assert await stored(app) == []
+    # (counted as answered: a 503, not a 500)
+    found = parse(metrics.render().decode())
+    requests = "offload_http_requests_total"
+    assert found.value(requests, method="POST", route="/v1/jobs/{kind}", status="503") == 1

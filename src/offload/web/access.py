@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import tracing
 from ..metrics import HTTP_METHODS, UNMATCHED
 from .auth import _PRINCIPAL, TICKET_PRINCIPAL
+from .problems import out_of_resources
 
 if TYPE_CHECKING:
     from ..app import App
@@ -79,9 +80,9 @@ class HttpMetrics:
         answer = _Answer(send)
         try:
             await self.app(scope, receive, answer)
-        except Exception:
-            if not answer.status:
-                answer.status = 500
+        except Exception as exc:
+            if not answer.status:  # as the handler outside answers it (`on_crash`)
+                answer.status = 503 if out_of_resources(exc) else 500
             raise
         finally:
             route = scope.get("route")

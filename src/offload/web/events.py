@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -29,6 +30,9 @@ DEFAULT_WATCH_S = 1.0
 DEFAULT_IDLE_S = 1.0
 #: A read of the feed that succeeded this many seconds ago still answers `answering`.
 READ_FRESH_S = 1.0
+#: Seconds a stream admitted (`Hub.admit`) counts before it subscribes: its response
+#: begins at once, and one that does not by then ended first.
+OPENING_S = 5.0
 
 T = TypeVar("T")
 
@@ -127,8 +131,11 @@ class Hub:
         self.by_job: dict[str, set[Subscription]] = {}
         self.by_owner: dict[str, set[Subscription]] = {}
         self.everyone: set[Subscription] = set()
-        #: The subscriptions open now: each an event stream or a WebSocket (`admit_stream`).
+        #: The subscriptions open now: each an event stream or a WebSocket (`admit`).
         self.streams = 0
+        #: When each stream admitted but not subscribed yet was admitted (an event stream
+        #: subscribes once its response has begun, after its route returned).
+        self._opening: collections.deque[float] = collections.deque()
         self.position = 0
         self._task: asyncio.Task[None] | None = None
         #: Set when a subscription begins; `_generation` counts them.
@@ -170,6 +177,18 @@ class Hub:
         for sub in [*self.everyone, *_all(self.by_job), *_all(self.by_owner)]:
             sub.end()
 
+    def admit(self, limit: int) -> bool:
+        """Whether one more stream may open, `limit` streams at most: those subscribed, and
+        those admitted in the last `OPENING_S` that have not subscribed yet (a burst of
+        requests all see the streams before theirs). If so, it counts from now on."""
+        now = time.monotonic()
+        while self._opening and now - self._opening[0] > OPENING_S:
+            self._opening.popleft()  # (its request ended before its stream began)
+        if self.streams + len(self._opening) >= limit:
+            return False
+        self._opening.append(now)
+        return True
+
     @contextlib.contextmanager
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
         """A subscription to one job's changes, one owner's, or (neither given) every
@@ -180,6 +199,8 @@ class Hub:
         self._generation += 1
         self._wanted.set()
         self.streams += 1
+        if self._opening:  # (a stream admitted a moment ago, subscribing now)
+            self._opening.popleft()
         try:
             if job_id is None and owner is None:
                 self.everyone.add(sub)

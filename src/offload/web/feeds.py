@@ -38,6 +38,7 @@ from .problems import (
     as_problem,
     backend_unavailable,
     job_not_found,
+    out_of_resources,
     refuse_handshake,
 )
 from .responses import API_ERRORS, STRING, header, problems
@@ -183,7 +184,7 @@ def admit_stream(hub: Hub) -> None:
     import resource
 
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if open_files == resource.RLIM_INFINITY or hub.streams < stream_limit(open_files):
+    if open_files == resource.RLIM_INFINITY or hub.admit(stream_limit(open_files)):
         return
     global _warned_at
     now = time.monotonic()
@@ -202,7 +203,9 @@ def admit_stream(hub: Hub) -> None:
         f"this server has {hub.streams} event streams open, the most it can keep; try again "
         "shortly",
         slug="too-many-streams",
-        headers={"Retry-After": str(TOO_MANY_STREAMS_RETRY_AFTER_S)},
+        # closed, not kept alive: each refused client would hold a file meanwhile, of those
+        # kept for POSTs and probes
+        headers={"Retry-After": str(TOO_MANY_STREAMS_RETRY_AFTER_S), "Connection": "close"},
     )
 
 
@@ -309,7 +312,12 @@ async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None
         await refuse_handshake(websocket, as_problem(refused))
     except BackendError as exc:
         await refuse_handshake(websocket, backend_unavailable(exc))
-    except Exception:  # the auth hook's crash: a logged 500, as on every route
+    except Exception as exc:  # the auth hook's crash: a logged 500, as on every route
+        if out_of_resources(exc):  # (as `on_crash` answers a request: no fault of its)
+            log.error("WebSocket: out of memory or threads", extra={"action": "out_of_resources"})
+            overloaded = "the server is short of memory or threads; try again shortly"
+            await refuse_handshake(websocket, Problem(503, overloaded, slug="server-overloaded"))
+            return None
         log.exception("unhandled error", extra={"action": "web_error"})
         await refuse_handshake(websocket, Problem(500, "internal error"))
     return None

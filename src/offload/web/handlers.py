@@ -25,6 +25,7 @@ from .problems import (
     STORAGE_FULL_RETRY_AFTER,
     Problem,
     backend_unavailable,
+    out_of_resources,
     problem,
 )
 from .responses import operations, under_problem_media_type
@@ -161,15 +162,7 @@ def problem_details(api: FastAPI) -> None:
                 "the server is short of memory or threads; try again shortly",
                 slug="server-overloaded",
                 instance=request.url.path,
-                headers=BACKEND_RETRY_AFTER,
+                headers={**BACKEND_RETRY_AFTER, "Connection": "close"},  # (a file less)
             )
         log.exception("unhandled error", extra={"action": "web_error"})
         return problem(500, "internal error", instance=request.url.path)
-
-
-def out_of_resources(exc: BaseException) -> bool:
-    """Whether `exc` says the process ran short of memory, or of threads (a container's
-    process limit, say), rather than that something is wrong with the request or the code."""
-    if isinstance(exc, MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)

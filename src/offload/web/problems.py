@@ -175,3 +175,11 @@ async def no_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     document of a path that does not exist, where Starlette closes the handshake unanswered
     (a server then sends a bare `403`, no body)."""
     await refuse_handshake(WebSocket(scope, receive, send), Problem(404, "Not Found"))
+
+
+def out_of_resources(exc: BaseException) -> bool:
+    """Whether `exc` says the process ran short of memory, or of threads (a container's
+    process limit, say), rather than that something is wrong with the request or the code."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
