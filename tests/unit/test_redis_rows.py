@@ -82,3 +82,31 @@ def test_the_lease_fields_are_the_scripts() -> None:
     lib = resources.files("offload.brokers.redis").joinpath("lua/_lib.lua").read_text()
     declared = lib.split("local LEASE_FIELDS = {", 1)[1].split("}", 1)[0]
     assert tuple(f.strip().strip("'") for f in declared.split(",")) == LEASE_FIELDS
+
+
+def test_a_server_busy_with_another_clients_script_is_tried_again() -> None:
+    # `BUSY`: the server ran nothing of the call (another client's long script holds it);
+    # it answered the call at once as an error, where a lost connection is tried again.
+    pytest.importorskip("redis")
+    from redis.exceptions import (
+        AuthenticationError,
+        BusyLoadingError,
+        NoScriptError,
+        OutOfMemoryError,
+        ResponseError,
+    )
+
+    from offload.brokers.redis.backend import _lost_connection
+
+    busy = "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."
+    assert _lost_connection(ResponseError(busy))
+    assert _lost_connection(BusyLoadingError("LOADING Redis is loading the dataset in memory"))
+    assert _lost_connection(ConnectionError("gone"))
+    for refused in (
+        ResponseError("ERR unknown command"),
+        ResponseError("a script's own error: BUSY in its text"),
+        NoScriptError("NOSCRIPT No matching script."),
+        OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+        AuthenticationError("invalid password"),
+    ):
+        assert not _lost_connection(refused), refused

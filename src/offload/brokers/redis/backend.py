@@ -26,6 +26,7 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -138,11 +139,14 @@ def _lua(name: str) -> str:
 
 
 def _lost_connection(exc: BaseException) -> bool:
-    """A lost, refused or silent connection, or a server still loading its data after a
-    restart (BusyLoadingError is a ConnectionError): worth another attempt. Not a refused
+    """A lost, refused or silent connection, a server still loading its data after a
+    restart (BusyLoadingError is a ConnectionError), or one busy with another client's
+    long script (`BUSY`: it ran nothing of this call): worth another attempt. Not a refused
     password or command, nor a script's own error (ResponseError)."""
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
         return False
+    if isinstance(exc, ResponseError):
+        return str(exc).startswith("BUSY ")
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
 
 
