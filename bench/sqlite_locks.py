@@ -12,9 +12,9 @@ e.g. the code before chunking) as a column and writes the section of bench/RESUL
 
 from __future__ import annotations
 
-import contextlib
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sqlite3

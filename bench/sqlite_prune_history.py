@@ -11,8 +11,8 @@ unless --no-write.
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import sys

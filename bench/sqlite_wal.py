@@ -13,9 +13,9 @@ JSON; `--table` writes saved runs (of several trees) into bench/RESULTS.md.
 
 from __future__ import annotations
 
-import contextlib
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
