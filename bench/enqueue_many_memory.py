@@ -16,20 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 from _results import write_section
-from drain import cleanup, fresh_backend
-from worker_cost import checkout
-
-HERE = Path(__file__).parent
-TOP = HERE.parent
+from worker_cost import children_against
 
 
 async def one_call(url: str, n: int) -> tuple[float, float, float]:
@@ -72,27 +64,10 @@ def main() -> None:
     if not args.against:
         ap.error("--against REV is required")
     figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    with checkout(args.against) as other:
-        sources = {args.against: other, "this checkout": TOP / "src"}
-        for r in range(args.rounds):
-            for backend in args.backends.split(","):
-                order = list(sources) if r % 2 == 0 else list(sources)[::-1]
-                for name in order:
-                    url = asyncio.run(fresh_backend(backend))
-                    env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{HERE}"}
-                    try:
-                        done = subprocess.run(
-                            [sys.executable, __file__, "--child", url, str(args.jobs)],
-                            env=env,
-                            check=True,
-                            capture_output=True,
-                            text=True,
-                        )
-                    finally:
-                        asyncio.run(cleanup(backend, url))
-                    took, peak, grown = json.loads(done.stdout.splitlines()[-1])
-                    figures.setdefault((backend, name), []).append((took, peak, grown))
-                    print(f"round {r + 1} {backend} {name}: done", file=sys.stderr)
+    runs = children_against(args.against, args.backends, args.rounds, __file__, str(args.jobs))
+    for backend, name, line in runs:
+        took, peak, grown = json.loads(line)
+        figures.setdefault((backend, name), []).append((took, peak, grown))
     lines = [
         "## The memory of one large `enqueue_many` (`bench/enqueue_many_memory.py`)",
         "",

@@ -19,17 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from drain import cleanup, fresh_backend
-from worker_cost import checkout
-
-HERE = Path(__file__).parent
-TOP = HERE.parent
+from worker_cost import children_against
 
 
 async def calls(url: str, n: int, bulk: int) -> dict[str, tuple[float, float]]:
@@ -92,34 +84,13 @@ def main() -> None:
     if not args.against:
         ap.error("--against REV is required")
     figures: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    with checkout(args.against) as other:
-        sources = {args.against: other, "this checkout": TOP / "src"}
-        for r in range(args.rounds):
-            for backend in args.backends.split(","):
-                order = list(sources) if r % 2 == 0 else list(sources)[::-1]
-                for name in order:
-                    # A fresh store per run (as bench/drain.py makes them), emptied after.
-                    url = asyncio.run(fresh_backend(backend))
-                    env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{HERE}"}
-                    try:
-                        done = subprocess.run(
-                            [
-                                sys.executable,
-                                __file__,
-                                "--child",
-                                url,
-                                *map(str, (args.calls, args.bulk)),
-                            ],
-                            env=env,
-                            check=True,
-                            capture_output=True,
-                            text=True,
-                        )
-                    finally:
-                        asyncio.run(cleanup(backend, url))
-                    for call, rates in json.loads(done.stdout.splitlines()[-1]).items():
-                        figures.setdefault((backend, call, name), []).append(tuple(rates))
-                    print(f"round {r + 1} {backend} {name}: done", file=sys.stderr)
+    # A fresh store per run (as bench/drain.py makes them), emptied after.
+    runs = children_against(
+        args.against, args.backends, args.rounds, __file__, str(args.calls), str(args.bulk)
+    )
+    for backend, name, line in runs:
+        for call, rates in json.loads(line).items():
+            figures.setdefault((backend, call, name), []).append(tuple(rates))
     print(f"\n{args.calls:,} calls one at a time per case, {args.rounds} rounds alternating\n")
     print("| backend | call | code | calls (jobs)/s (rounds) | CPU µs per call (job) (rounds) |")
     print("|---|---|---|---|---|")

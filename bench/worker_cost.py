@@ -100,6 +100,36 @@ def checkout(rev: str) -> Iterator[Path]:
             )
 
 
+def children_against(
+    rev: str, backends: str, rounds: int, script: str, *args: str
+) -> Iterator[tuple[str, str, str]]:
+    """Run `script --child URL *args` once per round, backend and code: a process of this
+    checkout's environment importing offload from `rev`'s source or from this checkout's
+    (PYTHONPATH), the two in alternating order, each on a fresh store emptied after. Yields
+    (backend, code, the child's last line of output) as each ends."""
+    here = str(Path(__file__).parent)
+    with checkout(rev) as other:
+        sources = {rev: other, "this checkout": TOP / "src"}
+        for r in range(rounds):
+            for backend in backends.split(","):
+                order = list(sources) if r % 2 == 0 else list(sources)[::-1]
+                for name in order:
+                    url = asyncio.run(fresh_backend(backend))
+                    env = {**os.environ, "PYTHONPATH": f"{sources[name]}{os.pathsep}{here}"}
+                    try:
+                        done = subprocess.run(
+                            [sys.executable, script, "--child", url, *args],
+                            env=env,
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        )
+                    finally:
+                        asyncio.run(cleanup(backend, url))
+                    print(f"round {r + 1} {backend} {name}: done", file=sys.stderr)
+                    yield backend, name, done.stdout.splitlines()[-1]
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--against", required=True, help="the commit to compare with")
