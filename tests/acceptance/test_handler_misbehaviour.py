@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,14 @@ def _raise(case: str) -> None:
         raise Unreadable()
     if case == "huge":
         raise ValueError("x" * 1_000_000)
+
+
+def _one_kind(tmp_path: Path, name: str, **settings: Any) -> App:
+    """An app on an SQLite file in `tmp_path` whose one kind, `{name}.job`, is `Fine`."""
+    url, blobs = f"sqlite:///{tmp_path / 'jobs.db'}", str(tmp_path / "b")
+    app = App(name, settings=Settings(url=url, blobs_url=blobs, **settings))
+    app.message(f"{name}.job")(Fine)
+    return app
 
 
 @pytest.fixture
@@ -239,11 +248,7 @@ async def test_a_cancel_asked_for_ends_a_run_whose_cleanup_raises_as_cancelled(
     tmp_path: Path,
 ) -> None:
     # Given a handler whose cleanup raises when it is cancelled
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=1.5
-    )
-    app = App("cleanup", settings=settings)
-    app.message("cleanup.job")(Fine)
+    app = _one_kind(tmp_path, "cleanup", lease_s=1.5)
     started = asyncio.Event()
 
     @app.handles(Fine)
@@ -284,11 +289,7 @@ async def test_a_stop_leaves_a_run_whose_handler_ignores_its_cancellation(
     from offload.worker.runner import Worker
 
     # Given a handler that catches every cancellation and goes on (until the test ends it),
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=30
-    )
-    app = App("stubborn", settings=settings)
-    app.message("stubborn.job")(Fine)
+    app = _one_kind(tmp_path, "stubborn", lease_s=30)
     started, done = asyncio.Event(), asyncio.Event()
     ignored = 0
 
@@ -347,11 +348,7 @@ async def test_a_worker_whose_loop_a_handler_blocks_is_unhealthy_until_it_runs_a
     from offload.worker.runner import Worker
 
     monkeypatch.setattr(runner_module, "UNHEALTHY_AFTER_S", 2.0)
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=30
-    )
-    app = App("blocking", settings=settings)
-    app.message("blocking.job")(Fine)
+    app = _one_kind(tmp_path, "blocking", lease_s=30)
     release = threading.Event()
     seen: list[str | None] = []
 
@@ -399,11 +396,7 @@ async def test_a_second_stop_releases_a_run_that_lets_its_cancellation_through(
 
     # Given a handler with a short cleanup when cancelled (or one that ends at a second
     # cancel only, as one whose first cancel a library it awaits swallowed),
-    settings = Settings(
-        url=f"sqlite:///{tmp_path / 'jobs.db'}", blobs_url=str(tmp_path / "b"), lease_s=30
-    )
-    app = App("polite", settings=settings)
-    app.message("polite.job")(Fine)
+    app = _one_kind(tmp_path, "polite", lease_s=30)
     started = asyncio.Event()
 
     @app.handles(Fine)
