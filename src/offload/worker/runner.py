@@ -2000,18 +2000,13 @@ class Worker:
         if self._idle.is_set():
             return
         if not self._stop_now.is_set():
-            now = asyncio.create_task(self._stop_now.wait())
-            try:
-                await self._until_idle(CANCELLED_RUNS_WAIT_S, now)
-            finally:
-                now.cancel()
+            await self._until_idle(CANCELLED_RUNS_WAIT_S, stop_now=True)
         if self._stop_now.is_set():  # (short, but long enough for cleanups to end)
             await self._until_idle(CANCELLED_RUNS_FLOOR_S)
-        going = [job.task for job in self._jobs.values() if job.task and not job.task.done()]
-        for task in going:
-            task.cancel()  # (a handler that goes on after one cancel may end at two)
+        for job in self._running_on():
+            job.task.cancel()  # type: ignore[union-attr]  # (a handler may end at two cancels)
         await self._until_idle(CANCELLED_RUNS_FLOOR_S)
-        left = [job for job in self._jobs.values() if job.task and not job.task.done()]
+        left = self._running_on()
         if not left:
             return
         for job in left:
@@ -2029,15 +2024,27 @@ class Worker:
             extra={"action": "cancel_ignored", "count": len(left)},
         )
 
-    async def _until_idle(self, within_s: float, *also: asyncio.Future[Any]) -> None:
-        """Wait until no run goes on, `within_s` at most, or until one of `also` is done."""
+    def _running_on(self) -> list[_Job]:
+        """The jobs whose run's task has not ended."""
+        return [job for job in self._jobs.values() if job.task and not job.task.done()]
+
+    async def _until_idle(
+        self, within_s: float, *also: asyncio.Future[Any], stop_now: bool = False
+    ) -> None:
+        """Wait until no run goes on, `within_s` at most, or until one of `also` is done
+        (or, with `stop_now`, a second stop is asked for)."""
         if self._idle.is_set():
             return
-        idle = asyncio.create_task(self._idle.wait())
+        waits = {asyncio.create_task(self._idle.wait())}
+        if stop_now:
+            waits.add(asyncio.create_task(self._stop_now.wait()))
         try:
-            await asyncio.wait({idle, *also}, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {*waits, *also}, timeout=within_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            idle.cancel()
+            for wait in waits:
+                wait.cancel()
 
     def _threads_left(self, left: set[str], supervisor: asyncio.Task[None]) -> None:
         """The jobs whose plain handler still runs once `_threads_return` stopped waiting:
@@ -2077,13 +2084,7 @@ class Worker:
                 "job" if self._busy == 1 else "jobs",
                 extra={"action": "drain"},
             )
-            idle = asyncio.create_task(self._idle.wait())
-            now = asyncio.create_task(self._stop_now.wait())
-            await asyncio.wait(
-                {idle, now, supervisor}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            idle.cancel()
-            now.cancel()
+            await self._until_idle(self.grace_s, supervisor, stop_now=True)
         elif self._busy:
             log.warning(
                 "releasing %d running %s at once: a side task stopped",
