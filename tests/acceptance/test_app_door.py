@@ -4,6 +4,7 @@ façade methods, and those answer what the routes answer (status codes, fields, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -287,27 +288,35 @@ class StalledApp(App):
         await super().ping()
 
 
+@contextlib.asynccontextmanager
+async def _served(app: App) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app`'s web tier, its lifespan run (in the test's own loop)."""
+    api = create_app(app)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://localhost") as c,
+    ):
+        yield c
+
+
 async def test_readyz_answers_within_its_bound_while_the_backend_stalls(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("offload.web.app.READY_WITHIN_S", 0.1)
     app = StalledApp("stalled", settings=settings)
-    api = create_app(app)
-    transport = httpx.ASGITransport(app=api)
-    async with api.router.lifespan_context(api):
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
-            # Given a backend that stops answering, probes get 503 within their bound,
-            # sharing the one ping still under way,
-            app.held = asyncio.Event()
-            for _ in range(3):
-                answer = await c.get("/readyz")
-                assert answer.status_code == 503, answer.text
-                assert answer.json()["type"].endswith("/not-ready")
-            assert app.pings == 1
-            # and once it answers again, they are ready.
-            held, app.held = app.held, None
-            held.set()
-            assert (await c.get("/readyz")).status_code == 200
+    async with _served(app) as c:
+        # Given a backend that stops answering, probes get 503 within their bound,
+        # sharing the one ping still under way,
+        app.held = asyncio.Event()
+        for _ in range(3):
+            answer = await c.get("/readyz")
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["type"].endswith("/not-ready")
+        assert app.pings == 1
+        # and once it answers again, they are ready.
+        held, app.held = app.held, None
+        held.set()
+        assert (await c.get("/readyz")).status_code == 200
 
 
 async def test_readyz_gives_up_on_a_ping_that_never_ends_and_asks_again(
@@ -318,17 +327,14 @@ async def test_readyz_gives_up_on_a_ping_that_never_ends_and_asks_again(
     monkeypatch.setattr("offload.web.app.READY_WITHIN_S", 0.1)
     monkeypatch.setattr("offload.web.app.PING_GIVEN_UP_S", 0.3)
     app = StalledApp("stuck", settings=settings)
-    api = create_app(app)
-    transport = httpx.ASGITransport(app=api)
-    async with api.router.lifespan_context(api):
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
-            app.held = asyncio.Event()  # (never set: that ping never ends)
-            assert (await c.get("/readyz")).status_code == 503
-            app.held = None  # the next ping answers
-            async with asyncio.timeout(30):
-                while (await c.get("/readyz")).status_code != 200:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            assert app.pings == 2
+    async with _served(app) as c:
+        app.held = asyncio.Event()  # (never set: that ping never ends)
+        assert (await c.get("/readyz")).status_code == 503
+        app.held = None  # the next ping answers
+        async with asyncio.timeout(30):
+            while (await c.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert app.pings == 2
 
 
 # -- the façade methods --------------------------------------------------------------------
