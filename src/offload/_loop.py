@@ -62,10 +62,10 @@ def freeze_start_up() -> None:
 
 def raise_open_files() -> int:
     """Raise the process's soft limit of open files to its hard limit, and return the limit
-    it has then (`resource.RLIM_INFINITY` for none). Each
-    event stream and WebSocket holds a file: under the soft limit systemd and many hosts
-    give (1,024) a web tier of a thousand open pages refused every new connection, its
-    probes' and POSTs' too, and said nothing. Called by the commands that own their
+    it has then (`resource.RLIM_INFINITY` for none). Each event stream and WebSocket holds
+    a file: under the soft limit systemd and many hosts give (1,024) a web tier of a
+    thousand open pages refused every new connection, its probes' and POSTs' too, and said
+    nothing. Called by the commands that own their
     process (`offload web`, `worker`, `dev`, `demo`), never by the library; a process
     that may not raise it keeps the soft limit."""
     import resource

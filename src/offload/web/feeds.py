@@ -40,6 +40,7 @@ from .problems import (
     job_not_found,
     out_of_resources,
     refuse_handshake,
+    server_overloaded,
 )
 from .responses import API_ERRORS, STRING, header, problems
 from .runtime import opened
@@ -314,9 +315,7 @@ async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None
         await refuse_handshake(websocket, backend_unavailable(exc))
     except Exception as exc:  # the auth hook's crash: a logged 500, as on every route
         if out_of_resources(exc):  # (as `on_crash` answers a request: no fault of its)
-            log.error("WebSocket: out of memory or threads", extra={"action": "out_of_resources"})
-            overloaded = "the server is short of memory or threads; try again shortly"
-            await refuse_handshake(websocket, Problem(503, overloaded, slug="server-overloaded"))
+            await refuse_handshake(websocket, server_overloaded(exc, "WebSocket"))
             return None
         log.exception("unhandled error", extra={"action": "web_error"})
         await refuse_handshake(websocket, Problem(500, "internal error"))

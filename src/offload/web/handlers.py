@@ -20,13 +20,13 @@ from ..errors import (
     UnknownKind,
 )
 from .problems import (
-    BACKEND_RETRY_AFTER,
     STORAGE_FULL_DETAIL,
     STORAGE_FULL_RETRY_AFTER,
     Problem,
     backend_unavailable,
     out_of_resources,
     problem,
+    server_overloaded,
 )
 from .responses import operations, under_problem_media_type
 
@@ -146,23 +146,9 @@ def problem_details(api: FastAPI) -> None:
     @api.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> Response:
         if out_of_resources(exc):
-            # No fault of the request's, nor for good: a 503 to try again on, where a 500
-            # (or a 422, orjson's refusal of a body it had no memory to read) made clients
-            # give up on requests that were fine.
-            log.error(
-                "%s %s: out of %s: %s",
-                request.method,
-                request.url.path,
-                "memory" if isinstance(exc, MemoryError) else "threads",
-                str(exc) or type(exc).__name__,
-                extra={"action": "out_of_resources"},
-            )
-            return problem(
-                503,
-                "the server is short of memory or threads; try again shortly",
-                slug="server-overloaded",
-                instance=request.url.path,
-                headers={**BACKEND_RETRY_AFTER, "Connection": "close"},  # (a file less)
-            )
+            # A 503 to try again on, where a 500 (or a 422, orjson's refusal of a body it
+            # had no memory to read) made clients give up on requests that were fine.
+            where = f"{request.method} {request.url.path}"
+            return server_overloaded(exc, where).response(instance=request.url.path)
         log.exception("unhandled error", extra={"action": "web_error"})
         return problem(500, "internal error", instance=request.url.path)

@@ -28,6 +28,8 @@ STORAGE_FULL_DETAIL = (
     "the job backend's storage is full: nothing new can be accepted until space is freed "
     "(accepted jobs are kept); try again later"
 )
+#: The detail of the 503 of a request the process ran short of memory or threads for.
+SERVER_OVERLOADED_DETAIL = "the server is short of memory or threads; try again shortly"
 
 
 #: The header of an answer no cache may keep.
@@ -175,6 +177,25 @@ async def no_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     document of a path that does not exist, where Starlette closes the handshake unanswered
     (a server then sends a bare `403`, no body)."""
     await refuse_handshake(WebSocket(scope, receive, send), Problem(404, "Not Found"))
+
+
+def server_overloaded(exc: BaseException, where: str) -> Problem:
+    """The 503 of a request (`where`: what it asked for) the process ran short of memory
+    or threads for (`out_of_resources`), logged: no fault of the request's, nor for good.
+    Its connection is closed, a file less for a process that may be short of those too."""
+    log.error(
+        "%s: out of %s: %s",
+        where,
+        "memory" if isinstance(exc, MemoryError) else "threads",
+        str(exc) or type(exc).__name__,
+        extra={"action": "out_of_resources"},
+    )
+    return Problem(
+        503,
+        SERVER_OVERLOADED_DETAIL,
+        slug="server-overloaded",
+        headers={**BACKEND_RETRY_AFTER, "Connection": "close"},
+    )
 
 
 def out_of_resources(exc: BaseException) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
 from .models import Problem
-from .problems import STORAGE_FULL_DETAIL
+from .problems import SERVER_OVERLOADED_DETAIL, STORAGE_FULL_DETAIL
 from .serve import HEAD_TIMEOUT_S
 
 
@@ -72,7 +72,7 @@ _TYPES: dict[int, dict[str, str]] = {
     503: {
         "backend-unavailable": "the job backend is unavailable; try again shortly",
         "storage-full": STORAGE_FULL_DETAIL,
-        "server-overloaded": "the server is short of memory or threads; try again shortly",
+        "server-overloaded": SERVER_OVERLOADED_DETAIL,
         "too-many-streams": "this server has 768 event streams open, the most it can keep; "
         "try again shortly",
     },
