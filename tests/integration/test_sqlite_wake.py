@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -165,6 +167,37 @@ async def test_a_waiter_on_a_system_without_unix_sockets_polls_and_says_so(
             await asyncio.wait_for(wait, 30)  # by its poll
         assert "wake-ups across processes are off" in caplog.text
         assert len(await claim(mine)) == 1
+
+
+async def test_a_waiter_short_of_open_files_binds_its_socket_once_it_has_one_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "jobs.db")
+    short = {"now": True}
+
+    def sockets(*args: object) -> socket.socket:
+        if short["now"]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return socket.socket(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(
+        wake, "socket", SimpleNamespace(socket=sockets, SOCK_DGRAM=socket.SOCK_DGRAM)
+    )
+    monkeypatch.setattr(wake, "LISTEN_RETRY_S", 0.0)  # (5 s by default)
+    async with two_instances(path) as (mine, theirs):
+        with caplog.at_level(logging.INFO, logger="offload.sqlite"):
+            # Given a waiter that could not bind its socket, its process out of files
+            assert await claim(mine) == []
+            await mine.wait(["q"], 0.01)
+            assert in_folder(path) == []
+            assert "wake-ups across processes are off for now" in caplog.text
+            # When files are to be had again, its next wait binds it, and a job stored by
+            # another instance wakes it at once (not at its poll of ten minutes)
+            short["now"] = False
+            wait = await waiting(mine)
+            await theirs.enqueue([envelope()])
+            await asyncio.wait_for(wait, 30)
+        assert "wake-ups across processes are on again" in caplog.text
 
 
 async def test_a_sender_reaches_and_removes_only_waiters_sockets(tmp_path: Path) -> None:

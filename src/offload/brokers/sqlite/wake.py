@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -40,6 +41,12 @@ SUFFIX = "-wake-"
 #: A sender lists the database's folder again when it changed, or at least this often
 #: (seconds): a modification time may be too coarse to show a socket bound just after.
 RELIST_S = 1.0
+#: A waiter that could not bind for want of a resource (open files, memory, buffers) tries
+#: again after this many seconds (it polls meanwhile): the shortage is the moment's.
+LISTEN_RETRY_S = 5.0
+#: The errors of a resource short for the moment, not of a folder or system that never
+#: allows the socket.
+TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class CrossWake:
@@ -80,6 +87,8 @@ class CrossWake:
         #: a read of the database that may have let one in).
         self.wakes = 0
         self._failed = False
+        #: When a bind that failed for want of a resource may be tried again (monotonic).
+        self._retry_at = 0.0
 
     def _guard(self) -> threading.Lock:
         """The lock of the sender's state; a forked child takes a new one (its parent's
@@ -96,7 +105,7 @@ class CrossWake:
         cannot (said once in the log): the waiters poll as before."""
         if self._own is not None and self._pid == os.getpid():
             return True
-        if self._failed or self._closed:
+        if self._failed or self._closed or time.monotonic() < self._retry_at:
             return False
         if self._own is not None:  # a forked child's copy of its parent's socket: closed,
             self._release_own()  # and left in place (it is the parent's)
@@ -109,6 +118,8 @@ class CrossWake:
                 address = self._address(name)
             if address is None:
                 raise OSError(f"the socket path is too long: {self.folder}")
+            if isinstance(address, OSError):
+                raise address
             own = socket.socket(UNIX, socket.SOCK_DGRAM)
             try:
                 own.setblocking(False)
@@ -117,6 +128,18 @@ class CrossWake:
                 own.close()
                 raise
         except OSError as exc:
+            if exc.errno in TRANSIENT:
+                short, self._retry_at = self._retry_at, time.monotonic() + LISTEN_RETRY_S
+                if short:  # said when the shortage began
+                    return False
+                log.warning(
+                    "SQLite wake-ups across processes are off for now (waiters poll; "
+                    "tried again in %.0f s): %s",
+                    LISTEN_RETRY_S,
+                    exc,
+                    extra={"action": "sqlite_wake_off"},
+                )
+                return False
             self._failed = True
             log.info(
                 "SQLite wake-ups across processes are off (waiters poll): %s",
@@ -124,6 +147,11 @@ class CrossWake:
                 extra={"action": "sqlite_wake_off"},
             )
             return False
+        if self._retry_at:
+            self._retry_at = 0.0
+            log.info(
+                "SQLite wake-ups across processes are on again", extra={"action": "sqlite_wake_on"}
+            )
         self._own, self._name, self._pid = own, name, os.getpid()
         # Released with this object if the backend is never closed (no socket left open).
         self._release_own = weakref.finalize(
@@ -183,6 +211,8 @@ class CrossWake:
         address = self._address(name)
         if address is None:
             return None
+        if isinstance(address, OSError):
+            raise address
         sender = socket.socket(UNIX, socket.SOCK_DGRAM)  # type: ignore[arg-type]
         try:
             sender.setblocking(False)
@@ -236,9 +266,10 @@ class CrossWake:
             return tuple(n for n in self._names if n not in self._refused)
         return self._names
 
-    def _address(self, name: str) -> str | None:
+    def _address(self, name: str) -> str | OSError | None:
         """The address of the socket `name` in the folder, or None when the path is too
-        long and no folder descriptor can stand in for it (under the lock)."""
+        long and no folder descriptor can stand in for it, or the error of a descriptor
+        short for the moment (under the lock)."""
         path = os.path.join(self.folder, name)
         if len(os.fsencode(path)) <= SUN_PATH_MAX:
             return path
@@ -247,8 +278,8 @@ class CrossWake:
         if self._dirfd is None:
             try:
                 self._dirfd = dirfd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                return None
+            except OSError as exc:
+                return exc if exc.errno in TRANSIENT else None
             self._release_dirfd = weakref.finalize(self, _close_fd, dirfd)
         return f"/proc/self/fd/{self._dirfd}/{name}"
 
