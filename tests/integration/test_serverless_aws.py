@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import urlsplit
 
 import boto3
@@ -52,6 +54,10 @@ class Flaky(Message):
 
 class Slow(Message):
     seconds: float
+
+
+class Stubborn(Message):
+    """A job whose handler catches its cancellation and goes on, until the test lets it end."""
 
 
 class LambdaContext:
@@ -94,6 +100,8 @@ class Stack:
         self.web = http_handler(app)
         self.worker: SQSConsumer = sqs_handler(app, margin_s=1.0)
         self.ran: list[str] = []
+        #: Set to let `sls.stubborn`'s handler end.
+        self.released = False
 
     def http(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
         """One API Gateway HTTP API (payload 2.0) event through the HTTP function: the
@@ -224,6 +232,7 @@ def stack(
 
 
 def _close(s: Stack) -> None:
+    s.released = True
     s.run(s.worker.close())
     s.run(s.app.close())  # the HTTP function's lazily opened backend
     _end_loop(s.worker.loop)
@@ -246,6 +255,7 @@ def _stack(store: str, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: P
     app.message("sls.hello", http=True)(Hello)
     app.message("sls.flaky", http=True)(Flaky)
     app.message("sls.slow", http=True)(Slow)
+    app.message("sls.stubborn", http=True)(Stubborn)
     s = Stack(app, sqs, queue_url)
 
     @app.handles(Hello)
@@ -265,6 +275,16 @@ def _stack(store: str, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: P
         s.ran.append(ctx.job_id)
         await asyncio.sleep(msg.seconds)
         return "slept"
+
+    @app.handles(Stubborn)
+    async def stubborn(msg: Stubborn, ctx: Context) -> str:
+        s.ran.append(ctx.job_id)
+        while not s.released:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:  # (what the test is about)
+                continue
+        return "let go"
 
     return s
 
@@ -463,6 +483,27 @@ def test_a_job_still_running_near_the_invocations_end_spends_its_attempt_and_is_
     assert status["attempt"] == 1
     assert status["error"] == {"type": "TimeoutError", "message": "ran past the function's time"}
     assert stack.depth() == 1
+
+
+def test_a_handler_that_ignores_its_cancellation_does_not_hold_the_invocations_answer(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, body = stack.http("POST", "/v1/jobs/sls.stubborn", {})
+    job_id = body["id"]
+    # When its job runs into the invocation's end (4 s left, the margin 1 s), and its
+    # handler goes on after it is cancelled,
+    began = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="offload.serverless"):
+        result = stack.deliver(context_s=4.0)
+    took = time.monotonic() - began
+    # then the function answers before its end all the same (it waited for ever), its
+    # message to come back, says which job it left running, and leaves the job unsettled:
+    # its lease lapses, and the rescuer runs it again.
+    assert stack.ran == [job_id]
+    assert result == {"batchItemFailures": [{"itemIdentifier": ANY}]}
+    assert took < 8.0, f"the invocation answered after {took:.1f} s"
+    assert "ignored its cancellation" in caplog.text and job_id in caplog.text
+    assert stack.status(job_id)["state"] == "running"
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from ...app import App
 from ...brokers.sqs import SQSBackend
 from ...contract import JobState, Lease, Outcome
 from ...errors import BackendError, ConfigurationError
-from ...worker.runner import DEFAULT_HEARTBEAT_S, Worker
+from ...worker.runner import CANCELLED_RUNS_WAIT_S, DEFAULT_HEARTBEAT_S, Worker
 from ._runtime import LambdaContext, close_at_exit, remaining_s, thread_loop
 
 log = logging.getLogger("offload.serverless")
@@ -136,7 +136,8 @@ class SQSConsumer:
                 return await handled
         except TimeoutError:
             log.warning(
-                "the backend did not answer before the invocation's end: the message comes back",
+                "no answer before the invocation's end (the backend's, or a run's that ignored "
+                "its cancellation): the message comes back",
                 extra={"action": "sqs_record_error"},
             )
             return False
@@ -186,7 +187,9 @@ class SQSConsumer:
         self, worker: Worker, lease: Lease, receipt: str | None, deadline: float | None
     ) -> Outcome | None:
         """Run a claimed job, beating its lease and its message's visibility, within the
-        deadline; None when the lease was lost (another consumer owns the job now)."""
+        deadline; None when the lease was lost (another consumer owns the job now), or the
+        handler ignored its cancellation (left running: its lease lapses, and the rescuer
+        runs the job again)."""
         ctx = worker.context_for(lease)
         task = asyncio.create_task(worker.run_leased(lease, ctx), name=f"job-{lease.job_id}")
         loop = asyncio.get_running_loop()
@@ -208,28 +211,15 @@ class SQSConsumer:
                     continue  # the job ended, or its time did, first: the loop's checks say
                 held, cancel = beat
                 if not held:
-                    await _stop(task, ctx)
+                    await _stop(task, ctx, lease, CANCELLED_RUNS_WAIT_S)
                     return None
                 if cancel:
                     break
-            if not task.done():
-                ctx._end_run()
-                task.cancel()
-            try:
-                return await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # the invocation's answer is due (`_answered`), not the job's end
-                if cancel:
-                    return worker.cancelled(lease)
-                # It ran all the time the function had: a failed attempt, as a timeout is
-                # (released unspent, it ran again, and again, for ever).
-                return worker.out_of_time(lease, "ran past the function's time")
+            return await _ended(worker, task, ctx, lease, cancel=cancel)
         except asyncio.CancelledError:
             # The answer is due while the job runs (a beat stuck on an unreachable
             # backend): the job must not run on into the next invocation of this loop.
-            await asyncio.shield(_stop(task, ctx))
+            await asyncio.shield(_stop(task, ctx, lease, ANSWER_MARGIN_S / 2))
             raise
 
     async def _beat_beside(
@@ -296,9 +286,52 @@ def relay_handler(app: App) -> RelayFunction:
     return RelayFunction(app)
 
 
-async def _stop(task: asyncio.Task[Outcome | None], ctx: Any) -> None:
-    """End a job's run: its handler told (`ctx.cancelled`) and cancelled, and waited for."""
+async def _ended(
+    worker: Worker, task: asyncio.Task[Outcome | None], ctx: Any, lease: Lease, *, cancel: bool
+) -> Outcome | None:
+    """The outcome of a run that ended, or that is to end now (its job cancelled, or out of
+    the function's time); None if it goes on after its cancellation (left running)."""
+    if not task.done():
+        await _stop(task, ctx, lease, CANCELLED_RUNS_WAIT_S)
+        if not task.done():
+            return None
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the invocation's answer is due (`_answered`), not the job's end
+        if cancel:
+            return worker.cancelled(lease)
+        # It ran all the time the function had: a failed attempt, as a timeout is
+        # (released unspent, it ran again, and again, for ever).
+        return worker.out_of_time(lease, "ran past the function's time")
+
+
+async def _stop(
+    task: asyncio.Task[Outcome | None], ctx: Any, lease: Lease, within_s: float
+) -> None:
+    """End a job's run: its handler told (`ctx.cancelled`) and cancelled, and waited for
+    `within_s` at most. One that ignores its cancellation (it catches `CancelledError` and
+    goes on) is left running, said in the log: its lease lapses and the rescuer runs its
+    job again, as a worker process leaves it at its stop."""
     ctx._end_run()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await asyncio.wait({task}, timeout=within_s)
+    if not task.done():
+        task.add_done_callback(_retrieved)
+        log.error(
+            "job %s: its handler ignored its cancellation (it catches CancelledError and "
+            "goes on: let it through, after any cleanup), left running: its lease lapses, "
+            "and the rescuer runs it again",
+            lease.job_id,
+            extra={"action": "cancel_ignored", "job_id": lease.job_id},
+        )
+    else:
+        _retrieved(task)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take a stopped run's end, so that asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
