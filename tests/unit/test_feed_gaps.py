@@ -48,3 +48,26 @@ def test_a_rolled_back_position_is_passed_after_its_wait(clock: Clock) -> None:
     clock.now += 0.2
     assert feed._before_gap(0, [2, 3]) == 2
     assert not feed._gaps
+
+
+def test_the_gaps_of_one_read_are_waited_out_together(clock: Clock) -> None:
+    feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
+    # Given a read that meets three holes (deleted jobs' changes: 2, 4 and 6 never come)
+    assert feed._before_gap(0, [1, 3, 5, 7]) == 1
+    clock.now += 2.1
+    # when the first hole's wait is over, the others' are too: the reader passes them all
+    # (one wait a read, where each hole cost a wait of its own, one after another)
+    assert feed._before_gap(1, [3, 5, 7]) == 3
+    assert not feed._gaps
+
+
+def test_a_gap_met_behind_another_waits_from_when_it_was_met(clock: Clock) -> None:
+    feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
+    assert feed._before_gap(0, [1, 3]) == 1
+    clock.now += 1.5
+    # A hole first met 1.5 s after the first one (its position taken since) keeps its wait
+    assert feed._before_gap(1, [3, 5]) == 0
+    clock.now += 0.6
+    assert feed._before_gap(1, [3, 5]) == 1
+    clock.now += 1.5
+    assert feed._before_gap(3, [5]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import re
@@ -1765,7 +1766,10 @@ class PostgresBackend:
         until `gap_wait_s` has passed (then the position was rolled back and never comes).
         Each missing position is waited for from when a read first met it: a gap that
         opens while another is being waited out gets its own full wait (one shared timer
-        let a reader skip a fresh gap at once, and lose a change that then committed).
+        let a reader skip a fresh gap at once, and lose a change that then committed). A
+        read notes every gap it meets, those past the first too, so that the gaps of one
+        read are waited out together (the holes of deleted jobs cost a reader one wait a
+        read, where it met them one at a time, a wait each).
         """
         expected = seq + 1
         for n, position in enumerate(positions):
@@ -1774,12 +1778,19 @@ class PostgresBackend:
                 if len(self._gaps) > _GAPS_KEPT:  # readers that left: forget the oldest
                     del self._gaps[min(self._gaps, key=self._gaps.__getitem__)]
                 if now - self._gaps.setdefault(expected, now) < self.gap_wait_s:
+                    self._note_gaps(positions[n:], now)
                     return n
             if self._gaps:  # the positions passed are filled, or rolled back
                 for missing in [p for p in self._gaps if expected <= p <= position]:
                     del self._gaps[missing]
             expected = position + 1
         return len(positions)
+
+    def _note_gaps(self, positions: Sequence[int], now: float) -> None:
+        """Start the wait of each gap between `positions` (ascending) not yet met."""
+        for before, after in itertools.pairwise(positions):
+            if after != before + 1 and len(self._gaps) <= _GAPS_KEPT:
+                self._gaps.setdefault(before + 1, now)
 
     async def feed_head(self, seq: int) -> int:
         while True:
