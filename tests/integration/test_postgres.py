@@ -26,7 +26,7 @@ from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import POOL_PATIENCE_S, Q
-from offload.contract import JobState, Outcome, status_record
+from offload.contract import JobState, KindLimits, Outcome, status_record
 from offload.errors import BackendError, ConfigurationError
 from offload.web import create_app, events
 from offload.web.events import Hub, owner_stream
@@ -1208,3 +1208,28 @@ async def test_a_bulk_cancel_that_a_settle_overtakes_between_its_statements_stil
     # The job ends cancelled (it stayed retrying, and ran again).
     assert await app.cancel_jobs(offload.JobFilter(queue="default")) >= 1
     assert (await job.status()).state == "cancelled"
+
+
+async def test_a_host_whose_clock_runs_ahead_waits_out_a_rate_by_the_servers_clock(
+    schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = PostgresBackend.from_url(schema.url)
+    await backend.open()
+    try:
+        # Given a worker on a host whose clock runs 30 s ahead of the server's, and a kind
+        # started once a minute that has started now
+        monkeypatch.setattr(backend, "_clock_now", lambda: time.time() + 30.0)
+        await backend.declare_limits(
+            [KindLimits(kind="pg.rated", queue="q", max_running=None, rate=1, per_s=60.0)]
+        )
+        await backend.enqueue([envelope(kind="pg.rated") for _ in range(2)])
+        claimed = await backend.claim_gated(["q"], worker_id="w", lease_for=60.0, limit=10)
+        assert len(claimed) == 1
+        assert await backend.claim_gated(["q"], worker_id="w", lease_for=60.0, limit=10) == []
+        # then its wait for the next start is a minute by the server's clock, as the claim
+        # counts it (by its own, the start was due in 30 s: it claimed again and again)
+        held, due = backend._held_back
+        assert held and due is not None
+        assert 55.0 < due - backend._clock_now() <= 60.0
+    finally:
+        await backend.close()

@@ -1298,3 +1298,21 @@ async def test_reading_the_schedules_is_tried_again_when_the_connection_is_lost(
     # then it is tried again on a fresh connection, and answers.
     assert await backend.schedule_states() == []
     assert tries == 2
+
+
+async def test_a_worker_whose_clock_runs_ahead_waits_for_a_scheduled_job_by_the_servers(
+    prefix: str, backend: RedisBackend
+) -> None:
+    # Given a worker on a host whose clock runs 30 s ahead of the Redis server's
+    ahead = RedisBackend.from_url(redis_url(prefix), clock=offload.clock.SkewedClock(30.0))
+    await ahead.open()
+    try:
+        # and a job due in 20 s (stamped by a host with the right time)
+        await backend.enqueue([envelope(run_at=time.time() + 20.0)])
+        assert await ahead.claim([QUEUE], worker_id="w", limit=1, lease_for=30.0) == []
+        # when it waits for work, it waits for the job's time by the server's clock, which
+        # makes it ready (by its own, the job was due: it claimed again at once, in a loop)
+        left = await ahead._wait_timeout([QUEUE], 60.0)
+        assert 15.0 < left <= 20.0
+    finally:
+        await ahead.close()

@@ -1254,7 +1254,10 @@ class PostgresBackend:
         if usage is not None:
             self._limited.update({x.kind: x.queue for x in usage.limits})
             after = usage.gate([row[1] for row in rows])
-            self._held_back = (bool(after.blocked), after.next_start_at)
+            due = after.next_start_at
+            if due is not None:  # by the server's clock, as the claim counts: on this host's
+                due += self._clock_now() - usage.now_s  # (ahead of it, it claimed in a loop)
+            self._held_back = (bool(after.blocked), due)
         return [_lease_of(row, token, worker_id) for row in rows]
 
     async def _claim_fair(

@@ -688,16 +688,25 @@ class RedisBackend:
                 pipe.smembers(self._key("paused"))
                 for queue in queues:
                     pipe.zrange(self._key("waiting:" + queue), 0, 0, withscores=True)
+                if self._server_clock:
+                    pipe.time()
                 return await pipe.execute()
 
         paused, *heads = await self._retried(read)
+        # A scheduled job is made ready by the claim's clock, the server's: the time left
+        # is read from it too (by this host's, a host ahead of the server claimed in a loop,
+        # a thousand times a second, until the server's clock caught up).
+        now = self.clock.now()
+        if self._server_clock:
+            seconds, micros = heads.pop()
+            now = seconds + micros / 1e6
         # Not a paused queue's: its due jobs would wake the claim loop at once, again and again.
         due = [h[0][1] for q, h in zip(queues, heads, strict=True) if h and q not in paused]
         held, next_start_at = self._held_back
         if held:  # ready jobs wait for a limit: not for the next due job, which may be one
             due = [] if next_start_at is None else [next_start_at]
         if due:
-            timeout = max(0.0, min(timeout, min(due) - self.clock.now()))
+            timeout = max(0.0, min(timeout, min(due) - now))
         return timeout
 
     # -- broker -----------------------------------------------------------------------------
