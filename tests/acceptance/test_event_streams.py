@@ -528,3 +528,37 @@ async def test_streams_admitted_in_a_burst_count_before_they_subscribe(
         feeds.admit_stream(hub)
         await asyncio.sleep(0.01)  # (any time past OPENING_S, 0 here)
         feeds.admit_stream(hub)
+
+
+async def test_requests_that_open_no_stream_hold_no_place_among_the_streams(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job's stream answered 204 (its job final) after taking a place among the streams,
+    # which it held for 5 s: cheap requests by one tenant kept every place taken, and the
+    # others' streams were refused.
+    from offload.web import feeds
+
+    monkeypatch.setattr(feeds, "stream_limit", lambda open_files: 2)
+    api = create_app(app)
+    auth = {"Authorization": f"Bearer {TOKENS['bob']}"}
+    async with _serving(app, api) as base, httpx.AsyncClient(base_url=f"http://{base}") as web:
+        posted = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers=auth)
+        job_id = posted.json()["id"]
+        assert (await web.delete(f"/v1/jobs/{job_id}", headers=auth)).status_code < 300
+        # Given requests answered without a stream, more of them than the places:
+        ahead = {**auth, "Last-Event-ID": "999999999999999999"}
+        for _ in range(4):
+            ended = await web.get(f"/v1/jobs/{job_id}/events", headers=ahead)
+            assert ended.status_code == 204  # (final, nothing follows)
+            refused = await web.get("/v1/events", headers={**auth, "Last-Event-ID": "x"})
+            assert refused.status_code == 400
+            with pytest.raises(InvalidStatus) as ws_refused:
+                async with connect(f"ws://{base}/v1/ws?since=x", additional_headers=auth):
+                    pass
+            assert ws_refused.value.response.status_code == 400
+        # then streams still open, up to the limit
+        async with (
+            web.stream("GET", "/v1/events", headers=auth) as one,
+            web.stream("GET", "/v1/events", headers=auth) as two,
+        ):
+            assert (one.status_code, two.status_code) == (200, 200)

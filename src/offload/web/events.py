@@ -189,6 +189,13 @@ class Hub:
         self._opening.append(now)
         return True
 
+    def release(self) -> None:
+        """Forget a stream admitted a moment ago that will not open (its request refused,
+        or answered otherwise): it held a place for `OPENING_S`, and cheap requests that
+        open nothing kept every place taken."""
+        if self._opening:
+            self._opening.pop()
+
     @contextlib.contextmanager
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
         """A subscription to one job's changes, one owner's, or (neither given) every
@@ -397,8 +404,10 @@ async def job_events_response(
     """The response of one job's event stream from feed position `since`: `job_stream`, or
     204 when the job is final and no change of it follows `since`. A browser reconnects to
     a stream that ended, with the last event's id, every few seconds for as long as the page
-    stays open; an EventSource stops only when told 204."""
+    stays open; an EventSource stops only when told 204 (which opens no stream: the place
+    `admit_stream` gave the request is released)."""
     if row.state.final and not await store.changes_since(since, job_id=row.id, limit=1):
+        hub.release()
         return Response(status_code=204)
     return EventStreamResponse(job_stream(hub, store, row.id, since, present))
 

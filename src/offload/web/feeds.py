@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import orjson
@@ -210,6 +211,18 @@ def admit_stream(hub: Hub) -> None:
     )
 
 
+@contextlib.contextmanager
+def opening(hub: Hub) -> Iterator[None]:
+    """`admit_stream`, for a block that opens the stream: its place is released if the
+    block fails (a position refused, the backend out of reach)."""
+    admit_stream(hub)
+    try:
+        yield
+    except BaseException:
+        hub.release()
+        raise
+
+
 @router.get(
     "/events",
     response_class=EventStreamResponse,
@@ -234,8 +247,8 @@ async def events(
     # Once the 200 is sent the stream could only end: a backend that does not answer now
     # gets the 503 every /v1 route answers then (`within_feed` may read it too).
     await state.runtime.answering()
-    admit_stream(state.runtime.hub)
-    cursor = await within_feed(state.runtime.hub, position)
+    with opening(state.runtime.hub):
+        cursor = await within_feed(state.runtime.hub, position)
     present = presenter_of(request)
     stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
     return EventStreamResponse(stream)
@@ -271,11 +284,11 @@ async def job_events(
         raise job_not_found(job_id)
     resumed = cursor_of(last_event_id, None)  # Last-Event-ID wins; 400 if it is no position
     hub = state.runtime.hub
-    admit_stream(hub)
     if resumed is None and since is not None:
         resumed = int(since)  # (digits only: `+1` and ` 1` are 422s, as on int they were not)
-    cursor = await within_feed(hub, resumed) or 0
-    return await job_events_response(hub, state.offload, row, cursor, presenter_of(request).row)
+    with opening(hub):
+        cursor = await within_feed(hub, resumed) or 0
+        return await job_events_response(hub, state.offload, row, cursor, presenter_of(request).row)
 
 
 def _message(change: Change, present: Any) -> str:
@@ -307,8 +320,8 @@ async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None
         hub = await _opened(websocket)
         await authenticate_unless_ticket(websocket)
         principal = principal_of(websocket, query.get("ticket"))
-        admit_stream(hub)
-        return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
+        with opening(hub):
+            return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
     except HTTPException as refused:  # a Problem, or the auth hook's own answer (its 401)
         await refuse_handshake(websocket, as_problem(refused))
     except BackendError as exc:
