@@ -49,6 +49,10 @@ _SERVER_REFUSALS = {
 }
 
 StartResponse = Callable[..., Any]
+#: Seconds a connection may take to send its request (and to read the answer), as the web
+#: tier's `HEAD_TIMEOUT_S`: then it is closed. Without it, a connection that sent half a
+#: request held a thread of the worker's process, and a file, for as long as it stayed open.
+REQUEST_TIMEOUT_S = 10.0
 
 
 def serve_registry(
@@ -180,22 +184,32 @@ class _ServerHandler(ServerHandler):
         return _refuse(start_response, 500, "internal error", at=at, exc_info=sys.exc_info())
 
     def log_exception(self, exc_info: Any) -> None:
+        if isinstance(exc_info[1], TimeoutError):  # a client too slow to read the answer
+            return
         log.error("metrics endpoint error", exc_info=exc_info, extra={"action": "metrics_error"})
 
 
 class _RequestHandler(WSGIRequestHandler):
     """wsgiref's request handler, with `_ServerHandler`, quiet, and whose refusals of a
     request it cannot parse are problem documents (its own are HTML pages that name the
-    server and the Python version)."""
+    server and the Python version). A request that does not arrive within
+    `REQUEST_TIMEOUT_S` has its connection closed."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(REQUEST_TIMEOUT_S)  # (read now: a test may change it)
 
     def handle(self) -> None:
         # wsgiref's `handle`, which names its ServerHandler class (the Server header) inline.
-        self.raw_requestline = self.rfile.readline(65537)
-        if len(self.raw_requestline) > 65536:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.parse_request():  # refused already (send_error)
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not self.parse_request():  # refused already (send_error)
+                return
+        except TimeoutError:  # (its head too slow: closed, nothing to answer it with)
             return
         handler = _ServerHandler(
             self.rfile,

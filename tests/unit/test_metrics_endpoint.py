@@ -197,3 +197,20 @@ def test_a_health_check_answers_at_healthz_where_one_is_given(endpoint: str) -> 
         assert httpx.head(f"http://127.0.0.1:{port}/metrics").status_code == 405
     finally:
         stop()
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A connection that sent half a request held a thread of the worker's process, and a
+    # file, for as long as it stayed open: 300 of them, 300 threads.
+    from offload import _metrics_endpoint
+
+    monkeypatch.setattr(_metrics_endpoint, "REQUEST_TIMEOUT_S", 0.5)
+    with served(Metrics()) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
+            assert conn.recv(1024) == b""  # closed by the server (not the test's 30 s)
+        # and the endpoint answers the next request as ever
+        assert httpx.get(url + "/metrics").status_code == 200
