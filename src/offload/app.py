@@ -1699,10 +1699,13 @@ def _queue_name(queue: str) -> str:
     """A queue name as given, checked.
 
     Raises:
-        ConfigurationError: an empty name.
+        ConfigurationError: an empty name, or one holding a NUL character (which no queue
+            has: PostgreSQL cannot store one).
     """
     if not queue or not queue.strip():
         raise ConfigurationError("a queue name must not be empty")
+    if "\x00" in queue:
+        raise ConfigurationError("a queue name cannot hold a NUL character")
     return queue
 
 

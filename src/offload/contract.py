@@ -573,7 +573,8 @@ class JobFilter:
             values; letters outside ASCII match case-sensitively on SQLite and Redis).
 
     Raises:
-        ValueError: an unknown state, a naive datetime, or an empty `id_prefix` / `text`.
+        ValueError: an unknown state, a naive datetime, an empty `id_prefix` / `text`, or
+            a NUL character in a name or text.
     """
 
     state: str | None = None
@@ -594,6 +595,9 @@ class JobFilter:
             raise ValueError("id_prefix must not be empty")
         if self.text is not None and not self.text:
             raise ValueError("text must not be empty")
+        for name in ("kind", "queue", "owner", "id_prefix", "text"):
+            if "\x00" in (getattr(self, name) or ""):  # (PostgreSQL cannot hold one)
+                raise ValueError(f"{name} cannot hold a NUL character: no job has one")
 
     @property
     def after_s(self) -> float | None:

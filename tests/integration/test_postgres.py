@@ -26,7 +26,7 @@ from offload import App, Context, Message, SchemaError, Settings
 from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import POOL_PATIENCE_S, Q
-from offload.contract import JobState, KindLimits, Outcome, status_record
+from offload.contract import JobFilter, JobState, KindLimits, Outcome, status_record
 from offload.errors import BackendError, ConfigurationError
 from offload.web import create_app, events
 from offload.web.events import Hub, owner_stream
@@ -1233,3 +1233,20 @@ async def test_a_host_whose_clock_runs_ahead_waits_out_a_rate_by_the_servers_clo
         assert 55.0 < due - backend._clock_now() <= 60.0
     finally:
         await backend.close()
+
+
+async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: App) -> None:
+    # PostgreSQL cannot hold a NUL character: a filter holding one failed its query, and
+    # was answered as the backend out of reach (503, Retry-After), counted as a server
+    # error on the alerts' metric, at any caller's request.
+    api = create_app(app)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as web:
+        answer = await web.get("/v1/jobs", params={"kind": "a\x00b"})
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    # and from Python, a filter or a queue holding one is refused before any query
+    with pytest.raises(ValueError, match="NUL"):
+        JobFilter(kind="a\x00b")
+    with pytest.raises(ConfigurationError, match="NUL"):
+        await app.resume("a\x00b")

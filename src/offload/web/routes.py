@@ -37,6 +37,9 @@ router = APIRouter(
 #: A job id (a UUID, as offload writes them): what `cursor` of a job list takes.
 JOB_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 JOB_ID_PATTERN = f"^{JOB_ID}$"
+#: Text without a NUL character (no kind holds one: PostgreSQL cannot store one, and a
+#: filter holding one was answered as a backend outage there, a 503).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 #: Marks an operation for operators only (`admin_only`) in the OpenAPI document, which
 #: states how anyone else is answered (`openapi._security`); the marker itself is dropped.
 OPERATORS_ONLY = "x-offload-operators-only"
@@ -178,7 +181,7 @@ async def cancel(request: Request, job_id: str) -> Response:
 async def list_jobs(
     request: Request,
     state: JobState | None = None,
-    kind: str | None = None,
+    kind: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
     cursor: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:

@@ -101,8 +101,8 @@ async def one(request: Request, job_id: str, action: str) -> Response:
 @router.post("/queues/{queue}/{action}")
 async def queue(request: Request, queue: str, action: str) -> Response:
     """Pause a queue (workers claim nothing more from it; running jobs finish) or resume it."""
-    if action not in ("pause", "resume") or not queue.strip():
-        raise Problem(404, "Not Found")
+    if action not in ("pause", "resume") or not queue.strip() or "\x00" in queue:
+        raise Problem(404, "Not Found")  # (no queue has a NUL: PostgreSQL cannot store one)
     await form_of(request)
     app = app_of(request)
     if action == "pause":
