@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosedError
 from offload import App, Message, Settings
 from offload.web import create_app, serve
 from offload.web.serve import (
+    BODY_IDLE_S,
     MAX_HEAD_BYTES,
     MAX_WS_MESSAGE_BYTES,
     _h11_protocol,
@@ -205,3 +206,35 @@ async def test_a_websocket_handshake_at_a_path_without_one_is_a_404_problem(
         # and the WebSocket route accepts.
         async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+async def test_a_body_whose_chunks_do_not_parse_is_a_400_problem_at_once(
+    tmp_path: Path, parser: str
+) -> None:
+    # The refusal waited for the route's answer, and the route for a body that could no
+    # longer come: nothing was answered, and the connection was held until its body's
+    # idle time (30 s) ran out.
+    options = server_options()
+    if parser == "h11":
+        options = {"http": _h11_protocol(), "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+    async with serving(tmp_path, **options) as port:
+        request = (
+            b"POST /v1/jobs/t.note HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz\r\n{}\r\n0\r\n\r\n"
+        )
+        first = await asyncio.to_thread(_first_answer, port, request)
+        status, headers, body = answer_of(first)
+        assert status == 400, first
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["type"].endswith("/malformed-request")
+
+
+def _first_answer(port: int, request: bytes) -> bytes:
+    """What the server answers first to `request`, the connection left open (so that the
+    server must answer before any close of the client's), within half a body's idle time."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        s.settimeout(BODY_IDLE_S / 2)
+        return s.recv(65536)

@@ -190,6 +190,17 @@ class _Refusing:
             flow.resume_reading()
 
     def send_400_response(self, msg: str) -> None:
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and cycle.more_body and not cycle.response_started:
+            # The body of the request being answered does not parse (a chunk's size that
+            # is no number): its route waits for the rest, which cannot come, and the
+            # refusal waited for the route. The route hears that its client is gone, and
+            # the refusal is the answer, now.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._refused = True
+            self._send_refusal(refusal(400, *_MALFORMED))
+            return
         self.refuse(refusal(400, *_MALFORMED))
 
     def on_response_complete(self) -> None:
