@@ -167,7 +167,11 @@ def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) ->
     for ip in addresses:
         why = refusal(ip, allow_private=allow_private)
         if why is not None:
-            raise TargetRefused(f"{host} is {why} ({ip}); webhooks go to public hosts")
+            if literal is not None:
+                raise TargetRefused(f"{host} is {why}; webhooks go to public hosts")
+            # Not the address it resolved to: the reason is shown to the job's owner (its
+            # delivery record), who would map the internal network's names by it.
+            raise TargetRefused(f"{host} resolves to {why}; webhooks go to public hosts")
     return Target(url=parsed, address=str(addresses[0]))
 
 
