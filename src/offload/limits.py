@@ -126,4 +126,26 @@ def round_robin(lists: Sequence[Sequence[T]]) -> list[T]:
     return out
 
 
-__all__ = ["RATE_UNITS", "Gate", "format_rate", "gate", "parse_rate", "round_robin", "take"]
+def in_turn(sources: Sequence[Sequence[T]], turn: int) -> list[T]:
+    """`round_robin` of the sources that hold anything, the first of them the one whose
+    turn it is (`turn`, counted by the claimer across its claims): a claim of one job (a
+    worker of a fair queue claims no more than its free slots, often one) took from the
+    first source every time, so a fair queue claimed beside a plain one waited for its
+    whole backlog."""
+    held = [source for source in sources if source]
+    if not held:
+        return []
+    first = turn % len(held)
+    return round_robin(held[first:] + held[:first])
+
+
+__all__ = [
+    "RATE_UNITS",
+    "Gate",
+    "format_rate",
+    "gate",
+    "in_turn",
+    "parse_rate",
+    "round_robin",
+    "take",
+]

@@ -67,6 +67,24 @@ async def test_fair_and_plain_queues_take_turns_in_one_claim(backend: Backend) -
     assert sorted(le.envelope.queue for le in leases) == ["p", "p", "q", "q"]
 
 
+async def test_claims_of_one_job_take_turns_between_fair_and_plain_queues(
+    backend: Backend,
+) -> None:
+    # A worker of a fair queue claims no more than its free slots, often one: each claim
+    # of one took from the plain queues first, so the fair queue waited for their backlog.
+    await backlog(backend, "alice", 3)
+    await backlog(backend, "zed", 3, queue="p")
+    await backlog(backend, "bob", 3, queue="r")
+    taken = []
+    for _ in range(6):
+        (lease,) = await backend.claim_gated(
+            ["p", "q", "r"], worker_id="w1", lease_for=LONG, limit=1, fair=["q", "r"]
+        )
+        taken.append(lease.envelope.queue)
+    # Each source takes its turn (the plain queues as one, then each fair queue)
+    assert sorted(taken[:3]) == ["p", "q", "r"] and sorted(taken[3:]) == ["p", "q", "r"]
+
+
 async def test_an_owners_jobs_keep_their_priority_order(backend: Backend) -> None:
     low, high = envelope(owner="alice", priority=5), envelope(owner="alice", priority=1)
     await backend.enqueue([low, high])

@@ -248,7 +248,7 @@ def _fair_only(sql: str) -> str:
     """`claim_fair` without its plain queues' part, for a claim of fair queues only: a part
     that finds nothing still costs its planning, a fifth of the statement's."""
     start = sql.index("    UNION ALL\n    -- the plain queues'")
-    return sql[:start] + sql[sql.index("), picked AS") :]
+    return sql[:start] + sql[sql.index("), srcs AS") :]
 
 
 _CLAIM_FAIR_ONLY = _fair_only(Q["claim_fair"])
@@ -432,6 +432,9 @@ class PostgresBackend:
         #: What held jobs back at this instance's last gated claim: whether a limit did,
         #: and when a start is next due by a rate (see `wait`).
         self._held_back: tuple[bool, float | None] = (False, None)
+        #: This instance's gated claims so far: whose turn it is among the plain queues
+        #: and the fair ones (`limits.in_turn`).
+        self._turns = 0
         #: The limited kinds (and their queues) this instance claimed: their settles wake
         #: the workers waiting for a free slot.
         self._limited: dict[str, str] = {}
@@ -1227,6 +1230,7 @@ class PostgresBackend:
             )
         now = self._now()
         params = {"limit": limit, "now": now, "token": token}
+        turn, self._turns = self._turns, self._turns + 1
 
         async def attempt(resent: bool) -> tuple[list[tuple[Any, ...]], _gates.Usage | None]:
             async with self._conn() as conn, conn.transaction():
@@ -1234,7 +1238,9 @@ class PostgresBackend:
                 if resent and (rows := await _claimed(c, token)):
                     return rows, None
                 usage = await _gates.read(c, queues, now)
-                ids, served = await _gates.pick(c, queues, frozenset(fair), usage.gate(), params)
+                ids, served = await _gates.pick(
+                    c, queues, frozenset(fair), usage.gate(), params, turn
+                )
                 if not ids:
                     return [], usage
                 await _gates.take_turns(c, served)
@@ -1280,7 +1286,9 @@ class PostgresBackend:
             "lease_for": lease_for,
             "worker": worker_id,
             "now": self._now(),
+            "turn": self._turns,
         }
+        self._turns += 1
         sql = Q["claim_fair"] if params["queues"] else _CLAIM_FAIR_ONLY
 
         async def attempt(resent: bool) -> list[tuple[Any, ...]]:

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from ...contract import KindLimits
-from ...limits import Gate, gate, round_robin, take
+from ...limits import Gate, gate, in_turn, round_robin, take
 from .._sql import queries
 
 Q = queries(__package__)
@@ -151,9 +151,11 @@ async def pick(
     fair: Collection[str],
     g: Gate,
     params: dict[str, Any],
+    turn: int = 0,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The job ids a gated claim takes (locked), in claim order, and the (queue, owner) of
-    each fair queue's owner it served, in the order of their last job taken."""
+    each fair queue's owner it served, in the order of their last job taken. The plain
+    queues (as one) and each fair queue take turns, from the one whose `turn` it is."""
     params = {**params, "blocked": g.blocked}
     plain = [q for q in queues if q not in fair]
     sources: list[list[Candidate]] = []
@@ -162,7 +164,7 @@ async def pick(
             sources.append(await _plain(cur, plain, params))
         if any(q in fair for q in queues):
             sources += await _fair(cur, [q for q in queues if q in fair], params)
-    candidates = round_robin(sources)
+    candidates = in_turn(sources, turn)
     chosen = [candidates[i] for i in take(g.allow, [c[1] for c in candidates], params["limit"])]
     served = [(q, o) for _, _, q, o in chosen if q is not None and o is not None]
     return [c[0] for c in chosen], list(dict.fromkeys(reversed(served)))[::-1]

@@ -973,10 +973,20 @@ WITH RECURSIVE o AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+), srcs AS (
+    -- the sources that offer jobs, the plain queues' (a NULL queue) and each fair queue's,
+    -- in queue order from the one whose turn it is (`turn`, the claimer's count of its
+    -- claims: a claim of one job took from the plain queues every time)
+    SELECT queue, (k - 1 + n - %(turn)s::bigint %% n) %% n AS r
+    FROM (
+        SELECT queue, row_number() OVER (ORDER BY queue NULLS FIRST) AS k, count(*) OVER () AS n
+        FROM (SELECT DISTINCT queue FROM cand) d
+    ) s
 ), picked AS (
-    -- the plain queues' first (a NULL queue), then each fair queue's, in queue order
-    SELECT id, queue, owner, row_number() OVER (ORDER BY pos, queue NULLS FIRST) AS taken
-    FROM cand ORDER BY pos, queue NULLS FIRST LIMIT %(limit)s
+    -- a job of each source in turn
+    SELECT c.id, c.queue, c.owner, row_number() OVER (ORDER BY c.pos, s.r) AS taken
+    FROM cand c JOIN srcs s ON s.queue IS NOT DISTINCT FROM c.queue
+    ORDER BY c.pos, s.r LIMIT %(limit)s
 ), upd AS (
     UPDATE offload_jobs j
     SET state = 'running', attempt = j.attempt + 1, lease_token = %(token)s,

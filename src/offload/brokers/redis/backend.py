@@ -288,6 +288,9 @@ class RedisBackend:
         #: What held jobs back at this instance's last gated claim: whether a limit did,
         #: and when a start is next due by a rate (see `wait`).
         self._held_back: tuple[bool, float | None] = (False, None)
+        #: This instance's gated claims so far: whose turn it is among the plain queues
+        #: and the fair ones (`limits.in_turn`).
+        self._turns = 0
         #: The limited kinds (and their queues) this instance claimed: their settles wake
         #: the workers waiting for a free slot.
         self._limited: dict[str, str] = {}
@@ -969,10 +972,14 @@ class RedisBackend:
         fairs = sorted(set(fair))
         tail: tuple[str | int, ...] = (len(fairs), *fairs, *dict.fromkeys(queues))
 
+        turn, self._turns = self._turns, self._turns + 1
+
         async def claim(token: str) -> list[Lease]:
             head = (self._now_arg(), token, num(lease_for), worker_id, limit, self.promote_max)
             flats, held, next_start_at, kinds = await self.retrier.run(
-                lambda _resent: self._script("claim_gated", *head, DEFAULT_GATED_SCAN_MAX, *tail)
+                lambda _resent: self._script(
+                    "claim_gated", *head, DEFAULT_GATED_SCAN_MAX, turn, *tail
+                )
             )
             self._held_back = (bool(held), float(next_start_at) if next_start_at else None)
             self._limited.update(zip(kinds[::2], kinds[1::2], strict=True))

@@ -463,6 +463,9 @@ class SQLiteBackend:
         #: What held jobs back at this instance's last gated claim: whether a limit did,
         #: and when a start is next due by a rate (see `wait`).
         self._held_back: tuple[bool, float | None] = (False, None)
+        #: This instance's gated claims so far: whose turn it is among the plain queues
+        #: and the fair ones (`limits.in_turn`).
+        self._turns = 0
         #: A wait for the write lock this long is a stall that pauses the leases: at most a
         #: quarter of the shortest lease this instance claimed with.
         self._stall_s = _stalls.DEFAULT_STALL_S
@@ -1170,7 +1173,8 @@ class SQLiteBackend:
             now = self.clock.now()
             expires = now + lease_for
             limits, g = _gates.read(conn, queues, now)
-            ids, served = _gates.pick(conn, queues, now, limit, g, fair)
+            ids, served = _gates.pick(conn, queues, now, limit, g, fair, self._turns)
+            self._turns += 1
             rows = []
             if ids:
                 _gates.take_turns(conn, served)

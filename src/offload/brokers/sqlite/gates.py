@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ...contract import KindLimits
-from ...limits import Gate, gate, round_robin, take
+from ...limits import Gate, gate, in_turn, round_robin, take
 from .._sql import queries
 
 Q = queries(__package__)
@@ -160,17 +160,18 @@ def pick(
     limit: int,
     g: Gate,
     fair: Collection[str],
+    turn: int = 0,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The job ids a gated claim takes, in claim order, and the (queue, owner) of each fair
     queue's owner it served, in the order served. Fair queues and the plain ones (as one)
-    take turns."""
+    take turns, from the one whose `turn` it is."""
     plain = [q for q in queues if q not in fair]
     sources: list[list[tuple[str, str, str | None, str | None]]] = []
     if plain:
         sources.append([(i, k, None, None) for i, k in _plain(conn, plain, now, limit, g)])
     for queue in (q for q in queues if q in fair):
         sources.append([(i, k, queue, o) for i, k, o in _fair(conn, queue, now, limit, g)])
-    candidates = round_robin(sources)
+    candidates = in_turn(sources, turn)
     chosen = [candidates[i] for i in take(g.allow, [c[1] for c in candidates], limit)]
     served = [(q, o) for _, _, q, o in chosen if q is not None and o is not None]
     # In the order of each owner's last job taken: the owner served last goes last.

@@ -1,6 +1,6 @@
 -- claim_gated: ARGV = K, now (opt: none for the server's clock), token, lease_for
--- (seconds), worker, limit, promote_max, scan_max, n_fair, then n_fair fair queues, then
--- the queues to claim from.
+-- (seconds), worker, limit, promote_max, scan_max, turn, n_fair, then n_fair fair queues,
+-- then the queues to claim from.
 -- `claim` within the limits of the claimed queues' kinds (see kind_gates): a held-back
 -- kind's jobs are passed over (at most `scan_max` entries read per queue), each limited
 -- kind gets at most its allowance, and its leased jobs and starts are logged.
@@ -8,7 +8,9 @@
 -- per owner, fready:<len(q)>:<q><owner> (same scores and members), with the owners in
 -- fring:<q> (zset by each owner's last turn, from the counter fturn:<q>); the claim takes
 -- one job of each owner in turn, least recently served first. Fair queues and the plain
--- ones (merged in claim order) take turns.
+-- ones (merged in claim order) take turns, those that hold jobs, from the one whose turn it
+-- is (`turn`, the claimer's count of its claims: a claim of one job took from the first
+-- every time).
 -- The leased ids are noted under the token (lease_picked): a claim whose token noted some
 -- (sent again, as `claim` is) answers the noted jobs still leased to the token, and claims
 -- no more.
@@ -18,11 +20,11 @@
 local now, token, worker = now_or_server(ARGV[2]), ARGV[3], ARGV[5]
 local expires = seconds_after(now, ARGV[4])
 local limit, promote_max, scan_max = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local n_fair = tonumber(ARGV[9])
+local turn, n_fair = tonumber(ARGV[9]), tonumber(ARGV[10])
 local fair = {}
-for i = 10, 9 + n_fair do fair[ARGV[i]] = true end
+for i = 11, 10 + n_fair do fair[ARGV[i]] = true end
 local queues, open = {}, {}
-for i = 10 + n_fair, #ARGV do
+for i = 11 + n_fair, #ARGV do
   if redis.call('SISMEMBER', K .. 'paused', ARGV[i]) == 0 then
     queues[#queues + 1] = ARGV[i]
     open[ARGV[i]] = true
@@ -182,9 +184,18 @@ local function plain_candidates()
   return eligible
 end
 
-local sources = {plain_candidates()}
+local offered = {plain_candidates()}
 for _, queue in ipairs(queues) do
-  if fair[queue] then sources[#sources + 1] = fair_candidates(queue) end
+  if fair[queue] then offered[#offered + 1] = fair_candidates(queue) end
+end
+local sources = {}
+for _, source in ipairs(offered) do
+  if #source > 0 then sources[#sources + 1] = source end
+end
+if #sources > 1 then  -- from the one whose turn it is
+  local first, turned = turn % #sources, {}
+  for i = 1, #sources do turned[i] = sources[(first + i - 1) % #sources + 1] end
+  sources = turned
 end
 local picked, round = {}, 1
 while #picked < limit do
