@@ -25,7 +25,7 @@ import offload.clock
 from offload import App, Context, Message, Settings
 from offload._ids import uuid7
 from offload.brokers import open_backend
-from offload.brokers.base import WORKER_LOST_AFTER_S, Capability
+from offload.brokers.base import NEWER_VERSION, WORKER_LOST_AFTER_S, Capability
 from offload.contract import Envelope, Extension, JobState, KindLimits, Lease, Outcome
 from offload.errors import BackendError, ConfigurationError, StorageFull
 from offload.worker.runner import Worker
@@ -1316,3 +1316,24 @@ async def test_a_worker_whose_clock_runs_ahead_waits_for_a_scheduled_job_by_the_
         assert 15.0 < left <= 20.0
     finally:
         await ahead.close()
+
+
+async def test_a_deleted_job_given_back_for_a_newer_worker_leaves_no_id_behind(
+    prefix: str, backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    # Given jobs given back once for a worker that knows their newer version, then run,
+    newer = {"type": NEWER_VERSION, "message": "version 2 waits for a worker that runs it"}
+    envs = [envelope() for _ in range(3)]
+    await backend.enqueue(envs)
+    leases = await backend.claim([QUEUE], worker_id="w", lease_for=30.0, limit=3)
+    given_back = [
+        Outcome(lease=le, state=JobState.QUEUED, refund=True, run_at=time.time(), error=newer)
+        for le in leases
+    ]
+    await backend.settle(given_back)
+    leases = await backend.claim([QUEUE], worker_id="w", lease_for=30.0, limit=3)
+    await backend.settle([Outcome(lease=le, state=JobState.SUCCEEDED) for le in leases])
+    # when they are deleted, and their queue has no work left for `stats` to look at,
+    assert await backend.delete_many([e.id for e in envs]) == 3
+    # then their ids are gone from the set of those given back (it grew for good)
+    assert await raw.scard(f"{{{prefix}}}newer:{QUEUE}") == 0

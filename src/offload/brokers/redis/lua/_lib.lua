@@ -242,6 +242,8 @@ local function forget(id, row)
   redis.call('ZREM', K .. 'kind:' .. row.kind, id)
   redis.call('ZREM', K .. 'qids:' .. row.queue, id)
   redis.call('ZREM', K .. 'st:' .. row.state, id)
+  -- (given back once for a newer worker: `stats` drops only the ids of queues with work)
+  redis.call('SREM', K .. 'newer:' .. row.queue, id)
   if row.idempotency_key ~= nil then
     local field = idem_field(row.owner, row.idempotency_key)
     if redis.call('HGET', K .. 'idem', field) == id then
