@@ -229,12 +229,22 @@ async def test_a_body_whose_chunks_do_not_parse_is_a_400_problem_at_once(
         assert status == 400, first
         assert headers["content-type"] == "application/problem+json"
         assert json.loads(body)["type"].endswith("/malformed-request")
+        # And behind a valid request on the same connection, that one is answered first
+        # (the refusal once took its place: its job stored, its client told 400)
+        valid = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        both = await asyncio.to_thread(_first_answer, port, valid + request, everything=True)
+        assert both.startswith(b"HTTP/1.1 200 OK"), both
+        assert b"HTTP/1.1 400 Bad Request" in both.partition(b'{"status":"ok"}')[2], both
 
 
-def _first_answer(port: int, request: bytes) -> bytes:
-    """What the server answers first to `request`, the connection left open (so that the
-    server must answer before any close of the client's), within half a body's idle time."""
+def _first_answer(port: int, request: bytes, *, everything: bool = False) -> bytes:
+    """What the server answers first to `request` (`everything`: all it answers until it
+    closes), the connection left open (so that the server must answer before any close of
+    the client's), each read within half a body's idle time."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request)
         s.settimeout(BODY_IDLE_S / 2)
-        return s.recv(65536)
+        got = s.recv(65536)
+        while everything and (more := s.recv(65536)):
+            got += more
+        return got

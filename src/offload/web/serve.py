@@ -83,6 +83,7 @@ class _Refusing:
     loop: asyncio.AbstractEventLoop
     _refused: bool = False
     _owed: bytes | None = None
+    _owed_body_of: Any = None  # the queued request whose body the refusal owed is about
     _linger: asyncio.TimerHandle | None = None
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
@@ -191,23 +192,36 @@ class _Refusing:
 
     def send_400_response(self, msg: str) -> None:
         cycle = getattr(self, "cycle", None)
-        if cycle is not None and cycle.more_body and not cycle.response_started:
-            # The body of the request being answered does not parse (a chunk's size that
-            # is no number): its route waits for the rest, which cannot come, and the
-            # refusal waited for the route. The route hears that its client is gone, and
-            # the refusal is the answer, now.
-            cycle.disconnected = True
-            cycle.message_event.set()
-            self._refused = True
-            self._send_refusal(refusal(400, *_MALFORMED))
+        if cycle is None or not cycle.more_body or cycle.response_started:
+            self.refuse(refusal(400, *_MALFORMED))
             return
-        self.refuse(refusal(400, *_MALFORMED))
+        # The body of the last request does not parse (a chunk's size that is no number):
+        # its route would wait for the rest, which cannot come, and the refusal for the
+        # route. The route hears that its client is gone, and the refusal is its answer:
+        # now, or, for a request queued behind one still being answered, once that one's
+        # answer is sent.
+        if any(c is cycle for c, _ in getattr(self, "pipeline", ())):
+            self._owed_body_of = cycle
+            self.refuse(refusal(400, *_MALFORMED))
+            return
+        self._refused = True
+        self._answer_for(cycle, refusal(400, *_MALFORMED))
+
+    def _answer_for(self, cycle: Any, answer: bytes) -> None:
+        """Answer `answer` for the request of `cycle`, whose route is told that its client is
+        gone (whatever it sends is dropped)."""
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._send_refusal(answer)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         if self._owed is not None and not self._answering():
             answer, self._owed = self._owed, None
             self._send_refusal(answer)
+        elif self._owed is not None and self._owed_body_of is getattr(self, "cycle", None):
+            answer, self._owed = self._owed, None  # (its request begins now: see above)
+            self._answer_for(self._owed_body_of, answer)
         else:
             self._await_next()
 
