@@ -5,6 +5,7 @@ Python version, which tells a prober which of its flaws to try)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -197,7 +198,22 @@ class _RequestHandler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(REQUEST_TIMEOUT_S)  # (read now: a test may change it)
+        # The whole head within REQUEST_TIMEOUT_S, whatever each read takes (a timeout of
+        # the socket bounds one read: a byte every few seconds held a thread for ever);
+        # each read of the answer's, and of the head's, too.
+        self.connection.settimeout(REQUEST_TIMEOUT_S)
+        self._late = threading.Timer(REQUEST_TIMEOUT_S, self._head_late)
+        self._late.daemon = True
+        self._late.start()
+
+    def _head_late(self) -> None:
+        """The head has not all come in time: the connection is shut (its reads end)."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self._late.cancel()
+        super().finish()
 
     def handle(self) -> None:
         # wsgiref's `handle`, which names its ServerHandler class (the Server header) inline.
@@ -209,8 +225,9 @@ class _RequestHandler(WSGIRequestHandler):
                 return
             if not self.parse_request():  # refused already (send_error)
                 return
-        except TimeoutError:  # (its head too slow: closed, nothing to answer it with)
+        except OSError:  # (its head too slow: shut, or timed out; nothing to answer)
             return
+        self._late.cancel()  # (the head came whole)
         handler = _ServerHandler(
             self.rfile,
             self.wfile,  # type: ignore[arg-type]  # a socket's file (typeshed: BufferedIOBase)

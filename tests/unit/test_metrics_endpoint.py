@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -214,3 +216,28 @@ def test_a_connection_that_never_finishes_its_request_is_closed(
             assert conn.recv(1024) == b""  # closed by the server (not the test's 30 s)
         # and the endpoint answers the next request as ever
         assert httpx.get(url + "/metrics").status_code == 200
+
+
+def test_a_request_head_that_trickles_in_is_cut_off_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The timeout bounded each read only: a byte every few seconds held a thread for ever.
+    from offload import _metrics_endpoint
+
+    monkeypatch.setattr(_metrics_endpoint, "REQUEST_TIMEOUT_S", 1.0)
+    with served(Metrics()) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 100
+            deadline = time.monotonic() + 30
+            for byte in head:  # one byte every 0.2 s, never the head's end
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # (shut by the server)
+                    break
+                ready, _, _ = select.select([conn], [], [], 0.2)
+                if ready and conn.recv(1024) == b"":
+                    break
+                assert time.monotonic() < deadline
+            else:
+                pytest.fail("the connection outlived its head's deadline")
