@@ -71,3 +71,17 @@ def test_a_gap_met_behind_another_waits_from_when_it_was_met(clock: Clock) -> No
     assert feed._before_gap(1, [3, 5]) == 1
     clock.now += 1.5
     assert feed._before_gap(3, [5]) == 1
+
+
+def test_a_gap_that_deleted_jobs_widened_since_it_was_met_waits_anew(clock: Clock) -> None:
+    feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
+    # Given a read that met holes at 2 and at 4 (5 committed then),
+    assert feed._before_gap(0, [1, 3, 5]) == 1
+    clock.now += 2.1
+    # when 5's job is deleted since, and 6 is taken by a change still to commit (7 is in),
+    # then the hole 4 to 6 is waited for anew: 6 was never seen missing, and a change
+    # committing there would be skipped (taken for the hole at 4, timed from before)
+    assert feed._before_gap(1, [3, 7]) == 1
+    clock.now += 2.1
+    assert feed._before_gap(3, [7]) == 1
+    assert not feed._gaps

@@ -416,8 +416,9 @@ class PostgresBackend:
         self._versions = {"work": 0, "feed": 0}
         self._seen: dict[str, int] = {}
         self._wakeup = Wakeup()
-        #: Missing feed positions -> when a read first met each (`_before_gap`).
-        self._gaps: dict[int, float] = {}
+        #: Gaps in the feed's positions: the first missing -> the last, and when a read
+        #: first met them (`_before_gap`).
+        self._gaps: dict[int, tuple[int, float]] = {}
         self._listening = asyncio.Event()
         #: When the listener was started (loop time): the first readers wait for its LISTEN
         #: until `LISTEN_WAIT_S` after that, no longer.
@@ -1786,9 +1787,7 @@ class PostgresBackend:
         for n, position in enumerate(positions):
             if position != expected:
                 now = time.monotonic()
-                if len(self._gaps) > _GAPS_KEPT:  # readers that left: forget the oldest
-                    del self._gaps[min(self._gaps, key=self._gaps.__getitem__)]
-                if now - self._gaps.setdefault(expected, now) < self.gap_wait_s:
+                if now - self._gap_met(expected, position - 1, now) < self.gap_wait_s:
                     self._note_gaps(positions[n:], now)
                     return n
             if self._gaps:  # the positions passed are filled, or rolled back
@@ -1797,11 +1796,23 @@ class PostgresBackend:
             expected = position + 1
         return len(positions)
 
+    def _gap_met(self, first: int, last: int, now: float) -> float:
+        """When a read first met the gap of the missing positions `first` to `last` (now,
+        if none met it so). A gap noted with another end is a new one: the holes of jobs
+        deleted since joined it (their positions once seen, its new ones never), so its
+        wait starts again, lest a change that takes a position in it be skipped early."""
+        met = self._gaps.get(first)
+        if met is None or met[0] != last:
+            if met is None and len(self._gaps) > _GAPS_KEPT:  # readers that left: the oldest
+                del self._gaps[min(self._gaps, key=lambda k: self._gaps[k][1])]
+            met = self._gaps[first] = (last, now)
+        return met[1]
+
     def _note_gaps(self, positions: Sequence[int], now: float) -> None:
         """Start the wait of each gap between `positions` (ascending) not yet met."""
         for before, after in itertools.pairwise(positions):
             if after != before + 1 and len(self._gaps) <= _GAPS_KEPT:
-                self._gaps.setdefault(before + 1, now)
+                self._gap_met(before + 1, after - 1, now)
 
     async def feed_head(self, seq: int) -> int:
         while True:
