@@ -1233,37 +1233,44 @@ class PostgresBackend:
         params = {"limit": limit, "now": now, "token": token}
         turn, self._turns = self._turns, self._turns + 1
 
+        began = 0.0  # this host's time as the claim's transaction began (see below)
+
         async def attempt(resent: bool) -> tuple[list[tuple[Any, ...]], _gates.Usage | None]:
-            async with self._conn() as conn, conn.transaction():
-                c = cast(psycopg.AsyncConnection[Any], conn)
-                if resent and (rows := await _claimed(c, token)):
-                    return rows, None
-                usage = await _gates.read(c, queues, now)
-                ids, served = await _gates.pick(
-                    c, queues, frozenset(fair), usage.gate(), params, turn
-                )
-                if not ids:
-                    return [], usage
-                await _gates.take_turns(c, served)
-                claim = {
-                    "ids": ids,
-                    "token": token,
-                    "lease_for": lease_for,
-                    "worker": worker_id,
-                    "now": now,
-                    **_gates.claim_params(usage),
-                }
-                async with c.cursor(row_factory=tuple_row) as cur:
-                    await cur.execute(Q["claim_picked"], claim)
-                    return await cur.fetchall(), usage
+            nonlocal began
+            async with self._conn() as conn:
+                began = self._clock_now()
+                async with conn.transaction():
+                    return await picked(cast(psycopg.AsyncConnection[Any], conn), resent)
+
+        async def picked(
+            c: psycopg.AsyncConnection[Any], resent: bool
+        ) -> tuple[list[tuple[Any, ...]], _gates.Usage | None]:
+            if resent and (rows := await _claimed(c, token)):
+                return rows, None
+            usage = await _gates.read(c, queues, now)
+            ids, served = await _gates.pick(c, queues, frozenset(fair), usage.gate(), params, turn)
+            if not ids:
+                return [], usage
+            await _gates.take_turns(c, served)
+            claim = {
+                "ids": ids,
+                "token": token,
+                "lease_for": lease_for,
+                "worker": worker_id,
+                "now": now,
+                **_gates.claim_params(usage),
+            }
+            async with c.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(Q["claim_picked"], claim)
+                return await cur.fetchall(), usage
 
         rows, usage = await self.retrier.run(attempt)
         if usage is not None:
             self._limited.update({x.kind: x.queue for x in usage.limits})
             after = usage.gate([row[1] for row in rows])
             due = after.next_start_at
-            if due is not None:  # by the server's clock, as the claim counts: on this host's
-                due += self._clock_now() - usage.now_s  # (ahead of it, it claimed in a loop)
+            if due is not None:  # by the server's clock (its `now()`, the transaction's
+                due += began - usage.now_s  # start), as the claim counts: on this host's
             self._held_back = (bool(after.blocked), due)
         return [_lease_of(row, token, worker_id) for row in rows]
 
