@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -105,6 +106,14 @@ class Subscription:
         self.overflowed = False
 
 
+@dataclass(eq=False, slots=True)
+class Place:
+    """A stream's place among those a process keeps, from its admission (`Hub.admit`) until
+    its stream subscribes, or it is given back, or `OPENING_S` has passed."""
+
+    at: float  # (monotonic seconds)
+
+
 class Hub:
     """Reads the store's change feed once per process and fans it out to subscribers.
 
@@ -135,7 +144,7 @@ class Hub:
         self.streams = 0
         #: When each stream admitted but not subscribed yet was admitted (an event stream
         #: subscribes once its response has begun, after its route returned).
-        self._opening: collections.deque[float] = collections.deque()
+        self._opening: collections.deque[Place] = collections.deque()
         self.position = 0
         self._task: asyncio.Task[None] | None = None
         #: Set when a subscription begins; `_generation` counts them.
@@ -177,24 +186,27 @@ class Hub:
         for sub in [*self.everyone, *_all(self.by_job), *_all(self.by_owner)]:
             sub.end()
 
-    def admit(self, limit: int) -> bool:
-        """Whether one more stream may open, `limit` streams at most: those subscribed, and
+    def admit(self, limit: int) -> Place | None:
+        """A place for one more stream, `limit` streams at most: those subscribed, and
         those admitted in the last `OPENING_S` that have not subscribed yet (a burst of
-        requests all see the streams before theirs). If so, it counts from now on."""
+        requests all see the streams before theirs); None when there is none. It counts
+        from now on."""
         now = time.monotonic()
-        while self._opening and now - self._opening[0] > OPENING_S:
+        while self._opening and now - self._opening[0].at > OPENING_S:
             self._opening.popleft()  # (its request ended before its stream began)
         if self.streams + len(self._opening) >= limit:
-            return False
-        self._opening.append(now)
-        return True
+            return None
+        place = Place(now)
+        self._opening.append(place)
+        return place
 
-    def release(self) -> None:
-        """Forget a stream admitted a moment ago that will not open (its request refused,
-        or answered otherwise): it held a place for `OPENING_S`, and cheap requests that
-        open nothing kept every place taken."""
-        if self._opening:
-            self._opening.pop()
+    def release(self, place: Place | None) -> None:
+        """Give back the place of a stream that will not open (its request refused, or
+        answered otherwise): it was held `OPENING_S`, and cheap requests that open nothing
+        kept every place taken. Only that place: one given up already (its time out) is
+        not taken from another request."""
+        with contextlib.suppress(ValueError):
+            self._opening.remove(place)  # type: ignore[arg-type]  # (by identity)
 
     @contextlib.contextmanager
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
@@ -404,10 +416,9 @@ async def job_events_response(
     """The response of one job's event stream from feed position `since`: `job_stream`, or
     204 when the job is final and no change of it follows `since`. A browser reconnects to
     a stream that ended, with the last event's id, every few seconds for as long as the page
-    stays open; an EventSource stops only when told 204 (which opens no stream: the place
-    `admit_stream` gave the request is released)."""
+    stays open; an EventSource stops only when told 204 (which opens no stream: its caller
+    releases the place `admit_stream` gave the request)."""
     if row.state.final and not await store.changes_since(since, job_id=row.id, limit=1):
-        hub.release()
         return Response(status_code=204)
     return EventStreamResponse(job_stream(hub, store, row.id, since, present))
 

@@ -29,7 +29,14 @@ from .auth import (
     authenticate_unless_ticket,
     authenticated_unless_ticket,
 )
-from .events import EventStreamResponse, Hub, follow_owner, job_events_response, owner_stream
+from .events import (
+    EventStreamResponse,
+    Hub,
+    Place,
+    follow_owner,
+    job_events_response,
+    owner_stream,
+)
 from .models import JobEvent, Ticket
 from .origins import cross_site_guard, refuse_cross_site
 from .present import presenter_of, root_of
@@ -175,7 +182,7 @@ def stream_limit(open_files: int) -> int:
     return max(0, open_files - max(STREAM_FILES_KEPT, open_files // 4))
 
 
-def admit_stream(hub: Hub) -> None:
+def admit_stream(hub: Hub) -> Place | None:
     """Refuse a new event stream or WebSocket once as many are open as `stream_limit`
     allows: past it the process runs out of files, and then refused every connection,
     its probes' and POSTs' too, without a word (each accepted and closed at once).
@@ -186,8 +193,11 @@ def admit_stream(hub: Hub) -> None:
     import resource
 
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if open_files == resource.RLIM_INFINITY or hub.admit(stream_limit(open_files)):
-        return
+    if open_files == resource.RLIM_INFINITY:
+        return None
+    place = hub.admit(stream_limit(open_files))
+    if place is not None:
+        return place
     global _warned_at
     now = time.monotonic()
     if now - _warned_at >= _REFUSAL_WARNED_EVERY_S:
@@ -212,15 +222,23 @@ def admit_stream(hub: Hub) -> None:
 
 
 @contextlib.contextmanager
-def opening(hub: Hub) -> Iterator[None]:
-    """`admit_stream`, for a block that opens the stream: its place is released if the
+def opening(hub: Hub) -> Iterator[Place | None]:
+    """`admit_stream`, for a block that opens the stream: its place is given back if the
     block fails (a position refused, the backend out of reach)."""
-    admit_stream(hub)
+    place = admit_stream(hub)
     try:
-        yield
+        yield place
     except BaseException:
-        hub.release()
+        hub.release(place)
         raise
+
+
+def unless_streaming(hub: Hub, place: Place | None, response: Response) -> Response:
+    """`response`, the place `opening` took given back when it opens no stream (a 204
+    for a job that ended)."""
+    if response.status_code == 204:
+        hub.release(place)
+    return response
 
 
 @router.get(
@@ -286,9 +304,11 @@ async def job_events(
     hub = state.runtime.hub
     if resumed is None and since is not None:
         resumed = int(since)  # (digits only: `+1` and ` 1` are 422s, as on int they were not)
-    with opening(hub):
+    with opening(hub) as place:
         cursor = await within_feed(hub, resumed) or 0
-        return await job_events_response(hub, state.offload, row, cursor, presenter_of(request).row)
+        present = presenter_of(request).row
+        response = await job_events_response(hub, state.offload, row, cursor, present)
+    return unless_streaming(hub, place, response)
 
 
 def _message(change: Change, present: Any) -> str:

@@ -24,7 +24,7 @@ from ...notify.base import NOTIFY_QUEUE
 from ...notify.targets import DELIVERY_KINDS
 from ..auth import admin_only
 from ..events import EventStreamResponse, job_events_response, owner_stream
-from ..feeds import admit_stream, cursor_of, opening, within_feed
+from ..feeds import admit_stream, cursor_of, opening, unless_streaming, within_feed
 from ..present import presenter_of
 from ..problems import Problem
 from ..routes import JOB_ID
@@ -245,10 +245,10 @@ async def job_events(
         raise Problem(404, f"no job {job_id[:60]}", slug="job-not-found")
     hub = request.app.state.runtime.hub
     cursor = await within_feed(hub, cursor_of(last_event_id, None)) or 0
-    with opening(hub):
-        return await job_events_response(
-            hub, app_of(request), row, cursor, presenter_of(request).row
-        )
+    with opening(hub) as place:
+        present = presenter_of(request).row
+        response = await job_events_response(hub, app_of(request), row, cursor, present)
+    return unless_streaming(hub, place, response)
 
 
 @router.get("/static/{name}")
