@@ -58,6 +58,8 @@ class JobOptions:
                 raise ValueError(fault)
             if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
                 raise ValueError(_PRIORITY)
+            if self.idempotency_key is not None and "\x00" in self.idempotency_key:
+                raise ValueError(_NUL_KEY)
             return
         for f in fields(self):
             value = getattr(self, f.name)
@@ -70,6 +72,8 @@ class JobOptions:
             raise ValueError(fault)
         if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
             raise ValueError(_PRIORITY)
+        if self.idempotency_key is not None and "\x00" in self.idempotency_key:
+            raise ValueError(_NUL_KEY)
         delay = self.delay.total_seconds() if isinstance(self.delay, timedelta) else self.delay
         if delay is not None and not math.isfinite(delay):
             raise ValueError(f"delay must be a finite number of seconds, not {delay!r}")
@@ -87,4 +91,6 @@ def owner_fault(owner: str, what: str = "owner") -> str | None:
 
 
 _EMPTY_OWNER = "owner must not be empty"
+#: (PostgreSQL cannot store one: the key failed its enqueue as the backend's error)
+_NUL_KEY = "idempotency_key cannot hold a NUL character"
 _PRIORITY = f"priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY} (lower runs first)"

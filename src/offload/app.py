@@ -1569,7 +1569,7 @@ class App:
 
     async def purge(self, queue: str) -> int:
         """Delete every job waiting in `queue` (running jobs are left alone); the count."""
-        return await (await self._opened_backend()).purge(queue)
+        return await (await self._opened_backend()).purge(_queue_name(queue))
 
     async def pause(self, queue: str) -> bool:
         """Pause `queue`: no worker (of any process, on any host) claims its jobs until it is

@@ -1250,3 +1250,8 @@ async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: Ap
         JobFilter(kind="a\x00b")
     with pytest.raises(ConfigurationError, match="NUL"):
         await app.resume("a\x00b")
+    with pytest.raises(ConfigurationError, match="NUL"):
+        await app.purge("a\x00b")
+    with pytest.raises(ValueError, match="NUL"):
+        await app.enqueue(Ping(n=1), idempotency_key="a\x00b")
+    assert await app.deliveries("a\x00b") == []

@@ -181,6 +181,8 @@ def delivery_key(channel: str) -> str:
 async def deliveries(store: JobStore, job_id: str) -> list[dict[str, Any]]:
     """Every recorded notification of the job, oldest first within each channel."""
     out: list[dict[str, Any]] = []
+    if "\x00" in job_id:  # no job's id (nor a query's text, on PostgreSQL)
+        return out
     for channel in CHANNELS:
         found, value = await store.recall(job_id, delivery_key(channel))
         if found and isinstance(value, list):
