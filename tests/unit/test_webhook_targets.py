@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Sequence
 
 import pytest
@@ -64,19 +66,23 @@ def test_a_private_address_literal_is_refused(ip: str, why: str) -> None:
 
 
 @pytest.mark.parametrize(("ip", "why"), PRIVATE)
-def test_a_name_that_resolves_to_a_private_address_is_refused(ip: str, why: str) -> None:
+def test_a_name_that_resolves_to_a_private_address_is_refused(
+    ip: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
     resolve = StubResolver({"hooks.example.com": [ip]})
-    with pytest.raises(TargetRefused, match=why) as refused:
-        check_target("https://hooks.example.com/hook", resolve=resolve)
+    with caplog.at_level(logging.WARNING, logger="offload.notify"):
+        with pytest.raises(TargetRefused, match="no public address") as refused:
+            check_target("https://hooks.example.com/hook", resolve=resolve)
     assert resolve.calls == [("hooks.example.com", 443)]
-    # The reason, shown to the job's owner, does not give the address the name resolved
-    # to (an owner would map the internal network's names by it)
-    assert ip not in str(refused.value)
+    # The reason, shown to the job's owner, gives neither the address the name resolved
+    # to nor its kind (an owner would map the internal network by it); the log does
+    assert ip not in str(refused.value) and why not in str(refused.value)
+    assert why in caplog.text and str(ipaddress.ip_address(ip)) in caplog.text
 
 
 def test_one_private_answer_among_public_ones_is_enough_to_refuse() -> None:
     resolve = StubResolver({"mixed.example.com": ["93.184.215.14", "10.0.0.7"]})
-    with pytest.raises(TargetRefused, match="private"):
+    with pytest.raises(TargetRefused, match="no public address"):
         check_target("http://mixed.example.com:8080/x", resolve=resolve)
     assert resolve.calls == [("mixed.example.com", 8080)]
 
@@ -99,7 +105,7 @@ def test_allow_private_permits_private_and_loopback_but_never_metadata() -> None
         "10.0.0.5"
     )
     assert check_target("http://127.0.0.1:9/x", resolve=resolve, allow_private=True)
-    with pytest.raises(TargetRefused, match="metadata"):
+    with pytest.raises(TargetRefused, match="no public address"):
         check_target("http://meta/latest", resolve=resolve, allow_private=True)
     with pytest.raises(TargetRefused, match="metadata"):
         check_target("http://169.254.169.254/latest", resolve=resolve, allow_private=True)

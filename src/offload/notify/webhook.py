@@ -169,9 +169,19 @@ def check_target(url: str, *, resolve: Resolver, allow_private: bool = False) ->
         if why is not None:
             if literal is not None:
                 raise TargetRefused(f"{host} is {why}; webhooks go to public hosts")
-            # Not the address it resolved to: the reason is shown to the job's owner (its
-            # delivery record), who would map the internal network's names by it.
-            raise TargetRefused(f"{host} resolves to {why}; webhooks go to public hosts")
+            # Neither the address it resolved to nor its kind: the reason is shown to the
+            # job's owner (its delivery record), who would map the internal network by it.
+            # The operators' log says both.
+            log.warning(
+                "webhook target refused: %s resolves to %s (%s)",
+                host,
+                why,
+                ip,
+                extra={"action": "webhook_refused", "host": host},
+            )
+            raise TargetRefused(
+                f"{host} resolves to no public address; webhooks go to public hosts"
+            )
     return Target(url=parsed, address=str(addresses[0]))
 
 
