@@ -1,0 +1,46 @@
+"""A web process's places for event streams (`Hub.admit`): each is given back by the
+request that took it, and never taken from another."""
+
+from __future__ import annotations
+
+import pytest
+
+from offload.web import events
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(events.time, "monotonic", c)
+    return c
+
+
+def test_a_place_given_back_after_its_time_takes_none_of_anothers(clock: Clock) -> None:
+    hub = events.Hub(None, lambda: 0)  # type: ignore[arg-type]  # (nothing read here)
+    # Given a request admitted whose route took longer than its place is kept,
+    slow = hub.admit(2)
+    assert slow is not None
+    clock.now += events.OPENING_S + 0.1
+    # and two requests admitted since, as many as the limit,
+    assert hub.admit(2) is not None and hub.admit(2) is not None
+    # when the slow one gives its place back (its route failed, or answered 204),
+    hub.release(slow)
+    # then the others' places stand: no stream more than the limit is let in
+    assert hub.admit(2) is None
+
+
+def test_a_place_given_back_lets_the_next_request_in(clock: Clock) -> None:
+    hub = events.Hub(None, lambda: 0)  # type: ignore[arg-type]
+    first, second = hub.admit(2), hub.admit(2)
+    assert first is not None and second is not None and hub.admit(2) is None
+    hub.release(first)
+    hub.release(first)  # (twice: no more than once)
+    assert hub.admit(2) is not None and hub.admit(2) is None
