@@ -200,17 +200,23 @@ class _Refusing:
         # route. The route hears that its client is gone, and the refusal is its answer:
         # now, or, for a request queued behind one still being answered, once that one's
         # answer is sent.
-        if any(c is cycle for c, _ in getattr(self, "pipeline", ())):
+        if self._queued(cycle):
             self._owed_body_of = cycle
             self.refuse(refusal(400, *_MALFORMED))
             return
         self._refused = True
         self._answer_for(cycle, refusal(400, *_MALFORMED))
 
+    def _queued(self, cycle: Any) -> bool:
+        """Whether `cycle`'s request waits behind others still being answered (httptools
+        queues a pipelined request so, and starts the oldest as each answer ends)."""
+        return any(c is cycle for c, _ in getattr(self, "pipeline", ()))
+
     def _answer_for(self, cycle: Any, answer: bytes) -> None:
         """Answer `answer` for the request of `cycle`, whose route is told that its client is
-        gone (whatever it sends is dropped)."""
+        gone (whatever it sends is dropped, a `100 Continue` too)."""
         cycle.disconnected = True
+        cycle.waiting_for_100_continue = False
         cycle.message_event.set()
         self._send_refusal(answer)
 
@@ -219,9 +225,14 @@ class _Refusing:
         if self._owed is not None and not self._answering():
             answer, self._owed = self._owed, None
             self._send_refusal(answer)
-        elif self._owed is not None and self._owed_body_of is getattr(self, "cycle", None):
+        elif (
+            self._owed is not None
+            and self._owed_body_of is not None
+            and not self._queued(self._owed_body_of)
+        ):
             answer, self._owed = self._owed, None  # (its request begins now: see above)
-            self._answer_for(self._owed_body_of, answer)
+            cycle, self._owed_body_of = self._owed_body_of, None
+            self._answer_for(cycle, answer)
         else:
             self._await_next()
 
