@@ -85,3 +85,18 @@ def test_a_gap_that_deleted_jobs_widened_since_it_was_met_waits_anew(clock: Cloc
     clock.now += 2.1
     assert feed._before_gap(3, [7]) == 1
     assert not feed._gaps
+
+
+def test_a_gap_that_jobs_deleted_since_widened_within_what_was_seen_waits_on(
+    clock: Clock,
+) -> None:
+    feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
+    # Given a hole at 1 (rolled back), 2 to 4 read after it,
+    assert feed._before_gap(0, [2, 3, 4]) == 0
+    clock.now += 1.5
+    # when the job whose change was at 2 is deleted (2 was seen committed: nothing comes
+    # there), the hole 1 to 2 waits on from when 1 was met, not anew: deletes faster than
+    # the wait would otherwise stop the feed's reader for as long as they go on
+    assert feed._before_gap(0, [3, 4]) == 0
+    clock.now += 0.6
+    assert feed._before_gap(0, [3, 4]) == 2

@@ -416,9 +416,9 @@ class PostgresBackend:
         self._versions = {"work": 0, "feed": 0}
         self._seen: dict[str, int] = {}
         self._wakeup = Wakeup()
-        #: Gaps in the feed's positions: the first missing -> the last, and when a read
-        #: first met them (`_before_gap`).
-        self._gaps: dict[int, tuple[int, float]] = {}
+        #: Gaps in the feed's positions: the first missing -> the last, when a read first
+        #: met them, and the highest position that read had seen (`_gap_met`).
+        self._gaps: dict[int, tuple[int, float, int]] = {}
         self._listening = asyncio.Event()
         #: When the listener was started (loop time): the first readers wait for its LISTEN
         #: until `LISTEN_WAIT_S` after that, no longer.
@@ -1791,11 +1791,12 @@ class PostgresBackend:
         read, where it met them one at a time, a wait each).
         """
         expected = seq + 1
+        high = positions[-1] if positions else seq  # (the read has seen every position to it)
         for n, position in enumerate(positions):
             if position != expected:
                 now = time.monotonic()
-                if now - self._gap_met(expected, position - 1, now) < self.gap_wait_s:
-                    self._note_gaps(positions[n:], now)
+                if now - self._gap_met(expected, position - 1, now, high) < self.gap_wait_s:
+                    self._note_gaps(positions[n:], now, high)
                     return n
             if self._gaps:  # the positions passed are filled, or rolled back
                 for missing in [p for p in self._gaps if expected <= p <= position]:
@@ -1803,23 +1804,26 @@ class PostgresBackend:
             expected = position + 1
         return len(positions)
 
-    def _gap_met(self, first: int, last: int, now: float) -> float:
-        """When a read first met the gap of the missing positions `first` to `last` (now,
-        if none met it so). A gap noted with another end is a new one: the holes of jobs
-        deleted since joined it (their positions once seen, its new ones never), so its
-        wait starts again, lest a change that takes a position in it be skipped early."""
+    def _gap_met(self, first: int, last: int, now: float, high: int) -> float:
+        """When the wait of the gap of the missing positions `first` to `last` began: when a
+        read first met it (now, if none did), by a read that had seen every position up to
+        `high`. A gap that has grown since past what that read had seen holds positions no
+        read saw missing (the holes of jobs deleted since joined it, and a change may take
+        a position there still): its wait starts again, from a read that sees them. One
+        that grew within it waits on (its new positions were seen, committed then, so no
+        change comes there), and so does one that shrank (part of it filled)."""
         met = self._gaps.get(first)
-        if met is None or met[0] != last:
+        if met is None or last > met[2]:
             if met is None and len(self._gaps) > _GAPS_KEPT:  # readers that left: the oldest
                 del self._gaps[min(self._gaps, key=lambda k: self._gaps[k][1])]
-            met = self._gaps[first] = (last, now)
+            met = self._gaps[first] = (last, now, high)
         return met[1]
 
-    def _note_gaps(self, positions: Sequence[int], now: float) -> None:
+    def _note_gaps(self, positions: Sequence[int], now: float, high: int) -> None:
         """Start the wait of each gap between `positions` (ascending) not yet met."""
         for before, after in itertools.pairwise(positions):
             if after != before + 1 and len(self._gaps) <= _GAPS_KEPT:
-                self._gap_met(before + 1, after - 1, now)
+                self._gap_met(before + 1, after - 1, now, high)
 
     async def feed_head(self, seq: int) -> int:
         while True:
