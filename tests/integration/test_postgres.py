@@ -1255,3 +1255,4 @@ async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: Ap
     with pytest.raises(ValueError, match="NUL"):
         await app.enqueue(Ping(n=1), idempotency_key="a\x00b")
     assert await app.deliveries("a\x00b") == []
+    assert await app.changes_since(0, owner="a\x00b") == []

@@ -1761,6 +1761,8 @@ class PostgresBackend:
             sql += " AND job_id = %(job_id)s"
             params["job_id"] = key
         if owner is not None:
+            if "\x00" in owner:  # (no owner has one: PostgreSQL cannot store it)
+                return []
             sql += " AND owner = %(owner)s"
             params["owner"] = owner
         if job_id is None and owner is None:  # the feed's reader: it will wait for the feed
