@@ -126,3 +126,18 @@ async def test_the_openapi_document_declares_the_answer_and_its_problems(
         if "$ref" in problem:  # the shared Problem model of every route
             problem = document["components"]["schemas"][problem["$ref"].rsplit("/", 1)[1]]
         assert {"type", "title", "status", "detail"} <= set(problem["properties"])
+
+
+async def test_a_kinds_submit_link_posts_to_that_kind_whatever_its_name(app: App) -> None:
+    # The link wrote the kind as it is: `%41` posted a job of kind `A`, `b#c` one of `b`.
+    for n, name in enumerate(("%41", "b#c", "a?b", "x y", "A", "b")):
+        app.message(name)(type(f"Kind{n}", (Message,), {"__annotations__": {"image": str}}))
+    api = create_app(app)
+    async with lifespan(app), client(api) as c:
+        kinds = (await c.get("/v1/kinds")).json()["kinds"]
+        for listed in kinds:
+            answer = await c.post(listed["links"]["submit"], json={"image": "i"})
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["kind"] == listed["kind"]
+        paths = (await c.get("/openapi.json")).json()["paths"]
+        assert "/v1/jobs/%2541" in paths and "/v1/jobs/b%23c" in paths

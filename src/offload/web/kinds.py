@@ -4,6 +4,7 @@ Schema of its body, so a client can validate a message before posting it."""
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -88,7 +89,7 @@ async def kinds(request: Request) -> KindList:
             "schema": client_schema(spec),
             "unique": None if spec.unique is None else _unique_rule(spec),
             "fair": spec.queue in fair_queues,
-            "links": {"submit": f"{root}/v1/jobs/{kind}"},
+            "links": {"submit": f"{root}/v1/jobs/{quote(kind, safe='')}"},
         }
         for kind, spec in sorted(app.kinds.items())
         if auth.offers(request, spec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import re
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Body, Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -126,7 +127,7 @@ def _kind_route(spec: MessageSpec) -> APIRoute:
     )
     doc = inspect.cleandoc(spec.cls.__doc__ or "")
     return APIRoute(
-        f"{JOBS_PATH}/{spec.kind}",
+        f"{JOBS_PATH}/{quote(spec.kind, safe='')}",  # (a `%`, `#`, `?` or `{` taken as written)
         endpoint,
         methods=["POST"],
         operation_id="submit_" + re.sub(r"\W", "_", spec.kind),
