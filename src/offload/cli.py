@@ -1085,8 +1085,16 @@ def _jobs_table(rows: Sequence[JobRow], *, wide: bool) -> Table:
         if wide:
             cells += [r.queue, r.owner, r.worker or ""]
         cells.append((iso(r.enqueued_at) or "") if wide else _age(now - r.enqueued_at))
-        table.add_row(*cells)
+        _add_plain_row(table, *cells)
     return table
+
+
+def _add_plain_row(table: Table, *cells: str) -> None:
+    """A row of plain text: names are not Rich markup (a queue `mail[eu]` showed as `mail`,
+    and one holding `[/x]` ended the command with a markup error)."""
+    from rich.text import Text
+
+    table.add_row(*(Text(cell) for cell in cells))
 
 
 def _print_whole(table: Table) -> None:
@@ -1593,7 +1601,8 @@ def queues(
         "limits (running, starts)",
     )
     for name, s in sorted(stats.items()):
-        table.add_row(
+        _add_plain_row(
+            table,
             name,
             str(s["queued"]),
             str(s["scheduled"]),
@@ -1706,7 +1715,8 @@ def _workers_table(workers: Sequence[WorkerInfo]) -> Table:
         table.add_column(name, no_wrap=True)
     now = time.time()
     for w in workers:
-        table.add_row(
+        _add_plain_row(
+            table,
             w.id,
             w.host,
             str(w.pid),
@@ -1755,7 +1765,8 @@ def _schedules_table(entries: Sequence[dict[str, Any]]) -> Table:
         when = (
             f"every {e['every_s']:g}s" if e.get("every_s") else f"{e.get('cron')} ({e.get('tz')})"
         )
-        table.add_row(
+        _add_plain_row(
+            table,
             e["name"] + ("" if e["declared"] else " (not declared here)"),
             str(e.get("kind", "")),
             when,

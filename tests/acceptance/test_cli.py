@@ -150,6 +150,24 @@ def test_jobs_list_shows_whole_ids(url: str) -> None:
     assert wide.exit_code == 0 and "reports" in wide.output and "local" in wide.output
 
 
+def test_names_in_tables_are_shown_as_written_not_as_markup(url: str) -> None:
+    # A queue `mail[eu]` showed as `mail` (Rich markup), and one holding `[/x]` ended the
+    # command with a markup error.
+    async def main() -> None:
+        async with App("setup", url=url) as setup:
+            setup.message("cli.report[eu]", queue="mail[eu]")(Report)
+            setup.message("cli.shout", queue="[/x]q")(Shout)
+            await setup.enqueue_many([Report(period="2026-10"), Shout(text="hi")])
+
+    asyncio.run(main())
+    queues = invoke("queues", "--url", url)
+    assert queues.exit_code == 0, queues.output
+    assert "mail[eu]" in queues.output and "[/x]q" in queues.output
+    wide = invoke("jobs", "list", "--url", url, "--wide")
+    assert wide.exit_code == 0, wide.output
+    assert "cli.report[eu]" in wide.output and "[/x]q" in wide.output
+
+
 def test_jobs_list_says_when_a_delayed_job_runs(url: str) -> None:
     async def main() -> str:
         async with App("setup", url=url) as setup:
