@@ -393,11 +393,22 @@ class App:
             unique_key: the message fields the key is made of (default: the whole payload).
 
         Raises:
-            ConfigurationError: a built-in or twice-declared kind, a bad `callback_url`, a
-                `FromPrincipal` field that is not a `str`, or a bad `unique`/`unique_key`.
+            ConfigurationError: a built-in or twice-declared kind, a kind or queue name
+                that is empty, longer than `MAX_NAME_LENGTH`, not printable or with white
+                space around it (an HTTP kind holding `/`, or `.` or `..`, too), a bad
+                `callback_url`, a `FromPrincipal` field that is not a `str`, or a bad
+                `unique`/`unique_key`.
         """
         if kind in self.internal_kinds:
             raise ConfigurationError(f"message kind {kind!r} is built in")
+        why = _name_fault(kind, "kind") or (queue is not None and _name_fault(queue, "queue"))
+        if not why and http and ("/" in kind or kind in (".", "..")):
+            why = (
+                f"kind {kind!r} cannot be served over HTTP (POST /v1/jobs/{{kind}} takes no "
+                "'/', '.' or '..'): rename it, or declare it http=False"
+            )
+        if why:
+            raise ConfigurationError(why)
         why = None if callback_url is None else callback_url_error(callback_url)
         if why is not None:
             raise ConfigurationError(why)
@@ -1693,6 +1704,25 @@ class App:
             ConfigurationError: the app is not open.
         """
         await self._require_backend().wait_changes(timeout)
+
+
+#: The longest kind or queue name (characters): what every engine indexes (PostgreSQL
+#: refused a few thousand bytes in an index entry, as a backend error) and the dashboard's
+#: filters take.
+MAX_NAME_LENGTH = 200
+
+
+def _name_fault(name: object, what: str) -> str | None:
+    """Why `name` cannot name a kind or queue (`what`), or None: one that is empty, too
+    long, not printable (a NUL, a newline, a zero-width character), or has white space
+    around it (`" sp"` and `"sp"` would be two queues that read as one)."""
+    if not isinstance(name, str) or not name.strip():
+        return f"a {what} name must be a non-empty string, not {name!r}"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"a {what} name has at most {MAX_NAME_LENGTH} characters, not {len(name)}"
+    if not name.isprintable() or name.strip() != name:
+        return f"a {what} name must be printable text with no white space around it: {name!r}"
+    return None
 
 
 def _queue_name(queue: str) -> str:

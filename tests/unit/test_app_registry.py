@@ -555,3 +555,45 @@ def test_a_refused_handler_of_a_same_named_class_names_their_modules() -> None:
     said = str(refused.value)
     assert said.endswith(f"its jobs carry a {__name__}.Invoice"), said
     assert f"takes a {__name__}.{Invoice2.__qualname__}: " in said
+
+
+@pytest.mark.parametrize(
+    ("kind", "queue", "why"),
+    [
+        ("", None, "non-empty"),
+        ("   ", None, "non-empty"),
+        (" reports.export", None, "white space around"),
+        ("reports.export\n", None, "white space around"),
+        ("a\x00b", None, "printable"),
+        ("a\u200bb", None, "printable"),  # (a zero-width space)
+        ("k" * 201, None, "at most 200"),
+        ("reports.export", " sp", "white space around"),
+        ("reports.export", "q\x00", "printable"),
+        ("reports.export", "q" * 201, "at most 200"),
+        ("reports/export", None, "cannot be served over HTTP"),
+        ("..", None, "cannot be served over HTTP"),
+    ],
+)
+def test_a_kind_or_queue_name_that_would_misbehave_is_refused_at_declaration(
+    kind: str, queue: str | None, why: str
+) -> None:
+    # Such names failed later and elsewhere: " sp" and "sp" read as one queue on the
+    # dashboard, a NUL or 3,000 characters failed only on PostgreSQL (as a 503 over HTTP),
+    # and a kind with "/" was listed for HTTP clients that could never post it.
+    class Note(Message):
+        text: str
+
+    app = App("names")
+    with pytest.raises(ConfigurationError, match=why):
+        app.message(kind, queue=queue)(Note)
+    assert kind not in app.kinds
+
+
+def test_names_that_are_unusual_but_sound_are_declared() -> None:
+    app = App("names")
+    for n, (kind, queue) in enumerate(
+        [("a b", "mail[eu]"), ("%41", "q:1"), ("rapports.été", "files"), ("reports/x", "r")]
+    ):
+        cls = type(f"Kind{n}", (Message,), {"__annotations__": {"text": str}})
+        app.message(kind, queue=queue, http=kind != "reports/x")(cls)
+        assert app.kinds[kind].queue == queue
