@@ -58,8 +58,8 @@ class JobOptions:
                 raise ValueError(fault)
             if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
                 raise ValueError(_PRIORITY)
-            if self.idempotency_key is not None and "\x00" in self.idempotency_key:
-                raise ValueError(_NUL_KEY)
+            if self.idempotency_key is not None and (fault := key_fault(self.idempotency_key)):
+                raise ValueError(fault)
             return
         for f in fields(self):
             value = getattr(self, f.name)
@@ -72,8 +72,8 @@ class JobOptions:
             raise ValueError(fault)
         if not -MAX_PRIORITY <= self.priority <= MAX_PRIORITY:
             raise ValueError(_PRIORITY)
-        if self.idempotency_key is not None and "\x00" in self.idempotency_key:
-            raise ValueError(_NUL_KEY)
+        if self.idempotency_key is not None and (fault := key_fault(self.idempotency_key)):
+            raise ValueError(fault)
         delay = self.delay.total_seconds() if isinstance(self.delay, timedelta) else self.delay
         if delay is not None and not math.isfinite(delay):
             raise ValueError(f"delay must be a finite number of seconds, not {delay!r}")
@@ -91,6 +91,18 @@ def owner_fault(owner: str, what: str = "owner") -> str | None:
 
 
 _EMPTY_OWNER = "owner must not be empty"
-#: (PostgreSQL cannot store one: the key failed its enqueue as the backend's error)
-_NUL_KEY = "idempotency_key cannot hold a NUL character"
+#: The longest idempotency key (characters), as over HTTP (`Idempotency-Key`).
+MAX_KEY_LENGTH = 255
+
+
+def key_fault(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key, or None: PostgreSQL cannot store a NUL, nor
+    index a few thousand bytes (each failed the enqueue as the backend's error)."""
+    if "\x00" in key:
+        return "idempotency_key cannot hold a NUL character"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"idempotency_key has at most {MAX_KEY_LENGTH} characters, not {len(key)}"
+    return None
+
+
 _PRIORITY = f"priority must be from -{MAX_PRIORITY} to {MAX_PRIORITY} (lower runs first)"

@@ -1254,5 +1254,7 @@ async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: Ap
         await app.purge("a\x00b")
     with pytest.raises(ValueError, match="NUL"):
         await app.enqueue(Ping(n=1), idempotency_key="a\x00b")
+    with pytest.raises(ValueError, match="at most 255"):  # (nor a few thousand characters)
+        await app.enqueue(Ping(n=1), idempotency_key="k" * 3000)
     assert await app.deliveries("a\x00b") == []
     assert await app.changes_since(0, owner="a\x00b") == []
