@@ -98,7 +98,7 @@ async def one(request: Request, job_id: str, action: str) -> Response:
     return back_to(request, path, notice)
 
 
-@router.post("/queues/{queue}/{action}")
+@router.post("/queues/{queue:path}/{action}")  # (a queue's name may hold a `/`)
 async def queue(request: Request, queue: str, action: str) -> Response:
     """Pause a queue (workers claim nothing more from it; running jobs finish) or resume it."""
     if action not in ("pause", "resume") or not queue.strip() or "\x00" in queue:
