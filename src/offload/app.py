@@ -1589,8 +1589,13 @@ class App:
 
         Returns:
             False when it was paused already.
+
+        Raises:
+            ConfigurationError: a name no queue may have (see `message`).
         """
-        return await (await self._opened_backend()).pause(_queue_name(queue))
+        if why := _name_fault(queue, "queue"):  # (a queue paused is stored: a name as declared)
+            raise ConfigurationError(why)
+        return await (await self._opened_backend()).pause(queue)
 
     async def resume(self, queue: str) -> bool:
         """Resume a paused `queue`: waiting workers wake and claim its jobs at once.
@@ -1717,7 +1722,7 @@ def _name_fault(name: object, what: str) -> str | None:
     long, not printable (a NUL, a newline, a zero-width character), or has white space
     around it (`" sp"` and `"sp"` would be two queues that read as one)."""
     if not isinstance(name, str) or not name.strip():
-        return f"a {what} name must be a non-empty string, not {name!r}"
+        return f"a {what} name must not be empty (a string of text), not {name!r}"
     if len(name) > MAX_NAME_LENGTH:
         return f"a {what} name has at most {MAX_NAME_LENGTH} characters, not {len(name)}"
     if not name.isprintable() or name.strip() != name:

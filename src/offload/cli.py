@@ -95,10 +95,12 @@ def _main(
 
 @functools.cache
 def _console(stderr: bool = False) -> Console:
-    """Rich consoles, made on first use (a worker's start-up need not import rich)."""
+    """Rich consoles, made on first use (a worker's start-up need not import rich), that
+    print text as written: names are not Rich markup (a queue `mail[eu]` printed as
+    `mail`, and one holding `[/x]` ended the command with a markup error)."""
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    return Console(stderr=stderr, markup=False)
 
 
 AppRef = Annotated[

@@ -166,6 +166,11 @@ def test_names_in_tables_are_shown_as_written_not_as_markup(url: str) -> None:
     wide = invoke("jobs", "list", "--url", url, "--wide")
     assert wide.exit_code == 0, wide.output
     assert "cli.report[eu]" in wide.output and "[/x]q" in wide.output
+    # and so do its other lines (a purge's said so after it had deleted the jobs)
+    matched = invoke("jobs", "cancel", "--all-matching", "--queue", "no[/x]", "--url", url, "--yes")
+    assert matched.exit_code == 0 and "queue=no[/x]" in matched.output, matched.output
+    purged = invoke("jobs", "purge", "[/x]q", "--url", url, "--yes")
+    assert purged.exit_code == 0 and "from [/x]q" in purged.output, purged.output
 
 
 def test_jobs_list_says_when_a_delayed_job_runs(url: str) -> None:

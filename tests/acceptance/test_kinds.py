@@ -141,3 +141,22 @@ async def test_a_kinds_submit_link_posts_to_that_kind_whatever_its_name(app: App
             assert answer.json()["kind"] == listed["kind"]
         paths = (await c.get("/openapi.json")).json()["paths"]
         assert "/v1/jobs/%2541" in paths and "/v1/jobs/b%23c" in paths
+
+
+async def test_the_openapi_document_hides_kinds_a_token_may_not_post_whatever_their_name(
+    settings: Settings,
+) -> None:
+    # The document's paths are encoded: a kind named with a space or an accent was no
+    # longer hidden from a token limited to other kinds (its name and schema shown)
+    env = Settings.from_env({"OFFLOAD_API_TOKENS": "t-one=alice[public.ok]"})
+    app = App(
+        "kinds", settings=settings.with_(api_tokens=env.api_tokens, token_kinds=env.token_kinds)
+    )
+    for n, name in enumerate(("public.ok", "secret payroll", "sécret", "secret#x")):
+        app.message(name)(type(f"Kind{n}", (Message,), {"__annotations__": {"image": str}}))
+    api = create_app(app)
+    async with lifespan(app), client(api, authorization="Bearer t-one") as c:
+        document = (await c.get("/openapi.json")).json()
+    assert [p for p in document["paths"] if p.startswith("/v1/jobs/") and "{" not in p] == [
+        "/v1/jobs/public.ok"
+    ]

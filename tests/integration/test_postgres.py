@@ -1250,6 +1250,10 @@ async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: Ap
         JobFilter(kind="a\x00b")
     with pytest.raises(ConfigurationError, match="NUL"):
         await app.resume("a\x00b")
+    for name in ("a\x00b", " sp", "x" * 5000, "a\nb"):  # (nor any name no queue may have)
+        with pytest.raises(ConfigurationError):
+            await app.pause(name)
+    assert set(await app.stats()) <= {"default", "offload.notify"}
     with pytest.raises(ConfigurationError, match="NUL"):
         await app.purge("a\x00b")
     with pytest.raises(ValueError, match="NUL"):

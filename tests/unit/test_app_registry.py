@@ -560,8 +560,8 @@ def test_a_refused_handler_of_a_same_named_class_names_their_modules() -> None:
 @pytest.mark.parametrize(
     ("kind", "queue", "why"),
     [
-        ("", None, "non-empty"),
-        ("   ", None, "non-empty"),
+        ("", None, "must not be empty"),
+        ("   ", None, "must not be empty"),
         (" reports.export", None, "white space around"),
         ("reports.export\n", None, "white space around"),
         ("a\x00b", None, "printable"),

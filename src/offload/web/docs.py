@@ -12,8 +12,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from .._links import JOBS_PATH
-from .openapi import for_caller, openapi_document
+from .openapi import for_caller, kind_path, openapi_document
 from .problems import JSONResponse, http_only
 
 #: Swagger UI's script, style sheet and icon, as the fastapi-offline package ships them.
@@ -66,7 +65,7 @@ def install_docs(api: FastAPI) -> None:
         await _authorize(request)
         auth, app = request.app.state.auth, request.app.state.offload
         hidden = {
-            f"{JOBS_PATH}/{kind}"
+            kind_path(kind)
             for kind, spec in app.kinds.items()
             if spec.http and not auth.offers(request, spec)
         }

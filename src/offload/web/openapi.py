@@ -127,7 +127,7 @@ def _kind_route(spec: MessageSpec) -> APIRoute:
     )
     doc = inspect.cleandoc(spec.cls.__doc__ or "")
     return APIRoute(
-        f"{JOBS_PATH}/{quote(spec.kind, safe='')}",  # (a `%`, `#`, `?` or `{` taken as written)
+        kind_path(spec.kind),
         endpoint,
         methods=["POST"],
         operation_id="submit_" + re.sub(r"\W", "_", spec.kind),
@@ -135,6 +135,12 @@ def _kind_route(spec: MessageSpec) -> APIRoute:
         description="\n\n".join(filter(None, [doc, inspect.getdoc(submit)])),
         **SUBMIT_ANSWERS,
     )
+
+
+def kind_path(kind: str) -> str:
+    """The path of a kind's submit route as the document shows it: the kind encoded, so
+    that a `%`, `#`, `?`, `{` or space in it is taken as written."""
+    return f"{JOBS_PATH}/{quote(kind, safe='')}"
 
 
 def _routes(api: FastAPI) -> list[BaseRoute]:
