@@ -160,3 +160,19 @@ async def test_the_openapi_document_hides_kinds_a_token_may_not_post_whatever_th
     assert [p for p in document["paths"] if p.startswith("/v1/jobs/") and "{" not in p] == [
         "/v1/jobs/public.ok"
     ]
+
+
+async def test_kinds_whose_names_differ_in_punctuation_get_operation_ids_of_their_own(
+    app: App,
+) -> None:
+    # `mail.send` and `mail_send` both were `submit_mail_send`: the document was refused by
+    # validators and client generators (twin operation ids).
+    for n, name in enumerate(("mail.send", "mail_send", "a b", "reports.export")):
+        app.message(name)(type(f"Kind{n}", (Message,), {"__annotations__": {"image": str}}))
+    api = create_app(app)
+    async with lifespan(app), client(api) as c:
+        paths = (await c.get("/openapi.json")).json()["paths"]
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert paths["/v1/jobs/reports.export"]["post"]["operationId"] == "submit_reports_export"
+    assert paths["/v1/jobs/mail.send"]["post"]["operationId"].startswith("submit_mail_send_")

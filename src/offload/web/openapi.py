@@ -9,8 +9,11 @@ the bearer tokens of OFFLOAD_API_TOKENS are its security scheme.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
+from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -107,7 +110,7 @@ def _message_body(spec: MessageSpec) -> type[BaseModel]:
     )
 
 
-def _kind_route(spec: MessageSpec) -> APIRoute:
+def _kind_route(spec: MessageSpec, operation_id: str) -> APIRoute:
     """POST /v1/jobs/{kind} of one kind as the OpenAPI document shows it, the kind's message
     as its body. Documentation only: `submit` serves every kind."""
 
@@ -130,7 +133,7 @@ def _kind_route(spec: MessageSpec) -> APIRoute:
         kind_path(spec.kind),
         endpoint,
         methods=["POST"],
-        operation_id="submit_" + re.sub(r"\W", "_", spec.kind),
+        operation_id=operation_id,
         summary=f"Submit a {spec.kind} job",
         description="\n\n".join(filter(None, [doc, inspect.getdoc(submit)])),
         **SUBMIT_ANSWERS,
@@ -146,7 +149,22 @@ def kind_path(kind: str) -> str:
 def _routes(api: FastAPI) -> list[BaseRoute]:
     """The app's routes, the submit route shown once per kind a client may submit."""
     app: App = api.state.offload
-    return [*(_kind_route(spec) for spec in app.kinds.values() if spec.http), *api.routes]
+    specs = [spec for spec in app.kinds.values() if spec.http]
+    ids = _operation_ids([spec.kind for spec in specs])
+    return [*(_kind_route(spec, ids[spec.kind]) for spec in specs), *api.routes]
+
+
+def _operation_ids(kinds: Sequence[str]) -> dict[str, str]:
+    """Each kind's submit operation id, `submit_` and its name with every character that
+    is no word character as `_`; kinds whose ids that makes alike (`a b`, `a_b`) each get a
+    few hex digits of their name's hash after it, as ids must differ (a client generator,
+    and the document's validators, refuse twins)."""
+    plain = {kind: "submit_" + re.sub(r"\W", "_", kind) for kind in kinds}
+    twins = Counter(plain.values())
+    return {
+        kind: f"{made}_{hashlib.sha256(kind.encode()).hexdigest()[:8]}" if twins[made] > 1 else made
+        for kind, made in plain.items()
+    }
 
 
 def _problems_as_problems(schema: dict[str, Any]) -> None:
