@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -467,14 +468,18 @@ async def test_a_queue_whose_name_holds_a_slash_is_paused_from_the_overview(
 ) -> None:
     # Its form posted to /queues/eu/billing/pause, which no route took: a 404.
     app = _app(_settings(tmp_path))
-    app.message("eu.invoice", queue="eu/billing")(
-        type("EuInvoice", (Message,), {"__annotations__": {"amount": int}})
-    )
+    for n, queue in enumerate(("eu/billing", "eu/../billing")):
+        cls = type(f"EuInvoice{n}", (Message,), {"__annotations__": {"amount": int}})
+        app.message(f"eu.invoice{n}", queue=queue)(cls)
     async with _client(app) as web:
-        _, page = await _page(web, "/dashboard")
-        (pause,) = [f for f in page.post_forms() if f["action"].endswith("/eu/billing/pause")]
-        assert (await web.post(pause["action"], data=pause["f"], headers=OPS)).status_code == 303
-        assert (await app.stats())["eu/billing"]["paused"] is True
+        # (and one whose dots a browser resolves away: it paused billing)
+        for queue in ("eu/billing", "eu/../billing"):
+            _, page = await _page(web, "/dashboard")
+            wanted = "/queues/" + quote(queue, safe="") + "/pause"
+            (pause,) = [f for f in page.post_forms() if f["action"].endswith(wanted)]
+            answer = await web.post(pause["action"], data=pause["f"], headers=OPS)
+            assert answer.status_code == 303
+            assert (await app.stats())[queue]["paused"] is True
         assert not (await app.stats())["billing"].get("paused")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .._children import die_with_parent
 from .._loop import freeze_start_up, raise_open_files, run
@@ -188,15 +189,17 @@ def _server(web: Any, host: str, port: int, on_ready: Callable[[], Any]) -> Any:
 
 
 def _announce(config: DemoConfig, workers: int, catcher: SmtpCatcher | None) -> None:
-    console.print(f"\n[bold]offload demo[/bold] on [bold cyan]{config.base_url}[/bold cyan]\n")
-    console.print(f"  folder   {config.folder}  (jobs, files, sample data, mailbox)")
+    # (what a user chose is printed as written: a `[` in it is no markup)
+    url, folder = escape(config.base_url), escape(str(config.folder))
+    console.print(f"\n[bold]offload demo[/bold] on [bold cyan]{url}[/bold cyan]\n")
+    console.print(f"  folder   {folder}  (jobs, files, sample data, mailbox)")
     if config.inline:
         console.print("  mode     [yellow]inline[/yellow]: the slow work runs inside each request")
     else:
         plural = "es" if workers != 1 else ""
         console.print(f"  workers  {workers} process{plural}: offload worker --app {WORKER_APP}")
     if catcher is not None:
-        console.print(f"  mail     caught on {catcher.url}; read it at {config.base_url}/mailbox")
+        console.print(f"  mail     caught on {escape(catcher.url)}; read it at {url}/mailbox")
     else:
         console.print("  mail     sent through OFFLOAD_SMTP_URL")
     console.print("\n  Press Ctrl-C to stop.\n")

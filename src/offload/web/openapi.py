@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
-from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -155,16 +154,22 @@ def _routes(api: FastAPI) -> list[BaseRoute]:
 
 
 def _operation_ids(kinds: Sequence[str]) -> dict[str, str]:
-    """Each kind's submit operation id, `submit_` and its name with every character that
-    is no word character as `_`; kinds whose ids that makes alike (`a b`, `a_b`) each get a
-    few hex digits of their name's hash after it, as ids must differ (a client generator,
-    and the document's validators, refuse twins)."""
-    plain = {kind: "submit_" + re.sub(r"\W", "_", kind) for kind in kinds}
-    twins = Counter(plain.values())
-    return {
-        kind: f"{made}_{hashlib.sha256(kind.encode()).hexdigest()[:8]}" if twins[made] > 1 else made
-        for kind, made in plain.items()
-    }
+    """Each kind's submit operation id, in the order the kinds were declared: `submit_` and
+    its name with every character that is no word character as `_`; a kind whose id that
+    makes is taken already (`mail_send` after `mail.send`) gets hex digits of its name's
+    hash after it, as many as make it unique (a client generator, and the document's
+    validators, refuse twins). A kind declared first keeps its id whatever comes after."""
+    taken: set[str] = set()
+    ids = {}
+    for kind in kinds:
+        made = "submit_" + re.sub(r"\W", "_", kind)
+        digest, n = hashlib.sha256(kind.encode()).hexdigest(), 8
+        unique = made
+        while unique in taken:
+            unique, n = f"{made}_{digest[:n]}", n + 1
+        taken.add(unique)
+        ids[kind] = unique
+    return ids
 
 
 def _problems_as_problems(schema: dict[str, Any]) -> None:

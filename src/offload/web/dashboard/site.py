@@ -3,13 +3,14 @@ token, read-only mode, and the guards of a form POST."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
@@ -76,6 +77,9 @@ def _environment() -> Environment:
     )
     env.filters["clock"] = clock
     env.filters["age"] = age
+    # A name as one segment of a path: its `/` too (`urlencode` keeps it, and a queue
+    # `eu/../billing` posted to billing's action once the browser resolved the dots)
+    env.filters["segment"] = functools.partial(quote, safe="")
     return env
 
 
