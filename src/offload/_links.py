@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,18 @@ if TYPE_CHECKING:
 
 #: Where the web tier serves jobs (below its mount path): the base of a record's links.
 JOBS_PATH = "/v1/jobs"
+
+#: Hex digits of the name a record shows its worker by, outside operators' views.
+WORKER_LABEL_DIGITS = 16
+
+
+@lru_cache(maxsize=4096)
+def worker_label(secret: bytes, worker: str) -> str:
+    """The name a job's owner sees its worker by: the same for every job one worker ran, but
+    not the worker's own name (`host:pid:…`, for operators: the CLI, the dashboard, logs),
+    which would tell every client the servers' host names. Keyed, so no one can try names."""
+    digest = hmac.new(secret, b"offload.worker\x00" + worker.encode(), hashlib.sha256)
+    return digest.hexdigest()[:WORKER_LABEL_DIGITS]
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -83,8 +98,9 @@ class Presenter:
             public base URL for links that leave the web tier (webhooks, email).
         mount: the path the web tier is mounted at (`/jobs`, empty at the root): put
             before the job links (`links.self`, `events`, `result`) of every record.
-        tracebacks: show failures' tracebacks (OFFLOAD_EXPOSE_TRACEBACKS); else an error
-            is its type and message only.
+        tracebacks: show what is for operators (OFFLOAD_EXPOSE_TRACEBACKS): failures'
+            tracebacks and the worker's own name; else an error is its type and message
+            only, and the worker a label of its name (`worker_label`).
         blobs: the blob store; one with links of its own (S3: presigned URLs) gives those
             instead of the web tier's `/files` links, so the bytes never pass through it.
     """
@@ -147,10 +163,13 @@ class Presenter:
     def record(self, record: dict[str, Any]) -> dict[str, Any]:
         """A status record (as `App.status` makes it) as callers see it: signed links in its
         result, its job links under the mount path, and its error without the traceback
-        unless this presenter shows them."""
+        and its worker by label unless this presenter shows them."""
         changes: dict[str, Any] = {}
-        if not self.tracebacks and record.get("error") is not None:
-            changes["error"] = public_error(record["error"])
+        if not self.tracebacks:
+            if record.get("error") is not None:
+                changes["error"] = public_error(record["error"])
+            if record.get("worker") is not None:
+                changes["worker"] = worker_label(self.secret, record["worker"])
         if record.get("result") is not None:
             changes["result"] = self.sign_refs(record["result"], record["id"])
         links = record.get("links")
@@ -161,6 +180,8 @@ class Presenter:
     def row(self, row: JobRow) -> dict[str, Any]:
         """The status record of `row`, with signed links in its result."""
         record = status_record(row, prefix=f"{self.mount}{JOBS_PATH}", tracebacks=self.tracebacks)
-        if record["result"] is None:
-            return record
-        return {**record, "result": self.sign_refs(record["result"], row.id)}
+        if not self.tracebacks and row.worker is not None:
+            record["worker"] = worker_label(self.secret, row.worker)
+        if record["result"] is not None:
+            record["result"] = self.sign_refs(record["result"], row.id)
+        return record

@@ -1,6 +1,7 @@
 """No tracebacks to clients: a failed job's public status record (polling, event streams,
-webhooks, emails) carries the error's type and message only; the traceback stays in storage
-for operators, and only OFFLOAD_EXPOSE_TRACEBACKS=1 puts it in those answers."""
+webhooks, emails) carries the error's type and message only, and its worker by a label; the
+traceback and the worker's own name (its host and process) stay in storage for operators,
+and only OFFLOAD_EXPOSE_TRACEBACKS=1 puts them in those answers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from offload import App, Context, Message, Settings
+from offload._links import WORKER_LABEL_DIGITS
 from offload.contract import status_record
 from offload.web import create_app
 
@@ -173,6 +175,22 @@ async def test_no_traceback_reaches_a_client_by_default(app: App, failed: Failed
     assert row is not None and "traceback" in (row.error or {})
     assert "traceback" not in status_record(row)["error"]
     assert "traceback" in status_record(row, tracebacks=True)["error"]
+    # The worker is named by a label, the same everywhere; its own name (host:pid:…) is
+    # for operators.
+    assert row.worker and row.worker.count(":") >= 2, row.worker
+    label = record["worker"]
+    assert label and row.worker not in label and len(label) == WORKER_LABEL_DIGITS, label
+    assert webhook["worker"] == label
+    assert [orjson.loads(failed.listed)["items"][0]["worker"]] == [label]
+    for where, text in (
+        ("GET /v1/jobs/{id}", failed.polled),
+        ("GET /v1/jobs", failed.listed),
+        ("GET /v1/jobs/{id}/events", failed.events),
+        ("webhook body", failed.webhook.decode()),
+        ("email body", failed.email),
+    ):
+        assert row.worker not in text, where
+    assert (await app.status(failed.job_id))["worker"] == row.worker
 
 
 @pytest.mark.parametrize("expose", [True])
@@ -190,6 +208,8 @@ async def test_offload_expose_tracebacks_puts_them_in_every_answer(
         ("email body", failed.email),
     ):
         assert leaks(text), where
+    row = await app.get(failed.job_id)
+    assert row is not None and row.worker and record["worker"] == row.worker
 
 
 def test_the_setting_is_off_unless_set() -> None:

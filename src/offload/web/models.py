@@ -76,7 +76,10 @@ class StatusRecord(Answer):
     run_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    worker: str | None
+    worker: str | None = Field(
+        description="the worker that ran it, by a label: the same for every job one worker "
+        "ran (its host and process are for operators: the CLI and the dashboard)"
+    )
     links: JobLinks
 
 
