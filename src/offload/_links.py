@@ -103,6 +103,8 @@ class Presenter:
             only, and the worker a label of its name (`worker_label`).
         blobs: the blob store; one with links of its own (S3: presigned URLs) gives those
             instead of the web tier's `/files` links, so the bytes never pass through it.
+        fallbacks: keys that signed before `secret` (OFFLOAD_SECRET_KEY_FALLBACKS): links
+            and tickets they signed are still accepted (`keys`).
     """
 
     def __init__(
@@ -114,8 +116,11 @@ class Presenter:
         mount: str = "",
         tracebacks: bool = False,
         blobs: BlobStore | None = None,
+        fallbacks: tuple[bytes, ...] = (),
     ) -> None:
         self.secret = secret
+        #: What a signature is checked with: the signing key, then the keys it replaced.
+        self.keys = (secret, *fallbacks)
         self.blobs = blobs
         self.ttl_s = ttl_s
         self.prefix = prefix
@@ -135,6 +140,7 @@ class Presenter:
             mount=self.mount + root,
             tracebacks=self.tracebacks,
             blobs=self.blobs,
+            fallbacks=self.keys[1:],
         )
 
     def link(self, key: str, now: float | None = None) -> str:

@@ -8,6 +8,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 _EPOCH = re.compile(r"[0-9]{1,12}")
@@ -20,12 +21,12 @@ WHSEC_KEY_BYTES = (24, 64)
 MIN_SECRET_KEY_BYTES = 32
 
 
-def short_secret(key: bytes) -> str | None:
-    """Why `key` may not sign links (too short), or None."""
+def short_secret(key: bytes, name: str = "OFFLOAD_SECRET_KEY") -> str | None:
+    """Why `key` (the setting `name`) may not sign links (too short), or None."""
     if len(key) >= MIN_SECRET_KEY_BYTES:
         return None
     return (
-        f"OFFLOAD_SECRET_KEY is {len(key)} bytes: a key that signs links must be at least "
+        f"{name} is {len(key)} bytes: a key that signs links must be at least "
         f"{MIN_SECRET_KEY_BYTES} bytes of random text, as "
         '`python -c "import secrets; print(secrets.token_urlsafe(32))"` prints'
     )
@@ -58,13 +59,15 @@ def sign(secret: bytes, *parts: str) -> str:
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
-def verify(secret: bytes, signature: str, *parts: str) -> bool:
-    """Constant-time check of a signature made by `sign` (False for any other text)."""
+def verify(keys: bytes | Sequence[bytes], signature: str, *parts: str) -> bool:
+    """Constant-time check of a signature made by `sign` with the key, or with any of the
+    keys (the signing key, then OFFLOAD_SECRET_KEY_FALLBACKS): False for any other text."""
     try:
         given = signature.encode("ascii")
     except UnicodeEncodeError:
         return False
-    return hmac.compare_digest(sign(secret, *parts).encode("ascii"), given)
+    each = (keys,) if isinstance(keys, bytes) else keys
+    return any(hmac.compare_digest(sign(key, *parts).encode("ascii"), given) for key in each)
 
 
 def signed_query(secret: bytes, path: str, expires: int) -> str:
@@ -72,11 +75,14 @@ def signed_query(secret: bytes, path: str, expires: int) -> str:
     return f"expires={expires}&signature={sign(secret, path, str(expires))}"
 
 
-def check_signed(secret: bytes, path: str, expires: str, signature: str, now: float) -> bool:
-    """True when the signature is valid for `path` and `expires` has not passed."""
+def check_signed(
+    keys: bytes | Sequence[bytes], path: str, expires: str, signature: str, now: float
+) -> bool:
+    """True when the signature is valid for `path` (under one of `keys`, as `verify`) and
+    `expires` has not passed."""
     if not _EPOCH.fullmatch(expires) or int(expires) < now:
         return False
-    return verify(secret, signature, path, expires)
+    return verify(keys, signature, path, expires)
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -102,6 +102,11 @@ def parse_token_kinds(raw: str | None) -> dict[str, frozenset[str]]:
     return {token: kinds for token, _, kinds in _token_entries(raw) if kinds is not None}
 
 
+def parse_key_fallbacks(raw: str | None) -> tuple[bytes, ...]:
+    """`old-key,older-key` → the keys, as OFFLOAD_SECRET_KEY is read (its text's bytes)."""
+    return tuple(k.strip().encode() for k in (raw or "").split(",") if k.strip())
+
+
 def parse_webhook_secrets(raw: str | None) -> tuple[str, ...]:
     """`whsec_…,whsec_…` → the secrets, each checked to be `whsec_` + base64 of a key."""
     secrets = tuple(s.strip() for s in (raw or "").split(",") if s.strip())
@@ -132,6 +137,9 @@ class Settings:
     #: The tokens that may submit only some kinds (`token=principal[kind|kind]`): their kinds.
     token_kinds: dict[str, frozenset[str]] = field(default_factory=dict)
     secret_key: bytes | None = None
+    #: Keys that signed before OFFLOAD_SECRET_KEY (a rotation): what they signed (download
+    #: links, stream tickets, dashboard forms) is still accepted; nothing new is signed.
+    secret_key_fallbacks: tuple[bytes, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: Larger payloads are stored in the blob store and their envelopes carry a reference.
     claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
@@ -185,6 +193,7 @@ class Settings:
                 api_tokens=parse_tokens(e.get("OFFLOAD_API_TOKENS")),
                 token_kinds=parse_token_kinds(e.get("OFFLOAD_API_TOKENS")),
                 secret_key=secret.encode() if secret else None,
+                secret_key_fallbacks=parse_key_fallbacks(e.get("OFFLOAD_SECRET_KEY_FALLBACKS")),
                 max_body_bytes=_num(
                     e, "OFFLOAD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, positive=True
                 ),
@@ -231,6 +240,9 @@ class Settings:
             raise ConfigurationError("OFFLOAD_RETRY_DEADLINE must be 0 (no retry) or more seconds")
         if values["secret_key"] and (fault := short_secret(values["secret_key"])):
             raise ConfigurationError(fault)
+        for key in values["secret_key_fallbacks"]:
+            if fault := short_secret(key, "a key in OFFLOAD_SECRET_KEY_FALLBACKS"):
+                raise ConfigurationError(fault)
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

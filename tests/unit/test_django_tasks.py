@@ -567,6 +567,15 @@ def test_manage_py_check_refuses_a_signing_key_offload_would_refuse(
     assert [e.msg for e in found] == ([f"{short_secret(b'short')}"] if refused else []), found
 
 
+def test_manage_py_check_refuses_a_short_fallback_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.checks import run_checks
+
+    monkeypatch.setenv("OFFLOAD_SECRET_KEY", "k" * 32)
+    monkeypatch.setenv("OFFLOAD_SECRET_KEY_FALLBACKS", f"{'o' * 32},old")
+    found = [e.msg for e in run_checks() if e.id == "offload.E002"]
+    assert found == [short_secret(b"old", "a key in OFFLOAD_SECRET_KEY_FALLBACKS")]
+
+
 CHECK_SUBCLASS = """
 import django
 from django.conf import settings

@@ -364,8 +364,13 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
     api.state.auth = Auth(auth, settings)
     secret = signing_key(settings)
     api.state.present = Presenter(
-        secret, settings.link_ttl_s, tracebacks=settings.expose_tracebacks, blobs=app.blobs
+        secret,
+        settings.link_ttl_s,
+        tracebacks=settings.expose_tracebacks,
+        blobs=app.blobs,
+        fallbacks=settings.secret_key_fallbacks,
     )
+    keys = api.state.present.keys
     _guard(api, api.state.auth, settings)
     problem_details(api)
     included = (router, feeds_router, kinds_router, scrape_router, dashboard_router)
@@ -434,7 +439,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         except ValueError:
             raise Problem(404, "no such file", slug="file-not-found") from None
         now = time.time()
-        if not check_signed(secret, path, expires, signature, now):
+        if not check_signed(keys, path, expires, signature, now):
             raise Problem(403, "the link is invalid or has expired", slug="bad-signature")
         ttl = timedelta(seconds=max(1.0, float(expires) - now))
         return await _serve_blob(app, key, ttl)

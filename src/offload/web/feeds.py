@@ -9,7 +9,7 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -85,8 +85,9 @@ def make_ticket(secret: bytes, principal: str, expires: int) -> str:
     return f"{who}.{expires}.{sign(secret, _TICKET, principal, str(expires))}"
 
 
-def read_ticket(secret: bytes, ticket: str, now: float) -> str | None:
-    """The principal a valid, unexpired ticket names; None for anything else."""
+def read_ticket(keys: bytes | Sequence[bytes], ticket: str, now: float) -> str | None:
+    """The principal a valid, unexpired ticket names (signed with one of `keys`); None for
+    anything else."""
     who, _, rest = ticket.partition(".")
     expires, _, signature = rest.partition(".")
     if not is_digits(expires) or len(expires) > 12 or int(expires) < now:
@@ -95,7 +96,7 @@ def read_ticket(secret: bytes, ticket: str, now: float) -> str | None:
         principal = base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return principal if verify(secret, signature, _TICKET, principal, expires) else None
+    return principal if verify(keys, signature, _TICKET, principal, expires) else None
 
 
 def principal_of(conn: HTTPConnection, ticket: str | None) -> str:
@@ -108,7 +109,7 @@ def principal_of(conn: HTTPConnection, ticket: str | None) -> str:
     if ticket is None:
         principal: str = state.auth.principal(conn)
         return principal
-    found = read_ticket(state.present.secret, ticket, time.time())
+    found = read_ticket(state.present.keys, ticket, time.time())
     if found is None:
         detail = "the ticket is invalid or has expired"
         challenge = {"WWW-Authenticate": DEFAULT_CHALLENGE}

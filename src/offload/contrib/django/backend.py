@@ -18,6 +18,7 @@ from ..._claim_check import encoded
 from ..._signing import short_secret
 from ...app import App
 from ...contract import Envelope, JobRow
+from ...settings import parse_key_fallbacks
 from .calls import TaskCall, check_arguments, kind_of
 from .config import TaskConfig, app_for
 from .principal import current_owner
@@ -51,12 +52,14 @@ class OffloadBackend(BaseTaskBackend):
 
     def check(self, **kwargs: Any) -> list[Error]:
         """`manage.py check` (and `runserver`, `migrate`): an OFFLOAD_SECRET_KEY that offload
-        refuses, which would otherwise fail the first request that enqueues a task."""
+        refuses (or one of its OFFLOAD_SECRET_KEY_FALLBACKS), which would otherwise fail the
+        first request that enqueues a task."""
         secret = os.environ.get("OFFLOAD_SECRET_KEY")
-        fault = short_secret(secret.encode()) if secret else None
-        if fault is None:
-            return []
-        return [Error(fault, obj=f"TASKS[{self.alias!r}]", id="offload.E002")]
+        faults = [short_secret(secret.encode()) if secret else None]
+        fallbacks = parse_key_fallbacks(os.environ.get("OFFLOAD_SECRET_KEY_FALLBACKS"))
+        faults += [short_secret(k, "a key in OFFLOAD_SECRET_KEY_FALLBACKS") for k in fallbacks]
+        where = f"TASKS[{self.alias!r}]"
+        return [Error(fault, obj=where, id="offload.E002") for fault in faults if fault]
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """Store the call as a job, inside the current transaction of the backend's

@@ -9,6 +9,8 @@ expiry under the signing key, which only the server holds. Nothing is stored ser
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..._signing import sign, verify
 
 #: How long a rendered form's token stays valid (seconds).
@@ -24,11 +26,11 @@ def csrf_token(secret: bytes, principal: str, now: float, ttl_s: float = DEFAULT
     return f"{expires}.{sign(secret, _PURPOSE, principal, expires)}"
 
 
-def csrf_valid(secret: bytes, principal: str, token: str, now: float) -> bool:
-    """Whether `token` was made for `principal` with this key and has not expired."""
+def csrf_valid(keys: bytes | Sequence[bytes], principal: str, token: str, now: float) -> bool:
+    """Whether `token` was made for `principal` with one of `keys` and has not expired."""
     expires, _, signature = token.partition(".")
     if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and signature):
         return False
     if int(expires) < now:
         return False
-    return verify(secret, signature, _PURPOSE, principal, expires)
+    return verify(keys, signature, _PURPOSE, principal, expires)

@@ -178,8 +178,8 @@ async def form_of(request: Request) -> dict[str, str]:
             415, "the form is not URL-encoded text", slug="unsupported-media-type"
         ) from None
     token = request.headers.get("x-csrf-token") or form.get(CSRF_FIELD, "")
-    secret = request.app.state.present.secret
-    if not csrf_valid(secret, operator(request), token, time.time()):
+    keys = request.app.state.present.keys
+    if not csrf_valid(keys, operator(request), token, time.time()):
         raise Problem(
             403,
             "the form's CSRF token is missing, wrong or expired: reload the page",
