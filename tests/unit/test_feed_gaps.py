@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from tests.clocks import HandClock, hand_clock
+
 pytest.importorskip("psycopg")
 
 from offload.brokers.postgres import backend as pg
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(pg.time, "monotonic", c)
-    return c
+def clock(monkeypatch: pytest.MonkeyPatch) -> HandClock:
+    return hand_clock(monkeypatch, pg.time, 100.0)
 
 
-def test_a_gap_that_opens_while_another_is_waited_out_gets_its_own_wait(clock: Clock) -> None:
+def test_a_gap_that_opens_while_another_is_waited_out_gets_its_own_wait(clock: HandClock) -> None:
     feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
     # Given position 2 missing (3 committed first): the feed stops before it
     assert feed._before_gap(0, [1, 3]) == 1
@@ -40,7 +32,7 @@ def test_a_gap_that_opens_while_another_is_waited_out_gets_its_own_wait(clock: C
     assert not feed._gaps
 
 
-def test_a_rolled_back_position_is_passed_after_its_wait(clock: Clock) -> None:
+def test_a_rolled_back_position_is_passed_after_its_wait(clock: HandClock) -> None:
     feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
     assert feed._before_gap(0, [2, 3]) == 0
     clock.now += 1.9
@@ -50,7 +42,7 @@ def test_a_rolled_back_position_is_passed_after_its_wait(clock: Clock) -> None:
     assert not feed._gaps
 
 
-def test_the_gaps_of_one_read_are_waited_out_together(clock: Clock) -> None:
+def test_the_gaps_of_one_read_are_waited_out_together(clock: HandClock) -> None:
     feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
     # Given a read that meets three holes (deleted jobs' changes: 2, 4 and 6 never come)
     assert feed._before_gap(0, [1, 3, 5, 7]) == 1
@@ -61,7 +53,7 @@ def test_the_gaps_of_one_read_are_waited_out_together(clock: Clock) -> None:
     assert not feed._gaps
 
 
-def test_a_gap_met_behind_another_waits_from_when_it_was_met(clock: Clock) -> None:
+def test_a_gap_met_behind_another_waits_from_when_it_was_met(clock: HandClock) -> None:
     feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
     assert feed._before_gap(0, [1, 3]) == 1
     clock.now += 1.5
@@ -73,7 +65,7 @@ def test_a_gap_met_behind_another_waits_from_when_it_was_met(clock: Clock) -> No
     assert feed._before_gap(3, [5]) == 1
 
 
-def test_a_gap_that_deleted_jobs_widened_since_it_was_met_waits_anew(clock: Clock) -> None:
+def test_a_gap_that_deleted_jobs_widened_since_it_was_met_waits_anew(clock: HandClock) -> None:
     feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
     # Given a read that met holes at 2 and at 4 (5 committed then),
     assert feed._before_gap(0, [1, 3, 5]) == 1
@@ -88,7 +80,7 @@ def test_a_gap_that_deleted_jobs_widened_since_it_was_met_waits_anew(clock: Cloc
 
 
 def test_a_gap_that_jobs_deleted_since_widened_within_what_was_seen_waits_on(
-    clock: Clock,
+    clock: HandClock,
 ) -> None:
     feed = pg.PostgresBackend("postgresql://127.0.0.1/unused", gap_wait_s=2.0)
     # Given a hole at 1 (rolled back), 2 to 4 read after it,

@@ -201,19 +201,29 @@ def test_a_health_check_answers_at_healthz_where_one_is_given(endpoint: str) -> 
         stop()
 
 
+@contextlib.contextmanager
+def connected(
+    monkeypatch: pytest.MonkeyPatch, timeout_s: float
+) -> Iterator[tuple[socket.socket, str]]:
+    """A connection to a metrics port whose requests' heads must arrive within
+    `timeout_s`, and the port's URL (served until the block ends)."""
+    from offload import _metrics_endpoint
+
+    monkeypatch.setattr(_metrics_endpoint, "REQUEST_TIMEOUT_S", timeout_s)
+    with served(Metrics()) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            yield conn, url
+
+
 def test_a_connection_that_never_finishes_its_request_is_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A connection that sent half a request held a thread of the worker's process, and a
     # file, for as long as it stayed open: 300 of them, 300 threads.
-    from offload import _metrics_endpoint
-
-    monkeypatch.setattr(_metrics_endpoint, "REQUEST_TIMEOUT_S", 0.5)
-    with served(Metrics()) as url:
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-            conn.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
-            assert conn.recv(1024) == b""  # closed by the server (not the test's 30 s)
+    with connected(monkeypatch, timeout_s=0.5) as (conn, url):
+        conn.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
+        assert conn.recv(1024) == b""  # closed by the server (not the test's 30 s)
         # and the endpoint answers the next request as ever
         assert httpx.get(url + "/metrics").status_code == 200
 
@@ -222,22 +232,17 @@ def test_a_request_head_that_trickles_in_is_cut_off_at_its_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The timeout bounded each read only: a byte every few seconds held a thread for ever.
-    from offload import _metrics_endpoint
-
-    monkeypatch.setattr(_metrics_endpoint, "REQUEST_TIMEOUT_S", 1.0)
-    with served(Metrics()) as url:
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-            head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 100
-            deadline = time.monotonic() + 30
-            for byte in head:  # one byte every 0.2 s, never the head's end
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:  # (shut by the server)
-                    break
-                ready, _, _ = select.select([conn], [], [], 0.2)
-                if ready and conn.recv(1024) == b"":
-                    break
-                assert time.monotonic() < deadline
-            else:
-                pytest.fail("the connection outlived its head's deadline")
+    with connected(monkeypatch, timeout_s=1.0) as (conn, _):
+        head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 100
+        deadline = time.monotonic() + 30
+        for byte in head:  # one byte every 0.2 s, never the head's end
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:  # (shut by the server)
+                break
+            ready, _, _ = select.select([conn], [], [], 0.2)
+            if ready and conn.recv(1024) == b"":
+                break
+            assert time.monotonic() < deadline
+        else:
+            pytest.fail("the connection outlived its head's deadline")

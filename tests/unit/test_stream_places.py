@@ -6,24 +6,15 @@ from __future__ import annotations
 import pytest
 
 from offload.web import events
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clocks import HandClock, hand_clock
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(events.time, "monotonic", c)
-    return c
+def clock(monkeypatch: pytest.MonkeyPatch) -> HandClock:
+    return hand_clock(monkeypatch, events.time, 1000.0)
 
 
-def test_a_place_given_back_after_its_time_takes_none_of_anothers(clock: Clock) -> None:
+def test_a_place_given_back_after_its_time_takes_none_of_anothers(clock: HandClock) -> None:
     hub = events.Hub(None, lambda: 0)  # type: ignore[arg-type]  # (nothing read here)
     # Given a request admitted whose route took longer than its place is kept,
     slow = hub.admit(2)
@@ -37,7 +28,7 @@ def test_a_place_given_back_after_its_time_takes_none_of_anothers(clock: Clock) 
     assert hub.admit(2) is None
 
 
-def test_a_place_given_back_lets_the_next_request_in(clock: Clock) -> None:
+def test_a_place_given_back_lets_the_next_request_in(clock: HandClock) -> None:
     hub = events.Hub(None, lambda: 0)  # type: ignore[arg-type]
     first, second = hub.admit(2), hub.admit(2)
     assert first is not None and second is not None and hub.admit(2) is None

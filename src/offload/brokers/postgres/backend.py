@@ -507,6 +507,12 @@ class PostgresBackend:
         """The `now` parameter of the queries: None means the server's clock."""
         return None if self.clock is None else datetime.fromtimestamp(self.clock.now(), UTC)
 
+    def _next_turn(self) -> int:
+        """This gated claim's turn (`limits.in_turn`): whose turn it is, the plain queues'
+        or the fair ones', one claim after another."""
+        turn, self._turns = self._turns, self._turns + 1
+        return turn
+
     @property
     def pool(self) -> AsyncConnectionPool:
         if self._pool is None:
@@ -1231,7 +1237,7 @@ class PostgresBackend:
             )
         now = self._now()
         params = {"limit": limit, "now": now, "token": token}
-        turn, self._turns = self._turns, self._turns + 1
+        turn = self._next_turn()
 
         began = 0.0  # this host's time as the claim's transaction began (see below)
 
@@ -1294,9 +1300,8 @@ class PostgresBackend:
             "lease_for": lease_for,
             "worker": worker_id,
             "now": self._now(),
-            "turn": self._turns,
+            "turn": self._next_turn(),
         }
-        self._turns += 1
         sql = Q["claim_fair"] if params["queues"] else _CLAIM_FAIR_ONLY
 
         async def attempt(resent: bool) -> list[tuple[Any, ...]]:
