@@ -82,15 +82,21 @@ class JobOptions:
 def owner_fault(owner: str, what: str = "owner") -> str | None:
     """Why `owner` names no caller, or None. An empty one names no one (its jobs would be
     no one's); one with a control character or white space around it is a mistake that
-    would own jobs apart from the caller it was meant for (`"user:1\\n"`)."""
+    would own jobs apart from the caller it was meant for (`"user:1\\n"`); one past
+    `MAX_OWNER_LENGTH` PostgreSQL cannot index (with an idempotency key beside it)."""
     if not owner:
         return _EMPTY_OWNER
+    if len(owner) > MAX_OWNER_LENGTH:
+        return f"{what} is {len(owner)} characters: it may have at most {MAX_OWNER_LENGTH}"
     if not owner.isprintable() or owner.strip() != owner:
         return f"{what} must be printable text with no white space around it, not {owner!r}"
     return None
 
 
 _EMPTY_OWNER = "owner must not be empty"
+#: The longest owner (characters): a thousand failed the enqueue on PostgreSQL alone (as
+#: the backend's error: its index of owners takes at most 2,704 bytes a row).
+MAX_OWNER_LENGTH = 255
 #: The longest idempotency key (characters), as over HTTP (`Idempotency-Key`).
 MAX_KEY_LENGTH = 255
 

@@ -177,6 +177,7 @@ async def test_a_wrongly_typed_option_is_a_type_error_naming_it(
         ({"delay": 5, "run_at": datetime.now(UTC)}, "give delay or run_at, not both"),
         ({"owner": "user:1\n"}, "owner must be printable text with no white space around"),
         ({"owner": " bob"}, "owner must be printable text with no white space around"),
+        ({"owner": "b" * 256}, "owner is 256 characters: it may have at most 255"),
     ],
 )
 async def test_an_option_the_api_refuses_is_refused_from_python_too(

@@ -319,6 +319,26 @@ async def test_a_principal_with_control_characters_or_white_space_around_is_refu
     assert await app.list_jobs(owner=None) == []
 
 
+async def test_a_principal_too_long_to_own_jobs_is_refused(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A thousand characters failed the enqueue on PostgreSQL alone (a 503), and listed
+    # every job on the others.
+    answer = "u" * 100_000
+    api = create_app(app, auth=lambda request: answer)
+    async with lifespan(api), client(api) as c:
+        refused = await c.post("/v1/jobs/reports.export", json={"user_id": "u"})
+        assert_unauthorized(refused)
+        assert refused.json()["detail"] == (
+            "the auth hook named no valid principal: a principal is 100000 characters: it "
+            "may have at most 255"
+        )
+        assert_unauthorized(await c.get("/v1/jobs"))
+    assert await app.list_jobs(owner=None) == []
+    logged = [r.getMessage() for r in caplog.records if "no caller may be" in r.getMessage()]
+    assert logged and all(len(line) < 500 for line in logged)  # (the name cut short)
+
+
 async def test_an_admin_named_as_offload_own_jobs_is_nobody(app: App) -> None:
     def hook(request: Request) -> str:
         return Admin("offload.periodic")

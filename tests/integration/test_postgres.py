@@ -23,6 +23,7 @@ import pytest
 
 import offload
 from offload import App, Context, Message, SchemaError, Settings
+from offload._options import MAX_OWNER_LENGTH
 from offload.brokers.base import Change
 from offload.brokers.postgres import PostgresBackend
 from offload.brokers.postgres.backend import POOL_PATIENCE_S, Q
@@ -1233,6 +1234,21 @@ async def test_a_host_whose_clock_runs_ahead_waits_out_a_rate_by_the_servers_clo
         assert 55.0 < due - backend._clock_now() <= 60.0
     finally:
         await backend.close()
+
+
+async def test_the_longest_owner_and_key_are_stored_and_a_longer_owner_refused(app: App) -> None:
+    # An owner of a thousand characters failed the enqueue on PostgreSQL alone (its index of
+    # owners takes 2,704 bytes a row), as the backend's error: a 503 over HTTP.
+    widest = "".join(chr(0x20000 + i) for i in range(MAX_OWNER_LENGTH))  # 4 bytes each
+    key = "".join(chr(0x21000 + i) for i in range(255))  # (random: none compresses)
+    job = await app.enqueue(Ping(n=1), owner=widest, idempotency_key=key)
+    assert job.created
+    again = await app.enqueue(Ping(n=1), owner=widest, idempotency_key=key)
+    assert again.id == job.id and not again.created
+    assert [r.id for r in await app.list_jobs(owner=widest)] == [job.id]
+    with pytest.raises(ValueError, match=f"at most {MAX_OWNER_LENGTH}"):
+        await app.enqueue(Ping(n=1), owner=widest + "x")
+    assert len(await app.list_jobs(owner=None)) == 1
 
 
 async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: App) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import reprlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -62,7 +63,8 @@ def _refused(principal: str) -> _Refused | None:
     if (fault := principal_fault(principal)) is None:
         return None
     detail = f"the auth hook named no valid principal: {fault}"
-    log.warning("the auth hook named %r, a principal no caller may be: %s", principal, detail)
+    shown = reprlib.repr(principal)  # (at most a few dozen characters of a long one)
+    log.warning("the auth hook named %s, a principal no caller may be: %s", shown, detail)
     refused = _Refused(principal)
     refused.detail = detail
     return refused
