@@ -111,6 +111,16 @@ class Failed:
     webhook: bytes
     email: str
 
+    def answers(self) -> list[tuple[str, str]]:
+        """Each answer that told of the job, and where it came from."""
+        return [
+            ("GET /v1/jobs/{id}", self.polled),
+            ("GET /v1/jobs", self.listed),
+            ("GET /v1/jobs/{id}/events", self.events),
+            ("webhook body", self.webhook.decode()),
+            ("email body", self.email),
+        ]
+
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
@@ -159,13 +169,7 @@ async def test_no_traceback_reaches_a_client_by_default(app: App, failed: Failed
     webhook = orjson.loads(failed.webhook)["data"]
     assert webhook["error"] == record["error"]
     assert "the printer of a is on fire" in failed.email
-    for where, text in (
-        ("GET /v1/jobs/{id}", failed.polled),
-        ("GET /v1/jobs", failed.listed),
-        ("GET /v1/jobs/{id}/events", failed.events),
-        ("webhook body", failed.webhook.decode()),
-        ("email body", failed.email),
-    ):
+    for where, text in failed.answers():
         assert leaks(text) == [], where
     # The traceback is kept for operators: `offload jobs show` reads it this way.
     stored = await app.status(failed.job_id, tracebacks=True)
@@ -182,13 +186,7 @@ async def test_no_traceback_reaches_a_client_by_default(app: App, failed: Failed
     assert label and row.worker not in label and len(label) == WORKER_LABEL_DIGITS, label
     assert webhook["worker"] == label
     assert [orjson.loads(failed.listed)["items"][0]["worker"]] == [label]
-    for where, text in (
-        ("GET /v1/jobs/{id}", failed.polled),
-        ("GET /v1/jobs", failed.listed),
-        ("GET /v1/jobs/{id}/events", failed.events),
-        ("webhook body", failed.webhook.decode()),
-        ("email body", failed.email),
-    ):
+    for where, text in failed.answers():
         assert row.worker not in text, where
     assert (await app.status(failed.job_id))["worker"] == row.worker
 
@@ -200,13 +198,7 @@ async def test_offload_expose_tracebacks_puts_them_in_every_answer(
     assert app.settings.expose_tracebacks
     record = orjson.loads(failed.polled)
     assert "Traceback (most recent call last)" in record["error"]["traceback"]
-    for where, text in (
-        ("GET /v1/jobs/{id}", failed.polled),
-        ("GET /v1/jobs", failed.listed),
-        ("GET /v1/jobs/{id}/events", failed.events),
-        ("webhook body", failed.webhook.decode()),
-        ("email body", failed.email),
-    ):
+    for where, text in failed.answers():
         assert leaks(text), where
     row = await app.get(failed.job_id)
     assert row is not None and row.worker and record["worker"] == row.worker

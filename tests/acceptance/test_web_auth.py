@@ -322,8 +322,7 @@ async def test_a_principal_with_control_characters_or_white_space_around_is_refu
 async def test_a_principal_too_long_to_own_jobs_is_refused(
     app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A thousand characters failed the enqueue on PostgreSQL alone (a 503), and listed
-    # every job on the others.
+    # A principal of a thousand characters failed its enqueues on PostgreSQL alone (a 503).
     answer = "u" * 100_000
     api = create_app(app, auth=lambda request: answer)
     async with lifespan(api), client(api) as c:
