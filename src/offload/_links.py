@@ -34,6 +34,20 @@ def worker_label(secret: bytes, worker: str) -> str:
     return digest.hexdigest()[:WORKER_LABEL_DIGITS]
 
 
+def key_fallbacks(settings: Settings) -> tuple[bytes, ...]:
+    """OFFLOAD_SECRET_KEY_FALLBACKS, checked (settings made in code skip `from_env`).
+
+    Raises:
+        ConfigurationError: one is no key, or too short to have signed links.
+    """
+    from .errors import ConfigurationError
+    from .settings import fallbacks_fault
+
+    if fault := fallbacks_fault(settings.secret_key_fallbacks):
+        raise ConfigurationError(fault)
+    return settings.secret_key_fallbacks
+
+
 def signing_key(settings: Settings) -> bytes:
     """OFFLOAD_SECRET_KEY, else a key kept beside the blobs (shared by local processes).
 
@@ -139,6 +153,21 @@ class Presenter:
             self.prefix + root,
             mount=self.mount + root,
             tracebacks=self.tracebacks,
+            blobs=self.blobs,
+            fallbacks=self.keys[1:],
+        )
+
+    def for_operators(self) -> Presenter:
+        """This presenter for operators' pages (the dashboard): records show the worker's
+        own name and failures' tracebacks."""
+        if self.tracebacks:
+            return self
+        return Presenter(
+            self.secret,
+            self.ttl_s,
+            self.prefix,
+            mount=self.mount,
+            tracebacks=True,
             blobs=self.blobs,
             fallbacks=self.keys[1:],
         )

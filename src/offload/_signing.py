@@ -21,6 +21,26 @@ WHSEC_KEY_BYTES = (24, 64)
 MIN_SECRET_KEY_BYTES = 32
 
 
+#: A key's text that gives its bytes in hex (`hex:…`), as the key file kept beside the blobs
+#: holds them: the way to name that key in OFFLOAD_SECRET_KEY_FALLBACKS.
+HEX_KEY_PREFIX = "hex:"
+
+
+def key_bytes(text: str) -> bytes:
+    """The key a setting's text gives: its own bytes, or after `hex:` the bytes its hex
+    digits give.
+
+    Raises:
+        ValueError: `hex:` followed by anything but hex digits.
+    """
+    if text.startswith(HEX_KEY_PREFIX):
+        try:
+            return bytes.fromhex(text[len(HEX_KEY_PREFIX) :])
+        except ValueError:
+            raise ValueError("a key written hex:… must go on with hex digits only") from None
+    return text.encode()
+
+
 def short_secret(key: bytes, name: str = "OFFLOAD_SECRET_KEY") -> str | None:
     """Why `key` (the setting `name`) may not sign links (too short), or None."""
     if len(key) >= MIN_SECRET_KEY_BYTES:

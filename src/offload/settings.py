@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._options import owner_fault
-from ._signing import short_secret, whsec_key
+from ._signing import key_bytes, short_secret, whsec_key
 from .errors import ConfigurationError
 
 #: Where jobs live when OFFLOAD_URL is unset: an SQLite file in the working directory.
@@ -103,8 +104,26 @@ def parse_token_kinds(raw: str | None) -> dict[str, frozenset[str]]:
 
 
 def parse_key_fallbacks(raw: str | None) -> tuple[bytes, ...]:
-    """`old-key,older-key` → the keys, as OFFLOAD_SECRET_KEY is read (its text's bytes)."""
-    return tuple(k.strip().encode() for k in (raw or "").split(",") if k.strip())
+    """`old-key,older-key` → the keys, each read as OFFLOAD_SECRET_KEY is (`key_bytes`).
+    An item with white space around it gives two keys, as written and without it: a key
+    that signed with a line end kept from its file (OFFLOAD_SECRET_KEY is taken as written)
+    and a list written with spaces after its commas are both taken."""
+    keys: dict[bytes, None] = {}
+    for item in (raw or "").split(","):
+        if item.strip():
+            keys.update(dict.fromkeys((key_bytes(item), key_bytes(item.strip()))))
+    return tuple(keys)
+
+
+def fallbacks_fault(keys: object) -> str | None:
+    """Why `keys` cannot be Settings.secret_key_fallbacks, or None: they must be a tuple of
+    keys (bytes) of `MIN_SECRET_KEY_BYTES` at least, as OFFLOAD_SECRET_KEY."""
+    if not isinstance(keys, tuple) or not all(isinstance(k, bytes) for k in keys):
+        return f"secret_key_fallbacks must be a tuple of bytes, not {reprlib.repr(keys)}"
+    for key in keys:
+        if fault := short_secret(key, "a key in OFFLOAD_SECRET_KEY_FALLBACKS"):
+            return fault
+    return None
 
 
 def parse_webhook_secrets(raw: str | None) -> tuple[str, ...]:
@@ -192,7 +211,7 @@ class Settings:
                 blobs_url=e.get("OFFLOAD_BLOBS_URL") or DEFAULT_BLOBS_URL,
                 api_tokens=parse_tokens(e.get("OFFLOAD_API_TOKENS")),
                 token_kinds=parse_token_kinds(e.get("OFFLOAD_API_TOKENS")),
-                secret_key=secret.encode() if secret else None,
+                secret_key=key_bytes(secret) if secret else None,
                 secret_key_fallbacks=parse_key_fallbacks(e.get("OFFLOAD_SECRET_KEY_FALLBACKS")),
                 max_body_bytes=_num(
                     e, "OFFLOAD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, positive=True
@@ -240,9 +259,8 @@ class Settings:
             raise ConfigurationError("OFFLOAD_RETRY_DEADLINE must be 0 (no retry) or more seconds")
         if values["secret_key"] and (fault := short_secret(values["secret_key"])):
             raise ConfigurationError(fault)
-        for key in values["secret_key_fallbacks"]:
-            if fault := short_secret(key, "a key in OFFLOAD_SECRET_KEY_FALLBACKS"):
-                raise ConfigurationError(fault)
+        if fault := fallbacks_fault(values["secret_key_fallbacks"]):
+            raise ConfigurationError(fault)
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:

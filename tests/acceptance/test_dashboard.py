@@ -379,6 +379,30 @@ async def _retry_form(web: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     return form
 
 
+async def test_a_form_rendered_before_a_key_rotation_still_acts_while_the_old_key_is_a_fallback(
+    app: App, tmp_path: Path
+) -> None:
+    # Given a dead job and its retry form, rendered under the key in use until now,
+    job_id = await _dead(app, "Initech")
+    await _run_until_idle(app, [job_id])
+    async with _client(app) as web:
+        form = await _retry_form(web, job_id)
+    old = form["f"]["csrf"]
+    new = b"the-new-key-of-32-bytes-or-more!"
+    # when the key is replaced, the old one removed, the form is refused;
+    retired = _app(_settings(tmp_path, secret_key_fallbacks=()).with_(secret_key=new))
+    async with _client(retired) as web:
+        answer = await web.post(form["action"], data={"csrf": old}, headers=OPS)
+        assert answer.status_code == 403 and answer.json()["type"].endswith("/bad-csrf-token")
+    # while the old key is a fallback, it is taken.
+    rotated = _app(_settings(tmp_path, secret_key_fallbacks=(SECRET,)).with_(secret_key=new))
+    async with _client(rotated) as web:
+        answer = await web.post(form["action"], data={"csrf": old}, headers=OPS)
+        assert answer.status_code == 303, answer.text
+    row = await app.get(job_id)
+    assert row is not None and row.state is JobState.QUEUED
+
+
 async def test_an_action_without_the_right_csrf_token_changes_nothing(
     app: App, web: httpx.AsyncClient
 ) -> None:
@@ -861,3 +885,24 @@ async def test_a_jobs_page_cursor_that_is_no_job_id_is_refused(web: httpx.AsyncC
         assert answer.status_code == 422, bad
         assert answer.headers["content-type"] == "application/problem+json"
     assert (await web.get("/dashboard/jobs", params={"cursor": ""}, headers=OPS)).status_code == 200
+
+
+async def test_the_dashboards_event_streams_name_the_worker_as_operators_see_it(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # The dashboard's job page shows the worker's own name; its live streams showed the
+    # label that clients get, and the job's failure without its traceback. (The overview's
+    # stream of every job is presented the same way.)
+    job_id = await _dead(app, "Initech")
+    await _run_until_idle(app, [job_id])
+    row = await app.get(job_id)
+    assert row is not None and row.worker
+    answer = await web.get(f"/dashboard/jobs/{job_id}/events", params={"since": "0"}, headers=OPS)
+    records = [
+        orjson.loads(line[len("data: ") :])
+        for line in answer.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    (dead,) = [r for r in records if r["state"] == "dead"]
+    assert dead["worker"] == row.worker
+    assert "Traceback (most recent call last)" in dead["error"]["traceback"]

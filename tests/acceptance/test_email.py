@@ -20,6 +20,7 @@ from offload.notify import EmailTemplate
 from offload.notify.base import Notification
 from offload.notify.email import EmailNotifier, parse_smtp_url
 
+from ..ports import free_port
 from ..receivers import MailSink, parts
 
 pytestmark = pytest.mark.anyio
@@ -253,6 +254,24 @@ async def test_a_target_of_several_addresses_is_refused_and_nothing_is_sent(
     receipt = await notifier.deliver(replace(listed, target="ann@example.com"))
     assert receipt.code == 250
     assert sink.envelopes == [("r@shop.example", ["ann@example.com"])]
+
+
+async def test_a_mail_server_out_of_reach_is_not_named_to_the_jobs_owner(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The delivery record, which the job's owner reads, said "Error connecting to
+    # relay.internal on port 25: [Errno 111] Connect call failed ('10.0.0.5', 25)".
+    port = free_port()  # (nothing listens there)
+    config = parse_smtp_url(f"smtp://localhost:{port}?timeout=5")
+    notifier = EmailNotifier(config, sender="r@shop.example")
+    with pytest.raises(DeliveryError) as failed:
+        await notifier.deliver(succeeded_note("ann@example.com"))
+    said = str(failed.value)
+    assert said == "SMTPConnectError: the mail server could not be reached or ended the exchange"
+    assert "localhost" not in said and str(port) not in said and "127.0.0.1" not in said
+    # The operators' log names the server.
+    (logged,) = [r for r in caplog.records if getattr(r, "action", "") == "email_failed"]
+    assert str(port) in logged.getMessage()
 
 
 async def test_a_mail_server_that_answers_each_command_slowly_runs_out_of_the_timeout() -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from offload import App, Settings
-from offload._links import Presenter
+from offload._links import Presenter, signing_key
 from offload._signing import check_signed
 from offload.errors import ConfigurationError
 from offload.web import create_app
@@ -71,12 +73,40 @@ def test_a_dashboard_form_rendered_before_the_rotation_is_taken() -> None:
 
 
 def test_the_fallbacks_are_read_from_the_environment_and_checked() -> None:
-    env = {
-        "OFFLOAD_SECRET_KEY": NEW.decode(),
-        "OFFLOAD_SECRET_KEY_FALLBACKS": f" {OLD.decode()} ,, {'x' * 40}",
-    }
-    assert Settings.from_env(env).secret_key_fallbacks == (OLD, b"x" * 40)
+    env = {"OFFLOAD_SECRET_KEY": NEW.decode(), "OFFLOAD_SECRET_KEY_FALLBACKS": OLD.decode()}
+    assert Settings.from_env(env).secret_key_fallbacks == (OLD,)
     assert Settings.from_env({}).secret_key_fallbacks == ()
+    # A key taken with a line end (as OFFLOAD_SECRET_KEY is taken as written) and a list
+    # with spaces after its commas: each item is taken as written and without them.
+    spaced = {**env, "OFFLOAD_SECRET_KEY_FALLBACKS": f"{OLD.decode()}\n,, {'x' * 40}"}
+    assert Settings.from_env(spaced).secret_key_fallbacks == (
+        OLD + b"\n",
+        OLD,
+        b" " + b"x" * 40,
+        b"x" * 40,
+    )
     short = {**env, "OFFLOAD_SECRET_KEY_FALLBACKS": f"{OLD.decode()},short"}
     with pytest.raises(ConfigurationError, match="a key in OFFLOAD_SECRET_KEY_FALLBACKS is 5"):
         Settings.from_env(short)
+    with pytest.raises(ConfigurationError, match="hex digits only"):
+        Settings.from_env({**env, "OFFLOAD_SECRET_KEY_FALLBACKS": "hex:zz"})
+
+
+def test_the_key_file_beside_the_blobs_is_named_in_hex(tmp_path: Path) -> None:
+    # The key made beside the blobs (no OFFLOAD_SECRET_KEY) is 32 random bytes, kept as hex:
+    # moving to a key of one's own, it is named hex:<the file's text> as a fallback (its
+    # bytes are no text an environment variable can hold).
+    settings = Settings(blobs_url=str(tmp_path / "blobs"))
+    made = signing_key(settings)
+    text = (tmp_path / "blobs" / ".signing-key").read_text().strip()
+    env = {"OFFLOAD_SECRET_KEY": NEW.decode(), "OFFLOAD_SECRET_KEY_FALLBACKS": f"hex:{text}"}
+    assert Settings.from_env(env).secret_key_fallbacks == (made,)
+    assert Settings.from_env({"OFFLOAD_SECRET_KEY": f"hex:{text}"}).secret_key == made
+
+
+@pytest.mark.parametrize("fallbacks", [(b"short",), ("x" * 40,), [OLD]])
+def test_fallbacks_set_in_code_are_checked_too(settings: Settings, fallbacks: Any) -> None:
+    # (a str was a 500 at the first link that failed the key in use)
+    app = App("rotation", settings=settings.with_(secret_key_fallbacks=fallbacks))
+    with pytest.raises(ConfigurationError, match=r"OFFLOAD_SECRET_KEY_FALLBACKS|tuple of bytes"):
+        create_app(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -19,6 +20,8 @@ from .base import DEFAULT_TEMPLATE_NO_RESULT, Notification, Receipt
 from .base import SAMPLE_CONTEXT as SAMPLE_CONTEXT  # re-exported (older home)
 from .base import EmailTemplate as EmailTemplate  # re-exported (older home)
 from .targets import notify_email_error
+
+log = logging.getLogger("offload.notify")
 
 #: Longest wait for the SMTP server, per command (seconds).
 DEFAULT_SMTP_TIMEOUT_S = 30.0
@@ -196,5 +199,14 @@ class EmailNotifier:
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(f"SMTP {exc.code}: {exc.message}", code=exc.code) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+            # The job's owner reads this in its delivery record: not the relay's host, port
+            # and address a connection error names. The operators' log says them.
+            log.warning(
+                "email to the mail server failed: %s: %s",
+                type(exc).__name__,
+                exc,
+                extra={"action": "email_failed", "job_id": notification.record.get("id")},
+            )
+            said = "the mail server could not be reached or ended the exchange"
+            raise DeliveryError(f"{type(exc).__name__}: {said}") from None
         return Receipt(code=250, detail=answer[:200])

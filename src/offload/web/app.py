@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from .. import tracing
-from .._links import JOBS_PATH
+from .._links import JOBS_PATH, key_fallbacks
 from .._links import signing_key as signing_key  # re-exported: importers predate _links
 from .._signing import check_signed
 from ..app import App
@@ -368,7 +368,7 @@ def create_app(app: App, *, auth: AuthHook | None = None) -> FastAPI:
         settings.link_ttl_s,
         tracebacks=settings.expose_tracebacks,
         blobs=app.blobs,
-        fallbacks=settings.secret_key_fallbacks,
+        fallbacks=key_fallbacks(settings),
     )
     keys = api.state.present.keys
     _guard(api, api.state.auth, settings)

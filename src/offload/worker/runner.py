@@ -1436,7 +1436,8 @@ class Worker:
             },
         )
         why = f"{env.kind} version {env.version} waits for a worker that runs it"
-        return self._given_back(lease, f"{why} (worker {self.id} runs version {known})")
+        # (not this worker's name, host:pid:…: a client reads the message; the log has it)
+        return self._given_back(lease, f"{why} (the worker that claimed it runs version {known})")
 
     def _handed_on(self, lease: Lease, why: str, *, here: str = "") -> Outcome:
         """Give back, as one too new for it, a job this worker's code cannot run: of a kind
@@ -1450,7 +1451,7 @@ class Worker:
             NEWER_VERSION_DELAY_S,
             extra={"action": "unhandled_kind", "job_id": env.id, "kind": env.kind},
         )
-        return self._given_back(lease, f"{why} (worker {self.id}{here})")
+        return self._given_back(lease, f"{why} (the worker that claimed it{here})" if here else why)
 
     def _given_back(self, lease: Lease, why: str) -> Outcome:
         """Queued again, its attempt refunded, claimable after `NEWER_VERSION_DELAY_S`,

@@ -15,10 +15,10 @@ from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
 from ..._claim_check import encoded
-from ..._signing import short_secret
+from ..._signing import key_bytes, short_secret
 from ...app import App
 from ...contract import Envelope, JobRow
-from ...settings import parse_key_fallbacks
+from ...settings import fallbacks_fault, parse_key_fallbacks
 from .calls import TaskCall, check_arguments, kind_of
 from .config import TaskConfig, app_for
 from .principal import current_owner
@@ -55,9 +55,12 @@ class OffloadBackend(BaseTaskBackend):
         refuses (or one of its OFFLOAD_SECRET_KEY_FALLBACKS), which would otherwise fail the
         first request that enqueues a task."""
         secret = os.environ.get("OFFLOAD_SECRET_KEY")
-        faults = [short_secret(secret.encode()) if secret else None]
-        fallbacks = parse_key_fallbacks(os.environ.get("OFFLOAD_SECRET_KEY_FALLBACKS"))
-        faults += [short_secret(k, "a key in OFFLOAD_SECRET_KEY_FALLBACKS") for k in fallbacks]
+        try:
+            faults = [short_secret(key_bytes(secret)) if secret else None]
+            fallbacks = parse_key_fallbacks(os.environ.get("OFFLOAD_SECRET_KEY_FALLBACKS"))
+            faults.append(fallbacks_fault(fallbacks))
+        except ValueError as exc:  # (hex:… with other than hex digits)
+            faults = [str(exc)]
         where = f"TASKS[{self.alias!r}]"
         return [Error(fault, obj=where, id="offload.E002") for fault in faults if fault]
 

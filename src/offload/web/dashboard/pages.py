@@ -228,7 +228,8 @@ async def events(
     hub = request.app.state.runtime.hub
     cursor = await within_feed(hub, position)
     admit_stream(hub)
-    stream = owner_stream(hub, app_of(request), None, cursor, presenter_of(request).row)
+    present = presenter_of(request).for_operators().row
+    stream = owner_stream(hub, app_of(request), None, cursor, present)
     return EventStreamResponse(stream)
 
 
@@ -246,7 +247,7 @@ async def job_events(
     hub = request.app.state.runtime.hub
     cursor = await within_feed(hub, cursor_of(last_event_id, None)) or 0
     with opening(hub) as place:
-        present = presenter_of(request).row
+        present = presenter_of(request).for_operators().row
         response = await job_events_response(hub, app_of(request), row, cursor, present)
     return unless_streaming(hub, place, response)
 
