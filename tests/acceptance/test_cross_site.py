@@ -432,6 +432,13 @@ async def test_a_named_origins_page_may_call_and_read_and_no_other(tmp_path: Pat
         assert submit.headers["access-control-allow-origin"] == APP_ORIGIN
         exposed = submit.headers["access-control-expose-headers"].lower()
         assert "location" in exposed and "content-disposition" in exposed
+        assert "content-range" in exposed  # (a download resumed from the page)
+        ranged = await web.options(
+            "/files/reports/r.pdf",
+            headers={**asked, "Access-Control-Request-Method": "GET",
+                     "Access-Control-Request-Headers": "range"},
+        )  # fmt: skip
+        assert ranged.status_code == 200, ranged.text
         read = await web.get(submit.headers["location"], headers=sent)
         assert read.headers["access-control-allow-origin"] == APP_ORIGIN
         # while another origin's preflight is refused with a problem document, its

@@ -231,7 +231,7 @@ def _answered_everywhere(schema: dict[str, Any], api: FastAPI) -> None:
 
 def _security(schema: dict[str, Any], api: FastAPI) -> None:
     """Bearer tokens (OFFLOAD_API_TOKENS), where they decide who calls: every /v1 operation
-    asks for one (the event stream takes a ticket instead). An auth hook's credentials are
+    asks for one (the event streams take a ticket instead). An auth hook's credentials are
     the host's own: the document names none, nor does development mode (no credentials)."""
     auth = api.state.auth
     if auth.hook is not None or not auth.required:
@@ -246,8 +246,8 @@ def _security(schema: dict[str, Any], api: FastAPI) -> None:
         },
     }
     schema["security"] = [{"bearer": []}]
-    events = schema["paths"]["/v1/events"]["get"]
-    events["security"] = [{"bearer": []}, {"ticket": []}]
+    for path in ("/v1/events", "/v1/jobs/{job_id}/events"):
+        schema["paths"][path]["get"]["security"] = [{"bearer": []}, {"ticket": []}]
     for operation in _operations(schema):
         if operation.get(OPERATORS_ONLY):
             # An operators' route answers every caller who is no admin, with a token or

@@ -219,9 +219,14 @@ async def cross_site_guard(conn: HTTPConnection) -> None:
 
 #: What a page of an allowed origin may send and read (OFFLOAD_CORS_ORIGINS).
 CORS_METHODS = ("GET", "HEAD", "POST", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
+#: (`Range` and `If-Range`: a download resumed from a page, as its signed link allows.)
+CORS_REQUEST_HEADERS = (
+    "Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Range", "If-Range"
+)  # fmt: skip
+#: (`Content-Range`: which part a resumed download got; `WWW-Authenticate`: why a 401.)
 CORS_EXPOSED_HEADERS = (
-    "Location", "Retry-After", "Idempotent-Replayed", "Link", "Content-Disposition"
+    "Location", "Retry-After", "Idempotent-Replayed", "Link", "Content-Disposition",
+    "Content-Range", "Accept-Ranges", "ETag", "WWW-Authenticate",
 )  # fmt: skip
 #: Seconds a browser may keep a granted preflight.
 CORS_MAX_AGE_S = 600
