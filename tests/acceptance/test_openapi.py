@@ -32,6 +32,7 @@ from offload import App, Context, FromPrincipal, JobState, Message, Settings
 from offload._options import LATEST_RUN_AT
 from offload.notify.targets import callback_url_refusal, delivery_option_errors
 from offload.web import create_app, lifespan
+from offload.web.openapi import OPERATION_IDS
 from offload.worker.runner import Worker
 from tests.receivers import Receiver
 
@@ -505,6 +506,22 @@ def test_each_kind_a_client_may_submit_is_an_operation_with_its_message_as_body(
     # Not the field the web tier fills from the caller: a client that sends it gets 422.
     mine = schemas[bodies["/v1/jobs/notes.mine"]["$ref"].rpartition("/")[2]]
     assert set(mine["properties"]) == {"note"} and mine["additionalProperties"] is False
+
+
+def test_every_operation_has_a_name_of_its_own_not_made_of_its_path(tmp_path: Path) -> None:
+    # FastAPI's ids (show_v1_jobs__job_id__get) gave client generators showV1JobsJobIdGet,
+    # a name that changed with the route's path.
+    document = create_app(_app(tmp_path, "tokens")).openapi()
+    ids = {
+        (method, path): operation["operationId"]
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    assert len(set(ids.values())) == len(ids)
+    fixed = {key: named for key, named in ids.items() if not named.startswith("submit_")}
+    assert fixed == {key: OPERATION_IDS[key] for key in fixed}
+    assert ids[("get", "/v1/jobs/{job_id}")] == "get_job"
+    assert ids[("post", "/v1/jobs/reports.export")] == "submit_reports_export"
 
 
 def test_every_error_answer_is_a_problem_document(tmp_path: Path) -> None:

@@ -172,6 +172,38 @@ def _operation_ids(kinds: Sequence[str]) -> dict[str, str]:
     return ids
 
 
+#: The operation ids of the fixed routes (FastAPI's own, made of the path and method, gave
+#: client generators names like `showV1JobsJobIdGet`); a kind's submit is `submit_<kind>`.
+OPERATION_IDS = {
+    ("get", "/v1/jobs/{job_id}"): "get_job",
+    ("delete", "/v1/jobs/{job_id}"): "cancel_job",
+    ("get", "/v1/jobs/{job_id}/result"): "get_job_result",
+    ("get", "/v1/jobs/{job_id}/events"): "stream_job_events",
+    ("get", "/v1/jobs"): "list_jobs",
+    ("get", "/v1/events"): "stream_events",
+    ("post", "/v1/ws-ticket"): "create_ws_ticket",
+    ("get", "/v1/kinds"): "list_kinds",
+    ("get", "/v1/queues"): "list_queues",
+    ("get", "/v1/workers"): "list_workers",
+    ("get", "/v1/schedules"): "list_schedules",
+    ("get", "/metrics"): "get_metrics",
+    ("get", "/healthz"): "check_health",
+    ("head", "/healthz"): "check_health_head",
+    ("get", "/readyz"): "check_ready",
+    ("head", "/readyz"): "check_ready_head",
+    ("get", "/files/{key}"): "get_file",
+    ("head", "/files/{key}"): "get_file_head",
+}
+
+
+def _named_operations(schema: dict[str, Any]) -> None:
+    """The fixed routes' operation ids (`OPERATION_IDS`)."""
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if named := OPERATION_IDS.get((method, path)):
+                operation["operationId"] = named
+
+
 def _problems_as_problems(schema: dict[str, Any]) -> None:
     """Every error answer is a problem document, of its own media type (FastAPI puts a
     response's model under the route's media type, and its examples where `responses.py`
@@ -301,6 +333,7 @@ def openapi_document(api: FastAPI) -> dict[str, Any]:
             description=DESCRIPTION,
             routes=_routes(api),
         )
+        _named_operations(schema)
         _no_default_422(schema)
         _parameters_never_null(schema)
         _problems_as_problems(schema)
