@@ -35,3 +35,19 @@ def test_a_place_given_back_lets_the_next_request_in(clock: HandClock) -> None:
     hub.release(first)
     hub.release(first)  # (twice: no more than once)
     assert hub.admit(2) is not None and hub.admit(2) is None
+
+
+def test_a_stream_that_subscribes_takes_its_own_place_not_an_earlier_requests(
+    clock: HandClock,
+) -> None:
+    # A subscription took the oldest place: the earlier request, answered 204 after, gave
+    # back none (its place was gone), and the stream's own place stayed taken for
+    # OPENING_S beside the stream, refusing a request the limit had room for.
+    hub = events.Hub(None, lambda: 0)  # type: ignore[arg-type]
+    earlier, later = hub.admit(3), hub.admit(3)
+    assert earlier is not None and later is not None
+    with hub.subscribe(job_id="j", place=later):
+        hub.release(earlier)  # (answered 204: no stream)
+        assert hub.streams == 1
+        assert hub.admit(3) is not None and hub.admit(3) is not None  # room for two more
+        assert hub.admit(3) is None

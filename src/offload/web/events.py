@@ -209,17 +209,19 @@ class Hub:
             self._opening.remove(place)  # type: ignore[arg-type]  # (by identity)
 
     @contextlib.contextmanager
-    def subscribe(self, *, job_id: str | None = None, owner: str | None = None) -> Any:
+    def subscribe(
+        self, *, job_id: str | None = None, owner: str | None = None, place: Place | None = None
+    ) -> Any:
         """A subscription to one job's changes, one owner's, or (neither given) every
-        change of every job (operators: the dashboard)."""
+        change of every job (operators: the dashboard). `place`: the one its request was
+        admitted to (`admit`), counted from now on as this stream."""
         sub = Subscription(job_id=job_id, owner=owner)
         if self.ending:
             sub.end()
         self._generation += 1
         self._wanted.set()
         self.streams += 1
-        if self._opening:  # (a stream admitted a moment ago, subscribing now)
-            self._opening.popleft()
+        self.release(place)  # (its own: another request's stays taken)
         try:
             if job_id is None and owner is None:
                 self.everyone.add(sub)
@@ -411,7 +413,12 @@ async def _ending_cleanly(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[
 
 
 async def job_events_response(
-    hub: Hub, store: Feed, row: JobRow, since: int, present: Callable[[JobRow], dict[str, Any]]
+    hub: Hub,
+    store: Feed,
+    row: JobRow,
+    since: int,
+    present: Callable[[JobRow], dict[str, Any]],
+    place: Place | None = None,
 ) -> Response:
     """The response of one job's event stream from feed position `since`: `job_stream`, or
     204 when the job is final and no change of it follows `since`. A browser reconnects to
@@ -420,7 +427,7 @@ async def job_events_response(
     releases the place `admit_stream` gave the request)."""
     if row.state.final and not await store.changes_since(since, job_id=row.id, limit=1):
         return Response(status_code=204)
-    return EventStreamResponse(job_stream(hub, store, row.id, since, present))
+    return EventStreamResponse(job_stream(hub, store, row.id, since, present, place=place))
 
 
 def _all(index: Mapping[str, set[Subscription]]) -> list[Subscription]:
@@ -434,10 +441,12 @@ def job_stream(
     since: int,
     present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    place: Place | None = None,
 ) -> AsyncIterator[bytes]:
     """Replay a job's changes after `since`, then follow it live until its final state
-    (ended early if the backend stays unreachable: the client resumes)."""
-    return _ending_cleanly(_job_events(hub, store, job_id, since, present, keepalive_s))
+    (ended early if the backend stays unreachable: the client resumes). `place`: its
+    request's among the streams (`Hub.admit`)."""
+    return _ending_cleanly(_job_events(hub, store, job_id, since, present, keepalive_s, place))
 
 
 async def _job_events(
@@ -447,8 +456,9 @@ async def _job_events(
     since: int,
     present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float,
+    place: Place | None,
 ) -> AsyncGenerator[bytes, None]:
-    with hub.subscribe(job_id=job_id) as sub:
+    with hub.subscribe(job_id=job_id, place=place) as sub:
         last = since
         while True:  # replay from the store first; live changes queue up meanwhile
             changes = await store.changes_since(last, job_id=job_id)
@@ -580,13 +590,16 @@ def owner_stream(
     since: int | None,
     present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    place: Place | None = None,
 ) -> AsyncIterator[bytes]:
     """Server-sent events of every change of `owner`'s jobs (None: of every job, for
     operators): after `since` when given
     (resuming), else from now on. Opens with the stream's position as its event id, so a
     client that reconnects before any event still resumes where it was. Ends if the
-    backend stays unreachable while it replays (the client resumes)."""
-    return _ending_cleanly(_owner_events(hub, store, owner, since, present, keepalive_s))
+    backend stays unreachable while it replays (the client resumes). `place`: its
+    request's among the streams (`Hub.admit`)."""
+    events = _owner_events(hub, store, owner, since, present, keepalive_s, place)
+    return _ending_cleanly(events)
 
 
 async def _owner_events(
@@ -596,8 +609,9 @@ async def _owner_events(
     since: int | None,
     present: Callable[[JobRow], dict[str, Any]],
     keepalive_s: float,
+    place: Place | None,
 ) -> AsyncGenerator[bytes, None]:
-    with hub.subscribe(owner=owner) as sub:
+    with hub.subscribe(owner=owner, place=place) as sub:
         last = await hub.now() if since is None else since
         yield b"retry: 1000\nid: %d\n\n" % last
         changes = follow_owner(

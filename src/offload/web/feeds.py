@@ -266,10 +266,12 @@ async def events(
     # Once the 200 is sent the stream could only end: a backend that does not answer now
     # gets the 503 every /v1 route answers then (`within_feed` may read it too).
     await state.runtime.answering()
-    with opening(state.runtime.hub):
+    with opening(state.runtime.hub) as place:
         cursor = await within_feed(state.runtime.hub, position)
     present = presenter_of(request)
-    stream = owner_stream(state.runtime.hub, state.offload, principal, cursor, present.row)
+    stream = owner_stream(
+        state.runtime.hub, state.offload, principal, cursor, present.row, place=place
+    )
     return EventStreamResponse(stream)
 
 
@@ -308,7 +310,7 @@ async def job_events(
     with opening(hub) as place:
         cursor = await within_feed(hub, resumed) or 0
         present = presenter_of(request).row
-        response = await job_events_response(hub, state.offload, row, cursor, present)
+        response = await job_events_response(hub, state.offload, row, cursor, present, place)
     return unless_streaming(hub, place, response)
 
 
@@ -332,17 +334,19 @@ async def _opened(websocket: WebSocket) -> Hub:
         raise backend_unavailable(exc) from None
 
 
-async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None] | None:
-    """The hub, the caller and the position to resume after, once the handshake passes
-    every check; None once it is refused (a problem document, where the server can)."""
+async def _handshake(websocket: WebSocket) -> tuple[Hub, str, int | None, Place | None] | None:
+    """The hub, the caller, the position to resume after and the stream's place among
+    the process's (`Hub.admit`), once the handshake passes every check; None once it is
+    refused (a problem document, where the server can)."""
     query = websocket.query_params
     try:
         refuse_cross_site(websocket)  # no CORS for WebSockets: another site could read
         hub = await _opened(websocket)
         await authenticate_unless_ticket(websocket)
         principal = principal_of(websocket, query.get("ticket"))
-        with opening(hub):
-            return hub, principal, await within_feed(hub, cursor_of(None, query.get("since")))
+        with opening(hub) as place:
+            cursor = await within_feed(hub, cursor_of(None, query.get("since")))
+            return hub, principal, cursor, place
     except HTTPException as refused:  # a Problem, or the auth hook's own answer (its 401)
         await refuse_handshake(websocket, as_problem(refused))
     except BackendError as exc:
@@ -367,11 +371,11 @@ async def ws(websocket: WebSocket) -> None:
     opened = await _handshake(websocket)
     if opened is None:
         return  # refused
-    hub, principal, cursor = opened
+    hub, principal, cursor, place = opened
     state = websocket.app.state
     feed = state.offload
     present = presenter_of(websocket)
-    with hub.subscribe(owner=principal) as sub:
+    with hub.subscribe(owner=principal, place=place) as sub:
         try:
             last = await hub.now() if cursor is None else cursor
         except BackendError as exc:

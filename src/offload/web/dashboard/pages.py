@@ -227,9 +227,9 @@ async def events(
     await request.app.state.runtime.answering()  # a 503 now, not a 200 that ends at once
     hub = request.app.state.runtime.hub
     cursor = await within_feed(hub, position)
-    admit_stream(hub)
+    place = admit_stream(hub)
     present = presenter_of(request).for_operators().row
-    stream = owner_stream(hub, app_of(request), None, cursor, present)
+    stream = owner_stream(hub, app_of(request), None, cursor, present, place=place)
     return EventStreamResponse(stream)
 
 
@@ -248,7 +248,7 @@ async def job_events(
     cursor = await within_feed(hub, cursor_of(last_event_id, None)) or 0
     with opening(hub) as place:
         present = presenter_of(request).for_operators().row
-        response = await job_events_response(hub, app_of(request), row, cursor, present)
+        response = await job_events_response(hub, app_of(request), row, cursor, present, place)
     return unless_streaming(hub, place, response)
 
 
