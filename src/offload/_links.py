@@ -58,6 +58,8 @@ def signing_key(settings: Settings) -> bytes:
     from .errors import ConfigurationError
 
     if settings.secret_key:
+        if not isinstance(settings.secret_key, bytes):  # (a str set in code: a 500 a link)
+            raise ConfigurationError("secret_key must be bytes (OFFLOAD_SECRET_KEY's are)")
         if fault := short_secret(settings.secret_key):
             raise ConfigurationError(fault)
         return settings.secret_key

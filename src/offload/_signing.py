@@ -26,19 +26,24 @@ MIN_SECRET_KEY_BYTES = 32
 HEX_KEY_PREFIX = "hex:"
 
 
-def key_bytes(text: str) -> bytes:
-    """The key a setting's text gives: its own bytes, or after `hex:` the bytes its hex
-    digits give.
+def key_bytes(text: str, name: str = "OFFLOAD_SECRET_KEY") -> bytes:
+    """The key a setting's text gives (the setting `name`): its own bytes, or after `hex:`
+    the bytes its hex digits give.
 
     Raises:
-        ValueError: `hex:` followed by anything but hex digits.
+        ValueError: `hex:` followed by anything but hex digits, or by none (a template
+            whose file was missing: it would be no key, and each host would sign with its
+            own).
     """
-    if text.startswith(HEX_KEY_PREFIX):
-        try:
-            return bytes.fromhex(text[len(HEX_KEY_PREFIX) :])
-        except ValueError:
-            raise ValueError("a key written hex:… must go on with hex digits only") from None
-    return text.encode()
+    if not text.startswith(HEX_KEY_PREFIX):
+        return text.encode()
+    try:
+        key = bytes.fromhex(text[len(HEX_KEY_PREFIX) :])
+    except ValueError:
+        key = b""
+    if not key:
+        raise ValueError(f"{name}: a key written hex:… must go on with hex digits, and only them")
+    return key
 
 
 def short_secret(key: bytes, name: str = "OFFLOAD_SECRET_KEY") -> str | None:

@@ -52,12 +52,14 @@ RESERVED_PRINCIPAL_PREFIX = "offload."
 def principal_fault(principal: str) -> str | None:
     """Why no caller of the API may be `principal`, or None: a name offload keeps for its
     own jobs, or one no owner may have (`owner_fault`)."""
+    if fault := owner_fault(principal, "a principal"):
+        return fault
     if principal.startswith(RESERVED_PRINCIPAL_PREFIX):
         return (
             f"the principal {principal!r} is reserved: names that begin "
             f"{RESERVED_PRINCIPAL_PREFIX!r} own offload's own jobs (deliveries, schedules' ticks)"
         )
-    return owner_fault(principal, "a principal")
+    return None
 
 
 _TOKENS_FORMAT = (
@@ -109,9 +111,10 @@ def parse_key_fallbacks(raw: str | None) -> tuple[bytes, ...]:
     that signed with a line end kept from its file (OFFLOAD_SECRET_KEY is taken as written)
     and a list written with spaces after its commas are both taken."""
     keys: dict[bytes, None] = {}
+    name = "a key in OFFLOAD_SECRET_KEY_FALLBACKS"
     for item in (raw or "").split(","):
         if item.strip():
-            keys.update(dict.fromkeys((key_bytes(item), key_bytes(item.strip()))))
+            keys.update(dict.fromkeys((key_bytes(item, name), key_bytes(item.strip(), name))))
     return tuple(keys)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -20,7 +21,6 @@ from offload.notify import EmailTemplate
 from offload.notify.base import Notification
 from offload.notify.email import EmailNotifier, parse_smtp_url
 
-from ..ports import free_port
 from ..receivers import MailSink, parts
 
 pytestmark = pytest.mark.anyio
@@ -261,17 +261,67 @@ async def test_a_mail_server_out_of_reach_is_not_named_to_the_jobs_owner(
 ) -> None:
     # The delivery record, which the job's owner reads, said "Error connecting to
     # relay.internal on port 25: [Errno 111] Connect call failed ('10.0.0.5', 25)".
-    port = free_port()  # (nothing listens there)
-    config = parse_smtp_url(f"smtp://localhost:{port}?timeout=5")
-    notifier = EmailNotifier(config, sender="r@shop.example")
-    with pytest.raises(DeliveryError) as failed:
-        await notifier.deliver(succeeded_note("ann@example.com"))
+    with socket.socket() as bound:  # (bound, not listening: a connection is refused)
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        config = parse_smtp_url(f"smtp://localhost:{port}?timeout=5")
+        notifier = EmailNotifier(config, sender="r@shop.example")
+        with pytest.raises(DeliveryError) as failed:
+            await notifier.deliver(succeeded_note("ann@example.com"))
     said = str(failed.value)
     assert said == "SMTPConnectError: the mail server could not be reached or ended the exchange"
     assert "localhost" not in said and str(port) not in said and "127.0.0.1" not in said
     # The operators' log names the server.
     (logged,) = [r for r in caplog.records if getattr(r, "action", "") == "email_failed"]
     assert str(port) in logged.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("answers", "refused", "said"),
+    [
+        ({"greeting": b"554 mx1.corp.internal ESMTP no mail (10.20.30.40)"}, DeliveryError,
+         "SMTP 554: the mail server refused the message"),
+        ({"RCPT": b"451 4.3.0 mx1.corp.internal: lookup failure at 10.20.30.40"}, DeliveryError,
+         "the mail server refused the recipient for now (451)"),
+        ({"RCPT": b"550 5.1.1 mx1.corp.internal: no such user"}, TargetRefused,
+         "the mail server refused ann@example.com (550)"),
+        ({"MAIL": b"421 4.4.2 mx1.corp.internal Error: timeout exceeded"}, DeliveryError,
+         "SMTP 421: the mail server refused the message"),
+    ],
+)  # fmt: skip
+async def test_a_mail_servers_answer_reaches_the_owner_as_its_code_only(
+    answers: dict[str, bytes], refused: type[Exception], said: str
+) -> None:
+    # Postfix names its host (and at times its address) in its answers: the delivery
+    # record, which the job's owner reads, carried them.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(answers.get("greeting", b"220 mx ESMTP") + b"\r\n")
+            while line := await reader.readline():
+                verb = line.split(b":")[0].split(b" ")[0].upper().decode()
+                answer = answers.get(verb, b"354 go" if verb == "DATA" else b"250 ok")
+                writer.write(answer + b"\r\n")
+                await writer.drain()
+                if verb == "QUIT" or (answer[:1] in (b"4", b"5") and verb != "RCPT"):
+                    break
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        notifier = EmailNotifier(
+            parse_smtp_url(f"smtp://127.0.0.1:{port}?timeout=10"), sender="r@shop.example"
+        )
+        with pytest.raises(DeliveryError) as failed:
+            async with asyncio.timeout(30):
+                await notifier.deliver(succeeded_note("ann@example.com"))
+        assert type(failed.value) is refused and str(failed.value) == said
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_mail_server_that_answers_each_command_slowly_runs_out_of_the_timeout() -> None:

@@ -192,6 +192,17 @@ async def test_an_option_the_api_refuses_is_refused_from_python_too(
     await app.close()
 
 
+async def test_an_envelope_checks_its_owner_and_key_as_an_enqueue_does(app: App) -> None:
+    # `app.submit` stores the envelope it is given: Django's task backend made one of a
+    # request's user, and PostgreSQL failed one of a few thousand characters.
+    app.message("t.export")(Export)
+    for options in ({"owner": "b" * 256}, {"owner": " bob"}, {"idempotency_key": "k" * 256}):
+        with pytest.raises(ValueError):
+            app.envelope(Export(period="p"), **options)  # type: ignore[arg-type]
+    assert app.envelope(Export(period="p"), owner="b" * 255).owner == "b" * 255
+    await app.close()
+
+
 async def test_an_empty_owner_is_refused_from_python_too(app: App) -> None:
     # No caller of the API is one: its jobs would be no one's. (A scheduled job's handler
     # passes ctx.owner on, offload.periodic: that one stays allowed from code.)

@@ -88,8 +88,11 @@ def test_the_fallbacks_are_read_from_the_environment_and_checked() -> None:
     short = {**env, "OFFLOAD_SECRET_KEY_FALLBACKS": f"{OLD.decode()},short"}
     with pytest.raises(ConfigurationError, match="a key in OFFLOAD_SECRET_KEY_FALLBACKS is 5"):
         Settings.from_env(short)
-    with pytest.raises(ConfigurationError, match="hex digits only"):
-        Settings.from_env({**env, "OFFLOAD_SECRET_KEY_FALLBACKS": "hex:zz"})
+    for bad in ("hex:zz", "hex:", "hex: "):  # (hex: alone: a template's missing file)
+        with pytest.raises(ConfigurationError, match="FALLBACKS: a key written hex:"):
+            Settings.from_env({**env, "OFFLOAD_SECRET_KEY_FALLBACKS": bad})
+        with pytest.raises(ConfigurationError, match="OFFLOAD_SECRET_KEY: a key written hex:"):
+            Settings.from_env({"OFFLOAD_SECRET_KEY": bad})
 
 
 def test_the_key_file_beside_the_blobs_is_named_in_hex(tmp_path: Path) -> None:
@@ -102,6 +105,13 @@ def test_the_key_file_beside_the_blobs_is_named_in_hex(tmp_path: Path) -> None:
     env = {"OFFLOAD_SECRET_KEY": NEW.decode(), "OFFLOAD_SECRET_KEY_FALLBACKS": f"hex:{text}"}
     assert Settings.from_env(env).secret_key_fallbacks == (made,)
     assert Settings.from_env({"OFFLOAD_SECRET_KEY": f"hex:{text}"}).secret_key == made
+
+
+def test_a_key_set_in_code_as_text_is_refused(settings: Settings) -> None:
+    # (a str was a 500 at the first ticket or link signed)
+    app = App("rotation", settings=settings.with_(secret_key=NEW.decode()))
+    with pytest.raises(ConfigurationError, match="secret_key must be bytes"):
+        create_app(app)
 
 
 @pytest.mark.parametrize("fallbacks", [(b"short",), ("x" * 40,), [OLD]])

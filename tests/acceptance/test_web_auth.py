@@ -336,6 +336,12 @@ async def test_a_principal_too_long_to_own_jobs_is_refused(
     assert await app.list_jobs(owner=None) == []
     logged = [r.getMessage() for r in caplog.records if "no caller may be" in r.getMessage()]
     assert logged and all(len(line) < 500 for line in logged)  # (the name cut short)
+    # and one under offload's own names is told so as briefly.
+    api = create_app(app, auth=lambda request: "offload." + answer)
+    async with lifespan(api), client(api) as c:
+        refused = await c.post("/v1/jobs/reports.export", json={"user_id": "u"})
+        assert_unauthorized(refused)
+        assert len(refused.content) < 1000 and "at most 255" in refused.json()["detail"]
 
 
 async def test_an_admin_named_as_offload_own_jobs_is_nobody(app: App) -> None:

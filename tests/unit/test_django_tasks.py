@@ -574,6 +574,9 @@ def test_manage_py_check_refuses_a_short_fallback_key(monkeypatch: pytest.Monkey
     monkeypatch.setenv("OFFLOAD_SECRET_KEY_FALLBACKS", f"{'o' * 32},old")
     found = [e.msg for e in run_checks() if e.id == "offload.E002"]
     assert found == [short_secret(b"old", "a key in OFFLOAD_SECRET_KEY_FALLBACKS")]
+    monkeypatch.setenv("OFFLOAD_SECRET_KEY", "hex:")  # (a template whose file was missing)
+    found = [e.msg for e in run_checks() if e.id == "offload.E002"]
+    assert len(found) == 1 and found[0].startswith("OFFLOAD_SECRET_KEY: a key written hex:")
 
 
 CHECK_SUBCLASS = """

@@ -188,25 +188,31 @@ class EmailNotifier:
                 )
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.timeout_s:g}s") from None
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            if codes and all(500 <= code < 600 for code in codes):
-                raise TargetRefused(
-                    f"the mail server refused {notification.target}: {exc}", code=codes[0]
-                ) from None
-            code = codes[0] if codes else None
-            raise DeliveryError(f"recipient refused: {exc}", code=code) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            raise DeliveryError(f"SMTP {exc.code}: {exc.message}", code=exc.code) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            # The job's owner reads this in its delivery record: not the relay's host, port
-            # and address a connection error names. The operators' log says them.
-            log.warning(
-                "email to the mail server failed: %s: %s",
-                type(exc).__name__,
-                exc,
-                extra={"action": "email_failed", "job_id": notification.record.get("id")},
-            )
-            said = "the mail server could not be reached or ended the exchange"
-            raise DeliveryError(f"{type(exc).__name__}: {said}") from None
+            raise _unsaid(exc, notification) from None
         return Receipt(code=250, detail=answer[:200])
+
+
+def _unsaid(exc: BaseException, notification: Notification) -> DeliveryError:
+    """What a failed handing over says in the delivery record, which the job's owner reads:
+    the mail server's answer code, not its text (Postfix names its host, and at times its
+    address, in its answers) nor a connection error's host, port and address. The
+    operators' log says them. All the recipients refused for good (5xx): `TargetRefused`."""
+    log.warning(
+        "email to the mail server failed: %s: %s",
+        type(exc).__name__,
+        exc,
+        extra={"action": "email_failed", "job_id": notification.record.get("id")},
+    )
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        if codes and all(500 <= code < 600 for code in codes):
+            return TargetRefused(
+                f"the mail server refused {notification.target} ({codes[0]})", code=codes[0]
+            )
+        code = codes[0] if codes else None
+        return DeliveryError(f"the mail server refused the recipient for now ({code})", code=code)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return DeliveryError(f"SMTP {exc.code}: the mail server refused the message", code=exc.code)
+    said = "the mail server could not be reached or ended the exchange"
+    return DeliveryError(f"{type(exc).__name__}: {said}")

@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from ..._options import MAX_OWNER_LENGTH
 from ...contract import JobFilter, JobState
 from ..problems import Problem
 
-#: The longest value a filter field takes (ids, kinds, queues, principals, search text).
+#: The longest value a filter field takes (ids, kinds, queues, search text); an owner's is
+#: as long as an owner may be (`MAX_OWNER_LENGTH`).
 MAX_FIELD_LENGTH = 200
 #: Rows per page of the jobs list.
 DEFAULT_PAGE_SIZE = 50
@@ -63,7 +65,7 @@ class JobQuery:
         fields = {}
         for f in dataclasses.fields(cls):
             value = str(values.get(f.name, "") or "").strip()
-            if len(value) > MAX_FIELD_LENGTH:
+            if len(value) > (MAX_OWNER_LENGTH if f.name == "owner" else MAX_FIELD_LENGTH):
                 raise Problem(422, f"{f.name} is too long", slug="invalid-filter")
             fields[f.name] = value
         query = cls(**fields)
