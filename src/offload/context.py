@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
@@ -32,6 +32,11 @@ PROGRESS_PAUSE_S = 5.0
 _progress_unsaid = {"until": float("-inf"), "count": 0}
 _MAKING = threading.Lock()
 T = TypeVar("T")
+#: What a step's value is read back as (`Context.once`): its JSON.
+JSONValue = str | int | float | bool | None | dict[str, Any] | list[Any]
+#: A step's value that reads back as the type it is (another reads back as its JSON: a
+#: model as a dict, a tuple as a list, a datetime as text).
+J = TypeVar("J", bound=JSONValue)
 
 
 class Context:
@@ -119,7 +124,7 @@ class Context:
         future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
         return future.result() if running is None else asyncio.wrap_future(future)
 
-    def progress(self, fraction: float | None = None, message: str | None = None) -> Any:
+    def _report_progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
         awaitable of False) when this worker no longer holds the job."""
         if fraction is not None and not 0.0 <= fraction <= 1.0:
@@ -159,7 +164,7 @@ class Context:
             )
             return True
 
-    def once(self, step: str, fn: Callable[[], Any]) -> Any:
+    def _run_once(self, step: str, fn: Callable[[], Any]) -> Any:
         """Run a side step once per job across retries and re-deliveries.
 
         The step's JSON result is stored once `fn` returns; a repeat returns it without
@@ -204,12 +209,44 @@ class Context:
         found, first = await self._backend.recall(self.job_id, step)
         return first if found else stored
 
-    def put_stream(self, key: str, source: StreamSource, content_type: str | None = None) -> Any:
+    def _put_stream(self, key: str, source: StreamSource, content_type: str | None = None) -> Any:
         """Store a large file in the blob store without holding it in memory: `source` is a
         file path, a binary file object or an async iterator of bytes (S3: a multipart
         upload above the part size; a folder: a temp file renamed into place). Returns the
         reference `blob:<key>` to put in the result (awaitable in an async handler)."""
         return self._bridge(put_stream(self._blobs, key, source, content_type))
+
+    if TYPE_CHECKING:
+        # What an async handler's calls are to a type checker: awaitables, so that one left
+        # unawaited (which does nothing: no progress stored, a step never run) is reported
+        # (mypy's unused-coroutine, pyright's reportUnusedCoroutine). A plain handler's
+        # context is a `SyncContext`, whose calls return their values.
+
+        def progress(
+            self, fraction: float | None = None, message: str | None = None
+        ) -> Coroutine[Any, Any, bool]: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], Awaitable[J]]) -> Coroutine[Any, Any, J]: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], J]) -> Coroutine[Any, Any, J]: ...
+
+        @overload
+        def once(
+            self, step: str, fn: Callable[[], Awaitable[object] | object]
+        ) -> Coroutine[Any, Any, JSONValue]: ...
+
+        def once(self, step: str, fn: Callable[[], Any]) -> Any: ...
+
+        def put_stream(
+            self, key: str, source: StreamSource, content_type: str | None = None
+        ) -> Coroutine[Any, Any, str]: ...
+
+    else:
+        progress = _report_progress
+        once = _run_once
+        put_stream = _put_stream
 
     def idempotency_key(self, step: str = "") -> str:
         """A stable key for an external call (payments, emails): the same on every attempt."""
@@ -240,9 +277,10 @@ class SyncBlobs(Protocol):
 class SyncContext(Context):
     """The context of a plain (`def`) handler, typed for its calls without `await`: with
     `ctx: SyncContext`, `ctx.progress(...)` is a `bool`, `ctx.blobs.put(...)` a `str` and
-    `ctx.once(step, fn)` what `fn` returns. The worker passes one to every plain handler (an
-    async handler gets a `Context`); it behaves as `Context` does, whose methods a type
-    checker takes to return anything, awaited or not."""
+    `ctx.once(step, fn)` what `fn` returns where that is JSON, else its JSON (a model reads
+    back as a dict). The worker passes one to every plain handler (an async handler gets a
+    `Context`, whose calls a type checker takes as awaitables); it behaves as `Context`
+    does."""
 
     if TYPE_CHECKING:
 
@@ -250,17 +288,22 @@ class SyncContext(Context):
         def blobs(self) -> SyncBlobs:  # type: ignore[override]  # (the same store, unawaited)
             ...
 
-        def progress(self, fraction: float | None = None, message: str | None = None) -> bool: ...
+        def progress(  # type: ignore[override]  # (its value, unawaited)
+            self, fraction: float | None = None, message: str | None = None
+        ) -> bool: ...
+
+        @overload  # type: ignore[override]
+        def once(self, step: str, fn: Callable[[], Awaitable[J]]) -> J: ...
 
         @overload
-        def once(self, step: str, fn: Callable[[], Awaitable[T]]) -> T: ...
+        def once(self, step: str, fn: Callable[[], J]) -> J: ...
 
         @overload
-        def once(self, step: str, fn: Callable[[], T]) -> T: ...
+        def once(self, step: str, fn: Callable[[], Awaitable[object] | object]) -> JSONValue: ...
 
         def once(self, step: str, fn: Callable[[], Any]) -> Any: ...
 
-        def put_stream(
+        def put_stream(  # type: ignore[override]
             self, key: str, source: StreamSource, content_type: str | None = None
         ) -> str: ...
 

@@ -5,9 +5,10 @@ options, or reads a decorator's attributes)."""
 
 from __future__ import annotations
 
-from typing import Any, assert_type
+from typing import assert_type
 
 from offload import App, Context, Message, SyncContext
+from offload.context import JSONValue
 
 app = App("typecheck")
 
@@ -29,6 +30,8 @@ def export_plain(msg: Export, ctx: SyncContext) -> dict[str, str]:
     assert_type(ref, str)
     assert_type(ctx.blobs.get(f"reports/{ctx.job_id}.txt"), bytes)
     assert_type(ctx.once("charge", lambda: 42), int)
+    # a model reads back as its JSON (a dict), not as the model
+    assert_type(ctx.once("receipt", lambda: Other(size=1)), JSONValue)
     assert_type(ctx.put_stream(f"reports/{ctx.job_id}.csv", "/dev/null"), str)
     assert_type(ctx.cancelled.is_set(), bool)
     return {"report": ref}
@@ -43,7 +46,12 @@ async def other_async(msg: Other, ctx: Context) -> int:
     async def charge() -> str:
         return ctx.idempotency_key("charge")
 
-    assert_type(await ctx.once("charge", charge), Any)
+    assert_type(await ctx.once("charge", charge), str)
+    assert_type(await ctx.progress(0.9), bool)
+    assert_type(await ctx.put_stream(f"sizes/{ctx.job_id}.csv", "/dev/null"), str)
+    # a call left unawaited does nothing (no progress stored, a step never run): reported
+    ctx.progress(1.0)  # type: ignore[unused-coroutine]
+    ctx.once("charge", charge)  # type: ignore[unused-coroutine]
     return msg.size
 
 

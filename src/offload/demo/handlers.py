@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, cast
 
-from offload import Cancel, Context
+from offload import Cancel, Context, SyncContext
 
 from . import images, mail
 from .config import DemoConfig
@@ -48,10 +48,12 @@ async def export_report(msg: ExportReport, ctx: Context) -> dict[str, Any]:
     await ctx.progress(0.02, "loading orders")
     figures = await asyncio.to_thread(load_sales, config().data_path, msg.user_id, msg.period)
 
+    in_thread = cast(SyncContext, ctx)  # (from a thread, its calls block: no awaitables)
+
     def progress(fraction: float, message: str) -> None:  # runs in the rendering thread
         if ctx.cancelled.is_set():
             raise Stopped
-        ctx.progress(fraction, message)
+        in_thread.progress(fraction, message)
 
     rendered = await asyncio.to_thread(render_report, figures, progress, pace_s=config().pace_s)
     await ctx.progress(0.98, "saving the PDF")
