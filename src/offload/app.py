@@ -1418,7 +1418,12 @@ class App:
             owner: whose jobs; None for everyone's (operators).
             state: a `JobState` value, or None for every state.
             before: the id of the last row of the previous page.
+
+        Raises:
+            ValueError: a state no job is in (a misspelt one found no job), named.
         """
+        if state is not None:
+            JobState(state)  # (ValueError: "'daed' is not a valid JobState")
         backend = await self._opened_backend()
         return await backend.list_jobs(
             owner=owner, state=state, kind=kind, before=before, limit=limit

@@ -203,6 +203,16 @@ async def test_an_envelope_checks_its_owner_and_key_as_an_enqueue_does(app: App)
     await app.close()
 
 
+async def test_listing_by_a_state_no_job_is_in_is_refused(app: App) -> None:
+    # A misspelt state found no job, as if there were none: JobFilter refused it already.
+    with pytest.raises(ValueError, match="'daed' is not a valid JobState"):
+        await app.list_jobs(owner=None, state="daed")
+    with pytest.raises(ValueError, match="'daed' is not a valid JobState"):
+        await asyncio.to_thread(app.list_jobs_sync, owner=None, state="daed")
+    assert await app.list_jobs(owner=None, state="dead") == []
+    await app.close()
+
+
 async def test_an_empty_owner_is_refused_from_python_too(app: App) -> None:
     # No caller of the API is one: its jobs would be no one's. (A scheduled job's handler
     # passes ctx.owner on, offload.periodic: that one stays allowed from code.)

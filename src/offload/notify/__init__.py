@@ -8,7 +8,7 @@ delivery jobs when a job ends.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     EMAIL_KIND,
@@ -23,6 +23,11 @@ from .base import (
     WebhookDelivery,
     notification_id,
 )
+
+if TYPE_CHECKING:  # (loaded on first use: `__getattr__`; their types for type checkers)
+    from .dispatch import Dispatcher
+    from .email import EmailNotifier, SMTPConfig, parse_smtp_url
+    from .webhook import WebhookNotifier, check_target, sign, verify
 
 _LAZY = {
     "EmailNotifier": "email",
