@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
     from .stores import BlobStore
 
 logger = logging.getLogger("offload.job")
+#: Progress reports closer together than this (seconds) are coalesced: the latest waiting
+#: is stored once this has passed since the last one stored (and as its attempt ends,
+#: before its outcome), so a handler that reports every row of a million costs the backend
+#: ten writes a second, and its watchers ten events, not a million of each.
+PROGRESS_EVERY_S = 0.1
 #: After a progress update the backend could not store, how long later ones are skipped
 #: (seconds): each would wait out the retry deadline again while the outage lasts.
 PROGRESS_PAUSE_S = 5.0
@@ -70,6 +76,13 @@ class Context:
         self._backend = backend
         self._loop = loop
         self._progress_paused_until = 0.0  # monotonic: `progress` skips until then
+        self._progress_at = float("-inf")  # monotonic: when the last report was stored
+        #: The latest report waiting to be stored (`PROGRESS_EVERY_S`), and what stores it.
+        self._progress_next: tuple[float | None, str | None] | None = None
+        self._progress_later: asyncio.Task[None] | None = None
+        self._progress_hurry: asyncio.Event | None = None  # set: store it now
+        self._progress_lock: asyncio.Lock | None = None  # reports stored in their order
+        self._progress_holds = True  # what the last report stored was told
         #: The worker (or its caller) asked the run to end (`_end_run`).
         self._ending = False
 
@@ -136,6 +149,64 @@ class Context:
         return self._bridge(self._progress(fraction, message))
 
     async def _progress(self, fraction: float | None, message: str | None) -> bool:
+        """Store the report now, or, within `PROGRESS_EVERY_S` of the last one stored, once
+        that has passed (a later report made meanwhile stands for it). Returns what the
+        backend said of it (False: this worker holds the job no more), or for one that
+        waits, what it said of the last one stored."""
+        now = monotonic()
+        if self._progress_lock is None:
+            self._progress_lock = asyncio.Lock()
+        if now - self._progress_at >= PROGRESS_EVERY_S:
+            self._progress_next = None  # (a report waiting is older: this one stands)
+            return await self._store_progress(now, fraction, message)
+        self._progress_next = (fraction, message)
+        if self._progress_later is None:
+            self._progress_hurry = asyncio.Event()
+            self._progress_later = asyncio.get_running_loop().create_task(self._store_later())
+        return self._progress_holds
+
+    async def _store_progress(self, at: float, fraction: float | None, message: str | None) -> bool:
+        self._progress_at = at
+        assert self._progress_lock is not None
+        async with self._progress_lock:  # (after one stored before it, not overtaking it)
+            holds = await self._progress_stored(fraction, message)
+        self._progress_holds = holds
+        return holds
+
+    async def _store_later(self) -> None:
+        """Store the report waiting once its time has come (or at once when hurried), and
+        the next that comes meanwhile, until none waits."""
+        hurry = self._progress_hurry
+        assert hurry is not None
+        try:
+            while self._progress_next is not None:
+                due = self._progress_at + PROGRESS_EVERY_S - monotonic()
+                if due > 0 and not hurry.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(hurry.wait(), min(due, PROGRESS_EVERY_S))
+                    if not hurry.is_set():
+                        continue  # (due now, unless one was stored at once meanwhile)
+                report, self._progress_next = self._progress_next, None  # (the latest)
+                if report is not None:
+                    await self._store_progress(monotonic(), *report)
+        finally:
+            self._progress_later = None
+
+    async def _progress_settled(self) -> None:
+        """Store the report still waiting, as the attempt ends (its outcome comes next, and
+        would fence a later one out)."""
+        later = self._progress_later
+        if later is not None and self._progress_hurry is not None:
+            self._progress_hurry.set()
+            await later
+
+    def _progress_dropped(self) -> None:
+        """Let the report still waiting go: the run was asked to end (a stop, a cancel)."""
+        if self._progress_later is not None:
+            self._progress_later.cancel()
+        self._progress_next = None
+
+    async def _progress_stored(self, fraction: float | None, message: str | None) -> bool:
         """Store the progress, at best: it is for those who watch the job, so a backend that
         cannot be reached (past the retry deadline) costs them this update, not the job its
         attempt; and the calls of the next `PROGRESS_PAUSE_S` are skipped at once, not each

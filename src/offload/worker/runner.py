@@ -1132,6 +1132,7 @@ class Worker:
                     result = await call
             else:
                 result = await call
+            await ctx._progress_settled()  # (its last report, before its outcome)
             self._prefetch.ran(loop.time() - began)
             try:
                 stored = jsonable(result)
@@ -1149,6 +1150,7 @@ class Worker:
                 # stop, a cancel asked for, a lost lease. Whatever came out of the handler
                 # then (its cleanup may raise) ends the run as asked, `_execute` says how;
                 # any other is the handler's own.
+                ctx._progress_dropped()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise asyncio.CancelledError() from exc
@@ -1159,6 +1161,7 @@ class Worker:
                 if where := thread_run.where():  # (the thread runs on: where it is now)
                     exc.add_note(f"the handler's thread was at:\n{where.rstrip()}")
             ran_over = timeout if overran else None
+            await ctx._progress_settled()
             return self._raised(lease, ctx, spec, exc, ran_over, loop.time() - began)
 
     def _raised(
