@@ -24,7 +24,7 @@ from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the da
 from ._group import GroupCommit
 from ._ids import uuid7, uuid7_block
 from ._loop import is_async_callable, running_loop
-from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions, key_fault, owner_fault
+from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, name_memory, open_backend
@@ -881,13 +881,20 @@ class App:
 
         Raises:
             ValueError: a bad `run_at`, `delay` and `run_at` both, a bad `callback_url` or
-                `notify_email`, an owner no caller may be (`owner_fault`: `app.submit` of
-                this envelope stores what it is given), or an idempotency key none may be.
+                `notify_email`, or any option an enqueue refuses (`JobOptions`: an owner
+                no caller may be, a priority out of range; `app.submit` of this envelope
+                stores what it is given).
+            TypeError: an option of the wrong type, as for an enqueue.
         """
-        if owner != DEFAULT_OWNER and (fault := owner_fault(owner)):
-            raise ValueError(fault)
-        if idempotency_key is not None and (fault := key_fault(idempotency_key)):
-            raise ValueError(fault)
+        JobOptions(  # (checked as an enqueue's: types, ranges, owner and key)
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+            notify_email=notify_email,
+            owner=owner,
+        )
         spec = self.spec_of(type(message))
         now, when, options = self._moment(delay, run_at, callback_url, notify_email)
         budget = max_attempts or self._budget_of(spec)

@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
@@ -40,9 +40,12 @@ _MAKING = threading.Lock()
 T = TypeVar("T")
 #: What a step's value is read back as (`Context.once`): its JSON.
 JSONValue = str | int | float | bool | None | dict[str, Any] | list[Any]
-#: A step's value that reads back as the type it is (another reads back as its JSON: a
-#: model as a dict, a tuple as a list, a datetime as text).
-J = TypeVar("J", bound=JSONValue)
+#: A step's value that reads back as the type it is, a JSON scalar (another reads back as
+#: its JSON: a model as a dict, a tuple as a list, a datetime as text; the items of a dict
+#: or list as theirs, typed Any).
+S = TypeVar("S", bound=str | int | float | bool | None)
+#: What a context's call is to a type checker in an async handler (`Context`).
+_Call = Coroutine[object, None, T]
 
 
 class Context:
@@ -135,7 +138,9 @@ class Context:
                 "is set"
             )
         future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
-        return future.result() if running is None else asyncio.wrap_future(future)
+        if running is None:
+            return future.result()
+        return _awaited(asyncio.wrap_future(future))  # (a coroutine, as it is typed)
 
     def _report_progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
@@ -295,29 +300,50 @@ class Context:
 
         def progress(
             self, fraction: float | None = None, message: str | None = None
-        ) -> Coroutine[Any, Any, bool]: ...
+        ) -> _Call[bool]: ...
 
         @overload
-        def once(self, step: str, fn: Callable[[], Awaitable[J]]) -> Coroutine[Any, Any, J]: ...
+        def once(self, step: str, fn: Callable[[], Awaitable[S]]) -> _Call[S]: ...
 
         @overload
-        def once(self, step: str, fn: Callable[[], J]) -> Coroutine[Any, Any, J]: ...
+        def once(self, step: str, fn: Callable[[], S]) -> _Call[S]: ...
 
         @overload
         def once(
-            self, step: str, fn: Callable[[], Awaitable[object] | object]
-        ) -> Coroutine[Any, Any, JSONValue]: ...
+            self, step: str, fn: Callable[[], Awaitable[Mapping[str, object]]]
+        ) -> _Call[dict[str, Any]]: ...
+
+        @overload
+        def once(
+            self, step: str, fn: Callable[[], Mapping[str, object]]
+        ) -> _Call[dict[str, Any]]: ...
+
+        @overload
+        def once(
+            self, step: str, fn: Callable[[], Awaitable[list[Any] | tuple[Any, ...]]]
+        ) -> _Call[list[Any]]: ...
+
+        @overload
+        def once(
+            self, step: str, fn: Callable[[], list[Any] | tuple[Any, ...]]
+        ) -> _Call[list[Any]]: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], object]) -> _Call[JSONValue]: ...
 
         def once(self, step: str, fn: Callable[[], Any]) -> Any: ...
 
         def put_stream(
             self, key: str, source: StreamSource, content_type: str | None = None
-        ) -> Coroutine[Any, Any, str]: ...
+        ) -> _Call[str]: ...
 
     else:
         progress = _report_progress
         once = _run_once
         put_stream = _put_stream
+        for _method, _name in ((progress, "progress"), (once, "once"), (put_stream, "put_stream")):
+            _method.__name__, _method.__qualname__ = _name, f"Context.{_name}"
+        del _method, _name
 
     def idempotency_key(self, step: str = "") -> str:
         """A stable key for an external call (payments, emails): the same on every attempt."""
@@ -364,15 +390,33 @@ class SyncContext(Context):
         ) -> bool: ...
 
         @overload  # type: ignore[override]
-        def once(self, step: str, fn: Callable[[], Awaitable[J]]) -> J: ...
+        def once(self, step: str, fn: Callable[[], Awaitable[S]]) -> S: ...
 
         @overload
-        def once(self, step: str, fn: Callable[[], J]) -> J: ...
+        def once(self, step: str, fn: Callable[[], S]) -> S: ...
 
         @overload
-        def once(self, step: str, fn: Callable[[], Awaitable[object] | object]) -> JSONValue: ...
+        def once(
+            self, step: str, fn: Callable[[], Awaitable[Mapping[str, object]]]
+        ) -> dict[str, Any]: ...
 
-        def once(self, step: str, fn: Callable[[], Any]) -> Any: ...
+        @overload
+        def once(self, step: str, fn: Callable[[], Mapping[str, object]]) -> dict[str, Any]: ...
+
+        @overload
+        def once(
+            self, step: str, fn: Callable[[], Awaitable[list[Any] | tuple[Any, ...]]]
+        ) -> list[Any]: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], list[Any] | tuple[Any, ...]]) -> list[Any]: ...
+
+        @overload
+        def once(self, step: str, fn: Callable[[], object]) -> JSONValue: ...
+
+        def once(  # pyright: ignore[reportIncompatibleMethodOverride]
+            self, step: str, fn: Callable[[], Any]
+        ) -> Any: ...
 
         def put_stream(  # type: ignore[override]
             self, key: str, source: StreamSource, content_type: str | None = None

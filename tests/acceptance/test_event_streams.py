@@ -562,3 +562,45 @@ async def test_requests_that_open_no_stream_hold_no_place_among_the_streams(
             web.stream("GET", "/v1/events", headers=auth) as two,
         ):
             assert (one.status_code, two.status_code) == (200, 200)
+
+
+async def test_each_stream_takes_its_own_place_as_it_begins(app: App, tmp_path: Path) -> None:
+    # A stream that subscribed gave back the oldest place, not its own: each route must
+    # hand its place to its subscription (a route that did not left its place taken 5 s
+    # beside its stream, refusing requests the limit had room for).
+    operators = app.settings.with_(
+        api_tokens={**app.settings.api_tokens, "tok-ops": "ops"},
+        admin_principals=frozenset({"ops"}),
+    )
+    served = App("streams-ops", settings=operators)
+    served.message("t.task")(Task)
+    api = create_app(served)
+    auth = {"Authorization": f"Bearer {TOKENS['alice']}"}
+    ops = {"Authorization": "Bearer tok-ops"}
+    async with _serving(served, api) as base, httpx.AsyncClient(base_url=f"http://{base}") as web:
+        hub = api.state.runtime.hub  # (once the web tier is open)
+        posted = await web.post("/v1/jobs/t.task", json={"name": "x"}, headers=auth)
+        job_id = posted.json()["id"]  # (no worker: it waits, its stream stays open)
+        for path, who in (
+            ("/v1/events", auth),
+            (f"/v1/jobs/{job_id}/events", auth),
+            ("/dashboard/events", ops),
+            (f"/dashboard/jobs/{job_id}/events", ops),
+        ):
+            async with asyncio.timeout(10):  # (the stream before ended: its server saw)
+                while hub.streams:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            earlier = hub.admit(100)  # (a request admitted before, its stream to come)
+            async with web.stream("GET", path, headers=who) as stream:
+                assert stream.status_code == 200, path
+                await asyncio.wait_for(anext(stream.aiter_bytes()), 10)  # (it began)
+                assert hub.streams == 1 and list(hub._opening) == [earlier], path
+            hub.release(earlier)
+        async with asyncio.timeout(10):
+            while hub.streams:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        earlier = hub.admit(100)
+        async with connect(f"ws://{base}/v1/ws", additional_headers=auth) as ws:
+            await asyncio.wait_for(ws.recv(), 10)  # hello: subscribed
+            assert hub.streams == 1 and list(hub._opening) == [earlier], "/v1/ws"
+    await served.close()

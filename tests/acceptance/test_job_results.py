@@ -196,9 +196,17 @@ async def test_an_envelope_checks_its_owner_and_key_as_an_enqueue_does(app: App)
     # `app.submit` stores the envelope it is given: Django's task backend made one of a
     # request's user, and PostgreSQL failed one of a few thousand characters.
     app.message("t.export")(Export)
-    for options in ({"owner": "b" * 256}, {"owner": " bob"}, {"idempotency_key": "k" * 256}):
+    for options in (
+        {"owner": "b" * 256},
+        {"owner": " bob"},
+        {"idempotency_key": "k" * 256},
+        {"priority": 5000},
+    ):
         with pytest.raises(ValueError):
             app.envelope(Export(period="p"), **options)  # type: ignore[arg-type]
+    for wrong in ({"owner": 5}, {"idempotency_key": 5}, {"priority": True}):
+        with pytest.raises(TypeError):
+            app.envelope(Export(period="p"), **wrong)  # type: ignore[arg-type]
     assert app.envelope(Export(period="p"), owner="b" * 255).owner == "b" * 255
     await app.close()
 

@@ -406,13 +406,28 @@ async def test_a_plain_handler_gets_a_sync_context_and_an_async_one_a_context(
             ref: str = await ctx.blobs.put(f"notes/{ctx.job_id}.txt", b"async")
             return ref
 
-        # When both run
+        @app.message("shop.own_loop")
+        class OwnLoop(Message):
+            pass
+
+        @app.handles(OwnLoop)
+        def own_loop(msg: OwnLoop, ctx: SyncContext) -> int:
+            async def inner(ctx: Context) -> int:  # (on a loop of the handler's own)
+                reported = await asyncio.create_task(ctx.progress(0.6))  # (a coroutine)
+                seen["own_loop"] = reported
+                return await ctx.once("n", lambda: 7)
+
+            return asyncio.run(inner(ctx))
+
+        # When they run
         first = await app.enqueue(Plain())
         second = await app.enqueue(Awaiting())
+        third = await app.enqueue(OwnLoop())
         ran = {row.id: row for row in await run_jobs(app)}
 
     # Then each got the context its typing says, and each call returned what it types
-    assert seen == {"plain": (SyncContext, True), "awaiting": (Context, True)}
+    assert ran[third.id].result == 7, ran[third.id].error
+    assert seen == {"plain": (SyncContext, True), "awaiting": (Context, True), "own_loop": True}
     assert ran[first.id].result == f"blob:notes/{first.id}.txt"
     assert ran[second.id].result == f"blob:notes/{second.id}.txt"
 

@@ -213,6 +213,8 @@ def _unsaid(exc: BaseException, notification: Notification) -> DeliveryError:
         code = codes[0] if codes else None
         return DeliveryError(f"the mail server refused the recipient for now ({code})", code=code)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return DeliveryError(f"SMTP {exc.code}: the mail server refused the message", code=exc.code)
+        return DeliveryError(  # (a greeting refused, a login, the message: the log says)
+            f"SMTP {exc.code}: the mail server answered {exc.code}", code=exc.code
+        )
     said = "the mail server could not be reached or ended the exchange"
     return DeliveryError(f"{type(exc).__name__}: {said}")
