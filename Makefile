@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests drive Debian's Chromium (never a downloaded browser build).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: bytecode demo test check lint types imports contracts clean chromium bench bench-give-backs bench-peers bench-drain bench-enqueue bench-pickup bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout chaos
+.PHONY: bytecode demo test check lint types imports contracts clean chromium bench bench-give-backs bench-peers bench-drain bench-enqueue bench-pickup bench-api bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout bench-progress chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,10 +66,10 @@ clean:
 
 # Benchmarks start their processes from compiled code too, as an installed offload does.
 bench-peers bench-drain bench-enqueue bench-pickup bench-claims bench-give-backs bench-metrics \
-bench-api bench-jobs-page bench-burst bench-tracing bench-scaleout chaos: bytecode
+bench-api bench-jobs-page bench-burst bench-tracing bench-scaleout bench-progress chaos: bytecode
 
 # Benchmarks print their figures and write them to bench/RESULTS.md (not part of `make test`).
-bench: bench-api bench-drain bench-enqueue bench-pickup bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout bench-give-backs
+bench: bench-api bench-drain bench-enqueue bench-pickup bench-peers bench-burst bench-tracing bench-jobs-page bench-metrics bench-claims bench-scaleout bench-give-backs bench-progress
 
 bench-peers: $(STAMP)
 	bash bench/peers.sh
@@ -86,6 +86,10 @@ bench-pickup: $(STAMP)
 
 bench-claims: $(STAMP)
 	$(BIN)/python bench/claims.py
+
+# (against 08da3f1 by default: the last commit before progress reports were coalesced)
+bench-progress: $(STAMP)
+	$(BIN)/python bench/progress_reports.py --against $${AGAINST:-08da3f1}
 
 bench-give-backs: $(STAMP)
 	$(BIN)/python bench/give_backs.py
