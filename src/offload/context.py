@@ -86,6 +86,7 @@ class Context:
         self._progress_hurry: asyncio.Event | None = None  # set: store it now
         self._progress_lock: asyncio.Lock | None = None  # reports stored in their order
         self._progress_holds = True  # what the last report stored was told
+        self._progress_error: Exception | None = None  # what storing one later raised
         #: The worker (or its caller) asked the run to end (`_end_run`).
         self._ending = False
 
@@ -158,6 +159,9 @@ class Context:
         that has passed (a later report made meanwhile stands for it). Returns what the
         backend said of it (False: this worker holds the job no more), or for one that
         waits, what it said of the last one stored."""
+        if (error := self._progress_error) is not None:
+            self._progress_error = None
+            raise error  # (a report stored later failed: this call is told, as it was)
         now = monotonic()
         if self._progress_lock is None:
             self._progress_lock = asyncio.Lock()
@@ -179,8 +183,11 @@ class Context:
         return holds
 
     async def _store_later(self) -> None:
-        """Store the report waiting once its time has come (or at once when hurried), and
-        the next that comes meanwhile, until none waits."""
+        """Store the report waiting once its time has come, and the next that comes
+        meanwhile, until none waits; hurried (`_progress_settled`), the one waiting then at
+        once, and no more (a handler's thread or task that reports on past its attempt's end
+        would hold its outcome back). An error other than an outage (`_progress_stored`
+        takes those) is kept for the handler's next report or the attempt's end."""
         hurry = self._progress_hurry
         assert hurry is not None
         try:
@@ -194,22 +201,35 @@ class Context:
                 report, self._progress_next = self._progress_next, None  # (the latest)
                 if report is not None:
                     await self._store_progress(monotonic(), *report)
+                if hurry.is_set():
+                    break
+        except Exception as exc:
+            self._progress_error = exc
         finally:
-            self._progress_later = None
+            if self._progress_later is asyncio.current_task():
+                self._progress_later = None
 
     async def _progress_settled(self) -> None:
         """Store the report still waiting, as the attempt ends (its outcome comes next, and
-        would fence a later one out)."""
+        would fence a later one out).
+
+        Raises:
+            Exception: what storing a report that waited raised (not an outage: the
+                backend's own error, as the handler's call would have raised it).
+        """
         later = self._progress_later
         if later is not None and self._progress_hurry is not None:
             self._progress_hurry.set()
             await later
+        if (error := self._progress_error) is not None:
+            self._progress_error = None
+            raise error
 
     def _progress_dropped(self) -> None:
         """Let the report still waiting go: the run was asked to end (a stop, a cancel)."""
         if self._progress_later is not None:
             self._progress_later.cancel()
-        self._progress_next = None
+        self._progress_later = self._progress_next = self._progress_error = None
 
     async def _progress_stored(self, fraction: float | None, message: str | None) -> bool:
         """Store the progress, at best: it is for those who watch the job, so a backend that
@@ -259,7 +279,7 @@ class Context:
         if self._on_loop():
             return self._once(step, fn)
         if running_loop() is not None:  # a loop of the handler's own: awaitable there
-            return self._bridge(self._once(step, fn))
+            return self._once_here(step, fn)
         found, value = self._bridge(self._backend.recall(self.job_id, step))
         if found:
             return value
@@ -267,6 +287,18 @@ class Context:
         if inspect.isawaitable(value):
             value = self._bridge(value)
         return self._bridge(self._kept(step, value))
+
+    async def _once_here(self, step: str, fn: Callable[[], Any]) -> Any:
+        """`once` on a loop of the handler's own: `fn` runs there (an async step may use
+        what that loop made; a blocking one blocks it, not the worker's), its value is
+        stored on the worker's loop."""
+        found, value = await self._bridge(self._backend.recall(self.job_id, step))
+        if found:
+            return value
+        value = fn()
+        if inspect.isawaitable(value):
+            value = await value
+        return await self._bridge(self._kept(step, value))
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
         found, value = await self._backend.recall(self.job_id, step)

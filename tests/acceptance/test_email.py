@@ -280,13 +280,13 @@ async def test_a_mail_server_out_of_reach_is_not_named_to_the_jobs_owner(
     ("answers", "refused", "said"),
     [
         ({"greeting": b"554 mx1.corp.internal ESMTP no mail (10.20.30.40)"}, DeliveryError,
-         "SMTP 554: the mail server answered 554"),
+         "SMTP 554: the mail server refused it (its answer is in the worker's log)"),
         ({"RCPT": b"451 4.3.0 mx1.corp.internal: lookup failure at 10.20.30.40"}, DeliveryError,
          "the mail server refused the recipient for now (451)"),
         ({"RCPT": b"550 5.1.1 mx1.corp.internal: no such user"}, TargetRefused,
          "the mail server refused ann@example.com (550)"),
         ({"MAIL": b"421 4.4.2 mx1.corp.internal Error: timeout exceeded"}, DeliveryError,
-         "SMTP 421: the mail server answered 421"),
+         "SMTP 421: the mail server refused it for now (its answer is in the worker's log)"),
     ],
 )  # fmt: skip
 async def test_a_mail_servers_answer_reaches_the_owner_as_its_code_only(

@@ -4,6 +4,8 @@ per row, and the last report stands before the job's outcome."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any
 
@@ -82,3 +84,106 @@ async def test_a_report_per_row_costs_about_ten_writes_a_second(
         stored = await app.get(job.id)
         assert stored is not None
         assert (stored.progress_fraction, stored.progress_message) == (1.0, f"row {ROWS}")
+
+
+class Endless(Message):
+    pass
+
+
+def _slow_reports(app: App) -> None:
+    """Each report takes 5 ms to store, as over a network: a handler reporting every
+    millisecond has a report waiting again whenever one is stored."""
+    backend = app._require_backend()
+    store = backend.progress
+
+    async def slow(lease: Any, fraction: float | None, message: str | None) -> bool:
+        await asyncio.sleep(0.005)
+        return await store(lease, fraction, message)
+
+    backend.progress = slow  # type: ignore[method-assign]
+
+
+async def test_a_thread_that_reports_on_past_its_timeout_holds_no_outcome_back(
+    app: App,
+) -> None:
+    # The report waiting was stored before the outcome, and the next that came meanwhile,
+    # and the next: the thread, never told to stop (its attempt's timeout told it after),
+    # held the job's outcome back for as long as it reported.
+    app.message("p.endless")(Endless)
+    stop = threading.Event()
+
+    @app.handles(Endless, timeout=0.3, max_attempts=1)
+    def endless(msg: Endless, ctx: SyncContext) -> None:
+        while not (ctx.cancelled.is_set() or stop.is_set()):
+            ctx.progress(0.5, "on and on")
+            time.sleep(0.0005)
+
+    async with app:
+        _slow_reports(app)
+        try:
+            job = await app.enqueue(Endless())
+            async with asyncio.timeout(20):  # (it never came)
+                (row,) = await run_jobs(app, raise_errors=False)
+        finally:
+            stop.set()
+        assert (row.id, row.state) == (job.id, "dead")
+
+
+async def test_a_task_that_reports_on_after_its_handler_returns_holds_no_outcome_back(
+    app: App,
+) -> None:
+    app.message("p.rows")(Rows)
+    stop = asyncio.Event()
+    helpers: list[asyncio.Task[None]] = []
+
+    @app.handles(Rows)
+    async def rows(msg: Rows, ctx: Context) -> int:
+        async def reporting() -> None:  # (a helper the handler left running)
+            while not stop.is_set():
+                await ctx.progress(0.5, "still here")
+                await asyncio.sleep(0.001)
+
+        helpers.append(asyncio.create_task(reporting()))
+        await asyncio.sleep(0.05)
+        return msg.n
+
+    async with app:
+        _slow_reports(app)
+        await app.enqueue(Rows(n=1))
+        try:
+            async with asyncio.timeout(20):  # (it never came)
+                (row,) = await run_jobs(app)
+        finally:
+            stop.set()
+            await asyncio.gather(*helpers)
+        assert row.state == "succeeded"
+
+
+async def test_a_report_that_failed_later_fails_the_attempt_as_at_once(app: App) -> None:
+    # An error of the backend's own (no outage) in a report stored later was lost ("Task
+    # exception was never retrieved") and its job succeeded; one stored at once fails it.
+    app.message("p.rows")(Rows)
+
+    @app.handles(Rows, max_attempts=1)
+    async def rows(msg: Rows, ctx: Context) -> int:
+        await ctx.progress(0.1, "first")  # stored at once
+        await ctx.progress(0.2, "second")  # waits, and fails as it is stored,
+        await asyncio.sleep(PROGRESS_EVERY_S * 3)  # (while the handler goes on)
+        return msg.n
+
+    async with app:
+        backend = app._require_backend()
+        store = backend.progress
+        calls = [0]
+
+        async def failing(lease: Any, fraction: float | None, message: str | None) -> bool:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise RuntimeError("the store broke")
+            return await store(lease, fraction, message)
+
+        backend.progress = failing  # type: ignore[method-assign]
+        await app.enqueue(Rows(n=1))
+        (row,) = await run_jobs(app, raise_errors=False)
+        assert row.state == "dead"
+        assert row.error is not None and row.error["type"] == "RuntimeError", row.error

@@ -412,10 +412,22 @@ async def test_a_plain_handler_gets_a_sync_context_and_an_async_one_a_context(
 
         @app.handles(OwnLoop)
         def own_loop(msg: OwnLoop, ctx: SyncContext) -> int:
+            thread = threading.current_thread()
+
             async def inner(ctx: Context) -> int:  # (on a loop of the handler's own)
                 reported = await asyncio.create_task(ctx.progress(0.6))  # (a coroutine)
+                here = asyncio.get_running_loop()
+
+                async def step() -> int:  # runs on the handler's loop, not the worker's
+                    seen["step_here"] = asyncio.get_running_loop() is here
+                    return 7
+
+                def plain_step() -> int:  # runs in the handler's thread
+                    seen["plain_step_here"] = threading.current_thread() is thread
+                    return 8
+
                 seen["own_loop"] = reported
-                return await ctx.once("n", lambda: 7)
+                return await ctx.once("n", step) + await ctx.once("m", plain_step)
 
             return asyncio.run(inner(ctx))
 
@@ -426,8 +438,14 @@ async def test_a_plain_handler_gets_a_sync_context_and_an_async_one_a_context(
         ran = {row.id: row for row in await run_jobs(app)}
 
     # Then each got the context its typing says, and each call returned what it types
-    assert ran[third.id].result == 7, ran[third.id].error
-    assert seen == {"plain": (SyncContext, True), "awaiting": (Context, True), "own_loop": True}
+    assert ran[third.id].result == 15, ran[third.id].error
+    assert seen == {
+        "plain": (SyncContext, True),
+        "awaiting": (Context, True),
+        "own_loop": True,
+        "step_here": True,
+        "plain_step_here": True,
+    }
     assert ran[first.id].result == f"blob:notes/{first.id}.txt"
     assert ran[second.id].result == f"blob:notes/{second.id}.txt"
 

@@ -32,7 +32,7 @@ from offload import (
     Settings,
 )
 from offload.brokers.base import NEWER_VERSION
-from offload.context import PROGRESS_PAUSE_S
+from offload.context import PROGRESS_EVERY_S, PROGRESS_PAUSE_S
 from offload.contract import MAX_NESTING, Lease
 from offload.errors import BackendError, _ForAnotherWorker
 from offload.status import Progress
@@ -565,6 +565,7 @@ async def test_progress_the_backend_cannot_store_costs_the_update_not_the_attemp
     # update is lost, the handler goes on, as async and as plain handler),
     with caplog.at_level(logging.WARNING, logger="offload.job"):
         assert await ctx.progress(0.1, "one") is True
+        now[0] += PROGRESS_EVERY_S  # (stored at once, not coalesced with the one before)
         assert await asyncio.to_thread(ctx.progress, 0.2, "two") is True
     # and the updates of the next PROGRESS_PAUSE_S are skipped without asking it again,
     assert backend.writes == 1

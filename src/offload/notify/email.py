@@ -213,8 +213,10 @@ def _unsaid(exc: BaseException, notification: Notification) -> DeliveryError:
         code = codes[0] if codes else None
         return DeliveryError(f"the mail server refused the recipient for now ({code})", code=code)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return DeliveryError(  # (a greeting refused, a login, the message: the log says)
-            f"SMTP {exc.code}: the mail server answered {exc.code}", code=exc.code
+        kind = {4: "refused it for now", 5: "refused it"}.get(exc.code // 100, "answered so")
+        return DeliveryError(  # (a greeting, a login, the message: the log says which)
+            f"SMTP {exc.code}: the mail server {kind} (its answer is in the worker's log)",
+            code=exc.code,
         )
     said = "the mail server could not be reached or ended the exchange"
     return DeliveryError(f"{type(exc).__name__}: {said}")

@@ -1161,7 +1161,10 @@ class Worker:
                 if where := thread_run.where():  # (the thread runs on: where it is now)
                     exc.add_note(f"the handler's thread was at:\n{where.rstrip()}")
             ran_over = timeout if overran else None
-            await ctx._progress_settled()
+            if overran:
+                ctx.cancelled.set()  # (told first: a thread that reports on is told to stop)
+            with contextlib.suppress(Exception):  # (the handler's own error stands)
+                await ctx._progress_settled()
             return self._raised(lease, ctx, spec, exc, ran_over, loop.time() - began)
 
     def _raised(
