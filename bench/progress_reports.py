@@ -65,7 +65,7 @@ async def reports(url: str, rows: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--against", required=True, help="the commit to compare with")
+    ap.add_argument("--against", help="the commit to compare with (required)")
     ap.add_argument("--backends", default="sqlite,postgres,redis")
     ap.add_argument("--rows", type=int, default=5_000)
     ap.add_argument("--rounds", type=int, default=2)
@@ -75,6 +75,8 @@ def main() -> None:
         url, rows = args.child
         print(json.dumps(asyncio.run(reports(url, int(rows)))))
         return
+    if not args.against:
+        ap.error("--against REV is required")
     figures: dict[tuple[str, str], list[dict[str, float]]] = {}
     for backend, name, line in children_against(
         args.against, args.backends, args.rounds, __file__, str(args.rows)
@@ -88,11 +90,11 @@ def main() -> None:
         "of its watchers is sent). "
         f"`python bench/progress_reports.py --against {args.against} --rows {args.rows}`.",
         "",
-        "| backend | code | handler run time, s (rounds) | writes | events |",
+        "| backend | code | handler run time, ms (rounds) | writes | events |",
         "|---|---|---|---|---|",
     ]
     for (backend, name), runs in sorted(figures.items()):
-        times = " / ".join(f"{r['ran_s']:.2f}" for r in runs)
+        times = " / ".join(f"{r['ran_s'] * 1000:,.1f}" for r in runs)
         writes = " / ".join(f"{r['writes']:,.0f}" for r in runs)
         events = " / ".join(f"{r['events']:,.0f}" for r in runs)
         lines.append(f"| {backend} | {name} | {times} | {writes} | {events} |")
