@@ -87,6 +87,9 @@ class Context:
         self._progress_lock: asyncio.Lock | None = None  # reports stored in their order
         self._progress_holds = True  # what the last report stored was told
         self._progress_error: Exception | None = None  # what storing one later raised
+        #: The attempt settled or was dropped: a report made after (a thread or task of the
+        #: handler's that runs on) is stored at once, by no task that would outlive it.
+        self._progress_over = False
         #: The worker (or its caller) asked the run to end (`_end_run`).
         self._ending = False
 
@@ -165,13 +168,14 @@ class Context:
         now = monotonic()
         if self._progress_lock is None:
             self._progress_lock = asyncio.Lock()
-        if now - self._progress_at >= PROGRESS_EVERY_S:
+        if self._progress_over or now - self._progress_at >= PROGRESS_EVERY_S:
             self._progress_next = None  # (a report waiting is older: this one stands)
             return await self._store_progress(now, fraction, message)
         self._progress_next = (fraction, message)
         if self._progress_later is None:
-            self._progress_hurry = asyncio.Event()
-            self._progress_later = asyncio.get_running_loop().create_task(self._store_later())
+            self._progress_hurry = hurry = asyncio.Event()
+            later = asyncio.get_running_loop().create_task(self._store_later(hurry))
+            self._progress_later = later
         return self._progress_holds
 
     async def _store_progress(self, at: float, fraction: float | None, message: str | None) -> bool:
@@ -182,14 +186,12 @@ class Context:
         self._progress_holds = holds
         return holds
 
-    async def _store_later(self) -> None:
+    async def _store_later(self, hurry: asyncio.Event) -> None:
         """Store the report waiting once its time has come, and the next that comes
         meanwhile, until none waits; hurried (`_progress_settled`), the one waiting then at
         once, and no more (a handler's thread or task that reports on past its attempt's end
         would hold its outcome back). An error other than an outage (`_progress_stored`
         takes those) is kept for the handler's next report or the attempt's end."""
-        hurry = self._progress_hurry
-        assert hurry is not None
         try:
             while self._progress_next is not None:
                 due = self._progress_at + PROGRESS_EVERY_S - monotonic()
@@ -206,8 +208,8 @@ class Context:
         except Exception as exc:
             self._progress_error = exc
         finally:
-            if self._progress_later is asyncio.current_task():
-                self._progress_later = None
+            if self._progress_hurry is hurry:  # (its own, not a later task's)
+                self._progress_later = self._progress_hurry = None
 
     async def _progress_settled(self) -> None:
         """Store the report still waiting, as the attempt ends (its outcome comes next, and
@@ -217,6 +219,7 @@ class Context:
             Exception: what storing a report that waited raised (not an outage: the
                 backend's own error, as the handler's call would have raised it).
         """
+        self._progress_over = True
         later = self._progress_later
         if later is not None and self._progress_hurry is not None:
             self._progress_hurry.set()
@@ -227,9 +230,11 @@ class Context:
 
     def _progress_dropped(self) -> None:
         """Let the report still waiting go: the run was asked to end (a stop, a cancel)."""
+        self._progress_over = True
         if self._progress_later is not None:
             self._progress_later.cancel()
-        self._progress_later = self._progress_next = self._progress_error = None
+        self._progress_later = self._progress_hurry = None
+        self._progress_next = self._progress_error = None
 
     async def _progress_stored(self, fraction: float | None, message: str | None) -> bool:
         """Store the progress, at best: it is for those who watch the job, so a backend that

@@ -136,11 +136,14 @@ async def test_a_task_that_reports_on_after_its_handler_returns_holds_no_outcome
     stop = asyncio.Event()
     helpers: list[asyncio.Task[None]] = []
 
+    reports = [0]
+
     @app.handles(Rows)
     async def rows(msg: Rows, ctx: Context) -> int:
         async def reporting() -> None:  # (a helper the handler left running)
             while not stop.is_set():
                 await ctx.progress(0.5, "still here")
+                reports[0] += 1
                 await asyncio.sleep(0.001)
 
         helpers.append(asyncio.create_task(reporting()))
@@ -153,6 +156,13 @@ async def test_a_task_that_reports_on_after_its_handler_returns_holds_no_outcome
         try:
             async with asyncio.timeout(20):  # (it never came)
                 (row,) = await run_jobs(app)
+            # and what it reports after is stored by no task left to outlive it
+            after = reports[0]
+            async with asyncio.timeout(20):
+                while reports[0] < after + 5:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+            waiting = [t for t in asyncio.all_tasks() if "_store_later" in repr(t.get_coro())]
+            assert waiting == []
         finally:
             stop.set()
             await asyncio.gather(*helpers)
