@@ -29,6 +29,9 @@ logger = logging.getLogger("offload.job")
 #: before its outcome), so a handler that reports every row of a million costs the backend
 #: ten writes a second, and its watchers ten events, not a million of each.
 PROGRESS_EVERY_S = 0.1
+#: How often a handler's thread, waiting for a call it handed the worker's loop, looks
+#: whether that loop still runs (seconds).
+BRIDGE_CHECK_S = 1.0
 #: After a progress update the backend could not store, how long later ones are skipped
 #: (seconds): each would wait out the retry deadline again while the outage lasts.
 PROGRESS_PAUSE_S = 5.0
@@ -136,15 +139,30 @@ class Context:
         if self._loop.is_closed():  # a thread that ran on past its worker's end
             if inspect.iscoroutine(coro):
                 coro.close()
-            raise RuntimeError(
-                f"job {self.job_id}: the worker that ran this attempt has stopped (its "
-                "handler's thread ran on past the attempt's end): return when ctx.cancelled "
-                "is set"
-            )
-        future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
-        if running is None:
-            return future.result()
-        return _awaited(asyncio.wrap_future(future))  # (a coroutine, as it is typed)
+            raise RuntimeError(self._stopped())
+        call = _awaited(coro)
+        future = asyncio.run_coroutine_threadsafe(call, self._loop)
+        if running is not None:
+            return _awaited(asyncio.wrap_future(future))  # (a coroutine, as it is typed)
+        while True:
+            try:
+                return future.result(timeout=BRIDGE_CHECK_S)
+            except TimeoutError:
+                # (a loop that stopped running before it took the call never will: a thread
+                # of a worker that has ended would wait for ever, and hold its process's exit)
+                if not self._loop.is_running() and future.cancel():
+                    for never_run in (call, coro):
+                        if inspect.iscoroutine(never_run):
+                            with contextlib.suppress(RuntimeError):  # (taken meanwhile)
+                                never_run.close()
+                    raise RuntimeError(self._stopped()) from None
+
+    def _stopped(self) -> str:
+        return (
+            f"job {self.job_id}: the worker that ran this attempt has stopped (its "
+            "handler's thread ran on past the attempt's end): return when ctx.cancelled "
+            "is set"
+        )
 
     def _report_progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
@@ -153,7 +171,7 @@ class Context:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
             message = storable(message[:200])
-        if self._loop.is_closed() and running_loop() is None:
+        if running_loop() is None and not self._loop.is_running():
             return False  # (its worker has stopped: it holds the job no more)
         return self._bridge(self._progress(fraction, message))
 
@@ -168,9 +186,11 @@ class Context:
         now = monotonic()
         if self._progress_lock is None:
             self._progress_lock = asyncio.Lock()
-        if self._progress_over or now - self._progress_at >= PROGRESS_EVERY_S:
+        if now - self._progress_at >= PROGRESS_EVERY_S:
             self._progress_next = None  # (a report waiting is older: this one stands)
             return await self._store_progress(now, fraction, message)
+        if self._progress_over:  # (past its attempt: dropped, stored by no task that waits)
+            return self._progress_holds
         self._progress_next = (fraction, message)
         if self._progress_later is None:
             self._progress_hurry = hurry = asyncio.Event()

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from offload import App, Context, Message, SyncContext
+from offload import App, Context, Message, SyncContext, context
 from offload.context import PROGRESS_EVERY_S
+from offload.contract import Lease
 from offload.testing import run_jobs
 
 pytestmark = pytest.mark.anyio
@@ -197,3 +198,60 @@ async def test_a_report_that_failed_later_fails_the_attempt_as_at_once(app: App)
         (row,) = await run_jobs(app, raise_errors=False)
         assert row.state == "dead"
         assert row.error is not None and row.error["type"] == "RuntimeError", row.error
+
+
+async def test_a_thread_that_reports_on_while_its_outcome_waits_is_still_coalesced(
+    app: App,
+) -> None:
+    # Past its attempt's end (a timeout), while the worker waited for its thread to return,
+    # every report of the thread was a write and an event: a thousand a second.
+    app.message("p.endless")(Endless)
+    told: dict[str, float] = {}
+
+    @app.handles(Endless, timeout=0.2, max_attempts=1)
+    def endless(msg: Endless, ctx: SyncContext) -> None:
+        after = 0
+        while after < 400:  # reports on for a while once told to stop, then returns
+            ctx.progress(0.5, "on and on")
+            if ctx.cancelled.is_set():
+                told.setdefault("at", time.monotonic())
+                after += 1
+            time.sleep(0.0005)
+        told["returned"] = time.monotonic()
+
+    async with app:
+        writes: list[float] = []
+        backend = app._require_backend()
+        store = backend.progress
+
+        async def counted(lease: Any, fraction: float | None, message: str | None) -> bool:
+            writes.append(time.monotonic())
+            return await store(lease, fraction, message)
+
+        backend.progress = counted  # type: ignore[method-assign]
+        await app.enqueue(Endless())
+        async with asyncio.timeout(60):
+            (row,) = await run_jobs(app, raise_errors=False)
+        assert row.state == "dead"
+        held = [t for t in writes if told["at"] <= t <= told["returned"]]
+        assert len(held) <= 3 + (told["returned"] - told["at"]) / PROGRESS_EVERY_S, len(held)
+
+
+def test_a_thread_whose_worker_loop_stopped_is_told_not_left_waiting(
+    monkeypatch: pytest.MonkeyPatch, app: App
+) -> None:
+    # A thread that reported as its worker's loop made its last run (stopped, not yet
+    # closed) waited for ever on a call that loop would never take, and held its
+    # process's exit.
+    monkeypatch.setattr(context, "BRIDGE_CHECK_S", 0.05)
+    app.message("p.rows")(Rows)
+    loop = asyncio.new_event_loop()  # (stopped: never run)
+    try:
+        envelope = app.envelope(Rows(n=1))
+        lease = Lease(envelope=envelope, token="t", expires_at=0.0, worker="w")
+        ctx = Context(lease, None, app.blobs, loop)  # type: ignore[arg-type]  # (not reached)
+        assert ctx.progress(0.5) is False  # (from no loop: this worker holds it no more)
+        with pytest.raises(RuntimeError, match="the worker that ran this attempt has stopped"):
+            ctx.blobs.put("notes/x.txt", b"x")
+    finally:
+        loop.close()
