@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -143,19 +144,44 @@ class Context:
         call = _awaited(coro)
         future = asyncio.run_coroutine_threadsafe(call, self._loop)
         if running is not None:
-            return _awaited(asyncio.wrap_future(future))  # (a coroutine, as it is typed)
+            return self._awaited_while_open(future, call, coro)  # (a coroutine, as typed)
         while True:
             try:
                 return future.result(timeout=BRIDGE_CHECK_S)
             except TimeoutError:
-                # (a loop that stopped running before it took the call never will: a thread
-                # of a worker that has ended would wait for ever, and hold its process's exit)
-                if not self._loop.is_running() and future.cancel():
-                    for never_run in (call, coro):
-                        if inspect.iscoroutine(never_run):
-                            with contextlib.suppress(RuntimeError):  # (taken meanwhile)
-                                never_run.close()
+                if self._given_up(future, call, coro):
                     raise RuntimeError(self._stopped()) from None
+
+    async def _awaited_while_open(
+        self, future: concurrent.futures.Future[Any], call: Any, coro: Awaitable[Any]
+    ) -> Any:
+        """`future`'s result, awaited on a loop of the handler's own, unless the worker's
+        loop closes first (`_given_up`)."""
+        waited = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waited}, timeout=BRIDGE_CHECK_S)
+            if done:
+                return waited.result()
+            if self._given_up(future, call, coro):
+                raise RuntimeError(self._stopped())
+
+    def _given_up(
+        self, future: concurrent.futures.Future[Any], call: Any, coro: Awaitable[Any]
+    ) -> bool:
+        """Whether a call handed to the worker's loop never will be taken: the loop closed
+        (a worker that ended between its last run and its close left the call there, and
+        its thread waited for ever, holding its process's exit). Then it is cancelled, and
+        closed if it never ran. A loop that is only stopped may run again (the serverless
+        consumer runs one per invocation): its calls are waited for."""
+        if not self._loop.is_closed() or future.done():
+            return False  # (running: it will be taken; done: its answer is there)
+        future.cancel()
+        for never_run in (call, coro):
+            if inspect.iscoroutine(never_run) and (
+                inspect.getcoroutinestate(never_run) == inspect.CORO_CREATED
+            ):
+                never_run.close()  # (the loop is closed: nothing runs it now)
+        return True
 
     def _stopped(self) -> str:
         return (
@@ -171,7 +197,7 @@ class Context:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
             message = storable(message[:200])
-        if running_loop() is None and not self._loop.is_running():
+        if self._loop.is_closed() and running_loop() is None:
             return False  # (its worker has stopped: it holds the job no more)
         return self._bridge(self._progress(fraction, message))
 
