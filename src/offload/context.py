@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -30,9 +29,6 @@ logger = logging.getLogger("offload.job")
 #: before its outcome), so a handler that reports every row of a million costs the backend
 #: ten writes a second, and its watchers ten events, not a million of each.
 PROGRESS_EVERY_S = 0.1
-#: How often a handler's thread, waiting for a call it handed the worker's loop, looks
-#: whether that loop still runs (seconds).
-BRIDGE_CHECK_S = 1.0
 #: After a progress update the backend could not store, how long later ones are skipped
 #: (seconds): each would wait out the retry deadline again while the outage lasts.
 PROGRESS_PAUSE_S = 5.0
@@ -140,55 +136,15 @@ class Context:
         if self._loop.is_closed():  # a thread that ran on past its worker's end
             if inspect.iscoroutine(coro):
                 coro.close()
-            raise RuntimeError(self._stopped())
-        call = _awaited(coro)
-        future = asyncio.run_coroutine_threadsafe(call, self._loop)
-        if running is not None:
-            return self._awaited_while_open(future, call, coro)  # (a coroutine, as typed)
-        while True:
-            try:
-                return future.result(timeout=BRIDGE_CHECK_S)
-            except TimeoutError:
-                if self._given_up(future, call, coro):
-                    raise RuntimeError(self._stopped()) from None
-
-    async def _awaited_while_open(
-        self, future: concurrent.futures.Future[Any], call: Any, coro: Awaitable[Any]
-    ) -> Any:
-        """`future`'s result, awaited on a loop of the handler's own, unless the worker's
-        loop closes first (`_given_up`)."""
-        waited = asyncio.wrap_future(future)
-        while True:
-            done, _ = await asyncio.wait({waited}, timeout=BRIDGE_CHECK_S)
-            if done:
-                return waited.result()
-            if self._given_up(future, call, coro):
-                raise RuntimeError(self._stopped())
-
-    def _given_up(
-        self, future: concurrent.futures.Future[Any], call: Any, coro: Awaitable[Any]
-    ) -> bool:
-        """Whether a call handed to the worker's loop never will be taken: the loop closed
-        (a worker that ended between its last run and its close left the call there, and
-        its thread waited for ever, holding its process's exit). Then it is cancelled, and
-        closed if it never ran. A loop that is only stopped may run again (the serverless
-        consumer runs one per invocation): its calls are waited for."""
-        if not self._loop.is_closed() or future.done():
-            return False  # (running: it will be taken; done: its answer is there)
-        future.cancel()
-        for never_run in (call, coro):
-            if inspect.iscoroutine(never_run) and (
-                inspect.getcoroutinestate(never_run) == inspect.CORO_CREATED
-            ):
-                never_run.close()  # (the loop is closed: nothing runs it now)
-        return True
-
-    def _stopped(self) -> str:
-        return (
-            f"job {self.job_id}: the worker that ran this attempt has stopped (its "
-            "handler's thread ran on past the attempt's end): return when ctx.cancelled "
-            "is set"
-        )
+            raise RuntimeError(
+                f"job {self.job_id}: the worker that ran this attempt has stopped (its "
+                "handler's thread ran on past the attempt's end): return when ctx.cancelled "
+                "is set"
+            )
+        future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
+        if running is None:
+            return future.result()
+        return _awaited(asyncio.wrap_future(future))  # (a coroutine, as it is typed)
 
     def _report_progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an

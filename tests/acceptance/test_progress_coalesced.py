@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from offload import App, Context, Message, SyncContext, context
+from offload import App, Context, Message, SyncContext
 from offload.context import PROGRESS_EVERY_S
-from offload.contract import Lease
 from offload.testing import run_jobs
 
 pytestmark = pytest.mark.anyio
@@ -235,46 +234,3 @@ async def test_a_thread_that_reports_on_while_its_outcome_waits_is_still_coalesc
         assert row.state == "dead"
         held = [t for t in writes if told["at"] <= t <= told["returned"]]
         assert len(held) <= 3 + (told["returned"] - told["at"]) / PROGRESS_EVERY_S, len(held)
-
-
-@pytest.mark.parametrize("own_loop", [False, True])
-def test_a_thread_whose_worker_loop_closed_is_told_not_left_waiting(
-    monkeypatch: pytest.MonkeyPatch, app: App, own_loop: bool
-) -> None:
-    # A handler's thread that called as its worker's loop made its last run (its call
-    # handed over, never to be taken, the loop closed after) waited for ever, and held its
-    # process's exit; on a loop of the handler's own, its await did.
-    monkeypatch.setattr(context, "BRIDGE_CHECK_S", 0.05)
-    app.message("p.rows")(Rows)
-    loop = asyncio.new_event_loop()  # (the worker's: it never runs again)
-    lease = Lease(envelope=app.envelope(Rows(n=1)), token="t", expires_at=0.0, worker="w")
-    ctx = Context(lease, None, app.blobs, loop)  # type: ignore[arg-type]  # (not reached)
-    said: list[BaseException] = []
-    handed = threading.Event()
-
-    def stored() -> None:
-        async def on_own_loop() -> None:
-            call = ctx.blobs.put("notes/x.txt", b"x")  # (a coroutine here)
-            handed.set()
-            await call
-
-        try:
-            if own_loop:
-                asyncio.run(on_own_loop())
-            else:
-                call = ctx.blobs.put  # (blocks until taken)
-                handed.set()
-                call("notes/x.txt", b"x")
-        except BaseException as exc:
-            said.append(exc)
-
-    thread = threading.Thread(target=stored)
-    thread.start()
-    handed.wait(10)
-    loop.close()
-    thread.join(10)
-    assert not thread.is_alive(), "the thread was left waiting"
-    assert [type(e) for e in said] == [RuntimeError], said
-    assert "the worker that ran this attempt has stopped" in str(said[0])
-    # and a report from it says this worker holds the job no more
-    assert ctx.progress(0.5) is False
