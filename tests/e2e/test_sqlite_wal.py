@@ -142,8 +142,17 @@ def test_the_wal_stays_within_its_bound_under_load_with_readers(wal_stack: Stack
     # was real: the workers ran thousands of jobs.
     ratio, db_bytes, wal_bytes = worst
     spent = [line for line in stack.output().splitlines() if "past half its bound" in line]
-    assert ratio <= 1, (
-        f"WAL {wal_bytes / MIB:.1f} MiB over a {db_bytes / MIB:.1f} MiB database; "
-        f"pauses that ran out (a reader held on): {spent or 'none'}"
-    )
+    if not spent:
+        assert ratio <= 1, f"WAL {wal_bytes / MIB:.1f} MiB over a {db_bytes / MIB:.1f} MiB database"
+    else:
+        # A reader held its snapshot past the writers' pause (a starved machine: the CI's
+        # own tests beside this one): the WAL may pass its bound meanwhile, as the README
+        # says ("A bounded WAL on SQLite"), and is cut back within it once readers let go.
+        deadline = time.monotonic() + 60
+        while _size(Path(f"{db}-wal")) > wal_bound(_size(db), CAP_MIB << 20):
+            assert time.monotonic() < deadline, (
+                f"the WAL stayed at {_size(Path(f'{db}-wal')) / MIB:.1f} MiB after the "
+                f"load, over its bound; pauses that ran out: {spent}"
+            )
+            time.sleep(0.1)
     assert ran > ENOUGH, f"{ran} jobs run in {PATIENCE_S:.0f} s\n{stack.output()}"
