@@ -886,7 +886,7 @@ class App:
                 stores what it is given).
             TypeError: an option of the wrong type, as for an enqueue.
         """
-        JobOptions(  # (checked as an enqueue's: types, ranges, owner and key)
+        checked = JobOptions(  # (checked as an enqueue's: types, ranges, owner and key)
             priority=priority,
             delay=delay,
             run_at=run_at,
@@ -895,13 +895,7 @@ class App:
             notify_email=notify_email,
             owner=owner,
         )
-        spec = self.spec_of(type(message))
-        now, when, options = self._moment(delay, run_at, callback_url, notify_email)
-        budget = max_attempts or self._budget_of(spec)
-        return self._sealed(
-            message, spec, uuid7(now), now, when, options, owner, priority, budget,
-            idempotency_key, trace,
-        )  # fmt: skip
+        return self._stamp(message, checked, max_attempts=max_attempts, trace=trace)
 
     def _moment(
         self,
@@ -1047,17 +1041,23 @@ class App:
             results: list[EnqueueResult] = await stored if inspect.isawaitable(stored) else stored
             return results
 
-    def _stamp(self, message: Message, o: JobOptions) -> Envelope:
-        return self.envelope(
-            message,
-            owner=o.owner,
-            priority=o.priority,
-            delay=o.delay,
-            run_at=o.run_at,
-            idempotency_key=o.idempotency_key,
-            callback_url=o.callback_url,
-            notify_email=o.notify_email,
-        )
+    def _stamp(
+        self,
+        message: Message,
+        o: JobOptions,
+        *,
+        max_attempts: int | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> Envelope:
+        """The envelope of `message` under options checked already (`JobOptions` checks as
+        it is made: an enqueue's are not checked twice)."""
+        spec = self.spec_of(type(message))
+        now, when, options = self._moment(o.delay, o.run_at, o.callback_url, o.notify_email)
+        budget = max_attempts or self._budget_of(spec)
+        return self._sealed(
+            message, spec, uuid7(now), now, when, options, o.owner, o.priority, budget,
+            o.idempotency_key, trace,
+        )  # fmt: skip
 
     async def _store_streamed(self, backend: StreamedEnqueue, batch: _Batch) -> list[Job]:
         """`_store` of a large batch without keys, stamped chunk by chunk as the backend
