@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -294,24 +295,17 @@ async def test_a_mail_servers_answer_reaches_the_owner_as_its_code_only(
 ) -> None:
     # Postfix names its host (and at times its address) in its answers: the delivery
     # record, which the job's owner reads, carried them.
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(answers.get("greeting", b"220 mx ESMTP") + b"\r\n")
-            while line := await reader.readline():
-                verb = line.split(b":")[0].split(b" ")[0].upper().decode()
-                answer = answers.get(verb, b"354 go" if verb == "DATA" else b"250 ok")
-                writer.write(answer + b"\r\n")
-                await writer.drain()
-                if verb == "QUIT" or (answer[:1] in (b"4", b"5") and verb != "RCPT"):
-                    break
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answers.get("greeting", b"220 mx ESMTP") + b"\r\n")
+        while line := await reader.readline():
+            verb = line.split(b":")[0].split(b" ")[0].upper().decode()
+            answer = answers.get(verb, b"354 go" if verb == "DATA" else b"250 ok")
+            writer.write(answer + b"\r\n")
+            await writer.drain()
+            if verb == "QUIT" or (answer[:1] in (b"4", b"5") and verb != "RCPT"):
+                break
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with _mail_server(converse) as port:
         notifier = EmailNotifier(
             parse_smtp_url(f"smtp://127.0.0.1:{port}?timeout=10"), sender="r@shop.example"
         )
@@ -319,31 +313,19 @@ async def test_a_mail_servers_answer_reaches_the_owner_as_its_code_only(
             async with asyncio.timeout(30):
                 await notifier.deliver(succeeded_note("ann@example.com"))
         assert type(failed.value) is refused and str(failed.value) == said
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_mail_server_that_answers_each_command_slowly_runs_out_of_the_timeout() -> None:
     # Given a mail server on loopback that answers every command, each after 0.4 s,
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
+    async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.4)
+        writer.write(b"220 slow.example ESMTP\r\n")
+        while line := await reader.readline():
             await asyncio.sleep(0.4)
-            writer.write(b"220 slow.example ESMTP\r\n")
-            while line := await reader.readline():
-                await asyncio.sleep(0.4)
-                writer.write(
-                    b"250 ok\r\n" if not line.upper().startswith(b"DATA") else b"354 go\r\n"
-                )
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+            writer.write(b"250 ok\r\n" if not line.upper().startswith(b"DATA") else b"354 go\r\n")
+            await writer.drain()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with _mail_server(converse) as port:
         config = parse_smtp_url(f"smtp://127.0.0.1:{port}?timeout=1")
         notifier = EmailNotifier(config, sender="r@shop.example")
         note = succeeded_note("ann@example.com")
@@ -351,6 +333,26 @@ async def test_a_mail_server_that_answers_each_command_slowly_runs_out_of_the_ti
         with pytest.raises(DeliveryError, match="no answer within 1s"):
             async with asyncio.timeout(30):
                 await notifier.deliver(note)
+
+
+@contextlib.asynccontextmanager
+async def _mail_server(
+    converse: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A mail server on loopback (its port) that holds each connection to `converse`, and
+    closes it after (a client that hangs up ends it quietly)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await converse(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
         await server.wait_closed()
