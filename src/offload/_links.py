@@ -149,27 +149,24 @@ class Presenter:
         root = root_path.rstrip("/")
         if not root:
             return self
-        return Presenter(
-            self.secret,
-            self.ttl_s,
-            self.prefix + root,
-            mount=self.mount + root,
-            tracebacks=self.tracebacks,
-            blobs=self.blobs,
-            fallbacks=self.keys[1:],
-        )
+        return self._like(self.prefix + root, self.mount + root, self.tracebacks)
 
     def for_operators(self) -> Presenter:
         """This presenter for operators' pages (the dashboard): records show the worker's
         own name and failures' tracebacks."""
         if self.tracebacks:
             return self
+        return self._like(self.prefix, self.mount, tracebacks=True)
+
+    def _like(self, prefix: str, mount: str, tracebacks: bool) -> Presenter:
+        """This presenter (its keys, link lifetime and store) with another prefix, mount
+        path or view."""
         return Presenter(
             self.secret,
             self.ttl_s,
-            self.prefix,
-            mount=self.mount,
-            tracebacks=True,
+            prefix,
+            mount=mount,
+            tracebacks=tracebacks,
             blobs=self.blobs,
             fallbacks=self.keys[1:],
         )
