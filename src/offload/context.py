@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -92,6 +93,9 @@ class Context:
         self._progress_over = False
         #: The worker (or its caller) asked the run to end (`_end_run`).
         self._ending = False
+        #: Where a handler's thread hands its calls to the worker's loop (`_bridge`): the
+        #: worker's own, which it closes as it stops (`Handoffs`).
+        self._handoffs = _NEVER_CLOSED
 
     @property
     def blobs(self) -> BlobStore:
@@ -129,22 +133,43 @@ class Context:
 
     def _bridge(self, coro: Awaitable[Any]) -> Any:
         """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread;
-        awaitable on a loop of the handler's own (`asyncio.run` in a plain handler)."""
+        awaitable on a loop of the handler's own (`asyncio.run` in a plain handler).
+
+        Raises:
+            RuntimeError: the worker that ran this attempt has stopped (`Handoffs.close`), or
+                its loop has closed: what the call needed will never run.
+        """
         running = running_loop()
         if running is self._loop:
             return coro
-        if self._loop.is_closed():  # a thread that ran on past its worker's end
-            if inspect.iscoroutine(coro):
-                coro.close()
-            raise RuntimeError(
-                f"job {self.job_id}: the worker that ran this attempt has stopped (its "
-                "handler's thread ran on past the attempt's end): return when ctx.cancelled "
-                "is set"
-            )
-        future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
+        future = self._handoffs.hand(coro, self._loop)
+        if future is None:
+            raise self._gone()
         if running is None:
-            return future.result()
-        return _awaited(asyncio.wrap_future(future))  # (a coroutine, as it is typed)
+            try:
+                return future.result()
+            except concurrent.futures.CancelledError:
+                if self._handoffs.closed:
+                    raise self._gone() from None
+                raise
+        return self._awaited_here(future)  # (a coroutine, as it is typed)
+
+    async def _awaited_here(self, future: concurrent.futures.Future[Any]) -> Any:
+        """A call handed to the worker's loop, awaited on a loop of the handler's own."""
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._handoffs.closed and not (task is not None and task.cancelling()):
+                raise self._gone() from None  # (the worker stopped, not this task)
+            raise
+
+    def _gone(self) -> _WorkerGone:
+        return _WorkerGone(
+            f"job {self.job_id}: the worker that ran this attempt has stopped (its "
+            "handler's thread ran on past the attempt's end): return when ctx.cancelled "
+            "is set"
+        )
 
     def _report_progress(self, fraction: float | None = None, message: str | None = None) -> Any:
         """Report progress: `fraction` in 0..1 and a short message. Returns False (or an
@@ -153,8 +178,11 @@ class Context:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
             message = storable(message[:200])
-        if self._loop.is_closed() and running_loop() is None:
-            return False  # (its worker has stopped: it holds the job no more)
+        if running_loop() is None:  # (a thread's: False once its worker has stopped)
+            try:
+                return self._bridge(self._progress(fraction, message))
+            except _WorkerGone:
+                return False  # (it holds the job no more)
         return self._bridge(self._progress(fraction, message))
 
     async def _progress(self, fraction: float | None, message: str | None) -> bool:
@@ -475,6 +503,62 @@ class _JobLog(_Adapter):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return msg, kwargs
+
+
+class _WorkerGone(RuntimeError):
+    """A handler's thread called its context after its worker stopped."""
+
+
+class Handoffs:
+    """The calls that a worker's handlers' threads hand to its loop (`Context._bridge`).
+
+    As it stops, the worker closes them (`close`): a call still waiting is cancelled, and
+    one made after is refused at once. Without it, a call handed over as the loop made its
+    last run would wait for ever, and hold its process's exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: set[concurrent.futures.Future[Any]] = set()
+        self.closed = False
+
+    def hand(
+        self, coro: Awaitable[Any], loop: asyncio.AbstractEventLoop
+    ) -> concurrent.futures.Future[Any] | None:
+        """`coro` handed to `loop` to run; None (`coro` closed, never run) once closed, or
+        once `loop` has."""
+        future = None
+        with self._lock:
+            if not (self.closed or loop.is_closed()):
+                call = _awaited(coro)
+                try:
+                    future = asyncio.run_coroutine_threadsafe(call, loop)
+                except RuntimeError:  # (the loop closed just now)
+                    call.close()
+                else:
+                    self._waiting.add(future)
+        if future is None:
+            if inspect.iscoroutine(coro):
+                coro.close()
+            return None
+        future.add_done_callback(self._forget)  # (outside the lock: it may run at once)
+        return future
+
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._waiting.discard(future)
+
+    def close(self) -> None:
+        """Cancel the calls still waiting and refuse those to come (on the worker's loop,
+        as it stops: a call under way there is cancelled as its task would be)."""
+        with self._lock:
+            self.closed = True
+            waiting, self._waiting = self._waiting, set()
+        for future in waiting:
+            future.cancel()
+
+
+#: A context's hand-offs until its worker gives it its own (a context made elsewhere).
+_NEVER_CLOSED = Handoffs()
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

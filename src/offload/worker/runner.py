@@ -35,6 +35,7 @@ from .._text import MESSAGE_CHARS, logged, said, storable
 from ..app import App, HandlerSpec
 from ..brokers import Backend
 from ..brokers.base import NEWER_VERSION
+from ..context import Handoffs
 from ..contract import (
     Extension,
     JobState,
@@ -423,6 +424,10 @@ class Worker:
         #: after their attempt ended.
         self._ran_on: list[Future[Any]] = []
         self._overdue: set[Future[Any]] = set()
+        #: The calls its handlers' threads hand to its loop (`Context._bridge`): closed as
+        #: it stops, for a thread that runs on would wait for ever on a call handed to the
+        #: loop as it made its last run (a run makes new ones).
+        self._handoffs = Handoffs()
         #: Whether the worker stopped because more threads ran on than it has slots.
         self.wedged = False
         #: Async handlers' runs a stop left running: each ignored its cancellation (it
@@ -555,6 +560,8 @@ class Worker:
                 waiting for them (`threads_running_on`), as `offload worker` does.
         """
         await self.app.open()
+        if self._handoffs.closed:  # (an earlier run's)
+            self._handoffs = Handoffs()
         self.started_at = datetime.fromtimestamp(self.app.clock.now(), UTC)
         unwatch = self.app.metrics.watch_slots(lambda: (self._busy, self.concurrency))
         await self._record()  # before the first claim: the web tier may ask
@@ -591,8 +598,10 @@ class Worker:
                 self._loop_watch = None  # (its marks end: no health check reads them)
                 loop_watch.stop()
                 await self._forget_record()  # not live any more
+                self._handoffs.close()  # (what threads that run on call now is refused)
                 await self.app.close()
             finally:
+                self._handoffs.close()
                 self.stopped.set()
         log.info(
             "%s stopped",
@@ -1019,6 +1028,7 @@ class Worker:
         spec = self._spec_of(lease.envelope.kind)
         made = Context if spec is None or spec.is_async else SyncContext
         ctx = made(lease, self.app._require_backend(), self.app.blobs, loop)
+        ctx._handoffs = self._handoffs
         ctx.max_attempts = (None if spec is None else spec.max_attempts) or ctx.max_attempts
         return ctx
 

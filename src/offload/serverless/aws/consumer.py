@@ -85,6 +85,7 @@ class SQSConsumer:
         if self._worker is not None:
             worker, self._worker = self._worker, None
             worker._threads.shutdown(wait=False, cancel_futures=True)
+            worker._handoffs.close()
             await worker.dispatcher.aclose()
             await self.app.close()
 

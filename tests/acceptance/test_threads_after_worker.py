@@ -1,0 +1,134 @@
+"""A plain handler's thread that runs on past its attempt and calls its context once its
+worker has stopped is told so at once: a call handed to the worker's loop as it made its
+last run (or while it stopped) would wait for ever, and hold its process's exit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from offload import App, Message, SyncContext
+from offload.worker.runner import Worker
+
+THREAD_WAIT_S = 20.0
+
+
+class Late(Message):
+    n: int
+
+
+def _attempts(app: App, ready: threading.Event, go: threading.Event) -> list[Any]:
+    """A handler whose attempt times out; its thread runs on, until `go`, and then puts a
+    blob and reports progress: what each call gave (or raised) lands in the list."""
+    said: list[Any] = []
+    app.message("t.late")(Late)
+
+    @app.handles(Late, timeout=0.2, max_attempts=1)
+    def late(msg: Late, ctx: SyncContext) -> None:
+        ready.set()
+        go.wait(THREAD_WAIT_S)
+        calls: list[Callable[[], Any]] = [
+            lambda: ctx.blobs.put("notes/late.txt", b"x"),
+            lambda: ctx.progress(0.5),
+        ]
+        for call in calls:
+            try:
+                said.append(call())
+            except BaseException as exc:
+                said.append(exc)
+
+    return said
+
+
+def _run_worker(app: App, until: Callable[[str], Any]) -> asyncio.AbstractEventLoop:
+    """Run a worker on a loop of its own until `until(job_id)` (awaited on that loop) returns,
+    then stop it; the loop is left stopped, not closed, as a runner leaves it after its
+    last run."""
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        await app.open()
+        try:
+            job = await app.enqueue(Late(n=1))
+            worker = Worker(app, grace_s=0.5)
+            task = asyncio.create_task(worker.run())
+            await until(job.id)
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+        finally:
+            await app.close()
+
+    loop.run_until_complete(main())
+    return loop
+
+
+async def _dead(app: App, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = await app.get(job_id)
+        if row is not None and row.state == "dead":
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the job did not time out")
+
+
+def test_a_thread_that_calls_after_its_worker_stopped_is_told(app: App) -> None:
+    # Given a handler's thread that ran on past its attempt's timeout,
+    ready, go = threading.Event(), threading.Event()
+    said = _attempts(app, ready, go)
+    loop = _run_worker(app, lambda job_id: _dead(app, job_id))
+    try:
+        # when it calls its context after its worker stopped (the loop runs no more),
+        assert ready.is_set()
+        go.set()
+        _wait_for(said, 2)
+    finally:
+        loop.close()
+    # then a call that needs the worker raises, and a report says it holds the job no more
+    assert isinstance(said[0], RuntimeError), said
+    assert "the worker that ran this attempt has stopped" in str(said[0])
+    assert said[1] is False
+
+
+def test_a_call_under_way_as_its_worker_stops_is_ended(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handler's thread that ran on past its attempt, whose call waits on the
+    # worker's loop (a blob store that never answers)
+    ready, go = threading.Event(), threading.Event()
+    said = _attempts(app, ready, go)
+    handed = asyncio.Event()
+
+    async def never(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        handed.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(app.blobs, "put", never)
+
+    async def until_handed(job_id: str) -> None:
+        await _dead(app, job_id)
+        go.set()
+        await asyncio.wait_for(handed.wait(), 30)
+
+    # when the worker stops,
+    loop = _run_worker(app, until_handed)
+    try:
+        _wait_for(said, 2)
+    finally:
+        loop.close()
+    # then the call is ended (the loop will never run it again), not left waiting
+    assert isinstance(said[0], RuntimeError), said
+    assert "the worker that ran this attempt has stopped" in str(said[0])
+    assert said[1] is False
+
+
+def _wait_for(said: list[Any], count: int) -> None:
+    deadline = time.monotonic() + THREAD_WAIT_S
+    while len(said) < count:
+        assert time.monotonic() < deadline, f"the thread was left waiting: {said}"
+        time.sleep(0.01)
