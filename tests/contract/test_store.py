@@ -300,6 +300,23 @@ async def test_remember_and_recall_side_steps(backend: Backend) -> None:
     assert await backend.recall(env.id, "fresh") == (True, "first")
 
 
+async def test_a_deleted_jobs_records_are_not_written_after(backend: Backend) -> None:
+    # Given a finished job an operator deleted while a delivery of its, or a step of a
+    # thread that ran on, was under way,
+    env = envelope()
+    await backend.enqueue([env])
+    (lease,) = await claim(backend)
+    await backend.remember(env.id, "offload.deliveries.email", [{"target": "a@b.example"}])
+    await backend.settle([done(lease, 1)])
+    assert await backend.delete_many([env.id]) == 1
+    # when that delivery or step records what it did,
+    await backend.remember(env.id, "offload.deliveries.email", [{"target": "a@b.example"}])
+    await backend.remember(env.id, "step", "late", first=True)
+    # then nothing is kept of the job: no record that nothing would ever delete
+    assert await backend.recall(env.id, "offload.deliveries.email") == (False, None)
+    assert await backend.recall(env.id, "step") == (False, None)
+
+
 #: Numbers as JSON writers write them: floats past 1e16 (an exponent), an integral float, a
 #: tiny one, the 64-bit integers' ends, and strings that look like them.
 NUMBERS = {

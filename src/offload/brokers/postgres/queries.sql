@@ -614,11 +614,17 @@ WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
     AND queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: remember
-INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
+-- Kept only while the job exists: one deleted meanwhile (a delivery or a step that ended
+-- after it) would leave a record that nothing deletes.
+INSERT INTO offload_effects (job_id, key, value)
+SELECT %(id)s::text, %(key)s, %(value)s
+WHERE EXISTS (SELECT 1 FROM offload_jobs WHERE id = %(job)s::uuid)
 ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 
 -- name: remember_first
-INSERT INTO offload_effects (job_id, key, value) VALUES (%(id)s, %(key)s, %(value)s)
+INSERT INTO offload_effects (job_id, key, value)
+SELECT %(id)s::text, %(key)s, %(value)s
+WHERE EXISTS (SELECT 1 FROM offload_jobs WHERE id = %(job)s::uuid)
 ON CONFLICT (job_id, key) DO NOTHING
 
 -- name: recall

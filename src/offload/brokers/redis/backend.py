@@ -103,7 +103,7 @@ _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
     "search", "requeue_many", "cancel_many", "delete_many", "reindex", "periodic",
-    "claim_gated", "limits", "declare_limits", "resume",
+    "claim_gated", "limits", "declare_limits", "resume", "remember",
 )  # fmt: skip
 #: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
 #: 1 adds the jobs page's id indexes by state, kind and queue.
@@ -1433,8 +1433,7 @@ class RedisBackend:
 
     async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
         raw = orjson.dumps(value).decode()
-        write = self._redis.hsetnx if first else self._redis.hset
-        await self._retried(lambda: write(self._key("fx:" + job_id), key, raw))
+        await self._run("remember", job_id, key, raw, 1 if first else 0)
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         raw = await self._retried(lambda: self._redis.hget(self._key("fx:" + job_id), key))

@@ -1729,7 +1729,8 @@ class SQLiteBackend:
 
     def _remember(self, job_id: str, key: str, value: Any, first: bool) -> None:
         with self._tx() as conn:
-            conn.execute(Q["remember_first" if first else "remember"], (job_id, key, _dumps(value)))
+            params = {"id": job_id, "key": key, "value": _dumps(value)}
+            conn.execute(Q["remember_first" if first else "remember"], params)
 
     async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
         await self._run(self._remember, job_id, key, value, first)

@@ -259,11 +259,15 @@ WHERE state IN ('queued', 'retrying') AND queue IN ({queues})
     AND queue NOT IN (SELECT queue FROM offload_paused)
 
 -- name: remember
-INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
+-- Kept only while the job exists: one deleted meanwhile (a delivery or a step that ended
+-- after it) would leave a record that nothing deletes.
+INSERT INTO offload_effects (job_id, key, value)
+SELECT :id, :key, :value WHERE EXISTS (SELECT 1 FROM offload_jobs WHERE id = :id)
 ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 
 -- name: remember_first
-INSERT INTO offload_effects (job_id, key, value) VALUES (?, ?, ?)
+INSERT INTO offload_effects (job_id, key, value)
+SELECT :id, :key, :value WHERE EXISTS (SELECT 1 FROM offload_jobs WHERE id = :id)
 ON CONFLICT (job_id, key) DO NOTHING
 
 -- name: recall
