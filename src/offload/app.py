@@ -220,14 +220,25 @@ class _Batch:
         stop = len(self.messages) if stop is None else stop
         o, now, when, options = self.o, self.now, self.when, self.options
         envelopes = []
-        for message, job_id in zip(self.messages[start:stop], self.ids(start, stop), strict=True):
+        key = o.idempotency_key
+        for i, (message, job_id) in enumerate(
+            zip(self.messages[start:stop], self.ids(start, stop), strict=True), start
+        ):
             spec, budget = self.kinds[type(message)]
             sealed = App._sealed(
                 message, spec, job_id, now, when, options, o.owner, o.priority, budget,
-                o.idempotency_key, trace,
+                batch_key(key, i), trace,
             )  # fmt: skip
             envelopes.append(sealed)
         return envelopes
+
+
+def batch_key(key: str | None, index: int) -> str | None:
+    """The idempotency key of a batch's job at `index` (`enqueue_many`): the batch's key
+    names the request, so its repeat answers every job it made: the first job holds the key
+    itself (as an `enqueue` would), each later one the key and `#<index>` (one key for all
+    stored the first job alone, and answered every later message with it)."""
+    return key if key is None or index == 0 else f"{key}#{index}"
 
 
 class App:
@@ -1142,7 +1153,9 @@ class App:
         owner: str = DEFAULT_OWNER,
     ) -> list[Job]:
         """Enqueue many jobs in one atomic batch (all or none), each with these options (as
-        for `enqueue`)."""
+        for `enqueue`). An `idempotency_key` names the batch: its first job holds it, each
+        later one the key and `#<its index>` (`batch_key`), so that a repeat of the batch
+        answers with every job the first one made."""
         o = JobOptions(
             priority=priority,
             delay=delay,

@@ -399,6 +399,25 @@ async def test_list_requeue_purge_and_stats(opened: App) -> None:
     assert (await app.stats())["reports"]["queued"] == 0
 
 
+async def test_a_batchs_idempotency_key_answers_its_repeat_with_every_job(opened: App) -> None:
+    app = opened
+    # Given a batch of five enqueued under one idempotency key,
+    batch = [Report(period=str(n)) for n in range(5)]
+    first = await app.enqueue_many(batch, owner="alice", idempotency_key="fan-out-1")
+    # then each of its messages is a job (one key for all stored the first alone, and
+    # answered the other four with it),
+    assert len({job.id for job in first}) == 5 and all(job.created for job in first)
+    assert len(await app.list_jobs(owner="alice")) == 5
+    # and its repeat (a handler's retry after a crash) makes none, answering with each
+    again = await app.enqueue_many(batch, owner="alice", idempotency_key="fan-out-1")
+    assert [job.id for job in again] == [job.id for job in first]
+    assert not any(job.created for job in again)
+    # as does a single enqueue with the key, for the batch's first job
+    (one,) = [await app.enqueue(batch[0], owner="alice", idempotency_key="fan-out-1")]
+    assert one.id == first[0].id and not one.created
+    assert len(await app.list_jobs(owner="alice")) == 5
+
+
 async def test_a_batch_stamps_each_job_as_a_call_of_its_own_would(opened: App) -> None:
     app = opened
     app.message("t.retried", queue="reports", max_attempts=7)(Retried)
