@@ -261,11 +261,16 @@ def test_an_operator_finds_retries_pauses_and_resumes(browser: Browser, shop: Sh
     expect(page.get_by_test_id("notice")).to_contain_text("Paused queue misc")
     expect(_cell(page, "misc", "state")).to_have_text("paused")
     expect(page.get_by_test_id("live-state")).to_have_text("live")
+    # (an action's notice takes the focus, to be read out; a keyboard user then goes to
+    # the queue's Resume, and keeps it through the live redraws below)
+    expect(page.get_by_test_id("notice")).to_be_focused()
+    page.get_by_role("button", name="Resume queue misc", exact=True).focus()
     # pings sent to it wait, while the worker keeps running the billing queue's jobs:
     pings = [shop.submit("misc.ping", n=i) for i in range(1, 6)]
     later = shop.submit("billing.invoice", customer="Initech", amount=7)
     shop.wait_states([later], "succeeded")
     expect(_cell(page, "misc", "queued")).to_have_text("5")  # redrawn from the change feed
+    expect(page.get_by_test_id("resume-misc")).to_be_focused()
     assert {shop.state(p) for p in pings} == {"queued"}
     expect(page.locator("#activity li")).not_to_have_count(0)
     shot(page, "overview")

@@ -208,9 +208,10 @@ async def test_writes_wait_for_a_rewind_while_it_cannot_succeed_near_the_bound(
             # and once it lets go, a rewind succeeds, the writes go on from the WAL's start,
             blocking.release()
             await load.until("resumed", lambda: not checkpointer.writes_paused)
-            # The backend's reading (the metrics' offload_sqlite_*) counts one pause, not
+            # The backend's reading (the metrics' offload_sqlite_*) counts the pause, not
             # spent (read as the writes resume: on a busy machine the writes that follow
-            # may fill the WAL to half its bound again, a pause of their own)
+            # may fill the WAL to half its bound again before the reading, a pause of their
+            # own, counted too: a loaded CI run read 2)
             resumed = backend.wal_reading()
             resumed_at = load.enqueued
             await load.until("writing again", lambda: load.enqueued > resumed_at + 20)
@@ -219,7 +220,7 @@ async def test_writes_wait_for_a_rewind_while_it_cannot_succeed_near_the_bound(
     # and the WAL never passed its bound.
     assert load.worst <= 1, f"the WAL reached {load.worst:.2f}x its bound"
     assert resumed is not None
-    assert (resumed.pauses, resumed.spent_pauses) == (1, 0)
+    assert resumed.pauses >= 1 and resumed.spent_pauses == 0
     reading = backend.wal_reading()
     assert reading is not None and reading.spent_pauses == 0
     assert reading.paused_s >= 0.25  # the 30 looks of 10 ms above (a timer may fire early)

@@ -7,6 +7,34 @@
   const FINAL = new Set(["succeeded", "failed", "cancelled", "dead"]);
   const base = document.body.dataset.base;
 
+  // What names the focused control inside `box`, to find its like once `box` is redrawn.
+  function focusedIn(box) {
+    const el = document.activeElement;
+    if (!el || el === document.body || !box.contains(el)) return null;
+    return {
+      testid: el.dataset.testid,
+      href: el.getAttribute("href"),
+      queue: el.closest("[data-queue]")?.dataset.queue,
+    };
+  }
+
+  // Put focus back on the control the redraw replaced (a queue's Pause that became Resume
+  // meanwhile: that row's button), so that a keyboard user is not sent back to the page's
+  // top by a redraw.
+  function refocus(box, was) {
+    if (!was) return;
+    const like = (selector) => box.querySelector(selector);
+    const found =
+      (was.testid && like(`[data-testid="${CSS.escape(was.testid)}"]`)) ||
+      (was.href && like(`a[href="${CSS.escape(was.href)}"]`)) ||
+      (was.queue && like(`[data-queue="${CSS.escape(was.queue)}"] button`)) ||
+      box.querySelector("h2, [tabindex]");
+    if (found) {
+      if (!found.matches("a, button, input, select, textarea, [tabindex]")) found.tabIndex = -1;
+      found.focus();
+    }
+  }
+
   // Fetch a server-rendered part again and put it in place (at most one fetch at a time;
   // a change during a fetch asks for one more).
   function redrawer(box, url) {
@@ -17,7 +45,12 @@
       busy = true;
       try {
         const response = await fetch(url, { headers: { Accept: "text/html" } });
-        if (response.ok) box.innerHTML = await response.text();
+        if (response.ok) {
+          const html = await response.text();
+          const was = focusedIn(box);
+          box.innerHTML = html;
+          refocus(box, was);
+        }
       } catch (err) {
         // the next change (or the timer) tries again
       } finally {
@@ -72,9 +105,11 @@
     const box = document.getElementById("job-detail");
     if (box.dataset.final === "true") return;
     const redraw = redrawer(box, box.dataset.live);
+    const said = document.getElementById("announce");
     const events = listen(box.dataset.events, (event) => {
       const record = JSON.parse(event.data);
       const badge = box.querySelector('[data-role="state"]');
+      if (said && badge && badge.textContent !== record.state) said.textContent = `Job ${record.state}`;
       if (badge) {
         badge.textContent = record.state;
         badge.className = `state state-${record.state}`;
@@ -100,6 +135,8 @@
     const question = event.target.closest("form[data-confirm]")?.dataset.confirm;
     if (question && !window.confirm(question)) event.preventDefault();
   });
+  // An action's notice is there as the page loads: focused, it is read out.
+  document.querySelector('[data-testid="notice"]')?.focus();
   if (document.body.dataset.page === "overview") overview();
   if (document.getElementById("job-detail")) job();
 })();
