@@ -298,3 +298,26 @@ def test_someone_else_finds_no_dashboard(browser: Browser, shop: Shop) -> None:
     # and the API still works for him.
     assert page.request.get("/v1/jobs").status == 200
     page.context.close()
+
+
+def test_a_job_purged_while_its_page_is_open_says_so(browser: Browser, shop: Shop) -> None:
+    from playwright.sync_api import expect
+
+    page = _page_as(browser, shop, "ops")
+    # Given a ping waiting in the paused misc queue, and its page open,
+    page.goto("/dashboard")
+    page.get_by_test_id("pause-misc").click()
+    expect(page.get_by_test_id("notice")).to_contain_text("Paused queue misc")
+    ping = shop.submit("misc.ping", n=1)
+    page.goto(f"/dashboard/jobs/{ping}")
+    expect(page.get_by_test_id("job-state")).to_have_text("queued")
+    # when an operator purges the queue,
+    purge = [sys.executable, "-m", "offload", "jobs", "purge", "misc", "--yes"]
+    subprocess.run(purge, env=shop.env, cwd=shop.root, check=True, capture_output=True)
+    # then the page says the job is gone, where it went on showing it waiting, with a
+    # Cancel that answered 404 (its stream ends at its next keep-alive, within 15 s)
+    gone = page.get_by_test_id("job-gone")
+    expect(gone).to_be_visible(timeout=3 * TIMEOUT_MS)
+    expect(gone).to_be_focused()
+    expect(page.get_by_test_id("job-state")).to_have_count(0)
+    page.context.close()

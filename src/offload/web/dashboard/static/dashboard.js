@@ -129,6 +129,27 @@
         redraw(); // error, traceback, result, actions as the server renders them
       }
     }, null);
+    // A job deleted (purged) while its page is open: its stream ends, and coming back it
+    // is refused (404), which closes an EventSource for good. Say so, rather than go on
+    // showing the job as it was, with actions that would only answer 404.
+    events.addEventListener("error", async () => {
+      if (events.readyState !== EventSource.CLOSED || box.dataset.final === "true") return;
+      try {
+        const response = await fetch(box.dataset.live, { headers: { Accept: "text/html" } });
+        if (response.status !== 404) return;
+      } catch (err) {
+        return;
+      }
+      box.dataset.final = "true";
+      const gone = document.createElement("p");
+      gone.className = "notice";
+      gone.tabIndex = -1;
+      gone.dataset.testid = "job-gone";
+      gone.textContent = "This job no longer exists: it was deleted since this page was shown.";
+      box.replaceChildren(gone);
+      gone.focus();
+      if (said) said.textContent = gone.textContent;
+    });
   }
 
   document.addEventListener("submit", (event) => {
