@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -512,13 +513,16 @@ class _WorkerGone(RuntimeError):
 class Handoffs:
     """The calls that a worker's handlers' threads hand to its loop (`Context._bridge`).
 
-    As it stops, the worker closes them (`close`): a call still waiting is cancelled, and
-    one made after is refused at once. Without it, a call handed over as the loop made its
-    last run would wait for ever, and hold its process's exit."""
+    As it stops, the worker closes them (`aclose`): a call still waiting is cancelled (its
+    cleanup awaited, within a bound), and one made after is refused at once. Without it, a
+    call handed over as the loop made its last run would wait for ever, and hold its
+    process's exit."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: set[concurrent.futures.Future[Any]] = set()
+        #: The calls under way on the loop (touched only there).
+        self._running: set[asyncio.Task[Any]] = set()
         self.closed = False
 
     def hand(
@@ -526,44 +530,91 @@ class Handoffs:
     ) -> concurrent.futures.Future[Any] | None:
         """`coro` handed to `loop` to run; None (`coro` closed, never run) once closed, or
         once `loop` has."""
+        call = _Handed(coro, self._lock)
         future = None
         with self._lock:
             if not (self.closed or loop.is_closed()):
-                call = _awaited(coro)
+                run = self._run(call)
                 try:
-                    future = asyncio.run_coroutine_threadsafe(call, loop)
+                    future = asyncio.run_coroutine_threadsafe(run, loop)
                 except RuntimeError:  # (the loop closed just now)
-                    call.close()
+                    run.close()
                 else:
                     self._waiting.add(future)
         if future is None:
-            if inspect.iscoroutine(coro):
-                coro.close()
+            call.abandon()
             return None
-        future.add_done_callback(self._forget)  # (outside the lock: it may run at once)
+        # (outside the lock: it may run at once)
+        future.add_done_callback(functools.partial(self._ended, call))
         return future
 
-    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
+    async def _run(self, call: _Handed) -> Any:
+        if not call.start():  # (cancelled before the loop took it: it never runs)
+            raise asyncio.CancelledError
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            return await call.awaitable
+        finally:
+            self._running.discard(task)
+
+    def _ended(self, call: _Handed, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._waiting.discard(future)
+        if future.cancelled():
+            call.abandon()  # (one the loop never took is closed, not left unawaited)
 
     def close(self) -> None:
-        """Cancel the calls still waiting and refuse those to come (on the worker's loop,
-        as it stops: a call under way there is cancelled as its task would be)."""
+        """Cancel the calls still waiting and refuse those to come (from any thread: a
+        call under way on the loop is cancelled there, at its next step)."""
         with self._lock:
             self.closed = True
             waiting, self._waiting = self._waiting, set()
         for future in waiting:
             future.cancel()
 
+    async def aclose(self, within_s: float) -> None:
+        """`close`, on the worker's loop, then wait `within_s` at most for the calls under
+        way there to end (a cancelled query's cleanup: cut short by the loop's end, it
+        warned and left its connection to be closed)."""
+        self.close()
+        for _ in range(2):  # (a call handed just before gets its task, then its cancel)
+            await asyncio.sleep(0)
+        running = {task for task in self._running if not task.done()}
+        if running:
+            await asyncio.wait(running, timeout=within_s)
+
+
+class _Handed:
+    """One call handed to the loop: it starts there, or, cancelled before the loop took
+    it, is closed (never run)."""
+
+    __slots__ = ("_lock", "_state", "awaitable")
+
+    def __init__(self, awaitable: Awaitable[Any], lock: threading.Lock) -> None:
+        self.awaitable = awaitable
+        self._lock = lock
+        self._state = 0  # 1: started, 2: abandoned
+
+    def start(self) -> bool:
+        with self._lock:
+            if self._state:
+                return False
+            self._state = 1
+            return True
+
+    def abandon(self) -> None:
+        with self._lock:
+            if self._state:
+                return
+            self._state = 2
+        if inspect.iscoroutine(self.awaitable):
+            self.awaitable.close()
+
 
 #: A context's hand-offs until its worker gives it its own (a context made elsewhere).
 _NEVER_CLOSED = Handoffs()
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    """`awaitable` as a coroutine (what `run_coroutine_threadsafe` takes)."""
-    return await awaitable
 
 
 class _BlockingBlobs:

@@ -24,7 +24,7 @@ from .app import App
 from .clock import FakeClock
 from .contract import JobRow, JobState
 from .errors import ConfigurationError, OffloadError
-from .worker.runner import Worker
+from .worker.runner import HANDOFFS_END_S, Worker
 
 __all__ = [
     "DEFAULT_MAX_JOBS",
@@ -195,9 +195,13 @@ async def _run(
             exit_when_idle_s=0,
             scheduler=False,
         )
+        worker._closes_handoffs = False  # (closed below, once threads that ran on ended)
         workers.add(worker.id)
-        await worker.run()
-        ran_on = max(ran_on, await _threads_end(worker))
+        try:
+            await worker.run()
+            ran_on = max(ran_on, await _threads_end(worker))
+        finally:
+            await worker._handoffs.aclose(HANDOFFS_END_S)
         if not worker.begun:
             break
         left -= worker.begun

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from offload import App, Message, SyncContext
+from offload.testing import run_jobs
 from offload.worker.runner import Worker
 
 THREAD_WAIT_S = 20.0
@@ -132,3 +133,71 @@ def _wait_for(said: list[Any], count: int) -> None:
     while len(said) < count:
         assert time.monotonic() < deadline, f"the thread was left waiting: {said}"
         time.sleep(0.01)
+
+
+def test_a_call_cancelled_as_its_worker_stops_ends_before_the_worker_does(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handler's thread whose call under way on the worker's loop takes a moment to
+    # end once cancelled (a query cancelled on its server),
+    ready, go = threading.Event(), threading.Event()
+    said = _attempts(app, ready, go)
+    handed = asyncio.Event()
+    cleanup: list[str] = []
+
+    async def slow_to_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        handed.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleanup.append("began")
+            await asyncio.sleep(0.2)  # (a round trip to the server)
+            cleanup.append("ended")
+            raise
+
+    monkeypatch.setattr(app.blobs, "put", slow_to_cancel)
+
+    async def until_handed(job_id: str) -> None:
+        await _dead(app, job_id)
+        go.set()
+        await asyncio.wait_for(handed.wait(), 30)
+
+    # when the worker stops,
+    loop = _run_worker(app, until_handed)
+    try:
+        _wait_for(said, 2)
+        left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    finally:
+        loop.close()
+    # then the call's cleanup ran to its end before the worker's run returned (cut short
+    # by the loop's end, it was left pending: a cancelled query warned, its connection
+    # closed by the garbage collector)
+    assert cleanup == ["began", "ended"] and left == [], (cleanup, left)
+
+
+@pytest.mark.anyio
+async def test_run_jobs_lets_a_timed_out_handler_clean_up_through_its_context(app: App) -> None:
+    # Given a plain handler that times out, and, told to stop, deletes what it had put,
+    app.message("t.export")(Late)
+    said: list[str] = []
+
+    @app.handles(Late, timeout=0.2, max_attempts=1)
+    def export(msg: Late, ctx: SyncContext) -> None:
+        ctx.blobs.put("partial/x", b"half")
+        ctx.cancelled.wait(THREAD_WAIT_S)
+        try:
+            ctx.blobs.delete("partial/x")
+            said.append("cleaned up")
+        except Exception as exc:
+            said.append(repr(exc))
+
+    async with app:
+        await app.enqueue(Late(n=1))
+        # when run_jobs runs it (it waits for threads that ran on, the loop still running),
+        (row,) = await run_jobs(app, raise_errors=False)
+        # then the cleanup's call reaches the worker's loop, as it did before the worker
+        # closed its hand-offs as it stops (run_jobs closes them once its wait is over)
+        assert row.state == "dead"
+        assert said == ["cleaned up"]
+        with pytest.raises(FileNotFoundError):
+            await app.blobs.get("partial/x")

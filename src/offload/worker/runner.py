@@ -115,6 +115,9 @@ SIDE_RESTART_WINDOW_S = 60.0
 RECHECK_RETRY_S = 0.5
 
 _SHUTDOWN, _CANCEL, _LOST = "shutdown", "cancel", "lost"
+#: How long a stopping worker waits for the calls its handlers' threads handed to its loop
+#: to end once cancelled (`Handoffs.aclose`): a cancelled query's cleanup, say.
+HANDOFFS_END_S = 5.0
 _CANCELLED = {"type": "Cancelled", "message": "cancelled while running"}
 _RELEASED = {"type": "Released", "message": "worker shut down; job released"}
 _GIVEN_BACK = {
@@ -428,6 +431,9 @@ class Worker:
         #: it stops, for a thread that runs on would wait for ever on a call handed to the
         #: loop as it made its last run (a run makes new ones).
         self._handoffs = Handoffs()
+        #: Whether `run` closes them as it ends; `offload.testing.run_jobs` closes them
+        #: itself, once its wait for threads that ran on is over (their cleanup calls in).
+        self._closes_handoffs = True
         #: Whether the worker stopped because more threads ran on than it has slots.
         self.wedged = False
         #: Async handlers' runs a stop left running: each ignored its cancellation (it
@@ -598,10 +604,12 @@ class Worker:
                 self._loop_watch = None  # (its marks end: no health check reads them)
                 loop_watch.stop()
                 await self._forget_record()  # not live any more
-                self._handoffs.close()  # (what threads that run on call now is refused)
+                if self._closes_handoffs:  # (what threads that run on call now is refused)
+                    await self._handoffs.aclose(HANDOFFS_END_S)
                 await self.app.close()
             finally:
-                self._handoffs.close()
+                if self._closes_handoffs:
+                    self._handoffs.close()
                 self.stopped.set()
         log.info(
             "%s stopped",
