@@ -906,3 +906,18 @@ async def test_the_dashboards_event_streams_name_the_worker_as_operators_see_it(
     (dead,) = [r for r in records if r["state"] == "dead"]
     assert dead["worker"] == row.worker
     assert "Traceback (most recent call last)" in dead["error"]["traceback"]
+
+
+async def test_a_confirmation_writes_its_count_as_the_list_does(
+    app: App, web: httpx.AsyncClient
+) -> None:
+    # Given 1,234 waiting pings,
+    await app.enqueue_many([Ping(n=i) for i in range(1234)], delay=3600)
+    # when an operator asks to cancel them all,
+    html, _ = await _page(web, "/dashboard/jobs/confirm", action="cancel", kind="misc.ping")
+    # then the page's title, heading, count and button write the number with its commas
+    assert "<title>Cancel 1,234 jobs?" in html
+    assert "<h1>Cancel 1,234 jobs?</h1>" in html
+    assert '<b data-testid="confirm-count">1,234</b>' in html
+    assert 'data-testid="confirm-button">Cancel 1,234 jobs</button>' in html
+    assert 'name="expected" value="1234"' in html  # (the form's own, as it was)

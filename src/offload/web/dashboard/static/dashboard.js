@@ -84,7 +84,9 @@
       const item = document.createElement("li");
       const link = document.createElement("a");
       link.href = `${base}/jobs/${encodeURIComponent(record.id)}`;
-      link.textContent = record.id.slice(0, 13) + "…";
+      const id = document.createElement("code");
+      id.textContent = record.id;
+      link.append(id);
       const what = document.createElement("span");
       what.textContent = `${record.kind} · ${record.queue}`;
       const state = document.createElement("span");
