@@ -784,6 +784,81 @@ def test_a_script_that_called_the_queue_functions_exits_quietly(
     assert "Unclosed" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
 
 
+RUN_ON_SCRIPT = """
+import sys, threading, time
+from offload import App, Message, Settings, SyncContext
+from offload.serverless.aws import sqs_handler
+
+app = App("script", settings=Settings(url=sys.argv[1], blobs_url=sys.argv[2], lease_s=3.0))
+said = []
+
+@app.message("script.slow")
+class Slow(Message):
+    steps: int
+
+@app.handles(Slow, timeout=0.3, max_attempts=1)
+def slow(msg, ctx: SyncContext):
+    # works on past its timeout, reporting as it goes, and returns once told to stop
+    for i in range(msg.steps):
+        time.sleep(0.2)
+        said.append(ctx.progress(i / msg.steps))
+        if ctx.cancelled.is_set() and len(said) > 5:
+            return
+
+class Lambda:
+    def __init__(self, s):
+        self.until = time.monotonic() + s
+    def get_remaining_time_in_millis(self):
+        return int((self.until - time.monotonic()) * 1000)
+
+fn = sqs_handler(app, margin_s=0.5)
+event = {"Records": [__RECORD__]}
+print(fn(event, Lambda(2.0)), flush=True)
+late = threading.Timer(60, lambda: print("said", said, flush=True))
+late.daemon = True  # (says only whether the exit still waits a minute on)
+late.start()
+"""
+
+
+def test_a_script_whose_handler_thread_reports_on_after_the_invocation_exits(
+    schema: PgSchema, moto_endpoint: str, sqs: Any, queue_url: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import offload
+
+    # Given a script that calls the queue-triggered function once, whose plain handler
+    # runs on past its timeout and the invocation, reporting progress (to a loop that runs
+    # no more once the invocation has returned),
+    name = queue_url.rsplit("/", 1)[1]
+    url = f"sqs://{name}?endpoint_url={moto_endpoint}&region=us-east-1&relay_every=0&store={schema.url}"
+    app = App("sender", settings=Settings(url=url, blobs_url=str(tmp_path / "blobs")))
+    app.message("script.slow")(SlowSteps)
+    app.enqueue_sync(SlowSteps(steps=50))
+    got = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+    record = orjson.dumps(_record(got[0], queue_url)).decode()
+    script = tmp_path / "run_on.py"
+    script.write_text(RUN_ON_SCRIPT.replace("__RECORD__", record))
+    source = str(Path(offload.__file__).resolve().parents[1])
+    # when the script ends,
+    ran = subprocess.run(
+        [sys.executable, str(script), url, str(tmp_path / "blobs")],
+        env={**os.environ, "PYTHONPATH": source}, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip  # (a hang is killed there, before the test's own timeout)
+    # then it exits (its exit waited for ever on the thread, which waited on the loop):
+    # the thread's reports are answered False once the interpreter exits, and it returns
+    assert ran.returncode == 0, ran.stderr
+    assert "batchItemFailures" in ran.stdout
+    assert "said" not in ran.stdout, "the exit waited for the handler's 50 steps"
+    assert "Traceback" not in ran.stderr, ran.stderr
+
+
+class SlowSteps(Message):
+    steps: int
+
+
 def test_a_plain_postgresql_backend_writes_no_outbox_rows(schema: PgSchema) -> None:
     import psycopg
 

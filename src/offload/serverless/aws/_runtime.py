@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
+import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -52,6 +54,18 @@ def close_at_exit(loop: asyncio.AbstractEventLoop, close: Callable[[], Awaitable
     """Have `close()` awaited on `loop` when the interpreter exits (an app a handler opened
     with `open`, which no task of the loop holds: its SDK sessions were left unclosed)."""
     _closers.setdefault(loop, []).append(close)
+
+
+def before_threads_join(call: Callable[[], object]) -> None:
+    """Have `call()` made as the interpreter exits, before it waits for the threads still
+    running (which it does before the `atexit` functions run): a handler's thread that
+    runs on past an invocation, waiting on the loop that runs no more, would hold the
+    exit for ever. (Python's own hook, as `concurrent.futures` uses it; without it, as
+    before.)"""
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # (the interpreter exits already)
+            register(call)
 
 
 def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:

@@ -28,7 +28,13 @@ from ...brokers.sqs import SQSBackend
 from ...contract import JobState, Lease, Outcome
 from ...errors import BackendError, ConfigurationError
 from ...worker.runner import CANCELLED_RUNS_WAIT_S, DEFAULT_HEARTBEAT_S, Worker
-from ._runtime import LambdaContext, close_at_exit, remaining_s, thread_loop
+from ._runtime import (
+    LambdaContext,
+    before_threads_join,
+    close_at_exit,
+    remaining_s,
+    thread_loop,
+)
 
 log = logging.getLogger("offload.serverless")
 
@@ -78,6 +84,8 @@ class SQSConsumer:
                 await self.app.close()
                 raise
             close_at_exit(self.loop, self.close)
+            # (a thread that runs on, waiting on this loop, is told the worker has stopped)
+            before_threads_join(self._worker._handoffs.close)
         return self._worker
 
     async def close(self) -> None:
