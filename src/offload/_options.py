@@ -101,11 +101,18 @@ MAX_OWNER_LENGTH = 255
 MAX_KEY_LENGTH = 255
 
 
+#: What a batch's later jobs' keys put between the batch's key and their index
+#: (`App.enqueue_many`): no key given to a call may hold it, so none is taken for theirs.
+BATCH_KEY_MARK = "\x1f"
+
+
 def key_fault(key: str) -> str | None:
     """Why `key` cannot be an idempotency key, or None: PostgreSQL cannot store a NUL, nor
     index a few thousand bytes (each failed the enqueue as the backend's error)."""
     if "\x00" in key:
         return "idempotency_key cannot hold a NUL character"
+    if BATCH_KEY_MARK in key:
+        return "idempotency_key cannot hold the character U+001F (a batch's keys use it)"
     if len(key) > MAX_KEY_LENGTH:
         return f"idempotency_key has at most {MAX_KEY_LENGTH} characters, not {len(key)}"
     return None

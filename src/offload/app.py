@@ -24,7 +24,7 @@ from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the da
 from ._group import GroupCommit
 from ._ids import uuid7, uuid7_block
 from ._loop import is_async_callable, running_loop
-from ._options import DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
+from ._options import BATCH_KEY_MARK, DEFAULT_OWNER, LATEST_RUN_AT, JobOptions
 from ._sync import SyncRunner, start_lock
 from ._unique import UniqueMode, unique_fields, unique_key
 from .brokers import Backend, Capability, name_memory, open_backend
@@ -236,9 +236,10 @@ class _Batch:
 def batch_key(key: str | None, index: int) -> str | None:
     """The idempotency key of a batch's job at `index` (`enqueue_many`): the batch's key
     names the request, so its repeat answers every job it made: the first job holds the key
-    itself (as an `enqueue` would), each later one the key and `#<index>` (one key for all
-    stored the first job alone, and answered every later message with it)."""
-    return key if key is None or index == 0 else f"{key}#{index}"
+    itself (as an `enqueue` would), each later one the key, `BATCH_KEY_MARK` and the index
+    (one key for all stored the first job alone, and answered every later message with
+    it). No key given to a call holds the mark (`key_fault`): none is a batch's."""
+    return key if key is None or index == 0 else f"{key}{BATCH_KEY_MARK}{index}"
 
 
 class App:
@@ -1154,8 +1155,8 @@ class App:
     ) -> list[Job]:
         """Enqueue many jobs in one atomic batch (all or none), each with these options (as
         for `enqueue`). An `idempotency_key` names the batch: its first job holds it, each
-        later one the key and `#<its index>` (`batch_key`), so that a repeat of the batch
-        answers with every job the first one made."""
+        later one a key of its own made from it and its index (`batch_key`), so that a
+        repeat of the batch answers with every job the first one made."""
         o = JobOptions(
             priority=priority,
             delay=delay,

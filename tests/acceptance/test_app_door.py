@@ -416,6 +416,13 @@ async def test_a_batchs_idempotency_key_answers_its_repeat_with_every_job(opened
     (one,) = [await app.enqueue(batch[0], owner="alice", idempotency_key="fan-out-1")]
     assert one.id == first[0].id and not one.created
     assert len(await app.list_jobs(owner="alice")) == 5
+    # A key of another request is not taken for one of the batch's (a batch's later keys
+    # were the key and "#1", "#2"…: a call's own "fan-out-1#1" was answered with the
+    # batch's second job), nor may a call's key look like one of them.
+    other = await app.enqueue(batch[1], owner="alice", idempotency_key="fan-out-1#1")
+    assert other.created and other.id not in {job.id for job in first}
+    with pytest.raises(ValueError, match="U\\+001F"):
+        await app.enqueue(batch[1], owner="alice", idempotency_key="fan-out-1\x1f1")
 
 
 async def test_a_batch_stamps_each_job_as_a_call_of_its_own_would(opened: App) -> None:

@@ -33,7 +33,7 @@ from offload.web import create_app, events
 from offload.web.events import Hub, owner_stream
 from offload.worker.runner import Worker
 
-from ..contract._support import PATIENCE_S, claim, envelope, worker_info
+from ..contract._support import PATIENCE_S, claim, done, envelope, worker_info
 from ..services import PG_URL, PgSchema, Relay, require_pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -1278,3 +1278,34 @@ async def test_a_nul_character_in_a_filter_is_a_422_not_a_backend_outage(app: Ap
         await app.enqueue(Ping(n=1), idempotency_key="k" * 3000)
     assert await app.deliveries("a\x00b") == []
     assert await app.changes_since(0, owner="a\x00b") == []
+
+
+async def test_a_record_written_while_its_job_is_deleted_is_not_kept(schema: PgSchema) -> None:
+    from offload.brokers import open_backend
+
+    backend = open_backend(schema.url)
+    await backend.open()
+    try:
+        env = envelope()
+        await backend.enqueue([env])
+        (lease,) = await claim(backend)
+        await backend.settle([done(lease, 1)])
+        # Given an operator's delete of a finished job, under way in its transaction,
+        async with await psycopg.AsyncConnection.connect(schema.url) as conn:
+            await conn.execute("DELETE FROM offload_jobs WHERE id = %s::uuid", (env.id,))
+            # when a delivery of that job records its attempt meanwhile,
+            record = asyncio.ensure_future(
+                backend.remember(env.id, "offload.deliveries.email", [{"target": "a@b.example"}])
+            )
+            await asyncio.sleep(0.3)
+            # it waits for the delete (it went through at once, and was kept after it),
+            assert not record.done()
+            await conn.commit()
+        await asyncio.wait_for(record, 30)
+        # then nothing of it is kept once the delete has committed
+        assert await backend.recall(env.id, "offload.deliveries.email") == (False, None)
+        # (and an id no job can have is kept nowhere, as on the other backends)
+        await backend.remember("not-a-uuid", "step", 1)
+        assert await backend.recall("not-a-uuid", "step") == (False, None)
+    finally:
+        await backend.close()

@@ -1854,7 +1854,10 @@ class PostgresBackend:
 
     async def remember(self, job_id: str, key: str, value: Any, *, first: bool = False) -> None:
         sql = Q["remember_first" if first else "remember"]
-        await self._fetch(sql, {"id": job_id, "job": job_id, "key": key, "value": _json(value)})
+        job = _uuid(job_id)
+        if job is None:
+            return  # (no job has such an id: nothing is kept, as on the other backends)
+        await self._fetch(sql, {"id": job_id, "job": job, "key": key, "value": _json(value)})
 
     async def recall(self, job_id: str, key: str) -> tuple[bool, Any]:
         rows = await self._fetch(Q["recall"], {"id": job_id, "key": key})

@@ -615,16 +615,16 @@ WHERE state IN ('queued', 'retrying') AND queue = ANY(%(queues)s)
 
 -- name: remember
 -- Kept only while the job exists: one deleted meanwhile (a delivery or a step that ended
--- after it) would leave a record that nothing deletes.
+-- after it) would leave a record that nothing deletes. The job's row is locked (KEY
+-- SHARE: settles and progress go on) so that a delete under way is waited for, and
+-- then nothing is kept.
 INSERT INTO offload_effects (job_id, key, value)
-SELECT %(id)s::text, %(key)s, %(value)s
-WHERE EXISTS (SELECT 1 FROM offload_jobs WHERE id = %(job)s::uuid)
+SELECT %(id)s::text, %(key)s, %(value)s FROM offload_jobs WHERE id = %(job)s FOR KEY SHARE
 ON CONFLICT (job_id, key) DO UPDATE SET value = excluded.value
 
 -- name: remember_first
 INSERT INTO offload_effects (job_id, key, value)
-SELECT %(id)s::text, %(key)s, %(value)s
-WHERE EXISTS (SELECT 1 FROM offload_jobs WHERE id = %(job)s::uuid)
+SELECT %(id)s::text, %(key)s, %(value)s FROM offload_jobs WHERE id = %(job)s FOR KEY SHARE
 ON CONFLICT (job_id, key) DO NOTHING
 
 -- name: recall
