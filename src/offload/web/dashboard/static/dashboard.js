@@ -14,7 +14,9 @@
     return {
       testid: el.dataset.testid,
       href: el.getAttribute("href"),
-      queue: el.closest("[data-queue]")?.dataset.queue,
+      // (a button's like in its row: Pause that became Resume; a link gone is not
+      // replaced by that row's button, which an Enter meant for the link would press)
+      queue: el.tagName === "BUTTON" ? el.closest("[data-queue]")?.dataset.queue : undefined,
     };
   }
 
@@ -40,6 +42,7 @@
   function redrawer(box, url) {
     let busy = false;
     let again = false;
+    let shown = null; // the part as last fetched: one that has not changed is left alone
     return async function redraw() {
       if (busy) { again = true; return; }
       busy = true;
@@ -47,6 +50,8 @@
         const response = await fetch(url, { headers: { Accept: "text/html" } });
         if (response.ok) {
           const html = await response.text();
+          if (html === shown) return; // (a focused control, refocused, is read out again)
+          shown = html;
           const was = focusedIn(box);
           box.innerHTML = html;
           refocus(box, was);
