@@ -574,16 +574,19 @@ class Handoffs:
         for future in waiting:
             future.cancel()
 
-    async def aclose(self, within_s: float) -> None:
+    async def aclose(self, within_s: float) -> int:
         """`close`, on the worker's loop, then wait `within_s` at most for the calls under
         way there to end (a cancelled query's cleanup: cut short by the loop's end, it
-        warned and left its connection to be closed)."""
+        warned and left its connection to be closed). Returns how many still run: each
+        ignored its cancellation (a step that catches `CancelledError` and goes on), and
+        the loop's end would wait for it, maybe for ever."""
         self.close()
         for _ in range(2):  # (a call handed just before gets its task, then its cancel)
             await asyncio.sleep(0)
         running = {task for task in self._running if not task.done()}
         if running:
-            await asyncio.wait(running, timeout=within_s)
+            _, running = await asyncio.wait(running, timeout=within_s)
+        return len(running)
 
 
 class _Handed:

@@ -5,6 +5,7 @@ last run (or while it stopped) would wait for ever, and hold its process's exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 
 from offload import App, Message, SyncContext
 from offload.testing import run_jobs
+from offload.worker import runner
 from offload.worker.runner import Worker
 
 THREAD_WAIT_S = 20.0
@@ -46,7 +48,9 @@ def _attempts(app: App, ready: threading.Event, go: threading.Event) -> list[Any
     return said
 
 
-def _run_worker(app: App, until: Callable[[str], Any]) -> asyncio.AbstractEventLoop:
+def _run_worker(
+    app: App, until: Callable[[str], Any], made: Callable[[Worker], object] = lambda _: None
+) -> asyncio.AbstractEventLoop:
     """Run a worker on a loop of its own until `until(job_id)` (awaited on that loop) returns,
     then stop it; the loop is left stopped, not closed, as a runner leaves it after its
     last run."""
@@ -57,6 +61,7 @@ def _run_worker(app: App, until: Callable[[str], Any]) -> asyncio.AbstractEventL
         try:
             job = await app.enqueue(Late(n=1))
             worker = Worker(app, grace_s=0.5)
+            made(worker)
             task = asyncio.create_task(worker.run())
             await until(job.id)
             worker.request_stop()
@@ -201,3 +206,95 @@ async def test_run_jobs_lets_a_timed_out_handler_clean_up_through_its_context(ap
         assert said == ["cleaned up"]
         with pytest.raises(FileNotFoundError):
             await app.blobs.get("partial/x")
+
+
+def test_a_call_that_ignores_its_cancellation_is_counted_as_left_running(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handler's thread whose call under way on the worker's loop catches its
+    # cancellation and goes on (until the test lets it end),
+    ready, go = threading.Event(), threading.Event()
+    said = _attempts(app, ready, go)
+    handed = asyncio.Event()
+    stubborn = True
+
+    async def ignores_its_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        handed.set()
+        while stubborn:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(30)
+
+    monkeypatch.setattr(app.blobs, "put", ignores_its_cancel)
+    monkeypatch.setattr(runner, "HANDOFFS_END_S", 0.2)
+    workers: list[Worker] = []
+
+    async def until_handed(job_id: str) -> None:
+        await _dead(app, job_id)
+        go.set()
+        await asyncio.wait_for(handed.wait(), 30)
+
+    # when the worker stops,
+    loop = _run_worker(app, until_handed, workers.append)
+    try:
+        # then it waits no longer than its bound, and counts the call as left running (the
+        # loop's end would wait for it for ever: `offload worker` exits without it)
+        (worker,) = workers
+        assert worker.tasks_left == 1
+        _wait_for(said, 2)
+    finally:
+        stubborn = False
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
+        loop.close()
+
+
+def test_a_worker_cancelled_while_it_awaits_the_calls_cleanup_still_closes_its_app(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handler's thread whose call under way is slow to end once cancelled,
+    ready, go = threading.Event(), threading.Event()
+    _attempts(app, ready, go)
+    handed, cancel_seen = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        handed.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancel_seen.set()
+            await asyncio.sleep(3)
+            raise
+
+    monkeypatch.setattr(app.blobs, "put", slow_to_cancel)
+    users: list[int] = []
+
+    async def main() -> None:
+        await app.open()
+        try:
+            job = await app.enqueue(Late(n=1))
+            worker = Worker(app, grace_s=0.5)
+            run = asyncio.create_task(worker.run())
+            await _dead(app, job.id)
+            go.set()
+            await asyncio.wait_for(handed.wait(), 30)
+            # when it is stopped, and cancelled while it awaits that cleanup,
+            worker.request_stop()
+            await asyncio.wait_for(cancel_seen.wait(), 30)
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(run, 30)
+            users.append(app._users)
+        finally:
+            await app.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
+        loop.close()
+    # then it released its hold on the app all the same (the test's own hold is left)
+    assert users == [1]

@@ -784,6 +784,46 @@ def test_a_script_that_called_the_queue_functions_exits_quietly(
     assert "Unclosed" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
 
 
+class LateSls(Message):
+    n: int = 0
+
+
+def test_closing_the_consumer_awaits_a_cancelled_calls_cleanup(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a plain handler whose thread runs on past its timeout and then stores a blob,
+    # a call slow to end once cancelled (a query cancelled on its server),
+    go, handed = threading.Event(), asyncio.Event()
+    cleanup: list[str] = []
+    stack.app.message("sls.late", http=True)(LateSls)
+
+    @stack.app.handles(LateSls, timeout=0.3, max_attempts=1)
+    def late(msg: LateSls, ctx: Any) -> None:
+        go.wait(WAIT_S)
+        with contextlib.suppress(RuntimeError):
+            ctx.blobs.put("late/x", b"x")
+
+    async def slow_to_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        handed.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleanup.append("began")
+            await asyncio.sleep(0.2)
+            cleanup.append("ended")
+            raise
+
+    monkeypatch.setattr(stack.app.blobs, "put", slow_to_cancel)
+    _, body = stack.http("POST", "/v1/jobs/sls.late", {})
+    stack.deliver_until(body["id"], lambda s: s["state"] == "dead")
+    go.set()
+    stack.run(asyncio.wait_for(handed.wait(), WAIT_S))  # (its call under way on the loop)
+    # when the consumer is closed (a test's end, the interpreter's exit),
+    stack.run(stack.worker.close())
+    # then the call's cleanup ran to its end first (it was cut short, and warned)
+    assert cleanup == ["began", "ended"]
+
+
 RUN_ON_SCRIPT = """
 import sys, threading, time
 from offload import App, Message, Settings, SyncContext

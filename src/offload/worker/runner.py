@@ -438,7 +438,8 @@ class Worker:
         self.wedged = False
         #: Async handlers' runs a stop left running: each ignored its cancellation (it
         #: caught `CancelledError` and went on). Their leases lapse; the event loop's end
-        #: would wait for them, maybe for ever (`offload worker` exits without).
+        #: would wait for them, maybe for ever (`offload worker` exits without). So do
+        #: calls its handlers' threads handed to its loop that ignored theirs (`Handoffs`).
         self.tasks_left = 0
         self._loop_watch: LoopWatch | None = None
         #: The side tasks by name; when each last failed (loop time).
@@ -604,9 +605,11 @@ class Worker:
                 self._loop_watch = None  # (its marks end: no health check reads them)
                 loop_watch.stop()
                 await self._forget_record()  # not live any more
-                if self._closes_handoffs:  # (what threads that run on call now is refused)
-                    await self._handoffs.aclose(HANDOFFS_END_S)
-                await self.app.close()
+                try:
+                    if self._closes_handoffs:  # (what threads that run on call now is refused)
+                        self.tasks_left += await self._handoffs.aclose(HANDOFFS_END_S)
+                finally:
+                    await self.app.close()
             finally:
                 if self._closes_handoffs:
                     self._handoffs.close()

@@ -27,7 +27,7 @@ from ...app import App
 from ...brokers.sqs import SQSBackend
 from ...contract import JobState, Lease, Outcome
 from ...errors import BackendError, ConfigurationError
-from ...worker.runner import CANCELLED_RUNS_WAIT_S, DEFAULT_HEARTBEAT_S, Worker
+from ...worker.runner import CANCELLED_RUNS_WAIT_S, DEFAULT_HEARTBEAT_S, HANDOFFS_END_S, Worker
 from ._runtime import (
     LambdaContext,
     before_threads_join,
@@ -93,7 +93,7 @@ class SQSConsumer:
         if self._worker is not None:
             worker, self._worker = self._worker, None
             worker._threads.shutdown(wait=False, cancel_futures=True)
-            worker._handoffs.close()
+            await worker._handoffs.aclose(HANDOFFS_END_S)  # (their cleanup, before the app's)
             await worker.dispatcher.aclose()
             await self.app.close()
 
