@@ -321,3 +321,58 @@ def test_a_job_purged_while_its_page_is_open_says_so(browser: Browser, shop: Sho
     expect(gone).to_be_focused()
     expect(page.get_by_test_id("job-state")).to_have_count(0)
     page.context.close()
+
+
+def test_a_redraw_that_changes_nothing_leaves_the_focused_control_alone(
+    browser: Browser, shop: Shop
+) -> None:
+    from playwright.sync_api import expect
+
+    page = _page_as(browser, shop, "ops")
+    # (the page's redraws counted, their parts kept without the forms' tokens, as their
+    # answers are read: each one's swap, if any, is done before a later task, the waits
+    # below, looks)
+    page.add_init_script(
+        """
+        window.__redraws = [];
+        const text = Response.prototype.text;
+        Response.prototype.text = function () {
+          return text.call(this).then((body) => {
+            if (this.url.includes("part=live")) {
+              window.__redraws.push(body.replace(/<input type="hidden"[^>]*>/g, ""));
+            }
+            return body;
+          });
+        };
+        """
+    )
+    # Given the overview, redrawn once since it loaded (that one puts its part in place),
+    # and no job moving,
+    page.goto("/dashboard")
+    expect(page.get_by_test_id("live-state")).to_have_text("live")
+    page.wait_for_function("() => window.__redraws.length >= 1", timeout=3 * TIMEOUT_MS)
+    # when a queue's Pause is focused from the keyboard and the overview redraws itself
+    # (every 10 s) with nothing changed (the chart's minutes move on: a redraw across a
+    # minute's end changes its part, and is put in place; the next one is looked at)
+    for _ in range(4):
+        seen = page.evaluate("() => window.__redraws.length")
+        page.get_by_role("button", name="Pause queue misc", exact=True).focus()
+        page.evaluate(
+            """() => {
+              document.querySelectorAll("[data-mark]").forEach((el) => delete el.dataset.mark);
+              document.activeElement.dataset.mark = "focused";
+              window.__focusins = 0;
+              document.addEventListener("focusin", () => { window.__focusins += 1; });
+            }"""
+        )
+        page.wait_for_function(f"() => window.__redraws.length > {seen}", timeout=3 * TIMEOUT_MS)
+        parts = page.evaluate(f"() => window.__redraws.slice({seen} - 1, {seen} + 1)")
+        if parts[0] == parts[1]:
+            break
+    else:
+        raise AssertionError("no two redraws in a row showed the same part")
+    # then the control is the same one, never focused again (a screen reader read a
+    # control focused anew out at each redraw; each render's form tokens differ)
+    expect(page.locator('[data-mark="focused"]')).to_be_focused()
+    assert page.evaluate("() => window.__focusins") == 0
+    page.context.close()

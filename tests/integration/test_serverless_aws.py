@@ -824,6 +824,45 @@ def test_closing_the_consumer_awaits_a_cancelled_calls_cleanup(
     assert cleanup == ["began", "ended"]
 
 
+def test_closing_the_consumer_closes_its_app_past_a_call_that_ignores_its_cancel(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a plain handler's thread, run on past its timeout, whose call on the loop
+    # catches its cancellation and goes on,
+    go, handed = threading.Event(), asyncio.Event()
+    stubborn = [True]
+    stack.app.message("sls.late", http=True)(LateSls)
+
+    @stack.app.handles(LateSls, timeout=0.3, max_attempts=1)
+    def late(msg: LateSls, ctx: Any) -> None:
+        go.wait(WAIT_S)
+        with contextlib.suppress(RuntimeError):
+            ctx.blobs.put("late/x", b"x")
+
+    async def ignores_its_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        handed.set()
+        while stubborn[0]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(stack.app.blobs, "put", ignores_its_cancel)
+    _, body = stack.http("POST", "/v1/jobs/sls.late", {})
+    stack.deliver_until(body["id"], lambda s: s["state"] == "dead")
+    go.set()
+    stack.run(asyncio.wait_for(handed.wait(), WAIT_S))
+    users = stack.app._users
+    try:
+        # when the consumer is closed within a bound (the interpreter's exit gives 5 s),
+        began = time.monotonic()
+        stack.run(asyncio.wait_for(stack.worker.close(), 4.0))
+        # then it gave up on that call in time, and closed the app after it (the exit's
+        # bound cut the close short inside its wait: the app stayed open)
+        assert time.monotonic() - began < 4.0
+        assert stack.app._users == users - 1
+    finally:
+        stubborn[0] = False
+
+
 RUN_ON_SCRIPT = """
 import sys, threading, time
 from offload import App, Message, Settings, SyncContext

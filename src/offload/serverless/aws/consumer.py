@@ -27,7 +27,7 @@ from ...app import App
 from ...brokers.sqs import SQSBackend
 from ...contract import JobState, Lease, Outcome
 from ...errors import BackendError, ConfigurationError
-from ...worker.runner import CANCELLED_RUNS_WAIT_S, DEFAULT_HEARTBEAT_S, HANDOFFS_END_S, Worker
+from ...worker.runner import CANCELLED_RUNS_WAIT_S, DEFAULT_HEARTBEAT_S, Worker
 from ._runtime import (
     LambdaContext,
     before_threads_join,
@@ -48,6 +48,10 @@ ANSWER_MARGIN_S = 0.5
 #: Seconds before a job due now that could not be claimed (its queue paused, or its row
 #: held by another consumer this instant) is looked at again: its message is sent again.
 RECHECK_S = 30.0
+#: How long `close` waits for the cancelled calls of handlers' threads to end: well within
+#: the bound of a close at the interpreter's exit (`_runtime.EXIT_WAIT_S`), so that the
+#: app is closed after them.
+CLOSE_HANDOFFS_S = 2.0
 
 
 class SQSConsumer:
@@ -93,9 +97,13 @@ class SQSConsumer:
         if self._worker is not None:
             worker, self._worker = self._worker, None
             worker._threads.shutdown(wait=False, cancel_futures=True)
-            await worker._handoffs.aclose(HANDOFFS_END_S)  # (their cleanup, before the app's)
-            await worker.dispatcher.aclose()
-            await self.app.close()
+            try:  # (the cancelled calls' cleanup, before the app's: within the exit's bound)
+                await worker._handoffs.aclose(CLOSE_HANDOFFS_S)
+            finally:
+                try:
+                    await worker.dispatcher.aclose()
+                finally:
+                    await self.app.close()
 
     def _broker(self) -> SQSBackend:
         return cast(SQSBackend, self.app._require_backend())

@@ -42,7 +42,10 @@
   function redrawer(box, url) {
     let busy = false;
     let again = false;
-    let shown = null; // the part as last fetched: one that has not changed is left alone
+    // The part as last put in place, its forms' tokens left out (each render signs anew):
+    // one that has not changed is left alone, for an hour at most (its tokens then renewed).
+    let shown = null;
+    let shownAt = 0;
     return async function redraw() {
       if (busy) { again = true; return; }
       busy = true;
@@ -50,8 +53,11 @@
         const response = await fetch(url, { headers: { Accept: "text/html" } });
         if (response.ok) {
           const html = await response.text();
-          if (html === shown) return; // (a focused control, refocused, is read out again)
-          shown = html;
+          const same = html.replace(/<input type="hidden"[^>]*>/g, "");
+          // (a focused control, refocused, is read out again)
+          if (same === shown && Date.now() - shownAt < 3600e3) return;
+          shown = same;
+          shownAt = Date.now();
           const was = focusedIn(box);
           box.innerHTML = html;
           refocus(box, was);
