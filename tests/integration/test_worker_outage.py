@@ -65,6 +65,9 @@ async def test_a_worker_stopped_in_an_outage_ends_soon_and_names_what_it_could_n
     assert [r.job_id for r in lost] == [job.id]  # type: ignore[attr-defined]
     assert "runs again once its lease expires" in lost[0].getMessage()
     # which the backend still has running under it, to be rescued when its lease lapses.
-    async with App("check", settings=Settings(url=schema.url)) as check:
+    # (the check's own connection, to the server itself: a loaded CI run took more than
+    # the default 5 s to open its pool once)
+    look = Settings(url=schema.url, connect_timeout_s=30.0)
+    async with App("check", settings=look) as check:
         row = await check.get(job.id)
         assert row is not None and row.state is JobState.RUNNING
