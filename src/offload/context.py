@@ -179,12 +179,12 @@ class Context:
             raise ValueError("progress fraction must be between 0 and 1")
         if message is not None:
             message = storable(message[:200])
-        if running_loop() is None:  # (a thread's: False once its worker has stopped)
-            try:
-                return self._bridge(self._progress(fraction, message))
-            except _WorkerGone:
-                return False  # (it holds the job no more)
-        return self._bridge(self._progress(fraction, message))
+        try:
+            return self._bridge(self._progress(fraction, message))
+        except _WorkerGone:
+            if running_loop() is not None:  # (a loop of the handler's own is told so)
+                raise
+            return False  # (a thread's: its worker has stopped, it holds the job no more)
 
     async def _progress(self, fraction: float | None, message: str | None) -> bool:
         """Store the report now, or, within `PROGRESS_EVERY_S` of the last one stored, once
