@@ -17,6 +17,7 @@ from offload import App, Message, SyncContext
 from offload.testing import run_jobs
 from offload.worker import runner
 from offload.worker.runner import Worker
+from tests.handed_calls import HandedCall
 
 THREAD_WAIT_S = 20.0
 
@@ -108,18 +109,9 @@ def test_a_call_under_way_as_its_worker_stops_is_ended(
     # worker's loop (a blob store that never answers)
     ready, go = threading.Event(), threading.Event()
     said = _attempts(app, ready, go)
-    handed = asyncio.Event()
-
-    async def never(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        handed.set()
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(app.blobs, "put", never)
-
-    async def until_handed(job_id: str) -> None:
-        await _dead(app, job_id)
-        go.set()
-        await asyncio.wait_for(handed.wait(), 30)
+    call = HandedCall()
+    monkeypatch.setattr(app.blobs, "put", call.put)
+    until_handed = _until_handed(app, go, call)
 
     # when the worker stops,
     loop = _run_worker(app, until_handed)
@@ -131,6 +123,18 @@ def test_a_call_under_way_as_its_worker_stops_is_ended(
     assert isinstance(said[0], RuntimeError), said
     assert "the worker that ran this attempt has stopped" in str(said[0])
     assert said[1] is False
+
+
+def _until_handed(app: App, go: threading.Event, call: HandedCall) -> Callable[[str], Any]:
+    """What `_run_worker` awaits: the job dead (its attempt timed out), then its thread
+    let go, until its call to `call.put` is under way on the worker's loop."""
+
+    async def until_handed(job_id: str) -> None:
+        await _dead(app, job_id)
+        go.set()
+        await asyncio.wait_for(call.handed.wait(), 30)
+
+    return until_handed
 
 
 def _wait_for(said: list[Any], count: int) -> None:
@@ -147,25 +151,9 @@ def test_a_call_cancelled_as_its_worker_stops_ends_before_the_worker_does(
     # end once cancelled (a query cancelled on its server),
     ready, go = threading.Event(), threading.Event()
     said = _attempts(app, ready, go)
-    handed = asyncio.Event()
-    cleanup: list[str] = []
-
-    async def slow_to_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        handed.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cleanup.append("began")
-            await asyncio.sleep(0.2)  # (a round trip to the server)
-            cleanup.append("ended")
-            raise
-
-    monkeypatch.setattr(app.blobs, "put", slow_to_cancel)
-
-    async def until_handed(job_id: str) -> None:
-        await _dead(app, job_id)
-        go.set()
-        await asyncio.wait_for(handed.wait(), 30)
+    call = HandedCall(0.2)  # (a round trip to the server)
+    monkeypatch.setattr(app.blobs, "put", call.put)
+    until_handed = _until_handed(app, go, call)
 
     # when the worker stops,
     loop = _run_worker(app, until_handed)
@@ -177,7 +165,7 @@ def test_a_call_cancelled_as_its_worker_stops_ends_before_the_worker_does(
     # then the call's cleanup ran to its end before the worker's run returned (cut short
     # by the loop's end, it was left pending: a cancelled query warned, its connection
     # closed by the garbage collector)
-    assert cleanup == ["began", "ended"] and left == [], (cleanup, left)
+    assert call.cleanup == ["began", "ended"] and left == [], (call.cleanup, left)
 
 
 @pytest.mark.anyio
@@ -215,23 +203,11 @@ def test_a_call_that_ignores_its_cancellation_is_counted_as_left_running(
     # cancellation and goes on (until the test lets it end),
     ready, go = threading.Event(), threading.Event()
     said = _attempts(app, ready, go)
-    handed = asyncio.Event()
-    stubborn = True
-
-    async def ignores_its_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        handed.set()
-        while stubborn:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(30)
-
-    monkeypatch.setattr(app.blobs, "put", ignores_its_cancel)
+    call = HandedCall(stubborn=True)
+    monkeypatch.setattr(app.blobs, "put", call.put)
     monkeypatch.setattr(runner, "HANDOFFS_END_S", 0.2)
     workers: list[Worker] = []
-
-    async def until_handed(job_id: str) -> None:
-        await _dead(app, job_id)
-        go.set()
-        await asyncio.wait_for(handed.wait(), 30)
+    until_handed = _until_handed(app, go, call)
 
     # when the worker stops,
     loop = _run_worker(app, until_handed, workers.append)
@@ -242,7 +218,7 @@ def test_a_call_that_ignores_its_cancellation_is_counted_as_left_running(
         assert worker.tasks_left == 1
         _wait_for(said, 2)
     finally:
-        stubborn = False
+        call.stubborn = False
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
@@ -255,18 +231,8 @@ def test_a_worker_cancelled_while_it_awaits_the_calls_cleanup_still_closes_its_a
     # Given a handler's thread whose call under way is slow to end once cancelled,
     ready, go = threading.Event(), threading.Event()
     _attempts(app, ready, go)
-    handed, cancel_seen = asyncio.Event(), asyncio.Event()
-
-    async def slow_to_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        handed.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancel_seen.set()
-            await asyncio.sleep(3)
-            raise
-
-    monkeypatch.setattr(app.blobs, "put", slow_to_cancel)
+    call = HandedCall(3.0)
+    monkeypatch.setattr(app.blobs, "put", call.put)
     users: list[int] = []
 
     async def main() -> None:
@@ -277,10 +243,10 @@ def test_a_worker_cancelled_while_it_awaits_the_calls_cleanup_still_closes_its_a
             run = asyncio.create_task(worker.run())
             await _dead(app, job.id)
             go.set()
-            await asyncio.wait_for(handed.wait(), 30)
+            await asyncio.wait_for(call.handed.wait(), 30)
             # when it is stopped, and cancelled while it awaits that cleanup,
             worker.request_stop()
-            await asyncio.wait_for(cancel_seen.wait(), 30)
+            await asyncio.wait_for(call.cancelled.wait(), 30)
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(run, 30)

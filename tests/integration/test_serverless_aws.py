@@ -32,6 +32,7 @@ from offload.serverless.aws import SQSConsumer, http_handler, sqs_handler
 from offload.serverless.aws.consumer import relay_handler
 
 from ..contract._support import ShiftClock
+from ..handed_calls import HandedCall
 from ..moto_support import moto_endpoint
 from ..services import PgSchema, require_pg
 from ..tcp_proxy import TcpProxy
@@ -788,13 +789,10 @@ class LateSls(Message):
     n: int = 0
 
 
-def test_closing_the_consumer_awaits_a_cancelled_calls_cleanup(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a plain handler whose thread runs on past its timeout and then stores a blob,
-    # a call slow to end once cancelled (a query cancelled on its server),
-    go, handed = threading.Event(), asyncio.Event()
-    cleanup: list[str] = []
+def _a_late_call_under_way(stack: Stack, monkeypatch: pytest.MonkeyPatch, call: HandedCall) -> None:
+    """A plain handler's thread, run on past its timeout (its job dead), whose blob `put`
+    is under way on the function's loop."""
+    go = threading.Event()
     stack.app.message("sls.late", http=True)(LateSls)
 
     @stack.app.handles(LateSls, timeout=0.3, max_attempts=1)
@@ -803,25 +801,24 @@ def test_closing_the_consumer_awaits_a_cancelled_calls_cleanup(
         with contextlib.suppress(RuntimeError):
             ctx.blobs.put("late/x", b"x")
 
-    async def slow_to_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        handed.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cleanup.append("began")
-            await asyncio.sleep(0.2)
-            cleanup.append("ended")
-            raise
-
-    monkeypatch.setattr(stack.app.blobs, "put", slow_to_cancel)
+    monkeypatch.setattr(stack.app.blobs, "put", call.put)
     _, body = stack.http("POST", "/v1/jobs/sls.late", {})
     stack.deliver_until(body["id"], lambda s: s["state"] == "dead")
     go.set()
-    stack.run(asyncio.wait_for(handed.wait(), WAIT_S))  # (its call under way on the loop)
+    stack.run(asyncio.wait_for(call.handed.wait(), WAIT_S))
+
+
+def test_closing_the_consumer_awaits_a_cancelled_calls_cleanup(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a plain handler whose thread runs on past its timeout and then stores a blob,
+    # a call slow to end once cancelled (a query cancelled on its server),
+    call = HandedCall(0.2)
+    _a_late_call_under_way(stack, monkeypatch, call)
     # when the consumer is closed (a test's end, the interpreter's exit),
     stack.run(stack.worker.close())
     # then the call's cleanup ran to its end first (it was cut short, and warned)
-    assert cleanup == ["began", "ended"]
+    assert call.cleanup == ["began", "ended"]
 
 
 def test_closing_the_consumer_closes_its_app_past_a_call_that_ignores_its_cancel(
@@ -829,27 +826,8 @@ def test_closing_the_consumer_closes_its_app_past_a_call_that_ignores_its_cancel
 ) -> None:
     # Given a plain handler's thread, run on past its timeout, whose call on the loop
     # catches its cancellation and goes on,
-    go, handed = threading.Event(), asyncio.Event()
-    stubborn = [True]
-    stack.app.message("sls.late", http=True)(LateSls)
-
-    @stack.app.handles(LateSls, timeout=0.3, max_attempts=1)
-    def late(msg: LateSls, ctx: Any) -> None:
-        go.wait(WAIT_S)
-        with contextlib.suppress(RuntimeError):
-            ctx.blobs.put("late/x", b"x")
-
-    async def ignores_its_cancel(key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        handed.set()
-        while stubborn[0]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0.05)
-
-    monkeypatch.setattr(stack.app.blobs, "put", ignores_its_cancel)
-    _, body = stack.http("POST", "/v1/jobs/sls.late", {})
-    stack.deliver_until(body["id"], lambda s: s["state"] == "dead")
-    go.set()
-    stack.run(asyncio.wait_for(handed.wait(), WAIT_S))
+    call = HandedCall(stubborn=True)
+    _a_late_call_under_way(stack, monkeypatch, call)
     users = stack.app._users
     try:
         # when the consumer is closed within a bound (the interpreter's exit gives 5 s),
@@ -860,7 +838,7 @@ def test_closing_the_consumer_closes_its_app_past_a_call_that_ignores_its_cancel
         assert time.monotonic() - began < 4.0
         assert stack.app._users == users - 1
     finally:
-        stubborn[0] = False
+        call.stubborn = False  # (its task ends as the fixture ends the loop's tasks)
 
 
 RUN_ON_SCRIPT = """
