@@ -6,6 +6,7 @@ and follow the job to its result.
 
 from __future__ import annotations
 
+from ._erase import Erasure
 from .app import App, Job
 from .context import Context, SyncContext
 from .contract import (
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "Envelope",
+    "Erasure",
     "Fail",
     "FromPrincipal",
     "InvalidTransition",

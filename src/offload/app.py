@@ -21,6 +21,7 @@ from . import _claim_check as claim_check
 from . import _payloads, tracing
 from ._bulk import DEFAULT_BULK_BATCH, minutes_since, throughput, walk
 from ._bulk import DEFAULT_COUNT_CAP as DEFAULT_COUNT_CAP  # re-exported: the dashboard's cap
+from ._erase import ERASE_WAIT_S, Erasure, erase_owner
 from ._group import GroupCommit
 from ._ids import uuid7, uuid7_block
 from ._loop import is_async_callable, running_loop
@@ -1556,6 +1557,36 @@ class App:
             return await backend.delete_many([r.id for r in rows])
 
         return await walk(backend, f, FINAL_STATES, apply, batch=batch)
+
+    async def erase_owner(
+        self, owner: str, *, addresses: Collection[str] = (), wait_s: float = ERASE_WAIT_S
+    ) -> Erasure:
+        """Erase what offload keeps of one owner (a data-protection erasure request): every
+        job of hers with its history, step values, keys and delivery records; the delivery
+        jobs of her jobs' notifications (webhooks and emails, waiting, dead or done) and
+        those naming one of `addresses` exactly (a webhook's URL, an email's recipient:
+        dead deliveries of her jobs pruned since are found only so); her jobs' checked-in
+        payloads; her turns at the fair queues.
+
+        Her waiting jobs are cancelled and her running ones asked to stop, without a
+        notification: `offload.notify` is paused while it runs (and resumed after, unless it
+        was paused before), so no delivery, of this cancellation or an earlier one, leaves.
+        It waits up to `wait_s` for her running jobs to end (a worker's grace is 30 s); one
+        still running then is left, with its deliveries, and named in `Erasure.left`: erase
+        again once it ends. A job enqueued for her while it runs is taken too. Files your
+        handlers put (`ctx.blobs`) are yours to delete: `Erasure.jobs` lists the ids.
+
+        Raises:
+            ValueError: an empty owner, one with a NUL character, or the deliveries' own
+                owner (`offload.notify`: erase the owners whose jobs they notify).
+        """
+        if not owner or "\x00" in owner:
+            raise ValueError("owner must be a non-empty name without NUL characters")
+        if owner == _notify.NOTIFY_OWNER:
+            raise ValueError(
+                f"{owner!r} owns every delivery job: erase the owners whose jobs they notify"
+            )
+        return await erase_owner(self, owner, addresses=addresses, wait_s=wait_s)
 
     async def history(self, *, minutes: int = 60) -> list[Throughput]:
         """Per minute of the last `minutes` (the current one last) and per queue, how many

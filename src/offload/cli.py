@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -23,6 +24,7 @@ import orjson
 import typer
 
 from . import __version__
+from ._erase import ERASE_WAIT_S
 from ._loading import load
 from ._logging import JsonLines, print_once
 from ._loop import freeze_start_up, raise_open_files
@@ -1398,6 +1400,72 @@ def jobs_delete(
             f"job {found} is not finished: only a finished job can be deleted", prefix="error: "
         )
     _console().print(f"job {found} deleted")
+
+
+@jobs_cli.command("erase")
+def jobs_erase(
+    owner: Annotated[str, typer.Option("--owner", help="the principal whose data to erase")],
+    address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--address",
+            help="also the deliveries to this exact email address or callback URL (repeatable)",
+        ),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(min=0, help="seconds to wait for her running jobs to end")
+    ] = ERASE_WAIT_S,
+    app: OptApp = None,
+    url: Url = None,
+    yes: YesOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the erased job ids and counts")] = False,
+) -> None:
+    """Erase one owner's data: her jobs with their history, their deliveries, checked-in
+    payloads and fair-queue turns, cancelling her waiting and running jobs first without a
+    notification (offload.notify is paused meanwhile). Exit 1 when a job of hers was left
+    running."""
+    from .notify.base import NOTIFY_OWNER
+
+    if not owner or "\x00" in owner or owner == NOTIFY_OWNER:
+        why = "the deliveries' own owner" if owner == NOTIFY_OWNER else "no principal's name"
+        raise _fail(f"--owner {owner!r} is {why}", prefix="error: ", code=2)
+    addresses = tuple(address or ())
+    if not yes:
+        n = _with_app(app, url, lambda a: a.count_jobs(JobFilter(owner=owner)))
+        also = f" and the deliveries to {', '.join(addresses)}" if addresses else ""
+        typer.confirm(
+            f"erase {owner}'s {n:,} job{'' if n == 1 else 's'} with their history and "
+            f"deliveries{also}?",
+            abort=True,
+        )
+    erased = _with_app(app, url, lambda a: a.erase_owner(owner, addresses=addresses, wait_s=wait))
+    if as_json:
+        _console().print_json(orjson.dumps(dataclasses.asdict(erased)).decode())
+    else:
+        files = f", {erased.files:,} payload file{'' if erased.files == 1 else 's'}"
+        _console().print(
+            f"erased {owner}: {len(erased.jobs):,} job{'' if len(erased.jobs) == 1 else 's'} "
+            f"({erased.cancelled:,} cancelled first), {erased.deliveries:,} "
+            f"deliver{'y' if erased.deliveries == 1 else 'ies'}"
+            f"{files if erased.files else ''}, {erased.turns:,} fair-queue "
+            f"turn{'' if erased.turns == 1 else 's'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if erased.files_left:
+        _console(stderr=True).print(
+            f"{len(erased.files_left):,} payload file(s) could not be deleted (the worker's "
+            "sweep takes them within the hour): " + ", ".join(erased.files_left),
+            highlight=False,
+            soft_wrap=True,
+        )
+    if erased.left:
+        raise _fail(
+            f"{len(erased.left):,} job(s) left, still running after {wait:g} s or enqueued "
+            f"meanwhile: {', '.join(erased.left[:CANDIDATES_SHOWN])}"
+            f"{' …' if len(erased.left) > CANDIDATES_SHOWN else ''}; erase again once they end",
+            prefix="error: ",
+        )
 
 
 @jobs_cli.command("purge")

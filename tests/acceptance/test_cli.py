@@ -570,3 +570,56 @@ def test_queues_shows_each_limited_kind_with_its_usage(url: str) -> None:
     assert orjson.loads(shown.output)["reports"]["limits"] == {
         "cli.report": {"max_running": 5, "rate": "100/m", "running": 2, "recent_starts": 2}
     }
+
+
+# -- erasing one owner ------------------------------------------------------------------------
+
+
+def _enqueue_for(url: str, owner: str, n: int) -> list[str]:
+    async def main() -> list[str]:
+        async with App("setup", url=url) as setup:
+            setup.message("cli.report", queue="reports")(Report)
+            return [(await setup.enqueue(Report(period=str(i)), owner=owner)).id for i in range(n)]
+
+    return asyncio.run(main())
+
+
+def test_erase_asks_with_her_count_then_erases_her_jobs_only(url: str) -> None:
+    hers, his = _enqueue_for(url, "alice", 2), _enqueue_for(url, "bob", 1)
+    no = invoke("jobs", "erase", "--owner", "alice", "--url", url, input="n\n")
+    assert no.exit_code == 1 and "erase alice's 2 jobs with their history and deliveries?" in (
+        no.output
+    )
+    assert "3 shown of 3 matching" in invoke("jobs", "list", "--url", url).output
+    yes = invoke("jobs", "erase", "--owner", "alice", "--url", url, input="y\n")
+    assert yes.exit_code == 0, yes.output
+    assert "erased alice: 2 jobs (2 cancelled first), 0 deliveries, 0 fair-queue turns" in (
+        yes.output
+    )
+    listed = invoke("jobs", "list", "--url", url, "--json")
+    assert [r["id"] for r in orjson.loads(listed.output)] == his
+    # and --json gives the ids, for her files named after them
+    again = _enqueue_for(url, "alice", 1)
+    said = invoke("jobs", "erase", "--owner", "alice", "--url", url, "--yes", "--json")
+    assert said.exit_code == 0 and orjson.loads(said.output)["jobs"] == again
+    assert set(hers).isdisjoint(again)
+
+
+def test_erase_refuses_the_deliveries_owner_and_names_a_job_left_running(url: str) -> None:
+    refused = invoke("jobs", "erase", "--owner", "offload.notify", "--url", url, "--yes")
+    assert refused.exit_code == 2 and one_line(refused).startswith("error: --owner")
+    (job_id,) = _enqueue_for(url, "alice", 1)
+
+    async def claim() -> None:
+        async with App("claimer", url=url) as claimer:
+            leases = await claimer._require_backend().claim(
+                ["reports"], worker_id="w", lease_for=600, limit=1
+            )
+            assert [le.job_id for le in leases] == [job_id]
+
+    asyncio.run(claim())
+    left = invoke("jobs", "erase", "--owner", "alice", "--wait", "0", "--url", url, "--yes")
+    assert left.exit_code == 1
+    assert f"error: 1 job(s) left, still running after 0 s or enqueued meanwhile: {job_id}" in (
+        left.output
+    )

@@ -393,6 +393,13 @@ class JobSearch(Protocol):
         waiting or running job is never deleted. The count deleted."""
         ...
 
+    async def forget_owner(self, owner: str) -> int:
+        """Forget `owner`'s turns at the fair queues' claims (an owner id the fair queues
+        keep past her jobs); her next job takes its turn as a new owner's would. A turn of
+        an owner who still has waiting jobs in a fair queue is kept where dropping it would
+        strand them (Redis). The count forgotten."""
+        ...
+
     async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
         """(minute start, queue, state, count) of the jobs that ended succeeded, failed or
         dead at or after `since`, per minute (epoch seconds, a multiple of 60)."""

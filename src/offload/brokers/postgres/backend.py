@@ -1667,6 +1667,10 @@ class PostgresBackend:
         rows = await self._fetch(Q["delete_many"], {"ids": self._keys(ids)})
         return int(rows[0]["count"])
 
+    async def forget_owner(self, owner: str) -> int:
+        rows = await self._fetch(Q["forget_owner"], {"owner": owner})
+        return int(rows[0]["count"])
+
     async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
         rows = await self._fetch(Q["history"], {"since": since})
         return [(float(r["minute"]), r["queue"], r["state"], int(r["n"])) for r in rows]

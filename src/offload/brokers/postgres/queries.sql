@@ -761,6 +761,12 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 
+-- name: forget_owner
+-- An owner's turns at the fair queues' claims (an erasure's last step): her next job takes
+-- its turn as a new owner's would.
+WITH gone AS (DELETE FROM offload_fair WHERE owner = %(owner)s RETURNING 1)
+SELECT count(*) FROM gone
+
 -- name: history
 -- Minutes as epoch multiples of 60 (date_trunc would follow the session's time zone).
 SELECT floor(extract(epoch FROM finished_at) / 60)::bigint * 60 AS minute, queue, state,

@@ -103,7 +103,7 @@ _SCRIPTS = (
     "enqueue", "claim", "extend", "settle", "expired", "progress", "cancel", "requeue",
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
     "search", "requeue_many", "cancel_many", "delete_many", "reindex", "periodic",
-    "claim_gated", "limits", "declare_limits", "resume", "remember",
+    "claim_gated", "limits", "declare_limits", "resume", "remember", "forget_owner",
 )  # fmt: skip
 #: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
 #: 1 adds the jobs page's id indexes by state, kind and queue.
@@ -1304,6 +1304,9 @@ class RedisBackend:
 
     async def delete_many(self, ids: Sequence[str]) -> int:
         return int(await self._run("delete_many", *ids)) if ids else 0
+
+    async def forget_owner(self, owner: str) -> int:
+        return int(await self._run("forget_owner", owner))
 
     async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
         """From per-minute counters that settle keeps (a day and an hour of them): unlike the

@@ -1616,6 +1616,13 @@ class SQLiteBackend:
     async def delete_many(self, ids: Sequence[str]) -> int:
         return await self._by_ids(self._delete_many, ids)
 
+    def _forget_owner(self, owner: str) -> int:
+        with self._tx() as conn:
+            return conn.execute(Q["forget_owner"], (owner,)).rowcount
+
+    async def forget_owner(self, owner: str) -> int:
+        return await self._run(self._forget_owner, owner)
+
     async def history(self, *, since: float) -> list[tuple[float, str, str, int]]:
         return await self._run(_search.history, self.conn, since)
 

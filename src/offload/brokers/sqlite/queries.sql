@@ -392,6 +392,11 @@ WHERE id IN (SELECT value FROM json_each(?))
   AND state IN ('succeeded', 'failed', 'cancelled', 'dead')
 RETURNING id
 
+-- name: forget_owner
+-- An owner's turns at the fair queues' claims (an erasure's last step): her next job takes
+-- its turn as a new owner's would.
+DELETE FROM offload_fair WHERE owner = ?
+
 -- name: delete_effects
 DELETE FROM offload_effects WHERE job_id IN (SELECT value FROM json_each(?))
 
