@@ -143,14 +143,14 @@ class Context:
         running = running_loop()
         if running is self._loop:
             return coro
-        future = self._handoffs.hand(coro, self._loop)
+        future = self._handoffs.hand(coro, self._loop, tag=self)
         if future is None:
             raise self._gone()
         if running is None:
             try:
                 return future.result()
             except concurrent.futures.CancelledError:
-                if self._handoffs.closed:
+                if self._handoffs.refuses(self):
                     raise self._gone() from None
                 raise
         return self._awaited_here(future)  # (a coroutine, as it is typed)
@@ -161,7 +161,7 @@ class Context:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self._handoffs.closed and not (task is not None and task.cancelling()):
+            if self._handoffs.refuses(self) and not (task is not None and task.cancelling()):
                 raise self._gone() from None  # (the worker stopped, not this task)
             raise
 
@@ -520,27 +520,30 @@ class Handoffs:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: set[concurrent.futures.Future[Any]] = set()
+        #: The calls not yet ended, each with the tag it was handed with (its context).
+        self._waiting: dict[concurrent.futures.Future[Any], object] = {}
+        #: The tags whose calls were cut (`cut`).
+        self._cut: set[object] = set()
         #: The calls under way on the loop (touched only there).
         self._running: set[asyncio.Task[Any]] = set()
         self.closed = False
 
     def hand(
-        self, coro: Awaitable[Any], loop: asyncio.AbstractEventLoop
+        self, coro: Awaitable[Any], loop: asyncio.AbstractEventLoop, *, tag: object = None
     ) -> concurrent.futures.Future[Any] | None:
         """`coro` handed to `loop` to run; None (`coro` closed, never run) once closed, or
-        once `loop` has."""
+        once `loop` has, or once `tag`'s calls were cut."""
         call = _Handed(coro, self._lock)
         future = None
         with self._lock:
-            if not (self.closed or loop.is_closed()):
+            if not (self.closed or tag in self._cut or loop.is_closed()):
                 run = self._run(call)
                 try:
                     future = asyncio.run_coroutine_threadsafe(run, loop)
                 except RuntimeError:  # (the loop closed just now)
                     run.close()
                 else:
-                    self._waiting.add(future)
+                    self._waiting[future] = tag
         if future is None:
             call.abandon()
             return None
@@ -561,7 +564,7 @@ class Handoffs:
 
     def _ended(self, call: _Handed, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
-            self._waiting.discard(future)
+            self._waiting.pop(future, None)
         if future.cancelled():
             call.abandon()  # (one the loop never took is closed, not left unawaited)
 
@@ -570,9 +573,23 @@ class Handoffs:
         call under way on the loop is cancelled there, at its next step)."""
         with self._lock:
             self.closed = True
-            waiting, self._waiting = self._waiting, set()
+            waiting, self._waiting = list(self._waiting), {}
         for future in waiting:
             future.cancel()
+
+    def cut(self, tag: object) -> None:
+        """Cancel the calls handed with `tag` (one context's) and refuse its next ones, as
+        `close` does all: a stopping worker's grace is over, and the thread that made them
+        waits on them still (a `ctx.once` step's long await held one SIGTERM's stop)."""
+        with self._lock:
+            self._cut.add(tag)
+            waiting = [future for future, of in self._waiting.items() if of is tag]
+        for future in waiting:
+            future.cancel()
+
+    def refuses(self, tag: object) -> bool:
+        """Whether a call handed with `tag` now is refused (closed, or `tag` cut)."""
+        return self.closed or tag in self._cut
 
     async def aclose(self, within_s: float) -> int:
         """`close`, on the worker's loop, then wait `within_s` at most for the calls under

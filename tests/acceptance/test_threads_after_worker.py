@@ -264,3 +264,45 @@ def test_a_worker_cancelled_while_it_awaits_the_calls_cleanup_still_closes_its_a
         loop.close()
     # then it released its hold on the app all the same (the test's own hold is left)
     assert users == [1]
+
+
+class Stepped(Message):
+    n: int
+
+
+@pytest.mark.anyio
+async def test_one_stop_ends_a_thread_waiting_on_a_long_step_past_the_grace(app: App) -> None:
+    # Given a plain handler whose thread waits on a `ctx.once` step that awaits for ever on
+    # the worker's loop
+    app.message("t.stepped")(Stepped)
+    step = HandedCall()
+    said: list[BaseException] = []
+
+    async def forever() -> int:
+        await step.put("k", b"")
+        return 1
+
+    @app.handles(Stepped)
+    def stepped(msg: Stepped, ctx: SyncContext) -> None:
+        try:
+            ctx.once("step", forever)
+        except BaseException as exc:
+            said.append(exc)
+            raise
+
+    async with app:
+        job = await app.enqueue(Stepped(n=1))
+        worker = Worker(app, grace_s=0.2)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(step.handed.wait(), 30)
+        # When the worker is asked to stop, once
+        worker.request_stop()
+        # Then past its grace the step is cancelled, the thread told, and the worker ends
+        # (it waited for the thread, which waited on the step, for ever)
+        await asyncio.wait_for(task, 30)
+        assert step.cancelled.is_set()
+        assert len(said) == 1 and isinstance(said[0], RuntimeError), said
+        assert "the worker that ran this attempt has stopped" in str(said[0])
+        # and the job waits again, its attempt given back
+        row = await app.get(job.id)
+        assert row is not None and row.state == "queued" and row.attempt == 0

@@ -1997,6 +1997,9 @@ class Worker:
             context = self._jobs[job_id].context
             if context is not None:
                 context._end_run()
+                # A call its thread waits on (a `ctx.once` step's long await) is cancelled:
+                # the thread then sees the worker gone, and returns.
+                self._handoffs.cut(context)
         log.warning(
             "%d job%s run%s on in threads past the grace period (a thread cannot be "
             "stopped): waiting for their handlers to return (ctx.cancelled is set)",
