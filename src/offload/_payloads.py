@@ -33,6 +33,13 @@ def payload_of(message: BaseModel) -> dict[str, Any]:
     return message.model_dump(mode="json", by_alias=by_alias, exclude_computed_fields=True)
 
 
+def values_of(message: BaseModel) -> dict[str, Any]:
+    """`payload_of`'s message as Python values, under the same keys: where a set or a time
+    is, which the JSON object cannot tell."""
+    by_alias = _stored_by_alias(type(message))
+    return message.model_dump(mode="python", by_alias=by_alias, exclude_computed_fields=True)
+
+
 def stored_key(cls: type[BaseModel], name: str) -> str:
     """The key field `name` of `cls` is stored under (its alias, or its name)."""
     by_alias = _stored_by_alias(cls)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from pydantic_core import to_jsonable_python
 
 from ._payloads import stored_key
 from .contract import Message
@@ -49,14 +51,54 @@ def unique_fields(
     return tuple(stored_key(cls, name) for name in chosen)
 
 
-def unique_key(kind: str, owner: str, payload: Mapping[str, Any], fields: Sequence[str]) -> str:
+def unique_key(
+    kind: str,
+    owner: str,
+    payload: Mapping[str, Any],
+    fields: Sequence[str],
+    values: Mapping[str, Any] | None = None,
+) -> str:
     """The key a job holds: a digest of its kind, its owner and the chosen fields of its
     payload (the whole payload when `fields` is empty), so equal values give equal keys
     whatever their order, and a key says nothing of the values it was made of.
 
     The owner is part of it because a job is visible to its owner only: a repeat answered
     with another owner's job would tell one tenant of another's work.
+
+    Args:
+        values: the same message dumped as Python values (`model_dump(mode="python")`),
+            read beside `payload` to make what equal messages may write apart one
+            (`canonical`).
     """
+    if values is not None:
+        payload = canonical(payload, values)
     chosen = dict(payload) if not fields else {name: payload.get(name) for name in fields}
     text = orjson.dumps([kind, owner, chosen], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(text).hexdigest()[:40]
+
+
+def canonical(payload: Any, values: Any) -> Any:
+    """`payload` (a message as JSON stores it) with what equal messages may write apart
+    made one, found where `values` (the same message as Python values) holds:
+
+    - a set: its items in one order (JSON writes a set in its iteration order, which
+      Python's hash seed changes from process to process: one set gave as many keys);
+    - an aware time: in UTC (`01:00+01:00` and `00:00Z` are one instant).
+
+    Where the two do not line up (a serializer of the class's own) the payload stands."""
+    if isinstance(values, set | frozenset) and isinstance(payload, list):
+        return sorted(payload, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+    if isinstance(values, Mapping) and isinstance(payload, Mapping):
+        return {k: canonical(v, values.get(k)) for k, v in payload.items()}
+    if (
+        isinstance(values, list | tuple)
+        and isinstance(payload, list)
+        and len(values) == len(payload)
+    ):
+        return [canonical(p, v) for p, v in zip(payload, values, strict=True)]
+    if isinstance(values, datetime) and isinstance(payload, str):
+        offset = values.utcoffset()
+        if offset:  # (naive, or UTC already: as written)
+            utc: str = to_jsonable_python(values.astimezone(UTC))
+            return utc
+    return payload

@@ -967,7 +967,8 @@ class App:
             )
         key = None
         if spec.unique is not None:
-            key = unique_key(spec.kind, owner, payload, spec.unique_key)
+            values = _payloads.values_of(message)  # (sets and times, for the key)
+            key = unique_key(spec.kind, owner, payload, spec.unique_key, values)
         return Envelope(
             id=job_id,
             kind=spec.kind,

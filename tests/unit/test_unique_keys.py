@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+
 from offload import App, Message
 from offload._unique import unique_key
 
@@ -53,3 +59,59 @@ def test_an_envelope_of_a_unique_kind_carries_its_key_and_mode() -> None:
     plain = App("plain", url="memory://")
     plain.message("t.export")(Export)
     assert plain.envelope(Export(user_id="u1", period="2026-10")).unique_key is None
+
+
+class Tagged(Message):
+    tags: frozenset[str]
+    groups: list[set[int]] = []
+    at: datetime | None = None
+
+
+TAGS = [f"tag-{n}" for n in range(12)]
+
+
+def _key(message: Message) -> str | None:
+    app = App("keys", url="memory://")
+    app.message("t.tagged", unique="queued")(Tagged)
+    return app.envelope(message, owner="alice").unique_key
+
+
+def test_a_set_makes_one_key_whatever_its_order() -> None:
+    # (JSON writes a set in its iteration order: permutations of one set wrote it apart)
+    orders = itertools.islice(itertools.permutations(TAGS), 0, 4000, 100)
+    assert len({_key(Tagged(tags=frozenset(order))) for order in orders}) == 1
+    # a set within a list, too; and another set is another key
+    first = _key(Tagged(tags=frozenset(TAGS), groups=[set(range(40))]))
+    assert _key(Tagged(tags=frozenset(TAGS), groups=[set(range(39, -1, -1))])) == first
+    assert _key(Tagged(tags=frozenset(TAGS[:-1]))) != _key(Tagged(tags=frozenset(TAGS)))
+
+
+def test_a_set_makes_one_key_in_every_process() -> None:
+    # (the iteration order of a set of strings follows the process's hash seed)
+    script = (
+        "from tests.unit.test_unique_keys import Tagged, TAGS, _key; "
+        "print(_key(Tagged(tags=frozenset(TAGS))))"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert keys == {_key(Tagged(tags=frozenset(TAGS)))}
+
+
+def test_one_instant_makes_one_key_whatever_its_offset() -> None:
+    utc = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    assert _key(Tagged(tags=frozenset(), at=utc)) == _key(Tagged(tags=frozenset(), at=paris))
+    assert _key(Tagged(tags=frozenset(), at=utc)) != _key(
+        Tagged(tags=frozenset(), at=utc + timedelta(seconds=1))
+    )
+    # and a time in UTC keeps the key it had (one stored before holds it still)
+    payload = {"tags": [], "groups": [], "at": "2026-12-01T00:00:00Z"}
+    assert _key(Tagged(tags=frozenset(), at=utc)) == unique_key("t.tagged", "alice", payload, ())
