@@ -583,6 +583,7 @@ async def test_an_idempotency_key_replays_its_own_kind_only(
     assert other.headers["content-type"] == "application/problem+json"
     assert other.json()["type"].endswith("/idempotency-key-reused")
     assert "t.report" in other.json()["detail"]
+    assert first.json()["id"] in other.json()["detail"]  # (naming the first job)
     assert len(await stored(app)) == 1
     # and the repeat of the first request is answered with its job, as before
     again = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"}, headers=key)
@@ -634,3 +635,36 @@ async def test_a_server_short_of_memory_or_threads_answers_503_not_a_refusal_of_
     found = parse(metrics.render().decode())
     requests = "offload_http_requests_total"
     assert found.value(requests, method="POST", route="/v1/jobs/{kind}", status="503") == 1
+
+
+async def test_an_idempotency_key_in_utf8_is_read_as_written(
+    app: App, clients: dict[str, httpx.AsyncClient]
+) -> None:
+    # Given a key of 255 non-ASCII characters, sent as a client writes it (UTF-8 bytes)
+    key = "é" * 254 + "✓"
+    alice = clients["alice"]
+    sent = {"Idempotency-Key": key.encode()}
+    first = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"}, headers=sent)
+    # Then it is taken (it was 510 characters read as Latin-1: a 422), stored as written,
+    assert first.status_code == 202, first.text
+    row = await app.get(first.json()["id"])
+    assert row is not None and row.idempotency_key == key
+    # and its repeat answers the first job
+    again = await alice.post("/v1/jobs/t.report", json={"period": "2026-10"}, headers=sent)
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    # while bytes that are no UTF-8 are read as HTTP reads them, one character each
+    latin = await alice.post(
+        "/v1/jobs/t.report", json={"period": "2026-11"}, headers={"Idempotency-Key": b"\xe9"}
+    )
+    assert latin.status_code == 202, latin.text
+    row = await app.get(latin.json()["id"])
+    assert row is not None and row.idempotency_key == "é"
+
+
+async def test_only_a_unique_kind_declares_the_200_of_a_held_key(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    paths = (await clients["alice"].get("/openapi.json")).json()["paths"]
+    assert "200" not in paths["/v1/jobs/t.report"]["post"]["responses"]
+    assert "202" in paths["/v1/jobs/t.report"]["post"]["responses"]

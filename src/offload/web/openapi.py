@@ -91,6 +91,13 @@ SUBMIT_ANSWERS: dict[str, Any] = {
 }
 
 
+#: What a kind that is not unique answers: never the 200 of a unique key held.
+_NOT_UNIQUE_ANSWERS: dict[str, Any] = {
+    **SUBMIT_ANSWERS,
+    "responses": {k: v for k, v in SUBMIT_ANSWERS["responses"].items() if k != 200},
+}
+
+
 def _message_body(spec: MessageSpec) -> type[BaseModel]:
     """The kind's message as a client sends it: without the fields filled from the caller."""
     if not spec.principal_fields:
@@ -135,7 +142,7 @@ def _kind_route(spec: MessageSpec, operation_id: str) -> APIRoute:
         operation_id=operation_id,
         summary=f"Submit a {spec.kind} job",
         description="\n\n".join(filter(None, [doc, inspect.getdoc(submit)])),
-        **SUBMIT_ANSWERS,
+        **(SUBMIT_ANSWERS if spec.unique else _NOT_UNIQUE_ANSWERS),
     )
 
 

@@ -235,6 +235,19 @@ def _loc(name: str) -> list[str]:
     return ["query", name]
 
 
+def _utf8(value: str | None) -> str | None:
+    """A header's text as the client wrote it: UTF-8 where its bytes are (a browser's, or
+    `requests`'), read Latin-1 as HTTP reads every header; else as it was read. The key
+    `é` sent as UTF-8 was stored as `Ã©`, two characters (a key of 200 such was refused as
+    longer than 255), and matched no key given from code."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def read_options(request: Request, key: str | None) -> JobOptions:
     """The submission's options (`key`: its Idempotency-Key header), validated as FastAPI
     validates `job_options`.
@@ -299,7 +312,7 @@ async def submit(request: Request) -> Response:
     kind: str = request.path_params["kind"]
     await kind_allowed(request, kind)
     sent = first_headers(request.scope, _SUBMIT_HEADERS)
-    options = read_options(request, sent.get("idempotency-key"))
+    options = read_options(request, _utf8(sent.get("idempotency-key")))
     principal = state.auth.principal(request)
     app = _app(request)
     spec = app.kinds.get(kind)
@@ -403,8 +416,8 @@ async def check_repeat(
     if row.kind != spec.kind:
         raise Problem(
             409,
-            f"Idempotency-Key {key!r} was used for a job of kind {row.kind!r}: a repeat "
-            "must be the same request; use a new key",
+            f"Idempotency-Key {key!r} was used for a job of kind {row.kind!r} (job "
+            f"{row.id}): a repeat must be the same request; use a new key",
             slug="idempotency-key-reused",
         )
     if row.version == spec.version and not await _same_message(app, spec, row, message):
