@@ -97,15 +97,35 @@ class Context:
         #: Where a handler's thread hands its calls to the worker's loop (`_bridge`): the
         #: worker's own, which it closes as it stops (`Handoffs`).
         self._handoffs = _NEVER_CLOSED
+        #: Whether the run may still act for its job (its worker's lease check), or None
+        #: (a context its caller holds the lease of: the serverless consumer's).
+        self._holds: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def blobs(self) -> BlobStore:
         """The blob store: `await ctx.blobs.put(key, data)` in an async handler; in a plain
         (threaded) handler `ctx.blobs.put(key, data)` without await, which blocks until the
-        blob is stored (run on the worker's loop), as `progress` does."""
+        blob is stored (run on the worker's loop), as `progress` does. A write (`put`,
+        `delete`) of a run whose worker lost the job's lease raises RuntimeError."""
+        store: Any = self._blobs if self._holds is None else _FencedBlobs(self._blobs, self._fenced)
         if self._on_loop():
-            return self._blobs
-        return cast("BlobStore", _BlockingBlobs(self._blobs, self._bridge))
+            return cast("BlobStore", store)
+        return cast("BlobStore", _BlockingBlobs(store, self._bridge))
+
+    async def _fenced(self) -> None:
+        """Raise unless the run may still act for its job (`_holds`): a worker that stalled
+        past the lease and woke (its handler's timer before its heartbeat), or whose
+        heartbeat found the lease lost, ran a side step again while another worker's run of
+        the job ran it, and wrote over the file that run had written.
+
+        Raises:
+            RuntimeError: the job's lease is lost (or could not be confirmed).
+        """
+        if self._holds is not None and not await self._holds():
+            raise RuntimeError(
+                f"job {self.job_id}: this worker no longer holds the job's lease (another "
+                "worker may run it now): the step or write did not happen"
+            )
 
     @property
     def cancelled(self) -> threading.Event:
@@ -319,6 +339,7 @@ class Context:
         found, value = self._bridge(self._backend.recall(self.job_id, step))
         if found:
             return value
+        self._bridge(self._fenced())
         value = fn()
         if inspect.isawaitable(value):
             value = self._bridge(value)
@@ -331,6 +352,7 @@ class Context:
         found, value = await self._bridge(self._backend.recall(self.job_id, step))
         if found:
             return value
+        await self._bridge(self._fenced())
         value = fn()
         if inspect.isawaitable(value):
             value = await value
@@ -340,6 +362,7 @@ class Context:
         found, value = await self._backend.recall(self.job_id, step)
         if found:
             return value
+        await self._fenced()
         value = fn()
         if inspect.isawaitable(value):
             value = await value
@@ -358,7 +381,13 @@ class Context:
         file path, a binary file object or an async iterator of bytes (S3: a multipart
         upload above the part size; a folder: a temp file renamed into place). Returns the
         reference `blob:<key>` to put in the result (awaitable in an async handler)."""
-        return self._bridge(put_stream(self._blobs, key, source, content_type))
+        return self._bridge(self._put_stream_fenced(key, source, content_type))
+
+    async def _put_stream_fenced(
+        self, key: str, source: StreamSource, content_type: str | None
+    ) -> str:
+        await self._fenced()
+        return await put_stream(self._blobs, key, source, content_type)
 
     if TYPE_CHECKING:
         # What an async handler's calls are to a type checker: awaitables, so that one left
@@ -635,6 +664,28 @@ class _Handed:
 
 #: A context's hand-offs until its worker gives it its own (a context made elsewhere).
 _NEVER_CLOSED = Handoffs()
+
+
+class _FencedBlobs:
+    """A blob store whose writes (`put`, `delete`) first make sure the run may still act for
+    its job (`fenced`: `Context._fenced`); the rest are the store's."""
+
+    _WRITES = frozenset({"put", "delete"})
+
+    def __init__(self, store: BlobStore, fenced: Callable[[], Awaitable[None]]) -> None:
+        self._store = store
+        self._fenced = fenced
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._store, name)
+        if name not in self._WRITES:
+            return found
+
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            await self._fenced()
+            return await found(*args, **kwargs)
+
+        return write
 
 
 class _BlockingBlobs:

@@ -162,6 +162,8 @@ class _Job:
     #: reported once the thread returns (`_hold_until_returned`), and since when (loop time).
     held: Outcome | None = None
     held_since: float = 0.0
+    #: Its lease was found lost (`_let_go`): its run's side steps and file writes are refused.
+    lost: bool = False
 
 
 class _ThreadRun:
@@ -790,6 +792,7 @@ class Worker:
         job now): no beat, no outcome, and a run it has is cancelled (an outcome held for
         its thread is dropped, and taken out of the counts it entered as the run ended)."""
         self._forget(job)
+        job.lost = True
         held, job.held = job.held, None
         if held is not None and job.counted:
             self._count(held, -1)
@@ -878,6 +881,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         job.phase = _Phase.RUNNING
         job.context = ctx = self.context_for(job.lease)
+        ctx._holds = functools.partial(self._holds, job)
         job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
         job.began = self._running[id(job)] = loop.time()
         self.begun += 1
@@ -1844,6 +1848,26 @@ class Worker:
                     job.renewed = sent
                 self._answered(job, answer)
         return True
+
+    async def _holds(self, job: _Job) -> bool:
+        """Whether a run of `job` may still act for it (`Context._fenced`: before a side
+        step's `fn` and a file write): its lease surely lasts, by this worker's own clocks
+        (`fresh`), or a renewal says it is held (the worker stalled past it: SIGSTOP, a long
+        pause; the woken handler's step came before the heartbeat that would have told it).
+        No once the lease was found lost (another worker may run the job now). A run whose
+        attempt ended here (a thread that runs on) may: no other holds the job for it."""
+        if job.lost:
+            return False
+        if self._jobs.get(job.lease.job_id) is not job:
+            return True  # (its outcome was written, or is on its way)
+        loop = asyncio.get_running_loop()
+        if fresh(
+            job.renewed, self.lease_s, self.heartbeat_s, mono=loop.time(), wall=self.app.clock.now()
+        ):
+            return True
+        if not await self._beat([job]):
+            return False  # (not known: the backend did not answer)
+        return not job.lost
 
     def _answered(self, job: _Job, answer: Extension) -> None:
         """Act on a heartbeat's answer for one job: its lease was lost, or a cancel asked."""

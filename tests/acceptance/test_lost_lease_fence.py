@@ -1,0 +1,114 @@
+"""A run whose worker lost the job's lease does not act for the job: a worker that stalled
+past its lease (SIGSTOP, a long pause) and woke ran a `ctx.once` step again while another
+worker's run of the job ran it (its handler's timer fired before its heartbeat), and wrote
+over the file that run had written."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offload import App, Context, Message, Settings, SyncContext
+from offload.worker.runner import Worker
+from tests.contract._support import ShiftClock, rescue
+
+pytestmark = pytest.mark.anyio
+
+#: Far past the worker's lease: the lease has surely lapsed by its own clocks.
+STALL_S = 600.0
+
+
+class Charge(Message):
+    n: int
+
+
+async def test_a_run_whose_lease_went_elsewhere_runs_no_step_and_writes_no_file(
+    settings: Settings,
+) -> None:
+    for plain in (False, True):
+        await _stolen_while_stalled(settings, plain=plain)
+
+
+async def _stolen_while_stalled(settings: Settings, *, plain: bool) -> None:
+    clock = ShiftClock()
+    app = App("fence", settings=settings, clock=clock)
+    app.message("t.charge")(Charge)
+    began, go, done = threading.Event(), threading.Event(), threading.Event()
+    said: list[Any] = []
+
+    def charge() -> str:
+        said.append("charged")
+        return "ch_1"
+
+    if plain:
+
+        @app.handles(Charge)
+        def handle_plain(msg: Charge, ctx: SyncContext) -> None:
+            began.set()
+            go.wait(30)
+            try:
+                for act in (
+                    lambda: ctx.once("charge", charge),
+                    lambda: ctx.blobs.put("r.txt", b"x"),
+                ):
+                    try:
+                        said.append(act())
+                    except RuntimeError as exc:
+                        said.append(exc)
+            finally:
+                done.set()
+
+    else:
+
+        @app.handles(Charge)
+        async def handle_async(msg: Charge, ctx: Context) -> None:
+            began.set()
+            await asyncio.to_thread(go.wait, 30)
+            try:  # (the lease found lost, the run is cancelled too: at its next await)
+                for act in (
+                    lambda: ctx.once("charge", charge),
+                    lambda: ctx.blobs.put("r.txt", b"x"),
+                ):
+                    try:
+                        said.append(await act())
+                    except RuntimeError as exc:
+                        said.append(exc)
+            finally:
+                done.set()
+
+    async with app:
+        backend = app._require_backend()
+        job = await app.enqueue(Charge(n=1))
+        worker = Worker(app, lease_s=30.0)
+
+        async def no_rescue() -> int:  # (this worker must not take the job back itself)
+            return 0
+
+        worker.rescue_lapsed = no_rescue  # type: ignore[method-assign]
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(asyncio.to_thread(began.wait, 30), 35)
+            # Given the worker stalled past its lease, and another worker took the job
+            clock.advance(STALL_S)
+            assert [o.lease.job_id for o in await rescue(backend, clock)] == [job.id]
+            (stolen,) = await backend.claim(
+                [Charge.__queue__], worker_id="thief", lease_for=STALL_S, limit=1
+            )
+            assert stolen.job_id == job.id
+            # When the woken run goes on before its heartbeat told it
+            go.set()
+            assert await asyncio.to_thread(done.wait, 30)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+    # Then neither its step nor its write happened: each said the lease is gone
+    # (an async run is cancelled too, at its next await: it may not get to its write)
+    assert "charged" not in said, (plain, said)
+    assert len(said) == 2 or (not plain and len(said) == 1), (plain, said)
+    assert all(isinstance(s, RuntimeError) for s in said), (plain, said)
+    assert all("no longer holds the job's lease" in str(s) for s in said)
+    assert not (Path(settings.blobs_url) / "r.txt").exists()
