@@ -1,6 +1,6 @@
 """Erasing one owner's data (`App.erase_owner`, `offload jobs erase`): her jobs with their
 history, the deliveries of their notifications, their checked-in payloads and her turns at
-the fair queues, with no notification of the erasure leaving meanwhile."""
+the fair queues, with no notification of hers sent from its start on."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ ERASE_WAIT_S = 60.0
 #: How often it looks again while it waits (seconds).
 ERASE_POLL_S = 0.25
 _EVERY_STATE = frozenset(JobState)
+_LIVE_STATES = _EVERY_STATE - FINAL_STATES
+_LIVE_NAMES = frozenset(s.value for s in _LIVE_STATES)
+_DELIVERY_KINDS = frozenset({_notify.WEBHOOK_KIND, _notify.EMAIL_KIND})
+#: Her jobs one delete takes.
+DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,13 +42,13 @@ class Erasure:
     Args:
         owner: whose data.
         jobs: the ids of her jobs deleted (for her files named after them).
-        cancelled: her waiting or running jobs it cancelled first (no notification left).
+        cancelled: those of them it cancelled first (waiting or running as it began).
         deliveries: delivery jobs deleted: of her jobs, and those naming an address given.
         files: checked-in payloads (`payloads/<job id>.json`) deleted.
         turns: fair queues that forgot her turn.
         left: the ids of jobs still there when the wait was over, not erased: hers or
             deliveries of hers still running, or a job enqueued for her as it ended. Erase
-            again once they end.
+            again once they end (none of them notifies anyone meanwhile).
         files_left: payload files that could not be deleted (logged); the worker's sweep
             deletes them within the hour.
     """
@@ -64,14 +69,31 @@ class Erasure:
         return not self.left
 
 
-class _Pass:
-    """One erasure's running totals."""
+class _Run:
+    """One erasure's state and running totals."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend, owner: str, addresses: Collection[str]) -> None:
+        self.backend = backend
+        self.mine = JobFilter(owner=owner)
+        self.addresses = frozenset(addresses)
+        self.emails = frozenset(a.casefold() for a in addresses)
         self.jobs: list[str] = []
-        self.cancelled = 0
+        self.waited: set[str] = set()  # hers that were waiting or running when cancelled
         self.deliveries = 0
         self.claims: list[tuple[str, str]] = []  # (job id, payload key)
+
+    def names(self, row: JobRow, jobs: set[str]) -> bool:
+        """Whether a delivery job is of one of `jobs`, or names an address given (a
+        webhook's URL exactly; an email's recipient in any case)."""
+        if row.kind not in _DELIVERY_KINDS:
+            return False
+        payload = row.payload
+        if payload.get("job_id") in jobs:
+            return True
+        if row.kind == _notify.EMAIL_KIND:
+            to = payload.get("to")
+            return isinstance(to, str) and to.casefold() in self.emails
+        return payload.get("url") in self.addresses
 
 
 async def erase_owner(
@@ -84,30 +106,35 @@ async def erase_owner(
 ) -> Erasure:
     """See `App.erase_owner`."""
     backend = await app._opened_backend()
-    done = _Pass()
+    run = _Run(backend, owner, addresses)
     deadline = time.monotonic() + wait_s
-    # Paused, no delivery leaves: neither those of her jobs that a worker settles cancelled
-    # while this runs, nor those waiting already. Left paused if it was paused before.
-    paused = await app.pause(_notify.NOTIFY_QUEUE)
-    try:
-        mine = JobFilter(owner=owner)
-        left = await _until_final(backend, mine, done, deadline, poll_s)
-        # With jobs of hers left, the deliveries of those that end later are for the next
-        # erasure: one look, no wait.
-        wait = poll_s if not left else 0.0
-        left += await _deliveries(
-            backend, set(done.jobs), frozenset(addresses), done, deadline, wait
-        )
-        files, files_left = await _files(app, backend, done.claims)
-        turns = await backend.forget_owner(owner)
-    finally:
-        if paused:
-            await app.resume(_notify.NOTIFY_QUEUE)
+    left: list[str] = []
+    while True:
+        # Silenced first (a delivery reads its job's options as it sends: one of hers
+        # sends nothing from now on, whenever her job ends), then cancelled, without a
+        # notification; her running jobs end as their workers stop them.
+        await _silence_and_cancel(run)
+        live = await _until_none_live(run, deadline, poll_s)
+        final = await _final_jobs(run)
+        # Her deliveries before her jobs: stopped between the two, a run again finds
+        # them by her jobs' ids still.
+        left = live + await _deliveries(run, set(final), deadline, poll_s)
+        await _delete(run, final)
+        if left or time.monotonic() >= deadline:
+            break
+        again = await backend.search_jobs(run.mine, limit=1)
+        if not again:  # (else a job enqueued for her meanwhile: once more)
+            break
+        await asyncio.sleep(_left(deadline, poll_s))
+    if not left:
+        left = [r.id for r in await backend.search_jobs(run.mine, limit=1000)]
+    files, files_left = await _files(app, backend, run.claims)
+    turns = await backend.forget_owner(owner)
     return Erasure(
         owner=owner,
-        jobs=tuple(done.jobs),
-        cancelled=done.cancelled,
-        deliveries=done.deliveries,
+        jobs=tuple(run.jobs),
+        cancelled=len(run.waited.intersection(run.jobs)),
+        deliveries=run.deliveries,
         files=files,
         turns=turns,
         left=tuple(left),
@@ -115,95 +142,93 @@ async def erase_owner(
     )
 
 
-async def _until_final(
-    backend: Backend, mine: JobFilter, done: _Pass, deadline: float, poll_s: float
-) -> list[str]:
-    """Cancel her waiting and running jobs, without notifications, and delete those that
-    are final, over and over until none is left or the deadline passed (a job enqueued for
-    her meanwhile is taken too). The ids of hers left at the end."""
+async def _silence_and_cancel(run: _Run) -> None:
+    """Silence every job of hers, and cancel those waiting or running (no notification)."""
+    backend = run.backend
 
-    async def cancel(rows: list[JobRow]) -> int:
-        return await backend.cancel_many([r.id for r in rows], {})
+    async def silence(rows: list[JobRow]) -> int:  # (every state: a delivery of a job of
+        # hers that ended may wait, or run, still)
+        n = await backend.silence_many([r.id for r in rows])
+        live = [r.id for r in rows if r.state in CANCELLABLE_STATES]
+        run.waited.update(live)
+        return n + await backend.cancel_many(live, {})
 
-    async def delete(rows: list[JobRow]) -> int:
-        n = await backend.delete_many([r.id for r in rows])
-        gone = await _gone(backend, rows, n)
-        done.jobs.extend(r.id for r in gone)
-        done.claims.extend(
-            (r.id, claim["key"]) for r in gone if (claim := claim_check.claim_of(r.payload))
-        )
-        return n
+    await walk(backend, run.mine, _EVERY_STATE, silence)
 
+
+async def _until_none_live(run: _Run, deadline: float, poll_s: float) -> list[str]:
+    """Wait until no job of hers waits or runs (her cancelled running ones end as their
+    workers stop them), or the deadline; the ids of those still there then."""
     while True:
-        done.cancelled += await walk(backend, mine, CANCELLABLE_STATES, cancel)
-        await walk(backend, mine, FINAL_STATES, delete)
-        left = await backend.search_jobs(mine, limit=1000)
-        if not left or time.monotonic() >= deadline:
-            return [r.id for r in left]
+        live = await run.backend.search_jobs(run.mine, states=_LIVE_NAMES, limit=1000)
+        if not live or time.monotonic() >= deadline:
+            return [r.id for r in live]
+        if any(r.state is not JobState.RUNNING for r in live):  # (enqueued meanwhile)
+            await _silence_and_cancel(run)
         await asyncio.sleep(_left(deadline, poll_s))
 
 
-async def _deliveries(
-    backend: Backend,
-    jobs: set[str],
-    addresses: frozenset[str],
-    done: _Pass,
-    deadline: float,
-    poll_s: float,
-) -> list[str]:
-    """Delete the delivery jobs of `jobs` and those naming one of `addresses` (a webhook's
-    URL, an email's recipient, exactly): a waiting one is cancelled first, a running one
-    waited for until the deadline. The ids still running at the end."""
-    every = JobFilter(queue=_notify.NOTIFY_QUEUE)
+async def _final_jobs(run: _Run) -> dict[str, str | None]:
+    """Her jobs that ended (those to delete), newest first: each id with its checked-in
+    payload's key, if any."""
+    found: dict[str, str | None] = {}
 
-    def matching(rows: list[JobRow]) -> list[JobRow]:
-        return [r for r in rows if r.kind in _DELIVERY_KINDS and _names(r, jobs, addresses)]
-
-    async def cancel(rows: list[JobRow]) -> int:
-        return await backend.cancel_many([r.id for r in matching(rows)], {})
-
-    async def delete(rows: list[JobRow]) -> int:
-        n = await backend.delete_many([r.id for r in matching(rows)])
-        done.deliveries += n
-        return n
-
-    running: list[str] = []
-
-    async def note(rows: list[JobRow]) -> int:
-        running.extend(r.id for r in matching(rows))
+    async def keep(batch: list[JobRow]) -> int:
+        for r in batch:
+            claim = claim_check.claim_of(r.payload)
+            found[r.id] = claim["key"] if claim else None
         return 0
 
-    if not jobs and not addresses:
+    await walk(run.backend, run.mine, FINAL_STATES, keep)
+    return found
+
+
+async def _deliveries(run: _Run, jobs: set[str], deadline: float, poll_s: float) -> list[str]:
+    """Delete the delivery jobs of `jobs` and those naming an address given: a waiting one
+    is cancelled first, a running one waited for until the deadline. The ids still
+    running at the end."""
+    backend = run.backend
+    every = JobFilter(queue=_notify.NOTIFY_QUEUE)
+    running: list[str] = []
+
+    def matching(rows: list[JobRow]) -> list[str]:
+        return [r.id for r in rows if run.names(r, jobs)]
+
+    async def cancel(rows: list[JobRow]) -> int:
+        return await backend.cancel_many(matching(rows), {})
+
+    async def delete(rows: list[JobRow]) -> int:
+        n = await backend.delete_many(matching(rows))
+        run.deliveries += n
+        return n
+
+    async def note(rows: list[JobRow]) -> int:
+        running.extend(matching(rows))
+        return 0
+
+    if not jobs and not run.addresses:
         return []
     while True:
         await walk(backend, every, CANCELLABLE_STATES, cancel)
         await walk(backend, every, FINAL_STATES, delete)
         running.clear()
-        await walk(backend, every, _EVERY_STATE - FINAL_STATES, note)
-        if not running or time.monotonic() >= deadline or poll_s <= 0:
+        await walk(backend, every, _LIVE_STATES, note)
+        if not running or time.monotonic() >= deadline:
             return list(running)
         await asyncio.sleep(_left(deadline, poll_s))
 
 
-_DELIVERY_KINDS = frozenset({_notify.WEBHOOK_KIND, _notify.EMAIL_KIND})
-
-
-def _names(row: JobRow, jobs: set[str], addresses: frozenset[str]) -> bool:
-    """Whether a delivery job is of one of `jobs`, or names one of `addresses`."""
-    payload = row.payload
-    if payload.get("job_id") in jobs:
-        return True
-    target = payload.get("to") if row.kind == _notify.EMAIL_KIND else payload.get("url")
-    return isinstance(target, str) and target in addresses
-
-
-async def _gone(backend: Backend, rows: list[JobRow], deleted: int) -> list[JobRow]:
-    """Which of `rows` a delete took: all of them when it deleted as many (the usual
-    case), else those no longer stored (one re-queued between the read and the delete
-    stays)."""
-    if deleted == len(rows):
-        return rows
-    return [r for r in rows if await backend.get(r.id) is None]
+async def _delete(run: _Run, final: dict[str, str | None]) -> None:
+    """Delete her jobs that ended, noting those the delete took (one made to run again
+    meanwhile, by an operator's retry, stays)."""
+    backend = run.backend
+    ids = list(final)
+    for start in range(0, len(ids), DELETE_BATCH):
+        chunk = ids[start : start + DELETE_BATCH]
+        n = await backend.delete_many(chunk)
+        gone = chunk if n == len(chunk) else [i for i in chunk if await backend.get(i) is None]
+        run.jobs.extend(gone)
+        run.claims.extend((i, key) for i in gone if (key := final[i]) is not None)
 
 
 async def _files(

@@ -1569,13 +1569,16 @@ class App:
         dead deliveries of her jobs pruned since are found only so); her jobs' checked-in
         payloads; her turns at the fair queues.
 
-        Her waiting jobs are cancelled and her running ones asked to stop, without a
-        notification: `offload.notify` is paused while it runs (and resumed after, unless it
-        was paused before), so no delivery, of this cancellation or an earlier one, leaves.
-        It waits up to `wait_s` for her running jobs to end (a worker's grace is 30 s); one
-        still running then is left, with its deliveries, and named in `Erasure.left`: erase
-        again once it ends. A job enqueued for her while it runs is taken too. Files your
-        handlers put (`ctx.blobs`) are yours to delete: `Erasure.jobs` lists the ids.
+        Every job of hers is silenced first (its callback URL and address replaced by
+        `{"silenced": true}`: a delivery reads its job's options as it sends, and one of
+        hers sends nothing from then on, whenever her job ends); her waiting jobs are
+        cancelled and her running ones asked to stop, without a notification. No queue is
+        paused. It waits up to `wait_s` for her running jobs to end; one still running then
+        is left, with its deliveries, and named in `Erasure.left`: erase again once it ends.
+        Her deliveries are deleted before her jobs, so that a run stopped between the two
+        leaves a run again their ids to find them by. A job enqueued for her while it runs
+        is taken too. Files your handlers put (`ctx.blobs`) are yours to delete:
+        `Erasure.jobs` lists the ids.
 
         Raises:
             ValueError: an empty owner, one with a NUL character, or the deliveries' own

@@ -1421,9 +1421,8 @@ def jobs_erase(
     as_json: Annotated[bool, typer.Option("--json", help="the erased job ids and counts")] = False,
 ) -> None:
     """Erase one owner's data: her jobs with their history, their deliveries, checked-in
-    payloads and fair-queue turns, cancelling her waiting and running jobs first without a
-    notification (offload.notify is paused meanwhile). Exit 1 when a job of hers was left
-    running."""
+    payloads and fair-queue turns, silencing her jobs and cancelling her waiting and running
+    ones first, without a notification. Exit 1 when a job of hers was left running."""
     from .notify.base import NOTIFY_OWNER
 
     if not owner or "\x00" in owner or owner == NOTIFY_OWNER:

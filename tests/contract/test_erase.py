@@ -14,8 +14,9 @@ import pytest
 from offload import App, Message
 from offload._claim_check import payload_key
 from offload.brokers import Backend
-from offload.contract import Envelope, JobFilter, JobState, Outcome
+from offload.contract import Envelope, JobFilter, JobRow, JobState, Lease, Outcome
 from offload.notify.base import EMAIL_KIND, NOTIFY_QUEUE, WEBHOOK_KIND, EmailDelivery
+from offload.notify.targets import follow_ups_of_row, targets
 from offload.settings import Settings
 
 from ._support import LONG, ShiftClock, claim, envelope
@@ -70,8 +71,6 @@ async def _finish(app: App, backend: Backend, e: Envelope, state: JobState) -> N
     assert lease.job_id == e.id
     row = await backend.get(e.id)
     assert row is not None
-    from offload.notify.targets import follow_ups_of_row
-
     ended = dataclasses.replace(row, state=state)
     notes = follow_ups_of_row(app, ended, marker=lease.token)
     outcome = Outcome(lease=lease, state=state, follow_ups=notes)
@@ -127,7 +126,7 @@ async def test_her_jobs_and_their_deliveries_go_and_no_one_elses(app: App) -> No
     assert await backend.recall(bobs_done.id, "step") == (True, 1)
     row = await backend.get(bobs_waiting.id)
     assert row is not None and row.state is JobState.QUEUED
-    # and the deliveries' queue runs again
+    # and no queue was paused
     assert not (await app.stats())[NOTIFY_QUEUE]["paused"]
 
 
@@ -139,31 +138,36 @@ async def test_a_running_job_is_stopped_and_erased_with_what_its_end_notified(
     e = _hooked("alice")
     await backend.enqueue([e])
     (lease,) = await claim(backend, "qa")
-    # When she is erased, the erasure waits while her job runs
+    # When she is erased, the erasure waits while her job runs, asked to stop
     erasing = asyncio.create_task(app.erase_owner("alice", wait_s=LONG))
     while not ((row := await backend.get(e.id)) and row.cancel_requested):
         assert not erasing.done()
         await asyncio.sleep(0.01)
-    # with the deliveries' queue paused, so that the notification its end enqueues stays
-    assert (await app.stats())[NOTIFY_QUEUE]["paused"]
-    await _settle_cancelled(app, backend, lease)
+    # and silenced: the notification its end enqueues sends nothing (no queue is paused)
+    assert row.options == {"silenced": True} and _silent(app, row)
+    assert not (await app.stats())[NOTIFY_QUEUE]["paused"]
+    await _settle_cancelled(app, backend, lease, e)
     assert [job for job, _ in (await _deliveries(app)).values()] == [e.id]
     erased = await asyncio.wait_for(erasing, LONG)
-    # Then the job is gone, and its "cancelled" webhook never left
+    # Then the job is gone, and its "cancelled" webhook with it
     assert erased.jobs == (e.id,) and erased.cancelled == 1 and erased.deliveries == 1
     assert await backend.get(e.id) is None
     assert await _deliveries(app) == {}
-    assert not (await app.stats())[NOTIFY_QUEUE]["paused"]
 
 
-async def _settle_cancelled(app: App, backend: Backend, lease: object) -> None:
-    from offload.contract import Lease
-    from offload.notify.targets import follow_ups_of_row
+def _silent(app: App, row: JobRow) -> bool:
+    """Whether a delivery of the job would send nothing: it asks for none (a delivery
+    reads its job's options as it sends, and ends "superseded" where they ask for none)."""
+    return targets(app, row.kind, row.options) == {}
 
+
+async def _settle_cancelled(app: App, backend: Backend, lease: object, e: Envelope) -> None:
+    """Settle a job cancelled as its worker does: with the notifications its options asked
+    for when it was claimed (`e`'s)."""
     assert isinstance(lease, Lease)
     row = await backend.get(lease.job_id)
     assert row is not None
-    ended = dataclasses.replace(row, state=JobState.CANCELLED)
+    ended = dataclasses.replace(row, state=JobState.CANCELLED, options=e.options)
     notes = follow_ups_of_row(app, ended, marker=lease.token)
     outcome = Outcome(lease=lease, state=JobState.CANCELLED, follow_ups=notes)
     assert await backend.settle([outcome]) == [True]
@@ -171,21 +175,104 @@ async def _settle_cancelled(app: App, backend: Backend, lease: object) -> None:
 
 async def test_a_job_still_running_at_the_deadline_is_left_and_named(app: App) -> None:
     backend = app._require_backend()
-    # Given alice's running job and a done one, and the deliveries' queue paused already
-    running, done = envelope("qa", owner="alice"), envelope("qb", owner="alice")
+    # Given alice's running job (webhook and mail) and a done one
+    running = _hooked("alice", "qa", email="alice@example.com")
+    done = envelope("qb", owner="alice")
     await backend.enqueue([running, done])
-    await claim(backend, "qa")
+    (lease,) = await claim(backend, "qa")
     await _finish(app, backend, done, JobState.SUCCEEDED)
-    assert await app.pause(NOTIFY_QUEUE)
     # When she is erased without waiting
     erased = await app.erase_owner("alice", wait_s=0)
     # Then the done job goes, the running one stays, asked to stop, and is named
     assert erased.jobs == (done.id,) and erased.left == (running.id,)
-    assert not erased.complete
+    assert not erased.complete and erased.cancelled == 0
     row = await backend.get(running.id)
     assert row is not None and row.state is JobState.RUNNING and row.cancel_requested
-    # and the queue paused before stays paused
-    assert (await app.stats())[NOTIFY_QUEUE]["paused"]
+    # and when it ends later, what its end enqueued sends nothing, whenever it runs
+    await _settle_cancelled(app, backend, lease, running)
+    row = await backend.get(running.id)
+    assert row is not None and _silent(app, row)
+    assert len([j for j, _ in (await _deliveries(app)).values() if j == running.id]) == 2
+    # until an erasure again takes it, and them
+    again = await app.erase_owner("alice", wait_s=0)
+    assert again.jobs == (running.id,) and again.deliveries == 2 and again.complete
+    assert await _deliveries(app) == {}
+
+
+async def test_two_erasures_at_once_pause_nothing_and_silence_both(app: App) -> None:
+    backend = app._require_backend()
+    # Given alice's and carol's running jobs with webhooks
+    a, c = _hooked("alice", "qa"), _hooked("carol", "qc")
+    await backend.enqueue([a, c])
+    (alices,) = await claim(backend, "qa")
+    (carols,) = await claim(backend, "qc")
+
+    async def asked(job_id: str) -> None:
+        while not ((row := await backend.get(job_id)) and row.cancel_requested):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    # When both are erased at once, and alice's job ends first
+    erasing_a = asyncio.create_task(app.erase_owner("alice", wait_s=LONG))
+    erasing_c = asyncio.create_task(app.erase_owner("carol", wait_s=LONG))
+    await asked(a.id)
+    await asked(c.id)
+    await _settle_cancelled(app, backend, alices, a)
+    assert (await asyncio.wait_for(erasing_a, LONG)).complete
+    # Then carol's job, still running, is silenced (no pause to be undone by alice's end)
+    row = await backend.get(c.id)
+    assert row is not None and _silent(app, row) and not erasing_c.done()
+    assert not (await app.stats())[NOTIFY_QUEUE]["paused"]
+    await _settle_cancelled(app, backend, carols, c)
+    assert (await asyncio.wait_for(erasing_c, LONG)).deliveries == 1
+    assert await _deliveries(app) == {}
+
+
+async def test_an_erasure_stopped_before_it_deleted_her_jobs_leaves_a_rerun_their_deliveries(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload import _erase
+
+    backend = app._require_backend()
+    # Given alice's done job whose webhook waits
+    done = _hooked("alice", "q1")
+    await backend.enqueue([done])
+    await _finish(app, backend, done, JobState.SUCCEEDED)
+
+    # When an erasure is stopped (Ctrl-C, kill -9) as it would delete her jobs
+    async def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_erase, "_delete", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        await app.erase_owner("alice", wait_s=0)
+    monkeypatch.undo()
+    # Then her deliveries went first (a rerun finds no job of hers to name them by else)
+    assert await _deliveries(app) == {}
+    erased = await app.erase_owner("alice", wait_s=0)
+    assert erased.jobs == (done.id,) and erased.complete
+
+
+async def test_a_job_enqueued_for_her_as_it_ends_is_taken(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offload import _erase
+
+    backend = app._require_backend()
+    # Given a job of hers that arrives while the erasure deletes deliveries (HTTP, say)
+    real = _erase._deliveries
+    late = _hooked("alice", delay=3600)
+    sent = []
+
+    async def arriving(*args: object, **kwargs: object) -> list[str]:
+        if not sent:
+            sent.append(await backend.enqueue([late]))
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_erase, "_deliveries", arriving)
+    # When she is erased, Then it is taken too
+    erased = await app.erase_owner("alice", wait_s=LONG)
+    assert erased.jobs == (late.id,) and erased.complete
+    assert await app.search_jobs(JobFilter(owner="alice")) == []
 
 
 async def test_her_payload_files_go_with_her_jobs(app: App, tmp_path: Path) -> None:

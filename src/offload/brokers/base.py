@@ -393,6 +393,13 @@ class JobSearch(Protocol):
         waiting or running job is never deleted. The count deleted."""
         ...
 
+    async def silence_many(self, ids: Sequence[str]) -> int:
+        """Mark each of these jobs silenced (an erasure): its delivery options (callback
+        URL, email address) go, replaced by `{"silenced": true}`, so that no delivery of it
+        sends anything from now on (a delivery reads its job's options as it sends). The
+        count marked."""
+        ...
+
     async def forget_owner(self, owner: str) -> int:
         """Forget `owner`'s turns at the fair queues' claims (an owner id the fair queues
         keep past her jobs); her next job takes its turn as a new owner's would. A turn of

@@ -267,10 +267,11 @@ def targets(app: Registry, kind: str, options: Mapping[str, Any] | None) -> dict
     """The channels a job of `kind` with these options asks for: {channel: target}.
 
     The job's own `callback_url` wins over its kind's default; `notify_email` is per job.
+    A job silenced (its owner erased) asks for none.
     """
-    if kind in DELIVERY_KINDS:
-        return {}
     options = options or {}
+    if kind in DELIVERY_KINDS or options.get("silenced"):  # (an erased owner's: `silence_many`)
+        return {}
     spec = app.kinds.get(kind)
     callback = options.get("callback_url") or (spec.callback_url if spec else None)
     found = {"webhook": callback, "email": options.get("notify_email")}

@@ -1667,6 +1667,10 @@ class PostgresBackend:
         rows = await self._fetch(Q["delete_many"], {"ids": self._keys(ids)})
         return int(rows[0]["count"])
 
+    async def silence_many(self, ids: Sequence[str]) -> int:
+        rows = await self._fetch(Q["silence_many"], {"ids": self._keys(ids)})
+        return int(rows[0]["count"])
+
     async def forget_owner(self, owner: str) -> int:
         rows = await self._fetch(Q["forget_owner"], {"owner": owner})
         return int(rows[0]["count"])

@@ -761,6 +761,16 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 
+-- name: silence_many
+-- Jobs whose deliveries must send nothing (an erasure): their delivery options go, and the
+-- mark that no target is to be told of them takes their place.
+WITH marked AS (
+    UPDATE offload_jobs SET options = '{"silenced": true}'::jsonb
+    WHERE id = ANY(%(ids)s::uuid[])
+    RETURNING 1
+)
+SELECT count(*) FROM marked
+
 -- name: forget_owner
 -- An owner's turns at the fair queues' claims (an erasure's last step): her next job takes
 -- its turn as a new owner's would.

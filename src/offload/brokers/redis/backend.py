@@ -104,6 +104,7 @@ _SCRIPTS = (
     "purge", "prune", "stats", "list", "changes", "workers", "live", "registry",
     "search", "requeue_many", "cancel_many", "delete_many", "reindex", "periodic",
     "claim_gated", "limits", "declare_limits", "resume", "remember", "forget_owner",
+    "silence_many",
 )  # fmt: skip
 #: The version of the key layout `migrate` brings a Redis up to (kept under `schema`):
 #: 1 adds the jobs page's id indexes by state, kind and queue.
@@ -1304,6 +1305,9 @@ class RedisBackend:
 
     async def delete_many(self, ids: Sequence[str]) -> int:
         return int(await self._run("delete_many", *ids)) if ids else 0
+
+    async def silence_many(self, ids: Sequence[str]) -> int:
+        return int(await self._run("silence_many", *ids)) if ids else 0
 
     async def forget_owner(self, owner: str) -> int:
         return int(await self._run("forget_owner", owner))

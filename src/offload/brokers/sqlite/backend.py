@@ -1616,6 +1616,13 @@ class SQLiteBackend:
     async def delete_many(self, ids: Sequence[str]) -> int:
         return await self._by_ids(self._delete_many, ids)
 
+    def _silence_many(self, ids: Sequence[str]) -> int:
+        with self._tx() as conn:
+            return conn.execute(Q["silence_many"], (orjson.dumps(list(ids)).decode(),)).rowcount
+
+    async def silence_many(self, ids: Sequence[str]) -> int:
+        return await self._by_ids(self._silence_many, ids)
+
     def _forget_owner(self, owner: str) -> int:
         with self._tx() as conn:
             return conn.execute(Q["forget_owner"], (owner,)).rowcount

@@ -392,6 +392,12 @@ WHERE id IN (SELECT value FROM json_each(?))
   AND state IN ('succeeded', 'failed', 'cancelled', 'dead')
 RETURNING id
 
+-- name: silence_many
+-- Jobs whose deliveries must send nothing (an erasure): their delivery options go, and the
+-- mark that no target is to be told of them takes their place.
+UPDATE offload_jobs SET options = '{"silenced": true}'
+WHERE id IN (SELECT value FROM json_each(?))
+
 -- name: forget_owner
 -- An owner's turns at the fair queues' claims (an erasure's last step): her next job takes
 -- its turn as a new owner's would.
