@@ -284,10 +284,12 @@ _GONE = frozenset({"57P01", "57P02", "57P03"})
 def _lost_connection(exc: BaseException) -> bool:
     """A lost or refused connection: the libpq errors without a SQLSTATE (closed socket,
     refused connection), class 08 (connection exception) and the sessions the server
-    ended; or a statement prepared before a migration changed what it returns (`_stale_plan`:
-    the connection forgets its prepared statements, and the call is tried again). Not an
-    integrity, data or syntax error, nor a cancelled statement."""
-    if _stale_plan(exc):
+    ended; a new connection that got no answer within `connect_timeout_s` (a network or
+    proxy that hangs: `_connect`'s TimeoutError); or a statement prepared before a
+    migration changed what it returns (`_stale_plan`: the connection forgets its prepared
+    statements, and the call is tried again). Not an integrity, data or syntax error, nor
+    a cancelled statement."""
+    if _stale_plan(exc) or isinstance(exc, TimeoutError):
         return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
