@@ -6,6 +6,7 @@ itself forever."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import multiprocessing
 import threading
 import time
@@ -175,8 +176,12 @@ def test_a_sync_call_from_the_loop_thread_is_refused_not_a_deadlock(app: App) ->
 
 
 def _enqueue_in_child(app: App, done: multiprocessing.Queue[str]) -> None:
+    # Where it waits, should it hang (once in a CI run, not reproduced since): every
+    # thread's stack on stderr, before the parent gives up on it.
+    faulthandler.dump_traceback_later(45, exit=True)
     job = app.enqueue_sync(Export(period="2026-11"))
     done.put(job.status_sync().state.value)
+    faulthandler.cancel_dump_traceback_later()
 
 
 def test_a_forked_child_gets_a_loop_thread_of_its_own(app: App) -> None:
