@@ -76,7 +76,7 @@ class _Run:
         self.backend = backend
         self.mine = JobFilter(owner=owner)
         self.addresses = frozenset(addresses)
-        self.emails = frozenset(a.casefold() for a in addresses)
+        self.emails = frozenset(a.lower() for a in addresses)
         self.jobs: list[str] = []
         self.waited: set[str] = set()  # hers that were waiting or running when cancelled
         self.deliveries = 0
@@ -84,7 +84,7 @@ class _Run:
 
     def names(self, row: JobRow, jobs: set[str]) -> bool:
         """Whether a delivery job is of one of `jobs`, or names an address given (a
-        webhook's URL exactly; an email's recipient in any case)."""
+        webhook's URL exactly; an email's recipient in any letter case)."""
         if row.kind not in _DELIVERY_KINDS:
             return False
         payload = row.payload
@@ -92,7 +92,7 @@ class _Run:
             return True
         if row.kind == _notify.EMAIL_KIND:
             to = payload.get("to")
-            return isinstance(to, str) and to.casefold() in self.emails
+            return isinstance(to, str) and to.lower() in self.emails
         return payload.get("url") in self.addresses
 
 
@@ -163,7 +163,7 @@ async def _until_none_live(run: _Run, deadline: float, poll_s: float) -> list[st
         live = await run.backend.search_jobs(run.mine, states=_LIVE_NAMES, limit=1000)
         if not live or time.monotonic() >= deadline:
             return [r.id for r in live]
-        if any(r.state is not JobState.RUNNING for r in live):  # (enqueued meanwhile)
+        if any(r.id not in run.waited for r in live):  # (enqueued meanwhile, taken or not)
             await _silence_and_cancel(run)
         await asyncio.sleep(_left(deadline, poll_s))
 
@@ -209,11 +209,17 @@ async def _deliveries(run: _Run, jobs: set[str], deadline: float, poll_s: float)
     if not jobs and not run.addresses:
         return []
     while True:
-        await walk(backend, every, CANCELLABLE_STATES, cancel)
-        await walk(backend, every, FINAL_STATES, delete)
+        # the live ones noted first: one that ends during the delete walk is taken by the
+        # next pass (noted after it, it was missed, and outlived her jobs)
         running.clear()
         await walk(backend, every, _LIVE_STATES, note)
-        if not running or time.monotonic() >= deadline:
+        await walk(backend, every, CANCELLABLE_STATES, cancel)
+        await walk(backend, every, FINAL_STATES, delete)
+        if not running:
+            return []
+        if time.monotonic() >= deadline:
+            running.clear()
+            await walk(backend, every, _LIVE_STATES, note)
             return list(running)
         await asyncio.sleep(_left(deadline, poll_s))
 

@@ -1586,6 +1586,8 @@ class App:
         """
         if not owner or "\x00" in owner:
             raise ValueError("owner must be a non-empty name without NUL characters")
+        if isinstance(addresses, str):  # (its letters, one by one, matched nothing)
+            raise TypeError("addresses is a collection of addresses, not one string")
         if owner == _notify.NOTIFY_OWNER:
             raise ValueError(
                 f"{owner!r} owns every delivery job: erase the owners whose jobs they notify"

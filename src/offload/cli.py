@@ -1431,15 +1431,32 @@ def jobs_erase(
     addresses = tuple(address or ())
     if not yes:
         n = _with_app(app, url, lambda a: a.count_jobs(JobFilter(owner=owner)))
-        also = f" and the deliveries to {', '.join(addresses)}" if addresses else ""
+        also = f", and every delivery to {', '.join(addresses)}" if addresses else ""
         typer.confirm(
             f"erase {owner}'s {n:,} job{'' if n == 1 else 's'} with their history and "
             f"deliveries{also}?",
             abort=True,
         )
-    erased = _with_app(app, url, lambda a: a.erase_owner(owner, addresses=addresses, wait_s=wait))
+    try:
+        erased = _with_app(
+            app, url, lambda a: a.erase_owner(owner, addresses=addresses, wait_s=wait)
+        )
+    except KeyboardInterrupt:
+        raise _fail(
+            f"interrupted: {owner}'s jobs may be silenced already (for good: none notifies "
+            "anyone), some erased; run it again to finish",
+            prefix="error: ",
+            code=130,
+        ) from None
     if as_json:
         _console().print_json(orjson.dumps(dataclasses.asdict(erased)).decode())
+    elif not (erased.jobs or erased.deliveries or erased.turns or erased.left):
+        _console().print(
+            f"no job of {owner} and no delivery to an address given was found (the owner is "
+            "the principal's name, exactly)",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         files = f", {erased.files:,} payload file{'' if erased.files == 1 else 's'}"
         _console().print(

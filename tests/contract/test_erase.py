@@ -344,3 +344,65 @@ async def test_an_address_takes_the_deliveries_naming_it_exactly(app: App) -> No
     assert erased.deliveries == 1 and await backend.get(exact.id) is None
     row = await backend.get(longer.id)
     assert row is not None and row.state is JobState.QUEUED
+
+
+async def test_a_job_enqueued_for_her_and_taken_at_once_is_silenced_too(app: App) -> None:
+    backend = app._require_backend()
+    # Given her running job, which the erasure waits for
+    first = _hooked("alice")
+    await backend.enqueue([first])
+    (lease,) = await claim(backend, "qa")
+    erasing = asyncio.create_task(app.erase_owner("alice", wait_s=LONG))
+    while not ((row := await backend.get(first.id)) and row.cancel_requested):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    # When a job enqueued for her meanwhile is taken by a worker at once
+    late = _hooked("alice", "qb")
+    await backend.enqueue([late])
+    (taken,) = await claim(backend, "qb")
+    # Then the erasure's next look silences it and asks it to stop (it took only the
+    # waiting ones again: a running one kept its callback URL and address, and notified)
+    deadline = asyncio.get_running_loop().time() + LONG
+    while not ((row := await backend.get(late.id)) and row.cancel_requested):
+        assert asyncio.get_running_loop().time() < deadline, row
+        await asyncio.sleep(0.01)
+    assert _silent(app, row)
+    await backend.settle([Outcome(lease=lease, state=JobState.CANCELLED)])
+    await backend.settle([Outcome(lease=taken, state=JobState.CANCELLED)])
+    erased = await asyncio.wait_for(erasing, LONG)
+    assert sorted(erased.jobs) == sorted([first.id, late.id]) and erased.complete
+
+
+async def test_a_delivery_that_ends_while_the_deliveries_are_walked_goes_too(app: App) -> None:
+    backend = app._require_backend()
+    # Given bob's webhook, sent (a final delivery, which the erasure's delete walk reads),
+    b = _hooked("bob", "qb")
+    await backend.enqueue([b])
+    await _finish(app, backend, b, JobState.SUCCEEDED)
+    (his,) = await claim(backend, NOTIFY_QUEUE, limit=1)
+    assert await backend.settle([Outcome(lease=his, state=JobState.SUCCEEDED)]) == [True]
+    # and her done job, whose webhook a worker is sending as the erasure begins
+    e = _hooked("alice")
+    await backend.enqueue([e])
+    await _finish(app, backend, e, JobState.SUCCEEDED)
+    (sending,) = await claim(backend, NOTIFY_QUEUE, limit=1)
+    real = backend.delete_many
+    ended: list[bool] = []
+
+    async def ending_meanwhile(ids: list[str]) -> int:
+        n = await real(ids)
+        if not ended:  # (the send ends, superseded, as the erasure walks the deliveries)
+            ended.append(True)
+            out = Outcome(lease=sending, state=JobState.CANCELLED)
+            assert await backend.settle([out]) == [True]
+        return n
+
+    backend.delete_many = ending_meanwhile  # type: ignore[method-assign]
+    # When she is erased, Then that delivery (her URL, her job's id) goes too
+    erased = await asyncio.wait_for(app.erase_owner("alice", wait_s=LONG), LONG)
+    assert ended and erased.complete and erased.jobs == (e.id,) and erased.deliveries == 1
+    assert [job for job, _ in (await _deliveries(app)).values()] == [b.id]
+
+
+async def test_addresses_are_a_collection_not_one_string(app: App) -> None:
+    with pytest.raises(TypeError, match="not one string"):
+        await app.erase_owner("alice", addresses="alice@example.com")
