@@ -81,24 +81,29 @@ def canonical(payload: Any, values: Any) -> Any:
     """`payload` (a message as JSON stores it) with what equal messages may write apart
     made one, found where `values` (the same message as Python values) holds:
 
-    - a set: its items in one order (JSON writes a set in its iteration order, which
-      Python's hash seed changes from process to process: one set gave as many keys);
-    - an aware time: in UTC (`01:00+01:00` and `00:00Z` are one instant).
+    - a set: its items in one order, each made one too (JSON writes a set in its iteration
+      order, which Python's hash seed changes from process to process: one set gave as
+      many keys);
+    - an aware time: in UTC (`01:00+01:00` and `00:00Z` are one instant), where the payload
+      holds it as written by default (a serializer of the class's own stands).
 
     Where the two do not line up (a serializer of the class's own) the payload stands."""
     if isinstance(values, set | frozenset) and isinstance(payload, list):
-        return sorted(payload, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+        items = [canonical(to_jsonable_python(v), v) for v in values]
+        return sorted(items, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
     if isinstance(values, Mapping) and isinstance(payload, Mapping):
-        return {k: canonical(v, values.get(k)) for k, v in payload.items()}
+        if len(values) == len(payload):  # (in one order: keys may differ, `1` and "1")
+            pairs = zip(payload.items(), values.values(), strict=True)
+            return {k: canonical(v, value) for (k, v), value in pairs}
+        return payload
     if (
         isinstance(values, list | tuple)
         and isinstance(payload, list)
         and len(values) == len(payload)
     ):
         return [canonical(p, v) for p, v in zip(payload, values, strict=True)]
-    if isinstance(values, datetime) and isinstance(payload, str):
-        offset = values.utcoffset()
-        if offset:  # (naive, or UTC already: as written)
+    if isinstance(values, datetime) and isinstance(payload, str) and values.utcoffset():
+        if payload == to_jsonable_python(values):  # (as written by default)
             utc: str = to_jsonable_python(values.astimezone(UTC))
             return utc
     return payload

@@ -186,6 +186,12 @@ class Context:
             raise
 
     def _gone(self) -> _WorkerGone:
+        if not self._handoffs.stopped_for(self):  # (this run's calls cut: `Handoffs.cut`)
+            return _WorkerGone(
+                f"job {self.job_id}: this worker no longer holds the job's lease for this "
+                "run (lost, or its attempt is over and the job may run again): return when "
+                "ctx.cancelled is set"
+            )
         return _WorkerGone(
             f"job {self.job_id}: the worker that ran this attempt has stopped (its "
             "handler's thread ran on past the attempt's end): return when ctx.cancelled "
@@ -381,13 +387,8 @@ class Context:
         file path, a binary file object or an async iterator of bytes (S3: a multipart
         upload above the part size; a folder: a temp file renamed into place). Returns the
         reference `blob:<key>` to put in the result (awaitable in an async handler)."""
-        return self._bridge(self._put_stream_fenced(key, source, content_type))
-
-    async def _put_stream_fenced(
-        self, key: str, source: StreamSource, content_type: str | None
-    ) -> str:
-        await self._fenced()
-        return await put_stream(self._blobs, key, source, content_type)
+        store: Any = self._blobs if self._holds is None else _FencedBlobs(self._blobs, self._fenced)
+        return self._bridge(put_stream(store, key, source, content_type))
 
     if TYPE_CHECKING:
         # What an async handler's calls are to a type checker: awaitables, so that one left
@@ -551,8 +552,8 @@ class Handoffs:
         self._lock = threading.Lock()
         #: The calls not yet ended, each with the tag it was handed with (its context).
         self._waiting: dict[concurrent.futures.Future[Any], object] = {}
-        #: The tags whose calls were cut (`cut`).
-        self._cut: set[object] = set()
+        #: The tags whose calls were cut (`cut`), each with whether its worker was stopping.
+        self._cut: dict[object, bool] = {}
         #: The calls under way on the loop (touched only there).
         self._running: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -606,12 +607,12 @@ class Handoffs:
         for future in waiting:
             future.cancel()
 
-    def cut(self, tag: object) -> None:
+    def cut(self, tag: object, *, stopping: bool = False) -> None:
         """Cancel the calls handed with `tag` (one context's) and refuse its next ones, as
         `close` does all: a stopping worker's grace is over, and the thread that made them
         waits on them still (a `ctx.once` step's long await held one SIGTERM's stop)."""
         with self._lock:
-            self._cut.add(tag)
+            self._cut[tag] = stopping
             waiting = [future for future, of in self._waiting.items() if of is tag]
         for future in waiting:
             future.cancel()
@@ -619,6 +620,11 @@ class Handoffs:
     def refuses(self, tag: object) -> bool:
         """Whether a call handed with `tag` now is refused (closed, or `tag` cut)."""
         return self.closed or tag in self._cut
+
+    def stopped_for(self, tag: object) -> bool:
+        """Whether calls of `tag` are refused because its worker stops (closed, or cut as
+        it stopped), not because its run lost the job."""
+        return self.closed or self._cut.get(tag, False)
 
     async def aclose(self, within_s: float) -> int:
         """`close`, on the worker's loop, then wait `within_s` at most for the calls under
@@ -667,10 +673,11 @@ _NEVER_CLOSED = Handoffs()
 
 
 class _FencedBlobs:
-    """A blob store whose writes (`put`, `delete`) first make sure the run may still act for
-    its job (`fenced`: `Context._fenced`); the rest are the store's."""
+    """A blob store whose async methods but its reads (`get`, `probe`) first make sure the
+    run may still act for its job (`fenced`: `Context._fenced`): `put`, `delete`,
+    `put_stream` and those of a store of the user's own; the rest are the store's."""
 
-    _WRITES = frozenset({"put", "delete"})
+    _READS = frozenset({"get", "probe"})
 
     def __init__(self, store: BlobStore, fenced: Callable[[], Awaitable[None]]) -> None:
         self._store = store
@@ -678,7 +685,7 @@ class _FencedBlobs:
 
     def __getattr__(self, name: str) -> Any:
         found = getattr(self._store, name)
-        if name not in self._WRITES:
+        if name in self._READS or not inspect.iscoroutinefunction(found):
             return found
 
         async def write(*args: Any, **kwargs: Any) -> Any:

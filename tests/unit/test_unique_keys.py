@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Annotated
+
+from pydantic import PlainSerializer
 
 from offload import App, Message
 from offload._unique import unique_key
@@ -115,3 +118,43 @@ def test_one_instant_makes_one_key_whatever_its_offset() -> None:
     # and a time in UTC keeps the key it had (one stored before holds it still)
     payload = {"tags": [], "groups": [], "at": "2026-12-01T00:00:00Z"}
     assert _key(Tagged(tags=frozenset(), at=utc)) == unique_key("t.tagged", "alice", payload, ())
+
+
+class Odd(Message):
+    nested: frozenset[frozenset[str]] = frozenset()
+    by_id: dict[int, set[str]] = {}
+    times: frozenset[datetime] = frozenset()
+    day: Annotated[datetime, PlainSerializer(lambda d: d.date().isoformat(), when_used="json")]
+
+
+def _odd_key(message: Odd) -> str | None:
+    app = App("keys", url="memory://")
+    app.message("t.odd", unique="queued")(Odd)
+    return app.envelope(message, owner="alice").unique_key
+
+
+def test_sets_within_sets_and_dicts_and_times_within_sets_make_one_key() -> None:
+    day = datetime(2026, 1, 1, 9, tzinfo=UTC)
+    key = _odd_key(
+        Odd(
+            nested=frozenset({frozenset(TAGS), frozenset(TAGS[:3])}),
+            by_id={1: set(TAGS)},
+            times=frozenset({day}),
+            day=day,
+        )
+    )
+    other = _odd_key(
+        Odd(
+            nested=frozenset({frozenset(reversed(TAGS[:3])), frozenset(reversed(TAGS))}),
+            by_id={1: set(reversed(TAGS))},
+            times=frozenset({day.astimezone(timezone(timedelta(hours=1)))}),
+            day=day,
+        )
+    )
+    assert key == other
+
+
+def test_a_serializer_of_the_class_s_own_stands() -> None:
+    # (a time written as its date: two times of one day are one payload, and one key)
+    morning = datetime(2026, 1, 1, 9, tzinfo=timezone(timedelta(hours=1)))
+    assert _odd_key(Odd(day=morning)) == _odd_key(Odd(day=morning + timedelta(hours=5)))

@@ -164,6 +164,11 @@ class _Job:
     held_since: float = 0.0
     #: Its lease was found lost (`_let_go`): its run's side steps and file writes are refused.
     lost: bool = False
+    #: Its last run's context (kept past the run: a thread may run on with it).
+    ran_context: Context | None = None
+    #: Whether the outcome reported for it may run it again (retrying, released): a
+    #: thread that runs on past it then acts for the job no more (`_holds`).
+    again: bool = False
 
 
 class _ThreadRun:
@@ -793,6 +798,7 @@ class Worker:
         its thread is dropped, and taken out of the counts it entered as the run ended)."""
         self._forget(job)
         job.lost = True
+        self._cut(job)
         held, job.held = job.held, None
         if held is not None and job.counted:
             self._count(held, -1)
@@ -880,7 +886,7 @@ class Worker:
     def _start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
         job.phase = _Phase.RUNNING
-        job.context = ctx = self.context_for(job.lease)
+        job.context = job.ran_context = ctx = self.context_for(job.lease)
         ctx._holds = functools.partial(self._holds, job)
         job.task = asyncio.create_task(self._execute(job, ctx), name=f"job-{job.lease.job_id}")
         job.began = self._running[id(job)] = loop.time()
@@ -949,10 +955,21 @@ class Worker:
         outcome, job.held = job.held, None
         if outcome is None or self._jobs.get(job.lease.job_id) is not job:
             return
+        if not (outcome.state.final or self._stop.is_set()):
+            # The job may run again: the thread, should it run on, acts for it no more (a
+            # stopping worker closes its hand-offs itself, once it waited for threads).
+            self._cut(job)
         held_s = asyncio.get_running_loop().time() - job.held_since
         if outcome.run_at is not None:  # a retry's backoff runs from when it is reported
             outcome = dataclasses.replace(outcome, run_at=outcome.run_at + held_s)
         self._report(job, outcome)
+
+    def _cut(self, job: _Job) -> None:
+        """The calls its last run's thread handed to the loop (a `ctx.once` step's await)
+        are cancelled, and its next ones refused: the job is no longer this run's to act
+        for (its lease lost, or its outcome reported while the thread runs on)."""
+        if job.ran_context is not None and job.thread is not None and not job.thread.done():
+            self._handoffs.cut(job.ran_context)
 
     def _cancel_held(self, job: _Job) -> None:
         """A cancel asked while a job's outcome is held (its thread runs on): a retry or
@@ -1078,6 +1095,7 @@ class Worker:
         """Hand an outcome to the settler, with the notifications a final state sends; the
         lease beats until the outcome is written."""
         job.phase = _Phase.SETTLING
+        job.again = not outcome.state.final
         self._pending.append(self._with_follow_ups(outcome, job.trace))
         self._flushed.clear()
         self._pending_ready.set()
@@ -1854,12 +1872,15 @@ class Worker:
         step's `fn` and a file write): its lease surely lasts, by this worker's own clocks
         (`fresh`), or a renewal says it is held (the worker stalled past it: SIGSTOP, a long
         pause; the woken handler's step came before the heartbeat that would have told it).
-        No once the lease was found lost (another worker may run the job now). A run whose
-        attempt ended here (a thread that runs on) may: no other holds the job for it."""
+        No once the lease was found lost (another worker may run the job now), or once its
+        outcome, reported, runs it again (retrying, released: a thread that ran on past its
+        attempt, and past the hold of its outcome). While its outcome is held for such a
+        thread, the lease is still this worker's, and after a final outcome no other run
+        comes: its cleanup may."""
         if job.lost:
             return False
-        if self._jobs.get(job.lease.job_id) is not job:
-            return True  # (its outcome was written, or is on its way)
+        if self._jobs.get(job.lease.job_id) is not job or job.phase is _Phase.SETTLING:
+            return not job.again
         loop = asyncio.get_running_loop()
         if fresh(
             job.renewed, self.lease_s, self.heartbeat_s, mono=loop.time(), wall=self.app.clock.now()
@@ -2023,7 +2044,7 @@ class Worker:
                 context._end_run()
                 # A call its thread waits on (a `ctx.once` step's long await) is cancelled:
                 # the thread then sees the worker gone, and returns.
-                self._handoffs.cut(context)
+                self._handoffs.cut(context, stopping=True)
         log.warning(
             "%d job%s run%s on in threads past the grace period (a thread cannot be "
             "stopped): waiting for their handlers to return (ctx.cancelled is set)",
