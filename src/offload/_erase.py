@@ -163,7 +163,8 @@ async def _until_none_live(run: _Run, deadline: float, poll_s: float) -> list[st
         live = await run.backend.search_jobs(run.mine, states=_LIVE_NAMES, limit=1000)
         if not live or time.monotonic() >= deadline:
             return [r.id for r in live]
-        if any(r.id not in run.waited for r in live):  # (enqueued meanwhile, taken or not)
+        # (enqueued meanwhile, taken or not; or waiting again: an operator's retry)
+        if any(r.id not in run.waited or r.state is not JobState.RUNNING for r in live):
             await _silence_and_cancel(run)
         await asyncio.sleep(_left(deadline, poll_s))
 

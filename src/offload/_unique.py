@@ -81,18 +81,21 @@ def canonical(payload: Any, values: Any) -> Any:
     """`payload` (a message as JSON stores it) with what equal messages may write apart
     made one, found where `values` (the same message as Python values) holds:
 
-    - a set: its items in one order, each made one too (JSON writes a set in its iteration
-      order, which Python's hash seed changes from process to process: one set gave as
-      many keys);
+    - a set: its items in one order (JSON writes a set in its iteration order, which
+      Python's hash seed changes from process to process: one set gave as many keys),
+      each made one too where the set was written item by item by default;
     - an aware time: in UTC (`01:00+01:00` and `00:00Z` are one instant), where the payload
-      holds it as written by default (a serializer of the class's own stands).
+      holds it as written by default.
 
-    Where the two do not line up (a serializer of the class's own) the payload stands."""
+    Where the two do not line up (a serializer of the class's own) the payload stands:
+    equal payloads make one key whatever their values."""
     if isinstance(values, set | frozenset) and isinstance(payload, list):
-        items = [canonical(to_jsonable_python(v), v) for v in values]
-        return sorted(items, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+        return _sorted(_set_items(payload, values))
     if isinstance(values, Mapping) and isinstance(payload, Mapping):
-        if len(values) == len(payload):  # (in one order: keys may differ, `1` and "1")
+        if all(k in values for k in payload):
+            return {k: canonical(v, values[k]) for k, v in payload.items()}
+        if len(values) == len(payload) and not any(isinstance(k, str) for k in values):
+            # (keys JSON writes as text, `1` as "1": paired in their one order)
             pairs = zip(payload.items(), values.values(), strict=True)
             return {k: canonical(v, value) for (k, v), value in pairs}
         return payload
@@ -103,7 +106,43 @@ def canonical(payload: Any, values: Any) -> Any:
     ):
         return [canonical(p, v) for p, v in zip(payload, values, strict=True)]
     if isinstance(values, datetime) and isinstance(payload, str) and values.utcoffset():
-        if payload == to_jsonable_python(values):  # (as written by default)
+        if payload == _default_json(values):  # (as written by default)
             utc: str = to_jsonable_python(values.astimezone(UTC))
             return utc
     return payload
+
+
+def _set_items(payload: list[Any], values: set[Any] | frozenset[Any]) -> list[Any]:
+    """A set's items, each made one (`canonical`) where the payload holds exactly what the
+    default JSON of its items is; else the payload's items as they are."""
+    written = [_default_json(v) for v in values]
+    if any(w is _NOT_DEFAULT for w in written):
+        return payload
+    if _sorted([_shape(w) for w in written]) != _sorted([_shape(p) for p in payload]):
+        return payload
+    return [canonical(w, v) for w, v in zip(written, values, strict=True)]
+
+
+#: What `_default_json` answers for a value the default JSON cannot write.
+_NOT_DEFAULT = object()
+
+
+def _default_json(value: Any) -> Any:
+    try:
+        return to_jsonable_python(value)
+    except Exception:  # (a type only a serializer of the class's own writes; bytes not UTF-8)
+        return _NOT_DEFAULT
+
+
+def _shape(value: Any) -> Any:
+    """`value` with every list's items in one order: what two writings of one set (its
+    items' sets in their own orders) share."""
+    if isinstance(value, list):
+        return _sorted([_shape(v) for v in value])
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    return value
+
+
+def _sorted(items: list[Any]) -> list[Any]:
+    return sorted(items, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))

@@ -234,6 +234,16 @@ class _Batch:
         return envelopes
 
 
+def _values(message: Message) -> dict[str, Any] | None:
+    """The message as Python values, for its unique key (`canonical`: sets and times), or
+    None where it cannot be dumped so (a frozenset of models: unhashable as dicts): its
+    payload alone makes the key then."""
+    try:
+        return _payloads.values_of(message)
+    except Exception:
+        return None
+
+
 def batch_key(key: str | None, index: int) -> str | None:
     """The idempotency key of a batch's job at `index` (`enqueue_many`): the batch's key
     names the request, so its repeat answers every job it made: the first job holds the key
@@ -967,8 +977,7 @@ class App:
             )
         key = None
         if spec.unique is not None:
-            values = _payloads.values_of(message)  # (sets and times, for the key)
-            key = unique_key(spec.kind, owner, payload, spec.unique_key, values)
+            key = unique_key(spec.kind, owner, payload, spec.unique_key, _values(message))
         return Envelope(
             id=job_id,
             kind=spec.kind,

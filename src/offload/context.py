@@ -9,6 +9,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from pathlib import Path
 from time import monotonic
@@ -152,7 +153,7 @@ class Context:
         """Whether the caller runs on the worker's loop (an async handler), not in a thread."""
         return running_loop() is self._loop
 
-    def _bridge(self, coro: Awaitable[Any]) -> Any:
+    def _bridge(self, coro: Awaitable[Any], *, cut: bool = True) -> Any:
         """Awaitable in the worker's loop; blocking (run on that loop) from a handler thread;
         awaitable on a loop of the handler's own (`asyncio.run` in a plain handler).
 
@@ -163,7 +164,8 @@ class Context:
         running = running_loop()
         if running is self._loop:
             return coro
-        future = self._handoffs.hand(coro, self._loop, tag=self)
+        # (`cut=False`: a call that its run's cut leaves alone, a step's record after `fn` ran)
+        future = self._handoffs.hand(coro, self._loop, tag=self if cut else None)
         if future is None:
             raise self._gone()
         if running is None:
@@ -349,7 +351,9 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = self._bridge(value)
-        return self._bridge(self._kept(step, value))
+        # Recorded even if the run was cut meanwhile: `fn` ran, and a retry that finds its
+        # value does not run it again.
+        return self._bridge(self._kept(step, value), cut=False)
 
     async def _once_here(self, step: str, fn: Callable[[], Any]) -> Any:
         """`once` on a loop of the handler's own: `fn` runs there (an async step may use
@@ -362,7 +366,7 @@ class Context:
         value = fn()
         if inspect.isawaitable(value):
             value = await value
-        return await self._bridge(self._kept(step, value))
+        return await self._bridge(self._kept(step, value), cut=False)
 
     async def _once(self, step: str, fn: Callable[[], Any]) -> Any:
         found, value = await self._backend.recall(self.job_id, step)
@@ -552,8 +556,9 @@ class Handoffs:
         self._lock = threading.Lock()
         #: The calls not yet ended, each with the tag it was handed with (its context).
         self._waiting: dict[concurrent.futures.Future[Any], object] = {}
-        #: The tags whose calls were cut (`cut`), each with whether its worker was stopping.
-        self._cut: dict[object, bool] = {}
+        #: The tags whose calls were cut (`cut`), each with whether its worker was stopping
+        #: (weakly: a long-lived worker keeps no context it cut).
+        self._cut: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         #: The calls under way on the loop (touched only there).
         self._running: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -566,7 +571,7 @@ class Handoffs:
         call = _Handed(coro, self._lock)
         future = None
         with self._lock:
-            if not (self.closed or tag in self._cut or loop.is_closed()):
+            if not (self.closed or (tag is not None and tag in self._cut) or loop.is_closed()):
                 run = self._run(call)
                 try:
                     future = asyncio.run_coroutine_threadsafe(run, loop)
@@ -619,12 +624,12 @@ class Handoffs:
 
     def refuses(self, tag: object) -> bool:
         """Whether a call handed with `tag` now is refused (closed, or `tag` cut)."""
-        return self.closed or tag in self._cut
+        return self.closed or (tag is not None and tag in self._cut)
 
     def stopped_for(self, tag: object) -> bool:
         """Whether calls of `tag` are refused because its worker stops (closed, or cut as
         it stopped), not because its run lost the job."""
-        return self.closed or self._cut.get(tag, False)
+        return self.closed or (tag is not None and self._cut.get(tag, False))
 
     async def aclose(self, within_s: float) -> int:
         """`close`, on the worker's loop, then wait `within_s` at most for the calls under
@@ -675,7 +680,9 @@ _NEVER_CLOSED = Handoffs()
 class _FencedBlobs:
     """A blob store whose async methods but its reads (`get`, `probe`) first make sure the
     run may still act for its job (`fenced`: `Context._fenced`): `put`, `delete`,
-    `put_stream` and those of a store of the user's own; the rest are the store's."""
+    `put_stream` and those of a store of the user's own; the rest are the store's. (A plain
+    handler's thread whose run was cut, `Handoffs.cut`, has every call refused, reads too:
+    it hands nothing to the loop any more.)"""
 
     _READS = frozenset({"get", "probe"})
 

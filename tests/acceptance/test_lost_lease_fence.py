@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from offload import App, Context, Message, Settings, SyncContext
+from offload.testing import run_jobs
 from offload.worker.runner import Worker
 from tests.contract._support import ShiftClock, rescue
 
@@ -167,3 +168,32 @@ async def test_a_thread_that_runs_on_past_its_attempt_acts_no_more_once_the_job_
     assert "charged" not in said and len(said) == 2, said
     assert all(isinstance(s, RuntimeError) for s in said), said
     assert not (Path(settings.blobs_url) / "late.txt").exists()
+
+
+async def test_run_jobs_lets_a_timed_out_thread_that_will_run_again_clean_up_in_its_grace(
+    settings: Settings,
+) -> None:
+    # Given a plain handler whose first attempt runs over its timeout (it will run again)
+    # and returns within the worker's grace, a step and a write made on its way out
+    app = App("cleanup", settings=settings)
+    app.message("t.runs_on")(RunsOn)
+    said: list[Any] = []
+
+    @app.handles(RunsOn, timeout=0.2, max_attempts=3)
+    def runs_on(msg: RunsOn, ctx: SyncContext) -> None:
+        if ctx.attempt > 1:
+            return
+        ctx.cancelled.wait(30)
+        for act in (lambda: ctx.once("tidy", lambda: "ok"), lambda: ctx.blobs.put("t", b"x")):
+            try:
+                said.append(act())
+            except RuntimeError as exc:
+                said.append(exc)
+
+    async with app:
+        await app.enqueue(RunsOn(n=1))
+        # When run_jobs runs it (its worker stops once the attempt ended: the job retrying)
+        (row,) = await run_jobs(app, raise_errors=False)
+    # Then both went through, as they do in a worker that goes on (the outcome is held)
+    assert row.state == "retrying"
+    assert said == ["ok", "blob:t"], said

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import PlainSerializer
+from pydantic import ConfigDict, PlainSerializer, field_serializer, model_serializer
 
 from offload import App, Message
 from offload._unique import unique_key
@@ -158,3 +158,71 @@ def test_a_serializer_of_the_class_s_own_stands() -> None:
     # (a time written as its date: two times of one day are one payload, and one key)
     morning = datetime(2026, 1, 1, 9, tzinfo=timezone(timedelta(hours=1)))
     assert _odd_key(Odd(day=morning)) == _odd_key(Odd(day=morning + timedelta(hours=5)))
+
+
+class Tag:
+    """A type only the message's own serializer writes."""
+
+    def __init__(self, v: str) -> None:
+        self.v = v
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tag) and other.v == self.v
+
+
+class Labelled(Message):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    tags: set[Tag]
+
+    @field_serializer("tags", when_used="json")
+    def _written(self, tags: set[Tag]) -> list[str]:
+        return sorted(t.v for t in tags)
+
+
+class Chunks(Message):
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    chunks: set[bytes]
+
+
+DayOnly = Annotated[datetime, PlainSerializer(lambda d: d.date().isoformat(), when_used="json")]
+
+
+class Days(Message):
+    days: frozenset[DayOnly]
+
+
+class Sorted(Message):
+    sizes: set[int]
+    qty: list[int]
+
+    @model_serializer(mode="wrap", when_used="json")
+    def _keys_sorted(self, handler: Any) -> dict[str, Any]:
+        return dict(sorted(handler(self).items()))
+
+
+def _key_of(kind: str, cls: type[Message], message: Message) -> str | None:
+    app = App("keys", url="memory://")
+    app.message(kind, unique="queued")(cls)
+    return app.envelope(message, owner="alice").unique_key
+
+
+def test_a_set_its_own_serializer_writes_makes_a_key_and_equal_payloads_one() -> None:
+    # (each crashed the enqueue, or keyed one payload twice, as its items were rebuilt)
+    assert _key_of("t.l", Labelled, Labelled(tags={Tag("a"), Tag("b")})) == _key_of(
+        "t.l", Labelled, Labelled(tags={Tag("b"), Tag("a")})
+    )
+    assert _key_of("t.c", Chunks, Chunks(chunks={b"\xff\x00"}))
+    nine, two = (datetime(2026, 1, 1, h, tzinfo=UTC) for h in (9, 14))
+    assert _key_of("t.d", Days, Days(days=frozenset({nine}))) == _key_of(
+        "t.d", Days, Days(days=frozenset({two}))
+    )
+
+
+def test_fields_are_paired_by_name_whatever_order_json_writes_them_in() -> None:
+    # (paired by place, a set's items stood in for another field: two orders, one key)
+    assert _key_of("t.s", Sorted, Sorted(sizes={1, 2}, qty=[5])) != _key_of(
+        "t.s", Sorted, Sorted(sizes={1, 2}, qty=[6])
+    )

@@ -947,7 +947,7 @@ class Worker:
         # than a stopping worker waits for a run: its grace.
         loop.call_later(self.grace_s, self._release_held, job)
 
-    def _release_held(self, job: _Job) -> None:
+    def _release_held(self, job: _Job, *, stopping: bool = False) -> None:
         """Report the outcome held for a job whose thread ran on past its attempt: the
         thread returned, or its grace is over (whichever comes first; the other finds
         nothing held). A job that left this worker meanwhile (its lease lost) has nothing
@@ -955,7 +955,7 @@ class Worker:
         outcome, job.held = job.held, None
         if outcome is None or self._jobs.get(job.lease.job_id) is not job:
             return
-        if not (outcome.state.final or self._stop.is_set()):
+        if not (outcome.state.final or stopping or self._stop.is_set()):
             # The job may run again: the thread, should it run on, acts for it no more (a
             # stopping worker closes its hand-offs itself, once it waited for threads).
             self._cut(job)
@@ -986,7 +986,10 @@ class Worker:
         process does not wait for them."""
         for job in list(self._jobs.values()):
             if job.held is not None:
-                self._release_held(job)
+                self._release_held(job, stopping=True)
+                # (its thread may clean up as the worker waits for it, `run_jobs` too: the
+                # stop closes its hand-offs once that wait is over)
+                job.again = False
 
     def _count(self, outcome: Outcome, step: int = 1) -> None:
         """Count a run's outcome for the registry (`step` -1: take it back out): a release
