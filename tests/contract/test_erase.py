@@ -406,3 +406,28 @@ async def test_a_delivery_that_ends_while_the_deliveries_are_walked_goes_too(app
 async def test_addresses_are_a_collection_not_one_string(app: App) -> None:
     with pytest.raises(TypeError, match="not one string"):
         await app.erase_owner("alice", addresses="alice@example.com")
+
+
+async def test_a_job_of_hers_an_operator_retries_during_the_erasure_is_cancelled_again(
+    app: App,
+) -> None:
+    backend = app._require_backend()
+    # Given her running job, which the erasure waits for, and her waiting one it cancelled
+    running, waiting = _hooked("alice"), _hooked("alice", "qb", delay=3600)
+    await backend.enqueue([running, waiting])
+    (lease,) = await claim(backend, "qa")
+    erasing = asyncio.create_task(app.erase_owner("alice", wait_s=LONG))
+    while not ((row := await backend.get(running.id)) and row.cancel_requested):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    row = await backend.get(waiting.id)
+    assert row is not None and row.state is JobState.CANCELLED
+    # When an operator retries it meanwhile
+    await app.requeue(waiting.id)
+    # Then the erasure's next look cancels it again (it looked again only at jobs new to it)
+    deadline = asyncio.get_running_loop().time() + LONG
+    while not ((row := await backend.get(waiting.id)) and row.state is JobState.CANCELLED):
+        assert asyncio.get_running_loop().time() < deadline, row
+        await asyncio.sleep(0.01)
+    await backend.settle([Outcome(lease=lease, state=JobState.CANCELLED)])
+    erased = await asyncio.wait_for(erasing, LONG)
+    assert sorted(erased.jobs) == sorted([running.id, waiting.id]) and erased.complete
