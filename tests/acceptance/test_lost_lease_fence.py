@@ -197,3 +197,48 @@ async def test_run_jobs_lets_a_timed_out_thread_that_will_run_again_clean_up_in_
     # Then both went through, as they do in a worker that goes on (the outcome is held)
     assert row.state == "retrying"
     assert said == ["ok", "blob:t"], said
+
+
+async def test_a_step_that_ran_is_recorded_though_its_run_was_cut_meanwhile(
+    settings: Settings,
+) -> None:
+    # Given a plain handler's step whose fn still runs when its attempt's outcome, held
+    # past the grace, is reported (retrying: the run is cut)
+    app = App("recorded", settings=settings)
+    app.message("t.runs_on")(RunsOn)
+    go, done = threading.Event(), threading.Event()
+    said: list[Any] = []
+
+    def charge() -> str:
+        go.wait(30)
+        return "ch_1"
+
+    @app.handles(RunsOn, timeout=0.2, max_attempts=3)
+    def runs_on(msg: RunsOn, ctx: SyncContext) -> None:
+        if ctx.attempt > 1:
+            return
+        try:
+            said.append(ctx.once("charge", charge))
+        except RuntimeError as exc:
+            said.append(exc)
+        finally:
+            done.set()
+
+    async with app:
+        job = await app.enqueue(RunsOn(n=1))
+        worker = Worker(app, grace_s=0.3)
+        task = asyncio.create_task(worker.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while not ((row := await app.get(job.id)) and row.state == "succeeded"):
+                assert asyncio.get_running_loop().time() < deadline, row
+                await asyncio.sleep(0.02)
+            # When fn returns then
+            go.set()
+            assert await asyncio.to_thread(done.wait, 30)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 30)
+        # Then its value is recorded (a later run finds it, and does not charge again)
+        assert said == ["ch_1"], said
+        assert await app._require_backend().recall(job.id, "charge") == (True, "ch_1")
