@@ -108,7 +108,7 @@ class Context:
         (threaded) handler `ctx.blobs.put(key, data)` without await, which blocks until the
         blob is stored (run on the worker's loop), as `progress` does. A write (`put`,
         `delete`) of a run whose worker lost the job's lease raises RuntimeError."""
-        store: Any = self._blobs if self._holds is None else _FencedBlobs(self._blobs, self._fenced)
+        store = self._fenced_store()
         if self._on_loop():
             return cast("BlobStore", store)
         return cast("BlobStore", _BlockingBlobs(store, self._bridge))
@@ -391,8 +391,12 @@ class Context:
         file path, a binary file object or an async iterator of bytes (S3: a multipart
         upload above the part size; a folder: a temp file renamed into place). Returns the
         reference `blob:<key>` to put in the result (awaitable in an async handler)."""
-        store: Any = self._blobs if self._holds is None else _FencedBlobs(self._blobs, self._fenced)
-        return self._bridge(put_stream(store, key, source, content_type))
+        return self._bridge(put_stream(self._fenced_store(), key, source, content_type))
+
+    def _fenced_store(self) -> Any:
+        """The blob store whose writes check the run's lease first (`_FencedBlobs`); the
+        store itself for a context without that check (the serverless consumer's)."""
+        return self._blobs if self._holds is None else _FencedBlobs(self._blobs, self._fenced)
 
     if TYPE_CHECKING:
         # What an async handler's calls are to a type checker: awaitables, so that one left

@@ -122,6 +122,26 @@ class RunsOn(Message):
     n: int
 
 
+async def _retried_then_let_go(app: App, go: threading.Event, done: threading.Event) -> str:
+    """Enqueue a `RunsOn`, run a worker (grace 0.3 s) until the job's retry succeeded while
+    its first attempt's thread waits on `go`, then let that thread go on and wait until it
+    is `done`; the job's id."""
+    job = await app.enqueue(RunsOn(n=1))
+    worker = Worker(app, grace_s=0.3)
+    task = asyncio.create_task(worker.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not ((row := await app.get(job.id)) and row.state == "succeeded"):
+            assert asyncio.get_running_loop().time() < deadline, row
+            await asyncio.sleep(0.02)
+        go.set()
+        assert await asyncio.to_thread(done.wait, 30)
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    return job.id
+
+
 async def test_a_thread_that_runs_on_past_its_attempt_acts_no_more_once_the_job_may_run_again(
     settings: Settings,
 ) -> None:
@@ -150,20 +170,8 @@ async def test_a_thread_that_runs_on_past_its_attempt_acts_no_more_once_the_job_
             done.set()
 
     async with app:
-        job = await app.enqueue(RunsOn(n=1))
-        worker = Worker(app, grace_s=0.3)
-        task = asyncio.create_task(worker.run())
-        try:
-            # When its outcome was reported (the hold's grace over) and the job ran again
-            deadline = asyncio.get_running_loop().time() + 30
-            while not ((row := await app.get(job.id)) and row.state == "succeeded"):
-                assert asyncio.get_running_loop().time() < deadline, row
-                await asyncio.sleep(0.02)
-            go.set()
-            assert await asyncio.to_thread(done.wait, 30)
-        finally:
-            worker.request_stop()
-            await asyncio.wait_for(task, 30)
+        # When its outcome was reported (the hold's grace over) and the job ran again
+        await _retried_then_let_go(app, go, done)
     # Then the thread's step and write are refused (they happened while the job ran again)
     assert "charged" not in said and len(said) == 2, said
     assert all(isinstance(s, RuntimeError) for s in said), said
@@ -225,20 +233,8 @@ async def test_a_step_that_ran_is_recorded_though_its_run_was_cut_meanwhile(
             done.set()
 
     async with app:
-        job = await app.enqueue(RunsOn(n=1))
-        worker = Worker(app, grace_s=0.3)
-        task = asyncio.create_task(worker.run())
-        try:
-            deadline = asyncio.get_running_loop().time() + 30
-            while not ((row := await app.get(job.id)) and row.state == "succeeded"):
-                assert asyncio.get_running_loop().time() < deadline, row
-                await asyncio.sleep(0.02)
-            # When fn returns then
-            go.set()
-            assert await asyncio.to_thread(done.wait, 30)
-        finally:
-            worker.request_stop()
-            await asyncio.wait_for(task, 30)
+        # When fn returns once the job ran again
+        job_id = await _retried_then_let_go(app, go, done)
         # Then its value is recorded (a later run finds it, and does not charge again)
         assert said == ["ch_1"], said
-        assert await app._require_backend().recall(job.id, "charge") == (True, "ch_1")
+        assert await app._require_backend().recall(job_id, "charge") == (True, "ch_1")

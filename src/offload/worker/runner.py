@@ -873,10 +873,12 @@ class Worker:
 
     def _first_fresh(self) -> bool:
         """Whether the first job in line may start on its lease (or none is in line)."""
-        if not self._line:
-            return True
+        return not self._line or self._fresh(self._line[0])
+
+    def _fresh(self, job: _Job) -> bool:
+        """Whether `job`'s lease surely lasts, by this worker's own clocks (`fresh`)."""
         return fresh(
-            self._line[0].renewed,
+            job.renewed,
             self.lease_s,
             self.heartbeat_s,
             mono=asyncio.get_running_loop().time(),
@@ -1884,10 +1886,7 @@ class Worker:
             return False
         if self._jobs.get(job.lease.job_id) is not job or job.phase is _Phase.SETTLING:
             return not job.again
-        loop = asyncio.get_running_loop()
-        if fresh(
-            job.renewed, self.lease_s, self.heartbeat_s, mono=loop.time(), wall=self.app.clock.now()
-        ):
+        if self._fresh(job):
             return True
         if not await self._beat([job]):
             return False  # (not known: the backend did not answer)
